@@ -1,0 +1,208 @@
+//! The local directory backend. A put writes `tmp/<random>.tmp`, fsyncs it, hard-links it to its
+//! final name (the link fails if the name exists, which makes the put create-only and atomic),
+//! removes the temporary name and fsyncs the directory, so the new entry is durable before the
+//! put returns. See store-format/README.md, "Writing files".
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::Backend;
+use crate::error::{Error, IoContext, Result};
+
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> LocalBackend {
+        LocalBackend { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    /// Creates a directory and makes its entry durable in the parent.
+    pub fn create_dir(&self, key: &str) -> Result<()> {
+        let path = self.path(key);
+        match fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(Error::io(path, e)),
+        }
+        sync_dir(path.parent().unwrap_or(&self.root))
+    }
+}
+
+/// fsyncs a directory so that entries created or renamed in it survive a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let path = self.path(key);
+        fs::read(&path).at(path)
+    }
+
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let path = self.path(key);
+        let mut file = File::open(&path).at(&path)?;
+        file.seek(SeekFrom::Start(offset)).at(&path)?;
+        let mut out = Vec::with_capacity(len as usize);
+        file.take(len).read_to_end(&mut out).at(&path)?;
+        if out.len() as u64 != len {
+            return Err(Error::corrupt(
+                path.display().to_string(),
+                format!(
+                    "truncated: wanted {len} bytes at offset {offset}, got {}",
+                    out.len()
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn size(&self, key: &str) -> Result<u64> {
+        let path = self.path(key);
+        Ok(fs::metadata(&path).at(path)?.len())
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> Result<bool> {
+        let target = self.path(key);
+        if target.exists() {
+            return Ok(false);
+        }
+        let temp = self.root.join("tmp").join(format!(
+            "{}.tmp",
+            crate::id::Id(crate::id::random_bytes()).to_hex()
+        ));
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp)?;
+            file.write_all(data)?;
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(Error::io(&temp, e));
+        }
+        let linked = fs::hard_link(&temp, &target);
+        let _ = fs::remove_file(&temp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(Error::io(&target, e)),
+        }
+        sync_dir(target.parent().unwrap_or(&self.root))?;
+        Ok(true)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let mut pending = vec![prefix.trim_end_matches('/').to_string()];
+        while let Some(dir) = pending.pop() {
+            let path = self.path(&dir);
+            let entries = match fs::read_dir(&path) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(path, e)),
+            };
+            for entry in entries {
+                let entry = entry.at(&path)?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let key = format!("{dir}/{name}");
+                let meta = entry.metadata().at(entry.path())?;
+                if meta.is_dir() {
+                    pending.push(key);
+                } else {
+                    out.push((key, meta.len()));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    fn exists(&self, key: &str) -> Result<bool> {
+        let path = self.path(key);
+        match fs::symlink_metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch() -> (tempdir::Dir, LocalBackend) {
+        let dir = tempdir::Dir::new();
+        fs::create_dir(dir.path().join("tmp")).unwrap();
+        fs::create_dir(dir.path().join("snapshots")).unwrap();
+        let backend = LocalBackend::new(dir.path());
+        (dir, backend)
+    }
+
+    /// A tiny scratch directory removed on drop (keeps test dependencies lean).
+    pub mod tempdir {
+        pub struct Dir(std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                let path = std::env::temp_dir().join(format!(
+                    "cairn-test-{}",
+                    crate::id::Id(crate::id::random_bytes()).short()
+                ));
+                std::fs::create_dir_all(&path).unwrap();
+                Dir(path)
+            }
+            pub fn path(&self) -> &std::path::Path {
+                &self.0
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn put_is_create_only_and_leaves_no_temp_files() {
+        let (_dir, backend) = scratch();
+        assert!(backend.put("snapshots/a", b"first").unwrap());
+        assert!(!backend.put("snapshots/a", b"second").unwrap());
+        assert_eq!(backend.get("snapshots/a").unwrap(), b"first");
+        assert_eq!(backend.get_range("snapshots/a", 1, 3).unwrap(), b"irs");
+        assert!(backend.get_range("snapshots/a", 3, 3).is_err());
+        assert_eq!(
+            backend.list("snapshots").unwrap(),
+            vec![("snapshots/a".to_string(), 5)]
+        );
+        assert!(backend.list("tmp").unwrap().is_empty());
+        backend.delete("snapshots/a").unwrap();
+        assert!(!backend.exists("snapshots/a").unwrap());
+    }
+}

@@ -1,0 +1,303 @@
+//! Taking a snapshot: resolve the source paths, find the parent snapshot for change detection,
+//! archive the sources into blobs, make them durable, then write the manifest (the commit point).
+//!
+//! With one source directory the snapshot's root tree is that directory; with several paths (or
+//! one non-directory) the root mirrors their absolute paths, as restic does, so they never
+//! collide.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::format::pack::BlobKind;
+use crate::format::snapshot::{Snapshot, Summary};
+use crate::format::tree::{Content, Node, Tree};
+use crate::id::Id;
+use crate::progress::Progress;
+use crate::repository::packer::BlobStore;
+use crate::repository::Repository;
+use crate::source::archiver::{Archiver, Counts};
+use crate::source::exclude::Excludes;
+use crate::source::metadata_of;
+
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotOptions {
+    pub paths: Vec<PathBuf>,
+    pub tags: Vec<String>,
+    /// A name for what is backed up (`--source`); empty for none.
+    pub source: String,
+    pub excludes: Vec<String>,
+    /// Paths never entered, such as the repository itself.
+    pub skip: Vec<PathBuf>,
+}
+
+pub struct SnapshotOutcome {
+    pub id: Id,
+    pub snapshot: Snapshot,
+    pub packs_written: u64,
+}
+
+/// Absolute, lexically normalised source paths that exist, without duplicates or paths nested in
+/// another given path. Fails, before anything is written, on a missing path.
+pub fn resolve_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if paths.is_empty() {
+        return Err(Error::Invalid("no source path given".into()));
+    }
+    let mut out: Vec<PathBuf> = Vec::new();
+    for path in paths {
+        let absolute = normalize(&std::path::absolute(path).map_err(|e| Error::io(path, e))?);
+        if std::fs::symlink_metadata(&absolute).is_err() {
+            return Err(Error::MissingSource(path.clone()));
+        }
+        out.push(absolute);
+    }
+    out.sort();
+    out.dedup();
+    let all = out.clone();
+    out.retain(|p| !all.iter().any(|other| other != p && p.starts_with(other)));
+    Ok(out)
+}
+
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+pub fn hostname() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or fails.
+    let ok = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } == 0;
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(0);
+    if ok && end > 0 {
+        String::from_utf8_lossy(&buffer[..end]).into_owned()
+    } else {
+        "localhost".into()
+    }
+}
+
+fn username() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        // SAFETY: getuid cannot fail.
+        .unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }))
+}
+
+/// The most recent snapshot of the same paths, host and source name, used for change detection.
+fn find_parent(
+    repo: &Repository,
+    host: &str,
+    source: &str,
+    paths: &[Vec<u8>],
+) -> Result<Option<(Id, Snapshot)>> {
+    Ok(repo
+        .snapshots()?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.hostname == host && s.source == source && s.paths == paths))
+}
+
+pub fn take_snapshot(
+    repo: &Repository,
+    options: &SnapshotOptions,
+    progress: &Progress,
+) -> Result<SnapshotOutcome> {
+    let started = Instant::now();
+    let start_time = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let paths = resolve_paths(&options.paths)?;
+    let path_bytes: Vec<Vec<u8>> = paths
+        .iter()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .collect();
+    let host = hostname();
+    let index = repo.load_index()?;
+    let parent = find_parent(repo, &host, &options.source, &path_bytes)?;
+    let parent_root = parent
+        .as_ref()
+        .and_then(|(_, s)| repo.read_tree(&index, &s.tree).ok());
+
+    let store = BlobStore::new(repo, &index);
+    let excludes = Excludes::new(&options.excludes);
+    let archiver = Archiver {
+        repo,
+        index: &index,
+        store: &store,
+        chunker: repo.chunker(),
+        excludes: &excludes,
+        skip: options.skip.clone(),
+        progress,
+        errors: Mutex::new(Vec::new()),
+        counts: Counts::default(),
+    };
+    // Deep trees recurse once per level on the workers' stacks: give them room.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .stack_size(64 << 20)
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start worker threads: {e}")))?;
+    let stop_scan = AtomicBool::new(false);
+    let tree = std::thread::scope(|scope| {
+        if progress.is_drawn() {
+            scope.spawn(|| scan_totals(&paths, &excludes, progress, &stop_scan));
+        }
+        let tree = pool.install(|| archive_roots(&archiver, &paths, parent_root.as_ref()));
+        stop_scan.store(true, Relaxed);
+        tree
+    })?;
+    store.finish()?;
+    progress.finish();
+
+    let counts = &archiver.counts;
+    let stats = &store.stats;
+    let snapshot = Snapshot {
+        time_sec: start_time.as_secs() as i64,
+        time_nsec: start_time.subsec_nanos(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        tree,
+        parent: parent.map(|(id, _)| id),
+        hostname: host,
+        username: username(),
+        source: options.source.clone(),
+        paths: path_bytes,
+        tags: options.tags.clone(),
+        summary: Summary {
+            files: counts.files.load(Relaxed),
+            dirs: counts.dirs.load(Relaxed),
+            bytes: counts.bytes.load(Relaxed),
+            files_read: counts.files_read.load(Relaxed),
+            blobs_added: stats.blobs.load(Relaxed),
+            bytes_added: stats.bytes.load(Relaxed),
+            stored_bytes_added: stats.stored_bytes.load(Relaxed),
+        },
+        errors: archiver.errors.into_inner().expect("poisoned"),
+    };
+    let id = repo.save_snapshot(&snapshot)?;
+    Ok(SnapshotOutcome {
+        id,
+        snapshot,
+        packs_written: stats.packs.load(Relaxed),
+    })
+}
+
+/// Path components as a trie: a leaf is a requested path, inner nodes are its ancestors.
+enum Trie {
+    Leaf,
+    Inner(BTreeMap<Vec<u8>, Trie>),
+}
+
+fn archive_roots(archiver: &Archiver<'_>, paths: &[PathBuf], parent: Option<&Tree>) -> Result<Id> {
+    if let [only] = paths {
+        if only.is_dir() && !only.is_symlink() {
+            return archiver.dir_tree(only, parent);
+        }
+    }
+    let mut root = BTreeMap::new();
+    for path in paths {
+        let parts: Vec<Vec<u8>> = if paths.len() == 1 {
+            vec![path
+                .file_name()
+                .map_or(b"root".to_vec(), |n| n.as_bytes().to_vec())]
+        } else {
+            path.components()
+                .filter_map(|c| match c {
+                    Component::Normal(part) => Some(part.as_bytes().to_vec()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut level = &mut root;
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let slot = level.entry(part.clone()).or_insert_with(|| {
+                if last {
+                    Trie::Leaf
+                } else {
+                    Trie::Inner(BTreeMap::new())
+                }
+            });
+            match slot {
+                Trie::Inner(children) if !last => level = children,
+                _ => break,
+            }
+        }
+    }
+    let prefix = if paths.len() == 1 {
+        paths[0].parent().unwrap_or(Path::new("/")).to_path_buf()
+    } else {
+        PathBuf::from("/")
+    };
+    archive_trie(archiver, &prefix, &root, parent)
+}
+
+fn archive_trie(
+    archiver: &Archiver<'_>,
+    prefix: &Path,
+    children: &BTreeMap<Vec<u8>, Trie>,
+    parent: Option<&Tree>,
+) -> Result<Id> {
+    let nodes: Vec<Option<Node>> = children
+        .par_iter()
+        .map(|(name, child)| {
+            let path = prefix.join(OsStr::from_bytes(name));
+            let previous = parent.and_then(|t| t.find(name));
+            match child {
+                Trie::Leaf => archiver.node(&path, name.clone(), previous),
+                Trie::Inner(grandchildren) => {
+                    let stat = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
+                    let previous_tree = archiver.parent_subtree(previous);
+                    let subtree =
+                        archive_trie(archiver, &path, grandchildren, previous_tree.as_ref())?;
+                    Ok(Some(Node {
+                        name: name.clone(),
+                        meta: metadata_of(&stat),
+                        content: Content::Dir { subtree },
+                    }))
+                }
+            }
+        })
+        .collect::<Result<_>>()?;
+    let tree = Tree {
+        nodes: nodes.into_iter().flatten().collect(),
+    };
+    archiver.store.store(BlobKind::Tree, &tree.encode())
+}
+
+/// Adds up the sizes of the files to back up, for the progress bar's total and ETA. Runs beside
+/// the real walk and stops early when that finishes.
+fn scan_totals(paths: &[PathBuf], excludes: &Excludes, progress: &Progress, stop: &AtomicBool) {
+    let mut pending: Vec<PathBuf> = paths.to_vec();
+    while let Some(path) = pending.pop() {
+        if stop.load(Relaxed) {
+            return;
+        }
+        if excludes.excludes(&path) {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_file() {
+            progress.add_total(meta.len());
+        } else if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                pending.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Content-defined chunking with FastCDC (the fastcdc crate's v2020 cut function), driven by the
+//! parameters pinned in the repository config so every client cuts identical chunks.
+//!
+//! Files are read in bounded windows: a chunk is cut only when at least `max_size` bytes are
+//! buffered or the stream has ended, which gives exactly the chunks that cutting the whole file at
+//! once would give (the cut point depends on at most `max_size` bytes ahead).
+
+use std::io::Read;
+use std::ops::Range;
+
+use crate::format::config::ChunkerParams;
+
+pub struct Chunker {
+    params: ChunkerParams,
+    mask_s: u64,
+    mask_l: u64,
+    gear: Box<[u64; 256]>,
+    gear_ls: Box<[u64; 256]>,
+}
+
+impl Chunker {
+    /// `params` must have passed [`ChunkerParams::validate`].
+    pub fn new(params: ChunkerParams) -> Chunker {
+        use fastcdc::v2020::{get_gear_with_seed, logarithm2, MASKS};
+        let bits = logarithm2(params.avg_size);
+        let normalization = params.normalization as u32;
+        let (gear, gear_ls) = get_gear_with_seed(params.gear_seed);
+        Chunker {
+            params,
+            mask_s: MASKS[(bits + normalization) as usize],
+            mask_l: MASKS[(bits - normalization) as usize],
+            gear,
+            gear_ls,
+        }
+    }
+
+    pub fn params(&self) -> &ChunkerParams {
+        &self.params
+    }
+
+    /// Length of the chunk that starts at `data[0]`. `data` holds at least `max_size` bytes or
+    /// everything up to the end of the stream.
+    pub fn next_len(&self, data: &[u8]) -> usize {
+        let (_, len) = fastcdc::v2020::cut_gear(
+            data,
+            self.params.min_size as usize,
+            self.params.avg_size as usize,
+            self.params.max_size as usize,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+            &self.gear,
+            &self.gear_ls,
+        );
+        len
+    }
+
+    /// Cuts every chunk that can be decided inside `data`. With `eof` the whole of `data` is
+    /// consumed; otherwise the undecided tail (shorter than `max_size`) is left for the next window.
+    pub fn cut_window(&self, data: &[u8], eof: bool) -> Vec<Range<usize>> {
+        let max = self.params.max_size as usize;
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start < data.len() && (eof || data.len() - start >= max) {
+            let len = self.next_len(&data[start..]);
+            chunks.push(start..start + len);
+            start += len;
+        }
+        chunks
+    }
+
+    /// Reads `reader` to the end in windows of up to `window` bytes (at least twice `max_size`),
+    /// calling `each` with the window and the chunks cut in it. `size_hint` (the expected length)
+    /// keeps small files from allocating a whole window. Memory stays at one window. Returns the
+    /// number of bytes read.
+    pub fn for_each_window<R: Read, E: From<std::io::Error>>(
+        &self,
+        mut reader: R,
+        window: usize,
+        size_hint: usize,
+        mut each: impl FnMut(&[u8], &[Range<usize>]) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let window = window.max(2 * self.params.max_size as usize);
+        let mut buffer: Vec<u8> = Vec::with_capacity(size_hint.saturating_add(1).min(window));
+        let mut total = 0u64;
+        loop {
+            let want = window - buffer.len();
+            let got = (&mut reader).take(want as u64).read_to_end(&mut buffer)?;
+            total += got as u64;
+            let eof = got < want;
+            let chunks = self.cut_window(&buffer, eof);
+            each(&buffer, &chunks)?;
+            if eof {
+                return Ok(total);
+            }
+            let consumed = chunks.last().map_or(0, |c| c.end);
+            buffer.drain(..consumed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random bytes (xorshift), so the pinned vectors below never change.
+    pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            out.extend_from_slice(&seed.to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    fn whole(chunker: &Chunker, data: &[u8]) -> Vec<Range<usize>> {
+        chunker.cut_window(data, true)
+    }
+
+    #[test]
+    fn windows_cut_like_the_whole_stream() {
+        let chunker = Chunker::new(ChunkerParams::default());
+        let data = noise(23 * 1024 * 1024 + 77, 1);
+        let expected = whole(&chunker, &data);
+        let mut got = Vec::new();
+        let mut base = 0;
+        let read = chunker
+            .for_each_window::<_, std::io::Error>(
+                &data[..],
+                9 * 1024 * 1024,
+                0,
+                |_window, chunks| {
+                    got.extend(chunks.iter().map(|c| base + c.start..base + c.end));
+                    base += chunks.last().map_or(0, |c| c.end);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!(read, data.len() as u64);
+        assert_eq!(got, expected);
+    }
+
+    /// Pins chunk boundaries for the default parameters: a change here changes every chunk id in
+    /// every repository, and needs a new format version.
+    #[test]
+    fn pinned_boundaries() {
+        let chunker = Chunker::new(ChunkerParams::default());
+        let data = noise(16 * 1024 * 1024, 0x5eed);
+        let lengths: Vec<usize> = whole(&chunker, &data).iter().map(|c| c.len()).collect();
+        assert_eq!(lengths.iter().sum::<usize>(), data.len());
+        assert_eq!(lengths, PINNED_LENGTHS);
+    }
+
+    const PINNED_LENGTHS: &[usize] = &[
+        770163, 854502, 359561, 1664372, 1296930, 924781, 1254367, 1060015, 854944, 1175608,
+        1727843, 711624, 350765, 1797262, 1170888, 803591,
+    ];
+
+    #[test]
+    fn empty_and_tiny_inputs() {
+        let chunker = Chunker::new(ChunkerParams::default());
+        assert!(whole(&chunker, &[]).is_empty());
+        assert_eq!(whole(&chunker, b"abc"), vec![0..3]);
+    }
+}

@@ -1,0 +1,107 @@
+//! `cairn ls SNAPSHOT [PATH]`: list a snapshot's entries, recursively from PATH.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::{format, Context};
+use cairn::format::tree::{Content, Node};
+use cairn::repository::index::Index;
+use cairn::repository::Repository;
+use cairn::restore::find_node;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Snapshot id, unique id prefix, or `latest`
+    snapshot: String,
+    /// Path inside the snapshot to list from
+    #[arg(default_value = "/")]
+    path: String,
+    /// Show type, mode, size and mtime
+    #[arg(long, short)]
+    long: bool,
+}
+
+pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
+    let repo = context.open()?;
+    let (id, snapshot) = repo.find_snapshot(&args.snapshot)?;
+    let index = repo.load_index()?;
+    let start = find_node(&repo, &index, &snapshot.tree, &args.path, &id.short())?;
+    let prefix = args.path.trim_end_matches('/').to_string();
+    let prefix = if prefix.is_empty() || prefix.starts_with('/') {
+        prefix
+    } else {
+        format!("/{prefix}")
+    };
+    let lister = Lister {
+        repo: &repo,
+        index: &index,
+        json: context.json,
+        long: args.long,
+    };
+    match start {
+        None => lister.tree(&snapshot.tree, "")?,
+        Some(node) => lister.node(&node, &prefix)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Lister<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    json: bool,
+    long: bool,
+}
+
+impl Lister<'_> {
+    fn tree(&self, id: &cairn::id::Id, prefix: &str) -> Result<()> {
+        let tree = self.repo.read_tree(self.index, id)?;
+        for node in &tree.nodes {
+            self.node(
+                node,
+                &format!("{prefix}/{}", String::from_utf8_lossy(&node.name)),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn node(&self, node: &Node, path: &str) -> Result<()> {
+        let m = &node.meta;
+        if self.json {
+            let mut entry = serde_json::json!({
+                "path": path,
+                "type": node.content.type_name(),
+                "mode": m.mode,
+                "uid": m.uid,
+                "gid": m.gid,
+                "size": m.size,
+                "mtime": m.mtime_sec,
+                "mtime_nsec": m.mtime_nsec,
+            });
+            if let Content::Symlink { target } = &node.content {
+                entry["target"] = String::from_utf8_lossy(target).into();
+            }
+            println!("{entry}");
+        } else if self.long {
+            let link = match &node.content {
+                Content::Symlink { target } => format!(" -> {}", String::from_utf8_lossy(target)),
+                _ => String::new(),
+            };
+            println!(
+                "{:<8} {:04o} {:>5}:{:<5} {:>10}  {}  {path}{link}",
+                node.content.type_name(),
+                m.mode,
+                m.uid,
+                m.gid,
+                format::bytes(m.size),
+                format::utc(m.mtime_sec)
+            );
+        } else {
+            println!("{path}");
+        }
+        if let Content::Dir { subtree } = &node.content {
+            self.tree(subtree, path)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,100 @@
+//! The command line: clap definitions, repository selection, and one module per command. Errors
+//! here are `anyhow` with context; the library's own errors already name what went wrong.
+
+mod format;
+mod init;
+mod ls;
+mod restore;
+mod snapshot;
+mod snapshots;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+use cairn::repository::{default_location, Repository};
+
+/// Exit code for a snapshot that was stored but could not read every source entry.
+pub const EXIT_INCOMPLETE: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, about = "Deduplicating, SQLite-aware snapshots of volume trees", long_about = None)]
+pub struct Cli {
+    /// Repository directory (default: $XDG_DATA_HOME/cairn/repo, created on first snapshot)
+    #[arg(long, global = true, env = "CAIRN_REPO", value_name = "PATH")]
+    repo: Option<PathBuf>,
+
+    /// Print only errors and warnings: no progress bar, no summary
+    #[arg(long, short, global = true)]
+    quiet: bool,
+
+    /// Print results as JSON on stdout
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new repository
+    Init,
+    /// Take a snapshot of files and directories
+    Snapshot(snapshot::Args),
+    /// List snapshots
+    Snapshots,
+    /// List the contents of a snapshot
+    Ls(ls::Args),
+    /// Restore a snapshot, or parts of it, into a directory
+    Restore(restore::Args),
+}
+
+pub struct Context {
+    pub repo_path: PathBuf,
+    pub quiet: bool,
+    pub json: bool,
+}
+
+impl Context {
+    pub fn open(&self) -> Result<Repository> {
+        Ok(Repository::open(&self.repo_path)?)
+    }
+
+    /// Opens the repository, creating it first if it does not exist yet (the default local
+    /// repository on a fresh machine).
+    pub fn open_or_create(&self) -> Result<Repository> {
+        if self.repo_path.join("config").exists() {
+            return self.open();
+        }
+        let repo = Repository::init(&self.repo_path)
+            .with_context(|| format!("creating repository {}", self.repo_path.display()))?;
+        if !self.quiet && !self.json {
+            eprintln!("created repository at {}", self.repo_path.display());
+        }
+        Ok(repo)
+    }
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let repo_path = match cli.repo {
+        Some(path) => path,
+        None => default_location().context(
+            "no --repo given, CAIRN_REPO unset, and no home directory for the default repository",
+        )?,
+    };
+    let context = Context {
+        repo_path,
+        quiet: cli.quiet,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Init => init::run(&context),
+        Command::Snapshot(args) => snapshot::run(&context, args),
+        Command::Snapshots => snapshots::run(&context),
+        Command::Ls(args) => ls::run(&context, args),
+        Command::Restore(args) => restore::run(&context, args),
+    }
+}

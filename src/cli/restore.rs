@@ -1,0 +1,62 @@
+//! `cairn restore SNAPSHOT --target DIR [--include PATH]...`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::{format, Context};
+use cairn::progress::Progress;
+use cairn::restore::{restore, RestoreOptions};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Snapshot id, unique id prefix, or `latest`
+    snapshot: String,
+    /// Directory to restore into (created if missing)
+    #[arg(long, short, value_name = "DIR")]
+    target: PathBuf,
+    /// Restore only this path inside the snapshot (repeatable)
+    #[arg(long = "include", value_name = "PATH")]
+    includes: Vec<String>,
+}
+
+pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
+    let repo = context.open()?;
+    let (id, snapshot) = repo.find_snapshot(&args.snapshot)?;
+    let index = repo.load_index()?;
+    let progress = Progress::new("restore", context.quiet || context.json);
+    let options = RestoreOptions {
+        target: args.target.clone(),
+        includes: args.includes,
+    };
+    let summary = restore(&repo, &index, &snapshot, &options, &progress)?;
+    if context.json {
+        println!(
+            "{}",
+            serde_json::json!({ "snapshot": id.to_hex(), "target": args.target, "summary": summary })
+        );
+    } else if !context.quiet {
+        println!(
+            "restored snapshot {} to {}: {} files, {} dirs, {}{}",
+            id.short(),
+            args.target.display(),
+            summary.files,
+            summary.dirs,
+            format::bytes(summary.bytes),
+            if summary.errors.is_empty() {
+                String::new()
+            } else {
+                format!(", {} errors", summary.errors.len())
+            }
+        );
+    }
+    if !summary.errors.is_empty() {
+        eprintln!(
+            "error: {} entries could not be restored (listed above)",
+            summary.errors.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,73 @@
+//! `cairn snapshots`: list snapshots, oldest first.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::{format, Context};
+
+pub fn run(context: &Context) -> Result<ExitCode> {
+    let repo = context.open()?;
+    let snapshots = repo.snapshots()?;
+    if context.json {
+        let list: Vec<_> = snapshots
+            .iter()
+            .map(|(id, s)| {
+                serde_json::json!({
+                    "id": id.to_hex(),
+                    "short_id": id.short(),
+                    "time": s.time_sec,
+                    "time_utc": format::utc(s.time_sec),
+                    "hostname": s.hostname,
+                    "username": s.username,
+                    "source": s.source,
+                    "paths": s.paths.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>(),
+                    "tags": s.tags,
+                    "tree": s.tree.to_hex(),
+                    "parent": s.parent.map(|p| p.to_hex()),
+                    "complete": s.is_complete(),
+                    "errors": s.errors,
+                    "summary": s.summary,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if context.quiet {
+        snapshots.iter().for_each(|(id, _)| println!("{id}"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<8}  {:<19}  {:<12}  {:<10}  {:>9}  {:>10}  {:<10}  paths",
+        "id", "time (UTC)", "host", "source", "files", "size", "status"
+    );
+    for (id, s) in &snapshots {
+        let paths: Vec<_> = s
+            .paths
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        let mut status = if s.is_complete() {
+            "ok".to_string()
+        } else {
+            format!("incomplete({})", s.errors.len())
+        };
+        if !s.tags.is_empty() {
+            status = format!("{status} [{}]", s.tags.join(","));
+        }
+        println!(
+            "{:<8}  {:<19}  {:<12}  {:<10}  {:>9}  {:>10}  {:<10}  {}",
+            id.short(),
+            format::utc(s.time_sec),
+            s.hostname,
+            s.source,
+            s.summary.files,
+            format::bytes(s.summary.bytes),
+            status,
+            paths.join(" ")
+        );
+    }
+    println!("{} snapshots", snapshots.len());
+    Ok(ExitCode::SUCCESS)
+}

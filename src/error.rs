@@ -1,0 +1,84 @@
+//! The library's error type: every variant names the path, id or offset that went wrong, so the
+//! binary can print a message that tells the operator what happened and where.
+
+use std::path::PathBuf;
+
+use crate::id::Id;
+
+/// Result alias for the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("no repository at {0}: run `cairn init` first (or pass --repo)")]
+    NotARepository(PathBuf),
+
+    #[error("a repository already exists at {0}")]
+    AlreadyExists(PathBuf),
+
+    #[error("corrupt repository file {file}: {reason}")]
+    Corrupt { file: String, reason: String },
+
+    #[error("unsupported {what} version {found} in {file} (this cairn reads up to {supported})")]
+    UnsupportedVersion {
+        file: String,
+        what: &'static str,
+        found: u32,
+        supported: u32,
+    },
+
+    #[error("blob {0} is not in the repository index")]
+    MissingBlob(Id),
+
+    #[error("blob {id} in pack {pack} fails verification: {reason}")]
+    BadBlob { id: Id, pack: Id, reason: String },
+
+    #[error("no snapshot matches {0:?}")]
+    NoSuchSnapshot(String),
+
+    #[error("snapshot prefix {0:?} is ambiguous: give more characters")]
+    AmbiguousSnapshot(String),
+
+    #[error("no path {path:?} in snapshot {snapshot}")]
+    NoSuchPath { snapshot: String, path: String },
+
+    #[error("source path {0}: does not exist")]
+    MissingSource(PathBuf),
+
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn corrupt(file: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            file: file.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Attaches a path to `std::io::Result`s.
+pub trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

@@ -1,0 +1,112 @@
+//! The envelope shared by the config, index and snapshot files: magic, version, encryption mode,
+//! body length, body, BLAKE3 checksum. See store-format/README.md, "Envelope".
+
+use super::{Put, Reader};
+use crate::error::{Error, Result};
+
+/// Header (20 bytes) plus checksum (32 bytes).
+pub const OVERHEAD: usize = 8 + 2 + 1 + 1 + 8 + 32;
+
+/// `encryption` values. Only `NONE` exists in format version 1; the field is there so that an
+/// AEAD can seal bodies later without changing the layout.
+pub const ENCRYPTION_NONE: u8 = 0;
+
+/// Wraps `body` in an envelope.
+pub fn seal(magic: &[u8; 8], version: u16, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + OVERHEAD);
+    out.extend_from_slice(magic);
+    out.put_u16(version);
+    out.put_u8(ENCRYPTION_NONE);
+    out.put_u8(0);
+    out.put_u64(body.len() as u64);
+    out.extend_from_slice(body);
+    let checksum = blake3::hash(&out);
+    out.extend_from_slice(checksum.as_bytes());
+    out
+}
+
+/// Checks magic, version, length and checksum; returns the version and the body.
+pub fn open<'a>(
+    data: &'a [u8],
+    magic: &[u8; 8],
+    max_version: u16,
+    file: &'a str,
+) -> Result<(u16, &'a [u8])> {
+    let mut reader = Reader::new(data, file);
+    if reader.bytes(8)? != magic {
+        return Err(Error::corrupt(
+            file,
+            format!("not a {} file (bad magic)", String::from_utf8_lossy(magic)),
+        ));
+    }
+    let version = reader.u16()?;
+    if version == 0 || version > max_version {
+        return Err(Error::UnsupportedVersion {
+            file: file.to_string(),
+            what: "file format",
+            found: version.into(),
+            supported: max_version.into(),
+        });
+    }
+    let encryption = reader.u8()?;
+    if encryption != ENCRYPTION_NONE {
+        return Err(Error::corrupt(
+            file,
+            format!("unknown encryption mode {encryption}"),
+        ));
+    }
+    let _reserved = reader.u8()?;
+    let body_len = reader.u64()?;
+    if body_len != (reader.remaining() as u64).wrapping_sub(32) || reader.remaining() < 32 {
+        return Err(Error::corrupt(
+            file,
+            format!(
+                "length mismatch: header says {body_len} body bytes, file has {}",
+                data.len()
+            ),
+        ));
+    }
+    let body_end = data.len() - 32;
+    if blake3::hash(&data[..body_end]).as_bytes() != &data[body_end..] {
+        return Err(Error::corrupt(
+            file,
+            "checksum mismatch: the file is damaged",
+        ));
+    }
+    Ok((
+        version,
+        &data[data.len() - 32 - body_len as usize..body_end],
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn round_trip(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let sealed = seal(b"CAIRNTST", 1, &body);
+            let (version, opened) = open(&sealed, b"CAIRNTST", 1, "t").unwrap();
+            prop_assert_eq!(version, 1);
+            prop_assert_eq!(opened, &body[..]);
+        }
+
+        #[test]
+        fn any_damage_is_an_error(body in proptest::collection::vec(any::<u8>(), 0..64), at in any::<usize>(), cut in any::<usize>()) {
+            let sealed = seal(b"CAIRNTST", 1, &body);
+            let mut flipped = sealed.clone();
+            let at = at % flipped.len();
+            flipped[at] ^= 0x40;
+            prop_assert!(open(&flipped, b"CAIRNTST", 1, "t").is_err());
+            let cut = cut % sealed.len();
+            prop_assert!(open(&sealed[..cut], b"CAIRNTST", 1, "t").is_err());
+        }
+
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = open(&data, b"CAIRNTST", 1, "t");
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Snapshot manifests (`snapshots/<id>`): when, from where, which root tree, and what went wrong
+//! while reading the source. The file's id is BLAKE3 of its bytes. Written last, after every
+//! pack and index file it needs is durable: a manifest is the commit point of a snapshot.
+//! See store-format/snapshot.md.
+
+use super::{envelope, Put, Reader};
+use crate::error::Result;
+use crate::id::Id;
+
+pub const MAGIC: &[u8; 8] = b"CAIRNSNP";
+pub const VERSION: u16 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Start of the snapshot, Unix seconds and nanoseconds (UTC).
+    pub time_sec: i64,
+    pub time_nsec: u32,
+    /// Wall time the snapshot took, in milliseconds.
+    pub duration_ms: u64,
+    pub tree: Id,
+    pub parent: Option<Id>,
+    pub hostname: String,
+    pub username: String,
+    /// The `--source` name, empty when none was given.
+    pub source: String,
+    /// Absolute source paths as raw bytes, in the order given.
+    pub paths: Vec<Vec<u8>>,
+    pub tags: Vec<String>,
+    pub summary: Summary,
+    /// Source entries that could not be read. Non-empty means the snapshot is incomplete.
+    pub errors: Vec<SourceError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Summary {
+    pub files: u64,
+    pub dirs: u64,
+    /// Logical bytes of file content in the snapshot.
+    pub bytes: u64,
+    /// Files whose content was read (the rest were unchanged since the parent).
+    pub files_read: u64,
+    /// New blobs stored, and their plain and stored bytes.
+    pub blobs_added: u64,
+    pub bytes_added: u64,
+    pub stored_bytes_added: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SourceError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Bounds the strings kept in a manifest so that encoding can never overflow a length prefix.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+impl Snapshot {
+    pub fn is_complete(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(256);
+        body.put_i64(self.time_sec);
+        body.put_u32(self.time_nsec);
+        body.put_u64(self.duration_ms);
+        body.put_id(&self.tree);
+        match &self.parent {
+            Some(parent) => {
+                body.put_u8(1);
+                body.put_id(parent);
+            }
+            None => body.put_u8(0),
+        }
+        body.put_bytes16(clip(&self.hostname, 1024).as_bytes());
+        body.put_bytes16(clip(&self.username, 1024).as_bytes());
+        body.put_bytes16(clip(&self.source, 1024).as_bytes());
+        body.put_u32(self.paths.len() as u32);
+        self.paths.iter().for_each(|p| body.put_bytes32(p));
+        body.put_u32(self.tags.len() as u32);
+        self.tags
+            .iter()
+            .for_each(|t| body.put_bytes16(clip(t, 1024).as_bytes()));
+        let s = &self.summary;
+        for value in [
+            s.files,
+            s.dirs,
+            s.bytes,
+            s.files_read,
+            s.blobs_added,
+            s.bytes_added,
+            s.stored_bytes_added,
+        ] {
+            body.put_u64(value);
+        }
+        body.put_u32(self.errors.len() as u32);
+        for error in &self.errors {
+            body.put_bytes32(error.path.as_bytes());
+            body.put_bytes32(error.message.as_bytes());
+        }
+        envelope::seal(MAGIC, VERSION, &body)
+    }
+
+    pub fn decode(data: &[u8], file: &str) -> Result<Snapshot> {
+        let (_version, body) = envelope::open(data, MAGIC, VERSION, file)?;
+        let mut r = Reader::new(body, file);
+        let time_sec = r.i64()?;
+        let time_nsec = r.u32()?;
+        if time_nsec >= 1_000_000_000 {
+            return Err(r.error("nanoseconds out of range"));
+        }
+        let duration_ms = r.u64()?;
+        let tree = r.id()?;
+        let parent = match r.u8()? {
+            0 => None,
+            1 => Some(r.id()?),
+            other => return Err(r.error(format!("bad parent flag {other}"))),
+        };
+        let hostname = r.string16()?;
+        let username = r.string16()?;
+        let source = r.string16()?;
+        let path_count = r.count(4)?;
+        let mut paths = Vec::with_capacity(path_count);
+        for _ in 0..path_count {
+            paths.push(r.bytes32()?.to_vec());
+        }
+        let tag_count = r.count(2)?;
+        let mut tags = Vec::with_capacity(tag_count);
+        for _ in 0..tag_count {
+            tags.push(r.string16()?);
+        }
+        let mut values = [0u64; 7];
+        for value in &mut values {
+            *value = r.u64()?;
+        }
+        let [files, dirs, bytes, files_read, blobs_added, bytes_added, stored_bytes_added] = values;
+        let summary = Summary {
+            files,
+            dirs,
+            bytes,
+            files_read,
+            blobs_added,
+            bytes_added,
+            stored_bytes_added,
+        };
+        let error_count = r.count(8)?;
+        let mut errors = Vec::with_capacity(error_count);
+        for _ in 0..error_count {
+            let path = String::from_utf8_lossy(r.bytes32()?).into_owned();
+            let message = String::from_utf8_lossy(r.bytes32()?).into_owned();
+            errors.push(SourceError { path, message });
+        }
+        r.finish()?;
+        Ok(Snapshot {
+            time_sec,
+            time_nsec,
+            duration_ms,
+            tree,
+            parent,
+            hostname,
+            username,
+            source,
+            paths,
+            tags,
+            summary,
+            errors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn snapshot() -> impl Strategy<Value = Snapshot> {
+        (
+            (
+                any::<i64>(),
+                0u32..1_000_000_000,
+                any::<u64>(),
+                any::<[u8; 32]>(),
+                proptest::option::of(any::<[u8; 32]>()),
+            ),
+            ("[a-z0-9.-]{0,20}", "\\PC{0,10}", "\\PC{0,10}"),
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..30), 0..4),
+            proptest::collection::vec("\\PC{0,10}", 0..4),
+            any::<[u64; 7]>(),
+            proptest::collection::vec(("\\PC{0,20}", "\\PC{0,20}"), 0..3),
+        )
+            .prop_map(
+                |(
+                    (time_sec, time_nsec, duration_ms, tree, parent),
+                    (hostname, username, source),
+                    paths,
+                    tags,
+                    s,
+                    errors,
+                )| Snapshot {
+                    time_sec,
+                    time_nsec,
+                    duration_ms,
+                    tree: Id(tree),
+                    parent: parent.map(Id),
+                    hostname,
+                    username,
+                    source,
+                    paths,
+                    tags,
+                    summary: Summary {
+                        files: s[0],
+                        dirs: s[1],
+                        bytes: s[2],
+                        files_read: s[3],
+                        blobs_added: s[4],
+                        bytes_added: s[5],
+                        stored_bytes_added: s[6],
+                    },
+                    errors: errors
+                        .into_iter()
+                        .map(|(path, message)| SourceError { path, message })
+                        .collect(),
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(snapshot in snapshot()) {
+            prop_assert_eq!(Snapshot::decode(&snapshot.encode(), "s").unwrap(), snapshot);
+        }
+
+        #[test]
+        fn truncation_and_noise_are_errors(snapshot in snapshot(), cut in 1usize..1000, data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let encoded = snapshot.encode();
+            let cut = cut.min(encoded.len());
+            prop_assert!(Snapshot::decode(&encoded[..encoded.len() - cut], "s").is_err());
+            prop_assert!(Snapshot::decode(&data, "s").is_err());
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! cairn: a content-addressed, deduplicating snapshot store.
+//!
+//! # Architecture
+//!
+//! Sources are cut into chunks, chunks are named by their hash, stored once, and a snapshot is a
+//! manifest over a tree of those names. Layers, from the bytes up:
+//!
+//! - [`format`]: pure encoders and decoders of every repository file. The byte layouts are
+//!   specified in `store-format/` (the single source of truth); each module links its page.
+//! - [`id`], [`chunking`], [`compression`]: BLAKE3 ids, FastCDC cut points, zstd per blob.
+//! - [`backend`]: where files live (the local directory today); create-only, durable puts.
+//! - [`repository`]: open/init, the in-memory [`repository::index::Index`], verified blob reads,
+//!   snapshot listing, and [`repository::packer::BlobStore`], which dedups, compresses and packs.
+//! - [`source`]: walking directory trees into tree blobs and chunks, with change detection.
+//! - [`backup`]: one snapshot from start to commit; [`restore`]: back to files.
+//! - [`progress`]: the progress bar.
+//!
+//! # Durability
+//!
+//! Every file is written under a temporary name, synced, and linked into place; a snapshot
+//! manifest is written only after every pack and index file it depends on is durable. A crash
+//! leaves at worst unreferenced packs and temporary files, never a snapshot that cannot be
+//! restored (store-format/README.md, "Commit order").
+
+pub mod backend;
+pub mod backup;
+pub mod chunking;
+pub mod compression;
+pub mod error;
+pub mod format;
+pub mod id;
+pub mod progress;
+pub mod repository;
+pub mod restore;
+pub mod source;

@@ -1,0 +1,211 @@
+//! A repository: its config, its snapshots, and reading verified blobs through the index.
+//!
+//! Layout (store-format/README.md, "Repository layout"):
+//! `config`, `packs/XY/<pack id>`, `index/<id>`, `snapshots/<id>`, `tmp/`. The repository exists
+//! once `config` does; `init` writes it last.
+
+pub mod index;
+pub mod packer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backend::local::LocalBackend;
+use crate::backend::Backend;
+use crate::chunking::Chunker;
+use crate::compression;
+use crate::error::{Error, Result};
+use crate::format::config::Config;
+use crate::format::index::IndexFile;
+use crate::format::snapshot::Snapshot;
+use crate::format::tree::Tree;
+use crate::id::Id;
+use index::{Index, Location};
+
+/// Top-level entries of a repository directory.
+const LAYOUT: [&str; 4] = ["tmp", "packs", "index", "snapshots"];
+
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    config: Config,
+}
+
+impl Repository {
+    /// Creates a repository in `path`, which must be missing or an empty directory (or hold only
+    /// the skeleton of an `init` that was interrupted before it wrote `config`).
+    pub fn init(path: &Path) -> Result<Repository> {
+        let backend = LocalBackend::new(path);
+        if path.join("config").exists() {
+            return Err(Error::AlreadyExists(path.to_path_buf()));
+        }
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if !LAYOUT.iter().any(|l| name == *l) {
+                    return Err(Error::Invalid(format!(
+                        "{} is not empty: refusing to create a repository among other files",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+        for dir in LAYOUT {
+            backend.create_dir(dir)?;
+        }
+        for byte in 0..=255u8 {
+            backend.create_dir(&format!("packs/{byte:02x}"))?;
+        }
+        let config = Config::new_random();
+        if !backend.put("config", &config.encode())? {
+            return Err(Error::AlreadyExists(path.to_path_buf()));
+        }
+        Ok(Repository {
+            backend: Arc::new(backend),
+            config,
+        })
+    }
+
+    pub fn open(path: &Path) -> Result<Repository> {
+        let backend = LocalBackend::new(path);
+        if !backend.exists("config")? {
+            return Err(Error::NotARepository(path.to_path_buf()));
+        }
+        let bytes = backend.get("config")?;
+        let config = Config::decode(&bytes, &path.join("config").display().to_string())?;
+        Ok(Repository {
+            backend: Arc::new(backend),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    pub fn chunker(&self) -> Chunker {
+        Chunker::new(self.config.chunker)
+    }
+
+    pub fn pack_key(id: &Id) -> String {
+        let hex = id.to_hex();
+        format!("packs/{}/{hex}", &hex[..2])
+    }
+
+    /// Names a repository file in messages: its location and key.
+    pub fn describe(&self, key: &str) -> String {
+        format!("{}/{key}", self.backend.location())
+    }
+
+    /// Reads every index file. A damaged index file is an error naming it.
+    pub fn load_index(&self) -> Result<Index> {
+        let mut index = Index::default();
+        for (key, _) in self.backend.list("index")? {
+            let bytes = self.backend.get(&key)?;
+            let file = IndexFile::decode(&bytes, &self.describe(&key))?;
+            index.add_file(&file);
+        }
+        Ok(index)
+    }
+
+    /// Every snapshot, oldest first. A file whose name is not the hash of its bytes is damaged.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let mut out = Vec::new();
+        for (key, _) in self.backend.list("snapshots")? {
+            let name = key.rsplit('/').next().unwrap_or_default();
+            let Some(id) = Id::from_hex(name) else {
+                continue; // not ours (an editor's backup file, say): never interpreted
+            };
+            let bytes = self.backend.get(&key)?;
+            if Id::of(&bytes) != id {
+                return Err(Error::corrupt(
+                    self.describe(&key),
+                    "content does not match its name: the file is damaged",
+                ));
+            }
+            out.push((id, Snapshot::decode(&bytes, &self.describe(&key))?));
+        }
+        out.sort_by_key(|(id, s)| (s.time_sec, s.time_nsec, *id));
+        Ok(out)
+    }
+
+    /// Resolves `latest`, a full id or a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        let mut all = self.snapshots()?;
+        if spec == "latest" {
+            return all
+                .pop()
+                .ok_or_else(|| Error::NoSuchSnapshot(spec.to_string()));
+        }
+        let wanted = spec.to_ascii_lowercase();
+        let mut matching = all
+            .into_iter()
+            .filter(|(id, _)| !wanted.is_empty() && id.to_hex().starts_with(&wanted));
+        match (matching.next(), matching.next()) {
+            (Some(found), None) => Ok(found),
+            (Some(_), Some(_)) => Err(Error::AmbiguousSnapshot(spec.to_string())),
+            (None, _) => Err(Error::NoSuchSnapshot(spec.to_string())),
+        }
+    }
+
+    /// Writes a snapshot manifest: the commit point of a snapshot. Call only after the blob
+    /// store has finished.
+    pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<Id> {
+        let bytes = snapshot.encode();
+        let id = Id::of(&bytes);
+        self.backend
+            .put(&format!("snapshots/{}", id.to_hex()), &bytes)?;
+        Ok(id)
+    }
+
+    /// Reads a blob, decodes it and checks that it hashes to `id`.
+    pub fn read_blob(&self, index: &Index, id: &Id) -> Result<Vec<u8>> {
+        let location = index.get(id).ok_or(Error::MissingBlob(*id))?;
+        self.read_blob_at(index, id, location)
+    }
+
+    fn read_blob_at(&self, index: &Index, id: &Id, l: &Location) -> Result<Vec<u8>> {
+        let pack = index.pack_id(l);
+        let stored =
+            self.backend
+                .get_range(&Self::pack_key(&pack), l.offset as u64, l.stored_len as u64)?;
+        let what = format!("blob {} in pack {}", id.short(), pack.short());
+        let plain = compression::decompress(l.codec, &stored, l.raw_len, &what).map_err(|e| {
+            Error::BadBlob {
+                id: *id,
+                pack,
+                reason: e.to_string(),
+            }
+        })?;
+        if Id::of(&plain) != *id {
+            return Err(Error::BadBlob {
+                id: *id,
+                pack,
+                reason: "content does not hash to its id".into(),
+            });
+        }
+        Ok(plain)
+    }
+
+    pub fn read_tree(&self, index: &Index, id: &Id) -> Result<Tree> {
+        let bytes = self.read_blob(index, id)?;
+        Tree::decode(&bytes, &format!("tree {}", id.short()))
+    }
+}
+
+/// The default repository: `$XDG_DATA_HOME/cairn/repo`, or `~/.local/share/cairn/repo`.
+pub fn default_location() -> Option<PathBuf> {
+    let data_home = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|home| PathBuf::from(home).join(".local/share"))
+        })?;
+    Some(data_home.join("cairn").join("repo"))
+}

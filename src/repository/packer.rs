@@ -1,0 +1,204 @@
+//! The blob store used while writing: dedups blobs against the index and against what this run
+//! already stored, compresses them, groups them into packs of the configured target size (data and
+//! trees in separate packs, so tree walks never read file content), writes each full pack, and
+//! writes index files for the packs once they are durable.
+//!
+//! Ordering invariant (store-format/README.md, "Commit order"): a pack is durable before any
+//! index file names it, and [`BlobStore::finish`] returns only once every blob handed to
+//! [`BlobStore::store`] is in a durable pack and a durable index file. Only then may a snapshot
+//! manifest refer to them.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use super::index::Index;
+use super::Repository;
+use crate::compression;
+use crate::error::Result;
+use crate::format::index::{IndexFile, IndexedPack};
+use crate::format::pack::{self, BlobEntry, BlobKind, Codec};
+use crate::id::Id;
+
+/// Write an index file once this many packs are waiting for one, so an interrupted long snapshot
+/// keeps most of what it uploaded usable by the next run.
+const PACKS_PER_INDEX_FILE: usize = 32;
+
+/// Accumulates one pack in memory.
+struct Packer {
+    bytes: Vec<u8>,
+    entries: Vec<BlobEntry>,
+    target: usize,
+}
+
+impl Packer {
+    fn new(target: usize) -> Packer {
+        Packer {
+            bytes: Vec::new(),
+            entries: Vec::new(),
+            target,
+        }
+    }
+
+    /// Adds a stored blob; returns the finished pack when the target size is reached.
+    fn add(
+        &mut self,
+        id: Id,
+        kind: BlobKind,
+        codec: Codec,
+        stored: &[u8],
+        raw_len: u32,
+    ) -> Option<IndexedPackBytes> {
+        if self.bytes.is_empty() {
+            self.bytes.reserve(self.target + self.target / 4);
+            self.bytes.extend_from_slice(&pack::header());
+        }
+        self.entries.push(BlobEntry {
+            id,
+            kind,
+            codec,
+            offset: self.bytes.len() as u32,
+            stored_len: stored.len() as u32,
+            raw_len,
+        });
+        self.bytes.extend_from_slice(stored);
+        if self.bytes.len() >= self.target {
+            self.take()
+        } else {
+            None
+        }
+    }
+
+    fn take(&mut self) -> Option<IndexedPackBytes> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let mut bytes = std::mem::take(&mut self.bytes);
+        let entries = std::mem::take(&mut self.entries);
+        bytes.extend_from_slice(&pack::trailer(&entries));
+        let id = Id::of(&bytes);
+        Some(IndexedPackBytes {
+            pack: IndexedPack {
+                id,
+                len: bytes.len() as u64,
+                blobs: entries,
+            },
+            bytes,
+        })
+    }
+}
+
+struct IndexedPackBytes {
+    pack: IndexedPack,
+    bytes: Vec<u8>,
+}
+
+/// Counters of what a run added.
+#[derive(Default)]
+pub struct AddedStats {
+    pub blobs: AtomicU64,
+    pub bytes: AtomicU64,
+    pub stored_bytes: AtomicU64,
+    pub packs: AtomicU64,
+}
+
+pub struct BlobStore<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    /// Ids stored by this run (the index holds the rest).
+    added: Mutex<HashSet<Id>>,
+    data: Mutex<Packer>,
+    trees: Mutex<Packer>,
+    /// Durable packs not yet named by an index file.
+    unindexed: Mutex<Vec<IndexedPack>>,
+    pub stats: AddedStats,
+}
+
+impl<'a> BlobStore<'a> {
+    pub fn new(repo: &'a Repository, index: &'a Index) -> BlobStore<'a> {
+        let target = repo.config().pack_target_size as usize;
+        BlobStore {
+            repo,
+            index,
+            added: Mutex::new(HashSet::new()),
+            data: Mutex::new(Packer::new(target)),
+            // Tree packs stay small: trees are read one at a time, and few exist per run.
+            trees: Mutex::new(Packer::new(target.min(4 << 20))),
+            unindexed: Mutex::new(Vec::new()),
+            stats: AddedStats::default(),
+        }
+    }
+
+    /// Whether the repository (or this run) already holds `id`.
+    pub fn contains(&self, id: &Id) -> bool {
+        self.index.contains(id) || self.added.lock().expect("poisoned").contains(id)
+    }
+
+    /// Stores `data` unless a blob with its id exists; returns the id.
+    pub fn store(&self, kind: BlobKind, data: &[u8]) -> Result<Id> {
+        let id = Id::of(data);
+        if self.index.contains(&id) || !self.added.lock().expect("poisoned").insert(id) {
+            return Ok(id);
+        }
+        let (codec, stored) = compression::compress(data, self.repo.config().compression_level);
+        self.stats.blobs.fetch_add(1, Relaxed);
+        self.stats.bytes.fetch_add(data.len() as u64, Relaxed);
+        self.stats
+            .stored_bytes
+            .fetch_add(stored.len() as u64, Relaxed);
+        let packer = match kind {
+            BlobKind::Data => &self.data,
+            BlobKind::Tree => &self.trees,
+        };
+        let full =
+            packer
+                .lock()
+                .expect("poisoned")
+                .add(id, kind, codec, &stored, data.len() as u32);
+        if let Some(full) = full {
+            self.write_pack(full)?;
+        }
+        Ok(id)
+    }
+
+    fn write_pack(&self, pack: IndexedPackBytes) -> Result<()> {
+        self.repo
+            .backend()
+            .put(&Repository::pack_key(&pack.pack.id), &pack.bytes)?;
+        self.stats.packs.fetch_add(1, Relaxed);
+        let batch = {
+            let mut unindexed = self.unindexed.lock().expect("poisoned");
+            unindexed.push(pack.pack);
+            if unindexed.len() >= PACKS_PER_INDEX_FILE {
+                std::mem::take(&mut *unindexed)
+            } else {
+                Vec::new()
+            }
+        };
+        self.write_index(batch)
+    }
+
+    fn write_index(&self, packs: Vec<IndexedPack>) -> Result<()> {
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let bytes = IndexFile { packs }.encode();
+        self.repo
+            .backend()
+            .put(&format!("index/{}", Id::of(&bytes).to_hex()), &bytes)?;
+        Ok(())
+    }
+
+    /// Writes the partly filled packs and an index file for every pack not yet indexed. After
+    /// this returns, everything stored is durable and findable.
+    pub fn finish(&self) -> Result<()> {
+        for packer in [&self.data, &self.trees] {
+            let last = packer.lock().expect("poisoned").take();
+            if let Some(last) = last {
+                self.write_pack(last)?;
+            }
+        }
+        let rest = std::mem::take(&mut *self.unindexed.lock().expect("poisoned"));
+        self.write_index(rest)
+    }
+}

@@ -1,0 +1,254 @@
+//! Walks a directory tree into the repository: each directory becomes a tree blob, each file a
+//! list of content chunk ids, bottom-up, so an unchanged subtree re-encodes to the id it had
+//! before and costs nothing.
+//!
+//! Parallelism: the entries of a directory are processed with rayon, subdirectories recursing
+//! into the same pool, and the chunks of one window of a large file are hashed and compressed in
+//! parallel too, so both cores stay busy on many small files and on one large file alike. Memory
+//! is one read window per worker (plus the packs being filled), whatever the file sizes.
+//!
+//! Change detection: a file whose size, mtime, ctime and inode match its node in the parent
+//! snapshot (and whose chunks are all in the index) reuses that chunk list without being read.
+//!
+//! Errors: a source entry that cannot be read is recorded (the snapshot is then marked incomplete)
+//! and the walk goes on; a repository write failure aborts the snapshot.
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use super::exclude::Excludes;
+use super::metadata_of;
+use crate::chunking::Chunker;
+use crate::error::{Error, Result};
+use crate::format::pack::BlobKind;
+use crate::format::snapshot::SourceError;
+use crate::format::tree::{Content, Metadata, Node, Tree};
+use crate::id::Id;
+use crate::progress::Progress;
+use crate::repository::index::Index;
+use crate::repository::packer::BlobStore;
+use crate::repository::Repository;
+
+/// Bytes read from a file at a time. Must be at least twice the largest chunk.
+const READ_WINDOW: usize = 16 << 20;
+
+#[derive(Default)]
+pub struct Counts {
+    pub files: AtomicU64,
+    pub dirs: AtomicU64,
+    pub bytes: AtomicU64,
+    pub files_read: AtomicU64,
+}
+
+pub struct Archiver<'a> {
+    pub repo: &'a Repository,
+    pub index: &'a Index,
+    pub store: &'a BlobStore<'a>,
+    pub chunker: Chunker,
+    pub excludes: &'a Excludes,
+    /// Paths never entered (the repository itself, when it lies inside a source).
+    pub skip: Vec<PathBuf>,
+    pub progress: &'a Progress,
+    pub errors: Mutex<Vec<SourceError>>,
+    pub counts: Counts,
+}
+
+/// Why reading a file stopped: the source or the repository.
+enum FileError {
+    Source(std::io::Error),
+    Repository(Error),
+}
+
+impl From<std::io::Error> for FileError {
+    fn from(e: std::io::Error) -> Self {
+        FileError::Source(e)
+    }
+}
+
+impl<'a> Archiver<'a> {
+    fn record(&self, path: &Path, message: impl std::fmt::Display) {
+        let error = SourceError {
+            path: path.display().to_string(),
+            message: message.to_string(),
+        };
+        self.progress
+            .warn(&format!("warning: {}: {}", error.path, error.message));
+        self.errors.lock().expect("poisoned").push(error);
+    }
+
+    /// The parent snapshot's tree for a directory node, if it has one and it can be read. A
+    /// damaged parent only costs re-reading: it is never trusted blindly.
+    pub fn parent_subtree(&self, parent: Option<&Node>) -> Option<Tree> {
+        match parent.map(|n| &n.content) {
+            Some(Content::Dir { subtree }) => self.repo.read_tree(self.index, subtree).ok(),
+            _ => None,
+        }
+    }
+
+    /// Archives the directory at `path` and returns its tree id.
+    pub fn dir_tree(&self, path: &Path, parent: Option<&Tree>) -> Result<Id> {
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        match std::fs::read_dir(path) {
+            Ok(entries) => {
+                for entry in entries {
+                    match entry {
+                        Ok(entry) => names.push(entry.file_name().as_bytes().to_vec()),
+                        Err(e) => self.record(path, format!("listing directory: {e}")),
+                    }
+                }
+            }
+            Err(e) => self.record(path, format!("listing directory: {e}")),
+        }
+        names.sort_unstable();
+        let nodes: Vec<Option<Node>> = names
+            .into_par_iter()
+            .map(|name| {
+                let child = path.join(OsStr::from_bytes(&name));
+                let previous = parent.and_then(|t| t.find(&name));
+                self.node(&child, name, previous)
+            })
+            .collect::<Result<_>>()?;
+        let tree = Tree {
+            nodes: nodes.into_iter().flatten().collect(),
+        };
+        self.store.store(BlobKind::Tree, &tree.encode())
+    }
+
+    /// Archives one entry of any type as a node called `name`. `None` when the entry is
+    /// excluded, vanished, or could not be read (the last is recorded).
+    pub fn node(&self, path: &Path, name: Vec<u8>, parent: Option<&Node>) -> Result<Option<Node>> {
+        if self.excludes.excludes(path) || self.skip.iter().any(|s| s == path) {
+            return Ok(None);
+        }
+        let stat = match std::fs::symlink_metadata(path) {
+            Ok(stat) => stat,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None), // deleted meanwhile
+            Err(e) => {
+                self.record(path, e);
+                return Ok(None);
+            }
+        };
+        let mut meta = metadata_of(&stat);
+        let kind = stat.file_type();
+        let content = if kind.is_dir() {
+            let previous = self.parent_subtree(parent);
+            let subtree = self.dir_tree(path, previous.as_ref())?;
+            self.counts.dirs.fetch_add(1, Relaxed);
+            Content::Dir { subtree }
+        } else if kind.is_file() {
+            match self.file_chunks(path, &meta, parent)? {
+                Some((chunks, size)) => {
+                    meta.size = size;
+                    self.counts.files.fetch_add(1, Relaxed);
+                    self.counts.bytes.fetch_add(size, Relaxed);
+                    Content::File { chunks }
+                }
+                None => return Ok(None),
+            }
+        } else if kind.is_symlink() {
+            match std::fs::read_link(path) {
+                Ok(target) => Content::Symlink {
+                    target: target.as_os_str().as_bytes().to_vec(),
+                },
+                Err(e) => {
+                    self.record(path, format!("reading symlink: {e}"));
+                    return Ok(None);
+                }
+            }
+        } else if kind.is_fifo() {
+            Content::Fifo
+        } else if kind.is_socket() {
+            Content::Socket
+        } else if kind.is_char_device() {
+            Content::CharDevice { rdev: stat.rdev() }
+        } else if kind.is_block_device() {
+            Content::BlockDevice { rdev: stat.rdev() }
+        } else {
+            self.record(path, "unknown file type");
+            return Ok(None);
+        };
+        Ok(Some(Node {
+            name,
+            meta,
+            content,
+        }))
+    }
+
+    /// The chunk ids and length of a file's content, reusing the parent's list when the file is
+    /// unchanged. `None` if the file could not be read (recorded).
+    fn file_chunks(
+        &self,
+        path: &Path,
+        meta: &Metadata,
+        parent: Option<&Node>,
+    ) -> Result<Option<(Vec<Id>, u64)>> {
+        if let Some(Node {
+            meta: old,
+            content: Content::File { chunks },
+            ..
+        }) = parent
+        {
+            let unchanged = old.size == meta.size
+                && (old.mtime_sec, old.mtime_nsec) == (meta.mtime_sec, meta.mtime_nsec)
+                && (old.ctime_sec, old.ctime_nsec) == (meta.ctime_sec, meta.ctime_nsec)
+                && old.ino == meta.ino;
+            if unchanged && chunks.iter().all(|id| self.store.contains(id)) {
+                self.progress.file_done(meta.size);
+                return Ok(Some((chunks.clone(), meta.size)));
+            }
+        }
+        let file = match open_for_reading(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                self.record(path, e);
+                return Ok(None);
+            }
+        };
+        let mut ids = Vec::new();
+        let read = self.chunker.for_each_window(
+            file,
+            READ_WINDOW,
+            meta.size as usize,
+            |window, chunks| {
+                let stored: Vec<Id> = chunks
+                    .par_iter()
+                    .map(|range| self.store.store(BlobKind::Data, &window[range.clone()]))
+                    .collect::<Result<_>>()
+                    .map_err(FileError::Repository)?;
+                ids.extend(stored);
+                self.progress
+                    .add_bytes(chunks.last().map_or(0, |c| c.end) as u64);
+                Ok(())
+            },
+        );
+        match read {
+            Ok(size) => {
+                self.counts.files_read.fetch_add(1, Relaxed);
+                self.progress.file_done(0);
+                Ok(Some((ids, size)))
+            }
+            Err(FileError::Source(e)) => {
+                self.record(path, format!("reading: {e}"));
+                Ok(None)
+            }
+            Err(FileError::Repository(e)) => Err(e),
+        }
+    }
+}
+
+/// Opens without updating the access time where the kernel allows it (owner or root).
+fn open_for_reading(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path)
+        .or_else(|_| File::open(path))
+}
