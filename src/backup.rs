@@ -259,7 +259,13 @@ fn archive_trie(
             match child {
                 Trie::Leaf => archiver.node(&path, name.clone(), previous),
                 Trie::Inner(grandchildren) => {
-                    let stat = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
+                    let stat = match std::fs::symlink_metadata(&path) {
+                        Ok(stat) => stat,
+                        Err(e) => {
+                            archiver.record(&path, e);
+                            return Ok(None);
+                        }
+                    };
                     let previous_tree = archiver.parent_subtree(previous);
                     let subtree =
                         archive_trie(archiver, &path, grandchildren, previous_tree.as_ref())?;

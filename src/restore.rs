@@ -9,7 +9,7 @@
 //! An existing non-directory entry at a restored path is replaced, never written through (it may
 //! be a symlink pointing outside the target).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -56,6 +56,8 @@ struct Restorer<'a> {
     /// (dev, inode) of multiply-linked files to the first path restored for them.
     link_sources: Mutex<HashMap<(u64, u64), PathBuf>>,
     links: Mutex<Vec<(PathBuf, PathBuf)>>,
+    /// Multiply-linked files whose content failed: their other names must fail too.
+    failed: Mutex<HashSet<PathBuf>>,
     dirs: Mutex<Vec<(PathBuf, Metadata)>>,
     files: AtomicU64,
     dir_count: AtomicU64,
@@ -115,6 +117,7 @@ pub fn restore(
         errors: Mutex::new(Vec::new()),
         link_sources: Mutex::new(HashMap::new()),
         links: Mutex::new(Vec::new()),
+        failed: Mutex::new(HashSet::new()),
         dirs: Mutex::new(Vec::new()),
         files: AtomicU64::new(0),
         dir_count: AtomicU64::new(0),
@@ -217,7 +220,14 @@ impl Restorer<'_> {
                     }
                     sources.insert(key, path.to_path_buf());
                 }
-                self.file(node, chunks, path)
+                let written = self.file(node, chunks, path);
+                if written.is_err() && node.meta.nlink > 1 {
+                    self.failed
+                        .lock()
+                        .expect("poisoned")
+                        .insert(path.to_path_buf());
+                }
+                written
             }
             Content::Symlink { target } => remove_non_dir(path)
                 .and_then(|_| std::os::unix::fs::symlink(OsStr::from_bytes(target), path))
@@ -294,7 +304,15 @@ impl Restorer<'_> {
     }
 
     fn finish_links(&self) {
+        let failed = std::mem::take(&mut *self.failed.lock().expect("poisoned"));
         for (path, first) in std::mem::take(&mut *self.links.lock().expect("poisoned")) {
+            if failed.contains(&first) {
+                self.record(
+                    &path,
+                    format!("not restored: its hard link {} failed", first.display()),
+                );
+                continue;
+            }
             match remove_non_dir(&path).and_then(|_| fs::hard_link(&first, &path)) {
                 Ok(()) => {
                     self.files.fetch_add(1, Relaxed);

@@ -79,7 +79,11 @@ impl Backend for LocalBackend {
 
     fn put(&self, key: &str, data: &[u8]) -> Result<bool> {
         let target = self.path(key);
+        let directory = target.parent().unwrap_or(&self.root);
         if target.exists() {
+            // Another writer may have linked it without having synced the directory yet: sync it
+            // here, so that whatever this caller writes next may rely on it being durable.
+            sync_dir(directory)?;
             return Ok(false);
         }
         let temp = self.root.join("tmp").join(format!(
@@ -100,13 +104,13 @@ impl Backend for LocalBackend {
         }
         let linked = fs::hard_link(&temp, &target);
         let _ = fs::remove_file(&temp);
-        match linked {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+        let created = match linked {
+            Ok(()) => true,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
             Err(e) => return Err(Error::io(&target, e)),
-        }
-        sync_dir(target.parent().unwrap_or(&self.root))?;
-        Ok(true)
+        };
+        sync_dir(directory)?;
+        Ok(created)
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {

@@ -26,6 +26,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open()?;
     let (id, snapshot) = repo.find_snapshot(&args.snapshot)?;
     let index = repo.load_index()?;
+    super::warn_damage(&repo);
     let start = find_node(&repo, &index, &snapshot.tree, &args.path, &id.short())?;
     let prefix = args.path.trim_end_matches('/').to_string();
     let prefix = if prefix.is_empty() || prefix.starts_with('/') {

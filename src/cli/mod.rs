@@ -78,6 +78,15 @@ impl Context {
     }
 }
 
+/// Prints a warning for every damaged repository file the command skipped; true if any.
+pub fn warn_damage(repo: &Repository) -> bool {
+    let damage = repo.take_damage();
+    for error in &damage {
+        eprintln!("warning: skipped damaged repository file: {error}");
+    }
+    !damage.is_empty()
+}
+
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let repo_path = match cli.repo {
         Some(path) => path,

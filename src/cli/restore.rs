@@ -25,6 +25,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open()?;
     let (id, snapshot) = repo.find_snapshot(&args.snapshot)?;
     let index = repo.load_index()?;
+    super::warn_damage(&repo);
     let progress = Progress::new("restore", context.quiet || context.json);
     let options = RestoreOptions {
         target: args.target.clone(),

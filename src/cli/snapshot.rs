@@ -41,6 +41,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     };
     let progress = Progress::new("snapshot", context.quiet || context.json);
     let outcome = take_snapshot(&repo, &options, &progress)?;
+    super::warn_damage(&repo);
     let s = &outcome.snapshot;
     let summary = &s.summary;
     if context.json {

@@ -9,6 +9,11 @@ use super::{format, Context};
 pub fn run(context: &Context) -> Result<ExitCode> {
     let repo = context.open()?;
     let snapshots = repo.snapshots()?;
+    let code = if super::warn_damage(&repo) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    };
     if context.json {
         let list: Vec<_> = snapshots
             .iter()
@@ -32,11 +37,11 @@ pub fn run(context: &Context) -> Result<ExitCode> {
             })
             .collect();
         println!("{}", serde_json::Value::Array(list));
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     if context.quiet {
         snapshots.iter().for_each(|(id, _)| println!("{id}"));
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     println!(
         "{:<8}  {:<19}  {:<12}  {:<10}  {:>9}  {:>10}  {:<10}  paths",
@@ -69,5 +74,5 @@ pub fn run(context: &Context) -> Result<ExitCode> {
         );
     }
     println!("{} snapshots", snapshots.len());
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }

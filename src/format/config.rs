@@ -118,11 +118,14 @@ impl Config {
             return Err(r.error(format!("unknown compression codec {codec}")));
         }
         let compression_level = r.u8()? as i8 as i32;
+        if !(-7..=22).contains(&compression_level) {
+            return Err(r.error(format!("zstd level {compression_level} out of range")));
+        }
         let _reserved = r.u16()?;
         let pack_target_size = r.u32()?;
-        if pack_target_size < 1024 * 1024 {
+        if !(1 << 20..=1 << 30).contains(&pack_target_size) {
             return Err(r.error(format!(
-                "pack target size {pack_target_size} is below 1 MiB"
+                "pack target size {pack_target_size} is outside 1 MiB..=1 GiB"
             )));
         }
         r.finish()?;

@@ -4,8 +4,10 @@
 use super::{Put, Reader};
 use crate::error::{Error, Result};
 
-/// Header (20 bytes) plus checksum (32 bytes).
-pub const OVERHEAD: usize = 8 + 2 + 1 + 1 + 8 + 32;
+/// Magic, version, encryption, reserved, body length.
+pub const HEADER_LEN: usize = 8 + 2 + 1 + 1 + 8;
+/// Header plus checksum.
+pub const OVERHEAD: usize = HEADER_LEN + 32;
 
 /// `encryption` values. Only `NONE` exists in format version 1; the field is there so that an
 /// AEAD can seal bodies later without changing the layout.
@@ -40,6 +42,27 @@ pub fn open<'a>(
         ));
     }
     let version = reader.u16()?;
+    let encryption = reader.u8()?;
+    let _reserved = reader.u8()?;
+    let body_len = reader.u64()?;
+    if reader.remaining() < 32 || body_len != (reader.remaining() - 32) as u64 {
+        return Err(Error::corrupt(
+            file,
+            format!(
+                "length mismatch: header says {body_len} body bytes, file has {}: the file is truncated or damaged",
+                data.len()
+            ),
+        ));
+    }
+    // The checksum comes before interpreting version and mode, so that a damaged file is
+    // reported as damaged, not as one from a newer cairn.
+    let body_end = data.len() - 32;
+    if blake3::hash(&data[..body_end]).as_bytes() != &data[body_end..] {
+        return Err(Error::corrupt(
+            file,
+            "checksum mismatch: the file is damaged",
+        ));
+    }
     if version == 0 || version > max_version {
         return Err(Error::UnsupportedVersion {
             file: file.to_string(),
@@ -48,35 +71,13 @@ pub fn open<'a>(
             supported: max_version.into(),
         });
     }
-    let encryption = reader.u8()?;
     if encryption != ENCRYPTION_NONE {
         return Err(Error::corrupt(
             file,
             format!("unknown encryption mode {encryption}"),
         ));
     }
-    let _reserved = reader.u8()?;
-    let body_len = reader.u64()?;
-    if body_len != (reader.remaining() as u64).wrapping_sub(32) || reader.remaining() < 32 {
-        return Err(Error::corrupt(
-            file,
-            format!(
-                "length mismatch: header says {body_len} body bytes, file has {}",
-                data.len()
-            ),
-        ));
-    }
-    let body_end = data.len() - 32;
-    if blake3::hash(&data[..body_end]).as_bytes() != &data[body_end..] {
-        return Err(Error::corrupt(
-            file,
-            "checksum mismatch: the file is damaged",
-        ));
-    }
-    Ok((
-        version,
-        &data[data.len() - 32 - body_len as usize..body_end],
-    ))
+    Ok((version, &data[HEADER_LEN..body_end]))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ pub mod index;
 pub mod packer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::backend::local::LocalBackend;
 use crate::backend::Backend;
@@ -28,6 +28,7 @@ const LAYOUT: [&str; 4] = ["tmp", "packs", "index", "snapshots"];
 pub struct Repository {
     backend: Arc<dyn Backend>,
     config: Config,
+    damage: Mutex<Vec<Error>>,
 }
 
 impl Repository {
@@ -50,6 +51,9 @@ impl Repository {
             }
         }
         std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::backend::local::sync_dir(parent)?;
+        }
         for dir in LAYOUT {
             backend.create_dir(dir)?;
         }
@@ -63,6 +67,7 @@ impl Repository {
         Ok(Repository {
             backend: Arc::new(backend),
             config,
+            damage: Mutex::new(Vec::new()),
         })
     }
 
@@ -76,6 +81,7 @@ impl Repository {
         Ok(Repository {
             backend: Arc::new(backend),
             config,
+            damage: Mutex::new(Vec::new()),
         })
     }
 
@@ -101,36 +107,69 @@ impl Repository {
         format!("{}/{key}", self.backend.location())
     }
 
-    /// Reads every index file. A damaged index file is an error naming it.
+    /// Reads every index file. A damaged index file is skipped and recorded (see
+    /// [`Repository::take_damage`]): its blobs then count as missing, which only makes a snapshot
+    /// store them again and makes a restore report exactly the files that need them.
     pub fn load_index(&self) -> Result<Index> {
         let mut index = Index::default();
         for (key, _) in self.backend.list("index")? {
-            let bytes = self.backend.get(&key)?;
-            let file = IndexFile::decode(&bytes, &self.describe(&key))?;
-            index.add_file(&file);
+            let decoded = self.read_named(&key).and_then(|found| {
+                found
+                    .map(|(_, bytes)| IndexFile::decode(&bytes, &self.describe(&key)))
+                    .transpose()
+            });
+            match decoded {
+                Ok(Some(file)) => index.add_file(&file),
+                Ok(None) => {}
+                Err(e) => self.record_damage(e),
+            }
         }
         Ok(index)
     }
 
-    /// Every snapshot, oldest first. A file whose name is not the hash of its bytes is damaged.
+    /// Every readable snapshot, oldest first. Damaged manifests are skipped and recorded, so one
+    /// bad file never hides the others.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
         let mut out = Vec::new();
         for (key, _) in self.backend.list("snapshots")? {
-            let name = key.rsplit('/').next().unwrap_or_default();
-            let Some(id) = Id::from_hex(name) else {
-                continue; // not ours (an editor's backup file, say): never interpreted
-            };
-            let bytes = self.backend.get(&key)?;
-            if Id::of(&bytes) != id {
-                return Err(Error::corrupt(
-                    self.describe(&key),
-                    "content does not match its name: the file is damaged",
-                ));
+            let decoded = self.read_named(&key).and_then(|found| {
+                found
+                    .map(|(id, bytes)| Ok((id, Snapshot::decode(&bytes, &self.describe(&key))?)))
+                    .transpose()
+            });
+            match decoded {
+                Ok(Some(entry)) => out.push(entry),
+                Ok(None) => {}
+                Err(e) => self.record_damage(e),
             }
-            out.push((id, Snapshot::decode(&bytes, &self.describe(&key))?));
         }
         out.sort_by_key(|(id, s)| (s.time_sec, s.time_nsec, *id));
         Ok(out)
+    }
+
+    /// Reads a file named by the hash of its content. `None` for names that are not ids (never
+    /// cairn's: an editor's backup, say); an error if the content does not match the name.
+    fn read_named(&self, key: &str) -> Result<Option<(Id, Vec<u8>)>> {
+        let Some(id) = Id::from_hex(key.rsplit('/').next().unwrap_or_default()) else {
+            return Ok(None);
+        };
+        let bytes = self.backend.get(key)?;
+        if Id::of(&bytes) != id {
+            return Err(Error::corrupt(
+                self.describe(key),
+                "content does not match its name: the file is damaged",
+            ));
+        }
+        Ok(Some((id, bytes)))
+    }
+
+    fn record_damage(&self, error: Error) {
+        self.damage.lock().expect("poisoned").push(error);
+    }
+
+    /// Repository files that were skipped because they are damaged, since the last call.
+    pub fn take_damage(&self) -> Vec<Error> {
+        std::mem::take(&mut *self.damage.lock().expect("poisoned"))
     }
 
     /// Resolves `latest`, a full id or a unique id prefix.

@@ -73,7 +73,8 @@ impl From<std::io::Error> for FileError {
 }
 
 impl<'a> Archiver<'a> {
-    fn record(&self, path: &Path, message: impl std::fmt::Display) {
+    /// Records a source entry that could not be read; the snapshot will say it is incomplete.
+    pub fn record(&self, path: &Path, message: impl std::fmt::Display) {
         let error = SourceError {
             path: path.display().to_string(),
             message: message.to_string(),

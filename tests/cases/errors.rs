@@ -1,0 +1,222 @@
+//! Bad input gets a clear error naming what is wrong, and changes nothing.
+
+use std::fs;
+use std::path::Path;
+
+use crate::support::*;
+
+fn stderr_of(command: &mut std::process::Command) -> (Option<i32>, String) {
+    let out = run(command);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every file below `dir` with its length, to prove a failed command wrote nothing.
+fn listing(dir: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                pending.push(e.path());
+            } else {
+                out.push((e.path().display().to_string(), meta.len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn repo_with_snapshot(scratch: &Scratch) -> std::path::PathBuf {
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(source.join("d")).unwrap();
+    fs::write(source.join("d/a"), noise(200_000, 1)).unwrap();
+    fs::write(source.join("b"), b"bbb").unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    repo
+}
+
+#[test]
+fn missing_source_path_is_an_error_and_writes_nothing() {
+    let scratch = Scratch::new("missing");
+    let repo = repo_with_snapshot(&scratch);
+    let before = listing(&repo);
+    let (code, err) = stderr_of(
+        cairn(&repo)
+            .arg("snapshot")
+            .arg(scratch.join("no-such-dir")),
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("no-such-dir") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert_eq!(listing(&repo), before);
+
+    // Nor does it create the default repository.
+    let home = scratch.join("home");
+    fs::create_dir(&home).unwrap();
+    let mut command = std::process::Command::new(CAIRN);
+    command
+        .arg("snapshot")
+        .arg(scratch.join("no-such-dir"))
+        .env("HOME", &home)
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("CAIRN_REPO");
+    assert_eq!(stderr_of(&mut command).0, Some(1));
+    assert!(fs::read_dir(&home).unwrap().next().is_none());
+}
+
+#[test]
+fn uninitialised_repository_is_named() {
+    let scratch = Scratch::new("uninit");
+    let empty = scratch.join("empty");
+    fs::create_dir(&empty).unwrap();
+    for args in [
+        &["snapshots"][..],
+        &["ls", "latest"],
+        &["restore", "latest", "--target", "/tmp/x-cairn-never"],
+    ] {
+        let (code, err) = stderr_of(cairn(&empty).args(args));
+        assert_eq!(code, Some(1));
+        assert!(
+            err.contains("no repository at") && err.contains("cairn init"),
+            "{err}"
+        );
+    }
+    assert!(fs::read_dir(&empty).unwrap().next().is_none());
+    // init refuses a repository that exists, or a directory holding other files.
+    init(&scratch.join("repo"));
+    let (code, err) = stderr_of(cairn(&scratch.join("repo")).arg("init"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already exists"), "{err}");
+    fs::write(empty.join("precious"), b"p").unwrap();
+    let (code, err) = stderr_of(cairn(&empty).arg("init"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not empty"), "{err}");
+}
+
+#[test]
+fn corrupt_or_truncated_repository_files_are_named() {
+    let scratch = Scratch::new("corrupt");
+    let repo = repo_with_snapshot(&scratch);
+
+    let config = repo.join("config");
+    let original = fs::read(&config).unwrap();
+    let mut damaged = original.clone();
+    damaged[40] ^= 1;
+    fs::write(&config, &damaged).unwrap();
+    let (code, err) = stderr_of(cairn(&repo).arg("snapshots"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("config") && err.contains("checksum"), "{err}");
+    fs::write(&config, &original[..original.len() / 2]).unwrap();
+    let (_, err) = stderr_of(cairn(&repo).arg("snapshots"));
+    assert!(err.contains("config") && err.contains("corrupt"), "{err}");
+    fs::write(&config, &original).unwrap();
+
+    let snapshot_file = fs::read_dir(repo.join("snapshots"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let bytes = fs::read(&snapshot_file).unwrap();
+    fs::write(&snapshot_file, &bytes[..bytes.len() - 10]).unwrap();
+    let (code, err) = stderr_of(cairn(&repo).arg("snapshots"));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(
+            &snapshot_file
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .to_string()
+        ),
+        "{err}"
+    );
+    fs::write(&snapshot_file, &bytes).unwrap();
+
+    let index_file = fs::read_dir(repo.join("index"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let bytes = fs::read(&index_file).unwrap();
+    fs::write(&index_file, &bytes[..bytes.len() - 1]).unwrap();
+    let (code, err) = stderr_of(
+        cairn(&repo)
+            .args(["restore", "latest", "--target"])
+            .arg(scratch.join("out1")),
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(
+            &index_file
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .to_string()
+        ),
+        "{err}"
+    );
+    fs::write(&index_file, &bytes).unwrap();
+}
+
+#[test]
+fn damaged_pack_fails_only_the_affected_files() {
+    let scratch = Scratch::new("badpack");
+    let repo = repo_with_snapshot(&scratch);
+    // Flip a byte inside the largest data pack (it holds d/a, a 200 kB incompressible file).
+    let mut packs: Vec<(u64, std::path::PathBuf)> = Vec::new();
+    for dir in fs::read_dir(repo.join("packs")).unwrap() {
+        for pack in fs::read_dir(dir.unwrap().path()).unwrap() {
+            let pack = pack.unwrap();
+            packs.push((pack.metadata().unwrap().len(), pack.path()));
+        }
+    }
+    packs.sort();
+    let (_, pack) = packs.last().unwrap();
+    let mut bytes = fs::read(pack).unwrap();
+    bytes[1000] ^= 0xff;
+    fs::write(pack, &bytes).unwrap();
+    let target = scratch.join("out");
+    let (code, err) = stderr_of(
+        cairn(&repo)
+            .args(["restore", "latest", "--target"])
+            .arg(&target),
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("d/a") && err.contains("does not hash to its id"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read(target.join("b")).unwrap(),
+        b"bbb",
+        "unaffected files still restore"
+    );
+}
+
+#[test]
+fn unknown_or_ambiguous_snapshot_ids() {
+    let scratch = Scratch::new("ids");
+    let repo = repo_with_snapshot(&scratch);
+    let (code, err) = stderr_of(cairn(&repo).args(["ls", "ffffffffffff"]));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no snapshot matches"), "{err}");
+    let id = json(cairn(&repo).arg("snapshots"))[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(cairn(&repo).args(["ls", &id[..6]]));
+    let (code, err) = stderr_of(cairn(&repo).args(["ls", ""]));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no snapshot matches"), "{err}");
+}

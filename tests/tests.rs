@@ -1,0 +1,13 @@
+//! Integration tests: the real `cairn` binary on real trees. One binary, one module per theme.
+
+#[path = "cases/support.rs"]
+mod support;
+
+#[path = "cases/crash.rs"]
+mod crash;
+#[path = "cases/errors.rs"]
+mod errors;
+#[path = "cases/roundtrip.rs"]
+mod roundtrip;
+#[path = "cases/snapshots.rs"]
+mod snapshots;
