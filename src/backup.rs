@@ -16,7 +16,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::format::pack::BlobKind;
 use crate::format::snapshot::{Snapshot, Summary};
 use crate::format::tree::{Content, Node, Tree};
 use crate::id::Id;
@@ -99,39 +98,19 @@ fn username() -> String {
 }
 
 /// The most recent snapshot of the same paths, host and source name, used for change detection.
-fn find_parent(
-    repo: &Repository,
-    host: &str,
-    source: &str,
-    paths: &[Vec<u8>],
-) -> Result<Option<(Id, Snapshot)>> {
-    Ok(repo
-        .snapshots()?
-        .into_iter()
-        .rev()
-        .find(|(_, s)| s.hostname == host && s.source == source && s.paths == paths))
+fn find_parent(repo: &Repository, host: &str, source: &str, paths: &[Vec<u8>]) -> Result<Option<(Id, Snapshot)>> {
+    Ok(repo.snapshots()?.into_iter().rev().find(|(_, s)| s.hostname == host && s.source == source && s.paths == paths))
 }
 
-pub fn take_snapshot(
-    repo: &Repository,
-    options: &SnapshotOptions,
-    progress: &Progress,
-) -> Result<SnapshotOutcome> {
+pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Progress) -> Result<SnapshotOutcome> {
     let started = Instant::now();
-    let start_time = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let start_time = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let paths = resolve_paths(&options.paths)?;
-    let path_bytes: Vec<Vec<u8>> = paths
-        .iter()
-        .map(|p| p.as_os_str().as_bytes().to_vec())
-        .collect();
+    let path_bytes: Vec<Vec<u8>> = paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
     let host = hostname();
     let index = repo.load_index()?;
     let parent = find_parent(repo, &host, &options.source, &path_bytes)?;
-    let parent_root = parent
-        .as_ref()
-        .and_then(|(_, s)| repo.read_tree(&index, &s.tree).ok());
+    let parent_root = parent.as_ref().and_then(|(_, s)| repo.read_tree(&index, &s.tree).ok());
 
     let store = BlobStore::new(repo, &index);
     let excludes = Excludes::new(&options.excludes);
@@ -188,11 +167,7 @@ pub fn take_snapshot(
         errors: archiver.errors.into_inner().expect("poisoned"),
     };
     let id = repo.save_snapshot(&snapshot)?;
-    Ok(SnapshotOutcome {
-        id,
-        snapshot,
-        packs_written: stats.packs.load(Relaxed),
-    })
+    Ok(SnapshotOutcome { id, snapshot, packs_written: stats.packs.load(Relaxed) })
 }
 
 /// Path components as a trie: a leaf is a requested path, inner nodes are its ancestors.
@@ -210,9 +185,7 @@ fn archive_roots(archiver: &Archiver<'_>, paths: &[PathBuf], parent: Option<&Tre
     let mut root = BTreeMap::new();
     for path in paths {
         let parts: Vec<Vec<u8>> = if paths.len() == 1 {
-            vec![path
-                .file_name()
-                .map_or(b"root".to_vec(), |n| n.as_bytes().to_vec())]
+            vec![path.file_name().map_or(b"root".to_vec(), |n| n.as_bytes().to_vec())]
         } else {
             path.components()
                 .filter_map(|c| match c {
@@ -224,24 +197,24 @@ fn archive_roots(archiver: &Archiver<'_>, paths: &[PathBuf], parent: Option<&Tre
         let mut level = &mut root;
         for (i, part) in parts.iter().enumerate() {
             let last = i + 1 == parts.len();
-            let slot = level.entry(part.clone()).or_insert_with(|| {
-                if last {
-                    Trie::Leaf
-                } else {
-                    Trie::Inner(BTreeMap::new())
-                }
-            });
+            let slot =
+                level.entry(part.clone()).or_insert_with(
+                    || {
+                        if last {
+                            Trie::Leaf
+                        } else {
+                            Trie::Inner(BTreeMap::new())
+                        }
+                    },
+                );
             match slot {
                 Trie::Inner(children) if !last => level = children,
                 _ => break,
             }
         }
     }
-    let prefix = if paths.len() == 1 {
-        paths[0].parent().unwrap_or(Path::new("/")).to_path_buf()
-    } else {
-        PathBuf::from("/")
-    };
+    let prefix =
+        if paths.len() == 1 { paths[0].parent().unwrap_or(Path::new("/")).to_path_buf() } else { PathBuf::from("/") };
     archive_trie(archiver, &prefix, &root, parent)
 }
 
@@ -267,21 +240,14 @@ fn archive_trie(
                         }
                     };
                     let previous_tree = archiver.parent_subtree(previous);
-                    let subtree =
-                        archive_trie(archiver, &path, grandchildren, previous_tree.as_ref())?;
-                    Ok(Some(Node {
-                        name: name.clone(),
-                        meta: metadata_of(&stat),
-                        content: Content::Dir { subtree },
-                    }))
+                    let subtree = archive_trie(archiver, &path, grandchildren, previous_tree.as_ref())?;
+                    Ok(Some(Node { name: name.clone(), meta: metadata_of(&stat), content: Content::Dir { subtree } }))
                 }
             }
         })
         .collect::<Result<_>>()?;
-    let tree = Tree {
-        nodes: nodes.into_iter().flatten().collect(),
-    };
-    archiver.store.store(BlobKind::Tree, &tree.encode())
+    let tree = Tree { nodes: nodes.into_iter().flatten().collect() };
+    archiver.store_tree(&tree, prefix)
 }
 
 /// Adds up the sizes of the files to back up, for the progress bar's total and ETA. Runs beside

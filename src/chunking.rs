@@ -129,16 +129,11 @@ mod tests {
         let mut got = Vec::new();
         let mut base = 0;
         let read = chunker
-            .for_each_window::<_, std::io::Error>(
-                &data[..],
-                9 * 1024 * 1024,
-                0,
-                |_window, chunks| {
-                    got.extend(chunks.iter().map(|c| base + c.start..base + c.end));
-                    base += chunks.last().map_or(0, |c| c.end);
-                    Ok(())
-                },
-            )
+            .for_each_window::<_, std::io::Error>(&data[..], 9 * 1024 * 1024, 0, |_window, chunks| {
+                got.extend(chunks.iter().map(|c| base + c.start..base + c.end));
+                base += chunks.last().map_or(0, |c| c.end);
+                Ok(())
+            })
             .unwrap();
         assert_eq!(read, data.len() as u64);
         assert_eq!(got, expected);
@@ -156,8 +151,8 @@ mod tests {
     }
 
     const PINNED_LENGTHS: &[usize] = &[
-        770163, 854502, 359561, 1664372, 1296930, 924781, 1254367, 1060015, 854944, 1175608,
-        1727843, 711624, 350765, 1797262, 1170888, 803591,
+        770163, 854502, 359561, 1664372, 1296930, 924781, 1254367, 1060015, 854944, 1175608, 1727843, 711624, 350765,
+        1797262, 1170888, 803591,
     ];
 
     #[test]

@@ -32,21 +32,16 @@ pub fn compress(data: &[u8], level: i32) -> (Codec, Vec<u8>) {
 /// Decodes stored bytes back to the plain blob of `raw_len` bytes. `what` names the blob in errors.
 pub fn decompress(codec: Codec, stored: &[u8], raw_len: u32, what: &str) -> Result<Vec<u8>> {
     if raw_len > MAX_BLOB_LEN {
-        return Err(Error::corrupt(
-            what,
-            format!("blob claims {raw_len} plain bytes"),
-        ));
+        return Err(Error::corrupt(what, format!("blob claims {raw_len} plain bytes")));
     }
     let plain = match codec {
         Codec::Raw => stored.to_vec(),
-        Codec::Zstd => zstd::bulk::decompress(stored, raw_len as usize)
-            .map_err(|e| Error::corrupt(what, format!("zstd: {e}")))?,
+        Codec::Zstd => {
+            zstd::bulk::decompress(stored, raw_len as usize).map_err(|e| Error::corrupt(what, format!("zstd: {e}")))?
+        }
     };
     if plain.len() != raw_len as usize {
-        return Err(Error::corrupt(
-            what,
-            format!("decoded to {} bytes, expected {raw_len}", plain.len()),
-        ));
+        return Err(Error::corrupt(what, format!("decoded to {} bytes, expected {raw_len}", plain.len())));
     }
     Ok(plain)
 }
@@ -61,19 +56,11 @@ mod tests {
         let (codec, stored) = compress(&text, 3);
         assert_eq!(codec, Codec::Zstd);
         assert!(stored.len() < text.len() / 10);
-        assert_eq!(
-            decompress(codec, &stored, text.len() as u32, "t").unwrap(),
-            text
-        );
+        assert_eq!(decompress(codec, &stored, text.len() as u32, "t").unwrap(), text);
 
-        let noise: Vec<u8> = (0..4096u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
+        let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         let (codec, stored) = compress(&noise, 3);
-        assert_eq!(
-            decompress(codec, &stored, noise.len() as u32, "t").unwrap(),
-            noise
-        );
+        assert_eq!(decompress(codec, &stored, noise.len() as u32, "t").unwrap(), noise);
     }
 
     #[test]

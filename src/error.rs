@@ -11,10 +11,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     #[error("no repository at {0}: run `cairn init` first (or pass --repo)")]
     NotARepository(PathBuf),
@@ -26,12 +23,7 @@ pub enum Error {
     Corrupt { file: String, reason: String },
 
     #[error("unsupported {what} version {found} in {file} (this cairn reads up to {supported})")]
-    UnsupportedVersion {
-        file: String,
-        what: &'static str,
-        found: u32,
-        supported: u32,
-    },
+    UnsupportedVersion { file: String, what: &'static str, found: u32, supported: u32 },
 
     #[error("blob {0} is not in the repository index")]
     MissingBlob(Id),
@@ -58,17 +50,11 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     pub fn corrupt(file: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Corrupt {
-            file: file.into(),
-            reason: reason.into(),
-        }
+        Error::Corrupt { file: file.into(), reason: reason.into() }
     }
 }
 

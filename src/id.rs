@@ -74,9 +74,7 @@ pub fn random_bytes() -> [u8; 32] {
         // No /dev/urandom (a stripped container): derive from time, pid and an address. Only
         // uniqueness matters for these uses, not secrecy.
         let mut hasher = blake3::Hasher::new();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         hasher.update(&now.as_nanos().to_le_bytes());
         hasher.update(&std::process::id().to_le_bytes());
         hasher.update(&(&out as *const _ as usize).to_le_bytes());
@@ -93,10 +91,7 @@ mod tests {
     fn hex_round_trip_and_pinned_vector() {
         // BLAKE3("") from the BLAKE3 reference test vectors.
         let id = Id::of(b"");
-        assert_eq!(
-            id.to_hex(),
-            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
-        );
+        assert_eq!(id.to_hex(), "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
         assert_eq!(Id::from_hex(&id.to_hex()), Some(id));
         assert_eq!(Id::from_hex(&id.to_hex().to_uppercase()), Some(id));
         assert_eq!(Id::from_hex("xyz"), None);

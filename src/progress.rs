@@ -25,20 +25,12 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(250));
             bar
         });
-        Progress {
-            bar,
-            files: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-        }
+        Progress { bar, files: AtomicU64::new(0), bytes: AtomicU64::new(0) }
     }
 
     /// A progress that never draws (library use and tests).
     pub fn hidden() -> Progress {
-        Progress {
-            bar: None,
-            files: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-        }
+        Progress { bar: None, files: AtomicU64::new(0), bytes: AtomicU64::new(0) }
     }
 
     pub fn is_drawn(&self) -> bool {

@@ -67,25 +67,13 @@ struct Restorer<'a> {
 
 /// Splits an include path into its components, ignoring `/`, `.` and empty parts.
 fn components(path: &str) -> Vec<&[u8]> {
-    path.as_bytes()
-        .split(|&b| b == b'/')
-        .filter(|p| !p.is_empty() && *p != b".")
-        .collect()
+    path.as_bytes().split(|&b| b == b'/').filter(|p| !p.is_empty() && *p != b".").collect()
 }
 
 /// Finds the node at `path` below the root tree; `None` for the root itself.
-pub fn find_node(
-    repo: &Repository,
-    index: &Index,
-    root: &Id,
-    path: &str,
-    snapshot: &str,
-) -> Result<Option<Node>> {
+pub fn find_node(repo: &Repository, index: &Index, root: &Id, path: &str, snapshot: &str) -> Result<Option<Node>> {
     let parts = components(path);
-    let missing = || Error::NoSuchPath {
-        snapshot: snapshot.to_string(),
-        path: path.to_string(),
-    };
+    let missing = || Error::NoSuchPath { snapshot: snapshot.to_string(), path: path.to_string() };
     let mut tree = repo.read_tree(index, root)?;
     let mut found = None;
     for (i, part) in parts.iter().enumerate() {
@@ -133,9 +121,7 @@ pub fn restore(
         for include in &options.includes {
             let node = find_node(repo, index, &snapshot.tree, include, &short)?;
             let mut path = options.target.clone();
-            components(include)
-                .iter()
-                .for_each(|p| path.push(OsStr::from_bytes(p)));
+            components(include).iter().for_each(|p| path.push(OsStr::from_bytes(p)));
             selected.push((path, node));
         }
     }
@@ -169,12 +155,8 @@ pub fn restore(
 
 impl Restorer<'_> {
     fn record(&self, path: &Path, message: impl std::fmt::Display) {
-        let error = SourceError {
-            path: path.display().to_string(),
-            message: message.to_string(),
-        };
-        self.progress
-            .warn(&format!("error: {}: {}", error.path, error.message));
+        let error = SourceError { path: path.display().to_string(), message: message.to_string() };
+        self.progress.warn(&format!("error: {}: {}", error.path, error.message));
         self.errors.lock().expect("poisoned").push(error);
     }
 
@@ -183,9 +165,7 @@ impl Restorer<'_> {
             Ok(tree) => tree,
             Err(e) => return self.record(dir, format!("cannot read directory listing: {e}")),
         };
-        tree.nodes
-            .par_iter()
-            .for_each(|node| self.node(node, &dir.join(OsStr::from_bytes(&node.name))));
+        tree.nodes.par_iter().for_each(|node| self.node(node, &dir.join(OsStr::from_bytes(&node.name))));
     }
 
     fn node(&self, node: &Node, path: &Path) {
@@ -200,10 +180,7 @@ impl Restorer<'_> {
                     }
                 }
                 self.dir_count.fetch_add(1, Relaxed);
-                self.dirs
-                    .lock()
-                    .expect("poisoned")
-                    .push((path.to_path_buf(), node.meta));
+                self.dirs.lock().expect("poisoned").push((path.to_path_buf(), node.meta));
                 self.tree(subtree, path);
                 return;
             }
@@ -212,20 +189,14 @@ impl Restorer<'_> {
                     let key = (node.meta.dev, node.meta.ino);
                     let mut sources = self.link_sources.lock().expect("poisoned");
                     if let Some(first) = sources.get(&key) {
-                        self.links
-                            .lock()
-                            .expect("poisoned")
-                            .push((path.to_path_buf(), first.clone()));
+                        self.links.lock().expect("poisoned").push((path.to_path_buf(), first.clone()));
                         return;
                     }
                     sources.insert(key, path.to_path_buf());
                 }
                 let written = self.file(node, chunks, path);
                 if written.is_err() && node.meta.nlink > 1 {
-                    self.failed
-                        .lock()
-                        .expect("poisoned")
-                        .insert(path.to_path_buf());
+                    self.failed.lock().expect("poisoned").insert(path.to_path_buf());
                 }
                 written
             }
@@ -233,18 +204,16 @@ impl Restorer<'_> {
                 .and_then(|_| std::os::unix::fs::symlink(OsStr::from_bytes(target), path))
                 .map_err(|e| e.to_string())
                 .and_then(|_| self.metadata(path, &node.meta, true)),
-            Content::Fifo => make_node(path, libc::S_IFIFO, 0)
-                .and_then(|_| self.metadata(path, &node.meta, false)),
-            Content::CharDevice { rdev } => make_node(path, libc::S_IFCHR, *rdev)
-                .and_then(|_| self.metadata(path, &node.meta, false)),
-            Content::BlockDevice { rdev } => make_node(path, libc::S_IFBLK, *rdev)
-                .and_then(|_| self.metadata(path, &node.meta, false)),
+            Content::Fifo => make_node(path, libc::S_IFIFO, 0).and_then(|_| self.metadata(path, &node.meta, false)),
+            Content::CharDevice { rdev } => {
+                make_node(path, libc::S_IFCHR, *rdev).and_then(|_| self.metadata(path, &node.meta, false))
+            }
+            Content::BlockDevice { rdev } => {
+                make_node(path, libc::S_IFBLK, *rdev).and_then(|_| self.metadata(path, &node.meta, false))
+            }
             Content::Socket => {
                 self.sockets.fetch_add(1, Relaxed);
-                self.progress.warn(&format!(
-                    "note: {}: sockets are recorded but not restored",
-                    path.display()
-                ));
+                self.progress.warn(&format!("note: {}: sockets are recorded but not restored", path.display()));
                 return;
             }
         };
@@ -255,27 +224,17 @@ impl Restorer<'_> {
 
     fn file(&self, node: &Node, chunks: &[Id], path: &Path) -> std::result::Result<(), String> {
         remove_non_dir(path).map_err(|e| e.to_string())?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| e.to_string())?;
+        let mut file =
+            OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| e.to_string())?;
         let mut written = 0u64;
         for id in chunks {
-            let data = self
-                .repo
-                .read_blob(self.index, id)
-                .map_err(|e| e.to_string())?;
+            let data = self.repo.read_blob(self.index, id).map_err(|e| e.to_string())?;
             file.write_all(&data).map_err(|e| e.to_string())?;
             written += data.len() as u64;
             self.progress.add_bytes(data.len() as u64);
         }
         if written != node.meta.size {
-            return Err(format!(
-                "restored {written} bytes, the snapshot recorded {}",
-                node.meta.size
-            ));
+            return Err(format!("restored {written} bytes, the snapshot recorded {}", node.meta.size));
         }
         drop(file);
         self.metadata(path, &node.meta, false)?;
@@ -286,19 +245,12 @@ impl Restorer<'_> {
     }
 
     /// Owner (as root), mode (not for symlinks), then mtime, in that order: chown clears setuid.
-    fn metadata(
-        &self,
-        path: &Path,
-        meta: &Metadata,
-        symlink: bool,
-    ) -> std::result::Result<(), String> {
+    fn metadata(&self, path: &Path, meta: &Metadata, symlink: bool) -> std::result::Result<(), String> {
         if self.as_root {
-            std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid))
-                .map_err(|e| format!("chown: {e}"))?;
+            std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)).map_err(|e| format!("chown: {e}"))?;
         }
         if !symlink {
-            fs::set_permissions(path, fs::Permissions::from_mode(meta.mode))
-                .map_err(|e| format!("chmod: {e}"))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(meta.mode)).map_err(|e| format!("chmod: {e}"))?;
         }
         set_mtime(path, meta.mtime_sec, meta.mtime_nsec).map_err(|e| format!("setting mtime: {e}"))
     }
@@ -307,10 +259,7 @@ impl Restorer<'_> {
         let failed = std::mem::take(&mut *self.failed.lock().expect("poisoned"));
         for (path, first) in std::mem::take(&mut *self.links.lock().expect("poisoned")) {
             if failed.contains(&first) {
-                self.record(
-                    &path,
-                    format!("not restored: its hard link {} failed", first.display()),
-                );
+                self.record(&path, format!("not restored: its hard link {} failed", first.display()));
                 continue;
             }
             match remove_non_dir(&path).and_then(|_| fs::hard_link(&first, &path)) {
@@ -336,10 +285,9 @@ impl Restorer<'_> {
 /// Removes whatever non-directory entry is at `path`; a missing entry is fine.
 fn remove_non_dir(path: &Path) -> std::io::Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => Err(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            "a directory is in the way",
-        )),
+        Ok(meta) if meta.is_dir() => {
+            Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a directory is in the way"))
+        }
         Ok(_) => fs::remove_file(path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
@@ -365,25 +313,11 @@ fn make_node(path: &Path, kind: libc::mode_t, rdev: u64) -> std::result::Result<
 fn set_mtime(path: &Path, sec: i64, nsec: u32) -> std::io::Result<()> {
     let c = c_path(path)?;
     let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        libc::timespec {
-            tv_sec: sec as libc::time_t,
-            tv_nsec: nsec as libc::c_long,
-        },
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec { tv_sec: sec as libc::time_t, tv_nsec: nsec as libc::c_long },
     ];
     // SAFETY: `c` is a valid path and `times` holds two timespecs, as utimensat requires.
-    if unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    } != 0
-    {
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

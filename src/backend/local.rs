@@ -63,10 +63,7 @@ impl Backend for LocalBackend {
         if out.len() as u64 != len {
             return Err(Error::corrupt(
                 path.display().to_string(),
-                format!(
-                    "truncated: wanted {len} bytes at offset {offset}, got {}",
-                    out.len()
-                ),
+                format!("truncated: wanted {len} bytes at offset {offset}, got {}", out.len()),
             ));
         }
         Ok(out)
@@ -86,15 +83,9 @@ impl Backend for LocalBackend {
             sync_dir(directory)?;
             return Ok(false);
         }
-        let temp = self.root.join("tmp").join(format!(
-            "{}.tmp",
-            crate::id::Id(crate::id::random_bytes()).to_hex()
-        ));
+        let temp = self.root.join("tmp").join(format!("{}.tmp", crate::id::Id(crate::id::random_bytes()).to_hex()));
         let written = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&temp)?;
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
             file.write_all(data)?;
             file.sync_all()
         })();
@@ -175,10 +166,8 @@ mod tests {
         pub struct Dir(std::path::PathBuf);
         impl Dir {
             pub fn new() -> Dir {
-                let path = std::env::temp_dir().join(format!(
-                    "cairn-test-{}",
-                    crate::id::Id(crate::id::random_bytes()).short()
-                ));
+                let path = std::env::temp_dir()
+                    .join(format!("cairn-test-{}", crate::id::Id(crate::id::random_bytes()).short()));
                 std::fs::create_dir_all(&path).unwrap();
                 Dir(path)
             }
@@ -201,10 +190,7 @@ mod tests {
         assert_eq!(backend.get("snapshots/a").unwrap(), b"first");
         assert_eq!(backend.get_range("snapshots/a", 1, 3).unwrap(), b"irs");
         assert!(backend.get_range("snapshots/a", 3, 3).is_err());
-        assert_eq!(
-            backend.list("snapshots").unwrap(),
-            vec![("snapshots/a".to_string(), 5)]
-        );
+        assert_eq!(backend.list("snapshots").unwrap(), vec![("snapshots/a".to_string(), 5)]);
         assert!(backend.list("tmp").unwrap().is_empty());
         backend.delete("snapshots/a").unwrap();
         assert!(!backend.exists("snapshots/a").unwrap());

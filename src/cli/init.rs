@@ -10,16 +10,9 @@ use cairn::repository::Repository;
 pub fn run(context: &Context) -> Result<ExitCode> {
     let repo = Repository::init(&context.repo_path)?;
     if context.json {
-        println!(
-            "{}",
-            serde_json::json!({ "repository": context.repo_path, "id": repo.config().repo_id.to_hex() })
-        );
+        println!("{}", serde_json::json!({ "repository": context.repo_path, "id": repo.config().repo_id.to_hex() }));
     } else if !context.quiet {
-        println!(
-            "created repository {} at {}",
-            repo.config().repo_id.short(),
-            context.repo_path.display()
-        );
+        println!("created repository {} at {}", repo.config().repo_id.short(), context.repo_path.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -29,17 +29,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     super::warn_damage(&repo);
     let start = find_node(&repo, &index, &snapshot.tree, &args.path, &id.short())?;
     let prefix = args.path.trim_end_matches('/').to_string();
-    let prefix = if prefix.is_empty() || prefix.starts_with('/') {
-        prefix
-    } else {
-        format!("/{prefix}")
-    };
-    let lister = Lister {
-        repo: &repo,
-        index: &index,
-        json: context.json,
-        long: args.long,
-    };
+    let prefix = if prefix.is_empty() || prefix.starts_with('/') { prefix } else { format!("/{prefix}") };
+    let lister = Lister { repo: &repo, index: &index, json: context.json, long: args.long };
     match start {
         None => lister.tree(&snapshot.tree, "")?,
         Some(node) => lister.node(&node, &prefix)?,
@@ -58,10 +49,7 @@ impl Lister<'_> {
     fn tree(&self, id: &cairn::id::Id, prefix: &str) -> Result<()> {
         let tree = self.repo.read_tree(self.index, id)?;
         for node in &tree.nodes {
-            self.node(
-                node,
-                &format!("{prefix}/{}", String::from_utf8_lossy(&node.name)),
-            )?;
+            self.node(node, &format!("{prefix}/{}", String::from_utf8_lossy(&node.name)))?;
         }
         Ok(())
     }

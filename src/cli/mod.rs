@@ -90,15 +90,10 @@ pub fn warn_damage(repo: &Repository) -> bool {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let repo_path = match cli.repo {
         Some(path) => path,
-        None => default_location().context(
-            "no --repo given, CAIRN_REPO unset, and no home directory for the default repository",
-        )?,
+        None => default_location()
+            .context("no --repo given, CAIRN_REPO unset, and no home directory for the default repository")?,
     };
-    let context = Context {
-        repo_path,
-        quiet: cli.quiet,
-        json: cli.json,
-    };
+    let context = Context { repo_path, quiet: cli.quiet, json: cli.json };
     match cli.command {
         Command::Init => init::run(&context),
         Command::Snapshot(args) => snapshot::run(&context, args),

@@ -27,16 +27,10 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let index = repo.load_index()?;
     super::warn_damage(&repo);
     let progress = Progress::new("restore", context.quiet || context.json);
-    let options = RestoreOptions {
-        target: args.target.clone(),
-        includes: args.includes,
-    };
+    let options = RestoreOptions { target: args.target.clone(), includes: args.includes };
     let summary = restore(&repo, &index, &snapshot, &options, &progress)?;
     if context.json {
-        println!(
-            "{}",
-            serde_json::json!({ "snapshot": id.to_hex(), "target": args.target, "summary": summary })
-        );
+        println!("{}", serde_json::json!({ "snapshot": id.to_hex(), "target": args.target, "summary": summary }));
     } else if !context.quiet {
         println!(
             "restored snapshot {} to {}: {} files, {} dirs, {}{}",
@@ -45,18 +39,11 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             summary.files,
             summary.dirs,
             format::bytes(summary.bytes),
-            if summary.errors.is_empty() {
-                String::new()
-            } else {
-                format!(", {} errors", summary.errors.len())
-            }
+            if summary.errors.is_empty() { String::new() } else { format!(", {} errors", summary.errors.len()) }
         );
     }
     if !summary.errors.is_empty() {
-        eprintln!(
-            "error: {} entries could not be restored (listed above)",
-            summary.errors.len()
-        );
+        eprintln!("error: {} entries could not be restored (listed above)", summary.errors.len());
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

@@ -30,8 +30,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     // Check the sources before creating or touching the repository: a typo writes nothing.
     resolve_paths(&args.paths)?;
     let repo = context.open_or_create()?;
-    let repo_root =
-        std::path::absolute(&context.repo_path).unwrap_or_else(|_| context.repo_path.clone());
+    let repo_root = std::path::absolute(&context.repo_path).unwrap_or_else(|_| context.repo_path.clone());
     let options = SnapshotOptions {
         paths: args.paths,
         tags: args.tags,

@@ -9,11 +9,7 @@ use super::{format, Context};
 pub fn run(context: &Context) -> Result<ExitCode> {
     let repo = context.open()?;
     let snapshots = repo.snapshots()?;
-    let code = if super::warn_damage(&repo) {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    };
+    let code = if super::warn_damage(&repo) { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     if context.json {
         let list: Vec<_> = snapshots
             .iter()
@@ -48,16 +44,8 @@ pub fn run(context: &Context) -> Result<ExitCode> {
         "id", "time (UTC)", "host", "source", "files", "size", "status"
     );
     for (id, s) in &snapshots {
-        let paths: Vec<_> = s
-            .paths
-            .iter()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .collect();
-        let mut status = if s.is_complete() {
-            "ok".to_string()
-        } else {
-            format!("incomplete({})", s.errors.len())
-        };
+        let paths: Vec<_> = s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+        let mut status = if s.is_complete() { "ok".to_string() } else { format!("incomplete({})", s.errors.len()) };
         if !s.tags.is_empty() {
             status = format!("{status} [{}]", s.tags.join(","));
         }

@@ -102,7 +102,7 @@ impl Config {
             return Err(r.error(format!("unknown chunker algorithm {algorithm}")));
         }
         let normalization = r.u8()?;
-        let _reserved = r.u16()?;
+        r.reserved16()?;
         let chunker = ChunkerParams {
             normalization,
             min_size: r.u32()?,
@@ -110,9 +110,7 @@ impl Config {
             max_size: r.u32()?,
             gear_seed: r.u64()?,
         };
-        chunker
-            .validate()
-            .map_err(|reason| Error::corrupt(file, reason))?;
+        chunker.validate().map_err(|reason| Error::corrupt(file, reason))?;
         let codec = r.u8()?;
         if codec != COMPRESSION_ZSTD {
             return Err(r.error(format!("unknown compression codec {codec}")));
@@ -121,20 +119,13 @@ impl Config {
         if !(-7..=22).contains(&compression_level) {
             return Err(r.error(format!("zstd level {compression_level} out of range")));
         }
-        let _reserved = r.u16()?;
+        r.reserved16()?;
         let pack_target_size = r.u32()?;
         if !(1 << 20..=1 << 30).contains(&pack_target_size) {
-            return Err(r.error(format!(
-                "pack target size {pack_target_size} is outside 1 MiB..=1 GiB"
-            )));
+            return Err(r.error(format!("pack target size {pack_target_size} is outside 1 MiB..=1 GiB")));
         }
         r.finish()?;
-        Ok(Config {
-            repo_id,
-            chunker,
-            compression_level,
-            pack_target_size,
-        })
+        Ok(Config { repo_id, chunker, compression_level, pack_target_size })
     }
 }
 

@@ -28,22 +28,14 @@ pub fn seal(magic: &[u8; 8], version: u16, body: &[u8]) -> Vec<u8> {
 }
 
 /// Checks magic, version, length and checksum; returns the version and the body.
-pub fn open<'a>(
-    data: &'a [u8],
-    magic: &[u8; 8],
-    max_version: u16,
-    file: &'a str,
-) -> Result<(u16, &'a [u8])> {
+pub fn open<'a>(data: &'a [u8], magic: &[u8; 8], max_version: u16, file: &'a str) -> Result<(u16, &'a [u8])> {
     let mut reader = Reader::new(data, file);
     if reader.bytes(8)? != magic {
-        return Err(Error::corrupt(
-            file,
-            format!("not a {} file (bad magic)", String::from_utf8_lossy(magic)),
-        ));
+        return Err(Error::corrupt(file, format!("not a {} file (bad magic)", String::from_utf8_lossy(magic))));
     }
     let version = reader.u16()?;
     let encryption = reader.u8()?;
-    let _reserved = reader.u8()?;
+    let reserved = reader.u8()?;
     let body_len = reader.u64()?;
     if reader.remaining() < 32 || body_len != (reader.remaining() - 32) as u64 {
         return Err(Error::corrupt(
@@ -58,10 +50,7 @@ pub fn open<'a>(
     // reported as damaged, not as one from a newer cairn.
     let body_end = data.len() - 32;
     if blake3::hash(&data[..body_end]).as_bytes() != &data[body_end..] {
-        return Err(Error::corrupt(
-            file,
-            "checksum mismatch: the file is damaged",
-        ));
+        return Err(Error::corrupt(file, "checksum mismatch: the file is damaged"));
     }
     if version == 0 || version > max_version {
         return Err(Error::UnsupportedVersion {
@@ -72,10 +61,10 @@ pub fn open<'a>(
         });
     }
     if encryption != ENCRYPTION_NONE {
-        return Err(Error::corrupt(
-            file,
-            format!("unknown encryption mode {encryption}"),
-        ));
+        return Err(Error::corrupt(file, format!("unknown encryption mode {encryption}")));
+    }
+    if reserved != 0 {
+        return Err(Error::corrupt(file, "reserved header byte is not zero"));
     }
     Ok((version, &data[HEADER_LEN..body_end]))
 }

@@ -53,11 +53,7 @@ impl IndexFile {
                 if blob.end() > len {
                     return Err(Error::corrupt(
                         file,
-                        format!(
-                            "blob {} lies past the end of pack {}",
-                            blob.id.short(),
-                            id.short()
-                        ),
+                        format!("blob {} lies past the end of pack {}", blob.id.short(), id.short()),
                     ));
                 }
                 blobs.push(blob);
@@ -76,37 +72,24 @@ mod tests {
     use proptest::prelude::*;
 
     fn entry() -> impl Strategy<Value = BlobEntry> {
-        (
-            any::<[u8; 32]>(),
-            any::<bool>(),
-            16u32..1 << 20,
-            0u32..1 << 20,
-        )
-            .prop_map(|(id, tree, offset, len)| BlobEntry {
+        (any::<[u8; 32]>(), any::<bool>(), 16u32..1 << 20, 0u32..1 << 20).prop_map(|(id, tree, offset, len)| {
+            BlobEntry {
                 id: Id(id),
                 kind: if tree { BlobKind::Tree } else { BlobKind::Data },
                 codec: Codec::Zstd,
                 offset,
                 stored_len: len,
                 raw_len: len.wrapping_mul(3),
-            })
+            }
+        })
     }
 
     fn index() -> impl Strategy<Value = IndexFile> {
-        proptest::collection::vec(
-            (any::<[u8; 32]>(), proptest::collection::vec(entry(), 0..6)),
-            0..5,
+        proptest::collection::vec((any::<[u8; 32]>(), proptest::collection::vec(entry(), 0..6)), 0..5).prop_map(
+            |packs| IndexFile {
+                packs: packs.into_iter().map(|(id, blobs)| IndexedPack { id: Id(id), len: 1 << 22, blobs }).collect(),
+            },
         )
-        .prop_map(|packs| IndexFile {
-            packs: packs
-                .into_iter()
-                .map(|(id, blobs)| IndexedPack {
-                    id: Id(id),
-                    len: 1 << 22,
-                    blobs,
-                })
-                .collect(),
-        })
     }
 
     proptest! {

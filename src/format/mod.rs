@@ -37,10 +37,7 @@ impl<'a> Reader<'a> {
 
     pub fn bytes(&mut self, len: usize) -> Result<&'a [u8]> {
         if len > self.remaining() {
-            return Err(self.error(format!(
-                "truncated: need {len} bytes, {} left",
-                self.remaining()
-            )));
+            return Err(self.error(format!("truncated: need {len} bytes, {} left", self.remaining())));
         }
         let out = &self.data[self.pos..self.pos + len];
         self.pos += len;
@@ -70,6 +67,14 @@ impl<'a> Reader<'a> {
     }
     pub fn id(&mut self) -> Result<Id> {
         Ok(Id(self.array()?))
+    }
+
+    /// A reserved u16 field, which must be zero in this version.
+    pub fn reserved16(&mut self) -> Result<()> {
+        match self.u16()? {
+            0 => Ok(()),
+            other => Err(self.error(format!("reserved field is {other}, not zero"))),
+        }
     }
 
     /// A count of items that each take at least `min_item_len` bytes; rejects counts that could not

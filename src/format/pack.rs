@@ -67,23 +67,13 @@ impl BlobEntry {
             1 => Codec::Zstd,
             other => return Err(r.error(format!("unknown codec {other}"))),
         };
-        let _reserved = r.u16()?;
-        let entry = BlobEntry {
-            id,
-            kind,
-            codec,
-            offset: r.u32()?,
-            stored_len: r.u32()?,
-            raw_len: r.u32()?,
-        };
+        r.reserved16()?;
+        let entry = BlobEntry { id, kind, codec, offset: r.u32()?, stored_len: r.u32()?, raw_len: r.u32()? };
         if (entry.offset as usize) < HEADER_LEN {
             return Err(r.error(format!("blob {} starts inside the pack header", id.short())));
         }
         if entry.codec == Codec::Raw && entry.stored_len != entry.raw_len {
-            return Err(r.error(format!(
-                "raw blob {} has stored length != plain length",
-                id.short()
-            )));
+            return Err(r.error(format!("raw blob {} has stored length != plain length", id.short())));
         }
         Ok(entry)
     }
@@ -119,26 +109,17 @@ pub fn trailer(entries: &[BlobEntry]) -> Vec<u8> {
 /// least [`TAIL_LEN`], and enough to hold the trailer (callers re-read with the length it names).
 pub fn decode_trailer(tail: &[u8], pack_len: u64, file: &str) -> Result<TrailerRead> {
     if tail.len() < TAIL_LEN || pack_len < (HEADER_LEN + TAIL_LEN) as u64 {
-        return Err(Error::corrupt(
-            file,
-            "truncated: shorter than a pack header and trailer",
-        ));
+        return Err(Error::corrupt(file, "truncated: shorter than a pack header and trailer"));
     }
     let mut r = Reader::new(&tail[tail.len() - TAIL_LEN..], file);
     let count = r.u32()? as usize;
     let trailer_len = r.u32()? as usize;
     let checksum = r.array::<32>()?;
     if r.bytes(8)? != TRAILER_MAGIC {
-        return Err(Error::corrupt(
-            file,
-            "no pack trailer magic at the end: the pack is truncated or not a pack",
-        ));
+        return Err(Error::corrupt(file, "no pack trailer magic at the end: the pack is truncated or not a pack"));
     }
     if count.checked_mul(ENTRY_LEN) != Some(trailer_len) {
-        return Err(Error::corrupt(
-            file,
-            format!("trailer length {trailer_len} does not match {count} entries"),
-        ));
+        return Err(Error::corrupt(file, format!("trailer length {trailer_len} does not match {count} entries")));
     }
     let needed = trailer_len + TAIL_LEN;
     if needed as u64 + HEADER_LEN as u64 > pack_len {
@@ -157,10 +138,7 @@ pub fn decode_trailer(tail: &[u8], pack_len: u64, file: &str) -> Result<TrailerR
     for _ in 0..count {
         let entry = BlobEntry::decode_from(&mut r)?;
         if entry.end() > blobs_end {
-            return Err(Error::corrupt(
-                file,
-                format!("blob {} extends past the blob area", entry.id.short()),
-            ));
+            return Err(Error::corrupt(file, format!("blob {} extends past the blob area", entry.id.short())));
         }
         entries.push(entry);
     }
@@ -205,11 +183,7 @@ mod tests {
         for (data, tree) in blobs {
             entries.push(BlobEntry {
                 id: Id::of(data),
-                kind: if *tree {
-                    BlobKind::Tree
-                } else {
-                    BlobKind::Data
-                },
+                kind: if *tree { BlobKind::Tree } else { BlobKind::Data },
                 codec: Codec::Raw,
                 offset: pack.len() as u32,
                 stored_len: data.len() as u32,

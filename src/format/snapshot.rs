@@ -51,6 +51,18 @@ pub struct SourceError {
     pub message: String,
 }
 
+/// The longest host name, user name, source name or tag a manifest holds, in bytes. Encoding
+/// clips to it and decoding rejects more, so every decodable manifest round-trips.
+pub const MAX_TEXT: usize = 1024;
+
+fn text(r: &mut Reader<'_>) -> Result<String> {
+    let value = r.string16()?;
+    if value.len() > MAX_TEXT {
+        return Err(r.error(format!("text field of {} bytes exceeds {MAX_TEXT}", value.len())));
+    }
+    Ok(value)
+}
+
 /// Bounds the strings kept in a manifest so that encoding can never overflow a length prefix.
 pub fn clip(text: &str, max: usize) -> String {
     if text.len() <= max {
@@ -81,25 +93,15 @@ impl Snapshot {
             }
             None => body.put_u8(0),
         }
-        body.put_bytes16(clip(&self.hostname, 1024).as_bytes());
-        body.put_bytes16(clip(&self.username, 1024).as_bytes());
-        body.put_bytes16(clip(&self.source, 1024).as_bytes());
+        body.put_bytes16(clip(&self.hostname, MAX_TEXT).as_bytes());
+        body.put_bytes16(clip(&self.username, MAX_TEXT).as_bytes());
+        body.put_bytes16(clip(&self.source, MAX_TEXT).as_bytes());
         body.put_u32(self.paths.len() as u32);
         self.paths.iter().for_each(|p| body.put_bytes32(p));
         body.put_u32(self.tags.len() as u32);
-        self.tags
-            .iter()
-            .for_each(|t| body.put_bytes16(clip(t, 1024).as_bytes()));
+        self.tags.iter().for_each(|t| body.put_bytes16(clip(t, MAX_TEXT).as_bytes()));
         let s = &self.summary;
-        for value in [
-            s.files,
-            s.dirs,
-            s.bytes,
-            s.files_read,
-            s.blobs_added,
-            s.bytes_added,
-            s.stored_bytes_added,
-        ] {
+        for value in [s.files, s.dirs, s.bytes, s.files_read, s.blobs_added, s.bytes_added, s.stored_bytes_added] {
             body.put_u64(value);
         }
         body.put_u32(self.errors.len() as u32);
@@ -125,9 +127,9 @@ impl Snapshot {
             1 => Some(r.id()?),
             other => return Err(r.error(format!("bad parent flag {other}"))),
         };
-        let hostname = r.string16()?;
-        let username = r.string16()?;
-        let source = r.string16()?;
+        let hostname = text(&mut r)?;
+        let username = text(&mut r)?;
+        let source = text(&mut r)?;
         let path_count = r.count(4)?;
         let mut paths = Vec::with_capacity(path_count);
         for _ in 0..path_count {
@@ -136,22 +138,14 @@ impl Snapshot {
         let tag_count = r.count(2)?;
         let mut tags = Vec::with_capacity(tag_count);
         for _ in 0..tag_count {
-            tags.push(r.string16()?);
+            tags.push(text(&mut r)?);
         }
         let mut values = [0u64; 7];
         for value in &mut values {
             *value = r.u64()?;
         }
         let [files, dirs, bytes, files_read, blobs_added, bytes_added, stored_bytes_added] = values;
-        let summary = Summary {
-            files,
-            dirs,
-            bytes,
-            files_read,
-            blobs_added,
-            bytes_added,
-            stored_bytes_added,
-        };
+        let summary = Summary { files, dirs, bytes, files_read, blobs_added, bytes_added, stored_bytes_added };
         let error_count = r.count(8)?;
         let mut errors = Vec::with_capacity(error_count);
         for _ in 0..error_count {
@@ -225,10 +219,7 @@ mod tests {
                         bytes_added: s[5],
                         stored_bytes_added: s[6],
                     },
-                    errors: errors
-                        .into_iter()
-                        .map(|(path, message)| SourceError { path, message })
-                        .collect(),
+                    errors: errors.into_iter().map(|(path, message)| SourceError { path, message }).collect(),
                 },
             )
     }
@@ -246,5 +237,12 @@ mod tests {
             prop_assert!(Snapshot::decode(&encoded[..encoded.len() - cut], "s").is_err());
             prop_assert!(Snapshot::decode(&data, "s").is_err());
         }
+    }
+
+    #[test]
+    fn over_long_text_is_clipped_on_encode_and_rejected_on_decode() {
+        let snapshot = Snapshot { hostname: "h".repeat(MAX_TEXT + 100), ..Snapshot::default() };
+        let decoded = Snapshot::decode(&snapshot.encode(), "s").unwrap();
+        assert_eq!(decoded.hostname.len(), MAX_TEXT);
     }
 }

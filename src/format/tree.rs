@@ -136,10 +136,7 @@ impl Tree {
         for _ in 0..count {
             let name = r.bytes16()?.to_vec();
             if !valid_name(&name) {
-                return Err(r.error(format!(
-                    "invalid entry name {:?}",
-                    String::from_utf8_lossy(&name)
-                )));
+                return Err(r.error(format!("invalid entry name {:?}", String::from_utf8_lossy(&name))));
             }
             if let Some(previous) = nodes.last() {
                 if previous.name >= name {
@@ -160,6 +157,12 @@ impl Tree {
                 nlink: r.u64()?,
                 size: r.u64()?,
             };
+            if meta.mtime_nsec >= 1_000_000_000 || meta.ctime_nsec >= 1_000_000_000 {
+                return Err(r.error("nanoseconds out of range"));
+            }
+            if meta.mode > 0o7777 {
+                return Err(r.error(format!("mode {:o} has bits beyond 0o7777", meta.mode)));
+            }
             let content = match code {
                 1 => {
                     let n = r.count(32)?;
@@ -170,30 +173,21 @@ impl Tree {
                     Content::File { chunks }
                 }
                 2 => Content::Dir { subtree: r.id()? },
-                3 => Content::Symlink {
-                    target: r.bytes32()?.to_vec(),
-                },
+                3 => Content::Symlink { target: r.bytes32()?.to_vec() },
                 4 => Content::Fifo,
                 5 => Content::Socket,
                 6 => Content::CharDevice { rdev: r.u64()? },
                 7 => Content::BlockDevice { rdev: r.u64()? },
                 other => return Err(r.error(format!("unknown node type {other}"))),
             };
-            nodes.push(Node {
-                name,
-                meta,
-                content,
-            });
+            nodes.push(Node { name, meta, content });
         }
         r.finish()?;
         Ok(Tree { nodes })
     }
 
     pub fn find(&self, name: &[u8]) -> Option<&Node> {
-        self.nodes
-            .binary_search_by(|n| n.name.as_slice().cmp(name))
-            .ok()
-            .map(|i| &self.nodes[i])
+        self.nodes.binary_search_by(|n| n.name.as_slice().cmp(name)).ok().map(|i| &self.nodes[i])
     }
 }
 
@@ -204,12 +198,10 @@ pub(crate) mod tests {
 
     pub fn content() -> impl Strategy<Value = Content> {
         prop_oneof![
-            proptest::collection::vec(any::<[u8; 32]>(), 0..4).prop_map(|c| Content::File {
-                chunks: c.into_iter().map(Id).collect()
-            }),
+            proptest::collection::vec(any::<[u8; 32]>(), 0..4)
+                .prop_map(|c| Content::File { chunks: c.into_iter().map(Id).collect() }),
             any::<[u8; 32]>().prop_map(|id| Content::Dir { subtree: Id(id) }),
-            proptest::collection::vec(any::<u8>(), 0..40)
-                .prop_map(|target| Content::Symlink { target }),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(|target| Content::Symlink { target }),
             Just(Content::Fifo),
             Just(Content::Socket),
             any::<u64>().prop_map(|rdev| Content::CharDevice { rdev }),
@@ -218,35 +210,25 @@ pub(crate) mod tests {
     }
 
     pub fn tree() -> impl Strategy<Value = Tree> {
-        let name = proptest::collection::vec(
-            any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0),
-            1..12,
-        );
-        let meta =
-            (any::<[u32; 5]>(), any::<[i64; 2]>(), any::<[u64; 4]>()).prop_map(|(a, t, b)| {
-                Metadata {
-                    mode: a[0] & 0o7777,
-                    uid: a[1],
-                    gid: a[2],
-                    mtime_sec: t[0],
-                    mtime_nsec: a[3] % 1_000_000_000,
-                    ctime_sec: t[1],
-                    ctime_nsec: a[4] % 1_000_000_000,
-                    dev: b[0],
-                    ino: b[1],
-                    nlink: b[2],
-                    size: b[3],
-                }
-            });
+        let name = proptest::collection::vec(any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0), 1..12);
+        let meta = (any::<[u32; 5]>(), any::<[i64; 2]>(), any::<[u64; 4]>()).prop_map(|(a, t, b)| Metadata {
+            mode: a[0] & 0o7777,
+            uid: a[1],
+            gid: a[2],
+            mtime_sec: t[0],
+            mtime_nsec: a[3] % 1_000_000_000,
+            ctime_sec: t[1],
+            ctime_nsec: a[4] % 1_000_000_000,
+            dev: b[0],
+            ino: b[1],
+            nlink: b[2],
+            size: b[3],
+        });
         proptest::collection::btree_map(name, (meta, content()), 0..8).prop_map(|nodes| Tree {
             nodes: nodes
                 .into_iter()
                 .filter(|(name, _)| valid_name(name))
-                .map(|(name, (meta, content))| Node {
-                    name,
-                    meta,
-                    content,
-                })
+                .map(|(name, (meta, content))| Node { name, meta, content })
                 .collect(),
         })
     }

@@ -64,11 +64,7 @@ impl Repository {
         if !backend.put("config", &config.encode())? {
             return Err(Error::AlreadyExists(path.to_path_buf()));
         }
-        Ok(Repository {
-            backend: Arc::new(backend),
-            config,
-            damage: Mutex::new(Vec::new()),
-        })
+        Ok(Repository { backend: Arc::new(backend), config, damage: Mutex::new(Vec::new()) })
     }
 
     pub fn open(path: &Path) -> Result<Repository> {
@@ -78,11 +74,7 @@ impl Repository {
         }
         let bytes = backend.get("config")?;
         let config = Config::decode(&bytes, &path.join("config").display().to_string())?;
-        Ok(Repository {
-            backend: Arc::new(backend),
-            config,
-            damage: Mutex::new(Vec::new()),
-        })
+        Ok(Repository { backend: Arc::new(backend), config, damage: Mutex::new(Vec::new()) })
     }
 
     pub fn config(&self) -> &Config {
@@ -113,11 +105,9 @@ impl Repository {
     pub fn load_index(&self) -> Result<Index> {
         let mut index = Index::default();
         for (key, _) in self.backend.list("index")? {
-            let decoded = self.read_named(&key).and_then(|found| {
-                found
-                    .map(|(_, bytes)| IndexFile::decode(&bytes, &self.describe(&key)))
-                    .transpose()
-            });
+            let decoded = self
+                .read_named(&key)
+                .and_then(|found| found.map(|(_, bytes)| IndexFile::decode(&bytes, &self.describe(&key))).transpose());
             match decoded {
                 Ok(Some(file)) => index.add_file(&file),
                 Ok(None) => {}
@@ -133,9 +123,7 @@ impl Repository {
         let mut out = Vec::new();
         for (key, _) in self.backend.list("snapshots")? {
             let decoded = self.read_named(&key).and_then(|found| {
-                found
-                    .map(|(id, bytes)| Ok((id, Snapshot::decode(&bytes, &self.describe(&key))?)))
-                    .transpose()
+                found.map(|(id, bytes)| Ok((id, Snapshot::decode(&bytes, &self.describe(&key))?))).transpose()
             });
             match decoded {
                 Ok(Some(entry)) => out.push(entry),
@@ -155,10 +143,7 @@ impl Repository {
         };
         let bytes = self.backend.get(key)?;
         if Id::of(&bytes) != id {
-            return Err(Error::corrupt(
-                self.describe(key),
-                "content does not match its name: the file is damaged",
-            ));
+            return Err(Error::corrupt(self.describe(key), "content does not match its name: the file is damaged"));
         }
         Ok(Some((id, bytes)))
     }
@@ -176,14 +161,10 @@ impl Repository {
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
         let mut all = self.snapshots()?;
         if spec == "latest" {
-            return all
-                .pop()
-                .ok_or_else(|| Error::NoSuchSnapshot(spec.to_string()));
+            return all.pop().ok_or_else(|| Error::NoSuchSnapshot(spec.to_string()));
         }
         let wanted = spec.to_ascii_lowercase();
-        let mut matching = all
-            .into_iter()
-            .filter(|(id, _)| !wanted.is_empty() && id.to_hex().starts_with(&wanted));
+        let mut matching = all.into_iter().filter(|(id, _)| !wanted.is_empty() && id.to_hex().starts_with(&wanted));
         match (matching.next(), matching.next()) {
             (Some(found), None) => Ok(found),
             (Some(_), Some(_)) => Err(Error::AmbiguousSnapshot(spec.to_string())),
@@ -196,8 +177,7 @@ impl Repository {
     pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<Id> {
         let bytes = snapshot.encode();
         let id = Id::of(&bytes);
-        self.backend
-            .put(&format!("snapshots/{}", id.to_hex()), &bytes)?;
+        self.backend.put(&format!("snapshots/{}", id.to_hex()), &bytes)?;
         Ok(id)
     }
 
@@ -209,23 +189,15 @@ impl Repository {
 
     fn read_blob_at(&self, index: &Index, id: &Id, l: &Location) -> Result<Vec<u8>> {
         let pack = index.pack_id(l);
-        let stored =
-            self.backend
-                .get_range(&Self::pack_key(&pack), l.offset as u64, l.stored_len as u64)?;
+        let stored = self.backend.get_range(&Self::pack_key(&pack), l.offset as u64, l.stored_len as u64)?;
         let what = format!("blob {} in pack {}", id.short(), pack.short());
-        let plain = compression::decompress(l.codec, &stored, l.raw_len, &what).map_err(|e| {
-            Error::BadBlob {
-                id: *id,
-                pack,
-                reason: e.to_string(),
-            }
+        let plain = compression::decompress(l.codec, &stored, l.raw_len, &what).map_err(|e| Error::BadBlob {
+            id: *id,
+            pack,
+            reason: e.to_string(),
         })?;
         if Id::of(&plain) != *id {
-            return Err(Error::BadBlob {
-                id: *id,
-                pack,
-                reason: "content does not hash to its id".into(),
-            });
+            return Err(Error::BadBlob { id: *id, pack, reason: "content does not hash to its id".into() });
         }
         Ok(plain)
     }
@@ -238,13 +210,8 @@ impl Repository {
 
 /// The default repository: `$XDG_DATA_HOME/cairn/repo`, or `~/.local/share/cairn/repo`.
 pub fn default_location() -> Option<PathBuf> {
-    let data_home = std::env::var_os("XDG_DATA_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|home| PathBuf::from(home).join(".local/share"))
-        })?;
+    let data_home = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()).map(PathBuf::from).or_else(|| {
+        std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|home| PathBuf::from(home).join(".local/share"))
+    })?;
     Some(data_home.join("cairn").join("repo"))
 }

@@ -33,22 +33,11 @@ struct Packer {
 
 impl Packer {
     fn new(target: usize) -> Packer {
-        Packer {
-            bytes: Vec::new(),
-            entries: Vec::new(),
-            target,
-        }
+        Packer { bytes: Vec::new(), entries: Vec::new(), target }
     }
 
     /// Adds a stored blob; returns the finished pack when the target size is reached.
-    fn add(
-        &mut self,
-        id: Id,
-        kind: BlobKind,
-        codec: Codec,
-        stored: &[u8],
-        raw_len: u32,
-    ) -> Option<IndexedPackBytes> {
+    fn add(&mut self, id: Id, kind: BlobKind, codec: Codec, stored: &[u8], raw_len: u32) -> Option<IndexedPackBytes> {
         if self.bytes.is_empty() {
             self.bytes.reserve(self.target + self.target / 4);
             self.bytes.extend_from_slice(&pack::header());
@@ -77,14 +66,7 @@ impl Packer {
         let entries = std::mem::take(&mut self.entries);
         bytes.extend_from_slice(&pack::trailer(&entries));
         let id = Id::of(&bytes);
-        Some(IndexedPackBytes {
-            pack: IndexedPack {
-                id,
-                len: bytes.len() as u64,
-                blobs: entries,
-            },
-            bytes,
-        })
+        Some(IndexedPackBytes { pack: IndexedPack { id, len: bytes.len() as u64, blobs: entries }, bytes })
     }
 }
 
@@ -143,18 +125,12 @@ impl<'a> BlobStore<'a> {
         let (codec, stored) = compression::compress(data, self.repo.config().compression_level);
         self.stats.blobs.fetch_add(1, Relaxed);
         self.stats.bytes.fetch_add(data.len() as u64, Relaxed);
-        self.stats
-            .stored_bytes
-            .fetch_add(stored.len() as u64, Relaxed);
+        self.stats.stored_bytes.fetch_add(stored.len() as u64, Relaxed);
         let packer = match kind {
             BlobKind::Data => &self.data,
             BlobKind::Tree => &self.trees,
         };
-        let full =
-            packer
-                .lock()
-                .expect("poisoned")
-                .add(id, kind, codec, &stored, data.len() as u32);
+        let full = packer.lock().expect("poisoned").add(id, kind, codec, &stored, data.len() as u32);
         if let Some(full) = full {
             self.write_pack(full)?;
         }
@@ -162,9 +138,7 @@ impl<'a> BlobStore<'a> {
     }
 
     fn write_pack(&self, pack: IndexedPackBytes) -> Result<()> {
-        self.repo
-            .backend()
-            .put(&Repository::pack_key(&pack.pack.id), &pack.bytes)?;
+        self.repo.backend().put(&Repository::pack_key(&pack.pack.id), &pack.bytes)?;
         self.stats.packs.fetch_add(1, Relaxed);
         let batch = {
             let mut unindexed = self.unindexed.lock().expect("poisoned");
@@ -183,9 +157,7 @@ impl<'a> BlobStore<'a> {
             return Ok(());
         }
         let bytes = IndexFile { packs }.encode();
-        self.repo
-            .backend()
-            .put(&format!("index/{}", Id::of(&bytes).to_hex()), &bytes)?;
+        self.repo.backend().put(&format!("index/{}", Id::of(&bytes).to_hex()), &bytes)?;
         Ok(())
     }
 

@@ -75,12 +75,8 @@ impl From<std::io::Error> for FileError {
 impl<'a> Archiver<'a> {
     /// Records a source entry that could not be read; the snapshot will say it is incomplete.
     pub fn record(&self, path: &Path, message: impl std::fmt::Display) {
-        let error = SourceError {
-            path: path.display().to_string(),
-            message: message.to_string(),
-        };
-        self.progress
-            .warn(&format!("warning: {}: {}", error.path, error.message));
+        let error = SourceError { path: path.display().to_string(), message: message.to_string() };
+        self.progress.warn(&format!("warning: {}: {}", error.path, error.message));
         self.errors.lock().expect("poisoned").push(error);
     }
 
@@ -116,10 +112,21 @@ impl<'a> Archiver<'a> {
                 self.node(&child, name, previous)
             })
             .collect::<Result<_>>()?;
-        let tree = Tree {
-            nodes: nodes.into_iter().flatten().collect(),
-        };
-        self.store.store(BlobKind::Tree, &tree.encode())
+        let tree = Tree { nodes: nodes.into_iter().flatten().collect() };
+        self.store_tree(&tree, path)
+    }
+
+    /// Stores a directory's tree blob, refusing one too large to ever be read back.
+    pub fn store_tree(&self, tree: &Tree, path: &Path) -> Result<Id> {
+        let encoded = tree.encode();
+        if encoded.len() > crate::compression::MAX_BLOB_LEN as usize {
+            return Err(Error::Invalid(format!(
+                "{}: directory listing of {} entries is too large for one tree blob",
+                path.display(),
+                tree.nodes.len()
+            )));
+        }
+        self.store.store(BlobKind::Tree, &encoded)
     }
 
     /// Archives one entry of any type as a node called `name`. `None` when the entry is
@@ -155,9 +162,7 @@ impl<'a> Archiver<'a> {
             }
         } else if kind.is_symlink() {
             match std::fs::read_link(path) {
-                Ok(target) => Content::Symlink {
-                    target: target.as_os_str().as_bytes().to_vec(),
-                },
+                Ok(target) => Content::Symlink { target: target.as_os_str().as_bytes().to_vec() },
                 Err(e) => {
                     self.record(path, format!("reading symlink: {e}"));
                     return Ok(None);
@@ -175,27 +180,13 @@ impl<'a> Archiver<'a> {
             self.record(path, "unknown file type");
             return Ok(None);
         };
-        Ok(Some(Node {
-            name,
-            meta,
-            content,
-        }))
+        Ok(Some(Node { name, meta, content }))
     }
 
     /// The chunk ids and length of a file's content, reusing the parent's list when the file is
     /// unchanged. `None` if the file could not be read (recorded).
-    fn file_chunks(
-        &self,
-        path: &Path,
-        meta: &Metadata,
-        parent: Option<&Node>,
-    ) -> Result<Option<(Vec<Id>, u64)>> {
-        if let Some(Node {
-            meta: old,
-            content: Content::File { chunks },
-            ..
-        }) = parent
-        {
+    fn file_chunks(&self, path: &Path, meta: &Metadata, parent: Option<&Node>) -> Result<Option<(Vec<Id>, u64)>> {
+        if let Some(Node { meta: old, content: Content::File { chunks }, .. }) = parent {
             let unchanged = old.size == meta.size
                 && (old.mtime_sec, old.mtime_nsec) == (meta.mtime_sec, meta.mtime_nsec)
                 && (old.ctime_sec, old.ctime_nsec) == (meta.ctime_sec, meta.ctime_nsec)
@@ -214,22 +205,16 @@ impl<'a> Archiver<'a> {
             }
         };
         let mut ids = Vec::new();
-        let read = self.chunker.for_each_window(
-            file,
-            READ_WINDOW,
-            meta.size as usize,
-            |window, chunks| {
-                let stored: Vec<Id> = chunks
-                    .par_iter()
-                    .map(|range| self.store.store(BlobKind::Data, &window[range.clone()]))
-                    .collect::<Result<_>>()
-                    .map_err(FileError::Repository)?;
-                ids.extend(stored);
-                self.progress
-                    .add_bytes(chunks.last().map_or(0, |c| c.end) as u64);
-                Ok(())
-            },
-        );
+        let read = self.chunker.for_each_window(file, READ_WINDOW, meta.size as usize, |window, chunks| {
+            let stored: Vec<Id> = chunks
+                .par_iter()
+                .map(|range| self.store.store(BlobKind::Data, &window[range.clone()]))
+                .collect::<Result<_>>()
+                .map_err(FileError::Repository)?;
+            ids.extend(stored);
+            self.progress.add_bytes(chunks.last().map_or(0, |c| c.end) as u64);
+            Ok(())
+        });
         match read {
             Ok(size) => {
                 self.counts.files_read.fetch_add(1, Relaxed);
@@ -247,9 +232,5 @@ impl<'a> Archiver<'a> {
 
 /// Opens without updating the access time where the kernel allows it (owner or root).
 fn open_for_reading(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOATIME)
-        .open(path)
-        .or_else(|_| File::open(path))
+    OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path).or_else(|_| File::open(path))
 }

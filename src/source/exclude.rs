@@ -29,13 +29,7 @@ impl Excludes {
         use std::os::unix::ffi::OsStrExt;
         let full = path.as_os_str().as_bytes();
         let name = path.file_name().map_or(full, |n| n.as_bytes());
-        self.patterns.iter().any(|p| {
-            if p.contains(&b'/') {
-                glob(p, full)
-            } else {
-                glob(p, name)
-            }
-        })
+        self.patterns.iter().any(|p| if p.contains(&b'/') { glob(p, full) } else { glob(p, name) })
     }
 }
 
@@ -51,9 +45,7 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
             let limit = text.iter().position(|&b| b == b'/').unwrap_or(text.len());
             (0..=limit).any(|i| glob(rest, &text[i..]))
         }
-        Some((b'?', rest)) => {
-            matches!(text.first(), Some(&c) if c != b'/') && glob(rest, &text[1..])
-        }
+        Some((b'?', rest)) => matches!(text.first(), Some(&c) if c != b'/') && glob(rest, &text[1..]),
         Some((&c, rest)) => text.first() == Some(&c) && glob(rest, &text[1..]),
     }
 }
@@ -64,12 +56,7 @@ mod tests {
 
     #[test]
     fn names_and_paths() {
-        let ex = Excludes::new(&[
-            "*.log".into(),
-            "cache".into(),
-            "/srv/*/tmp".into(),
-            "/data/**/x?".into(),
-        ]);
+        let ex = Excludes::new(&["*.log".into(), "cache".into(), "/srv/*/tmp".into(), "/data/**/x?".into()]);
         assert!(ex.excludes(Path::new("/a/b/debug.log")));
         assert!(!ex.excludes(Path::new("/a/b/debug.log.gz")));
         assert!(ex.excludes(Path::new("/a/cache")));

@@ -29,11 +29,7 @@ fn sigkill_during_snapshot_loses_nothing_that_completed() {
     fs::create_dir_all(source.join("base/sub")).unwrap();
     for i in 0..40u64 {
         let dir = if i % 2 == 0 { "base" } else { "base/sub" };
-        fs::write(
-            source.join(format!("{dir}/file-{i}")),
-            noise(((i * 7919) % 700_000) as usize, i),
-        )
-        .unwrap();
+        fs::write(source.join(format!("{dir}/file-{i}")), noise(((i * 7919) % 700_000) as usize, i)).unwrap();
     }
     init(&repo);
     let first = json(cairn(&repo).arg("snapshot").arg(&source));
@@ -56,19 +52,11 @@ fn sigkill_during_snapshot_loses_nothing_that_completed() {
     ];
     for (round, trigger) in triggers.into_iter().enumerate() {
         // Fresh content each round, so every run has real work to interrupt.
-        write_noise_file(
-            &source.join(format!("new/round-{round}")),
-            48 << 20,
-            1000 + round as u64,
-        );
+        write_noise_file(&source.join(format!("new/round-{round}")), 48 << 20, 1000 + round as u64);
         let packs_before = pack_count(&repo);
         let snapshots_before = file_count(&repo, "snapshots");
         let started = Instant::now();
-        let mut child = cairn(&repo)
-            .args(["--quiet", "snapshot"])
-            .arg(&source)
-            .spawn()
-            .unwrap();
+        let mut child = cairn(&repo).args(["--quiet", "snapshot"]).arg(&source).spawn().unwrap();
         match trigger {
             Trigger::After(ms) => std::thread::sleep(Duration::from_millis(ms)),
             Trigger::NewFileIn(dir) => {
@@ -84,11 +72,7 @@ fn sigkill_during_snapshot_loses_nothing_that_completed() {
         outcomes.push(format!(
             "round {round}: {trigger:?}: killed after {:?}{}, packs {} -> {}, snapshots {} -> {}",
             started.elapsed(),
-            if finished_first {
-                " (had already finished)"
-            } else {
-                ""
-            },
+            if finished_first { " (had already finished)" } else { "" },
             packs_before,
             pack_count(&repo),
             snapshots_before,
@@ -103,29 +87,15 @@ fn sigkill_during_snapshot_loses_nothing_that_completed() {
             .map(|s| s["id"].as_str().unwrap().to_string())
             .collect();
         for id in &completed {
-            assert!(
-                listed.contains(id),
-                "round {round}: snapshot {id} vanished; listed {listed:?}"
-            );
+            assert!(listed.contains(id), "round {round}: snapshot {id} vanished; listed {listed:?}");
         }
         completed = listed;
         // The first snapshot still restores exactly; the newest one restores without error.
         let target = scratch.join(format!("restore-{round}"));
-        ok(cairn(&repo)
-            .args([
-                "--quiet",
-                "restore",
-                &first_id,
-                "--include",
-                "base",
-                "--target",
-            ])
-            .arg(&target));
+        ok(cairn(&repo).args(["--quiet", "restore", &first_id, "--include", "base", "--target"]).arg(&target));
         assert_same_tree(&source.join("base"), &target.join("base"));
         fs::remove_dir_all(&target).unwrap();
-        ok(cairn(&repo)
-            .args(["--quiet", "restore", "latest", "--target"])
-            .arg(&target));
+        ok(cairn(&repo).args(["--quiet", "restore", "latest", "--target"]).arg(&target));
         fs::remove_dir_all(&target).unwrap();
     }
     eprintln!("{}", outcomes.join("\n"));
@@ -133,8 +103,6 @@ fn sigkill_during_snapshot_loses_nothing_that_completed() {
     // The next snapshot succeeds and restores the whole current tree.
     ok(cairn(&repo).arg("snapshot").arg(&source));
     let target = scratch.join("final");
-    ok(cairn(&repo)
-        .args(["restore", "latest", "--target"])
-        .arg(&target));
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert_same_tree(&source, &target);
 }

@@ -7,10 +7,7 @@ use crate::support::*;
 
 fn stderr_of(command: &mut std::process::Command) -> (Option<i32>, String) {
     let out = run(command);
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// Every file below `dir` with its length, to prove a failed command wrote nothing.
@@ -47,16 +44,9 @@ fn missing_source_path_is_an_error_and_writes_nothing() {
     let scratch = Scratch::new("missing");
     let repo = repo_with_snapshot(&scratch);
     let before = listing(&repo);
-    let (code, err) = stderr_of(
-        cairn(&repo)
-            .arg("snapshot")
-            .arg(scratch.join("no-such-dir")),
-    );
+    let (code, err) = stderr_of(cairn(&repo).arg("snapshot").arg(scratch.join("no-such-dir")));
     assert_eq!(code, Some(1));
-    assert!(
-        err.contains("no-such-dir") && err.contains("does not exist"),
-        "{err}"
-    );
+    assert!(err.contains("no-such-dir") && err.contains("does not exist"), "{err}");
     assert_eq!(listing(&repo), before);
 
     // Nor does it create the default repository.
@@ -78,17 +68,10 @@ fn uninitialised_repository_is_named() {
     let scratch = Scratch::new("uninit");
     let empty = scratch.join("empty");
     fs::create_dir(&empty).unwrap();
-    for args in [
-        &["snapshots"][..],
-        &["ls", "latest"],
-        &["restore", "latest", "--target", "/tmp/x-cairn-never"],
-    ] {
+    for args in [&["snapshots"][..], &["ls", "latest"], &["restore", "latest", "--target", "/tmp/x-cairn-never"]] {
         let (code, err) = stderr_of(cairn(&empty).args(args));
         assert_eq!(code, Some(1));
-        assert!(
-            err.contains("no repository at") && err.contains("cairn init"),
-            "{err}"
-        );
+        assert!(err.contains("no repository at") && err.contains("cairn init"), "{err}");
     }
     assert!(fs::read_dir(&empty).unwrap().next().is_none());
     // init refuses a repository that exists, or a directory holding other files.
@@ -120,52 +103,20 @@ fn corrupt_or_truncated_repository_files_are_named() {
     assert!(err.contains("config") && err.contains("corrupt"), "{err}");
     fs::write(&config, &original).unwrap();
 
-    let snapshot_file = fs::read_dir(repo.join("snapshots"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let snapshot_file = fs::read_dir(repo.join("snapshots")).unwrap().next().unwrap().unwrap().path();
     let bytes = fs::read(&snapshot_file).unwrap();
     fs::write(&snapshot_file, &bytes[..bytes.len() - 10]).unwrap();
     let (code, err) = stderr_of(cairn(&repo).arg("snapshots"));
     assert_eq!(code, Some(1));
-    assert!(
-        err.contains(
-            &snapshot_file
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .to_string()
-        ),
-        "{err}"
-    );
+    assert!(err.contains(&snapshot_file.file_name().unwrap().to_string_lossy().to_string()), "{err}");
     fs::write(&snapshot_file, &bytes).unwrap();
 
-    let index_file = fs::read_dir(repo.join("index"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let index_file = fs::read_dir(repo.join("index")).unwrap().next().unwrap().unwrap().path();
     let bytes = fs::read(&index_file).unwrap();
     fs::write(&index_file, &bytes[..bytes.len() - 1]).unwrap();
-    let (code, err) = stderr_of(
-        cairn(&repo)
-            .args(["restore", "latest", "--target"])
-            .arg(scratch.join("out1")),
-    );
+    let (code, err) = stderr_of(cairn(&repo).args(["restore", "latest", "--target"]).arg(scratch.join("out1")));
     assert_eq!(code, Some(1));
-    assert!(
-        err.contains(
-            &index_file
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .to_string()
-        ),
-        "{err}"
-    );
+    assert!(err.contains(&index_file.file_name().unwrap().to_string_lossy().to_string()), "{err}");
     fs::write(&index_file, &bytes).unwrap();
 }
 
@@ -187,21 +138,10 @@ fn damaged_pack_fails_only_the_affected_files() {
     bytes[1000] ^= 0xff;
     fs::write(pack, &bytes).unwrap();
     let target = scratch.join("out");
-    let (code, err) = stderr_of(
-        cairn(&repo)
-            .args(["restore", "latest", "--target"])
-            .arg(&target),
-    );
+    let (code, err) = stderr_of(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert_eq!(code, Some(1));
-    assert!(
-        err.contains("d/a") && err.contains("does not hash to its id"),
-        "{err}"
-    );
-    assert_eq!(
-        fs::read(target.join("b")).unwrap(),
-        b"bbb",
-        "unaffected files still restore"
-    );
+    assert!(err.contains("d/a") && err.contains("does not hash to its id"), "{err}");
+    assert_eq!(fs::read(target.join("b")).unwrap(), b"bbb", "unaffected files still restore");
 }
 
 #[test]
@@ -211,10 +151,7 @@ fn unknown_or_ambiguous_snapshot_ids() {
     let (code, err) = stderr_of(cairn(&repo).args(["ls", "ffffffffffff"]));
     assert_eq!(code, Some(1));
     assert!(err.contains("no snapshot matches"), "{err}");
-    let id = json(cairn(&repo).arg("snapshots"))[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = json(cairn(&repo).arg("snapshots"))[0]["id"].as_str().unwrap().to_string();
     ok(cairn(&repo).args(["ls", &id[..6]]));
     let (code, err) = stderr_of(cairn(&repo).args(["ls", ""]));
     assert_eq!(code, Some(1));

@@ -14,37 +14,21 @@ pub fn build_special_tree(root: &Path) {
     fs::create_dir_all(root.join("empty-dir")).unwrap();
     fs::write(root.join("empty-file"), b"").unwrap();
     fs::write(root.join("dir/small.txt"), b"hello cairn\n").unwrap();
-    fs::write(
-        root.join("dir/nested/text.log"),
-        "line of log text\n".repeat(50_000),
-    )
-    .unwrap();
-    write_noise_file(
-        &root.join("dir/nested/deeper/big.bin"),
-        9 * 1024 * 1024 + 123,
-        7,
-    );
+    fs::write(root.join("dir/nested/text.log"), "line of log text\n".repeat(50_000)).unwrap();
+    write_noise_file(&root.join("dir/nested/deeper/big.bin"), 9 * 1024 * 1024 + 123, 7);
     // The same content twice: dedup must not confuse the two files.
     fs::write(root.join("dir/copy-a"), noise(300_000, 9)).unwrap();
     fs::write(root.join("dir/copy-b"), noise(300_000, 9)).unwrap();
     // Hard links, one pair across directories.
     fs::write(root.join("dir/linked"), b"linked content").unwrap();
-    fs::hard_link(
-        root.join("dir/linked"),
-        root.join("dir/nested/linked-again"),
-    )
-    .unwrap();
+    fs::hard_link(root.join("dir/linked"), root.join("dir/nested/linked-again")).unwrap();
     // Symlinks: relative, absolute, dangling, to a directory.
     symlink("small.txt", root.join("dir/rel-link")).unwrap();
     symlink("/etc/hostname", root.join("abs-link")).unwrap();
     symlink("does/not/exist", root.join("dangling")).unwrap();
     symlink("dir/nested", root.join("dir-link")).unwrap();
     // Names that are not UTF-8, and names that need quoting.
-    fs::write(
-        root.join(OsStr::from_bytes(b"latin1-\xe9t\xe9")),
-        b"bytes name",
-    )
-    .unwrap();
+    fs::write(root.join(OsStr::from_bytes(b"latin1-\xe9t\xe9")), b"bytes name").unwrap();
     fs::create_dir(root.join(OsStr::from_bytes(b"dir-\xff\xfe"))).unwrap();
     fs::write(root.join(OsStr::from_bytes(b"dir-\xff\xfe/inside")), b"x").unwrap();
     fs::write(root.join("space and\nnewline"), b"y").unwrap();
@@ -59,38 +43,20 @@ pub fn build_special_tree(root: &Path) {
     fs::set_permissions(root.join("sticky"), fs::Permissions::from_mode(0o1777)).unwrap();
     fs::create_dir(root.join("read-only-dir")).unwrap();
     fs::write(root.join("read-only-dir/inner"), b"r").unwrap();
-    fs::set_permissions(
-        root.join("read-only-dir"),
-        fs::Permissions::from_mode(0o555),
-    )
-    .unwrap();
+    fs::set_permissions(root.join("read-only-dir"), fs::Permissions::from_mode(0o555)).unwrap();
     // A FIFO and a socket.
     let fifo = std::ffi::CString::new(root.join("fifo").as_os_str().as_bytes()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
     let _listener = std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap();
     // Exact mtimes with nanoseconds, directories last (creating entries changes them).
     let mut stamp = 1_600_000_000;
-    for entry in [
-        "empty-file",
-        "dir/small.txt",
-        "dir/nested/text.log",
-        "run.sh",
-        "secret",
-        "dir/rel-link",
-        "dangling",
-        "fifo",
-    ] {
+    for entry in
+        ["empty-file", "dir/small.txt", "dir/nested/text.log", "run.sh", "secret", "dir/rel-link", "dangling", "fifo"]
+    {
         stamp += 1;
         set_mtime(&root.join(entry), stamp, 123_456_789);
     }
-    for dir in [
-        "dir/nested/deeper",
-        "dir/nested",
-        "dir",
-        "empty-dir",
-        "sticky",
-        "read-only-dir",
-    ] {
+    for dir in ["dir/nested/deeper", "dir/nested", "dir", "empty-dir", "sticky", "read-only-dir"] {
         stamp += 1;
         set_mtime(&root.join(dir), stamp, 987_654_321);
     }
@@ -99,18 +65,12 @@ pub fn build_special_tree(root: &Path) {
 #[test]
 fn special_tree_round_trips_exactly() {
     let scratch = Scratch::new("special");
-    let (source, repo, target) = (
-        scratch.join("src"),
-        scratch.join("repo"),
-        scratch.join("restored"),
-    );
+    let (source, repo, target) = (scratch.join("src"), scratch.join("repo"), scratch.join("restored"));
     build_special_tree(&source);
     init(&repo);
     let out = run(cairn(&repo).arg("snapshot").arg(&source));
     assert!(out.status.success());
-    let out = run(cairn(&repo)
-        .args(["restore", "latest", "--target"])
-        .arg(&target));
+    let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sockets are recorded but not restored"));
     assert_same_tree(&source, &target);
@@ -118,87 +78,50 @@ fn special_tree_round_trips_exactly() {
 
 #[test]
 fn toolchain_round_trips_byte_identical() {
-    let sysroot = std::process::Command::new("rustc")
-        .args(["--print", "sysroot"])
-        .output()
-        .unwrap();
-    let sysroot = String::from_utf8(sysroot.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let sysroot = std::process::Command::new("rustc").args(["--print", "sysroot"]).output().unwrap();
+    let sysroot = String::from_utf8(sysroot.stdout).unwrap().trim().to_string();
     let source = Path::new(&sysroot);
     let scratch = Scratch::new("toolchain");
     let (repo, target) = (scratch.join("repo"), scratch.join("restored"));
     init(&repo);
     let snapshot = json(cairn(&repo).arg("snapshot").arg(source));
-    assert!(
-        snapshot["summary"]["files"].as_u64().unwrap() > 1000,
-        "{snapshot}"
-    );
-    ok(cairn(&repo)
-        .args(["restore", "latest", "--target"])
-        .arg(&target));
+    assert!(snapshot["summary"]["files"].as_u64().unwrap() > 1000, "{snapshot}");
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert_same_tree(source, &target);
 }
 
 #[test]
 fn partial_restore_and_ls() {
     let scratch = Scratch::new("partial");
-    let (source, repo, target) = (
-        scratch.join("src"),
-        scratch.join("repo"),
-        scratch.join("restored"),
-    );
+    let (source, repo, target) = (scratch.join("src"), scratch.join("repo"), scratch.join("restored"));
     build_special_tree(&source);
     init(&repo);
     ok(cairn(&repo).arg("snapshot").arg(&source));
 
     let listing = ok(cairn(&repo).args(["ls", "latest"]));
-    assert!(
-        listing.lines().any(|l| l == "/dir/nested/deeper/big.bin"),
-        "{listing}"
-    );
+    assert!(listing.lines().any(|l| l == "/dir/nested/deeper/big.bin"), "{listing}");
     let listing = ok(cairn(&repo).args(["ls", "latest", "dir/nested"]));
     assert_eq!(listing.lines().next(), Some("/dir/nested"));
-    assert!(
-        listing.lines().all(|l| l.starts_with("/dir/nested")),
-        "{listing}"
-    );
+    assert!(listing.lines().all(|l| l.starts_with("/dir/nested")), "{listing}");
     let entries: Vec<serde_json::Value> = ok(cairn(&repo).args(["ls", "latest", "--json", "dir"]))
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(entries.iter().any(|e| e["path"] == "/dir/rel-link"
-        && e["type"] == "symlink"
-        && e["target"] == "small.txt"));
+    assert!(entries
+        .iter()
+        .any(|e| e["path"] == "/dir/rel-link" && e["type"] == "symlink" && e["target"] == "small.txt"));
 
     ok(cairn(&repo)
-        .args([
-            "restore",
-            "latest",
-            "--include",
-            "dir/nested",
-            "--include",
-            "/run.sh",
-            "--target",
-        ])
+        .args(["restore", "latest", "--include", "dir/nested", "--include", "/run.sh", "--target"])
         .arg(&target));
     assert_same_tree(&source.join("dir/nested"), &target.join("dir/nested"));
-    assert_eq!(
-        fs::read(target.join("run.sh")).unwrap(),
-        fs::read(source.join("run.sh")).unwrap()
-    );
-    let top: Vec<_> = fs::read_dir(&target)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    assert_eq!(fs::read(target.join("run.sh")).unwrap(), fs::read(source.join("run.sh")).unwrap());
+    let top: Vec<_> = fs::read_dir(&target).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(top.len(), 2, "only the included paths: {top:?}");
 
     // A path that is not in the snapshot is an error, and nothing is written.
     let missing_target = scratch.join("never");
-    let out = run(cairn(&repo)
-        .args(["restore", "latest", "--include", "no/such", "--target"])
-        .arg(&missing_target));
+    let out = run(cairn(&repo).args(["restore", "latest", "--include", "no/such", "--target"]).arg(&missing_target));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no/such"));
     assert!(!missing_target.exists());
@@ -219,22 +142,16 @@ fn several_paths_keep_their_absolute_layout() {
         .arg(scratch.join("a/data"))
         .arg(scratch.join("b/data"))
         .arg(scratch.join("lonely-file")));
-    ok(cairn(&repo)
-        .args(["restore", "latest", "--target"])
-        .arg(&target));
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     let base = target.join(scratch.path().strip_prefix("/").unwrap());
     assert_eq!(fs::read(base.join("a/data/one")).unwrap(), b"1");
     assert_eq!(fs::read(base.join("b/data/two")).unwrap(), b"2");
     assert_eq!(fs::read(base.join("lonely-file")).unwrap(), b"3");
 
     // One file on its own restores as that file inside the target.
-    ok(cairn(&repo)
-        .arg("snapshot")
-        .arg(scratch.join("lonely-file")));
+    ok(cairn(&repo).arg("snapshot").arg(scratch.join("lonely-file")));
     let single = scratch.join("single");
-    ok(cairn(&repo)
-        .args(["restore", "latest", "--target"])
-        .arg(&single));
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&single));
     assert_eq!(fs::read(single.join("lonely-file")).unwrap(), b"3");
 }
 
@@ -248,24 +165,13 @@ fn default_repository_is_created_on_first_snapshot() {
     fs::write(source.join("f"), b"content").unwrap();
     let plain = |args: &[&str]| {
         let mut command = std::process::Command::new(CAIRN);
-        command
-            .args(args)
-            .env("HOME", &home)
-            .env_remove("XDG_DATA_HOME")
-            .env_remove("CAIRN_REPO");
+        command.args(args).env("HOME", &home).env_remove("XDG_DATA_HOME").env_remove("CAIRN_REPO");
         command
     };
     ok(plain(&["snapshot"]).arg(&source));
     assert!(home.join(".local/share/cairn/repo/config").exists());
     let listed = ok(&mut plain(&["snapshots", "--json"]));
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&listed)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&listed).unwrap().as_array().unwrap().len(), 1);
     ok(plain(&["restore", "latest", "--target"]).arg(scratch.join("out")));
     assert_eq!(fs::read(scratch.join("out/f")).unwrap(), b"content");
 }

@@ -12,10 +12,7 @@ fn unchanged_tree_writes_no_pack_and_reads_no_file() {
     crate::roundtrip::build_special_tree(&source);
     init(&repo);
     let first = json(cairn(&repo).arg("snapshot").arg(&source));
-    assert!(
-        first["summary"]["files_read"].as_u64().unwrap() > 5,
-        "{first}"
-    );
+    assert!(first["summary"]["files_read"].as_u64().unwrap() > 5, "{first}");
     let packs = pack_count(&repo);
     let second = json(cairn(&repo).arg("snapshot").arg(&source));
     assert_eq!(second["summary"]["files_read"], 0, "{second}");
@@ -51,9 +48,7 @@ fn one_byte_inserted_at_the_start_stores_at_most_three_chunks() {
     eprintln!("one-byte insert into 64 MiB: {new_chunks} new chunks of {chunks}");
     assert!(new_chunks <= 3, "{second}");
     let target = scratch.join("restored");
-    ok(cairn(&repo)
-        .args(["restore", "latest", "--target"])
-        .arg(&target));
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert!(fs::read(target.join("big")).unwrap() == shifted);
 }
 
@@ -89,11 +84,7 @@ fn two_gib_file_snapshots_in_bounded_memory() {
 #[test]
 fn excludes_leave_out_matching_entries() {
     let scratch = Scratch::new("exclude");
-    let (source, repo, target) = (
-        scratch.join("src"),
-        scratch.join("repo"),
-        scratch.join("restored"),
-    );
+    let (source, repo, target) = (scratch.join("src"), scratch.join("repo"), scratch.join("restored"));
     fs::create_dir_all(source.join("app/cache")).unwrap();
     fs::write(source.join("app/cache/blob"), b"c").unwrap();
     fs::write(source.join("app/data.db"), b"d").unwrap();
@@ -104,9 +95,7 @@ fn excludes_leave_out_matching_entries() {
         .arg(&source)
         .args(["--exclude", "*.log", "--exclude"])
         .arg(source.join("app/cache")));
-    ok(cairn(&repo)
-        .args(["restore", "latest", "--target"])
-        .arg(&target));
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert!(target.join("app/data.db").exists());
     assert!(!target.join("app/debug.log").exists());
     assert!(!target.join("app/cache").exists());
@@ -132,13 +121,7 @@ fn as_unprivileged(repo: &Path) -> std::process::Command {
     }
     let mut command = std::process::Command::new("setpriv");
     command
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            CAIRN,
-            "--repo",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", CAIRN, "--repo"])
         .arg(repo)
         .env_remove("CAIRN_REPO");
     command
@@ -155,31 +138,19 @@ fn unreadable_file_makes_an_incomplete_snapshot() {
     fs::set_permissions(source.join("sub/locked"), fs::Permissions::from_mode(0o000)).unwrap();
     init(&repo);
     open_up(scratch.path());
-    let _ = std::process::Command::new("chmod")
-        .arg("-R")
-        .arg("a+rwX")
-        .arg(&repo)
-        .status();
+    let _ = std::process::Command::new("chmod").arg("-R").arg("a+rwX").arg(&repo).status();
     let out = run(as_unprivileged(&repo).arg("snapshot").arg(&source));
     assert_eq!(out.status.code(), Some(3), "incomplete snapshots exit 3");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("sub/locked") && stderr.contains("incomplete"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("sub/locked") && stderr.contains("incomplete"), "{stderr}");
     let list = json(cairn(&repo).arg("snapshots"));
     let snapshot = &list[0];
     assert_eq!(snapshot["complete"], false);
-    assert!(snapshot["errors"][0]["path"]
-        .as_str()
-        .unwrap()
-        .ends_with("sub/locked"));
+    assert!(snapshot["errors"][0]["path"].as_str().unwrap().ends_with("sub/locked"));
     let table = ok(cairn(&repo).arg("snapshots"));
     assert!(table.contains("incomplete(1)"), "{table}");
     // What could be read was stored.
     let target = scratch.join("restored");
-    ok(cairn(&repo)
-        .args(["restore", "latest", "--target"])
-        .arg(&target));
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert_eq!(fs::read(target.join("readable")).unwrap(), b"ok");
 }

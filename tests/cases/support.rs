@@ -20,9 +20,7 @@ impl Scratch {
     pub fn new(name: &str) -> Scratch {
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let base = std::env::var_os("CAIRN_TEST_TMP")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
+        let base = std::env::var_os("CAIRN_TEST_TMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
         let path = base.join(format!("cairn-it-{}-{}-{n}", std::process::id(), name));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).unwrap();
@@ -41,11 +39,7 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         // Restored trees may hold read-only directories: make them writable first.
-        let _ = Command::new("chmod")
-            .arg("-R")
-            .arg("u+rwx")
-            .arg(&self.0)
-            .status();
+        let _ = Command::new("chmod").arg("-R").arg("u+rwx").arg(&self.0).status();
         let _ = fs::remove_dir_all(&self.0);
     }
 }
@@ -53,11 +47,7 @@ impl Drop for Scratch {
 /// A `cairn` command against `repo`, with a clean environment for repository selection.
 pub fn cairn(repo: &Path) -> Command {
     let mut command = Command::new(CAIRN);
-    command
-        .arg("--repo")
-        .arg(repo)
-        .env_remove("CAIRN_REPO")
-        .stdin(Stdio::null());
+    command.arg("--repo").arg(repo).env_remove("CAIRN_REPO").stdin(Stdio::null());
     command
 }
 
@@ -122,24 +112,8 @@ pub fn write_noise_file(path: &Path, len: u64, seed: u64) {
 /// Sets a path's mtime (not following symlinks) to an exact value with nanoseconds.
 pub fn set_mtime(path: &Path, sec: i64, nsec: i64) {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let times = [
-        libc::timespec {
-            tv_sec: sec,
-            tv_nsec: nsec,
-        },
-        libc::timespec {
-            tv_sec: sec,
-            tv_nsec: nsec,
-        },
-    ];
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
+    let times = [libc::timespec { tv_sec: sec, tv_nsec: nsec }, libc::timespec { tv_sec: sec, tv_nsec: nsec }];
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
     assert_eq!(rc, 0, "utimensat {}", path.display());
 }
 
@@ -195,18 +169,10 @@ fn scan(root: &Path) -> Scan {
                 pending.push(rel.clone());
             }
             if kind == "file" && meta.nlink() > 1 {
-                inodes
-                    .entry((meta.dev(), meta.ino()))
-                    .or_default()
-                    .push(rel.as_os_str().as_bytes().to_vec());
+                inodes.entry((meta.dev(), meta.ino())).or_default().push(rel.as_os_str().as_bytes().to_vec());
             }
-            let link_target = (kind == "symlink").then(|| {
-                fs::read_link(item.path())
-                    .unwrap()
-                    .as_os_str()
-                    .as_bytes()
-                    .to_vec()
-            });
+            let link_target =
+                (kind == "symlink").then(|| fs::read_link(item.path()).unwrap().as_os_str().as_bytes().to_vec());
             entries.insert(
                 rel.as_os_str().as_bytes().to_vec(),
                 Entry {
@@ -272,8 +238,7 @@ pub fn assert_same_tree(source: &Path, restored: &Path) {
             None if want.kind == "socket" => {}
             None => problems.push(format!("missing {shown}")),
             Some(got) => {
-                let comparable =
-                    |e: &Entry| (e.kind, e.mode, e.mtime, e.size, e.link_target.clone());
+                let comparable = |e: &Entry| (e.kind, e.mode, e.mtime, e.size, e.link_target.clone());
                 let (w, g) = if want.kind == "symlink" {
                     // Symlink permission bits are not settable on Linux.
                     (
@@ -290,10 +255,7 @@ pub fn assert_same_tree(source: &Path, restored: &Path) {
                     problems.push(format!("{shown}: owner differs"));
                 }
                 if want.kind == "file"
-                    && !same_content(
-                        &source.join(OsStr::from_bytes(path)),
-                        &restored.join(OsStr::from_bytes(path)),
-                    )
+                    && !same_content(&source.join(OsStr::from_bytes(path)), &restored.join(OsStr::from_bytes(path)))
                 {
                     problems.push(format!("{shown}: content differs"));
                 }
@@ -306,20 +268,13 @@ pub fn assert_same_tree(source: &Path, restored: &Path) {
         }
     }
     if expected_links != actual_links {
-        problems.push(format!(
-            "hard-link groups differ: want {expected_links:?}, got {actual_links:?}"
-        ));
+        problems.push(format!("hard-link groups differ: want {expected_links:?}, got {actual_links:?}"));
     }
     assert!(
         problems.is_empty(),
         "{} differences, first ones:\n{}",
         problems.len(),
-        problems
-            .iter()
-            .take(20)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        problems.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
     );
 }
 
@@ -337,8 +292,5 @@ pub fn open_up(path: &Path) {
 
 /// Number of pack files in a repository.
 pub fn pack_count(repo: &Path) -> usize {
-    fs::read_dir(repo.join("packs"))
-        .unwrap()
-        .map(|d| fs::read_dir(d.unwrap().path()).unwrap().count())
-        .sum()
+    fs::read_dir(repo.join("packs")).unwrap().map(|d| fs::read_dir(d.unwrap().path()).unwrap().count()).sum()
 }
