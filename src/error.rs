@@ -58,6 +58,16 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Back to an `io::Error`, for code that chains I/O steps.
+    pub fn into_io(self) -> std::io::Error {
+        match self {
+            Error::Io { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
+}
+
 /// Attaches a path to `std::io::Result`s.
 pub trait IoContext<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T>;

@@ -7,6 +7,8 @@ mod support;
 mod crash;
 #[path = "cases/errors.rs"]
 mod errors;
+#[path = "cases/fixtures.rs"]
+mod fixtures;
 #[path = "cases/roundtrip.rs"]
 mod roundtrip;
 #[path = "cases/snapshots.rs"]

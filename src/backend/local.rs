@@ -27,16 +27,27 @@ impl LocalBackend {
         self.root.join(key)
     }
 
-    /// Creates a directory and makes its entry durable in the parent.
+    /// Creates a directory below the root (and any missing parents), making each new entry
+    /// durable in its parent.
     pub fn create_dir(&self, key: &str) -> Result<()> {
-        let path = self.path(key);
-        match fs::create_dir(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(()),
-            Err(e) => return Err(Error::io(path, e)),
+        let mut path = self.root.clone();
+        for part in key.split('/').filter(|p| !p.is_empty()) {
+            path.push(part);
+            match fs::create_dir(&path) {
+                Ok(()) => sync_dir(path.parent().unwrap_or(&self.root))?,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(path, e)),
+            }
         }
-        sync_dir(path.parent().unwrap_or(&self.root))
+        Ok(())
     }
+}
+
+/// Writes a new file and fsyncs it.
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    file.write_all(data)?;
+    file.sync_all()
 }
 
 /// fsyncs a directory so that entries created or renamed in it survive a crash.
@@ -84,16 +95,22 @@ impl Backend for LocalBackend {
             return Ok(false);
         }
         let temp = self.root.join("tmp").join(format!("{}.tmp", crate::id::Id(crate::id::random_bytes()).to_hex()));
-        let written = (|| {
-            let mut file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
-            file.write_all(data)?;
-            file.sync_all()
-        })();
+        let written = write_synced(&temp, data).or_else(|e| match e.kind() {
+            // A copy of the repository that dropped empty directories (git, some sync tools).
+            ErrorKind::NotFound => {
+                self.create_dir("tmp").map_err(|e| e.into_io()).and_then(|_| write_synced(&temp, data))
+            }
+            _ => Err(e),
+        });
         if let Err(e) = written {
             let _ = fs::remove_file(&temp);
             return Err(Error::io(&temp, e));
         }
-        let linked = fs::hard_link(&temp, &target);
+        let mut linked = fs::hard_link(&temp, &target);
+        if matches!(&linked, Err(e) if e.kind() == ErrorKind::NotFound) {
+            let parent = directory.strip_prefix(&self.root).unwrap_or(directory).to_string_lossy().into_owned();
+            linked = self.create_dir(&parent).map_err(|e| e.into_io()).and_then(|_| fs::hard_link(&temp, &target));
+        }
         let _ = fs::remove_file(&temp);
         let created = match linked {
             Ok(()) => true,
@@ -194,5 +211,13 @@ mod tests {
         assert!(backend.list("tmp").unwrap().is_empty());
         backend.delete("snapshots/a").unwrap();
         assert!(!backend.exists("snapshots/a").unwrap());
+    }
+
+    #[test]
+    fn missing_directories_are_recreated() {
+        let dir = tempdir::Dir::new();
+        let backend = LocalBackend::new(dir.path());
+        assert!(backend.put("packs/ab/cd", b"pack").unwrap());
+        assert_eq!(backend.get("packs/ab/cd").unwrap(), b"pack");
     }
 }

@@ -23,7 +23,7 @@ pub struct Snapshot {
     pub username: String,
     /// The `--source` name, empty when none was given.
     pub source: String,
-    /// Absolute source paths as raw bytes, in the order given.
+    /// Absolute source paths as raw bytes: sorted, without duplicates or nested paths.
     pub paths: Vec<Vec<u8>>,
     pub tags: Vec<String>,
     pub summary: Summary,
