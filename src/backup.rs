@@ -49,19 +49,25 @@ pub fn resolve_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     if paths.is_empty() {
         return Err(Error::Invalid("no source path given".into()));
     }
-    let mut out: Vec<PathBuf> = Vec::new();
     for path in paths {
         let absolute = normalize(&std::path::absolute(path).map_err(|e| Error::io(path, e))?);
         if std::fs::symlink_metadata(&absolute).is_err() {
             return Err(Error::MissingSource(path.clone()));
         }
-        out.push(absolute);
     }
+    Ok(normalize_paths(paths))
+}
+
+/// The paths as a snapshot records them (absolute, normalised, sorted, no duplicates, no path
+/// nested in another), whether or not they exist.
+pub fn normalize_paths(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> =
+        paths.iter().map(|p| normalize(&std::path::absolute(p).unwrap_or_else(|_| p.clone()))).collect();
     out.sort();
     out.dedup();
     let all = out.clone();
     out.retain(|p| !all.iter().any(|other| other != p && p.starts_with(other)));
-    Ok(out)
+    out
 }
 
 fn normalize(path: &Path) -> PathBuf {

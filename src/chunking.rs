@@ -100,6 +100,25 @@ impl Chunker {
     }
 }
 
+impl Chunker {
+    /// The chunk ids a snapshot would record for the file at `path`, without storing anything.
+    /// Used to compare files on disk with a snapshot (restore drills, `--skip-identical`).
+    pub fn file_ids(&self, path: &std::path::Path, size_hint: u64) -> std::io::Result<Vec<crate::id::Id>> {
+        use rayon::prelude::*;
+        let mut ids = Vec::new();
+        self.for_each_window::<_, std::io::Error>(
+            std::fs::File::open(path)?,
+            16 << 20,
+            size_hint as usize,
+            |window, chunks| {
+                ids.extend(chunks.par_iter().map(|c| crate::id::Id::of(&window[c.clone()])).collect::<Vec<_>>());
+                Ok(())
+            },
+        )?;
+        Ok(ids)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,10 +22,13 @@
 //! leaves at worst unreferenced packs and temporary files, never a snapshot that cannot be
 //! restored (store-format/README.md, "Commit order").
 
+pub mod audit;
 pub mod backend;
 pub mod backup;
+pub mod check;
 pub mod chunking;
 pub mod compression;
+pub mod drill;
 pub mod error;
 pub mod format;
 pub mod id;
@@ -33,3 +36,4 @@ pub mod progress;
 pub mod repository;
 pub mod restore;
 pub mod source;
+pub mod status;

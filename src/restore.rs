@@ -34,6 +34,9 @@ pub struct RestoreOptions {
     pub target: PathBuf,
     /// Paths inside the snapshot to restore (relative to its root); empty restores everything.
     pub includes: Vec<String>,
+    /// Leave existing files whose content already matches the snapshot (their metadata is still
+    /// restored), so a restore into a non-empty target writes only what differs.
+    pub skip_identical: bool,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -45,12 +48,17 @@ pub struct RestoreSummary {
     pub errors: Vec<SourceError>,
     /// Sockets in the snapshot; they are recorded but cannot be restored.
     pub sockets_skipped: u64,
+    /// Files left as they were because their content already matched (`skip_identical`).
+    pub files_unchanged: u64,
 }
 
 struct Restorer<'a> {
     repo: &'a Repository,
     index: &'a Index,
     progress: &'a Progress,
+    /// Set with `skip_identical`: cuts existing files to compare them with the snapshot.
+    compare: Option<crate::chunking::Chunker>,
+    unchanged: AtomicU64,
     as_root: bool,
     errors: Mutex<Vec<SourceError>>,
     /// (dev, inode) of multiply-linked files to the first path restored for them.
@@ -100,6 +108,8 @@ pub fn restore(
         repo,
         index,
         progress,
+        compare: options.skip_identical.then(|| repo.chunker()),
+        unchanged: AtomicU64::new(0),
         // SAFETY: geteuid cannot fail.
         as_root: unsafe { libc::geteuid() } == 0,
         errors: Mutex::new(Vec::new()),
@@ -150,6 +160,7 @@ pub fn restore(
         bytes: restorer.bytes.load(Relaxed),
         errors: restorer.errors.into_inner().expect("poisoned"),
         sockets_skipped: restorer.sockets.load(Relaxed),
+        files_unchanged: restorer.unchanged.load(Relaxed),
     })
 }
 
@@ -222,7 +233,21 @@ impl Restorer<'_> {
         }
     }
 
+    /// Whether the file at `path` already holds exactly this content.
+    fn already_there(&self, node: &Node, chunks: &[Id], path: &Path) -> bool {
+        let Some(chunker) = &self.compare else { return false };
+        matches!(fs::symlink_metadata(path), Ok(meta) if meta.is_file() && meta.len() == node.meta.size)
+            && chunker.file_ids(path, node.meta.size).is_ok_and(|ids| ids == chunks)
+    }
+
     fn file(&self, node: &Node, chunks: &[Id], path: &Path) -> std::result::Result<(), String> {
+        if self.already_there(node, chunks, path) {
+            self.metadata(path, &node.meta, false)?;
+            self.unchanged.fetch_add(1, Relaxed);
+            self.files.fetch_add(1, Relaxed);
+            self.progress.file_done(node.meta.size);
+            return Ok(());
+        }
         remove_non_dir(path).map_err(|e| e.to_string())?;
         let mut file =
             OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| e.to_string())?;

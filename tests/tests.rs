@@ -13,3 +13,5 @@ mod fixtures;
 mod roundtrip;
 #[path = "cases/snapshots.rs"]
 mod snapshots;
+#[path = "cases/verify.rs"]
+mod verify;

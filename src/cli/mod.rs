@@ -1,12 +1,15 @@
 //! The command line: clap definitions, repository selection, and one module per command. Errors
 //! here are `anyhow` with context; the library's own errors already name what went wrong.
 
+mod check;
+mod drill;
 mod format;
 mod init;
 mod ls;
 mod restore;
 mod snapshot;
 mod snapshots;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +53,12 @@ enum Command {
     Ls(ls::Args),
     /// Restore a snapshot, or parts of it, into a directory
     Restore(restore::Args),
+    /// Verify the repository: structure, and with --read-data every blob's content
+    Check(check::Args),
+    /// Restore a snapshot into a scratch directory and verify everything: a restore drill
+    Drill(drill::Args),
+    /// Per source: newest snapshot, last good drill, last failure; non-zero exit on problems
+    Status(status::Args),
 }
 
 pub struct Context {
@@ -100,5 +109,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Snapshots => snapshots::run(&context),
         Command::Ls(args) => ls::run(&context, args),
         Command::Restore(args) => restore::run(&context, args),
+        Command::Check(args) => check::run(&context, args),
+        Command::Drill(args) => drill::run(&context, args),
+        Command::Status(args) => status::run(&context, args),
     }
 }

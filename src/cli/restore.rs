@@ -19,6 +19,9 @@ pub struct Args {
     /// Restore only this path inside the snapshot (repeatable)
     #[arg(long = "include", value_name = "PATH")]
     includes: Vec<String>,
+    /// Keep existing files whose content already matches the snapshot; write only what differs
+    #[arg(long)]
+    skip_identical: bool,
 }
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
@@ -27,16 +30,18 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let index = repo.load_index()?;
     super::warn_damage(&repo);
     let progress = Progress::new("restore", context.quiet || context.json);
-    let options = RestoreOptions { target: args.target.clone(), includes: args.includes };
+    let options =
+        RestoreOptions { target: args.target.clone(), includes: args.includes, skip_identical: args.skip_identical };
     let summary = restore(&repo, &index, &snapshot, &options, &progress)?;
     if context.json {
         println!("{}", serde_json::json!({ "snapshot": id.to_hex(), "target": args.target, "summary": summary }));
     } else if !context.quiet {
         println!(
-            "restored snapshot {} to {}: {} files, {} dirs, {}{}",
+            "restored snapshot {} to {}: {} files ({} already identical), {} dirs, {} written{}",
             id.short(),
             args.target.display(),
             summary.files,
+            summary.files_unchanged,
             summary.dirs,
             format::bytes(summary.bytes),
             if summary.errors.is_empty() { String::new() } else { format!(", {} errors", summary.errors.len()) }

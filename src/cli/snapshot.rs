@@ -6,7 +6,12 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::{format, Context, EXIT_INCOMPLETE};
-use cairn::backup::{resolve_paths, take_snapshot, SnapshotOptions};
+use std::os::unix::ffi::OsStrExt;
+
+use cairn::audit::Run;
+use cairn::backup::{normalize_paths, resolve_paths, take_snapshot, SnapshotOptions};
+use cairn::format::audit::Outcome;
+use cairn::format::snapshot::source_key;
 use cairn::progress::Progress;
 
 #[derive(clap::Args, Debug)]
@@ -26,9 +31,25 @@ pub struct Args {
     excludes: Vec<String>,
 }
 
+fn record_failure(repo: &cairn::repository::Repository, source: &str, error: &str) -> Result<()> {
+    let mut audit = Run::start("snapshot", source);
+    audit.record.errors.push(error.to_string());
+    audit.finish(repo, Outcome::Failed)?;
+    Ok(())
+}
+
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
-    // Check the sources before creating or touching the repository: a typo writes nothing.
-    resolve_paths(&args.paths)?;
+    let recorded: Vec<Vec<u8>> =
+        normalize_paths(&args.paths).iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
+    let key = source_key(&args.source, &recorded);
+    // Check the sources before creating or touching the repository: a typo stores nothing. An
+    // existing repository still gets an audit record of the failed run, so it is not missed.
+    if let Err(e) = resolve_paths(&args.paths) {
+        if let Ok(repo) = context.open() {
+            record_failure(&repo, &key, &e.to_string())?;
+        }
+        return Err(e.into());
+    }
     let repo = context.open_or_create()?;
     let repo_root = std::path::absolute(&context.repo_path).unwrap_or_else(|_| context.repo_path.clone());
     let options = SnapshotOptions {
@@ -39,7 +60,24 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         skip: vec![repo_root],
     };
     let progress = Progress::new("snapshot", context.quiet || context.json);
-    let outcome = take_snapshot(&repo, &options, &progress)?;
+    let mut audit = Run::start("snapshot", &key);
+    let outcome = match take_snapshot(&repo, &options, &progress) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            audit.record.errors.push(e.to_string());
+            audit.finish(&repo, Outcome::Failed)?;
+            return Err(e.into());
+        }
+    };
+    audit.record.source = outcome.snapshot.source_key();
+    audit.record.snapshot = Some(outcome.id.to_hex());
+    audit.record.files = outcome.snapshot.summary.files;
+    audit.record.bytes = outcome.snapshot.summary.bytes;
+    audit.record.errors =
+        outcome.snapshot.errors.iter().take(100).map(|e| format!("{}: {}", e.path, e.message)).collect();
+    audit.record.details =
+        serde_json::json!({ "summary": outcome.snapshot.summary, "packs_written": outcome.packs_written });
+    audit.finish(&repo, if outcome.snapshot.is_complete() { Outcome::Ok } else { Outcome::Incomplete })?;
     super::warn_damage(&repo);
     let s = &outcome.snapshot;
     let summary = &s.summary;

@@ -75,7 +75,19 @@ pub fn clip(text: &str, max: usize) -> String {
     text[..end].to_string()
 }
 
+/// What a snapshot is "of", for grouping runs: its `--source` name, or else its paths.
+pub fn source_key(source: &str, paths: &[Vec<u8>]) -> String {
+    if !source.is_empty() {
+        return source.to_string();
+    }
+    paths.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>().join(" ")
+}
+
 impl Snapshot {
+    pub fn source_key(&self) -> String {
+        source_key(&self.source, &self.paths)
+    }
+
     pub fn is_complete(&self) -> bool {
         self.errors.is_empty()
     }

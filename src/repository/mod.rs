@@ -23,7 +23,7 @@ use crate::id::Id;
 use index::{Index, Location};
 
 /// Top-level entries of a repository directory.
-const LAYOUT: [&str; 4] = ["tmp", "packs", "index", "snapshots"];
+const LAYOUT: [&str; 5] = ["tmp", "packs", "index", "snapshots", "audit"];
 
 pub struct Repository {
     backend: Arc<dyn Backend>,
@@ -104,15 +104,8 @@ impl Repository {
     /// store them again and makes a restore report exactly the files that need them.
     pub fn load_index(&self) -> Result<Index> {
         let mut index = Index::default();
-        for (key, _) in self.backend.list("index")? {
-            let decoded = self
-                .read_named(&key)
-                .and_then(|found| found.map(|(_, bytes)| IndexFile::decode(&bytes, &self.describe(&key))).transpose());
-            match decoded {
-                Ok(Some(file)) => index.add_file(&file),
-                Ok(None) => {}
-                Err(e) => self.record_damage(e),
-            }
+        for (_, file) in self.read_all_named("index", IndexFile::decode)? {
+            index.add_file(&file);
         }
         Ok(index)
     }
@@ -120,18 +113,25 @@ impl Repository {
     /// Every readable snapshot, oldest first. Damaged manifests are skipped and recorded, so one
     /// bad file never hides the others.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let mut out = self.read_all_named("snapshots", Snapshot::decode)?;
+        out.sort_by_key(|(id, s)| (s.time_sec, s.time_nsec, *id));
+        Ok(out)
+    }
+
+    /// Decodes every content-named file below `dir`. Files that fail (their hash or their
+    /// decoding) are skipped and recorded as damage; a listing failure is an error.
+    pub fn read_all_named<T>(&self, dir: &str, decode: impl Fn(&[u8], &str) -> Result<T>) -> Result<Vec<(Id, T)>> {
         let mut out = Vec::new();
-        for (key, _) in self.backend.list("snapshots")? {
-            let decoded = self.read_named(&key).and_then(|found| {
-                found.map(|(id, bytes)| Ok((id, Snapshot::decode(&bytes, &self.describe(&key))?))).transpose()
-            });
+        for (key, _) in self.backend.list(dir)? {
+            let decoded = self
+                .read_named(&key)
+                .and_then(|found| found.map(|(id, bytes)| Ok((id, decode(&bytes, &self.describe(&key))?))).transpose());
             match decoded {
                 Ok(Some(entry)) => out.push(entry),
                 Ok(None) => {}
                 Err(e) => self.record_damage(e),
             }
         }
-        out.sort_by_key(|(id, s)| (s.time_sec, s.time_nsec, *id));
         Ok(out)
     }
 

@@ -43,11 +43,14 @@ fn repo_with_snapshot(scratch: &Scratch) -> std::path::PathBuf {
 fn missing_source_path_is_an_error_and_writes_nothing() {
     let scratch = Scratch::new("missing");
     let repo = repo_with_snapshot(&scratch);
-    let before = listing(&repo);
+    let stored = |repo: &Path| listing(repo).into_iter().filter(|(p, _)| !p.contains("/audit/")).collect::<Vec<_>>();
+    let before = stored(&repo);
     let (code, err) = stderr_of(cairn(&repo).arg("snapshot").arg(scratch.join("no-such-dir")));
     assert_eq!(code, Some(1));
     assert!(err.contains("no-such-dir") && err.contains("does not exist"), "{err}");
-    assert_eq!(listing(&repo), before);
+    assert_eq!(stored(&repo), before, "only the audit record of the failed run is new");
+    let failed = run(cairn(&repo).arg("status"));
+    assert!(String::from_utf8_lossy(&failed.stdout).contains("last snapshot failed"));
 
     // Nor does it create the default repository.
     let home = scratch.join("home");

@@ -1,0 +1,89 @@
+//! `cairn check [--read-data | --read-data-subset n/m|P%]`
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::{format, Context};
+use cairn::audit::Run;
+use cairn::check::{check, Subset};
+use cairn::format::audit::Outcome;
+use cairn::progress::Progress;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Also read every pack and verify every blob's content
+    #[arg(long)]
+    read_data: bool,
+    /// Read only part of the data: `n/m` (part n of m) or `P%`, chosen by pack id so that
+    /// successive runs with 1/m .. m/m cover everything
+    #[arg(long, value_name = "n/m|P%", value_parser = Subset::parse, conflicts_with = "read_data")]
+    read_data_subset: Option<Subset>,
+}
+
+pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
+    let repo = context.open()?;
+    let subset = if args.read_data { Some(Subset::All) } else { args.read_data_subset };
+    let mut audit = Run::start("check", "");
+    let progress = Progress::new("check", context.quiet || context.json);
+    let report = match check(&repo, subset, &progress) {
+        Ok(report) => report,
+        Err(e) => {
+            audit.record.errors.push(e.to_string());
+            audit.finish(&repo, Outcome::Failed)?;
+            return Err(e.into());
+        }
+    };
+    audit.record.bytes = report.bytes_read;
+    audit.record.errors = report.errors.iter().take(100).cloned().collect();
+    audit.record.details = serde_json::json!({
+        "read_data": subset.map(|s| format!("{s:?}")),
+        "packs": report.packs,
+        "packs_read": report.packs_read,
+        "blobs_verified": report.blobs_verified,
+        "errors": report.errors.len(),
+        "damaged_packs": report.damaged_packs.len(),
+        "affected": report.affected.len(),
+    });
+    audit.finish(&repo, if report.is_clean() { Outcome::Ok } else { Outcome::Failed })?;
+
+    if context.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for warning in &report.warnings {
+            eprintln!("warning: {warning}");
+        }
+        for error in &report.errors {
+            eprintln!("error: {error}");
+        }
+        if !context.quiet {
+            println!(
+                "checked {} snapshots, {} trees, {} packs{}: {}",
+                report.snapshots,
+                report.trees,
+                report.packs,
+                if subset.is_some() {
+                    format!(
+                        " ({} read, {}, {} blobs verified)",
+                        report.packs_read,
+                        format::bytes(report.bytes_read),
+                        report.blobs_verified
+                    )
+                } else {
+                    String::new()
+                },
+                if report.is_clean() {
+                    "no errors".to_string()
+                } else {
+                    format!(
+                        "{} errors, {} damaged packs, {} paths affected",
+                        report.errors.len(),
+                        report.damaged_packs.len(),
+                        report.affected.len()
+                    )
+                }
+            );
+        }
+    }
+    Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

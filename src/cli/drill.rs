@@ -1,0 +1,80 @@
+//! `cairn drill [--snapshot ID|latest|random] [--source NAME] [--scratch DIR]`: a restore drill.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::{format, Context};
+use cairn::audit::Run;
+use cairn::drill::{drill, pick_snapshot, Pick};
+use cairn::format::audit::Outcome;
+use cairn::progress::Progress;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Snapshot to drill: an id or prefix, `latest`, or `random`
+    #[arg(long, default_value = "latest", value_name = "ID|latest|random")]
+    snapshot: String,
+    /// Only consider snapshots of this source (its --source name, or its paths)
+    #[arg(long, value_name = "NAME")]
+    source: Option<String>,
+    /// Where to make the scratch directory (default: the system temporary directory)
+    #[arg(long, value_name = "DIR")]
+    scratch: Option<PathBuf>,
+}
+
+pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
+    let repo = context.open()?;
+    let mut audit = Run::start("drill", args.source.as_deref().unwrap_or(""));
+    let scratch = args.scratch.unwrap_or_else(std::env::temp_dir);
+    let progress = Progress::new("drill", context.quiet || context.json);
+    let outcome =
+        pick_snapshot(&repo, &Pick::parse(&args.snapshot), args.source.as_deref()).and_then(|(id, snapshot)| {
+            audit.record.source = snapshot.source_key();
+            audit.record.snapshot = Some(id.to_hex());
+            drill(&repo, &id, &snapshot, &scratch, &progress)
+        });
+    super::warn_damage(&repo);
+    let report = match outcome {
+        Ok(report) => report,
+        Err(e) => {
+            audit.record.errors.push(e.to_string());
+            audit.finish(&repo, Outcome::Failed)?;
+            return Err(e.into());
+        }
+    };
+    audit.record.files = report.files;
+    audit.record.bytes = report.bytes;
+    audit.record.errors = report.failures.iter().take(100).cloned().collect();
+    audit.record.details = serde_json::json!({
+        "checks_passed": report.checks_passed,
+        "checks_failed": report.checks_failed,
+        "databases": report.databases,
+        "duration_ms": report.duration_ms,
+    });
+    audit.finish(&repo, if report.passed() { Outcome::Ok } else { Outcome::Failed })?;
+
+    if context.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for failure in &report.failures {
+            eprintln!("error: {failure}");
+        }
+        if !context.quiet {
+            println!(
+                "drill of snapshot {} ({}): {}: {} files, {} restored and verified, {} checks passed, {} failed, {} SQLite databases checked, {:.1}s",
+                &report.snapshot[..8],
+                report.source,
+                if report.passed() { "PASSED" } else { "FAILED" },
+                report.files,
+                format::bytes(report.bytes),
+                report.checks_passed,
+                report.checks_failed,
+                report.databases.len(),
+                report.duration_ms as f64 / 1000.0
+            );
+        }
+    }
+    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,85 @@
+//! `cairn status [--max-age D] [--max-drill-age D] [--prometheus FILE]`
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+use super::Context;
+use cairn::status::{age_text, parse_duration, prometheus, status, Thresholds};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A source whose newest snapshot is older than this is a problem (90s, 15m, 1h30m, 2d, 1w)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    max_age: Option<Duration>,
+    /// A source whose last successful drill is older than this (or that has none) is a problem
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    max_drill_age: Option<Duration>,
+    /// Also write the figures as a Prometheus textfile-collector file (written atomically)
+    #[arg(long, value_name = "FILE")]
+    prometheus: Option<PathBuf>,
+}
+
+/// Now, in Unix milliseconds. `CAIRN_NOW` (Unix seconds) overrides the clock, so tests and
+/// what-if questions ("will this be stale tomorrow?") need no waiting.
+fn now_ms() -> Result<i64> {
+    match std::env::var("CAIRN_NOW") {
+        Ok(text) => Ok(text.trim().parse::<i64>().context("CAIRN_NOW must be Unix seconds")? * 1000),
+        Err(_) => Ok(cairn::audit::now_ms()),
+    }
+}
+
+pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
+    let repo = context.open()?;
+    let thresholds = Thresholds { max_age: args.max_age, max_drill_age: args.max_drill_age };
+    let status = status(&repo, now_ms()?, &thresholds)?;
+    if let Some(path) = &args.prometheus {
+        write_atomically(path, prometheus(&status).as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if context.json {
+        println!("{}", serde_json::to_string(&status)?);
+    } else if !context.quiet {
+        let age = |seconds: i64| format!("{} ago", age_text(seconds));
+        for source in &status.sources {
+            let latest = source.latest_snapshot.as_ref().map_or("none".to_string(), |e| {
+                format!("{} ({})", &e.snapshot.as_deref().unwrap_or("?")[..8], age(e.age_seconds))
+            });
+            let drill = source.last_drill_ok.as_ref().map_or("never".to_string(), |e| age(e.age_seconds));
+            println!(
+                "{}  {}: {} snapshots, newest {latest}, last good drill {drill}",
+                if source.problems.is_empty() { "ok  " } else { "FAIL" },
+                source.source,
+                source.snapshots
+            );
+            if let Some(failure) = &source.last_failure {
+                println!("      last failure: {} {}: {}", failure.command, age(failure.age_seconds), failure.error);
+            }
+            for problem in &source.problems {
+                println!("      problem: {problem}");
+            }
+        }
+        match (&status.last_check, status.last_check_ok) {
+            (Some(check), Some(ok)) => {
+                println!("last check {}: {}", age(check.age_seconds), if ok { "no errors" } else { "DAMAGE FOUND" })
+            }
+            _ => println!("no check has run yet"),
+        }
+        for problem in &status.problems {
+            println!("problem: {problem}");
+        }
+    }
+    Ok(if status.healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Writes beside the target, syncs, and renames, so a collector never reads half a file.
+fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    let temp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(data)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)
+}

@@ -1,0 +1,255 @@
+//! `cairn status`: per source, the newest snapshot and its age, the last successful drill and its
+//! age, and the last failure, read from the snapshots and the audit log. Thresholds turn staleness
+//! into problems, so a monitor or cron job can alert on the exit code or the Prometheus file.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::audit;
+use crate::error::Result;
+use crate::format::audit::{AuditRecord, Outcome};
+use crate::repository::Repository;
+
+#[derive(Debug, Default, Serialize)]
+pub struct SourceStatus {
+    pub source: String,
+    pub snapshots: u64,
+    pub latest_snapshot: Option<Event>,
+    pub last_drill_ok: Option<Event>,
+    pub last_failure: Option<Failure>,
+    /// Why this source is not healthy; empty when it is.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub snapshot: Option<String>,
+    /// Unix milliseconds.
+    pub time_ms: i64,
+    pub age_seconds: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub command: String,
+    pub time_ms: i64,
+    pub age_seconds: i64,
+    pub error: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Status {
+    pub sources: Vec<SourceStatus>,
+    /// The newest `check`, if any, and whether it passed.
+    pub last_check: Option<Event>,
+    pub last_check_ok: Option<bool>,
+    pub problems: Vec<String>,
+}
+
+impl Status {
+    pub fn healthy(&self) -> bool {
+        self.problems.is_empty() && self.sources.iter().all(|s| s.problems.is_empty())
+    }
+}
+
+pub struct Thresholds {
+    pub max_age: Option<Duration>,
+    pub max_drill_age: Option<Duration>,
+}
+
+/// Parses `90s`, `15m`, `1h30m`, `2d`, `1w` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => return Err(format!("bad duration {text:?}: use forms like 90s, 15m, 1h30m, 2d, 1w")),
+        };
+        let n: u64 = number.parse().map_err(|_| format!("bad duration {text:?}: a unit needs a number before it"))?;
+        total += n * unit;
+        number.clear();
+    }
+    if !number.is_empty() {
+        total += number.parse::<u64>().map_err(|_| format!("bad duration {text:?}"))?;
+    } else if total == 0 {
+        return Err(format!("bad duration {text:?}"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+fn event(snapshot: Option<String>, time_ms: i64, now_ms: i64) -> Event {
+    Event { snapshot, time_ms, age_seconds: (now_ms - time_ms) / 1000 }
+}
+
+/// A duration in seconds as a short age: `45s`, `12m`, `5h`, `3d`.
+pub fn age_text(seconds: i64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds) -> Result<Status> {
+    let snapshots = repo.snapshots()?;
+    let records = audit::read_all(repo)?;
+    let mut sources: BTreeMap<String, SourceStatus> = BTreeMap::new();
+    for (id, snapshot) in &snapshots {
+        let key = snapshot.source_key();
+        let entry = sources.entry(key.clone()).or_insert_with(|| SourceStatus { source: key, ..Default::default() });
+        entry.snapshots += 1;
+        let time_ms = snapshot.time_sec * 1000 + snapshot.time_nsec as i64 / 1_000_000;
+        entry.latest_snapshot = Some(event(Some(id.to_hex()), time_ms, now_ms));
+        if !snapshot.is_complete() {
+            entry.problems = vec![format!(
+                "newest snapshot {} is incomplete: {} entries unreadable",
+                id.short(),
+                snapshot.errors.len()
+            )];
+        } else {
+            entry.problems.clear();
+        }
+    }
+    // The newest record of each (source, command) decides whether that command is failing now.
+    let mut newest: BTreeMap<(String, String), &AuditRecord> = BTreeMap::new();
+    let mut status = Status::default();
+    for record in &records {
+        if record.command == "check" {
+            status.last_check = Some(event(None, record.ended_ms, now_ms));
+            status.last_check_ok = Some(record.outcome == Outcome::Ok);
+            continue;
+        }
+        if record.source.is_empty() {
+            continue;
+        }
+        let entry = sources
+            .entry(record.source.clone())
+            .or_insert_with(|| SourceStatus { source: record.source.clone(), ..Default::default() });
+        if record.outcome == Outcome::Failed {
+            entry.last_failure = Some(Failure {
+                command: record.command.clone(),
+                time_ms: record.ended_ms,
+                age_seconds: (now_ms - record.ended_ms) / 1000,
+                error: record.errors.first().cloned().unwrap_or_default(),
+            });
+        }
+        if record.command == "drill" && record.outcome == Outcome::Ok {
+            entry.last_drill_ok = Some(event(record.snapshot.clone(), record.ended_ms, now_ms));
+        }
+        newest.insert((record.source.clone(), record.command.clone()), record);
+    }
+    for ((source, command), record) in &newest {
+        if record.outcome == Outcome::Failed {
+            let entry = sources.get_mut(source).expect("inserted above");
+            let error = record.errors.first().map_or(String::new(), |e| format!(": {e}"));
+            entry
+                .problems
+                .push(format!("last {command} failed {} ago{error}", age_text((now_ms - record.ended_ms) / 1000)));
+        }
+    }
+    for entry in sources.values_mut() {
+        match (&entry.latest_snapshot, thresholds.max_age) {
+            (None, _) => entry.problems.push("no snapshot".into()),
+            (Some(latest), Some(max)) if latest.age_seconds > max.as_secs() as i64 => entry.problems.push(format!(
+                "newest snapshot is {} old (more than {})",
+                age_text(latest.age_seconds),
+                age_text(max.as_secs() as i64)
+            )),
+            _ => {}
+        }
+        match (&entry.last_drill_ok, thresholds.max_drill_age) {
+            (None, Some(_)) => entry.problems.push("no successful drill".into()),
+            (Some(drill), Some(max)) if drill.age_seconds > max.as_secs() as i64 => entry.problems.push(format!(
+                "last successful drill is {} old (more than {})",
+                age_text(drill.age_seconds),
+                age_text(max.as_secs() as i64)
+            )),
+            _ => {}
+        }
+    }
+    if status.last_check_ok == Some(false) {
+        status.problems.push("the last check found damage".into());
+    }
+    for damage in repo.take_damage() {
+        status.problems.push(format!("damaged repository file: {damage}"));
+    }
+    status.sources = sources.into_values().collect();
+    Ok(status)
+}
+
+/// The status as a Prometheus textfile-collector file.
+pub fn prometheus(status: &Status) -> String {
+    fn label(text: &str) -> String {
+        text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    }
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, rows: Vec<(String, f64)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for (labels, value) in rows {
+            out.push_str(&format!("{name}{labels} {value}\n"));
+        }
+    };
+    let per = |f: &dyn Fn(&SourceStatus) -> Option<f64>| -> Vec<(String, f64)> {
+        status
+            .sources
+            .iter()
+            .filter_map(|s| f(s).map(|v| (format!("{{source=\"{}\"}}", label(&s.source)), v)))
+            .collect()
+    };
+    metric(
+        "cairn_snapshot_last_timestamp_seconds",
+        "Time of the newest snapshot of the source.",
+        per(&|s| s.latest_snapshot.as_ref().map(|e| e.time_ms as f64 / 1000.0)),
+    );
+    metric("cairn_snapshots", "Number of snapshots of the source.", per(&|s| Some(s.snapshots as f64)));
+    metric(
+        "cairn_drill_last_success_timestamp_seconds",
+        "Time of the last successful restore drill of the source.",
+        per(&|s| s.last_drill_ok.as_ref().map(|e| e.time_ms as f64 / 1000.0)),
+    );
+    metric(
+        "cairn_last_failure_timestamp_seconds",
+        "Time of the last failed run for the source.",
+        per(&|s| s.last_failure.as_ref().map(|f| f.time_ms as f64 / 1000.0)),
+    );
+    metric(
+        "cairn_source_healthy",
+        "1 when the source has no problem, else 0.",
+        per(&|s| Some(s.problems.is_empty() as u8 as f64)),
+    );
+    metric(
+        "cairn_healthy",
+        "1 when every source and the repository are healthy.",
+        vec![(String::new(), status.healthy() as u8 as f64)],
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("1w"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        for bad in ["", "h", "1x", "m5"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}
