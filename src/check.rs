@@ -1,6 +1,7 @@
 //! `cairn check`: find damage and say exactly what it affects.
 //!
-//! Structural pass (always): every index file and snapshot manifest decodes and matches its name;
+//! Structural pass (always): every index file, snapshot manifest and audit record decodes and
+//! matches its name;
 //! every indexed pack exists, has the indexed length, a valid header, and a trailer that lists
 //! each indexed blob at the indexed place; every snapshot's trees decode and hash to their ids,
 //! and every chunk they name is in the index. With `--read-data` (or a deterministic subset),
@@ -38,6 +39,17 @@ pub enum Subset {
     },
     /// About this percentage of packs, chosen by id.
     Percent(f64),
+}
+
+impl std::fmt::Display for Subset {
+    /// The form `--read-data-subset` takes (`all` for `--read-data`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subset::All => f.write_str("all"),
+            Subset::Part { n, m } => write!(f, "{n}/{m}"),
+            Subset::Percent(p) => write!(f, "{p}%"),
+        }
+    }
 }
 
 impl Subset {
@@ -127,6 +139,7 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
     let findings = Findings::default();
     let index = repo.load_index()?;
     let snapshots = repo.snapshots()?;
+    crate::audit::read_all(repo)?;
     for damage in repo.take_damage() {
         findings.error(damage.to_string());
     }

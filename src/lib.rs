@@ -13,6 +13,8 @@
 //!   snapshot listing, and [`repository::packer::BlobStore`], which dedups, compresses and packs.
 //! - [`source`]: walking directory trees into tree blobs and chunks, with change detection.
 //! - [`backup`]: one snapshot from start to commit; [`restore`]: back to files.
+//! - [`check`]: structural and data verification; [`drill`]: restore drills with evidence;
+//!   [`audit`]: the per-run audit records; [`status`]: per-source health from snapshots and audit.
 //! - [`progress`]: the progress bar.
 //!
 //! # Durability

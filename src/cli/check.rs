@@ -30,14 +30,14 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         Ok(report) => report,
         Err(e) => {
             audit.record.errors.push(e.to_string());
-            audit.finish(&repo, Outcome::Failed)?;
+            super::finish_audit(audit, &repo, Outcome::Failed);
             return Err(e.into());
         }
     };
     audit.record.bytes = report.bytes_read;
     audit.record.errors = report.errors.iter().take(100).cloned().collect();
     audit.record.details = serde_json::json!({
-        "read_data": subset.map(|s| format!("{s:?}")),
+        "read_data": subset.map(|s| s.to_string()),
         "packs": report.packs,
         "packs_read": report.packs_read,
         "blobs_verified": report.blobs_verified,
@@ -45,7 +45,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         "damaged_packs": report.damaged_packs.len(),
         "affected": report.affected.len(),
     });
-    audit.finish(&repo, if report.is_clean() { Outcome::Ok } else { Outcome::Failed })?;
+    super::finish_audit(audit, &repo, if report.is_clean() { Outcome::Ok } else { Outcome::Failed });
 
     if context.json {
         println!("{}", serde_json::to_string(&report)?);

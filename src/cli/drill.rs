@@ -40,7 +40,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         Ok(report) => report,
         Err(e) => {
             audit.record.errors.push(e.to_string());
-            audit.finish(&repo, Outcome::Failed)?;
+            super::finish_audit(audit, &repo, Outcome::Failed);
             return Err(e.into());
         }
     };
@@ -53,7 +53,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         "databases": report.databases,
         "duration_ms": report.duration_ms,
     });
-    audit.finish(&repo, if report.passed() { Outcome::Ok } else { Outcome::Failed })?;
+    super::finish_audit(audit, &repo, if report.passed() { Outcome::Ok } else { Outcome::Failed });
 
     if context.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -96,6 +96,14 @@ pub fn warn_damage(repo: &Repository) -> bool {
     !damage.is_empty()
 }
 
+/// Writes a run's audit record. Failing to write it is reported loudly but does not replace the
+/// run's own outcome (a committed snapshot stays committed; a run's own error stays the error).
+pub fn finish_audit(audit: cairn::audit::Run, repo: &Repository, outcome: cairn::format::audit::Outcome) {
+    if let Err(e) = audit.finish(repo, outcome) {
+        eprintln!("warning: could not write the audit record of this run: {e}");
+    }
+}
+
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let repo_path = match cli.repo {
         Some(path) => path,

@@ -31,11 +31,10 @@ pub struct Args {
     excludes: Vec<String>,
 }
 
-fn record_failure(repo: &cairn::repository::Repository, source: &str, error: &str) -> Result<()> {
+fn record_failure(repo: &cairn::repository::Repository, source: &str, error: &str) {
     let mut audit = Run::start("snapshot", source);
     audit.record.errors.push(error.to_string());
-    audit.finish(repo, Outcome::Failed)?;
-    Ok(())
+    super::finish_audit(audit, repo, Outcome::Failed);
 }
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
@@ -46,7 +45,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     // existing repository still gets an audit record of the failed run, so it is not missed.
     if let Err(e) = resolve_paths(&args.paths) {
         if let Ok(repo) = context.open() {
-            record_failure(&repo, &key, &e.to_string())?;
+            record_failure(&repo, &key, &e.to_string());
         }
         return Err(e.into());
     }
@@ -65,7 +64,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         Ok(outcome) => outcome,
         Err(e) => {
             audit.record.errors.push(e.to_string());
-            audit.finish(&repo, Outcome::Failed)?;
+            super::finish_audit(audit, &repo, Outcome::Failed);
             return Err(e.into());
         }
     };
@@ -77,7 +76,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         outcome.snapshot.errors.iter().take(100).map(|e| format!("{}: {}", e.path, e.message)).collect();
     audit.record.details =
         serde_json::json!({ "summary": outcome.snapshot.summary, "packs_written": outcome.packs_written });
-    audit.finish(&repo, if outcome.snapshot.is_complete() { Outcome::Ok } else { Outcome::Incomplete })?;
+    super::finish_audit(audit, &repo, if outcome.snapshot.is_complete() { Outcome::Ok } else { Outcome::Incomplete });
     super::warn_damage(&repo);
     let s = &outcome.snapshot;
     let summary = &s.summary;

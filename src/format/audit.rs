@@ -99,4 +99,19 @@ mod tests {
             prop_assert!(AuditRecord::decode(&good[..good.len().saturating_sub(cut)], "a").is_err());
         }
     }
+
+    /// Pins the JSON field names and outcome spellings: renaming a Rust field must not silently
+    /// change the format. Unknown fields are ignored and optional ones default.
+    #[test]
+    fn stored_record_still_decodes() {
+        let body = br#"{"command":"drill","source":"app","hostname":"h1","started_ms":1,"ended_ms":2,
+            "outcome":"incomplete","snapshot":"ab","files":3,"bytes":4,"errors":["e"],"details":{"k":1},
+            "nonce":"n","added_by_a_later_version":true}"#;
+        let record = AuditRecord::decode(&envelope::seal(MAGIC, VERSION, body), "a").unwrap();
+        assert_eq!((record.command.as_str(), record.outcome, record.files), ("drill", Outcome::Incomplete, 3));
+        let minimal =
+            br#"{"command":"check","hostname":"h","started_ms":0,"ended_ms":0,"outcome":"failed","nonce":"n"}"#;
+        let record = AuditRecord::decode(&envelope::seal(MAGIC, VERSION, minimal), "a").unwrap();
+        assert_eq!((record.source.as_str(), record.snapshot, record.errors.len()), ("", None, 0));
+    }
 }
