@@ -35,6 +35,12 @@ pub struct SnapshotOptions {
     pub excludes: Vec<String>,
     /// Paths never entered, such as the repository itself.
     pub skip: Vec<PathBuf>,
+    /// `--sqlite` paths: each must be an SQLite database; a missing one is recorded, not fatal.
+    pub sqlite_paths: Vec<PathBuf>,
+    /// Store databases as raw files instead of capturing them through SQLite (`--raw-sqlite`).
+    pub raw_sqlite: bool,
+    /// How long to wait for a database that another process holds locked.
+    pub sqlite_timeout: std::time::Duration,
 }
 
 pub struct SnapshotOutcome {
@@ -111,9 +117,18 @@ fn find_parent(repo: &Repository, host: &str, source: &str, paths: &[Vec<u8>]) -
 pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Progress) -> Result<SnapshotOutcome> {
     let started = Instant::now();
     let start_time = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let paths = resolve_paths(&options.paths)?;
-    let path_bytes: Vec<Vec<u8>> = paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
+    if !options.paths.is_empty() {
+        resolve_paths(&options.paths)?;
+    }
+    let requested = normalize_paths(&[options.paths.clone(), options.sqlite_paths.clone()].concat());
+    if requested.is_empty() {
+        return Err(Error::Invalid("no source path given".into()));
+    }
+    let path_bytes: Vec<Vec<u8>> = requested.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
+    let (paths, missing): (Vec<PathBuf>, Vec<PathBuf>) =
+        requested.into_iter().partition(|p| std::fs::symlink_metadata(p).is_ok());
     let host = hostname();
+    repo.backend().remove_stale_temp_files();
     let index = repo.load_index()?;
     let parent = find_parent(repo, &host, &options.source, &path_bytes)?;
     let parent_root = parent.as_ref().and_then(|(_, s)| repo.read_tree(&index, &s.tree).ok());
@@ -128,9 +143,14 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
         excludes: &excludes,
         skip: options.skip.clone(),
         progress,
+        sqlite: (!options.raw_sqlite).then_some(options.sqlite_timeout),
+        required_databases: normalize_paths(&options.sqlite_paths).into_iter().collect(),
         errors: Mutex::new(Vec::new()),
         counts: Counts::default(),
     };
+    for path in &missing {
+        archiver.record(path, "database does not exist");
+    }
     // Deep trees recurse once per level on the workers' stacks: give them room.
     let pool = rayon::ThreadPoolBuilder::new()
         .stack_size(64 << 20)
@@ -236,7 +256,12 @@ fn archive_trie(
             let path = prefix.join(OsStr::from_bytes(name));
             let previous = parent.and_then(|t| t.find(name));
             match child {
-                Trie::Leaf => archiver.node(&path, name.clone(), previous),
+                Trie::Leaf => {
+                    let mut wal_path = path.as_os_str().to_owned();
+                    wal_path.push("-wal");
+                    let wal = std::fs::symlink_metadata(&wal_path).is_ok();
+                    archiver.node(&path, name.clone(), previous, wal)
+                }
                 Trie::Inner(grandchildren) => {
                     let stat = match std::fs::symlink_metadata(&path) {
                         Ok(stat) => stat,

@@ -8,7 +8,6 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -294,13 +293,10 @@ impl Verifier<'_> {
 
     /// Runs `PRAGMA integrity_check` if the file is an SQLite database.
     fn sqlite(&self, path: &Path) {
-        let mut header = [0u8; 16];
-        let is_db =
-            fs::File::open(path).and_then(|mut f| f.read_exact(&mut header)).is_ok() && &header == b"SQLite format 3\0";
-        if !is_db {
+        if !crate::source::sqlite::is_database(path) {
             return;
         }
-        let result = integrity_check(path);
+        let result = crate::source::sqlite::integrity_check(path);
         let shown = relative(self.root, &path.display().to_string());
         if result != "ok" {
             self.fail(path, format!("SQLite integrity_check: {result}"));
@@ -311,21 +307,4 @@ impl Verifier<'_> {
 
 fn is_symlink_content(content: &Content) -> bool {
     matches!(content, Content::Symlink { .. })
-}
-
-/// `PRAGMA integrity_check` on a database opened read-only; "ok" when it is sound.
-pub fn integrity_check(path: &Path) -> String {
-    use rusqlite::{Connection, OpenFlags};
-    let connection =
-        match Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX) {
-            Ok(c) => c,
-            Err(e) => return format!("cannot open: {e}"),
-        };
-    let rows = connection.prepare("PRAGMA integrity_check").and_then(|mut statement| {
-        statement.query_map([], |row| row.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<String>>>()
-    });
-    match rows {
-        Ok(rows) => rows.join("; "),
-        Err(e) => format!("integrity_check failed: {e}"),
-    }
 }

@@ -28,6 +28,7 @@ use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
 use crate::repository::Repository;
+use crate::source::sqlite;
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -248,25 +249,75 @@ impl Restorer<'_> {
             self.progress.file_done(node.meta.size);
             return Ok(());
         }
-        remove_non_dir(path).map_err(|e| e.to_string())?;
-        let mut file =
-            OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| e.to_string())?;
-        let mut written = 0u64;
-        for id in chunks {
-            let data = self.repo.read_blob(self.index, id).map_err(|e| e.to_string())?;
-            file.write_all(&data).map_err(|e| e.to_string())?;
-            written += data.len() as u64;
-            self.progress.add_bytes(data.len() as u64);
+        // A database is written beside its destination and checked before it replaces anything:
+        // a failed restore leaves the existing database as it was.
+        let first = match chunks.first() {
+            Some(id) => Some(self.repo.read_blob(self.index, id).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let database = first.as_deref().is_some_and(|d| d.starts_with(sqlite::HEADER));
+        let destination = if database { temporary_sibling(path) } else { path.to_path_buf() };
+        if !database {
+            remove_non_dir(path).map_err(|e| e.to_string())?;
         }
-        if written != node.meta.size {
-            return Err(format!("restored {written} bytes, the snapshot recorded {}", node.meta.size));
-        }
-        drop(file);
-        self.metadata(path, &node.meta, false)?;
+        let written = self.write_content(&destination, first, chunks, node.meta.size, database);
+        let result = written.and_then(|written| {
+            self.metadata(&destination, &node.meta, false)?;
+            if database {
+                let verdict = sqlite::integrity_check(&destination);
+                if verdict != "ok" {
+                    return Err(format!("restored database fails integrity_check, existing file kept: {verdict}"));
+                }
+                replace_database(&destination, path).map_err(|e| format!("replacing the database: {e}"))?;
+            }
+            Ok(written)
+        });
+        let written = match result {
+            Ok(written) => written,
+            Err(e) => {
+                if database {
+                    let _ = fs::remove_file(&destination);
+                }
+                return Err(e);
+            }
+        };
         self.files.fetch_add(1, Relaxed);
         self.bytes.fetch_add(written, Relaxed);
         self.progress.file_done(0);
         Ok(())
+    }
+
+    /// Writes a file's chunks (the first already read) to a new file; returns the length.
+    fn write_content(
+        &self,
+        path: &Path,
+        first: Option<Vec<u8>>,
+        chunks: &[Id],
+        expected: u64,
+        sync: bool,
+    ) -> std::result::Result<u64, String> {
+        let mut file =
+            OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| e.to_string())?;
+        let mut written = 0u64;
+        let mut write = |data: &[u8]| -> std::result::Result<(), String> {
+            file.write_all(data).map_err(|e| e.to_string())?;
+            written += data.len() as u64;
+            self.progress.add_bytes(data.len() as u64);
+            Ok(())
+        };
+        if let Some(first) = first {
+            write(&first)?;
+        }
+        for id in chunks.iter().skip(1) {
+            write(&self.repo.read_blob(self.index, id).map_err(|e| e.to_string())?)?;
+        }
+        if written != expected {
+            return Err(format!("restored {written} bytes, the snapshot recorded {expected}"));
+        }
+        if sync {
+            file.sync_all().map_err(|e| e.to_string())?;
+        }
+        Ok(written)
     }
 
     /// Owner (as root), mode (not for symlinks), then mtime, in that order: chown clears setuid.
@@ -305,6 +356,37 @@ impl Restorer<'_> {
             }
         }
     }
+}
+
+/// A hidden name beside `path` for writing its replacement.
+fn temporary_sibling(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.cairn-restore-{}", Id(crate::id::random_bytes()).short()))
+}
+
+/// Puts a checked database in place of the one at `path` (if any). The old database's `-wal` and
+/// `-shm` are moved aside first, because SQLite would replay a stale WAL into the new file; they
+/// are deleted once the new database is in place. The old file itself stays until the rename.
+fn replace_database(new: &Path, path: &Path) -> std::io::Result<()> {
+    let mut set_aside = Vec::new();
+    for suffix in ["-wal", "-shm"] {
+        let mut companion = path.as_os_str().to_owned();
+        companion.push(suffix);
+        let companion = PathBuf::from(companion);
+        if fs::symlink_metadata(&companion).is_ok() {
+            let aside = temporary_sibling(&companion);
+            fs::rename(&companion, &aside)?;
+            set_aside.push(aside);
+        }
+    }
+    fs::rename(new, path)?;
+    if let Some(dir) = path.parent() {
+        crate::backend::local::sync_dir(dir).map_err(|e| e.into_io())?;
+    }
+    for aside in set_aside {
+        let _ = fs::remove_file(aside);
+    }
+    Ok(())
 }
 
 /// Removes whatever non-directory entry is at `path`; a missing entry is fine.

@@ -43,6 +43,24 @@ impl LocalBackend {
     }
 }
 
+/// `tmp/<host>-<pid>-<random>.tmp`: the writer is named, so a later run can tell a temporary file
+/// whose writer died from one still being written.
+fn temp_name() -> String {
+    format!(
+        "{}-{}-{}.tmp",
+        crate::backup::hostname(),
+        std::process::id(),
+        crate::id::Id(crate::id::random_bytes()).short()
+    )
+}
+
+/// Whether a process with this id exists on this host.
+pub fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only asks whether the process exists.
+    let answered = unsafe { libc::kill(pid, 0) };
+    answered == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// Writes a new file and fsyncs it.
 fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
@@ -94,7 +112,7 @@ impl Backend for LocalBackend {
             sync_dir(directory)?;
             return Ok(false);
         }
-        let temp = self.root.join("tmp").join(format!("{}.tmp", crate::id::Id(crate::id::random_bytes()).to_hex()));
+        let temp = self.root.join("tmp").join(temp_name());
         let written = write_synced(&temp, data).or_else(|e| match e.kind() {
             // A copy of the repository that dropped empty directories (git, some sync tools).
             ErrorKind::NotFound => {
@@ -154,6 +172,25 @@ impl Backend for LocalBackend {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io(path, e)),
         }
+    }
+
+    /// Removes temporary files left by writers on this host that no longer run (a killed
+    /// snapshot). Files of live writers, and of other hosts, are left alone. Returns how many.
+    fn remove_stale_temp_files(&self) -> usize {
+        let host = crate::backup::hostname();
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else { return 0 };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_suffix(".tmp") else { continue };
+            let mut parts = rest.rsplitn(3, '-');
+            let (_random, pid, writer_host) = (parts.next(), parts.next(), parts.next());
+            let Some(pid) = pid.and_then(|p| p.parse::<i32>().ok()) else { continue };
+            if writer_host == Some(host.as_str()) && !process_alive(pid) && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     fn exists(&self, key: &str) -> Result<bool> {

@@ -32,4 +32,10 @@ pub trait Backend: Send + Sync {
     fn delete(&self, key: &str) -> Result<()>;
 
     fn exists(&self, key: &str) -> Result<bool>;
+
+    /// Removes temporary files whose writer is gone (a killed run); returns how many. Backends
+    /// without temporary files (create-only object puts) have nothing to do.
+    fn remove_stale_temp_files(&self) -> usize {
+        0
+    }
 }

@@ -16,9 +16,18 @@ use cairn::progress::Progress;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Files and directories to back up
-    #[arg(required = true, value_name = "PATH")]
+    /// Files and directories to back up (SQLite databases inside are captured through SQLite)
+    #[arg(value_name = "PATH", required_unless_present = "sqlite")]
     paths: Vec<PathBuf>,
+    /// An SQLite database to capture consistently while it is in use (repeatable)
+    #[arg(long, value_name = "DB_PATH")]
+    sqlite: Vec<PathBuf>,
+    /// Store SQLite databases and their -wal/-shm/-journal files as plain files
+    #[arg(long)]
+    raw_sqlite: bool,
+    /// How long to wait for a database another process holds locked
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = cairn::status::parse_duration)]
+    sqlite_timeout: std::time::Duration,
     /// Tag the snapshot (repeatable)
     #[arg(long = "tag", value_name = "TAG")]
     tags: Vec<String>,
@@ -43,7 +52,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let key = source_key(&args.source, &recorded);
     // Check the sources before creating or touching the repository: a typo stores nothing. An
     // existing repository still gets an audit record of the failed run, so it is not missed.
-    if let Err(e) = resolve_paths(&args.paths) {
+    let checked = if args.paths.is_empty() { Ok(Vec::new()) } else { resolve_paths(&args.paths) };
+    if let Err(e) = checked {
         if let Ok(repo) = context.open() {
             record_failure(&repo, &key, &e.to_string());
         }
@@ -57,6 +67,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         source: args.source,
         excludes: args.excludes,
         skip: vec![repo_root],
+        sqlite_paths: args.sqlite,
+        raw_sqlite: args.raw_sqlite,
+        sqlite_timeout: args.sqlite_timeout,
     };
     let progress = Progress::new("snapshot", context.quiet || context.json);
     let mut audit = Run::start("snapshot", &key);

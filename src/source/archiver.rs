@@ -13,6 +13,7 @@
 //! Errors: a source entry that cannot be read is recorded (the snapshot is then marked incomplete)
 //! and the walk goes on; a repository write failure aborts the snapshot.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
@@ -20,11 +21,13 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use rayon::prelude::*;
 
 use super::exclude::Excludes;
 use super::metadata_of;
+use super::sqlite;
 use crate::chunking::Chunker;
 use crate::error::{Error, Result};
 use crate::format::pack::BlobKind;
@@ -45,6 +48,8 @@ pub struct Counts {
     pub dirs: AtomicU64,
     pub bytes: AtomicU64,
     pub files_read: AtomicU64,
+    /// SQLite databases captured through SQLite.
+    pub databases: AtomicU64,
 }
 
 pub struct Archiver<'a> {
@@ -56,6 +61,11 @@ pub struct Archiver<'a> {
     /// Paths never entered (the repository itself, when it lies inside a source).
     pub skip: Vec<PathBuf>,
     pub progress: &'a Progress,
+    /// Capture SQLite databases through SQLite, waiting up to this long for a lock; `None` stores
+    /// them as raw files (`--raw-sqlite`).
+    pub sqlite: Option<Duration>,
+    /// Paths given with `--sqlite`: each must be a database.
+    pub required_databases: HashSet<PathBuf>,
     pub errors: Mutex<Vec<SourceError>>,
     pub counts: Counts,
 }
@@ -104,12 +114,17 @@ impl<'a> Archiver<'a> {
             Err(e) => self.record(path, format!("listing directory: {e}")),
         }
         names.sort_unstable();
+        let listed: HashSet<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
         let nodes: Vec<Option<Node>> = names
-            .into_par_iter()
+            .par_iter()
             .map(|name| {
-                let child = path.join(OsStr::from_bytes(&name));
-                let previous = parent.and_then(|t| t.find(&name));
-                self.node(&child, name, previous)
+                let child = path.join(OsStr::from_bytes(name));
+                if self.is_database_companion(path, name, &listed) {
+                    return Ok(None);
+                }
+                let wal_sibling = listed.contains([name.as_slice(), b"-wal"].concat().as_slice());
+                let previous = parent.and_then(|t| t.find(name));
+                self.node(&child, name.clone(), previous, wal_sibling)
             })
             .collect::<Result<_>>()?;
         let tree = Tree { nodes: nodes.into_iter().flatten().collect() };
@@ -131,7 +146,17 @@ impl<'a> Archiver<'a> {
 
     /// Archives one entry of any type as a node called `name`. `None` when the entry is
     /// excluded, vanished, or could not be read (the last is recorded).
-    pub fn node(&self, path: &Path, name: Vec<u8>, parent: Option<&Node>) -> Result<Option<Node>> {
+    /// Whether `name` is the `-wal`, `-shm` or `-journal` file of a database in the same
+    /// directory: the database's captured image includes what they hold, so they are not stored.
+    fn is_database_companion(&self, dir: &Path, name: &[u8], listed: &HashSet<&[u8]>) -> bool {
+        self.sqlite.is_some()
+            && sqlite::companion_of(name)
+                .is_some_and(|base| listed.contains(base) && sqlite::is_database(&dir.join(OsStr::from_bytes(base))))
+    }
+
+    /// `wal_sibling`: a `<name>-wal` file sits beside it, so a database's content may have changed
+    /// even where its own metadata did not.
+    pub fn node(&self, path: &Path, name: Vec<u8>, parent: Option<&Node>, wal_sibling: bool) -> Result<Option<Node>> {
         if self.excludes.excludes(path) || self.skip.iter().any(|s| s == path) {
             return Ok(None);
         }
@@ -151,7 +176,7 @@ impl<'a> Archiver<'a> {
             self.counts.dirs.fetch_add(1, Relaxed);
             Content::Dir { subtree }
         } else if kind.is_file() {
-            match self.file_chunks(path, &meta, parent)? {
+            match self.file_chunks(path, &meta, parent, wal_sibling)? {
                 Some((chunks, size)) => {
                     meta.size = size;
                     self.counts.files.fetch_add(1, Relaxed);
@@ -184,9 +209,20 @@ impl<'a> Archiver<'a> {
     }
 
     /// The chunk ids and length of a file's content, reusing the parent's list when the file is
-    /// unchanged. `None` if the file could not be read (recorded).
-    fn file_chunks(&self, path: &Path, meta: &Metadata, parent: Option<&Node>) -> Result<Option<(Vec<Id>, u64)>> {
-        if let Some(Node { meta: old, content: Content::File { chunks }, .. }) = parent {
+    /// unchanged, and reading SQLite databases through SQLite. `None` if the file could not be
+    /// read (recorded).
+    fn file_chunks(
+        &self,
+        path: &Path,
+        meta: &Metadata,
+        parent: Option<&Node>,
+        wal_sibling: bool,
+    ) -> Result<Option<(Vec<Id>, u64)>> {
+        let must_be_database = self.required_databases.contains(path);
+        let may_be_live_database = self.sqlite.is_some() && (wal_sibling || must_be_database);
+        if let Some(Node { meta: old, content: Content::File { chunks }, .. }) =
+            parent.filter(|_| !may_be_live_database)
+        {
             let unchanged = old.size == meta.size
                 && (old.mtime_sec, old.mtime_nsec) == (meta.mtime_sec, meta.mtime_nsec)
                 && (old.ctime_sec, old.ctime_nsec) == (meta.ctime_sec, meta.ctime_nsec)
@@ -204,6 +240,16 @@ impl<'a> Archiver<'a> {
                 return Ok(None);
             }
         };
+        if let Some(timeout) = self.sqlite {
+            if sqlite::has_header(&file) {
+                drop(file);
+                return self.database_chunks(path, timeout);
+            }
+        }
+        if must_be_database {
+            self.record(path, "not an SQLite database");
+            return Ok(None);
+        }
         let mut ids = Vec::new();
         let read = self.chunker.for_each_window(file, READ_WINDOW, meta.size as usize, |window, chunks| {
             let stored: Vec<Id> = chunks
@@ -226,6 +272,37 @@ impl<'a> Archiver<'a> {
                 Ok(None)
             }
             Err(FileError::Repository(e)) => Err(e),
+        }
+    }
+}
+
+impl Archiver<'_> {
+    /// Captures a live database through SQLite (src/source/sqlite.rs) in page-aligned chunks.
+    fn database_chunks(&self, path: &Path, timeout: Duration) -> Result<Option<(Vec<Id>, u64)>> {
+        let mut ids = Vec::new();
+        let mut size = 0u64;
+        let captured = sqlite::capture(path, timeout, READ_WINDOW, |batch| {
+            let stored: Vec<Id> = batch
+                .par_chunks(sqlite::CHUNK_BYTES)
+                .map(|chunk| self.store.store(BlobKind::Data, chunk))
+                .collect::<Result<_>>()?;
+            ids.extend(stored);
+            size += batch.len() as u64;
+            self.progress.add_bytes(batch.len() as u64);
+            Ok(())
+        });
+        match captured {
+            Ok(_) => {
+                self.counts.files_read.fetch_add(1, Relaxed);
+                self.counts.databases.fetch_add(1, Relaxed);
+                self.progress.file_done(0);
+                Ok(Some((ids, size)))
+            }
+            Err(sqlite::CaptureError::Sink(e)) => Err(e),
+            Err(e) => {
+                self.record(path, e);
+                Ok(None)
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod archiver;
 pub mod exclude;
+pub mod sqlite;
 
 use std::os::unix::fs::MetadataExt;
 
