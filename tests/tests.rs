@@ -13,5 +13,7 @@ mod fixtures;
 mod roundtrip;
 #[path = "cases/snapshots.rs"]
 mod snapshots;
+#[path = "cases/sqlite.rs"]
+mod sqlite;
 #[path = "cases/verify.rs"]
 mod verify;

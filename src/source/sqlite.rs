@@ -142,10 +142,13 @@ pub fn capture(
     Ok(Image { page_size, pages })
 }
 
-/// `PRAGMA integrity_check` on a database opened read-only; "ok" when it is sound.
+/// `PRAGMA integrity_check` on a database file at rest; "ok" when it is sound. The file is opened
+/// as immutable, so no `-wal` or `-shm` file is created beside it (a restored image is complete
+/// without them).
 pub fn integrity_check(path: &Path) -> String {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let connection = match Connection::open_with_flags(path, flags) {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let uri = format!("file:{}?immutable=1", uri_escape(path));
+    let connection = match Connection::open_with_flags(uri, flags) {
         Ok(c) => c,
         Err(e) => return format!("cannot open: {e}"),
     };
@@ -156,6 +159,20 @@ pub fn integrity_check(path: &Path) -> String {
         Ok(rows) => rows.join("; "),
         Err(e) => format!("integrity_check failed: {e}"),
     }
+}
+
+/// Percent-encodes a path for an SQLite `file:` URI (`?`, `#`, `%` and non-ASCII bytes).
+fn uri_escape(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &byte in path.as_os_str().as_bytes() {
+        if byte.is_ascii_alphanumeric() || b"/-_.~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
