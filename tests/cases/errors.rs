@@ -128,18 +128,8 @@ fn damaged_pack_fails_only_the_affected_files() {
     let scratch = Scratch::new("badpack");
     let repo = repo_with_snapshot(&scratch);
     // Flip a byte inside the largest data pack (it holds d/a, a 200 kB incompressible file).
-    let mut packs: Vec<(u64, std::path::PathBuf)> = Vec::new();
-    for dir in fs::read_dir(repo.join("packs")).unwrap() {
-        for pack in fs::read_dir(dir.unwrap().path()).unwrap() {
-            let pack = pack.unwrap();
-            packs.push((pack.metadata().unwrap().len(), pack.path()));
-        }
-    }
-    packs.sort();
-    let (_, pack) = packs.last().unwrap();
-    let mut bytes = fs::read(pack).unwrap();
-    bytes[1000] ^= 0xff;
-    fs::write(pack, &bytes).unwrap();
+    let (pack, _) = packs_by_size(&repo).pop().unwrap();
+    flip_byte(&pack, 1000, 0xff);
     let target = scratch.join("out");
     let (code, err) = stderr_of(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert_eq!(code, Some(1));

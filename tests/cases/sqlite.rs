@@ -220,18 +220,8 @@ fn restore_over_an_existing_database_is_atomic_and_checked() {
 
     // A damaged database in the repository is refused and the existing file is left alone.
     let before = fs::read(&db_path).unwrap();
-    let mut packs: Vec<(u64, PathBuf)> = Vec::new();
-    for dir in fs::read_dir(repo.join("packs")).unwrap() {
-        for pack in fs::read_dir(dir.unwrap().path()).unwrap() {
-            let pack = pack.unwrap();
-            packs.push((pack.metadata().unwrap().len(), pack.path()));
-        }
-    }
-    packs.sort();
-    let data_pack = &packs.last().unwrap().1;
-    let mut bytes = fs::read(data_pack).unwrap();
-    bytes[40] ^= 1;
-    fs::write(data_pack, &bytes).unwrap();
+    let (data_pack, _) = packs_by_size(&repo).pop().unwrap();
+    flip_byte(&data_pack, 40, 1);
     let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&data));
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(fs::read(&db_path).unwrap(), before, "existing database untouched");

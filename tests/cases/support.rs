@@ -290,6 +290,26 @@ pub fn open_up(path: &Path) {
     }
 }
 
+/// Every pack file of a repository with its length, largest last.
+pub fn packs_by_size(repo: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    for dir in fs::read_dir(repo.join("packs")).unwrap() {
+        for pack in fs::read_dir(dir.unwrap().path()).unwrap() {
+            let pack = pack.unwrap();
+            out.push((pack.path(), pack.metadata().unwrap().len()));
+        }
+    }
+    out.sort_by_key(|(path, len)| (*len, path.clone()));
+    out
+}
+
+/// Flips the bits of one byte of a file selected by the mask.
+pub fn flip_byte(path: &Path, offset: u64, mask: u8) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[offset as usize] ^= mask;
+    fs::write(path, bytes).unwrap();
+}
+
 /// Number of pack files in a repository.
 pub fn pack_count(repo: &Path) -> usize {
     fs::read_dir(repo.join("packs")).unwrap().map(|d| fs::read_dir(d.unwrap().path()).unwrap().count()).sum()

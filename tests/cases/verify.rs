@@ -6,25 +6,6 @@ use std::path::{Path, PathBuf};
 
 use crate::support::*;
 
-/// Every pack file of a repository with its length.
-fn packs(repo: &Path) -> Vec<(PathBuf, u64)> {
-    let mut out = Vec::new();
-    for dir in fs::read_dir(repo.join("packs")).unwrap() {
-        for pack in fs::read_dir(dir.unwrap().path()).unwrap() {
-            let pack = pack.unwrap();
-            out.push((pack.path(), pack.metadata().unwrap().len()));
-        }
-    }
-    out.sort();
-    out
-}
-
-fn flip(path: &Path, offset: u64) {
-    let mut bytes = fs::read(path).unwrap();
-    bytes[offset as usize] ^= 0x5a;
-    fs::write(path, bytes).unwrap();
-}
-
 /// Checks every file of `expected` against `restored`, except paths at or below `skip`.
 fn assert_unaffected_restored(expected: &Path, restored: &Path, skip: &BTreeSet<String>, prefix: &str) {
     for entry in fs::read_dir(expected).unwrap() {
@@ -66,8 +47,8 @@ fn check_read_data_finds_fifty_flipped_bytes_and_names_what_they_hit() {
 
     // 50 flips at distinct places, spread by size over every other pack, so that the report can
     // be held to naming exactly the damaged packs.
-    let all: Vec<(PathBuf, u64)> = packs(&repo).into_iter().step_by(2).collect();
-    assert!(packs(&repo).len() >= 4, "enough packs to leave some intact");
+    let all: Vec<(PathBuf, u64)> = packs_by_size(&repo).into_iter().step_by(2).collect();
+    assert!(packs_by_size(&repo).len() >= 4, "enough packs to leave some intact");
     let total: u64 = all.iter().map(|(_, len)| len).sum();
     let mut places = BTreeSet::new();
     let mut seed = 0x1234_5678_9abc_def1u64;
@@ -90,7 +71,7 @@ fn check_read_data_finds_fifty_flipped_bytes_and_names_what_they_hit() {
         places.insert((pack.clone(), at));
     }
     for (pack, at) in &places {
-        flip(pack, *at);
+        flip_byte(pack, *at, 0x5a);
     }
     let flipped: BTreeSet<String> =
         places.iter().map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
@@ -149,13 +130,8 @@ fn check_fails_with(repo: &Path, needle: &str) {
 fn structural_check_finds_truncated_and_missing_files_and_bad_trees() {
     let scratch = Scratch::new("structure");
     let repo = small_repo(&scratch);
-    let by_size = |repo: &Path| {
-        let mut p = packs(repo);
-        p.sort_by_key(|(_, len)| *len);
-        p
-    };
     // Truncated data pack.
-    let (data_pack, len) = by_size(&repo).last().cloned().unwrap();
+    let (data_pack, len) = packs_by_size(&repo).last().cloned().unwrap();
     let original = fs::read(&data_pack).unwrap();
     fs::write(&data_pack, &original[..len as usize - 100]).unwrap();
     check_fails_with(&repo, "truncated or overwritten");
@@ -172,8 +148,8 @@ fn structural_check_finds_truncated_and_missing_files_and_bad_trees() {
     check_fails_with(&repo, "not in the index");
     fs::write(&index, &index_bytes).unwrap();
     // A corrupt tree blob (the tree pack is the small one).
-    let (tree_pack, _) = by_size(&repo).first().cloned().unwrap();
-    flip(&tree_pack, 20);
+    let (tree_pack, _) = packs_by_size(&repo).first().cloned().unwrap();
+    flip_byte(&tree_pack, 20, 0x5a);
     check_fails_with(&repo, "directory listing unreadable");
 }
 
@@ -200,8 +176,8 @@ fn drill_passes_on_a_healthy_repository_and_names_damage() {
     assert!(status["sources"][0]["last_drill_ok"].is_object(), "{status}");
 
     // Damage a chunk of the payload: the drill fails, names the file, and cleans up.
-    let (pack, _) = packs(&repo).into_iter().max_by_key(|(_, len)| *len).unwrap();
-    flip(&pack, 100_000);
+    let (pack, _) = packs_by_size(&repo).into_iter().max_by_key(|(_, len)| *len).unwrap();
+    flip_byte(&pack, 100_000, 0x5a);
     let out = run(cairn(&repo).args(["drill", "--scratch"]).arg(&drills));
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
