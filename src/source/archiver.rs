@@ -277,13 +277,13 @@ impl<'a> Archiver<'a> {
 }
 
 impl Archiver<'_> {
-    /// Captures a live database through SQLite (src/source/sqlite.rs) in page-aligned chunks.
+    /// Captures a live database through SQLite (src/source/sqlite.rs), one chunk per page.
     fn database_chunks(&self, path: &Path, timeout: Duration) -> Result<Option<(Vec<Id>, u64)>> {
         let mut ids = Vec::new();
         let mut size = 0u64;
-        let captured = sqlite::capture(path, timeout, READ_WINDOW, |batch| {
+        let captured = sqlite::capture(path, timeout, READ_WINDOW, |batch, page_size| {
             let stored: Vec<Id> = batch
-                .par_chunks(sqlite::CHUNK_BYTES)
+                .par_chunks(page_size)
                 .map(|chunk| self.store.store(BlobKind::Data, chunk))
                 .collect::<Result<_>>()?;
             ids.extend(stored);
