@@ -47,6 +47,8 @@ pub struct SnapshotOutcome {
     pub id: Id,
     pub snapshot: Snapshot,
     pub packs_written: u64,
+    /// SQLite databases captured through SQLite.
+    pub databases: u64,
 }
 
 /// Absolute, lexically normalised source paths that exist, without duplicates or paths nested in
@@ -125,8 +127,17 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
         return Err(Error::Invalid("no source path given".into()));
     }
     let path_bytes: Vec<Vec<u8>> = requested.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
-    let (paths, missing): (Vec<PathBuf>, Vec<PathBuf>) =
-        requested.into_iter().partition(|p| std::fs::symlink_metadata(p).is_ok());
+    // The layout follows what was asked for, not what exists today, so it never flips between
+    // snapshots of the same source when a database comes or goes.
+    let single = requested.len() == 1;
+    let paths: Vec<PathBuf> = requested.into_iter().filter(|p| std::fs::symlink_metadata(p).is_ok()).collect();
+    // Checked one by one: a missing --sqlite path nested in a tree path is reported too.
+    let missing: Vec<PathBuf> = options
+        .sqlite_paths
+        .iter()
+        .flat_map(|p| normalize_paths(std::slice::from_ref(p)))
+        .filter(|p| std::fs::symlink_metadata(p).is_err())
+        .collect();
     let host = hostname();
     repo.backend().remove_stale_temp_files();
     let index = repo.load_index()?;
@@ -161,7 +172,7 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
         if progress.is_drawn() {
             scope.spawn(|| scan_totals(&paths, &excludes, progress, &stop_scan));
         }
-        let tree = pool.install(|| archive_roots(&archiver, &paths, parent_root.as_ref()));
+        let tree = pool.install(|| archive_roots(&archiver, &paths, single, parent_root.as_ref()));
         stop_scan.store(true, Relaxed);
         tree
     })?;
@@ -193,7 +204,12 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
         errors: archiver.errors.into_inner().expect("poisoned"),
     };
     let id = repo.save_snapshot(&snapshot)?;
-    Ok(SnapshotOutcome { id, snapshot, packs_written: stats.packs.load(Relaxed) })
+    Ok(SnapshotOutcome {
+        id,
+        snapshot,
+        packs_written: stats.packs.load(Relaxed),
+        databases: counts.databases.load(Relaxed),
+    })
 }
 
 /// Path components as a trie: a leaf is a requested path, inner nodes are its ancestors.
@@ -202,15 +218,16 @@ enum Trie {
     Inner(BTreeMap<Vec<u8>, Trie>),
 }
 
-fn archive_roots(archiver: &Archiver<'_>, paths: &[PathBuf], parent: Option<&Tree>) -> Result<Id> {
-    if let [only] = paths {
+/// `single`: exactly one path was asked for (it is the root, or the root's one entry).
+fn archive_roots(archiver: &Archiver<'_>, paths: &[PathBuf], single: bool, parent: Option<&Tree>) -> Result<Id> {
+    if let ([only], true) = (paths, single) {
         if only.is_dir() && !only.is_symlink() {
             return archiver.dir_tree(only, parent);
         }
     }
     let mut root = BTreeMap::new();
     for path in paths {
-        let parts: Vec<Vec<u8>> = if paths.len() == 1 {
+        let parts: Vec<Vec<u8>> = if single {
             vec![path.file_name().map_or(b"root".to_vec(), |n| n.as_bytes().to_vec())]
         } else {
             path.components()
@@ -239,8 +256,10 @@ fn archive_roots(archiver: &Archiver<'_>, paths: &[PathBuf], parent: Option<&Tre
             }
         }
     }
-    let prefix =
-        if paths.len() == 1 { paths[0].parent().unwrap_or(Path::new("/")).to_path_buf() } else { PathBuf::from("/") };
+    let prefix = match (single, paths.first()) {
+        (true, Some(only)) => only.parent().unwrap_or(Path::new("/")).to_path_buf(),
+        _ => PathBuf::from("/"),
+    };
     archive_trie(archiver, &prefix, &root, parent)
 }
 

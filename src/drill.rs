@@ -271,9 +271,9 @@ impl Verifier<'_> {
                 if !meta.is_file() || meta.len() != m.size {
                     problems.push(format!("size {} (or not a file), snapshot has {}", meta.len(), m.size));
                 } else {
-                    match self.chunker.file_ids(path, m.size) {
-                        Ok(ids) if ids == *chunks => self.sqlite(path),
-                        Ok(_) => problems.push("content differs from the snapshot".into()),
+                    match crate::source::same_content(&self.chunker, path, m.size, chunks) {
+                        Ok(true) => self.sqlite(path),
+                        Ok(false) => problems.push("content differs from the snapshot".into()),
                         Err(e) => problems.push(format!("cannot read back: {e}")),
                     }
                 }

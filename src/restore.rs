@@ -149,7 +149,7 @@ pub fn restore(
                     return;
                 }
             }
-            restorer.node(node, path);
+            restorer.node(node, path, false);
         }
     });
     restorer.finish_links();
@@ -177,10 +177,19 @@ impl Restorer<'_> {
             Ok(tree) => tree,
             Err(e) => return self.record(dir, format!("cannot read directory listing: {e}")),
         };
-        tree.nodes.par_iter().for_each(|node| self.node(node, &dir.join(OsStr::from_bytes(&node.name))));
+        // A database stored together with its -wal or -journal (a --raw-sqlite snapshot) is a raw
+        // copy: it is restored as plain bytes beside its companions, never checked or swapped in.
+        let names: HashSet<&[u8]> = tree.nodes.iter().map(|n| n.name.as_slice()).collect();
+        tree.nodes.par_iter().for_each(|node| {
+            let raw = [&b"-wal"[..], b"-journal"]
+                .iter()
+                .any(|suffix| names.contains([&node.name, *suffix].concat().as_slice()));
+            self.node(node, &dir.join(OsStr::from_bytes(&node.name)), raw)
+        });
     }
 
-    fn node(&self, node: &Node, path: &Path) {
+    /// `raw_database`: restore as plain bytes even if the content is an SQLite database.
+    fn node(&self, node: &Node, path: &Path, raw_database: bool) {
         let result = match &node.content {
             Content::Dir { subtree } => {
                 match fs::symlink_metadata(path) {
@@ -206,7 +215,7 @@ impl Restorer<'_> {
                     }
                     sources.insert(key, path.to_path_buf());
                 }
-                let written = self.file(node, chunks, path);
+                let written = self.file(node, chunks, path, raw_database);
                 if written.is_err() && node.meta.nlink > 1 {
                     self.failed.lock().expect("poisoned").insert(path.to_path_buf());
                 }
@@ -238,10 +247,10 @@ impl Restorer<'_> {
     fn already_there(&self, node: &Node, chunks: &[Id], path: &Path) -> bool {
         let Some(chunker) = &self.compare else { return false };
         matches!(fs::symlink_metadata(path), Ok(meta) if meta.is_file() && meta.len() == node.meta.size)
-            && chunker.file_ids(path, node.meta.size).is_ok_and(|ids| ids == chunks)
+            && crate::source::same_content(chunker, path, node.meta.size, chunks).unwrap_or(false)
     }
 
-    fn file(&self, node: &Node, chunks: &[Id], path: &Path) -> std::result::Result<(), String> {
+    fn file(&self, node: &Node, chunks: &[Id], path: &Path, raw_database: bool) -> std::result::Result<(), String> {
         if self.already_there(node, chunks, path) {
             self.metadata(path, &node.meta, false)?;
             self.unchanged.fetch_add(1, Relaxed);
@@ -255,19 +264,22 @@ impl Restorer<'_> {
             Some(id) => Some(self.repo.read_blob(self.index, id).map_err(|e| e.to_string())?),
             None => None,
         };
-        let database = first.as_deref().is_some_and(|d| d.starts_with(sqlite::HEADER));
+        let database = !raw_database && first.as_deref().is_some_and(|d| d.starts_with(sqlite::HEADER));
         let destination = if database { temporary_sibling(path) } else { path.to_path_buf() };
         if !database {
             remove_non_dir(path).map_err(|e| e.to_string())?;
         }
         let written = self.write_content(&destination, first, chunks, node.meta.size, database);
         let result = written.and_then(|written| {
-            self.metadata(&destination, &node.meta, false)?;
+            // Checked before its mode is applied: a mode without owner read must not fail it.
             if database {
                 let verdict = sqlite::integrity_check(&destination);
                 if verdict != "ok" {
                     return Err(format!("restored database fails integrity_check, existing file kept: {verdict}"));
                 }
+            }
+            self.metadata(&destination, &node.meta, false)?;
+            if database {
                 replace_database(&destination, path).map_err(|e| format!("replacing the database: {e}"))?;
             }
             Ok(written)
@@ -376,14 +388,20 @@ fn replace_database(new: &Path, path: &Path) -> std::io::Result<()> {
         if fs::symlink_metadata(&companion).is_ok() {
             let aside = temporary_sibling(&companion);
             fs::rename(&companion, &aside)?;
-            set_aside.push(aside);
+            set_aside.push((aside, companion));
         }
     }
-    fs::rename(new, path)?;
+    if let Err(e) = fs::rename(new, path) {
+        // Put the old database's companions back: it stays exactly as it was.
+        for (aside, companion) in &set_aside {
+            let _ = fs::rename(aside, companion);
+        }
+        return Err(e);
+    }
     if let Some(dir) = path.parent() {
         crate::backend::local::sync_dir(dir).map_err(|e| e.into_io())?;
     }
-    for aside in set_aside {
+    for (aside, _) in set_aside {
         let _ = fs::remove_file(aside);
     }
     Ok(())

@@ -221,7 +221,7 @@ mod tests {
         impl Dir {
             pub fn new() -> Dir {
                 let path = std::env::temp_dir()
-                    .join(format!("cairn-test-{}", crate::id::Id(crate::id::random_bytes()).short()));
+                    .join(format!("cairn-test-{}", &crate::id::Id(crate::id::random_bytes()).to_hex()[..16]));
                 std::fs::create_dir_all(&path).unwrap();
                 Dir(path)
             }

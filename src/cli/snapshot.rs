@@ -101,14 +101,16 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             "errors": s.errors,
             "summary": summary,
             "packs_written": outcome.packs_written,
+            "databases": outcome.databases,
             "duration_ms": s.duration_ms,
         });
         println!("{json}");
     } else if !context.quiet {
         println!(
-            "snapshot {} saved: {} files, {} dirs, {} ({} files read); added {} ({} stored) in {} packs, {:.1}s",
+            "snapshot {} saved: {} files ({} SQLite databases), {} dirs, {} ({} files read); added {} ({} stored) in {} packs, {:.1}s",
             outcome.id.short(),
             summary.files,
+            outcome.databases,
             summary.dirs,
             format::bytes(summary.bytes),
             summary.files_read,

@@ -150,8 +150,13 @@ impl<'a> Archiver<'a> {
     /// directory: the database's captured image includes what they hold, so they are not stored.
     fn is_database_companion(&self, dir: &Path, name: &[u8], listed: &HashSet<&[u8]>) -> bool {
         self.sqlite.is_some()
-            && sqlite::companion_of(name)
-                .is_some_and(|base| listed.contains(base) && sqlite::is_database(&dir.join(OsStr::from_bytes(base))))
+            && sqlite::companion_of(name).is_some_and(|base| {
+                let database = dir.join(OsStr::from_bytes(base));
+                listed.contains(base)
+                    && !self.excludes.excludes(&database)
+                    && std::fs::symlink_metadata(&database).is_ok_and(|m| m.is_file())
+                    && sqlite::is_database(&database)
+            })
     }
 
     /// `wal_sibling`: a `<name>-wal` file sits beside it, so a database's content may have changed
@@ -246,7 +251,7 @@ impl<'a> Archiver<'a> {
                 return self.database_chunks(path, timeout);
             }
         }
-        if must_be_database {
+        if must_be_database && !sqlite::has_header(&file) {
             self.record(path, "not an SQLite database");
             return Ok(None);
         }

@@ -5,7 +5,14 @@ pub mod archiver;
 pub mod exclude;
 pub mod sqlite;
 
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::chunking::Chunker;
+use crate::id::Id;
 
 use crate::format::tree::Metadata;
 
@@ -23,5 +30,34 @@ pub fn metadata_of(meta: &std::fs::Metadata) -> Metadata {
         ino: meta.ino(),
         nlink: meta.nlink(),
         size: if meta.is_file() { meta.size() } else { 0 },
+    }
+}
+
+/// Whether the file at `path` holds exactly the content of a snapshot's chunk list, cut either
+/// way cairn cuts files: by FastCDC, or one chunk per page for a database captured through SQLite
+/// (store-format/tree.md, "Databases"). Used by drills and `restore --skip-identical`.
+pub fn same_content(chunker: &Chunker, path: &Path, size: u64, chunks: &[Id]) -> std::io::Result<bool> {
+    if chunker.file_ids(path, size)? == chunks {
+        return Ok(true);
+    }
+    match sqlite::page_size_of(path)? {
+        Some(page_size) => Ok(page_ids(path, page_size)? == chunks),
+        None => Ok(false),
+    }
+}
+
+/// The ids of a file cut into `page_size` pieces.
+fn page_ids(path: &Path, page_size: usize) -> std::io::Result<Vec<Id>> {
+    let mut file = std::fs::File::open(path)?;
+    let window = (16 << 20) / page_size * page_size;
+    let mut ids = Vec::new();
+    let mut buffer = Vec::with_capacity(window);
+    loop {
+        buffer.clear();
+        (&mut file).take(window as u64).read_to_end(&mut buffer)?;
+        if buffer.is_empty() {
+            return Ok(ids);
+        }
+        ids.extend(buffer.par_chunks(page_size).map(Id::of).collect::<Vec<_>>());
     }
 }

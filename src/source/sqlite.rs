@@ -36,6 +36,20 @@ pub fn is_database(path: &Path) -> bool {
     File::open(path).is_ok_and(|f| has_header(&f))
 }
 
+/// The page size recorded in a database file's header, or `None` if it is not a database.
+pub fn page_size_of(path: &Path) -> std::io::Result<Option<usize>> {
+    let file = File::open(path)?;
+    let mut header = [0u8; 18];
+    if file.read_exact_at(&mut header, 0).is_err() || &header[..16] != HEADER {
+        return Ok(None);
+    }
+    Ok(match u16::from_be_bytes([header[16], header[17]]) {
+        1 => Some(65_536),
+        n if n >= 512 && n.is_power_of_two() => Some(n as usize),
+        _ => None,
+    })
+}
+
 /// Companion files that a captured database makes unnecessary: `X-wal`, `X-shm`, `X-journal`.
 /// Returns the database name `X` for such a name.
 pub fn companion_of(name: &[u8]) -> Option<&[u8]> {
@@ -90,6 +104,9 @@ fn open(path: &Path, timeout: Duration) -> rusqlite::Result<Connection> {
         .or_else(|_| Connection::open_with_flags(path, base | OpenFlags::SQLITE_OPEN_READ_WRITE))?;
     connection.busy_timeout(timeout)?;
     connection.pragma_update(None, "query_only", true)?;
+    // Closing the last connection to a WAL database would otherwise checkpoint it: a backup
+    // must not write to what it backs up.
+    connection.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     Ok(connection)
 }
 

@@ -161,10 +161,14 @@ fn drill_passes_on_a_healthy_repository_and_names_damage() {
     write_noise_file(&source.join("payload"), 2 << 20, 8);
     fs::write(source.join("notes.txt"), b"notes").unwrap();
     let db = rusqlite::Connection::open(source.join("db/app.sqlite")).unwrap();
-    db.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);").unwrap();
-    drop(db);
+    // A live WAL database of many pages: captured one chunk per page, which the drill must verify.
+    db.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x);").unwrap();
+    for i in 0..3000 {
+        db.execute("INSERT INTO t VALUES (?1)", [format!("row {i} {}", "text ".repeat(20))]).unwrap();
+    }
     init(&repo);
     ok(cairn(&repo).arg("snapshot").arg(&source).args(["--source", "app"]));
+    drop(db);
 
     let report = json(cairn(&repo).args(["drill", "--source", "app", "--scratch"]).arg(&drills));
     assert_eq!(report["checks_failed"], 0, "{report}");
