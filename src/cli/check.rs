@@ -23,6 +23,7 @@ pub struct Args {
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open()?;
+    let _lock = repo.lock(cairn::repository::lock::LockKind::Shared, "check", context.lock_wait)?;
     let subset = if args.read_data { Some(Subset::All) } else { args.read_data_subset };
     let mut audit = Run::start("check", "");
     let progress = Progress::new("check", context.quiet || context.json);

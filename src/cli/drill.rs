@@ -26,6 +26,7 @@ pub struct Args {
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open()?;
+    let _lock = repo.lock(cairn::repository::lock::LockKind::Shared, "drill", context.lock_wait)?;
     let mut audit = Run::start("drill", args.source.as_deref().unwrap_or(""));
     let scratch = args.scratch.unwrap_or_else(std::env::temp_dir);
     let progress = Progress::new("drill", context.quiet || context.json);

@@ -3,6 +3,7 @@
 
 mod check;
 mod drill;
+mod forget;
 mod format;
 mod init;
 mod ls;
@@ -37,6 +38,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     json: bool,
 
+    /// How long to wait for another cairn's conflicting repository lock (a prune, say)
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10m", value_parser = cairn::status::parse_duration)]
+    lock_wait: std::time::Duration,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -59,12 +64,17 @@ enum Command {
     Drill(drill::Args),
     /// Per source: newest snapshot, last good drill, last failure; non-zero exit on problems
     Status(status::Args),
+    /// Remove snapshots by id or by a --keep-* retention policy
+    Forget(forget::ForgetArgs),
+    /// Delete data no snapshot needs any more (mark and sweep, repack)
+    Prune(forget::PruneOnlyArgs),
 }
 
 pub struct Context {
     pub repo_path: PathBuf,
     pub quiet: bool,
     pub json: bool,
+    pub lock_wait: std::time::Duration,
 }
 
 impl Context {
@@ -110,7 +120,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         None => default_location()
             .context("no --repo given, CAIRN_REPO unset, and no home directory for the default repository")?,
     };
-    let context = Context { repo_path, quiet: cli.quiet, json: cli.json };
+    let context = Context { repo_path, quiet: cli.quiet, json: cli.json, lock_wait: cli.lock_wait };
     match cli.command {
         Command::Init => init::run(&context),
         Command::Snapshot(args) => snapshot::run(&context, args),
@@ -120,5 +130,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => check::run(&context, args),
         Command::Drill(args) => drill::run(&context, args),
         Command::Status(args) => status::run(&context, args),
+        Command::Forget(args) => forget::run_forget(&context, args),
+        Command::Prune(args) => forget::run_prune(&context, args),
     }
 }

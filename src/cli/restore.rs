@@ -26,6 +26,7 @@ pub struct Args {
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open()?;
+    let _lock = repo.lock(cairn::repository::lock::LockKind::Shared, "restore", context.lock_wait)?;
     let (id, snapshot) = repo.find_snapshot(&args.snapshot)?;
     let index = repo.load_index()?;
     super::warn_damage(&repo);

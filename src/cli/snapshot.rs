@@ -60,6 +60,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         return Err(e.into());
     }
     let repo = context.open_or_create()?;
+    let _lock = repo.lock(cairn::repository::lock::LockKind::Shared, "snapshot", context.lock_wait)?;
     let repo_root = std::path::absolute(&context.repo_path).unwrap_or_else(|_| context.repo_path.clone());
     let options = SnapshotOptions {
         paths: args.paths,

@@ -5,6 +5,7 @@
 //! once `config` does; `init` writes it last.
 
 pub mod index;
+pub mod lock;
 pub mod packer;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ use crate::id::Id;
 use index::{Index, Location};
 
 /// Top-level entries of a repository directory.
-const LAYOUT: [&str; 5] = ["tmp", "packs", "index", "snapshots", "audit"];
+const LAYOUT: [&str; 6] = ["tmp", "packs", "index", "snapshots", "audit", "locks"];
 
 pub struct Repository {
     backend: Arc<dyn Backend>,
@@ -83,6 +84,11 @@ impl Repository {
 
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
+    }
+
+    /// Takes a repository lock for `command` (see [`lock`]), waiting up to `wait`.
+    pub fn lock(&self, kind: lock::LockKind, command: &str, wait: std::time::Duration) -> Result<lock::Lock> {
+        lock::Lock::acquire(self.backend.clone(), kind, command, wait)
     }
 
     pub fn chunker(&self) -> Chunker {

@@ -93,6 +93,9 @@ pub struct BlobStore<'a> {
     trees: Mutex<Packer>,
     /// Durable packs not yet named by an index file.
     unindexed: Mutex<Vec<IndexedPack>>,
+    /// Every pack and index file this store wrote.
+    pub written: Mutex<Vec<IndexedPack>>,
+    pub index_files: Mutex<Vec<String>>,
     pub stats: AddedStats,
 }
 
@@ -107,6 +110,8 @@ impl<'a> BlobStore<'a> {
             // Tree packs stay small: trees are read one at a time, and few exist per run.
             trees: Mutex::new(Packer::new(target.min(4 << 20))),
             unindexed: Mutex::new(Vec::new()),
+            written: Mutex::new(Vec::new()),
+            index_files: Mutex::new(Vec::new()),
             stats: AddedStats::default(),
         }
     }
@@ -123,23 +128,38 @@ impl<'a> BlobStore<'a> {
             return Ok(id);
         }
         let (codec, stored) = compression::compress(data, self.repo.config().compression_level);
+        self.add(id, kind, codec, &stored, data.len() as u32)?;
+        Ok(id)
+    }
+
+    /// Adds a blob already in its stored form (prune's repack copies blobs without recompressing
+    /// them). The caller has verified it; it is stored even if the index has it elsewhere.
+    pub fn store_verbatim(&self, id: Id, kind: BlobKind, codec: Codec, stored: &[u8], raw_len: u32) -> Result<()> {
+        if !self.added.lock().expect("poisoned").insert(id) {
+            return Ok(());
+        }
+        self.add(id, kind, codec, stored, raw_len)
+    }
+
+    fn add(&self, id: Id, kind: BlobKind, codec: Codec, stored: &[u8], raw_len: u32) -> Result<()> {
         self.stats.blobs.fetch_add(1, Relaxed);
-        self.stats.bytes.fetch_add(data.len() as u64, Relaxed);
+        self.stats.bytes.fetch_add(raw_len as u64, Relaxed);
         self.stats.stored_bytes.fetch_add(stored.len() as u64, Relaxed);
         let packer = match kind {
             BlobKind::Data => &self.data,
             BlobKind::Tree => &self.trees,
         };
-        let full = packer.lock().expect("poisoned").add(id, kind, codec, &stored, data.len() as u32);
+        let full = packer.lock().expect("poisoned").add(id, kind, codec, stored, raw_len);
         if let Some(full) = full {
             self.write_pack(full)?;
         }
-        Ok(id)
+        Ok(())
     }
 
     fn write_pack(&self, pack: IndexedPackBytes) -> Result<()> {
         self.repo.backend().put(&Repository::pack_key(&pack.pack.id), &pack.bytes)?;
         self.stats.packs.fetch_add(1, Relaxed);
+        self.written.lock().expect("poisoned").push(pack.pack.clone());
         let batch = {
             let mut unindexed = self.unindexed.lock().expect("poisoned");
             unindexed.push(pack.pack);
@@ -157,7 +177,9 @@ impl<'a> BlobStore<'a> {
             return Ok(());
         }
         let bytes = IndexFile { packs }.encode();
-        self.repo.backend().put(&format!("index/{}", Id::of(&bytes).to_hex()), &bytes)?;
+        let key = format!("index/{}", Id::of(&bytes).to_hex());
+        self.repo.backend().put(&key, &bytes)?;
+        self.index_files.lock().expect("poisoned").push(key);
         Ok(())
     }
 

@@ -1,0 +1,207 @@
+//! `cairn forget [ID...] [--keep-* ...] [--dry-run] [--prune]` and `cairn prune`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use super::{format, Context};
+use cairn::audit::Run;
+use cairn::format::audit::Outcome;
+use cairn::gc;
+use cairn::progress::Progress;
+use cairn::repository::lock::LockKind;
+use cairn::repository::Repository;
+use cairn::retention::{plan, Decision, Policy};
+use cairn::status::parse_duration;
+
+#[derive(clap::Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to remove by id or prefix (instead of a policy)
+    ids: Vec<String>,
+    /// Keep the N newest snapshots of each source
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_last: usize,
+    /// Keep the newest snapshot of each of the last N hours that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_hourly: usize,
+    /// ... of each of the last N days (UTC)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_daily: usize,
+    /// ... of each of the last N ISO weeks
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_weekly: usize,
+    /// ... of each of the last N months
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_monthly: usize,
+    /// ... of each of the last N years
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_yearly: usize,
+    /// Keep every snapshot younger than this before the source's newest (90m, 7d, 2w)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within: Option<Duration>,
+    /// Keep snapshots with this tag (repeatable); `protected` ones are always kept
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    keep_tags: Vec<String>,
+    /// Print the plan, with the reason each snapshot is kept, and change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Prune afterwards (see `cairn prune`)
+    #[arg(long)]
+    prune: bool,
+    #[command(flatten)]
+    prune_args: PruneArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PruneArgs {
+    /// Repack until dead bytes are at most this percentage of live ones
+    #[arg(long, value_name = "PERCENT", default_value_t = 5.0)]
+    max_unused: f64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PruneOnlyArgs {
+    #[command(flatten)]
+    args: PruneArgs,
+    /// Print what would be deleted and repacked, and change nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub fn run_forget(context: &Context, args: ForgetArgs) -> Result<ExitCode> {
+    let repo = context.open()?;
+    let policy = Policy {
+        last: args.keep_last,
+        hourly: args.keep_hourly,
+        daily: args.keep_daily,
+        weekly: args.keep_weekly,
+        monthly: args.keep_monthly,
+        yearly: args.keep_yearly,
+        within: args.keep_within,
+        tags: args.keep_tags,
+    };
+    if args.ids.is_empty() && policy.is_empty() {
+        bail!("give snapshot ids or a --keep-* policy: refusing to guess what to forget");
+    }
+    if !args.ids.is_empty() && !policy.is_empty() {
+        bail!("give either snapshot ids or a --keep-* policy, not both");
+    }
+    let kind = if args.prune { LockKind::Exclusive } else { LockKind::Shared };
+    let _lock = repo.lock(kind, "forget", context.lock_wait)?;
+    let decisions: Vec<Decision> = if args.ids.is_empty() {
+        plan(&repo.snapshots()?, &policy)
+    } else {
+        let mut named = Vec::new();
+        for spec in &args.ids {
+            let (id, snapshot) = repo.find_snapshot(spec)?;
+            named.push(Decision {
+                id: id.to_hex(),
+                time: snapshot.time_sec,
+                group: snapshot.source_key(),
+                keep: false,
+                reasons: vec![],
+            });
+        }
+        named
+    };
+    let removed: Vec<&Decision> = decisions.iter().filter(|d| !d.keep).collect();
+    if context.json {
+        println!("{}", serde_json::json!({ "dry_run": args.dry_run, "snapshots": decisions }));
+    } else if !context.quiet {
+        for decision in &decisions {
+            println!(
+                "{} {}  {}  {:<30}  {}",
+                if decision.keep { "keep  " } else { "remove" },
+                &decision.id[..8],
+                format::utc(decision.time),
+                decision.group,
+                decision.reasons.join(",")
+            );
+        }
+        println!(
+            "{} snapshots {}, {} kept",
+            removed.len(),
+            if args.dry_run { "would be removed" } else { "removed" },
+            decisions.len() - removed.len()
+        );
+    }
+    if args.dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut audit = Run::start("forget", "");
+    for decision in &removed {
+        repo.backend().delete(&format!("snapshots/{}", decision.id))?;
+    }
+    audit.record.details = serde_json::json!({ "removed": removed.iter().map(|d| &d.id).collect::<Vec<_>>() });
+    super::finish_audit(audit, &repo, Outcome::Ok);
+    if args.prune {
+        return prune(context, &repo, &args.prune_args, false);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_prune(context: &Context, args: PruneOnlyArgs) -> Result<ExitCode> {
+    let repo = context.open()?;
+    let _lock = repo.lock(LockKind::Exclusive, "prune", context.lock_wait)?;
+    prune(context, &repo, &args.args, args.dry_run)
+}
+
+/// Plans and (unless `dry_run`) executes a prune; the caller holds the exclusive lock.
+fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bool) -> Result<ExitCode> {
+    let mut audit = Run::start("prune", "");
+    let plan = match gc::plan(repo, args.max_unused) {
+        Ok(plan) => plan,
+        Err(e) => {
+            audit.record.errors.push(e.to_string());
+            super::finish_audit(audit, repo, Outcome::Failed);
+            return Err(e.into());
+        }
+    };
+    if !context.quiet && !context.json {
+        println!(
+            "prune plan: {} snapshots, {} packs; live {}, dead {}; delete {} packs, repack {} ({} blobs, {}), {} unreferenced; frees about {}",
+            plan.snapshots,
+            plan.packs,
+            format::bytes(plan.live_bytes),
+            format::bytes(plan.dead_bytes),
+            plan.delete.len(),
+            plan.repack.len(),
+            plan.repack_blobs,
+            format::bytes(plan.repack_bytes),
+            plan.unreferenced.len(),
+            format::bytes(plan.bytes_freed)
+        );
+    }
+    if dry_run {
+        if context.json {
+            println!("{}", serde_json::json!({ "dry_run": true, "plan": plan }));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let plan_json = serde_json::to_value(&plan)?;
+    let progress = Progress::new("prune", context.quiet || context.json);
+    let report = match gc::execute(repo, plan, &progress) {
+        Ok(report) => report,
+        Err(e) => {
+            audit.record.errors.push(e.to_string());
+            super::finish_audit(audit, repo, Outcome::Failed);
+            return Err(e.into());
+        }
+    };
+    audit.record.bytes = report.bytes_freed;
+    audit.record.details = serde_json::json!({ "report": report });
+    super::finish_audit(audit, repo, Outcome::Ok);
+    if context.json {
+        println!("{}", serde_json::json!({ "plan": plan_json, "report": report }));
+    } else if !context.quiet {
+        println!(
+            "pruned: {} packs deleted, {} written, {} index files rewritten; {} freed",
+            report.packs_deleted,
+            report.packs_written,
+            report.index_files_written,
+            format::bytes(report.bytes_freed)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,236 @@
+//! `cairn prune`: mark every blob the remaining snapshots reach, then sweep.
+//!
+//! Plan first, then act. The plan: packs with no live blob are deleted; packs with some dead
+//! blobs are repacked (their live blobs copied, verified and still compressed, into new packs),
+//! most wasteful first, until the dead bytes left are at most `--max-unused` percent of the live
+//! ones; packs that no index names (left by interrupted snapshots) are deleted. Marking can only
+//! err toward keeping: a tree that cannot be read aborts the prune.
+//!
+//! Order of execution, each step durable before the next (store-format/README.md, "Prune"):
+//! 1. new packs with the repacked blobs (and index files for them);
+//! 2. new index files naming every pack that stays;
+//! 3. the old index files are deleted;
+//! 4. the dead and repacked packs are deleted.
+//!
+//! A crash anywhere leaves every live blob reachable through some index file; running prune
+//! again finishes the job. An exclusive repository lock keeps snapshots out meanwhile.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Serialize;
+
+use crate::compression;
+use crate::error::{Error, Result};
+use crate::format::index::{IndexFile, IndexedPack};
+use crate::format::tree::Content;
+use crate::id::Id;
+use crate::progress::Progress;
+use crate::repository::index::Index;
+use crate::repository::packer::BlobStore;
+use crate::repository::Repository;
+
+/// Packs per index file written by prune.
+const PACKS_PER_INDEX_FILE: usize = 256;
+
+#[derive(Debug, Default, Serialize)]
+pub struct PrunePlan {
+    pub snapshots: u64,
+    pub packs: u64,
+    pub live_blobs: u64,
+    pub live_bytes: u64,
+    pub dead_bytes: u64,
+    /// Packs with no live blob.
+    pub delete: Vec<String>,
+    /// Packs whose live blobs are copied out before they are deleted.
+    pub repack: Vec<String>,
+    pub repack_blobs: u64,
+    pub repack_bytes: u64,
+    /// Pack files that no index names.
+    pub unreferenced: Vec<String>,
+    /// Bytes the deletions free (before the repacked copies are added back).
+    pub bytes_freed: u64,
+    #[serde(skip)]
+    internal: Internal,
+}
+
+#[derive(Debug, Default)]
+struct Internal {
+    /// Every pack any index file names, with all its blobs.
+    packs: BTreeMap<Id, IndexedPack>,
+    index_files: Vec<String>,
+    live: HashSet<Id>,
+    repack: Vec<Id>,
+    delete: Vec<Id>,
+    unreferenced: Vec<Id>,
+}
+
+/// Every blob reachable from the snapshots. Fails rather than guess on an unreadable tree.
+fn mark(repo: &Repository, index: &Index) -> Result<HashSet<Id>> {
+    let mut live = HashSet::new();
+    for (id, snapshot) in repo.snapshots()? {
+        let mut pending = vec![snapshot.tree];
+        while let Some(tree_id) = pending.pop() {
+            if !live.insert(tree_id) {
+                continue;
+            }
+            let tree = repo.read_tree(index, &tree_id).map_err(|e| {
+                Error::Invalid(format!(
+                    "snapshot {}: cannot read tree {}: {e}; nothing was deleted (run `cairn check`)",
+                    id.short(),
+                    tree_id.short()
+                ))
+            })?;
+            for node in tree.nodes {
+                match node.content {
+                    Content::Dir { subtree } => pending.push(subtree),
+                    Content::File { chunks } => live.extend(chunks),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(live)
+}
+
+pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
+    let index = repo.load_index()?;
+    let damage = repo.take_damage();
+    if let Some(first) = damage.first() {
+        return Err(Error::Invalid(format!("{first}: refusing to prune a repository with damaged files")));
+    }
+    let mut plan = PrunePlan { snapshots: repo.snapshots()?.len() as u64, ..Default::default() };
+    let live = mark(repo, &index)?;
+    let files = repo.read_all_named("index", IndexFile::decode)?;
+    let mut internal = Internal { live, ..Default::default() };
+    for (id, file) in files {
+        internal.index_files.push(format!("index/{}", id.to_hex()));
+        for pack in file.packs {
+            internal.packs.entry(pack.id).or_insert(pack);
+        }
+    }
+    // A blob is live in exactly one place: where the index finds it. Copies elsewhere are dead.
+    let mut candidates: Vec<(f64, Id, u64)> = Vec::new();
+    for (pack_id, pack) in &internal.packs {
+        let (mut live_bytes, mut dead_bytes) = (0u64, 0u64);
+        for blob in &pack.blobs {
+            let chosen = index.get(&blob.id).is_some_and(|l| index.pack_id(l) == *pack_id && l.offset == blob.offset);
+            if chosen && internal.live.contains(&blob.id) {
+                live_bytes += blob.stored_len as u64;
+                plan.live_blobs += 1;
+            } else {
+                dead_bytes += blob.stored_len as u64;
+            }
+        }
+        plan.live_bytes += live_bytes;
+        plan.dead_bytes += dead_bytes;
+        if live_bytes == 0 {
+            internal.delete.push(*pack_id);
+            plan.bytes_freed += pack.len;
+        } else if dead_bytes > 0 {
+            candidates.push((dead_bytes as f64 / (live_bytes + dead_bytes) as f64, *pack_id, dead_bytes));
+        }
+    }
+    // Repack the most wasteful packs until what stays dead is within the allowance.
+    candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let allowance = (plan.live_bytes as f64 * max_unused_percent / 100.0) as u64;
+    let mut remaining: u64 = candidates.iter().map(|c| c.2).sum();
+    for (_, pack_id, dead) in candidates {
+        if remaining <= allowance {
+            break;
+        }
+        remaining -= dead;
+        internal.repack.push(pack_id);
+        let pack = &internal.packs[&pack_id];
+        plan.bytes_freed += dead;
+        for blob in pack.blobs.iter().filter(|b| internal.live.contains(&b.id)) {
+            plan.repack_blobs += 1;
+            plan.repack_bytes += blob.stored_len as u64;
+        }
+    }
+    for (key, len) in repo.backend().list("packs")? {
+        let Some(id) = Id::from_hex(key.rsplit('/').next().unwrap_or_default()) else { continue };
+        if !internal.packs.contains_key(&id) {
+            internal.unreferenced.push(id);
+            plan.bytes_freed += len;
+        }
+    }
+    plan.packs = internal.packs.len() as u64;
+    plan.delete = internal.delete.iter().map(|id| id.to_hex()).collect();
+    plan.repack = internal.repack.iter().map(|id| id.to_hex()).collect();
+    plan.unreferenced = internal.unreferenced.iter().map(|id| id.to_hex()).collect();
+    plan.internal = internal;
+    Ok(plan)
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PruneReport {
+    pub packs_deleted: u64,
+    pub packs_written: u64,
+    pub index_files_written: u64,
+    pub index_files_deleted: u64,
+    pub bytes_freed: u64,
+}
+
+/// Carries out a plan. The caller holds the exclusive lock the plan was made under.
+pub fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Result<PruneReport> {
+    let internal = plan.internal;
+    let mut report = PruneReport::default();
+    let before: u64 = repo.backend().list("packs")?.iter().map(|(_, len)| len).sum();
+
+    // 1. Copy the live blobs out of the packs being repacked, verifying each on the way.
+    let nothing = Index::default();
+    let store = BlobStore::new(repo, &nothing);
+    progress.add_total(plan.repack_bytes);
+    for pack_id in &internal.repack {
+        let pack = &internal.packs[pack_id];
+        let bytes = repo.backend().get(&Repository::pack_key(pack_id))?;
+        for blob in pack.blobs.iter().filter(|b| internal.live.contains(&b.id)) {
+            let stored = bytes
+                .get(blob.offset as usize..blob.end() as usize)
+                .ok_or_else(|| Error::corrupt(Repository::pack_key(pack_id), "blob lies outside the pack"))?;
+            let plain = compression::decompress(blob.codec, stored, blob.raw_len, "blob")?;
+            if Id::of(&plain) != blob.id {
+                return Err(Error::BadBlob {
+                    id: blob.id,
+                    pack: *pack_id,
+                    reason: "content does not hash to its id; nothing was deleted (run `cairn check`)".into(),
+                });
+            }
+            store.store_verbatim(blob.id, blob.kind, blob.codec, stored, blob.raw_len)?;
+            progress.add_bytes(stored.len() as u64);
+        }
+    }
+    store.finish()?;
+    let new_packs = store.written.into_inner().expect("poisoned");
+    report.packs_written = new_packs.len() as u64;
+    let repack_index_files = store.index_files.into_inner().expect("poisoned");
+
+    // 2. Index files for every pack that stays, plus the new ones.
+    let gone: HashSet<&Id> = internal.delete.iter().chain(&internal.repack).collect();
+    let staying: Vec<IndexedPack> =
+        internal.packs.values().filter(|p| !gone.contains(&p.id)).cloned().chain(new_packs).collect();
+    let mut written = HashSet::new();
+    for group in staying.chunks(PACKS_PER_INDEX_FILE) {
+        let bytes = IndexFile { packs: group.to_vec() }.encode();
+        let key = format!("index/{}", Id::of(&bytes).to_hex());
+        repo.backend().put(&key, &bytes)?;
+        written.insert(key);
+    }
+    report.index_files_written = written.len() as u64;
+
+    // 3. The old index files go, now that the new ones are durable.
+    for key in internal.index_files.iter().chain(&repack_index_files).filter(|k| !written.contains(*k)) {
+        repo.backend().delete(key)?;
+        report.index_files_deleted += 1;
+    }
+
+    // 4. Then the packs that no index names any more.
+    for pack_id in internal.delete.iter().chain(&internal.repack).chain(&internal.unreferenced) {
+        repo.backend().delete(&Repository::pack_key(pack_id))?;
+        report.packs_deleted += 1;
+    }
+    let after: u64 = repo.backend().list("packs")?.iter().map(|(_, len)| len).sum();
+    report.bytes_freed = before.saturating_sub(after);
+    progress.finish();
+    Ok(report)
+}

@@ -1,0 +1,240 @@
+//! Retention: which snapshots a `--keep-*` policy keeps, and why.
+//!
+//! Snapshots are grouped by host and source (its `--source` name, or its paths). In each group,
+//! newest first: `--keep-last N` keeps the N newest; `--keep-hourly/daily/weekly/monthly/yearly N`
+//! keep the newest snapshot of each of the N most recent hours, days, ISO weeks (Monday to
+//! Sunday), months and years that have one (UTC); `--keep-within D` keeps everything younger than
+//! D before the group's newest snapshot; `--keep-tag T` keeps snapshots tagged T. Whatever the
+//! policy, the newest snapshot of every group and every snapshot tagged [`PROTECT_TAG`] are kept.
+//! The plan is computed first and only then executed (`forget --dry-run` prints it).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::format::snapshot::Snapshot;
+use crate::id::Id;
+
+/// Snapshots with this tag are never removed by a policy (only by naming them).
+pub const PROTECT_TAG: &str = "protected";
+
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub last: usize,
+    pub hourly: usize,
+    pub daily: usize,
+    pub weekly: usize,
+    pub monthly: usize,
+    pub yearly: usize,
+    pub within: Option<Duration>,
+    pub tags: Vec<String>,
+}
+
+impl Policy {
+    pub fn is_empty(&self) -> bool {
+        self.last + self.hourly + self.daily + self.weekly + self.monthly + self.yearly == 0
+            && self.within.is_none()
+            && self.tags.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub id: String,
+    pub time: i64,
+    pub group: String,
+    pub keep: bool,
+    /// Every rule that keeps it (`last`, `daily`, `newest`, `tag:x`, ...); empty if removed.
+    pub reasons: Vec<String>,
+}
+
+/// Days since 1970-01-01 to (year, month, day).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// The calendar buckets of a time, for the hourly .. yearly rules.
+fn buckets(secs: i64) -> [i64; 5] {
+    let days = secs.div_euclid(86_400);
+    let (year, month, _) = civil_from_days(days);
+    let monday = days - (days + 3).rem_euclid(7); // 1970-01-01 was a Thursday
+    [secs.div_euclid(3600), days, monday, year * 12 + month as i64, year]
+}
+
+/// Decides every snapshot's fate. `snapshots` may be in any order.
+pub fn plan(snapshots: &[(Id, Snapshot)], policy: &Policy) -> Vec<Decision> {
+    let mut groups: BTreeMap<String, Vec<&(Id, Snapshot)>> = BTreeMap::new();
+    for entry in snapshots {
+        groups.entry(format!("{} {}", entry.1.hostname, entry.1.source_key())).or_default().push(entry);
+    }
+    let mut decisions = Vec::new();
+    for (group, mut members) in groups {
+        members.sort_by_key(|(id, s)| std::cmp::Reverse((s.time_sec, s.time_nsec, *id)));
+        let newest = members[0].1.time_sec;
+        let counts = [policy.hourly, policy.daily, policy.weekly, policy.monthly, policy.yearly];
+        let names = ["hourly", "daily", "weekly", "monthly", "yearly"];
+        let mut last_bucket: [Option<i64>; 5] = [None; 5];
+        let mut kept_in_rule = [0usize; 5];
+        for (position, (id, snapshot)) in members.iter().enumerate() {
+            let mut reasons = Vec::new();
+            if position == 0 {
+                reasons.push("newest".to_string());
+            }
+            if position < policy.last {
+                reasons.push("last".to_string());
+            }
+            let keys = buckets(snapshot.time_sec);
+            for rule in 0..5 {
+                if kept_in_rule[rule] < counts[rule] && last_bucket[rule] != Some(keys[rule]) {
+                    last_bucket[rule] = Some(keys[rule]);
+                    kept_in_rule[rule] += 1;
+                    reasons.push(names[rule].to_string());
+                }
+            }
+            if let Some(within) = policy.within {
+                if newest - snapshot.time_sec < within.as_secs() as i64 {
+                    reasons.push("within".to_string());
+                }
+            }
+            for tag in &snapshot.tags {
+                if policy.tags.contains(tag) {
+                    reasons.push(format!("tag:{tag}"));
+                }
+                if tag == PROTECT_TAG {
+                    reasons.push("protected".to_string());
+                }
+            }
+            decisions.push(Decision {
+                id: id.to_hex(),
+                time: snapshot.time_sec,
+                group: group.clone(),
+                keep: !reasons.is_empty(),
+                reasons,
+            });
+        }
+    }
+    decisions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+    /// 2026-11-25 12:00 UTC, a Wednesday.
+    const NOW: i64 = 1_795_608_000;
+
+    fn snapshots(times: &[i64], tags: &[(usize, &str)]) -> Vec<(Id, Snapshot)> {
+        times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let tags = tags.iter().filter(|(n, _)| *n == i).map(|(_, t)| t.to_string()).collect();
+                (
+                    Id::of(&i.to_le_bytes()),
+                    Snapshot { time_sec: *t, hostname: "h".into(), source: "s".into(), tags, ..Default::default() },
+                )
+            })
+            .collect()
+    }
+
+    /// Indexes (into `times`) of the kept snapshots.
+    fn kept(times: &[i64], tags: &[(usize, &str)], policy: &Policy) -> Vec<usize> {
+        let all = snapshots(times, tags);
+        let decisions = plan(&all, policy);
+        let mut out: Vec<usize> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, (id, _))| decisions.iter().any(|d| d.id == id.to_hex() && d.keep))
+            .map(|(i, _)| i)
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// One snapshot every 6 hours for 60 days, newest first at index 0.
+    fn every_six_hours() -> Vec<i64> {
+        (0..240).map(|i| NOW - i * 6 * 3600).collect()
+    }
+
+    #[test]
+    fn keep_last() {
+        let times = every_six_hours();
+        assert_eq!(kept(&times, &[], &Policy { last: 3, ..Default::default() }), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn keep_hourly_takes_the_newest_of_each_hour() {
+        let base = NOW + 1800; // 12:30
+        let times = [base, base - 600, base - 3600, base - 3 * 3600, base - 3 * 3600 - 60];
+        assert_eq!(kept(&times, &[], &Policy { hourly: 3, ..Default::default() }), vec![0, 2, 3]);
+    }
+
+    #[test]
+    fn keep_daily_weekly_monthly_yearly() {
+        let times = every_six_hours();
+        // NOW is at 12:00, so index 2 is 00:00 today and index 3 is 18:00 yesterday: the newest
+        // snapshot of each earlier day is at index 3, 7, 11, ...
+        assert_eq!(kept(&times, &[], &Policy { daily: 4, ..Default::default() }), vec![0, 3, 7, 11]);
+        // Weeks start on Monday 2026-11-23: NOW's week begins 2.5 days back (indexes 0..=10).
+        assert_eq!(kept(&times, &[], &Policy { weekly: 3, ..Default::default() }), vec![0, 11, 39]);
+        // November 2026 began 24.5 days before NOW (index 98); index 99 is 2026-10-31 18:00.
+        assert_eq!(kept(&times, &[], &Policy { monthly: 2, ..Default::default() }), vec![0, 99]);
+        assert_eq!(kept(&times, &[], &Policy { yearly: 5, ..Default::default() }), vec![0]);
+        let across_years = [NOW, NOW - 400 * DAY, NOW - 800 * DAY, NOW - 801 * DAY];
+        assert_eq!(kept(&across_years, &[], &Policy { yearly: 2, ..Default::default() }), vec![0, 1]);
+    }
+
+    #[test]
+    fn keep_within_and_tags_and_protection() {
+        let times = every_six_hours();
+        assert_eq!(
+            kept(&times, &[], &Policy { within: Some(Duration::from_secs(DAY as u64)), ..Default::default() }),
+            vec![0, 1, 2, 3]
+        );
+        let tags = [(50, "release"), (60, PROTECT_TAG), (70, "other")];
+        assert_eq!(
+            kept(&times, &tags, &Policy { last: 1, tags: vec!["release".into()], ..Default::default() }),
+            vec![0, 50, 60]
+        );
+    }
+
+    #[test]
+    fn combination_is_the_union_and_the_newest_always_stays() {
+        let times = every_six_hours();
+        let policy = Policy { last: 2, daily: 3, weekly: 2, ..Default::default() };
+        assert_eq!(kept(&times, &[], &policy), vec![0, 1, 3, 7, 11]);
+        // A policy that keeps nothing by itself still keeps each group's newest snapshot.
+        let policy = Policy { tags: vec!["absent".into()], ..Default::default() };
+        assert_eq!(kept(&times, &[], &policy), vec![0]);
+    }
+
+    #[test]
+    fn groups_are_separate() {
+        let mut all = snapshots(&[NOW, NOW - DAY], &[]);
+        let mut other = snapshots(&[NOW - 5, NOW - DAY - 5], &[]);
+        for (i, (id, s)) in other.iter_mut().enumerate() {
+            s.source = "other".into();
+            *id = Id::of(&[9, i as u8]);
+        }
+        all.extend(other);
+        let decisions = plan(&all, &Policy { last: 1, ..Default::default() });
+        assert_eq!(decisions.iter().filter(|d| d.keep).count(), 2, "one per group");
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(NOW / DAY), (2026, 11, 25));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+}
