@@ -224,8 +224,12 @@ pub fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Resul
         report.index_files_deleted += 1;
     }
 
-    // 4. Then the packs that no index names any more.
-    for pack_id in internal.delete.iter().chain(&internal.repack).chain(&internal.unreferenced) {
+    // 4. Then the packs that no index names any more. A pack written again by this run (a
+    //    repack of a pack that an interrupted prune already repacked yields the same bytes, so the
+    //    same id) is named by the new index and must stay.
+    let named: HashSet<Id> = staying.iter().map(|p| p.id).collect();
+    let doomed = internal.delete.iter().chain(&internal.repack).chain(&internal.unreferenced);
+    for pack_id in doomed.filter(|id| !named.contains(*id)) {
         repo.backend().delete(&Repository::pack_key(pack_id))?;
         report.packs_deleted += 1;
     }

@@ -9,6 +9,8 @@ mod crash;
 mod errors;
 #[path = "cases/fixtures.rs"]
 mod fixtures;
+#[path = "cases/prune.rs"]
+mod prune;
 #[path = "cases/roundtrip.rs"]
 mod roundtrip;
 #[path = "cases/snapshots.rs"]

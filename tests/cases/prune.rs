@@ -1,0 +1,222 @@
+//! forget and prune: retention through the CLI, space really freed, concurrent snapshots stay
+//! restorable, and a prune killed at any point leaves a consistent repository.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// Bytes of all files below `dir`.
+fn size_of(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+/// Version `v` of a tree: shared files, files of this version, and files changed in place.
+fn write_version(root: &Path, v: u64) {
+    let _ = fs::remove_dir_all(root);
+    fs::create_dir_all(root.join("shared")).unwrap();
+    fs::create_dir_all(root.join("own")).unwrap();
+    for i in 0..6 {
+        write_noise_file(&root.join(format!("shared/s{i}")), 1_500_000, 500 + i);
+    }
+    for i in 0..6 {
+        write_noise_file(&root.join(format!("own/v{v}-{i}")), 1_500_000, v * 100 + i);
+    }
+    fs::write(root.join("version.txt"), format!("version {v}\n").repeat(1000)).unwrap();
+}
+
+#[test]
+fn forget_keep_last_prune_frees_the_space_of_forgotten_data() {
+    let scratch = Scratch::new("prune-size");
+    let (live, repo, fresh) = (scratch.join("live"), scratch.join("repo"), scratch.join("fresh"));
+    init(&repo);
+    write_version(&live, 1);
+    ok(cairn(&repo).arg("snapshot").arg(&live));
+    write_version(&live, 2);
+    ok(cairn(&repo).arg("snapshot").arg(&live).args(["--tag", "v2"]));
+    // A protected snapshot of something else survives any policy.
+    fs::create_dir_all(scratch.join("other")).unwrap();
+    fs::write(scratch.join("other/f"), b"other").unwrap();
+    ok(cairn(&repo).arg("snapshot").arg(scratch.join("other")).args(["--tag", "protected"]));
+    ok(cairn(&repo).arg("snapshot").arg(scratch.join("other")));
+
+    let plan = json(cairn(&repo).args(["forget", "--keep-last", "1", "--dry-run"]));
+    let kept: Vec<_> = plan["snapshots"].as_array().unwrap().iter().filter(|d| d["keep"] == true).collect();
+    assert_eq!(kept.len(), 3, "newest of each source, plus the protected one: {plan}");
+    assert!(kept.iter().any(|d| d["reasons"].as_array().unwrap().iter().any(|r| r == "protected")));
+    assert_eq!(json(cairn(&repo).arg("snapshots")).as_array().unwrap().len(), 4, "dry run changes nothing");
+
+    let before = size_of(&repo);
+    ok(cairn(&repo).args(["forget", "--keep-last", "1", "--prune"]));
+    let after = size_of(&repo);
+    ok(cairn(&fresh).arg("init"));
+    ok(cairn(&fresh).arg("snapshot").arg(&live));
+    ok(cairn(&fresh).arg("snapshot").arg(scratch.join("other")));
+    let reference = size_of(&fresh);
+    eprintln!("repository {before} -> {after} bytes; a fresh one holding what is kept: {reference}");
+    assert!(after as f64 <= reference as f64 * 1.05, "{after} vs {reference}");
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    let target = scratch.join("restored");
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    let list = json(cairn(&repo).arg("snapshots"));
+    let v2 =
+        list.as_array().unwrap().iter().find(|s| s["tags"][0] == "v2").unwrap()["id"].as_str().unwrap().to_string();
+    let target = scratch.join("v2");
+    ok(cairn(&repo).args(["restore", &v2, "--target"]).arg(&target));
+    assert_same_tree(&live, &target);
+    // A second prune has nothing left to do.
+    let again = json(cairn(&repo).args(["prune"]));
+    assert_eq!(again["report"]["packs_deleted"], 0, "{again}");
+}
+
+#[test]
+fn forget_needs_a_policy_or_ids() {
+    let scratch = Scratch::new("forget-args");
+    let repo = scratch.join("repo");
+    init(&repo);
+    let out = run(cairn(&repo).arg("forget"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to guess"));
+    fs::create_dir_all(scratch.join("d")).unwrap();
+    let id = json(cairn(&repo).arg("snapshot").arg(scratch.join("d")))["id"].as_str().unwrap().to_string();
+    ok(cairn(&repo).args(["forget", &id[..10]]));
+    assert!(json(cairn(&repo).arg("snapshots")).as_array().unwrap().is_empty());
+}
+
+#[test]
+fn snapshots_racing_prunes_stay_restorable() {
+    let scratch = Scratch::new("prune-race");
+    let (live, repo) = (scratch.join("live"), scratch.join("repo"));
+    init(&repo);
+    fs::create_dir_all(&live).unwrap();
+    let pruner = {
+        let repo = repo.clone();
+        std::thread::spawn(move || {
+            for _ in 0..20 {
+                let out = run(cairn(&repo).args(["--quiet", "forget", "--keep-last", "2", "--prune"]));
+                assert!(out.status.success() || String::from_utf8_lossy(&out.stderr).contains("give"), "prune failed");
+            }
+        })
+    };
+    // Round i holds files i-2..=i: each snapshot's content is known.
+    let mut taken = Vec::new();
+    for round in 0..20u64 {
+        write_noise_file(&live.join(format!("f{round}")), 700_000, round);
+        if round >= 3 {
+            fs::remove_file(live.join(format!("f{}", round - 3))).unwrap();
+        }
+        let id = json(cairn(&repo).arg("snapshot").arg(&live))["id"].as_str().unwrap().to_string();
+        taken.push((id, round));
+    }
+    pruner.join().unwrap();
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    let remaining = json(cairn(&repo).arg("snapshots"));
+    let remaining: Vec<&str> = remaining.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert!(!remaining.is_empty());
+    for (id, round) in taken.iter().filter(|(id, _)| remaining.contains(&id.as_str())) {
+        let target = scratch.join(format!("r{round}"));
+        ok(cairn(&repo).args(["--quiet", "restore", id, "--target"]).arg(&target));
+        let mut names: Vec<String> =
+            fs::read_dir(&target).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        let mut expected: Vec<String> = (round.saturating_sub(2)..=*round).map(|i| format!("f{i}")).collect();
+        expected.sort();
+        assert_eq!(names, expected, "snapshot of round {round}");
+        for name in names {
+            let i: u64 = name[1..].parse().unwrap();
+            assert!(fs::read(target.join(&name)).unwrap() == noise(700_000, i), "{name} of round {round}");
+        }
+    }
+}
+
+#[test]
+fn prune_killed_at_any_point_leaves_a_consistent_repository() {
+    let scratch = Scratch::new("prune-kill");
+    let (live, template) = (scratch.join("live"), scratch.join("template"));
+    init(&template);
+    let mut states = Vec::new();
+    for v in 1..=4u64 {
+        write_version(&live, v);
+        let id = json(cairn(&template).arg("snapshot").arg(&live))["id"].as_str().unwrap().to_string();
+        states.push(id);
+    }
+    ok(cairn(&template).args(["forget", "--keep-last", "2"]));
+    let kept = &states[2..];
+
+    // Kill points: timed, and on what the prune does to the repository, step by step: the
+    // first repacked pack written, the first new index file, the first old index file deleted,
+    // the first pack deleted.
+    type Seen = fn(usize, usize, usize, usize) -> bool; // (packs0, indexes0, packs, indexes)
+    let triggers: [(&str, u64, Option<Seen>); 12] = [
+        ("at once", 0, None),
+        ("after 10 ms", 10_000, None),
+        ("after 30 ms", 30_000, None),
+        ("new pack written", 0, Some(|p0, _, p, _| p > p0)),
+        ("new index file", 0, Some(|_, i0, _, i| i > i0)),
+        ("old index file deleted", 0, Some(|_, i0, _, i| i > 0 && i < i0 + 1 && i != i0)),
+        ("first pack deleted", 0, Some(|p0, _, p, _| p < p0 + 1 && p != p0 + 1 && p < p0)),
+        ("after 45 ms", 45_000, None),
+        ("after 55 ms", 55_000, None),
+        ("after 65 ms", 65_000, None),
+        ("new pack written (2)", 0, Some(|p0, _, p, _| p > p0)),
+        ("first pack deleted (2)", 0, Some(|p0, _, p, _| p < p0)),
+    ];
+    let mut outcomes = Vec::new();
+    for (round, (label, delay, seen)) in triggers.into_iter().enumerate() {
+        let repo = scratch.join(format!("repo-{round}"));
+        assert!(std::process::Command::new("cp").arg("-a").arg(&template).arg(&repo).status().unwrap().success());
+        let count_indexes = |repo: &Path| fs::read_dir(repo.join("index")).unwrap().count();
+        let (packs, indexes) = (pack_count(&repo), count_indexes(&repo));
+        let started = Instant::now();
+        let mut child = cairn(&repo).args(["--quiet", "prune"]).spawn().unwrap();
+        match seen {
+            None => std::thread::sleep(Duration::from_micros(delay)),
+            Some(seen) => {
+                while !seen(packs, indexes, pack_count(&repo), count_indexes(&repo))
+                    && child.try_wait().unwrap().is_none()
+                {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+        }
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().ok();
+        child.wait().unwrap();
+        outcomes.push(format!(
+            "round {round} ({label}): killed after {:?}{}: packs {packs} -> {}, index files {indexes} -> {}",
+            started.elapsed(),
+            if finished { " (had finished)" } else { "" },
+            pack_count(&repo),
+            count_indexes(&repo)
+        ));
+        // Consistent, every kept snapshot restores, and a second prune completes.
+        ok(cairn(&repo).args(["check", "--read-data"]));
+        for id in kept {
+            let target = scratch.join(format!("restore-{round}-{}", &id[..8]));
+            ok(cairn(&repo).args(["--quiet", "restore", id, "--target"]).arg(&target));
+            fs::remove_dir_all(&target).unwrap();
+        }
+        ok(cairn(&repo).args(["--quiet", "prune"]));
+        ok(cairn(&repo).arg("check"));
+        let target = scratch.join(format!("final-{round}"));
+        ok(cairn(&repo).args(["--quiet", "restore", &kept[1], "--target"]).arg(&target));
+        assert_same_tree(&live, &target);
+        fs::remove_dir_all(&target).unwrap();
+        fs::remove_dir_all(&repo).unwrap();
+    }
+    eprintln!("{}", outcomes.join("\n"));
+}
