@@ -15,6 +15,8 @@
 //! - [`backup`]: one snapshot from start to commit; [`restore`]: back to files.
 //! - [`check`]: structural and data verification; [`drill`]: restore drills with evidence;
 //!   [`audit`]: the per-run audit records; [`status`]: per-source health from snapshots and audit.
+//! - [`retention`]: which snapshots a policy keeps; [`gc`]: prune (mark, plan, sweep);
+//!   [`stats`]: storage cost per source; [`repository::lock`]: repository locks.
 //! - [`progress`]: the progress bar.
 //!
 //! # Durability
@@ -40,4 +42,5 @@ pub mod repository;
 pub mod restore;
 pub mod retention;
 pub mod source;
+pub mod stats;
 pub mod status;

@@ -10,6 +10,7 @@ mod ls;
 mod restore;
 mod snapshot;
 mod snapshots;
+mod stats;
 mod status;
 
 use std::path::PathBuf;
@@ -68,6 +69,8 @@ enum Command {
     Forget(forget::ForgetArgs),
     /// Delete data no snapshot needs any more (mark and sweep, repack)
     Prune(forget::PruneOnlyArgs),
+    /// Storage per source: stored, unique and shared bytes
+    Stats,
 }
 
 pub struct Context {
@@ -132,5 +135,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => status::run(&context, args),
         Command::Forget(args) => forget::run_forget(&context, args),
         Command::Prune(args) => forget::run_prune(&context, args),
+        Command::Stats => stats::run(&context),
     }
 }

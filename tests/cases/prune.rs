@@ -220,3 +220,45 @@ fn prune_killed_at_any_point_leaves_a_consistent_repository() {
     }
     eprintln!("{}", outcomes.join("\n"));
 }
+
+#[test]
+fn stats_attribute_storage_to_sources() {
+    let scratch = Scratch::new("stats");
+    let repo = scratch.join("repo");
+    let (a, b) = (scratch.join("a"), scratch.join("b"));
+    fs::create_dir_all(&a).unwrap();
+    fs::create_dir_all(&b).unwrap();
+    write_noise_file(&a.join("only-a"), 2_000_000, 1);
+    write_noise_file(&a.join("common"), 1_000_000, 3);
+    write_noise_file(&b.join("common"), 1_000_000, 3);
+    write_noise_file(&b.join("only-b"), 3_000_000, 2);
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&a).args(["--source", "a"]));
+    ok(cairn(&repo).arg("snapshot").arg(&a).args(["--source", "a"]));
+    ok(cairn(&repo).arg("snapshot").arg(&b).args(["--source", "b"]));
+    let report = json(cairn(&repo).arg("stats"));
+    let source =
+        |name: &str| report["sources"].as_array().unwrap().iter().find(|s| s["source"] == name).unwrap().clone();
+    let (sa, sb) = (source("a"), source("b"));
+    assert_eq!(sa["snapshots"], 2);
+    assert_eq!(sa["logical_bytes"], 3_000_000);
+    // Noise does not compress: the shared file costs its size, once, shown on both sides.
+    assert_eq!(sa["shared_bytes"], 1_000_000);
+    assert_eq!(sb["shared_bytes"], 1_000_000);
+    let unique_a = sa["unique_bytes"].as_u64().unwrap();
+    assert!((2_000_000..2_010_000).contains(&unique_a), "{sa}");
+    // Forgetting every snapshot of a frees about what stats said was unique to it.
+    let before = json(cairn(&repo).arg("stats"))["repository_bytes"].as_u64().unwrap();
+    let ids: Vec<String> = json(cairn(&repo).arg("snapshots"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["source"] == "a")
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    ok(cairn(&repo).arg("forget").args(&ids).arg("--prune").args(["--max-unused", "0"]));
+    let after = json(cairn(&repo).arg("stats"))["repository_bytes"].as_u64().unwrap();
+    let freed = before - after;
+    eprintln!("unique to a: {unique_a}, freed by forgetting a: {freed}");
+    assert!(freed >= unique_a && freed < unique_a + 20_000, "freed {freed}, unique {unique_a}");
+}
