@@ -15,13 +15,15 @@
 //! A crash anywhere leaves every live blob reachable through some index file; running prune
 //! again finishes the job. An exclusive repository lock keeps snapshots out meanwhile.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
 use crate::compression;
 use crate::error::{Error, Result};
 use crate::format::index::{IndexFile, IndexedPack};
+use crate::format::pack::BlobEntry;
+use crate::format::snapshot::Snapshot;
 use crate::format::tree::Content;
 use crate::id::Id;
 use crate::progress::Progress;
@@ -59,20 +61,26 @@ struct Internal {
     packs: BTreeMap<Id, IndexedPack>,
     index_files: Vec<String>,
     live: HashSet<Id>,
+    /// Per pack, the live blobs at the place the index picks: what a repack copies.
+    keep: HashMap<Id, Vec<BlobEntry>>,
     repack: Vec<Id>,
     delete: Vec<Id>,
     unreferenced: Vec<Id>,
 }
 
 /// Every blob reachable from the snapshots. Fails rather than guess on an unreadable tree.
-fn mark(repo: &Repository, index: &Index) -> Result<HashSet<Id>> {
+fn mark(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)]) -> Result<HashSet<Id>> {
     let mut live = HashSet::new();
-    for (id, snapshot) in repo.snapshots()? {
+    // Trees walked, kept apart from `live` so a data chunk that happens to share a tree's id can
+    // never stop that tree from being walked.
+    let mut walked = HashSet::new();
+    for (id, snapshot) in snapshots {
         let mut pending = vec![snapshot.tree];
         while let Some(tree_id) = pending.pop() {
-            if !live.insert(tree_id) {
+            if !walked.insert(tree_id) {
                 continue;
             }
+            live.insert(tree_id);
             let tree = repo.read_tree(index, &tree_id).map_err(|e| {
                 Error::Invalid(format!(
                     "snapshot {}: cannot read tree {}: {e}; nothing was deleted (run `cairn check`)",
@@ -93,14 +101,16 @@ fn mark(repo: &Repository, index: &Index) -> Result<HashSet<Id>> {
 }
 
 pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
+    // Every damaged file must stop the prune: a skipped manifest would look like a snapshot that
+    // does not exist, and the data only it needs would be deleted.
+    let snapshots = repo.snapshots()?;
     let index = repo.load_index()?;
-    let damage = repo.take_damage();
-    if let Some(first) = damage.first() {
+    let files = repo.read_all_named("index", IndexFile::decode)?;
+    if let Some(first) = repo.take_damage().first() {
         return Err(Error::Invalid(format!("{first}: refusing to prune a repository with damaged files")));
     }
-    let mut plan = PrunePlan { snapshots: repo.snapshots()?.len() as u64, ..Default::default() };
-    let live = mark(repo, &index)?;
-    let files = repo.read_all_named("index", IndexFile::decode)?;
+    let mut plan = PrunePlan { snapshots: snapshots.len() as u64, ..Default::default() };
+    let live = mark(repo, &index, &snapshots)?;
     let mut internal = Internal { live, ..Default::default() };
     for (id, file) in files {
         internal.index_files.push(format!("index/{}", id.to_hex()));
@@ -117,6 +127,7 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
             if chosen && internal.live.contains(&blob.id) {
                 live_bytes += blob.stored_len as u64;
                 plan.live_blobs += 1;
+                internal.keep.entry(*pack_id).or_default().push(*blob);
             } else {
                 dead_bytes += blob.stored_len as u64;
             }
@@ -140,9 +151,8 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
         }
         remaining -= dead;
         internal.repack.push(pack_id);
-        let pack = &internal.packs[&pack_id];
         plan.bytes_freed += dead;
-        for blob in pack.blobs.iter().filter(|b| internal.live.contains(&b.id)) {
+        for blob in internal.keep.get(&pack_id).into_iter().flatten() {
             plan.repack_blobs += 1;
             plan.repack_bytes += blob.stored_len as u64;
         }
@@ -182,9 +192,8 @@ pub fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Resul
     let store = BlobStore::new(repo, &nothing);
     progress.add_total(plan.repack_bytes);
     for pack_id in &internal.repack {
-        let pack = &internal.packs[pack_id];
         let bytes = repo.backend().get(&Repository::pack_key(pack_id))?;
-        for blob in pack.blobs.iter().filter(|b| internal.live.contains(&b.id)) {
+        for blob in internal.keep.get(pack_id).into_iter().flatten() {
             let stored = bytes
                 .get(blob.offset as usize..blob.end() as usize)
                 .ok_or_else(|| Error::corrupt(Repository::pack_key(pack_id), "blob lies outside the pack"))?;

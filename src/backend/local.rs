@@ -165,10 +165,12 @@ impl Backend for LocalBackend {
         Ok(out)
     }
 
+    /// Removes the file and fsyncs its directory, so that a deletion is durable before whatever
+    /// the caller does next (prune deletes packs only after the old index files are gone).
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key);
         match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
+            Ok(()) => sync_dir(path.parent().unwrap_or(&self.root)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io(path, e)),
         }

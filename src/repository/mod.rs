@@ -135,6 +135,8 @@ impl Repository {
             match decoded {
                 Ok(Some(entry)) => out.push(entry),
                 Ok(None) => {}
+                // Removed between the listing and the read (a forget or prune): not damage.
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => self.record_damage(e),
             }
         }

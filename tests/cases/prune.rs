@@ -262,3 +262,21 @@ fn stats_attribute_storage_to_sources() {
     eprintln!("unique to a: {unique_a}, freed by forgetting a: {freed}");
     assert!(freed >= unique_a && freed < unique_a + 20_000, "freed {freed}, unique {unique_a}");
 }
+
+#[test]
+fn prune_refuses_a_repository_with_a_damaged_manifest() {
+    let scratch = Scratch::new("prune-damaged");
+    let repo = scratch.join("repo");
+    fs::create_dir_all(scratch.join("a")).unwrap();
+    write_noise_file(&scratch.join("a/f"), 500_000, 1);
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(scratch.join("a")));
+    let manifest = fs::read_dir(repo.join("snapshots")).unwrap().next().unwrap().unwrap().path();
+    flip_byte(&manifest, 30, 1);
+    // Skipped as damaged, the manifest would look like no snapshot at all, and its data dead.
+    let packs = pack_count(&repo);
+    let out = run(cairn(&repo).arg("prune"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to prune"));
+    assert_eq!(pack_count(&repo), packs, "nothing deleted");
+}
