@@ -67,10 +67,16 @@ pub fn resolve_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// The paths as a snapshot records them (absolute, normalised, sorted, no duplicates, no path
-/// nested in another), whether or not they exist.
+/// nested in another), whether or not they exist. A path written with a trailing `/` means the
+/// directory it leads to, as with rsync: a symlink given as `link/` is followed.
 pub fn normalize_paths(paths: &[PathBuf]) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> =
-        paths.iter().map(|p| normalize(&std::path::absolute(p).unwrap_or_else(|_| p.clone()))).collect();
+    let mut out: Vec<PathBuf> = paths
+        .iter()
+        .map(|p| {
+            let followed = p.as_os_str().as_bytes().ends_with(b"/").then(|| std::fs::canonicalize(p).ok()).flatten();
+            followed.unwrap_or_else(|| normalize(&std::path::absolute(p).unwrap_or_else(|_| p.clone())))
+        })
+        .collect();
     out.sort();
     out.dedup();
     let all = out.clone();

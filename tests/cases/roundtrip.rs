@@ -175,3 +175,21 @@ fn default_repository_is_created_on_first_snapshot() {
     ok(plain(&["restore", "latest", "--target"]).arg(scratch.join("out")));
     assert_eq!(fs::read(scratch.join("out/f")).unwrap(), b"content");
 }
+
+#[test]
+fn a_trailing_slash_follows_a_symlinked_directory() {
+    let scratch = Scratch::new("slash");
+    let (repo, real) = (scratch.join("repo"), scratch.join("real"));
+    fs::create_dir_all(&real).unwrap();
+    fs::write(real.join("inside"), b"content").unwrap();
+    symlink(&real, scratch.join("link")).unwrap();
+    init(&repo);
+    let mut slashed = scratch.join("link").into_os_string();
+    slashed.push("/");
+    ok(cairn(&repo).arg("snapshot").arg(&slashed));
+    let listing = ok(cairn(&repo).args(["ls", "latest"]));
+    assert_eq!(listing.trim(), "/inside", "the directory behind the link, not the link");
+    ok(cairn(&repo).arg("snapshot").arg(scratch.join("link")));
+    let listing = ok(cairn(&repo).args(["ls", "--long", "latest"]));
+    assert!(listing.contains("symlink"), "without the slash, the link itself: {listing}");
+}
