@@ -60,7 +60,15 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         return Err(e.into());
     }
     let repo = context.open_or_create()?;
-    let _lock = repo.lock(cairn::repository::lock::LockKind::Shared, "snapshot", context.lock_wait)?;
+    // A snapshot that cannot run (a prune holds the repository too long) is a missed backup:
+    // it leaves a failed audit record like any other failure.
+    let _lock = match repo.lock(cairn::repository::lock::LockKind::Shared, "snapshot", context.lock_wait) {
+        Ok(lock) => lock,
+        Err(e) => {
+            record_failure(&repo, &key, &e.to_string());
+            return Err(e.into());
+        }
+    };
     let repo_root = std::path::absolute(&context.repo_path).unwrap_or_else(|_| context.repo_path.clone());
     let options = SnapshotOptions {
         paths: args.paths,

@@ -280,3 +280,33 @@ fn prune_refuses_a_repository_with_a_damaged_manifest() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to prune"));
     assert_eq!(pack_count(&repo), packs, "nothing deleted");
 }
+
+#[test]
+fn a_snapshot_blocked_by_a_prune_waits_then_fails_visibly() {
+    use cairn::repository::lock::{LockFile, LockKind};
+    let scratch = Scratch::new("locked");
+    let repo = scratch.join("repo");
+    fs::create_dir_all(scratch.join("d")).unwrap();
+    init(&repo);
+    // A prune that is still running: this test process holds its lock.
+    let held = LockFile {
+        kind: LockKind::Exclusive,
+        command: "prune".into(),
+        hostname: cairn::backup::hostname(),
+        pid: std::process::id(),
+        time_ms: cairn::audit::now_ms(),
+        nonce: "test".into(),
+    };
+    fs::create_dir_all(repo.join("locks")).unwrap();
+    fs::write(repo.join("locks/held"), held.encode()).unwrap();
+    let started = Instant::now();
+    let out = run(cairn(&repo).args(["snapshot", "--lock-wait", "1s"]).arg(scratch.join("d")));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(started.elapsed() >= Duration::from_secs(1), "it waited");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("an exclusive lock of `cairn prune`"));
+    let status = run(cairn(&repo).arg("status"));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("last snapshot failed"), "the missed run is visible");
+    // Once the prune is gone, snapshots run again.
+    fs::remove_file(repo.join("locks/held")).unwrap();
+    ok(cairn(&repo).arg("snapshot").arg(scratch.join("d")));
+}
