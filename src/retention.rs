@@ -49,7 +49,7 @@ pub struct Decision {
     pub reasons: Vec<String>,
 }
 
-/// Days since 1970-01-01 to (year, month, day).
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
 pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
