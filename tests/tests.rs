@@ -3,6 +3,8 @@
 #[path = "cases/support.rs"]
 mod support;
 
+#[path = "cases/backends.rs"]
+mod backends;
 #[path = "cases/crash.rs"]
 mod crash;
 #[path = "cases/errors.rs"]

@@ -7,6 +7,7 @@
 //! nothing under the key or, at most, a temporary file that no reader ever looks at.
 
 pub mod local;
+pub mod object;
 
 use crate::error::Result;
 

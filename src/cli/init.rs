@@ -8,7 +8,7 @@ use super::Context;
 use cairn::repository::Repository;
 
 pub fn run(context: &Context) -> Result<ExitCode> {
-    let repo = Repository::init(&context.repo_path)?;
+    let repo = Repository::init_location(&context.location())?;
     if context.json {
         println!("{}", serde_json::json!({ "repository": context.repo_path, "id": repo.config().repo_id.to_hex() }));
     } else if !context.quiet {

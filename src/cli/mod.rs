@@ -81,17 +81,23 @@ pub struct Context {
 }
 
 impl Context {
+    /// The `--repo` value as given: a directory path or an object-store URL.
+    pub fn location(&self) -> String {
+        self.repo_path.to_string_lossy().into_owned()
+    }
+
     pub fn open(&self) -> Result<Repository> {
-        Ok(Repository::open(&self.repo_path)?)
+        Ok(Repository::open_location(&self.location())?)
     }
 
     /// Opens the repository, creating it first if it does not exist yet (the default local
     /// repository on a fresh machine).
     pub fn open_or_create(&self) -> Result<Repository> {
-        if self.repo_path.join("config").exists() {
-            return self.open();
+        match Repository::open_location(&self.location()) {
+            Err(cairn::error::Error::NotARepository(_)) => {}
+            opened => return Ok(opened?),
         }
-        let repo = Repository::init(&self.repo_path)
+        let repo = Repository::init_location(&self.location())
             .with_context(|| format!("creating repository {}", self.repo_path.display()))?;
         if !self.quiet && !self.json {
             eprintln!("created repository at {}", self.repo_path.display());

@@ -69,13 +69,18 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             return Err(e.into());
         }
     };
-    let repo_root = std::path::absolute(&context.repo_path).unwrap_or_else(|_| context.repo_path.clone());
+    // A local repository inside a source is never backed up into itself.
+    let repo_root = if cairn::backend::object::is_url(&context.location()) {
+        Vec::new()
+    } else {
+        vec![std::path::absolute(&context.repo_path).unwrap_or_else(|_| context.repo_path.clone())]
+    };
     let options = SnapshotOptions {
         paths: args.paths,
         tags: args.tags,
         source: args.source,
         excludes: args.excludes,
-        skip: vec![repo_root],
+        skip: repo_root,
         sqlite_paths: args.sqlite,
         raw_sqlite: args.raw_sqlite,
         sqlite_timeout: args.sqlite_timeout,

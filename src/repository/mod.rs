@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::backend::local::LocalBackend;
+use crate::backend::object::{is_url, ObjectBackend};
 use crate::backend::Backend;
 use crate::chunking::Chunker;
 use crate::compression;
@@ -66,6 +67,37 @@ impl Repository {
             return Err(Error::AlreadyExists(path.to_path_buf()));
         }
         Ok(Repository { backend: Arc::new(backend), config, damage: Mutex::new(Vec::new()) })
+    }
+
+    /// Creates a repository at a directory path or an object-store URL (`s3://bucket/prefix`,
+    /// `memory://`). On an object store there are no directories: `config` is the only write.
+    pub fn init_location(location: &str) -> Result<Repository> {
+        if !is_url(location) {
+            return Self::init(Path::new(location));
+        }
+        let backend = ObjectBackend::open(location)?;
+        let config = Config::new_random();
+        if backend.exists("config")? || !backend.put("config", &config.encode())? {
+            return Err(Error::AlreadyExists(PathBuf::from(location)));
+        }
+        Ok(Repository { backend: Arc::new(backend), config, damage: Mutex::new(Vec::new()) })
+    }
+
+    /// Opens a repository at a directory path or an object-store URL.
+    pub fn open_location(location: &str) -> Result<Repository> {
+        if !is_url(location) {
+            return Self::open(Path::new(location));
+        }
+        Self::open_backend(Arc::new(ObjectBackend::open(location)?), location)
+    }
+
+    fn open_backend(backend: Arc<dyn Backend>, location: &str) -> Result<Repository> {
+        if !backend.exists("config")? {
+            return Err(Error::NotARepository(PathBuf::from(location)));
+        }
+        let bytes = backend.get("config")?;
+        let config = Config::decode(&bytes, &format!("{}/config", backend.location()))?;
+        Ok(Repository { backend, config, damage: Mutex::new(Vec::new()) })
     }
 
     pub fn open(path: &Path) -> Result<Repository> {
