@@ -68,36 +68,49 @@ struct Internal {
     unreferenced: Vec<Id>,
 }
 
-/// Every blob reachable from the snapshots. Fails rather than guess on an unreadable tree.
-fn mark(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)]) -> Result<HashSet<Id>> {
-    let mut live = HashSet::new();
-    // Trees walked, kept apart from `live` so a data chunk that happens to share a tree's id can
-    // never stop that tree from being walked.
-    let mut walked = HashSet::new();
-    for (id, snapshot) in snapshots {
-        let mut pending = vec![snapshot.tree];
+/// Blobs reachable from snapshot trees: every tree and every chunk below them. Shared by prune's
+/// mark and by `stats`.
+#[derive(Debug, Default)]
+pub struct Reachable {
+    pub blobs: HashSet<Id>,
+    /// Trees walked, kept apart from `blobs` so a data chunk that happens to share a tree's id
+    /// can never stop that tree from being walked.
+    walked: HashSet<Id>,
+}
+
+impl Reachable {
+    /// Adds everything below the tree `root`; a tree already walked is not walked again.
+    pub fn add_tree(&mut self, repo: &Repository, index: &Index, root: Id) -> Result<()> {
+        let mut pending = vec![root];
         while let Some(tree_id) = pending.pop() {
-            if !walked.insert(tree_id) {
+            if !self.walked.insert(tree_id) {
                 continue;
             }
-            live.insert(tree_id);
-            let tree = repo.read_tree(index, &tree_id).map_err(|e| {
-                Error::Invalid(format!(
-                    "snapshot {}: cannot read tree {}: {e}; nothing was deleted (run `cairn check`)",
-                    id.short(),
-                    tree_id.short()
-                ))
-            })?;
+            self.blobs.insert(tree_id);
+            let tree = repo
+                .read_tree(index, &tree_id)
+                .map_err(|e| Error::Invalid(format!("cannot read tree {}: {e}", tree_id.short())))?;
             for node in tree.nodes {
                 match node.content {
                     Content::Dir { subtree } => pending.push(subtree),
-                    Content::File { chunks } => live.extend(chunks),
+                    Content::File { chunks } => self.blobs.extend(chunks),
                     _ => {}
                 }
             }
         }
+        Ok(())
     }
-    Ok(live)
+}
+
+/// Every blob reachable from the snapshots. Fails rather than guess on an unreadable tree.
+fn mark(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)]) -> Result<HashSet<Id>> {
+    let mut reachable = Reachable::default();
+    for (id, snapshot) in snapshots {
+        reachable.add_tree(repo, index, snapshot.tree).map_err(|e| {
+            Error::Invalid(format!("snapshot {}: {e}; nothing was deleted (run `cairn check`)", id.short()))
+        })?;
+    }
+    Ok(reachable.blobs)
 }
 
 pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {

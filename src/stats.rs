@@ -8,9 +8,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::format::tree::Content;
+use crate::gc::Reachable;
 use crate::id::Id;
-use crate::repository::index::Index;
 use crate::repository::Repository;
 
 #[derive(Debug, Default, Serialize)]
@@ -36,24 +35,6 @@ pub struct Stats {
     pub blobs: u64,
 }
 
-/// Adds every blob reachable from `root` to `reached`; a tree already there is not walked again.
-fn reach(repo: &Repository, index: &Index, root: Id, reached: &mut HashSet<Id>) -> Result<()> {
-    let mut pending = vec![root];
-    while let Some(tree_id) = pending.pop() {
-        if !reached.insert(tree_id) {
-            continue;
-        }
-        for node in repo.read_tree(index, &tree_id)?.nodes {
-            match node.content {
-                Content::Dir { subtree } => pending.push(subtree),
-                Content::File { chunks } => reached.extend(chunks),
-                _ => {}
-            }
-        }
-    }
-    Ok(())
-}
-
 pub fn stats(repo: &Repository) -> Result<Stats> {
     let index = repo.load_index()?;
     let mut groups: BTreeMap<(String, String), Vec<_>> = BTreeMap::new();
@@ -63,10 +44,11 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
     let mut reached: Vec<HashSet<Id>> = Vec::new();
     let mut users: HashMap<Id, u32> = HashMap::new();
     for snapshots in groups.values() {
-        let mut blobs = HashSet::new();
+        let mut reachable = Reachable::default();
         for snapshot in snapshots {
-            reach(repo, &index, snapshot.tree, &mut blobs)?;
+            reachable.add_tree(repo, &index, snapshot.tree)?;
         }
+        let blobs = reachable.blobs;
         for id in &blobs {
             *users.entry(*id).or_default() += 1;
         }
