@@ -252,17 +252,9 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
 
 /// Every pack file on disk with its length; stray names are warnings.
 fn list_packs(repo: &Repository, report: &mut CheckReport) -> Result<HashMap<Id, u64>> {
-    let mut out = HashMap::new();
-    for (key, len) in repo.backend().list("packs")? {
-        let name = key.rsplit('/').next().unwrap_or_default();
-        match Id::from_hex(name) {
-            Some(id) if key == Repository::pack_key(&id) => {
-                out.insert(id, len);
-            }
-            _ => report.warnings.push(format!("stray file {key} in packs/ (not a pack name)")),
-        }
-    }
-    Ok(out)
+    let (packs, strays) = repo.list_packs()?;
+    report.warnings.extend(strays.iter().map(|key| format!("stray file {key} in packs/ (not a pack name)")));
+    Ok(packs)
 }
 
 /// Header magic and version, and a trailer that lists every indexed blob at its indexed place.
@@ -311,7 +303,7 @@ fn check_pack_structure(
 }
 
 /// Decompresses one blob from a whole pack and checks its id.
-fn verify_blob(pack: &[u8], entry: &BlobEntry) -> std::result::Result<(), String> {
+pub(crate) fn verify_blob(pack: &[u8], entry: &BlobEntry) -> std::result::Result<(), String> {
     let stored = pack.get(entry.offset as usize..entry.end() as usize).ok_or("it lies outside the pack")?;
     let plain = compression::decompress(entry.codec, stored, entry.raw_len, "blob").map_err(|e| e.to_string())?;
     if Id::of(&plain) != entry.id {

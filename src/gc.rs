@@ -170,13 +170,13 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
             plan.repack_bytes += blob.stored_len as u64;
         }
     }
-    for (key, len) in repo.backend().list("packs")? {
-        let Some(id) = Id::from_hex(key.rsplit('/').next().unwrap_or_default()) else { continue };
+    for (id, len) in repo.list_packs()?.0 {
         if !internal.packs.contains_key(&id) {
             internal.unreferenced.push(id);
             plan.bytes_freed += len;
         }
     }
+    internal.unreferenced.sort();
     plan.packs = internal.packs.len() as u64;
     plan.delete = internal.delete.iter().map(|id| id.to_hex()).collect();
     plan.repack = internal.repack.iter().map(|id| id.to_hex()).collect();

@@ -8,7 +8,8 @@
 //! - [`format`]: pure encoders and decoders of every repository file. The byte layouts are
 //!   specified in `store-format/` (the single source of truth); each module links its page.
 //! - [`id`], [`chunking`], [`compression`]: BLAKE3 ids, FastCDC cut points, zstd per blob.
-//! - [`backend`]: where files live (the local directory today); create-only, durable puts.
+//! - [`backend`]: where files live (a local directory or an object store); create-only, durable
+//!   puts.
 //! - [`repository`]: open/init, the in-memory [`repository::index::Index`], verified blob reads,
 //!   snapshot listing, and [`repository::packer::BlobStore`], which dedups, compresses and packs.
 //! - [`source`]: walking directory trees into tree blobs and chunks, with change detection.
@@ -17,6 +18,7 @@
 //!   [`audit`]: the per-run audit records; [`status`]: per-source health from snapshots and audit.
 //! - [`retention`]: which snapshots a policy keeps; [`gc`]: prune (mark, plan, sweep);
 //!   [`stats`]: storage cost per source; [`repository::lock`]: repository locks.
+//! - [`sync`]: copying snapshots and the packs they need to another repository (offsite).
 //! - [`progress`]: the progress bar.
 //!
 //! # Durability
@@ -44,3 +46,4 @@ pub mod retention;
 pub mod source;
 pub mod stats;
 pub mod status;
+pub mod sync;

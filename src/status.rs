@@ -45,7 +45,19 @@ pub struct Status {
     /// The newest `check`, if any, and whether it passed.
     pub last_check: Option<Event>,
     pub last_check_ok: Option<bool>,
+    /// Per sync destination, the newest sync and the newest complete one.
+    pub offsite: Vec<OffsiteStatus>,
     pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OffsiteStatus {
+    pub to: String,
+    pub last_sync: Event,
+    pub last_outcome: Outcome,
+    /// The first error of the newest sync, when it did not succeed.
+    pub last_error: Option<String>,
+    pub last_ok: Option<Event>,
 }
 
 impl Status {
@@ -124,11 +136,23 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds) -> Result
     }
     // The newest record of each (source, command) decides whether that command is failing now.
     let mut newest: BTreeMap<(String, String), &AuditRecord> = BTreeMap::new();
+    let mut offsite: BTreeMap<String, OffsiteStatus> = BTreeMap::new();
     let mut status = Status::default();
     for record in &records {
         if record.command == "check" {
             status.last_check = Some(event(None, record.ended_ms, now_ms));
             status.last_check_ok = Some(record.outcome == Outcome::Ok);
+            continue;
+        }
+        if record.command == "sync" {
+            let to = record.details["to"].as_str().unwrap_or("?").to_string();
+            let last_ok = offsite.get(&to).and_then(|o: &OffsiteStatus| o.last_ok.clone());
+            let this = event(None, record.ended_ms, now_ms);
+            let ok = record.outcome == Outcome::Ok;
+            let last_ok = if ok { Some(this.clone()) } else { last_ok };
+            let last_error = if ok { None } else { record.errors.first().cloned() };
+            let last_outcome = record.outcome;
+            offsite.insert(to.clone(), OffsiteStatus { to, last_sync: this, last_outcome, last_error, last_ok });
             continue;
         }
         if record.source.is_empty() {
@@ -179,6 +203,16 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds) -> Result
             _ => {}
         }
     }
+    for o in offsite.values().filter(|o| o.last_outcome != Outcome::Ok) {
+        let error = o.last_error.as_ref().map_or(String::new(), |e| format!(": {e}"));
+        status.problems.push(format!(
+            "last sync to {} {} {} ago{error}",
+            o.to,
+            if o.last_outcome == Outcome::Failed { "failed" } else { "was incomplete" },
+            age_text(o.last_sync.age_seconds)
+        ));
+    }
+    status.offsite = offsite.into_values().collect();
     if status.last_check_ok == Some(false) {
         status.problems.push("the last check found damage".into());
     }
@@ -228,6 +262,17 @@ pub fn prometheus(status: &Status) -> String {
         "cairn_source_healthy",
         "1 when the source has no problem, else 0.",
         per(&|s| Some(s.problems.is_empty() as u8 as f64)),
+    );
+    metric(
+        "cairn_offsite_last_success_timestamp_seconds",
+        "Time of the last complete sync to the destination.",
+        status
+            .offsite
+            .iter()
+            .filter_map(|o| {
+                o.last_ok.as_ref().map(|e| (format!("{{to=\"{}\"}}", label(&o.to)), e.time_ms as f64 / 1000.0))
+            })
+            .collect(),
     );
     metric(
         "cairn_healthy",

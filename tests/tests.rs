@@ -19,5 +19,7 @@ mod roundtrip;
 mod snapshots;
 #[path = "cases/sqlite.rs"]
 mod sqlite;
+#[path = "cases/sync.rs"]
+mod sync;
 #[path = "cases/verify.rs"]
 mod verify;

@@ -27,6 +27,11 @@ pub trait Backend: Send + Sync {
     /// the key already exists: every key cairn writes is content-addressed or written once.
     fn put(&self, key: &str, data: &[u8]) -> Result<bool>;
 
+    /// [`Backend::put`] taking the bytes by value, which saves an object store a copy.
+    fn put_vec(&self, key: &str, data: Vec<u8>) -> Result<bool> {
+        self.put(key, &data)
+    }
+
     /// Every object below `prefix` (a directory key such as `snapshots`), as (key, length).
     fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>>;
 
@@ -38,5 +43,27 @@ pub trait Backend: Send + Sync {
     /// without temporary files (create-only object puts) have nothing to do.
     fn remove_stale_temp_files(&self) -> usize {
         0
+    }
+
+    /// Requests sent so far, for backends that bill per request (object stores).
+    fn requests(&self) -> Option<RequestCounts> {
+        None
+    }
+}
+
+/// Requests an object-store backend has sent, by kind. A listing counts one request per page of
+/// up to 1000 keys. Retries inside the HTTP client are not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RequestCounts {
+    pub get: u64,
+    pub put: u64,
+    pub head: u64,
+    pub list: u64,
+    pub delete: u64,
+}
+
+impl RequestCounts {
+    pub fn total(&self) -> u64 {
+        self.get + self.put + self.head + self.list + self.delete
     }
 }

@@ -1,18 +1,23 @@
 //! Repositories on object stores, through the `object_store` crate: `s3://bucket/prefix` (with
 //! the standard `AWS_*` environment variables, including `AWS_ENDPOINT_URL` and
-//! `AWS_ALLOW_HTTP=true` for S3-compatible servers) and `memory://` (tests).
+//! `AWS_ALLOW_HTTP=true` for S3-compatible servers), `gs://bucket/prefix` (`GOOGLE_*`),
+//! `az://container/prefix` (`AZURE_*`, the account from `AZURE_STORAGE_ACCOUNT_NAME`) and
+//! `memory://` (tests). Credentials only ever come from the environment or the provider's own
+//! files: a location never holds one, so printing a location cannot leak one.
 //!
 //! Object stores have no rename: every put is a create-only put (`If-None-Match: *` on S3), so a
 //! name, once written, always holds the same bytes, and an interrupted put leaves nothing. The
 //! repository's commit order (packs, then index, then manifest) is unchanged.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 
-use super::Backend;
+use super::{Backend, RequestCounts};
 use crate::error::{Error, Result};
 
 pub struct ObjectBackend {
@@ -20,11 +25,35 @@ pub struct ObjectBackend {
     prefix: String,
     location: String,
     runtime: tokio::runtime::Runtime,
+    requests: Counters,
 }
+
+/// Requests sent, by kind (object stores bill per request).
+#[derive(Default)]
+struct Counters {
+    get: AtomicU64,
+    put: AtomicU64,
+    head: AtomicU64,
+    list: AtomicU64,
+    delete: AtomicU64,
+}
+
+/// Object-store URL schemes cairn accepts as repository locations.
+const SCHEMES: [&str; 4] = ["s3://", "gs://", "az://", "memory://"];
 
 /// Whether a `--repo` value names an object store rather than a directory.
 pub fn is_url(location: &str) -> bool {
-    ["s3://", "memory://"].iter().any(|scheme| location.starts_with(scheme))
+    SCHEMES.iter().any(|scheme| location.starts_with(scheme))
+}
+
+/// S3 lists at most this many keys per response.
+const LIST_PAGE: u64 = 1000;
+
+/// Transient failures (connection refused, 5xx, throttling) are retried inside object_store with
+/// exponential backoff, for at most this long per request. Callers that can repeat a whole
+/// operation safely (sync's content-addressed copies) add their own retries on top.
+fn retry_config() -> object_store::RetryConfig {
+    object_store::RetryConfig { max_retries: 5, retry_timeout: Duration::from_secs(30), ..Default::default() }
 }
 
 impl ObjectBackend {
@@ -37,8 +66,15 @@ impl ObjectBackend {
     /// `AmazonS3ConfigKey`, for instance `aws_endpoint`, `aws_allow_http`), for tests.
     pub fn open_with(url: &str, settings: &[(&str, &str)]) -> Result<ObjectBackend> {
         let invalid = |e: &dyn std::fmt::Display| Error::Invalid(format!("repository {url}: {e}"));
-        let (store, prefix): (Arc<dyn ObjectStore>, String) = if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let (bucket, prefix) = SCHEMES
+            .iter()
+            .find_map(|scheme| url.strip_prefix(scheme))
+            .map(|rest| rest.split_once('/').unwrap_or((rest, "")))
+            .ok_or_else(|| invalid(&"unknown scheme (use a path, s3://, gs://, az:// or memory://)"))?;
+        if bucket.is_empty() && !url.starts_with("memory://") {
+            return Err(invalid(&"no bucket or container named"));
+        }
+        let store: Arc<dyn ObjectStore> = if url.starts_with("s3://") {
             let mut builder = object_store::aws::AmazonS3Builder::from_env();
             for (key, value) in settings {
                 let key: object_store::aws::AmazonS3ConfigKey = key.parse().map_err(|e| invalid(&e))?;
@@ -47,19 +83,26 @@ impl ObjectBackend {
             let store = builder
                 .with_bucket_name(bucket)
                 .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+                .with_retry(retry_config())
                 .build()
                 .map_err(|e| invalid(&e))?;
-            (Arc::new(store), prefix.trim_matches('/').to_string())
-        } else if let Some(rest) = url.strip_prefix("memory://") {
-            (Arc::new(object_store::memory::InMemory::new()), rest.trim_matches('/').to_string())
+            Arc::new(store)
+        } else if url.starts_with("gs://") {
+            let builder = object_store::gcp::GoogleCloudStorageBuilder::from_env();
+            Arc::new(builder.with_bucket_name(bucket).with_retry(retry_config()).build().map_err(|e| invalid(&e))?)
+        } else if url.starts_with("az://") {
+            let builder = object_store::azure::MicrosoftAzureBuilder::from_env();
+            Arc::new(builder.with_container_name(bucket).with_retry(retry_config()).build().map_err(|e| invalid(&e))?)
         } else {
-            return Err(invalid(&"unknown scheme (use a path, s3://bucket/prefix or memory://)"));
+            Arc::new(object_store::memory::InMemory::new())
         };
+        // memory:// has no bucket: all of its path is the prefix.
+        let prefix = url.strip_prefix("memory://").unwrap_or(prefix).trim_matches('/').to_string();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::Invalid(format!("cannot start the I/O runtime: {e}")))?;
-        Ok(ObjectBackend { store, prefix, location: url.to_string(), runtime })
+        Ok(ObjectBackend { store, prefix, location: url.to_string(), runtime, requests: Counters::default() })
     }
 
     fn path(&self, key: &str) -> ObjectPath {
@@ -97,6 +140,7 @@ impl Backend for ObjectBackend {
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.path(key);
+        self.requests.get.fetch_add(1, Relaxed);
         self.runtime
             .block_on(async { self.store.get(&path).await?.bytes().await })
             .map(|b| b.to_vec())
@@ -105,6 +149,7 @@ impl Backend for ObjectBackend {
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let path = self.path(key);
+        self.requests.get.fetch_add(1, Relaxed);
         let bytes =
             self.runtime.block_on(self.store.get_range(&path, offset..offset + len)).map_err(|e| self.error(key, e))?;
         if bytes.len() as u64 != len {
@@ -118,15 +163,26 @@ impl Backend for ObjectBackend {
 
     fn size(&self, key: &str) -> Result<u64> {
         let path = self.path(key);
+        self.requests.head.fetch_add(1, Relaxed);
         Ok(self.runtime.block_on(self.store.head(&path)).map_err(|e| self.error(key, e))?.size)
     }
 
     fn put(&self, key: &str, data: &[u8]) -> Result<bool> {
+        self.put_vec(key, data.to_vec())
+    }
+
+    fn put_vec(&self, key: &str, data: Vec<u8>) -> Result<bool> {
         let path = self.path(key);
+        self.requests.put.fetch_add(1, Relaxed);
         let options = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.runtime.block_on(self.store.put_opts(&path, PutPayload::from(data.to_vec()), options)) {
+        match self.runtime.block_on(self.store.put_opts(&path, PutPayload::from(data), options)) {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            // A put only finds nothing when there is nowhere to put: the bucket is missing.
+            Err(object_store::Error::NotFound { .. }) => Err(Error::Invalid(format!(
+                "{}: cannot write {key}: the bucket or container does not exist (create it first)",
+                self.location
+            ))),
             Err(e) => Err(self.error(key, e)),
         }
     }
@@ -135,6 +191,7 @@ impl Backend for ObjectBackend {
         let path = self.path(prefix.trim_end_matches('/'));
         let objects: Vec<object_store::ObjectMeta> =
             self.runtime.block_on(self.store.list(Some(&path)).try_collect()).map_err(|e| self.error(prefix, e))?;
+        self.requests.list.fetch_add((objects.len() as u64).div_ceil(LIST_PAGE).max(1), Relaxed);
         let mut out: Vec<(String, u64)> = objects.iter().map(|o| (self.key(&o.location), o.size)).collect();
         out.sort();
         Ok(out)
@@ -142,6 +199,7 @@ impl Backend for ObjectBackend {
 
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key);
+        self.requests.delete.fetch_add(1, Relaxed);
         match self.runtime.block_on(self.store.delete(&path)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error(key, e)),
@@ -150,10 +208,22 @@ impl Backend for ObjectBackend {
 
     fn exists(&self, key: &str) -> Result<bool> {
         let path = self.path(key);
+        self.requests.head.fetch_add(1, Relaxed);
         match self.runtime.block_on(self.store.head(&path)) {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(self.error(key, e)),
         }
+    }
+
+    fn requests(&self) -> Option<RequestCounts> {
+        let c = &self.requests;
+        Some(RequestCounts {
+            get: c.get.load(Relaxed),
+            put: c.put.load(Relaxed),
+            head: c.head.load(Relaxed),
+            list: c.list.load(Relaxed),
+            delete: c.delete.load(Relaxed),
+        })
     }
 }

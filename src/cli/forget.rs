@@ -19,6 +19,21 @@ use cairn::status::parse_duration;
 pub struct ForgetArgs {
     /// Snapshots to remove by id or prefix (instead of a policy)
     ids: Vec<String>,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Print the plan, with the reason each snapshot is kept, and change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Prune afterwards (see `cairn prune`)
+    #[arg(long)]
+    prune: bool,
+    #[command(flatten)]
+    prune_args: PruneArgs,
+}
+
+/// The `--keep-*` options of a retention policy.
+#[derive(clap::Args, Debug)]
+pub struct PolicyArgs {
     /// Keep the N newest snapshots of each source
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_last: usize,
@@ -43,14 +58,21 @@ pub struct ForgetArgs {
     /// Keep snapshots with this tag (repeatable); `protected` ones are always kept
     #[arg(long = "keep-tag", value_name = "TAG")]
     keep_tags: Vec<String>,
-    /// Print the plan, with the reason each snapshot is kept, and change nothing
-    #[arg(long)]
-    dry_run: bool,
-    /// Prune afterwards (see `cairn prune`)
-    #[arg(long)]
-    prune: bool,
-    #[command(flatten)]
-    prune_args: PruneArgs,
+}
+
+impl PolicyArgs {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within,
+            tags: self.keep_tags.clone(),
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -71,16 +93,7 @@ pub struct PruneOnlyArgs {
 
 pub fn run_forget(context: &Context, args: ForgetArgs) -> Result<ExitCode> {
     let repo = context.open()?;
-    let policy = Policy {
-        last: args.keep_last,
-        hourly: args.keep_hourly,
-        daily: args.keep_daily,
-        weekly: args.keep_weekly,
-        monthly: args.keep_monthly,
-        yearly: args.keep_yearly,
-        within: args.keep_within,
-        tags: args.keep_tags,
-    };
+    let policy = args.policy.policy();
     if args.ids.is_empty() && policy.is_empty() {
         bail!("give snapshot ids or a --keep-* policy: refusing to guess what to forget");
     }
@@ -105,11 +118,21 @@ pub fn run_forget(context: &Context, args: ForgetArgs) -> Result<ExitCode> {
         }
         named
     };
+    forget(context, &repo, &decisions, args.dry_run)?;
+    if args.prune && !args.dry_run {
+        return prune(context, &repo, &args.prune_args, false);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the decisions and (unless `dry_run`) removes the snapshots they do not keep; the caller
+/// holds a lock.
+pub fn forget(context: &Context, repo: &Repository, decisions: &[Decision], dry_run: bool) -> Result<()> {
     let removed: Vec<&Decision> = decisions.iter().filter(|d| !d.keep).collect();
     if context.json {
-        println!("{}", serde_json::json!({ "dry_run": args.dry_run, "snapshots": decisions }));
+        println!("{}", serde_json::json!({ "dry_run": dry_run, "snapshots": decisions }));
     } else if !context.quiet {
-        for decision in &decisions {
+        for decision in decisions {
             println!(
                 "{} {}  {}  {:<30}  {}",
                 if decision.keep { "keep  " } else { "remove" },
@@ -122,23 +145,20 @@ pub fn run_forget(context: &Context, args: ForgetArgs) -> Result<ExitCode> {
         println!(
             "{} snapshots {}, {} kept",
             removed.len(),
-            if args.dry_run { "would be removed" } else { "removed" },
+            if dry_run { "would be removed" } else { "removed" },
             decisions.len() - removed.len()
         );
     }
-    if args.dry_run {
-        return Ok(ExitCode::SUCCESS);
+    if dry_run {
+        return Ok(());
     }
     let mut audit = Run::start("forget", "");
     for decision in &removed {
         repo.backend().delete(&format!("snapshots/{}", decision.id))?;
     }
     audit.record.details = serde_json::json!({ "removed": removed.iter().map(|d| &d.id).collect::<Vec<_>>() });
-    super::finish_audit(audit, &repo, Outcome::Ok);
-    if args.prune {
-        return prune(context, &repo, &args.prune_args, false);
-    }
-    Ok(ExitCode::SUCCESS)
+    super::finish_audit(audit, repo, Outcome::Ok);
+    Ok(())
 }
 
 pub fn run_prune(context: &Context, args: PruneOnlyArgs) -> Result<ExitCode> {
@@ -148,7 +168,7 @@ pub fn run_prune(context: &Context, args: PruneOnlyArgs) -> Result<ExitCode> {
 }
 
 /// Plans and (unless `dry_run`) executes a prune; the caller holds the exclusive lock.
-fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bool) -> Result<ExitCode> {
+pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bool) -> Result<ExitCode> {
     let mut audit = Run::start("prune", "");
     let plan = match gc::plan(repo, args.max_unused) {
         Ok(plan) => plan,

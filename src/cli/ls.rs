@@ -14,6 +14,9 @@ use cairn::restore::find_node;
 pub struct Args {
     /// Snapshot id, unique id prefix, or `latest`
     snapshot: String,
+    /// Only consider snapshots of this source (its --source name, or its paths)
+    #[arg(long, value_name = "NAME")]
+    source: Option<String>,
     /// Path inside the snapshot to list from
     #[arg(default_value = "/")]
     path: String,
@@ -24,7 +27,7 @@ pub struct Args {
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open()?;
-    let (id, snapshot) = repo.find_snapshot(&args.snapshot)?;
+    let (id, snapshot) = repo.find_snapshot_of(&args.snapshot, args.source.as_deref())?;
     let index = repo.load_index()?;
     super::warn_damage(&repo);
     let start = find_node(&repo, &index, &snapshot.tree, &args.path, &id.short())?;

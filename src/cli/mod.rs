@@ -12,6 +12,7 @@ mod snapshot;
 mod snapshots;
 mod stats;
 mod status;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,8 +72,11 @@ enum Command {
     Prune(forget::PruneOnlyArgs),
     /// Storage per source: stored, unique and shared bytes
     Stats,
+    /// Copy snapshots and the data they need to another repository (offsite), incrementally
+    Sync(sync::Args),
 }
 
+#[derive(Clone)]
 pub struct Context {
     pub repo_path: PathBuf,
     pub quiet: bool,
@@ -142,5 +146,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Forget(args) => forget::run_forget(&context, args),
         Command::Prune(args) => forget::run_prune(&context, args),
         Command::Stats => stats::run(&context),
+        Command::Sync(args) => sync::run(&context, args),
     }
 }

@@ -13,6 +13,9 @@ use cairn::restore::{restore, RestoreOptions};
 pub struct Args {
     /// Snapshot id, unique id prefix, or `latest`
     snapshot: String,
+    /// Only consider snapshots of this source (its --source name, or its paths)
+    #[arg(long, value_name = "NAME")]
+    source: Option<String>,
     /// Directory to restore into (created if missing)
     #[arg(long, short, value_name = "DIR")]
     target: PathBuf,
@@ -27,7 +30,7 @@ pub struct Args {
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open()?;
     let _lock = repo.lock(cairn::repository::lock::LockKind::Shared, "restore", context.lock_wait)?;
-    let (id, snapshot) = repo.find_snapshot(&args.snapshot)?;
+    let (id, snapshot) = repo.find_snapshot_of(&args.snapshot, args.source.as_deref())?;
     let index = repo.load_index()?;
     super::warn_damage(&repo);
     let progress = Progress::new("restore", context.quiet || context.json);

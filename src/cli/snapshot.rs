@@ -73,7 +73,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo_root = if cairn::backend::object::is_url(&context.location()) {
         Vec::new()
     } else {
-        vec![std::path::absolute(&context.repo_path).unwrap_or_else(|_| context.repo_path.clone())]
+        let root = std::path::PathBuf::from(cairn::repository::local_path(&context.location()));
+        vec![std::path::absolute(&root).unwrap_or(root)]
     };
     let options = SnapshotOptions {
         paths: args.paths,

@@ -68,6 +68,15 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             }
             _ => println!("no check has run yet"),
         }
+        for o in &status.offsite {
+            let ok = o.last_ok.as_ref().map_or("never".to_string(), |e| age(e.age_seconds));
+            println!(
+                "offsite {}: last sync {} ({:?}), last complete sync {ok}",
+                o.to,
+                age(o.last_sync.age_seconds),
+                o.last_outcome
+            );
+        }
         for problem in &status.problems {
             println!("problem: {problem}");
         }

@@ -37,6 +37,10 @@ impl Repository {
     /// Creates a repository in `path`, which must be missing or an empty directory (or hold only
     /// the skeleton of an `init` that was interrupted before it wrote `config`).
     pub fn init(path: &Path) -> Result<Repository> {
+        Self::init_with(path, Config::new_random())
+    }
+
+    fn init_with(path: &Path, config: Config) -> Result<Repository> {
         let backend = LocalBackend::new(path);
         if path.join("config").exists() {
             return Err(Error::AlreadyExists(path.to_path_buf()));
@@ -62,7 +66,6 @@ impl Repository {
         for byte in 0..=255u8 {
             backend.create_dir(&format!("packs/{byte:02x}"))?;
         }
-        let config = Config::new_random();
         if !backend.put("config", &config.encode())? {
             return Err(Error::AlreadyExists(path.to_path_buf()));
         }
@@ -72,11 +75,16 @@ impl Repository {
     /// Creates a repository at a directory path or an object-store URL (`s3://bucket/prefix`,
     /// `memory://`). On an object store there are no directories: `config` is the only write.
     pub fn init_location(location: &str) -> Result<Repository> {
+        Self::init_location_with(location, Config::new_random())
+    }
+
+    /// [`Repository::init_location`] with given parameters (sync creates its destination with
+    /// the source's chunker, compression and pack size, and a repository id of its own).
+    pub fn init_location_with(location: &str, config: Config) -> Result<Repository> {
         if !is_url(location) {
-            return Self::init(Path::new(location));
+            return Self::init_with(Path::new(local_path(location)), config);
         }
         let backend = ObjectBackend::open(location)?;
-        let config = Config::new_random();
         if backend.exists("config")? || !backend.put("config", &config.encode())? {
             return Err(Error::AlreadyExists(PathBuf::from(location)));
         }
@@ -86,12 +94,13 @@ impl Repository {
     /// Opens a repository at a directory path or an object-store URL.
     pub fn open_location(location: &str) -> Result<Repository> {
         if !is_url(location) {
-            return Self::open(Path::new(location));
+            return Self::open(Path::new(local_path(location)));
         }
         Self::open_backend(Arc::new(ObjectBackend::open(location)?), location)
     }
 
-    fn open_backend(backend: Arc<dyn Backend>, location: &str) -> Result<Repository> {
+    /// Opens a repository on a backend built by the caller (tests with explicit settings).
+    pub fn open_backend(backend: Arc<dyn Backend>, location: &str) -> Result<Repository> {
         if !backend.exists("config")? {
             return Err(Error::NotARepository(PathBuf::from(location)));
         }
@@ -130,6 +139,22 @@ impl Repository {
     pub fn pack_key(id: &Id) -> String {
         let hex = id.to_hex();
         format!("packs/{}/{hex}", &hex[..2])
+    }
+
+    /// Every pack file present, with its length; keys under `packs/` that are not pack names
+    /// are returned apart, as strays.
+    pub fn list_packs(&self) -> Result<(std::collections::HashMap<Id, u64>, Vec<String>)> {
+        let mut packs = std::collections::HashMap::new();
+        let mut strays = Vec::new();
+        for (key, len) in self.backend.list("packs")? {
+            match Id::from_hex(key.rsplit('/').next().unwrap_or_default()) {
+                Some(id) if key == Self::pack_key(&id) => {
+                    packs.insert(id, len);
+                }
+                _ => strays.push(key),
+            }
+        }
+        Ok((packs, strays))
     }
 
     /// Names a repository file in messages: its location and key.
@@ -199,9 +224,19 @@ impl Repository {
 
     /// Resolves `latest`, a full id or a unique id prefix.
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        self.find_snapshot_of(spec, None)
+    }
+
+    /// [`Repository::find_snapshot`] among the snapshots of one source (its `--source` name, or
+    /// its paths) when `source` is given.
+    pub fn find_snapshot_of(&self, spec: &str, source: Option<&str>) -> Result<(Id, Snapshot)> {
         let mut all = self.snapshots()?;
+        if let Some(source) = source {
+            all.retain(|(_, s)| s.source_key() == source);
+        }
         if spec == "latest" {
-            return all.pop().ok_or_else(|| Error::NoSuchSnapshot(spec.to_string()));
+            let what = source.map_or_else(|| spec.to_string(), |s| format!("{spec} of source {s}"));
+            return all.pop().ok_or(Error::NoSuchSnapshot(what));
         }
         let wanted = spec.to_ascii_lowercase();
         let mut matching = all.into_iter().filter(|(id, _)| !wanted.is_empty() && id.to_hex().starts_with(&wanted));
@@ -246,6 +281,11 @@ impl Repository {
         let bytes = self.read_blob(index, id)?;
         Tree::decode(&bytes, &format!("tree {}", id.short()))
     }
+}
+
+/// The directory of a local location: a path, or a `file://` URL.
+pub fn local_path(location: &str) -> &str {
+    location.strip_prefix("file://").unwrap_or(location)
 }
 
 /// The default repository: `$XDG_DATA_HOME/cairn/repo`, or `~/.local/share/cairn/repo`.

@@ -20,7 +20,7 @@ pub struct S3 {
     pub endpoint: String,
 }
 
-const BUCKET: &str = "cairn-tests";
+pub const BUCKET: &str = "cairn-tests";
 
 #[allow(clippy::zombie_processes)] // the watchdog shell outlives the test process by design
 pub fn s3() -> &'static S3 {

@@ -11,7 +11,7 @@ use rusqlite::Connection;
 
 use crate::support::*;
 
-fn wal_database(path: &Path) -> Connection {
+pub fn wal_database(path: &Path) -> Connection {
     let db = Connection::open(path).unwrap();
     db.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;
@@ -23,7 +23,7 @@ fn wal_database(path: &Path) -> Connection {
 }
 
 /// Commits transactions that insert one row into each of `a` and `b` until told to stop.
-fn start_pair_writer(path: PathBuf, stop: Arc<AtomicBool>, commits: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
+pub fn start_pair_writer(path: PathBuf, stop: Arc<AtomicBool>, commits: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let db = wal_database(&path);
         let mut i = 0u64;
@@ -44,13 +44,13 @@ fn text_row(len: usize, seed: u64) -> String {
     noise(len, seed).iter().map(|b| if b % 6 == 0 { ' ' } else { (b'a' + b % 26) as char }).collect()
 }
 
-fn counts(path: &Path) -> (i64, i64) {
+pub fn counts(path: &Path) -> (i64, i64) {
     let db = Connection::open(path).unwrap();
     let count = |t: &str| db.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0)).unwrap();
     (count("a"), count("b"))
 }
 
-fn integrity(path: &Path) -> String {
+pub fn integrity(path: &Path) -> String {
     Connection::open(path).unwrap().query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
 }
 

@@ -1,0 +1,153 @@
+//! `cairn sync --to LOCATION`: ship snapshots to another repository (offsite), then optionally
+//! apply the destination's own retention.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+
+use super::forget::{PolicyArgs, PruneArgs};
+use super::{format, Context};
+use cairn::audit::Run;
+use cairn::format::audit::Outcome;
+use cairn::progress::Progress;
+use cairn::repository::lock::LockKind;
+use cairn::repository::Repository;
+use cairn::retention::plan;
+use cairn::sync::{copy, missing_snapshots, SyncOptions, SyncReport};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Destination repository: a directory, s3://bucket/prefix, gs://bucket/prefix or
+    /// az://container/prefix; created with this repository's parameters if it does not exist
+    #[arg(long, value_name = "LOCATION")]
+    to: String,
+    /// Only snapshots of this source (repeatable; default: all)
+    #[arg(long, value_name = "NAME")]
+    source: Vec<String>,
+    /// Packs copied at once
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    parallel: usize,
+    /// Afterwards, apply the --keep-* policy to the destination and prune it
+    #[arg(long)]
+    prune: bool,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    #[command(flatten)]
+    prune_args: PruneArgs,
+}
+
+pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
+    let policy = args.policy.policy();
+    if args.prune && policy.is_empty() {
+        bail!("--prune needs a --keep-* policy for the destination");
+    }
+    if !args.prune && !policy.is_empty() {
+        bail!("--keep-* options apply to the destination only with --prune");
+    }
+    let source = context.open()?;
+    let mut audit = Run::start("sync", &args.source.join(" "));
+    let mut report = SyncReport::default();
+    let result = sync(context, &source, &args, &mut report);
+    let dest = result.as_ref().ok();
+    let requests = dest.and_then(|d| d.backend().requests());
+    audit.record.files = report.snapshots_copied.len() as u64;
+    audit.record.bytes = report.bytes_copied;
+    audit.record.errors = report.errors.clone();
+    audit.record.details = serde_json::json!({ "to": args.to, "report": report, "requests": requests });
+    let outcome = match &result {
+        Err(e) => {
+            audit.record.errors.push(format!("{e:#}"));
+            Outcome::Failed
+        }
+        Ok(_) if !report.snapshots_failed.is_empty() => Outcome::Incomplete,
+        Ok(_) => Outcome::Ok,
+    };
+    // A destination that received data gets the record too, so its own audit shows when and
+    // from where. An up-to-date sync writes nothing there.
+    let received = report.packs_copied + report.snapshots_copied.len() as u64 > 0;
+    if let (Some(dest), true) = (dest, received) {
+        if let Err(e) = cairn::audit::write(dest, &audit.record) {
+            eprintln!("warning: could not write the audit record to {}: {e}", args.to);
+        }
+    }
+    super::finish_audit(audit, &source, outcome);
+    super::warn_damage(&source);
+    let dest = result?;
+    if context.json {
+        println!("{}", serde_json::json!({ "to": args.to, "report": report, "requests": requests }));
+    } else if !context.quiet {
+        println!(
+            "synced to {}: {} snapshots copied, {} already there; {} packs ({}) sent, {} found from an earlier run, {} index files",
+            args.to,
+            report.snapshots_copied.len(),
+            report.snapshots_present,
+            report.packs_copied,
+            format::bytes(report.bytes_copied),
+            report.packs_present,
+            report.index_files_written,
+        );
+        if let Some(r) = requests {
+            println!(
+                "requests: {} (get {}, put {}, head {}, list {}, delete {})",
+                r.total(),
+                r.get,
+                r.put,
+                r.head,
+                r.list,
+                r.delete
+            );
+        }
+    }
+    for error in &report.errors {
+        eprintln!("error: {error}");
+    }
+    if !report.snapshots_failed.is_empty() {
+        eprintln!(
+            "error: {} snapshots could not be copied: {}",
+            report.snapshots_failed.len(),
+            report.snapshots_failed.join(", ")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if args.prune {
+        let _lock = dest.lock(LockKind::Exclusive, "sync --prune", context.lock_wait)?;
+        let nested = Context { quiet: context.quiet || context.json, json: false, ..context.clone() };
+        super::forget::forget(&nested, &dest, &plan(&dest.snapshots()?, &policy), false)?;
+        return super::forget::prune(&nested, &dest, &args.prune_args, false);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copies what is missing; returns the destination. With nothing missing, the destination sees
+/// only the reads of its config and one listing of its snapshots.
+fn sync(context: &Context, source: &Repository, args: &Args, report: &mut SyncReport) -> Result<Repository> {
+    let _source_lock = source.lock(LockKind::Shared, "sync", context.lock_wait)?;
+    let dest = open_or_create(context, source, &args.to)?;
+    let missing = missing_snapshots(source, &dest, &args.source, report)?;
+    if missing.is_empty() {
+        return Ok(dest);
+    }
+    let _dest_lock = dest.lock(LockKind::Shared, "sync", context.lock_wait)?;
+    let progress = Progress::new("sync", context.quiet || context.json);
+    let options = SyncOptions { parallel: args.parallel.max(1), ..SyncOptions::default() };
+    copy(source, &dest, missing, &options, &progress, report)?;
+    super::warn_damage(&dest);
+    Ok(dest)
+}
+
+fn open_or_create(context: &Context, source: &Repository, location: &str) -> Result<Repository> {
+    match Repository::open_location(location) {
+        Err(cairn::error::Error::NotARepository(_)) => {}
+        opened => return opened.with_context(|| format!("opening the destination {location}")),
+    }
+    let mut config = cairn::format::config::Config::new_random();
+    config.chunker = source.config().chunker;
+    config.compression_level = source.config().compression_level;
+    config.pack_target_size = source.config().pack_target_size;
+    let dest = Repository::init_location_with(location, config)
+        .with_context(|| format!("creating the destination repository {location}"))?;
+    if !context.quiet && !context.json {
+        eprintln!("created repository {} at {location}", dest.config().repo_id.short());
+    }
+    Ok(dest)
+}

@@ -1,0 +1,293 @@
+//! `cairn sync`: copies snapshots, and exactly the packs and index entries they need, from one
+//! repository to another, usually an offsite object store. Packs are copied whole and verbatim
+//! (their names are the hash of their bytes, so a copy is the same pack); what the destination
+//! already holds is not sent again. What is written, and in which order: store-format/sync.md.
+//!
+//! The order is the commit order of a snapshot: packs, then index files naming them, then the
+//! manifests. So the destination never lists a snapshot before all its data is there, and a sync
+//! killed anywhere leaves only packs that no index names yet; the next run finds them by listing
+//! `packs/` and indexes them instead of uploading them again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::check::verify_blob;
+use crate::error::{Error, Result};
+use crate::format::index::{IndexFile, IndexedPack};
+use crate::format::snapshot::Snapshot;
+use crate::gc::Reachable;
+use crate::id::Id;
+use crate::progress::Progress;
+use crate::repository::index::Index;
+use crate::repository::Repository;
+
+/// Packs named per index file that sync writes.
+const PACKS_PER_INDEX_FILE: usize = 256;
+
+pub struct SyncOptions {
+    /// Copies in flight at once.
+    pub parallel: usize,
+    /// Attempts per object before giving up on it (each attempt reads and verifies again).
+    pub attempts: u32,
+    /// Wait before the second attempt; doubled for each further one.
+    pub backoff: Duration,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions { parallel: 8, attempts: 4, backoff: Duration::from_secs(1) }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct SyncReport {
+    /// Snapshots selected in the source.
+    pub snapshots: u64,
+    /// Of those, already in the destination.
+    pub snapshots_present: u64,
+    /// Copied by this run (ids).
+    pub snapshots_copied: Vec<String>,
+    /// Not copied because data they need could not be read or sent (ids).
+    pub snapshots_failed: Vec<String>,
+    /// Blobs the copied snapshots reach that the destination's index lacked.
+    pub blobs_needed: u64,
+    pub packs_copied: u64,
+    /// Packs found complete in the destination (from an interrupted run) and indexed.
+    pub packs_present: u64,
+    pub bytes_copied: u64,
+    pub index_files_written: u64,
+    /// Attempts repeated after a failure.
+    pub retries: u64,
+    pub errors: Vec<String>,
+}
+
+/// The snapshots of `source` (all, or those whose source key is in `sources`) that `dest` does
+/// not list. Only lists the destination: this is all an up-to-date sync costs there.
+pub fn missing_snapshots(
+    source: &Repository,
+    dest: &Repository,
+    sources: &[String],
+    report: &mut SyncReport,
+) -> Result<Vec<(Id, Snapshot)>> {
+    let present: HashSet<String> = dest
+        .backend()
+        .list("snapshots")?
+        .into_iter()
+        .map(|(key, _)| key.rsplit('/').next().unwrap_or("").into())
+        .collect();
+    let selected: Vec<(Id, Snapshot)> = source
+        .snapshots()?
+        .into_iter()
+        .filter(|(_, s)| sources.is_empty() || sources.contains(&s.source_key()))
+        .collect();
+    report.snapshots = selected.len() as u64;
+    let missing: Vec<(Id, Snapshot)> = selected.into_iter().filter(|(id, _)| !present.contains(&id.to_hex())).collect();
+    report.snapshots_present = report.snapshots - missing.len() as u64;
+    Ok(missing)
+}
+
+/// Copies `missing` (from [`missing_snapshots`]) and everything they need. The caller holds a
+/// shared lock on both repositories. Snapshots whose data cannot all be copied are left out and
+/// named in the report; the others are still copied.
+pub fn copy(
+    source: &Repository,
+    dest: &Repository,
+    missing: Vec<(Id, Snapshot)>,
+    options: &SyncOptions,
+    progress: &Progress,
+    report: &mut SyncReport,
+) -> Result<()> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // The source's index, and each pack's entries (what the destination's index will say).
+    let mut source_index = Index::default();
+    let mut source_packs: HashMap<Id, IndexedPack> = HashMap::new();
+    for (_, file) in source.read_all_named("index", IndexFile::decode)? {
+        source_index.add_file(&file);
+        for pack in file.packs {
+            source_packs.entry(pack.id).or_insert(pack);
+        }
+    }
+    let (reachable, mut missing) = reach(source, &source_index, missing, report);
+    let dest_index = dest.load_index()?;
+    let needed: HashSet<Id> = reachable.into_iter().filter(|id| !dest_index.contains(id)).collect();
+    report.blobs_needed = needed.len() as u64;
+
+    // Blobs the source cannot provide make the snapshots that need them fail, not the sync.
+    let mut unavailable: HashSet<Id> = HashSet::new();
+    let mut packs: Vec<Id> = Vec::new();
+    let mut seen = HashSet::new();
+    for id in &needed {
+        match source_index.get(id) {
+            Some(location) => {
+                let pack = source_index.pack_id(location);
+                if seen.insert(pack) {
+                    packs.push(pack);
+                }
+            }
+            None => {
+                unavailable.insert(*id);
+            }
+        }
+    }
+    packs.sort();
+    if !unavailable.is_empty() {
+        report.errors.push(format!("{} blobs the snapshots need are not in the source's index", unavailable.len()));
+    }
+
+    let (in_dest, _) = dest.list_packs()?;
+    let total: u64 = packs.iter().map(|p| source_packs[p].len).sum();
+    progress.add_total(total);
+    let failed: Mutex<Vec<(Id, Error)>> = Mutex::new(Vec::new());
+    let copied = Mutex::new(Vec::new());
+    let retries = AtomicU64::new(0);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(options.parallel.max(1))
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start sync threads: {e}")))?;
+    pool.install(|| {
+        packs.par_iter().for_each(|pack_id| {
+            let pack = &source_packs[pack_id];
+            let outcome = if in_dest.get(pack_id) == Some(&pack.len) {
+                Ok(false)
+            } else {
+                with_retries(options, &retries, || copy_pack(source, dest, pack, in_dest.contains_key(pack_id)))
+            };
+            progress.add_bytes(pack.len);
+            match outcome {
+                Ok(sent) => copied.lock().expect("poisoned").push((pack.clone(), sent)),
+                Err(e) => failed.lock().expect("poisoned").push((*pack_id, e)),
+            }
+        })
+    });
+    report.retries = retries.into_inner();
+    for (pack_id, error) in failed.into_inner().expect("poisoned") {
+        report.errors.push(format!("pack {}: {error}", pack_id.short()));
+        unavailable.extend(source_packs[&pack_id].blobs.iter().map(|b| b.id).filter(|id| needed.contains(id)));
+    }
+
+    // Index the packs that arrived, then publish the snapshots whose data is all there.
+    let copied = copied.into_inner().expect("poisoned");
+    for (pack, sent) in &copied {
+        if *sent {
+            report.packs_copied += 1;
+            report.bytes_copied += pack.len;
+        } else {
+            report.packs_present += 1;
+        }
+    }
+    let mut indexed: Vec<IndexedPack> = copied.into_iter().map(|(pack, _)| pack).collect();
+    indexed.sort_by_key(|pack| pack.id);
+    for chunk in indexed.chunks(PACKS_PER_INDEX_FILE) {
+        let bytes = IndexFile { packs: chunk.to_vec() }.encode();
+        let key = format!("index/{}", Id::of(&bytes).to_hex());
+        with_retries(options, &AtomicU64::new(0), || dest.backend().put(&key, &bytes))?;
+        report.index_files_written += 1;
+    }
+    if !unavailable.is_empty() {
+        missing.retain(|(id, snapshot)| {
+            let mut own = Reachable::default();
+            let complete = own.add_tree(source, &source_index, snapshot.tree).is_ok()
+                && own.blobs.iter().all(|blob| !unavailable.contains(blob));
+            if !complete {
+                report.snapshots_failed.push(id.to_hex());
+            }
+            complete
+        });
+    }
+    for (id, _) in &missing {
+        let key = format!("snapshots/{}", id.to_hex());
+        let bytes = source.backend().get(&key)?;
+        if Id::of(&bytes) != *id {
+            report.errors.push(format!("{}: content does not match its name", source.describe(&key)));
+            report.snapshots_failed.push(id.to_hex());
+            continue;
+        }
+        with_retries(options, &AtomicU64::new(0), || dest.backend().put(&key, &bytes))?;
+        report.snapshots_copied.push(id.to_hex());
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// Every blob the snapshots reach. A snapshot whose trees cannot be read is dropped (and named
+/// in the report); the walk of the others is then redone without it, so a tree that failed
+/// half-way can never count as walked.
+fn reach(
+    source: &Repository,
+    index: &Index,
+    snapshots: Vec<(Id, Snapshot)>,
+    report: &mut SyncReport,
+) -> (HashSet<Id>, Vec<(Id, Snapshot)>) {
+    let mut all = Reachable::default();
+    if snapshots.iter().all(|(_, s)| all.add_tree(source, index, s.tree).is_ok()) {
+        return (all.blobs, snapshots);
+    }
+    let mut blobs = HashSet::new();
+    let mut good = Vec::new();
+    for (id, snapshot) in snapshots {
+        let mut own = Reachable::default();
+        match own.add_tree(source, index, snapshot.tree) {
+            Ok(()) => {
+                blobs.extend(own.blobs);
+                good.push((id, snapshot));
+            }
+            Err(e) => {
+                report.errors.push(format!("snapshot {}: {e}", id.short()));
+                report.snapshots_failed.push(id.to_hex());
+            }
+        }
+    }
+    (blobs, good)
+}
+
+/// Reads one pack from the source, checks it byte for byte (its name is its hash) and blob by
+/// blob, and puts it. `replace` removes a destination object of the wrong length first (a
+/// damaged copy: a create-only put would never overwrite it). Returns whether it was sent.
+fn copy_pack(source: &Repository, dest: &Repository, pack: &IndexedPack, replace: bool) -> Result<bool> {
+    let key = Repository::pack_key(&pack.id);
+    let bytes = source.backend().get(&key)?;
+    let what = source.describe(&key);
+    if bytes.len() as u64 != pack.len || Id::of(&bytes) != pack.id {
+        return Err(Error::corrupt(what, "content does not match its name: the source pack is damaged"));
+    }
+    for blob in &pack.blobs {
+        verify_blob(&bytes, blob).map_err(|reason| Error::BadBlob { id: blob.id, pack: pack.id, reason })?;
+    }
+    if replace {
+        dest.backend().delete(&key)?;
+    }
+    // A put that finds the pack there already (another sync got it there first) is as good.
+    dest.backend().put_vec(&key, bytes)?;
+    Ok(true)
+}
+
+/// Runs `attempt` until it succeeds or `options.attempts` are used up, waiting with exponential
+/// backoff between attempts. Only for idempotent work: every key sync writes is content-named.
+fn with_retries<T>(options: &SyncOptions, retries: &AtomicU64, mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut wait = options.backoff;
+    let mut tries = 1;
+    loop {
+        match attempt() {
+            Ok(value) => return Ok(value),
+            Err(e) if tries >= options.attempts.max(1) || !is_transient(&e) => return Err(e),
+            Err(_) => {
+                retries.fetch_add(1, Relaxed);
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(30));
+                tries += 1;
+            }
+        }
+    }
+}
+
+/// Errors worth another attempt: I/O trouble, not damage.
+fn is_transient(error: &Error) -> bool {
+    matches!(error, Error::Io { source, .. } if source.kind() != std::io::ErrorKind::NotFound)
+}
