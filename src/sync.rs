@@ -40,7 +40,7 @@ pub struct SyncOptions {
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        SyncOptions { parallel: 8, attempts: 4, backoff: Duration::from_secs(1) }
+        SyncOptions { parallel: 4, attempts: 4, backoff: Duration::from_secs(1) }
     }
 }
 

@@ -227,3 +227,39 @@ impl Backend for ObjectBackend {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_into_store_and_prefix() {
+        for url in ["s3://b/p", "gs://b/p", "az://c/p", "memory://"] {
+            assert!(is_url(url), "{url}");
+        }
+        for path in ["/srv/repo", "repo", "file:///srv/repo", "s3:/x"] {
+            assert!(!is_url(path), "{path}");
+        }
+        let memory = ObjectBackend::open("memory://some/prefix/").unwrap();
+        assert_eq!(memory.path("config").as_ref(), "some/prefix/config");
+        let s3 = ObjectBackend::open_with("s3://bucket/a/b", &[("aws_region", "us-east-1")]).unwrap();
+        assert_eq!(s3.path("packs/ab/cd").as_ref(), "a/b/packs/ab/cd");
+        assert_eq!(s3.key(&s3.path("index/x")), "index/x");
+    }
+
+    #[test]
+    fn bad_locations_are_clear_errors() {
+        for (url, wanted) in [("s3://", "no bucket"), ("gs:///x", "no bucket"), ("ftp://x", "unknown scheme")] {
+            match ObjectBackend::open(url) {
+                Err(e) => assert!(e.to_string().contains(wanted), "{url}: {e}"),
+                Ok(_) => panic!("{url} opened"),
+            }
+        }
+        // Azure needs an account; its absence is reported, not a panic.
+        if std::env::var_os("AZURE_STORAGE_ACCOUNT_NAME").is_some() {
+            return;
+        }
+        let error = ObjectBackend::open("az://container/p").err().expect("no account").to_string();
+        assert!(error.contains("az://container/p"), "{error}");
+    }
+}

@@ -24,8 +24,8 @@ pub struct Args {
     /// Only snapshots of this source (repeatable; default: all)
     #[arg(long, value_name = "NAME")]
     source: Vec<String>,
-    /// Packs copied at once
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    /// Packs copied at once (each holds one pack, up to 16 MiB, in memory)
+    #[arg(long, value_name = "N", default_value_t = 4)]
     parallel: usize,
     /// Afterwards, apply the --keep-* policy to the destination and prune it
     #[arg(long)]
