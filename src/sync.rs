@@ -9,7 +9,7 @@
 //! `packs/` and indexes them instead of uploading them again.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -151,24 +151,42 @@ pub fn copy(
         .num_threads(options.parallel.max(1))
         .build()
         .map_err(|e| Error::Invalid(format!("cannot start sync threads: {e}")))?;
+    // Once a pack has failed for want of the destination (not for damage in the source), the
+    // others would only wait through the same retries: they are not attempted.
+    let unreachable = AtomicBool::new(false);
+    let skipped = AtomicU64::new(0);
     pool.install(|| {
         packs.par_iter().for_each(|pack_id| {
             let pack = &source_packs[pack_id];
             let outcome = if in_dest.get(pack_id) == Some(&pack.len) {
                 Ok(false)
+            } else if unreachable.load(Relaxed) {
+                skipped.fetch_add(1, Relaxed);
+                Err(Error::Invalid("not attempted: the destination failed".into()))
             } else {
                 with_retries(options, &retries, || copy_pack(source, dest, pack, in_dest.contains_key(pack_id)))
             };
             progress.add_bytes(pack.len);
             match outcome {
                 Ok(sent) => copied.lock().expect("poisoned").push((pack.clone(), sent)),
-                Err(e) => failed.lock().expect("poisoned").push((*pack_id, e)),
+                Err(e) => {
+                    if !is_source_damage(&e) {
+                        unreachable.store(true, Relaxed);
+                    }
+                    failed.lock().expect("poisoned").push((*pack_id, e));
+                }
             }
         })
     });
     report.retries = retries.into_inner();
+    let skipped = skipped.into_inner();
+    if skipped > 0 {
+        report.errors.push(format!("{skipped} packs were not attempted after the destination failed"));
+    }
     for (pack_id, error) in failed.into_inner().expect("poisoned") {
-        report.errors.push(format!("pack {}: {error}", pack_id.short()));
+        if !matches!(&error, Error::Invalid(m) if m.starts_with("not attempted")) {
+            report.errors.push(format!("pack {}: {error}", pack_id.short()));
+        }
         unavailable.extend(source_packs[&pack_id].blobs.iter().map(|b| b.id).filter(|id| needed.contains(id)));
     }
 
@@ -285,6 +303,12 @@ fn with_retries<T>(options: &SyncOptions, retries: &AtomicU64, mut attempt: impl
             }
         }
     }
+}
+
+/// Errors that say the source's copy is bad (so other packs may still go through).
+fn is_source_damage(error: &Error) -> bool {
+    matches!(error, Error::Corrupt { .. } | Error::BadBlob { .. })
+        || matches!(error, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// Errors worth another attempt: I/O trouble, not damage.

@@ -33,22 +33,70 @@ pub fn s3() -> &'static S3 {
             std::process::id()
         );
         Command::new("sh").args(["-c", &script]).stdin(Stdio::null()).spawn().expect("sh runs");
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "moto_server did not start on 127.0.0.1:{port}: install it with `pip install 'moto[server]'`"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // Create the bucket with a plain HTTP PUT.
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(stream, "PUT /{BUCKET} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply).unwrap();
-        assert!(reply.starts_with("HTTP/1.1 200"), "creating the bucket: {reply}");
+        wait_listening(port);
+        create_bucket(port);
         S3 { endpoint: format!("http://127.0.0.1:{port}") }
     })
+}
+
+/// Waits for a moto_server starting on `port`.
+fn wait_listening(port: u16) {
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "moto_server did not start on 127.0.0.1:{port}: install it with `pip install 'moto[server]'`"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Creates the test bucket with a plain HTTP PUT.
+pub fn create_bucket(port: u16) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "PUT /{BUCKET} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "creating the bucket: {reply}");
+}
+
+/// A moto_server of a test's own, which the test may stop (moto keeps objects in memory: a
+/// stopped server has lost them all, and a started one has no bucket until `create_bucket`).
+pub struct Moto {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Moto {
+    pub fn start(port: u16, with_bucket: bool) -> Moto {
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server runs: install it with `pip install 'moto[server]'`");
+        wait_listening(port);
+        if with_bucket {
+            create_bucket(port);
+        }
+        Moto { port, child }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl S3 {
@@ -64,15 +112,20 @@ impl S3 {
     }
 
     pub fn backend(&self, prefix: &str) -> ObjectBackend {
-        let settings = [
-            ("aws_access_key_id", "test"),
-            ("aws_secret_access_key", "test"),
-            ("aws_region", "us-east-1"),
-            ("aws_endpoint", self.endpoint.as_str()),
-            ("aws_allow_http", "true"),
-        ];
-        ObjectBackend::open_with(&format!("s3://{BUCKET}/{prefix}"), &settings).unwrap()
+        backend_at(&self.endpoint, prefix)
     }
+}
+
+/// The test bucket at `endpoint`, below `prefix`.
+pub fn backend_at(endpoint: &str, prefix: &str) -> ObjectBackend {
+    let settings = [
+        ("aws_access_key_id", "test"),
+        ("aws_secret_access_key", "test"),
+        ("aws_region", "us-east-1"),
+        ("aws_endpoint", endpoint),
+        ("aws_allow_http", "true"),
+    ];
+    ObjectBackend::open_with(&format!("s3://{BUCKET}/{prefix}"), &settings).unwrap()
 }
 
 /// What every backend must do: create-only puts, exact ranged reads, listing by prefix,
@@ -154,4 +207,7 @@ fn commands_work_against_an_s3_repository() {
     assert_same_tree(&source, &target);
     let drill = json(c(&["drill", "--scratch"]).arg(scratch.join("drills")));
     assert_eq!(drill["checks_failed"], 0);
+    assert!(ok(&mut c(&["ls", "latest"])).contains("small.txt"));
+    assert!(json(&mut c(&["stats"])).to_string().contains("unique"));
+    ok(&mut c(&["status"]));
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use cairn::backend::Backend;
 
-use crate::backends::{s3, BUCKET};
+use crate::backends::{backend_at, create_bucket, s3, Moto, BUCKET};
 use crate::sqlite::{counts, integrity, start_pair_writer, wal_database};
 use crate::support::*;
 
@@ -235,6 +235,82 @@ fn a_server_outage_mid_sync_is_retried_or_reported_and_the_next_sync_completes()
     assert_eq!(next["report"]["snapshots_failed"].as_array().unwrap().len(), 0, "{next}");
     assert_eq!(object_count(&url, "snapshots"), 1);
     assert_destination_good(&scratch, &url, &data, "restored");
+}
+
+/// The server itself stops mid-sync. moto keeps objects in memory, so the restarted server has
+/// lost them and has no bucket until the operator creates it again: the sync must fail clearly
+/// (it cannot retry through that), and the next one must rebuild a destination that checks clean.
+#[test]
+fn stopping_the_s3_server_mid_sync_fails_clearly_and_the_next_sync_completes() {
+    let scratch = Scratch::new("sync-server-stop");
+    let (data, repo) = local_repo_with_data(&scratch, 48);
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let moto = Moto::start(port, true);
+    let url = format!("s3://{BUCKET}/stopped");
+    let child = cairn_s3(&repo, &moto.endpoint())
+        .args(["sync", "--parallel", "1", "--to", &url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while backend_at(&moto.endpoint(), "stopped").list("packs").unwrap().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no pack arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(moto);
+    std::thread::sleep(Duration::from_secs(1));
+    let moto = Moto::start(port, false);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("sync through the stop: {}\nstderr: {stderr}", output.status);
+    assert!(!output.status.success(), "the restarted server lost the packs: the sync cannot have succeeded");
+    assert!(stderr.contains("s3://cairn-tests/stopped"), "the error names the destination: {stderr}");
+    let status = run(cairn(&repo).arg("status"));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("last sync to s3://cairn-tests/stopped failed"));
+
+    create_bucket(port);
+    let next = sync_json(&repo, &moto.endpoint(), &url, &[]);
+    assert_eq!(next["report"]["snapshots_copied"].as_array().unwrap().len(), 1, "{next}");
+    let dest = PathBuf::from(&url);
+    let check = json(cairn_s3(&dest, &moto.endpoint()).args(["check", "--read-data"]));
+    assert_eq!(check["errors"].as_array().unwrap().len(), 0, "{check}");
+    let target = scratch.join("restored");
+    ok(cairn_s3(&dest, &moto.endpoint()).args(["restore", "latest", "--target"]).arg(&target));
+    assert_same_tree(&data, &target);
+    assert!(status_ok(&repo), "a complete sync clears the problem");
+}
+
+fn status_ok(repo: &Path) -> bool {
+    run(cairn(repo).arg("status")).status.success()
+}
+
+/// A damaged pack in the source is never shipped: the snapshot that needs it is not copied (and
+/// the run says so), the others are.
+#[test]
+fn a_damaged_source_pack_holds_back_only_the_snapshots_that_need_it() {
+    let scratch = Scratch::new("sync-damaged");
+    let (small, big, repo, dest) =
+        (scratch.join("small"), scratch.join("big"), scratch.join("repo"), scratch.join("dest"));
+    fs::create_dir_all(&small).unwrap();
+    fs::create_dir_all(&big).unwrap();
+    fs::write(small.join("note.txt"), b"small and intact").unwrap();
+    write_noise_file(&big.join("data.bin"), 6 << 20, 9);
+    ok(cairn(&repo).args(["snapshot", "-q", "--source", "small"]).arg(&small));
+    ok(cairn(&repo).args(["snapshot", "-q", "--source", "big"]).arg(&big));
+    let (largest, len) = packs_by_size(&repo).pop().unwrap();
+    flip_byte(&largest, len / 2, 0x10);
+
+    let output = run(cairn(&repo).args(["sync", "--json", "--to"]).arg(&dest));
+    assert!(!output.status.success(), "a snapshot was held back: the run fails");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["report"]["snapshots_copied"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["report"]["snapshots_failed"].as_array().unwrap().len(), 1, "{report}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("damaged"));
+    let listed = json(cairn(&dest).arg("snapshots"));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["source"], "small");
+    ok(cairn(&dest).args(["check", "--read-data"]));
 }
 
 #[test]
