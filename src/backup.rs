@@ -39,6 +39,8 @@ pub struct SnapshotOptions {
     pub sqlite_paths: Vec<PathBuf>,
     /// Store databases as raw files instead of capturing them through SQLite (`--raw-sqlite`).
     pub raw_sqlite: bool,
+    /// The disk guard: stop before a pack write would leave less free space than this.
+    pub min_free: Option<crate::disk::MinFree>,
     /// How long to wait for a database that another process holds locked.
     pub sqlite_timeout: std::time::Duration,
 }
@@ -150,7 +152,8 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
     let parent = find_parent(repo, &host, &options.source, &path_bytes)?;
     let parent_root = parent.as_ref().and_then(|(_, s)| repo.read_tree(&index, &s.tree).ok());
 
-    let store = BlobStore::new(repo, &index);
+    let mut store = BlobStore::new(repo, &index);
+    store.min_free = options.min_free;
     let excludes = Excludes::new(&options.excludes);
     let archiver = Archiver {
         repo,

@@ -131,21 +131,10 @@ fn remove_stale_scratch(parent: &Path) {
         let name = entry.file_name();
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("cairn-drill-")) else { continue };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
-        // SAFETY: signal 0 only asks whether the process exists.
-        let alive =
-            unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !alive {
+        if !crate::backend::local::process_alive(pid) {
             remove_tree(&entry.path());
         }
     }
-}
-
-/// Free bytes on the file system holding `path`.
-pub fn free_space(path: &Path) -> Option<u64> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid path and `stat` a valid out-pointer.
-    (unsafe { libc::statvfs(c.as_ptr(), &mut stat) } == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 pub fn drill(
@@ -158,7 +147,7 @@ pub fn drill(
     let started = Instant::now();
     fs::create_dir_all(scratch_parent).map_err(|e| Error::io(scratch_parent, e))?;
     remove_stale_scratch(scratch_parent);
-    if let Some(free) = free_space(scratch_parent) {
+    if let Some(free) = crate::disk::space(scratch_parent).map(|s| s.free) {
         if free < snapshot.summary.bytes + (64 << 20) {
             return Err(Error::Invalid(format!(
                 "{} has {} MiB free, the drill needs about {} MiB: pass --scratch DIR on a larger file system",

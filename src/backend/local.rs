@@ -74,6 +74,10 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 impl Backend for LocalBackend {
+    fn disk_path(&self) -> Option<PathBuf> {
+        Some(self.root.clone())
+    }
+
     fn location(&self) -> String {
         self.root.display().to_string()
     }

@@ -45,6 +45,12 @@ pub trait Backend: Send + Sync {
         0
     }
 
+    /// A path on the file system that holds the repository, for free-space checks; `None` for
+    /// object stores.
+    fn disk_path(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// Requests sent so far, for backends that bill per request (object stores).
     fn requests(&self) -> Option<RequestCounts> {
         None

@@ -38,6 +38,10 @@ pub struct Args {
     /// with `/` the absolute path (repeatable)
     #[arg(long = "exclude", value_name = "GLOB")]
     excludes: Vec<String>,
+    /// Disk guard: refuse to start, or stop before a write, that would leave less free space on
+    /// the repository's file system (a local repository only): 10%, 5GiB, 500MiB
+    #[arg(long, env = "CAIRN_MIN_FREE", value_name = "SIZE", value_parser = cairn::disk::MinFree::parse)]
+    min_free: Option<cairn::disk::MinFree>,
 }
 
 fn record_failure(repo: &cairn::repository::Repository, source: &str, error: &str) {
@@ -59,6 +63,17 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         }
         return Err(e.into());
     }
+    // The disk guard comes before anything is written, even before the repository is created.
+    let local_root = (!cairn::backend::object::is_url(&context.location()))
+        .then(|| std::path::PathBuf::from(cairn::repository::local_path(&context.location())));
+    if let (Some(min), Some(root)) = (args.min_free, &local_root) {
+        if let Err(e) = min.check(root, 0) {
+            if let Ok(repo) = context.open() {
+                record_failure(&repo, &key, &e.to_string());
+            }
+            return Err(e.into());
+        }
+    }
     let repo = context.open_or_create()?;
     // A snapshot that cannot run (a prune holds the repository too long) is a missed backup:
     // it leaves a failed audit record like any other failure.
@@ -70,12 +85,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         }
     };
     // A local repository inside a source is never backed up into itself.
-    let repo_root = if cairn::backend::object::is_url(&context.location()) {
-        Vec::new()
-    } else {
-        let root = std::path::PathBuf::from(cairn::repository::local_path(&context.location()));
-        vec![std::path::absolute(&root).unwrap_or(root)]
-    };
+    let repo_root: Vec<PathBuf> =
+        local_root.iter().map(|root| std::path::absolute(root).unwrap_or_else(|_| root.clone())).collect();
     let options = SnapshotOptions {
         paths: args.paths,
         tags: args.tags,
@@ -85,6 +96,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         sqlite_paths: args.sqlite,
         raw_sqlite: args.raw_sqlite,
         sqlite_timeout: args.sqlite_timeout,
+        min_free: args.min_free,
     };
     let progress = Progress::new("snapshot", context.quiet || context.json);
     let mut audit = Run::start("snapshot", &key);

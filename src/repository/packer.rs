@@ -97,6 +97,8 @@ pub struct BlobStore<'a> {
     pub written: Mutex<Vec<IndexedPack>>,
     pub index_files: Mutex<Vec<String>>,
     pub stats: AddedStats,
+    /// The disk guard: no pack write may take the repository's file system below this.
+    pub min_free: Option<crate::disk::MinFree>,
 }
 
 impl<'a> BlobStore<'a> {
@@ -113,6 +115,7 @@ impl<'a> BlobStore<'a> {
             written: Mutex::new(Vec::new()),
             index_files: Mutex::new(Vec::new()),
             stats: AddedStats::default(),
+            min_free: None,
         }
     }
 
@@ -157,6 +160,9 @@ impl<'a> BlobStore<'a> {
     }
 
     fn write_pack(&self, pack: IndexedPackBytes) -> Result<()> {
+        if let (Some(min), Some(path)) = (self.min_free, self.repo.backend().disk_path()) {
+            min.check(&path, pack.bytes.len() as u64)?;
+        }
         self.repo.backend().put(&Repository::pack_key(&pack.pack.id), &pack.bytes)?;
         self.stats.packs.fetch_add(1, Relaxed);
         self.written.lock().expect("poisoned").push(pack.pack.clone());

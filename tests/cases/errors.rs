@@ -150,3 +150,45 @@ fn unknown_or_ambiguous_snapshot_ids() {
     assert_eq!(code, Some(1));
     assert!(err.contains("no snapshot matches"), "{err}");
 }
+
+/// The disk guard: a snapshot that would take the repository's file system below `--min-free`
+/// is refused before it writes anything (but its failure is recorded), or stopped before the pack
+/// write that would cross the line, leaving no snapshot.
+#[test]
+fn disk_guard_refuses_to_fill_the_disk() {
+    let scratch = Scratch::new("disk-guard");
+    let repo = repo_with_snapshot(&scratch);
+    let stored = |repo: &Path| listing(repo).into_iter().filter(|(p, _)| !p.contains("/audit/")).collect::<Vec<_>>();
+    let before = stored(&repo);
+    let space = cairn::disk::space(&repo).unwrap();
+    let above = format!("{}", space.total + (1 << 30));
+    let (code, err) = stderr_of(cairn(&repo).args(["snapshot", "--min-free", &above]).arg(scratch.join("src")));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("disk guard") && err.contains("MiB free"), "{err}");
+    assert_eq!(stored(&repo), before, "nothing but the audit record is written");
+    let status = run(cairn(&repo).arg("status"));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("disk guard"));
+    // A repository that does not exist yet is not created either.
+    let fresh = scratch.join("fresh");
+    assert_eq!(
+        stderr_of(cairn(&fresh).args(["snapshot", "--min-free", "99.999%"]).arg(scratch.join("src"))).0,
+        Some(1)
+    );
+    assert!(!fresh.exists());
+
+    // Enough room to start, not enough for the 64 MiB that follow: the run stops at a pack write.
+    // (Other tests change the free space meanwhile, so allow a few tries.)
+    let big = scratch.join("big");
+    fs::create_dir(&big).unwrap();
+    write_noise_file(&big.join("noise"), 64 << 20, 3);
+    let snapshots = json(cairn(&repo).arg("snapshots")).as_array().unwrap().len();
+    let stopped = (0..3).any(|_| {
+        let free = cairn::disk::space(&repo).unwrap().free;
+        let min = (free - (8 << 20)).to_string();
+        let (code, err) = stderr_of(cairn(&repo).args(["snapshot", "--min-free", &min]).arg(&big));
+        code == Some(1) && err.contains("this write needs")
+    });
+    assert!(stopped, "the guard stopped the snapshot at a pack write");
+    assert_eq!(json(cairn(&repo).arg("snapshots")).as_array().unwrap().len(), snapshots, "no snapshot was committed");
+    ok(cairn(&repo).args(["check", "--read-data"]));
+}
