@@ -34,6 +34,7 @@ pub mod backup;
 pub mod check;
 pub mod chunking;
 pub mod compression;
+pub mod config;
 pub mod disk;
 pub mod drill;
 pub mod error;

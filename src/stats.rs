@@ -25,6 +25,12 @@ pub struct SourceStats {
     pub unique_bytes: u64,
     /// Stored bytes also reached by another source.
     pub shared_bytes: u64,
+    /// This source's share of the repository: its unique bytes plus, for each shared blob, the
+    /// blob's size divided by the number of sources reaching it. The shares add up to the live
+    /// bytes, so pricing them splits the bill without counting a byte twice.
+    pub attributed_bytes: u64,
+    /// `attributed_bytes` priced at the cost per GiB-month given to [`Stats::price`].
+    pub monthly_cost: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -62,9 +68,10 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
     };
     for (((host, source), snapshots), blobs) in groups.into_iter().zip(reached) {
         let newest = snapshots.iter().max_by_key(|s| (s.time_sec, s.time_nsec)).expect("groups are not empty");
-        let (mut stored_bytes, mut unique_bytes) = (0, 0);
+        let (mut stored_bytes, mut unique_bytes, mut attributed) = (0, 0, 0.0);
         for id in &blobs {
             stored_bytes += stored(id);
+            attributed += stored(id) as f64 / users[id] as f64;
             if users[id] == 1 {
                 unique_bytes += stored(id);
             }
@@ -77,7 +84,18 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
             stored_bytes,
             unique_bytes,
             shared_bytes: stored_bytes - unique_bytes,
+            attributed_bytes: attributed.round() as u64,
+            monthly_cost: None,
         });
     }
     Ok(out)
+}
+
+impl Stats {
+    /// Prices each source's attributed bytes at `per_gib_month`.
+    pub fn price(&mut self, per_gib_month: f64) {
+        for source in &mut self.sources {
+            source.monthly_cost = Some(source.attributed_bytes as f64 / (1u64 << 30) as f64 * per_gib_month);
+        }
+    }
 }

@@ -15,6 +15,8 @@ mod fixtures;
 mod prune;
 #[path = "cases/roundtrip.rs"]
 mod roundtrip;
+#[path = "cases/run.rs"]
+mod run;
 #[path = "cases/snapshots.rs"]
 mod snapshots;
 #[path = "cases/sqlite.rs"]

@@ -157,7 +157,13 @@ impl Backend for LocalBackend {
                 let entry = entry.at(&path)?;
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let key = format!("{dir}/{name}");
-                let meta = entry.metadata().at(entry.path())?;
+                let meta = match entry.metadata() {
+                    Ok(meta) => meta,
+                    // Deleted between the directory read and the stat (a released lock, a pruned
+                    // pack): it is simply not there any more.
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io(entry.path(), e)),
+                };
                 if meta.is_dir() {
                     pending.push(key);
                 } else {

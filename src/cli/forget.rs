@@ -19,6 +19,9 @@ use cairn::status::parse_duration;
 pub struct ForgetArgs {
     /// Snapshots to remove by id or prefix (instead of a policy)
     ids: Vec<String>,
+    /// Apply the policy to this source's snapshots only (its --source name, or its paths)
+    #[arg(long, value_name = "NAME", conflicts_with = "ids")]
+    source: Option<String>,
     #[command(flatten)]
     policy: PolicyArgs,
     /// Print the plan, with the reason each snapshot is kept, and change nothing
@@ -103,7 +106,11 @@ pub fn run_forget(context: &Context, args: ForgetArgs) -> Result<ExitCode> {
     let kind = if args.prune { LockKind::Exclusive } else { LockKind::Shared };
     let _lock = repo.lock(kind, "forget", context.lock_wait)?;
     let decisions: Vec<Decision> = if args.ids.is_empty() {
-        plan(&repo.snapshots()?, &policy)
+        let mut snapshots = repo.snapshots()?;
+        if let Some(source) = &args.source {
+            snapshots.retain(|(_, s)| &s.source_key() == source);
+        }
+        plan(&snapshots, &policy)
     } else {
         let mut named = Vec::new();
         for spec in &args.ids {

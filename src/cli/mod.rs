@@ -2,12 +2,14 @@
 //! here are `anyhow` with context; the library's own errors already name what went wrong.
 
 mod check;
+mod config;
 mod drill;
 mod forget;
 mod format;
 mod init;
 mod ls;
 mod restore;
+mod run;
 mod snapshot;
 mod snapshots;
 mod stats;
@@ -70,10 +72,16 @@ enum Command {
     Forget(forget::ForgetArgs),
     /// Delete data no snapshot needs any more (mark and sweep, repack)
     Prune(forget::PruneOnlyArgs),
-    /// Storage per source: stored, unique and shared bytes
-    Stats,
+    /// Storage per source: stored, unique, shared bytes, each source's share and its price
+    Stats(stats::Args),
     /// Copy snapshots and the data they need to another repository (offsite), incrementally
     Sync(sync::Args),
+    /// The scheduled cycle from a config file: snapshot every source, retention, prune, offsite
+    /// sync, due drills
+    Run(run::Args),
+    /// Print an example config, or check one
+    #[command(subcommand)]
+    Config(config::Args),
 }
 
 #[derive(Clone)]
@@ -145,7 +153,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => status::run(&context, args),
         Command::Forget(args) => forget::run_forget(&context, args),
         Command::Prune(args) => forget::run_prune(&context, args),
-        Command::Stats => stats::run(&context),
+        Command::Stats(args) => stats::run(&context, args),
         Command::Sync(args) => sync::run(&context, args),
+        Command::Run(args) => run::run(&context, args),
+        Command::Config(args) => config::run(args),
     }
 }

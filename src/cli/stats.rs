@@ -7,28 +7,60 @@ use anyhow::Result;
 use super::{format, Context};
 use cairn::stats::stats;
 
-pub fn run(context: &Context) -> Result<ExitCode> {
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Price each source's share at this cost per GiB-month (default: `cost_per_gib_month` from
+    /// the config file, when one is given)
+    #[arg(long, value_name = "PRICE")]
+    cost_per_gib_month: Option<f64>,
+    /// Config file to read `cost_per_gib_month` from
+    #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+}
+
+pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open()?;
-    let report = stats(&repo)?;
+    let mut report = stats(&repo)?;
+    let configured = match &args.config {
+        Some(path) => cairn::config::load(path).map_err(anyhow::Error::msg)?.0.cost_per_gib_month,
+        None => None,
+    };
+    let price = args.cost_per_gib_month.or(configured);
+    if let Some(price) = price {
+        report.price(price);
+    }
     super::warn_damage(&repo);
     if context.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<40} {:>9} {:>11} {:>11} {:>11} {:>11}",
-        "source (host)", "snapshots", "logical", "stored", "unique", "shared"
+        "{:<40} {:>9} {:>11} {:>11} {:>11} {:>11} {:>11}{}",
+        "source (host)",
+        "snapshots",
+        "logical",
+        "stored",
+        "unique",
+        "shared",
+        "share",
+        if price.is_some() { "  cost/month" } else { "" }
     );
     for s in &report.sources {
         println!(
-            "{:<40} {:>9} {:>11} {:>11} {:>11} {:>11}",
+            "{:<40} {:>9} {:>11} {:>11} {:>11} {:>11} {:>11}{}",
             format!("{} ({})", s.source, s.host),
             s.snapshots,
             format::bytes(s.logical_bytes),
             format::bytes(s.stored_bytes),
             format::bytes(s.unique_bytes),
-            format::bytes(s.shared_bytes)
+            format::bytes(s.shared_bytes),
+            format::bytes(s.attributed_bytes),
+            s.monthly_cost.map_or(String::new(), |c| format!(" {c:>11.4}"))
         );
+    }
+    if let Some(price) = price {
+        let total: f64 = report.sources.iter().filter_map(|s| s.monthly_cost).sum();
+        println!("at {price} per GiB-month the live data costs {total:.4} a month");
     }
     println!("repository: {} in packs, {} blobs", format::bytes(report.repository_bytes), report.blobs);
     Ok(ExitCode::SUCCESS)

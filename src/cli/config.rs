@@ -1,0 +1,51 @@
+//! `cairn config example` and `cairn config check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Args {
+    /// Print a commented example config
+    Example,
+    /// Check a config file and report every problem with its line
+    Check {
+        /// Config file (default: $XDG_CONFIG_HOME/cairn/config.toml)
+        #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// The config file given, or the default one.
+pub fn path(given: Option<PathBuf>) -> Result<PathBuf> {
+    given.or_else(cairn::config::default_path).context("no --config given, CAIRN_CONFIG unset, and no home directory")
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    match args {
+        Args::Example => {
+            print!("{}", cairn::config::EXAMPLE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Args::Check { config } => {
+            let path = path(config)?;
+            let (config, problems) = cairn::config::load(&path).map_err(anyhow::Error::msg)?;
+            for problem in &problems {
+                println!("{}:{}: {}", path.display(), problem.line, problem.message);
+            }
+            if problems.is_empty() {
+                println!(
+                    "{}: ok: {} sources, {} offsite repositories, drills {}",
+                    path.display(),
+                    config.sources.len(),
+                    config.offsite.len(),
+                    if config.drill.is_some() { "on" } else { "off" }
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{}: {} problems", path.display(), problems.len());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! `cairn run`: the scheduled cycle from one config file. For each source: its `before` hook, a
+//! snapshot, its `after` hook; then retention per source and one prune; then a sync to each
+//! offsite repository; then the drills that are due. Each step is this same binary run as a
+//! child process, so it writes the audit record it writes when run by hand, and one failing step
+//! (a vanished path, a failing hook, an unreachable server) fails only itself.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use serde::Serialize;
+
+use super::{Context, EXIT_INCOMPLETE};
+use cairn::audit::Run;
+use cairn::config::{Config, SourceConfig, SourceKind};
+use cairn::format::audit::Outcome;
+use cairn::repository::Repository;
+use cairn::retention::Policy;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Config file (default: $XDG_CONFIG_HOME/cairn/config.toml); see `cairn config example`
+    #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Step {
+    step: String,
+    outcome: Outcome,
+    seconds: f64,
+    /// The step's output (its summary line, or its error).
+    output: Vec<String>,
+}
+
+pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
+    let path = super::config::path(args.config)?;
+    let (config, problems) = cairn::config::load(&path).map_err(anyhow::Error::msg)?;
+    let (paths, fatal): (Vec<_>, Vec<_>) = problems.iter().partition(|p| p.missing_path);
+    for problem in &fatal {
+        eprintln!("{}:{}: {}", path.display(), problem.line, problem.message);
+    }
+    if !fatal.is_empty() {
+        bail!("{} has {} problems (listed above): nothing was run", path.display(), fatal.len());
+    }
+    for problem in paths {
+        eprintln!("warning: {}:{}: {}", path.display(), problem.line, problem.message);
+    }
+    let _lock = RunLock::acquire(&path, config.temp_dir.as_deref())?;
+    let repo = config.repository.clone().unwrap_or_else(|| context.location());
+    let cycle = Cycle { context, config: &config, repo: repo.clone(), steps: Vec::new() };
+    let mut audit = Run::start("run", "");
+    let steps = cycle.run();
+
+    let failed = steps.iter().filter(|s| s.outcome == Outcome::Failed).count();
+    let incomplete = steps.iter().filter(|s| s.outcome == Outcome::Incomplete).count();
+    audit.record.errors = steps.iter().filter(|s| s.outcome == Outcome::Failed).map(|s| s.step.clone()).collect();
+    audit.record.details = serde_json::json!({ "config": path, "steps": steps });
+    let outcome = match (failed, incomplete) {
+        (0, 0) => Outcome::Ok,
+        (0, _) => Outcome::Incomplete,
+        _ => Outcome::Failed,
+    };
+    if let Ok(repo) = Repository::open_location(&repo) {
+        super::finish_audit(audit, &repo, outcome);
+    }
+    if context.json {
+        println!("{}", serde_json::json!({ "config": path, "outcome": outcome, "steps": steps }));
+    } else if !context.quiet || failed > 0 {
+        println!("cairn run: {} steps, {} failed, {} incomplete", steps.len(), failed, incomplete);
+        for step in steps.iter().filter(|s| s.outcome != Outcome::Ok) {
+            println!("  {:?}: {}", step.outcome, step.step);
+        }
+    }
+    Ok(match outcome {
+        Outcome::Ok => ExitCode::SUCCESS,
+        Outcome::Incomplete => ExitCode::from(EXIT_INCOMPLETE),
+        Outcome::Failed => ExitCode::FAILURE,
+    })
+}
+
+struct Cycle<'a> {
+    context: &'a Context,
+    config: &'a Config,
+    repo: String,
+    steps: Vec<Step>,
+}
+
+impl Cycle<'_> {
+    fn run(mut self) -> Vec<Step> {
+        for source in &self.config.sources {
+            self.source(source);
+        }
+        let mut retention = false;
+        for source in &self.config.sources {
+            if let Some(policy) = source.retention.as_ref().or(self.config.retention.as_ref()) {
+                let mut args = vec!["forget".to_string(), "--source".into(), source.name.clone()];
+                args.extend(policy_args(policy));
+                self.child(&format!("forget {}", source.name), &self.repo.clone(), &args);
+                retention = true;
+            }
+        }
+        if retention {
+            self.child("prune", &self.repo.clone(), &["prune".to_string()]);
+        }
+        for offsite in &self.config.offsite {
+            let mut args = vec!["sync".to_string(), "--to".into(), offsite.repository.clone()];
+            if let Some(policy) = &offsite.retention {
+                args.push("--prune".into());
+                args.extend(policy_args(policy));
+            }
+            self.child(&format!("sync to {}", offsite.name), &self.repo.clone(), &args);
+        }
+        self.drills();
+        self.steps
+    }
+
+    /// Hooks and the snapshot of one source. `after` runs whenever `before` ran, so a service
+    /// paused by `before` is resumed even when the snapshot fails.
+    fn source(&mut self, source: &SourceConfig) {
+        let hooks_ok = match &source.before {
+            Some(before) => self.hook(source, "before", before),
+            None => true,
+        };
+        if hooks_ok {
+            let mut args = vec!["snapshot".to_string(), "--source".into(), source.name.clone()];
+            for tag in &source.tags {
+                args.extend(["--tag".into(), tag.clone()]);
+            }
+            for exclude in &source.excludes {
+                args.extend(["--exclude".into(), exclude.clone()]);
+            }
+            if let Some(min) = self.config.min_free {
+                args.extend(["--min-free".into(), min_free_arg(min)]);
+            }
+            for path in &source.paths {
+                if source.kind == SourceKind::Sqlite {
+                    args.push("--sqlite".into());
+                }
+                args.push(path.display().to_string());
+            }
+            self.child(&format!("snapshot {}", source.name), &self.repo.clone(), &args);
+        } else {
+            self.steps.push(Step {
+                step: format!("snapshot {}", source.name),
+                outcome: Outcome::Failed,
+                seconds: 0.0,
+                output: vec!["not run: the before hook failed".into()],
+            });
+        }
+        let after_ok = match &source.after {
+            Some(after) => self.hook(source, "after", after),
+            None => true,
+        };
+        if source.before.is_some() || source.after.is_some() {
+            self.record_hooks(source, hooks_ok && after_ok);
+        }
+    }
+
+    /// Runs a hook with `sh -c`; its failure is a failed step.
+    fn hook(&mut self, source: &SourceConfig, which: &str, command: &str) -> bool {
+        let started = Instant::now();
+        let mut sh = Command::new("sh");
+        if let Some(dir) = self.config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            sh.current_dir(dir);
+        }
+        let output = sh.args(["-c", command]).env("CAIRN_SOURCE", &source.name).stdin(Stdio::null()).output();
+        let (outcome, lines) = match output {
+            Ok(out) if out.status.success() => (Outcome::Ok, lines(&out.stdout, &out.stderr)),
+            Ok(out) => {
+                let mut lines = lines(&out.stdout, &out.stderr);
+                lines.push(format!("{which} hook `{command}` failed: {}", out.status));
+                (Outcome::Failed, lines)
+            }
+            Err(e) => (Outcome::Failed, vec![format!("{which} hook `{command}` could not start: {e}")]),
+        };
+        let ok = outcome == Outcome::Ok;
+        self.push(format!("{which} hook {}", source.name), outcome, started, lines);
+        ok
+    }
+
+    /// A `hook` audit record for the source, so `cairn status` shows a failing hook (and a later
+    /// good run clears it).
+    fn record_hooks(&self, source: &SourceConfig, ok: bool) {
+        let Ok(repo) = Repository::open_location(&self.repo) else { return };
+        let mut audit = Run::start("hook", &source.name);
+        let hook_steps = [format!("before hook {}", source.name), format!("after hook {}", source.name)];
+        audit.record.errors = self
+            .steps
+            .iter()
+            .filter(|s| hook_steps.contains(&s.step) && s.outcome == Outcome::Failed)
+            .filter_map(|s| s.output.last().cloned())
+            .collect();
+        super::finish_audit(audit, &repo, if ok { Outcome::Ok } else { Outcome::Failed });
+    }
+
+    fn drills(&mut self) {
+        let Some(drill) = &self.config.drill else { return };
+        let repo = if drill.repository == "local" {
+            self.repo.clone()
+        } else {
+            match self.config.offsite.iter().find(|o| o.name == drill.repository) {
+                Some(offsite) => offsite.repository.clone(),
+                None => return,
+            }
+        };
+        let due = match due_drills(&repo, self.config, drill) {
+            Ok(due) => due,
+            Err(e) => {
+                self.push("drills".into(), Outcome::Failed, Instant::now(), vec![format!("{e:#}")]);
+                return;
+            }
+        };
+        for name in due {
+            let mut args = vec!["drill".to_string(), "--source".into(), name.clone()];
+            if let Some(dir) = &self.config.temp_dir {
+                args.extend(["--scratch".into(), dir.display().to_string()]);
+            }
+            self.child(&format!("drill {name}"), &repo, &args);
+        }
+    }
+
+    /// Runs `cairn --repo REPO ARGS...` and records it as a step: exit 0 is ok, 3 incomplete,
+    /// anything else failed.
+    fn child(&mut self, step: &str, repo: &str, args: &[String]) {
+        let started = Instant::now();
+        let mut command = Command::new(std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cairn")));
+        command.arg("--repo").arg(repo).arg("--lock-wait").arg(format!("{}s", self.context.lock_wait.as_secs()));
+        command.args(args).stdin(Stdio::null()).env_remove("CAIRN_REPO");
+        let (outcome, lines) = match command.output() {
+            Ok(out) => {
+                let outcome = match out.status.code() {
+                    Some(0) => Outcome::Ok,
+                    Some(code) if code == EXIT_INCOMPLETE as i32 => Outcome::Incomplete,
+                    _ => Outcome::Failed,
+                };
+                (outcome, lines(&out.stdout, &out.stderr))
+            }
+            Err(e) => (Outcome::Failed, vec![format!("could not start cairn: {e}")]),
+        };
+        self.push(step.to_string(), outcome, started, lines);
+    }
+
+    fn push(&mut self, step: String, outcome: Outcome, started: Instant, output: Vec<String>) {
+        let seconds = started.elapsed().as_secs_f64();
+        if !self.context.json && (!self.context.quiet || outcome != Outcome::Ok) {
+            let label = match outcome {
+                Outcome::Ok => "ok        ",
+                Outcome::Incomplete => "INCOMPLETE",
+                Outcome::Failed => "FAILED    ",
+            };
+            println!("{label} {step} ({seconds:.1}s)");
+            for line in &output {
+                println!("           {line}");
+            }
+        }
+        self.steps.push(Step { step, outcome, seconds, output });
+    }
+}
+
+/// The sources whose last good drill in `repo` is older than the policy allows (or missing).
+fn due_drills(repo: &str, config: &Config, drill: &cairn::config::DrillConfig) -> Result<Vec<String>> {
+    let opened = Repository::open_location(repo).with_context(|| format!("opening {repo} to plan drills"))?;
+    let now = cairn::audit::now_ms();
+    let status =
+        cairn::status::status(&opened, now, &cairn::status::Thresholds { max_age: None, max_drill_age: None })?;
+    let wanted: Vec<&str> = if drill.sources.is_empty() {
+        config.sources.iter().map(|s| s.name.as_str()).collect()
+    } else {
+        drill.sources.iter().map(String::as_str).collect()
+    };
+    Ok(wanted
+        .into_iter()
+        .filter(|name| {
+            let source = status.sources.iter().find(|s| s.source == *name);
+            // Nothing to drill without a snapshot; the snapshot step already failed loudly.
+            let has_snapshot = source.is_some_and(|s| s.snapshots > 0);
+            let last = source.and_then(|s| s.last_drill_ok.as_ref());
+            has_snapshot && !matches!(last, Some(e) if (e.age_seconds as u64) < drill.every.as_secs())
+        })
+        .map(String::from)
+        .collect())
+}
+
+fn policy_args(policy: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    for (flag, n) in [
+        ("--keep-last", policy.last),
+        ("--keep-hourly", policy.hourly),
+        ("--keep-daily", policy.daily),
+        ("--keep-weekly", policy.weekly),
+        ("--keep-monthly", policy.monthly),
+        ("--keep-yearly", policy.yearly),
+    ] {
+        if n > 0 {
+            out.extend([flag.to_string(), n.to_string()]);
+        }
+    }
+    if let Some(within) = policy.within {
+        out.extend(["--keep-within".to_string(), format!("{}s", within.as_secs())]);
+    }
+    for tag in &policy.tags {
+        out.extend(["--keep-tag".to_string(), tag.clone()]);
+    }
+    out
+}
+
+fn min_free_arg(min: cairn::disk::MinFree) -> String {
+    match min {
+        cairn::disk::MinFree::Bytes(n) => n.to_string(),
+        cairn::disk::MinFree::Percent(p) => format!("{p}%"),
+    }
+}
+
+/// The non-empty lines of a child's stdout, then its stderr.
+fn lines(stdout: &[u8], stderr: &[u8]) -> Vec<String> {
+    [stdout, stderr]
+        .iter()
+        .flat_map(|b| String::from_utf8_lossy(b).lines().map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| !l.trim().is_empty())
+        .collect()
+}
+
+/// One `cairn run` per config at a time: an exclusive `flock` on a file named after the config,
+/// which the kernel releases when the process ends, however it ends (so a crashed run leaves no
+/// stale lock).
+struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    fn acquire(config: &Path, temp_dir: Option<&Path>) -> Result<RunLock> {
+        let canonical = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+        let id = cairn::id::Id::of(canonical.as_os_str().as_encoded_bytes()).short();
+        let dir = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|d| d.is_dir())
+            .or_else(|| temp_dir.map(Path::to_path_buf))
+            .unwrap_or_else(std::env::temp_dir);
+        let path = dir.join(format!("cairn-run-{id}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening the run lock {}", path.display()))?;
+        // SAFETY: a valid open file descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another `cairn run` with {} is running ({}): not starting a second one",
+                config.display(),
+                holder.trim()
+            );
+        }
+        file.set_len(0).ok();
+        std::fs::write(&path, format!("pid {}", std::process::id())).ok();
+        Ok(RunLock { _file: file })
+    }
+}
