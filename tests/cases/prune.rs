@@ -247,6 +247,18 @@ fn stats_attribute_storage_to_sources() {
     assert_eq!(sb["shared_bytes"], 1_000_000);
     let unique_a = sa["unique_bytes"].as_u64().unwrap();
     assert!((2_000_000..2_010_000).contains(&unique_a), "{sa}");
+    // Priced, each source pays for what only it holds and half of what it shares; the shares add
+    // up to the live bytes, so the bill is split without counting a byte twice.
+    let priced = json(cairn(&repo).args(["stats", "--cost-per-gib-month", "1024"]));
+    let share = |name: &str| {
+        let s = priced["sources"].as_array().unwrap().iter().find(|s| s["source"] == name).unwrap().clone();
+        (s["attributed_bytes"].as_u64().unwrap(), s["monthly_cost"].as_f64().unwrap())
+    };
+    let ((attributed_a, cost_a), (attributed_b, _)) = (share("a"), share("b"));
+    assert_eq!(attributed_a, unique_a + 500_000);
+    assert!((cost_a - attributed_a as f64 / 1048576.0).abs() < 1e-6, "1024 per GiB is 1 per MiB: {cost_a}");
+    let live = sa["stored_bytes"].as_u64().unwrap() + sb["stored_bytes"].as_u64().unwrap() - 1_000_000;
+    assert!((attributed_a + attributed_b).abs_diff(live) <= 1, "{attributed_a} + {attributed_b} vs {live}");
     // Forgetting every snapshot of a frees about what stats said was unique to it.
     let before = json(cairn(&repo).arg("stats"))["repository_bytes"].as_u64().unwrap();
     let ids: Vec<String> = json(cairn(&repo).arg("snapshots"))
