@@ -48,7 +48,7 @@ impl Run {
 }
 
 pub fn write(repo: &Repository, record: &AuditRecord) -> Result<()> {
-    let bytes = record.encode();
+    let bytes = repo.seal_file(record.encode());
     repo.backend().put(&format!("audit/{}", Id::of(&bytes).to_hex()), &bytes)?;
     Ok(())
 }

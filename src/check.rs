@@ -19,7 +19,6 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::compression;
 use crate::error::{Error, Result};
 use crate::format::pack::{self, BlobEntry, TrailerRead, HEADER_LEN, TAIL_LEN};
 use crate::format::tree::Content;
@@ -209,7 +208,7 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
                     }
                     for entry in entries {
                         blobs_verified.fetch_add(1, Relaxed);
-                        if let Err(reason) = verify_blob(&bytes, entry) {
+                        if let Err(reason) = verify_blob(repo, pack, &bytes, entry) {
                             findings.error(format!("blob {} in pack {}: {reason}", entry.id.short(), pack.short()));
                             findings.bad_blob(&entry.id, format!("it is damaged ({reason})"));
                         }
@@ -271,11 +270,16 @@ fn check_pack_structure(
         entries.iter().for_each(|e| findings.bad_blob(&e.id, format!("pack {} is truncated", pack.short())));
         return Err(Error::corrupt(file, "shorter than a pack header and trailer"));
     }
-    pack::check_header(&repo.backend().get_range(key, 0, HEADER_LEN as u64)?, &file)?;
+    let mode = pack::check_header(&repo.backend().get_range(key, 0, HEADER_LEN as u64)?, &file)?;
+    let keys = match (mode, repo.keys()) {
+        (crate::format::envelope::ENCRYPTION_NONE, _) => None,
+        (_, Some(keys)) => Some(keys),
+        (_, None) => return Err(Error::corrupt(file, "an encrypted pack in an unencrypted repository")),
+    };
     let mut want = len.min(256 << 10);
     let trailer = loop {
         let tail = repo.backend().get_range(key, len - want, want)?;
-        match pack::decode_trailer(&tail, len, &file) {
+        match pack::decode_trailer_with(&tail, len, &file, keys) {
             Ok(TrailerRead::Entries(trailer)) => break trailer,
             Ok(TrailerRead::NeedMore(n)) if (n as u64) > want && (n as u64) <= len => want = n as u64,
             Ok(TrailerRead::NeedMore(_)) => return Err(Error::corrupt(file, "trailer length is inconsistent")),
@@ -303,13 +307,17 @@ fn check_pack_structure(
 }
 
 /// Decompresses one blob from a whole pack and checks its id.
-pub(crate) fn verify_blob(pack: &[u8], entry: &BlobEntry) -> std::result::Result<(), String> {
+pub(crate) fn verify_blob(
+    repo: &Repository,
+    pack_id: &Id,
+    pack: &[u8],
+    entry: &BlobEntry,
+) -> std::result::Result<(), String> {
     let stored = pack.get(entry.offset as usize..entry.end() as usize).ok_or("it lies outside the pack")?;
-    let plain = compression::decompress(entry.codec, stored, entry.raw_len, "blob").map_err(|e| e.to_string())?;
-    if Id::of(&plain) != entry.id {
-        return Err("content does not hash to its id".into());
-    }
-    Ok(())
+    repo.decode_blob(entry, stored, pack_id).map(|_| ()).map_err(|e| match e {
+        Error::BadBlob { reason, .. } => reason,
+        other => other.to_string(),
+    })
 }
 
 /// Walks snapshot trees, naming every path that needs a bad or missing blob. Subtrees found clean

@@ -16,6 +16,7 @@ pub struct Chunker {
     mask_l: u64,
     gear: Box<[u64; 256]>,
     gear_ls: Box<[u64; 256]>,
+    hasher: crate::id::BlobHasher,
 }
 
 impl Chunker {
@@ -31,6 +32,7 @@ impl Chunker {
             mask_l: MASKS[(bits - normalization) as usize],
             gear,
             gear_ls,
+            hasher: crate::id::BlobHasher::default(),
         }
     }
 
@@ -101,6 +103,16 @@ impl Chunker {
 }
 
 impl Chunker {
+    /// Names chunks with `hasher` (the repository's; plain BLAKE3 by default).
+    pub fn with_hasher(mut self, hasher: crate::id::BlobHasher) -> Chunker {
+        self.hasher = hasher;
+        self
+    }
+
+    pub fn hasher(&self) -> crate::id::BlobHasher {
+        self.hasher
+    }
+
     /// The chunk ids a snapshot would record for the file at `path`, without storing anything.
     /// Used to compare files on disk with a snapshot (restore drills, `--skip-identical`).
     pub fn file_ids(&self, path: &std::path::Path, size_hint: u64) -> std::io::Result<Vec<crate::id::Id>> {
@@ -111,7 +123,8 @@ impl Chunker {
             16 << 20,
             size_hint as usize,
             |window, chunks| {
-                ids.extend(chunks.par_iter().map(|c| crate::id::Id::of(&window[c.clone()])).collect::<Vec<_>>());
+                let hasher = self.hasher;
+                ids.extend(chunks.par_iter().map(|c| hasher.id(&window[c.clone()])).collect::<Vec<_>>());
                 Ok(())
             },
         )?;

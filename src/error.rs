@@ -43,6 +43,9 @@ pub enum Error {
     #[error("source path {0}: does not exist")]
     MissingSource(PathBuf),
 
+    #[error("wrong password: no key file of {0} opens with it")]
+    WrongPassword(String),
+
     #[error("{0}")]
     Invalid(String),
 }

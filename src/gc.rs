@@ -19,7 +19,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::compression;
 use crate::error::{Error, Result};
 use crate::format::index::{IndexFile, IndexedPack};
 use crate::format::pack::BlobEntry;
@@ -210,13 +209,8 @@ pub fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Resul
             let stored = bytes
                 .get(blob.offset as usize..blob.end() as usize)
                 .ok_or_else(|| Error::corrupt(Repository::pack_key(pack_id), "blob lies outside the pack"))?;
-            let plain = compression::decompress(blob.codec, stored, blob.raw_len, "blob")?;
-            if Id::of(&plain) != blob.id {
-                return Err(Error::BadBlob {
-                    id: blob.id,
-                    pack: *pack_id,
-                    reason: "content does not hash to its id; nothing was deleted (run `cairn check`)".into(),
-                });
+            if let Err(e) = repo.decode_blob(blob, stored, pack_id) {
+                return Err(Error::Invalid(format!("{e}; nothing was deleted (run `cairn check`)")));
             }
             store.store_verbatim(blob.id, blob.kind, blob.codec, stored, blob.raw_len)?;
             progress.add_bytes(stored.len() as u64);
@@ -233,7 +227,7 @@ pub fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Resul
         internal.packs.values().filter(|p| !gone.contains(&p.id)).cloned().chain(new_packs).collect();
     let mut written = HashSet::new();
     for group in staying.chunks(PACKS_PER_INDEX_FILE) {
-        let bytes = IndexFile { packs: group.to_vec() }.encode();
+        let bytes = repo.seal_file(IndexFile { packs: group.to_vec() }.encode());
         let key = format!("index/{}", Id::of(&bytes).to_hex());
         repo.backend().put(&key, &bytes)?;
         written.insert(key);

@@ -9,6 +9,24 @@ use std::fmt;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Id(pub [u8; 32]);
 
+/// How blob ids are computed: plain BLAKE3-256 in an unencrypted repository, BLAKE3 keyed with
+/// the repository's secret id key in an encrypted one (store-format/encryption.md).
+#[derive(Clone, Copy, Default)]
+pub struct BlobHasher(Option<[u8; 32]>);
+
+impl BlobHasher {
+    pub fn keyed(key: [u8; 32]) -> BlobHasher {
+        BlobHasher(Some(key))
+    }
+
+    pub fn id(&self, data: &[u8]) -> Id {
+        match &self.0 {
+            None => Id::of(data),
+            Some(key) => Id(*blake3::keyed_hash(key, data).as_bytes()),
+        }
+    }
+}
+
 impl Id {
     pub const LEN: usize = 32;
 

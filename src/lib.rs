@@ -35,6 +35,7 @@ pub mod check;
 pub mod chunking;
 pub mod compression;
 pub mod config;
+pub mod crypto;
 pub mod disk;
 pub mod drill;
 pub mod error;

@@ -203,7 +203,7 @@ pub fn copy(
     let mut indexed: Vec<IndexedPack> = copied.into_iter().map(|(pack, _)| pack).collect();
     indexed.sort_by_key(|pack| pack.id);
     for chunk in indexed.chunks(PACKS_PER_INDEX_FILE) {
-        let bytes = IndexFile { packs: chunk.to_vec() }.encode();
+        let bytes = dest.seal_file(IndexFile { packs: chunk.to_vec() }.encode());
         let key = format!("index/{}", Id::of(&bytes).to_hex());
         with_retries(options, &AtomicU64::new(0), || dest.backend().put(&key, &bytes))?;
         report.index_files_written += 1;
@@ -276,7 +276,11 @@ fn copy_pack(source: &Repository, dest: &Repository, pack: &IndexedPack, replace
         return Err(Error::corrupt(what, "content does not match its name: the source pack is damaged"));
     }
     for blob in &pack.blobs {
-        verify_blob(&bytes, blob).map_err(|reason| Error::BadBlob { id: blob.id, pack: pack.id, reason })?;
+        verify_blob(source, &pack.id, &bytes, blob).map_err(|reason| Error::BadBlob {
+            id: blob.id,
+            pack: pack.id,
+            reason,
+        })?;
     }
     if replace {
         dest.backend().delete(&key)?;

@@ -7,6 +7,8 @@ mod support;
 mod backends;
 #[path = "cases/crash.rs"]
 mod crash;
+#[path = "cases/encryption.rs"]
+mod encryption;
 #[path = "cases/errors.rs"]
 mod errors;
 #[path = "cases/fixtures.rs"]

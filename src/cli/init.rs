@@ -1,18 +1,41 @@
-//! `cairn init`: create a repository.
+//! `cairn init [--encryption none]`: create a repository.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 
 use super::Context;
-use cairn::repository::Repository;
+use cairn::repository::{NewKeys, Repository};
 
-pub fn run(context: &Context) -> Result<ExitCode> {
-    let repo = Repository::init_location(&context.location())?;
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// `xchacha20-poly1305` (the default: every object sealed, a passphrase needed), or `none`
+    #[arg(long, value_name = "MODE", default_value = "xchacha20-poly1305", value_parser = ["xchacha20-poly1305", "none"])]
+    encryption: String,
+}
+
+pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
+    let keys = if args.encryption == "none" {
+        NewKeys::None
+    } else {
+        NewKeys::New { passphrase: cairn::crypto::passphrase(&context.location())? }
+    };
+    let repo = Repository::init_location(&context.location(), keys)?;
+    let encryption = if repo.keys().is_some() { "xchacha20-poly1305" } else { "none" };
     if context.json {
-        println!("{}", serde_json::json!({ "repository": context.repo_path, "id": repo.config().repo_id.to_hex() }));
+        println!(
+            "{}",
+            serde_json::json!({ "repository": context.repo_path, "id": repo.config().repo_id.to_hex(), "encryption": encryption, "key": repo.key_used() })
+        );
     } else if !context.quiet {
-        println!("created repository {} at {}", repo.config().repo_id.short(), context.repo_path.display());
+        println!(
+            "created repository {} at {} (encryption: {encryption})",
+            repo.config().repo_id.short(),
+            context.repo_path.display()
+        );
+        if repo.keys().is_some() {
+            println!("keep the password safe: without it nothing in the repository can be read");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ mod drill;
 mod forget;
 mod format;
 mod init;
+mod key;
 mod ls;
 mod restore;
 mod run;
@@ -42,6 +43,14 @@ pub struct Cli {
     #[arg(long, global = true)]
     json: bool,
 
+    /// Read the repository password from the first line of this file
+    #[arg(long, global = true, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+
+    /// Run this shell command and read the repository password from its output
+    #[arg(long, global = true, value_name = "COMMAND")]
+    password_command: Option<String>,
+
     /// How long to wait for another cairn's conflicting repository lock (a prune, say)
     #[arg(long, global = true, value_name = "DURATION", default_value = "10m", value_parser = cairn::status::parse_duration)]
     lock_wait: std::time::Duration,
@@ -52,8 +61,11 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create a new repository
-    Init,
+    /// Create a new repository (encrypted unless --encryption none)
+    Init(init::Args),
+    /// Manage the passphrases of an encrypted repository
+    #[command(subcommand)]
+    Key(key::Args),
     /// Take a snapshot of files and directories
     Snapshot(snapshot::Args),
     /// List snapshots
@@ -109,10 +121,21 @@ impl Context {
             Err(cairn::error::Error::NotARepository(_)) => {}
             opened => return Ok(opened?),
         }
-        let repo = Repository::init_location(&self.location())
+        // Encrypted when there is a password to give it; else plain, and said so.
+        let keys = match cairn::crypto::passphrase_if_given(&self.location())? {
+            Some(passphrase) => cairn::repository::NewKeys::New { passphrase },
+            None => cairn::repository::NewKeys::None,
+        };
+        let encrypted = !matches!(keys, cairn::repository::NewKeys::None);
+        let repo = Repository::init_location(&self.location(), keys)
             .with_context(|| format!("creating repository {}", self.repo_path.display()))?;
-        if !self.quiet && !self.json {
-            eprintln!("created repository at {}", self.repo_path.display());
+        if !encrypted {
+            eprintln!(
+                "warning: created an UNENCRYPTED repository at {} (no password was given: set CAIRN_PASSWORD or --password-file to encrypt new repositories)",
+                self.repo_path.display()
+            );
+        } else if !self.quiet && !self.json {
+            eprintln!("created encrypted repository at {}", self.repo_path.display());
         }
         Ok(repo)
     }
@@ -136,6 +159,14 @@ pub fn finish_audit(audit: cairn::audit::Run, repo: &Repository, outcome: cairn:
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    // The library and the child processes of `cairn run` read the password source from the
+    // environment; set it before any thread starts.
+    if let Some(file) = &cli.password_file {
+        std::env::set_var("CAIRN_PASSWORD_FILE", file);
+    }
+    if let Some(command) = &cli.password_command {
+        std::env::set_var("CAIRN_PASSWORD_COMMAND", command);
+    }
     let repo_path = match cli.repo {
         Some(path) => path,
         None => default_location()
@@ -143,7 +174,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     };
     let context = Context { repo_path, quiet: cli.quiet, json: cli.json, lock_wait: cli.lock_wait };
     match cli.command {
-        Command::Init => init::run(&context),
+        Command::Init(args) => init::run(&context, args),
+        Command::Key(args) => key::run(&context, args),
         Command::Snapshot(args) => snapshot::run(&context, args),
         Command::Snapshots => snapshots::run(&context),
         Command::Ls(args) => ls::run(&context, args),

@@ -61,6 +61,15 @@ pub fn run(context: &Context) -> Result<ExitCode> {
             paths.join(" ")
         );
     }
-    println!("{} snapshots", snapshots.len());
+    println!("{} snapshots; {}", snapshots.len(), encryption_text(&repo));
     Ok(code)
+}
+
+/// How the repository is protected, in words for listings.
+pub fn encryption_text(repo: &cairn::repository::Repository) -> &'static str {
+    if repo.keys().is_some() {
+        "encrypted (XChaCha20-Poly1305)"
+    } else {
+        "NOT ENCRYPTED (created with --encryption none or without a password)"
+    }
 }

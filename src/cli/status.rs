@@ -77,6 +77,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
                 o.last_outcome
             );
         }
+        println!("repository: {}", super::snapshots::encryption_text(&repo));
         for problem in &status.problems {
             println!("problem: {problem}");
         }

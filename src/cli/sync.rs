@@ -11,7 +11,7 @@ use cairn::audit::Run;
 use cairn::format::audit::Outcome;
 use cairn::progress::Progress;
 use cairn::repository::lock::LockKind;
-use cairn::repository::Repository;
+use cairn::repository::{NewKeys, Repository};
 use cairn::retention::plan;
 use cairn::sync::{copy, missing_snapshots, SyncOptions, SyncReport};
 
@@ -135,16 +135,37 @@ fn sync(context: &Context, source: &Repository, args: &Args, report: &mut SyncRe
     Ok(dest)
 }
 
+/// Opens the destination, or creates it sharing the source's parameters and, if the source is
+/// encrypted, its master key (wrapped under the same passphrase), so sealed packs and manifests
+/// copy verbatim. An existing destination must share the key material.
 fn open_or_create(context: &Context, source: &Repository, location: &str) -> Result<Repository> {
     match Repository::open_location(location) {
         Err(cairn::error::Error::NotARepository(_)) => {}
-        opened => return opened.with_context(|| format!("opening the destination {location}")),
+        Ok(dest) => {
+            let same = match (source.keys(), dest.keys()) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.master.to_bytes() == b.master.to_bytes(),
+                _ => false,
+            };
+            if !same {
+                bail!(
+                    "{location} does not share this repository's key material ({}): sync copies sealed data as it is and cannot re-encrypt it; sync to a new location, which it creates with the same key",
+                    if source.keys().is_some() != dest.keys().is_some() { "one is encrypted, the other not" } else { "another master key" }
+                );
+            }
+            return Ok(dest);
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("opening the destination {location}"))),
     }
     let mut config = cairn::format::config::Config::new_random();
     config.chunker = source.config().chunker;
     config.compression_level = source.config().compression_level;
     config.pack_target_size = source.config().pack_target_size;
-    let dest = Repository::init_location_with(location, config)
+    let keys = match source.keys() {
+        Some(keys) => NewKeys::Shared { master: keys.master.clone(), passphrase: cairn::crypto::passphrase(location)? },
+        None => NewKeys::None,
+    };
+    let dest = Repository::init_location_with(location, config, keys)
         .with_context(|| format!("creating the destination repository {location}"))?;
     if !context.quiet && !context.json {
         eprintln!("created repository {} at {location}", dest.config().repo_id.short());

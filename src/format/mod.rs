@@ -9,6 +9,7 @@ pub mod audit;
 pub mod config;
 pub mod envelope;
 pub mod index;
+pub mod key;
 pub mod pack;
 pub mod snapshot;
 pub mod tree;

@@ -72,7 +72,9 @@ impl BlobEntry {
         if (entry.offset as usize) < HEADER_LEN {
             return Err(r.error(format!("blob {} starts inside the pack header", id.short())));
         }
-        if entry.codec == Codec::Raw && entry.stored_len != entry.raw_len {
+        // A raw blob is stored as is, or sealed: plus the AEAD's nonce and tag.
+        let sealed_raw = entry.raw_len.checked_add(crate::crypto::OVERHEAD as u32);
+        if entry.codec == Codec::Raw && entry.stored_len != entry.raw_len && Some(entry.stored_len) != sealed_raw {
             return Err(r.error(format!("raw blob {} has stored length != plain length", id.short())));
         }
         Ok(entry)
@@ -84,21 +86,39 @@ impl BlobEntry {
 }
 
 pub fn header() -> [u8; HEADER_LEN] {
+    header_for(super::envelope::ENCRYPTION_NONE)
+}
+
+/// The header of a pack whose blobs and trailer are sealed (store-format/encryption.md).
+pub fn header_for(encryption: u8) -> [u8; HEADER_LEN] {
     let mut out = [0u8; HEADER_LEN];
     out[..8].copy_from_slice(HEADER_MAGIC);
     out[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    out[10] = encryption;
     out
 }
 
 /// Encodes the trailer (entries then tail) for blobs already laid out after the header.
 pub fn trailer(entries: &[BlobEntry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entries.len() * ENTRY_LEN + TAIL_LEN);
+    trailer_with(entries, None)
+}
+
+/// The trailer of an encrypted pack: the entries sealed (with the trailer magic as associated
+/// data), then the same tail, whose length and checksum cover the sealed bytes.
+pub fn trailer_with(entries: &[BlobEntry], keys: Option<&crate::crypto::Keys>) -> Vec<u8> {
+    let mut plain = Vec::with_capacity(entries.len() * ENTRY_LEN);
     for entry in entries {
-        entry.encode_into(&mut out);
+        entry.encode_into(&mut plain);
     }
+    let mut out = match keys {
+        Some(keys) => keys.seal(TRAILER_MAGIC, &plain),
+        None => plain,
+    };
+    out.reserve(TAIL_LEN);
     let checksum = blake3::hash(&out);
+    let sealed_len = out.len() as u32;
     out.put_u32(entries.len() as u32);
-    out.put_u32((entries.len() * ENTRY_LEN) as u32);
+    out.put_u32(sealed_len);
     out.extend_from_slice(checksum.as_bytes());
     out.extend_from_slice(TRAILER_MAGIC);
     out
@@ -108,6 +128,17 @@ pub fn trailer(entries: &[BlobEntry]) -> Vec<u8> {
 /// verified here; `check --read-data` does that). `tail` must be the last bytes of the pack: at
 /// least [`TAIL_LEN`], and enough to hold the trailer (callers re-read with the length it names).
 pub fn decode_trailer(tail: &[u8], pack_len: u64, file: &str) -> Result<TrailerRead> {
+    decode_trailer_with(tail, pack_len, file, None)
+}
+
+/// [`decode_trailer`] for an encrypted pack when `keys` is given: the entries are opened first.
+pub fn decode_trailer_with(
+    tail: &[u8],
+    pack_len: u64,
+    file: &str,
+    keys: Option<&crate::crypto::Keys>,
+) -> Result<TrailerRead> {
+    let overhead = if keys.is_some() { crate::crypto::OVERHEAD } else { 0 };
     if tail.len() < TAIL_LEN || pack_len < (HEADER_LEN + TAIL_LEN) as u64 {
         return Err(Error::corrupt(file, "truncated: shorter than a pack header and trailer"));
     }
@@ -118,7 +149,7 @@ pub fn decode_trailer(tail: &[u8], pack_len: u64, file: &str) -> Result<TrailerR
     if r.bytes(8)? != TRAILER_MAGIC {
         return Err(Error::corrupt(file, "no pack trailer magic at the end: the pack is truncated or not a pack"));
     }
-    if count.checked_mul(ENTRY_LEN) != Some(trailer_len) {
+    if count.checked_mul(ENTRY_LEN).and_then(|n| n.checked_add(overhead)) != Some(trailer_len) {
         return Err(Error::corrupt(file, format!("trailer length {trailer_len} does not match {count} entries")));
     }
     let needed = trailer_len + TAIL_LEN;
@@ -133,6 +164,14 @@ pub fn decode_trailer(tail: &[u8], pack_len: u64, file: &str) -> Result<TrailerR
         return Err(Error::corrupt(file, "pack trailer checksum mismatch"));
     }
     let blobs_end = pack_len - needed as u64;
+    let opened;
+    let entries_bytes = match keys {
+        Some(keys) => {
+            opened = keys.open(TRAILER_MAGIC, entries_bytes, file)?;
+            &opened[..]
+        }
+        None => entries_bytes,
+    };
     let mut r = Reader::new(entries_bytes, file);
     let mut entries = Vec::with_capacity(count);
     for _ in 0..count {
@@ -151,8 +190,8 @@ pub enum TrailerRead {
     NeedMore(usize),
 }
 
-/// Checks the fixed header at the start of a pack.
-pub fn check_header(data: &[u8], file: &str) -> Result<()> {
+/// Checks the fixed header at the start of a pack; returns its encryption mode.
+pub fn check_header(data: &[u8], file: &str) -> Result<u8> {
     let mut r = Reader::new(data, file);
     if r.bytes(8)? != HEADER_MAGIC {
         return Err(Error::corrupt(file, "not a pack (bad header magic)"));
@@ -166,10 +205,11 @@ pub fn check_header(data: &[u8], file: &str) -> Result<()> {
             supported: VERSION.into(),
         });
     }
-    if r.u8()? != super::envelope::ENCRYPTION_NONE {
+    let encryption = r.u8()?;
+    if encryption > super::envelope::ENCRYPTION_XCHACHA {
         return Err(Error::corrupt(file, "unknown encryption mode"));
     }
-    Ok(())
+    Ok(encryption)
 }
 
 #[cfg(test)]

@@ -16,31 +16,95 @@ use crate::backend::object::{is_url, ObjectBackend};
 use crate::backend::Backend;
 use crate::chunking::Chunker;
 use crate::compression;
+use crate::crypto::{Keys, MasterKey};
 use crate::error::{Error, Result};
 use crate::format::config::Config;
+use crate::format::envelope;
 use crate::format::index::IndexFile;
+use crate::format::key::KeyFile;
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::Tree;
-use crate::id::Id;
+use crate::id::{BlobHasher, Id};
 use index::{Index, Location};
 
 /// Top-level entries of a repository directory.
-const LAYOUT: [&str; 6] = ["tmp", "packs", "index", "snapshots", "audit", "locks"];
+const LAYOUT: [&str; 7] = ["tmp", "packs", "index", "snapshots", "audit", "locks", "keys"];
 
 pub struct Repository {
     backend: Arc<dyn Backend>,
     config: Config,
     damage: Mutex<Vec<Error>>,
+    /// The keys of an encrypted repository, and the key file they were opened with.
+    keys: Option<Keys>,
+    key_used: Option<String>,
+}
+
+/// How `init` protects a new repository (store-format/encryption.md).
+pub enum NewKeys {
+    /// No encryption (`--encryption none`).
+    None,
+    /// A new random master key, wrapped under this passphrase.
+    New { passphrase: String },
+    /// An existing master key (sync's destination shares the source's), under this passphrase.
+    Shared { master: MasterKey, passphrase: String },
 }
 
 impl Repository {
-    /// Creates a repository in `path`, which must be missing or an empty directory (or hold only
-    /// the skeleton of an `init` that was interrupted before it wrote `config`).
-    pub fn init(path: &Path) -> Result<Repository> {
-        Self::init_with(path, Config::new_random())
+    fn assemble(backend: Arc<dyn Backend>, config: Config, keys: Option<Keys>, key_used: Option<String>) -> Repository {
+        Repository { backend, config, damage: Mutex::new(Vec::new()), keys, key_used }
     }
 
-    fn init_with(path: &Path, config: Config) -> Result<Repository> {
+    /// Creates an unencrypted repository in `path`, which must be missing or an empty directory
+    /// (or hold only the skeleton of an `init` that was interrupted before it wrote `config`).
+    pub fn init(path: &Path) -> Result<Repository> {
+        Self::init_location_with(&path.to_string_lossy(), Config::new_random(), NewKeys::None)
+    }
+
+    /// Creates a repository at a directory path or an object-store URL, encrypted when a
+    /// passphrase is given. On an object store there are no directories: the key file and
+    /// `config` are the only writes. `config` comes last: until it exists there is no repository.
+    pub fn init_location(location: &str, keys: NewKeys) -> Result<Repository> {
+        Self::init_location_with(location, Config::new_random(), keys)
+    }
+
+    /// [`Repository::init_location`] with given parameters (sync creates its destination with
+    /// the source's chunker, compression and pack size, and a repository id of its own).
+    pub fn init_location_with(location: &str, mut config: Config, new_keys: NewKeys) -> Result<Repository> {
+        let backend: Arc<dyn Backend> = if is_url(location) {
+            let backend = ObjectBackend::open(location)?;
+            if backend.exists("config")? {
+                return Err(Error::AlreadyExists(PathBuf::from(location)));
+            }
+            Arc::new(backend)
+        } else {
+            Arc::new(Self::create_directory(Path::new(local_path(location)))?)
+        };
+        let (master, passphrase) = match new_keys {
+            NewKeys::None => (None, None),
+            NewKeys::New { passphrase } => {
+                // A secret gear table: chunk boundaries then say nothing about known files.
+                config.chunker.gear_seed = u64::from_le_bytes(crate::crypto::secure_random());
+                (Some(MasterKey::random()), Some(passphrase))
+            }
+            NewKeys::Shared { master, passphrase } => (Some(master), Some(passphrase)),
+        };
+        let keys = master.map(Keys::new);
+        let mut key_used = None;
+        if let (Some(keys), Some(passphrase)) = (&keys, passphrase) {
+            key_used = Some(write_key_file(&*backend, &keys.master, &passphrase)?);
+        }
+        let mut bytes = config.encode();
+        if let Some(keys) = &keys {
+            bytes = envelope::encrypt(&bytes, keys);
+        }
+        if !backend.put("config", &bytes)? {
+            return Err(Error::AlreadyExists(PathBuf::from(location)));
+        }
+        Ok(Self::assemble(backend, config, keys, key_used))
+    }
+
+    /// The directory skeleton of a new local repository.
+    fn create_directory(path: &Path) -> Result<LocalBackend> {
         let backend = LocalBackend::new(path);
         if path.join("config").exists() {
             return Err(Error::AlreadyExists(path.to_path_buf()));
@@ -66,32 +130,11 @@ impl Repository {
         for byte in 0..=255u8 {
             backend.create_dir(&format!("packs/{byte:02x}"))?;
         }
-        if !backend.put("config", &config.encode())? {
-            return Err(Error::AlreadyExists(path.to_path_buf()));
-        }
-        Ok(Repository { backend: Arc::new(backend), config, damage: Mutex::new(Vec::new()) })
+        Ok(backend)
     }
 
-    /// Creates a repository at a directory path or an object-store URL (`s3://bucket/prefix`,
-    /// `memory://`). On an object store there are no directories: `config` is the only write.
-    pub fn init_location(location: &str) -> Result<Repository> {
-        Self::init_location_with(location, Config::new_random())
-    }
-
-    /// [`Repository::init_location`] with given parameters (sync creates its destination with
-    /// the source's chunker, compression and pack size, and a repository id of its own).
-    pub fn init_location_with(location: &str, config: Config) -> Result<Repository> {
-        if !is_url(location) {
-            return Self::init_with(Path::new(local_path(location)), config);
-        }
-        let backend = ObjectBackend::open(location)?;
-        if backend.exists("config")? || !backend.put("config", &config.encode())? {
-            return Err(Error::AlreadyExists(PathBuf::from(location)));
-        }
-        Ok(Repository { backend: Arc::new(backend), config, damage: Mutex::new(Vec::new()) })
-    }
-
-    /// Opens a repository at a directory path or an object-store URL.
+    /// Opens a repository at a directory path or an object-store URL. An encrypted one asks for
+    /// its passphrase ([`crate::crypto::passphrase`]); an unencrypted one never does.
     pub fn open_location(location: &str) -> Result<Repository> {
         if !is_url(location) {
             return Self::open(Path::new(local_path(location)));
@@ -101,22 +144,128 @@ impl Repository {
 
     /// Opens a repository on a backend built by the caller (tests with explicit settings).
     pub fn open_backend(backend: Arc<dyn Backend>, location: &str) -> Result<Repository> {
+        Self::open_backend_with(backend, location, None)
+    }
+
+    /// [`Repository::open_location`] with the passphrase given rather than looked up.
+    pub fn open_with(location: &str, passphrase: &str) -> Result<Repository> {
+        let backend: Arc<dyn Backend> = if is_url(location) {
+            Arc::new(ObjectBackend::open(location)?)
+        } else {
+            Arc::new(LocalBackend::new(local_path(location)))
+        };
+        Self::open_backend_with(backend, location, Some(passphrase))
+    }
+
+    /// Opens a repository on `backend`; an encrypted one with `passphrase`, or else the one
+    /// [`crate::crypto::passphrase`] finds.
+    pub fn open_backend_with(
+        backend: Arc<dyn Backend>,
+        location: &str,
+        passphrase: Option<&str>,
+    ) -> Result<Repository> {
         if !backend.exists("config")? {
             return Err(Error::NotARepository(PathBuf::from(location)));
         }
         let bytes = backend.get("config")?;
-        let config = Config::decode(&bytes, &format!("{}/config", backend.location()))?;
-        Ok(Repository { backend, config, damage: Mutex::new(Vec::new()) })
+        let file = format!("{}/config", backend.location());
+        if !envelope::is_encrypted(&bytes) {
+            let config = Config::decode(&bytes, &file)?;
+            return Ok(Self::assemble(backend, config, None, None));
+        }
+        let passphrase = match passphrase {
+            Some(given) => given.to_string(),
+            None => crate::crypto::passphrase(location)?,
+        };
+        let (keys, key_used) = unlock(&*backend, location, &passphrase)?;
+        let config = Config::decode(&envelope::decrypt(&bytes, Some(&keys), &file)?, &file)?;
+        Ok(Self::assemble(backend, config, Some(keys), Some(key_used)))
     }
 
     pub fn open(path: &Path) -> Result<Repository> {
-        let backend = LocalBackend::new(path);
-        if !backend.exists("config")? {
-            return Err(Error::NotARepository(path.to_path_buf()));
+        Self::open_backend(Arc::new(LocalBackend::new(path)), &path.to_string_lossy())
+    }
+
+    /// The keys of an encrypted repository.
+    pub fn keys(&self) -> Option<&Keys> {
+        self.keys.as_ref()
+    }
+
+    /// The key file this repository was opened with, if encrypted.
+    pub fn key_used(&self) -> Option<&str> {
+        self.key_used.as_deref()
+    }
+
+    /// Every key file, with its name.
+    pub fn key_files(&self) -> Result<Vec<(String, KeyFile)>> {
+        let mut out = Vec::new();
+        for (key, _) in self.backend.list("keys")? {
+            let bytes = self.backend.get(&key)?;
+            out.push((key.clone(), KeyFile::decode(&bytes, &self.describe(&key))?));
         }
-        let bytes = backend.get("config")?;
-        let config = Config::decode(&bytes, &path.join("config").display().to_string())?;
-        Ok(Repository { backend: Arc::new(backend), config, damage: Mutex::new(Vec::new()) })
+        Ok(out)
+    }
+
+    /// Wraps the master key under another passphrase; returns the new key file's name.
+    pub fn add_key(&self, passphrase: &str) -> Result<String> {
+        let keys = self.keys.as_ref().ok_or_else(|| Error::Invalid("the repository is not encrypted".into()))?;
+        write_key_file(&*self.backend, &keys.master, passphrase)
+    }
+
+    /// Deletes a key file; never the last one.
+    pub fn remove_key(&self, name: &str) -> Result<()> {
+        let files = self.key_files()?;
+        if !files.iter().any(|(key, _)| key == name) {
+            return Err(Error::Invalid(format!("no key file {name}")));
+        }
+        if files.len() == 1 {
+            return Err(Error::Invalid(format!(
+                "{name} is the repository's last key: removing it would make everything unreadable"
+            )));
+        }
+        self.backend.delete(name)
+    }
+
+    /// Seals an encoded envelope file before it is written (unchanged without encryption).
+    pub fn seal_file(&self, plain: Vec<u8>) -> Vec<u8> {
+        match &self.keys {
+            Some(keys) => envelope::encrypt(&plain, keys),
+            None => plain,
+        }
+    }
+
+    /// Seals a stored (compressed) blob; its id is authenticated with it.
+    pub fn seal_blob(&self, id: &Id, stored: Vec<u8>) -> Vec<u8> {
+        match &self.keys {
+            Some(keys) => keys.seal(&id.0, &stored),
+            None => stored,
+        }
+    }
+
+    /// The plain content of a blob from its stored bytes: opened, decompressed and checked
+    /// against its id.
+    pub fn decode_blob(&self, entry: &crate::format::pack::BlobEntry, stored: &[u8], pack: &Id) -> Result<Vec<u8>> {
+        let bad = |reason: String| Error::BadBlob { id: entry.id, pack: *pack, reason };
+        let opened;
+        let compressed = match &self.keys {
+            Some(keys) => {
+                opened = keys.open(&entry.id.0, stored, "blob").map_err(|e| bad(e.to_string()))?;
+                &opened[..]
+            }
+            None => stored,
+        };
+        let what = format!("blob {} in pack {}", entry.id.short(), pack.short());
+        let plain =
+            compression::decompress(entry.codec, compressed, entry.raw_len, &what).map_err(|e| bad(e.to_string()))?;
+        if self.hasher().id(&plain) != entry.id {
+            return Err(bad("content does not hash to its id".into()));
+        }
+        Ok(plain)
+    }
+
+    /// How blob ids are computed here.
+    pub fn hasher(&self) -> BlobHasher {
+        self.keys.as_ref().map_or_else(BlobHasher::default, |k| BlobHasher::keyed(k.master.id))
     }
 
     pub fn config(&self) -> &Config {
@@ -133,7 +282,7 @@ impl Repository {
     }
 
     pub fn chunker(&self) -> Chunker {
-        Chunker::new(self.config.chunker)
+        Chunker::new(self.config.chunker).with_hasher(self.hasher())
     }
 
     pub fn pack_key(id: &Id) -> String {
@@ -210,6 +359,9 @@ impl Repository {
         if Id::of(&bytes) != id {
             return Err(Error::corrupt(self.describe(key), "content does not match its name: the file is damaged"));
         }
+        if envelope::is_encrypted(&bytes) {
+            return Ok(Some((id, envelope::decrypt(&bytes, self.keys.as_ref(), &self.describe(key))?)));
+        }
         Ok(Some((id, bytes)))
     }
 
@@ -250,7 +402,7 @@ impl Repository {
     /// Writes a snapshot manifest: the commit point of a snapshot. Call only after the blob
     /// store has finished.
     pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<Id> {
-        let bytes = snapshot.encode();
+        let bytes = self.seal_file(snapshot.encode());
         let id = Id::of(&bytes);
         self.backend.put(&format!("snapshots/{}", id.to_hex()), &bytes)?;
         Ok(id)
@@ -265,16 +417,15 @@ impl Repository {
     fn read_blob_at(&self, index: &Index, id: &Id, l: &Location) -> Result<Vec<u8>> {
         let pack = index.pack_id(l);
         let stored = self.backend.get_range(&Self::pack_key(&pack), l.offset as u64, l.stored_len as u64)?;
-        let what = format!("blob {} in pack {}", id.short(), pack.short());
-        let plain = compression::decompress(l.codec, &stored, l.raw_len, &what).map_err(|e| Error::BadBlob {
+        let entry = crate::format::pack::BlobEntry {
             id: *id,
-            pack,
-            reason: e.to_string(),
-        })?;
-        if Id::of(&plain) != *id {
-            return Err(Error::BadBlob { id: *id, pack, reason: "content does not hash to its id".into() });
-        }
-        Ok(plain)
+            kind: l.kind,
+            codec: l.codec,
+            offset: l.offset,
+            stored_len: l.stored_len,
+            raw_len: l.raw_len,
+        };
+        self.decode_blob(&entry, &stored, &pack)
     }
 
     pub fn read_tree(&self, index: &Index, id: &Id) -> Result<Tree> {
@@ -294,4 +445,51 @@ pub fn default_location() -> Option<PathBuf> {
         std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|home| PathBuf::from(home).join(".local/share"))
     })?;
     Some(data_home.join("cairn").join("repo"))
+}
+
+/// Writes a key file wrapping `master` under `passphrase`; returns its name.
+fn write_key_file(backend: &dyn Backend, master: &MasterKey, passphrase: &str) -> Result<String> {
+    let mut file = KeyFile {
+        kdf: crate::crypto::KdfParams::default_for_new_keys(),
+        salt: crate::crypto::secure_random(),
+        created_ms: crate::audit::now_ms(),
+        hostname: crate::backup::hostname(),
+        wrapped: Vec::new(),
+    };
+    let wrapping = crate::crypto::wrapping_key(passphrase.as_bytes(), &file.salt, file.kdf)?;
+    file.wrapped = crate::crypto::wrap(&wrapping, &file.binding(), master);
+    let bytes = file.encode();
+    let name = format!("keys/{}", Id::of(&bytes).to_hex());
+    backend.put(&name, &bytes)?;
+    Ok(name)
+}
+
+/// Finds the key file `passphrase` opens.
+fn unlock(backend: &dyn Backend, location: &str, passphrase: &str) -> Result<(Keys, String)> {
+    let files = backend.list("keys")?;
+    if files.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{location} is encrypted but has no key file (keys/ is empty or missing): it cannot be opened"
+        )));
+    }
+    let mut damaged = Vec::new();
+    for (name, _) in files {
+        let file = match backend.get(&name).and_then(|b| KeyFile::decode(&b, &format!("{location}/{name}"))) {
+            Ok(file) => file,
+            Err(e) => {
+                damaged.push(e.to_string());
+                continue;
+            }
+        };
+        let wrapping = crate::crypto::wrapping_key(passphrase.as_bytes(), &file.salt, file.kdf)?;
+        if let Some(master) = crate::crypto::unwrap(&wrapping, &file.binding(), &file.wrapped) {
+            return Ok((Keys::new(master), name));
+        }
+    }
+    let damaged = if damaged.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} damaged key files: {})", damaged.len(), damaged.join("; "))
+    };
+    Err(Error::WrongPassword(format!("{location}{damaged}")))
 }

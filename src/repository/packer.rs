@@ -15,7 +15,9 @@ use std::sync::Mutex;
 use super::index::Index;
 use super::Repository;
 use crate::compression;
+use crate::crypto::Keys;
 use crate::error::Result;
+use crate::format::envelope::{ENCRYPTION_NONE, ENCRYPTION_XCHACHA};
 use crate::format::index::{IndexFile, IndexedPack};
 use crate::format::pack::{self, BlobEntry, BlobKind, Codec};
 use crate::id::Id;
@@ -29,18 +31,20 @@ struct Packer {
     bytes: Vec<u8>,
     entries: Vec<BlobEntry>,
     target: usize,
+    keys: Option<Keys>,
 }
 
 impl Packer {
-    fn new(target: usize) -> Packer {
-        Packer { bytes: Vec::new(), entries: Vec::new(), target }
+    fn new(target: usize, keys: Option<Keys>) -> Packer {
+        Packer { bytes: Vec::new(), entries: Vec::new(), target, keys }
     }
 
     /// Adds a stored blob; returns the finished pack when the target size is reached.
     fn add(&mut self, id: Id, kind: BlobKind, codec: Codec, stored: &[u8], raw_len: u32) -> Option<IndexedPackBytes> {
         if self.bytes.is_empty() {
             self.bytes.reserve(self.target + self.target / 4);
-            self.bytes.extend_from_slice(&pack::header());
+            let mode = if self.keys.is_some() { ENCRYPTION_XCHACHA } else { ENCRYPTION_NONE };
+            self.bytes.extend_from_slice(&pack::header_for(mode));
         }
         self.entries.push(BlobEntry {
             id,
@@ -64,7 +68,7 @@ impl Packer {
         }
         let mut bytes = std::mem::take(&mut self.bytes);
         let entries = std::mem::take(&mut self.entries);
-        bytes.extend_from_slice(&pack::trailer(&entries));
+        bytes.extend_from_slice(&pack::trailer_with(&entries, self.keys.as_ref()));
         let id = Id::of(&bytes);
         Some(IndexedPackBytes { pack: IndexedPack { id, len: bytes.len() as u64, blobs: entries }, bytes })
     }
@@ -108,9 +112,9 @@ impl<'a> BlobStore<'a> {
             repo,
             index,
             added: Mutex::new(HashSet::new()),
-            data: Mutex::new(Packer::new(target)),
+            data: Mutex::new(Packer::new(target, repo.keys().cloned())),
             // Tree packs stay small: trees are read one at a time, and few exist per run.
-            trees: Mutex::new(Packer::new(target.min(4 << 20))),
+            trees: Mutex::new(Packer::new(target.min(4 << 20), repo.keys().cloned())),
             unindexed: Mutex::new(Vec::new()),
             written: Mutex::new(Vec::new()),
             index_files: Mutex::new(Vec::new()),
@@ -126,11 +130,12 @@ impl<'a> BlobStore<'a> {
 
     /// Stores `data` unless a blob with its id exists; returns the id.
     pub fn store(&self, kind: BlobKind, data: &[u8]) -> Result<Id> {
-        let id = Id::of(data);
+        let id = self.repo.hasher().id(data);
         if self.index.contains(&id) || !self.added.lock().expect("poisoned").insert(id) {
             return Ok(id);
         }
         let (codec, stored) = compression::compress(data, self.repo.config().compression_level);
+        let stored = self.repo.seal_blob(&id, stored);
         self.add(id, kind, codec, &stored, data.len() as u32)?;
         Ok(id)
     }
@@ -182,7 +187,7 @@ impl<'a> BlobStore<'a> {
         if packs.is_empty() {
             return Ok(());
         }
-        let bytes = IndexFile { packs }.encode();
+        let bytes = self.repo.seal_file(IndexFile { packs }.encode());
         let key = format!("index/{}", Id::of(&bytes).to_hex());
         self.repo.backend().put(&key, &bytes)?;
         self.index_files.lock().expect("poisoned").push(key);

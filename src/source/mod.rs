@@ -41,13 +41,13 @@ pub fn same_content(chunker: &Chunker, path: &Path, size: u64, chunks: &[Id]) ->
         return Ok(true);
     }
     match sqlite::page_size_of(path)? {
-        Some(page_size) => Ok(page_ids(path, page_size)? == chunks),
+        Some(page_size) => Ok(page_ids(path, page_size, chunker.hasher())? == chunks),
         None => Ok(false),
     }
 }
 
 /// The ids of a file cut into `page_size` pieces.
-fn page_ids(path: &Path, page_size: usize) -> std::io::Result<Vec<Id>> {
+fn page_ids(path: &Path, page_size: usize, hasher: crate::id::BlobHasher) -> std::io::Result<Vec<Id>> {
     let mut file = std::fs::File::open(path)?;
     let window = (16 << 20) / page_size * page_size;
     let mut ids = Vec::new();
@@ -58,6 +58,6 @@ fn page_ids(path: &Path, page_size: usize) -> std::io::Result<Vec<Id>> {
         if buffer.is_empty() {
             return Ok(ids);
         }
-        ids.extend(buffer.par_chunks(page_size).map(Id::of).collect::<Vec<_>>());
+        ids.extend(buffer.par_chunks(page_size).map(|page| hasher.id(page)).collect::<Vec<_>>());
     }
 }

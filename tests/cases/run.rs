@@ -18,6 +18,7 @@ use crate::support::*;
 fn cairn_run(config: &Path) -> Command {
     let mut command = Command::new(CAIRN);
     command.arg("run").arg("--config").arg(config).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
+    with_password(&mut command);
     for (key, value) in s3().env() {
         command.env(key, value);
     }
@@ -26,7 +27,7 @@ fn cairn_run(config: &Path) -> Command {
 }
 
 fn commands_in_audit(repo: &Path) -> Vec<(String, String, String)> {
-    let repo = Repository::open(repo).unwrap();
+    let repo = Repository::open_with(&repo.to_string_lossy(), PASSWORD).unwrap();
     cairn::audit::read_all(&repo)
         .unwrap()
         .into_iter()

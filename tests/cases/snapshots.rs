@@ -136,6 +136,7 @@ fn as_unprivileged(repo: &Path) -> std::process::Command {
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", CAIRN, "--repo"])
         .arg(repo)
         .env_remove("CAIRN_REPO");
+    with_password(&mut command);
     command
 }
 

@@ -48,7 +48,20 @@ impl Drop for Scratch {
 pub fn cairn(repo: &Path) -> Command {
     let mut command = Command::new(CAIRN);
     command.arg("--repo").arg(repo).env_remove("CAIRN_REPO").stdin(Stdio::null());
+    with_password(&mut command);
     command
+}
+
+/// The password every test repository is created with.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Sets the test password (and a small Argon2id memory size, so tests stay fast) on a command.
+pub fn with_password(command: &mut Command) -> &mut Command {
+    command
+        .env("CAIRN_PASSWORD", PASSWORD)
+        .env("CAIRN_KDF_MEMORY_KIB", "1024")
+        .env_remove("CAIRN_PASSWORD_FILE")
+        .env_remove("CAIRN_PASSWORD_COMMAND")
 }
 
 /// Runs and returns the output, printing it when the test fails later.

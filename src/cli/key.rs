@@ -1,0 +1,120 @@
+//! `cairn key list|add|remove|passwd`: the passphrases of an encrypted repository. Each key file
+//! wraps the same master key under one passphrase (store-format/encryption.md).
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+
+use super::{format, Context};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Args {
+    /// List the key files
+    List,
+    /// Add a passphrase: the new one comes from CAIRN_NEW_PASSWORD, --new-password-file, or the terminal
+    Add(NewPassword),
+    /// Remove a key file by name or id prefix (never the last one)
+    Remove {
+        /// Key id or prefix, as `key list` shows it
+        id: String,
+    },
+    /// Change the passphrase used to open the repository: add the new one, remove the old one
+    Passwd(NewPassword),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NewPassword {
+    /// Read the new password from the first line of this file
+    #[arg(long, env = "CAIRN_NEW_PASSWORD_FILE", value_name = "FILE")]
+    new_password_file: Option<std::path::PathBuf>,
+}
+
+fn new_password(args: &NewPassword) -> Result<String> {
+    if let Some(value) = std::env::var_os("CAIRN_NEW_PASSWORD").filter(|v| !v.is_empty()) {
+        return Ok(value.to_string_lossy().into_owned());
+    }
+    if let Some(path) = &args.new_password_file {
+        let text = std::fs::read_to_string(path)?;
+        let line = text.lines().next().unwrap_or("").to_string();
+        if line.is_empty() {
+            bail!("{} holds an empty password", path.display());
+        }
+        return Ok(line);
+    }
+    // The terminal, through the same prompt as the repository password.
+    std::env::remove_var("CAIRN_PASSWORD");
+    std::env::remove_var("CAIRN_PASSWORD_FILE");
+    std::env::remove_var("CAIRN_PASSWORD_COMMAND");
+    Ok(cairn::crypto::passphrase("the new key")?)
+}
+
+pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
+    let repo = context.open()?;
+    if repo.keys().is_none() {
+        bail!("{} is not encrypted: it has no keys", context.location());
+    }
+    let name_of = |spec: &str| -> Result<String> {
+        let files = repo.key_files()?;
+        let matching: Vec<_> =
+            files.iter().filter(|(name, _)| name.trim_start_matches("keys/").starts_with(spec)).collect();
+        match matching.as_slice() {
+            [(name, _)] => Ok(name.clone()),
+            [] => bail!("no key matches {spec:?}"),
+            _ => bail!("key prefix {spec:?} is ambiguous"),
+        }
+    };
+    match args {
+        Args::List => {
+            let files = repo.key_files()?;
+            if context.json {
+                let list: Vec<_> = files
+                    .iter()
+                    .map(|(name, f)| serde_json::json!({
+                        "id": name.trim_start_matches("keys/"),
+                        "current": Some(name.as_str()) == repo.key_used(),
+                        "hostname": f.hostname,
+                        "created": format::utc(f.created_ms / 1000),
+                        "kdf": { "algorithm": "argon2id", "memory_kib": f.kdf.m_cost, "iterations": f.kdf.t_cost, "parallelism": f.kdf.p_cost },
+                    }))
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                for (name, f) in &files {
+                    println!(
+                        "{} {}  {}  {}  argon2id m={} KiB t={} p={}",
+                        if Some(name.as_str()) == repo.key_used() { "*" } else { " " },
+                        &name.trim_start_matches("keys/")[..8],
+                        format::utc(f.created_ms / 1000),
+                        f.hostname,
+                        f.kdf.m_cost,
+                        f.kdf.t_cost,
+                        f.kdf.p_cost
+                    );
+                }
+            }
+        }
+        Args::Add(new) => {
+            let name = repo.add_key(&new_password(&new)?)?;
+            if !context.quiet {
+                println!("added key {}", &name.trim_start_matches("keys/")[..8]);
+            }
+        }
+        Args::Remove { id } => {
+            let name = name_of(&id)?;
+            repo.remove_key(&name)?;
+            if !context.quiet {
+                println!("removed key {}", &name.trim_start_matches("keys/")[..8]);
+            }
+        }
+        Args::Passwd(new) => {
+            let added = repo.add_key(&new_password(&new)?)?;
+            if let Some(old) = repo.key_used() {
+                repo.remove_key(old)?;
+            }
+            if !context.quiet {
+                println!("password changed: key {}", &added.trim_start_matches("keys/")[..8]);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,279 @@
+//! Encryption at rest: the master key, the AEAD that seals every repository object, keyed blob
+//! ids, and wrapping the master key under a passphrase. Layouts and the reasons behind each
+//! choice: store-format/encryption.md.
+//!
+//! - Objects are sealed with XChaCha20-Poly1305 under a random 24-byte nonce per object: at 192
+//!   bits, random nonces never repeat in practice, so no nonce state has to be kept or shared
+//!   between concurrent writers (AES-GCM's 96-bit nonces would need that care).
+//! - Blob ids are BLAKE3 keyed with a secret id key, so equal content still dedups within the
+//!   repository but an id says nothing to anyone without the key.
+//! - The master key is wrapped in key files by a key derived from a passphrase with Argon2id.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+use crate::error::{Error, Result};
+
+pub const NONCE_LEN: usize = 24;
+pub const TAG_LEN: usize = 16;
+/// Bytes a sealed object has beyond its plaintext.
+pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+/// Length of the master key material: the encryption key, the id key.
+pub const MASTER_LEN: usize = 64;
+
+/// The secret of a repository. Never stored in the clear.
+#[derive(Clone)]
+pub struct MasterKey {
+    /// Seals every object.
+    pub encryption: [u8; 32],
+    /// Keys BLAKE3 for blob ids.
+    pub id: [u8; 32],
+}
+
+impl MasterKey {
+    pub fn random() -> MasterKey {
+        MasterKey { encryption: secure_random(), id: secure_random() }
+    }
+
+    pub fn to_bytes(&self) -> [u8; MASTER_LEN] {
+        let mut out = [0u8; MASTER_LEN];
+        out[..32].copy_from_slice(&self.encryption);
+        out[32..].copy_from_slice(&self.id);
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<MasterKey> {
+        (bytes.len() == MASTER_LEN).then(|| MasterKey {
+            encryption: bytes[..32].try_into().expect("32"),
+            id: bytes[32..].try_into().expect("32"),
+        })
+    }
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+/// An open repository's keys.
+#[derive(Clone)]
+pub struct Keys {
+    pub master: MasterKey,
+    cipher: XChaCha20Poly1305,
+}
+
+impl Keys {
+    pub fn new(master: MasterKey) -> Keys {
+        let cipher = XChaCha20Poly1305::new((&master.encryption).into());
+        Keys { master, cipher }
+    }
+
+    /// `nonce || ciphertext || tag`, with `aad` authenticated alongside.
+    pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+        seal_with(&self.cipher, aad, plain)
+    }
+
+    /// Opens what [`Keys::seal`] produced; `what` names the object in the error.
+    pub fn open(&self, aad: &[u8], sealed: &[u8], what: &str) -> Result<Vec<u8>> {
+        open_with(&self.cipher, aad, sealed, what)
+    }
+}
+
+fn seal_with(cipher: &XChaCha20Poly1305, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+    let nonce: [u8; NONCE_LEN] = secure_random();
+    let sealed = cipher
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad })
+        .expect("XChaCha20-Poly1305 encrypts any length cairn writes");
+    let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    out
+}
+
+fn open_with(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8], what: &str) -> Result<Vec<u8>> {
+    let failed = || {
+        Error::corrupt(
+            what,
+            "authentication failed: the object was changed or damaged (or sealed with another repository's key)",
+        )
+    };
+    if sealed.len() < OVERHEAD {
+        return Err(failed());
+    }
+    let (nonce, body) = sealed.split_at(NONCE_LEN);
+    cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad }).map_err(|_| failed())
+}
+
+/// Bytes from the kernel's CSPRNG (`getrandom(2)`), for keys, salts and nonces.
+pub fn secure_random<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut filled = 0;
+    while filled < N {
+        // SAFETY: the pointer and length describe the unfilled part of `out`.
+        let got = unsafe { libc::getrandom(out[filled..].as_mut_ptr().cast(), N - filled, 0) };
+        if got > 0 {
+            filled += got as usize;
+        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            panic!("the kernel gave no random bytes (getrandom failed): {}", std::io::Error::last_os_error());
+        }
+    }
+    out
+}
+
+/// The passphrase of an encrypted repository: `CAIRN_PASSWORD`, else the first line of the file
+/// `CAIRN_PASSWORD_FILE`, else the first line printed by `CAIRN_PASSWORD_COMMAND` (run with
+/// `sh -c`), else typed at the terminal. The command-line options `--password-file` and
+/// `--password-command` set those variables. `None` when there is no way to get one.
+pub fn passphrase_if_given(location: &str) -> Result<Option<String>> {
+    if let Some(value) = std::env::var_os("CAIRN_PASSWORD").filter(|v| !v.is_empty()) {
+        return Ok(Some(value.to_string_lossy().into_owned()));
+    }
+    if let Some(path) = std::env::var_os("CAIRN_PASSWORD_FILE").filter(|v| !v.is_empty()) {
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        return first_line(text, "the password file");
+    }
+    if let Some(command) = std::env::var_os("CAIRN_PASSWORD_COMMAND").filter(|v| !v.is_empty()) {
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| Error::Invalid(format!("cannot run the password command: {e}")))?;
+        if !output.status.success() {
+            return Err(Error::Invalid(format!("the password command failed: {}", output.status)));
+        }
+        return first_line(String::from_utf8_lossy(&output.stdout).into_owned(), "the password command");
+    }
+    prompt(&format!("password for {location}: "))
+}
+
+/// [`passphrase_if_given`], failing clearly when there is none.
+pub fn passphrase(location: &str) -> Result<String> {
+    passphrase_if_given(location)?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "{location} is encrypted: give its password with CAIRN_PASSWORD, --password-file or --password-command"
+        ))
+    })
+}
+
+fn first_line(text: String, from: &str) -> Result<Option<String>> {
+    let line = text.lines().next().unwrap_or("").to_string();
+    if line.is_empty() {
+        return Err(Error::Invalid(format!("{from} gave an empty password")));
+    }
+    Ok(Some(line))
+}
+
+/// Reads a line from the terminal with echo off; `None` without a terminal.
+fn prompt(text: &str) -> Result<Option<String>> {
+    use std::io::{BufRead, Write};
+    use std::os::fd::AsRawFd;
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Ok(None);
+    }
+    let Ok(tty) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty") else { return Ok(None) };
+    let fd = tty.as_raw_fd();
+    // SAFETY: termios calls on an open terminal descriptor with a valid out-pointer.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+        return Ok(None);
+    }
+    let mut quiet = saved;
+    quiet.c_lflag &= !libc::ECHO;
+    (&tty).write_all(text.as_bytes()).map_err(|e| Error::io("/dev/tty", e))?;
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    let mut line = String::new();
+    let read = std::io::BufReader::new(&tty).read_line(&mut line);
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    let _ = (&tty).write_all(b"\n");
+    read.map_err(|e| Error::io("/dev/tty", e))?;
+    let line = line.trim_end_matches(['\n', '\r']).to_string();
+    if line.is_empty() {
+        return Err(Error::Invalid("empty password".into()));
+    }
+    Ok(Some(line))
+}
+
+/// Argon2id parameters of a key file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_cost: u32,
+    pub t_cost: u32,
+    pub p_cost: u32,
+}
+
+impl KdfParams {
+    /// 64 MiB, 3 passes, 1 lane: about half a second here, the RFC 9106 "second recommended"
+    /// memory size. `CAIRN_KDF_MEMORY_KIB` lowers it for tests.
+    pub fn default_for_new_keys() -> KdfParams {
+        let m_cost = std::env::var("CAIRN_KDF_MEMORY_KIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64 * 1024);
+        KdfParams { m_cost, t_cost: 3, p_cost: 1 }
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(8..=4 * 1024 * 1024).contains(&self.m_cost)
+            || !(1..=64).contains(&self.t_cost)
+            || !(1..=16).contains(&self.p_cost)
+        {
+            return Err(format!("Argon2id parameters out of range: {self:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// The key that wraps a master key: Argon2id of the passphrase.
+pub fn wrapping_key(passphrase: &[u8], salt: &[u8; 32], params: KdfParams) -> Result<[u8; 32]> {
+    let argon_params = argon2::Params::new(params.m_cost, params.t_cost, params.p_cost, Some(32))
+        .map_err(|e| Error::Invalid(format!("Argon2id parameters: {e}")))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params);
+    let mut out = [0u8; 32];
+    argon.hash_password_into(passphrase, salt, &mut out).map_err(|e| Error::Invalid(format!("Argon2id: {e}")))?;
+    Ok(out)
+}
+
+/// Seals the master key under a wrapping key; `aad` binds it to its key file.
+pub fn wrap(wrapping: &[u8; 32], aad: &[u8], master: &MasterKey) -> Vec<u8> {
+    seal_with(&XChaCha20Poly1305::new(wrapping.into()), aad, &master.to_bytes())
+}
+
+/// Opens a wrapped master key; `None` when the passphrase was not this key file's.
+pub fn unwrap(wrapping: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<MasterKey> {
+    let plain = open_with(&XChaCha20Poly1305::new(wrapping.into()), aad, sealed, "key").ok()?;
+    MasterKey::from_bytes(&plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealing_round_trips_and_detects_any_change() {
+        let keys = Keys::new(MasterKey::random());
+        let sealed = keys.seal(b"aad", b"some plaintext");
+        assert_eq!(sealed.len(), 14 + OVERHEAD);
+        assert_eq!(keys.open(b"aad", &sealed, "x").unwrap(), b"some plaintext");
+        assert_ne!(keys.seal(b"aad", b"some plaintext"), sealed, "fresh nonce every time");
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 1;
+            assert!(keys.open(b"aad", &bad, "x").is_err(), "byte {i}");
+        }
+        assert!(keys.open(b"other", &sealed, "x").is_err());
+        assert!(Keys::new(MasterKey::random()).open(b"aad", &sealed, "x").is_err());
+        assert!(keys.open(b"aad", &sealed[..10], "x").is_err());
+    }
+
+    #[test]
+    fn passphrases_wrap_the_master_key() {
+        let params = KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 };
+        let master = MasterKey::random();
+        let salt = secure_random();
+        let key = wrapping_key(b"correct horse", &salt, params).unwrap();
+        let sealed = wrap(&key, b"k", &master);
+        assert_eq!(unwrap(&key, b"k", &sealed).unwrap().to_bytes(), master.to_bytes());
+        let wrong = wrapping_key(b"wrong horse", &salt, params).unwrap();
+        assert!(unwrap(&wrong, b"k", &sealed).is_none());
+    }
+}
