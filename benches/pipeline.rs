@@ -116,5 +116,18 @@ fn compression(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, chunking, hashing, compression);
+fn sealing(c: &mut Criterion) {
+    let keys = cairn::crypto::Keys::new(cairn::crypto::MasterKey::random());
+    let blob = noise(1 << 20, 9);
+    let sealed = keys.seal(b"id", &blob);
+    let mut group = measured_group(c, "sealing", blob.len());
+    group.bench_function("seal_1MiB", |b| b.iter(|| keys.seal(b"id", black_box(&blob))));
+    group.bench_function("open_1MiB", |b| b.iter(|| keys.open(b"id", black_box(&sealed), "b")));
+    let page = noise(4096, 10);
+    group.throughput(Throughput::Bytes(page.len() as u64));
+    group.bench_function("seal_4KiB_page", |b| b.iter(|| keys.seal(b"id", black_box(&page))));
+    group.finish();
+}
+
+criterion_group!(benches, chunking, hashing, compression, sealing);
 criterion_main!(benches);

@@ -2,15 +2,17 @@
 //! ids, and wrapping the master key under a passphrase. Layouts and the reasons behind each
 //! choice: store-format/encryption.md.
 //!
-//! - Objects are sealed with XChaCha20-Poly1305 under a random 24-byte nonce per object: at 192
-//!   bits, random nonces never repeat in practice, so no nonce state has to be kept or shared
-//!   between concurrent writers (AES-GCM's 96-bit nonces would need that care).
+//! - Objects are sealed with AES-256-GCM under a key of their own: a random 24-byte nonce is
+//!   stored with each object, and the object's key is BLAKE3 keyed with the repository's
+//!   encryption key over that nonce. A key is thus never used twice (so GCM's nonce limits never
+//!   come near), no nonce state is kept or shared between concurrent writers, and sealing runs at
+//!   hardware AES speed (ring's AES-NI/VAES code: 5.5 GiB/s per core here, against 1.2 GiB/s for
+//!   XChaCha20-Poly1305 and 1.5 GiB/s for AES-256-GCM in the RustCrypto crates).
 //! - Blob ids are BLAKE3 keyed with a secret id key, so equal content still dedups within the
 //!   repository but an id says nothing to anyone without the key.
 //! - The master key is wrapped in key files by a key derived from a passphrase with Argon2id.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 
 use crate::error::{Error, Result};
 
@@ -24,7 +26,7 @@ pub const MASTER_LEN: usize = 64;
 /// The secret of a repository. Never stored in the clear.
 #[derive(Clone)]
 pub struct MasterKey {
-    /// Seals every object.
+    /// Derives the key of every sealed object.
     pub encryption: [u8; 32],
     /// Keys BLAKE3 for blob ids.
     pub id: [u8; 32],
@@ -60,38 +62,49 @@ impl std::fmt::Debug for MasterKey {
 #[derive(Clone)]
 pub struct Keys {
     pub master: MasterKey,
-    cipher: XChaCha20Poly1305,
 }
 
 impl Keys {
     pub fn new(master: MasterKey) -> Keys {
-        let cipher = XChaCha20Poly1305::new((&master.encryption).into());
-        Keys { master, cipher }
+        Keys { master }
     }
 
     /// `nonce || ciphertext || tag`, with `aad` authenticated alongside.
     pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
-        seal_with(&self.cipher, aad, plain)
+        seal_with(&self.master.encryption, aad, plain)
     }
 
     /// Opens what [`Keys::seal`] produced; `what` names the object in the error.
     pub fn open(&self, aad: &[u8], sealed: &[u8], what: &str) -> Result<Vec<u8>> {
-        open_with(&self.cipher, aad, sealed, what)
+        open_with(&self.master.encryption, aad, sealed, what)
     }
 }
 
-fn seal_with(cipher: &XChaCha20Poly1305, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+/// The AES-256-GCM key of one object: BLAKE3 keyed with `key`, over the object's nonce.
+fn object_key(key: &[u8; 32], nonce: &[u8; NONCE_LEN]) -> LessSafeKey {
+    let derived = blake3::keyed_hash(key, nonce);
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, derived.as_bytes()).expect("AES-256 takes 32-byte keys"))
+}
+
+/// The GCM nonce under an object key: its first 12 bytes of the stored nonce (the key is never
+/// reused, so any fixed choice is safe).
+fn gcm_nonce(nonce: &[u8; NONCE_LEN]) -> Nonce {
+    Nonce::assume_unique_for_key(nonce[..12].try_into().expect("12"))
+}
+
+fn seal_with(key: &[u8; 32], aad: &[u8], plain: &[u8]) -> Vec<u8> {
     let nonce: [u8; NONCE_LEN] = secure_random();
-    let sealed = cipher
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad })
-        .expect("XChaCha20-Poly1305 encrypts any length cairn writes");
-    let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+    let mut out = Vec::with_capacity(OVERHEAD + plain.len());
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&sealed);
+    out.extend_from_slice(plain);
+    let tag = object_key(key, &nonce)
+        .seal_in_place_separate_tag(gcm_nonce(&nonce), Aad::from(aad), &mut out[NONCE_LEN..])
+        .expect("AES-256-GCM seals any length cairn writes");
+    out.extend_from_slice(tag.as_ref());
     out
 }
 
-fn open_with(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8], what: &str) -> Result<Vec<u8>> {
+fn open_with(key: &[u8; 32], aad: &[u8], sealed: &[u8], what: &str) -> Result<Vec<u8>> {
     let failed = || {
         Error::corrupt(
             what,
@@ -101,8 +114,14 @@ fn open_with(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8], what: &str) 
     if sealed.len() < OVERHEAD {
         return Err(failed());
     }
-    let (nonce, body) = sealed.split_at(NONCE_LEN);
-    cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad }).map_err(|_| failed())
+    let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().expect("24");
+    let mut buffer = sealed[NONCE_LEN..].to_vec();
+    let plain_len = object_key(key, &nonce)
+        .open_in_place(gcm_nonce(&nonce), Aad::from(aad), &mut buffer)
+        .map_err(|_| failed())?
+        .len();
+    buffer.truncate(plain_len);
+    Ok(buffer)
 }
 
 /// Bytes from the kernel's CSPRNG (`getrandom(2)`), for keys, salts and nonces.
@@ -205,11 +224,14 @@ pub struct KdfParams {
 }
 
 impl KdfParams {
-    /// 64 MiB, 3 passes, 1 lane: about half a second here, the RFC 9106 "second recommended"
-    /// memory size. `CAIRN_KDF_MEMORY_KIB` lowers it for tests.
+    /// 19 MiB, 2 passes, 1 lane: OWASP's recommended Argon2id setting, about 25 ms here. Every
+    /// command that opens the repository pays it (and its memory) once; a stronger setting
+    /// (RFC 9106's 64 MiB, 3 passes: 120 ms and 64 MiB per command) would cost most of what the
+    /// encryption of a whole snapshot costs. `CAIRN_KDF_MEMORY_KIB` changes the memory for new
+    /// key files (tests lower it); the parameters are recorded in each key file.
     pub fn default_for_new_keys() -> KdfParams {
-        let m_cost = std::env::var("CAIRN_KDF_MEMORY_KIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64 * 1024);
-        KdfParams { m_cost, t_cost: 3, p_cost: 1 }
+        let m_cost = std::env::var("CAIRN_KDF_MEMORY_KIB").ok().and_then(|v| v.parse().ok()).unwrap_or(19 * 1024);
+        KdfParams { m_cost, t_cost: 2, p_cost: 1 }
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
@@ -235,12 +257,12 @@ pub fn wrapping_key(passphrase: &[u8], salt: &[u8; 32], params: KdfParams) -> Re
 
 /// Seals the master key under a wrapping key; `aad` binds it to its key file.
 pub fn wrap(wrapping: &[u8; 32], aad: &[u8], master: &MasterKey) -> Vec<u8> {
-    seal_with(&XChaCha20Poly1305::new(wrapping.into()), aad, &master.to_bytes())
+    seal_with(wrapping, aad, &master.to_bytes())
 }
 
 /// Opens a wrapped master key; `None` when the passphrase was not this key file's.
 pub fn unwrap(wrapping: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<MasterKey> {
-    let plain = open_with(&XChaCha20Poly1305::new(wrapping.into()), aad, sealed, "key").ok()?;
+    let plain = open_with(wrapping, aad, sealed, "key").ok()?;
     MasterKey::from_bytes(&plain)
 }
 

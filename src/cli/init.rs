@@ -9,8 +9,8 @@ use cairn::repository::{NewKeys, Repository};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// `xchacha20-poly1305` (the default: every object sealed, a passphrase needed), or `none`
-    #[arg(long, value_name = "MODE", default_value = "xchacha20-poly1305", value_parser = ["xchacha20-poly1305", "none"])]
+    /// `aes-256-gcm` (the default: every object sealed, a passphrase needed), or `none`
+    #[arg(long, value_name = "MODE", default_value = "aes-256-gcm", value_parser = ["aes-256-gcm", "none"])]
     encryption: String,
 }
 
@@ -21,7 +21,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         NewKeys::New { passphrase: cairn::crypto::passphrase(&context.location())? }
     };
     let repo = Repository::init_location(&context.location(), keys)?;
-    let encryption = if repo.keys().is_some() { "xchacha20-poly1305" } else { "none" };
+    let encryption = if repo.keys().is_some() { "aes-256-gcm" } else { "none" };
     if context.json {
         println!(
             "{}",

@@ -68,7 +68,7 @@ pub fn run(context: &Context) -> Result<ExitCode> {
 /// How the repository is protected, in words for listings.
 pub fn encryption_text(repo: &cairn::repository::Repository) -> &'static str {
     if repo.keys().is_some() {
-        "encrypted (XChaCha20-Poly1305)"
+        "encrypted (AES-256-GCM)"
     } else {
         "NOT ENCRYPTED (created with --encryption none or without a password)"
     }

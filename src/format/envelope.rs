@@ -9,19 +9,19 @@ pub const HEADER_LEN: usize = 8 + 2 + 1 + 1 + 8;
 /// Header plus checksum.
 pub const OVERHEAD: usize = HEADER_LEN + 32;
 
-/// `encryption` values: a plain body, or a body sealed with XChaCha20-Poly1305
+/// `encryption` values: a plain body, or a body sealed with AES-256-GCM
 /// (store-format/encryption.md).
 pub const ENCRYPTION_NONE: u8 = 0;
-pub const ENCRYPTION_XCHACHA: u8 = 1;
+pub const ENCRYPTION_AES256GCM: u8 = 1;
 
 /// Seals the body of a plain envelope (as [`seal`] makes it): same magic and version, mode
-/// [`ENCRYPTION_XCHACHA`], the header authenticated with the body, a new checksum.
+/// [`ENCRYPTION_AES256GCM`], the header authenticated with the body, a new checksum.
 pub fn encrypt(plain: &[u8], keys: &crate::crypto::Keys) -> Vec<u8> {
     let body = &plain[HEADER_LEN..plain.len() - 32];
     let sealed_len = body.len() + crate::crypto::OVERHEAD;
     let mut out = Vec::with_capacity(sealed_len + OVERHEAD);
     out.extend_from_slice(&plain[..10]);
-    out.put_u8(ENCRYPTION_XCHACHA);
+    out.put_u8(ENCRYPTION_AES256GCM);
     out.put_u8(0);
     out.put_u64(sealed_len as u64);
     let sealed = keys.seal(&out, body);
@@ -33,7 +33,7 @@ pub fn encrypt(plain: &[u8], keys: &crate::crypto::Keys) -> Vec<u8> {
 
 /// Whether `data` is a sealed envelope (by its mode byte; nothing else is checked).
 pub fn is_encrypted(data: &[u8]) -> bool {
-    data.len() > 10 && data[10] == ENCRYPTION_XCHACHA
+    data.len() > 10 && data[10] == ENCRYPTION_AES256GCM
 }
 
 /// The plain envelope of a sealed one, for the decoders: checks length and checksum first (so

@@ -206,7 +206,7 @@ pub fn check_header(data: &[u8], file: &str) -> Result<u8> {
         });
     }
     let encryption = r.u8()?;
-    if encryption > super::envelope::ENCRYPTION_XCHACHA {
+    if encryption > super::envelope::ENCRYPTION_AES256GCM {
         return Err(Error::corrupt(file, "unknown encryption mode"));
     }
     Ok(encryption)

@@ -17,7 +17,7 @@ use super::Repository;
 use crate::compression;
 use crate::crypto::Keys;
 use crate::error::Result;
-use crate::format::envelope::{ENCRYPTION_NONE, ENCRYPTION_XCHACHA};
+use crate::format::envelope::{ENCRYPTION_AES256GCM, ENCRYPTION_NONE};
 use crate::format::index::{IndexFile, IndexedPack};
 use crate::format::pack::{self, BlobEntry, BlobKind, Codec};
 use crate::id::Id;
@@ -43,7 +43,7 @@ impl Packer {
     fn add(&mut self, id: Id, kind: BlobKind, codec: Codec, stored: &[u8], raw_len: u32) -> Option<IndexedPackBytes> {
         if self.bytes.is_empty() {
             self.bytes.reserve(self.target + self.target / 4);
-            let mode = if self.keys.is_some() { ENCRYPTION_XCHACHA } else { ENCRYPTION_NONE };
+            let mode = if self.keys.is_some() { ENCRYPTION_AES256GCM } else { ENCRYPTION_NONE };
             self.bytes.extend_from_slice(&pack::header_for(mode));
         }
         self.entries.push(BlobEntry {

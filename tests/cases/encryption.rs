@@ -74,7 +74,7 @@ fn no_plaintext_and_no_known_ids_in_the_repository() {
     ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert_eq!(fs::read(target.join("text.txt")).unwrap(), fs::read(source.join("text.txt")).unwrap());
     let listed = ok(cairn(&repo).arg("snapshots"));
-    assert!(listed.contains("encrypted (XChaCha20-Poly1305)"), "{listed}");
+    assert!(listed.contains("encrypted (AES-256-GCM)"), "{listed}");
 }
 
 fn hex_to_bytes(hex: &str) -> Vec<u8> {
