@@ -272,7 +272,10 @@ fn check_pack_structure(
     }
     let mode = pack::check_header(&repo.backend().get_range(key, 0, HEADER_LEN as u64)?, &file)?;
     let keys = match (mode, repo.keys()) {
-        (crate::format::envelope::ENCRYPTION_NONE, _) => None,
+        (crate::format::envelope::ENCRYPTION_NONE, None) => None,
+        (crate::format::envelope::ENCRYPTION_NONE, Some(_)) => {
+            return Err(Error::corrupt(file, "a plain pack in an encrypted repository"))
+        }
         (_, Some(keys)) => Some(keys),
         (_, None) => return Err(Error::corrupt(file, "an encrypted pack in an unencrypted repository")),
     };

@@ -177,7 +177,10 @@ impl Repository {
             Some(given) => given.to_string(),
             None => crate::crypto::passphrase(location)?,
         };
-        let (keys, key_used) = unlock(&*backend, location, &passphrase)?;
+        // The key is the one that opens `config`: a key file left by an `init` that crashed before
+        // its config may open with the same passphrase but hold another master key.
+        let (keys, key_used) =
+            unlock(&*backend, location, &passphrase, |keys| envelope::decrypt(&bytes, Some(keys), &file).is_ok())?;
         let config = Config::decode(&envelope::decrypt(&bytes, Some(&keys), &file)?, &file)?;
         Ok(Self::assemble(backend, config, Some(keys), Some(key_used)))
     }
@@ -362,6 +365,11 @@ impl Repository {
         if envelope::is_encrypted(&bytes) {
             return Ok(Some((id, envelope::decrypt(&bytes, self.keys.as_ref(), &self.describe(key))?)));
         }
+        if self.keys.is_some() {
+            // Only a holder of the key can write a sealed file; a plain one was put there by
+            // someone else.
+            return Err(Error::corrupt(self.describe(key), "not sealed, in an encrypted repository"));
+        }
         Ok(Some((id, bytes)))
     }
 
@@ -465,7 +473,12 @@ fn write_key_file(backend: &dyn Backend, master: &MasterKey, passphrase: &str) -
 }
 
 /// Finds the key file `passphrase` opens.
-fn unlock(backend: &dyn Backend, location: &str, passphrase: &str) -> Result<(Keys, String)> {
+fn unlock(
+    backend: &dyn Backend,
+    location: &str,
+    passphrase: &str,
+    opens_config: impl Fn(&Keys) -> bool,
+) -> Result<(Keys, String)> {
     let files = backend.list("keys")?;
     if files.is_empty() {
         return Err(Error::Invalid(format!(
@@ -483,7 +496,10 @@ fn unlock(backend: &dyn Backend, location: &str, passphrase: &str) -> Result<(Ke
         };
         let wrapping = crate::crypto::wrapping_key(passphrase.as_bytes(), &file.salt, file.kdf)?;
         if let Some(master) = crate::crypto::unwrap(&wrapping, &file.binding(), &file.wrapped) {
-            return Ok((Keys::new(master), name));
+            let keys = Keys::new(master);
+            if opens_config(&keys) {
+                return Ok((keys, name));
+            }
         }
     }
     let damaged = if damaged.is_empty() {

@@ -197,9 +197,16 @@ fn unencrypted_repositories_say_so_and_still_work() {
     assert!(ok(cairn(&repo).arg("status")).contains("NOT ENCRYPTED"));
     let found = files_below(&repo).iter().any(|f| contains(&fs::read(f).unwrap(), b"visible-marker-31"));
     assert!(found, "an unencrypted repository stores content as is (compressed or not)");
-    // Encrypted and unencrypted repositories do not mix in a sync.
+    // A plain manifest planted in an encrypted repository is not taken for a snapshot.
     let encrypted = scratch.join("encrypted");
     init(&encrypted);
+    for manifest in files_below(&repo.join("snapshots")) {
+        fs::copy(&manifest, encrypted.join("snapshots").join(manifest.file_name().unwrap())).unwrap();
+    }
+    let listed = run(cairn(&encrypted).args(["snapshots", "--json"]));
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]");
+    assert!(String::from_utf8_lossy(&listed.stderr).contains("not sealed, in an encrypted repository"), "{listed:?}");
+    // Encrypted and unencrypted repositories do not mix in a sync.
     let refused = run(cairn(&repo).args(["sync", "--to"]).arg(&encrypted));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("does not share this repository's key material"));
 }

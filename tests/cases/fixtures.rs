@@ -18,15 +18,33 @@ fn lcg_bytes(len: usize, mut seed: u64) -> Vec<u8> {
 
 #[test]
 fn repository_v1_still_restores() {
-    let scratch = Scratch::new("fixture-v1");
+    check_fixture("repo-v1", None);
+}
+
+/// The first encrypted repository (format version 1 with encryption mode 1), password
+/// `fixture password`: every later cairn must still open it with that password.
+#[test]
+fn encrypted_repository_v1_still_restores() {
+    check_fixture("repo-v1-encrypted", Some("fixture password"));
+}
+
+fn check_fixture(name: &str, password: Option<&str>) {
+    let scratch = Scratch::new(&format!("fixture-{name}"));
     let repo = scratch.join("repo");
     let status = std::process::Command::new("cp")
         .arg("-r")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/repo-v1"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name))
         .arg(&repo)
         .status()
         .unwrap();
     assert!(status.success());
+    let cairn = |repo: &Path| {
+        let mut command = cairn(repo);
+        if let Some(password) = password {
+            command.env("CAIRN_PASSWORD", password);
+        }
+        command
+    };
 
     let list = json(cairn(&repo).arg("snapshots"));
     assert_eq!(list.as_array().unwrap().len(), 1);
