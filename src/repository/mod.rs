@@ -180,7 +180,7 @@ impl Repository {
         // The key is the one that opens `config`: a key file left by an `init` that crashed before
         // its config may open with the same passphrase but hold another master key.
         let (keys, key_used) =
-            unlock(&*backend, location, &passphrase, |keys| envelope::decrypt(&bytes, Some(keys), &file).is_ok())?;
+            unlock(&*backend, location, &passphrase, |keys| envelope::decrypt(&bytes, Some(keys), &file).map(|_| ()))?;
         let config = Config::decode(&envelope::decrypt(&bytes, Some(&keys), &file)?, &file)?;
         Ok(Self::assemble(backend, config, Some(keys), Some(key_used)))
     }
@@ -477,7 +477,7 @@ fn unlock(
     backend: &dyn Backend,
     location: &str,
     passphrase: &str,
-    opens_config: impl Fn(&Keys) -> bool,
+    opens_config: impl Fn(&Keys) -> Result<()>,
 ) -> Result<(Keys, String)> {
     let files = backend.list("keys")?;
     if files.is_empty() {
@@ -486,6 +486,7 @@ fn unlock(
         )));
     }
     let mut damaged = Vec::new();
+    let mut config_error = None;
     for (name, _) in files {
         let file = match backend.get(&name).and_then(|b| KeyFile::decode(&b, &format!("{location}/{name}"))) {
             Ok(file) => file,
@@ -497,10 +498,16 @@ fn unlock(
         let wrapping = crate::crypto::wrapping_key(passphrase.as_bytes(), &file.salt, file.kdf)?;
         if let Some(master) = crate::crypto::unwrap(&wrapping, &file.binding(), &file.wrapped) {
             let keys = Keys::new(master);
-            if opens_config(&keys) {
-                return Ok((keys, name));
+            match opens_config(&keys) {
+                Ok(()) => return Ok((keys, name)),
+                // The passphrase was right; the config is what failed (damaged, or sealed under
+                // another master key).
+                Err(e) => config_error = Some(e),
             }
         }
+    }
+    if let Some(e) = config_error {
+        return Err(e);
     }
     let damaged = if damaged.is_empty() {
         String::new()
