@@ -19,7 +19,9 @@ use serde::Serialize;
 use crate::check::verify_blob;
 use crate::error::{Error, Result};
 use crate::format::index::{IndexFile, IndexedPack};
+use crate::format::pack::BlobKind;
 use crate::format::snapshot::Snapshot;
+use crate::format::tree::Content;
 use crate::gc::Reachable;
 use crate::id::Id;
 use crate::progress::Progress;
@@ -318,4 +320,138 @@ fn is_source_damage(error: &Error) -> bool {
 /// Errors worth another attempt: I/O trouble, not damage.
 fn is_transient(error: &Error) -> bool {
     matches!(error, Error::Io { source, .. } if source.kind() != std::io::ErrorKind::NotFound)
+}
+
+/// Whether two repositories can exchange sealed data as it is: both plain, or the same master key
+/// (then blob ids, packs and manifests mean the same in both).
+pub fn shares_keys(a: &Repository, b: &Repository) -> bool {
+    match (a.keys(), b.keys()) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.master.to_bytes() == b.master.to_bytes(),
+        _ => false,
+    }
+}
+
+/// A snapshot's identity across repositories whose manifests differ (re-encoded copies): its
+/// start time to the nanosecond, host and source.
+fn identity(snapshot: &Snapshot) -> (i64, u32, String, String) {
+    (snapshot.time_sec, snapshot.time_nsec, snapshot.hostname.clone(), snapshot.source_key())
+}
+
+/// [`missing_snapshots`] for a destination with other key material: a manifest there has another
+/// id, so snapshots are matched by [`identity`], which reads every manifest of the destination.
+pub fn missing_by_identity(
+    source: &Repository,
+    dest: &Repository,
+    sources: &[String],
+    report: &mut SyncReport,
+) -> Result<Vec<(Id, Snapshot)>> {
+    let present: HashSet<_> = dest.snapshots()?.iter().map(|(_, s)| identity(s)).collect();
+    let selected: Vec<(Id, Snapshot)> = source
+        .snapshots()?
+        .into_iter()
+        .filter(|(_, s)| sources.is_empty() || sources.contains(&s.source_key()))
+        .collect();
+    report.snapshots = selected.len() as u64;
+    let missing: Vec<_> = selected.into_iter().filter(|(_, s)| !present.contains(&identity(s))).collect();
+    report.snapshots_present = report.snapshots - missing.len() as u64;
+    Ok(missing)
+}
+
+/// Copies `missing` into a destination with other key material (one encrypted and the other
+/// not, or two master keys): every blob is read from the source (opened and verified), then
+/// stored anew in the destination as any snapshot stores it (its ids, compressed, sealed with its
+/// key, deduplicated against what it holds), trees are rewritten with the new ids, and each
+/// manifest is written anew with the new root tree and no parent. Chunk boundaries stay the
+/// source's. The destination's commit order is a snapshot's: packs and index files, then the
+/// manifests.
+pub fn copy_reencoded(
+    source: &Repository,
+    dest: &Repository,
+    missing: Vec<(Id, Snapshot)>,
+    progress: &Progress,
+    report: &mut SyncReport,
+) -> Result<()> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let source_index = source.load_index()?;
+    let dest_index = dest.load_index()?;
+    let store = crate::repository::packer::BlobStore::new(dest, &dest_index);
+    let mut recoded = Recoded {
+        source,
+        index: &source_index,
+        store: &store,
+        trees: HashMap::new(),
+        chunks: HashMap::new(),
+        progress,
+    };
+    let mut manifests = Vec::new();
+    for (id, mut snapshot) in missing {
+        match recoded.tree(snapshot.tree) {
+            Ok(tree) => {
+                snapshot.tree = tree;
+                snapshot.parent = None;
+                manifests.push((id, snapshot));
+            }
+            Err(e) => {
+                report.errors.push(format!("snapshot {}: {e}", id.short()));
+                report.snapshots_failed.push(id.to_hex());
+            }
+        }
+    }
+    store.finish()?;
+    report.blobs_needed = store.stats.blobs.load(Relaxed);
+    report.packs_copied = store.stats.packs.load(Relaxed);
+    report.bytes_copied = store.stats.stored_bytes.load(Relaxed);
+    report.index_files_written = store.index_files.lock().expect("poisoned").len() as u64;
+    for (id, snapshot) in manifests {
+        dest.save_snapshot(&snapshot)?;
+        report.snapshots_copied.push(id.to_hex());
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// Source trees and chunks already stored in the destination, by their source ids.
+struct Recoded<'a> {
+    source: &'a Repository,
+    index: &'a Index,
+    store: &'a crate::repository::packer::BlobStore<'a>,
+    trees: HashMap<Id, Id>,
+    chunks: HashMap<Id, Id>,
+    progress: &'a Progress,
+}
+
+impl Recoded<'_> {
+    /// The destination id of the source tree `id`, storing it and everything below it.
+    fn tree(&mut self, id: Id) -> Result<Id> {
+        if let Some(done) = self.trees.get(&id) {
+            return Ok(*done);
+        }
+        let mut tree = self.source.read_tree(self.index, &id)?;
+        for node in &mut tree.nodes {
+            match &mut node.content {
+                Content::Dir { subtree } => *subtree = self.tree(*subtree)?,
+                Content::File { chunks } => {
+                    for chunk in chunks.iter_mut() {
+                        *chunk = match self.chunks.get(chunk) {
+                            Some(done) => *done,
+                            None => {
+                                let data = self.source.read_blob(self.index, chunk)?;
+                                self.progress.add_bytes(data.len() as u64);
+                                let new = self.store.store(BlobKind::Data, &data)?;
+                                self.chunks.insert(*chunk, new);
+                                new
+                            }
+                        };
+                    }
+                }
+                _ => {}
+            }
+        }
+        let new = self.store.store(BlobKind::Tree, &tree.encode())?;
+        self.trees.insert(id, new);
+        Ok(new)
+    }
 }

@@ -24,6 +24,9 @@ pub struct Args {
     /// Only snapshots of this source (repeatable; default: all)
     #[arg(long, value_name = "NAME")]
     source: Vec<String>,
+    /// The destination's password, from the first line of this file (default: this repository's)
+    #[arg(long, env = "CAIRN_TO_PASSWORD_FILE", value_name = "FILE")]
+    to_password_file: Option<std::path::PathBuf>,
     /// Packs copied at once (each holds one pack, up to 16 MiB, in memory)
     #[arg(long, value_name = "N", default_value_t = 4)]
     parallel: usize,
@@ -122,15 +125,24 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
 /// only the reads of its config and one listing of its snapshots.
 fn sync(context: &Context, source: &Repository, args: &Args, report: &mut SyncReport) -> Result<Repository> {
     let _source_lock = source.lock(LockKind::Shared, "sync", context.lock_wait)?;
-    let dest = open_or_create(context, source, &args.to)?;
-    let missing = missing_snapshots(source, &dest, &args.source, report)?;
+    let dest = open_or_create(context, source, &args.to, args.to_password_file.as_deref())?;
+    let shared = cairn::sync::shares_keys(source, &dest);
+    let missing = if shared {
+        missing_snapshots(source, &dest, &args.source, report)?
+    } else {
+        cairn::sync::missing_by_identity(source, &dest, &args.source, report)?
+    };
     if missing.is_empty() {
         return Ok(dest);
     }
     let _dest_lock = dest.lock(LockKind::Shared, "sync", context.lock_wait)?;
     let progress = Progress::new("sync", context.quiet || context.json);
-    let options = SyncOptions { parallel: args.parallel.max(1), ..SyncOptions::default() };
-    copy(source, &dest, missing, &options, &progress, report)?;
+    if shared {
+        let options = SyncOptions { parallel: args.parallel.max(1), ..SyncOptions::default() };
+        copy(source, &dest, missing, &options, &progress, report)?;
+    } else {
+        cairn::sync::copy_reencoded(source, &dest, missing, &progress, report)?;
+    }
     super::warn_damage(&dest);
     Ok(dest)
 }
@@ -138,19 +150,35 @@ fn sync(context: &Context, source: &Repository, args: &Args, report: &mut SyncRe
 /// Opens the destination, or creates it sharing the source's parameters and, if the source is
 /// encrypted, its master key (wrapped under the same passphrase), so sealed packs and manifests
 /// copy verbatim. An existing destination must share the key material.
-fn open_or_create(context: &Context, source: &Repository, location: &str) -> Result<Repository> {
-    match Repository::open_location(location) {
+fn open_or_create(
+    context: &Context,
+    source: &Repository,
+    location: &str,
+    password_file: Option<&std::path::Path>,
+) -> Result<Repository> {
+    // The destination's password: its own file if given, else the one this command has.
+    let passphrase = match password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(text.lines().next().unwrap_or("").to_string()).filter(|p| !p.is_empty())
+        }
+        None => cairn::crypto::passphrase_if_given(location)?,
+    };
+    let opened = match &passphrase {
+        Some(passphrase) => Repository::open_with(location, passphrase),
+        None => Repository::open_location(location),
+    };
+    match opened {
         Err(cairn::error::Error::NotARepository(_)) => {}
         Ok(dest) => {
-            let same = match (source.keys(), dest.keys()) {
-                (None, None) => true,
-                (Some(a), Some(b)) => a.master.to_bytes() == b.master.to_bytes(),
-                _ => false,
-            };
-            if !same {
-                bail!(
-                    "{location} does not share this repository's key material ({}): sync copies sealed data as it is and cannot re-encrypt it; sync to a new location, which it creates with the same key",
-                    if source.keys().is_some() != dest.keys().is_some() { "one is encrypted, the other not" } else { "another master key" }
+            if !cairn::sync::shares_keys(source, &dest) && !context.quiet && !context.json {
+                eprintln!(
+                    "note: {location} has other key material ({}): every blob is re-encoded for it",
+                    if source.keys().is_some() != dest.keys().is_some() {
+                        "one is encrypted, the other not"
+                    } else {
+                        "another master key"
+                    }
                 );
             }
             return Ok(dest);
@@ -161,9 +189,18 @@ fn open_or_create(context: &Context, source: &Repository, location: &str) -> Res
     config.chunker = source.config().chunker;
     config.compression_level = source.config().compression_level;
     config.pack_target_size = source.config().pack_target_size;
-    let keys = match source.keys() {
-        Some(keys) => NewKeys::Shared { master: keys.master.clone(), passphrase: cairn::crypto::passphrase(location)? },
-        None => NewKeys::None,
+    // Encrypted whenever there is a password: an offsite copy above all. An encrypted source
+    // shares its master key, so its sealed data copies as it is; a plain one is re-encoded.
+    let keys = match (source.keys(), passphrase) {
+        (Some(keys), Some(passphrase)) => NewKeys::Shared { master: keys.master.clone(), passphrase },
+        (Some(_), None) => bail!("{location} would be encrypted like this repository: give its password"),
+        (None, Some(passphrase)) => NewKeys::New { passphrase },
+        (None, None) => {
+            eprintln!(
+                "warning: {location} will NOT be encrypted: no password was given (CAIRN_PASSWORD, --to-password-file)"
+            );
+            NewKeys::None
+        }
     };
     let dest = Repository::init_location_with(location, config, keys)
         .with_context(|| format!("creating the destination repository {location}"))?;

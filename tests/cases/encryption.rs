@@ -206,7 +206,56 @@ fn unencrypted_repositories_say_so_and_still_work() {
     let listed = run(cairn(&encrypted).args(["snapshots", "--json"]));
     assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]");
     assert!(String::from_utf8_lossy(&listed.stderr).contains("not sealed, in an encrypted repository"), "{listed:?}");
-    // Encrypted and unencrypted repositories do not mix in a sync.
-    let refused = run(cairn(&repo).args(["sync", "--to"]).arg(&encrypted));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("does not share this repository's key material"));
+    // A sync into an encrypted repository re-encodes (the planted plain manifest is skipped).
+    let synced = run(cairn(&repo).args(["sync", "--to"]).arg(&encrypted));
+    assert!(synced.status.success(), "{synced:?}");
+    assert!(String::from_utf8_lossy(&synced.stderr).contains("re-encoded"), "{synced:?}");
+}
+
+/// Sync to a destination with other key material re-encodes every blob for it: a plain local
+/// repository gets an encrypted offsite copy, and two encrypted repositories with different
+/// keys exchange snapshots. A second sync finds the copies by snapshot identity.
+#[test]
+fn sync_reencodes_for_a_destination_with_other_keys() {
+    let scratch = Scratch::new("enc-sync");
+    let (tree, plain) = (scratch.join("tree"), scratch.join("plain"));
+    crate::roundtrip::build_special_tree(&tree);
+    fs::write(tree.join("marker.txt"), MARKERS[0].repeat(100)).unwrap();
+    ok(cairn(&plain).args(["init", "--encryption", "none"]));
+    ok(cairn(&plain).args(["snapshot", "--source", "t"]).arg(&tree));
+    fs::write(tree.join("second.txt"), "second snapshot").unwrap();
+    ok(cairn(&plain).args(["snapshot", "--source", "t"]).arg(&tree));
+
+    // A new destination is created encrypted (a password is given) and filled re-encoded.
+    let offsite = scratch.join("offsite");
+    let first = json(cairn(&plain).args(["sync", "--to"]).arg(&offsite));
+    assert_eq!(first["report"]["snapshots_copied"].as_array().unwrap().len(), 2, "{first}");
+    assert!(ok(cairn(&offsite).arg("snapshots")).contains("encrypted (AES-256-GCM)"));
+    for file in files_below(&offsite) {
+        assert!(!contains(&fs::read(&file).unwrap(), MARKERS[0].as_bytes()), "{}", file.display());
+    }
+    ok(cairn(&offsite).args(["check", "--read-data"]));
+    let restored = scratch.join("restored");
+    ok(cairn(&offsite).args(["restore", "latest", "--target"]).arg(&restored));
+    assert_same_tree(&tree, &restored);
+    let again = json(cairn(&plain).args(["sync", "--to"]).arg(&offsite));
+    assert_eq!(again["report"]["snapshots_copied"].as_array().unwrap().len(), 0, "{again}");
+    assert_eq!(again["report"]["snapshots_present"], 2);
+
+    // An encrypted repository with another master key and another password.
+    let other = scratch.join("other");
+    let password_file = scratch.join("other-password");
+    fs::write(&password_file, "another password\n").unwrap();
+    ok(cairn(&other).arg("init").env("CAIRN_PASSWORD", "another password"));
+    let copied = json(cairn(&offsite).args(["sync", "--to"]).arg(&other).arg("--to-password-file").arg(&password_file));
+    assert_eq!(copied["report"]["snapshots_copied"].as_array().unwrap().len(), 2, "{copied}");
+    let with_other = |args: &[&str]| {
+        let mut command = cairn(&other);
+        command.args(args).env("CAIRN_PASSWORD", "another password");
+        command
+    };
+    ok(&mut with_other(&["check", "--read-data"]));
+    let from_other = scratch.join("from-other");
+    ok(with_other(&["restore", "latest", "--target"]).arg(&from_other));
+    assert_same_tree(&tree, &from_other);
 }
