@@ -82,13 +82,24 @@ pub fn missing_snapshots(
         .into_iter()
         .map(|(key, _)| key.rsplit('/').next().unwrap_or("").into())
         .collect();
+    select_missing(source, sources, report, |id, _| present.contains(&id.to_hex()))
+}
+
+/// The source's snapshots (all, or those of `sources`) that `present` does not claim, counting
+/// both in the report.
+fn select_missing(
+    source: &Repository,
+    sources: &[String],
+    report: &mut SyncReport,
+    present: impl Fn(&Id, &Snapshot) -> bool,
+) -> Result<Vec<(Id, Snapshot)>> {
     let selected: Vec<(Id, Snapshot)> = source
         .snapshots()?
         .into_iter()
         .filter(|(_, s)| sources.is_empty() || sources.contains(&s.source_key()))
         .collect();
     report.snapshots = selected.len() as u64;
-    let missing: Vec<(Id, Snapshot)> = selected.into_iter().filter(|(id, _)| !present.contains(&id.to_hex())).collect();
+    let missing: Vec<(Id, Snapshot)> = selected.into_iter().filter(|(id, s)| !present(id, s)).collect();
     report.snapshots_present = report.snapshots - missing.len() as u64;
     Ok(missing)
 }
@@ -347,15 +358,7 @@ pub fn missing_by_identity(
     report: &mut SyncReport,
 ) -> Result<Vec<(Id, Snapshot)>> {
     let present: HashSet<_> = dest.snapshots()?.iter().map(|(_, s)| identity(s)).collect();
-    let selected: Vec<(Id, Snapshot)> = source
-        .snapshots()?
-        .into_iter()
-        .filter(|(_, s)| sources.is_empty() || sources.contains(&s.source_key()))
-        .collect();
-    report.snapshots = selected.len() as u64;
-    let missing: Vec<_> = selected.into_iter().filter(|(_, s)| !present.contains(&identity(s))).collect();
-    report.snapshots_present = report.snapshots - missing.len() as u64;
-    Ok(missing)
+    select_missing(source, sources, report, |_, s| present.contains(&identity(s)))
 }
 
 /// Copies `missing` into a destination with other key material (one encrypted and the other
