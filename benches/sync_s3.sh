@@ -22,7 +22,7 @@ trap 'kill $MOTO 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 export AWS_ENDPOINT_URL=http://127.0.0.1:$PORT AWS_ALLOW_HTTP=true
-export RESTIC_PASSWORD=bench RESTIC_FROM_PASSWORD=bench
+export CAIRN_PASSWORD=bench RESTIC_PASSWORD=bench RESTIC_FROM_PASSWORD=bench
 python3 - <<EOF
 import boto3
 boto3.client("s3", endpoint_url="$AWS_ENDPOINT_URL").create_bucket(Bucket="bench")
