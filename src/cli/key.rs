@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 
 use super::{format, Context};
+use cairn::repository::lock::LockKind;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Args {
@@ -100,6 +101,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             }
         }
         Args::Remove { id } => {
+            // Exclusive: two removals at once could each see the other's key still there and
+            // together remove the last one.
+            let _lock = repo.lock(LockKind::Exclusive, "key remove", context.lock_wait)?;
             let name = name_of(&id)?;
             repo.remove_key(&name)?;
             if !context.quiet {
@@ -107,6 +111,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             }
         }
         Args::Passwd(new) => {
+            let _lock = repo.lock(LockKind::Exclusive, "key passwd", context.lock_wait)?;
             let added = repo.add_key(&new_password(&new)?)?;
             if let Some(old) = repo.key_used() {
                 repo.remove_key(old)?;
