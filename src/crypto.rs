@@ -149,8 +149,7 @@ pub fn passphrase_if_given(location: &str) -> Result<Option<String>> {
         return Ok(Some(value.to_string_lossy().into_owned()));
     }
     if let Some(path) = std::env::var_os("CAIRN_PASSWORD_FILE").filter(|v| !v.is_empty()) {
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        return first_line(text, "the password file");
+        return passphrase_from_file(std::path::Path::new(&path)).map(Some);
     }
     if let Some(command) = std::env::var_os("CAIRN_PASSWORD_COMMAND").filter(|v| !v.is_empty()) {
         let output = std::process::Command::new("sh")
@@ -162,7 +161,7 @@ pub fn passphrase_if_given(location: &str) -> Result<Option<String>> {
         if !output.status.success() {
             return Err(Error::Invalid(format!("the password command failed: {}", output.status)));
         }
-        return first_line(String::from_utf8_lossy(&output.stdout).into_owned(), "the password command");
+        return first_line(&String::from_utf8_lossy(&output.stdout), "the password command").map(Some);
     }
     prompt(&format!("password for {location}: "))
 }
@@ -176,16 +175,22 @@ pub fn passphrase(location: &str) -> Result<String> {
     })
 }
 
-fn first_line(text: String, from: &str) -> Result<Option<String>> {
+/// The first line of a password file; an empty one is an error.
+pub fn passphrase_from_file(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    first_line(&text, &format!("the password file {}", path.display()))
+}
+
+fn first_line(text: &str, from: &str) -> Result<String> {
     let line = text.lines().next().unwrap_or("").to_string();
     if line.is_empty() {
         return Err(Error::Invalid(format!("{from} gave an empty password")));
     }
-    Ok(Some(line))
+    Ok(line)
 }
 
-/// Reads a line from the terminal with echo off; `None` without a terminal.
-fn prompt(text: &str) -> Result<Option<String>> {
+/// Reads a line from the terminal with echo off, after showing `text`; `None` without a terminal.
+pub fn prompt(text: &str) -> Result<Option<String>> {
     use std::io::{BufRead, Write};
     use std::os::fd::AsRawFd;
     if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {

@@ -157,7 +157,8 @@ pub fn copy(
     let (in_dest, _) = dest.list_packs()?;
     let total: u64 = packs.iter().map(|p| source_packs[p].len).sum();
     progress.add_total(total);
-    let failed: Mutex<Vec<(Id, Error)>> = Mutex::new(Vec::new());
+    // Packs that could not be copied, with the error; `None` for those not attempted.
+    let failed: Mutex<Vec<(Id, Option<Error>)>> = Mutex::new(Vec::new());
     let copied = Mutex::new(Vec::new());
     let retries = AtomicU64::new(0);
     let pool = rayon::ThreadPoolBuilder::new()
@@ -167,37 +168,37 @@ pub fn copy(
     // Once a pack has failed for want of the destination (not for damage in the source), the
     // others would only wait through the same retries: they are not attempted.
     let unreachable = AtomicBool::new(false);
-    let skipped = AtomicU64::new(0);
     pool.install(|| {
         packs.par_iter().for_each(|pack_id| {
             let pack = &source_packs[pack_id];
-            let outcome = if in_dest.get(pack_id) == Some(&pack.len) {
-                Ok(false)
-            } else if unreachable.load(Relaxed) {
-                skipped.fetch_add(1, Relaxed);
-                Err(Error::Invalid("not attempted: the destination failed".into()))
-            } else {
-                with_retries(options, &retries, || copy_pack(source, dest, pack, in_dest.contains_key(pack_id)))
-            };
             progress.add_bytes(pack.len);
-            match outcome {
+            if in_dest.get(pack_id) == Some(&pack.len) {
+                copied.lock().expect("poisoned").push((pack.clone(), false));
+                return;
+            }
+            if unreachable.load(Relaxed) {
+                failed.lock().expect("poisoned").push((*pack_id, None));
+                return;
+            }
+            match with_retries(options, &retries, || copy_pack(source, dest, pack, in_dest.contains_key(pack_id))) {
                 Ok(sent) => copied.lock().expect("poisoned").push((pack.clone(), sent)),
                 Err(e) => {
                     if !is_source_damage(&e) {
                         unreachable.store(true, Relaxed);
                     }
-                    failed.lock().expect("poisoned").push((*pack_id, e));
+                    failed.lock().expect("poisoned").push((*pack_id, Some(e)));
                 }
             }
         })
     });
     report.retries = retries.into_inner();
-    let skipped = skipped.into_inner();
+    let failed = failed.into_inner().expect("poisoned");
+    let skipped = failed.iter().filter(|(_, error)| error.is_none()).count();
     if skipped > 0 {
         report.errors.push(format!("{skipped} packs were not attempted after the destination failed"));
     }
-    for (pack_id, error) in failed.into_inner().expect("poisoned") {
-        if !matches!(&error, Error::Invalid(m) if m.starts_with("not attempted")) {
+    for (pack_id, error) in failed {
+        if let Some(error) = error {
             report.errors.push(format!("pack {}: {error}", pack_id.short()));
         }
         unavailable.extend(source_packs[&pack_id].blobs.iter().map(|b| b.id).filter(|id| needed.contains(id)));

@@ -35,18 +35,12 @@ fn new_password(args: &NewPassword) -> Result<String> {
         return Ok(value.to_string_lossy().into_owned());
     }
     if let Some(path) = &args.new_password_file {
-        let text = std::fs::read_to_string(path)?;
-        let line = text.lines().next().unwrap_or("").to_string();
-        if line.is_empty() {
-            bail!("{} holds an empty password", path.display());
-        }
-        return Ok(line);
+        return Ok(cairn::crypto::passphrase_from_file(path)?);
     }
-    // The terminal, through the same prompt as the repository password.
-    std::env::remove_var("CAIRN_PASSWORD");
-    std::env::remove_var("CAIRN_PASSWORD_FILE");
-    std::env::remove_var("CAIRN_PASSWORD_COMMAND");
-    Ok(cairn::crypto::passphrase("the new key")?)
+    match cairn::crypto::prompt("new password: ")? {
+        Some(password) => Ok(password),
+        None => bail!("give the new password with CAIRN_NEW_PASSWORD, --new-password-file, or at a terminal"),
+    }
 }
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {

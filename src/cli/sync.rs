@@ -122,7 +122,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
 }
 
 /// Copies what is missing; returns the destination. With nothing missing, the destination sees
-/// only the reads of its config and one listing of its snapshots.
+/// only the reads of its config (and key file) and the listings of its keys and snapshots.
 fn sync(context: &Context, source: &Repository, args: &Args, report: &mut SyncReport) -> Result<Repository> {
     let _source_lock = source.lock(LockKind::Shared, "sync", context.lock_wait)?;
     let dest = open_or_create(context, source, &args.to, args.to_password_file.as_deref())?;
@@ -158,10 +158,7 @@ fn open_or_create(
 ) -> Result<Repository> {
     // The destination's password: its own file if given, else the one this command has.
     let passphrase = match password_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            Some(text.lines().next().unwrap_or("").to_string()).filter(|p| !p.is_empty())
-        }
+        Some(path) => Some(cairn::crypto::passphrase_from_file(path)?),
         None => cairn::crypto::passphrase_if_given(location)?,
     };
     let opened = match &passphrase {
