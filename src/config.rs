@@ -88,10 +88,7 @@ impl std::fmt::Display for Problem {
 
 /// The default config file: `$XDG_CONFIG_HOME/cairn/config.toml`, or `~/.config/cairn/config.toml`.
 pub fn default_path() -> Option<PathBuf> {
-    let home = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()).map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|home| PathBuf::from(home).join(".config"))
-    })?;
-    Some(home.join("cairn").join("config.toml"))
+    Some(crate::repository::xdg_base("XDG_CONFIG_HOME", ".config")?.join("cairn").join("config.toml"))
 }
 
 /// Reads and checks a config file. Relative paths in it are relative to the file's directory.
@@ -205,6 +202,11 @@ impl Parser<'_> {
             );
         }
         strings
+    }
+
+    /// An optional array of strings, without their places.
+    fn string_list(&mut self, table: &dyn TableLike, key: &str, what: &str) -> Vec<String> {
+        self.strings(table, key, what).unwrap_or_default().into_iter().map(|(s, _)| s).collect()
     }
 
     fn integer(&mut self, table: &dyn TableLike, key: &str, what: &str) -> Option<usize> {
@@ -352,8 +354,8 @@ impl Parser<'_> {
             .into_iter()
             .map(|(text, span)| self.path(&text, span, true))
             .collect();
-        let excludes = self.strings(table, "exclude", &what).unwrap_or_default().into_iter().map(|(s, _)| s).collect();
-        let tags = self.strings(table, "tags", &what).unwrap_or_default().into_iter().map(|(s, _)| s).collect();
+        let excludes = self.string_list(table, "exclude", &what);
+        let tags = self.string_list(table, "tags", &what);
         let before = self.string(table, "before", &what);
         let after = self.string(table, "after", &what);
         let retention = self.table(table, "retention", &what).map(|t| self.retention(t, "[source.retention]"));
@@ -370,7 +372,7 @@ impl Parser<'_> {
             monthly: self.integer(table, "keep_monthly", what).unwrap_or(0),
             yearly: self.integer(table, "keep_yearly", what).unwrap_or(0),
             within: None,
-            tags: self.strings(table, "keep_tags", what).unwrap_or_default().into_iter().map(|(s, _)| s).collect(),
+            tags: self.string_list(table, "keep_tags", what),
         };
         if let Some(text) = self.string(table, "keep_within", what) {
             match parse_duration(&text) {
@@ -394,8 +396,7 @@ impl Parser<'_> {
             }),
             None => Duration::from_secs(7 * 86_400),
         };
-        let sources: Vec<String> =
-            self.strings(table, "sources", what).unwrap_or_default().into_iter().map(|(s, _)| s).collect();
+        let sources: Vec<String> = self.string_list(table, "sources", what);
         for name in &sources {
             if !config.sources.iter().any(|s| &s.name == name) {
                 self.problem(

@@ -35,6 +35,16 @@ pub enum MinFree {
     Percent(f64),
 }
 
+/// The form [`MinFree::parse`] reads back: `10%`, or bytes.
+impl std::fmt::Display for MinFree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MinFree::Bytes(n) => write!(f, "{n}"),
+            MinFree::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
 impl MinFree {
     /// Parses `10%`, `5GiB`, `500MB`, `2G`, `1048576` (bytes). Units are powers of 1024 whether
     /// written `G`, `GB` or `GiB`: free space is what `df -h` shows.
@@ -96,6 +106,9 @@ mod tests {
         assert_eq!(MinFree::parse("2g"), Ok(MinFree::Bytes(2 << 30)));
         assert_eq!(MinFree::parse("1.5K"), Ok(MinFree::Bytes(1536)));
         assert_eq!(MinFree::parse("4096"), Ok(MinFree::Bytes(4096)));
+        for min in [MinFree::Percent(12.5), MinFree::Bytes(5 << 30)] {
+            assert_eq!(MinFree::parse(&min.to_string()), Ok(min));
+        }
         for bad in ["", "%", "5 parsecs", "120%", "-1G", "G"] {
             assert!(MinFree::parse(bad).is_err(), "{bad}");
         }

@@ -51,9 +51,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     }
     let _lock = RunLock::acquire(&path, config.temp_dir.as_deref())?;
     let repo = config.repository.clone().unwrap_or_else(|| context.location());
-    let cycle = Cycle { context, config: &config, repo: repo.clone(), steps: Vec::new() };
+    let cycle = Cycle { context, config: &config, repo, opened: None, steps: Vec::new() };
     let mut audit = Run::start("run", "");
-    let steps = cycle.run();
+    let (steps, opened) = cycle.run();
 
     let failed = steps.iter().filter(|s| s.outcome == Outcome::Failed).count();
     let incomplete = steps.iter().filter(|s| s.outcome == Outcome::Incomplete).count();
@@ -64,8 +64,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         (0, _) => Outcome::Incomplete,
         _ => Outcome::Failed,
     };
-    if let Ok(repo) = Repository::open_location(&repo) {
-        super::finish_audit(audit, &repo, outcome);
+    if let Some(repo) = &opened {
+        super::finish_audit(audit, repo, outcome);
     }
     if context.json {
         println!("{}", serde_json::json!({ "config": path, "outcome": outcome, "steps": steps }));
@@ -86,11 +86,13 @@ struct Cycle<'a> {
     context: &'a Context,
     config: &'a Config,
     repo: String,
+    /// The repository, opened once it exists (an encrypted one costs a key derivation per open).
+    opened: Option<Repository>,
     steps: Vec<Step>,
 }
 
 impl Cycle<'_> {
-    fn run(mut self) -> Vec<Step> {
+    fn run(mut self) -> (Vec<Step>, Option<Repository>) {
         for source in &self.config.sources {
             self.source(source);
         }
@@ -115,7 +117,17 @@ impl Cycle<'_> {
             self.child(&format!("sync to {}", offsite.name), &self.repo.clone(), &args);
         }
         self.drills();
-        self.steps
+        let _ = self.local();
+        (self.steps, self.opened)
+    }
+
+    /// The repository of the config, opened on first use (it may not exist before the first
+    /// snapshot; a failure to open is not kept).
+    fn local(&mut self) -> Result<&Repository> {
+        if self.opened.is_none() {
+            self.opened = Some(Repository::open_location(&self.repo)?);
+        }
+        Ok(self.opened.as_ref().expect("opened above"))
     }
 
     /// Hooks and the snapshot of one source. `after` runs whenever `before` ran, so a service
@@ -134,7 +146,7 @@ impl Cycle<'_> {
                 args.extend(["--exclude".into(), exclude.clone()]);
             }
             if let Some(min) = self.config.min_free {
-                args.extend(["--min-free".into(), min_free_arg(min)]);
+                args.extend(["--min-free".into(), min.to_string()]);
             }
             for path in &source.paths {
                 if source.kind == SourceKind::Sqlite {
@@ -184,8 +196,7 @@ impl Cycle<'_> {
 
     /// A `hook` audit record for the source, so `cairn status` shows a failing hook (and a later
     /// good run clears it).
-    fn record_hooks(&self, source: &SourceConfig, ok: bool) {
-        let Ok(repo) = Repository::open_location(&self.repo) else { return };
+    fn record_hooks(&mut self, source: &SourceConfig, ok: bool) {
         let mut audit = Run::start("hook", &source.name);
         let hook_steps = [format!("before hook {}", source.name), format!("after hook {}", source.name)];
         audit.record.errors = self
@@ -194,7 +205,9 @@ impl Cycle<'_> {
             .filter(|s| hook_steps.contains(&s.step) && s.outcome == Outcome::Failed)
             .filter_map(|s| s.output.last().cloned())
             .collect();
-        super::finish_audit(audit, &repo, if ok { Outcome::Ok } else { Outcome::Failed });
+        if let Ok(repo) = self.local() {
+            super::finish_audit(audit, repo, if ok { Outcome::Ok } else { Outcome::Failed });
+        }
     }
 
     fn drills(&mut self) {
@@ -207,7 +220,16 @@ impl Cycle<'_> {
                 None => return,
             }
         };
-        let due = match due_drills(&repo, self.config, drill) {
+        let config = self.config;
+        let offsite = if drill.repository == "local" { None } else { Some(Repository::open_location(&repo)) };
+        let planned_in = match &offsite {
+            Some(opened) => opened.as_ref().map_err(|e| anyhow::anyhow!("{e}")),
+            None => self.local(),
+        };
+        let due = planned_in
+            .with_context(|| format!("opening {repo} to plan drills"))
+            .and_then(|opened| due_drills(opened, config, drill));
+        let due = match due {
             Ok(due) => due,
             Err(e) => {
                 self.push("drills".into(), Outcome::Failed, Instant::now(), vec![format!("{e:#}")]);
@@ -262,11 +284,9 @@ impl Cycle<'_> {
 }
 
 /// The sources whose last good drill in `repo` is older than the policy allows (or missing).
-fn due_drills(repo: &str, config: &Config, drill: &cairn::config::DrillConfig) -> Result<Vec<String>> {
-    let opened = Repository::open_location(repo).with_context(|| format!("opening {repo} to plan drills"))?;
+fn due_drills(repo: &Repository, config: &Config, drill: &cairn::config::DrillConfig) -> Result<Vec<String>> {
     let now = cairn::audit::now_ms();
-    let status =
-        cairn::status::status(&opened, now, &cairn::status::Thresholds { max_age: None, max_drill_age: None })?;
+    let status = cairn::status::status(repo, now, &cairn::status::Thresholds { max_age: None, max_drill_age: None })?;
     let wanted: Vec<&str> = if drill.sources.is_empty() {
         config.sources.iter().map(|s| s.name.as_str()).collect()
     } else {
@@ -306,13 +326,6 @@ fn policy_args(policy: &Policy) -> Vec<String> {
         out.extend(["--keep-tag".to_string(), tag.clone()]);
     }
     out
-}
-
-fn min_free_arg(min: cairn::disk::MinFree) -> String {
-    match min {
-        cairn::disk::MinFree::Bytes(n) => n.to_string(),
-        cairn::disk::MinFree::Percent(p) => format!("{p}%"),
-    }
 }
 
 /// The non-empty lines of a child's stdout, then its stderr.

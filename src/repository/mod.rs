@@ -57,7 +57,8 @@ impl Repository {
     /// Creates an unencrypted repository in `path`, which must be missing or an empty directory
     /// (or hold only the skeleton of an `init` that was interrupted before it wrote `config`).
     pub fn init(path: &Path) -> Result<Repository> {
-        Self::init_location_with(&path.to_string_lossy(), Config::new_random(), NewKeys::None)
+        let backend = Arc::new(Self::create_directory(path)?);
+        Self::init_backend(backend, &path.to_string_lossy(), Config::new_random(), NewKeys::None)
     }
 
     /// Creates a repository at a directory path or an object-store URL, encrypted when a
@@ -69,7 +70,7 @@ impl Repository {
 
     /// [`Repository::init_location`] with given parameters (sync creates its destination with
     /// the source's chunker, compression and pack size, and a repository id of its own).
-    pub fn init_location_with(location: &str, mut config: Config, new_keys: NewKeys) -> Result<Repository> {
+    pub fn init_location_with(location: &str, config: Config, new_keys: NewKeys) -> Result<Repository> {
         let backend: Arc<dyn Backend> = if is_url(location) {
             let backend = ObjectBackend::open(location)?;
             if backend.exists("config")? {
@@ -79,28 +80,36 @@ impl Repository {
         } else {
             Arc::new(Self::create_directory(Path::new(local_path(location)))?)
         };
-        let (master, passphrase) = match new_keys {
-            NewKeys::None => (None, None),
+        Self::init_backend(backend, location, config, new_keys)
+    }
+
+    /// Writes the key file (if encrypted), then `config`, the commit point of `init`.
+    fn init_backend(
+        backend: Arc<dyn Backend>,
+        location: &str,
+        mut config: Config,
+        new_keys: NewKeys,
+    ) -> Result<Repository> {
+        let sealed_by = match new_keys {
+            NewKeys::None => None,
             NewKeys::New { passphrase } => {
                 // A secret gear table: chunk boundaries then say nothing about known files.
                 config.chunker.gear_seed = u64::from_le_bytes(crate::crypto::secure_random());
-                (Some(MasterKey::random()), Some(passphrase))
+                Some((MasterKey::random(), passphrase))
             }
-            NewKeys::Shared { master, passphrase } => (Some(master), Some(passphrase)),
+            NewKeys::Shared { master, passphrase } => Some((master, passphrase)),
         };
-        let keys = master.map(Keys::new);
-        let mut key_used = None;
-        if let (Some(keys), Some(passphrase)) = (&keys, passphrase) {
-            key_used = Some(write_key_file(&*backend, &keys.master, &passphrase)?);
-        }
-        let mut bytes = config.encode();
-        if let Some(keys) = &keys {
-            bytes = envelope::encrypt(&bytes, keys);
-        }
-        if !backend.put("config", &bytes)? {
+        let repo = match sealed_by {
+            Some((master, passphrase)) => {
+                let key_used = write_key_file(&*backend, &master, &passphrase)?;
+                Self::assemble(backend, config, Some(Keys::new(master)), Some(key_used))
+            }
+            None => Self::assemble(backend, config, None, None),
+        };
+        if !repo.backend.put("config", &repo.seal_file(repo.config.encode()))? {
             return Err(Error::AlreadyExists(PathBuf::from(location)));
         }
-        Ok(Self::assemble(backend, config, keys, key_used))
+        Ok(repo)
     }
 
     /// The directory skeleton of a new local repository.
@@ -179,9 +188,9 @@ impl Repository {
         };
         // The key is the one that opens `config`: a key file left by an `init` that crashed before
         // its config may open with the same passphrase but hold another master key.
-        let (keys, key_used) =
-            unlock(&*backend, location, &passphrase, |keys| envelope::decrypt(&bytes, Some(keys), &file).map(|_| ()))?;
-        let config = Config::decode(&envelope::decrypt(&bytes, Some(&keys), &file)?, &file)?;
+        let (keys, key_used, plain) =
+            unlock(&*backend, location, &passphrase, |keys| envelope::decrypt(&bytes, Some(keys), &file))?;
+        let config = Config::decode(&plain, &file)?;
         Ok(Self::assemble(backend, config, Some(keys), Some(key_used)))
     }
 
@@ -201,10 +210,11 @@ impl Repository {
 
     /// Every key file, with its name.
     pub fn key_files(&self) -> Result<Vec<(String, KeyFile)>> {
+        let location = self.backend.location();
         let mut out = Vec::new();
-        for (key, _) in self.backend.list("keys")? {
-            let bytes = self.backend.get(&key)?;
-            out.push((key.clone(), KeyFile::decode(&bytes, &self.describe(&key))?));
+        for (name, _) in self.backend.list("keys")? {
+            let file = read_key_file(&*self.backend, &location, &name)?;
+            out.push((name, file));
         }
         Ok(out)
     }
@@ -449,10 +459,15 @@ pub fn local_path(location: &str) -> &str {
 
 /// The default repository: `$XDG_DATA_HOME/cairn/repo`, or `~/.local/share/cairn/repo`.
 pub fn default_location() -> Option<PathBuf> {
-    let data_home = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()).map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|home| PathBuf::from(home).join(".local/share"))
-    })?;
-    Some(data_home.join("cairn").join("repo"))
+    Some(xdg_base("XDG_DATA_HOME", ".local/share")?.join("cairn").join("repo"))
+}
+
+/// An XDG base directory: the variable `var` if set, else `below_home` in the home directory.
+pub(crate) fn xdg_base(var: &str, below_home: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|home| PathBuf::from(home).join(below_home)))
 }
 
 /// Writes a key file wrapping `master` under `passphrase`; returns its name.
@@ -472,13 +487,18 @@ fn write_key_file(backend: &dyn Backend, master: &MasterKey, passphrase: &str) -
     Ok(name)
 }
 
-/// Finds the key file `passphrase` opens.
-fn unlock(
+fn read_key_file(backend: &dyn Backend, location: &str, name: &str) -> Result<KeyFile> {
+    KeyFile::decode(&backend.get(name)?, &format!("{location}/{name}"))
+}
+
+/// Finds the key file `passphrase` opens whose master key also opens the config; returns the
+/// keys, the key file's name and what `opens_config` made of the config.
+fn unlock<T>(
     backend: &dyn Backend,
     location: &str,
     passphrase: &str,
-    opens_config: impl Fn(&Keys) -> Result<()>,
-) -> Result<(Keys, String)> {
+    opens_config: impl Fn(&Keys) -> Result<T>,
+) -> Result<(Keys, String, T)> {
     let files = backend.list("keys")?;
     if files.is_empty() {
         return Err(Error::Invalid(format!(
@@ -488,7 +508,7 @@ fn unlock(
     let mut damaged = Vec::new();
     let mut config_error = None;
     for (name, _) in files {
-        let file = match backend.get(&name).and_then(|b| KeyFile::decode(&b, &format!("{location}/{name}"))) {
+        let file = match read_key_file(backend, location, &name) {
             Ok(file) => file,
             Err(e) => {
                 damaged.push(e.to_string());
@@ -499,7 +519,7 @@ fn unlock(
         if let Some(master) = crate::crypto::unwrap(&wrapping, &file.binding(), &file.wrapped) {
             let keys = Keys::new(master);
             match opens_config(&keys) {
-                Ok(()) => return Ok((keys, name)),
+                Ok(config) => return Ok((keys, name, config)),
                 // The passphrase was right; the config is what failed (damaged, or sealed under
                 // another master key).
                 Err(e) => config_error = Some(e),
