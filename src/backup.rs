@@ -22,7 +22,7 @@ use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::packer::BlobStore;
 use crate::repository::Repository;
-use crate::source::archiver::{Archiver, Counts};
+use crate::source::archiver::{Archiver, Counts, Prefetch};
 use crate::source::exclude::Excludes;
 use crate::source::metadata_of;
 
@@ -167,6 +167,7 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
         required_databases: normalize_paths(&options.sqlite_paths).into_iter().collect(),
         errors: Mutex::new(Vec::new()),
         counts: Counts::default(),
+        prefetch: Prefetch::default(),
     };
     for path in &missing {
         archiver.record(path, "database does not exist");
