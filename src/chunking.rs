@@ -10,6 +10,16 @@ use std::ops::Range;
 
 use crate::format::config::ChunkerParams;
 
+/// Bytes read from a file at a time: twice the default largest chunk, the least that
+/// [`Chunker::for_each_window`] accepts. Smaller windows keep memory and cache misses down.
+pub const READ_WINDOW: usize = 8 << 20;
+
+thread_local! {
+    /// The last read window of this thread, kept for its next file: a fresh window costs a page
+    /// fault per 4 KiB touched (a quarter of a million faults per toolchain snapshot).
+    static SPARE_WINDOW: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 pub struct Chunker {
     params: ChunkerParams,
     mask_s: u64,
@@ -84,21 +94,27 @@ impl Chunker {
         mut each: impl FnMut(&[u8], &[Range<usize>]) -> Result<(), E>,
     ) -> Result<u64, E> {
         let window = window.max(2 * self.params.max_size as usize);
-        let mut buffer: Vec<u8> = Vec::with_capacity(size_hint.saturating_add(1).min(window));
-        let mut total = 0u64;
-        loop {
-            let want = window - buffer.len();
-            let got = (&mut reader).take(want as u64).read_to_end(&mut buffer)?;
-            total += got as u64;
-            let eof = got < want;
-            let chunks = self.cut_window(&buffer, eof);
-            each(&buffer, &chunks)?;
-            if eof {
-                return Ok(total);
+        let mut buffer = SPARE_WINDOW.take();
+        buffer.clear();
+        buffer.reserve(size_hint.saturating_add(1).min(window));
+        let result = (|| {
+            let mut total = 0u64;
+            loop {
+                let want = window - buffer.len();
+                let got = (&mut reader).take(want as u64).read_to_end(&mut buffer)?;
+                total += got as u64;
+                let eof = got < want;
+                let chunks = self.cut_window(&buffer, eof);
+                each(&buffer, &chunks)?;
+                if eof {
+                    return Ok(total);
+                }
+                let consumed = chunks.last().map_or(0, |c| c.end);
+                buffer.drain(..consumed);
             }
-            let consumed = chunks.last().map_or(0, |c| c.end);
-            buffer.drain(..consumed);
-        }
+        })();
+        SPARE_WINDOW.set(buffer);
+        result
     }
 }
 
@@ -120,7 +136,7 @@ impl Chunker {
         let mut ids = Vec::new();
         self.for_each_window::<_, std::io::Error>(
             std::fs::File::open(path)?,
-            16 << 20,
+            READ_WINDOW,
             size_hint as usize,
             |window, chunks| {
                 let hasher = self.hasher;

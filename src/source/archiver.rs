@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use super::exclude::Excludes;
 use super::metadata_of;
 use super::sqlite;
-use crate::chunking::Chunker;
+use crate::chunking::{Chunker, READ_WINDOW};
 use crate::error::{Error, Result};
 use crate::format::pack::BlobKind;
 use crate::format::snapshot::SourceError;
@@ -39,9 +39,6 @@ use crate::progress::Progress;
 use crate::repository::index::Index;
 use crate::repository::packer::BlobStore;
 use crate::repository::Repository;
-
-/// Bytes read from a file at a time. Must be at least twice the largest chunk.
-const READ_WINDOW: usize = 16 << 20;
 
 #[derive(Default)]
 pub struct Counts {
