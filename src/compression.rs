@@ -12,6 +12,8 @@ pub const MAX_BLOB_LEN: u32 = 1 << 30;
 
 thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    /// Creating a zstd context costs more than decoding a small tree blob: one per thread.
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
 /// Compresses `data` at `level`, or returns it raw if that is not smaller.
@@ -36,9 +38,15 @@ pub fn decompress(codec: Codec, stored: &[u8], raw_len: u32, what: &str) -> Resu
     }
     let plain = match codec {
         Codec::Raw => stored.to_vec(),
-        Codec::Zstd => {
-            zstd::bulk::decompress(stored, raw_len as usize).map_err(|e| Error::corrupt(what, format!("zstd: {e}")))?
-        }
+        Codec::Zstd => DECOMPRESSOR
+            .with(|cell| {
+                let mut cell = cell.borrow_mut();
+                if cell.is_none() {
+                    *cell = Some(zstd::bulk::Decompressor::new()?);
+                }
+                cell.as_mut().expect("just set").decompress(stored, raw_len as usize)
+            })
+            .map_err(|e| Error::corrupt(what, format!("zstd: {e}")))?,
     };
     if plain.len() != raw_len as usize {
         return Err(Error::corrupt(what, format!("decoded to {} bytes, expected {raw_len}", plain.len())));
