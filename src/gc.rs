@@ -17,13 +17,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::format::index::{IndexFile, IndexedPack};
 use crate::format::pack::BlobEntry;
 use crate::format::snapshot::Snapshot;
-use crate::format::tree::Content;
+use crate::format::tree::{Content, Tree};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
@@ -78,28 +79,38 @@ pub struct Reachable {
 }
 
 impl Reachable {
-    /// Adds everything below the tree `root`; a tree already walked is not walked again.
+    /// Adds everything below the tree `root`; a tree already walked is not walked again. Trees
+    /// are read [`TREES_AT_ONCE`] at a time in parallel (reading one is mostly waiting for the
+    /// disk or the network), which also bounds how many decoded trees are held at once.
     pub fn add_tree(&mut self, repo: &Repository, index: &Index, root: Id) -> Result<()> {
         let mut pending = vec![root];
-        while let Some(tree_id) = pending.pop() {
-            if !self.walked.insert(tree_id) {
-                continue;
-            }
-            self.blobs.insert(tree_id);
-            let tree = repo
-                .read_tree(index, &tree_id)
-                .map_err(|e| Error::Invalid(format!("cannot read tree {}: {e}", tree_id.short())))?;
-            for node in tree.nodes {
-                match node.content {
-                    Content::Dir { subtree } => pending.push(subtree),
-                    Content::File { chunks } => self.blobs.extend(chunks),
-                    _ => {}
+        while !pending.is_empty() {
+            let mut batch = pending.split_off(pending.len().saturating_sub(TREES_AT_ONCE));
+            batch.retain(|id| self.walked.insert(*id));
+            self.blobs.extend(batch.iter().copied());
+            let trees: Vec<Tree> = batch
+                .par_iter()
+                .map(|id| {
+                    repo.read_tree(index, id)
+                        .map_err(|e| Error::Invalid(format!("cannot read tree {}: {e}", id.short())))
+                })
+                .collect::<Result<_>>()?;
+            for tree in trees {
+                for node in tree.nodes {
+                    match node.content {
+                        Content::Dir { subtree } => pending.push(subtree),
+                        Content::File { chunks } => self.blobs.extend(chunks),
+                        _ => {}
+                    }
                 }
             }
         }
         Ok(())
     }
 }
+
+/// Trees [`Reachable::add_tree`] reads in one parallel batch.
+const TREES_AT_ONCE: usize = 64;
 
 /// Every blob reachable from the snapshots. Fails rather than guess on an unreadable tree.
 fn mark(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)]) -> Result<HashSet<Id>> {
@@ -193,6 +204,46 @@ pub struct PruneReport {
     pub bytes_freed: u64,
 }
 
+/// A gap between live blobs below which one read is cheaper than two.
+const READ_GAP: u64 = 256 << 10;
+
+/// Copies the live blobs of one pack being repacked into `store`, verifying each. Only the runs
+/// of the pack that hold live blobs are read.
+fn copy_live_blobs(
+    repo: &Repository,
+    store: &BlobStore<'_>,
+    pack_id: &Id,
+    keep: &HashMap<Id, Vec<BlobEntry>>,
+    progress: &Progress,
+) -> Result<()> {
+    let key = Repository::pack_key(pack_id);
+    let mut blobs: Vec<&BlobEntry> = keep.get(pack_id).into_iter().flatten().collect();
+    blobs.sort_by_key(|b| b.offset);
+    let mut rest = &blobs[..];
+    while let Some(first) = rest.first() {
+        let start = first.offset as u64;
+        let mut end = first.end();
+        let mut run = 1;
+        while let Some(next) = rest.get(run).filter(|b| b.offset as u64 <= end + READ_GAP) {
+            end = end.max(next.end());
+            run += 1;
+        }
+        let bytes = repo.backend().get_range(&key, start, end - start)?;
+        for blob in &rest[..run] {
+            let stored = bytes
+                .get((blob.offset as u64 - start) as usize..(blob.end() - start) as usize)
+                .ok_or_else(|| Error::corrupt(&key, "blob lies outside the pack"))?;
+            if let Err(e) = repo.decode_blob(blob, stored, pack_id) {
+                return Err(Error::Invalid(format!("{e}; nothing was deleted (run `cairn check`)")));
+            }
+            store.store_verbatim(blob.id, blob.kind, blob.codec, stored, blob.raw_len)?;
+            progress.add_bytes(stored.len() as u64);
+        }
+        rest = &rest[run..];
+    }
+    Ok(())
+}
+
 /// Carries out a plan. The caller holds the exclusive lock the plan was made under.
 pub fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Result<PruneReport> {
     let internal = plan.internal;
@@ -203,19 +254,10 @@ pub fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Resul
     let nothing = Index::default();
     let store = BlobStore::new(repo, &nothing);
     progress.add_total(plan.repack_bytes);
-    for pack_id in &internal.repack {
-        let bytes = repo.backend().get(&Repository::pack_key(pack_id))?;
-        for blob in internal.keep.get(pack_id).into_iter().flatten() {
-            let stored = bytes
-                .get(blob.offset as usize..blob.end() as usize)
-                .ok_or_else(|| Error::corrupt(Repository::pack_key(pack_id), "blob lies outside the pack"))?;
-            if let Err(e) = repo.decode_blob(blob, stored, pack_id) {
-                return Err(Error::Invalid(format!("{e}; nothing was deleted (run `cairn check`)")));
-            }
-            store.store_verbatim(blob.id, blob.kind, blob.codec, stored, blob.raw_len)?;
-            progress.add_bytes(stored.len() as u64);
-        }
-    }
+    internal
+        .repack
+        .par_iter()
+        .try_for_each(|pack_id| copy_live_blobs(repo, &store, pack_id, &internal.keep, progress))?;
     store.finish()?;
     let new_packs = store.written.into_inner().expect("poisoned");
     report.packs_written = new_packs.len() as u64;
