@@ -13,7 +13,7 @@
 //! time per worker, so memory stays at a few packs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -26,6 +26,15 @@ use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
 use crate::repository::Repository;
+
+/// Packs `--read-data` asks the backend to start reading before their turn.
+const PACKS_AHEAD: usize = 2;
+
+thread_local! {
+    /// The pack buffer of this worker, kept for its next pack (taken, so a nested task that
+    /// steals another pack while this one's blobs are verified gets a buffer of its own).
+    static PACK_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// Which packs `--read-data` reads.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -172,7 +181,21 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
         let total: u64 = by_pack.keys().filter(|id| subset.selects(id)).filter_map(|id| on_disk.get(id)).sum();
         progress.add_total(total);
     }
-    by_pack.par_iter().for_each(|(pack, entries)| {
+    // Packs are handed out in order, each worker announcing the pack PACKS_AHEAD places on, so
+    // the disk reads it while this one is verified.
+    let packs: Vec<(&Id, &Vec<BlobEntry>)> = by_pack.iter().collect();
+    let next = AtomicUsize::new(0);
+    let reads_data = |pack: &Id| read_data.is_some_and(|s| s.selects(pack) && on_disk.contains_key(pack));
+    let ahead: Vec<&Id> = packs.iter().map(|(id, _)| *id).filter(|id| reads_data(id)).collect();
+    ahead.iter().take(PACKS_AHEAD).for_each(|id| repo.backend().will_read(&Repository::pack_key(id)));
+    let announced = AtomicUsize::new(PACKS_AHEAD);
+    let verify = |(pack, entries): (&Id, &Vec<BlobEntry>)| {
+        if reads_data(pack) {
+            let i = announced.fetch_add(1, Relaxed);
+            if let Some(id) = ahead.get(i) {
+                repo.backend().will_read(&Repository::pack_key(id));
+            }
+        }
         let key = Repository::pack_key(pack);
         let Some(&actual_len) = on_disk.get(pack) else {
             findings.bad_pack(pack, format!("pack {} is missing ({} blobs lost)", pack.short(), entries.len()));
@@ -192,31 +215,45 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
         for entry in entries.iter().filter(|e| e.end() > actual_len) {
             findings.bad_blob(&entry.id, format!("it lies past the end of pack {}", pack.short()));
         }
-        if let Err(e) = check_pack_structure(repo, &key, pack, actual_len, entries, &findings) {
+        let mut bytes = PACK_BUFFER.take();
+        let whole = reads_data(pack)
+            && match repo.backend().get_into(&key, &mut bytes) {
+                Ok(()) => true,
+                Err(e) => {
+                    findings.bad_pack(pack, format!("pack {}: cannot read: {e}", pack.short()));
+                    false
+                }
+            };
+        // The structure from the pack just read, or from its header and trailer alone.
+        let len = if whole { bytes.len() as u64 } else { actual_len };
+        let read_range = |offset: u64, n: u64| match whole {
+            true => Ok(bytes[offset as usize..(offset + n) as usize].to_vec()),
+            false => repo.backend().get_range(&key, offset, n),
+        };
+        if let Err(e) = check_pack_structure(repo, &key, pack, len, entries, &findings, &read_range) {
             findings.bad_pack(pack, format!("pack {}: {e}", pack.short()));
         }
-        if read_data.is_some_and(|s| s.selects(pack)) {
-            match repo.backend().get(&key) {
-                Ok(bytes) => {
-                    packs_read.fetch_add(1, Relaxed);
-                    bytes_read.fetch_add(bytes.len() as u64, Relaxed);
-                    if Id::of(&bytes) != *pack {
-                        findings.bad_pack(
-                            pack,
-                            format!("pack {} content does not match its id: it is damaged", pack.short()),
-                        );
-                    }
-                    for entry in entries {
-                        blobs_verified.fetch_add(1, Relaxed);
-                        if let Err(reason) = verify_blob(repo, pack, &bytes, entry) {
-                            findings.error(format!("blob {} in pack {}: {reason}", entry.id.short(), pack.short()));
-                            findings.bad_blob(&entry.id, format!("it is damaged ({reason})"));
-                        }
-                    }
-                    progress.add_bytes(bytes.len() as u64);
-                }
-                Err(e) => findings.bad_pack(pack, format!("pack {}: cannot read: {e}", pack.short())),
+        if whole {
+            packs_read.fetch_add(1, Relaxed);
+            bytes_read.fetch_add(bytes.len() as u64, Relaxed);
+            if Id::of(&bytes) != *pack {
+                findings.bad_pack(pack, format!("pack {} content does not match its id: it is damaged", pack.short()));
             }
+            // Blob by blob in parallel too: packs alone leave a core idle at the end.
+            entries.par_iter().for_each(|entry| {
+                blobs_verified.fetch_add(1, Relaxed);
+                if let Err(reason) = verify_blob(repo, pack, &bytes, entry) {
+                    findings.error(format!("blob {} in pack {}: {reason}", entry.id.short(), pack.short()));
+                    findings.bad_blob(&entry.id, format!("it is damaged ({reason})"));
+                }
+            });
+            progress.add_bytes(bytes.len() as u64);
+        }
+        PACK_BUFFER.set(bytes);
+    };
+    rayon::broadcast(|_| {
+        while let Some(&pack) = packs.get(next.fetch_add(1, Relaxed)) {
+            verify(pack);
         }
     });
     report.packs_read = packs_read.into_inner();
@@ -257,6 +294,8 @@ fn list_packs(repo: &Repository, report: &mut CheckReport) -> Result<HashMap<Id,
 }
 
 /// Header magic and version, and a trailer that lists every indexed blob at its indexed place.
+/// `read_range(offset, len)` reads part of the pack, which is `len` bytes long; it is only asked
+/// for ranges inside those bytes.
 fn check_pack_structure(
     repo: &Repository,
     key: &str,
@@ -264,13 +303,14 @@ fn check_pack_structure(
     len: u64,
     entries: &[BlobEntry],
     findings: &Findings,
+    read_range: &dyn Fn(u64, u64) -> Result<Vec<u8>>,
 ) -> Result<()> {
     let file = repo.describe(key);
     if len < (HEADER_LEN + TAIL_LEN) as u64 {
         entries.iter().for_each(|e| findings.bad_blob(&e.id, format!("pack {} is truncated", pack.short())));
         return Err(Error::corrupt(file, "shorter than a pack header and trailer"));
     }
-    let mode = pack::check_header(&repo.backend().get_range(key, 0, HEADER_LEN as u64)?, &file)?;
+    let mode = pack::check_header(&read_range(0, HEADER_LEN as u64)?, &file)?;
     let keys = match (mode, repo.keys()) {
         (crate::format::envelope::ENCRYPTION_NONE, None) => None,
         (crate::format::envelope::ENCRYPTION_NONE, Some(_)) => {
@@ -281,7 +321,7 @@ fn check_pack_structure(
     };
     let mut want = len.min(256 << 10);
     let trailer = loop {
-        let tail = repo.backend().get_range(key, len - want, want)?;
+        let tail = read_range(len - want, want)?;
         match pack::decode_trailer_with(&tail, len, &file, keys) {
             Ok(TrailerRead::Entries(trailer)) => break trailer,
             Ok(TrailerRead::NeedMore(n)) if (n as u64) > want && (n as u64) <= len => want = n as u64,

@@ -11,9 +11,13 @@ fn main() -> ExitCode {
     // glibc raises its mmap threshold to the largest block ever freed, after which freed read
     // windows and packs stay in the heap instead of going back to the system: a fixed threshold
     // keeps peak memory at what is really in use (measured: 124 -> 60 MiB on a 2 GiB file).
+    // Fixing it also leaves the trim threshold at 128 KiB, so every freed blob buffer was handed
+    // back and faulted in again: keeping up to 4 MiB free at a heap's top halves the page faults
+    // of a check --read-data (280k -> 130k, 0.98 -> 0.89 s) for 4 MiB more memory.
     // SAFETY: mallopt only tunes the allocator; called before any thread starts.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
     }
     let args = cli::Cli::parse();
     match cli::run(args) {

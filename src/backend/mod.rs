@@ -17,6 +17,13 @@ pub trait Backend: Send + Sync {
 
     fn get(&self, key: &str) -> Result<Vec<u8>>;
 
+    /// Like [`Backend::get`], into `out` (replacing what it held), reusing its memory where the
+    /// backend can: a fresh buffer per 16 MiB pack costs a page fault per 4 KiB.
+    fn get_into(&self, key: &str, out: &mut Vec<u8>) -> Result<()> {
+        *out = self.get(key)?;
+        Ok(())
+    }
+
     /// `len` bytes from `offset`. Reading past the end is an error.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
 
@@ -55,6 +62,10 @@ pub trait Backend: Send + Sync {
     fn requests(&self) -> Option<RequestCounts> {
         None
     }
+
+    /// A hint that `key` will be read whole soon: a local backend starts reading it into the
+    /// page cache, so reading and verifying overlap. Others ignore it.
+    fn will_read(&self, _key: &str) {}
 }
 
 /// Requests an object-store backend has sent, by kind. A listing counts one request per page of
