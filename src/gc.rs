@@ -252,7 +252,8 @@ pub fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Resul
 
     // 1. Copy the live blobs out of the packs being repacked, verifying each on the way.
     let nothing = Index::default();
-    let store = BlobStore::new(repo, &nothing);
+    let mut store = BlobStore::new(repo, &nothing);
+    store.record_written = true;
     progress.add_total(plan.repack_bytes);
     internal
         .repack

@@ -119,14 +119,13 @@ pub fn copy(
         return Ok(());
     }
     // The source's index, and each pack's entries (what the destination's index will say).
-    let mut source_index = Index::default();
     let mut source_packs: HashMap<Id, IndexedPack> = HashMap::new();
     for (_, file) in source.read_all_named("index", IndexFile::decode)? {
-        source_index.add_file(&file);
         for pack in file.packs {
             source_packs.entry(pack.id).or_insert(pack);
         }
     }
+    let source_index = Index::build([IndexFile { packs: source_packs.values().cloned().collect() }]);
     let (reachable, mut missing) = reach(source, &source_index, missing, report);
     let dest_index = dest.load_index()?;
     let needed: HashSet<Id> = reachable.into_iter().filter(|id| !dest_index.contains(id)).collect();

@@ -328,11 +328,8 @@ impl Repository {
     /// [`Repository::take_damage`]): its blobs then count as missing, which only makes a snapshot
     /// store them again and makes a restore report exactly the files that need them.
     pub fn load_index(&self) -> Result<Index> {
-        let mut index = Index::default();
-        for (_, file) in self.read_all_named("index", IndexFile::decode)? {
-            index.add_file(&file);
-        }
-        Ok(index)
+        let keys = self.backend.list("index")?;
+        Ok(Index::build(keys.iter().filter_map(|(key, _)| self.read_decoded(key, IndexFile::decode)).map(|(_, f)| f)))
     }
 
     /// Every readable snapshot, oldest first. Damaged manifests are skipped and recorded, so one
@@ -346,20 +343,24 @@ impl Repository {
     /// Decodes every content-named file below `dir`. Files that fail (their hash or their
     /// decoding) are skipped and recorded as damage; a listing failure is an error.
     pub fn read_all_named<T>(&self, dir: &str, decode: impl Fn(&[u8], &str) -> Result<T>) -> Result<Vec<(Id, T)>> {
-        let mut out = Vec::new();
-        for (key, _) in self.backend.list(dir)? {
-            let decoded = self
-                .read_named(&key)
-                .and_then(|found| found.map(|(id, bytes)| Ok((id, decode(&bytes, &self.describe(&key))?))).transpose());
-            match decoded {
-                Ok(Some(entry)) => out.push(entry),
-                Ok(None) => {}
-                // Removed between the listing and the read (a forget or prune): not damage.
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => self.record_damage(e),
+        Ok(self.backend.list(dir)?.iter().filter_map(|(key, _)| self.read_decoded(key, &decode)).collect())
+    }
+
+    /// One content-named file, decoded; `None` if it is not there any more, not named by an id,
+    /// or damaged (recorded).
+    fn read_decoded<T>(&self, key: &str, decode: impl Fn(&[u8], &str) -> Result<T>) -> Option<(Id, T)> {
+        let decoded = self
+            .read_named(key)
+            .and_then(|found| found.map(|(id, bytes)| Ok((id, decode(&bytes, &self.describe(key))?))).transpose());
+        match decoded {
+            Ok(entry) => entry,
+            // Removed between the listing and the read (a forget or prune): not damage.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                self.record_damage(e);
+                None
             }
         }
-        Ok(out)
     }
 
     /// Reads a file named by the hash of its content. `None` for names that are not ids (never

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
-use super::index::Index;
+use super::index::{Index, SortedIds};
 use super::Repository;
 use crate::compression;
 use crate::crypto::Keys;
@@ -85,6 +85,34 @@ struct IndexedPackBytes {
     bytes: Vec<u8>,
 }
 
+/// Blob ids a run has stored. A million of them in a hash set take about 66 MiB; recent ones
+/// live in a small set and are merged, every [`RECENT_IDS`], into a sorted table of 32 bytes an id.
+#[derive(Default)]
+struct Added {
+    recent: HashSet<Id>,
+    settled: SortedIds<()>,
+}
+
+const RECENT_IDS: usize = 1 << 16;
+
+impl Added {
+    fn contains(&self, id: &Id) -> bool {
+        self.recent.contains(id) || self.settled.get(id).is_some()
+    }
+
+    /// Adds `id`; false if it was there already.
+    fn insert(&mut self, id: Id) -> bool {
+        if self.settled.get(&id).is_some() || !self.recent.insert(id) {
+            return false;
+        }
+        if self.recent.len() >= RECENT_IDS {
+            let recent = std::mem::take(&mut self.recent);
+            self.settled.merge(recent.into_iter().map(|id| (id, ())).collect());
+        }
+        true
+    }
+}
+
 /// Counters of what a run added.
 #[derive(Default)]
 pub struct AddedStats {
@@ -98,13 +126,14 @@ pub struct BlobStore<'a> {
     repo: &'a Repository,
     index: &'a Index,
     /// Ids stored by this run (the index holds the rest).
-    added: Mutex<HashSet<Id>>,
+    added: Mutex<Added>,
     data: Mutex<Packer>,
     trees: Mutex<Packer>,
     /// Durable packs not yet named by an index file.
     unindexed: Mutex<Vec<IndexedPack>>,
-    /// Every pack and index file this store wrote.
+    /// Every pack this store wrote, with its blobs, if `record_written` (prune needs them).
     pub written: Mutex<Vec<IndexedPack>>,
+    pub record_written: bool,
     pub index_files: Mutex<Vec<String>>,
     pub stats: AddedStats,
     /// The disk guard: no pack write may take the repository's file system below this.
@@ -117,12 +146,13 @@ impl<'a> BlobStore<'a> {
         BlobStore {
             repo,
             index,
-            added: Mutex::new(HashSet::new()),
+            added: Mutex::new(Added::default()),
             data: Mutex::new(Packer::new(target, repo.keys().cloned())),
             // Tree packs stay small: trees are read one at a time, and few exist per run.
             trees: Mutex::new(Packer::new(target.min(4 << 20), repo.keys().cloned())),
             unindexed: Mutex::new(Vec::new()),
             written: Mutex::new(Vec::new()),
+            record_written: false,
             index_files: Mutex::new(Vec::new()),
             stats: AddedStats::default(),
             min_free: None,
@@ -178,7 +208,9 @@ impl<'a> BlobStore<'a> {
         }
         self.repo.backend().put(&Repository::pack_key(&pack.pack.id), &pack.bytes)?;
         self.stats.packs.fetch_add(1, Relaxed);
-        self.written.lock().expect("poisoned").push(pack.pack.clone());
+        if self.record_written {
+            self.written.lock().expect("poisoned").push(pack.pack.clone());
+        }
         let batch = {
             let mut unindexed = self.unindexed.lock().expect("poisoned");
             unindexed.push(pack.pack.clone());
