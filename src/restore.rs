@@ -265,11 +265,17 @@ impl Restorer<'_> {
             None => None,
         };
         let database = !raw_database && first.as_deref().is_some_and(|d| d.starts_with(sqlite::HEADER));
-        let destination = if database { temporary_sibling(path) } else { path.to_path_buf() };
         if !database {
-            remove_non_dir(path).map_err(|e| e.to_string())?;
+            // Metadata through the open file: no more lookups of its path.
+            let (file, written) = self.write_content(path, first, chunks, node.meta.size, false)?;
+            self.file_metadata(&file, &node.meta)?;
+            self.files.fetch_add(1, Relaxed);
+            self.bytes.fetch_add(written, Relaxed);
+            self.progress.file_done(0);
+            return Ok(());
         }
-        let written = self.write_content(&destination, first, chunks, node.meta.size, database);
+        let destination = temporary_sibling(path);
+        let written = self.write_content(&destination, first, chunks, node.meta.size, true).map(|(_, n)| n);
         let result = written.and_then(|written| {
             // Checked before its mode is applied: a mode without owner read must not fail it.
             if database {
@@ -299,7 +305,8 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    /// Writes a file's chunks (the first already read) to a new file; returns the length.
+    /// Writes a file's chunks (the first already read) to a new file at `path`, replacing a
+    /// non-directory entry there; returns the open file and its length.
     fn write_content(
         &self,
         path: &Path,
@@ -307,9 +314,15 @@ impl Restorer<'_> {
         chunks: &[Id],
         expected: u64,
         sync: bool,
-    ) -> std::result::Result<u64, String> {
-        let mut file =
-            OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| e.to_string())?;
+    ) -> std::result::Result<(fs::File, u64), String> {
+        // O_EXCL never follows a symlink in the way. Trying first saves a lookup per file in the
+        // usual restore into an empty target.
+        let create = || OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+        let mut file = match create() {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => remove_non_dir(path).and_then(|_| create()),
+            other => other,
+        }
+        .map_err(|e| e.to_string())?;
         let mut written = 0u64;
         let mut write = |data: &[u8]| -> std::result::Result<(), String> {
             file.write_all(data).map_err(|e| e.to_string())?;
@@ -329,7 +342,25 @@ impl Restorer<'_> {
         if sync {
             file.sync_all().map_err(|e| e.to_string())?;
         }
-        Ok(written)
+        Ok((file, written))
+    }
+
+    /// [`Restorer::metadata`] for a regular file still open.
+    fn file_metadata(&self, file: &fs::File, meta: &Metadata) -> std::result::Result<(), String> {
+        use std::os::fd::AsRawFd;
+        if self.as_root {
+            std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid)).map_err(|e| format!("chown: {e}"))?;
+        }
+        file.set_permissions(fs::Permissions::from_mode(meta.mode)).map_err(|e| format!("chmod: {e}"))?;
+        let times = [
+            libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+            libc::timespec { tv_sec: meta.mtime_sec as libc::time_t, tv_nsec: meta.mtime_nsec as libc::c_long },
+        ];
+        // SAFETY: a valid descriptor and two timespecs, as futimens requires.
+        if unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) } != 0 {
+            return Err(format!("setting mtime: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     /// Owner (as root), mode (not for symlinks), then mtime, in that order: chown clears setuid.

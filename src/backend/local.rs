@@ -4,7 +4,7 @@
 //! put returns. See store-format/README.md, "Writing files".
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -75,6 +75,11 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
+thread_local! {
+    /// The file this thread last read a range of, still open (see `get_range`).
+    static LAST_OPENED: std::cell::RefCell<Option<(PathBuf, File)>> = const { std::cell::RefCell::new(None) };
+}
+
 impl LocalBackend {
     /// Every file below the directory `dir` (a key) with its length. Subdirectories are listed
     /// in parallel: on a cold cache, reading the 256 directories of `packs/` one after another
@@ -139,19 +144,28 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
+    /// Ranged reads come in runs from the same pack (a restore reads a pack's blobs in order), so
+    /// each thread keeps its last pack open: a million small files are a million reads.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
         let path = self.path(key);
-        let mut file = File::open(&path).at(&path)?;
-        file.seek(SeekFrom::Start(offset)).at(&path)?;
-        let mut out = Vec::with_capacity(len as usize);
-        file.take(len).read_to_end(&mut out).at(&path)?;
-        if out.len() as u64 != len {
-            return Err(Error::corrupt(
+        let mut out = vec![0; len as usize];
+        let read = LAST_OPENED.with(|cell| {
+            let mut last = cell.borrow_mut();
+            if !last.as_ref().is_some_and(|(open, _)| *open == path) {
+                *last = Some((path.clone(), File::open(&path)?));
+            }
+            let (_, file) = last.as_ref().expect("just opened");
+            file.read_exact_at(&mut out, offset)
+        });
+        match read {
+            Ok(()) => Ok(out),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err(Error::corrupt(
                 path.display().to_string(),
-                format!("truncated: wanted {len} bytes at offset {offset}, got {}", out.len()),
-            ));
+                format!("truncated: wanted {len} bytes at offset {offset}"),
+            )),
+            Err(e) => Err(Error::io(path, e)),
         }
-        Ok(out)
     }
 
     fn size(&self, key: &str) -> Result<u64> {
