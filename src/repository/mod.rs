@@ -133,11 +133,10 @@ impl Repository {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             crate::backend::local::sync_dir(parent)?;
         }
+        // The 256 `packs/XY/` directories come with the first pack named into each: created
+        // empty, they would take a megabyte of a small repository.
         for dir in LAYOUT {
             backend.create_dir(dir)?;
-        }
-        for byte in 0..=255u8 {
-            backend.create_dir(&format!("packs/{byte:02x}"))?;
         }
         Ok(backend)
     }
