@@ -212,11 +212,13 @@ const READ_GAP: u64 = 256 << 10;
 fn copy_live_blobs(
     repo: &Repository,
     store: &BlobStore<'_>,
-    pack_id: &Id,
+    pack: &IndexedPack,
     keep: &HashMap<Id, Vec<BlobEntry>>,
     progress: &Progress,
 ) -> Result<()> {
+    let pack_id = &pack.id;
     let key = Repository::pack_key(pack_id);
+    let damaged = |e: Error| Error::Invalid(format!("{e}; nothing was deleted (run `cairn check`)"));
     let mut blobs: Vec<&BlobEntry> = keep.get(pack_id).into_iter().flatten().collect();
     blobs.sort_by_key(|b| b.offset);
     let mut rest = &blobs[..];
@@ -228,14 +230,17 @@ fn copy_live_blobs(
             end = end.max(next.end());
             run += 1;
         }
-        let bytes = repo.backend().get_range(&key, start, end - start)?;
+        // The index's word is checked against the pack's indexed length before anything is
+        // allocated for it.
+        if end > pack.len {
+            return Err(damaged(Error::corrupt(&key, "a live blob lies past the end of the pack")));
+        }
+        let bytes = repo.backend().get_range(&key, start, end - start).map_err(damaged)?;
         for blob in &rest[..run] {
             let stored = bytes
                 .get((blob.offset as u64 - start) as usize..(blob.end() - start) as usize)
                 .ok_or_else(|| Error::corrupt(&key, "blob lies outside the pack"))?;
-            if let Err(e) = repo.decode_blob(blob, stored, pack_id) {
-                return Err(Error::Invalid(format!("{e}; nothing was deleted (run `cairn check`)")));
-            }
+            repo.decode_blob(blob, stored, pack_id).map_err(damaged)?;
             store.store_verbatim(blob.id, blob.kind, blob.codec, stored, blob.raw_len)?;
             progress.add_bytes(stored.len() as u64);
         }
@@ -255,10 +260,10 @@ pub fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Resul
     let mut store = BlobStore::new(repo, &nothing);
     store.record_written = true;
     progress.add_total(plan.repack_bytes);
-    internal
-        .repack
-        .par_iter()
-        .try_for_each(|pack_id| copy_live_blobs(repo, &store, pack_id, &internal.keep, progress))?;
+    internal.repack.par_iter().try_for_each(|pack_id| match internal.packs.get(pack_id) {
+        Some(pack) => copy_live_blobs(repo, &store, pack, &internal.keep, progress),
+        None => Err(Error::Invalid(format!("pack {} to repack is in no index file", pack_id.short()))),
+    })?;
     store.finish()?;
     let new_packs = store.written.into_inner().expect("poisoned");
     report.packs_written = new_packs.len() as u64;

@@ -125,7 +125,10 @@ pub fn copy(
             source_packs.entry(pack.id).or_insert(pack);
         }
     }
-    let source_index = Index::build([IndexFile { packs: source_packs.values().cloned().collect() }]);
+    // In pack id order, so every sync picks the same copy of a blob stored twice.
+    let mut by_id: Vec<IndexedPack> = source_packs.values().cloned().collect();
+    by_id.sort_unstable_by_key(|p| p.id);
+    let source_index = Index::build([IndexFile { packs: by_id }]);
     let (reachable, mut missing) = reach(source, &source_index, missing, report);
     let dest_index = dest.load_index()?;
     let needed: HashSet<Id> = reachable.into_iter().filter(|id| !dest_index.contains(id)).collect();

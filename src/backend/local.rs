@@ -76,8 +76,16 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 thread_local! {
-    /// The file this thread last read a range of, still open (see `get_range`).
-    static LAST_OPENED: std::cell::RefCell<Option<(PathBuf, File)>> = const { std::cell::RefCell::new(None) };
+    /// The file this thread last read a range of, still open, and the [`CHANGES`] count it was
+    /// opened under (see `get_range`).
+    static LAST_OPENED: std::cell::RefCell<Option<(PathBuf, u64, File)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Puts and deletes so far in this process: a file opened before one may have been replaced.
+static CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn changed() {
+    CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl LocalBackend {
@@ -152,10 +160,12 @@ impl Backend for LocalBackend {
         let mut out = vec![0; len as usize];
         let read = LAST_OPENED.with(|cell| {
             let mut last = cell.borrow_mut();
-            if !last.as_ref().is_some_and(|(open, _)| *open == path) {
-                *last = Some((path.clone(), File::open(&path)?));
+            let now = CHANGES.load(std::sync::atomic::Ordering::Relaxed);
+            if !last.as_ref().is_some_and(|(open, at, _)| *open == path && *at == now) {
+                *last = None; // closed first: a deleted pack's space is freed
+                *last = Some((path.clone(), now, File::open(&path)?));
             }
-            let (_, file) = last.as_ref().expect("just opened");
+            let (_, _, file) = last.as_ref().expect("just opened");
             file.read_exact_at(&mut out, offset)
         });
         match read {
@@ -174,6 +184,7 @@ impl Backend for LocalBackend {
     }
 
     fn put(&self, key: &str, data: &[u8]) -> Result<bool> {
+        changed();
         let target = self.path(key);
         let directory = target.parent().unwrap_or(&self.root);
         if target.exists() {
@@ -218,6 +229,7 @@ impl Backend for LocalBackend {
     /// Removes the file and fsyncs its directory, so that a deletion is durable before whatever
     /// the caller does next (prune deletes packs only after the old index files are gone).
     fn delete(&self, key: &str) -> Result<()> {
+        changed();
         let path = self.path(key);
         match fs::remove_file(&path) {
             Ok(()) => sync_dir(path.parent().unwrap_or(&self.root)),

@@ -33,8 +33,8 @@ pub struct Index {
 
 impl Index {
     /// The index of every blob in `files`, read one at a time so only one decoded file is held
-    /// beside the index. Where a blob is in several packs, the lowest (pack, offset) wins: any
-    /// copy is as good as another, and the choice does not depend on listing order.
+    /// beside the index. Where a blob is in several places, the first pack seen wins (then the
+    /// lowest offset): any copy is as good as another.
     pub fn build(files: impl IntoIterator<Item = IndexFile>) -> Index {
         let mut index = Index::default();
         let mut blobs = Vec::new();

@@ -86,7 +86,8 @@ struct IndexedPackBytes {
 }
 
 /// Blob ids a run has stored. A million of them in a hash set take about 66 MiB; recent ones
-/// live in a small set and are merged, every [`RECENT_IDS`], into a sorted table of 32 bytes an id.
+/// live in a small set, merged into a sorted table of 32 bytes an id once they number
+/// [`RECENT_IDS`] or an eighth of the table (so merging stays linear in the ids stored).
 #[derive(Default)]
 struct Added {
     recent: HashSet<Id>,
@@ -105,7 +106,7 @@ impl Added {
         if self.settled.get(&id).is_some() || !self.recent.insert(id) {
             return false;
         }
-        if self.recent.len() >= RECENT_IDS {
+        if self.recent.len() >= RECENT_IDS.max(self.settled.len() / 8) {
             let recent = std::mem::take(&mut self.recent);
             self.settled.merge(recent.into_iter().map(|id| (id, ())).collect());
         }

@@ -403,7 +403,10 @@ impl Prefetch {
         if reserved.is_err() {
             return 0;
         }
-        if let Ok(file) = open_for_reading(path) {
+        // Non-blocking: a FIFO or a file under a lease is simply not prefetched.
+        let flags = libc::O_NOATIME | libc::O_NONBLOCK | libc::O_NOFOLLOW;
+        let open = |flags| OpenOptions::new().read(true).custom_flags(flags).open(path);
+        if let Ok(file) = open(flags).or_else(|_| open(flags & !libc::O_NOATIME)) {
             // SAFETY: a valid descriptor; the advice only schedules reads into the page cache.
             unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
         }
@@ -417,9 +420,26 @@ impl Prefetch {
     }
 }
 
-/// Opens without updating the access time where the kernel allows it (owner or root), and
-/// without blocking should the file have been replaced by a FIFO since it was stat'ed.
+/// Opens a file that was a regular file when it was stat'ed: without updating the access time
+/// where the kernel allows it (owner or root), never through a symlink, and without hanging
+/// should it have been replaced by a FIFO meanwhile (it must still be a regular file). A file
+/// under a lease (Samba, NFS delegations) is waited for, as a plain open would.
 fn open_for_reading(path: &Path) -> std::io::Result<File> {
-    let open = |flags| OpenOptions::new().read(true).custom_flags(flags).open(path);
-    open(libc::O_NOATIME | libc::O_NONBLOCK).or_else(|_| open(libc::O_NONBLOCK))
+    let open = |flags| OpenOptions::new().read(true).custom_flags(flags | libc::O_NOFOLLOW).open(path);
+    let file = match open(libc::O_NOATIME | libc::O_NONBLOCK).or_else(|_| open(libc::O_NONBLOCK)) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open(0)?,
+        other => other?,
+    };
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("no longer a regular file"));
+    }
+    // Reads block as usual from here (some FUSE file systems honour O_NONBLOCK on reads).
+    // SAFETY: a valid descriptor; F_GETFL/F_SETFL only read and change its status flags.
+    unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(file)
 }
