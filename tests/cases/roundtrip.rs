@@ -76,6 +76,36 @@ fn special_tree_round_trips_exactly() {
     assert_same_tree(&source, &target);
 }
 
+/// Restoring over a target that holds other things: files in the way are replaced, a symlink
+/// in a file's place is replaced (never written through), and nothing outside is touched.
+#[test]
+fn restore_replaces_what_is_in_the_way_without_following_symlinks() {
+    let scratch = Scratch::new("in-the-way");
+    let (source, repo, target) = (scratch.join("src"), scratch.join("repo"), scratch.join("restored"));
+    fs::create_dir_all(source.join("dir")).unwrap();
+    fs::write(source.join("a.txt"), b"snapshot a").unwrap();
+    fs::write(source.join("dir/b.txt"), b"snapshot b").unwrap();
+    fs::set_permissions(source.join("a.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    set_mtime(&source.join("a.txt"), 1_600_000_000, 5);
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+
+    let victim = scratch.join("victim");
+    fs::write(&victim, b"outside the target").unwrap();
+    fs::create_dir_all(target.join("dir")).unwrap();
+    symlink(&victim, target.join("a.txt")).unwrap();
+    fs::write(target.join("dir/b.txt"), b"an older, longer b that must go").unwrap();
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+
+    assert_eq!(fs::read(&victim).unwrap(), b"outside the target");
+    let a = fs::symlink_metadata(target.join("a.txt")).unwrap();
+    assert!(a.file_type().is_file());
+    assert_eq!(a.permissions().mode() & 0o7777, 0o640);
+    assert_eq!(std::os::unix::fs::MetadataExt::mtime(&a), 1_600_000_000);
+    assert_eq!(fs::read(target.join("a.txt")).unwrap(), b"snapshot a");
+    assert_eq!(fs::read(target.join("dir/b.txt")).unwrap(), b"snapshot b");
+}
+
 #[test]
 fn toolchain_round_trips_byte_identical() {
     let sysroot = std::process::Command::new("rustc").args(["--print", "sysroot"]).output().unwrap();
