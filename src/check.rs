@@ -13,7 +13,7 @@
 //! time per worker, so memory stays at a few packs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -26,9 +26,6 @@ use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
 use crate::repository::Repository;
-
-/// Packs `--read-data` asks the backend to start reading before their turn.
-const PACKS_AHEAD: usize = 2;
 
 thread_local! {
     /// The pack buffer of this worker, kept for its next pack (taken, so a nested task that
@@ -181,21 +178,7 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
         let total: u64 = by_pack.keys().filter(|id| subset.selects(id)).filter_map(|id| on_disk.get(id)).sum();
         progress.add_total(total);
     }
-    // Packs are handed out in order, each worker announcing the pack PACKS_AHEAD places on, so
-    // the disk reads it while this one is verified.
-    let packs: Vec<(&Id, &Vec<BlobEntry>)> = by_pack.iter().collect();
-    let next = AtomicUsize::new(0);
-    let reads_data = |pack: &Id| read_data.is_some_and(|s| s.selects(pack) && on_disk.contains_key(pack));
-    let ahead: Vec<&Id> = packs.iter().map(|(id, _)| *id).filter(|id| reads_data(id)).collect();
-    ahead.iter().take(PACKS_AHEAD).for_each(|id| repo.backend().will_read(&Repository::pack_key(id)));
-    let announced = AtomicUsize::new(PACKS_AHEAD);
-    let verify = |(pack, entries): (&Id, &Vec<BlobEntry>)| {
-        if reads_data(pack) {
-            let i = announced.fetch_add(1, Relaxed);
-            if let Some(id) = ahead.get(i) {
-                repo.backend().will_read(&Repository::pack_key(id));
-            }
-        }
+    by_pack.par_iter().for_each(|(pack, entries)| {
         let key = Repository::pack_key(pack);
         let Some(&actual_len) = on_disk.get(pack) else {
             findings.bad_pack(pack, format!("pack {} is missing ({} blobs lost)", pack.short(), entries.len()));
@@ -216,7 +199,7 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
             findings.bad_blob(&entry.id, format!("it lies past the end of pack {}", pack.short()));
         }
         let mut bytes = PACK_BUFFER.take();
-        let whole = reads_data(pack)
+        let whole = read_data.is_some_and(|s| s.selects(pack))
             && match repo.backend().get_into(&key, &mut bytes) {
                 Ok(()) => true,
                 Err(e) => {
@@ -250,11 +233,6 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
             progress.add_bytes(bytes.len() as u64);
         }
         PACK_BUFFER.set(bytes);
-    };
-    rayon::broadcast(|_| {
-        while let Some(&pack) = packs.get(next.fetch_add(1, Relaxed)) {
-            verify(pack);
-        }
     });
     report.packs_read = packs_read.into_inner();
     report.bytes_read = bytes_read.into_inner();

@@ -265,44 +265,44 @@ impl Restorer<'_> {
             None => None,
         };
         let database = !raw_database && first.as_deref().is_some_and(|d| d.starts_with(sqlite::HEADER));
-        if !database {
+        let written = if database {
+            self.database_file(node, first, chunks, path)?
+        } else {
             // Metadata through the open file: no more lookups of its path.
             let (file, written) = self.write_content(path, first, chunks, node.meta.size, false)?;
             self.file_metadata(&file, &node.meta)?;
-            self.files.fetch_add(1, Relaxed);
-            self.bytes.fetch_add(written, Relaxed);
-            self.progress.file_done(0);
-            return Ok(());
-        }
-        let destination = temporary_sibling(path);
-        let written = self.write_content(&destination, first, chunks, node.meta.size, true).map(|(_, n)| n);
-        let result = written.and_then(|written| {
-            // Checked before its mode is applied: a mode without owner read must not fail it.
-            if database {
-                let verdict = sqlite::integrity_check(&destination);
-                if verdict != "ok" {
-                    return Err(format!("restored database fails integrity_check, existing file kept: {verdict}"));
-                }
-            }
-            self.metadata(&destination, &node.meta, false)?;
-            if database {
-                replace_database(&destination, path).map_err(|e| format!("replacing the database: {e}"))?;
-            }
-            Ok(written)
-        });
-        let written = match result {
-            Ok(written) => written,
-            Err(e) => {
-                if database {
-                    let _ = fs::remove_file(&destination);
-                }
-                return Err(e);
-            }
+            written
         };
         self.files.fetch_add(1, Relaxed);
         self.bytes.fetch_add(written, Relaxed);
         self.progress.file_done(0);
         Ok(())
+    }
+
+    /// Writes a database beside `path`, checks it, and only then puts it in place; returns its
+    /// length. A failure leaves the existing database as it was.
+    fn database_file(
+        &self,
+        node: &Node,
+        first: Option<Vec<u8>>,
+        chunks: &[Id],
+        path: &Path,
+    ) -> std::result::Result<u64, String> {
+        let destination = temporary_sibling(path);
+        let result = self.write_content(&destination, first, chunks, node.meta.size, true).and_then(|(_, written)| {
+            // Checked before its mode is applied: a mode without owner read must not fail it.
+            let verdict = sqlite::integrity_check(&destination);
+            if verdict != "ok" {
+                return Err(format!("restored database fails integrity_check, existing file kept: {verdict}"));
+            }
+            self.metadata(&destination, &node.meta, false)?;
+            replace_database(&destination, path).map_err(|e| format!("replacing the database: {e}"))?;
+            Ok(written)
+        });
+        if result.is_err() {
+            let _ = fs::remove_file(&destination);
+        }
+        result
     }
 
     /// Writes a file's chunks (the first already read) to a new file at `path`, replacing a
@@ -352,10 +352,7 @@ impl Restorer<'_> {
             std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid)).map_err(|e| format!("chown: {e}"))?;
         }
         file.set_permissions(fs::Permissions::from_mode(meta.mode)).map_err(|e| format!("chmod: {e}"))?;
-        let times = [
-            libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-            libc::timespec { tv_sec: meta.mtime_sec as libc::time_t, tv_nsec: meta.mtime_nsec as libc::c_long },
-        ];
+        let times = mtime_only(meta.mtime_sec, meta.mtime_nsec);
         // SAFETY: a valid descriptor and two timespecs, as futimens requires.
         if unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) } != 0 {
             return Err(format!("setting mtime: {}", std::io::Error::last_os_error()));
@@ -468,13 +465,18 @@ fn make_node(path: &Path, kind: libc::mode_t, rdev: u64) -> std::result::Result<
 /// Sets the mtime of `path` itself (not a symlink's target), leaving the atime alone.
 fn set_mtime(path: &Path, sec: i64, nsec: u32) -> std::io::Result<()> {
     let c = c_path(path)?;
-    let times = [
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        libc::timespec { tv_sec: sec as libc::time_t, tv_nsec: nsec as libc::c_long },
-    ];
+    let times = mtime_only(sec, nsec);
     // SAFETY: `c` is a valid path and `times` holds two timespecs, as utimensat requires.
     if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The (atime, mtime) pair for utimensat/futimens that sets the mtime and leaves the atime.
+fn mtime_only(sec: i64, nsec: u32) -> [libc::timespec; 2] {
+    [
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec { tv_sec: sec as libc::time_t, tv_nsec: nsec as libc::c_long },
+    ]
 }

@@ -137,13 +137,6 @@ impl Backend for LocalBackend {
         fs::read(&path).at(path)
     }
 
-    fn will_read(&self, key: &str) {
-        if let Ok(file) = File::open(self.path(key)) {
-            // SAFETY: a valid descriptor; the advice only schedules reads into the page cache.
-            unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&file), 0, 0, libc::POSIX_FADV_WILLNEED) };
-        }
-    }
-
     fn get_into(&self, key: &str, out: &mut Vec<u8>) -> Result<()> {
         let path = self.path(key);
         let mut file = File::open(&path).at(&path)?;

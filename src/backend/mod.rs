@@ -62,10 +62,6 @@ pub trait Backend: Send + Sync {
     fn requests(&self) -> Option<RequestCounts> {
         None
     }
-
-    /// A hint that `key` will be read whole soon: a local backend starts reading it into the
-    /// page cache, so reading and verifying overlap. Others ignore it.
-    fn will_read(&self, _key: &str) {}
 }
 
 /// Requests an object-store backend has sent, by kind. A listing counts one request per page of

@@ -115,7 +115,7 @@ impl<'a> Archiver<'a> {
         }
         names.sort_unstable();
         let listed: HashSet<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
-        let entries: Vec<Entry<'_>> = names
+        let mut entries: Vec<Entry<'_>> = names
             .par_iter()
             .filter_map(|name| {
                 if self.is_database_companion(path, name, &listed) {
@@ -128,7 +128,7 @@ impl<'a> Archiver<'a> {
                 Some(Entry { path, name: name.clone(), stat, previous, wal_sibling, prefetched: 0 })
             })
             .collect();
-        let entries = self.prefetch_reads(entries);
+        self.prefetch_reads(&mut entries);
         let nodes: Vec<Option<Node>> = entries
             .into_par_iter()
             .map(|entry| {
@@ -143,24 +143,37 @@ impl<'a> Archiver<'a> {
 
     /// Asks the kernel to start reading the files of `entries` that will be read (new or
     /// changed), within the prefetch budget.
-    fn prefetch_reads<'p>(&self, mut entries: Vec<Entry<'p>>) -> Vec<Entry<'p>> {
-        for entry in &mut entries {
+    fn prefetch_reads(&self, entries: &mut [Entry<'_>]) {
+        for entry in entries {
             let meta = &entry.stat;
-            let reused = match entry.previous {
-                Some(Node { meta: old, content: Content::File { .. }, .. }) => {
-                    metadata_unchanged(old, &metadata_of(meta))
-                }
-                _ => false,
-            };
-            if meta.is_file()
+            let will_read = meta.is_file()
                 && meta.len() > 0
-                && (!reused || self.may_be_live_database(&entry.path, entry.wal_sibling))
-            {
+                && self.previous_chunks(&entry.path, &metadata_of(meta), entry.previous, entry.wal_sibling).is_none();
+            if will_read {
                 entry.prefetched = self.prefetch.start(&entry.path, meta.len());
             }
         }
-        entries
     }
+
+    /// The parent node's chunk list, for a file whose metadata says it is unchanged (a possibly
+    /// live database never is). Whether those chunks are all still stored is the caller's check.
+    fn previous_chunks<'n>(
+        &self,
+        path: &Path,
+        meta: &Metadata,
+        parent: Option<&'n Node>,
+        wal_sibling: bool,
+    ) -> Option<&'n Vec<Id>> {
+        match parent {
+            Some(Node { meta: old, content: Content::File { chunks }, .. })
+                if metadata_unchanged(old, meta) && !self.may_be_live_database(path, wal_sibling) =>
+            {
+                Some(chunks)
+            }
+            _ => None,
+        }
+    }
+
     /// Stores a directory's tree blob, refusing one too large to ever be read back.
     pub fn store_tree(&self, tree: &Tree, path: &Path) -> Result<Id> {
         let encoded = tree.encode();
@@ -274,10 +287,8 @@ impl<'a> Archiver<'a> {
         wal_sibling: bool,
     ) -> Result<Option<(Vec<Id>, u64)>> {
         let must_be_database = self.required_databases.contains(path);
-        if let Some(Node { meta: old, content: Content::File { chunks }, .. }) =
-            parent.filter(|_| !self.may_be_live_database(path, wal_sibling))
-        {
-            if metadata_unchanged(old, meta) && chunks.iter().all(|id| self.store.contains(id)) {
+        if let Some(chunks) = self.previous_chunks(path, meta, parent, wal_sibling) {
+            if chunks.iter().all(|id| self.store.contains(id)) {
                 self.progress.file_done(meta.size);
                 return Ok(Some((chunks.clone(), meta.size)));
             }
