@@ -1,6 +1,7 @@
 //! Free space, and the disk guard: cairn protects a machine, so it must not be what fills its
 //! disk. A snapshot (or `cairn run`) given a minimum refuses to start when the repository's file
 //! system is already below it, and stops before any pack write that would take it below.
+//! Also the read-ahead hint both the archiver and the local backend give the kernel.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -26,6 +27,22 @@ pub fn space(path: &Path) -> Option<Space> {
         free: stat.f_bavail as u64 * stat.f_frsize as u64,
         total: stat.f_blocks as u64 * stat.f_frsize as u64,
     })
+}
+
+/// The most one `posix_fadvise(WILLNEED)` call reads: the kernel caps each call at the device's
+/// read-ahead size (`read_ahead_kb`, 128 KiB by default), silently ignoring the rest.
+const WILL_NEED_STEP: u64 = 128 << 10;
+
+/// Asks the kernel to start reading the first `len` bytes of `file` into the page cache and
+/// returns at once; in steps, so a file larger than one read-ahead window is read whole.
+pub fn will_need(file: &std::fs::File, len: u64) {
+    use std::os::fd::AsRawFd;
+    for offset in (0..len.max(1)).step_by(WILL_NEED_STEP as usize) {
+        // SAFETY: a valid descriptor; the advice only schedules reads into the page cache.
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), offset as i64, WILL_NEED_STEP as i64, libc::POSIX_FADV_WILLNEED)
+        };
+    }
 }
 
 /// A minimum of free space: an absolute size or a percentage of the file system.

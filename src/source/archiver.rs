@@ -418,8 +418,7 @@ impl Prefetch {
         let flags = libc::O_NOATIME | libc::O_NONBLOCK | libc::O_NOFOLLOW;
         let open = |flags| OpenOptions::new().read(true).custom_flags(flags).open(path);
         if let Ok(file) = open(flags).or_else(|_| open(flags & !libc::O_NOATIME)) {
-            // SAFETY: a valid descriptor; the advice only schedules reads into the page cache.
-            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+            crate::disk::will_need(&file, len);
         }
         len
     }
