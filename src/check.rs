@@ -13,7 +13,7 @@
 //! time per worker, so memory stays at a few packs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -21,16 +21,20 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::format::pack::{self, BlobEntry, TrailerRead, HEADER_LEN, TAIL_LEN};
+use crate::format::snapshot::Snapshot;
 use crate::format::tree::Content;
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
 use crate::repository::Repository;
 
+/// How many packs `--read-data` asks the backend to fetch ahead of the ones being verified
+/// (4 packs are 64 MiB of page cache, enough to keep a disk busy while two cores decompress).
+const READ_AHEAD: usize = 4;
+
 thread_local! {
-    /// The pack buffer of this worker, kept for its next pack (taken, so a nested task that
-    /// steals another pack while this one's blobs are verified gets a buffer of its own).
-    static PACK_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Where this worker opens and decompresses blobs, reused from blob to blob.
+    static BLOB_BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Which packs `--read-data` reads.
@@ -142,9 +146,26 @@ impl Findings {
 pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let findings = Findings::default();
+    // Packs are read in the order of their ids, and the reads of the next few are started ahead
+    // of the workers, so the disk never waits on the CPU nor the CPU on the disk; the first ones
+    // while the index and snapshots load.
+    let on_disk = list_packs(repo, &mut report)?;
+    let mut to_read: Vec<&Id> = on_disk.keys().filter(|id| read_data.is_some_and(|s| s.selects(id))).collect();
+    to_read.sort_unstable();
+    let hinted = AtomicUsize::new(0);
+    let read_ahead = |done: usize| loop {
+        let next = hinted.load(Relaxed);
+        if next >= to_read.len() || next >= done + READ_AHEAD {
+            break;
+        }
+        if hinted.compare_exchange(next, next + 1, Relaxed, Relaxed).is_ok() {
+            repo.backend().will_read(&Repository::pack_key(to_read[next]));
+        }
+    };
     let index = repo.load_index()?;
     let snapshots = repo.snapshots()?;
     crate::audit::read_all(repo)?;
+    read_ahead(0);
     for damage in repo.take_damage() {
         findings.error(damage.to_string());
     }
@@ -159,7 +180,6 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
     for (pack, _) in &index.packs {
         by_pack.entry(*pack).or_default();
     }
-    let on_disk = list_packs(repo, &mut report)?;
     for id in on_disk.keys() {
         if !by_pack.contains_key(id) {
             report.warnings.push(format!(
@@ -178,72 +198,81 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
         let total: u64 = by_pack.keys().filter(|id| subset.selects(id)).filter_map(|id| on_disk.get(id)).sum();
         progress.add_total(total);
     }
-    by_pack.par_iter().for_each(|(pack, entries)| {
-        let key = Repository::pack_key(pack);
-        let Some(&actual_len) = on_disk.get(pack) else {
-            findings.bad_pack(pack, format!("pack {} is missing ({} blobs lost)", pack.short(), entries.len()));
-            entries.iter().for_each(|e| findings.bad_blob(&e.id, format!("its pack {} is missing", pack.short())));
-            return;
-        };
-        let expected_len = indexed_len.get(pack).copied().unwrap_or(0);
-        if actual_len != expected_len {
-            findings.bad_pack(
-                pack,
-                format!(
-                    "pack {} is {actual_len} bytes, the index says {expected_len}: truncated or overwritten",
-                    pack.short()
-                ),
-            );
-        }
-        for entry in entries.iter().filter(|e| e.end() > actual_len) {
-            findings.bad_blob(&entry.id, format!("it lies past the end of pack {}", pack.short()));
-        }
-        let mut bytes = PACK_BUFFER.take();
-        let whole = read_data.is_some_and(|s| s.selects(pack))
-            && match repo.backend().get_into(&key, &mut bytes) {
-                Ok(()) => true,
-                Err(e) => {
-                    findings.bad_pack(pack, format!("pack {}: cannot read: {e}", pack.short()));
-                    false
-                }
+    let started = AtomicUsize::new(0);
+    // The snapshot trees are walked meanwhile, on a thread of their own: on an intact repository
+    // that walk is the final one, and reading trees waits on the disk more than on the CPU.
+    let walk_all = |bad| walk(repo, &index, &snapshots, bad);
+    let first_walk = std::thread::scope(|scope| {
+        let first_walk = scope.spawn(|| walk_all(HashMap::new()));
+        by_pack.iter().par_bridge().for_each(|(pack, entries)| {
+            let key = Repository::pack_key(pack);
+            let Some(&actual_len) = on_disk.get(pack) else {
+                findings.bad_pack(pack, format!("pack {} is missing ({} blobs lost)", pack.short(), entries.len()));
+                entries.iter().for_each(|e| findings.bad_blob(&e.id, format!("its pack {} is missing", pack.short())));
+                return;
             };
-        // The structure from the pack just read, or from its header and trailer alone.
-        let len = if whole { bytes.len() as u64 } else { actual_len };
-        let read_range = |offset: u64, n: u64| match whole {
-            true => Ok(bytes[offset as usize..(offset + n) as usize].to_vec()),
-            false => repo.backend().get_range(&key, offset, n),
-        };
-        if let Err(e) = check_pack_structure(repo, &key, pack, len, entries, &findings, &read_range) {
-            findings.bad_pack(pack, format!("pack {}: {e}", pack.short()));
-        }
-        if whole {
-            packs_read.fetch_add(1, Relaxed);
-            bytes_read.fetch_add(bytes.len() as u64, Relaxed);
-            if Id::of(&bytes) != *pack {
-                findings.bad_pack(pack, format!("pack {} content does not match its id: it is damaged", pack.short()));
+            let expected_len = indexed_len.get(pack).copied().unwrap_or(0);
+            if actual_len != expected_len {
+                findings.bad_pack(
+                    pack,
+                    format!(
+                        "pack {} is {actual_len} bytes, the index says {expected_len}: truncated or overwritten",
+                        pack.short()
+                    ),
+                );
             }
-            // Blob by blob in parallel too: packs alone leave a core idle at the end.
-            entries.par_iter().for_each(|entry| {
-                blobs_verified.fetch_add(1, Relaxed);
-                if let Err(reason) = verify_blob(repo, pack, &bytes, entry) {
-                    findings.error(format!("blob {} in pack {}: {reason}", entry.id.short(), pack.short()));
-                    findings.bad_blob(&entry.id, format!("it is damaged ({reason})"));
+            for entry in entries.iter().filter(|e| e.end() > actual_len) {
+                findings.bad_blob(&entry.id, format!("it lies past the end of pack {}", pack.short()));
+            }
+            let selected = read_data.is_some_and(|s| s.selects(pack));
+            if selected {
+                read_ahead(started.fetch_add(1, Relaxed));
+            }
+            let whole = match selected.then(|| repo.backend().get_whole(&key)) {
+                Some(Ok(bytes)) => Some(bytes),
+                Some(Err(e)) => {
+                    findings.bad_pack(pack, format!("pack {}: cannot read: {e}", pack.short()));
+                    None
                 }
-            });
-            progress.add_bytes(bytes.len() as u64);
-        }
-        PACK_BUFFER.set(bytes);
+                None => None,
+            };
+            // The structure from the pack just read, or from its header and trailer alone.
+            let len = whole.as_ref().map_or(actual_len, |bytes| bytes.len() as u64);
+            let read_range = |offset: u64, n: u64| match &whole {
+                Some(bytes) => Ok(bytes[offset as usize..(offset + n) as usize].to_vec()),
+                None => repo.backend().get_range(&key, offset, n),
+            };
+            if let Err(e) = check_pack_structure(repo, &key, pack, len, entries, &findings, &read_range) {
+                findings.bad_pack(pack, format!("pack {}: {e}", pack.short()));
+            }
+            if let Some(bytes) = &whole {
+                packs_read.fetch_add(1, Relaxed);
+                bytes_read.fetch_add(bytes.len() as u64, Relaxed);
+                if Id::of(bytes) != *pack {
+                    findings
+                        .bad_pack(pack, format!("pack {} content does not match its id: it is damaged", pack.short()));
+                }
+                // Blob by blob in parallel too: packs alone leave a core idle at the end.
+                entries.par_iter().for_each(|entry| {
+                    blobs_verified.fetch_add(1, Relaxed);
+                    if let Err(reason) = verify_blob(repo, pack, bytes, entry) {
+                        findings.error(format!("blob {} in pack {}: {reason}", entry.id.short(), pack.short()));
+                        findings.bad_blob(&entry.id, format!("it is damaged ({reason})"));
+                    }
+                });
+                progress.add_bytes(bytes.len() as u64);
+            }
+        });
+        first_walk.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     });
     report.packs_read = packs_read.into_inner();
     report.bytes_read = bytes_read.into_inner();
     report.blobs_verified = blobs_verified.into_inner();
 
-    // Trace every bad or missing blob to the snapshots and paths that need it.
+    // Trace every bad or missing blob to the snapshots and paths that need it: walk again only if
+    // reading the packs found any.
     let bad = findings.bad_blobs.into_inner().expect("poisoned");
-    let mut walker = Walker { repo, index: &index, bad, clean: HashSet::new(), affected: Vec::new(), trees: 0 };
-    for (id, snapshot) in &snapshots {
-        walker.tree(&id.short(), &snapshot.tree, "");
-    }
+    let walker = if bad.is_empty() { first_walk } else { walk_all(bad) };
     report.trees = walker.trees;
     let mut affected = walker.affected;
     affected.sort();
@@ -335,10 +364,30 @@ pub(crate) fn verify_blob(
     entry: &BlobEntry,
 ) -> std::result::Result<(), String> {
     let stored = pack.get(entry.offset as usize..entry.end() as usize).ok_or("it lies outside the pack")?;
-    repo.decode_blob(entry, stored, pack_id).map(|_| ()).map_err(|e| match e {
-        Error::BadBlob { reason, .. } => reason,
-        other => other.to_string(),
-    })
+    BLOB_BUFFERS
+        .with(|cell| {
+            let (opened, plain) = &mut *cell.borrow_mut();
+            repo.open_blob(entry, stored, pack_id, opened, plain).map(|_| ())
+        })
+        .map_err(|e| match e {
+            Error::BadBlob { reason, .. } => reason,
+            other => other.to_string(),
+        })
+}
+
+/// Walks every snapshot's trees, naming each path that needs a blob in `bad`, a tree that does not
+/// decode, or a chunk the index lacks.
+fn walk<'a>(
+    repo: &'a Repository,
+    index: &'a Index,
+    snapshots: &[(Id, Snapshot)],
+    bad: HashMap<Id, String>,
+) -> Walker<'a> {
+    let mut walker = Walker { repo, index, bad, clean: HashSet::new(), affected: Vec::new(), trees: 0 };
+    for (id, snapshot) in snapshots {
+        walker.tree(&id.short(), &snapshot.tree, "");
+    }
+    walker
 }
 
 /// Walks snapshot trees, naming every path that needs a bad or missing blob. Subtrees found clean

@@ -33,25 +33,42 @@ pub fn compress(data: &[u8], level: i32) -> (Codec, Vec<u8>) {
 
 /// Decodes stored bytes back to the plain blob of `raw_len` bytes. `what` names the blob in errors.
 pub fn decompress(codec: Codec, stored: &[u8], raw_len: u32, what: &str) -> Result<Vec<u8>> {
-    if raw_len > MAX_BLOB_LEN {
-        return Err(Error::corrupt(what, format!("blob claims {raw_len} plain bytes")));
-    }
-    let plain = match codec {
-        Codec::Raw => stored.to_vec(),
-        Codec::Zstd => DECOMPRESSOR
-            .with(|cell| {
-                let mut cell = cell.borrow_mut();
-                if cell.is_none() {
-                    *cell = Some(zstd::bulk::Decompressor::new()?);
-                }
-                cell.as_mut().expect("just set").decompress(stored, raw_len as usize)
-            })
-            .map_err(|e| Error::corrupt(what, format!("zstd: {e}")))?,
-    };
-    if plain.len() != raw_len as usize {
-        return Err(Error::corrupt(what, format!("decoded to {} bytes, expected {raw_len}", plain.len())));
-    }
+    let mut plain = Vec::new();
+    decompress_into(codec, stored, raw_len, &mut plain).map_err(|reason| Error::corrupt(what, reason))?;
     Ok(plain)
+}
+
+/// Like [`decompress`], into `plain` (replacing what it held, reusing its memory); the error is
+/// the reason alone.
+pub fn decompress_into(
+    codec: Codec,
+    stored: &[u8],
+    raw_len: u32,
+    plain: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
+    if raw_len > MAX_BLOB_LEN {
+        return Err(format!("blob claims {raw_len} plain bytes"));
+    }
+    plain.clear();
+    match codec {
+        Codec::Raw => plain.extend_from_slice(stored),
+        Codec::Zstd => {
+            plain.reserve(raw_len as usize);
+            DECOMPRESSOR
+                .with(|cell| {
+                    let mut cell = cell.borrow_mut();
+                    if cell.is_none() {
+                        *cell = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    cell.as_mut().expect("just set").decompress_to_buffer(stored, plain)
+                })
+                .map_err(|e| format!("zstd: {e}"))?;
+        }
+    }
+    if plain.len() != raw_len as usize {
+        return Err(format!("decoded to {} bytes, expected {raw_len}", plain.len()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

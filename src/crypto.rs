@@ -76,7 +76,14 @@ impl Keys {
 
     /// Opens what [`Keys::seal`] produced; `what` names the object in the error.
     pub fn open(&self, aad: &[u8], sealed: &[u8], what: &str) -> Result<Vec<u8>> {
-        open_with(&self.master.encryption, aad, sealed, what)
+        let mut plain = Vec::new();
+        open_with(&self.master.encryption, aad, sealed, &mut plain, what)?;
+        Ok(plain)
+    }
+
+    /// Like [`Keys::open`], into `plain` (replacing what it held, reusing its memory).
+    pub fn open_into(&self, aad: &[u8], sealed: &[u8], plain: &mut Vec<u8>, what: &str) -> Result<()> {
+        open_with(&self.master.encryption, aad, sealed, plain, what)
     }
 }
 
@@ -104,7 +111,7 @@ fn seal_with(key: &[u8; 32], aad: &[u8], plain: &[u8]) -> Vec<u8> {
     out
 }
 
-fn open_with(key: &[u8; 32], aad: &[u8], sealed: &[u8], what: &str) -> Result<Vec<u8>> {
+fn open_with(key: &[u8; 32], aad: &[u8], sealed: &[u8], buffer: &mut Vec<u8>, what: &str) -> Result<()> {
     let failed = || {
         Error::corrupt(
             what,
@@ -115,13 +122,12 @@ fn open_with(key: &[u8; 32], aad: &[u8], sealed: &[u8], what: &str) -> Result<Ve
         return Err(failed());
     }
     let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().expect("24");
-    let mut buffer = sealed[NONCE_LEN..].to_vec();
-    let plain_len = object_key(key, &nonce)
-        .open_in_place(gcm_nonce(&nonce), Aad::from(aad), &mut buffer)
-        .map_err(|_| failed())?
-        .len();
+    buffer.clear();
+    buffer.extend_from_slice(&sealed[NONCE_LEN..]);
+    let plain_len =
+        object_key(key, &nonce).open_in_place(gcm_nonce(&nonce), Aad::from(aad), buffer).map_err(|_| failed())?.len();
     buffer.truncate(plain_len);
-    Ok(buffer)
+    Ok(())
 }
 
 /// Bytes from the kernel's CSPRNG (`getrandom(2)`), for keys, salts and nonces.
@@ -267,7 +273,8 @@ pub fn wrap(wrapping: &[u8; 32], aad: &[u8], master: &MasterKey) -> Vec<u8> {
 
 /// Opens a wrapped master key; `None` when the passphrase was not this key file's.
 pub fn unwrap(wrapping: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<MasterKey> {
-    let plain = open_with(wrapping, aad, sealed, "key").ok()?;
+    let mut plain = Vec::new();
+    open_with(wrapping, aad, sealed, &mut plain, "key").ok()?;
     MasterKey::from_bytes(&plain)
 }
 
