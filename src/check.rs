@@ -5,15 +5,16 @@
 //! every indexed pack exists, has the indexed length, a valid header, and a trailer that lists
 //! each indexed blob at the indexed place; every snapshot's trees decode and hash to their ids,
 //! and every chunk they name is in the index. With `--read-data` (or a deterministic subset),
-//! every selected pack is read whole: its BLAKE3 must equal its name, and every blob in it must
-//! decompress and hash to its id. Finally every damaged or missing blob is traced to the
-//! snapshots and file paths that need it.
+//! every selected pack is read whole: its BLAKE3 must equal its name, and every blob its trailer
+//! lists must decrypt, decompress and hash to its id. Damage counts where the index takes a blob
+//! from; in a pack no index names it is only a warning. Finally every damaged or missing blob is
+//! traced to the snapshots and file paths that need it.
 //!
-//! Check only reads; it never repairs (a later `prune` does). Reading is parallel, one pack at a
-//! time per worker, so memory stays at a few packs.
+//! Check only reads; it never repairs (a later `prune` does). Packs are read in parallel, one at
+//! a time per worker, so memory stays at a few packs, while the index and trees load beside them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -146,40 +147,67 @@ impl Findings {
 pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let findings = Findings::default();
-    // Packs are read in the order of their ids, and the reads of the next few are started ahead
-    // of the workers, so the disk never waits on the CPU nor the CPU on the disk; the first ones
-    // while the index and snapshots load.
     let on_disk = list_packs(repo, &mut report)?;
     let mut to_read: Vec<&Id> = on_disk.keys().filter(|id| read_data.is_some_and(|s| s.selects(id))).collect();
     to_read.sort_unstable();
-    let hinted = AtomicUsize::new(0);
-    let read_ahead = |done: usize| loop {
-        let next = hinted.load(Relaxed);
-        if next >= to_read.len() || next >= done + READ_AHEAD {
-            break;
-        }
-        if hinted.compare_exchange(next, next + 1, Relaxed, Relaxed).is_ok() {
-            repo.backend().will_read(&Repository::pack_key(to_read[next]));
-        }
-    };
-    let index = repo.load_index()?;
-    let snapshots = repo.snapshots()?;
-    crate::audit::read_all(repo)?;
-    read_ahead(0);
+    progress.add_total(to_read.iter().map(|id| on_disk[*id]).sum());
+
+    // The packs are read whole (with `--read-data`) while, on a thread of its own, the index,
+    // snapshots and audit log load and the snapshot trees are walked: a pack is verified against
+    // its own trailer, so neither waits for the other. The index is held against the packs after.
+    let read = std::thread::scope(|scope| {
+        let loader = scope.spawn(|| -> Result<_> {
+            let index = repo.load_index()?;
+            let snapshots = repo.snapshots()?;
+            crate::audit::read_all(repo)?;
+            // On an intact repository this is the final walk.
+            let walked = match all_trees_intact(repo, &index, &snapshots) {
+                Some(trees) => Walked { bad: HashMap::new(), affected: Vec::new(), trees },
+                None => walk(repo, &index, &snapshots, HashMap::new()),
+            };
+            // Index entries grouped by pack.
+            let mut by_pack: BTreeMap<Id, Vec<BlobEntry>> = BTreeMap::new();
+            for (pack, entry) in index.entries() {
+                by_pack.entry(pack).or_default().push(entry);
+            }
+            for (pack, _) in &index.packs {
+                by_pack.entry(*pack).or_default();
+            }
+            Ok((index, snapshots, walked, by_pack))
+        });
+        let read = read_packs(repo, &to_read, progress);
+        (loader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), read)
+    });
+    let ((index, snapshots, first_walk, by_pack), read) = (read.0?, read.1);
     for damage in repo.take_damage() {
         findings.error(damage.to_string());
     }
     report.index_files = repo.backend().list("index")?.len() as u64;
     report.snapshots = snapshots.len() as u64;
+    report.packs_read = read.packs;
+    report.bytes_read = read.bytes;
+    report.blobs_verified = read.blobs;
+    let indexed_len: HashMap<Id, u64> = index.packs.iter().copied().collect();
+    // Damage matters where the index takes blobs from; a pack no index names is only left over.
+    for (pack, message) in read.bad_packs {
+        match indexed_len.contains_key(&pack) {
+            true => findings.bad_pack(&pack, message),
+            false => report.warnings.push(format!("{message} (no index names it; prune removes it)")),
+        }
+    }
+    for (pack, entry, reason) in read.failed {
+        if index.get(&entry.id).is_some_and(|at| index.pack_id(at) == pack) {
+            findings.error(format!("blob {} in pack {}: {reason}", entry.id.short(), pack.short()));
+            findings.bad_blob(&entry.id, format!("it is damaged ({reason})"));
+        } else {
+            report.warnings.push(format!(
+                "blob {} in pack {} is damaged ({reason}), but the index takes it from another pack",
+                entry.id.short(),
+                pack.short()
+            ));
+        }
+    }
 
-    // Index entries grouped by pack.
-    let mut by_pack: BTreeMap<Id, Vec<BlobEntry>> = BTreeMap::new();
-    for (pack, entry) in index.entries() {
-        by_pack.entry(pack).or_default().push(entry);
-    }
-    for (pack, _) in &index.packs {
-        by_pack.entry(*pack).or_default();
-    }
     for id in on_disk.keys() {
         if !by_pack.contains_key(id) {
             report.warnings.push(format!(
@@ -188,91 +216,38 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
             ));
         }
     }
-    let indexed_len: HashMap<Id, u64> = index.packs.iter().copied().collect();
     report.packs = by_pack.len() as u64;
-
-    let packs_read = AtomicU64::new(0);
-    let bytes_read = AtomicU64::new(0);
-    let blobs_verified = AtomicU64::new(0);
-    if let Some(subset) = read_data {
-        let total: u64 = by_pack.keys().filter(|id| subset.selects(id)).filter_map(|id| on_disk.get(id)).sum();
-        progress.add_total(total);
-    }
-    let started = AtomicUsize::new(0);
-    // The snapshot trees are walked meanwhile, on a thread of their own: on an intact repository
-    // that walk is the final one, and reading trees waits on the disk more than on the CPU.
-    let walk_all = |bad| walk(repo, &index, &snapshots, bad);
-    let first_walk = std::thread::scope(|scope| {
-        let first_walk = scope.spawn(|| walk_all(HashMap::new()));
-        by_pack.iter().par_bridge().for_each(|(pack, entries)| {
-            let key = Repository::pack_key(pack);
-            let Some(&actual_len) = on_disk.get(pack) else {
-                findings.bad_pack(pack, format!("pack {} is missing ({} blobs lost)", pack.short(), entries.len()));
-                entries.iter().for_each(|e| findings.bad_blob(&e.id, format!("its pack {} is missing", pack.short())));
-                return;
-            };
-            let expected_len = indexed_len.get(pack).copied().unwrap_or(0);
-            if actual_len != expected_len {
-                findings.bad_pack(
-                    pack,
-                    format!(
-                        "pack {} is {actual_len} bytes, the index says {expected_len}: truncated or overwritten",
-                        pack.short()
-                    ),
-                );
-            }
-            for entry in entries.iter().filter(|e| e.end() > actual_len) {
-                findings.bad_blob(&entry.id, format!("it lies past the end of pack {}", pack.short()));
-            }
-            let selected = read_data.is_some_and(|s| s.selects(pack));
-            if selected {
-                read_ahead(started.fetch_add(1, Relaxed));
-            }
-            let whole = match selected.then(|| repo.backend().get_whole(&key)) {
-                Some(Ok(bytes)) => Some(bytes),
-                Some(Err(e)) => {
-                    findings.bad_pack(pack, format!("pack {}: cannot read: {e}", pack.short()));
-                    None
-                }
-                None => None,
-            };
-            // The structure from the pack just read, or from its header and trailer alone.
-            let len = whole.as_ref().map_or(actual_len, |bytes| bytes.len() as u64);
-            let read_range = |offset: u64, n: u64| match &whole {
-                Some(bytes) => Ok(bytes[offset as usize..(offset + n) as usize].to_vec()),
-                None => repo.backend().get_range(&key, offset, n),
-            };
-            if let Err(e) = check_pack_structure(repo, &key, pack, len, entries, &findings, &read_range) {
-                findings.bad_pack(pack, format!("pack {}: {e}", pack.short()));
-            }
-            if let Some(bytes) = &whole {
-                packs_read.fetch_add(1, Relaxed);
-                bytes_read.fetch_add(bytes.len() as u64, Relaxed);
-                if Id::of(bytes) != *pack {
-                    findings
-                        .bad_pack(pack, format!("pack {} content does not match its id: it is damaged", pack.short()));
-                }
-                // Blob by blob in parallel too: packs alone leave a core idle at the end.
-                entries.par_iter().for_each(|entry| {
-                    blobs_verified.fetch_add(1, Relaxed);
-                    if let Err(reason) = verify_blob(repo, pack, bytes, entry) {
-                        findings.error(format!("blob {} in pack {}: {reason}", entry.id.short(), pack.short()));
-                        findings.bad_blob(&entry.id, format!("it is damaged ({reason})"));
-                    }
-                });
-                progress.add_bytes(bytes.len() as u64);
-            }
-        });
-        first_walk.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    by_pack.par_iter().for_each(|(pack, entries)| {
+        let key = Repository::pack_key(pack);
+        let Some(&actual_len) = on_disk.get(pack) else {
+            findings.bad_pack(pack, format!("pack {} is missing ({} blobs lost)", pack.short(), entries.len()));
+            entries.iter().for_each(|e| findings.bad_blob(&e.id, format!("its pack {} is missing", pack.short())));
+            return;
+        };
+        let expected_len = indexed_len.get(pack).copied().unwrap_or(0);
+        if actual_len != expected_len {
+            findings.bad_pack(
+                pack,
+                format!(
+                    "pack {} is {actual_len} bytes, the index says {expected_len}: truncated or overwritten",
+                    pack.short()
+                ),
+            );
+        }
+        for entry in entries.iter().filter(|e| e.end() > actual_len) {
+            findings.bad_blob(&entry.id, format!("it lies past the end of pack {}", pack.short()));
+        }
+        // Header and trailer only: a pack read whole is still in the page cache.
+        let read_range = |offset, n| repo.backend().get_range(&key, offset, n);
+        if let Err(e) = check_pack_structure(repo, &key, pack, actual_len, entries, &findings, &read_range) {
+            findings.bad_pack(pack, format!("pack {}: {e}", pack.short()));
+        }
     });
-    report.packs_read = packs_read.into_inner();
-    report.bytes_read = bytes_read.into_inner();
-    report.blobs_verified = blobs_verified.into_inner();
 
     // Trace every bad or missing blob to the snapshots and paths that need it: walk again only if
-    // reading the packs found any.
+    // the packs or the index had any.
     let bad = findings.bad_blobs.into_inner().expect("poisoned");
-    let walker = if bad.is_empty() { first_walk } else { walk_all(bad) };
+    let walker = if bad.is_empty() { first_walk } else { walk(repo, &index, &snapshots, bad) };
     report.trees = walker.trees;
     let mut affected = walker.affected;
     affected.sort();
@@ -293,6 +268,62 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
     Ok(report)
 }
 
+/// What reading packs whole found.
+#[derive(Default)]
+struct PacksRead {
+    packs: u64,
+    bytes: u64,
+    blobs: u64,
+    /// Packs that could not be read or do not match their id, and why.
+    bad_packs: Vec<(Id, String)>,
+    /// Blobs that failed, with the pack holding them and why.
+    failed: Vec<(Id, BlobEntry, String)>,
+}
+
+/// Reads each pack whole, in the order of their ids, the next few announced to the backend ahead
+/// of the workers (so the disk never waits on the CPU nor the CPU on the disk): its bytes must
+/// hash to its id, and every blob its trailer lists must decode and hash to its id. A pack that
+/// cannot be read, or whose trailer does not decode, is left to the structural pass to report.
+fn read_packs(repo: &Repository, packs: &[&Id], progress: &Progress) -> PacksRead {
+    let hinted = AtomicUsize::new(0);
+    let read_ahead = |done: usize| loop {
+        let next = hinted.load(Relaxed);
+        if next >= packs.len() || next >= done + READ_AHEAD {
+            break;
+        }
+        if hinted.compare_exchange(next, next + 1, Relaxed, Relaxed).is_ok() {
+            repo.backend().will_read(&Repository::pack_key(packs[next]));
+        }
+    };
+    let read = Mutex::new(PacksRead::default());
+    packs.iter().enumerate().par_bridge().for_each(|(n, pack)| {
+        read_ahead(n);
+        let key = Repository::pack_key(pack);
+        let bad_pack = |message: String| read.lock().expect("poisoned").bad_packs.push((**pack, message));
+        let bytes = match repo.backend().get_whole(&key) {
+            Ok(bytes) => bytes,
+            Err(e) => return bad_pack(format!("pack {}: cannot read: {e}", pack.short())),
+        };
+        if Id::of(&bytes) != **pack {
+            bad_pack(format!("pack {} content does not match its id: it is damaged", pack.short()));
+        }
+        let read_range = |offset: u64, n: u64| Ok(bytes[offset as usize..(offset + n) as usize].to_vec());
+        let listed = read_trailer(repo, &key, bytes.len() as u64, &read_range).unwrap_or_default();
+        // Blob by blob in parallel too: packs alone leave a core idle at the end.
+        let failed: Vec<(Id, BlobEntry, String)> = listed
+            .par_iter()
+            .filter_map(|entry| verify_blob(repo, pack, &bytes, entry).err().map(|reason| (**pack, *entry, reason)))
+            .collect();
+        let mut read = read.lock().expect("poisoned");
+        read.packs += 1;
+        read.bytes += bytes.len() as u64;
+        read.blobs += listed.len() as u64;
+        read.failed.extend(failed);
+        progress.add_bytes(bytes.len() as u64);
+    });
+    read.into_inner().expect("poisoned")
+}
+
 /// Every pack file on disk with its length; stray names are warnings.
 fn list_packs(repo: &Repository, report: &mut CheckReport) -> Result<HashMap<Id, u64>> {
     let (packs, strays) = repo.list_packs()?;
@@ -300,22 +331,18 @@ fn list_packs(repo: &Repository, report: &mut CheckReport) -> Result<HashMap<Id,
     Ok(packs)
 }
 
-/// Header magic and version, and a trailer that lists every indexed blob at its indexed place.
+/// The blobs a pack's trailer lists, once its header magic and version check out.
 /// `read_range(offset, len)` reads part of the pack, which is `len` bytes long; it is only asked
 /// for ranges inside those bytes.
-fn check_pack_structure(
+fn read_trailer(
     repo: &Repository,
     key: &str,
-    pack: &Id,
     len: u64,
-    entries: &[BlobEntry],
-    findings: &Findings,
     read_range: &dyn Fn(u64, u64) -> Result<Vec<u8>>,
-) -> Result<()> {
+) -> Result<Vec<BlobEntry>> {
     let file = repo.describe(key);
     if len < (HEADER_LEN + TAIL_LEN) as u64 {
-        entries.iter().for_each(|e| findings.bad_blob(&e.id, format!("pack {} is truncated", pack.short())));
-        return Err(Error::corrupt(file, "shorter than a pack header and trailer"));
+        return Err(Error::corrupt(file, "shorter than a pack header and trailer: truncated"));
     }
     let mode = pack::check_header(&read_range(0, HEADER_LEN as u64)?, &file)?;
     let keys = match (mode, repo.keys()) {
@@ -327,21 +354,32 @@ fn check_pack_structure(
         (_, None) => return Err(Error::corrupt(file, "an encrypted pack in an unencrypted repository")),
     };
     let mut want = len.min(256 << 10);
-    let trailer = loop {
+    loop {
         let tail = read_range(len - want, want)?;
-        match pack::decode_trailer_with(&tail, len, &file, keys) {
-            Ok(TrailerRead::Entries(trailer)) => break trailer,
-            Ok(TrailerRead::NeedMore(n)) if (n as u64) > want && (n as u64) <= len => want = n as u64,
-            Ok(TrailerRead::NeedMore(_)) => return Err(Error::corrupt(file, "trailer length is inconsistent")),
-            Err(e) => {
-                // Without a trailer nothing in the pack can be confirmed.
-                entries
-                    .iter()
-                    .for_each(|e| findings.bad_blob(&e.id, format!("pack {} has no valid trailer", pack.short())));
-                return Err(e);
-            }
+        match pack::decode_trailer_with(&tail, len, &file, keys)? {
+            TrailerRead::Entries(trailer) => return Ok(trailer),
+            TrailerRead::NeedMore(n) if (n as u64) > want && (n as u64) <= len => want = n as u64,
+            TrailerRead::NeedMore(_) => return Err(Error::corrupt(file, "trailer length is inconsistent")),
         }
-    };
+    }
+}
+
+/// Header magic and version, and a trailer that lists every indexed blob at its indexed place;
+/// reads as [`read_trailer`] does.
+fn check_pack_structure(
+    repo: &Repository,
+    key: &str,
+    pack: &Id,
+    len: u64,
+    entries: &[BlobEntry],
+    findings: &Findings,
+    read_range: &dyn Fn(u64, u64) -> Result<Vec<u8>>,
+) -> Result<()> {
+    let trailer = read_trailer(repo, key, len, read_range).inspect_err(|e| {
+        // Without a trailer nothing in the pack can be confirmed.
+        let reason = format!("pack {} has no valid header and trailer ({e})", pack.short());
+        entries.iter().for_each(|entry| findings.bad_blob(&entry.id, reason.clone()));
+    })?;
     let listed: HashMap<Id, BlobEntry> = trailer.into_iter().map(|e| (e.id, e)).collect();
     for entry in entries {
         if listed.get(&entry.id) != Some(entry) {
@@ -377,17 +415,48 @@ pub(crate) fn verify_blob(
 
 /// Walks every snapshot's trees, naming each path that needs a blob in `bad`, a tree that does not
 /// decode, or a chunk the index lacks.
-fn walk<'a>(
-    repo: &'a Repository,
-    index: &'a Index,
-    snapshots: &[(Id, Snapshot)],
-    bad: HashMap<Id, String>,
-) -> Walker<'a> {
+fn walk(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)], bad: HashMap<Id, String>) -> Walked {
     let mut walker = Walker { repo, index, bad, clean: HashSet::new(), affected: Vec::new(), trees: 0 };
     for (id, snapshot) in snapshots {
         walker.tree(&id.short(), &snapshot.tree, "");
     }
-    walker
+    Walked { bad: walker.bad, affected: walker.affected, trees: walker.trees }
+}
+
+/// Reads every tree the snapshots reach, each once and in parallel, level by level; returns how
+/// many there are if every one decodes and names only chunks and trees the index has, `None` at
+/// the first that does not (then [`walk`] names the paths it costs).
+fn all_trees_intact(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)]) -> Option<u64> {
+    let mut seen = HashSet::new();
+    let mut level: Vec<Id> = snapshots.iter().map(|(_, snapshot)| snapshot.tree).collect();
+    while !level.is_empty() {
+        level.retain(|id| seen.insert(*id));
+        let below: Vec<Vec<Id>> = level
+            .par_iter()
+            .map(|id| {
+                let tree = repo.read_tree(index, id).ok()?;
+                let mut subtrees = Vec::new();
+                for node in &tree.nodes {
+                    match &node.content {
+                        Content::Dir { subtree } => subtrees.push(*subtree),
+                        Content::File { chunks } if !chunks.iter().all(|chunk| index.contains(chunk)) => return None,
+                        _ => {}
+                    }
+                }
+                Some(subtrees)
+            })
+            .collect::<Option<_>>()?;
+        level = below.into_iter().flatten().collect();
+    }
+    Some(seen.len() as u64)
+}
+
+/// What [`walk`] found: every bad blob (those it was given and trees that would not decode), the
+/// paths they cost, and how many trees it read.
+struct Walked {
+    bad: HashMap<Id, String>,
+    affected: Vec<Affected>,
+    trees: u64,
 }
 
 /// Walks snapshot trees, naming every path that needs a bad or missing blob. Subtrees found clean

@@ -153,6 +153,29 @@ fn structural_check_finds_truncated_and_missing_files_and_bad_trees() {
     check_fails_with(&repo, "directory listing unreadable");
 }
 
+/// A pack no index names (left by a killed snapshot) is only a warning, even damaged: nothing is
+/// restored from it, and prune removes it. The indexed packs still count in full.
+#[test]
+fn read_data_only_warns_about_a_damaged_leftover_pack() {
+    let scratch = Scratch::new("leftover");
+    let repo = small_repo(&scratch);
+    let (pack, _) = packs_by_size(&repo).pop().unwrap();
+    let name = "ab".repeat(32);
+    let leftover = repo.join("packs").join(&name[..2]).join(&name);
+    fs::create_dir_all(leftover.parent().unwrap()).unwrap();
+    fs::copy(&pack, &leftover).unwrap(); // a copy under another name: its bytes do not match it
+    let out = run(cairn(&repo).args(["check", "--read-data", "--json"]));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings = report["warnings"].to_string();
+    assert!(warnings.contains("not in any index") && warnings.contains("does not match its id"), "{warnings}");
+    // Damage to an indexed pack is still an error.
+    flip_byte(&pack, 3000, 0x5a);
+    let out = run(cairn(&repo).args(["check", "--read-data"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/sub/big"));
+}
+
 #[test]
 fn drill_passes_on_a_healthy_repository_and_names_damage() {
     let scratch = Scratch::new("drill");
