@@ -14,7 +14,7 @@
 //! a time per worker, so memory stays at a few packs, while the index and trees load beside them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -33,7 +33,14 @@ use crate::repository::Repository;
 /// (4 packs are 64 MiB of page cache, enough to keep a disk busy while two cores decompress).
 const READ_AHEAD: usize = 4;
 
+/// The largest blob buffer a worker keeps for its next blob (data chunks are 4 MiB at most by
+/// default; a larger one is freed after use rather than held for the rest of the check).
+const KEEP_BLOB_BUFFER: usize = 16 << 20;
+
 thread_local! {
+    /// The pack buffer of this worker, kept for its next pack (taken, so a nested task that
+    /// steals another pack while this one's blobs are verified gets a buffer of its own).
+    static PACK_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
     /// Where this worker opens and decompresses blobs, reused from blob to blob.
     static BLOB_BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
@@ -155,11 +162,12 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
     // The packs are read whole (with `--read-data`) while, on a thread of its own, the index,
     // snapshots and audit log load and the snapshot trees are walked: a pack is verified against
     // its own trailer, so neither waits for the other. The index is held against the packs after.
+    let stop = AtomicBool::new(false);
     let read = std::thread::scope(|scope| {
         let loader = scope.spawn(|| -> Result<_> {
-            let index = repo.load_index()?;
-            let snapshots = repo.snapshots()?;
-            crate::audit::read_all(repo)?;
+            // A repository that cannot be loaded stops the reading of packs at once.
+            let loaded = (|| Ok((repo.load_index()?, repo.snapshots()?, crate::audit::read_all(repo)?)))();
+            let (index, snapshots, _) = loaded.inspect_err(|_| stop.store(true, Relaxed))?;
             // On an intact repository this is the final walk.
             let walked = match all_trees_intact(repo, &index, &snapshots) {
                 Some(trees) => Walked { bad: HashMap::new(), affected: Vec::new(), trees },
@@ -175,7 +183,7 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
             }
             Ok((index, snapshots, walked, by_pack))
         });
-        let read = read_packs(repo, &to_read, progress);
+        let read = read_packs(repo, &to_read, progress, &stop);
         (loader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), read)
     });
     let ((index, snapshots, first_walk, by_pack), read) = (read.0?, read.1);
@@ -196,15 +204,14 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
         }
     }
     for (pack, entry, reason) in read.failed {
-        if index.get(&entry.id).is_some_and(|at| index.pack_id(at) == pack) {
-            findings.error(format!("blob {} in pack {}: {reason}", entry.id.short(), pack.short()));
-            findings.bad_blob(&entry.id, format!("it is damaged ({reason})"));
-        } else {
-            report.warnings.push(format!(
-                "blob {} in pack {} is damaged ({reason}), but the index takes it from another pack",
-                entry.id.short(),
-                pack.short()
-            ));
+        let copy = format!("blob {} in pack {} is damaged ({reason})", entry.id.short(), pack.short());
+        match index.get(&entry.id) {
+            Some(at) if index.pack_id(at) == pack && at.offset == entry.offset && at.stored_len == entry.stored_len => {
+                findings.error(format!("blob {} in pack {}: {reason}", entry.id.short(), pack.short()));
+                findings.bad_blob(&entry.id, format!("it is damaged ({reason})"));
+            }
+            Some(_) => report.warnings.push(format!("{copy}, but the index takes it from another copy")),
+            None => report.warnings.push(format!("{copy}, but no index names it")),
         }
     }
 
@@ -237,7 +244,7 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
         for entry in entries.iter().filter(|e| e.end() > actual_len) {
             findings.bad_blob(&entry.id, format!("it lies past the end of pack {}", pack.short()));
         }
-        // Header and trailer only: a pack read whole is still in the page cache.
+        // Header and trailer by range (read whole, a local pack is still in the page cache).
         let read_range = |offset, n| repo.backend().get_range(&key, offset, n);
         if let Err(e) = check_pack_structure(repo, &key, pack, actual_len, entries, &findings, &read_range) {
             findings.bad_pack(pack, format!("pack {}: {e}", pack.short()));
@@ -282,9 +289,9 @@ struct PacksRead {
 
 /// Reads each pack whole, in the order of their ids, the next few announced to the backend ahead
 /// of the workers (so the disk never waits on the CPU nor the CPU on the disk): its bytes must
-/// hash to its id, and every blob its trailer lists must decode and hash to its id. A pack that
-/// cannot be read, or whose trailer does not decode, is left to the structural pass to report.
-fn read_packs(repo: &Repository, packs: &[&Id], progress: &Progress) -> PacksRead {
+/// hash to its id, and every blob its trailer lists must decode and hash to its id. A trailer
+/// that does not decode is left to the structural pass to report. Stops early once `stop` is set.
+fn read_packs(repo: &Repository, packs: &[&Id], progress: &Progress, stop: &AtomicBool) -> PacksRead {
     let hinted = AtomicUsize::new(0);
     let read_ahead = |done: usize| loop {
         let next = hinted.load(Relaxed);
@@ -297,31 +304,87 @@ fn read_packs(repo: &Repository, packs: &[&Id], progress: &Progress) -> PacksRea
     };
     let read = Mutex::new(PacksRead::default());
     packs.iter().enumerate().par_bridge().for_each(|(n, pack)| {
+        if stop.load(Relaxed) {
+            return;
+        }
         read_ahead(n);
         let key = Repository::pack_key(pack);
         let bad_pack = |message: String| read.lock().expect("poisoned").bad_packs.push((**pack, message));
-        let bytes = match repo.backend().get_whole(&key) {
-            Ok(bytes) => bytes,
-            Err(e) => return bad_pack(format!("pack {}: cannot read: {e}", pack.short())),
-        };
+        let mut bytes = PACK_BUFFER.take();
+        if let Err(e) = repo.backend().get_into(&key, &mut bytes) {
+            PACK_BUFFER.set(bytes);
+            return bad_pack(format!("pack {}: cannot read: {e}", pack.short()));
+        }
         if Id::of(&bytes) != **pack {
             bad_pack(format!("pack {} content does not match its id: it is damaged", pack.short()));
         }
         let read_range = |offset: u64, n: u64| Ok(bytes[offset as usize..(offset + n) as usize].to_vec());
         let listed = read_trailer(repo, &key, bytes.len() as u64, &read_range).unwrap_or_default();
-        // Blob by blob in parallel too: packs alone leave a core idle at the end.
-        let failed: Vec<(Id, BlobEntry, String)> = listed
-            .par_iter()
-            .filter_map(|entry| verify_blob(repo, pack, &bytes, entry).err().map(|reason| (**pack, *entry, reason)))
-            .collect();
+        let len = bytes.len() as u64;
+        let failed = verify_blobs(repo, pack, &mut bytes, &listed);
+        PACK_BUFFER.set(bytes);
         let mut read = read.lock().expect("poisoned");
         read.packs += 1;
-        read.bytes += bytes.len() as u64;
+        read.bytes += len;
         read.blobs += listed.len() as u64;
         read.failed.extend(failed);
-        progress.add_bytes(bytes.len() as u64);
+        progress.add_bytes(len);
     });
     read.into_inner().expect("poisoned")
+}
+
+/// Verifies every blob of a pack held whole, in parallel (packs alone would leave a core idle at
+/// the end), each decrypted where it lies; returns those that fail, with why.
+fn verify_blobs(repo: &Repository, pack: &Id, bytes: &mut [u8], entries: &[BlobEntry]) -> Vec<(Id, BlobEntry, String)> {
+    // In pack order, each blob gets its own stretch of the pack. One that overlaps the blob
+    // before it, or lies outside the pack (never so in a pack cairn wrote), is verified from a
+    // copy first, while every byte is still as read.
+    let mut sorted: Vec<&BlobEntry> = entries.iter().collect();
+    sorted.sort_unstable_by_key(|e| (e.offset, e.stored_len));
+    let (mut own, mut shared, mut end) = (Vec::with_capacity(sorted.len()), Vec::new(), 0);
+    for entry in sorted {
+        if entry.offset as u64 >= end && entry.end() <= bytes.len() as u64 {
+            end = entry.end();
+            own.push(entry);
+        } else {
+            shared.push(entry);
+        }
+    }
+    let failure = |entry: &BlobEntry, reason| (*pack, *entry, reason);
+    let mut failed: Vec<_> = shared
+        .par_iter()
+        .filter_map(|entry| verify_blob(repo, pack, bytes, entry).err().map(|r| failure(entry, r)))
+        .collect();
+    let mut stretches = Vec::with_capacity(own.len());
+    let (mut rest, mut at) = (bytes, 0);
+    for entry in own {
+        let (_, from_blob) = std::mem::take(&mut rest).split_at_mut(entry.offset as usize - at);
+        let (stored, after) = from_blob.split_at_mut(entry.stored_len as usize);
+        stretches.push((entry, stored));
+        (rest, at) = (after, entry.end() as usize);
+    }
+    let in_place = stretches.into_par_iter().filter_map(|(entry, stored)| {
+        with_blob_buffers(|_, plain| repo.open_blob_in_place(entry, stored, pack, plain).map(|_| ()))
+            .err()
+            .map(|e| failure(entry, blob_failure(e)))
+    });
+    failed.par_extend(in_place);
+    failed
+}
+
+/// Runs `decode` with this worker's blob buffers (for opened and for plain bytes), kept from blob
+/// to blob unless a huge blob grew them.
+fn with_blob_buffers<T>(decode: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> T) -> T {
+    BLOB_BUFFERS.with(|cell| {
+        let (opened, plain) = &mut *cell.borrow_mut();
+        let result = decode(opened, plain);
+        for buffer in [opened, plain] {
+            if buffer.capacity() > KEEP_BLOB_BUFFER {
+                *buffer = Vec::new();
+            }
+        }
+        result
+    })
 }
 
 /// Every pack file on disk with its length; stray names are warnings.
@@ -402,15 +465,16 @@ pub(crate) fn verify_blob(
     entry: &BlobEntry,
 ) -> std::result::Result<(), String> {
     let stored = pack.get(entry.offset as usize..entry.end() as usize).ok_or("it lies outside the pack")?;
-    BLOB_BUFFERS
-        .with(|cell| {
-            let (opened, plain) = &mut *cell.borrow_mut();
-            repo.open_blob(entry, stored, pack_id, opened, plain).map(|_| ())
-        })
-        .map_err(|e| match e {
-            Error::BadBlob { reason, .. } => reason,
-            other => other.to_string(),
-        })
+    with_blob_buffers(|opened, plain| repo.open_blob(entry, stored, pack_id, opened, plain).map(|_| ()))
+        .map_err(blob_failure)
+}
+
+/// Why a blob failed, without the blob and pack its message would repeat.
+fn blob_failure(e: Error) -> String {
+    match e {
+        Error::BadBlob { reason, .. } => reason,
+        other => other.to_string(),
+    }
 }
 
 /// Walks every snapshot's trees, naming each path that needs a blob in `bad`, a tree that does not

@@ -81,6 +81,19 @@ impl Keys {
         Ok(plain)
     }
 
+    /// Like [`Keys::open`], decrypting where the sealed bytes lie; returns the plain part of them.
+    pub fn open_in_place<'a>(&self, aad: &[u8], sealed: &'a mut [u8], what: &str) -> Result<&'a [u8]> {
+        if sealed.len() < OVERHEAD {
+            return Err(open_failed(what));
+        }
+        let (nonce, body) = sealed.split_at_mut(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = (&*nonce).try_into().expect("24");
+        let plain = object_key(&self.master.encryption, &nonce)
+            .open_in_place(gcm_nonce(&nonce), Aad::from(aad), body)
+            .map_err(|_| open_failed(what))?;
+        Ok(plain)
+    }
+
     /// Like [`Keys::open`], into `plain` (replacing what it held, reusing its memory).
     pub fn open_into(&self, aad: &[u8], sealed: &[u8], plain: &mut Vec<u8>, what: &str) -> Result<()> {
         open_with(&self.master.encryption, aad, sealed, plain, what)
@@ -111,13 +124,15 @@ fn seal_with(key: &[u8; 32], aad: &[u8], plain: &[u8]) -> Vec<u8> {
     out
 }
 
+fn open_failed(what: &str) -> Error {
+    Error::corrupt(
+        what,
+        "authentication failed: the object was changed or damaged (or sealed with another repository's key)",
+    )
+}
+
 fn open_with(key: &[u8; 32], aad: &[u8], sealed: &[u8], buffer: &mut Vec<u8>, what: &str) -> Result<()> {
-    let failed = || {
-        Error::corrupt(
-            what,
-            "authentication failed: the object was changed or damaged (or sealed with another repository's key)",
-        )
-    };
+    let failed = || open_failed(what);
     if sealed.len() < OVERHEAD {
         return Err(failed());
     }
@@ -297,6 +312,13 @@ mod tests {
         assert!(keys.open(b"other", &sealed, "x").is_err());
         assert!(Keys::new(MasterKey::random()).open(b"aad", &sealed, "x").is_err());
         assert!(keys.open(b"aad", &sealed[..10], "x").is_err());
+        // In place: the same plain bytes, and the same refusals.
+        assert_eq!(keys.open_in_place(b"aad", &mut sealed.clone(), "x").unwrap(), b"some plaintext");
+        let mut bad = sealed.clone();
+        bad[30] ^= 1;
+        assert!(keys.open_in_place(b"aad", &mut bad, "x").is_err());
+        assert!(keys.open_in_place(b"other", &mut sealed.clone(), "x").is_err());
+        assert!(keys.open_in_place(b"aad", &mut sealed.clone()[..10], "x").is_err());
     }
 
     #[test]

@@ -33,8 +33,9 @@ pub fn space(path: &Path) -> Option<Space> {
 /// read-ahead size (`read_ahead_kb`, 128 KiB by default), silently ignoring the rest.
 const WILL_NEED_STEP: u64 = 128 << 10;
 
-/// Asks the kernel to start reading the first `len` bytes of `file` into the page cache and
-/// returns at once; in steps, so a file larger than one read-ahead window is read whole.
+/// Asks the kernel to start reading the first `len` bytes of `file` into the page cache, without
+/// waiting for the reads (only, when the device's queue is full, for room in it); in steps, so
+/// a file larger than one read-ahead window is read whole.
 pub fn will_need(file: &std::fs::File, len: u64) {
     use std::os::fd::AsRawFd;
     for offset in (0..len.max(1)).step_by(WILL_NEED_STEP as usize) {

@@ -6,7 +6,7 @@
 use std::fmt;
 
 /// A 32-byte BLAKE3 digest.
-#[derive(Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Id(pub [u8; 32]);
 
 /// Byte order, compared a word at a time: ids are sorted and searched by the million, and their
@@ -21,13 +21,6 @@ impl Ord for Id {
 impl PartialOrd for Id {
     fn partial_cmp(&self, other: &Id) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
-    }
-}
-
-/// The first eight bytes: an id is already a uniform hash, and equal ids share them.
-impl std::hash::Hash for Id {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(u64::from_ne_bytes(self.0[..8].try_into().expect("8 bytes")));
     }
 }
 

@@ -4,12 +4,12 @@
 //! put returns. See store-format/README.md, "Writing files".
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::{Backend, Whole};
+use super::Backend;
 use crate::error::{Error, IoContext, Result};
 
 pub struct LocalBackend {
@@ -137,16 +137,12 @@ impl Backend for LocalBackend {
         fs::read(&path).at(path)
     }
 
-    fn get_whole(&self, key: &str) -> Result<Whole> {
+    fn get_into(&self, key: &str, out: &mut Vec<u8>) -> Result<()> {
         let path = self.path(key);
-        let file = File::open(&path).at(&path)?;
-        if file.metadata().at(&path)?.len() == 0 {
-            return Ok(Whole::Read(Vec::new())); // nothing to map
-        }
-        // Populated: one call maps what the page cache holds instead of a fault per 64 KiB.
-        // SAFETY: see `Whole::Mapped`; repository files are never modified in place.
-        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.at(&path)?;
-        Ok(Whole::Mapped(map))
+        let mut file = File::open(&path).at(&path)?;
+        out.clear();
+        file.read_to_end(out).at(&path)?;
+        Ok(())
     }
 
     /// Starts the kernel's read-ahead of the whole file (`posix_fadvise(WILLNEED)` returns at

@@ -17,10 +17,12 @@ pub trait Backend: Send + Sync {
 
     fn get(&self, key: &str) -> Result<Vec<u8>>;
 
-    /// Like [`Backend::get`], for reading a whole pack once: a local backend maps the file rather
-    /// than copying 16 MiB out of the page cache.
-    fn get_whole(&self, key: &str) -> Result<Whole> {
-        self.get(key).map(Whole::Read)
+    /// Like [`Backend::get`], into `out` (replacing what it held), reusing its memory where the
+    /// backend can: a fresh buffer per 16 MiB pack costs a page fault per 4 KiB. (Not a memory
+    /// map: a read error on a mapped page kills the process, and `check` exists to report them.)
+    fn get_into(&self, key: &str, out: &mut Vec<u8>) -> Result<()> {
+        *out = self.get(key)?;
+        Ok(())
     }
 
     /// A hint that the whole object will be read soon, so the backend can start fetching it
@@ -64,25 +66,6 @@ pub trait Backend: Send + Sync {
     /// Requests sent so far, for backends that bill per request (object stores).
     fn requests(&self) -> Option<RequestCounts> {
         None
-    }
-}
-
-/// The bytes of a whole object, from [`Backend::get_whole`].
-pub enum Whole {
-    /// A read-only mapping of a local file. cairn never changes a file in place (it writes new
-    /// files and deletes old ones, and a deleted file stays mapped), so the bytes cannot change
-    /// under the reader; only another program truncating the file meanwhile could fault it.
-    Mapped(memmap2::Mmap),
-    Read(Vec<u8>),
-}
-
-impl std::ops::Deref for Whole {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Whole::Mapped(map) => map,
-            Whole::Read(bytes) => bytes,
-        }
     }
 }
 

@@ -281,14 +281,41 @@ impl Repository {
         opened: &'a mut Vec<u8>,
         plain: &'a mut Vec<u8>,
     ) -> Result<&'a [u8]> {
-        let bad = |reason: String| Error::BadBlob { id: entry.id, pack: *pack, reason };
         let compressed: &'a [u8] = match &self.keys {
             Some(keys) => {
-                keys.open_into(&entry.id.0, stored, opened, "blob").map_err(|e| bad(e.to_string()))?;
+                keys.open_into(&entry.id.0, stored, opened, "blob").map_err(|e| unopened(entry, pack, e))?;
                 opened
             }
             None => stored,
         };
+        self.finish_blob(entry, pack, compressed, plain)
+    }
+
+    /// Like [`Repository::open_blob`], decrypting where the stored bytes lie (which leaves them
+    /// decrypted, or scrambled if the blob is damaged).
+    pub fn open_blob_in_place<'a>(
+        &self,
+        entry: &BlobEntry,
+        stored: &'a mut [u8],
+        pack: &Id,
+        plain: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
+        let compressed: &'a [u8] = match &self.keys {
+            Some(keys) => keys.open_in_place(&entry.id.0, stored, "blob").map_err(|e| unopened(entry, pack, e))?,
+            None => stored,
+        };
+        self.finish_blob(entry, pack, compressed, plain)
+    }
+
+    /// Decompresses an opened blob (into `plain` unless it is stored raw) and checks its id.
+    fn finish_blob<'a>(
+        &self,
+        entry: &BlobEntry,
+        pack: &Id,
+        compressed: &'a [u8],
+        plain: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
+        let bad = |reason: String| Error::BadBlob { id: entry.id, pack: *pack, reason };
         let content: &'a [u8] = match entry.codec {
             Codec::Raw if compressed.len() == entry.raw_len as usize => compressed,
             codec => {
@@ -567,4 +594,9 @@ fn unlock<T>(
         format!(" ({} damaged key files: {})", damaged.len(), damaged.join("; "))
     };
     Err(Error::WrongPassword(format!("{location}{damaged}")))
+}
+
+/// A blob whose authentication failed.
+fn unopened(entry: &BlobEntry, pack: &Id, e: Error) -> Error {
+    Error::BadBlob { id: entry.id, pack: *pack, reason: e.to_string() }
 }

@@ -169,6 +169,13 @@ fn read_data_only_warns_about_a_damaged_leftover_pack() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let warnings = report["warnings"].to_string();
     assert!(warnings.contains("not in any index") && warnings.contains("does not match its id"), "{warnings}");
+    // A damaged blob in the leftover copy is a warning too: the index takes it from the original.
+    flip_byte(&leftover, 3000, 0x5a);
+    let out = run(cairn(&repo).args(["check", "--read-data", "--json"]));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings = report["warnings"].to_string();
+    assert!(warnings.contains("the index takes it from another copy"), "{warnings}");
     // Damage to an indexed pack is still an error.
     flip_byte(&pack, 3000, 0x5a);
     let out = run(cairn(&repo).args(["check", "--read-data"]));
