@@ -87,11 +87,7 @@ impl Keys {
             return Err(open_failed(what));
         }
         let (nonce, body) = sealed.split_at_mut(NONCE_LEN);
-        let nonce: [u8; NONCE_LEN] = (&*nonce).try_into().expect("24");
-        let plain = object_key(&self.master.encryption, &nonce)
-            .open_in_place(gcm_nonce(&nonce), Aad::from(aad), body)
-            .map_err(|_| open_failed(what))?;
-        Ok(plain)
+        Ok(open_body(&self.master.encryption, aad, (&*nonce).try_into().expect("24"), body, what)?)
     }
 
     /// Like [`Keys::open`], into `plain` (replacing what it held, reusing its memory).
@@ -131,18 +127,27 @@ fn open_failed(what: &str) -> Error {
     )
 }
 
+/// Opens `sealed` into `buffer` (replacing what it held).
 fn open_with(key: &[u8; 32], aad: &[u8], sealed: &[u8], buffer: &mut Vec<u8>, what: &str) -> Result<()> {
-    let failed = || open_failed(what);
     if sealed.len() < OVERHEAD {
-        return Err(failed());
+        return Err(open_failed(what));
     }
-    let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().expect("24");
     buffer.clear();
     buffer.extend_from_slice(&sealed[NONCE_LEN..]);
-    let plain_len =
-        object_key(key, &nonce).open_in_place(gcm_nonce(&nonce), Aad::from(aad), buffer).map_err(|_| failed())?.len();
+    let plain_len = open_body(key, aad, sealed[..NONCE_LEN].try_into().expect("24"), buffer, what)?.len();
     buffer.truncate(plain_len);
     Ok(())
+}
+
+/// Decrypts and authenticates `body` (ciphertext and tag) where it lies; returns the plain part.
+fn open_body<'a>(
+    key: &[u8; 32],
+    aad: &[u8],
+    nonce: &[u8; NONCE_LEN],
+    body: &'a mut [u8],
+    what: &str,
+) -> Result<&'a mut [u8]> {
+    object_key(key, nonce).open_in_place(gcm_nonce(nonce), Aad::from(aad), body).map_err(|_| open_failed(what))
 }
 
 /// Bytes from the kernel's CSPRNG (`getrandom(2)`), for keys, salts and nonces.

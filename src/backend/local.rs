@@ -145,8 +145,8 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
-    /// Starts the kernel's read-ahead of the whole file (`posix_fadvise(WILLNEED)` returns at
-    /// once); a missing file is left for the read to report.
+    /// Starts the kernel's read-ahead of the whole file ([`crate::disk::will_need`]); a missing
+    /// file is left for the read to report.
     fn will_read(&self, key: &str) {
         if let Ok(file) = File::open(self.path(key)) {
             crate::disk::will_need(&file, file.metadata().map_or(0, |m| m.len()));

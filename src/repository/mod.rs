@@ -8,9 +8,10 @@ pub mod index;
 pub mod lock;
 pub mod packer;
 
-use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
 
 use crate::backend::local::LocalBackend;
 use crate::backend::object::{is_url, ObjectBackend};
