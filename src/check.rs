@@ -38,9 +38,6 @@ const READ_AHEAD: usize = 4;
 const KEEP_BLOB_BUFFER: usize = 16 << 20;
 
 thread_local! {
-    /// The pack buffer of this worker, kept for its next pack (taken, so a nested task that
-    /// steals another pack while this one's blobs are verified gets a buffer of its own).
-    static PACK_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
     /// Where this worker opens and decompresses blobs, reused from blob to blob.
     static BLOB_BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
@@ -303,6 +300,9 @@ fn read_packs(repo: &Repository, packs: &[&Id], progress: &Progress, stop: &Atom
         }
     };
     let read = Mutex::new(PacksRead::default());
+    // Pack buffers are pooled, not per thread: a worker that steals another pack while this
+    // one's blobs are verified takes a buffer already in memory instead of faulting in a new one.
+    let buffers = Mutex::new(Vec::<Vec<u8>>::new());
     packs.iter().enumerate().par_bridge().for_each(|(n, pack)| {
         if stop.load(Relaxed) {
             return;
@@ -310,9 +310,9 @@ fn read_packs(repo: &Repository, packs: &[&Id], progress: &Progress, stop: &Atom
         read_ahead(n);
         let key = Repository::pack_key(pack);
         let bad_pack = |message: String| read.lock().expect("poisoned").bad_packs.push((**pack, message));
-        let mut bytes = PACK_BUFFER.take();
+        let mut bytes = buffers.lock().expect("poisoned").pop().unwrap_or_default();
         if let Err(e) = repo.backend().get_into(&key, &mut bytes) {
-            PACK_BUFFER.set(bytes);
+            buffers.lock().expect("poisoned").push(bytes);
             return bad_pack(format!("pack {}: cannot read: {e}", pack.short()));
         }
         if Id::of(&bytes) != **pack {
@@ -322,7 +322,7 @@ fn read_packs(repo: &Repository, packs: &[&Id], progress: &Progress, stop: &Atom
         let listed = read_trailer(repo, &key, bytes.len() as u64, &read_range).unwrap_or_default();
         let len = bytes.len() as u64;
         let failed = verify_blobs(repo, pack, &mut bytes, &listed);
-        PACK_BUFFER.set(bytes);
+        buffers.lock().expect("poisoned").push(bytes);
         let mut read = read.lock().expect("poisoned");
         read.packs += 1;
         read.bytes += len;

@@ -141,6 +141,8 @@ impl Backend for LocalBackend {
         let path = self.path(key);
         let mut file = File::open(&path).at(&path)?;
         out.clear();
+        // Sized first, so a buffer that held a smaller object grows once, not by doubling.
+        out.reserve(file.metadata().at(&path)?.len() as usize);
         file.read_to_end(out).at(&path)?;
         Ok(())
     }
