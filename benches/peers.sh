@@ -6,13 +6,18 @@
 #        benches/peers.sh scale WORK_DIR [FILES]  a generated tree of FILES (default 1,000,000)
 #                                                 files of 1-16 KiB (about 8.5 GB for 1M)
 # env:   TOOLS    tools to run, in order (default "cairn restic rustic borg"; missing ones are skipped)
+#        ROUNDS   toolchain rounds (default 3); each starts from empty repositories
 #        INSTALL=1 install the peers first: restic and borgbackup from apt, rustic with cargo
 #        CAIRN    the cairn binary (default target/release/cairn)
 #
 # toolchain steps: snapshot v1, v1 again (unchanged), v2 over the same path, restore v2,
-# forget --keep-last 1 + prune, check --read-data. scale steps: first snapshot, unchanged
-# re-snapshot, full restore. Every step prints wall seconds, peak RSS and repository size; the
-# summary prints, per step, the best peer's time divided by cairn's (above 1: cairn is faster).
+# forget --keep-last 1 + prune, check --read-data. Each step runs for every tool before the next
+# step starts (the first tool rotates from round to round), so a slow spell of a shared host
+# falls on all tools alike rather than on one. scale steps: first snapshot, unchanged
+# re-snapshot, full restore, one tool after the other (their repositories would not fit on disk
+# together). Every step prints wall seconds, peak RSS and repository size; the summary prints,
+# per step, the median over rounds of each tool's time, and the best peer's median divided by
+# cairn's (above 1: cairn is faster), with the fastest and slowest round of each.
 # Every tool encrypts except borg (`-e none`, as in ../shared/bench/peers.sh).
 set -euo pipefail
 SCENARIO=${1:?toolchain or scale}; WORK=$(realpath -m "${2:?work dir}"); FILES=${3:-1000000}
@@ -26,6 +31,7 @@ export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS
 mkdir -p "$WORK"
 RESULTS=$WORK/results.txt; : >"$RESULTS"
 
+ROUND=1
 step() { # tool step command
   local tool=$1 s=$2 cmd=$3 t m size
   sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true   # cold cache when allowed
@@ -35,7 +41,7 @@ step() { # tool step command
   read -r t m <"$WORK/step.time"
   size=$(du -sm "$WORK/repo-$tool" 2>/dev/null | cut -f1)
   printf '%-7s %-18s %8.2f s %6d MiB rss %7s MiB repo\n' "$tool" "$s" "$t" $((m / 1024)) "$size"
-  echo "$s $tool $t $((m / 1024)) $size" >>"$RESULTS"
+  echo "$s $tool $t $((m / 1024)) $size $ROUND" >>"$RESULTS"
 }
 
 limits() { # the machine's own speed on this data: read+compress, walk, create files
@@ -74,23 +80,37 @@ case $SCENARIO in
     V1=$(rustc +stable --print sysroot); V2=$(rustc +nightly --print sysroot)
     echo "v1 $V1 ($(du -sm "$V1" | cut -f1) MiB), v2 $V2 ($(du -sm "$V2" | cut -f1) MiB); $(nproc) cores"
     limits "$V1"
-    live=$WORK/live
+    live=$WORK/live tools=()
     for tool in ${TOOLS:-cairn restic rustic borg}; do
-      available "$tool" || { echo "$tool: not installed (INSTALL=1)"; continue; }
-      R=$WORK/repo-$tool; out=$WORK/restore-$tool
-      rm -rf "$R" "$out" "$live"; mkdir -p "$live"
-      rsync -a --delete "$V1/" "$live/"
-      commands "$tool" "$R" "$live" "$out"; bash -c "$INIT" >/dev/null 2>&1
-      step "$tool" snapshot-v1 "$B"
-      step "$tool" snapshot-v1-again "$B"
+      if available "$tool"; then tools+=("$tool"); else echo "$tool: not installed (INSTALL=1)"; fi
+    done
+    each() { # step-name command-variable: the step for every tool, starting at this round's turn
+      local i tool
+      for ((i = 0; i < ${#tools[@]}; i++)); do
+        tool=${tools[(i + ROUND - 1) % ${#tools[@]}]}
+        commands "$tool" "$WORK/repo-$tool" "$live" "$WORK/restore-$tool"
+        step "$tool" "$1" "${!2}"
+        if [[ $1 == restore-v2 ]]; then # compare while it is there, then free the space
+          got=$WORK/restore-$tool; [[ -d $got$live ]] && got=$got$live
+          if diff -rq "$live" "$got" >/dev/null 2>&1; then echo "$tool restore matches"; else echo "$tool restore DIFFERS"; fi
+          rm -rf "$WORK/restore-$tool"
+        fi
+      done
+    }
+    for ((ROUND = 1; ROUND <= ${ROUNDS:-3}; ROUND++)); do
+      echo "round $ROUND"
+      rm -rf "$live"; mkdir -p "$live"; rsync -a --delete "$V1/" "$live/"
+      for tool in "${tools[@]}"; do
+        rm -rf "$WORK/repo-$tool" "$WORK/restore-$tool"
+        commands "$tool" "$WORK/repo-$tool" "$live" "$WORK/restore-$tool"; bash -c "$INIT" >/dev/null 2>&1
+      done
+      each snapshot-v1 B
+      each snapshot-v1-again B
       rsync -a --delete "$V2/" "$live/"
-      step "$tool" snapshot-v2 "$B"
-      step "$tool" restore-v2 "$RS"
-      step "$tool" prune-keep1 "$P"
-      step "$tool" check-data "$V"
-      got=$out; [[ -d $out$live ]] && got=$out$live
-      if diff -rq "$live" "$got" >/dev/null 2>&1; then echo "$tool restore matches"; else echo "$tool restore DIFFERS"; fi
-      rm -rf "$out"
+      each snapshot-v2 B
+      each restore-v2 RS
+      each prune-keep1 P
+      each check-data V
     done;;
   scale)
     live=$WORK/scale
@@ -129,7 +149,11 @@ EOF
   *) echo "unknown scenario $SCENARIO" >&2; exit 2;;
 esac
 
-echo; echo "best peer / cairn (time; above 1 means cairn is faster), and RSS:"
-awk '{ t[$1" "$2] = $3; m[$1" "$2] = $4; steps[$1] = 1; if ($2 != "cairn") peers[$1] = 1 }
-     END { for (s in steps) { best = ""; for (k in t) { split(k, p, " "); if (p[1] == s && p[2] != "cairn" && (best == "" || t[k] < best)) { best = t[k]; bm = m[k]; bt = p[2] } }
-           if (best != "" && (s" cairn") in t) printf "%-18s cairn %7.2f s %5d MiB   best peer %-7s %7.2f s %5d MiB   ratio %.2f\n", s, t[s" cairn"], m[s" cairn"], bt, best, bm, best / t[s" cairn"] } }' "$RESULTS"
+echo; echo "median over rounds: best peer / cairn (time; above 1 means cairn is faster), peak RSS, and [fastest-slowest round]:"
+awk '{ k = $1" "$2; n[k]++; t[k, n[k]] = $3; if ($4 > m[k]) m[k] = $4; steps[$1] = 1 }
+     function median(k,   i, j, x, c) { c = n[k]; for (i = 1; i <= c; i++) a[i] = t[k, i]
+       for (i = 2; i <= c; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+       lo = a[1]; hi = a[c]; return c % 2 ? a[(c + 1) / 2] : (a[c / 2] + a[c / 2 + 1]) / 2 }
+     END { for (s in steps) { best = ""; for (k in n) { split(k, p, " "); if (p[1] == s && p[2] != "cairn") { x = median(k); if (best == "" || x < best) { best = x; bm = m[k]; bt = p[2]; blo = lo; bhi = hi } } }
+           if (best != "" && (s" cairn") in n) { c = median(s" cairn")
+             printf "%-18s cairn %7.2f s [%.2f-%.2f] %5d MiB   best peer %-7s %7.2f s [%.2f-%.2f] %5d MiB   ratio %.2f\n", s, c, lo, hi, m[s" cairn"], bt, best, blo, bhi, bm, best / c } } }' "$RESULTS"
