@@ -337,4 +337,15 @@ mod tests {
         let wrong = wrapping_key(b"wrong horse", &salt, params).unwrap();
         assert!(unwrap(&wrong, b"k", &sealed).is_none());
     }
+
+    #[test]
+    fn the_wrapping_key_is_reference_argon2id() {
+        // Pins the KDF of key files to the reference implementation: the expected bytes are
+        // libargon2's (argon2-cffi `hash_secret_raw`, Argon2id v19, t=2, m=1000 KiB, p=1, 32 bytes),
+        // so another tool can open a key file from its recorded parameters alone.
+        let params = KdfParams { m_cost: 1000, t_cost: 2, p_cost: 1 };
+        let key = wrapping_key(b"correct horse", &[7u8; 32], params).unwrap();
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "119a368480095e90e61a666f2675db0a468be07a420f0b2a6146836bf573db4c");
+    }
 }
