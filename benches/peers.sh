@@ -6,7 +6,7 @@
 #        benches/peers.sh scale WORK_DIR [FILES]  a generated tree of FILES (default 1,000,000)
 #                                                 files of 1-16 KiB (about 8.5 GB for 1M)
 # env:   TOOLS    tools to run, in order (default "cairn restic rustic borg"; missing ones are skipped)
-#        ROUNDS   toolchain rounds (default 3); each starts from empty repositories
+#        ROUNDS   rounds (toolchain default 3, scale 1); each starts from empty repositories
 #        INSTALL=1 install the peers first: restic and borgbackup from apt, rustic with cargo
 #        CAIRN    the cairn binary (default target/release/cairn)
 #
@@ -15,7 +15,8 @@
 # step starts (the first tool rotates from round to round), so a slow spell of a shared host
 # falls on all tools alike rather than on one. scale steps: first snapshot, unchanged
 # re-snapshot, full restore, one tool after the other (their repositories would not fit on disk
-# together). Every step prints wall seconds, peak RSS and repository size; the summary prints,
+# together), the first tool also rotating per round. Before every step the disks must be quiet
+# (see settle) and the page cache is dropped. Every step prints wall seconds, peak RSS and repository size; the summary prints,
 # per step, the median over rounds of each tool's time, and the best peer's median divided by
 # cairn's (above 1: cairn is faster), with the fastest and slowest round of each.
 # Every tool encrypts except borg (`-e none`, as in ../shared/bench/peers.sh).
@@ -31,10 +32,22 @@ export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS
 mkdir -p "$WORK"
 RESULTS=$WORK/results.txt; : >"$RESULTS"
 
+settle() { # flush, then wait (up to 2 minutes) until no disk has done any I/O for a second:
+  # the file system may still be trimming what the last step deleted (ext4 `discard`), and that
+  # must not slow the next tool down
+  local before after i
+  sync
+  for ((i = 0; i < 120; i++)); do
+    before=$(awk '{ n += $4 + $8 + $15 } END { print n }' /proc/diskstats); sleep 1
+    after=$(awk '{ n += $4 + $8 + $15 } END { print n }' /proc/diskstats)
+    [[ $before == "$after" ]] && return
+  done
+}
+
 ROUND=1
 step() { # tool step command
   local tool=$1 s=$2 cmd=$3 t m size
-  sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true   # cold cache when allowed
+  settle; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true   # cold cache when allowed
   if ! /usr/bin/time -o "$WORK/step.time" -f '%e %M' bash -c "$cmd" >/dev/null 2>"$WORK/step.err"; then
     echo "$tool $s FAILED: $(tail -2 "$WORK/step.err" | tr '\n' ' ')"; return 0
   fi
@@ -46,7 +59,7 @@ step() { # tool step command
 
 limits() { # the machine's own speed on this data: read+compress, walk, create files
   local dir=$1
-  sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+  settle; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
   /usr/bin/time -f 'limit   tar c | zstd -T2     %e s' sh -c "tar cf - -C '$dir' . | zstd -q -T2 -3 >/dev/null"
   /usr/bin/time -f 'limit   find (lstat)         %e s' find "$dir" -printf '%s %T@\n' >/dev/null
   rm -rf "$WORK/limit-copy"; mkdir -p "$WORK/limit-copy"
@@ -136,15 +149,21 @@ EOF
     fi
     echo "scale tree: $FILES files, $(du -sm "$live" | cut -f1) MiB; $(nproc) cores"
     limits "$live"
+    tools=()
     for tool in ${TOOLS:-cairn restic rustic borg}; do
-      available "$tool" || { echo "$tool: not installed (INSTALL=1)"; continue; }
-      R=$WORK/repo-$tool; out=$WORK/restore-$tool
-      rm -rf "$R" "$out"
-      commands "$tool" "$R" "$live" "$out"; bash -c "$INIT" >/dev/null 2>&1
-      step "$tool" scale-snapshot "$B"
-      step "$tool" scale-again "$B"
-      step "$tool" scale-restore "$RS"
-      rm -rf "$out" "$R"
+      if available "$tool"; then tools+=("$tool"); else echo "$tool: not installed (INSTALL=1)"; fi
+    done
+    for ((ROUND = 1; ROUND <= ${ROUNDS:-1}; ROUND++)); do
+      for ((i = 0; i < ${#tools[@]}; i++)); do
+        tool=${tools[(i + ROUND - 1) % ${#tools[@]}]}
+        R=$WORK/repo-$tool; out=$WORK/restore-$tool
+        rm -rf "$R" "$out"
+        commands "$tool" "$R" "$live" "$out"; bash -c "$INIT" >/dev/null 2>&1
+        step "$tool" scale-snapshot "$B"
+        step "$tool" scale-again "$B"
+        step "$tool" scale-restore "$RS"
+        rm -rf "$out" "$R"
+      done
     done;;
   *) echo "unknown scenario $SCENARIO" >&2; exit 2;;
 esac
