@@ -37,6 +37,10 @@ const READ_AHEAD: usize = 4;
 /// default; a larger one is freed after use rather than held for the rest of the check).
 const KEEP_BLOB_BUFFER: usize = 16 << 20;
 
+/// The largest pack buffer put back in the pool (packs are about 16 MiB; a larger stray file's
+/// buffer is freed rather than held for the rest of the check).
+const KEEP_PACK_BUFFER: usize = 64 << 20;
+
 thread_local! {
     /// Where this worker opens and decompresses blobs, reused from blob to blob.
     static BLOB_BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
@@ -303,6 +307,11 @@ fn read_packs(repo: &Repository, packs: &[&Id], progress: &Progress, stop: &Atom
     // Pack buffers are pooled, not per thread: a worker that steals another pack while this
     // one's blobs are verified takes a buffer already in memory instead of faulting in a new one.
     let buffers = Mutex::new(Vec::<Vec<u8>>::new());
+    let give_back = |bytes: Vec<u8>| {
+        if bytes.capacity() <= KEEP_PACK_BUFFER {
+            buffers.lock().expect("poisoned").push(bytes);
+        }
+    };
     packs.iter().enumerate().par_bridge().for_each(|(n, pack)| {
         if stop.load(Relaxed) {
             return;
@@ -312,7 +321,7 @@ fn read_packs(repo: &Repository, packs: &[&Id], progress: &Progress, stop: &Atom
         let bad_pack = |message: String| read.lock().expect("poisoned").bad_packs.push((**pack, message));
         let mut bytes = buffers.lock().expect("poisoned").pop().unwrap_or_default();
         if let Err(e) = repo.backend().get_into(&key, &mut bytes) {
-            buffers.lock().expect("poisoned").push(bytes);
+            give_back(bytes);
             return bad_pack(format!("pack {}: cannot read: {e}", pack.short()));
         }
         if Id::of(&bytes) != **pack {
@@ -322,7 +331,7 @@ fn read_packs(repo: &Repository, packs: &[&Id], progress: &Progress, stop: &Atom
         let listed = read_trailer(repo, &key, bytes.len() as u64, &read_range).unwrap_or_default();
         let len = bytes.len() as u64;
         let failed = verify_blobs(repo, pack, &mut bytes, &listed);
-        buffers.lock().expect("poisoned").push(bytes);
+        give_back(bytes);
         let mut read = read.lock().expect("poisoned");
         read.packs += 1;
         read.bytes += len;
