@@ -292,25 +292,29 @@ fn killed_captures_leave_no_temporary_files_and_no_lock() {
     }
     init(&repo);
     for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM"), (libc::SIGKILL, "SIGKILL")] {
-        // Signal as soon as the capture has written its first pack: mid-capture. On a busy
-        // machine the packs may all land just before the end, and the signal then finds the run
-        // finished (successfully, which is right): that try proves nothing, so try again.
-        let mut landed = false;
-        for _ in 0..5 {
-            let packs = pack_count(&repo);
-            let mut child = cairn(&repo).args(["--quiet", "snapshot", "--sqlite"]).arg(&db_path).spawn().unwrap();
-            while pack_count(&repo) == packs && child.try_wait().unwrap().is_none() {
-                std::thread::sleep(Duration::from_micros(300));
-            }
-            unsafe { libc::kill(child.id() as i32, signal) };
-            let status = child.wait().unwrap();
-            eprintln!("{name}: {status}");
-            if !status.success() {
-                landed = true;
-                break;
-            }
+        // Signal as soon as the capture has written its first pack: mid-capture.
+        let packs = pack_count(&repo);
+        let mut command = cairn(&repo);
+        command.args(["--quiet", "snapshot", "--sqlite"]).arg(&db_path);
+        // Default dispositions: a test run started in the background (`cmd &` in a script)
+        // inherits SIGINT ignored, and the capture would then never see it.
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                Ok(())
+            });
         }
-        assert!(landed, "{name}: five captures all ended before the signal reached them");
+        let mut child = command.spawn().unwrap();
+        while pack_count(&repo) == packs && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        assert!(child.try_wait().unwrap().is_none(), "{name}: the capture ended before it could be interrupted");
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = child.wait().unwrap();
+        eprintln!("{name}: {status}");
+        assert!(!status.success(), "{name} ended the run");
         // No lock survives: a writer gets an immediate write lock and can checkpoint fully.
         let db = Connection::open(&db_path).unwrap();
         db.busy_timeout(Duration::ZERO).unwrap();
