@@ -141,8 +141,10 @@ impl Backend for LocalBackend {
         let path = self.path(key);
         let mut file = File::open(&path).at(&path)?;
         out.clear();
-        // Sized first, so a buffer that held a smaller object grows once, not by doubling.
-        out.reserve(file.metadata().at(&path)?.len() as usize);
+        // Sized first, so a buffer that held a smaller object grows once, not by doubling; a file
+        // too large to hold is an error, not an abort.
+        let len = file.metadata().at(&path)?.len();
+        out.try_reserve(len as usize).map_err(|e| Error::io(&path, std::io::Error::other(e)))?;
         file.read_to_end(out).at(&path)?;
         Ok(())
     }
