@@ -88,19 +88,24 @@ commands() { # tool repo live restore-target -> sets INIT B RS P V
 
 available() { [[ $1 == cairn ]] && [[ -x $CAIRN ]] || command -v "$1" >/dev/null; }
 
+tools=()
+for tool in ${TOOLS:-cairn restic rustic borg}; do
+  if available "$tool"; then tools+=("$tool"); else echo "$tool: not installed (INSTALL=1)"; fi
+done
+in_turn() { # the tools in this round's order: the first one rotates from round to round
+  local i
+  for ((i = 0; i < ${#tools[@]}; i++)); do echo "${tools[(i + ROUND - 1) % ${#tools[@]}]}"; done
+}
+
 case $SCENARIO in
   toolchain)
     V1=$(rustc +stable --print sysroot); V2=$(rustc +nightly --print sysroot)
     echo "v1 $V1 ($(du -sm "$V1" | cut -f1) MiB), v2 $V2 ($(du -sm "$V2" | cut -f1) MiB); $(nproc) cores"
     limits "$V1"
-    live=$WORK/live tools=()
-    for tool in ${TOOLS:-cairn restic rustic borg}; do
-      if available "$tool"; then tools+=("$tool"); else echo "$tool: not installed (INSTALL=1)"; fi
-    done
-    each() { # step-name command-variable: the step for every tool, starting at this round's turn
-      local i tool
-      for ((i = 0; i < ${#tools[@]}; i++)); do
-        tool=${tools[(i + ROUND - 1) % ${#tools[@]}]}
+    live=$WORK/live
+    each() { # step-name command-variable: the step for every tool, in this round's order
+      local tool
+      for tool in $(in_turn); do
         commands "$tool" "$WORK/repo-$tool" "$live" "$WORK/restore-$tool"
         step "$tool" "$1" "${!2}"
         if [[ $1 == restore-v2 ]]; then # compare while it is there, then free the space
@@ -149,13 +154,8 @@ EOF
     fi
     echo "scale tree: $FILES files, $(du -sm "$live" | cut -f1) MiB; $(nproc) cores"
     limits "$live"
-    tools=()
-    for tool in ${TOOLS:-cairn restic rustic borg}; do
-      if available "$tool"; then tools+=("$tool"); else echo "$tool: not installed (INSTALL=1)"; fi
-    done
     for ((ROUND = 1; ROUND <= ${ROUNDS:-1}; ROUND++)); do
-      for ((i = 0; i < ${#tools[@]}; i++)); do
-        tool=${tools[(i + ROUND - 1) % ${#tools[@]}]}
+      for tool in $(in_turn); do
         R=$WORK/repo-$tool; out=$WORK/restore-$tool
         rm -rf "$R" "$out"
         commands "$tool" "$R" "$live" "$out"; bash -c "$INIT" >/dev/null 2>&1
