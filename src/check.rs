@@ -10,16 +10,18 @@
 //! from; in a pack no index names it is only a warning. Finally every damaged or missing blob is
 //! traced to the snapshots and file paths that need it.
 //!
-//! Check only reads; it never repairs (a later `prune` does). Packs are read in parallel, one at
-//! a time per worker, so memory stays at a few packs, while the index and trees load beside them.
+//! Check only reads; it never repairs (a later `prune` does). Packs are read into two buffers, one
+//! verified while the next is read, so memory stays at two packs, while the index and trees load
+//! beside them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{mpsc, Condvar, Mutex};
 
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::backend::WholeObject;
 use crate::error::{Error, Result};
 use crate::format::pack::{self, BlobEntry, TrailerRead, HEADER_LEN, TAIL_LEN};
 use crate::format::snapshot::Snapshot;
@@ -29,15 +31,19 @@ use crate::progress::Progress;
 use crate::repository::index::Index;
 use crate::repository::Repository;
 
-/// How many packs `--read-data` asks the backend to fetch ahead of the ones being verified
-/// (4 packs are 64 MiB of page cache, enough to keep a disk busy while two cores decompress).
-const READ_AHEAD: usize = 4;
+/// How many packs `--read-data` holds in memory at once: one being verified, one being read (or
+/// read and waiting).
+const PACK_BUFFERS: usize = 2;
+
+/// Threads reading packs: two, so that the first two packs arrive together, and an object store
+/// has two downloads going.
+const PACK_READERS: usize = 2;
 
 /// The largest blob buffer a worker keeps for its next blob (data chunks are 4 MiB at most by
 /// default; a larger one is freed after use rather than held for the rest of the check).
 const KEEP_BLOB_BUFFER: usize = 16 << 20;
 
-/// The largest pack buffer put back in the pool (packs are about 16 MiB; a larger stray file's
+/// The largest pack buffer kept for the next pack (packs are about 16 MiB; a larger stray file's
 /// buffer is freed rather than held for the rest of the check).
 const KEEP_PACK_BUFFER: usize = 64 << 20;
 
@@ -288,63 +294,139 @@ struct PacksRead {
     failed: Vec<(Id, BlobEntry, String)>,
 }
 
-/// Reads each pack whole, in the order of their ids, the next few announced to the backend ahead
-/// of the workers (so the disk never waits on the CPU nor the CPU on the disk): its bytes must
-/// hash to its id, and every blob its trailer lists must decode and hash to its id. A trailer
-/// that does not decode is left to the structural pass to report. Stops early once `stop` is set.
+/// Reads each pack whole, in the order of their ids, and verifies it: its bytes must hash to its
+/// id, and every blob its trailer lists must decode and hash to its id. A trailer that does not
+/// decode is left to the structural pass to report. Stops early once `stop` is set.
+///
+/// Reading and verifying overlap, in [`PACK_BUFFERS`] buffers, the only ones there are:
+/// [`PACK_READERS`] threads read packs into free buffers, and a thread per buffer verifies the
+/// packs read. Packs take [`Turns`] at the worker pool, so it verifies one pack at a time with
+/// every core, and the next pack is read meanwhile.
 fn read_packs(repo: &Repository, packs: &[&Id], progress: &Progress, stop: &AtomicBool) -> PacksRead {
-    let hinted = AtomicUsize::new(0);
-    let read_ahead = |done: usize| loop {
-        let next = hinted.load(Relaxed);
-        if next >= packs.len() || next >= done + READ_AHEAD {
-            break;
+    let found = Mutex::new(PacksRead::default());
+    let read = &found;
+    let bad_pack = |pack: &Id, message: String| read.lock().expect("poisoned").bad_packs.push((*pack, message));
+    let next = &AtomicUsize::new(0);
+    let (free, free_buffers) = mpsc::channel();
+    for _ in 0..PACK_BUFFERS {
+        free.send(WholeObject::default()).expect("the receiver is here");
+    }
+    let free_buffers = &Mutex::new(free_buffers);
+    let (full, full_buffers) = mpsc::sync_channel::<(&Id, WholeObject)>(PACK_BUFFERS);
+    // Each pack read gets its turn as it is taken from the channel.
+    let full_buffers = &Mutex::new((full_buffers, 0));
+    let turns = &Turns::default();
+    std::thread::scope(|scope| {
+        for _ in 0..PACK_READERS {
+            let full = full.clone();
+            scope.spawn(move || {
+                // A buffer whose read failed is kept for the next pack.
+                let mut kept = None;
+                loop {
+                    let n = next.fetch_add(1, Relaxed);
+                    if n >= packs.len() || stop.load(Relaxed) {
+                        break;
+                    }
+                    let Some(mut buffer) = kept.take().or_else(|| free_buffers.lock().expect("poisoned").recv().ok())
+                    else {
+                        break; // no verifier is left to give buffers back
+                    };
+                    let pack = packs[n];
+                    match repo.backend().read_once(&Repository::pack_key(pack), &mut buffer) {
+                        Ok(()) => _ = full.send((pack, buffer)),
+                        Err(e) => {
+                            bad_pack(pack, format!("pack {}: cannot read: {e}", pack.short()));
+                            kept = Some(buffer);
+                        }
+                    }
+                }
+            });
         }
-        if hinted.compare_exchange(next, next + 1, Relaxed, Relaxed).is_ok() {
-            repo.backend().will_read(&Repository::pack_key(packs[next]));
+        // Each channel closes once the threads sending on it are done.
+        drop(full);
+        for _ in 0..PACK_BUFFERS {
+            let free = free.clone();
+            scope.spawn(move || loop {
+                let (turn, (pack, mut buffer)) = {
+                    let (full, turns_given) = &mut *full_buffers.lock().expect("poisoned");
+                    let Ok(received) = full.recv() else { break };
+                    *turns_given += 1;
+                    (Turn { turns, number: *turns_given - 1 }, received)
+                };
+                let key = Repository::pack_key(pack);
+                let bytes = buffer.bytes_mut();
+                let len = bytes.len() as u64;
+                // The whole pack is hashed before its blobs are decrypted in place.
+                if Id::of(bytes) != *pack {
+                    bad_pack(pack, format!("pack {} content does not match its id: it is damaged", pack.short()));
+                }
+                let read_range = |offset: u64, n: u64| Ok(bytes[offset as usize..(offset + n) as usize].to_vec());
+                let listed = read_trailer(repo, &key, len, &read_range).unwrap_or_default();
+                let failed = verify_blobs(repo, pack, bytes, &listed, turn);
+                if buffer.capacity() > KEEP_PACK_BUFFER {
+                    buffer = WholeObject::default();
+                }
+                _ = free.send(buffer);
+                let mut read = read.lock().expect("poisoned");
+                read.packs += 1;
+                read.bytes += len;
+                read.blobs += listed.len() as u64;
+                read.failed.extend(failed);
+                progress.add_bytes(len);
+            });
         }
-    };
-    let read = Mutex::new(PacksRead::default());
-    // Pack buffers are pooled, not per thread: a worker that steals another pack while this
-    // one's blobs are verified takes a buffer already in memory instead of faulting in a new one.
-    let buffers = Mutex::new(Vec::<Vec<u8>>::new());
-    let give_back = |bytes: Vec<u8>| {
-        if bytes.capacity() <= KEEP_PACK_BUFFER {
-            buffers.lock().expect("poisoned").push(bytes);
-        }
-    };
-    packs.iter().enumerate().par_bridge().for_each(|(n, pack)| {
-        if stop.load(Relaxed) {
-            return;
-        }
-        read_ahead(n);
-        let key = Repository::pack_key(pack);
-        let bad_pack = |message: String| read.lock().expect("poisoned").bad_packs.push((**pack, message));
-        let mut bytes = buffers.lock().expect("poisoned").pop().unwrap_or_default();
-        if let Err(e) = repo.backend().get_into(&key, &mut bytes) {
-            give_back(bytes);
-            return bad_pack(format!("pack {}: cannot read: {e}", pack.short()));
-        }
-        if Id::of(&bytes) != **pack {
-            bad_pack(format!("pack {} content does not match its id: it is damaged", pack.short()));
-        }
-        let read_range = |offset: u64, n: u64| Ok(bytes[offset as usize..(offset + n) as usize].to_vec());
-        let listed = read_trailer(repo, &key, bytes.len() as u64, &read_range).unwrap_or_default();
-        let len = bytes.len() as u64;
-        let failed = verify_blobs(repo, pack, &mut bytes, &listed);
-        give_back(bytes);
-        let mut read = read.lock().expect("poisoned");
-        read.packs += 1;
-        read.bytes += len;
-        read.blobs += listed.len() as u64;
-        read.failed.extend(failed);
-        progress.add_bytes(len);
+        drop(free);
     });
-    read.into_inner().expect("poisoned")
+    found.into_inner().expect("poisoned")
 }
 
-/// Verifies every blob of a pack held whole, in parallel (packs alone would leave a core idle at
-/// the end), each decrypted where it lies; returns those that fail, with why.
-fn verify_blobs(repo: &Repository, pack: &Id, bytes: &mut [u8], entries: &[BlobEntry]) -> Vec<(Id, BlobEntry, String)> {
+/// Whose turn it is at the worker pool: packs are numbered as they are taken up, and a pack's
+/// blobs start once every blob of the packs before it has been taken by a worker. So the pool
+/// works on one pack at a time, whose buffer is soon free for the next read, and a worker done
+/// with the last blobs of one pack goes on with the next.
+#[derive(Default)]
+struct Turns {
+    next: Mutex<u64>,
+    passed: Condvar,
+}
+
+/// A pack's turn: it passes to the next pack when [`Turn::pass`] is called, or at the latest when
+/// the turn is dropped (on every path, a panic included).
+struct Turn<'a> {
+    turns: &'a Turns,
+    number: u64,
+}
+
+impl Turn<'_> {
+    fn wait(&self) {
+        let next = self.turns.next.lock().expect("poisoned");
+        drop(self.turns.passed.wait_while(next, |next| *next < self.number).expect("poisoned"));
+    }
+
+    fn pass(&self) {
+        let mut next = self.turns.next.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *next == self.number {
+            *next += 1;
+            self.turns.passed.notify_all();
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.pass();
+    }
+}
+
+/// Verifies every blob of a pack held whole, each decrypted where it lies, on every worker once
+/// it is this pack's `turn`; returns those that fail, with why.
+fn verify_blobs(
+    repo: &Repository,
+    pack: &Id,
+    bytes: &mut [u8],
+    entries: &[BlobEntry],
+    turn: Turn,
+) -> Vec<(Id, BlobEntry, String)> {
     // In pack order, each blob gets its own stretch of the pack. One that overlaps the blob
     // before it, or lies outside the pack (never so in a pack cairn wrote), is verified from a
     // copy first, while every byte is still as read.
@@ -359,11 +441,14 @@ fn verify_blobs(repo: &Repository, pack: &Id, bytes: &mut [u8], entries: &[BlobE
             shared.push(entry);
         }
     }
+    turn.wait();
     let failure = |entry: &BlobEntry, reason| (*pack, *entry, reason);
-    let mut failed: Vec<_> = shared
-        .par_iter()
-        .filter_map(|entry| verify_blob(repo, pack, bytes, entry).err().map(|r| failure(entry, r)))
-        .collect();
+    let failed: Mutex<Vec<_>> = Mutex::new(
+        shared
+            .par_iter()
+            .filter_map(|entry| verify_blob(repo, pack, bytes, entry).err().map(|r| failure(entry, r)))
+            .collect(),
+    );
     let mut stretches = Vec::with_capacity(own.len());
     let (mut rest, mut at) = (bytes, 0);
     for entry in own {
@@ -372,13 +457,31 @@ fn verify_blobs(repo: &Repository, pack: &Id, bytes: &mut [u8], entries: &[BlobE
         stretches.push((entry, stored));
         (rest, at) = (after, entry.end() as usize);
     }
-    let in_place = stretches.into_par_iter().filter_map(|(entry, stored)| {
-        with_blob_buffers(|_, plain| repo.open_blob_in_place(entry, stored, pack, plain).map(|_| ()))
-            .err()
-            .map(|e| failure(entry, blob_failure(e)))
+    // Every worker takes blobs, the largest first, until none are left; the last one taken
+    // passes the turn. The pack's last blobs are its smallest, so its buffer is free soon after.
+    stretches.sort_by_key(|(entry, _)| std::cmp::Reverse(entry.stored_len));
+    let stretches = Mutex::new(stretches.into_iter());
+    rayon::in_place_scope(|scope| {
+        for _ in 0..rayon::current_num_threads() {
+            scope.spawn(|_| loop {
+                let taken = {
+                    let mut stretches = stretches.lock().expect("poisoned");
+                    let taken = stretches.next();
+                    if stretches.len() == 0 {
+                        turn.pass();
+                    }
+                    taken
+                };
+                let Some((entry, stored)) = taken else { break };
+                let opened =
+                    with_blob_buffers(|_, plain| repo.open_blob_in_place(entry, stored, pack, plain).map(|_| ()));
+                if let Err(e) = opened {
+                    failed.lock().expect("poisoned").push(failure(entry, blob_failure(e)));
+                }
+            });
+        }
     });
-    failed.par_extend(in_place);
-    failed
+    failed.into_inner().expect("poisoned")
 }
 
 /// Runs `decode` with this worker's blob buffers (for opened and for plain bytes), kept from blob

@@ -4,12 +4,12 @@
 //! put returns. See store-format/README.md, "Writing files".
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::Backend;
+use super::{Backend, WholeObject};
 use crate::error::{Error, IoContext, Result};
 
 pub struct LocalBackend {
@@ -137,24 +137,8 @@ impl Backend for LocalBackend {
         fs::read(&path).at(path)
     }
 
-    fn get_into(&self, key: &str, out: &mut Vec<u8>) -> Result<()> {
-        let path = self.path(key);
-        let mut file = File::open(&path).at(&path)?;
-        out.clear();
-        // Sized first, so a buffer that held a smaller object grows once, not by doubling; a file
-        // too large to hold is an error, not an abort.
-        let len = file.metadata().at(&path)?.len();
-        out.try_reserve(len as usize).map_err(|e| Error::io(&path, std::io::Error::other(e)))?;
-        file.read_to_end(out).at(&path)?;
-        Ok(())
-    }
-
-    /// Starts the kernel's read-ahead of the whole file ([`crate::disk::will_need`]); a missing
-    /// file is left for the read to report.
-    fn will_read(&self, key: &str) {
-        if let Ok(file) = File::open(self.path(key)) {
-            crate::disk::will_need(&file, file.metadata().map_or(0, |m| m.len()));
-        }
+    fn read_once(&self, key: &str, out: &mut WholeObject) -> Result<()> {
+        read_whole(&self.path(key), out, true)
     }
 
     /// Ranged reads come in runs from the same pack (a restore reads a pack's blobs in order), so
@@ -272,6 +256,41 @@ impl Backend for LocalBackend {
     }
 }
 
+/// Reads the file at `path` whole into `out`: direct (`O_DIRECT`) if `direct` and the file system
+/// allows it, buffered where it does not, and buffered from where a direct read stopped short,
+/// should one.
+fn read_whole(path: &Path, out: &mut WholeObject, direct: bool) -> Result<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let buffered = || File::open(path).at(path);
+    let flags = if direct { libc::O_DIRECT } else { 0 };
+    let (mut file, mut direct) = match OpenOptions::new().read(true).custom_flags(flags).open(path) {
+        Ok(file) => (file, direct),
+        Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => (buffered()?, false),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let len = file.metadata().at(path)?.len() as usize;
+    let room = out.room(len).map_err(|e| Error::io(path, e))?;
+    let mut done = 0;
+    while done < len {
+        // A direct read asks for whole blocks; the last one ends short at the end of the file.
+        let end = if direct { room.len() } else { len };
+        match file.read_at(&mut room[done..end], done as u64) {
+            Ok(0) => {
+                let shrunk = std::io::Error::new(ErrorKind::UnexpectedEof, "the file shrank while being read");
+                return Err(Error::io(path, shrunk));
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => (file, direct) = (buffered()?, false),
+            Err(e) => return Err(Error::io(path, e)),
+        }
+        if direct && done < len && done % WholeObject::ALIGN != 0 {
+            (file, direct) = (buffered()?, false);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +336,27 @@ mod tests {
         assert!(backend.list("tmp").unwrap().is_empty());
         backend.delete("snapshots/a").unwrap();
         assert!(!backend.exists("snapshots/a").unwrap());
+    }
+
+    /// Whole reads into one reused buffer, direct and buffered, of lengths around the direct-I/O
+    /// block size (in a directory beside the test binary: on a disk, not in memory).
+    #[test]
+    fn read_whole_reads_files_into_a_reused_buffer() {
+        let dir = std::env::current_exe().unwrap().parent().unwrap().join("read-whole-test");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("object");
+        for direct in [true, false] {
+            let mut buffer = WholeObject::default();
+            for len in [5 << 20, 0, 1, 4095, 4096, 4097, (1 << 20) + 3, 5 << 20] {
+                let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+                fs::write(&path, &data).unwrap();
+                read_whole(&path, &mut buffer, direct).unwrap();
+                assert!(buffer.bytes() == data, "{len} bytes, direct: {direct}");
+                assert_eq!(buffer.bytes().as_ptr() as usize % WholeObject::ALIGN, 0);
+            }
+            assert!(read_whole(&dir.join("missing"), &mut buffer, direct).is_err());
+        }
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

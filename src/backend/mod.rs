@@ -17,17 +17,15 @@ pub trait Backend: Send + Sync {
 
     fn get(&self, key: &str) -> Result<Vec<u8>>;
 
-    /// Like [`Backend::get`], into `out` (replacing what it held), reusing its memory where the
-    /// backend can: a fresh buffer per 16 MiB pack costs a page fault per 4 KiB. (Not a memory
-    /// map: a read error on a mapped page kills the process, and `check` exists to report them.)
-    fn get_into(&self, key: &str, out: &mut Vec<u8>) -> Result<()> {
-        *out = self.get(key)?;
+    /// Reads a whole object into `out` (replacing what it held) for one pass over every byte,
+    /// reusing its memory. A local backend reads straight from the disk into it (`O_DIRECT`):
+    /// no copy out of the page cache, and a `check` of the whole repository does not evict what
+    /// the machine's services keep cached. (Not a memory map: a read error on a mapped page kills
+    /// the process, and `check` exists to report them.)
+    fn read_once(&self, key: &str, out: &mut WholeObject) -> Result<()> {
+        out.hold(self.get(key)?);
         Ok(())
     }
-
-    /// A hint that the whole object will be read soon, so the backend can start fetching it
-    /// while the caller works on something else. It may do nothing; it never fails.
-    fn will_read(&self, _key: &str) {}
 
     /// `len` bytes from `offset`. Reading past the end is an error.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
@@ -83,5 +81,52 @@ pub struct RequestCounts {
 impl RequestCounts {
     pub fn total(&self) -> u64 {
         self.get + self.put + self.head + self.list + self.delete
+    }
+}
+
+/// The bytes of a whole object read by [`Backend::read_once`], in memory reused from object to
+/// object. They start at an offset aligned for direct I/O.
+#[derive(Default)]
+pub struct WholeObject {
+    memory: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl WholeObject {
+    /// Alignment of the bytes' address and of direct reads' lengths (a block of any disk).
+    pub const ALIGN: usize = 4096;
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.memory[self.start..self.start + self.len]
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.memory[self.start..self.start + self.len]
+    }
+
+    /// Memory held, in bytes.
+    pub fn capacity(&self) -> usize {
+        self.memory.capacity()
+    }
+
+    /// Room for an object of `len` bytes: aligned, and `len` rounded up to [`Self::ALIGN`] long.
+    /// Memory too large to allocate is an error, not an abort.
+    pub fn room(&mut self, len: usize) -> std::io::Result<&mut [u8]> {
+        let span = len.next_multiple_of(Self::ALIGN);
+        if self.memory.len() < span + Self::ALIGN {
+            self.memory = Vec::new(); // the old bytes are not copied over
+            self.memory.try_reserve_exact(span + Self::ALIGN).map_err(std::io::Error::other)?;
+            crate::disk::advise_huge_pages(self.memory.spare_capacity_mut());
+            self.memory.resize(span + Self::ALIGN, 0);
+        }
+        self.start = self.memory.as_ptr().align_offset(Self::ALIGN);
+        self.len = len;
+        Ok(&mut self.memory[self.start..self.start + span])
+    }
+
+    /// Takes `bytes`, read by other means, as the object.
+    pub fn hold(&mut self, bytes: Vec<u8>) {
+        (self.len, self.start, self.memory) = (bytes.len(), 0, bytes);
     }
 }
