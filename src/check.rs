@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::{mpsc, Condvar, Mutex};
+use std::sync::{mpsc, Condvar, Mutex, OnceLock};
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -38,6 +38,9 @@ const PACK_BUFFERS: usize = 2;
 /// Threads reading packs: two, so that the first two packs arrive together, and an object store
 /// has two downloads going.
 const PACK_READERS: usize = 2;
+
+/// Threads loading the index, snapshots and trees beside the packs being read.
+const LOADER_THREADS: usize = 4;
 
 /// The largest blob buffer a worker keeps for its next blob (data chunks are 4 MiB at most by
 /// default; a larger one is freed after use rather than held for the rest of the check).
@@ -170,30 +173,40 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
     // snapshots and audit log load and the snapshot trees are walked: a pack is verified against
     // its own trailer, so neither waits for the other. The index is held against the packs after.
     let stop = AtomicBool::new(false);
+    // Index entries grouped by pack, once loaded.
+    let grouped = OnceLock::new();
+    let load = || -> Result<_> {
+        // A repository that cannot be loaded stops the reading of packs at once.
+        let loaded = (|| Ok((repo.load_index()?, repo.snapshots()?, crate::audit::read_all(repo)?)))();
+        let (index, snapshots, _) = loaded.inspect_err(|_| stop.store(true, Relaxed))?;
+        // On an intact repository this is the final walk.
+        let walked = match all_trees_intact(repo, &index, &snapshots) {
+            Some(trees) => Walked { bad: HashMap::new(), affected: Vec::new(), trees },
+            None => walk(repo, &index, &snapshots, HashMap::new()),
+        };
+        // Index entries grouped by pack.
+        let mut by_pack: BTreeMap<Id, Vec<BlobEntry>> = BTreeMap::new();
+        for (pack, entry) in index.entries() {
+            by_pack.entry(pack).or_default().push(entry);
+        }
+        for (pack, _) in &index.packs {
+            by_pack.entry(*pack).or_default();
+        }
+        _ = grouped.set(by_pack);
+        Ok((index, snapshots, walked))
+    };
     let read = std::thread::scope(|scope| {
-        let loader = scope.spawn(|| -> Result<_> {
-            // A repository that cannot be loaded stops the reading of packs at once.
-            let loaded = (|| Ok((repo.load_index()?, repo.snapshots()?, crate::audit::read_all(repo)?)))();
-            let (index, snapshots, _) = loaded.inspect_err(|_| stop.store(true, Relaxed))?;
-            // On an intact repository this is the final walk.
-            let walked = match all_trees_intact(repo, &index, &snapshots) {
-                Some(trees) => Walked { bad: HashMap::new(), affected: Vec::new(), trees },
-                None => walk(repo, &index, &snapshots, HashMap::new()),
-            };
-            // Index entries grouped by pack.
-            let mut by_pack: BTreeMap<Id, Vec<BlobEntry>> = BTreeMap::new();
-            for (pack, entry) in index.entries() {
-                by_pack.entry(pack).or_default().push(entry);
-            }
-            for (pack, _) in &index.packs {
-                by_pack.entry(*pack).or_default();
-            }
-            Ok((index, snapshots, walked, by_pack))
+        // The loader has a worker pool of its own (where one can be started): its reads are small
+        // and many, and in the shared pool each would wait behind whole packs.
+        let loader = scope.spawn(|| match rayon::ThreadPoolBuilder::new().num_threads(LOADER_THREADS).build() {
+            Ok(pool) => pool.install(load),
+            Err(_) => load(),
         });
-        let read = read_packs(repo, &to_read, progress, &stop);
+        let read = read_packs(repo, &to_read, progress, &stop, &grouped, &findings);
         (loader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), read)
     });
-    let ((index, snapshots, first_walk, by_pack), read) = (read.0?, read.1);
+    let ((index, snapshots, first_walk), read) = (read.0?, read.1);
+    let by_pack = grouped.into_inner().expect("loaded with the index");
     for damage in repo.take_damage() {
         findings.error(damage.to_string());
     }
@@ -251,7 +264,10 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
         for entry in entries.iter().filter(|e| e.end() > actual_len) {
             findings.bad_blob(&entry.id, format!("it lies past the end of pack {}", pack.short()));
         }
-        // Header and trailer by range (read whole, a local pack is still in the page cache).
+        // Header and trailer by range, unless they were held against the index as the pack was read.
+        if read.trailers_checked.contains(pack) {
+            return;
+        }
         let read_range = |offset, n| repo.backend().get_range(&key, offset, n);
         if let Err(e) = check_pack_structure(repo, &key, pack, actual_len, entries, &findings, &read_range) {
             findings.bad_pack(pack, format!("pack {}: {e}", pack.short()));
@@ -292,6 +308,8 @@ struct PacksRead {
     bad_packs: Vec<(Id, String)>,
     /// Blobs that failed, with the pack holding them and why.
     failed: Vec<(Id, BlobEntry, String)>,
+    /// Packs whose trailer decoded and was held against the index (by [`compare_trailer`]).
+    trailers_checked: HashSet<Id>,
 }
 
 /// Reads each pack whole, in the order of their ids, and verifies it: its bytes must hash to its
@@ -302,7 +320,14 @@ struct PacksRead {
 /// [`PACK_READERS`] threads read packs into free buffers, and a thread per buffer verifies the
 /// packs read. Packs take [`Turns`] at the worker pool, so it verifies one pack at a time with
 /// every core, and the next pack is read meanwhile.
-fn read_packs(repo: &Repository, packs: &[&Id], progress: &Progress, stop: &AtomicBool) -> PacksRead {
+fn read_packs(
+    repo: &Repository,
+    packs: &[&Id],
+    progress: &Progress,
+    stop: &AtomicBool,
+    grouped: &OnceLock<BTreeMap<Id, Vec<BlobEntry>>>,
+    findings: &Findings,
+) -> PacksRead {
     let found = Mutex::new(PacksRead::default());
     let read = &found;
     let bad_pack = |pack: &Id, message: String| read.lock().expect("poisoned").bad_packs.push((*pack, message));
@@ -361,7 +386,17 @@ fn read_packs(repo: &Repository, packs: &[&Id], progress: &Progress, stop: &Atom
                     bad_pack(pack, format!("pack {} content does not match its id: it is damaged", pack.short()));
                 }
                 let read_range = |offset: u64, n: u64| Ok(bytes[offset as usize..(offset + n) as usize].to_vec());
-                let listed = read_trailer(repo, &key, len, &read_range).unwrap_or_default();
+                let trailer = read_trailer(repo, &key, len, &read_range);
+                // Once the index is loaded, the structural pass need not read the trailer again.
+                let indexed = grouped.get().and_then(|grouped| grouped.get(pack));
+                let trailer_checked = match (&trailer, indexed) {
+                    (Ok(listed), Some(entries)) => {
+                        compare_trailer(pack, entries, listed, findings);
+                        true
+                    }
+                    _ => false,
+                };
+                let listed = trailer.unwrap_or_default();
                 let failed = verify_blobs(repo, pack, bytes, &listed, turn);
                 if buffer.capacity() > KEEP_PACK_BUFFER {
                     buffer = WholeObject::default();
@@ -372,6 +407,9 @@ fn read_packs(repo: &Repository, packs: &[&Id], progress: &Progress, stop: &Atom
                 read.bytes += len;
                 read.blobs += listed.len() as u64;
                 read.failed.extend(failed);
+                if trailer_checked {
+                    read.trailers_checked.insert(*pack);
+                }
                 progress.add_bytes(len);
             });
         }
@@ -555,9 +593,16 @@ fn check_pack_structure(
         let reason = format!("pack {} has no valid header and trailer ({e})", pack.short());
         entries.iter().for_each(|entry| findings.bad_blob(&entry.id, reason.clone()));
     })?;
-    let listed: HashMap<Id, BlobEntry> = trailer.into_iter().map(|e| (e.id, e)).collect();
+    compare_trailer(pack, entries, &trailer, findings);
+    Ok(())
+}
+
+/// The pack's trailer (`listed`) must list every blob the index places in the pack (`entries`)
+/// where the index places it.
+fn compare_trailer(pack: &Id, entries: &[BlobEntry], listed: &[BlobEntry], findings: &Findings) {
+    let listed: HashMap<Id, &BlobEntry> = listed.iter().map(|e| (e.id, e)).collect();
     for entry in entries {
-        if listed.get(&entry.id) != Some(entry) {
+        if listed.get(&entry.id) != Some(&entry) {
             findings.error(format!(
                 "pack {}: the index places blob {} where the pack's trailer does not",
                 pack.short(),
@@ -566,7 +611,6 @@ fn check_pack_structure(
             findings.bad_blob(&entry.id, format!("pack {} disagrees with the index", pack.short()));
         }
     }
-    Ok(())
 }
 
 /// Decompresses one blob from a whole pack and checks its id.
@@ -723,5 +767,29 @@ mod tests {
         let tenth = ids.iter().filter(|id| Subset::Percent(10.0).selects(id)).count();
         assert!((60..140).contains(&tenth), "{tenth}");
         assert!(ids.iter().all(|id| Subset::Percent(100.0).selects(id)));
+    }
+
+    #[test]
+    fn a_trailer_must_list_every_indexed_blob_where_the_index_places_it() {
+        let pack = Id::of(b"pack");
+        let entry = |n: u32, offset| BlobEntry {
+            id: Id::of(&n.to_le_bytes()),
+            kind: pack::BlobKind::Data,
+            codec: pack::Codec::Zstd,
+            offset,
+            stored_len: 100,
+            raw_len: 300,
+        };
+        let trailer = [entry(1, 16), entry(2, 116), entry(3, 216)];
+        // Blobs the index no longer takes from this pack are fine.
+        let findings = Findings::default();
+        compare_trailer(&pack, &[entry(3, 216), entry(1, 16)], &trailer, &findings);
+        assert!(findings.errors.into_inner().unwrap().is_empty());
+        // Another offset, and a blob the trailer does not list, are damage to both blobs.
+        let findings = Findings::default();
+        compare_trailer(&pack, &[entry(2, 120), entry(1, 16), entry(4, 316)], &trailer, &findings);
+        assert_eq!(findings.errors.into_inner().unwrap().len(), 2);
+        let bad = findings.bad_blobs.into_inner().unwrap();
+        assert_eq!(bad.keys().collect::<HashSet<_>>(), HashSet::from([&entry(2, 0).id, &entry(4, 0).id]));
     }
 }
