@@ -46,14 +46,16 @@ pub fn will_need(file: &std::fs::File, len: u64) {
     }
 }
 
+/// The size of a transparent huge page (on x86-64 and most aarch64 kernels).
+pub const HUGE_PAGE: usize = 2 << 20;
+
 /// Asks the kernel to back `memory`, not yet touched, with transparent huge pages (where it
 /// offers them only on request): one fault per 2 MiB instead of one per 4 KiB.
 pub fn advise_huge_pages<T>(memory: &mut [T]) {
     #[cfg(target_os = "linux")]
     {
-        const HUGE: usize = 2 << 20;
-        let start = (memory.as_mut_ptr() as usize).next_multiple_of(HUGE);
-        let end = (memory.as_mut_ptr() as usize + std::mem::size_of_val(memory)) / HUGE * HUGE;
+        let start = (memory.as_mut_ptr() as usize).next_multiple_of(HUGE_PAGE);
+        let end = (memory.as_mut_ptr() as usize + std::mem::size_of_val(memory)) / HUGE_PAGE * HUGE_PAGE;
         if end > start {
             // SAFETY: the range lies inside `memory`, which this borrow owns; the advice changes
             // how its pages are backed, never their content.

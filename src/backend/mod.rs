@@ -114,10 +114,14 @@ impl WholeObject {
     /// Memory too large to allocate is an error, not an abort.
     pub fn room(&mut self, len: usize) -> std::io::Result<&mut [u8]> {
         let span = len.next_multiple_of(Self::ALIGN);
-        if self.memory.len() < span + Self::ALIGN {
+        if self.memory.capacity() < span + Self::ALIGN {
             self.memory = Vec::new(); // the old bytes are not copied over
-            self.memory.try_reserve_exact(span + Self::ALIGN).map_err(std::io::Error::other)?;
+                                      // Reserved in whole huge pages, so that a slightly larger object fits without moving.
+            let reserve = (span + Self::ALIGN).next_multiple_of(crate::disk::HUGE_PAGE);
+            self.memory.try_reserve_exact(reserve).map_err(std::io::Error::other)?;
             crate::disk::advise_huge_pages(self.memory.spare_capacity_mut());
+        }
+        if self.memory.len() < span + Self::ALIGN {
             self.memory.resize(span + Self::ALIGN, 0);
         }
         self.start = self.memory.as_ptr().align_offset(Self::ALIGN);
