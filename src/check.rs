@@ -21,7 +21,7 @@ use std::sync::{mpsc, Condvar, Mutex, OnceLock};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::backend::WholeObject;
+use crate::backend::{Backend, WholeObject};
 use crate::error::{Error, Result};
 use crate::format::pack::{self, BlobEntry, TrailerRead, HEADER_LEN, TAIL_LEN};
 use crate::format::snapshot::Snapshot;
@@ -161,7 +161,41 @@ impl Findings {
     }
 }
 
-pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) -> Result<CheckReport> {
+/// The first packs `--read-data` reads, read before the repository is open, so that the disk
+/// (or the network) is busy while the key is derived. [`check`] verifies them first if they are
+/// still there once it holds its lock; their buffers count among the [`PACK_BUFFERS`].
+#[derive(Default)]
+pub struct Prefetched(Vec<(Id, WholeObject)>);
+
+impl Prefetched {
+    /// Reads the first packs in the order [`check`] takes them, one thread each. A pack that
+    /// cannot be listed or read is left for the check to meet again, and report.
+    pub fn read(backend: &dyn Backend, subset: Subset) -> Prefetched {
+        let Ok((packs, _)) = crate::repository::list_packs(backend) else { return Prefetched::default() };
+        let mut first: Vec<Id> = packs.into_keys().filter(|id| subset.selects(id)).collect();
+        first.sort_unstable();
+        first.truncate(PACK_BUFFERS);
+        std::thread::scope(|scope| {
+            let reads: Vec<_> = first
+                .iter()
+                .map(|id| {
+                    scope.spawn(move || {
+                        let mut buffer = WholeObject::default();
+                        backend.read_once(&Repository::pack_key(id), &mut buffer).ok().map(|()| (*id, buffer))
+                    })
+                })
+                .collect();
+            Prefetched(reads.into_iter().filter_map(|read| read.join().ok().flatten()).collect())
+        })
+    }
+}
+
+pub fn check(
+    repo: &Repository,
+    read_data: Option<Subset>,
+    prefetched: Prefetched,
+    progress: &Progress,
+) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let findings = Findings::default();
     let on_disk = list_packs(repo, &mut report)?;
@@ -202,7 +236,7 @@ pub fn check(repo: &Repository, read_data: Option<Subset>, progress: &Progress) 
             Ok(pool) => pool.install(load),
             Err(_) => load(),
         });
-        let read = read_packs(repo, &to_read, progress, &stop, &grouped, &findings);
+        let read = read_packs(repo, &to_read, prefetched, progress, &stop, &grouped, &findings);
         (loader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), read)
     });
     let ((index, snapshots, first_walk), read) = (read.0?, read.1);
@@ -319,10 +353,12 @@ struct PacksRead {
 /// Reading and verifying overlap, in [`PACK_BUFFERS`] buffers, the only ones there are:
 /// [`PACK_READERS`] threads read packs into free buffers, and a thread per buffer verifies the
 /// packs read. Packs take [`Turns`] at the worker pool, so it verifies one pack at a time with
-/// every core, and the next pack is read meanwhile.
+/// every core, and the next pack is read meanwhile. `packs` must be sorted; those `prefetched`
+/// are not read again.
 fn read_packs(
     repo: &Repository,
     packs: &[&Id],
+    prefetched: Prefetched,
     progress: &Progress,
     stop: &AtomicBool,
     grouped: &OnceLock<BTreeMap<Id, Vec<BlobEntry>>>,
@@ -333,11 +369,26 @@ fn read_packs(
     let bad_pack = |pack: &Id, message: String| read.lock().expect("poisoned").bad_packs.push((*pack, message));
     let next = &AtomicUsize::new(0);
     let (free, free_buffers) = mpsc::channel();
-    for _ in 0..PACK_BUFFERS {
-        free.send(WholeObject::default()).expect("the receiver is here");
-    }
-    let free_buffers = &Mutex::new(free_buffers);
     let (full, full_buffers) = mpsc::sync_channel::<(&Id, WholeObject)>(PACK_BUFFERS);
+    // Packs read before that are still listed go to the verifiers first; the buffer of one gone
+    // since is free. There are PACK_BUFFERS buffers in all.
+    let mut read_before = HashSet::new();
+    let mut buffers = Vec::new();
+    for (id, buffer) in prefetched.0 {
+        match packs.binary_search(&&id) {
+            Ok(at) => {
+                read_before.insert(packs[at]);
+                full.send((packs[at], buffer)).expect("the receiver is here");
+            }
+            Err(_) => buffers.push(buffer),
+        }
+    }
+    buffers.resize_with(PACK_BUFFERS.saturating_sub(read_before.len()), WholeObject::default);
+    for buffer in buffers {
+        free.send(buffer).expect("the receiver is here");
+    }
+    let read_before = &read_before;
+    let free_buffers = &Mutex::new(free_buffers);
     // Each pack read gets its turn as it is taken from the channel.
     let full_buffers = &Mutex::new((full_buffers, 0));
     let turns = &Turns::default();
@@ -351,6 +402,9 @@ fn read_packs(
                     let n = next.fetch_add(1, Relaxed);
                     if n >= packs.len() || stop.load(Relaxed) {
                         break;
+                    }
+                    if read_before.contains(packs[n]) {
+                        continue;
                     }
                     let Some(mut buffer) = kept.take().or_else(|| free_buffers.lock().expect("poisoned").recv().ok())
                     else {

@@ -6,9 +6,10 @@ use anyhow::Result;
 
 use super::{format, Context};
 use cairn::audit::Run;
-use cairn::check::{check, Subset};
+use cairn::check::{check, Prefetched, Subset};
 use cairn::format::audit::Outcome;
 use cairn::progress::Progress;
+use cairn::repository::{local_path, Repository};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,12 +23,23 @@ pub struct Args {
 }
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
-    let repo = context.open()?;
-    let _lock = repo.lock(cairn::repository::lock::LockKind::Shared, "check", context.lock_wait)?;
     let subset = if args.read_data { Some(Subset::All) } else { args.read_data_subset };
+    // The first packs are read while the key is derived.
+    let backend = Repository::backend_at(&context.location())?;
+    let prefetch = subset.map(|subset| {
+        let backend = backend.clone();
+        std::thread::spawn(move || Prefetched::read(&*backend, subset))
+    });
+    let repo = Repository::open_backend(backend, local_path(&context.location()))?;
+    let _lock = repo.lock(cairn::repository::lock::LockKind::Shared, "check", context.lock_wait)?;
+    let prefetched = match prefetch.map(|thread| thread.join()) {
+        Some(Ok(prefetched)) => prefetched,
+        Some(Err(panic)) => std::panic::resume_unwind(panic),
+        None => Prefetched::default(),
+    };
     let mut audit = Run::start("check", "");
     let progress = Progress::new("check", context.quiet || context.json);
-    let report = match check(&repo, subset, &progress) {
+    let report = match check(&repo, subset, prefetched, &progress) {
         Ok(report) => report,
         Err(e) => {
             audit.record.errors.push(e.to_string());

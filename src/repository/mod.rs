@@ -147,10 +147,15 @@ impl Repository {
     /// Opens a repository at a directory path or an object-store URL. An encrypted one asks for
     /// its passphrase ([`crate::crypto::passphrase`]); an unencrypted one never does.
     pub fn open_location(location: &str) -> Result<Repository> {
-        if !is_url(location) {
-            return Self::open(Path::new(local_path(location)));
-        }
-        Self::open_backend(Arc::new(ObjectBackend::open(location)?), location)
+        Self::open_backend(Self::backend_at(location)?, local_path(location))
+    }
+
+    /// The backend of the repository at a directory path or an object-store URL, not yet read.
+    pub fn backend_at(location: &str) -> Result<Arc<dyn Backend>> {
+        Ok(match is_url(location) {
+            true => Arc::new(ObjectBackend::open(location)?),
+            false => Arc::new(LocalBackend::new(local_path(location))),
+        })
     }
 
     /// Opens a repository on a backend built by the caller (tests with explicit settings).
@@ -160,12 +165,7 @@ impl Repository {
 
     /// [`Repository::open_location`] with the passphrase given rather than looked up.
     pub fn open_with(location: &str, passphrase: &str) -> Result<Repository> {
-        let backend: Arc<dyn Backend> = if is_url(location) {
-            Arc::new(ObjectBackend::open(location)?)
-        } else {
-            Arc::new(LocalBackend::new(local_path(location)))
-        };
-        Self::open_backend_with(backend, location, Some(passphrase))
+        Self::open_backend_with(Self::backend_at(location)?, location, Some(passphrase))
     }
 
     /// Opens a repository on `backend`; an encrypted one with `passphrase`, or else the one
@@ -360,17 +360,7 @@ impl Repository {
     /// Every pack file present, with its length; keys under `packs/` that are not pack names
     /// are returned apart, as strays.
     pub fn list_packs(&self) -> Result<(std::collections::HashMap<Id, u64>, Vec<String>)> {
-        let mut packs = std::collections::HashMap::new();
-        let mut strays = Vec::new();
-        for (key, len) in self.backend.list("packs")? {
-            match Id::from_hex(key.rsplit('/').next().unwrap_or_default()) {
-                Some(id) if key == Self::pack_key(&id) => {
-                    packs.insert(id, len);
-                }
-                _ => strays.push(key),
-            }
-        }
-        Ok((packs, strays))
+        list_packs(&*self.backend)
     }
 
     /// Names a repository file in messages: its location and key.
@@ -510,6 +500,21 @@ impl Repository {
         let bytes = self.read_blob(index, id)?;
         Tree::decode(&bytes, &format!("tree {}", id.short()))
     }
+}
+
+/// [`Repository::list_packs`] on a backend not yet opened as a repository.
+pub fn list_packs(backend: &dyn Backend) -> Result<(std::collections::HashMap<Id, u64>, Vec<String>)> {
+    let mut packs = std::collections::HashMap::new();
+    let mut strays = Vec::new();
+    for (key, len) in backend.list("packs")? {
+        match Id::from_hex(key.rsplit('/').next().unwrap_or_default()) {
+            Some(id) if key == Repository::pack_key(&id) => {
+                packs.insert(id, len);
+            }
+            _ => strays.push(key),
+        }
+    }
+    Ok((packs, strays))
 }
 
 /// The directory of a local location: a path, or a `file://` URL.
