@@ -115,8 +115,9 @@ impl WholeObject {
     pub fn room(&mut self, len: usize) -> std::io::Result<&mut [u8]> {
         let span = len.next_multiple_of(Self::ALIGN);
         if self.memory.capacity() < span + Self::ALIGN {
-            self.memory = Vec::new(); // the old bytes are not copied over
-                                      // Reserved in whole huge pages, so that a slightly larger object fits without moving.
+            // The old bytes are not copied over. The new memory is reserved in whole huge pages,
+            // so that a slightly larger object fits in it later without moving.
+            self.memory = Vec::new();
             let reserve = (span + Self::ALIGN).next_multiple_of(crate::disk::HUGE_PAGE);
             self.memory.try_reserve_exact(reserve).map_err(std::io::Error::other)?;
             crate::disk::advise_huge_pages(self.memory.spare_capacity_mut());
