@@ -9,7 +9,7 @@ use cairn::audit::Run;
 use cairn::check::{check, Prefetched, Subset};
 use cairn::format::audit::Outcome;
 use cairn::progress::Progress;
-use cairn::repository::{local_path, Repository};
+use cairn::repository::Repository;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -30,7 +30,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         let backend = backend.clone();
         std::thread::spawn(move || Prefetched::read(&*backend, subset))
     });
-    let repo = Repository::open_backend(backend, local_path(&context.location()))?;
+    let repo = Repository::open_location_on(backend, &context.location())?;
     let _lock = repo.lock(cairn::repository::lock::LockKind::Shared, "check", context.lock_wait)?;
     let prefetched = match prefetch.map(|thread| thread.join()) {
         Some(Ok(prefetched)) => prefetched,

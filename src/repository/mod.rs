@@ -147,7 +147,13 @@ impl Repository {
     /// Opens a repository at a directory path or an object-store URL. An encrypted one asks for
     /// its passphrase ([`crate::crypto::passphrase`]); an unencrypted one never does.
     pub fn open_location(location: &str) -> Result<Repository> {
-        Self::open_backend(Self::backend_at(location)?, local_path(location))
+        Self::open_location_on(Self::backend_at(location)?, location)
+    }
+
+    /// [`Repository::open_location`] on the backend [`Repository::backend_at`] made for it
+    /// before (so that it could be read from while the key is derived).
+    pub fn open_location_on(backend: Arc<dyn Backend>, location: &str) -> Result<Repository> {
+        Self::open_backend(backend, local_path(location))
     }
 
     /// The backend of the repository at a directory path or an object-store URL, not yet read.
