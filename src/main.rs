@@ -20,10 +20,16 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
     }
     let args = cli::Cli::parse();
-    match cli::run(args) {
+    let outcome = cli::run(args);
+    // Output that could not be written fails a command that otherwise succeeded.
+    let outcome = match (outcome, cli::output::failure()) {
+        (Ok(_), Some(e)) => Err(anyhow::Error::new(e).context("writing to standard output")),
+        (outcome, _) => outcome,
+    };
+    match outcome {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {}", message(&error));
+            cli::output::error_line(format_args!("error: {}", message(&error)));
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,7 @@
 //! Progress display: an indicatif bar on stderr when it is a terminal and `--quiet` is off,
 //! nothing otherwise. The counters always run, so summaries do not depend on the display.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -67,7 +67,8 @@ impl Progress {
     pub fn warn(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
+            // A closed stderr is no reason to stop a backup.
+            None => _ = writeln!(std::io::stderr().lock(), "{line}"),
         }
     }
 

@@ -61,16 +61,16 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     super::finish_audit(audit, &repo, if report.is_clean() { Outcome::Ok } else { Outcome::Failed });
 
     if context.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
         for warning in &report.warnings {
-            eprintln!("warning: {warning}");
+            errln!("warning: {warning}");
         }
         for error in &report.errors {
-            eprintln!("error: {error}");
+            errln!("error: {error}");
         }
         if !context.quiet {
-            println!(
+            outln!(
                 "checked {} snapshots, {} trees, {} packs{}: {}",
                 report.snapshots,
                 report.trees,

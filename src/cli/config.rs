@@ -25,17 +25,17 @@ pub fn path(given: Option<PathBuf>) -> Result<PathBuf> {
 pub fn run(args: Args) -> Result<ExitCode> {
     match args {
         Args::Example => {
-            print!("{}", cairn::config::EXAMPLE);
+            super::output::text(format_args!("{}", cairn::config::EXAMPLE));
             Ok(ExitCode::SUCCESS)
         }
         Args::Check { config } => {
             let path = path(config)?;
             let (config, problems) = cairn::config::load(&path).map_err(anyhow::Error::msg)?;
             for problem in &problems {
-                println!("{}:{}: {}", path.display(), problem.line, problem.message);
+                outln!("{}:{}: {}", path.display(), problem.line, problem.message);
             }
             if problems.is_empty() {
-                println!(
+                outln!(
                     "{}: ok: {} sources, {} offsite repositories, drills {}",
                     path.display(),
                     config.sources.len(),
@@ -44,7 +44,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("{}: {} problems", path.display(), problems.len());
+            outln!("{}: {} problems", path.display(), problems.len());
             Ok(ExitCode::FAILURE)
         }
     }

@@ -64,13 +64,13 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     super::finish_audit(audit, &repo, if report.passed() { Outcome::Ok } else { Outcome::Failed });
 
     if context.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
         for failure in &report.failures {
-            eprintln!("error: {failure}");
+            errln!("error: {failure}");
         }
         if !context.quiet {
-            println!(
+            outln!(
                 "drill of snapshot {} ({}): {}: {} files, {} restored and verified, {} checks passed, {} failed, {} SQLite databases checked, {:.1}s",
                 &report.snapshot[..8],
                 report.source,

@@ -137,10 +137,10 @@ pub fn run_forget(context: &Context, args: ForgetArgs) -> Result<ExitCode> {
 pub fn forget(context: &Context, repo: &Repository, decisions: &[Decision], dry_run: bool) -> Result<()> {
     let removed: Vec<&Decision> = decisions.iter().filter(|d| !d.keep).collect();
     if context.json {
-        println!("{}", serde_json::json!({ "dry_run": dry_run, "snapshots": decisions }));
+        outln!("{}", serde_json::json!({ "dry_run": dry_run, "snapshots": decisions }));
     } else if !context.quiet {
         for decision in decisions {
-            println!(
+            outln!(
                 "{} {}  {}  {:<30}  {}",
                 if decision.keep { "keep  " } else { "remove" },
                 &decision.id[..8],
@@ -149,7 +149,7 @@ pub fn forget(context: &Context, repo: &Repository, decisions: &[Decision], dry_
                 decision.reasons.join(",")
             );
         }
-        println!(
+        outln!(
             "{} snapshots {}, {} kept",
             removed.len(),
             if dry_run { "would be removed" } else { "removed" },
@@ -186,7 +186,7 @@ pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bo
         }
     };
     if !context.quiet && !context.json {
-        println!(
+        outln!(
             "prune plan: {} snapshots, {} packs; live {}, dead {}; delete {} packs, repack {} ({} blobs, {}), {} unreferenced; frees about {}",
             plan.snapshots,
             plan.packs,
@@ -202,7 +202,7 @@ pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bo
     }
     if dry_run {
         if context.json {
-            println!("{}", serde_json::json!({ "dry_run": true, "plan": plan }));
+            outln!("{}", serde_json::json!({ "dry_run": true, "plan": plan }));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -220,9 +220,9 @@ pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bo
     audit.record.details = serde_json::json!({ "report": report });
     super::finish_audit(audit, repo, Outcome::Ok);
     if context.json {
-        println!("{}", serde_json::json!({ "plan": plan_json, "report": report }));
+        outln!("{}", serde_json::json!({ "plan": plan_json, "report": report }));
     } else if !context.quiet {
-        println!(
+        outln!(
             "pruned: {} packs deleted, {} written, {} index files rewritten; {} freed",
             report.packs_deleted,
             report.packs_written,

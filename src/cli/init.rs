@@ -23,18 +23,18 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = Repository::init_location(&context.location(), keys)?;
     let encryption = if repo.keys().is_some() { "aes-256-gcm" } else { "none" };
     if context.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "repository": context.repo_path, "id": repo.config().repo_id.to_hex(), "encryption": encryption, "key": repo.key_used() })
         );
     } else if !context.quiet {
-        println!(
+        outln!(
             "created repository {} at {} (encryption: {encryption})",
             repo.config().repo_id.short(),
             context.repo_path.display()
         );
         if repo.keys().is_some() {
-            println!("keep the password safe: without it nothing in the repository can be read");
+            outln!("keep the password safe: without it nothing in the repository can be read");
         }
     }
     Ok(ExitCode::SUCCESS)

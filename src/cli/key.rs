@@ -72,10 +72,10 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
                         "kdf": { "algorithm": "argon2id", "memory_kib": f.kdf.m_cost, "iterations": f.kdf.t_cost, "parallelism": f.kdf.p_cost },
                     }))
                     .collect();
-                println!("{}", serde_json::Value::Array(list));
+                outln!("{}", serde_json::Value::Array(list));
             } else {
                 for (name, f) in &files {
-                    println!(
+                    outln!(
                         "{} {}  {}  {}  argon2id m={} KiB t={} p={}",
                         if Some(name.as_str()) == repo.key_used() { "*" } else { " " },
                         &name.trim_start_matches("keys/")[..8],
@@ -91,7 +91,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         Args::Add(new) => {
             let name = repo.add_key(&new_password(&new)?)?;
             if !context.quiet {
-                println!("added key {}", &name.trim_start_matches("keys/")[..8]);
+                outln!("added key {}", &name.trim_start_matches("keys/")[..8]);
             }
         }
         Args::Remove { id } => {
@@ -101,7 +101,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             let name = name_of(&id)?;
             repo.remove_key(&name)?;
             if !context.quiet {
-                println!("removed key {}", &name.trim_start_matches("keys/")[..8]);
+                outln!("removed key {}", &name.trim_start_matches("keys/")[..8]);
             }
         }
         Args::Passwd(new) => {
@@ -111,7 +111,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
                 repo.remove_key(old)?;
             }
             if !context.quiet {
-                println!("password changed: key {}", &added.trim_start_matches("keys/")[..8]);
+                outln!("password changed: key {}", &added.trim_start_matches("keys/")[..8]);
             }
         }
     }

@@ -58,6 +58,9 @@ impl Lister<'_> {
     }
 
     fn node(&self, node: &Node, path: &str) -> Result<()> {
+        if super::output::closed() {
+            return Ok(()); // nobody reads the rest
+        }
         let m = &node.meta;
         if self.json {
             let mut entry = serde_json::json!({
@@ -73,13 +76,13 @@ impl Lister<'_> {
             if let Content::Symlink { target } = &node.content {
                 entry["target"] = String::from_utf8_lossy(target).into();
             }
-            println!("{entry}");
+            outln!("{entry}");
         } else if self.long {
             let link = match &node.content {
                 Content::Symlink { target } => format!(" -> {}", String::from_utf8_lossy(target)),
                 _ => String::new(),
             };
-            println!(
+            outln!(
                 "{:<8} {:04o} {:>5}:{:<5} {:>10}  {}  {path}{link}",
                 node.content.type_name(),
                 m.mode,
@@ -89,7 +92,7 @@ impl Lister<'_> {
                 format::utc(m.mtime_sec)
             );
         } else {
-            println!("{path}");
+            outln!("{path}");
         }
         if let Content::Dir { subtree } = &node.content {
             self.tree(subtree, path)?;

@@ -1,6 +1,9 @@
 //! The command line: clap definitions, repository selection, and one module per command. Errors
 //! here are `anyhow` with context; the library's own errors already name what went wrong.
 
+#[macro_use]
+pub mod output;
+
 mod check;
 mod config;
 mod drill;
@@ -130,12 +133,12 @@ impl Context {
         let repo = Repository::init_location(&self.location(), keys)
             .with_context(|| format!("creating repository {}", self.repo_path.display()))?;
         if !encrypted {
-            eprintln!(
+            errln!(
                 "warning: created an UNENCRYPTED repository at {} (no password was given: set CAIRN_PASSWORD or --password-file to encrypt new repositories)",
                 self.repo_path.display()
             );
         } else if !self.quiet && !self.json {
-            eprintln!("created encrypted repository at {}", self.repo_path.display());
+            errln!("created encrypted repository at {}", self.repo_path.display());
         }
         Ok(repo)
     }
@@ -145,7 +148,7 @@ impl Context {
 pub fn warn_damage(repo: &Repository) -> bool {
     let damage = repo.take_damage();
     for error in &damage {
-        eprintln!("warning: skipped damaged repository file: {error}");
+        errln!("warning: skipped damaged repository file: {error}");
     }
     !damage.is_empty()
 }
@@ -154,7 +157,7 @@ pub fn warn_damage(repo: &Repository) -> bool {
 /// run's own outcome (a committed snapshot stays committed; a run's own error stays the error).
 pub fn finish_audit(audit: cairn::audit::Run, repo: &Repository, outcome: cairn::format::audit::Outcome) {
     if let Err(e) = audit.finish(repo, outcome) {
-        eprintln!("warning: could not write the audit record of this run: {e}");
+        errln!("warning: could not write the audit record of this run: {e}");
     }
 }
 

@@ -38,9 +38,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         RestoreOptions { target: args.target.clone(), includes: args.includes, skip_identical: args.skip_identical };
     let summary = restore(&repo, &index, &snapshot, &options, &progress)?;
     if context.json {
-        println!("{}", serde_json::json!({ "snapshot": id.to_hex(), "target": args.target, "summary": summary }));
+        outln!("{}", serde_json::json!({ "snapshot": id.to_hex(), "target": args.target, "summary": summary }));
     } else if !context.quiet {
-        println!(
+        outln!(
             "restored snapshot {} to {}: {} files ({} already identical), {} dirs, {} written{}",
             id.short(),
             args.target.display(),
@@ -52,7 +52,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         );
     }
     if !summary.errors.is_empty() {
-        eprintln!("error: {} entries could not be restored (listed above)", summary.errors.len());
+        errln!("error: {} entries could not be restored (listed above)", summary.errors.len());
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

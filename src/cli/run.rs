@@ -41,13 +41,13 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let (config, problems) = cairn::config::load(&path).map_err(anyhow::Error::msg)?;
     let (paths, fatal): (Vec<_>, Vec<_>) = problems.iter().partition(|p| p.missing_path);
     for problem in &fatal {
-        eprintln!("{}:{}: {}", path.display(), problem.line, problem.message);
+        errln!("{}:{}: {}", path.display(), problem.line, problem.message);
     }
     if !fatal.is_empty() {
         bail!("{} has {} problems (listed above): nothing was run", path.display(), fatal.len());
     }
     for problem in paths {
-        eprintln!("warning: {}:{}: {}", path.display(), problem.line, problem.message);
+        errln!("warning: {}:{}: {}", path.display(), problem.line, problem.message);
     }
     let _lock = RunLock::acquire(&path, config.temp_dir.as_deref())?;
     let repo = config.repository.clone().unwrap_or_else(|| context.location());
@@ -68,11 +68,11 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         super::finish_audit(audit, repo, outcome);
     }
     if context.json {
-        println!("{}", serde_json::json!({ "config": path, "outcome": outcome, "steps": steps }));
+        outln!("{}", serde_json::json!({ "config": path, "outcome": outcome, "steps": steps }));
     } else if !context.quiet || failed > 0 {
-        println!("cairn run: {} steps, {} failed, {} incomplete", steps.len(), failed, incomplete);
+        outln!("cairn run: {} steps, {} failed, {} incomplete", steps.len(), failed, incomplete);
         for step in steps.iter().filter(|s| s.outcome != Outcome::Ok) {
-            println!("  {:?}: {}", step.outcome, step.step);
+            outln!("  {:?}: {}", step.outcome, step.step);
         }
     }
     Ok(match outcome {
@@ -274,9 +274,9 @@ impl Cycle<'_> {
                 Outcome::Incomplete => "INCOMPLETE",
                 Outcome::Failed => "FAILED    ",
             };
-            println!("{label} {step} ({seconds:.1}s)");
+            outln!("{label} {step} ({seconds:.1}s)");
             for line in &output {
-                println!("           {line}");
+                outln!("           {line}");
             }
         }
         self.steps.push(Step { step, outcome, seconds, output });

@@ -131,9 +131,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             "databases": outcome.databases,
             "duration_ms": s.duration_ms,
         });
-        println!("{json}");
+        outln!("{json}");
     } else if !context.quiet {
-        println!(
+        outln!(
             "snapshot {} saved: {} files ({} SQLite databases), {} dirs, {} ({} files read); added {} ({} stored) in {} packs, {:.1}s",
             outcome.id.short(),
             summary.files,
@@ -148,7 +148,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         );
     }
     if !s.is_complete() {
-        eprintln!(
+        errln!(
             "warning: snapshot {} is incomplete: {} entries could not be read (listed above)",
             outcome.id.short(),
             s.errors.len()

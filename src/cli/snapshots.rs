@@ -32,16 +32,22 @@ pub fn run(context: &Context) -> Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        outln!("{}", serde_json::Value::Array(list));
         return Ok(code);
     }
     if context.quiet {
-        snapshots.iter().for_each(|(id, _)| println!("{id}"));
+        snapshots.iter().for_each(|(id, _)| outln!("{id}"));
         return Ok(code);
     }
-    println!(
+    outln!(
         "{:<8}  {:<19}  {:<12}  {:<10}  {:>9}  {:>10}  {:<10}  paths",
-        "id", "time (UTC)", "host", "source", "files", "size", "status"
+        "id",
+        "time (UTC)",
+        "host",
+        "source",
+        "files",
+        "size",
+        "status"
     );
     for (id, s) in &snapshots {
         let paths: Vec<_> = s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
@@ -49,7 +55,7 @@ pub fn run(context: &Context) -> Result<ExitCode> {
         if !s.tags.is_empty() {
             status = format!("{status} [{}]", s.tags.join(","));
         }
-        println!(
+        outln!(
             "{:<8}  {:<19}  {:<12}  {:<10}  {:>9}  {:>10}  {:<10}  {}",
             id.short(),
             format::utc(s.time_sec),
@@ -61,7 +67,7 @@ pub fn run(context: &Context) -> Result<ExitCode> {
             paths.join(" ")
         );
     }
-    println!("{} snapshots; {}", snapshots.len(), encryption_text(&repo));
+    outln!("{} snapshots; {}", snapshots.len(), encryption_text(&repo));
     Ok(code)
 }
 

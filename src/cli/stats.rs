@@ -31,10 +31,10 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     }
     super::warn_damage(&repo);
     if context.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<40} {:>9} {:>11} {:>11} {:>11} {:>11} {:>11}{}",
         "source (host)",
         "snapshots",
@@ -46,7 +46,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         if price.is_some() { "  cost/month" } else { "" }
     );
     for s in &report.sources {
-        println!(
+        outln!(
             "{:<40} {:>9} {:>11} {:>11} {:>11} {:>11} {:>11}{}",
             format!("{} ({})", s.source, s.host),
             s.snapshots,
@@ -60,8 +60,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     }
     if let Some(price) = price {
         let total: f64 = report.sources.iter().filter_map(|s| s.monthly_cost).sum();
-        println!("at {price} per GiB-month the live data costs {total:.4} a month");
+        outln!("at {price} per GiB-month the live data costs {total:.4} a month");
     }
-    println!("repository: {} in packs, {} blobs", format::bytes(report.repository_bytes), report.blobs);
+    outln!("repository: {} in packs, {} blobs", format::bytes(report.repository_bytes), report.blobs);
     Ok(ExitCode::SUCCESS)
 }

@@ -41,7 +41,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if context.json {
-        println!("{}", serde_json::to_string(&status)?);
+        outln!("{}", serde_json::to_string(&status)?);
     } else if !context.quiet {
         let age = |seconds: i64| format!("{} ago", age_text(seconds));
         for source in &status.sources {
@@ -49,37 +49,37 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
                 format!("{} ({})", &e.snapshot.as_deref().unwrap_or("?")[..8], age(e.age_seconds))
             });
             let drill = source.last_drill_ok.as_ref().map_or("never".to_string(), |e| age(e.age_seconds));
-            println!(
+            outln!(
                 "{}  {}: {} snapshots, newest {latest}, last good drill {drill}",
                 if source.problems.is_empty() { "ok  " } else { "FAIL" },
                 source.source,
                 source.snapshots
             );
             if let Some(failure) = &source.last_failure {
-                println!("      last failure: {} {}: {}", failure.command, age(failure.age_seconds), failure.error);
+                outln!("      last failure: {} {}: {}", failure.command, age(failure.age_seconds), failure.error);
             }
             for problem in &source.problems {
-                println!("      problem: {problem}");
+                outln!("      problem: {problem}");
             }
         }
         match (&status.last_check, status.last_check_ok) {
             (Some(check), Some(ok)) => {
-                println!("last check {}: {}", age(check.age_seconds), if ok { "no errors" } else { "DAMAGE FOUND" })
+                outln!("last check {}: {}", age(check.age_seconds), if ok { "no errors" } else { "DAMAGE FOUND" })
             }
-            _ => println!("no check has run yet"),
+            _ => outln!("no check has run yet"),
         }
         for o in &status.offsite {
             let ok = o.last_ok.as_ref().map_or("never".to_string(), |e| age(e.age_seconds));
-            println!(
+            outln!(
                 "offsite {}: last sync {} ({:?}), last complete sync {ok}",
                 o.to,
                 age(o.last_sync.age_seconds),
                 o.last_outcome
             );
         }
-        println!("repository: {}", super::snapshots::encryption_text(&repo));
+        outln!("repository: {}", super::snapshots::encryption_text(&repo));
         for problem in &status.problems {
-            println!("problem: {problem}");
+            outln!("problem: {problem}");
         }
     }
     Ok(if status.healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -70,16 +70,16 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let received = report.packs_copied + report.snapshots_copied.len() as u64 > 0;
     if let (Some(dest), true) = (dest, received) {
         if let Err(e) = cairn::audit::write(dest, &audit.record) {
-            eprintln!("warning: could not write the audit record to {}: {e}", args.to);
+            errln!("warning: could not write the audit record to {}: {e}", args.to);
         }
     }
     super::finish_audit(audit, &source, outcome);
     super::warn_damage(&source);
     let dest = result?;
     if context.json {
-        println!("{}", serde_json::json!({ "to": args.to, "report": report, "requests": requests }));
+        outln!("{}", serde_json::json!({ "to": args.to, "report": report, "requests": requests }));
     } else if !context.quiet {
-        println!(
+        outln!(
             "synced to {}: {} snapshots copied, {} already there; {} packs ({}) sent, {} found from an earlier run, {} index files",
             args.to,
             report.snapshots_copied.len(),
@@ -90,7 +90,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             report.index_files_written,
         );
         if let Some(r) = requests {
-            println!(
+            outln!(
                 "requests: {} (get {}, put {}, head {}, list {}, delete {})",
                 r.total(),
                 r.get,
@@ -102,10 +102,10 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         }
     }
     for error in &report.errors {
-        eprintln!("error: {error}");
+        errln!("error: {error}");
     }
     if !report.snapshots_failed.is_empty() {
-        eprintln!(
+        errln!(
             "error: {} snapshots could not be copied: {}",
             report.snapshots_failed.len(),
             report.snapshots_failed.join(", ")
@@ -169,7 +169,7 @@ fn open_or_create(
         Err(cairn::error::Error::NotARepository(_)) => {}
         Ok(dest) => {
             if !cairn::sync::shares_keys(source, &dest) && !context.quiet && !context.json {
-                eprintln!(
+                errln!(
                     "note: {location} has other key material ({}): every blob is re-encoded for it",
                     if source.keys().is_some() != dest.keys().is_some() {
                         "one is encrypted, the other not"
@@ -193,7 +193,7 @@ fn open_or_create(
         (Some(_), None) => bail!("{location} would be encrypted like this repository: give its password"),
         (None, Some(passphrase)) => NewKeys::New { passphrase },
         (None, None) => {
-            eprintln!(
+            errln!(
                 "warning: {location} will NOT be encrypted: no password was given (CAIRN_PASSWORD, --to-password-file)"
             );
             NewKeys::None
@@ -202,7 +202,7 @@ fn open_or_create(
     let dest = Repository::init_location_with(location, config, keys)
         .with_context(|| format!("creating the destination repository {location}"))?;
     if !context.quiet && !context.json {
-        eprintln!("created repository {} at {location}", dest.config().repo_id.short());
+        errln!("created repository {} at {location}", dest.config().repo_id.short());
     }
     Ok(dest)
 }

@@ -197,3 +197,30 @@ fn disk_guard_refuses_to_fill_the_disk() {
     assert!(stopped, "the guard stopped the snapshot at a pack write");
     ok(cairn(&repo).args(["check", "--read-data"]));
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    let scratch = Scratch::new("closed-stdout");
+    let repo = repo_with_snapshot(&scratch);
+    for args in [&["ls", "latest"][..], &["ls", "latest", "--json"], &["ls", "latest", "-l"], &["snapshots"]] {
+        // The only read end of the pipe is dropped before cairn writes anything: every write fails.
+        let mut child = cairn(&repo)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?} says nothing: {err}");
+    }
+    // Any other failure to write the output fails the command.
+    if Path::new("/dev/full").exists() {
+        let full = fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let (code, err) = stderr_of(cairn(&repo).args(["ls", "latest"]).stdout(full));
+        assert_eq!(code, Some(1));
+        assert!(err.contains("writing to standard output") && err.contains("No space left"), "{err}");
+    }
+}
