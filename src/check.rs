@@ -25,7 +25,7 @@ use crate::backend::{Backend, WholeObject};
 use crate::error::{Error, Result};
 use crate::format::pack::{self, BlobEntry, TrailerRead, HEADER_LEN, TAIL_LEN};
 use crate::format::snapshot::Snapshot;
-use crate::format::tree::Content;
+use crate::format::tree::{Content, Tree};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
@@ -124,6 +124,8 @@ pub struct CheckReport {
     pub damaged_blobs: Vec<String>,
     /// What the damage costs: files (or whole directories) that cannot be restored.
     pub affected: Vec<Affected>,
+    /// How to recover from what was found, one sentence each.
+    pub advice: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -215,7 +217,7 @@ pub fn check(
         let (index, snapshots, _) = loaded.inspect_err(|_| stop.store(true, Relaxed))?;
         // On an intact repository this is the final walk.
         let walked = match all_trees_intact(repo, &index, &snapshots) {
-            Some(trees) => Walked { bad: HashMap::new(), affected: Vec::new(), trees },
+            Some(trees) => Walked { bad: HashMap::new(), unindexed: HashSet::new(), affected: Vec::new(), trees },
             None => walk(repo, &index, &snapshots, HashMap::new()),
         };
         // Index entries grouped by pack.
@@ -269,14 +271,6 @@ pub fn check(
         }
     }
 
-    for id in on_disk.keys() {
-        if !by_pack.contains_key(id) {
-            report.warnings.push(format!(
-                "pack {} is not in any index (left by an interrupted snapshot; prune removes it)",
-                id.short()
-            ));
-        }
-    }
     report.packs = by_pack.len() as u64;
     by_pack.par_iter().for_each(|(pack, entries)| {
         let key = Repository::pack_key(pack);
@@ -312,11 +306,34 @@ pub fn check(
     // the packs or the index had any.
     let bad = findings.bad_blobs.into_inner().expect("poisoned");
     let walker = if bad.is_empty() { first_walk } else { walk(repo, &index, &snapshots, bad) };
+    let mut errors = findings.errors.into_inner().expect("poisoned");
+    let mut unindexed_packs: Vec<(&Id, &u64)> = on_disk.iter().filter(|(id, _)| !by_pack.contains_key(id)).collect();
+    unindexed_packs.sort_unstable();
+    for (pack, len) in unindexed_packs {
+        match needed_in_unindexed_pack(repo, pack, *len, &walker.unindexed) {
+            0 => report.warnings.push(format!(
+                "pack {} is not in any index (left by an interrupted snapshot; prune removes it)",
+                pack.short()
+            )),
+            needed => errors.push(format!(
+                "pack {} is in no index file but holds {needed} blobs that snapshots need: an index file was lost; \
+                 run `cairn repair index` to rebuild the index from the packs",
+                pack.short()
+            )),
+        }
+    }
+    if !walker.unindexed.is_empty() {
+        report.advice.push(format!(
+            "{} blobs that snapshots need are in no index file: run `cairn repair index`, which rebuilds the index \
+             from the packs; if they are in no pack either, the paths above are lost: forget the snapshots that need \
+             them",
+            walker.unindexed.len()
+        ));
+    }
     report.trees = walker.trees;
     let mut affected = walker.affected;
     affected.sort();
     affected.dedup();
-    let mut errors = findings.errors.into_inner().expect("poisoned");
     errors.sort();
     errors.extend(affected.iter().map(|a| format!("snapshot {}: {}: {}", a.snapshot, a.path, a.reason)));
     report.errors = errors;
@@ -330,6 +347,19 @@ pub fn check(
     report.damaged_blobs = blobs;
     progress.finish();
     Ok(report)
+}
+
+/// How many of the blobs in `needed` the trailer of a pack that no index names lists; 0 when
+/// none are needed or the trailer cannot be read (the pack is then left over, or damaged:
+/// `--read-data` reports which).
+fn needed_in_unindexed_pack(repo: &Repository, pack: &Id, len: u64, needed: &HashSet<Id>) -> usize {
+    if needed.is_empty() {
+        return 0;
+    }
+    let key = Repository::pack_key(pack);
+    let read_range = |offset, n| repo.backend().get_range(&key, offset, n);
+    read_trailer(repo, &key, len, &read_range)
+        .map_or(0, |listed| listed.iter().filter(|e| needed.contains(&e.id)).count())
 }
 
 /// What reading packs whole found.
@@ -600,8 +630,8 @@ fn list_packs(repo: &Repository, report: &mut CheckReport) -> Result<HashMap<Id,
 
 /// The blobs a pack's trailer lists, once its header magic and version check out.
 /// `read_range(offset, len)` reads part of the pack, which is `len` bytes long; it is only asked
-/// for ranges inside those bytes.
-fn read_trailer(
+/// for ranges inside those bytes. Damage is an [`Error::Corrupt`]; anything else failed to read.
+pub(crate) fn read_trailer(
     repo: &Repository,
     key: &str,
     len: u64,
@@ -690,11 +720,12 @@ fn blob_failure(e: Error) -> String {
 /// Walks every snapshot's trees, naming each path that needs a blob in `bad`, a tree that does not
 /// decode, or a chunk the index lacks.
 fn walk(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)], bad: HashMap<Id, String>) -> Walked {
-    let mut walker = Walker { repo, index, bad, clean: HashSet::new(), affected: Vec::new(), trees: 0 };
+    let mut walker =
+        Walker { repo, index, bad, clean: HashSet::new(), unindexed: HashSet::new(), affected: Vec::new(), trees: 0 };
     for (id, snapshot) in snapshots {
-        walker.tree(&id.short(), &snapshot.tree, "");
+        walker.snapshot(&id.short(), &snapshot.tree);
     }
-    Walked { bad: walker.bad, affected: walker.affected, trees: walker.trees }
+    Walked { bad: walker.bad, unindexed: walker.unindexed, affected: walker.affected, trees: walker.trees }
 }
 
 /// Reads every tree the snapshots reach, each once and in parallel, level by level; returns how
@@ -726,78 +757,137 @@ fn all_trees_intact(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot
 }
 
 /// What [`walk`] found: every bad blob (those it was given and trees that would not decode), the
-/// paths they cost, and how many trees it read.
+/// blobs snapshots need that the index lacks, the paths they cost, and how many trees it read.
 struct Walked {
     bad: HashMap<Id, String>,
+    unindexed: HashSet<Id>,
     affected: Vec<Affected>,
     trees: u64,
 }
 
 /// Walks snapshot trees, naming every path that needs a bad or missing blob. Subtrees found clean
-/// once are not walked again (snapshots share most of their trees).
+/// once are not walked again (snapshots share most of their trees). The walk keeps its own stack
+/// of directories, so a crafted tree a hundred thousand levels deep costs memory, not the
+/// process's stack.
 struct Walker<'a> {
     repo: &'a Repository,
     index: &'a Index,
     bad: HashMap<Id, String>,
     clean: HashSet<Id>,
+    unindexed: HashSet<Id>,
     affected: Vec<Affected>,
     trees: u64,
 }
 
+/// A directory being walked: its name, its tree, the next node to look at, and whether all before
+/// it was intact. Only names are kept: a path is joined from the stack when a problem needs one
+/// (paths held per level would cost memory quadratic in the depth).
+struct Open {
+    id: Id,
+    name: String,
+    tree: Tree,
+    next: usize,
+    intact: bool,
+}
+
+/// The path of `name` in the directory on top of `stack` (the root's own name is empty).
+fn path_of(stack: &[Open], name: &str) -> String {
+    let mut path = String::new();
+    for dir in stack.iter().skip(1) {
+        path.push('/');
+        path.push_str(&dir.name);
+    }
+    path.push('/');
+    path.push_str(name);
+    path
+}
+
 impl Walker<'_> {
-    /// Returns whether everything below `id` is intact.
-    fn tree(&mut self, snapshot: &str, id: &Id, path: &str) -> bool {
-        if self.clean.contains(id) {
-            return true;
+    /// Walks the snapshot whose root tree is `root`.
+    fn snapshot(&mut self, snapshot: &str, root: &Id) {
+        let mut stack: Vec<Open> = Vec::new();
+        if self.clean.contains(root) {
+            return;
         }
-        let shown = if path.is_empty() { "/" } else { path };
-        let lost = |reason: String| Affected {
-            snapshot: snapshot.to_string(),
-            path: shown.to_string(),
-            reason: format!("directory listing unreadable, nothing below can be restored: {reason}"),
-        };
-        if let Some(reason) = self.bad.get(id) {
-            self.affected.push(lost(reason.clone()));
-            return false;
+        match self.open(root) {
+            Ok(tree) => stack.push(Open { id: *root, name: String::new(), tree, next: 0, intact: true }),
+            Err(reason) => self.lost(snapshot, "/".into(), reason),
         }
-        if !self.index.contains(id) {
-            self.affected.push(lost(format!("tree {} is not in the index", id.short())));
-            return false;
-        }
-        let tree = match self.repo.read_tree(self.index, id) {
-            Ok(tree) => tree,
-            Err(e) => {
-                self.bad.insert(*id, e.to_string());
-                self.affected.push(lost(e.to_string()));
-                return false;
-            }
-        };
-        self.trees += 1;
-        let mut intact = true;
-        for node in &tree.nodes {
-            let child = format!("{path}/{}", String::from_utf8_lossy(&node.name));
+        while let Some(dir) = stack.last_mut() {
+            let Some(node) = dir.tree.nodes.get(dir.next) else {
+                let done = stack.pop().expect("there is a top");
+                if done.intact {
+                    self.clean.insert(done.id);
+                }
+                if let Some(parent) = stack.last_mut() {
+                    parent.intact &= done.intact;
+                }
+                continue;
+            };
+            dir.next += 1;
+            let name = String::from_utf8_lossy(&node.name).into_owned();
             match &node.content {
-                Content::Dir { subtree } => intact &= self.tree(snapshot, subtree, &child),
-                Content::File { chunks } => {
-                    let problem = chunks.iter().find_map(|chunk| match self.bad.get(chunk) {
-                        Some(reason) => Some(format!("chunk {}: {reason}", chunk.short())),
-                        None if !self.index.contains(chunk) => {
-                            Some(format!("chunk {} is not in the index", chunk.short()))
+                Content::Dir { subtree } if self.clean.contains(subtree) => {}
+                Content::Dir { subtree } => {
+                    let subtree = *subtree;
+                    match self.open(&subtree) {
+                        Ok(tree) => stack.push(Open { id: subtree, name, tree, next: 0, intact: true }),
+                        Err(reason) => {
+                            stack.last_mut().expect("the parent").intact = false;
+                            self.lost(snapshot, path_of(&stack, &name), reason);
                         }
-                        None => None,
-                    });
+                    }
+                }
+                Content::File { chunks } => {
+                    // The first problem names the file's; every chunk the index lacks is counted.
+                    let mut problem = None;
+                    for chunk in chunks {
+                        let found = match self.bad.get(chunk) {
+                            Some(reason) => Some(format!("chunk {}: {reason}", chunk.short())),
+                            None if !self.index.contains(chunk) => {
+                                self.unindexed.insert(*chunk);
+                                Some(format!("chunk {} is not in the index", chunk.short()))
+                            }
+                            None => None,
+                        };
+                        problem = problem.or(found);
+                    }
                     if let Some(reason) = problem {
-                        self.affected.push(Affected { snapshot: snapshot.to_string(), path: child, reason });
-                        intact = false;
+                        dir.intact = false;
+                        let path = path_of(&stack, &name);
+                        self.affected.push(Affected { snapshot: snapshot.to_string(), path, reason });
                     }
                 }
                 _ => {}
             }
         }
-        if intact {
-            self.clean.insert(*id);
+    }
+
+    /// Reads the tree `id` to walk it, or says why it cannot be.
+    fn open(&mut self, id: &Id) -> std::result::Result<Tree, String> {
+        if let Some(reason) = self.bad.get(id) {
+            return Err(reason.clone());
         }
-        intact
+        if !self.index.contains(id) {
+            self.unindexed.insert(*id);
+            return Err(format!("tree {} is not in the index", id.short()));
+        }
+        match self.repo.read_tree(self.index, id) {
+            Ok(tree) => {
+                self.trees += 1;
+                Ok(tree)
+            }
+            Err(e) => {
+                self.bad.insert(*id, e.to_string());
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Records that nothing below the directory at `path` can be restored.
+    fn lost(&mut self, snapshot: &str, path: String, reason: String) {
+        let reason = format!("directory listing unreadable, nothing below can be restored: {reason}");
+        self.affected.push(Affected { snapshot: snapshot.to_string(), path, reason });
     }
 }
 

@@ -15,7 +15,7 @@
 //! A crash anywhere leaves every live blob reachable through some index file; running prune
 //! again finishes the job. An exclusive repository lock keeps snapshots out meanwhile.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -30,9 +30,6 @@ use crate::progress::Progress;
 use crate::repository::index::Index;
 use crate::repository::packer::BlobStore;
 use crate::repository::Repository;
-
-/// Packs per index file written by prune.
-const PACKS_PER_INDEX_FILE: usize = 256;
 
 #[derive(Debug, Default, Serialize)]
 pub struct PrunePlan {
@@ -91,8 +88,10 @@ impl Reachable {
             let trees: Vec<Tree> = batch
                 .par_iter()
                 .map(|id| {
-                    repo.read_tree(index, id)
-                        .map_err(|e| Error::Invalid(format!("cannot read tree {}: {e}", id.short())))
+                    repo.read_tree(index, id).map_err(|e| match e {
+                        missing @ Error::MissingBlob(_) => missing,
+                        e => Error::Invalid(format!("cannot read tree {}: {e}", id.short())),
+                    })
                 })
                 .collect::<Result<_>>()?;
             for tree in trees {
@@ -112,15 +111,54 @@ impl Reachable {
 /// Trees [`Reachable::add_tree`] reads in one parallel batch.
 const TREES_AT_ONCE: usize = 64;
 
+/// What to do when blobs the snapshots need are in no index file.
+const REPAIR_ADVICE: &str = "an index file may be lost: run `cairn repair index`, which rebuilds the index from \
+    the packs, then `cairn check` (if they are in no pack either, check names the files lost: forget the snapshots \
+    that need them)";
+
 /// Every blob reachable from the snapshots. Fails rather than guess on an unreadable tree.
 fn mark(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)]) -> Result<HashSet<Id>> {
     let mut reachable = Reachable::default();
     for (id, snapshot) in snapshots {
         reachable.add_tree(repo, index, snapshot.tree).map_err(|e| {
-            Error::Invalid(format!("snapshot {}: {e}; nothing was deleted (run `cairn check`)", id.short()))
+            let advice = match e {
+                Error::MissingBlob(_) => REPAIR_ADVICE,
+                _ => "run `cairn check`",
+            };
+            Error::Invalid(format!("snapshot {}: {e}; nothing was deleted ({advice})", id.short()))
         })?;
     }
     Ok(reachable.blobs)
+}
+
+/// Prune deletes only in a whole repository: every blob the snapshots reach must be in the index,
+/// in a pack that is there. Where one is not (an index file lost, a pack gone), the packs that
+/// hold what the snapshots need would look unreferenced or dead, and deleting them would destroy
+/// what a repair could still save; so nothing is deleted, and the error says how to recover.
+fn refuse_unless_whole(index: &Index, live: &HashSet<Id>, present: &HashMap<Id, u64>) -> Result<()> {
+    let mut unindexed = live.iter().filter(|id| !index.contains(id));
+    if let Some(first) = unindexed.next() {
+        return Err(Error::Invalid(format!(
+            "{} blobs that snapshots need are in no index file (blob {} among them); nothing was deleted: {REPAIR_ADVICE}",
+            1 + unindexed.count(),
+            first.short()
+        )));
+    }
+    let gone: BTreeSet<Id> = live
+        .iter()
+        .filter_map(|id| index.get(id))
+        .map(|at| index.pack_id(at))
+        .filter(|p| !present.contains_key(p))
+        .collect();
+    if let Some(first) = gone.first() {
+        return Err(Error::Invalid(format!(
+            "{} packs that hold blobs snapshots need are missing (pack {} among them); nothing was deleted: run `cairn \
+             check` to see which files they cost",
+            gone.len(),
+            first.short()
+        )));
+    }
+    Ok(())
 }
 
 pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
@@ -134,6 +172,8 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
     }
     let mut plan = PrunePlan { snapshots: snapshots.len() as u64, ..Default::default() };
     let live = mark(repo, &index, &snapshots)?;
+    let present = repo.list_packs()?.0;
+    refuse_unless_whole(&index, &live, &present)?;
     let mut internal = Internal { live, ..Default::default() };
     for (id, file) in files {
         internal.index_files.push(format!("index/{}", id.to_hex()));
@@ -180,7 +220,7 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
             plan.repack_bytes += blob.stored_len as u64;
         }
     }
-    for (id, len) in repo.list_packs()?.0 {
+    for (id, len) in present {
         if !internal.packs.contains_key(&id) {
             internal.unreferenced.push(id);
             plan.bytes_freed += len;
@@ -273,13 +313,7 @@ pub fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Resul
     let gone: HashSet<&Id> = internal.delete.iter().chain(&internal.repack).collect();
     let staying: Vec<IndexedPack> =
         internal.packs.values().filter(|p| !gone.contains(&p.id)).cloned().chain(new_packs).collect();
-    let mut written = HashSet::new();
-    for group in staying.chunks(PACKS_PER_INDEX_FILE) {
-        let bytes = repo.seal_file(IndexFile { packs: group.to_vec() }.encode());
-        let key = format!("index/{}", Id::of(&bytes).to_hex());
-        repo.backend().put(&key, &bytes)?;
-        written.insert(key);
-    }
+    let written: HashSet<String> = repo.write_index_files(&staying)?.into_iter().collect();
     report.index_files_written = written.len() as u64;
 
     // 3. The old index files go, now that the new ones are durable.

@@ -16,7 +16,8 @@
 //! - [`backup`]: one snapshot from start to commit; [`restore`]: back to files.
 //! - [`check`]: structural and data verification; [`drill`]: restore drills with evidence;
 //!   [`audit`]: the per-run audit records; [`status`]: per-source health from snapshots and audit.
-//! - [`retention`]: which snapshots a policy keeps; [`gc`]: prune (mark, plan, sweep);
+//! - [`retention`]: which snapshots a policy keeps; [`gc`]: prune (mark, plan, sweep), which
+//!   refuses to delete in a repository that is not whole; [`repair`]: the index rebuilt from packs;
 //!   [`stats`]: storage cost per source; [`repository::lock`]: repository locks.
 //! - [`sync`]: copying snapshots and the packs they need to another repository (offsite).
 //! - [`progress`]: the progress bar.
@@ -43,6 +44,7 @@ pub mod format;
 pub mod gc;
 pub mod id;
 pub mod progress;
+pub mod repair;
 pub mod repository;
 pub mod restore;
 pub mod retention;

@@ -7,6 +7,8 @@ mod support;
 mod backends;
 #[path = "cases/crash.rs"]
 mod crash;
+#[path = "cases/deep.rs"]
+mod deep;
 #[path = "cases/encryption.rs"]
 mod encryption;
 #[path = "cases/errors.rs"]
@@ -15,6 +17,8 @@ mod errors;
 mod fixtures;
 #[path = "cases/prune.rs"]
 mod prune;
+#[path = "cases/repair.rs"]
+mod repair;
 #[path = "cases/roundtrip.rs"]
 mod roundtrip;
 #[path = "cases/run.rs"]

@@ -69,6 +69,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         for error in &report.errors {
             errln!("error: {error}");
         }
+        for advice in &report.advice {
+            errln!("hint: {advice}");
+        }
         if !context.quiet {
             outln!(
                 "checked {} snapshots, {} trees, {} packs{}: {}",

@@ -12,6 +12,7 @@ mod format;
 mod init;
 mod key;
 mod ls;
+mod repair;
 mod restore;
 mod run;
 mod snapshot;
@@ -87,6 +88,9 @@ enum Command {
     Forget(forget::ForgetArgs),
     /// Delete data no snapshot needs any more (mark and sweep, repack)
     Prune(forget::PruneOnlyArgs),
+    /// Rebuild repository files from what survives (`repair index`)
+    #[command(subcommand)]
+    Repair(repair::Args),
     /// Storage per source: stored, unique, shared bytes, each source's share and its price
     Stats(stats::Args),
     /// Copy snapshots and the data they need to another repository (offsite), incrementally
@@ -188,6 +192,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => status::run(&context, args),
         Command::Forget(args) => forget::run_forget(&context, args),
         Command::Prune(args) => forget::run_prune(&context, args),
+        Command::Repair(args) => repair::run(&context, args),
         Command::Stats(args) => stats::run(&context, args),
         Command::Sync(args) => sync::run(&context, args),
         Command::Run(args) => run::run(&context, args),

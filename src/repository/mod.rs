@@ -22,13 +22,16 @@ use crate::crypto::{Keys, MasterKey};
 use crate::error::{Error, Result};
 use crate::format::config::Config;
 use crate::format::envelope;
-use crate::format::index::IndexFile;
+use crate::format::index::{IndexFile, IndexedPack};
 use crate::format::key::KeyFile;
 use crate::format::pack::{BlobEntry, Codec};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::Tree;
 use crate::id::{BlobHasher, Id};
 use index::{Index, Location};
+
+/// Packs named per index file when prune or repair rewrites the index.
+pub const PACKS_PER_INDEX_FILE: usize = 256;
 
 /// Top-level entries of a repository directory.
 const LAYOUT: [&str; 7] = ["tmp", "packs", "index", "snapshots", "audit", "locks", "keys"];
@@ -471,6 +474,20 @@ impl Repository {
             (Some(_), Some(_)) => Err(Error::AmbiguousSnapshot(spec.to_string())),
             (None, _) => Err(Error::NoSuchSnapshot(spec.to_string())),
         }
+    }
+
+    /// Writes index files naming `packs`, [`PACKS_PER_INDEX_FILE`] to a file in the order given,
+    /// each durable when this returns; returns their keys. How prune and repair rewrite the
+    /// index (store-format/index.md, "What writers put in an index file").
+    pub fn write_index_files(&self, packs: &[IndexedPack]) -> Result<Vec<String>> {
+        let mut written = Vec::new();
+        for group in packs.chunks(PACKS_PER_INDEX_FILE) {
+            let bytes = self.seal_file(IndexFile { packs: group.to_vec() }.encode());
+            let key = format!("index/{}", Id::of(&bytes).to_hex());
+            self.backend.put(&key, &bytes)?;
+            written.push(key);
+        }
+        Ok(written)
     }
 
     /// Writes a snapshot manifest: the commit point of a snapshot. Call only after the blob

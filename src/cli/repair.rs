@@ -1,0 +1,107 @@
+//! `cairn repair index [--read-all-packs] [--dry-run]`
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::Context;
+use cairn::audit::Run;
+use cairn::format::audit::Outcome;
+use cairn::progress::Progress;
+use cairn::repair;
+use cairn::repository::lock::LockKind;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Args {
+    /// Rebuild the index from the packs' own trailers (after an index file was lost or damaged)
+    Index(IndexArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct IndexArgs {
+    /// Read the trailer of every pack, not only of those no intact index file names
+    #[arg(long)]
+    read_all_packs: bool,
+    /// Print what would be rebuilt, and change nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
+    let Args::Index(args) = args;
+    let repo = context.open()?;
+    let _lock = repo.lock(LockKind::Exclusive, "repair index", context.lock_wait)?;
+    let audit = Run::start("repair", "");
+    let fail = |mut audit: Run, e: cairn::error::Error| {
+        audit.record.errors.push(e.to_string());
+        super::finish_audit(audit, &repo, Outcome::Failed);
+        Err(e.into())
+    };
+    let progress = Progress::new("trailers", context.quiet || context.json);
+    let plan = match repair::plan(&repo, args.read_all_packs, &progress) {
+        Ok(plan) => plan,
+        Err(e) => return fail(audit, e),
+    };
+    let plan_json = serde_json::to_value(&plan)?;
+    if !context.json {
+        describe(&plan, context.quiet);
+    }
+    if args.dry_run {
+        if context.json {
+            outln!("{}", serde_json::json!({ "dry_run": true, "plan": plan_json }));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = match repair::execute(&repo, plan) {
+        Ok(report) => report,
+        Err(e) => return fail(audit, e),
+    };
+    let mut audit = audit;
+    audit.record.details = serde_json::json!({ "plan": plan_json, "report": report });
+    super::finish_audit(audit, &repo, Outcome::Ok);
+    if context.json {
+        outln!("{}", serde_json::json!({ "plan": plan_json, "report": report }));
+    } else if !context.quiet && report.index_files_written + report.index_files_deleted > 0 {
+        outln!(
+            "index rebuilt: {} index files written, {} deleted; run `cairn check` to see what is still missing",
+            report.index_files_written,
+            report.index_files_deleted
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Says what the plan found: problems on stderr, the summary on stdout.
+fn describe(plan: &repair::RepairPlan, quiet: bool) {
+    for file in &plan.damaged_index_files {
+        errln!("warning: damaged index file {file} is replaced");
+    }
+    for pack in &plan.missing {
+        errln!("warning: pack {pack} is missing: its blobs are dropped from the index");
+    }
+    for unreadable in &plan.unreadable {
+        let what = match unreadable.kept {
+            true => "the entries an index file had for it are kept",
+            false => "it stays unindexed",
+        };
+        errln!("warning: pack {}: {}; {what}", unreadable.pack, unreadable.reason);
+    }
+    if quiet {
+        return;
+    }
+    if plan.is_noop() {
+        outln!("the index already names every pack present: nothing to rebuild");
+    } else {
+        outln!(
+            "repair plan: {} packs present, {} indexed from an index file, {} from their own trailer; {} missing packs \
+             ({} blobs) and {} damaged index files dropped; {} index files replaced",
+            plan.packs,
+            plan.from_index,
+            plan.from_trailer.len(),
+            plan.missing.len(),
+            plan.missing_blobs,
+            plan.damaged_index_files.len(),
+            plan.index_files
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! `cairn repair index`: rebuilds the index from what the packs say about themselves.
+//!
+//! An index file only repeats the trailers of the packs it names (store-format/index.md). When
+//! one is lost or damaged, the blobs it named are still in their packs, but nothing finds them:
+//! `check` reports them "not in the index", and prune refuses to run rather than delete packs
+//! that snapshots need. restic's `repair index` is the anchor; cairn's pack trailers allow the
+//! same (store-format/prune.md, "Repair index").
+//!
+//! Plan, then act. The plan takes each pack file present: its entries come from an intact index
+//! file that names it with its length, or else (and for every pack with `read_all_packs`) from
+//! its own trailer. A pack whose trailer cannot be read keeps the entries an index file had for
+//! it, if any, so its intact blobs still restore; without those it stays unindexed, for `check`
+//! to report. Packs that index files name but that are gone are dropped. Executing writes index
+//! files for every pack present, each durable before the next step, and only then deletes the
+//! old index files. A crash in between leaves old and new files naming the same blobs, which is
+//! harmless, and a second run finishes. Repair deletes nothing but index files it has replaced.
+
+use std::collections::{HashMap, HashSet};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::format::index::{IndexFile, IndexedPack};
+use crate::id::Id;
+use crate::progress::Progress;
+use crate::repository::Repository;
+
+/// Trailers read at once: each is one or two small ranged reads, mostly waiting for the disk or
+/// the network.
+const TRAILERS_AT_ONCE: usize = 16;
+
+#[derive(Debug, Default, Serialize)]
+pub struct RepairPlan {
+    /// Pack files present.
+    pub packs: u64,
+    /// Packs whose entries are taken from an intact index file.
+    pub from_index: u64,
+    /// Packs indexed from their own trailer (ids).
+    pub from_trailer: Vec<String>,
+    /// Packs whose trailer cannot be read, and why; `kept` when an index file's entries for them
+    /// are kept.
+    pub unreadable: Vec<Unreadable>,
+    /// Packs that index files name but that are gone (ids), and how many blobs they held.
+    pub missing: Vec<String>,
+    pub missing_blobs: u64,
+    /// Index files that could not be read (they are replaced).
+    pub damaged_index_files: Vec<String>,
+    /// Index files there are now.
+    pub index_files: u64,
+    #[serde(skip)]
+    internal: Internal,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Unreadable {
+    pub pack: String,
+    pub reason: String,
+    pub kept: bool,
+}
+
+#[derive(Debug, Default)]
+struct Internal {
+    /// Every pack present with the entries the new index gives it, in pack id order.
+    packs: Vec<IndexedPack>,
+    /// Every index file there is now, intact or not.
+    old_files: Vec<String>,
+}
+
+impl RepairPlan {
+    /// Whether the index already says exactly what the plan would write.
+    pub fn is_noop(&self) -> bool {
+        self.from_trailer.is_empty() && self.missing.is_empty() && self.damaged_index_files.is_empty()
+    }
+}
+
+/// Plans a repair. The caller holds the exclusive lock. A pack or index file that cannot be read
+/// for a passing reason (an I/O error rather than damage) stops the plan: the index is never
+/// rebuilt from a partial view.
+pub fn plan(repo: &Repository, read_all_packs: bool, progress: &Progress) -> Result<RepairPlan> {
+    let files = repo.read_all_named("index", IndexFile::decode)?;
+    let mut plan = RepairPlan::default();
+    for damage in repo.take_damage() {
+        match damage {
+            Error::Corrupt { file, .. } => plan.damaged_index_files.push(file),
+            other => return Err(Error::Invalid(format!("{other}; nothing was changed"))),
+        }
+    }
+    // Files whose name is not an id are not cairn's: they are left alone.
+    let mut old_files: Vec<String> = repo
+        .backend()
+        .list("index")?
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| Id::from_hex(key.rsplit('/').next().unwrap_or_default()).is_some())
+        .collect();
+    old_files.sort();
+    plan.index_files = old_files.len() as u64;
+    // What intact index files say, the first naming of a pack winning.
+    let mut indexed: HashMap<Id, IndexedPack> = HashMap::new();
+    for (_, file) in files {
+        for pack in file.packs {
+            indexed.entry(pack.id).or_insert(pack);
+        }
+    }
+    let (present, _) = repo.list_packs()?;
+    plan.packs = present.len() as u64;
+    let mut missing: Vec<&IndexedPack> = indexed.values().filter(|p| !present.contains_key(&p.id)).collect();
+    missing.sort_by_key(|p| p.id);
+    plan.missing = missing.iter().map(|p| p.id.to_hex()).collect();
+    plan.missing_blobs = missing.iter().map(|p| p.blobs.len() as u64).sum();
+
+    let mut to_read: Vec<(Id, u64)> = Vec::new();
+    let mut packs = Vec::with_capacity(present.len());
+    for (&id, &len) in &present {
+        match indexed.get(&id) {
+            Some(pack) if pack.len == len && !read_all_packs => packs.push(pack.clone()),
+            _ => to_read.push((id, len)),
+        }
+    }
+    plan.from_index = packs.len() as u64;
+    to_read.sort_unstable();
+    progress.add_total(to_read.len() as u64);
+    let read = |&(id, len): &(Id, u64)| {
+        let key = Repository::pack_key(&id);
+        let range = |offset, n| repo.backend().get_range(&key, offset, n);
+        let trailer = crate::check::read_trailer(repo, &key, len, &range);
+        progress.add_bytes(1);
+        (id, len, trailer)
+    };
+    let trailers: Vec<_> = match rayon::ThreadPoolBuilder::new().num_threads(TRAILERS_AT_ONCE).build() {
+        Ok(pool) => pool.install(|| to_read.par_iter().map(read).collect()),
+        Err(_) => to_read.iter().map(read).collect(),
+    };
+    for (id, len, trailer) in trailers {
+        match trailer {
+            Ok(blobs) => {
+                // A pack the index already names exactly needs no new entry.
+                if !matches!(indexed.get(&id), Some(old) if old.len == len && old.blobs == blobs) {
+                    plan.from_trailer.push(id.to_hex());
+                }
+                packs.push(IndexedPack { id, len, blobs });
+            }
+            Err(e @ Error::Corrupt { .. }) => {
+                let old = indexed.get(&id).filter(|old| old.len == len);
+                plan.unreadable.push(Unreadable { pack: id.to_hex(), reason: e.to_string(), kept: old.is_some() });
+                packs.extend(old.cloned());
+            }
+            Err(e) => return Err(Error::Invalid(format!("pack {}: {e}; nothing was changed", id.short()))),
+        }
+    }
+    plan.from_trailer.sort();
+    packs.sort_by_key(|p| p.id);
+    plan.internal = Internal { packs, old_files };
+    progress.finish();
+    Ok(plan)
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RepairReport {
+    pub index_files_written: u64,
+    pub index_files_deleted: u64,
+}
+
+/// Carries out a plan (nothing, if it changes nothing). The caller holds the exclusive lock the
+/// plan was made under.
+pub fn execute(repo: &Repository, plan: RepairPlan) -> Result<RepairReport> {
+    let mut report = RepairReport::default();
+    if plan.is_noop() {
+        return Ok(report);
+    }
+    let internal = plan.internal;
+    let written = repo.write_index_files(&internal.packs)?;
+    report.index_files_written = written.len() as u64;
+    let written: HashSet<&String> = written.iter().collect();
+    for key in internal.old_files.iter().filter(|key| !written.contains(key)) {
+        repo.backend().delete(key)?;
+        report.index_files_deleted += 1;
+    }
+    Ok(report)
+}

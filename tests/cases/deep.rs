@@ -1,0 +1,87 @@
+//! Crafted snapshots far deeper than any real tree: every walker of stored trees (check, prune's
+//! mark, stats, sync) keeps its own stack, so depth costs memory, never the process's stack.
+
+use std::fs;
+use std::path::Path;
+
+use cairn::format::pack::BlobKind;
+use cairn::format::snapshot::{Snapshot, Summary};
+use cairn::format::tree::{Content, Metadata, Node, Tree};
+use cairn::id::Id;
+use cairn::repository::packer::BlobStore;
+use cairn::repository::Repository;
+
+use crate::support::*;
+
+/// Levels of the crafted snapshots: far past any stack's recursion.
+pub const DEPTH: usize = 100_000;
+
+/// Writes a snapshot of `depth` nested directories `d/d/...`, the deepest holding a file `f`
+/// with `content`, straight through the library; returns its id. With `missing_chunk`, the file
+/// also names a chunk that was never stored (damage for check to trace through every level).
+pub fn deep_snapshot(repo: &Path, depth: usize, content: &[u8], missing_chunk: bool) -> String {
+    let opened = Repository::open_with(&repo.to_string_lossy(), PASSWORD).unwrap();
+    let index = opened.load_index().unwrap();
+    let store = BlobStore::new(&opened, &index);
+    let meta = Metadata { mode: 0o755, mtime_sec: 1_700_000_000, nlink: 1, ..Default::default() };
+    let mut chunks = vec![store.store(BlobKind::Data, content).unwrap()];
+    if missing_chunk {
+        chunks.push(Id::of(b"a chunk no pack holds"));
+    }
+    let file = Node {
+        name: b"f".to_vec(),
+        meta: Metadata { mode: 0o644, size: content.len() as u64 + missing_chunk as u64, ..meta },
+        content: Content::File { chunks },
+    };
+    let mut tree = store.store(BlobKind::Tree, &Tree { nodes: vec![file] }.encode()).unwrap();
+    for _ in 0..depth {
+        let dir = Node { name: b"d".to_vec(), meta, content: Content::Dir { subtree: tree } };
+        tree = store.store(BlobKind::Tree, &Tree { nodes: vec![dir] }.encode()).unwrap();
+    }
+    store.finish().unwrap();
+    let snapshot = Snapshot {
+        time_sec: 1_700_000_000,
+        time_nsec: 0,
+        duration_ms: 1,
+        tree,
+        parent: None,
+        hostname: "crafted".into(),
+        username: "test".into(),
+        source: format!("deep-{depth}-{missing_chunk}"),
+        paths: vec![b"/deep".to_vec()],
+        tags: Vec::new(),
+        summary: Summary { files: 1, dirs: depth as u64, bytes: content.len() as u64, ..Default::default() },
+        errors: Vec::new(),
+    };
+    opened.save_snapshot(&snapshot).unwrap().to_hex()
+}
+
+fn code(command: &mut std::process::Command) -> Option<i32> {
+    run(command).status.code()
+}
+
+#[test]
+fn walkers_of_stored_trees_survive_a_hundred_thousand_levels() {
+    let scratch = Scratch::new("deep");
+    let (repo, offsite) = (scratch.join("repo"), scratch.join("offsite"));
+    init(&repo);
+    deep_snapshot(&repo, DEPTH, b"at the bottom", false);
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    ok(cairn(&repo).arg("stats"));
+    ok(cairn(&repo).args(["prune", "--dry-run"]));
+    ok(cairn(&repo).arg("sync").arg("--to").arg(&offsite));
+    ok(cairn(&offsite).arg("check"));
+
+    // Damage at the bottom: check walks every level to name the file it costs.
+    deep_snapshot(&repo, DEPTH, b"at the bottom", true);
+    let out = run(cairn(&repo).args(["check", "--json"]));
+    assert_eq!(out.status.code(), Some(1), "check exits 1, it does not abort");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let affected = report["affected"].as_array().unwrap();
+    assert_eq!(affected.len(), 1, "{:?}", &report["errors"]);
+    let path = affected[0]["path"].as_str().unwrap();
+    assert_eq!(path.len(), "/d".len() * DEPTH + "/f".len());
+    // Prune refuses (a chunk is missing) with an error, never a crash.
+    assert_eq!(code(cairn(&repo).arg("prune")), Some(1));
+    fs::remove_dir_all(&offsite).unwrap();
+}
