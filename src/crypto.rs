@@ -169,7 +169,8 @@ pub fn secure_random<const N: usize>() -> [u8; N] {
 /// The passphrase of an encrypted repository: `CAIRN_PASSWORD`, else the first line of the file
 /// `CAIRN_PASSWORD_FILE`, else the first line printed by `CAIRN_PASSWORD_COMMAND` (run with
 /// `sh -c`), else typed at the terminal. The command-line options `--password-file` and
-/// `--password-command` set those variables. `None` when there is no way to get one.
+/// `--password-command` replace all three variables with their own (`src/cli/password.rs`), so a
+/// flag beats the environment. `None` when there is no way to get one.
 pub fn passphrase_if_given(location: &str) -> Result<Option<String>> {
     if let Some(value) = std::env::var_os("CAIRN_PASSWORD").filter(|v| !v.is_empty()) {
         return Ok(Some(value.to_string_lossy().into_owned()));

@@ -29,5 +29,7 @@ mod snapshots;
 mod sqlite;
 #[path = "cases/sync.rs"]
 mod sync;
+#[path = "cases/trust.rs"]
+mod trust;
 #[path = "cases/verify.rs"]
 mod verify;

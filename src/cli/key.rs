@@ -12,7 +12,8 @@ use cairn::repository::lock::LockKind;
 pub enum Args {
     /// List the key files
     List,
-    /// Add a passphrase: the new one comes from CAIRN_NEW_PASSWORD, --new-password-file, or the terminal
+    /// Add a passphrase: the new one comes from --new-password-file, CAIRN_NEW_PASSWORD,
+    /// CAIRN_NEW_PASSWORD_FILE, or the terminal
     Add(NewPassword),
     /// Remove a key file by name or id prefix (never the last one)
     Remove {
@@ -25,21 +26,27 @@ pub enum Args {
 
 #[derive(clap::Args, Debug)]
 pub struct NewPassword {
-    /// Read the new password from the first line of this file
-    #[arg(long, env = "CAIRN_NEW_PASSWORD_FILE", value_name = "FILE")]
+    /// Read the new password from the first line of this file (beats CAIRN_NEW_PASSWORD and
+    /// CAIRN_NEW_PASSWORD_FILE)
+    #[arg(long, value_name = "FILE")]
     new_password_file: Option<std::path::PathBuf>,
 }
 
+/// The new password: the flag, else `CAIRN_NEW_PASSWORD`, else the file `CAIRN_NEW_PASSWORD_FILE`
+/// names, else the terminal. A flag beats the environment, as for the repository password.
 fn new_password(args: &NewPassword) -> Result<String> {
-    if let Some(value) = std::env::var_os("CAIRN_NEW_PASSWORD").filter(|v| !v.is_empty()) {
-        return Ok(value.to_string_lossy().into_owned());
-    }
     if let Some(path) = &args.new_password_file {
         return Ok(cairn::crypto::passphrase_from_file(path)?);
     }
+    if let Some(value) = std::env::var_os("CAIRN_NEW_PASSWORD").filter(|v| !v.is_empty()) {
+        return Ok(value.to_string_lossy().into_owned());
+    }
+    if let Some(path) = std::env::var_os("CAIRN_NEW_PASSWORD_FILE").filter(|v| !v.is_empty()) {
+        return Ok(cairn::crypto::passphrase_from_file(std::path::Path::new(&path))?);
+    }
     match cairn::crypto::prompt("new password: ")? {
         Some(password) => Ok(password),
-        None => bail!("give the new password with CAIRN_NEW_PASSWORD, --new-password-file, or at a terminal"),
+        None => bail!("give the new password with --new-password-file, CAIRN_NEW_PASSWORD, CAIRN_NEW_PASSWORD_FILE, or at a terminal"),
     }
 }
 

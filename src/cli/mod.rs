@@ -12,6 +12,7 @@ mod format;
 mod init;
 mod key;
 mod ls;
+mod password;
 mod repair;
 mod restore;
 mod run;
@@ -47,11 +48,12 @@ pub struct Cli {
     #[arg(long, global = true)]
     json: bool,
 
-    /// Read the repository password from the first line of this file
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Read the repository password from the first line of this file (beats every CAIRN_PASSWORD* variable)
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "password_command")]
     password_file: Option<PathBuf>,
 
-    /// Run this shell command and read the repository password from its output
+    /// Run this shell command and read the repository password from its output (beats every
+    /// CAIRN_PASSWORD* variable)
     #[arg(long, global = true, value_name = "COMMAND")]
     password_command: Option<String>,
 
@@ -167,13 +169,8 @@ pub fn finish_audit(audit: cairn::audit::Run, repo: &Repository, outcome: cairn:
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     // The library and the child processes of `cairn run` read the password source from the
-    // environment; set it before any thread starts.
-    if let Some(file) = &cli.password_file {
-        std::env::set_var("CAIRN_PASSWORD_FILE", file);
-    }
-    if let Some(command) = &cli.password_command {
-        std::env::set_var("CAIRN_PASSWORD_COMMAND", command);
-    }
+    // environment; a flag replaces it there, before any thread starts.
+    password::settle(cli.password_file.as_deref(), cli.password_command.as_deref())?;
     let repo_path = match cli.repo {
         Some(path) => path,
         None => default_location()
