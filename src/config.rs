@@ -22,6 +22,8 @@ pub struct Config {
     pub path: PathBuf,
     /// The repository (a path or URL); `None` for the default local one.
     pub repository: Option<String>,
+    /// Whether the repository may be plain.
+    pub encryption: Encryption,
     /// Scratch space for drills.
     pub temp_dir: Option<PathBuf>,
     pub min_free: Option<MinFree>,
@@ -31,6 +33,17 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     pub offsite: Vec<OffsiteConfig>,
     pub drill: Option<DrillConfig>,
+}
+
+/// The `encryption` key: what a run may create, and what it accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encryption {
+    /// `"aes-256-gcm"`, the default: a run creates the repository only encrypted, so only when it
+    /// has a password, and reports a plain one it finds as a failed step.
+    #[default]
+    Required,
+    /// `"none"`: a plain repository is what the config asks for; a run creates it plain.
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +69,8 @@ pub struct SourceConfig {
 pub struct OffsiteConfig {
     pub name: String,
     pub repository: String,
+    /// Whether a run may let `sync` create this destination plain (without a password).
+    pub encryption: Encryption,
     /// The destination's own retention (applied by `sync --prune`).
     pub retention: Option<Policy>,
 }
@@ -110,10 +125,19 @@ const RETENTION_KEYS: [&str; 8] = [
     "keep_within",
     "keep_tags",
 ];
-const TOP_KEYS: [&str; 8] =
-    ["repository", "temp_dir", "min_free", "cost_per_gib_month", "retention", "source", "offsite", "drill"];
+const TOP_KEYS: [&str; 9] = [
+    "repository",
+    "encryption",
+    "temp_dir",
+    "min_free",
+    "cost_per_gib_month",
+    "retention",
+    "source",
+    "offsite",
+    "drill",
+];
 const SOURCE_KEYS: [&str; 8] = ["name", "kind", "paths", "exclude", "tags", "before", "after", "retention"];
-const OFFSITE_KEYS: [&str; 3] = ["name", "repository", "retention"];
+const OFFSITE_KEYS: [&str; 4] = ["name", "repository", "encryption", "retention"];
 const DRILL_KEYS: [&str; 3] = ["every", "sources", "repository"];
 
 /// Parses config text; `base` resolves relative paths. Returns what could be read and every
@@ -255,6 +279,7 @@ impl Parser<'_> {
         });
         let mut config = Config {
             repository,
+            encryption: self.encryption(root, "the top level"),
             temp_dir: self.string(root, "temp_dir", "the top level").map(|t| {
                 let span = Self::key_span(root, "temp_dir");
                 self.path(&t, span, true)
@@ -294,15 +319,30 @@ impl Parser<'_> {
             self.unknown_keys(table, &OFFSITE_KEYS, what);
             let name = self.required_string(table, "name", what);
             let repository = self.required_string(table, "repository", what);
+            let encryption = self.encryption(table, what);
             let retention = self.table(table, "retention", what).map(|t| self.retention(t, "[offsite.retention]"));
             if let (Some(name), Some(repository)) = (name, repository) {
-                config.offsite.push(OffsiteConfig { name, repository, retention });
+                config.offsite.push(OffsiteConfig { name, repository, encryption, retention });
             }
         }
         if let Some(table) = self.table(root, "drill", "the top level") {
             config.drill = Some(self.drill(table, &config));
         }
         config
+    }
+
+    fn encryption(&mut self, table: &dyn TableLike, what: &str) -> Encryption {
+        match self.string(table, "encryption", what).as_deref() {
+            None | Some("aes-256-gcm") => Encryption::Required,
+            Some("none") => Encryption::None,
+            Some(other) => {
+                self.problem(
+                    Self::key_span(table, "encryption"),
+                    format!("`encryption` in {what} must be \"aes-256-gcm\" or \"none\", not {other:?}"),
+                );
+                Encryption::Required
+            }
+        }
     }
 
     fn array_of_tables<'t>(&mut self, root: &'t dyn TableLike, key: &str) -> Vec<&'t dyn TableLike> {
@@ -480,6 +520,20 @@ mod tests {
                 "line 12: [source.retention] keeps nothing: give at least one keep_* option",
                 "line 13: `keep_last` in [source.retention] must be a whole number ≥ 0, not the string \"two\"",
             ]
+        );
+    }
+
+    #[test]
+    fn encryption_is_required_unless_the_config_says_none() {
+        let text = "[[offsite]]\nname = \"o\"\nrepository = \"/o\"\nencryption = \"none\"\n";
+        let (config, found) = parse(text, Path::new("/"));
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(config.encryption, Encryption::Required);
+        assert_eq!(config.offsite[0].encryption, Encryption::None);
+        assert_eq!(parse("encryption = \"none\"\n", Path::new("/")).0.encryption, Encryption::None);
+        assert_eq!(
+            problems("encryption = \"off\"\n"),
+            vec!["line 1: `encryption` in the top level must be \"aes-256-gcm\" or \"none\", not \"off\""]
         );
     }
 

@@ -36,3 +36,9 @@ pub fn settle(file: Option<&Path>, command: Option<&str>) -> Result<()> {
     }
     Ok(())
 }
+
+/// Whether a password source was given, by a flag or a variable (the terminal does not count:
+/// `cairn run` gives its children none).
+pub fn given() -> bool {
+    VARIABLES.iter().any(|v| std::env::var_os(v).is_some_and(|value| !value.is_empty()))
+}

@@ -3,6 +3,11 @@
 //! offsite repository; then the drills that are due. Each step is this same binary run as a
 //! child process, so it writes the audit record it writes when run by hand, and one failing step
 //! (a vanished path, a failing hook, an unreachable server) fails only itself.
+//!
+//! Before the first step the run creates the repository if it is missing: encrypted with the
+//! run's password, plain only when the config says `encryption = "none"`, and otherwise not at
+//! all (store-format/config.md, "Who creates it"). The children inherit the password source
+//! through the environment (`src/cli/password.rs`).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -15,9 +20,9 @@ use serde::Serialize;
 
 use super::{Context, EXIT_INCOMPLETE};
 use cairn::audit::Run;
-use cairn::config::{Config, SourceConfig, SourceKind};
+use cairn::config::{Config, Encryption, OffsiteConfig, SourceConfig, SourceKind};
 use cairn::format::audit::Outcome;
-use cairn::repository::Repository;
+use cairn::repository::{NewKeys, Repository};
 use cairn::retention::Policy;
 
 #[derive(clap::Args, Debug)]
@@ -51,8 +56,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     }
     let _lock = RunLock::acquire(&path, config.temp_dir.as_deref())?;
     let repo = config.repository.clone().unwrap_or_else(|| context.location());
-    let cycle = Cycle { context, config: &config, repo, opened: None, steps: Vec::new() };
     let mut audit = Run::start("run", "");
+    let mut cycle = Cycle { context, config: &config, repo, opened: None, steps: Vec::new() };
+    cycle.prepare()?;
     let (steps, opened) = cycle.run();
 
     let failed = steps.iter().filter(|s| s.outcome == Outcome::Failed).count();
@@ -109,6 +115,11 @@ impl Cycle<'_> {
             self.child("prune", &self.repo.clone(), &["prune".to_string()]);
         }
         for offsite in &self.config.offsite {
+            if let Some(refusal) = self.plain_offsite_refusal(offsite) {
+                let step = format!("sync to {}", offsite.name);
+                self.push(step, Outcome::Failed, Instant::now(), vec![refusal]);
+                continue;
+            }
             let mut args = vec!["sync".to_string(), "--to".into(), offsite.repository.clone()];
             if let Some(policy) = &offsite.retention {
                 args.push("--prune".into());
@@ -119,6 +130,74 @@ impl Cycle<'_> {
         self.drills();
         let _ = self.local();
         (self.steps, self.opened)
+    }
+
+    /// Before any step: creates the repository if it does not exist, encrypted when the run has a
+    /// password and plain only when the config says `encryption = "none"`; without either it
+    /// fails, with nothing created. A plain repository that the config does not declare plain is
+    /// backed up as usual, and reported as a failed step.
+    fn prepare(&mut self) -> Result<()> {
+        // A location that cannot even be reached is left to the steps, which report it.
+        let Ok(backend) = Repository::backend_at(&self.repo) else { return Ok(()) };
+        match backend.exists("config") {
+            Ok(false) => self.create(),
+            Ok(true) => {
+                let plain = backend.get("config").is_ok_and(|b| !cairn::format::envelope::is_encrypted(&b));
+                if plain && self.config.encryption == Encryption::Required {
+                    let message = format!(
+                        "{} is NOT encrypted, and {} does not say `encryption = \"none\"`: add that line to accept a plain repository, or sync this one to a new encrypted repository and use that",
+                        self.repo,
+                        self.config.path.display()
+                    );
+                    self.push("encryption".into(), Outcome::Failed, Instant::now(), vec![message]);
+                }
+                Ok(())
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn create(&mut self) -> Result<()> {
+        let keys = if self.config.encryption == Encryption::None {
+            NewKeys::None
+        } else if super::password::given() {
+            let passphrase = cairn::crypto::passphrase_if_given(&self.repo)?.context("no password")?;
+            NewKeys::New { passphrase }
+        } else {
+            bail!(
+                "there is no repository at {} yet, and this run has no password to encrypt one with: nothing was created. Give the password (--password-file FILE, CAIRN_PASSWORD_FILE, CAIRN_PASSWORD or --password-command), or add `encryption = \"none\"` to {} for a plain repository",
+                self.repo,
+                self.config.path.display()
+            );
+        };
+        let plain = matches!(keys, NewKeys::None);
+        let repo = Repository::init_location(&self.repo, keys)
+            .with_context(|| format!("creating the repository {}", self.repo))?;
+        if !self.context.quiet && !self.context.json {
+            let what = if plain { "a plain repository (encryption = \"none\")" } else { "an encrypted repository" };
+            errln!("created {what} at {}", self.repo);
+        }
+        self.opened = Some(repo);
+        Ok(())
+    }
+
+    /// Why the sync to `offsite` must not run: it would create the destination plain (no
+    /// password reaches it) although its table does not say `encryption = "none"`.
+    fn plain_offsite_refusal(&self, offsite: &OffsiteConfig) -> Option<String> {
+        let to_password = std::env::var_os("CAIRN_TO_PASSWORD_FILE").is_some_and(|v| !v.is_empty());
+        if offsite.encryption == Encryption::None || super::password::given() || to_password {
+            return None;
+        }
+        let exists = Repository::backend_at(&offsite.repository).and_then(|backend| backend.exists("config"));
+        let why = match exists {
+            Ok(true) => return None,
+            Ok(false) => "does not exist yet".to_string(),
+            Err(e) => format!("may not exist yet ({e})"),
+        };
+        Some(format!(
+            "not synced: {} {why}, and without a password sync would create it plain. Give a password (--password-file, CAIRN_PASSWORD_FILE, CAIRN_TO_PASSWORD_FILE), or add `encryption = \"none\"` to its [[offsite]] table",
+            offsite.repository
+        ))
     }
 
     /// The repository of the config, opened on first use (it may not exist before the first

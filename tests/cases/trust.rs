@@ -134,3 +134,71 @@ fn every_other_flag_beats_its_variable_too() {
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert!(!scratch.join("decoy").exists());
 }
+
+/// A config with one source, `src/` next to it (with one file).
+fn run_config(scratch: &Scratch, extra: &str) -> PathBuf {
+    fs::create_dir_all(scratch.join("src")).unwrap();
+    fs::write(scratch.join("src/file"), "content").unwrap();
+    let config = scratch.join("cairn.toml");
+    fs::write(&config, format!("repository = \"repo\"\n{extra}\n[[source]]\nname = \"src\"\npaths = [\"src\"]\n"))
+        .unwrap();
+    config
+}
+
+fn run_json(command: &mut Command) -> (Option<i32>, serde_json::Value) {
+    let out = run(command.arg("--json"));
+    (out.status.code(), serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null))
+}
+
+fn step_outcome(report: &serde_json::Value, step: &str) -> Option<String> {
+    let steps = report["steps"].as_array()?;
+    steps.iter().find(|s| s["step"] == step).map(|s| s["outcome"].as_str().unwrap_or("").to_string())
+}
+
+#[test]
+fn a_run_without_a_password_never_creates_a_plain_repository_by_accident() {
+    let scratch = Scratch::new("trust-plain");
+    let config = run_config(&scratch, "");
+    let refused = run(bare().args(["run", "--config"]).arg(&config));
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("encryption = \"none\""), "{}", stderr(&refused));
+    assert!(!scratch.join("repo").exists(), "nothing may be created");
+
+    // With a password, the run creates an encrypted repository.
+    let (code, report) = run_json(bare().env("CAIRN_PASSWORD", PASSWORD).args(["run", "--config"]).arg(&config));
+    assert_eq!(code, Some(0), "{report}");
+    let listed = ok(bare().env("CAIRN_PASSWORD", PASSWORD).arg("--repo").arg(scratch.join("repo")).arg("snapshots"));
+    assert!(listed.contains("encrypted (AES-256-GCM)"), "{listed}");
+
+    // A config that says so gets a plain repository, and its offsite copy is still never
+    // created plain unless its own table says so too.
+    let plain = Scratch::new("trust-plain-declared");
+    let offsite = plain.join("offsite");
+    let config = run_config(
+        &plain,
+        &format!("encryption = \"none\"\n[[offsite]]\nname = \"o\"\nrepository = \"{}\"\n", offsite.display()),
+    );
+    let (code, report) = run_json(bare().args(["run", "--config"]).arg(&config));
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(step_outcome(&report, "snapshot src").as_deref(), Some("ok"), "{report}");
+    assert_eq!(step_outcome(&report, "sync to o").as_deref(), Some("failed"), "{report}");
+    assert!(report.to_string().contains("encryption = \\\"none\\\""), "{report}");
+    assert!(!offsite.exists(), "the offsite copy must not be created plain");
+    let listed = ok(bare().arg("--repo").arg(plain.join("repo")).arg("snapshots"));
+    assert!(listed.contains("NOT ENCRYPTED"), "{listed}");
+    let text = fs::read_to_string(&config).unwrap().replace("[[offsite]]", "[[offsite]]\nencryption = \"none\"");
+    fs::write(&config, text).unwrap();
+    let (code, report) = run_json(bare().args(["run", "--config"]).arg(&config));
+    assert_eq!(code, Some(0), "{report}");
+    assert!(ok(bare().arg("--repo").arg(&offsite).arg("snapshots")).contains("NOT ENCRYPTED"));
+
+    // A plain repository that the config does not declare plain (made by an older cairn, say)
+    // is still backed up, but the run fails and says why.
+    let undeclared = Scratch::new("trust-plain-undeclared");
+    let config = run_config(&undeclared, "");
+    ok(bare().arg("--repo").arg(undeclared.join("repo")).args(["init", "--encryption", "none"]));
+    let (code, report) = run_json(bare().args(["run", "--config"]).arg(&config));
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(step_outcome(&report, "snapshot src").as_deref(), Some("ok"), "{report}");
+    assert_eq!(step_outcome(&report, "encryption").as_deref(), Some("failed"), "{report}");
+}
