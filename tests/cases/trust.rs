@@ -11,7 +11,12 @@ use crate::support::*;
 
 /// `cairn` with no repository or password in its environment at all.
 fn bare() -> Command {
-    let mut command = Command::new(CAIRN);
+    clean(CAIRN)
+}
+
+/// `program` with no cairn variable in its environment.
+fn clean(program: &str) -> Command {
+    let mut command = Command::new(program);
     for var in ["CAIRN_REPO", "CAIRN_CONFIG", "CAIRN_PASSWORD", "CAIRN_PASSWORD_FILE", "CAIRN_PASSWORD_COMMAND"] {
         command.env_remove(var);
     }
@@ -201,4 +206,119 @@ fn a_run_without_a_password_never_creates_a_plain_repository_by_accident() {
     assert_eq!(code, Some(1), "{report}");
     assert_eq!(step_outcome(&report, "snapshot src").as_deref(), Some("ok"), "{report}");
     assert_eq!(step_outcome(&report, "encryption").as_deref(), Some("failed"), "{report}");
+}
+
+/// The committed contrib files with their system paths moved below `root`.
+struct Installed {
+    root: PathBuf,
+    credentials: PathBuf,
+}
+
+impl Installed {
+    fn new(scratch: &Scratch) -> Installed {
+        let root = scratch.join("root");
+        for dir in ["etc/cairn", "var/lib/cairn", "var/lib/node_exporter/textfile", "srv/data"] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        fs::write(root.join("srv/data/file"), "to protect").unwrap();
+        write_secret(&root.join("etc/cairn/password"), "the admin's password");
+        let config = format!(
+            "repository = \"{0}/var/lib/cairn/repo\"\n[[source]]\nname = \"data\"\npaths = [\"{0}/srv/data\"]\n",
+            root.display()
+        );
+        fs::write(root.join("etc/cairn/config.toml"), config).unwrap();
+        Installed { credentials: scratch.join("credentials"), root }
+    }
+
+    /// A line of a contrib file as it runs here: system paths below `root`, cairn this build.
+    fn localize(&self, line: &str) -> String {
+        let root = self.root.display().to_string();
+        line.replace("/usr/local/bin/cairn", CAIRN)
+            .replace("/etc/cairn/", &format!("{root}/etc/cairn/"))
+            .replace("/var/lib/", &format!("{root}/var/lib/"))
+            .replace("${CREDENTIALS_DIRECTORY}", &self.credentials.display().to_string())
+            .replace("%d", &self.credentials.display().to_string())
+    }
+
+    fn prometheus(&self) -> PathBuf {
+        self.root.join("var/lib/node_exporter/textfile/cairn.prom")
+    }
+
+    fn repo(&self) -> PathBuf {
+        self.root.join("var/lib/cairn/repo")
+    }
+}
+
+/// `key=value` settings of a unit file, in order, the same key possibly more than once.
+fn unit_settings(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with('[') && l.contains('='))
+        .map(|l| {
+            let (key, value) = l.split_once('=').unwrap();
+            (key.trim().to_string(), value.trim().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_contrib_units_run_as_committed_and_write_the_prometheus_file() {
+    let scratch = Scratch::new("trust-contrib");
+    let installed = Installed::new(&scratch);
+    let contrib = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+
+    // systemd: the credentials as LoadCredential= would place them, then ExecStart= and, as
+    // systemd runs them whether the start failed or not, ExecStopPost= (ExecStartPost= after a
+    // good start).
+    let service = fs::read_to_string(contrib.join("cairn.service")).unwrap();
+    let settings = unit_settings(&service);
+    fs::create_dir_all(&installed.credentials).unwrap();
+    for (_, value) in settings.iter().filter(|(k, _)| k == "LoadCredential") {
+        let (id, source) = value.split_once(':').expect("LoadCredential=ID:PATH");
+        fs::copy(installed.localize(source), installed.credentials.join(id)).unwrap();
+    }
+    assert!(
+        !settings.iter().any(|(k, v)| k == "Environment" && v.contains("CAIRN_PASSWORD")),
+        "no password in the unit itself"
+    );
+    let mut ran = Vec::new();
+    for phase in ["ExecStart", "ExecStartPost", "ExecStopPost"] {
+        for (_, line) in settings.iter().filter(|(k, _)| k == phase) {
+            let line = installed.localize(line);
+            let words: Vec<&str> = line.trim_start_matches(['-', '@', '+', '!']).split_whitespace().collect();
+            let mut command = clean(words[0]);
+            command.args(&words[1..]).env("CREDENTIALS_DIRECTORY", &installed.credentials);
+            let output = run(&mut command);
+            assert!(output.status.success(), "{phase}={line}: {}", stderr(&output));
+            ran.push(phase);
+        }
+    }
+    assert!(ran.contains(&"ExecStart") && ran.len() >= 2, "{ran:?}");
+    let metrics = fs::read_to_string(installed.prometheus()).expect("the Prometheus file is written");
+    assert!(metrics.contains("cairn_"), "{metrics}");
+    let listed = run(bare().arg("--repo").arg(installed.repo()).arg("snapshots"));
+    assert!(!listed.status.success(), "the repository must be encrypted: {}", String::from_utf8_lossy(&listed.stdout));
+    let password = installed.root.join("etc/cairn/password");
+    let listed = ok(bare().arg("--repo").arg(installed.repo()).arg("--password-file").arg(&password).arg("snapshots"));
+    assert!(listed.contains("encrypted (AES-256-GCM)") && listed.contains("data"), "{listed}");
+
+    // cron: each line's command through `sh -c`, as cron runs it (no /etc/cairn/env here).
+    fs::remove_file(installed.prometheus()).unwrap();
+    let cron = fs::read_to_string(contrib.join("cairn.cron")).unwrap();
+    let jobs: Vec<&str> = cron.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect();
+    assert_eq!(jobs.len(), 2, "{cron}");
+    for job in jobs {
+        // Five schedule fields and the user, then the command.
+        let mut rest = job;
+        for _ in 0..6 {
+            rest = rest.trim_start().split_once(char::is_whitespace).unwrap().1;
+        }
+        assert!(!rest.contains('%'), "cron turns % into a newline: {rest}");
+        let output = run(clean("sh").arg("-c").arg(installed.localize(rest.trim())));
+        assert!(output.status.success(), "{rest}: {}", stderr(&output));
+    }
+    assert!(fs::read_to_string(installed.prometheus()).unwrap().contains("cairn_"));
+    let snapshots =
+        ok(bare().arg("--repo").arg(installed.repo()).arg("--password-file").arg(&password).arg("snapshots"));
+    assert!(snapshots.contains("2 snapshots"), "the cron job snapshotted: {snapshots}");
 }
