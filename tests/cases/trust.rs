@@ -322,3 +322,31 @@ fn the_contrib_units_run_as_committed_and_write_the_prometheus_file() {
         ok(bare().arg("--repo").arg(installed.repo()).arg("--password-file").arg(&password).arg("snapshots"));
     assert!(snapshots.contains("2 snapshots"), "the cron job snapshotted: {snapshots}");
 }
+
+/// The README's quick start, word for word: its `cairn run` command and the `status` it
+/// promises, with the release binary replaced by this build and the default repository moved
+/// into a scratch XDG data directory.
+#[test]
+fn the_quick_start_works_as_written() {
+    let scratch = Scratch::new("trust-quickstart");
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("## Quick start").unwrap();
+    let block = &readme[start..start + readme[start + 3..].find("\n## ").unwrap()];
+    let first = block.lines().find(|l| l.contains("cairn run")).unwrap();
+    let command = first.split_once("&& ").expect("cargo build && ...").1.to_string();
+    let status = block.split('`').map(|s| s.replace('\n', " ")).find(|s| s.contains("cairn") && s.ends_with(" status"));
+    for line in [command, status.expect("the quick start names its status command")] {
+        let line = line.replace("./target/release/cairn", CAIRN);
+        let mut shell = clean("sh");
+        shell.args(["-c", &line]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        shell.env("XDG_DATA_HOME", scratch.join("data")).env("CAIRN_KDF_MEMORY_KIB", "1024");
+        let output = run(&mut shell);
+        assert!(output.status.success(), "{line}: {}", stderr(&output));
+    }
+    let repo = scratch.join("data/cairn/repo");
+    let listed = ok(bare().env("CAIRN_PASSWORD", "quickstart").arg("--repo").arg(&repo).arg("snapshots"));
+    assert!(
+        listed.contains("encrypted (AES-256-GCM)") && listed.contains("code") && listed.contains("docs"),
+        "{listed}"
+    );
+}
