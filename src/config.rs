@@ -106,12 +106,15 @@ pub fn default_path() -> Option<PathBuf> {
     Some(crate::repository::xdg_base("XDG_CONFIG_HOME", ".config")?.join("cairn").join("config.toml"))
 }
 
-/// Reads and checks a config file. Relative paths in it are relative to the file's directory.
+/// Reads and checks a config file. Relative paths in it are relative to the file's directory,
+/// and come out absolute, so they name the same places whatever the working directory of the
+/// processes they are handed to (a run's steps, its hooks) and wherever the file was named from.
 pub fn load(path: &Path) -> Result<(Config, Vec<Problem>), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+    let path = std::path::absolute(path).map_err(|e| format!("cannot resolve config {}: {e}", path.display()))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let (mut config, problems) = parse(&text, &base);
-    config.path = path.to_path_buf();
+    config.path = path;
     Ok((config, problems))
 }
 
@@ -255,6 +258,15 @@ impl Parser<'_> {
         path
     }
 
+    /// A repository location: an object-store URL as it is, a directory (or `file://` URL)
+    /// relative to the config file.
+    fn location(&self, text: String) -> String {
+        if crate::backend::object::is_url(&text) {
+            return text;
+        }
+        self.base.join(crate::repository::local_path(&text)).display().to_string()
+    }
+
     fn table<'t>(&mut self, parent: &'t dyn TableLike, key: &str, what: &str) -> Option<&'t dyn TableLike> {
         let item = parent.get(key)?;
         let table = item.as_table_like();
@@ -269,14 +281,7 @@ impl Parser<'_> {
 
     fn config(&mut self, root: &dyn TableLike) -> Config {
         self.unknown_keys(root, &TOP_KEYS, "the top level");
-        let repository = self.string(root, "repository", "the top level").map(|r| {
-            let url = crate::backend::object::is_url(&r);
-            if url {
-                r
-            } else {
-                self.base.join(crate::repository::local_path(&r)).display().to_string()
-            }
-        });
+        let repository = self.string(root, "repository", "the top level").map(|r| self.location(r));
         let mut config = Config {
             repository,
             encryption: self.encryption(root, "the top level"),
@@ -318,7 +323,7 @@ impl Parser<'_> {
             let what = "[[offsite]]";
             self.unknown_keys(table, &OFFSITE_KEYS, what);
             let name = self.required_string(table, "name", what);
-            let repository = self.required_string(table, "repository", what);
+            let repository = self.required_string(table, "repository", what).map(|r| self.location(r));
             let encryption = self.encryption(table, what);
             let retention = self.table(table, "retention", what).map(|t| self.retention(t, "[offsite.retention]"));
             if let (Some(name), Some(repository)) = (name, repository) {

@@ -64,7 +64,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let failed = steps.iter().filter(|s| s.outcome == Outcome::Failed).count();
     let incomplete = steps.iter().filter(|s| s.outcome == Outcome::Incomplete).count();
     audit.record.errors = steps.iter().filter(|s| s.outcome == Outcome::Failed).map(|s| s.step.clone()).collect();
-    audit.record.details = serde_json::json!({ "config": path, "steps": steps });
+    audit.record.details = serde_json::json!({ "config": config.path, "steps": steps });
     let outcome = match (failed, incomplete) {
         (0, 0) => Outcome::Ok,
         (0, _) => Outcome::Incomplete,
@@ -74,7 +74,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         super::finish_audit(audit, repo, outcome);
     }
     if context.json {
-        outln!("{}", serde_json::json!({ "config": path, "outcome": outcome, "steps": steps }));
+        outln!("{}", serde_json::json!({ "config": config.path, "outcome": outcome, "steps": steps }));
     } else if !context.quiet || failed > 0 {
         outln!("cairn run: {} steps, {} failed, {} incomplete", steps.len(), failed, incomplete);
         for step in steps.iter().filter(|s| s.outcome != Outcome::Ok) {
@@ -418,8 +418,11 @@ fn lines(stdout: &[u8], stderr: &[u8]) -> Vec<String> {
 
 /// One `cairn run` per config at a time: an exclusive `flock` on a file named after the config,
 /// which the kernel releases when the process ends, however it ends (so a crashed run leaves no
-/// stale lock).
+/// stale lock, only the file, which the next run takes over). A run that ends removes the file
+/// while it still holds the lock, and a run that locked a file checks that its name still leads
+/// to it (a run ending in between would have removed it), so removing never lets two runs in.
 struct RunLock {
+    path: PathBuf,
     _file: File,
 }
 
@@ -433,24 +436,38 @@ impl RunLock {
             .or_else(|| temp_dir.map(Path::to_path_buf))
             .unwrap_or_else(std::env::temp_dir);
         let path = dir.join(format!("cairn-run-{id}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening the run lock {}", path.display()))?;
-        // SAFETY: a valid open file descriptor.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            bail!(
-                "another `cairn run` with {} is running ({}): not starting a second one",
-                config.display(),
-                holder.trim()
-            );
+        loop {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("opening the run lock {}", path.display()))?;
+            // SAFETY: a valid open file descriptor.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                bail!(
+                    "another `cairn run` with {} is running ({}): not starting a second one",
+                    config.display(),
+                    holder.trim()
+                );
+            }
+            use std::os::unix::fs::MetadataExt;
+            let (held, named) = (file.metadata()?, std::fs::metadata(&path));
+            if !named.is_ok_and(|named| (named.dev(), named.ino()) == (held.dev(), held.ino())) {
+                continue; // removed by a run that ended after we opened it: take the new one
+            }
+            file.set_len(0).ok();
+            std::fs::write(&path, format!("pid {}", std::process::id())).ok();
+            return Ok(RunLock { path, _file: file });
         }
-        file.set_len(0).ok();
-        std::fs::write(&path, format!("pid {}", std::process::id())).ok();
-        Ok(RunLock { _file: file })
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // Before the file closes, so the lock is still held.
+        let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -350,3 +350,54 @@ fn the_quick_start_works_as_written() {
         "{listed}"
     );
 }
+
+/// Every entry below `dir`, as paths relative to it.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[test]
+fn config_paths_are_relative_to_the_config_file_from_any_directory() {
+    let scratch = Scratch::new("trust-places");
+    let conf = scratch.join("conf");
+    for dir in ["conf/data", "conf/tmp", "elsewhere"] {
+        fs::create_dir_all(scratch.join(dir)).unwrap();
+    }
+    fs::write(conf.join("data/file"), "content").unwrap();
+    let text = r#"repository = "repo"
+temp_dir = "tmp"
+
+[[source]]
+name = "data"
+paths = ["data"]
+before = "pwd > hook-cwd"
+
+[[offsite]]
+name = "o"
+repository = "offsite"
+
+[drill]
+every = "1h"
+"#;
+    fs::write(conf.join("cairn.toml"), text).unwrap();
+    // From another directory, with the config named relative to it.
+    let elsewhere = scratch.join("elsewhere");
+    let mut command = bare();
+    command.current_dir(&elsewhere).env("CAIRN_PASSWORD", PASSWORD).env_remove("XDG_RUNTIME_DIR");
+    let (code, report) = run_json(command.args(["run", "--config", "../conf/cairn.toml"]));
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(entries(&elsewhere), Vec::<String>::new(), "nothing lands in the working directory");
+    let canonical = fs::canonicalize(&conf).unwrap();
+    assert_eq!(fs::read_to_string(conf.join("hook-cwd")).unwrap().trim(), canonical.to_str().unwrap());
+    for repo in [conf.join("repo"), conf.join("offsite")] {
+        let listed = json(cairn(&repo).arg("snapshots"));
+        assert_eq!(listed.as_array().unwrap().len(), 1, "{}: {listed}", repo.display());
+    }
+    assert!(report.to_string().contains("drill data"), "the drill ran: {report}");
+    assert_eq!(entries(&conf.join("tmp")), Vec::<String>::new(), "the drill scratch and the run lock are gone");
+    assert_eq!(entries(&conf), ["cairn.toml", "data", "hook-cwd", "offsite", "repo", "tmp"]);
+}
