@@ -7,8 +7,13 @@
 //! D before the group's newest snapshot; `--keep-tag T` keeps snapshots tagged T. Whatever the
 //! policy, the newest snapshot of every group and every snapshot tagged [`PROTECT_TAG`] are kept.
 //! The plan is computed first and only then executed (`forget --dry-run` prints it).
+//!
+//! Copies of one snapshot (manifests with the same [`Snapshot::identity`], left by a `cairn tag`
+//! killed between its two writes) are one snapshot here: they take one place in the order, their
+//! tags count together, and they are kept or removed together. Forgetting a snapshot by name
+//! ([`plan_named`]) removes every copy, and refuses a protected one unless forced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -16,7 +21,7 @@ use serde::Serialize;
 use crate::format::snapshot::Snapshot;
 use crate::id::Id;
 
-/// Snapshots with this tag are never removed by a policy (only by naming them).
+/// Snapshots with this tag are never removed by a policy, nor by naming them without `--force`.
 pub const PROTECT_TAG: &str = "protected";
 
 #[derive(Debug, Clone, Default)]
@@ -70,6 +75,34 @@ fn buckets(secs: i64) -> [i64; 5] {
     [secs.div_euclid(3600), days, monday, year * 12 + month as i64, year]
 }
 
+/// The manifests of one snapshot: one, or several copies with the same identity.
+type Copies<'a> = Vec<&'a (Id, Snapshot)>;
+
+/// Groups copies of one snapshot together, in the order of their first appearance.
+fn copies(members: Vec<&(Id, Snapshot)>) -> Vec<Copies<'_>> {
+    let mut units: Vec<Copies<'_>> = Vec::new();
+    let mut by_identity: HashMap<Id, usize> = HashMap::new();
+    for member in members {
+        let unit = *by_identity.entry(member.1.identity()).or_insert_with(|| {
+            units.push(Vec::new());
+            units.len() - 1
+        });
+        units[unit].push(member);
+    }
+    units
+}
+
+/// The tags of every copy together, each once, in order of appearance.
+pub fn tags_of(copies: &[&(Id, Snapshot)]) -> Vec<String> {
+    let mut tags: Vec<String> = Vec::new();
+    for tag in copies.iter().flat_map(|(_, s)| &s.tags) {
+        if !tags.contains(tag) {
+            tags.push(tag.clone());
+        }
+    }
+    tags
+}
+
 /// Decides every snapshot's fate. `snapshots` may be in any order.
 pub fn plan(snapshots: &[(Id, Snapshot)], policy: &Policy) -> Vec<Decision> {
     let mut groups: BTreeMap<String, Vec<&(Id, Snapshot)>> = BTreeMap::new();
@@ -77,14 +110,20 @@ pub fn plan(snapshots: &[(Id, Snapshot)], policy: &Policy) -> Vec<Decision> {
         groups.entry(format!("{} {}", entry.1.hostname, entry.1.source_key())).or_default().push(entry);
     }
     let mut decisions = Vec::new();
-    for (group, mut members) in groups {
-        members.sort_by_key(|(id, s)| std::cmp::Reverse((s.time_sec, s.time_nsec, *id)));
-        let newest = members[0].1.time_sec;
+    for (group, members) in groups {
+        let mut members = copies(members);
+        // Newest first; copies share their time, and the smallest id of each orders them.
+        members.sort_by_key(|copies| {
+            let (id, s) = copies.iter().min_by_key(|(id, _)| *id).expect("never empty");
+            std::cmp::Reverse((s.time_sec, s.time_nsec, *id))
+        });
+        let newest = members[0][0].1.time_sec;
         let counts = [policy.hourly, policy.daily, policy.weekly, policy.monthly, policy.yearly];
         let names = ["hourly", "daily", "weekly", "monthly", "yearly"];
         let mut last_bucket: [Option<i64>; 5] = [None; 5];
         let mut kept_in_rule = [0usize; 5];
-        for (position, (id, snapshot)) in members.iter().enumerate() {
+        for (position, copies) in members.iter().enumerate() {
+            let snapshot = &copies[0].1;
             let mut reasons = Vec::new();
             if position == 0 {
                 reasons.push("newest".to_string());
@@ -105,24 +144,65 @@ pub fn plan(snapshots: &[(Id, Snapshot)], policy: &Policy) -> Vec<Decision> {
                     reasons.push("within".to_string());
                 }
             }
-            for tag in &snapshot.tags {
-                if policy.tags.contains(tag) {
+            for tag in tags_of(copies) {
+                if policy.tags.contains(&tag) {
                     reasons.push(format!("tag:{tag}"));
                 }
                 if tag == PROTECT_TAG {
                     reasons.push("protected".to_string());
                 }
             }
-            decisions.push(Decision {
-                id: id.to_hex(),
-                time: snapshot.time_sec,
-                group: group.clone(),
-                keep: !reasons.is_empty(),
-                reasons,
-            });
+            for (id, _) in copies {
+                decisions.push(Decision {
+                    id: id.to_hex(),
+                    time: snapshot.time_sec,
+                    group: group.clone(),
+                    keep: !reasons.is_empty(),
+                    reasons: reasons.clone(),
+                });
+            }
         }
     }
     decisions
+}
+
+/// Named snapshots that are tagged [`PROTECT_TAG`] (on some copy), which `forget` refuses to
+/// remove without `--force`.
+#[derive(Debug)]
+pub struct Protected(pub Vec<Id>);
+
+impl std::fmt::Display for Protected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<String> = self.0.iter().map(Id::short).collect();
+        write!(f, "snapshot {} is tagged `{PROTECT_TAG}`: nothing was forgotten. Give --force to forget it anyway, or first remove the tag (cairn tag {} --remove {PROTECT_TAG})", ids.join(", "), ids[0])
+    }
+}
+
+impl std::error::Error for Protected {}
+
+/// What forgetting the snapshots `named` removes: each of them and every copy of it. If any
+/// copy of a named snapshot is tagged [`PROTECT_TAG`], nothing is removed unless `force`.
+pub fn plan_named(snapshots: &[(Id, Snapshot)], named: &[Id], force: bool) -> Result<Vec<Decision>, Protected> {
+    let identities: Vec<Id> = snapshots.iter().map(|(_, s)| s.identity()).collect();
+    let wanted: HashSet<Id> =
+        snapshots.iter().zip(&identities).filter(|((id, _), _)| named.contains(id)).map(|(_, i)| *i).collect();
+    let removed: Vec<&(Id, Snapshot)> =
+        snapshots.iter().zip(&identities).filter(|(_, i)| wanted.contains(i)).map(|(entry, _)| entry).collect();
+    let protected: Vec<Id> =
+        removed.iter().filter(|(_, s)| s.tags.iter().any(|t| t == PROTECT_TAG)).map(|(id, _)| *id).collect();
+    if !protected.is_empty() && !force {
+        return Err(Protected(protected));
+    }
+    Ok(removed
+        .into_iter()
+        .map(|(id, s)| Decision {
+            id: id.to_hex(),
+            time: s.time_sec,
+            group: s.source_key(),
+            keep: false,
+            reasons: vec![],
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -229,6 +309,39 @@ mod tests {
         all.extend(other);
         let decisions = plan(&all, &Policy { last: 1, ..Default::default() });
         assert_eq!(decisions.iter().filter(|d| d.keep).count(), 2, "one per group");
+    }
+
+    #[test]
+    fn copies_of_one_snapshot_are_decided_as_one() {
+        let mut all = snapshots(&[NOW, NOW - DAY, NOW - 2 * DAY], &[]);
+        // A second manifest of the oldest, as a killed `cairn tag --add protected` leaves it.
+        let copy = Snapshot { tags: vec![PROTECT_TAG.into()], ..all[2].1.clone() };
+        all.push((Id::of(b"copy"), copy));
+        let decisions = plan(&all, &Policy { last: 2, ..Default::default() });
+        assert_eq!(decisions.len(), 4);
+        assert!(decisions.iter().all(|d| d.keep), "the copies count once and share the tag: {decisions:?}");
+        let oldest = [all[2].0.to_hex(), all[3].0.to_hex()];
+        let reasons: Vec<_> = decisions.iter().filter(|d| oldest.contains(&d.id)).map(|d| d.reasons.clone()).collect();
+        assert_eq!(reasons, [vec!["protected".to_string()], vec!["protected".to_string()]]);
+        // Without the tag, both copies go together.
+        all[3].1.tags.clear();
+        let decisions = plan(&all, &Policy { last: 2, ..Default::default() });
+        assert_eq!(decisions.iter().filter(|d| !d.keep).count(), 2, "{decisions:?}");
+    }
+
+    #[test]
+    fn forgetting_by_name_removes_every_copy_and_refuses_protected_ones() {
+        let mut all = snapshots(&[NOW, NOW - DAY], &[(1, PROTECT_TAG)]);
+        let copy = Snapshot { tags: vec![], ..all[1].1.clone() };
+        all.push((Id::of(b"copy"), copy));
+        // Named by its unprotected copy: still refused, since the other copy is protected.
+        let refused = plan_named(&all, &[all[2].0], false).unwrap_err();
+        assert_eq!(refused.0, [all[1].0]);
+        assert!(refused.to_string().contains("--force"), "{refused}");
+        let forced = plan_named(&all, &[all[2].0], true).unwrap();
+        let ids: HashSet<String> = forced.iter().map(|d| d.id.clone()).collect();
+        assert_eq!(ids, [all[1].0.to_hex(), all[2].0.to_hex()].into());
+        assert_eq!(plan_named(&all, &[all[0].0], false).unwrap().len(), 1);
     }
 
     #[test]

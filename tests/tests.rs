@@ -29,6 +29,8 @@ mod snapshots;
 mod sqlite;
 #[path = "cases/sync.rs"]
 mod sync;
+#[path = "cases/tags.rs"]
+mod tags;
 #[path = "cases/trust.rs"]
 mod trust;
 #[path = "cases/verify.rs"]

@@ -12,7 +12,7 @@ use cairn::gc;
 use cairn::progress::Progress;
 use cairn::repository::lock::LockKind;
 use cairn::repository::Repository;
-use cairn::retention::{plan, Decision, Policy};
+use cairn::retention::{plan, plan_named, Decision, Policy};
 use cairn::status::parse_duration;
 
 #[derive(clap::Args, Debug)]
@@ -27,6 +27,9 @@ pub struct ForgetArgs {
     /// Print the plan, with the reason each snapshot is kept, and change nothing
     #[arg(long)]
     dry_run: bool,
+    /// Forget the named snapshots even if they are tagged `protected`
+    #[arg(long, requires = "ids")]
+    force: bool,
     /// Prune afterwards (see `cairn prune`)
     #[arg(long)]
     prune: bool,
@@ -114,16 +117,10 @@ pub fn run_forget(context: &Context, args: ForgetArgs) -> Result<ExitCode> {
     } else {
         let mut named = Vec::new();
         for spec in &args.ids {
-            let (id, snapshot) = repo.find_snapshot(spec)?;
-            named.push(Decision {
-                id: id.to_hex(),
-                time: snapshot.time_sec,
-                group: snapshot.source_key(),
-                keep: false,
-                reasons: vec![],
-            });
+            named.push(repo.find_snapshot(spec)?.0);
         }
-        named
+        // Every copy of a named snapshot goes with it; a protected one only with --force.
+        plan_named(&repo.snapshots()?, &named, args.force)?
     };
     forget(context, &repo, &decisions, args.dry_run)?;
     if args.prune && !args.dry_run {

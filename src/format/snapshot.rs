@@ -92,6 +92,16 @@ impl Snapshot {
         self.errors.is_empty()
     }
 
+    /// Which snapshot this manifest records, whatever its tags: BLAKE3 of its plain encoding
+    /// with the tags left out. `cairn tag` replaces a manifest by one that differs only in its
+    /// tags, so two manifests with the same identity are copies of one snapshot (both remain
+    /// when a tag is killed between its two writes), and readers take them as one
+    /// (store-format/snapshot.md, "Changing tags"). Two runs never share one: they differ in
+    /// start time, to the nanosecond, or in what they stored.
+    pub fn identity(&self) -> Id {
+        Id::of(&Snapshot { tags: Vec::new(), ..self.clone() }.encode())
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut body = Vec::with_capacity(256);
         body.put_i64(self.time_sec);
@@ -248,6 +258,22 @@ mod tests {
             let cut = cut.min(encoded.len());
             prop_assert!(Snapshot::decode(&encoded[..encoded.len() - cut], "s").is_err());
             prop_assert!(Snapshot::decode(&data, "s").is_err());
+        }
+    }
+
+    #[test]
+    fn the_identity_ignores_tags_and_nothing_else() {
+        let snapshot = Snapshot { hostname: "h".into(), tags: vec!["a".into()], ..Snapshot::default() };
+        let retagged = Snapshot { tags: vec!["protected".into(), "b".into()], ..snapshot.clone() };
+        assert_eq!(snapshot.identity(), retagged.identity());
+        assert_ne!(snapshot.encode(), retagged.encode());
+        for other in [
+            Snapshot { time_nsec: 1, ..snapshot.clone() },
+            Snapshot { source: "s".into(), ..snapshot.clone() },
+            Snapshot { tree: Id([1; 32]), ..snapshot.clone() },
+            Snapshot { parent: Some(Id([2; 32])), ..snapshot.clone() },
+        ] {
+            assert_ne!(other.identity(), snapshot.identity(), "{other:?}");
         }
     }
 
