@@ -16,8 +16,9 @@
 //! - [`backup`]: one snapshot from start to commit; [`restore`]: back to files.
 //! - [`check`]: structural and data verification; [`drill`]: restore drills with evidence;
 //!   [`audit`]: the per-run audit records; [`status`]: per-source health from snapshots and audit.
-//! - [`retention`]: which snapshots a policy keeps; [`gc`]: prune (mark, plan, sweep), which
-//!   refuses to delete in a repository that is not whole; [`repair`]: the index rebuilt from packs;
+//! - [`retention`]: which snapshots a policy keeps; [`tag`]: changing a snapshot's tags;
+//!   [`gc`]: prune (mark, plan, sweep), which refuses to delete in a repository that is not
+//!   whole; [`repair`]: the index rebuilt from packs;
 //!   [`stats`]: storage cost per source; [`repository::lock`]: repository locks.
 //! - [`sync`]: copying snapshots and the packs they need to another repository (offsite).
 //! - [`progress`]: the progress bar.
@@ -52,3 +53,4 @@ pub mod source;
 pub mod stats;
 pub mod status;
 pub mod sync;
+pub mod tag;

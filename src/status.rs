@@ -118,10 +118,12 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds) -> Result
     let snapshots = repo.snapshots()?;
     let records = audit::read_all(repo)?;
     let mut sources: BTreeMap<String, SourceStatus> = BTreeMap::new();
+    // Copies of one snapshot (a `cairn tag` killed between its writes) count once.
+    let mut seen = std::collections::HashSet::new();
     for (id, snapshot) in &snapshots {
         let key = snapshot.source_key();
         let entry = sources.entry(key.clone()).or_insert_with(|| SourceStatus { source: key, ..Default::default() });
-        entry.snapshots += 1;
+        entry.snapshots += u64::from(seen.insert(snapshot.identity()));
         let time_ms = snapshot.time_sec * 1000 + snapshot.time_nsec as i64 / 1_000_000;
         entry.latest_snapshot = Some(event(Some(id.to_hex()), time_ms, now_ms));
         if !snapshot.is_complete() {

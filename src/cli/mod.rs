@@ -21,6 +21,7 @@ mod snapshots;
 mod stats;
 mod status;
 mod sync;
+mod tag;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,6 +89,8 @@ enum Command {
     Status(status::Args),
     /// Remove snapshots by id or by a --keep-* retention policy
     Forget(forget::ForgetArgs),
+    /// Add or remove tags on existing snapshots (`--add protected` keeps one from every policy)
+    Tag(tag::Args),
     /// Delete data no snapshot needs any more (mark and sweep, repack)
     Prune(forget::PruneOnlyArgs),
     /// Rebuild repository files from what survives (`repair index`)
@@ -188,6 +191,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Drill(args) => drill::run(&context, args),
         Command::Status(args) => status::run(&context, args),
         Command::Forget(args) => forget::run_forget(&context, args),
+        Command::Tag(args) => tag::run(&context, args),
         Command::Prune(args) => forget::run_prune(&context, args),
         Command::Repair(args) => repair::run(&context, args),
         Command::Stats(args) => stats::run(&context, args),
