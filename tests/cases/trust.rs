@@ -138,6 +138,29 @@ fn every_other_flag_beats_its_variable_too() {
         .env("CAIRN_PASSWORD", "not the password"));
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert!(!scratch.join("decoy").exists());
+    for command in [["config", "check"], ["stats", "--json"]] {
+        let out = run(bare()
+            .arg("--repo")
+            .arg(&repo)
+            .arg("--password-file")
+            .arg(&right)
+            .args(command)
+            .arg("--config")
+            .arg(&config)
+            .env("CAIRN_CONFIG", scratch.join("missing.toml")));
+        assert!(out.status.success(), "{command:?}: {}", stderr(&out));
+    }
+
+    // snapshot: --min-free against CAIRN_MIN_FREE.
+    let out = run(bare()
+        .arg("--repo")
+        .arg(&repo)
+        .arg("--password-file")
+        .arg(&right)
+        .args(["snapshot", "--min-free", "0"])
+        .arg(scratch.join("src"))
+        .env("CAIRN_MIN_FREE", "99.999%"));
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// A config with one source, `src/` next to it (with one file).
