@@ -134,15 +134,24 @@ impl Cycle<'_> {
 
     /// Before any step: creates the repository if it does not exist, encrypted when the run has a
     /// password and plain only when the config says `encryption = "none"`; without either it
-    /// fails, with nothing created. A plain repository that the config does not declare plain is
-    /// backed up as usual, and reported as a failed step.
+    /// fails, with nothing created. An encrypted one without a password fails the same way,
+    /// before any step. A plain repository that the config does not declare plain is backed up
+    /// as usual, and reported as a failed step.
     fn prepare(&mut self) -> Result<()> {
         // A location that cannot even be reached is left to the steps, which report it.
         let Ok(backend) = Repository::backend_at(&self.repo) else { return Ok(()) };
         match backend.exists("config") {
             Ok(false) => self.create(),
             Ok(true) => {
-                let plain = backend.get("config").is_ok_and(|b| !cairn::format::envelope::is_encrypted(&b));
+                let Ok(bytes) = backend.get("config") else { return Ok(()) };
+                let plain = !cairn::format::envelope::is_encrypted(&bytes);
+                if !plain && !super::password::given() {
+                    // Every step would fail alike: its child has no terminal to ask on.
+                    bail!(
+                        "{} is encrypted, and this run has no password for it: nothing was run. Give it with --password-file FILE, CAIRN_PASSWORD_FILE, CAIRN_PASSWORD or --password-command",
+                        self.repo
+                    );
+                }
                 if plain && self.config.encryption == Encryption::Required {
                     let message = format!(
                         "{} is NOT encrypted, and {} does not say `encryption = \"none\"`: add that line to accept a plain repository, or sync this one to a new encrypted repository and use that",

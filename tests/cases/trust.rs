@@ -197,6 +197,9 @@ fn a_run_without_a_password_never_creates_a_plain_repository_by_accident() {
     assert_eq!(code, Some(0), "{report}");
     let listed = ok(bare().env("CAIRN_PASSWORD", PASSWORD).arg("--repo").arg(scratch.join("repo")).arg("snapshots"));
     assert!(listed.contains("encrypted (AES-256-GCM)"), "{listed}");
+    // Without the password, the next run stops before any step (whose children could not ask).
+    let (code, report) = run_json(bare().args(["run", "--config"]).arg(&config));
+    assert_eq!((code, report), (Some(1), serde_json::Value::Null), "no step ran");
 
     // A config that says so gets a plain repository, and its offsite copy is still never
     // created plain unless its own table says so too.
