@@ -246,6 +246,24 @@ impl Backend for LocalBackend {
         Ok(out)
     }
 
+    /// Each file's mtime: set by the clock of this machine (or of the file server) when the file
+    /// was written, the one clock every writer of this directory shares.
+    fn list_with_times(&self, prefix: &str) -> Result<Vec<(String, u64, Option<i64>)>> {
+        let mut out = Vec::new();
+        for (key, len) in self.list(prefix)? {
+            let path = self.path(&key);
+            match fs::symlink_metadata(&path) {
+                Ok(meta) => {
+                    let since_epoch = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                    out.push((key, len, since_epoch.map(|d| d.as_millis() as i64)));
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {} // deleted since the listing
+                Err(e) => return Err(Error::io(path, e)),
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes the file and fsyncs its directory, so that a deletion is durable before whatever
     /// the caller does next (prune deletes packs only after the old index files are gone).
     fn delete(&self, key: &str) -> Result<()> {

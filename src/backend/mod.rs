@@ -45,6 +45,14 @@ pub trait Backend: Send + Sync {
     /// Every object below `prefix` (a directory key such as `snapshots`), as (key, length).
     fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>>;
 
+    /// [`Backend::list`] with each object's last-modified time, in Unix milliseconds by the
+    /// store's own clock (a file's mtime, an object's `Last-Modified`), where the store keeps
+    /// one. Lock ages are measured with it, so that no writer's clock decides them
+    /// (store-format/locks.md).
+    fn list_with_times(&self, prefix: &str) -> Result<Vec<(String, u64, Option<i64>)>> {
+        Ok(self.list(prefix)?.into_iter().map(|(key, len)| (key, len, None)).collect())
+    }
+
     fn delete(&self, key: &str) -> Result<()>;
 
     fn exists(&self, key: &str) -> Result<bool>;
@@ -65,6 +73,12 @@ pub trait Backend: Send + Sync {
     fn requests(&self) -> Option<RequestCounts> {
         None
     }
+}
+
+/// Whether an error is a refusal for want of rights (a 403 from an object store, `EACCES` from a
+/// file system): credentials that may create objects but not delete them get it for a delete.
+pub fn permission_denied(error: &crate::error::Error) -> bool {
+    matches!(error, crate::error::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
 }
 
 /// Requests an object-store backend has sent, by kind. A listing counts one request per page of

@@ -127,6 +127,10 @@ impl ObjectBackend {
         let kind = match &error {
             object_store::Error::NotFound { .. } => std::io::ErrorKind::NotFound,
             object_store::Error::AlreadyExists { .. } => std::io::ErrorKind::AlreadyExists,
+            // A 403 (or 401): these credentials may not do this, however often it is tried.
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+                std::io::ErrorKind::PermissionDenied
+            }
             _ => std::io::ErrorKind::Other,
         };
         Error::io(format!("{}/{key}", self.location), std::io::Error::new(kind, error.to_string()))
@@ -188,11 +192,16 @@ impl Backend for ObjectBackend {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        Ok(self.list_with_times(prefix)?.into_iter().map(|(key, len, _)| (key, len)).collect())
+    }
+
+    fn list_with_times(&self, prefix: &str) -> Result<Vec<(String, u64, Option<i64>)>> {
         let path = self.path(prefix.trim_end_matches('/'));
         let objects: Vec<object_store::ObjectMeta> =
             self.runtime.block_on(self.store.list(Some(&path)).try_collect()).map_err(|e| self.error(prefix, e))?;
         self.requests.list.fetch_add((objects.len() as u64).div_ceil(LIST_PAGE).max(1), Relaxed);
-        let mut out: Vec<(String, u64)> = objects.iter().map(|o| (self.key(&o.location), o.size)).collect();
+        let mut out: Vec<(String, u64, Option<i64>)> =
+            objects.iter().map(|o| (self.key(&o.location), o.size, Some(o.last_modified.timestamp_millis()))).collect();
         out.sort();
         Ok(out)
     }
