@@ -357,6 +357,17 @@ impl Repository {
         lock::Lock::acquire(self.backend.clone(), kind, command, wait)
     }
 
+    /// [`Repository::lock`] taken, refreshed and released with create-only puts alone: lock files
+    /// end by release markers, never by deletes (`cairn sync` into an append-only destination).
+    pub fn lock_create_only(
+        &self,
+        kind: lock::LockKind,
+        command: &str,
+        wait: std::time::Duration,
+    ) -> Result<lock::Lock> {
+        lock::Lock::acquire_with(self.backend.clone(), kind, command, wait, lock::Release::Mark)
+    }
+
     pub fn chunker(&self) -> Chunker {
         Chunker::new(self.config.chunker).with_hasher(self.hasher())
     }
