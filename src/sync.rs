@@ -7,6 +7,10 @@
 //! manifests. So the destination never lists a snapshot before all its data is there, and a sync
 //! killed anywhere leaves only packs that no index names yet; the next run finds them by listing
 //! `packs/` and indexes them instead of uploading them again.
+//!
+//! Sync never deletes in the destination: everything it writes there is a create-only put, so it
+//! works with credentials that can only create objects, and a compromised source host cannot use
+//! it to destroy the offsite history. Retention there belongs to a trusted side.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -26,6 +30,7 @@ use crate::gc::Reachable;
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
+use crate::repository::lock::Lock;
 use crate::repository::Repository;
 
 /// Packs named per index file that sync writes.
@@ -105,11 +110,13 @@ fn select_missing(
 }
 
 /// Copies `missing` (from [`missing_snapshots`]) and everything they need. The caller holds a
-/// shared lock on both repositories. Snapshots whose data cannot all be copied are left out and
-/// named in the report; the others are still copied.
+/// shared lock on both repositories, `held` the destination's: index files and manifests are
+/// written only while it is surely held. Snapshots whose data cannot all be copied are left out
+/// and named in the report; the others are still copied.
 pub fn copy(
     source: &Repository,
     dest: &Repository,
+    held: &Lock,
     missing: Vec<(Id, Snapshot)>,
     options: &SyncOptions,
     progress: &Progress,
@@ -174,15 +181,23 @@ pub fn copy(
         packs.par_iter().for_each(|pack_id| {
             let pack = &source_packs[pack_id];
             progress.add_bytes(pack.len);
-            if in_dest.get(pack_id) == Some(&pack.len) {
-                copied.lock().expect("poisoned").push((pack.clone(), false));
-                return;
+            match in_dest.get(pack_id) {
+                Some(len) if *len == pack.len => {
+                    copied.lock().expect("poisoned").push((pack.clone(), false));
+                    return;
+                }
+                // Replacing it would take a delete: it is for the trusted side to remove.
+                Some(len) => {
+                    failed.lock().expect("poisoned").push((*pack_id, Some(damaged_in_dest(dest, pack, *len))));
+                    return;
+                }
+                None => {}
             }
             if unreachable.load(Relaxed) {
                 failed.lock().expect("poisoned").push((*pack_id, None));
                 return;
             }
-            match with_retries(options, &retries, || copy_pack(source, dest, pack, in_dest.contains_key(pack_id))) {
+            match with_retries(options, &retries, || copy_pack(source, dest, pack)) {
                 Ok(sent) => copied.lock().expect("poisoned").push((pack.clone(), sent)),
                 Err(e) => {
                     if !is_source_damage(&e) {
@@ -219,6 +234,7 @@ pub fn copy(
     let mut indexed: Vec<IndexedPack> = copied.into_iter().map(|(pack, _)| pack).collect();
     indexed.sort_by_key(|pack| pack.id);
     for chunk in indexed.chunks(PACKS_PER_INDEX_FILE) {
+        held.check_held()?;
         let bytes = dest.seal_file(IndexFile { packs: chunk.to_vec() }.encode());
         let key = format!("index/{}", Id::of(&bytes).to_hex());
         with_retries(options, &AtomicU64::new(0), || dest.backend().put(&key, &bytes))?;
@@ -243,6 +259,7 @@ pub fn copy(
             report.snapshots_failed.push(id.to_hex());
             continue;
         }
+        held.check_held()?;
         with_retries(options, &AtomicU64::new(0), || dest.backend().put(&key, &bytes))?;
         report.snapshots_copied.push(id.to_hex());
     }
@@ -281,10 +298,23 @@ fn reach(
     (blobs, good)
 }
 
+/// A pack whose name the destination lists with another length than the source's copy: damage,
+/// or a write that was not cairn's. A create-only put never replaces it, and sync never deletes.
+fn damaged_in_dest(dest: &Repository, pack: &IndexedPack, len: u64) -> Error {
+    Error::corrupt(
+        dest.describe(&Repository::pack_key(&pack.id)),
+        format!(
+            "{len} bytes where the source's index records {}: the destination's copy is damaged, and sync \
+             never deletes; on the trusted side, `cairn prune` (no index names it) or a delete removes it, and the \
+             next sync sends it again",
+            pack.len
+        ),
+    )
+}
+
 /// Reads one pack from the source, checks it byte for byte (its name is its hash) and blob by
-/// blob, and puts it. `replace` removes a destination object of the wrong length first (a
-/// damaged copy: a create-only put would never overwrite it). Returns whether it was sent.
-fn copy_pack(source: &Repository, dest: &Repository, pack: &IndexedPack, replace: bool) -> Result<bool> {
+/// blob, and puts it. Returns whether it was sent.
+fn copy_pack(source: &Repository, dest: &Repository, pack: &IndexedPack) -> Result<bool> {
     let key = Repository::pack_key(&pack.id);
     let bytes = source.backend().get(&key)?;
     let what = source.describe(&key);
@@ -297,9 +327,6 @@ fn copy_pack(source: &Repository, dest: &Repository, pack: &IndexedPack, replace
             pack: pack.id,
             reason,
         })?;
-    }
-    if replace {
-        dest.backend().delete(&key)?;
     }
     // A put that finds the pack there already (another sync got it there first) is as good.
     dest.backend().put_vec(&key, bytes)?;
@@ -331,9 +358,10 @@ fn is_source_damage(error: &Error) -> bool {
         || matches!(error, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
 
-/// Errors worth another attempt: I/O trouble, not damage.
+/// Errors worth another attempt: I/O trouble, not damage nor a refusal of rights.
 fn is_transient(error: &Error) -> bool {
-    matches!(error, Error::Io { source, .. } if source.kind() != std::io::ErrorKind::NotFound)
+    matches!(error, Error::Io { source, .. }
+        if !matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied))
 }
 
 /// Whether two repositories can exchange sealed data as it is: both plain, or the same master key
@@ -374,6 +402,7 @@ pub fn missing_by_identity(
 pub fn copy_reencoded(
     source: &Repository,
     dest: &Repository,
+    held: &Lock,
     missing: Vec<(Id, Snapshot)>,
     progress: &Progress,
     report: &mut SyncReport,
@@ -412,6 +441,7 @@ pub fn copy_reencoded(
     report.bytes_copied = store.stats.stored_bytes.load(Relaxed);
     report.index_files_written = store.index_files.lock().expect("poisoned").len() as u64;
     for (id, snapshot) in manifests {
+        held.check_held()?;
         dest.save_snapshot(&snapshot)?;
         report.snapshots_copied.push(id.to_hex());
     }

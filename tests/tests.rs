@@ -3,6 +3,8 @@
 #[path = "cases/support.rs"]
 mod support;
 
+#[path = "cases/append_only.rs"]
+mod append_only;
 #[path = "cases/backends.rs"]
 mod backends;
 #[path = "cases/crash.rs"]

@@ -113,6 +113,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     if args.prune {
+        check_may_delete(&dest, &args.to)?;
         let _lock = dest.lock(LockKind::Exclusive, "sync --prune", context.lock_wait)?;
         let nested = Context { quiet: context.quiet || context.json, json: false, ..context.clone() };
         super::forget::forget(&nested, &dest, &plan(&dest.snapshots()?, &policy), false)?;
@@ -135,16 +136,34 @@ fn sync(context: &Context, source: &Repository, args: &Args, report: &mut SyncRe
     if missing.is_empty() {
         return Ok(dest);
     }
-    let _dest_lock = dest.lock(LockKind::Shared, "sync", context.lock_wait)?;
+    // Taken and released with puts alone: sync never deletes in the destination, so that it
+    // works with credentials that may only create objects there (store-format/locks.md).
+    let dest_lock = dest.lock_create_only(LockKind::Shared, "sync", context.lock_wait)?;
     let progress = Progress::new("sync", context.quiet || context.json);
     if shared {
         let options = SyncOptions { parallel: args.parallel.max(1), ..SyncOptions::default() };
-        copy(source, &dest, missing, &options, &progress, report)?;
+        copy(source, &dest, &dest_lock, missing, &options, &progress, report)?;
     } else {
-        cairn::sync::copy_reencoded(source, &dest, missing, &progress, report)?;
+        cairn::sync::copy_reencoded(source, &dest, &dest_lock, missing, &progress, report)?;
     }
+    drop(dest_lock);
     super::warn_damage(&dest);
     Ok(dest)
+}
+
+/// `--prune` deletes in the destination, which is the trusted side's business: with credentials
+/// that may not delete there (the protected host's create-only ones), stop before the forget, with
+/// nothing deleted. Costs one request: a delete of a name that never exists.
+fn check_may_delete(dest: &Repository, location: &str) -> Result<()> {
+    let probe = format!("snapshots/{}.delete-check", cairn::id::Id(cairn::id::random_bytes()).to_hex());
+    match dest.backend().delete(&probe) {
+        Err(e) if cairn::backend::permission_denied(&e) => bail!(
+            "these credentials cannot delete in {location} (a delete was refused), so nothing was forgotten or \
+             pruned there: `sync --prune` is for the trusted side. Run `cairn sync` here without --prune, and \
+             `cairn --repo {location} forget --keep-... --prune` on the trusted side with its own credentials"
+        ),
+        other => Ok(other?),
+    }
 }
 
 /// Opens the destination, or creates it sharing the source's parameters and, if the source is
