@@ -233,8 +233,10 @@ fn a_killed_create_only_sync_resumes_and_does_not_hold_off_the_trusted_side() {
     let scratch = Scratch::new("append-only-kill");
     let (data, repo) = (scratch.join("data"), scratch.join("repo"));
     fs::create_dir_all(&data).unwrap();
-    for i in 0..4 {
-        write_noise_file(&data.join(format!("blob-{i}")), 12 << 20, 70 + i);
+    // About six packs: after the second has arrived, the sync still runs long enough for the
+    // prune to find it running.
+    for i in 0..6 {
+        write_noise_file(&data.join(format!("blob-{i}")), 16 << 20, 70 + i);
     }
     ok(cairn(&repo).args(["snapshot", "--source", "data", "-q"]).arg(&data));
     let mut child = server
