@@ -48,6 +48,9 @@ pub struct PrunePlan {
     pub unreferenced: Vec<String>,
     /// Bytes the deletions free (before the repacked copies are added back).
     pub bytes_freed: u64,
+    /// Live blobs with a copy in a pack about to go, whose copy the index picks was read and
+    /// verified first.
+    pub copies_verified: u64,
     #[serde(skip)]
     internal: Internal,
 }
@@ -115,6 +118,40 @@ const TREES_AT_ONCE: usize = 64;
 const REPAIR_ADVICE: &str = "an index file may be lost: run `cairn repair index`, which rebuilds the index from \
     the packs, then `cairn check` (if they are in no pack either, check names the files lost: forget the snapshots \
     that need them)";
+
+/// Whether the index takes `blob` from this place in `pack`.
+fn picked(index: &Index, pack: &Id, blob: &BlobEntry) -> bool {
+    index.get(&blob.id).is_some_and(|at| index.pack_id(at) == *pack && at.offset == blob.offset)
+}
+
+/// A pack about to be deleted or repacked may hold copies of live blobs that are dead only because
+/// the index picks another copy. Before such a copy goes, the picked one is read and verified: a
+/// damaged or forged index file (one a host with create-only rights could write, sorting first and
+/// placing real blob ids in a pack of garbage) would otherwise make prune delete the only real
+/// copy. Returns how many copies were verified; an error (nothing deleted) if one fails.
+fn verify_picked_copies(repo: &Repository, index: &Index, internal: &Internal) -> Result<u64> {
+    let mut picked_elsewhere: Vec<Id> = internal
+        .delete
+        .iter()
+        .chain(&internal.repack)
+        .filter_map(|pack| internal.packs.get(pack))
+        .flat_map(|pack| pack.blobs.iter().map(move |blob| (pack.id, blob)))
+        .filter(|(pack, blob)| internal.live.contains(&blob.id) && !picked(index, pack, blob))
+        .map(|(_, blob)| blob.id)
+        .collect();
+    picked_elsewhere.sort_unstable();
+    picked_elsewhere.dedup();
+    picked_elsewhere.par_iter().try_for_each(|id| {
+        repo.read_blob(index, id).map(|_| ()).map_err(|e| {
+            Error::Invalid(format!(
+                "blob {} is live, and the copy the index picks cannot be read ({e}) while a pack about to go \
+                 holds another; nothing was deleted: run `cairn check --read-data`",
+                id.short()
+            ))
+        })
+    })?;
+    Ok(picked_elsewhere.len() as u64)
+}
 
 /// Every blob reachable from the snapshots. Fails rather than guess on an unreadable tree.
 fn mark(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)]) -> Result<HashSet<Id>> {
@@ -186,8 +223,7 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
     for (pack_id, pack) in &internal.packs {
         let (mut live_bytes, mut dead_bytes) = (0u64, 0u64);
         for blob in &pack.blobs {
-            let chosen = index.get(&blob.id).is_some_and(|l| index.pack_id(l) == *pack_id && l.offset == blob.offset);
-            if chosen && internal.live.contains(&blob.id) {
+            if picked(&index, pack_id, blob) && internal.live.contains(&blob.id) {
                 live_bytes += blob.stored_len as u64;
                 plan.live_blobs += 1;
                 internal.keep.entry(*pack_id).or_default().push(*blob);
@@ -220,6 +256,7 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
             plan.repack_bytes += blob.stored_len as u64;
         }
     }
+    plan.copies_verified = verify_picked_copies(repo, &index, &internal)?;
     for (id, len) in present {
         if !internal.packs.contains_key(&id) {
             internal.unreferenced.push(id);

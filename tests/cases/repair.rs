@@ -1,6 +1,6 @@
 //! A repository that lost an index file: nothing that deletes may run on it (prune, forget
 //! --prune, sync --prune), check says how to recover, and `repair index` rebuilds the index from
-//! the packs' own trailers.
+//! the packs' own trailers. Nor may a forged index file make prune delete real data.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -148,7 +148,8 @@ fn repair_index_drops_missing_packs_and_keeps_what_it_cannot_read() {
     let (code, err) = stderr(cairn(&repo).arg("check"));
     assert_eq!(code, Some(1));
     assert!(!err.contains("is missing"), "{err}");
-    assert!(err.contains("are in no index file") && err.contains("no valid header and trailer"), "{err}");
+    let damaged_pack = format!("pack {}: corrupt", &name(damaged)[..8]);
+    assert!(err.contains("are in no index file") && err.contains(&damaged_pack), "{err}");
     let files = open(&repo).read_all_named("index", IndexFile::decode).unwrap();
     let named: Vec<String> = files.iter().flat_map(|(_, f)| f.packs.iter().map(|p| p.id.to_hex())).collect();
     assert!(named.contains(&name(damaged)) && !named.contains(&name(missing)));
@@ -232,4 +233,61 @@ fn repair_killed_at_any_point_loses_nothing_and_finishes_next_time() {
         fs::remove_dir_all(&repo).unwrap();
     }
     eprintln!("{}", outcomes.join("\n"));
+}
+
+/// A forged index file, sorting before the real one, that places every blob of the real data
+/// packs in a pack of garbage: the index then picks the garbage copies, and the real packs hold
+/// nothing but "dead" copies. A host with create-only rights can write exactly this.
+fn forge_index(repo: &Path) {
+    let opened = open(repo);
+    let files = opened.read_all_named("index", IndexFile::decode).unwrap();
+    let real_first = files.iter().map(|(id, _)| id.to_hex()).min().unwrap();
+    let data: Vec<_> = files
+        .iter()
+        .flat_map(|(_, f)| f.packs.clone())
+        .filter(|p| p.blobs.iter().all(|b| b.kind == BlobKind::Data))
+        .collect();
+    let garbage = noise(data.iter().map(|p| p.len).max().unwrap() as usize, 5);
+    let garbage_id = Id::of(&garbage);
+    opened.backend().put(&Repository::pack_key(&garbage_id), &garbage).unwrap();
+    for attempt in 0u64.. {
+        let packs = data
+            .iter()
+            .map(|p| cairn::format::index::IndexedPack {
+                id: garbage_id,
+                len: garbage.len() as u64 + attempt,
+                ..p.clone()
+            })
+            .collect();
+        let bytes = opened.seal_file(IndexFile { packs }.encode());
+        let name = Id::of(&bytes).to_hex();
+        if name < real_first {
+            opened.backend().put(&format!("index/{name}"), &bytes).unwrap();
+            return;
+        }
+    }
+}
+
+#[test]
+fn prune_never_trusts_a_forged_index_over_the_packs_it_would_delete() {
+    let scratch = Scratch::new("forged-index");
+    let (source, repo) = (source_tree(&scratch), scratch.join("repo"));
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    let before = packs(&repo);
+    let index_files = |repo: &Path| fs::read_dir(repo.join("index")).unwrap().map(|e| e.unwrap().path()).collect();
+    let real: Vec<PathBuf> = index_files(&repo);
+    forge_index(&repo);
+    let (code, err) = stderr(cairn(&repo).arg("prune"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("nothing was deleted") && err.contains("the copy the index picks cannot be read"), "{err}");
+    assert!(before.iter().all(|(pack, _)| pack.exists()), "a real pack was deleted");
+    // With the forgery removed, prune deletes only the garbage, and everything restores.
+    let forged: Vec<PathBuf> = index_files(&repo).into_iter().filter(|f| !real.contains(f)).collect();
+    fs::remove_file(&forged[0]).unwrap();
+    ok(cairn(&repo).arg("prune"));
+    assert_eq!(packs(&repo), before);
+    let target = scratch.join("restored");
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    assert_same_tree(&source, &target);
 }
