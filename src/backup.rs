@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -161,7 +162,7 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
         store: &store,
         chunker: repo.chunker(),
         excludes: &excludes,
-        skip: options.skip.clone(),
+        skip: options.skip.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| (m.dev(), m.ino())).collect(),
         progress,
         sqlite: (!options.raw_sqlite).then_some(options.sqlite_timeout),
         required_databases: normalize_paths(&options.sqlite_paths).into_iter().collect(),
@@ -232,7 +233,7 @@ enum Trie {
 fn archive_roots(archiver: &Archiver<'_>, paths: &[PathBuf], single: bool, parent: Option<&Tree>) -> Result<Id> {
     if let ([only], true) = (paths, single) {
         if only.is_dir() && !only.is_symlink() {
-            return archiver.dir_tree(only, parent);
+            return archiver.root_tree(only, parent);
         }
     }
     let mut root = BTreeMap::new();
@@ -285,12 +286,7 @@ fn archive_trie(
             let path = prefix.join(OsStr::from_bytes(name));
             let previous = parent.and_then(|t| t.find(name));
             match child {
-                Trie::Leaf => {
-                    let mut wal_path = path.as_os_str().to_owned();
-                    wal_path.push("-wal");
-                    let wal = std::fs::symlink_metadata(&wal_path).is_ok();
-                    archiver.node(&path, name.clone(), previous, wal)
-                }
+                Trie::Leaf => archiver.root_node(&path, name.clone(), previous),
                 Trie::Inner(grandchildren) => {
                     let stat = match std::fs::symlink_metadata(&path) {
                         Ok(stat) => stat,

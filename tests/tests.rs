@@ -37,3 +37,5 @@ mod tags;
 mod trust;
 #[path = "cases/verify.rs"]
 mod verify;
+#[path = "cases/walk_safety.rs"]
+mod walk_safety;

@@ -7,6 +7,13 @@
 //! parallel too, so both cores stay busy on many small files and on one large file alike. Memory
 //! is one read window per worker (plus the packs being filled), whatever the file sizes.
 //!
+//! Nothing outside the source: below a source root every entry is reached through its
+//! directory's descriptor and never through a symlink ([`super::nofollow`]). An entry replaced
+//! between its listing and its opening is looked at again (a file replaced by a rename is
+//! stored as it is now), except a directory, which is reported and not stored: a swapped
+//! directory is never followed. A directory's descriptor is closed as soon as its last entry
+//! has been opened, so a chain of directories holds few descriptors however deep it is.
+//!
 //! Change detection: a file whose size, mtime, ctime and inode match its node in the parent
 //! snapshot (and whose chunks are all in the index) reuses that chunk list without being read.
 //!
@@ -14,20 +21,18 @@
 //! and the walk goes on; a repository write failure aborts the snapshot.
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rayon::prelude::*;
 
 use super::exclude::Excludes;
-use super::metadata_of;
+use super::nofollow::{fstat, Dir, Kind, OpenError, Stat};
 use super::sqlite;
 use crate::chunking::{Chunker, READ_WINDOW};
 use crate::error::{Error, Result};
@@ -39,6 +44,9 @@ use crate::progress::Progress;
 use crate::repository::index::Index;
 use crate::repository::packer::BlobStore;
 use crate::repository::Repository;
+
+/// How often an entry found replaced between its listing and its opening is looked at again.
+const REPLACED_ATTEMPTS: u32 = 3;
 
 #[derive(Default)]
 pub struct Counts {
@@ -56,8 +64,9 @@ pub struct Archiver<'a> {
     pub store: &'a BlobStore<'a>,
     pub chunker: Chunker,
     pub excludes: &'a Excludes,
-    /// Paths never entered (the repository itself, when it lies inside a source).
-    pub skip: Vec<PathBuf>,
+    /// Directories never entered, by device and inode (the repository itself, when it lies
+    /// inside a source, whichever path leads to it).
+    pub skip: HashSet<(u64, u64)>,
     pub progress: &'a Progress,
     /// Capture SQLite databases through SQLite, waiting up to this long for a lock; `None` stores
     /// them as raw files (`--raw-sqlite`).
@@ -81,12 +90,56 @@ impl From<std::io::Error> for FileError {
     }
 }
 
+/// Where an entry lies: its name and its directory's location, made into a path only when one
+/// is needed (a message, a path pattern), so a deep walk holds a name per level, not a path.
+#[derive(Clone, Copy)]
+pub struct Location<'a> {
+    parent: Option<&'a Location<'a>>,
+    /// The entry's name; for a source root, its whole path.
+    name: &'a [u8],
+}
+
+impl<'a> Location<'a> {
+    pub fn root(path: &'a Path) -> Location<'a> {
+        Location { parent: None, name: path.as_os_str().as_bytes() }
+    }
+
+    fn child(&'a self, name: &'a [u8]) -> Location<'a> {
+        Location { parent: Some(self), name }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        let mut names = vec![self.name];
+        let mut at = self;
+        while let Some(parent) = at.parent {
+            names.push(parent.name);
+            at = parent;
+        }
+        let mut path = PathBuf::new();
+        names.iter().rev().for_each(|name| path.push(std::ffi::OsStr::from_bytes(name)));
+        path
+    }
+}
+
+/// What became of one look at an entry.
+enum Look {
+    Node(Node),
+    /// Excluded, vanished, or could not be read (the last is recorded).
+    Skip,
+    /// Something else stands under its name now.
+    Replaced,
+}
+
 impl<'a> Archiver<'a> {
     /// Records a source entry that could not be read; the snapshot will say it is incomplete.
     pub fn record(&self, path: &Path, message: impl std::fmt::Display) {
         let error = SourceError { path: path.display().to_string(), message: message.to_string() };
         self.progress.warn(&format!("warning: {}: {}", error.path, error.message));
         self.errors.lock().expect("poisoned").push(error);
+    }
+
+    fn record_at(&self, at: &Location<'_>, message: impl std::fmt::Display) {
+        self.record(&at.path(), message)
     }
 
     /// The parent snapshot's tree for a directory node, if it has one and it can be read. A
@@ -98,59 +151,93 @@ impl<'a> Archiver<'a> {
         }
     }
 
-    /// Archives the directory at `path` and returns its tree id. Every entry is stat'ed first, so
-    /// the files that must be read can be handed to [`Prefetch`] before any worker reads one.
-    pub fn dir_tree(&self, path: &Path, parent: Option<&Tree>) -> Result<Id> {
-        let mut names: Vec<Vec<u8>> = Vec::new();
-        match std::fs::read_dir(path) {
-            Ok(entries) => {
-                for entry in entries {
-                    match entry {
-                        Ok(entry) => names.push(entry.file_name().as_bytes().to_vec()),
-                        Err(e) => self.record(path, format!("listing directory: {e}")),
-                    }
-                }
+    /// Archives the source root directory at `path` (its parents may be symlinks, itself not)
+    /// and returns its tree id. One that cannot be opened is recorded and stored empty.
+    pub fn root_tree(&self, path: &Path, parent: Option<&Tree>) -> Result<Id> {
+        match Dir::open(path, false) {
+            Ok(dir) => self.dir_tree(dir, &Location::root(path), parent),
+            Err(e) => {
+                self.record(path, format!("listing directory: {e}"));
+                self.store_tree(&Tree::default(), path)
             }
-            Err(e) => self.record(path, format!("listing directory: {e}")),
         }
+    }
+
+    /// Archives the source root at `path` as one node called `name`. `None` when it is
+    /// excluded, vanished, or could not be read (the last is recorded). Like `lstat`, a symlink
+    /// at `path` is stored as a symlink; symlinks among its parents are followed.
+    pub fn root_node(&self, path: &Path, name: Vec<u8>, parent: Option<&Node>) -> Result<Option<Node>> {
+        let (Some(directory), Some(leaf)) = (path.parent(), path.file_name()) else {
+            self.record(path, "not a file or directory name");
+            return Ok(None);
+        };
+        let dir = match Dir::open(directory, true) {
+            Ok(dir) => dir,
+            Err(e) => {
+                self.record(path, format!("opening its directory: {e}"));
+                return Ok(None);
+            }
+        };
+        let (directory_at, leaf) = (Location::root(directory), leaf.as_bytes().to_vec());
+        let Some(stat) = self.stat(&dir, &directory_at.child(&leaf), &leaf) else {
+            return Ok(None);
+        };
+        let wal_sibling = dir.stat(&[leaf.as_slice(), b"-wal"].concat()).is_ok();
+        let entry = Entry { dir: Arc::new(dir), name: leaf, stat, previous: parent, wal_sibling, prefetched: 0 };
+        let node = self.entry_node(entry, &directory_at)?;
+        Ok(node.map(|node| Node { name, ..node }))
+    }
+
+    /// Archives the open directory `dir` at `at` and returns its tree id. Every entry is stat'ed first, so the files that must be read can be handed to
+    /// [`Prefetch`] before any worker reads one.
+    fn dir_tree(&self, dir: Dir, at: &Location<'_>, parent: Option<&Tree>) -> Result<Id> {
+        let mut names = dir.names().unwrap_or_else(|e| {
+            self.record_at(at, format!("listing directory: {e}"));
+            Vec::new()
+        });
         names.sort_unstable();
         let listed: HashSet<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
+        let dir = Arc::new(dir);
         let mut entries: Vec<Entry<'_>> = names
             .par_iter()
             .filter_map(|name| {
-                if self.is_database_companion(path, name, &listed) {
+                if self.is_database_companion(&dir, at, name, &listed) {
                     return None;
                 }
-                let path = path.join(OsStr::from_bytes(name));
-                let stat = self.stat(&path)?;
+                let stat = self.stat(&dir, &at.child(name), name)?;
                 let wal_sibling = listed.contains([name.as_slice(), b"-wal"].concat().as_slice());
                 let previous = parent.and_then(|t| t.find(name));
-                Some(Entry { path, name: name.clone(), stat, previous, wal_sibling, prefetched: 0 })
+                Some(Entry { dir: Arc::clone(&dir), name: name.clone(), stat, previous, wal_sibling, prefetched: 0 })
             })
             .collect();
-        self.prefetch_reads(&mut entries);
+        self.prefetch_reads(&mut entries, at);
+        // From here the entries hold the directory open, each until it no longer needs it.
+        drop(dir);
         let nodes: Vec<Option<Node>> = entries
             .into_par_iter()
             .map(|entry| {
-                let node = self.node_of(&entry.path, entry.name, &entry.stat, entry.previous, entry.wal_sibling);
-                self.prefetch.release(entry.prefetched);
+                let prefetched = entry.prefetched;
+                let node = self.entry_node(entry, at);
+                self.prefetch.release(prefetched);
                 node
             })
             .collect::<Result<_>>()?;
         let tree = Tree { nodes: nodes.into_iter().flatten().collect() };
-        self.store_tree(&tree, path)
+        self.store(&tree, || at.path())
     }
 
     /// Asks the kernel to start reading the files of `entries` that will be read (new or
     /// changed), within the prefetch budget.
-    fn prefetch_reads(&self, entries: &mut [Entry<'_>]) {
+    fn prefetch_reads(&self, entries: &mut [Entry<'_>], dir_at: &Location<'_>) {
         for entry in entries {
-            let meta = &entry.stat;
-            let will_read = meta.is_file()
-                && meta.len() > 0
-                && self.previous_chunks(&entry.path, &metadata_of(meta), entry.previous, entry.wal_sibling).is_none();
+            let stat = &entry.stat;
+            let will_read = stat.is_file()
+                && stat.size() > 0
+                && self
+                    .previous_chunks(&dir_at.child(&entry.name), &stat.metadata(), entry.previous, entry.wal_sibling)
+                    .is_none();
             if will_read {
-                entry.prefetched = self.prefetch.start(&entry.path, meta.len());
+                entry.prefetched = self.prefetch.start(&entry.dir, &entry.name, stat.size());
             }
         }
     }
@@ -159,14 +246,14 @@ impl<'a> Archiver<'a> {
     /// live database never is). Whether those chunks are all still stored is the caller's check.
     fn previous_chunks<'n>(
         &self,
-        path: &Path,
+        at: &Location<'_>,
         meta: &Metadata,
         parent: Option<&'n Node>,
         wal_sibling: bool,
     ) -> Option<&'n Vec<Id>> {
         match parent {
             Some(Node { meta: old, content: Content::File { chunks }, .. })
-                if metadata_unchanged(old, meta) && !self.may_be_live_database(path, wal_sibling) =>
+                if metadata_unchanged(old, meta) && !self.may_be_live_database(at, wal_sibling) =>
             {
                 Some(chunks)
             }
@@ -176,11 +263,15 @@ impl<'a> Archiver<'a> {
 
     /// Stores a directory's tree blob, refusing one too large to ever be read back.
     pub fn store_tree(&self, tree: &Tree, path: &Path) -> Result<Id> {
+        self.store(tree, || path.to_path_buf())
+    }
+
+    fn store(&self, tree: &Tree, path: impl FnOnce() -> PathBuf) -> Result<Id> {
         let encoded = tree.encode();
         if encoded.len() > crate::compression::MAX_BLOB_LEN as usize {
             return Err(Error::Invalid(format!(
                 "{}: directory listing of {} entries is too large for one tree blob",
-                path.display(),
+                path().display(),
                 tree.nodes.len()
             )));
         }
@@ -189,165 +280,214 @@ impl<'a> Archiver<'a> {
 
     /// Whether `name` is the `-wal`, `-shm` or `-journal` file of a database in the same
     /// directory: the database's captured image includes what they hold, so they are not stored.
-    fn is_database_companion(&self, dir: &Path, name: &[u8], listed: &HashSet<&[u8]>) -> bool {
+    fn is_database_companion(&self, dir: &Dir, dir_at: &Location<'_>, name: &[u8], listed: &HashSet<&[u8]>) -> bool {
         self.sqlite.is_some()
             && sqlite::companion_of(name).is_some_and(|base| {
-                let database = dir.join(OsStr::from_bytes(base));
                 listed.contains(base)
-                    && !self.excludes.excludes(&database)
-                    && std::fs::symlink_metadata(&database).is_ok_and(|m| m.is_file())
-                    && sqlite::is_database(&database)
+                    && !self.excluded(&dir_at.child(base))
+                    && dir.stat(base).is_ok_and(|stat| stat.is_file())
+                    && dir.open_file(base, libc::O_NONBLOCK).is_ok_and(|file| sqlite::has_header(&file))
             })
     }
 
-    /// Archives one entry of any type as a node called `name`. `None` when the entry is
-    /// excluded, vanished, or could not be read (the last is recorded). `wal_sibling`: a
-    /// `<name>-wal` file sits beside it, so a database's content may have changed even where its
-    /// own metadata did not.
-    pub fn node(&self, path: &Path, name: Vec<u8>, parent: Option<&Node>, wal_sibling: bool) -> Result<Option<Node>> {
-        match self.stat(path) {
-            Some(stat) => self.node_of(path, name, &stat, parent, wal_sibling),
-            None => Ok(None),
-        }
+    fn excluded(&self, at: &Location<'_>) -> bool {
+        self.excludes.excludes_entry(at.name, || at.path())
     }
 
-    /// The entry's metadata, or `None` when it is excluded, vanished, or cannot be stat'ed (the
-    /// last is recorded).
-    fn stat(&self, path: &Path) -> Option<std::fs::Metadata> {
-        if self.excludes.excludes(path) || self.skip.iter().any(|s| s == path) {
+    /// The entry `name` of `dir`, at `at`: `None` when it is excluded, the repository, vanished,
+    /// or cannot be stat'ed (the last is recorded).
+    fn stat(&self, dir: &Dir, at: &Location<'_>, name: &[u8]) -> Option<Stat> {
+        if self.excluded(at) {
             return None;
         }
-        match std::fs::symlink_metadata(path) {
+        match dir.stat(name) {
+            Ok(stat) if stat.kind() == Kind::Dir && self.skip.contains(&(stat.dev(), stat.ino())) => None,
             Ok(stat) => Some(stat),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None, // deleted meanwhile
             Err(e) => {
-                self.record(path, e);
+                self.record_at(at, e);
                 None
             }
         }
     }
 
-    /// Archives the entry at `path`, whose metadata is `stat`, as a node called `name`.
-    fn node_of(
-        &self,
-        path: &Path,
-        name: Vec<u8>,
-        stat: &std::fs::Metadata,
-        parent: Option<&Node>,
-        wal_sibling: bool,
-    ) -> Result<Option<Node>> {
-        let mut meta = metadata_of(stat);
-        let kind = stat.file_type();
-        let content = if kind.is_dir() {
-            let previous = self.parent_subtree(parent);
-            let subtree = self.dir_tree(path, previous.as_ref())?;
-            self.counts.dirs.fetch_add(1, Relaxed);
-            Content::Dir { subtree }
-        } else if kind.is_file() {
-            match self.file_chunks(path, &meta, parent, wal_sibling)? {
-                Some((chunks, size)) => {
-                    meta.size = size;
-                    self.counts.files.fetch_add(1, Relaxed);
-                    self.counts.bytes.fetch_add(size, Relaxed);
-                    Content::File { chunks }
-                }
-                None => return Ok(None),
+    /// Archives one listed entry of a directory at `dir_at`. An entry replaced since its listing
+    /// is looked at again, unless it was listed as a directory.
+    fn entry_node(&self, entry: Entry<'_>, dir_at: &Location<'_>) -> Result<Option<Node>> {
+        let Entry { dir, name, mut stat, previous, wal_sibling, .. } = entry;
+        let at = dir_at.child(&name);
+        for _ in 0..REPLACED_ATTEMPTS {
+            if stat.kind() == Kind::Dir {
+                return self.dir_node(dir, &at, &stat, previous);
             }
-        } else if kind.is_symlink() {
-            match std::fs::read_link(path) {
-                Ok(target) => Content::Symlink { target: target.as_os_str().as_bytes().to_vec() },
-                Err(e) => {
-                    self.record(path, format!("reading symlink: {e}"));
-                    return Ok(None);
-                }
-            }
-        } else if kind.is_fifo() {
-            Content::Fifo
-        } else if kind.is_socket() {
-            Content::Socket
-        } else if kind.is_char_device() {
-            Content::CharDevice { rdev: stat.rdev() }
-        } else if kind.is_block_device() {
-            Content::BlockDevice { rdev: stat.rdev() }
-        } else {
-            self.record(path, "unknown file type");
-            return Ok(None);
-        };
-        Ok(Some(Node { name, meta, content }))
-    }
-
-    /// The chunk ids and length of a file's content, reusing the parent's list when the file is
-    /// unchanged, and reading SQLite databases through SQLite. `None` if the file could not be
-    /// read (recorded).
-    fn file_chunks(
-        &self,
-        path: &Path,
-        meta: &Metadata,
-        parent: Option<&Node>,
-        wal_sibling: bool,
-    ) -> Result<Option<(Vec<Id>, u64)>> {
-        let must_be_database = self.required_databases.contains(path);
-        if let Some(chunks) = self.previous_chunks(path, meta, parent, wal_sibling) {
-            if chunks.iter().all(|id| self.store.contains(id)) {
-                self.progress.file_done(meta.size);
-                return Ok(Some((chunks.clone(), meta.size)));
+            match self.leaf_node(&dir, &at, &stat, previous, wal_sibling)? {
+                Look::Node(node) => return Ok(Some(node)),
+                Look::Skip => return Ok(None),
+                Look::Replaced => match self.stat(&dir, &at, &name) {
+                    Some(again) => stat = again,
+                    None => return Ok(None),
+                },
             }
         }
-        let file = match open_for_reading(path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                self.record(path, e);
+        self.record_at(&at, "replaced again and again while being read: not stored");
+        Ok(None)
+    }
+
+    /// Archives the directory listed as `stat` at `at`, opening it through its parent `dir`
+    /// (released before descending).
+    fn dir_node(&self, dir: Arc<Dir>, at: &Location<'_>, stat: &Stat, previous: Option<&Node>) -> Result<Option<Node>> {
+        let opened = dir.open_dir(at.name, stat);
+        drop(dir);
+        let subtree = match opened {
+            Ok(child) => {
+                let previous = self.parent_subtree(previous);
+                self.dir_tree(child, at, previous.as_ref())?
+            }
+            Err(OpenError::Gone) => return Ok(None), // deleted meanwhile
+            Err(OpenError::Replaced) => {
+                self.record_at(at, "replaced during the snapshot (it was listed as a directory): not stored");
                 return Ok(None);
             }
+            Err(OpenError::Io(e)) => {
+                self.record_at(at, format!("listing directory: {e}"));
+                self.store(&Tree::default(), || at.path())?
+            }
         };
+        self.counts.dirs.fetch_add(1, Relaxed);
+        Ok(Some(Node { name: at.name.to_vec(), meta: stat.metadata(), content: Content::Dir { subtree } }))
+    }
+
+    /// Archives an entry other than a directory, listed as `stat`.
+    fn leaf_node(
+        &self,
+        dir: &Dir,
+        at: &Location<'_>,
+        stat: &Stat,
+        previous: Option<&Node>,
+        wal_sibling: bool,
+    ) -> Result<Look> {
+        let content = match stat.kind() {
+            Kind::File => return self.file_node(dir, at, stat, previous, wal_sibling),
+            Kind::Symlink => match dir.read_link(at.name) {
+                Ok(target) => Content::Symlink { target },
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Look::Replaced), // not a symlink now
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Look::Skip),
+                Err(e) => {
+                    self.record_at(at, format!("reading symlink: {e}"));
+                    return Ok(Look::Skip);
+                }
+            },
+            Kind::Fifo => Content::Fifo,
+            Kind::Socket => Content::Socket,
+            Kind::CharDevice => Content::CharDevice { rdev: stat.rdev() },
+            Kind::BlockDevice => Content::BlockDevice { rdev: stat.rdev() },
+            Kind::Dir => return Ok(Look::Replaced), // a directory is looked at by `dir_node`
+            Kind::Unknown => {
+                self.record_at(at, "unknown file type");
+                return Ok(Look::Skip);
+            }
+        };
+        Ok(Look::Node(Node { name: at.name.to_vec(), meta: stat.metadata(), content }))
+    }
+
+    /// Archives a regular file listed as `stat`: reusing the parent's chunk list when it is
+    /// unchanged, reading SQLite databases through SQLite, and otherwise reading it.
+    fn file_node(
+        &self,
+        dir: &Dir,
+        at: &Location<'_>,
+        stat: &Stat,
+        previous: Option<&Node>,
+        wal_sibling: bool,
+    ) -> Result<Look> {
+        let listed = stat.metadata();
+        if let Some(chunks) = self.previous_chunks(at, &listed, previous, wal_sibling) {
+            if chunks.iter().all(|id| self.store.contains(id)) {
+                self.progress.file_done(listed.size);
+                return Ok(Look::Node(self.file(at, listed, chunks.clone())));
+            }
+        }
+        let file = match open_for_reading(dir, at.name) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Look::Skip),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Look::Replaced), // a symlink now
+            Err(e) => {
+                self.record_at(at, e);
+                return Ok(Look::Skip);
+            }
+        };
+        match fstat(&file) {
+            Ok(opened) if opened.is_file() && opened.same_file(stat) => {}
+            Ok(_) => return Ok(Look::Replaced),
+            Err(e) => {
+                self.record_at(at, e);
+                return Ok(Look::Skip);
+            }
+        }
         if let Some(timeout) = self.sqlite {
             if sqlite::has_header(&file) {
                 drop(file);
-                return self.database_chunks(path, timeout);
+                return self.database_node(dir, at, listed, timeout);
             }
         }
+        let must_be_database = !self.required_databases.is_empty() && self.required_databases.contains(&at.path());
         if must_be_database && !sqlite::has_header(&file) {
-            self.record(path, "not an SQLite database");
-            return Ok(None);
+            self.record_at(at, "not an SQLite database");
+            return Ok(Look::Skip);
         }
-        let mut ids = Vec::new();
-        let read = self.chunker.for_each_window(file, READ_WINDOW, meta.size as usize, |window, chunks| {
-            let stored: Vec<Id> = chunks
-                .par_iter()
-                .map(|range| self.store.store(BlobKind::Data, &window[range.clone()]))
-                .collect::<Result<_>>()
-                .map_err(FileError::Repository)?;
-            ids.extend(stored);
-            self.progress.add_bytes(chunks.last().map_or(0, |c| c.end) as u64);
-            Ok(())
-        });
-        match read {
-            Ok(size) => {
+        match self.read_chunks(&file) {
+            Ok((chunks, len)) => {
                 self.counts.files_read.fetch_add(1, Relaxed);
                 self.progress.file_done(0);
-                Ok(Some((ids, size)))
+                Ok(Look::Node(self.file(at, Metadata { size: len, ..listed }, chunks)))
             }
             Err(FileError::Source(e)) => {
-                self.record(path, format!("reading: {e}"));
-                Ok(None)
+                self.record_at(at, format!("reading: {e}"));
+                Ok(Look::Skip)
             }
             Err(FileError::Repository(e)) => Err(e),
         }
+    }
+
+    /// A file node, counted.
+    fn file(&self, at: &Location<'_>, meta: Metadata, chunks: Vec<Id>) -> Node {
+        self.counts.files.fetch_add(1, Relaxed);
+        self.counts.bytes.fetch_add(meta.size, Relaxed);
+        Node { name: at.name.to_vec(), meta, content: Content::File { chunks } }
+    }
+
+    /// Reads `file` to its end, storing its chunks; returns their ids and the bytes read.
+    fn read_chunks(&self, file: &File) -> std::result::Result<(Vec<Id>, u64), FileError> {
+        let size = fstat(file)?.size();
+        let mut ids = Vec::new();
+        let read =
+            self.chunker.for_each_window::<_, FileError>(file, READ_WINDOW, size as usize, |window, chunks| {
+                let stored: Vec<Id> = chunks
+                    .par_iter()
+                    .map(|range| self.store.store(BlobKind::Data, &window[range.clone()]))
+                    .collect::<Result<_>>()
+                    .map_err(FileError::Repository)?;
+                ids.extend(stored);
+                self.progress.add_bytes(chunks.last().map_or(0, |c| c.end) as u64);
+                Ok(())
+            })?;
+        Ok((ids, read))
     }
 }
 
 impl Archiver<'_> {
     /// Whether the file may be a live database, whose content can change without its metadata.
-    fn may_be_live_database(&self, path: &Path, wal_sibling: bool) -> bool {
-        self.sqlite.is_some() && (wal_sibling || self.required_databases.contains(path))
+    fn may_be_live_database(&self, at: &Location<'_>, wal_sibling: bool) -> bool {
+        self.sqlite.is_some()
+            && (wal_sibling || (!self.required_databases.is_empty() && self.required_databases.contains(&at.path())))
     }
 
-    /// Captures a live database through SQLite (src/source/sqlite.rs), one chunk per page.
-    fn database_chunks(&self, path: &Path, timeout: Duration) -> Result<Option<(Vec<Id>, u64)>> {
+    /// Captures a live database through SQLite (src/source/sqlite.rs), one chunk per page,
+    /// opened through `dir`'s descriptor. Its metadata is the listing's.
+    fn database_node(&self, dir: &Dir, at: &Location<'_>, listed: Metadata, timeout: Duration) -> Result<Look> {
         let mut ids = Vec::new();
         let mut size = 0u64;
-        let captured = sqlite::capture(path, timeout, READ_WINDOW, |batch, page_size| {
+        let captured = sqlite::capture(dir, at.name, timeout, READ_WINDOW, |batch, page_size| {
             let stored: Vec<Id> = batch
                 .par_chunks(page_size)
                 .map(|chunk| self.store.store(BlobKind::Data, chunk))
@@ -362,12 +502,12 @@ impl Archiver<'_> {
                 self.counts.files_read.fetch_add(1, Relaxed);
                 self.counts.databases.fetch_add(1, Relaxed);
                 self.progress.file_done(0);
-                Ok(Some((ids, size)))
+                Ok(Look::Node(self.file(at, Metadata { size, ..listed }, ids)))
             }
             Err(sqlite::CaptureError::Sink(e)) => Err(e),
             Err(e) => {
-                self.record(path, e);
-                Ok(None)
+                self.record_at(at, e);
+                Ok(Look::Skip)
             }
         }
     }
@@ -375,9 +515,10 @@ impl Archiver<'_> {
 
 /// A directory entry between its stat and its archiving.
 struct Entry<'p> {
-    path: PathBuf,
+    /// The directory it is listed in, held open until the entry is opened.
+    dir: Arc<Dir>,
     name: Vec<u8>,
-    stat: std::fs::Metadata,
+    stat: Stat,
     previous: Option<&'p Node>,
     wal_sibling: bool,
     /// Bytes of the prefetch budget this entry holds until it is archived.
@@ -408,16 +549,15 @@ pub struct Prefetch {
 impl Prefetch {
     /// Starts reading the file into the page cache if the budget allows; returns the bytes of
     /// budget taken, to be given back with [`Prefetch::release`] once the file is archived.
-    fn start(&self, path: &Path, len: u64) -> u64 {
+    fn start(&self, dir: &Dir, name: &[u8], len: u64) -> u64 {
         let reserved =
             self.ahead.fetch_update(Relaxed, Relaxed, |ahead| (ahead + len <= PREFETCH_BUDGET).then_some(ahead + len));
         if reserved.is_err() {
             return 0;
         }
         // Non-blocking: a FIFO or a file under a lease is simply not prefetched.
-        let flags = libc::O_NOATIME | libc::O_NONBLOCK | libc::O_NOFOLLOW;
-        let open = |flags| OpenOptions::new().read(true).custom_flags(flags).open(path);
-        if let Ok(file) = open(flags).or_else(|_| open(flags & !libc::O_NOATIME)) {
+        let flags = libc::O_NOATIME | libc::O_NONBLOCK;
+        if let Ok(file) = dir.open_file(name, flags).or_else(|_| dir.open_file(name, flags & !libc::O_NOATIME)) {
             crate::disk::will_need(&file, len);
         }
         len
@@ -430,19 +570,16 @@ impl Prefetch {
     }
 }
 
-/// Opens a file that was a regular file when it was stat'ed: without updating the access time
-/// where the kernel allows it (owner or root), never through a symlink, and without hanging
-/// should it have been replaced by a FIFO meanwhile (it must still be a regular file). A file
-/// under a lease (Samba, NFS delegations) is waited for, as a plain open would.
-fn open_for_reading(path: &Path) -> std::io::Result<File> {
-    let open = |flags| OpenOptions::new().read(true).custom_flags(flags | libc::O_NOFOLLOW).open(path);
+/// Opens the entry `name` of `dir`, listed as a regular file, for reading: without updating the
+/// access time where the kernel allows it (owner or root), never through a symlink, and without
+/// hanging should it have been replaced by a FIFO meanwhile (the caller checks what it got). A
+/// file under a lease (Samba, NFS delegations) is waited for, as a plain open would.
+fn open_for_reading(dir: &Dir, name: &[u8]) -> std::io::Result<File> {
+    let open = |flags| dir.open_file(name, flags);
     let file = match open(libc::O_NOATIME | libc::O_NONBLOCK).or_else(|_| open(libc::O_NONBLOCK)) {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open(0)?,
         other => other?,
     };
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("no longer a regular file"));
-    }
     // Reads block as usual from here (some FUSE file systems honour O_NONBLOCK on reads).
     // SAFETY: a valid descriptor; F_GETFL/F_SETFL only read and change its status flags.
     unsafe {

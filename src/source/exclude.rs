@@ -3,7 +3,7 @@
 //! (`/srv/app/cache/*`). `*` matches within one path component, `**` across components, `?` one
 //! character. An excluded directory is not descended into.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Default, Clone)]
 pub struct Excludes {
@@ -23,6 +23,15 @@ impl Excludes {
 
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
+    }
+
+    /// Whether the entry called `name` is excluded, `path` giving its whole path: called only
+    /// when a pattern needs it, so a walk builds no path for the common patterns.
+    pub fn excludes_entry(&self, name: &[u8], path: impl FnOnce() -> PathBuf) -> bool {
+        if self.patterns.iter().all(|p| !p.contains(&b'/')) {
+            return self.patterns.iter().any(|p| glob(p, name));
+        }
+        self.excludes(&path())
     }
 
     pub fn excludes(&self, path: &Path) -> bool {
@@ -65,5 +74,11 @@ mod tests {
         assert!(!ex.excludes(Path::new("/srv/app/deep/tmp")));
         assert!(ex.excludes(Path::new("/data/a/b/c/xy")));
         assert!(!ex.excludes(Path::new("/data/a/b/c/xyz")));
+        assert!(ex.excludes_entry(b"debug.log", || PathBuf::from("/a/debug.log")));
+        assert!(ex.excludes_entry(b"tmp", || PathBuf::from("/srv/app/tmp")));
+        assert!(!ex.excludes_entry(b"tmp", || PathBuf::from("/srv/app/deep/tmp")));
+        let names_only = Excludes::new(&["*.log".into()]);
+        assert!(names_only.excludes_entry(b"x.log", || unreachable!("no pattern needs the path")));
+        assert!(!names_only.excludes_entry(b"x.txt", || unreachable!("no pattern needs the path")));
     }
 }

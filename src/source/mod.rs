@@ -1,8 +1,11 @@
 //! Reading sources into the repository: walking directory trees into tree blobs and content
-//! chunks ([`archiver`]), with exclusion patterns ([`exclude`]).
+//! chunks ([`archiver`]), with exclusion patterns ([`exclude`]), reaching every entry below a
+//! source root through its directory's descriptor ([`nofollow`]), and capturing live SQLite
+//! databases ([`sqlite`]).
 
 pub mod archiver;
 pub mod exclude;
+pub mod nofollow;
 pub mod sqlite;
 
 use std::io::Read;

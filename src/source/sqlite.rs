@@ -15,13 +15,22 @@
 //!
 //! Rollback-journal databases are read the same way; there the read transaction's shared lock
 //! makes writers wait (up to their busy timeout) while the image is read. Use WAL mode.
+//!
+//! SQLite opens files by path, the database and its `-wal`, `-shm` and `-journal` beside it. So
+//! that a directory swapped for a symlink cannot make it read a database from outside the
+//! source, it is given a path through the descriptor of the directory the walk opened
+//! (`/proc/self/fd/N/name`, [`Dir::path_of`]), under a VFS that uses that path as it is (the
+//! default one would resolve `/proc/self/fd/N` back into the directory's path); SQLite opens
+//! every file with `O_NOFOLLOW`, so the last component is never a symlink either.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{ffi, Connection, OpenFlags};
+
+use super::nofollow::Dir;
 
 /// The first 16 bytes of every SQLite database file.
 pub const HEADER: &[u8; 16] = b"SQLite format 3\0";
@@ -95,13 +104,56 @@ pub struct Image {
     pub pages: u64,
 }
 
+/// The name of the VFS that opens a database at exactly the path it is given: the default unix
+/// VFS with a `xFullPathname` that does not resolve symlinks. Registered on first use.
+fn verbatim_vfs() -> &'static str {
+    const NAME: &std::ffi::CStr = c"cairn-verbatim";
+    static REGISTERED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    REGISTERED.get_or_init(|| {
+        // SAFETY: sqlite3_vfs_find initialises SQLite and returns the registered "unix" VFS,
+        // which lives as long as the process; the copy is leaked, so it does too, and SQLite
+        // only reads it. The copy shares the unix VFS's methods and data (`pAppData`), which is
+        // how the unix VFS itself registers its variants.
+        unsafe {
+            let unix = ffi::sqlite3_vfs_find(c"unix".as_ptr());
+            assert!(!unix.is_null(), "the bundled SQLite has a unix VFS");
+            let mut vfs = *unix;
+            vfs.zName = NAME.as_ptr();
+            vfs.pNext = std::ptr::null_mut();
+            vfs.xFullPathname = Some(verbatim_full_pathname);
+            let rc = ffi::sqlite3_vfs_register(Box::leak(Box::new(vfs)), 0);
+            assert_eq!(rc, ffi::SQLITE_OK, "registering a VFS");
+        }
+    });
+    "cairn-verbatim"
+}
+
+/// `xFullPathname` that copies the (absolute) name unchanged.
+unsafe extern "C" fn verbatim_full_pathname(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: *const std::ffi::c_char,
+    room: std::ffi::c_int,
+    out: *mut std::ffi::c_char,
+) -> std::ffi::c_int {
+    // SAFETY: SQLite passes a NUL-terminated name and an output buffer of `room` bytes.
+    unsafe {
+        let len = std::ffi::CStr::from_ptr(name).to_bytes_with_nul().len();
+        if len > room.max(0) as usize || *name != b'/' as std::ffi::c_char {
+            return ffi::SQLITE_CANTOPEN;
+        }
+        std::ptr::copy_nonoverlapping(name, out, len);
+    }
+    ffi::SQLITE_OK
+}
+
 /// Opens without ever writing: read-only where possible (a WAL database whose `-shm` cannot be
 /// created needs a read-write handle, which is then held to `query_only`).
 fn open(path: &Path, timeout: Duration) -> rusqlite::Result<Connection> {
     let base = OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let connection = Connection::open_with_flags(path, base | OpenFlags::SQLITE_OPEN_READ_ONLY)
+    let vfs = verbatim_vfs();
+    let connection = Connection::open_with_flags_and_vfs(path, base | OpenFlags::SQLITE_OPEN_READ_ONLY, vfs)
         .and_then(|c| c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).map(|_| c))
-        .or_else(|_| Connection::open_with_flags(path, base | OpenFlags::SQLITE_OPEN_READ_WRITE))?;
+        .or_else(|_| Connection::open_with_flags_and_vfs(path, base | OpenFlags::SQLITE_OPEN_READ_WRITE, vfs))?;
     connection.busy_timeout(timeout)?;
     connection.pragma_update(None, "query_only", true)?;
     // Closing the last connection to a WAL database would otherwise checkpoint it: a backup
@@ -110,20 +162,24 @@ fn open(path: &Path, timeout: Duration) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
-/// Reads a consistent image of the database at `path`, handing `each` batches of whole pages
-/// (about `batch_bytes` each) in order, with the page size. Holds only a read transaction, for
-/// the duration of the read.
+/// Reads a consistent image of the database `name` in the open directory `dir`, handing `each`
+/// batches of whole pages (about `batch_bytes` each) in order, with the page size. Holds only a
+/// read transaction, for the duration of the read.
 pub fn capture(
-    path: &Path,
+    dir: &Dir,
+    name: &[u8],
     timeout: Duration,
     batch_bytes: usize,
     mut each: impl FnMut(&[u8], usize) -> crate::error::Result<()>,
 ) -> Result<Image, CaptureError> {
-    if !is_database(path) {
+    if !dir.open_file(name, libc::O_NONBLOCK).is_ok_and(|file| has_header(&file)) {
         return Err(CaptureError::NotADatabase);
     }
+    if !Path::new("/proc/self/fd").is_dir() {
+        return Err(CaptureError::Sqlite("/proc is not mounted: databases are opened through /proc/self/fd".into()));
+    }
     let fail = |e| classify(e, timeout);
-    let connection = open(path, timeout).map_err(fail)?;
+    let connection = open(&dir.path_of(name), timeout).map_err(fail)?;
     // Everything below reads inside this one transaction: one consistent snapshot.
     connection.execute_batch("BEGIN").map_err(fail)?;
     connection.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).map_err(fail)?;
@@ -217,7 +273,8 @@ mod tests {
         }
         assert!(dir.join("app.db-wal").metadata().unwrap().len() > 0, "commits live in the WAL");
         let mut image = Vec::new();
-        let shape = capture(&path, Duration::from_secs(5), 1 << 20, |batch, page_size| {
+        let parent = Dir::open(&dir, false).unwrap();
+        let shape = capture(&parent, b"app.db", Duration::from_secs(5), 1 << 20, |batch, page_size| {
             assert_eq!(batch.len() % page_size, 0);
             image.extend_from_slice(batch);
             Ok(())

@@ -1,0 +1,225 @@
+//! The source walk under attack: directories swapped for symlinks while it runs. Nothing from
+//! outside the source may enter a snapshot.
+//!
+//! The deterministic cases pause the walk at a known entry: with one worker thread
+//! (`RAYON_NUM_THREADS=1`) entries are archived in name order, and a database that another
+//! connection holds under an exclusive lock keeps the worker waiting (up to `--sqlite-timeout`)
+//! while the test changes the tree behind it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::support::*;
+
+/// Starts `cairn snapshot` in the background with its output captured.
+fn spawn(command: &mut Command) -> Child {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("cairn starts")
+}
+
+/// Waits for a background run and prints its output, as [`run`] does.
+fn finish(child: Child) -> Output {
+    let output = child.wait_with_output().unwrap();
+    eprintln!(
+        "-> {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Calls `probe` every millisecond until it gives a value, for at most `limit`.
+fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    None
+}
+
+/// The file positions of the descriptors process `pid` holds open on `path` (canonical).
+fn positions(pid: u32, path: &Path) -> Vec<u64> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    fds.flatten()
+        .filter(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == path))
+        .filter_map(|fd| fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy())).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("pos:")).and_then(|p| p.trim().parse().ok()))
+        .collect()
+}
+
+/// A rollback-journal database holding one row, and a connection that keeps it under an
+/// exclusive lock until it is dropped or commits: a reader waits on it. Its journal is kept in
+/// memory, so committing never looks the database's directory up again by path.
+fn locked_database(path: &Path) -> Connection {
+    let db = Connection::open(path).unwrap();
+    db.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t(x); INSERT INTO t VALUES ('inside');").unwrap();
+    db.execute_batch("PRAGMA journal_mode=MEMORY; BEGIN EXCLUSIVE; INSERT INTO t VALUES ('pending');").unwrap();
+    db
+}
+
+/// A database with one row of `text`, in WAL mode with the row still in its `-wal` file.
+fn database_with(path: &Path, text: &str) -> Connection {
+    let db = Connection::open(path).unwrap();
+    db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE t(x);").unwrap();
+    db.execute("INSERT INTO t VALUES (?1)", [text]).unwrap();
+    db
+}
+
+fn rows(path: &Path) -> Vec<String> {
+    let db = Connection::open(path).unwrap();
+    let mut statement = db.prepare("SELECT x FROM t ORDER BY rowid").unwrap();
+    statement.query_map([], |row| row.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+}
+
+/// Every path `cairn ls` lists in snapshot `id`.
+fn listing(repo: &Path, id: &str) -> String {
+    ok(cairn(repo).args(["ls", id]))
+}
+
+/// A directory outside the source whose entries have names found nowhere else.
+fn outside_tree(dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    for i in 0..5 {
+        fs::write(dir.join(format!("OUTSIDE-SECRET-{i}")), b"not part of the source\n").unwrap();
+    }
+}
+
+#[test]
+fn directory_swapped_for_a_symlink_in_a_loop_is_never_followed() {
+    let scratch = Scratch::new("swap-loop");
+    let (source, outside, repo) = (scratch.join("src"), scratch.join("outside"), scratch.join("repo"));
+    outside_tree(&outside);
+    // Files before the directories keep the workers busy between a directory's stat and its
+    // opening, the window the swapper aims at.
+    fs::create_dir_all(&source).unwrap();
+    for i in 0..4 {
+        write_noise_file(&source.join(format!("a-big-{i}")), 4 << 20, i);
+    }
+    let dirs = 12;
+    for d in 0..dirs {
+        let dir = source.join(format!("d{d:02}"));
+        fs::create_dir(&dir).unwrap();
+        for f in 0..10 {
+            fs::write(dir.join(format!("file-{f}")), format!("{d} {f}\n")).unwrap();
+        }
+    }
+    init(&repo);
+    let stop = Arc::new(AtomicBool::new(false));
+    let swaps = Arc::new(AtomicU64::new(0));
+    let swapper = {
+        let (source, outside, stop, swaps) = (source.clone(), outside.clone(), stop.clone(), swaps.clone());
+        std::thread::spawn(move || {
+            let mut d = 0;
+            while !stop.load(Relaxed) {
+                let dir = source.join(format!("d{d:02}"));
+                let away = scratch_away(&dir);
+                fs::rename(&dir, &away).unwrap();
+                std::os::unix::fs::symlink(&outside, &dir).unwrap();
+                std::thread::sleep(Duration::from_micros(300));
+                fs::remove_file(&dir).unwrap();
+                fs::rename(&away, &dir).unwrap();
+                swaps.fetch_add(1, Relaxed);
+                d = (d + 1) % dirs;
+            }
+        })
+    };
+    let mut followed = Vec::new();
+    for round in 0..25 {
+        let output = run(cairn(&repo).args(["--json", "snapshot"]).arg(&source));
+        let code = output.status.code();
+        assert!(matches!(code, Some(0 | 3)), "round {round}: exit {code:?}");
+        let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let id = out["id"].as_str().unwrap().to_string();
+        let listed = listing(&repo, &id);
+        if listed.contains("OUTSIDE-SECRET") {
+            followed.push(round);
+        }
+    }
+    stop.store(true, Relaxed);
+    swapper.join().unwrap();
+    eprintln!("{} swaps", swaps.load(Relaxed));
+    assert!(swaps.load(Relaxed) > 100, "the swapper kept swapping");
+    assert!(followed.is_empty(), "rounds {followed:?} stored files from outside the source");
+}
+
+/// Where the swapper parks a directory while a symlink stands in its place.
+fn scratch_away(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap().to_os_string();
+    name.push(".away");
+    dir.with_file_name(name)
+}
+
+#[test]
+fn directory_swapped_before_it_is_opened_is_reported_not_followed() {
+    let scratch = Scratch::new("swap-before");
+    let (source, outside, repo) = (scratch.join("src"), scratch.join("outside"), scratch.join("repo"));
+    outside_tree(&outside);
+    fs::create_dir_all(source.join("d")).unwrap();
+    fs::write(source.join("d/inside"), b"inside\n").unwrap();
+    let lock = locked_database(&source.join("a.db"));
+    init(&repo);
+    let child = spawn(
+        cairn(&repo).env("RAYON_NUM_THREADS", "1").args(["--json", "snapshot", "--sqlite-timeout", "60s"]).arg(&source),
+    );
+    // The walk has stat'ed the root's entries (`d` is a directory) and waits on `a.db`.
+    let a_db = fs::canonicalize(source.join("a.db")).unwrap();
+    let pid = child.id();
+    assert!(wait_for(Duration::from_secs(60), || (!positions(pid, &a_db).is_empty()).then_some(())).is_some());
+    fs::rename(source.join("d"), source.join("d.away")).unwrap();
+    std::os::unix::fs::symlink(&outside, source.join("d")).unwrap();
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
+    let output = finish(child);
+    assert_eq!(output.status.code(), Some(3), "the swapped directory is reported");
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let errors = out["errors"].as_array().unwrap();
+    assert!(errors.iter().any(|e| e["path"].as_str().unwrap().ends_with("/src/d")), "{out}");
+    let listed = listing(&repo, out["id"].as_str().unwrap());
+    assert!(!listed.contains("OUTSIDE-SECRET"), "followed the symlink: {listed}");
+    assert!(listed.contains("/a.db"), "{listed}");
+}
+
+#[test]
+fn directory_swapped_after_it_is_opened_is_read_through_its_descriptor() {
+    let scratch = Scratch::new("swap-after");
+    let (source, outside, repo) = (scratch.join("src"), scratch.join("outside"), scratch.join("repo"));
+    // The outside directory has what the walk will look for next: a file `f` and a database
+    // `b.db` whose newest row is only in its -wal.
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("f"), b"OUTSIDE-SECRET file\n").unwrap();
+    let outside_db = database_with(&outside.join("b.db"), "OUTSIDE-SECRET row");
+    fs::create_dir_all(source.join("d")).unwrap();
+    fs::write(source.join("d/f"), b"inside file\n").unwrap();
+    let inside_db = database_with(&source.join("d/b.db"), "inside row");
+    let lock = locked_database(&source.join("d/a.db"));
+    init(&repo);
+    let child = spawn(
+        cairn(&repo).env("RAYON_NUM_THREADS", "1").args(["--json", "snapshot", "--sqlite-timeout", "60s"]).arg(&source),
+    );
+    // The walk has opened `d` and listed it, and waits on `d/a.db`.
+    let a_db = fs::canonicalize(source.join("d/a.db")).unwrap();
+    let pid = child.id();
+    assert!(wait_for(Duration::from_secs(60), || (!positions(pid, &a_db).is_empty()).then_some(())).is_some());
+    fs::rename(source.join("d"), source.join("d.away")).unwrap();
+    std::os::unix::fs::symlink(&outside, source.join("d")).unwrap();
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
+    let output = finish(child);
+    assert!(output.status.success(), "the directory was opened before the swap: nothing to report");
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let target = scratch.join("restored");
+    ok(cairn(&repo).args(["restore", out["id"].as_str().unwrap(), "--target"]).arg(&target));
+    assert_eq!(rows(&target.join("d/b.db")), ["inside row"]);
+    assert_eq!(fs::read(target.join("d/f")).unwrap(), b"inside file\n");
+    assert_eq!(rows(&target.join("d/a.db")), ["inside", "pending"]);
+    drop((outside_db, inside_db));
+}
