@@ -163,6 +163,7 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
         chunker: repo.chunker(),
         excludes: &excludes,
         skip: options.skip.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| (m.dev(), m.ino())).collect(),
+        reread: parent.iter().flat_map(|(_, s)| s.errors.iter().map(|e| e.path.clone())).collect(),
         progress,
         sqlite: (!options.raw_sqlite).then_some(options.sqlite_timeout),
         required_databases: normalize_paths(&options.sqlite_paths).into_iter().collect(),

@@ -14,14 +14,21 @@
 //! directory is never followed. A directory's descriptor is closed as soon as its last entry
 //! has been opened, so a chain of directories holds few descriptors however deep it is.
 //!
+//! Nothing torn: a file's status (size, mtime, ctime, inode) is taken through its descriptor
+//! before and after each read, and only a read during which it held still is taken as is. A
+//! file that changes during every one of [`READ_ATTEMPTS`] reads is stored as last read, with
+//! the length that was read, and reported (borg's "file changed while we backed it up").
+//!
 //! Change detection: a file whose size, mtime, ctime and inode match its node in the parent
-//! snapshot (and whose chunks are all in the index) reuses that chunk list without being read.
+//! snapshot (and whose chunks are all in the index) reuses that chunk list without being read,
+//! unless the parent snapshot reported an error for its path.
 //!
 //! Errors: a source entry that cannot be read is recorded (the snapshot is then marked incomplete)
 //! and the walk goes on; a repository write failure aborts the snapshot.
 
 use std::collections::HashSet;
 use std::fs::File;
+use std::io::{Read as _, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -45,6 +52,10 @@ use crate::repository::index::Index;
 use crate::repository::packer::BlobStore;
 use crate::repository::Repository;
 
+/// How often a file that changes while it is read is read again before it is stored as read
+/// the last time, and reported.
+pub const READ_ATTEMPTS: u32 = 3;
+
 /// How often an entry found replaced between its listing and its opening is looked at again.
 const REPLACED_ATTEMPTS: u32 = 3;
 
@@ -67,6 +78,9 @@ pub struct Archiver<'a> {
     /// Directories never entered, by device and inode (the repository itself, when it lies
     /// inside a source, whichever path leads to it).
     pub skip: HashSet<(u64, u64)>,
+    /// Paths (as errors name them) the parent snapshot reported: read again whatever their
+    /// metadata says, since what the parent stored for them may be torn.
+    pub reread: HashSet<String>,
     pub progress: &'a Progress,
     /// Capture SQLite databases through SQLite, waiting up to this long for a lock; `None` stores
     /// them as raw files (`--raw-sqlite`).
@@ -243,7 +257,8 @@ impl<'a> Archiver<'a> {
     }
 
     /// The parent node's chunk list, for a file whose metadata says it is unchanged (a possibly
-    /// live database never is). Whether those chunks are all still stored is the caller's check.
+    /// live database never is, nor a path the parent snapshot reported). Whether those chunks
+    /// are all still stored is the caller's check.
     fn previous_chunks<'n>(
         &self,
         at: &Location<'_>,
@@ -253,7 +268,9 @@ impl<'a> Archiver<'a> {
     ) -> Option<&'n Vec<Id>> {
         match parent {
             Some(Node { meta: old, content: Content::File { chunks }, .. })
-                if metadata_unchanged(old, meta) && !self.may_be_live_database(at, wal_sibling) =>
+                if metadata_unchanged(old, meta)
+                    && !self.may_be_live_database(at, wal_sibling)
+                    && !self.reported_by_parent(at) =>
             {
                 Some(chunks)
             }
@@ -391,7 +408,8 @@ impl<'a> Archiver<'a> {
     }
 
     /// Archives a regular file listed as `stat`: reusing the parent's chunk list when it is
-    /// unchanged, reading SQLite databases through SQLite, and otherwise reading it.
+    /// unchanged, reading SQLite databases through SQLite, and otherwise reading it until one
+    /// read sees it hold still.
     fn file_node(
         &self,
         dir: &Dir,
@@ -416,14 +434,14 @@ impl<'a> Archiver<'a> {
                 return Ok(Look::Skip);
             }
         };
-        match fstat(&file) {
-            Ok(opened) if opened.is_file() && opened.same_file(stat) => {}
+        let opened = match fstat(&file) {
+            Ok(opened) if opened.is_file() && opened.same_file(stat) => opened,
             Ok(_) => return Ok(Look::Replaced),
             Err(e) => {
                 self.record_at(at, e);
                 return Ok(Look::Skip);
             }
-        }
+        };
         if let Some(timeout) = self.sqlite {
             if sqlite::has_header(&file) {
                 drop(file);
@@ -435,18 +453,14 @@ impl<'a> Archiver<'a> {
             self.record_at(at, "not an SQLite database");
             return Ok(Look::Skip);
         }
-        match self.read_chunks(&file) {
-            Ok((chunks, len)) => {
+        Ok(match self.read_until_still(&file, opened, at)? {
+            Some((chunks, status, len)) => {
                 self.counts.files_read.fetch_add(1, Relaxed);
                 self.progress.file_done(0);
-                Ok(Look::Node(self.file(at, Metadata { size: len, ..listed }, chunks)))
+                Look::Node(self.file(at, Metadata { size: len, ..status.metadata() }, chunks))
             }
-            Err(FileError::Source(e)) => {
-                self.record_at(at, format!("reading: {e}"));
-                Ok(Look::Skip)
-            }
-            Err(FileError::Repository(e)) => Err(e),
-        }
+            None => Look::Skip,
+        })
     }
 
     /// A file node, counted.
@@ -456,12 +470,55 @@ impl<'a> Archiver<'a> {
         Node { name: at.name.to_vec(), meta, content: Content::File { chunks } }
     }
 
-    /// Reads `file` to its end, storing its chunks; returns their ids and the bytes read.
-    fn read_chunks(&self, file: &File) -> std::result::Result<(Vec<Id>, u64), FileError> {
-        let size = fstat(file)?.size();
+    /// Reads an open file into chunks up to [`READ_ATTEMPTS`] times, until its status (through
+    /// the descriptor) is the same after a read as before it and the read got exactly its size.
+    /// Returns the chunks, the status before the read they came from, and its length; a file
+    /// that changed during every read is returned as last read, and recorded. `None` when it
+    /// could not be read (recorded).
+    fn read_until_still(&self, file: &File, opened: Stat, at: &Location<'_>) -> Result<Option<(Vec<Id>, Stat, u64)>> {
+        let mut before = opened;
+        let mut last = None;
+        for attempt in 1..=READ_ATTEMPTS {
+            if attempt > 1 {
+                before = match (&*file).seek(SeekFrom::Start(0)).and_then(|_| fstat(file)) {
+                    Ok(status) => status,
+                    Err(e) => {
+                        self.record_at(at, format!("reading: {e}"));
+                        return Ok(None);
+                    }
+                };
+            }
+            let (chunks, len) = match self.read_chunks(file, before.size()) {
+                Ok(read) => read,
+                Err(FileError::Source(e)) => {
+                    self.record_at(at, format!("reading: {e}"));
+                    return Ok(None);
+                }
+                Err(FileError::Repository(e)) => return Err(e),
+            };
+            let still = fstat(file).is_ok_and(|after| len == before.size() && before.unchanged(&after));
+            if still {
+                return Ok(Some((chunks, before, len)));
+            }
+            last = Some((chunks, before, len));
+        }
+        self.record_at(
+            at,
+            format!("changed while being read, {READ_ATTEMPTS} times: stored as last read, possibly inconsistent"),
+        );
+        Ok(last)
+    }
+
+    /// Reads at most `size` bytes of `file` from where it stands, storing its chunks; returns
+    /// their ids and the bytes read. Never more than `size`: a file growing faster than it is
+    /// read cannot keep the read going.
+    fn read_chunks(&self, file: &File, size: u64) -> std::result::Result<(Vec<Id>, u64), FileError> {
         let mut ids = Vec::new();
-        let read =
-            self.chunker.for_each_window::<_, FileError>(file, READ_WINDOW, size as usize, |window, chunks| {
+        let read = self.chunker.for_each_window::<_, FileError>(
+            file.take(size),
+            READ_WINDOW,
+            size as usize,
+            |window, chunks| {
                 let stored: Vec<Id> = chunks
                     .par_iter()
                     .map(|range| self.store.store(BlobKind::Data, &window[range.clone()]))
@@ -470,12 +527,18 @@ impl<'a> Archiver<'a> {
                 ids.extend(stored);
                 self.progress.add_bytes(chunks.last().map_or(0, |c| c.end) as u64);
                 Ok(())
-            })?;
+            },
+        )?;
         Ok((ids, read))
     }
 }
 
 impl Archiver<'_> {
+    /// Whether the parent snapshot reported an error for the entry at `at`.
+    fn reported_by_parent(&self, at: &Location<'_>) -> bool {
+        !self.reread.is_empty() && self.reread.contains(&at.path().display().to_string())
+    }
+
     /// Whether the file may be a live database, whose content can change without its metadata.
     fn may_be_live_database(&self, at: &Location<'_>, wal_sibling: bool) -> bool {
         self.sqlite.is_some()

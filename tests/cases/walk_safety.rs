@@ -1,5 +1,6 @@
-//! The source walk under attack: directories swapped for symlinks while it runs. Nothing from
-//! outside the source may enter a snapshot.
+//! The source walk under attack: directories swapped for symlinks while it runs, and files
+//! changed while they are read. Nothing from outside the source may enter a snapshot, and
+//! nothing torn may be called complete.
 //!
 //! The deterministic cases pause the walk at a known entry: with one worker thread
 //! (`RAYON_NUM_THREADS=1`) entries are archived in name order, and a database that another
@@ -7,6 +8,7 @@
 //! while the test changes the tree behind it.
 
 use std::fs;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -222,4 +224,143 @@ fn directory_swapped_after_it_is_opened_is_read_through_its_descriptor() {
     assert_eq!(fs::read(target.join("d/f")).unwrap(), b"inside file\n");
     assert_eq!(rows(&target.join("d/a.db")), ["inside", "pending"]);
     drop((outside_db, inside_db));
+}
+
+#[test]
+fn file_rewritten_once_during_the_read_is_stored_whole() {
+    let scratch = Scratch::new("rewritten-once");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(&source).unwrap();
+    let big = source.join("big");
+    let size = 96u64 << 20;
+    write_noise_file(&big, size, 7);
+    let big = fs::canonicalize(&big).unwrap();
+    init(&repo);
+    let child = spawn(cairn(&repo).args(["--json", "snapshot"]).arg(&source));
+    let pid = child.id();
+    // Once a second read window is being read, change the first megabyte: the read so far is
+    // stale. (Not sooner: a change within one tick of the file system's clock after the file
+    // was opened leaves its mtime as it was, and nothing can see it.)
+    let reading = wait_for(Duration::from_secs(60), || positions(pid, &big).into_iter().find(|&p| p > 8 << 20));
+    assert!(reading.is_some(), "cairn never read the file");
+    let file = fs::OpenOptions::new().write(true).open(&big).unwrap();
+    file.write_all_at(&noise(1 << 20, 99), 0).unwrap();
+    let still_reading = positions(pid, &big);
+    assert!(still_reading.iter().any(|&p| p < size), "the writer came too late: {still_reading:?}");
+    let output = finish(child);
+    assert!(output.status.success(), "a file that changed once and then stayed still is stored whole");
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(out["complete"], true, "{out}");
+    let target = scratch.join("restored");
+    ok(cairn(&repo).args(["restore", out["id"].as_str().unwrap(), "--target"]).arg(&target));
+    assert!(fs::read(target.join("big")).unwrap() == fs::read(&big).unwrap(), "stored torn");
+}
+
+#[test]
+fn file_truncated_during_the_read_is_stored_as_it_ends_up() {
+    let scratch = Scratch::new("truncated");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(&source).unwrap();
+    let big = source.join("big");
+    let size = 96u64 << 20;
+    write_noise_file(&big, size, 8);
+    let big = fs::canonicalize(&big).unwrap();
+    init(&repo);
+    let child = spawn(cairn(&repo).args(["--json", "snapshot"]).arg(&source));
+    let pid = child.id();
+    let reading = wait_for(Duration::from_secs(60), || positions(pid, &big).into_iter().find(|&p| p >= 12 << 20));
+    assert!(reading.is_some(), "cairn never read the file");
+    fs::OpenOptions::new().write(true).open(&big).unwrap().set_len(4 << 20).unwrap();
+    let still_reading = positions(pid, &big);
+    assert!(!still_reading.is_empty(), "the truncation came too late");
+    let output = finish(child);
+    assert!(output.status.success());
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(out["complete"], true, "{out}");
+    let target = scratch.join("restored");
+    ok(cairn(&repo).args(["restore", out["id"].as_str().unwrap(), "--target"]).arg(&target));
+    let restored = fs::read(target.join("big")).unwrap();
+    assert_eq!(restored.len(), 4 << 20, "stored a length other than the file's");
+    assert!(restored == fs::read(&big).unwrap());
+}
+
+#[test]
+fn files_that_keep_changing_are_stored_and_reported() {
+    let scratch = Scratch::new("keeps-changing");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(&source).unwrap();
+    let (rewritten, growing) = (source.join("rewritten"), source.join("growing.log"));
+    write_noise_file(&rewritten, 32 << 20, 1);
+    write_noise_file(&growing, 32 << 20, 2);
+    fs::write(source.join("still"), b"still\n").unwrap();
+    init(&repo);
+    let stop = Arc::new(AtomicBool::new(false));
+    let rewriter = {
+        let (path, stop) = (rewritten.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+            let mut i = 0u64;
+            while !stop.load(Relaxed) {
+                file.write_all_at(&noise(4096, i), (i * 7919 % 8192) * 4096).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        })
+    };
+    let appender = {
+        let (path, stop) = (growing.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut file = fs::OpenOptions::new().append(true).open(path).unwrap();
+            let mut i = 0u64;
+            while !stop.load(Relaxed) {
+                std::io::Write::write_all(&mut file, &noise(16 << 10, i)).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let output = run(cairn(&repo).args(["--json", "snapshot"]).arg(&source));
+    stop.store(true, Relaxed);
+    rewriter.join().unwrap();
+    appender.join().unwrap();
+    assert_eq!(output.status.code(), Some(3), "stored but incomplete");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("changed while"), "{stderr}");
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(out["complete"], false, "{out}");
+    let id = out["id"].as_str().unwrap().to_string();
+    let errors = out["errors"].as_array().unwrap();
+    for name in ["/rewritten", "/growing.log"] {
+        let error = errors.iter().find(|e| e["path"].as_str().unwrap().ends_with(name));
+        let error = error.unwrap_or_else(|| panic!("{name} not reported: {out}"));
+        assert!(error["message"].as_str().unwrap().contains("changed while"), "{error}");
+    }
+    let listed = json_lines(cairn(&repo).args(["--json", "ls", &id]));
+    let recorded = |name: &str| listed.iter().find(|e| e["path"] == name).unwrap()["size"].as_u64().unwrap();
+    let snapshots = json(cairn(&repo).arg("snapshots"));
+    let entry = snapshots.as_array().unwrap().iter().find(|s| s["id"] == id.as_str()).unwrap();
+    assert_eq!(entry["complete"], false, "{entry}");
+    assert_eq!(entry["errors"].as_array().unwrap().len(), 2, "{entry}");
+    let table = ok(cairn(&repo).arg("snapshots"));
+    assert!(table.contains("incomplete(2)"), "{table}");
+
+    // They are stored, each with the length that was read.
+    let target = scratch.join("restored");
+    ok(cairn(&repo).args(["restore", &id, "--target"]).arg(&target));
+    for name in ["rewritten", "growing.log"] {
+        assert_eq!(fs::metadata(target.join(name)).unwrap().len(), recorded(&format!("/{name}")), "{name}");
+    }
+    assert_eq!(fs::read(target.join("still")).unwrap(), b"still\n");
+
+    // Still now, they are read again and stored whole.
+    let again = json(cairn(&repo).arg("snapshot").arg(&source));
+    assert_eq!(again["complete"], true, "{again}");
+    let target = scratch.join("restored-again");
+    ok(cairn(&repo).args(["restore", again["id"].as_str().unwrap(), "--target"]).arg(&target));
+    assert_same_tree(&source, &target);
+}
+
+/// Runs with the command's own `--json` and parses one JSON value per line.
+fn json_lines(command: &mut Command) -> Vec<serde_json::Value> {
+    ok(command).lines().map(|line| serde_json::from_str(line).unwrap()).collect()
 }
