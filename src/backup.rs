@@ -23,7 +23,7 @@ use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::packer::BlobStore;
 use crate::repository::Repository;
-use crate::source::archiver::{Archiver, Counts, Prefetch};
+use crate::source::archiver::{Archiver, Counts, Prefetch, MAX_DEPTH};
 use crate::source::exclude::Excludes;
 use crate::source::metadata_of;
 
@@ -174,7 +174,8 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
     for path in &missing {
         archiver.record(path, "database does not exist");
     }
-    // Deep trees recurse once per level on the workers' stacks: give them room.
+    // The walk recurses once per directory level on the workers' stacks, to MAX_DEPTH levels
+    // (src/source/archiver.rs says what that takes): give them room.
     let pool = rayon::ThreadPoolBuilder::new()
         .stack_size(64 << 20)
         .build()
@@ -272,22 +273,32 @@ fn archive_roots(archiver: &Archiver<'_>, paths: &[PathBuf], single: bool, paren
         (true, Some(only)) => only.parent().unwrap_or(Path::new("/")).to_path_buf(),
         _ => PathBuf::from("/"),
     };
-    archive_trie(archiver, &prefix, &root, parent)
+    archive_trie(archiver, &prefix, &root, parent, 1)
 }
 
+/// Archives the paths of `children` below `prefix`, whose entries are at `level` of the
+/// snapshot's tree (the root tree's entries are level 1).
 fn archive_trie(
     archiver: &Archiver<'_>,
     prefix: &Path,
     children: &BTreeMap<Vec<u8>, Trie>,
     parent: Option<&Tree>,
+    level: usize,
 ) -> Result<Id> {
     let nodes: Vec<Option<Node>> = children
         .par_iter()
         .map(|(name, child)| {
             let path = prefix.join(OsStr::from_bytes(name));
             let previous = parent.and_then(|t| t.find(name));
+            if level > MAX_DEPTH {
+                archiver.record(
+                    &path,
+                    format!("not stored: it lies deeper than {MAX_DEPTH} levels below the snapshot's root"),
+                );
+                return Ok(None);
+            }
             match child {
-                Trie::Leaf => archiver.root_node(&path, name.clone(), previous),
+                Trie::Leaf => archiver.root_node(&path, name.clone(), previous, level),
                 Trie::Inner(grandchildren) => {
                     let stat = match std::fs::symlink_metadata(&path) {
                         Ok(stat) => stat,
@@ -297,7 +308,7 @@ fn archive_trie(
                         }
                     };
                     let previous_tree = archiver.parent_subtree(previous);
-                    let subtree = archive_trie(archiver, &path, grandchildren, previous_tree.as_ref())?;
+                    let subtree = archive_trie(archiver, &path, grandchildren, previous_tree.as_ref(), level + 1)?;
                     Ok(Some(Node { name: name.clone(), meta: metadata_of(&stat), content: Content::Dir { subtree } }))
                 }
             }

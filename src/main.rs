@@ -14,10 +14,19 @@ fn main() -> ExitCode {
     // Fixing it also leaves the trim threshold at 128 KiB, so every freed blob buffer was handed
     // back and faulted in again: keeping up to 4 MiB free at a heap's top halves the page faults
     // of a check --read-data (280k -> 130k, 0.98 -> 0.89 s) for 4 MiB more memory.
-    // SAFETY: mallopt only tunes the allocator; called before any thread starts.
+    // A snapshot's walk keeps a directory open per level it is inside, up to 1024 in a branching
+    // tree (MAX_DEPTH, src/source/archiver.rs): the soft limit on open files, often 1024, is
+    // raised to the hard one, which any process may do.
+    // SAFETY: mallopt only tunes the allocator; called before any thread starts. getrlimit and
+    // setrlimit read and write a valid struct.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
+        let mut files = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) == 0 && files.rlim_cur < files.rlim_max {
+            files.rlim_cur = files.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+        }
     }
     let args = cli::Cli::parse();
     let outcome = cli::run(args);

@@ -14,6 +14,9 @@
 //! directory is never followed. A directory's descriptor is closed as soon as its last entry
 //! has been opened, so a chain of directories holds few descriptors however deep it is.
 //!
+//! Depth: the walk recurses once per directory level, so it stops at [`MAX_DEPTH`] levels below
+//! the snapshot's root; the deepest directory is stored without its entries, and reported.
+//!
 //! Nothing torn: a file's status (size, mtime, ctime, inode) is taken through its descriptor
 //! before and after each read, and only a read during which it held still is taken as is. A
 //! file that changes during every one of [`READ_ATTEMPTS`] reads is stored as last read, with
@@ -51,6 +54,20 @@ use crate::progress::Progress;
 use crate::repository::index::Index;
 use crate::repository::packer::BlobStore;
 use crate::repository::Repository;
+
+/// The most directory levels a snapshot holds: a path in a snapshot has at most this many
+/// components below its root tree. A directory at this level is stored with its metadata and
+/// an empty tree, and reported (`not stored: its entries lie deeper than …`).
+///
+/// Why this many: the walk recurses once per level on a worker's stack, measured at 4.1 KiB
+/// per level in a release build and 5.0 KiB in a test build (a 30,000-level chain without the
+/// bound overflowed the snapshot's 64 MiB worker stacks, `take_snapshot` in src/backup.rs, at
+/// about 15,800 and 13,400 levels). At the bound a chain takes about 5 MiB, so a worker that
+/// steals other chains while it waits still has room for a dozen. A branching tree holds one
+/// descriptor per level at most (a chain holds a few: a directory is closed once its last entry
+/// is opened), well within the open-file limit the binary raises at start. Real trees stay far
+/// below: paths this deep pass Linux's PATH_MAX (4096 bytes) once names average three bytes.
+pub const MAX_DEPTH: usize = 1024;
 
 /// How often a file that changes while it is read is read again before it is stored as read
 /// the last time, and reported.
@@ -169,7 +186,7 @@ impl<'a> Archiver<'a> {
     /// and returns its tree id. One that cannot be opened is recorded and stored empty.
     pub fn root_tree(&self, path: &Path, parent: Option<&Tree>) -> Result<Id> {
         match Dir::open(path, false) {
-            Ok(dir) => self.dir_tree(dir, &Location::root(path), parent),
+            Ok(dir) => self.dir_tree(dir, &Location::root(path), 1, parent),
             Err(e) => {
                 self.record(path, format!("listing directory: {e}"));
                 self.store_tree(&Tree::default(), path)
@@ -177,10 +194,11 @@ impl<'a> Archiver<'a> {
         }
     }
 
-    /// Archives the source root at `path` as one node called `name`. `None` when it is
-    /// excluded, vanished, or could not be read (the last is recorded). Like `lstat`, a symlink
-    /// at `path` is stored as a symlink; symlinks among its parents are followed.
-    pub fn root_node(&self, path: &Path, name: Vec<u8>, parent: Option<&Node>) -> Result<Option<Node>> {
+    /// Archives the source root at `path` as one node called `name`, at `level` in the
+    /// snapshot's tree (the root tree's entries are level 1). `None` when it is excluded,
+    /// vanished, or could not be read (the last is recorded). Like `lstat`, a symlink at `path`
+    /// is stored as a symlink; symlinks among its parents are followed.
+    pub fn root_node(&self, path: &Path, name: Vec<u8>, parent: Option<&Node>, level: usize) -> Result<Option<Node>> {
         let (Some(directory), Some(leaf)) = (path.parent(), path.file_name()) else {
             self.record(path, "not a file or directory name");
             return Ok(None);
@@ -198,13 +216,14 @@ impl<'a> Archiver<'a> {
         };
         let wal_sibling = dir.stat(&[leaf.as_slice(), b"-wal"].concat()).is_ok();
         let entry = Entry { dir: Arc::new(dir), name: leaf, stat, previous: parent, wal_sibling, prefetched: 0 };
-        let node = self.entry_node(entry, &directory_at)?;
+        let node = self.entry_node(entry, &directory_at, level)?;
         Ok(node.map(|node| Node { name, ..node }))
     }
 
-    /// Archives the open directory `dir` at `at` and returns its tree id. Every entry is stat'ed first, so the files that must be read can be handed to
+    /// Archives the open directory `dir` at `at`, whose entries are at `level`, and returns its
+    /// tree id. Every entry is stat'ed first, so the files that must be read can be handed to
     /// [`Prefetch`] before any worker reads one.
-    fn dir_tree(&self, dir: Dir, at: &Location<'_>, parent: Option<&Tree>) -> Result<Id> {
+    fn dir_tree(&self, dir: Dir, at: &Location<'_>, level: usize, parent: Option<&Tree>) -> Result<Id> {
         let mut names = dir.names().unwrap_or_else(|e| {
             self.record_at(at, format!("listing directory: {e}"));
             Vec::new()
@@ -231,7 +250,7 @@ impl<'a> Archiver<'a> {
             .into_par_iter()
             .map(|entry| {
                 let prefetched = entry.prefetched;
-                let node = self.entry_node(entry, at);
+                let node = self.entry_node(entry, at, level);
                 self.prefetch.release(prefetched);
                 node
             })
@@ -328,14 +347,14 @@ impl<'a> Archiver<'a> {
         }
     }
 
-    /// Archives one listed entry of a directory at `dir_at`. An entry replaced since its listing
-    /// is looked at again, unless it was listed as a directory.
-    fn entry_node(&self, entry: Entry<'_>, dir_at: &Location<'_>) -> Result<Option<Node>> {
+    /// Archives one listed entry of a directory at `dir_at`, at `level`. An entry replaced
+    /// since its listing is looked at again, unless it was listed as a directory.
+    fn entry_node(&self, entry: Entry<'_>, dir_at: &Location<'_>, level: usize) -> Result<Option<Node>> {
         let Entry { dir, name, mut stat, previous, wal_sibling, .. } = entry;
         let at = dir_at.child(&name);
         for _ in 0..REPLACED_ATTEMPTS {
             if stat.kind() == Kind::Dir {
-                return self.dir_node(dir, &at, &stat, previous);
+                return self.dir_node(dir, &at, &stat, previous, level);
             }
             match self.leaf_node(&dir, &at, &stat, previous, wal_sibling)? {
                 Look::Node(node) => return Ok(Some(node)),
@@ -350,24 +369,39 @@ impl<'a> Archiver<'a> {
         Ok(None)
     }
 
-    /// Archives the directory listed as `stat` at `at`, opening it through its parent `dir`
-    /// (released before descending).
-    fn dir_node(&self, dir: Arc<Dir>, at: &Location<'_>, stat: &Stat, previous: Option<&Node>) -> Result<Option<Node>> {
-        let opened = dir.open_dir(at.name, stat);
-        drop(dir);
-        let subtree = match opened {
-            Ok(child) => {
-                let previous = self.parent_subtree(previous);
-                self.dir_tree(child, at, previous.as_ref())?
-            }
-            Err(OpenError::Gone) => return Ok(None), // deleted meanwhile
-            Err(OpenError::Replaced) => {
-                self.record_at(at, "replaced during the snapshot (it was listed as a directory): not stored");
-                return Ok(None);
-            }
-            Err(OpenError::Io(e)) => {
-                self.record_at(at, format!("listing directory: {e}"));
-                self.store(&Tree::default(), || at.path())?
+    /// Archives the directory listed as `stat` at `at`, at `level`, opening it through its
+    /// parent `dir` (released before descending).
+    fn dir_node(
+        &self,
+        dir: Arc<Dir>,
+        at: &Location<'_>,
+        stat: &Stat,
+        previous: Option<&Node>,
+        level: usize,
+    ) -> Result<Option<Node>> {
+        let subtree = if level >= MAX_DEPTH {
+            drop(dir);
+            let message =
+                format!("not stored: its entries lie deeper than {MAX_DEPTH} levels below the snapshot's root");
+            self.record_at(at, message);
+            self.store(&Tree::default(), || at.path())?
+        } else {
+            let opened = dir.open_dir(at.name, stat);
+            drop(dir);
+            match opened {
+                Ok(child) => {
+                    let previous = self.parent_subtree(previous);
+                    self.dir_tree(child, at, level + 1, previous.as_ref())?
+                }
+                Err(OpenError::Gone) => return Ok(None), // deleted meanwhile
+                Err(OpenError::Replaced) => {
+                    self.record_at(at, "replaced during the snapshot (it was listed as a directory): not stored");
+                    return Ok(None);
+                }
+                Err(OpenError::Io(e)) => {
+                    self.record_at(at, format!("listing directory: {e}"));
+                    self.store(&Tree::default(), || at.path())?
+                }
             }
         };
         self.counts.dirs.fetch_add(1, Relaxed);

@@ -1,13 +1,15 @@
-//! The source walk under attack: directories swapped for symlinks while it runs, and files
-//! changed while they are read. Nothing from outside the source may enter a snapshot, and
-//! nothing torn may be called complete.
+//! The source walk under attack: directories swapped for symlinks while it runs, files changed
+//! while they are read, and trees deeper than the walk stores. Nothing from outside the source
+//! may enter a snapshot, nothing torn may be called complete, and nothing may crash the run.
 //!
 //! The deterministic cases pause the walk at a known entry: with one worker thread
 //! (`RAYON_NUM_THREADS=1`) entries are archived in name order, and a database that another
 //! connection holds under an exclusive lock keeps the worker waiting (up to `--sqlite-timeout`)
 //! while the test changes the tree behind it.
 
+use std::ffi::CString;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -363,4 +365,174 @@ fn files_that_keep_changing_are_stored_and_reported() {
 /// Runs with the command's own `--json` and parses one JSON value per line.
 fn json_lines(command: &mut Command) -> Vec<serde_json::Value> {
     ok(command).lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
+/// A directory `root` holding a chain `d/d/d/...` of `levels` directories with a file `bottom`
+/// at its end, made and removed through descriptors, since its paths are far longer than
+/// PATH_MAX. Removed on drop: a recursive removal would recurse once per level. On a tmpfs when
+/// there is one: ext4 mounted with `discard` takes milliseconds to remove each directory.
+struct DeepChain {
+    root: PathBuf,
+    levels: usize,
+}
+
+fn c_name(name: &str) -> CString {
+    CString::new(name).unwrap()
+}
+
+impl DeepChain {
+    fn new(scratch: &Scratch, levels: usize) -> DeepChain {
+        let shm = PathBuf::from(format!("/dev/shm/cairn-it-deep-{}", std::process::id()));
+        let root = if fs::create_dir(&shm).is_ok() { shm } else { scratch.join("deep") };
+        fs::create_dir_all(&root).unwrap();
+        let c_root = CString::new(root.as_os_str().as_bytes()).unwrap();
+        // SAFETY (all the calls below): valid NUL-terminated names and descriptors this function
+        // opened; each descriptor is closed once the next level is open.
+        unsafe {
+            let mut fd = libc::open(c_root.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC);
+            assert!(fd >= 0);
+            for level in 0..levels {
+                assert_eq!(libc::mkdirat(fd, c_name("d").as_ptr(), 0o755), 0, "mkdir at level {level}");
+                let next =
+                    libc::openat(fd, c_name("d").as_ptr(), libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC);
+                assert!(next >= 0, "open at level {level}");
+                libc::close(fd);
+                fd = next;
+            }
+            let file =
+                libc::openat(fd, c_name("bottom").as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
+            assert!(file >= 0);
+            libc::close(file);
+            libc::close(fd);
+        }
+        DeepChain { root, levels }
+    }
+}
+
+impl Drop for DeepChain {
+    fn drop(&mut self) {
+        let c_root = CString::new(self.root.as_os_str().as_bytes()).unwrap();
+        // SAFETY: as in `new`; going up through `..` keeps one descriptor open at a time.
+        unsafe {
+            let mut fd = libc::open(c_root.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC);
+            let mut depth = 0;
+            while depth < self.levels {
+                let next =
+                    libc::openat(fd, c_name("d").as_ptr(), libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC);
+                if next < 0 {
+                    break;
+                }
+                libc::close(fd);
+                fd = next;
+                depth += 1;
+            }
+            libc::unlinkat(fd, c_name("bottom").as_ptr(), 0);
+            for _ in 0..depth {
+                let parent = libc::openat(fd, c_name("..").as_ptr(), libc::O_DIRECTORY | libc::O_CLOEXEC);
+                libc::unlinkat(parent, c_name("d").as_ptr(), libc::AT_REMOVEDIR);
+                libc::close(fd);
+                fd = parent;
+            }
+            libc::close(fd);
+        }
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// How many directory levels a snapshot holds (`MAX_DEPTH` in src/source/archiver.rs): part of
+/// what a snapshot can hold, so pinned here.
+const MAX_DEPTH: u64 = 1024;
+
+#[test]
+fn tree_30000_levels_deep_is_stored_to_the_bound_and_reported() {
+    let scratch = Scratch::new("deep");
+    let repo = scratch.join("repo");
+    let chain = DeepChain::new(&scratch, 30_000);
+    let source = chain.root.clone();
+    fs::write(source.join("shallow"), b"shallow\n").unwrap();
+    init(&repo);
+    // Few descriptors: the walk must not hold one per level of a chain.
+    let mut command = cairn(&repo);
+    command.args(["--json", "snapshot"]).arg(&source);
+    limit_descriptors(&mut command, 256, 256);
+    let output = run(&mut command);
+    assert_eq!(output.status.code(), Some(3), "stored to the bound, the rest reported");
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let depth = MAX_DEPTH;
+    assert_eq!(cairn::source::archiver::MAX_DEPTH as u64, depth, "the bound is part of the format");
+    assert_eq!(out["summary"]["dirs"], depth, "every level to the bound is stored: {}", out["summary"]);
+    let errors = out["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let message = errors[0]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("deeper than {depth} levels")), "{message}");
+    let path = errors[0]["path"].as_str().unwrap();
+    let below = path.strip_prefix(source.to_str().unwrap()).unwrap();
+    assert_eq!(below, "/d".repeat(depth as usize), "the deepest stored directory is named");
+    assert_eq!(out["summary"]["files"], 1, "{}", out["summary"]);
+}
+
+#[test]
+fn source_paths_deeper_than_the_bound_are_reported() {
+    // Several paths: the snapshot mirrors their absolute paths, so their depth counts from `/`.
+    let scratch = Scratch::new("deep-paths");
+    let repo = scratch.join("repo");
+    let levels = scratch.path().components().count() - 1;
+    let (mut at_bound, mut beyond) = (scratch.join("a"), scratch.join("b"));
+    for _ in levels + 1..MAX_DEPTH as usize {
+        at_bound.push("a");
+        beyond.push("b");
+    }
+    beyond.push("b");
+    fs::create_dir_all(at_bound.join("under")).unwrap();
+    fs::create_dir_all(&beyond).unwrap();
+    fs::write(beyond.join("file"), b"beyond\n").unwrap();
+    init(&repo);
+    let output = run(cairn(&repo).args(["--json", "snapshot"]).arg(&at_bound).arg(beyond.join("file")));
+    assert_eq!(output.status.code(), Some(3));
+    let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let errors = out["errors"].as_array().unwrap();
+    let path_of = |e: &serde_json::Value| PathBuf::from(e["path"].as_str().unwrap());
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors.iter().any(|e| path_of(e) == at_bound), "{errors:?}");
+    assert!(errors.iter().any(|e| path_of(e) == beyond), "the first directory beyond: {errors:?}");
+    assert_eq!(out["summary"]["files"], 0, "{}", out["summary"]);
+}
+
+#[test]
+fn comb_1000_levels_deep_does_not_run_out_of_descriptors() {
+    // At every level `a` goes on and `b` is empty; with one worker `b` is opened only after
+    // all of `a`, so every level's directory stays open meanwhile: 1000 descriptors, more
+    // than the soft limit the run starts with.
+    let scratch = Scratch::new("comb");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    let mut level = source.clone();
+    for _ in 0..1000 {
+        fs::create_dir_all(level.join("b")).unwrap();
+        level.push("a");
+    }
+    fs::create_dir_all(&level).unwrap();
+    fs::write(level.join("bottom"), b"bottom\n").unwrap();
+    init(&repo);
+    let mut command = cairn(&repo);
+    command.env("RAYON_NUM_THREADS", "1").args(["--json", "snapshot"]).arg(&source);
+    limit_descriptors(&mut command, 256, 4096);
+    let out: serde_json::Value = serde_json::from_str(&ok(&mut command)).unwrap();
+    assert_eq!(out["complete"], true, "{out}");
+    assert_eq!(out["summary"]["dirs"], 2000, "{}", out["summary"]);
+    assert_eq!(out["summary"]["files"], 1, "{}", out["summary"]);
+}
+
+/// Lowers the child's soft and hard limits on open descriptors.
+fn limit_descriptors(command: &mut Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; it only changes the child's own limit.
+    unsafe {
+        command.pre_exec(move || {
+            let rlimit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
