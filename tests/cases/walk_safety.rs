@@ -240,15 +240,17 @@ fn file_rewritten_once_during_the_read_is_stored_whole() {
     init(&repo);
     let child = spawn(cairn(&repo).args(["--json", "snapshot"]).arg(&source));
     let pid = child.id();
-    // Once a second read window is being read, change the first megabyte: the read so far is
-    // stale. (Not sooner: a change within one tick of the file system's clock after the file
-    // was opened leaves its mtime as it was, and nothing can see it.)
-    let reading = wait_for(Duration::from_secs(60), || positions(pid, &big).into_iter().find(|&p| p > 8 << 20));
+    // Once a second read window is being read (and most of the file is still to read), change
+    // the first megabyte: the read so far is stale. (Not sooner: a change within one tick of
+    // the file system's clock after the file was opened leaves its mtime as it was, and
+    // nothing can see it.)
+    let reading = wait_for(Duration::from_secs(60), || {
+        positions(pid, &big).into_iter().find(|p| (8 << 20..72 << 20).contains(p))
+    });
     assert!(reading.is_some(), "cairn never read the file");
+    // Well before the end: the rest of the read takes far longer than this one write.
     let file = fs::OpenOptions::new().write(true).open(&big).unwrap();
     file.write_all_at(&noise(1 << 20, 99), 0).unwrap();
-    let still_reading = positions(pid, &big);
-    assert!(still_reading.iter().any(|&p| p < size), "the writer came too late: {still_reading:?}");
     let output = finish(child);
     assert!(output.status.success(), "a file that changed once and then stayed still is stored whole");
     let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -270,11 +272,12 @@ fn file_truncated_during_the_read_is_stored_as_it_ends_up() {
     init(&repo);
     let child = spawn(cairn(&repo).args(["--json", "snapshot"]).arg(&source));
     let pid = child.id();
-    let reading = wait_for(Duration::from_secs(60), || positions(pid, &big).into_iter().find(|&p| p >= 12 << 20));
+    let reading = wait_for(Duration::from_secs(60), || {
+        positions(pid, &big).into_iter().find(|p| (12 << 20..72 << 20).contains(p))
+    });
     assert!(reading.is_some(), "cairn never read the file");
+    // Well before the end: the rest of the read takes far longer than this truncation.
     fs::OpenOptions::new().write(true).open(&big).unwrap().set_len(4 << 20).unwrap();
-    let still_reading = positions(pid, &big);
-    assert!(!still_reading.is_empty(), "the truncation came too late");
     let output = finish(child);
     assert!(output.status.success());
     let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
