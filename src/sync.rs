@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::format::index::{IndexFile, IndexedPack};
 use crate::format::pack::BlobKind;
 use crate::format::snapshot::Snapshot;
-use crate::format::tree::Content;
+use crate::format::tree::{Content, Tree};
 use crate::gc::Reachable;
 use crate::id::Id;
 use crate::progress::Progress;
@@ -460,34 +460,56 @@ struct Recoded<'a> {
 }
 
 impl Recoded<'_> {
-    /// The destination id of the source tree `id`, storing it and everything below it.
+    /// The destination id of the source tree `id`, storing it and everything below it. Subtrees
+    /// are recoded before the trees that name them, on a stack of its own: however deep the
+    /// source tree, the process's stack is not.
     fn tree(&mut self, id: Id) -> Result<Id> {
-        if let Some(done) = self.trees.get(&id) {
-            return Ok(*done);
-        }
-        let mut tree = self.source.read_tree(self.index, &id)?;
-        for node in &mut tree.nodes {
+        // Trees read but not yet stored: their id, content, and how many nodes are recoded.
+        let mut stack: Vec<(Id, Tree, usize)> = Vec::new();
+        let mut pending = Some(id);
+        loop {
+            if let Some(id) = pending.take() {
+                if !self.trees.contains_key(&id) {
+                    stack.push((id, self.source.read_tree(self.index, &id)?, 0));
+                }
+            }
+            let Some((_, tree, next)) = stack.last_mut() else { break };
+            let Some(node) = tree.nodes.get_mut(*next) else {
+                let (id, tree, _) = stack.pop().expect("there is a top");
+                let new = self.store.store(BlobKind::Tree, &tree.encode())?;
+                self.trees.insert(id, new);
+                continue;
+            };
             match &mut node.content {
-                Content::Dir { subtree } => *subtree = self.tree(*subtree)?,
+                Content::Dir { subtree } => match self.trees.get(subtree) {
+                    Some(done) => *subtree = *done,
+                    // Recoded first; this node is looked at again once it is.
+                    None => {
+                        pending = Some(*subtree);
+                        continue;
+                    }
+                },
                 Content::File { chunks } => {
                     for chunk in chunks.iter_mut() {
-                        *chunk = match self.chunks.get(chunk) {
-                            Some(done) => *done,
-                            None => {
-                                let data = self.source.read_blob(self.index, chunk)?;
-                                self.progress.add_bytes(data.len() as u64);
-                                let new = self.store.store(BlobKind::Data, &data)?;
-                                self.chunks.insert(*chunk, new);
-                                new
-                            }
-                        };
+                        *chunk = self.chunk(chunk)?;
                     }
                 }
                 _ => {}
             }
+            *next += 1;
         }
-        let new = self.store.store(BlobKind::Tree, &tree.encode())?;
-        self.trees.insert(id, new);
+        Ok(self.trees[&id])
+    }
+
+    /// The destination id of the source chunk `id`, storing it if this run has not.
+    fn chunk(&mut self, id: &Id) -> Result<Id> {
+        if let Some(done) = self.chunks.get(id) {
+            return Ok(*done);
+        }
+        let data = self.source.read_blob(self.index, id)?;
+        self.progress.add_bytes(data.len() as u64);
+        let new = self.store.store(BlobKind::Data, &data)?;
+        self.chunks.insert(*id, new);
         Ok(new)
     }
 }

@@ -1,5 +1,6 @@
 //! Crafted snapshots far deeper than any real tree: every walker of stored trees (check, prune's
-//! mark, stats, sync) keeps its own stack, so depth costs memory, never the process's stack.
+//! mark, stats, sync, and sync's re-encoding) keeps its own stack, so depth costs memory, never
+//! the process's stack.
 
 use std::fs;
 use std::path::Path;
@@ -71,6 +72,11 @@ fn walkers_of_stored_trees_survive_a_hundred_thousand_levels() {
     ok(cairn(&repo).args(["prune", "--dry-run"]));
     ok(cairn(&repo).arg("sync").arg("--to").arg(&offsite));
     ok(cairn(&offsite).arg("check"));
+    // Into a plain destination every tree is decoded and encoded again.
+    let plain = scratch.join("plain");
+    ok(cairn(&plain).args(["init", "--encryption", "none"]));
+    ok(cairn(&repo).arg("sync").arg("--to").arg(&plain));
+    ok(cairn(&plain).arg("check"));
 
     // Damage at the bottom: check walks every level to name the file it costs.
     deep_snapshot(&repo, DEPTH, b"at the bottom", true);
@@ -84,4 +90,5 @@ fn walkers_of_stored_trees_survive_a_hundred_thousand_levels() {
     // Prune refuses (a chunk is missing) with an error, never a crash.
     assert_eq!(code(cairn(&repo).arg("prune")), Some(1));
     fs::remove_dir_all(&offsite).unwrap();
+    fs::remove_dir_all(&plain).unwrap();
 }
