@@ -21,6 +21,8 @@
 //!   whole; [`repair`]: the index rebuilt from packs;
 //!   [`stats`]: storage cost per source; [`repository::lock`]: repository locks.
 //! - [`sync`]: copying snapshots and the packs they need to another repository (offsite).
+//! - [`fs_at`]: file system calls relative to an open directory that never follow a symlink
+//!   below it, for restore and drills.
 //! - [`progress`]: the progress bar.
 //!
 //! # Durability
@@ -42,6 +44,7 @@ pub mod disk;
 pub mod drill;
 pub mod error;
 pub mod format;
+pub mod fs_at;
 pub mod gc;
 pub mod id;
 pub mod progress;
