@@ -129,21 +129,18 @@ impl Chunker {
         self.hasher
     }
 
-    /// The chunk ids a snapshot would record for the file at `path`, without storing anything.
-    /// Used to compare files on disk with a snapshot (restore drills, `--skip-identical`).
-    pub fn file_ids(&self, path: &std::path::Path, size_hint: u64) -> std::io::Result<Vec<crate::id::Id>> {
+    /// The chunk ids a snapshot would record for the content of the open `file` (read from its
+    /// start), without storing anything. Used to compare files on disk with a snapshot (restore
+    /// drills, `--skip-identical`).
+    pub fn file_ids(&self, mut file: &std::fs::File, size_hint: u64) -> std::io::Result<Vec<crate::id::Id>> {
         use rayon::prelude::*;
+        std::io::Seek::rewind(&mut file)?;
         let mut ids = Vec::new();
-        self.for_each_window::<_, std::io::Error>(
-            std::fs::File::open(path)?,
-            READ_WINDOW,
-            size_hint as usize,
-            |window, chunks| {
-                let hasher = self.hasher;
-                ids.extend(chunks.par_iter().map(|c| hasher.id(&window[c.clone()])).collect::<Vec<_>>());
-                Ok(())
-            },
-        )?;
+        self.for_each_window::<_, std::io::Error>(file, READ_WINDOW, size_hint as usize, |window, chunks| {
+            let hasher = self.hasher;
+            ids.extend(chunks.par_iter().map(|c| hasher.id(&window[c.clone()])).collect::<Vec<_>>());
+            Ok(())
+        })?;
         Ok(ids)
     }
 }

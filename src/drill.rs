@@ -9,10 +9,10 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -22,11 +22,12 @@ use crate::chunking::Chunker;
 use crate::error::{Error, Result};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Content, Node};
+use crate::fs_at::{is_dir, is_file, remove_tree, Dir, Place};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
 use crate::repository::Repository;
-use crate::restore::{restore, RestoreOptions};
+use crate::restore::{restore, RestoreOptions, Rounds, ROUND_DEPTH};
 
 /// Which snapshot to drill.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,28 +101,8 @@ struct Scratch(PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        remove_tree(&self.0);
+        let _ = remove_tree(&self.0);
     }
-}
-
-/// Removes a tree even where the restore left read-only directories.
-fn remove_tree(path: &Path) {
-    if fs::remove_dir_all(path).is_ok() {
-        return;
-    }
-    let mut pending = vec![path.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        if let Ok(meta) = fs::symlink_metadata(&dir) {
-            if meta.is_dir() {
-                use std::os::unix::fs::PermissionsExt;
-                let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
-                if let Ok(entries) = fs::read_dir(&dir) {
-                    pending.extend(entries.flatten().map(|e| e.path()));
-                }
-            }
-        }
-    }
-    let _ = fs::remove_dir_all(path);
 }
 
 /// Removes `cairn-drill-<pid>-*` directories whose process is gone.
@@ -132,7 +113,7 @@ fn remove_stale_scratch(parent: &Path) {
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("cairn-drill-")) else { continue };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
         if !crate::backend::local::process_alive(pid) {
-            remove_tree(&entry.path());
+            let _ = remove_tree(&entry.path());
         }
     }
 }
@@ -162,16 +143,17 @@ pub fn drill(
         std::process::id(),
         Id(crate::id::random_bytes()).short()
     )));
-    fs::create_dir(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;
+    fs::DirBuilder::new().mode(0o700).create(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;
     let index = repo.load_index()?;
-    let restored =
-        restore(repo, &index, snapshot, &RestoreOptions { target: scratch.0.clone(), ..Default::default() }, progress)?;
+    let options = RestoreOptions { target: scratch.0.clone(), ..Default::default() };
+    let restored = restore(repo, &index, snapshot, &options, progress)?;
 
+    let root = Dir::open(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;
     let verifier = Verifier {
         repo,
         index: &index,
         chunker: repo.chunker(),
-        root: &scratch.0,
+        scratch: &scratch.0,
         passed: AtomicU64::new(0),
         failures: Mutex::new(
             restored
@@ -181,13 +163,20 @@ pub fn drill(
                 .collect(),
         ),
         databases: Mutex::new(Vec::new()),
+        rounds: Rounds::default(),
     };
-    verifier.tree(&snapshot.tree, &scratch.0);
+    verifier.tree(&root, &Place::root(), &snapshot.tree, 0);
+    verifier.rounds.run(
+        &root,
+        |dir, place, subtree| verifier.tree(dir, place, subtree, 0),
+        |place, e| verifier.fail(place.path(Path::new("/")).display().to_string(), format!("cannot open: {e}")),
+    );
     let mut failures = verifier.failures.into_inner().expect("poisoned");
     failures.sort();
     let mut databases = verifier.databases.into_inner().expect("poisoned");
     databases.sort_by(|a, b| a.path.cmp(&b.path));
     let checks_passed = verifier.passed.into_inner();
+    drop(root);
     drop(scratch);
     Ok(DrillReport {
         snapshot: id.to_hex(),
@@ -210,65 +199,80 @@ struct Verifier<'a> {
     repo: &'a Repository,
     index: &'a Index,
     chunker: Chunker,
-    root: &'a Path,
+    /// The scratch directory as a path: only for SQLite, which opens databases by path.
+    scratch: &'a Path,
     passed: AtomicU64,
     failures: Mutex<Vec<String>>,
     databases: Mutex<Vec<DatabaseCheck>>,
+    rounds: Rounds,
 }
 
 impl Verifier<'_> {
-    fn fail(&self, path: &Path, what: String) {
-        let shown = relative(self.root, &path.display().to_string());
+    /// The entry's path as the report shows it: from the scratch directory, starting with `/`.
+    fn shown(place: &Place, name: &[u8]) -> String {
+        place.path(Path::new("/")).join(OsStr::from_bytes(name)).display().to_string()
+    }
+
+    fn fail(&self, shown: String, what: String) {
         self.failures.lock().expect("poisoned").push(format!("{shown}: {what}"));
     }
 
-    fn tree(&self, id: &Id, dir: &Path) {
+    /// Checks the entries of the tree `id` against `dir` (which is `place`), `depth` levels
+    /// below where this round's walk started.
+    fn tree(&self, dir: &Dir, place: &Arc<Place>, id: &Id, depth: usize) {
         match self.repo.read_tree(self.index, id) {
-            Ok(tree) => {
-                tree.nodes.par_iter().for_each(|node| self.node(node, &dir.join(OsStr::from_bytes(&node.name))))
-            }
-            Err(e) => self.fail(dir, format!("directory listing unreadable: {e}")),
+            Ok(tree) => tree.nodes.par_iter().for_each(|node| self.node(node, dir, place, depth)),
+            Err(e) => self
+                .fail(place.path(Path::new("/")).display().to_string(), format!("directory listing unreadable: {e}")),
         }
     }
 
-    /// One check per entry: it passes only if everything about the entry matches.
-    fn node(&self, node: &Node, path: &Path) {
+    /// One check per entry: it passes only if everything about the entry matches. Entries are
+    /// reached through their directory's descriptor, never by following a symlink.
+    fn node(&self, node: &Node, dir: &Dir, place: &Arc<Place>, depth: usize) {
         if matches!(node.content, Content::Socket) {
             return; // recorded, never restored
         }
-        let meta = match fs::symlink_metadata(path) {
-            Ok(meta) => meta,
-            Err(e) => return self.fail(path, format!("not restored: {e}")),
+        let name = node.name.as_slice();
+        let st = match dir.stat(name) {
+            Ok(st) => st,
+            Err(e) => return self.fail(Self::shown(place, name), format!("not restored: {e}")),
         };
         let m = &node.meta;
         let mut problems = Vec::new();
-        if !is_symlink_content(&node.content) && meta.mode() & 0o7777 != m.mode {
-            problems.push(format!("mode {:o}, snapshot has {:o}", meta.mode() & 0o7777, m.mode));
+        let mode = st.st_mode & 0o7777;
+        if !matches!(node.content, Content::Symlink { .. }) && mode != m.mode {
+            problems.push(format!("mode {mode:o}, snapshot has {:o}", m.mode));
         }
-        if (meta.mtime(), meta.mtime_nsec() as u32) != (m.mtime_sec, m.mtime_nsec) {
+        if (st.st_mtime, st.st_mtime_nsec as u32) != (m.mtime_sec, m.mtime_nsec) {
             problems.push("mtime differs".to_string());
         }
         match &node.content {
-            Content::Dir { subtree } => {
-                if !meta.is_dir() {
-                    problems.push("not a directory".into());
-                } else {
-                    self.tree(subtree, path);
-                }
-            }
+            Content::Dir { subtree } if is_dir(&st) => match dir.open_dir(name) {
+                Ok(child) if depth + 1 < ROUND_DEPTH => self.tree(&child, &place.child(name), subtree, depth + 1),
+                Ok(child) => self.rounds.defer(place.child(name), child, *subtree),
+                Err(e) => problems.push(format!("cannot open: {e}")),
+            },
+            Content::Dir { .. } => problems.push("not a directory".into()),
             Content::File { chunks } => {
-                if !meta.is_file() || meta.len() != m.size {
-                    problems.push(format!("size {} (or not a file), snapshot has {}", meta.len(), m.size));
+                if !is_file(&st) || st.st_size as u64 != m.size {
+                    problems.push(format!("size {} (or not a file), snapshot has {}", st.st_size, m.size));
                 } else {
-                    match crate::source::same_content(&self.chunker, path, m.size, chunks) {
-                        Ok(true) => self.sqlite(path),
-                        Ok(false) => problems.push("content differs from the snapshot".into()),
+                    match dir.open_regular(name) {
+                        Ok(Some((file, _))) => {
+                            match crate::source::same_content(&self.chunker, &file, m.size, chunks) {
+                                Ok(true) => self.sqlite(&file, place, name),
+                                Ok(false) => problems.push("content differs from the snapshot".into()),
+                                Err(e) => problems.push(format!("cannot read back: {e}")),
+                            }
+                        }
+                        Ok(None) => problems.push("not a regular file".into()),
                         Err(e) => problems.push(format!("cannot read back: {e}")),
                     }
                 }
             }
-            Content::Symlink { target } => match fs::read_link(path) {
-                Ok(found) if found.as_os_str().as_bytes() == target.as_slice() => {}
+            Content::Symlink { target } => match dir.read_link(name) {
+                Ok(found) if found == *target => {}
                 _ => problems.push("symlink target differs".into()),
             },
             _ => {}
@@ -276,24 +280,20 @@ impl Verifier<'_> {
         if problems.is_empty() {
             self.passed.fetch_add(1, Relaxed);
         } else {
-            self.fail(path, problems.join("; "));
+            self.fail(Self::shown(place, name), problems.join("; "));
         }
     }
 
     /// Runs `PRAGMA integrity_check` if the file is an SQLite database.
-    fn sqlite(&self, path: &Path) {
-        if !crate::source::sqlite::is_database(path) {
+    fn sqlite(&self, file: &fs::File, place: &Place, name: &[u8]) {
+        if !crate::source::sqlite::has_header(file) {
             return;
         }
-        let result = crate::source::sqlite::integrity_check(path);
-        let shown = relative(self.root, &path.display().to_string());
+        let result = crate::source::sqlite::integrity_check(&place.path(self.scratch).join(OsStr::from_bytes(name)));
+        let shown = Self::shown(place, name);
         if result != "ok" {
-            self.fail(path, format!("SQLite integrity_check: {result}"));
+            self.fail(shown.clone(), format!("SQLite integrity_check: {result}"));
         }
         self.databases.lock().expect("poisoned").push(DatabaseCheck { path: shown, result });
     }
-}
-
-fn is_symlink_content(content: &Content) -> bool {
-    matches!(content, Content::Symlink { .. })
 }

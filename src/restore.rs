@@ -6,24 +6,32 @@
 //! applied last, deepest first, because creating entries changes a directory's mtime and a
 //! read-only directory would refuse the entries still to come.
 //!
-//! An existing non-directory entry at a restored path is replaced, never written through (it may
-//! be a symlink pointing outside the target).
+//! Nothing below the target is reached by path. Every entry is created, replaced or changed
+//! through its parent directory's descriptor without following a symlink ([`crate::fs_at`]),
+//! so whatever was planted below the target, before the restore or while it runs, is replaced
+//! (a non-directory where the snapshot has an entry) or fails that entry, and nothing is ever
+//! written outside. Only the target itself is opened by its path: it is the user's choice.
+//!
+//! No walk recurses in proportion to depth: below [`ROUND_DEPTH`] levels a directory is left
+//! for a later round ([`Rounds`]) that starts from it, so a crafted tree 100,000 levels deep
+//! costs rounds, not stack, and restores like any other.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::{CString, OsStr};
-use std::fs::{self, OpenOptions};
+use std::ffi::OsStr;
+use std::fs;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::snapshot::{Snapshot, SourceError};
 use crate::format::tree::{Content, Metadata, Node, Tree};
+use crate::fs_at::{set_metadata_fd, Dir, Place};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
@@ -53,21 +61,89 @@ pub struct RestoreSummary {
     pub files_unchanged: u64,
 }
 
+/// How many directory levels one walk descends by recursion before it leaves the rest for the
+/// next round. Real trees rarely go deeper, so they restore in one round with rayon's work
+/// stealing across the whole tree; each level costs a few KiB of a worker's 2 MiB stack.
+pub const ROUND_DEPTH: usize = 32;
+
+/// Deferred directories that keep their descriptor open for the next round; the rest are
+/// opened again from the root by their names. A deep chain defers one directory per round.
+const OPEN_DEFERRED: usize = 256;
+
+/// A directory left for the next round: where it is, its descriptor if kept open, its listing.
+type Deferred = (Arc<Place>, Option<Dir>, Id);
+
+/// Directories a walk reached at [`ROUND_DEPTH`]: each is walked in a later round, starting
+/// again at depth 0, until no round defers anything.
+#[derive(Default)]
+pub(crate) struct Rounds {
+    pending: Mutex<Vec<Deferred>>,
+    open: AtomicUsize,
+}
+
+impl Rounds {
+    /// Leaves the directory `dir` at `place`, whose listing is `subtree`, for the next round.
+    pub(crate) fn defer(&self, place: Arc<Place>, dir: Dir, subtree: Id) {
+        let keep = self.open.fetch_add(1, Relaxed) < OPEN_DEFERRED;
+        if !keep {
+            self.open.fetch_sub(1, Relaxed);
+        }
+        self.pending.lock().expect("poisoned").push((place, keep.then_some(dir), subtree));
+    }
+
+    /// Runs `walk` on every deferred directory (it may defer more), round after round. A
+    /// directory that cannot be opened again is passed to `failed`.
+    pub(crate) fn run(
+        &self,
+        root: &Dir,
+        walk: impl Fn(&Dir, &Arc<Place>, &Id) + Sync,
+        failed: impl Fn(&Place, std::io::Error) + Sync,
+    ) {
+        loop {
+            let round = std::mem::take(&mut *self.pending.lock().expect("poisoned"));
+            if round.is_empty() {
+                return;
+            }
+            round.into_par_iter().for_each(|(place, dir, subtree)| {
+                let dir = match dir {
+                    Some(dir) => {
+                        self.open.fetch_sub(1, Relaxed);
+                        dir
+                    }
+                    None => match place.open(root) {
+                        Ok(dir) => dir,
+                        Err(e) => return failed(&place, e),
+                    },
+                };
+                walk(&dir, &place, &subtree);
+            });
+        }
+    }
+}
+
+/// An entry below the target: the directory it is in, and its name there.
+type Entry = (Arc<Place>, Vec<u8>);
+
 struct Restorer<'a> {
     repo: &'a Repository,
     index: &'a Index,
     progress: &'a Progress,
+    /// The target as given: only for messages.
+    target: &'a Path,
+    /// The target, open: every entry is reached from it.
+    root: Arc<Dir>,
     /// Set with `skip_identical`: cuts existing files to compare them with the snapshot.
     compare: Option<crate::chunking::Chunker>,
     unchanged: AtomicU64,
     as_root: bool,
     errors: Mutex<Vec<SourceError>>,
-    /// (dev, inode) of multiply-linked files to the first path restored for them.
-    link_sources: Mutex<HashMap<(u64, u64), PathBuf>>,
-    links: Mutex<Vec<(PathBuf, PathBuf)>>,
+    /// (dev, inode) of multiply-linked files to the first entry restored for them.
+    link_sources: Mutex<HashMap<(u64, u64), Entry>>,
+    links: Mutex<Vec<(Entry, (u64, u64))>>,
     /// Multiply-linked files whose content failed: their other names must fail too.
-    failed: Mutex<HashSet<PathBuf>>,
-    dirs: Mutex<Vec<(PathBuf, Metadata)>>,
+    failed: Mutex<HashSet<(u64, u64)>>,
+    dirs: Mutex<Vec<(Arc<Place>, Metadata)>>,
+    rounds: Rounds,
     files: AtomicU64,
     dir_count: AtomicU64,
     bytes: AtomicU64,
@@ -79,7 +155,8 @@ fn components(path: &str) -> Vec<&[u8]> {
     path.as_bytes().split(|&b| b == b'/').filter(|p| !p.is_empty() && *p != b".").collect()
 }
 
-/// Finds the node at `path` below the root tree; `None` for the root itself.
+/// Finds the node at `path` below the root tree; `None` for the root itself. One tree is read
+/// per component, in a loop: a path of any depth costs no stack.
 pub fn find_node(repo: &Repository, index: &Index, root: &Id, path: &str, snapshot: &str) -> Result<Option<Node>> {
     let parts = components(path);
     let missing = || Error::NoSuchPath { snapshot: snapshot.to_string(), path: path.to_string() };
@@ -98,6 +175,30 @@ pub fn find_node(repo: &Repository, index: &Index, root: &Id, path: &str, snapsh
     Ok(found)
 }
 
+/// The entries to restore: the components of each include with its node (none for the root),
+/// without includes inside another one (they would be restored twice, racing).
+type Selection = Vec<(Vec<Vec<u8>>, Option<Node>)>;
+
+fn select(repo: &Repository, index: &Index, snapshot: &Snapshot, includes: &[String]) -> Result<Selection> {
+    if includes.is_empty() {
+        return Ok(vec![(Vec::new(), None)]);
+    }
+    let short = snapshot.tree.short();
+    let mut selected = Vec::new();
+    for include in includes {
+        let node = find_node(repo, index, &snapshot.tree, include, &short)?;
+        selected.push((components(include).iter().map(|p| p.to_vec()).collect::<Vec<_>>(), node));
+    }
+    selected.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut kept: Selection = Vec::new();
+    for (parts, node) in selected {
+        if !kept.last().is_some_and(|(outer, _)| parts.starts_with(outer)) {
+            kept.push((parts, node));
+        }
+    }
+    Ok(kept)
+}
+
 pub fn restore(
     repo: &Repository,
     index: &Index,
@@ -105,10 +206,16 @@ pub fn restore(
     options: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreSummary> {
+    // Resolve every include before writing anything, so a typo changes nothing.
+    let selected = select(repo, index, snapshot, &options.includes)?;
+    fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
+    let root = Dir::open(&options.target).map_err(|e| Error::io(&options.target, e))?;
     let restorer = Restorer {
         repo,
         index,
         progress,
+        target: &options.target,
+        root: Arc::new(root),
         compare: options.skip_identical.then(|| repo.chunker()),
         unchanged: AtomicU64::new(0),
         // SAFETY: geteuid cannot fail.
@@ -118,42 +225,27 @@ pub fn restore(
         links: Mutex::new(Vec::new()),
         failed: Mutex::new(HashSet::new()),
         dirs: Mutex::new(Vec::new()),
+        rounds: Rounds::default(),
         files: AtomicU64::new(0),
         dir_count: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         sockets: AtomicU64::new(0),
     };
-    // Resolve every include before writing anything, so a typo changes nothing.
-    let short = snapshot.tree.short();
-    let mut selected: Vec<(PathBuf, Option<Node>)> = Vec::new();
-    if options.includes.is_empty() {
-        selected.push((options.target.clone(), None));
-    } else {
-        for include in &options.includes {
-            let node = find_node(repo, index, &snapshot.tree, include, &short)?;
-            let mut path = options.target.clone();
-            components(include).iter().for_each(|p| path.push(OsStr::from_bytes(p)));
-            selected.push((path, node));
-        }
-    }
-    fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
     if options.includes.is_empty() {
         progress.add_total(snapshot.summary.bytes);
     }
-    selected.par_iter().for_each(|(path, node)| match node {
-        None => restorer.tree(&snapshot.tree, path),
-        Some(node) => {
-            if let Some(parent) = path.parent() {
-                if let Err(e) = fs::create_dir_all(parent) {
-                    restorer.record(parent, e);
-                    return;
-                }
-            }
-            restorer.node(node, path, false);
-        }
+    selected.par_iter().for_each(|(parts, node)| match node {
+        None => restorer.tree(&restorer.root, &Place::root(), &snapshot.tree, 0),
+        Some(node) => restorer.include(parts, node),
     });
-    restorer.finish_links();
-    restorer.finish_dirs();
+    restorer.rounds.run(
+        &restorer.root,
+        |dir, place, subtree| restorer.tree(dir, place, subtree, 0),
+        |place, e| restorer.record(&place.path(restorer.target), e),
+    );
+    let mut cache = DirCache::new(restorer.root.clone());
+    restorer.finish_links(&mut cache);
+    restorer.finish_dirs(&mut cache);
     progress.finish();
     Ok(RestoreSummary {
         files: restorer.files.load(Relaxed),
@@ -172,10 +264,34 @@ impl Restorer<'_> {
         self.errors.lock().expect("poisoned").push(error);
     }
 
-    fn tree(&self, id: &Id, dir: &Path) {
+    /// The path of `name` in `place`, for messages.
+    fn shown(&self, place: &Place, name: &[u8]) -> PathBuf {
+        place.path(self.target).join(OsStr::from_bytes(name))
+    }
+
+    /// Restores one include: its parent directories are created if missing (a non-directory in
+    /// the way is replaced, as for any restored entry; never followed), then the entry itself.
+    fn include(&self, parts: &[Vec<u8>], node: &Node) {
+        let Some((_, parents)) = parts.split_last() else { return };
+        let mut place = Place::root();
+        let mut dir: Option<Dir> = None;
+        for name in parents {
+            let made = dir.as_ref().unwrap_or(&self.root).make_dir(name, 0o777);
+            match made {
+                Ok(next) => dir = Some(next),
+                Err(e) => return self.record(&self.shown(&place, name), e),
+            }
+            place = place.child(name);
+        }
+        self.node(node, dir.as_ref().unwrap_or(&self.root), &place, false, 0);
+    }
+
+    /// Restores the entries of the tree `id` into `dir`, which is `place`, `depth` levels below
+    /// where this round's walk started.
+    fn tree(&self, dir: &Dir, place: &Arc<Place>, id: &Id, depth: usize) {
         let tree: Tree = match self.repo.read_tree(self.index, id) {
             Ok(tree) => tree,
-            Err(e) => return self.record(dir, format!("cannot read directory listing: {e}")),
+            Err(e) => return self.record(&place.path(self.target), format!("cannot read directory listing: {e}")),
         };
         // A database stored together with its -wal or -journal (a --raw-sqlite snapshot) is a raw
         // copy: it is restored as plain bytes beside its companions, never checked or swapped in.
@@ -184,75 +300,90 @@ impl Restorer<'_> {
             let raw = [&b"-wal"[..], b"-journal"]
                 .iter()
                 .any(|suffix| names.contains([&node.name, *suffix].concat().as_slice()));
-            self.node(node, &dir.join(OsStr::from_bytes(&node.name)), raw)
+            self.node(node, dir, place, raw, depth)
         });
     }
 
-    /// `raw_database`: restore as plain bytes even if the content is an SQLite database.
-    fn node(&self, node: &Node, path: &Path, raw_database: bool) {
+    /// Restores `node` into `dir` (which is `place`). `raw_database`: restore as plain bytes
+    /// even if the content is an SQLite database.
+    fn node(&self, node: &Node, dir: &Dir, place: &Arc<Place>, raw_database: bool, depth: usize) {
+        let name = node.name.as_slice();
         let result = match &node.content {
             Content::Dir { subtree } => {
-                match fs::symlink_metadata(path) {
-                    Ok(meta) if meta.is_dir() => {}
-                    _ => {
-                        if let Err(e) = remove_non_dir(path).and_then(|_| fs::create_dir(path)) {
-                            return self.record(path, e);
-                        }
-                    }
-                }
+                // Private until its own metadata is applied at the end.
+                let child = match dir.make_dir(name, 0o700) {
+                    Ok(child) => child,
+                    Err(e) => return self.record(&self.shown(place, name), e),
+                };
+                let child_place = place.child(name);
                 self.dir_count.fetch_add(1, Relaxed);
-                self.dirs.lock().expect("poisoned").push((path.to_path_buf(), node.meta));
-                self.tree(subtree, path);
+                self.dirs.lock().expect("poisoned").push((child_place.clone(), node.meta));
+                if depth + 1 < ROUND_DEPTH {
+                    self.tree(&child, &child_place, subtree, depth + 1);
+                } else {
+                    self.rounds.defer(child_place, child, *subtree);
+                }
                 return;
             }
             Content::File { chunks } => {
+                let key = (node.meta.dev, node.meta.ino);
                 if node.meta.nlink > 1 {
-                    let key = (node.meta.dev, node.meta.ino);
                     let mut sources = self.link_sources.lock().expect("poisoned");
-                    if let Some(first) = sources.get(&key) {
-                        self.links.lock().expect("poisoned").push((path.to_path_buf(), first.clone()));
+                    if sources.contains_key(&key) {
+                        self.links.lock().expect("poisoned").push(((place.clone(), name.to_vec()), key));
                         return;
                     }
-                    sources.insert(key, path.to_path_buf());
+                    sources.insert(key, (place.clone(), name.to_vec()));
                 }
-                let written = self.file(node, chunks, path, raw_database);
+                let written = self.file(node, chunks, dir, place, raw_database);
                 if written.is_err() && node.meta.nlink > 1 {
-                    self.failed.lock().expect("poisoned").insert(path.to_path_buf());
+                    self.failed.lock().expect("poisoned").insert(key);
                 }
                 written
             }
-            Content::Symlink { target } => remove_non_dir(path)
-                .and_then(|_| std::os::unix::fs::symlink(OsStr::from_bytes(target), path))
+            Content::Symlink { target } => dir
+                .symlink(target, name)
                 .map_err(|e| e.to_string())
-                .and_then(|_| self.metadata(path, &node.meta, true)),
-            Content::Fifo => make_node(path, libc::S_IFIFO, 0).and_then(|_| self.metadata(path, &node.meta, false)),
-            Content::CharDevice { rdev } => {
-                make_node(path, libc::S_IFCHR, *rdev).and_then(|_| self.metadata(path, &node.meta, false))
-            }
-            Content::BlockDevice { rdev } => {
-                make_node(path, libc::S_IFBLK, *rdev).and_then(|_| self.metadata(path, &node.meta, false))
-            }
+                .and_then(|_| self.metadata(dir, name, &node.meta, true)),
+            Content::Fifo => self.special(dir, name, libc::S_IFIFO, 0, &node.meta),
+            Content::CharDevice { rdev } => self.special(dir, name, libc::S_IFCHR, *rdev, &node.meta),
+            Content::BlockDevice { rdev } => self.special(dir, name, libc::S_IFBLK, *rdev, &node.meta),
             Content::Socket => {
                 self.sockets.fetch_add(1, Relaxed);
-                self.progress.warn(&format!("note: {}: sockets are recorded but not restored", path.display()));
+                let shown = self.shown(place, name);
+                self.progress.warn(&format!("note: {}: sockets are recorded but not restored", shown.display()));
                 return;
             }
         };
         if let Err(message) = result {
-            self.record(path, message);
+            self.record(&self.shown(place, name), message);
         }
     }
 
-    /// Whether the file at `path` already holds exactly this content.
-    fn already_there(&self, node: &Node, chunks: &[Id], path: &Path) -> bool {
-        let Some(chunker) = &self.compare else { return false };
-        matches!(fs::symlink_metadata(path), Ok(meta) if meta.is_file() && meta.len() == node.meta.size)
-            && crate::source::same_content(chunker, path, node.meta.size, chunks).unwrap_or(false)
+    fn special(&self, dir: &Dir, name: &[u8], kind: libc::mode_t, rdev: u64, meta: &Metadata) -> Result<(), String> {
+        dir.mknod(name, kind, rdev).map_err(|e| e.to_string())?;
+        self.metadata(dir, name, meta, false)
     }
 
-    fn file(&self, node: &Node, chunks: &[Id], path: &Path, raw_database: bool) -> std::result::Result<(), String> {
-        if self.already_there(node, chunks, path) {
-            self.metadata(path, &node.meta, false)?;
+    /// With `skip_identical`: whether `name` already is a regular file with exactly this
+    /// content; if so its metadata is restored through the file opened for the comparison. A
+    /// symlink is never the file, whatever it points to; nor is a file with other hard links
+    /// where the snapshot has none (its inode is shared with something else).
+    fn keep_identical(&self, node: &Node, chunks: &[Id], dir: &Dir) -> Result<bool, String> {
+        let Some(chunker) = &self.compare else { return Ok(false) };
+        let Ok(Some((file, st))) = dir.open_regular(&node.name) else { return Ok(false) };
+        if st.st_size as u64 != node.meta.size || (st.st_nlink > 1 && node.meta.nlink <= 1) {
+            return Ok(false);
+        }
+        if !crate::source::same_content(chunker, &file, node.meta.size, chunks).unwrap_or(false) {
+            return Ok(false);
+        }
+        self.file_metadata(&file, &node.meta)?;
+        Ok(true)
+    }
+
+    fn file(&self, node: &Node, chunks: &[Id], dir: &Dir, place: &Place, raw_database: bool) -> Result<(), String> {
+        if self.keep_identical(node, chunks, dir)? {
             self.unchanged.fetch_add(1, Relaxed);
             self.files.fetch_add(1, Relaxed);
             self.progress.file_done(node.meta.size);
@@ -266,10 +397,10 @@ impl Restorer<'_> {
         };
         let database = !raw_database && first.as_deref().is_some_and(|d| d.starts_with(sqlite::HEADER));
         let written = if database {
-            self.database_file(node, first, chunks, path)?
+            self.database_file(node, first, chunks, dir, place)?
         } else {
-            // Metadata through the open file: no more lookups of its path.
-            let (file, written) = self.write_content(path, first, chunks, node.meta.size, false)?;
+            // Metadata through the open file: no more lookups of its name.
+            let (file, written) = self.write_content(dir, &node.name, first, chunks, node.meta.size, false)?;
             self.file_metadata(&file, &node.meta)?;
             written
         };
@@ -279,52 +410,50 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    /// Writes a database beside `path`, checks it, and only then puts it in place; returns its
-    /// length. A failure leaves the existing database as it was.
+    /// Writes a database beside its destination, checks it, and only then puts it in place;
+    /// returns its length. A failure leaves the existing database as it was.
     fn database_file(
         &self,
         node: &Node,
         first: Option<Vec<u8>>,
         chunks: &[Id],
-        path: &Path,
-    ) -> std::result::Result<u64, String> {
-        let destination = temporary_sibling(path);
-        let result = self.write_content(&destination, first, chunks, node.meta.size, true).and_then(|(_, written)| {
-            // Checked before its mode is applied: a mode without owner read must not fail it.
-            let verdict = sqlite::integrity_check(&destination);
-            if verdict != "ok" {
-                return Err(format!("restored database fails integrity_check, existing file kept: {verdict}"));
-            }
-            self.metadata(&destination, &node.meta, false)?;
-            replace_database(&destination, path).map_err(|e| format!("replacing the database: {e}"))?;
-            Ok(written)
-        });
+        dir: &Dir,
+        place: &Place,
+    ) -> Result<u64, String> {
+        let temporary = temporary_name(&node.name);
+        let result =
+            self.write_content(dir, &temporary, first, chunks, node.meta.size, true).and_then(|(file, written)| {
+                // SQLite opens by path (and resolves it again itself). Whatever that path reaches, it
+                // only reads it, as immutable: the rename below is of the file written here.
+                // Checked before its mode is applied: a mode without owner read must not fail it.
+                let verdict = sqlite::integrity_check(&self.shown(place, &temporary));
+                if verdict != "ok" {
+                    return Err(format!("restored database fails integrity_check, existing file kept: {verdict}"));
+                }
+                self.file_metadata(&file, &node.meta)?;
+                replace_database(dir, &temporary, &node.name).map_err(|e| format!("replacing the database: {e}"))?;
+                Ok(written)
+            });
         if result.is_err() {
-            let _ = fs::remove_file(&destination);
+            let _ = dir.remove_non_dir(&temporary);
         }
         result
     }
 
-    /// Writes a file's chunks (the first already read) to a new file at `path`, replacing a
-    /// non-directory entry there; returns the open file and its length.
+    /// Writes a file's chunks (the first already read) to a new file `name` in `dir`, replacing
+    /// a non-directory entry there; returns the open file and its length.
     fn write_content(
         &self,
-        path: &Path,
+        dir: &Dir,
+        name: &[u8],
         first: Option<Vec<u8>>,
         chunks: &[Id],
         expected: u64,
         sync: bool,
-    ) -> std::result::Result<(fs::File, u64), String> {
-        // O_EXCL never follows a symlink in the way. Trying first saves a lookup per file in the
-        // usual restore into an empty target.
-        let create = || OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
-        let mut file = match create() {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => remove_non_dir(path).and_then(|_| create()),
-            other => other,
-        }
-        .map_err(|e| e.to_string())?;
+    ) -> Result<(fs::File, u64), String> {
+        let mut file = dir.create_file(name).map_err(|e| e.to_string())?;
         let mut written = 0u64;
-        let mut write = |data: &[u8]| -> std::result::Result<(), String> {
+        let mut write = |data: &[u8]| -> Result<(), String> {
             file.write_all(data).map_err(|e| e.to_string())?;
             written += data.len() as u64;
             self.progress.add_bytes(data.len() as u64);
@@ -345,138 +474,177 @@ impl Restorer<'_> {
         Ok((file, written))
     }
 
-    /// [`Restorer::metadata`] for a regular file still open.
-    fn file_metadata(&self, file: &fs::File, meta: &Metadata) -> std::result::Result<(), String> {
-        use std::os::fd::AsRawFd;
-        if self.as_root {
-            std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid)).map_err(|e| format!("chown: {e}"))?;
-        }
-        file.set_permissions(fs::Permissions::from_mode(meta.mode)).map_err(|e| format!("chmod: {e}"))?;
-        let times = mtime_only(meta.mtime_sec, meta.mtime_nsec);
-        // SAFETY: a valid descriptor and two timespecs, as futimens requires.
-        if unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) } != 0 {
-            return Err(format!("setting mtime: {}", std::io::Error::last_os_error()));
-        }
-        Ok(())
+    fn owner(&self, meta: &Metadata) -> Option<(u32, u32)> {
+        self.as_root.then_some((meta.uid, meta.gid))
     }
 
-    /// Owner (as root), mode (not for symlinks), then mtime, in that order: chown clears setuid.
-    fn metadata(&self, path: &Path, meta: &Metadata, symlink: bool) -> std::result::Result<(), String> {
-        if self.as_root {
-            std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)).map_err(|e| format!("chown: {e}"))?;
-        }
-        if !symlink {
-            fs::set_permissions(path, fs::Permissions::from_mode(meta.mode)).map_err(|e| format!("chmod: {e}"))?;
-        }
-        set_mtime(path, meta.mtime_sec, meta.mtime_nsec).map_err(|e| format!("setting mtime: {e}"))
+    /// Owner (as root), mode, then mtime of a file or directory still open.
+    fn file_metadata(&self, file: &impl AsFd, meta: &Metadata) -> Result<(), String> {
+        set_metadata_fd(file.as_fd(), self.owner(meta), meta.mode, (meta.mtime_sec, meta.mtime_nsec))
+            .map_err(|e| e.to_string())
     }
 
-    fn finish_links(&self) {
+    /// Owner (as root), mode (not for symlinks), then mtime of the entry `name` in `dir` itself.
+    fn metadata(&self, dir: &Dir, name: &[u8], meta: &Metadata, symlink: bool) -> Result<(), String> {
+        let mode = (!symlink).then_some(meta.mode);
+        dir.set_metadata(name, self.owner(meta), mode, (meta.mtime_sec, meta.mtime_nsec)).map_err(|e| e.to_string())
+    }
+
+    fn finish_links(&self, cache: &mut DirCache) {
         let failed = std::mem::take(&mut *self.failed.lock().expect("poisoned"));
-        for (path, first) in std::mem::take(&mut *self.links.lock().expect("poisoned")) {
-            if failed.contains(&first) {
-                self.record(&path, format!("not restored: its hard link {} failed", first.display()));
+        let sources = std::mem::take(&mut *self.link_sources.lock().expect("poisoned"));
+        let mut links = std::mem::take(&mut *self.links.lock().expect("poisoned"));
+        // Links into one directory one after another: its descriptor stays in the cache.
+        links.sort_by_key(|((place, _), _)| Arc::as_ptr(place) as usize);
+        for ((place, name), key) in links {
+            let (source_place, source_name) = &sources[&key];
+            let first = self.shown(source_place, source_name);
+            if failed.contains(&key) {
+                self.record(
+                    &self.shown(&place, &name),
+                    format!("not restored: its hard link {} failed", first.display()),
+                );
                 continue;
             }
-            match remove_non_dir(&path).and_then(|_| fs::hard_link(&first, &path)) {
+            let linked = cache
+                .open(source_place)
+                .and_then(|from| cache.open(&place).and_then(|to| to.hard_link(&name, &from, source_name)));
+            match linked {
                 Ok(()) => {
                     self.files.fetch_add(1, Relaxed);
                 }
-                Err(e) => self.record(&path, format!("hard link to {}: {e}", first.display())),
+                Err(e) => self.record(&self.shown(&place, &name), format!("hard link to {}: {e}", first.display())),
             }
         }
     }
 
-    fn finish_dirs(&self) {
+    fn finish_dirs(&self, cache: &mut DirCache) {
         let mut dirs = std::mem::take(&mut *self.dirs.lock().expect("poisoned"));
-        dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
-        for (path, meta) in dirs {
-            if let Err(e) = self.metadata(&path, &meta, false) {
-                self.record(&path, e);
+        dirs.sort_by_key(|(place, _)| std::cmp::Reverse(place.depth()));
+        for (place, meta) in dirs {
+            let applied = cache.open(&place).map_err(|e| e.to_string()).and_then(|dir| {
+                // Before the mode may close the directory to us: its parent is next.
+                cache.adopt_parent(&place, &dir);
+                self.file_metadata(&*dir, &meta)
+            });
+            if let Err(e) = applied {
+                self.record(&place.path(self.target), e);
             }
         }
     }
 }
 
-/// A hidden name beside `path` for writing its replacement.
-fn temporary_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.cairn-restore-{}", Id(crate::id::random_bytes()).short()))
+/// Directories opened by place for the last steps (hard links, directory metadata), so that
+/// each is not walked down to from the target again. Bounded: descriptors are limited.
+struct DirCache {
+    root: Arc<Dir>,
+    open: HashMap<usize, (Arc<Place>, Arc<Dir>, u64)>,
+    uses: u64,
 }
 
-/// Puts a checked database in place of the one at `path` (if any). The old database's `-wal` and
-/// `-shm` are moved aside first, because SQLite would replay a stale WAL into the new file; they
-/// are deleted once the new database is in place. The old file itself stays until the rename.
-fn replace_database(new: &Path, path: &Path) -> std::io::Result<()> {
-    let mut set_aside = Vec::new();
-    for suffix in ["-wal", "-shm"] {
-        let mut companion = path.as_os_str().to_owned();
-        companion.push(suffix);
-        let companion = PathBuf::from(companion);
-        if fs::symlink_metadata(&companion).is_ok() {
-            let aside = temporary_sibling(&companion);
-            fs::rename(&companion, &aside)?;
-            set_aside.push((aside, companion));
+/// Directories the cache keeps open at most.
+const CACHED_DIRS: usize = 256;
+
+impl DirCache {
+    fn new(root: Arc<Dir>) -> DirCache {
+        DirCache { root, open: HashMap::new(), uses: 0 }
+    }
+
+    fn key(place: &Arc<Place>) -> usize {
+        Arc::as_ptr(place) as usize
+    }
+
+    fn cached(&mut self, place: &Arc<Place>) -> Option<Arc<Dir>> {
+        if place.depth() == 0 {
+            return Some(self.root.clone());
+        }
+        self.uses += 1;
+        let uses = self.uses;
+        self.open.get_mut(&Self::key(place)).map(|(_, dir, used)| {
+            *used = uses;
+            dir.clone()
+        })
+    }
+
+    fn insert(&mut self, place: &Arc<Place>, dir: Arc<Dir>) {
+        if self.open.len() >= CACHED_DIRS {
+            // Close the half used longest ago.
+            let mut uses: Vec<u64> = self.open.values().map(|(_, _, used)| *used).collect();
+            let (_, median, _) = uses.select_nth_unstable(CACHED_DIRS / 2);
+            let median = *median;
+            self.open.retain(|_, (_, _, used)| *used > median);
+        }
+        self.uses += 1;
+        self.open.insert(Self::key(place), (place.clone(), dir, self.uses));
+    }
+
+    /// Opens the directory at `place`: from the nearest open directory above it, one name at a
+    /// time, never following a symlink.
+    fn open(&mut self, place: &Arc<Place>) -> std::io::Result<Arc<Dir>> {
+        let mut missing = Vec::new();
+        let mut at = place.clone();
+        let mut dir = loop {
+            if let Some(dir) = self.cached(&at) {
+                break dir;
+            }
+            let parent = at.parent().expect("only the root has no parent").clone();
+            missing.push(at);
+            at = parent;
+        };
+        for place in missing.into_iter().rev() {
+            dir = Arc::new(dir.open_dir(place.name())?);
+            self.insert(&place, dir.clone());
+        }
+        Ok(dir)
+    }
+
+    /// Opens the parent of `place` through `..` of its open `dir`, if not open yet: going up a
+    /// deep chain then costs one call per level instead of a walk down from the target.
+    fn adopt_parent(&mut self, place: &Arc<Place>, dir: &Dir) {
+        let Some(parent) = place.parent() else { return };
+        if parent.depth() == 0 || self.open.contains_key(&Self::key(parent)) {
+            return;
+        }
+        if let Ok(up) = dir.open_parent(place.name()) {
+            self.insert(parent, Arc::new(up));
         }
     }
-    if let Err(e) = fs::rename(new, path) {
+}
+
+/// A hidden name beside `name` for writing its replacement.
+fn temporary_name(name: &[u8]) -> Vec<u8> {
+    let suffix = format!(".cairn-restore-{}", Id(crate::id::random_bytes()).short());
+    [b".", name, suffix.as_bytes()].concat()
+}
+
+/// Puts a checked database (`new`, in `dir`) in place of the one at `name` (if any). The old
+/// database's `-wal` and `-shm` are moved aside first, because SQLite would replay a stale WAL
+/// into the new file; they are deleted once the new database is in place. The old file itself
+/// stays until the rename. All of it happens in `dir`: renames never follow a symlink.
+fn replace_database(dir: &Dir, new: &[u8], name: &[u8]) -> std::io::Result<()> {
+    let mut set_aside = Vec::new();
+    for suffix in [&b"-wal"[..], b"-shm"] {
+        let companion = [name, suffix].concat();
+        match dir.stat(&companion) {
+            Ok(_) => {
+                let aside = temporary_name(&companion);
+                dir.rename(&companion, &aside)?;
+                set_aside.push((aside, companion));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if let Err(e) = dir.rename(new, name) {
         // Put the old database's companions back: it stays exactly as it was.
         for (aside, companion) in &set_aside {
-            let _ = fs::rename(aside, companion);
+            let _ = dir.rename(aside, companion);
         }
         return Err(e);
     }
-    if let Some(dir) = path.parent() {
-        crate::backend::local::sync_dir(dir).map_err(|e| e.into_io())?;
-    }
+    dir.sync()?;
     for (aside, _) in set_aside {
-        let _ = fs::remove_file(aside);
+        let _ = dir.remove_non_dir(&aside);
     }
     Ok(())
-}
-
-/// Removes whatever non-directory entry is at `path`; a missing entry is fine.
-fn remove_non_dir(path: &Path) -> std::io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => {
-            Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a directory is in the way"))
-        }
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn c_path(path: &Path) -> std::io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains NUL"))
-}
-
-fn make_node(path: &Path, kind: libc::mode_t, rdev: u64) -> std::result::Result<(), String> {
-    remove_non_dir(path).map_err(|e| e.to_string())?;
-    let c = c_path(path).map_err(|e| e.to_string())?;
-    // SAFETY: `c` is a valid NUL-terminated path.
-    if unsafe { libc::mknod(c.as_ptr(), kind | 0o600, rdev as libc::dev_t) } != 0 {
-        return Err(format!("mknod: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-/// Sets the mtime of `path` itself (not a symlink's target), leaving the atime alone.
-fn set_mtime(path: &Path, sec: i64, nsec: u32) -> std::io::Result<()> {
-    let c = c_path(path)?;
-    let times = mtime_only(sec, nsec);
-    // SAFETY: `c` is a valid path and `times` holds two timespecs, as utimensat requires.
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// The (atime, mtime) pair for utimensat/futimens that sets the mtime and leaves the atime.
-fn mtime_only(sec: i64, nsec: u32) -> [libc::timespec; 2] {
-    [
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        libc::timespec { tv_sec: sec as libc::time_t, tv_nsec: nsec as libc::c_long },
-    ]
 }

@@ -21,6 +21,8 @@ mod fixtures;
 mod prune;
 #[path = "cases/repair.rs"]
 mod repair;
+#[path = "cases/restore_safety.rs"]
+mod restore_safety;
 #[path = "cases/roundtrip.rs"]
 mod roundtrip;
 #[path = "cases/run.rs"]

@@ -10,7 +10,6 @@ pub mod sqlite;
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
 use rayon::prelude::*;
 
@@ -36,22 +35,23 @@ pub fn metadata_of(meta: &std::fs::Metadata) -> Metadata {
     }
 }
 
-/// Whether the file at `path` holds exactly the content of a snapshot's chunk list, cut either
+/// Whether the open `file` holds exactly the content of a snapshot's chunk list, cut either
 /// way cairn cuts files: by FastCDC, or one chunk per page for a database captured through SQLite
-/// (store-format/tree.md, "Databases"). Used by drills and `restore --skip-identical`.
-pub fn same_content(chunker: &Chunker, path: &Path, size: u64, chunks: &[Id]) -> std::io::Result<bool> {
-    if chunker.file_ids(path, size)? == chunks {
+/// (store-format/tree.md, "Databases"). Used by drills and `restore --skip-identical`, which
+/// open the file without following symlinks; it is read from its start whatever its position.
+pub fn same_content(chunker: &Chunker, file: &std::fs::File, size: u64, chunks: &[Id]) -> std::io::Result<bool> {
+    if chunker.file_ids(file, size)? == chunks {
         return Ok(true);
     }
-    match sqlite::page_size_of(path)? {
-        Some(page_size) => Ok(page_ids(path, page_size, chunker.hasher())? == chunks),
+    match sqlite::page_size_of(file)? {
+        Some(page_size) => Ok(page_ids(file, page_size, chunker.hasher())? == chunks),
         None => Ok(false),
     }
 }
 
 /// The ids of a file cut into `page_size` pieces.
-fn page_ids(path: &Path, page_size: usize, hasher: crate::id::BlobHasher) -> std::io::Result<Vec<Id>> {
-    let mut file = std::fs::File::open(path)?;
+fn page_ids(mut file: &std::fs::File, page_size: usize, hasher: crate::id::BlobHasher) -> std::io::Result<Vec<Id>> {
+    std::io::Seek::rewind(&mut file)?;
     let window = (16 << 20) / page_size * page_size;
     let mut ids = Vec::new();
     let mut buffer = Vec::with_capacity(window);

@@ -46,8 +46,7 @@ pub fn is_database(path: &Path) -> bool {
 }
 
 /// The page size recorded in a database file's header, or `None` if it is not a database.
-pub fn page_size_of(path: &Path) -> std::io::Result<Option<usize>> {
-    let file = File::open(path)?;
+pub fn page_size_of(file: &File) -> std::io::Result<Option<usize>> {
     let mut header = [0u8; 18];
     if file.read_exact_at(&mut header, 0).is_err() || &header[..16] != HEADER {
         return Ok(None);

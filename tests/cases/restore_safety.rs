@@ -1,0 +1,356 @@
+//! Hostile targets and hostile snapshots: restore never writes outside `--target`, whatever
+//! symlinks are planted below it (before or during the restore), and deep trees never abort
+//! `ls`, `restore` or `drill`. A drill leaves nothing behind where it was pointed.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::support::*;
+
+/// Every entry below `dir`, as relative paths: a directory that must stay empty.
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if fs::symlink_metadata(&path).unwrap().is_dir() {
+                pending.push(path.clone());
+            }
+            found.push(path.strip_prefix(dir).unwrap().to_path_buf());
+        }
+    }
+    found
+}
+
+/// A snapshot of `x/evil`, `x/sub/deeper`, a FIFO and a symlink in `x`, a file at the top.
+fn snapshot_with_x(scratch: &Scratch) -> PathBuf {
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(source.join("x/sub")).unwrap();
+    fs::write(source.join("x/evil"), b"written by the restore").unwrap();
+    fs::write(source.join("x/sub/deeper"), b"deeper").unwrap();
+    fs::write(source.join("top"), b"top").unwrap();
+    symlink("evil", source.join("x/link")).unwrap();
+    let fifo = CString::new(source.join("x/fifo").as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    repo
+}
+
+/// `target/x` is a symlink to `outside`; whatever mode, nothing may appear in `outside`, and the
+/// restored `x` is a real directory holding what the snapshot has.
+fn assert_symlinked_x_not_followed(extra: &[&str]) {
+    let scratch = Scratch::new("planted-dir");
+    let repo = snapshot_with_x(&scratch);
+    let (target, outside) = (scratch.join("target"), scratch.join("outside"));
+    fs::create_dir_all(&target).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    symlink(&outside, target.join("x")).unwrap();
+    let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target).args(extra));
+    assert_eq!(entries(&outside), Vec::<PathBuf>::new(), "restore wrote outside the target");
+    assert!(out.status.success(), "the symlink in the way is replaced, as any non-directory is");
+    assert!(fs::symlink_metadata(target.join("x")).unwrap().is_dir());
+    assert_eq!(fs::read(target.join("x/evil")).unwrap(), b"written by the restore");
+}
+
+#[test]
+fn include_does_not_follow_a_planted_symlinked_directory() {
+    assert_symlinked_x_not_followed(&["--include", "x/evil"]);
+    assert_symlinked_x_not_followed(&["--include", "x/evil", "--skip-identical"]);
+    assert_symlinked_x_not_followed(&["--include", "/x"]);
+}
+
+#[test]
+fn full_restore_does_not_follow_a_planted_symlinked_directory() {
+    assert_symlinked_x_not_followed(&[]);
+    assert_symlinked_x_not_followed(&["--skip-identical"]);
+}
+
+/// With `--skip-identical`, a symlink to an outside file with the very content the snapshot
+/// holds is not "identical": it is replaced, and the outside file keeps its metadata.
+#[test]
+fn skip_identical_never_takes_a_symlink_for_the_file() {
+    let scratch = Scratch::new("identical-link");
+    let repo = snapshot_with_x(&scratch);
+    let (target, outside) = (scratch.join("target"), scratch.join("outside"));
+    fs::create_dir_all(target.join("x")).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("evil");
+    fs::write(&victim, b"written by the restore").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o604)).unwrap();
+    set_mtime(&victim, 1_000_000_000, 7);
+    symlink(&victim, target.join("x/evil")).unwrap();
+    // And a symlinked directory whose file matches too, reached through `--include`.
+    fs::create_dir_all(outside.join("sub")).unwrap();
+    fs::write(outside.join("sub/deeper"), b"deeper").unwrap();
+    set_mtime(&outside.join("sub/deeper"), 1_000_000_000, 7);
+    symlink(outside.join("sub"), target.join("x/sub")).unwrap();
+
+    for include in ["x/evil", "x/sub/deeper"] {
+        let out = run(cairn(&repo)
+            .args(["restore", "latest", "--skip-identical", "--include", include, "--target"])
+            .arg(&target)
+            .arg("--json"));
+        assert!(out.status.success());
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["summary"]["files_unchanged"], 0, "{include}: a symlink is not the file");
+    }
+    for (path, mode) in [(&victim, 0o604), (&outside.join("sub/deeper"), 0o644)] {
+        let meta = fs::symlink_metadata(path).unwrap();
+        assert_eq!((meta.mtime(), meta.mtime_nsec()), (1_000_000_000, 7), "{}", path.display());
+        assert_eq!(meta.mode() & 0o7777, mode, "{}", path.display());
+    }
+    assert!(fs::symlink_metadata(target.join("x/evil")).unwrap().is_file());
+    assert!(fs::symlink_metadata(target.join("x/sub")).unwrap().is_dir());
+    assert_eq!(fs::read(target.join("x/sub/deeper")).unwrap(), b"deeper");
+}
+
+/// A database is written beside its destination, checked, and renamed into place: all of it in
+/// the real directory, never through a symlink planted at the directory or at the database.
+#[test]
+fn a_database_is_never_written_through_a_planted_symlink() {
+    let scratch = Scratch::new("planted-db");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(source.join("db")).unwrap();
+    let connection = rusqlite::Connection::open(source.join("db/app.db")).unwrap();
+    connection.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES ('restored');").unwrap();
+    drop(connection);
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+
+    let (target, outside) = (scratch.join("target"), scratch.join("outside"));
+    fs::create_dir_all(&target).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    symlink(&outside, target.join("db")).unwrap();
+    ok(cairn(&repo).args(["restore", "latest", "--include", "db/app.db", "--target"]).arg(&target));
+    assert_eq!(entries(&outside), Vec::<PathBuf>::new(), "restore wrote outside the target");
+
+    // Symlinks at the database and at its companions are replaced or set aside, not followed.
+    fs::write(outside.join("old.db"), b"outside database").unwrap();
+    fs::write(outside.join("old-wal"), b"outside wal").unwrap();
+    fs::remove_file(target.join("db/app.db")).unwrap();
+    symlink(outside.join("old.db"), target.join("db/app.db")).unwrap();
+    symlink(outside.join("old-wal"), target.join("db/app.db-wal")).unwrap();
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    assert_eq!(fs::read(outside.join("old.db")).unwrap(), b"outside database");
+    assert_eq!(fs::read(outside.join("old-wal")).unwrap(), b"outside wal");
+    assert!(fs::symlink_metadata(target.join("db/app.db")).unwrap().is_file());
+    assert!(fs::symlink_metadata(target.join("db/app.db-wal")).is_err(), "the old -wal is set aside");
+    let restored = rusqlite::Connection::open(target.join("db/app.db")).unwrap();
+    let value: String = restored.query_row("SELECT x FROM t", [], |row| row.get(0)).unwrap();
+    assert_eq!(value, "restored");
+}
+
+/// Hard links are made after all content: into the real directory, replacing a planted
+/// symlink, never through a symlinked directory.
+#[test]
+fn a_hard_link_is_never_made_through_a_planted_symlink() {
+    let scratch = Scratch::new("planted-link");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(source.join("a")).unwrap();
+    fs::create_dir_all(source.join("b")).unwrap();
+    fs::write(source.join("a/first"), b"linked").unwrap();
+    fs::hard_link(source.join("a/first"), source.join("b/second")).unwrap();
+    fs::hard_link(source.join("a/first"), source.join("a/third")).unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+
+    let (target, outside) = (scratch.join("target"), scratch.join("outside"));
+    fs::create_dir_all(target.join("a")).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("victim"), b"outside").unwrap();
+    symlink(&outside, target.join("b")).unwrap();
+    symlink(outside.join("victim"), target.join("a/third")).unwrap();
+    ok(cairn(&repo).args(["restore", "latest", "--include", "a", "--include", "b/second", "--target"]).arg(&target));
+    assert_eq!(entries(&outside), vec![PathBuf::from("victim")], "restore wrote outside the target");
+    assert_eq!(fs::read(outside.join("victim")).unwrap(), b"outside");
+    let first = fs::symlink_metadata(target.join("a/first")).unwrap();
+    for other in ["a/third", "b/second"] {
+        let meta = fs::symlink_metadata(target.join(other)).unwrap();
+        assert!(meta.is_file(), "{other}");
+        assert_eq!((meta.dev(), meta.ino()), (first.dev(), first.ino()), "{other} is a hard link to a/first");
+    }
+}
+
+/// An attacker who can write into the target swaps a directory for a symlink to `outside`
+/// while restores run, over and over: not one byte may land outside. Failed entries are
+/// allowed (they are reported); escaping is not.
+#[test]
+fn a_racing_attacker_never_gets_a_byte_outside() {
+    let scratch = Scratch::new("race");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    for dir in ["d", "d/e", "d/e/f"] {
+        fs::create_dir_all(source.join(dir)).unwrap();
+        for i in 0..60 {
+            fs::write(source.join(format!("{dir}/file-{i}")), format!("{dir} {i}")).unwrap();
+        }
+        symlink("file-0", source.join(format!("{dir}/link"))).unwrap();
+    }
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+
+    let (target, outside) = (scratch.join("target"), scratch.join("outside"));
+    fs::create_dir_all(&outside).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = {
+        let (stop, target, outside) = (stop.clone(), target.clone(), outside.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for dir in ["d", "d/e", "d/e/f"] {
+                    let (real, moved) = (target.join(dir), target.join(format!("{dir}.moved")));
+                    if fs::rename(&real, &moved).is_ok() {
+                        let _ = symlink(&outside, &real);
+                        std::thread::yield_now();
+                        let _ = fs::remove_file(&real);
+                        let _ = fs::rename(&moved, &real);
+                        swaps += 1;
+                    }
+                }
+            }
+            swaps
+        })
+    };
+    for round in 0..30 {
+        let _ = Command::new("rm").arg("-rf").arg(&target).status();
+        fs::create_dir_all(&target).unwrap();
+        let mode: &[&str] = match round % 3 {
+            0 => &[],
+            1 => &["--include", "d/e/f"],
+            _ => &["--skip-identical"],
+        };
+        let out = cairn(&repo).args(["restore", "latest", "--quiet", "--target"]).arg(&target).args(mode).output();
+        let found = entries(&outside);
+        let code = out.unwrap().status.code();
+        if !found.is_empty() || !matches!(code, Some(0 | 1)) {
+            stop.store(true, Ordering::Relaxed);
+            panic!("round {round}: exit {code:?}, outside the target: {found:?}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(attacker.join().unwrap() > 0, "the attacker never got to swap anything");
+}
+
+/// A snapshot whose tree is `depth` directories named `d`, one inside the other, with a file
+/// `leaf` at the bottom, crafted through the library (the snapshot side cannot walk that deep).
+fn deep_repository(repo: &Path, depth: usize) -> String {
+    use cairn::format::pack::BlobKind;
+    use cairn::format::snapshot::{Snapshot, Summary};
+    use cairn::format::tree::{Content, Metadata, Node, Tree};
+    use cairn::repository::packer::BlobStore;
+    use cairn::repository::Repository;
+
+    let repository = Repository::init(repo).unwrap();
+    let index = repository.load_index().unwrap();
+    let store = BlobStore::new(&repository, &index);
+    let content = b"at the bottom";
+    let meta = |mode: u32, size: u64| Metadata {
+        mode,
+        uid: unsafe { libc::geteuid() },
+        gid: unsafe { libc::getegid() },
+        mtime_sec: 1_600_000_000,
+        mtime_nsec: 5,
+        nlink: 1,
+        size,
+        ..Default::default()
+    };
+    let chunk = store.store(BlobKind::Data, content).unwrap();
+    let leaf = Node {
+        name: b"leaf".to_vec(),
+        meta: meta(0o640, content.len() as u64),
+        content: Content::File { chunks: vec![chunk] },
+    };
+    let mut tree = Tree { nodes: vec![leaf] };
+    for _ in 0..depth {
+        let subtree = store.store(BlobKind::Tree, &tree.encode()).unwrap();
+        tree =
+            Tree { nodes: vec![Node { name: b"d".to_vec(), meta: meta(0o750, 0), content: Content::Dir { subtree } }] };
+    }
+    let root = store.store(BlobKind::Tree, &tree.encode()).unwrap();
+    store.finish().unwrap();
+    let snapshot = Snapshot {
+        time_sec: 1_700_000_000,
+        tree: root,
+        hostname: "deep".into(),
+        username: "test".into(),
+        paths: vec![b"/deep".to_vec()],
+        summary: Summary { files: 1, dirs: depth as u64, bytes: content.len() as u64, ..Default::default() },
+        ..Default::default()
+    };
+    repository.save_snapshot(&snapshot).unwrap().to_hex()
+}
+
+const DEEP: usize = 30_000;
+
+/// Opens `root/d/d/.../d/leaf` (`depth` directories) one component at a time: the path is far
+/// longer than PATH_MAX.
+fn read_deep_leaf(root: &Path, depth: usize) -> Vec<u8> {
+    let c = |s: &[u8]| CString::new(s).unwrap();
+    let mut fd = unsafe { libc::open(c(root.as_os_str().as_bytes()).as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+    assert!(fd >= 0, "open {}", root.display());
+    for level in 0..depth {
+        let next = unsafe { libc::openat(fd, c(b"d").as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW) };
+        unsafe { libc::close(fd) };
+        assert!(next >= 0, "directory at depth {level} missing: {}", std::io::Error::last_os_error());
+        fd = next;
+    }
+    let leaf = unsafe { libc::openat(fd, c(b"leaf").as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW) };
+    unsafe { libc::close(fd) };
+    assert!(leaf >= 0, "leaf missing: {}", std::io::Error::last_os_error());
+    let mut file = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(leaf) };
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes).unwrap();
+    bytes
+}
+
+/// Removes a tree deeper than `fs::remove_dir_all` and `Scratch` can.
+fn remove_deep(path: &Path) {
+    let status = Command::new("rm").arg("-rf").arg(path).status().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn restore_and_find_node_handle_a_deep_tree() {
+    let scratch = Scratch::new("deep-restore");
+    let (repo, target) = (scratch.join("repo"), scratch.join("target"));
+    deep_repository(&repo, DEEP);
+    let out = run(cairn(&repo).args(["restore", "latest", "--quiet", "--target"]).arg(&target));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(read_deep_leaf(&target, DEEP), b"at the bottom");
+    remove_deep(&target);
+
+    // An include deep inside: found by an iterative lookup, restored below its parents.
+    let include = "d/".repeat(DEEP - 2) + "d";
+    let out = run(cairn(&repo).args(["restore", "latest", "--quiet", "--include", &include, "--target"]).arg(&target));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(read_deep_leaf(&target, DEEP), b"at the bottom");
+    remove_deep(&target);
+}
+
+#[test]
+fn drill_verifies_a_deep_tree_and_removes_it() {
+    let scratch = Scratch::new("deep-drill");
+    let (repo, drills) = (scratch.join("repo"), scratch.join("drills"));
+    deep_repository(&repo, DEEP);
+    fs::create_dir(&drills).unwrap();
+    let out = run(cairn(&repo).args(["drill", "--json", "--scratch"]).arg(&drills));
+    let leftovers = entries_shallow(&drills);
+    remove_deep(&drills);
+    assert_eq!(out.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["checks_failed"], 0, "{report}");
+    assert_eq!(report["checks_passed"], DEEP as u64 + 1, "{report}");
+    assert_eq!(leftovers, Vec::<PathBuf>::new(), "the scratch directory is removed");
+}
+
+/// The names directly in `dir` (a deep tree below cannot be walked with paths).
+fn entries_shallow(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir).unwrap().map(|e| PathBuf::from(e.unwrap().file_name())).collect()
+}
