@@ -35,8 +35,13 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let prefix = if prefix.is_empty() || prefix.starts_with('/') { prefix } else { format!("/{prefix}") };
     let lister = Lister { repo: &repo, index: &index, json: context.json, long: args.long };
     match start {
-        None => lister.tree(&snapshot.tree, "")?,
-        Some(node) => lister.node(&node, &prefix)?,
+        None => lister.walk(&snapshot.tree, String::new())?,
+        Some(node) => {
+            lister.print(&node, &prefix);
+            if let Content::Dir { subtree } = &node.content {
+                lister.walk(subtree, prefix)?;
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -49,18 +54,39 @@ struct Lister<'a> {
 }
 
 impl Lister<'_> {
-    fn tree(&self, id: &cairn::id::Id, prefix: &str) -> Result<()> {
-        let tree = self.repo.read_tree(self.index, id)?;
-        for node in &tree.nodes {
-            self.node(node, &format!("{prefix}/{}", String::from_utf8_lossy(&node.name)))?;
+    /// Prints every entry below the tree `id`, depth first in name order, each as `path` plus
+    /// its names. Iterative, with one path buffer: a tree of any depth costs neither stack nor a
+    /// path string per level.
+    fn walk(&self, id: &cairn::id::Id, mut path: String) -> Result<()> {
+        // Per directory being listed: its remaining entries (reversed) and its path's length.
+        let mut stack = vec![(self.entries(id)?, path.len())];
+        while let Some((entries, length)) = stack.last_mut() {
+            let Some(node) = entries.pop() else {
+                stack.pop();
+                continue;
+            };
+            if super::output::closed() {
+                return Ok(()); // nobody reads the rest
+            }
+            path.truncate(*length);
+            path.push('/');
+            path.push_str(&String::from_utf8_lossy(&node.name));
+            self.print(&node, &path);
+            if let Content::Dir { subtree } = &node.content {
+                stack.push((self.entries(subtree)?, path.len()));
+            }
         }
         Ok(())
     }
 
-    fn node(&self, node: &Node, path: &str) -> Result<()> {
-        if super::output::closed() {
-            return Ok(()); // nobody reads the rest
-        }
+    /// The nodes of the tree `id`, last first.
+    fn entries(&self, id: &cairn::id::Id) -> Result<Vec<Node>> {
+        let mut nodes = self.repo.read_tree(self.index, id)?.nodes;
+        nodes.reverse();
+        Ok(nodes)
+    }
+
+    fn print(&self, node: &Node, path: &str) {
         let m = &node.meta;
         if self.json {
             let mut entry = serde_json::json!({
@@ -94,9 +120,5 @@ impl Lister<'_> {
         } else {
             outln!("{path}");
         }
-        if let Content::Dir { subtree } = &node.content {
-            self.tree(subtree, path)?;
-        }
-        Ok(())
     }
 }

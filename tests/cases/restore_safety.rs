@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -314,6 +314,36 @@ fn read_deep_leaf(root: &Path, depth: usize) -> Vec<u8> {
 fn remove_deep(path: &Path) {
     let status = Command::new("rm").arg("-rf").arg(path).status().unwrap();
     assert!(status.success());
+}
+
+#[test]
+fn ls_lists_a_deep_tree() {
+    let scratch = Scratch::new("deep-ls");
+    let repo = scratch.join("repo");
+    deep_repository(&repo, DEEP);
+    let mut child = cairn(&repo).args(["ls", "latest"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (mut lines, mut last_line, mut buffer) = (0usize, 0usize, vec![0u8; 1 << 20]);
+    let mut current = 0usize;
+    loop {
+        let n = std::io::Read::read(&mut stdout, &mut buffer).unwrap();
+        if n == 0 {
+            break;
+        }
+        for &byte in &buffer[..n] {
+            if byte == b'\n' {
+                lines += 1;
+                last_line = current;
+                current = 0;
+            } else {
+                current += 1;
+            }
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lines, DEEP + 1, "every directory and the leaf");
+    assert_eq!(last_line, 2 * DEEP + "/leaf".len(), "the last line is the leaf's whole path");
 }
 
 #[test]
