@@ -4,14 +4,16 @@
 //! the snapshot (type, mode, mtime, size, symlink target, and content re-chunked and compared chunk
 //! id by chunk id), runs `PRAGMA integrity_check` on every SQLite database it restored, records
 //! the evidence in the audit log, and removes the scratch directory on every exit path it
-//! controls. Scratch directories left by a killed drill are removed by the next one.
+//! controls, an interruption included (the caller's `cancel` flag, set on SIGINT or SIGTERM by
+//! the binary); so are the parents of a scratch directory that the drill had to create. Scratch
+//! directories left by a killed drill (`kill -9`) are removed by the next one.
 
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -105,6 +107,39 @@ impl Drop for Scratch {
     }
 }
 
+/// The directories a drill created to reach its scratch parent: removed (when empty) however
+/// the drill ends, so a `--scratch` that did not exist leaves nothing behind.
+struct CreatedParents(Vec<PathBuf>);
+
+impl CreatedParents {
+    /// Creates `path` and its missing parents, private to this user, remembering which.
+    fn create(path: &Path) -> Result<CreatedParents> {
+        let mut missing = Vec::new();
+        let mut at = Some(path);
+        while let Some(dir) = at.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+            missing.push(dir.to_path_buf());
+            at = dir.parent();
+        }
+        let mut created = CreatedParents(Vec::new());
+        for dir in missing.into_iter().rev() {
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => created.0.push(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(&dir, e)),
+            }
+        }
+        Ok(created)
+    }
+}
+
+impl Drop for CreatedParents {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
 /// Removes `cairn-drill-<pid>-*` directories whose process is gone.
 fn remove_stale_scratch(parent: &Path) {
     let Ok(entries) = fs::read_dir(parent) else { return };
@@ -124,9 +159,10 @@ pub fn drill(
     snapshot: &Snapshot,
     scratch_parent: &Path,
     progress: &Progress,
+    cancel: Option<&'static AtomicBool>,
 ) -> Result<DrillReport> {
     let started = Instant::now();
-    fs::create_dir_all(scratch_parent).map_err(|e| Error::io(scratch_parent, e))?;
+    let _created = CreatedParents::create(scratch_parent)?;
     remove_stale_scratch(scratch_parent);
     if let Some(free) = crate::disk::space(scratch_parent).map(|s| s.free) {
         if free < snapshot.summary.bytes + (64 << 20) {
@@ -145,7 +181,7 @@ pub fn drill(
     )));
     fs::DirBuilder::new().mode(0o700).create(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;
     let index = repo.load_index()?;
-    let options = RestoreOptions { target: scratch.0.clone(), ..Default::default() };
+    let options = RestoreOptions { target: scratch.0.clone(), cancel, ..Default::default() };
     let restored = restore(repo, &index, snapshot, &options, progress)?;
 
     let root = Dir::open(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;
@@ -164,6 +200,7 @@ pub fn drill(
         ),
         databases: Mutex::new(Vec::new()),
         rounds: Rounds::default(),
+        cancel,
     };
     verifier.tree(&root, &Place::root(), &snapshot.tree, 0);
     verifier.rounds.run(
@@ -175,6 +212,9 @@ pub fn drill(
     failures.sort();
     let mut databases = verifier.databases.into_inner().expect("poisoned");
     databases.sort_by(|a, b| a.path.cmp(&b.path));
+    if cancel.is_some_and(|cancel| cancel.load(Relaxed)) {
+        return Err(Error::Interrupted);
+    }
     let checks_passed = verifier.passed.into_inner();
     drop(root);
     drop(scratch);
@@ -205,6 +245,7 @@ struct Verifier<'a> {
     failures: Mutex<Vec<String>>,
     databases: Mutex<Vec<DatabaseCheck>>,
     rounds: Rounds,
+    cancel: Option<&'a AtomicBool>,
 }
 
 impl Verifier<'_> {
@@ -220,6 +261,9 @@ impl Verifier<'_> {
     /// Checks the entries of the tree `id` against `dir` (which is `place`), `depth` levels
     /// below where this round's walk started.
     fn tree(&self, dir: &Dir, place: &Arc<Place>, id: &Id, depth: usize) {
+        if self.cancel.is_some_and(|cancel| cancel.load(Relaxed)) {
+            return;
+        }
         match self.repo.read_tree(self.index, id) {
             Ok(tree) => tree.nodes.par_iter().for_each(|node| self.node(node, dir, place, depth)),
             Err(e) => self

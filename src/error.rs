@@ -48,6 +48,9 @@ pub enum Error {
 
     #[error("{0}")]
     Invalid(String),
+
+    #[error("interrupted before it finished")]
+    Interrupted,
 }
 
 impl Error {

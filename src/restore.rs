@@ -23,7 +23,7 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
@@ -46,6 +46,9 @@ pub struct RestoreOptions {
     /// Leave existing files whose content already matches the snapshot (their metadata is still
     /// restored), so a restore into a non-empty target writes only what differs.
     pub skip_identical: bool,
+    /// Set (by a signal handler, say) to stop early: entries not yet begun are left out, and
+    /// the restore returns [`Error::Interrupted`].
+    pub cancel: Option<&'static AtomicBool>,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -136,6 +139,7 @@ struct Restorer<'a> {
     compare: Option<crate::chunking::Chunker>,
     unchanged: AtomicU64,
     as_root: bool,
+    cancel: Option<&'a AtomicBool>,
     errors: Mutex<Vec<SourceError>>,
     /// (dev, inode) of multiply-linked files to the first entry restored for them.
     link_sources: Mutex<HashMap<(u64, u64), Entry>>,
@@ -220,6 +224,7 @@ pub fn restore(
         unchanged: AtomicU64::new(0),
         // SAFETY: geteuid cannot fail.
         as_root: unsafe { libc::geteuid() } == 0,
+        cancel: options.cancel,
         errors: Mutex::new(Vec::new()),
         link_sources: Mutex::new(HashMap::new()),
         links: Mutex::new(Vec::new()),
@@ -243,6 +248,10 @@ pub fn restore(
         |dir, place, subtree| restorer.tree(dir, place, subtree, 0),
         |place, e| restorer.record(&place.path(restorer.target), e),
     );
+    if restorer.cancelled() {
+        progress.finish();
+        return Err(Error::Interrupted);
+    }
     let mut cache = DirCache::new(restorer.root.clone());
     restorer.finish_links(&mut cache);
     restorer.finish_dirs(&mut cache);
@@ -258,6 +267,10 @@ pub fn restore(
 }
 
 impl Restorer<'_> {
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(|cancel| cancel.load(Relaxed))
+    }
+
     fn record(&self, path: &Path, message: impl std::fmt::Display) {
         let error = SourceError { path: path.display().to_string(), message: message.to_string() };
         self.progress.warn(&format!("error: {}: {}", error.path, error.message));
@@ -289,6 +302,9 @@ impl Restorer<'_> {
     /// Restores the entries of the tree `id` into `dir`, which is `place`, `depth` levels below
     /// where this round's walk started.
     fn tree(&self, dir: &Dir, place: &Arc<Place>, id: &Id, depth: usize) {
+        if self.cancelled() {
+            return;
+        }
         let tree: Tree = match self.repo.read_tree(self.index, id) {
             Ok(tree) => tree,
             Err(e) => return self.record(&place.path(self.target), format!("cannot read directory listing: {e}")),
@@ -307,6 +323,9 @@ impl Restorer<'_> {
     /// Restores `node` into `dir` (which is `place`). `raw_database`: restore as plain bytes
     /// even if the content is an SQLite database.
     fn node(&self, node: &Node, dir: &Dir, place: &Arc<Place>, raw_database: bool, depth: usize) {
+        if self.cancelled() {
+            return;
+        }
         let name = node.name.as_slice();
         let result = match &node.content {
             Content::Dir { subtree } => {
@@ -463,6 +482,9 @@ impl Restorer<'_> {
             write(&first)?;
         }
         for id in chunks.iter().skip(1) {
+            if self.cancelled() {
+                return Err("interrupted".into());
+            }
             write(&self.repo.read_blob(self.index, id).map_err(|e| e.to_string())?)?;
         }
         if written != expected {

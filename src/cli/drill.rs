@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use anyhow::Result;
 
@@ -24,6 +25,29 @@ pub struct Args {
     scratch: Option<PathBuf>,
 }
 
+/// Set by SIGINT, SIGTERM or SIGHUP: the drill stops and removes its scratch directory.
+static CANCEL: AtomicBool = AtomicBool::new(false);
+/// The signal that set [`CANCEL`], for the exit code (128 + signal, as a shell reports it).
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    SIGNAL.store(signal, Ordering::SeqCst);
+    CANCEL.store(true, Ordering::SeqCst);
+    // A second signal ends the process at once, as if no handler were installed.
+    // SAFETY: signal() is async-signal-safe; SIG_DFL is a valid disposition.
+    unsafe { libc::signal(signal, libc::SIG_DFL) };
+}
+
+/// Stops the drill cleanly on the signals that end a service or an interactive command: a drill
+/// may have gigabytes restored in its scratch directory, and nothing else would remove them
+/// until the next drill.
+fn catch_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installs a handler that only stores to atomics and calls signal().
+        unsafe { libc::signal(signal, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    }
+}
+
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open()?;
     let mut audit = Run::start("drill", args.source.as_deref().unwrap_or(""));
@@ -37,15 +61,25 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     };
     let scratch = args.scratch.unwrap_or_else(std::env::temp_dir);
     let progress = Progress::new("drill", context.quiet || context.json);
+    // Only now: until the drill starts (waiting for the lock, say) nothing needs cleaning up.
+    catch_signals();
     let outcome =
         pick_snapshot(&repo, &Pick::parse(&args.snapshot), args.source.as_deref()).and_then(|(id, snapshot)| {
             audit.record.source = snapshot.source_key();
             audit.record.snapshot = Some(id.to_hex());
-            drill(&repo, &id, &snapshot, &scratch, &progress)
+            drill(&repo, &id, &snapshot, &scratch, &progress, Some(&CANCEL))
         });
     super::warn_damage(&repo);
     let report = match outcome {
         Ok(report) => report,
+        Err(cairn::error::Error::Interrupted) => {
+            let signal = SIGNAL.load(Ordering::SeqCst);
+            let message = format!("drill interrupted by signal {signal}; its scratch directory was removed");
+            audit.record.errors.push(message.clone());
+            super::finish_audit(audit, &repo, Outcome::Failed);
+            errln!("error: {message}");
+            return Ok(ExitCode::from(128 + signal as u8));
+        }
         Err(e) => {
             audit.record.errors.push(e.to_string());
             super::finish_audit(audit, &repo, Outcome::Failed);

@@ -34,8 +34,12 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let index = repo.load_index()?;
     super::warn_damage(&repo);
     let progress = Progress::new("restore", context.quiet || context.json);
-    let options =
-        RestoreOptions { target: args.target.clone(), includes: args.includes, skip_identical: args.skip_identical };
+    let options = RestoreOptions {
+        target: args.target.clone(),
+        includes: args.includes,
+        skip_identical: args.skip_identical,
+        ..Default::default()
+    };
     let summary = restore(&repo, &index, &snapshot, &options, &progress)?;
     if context.json {
         outln!("{}", serde_json::json!({ "snapshot": id.to_hex(), "target": args.target, "summary": summary }));

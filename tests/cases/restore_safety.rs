@@ -384,3 +384,57 @@ fn drill_verifies_a_deep_tree_and_removes_it() {
 fn entries_shallow(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir).unwrap().map(|e| PathBuf::from(e.unwrap().file_name())).collect()
 }
+
+/// A `--scratch` directory that does not exist is created for the drill and removed after it,
+/// with every parent the drill had to create: nothing is left where nobody asked.
+#[test]
+fn drill_leaves_no_directory_it_created() {
+    let scratch = Scratch::new("drill-parents");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(source.join("dir")).unwrap();
+    fs::write(source.join("dir/file"), b"content").unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    let missing = scratch.join("missing");
+    let report = json(cairn(&repo).args(["drill", "--scratch"]).arg(missing.join("deeper/still")));
+    assert_eq!(report["checks_failed"], 0, "{report}");
+    assert!(fs::symlink_metadata(&missing).is_err(), "the drill left {} behind", missing.display());
+
+    // A failed drill too.
+    let (pack, _) = packs_by_size(&repo).pop().unwrap();
+    flip_byte(&pack, 40, 0xff);
+    let out = run(cairn(&repo).args(["drill", "--scratch"]).arg(missing.join("deeper")));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(fs::symlink_metadata(&missing).is_err(), "the failed drill left {} behind", missing.display());
+}
+
+/// A drill stopped by SIGTERM or SIGINT (systemd stopping it, Ctrl-C) removes its scratch
+/// directory and the parents it created before it exits, and says it was interrupted.
+#[test]
+fn an_interrupted_drill_leaves_nothing_behind() {
+    let scratch = Scratch::new("drill-signal");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(&source).unwrap();
+    for i in 0..4 {
+        write_noise_file(&source.join(format!("big-{i}")), 64 << 20, i);
+    }
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    let parent = scratch.join("missing");
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let scratch_dir = parent.join("drills");
+        let child = cairn(&repo).args(["drill", "--scratch"]).arg(&scratch_dir).stderr(Stdio::piped()).spawn().unwrap();
+        // Signal once the restore has begun writing into the scratch directory.
+        let started = std::time::Instant::now();
+        while !fs::read_dir(&scratch_dir).is_ok_and(|mut d| d.next().is_some()) {
+            assert!(started.elapsed().as_secs() < 60, "the drill never made its scratch directory");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(128 + signal), "{stderr}");
+        assert!(stderr.contains("interrupted"), "{stderr}");
+        assert!(fs::symlink_metadata(&parent).is_err(), "signal {signal}: the drill left {} behind", parent.display());
+    }
+}

@@ -237,6 +237,8 @@ fn drill_passes_on_a_healthy_repository_and_names_damage() {
     ok(cairn(&repo).arg("snapshot").arg(&source).args(["--source", "app"]));
     drop(db);
 
+    // An existing scratch parent (one the drill creates is removed again: restore_safety.rs).
+    fs::create_dir(&drills).unwrap();
     let report = json(cairn(&repo).args(["drill", "--source", "app", "--scratch"]).arg(&drills));
     assert_eq!(report["checks_failed"], 0, "{report}");
     assert_eq!(report["checks_passed"], 4, "payload, notes.txt, db/ and db/app.sqlite");
