@@ -193,6 +193,12 @@ fn select(repo: &Repository, index: &Index, snapshot: &Snapshot, includes: &[Str
         let node = find_node(repo, index, &snapshot.tree, include, &short)?;
         selected.push((components(include).iter().map(|p| p.to_vec()).collect::<Vec<_>>(), node));
     }
+    Ok(outermost(selected))
+}
+
+/// The selection without entries inside another selected one (or equal to it).
+fn outermost(mut selected: Selection) -> Selection {
+    // Sorted by components, an entry comes right after the entries it is inside.
     selected.sort_by(|a, b| a.0.cmp(&b.0));
     let mut kept: Selection = Vec::new();
     for (parts, node) in selected {
@@ -200,7 +206,7 @@ fn select(repo: &Repository, index: &Index, snapshot: &Snapshot, includes: &[Str
             kept.push((parts, node));
         }
     }
-    Ok(kept)
+    kept
 }
 
 pub fn restore(
@@ -669,4 +675,47 @@ fn replace_database(dir: &Dir, new: &[u8], name: &[u8]) -> std::io::Result<()> {
         let _ = dir.remove_non_dir(&aside);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs_at::stat_fd;
+
+    #[test]
+    fn includes_inside_another_are_restored_once() {
+        let parts = |path: &str| components(path).iter().map(|p| p.to_vec()).collect::<Vec<_>>();
+        let selected = ["a/b", "b", "a", "a/b/c", "ab", "b", "./a//c"].iter().map(|p| (parts(p), None)).collect();
+        let kept: Vec<Vec<Vec<u8>>> = outermost(selected).into_iter().map(|(parts, _)| parts).collect();
+        assert_eq!(kept, vec![parts("a"), parts("ab"), parts("b")]);
+        let with_root = vec![(parts("a"), None), (parts("/"), None)];
+        assert_eq!(outermost(with_root).len(), 1, "the root holds everything");
+    }
+
+    /// Deepest first, as directory metadata is applied: each directory of a chain far deeper
+    /// than the cache is the one the forward walk made, and the cache stays bounded.
+    #[test]
+    fn the_cache_goes_up_a_deep_chain() {
+        let path = std::env::temp_dir().join(format!("cairn-restore-cache-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        let root = Arc::new(Dir::open(&path).unwrap());
+        let (mut places, mut inodes) = (Vec::new(), Vec::new());
+        let (mut dir, mut place) = (root.make_dir(b"d", 0o700).unwrap(), Place::root().child(b"d"));
+        for _ in 0..3 * CACHED_DIRS {
+            inodes.push(stat_fd(dir.as_fd()).unwrap().st_ino);
+            places.push(place.clone());
+            dir = dir.make_dir(b"d", 0o700).unwrap();
+            place = place.child(b"d");
+        }
+        let mut cache = DirCache::new(root);
+        for (place, inode) in places.iter().zip(&inodes).rev() {
+            let dir = cache.open(place).unwrap();
+            assert_eq!(stat_fd(dir.as_fd()).unwrap().st_ino, *inode);
+            cache.adopt_parent(place, &dir);
+            assert!(cache.open.len() <= CACHED_DIRS);
+        }
+        drop(cache);
+        crate::fs_at::remove_tree(&path).unwrap();
+    }
 }

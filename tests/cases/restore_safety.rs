@@ -198,6 +198,11 @@ fn a_racing_attacker_never_gets_a_byte_outside() {
 
     let (target, outside) = (scratch.join("target"), scratch.join("outside"));
     fs::create_dir_all(&outside).unwrap();
+    // Directory metadata is applied last: it must not land on `outside` either.
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o751)).unwrap();
+    set_mtime(&outside, 1_000_000_000, 7);
+    let untouched =
+        |meta: fs::Metadata| (meta.mode() & 0o7777, meta.mtime(), meta.mtime_nsec()) == (0o751, 1_000_000_000, 7);
     let stop = Arc::new(AtomicBool::new(false));
     let attacker = {
         let (stop, target, outside) = (stop.clone(), target.clone(), outside.clone());
@@ -229,9 +234,10 @@ fn a_racing_attacker_never_gets_a_byte_outside() {
         let out = cairn(&repo).args(["restore", "latest", "--quiet", "--target"]).arg(&target).args(mode).output();
         let found = entries(&outside);
         let code = out.unwrap().status.code();
-        if !found.is_empty() || !matches!(code, Some(0 | 1)) {
+        let meta = fs::symlink_metadata(&outside).unwrap();
+        if !found.is_empty() || !untouched(meta.clone()) || !matches!(code, Some(0 | 1)) {
             stop.store(true, Ordering::Relaxed);
-            panic!("round {round}: exit {code:?}, outside the target: {found:?}");
+            panic!("round {round}: exit {code:?}, outside the target: {found:?}, its metadata: {meta:?}");
         }
     }
     stop.store(true, Ordering::Relaxed);
