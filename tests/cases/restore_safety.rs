@@ -443,4 +443,25 @@ fn an_interrupted_drill_leaves_nothing_behind() {
         assert!(stderr.contains("interrupted"), "{stderr}");
         assert!(fs::symlink_metadata(&parent).is_err(), "signal {signal}: the drill left {} behind", parent.display());
     }
+
+    // kill -9 cannot be caught: the next drill removes what it left, without following a
+    // symlink found in it.
+    let (drills, outside) = (scratch.join("drills"), scratch.join("outside"));
+    fs::create_dir_all(&drills).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("keep"), b"keep").unwrap();
+    let mut child = cairn(&repo).args(["drill", "--scratch"]).arg(&drills).stderr(Stdio::null()).spawn().unwrap();
+    while !fs::read_dir(&drills).unwrap().any(|e| fs::read_dir(e.unwrap().path()).is_ok_and(|mut d| d.next().is_some()))
+    {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = entries_shallow(&drills);
+    assert_eq!(left.len(), 1, "kill -9 leaves the scratch directory: {left:?}");
+    symlink(&outside, drills.join(&left[0]).join("planted")).unwrap();
+    let report = json(cairn(&repo).args(["drill", "--scratch"]).arg(&drills));
+    assert_eq!(report["checks_failed"], 0, "{report}");
+    assert_eq!(entries_shallow(&drills), Vec::<PathBuf>::new(), "the next drill removed the leftovers");
+    assert_eq!(fs::read(outside.join("keep")).unwrap(), b"keep");
 }
