@@ -66,7 +66,10 @@ pub struct RestoreSummary {
 
 /// How many directory levels one walk descends by recursion before it leaves the rest for the
 /// next round. Real trees rarely go deeper, so they restore in one round with rayon's work
-/// stealing across the whole tree; each level costs a few KiB of a worker's 2 MiB stack.
+/// stealing across the whole tree, as before rounds existed. A level costs 0.8 to 2.8 KiB of
+/// stack (measured without the bound: a chain of 3,000 directories restored, one of 10,000
+/// overflowed the 8 MiB main thread, where rayon runs one-entry directories inline), so 32
+/// levels stay far inside a rayon worker's 2 MiB.
 pub const ROUND_DEPTH: usize = 32;
 
 /// Deferred directories that keep their descriptor open for the next round; the rest are
