@@ -20,6 +20,7 @@
 //!   [`gc`]: prune (mark, plan, sweep), which refuses to delete in a repository that is not
 //!   whole; [`repair`]: the index rebuilt from packs;
 //!   [`stats`]: storage cost per source; [`repository::lock`]: repository locks.
+//! - [`walk`]: the entries of a stored tree in path order, for listings.
 //! - [`sync`]: copying snapshots and the packs they need to another repository (offsite).
 //! - [`fs_at`]: file system calls relative to an open directory that never follow a symlink
 //!   below it, for restore and drills.
@@ -57,3 +58,4 @@ pub mod stats;
 pub mod status;
 pub mod sync;
 pub mod tag;
+pub mod walk;

@@ -1,5 +1,6 @@
 //! `cairn ls SNAPSHOT [PATH]`: list a snapshot's entries, recursively from PATH.
 
+use std::ops::ControlFlow;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -54,36 +55,16 @@ struct Lister<'a> {
 }
 
 impl Lister<'_> {
-    /// Prints every entry below the tree `id`, depth first in name order, each as `path` plus
-    /// its names. Iterative, with one path buffer: a tree of any depth costs neither stack nor a
-    /// path string per level.
-    fn walk(&self, id: &cairn::id::Id, mut path: String) -> Result<()> {
-        // Per directory being listed: its remaining entries (reversed) and its path's length.
-        let mut stack = vec![(self.entries(id)?, path.len())];
-        while let Some((entries, length)) = stack.last_mut() {
-            let Some(node) = entries.pop() else {
-                stack.pop();
-                continue;
-            };
+    /// Prints every entry below the tree `id`, until nobody reads the output.
+    fn walk(&self, id: &cairn::id::Id, prefix: String) -> Result<()> {
+        cairn::walk::each_entry(self.repo, self.index, id, prefix, |node, path| {
             if super::output::closed() {
-                return Ok(()); // nobody reads the rest
+                return ControlFlow::Break(()); // nobody reads the rest
             }
-            path.truncate(*length);
-            path.push('/');
-            path.push_str(&String::from_utf8_lossy(&node.name));
-            self.print(&node, &path);
-            if let Content::Dir { subtree } = &node.content {
-                stack.push((self.entries(subtree)?, path.len()));
-            }
-        }
+            self.print(node, path);
+            ControlFlow::Continue(())
+        })?;
         Ok(())
-    }
-
-    /// The nodes of the tree `id`, last first.
-    fn entries(&self, id: &cairn::id::Id) -> Result<Vec<Node>> {
-        let mut nodes = self.repo.read_tree(self.index, id)?.nodes;
-        nodes.reverse();
-        Ok(nodes)
     }
 
     fn print(&self, node: &Node, path: &str) {
