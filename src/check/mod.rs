@@ -7,12 +7,16 @@
 //! and every chunk they name is in the index. With `--read-data` (or a deterministic subset),
 //! every selected pack is read whole: its BLAKE3 must equal its name, and every blob its trailer
 //! lists must decrypt, decompress and hash to its id. Damage counts where the index takes a blob
-//! from; in a pack no index names it is only a warning. Finally every damaged or missing blob is
-//! traced to the snapshots and file paths that need it.
+//! from; in a pack no index names it is only a warning, unless that pack holds blobs the
+//! snapshots need and the index lacks (an index file was lost: an error that points at `cairn
+//! repair index`). Finally every damaged or missing blob is traced to the snapshots and file
+//! paths that need it ([`trees`]), and the report says how to recover.
 //!
-//! Check only reads; it never repairs (a later `prune` does). Packs are read into two buffers, one
-//! verified while the next is read, so memory stays at two packs, while the index and trees load
-//! beside them.
+//! Check only reads; it never repairs (`repair index` rebuilds the index, prune removes
+//! leftovers). Packs are read into two buffers, one verified while the next is read, so memory
+//! stays at two packs, while the index and trees load beside them.
+
+mod trees;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -24,12 +28,10 @@ use serde::Serialize;
 use crate::backend::{Backend, WholeObject};
 use crate::error::{Error, Result};
 use crate::format::pack::{self, BlobEntry, TrailerRead, HEADER_LEN, TAIL_LEN};
-use crate::format::snapshot::Snapshot;
-use crate::format::tree::{Content, Tree};
 use crate::id::Id;
 use crate::progress::Progress;
-use crate::repository::index::Index;
 use crate::repository::Repository;
+use trees::{all_trees_intact, walk, Walked};
 
 /// How many packs `--read-data` holds in memory at once: one being verified, one being read (or
 /// read and waiting).
@@ -714,180 +716,6 @@ fn blob_failure(e: Error) -> String {
     match e {
         Error::BadBlob { reason, .. } => reason,
         other => other.to_string(),
-    }
-}
-
-/// Walks every snapshot's trees, naming each path that needs a blob in `bad`, a tree that does not
-/// decode, or a chunk the index lacks.
-fn walk(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)], bad: HashMap<Id, String>) -> Walked {
-    let mut walker =
-        Walker { repo, index, bad, clean: HashSet::new(), unindexed: HashSet::new(), affected: Vec::new(), trees: 0 };
-    for (id, snapshot) in snapshots {
-        walker.snapshot(&id.short(), &snapshot.tree);
-    }
-    Walked { bad: walker.bad, unindexed: walker.unindexed, affected: walker.affected, trees: walker.trees }
-}
-
-/// Reads every tree the snapshots reach, each once and in parallel, level by level; returns how
-/// many there are if every one decodes and names only chunks and trees the index has, `None` at
-/// the first that does not (then [`walk`] names the paths it costs).
-fn all_trees_intact(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)]) -> Option<u64> {
-    let mut seen = HashSet::new();
-    let mut level: Vec<Id> = snapshots.iter().map(|(_, snapshot)| snapshot.tree).collect();
-    while !level.is_empty() {
-        level.retain(|id| seen.insert(*id));
-        let below: Vec<Vec<Id>> = level
-            .par_iter()
-            .map(|id| {
-                let tree = repo.read_tree(index, id).ok()?;
-                let mut subtrees = Vec::new();
-                for node in &tree.nodes {
-                    match &node.content {
-                        Content::Dir { subtree } => subtrees.push(*subtree),
-                        Content::File { chunks } if !chunks.iter().all(|chunk| index.contains(chunk)) => return None,
-                        _ => {}
-                    }
-                }
-                Some(subtrees)
-            })
-            .collect::<Option<_>>()?;
-        level = below.into_iter().flatten().collect();
-    }
-    Some(seen.len() as u64)
-}
-
-/// What [`walk`] found: every bad blob (those it was given and trees that would not decode), the
-/// blobs snapshots need that the index lacks, the paths they cost, and how many trees it read.
-struct Walked {
-    bad: HashMap<Id, String>,
-    unindexed: HashSet<Id>,
-    affected: Vec<Affected>,
-    trees: u64,
-}
-
-/// Walks snapshot trees, naming every path that needs a bad or missing blob. Subtrees found clean
-/// once are not walked again (snapshots share most of their trees). The walk keeps its own stack
-/// of directories, so a crafted tree a hundred thousand levels deep costs memory, not the
-/// process's stack.
-struct Walker<'a> {
-    repo: &'a Repository,
-    index: &'a Index,
-    bad: HashMap<Id, String>,
-    clean: HashSet<Id>,
-    unindexed: HashSet<Id>,
-    affected: Vec<Affected>,
-    trees: u64,
-}
-
-/// A directory being walked: its name, its tree, the next node to look at, and whether all before
-/// it was intact. Only names are kept: a path is joined from the stack when a problem needs one
-/// (paths held per level would cost memory quadratic in the depth).
-struct Open {
-    id: Id,
-    name: String,
-    tree: Tree,
-    next: usize,
-    intact: bool,
-}
-
-/// The path of `name` in the directory on top of `stack` (the root's own name is empty).
-fn path_of(stack: &[Open], name: &str) -> String {
-    let mut path = String::new();
-    for dir in stack.iter().skip(1) {
-        path.push('/');
-        path.push_str(&dir.name);
-    }
-    path.push('/');
-    path.push_str(name);
-    path
-}
-
-impl Walker<'_> {
-    /// Walks the snapshot whose root tree is `root`.
-    fn snapshot(&mut self, snapshot: &str, root: &Id) {
-        let mut stack: Vec<Open> = Vec::new();
-        if self.clean.contains(root) {
-            return;
-        }
-        match self.open(root) {
-            Ok(tree) => stack.push(Open { id: *root, name: String::new(), tree, next: 0, intact: true }),
-            Err(reason) => self.lost(snapshot, "/".into(), reason),
-        }
-        while let Some(dir) = stack.last_mut() {
-            let Some(node) = dir.tree.nodes.get(dir.next) else {
-                let done = stack.pop().expect("there is a top");
-                if done.intact {
-                    self.clean.insert(done.id);
-                }
-                if let Some(parent) = stack.last_mut() {
-                    parent.intact &= done.intact;
-                }
-                continue;
-            };
-            dir.next += 1;
-            let name = String::from_utf8_lossy(&node.name).into_owned();
-            match &node.content {
-                Content::Dir { subtree } if self.clean.contains(subtree) => {}
-                Content::Dir { subtree } => {
-                    let subtree = *subtree;
-                    match self.open(&subtree) {
-                        Ok(tree) => stack.push(Open { id: subtree, name, tree, next: 0, intact: true }),
-                        Err(reason) => {
-                            stack.last_mut().expect("the parent").intact = false;
-                            self.lost(snapshot, path_of(&stack, &name), reason);
-                        }
-                    }
-                }
-                Content::File { chunks } => {
-                    // The first problem names the file's; every chunk the index lacks is counted.
-                    let mut problem = None;
-                    for chunk in chunks {
-                        let found = match self.bad.get(chunk) {
-                            Some(reason) => Some(format!("chunk {}: {reason}", chunk.short())),
-                            None if !self.index.contains(chunk) => {
-                                self.unindexed.insert(*chunk);
-                                Some(format!("chunk {} is not in the index", chunk.short()))
-                            }
-                            None => None,
-                        };
-                        problem = problem.or(found);
-                    }
-                    if let Some(reason) = problem {
-                        dir.intact = false;
-                        let path = path_of(&stack, &name);
-                        self.affected.push(Affected { snapshot: snapshot.to_string(), path, reason });
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Reads the tree `id` to walk it, or says why it cannot be.
-    fn open(&mut self, id: &Id) -> std::result::Result<Tree, String> {
-        if let Some(reason) = self.bad.get(id) {
-            return Err(reason.clone());
-        }
-        if !self.index.contains(id) {
-            self.unindexed.insert(*id);
-            return Err(format!("tree {} is not in the index", id.short()));
-        }
-        match self.repo.read_tree(self.index, id) {
-            Ok(tree) => {
-                self.trees += 1;
-                Ok(tree)
-            }
-            Err(e) => {
-                self.bad.insert(*id, e.to_string());
-                Err(e.to_string())
-            }
-        }
-    }
-
-    /// Records that nothing below the directory at `path` can be restored.
-    fn lost(&mut self, snapshot: &str, path: String, reason: String) {
-        let reason = format!("directory listing unreadable, nothing below can be restored: {reason}");
-        self.affected.push(Affected { snapshot: snapshot.to_string(), path, reason });
     }
 }
 
