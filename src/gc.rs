@@ -330,6 +330,12 @@ fn copy_live_blobs(
 pub fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Result<PruneReport> {
     let internal = plan.internal;
     let mut report = PruneReport::default();
+    // Nothing to free: the index stays as it is (rewriting it would give an encrypted repository
+    // new index files on every prune, a put and a delete each on an object store).
+    if internal.delete.is_empty() && internal.repack.is_empty() && internal.unreferenced.is_empty() {
+        progress.finish();
+        return Ok(report);
+    }
     let before: u64 = repo.backend().list("packs")?.iter().map(|(_, len)| len).sum();
 
     // 1. Copy the live blobs out of the packs being repacked, verifying each on the way.

@@ -327,3 +327,22 @@ fn a_snapshot_blocked_by_a_prune_waits_then_fails_visibly() {
     fs::remove_file(repo.join("locks/held")).unwrap();
     ok(cairn(&repo).arg("snapshot").arg(scratch.join("d")));
 }
+
+#[test]
+fn a_prune_with_nothing_to_free_changes_nothing() {
+    let scratch = Scratch::new("prune-noop");
+    let (live, repo) = (scratch.join("live"), scratch.join("repo"));
+    init(&repo);
+    write_version(&live, 1);
+    ok(cairn(&repo).arg("snapshot").arg(&live));
+    ok(cairn(&repo).arg("snapshot").arg(&live));
+    let names = |repo: &Path| {
+        let mut names: Vec<_> = fs::read_dir(repo.join("index")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        names
+    };
+    let before = names(&repo);
+    let report = json(cairn(&repo).arg("prune"));
+    assert_eq!(report["report"]["index_files_written"], 0, "{report}");
+    assert_eq!(names(&repo), before, "an encrypted index sealed again would get new names");
+}
