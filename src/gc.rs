@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::format::index::{IndexFile, IndexedPack};
+use crate::format::index::IndexedPack;
 use crate::format::pack::BlobEntry;
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Content, Tree};
@@ -119,6 +119,34 @@ const REPAIR_ADVICE: &str = "an index file may be lost: run `cairn repair index`
     the packs, then `cairn check` (if they are in no pack either, check names the files lost: forget the snapshots \
     that need them)";
 
+/// The last word before anything is deleted: the place the index takes each live blob from is
+/// in a pack that stays, or among the blobs a repack copies out. The plan is built to keep this;
+/// this check makes a mistake in it (or in what it was given) stop the prune instead of costing
+/// data.
+fn ensure_live_blobs_stay(index: &Index, internal: &Internal) -> Result<()> {
+    let deleted: HashSet<&Id> = internal.delete.iter().chain(&internal.unreferenced).collect();
+    let repacked: HashSet<&Id> = internal.repack.iter().collect();
+    let copied: HashSet<(Id, u32)> = internal
+        .repack
+        .iter()
+        .filter_map(|pack| internal.keep.get(pack))
+        .flatten()
+        .map(|blob| (blob.id, blob.offset))
+        .collect();
+    for id in &internal.live {
+        let Some(at) = index.get(id) else { continue }; // refused earlier
+        let pack = index.pack_id(at);
+        if deleted.contains(&pack) || (repacked.contains(&pack) && !copied.contains(&(*id, at.offset))) {
+            return Err(Error::Invalid(format!(
+                "blob {} is live in pack {}, which the plan would delete; nothing was deleted: run `cairn check`",
+                id.short(),
+                pack.short()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Whether the index takes `blob` from this place in `pack`.
 fn picked(index: &Index, pack: &Id, blob: &BlobEntry) -> bool {
     index.get(&blob.id).is_some_and(|at| index.pack_id(at) == *pack && at.offset == blob.offset)
@@ -203,21 +231,25 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
     // does not exist, and the data only it needs would be deleted.
     let snapshots = repo.snapshots()?;
     let index = repo.load_index()?;
-    let files = repo.read_all_named("index", IndexFile::decode)?;
+    let indexed = repo.indexed_packs()?;
     if let Some(first) = repo.take_damage().first() {
         return Err(Error::Invalid(format!("{first}: refusing to prune a repository with damaged files")));
+    }
+    // A pack's entries are what every index file lists for it; files that disagree are damage (or
+    // a file forged to hide live blobs): deleting by either list could destroy what the other holds.
+    if let Some(first) = indexed.disputed.first() {
+        return Err(Error::Invalid(format!(
+            "index files disagree about what {} packs hold (pack {} among them); nothing was deleted: run `cairn \
+             repair index`, which reads those packs' own trailers",
+            indexed.disputed.len(),
+            first.short()
+        )));
     }
     let mut plan = PrunePlan { snapshots: snapshots.len() as u64, ..Default::default() };
     let live = mark(repo, &index, &snapshots)?;
     let present = repo.list_packs()?.0;
     refuse_unless_whole(&index, &live, &present)?;
-    let mut internal = Internal { live, ..Default::default() };
-    for (id, file) in files {
-        internal.index_files.push(format!("index/{}", id.to_hex()));
-        for pack in file.packs {
-            internal.packs.entry(pack.id).or_insert(pack);
-        }
-    }
+    let mut internal = Internal { live, index_files: indexed.files, packs: indexed.packs, ..Default::default() };
     // A blob is live in exactly one place: where the index finds it. Copies elsewhere are dead.
     let mut candidates: Vec<(f64, Id, u64)> = Vec::new();
     for (pack_id, pack) in &internal.packs {
@@ -264,6 +296,7 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
         }
     }
     internal.unreferenced.sort();
+    ensure_live_blobs_stay(&index, &internal)?;
     plan.packs = internal.packs.len() as u64;
     plan.delete = internal.delete.iter().map(|id| id.to_hex()).collect();
     plan.repack = internal.repack.iter().map(|id| id.to_hex()).collect();

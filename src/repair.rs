@@ -6,22 +6,22 @@
 //! that snapshots need. restic's `repair index` is the anchor; cairn's pack trailers allow the
 //! same (store-format/prune.md, "Repair index").
 //!
-//! Plan, then act. The plan takes each pack file present: its entries come from an intact index
-//! file that names it with its length, or else (and for every pack with `read_all_packs`) from
-//! its own trailer. A pack whose trailer cannot be read keeps the entries an index file had for
+//! Plan, then act. The plan takes each pack file present: its entries come from the intact index
+//! files that name it with its length, when they agree, or else (and for every pack with
+//! `read_all_packs`) from its own trailer. A pack whose trailer cannot be read keeps the entries an index file had for
 //! it, if any, so its intact blobs still restore; without those it stays unindexed, for `check`
 //! to report. Packs that index files name but that are gone are dropped. Executing writes index
 //! files for every pack present, each durable before the next step, and only then deletes the
 //! old index files. A crash in between leaves old and new files naming the same blobs, which is
 //! harmless, and a second run finishes. Repair deletes nothing but index files it has replaced.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::format::index::{IndexFile, IndexedPack};
+use crate::format::index::IndexedPack;
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::Repository;
@@ -46,6 +46,9 @@ pub struct RepairPlan {
     pub missing_blobs: u64,
     /// Index files that could not be read (they are replaced).
     pub damaged_index_files: Vec<String>,
+    /// Packs that index files disagree about (ids): their trailers are read, and the index
+    /// files are replaced.
+    pub disputed: Vec<String>,
     /// Index files there are now.
     pub index_files: u64,
     #[serde(skip)]
@@ -70,7 +73,10 @@ struct Internal {
 impl RepairPlan {
     /// Whether the index already says exactly what the plan would write.
     pub fn is_noop(&self) -> bool {
-        self.from_trailer.is_empty() && self.missing.is_empty() && self.damaged_index_files.is_empty()
+        self.from_trailer.is_empty()
+            && self.missing.is_empty()
+            && self.damaged_index_files.is_empty()
+            && self.disputed.is_empty()
     }
 }
 
@@ -78,7 +84,7 @@ impl RepairPlan {
 /// for a passing reason (an I/O error rather than damage) stops the plan: the index is never
 /// rebuilt from a partial view.
 pub fn plan(repo: &Repository, read_all_packs: bool, progress: &Progress) -> Result<RepairPlan> {
-    let files = repo.read_all_named("index", IndexFile::decode)?;
+    let merged = repo.indexed_packs()?;
     let mut plan = RepairPlan::default();
     for damage in repo.take_damage() {
         match damage {
@@ -96,13 +102,9 @@ pub fn plan(repo: &Repository, read_all_packs: bool, progress: &Progress) -> Res
         .collect();
     old_files.sort();
     plan.index_files = old_files.len() as u64;
-    // What intact index files say, the first naming of a pack winning.
-    let mut indexed: HashMap<Id, IndexedPack> = HashMap::new();
-    for (_, file) in files {
-        for pack in file.packs {
-            indexed.entry(pack.id).or_insert(pack);
-        }
-    }
+    // What intact index files say, all of them; a pack they disagree about is read again.
+    let (indexed, disputed) = (merged.packs, merged.disputed);
+    plan.disputed = disputed.iter().map(|id| id.to_hex()).collect();
     let (present, _) = repo.list_packs()?;
     plan.packs = present.len() as u64;
     let mut missing: Vec<&IndexedPack> = indexed.values().filter(|p| !present.contains_key(&p.id)).collect();
@@ -114,7 +116,7 @@ pub fn plan(repo: &Repository, read_all_packs: bool, progress: &Progress) -> Res
     let mut packs = Vec::with_capacity(present.len());
     for (&id, &len) in &present {
         match indexed.get(&id) {
-            Some(pack) if pack.len == len && !read_all_packs => packs.push(pack.clone()),
+            Some(pack) if pack.len == len && !read_all_packs && !disputed.contains(&id) => packs.push(pack.clone()),
             _ => to_read.push((id, len)),
         }
     }

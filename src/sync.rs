@@ -125,17 +125,12 @@ pub fn copy(
     if missing.is_empty() {
         return Ok(());
     }
-    // The source's index, and each pack's entries (what the destination's index will say).
-    let mut source_packs: HashMap<Id, IndexedPack> = HashMap::new();
-    for (_, file) in source.read_all_named("index", IndexFile::decode)? {
-        for pack in file.packs {
-            source_packs.entry(pack.id).or_insert(pack);
-        }
-    }
+    // The source's index, and each pack's entries (what the destination's index will say): all
+    // that the index files list for it (a pack they disagree about is verified blob by blob before
+    // it is sent, like every other, so a listed blob it lacks fails its snapshots, by name).
+    let source_packs = source.indexed_packs()?.packs;
     // In pack id order, so every sync picks the same copy of a blob stored twice.
-    let mut by_id: Vec<IndexedPack> = source_packs.values().cloned().collect();
-    by_id.sort_unstable_by_key(|p| p.id);
-    let source_index = Index::build([IndexFile { packs: by_id }]);
+    let source_index = Index::build([IndexFile { packs: source_packs.values().cloned().collect() }]);
     let (reachable, mut missing) = reach(source, &source_index, missing, report);
     let dest_index = dest.load_index()?;
     let needed: HashSet<Id> = reachable.into_iter().filter(|id| !dest_index.contains(id)).collect();

@@ -100,9 +100,13 @@ fn path_of(stack: &[Open], name: &str) -> String {
 }
 
 impl Walker<'_> {
-    /// Walks the snapshot whose root tree is `root`.
+    /// Walks the snapshot whose root tree is `root`. A damaged subtree met again in the same
+    /// snapshot (snapshots of real trees rarely repeat one; a crafted one can name it twice per
+    /// level, two to the power of its depth paths) is reported once more as a whole, not walked.
     fn snapshot(&mut self, snapshot: &str, root: &Id) {
         let mut stack: Vec<Open> = Vec::new();
+        // Damaged subtrees walked in this snapshot, with the path they were walked at.
+        let mut damaged: HashMap<Id, String> = HashMap::new();
         if self.clean.contains(root) {
             return;
         }
@@ -115,6 +119,8 @@ impl Walker<'_> {
                 let done = stack.pop().expect("there is a top");
                 if done.intact {
                     self.clean.insert(done.id);
+                } else if !stack.is_empty() {
+                    damaged.insert(done.id, path_of(&stack, &done.name));
                 }
                 if let Some(parent) = stack.last_mut() {
                     parent.intact &= done.intact;
@@ -125,13 +131,21 @@ impl Walker<'_> {
             let name = String::from_utf8_lossy(&node.name).into_owned();
             match &node.content {
                 Content::Dir { subtree } if self.clean.contains(subtree) => {}
+                Content::Dir { subtree } if damaged.contains_key(subtree) => {
+                    dir.intact = false;
+                    let reason = format!("the same damaged directory as {}", damaged[subtree]);
+                    let path = path_of(&stack, &name);
+                    self.affected.push(Affected { snapshot: snapshot.to_string(), path, reason });
+                }
                 Content::Dir { subtree } => {
                     let subtree = *subtree;
                     match self.open(&subtree) {
                         Ok(tree) => stack.push(Open { id: subtree, name, tree, next: 0, intact: true }),
                         Err(reason) => {
                             stack.last_mut().expect("the parent").intact = false;
-                            self.lost(snapshot, path_of(&stack, &name), reason);
+                            let path = path_of(&stack, &name);
+                            damaged.insert(subtree, path.clone());
+                            self.lost(snapshot, path, reason);
                         }
                     }
                 }

@@ -76,6 +76,9 @@ fn describe(plan: &repair::RepairPlan, quiet: bool) {
     for file in &plan.damaged_index_files {
         errln!("warning: damaged index file {file} is replaced");
     }
+    for pack in &plan.disputed {
+        errln!("warning: index files disagree about pack {pack}: its own trailer decides");
+    }
     for pack in &plan.missing {
         errln!("warning: pack {pack} is missing: its blobs are dropped from the index");
     }

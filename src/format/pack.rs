@@ -32,7 +32,7 @@ pub enum Codec {
 }
 
 /// One blob's place in a pack. Shared by pack trailers and index files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BlobEntry {
     pub id: Id,
     pub kind: BlobKind,

@@ -487,6 +487,33 @@ impl Repository {
         }
     }
 
+    /// What the index files say about each pack, all of them together: a pack's entries are the
+    /// union of what every intact index file lists for it. Files that disagree about a pack (another
+    /// length or other entries: damage, or an index file forged to hide live blobs) make it
+    /// disputed; its trailer says what it holds. Damaged files are skipped and recorded, as by
+    /// [`Repository::load_index`].
+    pub fn indexed_packs(&self) -> Result<IndexedPacks> {
+        let mut merged = IndexedPacks::default();
+        for (id, file) in self.read_all_named("index", IndexFile::decode)? {
+            merged.files.push(format!("index/{}", id.to_hex()));
+            for mut pack in file.packs {
+                pack.blobs.sort_unstable_by_key(|b| (b.offset, b.id));
+                match merged.packs.entry(pack.id) {
+                    std::collections::btree_map::Entry::Vacant(free) => _ = free.insert(pack),
+                    std::collections::btree_map::Entry::Occupied(mut known) => {
+                        if known.get().len != pack.len || known.get().blobs != pack.blobs {
+                            merged.disputed.insert(pack.id);
+                            let known = known.get_mut();
+                            let listed: std::collections::HashSet<BlobEntry> = known.blobs.iter().copied().collect();
+                            known.blobs.extend(pack.blobs.into_iter().filter(|b| !listed.contains(b)));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(merged)
+    }
+
     /// Writes index files naming `packs`, [`PACKS_PER_INDEX_FILE`] to a file in the order given,
     /// each durable when this returns; returns their keys. How prune and repair rewrite the
     /// index (store-format/index.md, "What writers put in an index file").
@@ -534,6 +561,18 @@ impl Repository {
         let bytes = self.read_blob(index, id)?;
         Tree::decode(&bytes, &format!("tree {}", id.short()))
     }
+}
+
+/// What [`Repository::indexed_packs`] found.
+#[derive(Debug, Default)]
+pub struct IndexedPacks {
+    /// Every pack an intact index file names, with the union of the entries the files list, in
+    /// pack order.
+    pub packs: std::collections::BTreeMap<Id, IndexedPack>,
+    /// Packs that index files disagree about.
+    pub disputed: std::collections::BTreeSet<Id>,
+    /// The intact index files (keys).
+    pub files: Vec<String>,
 }
 
 /// [`Repository::list_packs`] on a backend not yet opened as a repository.

@@ -57,6 +57,59 @@ pub fn deep_snapshot(repo: &Path, depth: usize, content: &[u8], missing_chunk: b
     opened.save_snapshot(&snapshot).unwrap().to_hex()
 }
 
+/// Writes a snapshot whose every directory names the one below it twice (`a` and `b`), `depth`
+/// levels down to a file with a chunk that was never stored: two to the power of `depth` paths
+/// over `depth` trees. Returns its id.
+pub fn diamond_snapshot(repo: &Path, depth: usize) -> String {
+    let opened = Repository::open_with(&repo.to_string_lossy(), PASSWORD).unwrap();
+    let index = opened.load_index().unwrap();
+    let store = BlobStore::new(&opened, &index);
+    let meta = Metadata { mode: 0o755, mtime_sec: 1_700_000_000, nlink: 1, ..Default::default() };
+    let file = Node {
+        name: b"f".to_vec(),
+        meta: Metadata { mode: 0o644, size: 1, ..meta },
+        content: Content::File { chunks: vec![Id::of(b"a chunk no pack holds either")] },
+    };
+    let mut tree = store.store(BlobKind::Tree, &Tree { nodes: vec![file] }.encode()).unwrap();
+    for _ in 0..depth {
+        let nodes = [b"a", b"b"]
+            .map(|name| Node { name: name.to_vec(), meta, content: Content::Dir { subtree: tree } })
+            .to_vec();
+        tree = store.store(BlobKind::Tree, &Tree { nodes }.encode()).unwrap();
+    }
+    store.finish().unwrap();
+    let snapshot = Snapshot {
+        time_sec: 1_700_000_000,
+        time_nsec: 0,
+        duration_ms: 1,
+        tree,
+        parent: None,
+        hostname: "crafted".into(),
+        username: "test".into(),
+        source: "diamond".into(),
+        paths: vec![b"/diamond".to_vec()],
+        tags: Vec::new(),
+        summary: Summary { files: 1 << depth.min(62), dirs: depth as u64, bytes: 1, ..Default::default() },
+        errors: Vec::new(),
+    };
+    opened.save_snapshot(&snapshot).unwrap().to_hex()
+}
+
+#[test]
+fn check_names_a_damaged_directory_once_however_many_paths_reach_it() {
+    let scratch = Scratch::new("diamond");
+    let repo = scratch.join("repo");
+    init(&repo);
+    diamond_snapshot(&repo, 64);
+    let out = run(cairn(&repo).args(["check", "--json"]));
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let affected = report["affected"].as_array().unwrap();
+    // The file once, then each level's second way down as "the same damaged directory".
+    assert_eq!(affected.len(), 1 + 64, "{:?}", &affected[..3]);
+    assert_eq!(report["trees"], 65);
+}
+
 fn code(command: &mut std::process::Command) -> Option<i32> {
     run(command).status.code()
 }

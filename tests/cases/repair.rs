@@ -268,6 +268,52 @@ fn forge_index(repo: &Path) {
     }
 }
 
+/// A forged index file, sorting first, that names every real pack with its true length but lists
+/// in each only one made-up blob: the real entries are still in the real index file.
+fn forge_index_hiding_live_blobs(repo: &Path) {
+    let opened = open(repo);
+    let files = opened.read_all_named("index", IndexFile::decode).unwrap();
+    let real_first = files.iter().map(|(id, _)| id.to_hex()).min().unwrap();
+    let mut packs: Vec<_> = files.iter().flat_map(|(_, f)| f.packs.clone()).collect();
+    for attempt in 0u64.. {
+        for pack in &mut packs {
+            let made_up = Id::of(&[pack.id.0.as_slice(), &attempt.to_le_bytes()].concat());
+            pack.blobs = vec![cairn::format::pack::BlobEntry { id: made_up, ..pack.blobs[0] }];
+        }
+        let bytes = opened.seal_file(IndexFile { packs: packs.clone() }.encode());
+        let name = Id::of(&bytes).to_hex();
+        if name < real_first {
+            opened.backend().put(&format!("index/{name}"), &bytes).unwrap();
+            return;
+        }
+    }
+}
+
+#[test]
+fn prune_and_repair_see_every_index_file_naming_a_pack_not_only_the_first() {
+    let scratch = Scratch::new("hiding-index");
+    let (source, repo) = (source_tree(&scratch), scratch.join("repo"));
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    let before = packs(&repo);
+    forge_index_hiding_live_blobs(&repo);
+    // Prune keeps every pack: the real index file still places live blobs in each.
+    let out = run(cairn(&repo).arg("prune"));
+    assert!(before.iter().all(|(pack, _)| pack.exists()), "a live pack was deleted");
+    assert_eq!(out.status.code(), Some(1), "index files that disagree about a pack stop the prune");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cairn repair index"));
+    // Repair reads the trailers of the packs the index files disagree about, and mends the index.
+    let plan = json(cairn(&repo).args(["repair", "index", "--dry-run"]));
+    assert_eq!(plan["plan"]["from_trailer"].as_array().unwrap().len(), before.len(), "{plan}");
+    ok(cairn(&repo).args(["repair", "index"]));
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    ok(cairn(&repo).arg("prune"));
+    assert_eq!(packs(&repo), before);
+    let target = scratch.join("restored");
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    assert_same_tree(&source, &target);
+}
+
 #[test]
 fn prune_never_trusts_a_forged_index_over_the_packs_it_would_delete() {
     let scratch = Scratch::new("forged-index");
