@@ -30,7 +30,7 @@
 //! and the walk goes on; a repository write failure aborts the snapshot.
 
 use std::collections::HashSet;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
@@ -667,6 +667,20 @@ impl Prefetch {
     }
 }
 
+/// Opens for reading, waiting as a plain open would, the file a lease holds (`O_NONBLOCK` gave
+/// `EWOULDBLOCK`), through a descriptor of that very inode (`O_PATH`, reopened through
+/// `/proc/self/fd`): a blocking open by name could meet a FIFO swapped in meanwhile and hang.
+fn wait_for_lease(located: &File) -> std::io::Result<File> {
+    if !located.metadata()?.is_file() {
+        return Err(std::io::Error::other("no longer a regular file"));
+    }
+    let again = |flags| {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new().read(true).custom_flags(flags).open(format!("/proc/self/fd/{}", located.as_raw_fd()))
+    };
+    again(libc::O_NOATIME).or_else(|_| again(0))
+}
+
 /// Opens the entry `name` of `dir`, listed as a regular file, for reading: without updating the
 /// access time where the kernel allows it (owner or root), never through a symlink, and without
 /// hanging should it have been replaced by a FIFO meanwhile (the caller checks what it got). A
@@ -674,7 +688,7 @@ impl Prefetch {
 fn open_for_reading(dir: &Dir, name: &[u8]) -> std::io::Result<File> {
     let open = |flags| dir.open_file(name, flags);
     let file = match open(libc::O_NOATIME | libc::O_NONBLOCK).or_else(|_| open(libc::O_NONBLOCK)) {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open(0)?,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_for_lease(&open(libc::O_PATH)?)?,
         other => other?,
     };
     // Reads block as usual from here (some FUSE file systems honour O_NONBLOCK on reads).

@@ -539,3 +539,49 @@ fn limit_descriptors(command: &mut Command, soft: u64, hard: u64) {
         });
     }
 }
+
+/// A Python process that takes a write lease on `path` (as Samba or an NFS server does), says so
+/// on stdout, and gives the lease up `hold` after someone else opens the file (the kernel signals
+/// the break).
+fn lease_holder(path: &Path, hold: Duration) -> Child {
+    let script = format!(
+        "import fcntl, os, signal, sys, time\n\
+         fd = os.open({path:?}, os.O_RDWR)\n\
+         def broken(*_):\n    time.sleep({hold})\n    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)\n    sys.exit(0)\n\
+         signal.signal(signal.SIGIO, broken)\n\
+         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)\n\
+         print('held', flush=True)\n\
+         time.sleep(60)\n",
+        path = path.to_str().unwrap(),
+        hold = hold.as_secs_f64()
+    );
+    Command::new("python3").arg("-c").arg(script).stdout(Stdio::piped()).spawn().unwrap()
+}
+
+#[test]
+fn a_file_under_a_lease_is_waited_for_and_stored_whole() {
+    if !is_root() {
+        return; // a lease on another user's file needs CAP_LEASE
+    }
+    let scratch = Scratch::new("lease");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(&source).unwrap();
+    let leased = source.join("leased");
+    write_noise_file(&leased, 300_000, 17);
+    init(&repo);
+    let mut holder = lease_holder(&leased, Duration::from_millis(300));
+    let mut said = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut said).unwrap();
+    assert_eq!(said.trim(), "held");
+    // A write lease is broken by any open: cairn's non-blocking one fails and starts the break,
+    // and cairn then waits for the holder to give the lease up.
+    let started = Instant::now();
+    let out = json(cairn(&repo).arg("snapshot").arg(&source));
+    assert_eq!(out["summary"]["files"], 1, "{out}");
+    holder.kill().ok();
+    holder.wait().unwrap();
+    let target = scratch.join("restored");
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    assert_same_tree(&source, &target);
+    eprintln!("snapshot under a lease took {:?}", started.elapsed());
+}
