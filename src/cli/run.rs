@@ -7,11 +7,11 @@
 //! Before the first step the run creates the repository if it is missing: encrypted with the
 //! run's password, plain only when the config says `encryption = "none"`, and otherwise not at
 //! all (store-format/config.md, "Who creates it"). The children inherit the password source
-//! through the environment (`src/cli/password.rs`).
+//! through the environment (`src/cli/password.rs`). The run lock is [`lock`]'s.
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+mod lock;
+
+use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
@@ -54,7 +54,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     for problem in paths {
         errln!("warning: {}:{}: {}", path.display(), problem.line, problem.message);
     }
-    let _lock = RunLock::acquire(&path, config.temp_dir.as_deref())?;
+    let _lock = lock::RunLock::acquire(&path)?;
     let repo = config.repository.clone().unwrap_or_else(|| context.location());
     let mut audit = Run::start("run", "");
     let mut cycle = Cycle { context, config: &config, repo, opened: None, steps: Vec::new() };
@@ -423,60 +423,4 @@ fn lines(stdout: &[u8], stderr: &[u8]) -> Vec<String> {
         .flat_map(|b| String::from_utf8_lossy(b).lines().map(str::to_string).collect::<Vec<_>>())
         .filter(|l| !l.trim().is_empty())
         .collect()
-}
-
-/// One `cairn run` per config at a time: an exclusive `flock` on a file named after the config,
-/// which the kernel releases when the process ends, however it ends (so a crashed run leaves no
-/// stale lock, only the file, which the next run takes over). A run that ends removes the file
-/// while it still holds the lock, and a run that locked a file checks that its name still leads
-/// to it (a run ending in between would have removed it), so removing never lets two runs in.
-struct RunLock {
-    path: PathBuf,
-    _file: File,
-}
-
-impl RunLock {
-    fn acquire(config: &Path, temp_dir: Option<&Path>) -> Result<RunLock> {
-        let canonical = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
-        let id = cairn::id::Id::of(canonical.as_os_str().as_encoded_bytes()).short();
-        let dir = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|d| d.is_dir())
-            .or_else(|| temp_dir.map(Path::to_path_buf))
-            .unwrap_or_else(std::env::temp_dir);
-        let path = dir.join(format!("cairn-run-{id}.lock"));
-        loop {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(&path)
-                .with_context(|| format!("opening the run lock {}", path.display()))?;
-            // SAFETY: a valid open file descriptor.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                bail!(
-                    "another `cairn run` with {} is running ({}): not starting a second one",
-                    config.display(),
-                    holder.trim()
-                );
-            }
-            use std::os::unix::fs::MetadataExt;
-            let (held, named) = (file.metadata()?, std::fs::metadata(&path));
-            if !named.is_ok_and(|named| (named.dev(), named.ino()) == (held.dev(), held.ino())) {
-                continue; // removed by a run that ended after we opened it: take the new one
-            }
-            file.set_len(0).ok();
-            std::fs::write(&path, format!("pid {}", std::process::id())).ok();
-            return Ok(RunLock { path, _file: file });
-        }
-    }
-}
-
-impl Drop for RunLock {
-    fn drop(&mut self) {
-        // Before the file closes, so the lock is still held.
-        let _ = std::fs::remove_file(&self.path);
-    }
 }

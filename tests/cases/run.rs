@@ -2,6 +2,8 @@
 //! the run lock, the disk guard, and `cairn config check`.
 
 use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -281,4 +283,142 @@ fn config_check_reports_each_problem_with_its_line() {
         text.lines().filter(|l| l.contains(": ") && !l.ends_with("problems")).all(|l| l.contains("does not exist")),
         "{text}"
     );
+}
+
+/// A config with one small source and no offsite; `before` is its before hook.
+fn small(name: &str, before: &str) -> (Scratch, PathBuf) {
+    let scratch = Scratch::new(name);
+    fs::create_dir_all(scratch.join("src")).unwrap();
+    fs::write(scratch.join("src/file"), "content").unwrap();
+    let config = scratch.join("cairn.toml");
+    let text = format!("repository = \"repo\"\n[[source]]\nname = \"src\"\npaths = [\"src\"]\nbefore = \"{before}\"\n");
+    fs::write(&config, text).unwrap();
+    (scratch, config)
+}
+
+/// The short id `cairn run` names its lock after: BLAKE3 of the config's canonical path.
+fn lock_id(config: &Path) -> String {
+    let canonical = fs::canonicalize(config).unwrap();
+    cairn::id::Id::of(canonical.as_os_str().as_encoded_bytes()).short()
+}
+
+/// `cairn run` as cron or a system service starts it: no runtime directory in the environment.
+fn scheduled(config: &Path) -> Command {
+    let mut command = cairn_run(config);
+    command.env_remove("XDG_RUNTIME_DIR").env_remove("RUNTIME_DIRECTORY");
+    command
+}
+
+/// A directory only this user can use, for `RUNTIME_DIRECTORY`.
+fn private_dir(path: &Path) -> PathBuf {
+    fs::create_dir_all(path).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700)).unwrap();
+    path.to_path_buf()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_planted_run_lock_is_never_written_through_and_holds_no_run_off() {
+    let (s, config) = small("run-lock-planted", "true");
+    let id = lock_id(&config);
+    let victim = s.join("victim");
+    fs::write(&victim, "precious").unwrap();
+
+    // The review's reproduction: a symlink at the predictable name in the shared temp directory.
+    let planted = std::env::temp_dir().join(format!("cairn-run-{id}.lock"));
+    let _ = fs::remove_file(&planted);
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    let out = run(&mut scheduled(&config));
+    let _ = fs::remove_file(&planted);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious", "the run wrote through a planted symlink");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Another user's file at that name, locked by its owner: the run is not held off.
+    fs::write(&planted, "pid 1").unwrap();
+    if is_root() {
+        std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+    }
+    let held = fs::File::open(&planted).unwrap();
+    // SAFETY: a valid open descriptor.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    let out = run(&mut scheduled(&config));
+    drop(held);
+    fs::remove_file(&planted).unwrap();
+    assert!(out.status.success(), "a stranger's lock file held the run off: {}", stderr(&out));
+
+    // In a lock directory of this user, a symlink at the lock's own name is refused, not followed.
+    let locks = private_dir(&s.join("locks"));
+    std::os::unix::fs::symlink(&victim, locks.join(format!("run-{id}.lock"))).unwrap();
+    let out = run(scheduled(&config).env("RUNTIME_DIRECTORY", &locks));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("symlink") && stderr(&out).contains(&*locks.to_string_lossy()), "{}", stderr(&out));
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+
+    // And so is a symlink in place of the lock directory itself.
+    let elsewhere = private_dir(&s.join("elsewhere"));
+    std::os::unix::fs::symlink(&elsewhere, s.join("locks-link")).unwrap();
+    let out = run(scheduled(&config).env("RUNTIME_DIRECTORY", s.join("locks-link")));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("symlink"), "{}", stderr(&out));
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
+
+#[test]
+fn a_run_lock_directory_that_others_can_write_or_own_is_refused() {
+    let (s, config) = small("run-lock-dirs", "true");
+    for mode in [0o777, 0o1777, 0o770, 0o702] {
+        let dir = private_dir(&s.join(format!("open-{mode:o}")));
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+        let out = run(scheduled(&config).env("RUNTIME_DIRECTORY", &dir));
+        assert_eq!(out.status.code(), Some(1), "mode {mode:o}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(&*dir.to_string_lossy()) && err.contains("writable"), "mode {mode:o}: {err}");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "mode {mode:o}: nothing is created there");
+    }
+    // Owned by someone else (as root: another uid; otherwise a directory root owns).
+    let theirs = if is_root() {
+        let dir = private_dir(&s.join("theirs"));
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        dir
+    } else {
+        PathBuf::from("/")
+    };
+    let out = run(scheduled(&config).env("RUNTIME_DIRECTORY", &theirs));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&*theirs.to_string_lossy()) && err.contains("owned by uid"), "{err}");
+    assert!(!s.join("repo").exists(), "nothing ran");
+}
+
+#[test]
+fn a_killed_run_leaves_a_lock_file_that_holds_nothing_off() {
+    let (s, config) = small("run-lock-killed", "sleep 2");
+    let locks = private_dir(&s.join("locks"));
+    let lock = locks.join(format!("run-{}.lock", lock_id(&config)));
+    let mut first = scheduled(&config)
+        .env("RUNTIME_DIRECTORY", &locks)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while fs::read_to_string(&lock).unwrap_or_default() != format!("pid {}", first.id()) {
+        assert!(started.elapsed() < Duration::from_secs(20), "the run lock never appeared at {}", lock.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fs::symlink_metadata(&lock).unwrap().permissions().mode() & 0o7777, 0o600);
+    // Two runs of one config still exclude each other.
+    let second = run(scheduled(&config).env("RUNTIME_DIRECTORY", &locks));
+    assert_eq!(second.status.code(), Some(1));
+    assert!(stderr(&second).contains(&format!("is running (pid {})", first.id())), "{}", stderr(&second));
+    // Killed, the run leaves its file behind; the kernel dropped its lock, so the next run runs.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(lock.exists(), "a killed run cannot remove its lock file");
+    let third = run(scheduled(&config).env("RUNTIME_DIRECTORY", &locks));
+    assert!(third.status.success(), "{}", stderr(&third));
+    assert!(!lock.exists(), "a run that ends removes its lock file");
 }

@@ -307,6 +307,21 @@ fn the_contrib_units_run_as_committed_and_write_the_prometheus_file() {
         !settings.iter().any(|(k, v)| k == "Environment" && v.contains("CAIRN_PASSWORD")),
         "no password in the unit itself"
     );
+    // RuntimeDirectory=: the directories systemd makes for the service, with their mode, named
+    // in $RUNTIME_DIRECTORY; the run keeps its lock there.
+    let mode = settings.iter().find(|(k, _)| k == "RuntimeDirectoryMode").map(|(_, v)| v.as_str()).unwrap_or("0755");
+    let runtime: Vec<PathBuf> = settings
+        .iter()
+        .filter(|(k, _)| k == "RuntimeDirectory")
+        .flat_map(|(_, v)| v.split_whitespace())
+        .map(|name| scratch.join("run").join(name))
+        .collect();
+    assert!(!runtime.is_empty(), "the service has a RuntimeDirectory= for its run lock");
+    for dir in &runtime {
+        fs::create_dir_all(dir).unwrap();
+        fs::set_permissions(dir, fs::Permissions::from_mode(u32::from_str_radix(mode, 8).unwrap())).unwrap();
+    }
+    let runtime_variable = runtime.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":");
     let mut ran = Vec::new();
     for phase in ["ExecStart", "ExecStartPost", "ExecStopPost"] {
         for (_, line) in settings.iter().filter(|(k, _)| k == phase) {
@@ -314,12 +329,14 @@ fn the_contrib_units_run_as_committed_and_write_the_prometheus_file() {
             let words: Vec<&str> = line.trim_start_matches(['-', '@', '+', '!']).split_whitespace().collect();
             let mut command = clean(words[0]);
             command.args(&words[1..]).env("CREDENTIALS_DIRECTORY", &installed.credentials);
+            command.env("RUNTIME_DIRECTORY", &runtime_variable).env_remove("XDG_RUNTIME_DIR");
             let output = run(&mut command);
             assert!(output.status.success(), "{phase}={line}: {}", stderr(&output));
             ran.push(phase);
         }
     }
     assert!(ran.contains(&"ExecStart") && ran.len() >= 2, "{ran:?}");
+    assert_eq!(entries(&runtime[0]), Vec::<String>::new(), "the run removed its lock file");
     let metrics = fs::read_to_string(installed.prometheus()).expect("the Prometheus file is written");
     assert!(metrics.contains("cairn_"), "{metrics}");
     let listed = run(bare().arg("--repo").arg(installed.repo()).arg("snapshots"));
@@ -424,6 +441,6 @@ every = "1h"
         assert_eq!(listed.as_array().unwrap().len(), 1, "{}: {listed}", repo.display());
     }
     assert!(report.to_string().contains("drill data"), "the drill ran: {report}");
-    assert_eq!(entries(&conf.join("tmp")), Vec::<String>::new(), "the drill scratch and the run lock are gone");
+    assert_eq!(entries(&conf.join("tmp")), Vec::<String>::new(), "the drill scratch is gone");
     assert_eq!(entries(&conf), ["cairn.toml", "data", "hook-cwd", "offsite", "repo", "tmp"]);
 }
