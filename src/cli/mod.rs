@@ -62,6 +62,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DURATION", default_value = "10m", value_parser = cairn::status::parse_duration)]
     lock_wait: std::time::Duration,
 
+    /// Fail where a command would create the repository (`snapshot` into a location without
+    /// one): what `cairn run` gives its steps, having created or found the repository itself
+    #[arg(long, global = true, hide = true)]
+    no_create: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -114,6 +119,8 @@ pub struct Context {
     pub quiet: bool,
     pub json: bool,
     pub lock_wait: std::time::Duration,
+    /// Whether [`Context::open_or_create`] may create the repository (not in a step of `cairn run`).
+    pub create: bool,
 }
 
 impl Context {
@@ -127,9 +134,13 @@ impl Context {
     }
 
     /// Opens the repository, creating it first if it does not exist yet (the default local
-    /// repository on a fresh machine).
+    /// repository on a fresh machine), unless `--no-create` forbids it.
     pub fn open_or_create(&self) -> Result<Repository> {
         match Repository::open_location(&self.location()) {
+            Err(cairn::error::Error::NotARepository(_)) if !self.create => anyhow::bail!(
+                "there is no repository at {}, and a step of `cairn run` (--no-create) creates none: the run found or created it before its first step, so it has been moved or removed since, or its disk unmounted",
+                self.repo_path.display()
+            ),
             Err(cairn::error::Error::NotARepository(_)) => {}
             opened => return Ok(opened?),
         }
@@ -179,7 +190,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         None => default_location()
             .context("no --repo given, CAIRN_REPO unset, and no home directory for the default repository")?,
     };
-    let context = Context { repo_path, quiet: cli.quiet, json: cli.json, lock_wait: cli.lock_wait };
+    let context =
+        Context { repo_path, quiet: cli.quiet, json: cli.json, lock_wait: cli.lock_wait, create: !cli.no_create };
     match cli.command {
         Command::Init(args) => init::run(&context, args),
         Command::Key(args) => key::run(&context, args),

@@ -6,8 +6,10 @@
 //!
 //! Before the first step the run creates the repository if it is missing: encrypted with the
 //! run's password, plain only when the config says `encryption = "none"`, and otherwise not at
-//! all (store-format/config.md, "Who creates it"). The children inherit the password source
-//! through the environment (`src/cli/password.rs`). The run lock is [`lock`]'s.
+//! all (store-format/config.md, "Who creates it"); a location it cannot check fails the run.
+//! Its steps never create it (`--no-create`): one that vanished since fails its steps. The
+//! children inherit the password source through the environment (`src/cli/password.rs`). The
+//! run lock is [`lock`]'s.
 
 mod lock;
 
@@ -136,34 +138,37 @@ impl Cycle<'_> {
     /// password and plain only when the config says `encryption = "none"`; without either it
     /// fails, with nothing created. An encrypted one without a password fails the same way,
     /// before any step. A plain repository that the config does not declare plain is backed up
-    /// as usual, and reported as a failed step.
+    /// as usual, and reported as a failed step. A location that cannot be checked (a transient
+    /// object-store error, a permission error) fails the run: whether to create is never guessed.
     fn prepare(&mut self) -> Result<()> {
-        // A location that cannot even be reached is left to the steps, which report it.
-        let Ok(backend) = Repository::backend_at(&self.repo) else { return Ok(()) };
-        match backend.exists("config") {
-            Ok(false) => self.create(),
-            Ok(true) => {
-                let Ok(bytes) = backend.get("config") else { return Ok(()) };
-                let plain = !cairn::format::envelope::is_encrypted(&bytes);
-                if !plain && !super::password::given() {
-                    // Every step would fail alike: its child has no terminal to ask on.
-                    bail!(
-                        "{} is encrypted, and this run has no password for it: nothing was run. Give it with --password-file FILE, CAIRN_PASSWORD_FILE, CAIRN_PASSWORD or --password-command",
-                        self.repo
-                    );
-                }
-                if plain && self.config.encryption == Encryption::Required {
-                    let message = format!(
-                        "{} is NOT encrypted, and {} does not say `encryption = \"none\"`: add that line to accept a plain repository, or sync this one to a new encrypted repository and use that",
-                        self.repo,
-                        self.config.path.display()
-                    );
-                    self.push("encryption".into(), Outcome::Failed, Instant::now(), vec![message]);
-                }
-                Ok(())
-            }
-            Err(_) => Ok(()),
+        let unknown = |e: cairn::error::Error| {
+            anyhow::anyhow!(
+                "cannot tell whether {} holds a repository ({e}): nothing was run, and nothing was created. Fix the location or access to it and run again",
+                self.repo
+            )
+        };
+        let backend = Repository::backend_at(&self.repo).map_err(unknown)?;
+        if !backend.exists("config").map_err(unknown)? {
+            return self.create();
         }
+        let bytes = backend.get("config").map_err(unknown)?;
+        let plain = !cairn::format::envelope::is_encrypted(&bytes);
+        if !plain && !super::password::given() {
+            // Every step would fail alike: its child has no terminal to ask on.
+            bail!(
+                "{} is encrypted, and this run has no password for it: nothing was run. Give it with --password-file FILE, CAIRN_PASSWORD_FILE, CAIRN_PASSWORD or --password-command",
+                self.repo
+            );
+        }
+        if plain && self.config.encryption == Encryption::Required {
+            let message = format!(
+                "{} is NOT encrypted, and {} does not say `encryption = \"none\"`: add that line to accept a plain repository, or sync this one to a new encrypted repository and use that",
+                self.repo,
+                self.config.path.display()
+            );
+            self.push("encryption".into(), Outcome::Failed, Instant::now(), vec![message]);
+        }
+        Ok(())
     }
 
     fn create(&mut self) -> Result<()> {
@@ -339,6 +344,9 @@ impl Cycle<'_> {
         let started = Instant::now();
         let mut command = Command::new(std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cairn")));
         command.arg("--repo").arg(repo).arg("--lock-wait").arg(format!("{}s", self.context.lock_wait.as_secs()));
+        // The run created or found the repository before its first step; one that is gone since
+        // (moved, its disk unmounted) fails the step rather than coming back empty, or plain.
+        command.arg("--no-create");
         command.args(args).stdin(Stdio::null()).env_remove("CAIRN_REPO");
         let (outcome, lines) = match command.output() {
             Ok(out) => {

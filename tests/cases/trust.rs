@@ -444,3 +444,65 @@ every = "1h"
     assert_eq!(entries(&conf.join("tmp")), Vec::<String>::new(), "the drill scratch is gone");
     assert_eq!(entries(&conf), ["cairn.toml", "data", "hook-cwd", "offsite", "repo", "tmp"]);
 }
+
+#[test]
+fn a_run_that_cannot_tell_whether_its_repository_exists_creates_nothing() {
+    let scratch = Scratch::new("trust-unknown");
+    fs::create_dir_all(scratch.join("src")).unwrap();
+    fs::write(scratch.join("src/file"), "content").unwrap();
+    // When the run starts, the repository's parent is a regular file, so whether a repository is
+    // there cannot be told (ENOTDIR, where an unreadable directory gives EACCES and an object
+    // store a 5xx). The before hook clears the fault, as a transient one clears by itself, before
+    // the snapshot step.
+    fs::write(scratch.join("parent"), "a file, not a directory").unwrap();
+    let config = scratch.join("cairn.toml");
+    let text = "repository = \"parent/repo\"\n[[source]]\nname = \"src\"\npaths = [\"src\"]\nbefore = \"rm parent && mkdir parent\"\n";
+    fs::write(&config, text).unwrap();
+    let out = run(bare().args(["run", "--config"]).arg(&config));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!scratch.join("parent/repo").exists(), "a repository was created: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("parent/repo") && err.contains("nothing was run"), "{err}");
+
+    // An object store that does not answer, the same.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    fs::write(&config, "repository = \"s3://nowhere/repo\"\n[[source]]\nname = \"src\"\npaths = [\"src\"]\n").unwrap();
+    let mut command = bare();
+    for (key, value) in [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")]
+    {
+        command.env(key, value);
+    }
+    command.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{dead}")).env("AWS_ALLOW_HTTP", "true");
+    let out = run(command.args(["run", "--config"]).arg(&config));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("s3://nowhere/repo") && err.contains("nothing was run"), "{err}");
+}
+
+#[test]
+fn a_step_never_creates_the_repository_that_vanished_after_the_run_began() {
+    // A plain repository the config does not declare plain (an older cairn made it): the run
+    // backs it up and reports it. Moved away (an unmounted disk) after the run checked it, it
+    // must not come back as a new plain repository that the config never allowed.
+    let scratch = Scratch::new("trust-vanished");
+    let config = run_config(&scratch, "");
+    let text = fs::read_to_string(&config).unwrap() + "before = \"mv repo moved\"\n";
+    fs::write(&config, text).unwrap();
+    ok(bare().arg("--repo").arg(scratch.join("repo")).args(["init", "--encryption", "none"]));
+    let (code, report) = run_json(bare().args(["run", "--config"]).arg(&config));
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(step_outcome(&report, "snapshot src").as_deref(), Some("failed"), "{report}");
+    assert!(!scratch.join("repo").exists(), "the step created a repository: {report}");
+    assert!(report.to_string().contains("no repository"), "{report}");
+
+    // Nor does a step with a password make a fresh encrypted one in its place.
+    fs::rename(scratch.join("moved"), scratch.join("repo")).unwrap();
+    let text = fs::read_to_string(&config).unwrap().replace("\n\n[[source]]", "\nencryption = \"none\"\n[[source]]");
+    fs::write(&config, text).unwrap();
+    let password = scratch.join("password");
+    write_secret(&password, PASSWORD);
+    let (code, report) = run_json(bare().arg("--password-file").arg(&password).args(["run", "--config"]).arg(&config));
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(step_outcome(&report, "snapshot src").as_deref(), Some("failed"), "{report}");
+    assert!(!scratch.join("repo").exists(), "the step created a repository: {report}");
+}
