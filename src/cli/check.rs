@@ -31,7 +31,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         std::thread::spawn(move || Prefetched::read(&*backend, subset))
     });
     let repo = Repository::open_location_on(backend, &context.location())?;
-    let _lock = repo.lock(cairn::repository::lock::LockKind::Shared, "check", context.lock_wait)?;
+    let _lock = super::read_lock(&repo, "check", context.lock_wait)?;
     let prefetched = match prefetch.map(|thread| thread.join()) {
         Some(Ok(prefetched)) => prefetched,
         Some(Err(panic)) => std::panic::resume_unwind(panic),

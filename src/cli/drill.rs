@@ -51,12 +51,12 @@ fn catch_signals() {
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open()?;
     let mut audit = Run::start("drill", args.source.as_deref().unwrap_or(""));
-    let _lock = match repo.lock(cairn::repository::lock::LockKind::Shared, "drill", context.lock_wait) {
+    let _lock = match super::read_lock(&repo, "drill", context.lock_wait) {
         Ok(lock) => lock,
         Err(e) => {
             audit.record.errors.push(e.to_string());
             super::finish_audit(audit, &repo, Outcome::Failed);
-            return Err(e.into());
+            return Err(e);
         }
     };
     let scratch = args.scratch.unwrap_or_else(std::env::temp_dir);

@@ -164,6 +164,37 @@ impl Context {
     }
 }
 
+/// A shared lock for a command that only reads the repository. Where the repository cannot be
+/// written (a full or read-only disk, credentials that may only read), the command goes on
+/// without one and says so: on the day of the disaster a restore must not need room on the
+/// backup disk. A prune running meanwhile could then make it fail, never give wrong bytes: every
+/// blob is verified as it is read.
+pub fn read_lock(
+    repo: &Repository,
+    command: &str,
+    wait: std::time::Duration,
+) -> Result<Option<cairn::repository::lock::Lock>> {
+    match repo.lock(cairn::repository::lock::LockKind::Shared, command, wait) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(cairn::error::Error::Io { path, source }) if cannot_write(&source) => {
+            errln!(
+                "warning: {command} runs without a lock: the repository cannot be written ({}: {source}); a prune \
+                 running meanwhile would make it fail, never give wrong bytes",
+                path.display()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether an error says the repository cannot be written at all (rather than that writing
+/// failed this once).
+fn cannot_write(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::PermissionDenied
+        || matches!(error.raw_os_error(), Some(libc::EROFS | libc::ENOSPC | libc::EDQUOT))
+}
+
 /// Prints a warning for every damaged repository file the command skipped; true if any.
 pub fn warn_damage(repo: &Repository) -> bool {
     let damage = repo.take_damage();

@@ -29,7 +29,7 @@ pub struct Args {
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open()?;
-    let _lock = repo.lock(cairn::repository::lock::LockKind::Shared, "restore", context.lock_wait)?;
+    let _lock = super::read_lock(&repo, "restore", context.lock_wait)?;
     let (id, snapshot) = repo.find_snapshot_of(&args.snapshot, args.source.as_deref())?;
     let index = repo.load_index()?;
     super::warn_damage(&repo);

@@ -125,7 +125,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
 /// Copies what is missing; returns the destination. With nothing missing, the destination sees
 /// only the reads of its config (and key file) and the listings of its keys and snapshots.
 fn sync(context: &Context, source: &Repository, args: &Args, report: &mut SyncReport) -> Result<Repository> {
-    let _source_lock = source.lock(LockKind::Shared, "sync", context.lock_wait)?;
+    let _source_lock = super::read_lock(source, "sync", context.lock_wait)?;
     let dest = open_or_create(context, source, &args.to, args.to_password_file.as_deref())?;
     let shared = cairn::sync::shares_keys(source, &dest);
     let missing = if shared {

@@ -224,3 +224,36 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
         assert!(err.contains("writing to standard output") && err.contains("No space left"), "{err}");
     }
 }
+
+#[test]
+fn a_repository_that_cannot_be_written_still_restores_and_checks() {
+    // The day of the disaster: the backup disk mounted read-only, or full, or credentials that
+    // may only read. Reading commands go on without their shared lock, and say so.
+    let scratch = Scratch::new("read-only-repo");
+    let source = scratch.join("src");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("a"), noise(300_000, 4)).unwrap();
+    let repo = scratch.join("repo");
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    open_up(scratch.path());
+    // Readable by everyone, writable by its owner only: cairn runs as another user.
+    assert!(std::process::Command::new("chmod").args(["-R", "a+rX,go-w"]).arg(&repo).status().unwrap().success());
+    if !is_root() {
+        assert!(std::process::Command::new("chmod").args(["-R", "a-w"]).arg(&repo).status().unwrap().success());
+    }
+    let before = listing(&repo);
+    let target = scratch.join("target");
+    fs::create_dir(&target).unwrap();
+    open_up(&target);
+    let out = run(as_unprivileged(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without a lock"));
+    assert_eq!(fs::read(target.join("a")).unwrap(), noise(300_000, 4));
+    for args in [&["check", "--read-data"][..], &["ls", "latest"], &["snapshots"]] {
+        let out = run(as_unprivileged(&repo).args(args));
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(listing(&repo), before, "nothing was written");
+    let _ = std::process::Command::new("chmod").args(["-R", "u+w"]).arg(&repo).status();
+}

@@ -1,7 +1,6 @@
 //! Incremental behaviour, dedup, bounded memory, exclusions and incomplete snapshots.
 
 use std::fs;
-use std::path::Path;
 
 use crate::support::*;
 
@@ -124,20 +123,6 @@ fn repository_inside_the_source_is_skipped() {
     ok(cairn(&repo).arg("snapshot").arg(&source));
     let listing = ok(cairn(&repo).args(["ls", "latest"]));
     assert_eq!(listing.trim(), "/f");
-}
-
-/// Runs cairn as an unprivileged user when the tests run as root, so that permissions apply.
-fn as_unprivileged(repo: &Path) -> std::process::Command {
-    if !is_root() {
-        return cairn(repo);
-    }
-    let mut command = std::process::Command::new("setpriv");
-    command
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", CAIRN, "--repo"])
-        .arg(repo)
-        .env_remove("CAIRN_REPO");
-    with_password(&mut command);
-    command
 }
 
 #[test]

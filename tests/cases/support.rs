@@ -327,3 +327,18 @@ pub fn flip_byte(path: &Path, offset: u64, mask: u8) {
 pub fn pack_count(repo: &Path) -> usize {
     fs::read_dir(repo.join("packs")).unwrap().map(|d| fs::read_dir(d.unwrap().path()).unwrap().count()).sum()
 }
+
+/// Runs cairn as an unprivileged user when the tests run as root, so that permissions apply.
+pub fn as_unprivileged(repo: &Path) -> Command {
+    if !is_root() {
+        return cairn(repo);
+    }
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", CAIRN, "--repo"])
+        .arg(repo)
+        .env_remove("CAIRN_REPO")
+        .stdin(Stdio::null());
+    with_password(&mut command);
+    command
+}
