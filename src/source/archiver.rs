@@ -584,7 +584,8 @@ impl Archiver<'_> {
     fn database_node(&self, dir: &Dir, at: &Location<'_>, listed: Metadata, timeout: Duration) -> Result<Look> {
         let mut ids = Vec::new();
         let mut size = 0u64;
-        let captured = sqlite::capture(dir, at.name, timeout, READ_WINDOW, |batch, page_size| {
+        let identity = (listed.dev, listed.ino);
+        let captured = sqlite::capture(dir, at.name, identity, timeout, READ_WINDOW, |batch, page_size| {
             let stored: Vec<Id> = batch
                 .par_chunks(page_size)
                 .map(|chunk| self.store.store(BlobKind::Data, chunk))

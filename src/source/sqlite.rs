@@ -78,6 +78,8 @@ pub enum CaptureError {
     Corrupt(String),
     #[error("cannot read database: {0}")]
     Sqlite(String),
+    #[error("replaced while it was being opened: not stored")]
+    Replaced,
     /// The callback failed (a repository write): not the database's fault.
     #[error("{0}")]
     Sink(crate::error::Error),
@@ -161,12 +163,37 @@ fn open(path: &Path, timeout: Duration) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
-/// Reads a consistent image of the database `name` in the open directory `dir`, handing `each`
-/// batches of whole pages (about `batch_bytes` each) in order, with the page size. Holds only a
-/// read transaction, for the duration of the read.
+/// Whether the file SQLite holds open as `connection`'s main database is the one listed as
+/// `name` in `dir` with `identity` (device, inode). SQLite opens by name, so another file renamed
+/// or linked into its place between the listing and the open (in a tree someone else can write)
+/// would be read instead; after the open, the name must still lead to the listed inode, and the
+/// inode SQLite opened must be the one the name leads to (`SQLITE_FCNTL_HAS_MOVED`), before and
+/// after that look, so that a swap back in between is seen too.
+fn opened_is_listed(connection: &Connection, dir: &Dir, name: &[u8], identity: (u64, u64)) -> bool {
+    let moved = || {
+        let mut moved: std::ffi::c_int = 1;
+        // SAFETY: a valid open connection; HAS_MOVED writes one int through the pointer.
+        let rc = unsafe {
+            ffi::sqlite3_file_control(
+                connection.handle(),
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_HAS_MOVED,
+                (&mut moved as *mut std::ffi::c_int).cast(),
+            )
+        };
+        rc != ffi::SQLITE_OK || moved != 0
+    };
+    !moved() && dir.stat(name).is_ok_and(|stat| (stat.dev(), stat.ino()) == identity) && !moved()
+}
+
+/// Reads a consistent image of the database `name` in the open directory `dir`, listed as the
+/// file with `identity` (device, inode), handing `each` batches of whole pages (about
+/// `batch_bytes` each) in order, with the page size. Holds only a read transaction, for the
+/// duration of the read.
 pub fn capture(
     dir: &Dir,
     name: &[u8],
+    identity: (u64, u64),
     timeout: Duration,
     batch_bytes: usize,
     mut each: impl FnMut(&[u8], usize) -> crate::error::Result<()>,
@@ -182,6 +209,9 @@ pub fn capture(
     // Everything below reads inside this one transaction: one consistent snapshot.
     connection.execute_batch("BEGIN").map_err(fail)?;
     connection.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).map_err(fail)?;
+    if !opened_is_listed(&connection, dir, name, identity) {
+        return Err(CaptureError::Replaced);
+    }
     let page_size: u32 = connection.query_row("PRAGMA page_size", [], |row| row.get(0)).map_err(fail)?;
     let pages: u64 = connection.query_row("PRAGMA page_count", [], |row| row.get(0)).map_err(fail)?;
     let mut statement = connection.prepare("SELECT pgno, data FROM sqlite_dbpage").map_err(fail)?;
@@ -273,7 +303,15 @@ mod tests {
         assert!(dir.join("app.db-wal").metadata().unwrap().len() > 0, "commits live in the WAL");
         let mut image = Vec::new();
         let parent = Dir::open(&dir, false).unwrap();
-        let shape = capture(&parent, b"app.db", Duration::from_secs(5), 1 << 20, |batch, page_size| {
+        let listed = std::fs::metadata(&path).unwrap();
+        let identity = (std::os::unix::fs::MetadataExt::dev(&listed), std::os::unix::fs::MetadataExt::ino(&listed));
+        // Another file than the one listed is refused before a page is read.
+        let other =
+            capture(&parent, b"app.db", (identity.0, identity.1 + 1), Duration::from_secs(5), 1 << 20, |_, _| {
+                panic!("no page of a replaced database is read")
+            });
+        assert!(matches!(other, Err(CaptureError::Replaced)), "{other:?}");
+        let shape = capture(&parent, b"app.db", identity, Duration::from_secs(5), 1 << 20, |batch, page_size| {
             assert_eq!(batch.len() % page_size, 0);
             image.extend_from_slice(batch);
             Ok(())
