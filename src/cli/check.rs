@@ -31,7 +31,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         std::thread::spawn(move || Prefetched::read(&*backend, subset))
     });
     let repo = Repository::open_location_on(backend, &context.location())?;
-    let _lock = super::read_lock(&repo, "check", context.lock_wait)?;
+    let lock = super::read_lock(&repo, "check", context.lock_wait)?;
     let prefetched = match prefetch.map(|thread| thread.join()) {
         Some(Ok(prefetched)) => prefetched,
         Some(Err(panic)) => std::panic::resume_unwind(panic),
@@ -39,7 +39,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     };
     let mut audit = Run::start("check", "");
     let progress = Progress::new("check", context.quiet || context.json);
-    let report = match check(&repo, subset, prefetched, &progress) {
+    let mut report = match check(&repo, subset, prefetched, &progress) {
         Ok(report) => report,
         Err(e) => {
             audit.record.errors.push(e.to_string());
@@ -47,6 +47,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             return Err(e.into());
         }
     };
+    let forged = lock.as_ref().map(|lock| lock.forged_markers()).unwrap_or_default();
+    report.warnings.extend(forged.iter().map(|marker| super::forged_marker(marker)));
     audit.record.bytes = report.bytes_read;
     audit.record.errors = report.errors.iter().take(100).cloned().collect();
     audit.record.details = serde_json::json!({

@@ -107,7 +107,8 @@ pub fn run_forget(context: &Context, args: ForgetArgs) -> Result<ExitCode> {
         bail!("give either snapshot ids or a --keep-* policy, not both");
     }
     let kind = if args.prune { LockKind::Exclusive } else { LockKind::Shared };
-    let _lock = repo.lock(kind, "forget", context.lock_wait)?;
+    let lock = repo.lock(kind, "forget", context.lock_wait)?;
+    super::warn_forged_markers(&lock);
     let decisions: Vec<Decision> = if args.ids.is_empty() {
         let mut snapshots = repo.snapshots()?;
         if let Some(source) = &args.source {
@@ -167,7 +168,8 @@ pub fn forget(context: &Context, repo: &Repository, decisions: &[Decision], dry_
 
 pub fn run_prune(context: &Context, args: PruneOnlyArgs) -> Result<ExitCode> {
     let repo = context.open()?;
-    let _lock = repo.lock(LockKind::Exclusive, "prune", context.lock_wait)?;
+    let lock = repo.lock(LockKind::Exclusive, "prune", context.lock_wait)?;
+    super::warn_forged_markers(&lock);
     prune(context, &repo, &args.args, args.dry_run)
 }
 

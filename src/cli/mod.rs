@@ -204,6 +204,23 @@ pub fn warn_damage(repo: &Repository) -> bool {
     !damage.is_empty()
 }
 
+/// What a warning says of a release marker that a lock's look found forged
+/// ([`cairn::repository::lock::Lock::forged_markers`]).
+pub fn forged_marker(marker: &str) -> String {
+    format!(
+        "{marker} does not release the lock file it names: only that lock's holder can write its marker, so it \
+         was ignored. Someone who can write locks/ (a host syncing here?) may be compromised, or an older cairn \
+         wrote it (its markers reveal no secret)"
+    )
+}
+
+/// Warns of the forged release markers that taking `lock` found.
+pub fn warn_forged_markers(lock: &cairn::repository::lock::Lock) {
+    for marker in lock.forged_markers() {
+        errln!("warning: {}", forged_marker(&marker));
+    }
+}
+
 /// Writes a run's audit record. Failing to write it is reported loudly but does not replace the
 /// run's own outcome (a committed snapshot stays committed; a run's own error stays the error).
 pub fn finish_audit(audit: cairn::audit::Run, repo: &Repository, outcome: cairn::format::audit::Outcome) {

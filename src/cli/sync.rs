@@ -114,7 +114,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     }
     if args.prune {
         check_may_delete(&dest, &args.to)?;
-        let _lock = dest.lock(LockKind::Exclusive, "sync --prune", context.lock_wait)?;
+        let lock = dest.lock(LockKind::Exclusive, "sync --prune", context.lock_wait)?;
+        super::warn_forged_markers(&lock);
         let nested = Context { quiet: context.quiet || context.json, json: false, ..context.clone() };
         super::forget::forget(&nested, &dest, &plan(&dest.snapshots()?, &policy), false)?;
         return super::forget::prune(&nested, &dest, &args.prune_args, false);

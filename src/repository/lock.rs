@@ -14,10 +14,14 @@
 //! abandoned one alive.
 //!
 //! A holder that may not delete (a host with create-only credentials for its offsite copy) ends
-//! a lock file by writing its release marker `locks/<id>.released` instead; a holder that may
-//! delete removes released lock files and their markers when it next looks.
+//! its lock file by writing a release marker instead; a holder that may delete removes released
+//! lock files and their markers when it next looks. A marker is commit-reveal: a lock file is
+//! named by the BLAKE3 hash of a secret that only its writer knows, and its marker's name reveals
+//! that secret, so a reader can tell by the names alone (no read) that the marker is the
+//! holder's. Anyone else's marker (a compromised host's, written to let its writes run during a
+//! prune) releases nothing.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -37,7 +41,8 @@ pub const STALE_AFTER: Duration = Duration::from_secs(1800);
 /// A holder whose last rewrite is older than this stops before its next commit write
 /// ([`Lock::check_held`]): one refresh interval before others may call it stale.
 pub const HELD_FOR_SURE: Duration = Duration::from_secs(STALE_AFTER.as_secs() - REFRESH.as_secs());
-/// The end of a release marker's name: `locks/<name>.released` releases `locks/<name>`.
+/// The end of a release marker's name: `locks/<name>.<secret>.released` releases `locks/<name>`
+/// if `<name>` is the BLAKE3 hash of `<secret>`.
 pub const RELEASED: &str = ".released";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,14 +52,13 @@ pub enum LockKind {
     Exclusive,
 }
 
-/// How a holder ends lock files: its own (on release, refresh, or backing off) and stale ones it
-/// finds.
+/// How a holder ends its own lock files (on release, after a refresh, or backing off).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Release {
-    /// Delete them, and clear away released lock files and markers. Where the credentials do not
-    /// allow a delete, fall back to [`Release::Mark`].
+    /// Delete them; also delete stale lock files, and clear away released lock files and
+    /// markers. Where the credentials do not allow a delete, fall back to [`Release::Mark`].
     Delete,
-    /// Write a release marker for each; delete nothing (a holder with create-only rights).
+    /// Write the release marker of each; delete nothing (a holder with create-only rights).
     Mark,
 }
 
@@ -71,7 +75,8 @@ pub struct LockFile {
 }
 
 /// The body of a release marker: the lock file it ends, as a shared lock (what an older cairn,
-/// which does not know markers, takes it for), and the name it releases.
+/// which does not know markers, takes it for), and the name it releases. Readers never read it:
+/// what counts is the marker's name.
 #[derive(Serialize)]
 struct Marker<'a> {
     #[serde(flatten)]
@@ -89,7 +94,7 @@ impl LockFile {
         serde_json::from_slice(body).map_err(|e| Error::corrupt(file, format!("lock file: {e}")))
     }
 
-    /// The release marker of this lock file, stored as `locks/<name>.released`.
+    /// The body of this lock file's release marker.
     fn marker(&self, name: &str) -> Vec<u8> {
         let lock = LockFile { kind: LockKind::Shared, ..self.clone() };
         let body = serde_json::to_vec(&Marker { lock, releases: name }).expect("markers serialise");
@@ -115,6 +120,35 @@ impl LockFile {
             age_ms / 1000
         )
     }
+}
+
+/// A lock file this process wrote: its key `locks/<hex of BLAKE3(secret)>`, its content, and
+/// the secret, which stays in memory until the release marker reveals it.
+struct Own {
+    key: String,
+    file: LockFile,
+    secret: [u8; 32],
+}
+
+impl Own {
+    /// `locks/<name>.<secret>.released`.
+    fn marker_key(&self) -> String {
+        format!("{}.{}{RELEASED}", self.key, Id(self.secret).to_hex())
+    }
+}
+
+/// For a key ending in [`RELEASED`]: the key of the lock file that the marker names, and whether
+/// the marker is that lock's holder's (the 32-byte secret in its name hashes to the lock file's
+/// name). A marker of the form `<name>.released` (older cairn's) names `<name>` but reveals
+/// nothing, so it is nobody's. `None` for every other key.
+fn marker_target(key: &str) -> Option<(&str, bool)> {
+    let rest = key.strip_suffix(RELEASED)?;
+    let Some((lock, secret)) = rest.rsplit_once('.') else {
+        return Some((rest, false));
+    };
+    let name = lock.rsplit('/').next().unwrap_or(lock);
+    let genuine = Id::from_hex(secret).is_some_and(|secret| Id::of(&secret.0).to_hex() == name);
+    Some((lock, genuine))
 }
 
 /// One entry of `locks/`: key and last-modified time (Unix ms, the store's clock) if known.
@@ -150,10 +184,15 @@ struct Locks {
     release: Release,
     /// Set once a delete was refused for want of rights: later ends go straight to markers.
     denied: AtomicBool,
+    /// Markers seen that name a listed lock file but are not its holder's (see
+    /// [`Lock::forged_markers`]).
+    forged: Mutex<BTreeSet<String>>,
 }
 
 impl Locks {
-    fn write(&self, kind: LockKind, command: &str) -> Result<(String, LockFile)> {
+    /// Writes a new lock file, named by the hash of a fresh secret (each refresh gets its own:
+    /// two files never share a name, and revealing one secret releases one file).
+    fn write(&self, kind: LockKind, command: &str) -> Result<Own> {
         let file = LockFile {
             kind,
             command: command.to_string(),
@@ -162,25 +201,28 @@ impl Locks {
             time_ms: crate::audit::now_ms(),
             nonce: Id(crate::id::random_bytes()).short(),
         };
-        let bytes = file.encode();
-        let key = format!("locks/{}", Id::of(&bytes).to_hex());
-        self.backend.put(&key, &bytes)?;
-        Ok((key, file))
+        let secret = crate::crypto::secure_random::<32>();
+        let key = format!("locks/{}", Id::of(&secret).to_hex());
+        self.backend.put(&key, &file.encode())?;
+        Ok(Own { key, file, secret })
     }
 
-    /// Ends the lock file `key` (whose content is `file`): deletes it, or writes its marker.
-    fn end(&self, key: &str, file: &LockFile) -> Result<()> {
+    /// Ends our own lock file: deletes it, or writes its marker, revealing its secret.
+    fn end(&self, own: &Own) -> Result<()> {
         if self.release == Release::Delete && !self.denied.load(Relaxed) {
-            match self.backend.delete(key) {
+            match self.backend.delete(&own.key) {
                 Err(e) if permission_denied(&e) => self.denied.store(true, Relaxed),
                 done => return done,
             }
         }
-        let name = key.rsplit('/').next().unwrap_or(key);
-        self.backend.put(&format!("{key}{RELEASED}"), &file.marker(name)).map(|_| ())
+        let name = own.key.rsplit('/').next().unwrap_or(&own.key);
+        self.backend.put(&own.marker_key(), &own.file.marker(name)).map(|_| ())
     }
 
-    /// Deletes a released lock file or a marker, where this holder may.
+    /// Deletes a stale lock file, a released one or a marker, where this holder may. A holder
+    /// that may not delete leaves a stale lock file of another as it is: it cannot write that
+    /// file's marker (only the holder knows the secret), and every reader judges it stale by the
+    /// same rules.
     fn clear(&self, key: &str) -> Result<()> {
         if self.release == Release::Mark || self.denied.load(Relaxed) {
             return Ok(());
@@ -195,8 +237,8 @@ impl Locks {
     }
 
     /// The live locks in `listing`, other than `ours`, that conflict with `kind`, with their
-    /// ages. Ends the stale ones and clears released ones on the way. `clock` is the store's
-    /// time; without it, ages come from the writers' clocks.
+    /// ages. Clears stale and released ones on the way, and every marker that releases nothing
+    /// listed. `clock` is the store's time; without it, ages come from the writers' clocks.
     fn conflicts(
         &self,
         listing: &[Listed],
@@ -205,24 +247,36 @@ impl Locks {
         clock: Option<StoreClock>,
     ) -> Result<Vec<(LockFile, i64)>> {
         let names: HashSet<&str> = listing.iter().map(|(key, _)| key.as_str()).collect();
+        // Lock files released by their holders' markers, found by the names alone.
+        let released: HashMap<&str, &str> = listing
+            .iter()
+            .filter_map(|(key, _)| match marker_target(key) {
+                Some((lock, true)) if names.contains(lock) => Some((lock, key.as_str())),
+                _ => None,
+            })
+            .collect();
         let (store_now, local_now) = (clock.map(|c| c.now_ms()), crate::audit::now_ms());
         let mut found = Vec::new();
         for (key, modified) in listing {
             if Some(key.as_str()) == ours {
                 continue;
             }
-            if let Some(released) = key.strip_suffix(RELEASED) {
-                if !names.contains(released) {
-                    self.clear(key)?; // its lock file was cleared before
+            if let Some((lock, genuine)) = marker_target(key) {
+                if genuine && names.contains(lock) {
+                    continue; // cleared after its lock file
                 }
+                if names.contains(lock) {
+                    // Not the holder's: the lock counts as if the marker were not there.
+                    self.forged.lock().expect("poisoned").insert(key.clone());
+                }
+                self.clear(key)?; // releases nothing listed: an orphan, or nobody's
                 continue;
             }
-            let marker = format!("{key}{RELEASED}");
-            if names.contains(marker.as_str()) {
-                // The lock file first: a marker left alone is ignored, a lock file left alone
+            if let Some(marker) = released.get(key.as_str()) {
+                // The lock file first: a marker left alone is an orphan, a lock file left alone
                 // would count as live again.
                 self.clear(key)?;
-                self.clear(&marker)?;
+                self.clear(marker)?;
                 continue;
             }
             let lock = match self.backend.get(key).and_then(|bytes| LockFile::decode(&bytes, key)) {
@@ -235,7 +289,7 @@ impl Locks {
                 _ => local_now - lock.time_ms,
             };
             if lock.is_stale(age) {
-                self.end(key, &lock)?;
+                self.clear(key)?;
             } else if kind == LockKind::Exclusive || lock.kind == LockKind::Exclusive {
                 found.push((lock, age));
             }
@@ -247,8 +301,8 @@ impl Locks {
 /// A held lock; released (its file deleted, or marked released) when dropped.
 pub struct Lock {
     locks: Arc<Locks>,
-    /// The current lock file: key and content.
-    current: Arc<Mutex<(String, LockFile)>>,
+    /// The current lock file.
+    current: Arc<Mutex<Own>>,
     /// When the current lock file's put started, by the monotonic and the wall clock.
     written: Arc<Mutex<(Instant, SystemTime)>>,
     /// Set when a refresh came [`HELD_FOR_SURE`] or more after the write before it: the lock may
@@ -272,7 +326,8 @@ impl Lock {
         wait: Duration,
         release: Release,
     ) -> Result<Lock> {
-        let locks = Arc::new(Locks { backend, release, denied: AtomicBool::new(false) });
+        let locks =
+            Arc::new(Locks { backend, release, denied: AtomicBool::new(false), forged: Mutex::new(BTreeSet::new()) });
         let started = Instant::now();
         let mut pause = Duration::from_millis(100);
         let mut clock = None;
@@ -285,21 +340,30 @@ impl Lock {
             };
             if blocking.is_empty() {
                 let before = (Instant::now(), SystemTime::now());
-                let (key, file) = locks.write(kind, command)?;
+                let own = locks.write(kind, command)?;
                 // Someone may have written theirs meanwhile: our own file in the listing also
                 // tells the store's time.
                 let listing = list(&*locks.backend)?;
-                clock = StoreClock::of(&listing, &key).or(clock);
-                blocking = locks.conflicts(&listing, kind, Some(&key), clock)?;
+                clock = StoreClock::of(&listing, &own.key).or(clock);
+                blocking = locks.conflicts(&listing, kind, Some(&own.key), clock)?;
                 if blocking.is_empty() {
-                    return Ok(Lock::hold(locks, key, file, before));
+                    return Ok(Lock::hold(locks, own, before));
                 }
-                locks.end(&key, &file)?;
+                locks.end(&own)?;
             }
             if started.elapsed() >= wait {
                 let (first, age) = &blocking[0];
+                let forged = locks.forged.lock().expect("poisoned");
+                let forged = match forged.first() {
+                    None => String::new(),
+                    Some(marker) => format!(
+                        "; {} release markers ({marker} first) were ignored: not written by the holders of the \
+                         locks they name, so someone who can write locks/ may be compromised",
+                        forged.len()
+                    ),
+                };
                 return Err(Error::Invalid(format!(
-                    "the repository is locked by {}: try again when it has finished",
+                    "the repository is locked by {}: try again when it has finished{forged}",
                     first.describe(*age)
                 )));
             }
@@ -310,8 +374,8 @@ impl Lock {
         }
     }
 
-    fn hold(locks: Arc<Locks>, key: String, file: LockFile, written: (Instant, SystemTime)) -> Lock {
-        let current = Arc::new(Mutex::new((key, file)));
+    fn hold(locks: Arc<Locks>, own: Own, written: (Instant, SystemTime)) -> Lock {
+        let current = Arc::new(Mutex::new(own));
         let written = Arc::new(Mutex::new(written));
         let (stop, lapsed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         let refresher = {
@@ -324,7 +388,7 @@ impl Lock {
                     if last.elapsed() >= REFRESH && !stop.load(Relaxed) {
                         let before = (Instant::now(), SystemTime::now());
                         let (kind, command) = {
-                            let held = &current.lock().expect("poisoned").1;
+                            let held = &current.lock().expect("poisoned").file;
                             (held.kind, held.command.clone())
                         };
                         if let Ok(new) = locks.write(kind, &command) {
@@ -332,8 +396,8 @@ impl Lock {
                             if since(previous) >= HELD_FOR_SURE {
                                 lapsed.store(true, Relaxed);
                             }
-                            let (old_key, old_file) = std::mem::replace(&mut *current.lock().expect("poisoned"), new);
-                            let _ = locks.end(&old_key, &old_file);
+                            let old = std::mem::replace(&mut *current.lock().expect("poisoned"), new);
+                            let _ = locks.end(&old);
                         }
                         last = Instant::now();
                     }
@@ -341,6 +405,15 @@ impl Lock {
             })
         };
         Lock { locks, current, written, lapsed, stop, refresher: Some(refresher) }
+    }
+
+    /// The release markers that this holder's looks found naming a listed lock file without being
+    /// its holder's (the secret in the name does not hash to the lock file's name). They were
+    /// ignored, and deleted where this holder may delete, but they mean that someone who can
+    /// write `locks/` tried to make a live lock count as gone: a compromised host, or a cairn
+    /// that names its markers the older way (revealing no secret).
+    pub fn forged_markers(&self) -> Vec<String> {
+        self.locks.forged.lock().expect("poisoned").iter().cloned().collect()
     }
 
     /// Fails if others may have taken this lock for abandoned at any time since it was taken:
@@ -375,8 +448,7 @@ impl Drop for Lock {
             thread.thread().unpark();
             let _ = thread.join();
         }
-        let (key, file) = &*self.current.lock().expect("poisoned");
-        let _ = self.locks.end(key, file);
+        let _ = self.locks.end(&self.current.lock().expect("poisoned"));
     }
 }
 
@@ -469,21 +541,149 @@ mod tests {
         backend.put("locks/dead", &dead.encode()).unwrap();
         let held =
             Lock::acquire_with(backend.clone(), LockKind::Shared, "sync", Duration::ZERO, Release::Mark).unwrap();
-        assert_eq!(keys(&*backend).len(), 3, "the stale lock is marked released: {:?}", keys(&*backend));
-        // Markers are lock files to an older cairn, shared ones: they never hold off a snapshot.
-        let marker = backend.get("locks/dead.released").unwrap();
-        assert_eq!(LockFile::decode(&marker, "marker").unwrap().kind, LockKind::Shared);
+        // It cannot release the stale lock (only its holder could), and need not: it is stale
+        // to every reader.
+        assert_eq!(keys(&*backend).len(), 2, "the stale lock and ours: {:?}", keys(&*backend));
         let trusted: Arc<dyn Backend> = Arc::new(LocalBackend::new(&dir));
         let refused = Lock::acquire(trusted.clone(), LockKind::Exclusive, "prune", Duration::ZERO).err().unwrap();
         assert!(refused.to_string().contains("shared lock of `cairn sync`"), "a held lock holds: {refused}");
+        assert_eq!(keys(&*backend).len(), 1, "the trusted look deleted the stale lock: {:?}", keys(&*backend));
         drop(held);
         assert_eq!(create_only.deletes.load(Relaxed), 0, "not one delete was tried");
         let left = keys(&*backend);
         assert_eq!(left.len(), 2, "the lock file and its marker: {left:?}");
-        assert!(left[1].ends_with(RELEASED) && left[1].starts_with(&left[0]), "{left:?}");
+        // `<name>.<secret>.released`, the secret hashing to the lock file's name.
+        let (name, secret) = left[1].strip_suffix(RELEASED).unwrap().rsplit_once('.').unwrap();
+        assert_eq!(name, left[0]);
+        assert_eq!(format!("locks/{}", Id::of(&Id::from_hex(secret).unwrap().0).to_hex()), left[0]);
+        assert_eq!(marker_target(&left[1]), Some((left[0].as_str(), true)));
+        // Markers are lock files to an older cairn, shared ones: they never hold off a snapshot.
+        let marker = backend.get(&left[1]).unwrap();
+        assert_eq!(LockFile::decode(&marker, "marker").unwrap().kind, LockKind::Shared);
         // Released locks are not read again, and do not hold off an exclusive lock.
         drop(Lock::acquire(trusted.clone(), LockKind::Exclusive, "prune", Duration::ZERO).unwrap());
         assert!(keys(&*trusted).is_empty(), "{:?}", keys(&*trusted));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Forges release markers for the lock file `lock` as a host with create-only rights could: in
+    /// the form that older cairn honoured by name alone, with a made-up secret, and with the
+    /// secret that `genuine` (the genuine marker of another lock file) revealed.
+    fn forge_markers(host: &dyn Backend, lock: &str, genuine: &str) -> Vec<String> {
+        let body = host.get(lock).unwrap();
+        let revealed = &genuine[genuine.find('.').expect("a marker's name has a dot")..];
+        let made_up = format!(".{}{RELEASED}", Id(crate::id::random_bytes()).to_hex());
+        let forged: Vec<String> =
+            [RELEASED, &made_up, revealed].iter().map(|suffix| format!("{lock}{suffix}")).collect();
+        for key in &forged {
+            host.put(key, &body).unwrap();
+        }
+        forged
+    }
+
+    /// The lock files in `backend` that no marker beside them claims to release.
+    fn unmarked(backend: &dyn Backend) -> Vec<String> {
+        let all = keys(backend);
+        all.iter()
+            .filter(|k| !k.ends_with(RELEASED) && !all.iter().any(|m| m.starts_with(&format!("{k}."))))
+            .cloned()
+            .collect()
+    }
+
+    /// Only a lock's holder can release it. Markers that others write for the trusted prune's
+    /// live exclusive lock (a compromised host with create-only rights) leave it counting for
+    /// every other writer, and nobody deletes its lock file.
+    #[test]
+    fn a_forged_marker_does_not_release_a_live_exclusive_lock() {
+        let dir = scratch();
+        let trusted: Arc<dyn Backend> = Arc::new(LocalBackend::new(&dir));
+        let host: Arc<dyn Backend> =
+            Arc::new(CreateOnly { inner: LocalBackend::new(&dir), deletes: AtomicU64::new(0) });
+        // An earlier sync's genuine marker, whose secret (if any) is public from now on.
+        drop(Lock::acquire_with(host.clone(), LockKind::Shared, "sync", Duration::ZERO, Release::Mark).unwrap());
+        let genuine = keys(&*host).into_iter().find(|k| k.ends_with(RELEASED)).unwrap();
+        let prune = Lock::acquire(trusted.clone(), LockKind::Exclusive, "prune", Duration::ZERO).unwrap();
+        let live = unmarked(&*trusted);
+        assert_eq!(live.len(), 1, "{:?}", keys(&*trusted));
+        forge_markers(&*host, &live[0], &genuine);
+        for (backend, release) in [(&host, Release::Mark), (&trusted, Release::Delete)] {
+            let refused = Lock::acquire_with(backend.clone(), LockKind::Shared, "sync", Duration::ZERO, release)
+                .err()
+                .expect("the prune's lock still counts");
+            assert!(refused.to_string().contains("an exclusive lock of `cairn prune`"), "{refused}");
+            assert!(trusted.exists(&live[0]).unwrap(), "the live lock file was not deleted");
+        }
+        drop(prune);
+        drop(Lock::acquire(trusted.clone(), LockKind::Shared, "snapshot", Duration::ZERO).unwrap());
+        assert!(keys(&*trusted).is_empty(), "a trusted look clears forged markers too: {:?}", keys(&*trusted));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A forged marker for a running create-only sync's lock does not let a trusted prune run; the
+    /// sync's own marker, once it ends, does.
+    #[test]
+    fn a_forged_marker_does_not_let_a_prune_run_during_a_sync() {
+        let dir = scratch();
+        let trusted: Arc<dyn Backend> = Arc::new(LocalBackend::new(&dir));
+        let host: Arc<dyn Backend> =
+            Arc::new(CreateOnly { inner: LocalBackend::new(&dir), deletes: AtomicU64::new(0) });
+        drop(Lock::acquire_with(host.clone(), LockKind::Shared, "sync", Duration::ZERO, Release::Mark).unwrap());
+        let genuine = keys(&*host).into_iter().find(|k| k.ends_with(RELEASED)).unwrap();
+        let sync = Lock::acquire_with(host.clone(), LockKind::Shared, "sync", Duration::ZERO, Release::Mark).unwrap();
+        let live = unmarked(&*host);
+        assert_eq!(live.len(), 1, "{:?}", keys(&*host));
+        let mut forged = forge_markers(&*host, &live[0], &genuine);
+        forged.sort();
+        forged.dedup();
+        // A shared lock on the trusted side (a check) runs beside the sync, reports the
+        // forgeries and deletes them; the sync's lock file stays.
+        let check = Lock::acquire(trusted.clone(), LockKind::Shared, "check", Duration::ZERO).unwrap();
+        assert_eq!(check.forged_markers(), forged);
+        assert_eq!(unmarked(&*trusted).len(), 2, "the sync's and the check's: {:?}", keys(&*trusted));
+        drop(check);
+        forge_markers(&*host, &live[0], &genuine);
+        let refused = Lock::acquire(trusted.clone(), LockKind::Exclusive, "prune", Duration::ZERO)
+            .err()
+            .expect("the running sync's lock still counts");
+        assert!(refused.to_string().contains("a shared lock of `cairn sync`"), "{refused}");
+        assert!(refused.to_string().contains("3 release markers"), "the forgeries are reported: {refused}");
+        assert!(trusted.exists(&live[0]).unwrap(), "the live lock file was not deleted");
+        drop(sync);
+        drop(Lock::acquire(trusted.clone(), LockKind::Exclusive, "prune", Duration::ZERO).unwrap());
+        assert!(keys(&*trusted).is_empty(), "{:?}", keys(&*trusted));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A marker is its lock's holder's exactly when the 32-byte secret in its name hashes to the
+    /// lock file's name; a genuine marker whose lock file is gone is an orphan, cleared.
+    #[test]
+    fn markers_are_judged_by_their_names_alone() {
+        let secret = [7u8; 32];
+        let lock = format!("locks/{}", Id::of(&secret).to_hex());
+        let hex = Id(secret).to_hex();
+        assert_eq!(marker_target(&format!("{lock}.{hex}{RELEASED}")), Some((lock.as_str(), true)));
+        assert_eq!(marker_target(&format!("{lock}.{}{RELEASED}", hex.to_uppercase())), Some((lock.as_str(), true)));
+        assert_eq!(marker_target(&format!("{lock}{RELEASED}")), Some((lock.as_str(), false)), "the older form");
+        let other = Id([8u8; 32]).to_hex();
+        assert_eq!(marker_target(&format!("{lock}.{other}{RELEASED}")), Some((lock.as_str(), false)));
+        assert_eq!(marker_target(&format!("{lock}.{}{RELEASED}", &hex[2..])), Some((lock.as_str(), false)));
+        // The hash of a lock file's bytes is no secret: a lock named by its content (as older
+        // cairn names them) cannot be released by a marker, whatever its name reveals.
+        let body = lock_file(LockKind::Exclusive, "h", 1, 0).encode();
+        let named = format!("locks/{}", Id::of(&body).to_hex());
+        assert_eq!(
+            marker_target(&format!("{named}.{}{RELEASED}", Id::of(&body).to_hex())),
+            Some((named.as_str(), false))
+        );
+        assert_eq!(marker_target(&lock), None);
+
+        let dir = scratch();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(&dir));
+        backend.put(&format!("{lock}.{hex}{RELEASED}"), b"orphan").unwrap();
+        let held = Lock::acquire(backend.clone(), LockKind::Exclusive, "prune", Duration::ZERO).unwrap();
+        assert!(held.forged_markers().is_empty());
+        assert_eq!(keys(&*backend).len(), 1, "the orphan was cleared: {:?}", keys(&*backend));
+        drop(held);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

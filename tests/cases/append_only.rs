@@ -190,8 +190,12 @@ fn sync_needs_only_create_rights_and_the_trusted_side_applies_retention() {
     // The next sync with something to copy: the earlier one's lock file is still there, and
     // neither may delete it.
     snapshot(&repo, &data, 3, 13);
+    let index_files = server.count(&prefix, "index") as u64;
     let second = sync_create_only(server, &repo, &dest, &[]);
     assert_eq!(second["report"]["snapshots_copied"].as_array().unwrap().len(), 1, "{second}");
+    // The earlier sync's lock file and marker are judged by their names: the reads are config,
+    // key file and index files, none in locks/.
+    assert_eq!(second["requests"]["get"], 2 + index_files, "{second}");
 
     // `sync --prune` is the trusted side's: with the host's key it fails before it deletes.
     let counts = |dir| server.count(&prefix, dir);
@@ -225,9 +229,10 @@ fn sync_needs_only_create_rights_and_the_trusted_side_applies_retention() {
 }
 
 /// A create-only sync holds its lock while it runs (a trusted prune is refused, nothing of the
-/// sync's is deleted), and once killed, leaves nothing that stops the next sync or the prune.
+/// sync's is deleted), and once killed, leaves nothing that stops the next sync. Its lock can be
+/// released by its holder alone, so a trusted side on another host waits for it to go stale.
 #[test]
-fn a_killed_create_only_sync_resumes_and_does_not_hold_off_the_trusted_side() {
+fn a_killed_create_only_sync_resumes_and_its_lock_holds_off_the_trusted_side_until_stale() {
     let server = server();
     let (prefix, dest) = destination("killed");
     let scratch = Scratch::new("append-only-kill");
@@ -259,11 +264,26 @@ fn a_killed_create_only_sync_resumes_and_does_not_hold_off_the_trusted_side() {
     child.wait().unwrap();
     let arrived = server.count(&prefix, "packs");
     assert!(arrived >= 2, "the refused prune deleted none of the sync's packs");
+    let killed = unmarked(&lock_keys(server, &prefix));
+    assert_eq!(killed.len(), 1, "{:?}", lock_keys(server, &prefix));
 
     let resumed = sync_create_only(server, &repo, &dest, &[]);
     assert_eq!(resumed["report"]["snapshots_copied"].as_array().unwrap().len(), 1, "{resumed}");
     assert!(resumed["report"]["packs_present"].as_u64().unwrap() + 1 >= arrived as u64, "{resumed}");
-    ok(server.trusted(&dest).args(["--lock-wait", "0", "prune"]));
+    let after_kill = run(server.trusted(&dest).args(["--lock-wait", "0", "prune"]));
+    if is_root() {
+        // On another host, the killed sync's lock is live until 30 minutes old by the store's
+        // clock (the resumed sync's is released); a person who knows the sync is dead may
+        // delete it by hand.
+        let stderr = String::from_utf8_lossy(&after_kill.stderr);
+        let pid = format!("pid {} on", child.id());
+        assert!(!after_kill.status.success() && stderr.contains(&pid), "{stderr}");
+        server.backend(&prefix, &server.trusted).delete(&killed[0]).unwrap();
+        ok(server.trusted(&dest).args(["--lock-wait", "0", "prune"]));
+    } else {
+        assert!(after_kill.status.success(), "on this host its process is gone: stale at once");
+    }
+    assert_eq!(server.count(&prefix, "locks"), 0, "{:?}", lock_keys(server, &prefix));
     let check = json(server.trusted(&dest).args(["--lock-wait", "0", "check", "--read-data"]));
     assert_eq!(check["errors"].as_array().unwrap().len(), 0, "{check}");
     let target = scratch.join("restored");
@@ -334,4 +354,130 @@ fn a_damaged_pack_in_the_destination_is_reported_not_deleted() {
     assert_eq!(next["report"]["snapshots_copied"].as_array().unwrap().len(), 1, "{next}");
     let check = json(server.trusted(&dest).args(["--lock-wait", "0", "check", "--read-data"]));
     assert_eq!(check["errors"].as_array().unwrap().len(), 0, "{check}");
+}
+
+/// The keys in `locks/` of the offsite copy at `prefix`.
+fn lock_keys(server: &IamS3, prefix: &str) -> Vec<String> {
+    server.backend(prefix, &server.trusted).list("locks").unwrap().into_iter().map(|(key, _)| key).collect()
+}
+
+/// The lock files there that no marker beside them claims to release: the live ones.
+fn unmarked(keys: &[String]) -> Vec<String> {
+    let claimed = |key: &String| keys.iter().any(|other| other.starts_with(&format!("{key}.")));
+    keys.iter().filter(|key| !key.ends_with(".released") && !claimed(key)).cloned().collect()
+}
+
+/// Forges, with the host's create-only key, release markers for the lock file `lock`: in the form
+/// that older cairn honoured by name alone, with a made-up secret, and with the secret that
+/// `genuine` (an earlier sync's genuine marker) revealed.
+fn forge_markers(server: &IamS3, prefix: &str, lock: &str, genuine: &str) {
+    let host = server.backend(prefix, &server.host);
+    let body = host.get(lock).unwrap();
+    let made_up = format!(".{}.released", cairn::id::Id(cairn::id::random_bytes()).to_hex());
+    let revealed = &genuine[genuine.find('.').expect("a marker's name has a dot")..];
+    for suffix in [".released", made_up.as_str(), revealed] {
+        host.put(&format!("{lock}{suffix}"), &body).unwrap();
+    }
+}
+
+/// Only a lock's holder can release it (store-format/locks.md, "Release markers"). The host
+/// forges release markers for the trusted prune's live exclusive lock: its sync must still find
+/// the prune's lock and copy nothing, and the lock file stays.
+#[test]
+fn a_forged_release_marker_does_not_release_the_trusted_prunes_lock() {
+    use cairn::repository::lock::{Lock, LockKind};
+    let server = server();
+    let (prefix, dest) = destination("forged-prune");
+    let scratch = Scratch::new("append-only-forged-prune");
+    let (data, repo) = (scratch.join("data"), scratch.join("repo"));
+    fs::create_dir_all(&data).unwrap();
+    snapshot(&repo, &data, 1, 21);
+    sync_create_only(server, &repo, &dest, &[]);
+    let genuine = lock_keys(server, &prefix).into_iter().find(|key| key.ends_with(".released")).unwrap();
+    // A prune on the trusted side, held here while the host attacks.
+    let trusted: std::sync::Arc<dyn Backend> = std::sync::Arc::new(server.backend(&prefix, &server.trusted));
+    let prune = Lock::acquire(trusted.clone(), LockKind::Exclusive, "prune", Duration::ZERO).unwrap();
+    let live = unmarked(&lock_keys(server, &prefix));
+    assert_eq!(live.len(), 1, "the prune's lock alone: {:?}", lock_keys(server, &prefix));
+    forge_markers(server, &prefix, &live[0], &genuine);
+
+    snapshot(&repo, &data, 1, 22);
+    let refused = run(server.host(&repo).args(["--lock-wait", "0", "sync", "--to", to(&dest)]));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("an exclusive lock of `cairn prune`"), "{stderr}");
+    assert!(stderr.contains("3 release markers"), "the forgeries are reported: {stderr}");
+    assert!(trusted.exists(&live[0]).unwrap(), "the prune's lock file is still there");
+    assert_eq!(server.count(&prefix, "snapshots"), 1, "nothing was copied while the prune ran");
+    drop(prune);
+    let after = sync_create_only(server, &repo, &dest, &[]);
+    assert_eq!(after["report"]["snapshots_copied"].as_array().unwrap().len(), 1, "{after}");
+}
+
+/// The host forges release markers for a running sync's lock: the trusted prune must still find
+/// it and delete nothing of what the sync uploads; once the sync ends, its genuine marker lets
+/// the prune run at once, and the prune's look clears the forgeries away.
+#[test]
+fn a_forged_release_marker_does_not_let_the_trusted_prune_run_during_a_sync() {
+    let server = server();
+    let (prefix, dest) = destination("forged-sync");
+    let scratch = Scratch::new("append-only-forged-sync");
+    let (data, repo) = (scratch.join("data"), scratch.join("repo"));
+    fs::create_dir_all(&data).unwrap();
+    snapshot(&repo, &data, 1, 31);
+    sync_create_only(server, &repo, &dest, &[]);
+    let genuine = lock_keys(server, &prefix).into_iter().find(|key| key.ends_with(".released")).unwrap();
+    let first_packs = server.count(&prefix, "packs");
+    // Enough packs that the sync is still uploading after the forgeries, the check and the prune
+    // (measured: the attack takes about 0.9 s from the first pack, and the sync then had 1.1 to
+    // 1.3 s to go).
+    for i in 0..12 {
+        write_noise_file(&data.join(format!("blob-{i}")), 16 << 20, 80 + i);
+    }
+    ok(cairn(&repo).args(["snapshot", "--source", "data", "-q"]).arg(&data));
+    let mut child = server
+        .host(&repo)
+        .args(["sync", "--parallel", "1", "--json", "--to", to(&dest)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while server.count(&prefix, "packs") <= first_packs {
+        assert!(started.elapsed() < Duration::from_secs(60), "no pack arrived");
+        assert!(child.try_wait().unwrap().is_none(), "sync finished before the attack");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let live = unmarked(&lock_keys(server, &prefix));
+    assert_eq!(live.len(), 1, "the running sync's lock alone: {:?}", lock_keys(server, &prefix));
+    forge_markers(server, &prefix, &live[0], &genuine);
+    // A check on the trusted side runs beside the sync (both shared), reports the forgeries and
+    // deletes them; the host forges them again.
+    let check = json(server.trusted(&dest).args(["--lock-wait", "0", "check"]));
+    let warnings = check["warnings"].as_array().unwrap();
+    let forged = warnings.iter().filter(|w| w.as_str().unwrap().contains("does not release the lock file")).count();
+    assert_eq!(forged, 3, "{check}");
+    assert_eq!(unmarked(&lock_keys(server, &prefix)), live, "the sync's lock stays");
+    forge_markers(server, &prefix, &live[0], &genuine);
+    let refused = run(server.trusted(&dest).args(["--lock-wait", "0", "prune"]));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let still_running = child.try_wait().unwrap().is_none();
+    if refused.status.success() {
+        let _ = child.kill();
+    }
+    assert!(still_running, "the sync ended before the prune did, which proves nothing: make it slower");
+    assert!(!refused.status.success() && stderr.contains("a shared lock of `cairn sync`"), "{stderr}");
+    assert!(stderr.contains("3 release markers"), "the forgeries are reported: {stderr}");
+    assert!(server.backend(&prefix, &server.trusted).exists(&live[0]).unwrap(), "the sync's lock file stays");
+
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "the sync completes");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["requests"]["delete"], 0, "{report}");
+    ok(server.trusted(&dest).args(["--lock-wait", "0", "prune"]));
+    assert_eq!(server.count(&prefix, "locks"), 0, "{:?}", lock_keys(server, &prefix));
+    let check = json(server.trusted(&dest).args(["--lock-wait", "0", "check", "--read-data"]));
+    assert_eq!(check["errors"].as_array().unwrap().len(), 0, "{check}");
+    let target = scratch.join("restored");
+    ok(server.trusted(&dest).args(["restore", "latest", "--target"]).arg(&target));
+    assert_same_tree(&data, &target);
 }
