@@ -40,6 +40,12 @@ pub fn deep_snapshot(repo: &Path, depth: usize, content: &[u8], missing_chunk: b
         tree = store.store(BlobKind::Tree, &Tree { nodes: vec![dir] }.encode()).unwrap();
     }
     store.finish().unwrap();
+    let summary = Summary { files: 1, dirs: depth as u64, bytes: content.len() as u64, ..Default::default() };
+    save_crafted(&opened, tree, &format!("deep-{depth}-{missing_chunk}"), summary)
+}
+
+/// Writes the manifest of a crafted snapshot of the tree `tree`; returns its id.
+fn save_crafted(opened: &Repository, tree: Id, source: &str, summary: Summary) -> String {
     let snapshot = Snapshot {
         time_sec: 1_700_000_000,
         time_nsec: 0,
@@ -48,10 +54,10 @@ pub fn deep_snapshot(repo: &Path, depth: usize, content: &[u8], missing_chunk: b
         parent: None,
         hostname: "crafted".into(),
         username: "test".into(),
-        source: format!("deep-{depth}-{missing_chunk}"),
-        paths: vec![b"/deep".to_vec()],
+        source: source.into(),
+        paths: vec![format!("/{source}").into_bytes()],
         tags: Vec::new(),
-        summary: Summary { files: 1, dirs: depth as u64, bytes: content.len() as u64, ..Default::default() },
+        summary,
         errors: Vec::new(),
     };
     opened.save_snapshot(&snapshot).unwrap().to_hex()
@@ -78,21 +84,8 @@ pub fn diamond_snapshot(repo: &Path, depth: usize) -> String {
         tree = store.store(BlobKind::Tree, &Tree { nodes }.encode()).unwrap();
     }
     store.finish().unwrap();
-    let snapshot = Snapshot {
-        time_sec: 1_700_000_000,
-        time_nsec: 0,
-        duration_ms: 1,
-        tree,
-        parent: None,
-        hostname: "crafted".into(),
-        username: "test".into(),
-        source: "diamond".into(),
-        paths: vec![b"/diamond".to_vec()],
-        tags: Vec::new(),
-        summary: Summary { files: 1 << depth.min(62), dirs: depth as u64, bytes: 1, ..Default::default() },
-        errors: Vec::new(),
-    };
-    opened.save_snapshot(&snapshot).unwrap().to_hex()
+    let summary = Summary { files: 1 << depth.min(62), dirs: depth as u64, bytes: 1, ..Default::default() };
+    save_crafted(&opened, tree, "diamond", summary)
 }
 
 #[test]
