@@ -285,9 +285,53 @@ impl Dir {
 
     /// Renames `from` to `to`, both in this directory; replaces a non-directory at `to`.
     pub fn rename(&self, from: &[u8], to: &[u8]) -> Result<()> {
+        self.move_to(from, self, to)
+    }
+
+    /// Renames `from` in this directory to `to` in `target` (same file system); replaces a
+    /// non-directory at `to`. Whatever stands at `from` is moved, a symlink included, never
+    /// followed.
+    pub fn move_to(&self, from: &[u8], target: &Dir, to: &[u8]) -> Result<()> {
         let (from, to) = (c_name(from)?, c_name(to)?);
-        // SAFETY: a valid descriptor and C strings.
-        check(unsafe { libc::renameat(self.raw(), from.as_ptr(), self.raw(), to.as_ptr()) }).map(drop)
+        // SAFETY: valid descriptors and C strings.
+        check(unsafe { libc::renameat(self.raw(), from.as_ptr(), target.raw(), to.as_ptr()) }).map(drop)
+    }
+
+    /// Creates the directory `name` (mode 0700; an existing entry is an error) and opens it.
+    /// What was opened must be private to this process's user, owned by it and closed to
+    /// everyone else: a directory that someone who can write here swapped in between the calls
+    /// is refused. Nobody else (but root) can then add, remove or rename anything in it.
+    pub fn make_private_dir(&self, name: &[u8]) -> Result<Dir> {
+        let c = c_name(name)?;
+        // SAFETY: a valid descriptor and C string.
+        check(unsafe { libc::mkdirat(self.raw(), c.as_ptr(), 0o700) })?;
+        let dir = Dir { fd: self.open_at(&c, DIR_FLAGS, 0)? };
+        let st = stat_fd(dir.as_fd())?;
+        // SAFETY: geteuid cannot fail.
+        if st.st_uid != unsafe { libc::geteuid() } || st.st_mode & 0o077 != 0 {
+            return Err(Error::other(format!(
+                "the new directory is owned by uid {} with mode {:o}, not private: replaced while it was made, \
+                 or the file system does not keep owners",
+                st.st_uid,
+                st.st_mode & 0o7777
+            )));
+        }
+        // The umask may have taken the owner's own bits.
+        // SAFETY: plain syscall on a valid descriptor.
+        check(unsafe { libc::fchmod(dir.raw(), 0o700) })?;
+        Ok(dir)
+    }
+
+    /// `/proc/self/fd/N/name`: a path to the entry `name` of this directory for a library that
+    /// takes only paths (SQLite). The kernel resolves it through this descriptor, whatever was
+    /// renamed or planted above the directory since; only `name` itself is looked up, so the
+    /// path is as safe as this directory is private, and the opener must not follow a symlink
+    /// at `name` (SQLite opens with `O_NOFOLLOW`). Needs /proc.
+    pub fn proc_path(&self, name: &[u8]) -> Result<PathBuf> {
+        c_name(name)?;
+        let mut path = PathBuf::from(format!("/proc/self/fd/{}", self.raw()));
+        path.push(std::ffi::OsStr::from_bytes(name));
+        Ok(path)
     }
 
     /// `fsync` of the directory itself, so that renames in it are durable.

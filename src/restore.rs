@@ -10,7 +10,9 @@
 //! through its parent directory's descriptor without following a symlink ([`crate::fs_at`]),
 //! so whatever was planted below the target, before the restore or while it runs, is replaced
 //! (a non-directory where the snapshot has an entry) or fails that entry, and nothing is ever
-//! written outside. Only the target itself is opened by its path: it is the user's choice.
+//! written outside. Only the target itself is opened by its path: it is the user's choice. A
+//! database is checked and renamed into place from a private directory ([`database`]), never
+//! by a name that others can swap.
 //!
 //! No walk recurses in proportion to depth: below [`ROUND_DEPTH`] levels a directory is left
 //! for a later round ([`Rounds`]) that starts from it, so a crafted tree 100,000 levels deep
@@ -37,6 +39,8 @@ use crate::progress::Progress;
 use crate::repository::index::Index;
 use crate::repository::Repository;
 use crate::source::sqlite;
+
+mod database;
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -417,8 +421,8 @@ impl Restorer<'_> {
             self.progress.file_done(node.meta.size);
             return Ok(());
         }
-        // A database is written beside its destination and checked before it replaces anything:
-        // a failed restore leaves the existing database as it was.
+        // A database is written and checked in a private directory beside its destination before
+        // it replaces anything (`database`): a failed restore leaves the existing one as it was.
         let first = match chunks.first() {
             Some(id) => Some(self.repo.read_blob(self.index, id).map_err(|e| e.to_string())?),
             None => None,
@@ -436,36 +440,6 @@ impl Restorer<'_> {
         self.bytes.fetch_add(written, Relaxed);
         self.progress.file_done(0);
         Ok(())
-    }
-
-    /// Writes a database beside its destination, checks it, and only then puts it in place;
-    /// returns its length. A failure leaves the existing database as it was.
-    fn database_file(
-        &self,
-        node: &Node,
-        first: Option<Vec<u8>>,
-        chunks: &[Id],
-        dir: &Dir,
-        place: &Place,
-    ) -> Result<u64, String> {
-        let temporary = temporary_name(&node.name);
-        let result =
-            self.write_content(dir, &temporary, first, chunks, node.meta.size, true).and_then(|(file, written)| {
-                // SQLite opens by path (and resolves it again itself). Whatever that path reaches, it
-                // only reads it, as immutable: the rename below is of the file written here.
-                // Checked before its mode is applied: a mode without owner read must not fail it.
-                let verdict = sqlite::integrity_check(&self.shown(place, &temporary));
-                if verdict != "ok" {
-                    return Err(format!("restored database fails integrity_check, existing file kept: {verdict}"));
-                }
-                self.file_metadata(&file, &node.meta)?;
-                replace_database(dir, &temporary, &node.name).map_err(|e| format!("replacing the database: {e}"))?;
-                Ok(written)
-            });
-        if result.is_err() {
-            let _ = dir.remove_non_dir(&temporary);
-        }
-        result
     }
 
     /// Writes a file's chunks (the first already read) to a new file `name` in `dir`, replacing
@@ -640,44 +614,6 @@ impl DirCache {
             self.insert(parent, Arc::new(up));
         }
     }
-}
-
-/// A hidden name beside `name` for writing its replacement.
-fn temporary_name(name: &[u8]) -> Vec<u8> {
-    let suffix = format!(".cairn-restore-{}", Id(crate::id::random_bytes()).short());
-    [b".", name, suffix.as_bytes()].concat()
-}
-
-/// Puts a checked database (`new`, in `dir`) in place of the one at `name` (if any). The old
-/// database's `-wal` and `-shm` are moved aside first, because SQLite would replay a stale WAL
-/// into the new file; they are deleted once the new database is in place. The old file itself
-/// stays until the rename. All of it happens in `dir`: renames never follow a symlink.
-fn replace_database(dir: &Dir, new: &[u8], name: &[u8]) -> std::io::Result<()> {
-    let mut set_aside = Vec::new();
-    for suffix in [&b"-wal"[..], b"-shm"] {
-        let companion = [name, suffix].concat();
-        match dir.stat(&companion) {
-            Ok(_) => {
-                let aside = temporary_name(&companion);
-                dir.rename(&companion, &aside)?;
-                set_aside.push((aside, companion));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    if let Err(e) = dir.rename(new, name) {
-        // Put the old database's companions back: it stays exactly as it was.
-        for (aside, companion) in &set_aside {
-            let _ = dir.rename(aside, companion);
-        }
-        return Err(e);
-    }
-    dir.sync()?;
-    for (aside, _) in set_aside {
-        let _ = dir.remove_non_dir(&aside);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -246,11 +246,32 @@ pub fn capture(
 
 /// `PRAGMA integrity_check` on a database file at rest; "ok" when it is sound. The file is opened
 /// as immutable, so no `-wal` or `-shm` file is created beside it (a restored image is complete
-/// without them).
+/// without them). The path is resolved as usual, symlinks included: for a file in a directory
+/// nobody else can write (a drill's private scratch directory).
 pub fn integrity_check(path: &Path) -> String {
+    check_integrity(path, None)
+}
+
+/// [`integrity_check`] of the database at `path` under a VFS that opens the path as it is
+/// (`cairn-verbatim`). Given the `/proc/self/fd/N/name` path of an entry in a directory that
+/// only this user can change ([`crate::fs_at::Dir::proc_path`]), SQLite reads exactly the file
+/// in that directory: the default VFS would resolve `/proc/self/fd/N` back into a path through
+/// directories that others may swap, and SQLite opens the file itself with `O_NOFOLLOW`.
+pub fn integrity_check_verbatim(path: &Path) -> String {
+    if !Path::new("/proc/self/fd").is_dir() {
+        return "cannot open: /proc is not mounted (databases are checked through /proc/self/fd)".into();
+    }
+    check_integrity(path, Some(verbatim_vfs()))
+}
+
+fn check_integrity(path: &Path, vfs: Option<&str>) -> String {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
     let uri = format!("file:{}?immutable=1", uri_escape(path));
-    let connection = match Connection::open_with_flags(uri, flags) {
+    let opened = match vfs {
+        Some(vfs) => Connection::open_with_flags_and_vfs(uri, flags, vfs),
+        None => Connection::open_with_flags(uri, flags),
+    };
+    let connection = match opened {
         Ok(c) => c,
         Err(e) => return format!("cannot open: {e}"),
     };
@@ -287,6 +308,25 @@ mod tests {
         assert_eq!(companion_of(b"app.db-journal"), Some(&b"app.db"[..]));
         assert_eq!(companion_of(b"-wal"), None);
         assert_eq!(companion_of(b"app.db"), None);
+    }
+
+    /// Through `/proc/self/fd/N/name` the verbatim VFS checks the file `name` in that directory,
+    /// and a symlink there is not followed, whatever it points to.
+    #[test]
+    fn the_verbatim_check_reads_the_entry_and_follows_no_symlink() {
+        let dir =
+            std::env::temp_dir().join(format!("cairn-sqlite-{}", crate::id::Id(crate::id::random_bytes()).short()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Connection::open(dir.join("app.db"))
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+            .unwrap();
+        std::os::unix::fs::symlink(dir.join("app.db"), dir.join("link")).unwrap();
+        let open = crate::fs_at::Dir::open(&dir).unwrap();
+        assert_eq!(integrity_check_verbatim(&open.proc_path(b"app.db").unwrap()), "ok");
+        let through_link = integrity_check_verbatim(&open.proc_path(b"link").unwrap());
+        assert!(through_link.starts_with("cannot open"), "{through_link}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

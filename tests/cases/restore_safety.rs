@@ -1,6 +1,7 @@
 //! Hostile targets and hostile snapshots: restore never writes outside `--target`, whatever
-//! symlinks are planted below it (before or during the restore), and deep trees never abort
-//! `ls`, `restore` or `drill`. A drill leaves nothing behind where it was pointed.
+//! symlinks are planted below it (before or during the restore), never checks or renames a
+//! database that someone else swapped in, and deep trees never abort `ls`, `restore` or
+//! `drill`. A drill leaves nothing behind where it was pointed.
 
 use std::ffi::CString;
 use std::fs;
@@ -464,4 +465,155 @@ fn an_interrupted_drill_leaves_nothing_behind() {
     assert_eq!(report["checks_failed"], 0, "{report}");
     assert_eq!(entries_shallow(&drills), Vec::<PathBuf>::new(), "the next drill removed the leftovers");
     assert_eq!(fs::read(outside.join("keep")).unwrap(), b"keep");
+}
+
+/// Reports whether anyone opened a file: an inotify watch on its inode, so an open through any
+/// symlink or path counts.
+struct OpenWatch(std::os::fd::OwnedFd);
+
+impl OpenWatch {
+    fn new(path: &Path) -> OpenWatch {
+        use std::os::fd::FromRawFd;
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(fd >= 0, "inotify_init1: {}", std::io::Error::last_os_error());
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        let watch = unsafe { libc::inotify_add_watch(std::os::fd::AsRawFd::as_raw_fd(&fd), c.as_ptr(), libc::IN_OPEN) };
+        assert!(watch >= 0, "inotify_add_watch: {}", std::io::Error::last_os_error());
+        OpenWatch(fd)
+    }
+
+    fn opened(&self) -> bool {
+        let mut events = [0u8; 4096];
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.0);
+        unsafe { libc::read(fd, events.as_mut_ptr().cast(), events.len()) > 0 }
+    }
+}
+
+/// A valid SQLite database at `path` holding `rows` rows of text: about `rows` × 1 KiB.
+fn text_database(path: &Path, rows: u64, seed: u64) {
+    let connection = rusqlite::Connection::open(path).unwrap();
+    connection.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, body TEXT); BEGIN").unwrap();
+    for i in 0..rows {
+        let body: String = noise(1000, seed + i).iter().map(|b| (b'a' + b % 26) as char).collect();
+        connection.execute("INSERT INTO t(body) VALUES (?1)", [body]).unwrap();
+    }
+    connection.execute_batch("COMMIT").unwrap();
+}
+
+/// The review's race (issue 20, item 2): while a database is restored, an attacker who can write
+/// in its directory keeps replacing every `.*.cairn-restore-*` entry there with a symlink to a
+/// link it controls, which points at a valid database of its own. Restore must never open the
+/// attacker's database, never leave a symlink at the database's name, and either put the
+/// snapshot's database there or report the entry failed and keep the old database.
+#[test]
+fn a_racing_attacker_never_gets_its_database_checked_or_renamed_in() {
+    let scratch = Scratch::new("race-db");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(source.join("db")).unwrap();
+    text_database(&source.join("db/app.db"), 8_000, 1);
+    let snapshot_bytes = fs::read(source.join("db/app.db")).unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+
+    let (target, outside) = (scratch.join("target"), scratch.join("outside"));
+    let dir = target.join("db");
+    fs::create_dir_all(&dir).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    text_database(&outside.join("attacker.db"), 10, 2);
+    symlink(outside.join("attacker.db"), outside.join("link")).unwrap();
+    text_database(&scratch.join("old.db"), 10, 3);
+    let old_bytes = fs::read(scratch.join("old.db")).unwrap();
+    let watch = OpenWatch::new(&outside.join("attacker.db"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = {
+        let (stop, dir, link) = (stop.clone(), dir.clone(), outside.join("link"));
+        std::thread::spawn(move || {
+            let (mut swaps, mut planted) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(listing) = fs::read_dir(&dir) else { continue };
+                for entry in listing.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let ours = name.starts_with('.') && name.contains(".cairn-restore-") && !name.ends_with(".moved");
+                    if !ours || entry.file_type().map_or(true, |t| t.is_symlink()) {
+                        continue;
+                    }
+                    planted += 1;
+                    let (path, plant) = (entry.path(), dir.join(format!(".plant-{planted}")));
+                    if symlink(&link, &plant).is_err() {
+                        continue;
+                    }
+                    // A file is replaced at once; a directory is moved out of the way first.
+                    if fs::rename(&plant, &path).is_err()
+                        && (fs::rename(&path, dir.join(format!("{name}.moved"))).is_err()
+                            || fs::rename(&plant, &path).is_err())
+                    {
+                        let _ = fs::remove_file(&plant);
+                        continue;
+                    }
+                    swaps += 1;
+                }
+            }
+            swaps
+        })
+    };
+    let mut restored = 0;
+    let mut fail = None;
+    for round in 0..9 {
+        for entry in fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            let _ = fs::remove_file(&path).or_else(|_| fs::remove_dir(&path));
+        }
+        fs::write(dir.join("app.db"), &old_bytes).unwrap();
+        let mode: &[&str] = match round % 3 {
+            0 => &[],
+            1 => &["--include", "db/app.db"],
+            _ => &["--skip-identical"],
+        };
+        let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target).args(mode));
+        let code = out.status.code();
+        let kind = fs::symlink_metadata(dir.join("app.db")).map(|m| m.file_type());
+        let opened = watch.opened().then_some("restore opened the attacker's database; ");
+        fail = if !kind.as_ref().is_ok_and(|k| k.is_file()) {
+            Some(format!("round {round}: {}exit {code:?}, app.db is {kind:?}", opened.unwrap_or("")))
+        } else if let Some(opened) = opened {
+            Some(format!("round {round}: {opened}exit {code:?}"))
+        } else {
+            let bytes = fs::read(dir.join("app.db")).unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            match code {
+                Some(0) if bytes == snapshot_bytes => {
+                    restored += 1;
+                    None
+                }
+                Some(1) if bytes == old_bytes && stderr.contains("app.db") => None,
+                _ => Some(format!(
+                    "round {round}: exit {code:?}, app.db holds neither the snapshot nor the old database"
+                )),
+            }
+        };
+        if fail.is_some() {
+            break;
+        }
+        // What is left beside the database is the attacker's: its symlinks, and restore's
+        // private directories that it moved away, emptied.
+        for entry in fs::read_dir(&dir).unwrap().flatten() {
+            let (name, kind) = (entry.file_name(), entry.file_type().unwrap());
+            let emptied = kind.is_dir() && fs::read_dir(entry.path()).unwrap().next().is_none();
+            if name != "app.db" && !kind.is_symlink() && !emptied {
+                fail = Some(format!("round {round}: restore left {name:?} ({kind:?}) behind"));
+            }
+        }
+        if fail.is_some() {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = attacker.join().unwrap();
+    if let Some(fail) = fail {
+        panic!("{fail} (the attacker swapped {swaps} entries)");
+    }
+    assert!(swaps > 0, "the attacker never got to swap anything");
+    assert!(restored > 0, "no round restored the database");
 }
