@@ -12,7 +12,9 @@
 //! (a non-directory where the snapshot has an entry) or fails that entry, and nothing is ever
 //! written outside. Only the target itself is opened by its path: it is the user's choice. A
 //! database is checked and renamed into place from a private directory ([`database`]), never
-//! by a name that others can swap.
+//! by a name that others can swap. A directory that already stood in the target and is open to
+//! anyone its snapshot metadata closes it to is closed while restore fills it
+//! ([`Restorer::close_reused`]).
 //!
 //! No walk recurses in proportion to depth: below [`ROUND_DEPTH`] levels a directory is left
 //! for a later round ([`Rounds`]) that starts from it, so a crafted tree 100,000 levels deep
@@ -33,7 +35,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::format::snapshot::{Snapshot, SourceError};
 use crate::format::tree::{Content, Metadata, Node, Tree};
-use crate::fs_at::{set_metadata_fd, Dir, Place};
+use crate::fs_at::{set_metadata_fd, stat_fd, Dir, Place};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
@@ -145,6 +147,8 @@ struct Restorer<'a> {
     /// Set with `skip_identical`: cuts existing files to compare them with the snapshot.
     compare: Option<crate::chunking::Chunker>,
     unchanged: AtomicU64,
+    /// This process's effective user, and whether it is root.
+    euid: u32,
     as_root: bool,
     cancel: Option<&'a AtomicBool>,
     errors: Mutex<Vec<SourceError>>,
@@ -227,6 +231,8 @@ pub fn restore(
     let selected = select(repo, index, snapshot, &options.includes)?;
     fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
     let root = Dir::open(&options.target).map_err(|e| Error::io(&options.target, e))?;
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
     let restorer = Restorer {
         repo,
         index,
@@ -235,8 +241,8 @@ pub fn restore(
         root: Arc::new(root),
         compare: options.skip_identical.then(|| repo.chunker()),
         unchanged: AtomicU64::new(0),
-        // SAFETY: geteuid cannot fail.
-        as_root: unsafe { libc::geteuid() } == 0,
+        euid,
+        as_root: euid == 0,
         cancel: options.cancel,
         errors: Mutex::new(Vec::new()),
         link_sources: Mutex::new(HashMap::new()),
@@ -347,6 +353,7 @@ impl Restorer<'_> {
                     Ok(child) => child,
                     Err(e) => return self.record(&self.shown(place, name), e),
                 };
+                self.close_reused(&child, &node.meta);
                 let child_place = place.child(name);
                 self.dir_count.fetch_add(1, Relaxed);
                 self.dirs.lock().expect("poisoned").push((child_place.clone(), node.meta));
@@ -390,6 +397,33 @@ impl Restorer<'_> {
         if let Err(message) = result {
             self.record(&self.shown(place, name), message);
         }
+    }
+
+    /// Closes a directory that already stood where the snapshot has one, if it is open to anyone
+    /// the snapshot's metadata (`meta`) closes it to: another owner, or group or other bits the
+    /// snapshot does not grant. It becomes what the directories restore creates are until the
+    /// end, when its metadata is applied: mode 0700, and root's when restore runs as root.
+    ///
+    /// Why: while restore fills it, whoever can write in it could swap what restore creates (move
+    /// a file away and plant a symlink or a file of their own under its name, swap the source of
+    /// a hard link before it is linked, or a FIFO before it is chowned by name), and whoever can
+    /// search it could open files that the snapshot keeps from them; the directory would then get
+    /// the snapshot's owner and mode over what they left. Left open when everyone who can use it
+    /// now may also use it by the snapshot: they could do the same after the restore, so nothing
+    /// is gained, and restoring /home or / in place must not lock users out of their directories
+    /// while it runs. The target itself and the parents of an `--include` get no metadata from
+    /// the snapshot and are left as they are. A restore interrupted or killed leaves a closed
+    /// directory closed, as it leaves the ones it created; restoring again finishes them. Best
+    /// effort: if the file system refuses (no owners), the directory stays as it was; databases
+    /// are safe in it either way ([`database`]).
+    fn close_reused(&self, dir: &Dir, meta: &Metadata) {
+        let Ok(st) = stat_fd(dir.as_fd()) else { return };
+        let found = Found { uid: st.st_uid, gid: st.st_gid, mode: st.st_mode };
+        if !open_beyond_snapshot(&found, meta, self.euid, self.as_root) || (st.st_uid != self.euid && !self.as_root) {
+            return;
+        }
+        let mtime = (st.st_mtime, st.st_mtime_nsec as u32);
+        let _ = set_metadata_fd(dir.as_fd(), self.as_root.then_some((0, st.st_gid)), 0o700, mtime);
     }
 
     fn special(&self, dir: &Dir, name: &[u8], kind: libc::mode_t, rdev: u64, meta: &Metadata) -> Result<(), String> {
@@ -539,6 +573,26 @@ impl Restorer<'_> {
     }
 }
 
+/// Owner, group and mode of a directory found in the target.
+struct Found {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
+/// Whether the directory `found` lets anyone use it whom the snapshot's `meta` does not, for a
+/// restore running as user `me` (`as_root`: as root, which also restores owner and group): an
+/// owner other than `me` and the snapshot's, group bits the snapshot does not grant or granted
+/// to another group, other bits the snapshot does not grant.
+fn open_beyond_snapshot(found: &Found, meta: &Metadata, me: u32, as_root: bool) -> bool {
+    let (owner, group) = if as_root { (meta.uid, meta.gid) } else { (found.uid, found.gid) };
+    let mode = found.mode & 0o777;
+    let owner_may = found.uid == me || found.uid == owner;
+    let group_may = mode & 0o070 == 0 || (found.gid == group && mode & 0o070 & !meta.mode == 0);
+    let others_may = mode & 0o007 & !meta.mode == 0;
+    !(owner_may && group_may && others_may)
+}
+
 /// Directories opened by place for the last steps (hard links, directory metadata), so that
 /// each is not walked down to from the target again. Bounded: descriptors are limited.
 struct DirCache {
@@ -619,7 +673,6 @@ impl DirCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs_at::stat_fd;
 
     #[test]
     fn includes_inside_another_are_restored_once() {
@@ -629,6 +682,29 @@ mod tests {
         assert_eq!(kept, vec![parts("a"), parts("ab"), parts("b")]);
         let with_root = vec![(parts("a"), None), (parts("/"), None)];
         assert_eq!(outermost(with_root).len(), 1, "the root holds everything");
+    }
+
+    #[test]
+    fn a_directory_is_closed_when_it_is_open_beyond_the_snapshot() {
+        let meta = |uid, gid, mode| Metadata { uid, gid, mode, ..Default::default() };
+        let found = |uid, gid, mode| Found { uid, gid, mode: mode | libc::S_IFDIR };
+        let snapshot = meta(1000, 1000, 0o750);
+        // As root (me = 0):
+        for (dir, open) in [
+            (found(0, 0, 0o700), false),        // as restore creates it
+            (found(1000, 1000, 0o750), false),  // as the snapshot has it
+            (found(1000, 1000, 0o700), false),  // closer still
+            (found(0, 0, 0o755), true),         // others may search it; the snapshot says no
+            (found(1000, 1000, 0o770), true),   // the group may write
+            (found(1000, 50, 0o750), true),     // another group
+            (found(65534, 1000, 0o700), true),  // another owner
+            (found(1000, 1000, 0o2750), false), // special bits are not permissions
+        ] {
+            assert_eq!(open_beyond_snapshot(&dir, &snapshot, 0, true), open, "{:o}", dir.mode);
+        }
+        // Not as root: owners are not restored, so only the bits count.
+        assert!(!open_beyond_snapshot(&found(1000, 50, 0o750), &snapshot, 1000, false));
+        assert!(open_beyond_snapshot(&found(1000, 50, 0o777), &snapshot, 1000, false));
     }
 
     /// Deepest first, as directory metadata is applied: each directory of a chain far deeper

@@ -1,7 +1,8 @@
 //! Hostile targets and hostile snapshots: restore never writes outside `--target`, whatever
 //! symlinks are planted below it (before or during the restore), never checks or renames a
-//! database that someone else swapped in, and deep trees never abort `ls`, `restore` or
-//! `drill`. A drill leaves nothing behind where it was pointed.
+//! database that someone else swapped in, closes a reused directory open beyond its snapshot
+//! metadata while it fills it, and deep trees never abort `ls`, `restore` or `drill`. A drill,
+//! or a database's restore, leaves nothing behind where it was pointed.
 
 use std::ffi::CString;
 use std::fs;
@@ -243,6 +244,73 @@ fn a_racing_attacker_never_gets_a_byte_outside() {
     }
     stop.store(true, Ordering::Relaxed);
     assert!(attacker.join().unwrap() > 0, "the attacker never got to swap anything");
+}
+
+/// A directory that already stands where the snapshot has one and is open to someone the
+/// snapshot closes it to (here: another owner, mode 0777) is closed, root's and 0700, before
+/// restore writes anything in it, until its metadata is applied at the end. One open only to
+/// those the snapshot lets in too (same owner and mode) is left as it is throughout. Root only:
+/// it takes other owners.
+#[test]
+fn a_reused_directory_open_to_others_is_closed_while_restore_fills_it() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    const BIG: u64 = 32 << 20;
+    let chown = |path: &Path| std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+    let chmod = |path: &Path, mode| fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    let scratch = Scratch::new("reused-dir");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    for (seed, name) in ["closed", "shared"].into_iter().enumerate() {
+        fs::create_dir_all(source.join(name)).unwrap();
+        write_noise_file(&source.join(name).join("big"), BIG, seed as u64);
+        chmod(&source.join(name), 0o755);
+    }
+    chown(&source.join("shared"));
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+
+    let target = scratch.join("target");
+    let (closed, shared) = (target.join("closed"), target.join("shared"));
+    let owner_and_mode = |path: &Path| fs::symlink_metadata(path).map(|m| (m.uid(), m.mode() & 0o7777)).unwrap();
+    let mut seen_mid_way = [0u32; 2];
+    for _ in 0..5 {
+        let _ = fs::remove_dir_all(&target);
+        for (dir, mode) in [(&closed, 0o777), (&shared, 0o755)] {
+            fs::create_dir_all(dir).unwrap();
+            chown(dir);
+            chmod(dir, mode);
+        }
+        let mut child = cairn(&repo).args(["restore", "latest", "--quiet", "--target"]).arg(&target).spawn().unwrap();
+        let status = loop {
+            let done = child.try_wait().unwrap();
+            for (i, (dir, expected)) in [(&closed, (0, 0o700)), (&shared, (NOBODY, 0o755))].into_iter().enumerate() {
+                // Mid-way: restore has begun writing in the directory and not finished.
+                if !fs::symlink_metadata(dir.join("big")).is_ok_and(|m| m.len() < BIG) {
+                    continue;
+                }
+                let found = owner_and_mode(dir);
+                if found != expected {
+                    let _ = child.kill();
+                    let (path, (uid, mode), (want_uid, want_mode)) = (dir.display(), found, expected);
+                    panic!("{path} while restore fills it: uid {uid}, mode {mode:o}; expected uid {want_uid}, mode {want_mode:o}");
+                }
+                seen_mid_way[i] += 1;
+            }
+            if let Some(status) = done {
+                break status;
+            }
+        };
+        assert!(status.success());
+        assert_eq!(owner_and_mode(&closed), (0, 0o755), "the snapshot's metadata at the end");
+        assert_eq!(owner_and_mode(&shared), (NOBODY, 0o755));
+        if seen_mid_way.iter().all(|&n| n > 0) {
+            return;
+        }
+    }
+    panic!("never saw a restore mid-way in 5 tries: {seen_mid_way:?}");
 }
 
 /// A snapshot whose tree is `depth` directories named `d`, one inside the other, with a file
