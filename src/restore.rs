@@ -150,6 +150,8 @@ struct Restorer<'a> {
     /// This process's effective user, and whether it is root.
     euid: u32,
     as_root: bool,
+    /// When this restore began, in Unix seconds: what is older was left by another one.
+    started: i64,
     cancel: Option<&'a AtomicBool>,
     errors: Mutex<Vec<SourceError>>,
     /// (dev, inode) of multiply-linked files to the first entry restored for them.
@@ -243,6 +245,7 @@ pub fn restore(
         unchanged: AtomicU64::new(0),
         euid,
         as_root: euid == 0,
+        started: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
         cancel: options.cancel,
         errors: Mutex::new(Vec::new()),
         link_sources: Mutex::new(HashMap::new()),

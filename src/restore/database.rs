@@ -23,7 +23,7 @@ use std::path::Path;
 
 use super::Restorer;
 use crate::format::tree::Node;
-use crate::fs_at::{is_dir, stat_fd, Dir, Place};
+use crate::fs_at::{is_dir, is_file, stat_fd, Dir, Place};
 use crate::id::Id;
 use crate::source::sqlite;
 
@@ -39,6 +39,47 @@ const SET_ASIDE: &[u8] = b".old";
 fn staging_name(database: &[u8]) -> Vec<u8> {
     let random = Id(crate::id::random_bytes()).short();
     [b".", database, MARK, random.as_bytes()].concat()
+}
+
+/// Whether `name` is that of a private directory for `database`: `.<database>.cairn-restore-`
+/// and 8 hex digits.
+fn is_staging_name(name: &[u8], database: &[u8]) -> bool {
+    let prefix = [b".", database, MARK].concat();
+    name.strip_prefix(prefix.as_slice())
+        .is_some_and(|random| random.len() == 8 && random.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// Removes the private directories that killed restores of `database` left in `parent` (all but
+/// `ours`) and returns their names. Called once the new database is in place: whatever they hold
+/// then belongs to a database that is gone (a new one never moved in, or the old companions of
+/// one replaced since). Only what surely is such a leftover: named for this database, made
+/// before this restore began (`started`, Unix seconds; a second is allowed for the file system's
+/// coarse clock), so that a directory of that name restored from the snapshot is never taken
+/// for one; private to this user; holding nothing but regular files under the names a restore
+/// gives them. One listing of `parent` per database restored: databases are few.
+fn remove_leftovers(parent: &Dir, database: &[u8], ours: &[u8], started: i64) -> Vec<Vec<u8>> {
+    let Ok(names) = parent.names() else { return Vec::new() };
+    let known = [database.to_vec(), [database, b"-wal", SET_ASIDE].concat(), [database, b"-shm", SET_ASIDE].concat()];
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mut removed = Vec::new();
+    for name in names.into_iter().filter(|name| name != ours && is_staging_name(name, database)) {
+        let Ok(dir) = parent.open_dir(&name) else { continue };
+        let Ok(st) = stat_fd(dir.as_fd()) else { continue };
+        if st.st_uid != me || st.st_mode & 0o077 != 0 || st.st_ctime >= started - 1 {
+            continue;
+        }
+        let Ok(inside) = dir.names() else { continue };
+        if !inside.iter().all(|entry| known.contains(entry) && dir.stat(entry).is_ok_and(|s| is_file(&s))) {
+            continue;
+        }
+        let emptied = inside.iter().all(|entry| dir.remove_non_dir(entry).is_ok());
+        let same = parent.stat(&name).is_ok_and(|now| (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino));
+        if emptied && same && parent.remove_dir(&name).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed
 }
 
 /// A private directory beside the destination of a database: holds the new database (under the
@@ -166,6 +207,10 @@ impl Restorer<'_> {
         staging
             .replace(&file, &self.shown(place, &staging.name))
             .map_err(|e| format!("replacing the database: {e}"))?;
+        for name in remove_leftovers(dir, &node.name, &staging.name, self.started) {
+            let shown = self.shown(place, &name);
+            self.progress.warn(&format!("note: {}: removed, left by an interrupted restore", shown.display()));
+        }
         Ok(written)
     }
 }
@@ -200,6 +245,20 @@ mod tests {
             std::fs::read_dir(path).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn a_private_directory_is_known_by_its_name() {
+        let name = staging_name(b"app.db");
+        assert!(is_staging_name(&name, b"app.db"));
+        assert!(!is_staging_name(&name, b"app"));
+        for other in [
+            &b".app.db.cairn-restore-1234567"[..],
+            b".app.db.cairn-restore-1234567g",
+            b".app.db.cairn-restore-12345678.x",
+        ] {
+            assert!(!is_staging_name(other, b"app.db"), "{}", String::from_utf8_lossy(other));
+        }
     }
 
     /// Someone who can write beside the destination moves the private directory away and plants

@@ -246,6 +246,75 @@ fn a_racing_attacker_never_gets_a_byte_outside() {
     assert!(attacker.join().unwrap() > 0, "the attacker never got to swap anything");
 }
 
+/// The private directory in which `dir`'s database `app.db` is being restored, once it holds the
+/// new file.
+fn staging_in(dir: &Path) -> Option<String> {
+    fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with(".app.db.cairn-restore-") && dir.join(name).join("app.db").exists())
+}
+
+/// `kill -9` while a database is restored leaves its private directory, recognisable by its name
+/// beside the database. The next restore of that database removes it once the new database is in
+/// place, and says so. What only looks like one is left: another user's, one that holds what a
+/// restore never puts there, another database's.
+#[test]
+fn the_next_restore_removes_what_a_killed_one_left() {
+    let scratch = Scratch::new("killed-db");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(source.join("db")).unwrap();
+    text_database(&source.join("db/app.db"), 16_000, 4);
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    let (target, dir) = (scratch.join("target"), scratch.join("target/db"));
+    let leftover = (0..5)
+        .find_map(|_| {
+            let _ = fs::remove_dir_all(&target);
+            let mut child =
+                cairn(&repo).args(["restore", "latest", "--quiet", "--target"]).arg(&target).spawn().unwrap();
+            let found = loop {
+                if let Some(name) = staging_in(&dir) {
+                    break Some(name);
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break None;
+                }
+            };
+            child.kill().unwrap();
+            child.wait().unwrap();
+            found
+        })
+        .expect("never caught a restore with its database in the private directory");
+    let random = leftover.strip_prefix(".app.db.cairn-restore-").unwrap();
+    assert!(random.len() == 8 && random.bytes().all(|b| b.is_ascii_hexdigit()), "{leftover}");
+
+    let mut decoys = vec![(".app.db.cairn-restore-0badf00d", "keep"), (".other.db.cairn-restore-12345678", "other.db")];
+    if is_root() {
+        decoys.push((".app.db.cairn-restore-deadbeef", "app.db"));
+    }
+    for (name, inside) in &decoys {
+        fs::create_dir(dir.join(name)).unwrap();
+        fs::set_permissions(dir.join(name), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::write(dir.join(name).join(inside), b"not restore's").unwrap();
+    }
+    if is_root() {
+        std::os::unix::fs::chown(dir.join(".app.db.cairn-restore-deadbeef"), Some(65534), None).unwrap();
+    }
+    // Older than the next restore by more than the file system clock's second of slack.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&leftover) && stderr.contains("left by an interrupted restore"), "{stderr}");
+    assert!(fs::symlink_metadata(dir.join(&leftover)).is_err(), "{leftover} is still there");
+    for (name, inside) in &decoys {
+        assert_eq!(fs::read(dir.join(name).join(inside)).unwrap(), b"not restore's", "{name}");
+    }
+    assert_eq!(fs::read(dir.join("app.db")).unwrap(), fs::read(source.join("db/app.db")).unwrap());
+}
+
 /// A directory that already stands where the snapshot has one and is open to someone the
 /// snapshot closes it to (here: another owner, mode 0777) is closed, root's and 0700, before
 /// restore writes anything in it, until its metadata is applied at the end. One open only to
