@@ -33,7 +33,7 @@ const BASE: libc::c_int = libc::O_CLOEXEC | libc::O_NOCTTY;
 const DIR_FLAGS: libc::c_int = BASE | libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
 
 /// `-1` into the errno error, anything else into `Ok`.
-fn check(result: libc::c_int) -> Result<libc::c_int> {
+pub(crate) fn check(result: libc::c_int) -> Result<libc::c_int> {
     if result < 0 {
         Err(Error::last_os_error())
     } else {
@@ -42,14 +42,14 @@ fn check(result: libc::c_int) -> Result<libc::c_int> {
 }
 
 /// One entry name as a C string: never empty, `.`, `..`, or holding `/` or NUL.
-fn c_name(name: &[u8]) -> Result<CString> {
+pub(crate) fn c_name(name: &[u8]) -> Result<CString> {
     if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
         return Err(Error::new(ErrorKind::InvalidInput, "not a single entry name"));
     }
     CString::new(name).map_err(|_| Error::new(ErrorKind::InvalidInput, "entry name holds a NUL byte"))
 }
 
-fn c_path(path: &Path) -> Result<CString> {
+pub(crate) fn c_path(path: &Path) -> Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::new(ErrorKind::InvalidInput, "path holds a NUL byte"))
 }
 
@@ -213,12 +213,7 @@ impl Dir {
 
     /// `fstatat` without following a symlink.
     pub fn stat(&self, name: &[u8]) -> Result<libc::stat> {
-        let c = c_name(name)?;
-        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: a valid descriptor, C string and room for one stat.
-        check(unsafe { libc::fstatat(self.raw(), c.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
-        // SAFETY: fstatat succeeded.
-        Ok(unsafe { st.assume_init() })
+        stat_at(self.as_fd(), name)
     }
 
     /// Removes the non-directory entry `name`; a missing entry is fine, a directory is an error.
@@ -342,20 +337,7 @@ impl Dir {
 
     /// The target of the symlink `name`.
     pub fn read_link(&self, name: &[u8]) -> Result<Vec<u8>> {
-        let c = c_name(name)?;
-        let mut buffer = vec![0u8; 4096];
-        loop {
-            // SAFETY: a valid descriptor, C string and buffer of the given length.
-            let n = unsafe { libc::readlinkat(self.raw(), c.as_ptr(), buffer.as_mut_ptr().cast(), buffer.len()) };
-            if n < 0 {
-                return Err(Error::last_os_error());
-            }
-            if (n as usize) < buffer.len() {
-                buffer.truncate(n as usize);
-                return Ok(buffer);
-            }
-            buffer.resize(buffer.len() * 2, 0);
-        }
+        read_link_at(self.as_fd(), name)
     }
 
     /// Owner (when given), mode (unless `symlink`: a symlink's mode cannot be set), then mtime of
@@ -413,41 +395,75 @@ impl Dir {
         check(unsafe { libc::chmod(link.as_ptr(), mode as libc::mode_t) }).map(drop)
     }
 
-    /// The names in this directory (without `.` and `..`), read through a duplicate descriptor.
+    /// The names in this directory (without `.` and `..`).
     pub fn names(&self) -> Result<Vec<Vec<u8>>> {
-        // SAFETY: plain syscall on a valid descriptor.
-        let dup = check(unsafe { libc::fcntl(self.raw(), libc::F_DUPFD_CLOEXEC, 0) })?;
-        // SAFETY: `dup` is ours; fdopendir takes it over (closedir closes it).
-        let stream = unsafe { libc::fdopendir(dup) };
-        if stream.is_null() {
-            let error = Error::last_os_error();
-            // SAFETY: fdopendir failed, so `dup` is still ours to close.
-            unsafe { libc::close(dup) };
-            return Err(error);
-        }
-        // SAFETY: a fresh stream; the shared offset of a duplicate starts wherever the original
-        // is, so rewind it.
-        unsafe { libc::rewinddir(stream) };
-        let mut names = Vec::new();
-        let result = loop {
-            // SAFETY: errno is thread-local; reset it to tell the end from an error.
-            unsafe { *libc::__errno_location() = 0 };
-            // SAFETY: a valid stream.
-            let entry = unsafe { libc::readdir(stream) };
-            if entry.is_null() {
-                let error = Error::last_os_error();
-                break if error.raw_os_error() == Some(0) { Ok(()) } else { Err(error) };
-            }
-            // SAFETY: readdir returned an entry whose d_name is NUL-terminated.
-            let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }.to_bytes();
-            if name != b"." && name != b".." {
-                names.push(name.to_vec());
-            }
-        };
-        // SAFETY: a valid stream, closed once.
-        unsafe { libc::closedir(stream) };
-        result.map(|_| names)
+        names_in(self.as_fd())
     }
+}
+
+/// `fstatat(dir, name)` without following a symlink.
+pub(crate) fn stat_at(dir: BorrowedFd<'_>, name: &[u8]) -> Result<libc::stat> {
+    let c = c_name(name)?;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: a valid descriptor, C string and room for one stat.
+    check(unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
+    // SAFETY: fstatat succeeded.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// The target of the symlink `name` in `dir`.
+pub(crate) fn read_link_at(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Vec<u8>> {
+    let c = c_name(name)?;
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        // SAFETY: a valid descriptor, C string and buffer of the given length.
+        let n = unsafe { libc::readlinkat(dir.as_raw_fd(), c.as_ptr(), buffer.as_mut_ptr().cast(), buffer.len()) };
+        if n < 0 {
+            return Err(Error::last_os_error());
+        }
+        if (n as usize) < buffer.len() {
+            buffer.truncate(n as usize);
+            return Ok(buffer);
+        }
+        buffer.resize(buffer.len() * 2, 0);
+    }
+}
+
+/// The names in the directory `dir` (without `.` and `..`), in the order the file system gives,
+/// read through a duplicate descriptor.
+pub(crate) fn names_in(dir: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
+    // SAFETY: plain syscall on a valid descriptor.
+    let dup = check(unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: `dup` is ours; fdopendir takes it over (closedir closes it).
+    let stream = unsafe { libc::fdopendir(dup) };
+    if stream.is_null() {
+        let error = Error::last_os_error();
+        // SAFETY: fdopendir failed, so `dup` is still ours to close.
+        unsafe { libc::close(dup) };
+        return Err(error);
+    }
+    // SAFETY: a fresh stream; the shared offset of a duplicate starts wherever the original
+    // is, so rewind it.
+    unsafe { libc::rewinddir(stream) };
+    let mut names = Vec::new();
+    let result = loop {
+        // SAFETY: errno is thread-local; reset it to tell the end from an error.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: a valid stream.
+        let entry = unsafe { libc::readdir(stream) };
+        if entry.is_null() {
+            let error = Error::last_os_error();
+            break if error.raw_os_error() == Some(0) { Ok(()) } else { Err(error) };
+        }
+        // SAFETY: readdir returned an entry whose d_name is NUL-terminated.
+        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }.to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    };
+    // SAFETY: a valid stream, closed once.
+    unsafe { libc::closedir(stream) };
+    result.map(|_| names)
 }
 
 impl AsFd for Dir {

@@ -8,14 +8,14 @@
 //! directory it was opened on, wherever that directory is moved. Only the source roots given on
 //! the command line are opened by path (the user's choice, symlinks included).
 
-use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::format::tree::Metadata;
+use crate::fs_at::{c_name, c_path, check, names_in, read_link_at, stat_at};
 
 /// An open directory of the source tree.
 #[derive(Debug)]
@@ -61,23 +61,11 @@ impl From<io::Error> for OpenError {
     }
 }
 
-fn c_name(name: &[u8]) -> io::Result<CString> {
-    CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-fn check(result: libc::c_int) -> io::Result<libc::c_int> {
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(result)
-    }
-}
-
 impl Dir {
     /// Opens a source root by path. Symlinks among the path's parents are followed (the user
     /// chose the path); the last component is followed only when `follow` is set.
     pub fn open(path: &Path, follow: bool) -> io::Result<Dir> {
-        let c_path = c_name(path.as_os_str().as_bytes())?;
+        let c_path = c_path(path)?;
         let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | nofollow;
         // SAFETY: a valid NUL-terminated path; the descriptor returned is owned from here on.
@@ -115,71 +103,17 @@ impl Dir {
 
     /// The entry `name` as `lstat` sees it: a symlink is not followed.
     pub fn stat(&self, name: &[u8]) -> io::Result<Stat> {
-        let c_name = c_name(name)?;
-        // SAFETY: zeroed memory is a valid `stat`; fstatat fills it or fails.
-        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid descriptor, NUL-terminated name and out-pointer.
-        check(unsafe { libc::fstatat(self.fd.as_raw_fd(), c_name.as_ptr(), &mut stat, libc::AT_SYMLINK_NOFOLLOW) })?;
-        Ok(Stat(stat))
+        stat_at(self.fd.as_fd(), name).map(Stat)
     }
 
     /// The names in the directory, without `.` and `..`, in the order the file system gives.
     pub fn names(&self) -> io::Result<Vec<Vec<u8>>> {
-        // fdopendir takes the descriptor over (closedir closes it), so it gets a duplicate; the
-        // duplicate shares the file offset, which is reset so every listing starts at the top.
-        // SAFETY: a valid descriptor.
-        let fd = check(unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
-        // SAFETY: `fd` is a directory descriptor owned by nobody else.
-        let stream = unsafe { libc::fdopendir(fd) };
-        if stream.is_null() {
-            let error = io::Error::last_os_error();
-            // SAFETY: fdopendir failed, so `fd` is still ours to close.
-            unsafe { libc::close(fd) };
-            return Err(error);
-        }
-        // SAFETY: `stream` is a valid directory stream until the closedir below.
-        unsafe { libc::rewinddir(stream) };
-        let mut names = Vec::new();
-        let result = loop {
-            // readdir reports an error only through errno, which it leaves alone at the end.
-            // SAFETY: errno is thread-local; `stream` is valid.
-            unsafe { *libc::__errno_location() = 0 };
-            let entry = unsafe { libc::readdir(stream) };
-            if entry.is_null() {
-                let error = io::Error::last_os_error();
-                break if error.raw_os_error() == Some(0) { Ok(()) } else { Err(error) };
-            }
-            // SAFETY: a non-null entry is valid until the next readdir on this stream, and its
-            // name is NUL-terminated.
-            let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }.to_bytes();
-            if name != b"." && name != b".." {
-                names.push(name.to_vec());
-            }
-        };
-        // SAFETY: `stream` is valid and closed once; this also closes `fd`.
-        unsafe { libc::closedir(stream) };
-        result.map(|()| names)
+        names_in(self.fd.as_fd())
     }
 
     /// The target of the symlink `name`.
     pub fn read_link(&self, name: &[u8]) -> io::Result<Vec<u8>> {
-        let c_name = c_name(name)?;
-        let mut buffer = vec![0u8; 256];
-        loop {
-            // SAFETY: a valid descriptor and name; the buffer is writable for its length.
-            let len = unsafe {
-                libc::readlinkat(self.fd.as_raw_fd(), c_name.as_ptr(), buffer.as_mut_ptr().cast(), buffer.len())
-            };
-            if len < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if (len as usize) < buffer.len() {
-                buffer.truncate(len as usize);
-                return Ok(buffer);
-            }
-            // Possibly cut short: try again with room to spare.
-            buffer.resize(buffer.len() * 4, 0);
-        }
+        read_link_at(self.fd.as_fd(), name)
     }
 
     /// A path to the entry `name` that the kernel resolves through this descriptor, not through
