@@ -39,6 +39,7 @@ use crate::fs_at::{set_metadata_fd, stat_fd, Dir, Place};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
+use crate::repository::reader::PlannedReads;
 use crate::repository::Repository;
 use crate::source::sqlite;
 
@@ -139,6 +140,8 @@ type Entry = (Arc<Place>, Vec<u8>);
 struct Restorer<'a> {
     repo: &'a Repository,
     index: &'a Index,
+    /// On an object store: the content's reads, planned by pack ([`PlannedReads`]).
+    reads: Option<&'a PlannedReads<'a>>,
     progress: &'a Progress,
     /// The target as given: only for messages.
     target: &'a Path,
@@ -233,11 +236,71 @@ pub fn restore(
     let selected = select(repo, index, snapshot, &options.includes)?;
     fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
     let root = Dir::open(&options.target).map_err(|e| Error::io(&options.target, e))?;
+    if repo.backend().disk_path().is_some() {
+        return restore_selected(repo, index, snapshot, options, progress, root, &selected, None);
+    }
+    // An object store: every request costs a round trip, so the content is read by pack.
+    let plan = PlannedReads::new(repo, index, planned_blobs(repo, index, snapshot, &selected));
+    plan.run(|reads| restore_selected(repo, index, snapshot, options, progress, root, &selected, Some(reads)))
+}
+
+/// The data blobs a restore of `selected` reads, in walk order: the chunks of each file, once
+/// per set of hard links. Trees that cannot be read are left out (the restore reports them).
+/// A loop over a stack: no recursion, whatever the depth.
+fn planned_blobs(repo: &Repository, index: &Index, snapshot: &Snapshot, selected: &Selection) -> Vec<Id> {
+    let mut blobs = Vec::new();
+    let mut linked = HashSet::new();
+    let mut file = |node: &Node, blobs: &mut Vec<Id>| {
+        if let Content::File { chunks } = &node.content {
+            if node.meta.nlink <= 1 || linked.insert((node.meta.dev, node.meta.ino)) {
+                blobs.extend_from_slice(chunks);
+            }
+        }
+    };
+    for (_, node) in selected {
+        let mut stack = match node {
+            None => vec![snapshot.tree],
+            Some(node @ Node { content: Content::Dir { subtree }, .. }) => {
+                file(node, &mut blobs);
+                vec![*subtree]
+            }
+            Some(node) => {
+                file(node, &mut blobs);
+                continue;
+            }
+        };
+        while let Some(id) = stack.pop() {
+            let Ok(tree) = repo.read_tree(index, &id) else { continue };
+            for node in &tree.nodes {
+                file(node, &mut blobs);
+            }
+            // Subdirectories in order: the first one is walked next.
+            stack.extend(tree.nodes.iter().rev().filter_map(|node| match &node.content {
+                Content::Dir { subtree } => Some(*subtree),
+                _ => None,
+            }));
+        }
+    }
+    blobs
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restore_selected(
+    repo: &Repository,
+    index: &Index,
+    snapshot: &Snapshot,
+    options: &RestoreOptions,
+    progress: &Progress,
+    root: Dir,
+    selected: &Selection,
+    reads: Option<&PlannedReads>,
+) -> Result<RestoreSummary> {
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };
     let restorer = Restorer {
         repo,
         index,
+        reads,
         progress,
         target: &options.target,
         root: Arc::new(root),
@@ -453,6 +516,9 @@ impl Restorer<'_> {
 
     fn file(&self, node: &Node, chunks: &[Id], dir: &Dir, place: &Place, raw_database: bool) -> Result<(), String> {
         if self.keep_identical(node, chunks, dir)? {
+            if let Some(reads) = self.reads {
+                reads.skip(chunks);
+            }
             self.unchanged.fetch_add(1, Relaxed);
             self.files.fetch_add(1, Relaxed);
             self.progress.file_done(node.meta.size);
@@ -461,7 +527,7 @@ impl Restorer<'_> {
         // A database is written and checked in a private directory beside its destination before
         // it replaces anything (`database`): a failed restore leaves the existing one as it was.
         let first = match chunks.first() {
-            Some(id) => Some(self.repo.read_blob(self.index, id).map_err(|e| e.to_string())?),
+            Some(id) => Some(self.blob(id).map_err(|e| e.to_string())?),
             None => None,
         };
         let database = !raw_database && first.as_deref().is_some_and(|d| d.starts_with(sqlite::HEADER));
@@ -505,7 +571,7 @@ impl Restorer<'_> {
             if self.cancelled() {
                 return Err("interrupted".into());
             }
-            write(&self.repo.read_blob(self.index, id).map_err(|e| e.to_string())?)?;
+            write(&self.blob(id).map_err(|e| e.to_string())?)?;
         }
         if written != expected {
             return Err(format!("restored {written} bytes, the snapshot recorded {expected}"));
@@ -514,6 +580,14 @@ impl Restorer<'_> {
             file.sync_all().map_err(|e| e.to_string())?;
         }
         Ok((file, written))
+    }
+
+    /// A data blob, through the planned reads where there are some.
+    fn blob(&self, id: &Id) -> Result<Vec<u8>> {
+        match self.reads {
+            Some(reads) => reads.read(id),
+            None => self.repo.read_blob(self.index, id),
+        }
     }
 
     fn owner(&self, meta: &Metadata) -> Option<(u32, u32)> {

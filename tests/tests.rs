@@ -27,6 +27,8 @@ mod restore_safety;
 mod roundtrip;
 #[path = "cases/run.rs"]
 mod run;
+#[path = "cases/s3_reads.rs"]
+mod s3_reads;
 #[path = "cases/snapshots.rs"]
 mod snapshots;
 #[path = "cases/sqlite.rs"]

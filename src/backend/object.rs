@@ -56,6 +56,23 @@ fn retry_config() -> object_store::RetryConfig {
     object_store::RetryConfig { max_retries: 5, retry_timeout: Duration::from_secs(30), ..Default::default() }
 }
 
+/// Tries of one read before its error is the answer (see [`ObjectBackend::reading`]).
+const READ_ATTEMPTS: u32 = 5;
+
+/// Whether trying a read again may help: not for what is missing, forbidden or malformed.
+fn transient(error: &object_store::Error) -> bool {
+    !matches!(
+        error,
+        object_store::Error::NotFound { .. }
+            | object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
+            | object_store::Error::InvalidPath { .. }
+            | object_store::Error::NotSupported { .. }
+            | object_store::Error::NotImplemented
+            | object_store::Error::UnknownConfigurationKey { .. }
+    )
+}
+
 impl ObjectBackend {
     /// Opens with S3 settings from the `AWS_*` environment variables.
     pub fn open(url: &str) -> Result<ObjectBackend> {
@@ -123,6 +140,28 @@ impl ObjectBackend {
         }
     }
 
+    /// Runs a read (`attempt` makes its request), again after a pause when it fails on the way:
+    /// the HTTP client retries a request that fails, but not a body cut off in the middle (a
+    /// dropped connection), and a read can always be repeated. Each attempt is a request.
+    fn reading<T, F: std::future::Future<Output = object_store::Result<T>>>(
+        &self,
+        key: &str,
+        attempt: impl Fn() -> F,
+    ) -> Result<T> {
+        let mut pause = Duration::from_millis(100);
+        for tries in 1.. {
+            self.requests.get.fetch_add(1, Relaxed);
+            match self.runtime.block_on(attempt()) {
+                Err(e) if tries < READ_ATTEMPTS && transient(&e) => {
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                }
+                done => return done.map_err(|e| self.error(key, e)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
     fn error(&self, key: &str, error: object_store::Error) -> Error {
         let kind = match &error {
             object_store::Error::NotFound { .. } => std::io::ErrorKind::NotFound,
@@ -144,18 +183,12 @@ impl Backend for ObjectBackend {
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.path(key);
-        self.requests.get.fetch_add(1, Relaxed);
-        self.runtime
-            .block_on(async { self.store.get(&path).await?.bytes().await })
-            .map(|b| b.to_vec())
-            .map_err(|e| self.error(key, e))
+        self.reading(key, || async { self.store.get(&path).await?.bytes().await }).map(|b| b.to_vec())
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let path = self.path(key);
-        self.requests.get.fetch_add(1, Relaxed);
-        let bytes =
-            self.runtime.block_on(self.store.get_range(&path, offset..offset + len)).map_err(|e| self.error(key, e))?;
+        let bytes = self.reading(key, || self.store.get_range(&path, offset..offset + len))?;
         if bytes.len() as u64 != len {
             return Err(Error::corrupt(
                 format!("{}/{key}", self.location),

@@ -49,7 +49,7 @@ fn catch_signals() {
 }
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
-    let repo = context.open()?;
+    let repo = context.open_cached()?;
     let mut audit = Run::start("drill", args.source.as_deref().unwrap_or(""));
     let _lock = match super::read_lock(&repo, "drill", context.lock_wait) {
         Ok(lock) => lock,

@@ -62,6 +62,16 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DURATION", default_value = "10m", value_parser = cairn::status::parse_duration)]
     lock_wait: std::time::Duration,
 
+    /// Where copies of an object-store repository's index, snapshot and tree files are kept, so
+    /// that the next `ls` or restore need not fetch them again (default:
+    /// $XDG_CACHE_HOME/cairn, or ~/.cache/cairn)
+    #[arg(long, global = true, env = "CAIRN_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Keep no cache: fetch every file from the object store (beats CAIRN_CACHE_DIR)
+    #[arg(long, global = true)]
+    no_cache: bool,
+
     /// Fail where a command would create the repository (`snapshot` into a location without
     /// one): what `cairn run` gives its steps, having created or found the repository itself
     #[arg(long, global = true, hide = true)]
@@ -121,6 +131,8 @@ pub struct Context {
     pub lock_wait: std::time::Duration,
     /// Whether [`Context::open_or_create`] may create the repository (not in a step of `cairn run`).
     pub create: bool,
+    /// Where [`Context::open_cached`] keeps its copies; `None` for no cache.
+    pub cache: Option<PathBuf>,
 }
 
 impl Context {
@@ -131,6 +143,25 @@ impl Context {
 
     pub fn open(&self) -> Result<Repository> {
         Ok(Repository::open_location(&self.location())?)
+    }
+
+    /// [`Context::open`] for a command that reads: an object store's immutable files are read
+    /// through the local cache. (`check` verifies the store and reads none of it; commands that
+    /// delete do not rely on it.)
+    pub fn open_cached(&self) -> Result<Repository> {
+        let mut repo = self.open()?;
+        self.cache_for(&mut repo);
+        Ok(repo)
+    }
+
+    /// Makes `repo` read through the cache, if there is one; a cache that cannot be made only
+    /// costs requests, and is said so.
+    pub fn cache_for(&self, repo: &mut Repository) {
+        if let Some(root) = &self.cache {
+            if let Err(e) = repo.use_cache(root) {
+                errln!("warning: no local cache: {e}");
+            }
+        }
     }
 
     /// Opens the repository, creating it first if it does not exist yet (the default local
@@ -238,8 +269,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         None => default_location()
             .context("no --repo given, CAIRN_REPO unset, and no home directory for the default repository")?,
     };
-    let context =
-        Context { repo_path, quiet: cli.quiet, json: cli.json, lock_wait: cli.lock_wait, create: !cli.no_create };
+    let cache = match cli.no_cache {
+        true => None,
+        false => cli.cache_dir.or_else(cairn::repository::cache::Cache::default_root),
+    };
+    let context = Context {
+        repo_path,
+        quiet: cli.quiet,
+        json: cli.json,
+        lock_wait: cli.lock_wait,
+        create: !cli.no_create,
+        cache,
+    };
     match cli.command {
         Command::Init(args) => init::run(&context, args),
         Command::Key(args) => key::run(&context, args),

@@ -28,7 +28,7 @@ pub struct Args {
 }
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
-    let repo = context.open()?;
+    let repo = context.open_cached()?;
     let _lock = super::read_lock(&repo, "restore", context.lock_wait)?;
     let (id, snapshot) = repo.find_snapshot_of(&args.snapshot, args.source.as_deref())?;
     let index = repo.load_index()?;

@@ -74,7 +74,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             return Err(e.into());
         }
     }
-    let repo = context.open_or_create()?;
+    let mut repo = context.open_or_create()?;
+    context.cache_for(&mut repo);
     // A snapshot that cannot run (a prune holds the repository too long) is a missed backup:
     // it leaves a failed audit record like any other failure.
     let _lock = match repo.lock(cairn::repository::lock::LockKind::Shared, "snapshot", context.lock_wait) {

@@ -7,7 +7,7 @@ use anyhow::Result;
 use super::{format, Context};
 
 pub fn run(context: &Context) -> Result<ExitCode> {
-    let repo = context.open()?;
+    let repo = context.open_cached()?;
     let snapshots = repo.snapshots()?;
     let code = if super::warn_damage(&repo) { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     if context.json {

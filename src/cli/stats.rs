@@ -19,7 +19,7 @@ pub struct Args {
 }
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
-    let repo = context.open()?;
+    let repo = context.open_cached()?;
     let mut report = stats(&repo)?;
     let configured = match &args.config {
         Some(path) => cairn::config::load(path).map_err(anyhow::Error::msg)?.0.cost_per_gib_month,

@@ -47,7 +47,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     if !args.prune && !policy.is_empty() {
         bail!("--keep-* options apply to the destination only with --prune");
     }
-    let source = context.open()?;
+    let source = context.open_cached()?;
     let mut audit = Run::start("sync", &args.source.join(" "));
     let mut report = SyncReport::default();
     let result = sync(context, &source, &args, &mut report);

@@ -4,9 +4,11 @@
 //! `config`, `packs/XY/<pack id>`, `index/<id>`, `snapshots/<id>`, `tmp/`. The repository exists
 //! once `config` does; `init` writes it last.
 
+pub mod cache;
 pub mod index;
 pub mod lock;
 pub mod packer;
+pub mod reader;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,7 +26,7 @@ use crate::format::config::Config;
 use crate::format::envelope;
 use crate::format::index::{IndexFile, IndexedPack};
 use crate::format::key::KeyFile;
-use crate::format::pack::{BlobEntry, Codec};
+use crate::format::pack::{BlobEntry, BlobKind, Codec};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::Tree;
 use crate::id::{BlobHasher, Id};
@@ -43,6 +45,10 @@ pub struct Repository {
     /// The keys of an encrypted repository, and the key file they were opened with.
     keys: Option<Keys>,
     key_used: Option<String>,
+    /// Copies of immutable files of an object-store repository ([`cache`]), once enabled.
+    cache: Option<cache::Cache>,
+    /// Held while a tree pack is fetched into the cache, so parallel readers fetch it once.
+    tree_fetch: Mutex<()>,
 }
 
 /// How `init` protects a new repository (store-format/encryption.md).
@@ -57,7 +63,15 @@ pub enum NewKeys {
 
 impl Repository {
     fn assemble(backend: Arc<dyn Backend>, config: Config, keys: Option<Keys>, key_used: Option<String>) -> Repository {
-        Repository { backend, config, damage: Mutex::new(Vec::new()), keys, key_used }
+        Repository {
+            backend,
+            config,
+            damage: Mutex::new(Vec::new()),
+            keys,
+            key_used,
+            cache: None,
+            tree_fetch: Mutex::new(()),
+        }
     }
 
     /// Creates an unencrypted repository in `path`, which must be missing or an empty directory
@@ -392,8 +406,14 @@ impl Repository {
     /// [`Repository::take_damage`]): its blobs then count as missing, which only makes a snapshot
     /// store them again and makes a restore report exactly the files that need them.
     pub fn load_index(&self) -> Result<Index> {
-        let keys = self.backend.list("index")?;
-        Ok(Index::build(keys.iter().filter_map(|(key, _)| self.read_decoded(key, IndexFile::decode)).map(|(_, f)| f)))
+        let index = Index::build(self.read_all_named("index", IndexFile::decode)?.into_iter().map(|(_, file)| file));
+        if let Some(cache) = &self.cache {
+            // Tree packs that a prune has removed from the store.
+            let packs: std::collections::HashSet<String> =
+                index.packs.iter().map(|(pack, _)| Self::pack_key(pack)).collect();
+            cache.retain("packs", |key| packs.contains(key));
+        }
+        Ok(index)
     }
 
     /// Every readable snapshot, oldest first. Damaged manifests are skipped and recorded, so one
@@ -411,8 +431,13 @@ impl Repository {
         dir: &str,
         decode: impl Fn(&[u8], &str) -> Result<T> + Sync,
     ) -> Result<Vec<(Id, T)>> {
+        let listed = self.backend.list(dir)?;
+        if let Some(cache) = &self.cache {
+            let names: std::collections::HashSet<&str> = listed.iter().map(|(key, _)| key.as_str()).collect();
+            cache.retain(dir, |key| names.contains(key));
+        }
         // In parallel: a year of nightly runs leaves hundreds of small files, each a disk seek.
-        Ok(self.backend.list(dir)?.par_iter().filter_map(|(key, _)| self.read_decoded(key, &decode)).collect())
+        Ok(listed.par_iter().filter_map(|(key, _)| self.read_decoded(key, &decode)).collect())
     }
 
     /// One content-named file, decoded; `None` if it is not there any more, not named by an id,
@@ -438,10 +463,23 @@ impl Repository {
         let Some(id) = Id::from_hex(key.rsplit('/').next().unwrap_or_default()) else {
             return Ok(None);
         };
-        let bytes = self.backend.get(key)?;
-        if Id::of(&bytes) != id {
-            return Err(Error::corrupt(self.describe(key), "content does not match its name: the file is damaged"));
-        }
+        let cached = self.cache.as_ref().and_then(|cache| cache.read(key)).filter(|bytes| Id::of(bytes) == id);
+        let bytes = match cached {
+            Some(bytes) => bytes,
+            None => {
+                let bytes = self.backend.get(key)?;
+                if Id::of(&bytes) != id {
+                    return Err(Error::corrupt(
+                        self.describe(key),
+                        "content does not match its name: the file is damaged",
+                    ));
+                }
+                if let Some(cache) = &self.cache {
+                    cache.write(key, &bytes);
+                }
+                bytes
+            }
+        };
         if envelope::is_encrypted(&bytes) {
             return Ok(Some((id, envelope::decrypt(&bytes, self.keys.as_ref(), &self.describe(key))?)));
         }
@@ -537,24 +575,75 @@ impl Repository {
         Ok(id)
     }
 
+    /// Keeps copies of this object-store repository's immutable files below `root` from now on
+    /// ([`cache`]). A repository in a directory has no use for one and is left as it is.
+    pub fn use_cache(&mut self, root: &Path) -> Result<()> {
+        if self.backend.disk_path().is_none() {
+            self.cache = Some(cache::Cache::open(root, &self.config.repo_id).map_err(|e| Error::io(root, e))?);
+        }
+        Ok(())
+    }
+
     /// Reads a blob, decodes it and checks that it hashes to `id`.
     pub fn read_blob(&self, index: &Index, id: &Id) -> Result<Vec<u8>> {
         let location = index.get(id).ok_or(Error::MissingBlob(*id))?;
-        self.read_blob_at(index, id, location)
+        let pack = index.pack_id(location);
+        let key = Self::pack_key(&pack);
+        if location.kind == BlobKind::Tree {
+            if let Some(cache) = &self.cache {
+                return self.read_cached_tree(cache, &key, id, location, &pack);
+            }
+        }
+        let stored = self.backend.get_range(&key, location.offset as u64, location.stored_len as u64)?;
+        self.decode_located(id, location, &stored, &pack)
     }
 
-    fn read_blob_at(&self, index: &Index, id: &Id, l: &Location) -> Result<Vec<u8>> {
-        let pack = index.pack_id(l);
-        let stored = self.backend.get_range(&Self::pack_key(&pack), l.offset as u64, l.stored_len as u64)?;
+    /// The plain content of blob `id`, stored at `location` in `pack` as `stored`, checked.
+    pub fn decode_located(&self, id: &Id, location: &Location, stored: &[u8], pack: &Id) -> Result<Vec<u8>> {
         let entry = BlobEntry {
             id: *id,
-            kind: l.kind,
-            codec: l.codec,
-            offset: l.offset,
-            stored_len: l.stored_len,
-            raw_len: l.raw_len,
+            kind: location.kind,
+            codec: location.codec,
+            offset: location.offset,
+            stored_len: location.stored_len,
+            raw_len: location.raw_len,
         };
-        self.decode_blob(&entry, &stored, &pack)
+        self.decode_blob(&entry, stored, pack)
+    }
+
+    /// A tree blob from the cached copy of its pack, which is fetched whole (and checked against
+    /// its name) when there is none: walking a snapshot's trees then costs a request per tree
+    /// pack, not per tree. A copy whose blob fails is fetched again, once.
+    fn read_cached_tree(
+        &self,
+        cache: &cache::Cache,
+        key: &str,
+        id: &Id,
+        location: &Location,
+        pack: &Id,
+    ) -> Result<Vec<u8>> {
+        let (offset, len) = (location.offset as u64, location.stored_len as usize);
+        if let Some(stored) = cache.read_range(key, offset, len) {
+            if let Ok(plain) = self.decode_located(id, location, &stored, pack) {
+                return Ok(plain);
+            }
+        }
+        let _one_fetch = self.tree_fetch.lock().expect("poisoned");
+        // Another thread may have fetched it while this one waited.
+        if let Some(plain) =
+            cache.read_range(key, offset, len).and_then(|stored| self.decode_located(id, location, &stored, pack).ok())
+        {
+            return Ok(plain);
+        }
+        let whole = self.backend.get(key)?;
+        if Id::of(&whole) != *pack {
+            return Err(Error::corrupt(self.describe(key), "content does not match its name: the pack is damaged"));
+        }
+        cache.write(key, &whole);
+        let stored = whole.get(offset as usize..offset as usize + len).ok_or_else(|| {
+            Error::corrupt(self.describe(key), format!("too short for blob {} at {offset}", id.short()))
+        })?;
+        self.decode_located(id, location, stored, pack)
     }
 
     pub fn read_tree(&self, index: &Index, id: &Id) -> Result<Tree> {

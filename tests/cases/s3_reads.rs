@@ -1,0 +1,274 @@
+//! Reading a repository back from an object store costs requests by pack, not by chunk
+//! (src/repository/reader.rs, src/repository/cache.rs). The requests are counted by a proxy
+//! between cairn and the loopback moto_server, which can also cut a response in the middle of
+//! its body, as a dropped connection does.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+
+use crate::backends::{s3, BUCKET};
+use crate::support::*;
+
+/// A TCP proxy in front of the test's moto_server that counts the HTTP requests going through
+/// it, by method and path.
+struct Proxy {
+    port: u16,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Set: the response to the next ranged GET of a pack is cut after [`CUT_AFTER`] bytes.
+    cut_next_pack: Arc<AtomicBool>,
+    cuts: Arc<AtomicU64>,
+}
+
+const CUT_AFTER: usize = 64 * 1024;
+
+impl Proxy {
+    fn start() -> Proxy {
+        let upstream = s3().endpoint.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy =
+            Proxy { port, log: Default::default(), cut_next_pack: Default::default(), cuts: Default::default() };
+        let (log, cut, cuts) = (proxy.log.clone(), proxy.cut_next_pack.clone(), proxy.cuts.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let server = TcpStream::connect(&upstream).unwrap();
+                let (log, cut, cuts) = (log.clone(), cut.clone(), cuts.clone());
+                let cut_this = Arc::new(AtomicBool::new(false));
+                let (client_in, server_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let marked = cut_this.clone();
+                std::thread::spawn(move || requests(client_in, server_out, &log, &cut, &marked));
+                std::thread::spawn(move || responses(server, client, &cut_this, &cuts));
+            }
+        });
+        proxy
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn count(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// The requests since `from`, as "METHOD path".
+    fn since(&self, from: usize) -> Vec<String> {
+        self.log.lock().unwrap()[from..].to_vec()
+    }
+}
+
+/// Forwards requests from the client, logging each (headers parsed, bodies skipped by their
+/// Content-Length).
+fn requests(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    log: &std::sync::Mutex<Vec<String>>,
+    cut: &AtomicBool,
+    cut_this: &AtomicBool,
+) {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    let mut body_left = 0usize;
+    loop {
+        let n = match from.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buffer.extend_from_slice(&chunk[..n]);
+        loop {
+            if body_left > 0 {
+                let take = body_left.min(buffer.len());
+                if to.write_all(&buffer[..take]).is_err() {
+                    return;
+                }
+                buffer.drain(..take);
+                body_left -= take;
+                if body_left > 0 {
+                    break;
+                }
+            }
+            let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else { break };
+            let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+            let line = head.lines().next().unwrap_or_default();
+            let mut parts = line.split(' ');
+            let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+            log.lock().unwrap().push(format!("{method} {path}"));
+            let ranged = head.to_ascii_lowercase().contains("\r\nrange:");
+            if method == "GET" && path.contains("/packs/") && ranged && cut.swap(false, SeqCst) {
+                cut_this.store(true, SeqCst);
+            }
+            body_left = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if to.write_all(&buffer[..end + 4]).is_err() {
+                return;
+            }
+            buffer.drain(..end + 4);
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// Forwards responses to the client; cuts the connection in the middle of a marked one.
+fn responses(mut from: TcpStream, mut to: TcpStream, cut_this: &AtomicBool, cuts: &AtomicU64) {
+    let mut chunk = [0u8; 16 * 1024];
+    let mut sent_of_cut = 0usize;
+    loop {
+        let n = match from.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if cut_this.load(SeqCst) {
+            sent_of_cut += n;
+            if sent_of_cut > CUT_AFTER {
+                cuts.fetch_add(1, SeqCst);
+                let _ = to.shutdown(Shutdown::Both);
+                let _ = from.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+        if to.write_all(&chunk[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// A repository on the test server through `proxy`, and the commands against it.
+struct Remote {
+    url: PathBuf,
+    endpoint: String,
+    cache: PathBuf,
+}
+
+impl Remote {
+    fn cairn(&self, args: &[&str]) -> Command {
+        let mut command = cairn(&self.url);
+        command.args(args).env("CAIRN_CACHE_DIR", &self.cache);
+        for (key, value) in s3().env() {
+            command.env(key, value);
+        }
+        command.env("AWS_ENDPOINT_URL", &self.endpoint);
+        command
+    }
+}
+
+/// A tree of `small` files of 60 KiB (one chunk each) and four of 4 MiB, all different: about
+/// 40 MiB in three data packs.
+fn build_tree(root: &Path, small: u64) {
+    for i in 0..small {
+        let dir = root.join(format!("d{}", i % 8));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_noise_file(&dir.join(format!("f{i}")), 60 * 1024, i + 1);
+    }
+    for i in 0..4 {
+        write_noise_file(&root.join(format!("big{i}")), 4 << 20, 1000 + i);
+    }
+}
+
+/// Data and tree packs in the repository, listed straight from the server.
+fn packs(remote: &str) -> usize {
+    let backend = crate::backends::backend_at(&s3().endpoint, remote);
+    cairn::backend::Backend::list(&backend, "packs").unwrap().len()
+}
+
+#[test]
+fn restore_ls_and_drill_from_s3_read_by_pack_and_cache_metadata() {
+    let proxy = Proxy::start();
+    let scratch = Scratch::new("s3-reads");
+    let source = scratch.join("src");
+    build_tree(&source, 400);
+    let prefix = format!("reads-{}", std::process::id());
+    let remote = Remote {
+        url: PathBuf::from(format!("s3://{BUCKET}/{prefix}")),
+        endpoint: proxy.endpoint(),
+        cache: scratch.join("cache"),
+    };
+    ok(&mut remote.cairn(&["init"]));
+    ok(remote.cairn(&["snapshot"]).arg(&source));
+    let packs = packs(&prefix);
+    assert!(packs >= 3, "{packs} packs");
+    // What any command costs before its own reads: the config (a HEAD and a GET), the key file
+    // (a listing and a GET), its lock (a put, a listing, a delete), the snapshot and index
+    // listings and their files.
+    let metadata = 12;
+
+    // Cold cache: every pack once (tree packs whole), the metadata, nothing per chunk: the 404
+    // files are 404+ chunks.
+    std::fs::remove_dir_all(&remote.cache).unwrap();
+    let before = proxy.count();
+    let target = scratch.join("restored");
+    ok(remote.cairn(&["restore", "latest", "--target"]).arg(&target));
+    assert_same_tree(&source, &target);
+    let cold = proxy.since(before);
+    let pack_gets = cold.iter().filter(|r| r.starts_with("GET") && r.contains("/packs/")).count();
+    assert!(pack_gets <= 2 * packs, "{pack_gets} pack reads for {packs} packs: {cold:#?}");
+    assert!(cold.len() <= 2 * packs + metadata, "{} requests for {packs} packs: {cold:#?}", cold.len());
+
+    // Warm: the index, the snapshot and the trees come from the cache.
+    let before = proxy.count();
+    let target = scratch.join("again");
+    ok(remote.cairn(&["restore", "latest", "--target"]).arg(&target));
+    assert_same_tree(&source, &target);
+    let warm = proxy.since(before);
+    eprintln!("packs {packs}: cold {} requests, warm {}", cold.len(), warm.len());
+    assert!(warm.len() < cold.len(), "warm {warm:#?}\ncold {cold:#?}");
+    assert!(!warm.iter().any(|r| r.contains("/index/") && r.starts_with("GET /")), "{warm:#?}");
+
+    // ls: trees only. Cold, a request per tree pack; warm, the metadata alone.
+    std::fs::remove_dir_all(&remote.cache).unwrap();
+    let before = proxy.count();
+    assert!(ok(&mut remote.cairn(&["ls", "latest"])).contains("big3"));
+    let ls_cold = proxy.since(before);
+    assert!(ls_cold.len() <= metadata + 2, "{ls_cold:#?}");
+    let before = proxy.count();
+    ok(&mut remote.cairn(&["ls", "latest"]));
+    let ls_warm = proxy.since(before);
+    eprintln!("ls: cold {} requests, warm {}", ls_cold.len(), ls_warm.len());
+    assert!(!ls_warm.iter().any(|r| r.contains("/packs/")), "{ls_warm:#?}");
+
+    // A drill: a restore and its checks, within the same bound.
+    let before = proxy.count();
+    let drill = json(remote.cairn(&["drill", "--scratch"]).arg(scratch.join("drills")));
+    assert_eq!(drill["checks_failed"], 0, "{drill}");
+    let drilled = proxy.since(before);
+    eprintln!("drill: {} requests: {drilled:#?}", drilled.len());
+    // A drill also writes its audit record (a put).
+    assert!(drilled.len() <= 2 * packs + metadata + 2, "{} requests: {drilled:#?}", drilled.len());
+}
+
+#[test]
+fn a_connection_dropped_mid_restore_is_retried_and_the_result_is_exact() {
+    let proxy = Proxy::start();
+    let scratch = Scratch::new("s3-dropped");
+    let source = scratch.join("src");
+    build_tree(&source, 40);
+    let prefix = format!("dropped-{}", std::process::id());
+    let remote = Remote {
+        url: PathBuf::from(format!("s3://{BUCKET}/{prefix}")),
+        endpoint: proxy.endpoint(),
+        cache: scratch.join("cache"),
+    };
+    ok(&mut remote.cairn(&["init"]));
+    ok(remote.cairn(&["snapshot"]).arg(&source));
+    // The first range of a data pack that each restore reads loses its connection after 64 KiB:
+    // with a cold cache, then with a warm one.
+    for round in 0..2 {
+        proxy.cut_next_pack.store(true, SeqCst);
+        let target = scratch.join(format!("restored-{round}"));
+        let mut command = remote.cairn(&["restore", "latest", "--target"]);
+        command.arg(&target);
+        let child = command.spawn().unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        assert_same_tree(&source, &target);
+    }
+    assert_eq!(proxy.cuts.load(SeqCst), 2, "both responses were cut");
+}
