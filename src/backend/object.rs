@@ -97,6 +97,20 @@ impl ObjectBackend {
                 let key: object_store::aws::AmazonS3ConfigKey = key.parse().map_err(|e| invalid(&e))?;
                 builder = builder.with_config(key, *value);
             }
+            let plain_http = builder
+                .get_config_value(&object_store::aws::AmazonS3ConfigKey::Endpoint)
+                .filter(|endpoint| endpoint.to_ascii_lowercase().starts_with("http://"));
+            let allow_http = builder
+                .get_config_value(&object_store::aws::AmazonS3ConfigKey::Client(
+                    object_store::ClientConfigKey::AllowHttp,
+                ))
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            if let Some(endpoint) = plain_http.filter(|_| !allow_http) {
+                return Err(invalid(&format!(
+                    "the endpoint {endpoint} is plain HTTP, which is refused unless AWS_ALLOW_HTTP=true is set \
+                     (set it only for a server on a trusted network, such as a local test server; else use https://)"
+                )));
+            }
             let store = builder
                 .with_bucket_name(bucket)
                 .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)

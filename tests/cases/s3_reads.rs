@@ -272,3 +272,21 @@ fn a_connection_dropped_mid_restore_is_retried_and_the_result_is_exact() {
     }
     assert_eq!(proxy.cuts.load(SeqCst), 2, "both responses were cut");
 }
+
+#[test]
+fn a_plain_http_endpoint_without_allow_http_says_what_to_set() {
+    let scratch = Scratch::new("s3-plain-http");
+    let url = PathBuf::from(format!("s3://{BUCKET}/plain-{}", std::process::id()));
+    for args in [&["snapshots"][..], &["init"], &["restore", "latest", "--target", "t"]] {
+        let mut command = cairn(&url);
+        command.args(args).current_dir(scratch.path());
+        for (key, value) in s3().env() {
+            command.env(key, value);
+        }
+        let output = run(command.env_remove("AWS_ALLOW_HTTP"));
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("is plain HTTP") && stderr.contains("AWS_ALLOW_HTTP=true"), "{args:?}: {stderr}");
+        assert!(!scratch.join("t").exists(), "nothing is made");
+    }
+}
