@@ -182,7 +182,7 @@ pub fn drill(
     fs::DirBuilder::new().mode(0o700).create(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;
     let index = repo.load_index()?;
     let options = RestoreOptions { target: scratch.0.clone(), cancel, ..Default::default() };
-    let restored = restore(repo, &index, snapshot, &options, progress)?;
+    let restored = restore(repo, &index, id, snapshot, &options, progress)?;
 
     let root = Dir::open(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;
     let verifier = Verifier {

@@ -37,7 +37,7 @@ pub enum Error {
     #[error("snapshot prefix {0:?} is ambiguous: give more characters")]
     AmbiguousSnapshot(String),
 
-    #[error("no path {path:?} in snapshot {snapshot}")]
+    #[error("snapshot {snapshot} has no path {path:?}")]
     NoSuchPath { snapshot: String, path: String },
 
     #[error("source path {0}: does not exist")]

@@ -199,11 +199,13 @@ pub fn find_node(repo: &Repository, index: &Index, root: &Id, path: &str, snapsh
 /// without includes inside another one (they would be restored twice, racing).
 type Selection = Vec<(Vec<Vec<u8>>, Option<Node>)>;
 
-fn select(repo: &Repository, index: &Index, snapshot: &Snapshot, includes: &[String]) -> Result<Selection> {
+/// `id` names the snapshot in the error for an include it lacks: the id the user gave or chose,
+/// not its root tree's.
+fn select(repo: &Repository, index: &Index, id: &Id, snapshot: &Snapshot, includes: &[String]) -> Result<Selection> {
     if includes.is_empty() {
         return Ok(vec![(Vec::new(), None)]);
     }
-    let short = snapshot.tree.short();
+    let short = id.short();
     let mut selected = Vec::new();
     for include in includes {
         let node = find_node(repo, index, &snapshot.tree, include, &short)?;
@@ -225,15 +227,17 @@ fn outermost(mut selected: Selection) -> Selection {
     kept
 }
 
+/// Restores the snapshot `id` (its manifest `snapshot`) as `options` say.
 pub fn restore(
     repo: &Repository,
     index: &Index,
+    id: &Id,
     snapshot: &Snapshot,
     options: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreSummary> {
     // Resolve every include before writing anything, so a typo changes nothing.
-    let selected = select(repo, index, snapshot, &options.includes)?;
+    let selected = select(repo, index, id, snapshot, &options.includes)?;
     fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
     let root = Dir::open(&options.target).map_err(|e| Error::io(&options.target, e))?;
     if repo.backend().disk_path().is_some() {

@@ -40,7 +40,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         skip_identical: args.skip_identical,
         ..Default::default()
     };
-    let summary = restore(&repo, &index, &snapshot, &options, &progress)?;
+    let summary = restore(&repo, &index, &id, &snapshot, &options, &progress)?;
     if context.json {
         outln!("{}", serde_json::json!({ "snapshot": id.to_hex(), "target": args.target, "summary": summary }));
     } else if !context.quiet {
