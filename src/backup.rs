@@ -33,6 +33,8 @@ pub struct SnapshotOptions {
     pub tags: Vec<String>,
     /// A name for what is backed up (`--source`); empty for none.
     pub source: String,
+    /// The host name to record (`--host`); `None` for this machine's.
+    pub host: Option<String>,
     pub excludes: Vec<String>,
     /// Paths never entered, such as the repository itself.
     pub skip: Vec<PathBuf>,
@@ -147,7 +149,7 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
         .flat_map(|p| normalize_paths(std::slice::from_ref(p)))
         .filter(|p| std::fs::symlink_metadata(p).is_err())
         .collect();
-    let host = hostname();
+    let host = options.host.clone().unwrap_or_else(hostname);
     repo.backend().remove_stale_temp_files();
     let index = repo.load_index()?;
     let parent = find_parent(repo, &host, &options.source, &path_bytes)?;

@@ -34,6 +34,10 @@ pub struct Args {
     /// Name what is backed up (for instance the service), used to pick the parent snapshot
     #[arg(long, value_name = "NAME", default_value = "")]
     source: String,
+    /// Record this host name instead of the machine's (a container's random name, say): the
+    /// parent snapshot and `--host` filters go by it
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
     /// Leave out entries matching a glob: a pattern without `/` matches names at any depth, one
     /// with `/` the absolute path (repeatable)
     #[arg(long = "exclude", value_name = "GLOB")]
@@ -92,6 +96,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         paths: args.paths,
         tags: args.tags,
         source: args.source,
+        host: args.host,
         excludes: args.excludes,
         skip: repo_root,
         sqlite_paths: args.sqlite,
