@@ -30,25 +30,8 @@ use crate::progress::Progress;
 use crate::repository::index::Index;
 use crate::repository::Repository;
 use crate::restore::{restore, RestoreOptions, Rounds, ROUND_DEPTH};
-
-/// Which snapshot to drill.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pick {
-    Latest,
-    Random,
-    /// An id or unique id prefix.
-    Id(String),
-}
-
-impl Pick {
-    pub fn parse(text: &str) -> Pick {
-        match text {
-            "latest" => Pick::Latest,
-            "random" => Pick::Random,
-            other => Pick::Id(other.to_string()),
-        }
-    }
-}
+/// Which snapshot to drill: `latest`, `random` or an id, as every command picks one.
+pub use crate::select::{Filter, Pick};
 
 #[derive(Debug, Serialize)]
 pub struct DrillReport {
@@ -77,25 +60,9 @@ impl DrillReport {
     }
 }
 
-/// Picks the snapshot to drill among those of `source` (a `--source` name or a snapshot's paths).
-pub fn pick_snapshot(repo: &Repository, pick: &Pick, source: Option<&str>) -> Result<(Id, Snapshot)> {
-    if let Pick::Id(id) = pick {
-        return repo.find_snapshot(id);
-    }
-    let mut candidates = repo.snapshots()?;
-    if let Some(source) = source {
-        candidates.retain(|(_, s)| s.source_key() == source);
-    }
-    if candidates.is_empty() {
-        return Err(Error::NoSuchSnapshot(source.map_or("any snapshot".into(), |s| format!("a snapshot of {s}"))));
-    }
-    let chosen = match pick {
-        Pick::Random => {
-            u64::from_le_bytes(crate::id::random_bytes()[..8].try_into().expect("8")) as usize % candidates.len()
-        }
-        _ => candidates.len() - 1,
-    };
-    Ok(candidates.swap_remove(chosen))
+/// Picks the snapshot to drill among those `filter` selects.
+pub fn pick_snapshot(repo: &Repository, pick: &Pick, filter: &Filter) -> Result<(Id, Snapshot)> {
+    crate::select::find(repo, pick, filter)
 }
 
 /// Removes the scratch directory however the drill ends.

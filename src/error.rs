@@ -37,6 +37,9 @@ pub enum Error {
     #[error("snapshot prefix {0:?} is ambiguous: give more characters")]
     AmbiguousSnapshot(String),
 
+    #[error(transparent)]
+    Select(crate::select::SelectError),
+
     #[error("snapshot {snapshot} has no path {path:?}")]
     NoSuchPath { snapshot: String, path: String },
 

@@ -20,6 +20,8 @@
 //!   [`gc`]: prune (mark, plan, sweep), which refuses to delete in a repository that is not
 //!   whole; [`repair`]: the index rebuilt from packs;
 //!   [`stats`]: storage cost per source; [`repository::lock`]: repository locks.
+//! - [`select`]: which snapshot a command means: an id, `latest` or `--at TIME`, among those a
+//!   source, host and tag filter selects.
 //! - [`walk`]: the entries of a stored tree in path order, for listings.
 //! - [`sync`]: copying snapshots and the packs they need to another repository (offsite).
 //! - [`fs_at`]: file system calls relative to an open directory that never follow a symlink
@@ -53,6 +55,7 @@ pub mod repair;
 pub mod repository;
 pub mod restore;
 pub mod retention;
+pub mod select;
 pub mod source;
 pub mod stats;
 pub mod status;

@@ -15,6 +15,8 @@ mod deep;
 mod encryption;
 #[path = "cases/errors.rs"]
 mod errors;
+#[path = "cases/filters.rs"]
+mod filters;
 #[path = "cases/fixtures.rs"]
 mod fixtures;
 #[path = "cases/prune.rs"]

@@ -1,4 +1,4 @@
-//! `cairn drill [--snapshot ID|latest|random] [--source NAME] [--scratch DIR]`: a restore drill.
+//! `cairn drill [--snapshot ID|latest|random] [FILTERS] [--scratch DIR]`: a restore drill.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,12 +14,11 @@ use cairn::progress::Progress;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Snapshot to drill: an id or prefix, `latest`, or `random`
+    /// Snapshot to drill: an id or prefix, `latest` or `random` (of those the filters select)
     #[arg(long, default_value = "latest", value_name = "ID|latest|random")]
     snapshot: String,
-    /// Only consider snapshots of this source (its --source name, or its paths)
-    #[arg(long, value_name = "NAME")]
-    source: Option<String>,
+    #[command(flatten)]
+    filters: super::filter::FilterArgs,
     /// Where to make the scratch directory (default: the system temporary directory)
     #[arg(long, value_name = "DIR")]
     scratch: Option<PathBuf>,
@@ -50,7 +49,7 @@ fn catch_signals() {
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open_cached()?;
-    let mut audit = Run::start("drill", args.source.as_deref().unwrap_or(""));
+    let mut audit = Run::start("drill", args.filters.source.as_deref().unwrap_or(""));
     let _lock = match super::read_lock(&repo, "drill", context.lock_wait) {
         Ok(lock) => lock,
         Err(e) => {
@@ -64,7 +63,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     // Only now: until the drill starts (waiting for the lock, say) nothing needs cleaning up.
     catch_signals();
     let outcome =
-        pick_snapshot(&repo, &Pick::parse(&args.snapshot), args.source.as_deref()).and_then(|(id, snapshot)| {
+        pick_snapshot(&repo, &Pick::parse(&args.snapshot), &args.filters.filter()).and_then(|(id, snapshot)| {
             audit.record.source = snapshot.source_key();
             audit.record.snapshot = Some(id.to_hex());
             drill(&repo, &id, &snapshot, &scratch, &progress, Some(&CANCEL))

@@ -13,11 +13,10 @@ use cairn::restore::find_node;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Snapshot id, unique id prefix, or `latest`
+    /// Snapshot id, unique id prefix, or `latest` (the newest the filters select)
     snapshot: String,
-    /// Only consider snapshots of this source (its --source name, or its paths)
-    #[arg(long, value_name = "NAME")]
-    source: Option<String>,
+    #[command(flatten)]
+    filters: super::filter::FilterArgs,
     /// Path inside the snapshot to list from
     #[arg(default_value = "/")]
     path: String,
@@ -28,7 +27,7 @@ pub struct Args {
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open_cached()?;
-    let (id, snapshot) = repo.find_snapshot_of(&args.snapshot, args.source.as_deref())?;
+    let (id, snapshot) = super::filter::find(&repo, &args.snapshot, &args.filters)?;
     let index = repo.load_index()?;
     super::warn_damage(&repo);
     let start = find_node(&repo, &index, &snapshot.tree, &args.path, &id.short())?;

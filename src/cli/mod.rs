@@ -7,6 +7,7 @@ pub mod output;
 mod check;
 mod config;
 mod drill;
+mod filter;
 mod forget;
 mod format;
 mod init;
@@ -90,8 +91,8 @@ enum Command {
     Key(key::Args),
     /// Take a snapshot of files and directories
     Snapshot(snapshot::Args),
-    /// List snapshots
-    Snapshots,
+    /// List snapshots, oldest first; the filters select which
+    Snapshots(snapshots::Args),
     /// List the contents of a snapshot
     Ls(ls::Args),
     /// Restore a snapshot, or parts of it, into a directory
@@ -285,7 +286,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init(args) => init::run(&context, args),
         Command::Key(args) => key::run(&context, args),
         Command::Snapshot(args) => snapshot::run(&context, args),
-        Command::Snapshots => snapshots::run(&context),
+        Command::Snapshots(args) => snapshots::run(&context, args),
         Command::Ls(args) => ls::run(&context, args),
         Command::Restore(args) => restore::run(&context, args),
         Command::Check(args) => check::run(&context, args),

@@ -11,11 +11,10 @@ use cairn::restore::{restore, RestoreOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Snapshot id, unique id prefix, or `latest`
+    /// Snapshot id, unique id prefix, or `latest` (the newest the filters select)
     snapshot: String,
-    /// Only consider snapshots of this source (its --source name, or its paths)
-    #[arg(long, value_name = "NAME")]
-    source: Option<String>,
+    #[command(flatten)]
+    filters: super::filter::FilterArgs,
     /// Directory to restore into (created if missing)
     #[arg(long, short, value_name = "DIR")]
     target: PathBuf,
@@ -30,7 +29,7 @@ pub struct Args {
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open_cached()?;
     let _lock = super::read_lock(&repo, "restore", context.lock_wait)?;
-    let (id, snapshot) = repo.find_snapshot_of(&args.snapshot, args.source.as_deref())?;
+    let (id, snapshot) = super::filter::find(&repo, &args.snapshot, &args.filters)?;
     let index = repo.load_index()?;
     super::warn_damage(&repo);
     let progress = Progress::new("restore", context.quiet || context.json);

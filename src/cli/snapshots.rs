@@ -1,4 +1,4 @@
-//! `cairn snapshots`: list snapshots, oldest first.
+//! `cairn snapshots [FILTERS]`: list snapshots, oldest first: those the filters select.
 
 use std::process::ExitCode;
 
@@ -6,9 +6,18 @@ use anyhow::Result;
 
 use super::{format, Context};
 
-pub fn run(context: &Context) -> Result<ExitCode> {
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    filters: super::filter::FilterArgs,
+}
+
+pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open_cached()?;
-    let snapshots = repo.snapshots()?;
+    let all = repo.snapshots()?;
+    let total = all.len();
+    let filter = args.filters.filter();
+    let snapshots = filter.apply(all);
     let code = if super::warn_damage(&repo) { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     if context.json {
         let list: Vec<_> = snapshots
@@ -18,6 +27,7 @@ pub fn run(context: &Context) -> Result<ExitCode> {
                     "id": id.to_hex(),
                     "short_id": id.short(),
                     "time": s.time_sec,
+                    "time_nsec": s.time_nsec,
                     "time_utc": format::utc(s.time_sec),
                     "hostname": s.hostname,
                     "username": s.username,
@@ -67,7 +77,14 @@ pub fn run(context: &Context) -> Result<ExitCode> {
             paths.join(" ")
         );
     }
-    outln!("{} snapshots; {}", snapshots.len(), encryption_text(&repo));
+    let count = if filter.is_set() {
+        let at = filter.at.iter().map(|at| format!("--at {:?}", at.text));
+        let flags: Vec<String> = [filter.describe()].into_iter().filter(|d| !d.is_empty()).chain(at).collect();
+        format!("{} of {total} snapshots match {}", snapshots.len(), flags.join(" "))
+    } else {
+        format!("{total} snapshots")
+    };
+    outln!("{count}; {}", encryption_text(&repo));
     Ok(code)
 }
 

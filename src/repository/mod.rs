@@ -506,23 +506,11 @@ impl Repository {
     }
 
     /// [`Repository::find_snapshot`] among the snapshots of one source (its `--source` name, or
-    /// its paths) when `source` is given.
+    /// its paths) when `source` is given; [`crate::select::find`] takes every filter.
     pub fn find_snapshot_of(&self, spec: &str, source: Option<&str>) -> Result<(Id, Snapshot)> {
-        let mut all = self.snapshots()?;
-        if let Some(source) = source {
-            all.retain(|(_, s)| s.source_key() == source);
-        }
-        if spec == "latest" {
-            let what = source.map_or_else(|| spec.to_string(), |s| format!("{spec} of source {s}"));
-            return all.pop().ok_or(Error::NoSuchSnapshot(what));
-        }
-        let wanted = spec.to_ascii_lowercase();
-        let mut matching = all.into_iter().filter(|(id, _)| !wanted.is_empty() && id.to_hex().starts_with(&wanted));
-        match (matching.next(), matching.next()) {
-            (Some(found), None) => Ok(found),
-            (Some(_), Some(_)) => Err(Error::AmbiguousSnapshot(spec.to_string())),
-            (None, _) => Err(Error::NoSuchSnapshot(spec.to_string())),
-        }
+        use crate::select::{find, Filter, Pick};
+        let pick = if spec == "latest" { Pick::Latest } else { Pick::Id(spec.to_string()) };
+        find(self, &pick, &Filter::of_source(source))
     }
 
     /// What the index files say about each pack, all of them together: a pack's entries are the
