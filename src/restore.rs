@@ -243,46 +243,50 @@ pub fn restore(
     if repo.backend().disk_path().is_some() {
         return restore_selected(repo, index, snapshot, options, progress, root, &selected, None);
     }
-    // An object store: every request costs a round trip, so the content is read by pack.
+    // An object store: every request costs a round trip, so the content is read by pack, ahead
+    // of a writer that writes in the plan's order, on one thread (the fetchers decode).
     let plan = PlannedReads::new(repo, index, planned_blobs(repo, index, snapshot, &selected));
-    plan.run(|reads| restore_selected(repo, index, snapshot, options, progress, root, &selected, Some(reads)))
+    let writer = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start the restore thread: {e}")))?;
+    writer.install(|| {
+        plan.run(|reads| restore_selected(repo, index, snapshot, options, progress, root, &selected, Some(reads)))
+    })
 }
 
-/// The data blobs a restore of `selected` reads, in walk order: the chunks of each file, once
-/// per set of hard links. Trees that cannot be read are left out (the restore reports them).
-/// A loop over a stack: no recursion, whatever the depth.
+/// The data blobs a restore of `selected` reads, in the order it reads them when it writes on
+/// one thread: each directory's entries in order, a subdirectory's whole content before the next
+/// entry, a file's chunks once per set of hard links. Trees that cannot be read are left out
+/// (the restore reports them). A loop over a stack: no recursion, whatever the depth.
 fn planned_blobs(repo: &Repository, index: &Index, snapshot: &Snapshot, selected: &Selection) -> Vec<Id> {
     let mut blobs = Vec::new();
     let mut linked = HashSet::new();
-    let mut file = |node: &Node, blobs: &mut Vec<Id>| {
-        if let Content::File { chunks } = &node.content {
-            if node.meta.nlink <= 1 || linked.insert((node.meta.dev, node.meta.ino)) {
-                blobs.extend_from_slice(chunks);
-            }
-        }
-    };
     for (_, node) in selected {
-        let mut stack = match node {
-            None => vec![snapshot.tree],
-            Some(node @ Node { content: Content::Dir { subtree }, .. }) => {
-                file(node, &mut blobs);
-                vec![*subtree]
-            }
-            Some(node) => {
-                file(node, &mut blobs);
-                continue;
-            }
+        let mut stack: Vec<(Vec<Node>, usize)> = match node {
+            None => match repo.read_tree(index, &snapshot.tree) {
+                Ok(tree) => vec![(tree.nodes, 0)],
+                Err(_) => continue,
+            },
+            Some(node) => vec![(vec![node.clone()], 0)],
         };
-        while let Some(id) = stack.pop() {
-            let Ok(tree) = repo.read_tree(index, &id) else { continue };
-            for node in &tree.nodes {
-                file(node, &mut blobs);
+        while let Some((nodes, next)) = stack.last_mut() {
+            let Some(node) = nodes.get(*next) else {
+                stack.pop();
+                continue;
+            };
+            *next += 1;
+            match &node.content {
+                Content::File { chunks } if node.meta.nlink <= 1 || linked.insert((node.meta.dev, node.meta.ino)) => {
+                    blobs.extend_from_slice(chunks)
+                }
+                Content::Dir { subtree } => {
+                    if let Ok(tree) = repo.read_tree(index, subtree) {
+                        stack.push((tree.nodes, 0));
+                    }
+                }
+                _ => {}
             }
-            // Subdirectories in order: the first one is walked next.
-            stack.extend(tree.nodes.iter().rev().filter_map(|node| match &node.content {
-                Content::Dir { subtree } => Some(*subtree),
-                _ => None,
-            }));
         }
     }
     blobs

@@ -197,7 +197,7 @@ impl Backend for ObjectBackend {
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.path(key);
-        self.reading(key, || async { self.store.get(&path).await?.bytes().await }).map(|b| b.to_vec())
+        self.reading(key, || async { self.store.get(&path).await?.bytes().await }).map(Vec::from)
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -209,7 +209,7 @@ impl Backend for ObjectBackend {
                 format!("truncated: wanted {len} bytes at {offset}"),
             ));
         }
-        Ok(bytes.to_vec())
+        Ok(Vec::from(bytes))
     }
 
     fn size(&self, key: &str) -> Result<u64> {

@@ -1,22 +1,26 @@
 //! Reading many data blobs from an object store by pack, not by blob.
 //!
 //! A restore knows every blob it will read before it writes anything: the chunks of the files
-//! below what it restores, in walk order. [`PlannedReads`] groups them by pack, merges blobs
-//! that lie close together in one pack into one range ([`GAP`]; a restore that needs most of a
-//! pack reads it whole in one request), and fetches those ranges ("segments") on a few threads,
-//! ahead of the readers, in the order the walk will first need them. A blob is decoded and
-//! checked against its id when it is read, as by [`Repository::read_blob`].
+//! below what it restores, in the order it writes them. [`PlannedReads`] groups them by pack
+//! into "segments", one ranged GET each: the span of a pack's needed blobs (split only where a
+//! span would exceed [`MAX_SEGMENT`]). Fetcher threads fetch the segments ahead of the writer,
+//! several at once; a blob is decoded and checked (decrypted, decompressed, hashed against its
+//! id, as by [`Repository::read_blob`]) when it is read.
 //!
-//! Memory stays bounded. A segment is dropped once every planned read of its blobs is made; the
-//! fetchers only read ahead while fetched segments hold less than [`BUDGET`]; a reader that needs
-//! a segment nobody fetched yet fetches it itself; and beyond twice the budget the segments read
-//! least recently are dropped, to be fetched again if they are needed after all. (Restore writes
-//! directories in parallel, so its readers are not exactly in walk order.)
+//! Memory stays within [`BUDGET`]: a segment's bytes are dropped once every planned read of its
+//! blobs is made, and a fetcher only starts a segment when the bytes held and in flight leave
+//! room for it. When they do not, it drops the decoded segment whose next planned read lies furthest
+//! ahead (Belady's rule), if that is further than the segment it wants; a dropped segment is
+//! fetched again, for the blobs still to be read only, when its turn comes. A segment the writer
+//! is waiting for is fetched at once, whatever the budget, so the writer never waits on itself.
 //!
-//! A failed fetch has been tried again by the backend already (a connection dropped in the middle
-//! of a body too: [`crate::backend::object`]). Blobs nobody planned are read one by one.
+//! The plan follows the writer's order (restore writes in plan order on an object store), but
+//! nothing depends on it being right: a blob read more often than planned is read alone, and a
+//! planned read never made (a file that failed half way) only leaves its segment first in line
+//! to be dropped. Retries of dropped connections happen in the backend
+//! ([`crate::backend::object`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::index::{Index, Location};
@@ -24,21 +28,15 @@ use super::Repository;
 use crate::error::{Error, Result};
 use crate::id::Id;
 
-/// Blobs of one pack at most this far apart are read in one request: on a link of 100 Mbit/s
-/// with 20 ms round trips, reading 256 KiB more costs about what another request does.
-pub const GAP: u64 = 256 * 1024;
-
-/// A segment is at most this long: packs are 16 MiB by default, so a pack is read whole.
+/// A segment spans at most this many bytes of its pack: packs are 16 MiB by default, so the
+/// blobs a restore needs from one pack are read in one request.
 pub const MAX_SEGMENT: u64 = 32 * 1024 * 1024;
 
-/// Bytes of fetched segments beyond which the fetchers stop reading ahead.
+/// Bytes of segments held and in flight beyond which no segment is fetched ahead.
 pub const BUDGET: u64 = 96 * 1024 * 1024;
 
-/// Segments fetched at once, ahead of the readers.
+/// Segments fetched at once.
 pub const FETCHERS: usize = 4;
-
-/// Segments a reader's first touch of a segment asks to be fetched after it.
-const READ_AHEAD: usize = 3;
 
 pub struct PlannedReads<'a> {
     repo: &'a Repository,
@@ -49,96 +47,120 @@ pub struct PlannedReads<'a> {
 
 struct Segment {
     pack: Id,
-    offset: u64,
-    len: u64,
-    /// Planned reads of its blobs not made yet.
-    uses: u64,
+    /// The planned blobs in it, by offset.
+    blobs: Vec<Id>,
+    /// Plan positions of the reads of its blobs, in order; `next` of them are made.
+    positions: Vec<u64>,
+    next: usize,
     slot: Slot,
-    /// When a reader last took a blob from it, on [`State::clock`].
-    last_read: u64,
+    /// Bytes it holds or has reserved in [`State::held`].
+    held: u64,
 }
 
 enum Slot {
-    /// Not fetched (or dropped to stay within the budget).
+    /// Not fetched, or dropped to stay within the budget.
     Waiting,
     Fetching,
-    Ready(Arc<Vec<u8>>),
+    /// The stored bytes of each blob still to be read.
+    Ready(HashMap<Id, Arc<Vec<u8>>>),
+    /// The fetch failed: every read of its blobs gets this error.
     Failed(String),
-    /// Every planned read made: dropped.
-    Done,
 }
 
 struct State {
-    /// In the order the walk first needs them.
     segments: Vec<Segment>,
-    /// Each planned blob's segment.
-    blobs: HashMap<Id, usize>,
-    /// Segments the fetchers are asked to read, in order.
-    queue: std::collections::VecDeque<usize>,
-    /// Bytes held by fetched segments and segments being fetched.
-    resident: u64,
-    clock: u64,
+    /// Each planned blob: its segment and reads left.
+    blobs: HashMap<Id, (usize, u32)>,
+    /// Waiting segments with reads left, by next planned read.
+    waiting: BTreeSet<(u64, usize)>,
+    /// Reads and skips made so far: where the writer is in the plan.
+    position: u64,
+    held: u64,
     stop: bool,
 }
 
+impl Segment {
+    fn next_use(&self) -> Option<u64> {
+        self.positions.get(self.next).copied()
+    }
+}
+
+impl State {
+    /// The next planned read of segment `n`, or `u64::MAX` when the writer has gone past it (a
+    /// planned read that was never made): its bytes are the first to drop.
+    fn due(&self, n: usize) -> u64 {
+        match self.segments[n].next_use() {
+            Some(at) if at + 1 >= self.position => at,
+            _ => u64::MAX,
+        }
+    }
+
+    fn wait_for_fetch(&mut self, n: usize) {
+        if let Some(at) = self.segments[n].next_use() {
+            self.waiting.insert((at, n));
+        }
+    }
+}
+
 impl<'a> PlannedReads<'a> {
-    /// Plans reads of `blobs` (in the order they will be read; repeats are planned reads too)
-    /// from `repo`. Blobs the index does not have are left to [`Repository::read_blob`], which
+    /// Plans reads of `blobs`, in the order they will be read (a blob read twice is listed
+    /// twice). Blobs the index does not have are left to [`Repository::read_blob`], which
     /// reports them.
     pub fn new(repo: &'a Repository, index: &'a Index, blobs: impl IntoIterator<Item = Id>) -> PlannedReads<'a> {
-        // Each distinct blob's planned reads, in order of the first.
-        let mut uses: HashMap<Id, (usize, u64)> = HashMap::new();
-        for id in blobs {
-            let next = uses.len();
-            uses.entry(id).or_insert((next, 0)).1 += 1;
+        let mut positions: HashMap<Id, Vec<u64>> = HashMap::new();
+        // Positions count planned reads only: blobs not in the index are never planned.
+        for (at, id) in blobs.into_iter().filter(|id| index.contains(id)).enumerate() {
+            positions.entry(id).or_default().push(at as u64);
         }
-        let mut by_pack: HashMap<u32, Vec<(&Location, Id, usize, u64)>> = HashMap::new();
-        for (id, &(first, count)) in &uses {
-            if let Some(location) = index.get(id) {
-                by_pack.entry(location.pack).or_default().push((location, *id, first, count));
-            }
+        let mut by_pack: HashMap<u32, Vec<(&Location, Id)>> = HashMap::new();
+        for id in positions.keys() {
+            let location = index.get(id).expect("only indexed blobs are planned");
+            by_pack.entry(location.pack).or_default().push((location, *id));
         }
-        let mut segments: Vec<(usize, Segment, Vec<Id>)> = Vec::new();
+        let mut segments = Vec::new();
         for (pack, mut blobs) in by_pack {
-            blobs.sort_by_key(|(location, ..)| location.offset);
-            let mut current: Option<(usize, Segment, Vec<Id>)> = None;
-            for (location, id, first, count) in blobs {
-                let (start, end) = (location.offset as u64, location.offset as u64 + location.stored_len as u64);
-                if let Some((segment_first, segment, ids)) = &mut current {
-                    let segment_end = segment.offset + segment.len;
-                    if start <= segment_end + GAP && end - segment.offset <= MAX_SEGMENT {
-                        segment.len = segment.len.max(end - segment.offset);
-                        segment.uses += count;
-                        *segment_first = (*segment_first).min(first);
-                        ids.push(id);
-                        continue;
-                    }
-                    segments.extend(current.take());
+            blobs.sort_by_key(|(location, _)| location.offset);
+            let mut start = u64::MAX;
+            let mut ids: Vec<Id> = Vec::new();
+            for (location, id) in blobs {
+                let end = location.offset as u64 + location.stored_len as u64;
+                if !ids.is_empty() && end - start > MAX_SEGMENT {
+                    segments.push((pack, std::mem::take(&mut ids)));
                 }
-                let segment = Segment {
-                    pack: index.packs[pack as usize].0,
-                    offset: start,
-                    len: end - start,
-                    uses: count,
-                    slot: Slot::Waiting,
-                    last_read: 0,
-                };
-                current = Some((first, segment, vec![id]));
+                if ids.is_empty() {
+                    start = location.offset as u64;
+                }
+                ids.push(id);
             }
-            segments.extend(current);
+            segments.push((pack, ids));
         }
-        segments.sort_by_key(|(first, ..)| *first);
-        let mut blobs = HashMap::with_capacity(uses.len());
-        let segments: Vec<Segment> = segments
-            .into_iter()
-            .enumerate()
-            .map(|(n, (_, segment, ids))| {
-                blobs.extend(ids.into_iter().map(|id| (id, n)));
-                segment
-            })
-            .collect();
-        let queue = (0..segments.len().min(FETCHERS + READ_AHEAD)).collect();
-        let state = State { segments, blobs, queue, resident: 0, clock: 0, stop: false };
+        let mut state = State {
+            segments: Vec::with_capacity(segments.len()),
+            blobs: HashMap::with_capacity(positions.len()),
+            waiting: BTreeSet::new(),
+            position: 0,
+            held: 0,
+            stop: false,
+        };
+        for (n, (pack, ids)) in segments.into_iter().enumerate() {
+            let mut reads = Vec::new();
+            for id in &ids {
+                let at = &positions[id];
+                reads.extend_from_slice(at);
+                state.blobs.insert(*id, (n, at.len() as u32));
+            }
+            reads.sort_unstable();
+            let segment = Segment {
+                pack: index.packs[pack as usize].0,
+                blobs: ids,
+                positions: reads,
+                next: 0,
+                slot: Slot::Waiting,
+                held: 0,
+            };
+            state.segments.push(segment);
+            state.wait_for_fetch(n);
+        }
         PlannedReads { repo, index, state: Mutex::new(state), changed: Condvar::new() }
     }
 
@@ -163,54 +185,72 @@ impl<'a> PlannedReads<'a> {
     /// The plain content of blob `id`, checked.
     pub fn read(&self, id: &Id) -> Result<Vec<u8>> {
         let mut state = self.lock();
-        let Some(&n) = state.blobs.get(id) else {
-            drop(state);
-            return self.repo.read_blob(self.index, id);
-        };
-        let bytes = loop {
-            match &state.segments[n].slot {
-                Slot::Ready(bytes) => break bytes.clone(),
-                Slot::Fetching => state = self.changed.wait(state).expect("poisoned"),
-                Slot::Waiting => state = self.fetch(state, n),
-                Slot::Failed(message) => {
-                    let message = message.clone();
-                    self.used(&mut state, n);
-                    return Err(Error::io(
-                        format!("{}/{}", self.repo.backend().location(), Repository::pack_key(&state.segments[n].pack)),
-                        std::io::Error::other(message),
-                    ));
-                }
-                // Read more often than planned: the plan was wrong; read it alone.
-                Slot::Done => {
-                    drop(state);
-                    return self.repo.read_blob(self.index, id);
-                }
+        let n = match state.blobs.get(id) {
+            Some(&(n, left)) if left > 0 => n,
+            // Not planned, or read more often than planned: read alone.
+            _ => {
+                drop(state);
+                return self.repo.read_blob(self.index, id);
             }
         };
-        let segment = &state.segments[n];
-        let (pack, offset) = (segment.pack, segment.offset);
-        if segment.last_read == 0 {
-            // First touch: whoever reads this now reads the next segments soon.
-            let next: Vec<usize> = (n + 1..state.segments.len().min(n + 1 + READ_AHEAD)).collect();
-            state.queue.extend(next);
-            self.changed.notify_all();
+        loop {
+            match &state.segments[n].slot {
+                Slot::Ready(..) | Slot::Failed(_) => break,
+                Slot::Fetching => state = self.changed.wait(state).expect("poisoned"),
+                Slot::Waiting => {
+                    let at = state.segments[n].next_use().unwrap_or(u64::MAX);
+                    state.waiting.remove(&(at, n));
+                    state = self.fetch(state, n);
+                }
+            }
         }
-        self.used(&mut state, n);
+        let last = state.blobs.get(id).is_some_and(|&(_, left)| left == 1);
+        let found = match &mut state.segments[n].slot {
+            Slot::Ready(stored) => {
+                let bytes = match last {
+                    true => stored.remove(id),
+                    false => stored.get(id).cloned(),
+                };
+                let bytes = bytes.expect("a ready segment holds every blob with reads left");
+                if last {
+                    state.segments[n].held -= bytes.len() as u64;
+                    state.held -= bytes.len() as u64;
+                }
+                Ok(bytes)
+            }
+            Slot::Failed(message) => Err(message.clone()),
+            _ => unreachable!("the loop above waits for these"),
+        };
+        let pack = state.segments[n].pack;
+        self.used(&mut state, id, n);
         drop(state);
         let location = self.index.get(id).expect("planned blobs are indexed");
-        let start = (location.offset as u64 - offset) as usize;
-        let stored = &bytes[start..start + location.stored_len as usize];
-        self.repo.decode_located(id, location, stored, &pack)
+        match found {
+            Ok(stored) => self.repo.decode_located(id, location, &stored, &pack),
+            Err(message) => Err(Error::io(
+                format!("{}/{}", self.repo.backend().location(), Repository::pack_key(&pack)),
+                std::io::Error::other(message),
+            )),
+        }
     }
 
-    /// Tells the plan that `blobs` will not be read after all (a file left as it was), so their
-    /// segments are not kept for them.
+    /// Tells the plan that `blobs` will not be read after all (a file left as it was).
     pub fn skip(&self, blobs: &[Id]) {
         let mut state = self.lock();
         for id in blobs {
-            if let Some(&n) = state.blobs.get(id) {
-                self.used(&mut state, n);
+            let Some(&(n, left)) = state.blobs.get(id) else { continue };
+            if left == 0 {
+                continue;
             }
+            if let Slot::Ready(stored) = &mut state.segments[n].slot {
+                if let Some(bytes) = stored.remove(id).filter(|_| left == 1) {
+                    state.segments[n].held -= bytes.len() as u64;
+                    state.held -= bytes.len() as u64;
+                } else if left == 1 {
+                    unreachable!("a ready segment holds every blob with reads left");
+                }
+            }
+            self.used(&mut state, id, n);
         }
     }
 
@@ -218,85 +258,132 @@ impl<'a> PlannedReads<'a> {
         self.state.lock().expect("poisoned")
     }
 
-    /// One planned read of segment `n` made: the last one drops it.
-    fn used(&self, state: &mut State, n: usize) {
-        state.clock += 1;
-        let clock = state.clock;
-        let segment = &mut state.segments[n];
-        segment.uses = segment.uses.saturating_sub(1);
-        segment.last_read = clock;
-        if segment.uses == 0 {
-            if matches!(segment.slot, Slot::Ready(_)) {
-                state.resident -= segment.len;
-            }
-            if !matches!(segment.slot, Slot::Fetching) {
-                segment.slot = Slot::Done;
-            }
-            self.changed.notify_all();
+    /// One planned read of `id`, in segment `n`, made (or skipped).
+    fn used(&self, state: &mut State, id: &Id, n: usize) {
+        state.position += 1;
+        if let Some((_, left)) = state.blobs.get_mut(id) {
+            *left = left.saturating_sub(1);
         }
+        let waiting = matches!(state.segments[n].slot, Slot::Waiting);
+        if waiting {
+            state.waiting.remove(&(state.segments[n].next_use().unwrap_or(u64::MAX), n));
+        }
+        let segment = &mut state.segments[n];
+        segment.next = (segment.next + 1).min(segment.positions.len());
+        if segment.next_use().is_none() {
+            if let Slot::Ready(..) | Slot::Failed(_) = segment.slot {
+                state.held -= segment.held;
+                segment.held = 0;
+                segment.slot = Slot::Waiting;
+            }
+        } else if waiting {
+            state.wait_for_fetch(n);
+        }
+        self.changed.notify_all();
     }
 
-    /// A fetcher: reads the queued segments while the budget allows, until told to stop.
+    /// A fetcher: fetches the waiting segment needed soonest while the budget allows, until told
+    /// to stop.
     fn fetch_ahead(&self) {
         let mut state = self.lock();
-        loop {
-            if state.stop {
-                return;
+        while !state.stop {
+            let Some(&(at, n)) = state.waiting.first() else {
+                state = self.changed.wait(state).expect("poisoned");
+                continue;
+            };
+            let need = self.reserve(&state, n);
+            if state.held > 0 && state.held + need > BUDGET && !self.drop_one_due_after(&mut state, at) {
+                state = self.changed.wait(state).expect("poisoned");
+                continue;
             }
-            let next = state.queue.front().copied();
-            match next {
-                Some(n) if !matches!(state.segments[n].slot, Slot::Waiting) || state.segments[n].uses == 0 => {
-                    state.queue.pop_front();
-                }
-                Some(n) if state.resident == 0 || state.resident + state.segments[n].len <= BUDGET => {
-                    state.queue.pop_front();
-                    state = self.fetch(state, n);
-                }
-                _ => state = self.changed.wait(state).expect("poisoned"),
+            if state.held == 0 || state.held + need <= BUDGET {
+                state.waiting.remove(&(at, n));
+                state = self.fetch(state, n);
             }
         }
     }
 
-    /// Fetches segment `n` (which is waiting) with the lock released, and returns it taken again.
+    /// Drops the decoded segment whose next read lies furthest ahead, if after `at`; whether
+    /// one was dropped.
+    fn drop_one_due_after(&self, state: &mut State, at: u64) -> bool {
+        let furthest = (0..state.segments.len())
+            .filter(|&n| matches!(state.segments[n].slot, Slot::Ready(..)))
+            .map(|n| (state.due(n), n))
+            .max();
+        match furthest {
+            Some((due, n)) if due > at => {
+                state.held -= state.segments[n].held;
+                state.segments[n].held = 0;
+                state.segments[n].slot = Slot::Waiting;
+                state.wait_for_fetch(n);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The blobs of segment `n` still to be read, and the range of the pack that holds them.
+    fn remaining(&self, state: &State, n: usize) -> (Vec<Location>, u64, u64) {
+        let blobs: Vec<Location> = (state.segments[n].blobs.iter())
+            .filter(|id| state.blobs.get(id).is_some_and(|&(_, left)| left > 0))
+            .map(|id| *self.index.get(id).expect("planned blobs are indexed"))
+            .collect();
+        let start = blobs.iter().map(|l| l.offset as u64).min().unwrap_or(0);
+        let end = blobs.iter().map(|l| l.offset as u64 + l.stored_len as u64).max().unwrap_or(0);
+        (blobs, start, end)
+    }
+
+    /// Bytes a fetch of segment `n` holds: the range of its blobs still to be read.
+    fn reserve(&self, state: &State, n: usize) -> u64 {
+        let (_, start, end) = self.remaining(state, n);
+        end - start
+    }
+
+    /// Fetches segment `n` (taken out of the waiting set) with the lock released, and returns
+    /// the lock. It keeps the stored bytes of the blobs still to be read, each on its own, so
+    /// that each is dropped as soon as its last read is made.
     fn fetch<'s>(&'s self, mut state: MutexGuard<'s, State>, n: usize) -> MutexGuard<'s, State> {
+        let (_, start, end) = self.remaining(&state, n);
+        let ids: Vec<Id> = (state.segments[n].blobs.iter())
+            .filter(|id| state.blobs.get(id).is_some_and(|&(_, left)| left > 0))
+            .copied()
+            .collect();
+        state.held += end - start;
         let segment = &mut state.segments[n];
         segment.slot = Slot::Fetching;
-        let (key, offset, len) = (Repository::pack_key(&segment.pack), segment.offset, segment.len);
-        state.resident += len;
+        segment.held = end - start;
+        let key = Repository::pack_key(&segment.pack);
         drop(state);
-        let fetched = self.repo.backend().get_range(&key, offset, len);
-        let mut state = self.lock();
-        let segment = &mut state.segments[n];
-        match fetched {
-            Ok(_) if segment.uses == 0 => {
-                segment.slot = Slot::Done;
-                state.resident -= len;
+        let fetched = self.repo.backend().get_range(&key, start, end - start).map(|span| {
+            let blob = |id: &Id| {
+                let l = self.index.get(id).expect("planned blobs are indexed");
+                let at = (l.offset as u64 - start) as usize;
+                (*id, Arc::new(span[at..at + l.stored_len as usize].to_vec()))
+            };
+            ids.iter().map(blob).collect::<HashMap<_, _>>()
+        });
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        state.held -= end - start;
+        state.segments[n].held = 0;
+        state.segments[n].slot = match fetched {
+            Ok(mut stored) => {
+                // Less the blobs skipped while it was on its way.
+                let blobs = &state.blobs;
+                stored.retain(|id, _| blobs.get(id).is_some_and(|&(_, left)| left > 0));
+                let held: u64 = stored.values().map(|b| b.len() as u64).sum();
+                state.held += held;
+                state.segments[n].held = held;
+                Slot::Ready(stored)
             }
-            Ok(bytes) => segment.slot = Slot::Ready(Arc::new(bytes)),
-            Err(e) => {
-                segment.slot = Slot::Failed(e.to_string());
-                state.resident -= len;
-            }
-        }
-        self.evict(&mut state, n);
-        self.changed.notify_all();
-        state
-    }
-
-    /// Beyond twice the budget, drops the fetched segments read least recently (never `keep`,
-    /// just fetched) until within the budget again.
-    fn evict(&self, state: &mut State, keep: usize) {
-        while state.resident > 2 * BUDGET {
-            let oldest = (state.segments.iter().enumerate())
-                .filter(|(n, s)| *n != keep && matches!(s.slot, Slot::Ready(_)))
-                .min_by_key(|(_, s)| s.last_read)
-                .map(|(n, _)| n);
-            let Some(n) = oldest else { return };
+            Err(e) => Slot::Failed(e.to_string()),
+        };
+        if state.segments[n].next_use().is_none() {
+            state.held -= state.segments[n].held;
+            state.segments[n].held = 0;
             state.segments[n].slot = Slot::Waiting;
-            state.resident -= state.segments[n].len;
-            if state.resident <= BUDGET {
-                return;
-            }
         }
+        self.changed.notify_all();
+        guard
     }
 }
