@@ -292,6 +292,42 @@ impl Dir {
         check(unsafe { libc::renameat(self.raw(), from.as_ptr(), target.raw(), to.as_ptr()) }).map(drop)
     }
 
+    /// Swaps the entries `a` and `b` of this directory in one step (`renameat2` with
+    /// `RENAME_EXCHANGE`): at every moment each name holds one of the two, never nothing. Both
+    /// must exist; file systems without the flag answer `EINVAL`.
+    pub fn exchange(&self, a: &[u8], b: &[u8]) -> Result<()> {
+        self.rename2(a, b, libc::RENAME_EXCHANGE)
+    }
+
+    /// Renames `from` to `to` in this directory unless `to` exists (`RENAME_NOREPLACE`:
+    /// `AlreadyExists` then, and nothing moved).
+    pub fn rename_new(&self, from: &[u8], to: &[u8]) -> Result<()> {
+        self.rename2(from, to, libc::RENAME_NOREPLACE)
+    }
+
+    fn rename2(&self, from: &[u8], to: &[u8], flags: libc::c_uint) -> Result<()> {
+        let (from, to) = (c_name(from)?, c_name(to)?);
+        // SAFETY: valid descriptors and C strings; the kernel checks the flags.
+        let result =
+            unsafe { libc::syscall(libc::SYS_renameat2, self.raw(), from.as_ptr(), self.raw(), to.as_ptr(), flags) };
+        if result < 0 {
+            return Err(Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Flushes the whole file system this directory is on to its disk (`syncfs`): what was
+    /// written below it is durable before a rename publishes it.
+    pub fn sync_file_system(&self) -> Result<()> {
+        // SAFETY: plain syscall on a valid descriptor.
+        check(unsafe { libc::syncfs(self.raw()) }).map(drop)
+    }
+
+    /// The raw descriptor, for a `/proc/self/fd/N` path to this very directory.
+    pub fn raw_fd(&self) -> RawFd {
+        self.raw()
+    }
+
     /// Creates the directory `name` (mode 0700; an existing entry is an error) and opens it.
     /// What was opened must be private to this process's user, owned by it and closed to
     /// everyone else: a directory that someone who can write here swapped in between the calls

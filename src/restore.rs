@@ -44,6 +44,7 @@ use crate::repository::Repository;
 use crate::source::sqlite;
 
 mod database;
+pub mod in_place;
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {

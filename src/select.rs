@@ -7,6 +7,12 @@
 //! filters (and, for `--at`, the earliest snapshot there is), so a typo in a filter is never
 //! mistaken for a repository without backups.
 //!
+//! A safety snapshot (the target's state that an in-place restore took before replacing it,
+//! [`Snapshot::is_safety_snapshot`]) is never chosen by time, by chance or by `--at` unless the
+//! filters name it (`--source pre-restore` or `--tag pre-restore`): otherwise the next
+//! `restore latest` would bring back the very tree that was just replaced, and a drill of
+//! `latest` would test that tree instead of the newest backup. An id still names one.
+//!
 //! Tags follow restic: one `--tag a,b` selects snapshots that carry both, repeated `--tag`
 //! selects snapshots that match any of them. Times are UTC unless they carry an offset, as
 //! `cairn snapshots` prints them, and a time names its whole last unit (`10:00` is 10:00:00 to
@@ -63,6 +69,13 @@ impl Filter {
     /// Whether the snapshot passes every filter, [`Filter::at`] included.
     pub fn selects(&self, snapshot: &Snapshot) -> bool {
         self.matches(snapshot) && self.at.as_ref().map_or(true, |at| at.includes(snapshot))
+    }
+
+    /// Whether the filters ask for safety snapshots by name: `--source pre-restore`, or a `--tag`
+    /// set that holds `pre-restore`. Only then may `latest`, `random` or `--at` choose one.
+    pub fn names_safety_snapshots(&self) -> bool {
+        self.source.as_deref() == Some(Snapshot::SAFETY)
+            || self.tags.iter().any(|set| set.iter().any(|tag| tag == Snapshot::SAFETY))
     }
 
     /// Whether any filter is set.
@@ -250,6 +263,14 @@ fn utc(secs: i64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rest / 3600, rest / 60 % 60, rest % 60)
 }
 
+/// ` matching --tag "x"` for the filters in a message, or nothing without any.
+fn matching(filter: &Filter) -> String {
+    match filter.describe() {
+        none if none.is_empty() => none,
+        filters => format!(" matching {filters}"),
+    }
+}
+
 /// Why no snapshot was chosen, when filters were given (without any, [`Error::NoSuchSnapshot`]).
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {
@@ -266,6 +287,12 @@ pub enum SelectError {
 
     #[error("--at chooses the snapshot by time: give `latest` with it, not the snapshot id {0:?}")]
     AtWithId(String),
+
+    #[error(
+        "the only snapshots{of} are safety snapshots that in-place restores took, which `latest`, \
+         `random` and --at never choose: give one's id, or --source pre-restore (`cairn snapshots` lists them)"
+    )]
+    OnlySafety { of: String },
 }
 
 /// Chooses a snapshot from the repository's snapshots; see [`choose`].
@@ -274,7 +301,9 @@ pub fn find(repo: &Repository, pick: &Pick, filter: &Filter) -> Result<(Id, Snap
 }
 
 /// Chooses a snapshot from `all` (oldest first) among those `filter` selects. An id must be one
-/// that the filters select, and may not be combined with [`Filter::at`].
+/// that the filters select, and may not be combined with [`Filter::at`]. Chosen by time or at
+/// random, a safety snapshot only counts if the filters name it
+/// ([`Filter::names_safety_snapshots`]).
 pub fn choose(all: Vec<(Id, Snapshot)>, pick: &Pick, filter: &Filter) -> Result<(Id, Snapshot)> {
     if let (Pick::Id(spec), Some(_)) = (pick, &filter.at) {
         return Err(Error::Select(SelectError::AtWithId(spec.clone())));
@@ -296,6 +325,13 @@ pub fn choose(all: Vec<(Id, Snapshot)>, pick: &Pick, filter: &Filter) -> Result<
             },
         };
     }
+    let before = selected.len();
+    if !filter.names_safety_snapshots() {
+        selected.retain(|(_, s)| !s.is_safety_snapshot());
+    }
+    if selected.is_empty() && before > 0 {
+        return Err(Error::Select(SelectError::OnlySafety { of: matching(filter) }));
+    }
     if selected.is_empty() {
         return Err(match filter.describe() {
             none if none.is_empty() => {
@@ -308,11 +344,7 @@ pub fn choose(all: Vec<(Id, Snapshot)>, pick: &Pick, filter: &Filter) -> Result<
         let (earliest_id, earliest) = (selected[0].0.short(), utc(selected[0].1.time_sec));
         selected.retain(|(_, s)| at.includes(s));
         if selected.is_empty() {
-            let of = match filter.describe() {
-                none if none.is_empty() => none,
-                filters => format!(" matching {filters}"),
-            };
-            let bound = utc(at.sec);
+            let (bound, of) = (utc(at.sec), matching(filter));
             let nothing = SelectError::NothingBefore { at: at.text.clone(), bound, of, earliest_id, earliest };
             return Err(Error::Select(nothing));
         }
@@ -435,6 +467,29 @@ mod tests {
         assert!(err.contains("earliest is snapshot 01010101 from 1970-01-01 00:01:40 UTC"), "{err}");
         let err = before("1970-01-01 00:01", Filter::of_source(Some("web"))).unwrap_err().to_string();
         assert!(err.contains("matching --source \"web\"") && err.contains("00:05:00 UTC"), "{err}");
+    }
+
+    #[test]
+    fn safety_snapshots_are_chosen_only_by_id_or_by_name() {
+        let mut all = all();
+        let safety = |time_sec| snapshot(time_sec, "a", "pre-restore", &["protected", "pre-restore"]);
+        all.push((Id([5; 32]), safety(500)));
+        let pick = |pick: Pick, filter: Filter| choose(all.clone(), &pick, &filter).map(|(_, s)| s.time_sec);
+        assert_eq!(pick(Pick::Latest, Filter::default()).unwrap(), 400);
+        for _ in 0..20 {
+            assert_ne!(pick(Pick::Random, Filter::default()).unwrap(), 500);
+        }
+        let host = Filter { hosts: vec!["a".into()], ..Filter::default() };
+        assert_eq!(pick(Pick::Latest, host.clone()).unwrap(), 400);
+        let at = Filter { at: Some(At::parse("1970-01-01T00:10:00Z").unwrap()), ..Filter::default() };
+        assert_eq!(pick(Pick::Latest, at).unwrap(), 400);
+        // Named, it is there to choose.
+        assert_eq!(pick(Pick::Latest, Filter::of_source(Some("pre-restore"))).unwrap(), 500);
+        assert_eq!(pick(Pick::Latest, Filter { tags: vec![vec!["pre-restore".into()]], ..host }).unwrap(), 500);
+        assert_eq!(pick(Pick::Id("0505".into()), Filter::default()).unwrap(), 500);
+        // Only safety snapshots: the error says why `latest` finds none.
+        let err = choose(vec![(Id([5; 32]), safety(500))], &Pick::Latest, &Filter::default()).unwrap_err();
+        assert!(err.to_string().contains("--source pre-restore"), "{err}");
     }
 
     #[test]

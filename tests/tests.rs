@@ -19,6 +19,8 @@ mod errors;
 mod filters;
 #[path = "cases/fixtures.rs"]
 mod fixtures;
+#[path = "cases/in_place.rs"]
+mod in_place;
 #[path = "cases/prune.rs"]
 mod prune;
 #[path = "cases/repair.rs"]

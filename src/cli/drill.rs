@@ -14,7 +14,8 @@ use cairn::progress::Progress;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Snapshot to drill: an id or prefix, `latest` or `random` (of those the filters select)
+    /// Snapshot to drill: an id or prefix, `latest` or `random` (of those the filters select; a
+    /// safety snapshot of an in-place restore only if they name it: --source pre-restore)
     #[arg(long, default_value = "latest", value_name = "ID|latest|random")]
     snapshot: String,
     #[command(flatten)]

@@ -6,7 +6,9 @@ use cairn::select::{At, Filter, Pick};
 #[derive(clap::Args, Debug, Clone, Default)]
 #[command(next_help_heading = "Which snapshots")]
 pub struct FilterArgs {
-    /// Only snapshots of this source (its --source name, or its paths)
+    /// Only snapshots of this source (its --source name, or its paths). `pre-restore` selects the
+    /// safety snapshots of in-place restores, which `latest`, `random` and --at otherwise never
+    /// choose (as does --tag pre-restore)
     #[arg(long, value_name = "NAME")]
     pub source: Option<String>,
     /// Only snapshots that carry every tag of TAG[,TAG...]; repeated, those that match any one

@@ -13,7 +13,8 @@ use cairn::restore::find_node;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Snapshot id, unique id prefix, or `latest` (the newest the filters select)
+    /// Snapshot id, unique id prefix, or `latest` (the newest the filters select; a safety
+    /// snapshot of an in-place restore only if they name it: --source pre-restore)
     snapshot: String,
     #[command(flatten)]
     filters: super::filter::FilterArgs,

@@ -1,4 +1,5 @@
-//! `cairn restore SNAPSHOT --target DIR [--include PATH]...`
+//! `cairn restore SNAPSHOT --target DIR [--include PATH]... [--in-place [--delete] | --overwrite]
+//! [--dry-run]`: the flow over a non-empty target is [`cairn::restore::in_place`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,14 +8,13 @@ use anyhow::Result;
 
 use super::{format, Context};
 use cairn::progress::Progress;
-use cairn::restore::{restore, RestoreOptions};
+use cairn::restore::in_place::{self, How, Mode};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Snapshot id, unique id prefix, or `latest` (the newest the filters select)
+    /// Snapshot id, unique id prefix, or `latest` (the newest the filters select; a safety
+    /// snapshot of an in-place restore only if they name it: --source pre-restore)
     snapshot: String,
-    #[command(flatten)]
-    filters: super::filter::FilterArgs,
     /// Directory to restore into (created if missing)
     #[arg(long, short, value_name = "DIR")]
     target: PathBuf,
@@ -22,8 +22,29 @@ pub struct Args {
     #[arg(long = "include", value_name = "PATH")]
     includes: Vec<String>,
     /// Keep existing files whose content already matches the snapshot; write only what differs
+    /// (writes into the target directly, as --overwrite)
     #[arg(long)]
     skip_identical: bool,
+    /// Restore over a non-empty target safely: a safety snapshot of it first (tagged protected,
+    /// pre-restore), the new tree built beside it and swapped in, the old one kept as NAME.bak
+    #[arg(long, conflicts_with = "overwrite")]
+    in_place: bool,
+    /// Write into a non-empty target directly (after a safety snapshot): for a mount point, /,
+    /// or a disk without room for a second tree; not atomic
+    #[arg(long)]
+    overwrite: bool,
+    /// With --in-place: remove what the snapshot (its --include paths) does not have
+    #[arg(long)]
+    delete: bool,
+    /// List what would be created, replaced and deleted; change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Allow --target / (with --overwrite)
+    #[arg(long)]
+    force_root: bool,
+    // Last: the heading it sets ("Which snapshots") would also cover the flags after it.
+    #[command(flatten)]
+    filters: super::filter::FilterArgs,
 }
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
@@ -33,30 +54,92 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let index = repo.load_index()?;
     super::warn_damage(&repo);
     let progress = Progress::new("restore", context.quiet || context.json);
-    let options = RestoreOptions {
+    let mode = match (args.in_place, args.overwrite || args.skip_identical) {
+        (true, _) => Mode::InPlace,
+        (false, true) => Mode::Overwrite,
+        (false, false) => Mode::Refuse,
+    };
+    // A local repository inside the target is never part of its safety snapshot.
+    let skip = (!cairn::backend::object::is_url(&context.location()))
+        .then(|| std::path::absolute(cairn::repository::local_path(&context.location())).ok())
+        .flatten()
+        .into_iter()
+        .collect();
+    let options = in_place::Options {
         target: args.target.clone(),
         includes: args.includes,
+        mode,
+        delete: args.delete,
+        dry_run: args.dry_run,
+        force_root: args.force_root,
         skip_identical: args.skip_identical,
-        ..Default::default()
+        skip,
+        cancel: None,
     };
-    let summary = restore(&repo, &index, &id, &snapshot, &options, &progress)?;
+    let report = in_place::run(&repo, &index, &id, &snapshot, &options, &progress)?;
+    for note in &report.leftovers {
+        errln!("note: {note}");
+    }
+    if let Some(error) = &report.audit_error {
+        errln!("warning: the restore is done, but its audit record could not be written: {error}");
+    }
     if context.json {
-        outln!("{}", serde_json::json!({ "snapshot": id.to_hex(), "target": args.target, "summary": summary }));
+        outln!("{}", serde_json::to_value(&report)?);
+    } else if report.how == How::DryRun {
+        print_plan(&report);
     } else if !context.quiet {
+        let summary = &report.summary;
         outln!(
             "restored snapshot {} to {}: {} files ({} already identical), {} dirs, {} written{}",
             id.short(),
-            args.target.display(),
+            report.target.display(),
             summary.files,
             summary.files_unchanged,
             summary.dirs,
             format::bytes(summary.bytes),
             if summary.errors.is_empty() { String::new() } else { format!(", {} errors", summary.errors.len()) }
         );
+        if let Some(plan) = &report.plan {
+            outln!(
+                "changed: {} created, {} replaced, {} deleted, {} kept that the snapshot does not have",
+                plan.created.len(),
+                plan.replaced.len(),
+                plan.deleted.len(),
+                plan.kept.len()
+            );
+        }
+        if let Some(safety) = &report.safety_snapshot {
+            outln!("safety snapshot: {safety}");
+        }
+        if let Some(backup) = &report.backup {
+            outln!("old tree kept at {}", backup.display());
+        }
     }
-    if !summary.errors.is_empty() {
-        errln!("error: {} entries could not be restored (listed above)", summary.errors.len());
+    if !report.summary.errors.is_empty() {
+        errln!("error: {} entries could not be restored (listed above)", report.summary.errors.len());
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--dry-run` without `--json`: one change per line, then the counts.
+fn print_plan(report: &in_place::Report) {
+    let Some(plan) = &report.plan else { return };
+    let target = report.target.display();
+    for (verb, paths) in [("create", &plan.created), ("replace", &plan.replaced), ("delete", &plan.deleted)] {
+        for path in paths {
+            outln!("{verb:<8} {target}/{path}");
+        }
+    }
+    for path in &plan.kept {
+        outln!("keep     {target}/{path}");
+    }
+    outln!(
+        "would create {}, replace {}, delete {} and keep {} entries the snapshot does not have ({} unchanged); nothing was changed",
+        plan.created.len(),
+        plan.replaced.len(),
+        plan.deleted.len(),
+        plan.kept.len(),
+        plan.unchanged
+    );
 }

@@ -88,6 +88,15 @@ impl Snapshot {
         source_key(&self.source, &self.paths)
     }
 
+    /// The source name and tag of the safety snapshots that in-place restores take.
+    pub const SAFETY: &'static str = "pre-restore";
+
+    /// Whether this is a safety snapshot that an in-place restore took of its target
+    /// ([`crate::restore::in_place`]): source `pre-restore`, tagged `pre-restore`.
+    pub fn is_safety_snapshot(&self) -> bool {
+        self.source == Self::SAFETY && self.tags.iter().any(|t| t == Self::SAFETY)
+    }
+
     pub fn is_complete(&self) -> bool {
         self.errors.is_empty()
     }

@@ -500,7 +500,8 @@ impl Repository {
         std::mem::take(&mut *self.damage.lock().expect("poisoned"))
     }
 
-    /// Resolves `latest`, a full id or a unique id prefix.
+    /// Resolves `latest` (the newest snapshot but a safety snapshot), a full id or a unique id
+    /// prefix.
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
         self.find_snapshot_of(spec, None)
     }

@@ -55,7 +55,7 @@ fn assert_symlinked_x_not_followed(extra: &[&str]) {
     fs::create_dir_all(&target).unwrap();
     fs::create_dir_all(&outside).unwrap();
     symlink(&outside, target.join("x")).unwrap();
-    let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target).args(extra));
+    let out = run(cairn(&repo).args(["restore", "latest", "--overwrite", "--target"]).arg(&target).args(extra));
     assert_eq!(entries(&outside), Vec::<PathBuf>::new(), "restore wrote outside the target");
     assert!(out.status.success(), "the symlink in the way is replaced, as any non-directory is");
     assert!(fs::symlink_metadata(target.join("x")).unwrap().is_dir());
@@ -131,7 +131,7 @@ fn a_database_is_never_written_through_a_planted_symlink() {
     fs::create_dir_all(&target).unwrap();
     fs::create_dir_all(&outside).unwrap();
     symlink(&outside, target.join("db")).unwrap();
-    ok(cairn(&repo).args(["restore", "latest", "--include", "db/app.db", "--target"]).arg(&target));
+    ok(cairn(&repo).args(["restore", "latest", "--overwrite", "--include", "db/app.db", "--target"]).arg(&target));
     assert_eq!(entries(&outside), Vec::<PathBuf>::new(), "restore wrote outside the target");
 
     // Symlinks at the database and at its companions are replaced or set aside, not followed.
@@ -140,7 +140,7 @@ fn a_database_is_never_written_through_a_planted_symlink() {
     fs::remove_file(target.join("db/app.db")).unwrap();
     symlink(outside.join("old.db"), target.join("db/app.db")).unwrap();
     symlink(outside.join("old-wal"), target.join("db/app.db-wal")).unwrap();
-    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    ok(cairn(&repo).args(["restore", "latest", "--overwrite", "--target"]).arg(&target));
     assert_eq!(fs::read(outside.join("old.db")).unwrap(), b"outside database");
     assert_eq!(fs::read(outside.join("old-wal")).unwrap(), b"outside wal");
     assert!(fs::symlink_metadata(target.join("db/app.db")).unwrap().is_file());
@@ -170,7 +170,8 @@ fn a_hard_link_is_never_made_through_a_planted_symlink() {
     fs::write(outside.join("victim"), b"outside").unwrap();
     symlink(&outside, target.join("b")).unwrap();
     symlink(outside.join("victim"), target.join("a/third")).unwrap();
-    ok(cairn(&repo).args(["restore", "latest", "--include", "a", "--include", "b/second", "--target"]).arg(&target));
+    let args = ["restore", "latest", "--overwrite", "--include", "a", "--include", "b/second", "--target"];
+    ok(cairn(&repo).args(args).arg(&target));
     assert_eq!(entries(&outside), vec![PathBuf::from("victim")], "restore wrote outside the target");
     assert_eq!(fs::read(outside.join("victim")).unwrap(), b"outside");
     let first = fs::symlink_metadata(target.join("a/first")).unwrap();
@@ -304,7 +305,7 @@ fn the_next_restore_removes_what_a_killed_one_left() {
     }
     // Older than the next restore by more than the file system clock's second of slack.
     std::thread::sleep(std::time::Duration::from_millis(2100));
-    let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    let out = run(cairn(&repo).args(["restore", "latest", "--overwrite", "--target"]).arg(&target));
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&leftover) && stderr.contains("left by an interrupted restore"), "{stderr}");
@@ -352,7 +353,8 @@ fn a_reused_directory_open_to_others_is_closed_while_restore_fills_it() {
             chown(dir);
             chmod(dir, mode);
         }
-        let mut child = cairn(&repo).args(["restore", "latest", "--quiet", "--target"]).arg(&target).spawn().unwrap();
+        let args = ["restore", "latest", "--quiet", "--overwrite", "--target"];
+        let mut child = cairn(&repo).args(args).arg(&target).spawn().unwrap();
         let status = loop {
             let done = child.try_wait().unwrap();
             for (i, (dir, expected)) in [(&closed, (0, 0o700)), (&shared, (NOBODY, 0o755))].into_iter().enumerate() {
@@ -502,7 +504,8 @@ fn restore_and_find_node_handle_a_deep_tree() {
 
     // An include deep inside: found by an iterative lookup, restored below its parents.
     let include = "d/".repeat(DEEP - 2) + "d";
-    let out = run(cairn(&repo).args(["restore", "latest", "--quiet", "--include", &include, "--target"]).arg(&target));
+    let args = ["restore", "latest", "--quiet", "--overwrite", "--include", &include, "--target"];
+    let out = run(cairn(&repo).args(args).arg(&target));
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(read_deep_leaf(&target, DEEP), b"at the bottom");
     remove_deep(&target);

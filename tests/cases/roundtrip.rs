@@ -95,7 +95,7 @@ fn restore_replaces_what_is_in_the_way_without_following_symlinks() {
     fs::create_dir_all(target.join("dir")).unwrap();
     symlink(&victim, target.join("a.txt")).unwrap();
     fs::write(target.join("dir/b.txt"), b"an older, longer b that must go").unwrap();
-    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    ok(cairn(&repo).args(["restore", "latest", "--overwrite", "--target"]).arg(&target));
 
     assert_eq!(fs::read(&victim).unwrap(), b"outside the target");
     let a = fs::symlink_metadata(target.join("a.txt")).unwrap();

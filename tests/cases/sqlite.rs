@@ -208,7 +208,7 @@ fn restore_over_an_existing_database_is_atomic_and_checked() {
         db.execute("INSERT INTO a(body) VALUES ('later')", []).unwrap();
     }
     drop(db);
-    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&data));
+    ok(cairn(&repo).args(["restore", "latest", "--overwrite", "--target"]).arg(&data));
     assert_eq!(counts(&db_path).0, 1, "the restored state, with no stale WAL replayed into it");
     assert_eq!(integrity(&db_path), "ok");
     let leftovers: Vec<_> = fs::read_dir(&data)
@@ -222,7 +222,7 @@ fn restore_over_an_existing_database_is_atomic_and_checked() {
     let before = fs::read(&db_path).unwrap();
     let (data_pack, _) = packs_by_size(&repo).pop().unwrap();
     flip_byte(&data_pack, 40, 1);
-    let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&data));
+    let out = run(cairn(&repo).args(["restore", "latest", "--overwrite", "--target"]).arg(&data));
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(fs::read(&db_path).unwrap(), before, "existing database untouched");
 }

@@ -1,0 +1,617 @@
+//! Restoring over an existing directory without losing it: the flow around [`super::restore`].
+//!
+//! An empty or missing target is restored into as it always was. A target with anything in it
+//! is refused unless the caller chose how ([`Mode`]); the refusal says what would change.
+//! Before anything that exists is replaced or deleted, a *safety snapshot* of the whole target
+//! is taken, tagged `protected` and `pre-restore` (source name `pre-restore`), so the state
+//! before the restore is itself restorable; a safety snapshot that cannot be taken whole stops
+//! the restore before it changes anything.
+//!
+//! [`Mode::InPlace`] never writes into the target. It builds the new tree in a private staging
+//! directory beside it, `.<name>.cairn-staging-<inode>-<random>` (same file system), where the
+//! target's entries that stay (outside the `--include` paths, or not in the snapshot without
+//! `--delete`) are hard-linked or recreated ([`plan`]); restores the snapshot into it; checks
+//! the result against the snapshot; makes it durable (`syncfs`); then swaps it with the target
+//! in one step (`renameat2(RENAME_EXCHANGE)`) and renames the old tree, now under the staging
+//! name, to `<name>.bak` (or `.bak.2`, ...), which is kept. At every moment the target's name
+//! holds a whole tree, the old or the new one:
+//!
+//! | killed | target | beside it | the next restore of that target |
+//! |---|---|---|---|
+//! | before the exchange | the old tree | a staging directory (partial or whole new tree) | removes it |
+//! | between exchange and rename | the new tree | the old tree under the staging name | renames it to `.bak` |
+//! | after the rename | the new tree | `<name>.bak`: the old tree | nothing to do |
+//!
+//! The `<inode>` in the staging name is the old target's: a leftover whose own inode is that
+//! one holds the old tree (it was swapped out); any other is an unfinished staging directory.
+//!
+//! [`Mode::Overwrite`] writes into the target directly, as restore did before: for a mount
+//! point (nothing can be swapped there), `/`, or a disk without room for a second tree. Not
+//! atomic: the safety snapshot is the way back.
+//!
+//! Every restore that starts changing anything writes one audit record (`restore`, with the
+//! target, the safety snapshot and the outcome); a failure to write it (a read-only repository)
+//! is reported in [`Report::audit_error`], never fails the restore. `--dry-run` and refusals
+//! write nothing anywhere.
+
+mod plan;
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use serde::Serialize;
+
+use crate::audit::Run;
+use crate::backup::{take_snapshot, SnapshotOptions};
+use crate::error::{Error, Result};
+use crate::format::audit::Outcome;
+use crate::format::snapshot::Snapshot;
+use crate::fs_at::{remove_tree, stat_fd, Dir};
+use crate::id::Id;
+use crate::progress::Progress;
+use crate::repository::index::Index;
+use crate::repository::Repository;
+
+use plan::{Compare, Walker, Want};
+pub use plan::{Plan, MAX_LEVELS};
+
+/// The tags of a safety snapshot: `protected` keeps it from every retention policy.
+pub const SAFETY_TAGS: [&str; 2] = ["protected", "pre-restore"];
+/// The source name of safety snapshots.
+pub const SAFETY_SOURCE: &str = "pre-restore";
+
+/// What to do when the target is not empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Refuse, saying what would change.
+    #[default]
+    Refuse,
+    /// Safety snapshot, staging directory, swap, old tree kept as `.bak`.
+    InPlace,
+    /// Safety snapshot, then write into the target directly.
+    Overwrite,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub target: PathBuf,
+    /// Paths inside the snapshot to restore; empty restores everything.
+    pub includes: Vec<String>,
+    pub mode: Mode,
+    /// Remove what the snapshot (its included part) does not have ([`Mode::InPlace`] only).
+    pub delete: bool,
+    /// Compute and return the plan; change nothing, not even the repository.
+    pub dry_run: bool,
+    /// Allow `/` as the target (with [`Mode::Overwrite`]).
+    pub force_root: bool,
+    /// See [`super::RestoreOptions::skip_identical`] (direct restores only).
+    pub skip_identical: bool,
+    /// Paths the safety snapshot never enters (a local repository inside the target).
+    pub skip: Vec<PathBuf>,
+    pub cancel: Option<&'static AtomicBool>,
+}
+
+/// How a restore went about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum How {
+    /// The target was missing or empty: restored into directly.
+    EmptyTarget,
+    InPlace,
+    Overwrite,
+    DryRun,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub snapshot: String,
+    pub target: PathBuf,
+    pub how: How,
+    /// What the restore changes (changed, for a real run); `None` for an empty target.
+    pub plan: Option<Plan>,
+    /// The full id of the safety snapshot taken before anything was replaced or deleted.
+    pub safety_snapshot: Option<String>,
+    /// Where the old tree was kept ([`Mode::InPlace`]).
+    pub backup: Option<PathBuf>,
+    pub summary: super::RestoreSummary,
+    /// What was found (and done, or would be done) about directories left by killed restores.
+    pub leftovers: Vec<String>,
+    /// Why the audit record could not be written, if it could not.
+    pub audit_error: Option<String>,
+}
+
+/// The target and the directory that holds it, open.
+struct Site {
+    /// The target, absolute, symlinks resolved where it exists.
+    path: PathBuf,
+    /// Its parent and its name there; `None` for `/`.
+    parent: Option<(Dir, PathBuf, Vec<u8>)>,
+    /// The target, if it is a directory, with its stat.
+    old: Option<(Dir, libc::stat)>,
+}
+
+impl Site {
+    fn open(target: &Path) -> Result<Site> {
+        let absolute = std::path::absolute(target).map_err(|e| Error::io(target, e))?;
+        let path = match std::fs::canonicalize(&absolute) {
+            Ok(path) => path,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => absolute,
+            Err(e) => return Err(Error::io(target, e)),
+        };
+        let (Some(parent_path), Some(name)) = (path.parent(), path.file_name()) else {
+            return Ok(Site { old: Some(open_dir_stat(&path)?), path, parent: None });
+        };
+        let parent = match Dir::open(parent_path) {
+            Ok(dir) => dir,
+            // A missing parent: restore creates it, and the target is empty.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Site { path, parent: None, old: None }),
+            Err(e) => return Err(Error::io(parent_path, e)),
+        };
+        let name = name.as_bytes().to_vec();
+        let old = match parent.open_dir(&name) {
+            Ok(dir) => {
+                let st = stat_fd(dir.as_fd()).map_err(|e| Error::io(&path, e))?;
+                Some((dir, st))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound || crate::fs_at::not_a_directory(&e) => None,
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        Ok(Site { parent: Some((parent, parent_path.to_path_buf(), name)), path, old })
+    }
+
+    fn is_empty(&self) -> Result<bool> {
+        match &self.old {
+            Some((dir, _)) => Ok(dir.names().map_err(|e| Error::io(&self.path, e))?.is_empty()),
+            None => Ok(true),
+        }
+    }
+}
+
+fn open_dir_stat(path: &Path) -> Result<(Dir, libc::stat)> {
+    let dir = Dir::open(path).map_err(|e| Error::io(path, e))?;
+    let st = stat_fd(dir.as_fd()).map_err(|e| Error::io(path, e))?;
+    Ok((dir, st))
+}
+
+/// Restores `snapshot` (`id`) as `options` say; see the module doc.
+pub fn run(
+    repo: &Repository,
+    index: &Index,
+    id: &Id,
+    snapshot: &Snapshot,
+    options: &Options,
+    progress: &Progress,
+) -> Result<Report> {
+    let want = plan::want_of(repo, index, &snapshot.tree, &options.includes, &id.short())?;
+    let site = Site::open(&options.target)?;
+    if site.path == Path::new("/") && !(options.force_root && options.mode == Mode::Overwrite) {
+        return Err(refuse_root(repo, index, id, snapshot)?);
+    }
+    let mut report = Report {
+        snapshot: id.to_hex(),
+        target: site.path.clone(),
+        how: How::EmptyTarget,
+        plan: None,
+        safety_snapshot: None,
+        backup: None,
+        summary: super::RestoreSummary::default(),
+        leftovers: Vec::new(),
+        audit_error: None,
+    };
+    if let Some((parent, parent_path, name)) = &site.parent {
+        let current = site.old.as_ref().map(|(_, st)| st.st_ino);
+        report.leftovers = leftovers(parent, parent_path, name, current, options.dry_run)?;
+    }
+    let empty = site.is_empty()?;
+    // SAFETY: geteuid cannot fail.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut walker = Walker {
+        repo,
+        index,
+        want: &want,
+        compare: Compare::Content,
+        delete: options.delete,
+        chunker: repo.chunker(),
+        as_root,
+        plan: Plan::default(),
+        partial_dirs: Vec::new(),
+    };
+    if options.dry_run || !empty {
+        walker.walk(site.old.as_ref().map(|(dir, _)| dir), None)?;
+    }
+    if options.dry_run {
+        report.how = How::DryRun;
+        report.plan = Some(walker.plan);
+        return Ok(report);
+    }
+    if !empty {
+        match options.mode {
+            Mode::Refuse => return Err(refuse_not_empty(&site.path, id, &walker.plan, options.delete)),
+            Mode::Overwrite if options.delete => {
+                return Err(Error::Invalid(
+                    "--delete works with --in-place only: --overwrite writes into the target and removes nothing"
+                        .into(),
+                ))
+            }
+            Mode::Overwrite => report.how = How::Overwrite,
+            Mode::InPlace => report.how = How::InPlace,
+        }
+        report.plan = Some(walker.plan);
+    }
+    let mut audit = Run::start("restore", &snapshot.source_key());
+    audit.record.snapshot = Some(id.to_hex());
+    let result = execute(repo, index, id, snapshot, options, &site, &want, progress, &mut report);
+    let outcome = match &result {
+        Ok(()) if report.summary.errors.is_empty() => Outcome::Ok,
+        Ok(()) => Outcome::Incomplete,
+        Err(_) => Outcome::Failed,
+    };
+    audit.record.files = report.summary.files;
+    audit.record.bytes = report.summary.bytes;
+    audit.record.errors = match &result {
+        Ok(()) => report.summary.errors.iter().take(100).map(|e| format!("{}: {}", e.path, e.message)).collect(),
+        Err(e) => vec![e.to_string()],
+    };
+    audit.record.details = serde_json::json!({
+        "target": report.target,
+        "how": report.how,
+        "safety_snapshot": report.safety_snapshot,
+        "backup": report.backup,
+        "plan": report.plan.as_ref().map(|p| serde_json::json!({
+            "created": p.created.len(), "replaced": p.replaced.len(), "deleted": p.deleted.len(), "kept": p.kept.len(),
+        })),
+    });
+    let written = audit.finish(repo, outcome).map_err(|e| e.to_string());
+    match result {
+        Ok(()) => {
+            report.audit_error = written.err();
+            Ok(report)
+        }
+        Err(e) => match (written, &report.safety_snapshot) {
+            (Ok(()), None) => Err(e),
+            (written, safety) => Err(Error::Invalid(format!(
+                "{e}{}{}",
+                safety.as_ref().map_or(String::new(), |s| format!(" (safety snapshot {s} was taken)")),
+                written.err().map_or(String::new(), |w| format!("; the audit record could not be written: {w}")),
+            ))),
+        },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn execute(
+    repo: &Repository,
+    index: &Index,
+    id: &Id,
+    snapshot: &Snapshot,
+    options: &Options,
+    site: &Site,
+    want: &Want,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    let touches = report.plan.as_ref().is_some_and(Plan::touches_existing);
+    if touches {
+        let safety = safety_snapshot(repo, &safety_paths(site, report.plan.as_ref()), &site.path, &options.skip)?;
+        progress.warn(&format!(
+            "safety snapshot {} taken of {} (tags protected, pre-restore): `cairn restore {} --target {} --in-place --delete` brings it back",
+            safety.short(),
+            site.path.display(),
+            safety.short(),
+            site.path.display(),
+        ));
+        report.safety_snapshot = Some(safety.to_hex());
+    }
+    let direct = |target: &Path, skip_identical: bool| {
+        let core = super::RestoreOptions {
+            target: target.to_path_buf(),
+            includes: options.includes.clone(),
+            skip_identical,
+            cancel: options.cancel,
+        };
+        super::restore(repo, index, id, snapshot, &core, progress)
+    };
+    let nothing = report.plan.as_ref().is_some_and(|p| p.created.is_empty() && p.replaced.is_empty() && !touches);
+    report.summary = match report.how {
+        // Nothing to swap: the target already is what the restore would make it.
+        How::InPlace if nothing => super::RestoreSummary {
+            files_unchanged: report.plan.as_ref().map_or(0, |p| p.unchanged),
+            ..Default::default()
+        },
+        How::InPlace => staged(repo, index, id, snapshot, options, site, want, progress, report)?,
+        How::EmptyTarget => direct(&options.target, options.skip_identical)?,
+        _ => direct(&site.path, options.skip_identical)?,
+    };
+    Ok(())
+}
+
+/// What the safety snapshot covers: the whole target; for `/`, only the entries replaced or
+/// deleted (topmost ones; the snapshot mirrors their absolute paths).
+fn safety_paths(site: &Site, plan: Option<&Plan>) -> Vec<PathBuf> {
+    if site.parent.is_some() {
+        return vec![site.path.clone()];
+    }
+    let changed = plan.into_iter().flat_map(|p| p.replaced.iter().chain(&p.deleted));
+    crate::backup::normalize_paths(&changed.map(|p| site.path.join(p)).collect::<Vec<_>>())
+}
+
+/// A snapshot of `paths`, tagged [`SAFETY_TAGS`]; an error unless it is complete.
+fn safety_snapshot(repo: &Repository, paths: &[PathBuf], target: &Path, skip: &[PathBuf]) -> Result<Id> {
+    let options = SnapshotOptions {
+        paths: paths.to_vec(),
+        tags: SAFETY_TAGS.iter().map(|t| t.to_string()).collect(),
+        source: SAFETY_SOURCE.into(),
+        skip: skip.to_vec(),
+        sqlite_timeout: std::time::Duration::from_secs(30),
+        ..Default::default()
+    };
+    let outcome = take_snapshot(repo, &options, &Progress::hidden()).map_err(|e| {
+        Error::Invalid(format!(
+            "cannot take the safety snapshot of {} before restoring over it: {e}; nothing was changed (restore into an \
+             empty directory instead)",
+            target.display()
+        ))
+    })?;
+    if let Some(first) = outcome.snapshot.errors.first() {
+        return Err(Error::Invalid(format!(
+            "the safety snapshot {} of {} is incomplete: {} entries could not be read (first: {}: {}); nothing was \
+             restored over them",
+            outcome.id.short(),
+            target.display(),
+            outcome.snapshot.errors.len(),
+            first.path,
+            first.message
+        )));
+    }
+    Ok(outcome.id)
+}
+
+/// [`Mode::InPlace`]: stage, restore, check, swap; see the module doc.
+#[allow(clippy::too_many_arguments)]
+fn staged(
+    repo: &Repository,
+    index: &Index,
+    id: &Id,
+    snapshot: &Snapshot,
+    options: &Options,
+    site: &Site,
+    want: &Want,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<super::RestoreSummary> {
+    let (Some((parent, parent_path, name)), Some((old, old_st))) = (&site.parent, &site.old) else {
+        return Err(Error::Invalid(format!("{} has no parent to stage the new tree beside", site.path.display())));
+    };
+    let parent_st = stat_fd(parent.as_fd()).map_err(|e| Error::io(parent_path, e))?;
+    if parent_st.st_dev != old_st.st_dev {
+        return Err(Error::Invalid(format!(
+            "{} is a mount point: the new tree cannot be built beside it on the same file system and swapped in; use \
+             --overwrite to restore into it directly (after a safety snapshot), or restore into an empty directory",
+            site.path.display()
+        )));
+    }
+    let random = &Id(crate::id::random_bytes()).to_hex()[..8];
+    let staging_name = [b".", &name[..], format!(".cairn-staging-{}-{random}", old_st.st_ino).as_bytes()].concat();
+    let staging_path = parent_path.join(OsStr::from_bytes(&staging_name));
+    let staging = parent.make_private_dir(&staging_name).map_err(|e| Error::io(&staging_path, e))?;
+    let built = build(repo, index, id, snapshot, options, &staging, old, old_st, want, progress, &site.path);
+    let summary = match built {
+        Ok(summary) => summary,
+        Err(e) => {
+            let _ = remove_tree(&staging_path);
+            return Err(e);
+        }
+    };
+    if let Err(e) = parent.exchange(&staging_name, name) {
+        let _ = remove_tree(&staging_path);
+        return Err(Error::Invalid(format!(
+            "cannot swap the restored tree in for {}: {e}; nothing was changed{}",
+            site.path.display(),
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                " (the file system cannot exchange two names in one step: use --overwrite)"
+            } else {
+                ""
+            }
+        )));
+    }
+    parent.sync().map_err(|e| Error::io(parent_path, e))?;
+    let bak = keep_as_bak(parent, &staging_name, name).map_err(|e| Error::io(&staging_path, e))?;
+    parent.sync().map_err(|e| Error::io(parent_path, e))?;
+    report.backup = Some(parent_path.join(OsStr::from_bytes(&bak)));
+    Ok(summary)
+}
+
+/// Builds the new tree in `staging`: what stays of the old one, the snapshot restored into it
+/// (through `/proc/self/fd`, so by descriptor, not by a name others could swap), checked
+/// against the snapshot, its kept directories' and its root's metadata put back, all durable.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    repo: &Repository,
+    index: &Index,
+    id: &Id,
+    snapshot: &Snapshot,
+    options: &Options,
+    staging: &Dir,
+    old: &Dir,
+    old_st: &libc::stat,
+    want: &Want,
+    progress: &Progress,
+    target: &Path,
+) -> Result<super::RestoreSummary> {
+    // SAFETY: geteuid cannot fail.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let walker = |compare| Walker {
+        repo,
+        index,
+        want,
+        compare,
+        delete: options.delete,
+        chunker: repo.chunker(),
+        as_root,
+        plan: Plan::default(),
+        partial_dirs: Vec::new(),
+    };
+    let mut carry = walker(Compare::Names);
+    carry.walk(Some(old), Some(staging))?;
+    let through = PathBuf::from(format!("/proc/self/fd/{}", staging.raw_fd()));
+    let core = super::RestoreOptions {
+        target: through.clone(),
+        includes: options.includes.clone(),
+        skip_identical: false,
+        cancel: options.cancel,
+    };
+    let mut summary = super::restore(repo, index, id, snapshot, &core, progress)?;
+    let shown = through.to_string_lossy().into_owned();
+    for error in &mut summary.errors {
+        error.path = error.path.replacen(&shown, &target.to_string_lossy(), 1);
+    }
+    if let Some(first) = summary.errors.first() {
+        return Err(Error::Invalid(format!(
+            "{} entries could not be restored (first: {}: {}); nothing was swapped: {} is as it was",
+            summary.errors.len(),
+            first.path,
+            first.message,
+            target.display()
+        )));
+    }
+    let mut check = walker(Compare::Metadata);
+    check.delete = false;
+    check.walk(Some(staging), None)?;
+    if let Some(first) = check.plan.created.iter().chain(&check.plan.replaced).next() {
+        return Err(Error::Invalid(format!(
+            "the restored tree does not match the snapshot ({} entries missing or different, first: {first}); nothing \
+             was swapped: {} is as it was",
+            check.plan.created.len() + check.plan.replaced.len(),
+            target.display()
+        )));
+    }
+    carry.partial_dirs.sort_by_key(|(parts, _)| std::cmp::Reverse(parts.len()));
+    for (parts, st) in &carry.partial_dirs {
+        let mut dir = staging.open_dir(&parts[0]).map_err(|e| Error::io(target, e))?;
+        for part in &parts[1..] {
+            dir = dir.open_dir(part).map_err(|e| Error::io(target, e))?;
+        }
+        plan::copy_metadata(&dir, st, as_root).map_err(|e| Error::io(target, e))?;
+    }
+    plan::copy_metadata(staging, old_st, as_root).map_err(|e| Error::io(target, e))?;
+    staging.sync_file_system().map_err(|e| Error::io(target, e))?;
+    Ok(summary)
+}
+
+/// Renames `from` (the old tree) to the first free `<name>.bak`, `<name>.bak.2`, ...
+fn keep_as_bak(parent: &Dir, from: &[u8], name: &[u8]) -> std::io::Result<Vec<u8>> {
+    for n in 1..10_000 {
+        let bak = if n == 1 { [name, b".bak"].concat() } else { [name, format!(".bak.{n}").as_bytes()].concat() };
+        match parent.rename_new(from, &bak) {
+            Ok(()) => return Ok(bak),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no free .bak name"))
+}
+
+/// Finds what killed restores of `name` left in `parent` and deals with it (unless `dry_run`):
+/// the old tree swapped out is renamed to `.bak`, an unfinished staging directory removed.
+/// Only directories of this user are touched; others are reported.
+fn leftovers(
+    parent: &Dir,
+    parent_path: &Path,
+    name: &[u8],
+    current: Option<u64>,
+    dry_run: bool,
+) -> Result<Vec<String>> {
+    let prefix = [b".", name, b".cairn-staging-"].concat();
+    let mut notes = Vec::new();
+    for entry in parent.names().map_err(|e| Error::io(parent_path, e))? {
+        let Some(rest) = entry.strip_prefix(prefix.as_slice()) else { continue };
+        let path = parent_path.join(OsStr::from_bytes(&entry));
+        let Ok(st) = parent.stat(&entry) else { continue };
+        let recorded: Option<u64> =
+            std::str::from_utf8(rest).ok().and_then(|r| r.split('-').next()).and_then(|i| i.parse().ok());
+        // SAFETY: geteuid cannot fail.
+        let mine = st.st_uid == unsafe { libc::geteuid() };
+        if !crate::fs_at::is_dir(&st) || !mine || recorded.is_none() {
+            notes.push(format!(
+                "{} looks like a staging directory of cairn, but not this user's: left alone",
+                path.display()
+            ));
+            continue;
+        }
+        let swapped_out = recorded == Some(st.st_ino) && current != Some(st.st_ino);
+        if swapped_out {
+            if dry_run {
+                notes.push(format!("{} holds the old tree of a killed restore: would be kept as .bak", path.display()));
+                continue;
+            }
+            let bak = keep_as_bak(parent, &entry, name).map_err(|e| Error::io(&path, e))?;
+            parent.sync().map_err(|e| Error::io(parent_path, e))?;
+            notes.push(format!(
+                "a killed restore had swapped in its new tree: the old one, left at {}, is now kept at {}",
+                path.display(),
+                parent_path.join(OsStr::from_bytes(&bak)).display()
+            ));
+        } else if dry_run {
+            notes.push(format!(
+                "{} is an unfinished staging directory of a killed restore: would be removed",
+                path.display()
+            ));
+        } else {
+            remove_tree(&path).map_err(|e| Error::io(&path, e))?;
+            notes.push(format!("removed {}, the unfinished staging directory of a killed restore", path.display()));
+        }
+    }
+    Ok(notes)
+}
+
+/// The error for a non-empty target without a mode: what would happen, and the flags.
+fn refuse_not_empty(target: &Path, id: &Id, plan: &Plan, delete: bool) -> Error {
+    let first: Vec<&String> = plan.replaced.iter().chain(&plan.deleted).chain(&plan.created).take(5).collect();
+    Error::Invalid(format!(
+        "{} is not empty: restoring snapshot {} there would create {}, replace {} and delete {} entries{}{}. Add \
+         --in-place to restore it safely (a safety snapshot of the target first, then the new tree built beside it \
+         and swapped in, the old one kept as .bak), --delete to also remove what the snapshot does not have, \
+         --dry-run to list every change; or restore into an empty directory",
+        target.display(),
+        id.short(),
+        plan.created.len(),
+        plan.replaced.len(),
+        plan.deleted.len(),
+        if delete || plan.kept.is_empty() {
+            String::new()
+        } else {
+            format!(" and keep {} the snapshot does not have", plan.kept.len())
+        },
+        if first.is_empty() {
+            String::new()
+        } else {
+            format!(" (first: {})", first.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+        },
+    ))
+}
+
+/// The error for `/` as the target: where the snapshot's top-level entries would land.
+fn refuse_root(repo: &Repository, index: &Index, id: &Id, snapshot: &Snapshot) -> Result<Error> {
+    let tree = repo.read_tree(index, &snapshot.tree)?;
+    let names: Vec<String> = tree.nodes.iter().take(5).map(|n| String::from_utf8_lossy(&n.name).into_owned()).collect();
+    let paths: Vec<String> = snapshot.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+    let holds = if paths.len() == 1 {
+        format!(
+            "the content of one directory, {}, so its top-level entries ({}) would be written into / itself. Give \
+             that directory as --target",
+            paths[0],
+            names.join(", ")
+        )
+    } else {
+        format!("the paths {}, mirrored from /, and would write over them", paths.join(", "))
+    };
+    Ok(Error::Invalid(format!(
+        "refusing to restore into /: snapshot {} holds {holds}; if you really mean to restore over /, add \
+         --force-root --overwrite (nothing can be swapped at /: it is written directly, after a safety snapshot)",
+        id.short()
+    )))
+}

@@ -1,0 +1,520 @@
+//! What a restore would change in an existing target: the one walk that both `--dry-run` and
+//! the real run use, so the list printed is the list done.
+//!
+//! The walk goes through the target and the snapshot side by side, one directory at a time,
+//! every entry reached through its parent's descriptor without following a symlink
+//! ([`crate::fs_at`]). For each name it decides: *created* (only the snapshot has it),
+//! *replaced* (both have it and they differ: type, content, mode, mtime, owner as root, or a
+//! symlink's target), *deleted* (only the target has it, under a directory the snapshot
+//! restores, with `--delete`; or it stands below an entry replaced by another type), *kept*
+//! (the same without `--delete`), or unchanged. Outside the `--include` paths nothing is
+//! touched and nothing listed.
+//!
+//! Given a staging directory, the same walk also builds what the new tree takes over from the
+//! old one: kept and untouched entries are hard-linked (files) or recreated with their
+//! metadata (directories, symlinks, special files) there, and directories the snapshot
+//! restores into are made, so that the core restore into the staging directory then yields the
+//! whole new tree.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+
+use serde::Serialize;
+
+use crate::chunking::Chunker;
+use crate::error::{Error, Result};
+use crate::format::tree::{Content, Metadata, Node};
+use crate::fs_at::{is_dir, set_metadata_fd, stat_fd, Dir};
+use crate::id::Id;
+use crate::repository::index::Index;
+use crate::repository::Repository;
+
+/// Directory levels the walk descends at most: it keeps one descriptor open per level. Deeper
+/// targets are refused before anything changes.
+pub const MAX_LEVELS: usize = 400;
+
+/// What a restore restores, from the target's root.
+#[derive(Debug)]
+pub enum Want {
+    /// The whole listing `Id` (the snapshot's root tree).
+    Tree(Id),
+    /// Only these entries (`--include`), each by its path components; none inside another.
+    Includes(Vec<(Vec<Vec<u8>>, Node)>),
+}
+
+/// What the snapshot says about one entry of a directory being walked.
+#[derive(Debug)]
+enum Child {
+    /// This entry, as the snapshot has it.
+    Node(Node),
+    /// A directory on the way to an include: only the includes below it are restored, its other
+    /// entries are left as they are. Kept flat (computed from [`Want::Includes`] per level) so
+    /// that an include of any depth costs no nesting.
+    Partial,
+}
+
+/// The changes, each a path relative to the target (`a/b`, bytes that are not UTF-8 shown as
+/// U+FFFD), in walk order: a directory before what is below it.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct Plan {
+    pub created: Vec<String>,
+    pub replaced: Vec<String>,
+    pub deleted: Vec<String>,
+    /// Entries the snapshot does not have, left in place because `--delete` was not given (the
+    /// topmost of each such subtree).
+    pub kept: Vec<String>,
+    /// Entries of the snapshot that the target already holds exactly.
+    pub unchanged: u64,
+}
+
+impl Plan {
+    /// Whether anything that exists would change or go: what makes a safety snapshot needed.
+    pub fn touches_existing(&self) -> bool {
+        !self.replaced.is_empty() || !self.deleted.is_empty()
+    }
+}
+
+/// How closely an entry found in the target is compared with the snapshot's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// Type and metadata, and the content of files that look the same (read and cut).
+    Content,
+    /// Type and metadata only: for the check of a tree just restored, whose content was
+    /// verified chunk by chunk as it was written.
+    Metadata,
+    /// Not at all: only what exists on one side (building the staging directory).
+    Names,
+}
+
+/// Which names of a directory are restored.
+enum Scope {
+    /// Every name: the directory is the snapshot's.
+    All(BTreeMap<Vec<u8>, Child>),
+    /// Only these names; the others are left alone.
+    Only(BTreeMap<Vec<u8>, Child>),
+}
+
+pub struct Walker<'a> {
+    pub repo: &'a Repository,
+    pub index: &'a Index,
+    pub want: &'a Want,
+    pub compare: Compare,
+    pub delete: bool,
+    pub chunker: Chunker,
+    pub as_root: bool,
+    pub plan: Plan,
+    /// Directories of the target kept around `--include` paths, as components with the
+    /// metadata they had: restored onto their staged copies once the core restore has written
+    /// into them.
+    pub partial_dirs: Vec<(Vec<Vec<u8>>, libc::stat)>,
+}
+
+/// The [`Want`] of a restore of `includes` (all of the snapshot when empty or when one is the
+/// root). An include inside another one is covered by it.
+pub fn want_of(repo: &Repository, index: &Index, tree: &Id, includes: &[String], snapshot: &str) -> Result<Want> {
+    let mut found = Vec::new();
+    for include in includes {
+        match super::super::find_node(repo, index, tree, include, snapshot)? {
+            Some(node) => found.push((split(include), node)),
+            None => return Ok(Want::Tree(*tree)),
+        }
+    }
+    if found.is_empty() {
+        return Ok(Want::Tree(*tree));
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut kept: Vec<(Vec<Vec<u8>>, Node)> = Vec::new();
+    for (parts, node) in found {
+        if !kept.last().is_some_and(|(outer, _)| parts.starts_with(outer)) {
+            kept.push((parts, node));
+        }
+    }
+    Ok(Want::Includes(kept))
+}
+
+/// An include path's components, without `/`, `.` and empty parts (as restore splits them).
+fn split(path: &str) -> Vec<Vec<u8>> {
+    path.as_bytes().split(|&b| b == b'/').filter(|p| !p.is_empty() && *p != b".").map(<[u8]>::to_vec).collect()
+}
+
+fn shown(path: &[Vec<u8>]) -> String {
+    String::from_utf8_lossy(&path.join(&b'/')).into_owned()
+}
+
+fn too_deep(path: &[Vec<u8>]) -> Error {
+    Error::Invalid(format!(
+        "{} lies more than {MAX_LEVELS} directory levels deep in the target: too deep for an in-place restore; \
+         restore into an empty directory, or use --overwrite",
+        shown(path)
+    ))
+}
+
+/// The kind bits of a mode.
+fn kind(mode: u32) -> u32 {
+    mode & libc::S_IFMT
+}
+
+/// The kind bits the snapshot's entry would have (`None` for a socket, which restore skips).
+fn node_kind(content: &Content) -> Option<u32> {
+    Some(match content {
+        Content::File { .. } => libc::S_IFREG,
+        Content::Dir { .. } => libc::S_IFDIR,
+        Content::Symlink { .. } => libc::S_IFLNK,
+        Content::Fifo => libc::S_IFIFO,
+        Content::CharDevice { .. } => libc::S_IFCHR,
+        Content::BlockDevice { .. } => libc::S_IFBLK,
+        Content::Socket => return None,
+    })
+}
+
+impl Walker<'_> {
+    /// Walks the target directory `old` (`None`: it does not exist) against the want, filling
+    /// [`Walker::plan`]; with `staging`, also builds the staging directory (see the module doc).
+    /// On a thread of its own with room for [`MAX_LEVELS`] levels of recursion.
+    pub fn walk(&mut self, old: Option<&Dir>, staging: Option<&Dir>) -> Result<()> {
+        std::thread::scope(|scope| {
+            let walk = std::thread::Builder::new()
+                .stack_size(256 << 20)
+                .spawn_scoped(scope, || {
+                    let scope = match self.want {
+                        Want::Tree(id) => Scope::All(self.tree(id)?),
+                        Want::Includes(_) => Scope::Only(self.partial(&[])),
+                    };
+                    self.listing(old, staging, &mut Vec::new(), scope)
+                })
+                .map_err(|e| Error::Invalid(format!("cannot start a thread: {e}")))?;
+            walk.join().map_err(|_| Error::Invalid("the walk of the target panicked".into()))?
+        })
+    }
+
+    /// The entries restored in the directory at `path` on the way to includes.
+    fn partial(&self, path: &[Vec<u8>]) -> BTreeMap<Vec<u8>, Child> {
+        let mut map = BTreeMap::new();
+        let Want::Includes(includes) = self.want else { return map };
+        for (parts, node) in includes.iter().filter(|(parts, _)| parts.len() > path.len() && parts.starts_with(path)) {
+            let name = parts[path.len()].clone();
+            if parts.len() == path.len() + 1 {
+                map.insert(name, Child::Node(node.clone()));
+            } else {
+                map.entry(name).or_insert(Child::Partial);
+            }
+        }
+        map
+    }
+
+    /// Beyond [`MAX_LEVELS`]: an error when building the staging directory; otherwise the entry
+    /// at the limit counts as replaced (erring toward a safety snapshot) and is not descended.
+    fn beyond(&mut self, path: &[Vec<u8>]) -> Result<bool> {
+        if path.len() <= MAX_LEVELS {
+            return Ok(false);
+        }
+        if self.compare == Compare::Names {
+            return Err(too_deep(path));
+        }
+        let at = shown(&path[..MAX_LEVELS]);
+        if self.plan.replaced.last() != Some(&at) {
+            self.plan.replaced.push(at);
+        }
+        Ok(true)
+    }
+
+    /// The entries of the stored directory `id`, as wants; sockets left out (never restored).
+    fn tree(&self, id: &Id) -> Result<BTreeMap<Vec<u8>, Child>> {
+        let tree = self.repo.read_tree(self.index, id)?;
+        Ok(tree
+            .nodes
+            .into_iter()
+            .filter(|n| node_kind(&n.content).is_some())
+            .map(|n| (n.name.clone(), Child::Node(n)))
+            .collect())
+    }
+
+    fn children(&self, node: &Node) -> Result<BTreeMap<Vec<u8>, Child>> {
+        match &node.content {
+            Content::Dir { subtree } => self.tree(subtree),
+            _ => Ok(BTreeMap::new()),
+        }
+    }
+
+    /// One directory: `old` in the target (if any), its staged copy, its place, its scope.
+    fn listing(
+        &mut self,
+        old: Option<&Dir>,
+        staging: Option<&Dir>,
+        path: &mut Vec<Vec<u8>>,
+        scope: Scope,
+    ) -> Result<()> {
+        if self.beyond(path)? {
+            return Ok(());
+        }
+        let (wants, all) = match scope {
+            Scope::All(map) => (map, true),
+            Scope::Only(map) => (map, false),
+        };
+        let mut names: Vec<Vec<u8>> = match old {
+            Some(dir) => dir.names().map_err(|e| self.io(path, e))?,
+            None => Vec::new(),
+        };
+        names.extend(wants.keys().cloned());
+        names.sort();
+        names.dedup();
+        for name in names {
+            path.push(name);
+            let name = path.last().expect("just pushed").clone();
+            let found = match old {
+                Some(dir) => match dir.stat(&name) {
+                    Ok(st) => Some(st),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(self.io(path, e)),
+                },
+                None => None,
+            };
+            let result = match (found, wants.get(&name)) {
+                (None, None) => Ok(()),
+                (None, Some(want)) => self.created(path, want),
+                (Some(st), None) if all && self.delete => self.deleted(old.expect("found in it"), path, &st),
+                (Some(st), None) => {
+                    if all {
+                        self.plan.kept.push(shown(path));
+                    }
+                    self.keep(old.expect("found in it"), staging, path, &st)
+                }
+                (Some(st), Some(want)) => self.both(old.expect("found in it"), staging, path, &st, want),
+            };
+            path.pop();
+            result?;
+        }
+        Ok(())
+    }
+
+    fn io(&self, path: &[Vec<u8>], e: std::io::Error) -> Error {
+        Error::io(std::path::Path::new(&format!("<target>/{}", shown(path))), e)
+    }
+
+    /// `path` and everything below it in the snapshot are created.
+    fn created(&mut self, path: &mut Vec<Vec<u8>>, want: &Child) -> Result<()> {
+        if self.beyond(path)? {
+            return Ok(());
+        }
+        self.plan.created.push(shown(path));
+        self.created_below(path, want)
+    }
+
+    /// `path` (in `dir`, found as `st`) and everything below it go.
+    fn deleted(&mut self, dir: &Dir, path: &mut Vec<Vec<u8>>, st: &libc::stat) -> Result<()> {
+        if self.beyond(path)? {
+            return Ok(());
+        }
+        self.plan.deleted.push(shown(path));
+        if !is_dir(st) {
+            return Ok(());
+        }
+        let name = path.last().expect("a name").clone();
+        let inner = dir.open_dir(&name).map_err(|e| self.io(path, e))?;
+        let mut names = inner.names().map_err(|e| self.io(path, e))?;
+        names.sort();
+        for child in names {
+            path.push(child.clone());
+            let result = match inner.stat(&child) {
+                Ok(st) => self.deleted(&inner, path, &st),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(self.io(path, e)),
+            };
+            path.pop();
+            result?;
+        }
+        Ok(())
+    }
+
+    /// An entry of the target that stays: carried into the staging directory, if building one.
+    fn keep(&mut self, dir: &Dir, staging: Option<&Dir>, path: &[Vec<u8>], st: &libc::stat) -> Result<()> {
+        let Some(staging) = staging else { return Ok(()) };
+        let name = path.last().expect("a name").clone();
+        let carried = carry(dir, staging, &name, st, self.as_root, path.len());
+        carried.map_err(|e| match e {
+            Carry::Deep => too_deep(path),
+            Carry::Io(e) => self.io(path, e),
+        })
+    }
+
+    /// An entry both sides have.
+    fn both(
+        &mut self,
+        dir: &Dir,
+        staging: Option<&Dir>,
+        path: &mut Vec<Vec<u8>>,
+        st: &libc::stat,
+        want: &Child,
+    ) -> Result<()> {
+        let name = path.last().expect("a name").clone();
+        let node = match want {
+            Child::Node(node) => node,
+            Child::Partial if !is_dir(st) => {
+                // A parent of an include that is not a directory in the target: restore
+                // replaces it by one.
+                self.plan.replaced.push(shown(path));
+                return self.created_below(path, want);
+            }
+            Child::Partial => {
+                let inner = dir.open_dir(&name).map_err(|e| self.io(path, e))?;
+                let staged = self.staged_dir(staging, &name, path)?;
+                if staged.is_some() {
+                    self.partial_dirs.push((path.clone(), *st));
+                }
+                let only = self.partial(path);
+                return self.listing(Some(&inner), staged.as_ref(), path, Scope::Only(only));
+            }
+        };
+        let want_kind = node_kind(&node.content).expect("sockets are left out");
+        if kind(st.st_mode) != want_kind {
+            self.plan.replaced.push(shown(path));
+            if is_dir(st) {
+                let inner = dir.open_dir(&name).map_err(|e| self.io(path, e))?;
+                let mut names = inner.names().map_err(|e| self.io(path, e))?;
+                names.sort();
+                for child in names {
+                    path.push(child.clone());
+                    let result = match inner.stat(&child) {
+                        Ok(st) => self.deleted(&inner, path, &st),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                        Err(e) => Err(self.io(path, e)),
+                    };
+                    path.pop();
+                    result?;
+                }
+            }
+            return self.created_below(path, want);
+        }
+        if let Content::Dir { subtree } = &node.content {
+            if self.compare != Compare::Names && self.meta_differs(st, &node.meta, false) {
+                self.plan.replaced.push(shown(path));
+            }
+            let inner = dir.open_dir(&name).map_err(|e| self.io(path, e))?;
+            let staged = self.staged_dir(staging, &name, path)?;
+            let all = self.tree(subtree)?;
+            return self.listing(Some(&inner), staged.as_ref(), path, Scope::All(all));
+        }
+        if self.compare == Compare::Names {
+            return Ok(());
+        }
+        let same = match &node.content {
+            Content::File { chunks } => !self.meta_differs(st, &node.meta, true) && self.same_file(dir, &name, chunks),
+            Content::Symlink { target } => dir.read_link(&name).is_ok_and(|found| &found == target),
+            Content::CharDevice { rdev } | Content::BlockDevice { rdev } => {
+                st.st_rdev == *rdev && !self.meta_differs(st, &node.meta, false)
+            }
+            _ => !self.meta_differs(st, &node.meta, false),
+        };
+        if same {
+            self.plan.unchanged += 1;
+        } else {
+            self.plan.replaced.push(shown(path));
+        }
+        Ok(())
+    }
+
+    /// What the snapshot has below `path`, all created (the entry itself is already listed).
+    fn created_below(&mut self, path: &mut Vec<Vec<u8>>, want: &Child) -> Result<()> {
+        let below = match want {
+            Child::Node(node) => self.children(node)?,
+            Child::Partial => self.partial(path),
+        };
+        for (name, inner) in &below {
+            path.push(name.clone());
+            let result = self.created(path, inner);
+            path.pop();
+            result?;
+        }
+        Ok(())
+    }
+
+    /// The staged directory `name`, made (mode 0700) if building one.
+    fn staged_dir(&self, staging: Option<&Dir>, name: &[u8], path: &[Vec<u8>]) -> Result<Option<Dir>> {
+        staging.map(|staging| staging.make_dir(name, 0o700).map_err(|e| self.io(path, e))).transpose()
+    }
+
+    /// Whether the entry `st` differs from the snapshot's `meta` in what restore sets: mode,
+    /// mtime (not for directories, whose mtime every change below touches), owner as root, and
+    /// the size of files.
+    fn meta_differs(&self, st: &libc::stat, meta: &Metadata, file: bool) -> bool {
+        let mode = st.st_mode & 0o7777 != meta.mode & 0o7777;
+        let owner = self.as_root && (st.st_uid, st.st_gid) != (meta.uid, meta.gid);
+        let mtime = !is_dir(st) && (st.st_mtime, st.st_mtime_nsec as u32) != (meta.mtime_sec, meta.mtime_nsec);
+        let size = file && st.st_size as u64 != meta.size;
+        mode || owner || mtime || size
+    }
+
+    /// Whether the regular file `name` holds exactly these chunks (always, when comparing only
+    /// metadata: restore verified the content as it wrote it).
+    fn same_file(&self, dir: &Dir, name: &[u8], chunks: &[Id]) -> bool {
+        if self.compare == Compare::Metadata {
+            return true;
+        }
+        let Ok(Some((file, st))) = dir.open_regular(name) else { return false };
+        crate::source::same_content(&self.chunker, &file, st.st_size as u64, chunks).unwrap_or(false)
+    }
+}
+
+enum Carry {
+    Deep,
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for Carry {
+    fn from(e: std::io::Error) -> Carry {
+        Carry::Io(e)
+    }
+}
+
+/// Carries the entry `name` of `from` (found as `st`) into `to`: a file by a hard link (the
+/// same inode, so the old tree in `.bak` and the new one share it), anything else recreated
+/// with its owner (as root), mode and mtime, a directory with everything below it.
+fn carry(from: &Dir, to: &Dir, name: &[u8], st: &libc::stat, as_root: bool, depth: usize) -> Result<(), Carry> {
+    if depth > MAX_LEVELS {
+        return Err(Carry::Deep);
+    }
+    let owner = as_root.then_some((st.st_uid, st.st_gid));
+    let mtime = (st.st_mtime, st.st_mtime_nsec as u32);
+    match kind(st.st_mode) {
+        libc::S_IFREG => to.hard_link(name, from, name)?,
+        libc::S_IFLNK => {
+            to.symlink(&from.read_link(name)?, name)?;
+            to.set_metadata(name, owner, None, mtime)?;
+        }
+        libc::S_IFDIR => {
+            let (inner, made) = (from.open_dir(name)?, to.make_dir(name, 0o700)?);
+            for child in inner.names()? {
+                match inner.stat(&child) {
+                    Ok(st) => carry(&inner, &made, &child, &st, as_root, depth + 1)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            set_metadata_fd(made.as_fd(), owner, st.st_mode & 0o7777, mtime)?;
+        }
+        other => {
+            to.mknod(name, other, st.st_rdev)?;
+            to.set_metadata(name, owner, Some(st.st_mode & 0o7777), mtime)?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives the directory `dir` the owner (as root), mode and mtime `st` records.
+pub fn copy_metadata(dir: &Dir, st: &libc::stat, as_root: bool) -> std::io::Result<()> {
+    let now = stat_fd(dir.as_fd())?;
+    let owner = (as_root && (now.st_uid, now.st_gid) != (st.st_uid, st.st_gid)).then_some((st.st_uid, st.st_gid));
+    set_metadata_fd(dir.as_fd(), owner, st.st_mode & 0o7777, (st.st_mtime, st.st_mtime_nsec as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn include_paths_split_as_restore_splits_them() {
+        assert_eq!(split("/a//./b/"), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert!(split("/").is_empty());
+        assert_eq!(shown(&split("a/b")), "a/b");
+    }
+}
