@@ -120,7 +120,8 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds) -> Result
     let mut sources: BTreeMap<String, SourceStatus> = BTreeMap::new();
     // Copies of one snapshot (a `cairn tag` killed between its writes) count once.
     let mut seen = std::collections::HashSet::new();
-    for (id, snapshot) in &snapshots {
+    // Safety snapshots of in-place restores are no source of their own: no schedule, no drill.
+    for (id, snapshot) in snapshots.iter().filter(|(_, s)| !s.is_safety_snapshot()) {
         let key = snapshot.source_key();
         let entry = sources.entry(key.clone()).or_insert_with(|| SourceStatus { source: key, ..Default::default() });
         entry.snapshots += u64::from(seen.insert(snapshot.identity()));

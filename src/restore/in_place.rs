@@ -202,11 +202,13 @@ pub fn run(
         leftovers: Vec::new(),
         audit_error: None,
     };
+    let empty = site.is_empty()?;
+    // A run that will change nothing (a dry run, a refusal) only reports what killed runs left.
+    let acting = !options.dry_run && (empty || options.mode != Mode::Refuse);
     if let Some((parent, parent_path, name)) = &site.parent {
         let current = site.old.as_ref().map(|(_, st)| st.st_ino);
-        report.leftovers = leftovers(parent, parent_path, name, current, options.dry_run)?;
+        report.leftovers = leftovers(parent, parent_path, name, current, !acting)?;
     }
-    let empty = site.is_empty()?;
     // SAFETY: geteuid cannot fail.
     let as_root = unsafe { libc::geteuid() } == 0;
     let mut walker = Walker {

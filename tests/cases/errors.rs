@@ -248,8 +248,16 @@ fn a_repository_that_cannot_be_written_still_restores_and_checks() {
     open_up(&target);
     let out = run(as_unprivileged(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("without a lock"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without a lock"), "{err}");
+    assert!(err.contains("its audit record could not be written"), "{err}");
     assert_eq!(fs::read(target.join("a")).unwrap(), noise(300_000, 4));
+    // Over a changed target, --in-place needs its safety snapshot: refused, nothing changed.
+    fs::write(target.join("a"), b"changed since").unwrap();
+    let out = run(as_unprivileged(&repo).args(["restore", "latest", "--in-place", "--target"]).arg(&target));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot take the safety snapshot"));
+    assert_eq!(fs::read(target.join("a")).unwrap(), b"changed since");
     for args in [&["check", "--read-data"][..], &["ls", "latest"], &["snapshots"]] {
         let out = run(as_unprivileged(&repo).args(args));
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));

@@ -326,10 +326,35 @@ fn delete_makes_the_target_match_the_snapshot() {
     assert_same_tree(&source, &target);
     assert_same_tree(&pristine, &scratch.join("target.bak"));
 
+    // --overwrite writes into the target, after the same safety snapshot; it removes nothing,
+    // so a directory where the snapshot has a file is reported, and the rest restored.
+    let out = run(cairn(&repo).args(["--json", "restore", "latest", "--overwrite", "--target"]).arg(&pristine));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("typechange-b: a directory is in the way"));
+    let direct: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(direct["how"], "overwrite");
+    assert_eq!(direct["safety_snapshot"].as_str().map(str::len), Some(64));
+    assert_eq!(digest(&pristine)["changed.txt"], digest(&source)["changed.txt"]);
+    assert!(pristine.join("extra.log").exists(), "nothing is deleted");
+
     // --delete needs --in-place: --overwrite writes into the target and removes nothing.
     let out = run(cairn(&repo).args(["restore", "latest", "--overwrite", "--delete", "--target"]).arg(&pristine));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--delete works with --in-place only"));
+}
+
+#[test]
+fn a_symlinked_target_is_swapped_where_it_leads_and_stays_a_symlink() {
+    let scratch = Scratch::new("inplace-symlinked");
+    let (repo, source, _) = setup(&scratch, SMALL);
+    let (real, link) = (scratch.join("real"), scratch.join("link"));
+    build_old(&real, SMALL);
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let report = json(cairn(&repo).args(["restore", "latest", "--in-place", "--delete", "--target"]).arg(&link));
+    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(fs::read_link(&link).unwrap(), real);
+    assert_same_tree(&source, &real);
+    assert_eq!(PathBuf::from(report["backup"].as_str().unwrap()), scratch.join("real.bak"));
 }
 
 #[test]
