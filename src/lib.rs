@@ -13,7 +13,8 @@
 //! - [`repository`]: open/init, the in-memory [`repository::index::Index`], verified blob reads,
 //!   snapshot listing, and [`repository::packer::BlobStore`], which dedups, compresses and packs.
 //! - [`source`]: walking directory trees into tree blobs and chunks, with change detection.
-//! - [`backup`]: one snapshot from start to commit; [`restore`]: back to files.
+//! - [`backup`]: one snapshot from start to commit; [`restore`]: back to files, and over an
+//!   existing directory ([`restore::in_place`]: plan, safety snapshot, staged build, atomic swap).
 //! - [`check`]: structural and data verification; [`drill`]: restore drills with evidence;
 //!   [`audit`]: the per-run audit records; [`status`]: per-source health from snapshots and audit.
 //! - [`retention`]: which snapshots a policy keeps; [`tag`]: changing a snapshot's tags;

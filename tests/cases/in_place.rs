@@ -343,6 +343,47 @@ fn delete_makes_the_target_match_the_snapshot() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--delete works with --in-place only"));
 }
 
+/// Whatever stands in the target or beside it (symlinks to outside, a `.bak` planted as a
+/// symlink, another user's directory named like a staging one) is moved or left, never followed.
+#[test]
+fn planted_symlinks_and_names_are_never_followed() {
+    let scratch = Scratch::new("inplace-hostile");
+    let (repo, source, _) = setup(&scratch, SMALL);
+    let (target, outside) = (scratch.join("target"), scratch.join("outside"));
+    build_old(&target, SMALL);
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("victim"), b"outside").unwrap();
+    // Where the snapshot has a directory, and where it has nothing.
+    fs::remove_dir_all(target.join("sub")).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("sub")).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("planted")).unwrap();
+    std::os::unix::fs::symlink(&outside, scratch.join("target.bak")).unwrap();
+    let foreign = scratch.join(".target.cairn-staging-1-00000000");
+    fs::create_dir(&foreign).unwrap();
+    fs::write(foreign.join("theirs"), b"not cairn's").unwrap();
+    if is_root() {
+        std::os::unix::fs::chown(&foreign, Some(65534), None).unwrap();
+    }
+    let report = json(cairn(&repo).args(["restore", "latest", "--in-place", "--target"]).arg(&target));
+
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1, "nothing written outside");
+    assert_eq!(fs::read(outside.join("victim")).unwrap(), b"outside");
+    assert!(target.join("sub").is_dir() && !fs::symlink_metadata(target.join("sub")).unwrap().is_symlink());
+    assert_eq!(fs::read_link(target.join("planted")).unwrap(), outside, "kept as the symlink it is");
+    assert_eq!(fs::read_link(scratch.join("target.bak")).unwrap(), outside, "a planted .bak is left alone");
+    assert_eq!(PathBuf::from(report["backup"].as_str().unwrap()), scratch.join("target.bak.2"));
+    assert_eq!(fs::read_link(scratch.join("target.bak.2/sub")).unwrap(), outside, "the old tree, as it was");
+    if is_root() {
+        assert_eq!(fs::read(foreign.join("theirs")).unwrap(), b"not cairn's", "another user's directory stays");
+        assert!(report["leftovers"][0].as_str().unwrap().contains("not this user's"), "{report}");
+    }
+    let new = digest(&source);
+    let got = digest(&target);
+    for (path, entry) in &new {
+        assert_eq!(got.get(path), Some(entry), "{path}");
+    }
+}
+
 #[test]
 fn a_symlinked_target_is_swapped_where_it_leads_and_stays_a_symlink() {
     let scratch = Scratch::new("inplace-symlinked");
