@@ -10,7 +10,7 @@
 //! [`Mode::InPlace`] never writes into the target. It builds the new tree in a private staging
 //! directory beside it, `.<name>.cairn-staging-<inode>-<random>` (same file system), where the
 //! target's entries that stay (outside the `--include` paths, or not in the snapshot without
-//! `--delete`) are hard-linked or recreated ([`plan`]); restores the snapshot into it; checks
+//! `--delete`) are hard-linked or recreated (`plan.rs`); restores the snapshot into it; checks
 //! the result against the snapshot; makes it durable (`syncfs`); then swaps it with the target
 //! in one step (`renameat2(RENAME_EXCHANGE)`) and renames the old tree, now under the staging
 //! name, to `<name>.bak` (or `.bak.2`, ...), which is kept. At every moment the target's name
@@ -90,7 +90,8 @@ pub struct Options {
     pub force_root: bool,
     /// See [`super::RestoreOptions::skip_identical`] (direct restores only).
     pub skip_identical: bool,
-    /// Paths the safety snapshot never enters (a local repository inside the target).
+    /// Paths the safety snapshot never enters: a local repository, which `--in-place` also
+    /// refuses to find inside the target.
     pub skip: Vec<PathBuf>,
     pub cancel: Option<&'static AtomicBool>,
 }
@@ -240,7 +241,20 @@ pub fn run(
                 ))
             }
             Mode::Overwrite => report.how = How::Overwrite,
-            Mode::InPlace => report.how = How::InPlace,
+            Mode::InPlace => {
+                // The swap would move a repository inside the target into the .bak, under the
+                // feet of this very restore (and --delete would leave it out of the new tree).
+                let inside = options.skip.iter().filter_map(|p| std::fs::canonicalize(p).ok());
+                if let Some(repository) = inside.into_iter().find(|p| p.starts_with(&site.path)) {
+                    return Err(Error::Invalid(format!(
+                        "the repository {} lies inside the target {}: an in-place restore would move it aside with \
+                         the old tree; use --overwrite, or restore elsewhere",
+                        repository.display(),
+                        site.path.display()
+                    )));
+                }
+                report.how = How::InPlace
+            }
         }
         report.plan = Some(walker.plan);
     }

@@ -337,6 +337,15 @@ fn delete_makes_the_target_match_the_snapshot() {
     assert_eq!(digest(&pristine)["changed.txt"], digest(&source)["changed.txt"]);
     assert!(pristine.join("extra.log").exists(), "nothing is deleted");
 
+    // A repository inside the target would be swapped out with the old tree: refused.
+    let out = run(cairn(&target.join("repo")).args(["init"]));
+    assert!(out.status.success());
+    let out = run(cairn(&target.join("repo")).args(["snapshot"]).arg(&source));
+    assert!(out.status.success());
+    let inside = run(cairn(&target.join("repo")).args(["restore", "latest", "--in-place", "--target"]).arg(&target));
+    assert_eq!(inside.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&inside.stderr).contains("lies inside the target"));
+
     // --delete needs --in-place: --overwrite writes into the target and removes nothing.
     let out = run(cairn(&repo).args(["restore", "latest", "--overwrite", "--delete", "--target"]).arg(&pristine));
     assert_eq!(out.status.code(), Some(1));
