@@ -232,35 +232,43 @@ pub fn run(
         return Ok(report);
     }
     if !empty {
-        match options.mode {
-            Mode::Refuse => return Err(refuse_not_empty(&site.path, id, &walker.plan, options.delete)),
-            Mode::Overwrite if options.delete => {
-                return Err(Error::Invalid(
-                    "--delete works with --in-place only: --overwrite writes into the target and removes nothing"
-                        .into(),
-                ))
-            }
-            Mode::Overwrite => report.how = How::Overwrite,
-            Mode::InPlace => {
-                // The swap would move a repository inside the target into the .bak, under the
-                // feet of this very restore (and --delete would leave it out of the new tree).
-                let inside = options.skip.iter().filter_map(|p| std::fs::canonicalize(p).ok());
-                if let Some(repository) = inside.into_iter().find(|p| p.starts_with(&site.path)) {
-                    return Err(Error::Invalid(format!(
-                        "the repository {} lies inside the target {}: an in-place restore would move it aside with \
-                         the old tree; use --overwrite, or restore elsewhere",
-                        repository.display(),
-                        site.path.display()
-                    )));
-                }
-                report.how = How::InPlace
-            }
-        }
+        report.how = decide(options, &site, id, &walker.plan)?;
         report.plan = Some(walker.plan);
     }
     let mut audit = Run::start("restore", &snapshot.source_key());
     audit.record.snapshot = Some(id.to_hex());
     let result = execute(repo, index, id, snapshot, options, &site, &want, progress, &mut report);
+    finish(repo, audit, result, report)
+}
+
+/// How to restore over the non-empty target, or the refusal.
+fn decide(options: &Options, site: &Site, id: &Id, plan: &Plan) -> Result<How> {
+    match options.mode {
+        Mode::Refuse => Err(refuse_not_empty(&site.path, id, plan, options.delete)),
+        Mode::Overwrite if options.delete => Err(Error::Invalid(
+            "--delete works with --in-place only: --overwrite writes into the target and removes nothing".into(),
+        )),
+        Mode::Overwrite => Ok(How::Overwrite),
+        Mode::InPlace => {
+            // The swap would move a repository inside the target into the .bak, under the
+            // feet of this very restore (and --delete would leave it out of the new tree).
+            let inside = options.skip.iter().filter_map(|p| std::fs::canonicalize(p).ok());
+            if let Some(repository) = inside.into_iter().find(|p| p.starts_with(&site.path)) {
+                return Err(Error::Invalid(format!(
+                    "the repository {} lies inside the target {}: an in-place restore would move it aside with the \
+                     old tree; use --overwrite, or restore elsewhere",
+                    repository.display(),
+                    site.path.display()
+                )));
+            }
+            Ok(How::InPlace)
+        }
+    }
+}
+
+/// Writes the audit record of a restore that ended with `result`. Failing to write it is in
+/// the report (or appended to the error), never the restore's failure.
+fn finish(repo: &Repository, mut audit: Run, result: Result<()>, mut report: Report) -> Result<Report> {
     let outcome = match &result {
         Ok(()) if report.summary.errors.is_empty() => Outcome::Ok,
         Ok(()) => Outcome::Incomplete,
@@ -355,13 +363,19 @@ fn safety_paths(site: &Site, plan: Option<&Plan>) -> Vec<PathBuf> {
     crate::backup::normalize_paths(&changed.map(|p| site.path.join(p)).collect::<Vec<_>>())
 }
 
-/// A snapshot of `paths`, tagged [`SAFETY_TAGS`]; an error unless it is complete.
+/// A snapshot of `paths`, tagged [`SAFETY_TAGS`]; an error unless it is complete. Files are
+/// stored as the disk holds them, databases too (raw, with their `-wal` or `-journal`): what
+/// is about to be overwritten, byte for byte, even a database too damaged to be opened, which
+/// may be why it is being restored. Left out: what killed restores left (their private
+/// directories), which is not the service's data.
 fn safety_snapshot(repo: &Repository, paths: &[PathBuf], target: &Path, skip: &[PathBuf]) -> Result<Id> {
     let options = SnapshotOptions {
         paths: paths.to_vec(),
         tags: SAFETY_TAGS.iter().map(|t| t.to_string()).collect(),
         source: SAFETY_SOURCE.into(),
         skip: skip.to_vec(),
+        raw_sqlite: true,
+        excludes: vec![".*.cairn-restore-*".into(), ".*.cairn-staging-*".into()],
         sqlite_timeout: std::time::Duration::from_secs(30),
         ..Default::default()
     };

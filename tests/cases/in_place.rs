@@ -393,6 +393,25 @@ fn planted_symlinks_and_names_are_never_followed() {
     }
 }
 
+/// The database being restored over may be why: one too damaged to open is kept as it was.
+#[test]
+fn a_damaged_database_in_the_target_is_kept_byte_for_byte_by_the_safety_snapshot() {
+    let scratch = Scratch::new("inplace-damaged-db");
+    let (repo, source, _) = setup(&scratch, SMALL);
+    let target = scratch.join("target");
+    build_old(&target, SMALL);
+    let mut damaged = b"SQLite format 3\0".to_vec();
+    damaged.extend(noise(8192, 7));
+    fs::write(target.join("app.db"), &damaged).unwrap();
+    fs::write(target.join("app.db-wal"), noise(4096, 8)).unwrap();
+    let report = json(cairn(&repo).args(["restore", "latest", "--in-place", "--delete", "--target"]).arg(&target));
+    assert_same_tree(&source, &target);
+    let back = scratch.join("back");
+    ok(cairn(&repo).args(["restore", report["safety_snapshot"].as_str().unwrap(), "--target"]).arg(&back));
+    assert_eq!(fs::read(back.join("app.db")).unwrap(), damaged);
+    assert_eq!(fs::read(back.join("app.db-wal")).unwrap(), noise(4096, 8));
+}
+
 #[test]
 fn a_symlinked_target_is_swapped_where_it_leads_and_stays_a_symlink() {
     let scratch = Scratch::new("inplace-symlinked");
