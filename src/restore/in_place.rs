@@ -250,6 +250,17 @@ fn decide(options: &Options, site: &Site, id: &Id, plan: &Plan) -> Result<How> {
         )),
         Mode::Overwrite => Ok(How::Overwrite),
         Mode::InPlace => {
+            if let (Some((parent, parent_path, _)), Some((_, old_st))) = (&site.parent, &site.old) {
+                let parent_st = stat_fd(parent.as_fd()).map_err(|e| Error::io(parent_path, e))?;
+                if parent_st.st_dev != old_st.st_dev {
+                    return Err(Error::Invalid(format!(
+                        "{} is a mount point: the new tree cannot be built beside it on the same file system and \
+                         swapped in; use --overwrite to restore into it directly (after a safety snapshot), or \
+                         restore into an empty directory",
+                        site.path.display()
+                    )));
+                }
+            }
             // The swap would move a repository inside the target into the .bak, under the
             // feet of this very restore (and --delete would leave it out of the new tree).
             let inside = options.skip.iter().filter_map(|p| std::fs::canonicalize(p).ok());
@@ -416,14 +427,6 @@ fn staged(
     let (Some((parent, parent_path, name)), Some((old, old_st))) = (&site.parent, &site.old) else {
         return Err(Error::Invalid(format!("{} has no parent to stage the new tree beside", site.path.display())));
     };
-    let parent_st = stat_fd(parent.as_fd()).map_err(|e| Error::io(parent_path, e))?;
-    if parent_st.st_dev != old_st.st_dev {
-        return Err(Error::Invalid(format!(
-            "{} is a mount point: the new tree cannot be built beside it on the same file system and swapped in; use \
-             --overwrite to restore into it directly (after a safety snapshot), or restore into an empty directory",
-            site.path.display()
-        )));
-    }
     let random = &Id(crate::id::random_bytes()).to_hex()[..8];
     let staging_name = [b".", &name[..], format!(".cairn-staging-{}-{random}", old_st.st_ino).as_bytes()].concat();
     let staging_path = parent_path.join(OsStr::from_bytes(&staging_name));

@@ -412,6 +412,46 @@ fn a_damaged_database_in_the_target_is_kept_byte_for_byte_by_the_safety_snapshot
     assert_eq!(fs::read(back.join("app.db-wal")).unwrap(), noise(4096, 8));
 }
 
+/// A mount point cannot be renamed: --in-place refuses it and says what to do; --overwrite
+/// restores into it. Needs root for a mount namespace of its own (`unshare -m`).
+#[test]
+fn a_mount_point_is_refused_by_in_place_and_restored_into_by_overwrite() {
+    if !is_root() {
+        eprintln!("skipped: needs root for unshare -m");
+        return;
+    }
+    let scratch = Scratch::new("inplace-mount");
+    let (repo, _, _) = setup(&scratch, SMALL);
+    let target = scratch.join("target");
+    fs::create_dir(&target).unwrap();
+    let in_namespace = |mode: &str| {
+        let restore = cairn(&repo);
+        let mut command = Command::new("unshare");
+        let script =
+            r#"t="$1"; mount -t tmpfs tmpfs "$t" && echo old > "$t/changed.txt" && shift && "$@" && ls -A "$t""#;
+        command.args(["-m", "sh", "-c", script, "sh"]).arg(&target);
+        command.arg(restore.get_program()).args(restore.get_args());
+        command.args(["restore", "latest", mode, "--target"]).arg(&target);
+        for (key, value) in restore.get_envs() {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        run(&mut command)
+    };
+    let refused = in_namespace("--in-place");
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("is a mount point") && err.contains("--overwrite"), "{err}");
+    assert!(!err.contains("taken of"), "refused before a safety snapshot: {err}");
+    let written = in_namespace("--overwrite");
+    assert!(written.status.success());
+    let listed = String::from_utf8_lossy(&written.stdout);
+    assert!(listed.contains("big2.bin") && listed.contains("newdir"), "restored into the mount: {listed}");
+    assert!(fs::read_dir(&target).unwrap().next().is_none(), "nothing landed under the mount point");
+}
+
 #[test]
 fn a_symlinked_target_is_swapped_where_it_leads_and_stays_a_symlink() {
     let scratch = Scratch::new("inplace-symlinked");
