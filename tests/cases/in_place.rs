@@ -393,6 +393,34 @@ fn planted_symlinks_and_names_are_never_followed() {
     }
 }
 
+/// A restore that fails while building the new tree swaps nothing, leaves nothing beside the
+/// target, and its audit record makes `cairn status` show the failure, with the safety snapshot.
+#[test]
+fn a_failed_in_place_restore_leaves_the_target_as_it_was_and_is_recorded() {
+    let scratch = Scratch::new("inplace-failed");
+    let (repo, source, _) = setup(&scratch, Sizes { old_big: 4096, new_big: 1 << 20 });
+    let (target, pristine) = (scratch.join("target"), scratch.join("pristine"));
+    build_old(&target, SMALL);
+    build_old(&pristine, SMALL);
+    let (largest, _) = packs_by_size(&repo).pop().unwrap();
+    flip_byte(&largest, 100, 1);
+    let out = run(cairn(&repo).args(["restore", "latest", "--in-place", "--target"]).arg(&target));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing was swapped") && err.contains("was taken"), "{err}");
+    assert_eq!(digest(&target), digest(&pristine));
+    assert_eq!(beside(&target), (vec![], vec![]), "no staging directory, no .bak");
+    let status = run(cairn(&repo).args(["status", "--json"]));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let key = source.to_string_lossy();
+    let entry = status["sources"].as_array().unwrap().iter().find(|s| s["source"] == *key).expect("the source");
+    let problems = entry["problems"].to_string();
+    assert!(problems.contains("last restore failed") && problems.contains("nothing was swapped"), "{problems}");
+    let sources: Vec<&str> =
+        status["sources"].as_array().unwrap().iter().map(|s| s["source"].as_str().unwrap()).collect();
+    assert!(!sources.contains(&"pre-restore"), "a safety snapshot is no source: {sources:?}");
+}
+
 /// The database being restored over may be why: one too damaged to open is kept as it was.
 #[test]
 fn a_damaged_database_in_the_target_is_kept_byte_for_byte_by_the_safety_snapshot() {
