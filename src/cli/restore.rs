@@ -23,7 +23,7 @@ pub struct Args {
     includes: Vec<String>,
     /// Keep existing files whose content already matches the snapshot; write only what differs
     /// (writes into the target directly, as --overwrite)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "in_place")]
     skip_identical: bool,
     /// Restore over a non-empty target safely: a safety snapshot of it first (tagged protected,
     /// pre-restore), the new tree built beside it and swapped in, the old one kept as NAME.bak
