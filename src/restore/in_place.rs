@@ -431,7 +431,15 @@ fn staged(
     let staging_name = [b".", &name[..], format!(".cairn-staging-{}-{random}", old_st.st_ino).as_bytes()].concat();
     let staging_path = parent_path.join(OsStr::from_bytes(&staging_name));
     let staging = parent.make_private_dir(&staging_name).map_err(|e| Error::io(&staging_path, e))?;
-    let built = build(repo, index, id, snapshot, options, &staging, old, old_st, want, progress, &site.path);
+    let built = can_exchange(&staging)
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "the file system of {} cannot swap two directories in one step ({e}): use --overwrite, or restore \
+                 into an empty directory",
+                site.path.display()
+            ))
+        })
+        .and_then(|()| build(repo, index, id, snapshot, options, &staging, old, old_st, want, progress, &site.path));
     let summary = match built {
         Ok(summary) => summary,
         Err(e) => {
@@ -456,6 +464,18 @@ fn staged(
     parent.sync().map_err(|e| Error::io(parent_path, e))?;
     report.backup = Some(parent_path.join(OsStr::from_bytes(&bak)));
     Ok(summary)
+}
+
+/// Whether the file system of `dir` can exchange two names (tried on two empty directories in
+/// it, then removed), before a whole tree is built for a swap that would then fail.
+fn can_exchange(dir: &Dir) -> std::io::Result<()> {
+    let (a, b) = (b".cairn-exchange-a".as_slice(), b".cairn-exchange-b".as_slice());
+    dir.make_dir(a, 0o700)?;
+    dir.make_dir(b, 0o700)?;
+    let exchanged = dir.exchange(a, b);
+    dir.remove_dir(a)?;
+    dir.remove_dir(b)?;
+    exchanged
 }
 
 /// Builds the new tree in `staging`: what stays of the old one, the snapshot restored into it

@@ -539,8 +539,8 @@ enum Moment {
     Staging,
     /// As soon as the safety snapshot has written a pack.
     SafetyPack,
-    /// At the `n`-th `renameat2` (1: the exchange, 2: renaming the old tree to `.bak`), through
-    /// strace, before the call happens.
+    /// At the `n`-th `renameat2` (1: the probe of the file system, 2: the exchange, 3: renaming
+    /// the old tree to `.bak`), through strace, before the call happens.
     Rename(u32),
 }
 
@@ -603,8 +603,9 @@ fn kill_9_at_any_moment_leaves_the_old_tree_or_the_new_one_with_the_old_beside_i
         Moment::SafetyPack,
         Moment::After(30),
         Moment::Staging,
-        Moment::Rename(1),
         Moment::Rename(2),
+        Moment::Rename(3),
+        Moment::Rename(1),
         Moment::After(150),
         Moment::After(900),
     ];
@@ -645,5 +646,6 @@ fn kill_9_at_any_moment_leaves_the_old_tree_or_the_new_one_with_the_old_beside_i
     assert!(seen[0].contains(": old,"), "killed in the safety snapshot: {seen:?}");
     assert!(seen[3].contains(": old,"), "killed at the exchange: old tree stays: {seen:?}");
     assert!(seen[4].contains("old under the staging name"), "killed between the renames: {seen:?}");
+    assert!(seen[5].contains(": old,"), "killed at the probe of the file system: {seen:?}");
     ok(cairn(&repo).args(["check", "--read-data"]));
 }
