@@ -5,7 +5,8 @@
 //! Before anything that exists is replaced or deleted, a *safety snapshot* of the whole target
 //! is taken, tagged `protected` and `pre-restore` (source name `pre-restore`), so the state
 //! before the restore is itself restorable; a safety snapshot that cannot be taken whole stops
-//! the restore before it changes anything.
+//! the restore before it changes anything. [`crate::select`] never chooses one as `latest`
+//! unless the filters name it, or the next `restore latest` would bring back what was replaced.
 //!
 //! [`Mode::InPlace`] never writes into the target. It builds the new tree in a private staging
 //! directory beside it, `.<name>.cairn-staging-<inode>-<random>` (same file system), where the
@@ -59,9 +60,9 @@ use plan::{Compare, Walker, Want};
 pub use plan::{Plan, MAX_LEVELS};
 
 /// The tags of a safety snapshot: `protected` keeps it from every retention policy.
-pub const SAFETY_TAGS: [&str; 2] = ["protected", "pre-restore"];
+pub const SAFETY_TAGS: [&str; 2] = ["protected", Snapshot::SAFETY];
 /// The source name of safety snapshots.
-pub const SAFETY_SOURCE: &str = "pre-restore";
+pub const SAFETY_SOURCE: &str = Snapshot::SAFETY;
 
 /// What to do when the target is not empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
