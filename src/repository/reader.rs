@@ -211,11 +211,12 @@ impl<'a> PlannedReads<'a> {
                     true => stored.remove(id),
                     false => stored.get(id).cloned(),
                 };
-                let bytes = bytes.expect("a ready segment holds every blob with reads left");
-                if last {
+                if let Some(bytes) = bytes.as_ref().filter(|_| last) {
                     state.segments[n].held -= bytes.len() as u64;
                     state.held -= bytes.len() as u64;
                 }
+                // A ready segment holds every blob with reads left; were it not so, the blob
+                // would be read alone below rather than not at all.
                 Ok(bytes)
             }
             Slot::Failed(message) => Err(message.clone()),
@@ -226,7 +227,8 @@ impl<'a> PlannedReads<'a> {
         drop(state);
         let location = self.index.get(id).expect("planned blobs are indexed");
         match found {
-            Ok(stored) => self.repo.decode_located(id, location, &stored, &pack),
+            Ok(Some(stored)) => self.repo.decode_located(id, location, &stored, &pack),
+            Ok(None) => self.repo.read_blob(self.index, id),
             Err(message) => Err(Error::io(
                 format!("{}/{}", self.repo.backend().location(), Repository::pack_key(&pack)),
                 std::io::Error::other(message),
@@ -243,11 +245,9 @@ impl<'a> PlannedReads<'a> {
                 continue;
             }
             if let Slot::Ready(stored) = &mut state.segments[n].slot {
-                if let Some(bytes) = stored.remove(id).filter(|_| left == 1) {
+                if let Some(bytes) = (left == 1).then(|| stored.remove(id)).flatten() {
                     state.segments[n].held -= bytes.len() as u64;
                     state.held -= bytes.len() as u64;
-                } else if left == 1 {
-                    unreachable!("a ready segment holds every blob with reads left");
                 }
             }
             self.used(&mut state, id, n);
@@ -303,7 +303,7 @@ impl<'a> PlannedReads<'a> {
         }
     }
 
-    /// Drops the decoded segment whose next read lies furthest ahead, if after `at`; whether
+    /// Drops the fetched segment whose next read lies furthest ahead, if after `at`; whether
     /// one was dropped.
     fn drop_one_due_after(&self, state: &mut State, at: u64) -> bool {
         let furthest = (0..state.segments.len())

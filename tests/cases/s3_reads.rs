@@ -212,6 +212,17 @@ fn restore_ls_and_drill_from_s3_read_by_pack_and_cache_metadata() {
     assert!(pack_gets <= 2 * packs, "{pack_gets} pack reads for {packs} packs: {cold:#?}");
     assert!(cold.len() <= 2 * packs + metadata, "{} requests for {packs} packs: {cold:#?}", cold.len());
 
+    // Over the restored tree with --skip-identical: nothing differs, every planned read is
+    // skipped, and the result is still exact. (The fetchers may have read ahead before the
+    // writer found its files identical: at most once per pack.)
+    let before = proxy.count();
+    let again = json(remote.cairn(&["restore", "latest", "--skip-identical", "--target"]).arg(&target));
+    assert_eq!(again["summary"]["files_unchanged"], 404, "{again}");
+    assert_same_tree(&source, &target);
+    let skipped = proxy.since(before);
+    let pack_reads = skipped.iter().filter(|r| r.contains("/packs/")).count();
+    assert!(pack_reads <= packs, "{skipped:#?}");
+
     // Warm: the index, the snapshot and the trees come from the cache.
     let before = proxy.count();
     let target = scratch.join("again");
