@@ -179,13 +179,12 @@ fn packs(remote: &str) -> usize {
     cairn::backend::Backend::list(&backend, "packs").unwrap().len()
 }
 
-#[test]
-fn restore_ls_and_drill_from_s3_read_by_pack_and_cache_metadata() {
-    let proxy = Proxy::start();
-    let scratch = Scratch::new("s3-reads");
+/// A repository below `name` in the test bucket, reached through `proxy`, holding one snapshot
+/// of a tree of `small` small files and four big ones ([`build_tree`]); and that tree.
+fn snapshot_of_a_tree(proxy: &Proxy, scratch: &Scratch, name: &str, small: u64) -> (Remote, PathBuf, String) {
     let source = scratch.join("src");
-    build_tree(&source, 400);
-    let prefix = format!("reads-{}", std::process::id());
+    build_tree(&source, small);
+    let prefix = format!("{name}-{}", std::process::id());
     let remote = Remote {
         url: PathBuf::from(format!("s3://{BUCKET}/{prefix}")),
         endpoint: proxy.endpoint(),
@@ -193,6 +192,14 @@ fn restore_ls_and_drill_from_s3_read_by_pack_and_cache_metadata() {
     };
     ok(&mut remote.cairn(&["init"]));
     ok(remote.cairn(&["snapshot"]).arg(&source));
+    (remote, source, prefix)
+}
+
+#[test]
+fn restore_ls_and_drill_from_s3_read_by_pack_and_cache_metadata() {
+    let proxy = Proxy::start();
+    let scratch = Scratch::new("s3-reads");
+    let (remote, source, prefix) = snapshot_of_a_tree(&proxy, &scratch, "reads", 400);
     let packs = packs(&prefix);
     assert!(packs >= 3, "{packs} packs");
     // What any command costs before its own reads: the config (a HEAD and a GET), the key file
@@ -259,16 +266,7 @@ fn restore_ls_and_drill_from_s3_read_by_pack_and_cache_metadata() {
 fn a_connection_dropped_mid_restore_is_retried_and_the_result_is_exact() {
     let proxy = Proxy::start();
     let scratch = Scratch::new("s3-dropped");
-    let source = scratch.join("src");
-    build_tree(&source, 40);
-    let prefix = format!("dropped-{}", std::process::id());
-    let remote = Remote {
-        url: PathBuf::from(format!("s3://{BUCKET}/{prefix}")),
-        endpoint: proxy.endpoint(),
-        cache: scratch.join("cache"),
-    };
-    ok(&mut remote.cairn(&["init"]));
-    ok(remote.cairn(&["snapshot"]).arg(&source));
+    let (remote, source, _) = snapshot_of_a_tree(&proxy, &scratch, "dropped", 40);
     // The first range of a data pack that each restore reads loses its connection after 64 KiB:
     // with a cold cache, then with a warm one.
     for round in 0..2 {
