@@ -164,11 +164,6 @@ impl<'a> PlannedReads<'a> {
         PlannedReads { repo, index, state: Mutex::new(state), changed: Condvar::new() }
     }
 
-    /// Requests the plan needs at least: one per segment.
-    pub fn segments(&self) -> usize {
-        self.lock().segments.len()
-    }
-
     /// Runs `work` with this plan's fetchers reading ahead; they stop when it returns.
     pub fn run<R>(&self, work: impl FnOnce(&Self) -> R) -> R {
         std::thread::scope(|scope| {
@@ -323,13 +318,13 @@ impl<'a> PlannedReads<'a> {
     }
 
     /// The blobs of segment `n` still to be read, and the range of the pack that holds them.
-    fn remaining(&self, state: &State, n: usize) -> (Vec<Location>, u64, u64) {
-        let blobs: Vec<Location> = (state.segments[n].blobs.iter())
+    fn remaining(&self, state: &State, n: usize) -> (Vec<(Id, Location)>, u64, u64) {
+        let blobs: Vec<(Id, Location)> = (state.segments[n].blobs.iter())
             .filter(|id| state.blobs.get(id).is_some_and(|&(_, left)| left > 0))
-            .map(|id| *self.index.get(id).expect("planned blobs are indexed"))
+            .map(|id| (*id, *self.index.get(id).expect("planned blobs are indexed")))
             .collect();
-        let start = blobs.iter().map(|l| l.offset as u64).min().unwrap_or(0);
-        let end = blobs.iter().map(|l| l.offset as u64 + l.stored_len as u64).max().unwrap_or(0);
+        let start = blobs.iter().map(|(_, l)| l.offset as u64).min().unwrap_or(0);
+        let end = blobs.iter().map(|(_, l)| l.offset as u64 + l.stored_len as u64).max().unwrap_or(0);
         (blobs, start, end)
     }
 
@@ -343,11 +338,7 @@ impl<'a> PlannedReads<'a> {
     /// the lock. It keeps the stored bytes of the blobs still to be read, each on its own, so
     /// that each is dropped as soon as its last read is made.
     fn fetch<'s>(&'s self, mut state: MutexGuard<'s, State>, n: usize) -> MutexGuard<'s, State> {
-        let (_, start, end) = self.remaining(&state, n);
-        let ids: Vec<Id> = (state.segments[n].blobs.iter())
-            .filter(|id| state.blobs.get(id).is_some_and(|&(_, left)| left > 0))
-            .copied()
-            .collect();
+        let (blobs, start, end) = self.remaining(&state, n);
         state.held += end - start;
         let segment = &mut state.segments[n];
         segment.slot = Slot::Fetching;
@@ -355,12 +346,11 @@ impl<'a> PlannedReads<'a> {
         let key = Repository::pack_key(&segment.pack);
         drop(state);
         let fetched = self.repo.backend().get_range(&key, start, end - start).map(|span| {
-            let blob = |id: &Id| {
-                let l = self.index.get(id).expect("planned blobs are indexed");
+            let blob = |(id, l): &(Id, Location)| {
                 let at = (l.offset as u64 - start) as usize;
                 (*id, Arc::new(span[at..at + l.stored_len as usize].to_vec()))
             };
-            ids.iter().map(blob).collect::<HashMap<_, _>>()
+            blobs.iter().map(blob).collect::<HashMap<_, _>>()
         });
         let mut guard = self.lock();
         let state = &mut *guard;
