@@ -310,7 +310,12 @@ impl Walker<'_> {
             return Ok(());
         }
         let name = path.last().expect("a name").clone();
-        let inner = dir.open_dir(&name).map_err(|e| self.io(path, e))?;
+        self.all_deleted(dir, &name, path)
+    }
+
+    /// Every entry below the directory `name` in `dir` (at `path`) goes, in name order.
+    fn all_deleted(&mut self, dir: &Dir, name: &[u8], path: &mut Vec<Vec<u8>>) -> Result<()> {
+        let inner = dir.open_dir(name).map_err(|e| self.io(path, e))?;
         let mut names = inner.names().map_err(|e| self.io(path, e))?;
         names.sort();
         for child in names {
@@ -369,19 +374,7 @@ impl Walker<'_> {
         if kind(st.st_mode) != want_kind {
             self.plan.replaced.push(shown(path));
             if is_dir(st) {
-                let inner = dir.open_dir(&name).map_err(|e| self.io(path, e))?;
-                let mut names = inner.names().map_err(|e| self.io(path, e))?;
-                names.sort();
-                for child in names {
-                    path.push(child.clone());
-                    let result = match inner.stat(&child) {
-                        Ok(st) => self.deleted(&inner, path, &st),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                        Err(e) => Err(self.io(path, e)),
-                    };
-                    path.pop();
-                    result?;
-                }
+                self.all_deleted(dir, &name, path)?;
             }
             return self.created_below(path, want);
         }
