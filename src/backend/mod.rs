@@ -30,6 +30,15 @@ pub trait Backend: Send + Sync {
     /// `len` bytes from `offset`. Reading past the end is an error.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
 
+    /// The parts `(offset, len)` of `key` (in order, not overlapping, not empty), read with one request
+    /// for the span from the first to the end of the last, each part in its own buffer: the
+    /// gaps between them are never kept, nor the span whole beside its parts.
+    fn get_parts(&self, key: &str, parts: &[(u64, usize)]) -> Result<Vec<Vec<u8>>> {
+        let Some((start, end)) = span(parts) else { return Ok(Vec::new()) };
+        let whole = self.get_range(key, start, end - start)?;
+        Ok(parts.iter().map(|&(at, len)| whole[(at - start) as usize..][..len].to_vec()).collect())
+    }
+
     /// The object's length in bytes.
     fn size(&self, key: &str) -> Result<u64>;
 
@@ -73,6 +82,12 @@ pub trait Backend: Send + Sync {
     fn requests(&self) -> Option<RequestCounts> {
         None
     }
+}
+
+/// The bytes from the first of `parts` to the end of the last, or `None` when there are none.
+pub fn span(parts: &[(u64, usize)]) -> Option<(u64, u64)> {
+    let (first, last) = (parts.first()?, parts.last()?);
+    Some((first.0, last.0 + last.1 as u64))
 }
 
 /// Whether an error is a refusal for want of rights (a 403 from an object store, `EACCES` from a

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use object_store::{GetOptions, GetRange, ObjectStore, PutMode, PutOptions, PutPayload};
 
 use super::{Backend, RequestCounts};
 use crate::error::{Error, Result};
@@ -190,6 +190,49 @@ impl ObjectBackend {
     }
 }
 
+/// A body read from the first part's offset, cut into the parts as its chunks arrive.
+struct Cut<'p> {
+    parts: &'p [(u64, usize)],
+    out: Vec<Vec<u8>>,
+    /// Where in the object the next byte of the body lies.
+    at: u64,
+}
+
+impl<'p> Cut<'p> {
+    fn new(parts: &'p [(u64, usize)]) -> Cut<'p> {
+        Cut { parts, out: Vec::with_capacity(parts.len()), at: parts.first().map_or(0, |p| p.0) }
+    }
+
+    fn feed(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            // The part being filled: the last one begun, unless it is full.
+            let n = match self.out.last() {
+                Some(part) if part.len() < self.parts[self.out.len() - 1].1 => self.out.len() - 1,
+                _ => self.out.len(),
+            };
+            let Some(&(offset, len)) = self.parts.get(n) else { return };
+            let take = if self.at < offset {
+                chunk.len().min((offset - self.at) as usize) // a gap between parts
+            } else {
+                if n == self.out.len() {
+                    self.out.push(Vec::with_capacity(len));
+                }
+                let take = chunk.len().min(len - self.out[n].len());
+                self.out[n].extend_from_slice(&chunk[..take]);
+                take
+            };
+            (chunk, self.at) = (&chunk[take..], self.at + take as u64);
+        }
+    }
+
+    /// The parts, if the body held them all.
+    fn parts(self) -> Option<Vec<Vec<u8>>> {
+        let whole = self.out.len() == self.parts.len()
+            && self.out.iter().zip(self.parts).all(|(part, &(_, len))| part.len() == len);
+        whole.then_some(self.out)
+    }
+}
+
 impl Backend for ObjectBackend {
     fn location(&self) -> String {
         self.location.clone()
@@ -210,6 +253,27 @@ impl Backend for ObjectBackend {
             ));
         }
         Ok(Vec::from(bytes))
+    }
+
+    fn get_parts(&self, key: &str, parts: &[(u64, usize)]) -> Result<Vec<Vec<u8>>> {
+        let Some((start, end)) = super::span(parts) else { return Ok(Vec::new()) };
+        let path = self.path(key);
+        // The body is cut into the parts as it arrives, so the span is never held whole.
+        let cut = self.reading(key, || async {
+            let options = GetOptions { range: Some(GetRange::Bounded(start..end)), ..Default::default() };
+            let mut body = self.store.get_opts(&path, options).await?.into_stream();
+            let mut cut = Cut::new(parts);
+            while let Some(chunk) = body.try_next().await? {
+                cut.feed(&chunk);
+            }
+            Ok(cut)
+        })?;
+        cut.parts().ok_or_else(|| {
+            Error::corrupt(
+                format!("{}/{key}", self.location),
+                format!("truncated: wanted {} bytes at {start}", end - start),
+            )
+        })
     }
 
     fn size(&self, key: &str) -> Result<u64> {
@@ -287,6 +351,21 @@ impl Backend for ObjectBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_is_cut_into_its_parts_wherever_its_chunks_end() {
+        let body: Vec<u8> = (0..200u8).collect();
+        let parts = [(10u64, 5usize), (15, 1), (40, 60), (150, 50)];
+        let wanted: Vec<Vec<u8>> = parts.iter().map(|&(at, len)| body[at as usize..][..len].to_vec()).collect();
+        for size in [1, 2, 3, 7, 64, 190] {
+            let mut cut = Cut::new(&parts);
+            body[10..].chunks(size).for_each(|chunk| cut.feed(chunk));
+            assert_eq!(cut.parts().as_ref(), Some(&wanted), "chunks of {size}");
+        }
+        let mut short = Cut::new(&parts);
+        short.feed(&body[10..199]);
+        assert_eq!(short.parts(), None, "a body cut short is not taken for the parts");
+    }
 
     #[test]
     fn locations_parse_into_store_and_prefix() {
