@@ -245,8 +245,10 @@ pub fn restore(
         return restore_selected(repo, index, snapshot, options, progress, root, &selected, None);
     }
     // An object store: every request costs a round trip, so the content is read by pack, ahead
-    // of a writer that writes in the plan's order, on one thread (the fetchers decode).
-    let plan = PlannedReads::new(repo, index, planned_blobs(repo, index, snapshot, &selected));
+    // of a writer that writes in the plan's order, on one thread; unless it may leave files as
+    // they were, decoders decode ahead of it on the other cores.
+    let blobs = planned_blobs(repo, index, snapshot, &selected);
+    let plan = PlannedReads::new(repo, index, blobs, !options.skip_identical);
     let writer = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
@@ -258,37 +260,51 @@ pub fn restore(
 
 /// The data blobs a restore of `selected` reads, in the order it reads them when it writes on
 /// one thread: each directory's entries in order, a subdirectory's whole content before the next
-/// entry, a file's chunks once per set of hard links. Trees that cannot be read are left out
-/// (the restore reports them). A loop over a stack: no recursion, whatever the depth.
+/// entry, a file's chunks once per set of hard links; a directory [`ROUND_DEPTH`] levels below
+/// where a walk began waits for the next round, as [`Rounds`] has it. Trees that cannot be read
+/// are left out (the restore reports them). Loops over stacks: no recursion, whatever the depth.
 fn planned_blobs(repo: &Repository, index: &Index, snapshot: &Snapshot, selected: &Selection) -> Vec<Id> {
     let mut blobs = Vec::new();
     let mut linked = HashSet::new();
+    // Each walk of a round: the entries it starts with, at depth 0.
+    let mut round: Vec<Vec<Node>> = Vec::new();
     for (_, node) in selected {
-        let mut stack: Vec<(Vec<Node>, usize)> = match node {
-            None => match repo.read_tree(index, &snapshot.tree) {
-                Ok(tree) => vec![(tree.nodes, 0)],
-                Err(_) => continue,
-            },
-            Some(node) => vec![(vec![node.clone()], 0)],
-        };
-        while let Some((nodes, next)) = stack.last_mut() {
-            let Some(node) = nodes.get(*next) else {
-                stack.pop();
-                continue;
-            };
-            *next += 1;
-            match &node.content {
-                Content::File { chunks } if node.meta.nlink <= 1 || linked.insert((node.meta.dev, node.meta.ino)) => {
-                    blobs.extend_from_slice(chunks)
-                }
-                Content::Dir { subtree } => {
-                    if let Ok(tree) = repo.read_tree(index, subtree) {
-                        stack.push((tree.nodes, 0));
+        match node {
+            None => round.extend(repo.read_tree(index, &snapshot.tree).ok().map(|tree| tree.nodes)),
+            Some(node) => round.push(vec![node.clone()]),
+        }
+    }
+    while !round.is_empty() {
+        let mut next_round = Vec::new();
+        for walk in round {
+            // (entries, the next to visit, their depth)
+            let mut stack: Vec<(Vec<Node>, usize, usize)> = vec![(walk, 0, 0)];
+            while let Some((nodes, next, depth)) = stack.last_mut() {
+                let Some(node) = nodes.get(*next) else {
+                    stack.pop();
+                    continue;
+                };
+                *next += 1;
+                let depth = *depth;
+                match &node.content {
+                    Content::File { chunks }
+                        if node.meta.nlink <= 1 || linked.insert((node.meta.dev, node.meta.ino)) =>
+                    {
+                        blobs.extend_from_slice(chunks)
                     }
+                    Content::Dir { subtree } => {
+                        if let Ok(tree) = repo.read_tree(index, subtree) {
+                            match depth + 1 < ROUND_DEPTH {
+                                true => stack.push((tree.nodes, 0, depth + 1)),
+                                false => next_round.push(tree.nodes),
+                            }
+                        }
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
+        round = next_round;
     }
     blobs
 }

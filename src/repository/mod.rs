@@ -198,10 +198,15 @@ impl Repository {
         location: &str,
         passphrase: Option<&str>,
     ) -> Result<Repository> {
-        if !backend.exists("config")? {
-            return Err(Error::NotARepository(PathBuf::from(location)));
-        }
-        let bytes = backend.get("config")?;
+        // One request, not a look and then a read: on an object store each is a round trip.
+        let bytes = match backend.get("config") {
+            Err(Error::Io { source, .. })
+                if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) =>
+            {
+                return Err(Error::NotARepository(PathBuf::from(location)));
+            }
+            read => read?,
+        };
         let file = format!("{}/config", backend.location());
         if !envelope::is_encrypted(&bytes) {
             let config = Config::decode(&bytes, &file)?;

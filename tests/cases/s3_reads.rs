@@ -262,6 +262,43 @@ fn restore_ls_and_drill_from_s3_read_by_pack_and_cache_metadata() {
     assert!(drilled.len() <= 2 * packs + metadata + 2, "{} requests: {drilled:#?}", drilled.len());
 }
 
+/// A tree deeper than a restore walks in one round (src/restore.rs, `ROUND_DEPTH`): the plan
+/// follows the rounds, so the deep files' chunks come with their packs, not one GET each.
+#[test]
+fn a_tree_deeper_than_a_round_is_read_by_pack() {
+    let proxy = Proxy::start();
+    let scratch = Scratch::new("s3-deep");
+    let source = scratch.join("src");
+    let mut dir = source.clone();
+    for level in 0..48u64 {
+        dir = dir.join(format!("d{level}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_noise_file(&dir.join("a"), 40 * 1024, 2 * level + 1);
+        write_noise_file(&dir.join("b"), 40 * 1024, 2 * level + 2);
+    }
+    // Restored in the first round, after the chain's first 32 levels and before the rest.
+    std::fs::create_dir_all(source.join("z")).unwrap();
+    for n in 0..16 {
+        write_noise_file(&source.join("z").join(format!("{n}")), 40 * 1024, 1000 + n);
+    }
+    let remote = Remote {
+        url: PathBuf::from(format!("s3://{BUCKET}/deep-{}", std::process::id())),
+        endpoint: proxy.endpoint(),
+        cache: scratch.join("cache"),
+    };
+    ok(&mut remote.cairn(&["init"]));
+    ok(remote.cairn(&["snapshot"]).arg(&source));
+    let packs = packs(&format!("deep-{}", std::process::id()));
+    let from = proxy.count();
+    let target = scratch.join("restored");
+    ok(remote.cairn(&["restore", "latest", "--target"]).arg(&target));
+    assert_same_tree(&source, &target);
+    let requests = proxy.since(from);
+    let pack_gets = requests.iter().filter(|r| r.starts_with("GET ") && r.contains("/packs/")).count();
+    eprintln!("{pack_gets} pack reads for {packs} packs");
+    assert!(pack_gets <= 2 * packs, "{pack_gets} pack reads for {packs} packs: {requests:#?}");
+}
+
 #[test]
 fn a_connection_dropped_mid_restore_is_retried_and_the_result_is_exact() {
     let proxy = Proxy::start();
