@@ -15,6 +15,8 @@
 #                          chunk per page, beside 6 MiB of plain files
 #        DELAYS    added round trips in ms (default "0 20"); a delay goes through
 #                  benches/delay_proxy.py, which holds every chunk half of it in each direction
+#        OUT_DIR   where the restores write (default WORK_DIR); a tmpfs such as /dev/shm takes
+#                  the disk's writeback out of the timings, which on a VM varies 3x run to run
 # needs: moto_server and boto3 (pip install 'moto[server]'), python3; restic (skipped if absent).
 #
 # Per dataset, not timed: snapshot the versions into a local cairn repository and `cairn sync`
@@ -161,7 +163,7 @@ for ds in $DATASETS; do
   PACKS=$(objects "cairn-$ds" packs/); META=$(objects "cairn-$ds" config keys/ index/ snapshots/)
 
   for d in $DELAYS; do
-    E=${ENDPOINT[$d]}; OUT=$WORK/restore; DOWN=$WORK/down
+    E=${ENDPOINT[$d]}; OUT=${OUT_DIR:-$WORK}/restore; DOWN=$WORK/down
     rm -rf "$OUT"
     if timed s3-restore "AWS_ENDPOINT_URL=$E '$CAIRN' --quiet --repo $S3 restore latest --target $OUT"; then
       compare "$NEWEST" "$OUT"; report "$ds" "$d" s3-restore "$SAME"
