@@ -89,10 +89,12 @@ struct Ahead {
     /// Each planned blob's positions in `order`, ascending.
     positions: HashMap<Id, Vec<usize>>,
     state: Mutex<AheadState>,
-    changed: Condvar,
+    /// The writer waits on it for the read it is at.
+    decoded: Condvar,
+    /// Decoders wait on it for room in the window.
+    space: Condvar,
 }
 
-#[derive(Default)]
 struct AheadState {
     /// The next position a decoder takes.
     claimed: usize,
@@ -102,12 +104,33 @@ struct AheadState {
     ready: BTreeMap<usize, Result<Vec<u8>>>,
     /// Their decoded bytes.
     bytes: u64,
+    /// [`WINDOW`], but for tests.
+    window: u64,
+    /// The position the writer waits for, if it waits.
+    writer_waits: Option<usize>,
+    /// Decoders waiting for room.
+    idle: usize,
     stop: bool,
+}
+
+impl AheadState {
+    /// Whether a decoder may take the next read: the window has room, or the writer has caught up.
+    fn has_room(&self) -> bool {
+        self.bytes < self.window || self.claimed <= self.cursor
+    }
 }
 
 impl Ahead {
     fn lock(&self) -> MutexGuard<'_, AheadState> {
         self.state.lock().expect("poisoned")
+    }
+
+    /// Wakes the decoders waiting for room, if there is room now. (Waking them on every read
+    /// cost a tenth of a restore's time in futex calls.)
+    fn wake_decoders(&self, state: &AheadState) {
+        if state.idle > 0 && state.has_room() {
+            self.space.notify_all();
+        }
     }
 
     /// The first planned read of `id` at or after position `from`.
@@ -126,7 +149,8 @@ impl Drop for Stop<'_, '_> {
         self.0.room.notify_all();
         if let Some(ahead) = &self.0.ahead {
             ahead.lock().stop = true;
-            ahead.changed.notify_all();
+            ahead.decoded.notify_all();
+            ahead.space.notify_all();
         }
     }
 }
@@ -170,6 +194,9 @@ struct State {
     held: u64,
     /// Bytes of blobs dropped since memory was last given back ([`give_back`]).
     freed: u64,
+    /// Bytes of blobs dropped since the fetchers were last woken: they are woken for room
+    /// once it is a sixteenth of the budget, not for each blob.
+    unnoticed: u64,
     stop: bool,
 }
 
@@ -238,6 +265,7 @@ impl<'a> PlannedReads<'a> {
             may_leave: !ahead,
             held: 0,
             freed: 0,
+            unnoticed: 0,
             stop: false,
         };
         for (n, (pack, ids)) in segments.into_iter().enumerate() {
@@ -263,8 +291,18 @@ impl<'a> PlannedReads<'a> {
         let ahead = ahead.then(|| Ahead {
             order,
             positions,
-            state: Mutex::new(AheadState::default()),
-            changed: Condvar::new(),
+            state: Mutex::new(AheadState {
+                claimed: 0,
+                cursor: 0,
+                ready: BTreeMap::new(),
+                bytes: 0,
+                window: WINDOW,
+                writer_waits: None,
+                idle: 0,
+                stop: false,
+            }),
+            decoded: Condvar::new(),
+            space: Condvar::new(),
         });
         PlannedReads {
             repo,
@@ -307,12 +345,14 @@ impl<'a> PlannedReads<'a> {
         state = self.advance(ahead, state, at);
         loop {
             if let Some(read) = state.ready.remove(&at) {
+                state.writer_waits = None;
                 state.bytes -= read.as_ref().map_or(0, |plain| plain.len() as u64);
                 state.cursor = at + 1;
-                ahead.changed.notify_all();
+                ahead.wake_decoders(&state);
                 return read;
             }
-            state = ahead.changed.wait(state).expect("poisoned");
+            state.writer_waits = Some(at);
+            state = ahead.decoded.wait(state).expect("poisoned");
         }
     }
 
@@ -343,7 +383,7 @@ impl<'a> PlannedReads<'a> {
         state.bytes -= dropped;
         state.ready = kept;
         state.cursor = to;
-        ahead.changed.notify_all();
+        ahead.wake_decoders(&state);
         if state.claimed < to {
             let skipped = ahead.order[state.claimed..to].to_vec();
             state.claimed = to;
@@ -364,11 +404,13 @@ impl<'a> PlannedReads<'a> {
                 if state.stop || state.claimed >= ahead.order.len() {
                     return;
                 }
-                if state.bytes < WINDOW || state.claimed <= state.cursor {
+                if state.has_room() {
                     state.claimed += 1;
                     break state.claimed - 1;
                 }
-                state = ahead.changed.wait(state).expect("poisoned");
+                state.idle += 1;
+                state = ahead.space.wait(state).expect("poisoned");
+                state.idle -= 1;
             };
             drop(state);
             let read = self.take(&ahead.order[at]);
@@ -377,7 +419,9 @@ impl<'a> PlannedReads<'a> {
                 state.bytes += read.as_ref().map_or(0, |plain| plain.len() as u64);
                 state.ready.insert(at, read);
             }
-            ahead.changed.notify_all();
+            if state.writer_waits == Some(at) || state.stop {
+                ahead.decoded.notify_one();
+            }
         }
     }
 
@@ -441,8 +485,9 @@ impl<'a> PlannedReads<'a> {
     }
 
     /// One planned read of `id`, in segment `n`, made (or skipped): drops the blob's bytes after
-    /// its last read, and the segment after its last. Wakes the fetchers when that makes room or
-    /// changes what they wait for, and every [`NUDGE`] reads (each moves what is due when).
+    /// its last read, and the segment after its last. Wakes the fetchers when that makes room
+    /// (a segment, or a sixteenth of the budget in blobs) or changes what they wait for, and
+    /// every [`NUDGE`] reads (each moves what is due when).
     fn used(&self, state: &mut State, id: &Id, n: usize) {
         state.position += 1;
         let mut nudge = state.position % NUDGE == 0;
@@ -454,7 +499,8 @@ impl<'a> PlannedReads<'a> {
                         state.segments[n].held -= bytes.len() as u64;
                         state.held -= bytes.len() as u64;
                         state.freed += bytes.len() as u64;
-                        nudge = true;
+                        state.unnoticed += bytes.len() as u64;
+                        nudge |= state.unnoticed >= self.budget / 16;
                     }
                 }
             }
@@ -478,6 +524,7 @@ impl<'a> PlannedReads<'a> {
             nudge = true;
         }
         if nudge {
+            state.unnoticed = 0;
             self.room.notify_all();
         }
     }
@@ -622,25 +669,52 @@ mod tests {
         (repo, index, stored)
     }
 
+    impl PlannedReads<'_> {
+        /// Decoders hold about two blobs ahead, so that they wait for room all the time.
+        fn small_window(&mut self) {
+            if let Some(ahead) = &mut self.ahead {
+                ahead.state.get_mut().unwrap().window = 32 * 1024;
+            }
+        }
+    }
+
+    /// Runs `test` on its own thread and fails if it has not ended within a minute: a lost
+    /// wake-up hangs the readers rather than failing them.
+    fn within_a_minute(test: impl FnOnce() + Send + 'static) {
+        let (done, ended) = std::sync::mpsc::channel();
+        let test = std::thread::spawn(move || {
+            test();
+            done.send(()).ok();
+        });
+        match ended.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(()) => test.join().unwrap(),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::panic::resume_unwind(test.join().unwrap_err()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("hung: a lost wake-up"),
+        }
+    }
+
     fn gets(repo: &Repository) -> u64 {
         repo.backend().requests().unwrap().get
     }
 
     #[test]
     fn in_plan_order_each_pack_is_read_once() {
-        let (repo, index, blobs) = repository(200);
-        let packs = index.packs.len() as u64;
-        assert!(packs > 10, "{packs} packs");
-        for ahead in [false, true] {
-            let before = gets(&repo);
-            let plan = PlannedReads::new(&repo, &index, blobs.iter().map(|(id, _)| *id).collect(), ahead);
-            plan.run(|reads| {
-                for (id, data) in &blobs {
-                    assert_eq!(&reads.read(id).unwrap(), data);
-                }
-            });
-            assert_eq!(gets(&repo) - before, packs, "ahead: {ahead}");
-        }
+        within_a_minute(|| {
+            let (repo, index, blobs) = repository(200);
+            let packs = index.packs.len() as u64;
+            assert!(packs > 10, "{packs} packs");
+            for ahead in [false, true] {
+                let before = gets(&repo);
+                let mut plan = PlannedReads::new(&repo, &index, blobs.iter().map(|(id, _)| *id).collect(), ahead);
+                plan.small_window();
+                plan.run(|reads| {
+                    for (id, data) in &blobs {
+                        assert_eq!(&reads.read(id).unwrap(), data);
+                    }
+                });
+                assert_eq!(gets(&repo) - before, packs, "ahead: {ahead}");
+            }
+        });
     }
 
     /// A reader that strays from its plan: a file given up half way, blobs skipped, a blob read
@@ -648,34 +722,42 @@ mod tests {
     /// Every read is right, nothing hangs, and the packs are read about once each.
     #[test]
     fn every_straying_from_the_plan_still_reads_right() {
-        let (repo, index, blobs) = repository(300);
-        let id = |n: usize| blobs[n].0;
-        let mut order: Vec<Id> = (0..250).map(id).collect();
-        order.insert(100, id(99)); // 99 twice in a row
-        order.push(id(7)); // and 7 again at the end
-        let unknown = Id([7; 32]);
-        order.insert(20, unknown); // never stored: not planned
-        for ahead in [false, true] {
-            let before = gets(&repo);
-            let plan = PlannedReads::new(&repo, &index, order.clone(), ahead);
-            plan.run(|reads| {
-                let check = |n: usize| assert_eq!(reads.read(&id(n)).unwrap(), blobs[n].1, "blob {n}, ahead {ahead}");
-                (0..20).for_each(check);
-                assert!(reads.read(&unknown).is_err());
-                (20..40).for_each(check);
-                // 40..60 given up half way: never read, nor skipped.
-                (60..70).for_each(check);
-                reads.skip(&(70..90).map(id).collect::<Vec<_>>());
-                (90..100).for_each(check);
-                check(99);
-                (100..250).for_each(check);
-                check(280); // never planned
-                check(7);
-                check(7); // once more than planned
-            });
-            let read = gets(&repo) - before;
-            assert!(read <= index.packs.len() as u64 + 8, "{read} GETs for {} packs, ahead {ahead}", index.packs.len());
-        }
+        within_a_minute(|| {
+            let (repo, index, blobs) = repository(300);
+            let id = |n: usize| blobs[n].0;
+            let mut order: Vec<Id> = (0..250).map(id).collect();
+            order.insert(100, id(99)); // 99 twice in a row
+            order.push(id(7)); // and 7 again at the end
+            let unknown = Id([7; 32]);
+            order.insert(20, unknown); // never stored: not planned
+            for ahead in [false, true] {
+                let before = gets(&repo);
+                let mut plan = PlannedReads::new(&repo, &index, order.clone(), ahead);
+                plan.small_window();
+                plan.run(|reads| {
+                    let check =
+                        |n: usize| assert_eq!(reads.read(&id(n)).unwrap(), blobs[n].1, "blob {n}, ahead {ahead}");
+                    (0..20).for_each(check);
+                    assert!(reads.read(&unknown).is_err());
+                    (20..40).for_each(check);
+                    // 40..60 given up half way: never read, nor skipped.
+                    (60..70).for_each(check);
+                    reads.skip(&(70..90).map(id).collect::<Vec<_>>());
+                    (90..100).for_each(check);
+                    check(99);
+                    (100..250).for_each(check);
+                    check(280); // never planned
+                    check(7);
+                    check(7); // once more than planned
+                });
+                let read = gets(&repo) - before;
+                assert!(
+                    read <= index.packs.len() as u64 + 8,
+                    "{read} GETs for {} packs, ahead {ahead}",
+                    index.packs.len()
+                );
+            }
+        });
     }
 
     /// One blob read again every few reads (a chunk many files share) while the budget holds
@@ -683,29 +765,32 @@ mod tests {
     /// whose reads are over and drop it each time (that sent a GET per read of it).
     #[test]
     fn a_blob_read_all_along_is_not_fetched_for_each_read() {
-        let (repo, index, blobs) = repository(300);
-        let shared = blobs[0].0;
-        let mut order = Vec::new();
-        for (n, (id, _)) in blobs.iter().enumerate().skip(1) {
-            order.push(*id);
-            if n % 4 == 0 {
-                order.push(shared);
-            }
-        }
-        for ahead in [false, true] {
-            let before = gets(&repo);
-            let mut plan = PlannedReads::new(&repo, &index, order.clone(), ahead);
-            plan.budget = 128 * 1024;
-            plan.run(|reads| {
-                for id in &order {
-                    let data = &blobs.iter().find(|(b, _)| b == id).unwrap().1;
-                    assert_eq!(&reads.read(id).unwrap(), data);
+        within_a_minute(|| {
+            let (repo, index, blobs) = repository(300);
+            let shared = blobs[0].0;
+            let mut order = Vec::new();
+            for (n, (id, _)) in blobs.iter().enumerate().skip(1) {
+                order.push(*id);
+                if n % 4 == 0 {
+                    order.push(shared);
                 }
-            });
-            let read = gets(&repo) - before;
-            let packs = index.packs.len() as u64;
-            assert!(read <= 3 * packs, "{read} GETs for {packs} packs and 75 reads of one blob, ahead {ahead}");
-        }
+            }
+            for ahead in [false, true] {
+                let before = gets(&repo);
+                let mut plan = PlannedReads::new(&repo, &index, order.clone(), ahead);
+                plan.budget = 128 * 1024;
+                plan.small_window();
+                plan.run(|reads| {
+                    for id in &order {
+                        let data = &blobs.iter().find(|(b, _)| b == id).unwrap().1;
+                        assert_eq!(&reads.read(id).unwrap(), data);
+                    }
+                });
+                let read = gets(&repo) - before;
+                let packs = index.packs.len() as u64;
+                assert!(read <= 3 * packs, "{read} GETs for {packs} packs and 75 reads of one blob, ahead {ahead}");
+            }
+        });
     }
 
     #[test]
