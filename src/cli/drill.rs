@@ -49,9 +49,9 @@ fn catch_signals() {
 }
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
-    let repo = context.open_cached()?;
+    let (repo, lock) = context.open_cached_read_locked("drill")?;
     let mut audit = Run::start("drill", args.filters.source.as_deref().unwrap_or(""));
-    let _lock = match super::read_lock(&repo, "drill", context.lock_wait) {
+    let _lock = match lock {
         Ok(lock) => lock,
         Err(e) => {
             audit.record.errors.push(e.to_string());

@@ -28,8 +28,7 @@ pub struct Args {
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open_cached()?;
-    let (id, snapshot) = super::filter::find(&repo, &args.snapshot, &args.filters)?;
-    let index = repo.load_index()?;
+    let ((id, snapshot), index) = super::find_with_index(&repo, &args.snapshot, &args.filters)?;
     super::warn_damage(&repo);
     let start = find_node(&repo, &index, &snapshot.tree, &args.path, &id.short())?;
     let prefix = args.path.trim_end_matches('/').to_string();

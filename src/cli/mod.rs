@@ -155,6 +155,20 @@ impl Context {
         Ok(repo)
     }
 
+    /// [`Context::open_cached`] for a command that only reads, with its [`read_lock`] taken
+    /// while the key is derived (the lock's failure is the caller's to report).
+    pub fn open_cached_read_locked(
+        &self,
+        command: &str,
+    ) -> Result<(Repository, Result<Option<cairn::repository::lock::Lock>>)> {
+        let location = self.location();
+        let backend = Repository::backend_at(&location)?;
+        let (mut repo, lock) =
+            Repository::open_alongside(backend, &location, |backend| read_lock_on(backend, command, self.lock_wait))?;
+        self.cache_for(&mut repo);
+        Ok((repo, lock))
+    }
+
     /// Makes `repo` read through the cache, if there is one; a cache that cannot be made only
     /// costs requests, and is said so.
     pub fn cache_for(&self, repo: &mut Repository) {
@@ -206,7 +220,17 @@ pub fn read_lock(
     command: &str,
     wait: std::time::Duration,
 ) -> Result<Option<cairn::repository::lock::Lock>> {
-    match repo.lock(cairn::repository::lock::LockKind::Shared, command, wait) {
+    read_lock_on(repo.backend_arc(), command, wait)
+}
+
+/// [`read_lock`] on a repository's backend (taken while the repository is opened).
+fn read_lock_on(
+    backend: std::sync::Arc<dyn cairn::backend::Backend>,
+    command: &str,
+    wait: std::time::Duration,
+) -> Result<Option<cairn::repository::lock::Lock>> {
+    use cairn::repository::lock::{Lock, LockKind};
+    match Lock::acquire(backend, LockKind::Shared, command, wait) {
         Ok(lock) => Ok(Some(lock)),
         Err(cairn::error::Error::Io { path, source }) if cannot_write(&source) => {
             errln!(
@@ -225,6 +249,21 @@ pub fn read_lock(
 fn cannot_write(error: &std::io::Error) -> bool {
     error.kind() == std::io::ErrorKind::PermissionDenied
         || matches!(error.raw_os_error(), Some(libc::EROFS | libc::ENOSPC | libc::EDQUOT))
+}
+
+/// The snapshot `spec` picks ([`filter::find`]) and the index, read at once: on an object store
+/// each is a listing and a read, two round trips the other need not wait for.
+pub fn find_with_index(
+    repo: &Repository,
+    spec: &str,
+    filters: &filter::FilterArgs,
+) -> cairn::error::Result<((cairn::id::Id, cairn::format::snapshot::Snapshot), cairn::repository::index::Index)> {
+    std::thread::scope(|scope| {
+        let index = scope.spawn(|| repo.load_index());
+        let found = filter::find(repo, spec, filters);
+        let index = index.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Ok((found?, index?))
+    })
 }
 
 /// Prints a warning for every damaged repository file the command skipped; true if any.

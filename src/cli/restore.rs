@@ -48,10 +48,9 @@ pub struct Args {
 }
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
-    let repo = context.open_cached()?;
-    let _lock = super::read_lock(&repo, "restore", context.lock_wait)?;
-    let (id, snapshot) = super::filter::find(&repo, &args.snapshot, &args.filters)?;
-    let index = repo.load_index()?;
+    let (repo, lock) = context.open_cached_read_locked("restore")?;
+    let _lock = lock?;
+    let ((id, snapshot), index) = super::find_with_index(&repo, &args.snapshot, &args.filters)?;
     super::warn_damage(&repo);
     let progress = Progress::new("restore", context.quiet || context.json);
     let mode = match (args.in_place, args.overwrite || args.skip_identical) {

@@ -198,6 +198,27 @@ impl Repository {
         location: &str,
         passphrase: Option<&str>,
     ) -> Result<Repository> {
+        Self::open_with_alongside(backend, location, passphrase, |_| ()).map(|(repo, ())| repo)
+    }
+
+    /// [`Repository::open_location_on`] that runs `alongside` on the backend while the key is
+    /// derived, once `config` shows that a repository is there (nothing is written where there
+    /// is none). A lock taken that way costs no time of its own: on an object store its two
+    /// round trips go beside the key file's two and the key derivation.
+    pub fn open_alongside<T: Send>(
+        backend: Arc<dyn Backend>,
+        location: &str,
+        alongside: impl FnOnce(Arc<dyn Backend>) -> T + Send,
+    ) -> Result<(Repository, T)> {
+        Self::open_with_alongside(backend, local_path(location), None, alongside)
+    }
+
+    fn open_with_alongside<T: Send>(
+        backend: Arc<dyn Backend>,
+        location: &str,
+        passphrase: Option<&str>,
+        alongside: impl FnOnce(Arc<dyn Backend>) -> T + Send,
+    ) -> Result<(Repository, T)> {
         // One request, not a look and then a read: on an object store each is a round trip.
         let bytes = match backend.get("config") {
             Err(Error::Io { source, .. })
@@ -210,18 +231,27 @@ impl Repository {
         let file = format!("{}/config", backend.location());
         if !envelope::is_encrypted(&bytes) {
             let config = Config::decode(&bytes, &file)?;
-            return Ok(Self::assemble(backend, config, None, None));
+            let beside = alongside(backend.clone());
+            return Ok((Self::assemble(backend, config, None, None), beside));
         }
         let passphrase = match passphrase {
             Some(given) => given.to_string(),
             None => crate::crypto::passphrase(location)?,
         };
-        // The key is the one that opens `config`: a key file left by an `init` that crashed before
-        // its config may open with the same passphrase but hold another master key.
-        let (keys, key_used, plain) =
-            unlock(&*backend, location, &passphrase, |keys| envelope::decrypt(&bytes, Some(keys), &file))?;
+        let (unlocked, beside) = std::thread::scope(|scope| {
+            let beside = {
+                let backend = backend.clone();
+                scope.spawn(move || alongside(backend))
+            };
+            // The key is the one that opens `config`: a key file left by an `init` that crashed
+            // before its config may open with the same passphrase but hold another master key.
+            let unlocked =
+                unlock(&*backend, location, &passphrase, |keys| envelope::decrypt(&bytes, Some(keys), &file));
+            (unlocked, beside.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        });
+        let (keys, key_used, plain) = unlocked?;
         let config = Config::decode(&plain, &file)?;
-        Ok(Self::assemble(backend, config, Some(keys), Some(key_used)))
+        Ok((Self::assemble(backend, config, Some(keys), Some(key_used)), beside))
     }
 
     pub fn open(path: &Path) -> Result<Repository> {
@@ -369,6 +399,11 @@ impl Repository {
 
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
+    }
+
+    /// [`Repository::backend`], shared.
+    pub fn backend_arc(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
     }
 
     /// Takes a repository lock for `command` (see [`lock`]), waiting up to `wait`.

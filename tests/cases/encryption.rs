@@ -151,6 +151,13 @@ fn wrong_missing_and_removed_keys_are_clear_errors() {
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong password"), "{wrong:?}");
     let snapshot = run(cairn(&repo).arg("snapshot").arg(scratch.join("src")).env("CAIRN_PASSWORD", "nope"));
     assert_eq!(snapshot.status.code(), Some(1));
+    // restore and drill take their lock while the key is derived: a wrong password ends it.
+    let target = scratch.join("target");
+    let restore = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target).env("CAIRN_PASSWORD", "nope"));
+    assert!(String::from_utf8_lossy(&restore.stderr).contains("wrong password"), "{restore:?}");
+    let drill = run(cairn(&repo).arg("drill").env("CAIRN_PASSWORD", "nope"));
+    assert!(String::from_utf8_lossy(&drill.stderr).contains("wrong password"), "{drill:?}");
+    assert!(!target.exists(), "a wrong password restores nothing");
     assert_eq!(files_below(&repo), before, "a wrong password writes nothing");
     let none = run(cairn(&repo).arg("snapshots").env_remove("CAIRN_PASSWORD"));
     assert!(String::from_utf8_lossy(&none.stderr).contains("is encrypted: give its password"), "{none:?}");
