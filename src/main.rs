@@ -5,8 +5,6 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // glibc raises its mmap threshold to the largest block ever freed, after which freed read
     // windows and packs stay in the heap instead of going back to the system: a fixed threshold
@@ -28,7 +26,9 @@ fn main() -> ExitCode {
             libc::setrlimit(libc::RLIMIT_NOFILE, &files);
         }
     }
-    let args = cli::Cli::parse();
+    // Before any thread starts: every thread inherits the blocked signals.
+    cli::signals::install();
+    let args = cli::Cli::parse_noting_sources();
     let outcome = cli::run(args);
     // Output that could not be written fails a command that otherwise succeeded.
     let outcome = match (outcome, cli::output::failure()) {

@@ -7,8 +7,21 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// The bars drawn now, so that a signal that ends the process can take them off the screen.
+static DRAWN: std::sync::Mutex<Vec<(u64, ProgressBar)>> = std::sync::Mutex::new(Vec::new());
+static NEXT_BAR: AtomicU64 = AtomicU64::new(0);
+
+/// Takes every bar off the screen (a signal is ending the process).
+pub fn clear_line() {
+    for (_, bar) in DRAWN.lock().map(|mut drawn| std::mem::take(&mut *drawn)).unwrap_or_default() {
+        bar.finish_and_clear();
+    }
+}
+
 pub struct Progress {
     bar: Option<ProgressBar>,
+    /// Its entry in [`DRAWN`].
+    number: u64,
     pub files: AtomicU64,
     pub bytes: AtomicU64,
 }
@@ -25,12 +38,16 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(250));
             bar
         });
-        Progress { bar, files: AtomicU64::new(0), bytes: AtomicU64::new(0) }
+        let number = NEXT_BAR.fetch_add(1, Relaxed);
+        if let Some(bar) = &bar {
+            DRAWN.lock().expect("poisoned").push((number, bar.clone()));
+        }
+        Progress { bar, number, files: AtomicU64::new(0), bytes: AtomicU64::new(0) }
     }
 
     /// A progress that never draws (library use and tests).
     pub fn hidden() -> Progress {
-        Progress { bar: None, files: AtomicU64::new(0), bytes: AtomicU64::new(0) }
+        Progress { bar: None, number: u64::MAX, files: AtomicU64::new(0), bytes: AtomicU64::new(0) }
     }
 
     pub fn is_drawn(&self) -> bool {
@@ -75,6 +92,16 @@ impl Progress {
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if self.bar.is_some() {
+            if let Ok(mut drawn) = DRAWN.lock() {
+                drawn.retain(|(number, _)| *number != self.number);
+            }
         }
     }
 }

@@ -15,6 +15,9 @@ use crate::repository::Repository;
 #[derive(Debug, Default, Serialize)]
 pub struct SourceStatus {
     pub source: String,
+    /// No longer judged: not in the config that status was given, or retired by hand
+    /// (`cairn status --retire`) and not snapshotted since.
+    pub retired: bool,
     pub snapshots: u64,
     pub latest_snapshot: Option<Event>,
     pub last_drill_ok: Option<Event>,
@@ -47,12 +50,18 @@ pub struct Status {
     pub last_check_ok: Option<bool>,
     /// Per sync destination, the newest sync and the newest complete one.
     pub offsite: Vec<OffsiteStatus>,
+    /// Per repository that synced into this one, the newest sync received.
+    pub received: Vec<OffsiteStatus>,
+    /// Runs of this host still going (a start record answered by no record, of a live process).
+    pub running: Vec<String>,
     pub problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OffsiteStatus {
     pub to: String,
+    /// Not in the config that status was given, or retired by hand: listed, not judged.
+    pub retired: bool,
     pub last_sync: Event,
     pub last_outcome: Outcome,
     /// The first error of the newest sync, when it did not succeed.
@@ -70,6 +79,18 @@ pub struct Thresholds {
     pub max_age: Option<Duration>,
     pub max_drill_age: Option<Duration>,
 }
+
+/// What should exist, from a `cairn run` config: its sources' names and its offsite repositories.
+/// With it, status judges exactly these; without, every source and destination it finds, less
+/// those retired by hand.
+#[derive(Debug, Default)]
+pub struct Expected {
+    pub sources: Vec<String>,
+    pub offsite: Vec<String>,
+}
+
+/// The `command` of a record that retires a source or an offsite destination by hand.
+pub const RETIRE: &str = "retire";
 
 /// Parses `90s`, `15m`, `1h30m`, `2d`, `1w` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
@@ -114,18 +135,26 @@ pub fn age_text(seconds: i64) -> String {
     }
 }
 
-pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds) -> Result<Status> {
+pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected: Option<&Expected>) -> Result<Status> {
     let snapshots = repo.snapshots()?;
     let records = audit::read_all(repo)?;
+    let (records, running) = with_killed_runs(repo, records, now_ms);
     let mut sources: BTreeMap<String, SourceStatus> = BTreeMap::new();
     // Copies of one snapshot (a `cairn tag` killed between its writes) count once.
     let mut seen = std::collections::HashSet::new();
+    // When each source or destination was last active, against when it was retired by hand.
+    let mut active: BTreeMap<String, i64> = BTreeMap::new();
+    let mut retired_at: BTreeMap<String, i64> = BTreeMap::new();
     // Safety snapshots of in-place restores are no source of their own: no schedule, no drill.
+    let mut any_snapshot = false;
     for (id, snapshot) in snapshots.iter().filter(|(_, s)| !s.is_safety_snapshot()) {
+        any_snapshot = true;
         let key = snapshot.source_key();
         let entry = sources.entry(key.clone()).or_insert_with(|| SourceStatus { source: key, ..Default::default() });
         entry.snapshots += u64::from(seen.insert(snapshot.identity()));
         let time_ms = snapshot.time_sec * 1000 + snapshot.time_nsec as i64 / 1_000_000;
+        let last = active.entry(entry.source.clone()).or_default();
+        *last = (*last).max(time_ms);
         entry.latest_snapshot = Some(event(Some(id.to_hex()), time_ms, now_ms));
         if !snapshot.is_complete() {
             entry.problems = vec![format!(
@@ -140,30 +169,52 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds) -> Result
     // The newest record of each (source, command) decides whether that command is failing now.
     let mut newest: BTreeMap<(String, String), &AuditRecord> = BTreeMap::new();
     let mut offsite: BTreeMap<String, OffsiteStatus> = BTreeMap::new();
-    let mut status = Status::default();
+    let mut received: BTreeMap<String, OffsiteStatus> = BTreeMap::new();
+    let mut status = Status { running, ..Status::default() };
     for record in &records {
+        if record.command == audit::START {
+            continue;
+        }
+        if record.command == RETIRE {
+            retired_at.insert(record.source.clone(), record.ended_ms);
+            continue;
+        }
         if record.command == "check" {
             status.last_check = Some(event(None, record.ended_ms, now_ms));
             status.last_check_ok = Some(record.outcome == Outcome::Ok);
             continue;
         }
         if record.command == "sync" {
-            let to = record.details["to"].as_str().unwrap_or("?").to_string();
-            let last_ok = offsite.get(&to).and_then(|o: &OffsiteStatus| o.last_ok.clone());
+            // The copy a destination keeps of a sync into it is no offsite copy of its own.
+            let (map, name) = match record.details["received_from"].as_str() {
+                Some(from) => (&mut received, from.to_string()),
+                None => (&mut offsite, record.details["to"].as_str().unwrap_or("?").to_string()),
+            };
+            let last_ok = map.get(&name).and_then(|o: &OffsiteStatus| o.last_ok.clone());
             let this = event(None, record.ended_ms, now_ms);
             let ok = record.outcome == Outcome::Ok;
             let last_ok = if ok { Some(this.clone()) } else { last_ok };
             let last_error = if ok { None } else { record.errors.first().cloned() };
             let last_outcome = record.outcome;
-            offsite.insert(to.clone(), OffsiteStatus { to, last_sync: this, last_outcome, last_error, last_ok });
+            let last = active.entry(name.clone()).or_default();
+            *last = (*last).max(record.ended_ms);
+            map.insert(
+                name.clone(),
+                OffsiteStatus { to: name, retired: false, last_sync: this, last_outcome, last_error, last_ok },
+            );
             continue;
         }
         if record.source.is_empty() {
+            // A killed run of no source (a check, a prune, a whole cycle) is a problem until the
+            // next run of that command.
+            newest.insert((String::new(), record.command.clone()), record);
             continue;
         }
         let entry = sources
             .entry(record.source.clone())
             .or_insert_with(|| SourceStatus { source: record.source.clone(), ..Default::default() });
+        let last = active.entry(record.source.clone()).or_default();
+        *last = (*last).max(record.ended_ms);
         if record.outcome == Outcome::Failed {
             entry.last_failure = Some(Failure {
                 command: record.command.clone(),
@@ -177,18 +228,37 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds) -> Result
         }
         newest.insert((record.source.clone(), record.command.clone()), record);
     }
-    for ((source, command), record) in &newest {
-        if record.outcome == Outcome::Failed {
-            let entry = sources.get_mut(source).expect("inserted above");
-            let error = record.errors.first().map_or(String::new(), |e| format!(": {e}"));
-            entry
-                .problems
-                .push(format!("last {command} failed {} ago{error}", age_text((now_ms - record.ended_ms) / 1000)));
+    let retired = |name: &str, configured: Option<&Vec<String>>| match configured {
+        Some(names) => !names.iter().any(|n| n == name),
+        None => retired_at.get(name).is_some_and(|&at| at >= active.get(name).copied().unwrap_or(i64::MIN)),
+    };
+    if let Some(expected) = expected {
+        for name in &expected.sources {
+            sources.entry(name.clone()).or_insert_with(|| SourceStatus { source: name.clone(), ..Default::default() });
         }
     }
+    for ((source, command), record) in &newest {
+        if record.outcome != Outcome::Failed {
+            continue;
+        }
+        let error = record.errors.first().map_or(String::new(), |e| format!(": {e}"));
+        let problem = format!("last {command} failed {} ago{error}", age_text((now_ms - record.ended_ms) / 1000));
+        if source.is_empty() {
+            if record.details["killed"].as_bool() == Some(true) {
+                status.problems.push(problem);
+            }
+            continue;
+        }
+        sources.get_mut(source).expect("inserted above").problems.push(problem);
+    }
     for entry in sources.values_mut() {
+        if retired(&entry.source, expected.map(|e| &e.sources)) {
+            entry.retired = true;
+            entry.problems.clear();
+            continue;
+        }
         match (&entry.latest_snapshot, thresholds.max_age) {
-            (None, _) => entry.problems.push("no snapshot".into()),
+            (None, _) => entry.problems.push("never snapshotted".into()),
             (Some(latest), Some(max)) if latest.age_seconds > max.as_secs() as i64 => entry.problems.push(format!(
                 "newest snapshot is {} old (more than {})",
                 age_text(latest.age_seconds),
@@ -206,7 +276,10 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds) -> Result
             _ => {}
         }
     }
-    for o in offsite.values().filter(|o| o.last_outcome != Outcome::Ok) {
+    for o in offsite.values_mut() {
+        o.retired = retired(&o.to, expected.map(|e| &e.offsite));
+    }
+    for o in offsite.values().filter(|o| o.last_outcome != Outcome::Ok && !o.retired) {
         let error = o.last_error.as_ref().map_or(String::new(), |e| format!(": {e}"));
         status.problems.push(format!(
             "last sync to {} {} {} ago{error}",
@@ -215,7 +288,16 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds) -> Result
             age_text(o.last_sync.age_seconds)
         ));
     }
+    if let Some(expected) = expected {
+        for to in expected.offsite.iter().filter(|to| !offsite.contains_key(*to)) {
+            status.problems.push(format!("never synced to {to}"));
+        }
+    }
     status.offsite = offsite.into_values().collect();
+    status.received = received.into_values().collect();
+    if !any_snapshot {
+        status.problems.push("the repository holds no snapshot".into());
+    }
     if status.last_check_ok == Some(false) {
         status.problems.push("the last check found damage".into());
     }
@@ -224,6 +306,57 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds) -> Result
     }
     status.sources = sources.into_values().collect();
     Ok(status)
+}
+
+/// The records with a failed one added for every run killed before it could write its own: a
+/// start record that no record answers (by nonce and host), of a process that is gone. Such a
+/// run of this host is gone when its process is; one of another host when no live lock file of
+/// its process is left (read only then). Returns the runs still going, which are no problem.
+fn with_killed_runs(repo: &Repository, mut records: Vec<AuditRecord>, now_ms: i64) -> (Vec<AuditRecord>, Vec<String>) {
+    let answered: std::collections::HashSet<(&str, &str)> =
+        records.iter().filter(|r| r.command != audit::START).map(|r| (r.nonce.as_str(), r.hostname.as_str())).collect();
+    let open: Vec<&AuditRecord> = records
+        .iter()
+        .filter(|r| r.command == audit::START && !answered.contains(&(r.nonce.as_str(), r.hostname.as_str())))
+        .collect();
+    if open.is_empty() {
+        return (records, Vec::new());
+    }
+    let here = crate::backup::hostname();
+    let holders = match open.iter().any(|r| r.hostname != here) {
+        true => crate::repository::lock::live_holders(repo.backend()).ok(),
+        false => None,
+    };
+    let mut killed = Vec::new();
+    let mut running = Vec::new();
+    for start in open {
+        let command = start.details["command"].as_str().unwrap_or("?").to_string();
+        let pid = start.details["pid"].as_u64().unwrap_or(0) as u32;
+        let alive = match start.hostname == here {
+            true => crate::backend::local::process_alive(pid as i32),
+            // Unknown (the locks could not be read): taken as running, never as killed.
+            false => holders.as_ref().map_or(true, |h| h.iter().any(|(host, p)| *host == start.hostname && *p == pid)),
+        };
+        let what = format!(
+            "{command} (pid {pid} on {}, started {} ago)",
+            start.hostname,
+            age_text((now_ms - start.started_ms) / 1000)
+        );
+        if alive {
+            running.push(what);
+            continue;
+        }
+        killed.push(AuditRecord {
+            command,
+            outcome: Outcome::Failed,
+            errors: vec![format!("killed: pid {pid} on {} started it and ended without a record", start.hostname)],
+            details: serde_json::json!({ "killed": true }),
+            ..start.clone()
+        });
+    }
+    records.extend(killed);
+    records.sort_by(|a, b| (a.started_ms, a.ended_ms, &a.nonce).cmp(&(b.started_ms, b.ended_ms, &b.nonce)));
+    (records, running)
 }
 
 /// The status as a Prometheus textfile-collector file.

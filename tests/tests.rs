@@ -21,6 +21,8 @@ mod filters;
 mod fixtures;
 #[path = "cases/in_place.rs"]
 mod in_place;
+#[path = "cases/monitor.rs"]
+mod monitor;
 #[path = "cases/prune.rs"]
 mod prune;
 #[path = "cases/repair.rs"]

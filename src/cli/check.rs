@@ -38,6 +38,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         None => Prefetched::default(),
     };
     let mut audit = Run::start("check", "");
+    super::begin_audit(&audit, &repo);
     let progress = Progress::new("check", context.quiet || context.json);
     let mut report = match check(&repo, subset, prefetched, &progress) {
         Ok(report) => report,

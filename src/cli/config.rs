@@ -22,7 +22,7 @@ pub fn path(given: Option<PathBuf>) -> Result<PathBuf> {
     given.or_else(cairn::config::default_path).context("no --config given, CAIRN_CONFIG unset, and no home directory")
 }
 
-pub fn run(args: Args) -> Result<ExitCode> {
+pub fn run(context: &super::Context, args: Args) -> Result<ExitCode> {
     match args {
         Args::Example => {
             super::output::text(format_args!("{}", cairn::config::EXAMPLE));
@@ -31,6 +31,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Args::Check { config } => {
             let path = path(config)?;
             let (config, problems) = cairn::config::load(&path).map_err(anyhow::Error::msg)?;
+            if context.json {
+                let problems: Vec<_> = problems
+                    .iter()
+                    .map(
+                        |p| serde_json::json!({ "line": p.line, "message": p.message, "missing_path": p.missing_path }),
+                    )
+                    .collect();
+                outln!(
+                    "{}",
+                    serde_json::json!({
+                        "config": path,
+                        "ok": problems.is_empty(),
+                        "problems": problems,
+                        "sources": config.sources.iter().map(|s| &s.name).collect::<Vec<_>>(),
+                        "offsite": config.offsite.iter().map(|o| &o.name).collect::<Vec<_>>(),
+                        "drills": config.drill.is_some(),
+                    })
+                );
+                return Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            }
             for problem in &problems {
                 outln!("{}:{}: {}", path.display(), problem.line, problem.message);
             }

@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 
-use super::{format, Context};
+use super::{format, signals, Context};
 use cairn::audit::Run;
 use cairn::drill::{drill, pick_snapshot, Pick};
 use cairn::format::audit::Outcome;
@@ -23,29 +23,29 @@ pub struct Args {
     /// Where to make the scratch directory (default: the system temporary directory)
     #[arg(long, value_name = "DIR")]
     scratch: Option<PathBuf>,
+    /// Also write the drill's record into this repository (`cairn run` drilling an offsite copy
+    /// records it in the local repository too, where `cairn status` looks)
+    #[arg(long, value_name = "REPO", hide = true)]
+    record_to: Vec<String>,
 }
 
-/// Set by SIGINT, SIGTERM or SIGHUP: the drill stops and removes its scratch directory.
-static CANCEL: AtomicBool = AtomicBool::new(false);
-/// The signal that set [`CANCEL`], for the exit code (128 + signal, as a shell reports it).
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(signal: libc::c_int) {
-    SIGNAL.store(signal, Ordering::SeqCst);
-    CANCEL.store(true, Ordering::SeqCst);
-    // A second signal ends the process at once, as if no handler were installed.
-    // SAFETY: signal() is async-signal-safe; SIG_DFL is a valid disposition.
-    unsafe { libc::signal(signal, libc::SIG_DFL) };
-}
-
-/// Stops the drill cleanly on the signals that end a service or an interactive command: a drill
-/// may have gigabytes restored in its scratch directory, and nothing else would remove them
-/// until the next drill.
-fn catch_signals() {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: installs a handler that only stores to atomics and calls signal().
-        unsafe { libc::signal(signal, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+/// Writes the drill's record into its repository and into each of `also`, the drilled
+/// repository named in its details there.
+fn finish(mut audit: Run, repo: &cairn::repository::Repository, also: &[String], outcome: Outcome) {
+    if !also.is_empty() {
+        let mut copy = Run { record: audit.record.clone() };
+        copy.close(outcome);
+        copy.record.details["repository"] = serde_json::json!(repo.backend().location());
+        for location in also {
+            let written = cairn::repository::Repository::open_location(location)
+                .and_then(|other| cairn::audit::write(&other, &copy.record));
+            if let Err(e) = written {
+                errln!("warning: could not write the drill's record to {location}: {e}");
+            }
+        }
+        audit.record.details = copy.record.details.clone();
     }
+    super::finish_audit(audit, repo, outcome);
 }
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
@@ -55,34 +55,37 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         Ok(lock) => lock,
         Err(e) => {
             audit.record.errors.push(e.to_string());
-            super::finish_audit(audit, &repo, Outcome::Failed);
+            finish(audit, &repo, &args.record_to, Outcome::Failed);
             return Err(e);
         }
     };
+    super::begin_audit(&audit, &repo);
     let scratch = args.scratch.unwrap_or_else(std::env::temp_dir);
     let progress = Progress::new("drill", context.quiet || context.json);
-    // Only now: until the drill starts (waiting for the lock, say) nothing needs cleaning up.
-    catch_signals();
+    // Only now: until the drill starts (waiting for the lock, say) nothing needs cleaning up. A
+    // drill may have gigabytes restored in its scratch directory, which nothing else would remove
+    // until the next drill: a signal stops it cleanly rather than ending the process.
+    signals::cancel_instead();
     let outcome =
         pick_snapshot(&repo, &Pick::parse(&args.snapshot), &args.filters.filter()).and_then(|(id, snapshot)| {
             audit.record.source = snapshot.source_key();
             audit.record.snapshot = Some(id.to_hex());
-            drill(&repo, &id, &snapshot, &scratch, &progress, Some(&CANCEL))
+            drill(&repo, &id, &snapshot, &scratch, &progress, Some(&signals::CANCEL))
         });
     super::warn_damage(&repo);
     let report = match outcome {
         Ok(report) => report,
         Err(cairn::error::Error::Interrupted) => {
-            let signal = SIGNAL.load(Ordering::SeqCst);
+            let signal = signals::SIGNAL.load(Ordering::SeqCst);
             let message = format!("drill interrupted by signal {signal}; its scratch directory was removed");
             audit.record.errors.push(message.clone());
-            super::finish_audit(audit, &repo, Outcome::Failed);
+            finish(audit, &repo, &args.record_to, Outcome::Failed);
             errln!("error: {message}");
             return Ok(ExitCode::from(128 + signal as u8));
         }
         Err(e) => {
             audit.record.errors.push(e.to_string());
-            super::finish_audit(audit, &repo, Outcome::Failed);
+            finish(audit, &repo, &args.record_to, Outcome::Failed);
             return Err(e.into());
         }
     };
@@ -95,7 +98,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         "databases": report.databases,
         "duration_ms": report.duration_ms,
     });
-    super::finish_audit(audit, &repo, if report.passed() { Outcome::Ok } else { Outcome::Failed });
+    finish(audit, &repo, &args.record_to, if report.passed() { Outcome::Ok } else { Outcome::Failed });
 
     if context.json {
         outln!("{}", serde_json::to_string(&report)?);

@@ -176,6 +176,9 @@ pub fn run_prune(context: &Context, args: PruneOnlyArgs) -> Result<ExitCode> {
 /// Plans and (unless `dry_run`) executes a prune; the caller holds the exclusive lock.
 pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bool) -> Result<ExitCode> {
     let mut audit = Run::start("prune", "");
+    if !dry_run {
+        super::begin_audit(&audit, repo);
+    }
     let plan = match gc::plan(repo, args.max_unused) {
         Ok(plan) => plan,
         Err(e) => {

@@ -17,6 +17,7 @@ mod password;
 mod repair;
 mod restore;
 mod run;
+pub mod signals;
 mod snapshot;
 mod snapshots;
 mod stats;
@@ -80,6 +81,22 @@ pub struct Cli {
 
     #[command(subcommand)]
     command: Command,
+
+    /// Whether `--repo` was given on the command line (not by CAIRN_REPO): it then beats the
+    /// repository a config file names.
+    #[arg(skip)]
+    repo_flag: bool,
+}
+
+impl Cli {
+    /// Parses the arguments, noting where `--repo` came from.
+    pub fn parse_noting_sources() -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        cli.repo_flag = matches.value_source("repo") == Some(clap::parser::ValueSource::CommandLine);
+        cli
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -134,6 +151,8 @@ pub struct Context {
     pub create: bool,
     /// Where [`Context::open_cached`] keeps its copies; `None` for no cache.
     pub cache: Option<PathBuf>,
+    /// `--repo` was given on the command line: it beats a config file's `repository`.
+    pub repo_flag: bool,
 }
 
 impl Context {
@@ -153,6 +172,15 @@ impl Context {
         let mut repo = self.open()?;
         self.cache_for(&mut repo);
         Ok(repo)
+    }
+
+    /// The repository for a command that follows a config file: `--repo` on the command line,
+    /// else the config's `repository`, else CAIRN_REPO or the default.
+    pub fn location_with(&self, configured: Option<&str>) -> String {
+        match (self.repo_flag, configured) {
+            (false, Some(configured)) => configured.to_string(),
+            _ => self.location(),
+        }
     }
 
     /// [`Context::open_cached`] for a command that only reads, with its [`read_lock`] taken
@@ -294,6 +322,13 @@ pub fn warn_forged_markers(lock: &cairn::repository::lock::Lock) {
 
 /// Writes a run's audit record. Failing to write it is reported loudly but does not replace the
 /// run's own outcome (a committed snapshot stays committed; a run's own error stays the error).
+/// [`cairn::audit::Run::begin`]: the start record, which makes a run that is killed visible.
+pub fn begin_audit(audit: &cairn::audit::Run, repo: &Repository) {
+    if let Err(e) = audit.begin(repo) {
+        errln!("warning: could not write the start record of this run: {e}");
+    }
+}
+
 pub fn finish_audit(audit: cairn::audit::Run, repo: &Repository, outcome: cairn::format::audit::Outcome) {
     if let Err(e) = audit.finish(repo, outcome) {
         errln!("warning: could not write the audit record of this run: {e}");
@@ -320,6 +355,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         lock_wait: cli.lock_wait,
         create: !cli.no_create,
         cache,
+        repo_flag: cli.repo_flag,
     };
     match cli.command {
         Command::Init(args) => init::run(&context, args),
@@ -338,6 +374,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Stats(args) => stats::run(&context, args),
         Command::Sync(args) => sync::run(&context, args),
         Command::Run(args) => run::run(&context, args),
-        Command::Config(args) => config::run(args),
+        Command::Config(args) => config::run(&context, args),
     }
 }

@@ -57,10 +57,13 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         errln!("warning: {}:{}: {}", path.display(), problem.line, problem.message);
     }
     let _lock = lock::RunLock::acquire(&path)?;
-    let repo = config.repository.clone().unwrap_or_else(|| context.location());
+    let repo = context.location_with(config.repository.as_deref());
     let mut audit = Run::start("run", "");
     let mut cycle = Cycle { context, config: &config, repo, opened: None, steps: Vec::new() };
     cycle.prepare()?;
+    if let Ok(repo) = cycle.local() {
+        super::begin_audit(&audit, repo);
+    }
     let (steps, opened) = cycle.run();
 
     let failed = steps.iter().filter(|s| s.outcome == Outcome::Failed).count();
@@ -272,7 +275,8 @@ impl Cycle<'_> {
         if let Some(dir) = self.config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             sh.current_dir(dir);
         }
-        let output = sh.args(["-c", command]).env("CAIRN_SOURCE", &source.name).stdin(Stdio::null()).output();
+        let output =
+            super::signals::output(sh.args(["-c", command]).env("CAIRN_SOURCE", &source.name).stdin(Stdio::null()));
         let (outcome, lines) = match output {
             Ok(out) if out.status.success() => (Outcome::Ok, lines(&out.stdout, &out.stderr)),
             Ok(out) => {
@@ -334,6 +338,10 @@ impl Cycle<'_> {
             if let Some(dir) = &self.config.temp_dir {
                 args.extend(["--scratch".into(), dir.display().to_string()]);
             }
+            if offsite.is_some() {
+                // Where `cairn status` looks: a drill of the offsite copy counts for the source.
+                args.extend(["--record-to".into(), self.repo.clone()]);
+            }
             self.child(&format!("drill {name}"), &repo, &args);
         }
     }
@@ -348,7 +356,7 @@ impl Cycle<'_> {
         // (moved, its disk unmounted) fails the step rather than coming back empty, or plain.
         command.arg("--no-create");
         command.args(args).stdin(Stdio::null()).env_remove("CAIRN_REPO");
-        let (outcome, lines) = match command.output() {
+        let (outcome, lines) = match super::signals::output(&mut command) {
             Ok(out) => {
                 let outcome = match out.status.code() {
                     Some(0) => Outcome::Ok,
@@ -382,7 +390,8 @@ impl Cycle<'_> {
 /// The sources whose last good drill in `repo` is older than the policy allows (or missing).
 fn due_drills(repo: &Repository, config: &Config, drill: &cairn::config::DrillConfig) -> Result<Vec<String>> {
     let now = cairn::audit::now_ms();
-    let status = cairn::status::status(repo, now, &cairn::status::Thresholds { max_age: None, max_drill_age: None })?;
+    let status =
+        cairn::status::status(repo, now, &cairn::status::Thresholds { max_age: None, max_drill_age: None }, None)?;
     let wanted: Vec<&str> = if drill.sources.is_empty() {
         config.sources.iter().map(|s| s.name.as_str()).collect()
     } else {

@@ -106,6 +106,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     };
     let progress = Progress::new("snapshot", context.quiet || context.json);
     let mut audit = Run::start("snapshot", &key);
+    super::begin_audit(&audit, &repo);
     let outcome = match take_snapshot(&repo, &options, &progress) {
         Ok(outcome) => outcome,
         Err(e) => {

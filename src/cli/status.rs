@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 
 use super::Context;
-use cairn::status::{age_text, parse_duration, prometheus, status, Thresholds};
+use cairn::status::{age_text, parse_duration, prometheus, status, Expected, Thresholds};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -21,6 +21,18 @@ pub struct Args {
     /// Also write the figures as a Prometheus textfile-collector file (written atomically)
     #[arg(long, value_name = "FILE")]
     prometheus: Option<PathBuf>,
+    /// Judge exactly the sources and offsite repositories of this `cairn run` config: one never
+    /// snapshotted fails, one no longer in it is listed as retired (default: CAIRN_CONFIG, else
+    /// the default config file if it exists)
+    #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Judge every source found, not a config's (beats --config and CAIRN_CONFIG)
+    #[arg(long)]
+    no_config: bool,
+    /// Retire a source (or an offsite repository) by hand: it is listed, no longer judged, until
+    /// it is snapshotted (synced) again. Writes a record; repeatable
+    #[arg(long, value_name = "NAME")]
+    retire: Vec<String>,
 }
 
 /// Now, in Unix milliseconds. `CAIRN_NOW` (Unix seconds) overrides the clock, so tests and
@@ -32,10 +44,46 @@ fn now_ms() -> Result<i64> {
     }
 }
 
+/// The config status judges by: the one given, else the default one if it exists.
+fn config(args: &Args) -> Result<Option<cairn::config::Config>> {
+    let path = match (&args.config, args.no_config) {
+        (_, true) => return Ok(None),
+        (Some(path), _) => path.clone(),
+        (None, _) => match cairn::config::default_path().filter(|path| path.exists()) {
+            Some(path) => path,
+            None => return Ok(None),
+        },
+    };
+    let (config, problems) = cairn::config::load(&path).map_err(anyhow::Error::msg)?;
+    if let Some(problem) = problems.iter().find(|p| !p.missing_path) {
+        anyhow::bail!(
+            "{}:{}: {} (cairn config check lists every problem)",
+            path.display(),
+            problem.line,
+            problem.message
+        );
+    }
+    Ok(Some(config))
+}
+
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
-    let repo = context.open()?;
+    let config = config(&args)?;
+    let location = context.location_with(config.as_ref().and_then(|c| c.repository.as_deref()));
+    let repo = cairn::repository::Repository::open_location(&location)?;
+    for name in &args.retire {
+        let mut audit = cairn::audit::Run::start(cairn::status::RETIRE, name);
+        audit.close(cairn::format::audit::Outcome::Ok);
+        cairn::audit::write(&repo, &audit.record).with_context(|| format!("retiring {name}"))?;
+        if !context.quiet && !context.json {
+            outln!("retired {name}: listed, no longer judged, until it runs again");
+        }
+    }
+    let expected = config.map(|config| Expected {
+        sources: config.sources.iter().map(|s| s.name.clone()).collect(),
+        offsite: config.offsite.iter().map(|o| o.repository.clone()).collect(),
+    });
     let thresholds = Thresholds { max_age: args.max_age, max_drill_age: args.max_drill_age };
-    let status = status(&repo, now_ms()?, &thresholds)?;
+    let status = status(&repo, now_ms()?, &thresholds, expected.as_ref())?;
     if let Some(path) = &args.prometheus {
         write_atomically(path, prometheus(&status).as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
@@ -49,9 +97,13 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
                 format!("{} ({})", &e.snapshot.as_deref().unwrap_or("?")[..8], age(e.age_seconds))
             });
             let drill = source.last_drill_ok.as_ref().map_or("never".to_string(), |e| age(e.age_seconds));
+            let label = match (source.retired, source.problems.is_empty()) {
+                (true, _) => "retired",
+                (false, true) => "ok  ",
+                (false, false) => "FAIL",
+            };
             outln!(
-                "{}  {}: {} snapshots, newest {latest}, last good drill {drill}",
-                if source.problems.is_empty() { "ok  " } else { "FAIL" },
+                "{label}  {}: {} snapshots, newest {latest}, last good drill {drill}",
                 source.source,
                 source.snapshots
             );
@@ -71,11 +123,18 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         for o in &status.offsite {
             let ok = o.last_ok.as_ref().map_or("never".to_string(), |e| age(e.age_seconds));
             outln!(
-                "offsite {}: last sync {} ({:?}), last complete sync {ok}",
+                "offsite {}{}: last sync {} ({:?}), last complete sync {ok}",
                 o.to,
+                if o.retired { " (retired)" } else { "" },
                 age(o.last_sync.age_seconds),
                 o.last_outcome
             );
+        }
+        for r in &status.received {
+            outln!("received from {}: last sync {} ({:?})", r.to, age(r.last_sync.age_seconds), r.last_outcome);
+        }
+        for run in &status.running {
+            outln!("running: {run}");
         }
         outln!("repository: {}", super::snapshots::encryption_text(&repo));
         for problem in &status.problems {

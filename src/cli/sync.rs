@@ -49,6 +49,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     }
     let source = context.open_cached()?;
     let mut audit = Run::start("sync", &args.source.join(" "));
+    super::begin_audit(&audit, &source);
     let mut report = SyncReport::default();
     let result = sync(context, &source, &args, &mut report);
     let dest = result.as_ref().ok();
@@ -66,10 +67,14 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         Ok(_) => Outcome::Ok,
     };
     // A destination that received data gets the record too, so its own audit shows when and
-    // from where. An up-to-date sync writes nothing there.
+    // from where (as received, not as an offsite copy of its own), complete with its end and
+    // outcome. An up-to-date sync writes nothing there.
     let received = report.packs_copied + report.snapshots_copied.len() as u64 > 0;
     if let (Some(dest), true) = (dest, received) {
-        if let Err(e) = cairn::audit::write(dest, &audit.record) {
+        let mut copy = Run { record: audit.record.clone() };
+        copy.close(outcome);
+        copy.record.details["received_from"] = serde_json::json!(context.location());
+        if let Err(e) = cairn::audit::write(dest, &copy.record) {
             errln!("warning: could not write the audit record to {}: {e}", args.to);
         }
     }

@@ -298,6 +298,31 @@ impl Locks {
     }
 }
 
+/// The hosts and processes that hold live lock files (neither stale nor released), read without
+/// clearing anything: for `cairn status`, to tell a run of another host that is still going from
+/// one that was killed.
+pub fn live_holders(backend: &dyn Backend) -> Result<Vec<(String, u32)>> {
+    let listing = list(backend)?;
+    let released: HashSet<&str> = listing
+        .iter()
+        .filter_map(|(key, _)| match marker_target(key) {
+            Some((lock, true)) => Some(lock),
+            _ => None,
+        })
+        .collect();
+    let now = crate::audit::now_ms();
+    let mut holders = Vec::new();
+    for (key, _) in listing.iter().filter(|(key, _)| marker_target(key).is_none() && !released.contains(key.as_str())) {
+        match backend.get(key).and_then(|bytes| LockFile::decode(&bytes, key)) {
+            Ok(lock) if !lock.is_stale(now - lock.time_ms) => holders.push((lock.hostname, lock.pid)),
+            Ok(_) => {}
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(holders)
+}
+
 /// A held lock; released (its file deleted, or marked released) when dropped.
 pub struct Lock {
     locks: Arc<Locks>,

@@ -238,8 +238,13 @@ pub fn run(
     }
     let mut audit = Run::start("restore", &snapshot.source_key());
     audit.record.snapshot = Some(id.to_hex());
+    let begun = audit.begin(repo);
     let result = execute(repo, index, id, snapshot, options, &site, &want, progress, &mut report);
-    finish(repo, audit, result, report)
+    let mut report = finish(repo, audit, result, report)?;
+    if let (Err(e), None) = (begun, &report.audit_error) {
+        report.audit_error = Some(format!("its start record: {e}"));
+    }
+    Ok(report)
 }
 
 /// How to restore over the non-empty target, or the refusal.

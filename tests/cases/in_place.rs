@@ -217,7 +217,7 @@ fn in_place_takes_a_protected_safety_snapshot_first_and_reports_its_id() {
     let listed = json(cairn(&repo).arg("snapshots"));
     let entry = listed.as_array().unwrap().iter().find(|s| s["id"] == safety.as_str()).expect("listed");
     assert_eq!(strings(&entry["tags"]), vec!["pre-restore", "protected"]);
-    assert_eq!(fs::read_dir(repo.join("audit")).unwrap().count(), audits + 1, "one audit record");
+    assert_eq!(fs::read_dir(repo.join("audit")).unwrap().count(), audits + 2, "the start record and the restore's own");
 
     // The safety snapshot restores the old tree; the old tree also stands at .bak.
     let back = scratch.join("back");

@@ -48,6 +48,8 @@ impl Drop for Scratch {
 pub fn cairn(repo: &Path) -> Command {
     let mut command = Command::new(CAIRN);
     command.arg("--repo").arg(repo).env_remove("CAIRN_REPO").stdin(Stdio::null());
+    // No config file of the user's decides what `status` judges.
+    command.env_remove("CAIRN_CONFIG").env("XDG_CONFIG_HOME", "/nonexistent/cairn-tests");
     // Object-store repositories keep a cache: this test process's own, not the user's.
     command.env("CAIRN_CACHE_DIR", std::env::temp_dir().join(format!("cairn-test-cache-{}", std::process::id())));
     with_password(&mut command);

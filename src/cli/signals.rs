@@ -1,0 +1,124 @@
+//! SIGINT, SIGTERM and SIGHUP: a run they end still leaves its audit record. The signals are
+//! blocked in every thread from the start of `main` and taken by one thread with `sigwait`, which
+//! may then do what a handler may not: clear the progress bar, write the failed records of the
+//! runs still open ([`cairn::audit::interrupted`]), say so, and exit with 128 + the signal, as a
+//! shell reports a process a signal ended. A command that stops cleanly by itself (a drill
+//! removes its scratch directory) asks for [`CANCEL`] to be set instead ([`cancel_instead`]); a
+//! second signal then ends it the hard way. Children (`cairn run`'s steps and hooks) start with
+//! no signal blocked: `std::process::Command` clears the mask.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::SeqCst};
+use std::sync::Mutex;
+
+/// Set by a signal once [`cancel_instead`] was called.
+pub static CANCEL: AtomicBool = AtomicBool::new(false);
+/// The signal that set [`CANCEL`].
+pub static SIGNAL: AtomicI32 = AtomicI32::new(0);
+static GRACEFUL: AtomicBool = AtomicBool::new(false);
+/// Child processes that a signal is passed on to (`cairn run`'s current step).
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Set once a signal is ending the process: a thread whose child ended goes no further.
+static ENDING: AtomicBool = AtomicBool::new(false);
+
+const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn set() -> libc::sigset_t {
+    // SAFETY: sigemptyset and sigaddset initialise and fill a sigset_t we own.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for signal in SIGNALS {
+            libc::sigaddset(&mut set, signal);
+        }
+        set
+    }
+}
+
+/// Blocks the signals and starts the thread that takes them. Called first in `main`, before any
+/// other thread exists, so that every thread inherits the mask.
+pub fn install() {
+    let set = set();
+    // SAFETY: sets this thread's signal mask from a valid set.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: waits for one of the blocked signals of a valid set.
+            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                continue;
+            }
+            if GRACEFUL.load(SeqCst) && !CANCEL.load(SeqCst) {
+                SIGNAL.store(signal, SeqCst);
+                CANCEL.store(true, SeqCst);
+                continue;
+            }
+            end(signal);
+        })
+        .expect("a thread for signals");
+}
+
+/// From now on a signal sets [`CANCEL`] (the command stops by itself) rather than ending the
+/// process; a second one still ends it.
+pub fn cancel_instead() {
+    GRACEFUL.store(true, SeqCst);
+}
+
+/// Passes the signals on to the process group `pid` leads until [`child_ended`].
+pub fn child_started(pid: u32) {
+    CHILDREN.lock().expect("poisoned").push(pid);
+}
+
+pub fn child_ended(pid: u32) {
+    CHILDREN.lock().expect("poisoned").retain(|&p| p != pid);
+}
+
+pub fn name(signal: libc::c_int) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
+}
+
+/// Ends the process on `signal`: the children first (each writes its own record; waited for at
+/// most 30 s), then the records of this process's open runs.
+fn end(signal: libc::c_int) -> ! {
+    ENDING.store(true, SeqCst);
+    let children = CHILDREN.lock().map(|c| c.clone()).unwrap_or_default();
+    for &pid in &children {
+        // SAFETY: sends a signal to the process group of a child we started as its leader.
+        unsafe { libc::kill(-(pid as libc::pid_t), signal) };
+    }
+    // Until the thread that waits for each has seen it end (and all its output, which a
+    // grandchild could hold open).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while CHILDREN.lock().is_ok_and(|c| !c.is_empty()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    cairn::progress::clear_line();
+    let why = format!("interrupted by {}", name(signal));
+    for failure in cairn::audit::interrupted(&why) {
+        errln!("warning: {failure}");
+    }
+    errln!("error: {why}; the run is recorded as failed");
+    std::process::exit(128 + signal)
+}
+
+/// [`std::process::Command::output`], passing the signals on to the child while it runs: it
+/// leads a process group of its own, which gets them (a hook's own children included).
+pub fn output(command: &mut std::process::Command) -> std::io::Result<std::process::Output> {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).spawn()?;
+    let pid = child.id();
+    child_started(pid);
+    let output = child.wait_with_output();
+    child_ended(pid);
+    while ENDING.load(SeqCst) {
+        // The signal's thread ends the process: the next step must not start meanwhile.
+        std::thread::park();
+    }
+    output
+}

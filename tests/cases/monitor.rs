@@ -1,0 +1,262 @@
+//! Monitoring that never lies (issue 22): what `cairn status` judges and the records that every
+//! run leaves, whether it ends well, fails, is interrupted or is killed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// `cairn status --json ARGS` and its exit code.
+fn status_of<S: AsRef<std::ffi::OsStr>>(command: &mut Command, args: &[S]) -> (serde_json::Value, Option<i32>) {
+    let out = run(command.args(["status", "--json"]).args(args));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    (serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("bad JSON {stdout:?}: {e}")), out.status.code())
+}
+
+fn source<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    let sources = status["sources"].as_array().unwrap();
+    sources.iter().find(|s| s["source"] == name).unwrap_or_else(|| panic!("no source {name} in {status}"))
+}
+
+fn problems(value: &serde_json::Value) -> String {
+    value["problems"].to_string()
+}
+
+/// A repository with one snapshot of a small source named `app`.
+fn one_source(scratch: &Scratch) -> (PathBuf, PathBuf) {
+    let (src, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("file"), "content").unwrap();
+    init(&repo);
+    ok(cairn(&repo).args(["snapshot", "--source", "app"]).arg(&src));
+    (src, repo)
+}
+
+#[test]
+fn a_repository_without_a_snapshot_is_not_healthy() {
+    let scratch = Scratch::new("monitor-empty");
+    let repo = scratch.join("repo");
+    init(&repo);
+    let (status, code) = status_of(&mut cairn(&repo), &[] as &[&str]);
+    assert_eq!(code, Some(1), "{status}");
+    assert!(problems(&status).contains("holds no snapshot"), "{status}");
+}
+
+/// The record a sync leaves in its destination is complete (its end and outcome set) and says
+/// what it is: a copy received, not a failed offsite copy of the destination's own.
+#[test]
+fn a_sync_destination_shows_what_it_received_and_is_healthy() {
+    let scratch = Scratch::new("monitor-dest");
+    let (_, repo) = one_source(&scratch);
+    let dest = scratch.join("dest");
+    ok(cairn(&repo).arg("sync").arg("--to").arg(&dest));
+    let (status, code) = status_of(&mut cairn(&dest), &[] as &[&str]);
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(status["offsite"].as_array().unwrap().len(), 0, "{status}");
+    let received = &status["received"][0];
+    assert_eq!(received["last_outcome"], "ok", "{status}");
+    assert_eq!(received["to"], repo.to_str().unwrap(), "{status}");
+    assert!(received["last_sync"]["age_seconds"].as_i64().unwrap() < 60, "{status}");
+    // And the source's own view of the sync is complete too.
+    let (status, code) = status_of(&mut cairn(&repo), &[] as &[&str]);
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(status["offsite"][0]["last_outcome"], "ok", "{status}");
+}
+
+/// A typo (`cairn snapshot /does-not-exist`, a sync to a bucket that is not there) fails status
+/// until it is retired by hand; a config retires everything it does not name, and fails what
+/// it names and was never snapshotted.
+#[test]
+fn a_typo_is_retired_and_a_config_decides_what_is_judged() {
+    let scratch = Scratch::new("monitor-retire");
+    let (src, repo) = one_source(&scratch);
+    let typo = scratch.join("does-not-exist");
+    assert!(!run(cairn(&repo).arg("snapshot").arg(&typo)).status.success());
+    let (before, code) = status_of(&mut cairn(&repo), &[] as &[&str]);
+    assert_eq!(code, Some(1), "{before}");
+    assert!(problems(source(&before, typo.to_str().unwrap())).contains("failed"), "{before}");
+
+    let (retired, code) = status_of(&mut cairn(&repo), &[std::ffi::OsStr::new("--retire"), typo.as_os_str()]);
+    assert_eq!(code, Some(0), "{retired}");
+    assert_eq!(source(&retired, typo.to_str().unwrap())["retired"], true, "{retired}");
+    assert_eq!(source(&retired, "app")["retired"], false, "{retired}");
+    // Running again un-retires it: its failure counts again.
+    assert!(!run(cairn(&repo).arg("snapshot").arg(&typo)).status.success());
+    assert_eq!(status_of(&mut cairn(&repo), &[] as &[&str]).1, Some(1));
+
+    // A config: `app` and `db` configured, `db` never snapshotted; the typo not configured.
+    let config = scratch.join("cairn.toml");
+    fs::write(
+        &config,
+        format!(
+            "[[source]]\nname = \"app\"\npaths = [\"{}\"]\n\n[[source]]\nname = \"db\"\npaths = [\"{}\"]\n",
+            src.display(),
+            src.display()
+        ),
+    )
+    .unwrap();
+    let (judged, code) = status_of(&mut cairn(&repo), &[std::ffi::OsStr::new("--config"), config.as_os_str()]);
+    assert_eq!(code, Some(1), "{judged}");
+    assert_eq!(problems(source(&judged, "db")), r#"["never snapshotted"]"#, "{judged}");
+    assert_eq!(source(&judged, typo.to_str().unwrap())["retired"], true, "{judged}");
+    assert_eq!(source(&judged, "app")["problems"].as_array().unwrap().len(), 0, "{judged}");
+    ok(cairn(&repo).args(["snapshot", "--source", "db"]).arg(&src));
+    assert_eq!(status_of(&mut cairn(&repo), &[std::ffi::OsStr::new("--config"), config.as_os_str()]).1, Some(0));
+    // CAIRN_CONFIG names it as well; --no-config judges everything found.
+    assert_eq!(status_of(cairn(&repo).env("CAIRN_CONFIG", &config), &[] as &[&str]).1, Some(0));
+    assert_eq!(status_of(cairn(&repo).env("CAIRN_CONFIG", &config), &["--no-config"]).1, Some(1));
+}
+
+/// Two 64 MiB files of noise: a snapshot of them runs long enough to be stopped half way.
+fn big_source(scratch: &Scratch) -> PathBuf {
+    let src = scratch.join("big");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..2 {
+        write_noise_file(&src.join(format!("big-{i}")), 64 << 20, i);
+    }
+    src
+}
+
+/// Starts a snapshot of `src` and returns it once it has written its first pack.
+fn snapshot_under_way(repo: &Path, src: &Path) -> std::process::Child {
+    let packs = pack_count(repo);
+    let mut command = cairn(repo);
+    command.args(["snapshot", "--source", "big"]).arg(src).stdout(Stdio::null()).stderr(Stdio::piped());
+    // Default dispositions: a test run started in the background inherits SIGINT ignored.
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let started = Instant::now();
+    while pack_count(repo) == packs && child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no pack written");
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the snapshot ended before it could be stopped");
+    child
+}
+
+/// `kill -9` leaves a start record that nothing answers: status reports the run as killed (and a
+/// repository whose only snapshot was killed holds none, which is no health). SIGINT and SIGTERM
+/// write the failed record themselves, say so and exit 128 + the signal. A good run clears it.
+#[test]
+fn interrupted_and_killed_runs_are_reported_as_failed() {
+    let scratch = Scratch::new("monitor-killed");
+    let (src, repo) = (big_source(&scratch), scratch.join("repo"));
+    init(&repo);
+
+    let mut child = snapshot_under_way(&repo, &src);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (status1, code) = status_of(&mut cairn(&repo), &[] as &[&str]);
+    assert_eq!(code, Some(1), "{status1}");
+    assert!(problems(&status1).contains("holds no snapshot"), "{status1}");
+    assert!(problems(source(&status1, "big")).contains("killed"), "{status1}");
+
+    for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
+        let child = snapshot_under_way(&repo, &src);
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(128 + signal), "{stderr}");
+        assert!(stderr.contains(&format!("interrupted by {name}")), "{stderr}");
+        let (status, code) = status_of(&mut cairn(&repo), &[] as &[&str]);
+        assert_eq!(code, Some(1), "{status}");
+        let problems = problems(source(&status, "big"));
+        assert!(problems.contains(&format!("interrupted by {name}")) && !problems.contains("killed"), "{status}");
+    }
+
+    ok(cairn(&repo).args(["snapshot", "--source", "big"]).arg(&src));
+    let (status, code) = status_of(&mut cairn(&repo), &[] as &[&str]);
+    assert_eq!(code, Some(0), "{status}");
+}
+
+/// A run that is going on is no problem: its start record is answered by a live process.
+#[test]
+fn a_run_under_way_is_listed_as_running() {
+    let scratch = Scratch::new("monitor-running");
+    let (_, repo) = one_source(&scratch);
+    let src = big_source(&scratch);
+    let mut child = snapshot_under_way(&repo, &src);
+    let (status, code) = status_of(&mut cairn(&repo), &[] as &[&str]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(status["running"].to_string().contains("snapshot (pid"), "{status}");
+    assert_eq!(code, Some(0), "{status}");
+}
+
+/// `cairn run` with its drill on the offsite copy: the drill counts for the local status too.
+#[test]
+fn an_offsite_drill_counts_in_the_local_status() {
+    let scratch = Scratch::new("monitor-offsite-drill");
+    fs::create_dir_all(scratch.join("src")).unwrap();
+    fs::write(scratch.join("src/file"), "content").unwrap();
+    let config = scratch.join("cairn.toml");
+    fs::write(
+        &config,
+        "repository = \"repo\"\ntemp_dir = \".\"\n[[source]]\nname = \"src\"\npaths = [\"src\"]\n\n\
+         [[offsite]]\nname = \"away\"\nrepository = \"away\"\n\n[drill]\nevery = \"1h\"\nrepository = \"away\"\n",
+    )
+    .unwrap();
+    let mut command = Command::new(CAIRN);
+    command.arg("run").arg("--config").arg(&config).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
+    with_password(&mut command);
+    ok(&mut command);
+    let repo = scratch.join("repo");
+    let (status, code) = status_of(
+        &mut cairn(&repo),
+        &[std::ffi::OsStr::new("--max-drill-age"), "1h".as_ref(), "--config".as_ref(), config.as_os_str()],
+    );
+    assert_eq!(code, Some(0), "{status}");
+    assert!(source(&status, "src")["last_drill_ok"].is_object(), "{status}");
+}
+
+#[test]
+fn config_check_speaks_json() {
+    let scratch = Scratch::new("monitor-config-json");
+    let config = scratch.join("cairn.toml");
+    fs::write(&config, "[[source]]\nname = \"a\"\npaths = [\"/\"]\nbogus = 1\n").unwrap();
+    let out = run(Command::new(CAIRN).args(["--json", "config", "check", "--config"]).arg(&config));
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["problems"][0]["line"], 4, "{report}");
+}
+
+/// SIGTERM to `cairn run` (systemd stopping it) while a hook runs: the hook is stopped too, and
+/// the run's record says it failed, interrupted.
+#[test]
+fn a_stopped_cycle_stops_its_step_and_records_why() {
+    let scratch = Scratch::new("monitor-run-signal");
+    fs::create_dir_all(scratch.join("src")).unwrap();
+    let config = scratch.join("cairn.toml");
+    fs::write(&config, "repository = \"repo\"\n[[source]]\nname = \"src\"\npaths = [\"src\"]\nbefore = \"sleep 30\"\n")
+        .unwrap();
+    let mut command = Command::new(CAIRN);
+    command.arg("run").arg("--config").arg(&config).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
+    with_password(&mut command).stdout(Stdio::null()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let child = command.spawn().unwrap();
+    // The hook runs once the repository is there.
+    while !scratch.join("repo/config").exists() {
+        assert!(started.elapsed() < Duration::from_secs(20), "the run never created its repository");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(20), "the hook was not stopped");
+    let repo = cairn::repository::Repository::open_with(&scratch.join("repo").to_string_lossy(), PASSWORD).unwrap();
+    let records = cairn::audit::read_all(&repo).unwrap();
+    let run = records.iter().find(|r| r.command == "run").expect("the run's record");
+    assert_eq!(run.outcome, cairn::format::audit::Outcome::Failed);
+    assert!(run.errors.iter().any(|e| e.contains("interrupted by SIGTERM")), "{:?}", run.errors);
+}
