@@ -44,9 +44,24 @@ impl Writer {
     }
 }
 
-/// Unix milliseconds now.
+/// Unix milliseconds now: [`now`].
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    now().as_millis() as i64
+}
+
+/// The time since the Unix epoch by the system clock, moved by `CAIRN_CLOCK_OFFSET` seconds
+/// when that is set (tests that run a month of daily cycles in a minute): what every record,
+/// snapshot time and lock file of this process says.
+pub fn now() -> std::time::Duration {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let offset = *OFFSET.get_or_init(|| {
+        std::env::var("CAIRN_CLOCK_OFFSET").ok().and_then(|text| text.trim().parse().ok()).unwrap_or(0)
+    });
+    let real = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    match offset >= 0 {
+        true => real + std::time::Duration::from_secs(offset as u64),
+        false => real.saturating_sub(std::time::Duration::from_secs(offset.unsigned_abs())),
+    }
 }
 
 /// A record being filled in while a command runs.
@@ -131,4 +146,76 @@ pub fn read_all(repo: &Repository) -> Result<Vec<AuditRecord>> {
         repo.read_all_named("audit", AuditRecord::decode)?.into_iter().map(|(_, r)| r).collect();
     records.sort_by(|a, b| (a.started_ms, a.ended_ms, &a.nonce).cmp(&(b.started_ms, b.ended_ms, &b.nonce)));
     Ok(records)
+}
+
+/// Records younger than this are all kept by [`compact`] unless told otherwise.
+pub const KEEP_WITHIN_DEFAULT: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// What [`compact`] kept and deleted.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Compacted {
+    pub records: usize,
+    pub kept: usize,
+    pub deleted: usize,
+}
+
+/// Which records [`compact`] keeps: every record that ended within `keep_within_ms` of `now_ms`,
+/// and of the older ones those `cairn status` reads, so that it says after compaction what it
+/// said before: the newest of each kind (command, source, and for a sync its destination) and
+/// each source's newest failure and newest good drill, each destination's newest good sync, and
+/// every start record that no record answers (a killed run). An answered start record has done
+/// its work. Returns the indices of the records to keep.
+pub fn to_keep(records: &[AuditRecord], now_ms: i64, keep_within_ms: i64) -> std::collections::BTreeSet<usize> {
+    use std::collections::{BTreeSet, HashMap, HashSet};
+    let answered: HashSet<(&str, &str)> =
+        records.iter().filter(|r| r.command != START).map(|r| (r.nonce.as_str(), r.hostname.as_str())).collect();
+    let mut keep = BTreeSet::new();
+    // Newest per key: records are oldest first, so the last one seen wins.
+    let mut newest: HashMap<(&str, String, String), usize> = HashMap::new();
+    for (n, record) in records.iter().enumerate() {
+        if record.command == START {
+            let killed_or_running = !answered.contains(&(record.nonce.as_str(), record.hostname.as_str()));
+            if killed_or_running || record.ended_ms >= now_ms - keep_within_ms {
+                keep.insert(n);
+            }
+            continue;
+        }
+        if record.ended_ms >= now_ms - keep_within_ms {
+            keep.insert(n);
+        }
+        let target = ["to", "received_from"].iter().find_map(|k| record.details[*k].as_str()).unwrap_or("").to_string();
+        newest.insert((record.command.as_str(), record.source.clone(), target.clone()), n);
+        if record.outcome == Outcome::Failed {
+            newest.insert(("failed", record.source.clone(), String::new()), n);
+        }
+        if record.outcome == Outcome::Ok && (record.command == "drill" || record.command == "sync") {
+            newest.insert(
+                (if record.command == "drill" { "good drill" } else { "good sync" }, record.source.clone(), target),
+                n,
+            );
+        }
+    }
+    keep.extend(newest.into_values());
+    keep
+}
+
+/// Deletes the audit records [`to_keep`] does not keep (`dry_run`: counts them only). `cairn
+/// prune` runs it holding the exclusive lock. A damaged record is never deleted (it is not read,
+/// so nothing is known of it); a listing that fails deletes nothing.
+pub fn compact(repo: &Repository, now_ms: i64, keep_within: std::time::Duration, dry_run: bool) -> Result<Compacted> {
+    let mut named = repo.read_all_named("audit", AuditRecord::decode)?;
+    named.sort_by(|(_, a), (_, b)| (a.started_ms, a.ended_ms, &a.nonce).cmp(&(b.started_ms, b.ended_ms, &b.nonce)));
+    let records: Vec<AuditRecord> = named.iter().map(|(_, r)| r.clone()).collect();
+    let keep = to_keep(&records, now_ms, keep_within.as_millis() as i64);
+    let mut compacted = Compacted { records: records.len(), kept: keep.len(), deleted: 0 };
+    for (n, (id, _)) in named.iter().enumerate() {
+        if keep.contains(&n) {
+            continue;
+        }
+        if !dry_run {
+            repo.backend().delete(&format!("audit/{}", id.to_hex()))?;
+        }
+        compacted.deleted += 1;
+    }
+    Ok(compacted)
 }

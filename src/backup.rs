@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use rayon::prelude::*;
 
@@ -129,7 +129,7 @@ fn find_parent(repo: &Repository, host: &str, source: &str, paths: &[Vec<u8>]) -
 
 pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Progress) -> Result<SnapshotOutcome> {
     let started = Instant::now();
-    let start_time = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let start_time = crate::audit::now();
     if !options.paths.is_empty() {
         resolve_paths(&options.paths)?;
     }

@@ -312,7 +312,11 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
 /// start record that no record answers (by nonce and host), of a process that is gone. Such a
 /// run of this host is gone when its process is; one of another host when no live lock file of
 /// its process is left (read only then). Returns the runs still going, which are no problem.
-fn with_killed_runs(repo: &Repository, mut records: Vec<AuditRecord>, now_ms: i64) -> (Vec<AuditRecord>, Vec<String>) {
+pub fn with_killed_runs(
+    repo: &Repository,
+    mut records: Vec<AuditRecord>,
+    now_ms: i64,
+) -> (Vec<AuditRecord>, Vec<String>) {
     let answered: std::collections::HashSet<(&str, &str)> =
         records.iter().filter(|r| r.command != audit::START).map(|r| (r.nonce.as_str(), r.hostname.as_str())).collect();
     let open: Vec<&AuditRecord> = records
@@ -421,6 +425,90 @@ pub fn prometheus(status: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::Run;
+    use crate::repository::NewKeys;
+
+    /// Random runs over a year, each answered by its record or (killed) not: after compaction
+    /// status says exactly what it said before, from far fewer records.
+    #[test]
+    fn compaction_keeps_what_status_says() {
+        let repo = Repository::init_location_with(
+            "memory://audit",
+            crate::format::config::Config::new_random(),
+            NewKeys::None,
+        )
+        .unwrap();
+        let mut seed = 22u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let day = 86_400_000;
+        let now = 1_800_000_000_000;
+        let commands = ["snapshot", "drill", "sync", "check", "prune", "hook", "retire"];
+        let outcomes = [Outcome::Ok, Outcome::Ok, Outcome::Ok, Outcome::Failed, Outcome::Incomplete];
+        for n in 0..1500 {
+            let command = commands[next(commands.len() as u64) as usize];
+            // `gone` runs only in the first months: its last failure and good drill are old.
+            let source = match n < 500 {
+                true => ["db", "web", "", "/typo", "gone", "gone"][next(6) as usize],
+                false => ["db", "web", "", "/typo"][next(4) as usize],
+            };
+            let mut run = Run::start(command, source);
+            run.record.hostname = "elsewhere".into();
+            run.record.started_ms = now - 376 * day + n * day / 4 + next(1000) as i64;
+            run.record.ended_ms = run.record.started_ms + 1000;
+            run.record.outcome = outcomes[next(outcomes.len() as u64) as usize];
+            if command == "sync" {
+                let to = ["s3://a/x", "s3://b/y"][next(2) as usize];
+                run.record.details = match next(4) {
+                    0 => serde_json::json!({ "to": to, "received_from": "/elsewhere" }),
+                    _ => serde_json::json!({ "to": to }),
+                };
+            }
+            if command != "retire" && command != "prune" {
+                let start = crate::format::audit::AuditRecord {
+                    command: crate::audit::START.into(),
+                    ended_ms: run.record.started_ms,
+                    outcome: Outcome::Ok,
+                    details: serde_json::json!({ "command": command, "pid": 1 }),
+                    ..run.record.clone()
+                };
+                crate::audit::write(&repo, &start).unwrap();
+                if next(20) == 0 {
+                    continue; // killed
+                }
+            }
+            if run.record.outcome != Outcome::Ok {
+                run.record.errors.push(format!("error {n}"));
+            }
+            crate::audit::write(&repo, &run.record).unwrap();
+        }
+        // `old`: a failed snapshot, then a good one; its last failure is in no newest-of-kind.
+        for (days, outcome) in [(300, Outcome::Failed), (299, Outcome::Ok)] {
+            let mut run = Run::start("snapshot", "old");
+            (run.record.started_ms, run.record.ended_ms, run.record.outcome) =
+                (now - days * day, now - days * day, outcome);
+            crate::audit::write(&repo, &run.record).unwrap();
+        }
+        let thresholds = Thresholds {
+            max_age: Some(Duration::from_secs(86_400)),
+            max_drill_age: Some(Duration::from_secs(7 * 86_400)),
+        };
+        let before = serde_json::to_value(status(&repo, now, &thresholds, None).unwrap()).unwrap();
+        let listed = |repo: &Repository| repo.backend().list("audit").unwrap().len();
+        let records = listed(&repo);
+        let compacted = crate::audit::compact(&repo, now, Duration::from_secs(30 * 86_400), false).unwrap();
+        assert_eq!(compacted.records, records);
+        assert_eq!(listed(&repo), compacted.kept);
+        assert!(compacted.kept < records / 4, "{compacted:?}");
+        let after = serde_json::to_value(status(&repo, now, &thresholds, None).unwrap()).unwrap();
+        assert_eq!(before, after);
+        // Again: nothing more to drop.
+        assert_eq!(crate::audit::compact(&repo, now, Duration::from_secs(30 * 86_400), false).unwrap().deleted, 0);
+    }
 
     #[test]
     fn durations() {

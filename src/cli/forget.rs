@@ -86,6 +86,10 @@ pub struct PruneArgs {
     /// Repack until dead bytes are at most this percentage of live ones
     #[arg(long, value_name = "PERCENT", default_value_t = 5.0)]
     max_unused: f64,
+    /// Keep every audit record younger than this; of older ones only what `status` reads (the
+    /// newest of each kind per source): so `status` costs the same after years of runs
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = cairn::status::parse_duration)]
+    keep_audit: std::time::Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -202,9 +206,13 @@ pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bo
             format::bytes(plan.bytes_freed)
         );
     }
+    let now = cairn::audit::now_ms();
     if dry_run {
+        let compacted = cairn::audit::compact(repo, now, args.keep_audit, true)?;
         if context.json {
-            outln!("{}", serde_json::json!({ "dry_run": true, "plan": plan }));
+            outln!("{}", serde_json::json!({ "dry_run": true, "plan": plan, "audit": compacted }));
+        } else if !context.quiet {
+            outln!("audit: {} of {} records would be deleted", compacted.deleted, compacted.records);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -218,18 +226,28 @@ pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bo
             return Err(e.into());
         }
     };
+    let compacted = match cairn::audit::compact(repo, now, args.keep_audit, false) {
+        Ok(compacted) => compacted,
+        Err(e) => {
+            audit.record.errors.push(format!("compacting the audit log: {e}"));
+            super::finish_audit(audit, repo, Outcome::Failed);
+            return Err(e.into());
+        }
+    };
     audit.record.bytes = report.bytes_freed;
-    audit.record.details = serde_json::json!({ "report": report });
+    audit.record.details = serde_json::json!({ "report": report, "audit": compacted });
     super::finish_audit(audit, repo, Outcome::Ok);
     if context.json {
-        outln!("{}", serde_json::json!({ "plan": plan_json, "report": report }));
+        outln!("{}", serde_json::json!({ "plan": plan_json, "report": report, "audit": compacted }));
     } else if !context.quiet {
         outln!(
-            "pruned: {} packs deleted, {} written, {} index files rewritten; {} freed",
+            "pruned: {} packs deleted, {} written, {} index files rewritten; {} freed; {} of {} audit records compacted away",
             report.packs_deleted,
             report.packs_written,
             report.index_files_written,
-            format::bytes(report.bytes_freed)
+            format::bytes(report.bytes_freed),
+            compacted.deleted,
+            compacted.records
         );
     }
     Ok(ExitCode::SUCCESS)

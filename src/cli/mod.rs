@@ -12,6 +12,7 @@ mod forget;
 mod format;
 mod init;
 mod key;
+mod log;
 mod ls;
 mod password;
 mod repair;
@@ -120,6 +121,8 @@ enum Command {
     Drill(drill::Args),
     /// Per source: newest snapshot, last good drill, last failure; non-zero exit on problems
     Status(status::Args),
+    /// The audit log: every run, its outcome and its first error; filters select which
+    Log(log::Args),
     /// Remove snapshots by id or by a --keep-* retention policy
     Forget(forget::ForgetArgs),
     /// Add or remove tags on existing snapshots (`--add protected` keeps one from every policy)
@@ -367,6 +370,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => check::run(&context, args),
         Command::Drill(args) => drill::run(&context, args),
         Command::Status(args) => status::run(&context, args),
+        Command::Log(args) => log::run(&context, args),
         Command::Forget(args) => forget::run_forget(&context, args),
         Command::Tag(args) => tag::run(&context, args),
         Command::Prune(args) => forget::run_prune(&context, args),

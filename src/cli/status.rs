@@ -37,7 +37,7 @@ pub struct Args {
 
 /// Now, in Unix milliseconds. `CAIRN_NOW` (Unix seconds) overrides the clock, so tests and
 /// what-if questions ("will this be stale tomorrow?") need no waiting.
-fn now_ms() -> Result<i64> {
+pub fn now_ms() -> Result<i64> {
     match std::env::var("CAIRN_NOW") {
         Ok(text) => Ok(text.trim().parse::<i64>().context("CAIRN_NOW must be Unix seconds")? * 1000),
         Err(_) => Ok(cairn::audit::now_ms()),
@@ -69,7 +69,10 @@ fn config(args: &Args) -> Result<Option<cairn::config::Config>> {
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let config = config(&args)?;
     let location = context.location_with(config.as_ref().and_then(|c| c.repository.as_deref()));
-    let repo = cairn::repository::Repository::open_location(&location)?;
+    // Records and manifests never change: on an object store they are read through the cache,
+    // so a status costs the listings and what is new since the last one.
+    let mut repo = cairn::repository::Repository::open_location(&location)?;
+    context.cache_for(&mut repo);
     for name in &args.retire {
         let mut audit = cairn::audit::Run::start(cairn::status::RETIRE, name);
         audit.close(cairn::format::audit::Outcome::Ok);

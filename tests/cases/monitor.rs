@@ -260,3 +260,119 @@ fn a_stopped_cycle_stops_its_step_and_records_why() {
     assert_eq!(run.outcome, cairn::format::audit::Outcome::Failed);
     assert!(run.errors.iter().any(|e| e.contains("interrupted by SIGTERM")), "{:?}", run.errors);
 }
+
+/// A month of daily `cairn run`s in a minute (the clock moved a day per cycle with
+/// CAIRN_CLOCK_OFFSET): one source whose path vanishes on day 25 (still failing at the end), a
+/// sync that fails on day 12 (fixed the next day), a run killed with `kill -9` on day 15 (the
+/// next run supersedes it) and a source dropped from the config on day 10 (retired). At the end
+/// status names exactly the problem still current, and `cairn log` shows every one of them.
+#[test]
+fn a_simulated_month_ends_with_exactly_the_current_problems() {
+    let scratch = Scratch::new("monitor-month");
+    for dir in ["web", "flaky", "old"] {
+        fs::create_dir_all(scratch.join(dir)).unwrap();
+        fs::write(scratch.join(dir).join("file"), dir).unwrap();
+    }
+    let config = scratch.join("cairn.toml");
+    let write_config = |with_old: bool| {
+        let old = if with_old { "[[source]]\nname = \"old\"\npaths = [\"old\"]\n" } else { "" };
+        let text = format!(
+            "repository = \"repo\"\ntemp_dir = \".\"\n\n[retention]\nkeep_daily = 7\n\n\
+             [[source]]\nname = \"web\"\npaths = [\"web\"]\nbefore = \"sh hook.sh\"\n\n\
+             [[source]]\nname = \"flaky\"\npaths = [\"flaky\"]\n\n{old}\n\
+             [[offsite]]\nname = \"away\"\nrepository = \"away\"\n\n[drill]\nevery = \"7d\"\n"
+        );
+        fs::write(&config, text).unwrap();
+    };
+    write_config(true);
+    // The hook stalls only when told to, and says where it is.
+    fs::write(scratch.join("hook.sh"), "echo $$ > hook.pid\nif [ -e stall ]; then touch stalled; sleep 60; fi\n")
+        .unwrap();
+    let day = |n: u64| {
+        let mut command = Command::new(CAIRN);
+        command.arg("run").arg("--config").arg(&config).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
+        command.env("CAIRN_CLOCK_OFFSET", (n * 86_400).to_string()).stdout(Stdio::null()).stderr(Stdio::null());
+        with_password(&mut command);
+        command
+    };
+    let (away, parked) = (scratch.join("away"), scratch.join("away.parked"));
+    for n in 0..30u64 {
+        match n {
+            10 => write_config(false),
+            12 => {
+                fs::rename(&away, &parked).unwrap();
+                fs::write(&away, "not a repository").unwrap();
+            }
+            13 => {
+                fs::remove_file(&away).unwrap();
+                fs::rename(&parked, &away).unwrap();
+            }
+            25 => fs::remove_dir_all(scratch.join("flaky")).unwrap(),
+            _ => {}
+        }
+        fs::write(scratch.join("web/file"), format!("day {n}")).unwrap();
+        if n == 15 {
+            fs::write(scratch.join("stall"), "").unwrap();
+            let mut run = day(n).spawn().unwrap();
+            let started = Instant::now();
+            while !scratch.join("stalled").exists() {
+                assert!(started.elapsed() < Duration::from_secs(30), "the hook never stalled");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            run.kill().unwrap();
+            run.wait().unwrap();
+            let hook: i32 = fs::read_to_string(scratch.join("hook.pid")).unwrap().trim().parse().unwrap();
+            unsafe { libc::kill(-hook, libc::SIGKILL) };
+            fs::remove_file(scratch.join("stall")).unwrap();
+            continue;
+        }
+        let out = day(n).output().unwrap();
+        let expect_ok = !matches!(n, 12) && n < 25;
+        assert_eq!(out.status.success(), expect_ok, "day {n}: {out:?}");
+    }
+
+    let repo = scratch.join("repo");
+    let at_end = (30 * 86_400).to_string();
+    let mut command = cairn(&repo);
+    command.env("CAIRN_CLOCK_OFFSET", &at_end);
+    let (status, code) = status_of(
+        &mut command,
+        &[
+            std::ffi::OsStr::new("--max-age"),
+            "26h".as_ref(),
+            "--max-drill-age".as_ref(),
+            "8d".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ],
+    );
+    assert_eq!(code, Some(1), "{status}");
+    assert_eq!(status["problems"].as_array().unwrap().len(), 0, "nothing repository-wide is current: {status}");
+    let failing: Vec<&str> = (status["sources"].as_array().unwrap().iter())
+        .filter(|s| !s["problems"].as_array().unwrap().is_empty())
+        .map(|s| s["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(failing, ["flaky"], "{status}");
+    assert!(problems(source(&status, "flaky")).contains("last snapshot failed"), "{status}");
+    assert_eq!(source(&status, "old")["retired"], true, "{status}");
+    assert_eq!(status["offsite"][0]["last_outcome"], "ok", "{status}");
+
+    let mut command = cairn(&repo);
+    command.env("CAIRN_CLOCK_OFFSET", &at_end);
+    let log = json(command.arg("log"));
+    let entries = log.as_array().unwrap();
+    let has = |command: &str, source: &str, outcome: &str, text: &str| {
+        entries.iter().any(|r| {
+            r["command"] == command
+                && (source.is_empty() || r["source"] == source)
+                && r["outcome"] == outcome
+                && (text.is_empty() || r.to_string().contains(text))
+        })
+    };
+    assert!(has("snapshot", "flaky", "failed", ""), "the failed source");
+    assert!(has("sync", "", "failed", ""), "the failed sync");
+    assert!(has("run", "", "failed", "killed"), "the killed run");
+    assert!(has("snapshot", "old", "ok", ""), "the retired source's runs");
+    // Every cycle left its run record (the killed one as killed).
+    assert_eq!(entries.iter().filter(|r| r["command"] == "run").count(), 30);
+}
