@@ -164,7 +164,7 @@ pub struct Compacted {
 /// said before: the newest of each kind (command, source, and for a sync its destination) and
 /// each source's newest failure and newest good drill, each destination's newest good sync, and
 /// every start record that no record answers (a killed run). An answered start record has done
-/// its work. Returns the indices of the records to keep.
+/// its work and goes, however young. Returns the indices of the records to keep.
 pub fn to_keep(records: &[AuditRecord], now_ms: i64, keep_within_ms: i64) -> std::collections::BTreeSet<usize> {
     use std::collections::{BTreeSet, HashMap, HashSet};
     let answered: HashSet<(&str, &str)> =
@@ -174,8 +174,8 @@ pub fn to_keep(records: &[AuditRecord], now_ms: i64, keep_within_ms: i64) -> std
     let mut newest: HashMap<(&str, String, String), usize> = HashMap::new();
     for (n, record) in records.iter().enumerate() {
         if record.command == START {
-            let killed_or_running = !answered.contains(&(record.nonce.as_str(), record.hostname.as_str()));
-            if killed_or_running || record.ended_ms >= now_ms - keep_within_ms {
+            // Answered, it has done its work, whatever its age.
+            if !answered.contains(&(record.nonce.as_str(), record.hostname.as_str())) {
                 keep.insert(n);
             }
             continue;

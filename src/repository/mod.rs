@@ -61,6 +61,19 @@ pub enum NewKeys {
     Shared { master: MasterKey, passphrase: String },
 }
 
+/// Threads for reading many small files from an object store: each mostly waits for its round
+/// trip, so there are many more of them than cores.
+fn round_trips() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(16)
+            .thread_name(|n| format!("round-trip-{n}"))
+            .build()
+            .expect("a thread pool")
+    })
+}
+
 impl Repository {
     fn assemble(backend: Arc<dyn Backend>, config: Config, keys: Option<Keys>, key_used: Option<String>) -> Repository {
         Repository {
@@ -476,8 +489,14 @@ impl Repository {
             let names: std::collections::HashSet<&str> = listed.iter().map(|(key, _)| key.as_str()).collect();
             cache.retain(dir, |key| names.contains(key));
         }
-        // In parallel: a year of nightly runs leaves hundreds of small files, each a disk seek.
-        Ok(listed.par_iter().filter_map(|(key, _)| self.read_decoded(key, &decode)).collect())
+        // In parallel: a year of nightly runs leaves hundreds of small files, each a disk seek, or
+        // on an object store a round trip, of which many more are in flight at once than there
+        // are cores (measured: 20,000 audit records from loopback S3 in 49.6 s on 2 threads).
+        let read = || listed.par_iter().filter_map(|(key, _)| self.read_decoded(key, &decode)).collect();
+        match self.backend.disk_path() {
+            Some(_) => Ok(read()),
+            None => Ok(round_trips().install(read)),
+        }
     }
 
     /// One content-named file, decoded; `None` if it is not there any more, not named by an id,
