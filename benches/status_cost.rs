@@ -60,7 +60,7 @@ fn measure(location: &str, runs: u64) {
     records.par_iter().for_each(|record| cairn::audit::write(&repo, record).expect("write"));
     let cache = std::env::temp_dir().join(format!("cairn-status-cost-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&cache);
-    let thresholds = Thresholds { max_age: Some(Duration::from_secs(86_400)), max_drill_age: None };
+    let thresholds = Thresholds { max_age: Some(Duration::from_secs(86_400)), ..Thresholds::default() };
     let timed = |label: &str| {
         let mut repo = Repository::open_location(location).expect("open");
         repo.use_cache(&cache).expect("cache");

@@ -22,6 +22,9 @@ pub struct SourceStatus {
     pub latest_snapshot: Option<Event>,
     pub last_drill_ok: Option<Event>,
     pub last_failure: Option<Failure>,
+    /// Per offsite destination, the newest of this source's snapshots there, as the syncs into it
+    /// recorded.
+    pub offsite: Vec<OffsiteCopy>,
     /// Why this source is not healthy; empty when it is.
     pub problems: Vec<String>,
 }
@@ -30,6 +33,15 @@ pub struct SourceStatus {
 pub struct Event {
     pub snapshot: Option<String>,
     /// Unix milliseconds.
+    pub time_ms: i64,
+    pub age_seconds: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OffsiteCopy {
+    pub to: String,
+    pub snapshot: String,
+    /// The snapshot's time, Unix milliseconds.
     pub time_ms: i64,
     pub age_seconds: i64,
 }
@@ -75,9 +87,13 @@ impl Status {
     }
 }
 
+#[derive(Default)]
 pub struct Thresholds {
     pub max_age: Option<Duration>,
     pub max_drill_age: Option<Duration>,
+    /// A source whose newest copy in an offsite destination is older than this (or that has none
+    /// there) is a problem.
+    pub max_offsite_age: Option<Duration>,
 }
 
 /// What should exist, from a `cairn run` config: its sources' names and its offsite repositories.
@@ -147,9 +163,13 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
     let mut retired_at: BTreeMap<String, i64> = BTreeMap::new();
     // Safety snapshots of in-place restores are no source of their own: no schedule, no drill.
     let mut any_snapshot = false;
+    // Each source's snapshots, oldest first: (time, id).
+    let mut by_source: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
     for (id, snapshot) in snapshots.iter().filter(|(_, s)| !s.is_safety_snapshot()) {
         any_snapshot = true;
         let key = snapshot.source_key();
+        let taken_ms = snapshot.time_sec * 1000 + snapshot.time_nsec as i64 / 1_000_000;
+        by_source.entry(key.clone()).or_default().push((taken_ms, id.to_hex()));
         let entry = sources.entry(key.clone()).or_insert_with(|| SourceStatus { source: key, ..Default::default() });
         entry.snapshots += u64::from(seen.insert(snapshot.identity()));
         let time_ms = snapshot.time_sec * 1000 + snapshot.time_nsec as i64 / 1_000_000;
@@ -171,6 +191,8 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
     let mut offsite: BTreeMap<String, OffsiteStatus> = BTreeMap::new();
     let mut received: BTreeMap<String, OffsiteStatus> = BTreeMap::new();
     let mut status = Status { running, ..Status::default() };
+    // (source, destination) -> the newest snapshot a sync put (or found) there: (time, id).
+    let mut copies: BTreeMap<(String, String), (i64, String)> = BTreeMap::new();
     for record in &records {
         if record.command == audit::START {
             continue;
@@ -196,6 +218,9 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
             let last_ok = if ok { Some(this.clone()) } else { last_ok };
             let last_error = if ok { None } else { record.errors.first().cloned() };
             let last_outcome = record.outcome;
+            if record.details["received_from"].is_null() && record.outcome != Outcome::Failed {
+                covered(record, &name, &by_source, &mut copies);
+            }
             let last = active.entry(name.clone()).or_default();
             *last = (*last).max(record.ended_ms);
             map.insert(
@@ -279,6 +304,37 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
     for o in offsite.values_mut() {
         o.retired = retired(&o.to, expected.map(|e| &e.offsite));
     }
+    // Offsite coverage: every judged source in every destination that is judged.
+    let mut destinations: Vec<String> = offsite.values().filter(|o| !o.retired).map(|o| o.to.clone()).collect();
+    if let Some(expected) = expected {
+        destinations.retain(|to| expected.offsite.contains(to));
+        destinations.extend(expected.offsite.iter().filter(|to| !offsite.contains_key(*to)).cloned());
+    }
+    for entry in sources.values_mut().filter(|s| !s.retired) {
+        for to in &destinations {
+            let copy = copies.get(&(entry.source.clone(), to.clone()));
+            if let Some((time_ms, id)) = copy {
+                let age_seconds = (now_ms - time_ms) / 1000;
+                entry.offsite.push(OffsiteCopy {
+                    to: to.clone(),
+                    snapshot: id.clone(),
+                    time_ms: *time_ms,
+                    age_seconds,
+                });
+            }
+            match (copy, thresholds.max_offsite_age) {
+                (None, Some(_)) if entry.snapshots > 0 => entry.problems.push(format!("no copy in {to}")),
+                (Some((time_ms, _)), Some(max)) if (now_ms - time_ms) / 1000 > max.as_secs() as i64 => {
+                    entry.problems.push(format!(
+                        "newest copy in {to} is {} old (more than {})",
+                        age_text((now_ms - time_ms) / 1000),
+                        age_text(max.as_secs() as i64)
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
     for o in offsite.values().filter(|o| o.last_outcome != Outcome::Ok && !o.retired) {
         let error = o.last_error.as_ref().map_or(String::new(), |e| format!(": {e}"));
         status.problems.push(format!(
@@ -306,6 +362,37 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
     }
     status.sources = sources.into_values().collect();
     Ok(status)
+}
+
+/// What a sync that did not fail put in (or found in) its destination `to`: for each source it
+/// selected (`details.sources`, or all), the newest snapshot taken before it started, unless it
+/// failed to copy that one.
+fn covered(
+    record: &AuditRecord,
+    to: &str,
+    by_source: &BTreeMap<String, Vec<(i64, String)>>,
+    copies: &mut BTreeMap<(String, String), (i64, String)>,
+) {
+    let selected: Vec<&str> = match record.details["sources"].as_array() {
+        Some(names) => names.iter().filter_map(|n| n.as_str()).collect(),
+        None => record.source.split_whitespace().collect(),
+    };
+    let failed: Vec<&str> = record.details["report"]["snapshots_failed"]
+        .as_array()
+        .map_or(Vec::new(), |ids| ids.iter().filter_map(|i| i.as_str()).collect());
+    for (source, taken) in by_source.iter() {
+        if !selected.is_empty() && !selected.contains(&source.as_str()) {
+            continue;
+        }
+        let before = taken.partition_point(|(time, _)| *time <= record.started_ms);
+        let newest = taken[..before].iter().rev().find(|(_, id)| !failed.contains(&id.as_str()));
+        if let Some((time, id)) = newest {
+            let key = (source.clone(), to.to_string());
+            if copies.get(&key).map_or(true, |(known, _)| known < time) {
+                copies.insert(key, (*time, id.clone()));
+            }
+        }
+    }
 }
 
 /// The records with a failed one added for every run killed before it could write its own: a
@@ -496,6 +583,7 @@ mod tests {
         let thresholds = Thresholds {
             max_age: Some(Duration::from_secs(86_400)),
             max_drill_age: Some(Duration::from_secs(7 * 86_400)),
+            max_offsite_age: Some(Duration::from_secs(2 * 86_400)),
         };
         let before = serde_json::to_value(status(&repo, now, &thresholds, None).unwrap()).unwrap();
         let listed = |repo: &Repository| repo.backend().list("audit").unwrap().len();

@@ -390,8 +390,7 @@ impl Cycle<'_> {
 /// The sources whose last good drill in `repo` is older than the policy allows (or missing).
 fn due_drills(repo: &Repository, config: &Config, drill: &cairn::config::DrillConfig) -> Result<Vec<String>> {
     let now = cairn::audit::now_ms();
-    let status =
-        cairn::status::status(repo, now, &cairn::status::Thresholds { max_age: None, max_drill_age: None }, None)?;
+    let status = cairn::status::status(repo, now, &cairn::status::Thresholds::default(), None)?;
     let wanted: Vec<&str> = if drill.sources.is_empty() {
         config.sources.iter().map(|s| s.name.as_str()).collect()
     } else {

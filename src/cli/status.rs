@@ -18,6 +18,10 @@ pub struct Args {
     /// A source whose last successful drill is older than this (or that has none) is a problem
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     max_drill_age: Option<Duration>,
+    /// A source whose newest copy in an offsite destination (as the syncs recorded it) is older
+    /// than this, or that has no copy there, is a problem
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    max_offsite_age: Option<Duration>,
     /// Also write the figures as a Prometheus textfile-collector file (written atomically)
     #[arg(long, value_name = "FILE")]
     prometheus: Option<PathBuf>,
@@ -85,7 +89,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         sources: config.sources.iter().map(|s| s.name.clone()).collect(),
         offsite: config.offsite.iter().map(|o| o.repository.clone()).collect(),
     });
-    let thresholds = Thresholds { max_age: args.max_age, max_drill_age: args.max_drill_age };
+    let thresholds =
+        Thresholds { max_age: args.max_age, max_drill_age: args.max_drill_age, max_offsite_age: args.max_offsite_age };
     let status = status(&repo, now_ms()?, &thresholds, expected.as_ref())?;
     if let Some(path) = &args.prometheus {
         write_atomically(path, prometheus(&status).as_bytes())
@@ -110,6 +115,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
                 source.source,
                 source.snapshots
             );
+            for copy in &source.offsite {
+                outln!("      offsite {}: {} ({})", copy.to, &copy.snapshot[..8], age(copy.age_seconds));
+            }
             if let Some(failure) = &source.last_failure {
                 outln!("      last failure: {} {}: {}", failure.command, age(failure.age_seconds), failure.error);
             }

@@ -57,7 +57,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     audit.record.files = report.snapshots_copied.len() as u64;
     audit.record.bytes = report.bytes_copied;
     audit.record.errors = report.errors.clone();
-    audit.record.details = serde_json::json!({ "to": args.to, "report": report, "requests": requests });
+    audit.record.details =
+        serde_json::json!({ "to": args.to, "sources": args.source, "report": report, "requests": requests });
     let outcome = match &result {
         Err(e) => {
             audit.record.errors.push(format!("{e:#}"));

@@ -376,3 +376,34 @@ fn a_simulated_month_ends_with_exactly_the_current_problems() {
     // Every cycle left its run record (the killed one as killed).
     assert_eq!(entries.iter().filter(|r| r["command"] == "run").count(), 30);
 }
+
+/// Per source, the newest snapshot each sync put offsite, with its age: a copy older than
+/// --max-offsite-age, or none, is a problem until the next sync.
+#[test]
+fn offsite_coverage_is_judged_per_source() {
+    let scratch = Scratch::new("monitor-offsite");
+    let (src, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("file"), "v1").unwrap();
+    init(&repo);
+    let dest = scratch.join("dest");
+    let three_days_ago = (-3 * 86_400).to_string();
+    ok(cairn(&repo).env("CAIRN_CLOCK_OFFSET", &three_days_ago).args(["snapshot", "--source", "app"]).arg(&src));
+    ok(cairn(&repo).env("CAIRN_CLOCK_OFFSET", &three_days_ago).arg("sync").arg("--to").arg(&dest));
+    fs::write(src.join("file"), "v2").unwrap();
+    ok(cairn(&repo).args(["snapshot", "--source", "app"]).arg(&src));
+    ok(cairn(&repo).args(["snapshot", "--source", "db"]).arg(&src));
+    let (status, code) = status_of(&mut cairn(&repo), &["--max-offsite-age", "1d"]);
+    assert_eq!(code, Some(1), "{status}");
+    assert!(problems(source(&status, "app")).contains("newest copy in"), "{status}");
+    assert!(problems(source(&status, "app")).contains("is 3d old"), "{status}");
+    assert!(problems(source(&status, "db")).contains("no copy in"), "{status}");
+    let copy = &source(&status, "app")["offsite"][0];
+    assert!(copy["age_seconds"].as_i64().unwrap() >= 3 * 86_400, "{status}");
+
+    ok(cairn(&repo).arg("sync").arg("--to").arg(&dest));
+    let (status, code) = status_of(&mut cairn(&repo), &["--max-offsite-age", "1d"]);
+    assert_eq!(code, Some(0), "{status}");
+    let newest = source(&status, "app")["latest_snapshot"]["snapshot"].clone();
+    assert_eq!(source(&status, "app")["offsite"][0]["snapshot"], newest, "{status}");
+}
