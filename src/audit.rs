@@ -162,7 +162,8 @@ pub struct Compacted {
 /// Which records [`compact`] keeps: every record that ended within `keep_within_ms` of `now_ms`,
 /// and of the older ones those `cairn status` reads, so that it says after compaction what it
 /// said before: the newest of each kind (command, source, and for a sync its destination) and
-/// each source's newest failure and newest good drill, each destination's newest good sync, and
+/// each source's newest failure and newest good drill, each destination's newest good sync, the
+/// newest good check of each part of a read-data rotation, and
 /// every start record that no record answers (a killed run). An answered start record has done
 /// its work and goes, however young. Returns the indices of the records to keep.
 pub fn to_keep(records: &[AuditRecord], now_ms: i64, keep_within_ms: i64) -> std::collections::BTreeSet<usize> {
@@ -187,6 +188,11 @@ pub fn to_keep(records: &[AuditRecord], now_ms: i64, keep_within_ms: i64) -> std
         newest.insert((record.command.as_str(), record.source.clone(), target.clone()), n);
         if record.outcome == Outcome::Failed {
             newest.insert(("failed", record.source.clone(), String::new()), n);
+        }
+        if let (Some(part), Outcome::Ok, "check") =
+            (record.details["read_data"].as_str(), record.outcome, record.command.as_str())
+        {
+            newest.insert(("good check", String::new(), part.to_string()), n);
         }
         if record.outcome == Outcome::Ok && (record.command == "drill" || record.command == "sync") {
             newest.insert(

@@ -33,6 +33,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     pub offsite: Vec<OffsiteConfig>,
     pub drill: Option<DrillConfig>,
+    /// `[check]`: the data read back on a rotation.
+    pub check: Option<CheckConfig>,
 }
 
 /// The `encryption` key: what a run may create, and what it accepts.
@@ -85,6 +87,21 @@ pub struct DrillConfig {
     pub repository: String,
 }
 
+#[derive(Debug)]
+pub struct CheckConfig {
+    /// Every pack is read back within this many days: each run reads part `k` of this many
+    /// (`check --read-data-subset k/N`, `k` the day's number modulo `N`, plus one).
+    pub read_data_days: u32,
+}
+
+impl CheckConfig {
+    /// The part of the rotation that the day of `now_ms` reads: `k/N`.
+    pub fn part(&self, now_ms: i64) -> String {
+        let day = now_ms.div_euclid(86_400_000);
+        format!("{}/{}", day.rem_euclid(i64::from(self.read_data_days)) + 1, self.read_data_days)
+    }
+}
+
 /// One thing wrong with a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -128,7 +145,7 @@ const RETENTION_KEYS: [&str; 8] = [
     "keep_within",
     "keep_tags",
 ];
-const TOP_KEYS: [&str; 9] = [
+const TOP_KEYS: [&str; 10] = [
     "repository",
     "encryption",
     "temp_dir",
@@ -138,10 +155,12 @@ const TOP_KEYS: [&str; 9] = [
     "source",
     "offsite",
     "drill",
+    "check",
 ];
 const SOURCE_KEYS: [&str; 8] = ["name", "kind", "paths", "exclude", "tags", "before", "after", "retention"];
 const OFFSITE_KEYS: [&str; 4] = ["name", "repository", "encryption", "retention"];
 const DRILL_KEYS: [&str; 3] = ["every", "sources", "repository"];
+const CHECK_KEYS: [&str; 1] = ["read_data_days"];
 
 /// Parses config text; `base` resolves relative paths. Returns what could be read and every
 /// problem found.
@@ -332,6 +351,22 @@ impl Parser<'_> {
         }
         if let Some(table) = self.table(root, "drill", "the top level") {
             config.drill = Some(self.drill(table, &config));
+        }
+        if let Some(table) = self.table(root, "check", "the top level") {
+            self.unknown_keys(table, &CHECK_KEYS, "[check]");
+            match self.integer(table, "read_data_days", "[check]") {
+                Some(days) if (1..=366).contains(&days) => {
+                    config.check = Some(CheckConfig { read_data_days: days as u32 })
+                }
+                Some(_) => self.problem(
+                    Self::key_span(table, "read_data_days"),
+                    "`read_data_days` in [check] must be 1 to 366".into(),
+                ),
+                None if table.get("read_data_days").is_none() => {
+                    self.problem(first_key_span(table), "[check] needs `read_data_days`".into())
+                }
+                None => {}
+            }
         }
         config
     }

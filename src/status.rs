@@ -103,6 +103,9 @@ pub struct Thresholds {
 pub struct Expected {
     pub sources: Vec<String>,
     pub offsite: Vec<String>,
+    /// `[check] read_data_days`: every part `k/N` of the rotation read by a good check within
+    /// N days (and one of grace).
+    pub read_data_days: Option<u32>,
 }
 
 /// The `command` of a record that retires a source or an offsite destination by hand.
@@ -193,6 +196,8 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
     let mut status = Status { running, ..Status::default() };
     // (source, destination) -> the newest snapshot a sync put (or found) there: (time, id).
     let mut copies: BTreeMap<(String, String), (i64, String)> = BTreeMap::new();
+    // Each `--read-data-subset` part (and `all`) -> when a good check last read it.
+    let mut parts_read: BTreeMap<String, i64> = BTreeMap::new();
     for record in &records {
         if record.command == audit::START {
             continue;
@@ -204,6 +209,9 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
         if record.command == "check" {
             status.last_check = Some(event(None, record.ended_ms, now_ms));
             status.last_check_ok = Some(record.outcome == Outcome::Ok);
+            if let (Some(part), Outcome::Ok) = (record.details["read_data"].as_str(), record.outcome) {
+                parts_read.insert(part.to_string(), record.ended_ms);
+            }
             continue;
         }
         if record.command == "sync" {
@@ -349,6 +357,9 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
             status.problems.push(format!("never synced to {to}"));
         }
     }
+    if let Some(days) = expected.and_then(|e| e.read_data_days) {
+        status.problems.extend(rotation_behind(&parts_read, days, now_ms));
+    }
     status.offsite = offsite.into_values().collect();
     status.received = received.into_values().collect();
     if !any_snapshot {
@@ -362,6 +373,27 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
     }
     status.sources = sources.into_values().collect();
     Ok(status)
+}
+
+/// The parts of a read-data rotation over `days` days not read by a good check within `days` and
+/// one day of grace (a check of `all` reads every part).
+fn rotation_behind(parts_read: &BTreeMap<String, i64>, days: u32, now_ms: i64) -> Vec<String> {
+    let allowed_ms = (i64::from(days) + 1) * 86_400_000;
+    let all = parts_read.get("all").copied();
+    (1..=days)
+        .filter_map(|k| {
+            let part = format!("{k}/{days}");
+            let read = parts_read.get(&part).copied().max(all);
+            match read {
+                Some(at) if now_ms - at <= allowed_ms => None,
+                Some(at) => Some(format!(
+                    "read-data rotation behind: part {part} last read {} ago (every pack is to be read within {days}d)",
+                    age_text((now_ms - at) / 1000)
+                )),
+                None => Some(format!("read-data rotation behind: part {part} never read")),
+            }
+        })
+        .collect()
 }
 
 /// What a sync that did not fail put in (or found in) its destination `to`: for each source it

@@ -133,6 +133,12 @@ impl Cycle<'_> {
             self.child(&format!("sync to {}", offsite.name), &self.repo.clone(), &args);
         }
         self.drills();
+        if let Some(check) = &self.config.check {
+            // The day's part of the rotation, by this process's clock.
+            let part = check.part(cairn::audit::now_ms());
+            let args = ["check".to_string(), "--read-data-subset".into(), part.clone()];
+            self.child(&format!("check --read-data-subset {part}"), &self.repo.clone(), &args);
+        }
         let _ = self.local();
         (self.steps, self.opened)
     }

@@ -88,6 +88,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let expected = config.map(|config| Expected {
         sources: config.sources.iter().map(|s| s.name.clone()).collect(),
         offsite: config.offsite.iter().map(|o| o.repository.clone()).collect(),
+        read_data_days: config.check.as_ref().map(|c| c.read_data_days),
     });
     let thresholds =
         Thresholds { max_age: args.max_age, max_drill_age: args.max_drill_age, max_offsite_age: args.max_offsite_age };

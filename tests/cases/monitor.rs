@@ -280,7 +280,8 @@ fn a_simulated_month_ends_with_exactly_the_current_problems() {
             "repository = \"repo\"\ntemp_dir = \".\"\n\n[retention]\nkeep_daily = 7\n\n\
              [[source]]\nname = \"web\"\npaths = [\"web\"]\nbefore = \"sh hook.sh\"\n\n\
              [[source]]\nname = \"flaky\"\npaths = [\"flaky\"]\n\n{old}\n\
-             [[offsite]]\nname = \"away\"\nrepository = \"away\"\n\n[drill]\nevery = \"7d\"\n"
+             [[offsite]]\nname = \"away\"\nrepository = \"away\"\n\n[drill]\nevery = \"7d\"\n\n\
+             [check]\nread_data_days = 7\n"
         );
         fs::write(&config, text).unwrap();
     };
@@ -406,4 +407,43 @@ fn offsite_coverage_is_judged_per_source() {
     assert_eq!(code, Some(0), "{status}");
     let newest = source(&status, "app")["latest_snapshot"]["snapshot"].clone();
     assert_eq!(source(&status, "app")["offsite"][0]["snapshot"], newest, "{status}");
+}
+
+/// `[check] read_data_days = 2`: each run reads the day's half of the packs; status (given the
+/// config) flags a half not read within two days and one of grace.
+#[test]
+fn a_read_data_rotation_that_falls_behind_is_flagged() {
+    let scratch = Scratch::new("monitor-rotation");
+    fs::create_dir_all(scratch.join("src")).unwrap();
+    fs::write(scratch.join("src/file"), "content").unwrap();
+    let config = scratch.join("cairn.toml");
+    fs::write(
+        &config,
+        "repository = \"repo\"\n[[source]]\nname = \"src\"\npaths = [\"src\"]\n\n[check]\nread_data_days = 2\n",
+    )
+    .unwrap();
+    let at_day = |n: i64| (n * 86_400).to_string();
+    let cycle = |n: i64| {
+        let mut command = Command::new(CAIRN);
+        command.arg("run").arg("--config").arg(&config).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
+        command.env("CAIRN_CLOCK_OFFSET", at_day(n));
+        with_password(&mut command);
+        ok(&mut command)
+    };
+    let repo = scratch.join("repo");
+    let status_at = |n: i64| {
+        let mut command = cairn(&repo);
+        command.env("CAIRN_CLOCK_OFFSET", at_day(n));
+        status_of(&mut command, &[std::ffi::OsStr::new("--config"), config.as_os_str()])
+    };
+    let first = cycle(0);
+    assert!(first.contains("check --read-data-subset"), "{first}");
+    let (status, code) = status_at(0);
+    assert_eq!(code, Some(1), "{status}");
+    assert_eq!(problems(&status).matches("never read").count(), 1, "one half read, the other not yet: {status}");
+    cycle(1);
+    assert_eq!(status_at(1).1, Some(0));
+    let (status, code) = status_at(5);
+    assert_eq!(code, Some(1), "{status}");
+    assert_eq!(problems(&status).matches("rotation behind").count(), 2, "{status}");
 }
