@@ -25,6 +25,12 @@ pub struct SourceStatus {
     /// Per offsite destination, the newest of this source's snapshots there, as the syncs into it
     /// recorded.
     pub offsite: Vec<OffsiteCopy>,
+    /// The newest run of each command for this source: how it ended, and when.
+    pub last_runs: Vec<LastRun>,
+    /// Its share of the repository's stored bytes and what that costs a month, from the
+    /// newest `stats` record (`cairn run` writes one each cycle).
+    pub stored_bytes: Option<u64>,
+    pub monthly_cost: Option<f64>,
     /// Why this source is not healthy; empty when it is.
     pub problems: Vec<String>,
 }
@@ -35,6 +41,13 @@ pub struct Event {
     /// Unix milliseconds.
     pub time_ms: i64,
     pub age_seconds: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastRun {
+    pub command: String,
+    pub outcome: Outcome,
+    pub time_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,6 +123,9 @@ pub struct Expected {
 
 /// The `command` of a record that retires a source or an offsite destination by hand.
 pub const RETIRE: &str = "retire";
+
+/// The `command` of the record of each source's stored bytes and cost that `cairn run` writes.
+pub const STATS: &str = "stats";
 
 /// Parses `90s`, `15m`, `1h30m`, `2d`, `1w` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
@@ -198,8 +214,13 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
     let mut copies: BTreeMap<(String, String), (i64, String)> = BTreeMap::new();
     // Each `--read-data-subset` part (and `all`) -> when a good check last read it.
     let mut parts_read: BTreeMap<String, i64> = BTreeMap::new();
+    let mut stats: Option<&AuditRecord> = None;
     for record in &records {
         if record.command == audit::START {
+            continue;
+        }
+        if record.command == STATS {
+            stats = Some(record);
             continue;
         }
         if record.command == RETIRE {
@@ -271,6 +292,13 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
         }
     }
     for ((source, command), record) in &newest {
+        if let Some(entry) = sources.get_mut(source) {
+            entry.last_runs.push(LastRun {
+                command: command.clone(),
+                outcome: record.outcome,
+                time_ms: record.ended_ms,
+            });
+        }
         if record.outcome != Outcome::Failed {
             continue;
         }
@@ -283,6 +311,16 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
             continue;
         }
         sources.get_mut(source).expect("inserted above").problems.push(problem);
+    }
+    if let Some(stats) = stats {
+        for row in stats.details["sources"].as_array().into_iter().flatten() {
+            let Some(entry) = row["source"].as_str().and_then(|name| sources.get_mut(name)) else { continue };
+            let bytes = row["attributed_bytes"].as_u64().unwrap_or(0);
+            entry.stored_bytes = Some(entry.stored_bytes.unwrap_or(0) + bytes);
+            if let Some(cost) = row["monthly_cost"].as_f64() {
+                entry.monthly_cost = Some(entry.monthly_cost.unwrap_or(0.0) + cost);
+            }
+        }
     }
     for entry in sources.values_mut() {
         if retired(&entry.source, expected.map(|e| &e.sources)) {
@@ -482,7 +520,10 @@ pub fn with_killed_runs(
     (records, running)
 }
 
-/// The status as a Prometheus textfile-collector file.
+/// The status as a Prometheus textfile-collector file: per source the age of its newest
+/// snapshot, of its last good drill and of its newest copy in each offsite destination, the
+/// outcome and time of its newest run of each command, its stored bytes and their monthly
+/// cost, and whether it is healthy; `cairn_healthy` covers it all in one alert rule.
 pub fn prometheus(status: &Status) -> String {
     fn label(text: &str) -> String {
         text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -494,17 +535,19 @@ pub fn prometheus(status: &Status) -> String {
             out.push_str(&format!("{name}{labels} {value}\n"));
         }
     };
+    let judged = || status.sources.iter().filter(|s| !s.retired);
     let per = |f: &dyn Fn(&SourceStatus) -> Option<f64>| -> Vec<(String, f64)> {
-        status
-            .sources
-            .iter()
-            .filter_map(|s| f(s).map(|v| (format!("{{source=\"{}\"}}", label(&s.source)), v)))
-            .collect()
+        judged().filter_map(|s| f(s).map(|v| (format!("{{source=\"{}\"}}", label(&s.source)), v))).collect()
     };
     metric(
         "cairn_snapshot_last_timestamp_seconds",
         "Time of the newest snapshot of the source.",
         per(&|s| s.latest_snapshot.as_ref().map(|e| e.time_ms as f64 / 1000.0)),
+    );
+    metric(
+        "cairn_snapshot_age_seconds",
+        "Age of the newest snapshot of the source.",
+        per(&|s| s.latest_snapshot.as_ref().map(|e| e.age_seconds as f64)),
     );
     metric("cairn_snapshots", "Number of snapshots of the source.", per(&|s| Some(s.snapshots as f64)));
     metric(
@@ -513,9 +556,59 @@ pub fn prometheus(status: &Status) -> String {
         per(&|s| s.last_drill_ok.as_ref().map(|e| e.time_ms as f64 / 1000.0)),
     );
     metric(
+        "cairn_drill_age_seconds",
+        "Age of the last successful restore drill of the source.",
+        per(&|s| s.last_drill_ok.as_ref().map(|e| e.age_seconds as f64)),
+    );
+    metric(
+        "cairn_offsite_age_seconds",
+        "Age of the newest snapshot of the source in the offsite destination.",
+        judged()
+            .flat_map(|s| {
+                s.offsite.iter().map(|c| {
+                    (format!("{{source=\"{}\",to=\"{}\"}}", label(&s.source), label(&c.to)), c.age_seconds as f64)
+                })
+            })
+            .collect(),
+    );
+    metric(
+        "cairn_last_run_success",
+        "1 when the newest run of the command for the source ended ok (or incomplete), 0 when it failed.",
+        judged()
+            .flat_map(|s| {
+                s.last_runs.iter().map(|r| {
+                    let labels = format!("{{source=\"{}\",command=\"{}\"}}", label(&s.source), label(&r.command));
+                    (labels, (r.outcome != Outcome::Failed) as u8 as f64)
+                })
+            })
+            .collect(),
+    );
+    metric(
+        "cairn_last_run_timestamp_seconds",
+        "End of the newest run of the command for the source.",
+        judged()
+            .flat_map(|s| {
+                s.last_runs.iter().map(|r| {
+                    let labels = format!("{{source=\"{}\",command=\"{}\"}}", label(&s.source), label(&r.command));
+                    (labels, r.time_ms as f64 / 1000.0)
+                })
+            })
+            .collect(),
+    );
+    metric(
         "cairn_last_failure_timestamp_seconds",
         "Time of the last failed run for the source.",
         per(&|s| s.last_failure.as_ref().map(|f| f.time_ms as f64 / 1000.0)),
+    );
+    metric(
+        "cairn_stored_bytes",
+        "The source's share of the repository's stored bytes (from the newest cairn run).",
+        per(&|s| s.stored_bytes.map(|b| b as f64)),
+    );
+    metric(
+        "cairn_monthly_cost",
+        "What the source's share costs a month at the config's cost_per_gib_month.",
+        per(&|s| s.monthly_cost),
     );
     metric(
         "cairn_source_healthy",
@@ -528,6 +621,7 @@ pub fn prometheus(status: &Status) -> String {
         status
             .offsite
             .iter()
+            .filter(|o| !o.retired)
             .filter_map(|o| {
                 o.last_ok.as_ref().map(|e| (format!("{{to=\"{}\"}}", label(&o.to)), e.time_ms as f64 / 1000.0))
             })

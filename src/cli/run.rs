@@ -139,6 +139,7 @@ impl Cycle<'_> {
             let args = ["check".to_string(), "--read-data-subset".into(), part.clone()];
             self.child(&format!("check --read-data-subset {part}"), &self.repo.clone(), &args);
         }
+        self.record_stats();
         let _ = self.local();
         (self.steps, self.opened)
     }
@@ -349,6 +350,28 @@ impl Cycle<'_> {
                 args.extend(["--record-to".into(), self.repo.clone()]);
             }
             self.child(&format!("drill {name}"), &repo, &args);
+        }
+    }
+
+    /// A `stats` record: each source's share of the stored bytes and what it costs a month (at
+    /// `cost_per_gib_month`), for `cairn status` and its Prometheus file. A step of its own.
+    fn record_stats(&mut self) {
+        let started = Instant::now();
+        let price = self.config.cost_per_gib_month;
+        let written = self.local().and_then(|repo| {
+            let mut stats = cairn::stats::stats(repo)?;
+            if let Some(price) = price {
+                stats.price(price);
+            }
+            let mut audit = Run::start(cairn::status::STATS, "");
+            audit.record.bytes = stats.repository_bytes;
+            audit.record.details = serde_json::to_value(&stats)?;
+            audit.finish(repo, Outcome::Ok)?;
+            Ok(())
+        });
+        match written {
+            Ok(()) => self.push("stats".into(), Outcome::Ok, started, Vec::new()),
+            Err(e) => self.push("stats".into(), Outcome::Failed, started, vec![format!("{e:#}")]),
         }
     }
 

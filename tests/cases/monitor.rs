@@ -201,7 +201,7 @@ fn an_offsite_drill_counts_in_the_local_status() {
     let config = scratch.join("cairn.toml");
     fs::write(
         &config,
-        "repository = \"repo\"\ntemp_dir = \".\"\n[[source]]\nname = \"src\"\npaths = [\"src\"]\n\n\
+        "repository = \"repo\"\ntemp_dir = \".\"\ncost_per_gib_month = 20.0\n[[source]]\nname = \"src\"\npaths = [\"src\"]\n\n\
          [[offsite]]\nname = \"away\"\nrepository = \"away\"\n\n[drill]\nevery = \"1h\"\nrepository = \"away\"\n",
     )
     .unwrap();
@@ -216,6 +216,28 @@ fn an_offsite_drill_counts_in_the_local_status() {
     );
     assert_eq!(code, Some(0), "{status}");
     assert!(source(&status, "src")["last_drill_ok"].is_object(), "{status}");
+
+    // The Prometheus file carries it all, per source.
+    let prom = scratch.join("cairn.prom");
+    let (_, code) = status_of(
+        &mut cairn(&repo),
+        &[std::ffi::OsStr::new("--prometheus"), prom.as_os_str(), "--config".as_ref(), config.as_os_str()],
+    );
+    assert_eq!(code, Some(0));
+    let text = fs::read_to_string(&prom).unwrap();
+    let value = |prefix: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let away = scratch.join("away");
+    assert!(value("cairn_snapshot_age_seconds{source=\"src\"}") < 600.0);
+    assert!(value("cairn_drill_age_seconds{source=\"src\"}") < 600.0);
+    assert!(value(&format!("cairn_offsite_age_seconds{{source=\"src\",to=\"{}\"}}", away.display())) < 600.0);
+    assert_eq!(value("cairn_last_run_success{source=\"src\",command=\"snapshot\"}"), 1.0);
+    assert_eq!(value("cairn_last_run_success{source=\"src\",command=\"drill\"}"), 1.0);
+    assert!(value("cairn_stored_bytes{source=\"src\"}") > 0.0);
+    assert!(value("cairn_monthly_cost{source=\"src\"}") > 0.0);
+    assert_eq!(value("cairn_healthy "), 1.0);
 }
 
 #[test]
