@@ -35,6 +35,18 @@ pub struct Config {
     pub drill: Option<DrillConfig>,
     /// `[check]`: the data read back on a rotation.
     pub check: Option<CheckConfig>,
+    /// `[notify]`: who hears of each run.
+    pub notify: NotifyConfig,
+}
+
+/// URLs `cairn run` calls: healthchecks-style pings when it starts, succeeds or fails, and a
+/// webhook that gets its JSON summary.
+#[derive(Debug, Default, Clone)]
+pub struct NotifyConfig {
+    pub start: Option<String>,
+    pub success: Option<String>,
+    pub failure: Option<String>,
+    pub webhook: Option<String>,
 }
 
 /// The `encryption` key: what a run may create, and what it accepts.
@@ -145,7 +157,7 @@ const RETENTION_KEYS: [&str; 8] = [
     "keep_within",
     "keep_tags",
 ];
-const TOP_KEYS: [&str; 10] = [
+const TOP_KEYS: [&str; 11] = [
     "repository",
     "encryption",
     "temp_dir",
@@ -156,11 +168,13 @@ const TOP_KEYS: [&str; 10] = [
     "offsite",
     "drill",
     "check",
+    "notify",
 ];
 const SOURCE_KEYS: [&str; 8] = ["name", "kind", "paths", "exclude", "tags", "before", "after", "retention"];
 const OFFSITE_KEYS: [&str; 4] = ["name", "repository", "encryption", "retention"];
 const DRILL_KEYS: [&str; 3] = ["every", "sources", "repository"];
 const CHECK_KEYS: [&str; 1] = ["read_data_days"];
+const NOTIFY_KEYS: [&str; 4] = ["start", "success", "failure", "webhook"];
 
 /// Parses config text; `base` resolves relative paths. Returns what could be read and every
 /// problem found.
@@ -351,6 +365,26 @@ impl Parser<'_> {
         }
         if let Some(table) = self.table(root, "drill", "the top level") {
             config.drill = Some(self.drill(table, &config));
+        }
+        if let Some(table) = self.table(root, "notify", "the top level") {
+            self.unknown_keys(table, &NOTIFY_KEYS, "[notify]");
+            let mut url = |key: &str| {
+                let url = self.string(table, key, "[notify]")?;
+                if url.starts_with("http://") || url.starts_with("https://") {
+                    return Some(url);
+                }
+                self.problem(
+                    Self::key_span(table, key),
+                    format!("`{key}` in [notify] must be an http:// or https:// URL"),
+                );
+                None
+            };
+            config.notify = NotifyConfig {
+                start: url("start"),
+                success: url("success"),
+                failure: url("failure"),
+                webhook: url("webhook"),
+            };
         }
         if let Some(table) = self.table(root, "check", "the top level") {
             self.unknown_keys(table, &CHECK_KEYS, "[check]");

@@ -12,6 +12,7 @@
 //! run lock is [`lock`]'s.
 
 mod lock;
+mod notify;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -59,8 +60,15 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let _lock = lock::RunLock::acquire(&path)?;
     let repo = context.location_with(config.repository.as_deref());
     let mut audit = Run::start("run", "");
+    let mut notifier = notify::Notifier::new(&config.notify);
+    notifier.started(&format!("cairn run started on {}: {}", cairn::backup::hostname(), config.path.display()));
     let mut cycle = Cycle { context, config: &config, repo, opened: None, steps: Vec::new() };
-    cycle.prepare()?;
+    if let Err(e) = cycle.prepare() {
+        let summary =
+            serde_json::json!({ "config": config.path, "outcome": Outcome::Failed, "error": format!("{e:#}") });
+        notifier.ended(false, &format!("cairn run failed before its first step: {e:#}"), &summary);
+        return Err(e);
+    }
     if let Ok(repo) = cycle.local() {
         super::begin_audit(&audit, repo);
     }
@@ -69,12 +77,29 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let failed = steps.iter().filter(|s| s.outcome == Outcome::Failed).count();
     let incomplete = steps.iter().filter(|s| s.outcome == Outcome::Incomplete).count();
     audit.record.errors = steps.iter().filter(|s| s.outcome == Outcome::Failed).map(|s| s.step.clone()).collect();
-    audit.record.details = serde_json::json!({ "config": config.path, "steps": steps });
     let outcome = match (failed, incomplete) {
         (0, 0) => Outcome::Ok,
         (0, _) => Outcome::Incomplete,
         _ => Outcome::Failed,
     };
+    let mut text = format!("cairn run: {} steps, {failed} failed, {incomplete} incomplete\n", steps.len());
+    for step in steps.iter().filter(|s| s.outcome != Outcome::Ok) {
+        text.push_str(&format!(
+            "{:?}: {}: {}\n",
+            step.outcome,
+            step.step,
+            step.output.last().map_or("", |l| l.as_str())
+        ));
+    }
+    let summary = serde_json::json!({
+        "config": config.path,
+        "host": cairn::backup::hostname(),
+        "outcome": outcome,
+        "steps": steps,
+    });
+    notifier.ended(outcome == Outcome::Ok, &text, &summary);
+    audit.record.details =
+        serde_json::json!({ "config": config.path, "steps": steps, "notify_failures": notifier.failures });
     if let Some(repo) = &opened {
         super::finish_audit(audit, repo, outcome);
     }

@@ -469,3 +469,100 @@ fn a_read_data_rotation_that_falls_behind_is_flagged() {
     assert_eq!(code, Some(1), "{status}");
     assert_eq!(problems(&status).matches("rotation behind").count(), 2, "{status}");
 }
+
+/// A loopback HTTP server that answers 200 to everything and keeps (method, path, body).
+/// What [`http_server`] saw: (method, path, body) of each request.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+fn http_server() -> (u16, Seen) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+            let mut length = 0;
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
+                    break;
+                }
+                if let Some(value) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            kept.lock().unwrap().push((method, path, String::from_utf8_lossy(&body).into_owned()));
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, seen)
+}
+
+/// `[notify]`: pings when a run starts and when it succeeds or fails, and the JSON summary to a
+/// webhook, against a server on loopback; one that cannot be reached is a warning in the output
+/// and the record, and changes nothing else.
+#[test]
+fn a_run_notifies_its_start_and_its_end() {
+    let scratch = Scratch::new("monitor-notify");
+    fs::create_dir_all(scratch.join("src")).unwrap();
+    fs::write(scratch.join("src/file"), "content").unwrap();
+    let (port, seen) = http_server();
+    let config = scratch.join("cairn.toml");
+    let write = |paths: &str, webhook: &str| {
+        let text = format!(
+            "repository = \"repo\"\n[[source]]\nname = \"src\"\npaths = [{paths}]\n\n[notify]\n\
+             start = \"http://127.0.0.1:{port}/ping/start\"\nsuccess = \"http://127.0.0.1:{port}/ping\"\n\
+             failure = \"http://127.0.0.1:{port}/ping/fail\"\nwebhook = \"{webhook}\"\n"
+        );
+        fs::write(&config, text).unwrap();
+    };
+    let cycle = || {
+        let mut command = Command::new(CAIRN);
+        command.arg("run").arg("--config").arg(&config).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
+        with_password(&mut command);
+        run(&mut command)
+    };
+    let hook = format!("http://127.0.0.1:{port}/hook");
+    write("\"src\"", &hook);
+    assert!(cycle().status.success());
+    let requests = std::mem::take(&mut *seen.lock().unwrap());
+    let paths: Vec<&str> = requests.iter().map(|(_, path, _)| path.as_str()).collect();
+    assert_eq!(paths, ["/ping/start", "/ping", "/hook"], "{requests:?}");
+    assert!(requests.iter().all(|(method, _, _)| method == "POST"));
+    let summary: serde_json::Value = serde_json::from_str(&requests[2].2).unwrap();
+    assert_eq!(summary["outcome"], "ok", "{summary}");
+    assert!(summary["steps"].as_array().unwrap().iter().any(|s| s["step"] == "snapshot src"), "{summary}");
+
+    write("\"src\", \"missing\"", &hook);
+    assert!(!cycle().status.success());
+    let requests = std::mem::take(&mut *seen.lock().unwrap());
+    let paths: Vec<&str> = requests.iter().map(|(_, path, _)| path.as_str()).collect();
+    assert_eq!(paths, ["/ping/start", "/ping/fail", "/hook"], "{requests:?}");
+    assert!(requests[1].2.contains("failed"), "the failure ping says what failed: {}", requests[1].2);
+    let summary: serde_json::Value = serde_json::from_str(&requests[2].2).unwrap();
+    assert_eq!(summary["outcome"], "failed", "{summary}");
+
+    // A webhook nobody answers: the run still succeeds, says so, and records it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    write("\"src\"", &format!("http://127.0.0.1:{closed}/secret-token"));
+    let out = cycle();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("notification `webhook`") && stderr.contains("not delivered"), "{stderr}");
+    assert!(!stderr.contains("secret-token"), "the URL's path may be a secret: {stderr}");
+    let repo = cairn::repository::Repository::open_with(&scratch.join("repo").to_string_lossy(), PASSWORD).unwrap();
+    let records = cairn::audit::read_all(&repo).unwrap();
+    let last_run = records.iter().rev().find(|r| r.command == "run").unwrap();
+    assert_eq!(last_run.details["notify_failures"].as_array().unwrap().len(), 1, "{:?}", last_run.details);
+}
