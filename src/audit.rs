@@ -95,11 +95,18 @@ impl Run {
     pub fn begin(&self, repo: &Repository) -> Result<()> {
         let writer = Writer::of(repo);
         OPEN.lock().expect("poisoned").push((self.record.clone(), writer.clone()));
+        // What the run's details say so far (a sync's destination), and who runs it.
+        let mut details = match &self.record.details {
+            serde_json::Value::Object(known) => known.clone(),
+            _ => serde_json::Map::new(),
+        };
+        details.insert("command".into(), self.record.command.clone().into());
+        details.insert("pid".into(), std::process::id().into());
         let start = AuditRecord {
             command: START.to_string(),
             ended_ms: self.record.started_ms,
             outcome: Outcome::Ok,
-            details: serde_json::json!({ "command": self.record.command, "pid": std::process::id() }),
+            details: serde_json::Value::Object(details),
             ..self.record.clone()
         };
         writer.write(&start)

@@ -494,7 +494,8 @@ pub fn with_killed_runs(
         let command = start.details["command"].as_str().unwrap_or("?").to_string();
         let pid = start.details["pid"].as_u64().unwrap_or(0) as u32;
         let alive = match start.hostname == here {
-            true => crate::backend::local::process_alive(pid as i32),
+            // A process of that number started more than a week later is another one.
+            true => crate::backend::local::process_alive(pid as i32) && now_ms - start.started_ms < 7 * 86_400_000,
             // Unknown (the locks could not be read): taken as running, never as killed.
             false => holders.as_ref().map_or(true, |h| h.iter().any(|(host, p)| *host == start.hostname && *p == pid)),
         };
@@ -507,11 +508,17 @@ pub fn with_killed_runs(
             running.push(what);
             continue;
         }
+        let mut details = start.details.clone();
+        if let Some(known) = details.as_object_mut() {
+            known.remove("command");
+            known.remove("pid");
+            known.insert("killed".into(), true.into());
+        }
         killed.push(AuditRecord {
             command,
             outcome: Outcome::Failed,
             errors: vec![format!("killed: pid {pid} on {} started it and ended without a record", start.hostname)],
-            details: serde_json::json!({ "killed": true }),
+            details,
             ..start.clone()
         });
     }
@@ -682,11 +689,14 @@ mod tests {
                 };
             }
             if command != "retire" && command != "prune" {
+                let mut details = run.record.details.as_object().cloned().unwrap_or_default();
+                details.insert("command".into(), command.into());
+                details.insert("pid".into(), 1.into());
                 let start = crate::format::audit::AuditRecord {
                     command: crate::audit::START.into(),
                     ended_ms: run.record.started_ms,
                     outcome: Outcome::Ok,
-                    details: serde_json::json!({ "command": command, "pid": 1 }),
+                    details: serde_json::Value::Object(details),
                     ..run.record.clone()
                 };
                 crate::audit::write(&repo, &start).unwrap();

@@ -49,6 +49,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     }
     let source = context.open_cached()?;
     let mut audit = Run::start("sync", &args.source.join(" "));
+    // In the start record too: a sync that is killed is then a failed sync to its destination.
+    audit.record.details = serde_json::json!({ "to": args.to, "sources": args.source });
     super::begin_audit(&audit, &source);
     let mut report = SyncReport::default();
     let result = sync(context, &source, &args, &mut report);

@@ -176,6 +176,23 @@ fn interrupted_and_killed_runs_are_reported_as_failed() {
     ok(cairn(&repo).args(["snapshot", "--source", "big"]).arg(&src));
     let (status, code) = status_of(&mut cairn(&repo), &[] as &[&str]);
     assert_eq!(code, Some(0), "{status}");
+
+    // A sync killed half way is a failed sync to its destination.
+    let dest = scratch.join("dest");
+    let mut sync = cairn(&repo).arg("sync").arg("--to").arg(&dest).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while !fs::read_dir(dest.join("packs")).is_ok_and(|mut d| d.next().is_some()) && sync.try_wait().unwrap().is_none()
+    {
+        assert!(started.elapsed() < Duration::from_secs(60), "no pack sent");
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    assert!(sync.try_wait().unwrap().is_none(), "the sync ended before it could be killed");
+    sync.kill().unwrap();
+    sync.wait().unwrap();
+    let (status, code) = status_of(&mut cairn(&repo), &[] as &[&str]);
+    assert_eq!(code, Some(1), "{status}");
+    let text = problems(&status);
+    assert!(text.contains(&format!("last sync to {} failed", dest.display())) && text.contains("killed"), "{status}");
 }
 
 /// A run that is going on is no problem: its start record is answered by a live process.
