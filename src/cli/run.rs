@@ -61,6 +61,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.location_with(config.repository.as_deref());
     let mut audit = Run::start("run", "");
     let mut notifier = notify::Notifier::new(&config.notify);
+    notifier.on_signal();
     notifier.started(&format!("cairn run started on {}: {}", cairn::backup::hostname(), config.path.display()));
     let mut cycle = Cycle { context, config: &config, repo, opened: None, steps: Vec::new() };
     if let Err(e) = cycle.prepare() {

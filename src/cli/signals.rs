@@ -19,6 +19,15 @@ static GRACEFUL: AtomicBool = AtomicBool::new(false);
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 /// Set once a signal is ending the process: a thread whose child ended goes no further.
 static ENDING: AtomicBool = AtomicBool::new(false);
+/// Called with why, once the records are written, before the process exits (`cairn run`'s
+/// failure ping).
+type OnEnd = Box<dyn FnOnce(&str) + Send>;
+static ON_END: Mutex<Vec<OnEnd>> = Mutex::new(Vec::new());
+
+/// Calls `then` with why, if a signal ends the process.
+pub fn on_end(then: impl FnOnce(&str) + Send + 'static) {
+    ON_END.lock().expect("poisoned").push(Box::new(then));
+}
 
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
@@ -101,6 +110,9 @@ fn end(signal: libc::c_int) -> ! {
     let why = format!("interrupted by {}", name(signal));
     for failure in cairn::audit::interrupted(&why) {
         errln!("warning: {failure}");
+    }
+    for then in ON_END.lock().map(|mut hooks| std::mem::take(&mut *hooks)).unwrap_or_default() {
+        then(&why);
     }
     errln!("error: {why}; the run is recorded as failed");
     std::process::exit(128 + signal)

@@ -276,8 +276,15 @@ fn a_stopped_cycle_stops_its_step_and_records_why() {
     let scratch = Scratch::new("monitor-run-signal");
     fs::create_dir_all(scratch.join("src")).unwrap();
     let config = scratch.join("cairn.toml");
-    fs::write(&config, "repository = \"repo\"\n[[source]]\nname = \"src\"\npaths = [\"src\"]\nbefore = \"sleep 30\"\n")
-        .unwrap();
+    let (port, seen) = http_server();
+    fs::write(
+        &config,
+        format!(
+            "repository = \"repo\"\n[[source]]\nname = \"src\"\npaths = [\"src\"]\nbefore = \"sleep 30\"\n\n\
+             [notify]\nfailure = \"http://127.0.0.1:{port}/fail\"\n"
+        ),
+    )
+    .unwrap();
     let mut command = Command::new(CAIRN);
     command.arg("run").arg("--config").arg(&config).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
     with_password(&mut command).stdout(Stdio::null()).stderr(Stdio::piped());
@@ -298,6 +305,12 @@ fn a_stopped_cycle_stops_its_step_and_records_why() {
     let run = records.iter().find(|r| r.command == "run").expect("the run's record");
     assert_eq!(run.outcome, cairn::format::audit::Outcome::Failed);
     assert!(run.errors.iter().any(|e| e.contains("interrupted by SIGTERM")), "{:?}", run.errors);
+    // And the monitor heard of it: the failure ping, saying why.
+    let requests = seen.lock().unwrap().clone();
+    assert!(
+        requests.iter().any(|(_, path, body)| path == "/fail" && body.contains("interrupted by SIGTERM")),
+        "{requests:?}"
+    );
 }
 
 /// A month of daily `cairn run`s in a minute (the clock moved a day per cycle with
@@ -582,4 +595,38 @@ fn a_run_notifies_its_start_and_its_end() {
     let records = cairn::audit::read_all(&repo).unwrap();
     let last_run = records.iter().rev().find(|r| r.command == "run").unwrap();
     assert_eq!(last_run.details["notify_failures"].as_array().unwrap().len(), 1, "{:?}", last_run.details);
+}
+
+/// Ctrl-C in a terminal: the progress bar is taken off the screen before the message that says
+/// the run was interrupted and recorded as failed (cairn given a terminal by `script`).
+#[test]
+fn ctrl_c_clears_the_progress_bar_and_says_so() {
+    let scratch = Scratch::new("monitor-tty");
+    let (src, repo) = (big_source(&scratch), scratch.join("repo"));
+    init(&repo);
+    let typescript = scratch.join("typescript");
+    let line = format!("{CAIRN} --repo {} snapshot --source big {}", repo.display(), src.display());
+    let mut command = Command::new("script");
+    command.args(["-qfec", &line]).arg(&typescript).stdin(Stdio::null()).stdout(Stdio::null());
+    with_password(&mut command).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
+    let mut script = command.spawn().expect("script (bsdutils) runs");
+    let started = Instant::now();
+    let packs = pack_count(&repo);
+    while pack_count(&repo) == packs {
+        assert!(started.elapsed() < Duration::from_secs(60), "no pack written");
+        assert!(script.try_wait().unwrap().is_none(), "the snapshot ended before it could be stopped");
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    let pids = Command::new("pgrep").arg("-f").arg(format!("^{line}")).output().unwrap();
+    let pid: i32 = String::from_utf8_lossy(&pids.stdout).lines().next().expect("cairn runs").trim().parse().unwrap();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    script.wait().unwrap();
+    let shown = String::from_utf8_lossy(&fs::read(&typescript).unwrap()).into_owned();
+    let at = shown.find("error: interrupted by SIGINT").unwrap_or_else(|| panic!("no message in {shown:?}"));
+    assert!(shown[..at].contains("snapshot "), "the bar was drawn: {shown:?}");
+    assert!(
+        shown[..at].ends_with("\r\x1b[2K"),
+        "the bar is cleared before the message: {:?}",
+        &shown[at.saturating_sub(200)..]
+    );
 }

@@ -40,6 +40,17 @@ impl Notifier {
         }
     }
 
+    /// The failure ping, if there is one, sent by the thread of a signal that ends the run.
+    pub fn on_signal(&self) {
+        if let Some(url) = self.config.failure.clone() {
+            super::super::signals::on_end(move |why| {
+                if let Err(e) = post(&url, "text/plain", format!("cairn run: {why}").into_bytes()) {
+                    errln!("warning: notification `failure` to {} not delivered: {e}", redact(&url));
+                }
+            });
+        }
+    }
+
     fn send(&mut self, which: &str, url: &str, content_type: &str, body: Vec<u8>) {
         if let Err(e) = post(url, content_type, body) {
             let failure = format!("notification `{which}` to {} not delivered: {e}", redact(url));
