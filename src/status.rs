@@ -578,29 +578,24 @@ pub fn prometheus(status: &Status) -> String {
             })
             .collect(),
     );
+    let per_run = |f: &dyn Fn(&LastRun) -> f64| -> Vec<(String, f64)> {
+        judged()
+            .flat_map(|s| {
+                s.last_runs.iter().map(move |r| {
+                    (format!("{{source=\"{}\",command=\"{}\"}}", label(&s.source), label(&r.command)), f(r))
+                })
+            })
+            .collect()
+    };
     metric(
         "cairn_last_run_success",
         "1 when the newest run of the command for the source ended ok (or incomplete), 0 when it failed.",
-        judged()
-            .flat_map(|s| {
-                s.last_runs.iter().map(|r| {
-                    let labels = format!("{{source=\"{}\",command=\"{}\"}}", label(&s.source), label(&r.command));
-                    (labels, (r.outcome != Outcome::Failed) as u8 as f64)
-                })
-            })
-            .collect(),
+        per_run(&|r| (r.outcome != Outcome::Failed) as u8 as f64),
     );
     metric(
         "cairn_last_run_timestamp_seconds",
         "End of the newest run of the command for the source.",
-        judged()
-            .flat_map(|s| {
-                s.last_runs.iter().map(|r| {
-                    let labels = format!("{{source=\"{}\",command=\"{}\"}}", label(&s.source), label(&r.command));
-                    (labels, r.time_ms as f64 / 1000.0)
-                })
-            })
-            .collect(),
+        per_run(&|r| r.time_ms as f64 / 1000.0),
     );
     metric(
         "cairn_last_failure_timestamp_seconds",

@@ -8,6 +8,15 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
+/// `cairn run --config CONFIG`, the clock moved `days` ahead.
+fn cairn_run(config: &Path, days: i64) -> Command {
+    let mut command = Command::new(CAIRN);
+    command.arg("run").arg("--config").arg(config).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
+    command.env("CAIRN_CLOCK_OFFSET", (days * 86_400).to_string());
+    with_password(&mut command);
+    command
+}
+
 /// `cairn status --json ARGS` and its exit code.
 fn status_of<S: AsRef<std::ffi::OsStr>>(command: &mut Command, args: &[S]) -> (serde_json::Value, Option<i32>) {
     let out = run(command.args(["status", "--json"]).args(args));
@@ -124,16 +133,7 @@ fn snapshot_under_way(repo: &Path, src: &Path) -> std::process::Child {
     let packs = pack_count(repo);
     let mut command = cairn(repo);
     command.args(["snapshot", "--source", "big"]).arg(src).stdout(Stdio::null()).stderr(Stdio::piped());
-    // Default dispositions: a test run started in the background inherits SIGINT ignored.
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
-            libc::signal(libc::SIGTERM, libc::SIG_DFL);
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().unwrap();
+    let mut child = default_signals(&mut command).spawn().unwrap();
     let started = Instant::now();
     while pack_count(repo) == packs && child.try_wait().unwrap().is_none() {
         assert!(started.elapsed() < Duration::from_secs(60), "no pack written");
@@ -222,10 +222,7 @@ fn an_offsite_drill_counts_in_the_local_status() {
          [[offsite]]\nname = \"away\"\nrepository = \"away\"\n\n[drill]\nevery = \"1h\"\nrepository = \"away\"\n",
     )
     .unwrap();
-    let mut command = Command::new(CAIRN);
-    command.arg("run").arg("--config").arg(&config).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
-    with_password(&mut command);
-    ok(&mut command);
+    ok(&mut cairn_run(&config, 0));
     let repo = scratch.join("repo");
     let (status, code) = status_of(
         &mut cairn(&repo),
@@ -285,9 +282,8 @@ fn a_stopped_cycle_stops_its_step_and_records_why() {
         ),
     )
     .unwrap();
-    let mut command = Command::new(CAIRN);
-    command.arg("run").arg("--config").arg(&config).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
-    with_password(&mut command).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut command = cairn_run(&config, 0);
+    command.stdout(Stdio::null()).stderr(Stdio::piped());
     let started = Instant::now();
     let child = command.spawn().unwrap();
     // The hook runs once the repository is there.
@@ -342,10 +338,8 @@ fn a_simulated_month_ends_with_exactly_the_current_problems() {
     fs::write(scratch.join("hook.sh"), "echo $$ > hook.pid\nif [ -e stall ]; then touch stalled; sleep 60; fi\n")
         .unwrap();
     let day = |n: u64| {
-        let mut command = Command::new(CAIRN);
-        command.arg("run").arg("--config").arg(&config).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
-        command.env("CAIRN_CLOCK_OFFSET", (n * 86_400).to_string()).stdout(Stdio::null()).stderr(Stdio::null());
-        with_password(&mut command);
+        let mut command = cairn_run(&config, n as i64);
+        command.stdout(Stdio::null()).stderr(Stdio::null());
         command
     };
     let (away, parked) = (scratch.join("away"), scratch.join("away.parked"));
@@ -475,13 +469,7 @@ fn a_read_data_rotation_that_falls_behind_is_flagged() {
     )
     .unwrap();
     let at_day = |n: i64| (n * 86_400).to_string();
-    let cycle = |n: i64| {
-        let mut command = Command::new(CAIRN);
-        command.arg("run").arg("--config").arg(&config).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
-        command.env("CAIRN_CLOCK_OFFSET", at_day(n));
-        with_password(&mut command);
-        ok(&mut command)
-    };
+    let cycle = |n: i64| ok(&mut cairn_run(&config, n));
     let repo = scratch.join("repo");
     let status_at = |n: i64| {
         let mut command = cairn(&repo);
@@ -557,12 +545,7 @@ fn a_run_notifies_its_start_and_its_end() {
         );
         fs::write(&config, text).unwrap();
     };
-    let cycle = || {
-        let mut command = Command::new(CAIRN);
-        command.arg("run").arg("--config").arg(&config).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
-        with_password(&mut command);
-        run(&mut command)
-    };
+    let cycle = || run(&mut cairn_run(&config, 0));
     let hook = format!("http://127.0.0.1:{port}/hook");
     write("\"src\"", &hook);
     assert!(cycle().status.success());

@@ -296,17 +296,7 @@ fn killed_captures_leave_no_temporary_files_and_no_lock() {
         let packs = pack_count(&repo);
         let mut command = cairn(&repo);
         command.args(["--quiet", "snapshot", "--sqlite"]).arg(&db_path);
-        // Default dispositions: a test run started in the background (`cmd &` in a script)
-        // inherits SIGINT ignored, and the capture would then never see it.
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                libc::signal(libc::SIGINT, libc::SIG_DFL);
-                libc::signal(libc::SIGTERM, libc::SIG_DFL);
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().unwrap();
+        let mut child = default_signals(&mut command).spawn().unwrap();
         while pack_count(&repo) == packs && child.try_wait().unwrap().is_none() {
             std::thread::sleep(Duration::from_micros(300));
         }

@@ -346,3 +346,18 @@ pub fn as_unprivileged(repo: &Path) -> Command {
     with_password(&mut command);
     command
 }
+
+/// Restores the default dispositions of SIGINT and SIGTERM in the child: a test run started in
+/// the background (`cmd &` in a script) inherits SIGINT ignored, and the child would then never
+/// see it.
+pub fn default_signals(command: &mut Command) -> &mut Command {
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, || {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    command
+}
