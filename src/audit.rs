@@ -191,9 +191,17 @@ pub fn to_keep(records: &[AuditRecord], now_ms: i64, keep_within_ms: i64) -> std
         if record.ended_ms >= now_ms - keep_within_ms {
             keep.insert(n);
         }
-        let target = ["to", "received_from"].iter().find_map(|k| record.details[*k].as_str()).unwrap_or("").to_string();
+        // A copy received keeps its own kind per source repository, apart from syncs sent.
+        let target = match (record.details["received_from"].as_str(), record.details["to"].as_str()) {
+            (Some(from), _) => format!("from {from}"),
+            (None, Some(to)) => to.to_string(),
+            (None, None) => String::new(),
+        };
         newest.insert((record.command.as_str(), record.source.clone(), target.clone()), n);
-        if record.outcome == Outcome::Failed {
+        // The failures status counts as a source's last one.
+        let per_source =
+            !["check", "sync", crate::status::RETIRE, crate::status::STATS].contains(&record.command.as_str());
+        if record.outcome == Outcome::Failed && per_source && !record.source.is_empty() {
             newest.insert(("failed", record.source.clone(), String::new()), n);
         }
         if let (Some(part), Outcome::Ok, "check") =

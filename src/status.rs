@@ -182,13 +182,15 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
     let mut retired_at: BTreeMap<String, i64> = BTreeMap::new();
     // Safety snapshots of in-place restores are no source of their own: no schedule, no drill.
     let mut any_snapshot = false;
-    // Each source's snapshots, oldest first: (time, id).
-    let mut by_source: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    // Each source's snapshots in the order they were committed: (commit time, time, id).
+    let mut by_source: BTreeMap<String, Vec<(i64, i64, String)>> = BTreeMap::new();
     for (id, snapshot) in snapshots.iter().filter(|(_, s)| !s.is_safety_snapshot()) {
         any_snapshot = true;
         let key = snapshot.source_key();
         let taken_ms = snapshot.time_sec * 1000 + snapshot.time_nsec as i64 / 1_000_000;
-        by_source.entry(key.clone()).or_default().push((taken_ms, id.to_hex()));
+        // When it was committed, about: a sync that started before then did not see it.
+        let committed_ms = taken_ms + snapshot.duration_ms as i64;
+        by_source.entry(key.clone()).or_default().push((committed_ms, taken_ms, id.to_hex()));
         let entry = sources.entry(key.clone()).or_insert_with(|| SourceStatus { source: key, ..Default::default() });
         entry.snapshots += u64::from(seen.insert(snapshot.identity()));
         let time_ms = snapshot.time_sec * 1000 + snapshot.time_nsec as i64 / 1_000_000;
@@ -205,6 +207,9 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
             entry.problems.clear();
         }
     }
+    for committed in by_source.values_mut() {
+        committed.sort();
+    }
     // The newest record of each (source, command) decides whether that command is failing now.
     let mut newest: BTreeMap<(String, String), &AuditRecord> = BTreeMap::new();
     let mut offsite: BTreeMap<String, OffsiteStatus> = BTreeMap::new();
@@ -215,6 +220,7 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
     // Each `--read-data-subset` part (and `all`) -> when a good check last read it.
     let mut parts_read: BTreeMap<String, i64> = BTreeMap::new();
     let mut stats: Option<&AuditRecord> = None;
+    let mut check_killed = false;
     for record in &records {
         if record.command == audit::START {
             continue;
@@ -230,6 +236,7 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
         if record.command == "check" {
             status.last_check = Some(event(None, record.ended_ms, now_ms));
             status.last_check_ok = Some(record.outcome == Outcome::Ok);
+            check_killed = record.details["killed"].as_bool() == Some(true);
             if let (Some(part), Outcome::Ok) = (record.details["read_data"].as_str(), record.outcome) {
                 parts_read.insert(part.to_string(), record.ended_ms);
             }
@@ -403,8 +410,10 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
     if !any_snapshot {
         status.problems.push("the repository holds no snapshot".into());
     }
-    if status.last_check_ok == Some(false) {
-        status.problems.push("the last check found damage".into());
+    match (status.last_check_ok, check_killed) {
+        (Some(false), true) => status.problems.push("the last check was killed before it ended".into()),
+        (Some(false), false) => status.problems.push("the last check found damage".into()),
+        _ => {}
     }
     for damage in repo.take_damage() {
         status.problems.push(format!("damaged repository file: {damage}"));
@@ -435,12 +444,12 @@ fn rotation_behind(parts_read: &BTreeMap<String, i64>, days: u32, now_ms: i64) -
 }
 
 /// What a sync that did not fail put in (or found in) its destination `to`: for each source it
-/// selected (`details.sources`, or all), the newest snapshot taken before it started, unless it
-/// failed to copy that one.
+/// selected (`details.sources`, or all), the newest snapshot committed (its time plus its
+/// duration) before it started, unless it failed to copy that one.
 fn covered(
     record: &AuditRecord,
     to: &str,
-    by_source: &BTreeMap<String, Vec<(i64, String)>>,
+    by_source: &BTreeMap<String, Vec<(i64, i64, String)>>,
     copies: &mut BTreeMap<(String, String), (i64, String)>,
 ) {
     let selected: Vec<&str> = match record.details["sources"].as_array() {
@@ -454,9 +463,9 @@ fn covered(
         if !selected.is_empty() && !selected.contains(&source.as_str()) {
             continue;
         }
-        let before = taken.partition_point(|(time, _)| *time <= record.started_ms);
-        let newest = taken[..before].iter().rev().find(|(_, id)| !failed.contains(&id.as_str()));
-        if let Some((time, id)) = newest {
+        let before = taken.partition_point(|(committed, _, _)| *committed <= record.started_ms);
+        let newest = taken[..before].iter().rev().find(|(_, _, id)| !failed.contains(&id.as_str()));
+        if let Some((_, time, id)) = newest {
             let key = (source.clone(), to.to_string());
             if copies.get(&key).map_or(true, |(known, _)| known < time) {
                 copies.insert(key, (*time, id.clone()));
@@ -495,9 +504,21 @@ pub fn with_killed_runs(
         let pid = start.details["pid"].as_u64().unwrap_or(0) as u32;
         let alive = match start.hostname == here {
             // A process of that number started more than a week later is another one.
-            true => crate::backend::local::process_alive(pid as i32) && now_ms - start.started_ms < 7 * 86_400_000,
-            // Unknown (the locks could not be read): taken as running, never as killed.
-            false => holders.as_ref().map_or(true, |h| h.iter().any(|(host, p)| *host == start.hostname && *p == pid)),
+            true => {
+                pid != 0
+                    && crate::backend::local::process_alive(pid as i32)
+                    && now_ms - start.started_ms < 7 * 86_400_000
+            }
+            // Another host's: running while its process holds a live lock (a cycle, which holds
+            // none itself, while any of its host's does), or within the default lock wait of its
+            // start, when it may still be waiting for one. Unknown (the locks could not be read):
+            // taken as running, never as killed.
+            false => {
+                now_ms - start.started_ms < 15 * 60_000
+                    || holders.as_ref().map_or(true, |h| {
+                        h.iter().any(|(host, p)| *host == start.hostname && (*p == pid || command == "run"))
+                    })
+            }
         };
         let what = format!(
             "{command} (pid {pid} on {}, started {} ago)",
@@ -679,7 +700,10 @@ mod tests {
             if command == "sync" {
                 let to = ["s3://a/x", "s3://b/y"][next(2) as usize];
                 run.record.details = match next(4) {
-                    0 => serde_json::json!({ "to": to, "received_from": "/elsewhere" }),
+                    0 => {
+                        let from = ["/here", "/there"][next(2) as usize];
+                        serde_json::json!({ "to": to, "received_from": from })
+                    }
                     _ => serde_json::json!({ "to": to }),
                 };
             }

@@ -59,7 +59,6 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             return Err(e);
         }
     };
-    super::begin_audit(&audit, &repo);
     let scratch = args.scratch.unwrap_or_else(std::env::temp_dir);
     let progress = Progress::new("drill", context.quiet || context.json);
     // Only now: until the drill starts (waiting for the lock, say) nothing needs cleaning up. A
@@ -70,6 +69,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         pick_snapshot(&repo, &Pick::parse(&args.snapshot), &args.filters.filter()).and_then(|(id, snapshot)| {
             audit.record.source = snapshot.source_key();
             audit.record.snapshot = Some(id.to_hex());
+            // Once the source is known: a killed drill is then a failed drill of that source,
+            // which its next drill clears.
+            super::begin_audit(&audit, &repo);
             drill(&repo, &id, &snapshot, &scratch, &progress, Some(&signals::CANCEL))
         });
     super::warn_damage(&repo);

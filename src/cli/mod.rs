@@ -156,6 +156,8 @@ pub struct Context {
     pub cache: Option<PathBuf>,
     /// `--repo` was given on the command line: it beats a config file's `repository`.
     pub repo_flag: bool,
+    /// `--repo` or CAIRN_REPO was given.
+    pub repo_given: bool,
 }
 
 impl Context {
@@ -181,6 +183,15 @@ impl Context {
     /// else the config's `repository`, else CAIRN_REPO or the default.
     pub fn location_with(&self, configured: Option<&str>) -> String {
         match (self.repo_flag, configured) {
+            (false, Some(configured)) => configured.to_string(),
+            _ => self.location(),
+        }
+    }
+
+    /// The repository a command that reads a config looks at: `--repo` or CAIRN_REPO when
+    /// given, else the config's `repository`, else the default.
+    pub fn location_or_config(&self, configured: Option<&str>) -> String {
+        match (self.repo_given, configured) {
             (false, Some(configured)) => configured.to_string(),
             _ => self.location(),
         }
@@ -342,6 +353,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     // The library and the child processes of `cairn run` read the password source from the
     // environment; a flag replaces it there, before any thread starts.
     password::settle(cli.password_file.as_deref(), cli.password_command.as_deref())?;
+    let repo_given = cli.repo.is_some();
     let repo_path = match cli.repo {
         Some(path) => path,
         None => default_location()
@@ -359,6 +371,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         create: !cli.no_create,
         cache,
         repo_flag: cli.repo_flag,
+        repo_given,
     };
     match cli.command {
         Command::Init(args) => init::run(&context, args),

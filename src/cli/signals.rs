@@ -31,6 +31,9 @@ pub fn on_end(then: impl FnOnce(&str) + Send + 'static) {
 
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
+/// A repeat of the signal that started a graceful cancel within this long is ignored.
+const ECHO: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn set() -> libc::sigset_t {
     // SAFETY: sigemptyset and sigaddset initialise and fill a sigset_t we own.
     unsafe {
@@ -51,18 +54,29 @@ pub fn install() {
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || loop {
-            let mut signal: libc::c_int = 0;
-            // SAFETY: waits for one of the blocked signals of a valid set.
-            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
-                continue;
+        .spawn(move || {
+            let mut cancelled: Option<(libc::c_int, std::time::Instant)> = None;
+            loop {
+                let mut signal: libc::c_int = 0;
+                // SAFETY: waits for one of the blocked signals of a valid set.
+                if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                    continue;
+                }
+                if GRACEFUL.load(SeqCst) {
+                    if !CANCEL.load(SeqCst) {
+                        SIGNAL.store(signal, SeqCst);
+                        CANCEL.store(true, SeqCst);
+                        cancelled = Some((signal, std::time::Instant::now()));
+                        continue;
+                    }
+                    // systemd signals every process of the unit and `cairn run` passes it on too:
+                    // the same signal again at once is that echo, not a second Ctrl-C.
+                    if cancelled.is_some_and(|(first, at)| first == signal && at.elapsed() < ECHO) {
+                        continue;
+                    }
+                }
+                end(signal);
             }
-            if GRACEFUL.load(SeqCst) && !CANCEL.load(SeqCst) {
-                SIGNAL.store(signal, SeqCst);
-                CANCEL.store(true, SeqCst);
-                continue;
-            }
-            end(signal);
         })
         .expect("a thread for signals");
 }
@@ -73,12 +87,8 @@ pub fn cancel_instead() {
     GRACEFUL.store(true, SeqCst);
 }
 
-/// Passes the signals on to the process group `pid` leads until [`child_ended`].
-pub fn child_started(pid: u32) {
-    CHILDREN.lock().expect("poisoned").push(pid);
-}
-
-pub fn child_ended(pid: u32) {
+/// The child `pid` has ended: signals are no longer passed to it.
+fn child_ended(pid: u32) {
     CHILDREN.lock().expect("poisoned").retain(|&p| p != pid);
 }
 
@@ -94,8 +104,17 @@ pub fn name(signal: libc::c_int) -> &'static str {
 /// Ends the process on `signal`: the children first (each writes its own record; waited for at
 /// most 30 s), then the records of this process's open runs.
 fn end(signal: libc::c_int) -> ! {
-    ENDING.store(true, SeqCst);
-    let children = CHILDREN.lock().map(|c| c.clone()).unwrap_or_default();
+    // Under the children's lock: no step starts after this ([`output`] looks under it too).
+    let children = match CHILDREN.lock() {
+        Ok(children) => {
+            ENDING.store(true, SeqCst);
+            children.clone()
+        }
+        Err(_) => {
+            ENDING.store(true, SeqCst);
+            Vec::new()
+        }
+    };
     for &pid in &children {
         // SAFETY: sends a signal to the process group of a child we started as its leader.
         unsafe { libc::kill(-(pid as libc::pid_t), signal) };
@@ -123,9 +142,19 @@ fn end(signal: libc::c_int) -> ! {
 pub fn output(command: &mut std::process::Command) -> std::io::Result<std::process::Output> {
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;
-    let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).spawn()?;
+    let child = {
+        let mut children = CHILDREN.lock().expect("poisoned");
+        while ENDING.load(SeqCst) {
+            // A signal is ending the process: this step must not start.
+            drop(children);
+            std::thread::park();
+            children = CHILDREN.lock().expect("poisoned");
+        }
+        let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).spawn()?;
+        children.push(child.id());
+        child
+    };
     let pid = child.id();
-    child_started(pid);
     let output = child.wait_with_output();
     child_ended(pid);
     while ENDING.load(SeqCst) {

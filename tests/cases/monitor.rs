@@ -613,3 +613,30 @@ fn ctrl_c_clears_the_progress_bar_and_says_so() {
         &shown[at.saturating_sub(200)..]
     );
 }
+
+/// A drill killed half way (no --source given) is a failed drill of the source it was drilling,
+/// which that source's next good drill clears.
+#[test]
+fn a_killed_drill_is_a_failed_drill_of_its_source() {
+    let scratch = Scratch::new("monitor-drill-killed");
+    let (src, repo) = (big_source(&scratch), scratch.join("repo"));
+    init(&repo);
+    ok(cairn(&repo).args(["snapshot", "--source", "big"]).arg(&src));
+    let drills = scratch.join("drills");
+    let mut child = cairn(&repo).args(["drill", "--scratch"]).arg(&drills).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while !fs::read_dir(&drills)
+        .is_ok_and(|d| d.flatten().any(|e| fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_some())))
+    {
+        assert!(started.elapsed() < Duration::from_secs(60), "the drill never started restoring");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (status, code) = status_of(&mut cairn(&repo), &[] as &[&str]);
+    assert_eq!(code, Some(1), "{status}");
+    assert!(problems(source(&status, "big")).contains("last drill failed"), "{status}");
+    ok(cairn(&repo).args(["drill", "--scratch"]).arg(&drills));
+    let (status, code) = status_of(&mut cairn(&repo), &[] as &[&str]);
+    assert_eq!(code, Some(0), "{status}");
+}

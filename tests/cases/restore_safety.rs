@@ -583,6 +583,10 @@ fn an_interrupted_drill_leaves_nothing_behind() {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        // Twice, as under systemd when `cairn run` passes on the signal the unit's processes all
+        // got: the echo must not cut the cleanup short.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        unsafe { libc::kill(child.id() as i32, signal) };
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(128 + signal), "{stderr}");

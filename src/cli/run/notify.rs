@@ -60,15 +60,13 @@ impl Notifier {
     }
 }
 
-/// The URL without its path and query, which for a ping service is the secret.
+/// The URL's scheme and host alone: its user, password, path and query may each be the secret
+/// of a ping service.
 fn redact(url: &str) -> String {
-    match url.find("://").map(|at| at + 3) {
-        Some(host) => {
-            let end = url[host..].find('/').map_or(url.len(), |at| host + at);
-            format!("{}/…", &url[..end])
-        }
-        None => "(an invalid URL)".into(),
-    }
+    let Some((scheme, rest)) = url.split_once("://") else { return "(an invalid URL)".into() };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}/…")
 }
 
 /// POSTs `body` to `url`, up to [`TRIES`] times, 1 s then 2 s apart; a 2xx answer is success.
@@ -111,4 +109,16 @@ fn without_url(error: &reqwest::Error) -> String {
         cause = inner.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_scheme_and_host_of_a_url_are_shown() {
+        assert_eq!(super::redact("https://hc-ping.com/5f0d-secret"), "https://hc-ping.com/…");
+        assert_eq!(super::redact("https://user:pw@example.com:8443/p?q=1"), "https://example.com:8443/…");
+        assert_eq!(super::redact("https://example.com?token=secret"), "https://example.com/…");
+        assert_eq!(super::redact("http://h#frag"), "http://h/…");
+        assert_eq!(super::redact("not a url"), "(an invalid URL)");
+    }
 }
