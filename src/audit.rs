@@ -34,11 +34,7 @@ impl Writer {
     }
 
     fn write(&self, record: &AuditRecord) -> Result<()> {
-        let plain = record.encode();
-        let bytes = match &self.keys {
-            Some(keys) => crate::format::envelope::encrypt(&plain, keys),
-            None => plain,
-        };
+        let bytes = crate::format::envelope::seal_file(record.encode(), self.keys.as_ref());
         self.backend.put(&format!("audit/{}", Id::of(&bytes).to_hex()), &bytes)?;
         Ok(())
     }
@@ -118,6 +114,13 @@ impl Run {
         self.record.outcome = outcome;
     }
 
+    /// A copy of the record as it would end now with `outcome` (for another repository).
+    pub fn ended_copy(&self, outcome: Outcome) -> AuditRecord {
+        let mut copy = Run { record: self.record.clone() };
+        copy.close(outcome);
+        copy.record
+    }
+
     /// Stamps the end time and outcome and writes the record.
     pub fn finish(mut self, repo: &Repository, outcome: Outcome) -> Result<()> {
         OPEN.lock().expect("poisoned").retain(|(open, _)| open.nonce != self.record.nonce);
@@ -151,8 +154,24 @@ pub fn write(repo: &Repository, record: &AuditRecord) -> Result<()> {
 pub fn read_all(repo: &Repository) -> Result<Vec<AuditRecord>> {
     let mut records: Vec<AuditRecord> =
         repo.read_all_named("audit", AuditRecord::decode)?.into_iter().map(|(_, r)| r).collect();
-    records.sort_by(|a, b| (a.started_ms, a.ended_ms, &a.nonce).cmp(&(b.started_ms, b.ended_ms, &b.nonce)));
+    records.sort_by(chronological);
     Ok(records)
+}
+
+/// The order of the log: by start, then end, then nonce (store-format/audit.md, "Reading").
+pub fn chronological(a: &AuditRecord, b: &AuditRecord) -> std::cmp::Ordering {
+    (a.started_ms, a.ended_ms, &a.nonce).cmp(&(b.started_ms, b.ended_ms, &b.nonce))
+}
+
+/// The positions in `records` of the start records that no record answers (the run's own, by
+/// nonce and host): runs still going, or killed.
+pub fn unanswered_starts(records: &[AuditRecord]) -> std::collections::BTreeSet<usize> {
+    let answered: std::collections::HashSet<(&str, &str)> =
+        records.iter().filter(|r| r.command != START).map(|r| (r.nonce.as_str(), r.hostname.as_str())).collect();
+    (records.iter().enumerate())
+        .filter(|(_, r)| r.command == START && !answered.contains(&(r.nonce.as_str(), r.hostname.as_str())))
+        .map(|(n, _)| n)
+        .collect()
 }
 
 /// Records younger than this are all kept by [`compact`] unless told otherwise.
@@ -174,18 +193,13 @@ pub struct Compacted {
 /// every start record that no record answers (a killed run). An answered start record has done
 /// its work and goes, however young. Returns the indices of the records to keep.
 pub fn to_keep(records: &[AuditRecord], now_ms: i64, keep_within_ms: i64) -> std::collections::BTreeSet<usize> {
-    use std::collections::{BTreeSet, HashMap, HashSet};
-    let answered: HashSet<(&str, &str)> =
-        records.iter().filter(|r| r.command != START).map(|r| (r.nonce.as_str(), r.hostname.as_str())).collect();
-    let mut keep = BTreeSet::new();
+    use std::collections::HashMap;
+    // Unanswered start records stay; answered ones have done their work, whatever their age.
+    let mut keep = unanswered_starts(records);
     // Newest per key: records are oldest first, so the last one seen wins.
     let mut newest: HashMap<(&str, String, String), usize> = HashMap::new();
     for (n, record) in records.iter().enumerate() {
         if record.command == START {
-            // Answered, it has done its work, whatever its age.
-            if !answered.contains(&(record.nonce.as_str(), record.hostname.as_str())) {
-                keep.insert(n);
-            }
             continue;
         }
         if record.ended_ms >= now_ms - keep_within_ms {
@@ -225,7 +239,7 @@ pub fn to_keep(records: &[AuditRecord], now_ms: i64, keep_within_ms: i64) -> std
 /// so nothing is known of it); a listing that fails deletes nothing.
 pub fn compact(repo: &Repository, now_ms: i64, keep_within: std::time::Duration, dry_run: bool) -> Result<Compacted> {
     let mut named = repo.read_all_named("audit", AuditRecord::decode)?;
-    named.sort_by(|(_, a), (_, b)| (a.started_ms, a.ended_ms, &a.nonce).cmp(&(b.started_ms, b.ended_ms, &b.nonce)));
+    named.sort_by(|(_, a), (_, b)| chronological(a, b));
     let records: Vec<AuditRecord> = named.iter().map(|(_, r)| r.clone()).collect();
     let keep = to_keep(&records, now_ms, keep_within.as_millis() as i64);
     let mut compacted = Compacted { records: records.len(), kept: keep.len(), deleted: 0 };

@@ -156,6 +156,12 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+/// Notes that source or destination `name` was active at `time_ms` (against its retirement).
+fn active_at(active: &mut BTreeMap<String, i64>, name: &str, time_ms: i64) {
+    let last = active.entry(name.to_string()).or_insert(time_ms);
+    *last = (*last).max(time_ms);
+}
+
 fn event(snapshot: Option<String>, time_ms: i64, now_ms: i64) -> Event {
     Event { snapshot, time_ms, age_seconds: (now_ms - time_ms) / 1000 }
 }
@@ -191,12 +197,10 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
         // When it was committed, about: a sync that started before then did not see it.
         let committed_ms = taken_ms + snapshot.duration_ms as i64;
         by_source.entry(key.clone()).or_default().push((committed_ms, taken_ms, id.to_hex()));
+        active_at(&mut active, &key, taken_ms);
         let entry = sources.entry(key.clone()).or_insert_with(|| SourceStatus { source: key, ..Default::default() });
         entry.snapshots += u64::from(seen.insert(snapshot.identity()));
-        let time_ms = snapshot.time_sec * 1000 + snapshot.time_nsec as i64 / 1_000_000;
-        let last = active.entry(entry.source.clone()).or_default();
-        *last = (*last).max(time_ms);
-        entry.latest_snapshot = Some(event(Some(id.to_hex()), time_ms, now_ms));
+        entry.latest_snapshot = Some(event(Some(id.to_hex()), taken_ms, now_ms));
         if !snapshot.is_complete() {
             entry.problems = vec![format!(
                 "newest snapshot {} is incomplete: {} entries unreadable",
@@ -257,8 +261,7 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
             if record.details["received_from"].is_null() && record.outcome != Outcome::Failed {
                 covered(record, &name, &by_source, &mut copies);
             }
-            let last = active.entry(name.clone()).or_default();
-            *last = (*last).max(record.ended_ms);
+            active_at(&mut active, &name, record.ended_ms);
             map.insert(
                 name.clone(),
                 OffsiteStatus { to: name, retired: false, last_sync: this, last_outcome, last_error, last_ok },
@@ -274,8 +277,7 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
         let entry = sources
             .entry(record.source.clone())
             .or_insert_with(|| SourceStatus { source: record.source.clone(), ..Default::default() });
-        let last = active.entry(record.source.clone()).or_default();
-        *last = (*last).max(record.ended_ms);
+        active_at(&mut active, &record.source, record.ended_ms);
         if record.outcome == Outcome::Failed {
             entry.last_failure = Some(Failure {
                 command: record.command.clone(),
@@ -483,12 +485,7 @@ pub fn with_killed_runs(
     mut records: Vec<AuditRecord>,
     now_ms: i64,
 ) -> (Vec<AuditRecord>, Vec<String>) {
-    let answered: std::collections::HashSet<(&str, &str)> =
-        records.iter().filter(|r| r.command != audit::START).map(|r| (r.nonce.as_str(), r.hostname.as_str())).collect();
-    let open: Vec<&AuditRecord> = records
-        .iter()
-        .filter(|r| r.command == audit::START && !answered.contains(&(r.nonce.as_str(), r.hostname.as_str())))
-        .collect();
+    let open: Vec<&AuditRecord> = audit::unanswered_starts(&records).into_iter().map(|n| &records[n]).collect();
     if open.is_empty() {
         return (records, Vec::new());
     }
@@ -544,7 +541,7 @@ pub fn with_killed_runs(
         });
     }
     records.extend(killed);
-    records.sort_by(|a, b| (a.started_ms, a.ended_ms, &a.nonce).cmp(&(b.started_ms, b.ended_ms, &b.nonce)));
+    records.sort_by(audit::chronological);
     (records, running)
 }
 

@@ -33,17 +33,16 @@ pub struct Args {
 /// repository named in its details there.
 fn finish(mut audit: Run, repo: &cairn::repository::Repository, also: &[String], outcome: Outcome) {
     if !also.is_empty() {
-        let mut copy = Run { record: audit.record.clone() };
-        copy.close(outcome);
-        copy.record.details["repository"] = serde_json::json!(repo.backend().location());
+        let mut copy = audit.ended_copy(outcome);
+        copy.details["repository"] = serde_json::json!(repo.backend().location());
         for location in also {
             let written = cairn::repository::Repository::open_location(location)
-                .and_then(|other| cairn::audit::write(&other, &copy.record));
+                .and_then(|other| cairn::audit::write(&other, &copy));
             if let Err(e) = written {
                 errln!("warning: could not write the drill's record to {location}: {e}");
             }
         }
-        audit.record.details = copy.record.details.clone();
+        audit.record.details = copy.details;
     }
     super::finish_audit(audit, repo, outcome);
 }

@@ -182,16 +182,17 @@ impl Context {
     /// The repository for a command that follows a config file: `--repo` on the command line,
     /// else the config's `repository`, else CAIRN_REPO or the default.
     pub fn location_with(&self, configured: Option<&str>) -> String {
-        match (self.repo_flag, configured) {
-            (false, Some(configured)) => configured.to_string(),
-            _ => self.location(),
-        }
+        self.given_or_configured(self.repo_flag, configured)
     }
 
     /// The repository a command that reads a config looks at: `--repo` or CAIRN_REPO when
     /// given, else the config's `repository`, else the default.
     pub fn location_or_config(&self, configured: Option<&str>) -> String {
-        match (self.repo_given, configured) {
+        self.given_or_configured(self.repo_given, configured)
+    }
+
+    fn given_or_configured(&self, given: bool, configured: Option<&str>) -> String {
+        match (given, configured) {
             (false, Some(configured)) => configured.to_string(),
             _ => self.location(),
         }

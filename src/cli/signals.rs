@@ -105,16 +105,10 @@ pub fn name(signal: libc::c_int) -> &'static str {
 /// most 30 s), then the records of this process's open runs.
 fn end(signal: libc::c_int) -> ! {
     // Under the children's lock: no step starts after this ([`output`] looks under it too).
-    let children = match CHILDREN.lock() {
-        Ok(children) => {
-            ENDING.store(true, SeqCst);
-            children.clone()
-        }
-        Err(_) => {
-            ENDING.store(true, SeqCst);
-            Vec::new()
-        }
-    };
+    let guard = CHILDREN.lock();
+    ENDING.store(true, SeqCst);
+    let children = guard.as_deref().map_or(Vec::new(), |children| children.clone());
+    drop(guard);
     for &pid in &children {
         // SAFETY: sends a signal to the process group of a child we started as its leader.
         unsafe { libc::kill(-(pid as libc::pid_t), signal) };
@@ -144,11 +138,10 @@ pub fn output(command: &mut std::process::Command) -> std::io::Result<std::proce
     use std::process::Stdio;
     let child = {
         let mut children = CHILDREN.lock().expect("poisoned");
-        while ENDING.load(SeqCst) {
+        if ENDING.load(SeqCst) {
             // A signal is ending the process: this step must not start.
             drop(children);
-            std::thread::park();
-            children = CHILDREN.lock().expect("poisoned");
+            wait_for_the_end();
         }
         let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).spawn()?;
         children.push(child.id());
@@ -157,9 +150,16 @@ pub fn output(command: &mut std::process::Command) -> std::io::Result<std::proce
     let pid = child.id();
     let output = child.wait_with_output();
     child_ended(pid);
-    while ENDING.load(SeqCst) {
-        // The signal's thread ends the process: the next step must not start meanwhile.
-        std::thread::park();
+    if ENDING.load(SeqCst) {
+        // The next step must not start while the signal's thread ends the process.
+        wait_for_the_end();
     }
     output
+}
+
+/// Waits for the signal's thread to end the process.
+fn wait_for_the_end() -> ! {
+    loop {
+        std::thread::park();
+    }
 }

@@ -74,10 +74,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     // outcome. An up-to-date sync writes nothing there.
     let received = report.packs_copied + report.snapshots_copied.len() as u64 > 0;
     if let (Some(dest), true) = (dest, received) {
-        let mut copy = Run { record: audit.record.clone() };
-        copy.close(outcome);
-        copy.record.details["received_from"] = serde_json::json!(context.location());
-        if let Err(e) = cairn::audit::write(dest, &copy.record) {
+        let mut copy = audit.ended_copy(outcome);
+        copy.details["received_from"] = serde_json::json!(context.location());
+        if let Err(e) = cairn::audit::write(dest, &copy) {
             errln!("warning: could not write the audit record to {}: {e}", args.to);
         }
     }

@@ -16,6 +16,15 @@ pub const ENCRYPTION_AES256GCM: u8 = 1;
 
 /// Seals the body of a plain envelope (as [`seal`] makes it): same magic and version, mode
 /// [`ENCRYPTION_AES256GCM`], the header authenticated with the body, a new checksum.
+/// Seals an encoded envelope file before it is written: encrypted under `keys`, unchanged
+/// without them.
+pub fn seal_file(plain: Vec<u8>, keys: Option<&crate::crypto::Keys>) -> Vec<u8> {
+    match keys {
+        Some(keys) => encrypt(&plain, keys),
+        None => plain,
+    }
+}
+
 pub fn encrypt(plain: &[u8], keys: &crate::crypto::Keys) -> Vec<u8> {
     let body = &plain[HEADER_LEN..plain.len() - 32];
     let sealed_len = body.len() + crate::crypto::OVERHEAD;

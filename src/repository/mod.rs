@@ -314,10 +314,7 @@ impl Repository {
 
     /// Seals an encoded envelope file before it is written (unchanged without encryption).
     pub fn seal_file(&self, plain: Vec<u8>) -> Vec<u8> {
-        match &self.keys {
-            Some(keys) => envelope::encrypt(&plain, keys),
-            None => plain,
-        }
+        envelope::seal_file(plain, self.keys.as_ref())
     }
 
     /// Seals a stored (compressed) blob; its id is authenticated with it.
