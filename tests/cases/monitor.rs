@@ -640,3 +640,33 @@ fn a_killed_drill_is_a_failed_drill_of_its_source() {
     let (status, code) = status_of(&mut cairn(&repo), &[] as &[&str]);
     assert_eq!(code, Some(0), "{status}");
 }
+
+/// Compaction deletes audit records only: never one it could not read (a damaged record stays,
+/// and status keeps reporting it), and what status says of the runs stays the same.
+#[test]
+fn prune_compacts_the_audit_log_but_never_a_damaged_record() {
+    let scratch = Scratch::new("monitor-compact");
+    let (src, repo) = one_source(&scratch);
+    for _ in 0..3 {
+        ok(cairn(&repo).args(["snapshot", "--source", "app"]).arg(&src));
+    }
+    let audit_files = || -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = fs::read_dir(repo.join("audit")).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files
+    };
+    let damaged = audit_files()[0].clone();
+    let len = fs::metadata(&damaged).unwrap().len();
+    flip_byte(&damaged, len / 2, 1);
+    let before = audit_files().len();
+    let (status_before, _) = status_of(&mut cairn(&repo), &[] as &[&str]);
+    ok(cairn(&repo).args(["prune", "--keep-audit", "1s"]));
+    let after = audit_files();
+    assert!(after.contains(&damaged), "the damaged record was deleted");
+    assert!(after.len() < before, "nothing was compacted: {} -> {}", before, after.len());
+    let (status_after, code) = status_of(&mut cairn(&repo), &[] as &[&str]);
+    assert_eq!(code, Some(1), "the damage is still reported: {status_after}");
+    assert!(problems(&status_after).contains("damaged repository file"), "{status_after}");
+    assert_eq!(source(&status_before, "app")["latest_snapshot"], source(&status_after, "app")["latest_snapshot"]);
+    assert_eq!(source(&status_before, "app")["problems"], source(&status_after, "app")["problems"]);
+}
