@@ -341,7 +341,7 @@ fn read_whole(path: &Path, out: &mut WholeObject, direct: bool) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn scratch() -> (tempdir::Dir, LocalBackend) {

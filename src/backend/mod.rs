@@ -6,6 +6,7 @@
 //! returns, the object is complete and will survive a crash; a crash during a put leaves either
 //! nothing under the key or, at most, a temporary file that no reader ever looks at.
 
+pub mod ahead;
 pub mod local;
 pub mod object;
 

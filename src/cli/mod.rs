@@ -32,6 +32,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
+use cairn::backend::ahead::ListedAhead;
 use cairn::repository::{default_location, Repository};
 
 /// Exit code for a snapshot that was stored but could not read every source entry.
@@ -199,15 +200,22 @@ impl Context {
     }
 
     /// [`Context::open_cached`] for a command that only reads, with its [`read_lock`] taken
-    /// while the key is derived (the lock's failure is the caller's to report).
+    /// while the key is derived (the lock's failure is the caller's to report), and then the
+    /// listings of the snapshots and the index, which it reads next
+    /// ([`cairn::backend::ahead`]).
     pub fn open_cached_read_locked(
         &self,
         command: &str,
     ) -> Result<(Repository, Result<Option<cairn::repository::lock::Lock>>)> {
         let location = self.location();
-        let backend = Repository::backend_at(&location)?;
-        let (mut repo, lock) =
-            Repository::open_alongside(backend, &location, |backend| read_lock_on(backend, command, self.lock_wait))?;
+        let ahead = std::sync::Arc::new(ListedAhead::new(Repository::backend_at(&location)?));
+        let (mut repo, lock) = Repository::open_alongside(ahead.clone(), &location, |backend| {
+            std::thread::scope(|scope| {
+                read_lock_then(backend, command, self.lock_wait, &|| {
+                    scope.spawn(|| ahead.list_ahead(&["snapshots", "index"]));
+                })
+            })
+        })?;
         self.cache_for(&mut repo);
         Ok((repo, lock))
     }
@@ -263,17 +271,19 @@ pub fn read_lock(
     command: &str,
     wait: std::time::Duration,
 ) -> Result<Option<cairn::repository::lock::Lock>> {
-    read_lock_on(repo.backend_arc(), command, wait)
+    read_lock_then(repo.backend_arc(), command, wait, &|| ())
 }
 
-/// [`read_lock`] on a repository's backend (taken while the repository is opened).
-fn read_lock_on(
+/// [`read_lock`] on a repository's backend (taken while the repository is opened), calling
+/// `written` once its lock file is written ([`cairn::repository::lock::Lock::acquire_then`]).
+fn read_lock_then(
     backend: std::sync::Arc<dyn cairn::backend::Backend>,
     command: &str,
     wait: std::time::Duration,
+    written: &dyn Fn(),
 ) -> Result<Option<cairn::repository::lock::Lock>> {
-    use cairn::repository::lock::{Lock, LockKind};
-    match Lock::acquire(backend, LockKind::Shared, command, wait) {
+    use cairn::repository::lock::{Lock, LockKind, Release};
+    match Lock::acquire_then(backend, LockKind::Shared, command, wait, Release::Delete, written) {
         Ok(lock) => Ok(Some(lock)),
         Err(cairn::error::Error::Io { path, source }) if cannot_write(&source) => {
             errln!(

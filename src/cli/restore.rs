@@ -49,7 +49,7 @@ pub struct Args {
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let (repo, lock) = context.open_cached_read_locked("restore")?;
-    let _lock = lock?;
+    let lock = lock?;
     let ((id, snapshot), index) = super::find_with_index(&repo, &args.snapshot, &args.filters)?;
     super::warn_damage(&repo);
     let progress = Progress::new("restore", context.quiet || context.json);
@@ -74,8 +74,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         skip_identical: args.skip_identical,
         skip,
         cancel: None,
+        lock,
     };
-    let report = in_place::run(&repo, &index, &id, &snapshot, &options, &progress)?;
+    let report = in_place::run(&repo, &index, &id, &snapshot, options, &progress)?;
     for note in &report.leftovers {
         errln!("note: {note}");
     }

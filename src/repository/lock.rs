@@ -351,6 +351,22 @@ impl Lock {
         wait: Duration,
         release: Release,
     ) -> Result<Lock> {
+        Self::acquire_then(backend, kind, command, wait, release, &|| ())
+    }
+
+    /// [`Lock::acquire_with`] that calls `written` each time its lock file has been written,
+    /// before it looks for others: from then on a command that starts in conflict with it sees
+    /// it, so what the caller reads from then on is no older than the lock, provided that the
+    /// lock is then granted. Should it not be, the lock file is deleted through the same backend
+    /// (which [`crate::backend::ahead::ListedAhead`] takes as a change of the store).
+    pub fn acquire_then(
+        backend: Arc<dyn Backend>,
+        kind: LockKind,
+        command: &str,
+        wait: Duration,
+        release: Release,
+        written: &dyn Fn(),
+    ) -> Result<Lock> {
         let locks =
             Arc::new(Locks { backend, release, denied: AtomicBool::new(false), forged: Mutex::new(BTreeSet::new()) });
         let started = Instant::now();
@@ -366,6 +382,7 @@ impl Lock {
             if blocking.is_empty() {
                 let before = (Instant::now(), SystemTime::now());
                 let own = locks.write(kind, command)?;
+                written();
                 // Someone may have written theirs meanwhile: our own file in the listing also
                 // tells the store's time.
                 let listing = list(&*locks.backend)?;

@@ -232,8 +232,14 @@ impl Repository {
         passphrase: Option<&str>,
         alongside: impl FnOnce(Arc<dyn Backend>) -> T + Send,
     ) -> Result<(Repository, T)> {
-        // One request, not a look and then a read: on an object store each is a round trip.
-        let bytes = match backend.get("config") {
+        // One request, not a look and then a read: on an object store each is a round trip. The
+        // key files are listed beside it: an encrypted repository (the usual kind) needs them next.
+        let (config, key_files) = std::thread::scope(|scope| {
+            let key_files = scope.spawn(|| backend.list("keys"));
+            let config = backend.get("config");
+            (config, key_files.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        });
+        let bytes = match config {
             Err(Error::Io { source, .. })
                 if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) =>
             {
@@ -258,8 +264,9 @@ impl Repository {
             };
             // The key is the one that opens `config`: a key file left by an `init` that crashed
             // before its config may open with the same passphrase but hold another master key.
-            let unlocked =
-                unlock(&*backend, location, &passphrase, |keys| envelope::decrypt(&bytes, Some(keys), &file));
+            let unlocked = unlock(&*backend, key_files, location, &passphrase, |keys| {
+                envelope::decrypt(&bytes, Some(keys), &file)
+            });
             (unlocked, beside.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
         });
         let (keys, key_used, plain) = unlocked?;
@@ -763,15 +770,17 @@ fn read_key_file(backend: &dyn Backend, location: &str, name: &str) -> Result<Ke
     KeyFile::decode(&backend.get(name)?, &format!("{location}/{name}"))
 }
 
-/// Finds the key file `passphrase` opens whose master key also opens the config; returns the
-/// keys, the key file's name and what `opens_config` made of the config.
+/// Finds the key file (of `files`, the listing of `keys/`) that `passphrase` opens whose master
+/// key also opens the config; returns the keys, the key file's name and what `opens_config` made
+/// of the config.
 fn unlock<T>(
     backend: &dyn Backend,
+    files: Result<Vec<(String, u64)>>,
     location: &str,
     passphrase: &str,
     opens_config: impl Fn(&Keys) -> Result<T>,
 ) -> Result<(Keys, String, T)> {
-    let files = backend.list("keys")?;
+    let files = files?;
     if files.is_empty() {
         return Err(Error::Invalid(format!(
             "{location} is encrypted but has no key file (keys/ is empty or missing): it cannot be opened"

@@ -54,6 +54,7 @@ use crate::fs_at::{remove_tree, stat_fd, Dir};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
+use crate::repository::lock::Lock;
 use crate::repository::Repository;
 
 use plan::{Compare, Walker, Want};
@@ -77,7 +78,7 @@ pub enum Mode {
     Overwrite,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct Options {
     pub target: PathBuf,
     /// Paths inside the snapshot to restore; empty restores everything.
@@ -95,6 +96,9 @@ pub struct Options {
     /// refuses to find inside the target.
     pub skip: Vec<PathBuf>,
     pub cancel: Option<&'static AtomicBool>,
+    /// The command's read lock, if it hands it over: released once the snapshot has been read,
+    /// beside the write of the end record (two round trips at once on an object store).
+    pub lock: Option<Lock>,
 }
 
 /// How a restore went about it.
@@ -185,9 +189,11 @@ pub fn run(
     index: &Index,
     id: &Id,
     snapshot: &Snapshot,
-    options: &Options,
+    mut options: Options,
     progress: &Progress,
 ) -> Result<Report> {
+    let lock = options.lock.take();
+    let options = &options;
     let want = plan::want_of(repo, index, &snapshot.tree, &options.includes, &id.short())?;
     let site = Site::open(&options.target)?;
     if site.path == Path::new("/") && !(options.force_root && options.mode == Mode::Overwrite) {
@@ -238,9 +244,19 @@ pub fn run(
     }
     let mut audit = Run::start("restore", &snapshot.source_key());
     audit.record.snapshot = Some(id.to_hex());
-    let begun = audit.begin(repo);
-    let result = execute(repo, index, id, snapshot, options, &site, &want, progress, &mut report);
-    let mut report = finish(repo, audit, result, report)?;
+    // The start record goes beside the restore's first reads: on an object store it is a round
+    // trip that nothing else waits for. It is written before the end record all the same.
+    let (begun, result) = std::thread::scope(|scope| {
+        let begun = scope.spawn(|| audit.begin(repo));
+        let result = execute(repo, index, id, snapshot, options, &site, &want, progress, &mut report);
+        (begun.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), result)
+    });
+    let mut report = std::thread::scope(|scope| {
+        if let Some(lock) = lock {
+            scope.spawn(move || drop(lock));
+        }
+        finish(repo, audit, result, report)
+    })?;
     if let (Err(e), None) = (begun, &report.audit_error) {
         report.audit_error = Some(format!("its start record: {e}"));
     }
