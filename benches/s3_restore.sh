@@ -28,10 +28,13 @@
 #                directory: only the packs the newest snapshot needs), then
 #   +local       cairn --repo LOCAL restore latest --target DIR (the baseline is the sum)
 #   restic       restic -r s3:.../restic-DATASET restore latest --target DIR
-# Each prints wall seconds, peak RSS, the HTTP requests the server saw (all of them, and the GETs
-# among them; counted in moto's access log, behind the proxy) and a byte-for-byte comparison of
-# the restored tree with its source (`diff -r --no-dereference`). The summary prints the issue's
-# ratios with their targets. Exits 1 if any step failed or any restore differs.
+# Each prints wall seconds, peak RSS, the HTTP requests the server saw (all of them, the GETs
+# among them and the GETs of packs; counted in moto's access log, behind the proxy) and a
+# byte-for-byte comparison of the restored tree with its source (`diff -r --no-dereference`). The
+# summary prints the issue's ratios with their targets; the request target is judged on the
+# requests that read packs ("at most 2x the packs it needs"), the metadata requests beside them
+# (config, key files, lock, listings, snapshot and index files, audit records) are shown.
+# Exits 1 if any step failed or any restore differs.
 set -euo pipefail
 CORPUS=${1:?corpus dir with v1/ and v2/ (any path when DATASETS leaves out corpus)}
 WORK=$(realpath -m "${2:?work dir}")
@@ -77,25 +80,25 @@ for sub in subdirs:
 print(n)
 EOF
 }
-requests() { # all requests and the GETs among them, once the server's log has caught up
+requests() { # all requests, the GETs and the GETs of packs among them, once the log caught up
   local now last=-1
   for _ in $(seq 20); do
     now=$(grep -cE '"(GET|PUT|HEAD|POST|DELETE) ' "$WORK/moto.log" || true)
     [[ $now == "$last" ]] && break; last=$now; sleep 0.2
   done
-  echo "$now $(grep -cE '"GET ' "$WORK/moto.log" || true)"
+  echo "$now $(grep -cE '"GET ' "$WORK/moto.log" || true) $(grep -cE '"GET /[^ ?]*/packs/' "$WORK/moto.log" || true)"
 }
 STEPS=0
-timed() { # label command -> T (s), M (MiB peak RSS), R (requests), G (GETs); false on failure
-  local label=$1 cmd=$2 r0 g0 r1 g1
+timed() { # label command -> T (s), M (MiB peak RSS), R (requests), G (GETs), P (pack GETs); false on failure
+  local label=$1 cmd=$2 r0 g0 p0 r1 g1 p1
   STEPS=$((STEPS + 1)); rm -rf "$WORK/cache-$STEPS"
-  read -r r0 g0 < <(requests)
+  read -r r0 g0 p0 < <(requests)
   if ! XDG_CACHE_HOME=$WORK/cache-$STEPS /usr/bin/time -o "$WORK/step.time" -f '%e %M' \
       bash -c "$cmd" >"$WORK/step.out" 2>"$WORK/step.err"; then
     echo "  $label FAILED: $(tail -3 "$WORK/step.err" | tr '\n' ' ')"; FAILED=1; return 1
   fi
   read -r T M <"$WORK/step.time"; M=$((M / 1024))
-  read -r r1 g1 < <(requests); R=$((r1 - r0)); G=$((g1 - g0))
+  read -r r1 g1 p1 < <(requests); R=$((r1 - r0)); G=$((g1 - g0)); P=$((p1 - p0))
 }
 compare() { # source restored -> SAME: identical, or the first differences (and fails the run)
   if diff -r --no-dereference "$1" "$2" >"$WORK/diff.out" 2>&1; then SAME=identical; else
@@ -103,8 +106,8 @@ compare() { # source restored -> SAME: identical, or the first differences (and 
   fi
 }
 report() { # dataset delay what
-  printf '  %-4s ms %-11s %8.2f s %5d MiB rss %7d requests %7d GETs   %s\n' "$2" "$3" "$T" "$M" "$R" "$G" "$4"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$T" "$M" "$R" "$G" >>"$RESULTS"
+  printf '  %-4s ms %-11s %8.2f s %5d MiB rss %7d requests %7d GETs %5d of packs   %s\n' "$2" "$3" "$T" "$M" "$R" "$G" "$P" "$4"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$T" "$M" "$R" "$G" "$P" >>"$RESULTS"
 }
 
 make_app() { # dir: the app dataset, seeded, so every run restores the same bytes
@@ -196,7 +199,7 @@ for line in open(sys.argv[1]):
     if f[1] == "packs":
         packs[f[0]] = tuple(map(int, f[2:]))  # needed, in the bucket, metadata objects
     else:
-        steps[f[0], int(f[1]), f[2]] = (float(f[3]), int(f[4]), int(f[5]))  # s, MiB, requests
+        steps[f[0], int(f[1]), f[2]] = (float(f[3]), int(f[4]), int(f[5]), int(f[7]))  # s, MiB, requests, pack GETs
 datasets = list(dict.fromkeys(k[0] for k in steps))
 delays = sorted({k[1] for k in steps})
 rows = []
@@ -210,25 +213,27 @@ for ds in datasets:
         if a and b and c:
             x = a[0] / (b[0] + c[0])
             row(f"s3 restore / (sync-down + local), {d} ms", ds,
-                f"{a[0]:.1f} / ({b[0]:.1f} + {c[0]:.1f}) = {x:.2f}x", "<= 2x", x <= 2)
+                f"{a[0]:.2f} / ({b[0]:.2f} + {c[0]:.2f}) = {x:.2f}x", "<= 2x", x <= 2)
     if 0 in delays:
         for d in delays[1:]:
             a, z = s(d, "s3-restore"), s(0, "s3-restore")
             if a and z:
                 x = a[0] / z[0]
-                row(f"s3 restore {d} ms / 0 ms", ds, f"{a[0]:.1f} / {z[0]:.1f} = {x:.2f}x", "<= 1.5x", x <= 1.5)
+                row(f"s3 restore {d} ms / 0 ms", ds, f"{a[0]:.2f} / {z[0]:.2f} = {x:.2f}x", "<= 1.5x", x <= 1.5)
     for d in delays:
+        # The requests that read packs, against the packs the restore needs; the rest read or
+        # write the metadata (config, key files, lock, snapshot and index listings and files,
+        # audit records), a fixed number however large the snapshot: shown, not judged.
         a = s(d, "s3-restore")
         if a and needed:
-            limit = 2 * needed + meta
-            row(f"s3 restore requests, {d} ms", ds,
-                f"{a[2]} = {a[2] / needed:.1f} per pack ({needed} packs, {meta} metadata)",
-                f"<= 2 x {needed} + {meta} = {limit}", a[2] <= limit)
+            row(f"s3 restore pack requests, {d} ms", ds,
+                f"{a[3]} = {a[3] / needed:.1f} per pack ({needed} packs; +{a[2] - a[3]} metadata requests)",
+                f"<= 2 x {needed} = {2 * needed}", a[3] <= 2 * needed)
     for d in delays:
         a, r = s(d, "s3-restore"), s(d, "restic")
         if a and r:
             x = r[0] / a[0]
-            row(f"restic / cairn time, {d} ms", ds, f"{r[0]:.1f} / {a[0]:.1f} = {x:.2f}x", ">= 3x", x >= 3)
+            row(f"restic / cairn time, {d} ms", ds, f"{r[0]:.2f} / {a[0]:.2f} = {x:.2f}x", ">= 3x", x >= 3)
     for d in delays:
         a, r = s(d, "s3-restore"), s(d, "restic")
         if a and r:

@@ -62,7 +62,7 @@ fn measure(location: &str, runs: u64) {
     let _ = std::fs::remove_dir_all(&cache);
     let thresholds = Thresholds { max_age: Some(Duration::from_secs(86_400)), ..Thresholds::default() };
     let timed = |label: &str| {
-        let mut repo = Repository::open_location(location).expect("open");
+        let mut repo = Repository::open_location(location, cairn::repository::Passphrase::None).expect("open");
         repo.use_cache(&cache).expect("cache");
         let before = repo.backend().requests().unwrap_or_default().total();
         let started = Instant::now();

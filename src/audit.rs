@@ -45,14 +45,13 @@ pub fn now_ms() -> i64 {
     now().as_millis() as i64
 }
 
-/// The time since the Unix epoch by the system clock, moved by `CAIRN_CLOCK_OFFSET` seconds
-/// when that is set (tests that run a month of daily cycles in a minute): what every record,
-/// snapshot time and lock file of this process says.
+/// The time since the Unix epoch by the system clock (moved by the test knob
+/// `CAIRN_CLOCK_OFFSET`, [`crate::knobs`]): what every record, snapshot time and lock file of
+/// this process says.
 pub fn now() -> std::time::Duration {
     static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    let offset = *OFFSET.get_or_init(|| {
-        std::env::var("CAIRN_CLOCK_OFFSET").ok().and_then(|text| text.trim().parse().ok()).unwrap_or(0)
-    });
+    let offset = *OFFSET
+        .get_or_init(|| crate::knobs::get("CAIRN_CLOCK_OFFSET").and_then(|text| text.trim().parse().ok()).unwrap_or(0));
     let real = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     match offset >= 0 {
         true => real + std::time::Duration::from_secs(offset as u64),

@@ -166,86 +166,6 @@ pub fn secure_random<const N: usize>() -> [u8; N] {
     out
 }
 
-/// The passphrase of an encrypted repository: `CAIRN_PASSWORD`, else the first line of the file
-/// `CAIRN_PASSWORD_FILE`, else the first line printed by `CAIRN_PASSWORD_COMMAND` (run with
-/// `sh -c`), else typed at the terminal. The command-line options `--password-file` and
-/// `--password-command` replace all three variables with their own (`src/cli/password.rs`), so a
-/// flag beats the environment. `None` when there is no way to get one.
-pub fn passphrase_if_given(location: &str) -> Result<Option<String>> {
-    if let Some(value) = std::env::var_os("CAIRN_PASSWORD").filter(|v| !v.is_empty()) {
-        return Ok(Some(value.to_string_lossy().into_owned()));
-    }
-    if let Some(path) = std::env::var_os("CAIRN_PASSWORD_FILE").filter(|v| !v.is_empty()) {
-        return passphrase_from_file(std::path::Path::new(&path)).map(Some);
-    }
-    if let Some(command) = std::env::var_os("CAIRN_PASSWORD_COMMAND").filter(|v| !v.is_empty()) {
-        let output = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&command)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .map_err(|e| Error::Invalid(format!("cannot run the password command: {e}")))?;
-        if !output.status.success() {
-            return Err(Error::Invalid(format!("the password command failed: {}", output.status)));
-        }
-        return first_line(&String::from_utf8_lossy(&output.stdout), "the password command").map(Some);
-    }
-    prompt(&format!("password for {location}: "))
-}
-
-/// [`passphrase_if_given`], failing clearly when there is none.
-pub fn passphrase(location: &str) -> Result<String> {
-    passphrase_if_given(location)?.ok_or_else(|| {
-        Error::Invalid(format!(
-            "{location} is encrypted: give its password with CAIRN_PASSWORD, --password-file or --password-command"
-        ))
-    })
-}
-
-/// The first line of a password file; an empty one is an error.
-pub fn passphrase_from_file(path: &std::path::Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    first_line(&text, &format!("the password file {}", path.display()))
-}
-
-fn first_line(text: &str, from: &str) -> Result<String> {
-    let line = text.lines().next().unwrap_or("").to_string();
-    if line.is_empty() {
-        return Err(Error::Invalid(format!("{from} gave an empty password")));
-    }
-    Ok(line)
-}
-
-/// Reads a line from the terminal with echo off, after showing `text`; `None` without a terminal.
-pub fn prompt(text: &str) -> Result<Option<String>> {
-    use std::io::{BufRead, Write};
-    use std::os::fd::AsRawFd;
-    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        return Ok(None);
-    }
-    let Ok(tty) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty") else { return Ok(None) };
-    let fd = tty.as_raw_fd();
-    // SAFETY: termios calls on an open terminal descriptor with a valid out-pointer.
-    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-    if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
-        return Ok(None);
-    }
-    let mut quiet = saved;
-    quiet.c_lflag &= !libc::ECHO;
-    (&tty).write_all(text.as_bytes()).map_err(|e| Error::io("/dev/tty", e))?;
-    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
-    let mut line = String::new();
-    let read = std::io::BufReader::new(&tty).read_line(&mut line);
-    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
-    let _ = (&tty).write_all(b"\n");
-    read.map_err(|e| Error::io("/dev/tty", e))?;
-    let line = line.trim_end_matches(['\n', '\r']).to_string();
-    if line.is_empty() {
-        return Err(Error::Invalid("empty password".into()));
-    }
-    Ok(Some(line))
-}
-
 /// Argon2id parameters of a key file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KdfParams {
@@ -259,10 +179,10 @@ impl KdfParams {
     /// 19 MiB, 2 passes, 1 lane: OWASP's recommended Argon2id setting, about 25 ms here. Every
     /// command that opens the repository pays it (and its memory) once; a stronger setting
     /// (RFC 9106's 64 MiB, 3 passes: 120 ms and 64 MiB per command) would cost most of what the
-    /// encryption of a whole snapshot costs. `CAIRN_KDF_MEMORY_KIB` changes the memory for new
-    /// key files (tests lower it); the parameters are recorded in each key file.
+    /// encryption of a whole snapshot costs. The test knob `CAIRN_KDF_MEMORY_KIB` ([`crate::knobs`])
+    /// lowers the memory for new key files; the parameters are recorded in each key file.
     pub fn default_for_new_keys() -> KdfParams {
-        let m_cost = std::env::var("CAIRN_KDF_MEMORY_KIB").ok().and_then(|v| v.parse().ok()).unwrap_or(19 * 1024);
+        let m_cost = crate::knobs::get("CAIRN_KDF_MEMORY_KIB").and_then(|v| v.parse().ok()).unwrap_or(19 * 1024);
         KdfParams { m_cost, t_cost: 2, p_cost: 1 }
     }
 

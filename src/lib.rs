@@ -51,6 +51,7 @@ pub mod format;
 pub mod fs_at;
 pub mod gc;
 pub mod id;
+pub mod knobs;
 pub mod progress;
 pub mod repair;
 pub mod repository;

@@ -30,7 +30,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         let backend = backend.clone();
         std::thread::spawn(move || Prefetched::read(&*backend, subset))
     });
-    let repo = Repository::open_location_on(backend, &context.location())?;
+    let location = context.location();
+    let ask = context.password.asker(&location);
+    let repo = Repository::open_location_on(backend, &location, cairn::repository::Passphrase::Ask(&ask))?;
     let lock = super::read_lock(&repo, "check", context.lock_wait)?;
     let prefetched = match prefetch.map(|thread| thread.join()) {
         Some(Ok(prefetched)) => prefetched,

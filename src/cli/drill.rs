@@ -31,13 +31,12 @@ pub struct Args {
 
 /// Writes the drill's record into its repository and into each of `also`, the drilled
 /// repository named in its details there.
-fn finish(mut audit: Run, repo: &cairn::repository::Repository, also: &[String], outcome: Outcome) {
+fn finish(context: &Context, mut audit: Run, repo: &cairn::repository::Repository, also: &[String], outcome: Outcome) {
     if !also.is_empty() {
         let mut copy = audit.ended_copy(outcome);
         copy.details["repository"] = serde_json::json!(repo.backend().location());
         for location in also {
-            let written = cairn::repository::Repository::open_location(location)
-                .and_then(|other| cairn::audit::write(&other, &copy));
+            let written = context.open_at(location).and_then(|other| cairn::audit::write(&other, &copy));
             if let Err(e) = written {
                 errln!("warning: could not write the drill's record to {location}: {e}");
             }
@@ -54,7 +53,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         Ok(lock) => lock,
         Err(e) => {
             audit.record.errors.push(e.to_string());
-            finish(audit, &repo, &args.record_to, Outcome::Failed);
+            finish(context, audit, &repo, &args.record_to, Outcome::Failed);
             return Err(e);
         }
     };
@@ -80,13 +79,13 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             let signal = signals::SIGNAL.load(Ordering::SeqCst);
             let message = format!("drill interrupted by signal {signal}; its scratch directory was removed");
             audit.record.errors.push(message.clone());
-            finish(audit, &repo, &args.record_to, Outcome::Failed);
+            finish(context, audit, &repo, &args.record_to, Outcome::Failed);
             errln!("error: {message}");
             return Ok(ExitCode::from(128 + signal as u8));
         }
         Err(e) => {
             audit.record.errors.push(e.to_string());
-            finish(audit, &repo, &args.record_to, Outcome::Failed);
+            finish(context, audit, &repo, &args.record_to, Outcome::Failed);
             return Err(e.into());
         }
     };
@@ -99,7 +98,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         "databases": report.databases,
         "duration_ms": report.duration_ms,
     });
-    finish(audit, &repo, &args.record_to, if report.passed() { Outcome::Ok } else { Outcome::Failed });
+    finish(context, audit, &repo, &args.record_to, if report.passed() { Outcome::Ok } else { Outcome::Failed });
 
     if context.json {
         outln!("{}", serde_json::to_string(&report)?);

@@ -18,7 +18,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let keys = if args.encryption == "none" {
         NewKeys::None
     } else {
-        NewKeys::New { passphrase: cairn::crypto::passphrase(&context.location())? }
+        NewKeys::New { passphrase: context.password.require(&context.location())? }
     };
     let repo = Repository::init_location(&context.location(), keys)?;
     let encryption = if repo.keys().is_some() { "aes-256-gcm" } else { "none" };

@@ -36,15 +36,15 @@ pub struct NewPassword {
 /// names, else the terminal. A flag beats the environment, as for the repository password.
 fn new_password(args: &NewPassword) -> Result<String> {
     if let Some(path) = &args.new_password_file {
-        return Ok(cairn::crypto::passphrase_from_file(path)?);
+        return super::password::from_file(path);
     }
     if let Some(value) = std::env::var_os("CAIRN_NEW_PASSWORD").filter(|v| !v.is_empty()) {
         return Ok(value.to_string_lossy().into_owned());
     }
     if let Some(path) = std::env::var_os("CAIRN_NEW_PASSWORD_FILE").filter(|v| !v.is_empty()) {
-        return Ok(cairn::crypto::passphrase_from_file(std::path::Path::new(&path))?);
+        return super::password::from_file(std::path::Path::new(&path));
     }
-    match cairn::crypto::prompt("new password: ")? {
+    match super::password::prompt("new password: ")? {
         Some(password) => Ok(password),
         None => bail!("give the new password with --new-password-file, CAIRN_NEW_PASSWORD, CAIRN_NEW_PASSWORD_FILE, or at a terminal"),
     }

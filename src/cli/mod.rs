@@ -33,7 +33,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 use cairn::backend::ahead::ListedAhead;
-use cairn::repository::{default_location, Repository};
+use cairn::repository::{default_location, Passphrase, Repository};
 
 /// Exit code for a snapshot that was stored but could not read every source entry.
 pub const EXIT_INCOMPLETE: u8 = 3;
@@ -159,6 +159,8 @@ pub struct Context {
     pub repo_flag: bool,
     /// `--repo` or CAIRN_REPO was given.
     pub repo_given: bool,
+    /// Where the repository password comes from.
+    pub password: password::Source,
 }
 
 impl Context {
@@ -168,7 +170,12 @@ impl Context {
     }
 
     pub fn open(&self) -> Result<Repository> {
-        Ok(Repository::open_location(&self.location())?)
+        Ok(self.open_at(&self.location())?)
+    }
+
+    /// Opens the repository at `location` (an encrypted one with this command's password).
+    pub fn open_at(&self, location: &str) -> cairn::error::Result<Repository> {
+        Repository::open_location(location, Passphrase::Ask(&self.password.asker(location)))
     }
 
     /// [`Context::open`] for a command that reads: an object store's immutable files are read
@@ -209,13 +216,15 @@ impl Context {
     ) -> Result<(Repository, Result<Option<cairn::repository::lock::Lock>>)> {
         let location = self.location();
         let ahead = std::sync::Arc::new(ListedAhead::new(Repository::backend_at(&location)?));
-        let (mut repo, lock) = Repository::open_alongside(ahead.clone(), &location, |backend| {
-            std::thread::scope(|scope| {
-                read_lock_then(backend, command, self.lock_wait, &|| {
-                    scope.spawn(|| ahead.list_ahead(&["snapshots", "index"]));
+        let ask = self.password.asker(&location);
+        let (mut repo, lock) =
+            Repository::open_alongside(ahead.clone(), &location, Passphrase::Ask(&ask), |backend| {
+                std::thread::scope(|scope| {
+                    read_lock_then(backend, command, self.lock_wait, &|| {
+                        scope.spawn(|| ahead.list_ahead(&["snapshots", "index"]));
+                    })
                 })
-            })
-        })?;
+            })?;
         self.cache_for(&mut repo);
         Ok((repo, lock))
     }
@@ -233,7 +242,7 @@ impl Context {
     /// Opens the repository, creating it first if it does not exist yet (the default local
     /// repository on a fresh machine), unless `--no-create` forbids it.
     pub fn open_or_create(&self) -> Result<Repository> {
-        match Repository::open_location(&self.location()) {
+        match self.open_at(&self.location()) {
             Err(cairn::error::Error::NotARepository(_)) if !self.create => anyhow::bail!(
                 "there is no repository at {}, and a step of `cairn run` (--no-create) creates none: the run found or created it before its first step, so it has been moved or removed since, or its disk unmounted",
                 self.repo_path.display()
@@ -242,7 +251,7 @@ impl Context {
             opened => return Ok(opened?),
         }
         // Encrypted when there is a password to give it; else plain, and said so.
-        let keys = match cairn::crypto::passphrase_if_given(&self.location())? {
+        let keys = match self.password.read(&self.location())? {
             Some(passphrase) => cairn::repository::NewKeys::New { passphrase },
             None => cairn::repository::NewKeys::None,
         };
@@ -361,9 +370,7 @@ pub fn finish_audit(audit: cairn::audit::Run, repo: &Repository, outcome: cairn:
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    // The library and the child processes of `cairn run` read the password source from the
-    // environment; a flag replaces it there, before any thread starts.
-    password::settle(cli.password_file.as_deref(), cli.password_command.as_deref())?;
+    let password = password::Source::chosen(cli.password_file.as_deref(), cli.password_command.as_deref())?;
     let repo_given = cli.repo.is_some();
     let repo_path = match cli.repo {
         Some(path) => path,
@@ -383,6 +390,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         cache,
         repo_flag: cli.repo_flag,
         repo_given,
+        password,
     };
     match cli.command {
         Command::Init(args) => init::run(&context, args),

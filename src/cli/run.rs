@@ -8,8 +8,8 @@
 //! run's password, plain only when the config says `encryption = "none"`, and otherwise not at
 //! all (store-format/config.md, "Who creates it"); a location it cannot check fails the run.
 //! Its steps never create it (`--no-create`): one that vanished since fails its steps. The
-//! children inherit the password source through the environment (`src/cli/password.rs`). The
-//! run lock is [`lock`]'s.
+//! children and hooks get the run's password source in their environment, and no other
+//! ([`super::password::Source::pass_to`]). The run lock is [`lock`]'s.
 
 mod lock;
 mod notify;
@@ -189,7 +189,7 @@ impl Cycle<'_> {
         }
         let bytes = backend.get("config").map_err(unknown)?;
         let plain = !cairn::format::envelope::is_encrypted(&bytes);
-        if !plain && !super::password::given() {
+        if !plain && !self.context.password.given() {
             // Every step would fail alike: its child has no terminal to ask on.
             bail!(
                 "{} is encrypted, and this run has no password for it: nothing was run. Give it with --password-file FILE, CAIRN_PASSWORD_FILE, CAIRN_PASSWORD or --password-command",
@@ -210,8 +210,8 @@ impl Cycle<'_> {
     fn create(&mut self) -> Result<()> {
         let keys = if self.config.encryption == Encryption::None {
             NewKeys::None
-        } else if super::password::given() {
-            let passphrase = cairn::crypto::passphrase_if_given(&self.repo)?.context("no password")?;
+        } else if self.context.password.given() {
+            let passphrase = self.context.password.require(&self.repo)?;
             NewKeys::New { passphrase }
         } else {
             bail!(
@@ -235,7 +235,7 @@ impl Cycle<'_> {
     /// password reaches it) although its table does not say `encryption = "none"`.
     fn plain_offsite_refusal(&self, offsite: &OffsiteConfig) -> Option<String> {
         let to_password = std::env::var_os("CAIRN_TO_PASSWORD_FILE").is_some_and(|v| !v.is_empty());
-        if offsite.encryption == Encryption::None || super::password::given() || to_password {
+        if offsite.encryption == Encryption::None || self.context.password.given() || to_password {
             return None;
         }
         let exists = Repository::backend_at(&offsite.repository).and_then(|backend| backend.exists("config"));
@@ -254,7 +254,7 @@ impl Cycle<'_> {
     /// snapshot; a failure to open is not kept).
     fn local(&mut self) -> Result<&Repository> {
         if self.opened.is_none() {
-            self.opened = Some(Repository::open_location(&self.repo)?);
+            self.opened = Some(self.context.open_at(&self.repo)?);
         }
         Ok(self.opened.as_ref().expect("opened above"))
     }
@@ -305,6 +305,7 @@ impl Cycle<'_> {
     fn hook(&mut self, source: &SourceConfig, which: &str, command: &str) -> bool {
         let started = Instant::now();
         let mut sh = Command::new("sh");
+        self.context.password.pass_to(&mut sh);
         if let Some(dir) = self.config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             sh.current_dir(dir);
         }
@@ -351,7 +352,7 @@ impl Cycle<'_> {
             }
         };
         let config = self.config;
-        let offsite = if drill.repository == "local" { None } else { Some(Repository::open_location(&repo)) };
+        let offsite = if drill.repository == "local" { None } else { Some(self.context.open_at(&repo)) };
         let planned_in = match &offsite {
             Some(opened) => opened.as_ref().map_err(|e| anyhow::anyhow!("{e}")),
             None => self.local(),
@@ -411,6 +412,7 @@ impl Cycle<'_> {
         // (moved, its disk unmounted) fails the step rather than coming back empty, or plain.
         command.arg("--no-create");
         command.args(args).stdin(Stdio::null()).env_remove("CAIRN_REPO");
+        self.context.password.pass_to(&mut command);
         let (outcome, lines) = match super::signals::output(&mut command) {
             Ok(out) => {
                 let outcome = match out.status.code() {

@@ -39,12 +39,12 @@ pub struct Args {
     retire: Vec<String>,
 }
 
-/// Now, in Unix milliseconds. `CAIRN_NOW` (Unix seconds) overrides the clock, so tests and
-/// what-if questions ("will this be stale tomorrow?") need no waiting.
+/// Now, in Unix milliseconds; the test knob `CAIRN_NOW` ([`cairn::knobs`], Unix seconds) sets
+/// it, so that tests need no waiting.
 pub fn now_ms() -> Result<i64> {
-    match std::env::var("CAIRN_NOW") {
-        Ok(text) => Ok(text.trim().parse::<i64>().context("CAIRN_NOW must be Unix seconds")? * 1000),
-        Err(_) => Ok(cairn::audit::now_ms()),
+    match cairn::knobs::get("CAIRN_NOW") {
+        Some(text) => Ok(text.trim().parse::<i64>().context("CAIRN_NOW must be Unix seconds")? * 1000),
+        None => Ok(cairn::audit::now_ms()),
     }
 }
 
@@ -75,7 +75,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let location = context.location_or_config(config.as_ref().and_then(|c| c.repository.as_deref()));
     // Records and manifests never change: on an object store they are read through the cache,
     // so a status costs the listings and what is new since the last one.
-    let mut repo = cairn::repository::Repository::open_location(&location)?;
+    let mut repo = context.open_at(&location)?;
     context.cache_for(&mut repo);
     for name in &args.retire {
         let mut audit = cairn::audit::Run::start(cairn::status::RETIRE, name);

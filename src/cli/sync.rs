@@ -185,12 +185,12 @@ fn open_or_create(
 ) -> Result<Repository> {
     // The destination's password: its own file if given, else the one this command has.
     let passphrase = match password_file {
-        Some(path) => Some(cairn::crypto::passphrase_from_file(path)?),
-        None => cairn::crypto::passphrase_if_given(location)?,
+        Some(path) => Some(super::password::from_file(path)?),
+        None => context.password.read(location)?,
     };
     let opened = match &passphrase {
         Some(passphrase) => Repository::open_with(location, passphrase),
-        None => Repository::open_location(location),
+        None => Repository::open_location(location, cairn::repository::Passphrase::None),
     };
     match opened {
         Err(cairn::error::Error::NotARepository(_)) => {}

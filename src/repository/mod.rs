@@ -51,6 +51,17 @@ pub struct Repository {
     tree_fetch: Mutex<()>,
 }
 
+/// The passphrase an opening gives a repository that turns out to be encrypted.
+#[derive(Clone, Copy)]
+pub enum Passphrase<'a> {
+    /// None: an encrypted repository fails to open, saying so.
+    None,
+    Given(&'a str),
+    /// Asked for only when the repository is encrypted: a plain one never prompts a terminal or
+    /// runs a password command.
+    Ask(&'a (dyn Fn() -> Result<String> + Sync)),
+}
+
 /// How `init` protects a new repository (store-format/encryption.md).
 pub enum NewKeys {
     /// No encryption (`--encryption none`).
@@ -174,16 +185,16 @@ impl Repository {
         Ok(backend)
     }
 
-    /// Opens a repository at a directory path or an object-store URL. An encrypted one asks for
-    /// its passphrase ([`crate::crypto::passphrase`]); an unencrypted one never does.
-    pub fn open_location(location: &str) -> Result<Repository> {
-        Self::open_location_on(Self::backend_at(location)?, location)
+    /// Opens a repository at a directory path or an object-store URL; an encrypted one with the
+    /// passphrase `passphrase` gives (asked for only then).
+    pub fn open_location(location: &str, passphrase: Passphrase) -> Result<Repository> {
+        Self::open_location_on(Self::backend_at(location)?, location, passphrase)
     }
 
     /// [`Repository::open_location`] on the backend [`Repository::backend_at`] made for it
     /// before (so that it could be read from while the key is derived).
-    pub fn open_location_on(backend: Arc<dyn Backend>, location: &str) -> Result<Repository> {
-        Self::open_backend(backend, local_path(location))
+    pub fn open_location_on(backend: Arc<dyn Backend>, location: &str, passphrase: Passphrase) -> Result<Repository> {
+        Self::open_with_alongside(backend, local_path(location), passphrase, |_| ()).map(|(repo, ())| repo)
     }
 
     /// The backend of the repository at a directory path or an object-store URL, not yet read.
@@ -194,23 +205,24 @@ impl Repository {
         })
     }
 
-    /// Opens a repository on a backend built by the caller (tests with explicit settings).
+    /// Opens an unencrypted repository on a backend built by the caller (tests with explicit
+    /// settings); an encrypted one fails to open.
     pub fn open_backend(backend: Arc<dyn Backend>, location: &str) -> Result<Repository> {
         Self::open_backend_with(backend, location, None)
     }
 
-    /// [`Repository::open_location`] with the passphrase given rather than looked up.
+    /// [`Repository::open_location`] with this passphrase.
     pub fn open_with(location: &str, passphrase: &str) -> Result<Repository> {
-        Self::open_backend_with(Self::backend_at(location)?, location, Some(passphrase))
+        Self::open_location(location, Passphrase::Given(passphrase))
     }
 
-    /// Opens a repository on `backend`; an encrypted one with `passphrase`, or else the one
-    /// [`crate::crypto::passphrase`] finds.
+    /// Opens a repository on `backend`; an encrypted one with `passphrase`.
     pub fn open_backend_with(
         backend: Arc<dyn Backend>,
         location: &str,
         passphrase: Option<&str>,
     ) -> Result<Repository> {
+        let passphrase = passphrase.map_or(Passphrase::None, Passphrase::Given);
         Self::open_with_alongside(backend, location, passphrase, |_| ()).map(|(repo, ())| repo)
     }
 
@@ -221,15 +233,16 @@ impl Repository {
     pub fn open_alongside<T: Send>(
         backend: Arc<dyn Backend>,
         location: &str,
+        passphrase: Passphrase,
         alongside: impl FnOnce(Arc<dyn Backend>) -> T + Send,
     ) -> Result<(Repository, T)> {
-        Self::open_with_alongside(backend, local_path(location), None, alongside)
+        Self::open_with_alongside(backend, local_path(location), passphrase, alongside)
     }
 
     fn open_with_alongside<T: Send>(
         backend: Arc<dyn Backend>,
         location: &str,
-        passphrase: Option<&str>,
+        passphrase: Passphrase,
         alongside: impl FnOnce(Arc<dyn Backend>) -> T + Send,
     ) -> Result<(Repository, T)> {
         // One request, not a look and then a read: on an object store each is a round trip. The
@@ -254,8 +267,11 @@ impl Repository {
             return Ok((Self::assemble(backend, config, None, None), beside));
         }
         let passphrase = match passphrase {
-            Some(given) => given.to_string(),
-            None => crate::crypto::passphrase(location)?,
+            Passphrase::Given(given) => given.to_string(),
+            Passphrase::Ask(ask) => ask()?,
+            Passphrase::None => {
+                return Err(Error::Invalid(format!("{location} is encrypted, and no password was given to open it")))
+            }
         };
         let (unlocked, beside) = std::thread::scope(|scope| {
             let beside = {

@@ -1,0 +1,19 @@
+//! Test knobs: environment variables that bend what a test would otherwise wait for or pay.
+//! Only a build with the `test-knobs` feature reads them, and only `cargo test` makes one (the
+//! package's dev-dependency on itself turns the feature on); a release binary reads none.
+//!
+//! - `CAIRN_KDF_MEMORY_KIB`: the Argon2id memory of new key files (tests lower it).
+//! - `CAIRN_CLOCK_OFFSET`: seconds added to this process's clock ([`crate::audit::now`]), so
+//!   that a test runs a month of daily cycles in a minute.
+//! - `CAIRN_NOW`: the time, in Unix seconds, that `cairn status` judges ages at.
+
+/// The value of the knob `name`, if set; always `None` without the `test-knobs` feature.
+pub fn get(name: &str) -> Option<String> {
+    #[cfg(feature = "test-knobs")]
+    return std::env::var(name).ok();
+    #[cfg(not(feature = "test-knobs"))]
+    {
+        let _ = name;
+        None
+    }
+}
