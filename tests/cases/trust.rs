@@ -506,3 +506,39 @@ fn a_step_never_creates_the_repository_that_vanished_after_the_run_began() {
     assert_eq!(step_outcome(&report, "snapshot src").as_deref(), Some("failed"), "{report}");
     assert!(!scratch.join("repo").exists(), "the step created a repository: {report}");
 }
+
+#[test]
+fn a_password_is_asked_for_only_by_an_encrypted_repository_and_a_run_passes_on_the_flags() {
+    let scratch = Scratch::new("trust-asked");
+    // A plain repository never runs the password command (nor prompts).
+    let plain = scratch.join("plain");
+    ok(bare().arg("--repo").arg(&plain).args(["init", "--encryption", "none"]));
+    let ran = scratch.join("command-ran");
+    let command = format!("touch {}; echo {PASSWORD}", ran.display());
+    ok(bare().arg("--repo").arg(&plain).args(["--password-command", &command, "snapshots"]));
+    assert!(!ran.exists(), "the password command ran for a plain repository");
+
+    // `cairn run --password-file`: its steps and hooks get the flag's source, not the
+    // environment's (a wrong CAIRN_PASSWORD here).
+    let right = scratch.join("right");
+    write_secret(&right, PASSWORD);
+    let config = run_config(&scratch, "");
+    let hook =
+        format!("echo \"${{CAIRN_PASSWORD:-unset}} $CAIRN_PASSWORD_FILE\" > {}", scratch.join("hook.env").display());
+    let text = fs::read_to_string(&config)
+        .unwrap()
+        .replace("paths = [\"src\"]", &format!("paths = [\"src\"]\nbefore = '{hook}'"));
+    fs::write(&config, text).unwrap();
+    let (code, report) = run_json(
+        bare()
+            .env("CAIRN_PASSWORD", "not the password")
+            .arg("--password-file")
+            .arg(&right)
+            .args(["run", "--config"])
+            .arg(&config),
+    );
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(step_outcome(&report, "snapshot src").as_deref(), Some("ok"), "{report}");
+    let seen = fs::read_to_string(scratch.join("hook.env")).unwrap();
+    assert_eq!(seen.trim(), format!("unset {}", right.display()), "the hook saw another password source");
+}
