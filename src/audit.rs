@@ -64,6 +64,15 @@ pub struct Run {
     pub record: AuditRecord,
 }
 
+/// What an audited verb gives back: its own result, and why its records could not be written,
+/// if they could not. Failing to write them never fails the verb: a committed snapshot stays
+/// committed, a verb's own error stays the error.
+#[must_use]
+pub struct Audited<T> {
+    pub result: Result<T>,
+    pub audit_error: Option<String>,
+}
+
 impl Run {
     pub fn start(command: &str, source: &str) -> Run {
         Run {
@@ -105,6 +114,39 @@ impl Run {
             ..self.record.clone()
         };
         writer.write(&start)
+    }
+
+    /// Runs `work` between this run's start record and its end record in `repo`, the lifecycle
+    /// of every verb (store-format/audit.md). `work` fills in the record (files, bytes, errors,
+    /// details) and says how the run went; an error ends it as failed, with the error.
+    pub fn around<T>(
+        mut self,
+        repo: &Repository,
+        work: impl FnOnce(&mut AuditRecord) -> Result<(T, Outcome)>,
+    ) -> Audited<T> {
+        let begun = self.begin(repo);
+        let (result, outcome) = match work(&mut self.record) {
+            Ok((value, outcome)) => (Ok(value), outcome),
+            Err(e) => {
+                self.record.errors.push(e.to_string());
+                (Err(e), Outcome::Failed)
+            }
+        };
+        let finished = self.finish(repo, outcome);
+        let audit_error = match (begun, finished) {
+            (_, Err(e)) => Some(e.to_string()),
+            (Err(e), Ok(())) => Some(format!("its start record: {e}")),
+            (Ok(()), Ok(())) => None,
+        };
+        Audited { result, audit_error }
+    }
+
+    /// Writes the record of a run of `command` that failed with `error` before it could begin
+    /// (a source path that is missing, a lock that could not be taken): a missed run is seen.
+    pub fn failed_before(repo: &Repository, command: &str, source: &str, error: &str) -> Result<()> {
+        let mut run = Run::start(command, source);
+        run.record.errors.push(error.to_string());
+        run.finish(repo, Outcome::Failed)
     }
 
     /// Stamps the end time and outcome into the record.
@@ -252,4 +294,43 @@ pub fn compact(repo: &Repository, now_ms: i64, keep_within: std::time::Duration,
         compacted.deleted += 1;
     }
     Ok(compacted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::repository::NewKeys;
+
+    /// Every verb's lifecycle: a start record, then its own record, which says how it went; an
+    /// error ends it as failed, with the error, and stays the verb's result.
+    #[test]
+    fn a_run_around_work_leaves_its_start_and_its_end() {
+        let config = crate::format::config::Config::new_random();
+        let repo = Repository::init_location_with("memory://around", config, NewKeys::None).unwrap();
+        let done = Run::start("snapshot", "web").around(&repo, |record| {
+            record.files = 3;
+            Ok((7, Outcome::Incomplete))
+        });
+        assert_eq!((done.result.unwrap(), done.audit_error), (7, None));
+        let failed: Audited<()> =
+            Run::start("check", "").around(&repo, |_| Err(Error::Invalid("the disk is on fire".into())));
+        assert!(matches!(failed.result, Err(Error::Invalid(_))));
+        let records = read_all(&repo).unwrap();
+        // (Within one millisecond their order is the nonces'.)
+        let mut summary: Vec<(&str, Outcome, u64, &[String])> =
+            records.iter().map(|r| (r.command.as_str(), r.outcome, r.files, &r.errors[..])).collect();
+        summary.sort_by_key(|s| s.0);
+        let fire = ["the disk is on fire".to_string()];
+        assert_eq!(
+            summary,
+            [
+                ("check", Outcome::Failed, 0, &fire[..]),
+                ("snapshot", Outcome::Incomplete, 3, &[][..]),
+                (START, Outcome::Ok, 0, &[][..]),
+                (START, Outcome::Ok, 0, &[][..])
+            ]
+        );
+        assert!(unanswered_starts(&records).is_empty(), "every start is answered");
+    }
 }

@@ -16,8 +16,10 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::audit::{Audited, Run};
 use crate::error::{Error, Result};
-use crate::format::snapshot::{Snapshot, Summary};
+use crate::format::audit::Outcome;
+use crate::format::snapshot::{source_key, Snapshot, Summary};
 use crate::format::tree::{Content, Node, Tree};
 use crate::id::Id;
 use crate::progress::Progress;
@@ -127,6 +129,28 @@ fn find_parent(repo: &Repository, host: &str, source: &str, paths: &[Vec<u8>]) -
     Ok(repo.snapshots()?.into_iter().rev().find(|(_, s)| s.hostname == host && s.source == source && s.paths == paths))
 }
 
+/// A snapshot as the audited run `snapshot` (store-format/audit.md): its start record, then
+/// [`take_snapshot`], then its record: ok, incomplete (entries that could not be read, listed in
+/// its errors) or failed. What `cairn snapshot` runs, and what an embedder calls.
+pub fn snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Progress) -> Audited<SnapshotOutcome> {
+    let recorded: Vec<Vec<u8>> =
+        normalize_paths(&options.paths).iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
+    Run::start("snapshot", &source_key(&options.source, &recorded)).around(repo, |record| {
+        let outcome = take_snapshot(repo, options, progress)?;
+        let snapshot = &outcome.snapshot;
+        record.source = snapshot.source_key();
+        record.snapshot = Some(outcome.id.to_hex());
+        record.files = snapshot.summary.files;
+        record.bytes = snapshot.summary.bytes;
+        record.errors = snapshot.errors.iter().take(100).map(|e| format!("{}: {}", e.path, e.message)).collect();
+        record.details = serde_json::json!({ "summary": snapshot.summary, "packs_written": outcome.packs_written });
+        let how = if snapshot.is_complete() { Outcome::Ok } else { Outcome::Incomplete };
+        Ok((outcome, how))
+    })
+}
+
+/// The snapshot itself, with no audit record: the building block of [`snapshot`] and of an
+/// in-place restore's safety snapshot (which the restore's own record names).
 pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Progress) -> Result<SnapshotOutcome> {
     let started = Instant::now();
     let start_time = crate::audit::now();

@@ -20,7 +20,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::audit::{Audited, Run};
 use crate::error::{Error, Result};
+use crate::format::audit::Outcome;
 use crate::format::index::IndexedPack;
 use crate::format::pack::BlobEntry;
 use crate::format::snapshot::Snapshot;
@@ -359,8 +361,40 @@ fn copy_live_blobs(
     Ok(())
 }
 
+/// What [`prune`] did: the packs and index files, and the audit log's compaction.
+#[derive(Debug, Serialize)]
+pub struct Pruned {
+    pub report: PruneReport,
+    pub audit: crate::audit::Compacted,
+}
+
+/// A prune as the audited run `prune` (store-format/audit.md): [`plan`] (which `planned` is shown
+/// before anything is deleted), the plan carried out, then the audit log compacted, keeping
+/// every record younger than `keep_audit` and of the older ones those `status` reads. The caller
+/// holds the exclusive lock. What `cairn prune` runs, and what an embedder calls.
+pub fn prune(
+    repo: &Repository,
+    max_unused_percent: f64,
+    keep_audit: std::time::Duration,
+    progress: &Progress,
+    planned: impl FnOnce(&PrunePlan),
+) -> Audited<Pruned> {
+    Run::start("prune", "").around(repo, |record| {
+        let plan = self::plan(repo, max_unused_percent)?;
+        planned(&plan);
+        let now = crate::audit::now_ms();
+        let report = execute(repo, plan, progress)?;
+        let audit = crate::audit::compact(repo, now, keep_audit, false)
+            .map_err(|e| Error::Invalid(format!("compacting the audit log: {e}")))?;
+        record.bytes = report.bytes_freed;
+        let pruned = Pruned { report, audit };
+        record.details = serde_json::json!({ "report": pruned.report, "audit": pruned.audit });
+        Ok((pruned, Outcome::Ok))
+    })
+}
+
 /// Carries out a plan. The caller holds the exclusive lock the plan was made under.
-pub fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Result<PruneReport> {
+fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Result<PruneReport> {
     let internal = plan.internal;
     let mut report = PruneReport::default();
     // Nothing to free: the index stays as it is (rewriting it would give an encrypted repository

@@ -18,8 +18,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::audit::{Audited, Run};
+use crate::format::audit::Outcome;
 use crate::format::snapshot::Snapshot;
 use crate::id::Id;
+use crate::repository::Repository;
 
 /// Snapshots with this tag are never removed by a policy, nor by naming them without `--force`.
 pub const PROTECT_TAG: &str = "protected";
@@ -52,6 +55,24 @@ pub struct Decision {
     pub keep: bool,
     /// Every rule that keeps it (`last`, `daily`, `newest`, `tag:x`, ...); empty if removed.
     pub reasons: Vec<String>,
+}
+
+/// Removes the snapshots `decisions` do not keep, as the audited run `forget` (its record names
+/// them); returns their ids. The caller holds a lock: shared, or the exclusive one of a prune
+/// that follows. Their data stays until a prune. What `cairn forget` runs, and what an embedder
+/// calls.
+pub fn forget(repo: &Repository, decisions: &[Decision]) -> Audited<Vec<String>> {
+    Run::start("forget", "").around(repo, |record| {
+        // Kept up to date: a delete that fails leaves a record of those that went before it.
+        let mut removed: Vec<String> = Vec::new();
+        record.details = serde_json::json!({ "removed": removed });
+        for decision in decisions.iter().filter(|d| !d.keep) {
+            repo.delete_snapshot(&decision.id)?;
+            removed.push(decision.id.clone());
+            record.details = serde_json::json!({ "removed": removed });
+        }
+        Ok((removed, Outcome::Ok))
+    })
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).

@@ -113,7 +113,7 @@ pub fn execute(repo: &Repository, plan: &mut [Retag]) -> Result<()> {
         let new = repo.save_snapshot(&retag.manifest)?.to_hex();
         // A plain repository may already hold these very bytes: that copy is the new one.
         for old in retag.copies.iter().filter(|c| **c != new) {
-            repo.backend().delete(&format!("snapshots/{old}"))?;
+            repo.delete_snapshot(old)?;
         }
         retag.new_id = Some(new);
     }

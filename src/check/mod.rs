@@ -25,8 +25,10 @@ use std::sync::{mpsc, Condvar, Mutex, OnceLock};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::audit::{Audited, Run};
 use crate::backend::{Backend, WholeObject};
 use crate::error::{Error, Result};
+use crate::format::audit::Outcome;
 use crate::format::pack::{self, BlobEntry, TrailerRead, HEADER_LEN, TAIL_LEN};
 use crate::id::Id;
 use crate::progress::Progress;
@@ -194,7 +196,34 @@ impl Prefetched {
     }
 }
 
+/// A check as the audited run `check` (store-format/audit.md): ok when the repository is clean,
+/// failed with its first errors otherwise. What `cairn check` runs, and what an embedder calls.
 pub fn check(
+    repo: &Repository,
+    read_data: Option<Subset>,
+    prefetched: Prefetched,
+    progress: &Progress,
+) -> Audited<CheckReport> {
+    Run::start("check", "").around(repo, |record| {
+        let report = verify(repo, read_data, prefetched, progress)?;
+        record.bytes = report.bytes_read;
+        record.errors = report.errors.iter().take(100).cloned().collect();
+        record.details = serde_json::json!({
+            "read_data": read_data.map(|s| s.to_string()),
+            "packs": report.packs,
+            "packs_read": report.packs_read,
+            "blobs_verified": report.blobs_verified,
+            "errors": report.errors.len(),
+            "damaged_packs": report.damaged_packs.len(),
+            "affected": report.affected.len(),
+        });
+        let how = if report.is_clean() { Outcome::Ok } else { Outcome::Failed };
+        Ok((report, how))
+    })
+}
+
+/// The check itself, with no audit record.
+fn verify(
     repo: &Repository,
     read_data: Option<Subset>,
     prefetched: Prefetched,

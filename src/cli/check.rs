@@ -5,9 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::{format, Context};
-use cairn::audit::Run;
 use cairn::check::{check, Prefetched, Subset};
-use cairn::format::audit::Outcome;
 use cairn::progress::Progress;
 use cairn::repository::Repository;
 
@@ -39,31 +37,10 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         Some(Err(panic)) => std::panic::resume_unwind(panic),
         None => Prefetched::default(),
     };
-    let mut audit = Run::start("check", "");
-    super::begin_audit(&audit, &repo);
     let progress = Progress::new("check", context.quiet || context.json);
-    let mut report = match check(&repo, subset, prefetched, &progress) {
-        Ok(report) => report,
-        Err(e) => {
-            audit.record.errors.push(e.to_string());
-            super::finish_audit(audit, &repo, Outcome::Failed);
-            return Err(e.into());
-        }
-    };
+    let mut report = super::audited(check(&repo, subset, prefetched, &progress))?;
     let forged = lock.as_ref().map(|lock| lock.forged_markers()).unwrap_or_default();
     report.warnings.extend(forged.iter().map(|marker| super::forged_marker(marker)));
-    audit.record.bytes = report.bytes_read;
-    audit.record.errors = report.errors.iter().take(100).cloned().collect();
-    audit.record.details = serde_json::json!({
-        "read_data": subset.map(|s| s.to_string()),
-        "packs": report.packs,
-        "packs_read": report.packs_read,
-        "blobs_verified": report.blobs_verified,
-        "errors": report.errors.len(),
-        "damaged_packs": report.damaged_packs.len(),
-        "affected": report.affected.len(),
-    });
-    super::finish_audit(audit, &repo, if report.is_clean() { Outcome::Ok } else { Outcome::Failed });
 
     if context.json {
         outln!("{}", serde_json::to_string(&report)?);

@@ -6,8 +6,6 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use super::{format, Context};
-use cairn::audit::Run;
-use cairn::format::audit::Outcome;
 use cairn::gc;
 use cairn::progress::Progress;
 use cairn::repository::lock::LockKind;
@@ -161,12 +159,7 @@ pub fn forget(context: &Context, repo: &Repository, decisions: &[Decision], dry_
     if dry_run {
         return Ok(());
     }
-    let mut audit = Run::start("forget", "");
-    for decision in &removed {
-        repo.backend().delete(&format!("snapshots/{}", decision.id))?;
-    }
-    audit.record.details = serde_json::json!({ "removed": removed.iter().map(|d| &d.id).collect::<Vec<_>>() });
-    super::finish_audit(audit, repo, Outcome::Ok);
+    super::audited(cairn::retention::forget(repo, decisions))?;
     Ok(())
 }
 
@@ -179,18 +172,42 @@ pub fn run_prune(context: &Context, args: PruneOnlyArgs) -> Result<ExitCode> {
 
 /// Plans and (unless `dry_run`) executes a prune; the caller holds the exclusive lock.
 pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bool) -> Result<ExitCode> {
-    let mut audit = Run::start("prune", "");
-    if !dry_run {
-        super::begin_audit(&audit, repo);
-    }
-    let plan = match gc::plan(repo, args.max_unused) {
-        Ok(plan) => plan,
-        Err(e) => {
-            audit.record.errors.push(e.to_string());
-            super::finish_audit(audit, repo, Outcome::Failed);
-            return Err(e.into());
+    if dry_run {
+        let plan = gc::plan(repo, args.max_unused)?;
+        show_plan(context, &plan);
+        let compacted = cairn::audit::compact(repo, cairn::audit::now_ms(), args.keep_audit, true)?;
+        if context.json {
+            outln!("{}", serde_json::json!({ "dry_run": true, "plan": plan, "audit": compacted }));
+        } else if !context.quiet {
+            outln!("audit: {} of {} records would be deleted", compacted.deleted, compacted.records);
         }
-    };
+        return Ok(ExitCode::SUCCESS);
+    }
+    let progress = Progress::new("prune", context.quiet || context.json);
+    let mut plan_json = serde_json::Value::Null;
+    let pruned = gc::prune(repo, args.max_unused, args.keep_audit, &progress, |plan| {
+        show_plan(context, plan);
+        plan_json = serde_json::to_value(plan).unwrap_or_default();
+    });
+    let gc::Pruned { report, audit: compacted } = super::audited(pruned)?;
+    if context.json {
+        outln!("{}", serde_json::json!({ "plan": plan_json, "report": report, "audit": compacted }));
+    } else if !context.quiet {
+        outln!(
+            "pruned: {} packs deleted, {} written, {} index files rewritten; {} freed; {} of {} audit records compacted away",
+            report.packs_deleted,
+            report.packs_written,
+            report.index_files_written,
+            format::bytes(report.bytes_freed),
+            compacted.deleted,
+            compacted.records
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a prune's plan (not with --json: it goes into the JSON report).
+fn show_plan(context: &Context, plan: &gc::PrunePlan) {
     if !context.quiet && !context.json {
         outln!(
             "prune plan: {} snapshots, {} packs; live {}, dead {}; delete {} packs, repack {} ({} blobs, {}), {} unreferenced; frees about {}",
@@ -206,49 +223,4 @@ pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bo
             format::bytes(plan.bytes_freed)
         );
     }
-    let now = cairn::audit::now_ms();
-    if dry_run {
-        let compacted = cairn::audit::compact(repo, now, args.keep_audit, true)?;
-        if context.json {
-            outln!("{}", serde_json::json!({ "dry_run": true, "plan": plan, "audit": compacted }));
-        } else if !context.quiet {
-            outln!("audit: {} of {} records would be deleted", compacted.deleted, compacted.records);
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let plan_json = serde_json::to_value(&plan)?;
-    let progress = Progress::new("prune", context.quiet || context.json);
-    let report = match gc::execute(repo, plan, &progress) {
-        Ok(report) => report,
-        Err(e) => {
-            audit.record.errors.push(e.to_string());
-            super::finish_audit(audit, repo, Outcome::Failed);
-            return Err(e.into());
-        }
-    };
-    let compacted = match cairn::audit::compact(repo, now, args.keep_audit, false) {
-        Ok(compacted) => compacted,
-        Err(e) => {
-            audit.record.errors.push(format!("compacting the audit log: {e}"));
-            super::finish_audit(audit, repo, Outcome::Failed);
-            return Err(e.into());
-        }
-    };
-    audit.record.bytes = report.bytes_freed;
-    audit.record.details = serde_json::json!({ "report": report, "audit": compacted });
-    super::finish_audit(audit, repo, Outcome::Ok);
-    if context.json {
-        outln!("{}", serde_json::json!({ "plan": plan_json, "report": report, "audit": compacted }));
-    } else if !context.quiet {
-        outln!(
-            "pruned: {} packs deleted, {} written, {} index files rewritten; {} freed; {} of {} audit records compacted away",
-            report.packs_deleted,
-            report.packs_written,
-            report.index_files_written,
-            format::bytes(report.bytes_freed),
-            compacted.deleted,
-            compacted.records
-        );
-    }
-    Ok(ExitCode::SUCCESS)
 }

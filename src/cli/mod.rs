@@ -354,6 +354,15 @@ pub fn warn_forged_markers(lock: &cairn::repository::lock::Lock) {
     }
 }
 
+/// The result of an audited verb; that its records could not be written is said loudly, and
+/// never replaces the verb's own outcome.
+pub fn audited<T>(audited: cairn::audit::Audited<T>) -> cairn::error::Result<T> {
+    if let Some(e) = &audited.audit_error {
+        errln!("warning: could not write the audit record of this run: {e}");
+    }
+    audited.result
+}
+
 /// Writes a run's audit record. Failing to write it is reported loudly but does not replace the
 /// run's own outcome (a committed snapshot stays committed; a run's own error stays the error).
 /// [`cairn::audit::Run::begin`]: the start record, which makes a run that is killed visible.

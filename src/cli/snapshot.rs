@@ -9,8 +9,7 @@ use super::{format, Context, EXIT_INCOMPLETE};
 use std::os::unix::ffi::OsStrExt;
 
 use cairn::audit::Run;
-use cairn::backup::{normalize_paths, resolve_paths, take_snapshot, SnapshotOptions};
-use cairn::format::audit::Outcome;
+use cairn::backup::{normalize_paths, resolve_paths, SnapshotOptions};
 use cairn::format::snapshot::source_key;
 use cairn::progress::Progress;
 
@@ -49,9 +48,9 @@ pub struct Args {
 }
 
 fn record_failure(repo: &cairn::repository::Repository, source: &str, error: &str) {
-    let mut audit = Run::start("snapshot", source);
-    audit.record.errors.push(error.to_string());
-    super::finish_audit(audit, repo, Outcome::Failed);
+    if let Err(e) = Run::failed_before(repo, "snapshot", source, error) {
+        errln!("warning: could not write the audit record of this run: {e}");
+    }
 }
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
@@ -105,25 +104,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         min_free: args.min_free,
     };
     let progress = Progress::new("snapshot", context.quiet || context.json);
-    let mut audit = Run::start("snapshot", &key);
-    super::begin_audit(&audit, &repo);
-    let outcome = match take_snapshot(&repo, &options, &progress) {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            audit.record.errors.push(e.to_string());
-            super::finish_audit(audit, &repo, Outcome::Failed);
-            return Err(e.into());
-        }
-    };
-    audit.record.source = outcome.snapshot.source_key();
-    audit.record.snapshot = Some(outcome.id.to_hex());
-    audit.record.files = outcome.snapshot.summary.files;
-    audit.record.bytes = outcome.snapshot.summary.bytes;
-    audit.record.errors =
-        outcome.snapshot.errors.iter().take(100).map(|e| format!("{}: {}", e.path, e.message)).collect();
-    audit.record.details =
-        serde_json::json!({ "summary": outcome.snapshot.summary, "packs_written": outcome.packs_written });
-    super::finish_audit(audit, &repo, if outcome.snapshot.is_complete() { Outcome::Ok } else { Outcome::Incomplete });
+    let outcome = super::audited(cairn::backup::snapshot(&repo, &options, &progress))?;
     super::warn_damage(&repo);
     let s = &outcome.snapshot;
     let summary = &s.summary;

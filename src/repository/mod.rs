@@ -643,6 +643,13 @@ impl Repository {
         Ok(id)
     }
 
+    /// Deletes the snapshot manifest named `id` (its hex form; a name that is not one is refused,
+    /// so no other file can be reached through it).
+    pub fn delete_snapshot(&self, id: &str) -> Result<()> {
+        let id = Id::from_hex(id).ok_or_else(|| Error::Invalid(format!("{id:?} is not a snapshot id")))?;
+        self.backend.delete(&format!("snapshots/{}", id.to_hex()))
+    }
+
     /// Keeps copies of this object-store repository's immutable files below `root` from now on
     /// ([`cache`]). A repository in a directory has no use for one and is left as it is.
     pub fn use_cache(&mut self, root: &Path) -> Result<()> {

@@ -179,13 +179,13 @@ fn check_verifies_packs_read_before_it_was_locked() {
     let quiet = Progress::new("check", true);
     // The first packs of one part come later in the whole.
     for part in [Subset::Part { n: 2, m: 2 }, Subset::All] {
-        let report = check(&opened, Some(Subset::All), Prefetched::read(&*backend, part), &quiet).unwrap();
+        let report = check(&opened, Some(Subset::All), Prefetched::read(&*backend, part), &quiet).result.unwrap();
         assert!(report.is_clean(), "{:?}", report.errors);
         assert_eq!(report.packs_read, packs.len() as u64);
     }
     let prefetched = Prefetched::read(&*backend, Subset::All);
     fs::remove_file(repo.join(Repository::pack_key(&packs[0]))).unwrap();
-    let report = check(&opened, Some(Subset::All), prefetched, &quiet).unwrap();
+    let report = check(&opened, Some(Subset::All), prefetched, &quiet).result.unwrap();
     assert_eq!(report.packs_read, packs.len() as u64 - 1);
     assert!(report.errors.iter().any(|e| e.contains("is missing")), "{:?}", report.errors);
 }
