@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     }
     // Before any thread starts: every thread inherits the blocked signals.
     cli::signals::install();
-    let args = cli::Cli::parse_noting_sources();
+    let args = <cli::Cli as clap::Parser>::parse();
     let outcome = cli::run(args);
     // Output that could not be written fails a command that otherwise succeeded.
     let outcome = match (outcome, cli::output::failure()) {

@@ -196,6 +196,30 @@ pub fn find_node(repo: &Repository, index: &Index, root: &Id, path: &str, snapsh
     Ok(found)
 }
 
+/// The node at `path` in `snapshot` ([`find_node`]; `short` names the snapshot in errors), with
+/// the path it has in the tree. A snapshot of one directory holds its contents at its root, so
+/// where the tree has no such path, the directory's own path (as `cairn snapshot` was given it)
+/// names the root and the paths below it the entries below.
+pub fn locate(
+    repo: &Repository,
+    index: &Index,
+    snapshot: &Snapshot,
+    path: &str,
+    short: &str,
+) -> Result<(String, Option<Node>)> {
+    match find_node(repo, index, &snapshot.tree, path, short) {
+        Err(missing @ Error::NoSuchPath { .. }) => match snapshot.below_its_path(path) {
+            Some(inside) => match find_node(repo, index, &snapshot.tree, &inside, short) {
+                Ok(node) => Ok((inside, node)),
+                Err(Error::NoSuchPath { .. }) => Err(missing),
+                Err(e) => Err(e),
+            },
+            None => Err(missing),
+        },
+        found => found.map(|node| (path.to_string(), node)),
+    }
+}
+
 /// The entries to restore: the components of each include with its node (none for the root),
 /// without includes inside another one (they would be restored twice, racing).
 type Selection = Vec<(Vec<Vec<u8>>, Option<Node>)>;
@@ -209,8 +233,8 @@ fn select(repo: &Repository, index: &Index, id: &Id, snapshot: &Snapshot, includ
     let short = id.short();
     let mut selected = Vec::new();
     for include in includes {
-        let node = find_node(repo, index, &snapshot.tree, include, &short)?;
-        selected.push((components(include).iter().map(|p| p.to_vec()).collect::<Vec<_>>(), node));
+        let (include, node) = locate(repo, index, snapshot, include, &short)?;
+        selected.push((components(&include).iter().map(|p| p.to_vec()).collect::<Vec<_>>(), node));
     }
     Ok(outermost(selected))
 }

@@ -56,16 +56,16 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         }
         if !context.quiet {
             outln!(
-                "checked {} snapshots, {} trees, {} packs{}: {}",
-                report.snapshots,
-                report.trees,
-                report.packs,
+                "checked {}, {}, {}{}: {}",
+                format::count(report.snapshots, "snapshot"),
+                format::count(report.trees, "tree"),
+                format::count(report.packs, "pack"),
                 if subset.is_some() {
                     format!(
-                        " ({} read, {}, {} blobs verified)",
+                        " ({} read, {}, {} verified)",
                         report.packs_read,
                         format::bytes(report.bytes_read),
-                        report.blobs_verified
+                        format::count(report.blobs_verified, "blob")
                     )
                 } else {
                     String::new()
@@ -74,10 +74,10 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
                     "no errors".to_string()
                 } else {
                     format!(
-                        "{} errors, {} damaged packs, {} paths affected",
-                        report.errors.len(),
-                        report.damaged_packs.len(),
-                        report.affected.len()
+                        "{}, {}, {} affected",
+                        format::count(report.errors.len() as u64, "error"),
+                        format::count(report.damaged_packs.len() as u64, "damaged pack"),
+                        format::count(report.affected.len() as u64, "path")
                     )
                 }
             );

@@ -108,15 +108,15 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         }
         if !context.quiet {
             outln!(
-                "drill of snapshot {} ({}): {}: {} files, {} restored and verified, {} checks passed, {} failed, {} SQLite databases checked, {:.1}s",
+                "drill of snapshot {} ({}): {}: {}, {} restored and verified, {} passed, {} failed, {} checked, {:.1}s",
                 &report.snapshot[..8],
                 report.source,
                 if report.passed() { "PASSED" } else { "FAILED" },
-                report.files,
+                format::count(report.files, "file"),
                 format::bytes(report.bytes),
-                report.checks_passed,
+                format::count(report.checks_passed, "check"),
                 report.checks_failed,
-                report.databases.len(),
+                format::count(report.databases.len() as u64, "SQLite database"),
                 report.duration_ms as f64 / 1000.0
             );
         }

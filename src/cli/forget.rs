@@ -150,8 +150,8 @@ pub fn forget(context: &Context, repo: &Repository, decisions: &[Decision], dry_
             );
         }
         outln!(
-            "{} snapshots {}, {} kept",
-            removed.len(),
+            "{} {}, {} kept",
+            format::count(removed.len() as u64, "snapshot"),
             if dry_run { "would be removed" } else { "removed" },
             decisions.len() - removed.len()
         );
@@ -179,7 +179,11 @@ pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bo
         if context.json {
             outln!("{}", serde_json::json!({ "dry_run": true, "plan": plan, "audit": compacted }));
         } else if !context.quiet {
-            outln!("audit: {} of {} records would be deleted", compacted.deleted, compacted.records);
+            outln!(
+                "audit: {} of {} would be deleted",
+                compacted.deleted,
+                format::count(compacted.records as u64, "record")
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -194,13 +198,13 @@ pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bo
         outln!("{}", serde_json::json!({ "plan": plan_json, "report": report, "audit": compacted }));
     } else if !context.quiet {
         outln!(
-            "pruned: {} packs deleted, {} written, {} index files rewritten; {} freed; {} of {} audit records compacted away",
-            report.packs_deleted,
+            "pruned: {} deleted, {} written, {} rewritten; {} freed; {} of {} compacted away",
+            format::count(report.packs_deleted, "pack"),
             report.packs_written,
-            report.index_files_written,
+            format::count(report.index_files_written, "index file"),
             format::bytes(report.bytes_freed),
             compacted.deleted,
-            compacted.records
+            format::count(compacted.records as u64, "audit record")
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -210,14 +214,14 @@ pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bo
 fn show_plan(context: &Context, plan: &gc::PrunePlan) {
     if !context.quiet && !context.json {
         outln!(
-            "prune plan: {} snapshots, {} packs; live {}, dead {}; delete {} packs, repack {} ({} blobs, {}), {} unreferenced; frees about {}",
-            plan.snapshots,
-            plan.packs,
+            "prune plan: {}, {}; live {}, dead {}; delete {}, repack {} ({}, {}), {} unreferenced; frees about {}",
+            format::count(plan.snapshots, "snapshot"),
+            format::count(plan.packs, "pack"),
             format::bytes(plan.live_bytes),
             format::bytes(plan.dead_bytes),
-            plan.delete.len(),
+            format::count(plan.delete.len() as u64, "pack"),
             plan.repack.len(),
-            plan.repack_blobs,
+            format::count(plan.repack_blobs, "blob"),
             format::bytes(plan.repack_bytes),
             plan.unreferenced.len(),
             format::bytes(plan.bytes_freed)

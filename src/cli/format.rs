@@ -16,6 +16,16 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// `n` and its noun, which agree: `1 snapshot`, `2 snapshots`, `0 entries` (`noun` singular).
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) if !stem.ends_with(['a', 'e', 'o', 'u']) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
 /// A Unix time as `YYYY-MM-DD HH:MM:SS` (UTC).
 pub fn utc(secs: i64) -> String {
     let rest = secs.rem_euclid(86_400);
@@ -29,6 +39,11 @@ mod tests {
     fn figures() {
         assert_eq!(super::bytes(512), "512 B");
         assert_eq!(super::bytes(1536), "1.5 KiB");
+        assert_eq!(super::count(1u64, "snapshot"), "1 snapshot");
+        assert_eq!(super::count(0u64, "snapshot"), "0 snapshots");
+        assert_eq!(super::count(2u64, "entry"), "2 entries");
+        assert_eq!(super::count(1u64, "entry"), "1 entry");
+        assert_eq!(super::count(3u64, "key"), "3 keys");
         assert_eq!(super::utc(0), "1970-01-01 00:00:00");
         assert_eq!(super::utc(1_795_000_000), "2026-11-18 11:06:40");
     }

@@ -9,7 +9,7 @@ use super::{format, Context};
 use cairn::format::tree::{Content, Node};
 use cairn::repository::index::Index;
 use cairn::repository::Repository;
-use cairn::restore::find_node;
+use cairn::restore::locate;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -30,12 +30,12 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open_cached()?;
     let ((id, snapshot), index) = super::find_with_index(&repo, &args.snapshot, &args.filters)?;
     super::warn_damage(&repo);
-    let start = find_node(&repo, &index, &snapshot.tree, &args.path, &id.short())?;
+    let (_, start) = locate(&repo, &index, &snapshot, &args.path, &id.short())?;
     let prefix = args.path.trim_end_matches('/').to_string();
     let prefix = if prefix.is_empty() || prefix.starts_with('/') { prefix } else { format!("/{prefix}") };
     let lister = Lister { repo: &repo, index: &index, json: context.json, long: args.long };
     match start {
-        None => lister.walk(&snapshot.tree, String::new())?,
+        None => lister.walk(&snapshot.tree, prefix)?,
         Some(node) => {
             lister.print(&node, &prefix);
             if let Content::Dir { subtree } = &node.content {

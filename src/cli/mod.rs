@@ -41,39 +41,42 @@ pub const EXIT_INCOMPLETE: u8 = 3;
 #[derive(Parser, Debug)]
 #[command(name = "cairn", version, about = "Deduplicating, SQLite-aware snapshots of volume trees", long_about = None)]
 pub struct Cli {
-    /// Repository directory (default: $XDG_DATA_HOME/cairn/repo, created on first snapshot)
-    #[arg(long, global = true, env = "CAIRN_REPO", value_name = "PATH")]
+    /// Repository: a directory or an object-store URL (else CAIRN_REPO, else
+    /// $XDG_DATA_HOME/cairn/repo, created on first snapshot)
+    // CAIRN_REPO is read after parsing, not by clap: clap would show `--repo` as demanded in
+    // the usage line of every error while the variable is set.
+    #[arg(long, global = true, value_name = "PATH", help_heading = GLOBAL)]
     repo: Option<PathBuf>,
 
     /// Print only errors and warnings: no progress bar, no summary
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, help_heading = GLOBAL)]
     quiet: bool,
 
     /// Print results as JSON on stdout
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     json: bool,
 
     /// Read the repository password from the first line of this file (beats every CAIRN_PASSWORD* variable)
-    #[arg(long, global = true, value_name = "FILE", conflicts_with = "password_command")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "FILE", conflicts_with = "password_command")]
     password_file: Option<PathBuf>,
 
     /// Run this shell command and read the repository password from its output (beats every
     /// CAIRN_PASSWORD* variable)
-    #[arg(long, global = true, value_name = "COMMAND")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "COMMAND")]
     password_command: Option<String>,
 
     /// How long to wait for another cairn's conflicting repository lock (a prune, say)
-    #[arg(long, global = true, value_name = "DURATION", default_value = "10m", value_parser = cairn::status::parse_duration)]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "DURATION", default_value = "10m", value_parser = cairn::status::parse_duration)]
     lock_wait: std::time::Duration,
 
     /// Where copies of an object-store repository's index, snapshot and tree files are kept, so
     /// that the next `ls` or restore need not fetch them again (default:
-    /// $XDG_CACHE_HOME/cairn, or ~/.cache/cairn)
-    #[arg(long, global = true, env = "CAIRN_CACHE_DIR", value_name = "DIR")]
+    /// CAIRN_CACHE_DIR, else $XDG_CACHE_HOME/cairn, or ~/.cache/cairn)
+    #[arg(long, global = true, value_name = "DIR", help_heading = GLOBAL)]
     cache_dir: Option<PathBuf>,
 
     /// Keep no cache: fetch every file from the object store (beats CAIRN_CACHE_DIR)
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     no_cache: bool,
 
     /// Fail where a command would create the repository (`snapshot` into a location without
@@ -83,23 +86,10 @@ pub struct Cli {
 
     #[command(subcommand)]
     command: Command,
-
-    /// Whether `--repo` was given on the command line (not by CAIRN_REPO): it then beats the
-    /// repository a config file names.
-    #[arg(skip)]
-    repo_flag: bool,
 }
 
-impl Cli {
-    /// Parses the arguments, noting where `--repo` came from.
-    pub fn parse_noting_sources() -> Cli {
-        use clap::{CommandFactory, FromArgMatches};
-        let matches = Cli::command().get_matches();
-        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        cli.repo_flag = matches.value_source("repo") == Some(clap::parser::ValueSource::CommandLine);
-        cli
-    }
-}
+/// The heading of the options every command takes, listed apart from a command's own.
+const GLOBAL: &str = "Global options";
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -380,15 +370,21 @@ pub fn finish_audit(audit: cairn::audit::Run, repo: &Repository, outcome: cairn:
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let password = password::Source::chosen(cli.password_file.as_deref(), cli.password_command.as_deref())?;
-    let repo_given = cli.repo.is_some();
-    let repo_path = match cli.repo {
+    // A flag beats its variable; an empty variable counts as unset.
+    let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let repo_flag = cli.repo.is_some();
+    let repo = cli.repo.or_else(|| from_env("CAIRN_REPO"));
+    let repo_given = repo.is_some();
+    let repo_path = match repo {
         Some(path) => path,
         None => default_location()
             .context("no --repo given, CAIRN_REPO unset, and no home directory for the default repository")?,
     };
     let cache = match cli.no_cache {
         true => None,
-        false => cli.cache_dir.or_else(cairn::repository::cache::Cache::default_root),
+        false => {
+            cli.cache_dir.or_else(|| from_env("CAIRN_CACHE_DIR")).or_else(cairn::repository::cache::Cache::default_root)
+        }
     };
     let context = Context {
         repo_path,
@@ -397,7 +393,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         lock_wait: cli.lock_wait,
         create: !cli.no_create,
         cache,
-        repo_flag: cli.repo_flag,
+        repo_flag,
         repo_given,
         password,
     };

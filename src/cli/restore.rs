@@ -90,14 +90,17 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     } else if !context.quiet {
         let summary = &report.summary;
         outln!(
-            "restored snapshot {} to {}: {} files ({} already identical), {} dirs, {} written{}",
+            "restored snapshot {} to {}: {} ({} already identical), {}, {} written{}",
             id.short(),
             report.target.display(),
-            summary.files,
+            format::count(summary.files, "file"),
             summary.files_unchanged,
-            summary.dirs,
+            format::count(summary.dirs, "dir"),
             format::bytes(summary.bytes),
-            if summary.errors.is_empty() { String::new() } else { format!(", {} errors", summary.errors.len()) }
+            match summary.errors.len() {
+                0 => String::new(),
+                n => format!(", {}", format::count(n as u64, "error")),
+            }
         );
         if let Some(plan) = &report.plan {
             outln!(
@@ -116,7 +119,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         }
     }
     if !report.summary.errors.is_empty() {
-        errln!("error: {} entries could not be restored (listed above)", report.summary.errors.len());
+        let entries = format::count(report.summary.errors.len() as u64, "entry");
+        errln!("error: {entries} could not be restored (listed above)");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -135,11 +139,11 @@ fn print_plan(report: &in_place::Report) {
         outln!("keep     {target}/{path}");
     }
     outln!(
-        "would create {}, replace {}, delete {} and keep {} entries the snapshot does not have ({} unchanged); nothing was changed",
+        "would create {}, replace {}, delete {} and keep {} the snapshot does not have ({} unchanged); nothing was changed",
         plan.created.len(),
         plan.replaced.len(),
         plan.deleted.len(),
-        plan.kept.len(),
+        format::count(plan.kept.len() as u64, "entry"),
         plan.unchanged
     );
 }

@@ -122,24 +122,24 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         outln!("{json}");
     } else if !context.quiet {
         outln!(
-            "snapshot {} saved: {} files ({} SQLite databases), {} dirs, {} ({} files read); added {} ({} stored) in {} packs, {:.1}s",
+            "snapshot {} saved: {} ({}), {}, {} ({} read); added {} ({} stored) in {}, {:.1}s",
             outcome.id.short(),
-            summary.files,
-            outcome.databases,
-            summary.dirs,
+            format::count(summary.files, "file"),
+            format::count(outcome.databases, "SQLite database"),
+            format::count(summary.dirs, "dir"),
             format::bytes(summary.bytes),
-            summary.files_read,
+            format::count(summary.files_read, "file"),
             format::bytes(summary.bytes_added),
             format::bytes(summary.stored_bytes_added),
-            outcome.packs_written,
+            format::count(outcome.packs_written, "pack"),
             s.duration_ms as f64 / 1000.0,
         );
     }
     if !s.is_complete() {
         errln!(
-            "warning: snapshot {} is incomplete: {} entries could not be read (listed above)",
+            "warning: snapshot {} is incomplete: {} could not be read (listed above)",
             outcome.id.short(),
-            s.errors.len()
+            format::count(s.errors.len() as u64, "entry")
         );
         return Ok(ExitCode::from(EXIT_INCOMPLETE));
     }

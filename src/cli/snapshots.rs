@@ -49,40 +49,57 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         snapshots.iter().for_each(|(id, _)| outln!("{id}"));
         return Ok(code);
     }
-    outln!(
-        "{:<8}  {:<19}  {:<12}  {:<10}  {:>9}  {:>10}  {:<10}  paths",
-        "id",
-        "time (UTC)",
-        "host",
-        "source",
-        "files",
-        "size",
-        "status"
-    );
-    for (id, s) in &snapshots {
-        let paths: Vec<_> = s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
-        let mut status = if s.is_complete() { "ok".to_string() } else { format!("incomplete({})", s.errors.len()) };
-        if !s.tags.is_empty() {
-            status = format!("{status} [{}]", s.tags.join(","));
+    // Each column as wide as its widest cell, so long host names, tags and `incomplete(N)`
+    // never push the columns after them out of line; paths come last and run on.
+    let header = ["id", "time (UTC)", "host", "source", "files", "size", "status", "tags", "paths"];
+    let rows: Vec<[String; 9]> = snapshots
+        .iter()
+        .map(|(id, s)| {
+            let status = if s.is_complete() { "ok".to_string() } else { format!("incomplete({})", s.errors.len()) };
+            let paths: Vec<_> = s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+            [
+                id.short(),
+                format::utc(s.time_sec),
+                s.hostname.clone(),
+                s.source.clone(),
+                s.summary.files.to_string(),
+                format::bytes(s.summary.bytes),
+                status,
+                s.tags.join(","),
+                paths.join(" "),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
         }
-        outln!(
-            "{:<8}  {:<19}  {:<12}  {:<10}  {:>9}  {:>10}  {:<10}  {}",
-            id.short(),
-            format::utc(s.time_sec),
-            s.hostname,
-            s.source,
-            s.summary.files,
-            format::bytes(s.summary.bytes),
-            status,
-            paths.join(" ")
-        );
+    }
+    let line = |cells: [&str; 9]| {
+        let mut out = String::new();
+        for (n, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            let pad = width.saturating_sub(cell.chars().count());
+            match n {
+                8 => out.push_str(cell),
+                // Counts and sizes are right-aligned.
+                4 | 5 => out.push_str(&format!("{}{cell}  ", " ".repeat(pad))),
+                _ => out.push_str(&format!("{cell}{}  ", " ".repeat(pad))),
+            }
+        }
+        out.trim_end().to_string()
+    };
+    outln!("{}", line(header));
+    for row in &rows {
+        outln!("{}", line(row.each_ref().map(String::as_str)));
     }
     let count = if filter.is_set() {
         let at = filter.at.iter().map(|at| format!("--at {:?}", at.text));
         let flags: Vec<String> = [filter.describe()].into_iter().filter(|d| !d.is_empty()).chain(at).collect();
-        format!("{} of {total} snapshots match {}", snapshots.len(), flags.join(" "))
+        let total = super::format::count(total as u64, "snapshot");
+        format!("{} of {total} match {}", snapshots.len(), flags.join(" "))
     } else {
-        format!("{total} snapshots")
+        super::format::count(total as u64, "snapshot")
     };
     outln!("{count}; {}", encryption_text(&repo));
     Ok(code)

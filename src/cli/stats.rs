@@ -62,6 +62,6 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         let total: f64 = report.sources.iter().filter_map(|s| s.monthly_cost).sum();
         outln!("at {price} per GiB-month the live data costs {total:.4} a month");
     }
-    outln!("repository: {} in packs, {} blobs", format::bytes(report.repository_bytes), report.blobs);
+    outln!("repository: {} in packs, {}", format::bytes(report.repository_bytes), format::count(report.blobs, "blob"));
     Ok(ExitCode::SUCCESS)
 }

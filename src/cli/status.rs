@@ -112,9 +112,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
                 (false, false) => "FAIL",
             };
             outln!(
-                "{label}  {}: {} snapshots, newest {latest}, last good drill {drill}",
+                "{label}  {}: {}, newest {latest}, last good drill {drill}",
                 source.source,
-                source.snapshots
+                super::format::count(source.snapshots, "snapshot")
             );
             for copy in &source.offsite {
                 outln!("      offsite {}: {} ({})", copy.to, &copy.snapshot[..8], age(copy.age_seconds));

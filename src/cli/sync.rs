@@ -87,14 +87,14 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         outln!("{}", serde_json::json!({ "to": args.to, "report": report, "requests": requests }));
     } else if !context.quiet {
         outln!(
-            "synced to {}: {} snapshots copied, {} already there; {} packs ({}) sent, {} found from an earlier run, {} index files",
+            "synced to {}: {} copied, {} already there; {} ({}) sent, {} found from an earlier run, {}",
             args.to,
-            report.snapshots_copied.len(),
+            format::count(report.snapshots_copied.len() as u64, "snapshot"),
             report.snapshots_present,
-            report.packs_copied,
+            format::count(report.packs_copied, "pack"),
             format::bytes(report.bytes_copied),
             report.packs_present,
-            report.index_files_written,
+            format::count(report.index_files_written, "index file"),
         );
         if let Some(r) = requests {
             outln!(
@@ -113,8 +113,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     }
     if !report.snapshots_failed.is_empty() {
         errln!(
-            "error: {} snapshots could not be copied: {}",
-            report.snapshots_failed.len(),
+            "error: {} could not be copied: {}",
+            format::count(report.snapshots_failed.len() as u64, "snapshot"),
             report.snapshots_failed.join(", ")
         );
         return Ok(ExitCode::FAILURE);

@@ -88,6 +88,16 @@ impl Snapshot {
         source_key(&self.source, &self.paths)
     }
 
+    /// Where the absolute source path `path` lies in the tree of a snapshot of one path, which
+    /// holds that path's contents at its root: `""` for the path itself, the rest for a path
+    /// below it; `None` for any other path or snapshot.
+    pub fn below_its_path(&self, path: &str) -> Option<String> {
+        let [only] = &self.paths[..] else { return None };
+        let only = String::from_utf8_lossy(only);
+        let rest = path.trim_end_matches('/').strip_prefix(only.trim_end_matches('/'))?;
+        (rest.is_empty() || rest.starts_with('/')).then(|| rest.to_string())
+    }
+
     /// The source name and tag of the safety snapshots that in-place restores take.
     pub const SAFETY: &'static str = "pre-restore";
 

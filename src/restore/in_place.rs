@@ -194,7 +194,7 @@ pub fn run(
 ) -> Result<Report> {
     let lock = options.lock.take();
     let options = &options;
-    let want = plan::want_of(repo, index, &snapshot.tree, &options.includes, &id.short())?;
+    let want = plan::want_of(repo, index, snapshot, &options.includes, &id.short())?;
     let site = Site::open(&options.target)?;
     if site.path == Path::new("/") && !(options.force_root && options.mode == Mode::Overwrite) {
         return Err(refuse_root(repo, index, id, snapshot)?);

@@ -152,3 +152,43 @@ fn unreadable_file_makes_an_incomplete_snapshot() {
     ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert_eq!(fs::read(target.join("readable")).unwrap(), b"ok");
 }
+
+/// The README's `ls latest /var/lib/registry`: a snapshot of one directory holds its contents at
+/// the root, and the directory's own path still names them, for `ls` and `restore --include`;
+/// the listing reads as a table whatever the host, tags and status, and counts agree with nouns.
+#[test]
+fn a_source_path_names_what_a_snapshot_of_it_holds_and_the_listing_reads_well() {
+    let scratch = Scratch::new("source-path");
+    let (source, repo) = (scratch.join("registry"), scratch.join("repo"));
+    fs::create_dir_all(source.join("v2/blobs")).unwrap();
+    fs::write(source.join("v2/blobs/layer"), b"layer").unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source).args(["--tag", "nightly", "--tag", "a-rather-long-tag-name"]));
+    let path = source.display().to_string();
+    assert_eq!(ok(cairn(&repo).args(["ls", "latest", &path])).lines().last(), Some(&*format!("{path}/v2/blobs/layer")));
+    assert!(ok(cairn(&repo).args(["ls", "latest", &format!("{path}/v2/blobs/layer"), "-l"])).contains("5 B"));
+    let target = scratch.join("restored");
+    ok(cairn(&repo).args(["restore", "latest", "--include", &format!("{path}/v2")]).arg("--target").arg(&target));
+    assert_eq!(fs::read(target.join("v2/blobs/layer")).unwrap(), b"layer");
+    let (code, err) = {
+        let out = run(cairn(&repo).args(["ls", "latest", &format!("{path}/nope")]));
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(code, Some(1));
+    assert!(err.contains(&format!("has no path \"{path}/nope\"")), "{err}");
+
+    // Another host, an incomplete status: every column stays in line with its header.
+    ok(cairn(&repo).arg("snapshot").arg(&source).args(["--host", "a-host-name-longer-than-twelve"]));
+    let listing = ok(cairn(&repo).arg("snapshots"));
+    let lines: Vec<&str> = listing.lines().collect();
+    let column = |line: &str, word: &str| line.find(word).unwrap();
+    for (header, cell) in [("status", "ok"), ("tags", "nightly"), ("paths", &*path)] {
+        assert_eq!(column(lines[0], header), column(lines[1], cell), "{listing}");
+    }
+    assert_eq!(column(lines[0], "paths"), column(lines[2], &path), "{listing}");
+    assert!(lines[3].starts_with("2 snapshots;"), "{listing}");
+    let one = ok(cairn(&repo).args(["snapshots", "--host", "a-host-name-longer-than-twelve"]));
+    assert!(one.lines().last().unwrap().starts_with("1 of 2 snapshots match"), "{one}");
+    let saved = ok(cairn(&repo).arg("snapshot").arg(&source));
+    assert!(saved.contains(": 1 file (0 SQLite databases), 2 dirs,"), "{saved}");
+}

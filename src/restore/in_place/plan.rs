@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::chunking::Chunker;
 use crate::error::{Error, Result};
+use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Content, Metadata, Node};
 use crate::fs_at::{is_dir, set_metadata_fd, stat_fd, Dir};
 use crate::id::Id;
@@ -111,12 +112,19 @@ pub struct Walker<'a> {
 
 /// The [`Want`] of a restore of `includes` (all of the snapshot when empty or when one is the
 /// root). An include inside another one is covered by it.
-pub fn want_of(repo: &Repository, index: &Index, tree: &Id, includes: &[String], snapshot: &str) -> Result<Want> {
+pub fn want_of(
+    repo: &Repository,
+    index: &Index,
+    snapshot: &Snapshot,
+    includes: &[String],
+    short: &str,
+) -> Result<Want> {
+    let tree = &snapshot.tree;
     let mut found = Vec::new();
     for include in includes {
-        match super::super::find_node(repo, index, tree, include, snapshot)? {
-            Some(node) => found.push((split(include), node)),
-            None => return Ok(Want::Tree(*tree)),
+        match super::super::locate(repo, index, snapshot, include, short)? {
+            (include, Some(node)) => found.push((split(&include), node)),
+            (_, None) => return Ok(Want::Tree(*tree)),
         }
     }
     if found.is_empty() {
