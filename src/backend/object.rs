@@ -41,6 +41,16 @@ struct Counters {
 /// Object-store URL schemes cairn accepts as repository locations.
 const SCHEMES: [&str; 4] = ["s3://", "gs://", "az://", "memory://"];
 
+/// The cargo feature a URL's store needs, if this build lacks it.
+fn missing_feature(url: &str) -> Option<&'static str> {
+    let needs = [
+        ("s3://", "s3", cfg!(feature = "s3")),
+        ("gs://", "gcs", cfg!(feature = "gcs")),
+        ("az://", "azure", cfg!(feature = "azure")),
+    ];
+    needs.into_iter().find(|(scheme, _, built)| url.starts_with(scheme) && !built).map(|(_, feature, _)| feature)
+}
+
 /// Whether a `--repo` value names an object store rather than a directory.
 pub fn is_url(location: &str) -> bool {
     SCHEMES.iter().any(|scheme| location.starts_with(scheme))
@@ -52,6 +62,7 @@ const LIST_PAGE: u64 = 1000;
 /// Transient failures (connection refused, 5xx, throttling) are retried inside object_store with
 /// exponential backoff, for at most this long per request. Callers that can repeat a whole
 /// operation safely (sync's content-addressed copies) add their own retries on top.
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
 fn retry_config() -> object_store::RetryConfig {
     object_store::RetryConfig { max_retries: 5, retry_timeout: Duration::from_secs(30), ..Default::default() }
 }
@@ -91,10 +102,36 @@ impl ObjectBackend {
         if bucket.is_empty() && !url.starts_with("memory://") {
             return Err(invalid(&"no bucket or container named"));
         }
-        let store: Arc<dyn ObjectStore> = if url.starts_with("s3://") {
+        let store: Arc<dyn ObjectStore> = if url.starts_with("memory://") {
+            Arc::new(object_store::memory::InMemory::new())
+        } else if let Some(feature) = missing_feature(url) {
+            return Err(invalid(&format!(
+                "this cairn was built without the `{feature}` feature; build it with `cargo build --release --features {feature}`"
+            )));
+        } else {
+            Self::cloud_store(url, bucket, settings).map_err(|e| invalid(&e))?
+        };
+        // memory:// has no bucket: all of its path is the prefix.
+        let prefix = url.strip_prefix("memory://").unwrap_or(prefix).trim_matches('/').to_string();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Invalid(format!("cannot start the I/O runtime: {e}")))?;
+        Ok(ObjectBackend { store, prefix, location: url.to_string(), runtime, requests: Counters::default() })
+    }
+
+    /// The client of an S3, GCS or Azure store (one this build has the feature of).
+    #[allow(unused_variables)]
+    fn cloud_store(
+        url: &str,
+        bucket: &str,
+        settings: &[(&str, &str)],
+    ) -> std::result::Result<Arc<dyn ObjectStore>, String> {
+        #[cfg(feature = "s3")]
+        if url.starts_with("s3://") {
             let mut builder = object_store::aws::AmazonS3Builder::from_env();
             for (key, value) in settings {
-                let key: object_store::aws::AmazonS3ConfigKey = key.parse().map_err(|e| invalid(&e))?;
+                let key: object_store::aws::AmazonS3ConfigKey = key.parse().map_err(|e| format!("{e}"))?;
                 builder = builder.with_config(key, *value);
             }
             let plain_http = builder
@@ -106,34 +143,34 @@ impl ObjectBackend {
                 ))
                 .is_some_and(|v| v.eq_ignore_ascii_case("true"));
             if let Some(endpoint) = plain_http.filter(|_| !allow_http) {
-                return Err(invalid(&format!(
+                return Err(format!(
                     "the endpoint {endpoint} is plain HTTP, which is refused unless AWS_ALLOW_HTTP=true is set \
                      (set it only for a server on a trusted network, such as a local test server; else use https://)"
-                )));
+                ));
             }
             let store = builder
                 .with_bucket_name(bucket)
                 .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
                 .with_retry(retry_config())
                 .build()
-                .map_err(|e| invalid(&e))?;
-            Arc::new(store)
-        } else if url.starts_with("gs://") {
+                .map_err(|e| e.to_string())?;
+            return Ok(Arc::new(store));
+        }
+        #[cfg(feature = "gcs")]
+        if url.starts_with("gs://") {
             let builder = object_store::gcp::GoogleCloudStorageBuilder::from_env();
-            Arc::new(builder.with_bucket_name(bucket).with_retry(retry_config()).build().map_err(|e| invalid(&e))?)
-        } else if url.starts_with("az://") {
+            return Ok(Arc::new(
+                builder.with_bucket_name(bucket).with_retry(retry_config()).build().map_err(|e| e.to_string())?,
+            ));
+        }
+        #[cfg(feature = "azure")]
+        if url.starts_with("az://") {
             let builder = object_store::azure::MicrosoftAzureBuilder::from_env();
-            Arc::new(builder.with_container_name(bucket).with_retry(retry_config()).build().map_err(|e| invalid(&e))?)
-        } else {
-            Arc::new(object_store::memory::InMemory::new())
-        };
-        // memory:// has no bucket: all of its path is the prefix.
-        let prefix = url.strip_prefix("memory://").unwrap_or(prefix).trim_matches('/').to_string();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Invalid(format!("cannot start the I/O runtime: {e}")))?;
-        Ok(ObjectBackend { store, prefix, location: url.to_string(), runtime, requests: Counters::default() })
+            return Ok(Arc::new(
+                builder.with_container_name(bucket).with_retry(retry_config()).build().map_err(|e| e.to_string())?,
+            ));
+        }
+        Err(format!("no object store for {url}"))
     }
 
     fn path(&self, key: &str) -> ObjectPath {
