@@ -36,7 +36,7 @@ fn measure(location: &str, runs: u64) {
         let _ = std::fs::remove_dir_all(location);
     }
     let repo = Repository::init_location_with(location, Config::new_random(), NewKeys::None).expect("init");
-    let now = cairn::audit::now_ms();
+    let now = cairn::clock::now_ms();
     let year = 365 * 86_400_000i64;
     let records: Vec<AuditRecord> = (0..runs)
         .flat_map(|n| {

@@ -3,9 +3,9 @@
 //! instead of on the day of the disaster. Record layout: store-format/audit.md.
 
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::backend::Backend;
+use crate::clock::now_ms;
 use crate::crypto::Keys;
 use crate::error::Result;
 use crate::format::audit::{AuditRecord, Outcome};
@@ -16,6 +16,12 @@ use crate::repository::Repository;
 /// the command and the process; the run's own record shares its nonce. A start record that no
 /// record answers, of a process that is gone, is a run that was killed (store-format/audit.md).
 pub const START: &str = "start";
+
+/// The `command` of a record that retires a source or an offsite destination by hand.
+pub const RETIRE: &str = "retire";
+
+/// The `command` of the record of each source's stored bytes and cost that `cairn run` writes.
+pub const STATS: &str = "stats";
 
 /// Runs of this process that have begun and not ended, with where their records go: a signal
 /// that ends the process writes them as failed ([`interrupted`]).
@@ -40,25 +46,6 @@ impl Writer {
     }
 }
 
-/// Unix milliseconds now: [`now`].
-pub fn now_ms() -> i64 {
-    now().as_millis() as i64
-}
-
-/// The time since the Unix epoch by the system clock (moved by the test knob
-/// `CAIRN_CLOCK_OFFSET`, [`crate::knobs`]): what every record, snapshot time and lock file of
-/// this process says.
-pub fn now() -> std::time::Duration {
-    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    let offset = *OFFSET
-        .get_or_init(|| crate::knobs::get("CAIRN_CLOCK_OFFSET").and_then(|text| text.trim().parse().ok()).unwrap_or(0));
-    let real = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    match offset >= 0 {
-        true => real + std::time::Duration::from_secs(offset as u64),
-        false => real.saturating_sub(std::time::Duration::from_secs(offset.unsigned_abs())),
-    }
-}
-
 /// A record being filled in while a command runs.
 pub struct Run {
     pub record: AuditRecord,
@@ -79,7 +66,7 @@ impl Run {
             record: AuditRecord {
                 command: command.to_string(),
                 source: source.to_string(),
-                hostname: crate::backup::hostname(),
+                hostname: crate::host::hostname(),
                 started_ms: now_ms(),
                 ended_ms: 0,
                 outcome: Outcome::Failed,
@@ -254,8 +241,7 @@ pub fn to_keep(records: &[AuditRecord], now_ms: i64, keep_within_ms: i64) -> std
         };
         newest.insert((record.command.as_str(), record.source.clone(), target.clone()), n);
         // The failures status counts as a source's last one.
-        let per_source =
-            !["check", "sync", crate::status::RETIRE, crate::status::STATS].contains(&record.command.as_str());
+        let per_source = !["check", "sync", RETIRE, STATS].contains(&record.command.as_str());
         if record.outcome == Outcome::Failed && per_source && !record.source.is_empty() {
             newest.insert(("failed", record.source.clone(), String::new()), n);
         }

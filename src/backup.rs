@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::format::audit::Outcome;
 use crate::format::snapshot::{source_key, Snapshot, Summary};
 use crate::format::tree::{Content, Node, Tree};
+use crate::host::hostname;
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::packer::BlobStore;
@@ -105,18 +106,6 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-pub fn hostname() -> String {
-    let mut buffer = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or fails.
-    let ok = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } == 0;
-    let end = buffer.iter().position(|&b| b == 0).unwrap_or(0);
-    if ok && end > 0 {
-        String::from_utf8_lossy(&buffer[..end]).into_owned()
-    } else {
-        "localhost".into()
-    }
-}
-
 fn username() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
@@ -153,7 +142,7 @@ pub fn snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Progres
 /// in-place restore's safety snapshot (which the restore's own record names).
 pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Progress) -> Result<SnapshotOutcome> {
     let started = Instant::now();
-    let start_time = crate::audit::now();
+    let start_time = crate::clock::now();
     if !options.paths.is_empty() {
         resolve_paths(&options.paths)?;
     }

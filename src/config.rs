@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use toml_edit::{Item, Key, TableLike, Value};
 
+use crate::clock::parse_duration;
 use crate::disk::MinFree;
 use crate::retention::Policy;
-use crate::status::parse_duration;
 
 /// The commented example printed by `cairn config example`.
 pub const EXAMPLE: &str = include_str!("../contrib/cairn.example.toml");

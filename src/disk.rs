@@ -130,6 +130,11 @@ impl MinFree {
     }
 }
 
+/// fsyncs a directory so that entries created or renamed in it survive a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

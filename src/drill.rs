@@ -114,7 +114,7 @@ fn remove_stale_scratch(parent: &Path) {
         let name = entry.file_name();
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("cairn-drill-")) else { continue };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
-        if !crate::backend::local::process_alive(pid) {
+        if !crate::host::process_alive(pid) {
             let _ = remove_tree(&entry.path());
         }
     }

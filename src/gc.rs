@@ -382,7 +382,7 @@ pub fn prune(
     Run::start("prune", "").around(repo, |record| {
         let plan = self::plan(repo, max_unused_percent)?;
         planned(&plan);
-        let now = crate::audit::now_ms();
+        let now = crate::clock::now_ms();
         let report = execute(repo, plan, progress)?;
         let audit = crate::audit::compact(repo, now, keep_audit, false)
             .map_err(|e| Error::Invalid(format!("compacting the audit log: {e}")))?;

@@ -3,7 +3,7 @@
 //! package's dev-dependency on itself turns the feature on); a release binary reads none.
 //!
 //! - `CAIRN_KDF_MEMORY_KIB`: the Argon2id memory of new key files (tests lower it).
-//! - `CAIRN_CLOCK_OFFSET`: seconds added to this process's clock ([`crate::audit::now`]), so
+//! - `CAIRN_CLOCK_OFFSET`: seconds added to this process's clock ([`crate::clock::now`]), so
 //!   that a test runs a month of daily cycles in a minute.
 //! - `CAIRN_NOW`: the time, in Unix seconds, that `cairn status` judges ages at.
 

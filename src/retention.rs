@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::audit::{Audited, Run};
+use crate::clock::civil_from_days;
 use crate::format::audit::Outcome;
 use crate::format::snapshot::Snapshot;
 use crate::id::Id;
@@ -73,19 +74,6 @@ pub fn forget(repo: &Repository, decisions: &[Decision]) -> Audited<Vec<String>>
         }
         Ok((removed, Outcome::Ok))
     })
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// The calendar buckets of a time, for the hourly .. yearly rules.

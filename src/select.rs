@@ -246,7 +246,7 @@ fn days_in_month(year: i64, month: i64) -> i64 {
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date; the inverse of
-/// [`crate::retention::civil_from_days`] (Howard Hinnant's algorithm).
+/// [`crate::clock::civil_from_days`] (Howard Hinnant's algorithm).
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let year = if month <= 2 { year - 1 } else { year };
     let era = year.div_euclid(400);
@@ -259,7 +259,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 /// A Unix time as `YYYY-MM-DD HH:MM:SS UTC`, for messages.
 fn utc(secs: i64) -> String {
     let rest = secs.rem_euclid(86_400);
-    let (year, month, day) = crate::retention::civil_from_days(secs.div_euclid(86_400));
+    let (year, month, day) = crate::clock::civil_from_days(secs.div_euclid(86_400));
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rest / 3600, rest / 60 % 60, rest % 60)
 }
 
@@ -416,7 +416,7 @@ mod tests {
     #[test]
     fn dates_round_trip_through_civil_from_days() {
         for days in (-800_000..800_000).step_by(997) {
-            let (year, month, day) = crate::retention::civil_from_days(days);
+            let (year, month, day) = crate::clock::civil_from_days(days);
             assert_eq!(days_from_civil(year, i64::from(month), i64::from(day)), days);
         }
     }

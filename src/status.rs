@@ -121,41 +121,6 @@ pub struct Expected {
     pub read_data_days: Option<u32>,
 }
 
-/// The `command` of a record that retires a source or an offsite destination by hand.
-pub const RETIRE: &str = "retire";
-
-/// The `command` of the record of each source's stored bytes and cost that `cairn run` writes.
-pub const STATS: &str = "stats";
-
-/// Parses `90s`, `15m`, `1h30m`, `2d`, `1w` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let mut total = 0u64;
-    let mut number = String::new();
-    for c in text.trim().chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
-            _ => return Err(format!("bad duration {text:?}: use forms like 90s, 15m, 1h30m, 2d, 1w")),
-        };
-        let n: u64 = number.parse().map_err(|_| format!("bad duration {text:?}: a unit needs a number before it"))?;
-        total += n * unit;
-        number.clear();
-    }
-    if !number.is_empty() {
-        total += number.parse::<u64>().map_err(|_| format!("bad duration {text:?}"))?;
-    } else if total == 0 {
-        return Err(format!("bad duration {text:?}"));
-    }
-    Ok(Duration::from_secs(total))
-}
-
 /// Notes that source or destination `name` was active at `time_ms` (against its retirement).
 fn active_at(active: &mut BTreeMap<String, i64>, name: &str, time_ms: i64) {
     let last = active.entry(name.to_string()).or_insert(time_ms);
@@ -229,11 +194,11 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
         if record.command == audit::START {
             continue;
         }
-        if record.command == STATS {
+        if record.command == audit::STATS {
             stats = Some(record);
             continue;
         }
-        if record.command == RETIRE {
+        if record.command == audit::RETIRE {
             retired_at.insert(record.source.clone(), record.ended_ms);
             continue;
         }
@@ -489,7 +454,7 @@ pub fn with_killed_runs(
     if open.is_empty() {
         return (records, Vec::new());
     }
-    let here = crate::backup::hostname();
+    let here = crate::host::hostname();
     let holders = match open.iter().any(|r| r.hostname != here) {
         true => crate::repository::lock::live_holders(repo.backend()).ok(),
         false => None,
@@ -501,11 +466,7 @@ pub fn with_killed_runs(
         let pid = start.details["pid"].as_u64().unwrap_or(0) as u32;
         let alive = match start.hostname == here {
             // A process of that number started more than a week later is another one.
-            true => {
-                pid != 0
-                    && crate::backend::local::process_alive(pid as i32)
-                    && now_ms - start.started_ms < 7 * 86_400_000
-            }
+            true => pid != 0 && crate::host::process_alive(pid as i32) && now_ms - start.started_ms < 7 * 86_400_000,
             // Another host's: running while its process holds a live lock (a cycle, which holds
             // none itself, while any of its host's does), or within the default lock wait of its
             // start, when it may still be waiting for one. Unknown (the locks could not be read):
@@ -748,17 +709,5 @@ mod tests {
         assert_eq!(before, after);
         // Again: nothing more to drop.
         assert_eq!(crate::audit::compact(&repo, now, Duration::from_secs(30 * 86_400), false).unwrap().deleted, 0);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
-        assert_eq!(parse_duration("1w"), Ok(Duration::from_secs(604_800)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        for bad in ["", "h", "1x", "m5"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::{Backend, WholeObject};
+use crate::disk::sync_dir;
 use crate::error::{Error, IoContext, Result};
+use crate::host::process_alive;
 
 pub struct LocalBackend {
     root: PathBuf,
@@ -50,17 +52,10 @@ impl LocalBackend {
 fn temp_name() -> String {
     format!(
         "{}-{}-{}.tmp",
-        crate::backup::hostname(),
+        crate::host::hostname(),
         std::process::id(),
         crate::id::Id(crate::id::random_bytes()).short()
     )
-}
-
-/// Whether a process with this id exists on this host.
-pub fn process_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only asks whether the process exists.
-    let answered = unsafe { libc::kill(pid, 0) };
-    answered == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Writes a new file and fsyncs it.
@@ -68,11 +63,6 @@ fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
     file.write_all(data)?;
     file.sync_all()
-}
-
-/// fsyncs a directory so that entries created or renamed in it survive a crash.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
 thread_local! {
@@ -279,7 +269,7 @@ impl Backend for LocalBackend {
     /// Removes temporary files left by writers on this host that no longer run (a killed
     /// snapshot). Files of live writers, and of other hosts, are left alone. Returns how many.
     fn remove_stale_temp_files(&self) -> usize {
-        let host = crate::backup::hostname();
+        let host = crate::host::hostname();
         let Ok(entries) = fs::read_dir(self.root.join("tmp")) else { return 0 };
         let mut removed = 0;
         for entry in entries.flatten() {

@@ -6,12 +6,12 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use super::{format, Context};
+use cairn::clock::parse_duration;
 use cairn::gc;
 use cairn::progress::Progress;
 use cairn::repository::lock::LockKind;
 use cairn::repository::Repository;
 use cairn::retention::{plan, plan_named, Decision, Policy};
-use cairn::status::parse_duration;
 
 #[derive(clap::Args, Debug)]
 pub struct ForgetArgs {
@@ -86,7 +86,7 @@ pub struct PruneArgs {
     max_unused: f64,
     /// Keep every audit record younger than this; of older ones only what `status` reads (the
     /// newest of each kind per source): so `status` costs the same after years of runs
-    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = cairn::status::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = cairn::clock::parse_duration)]
     keep_audit: std::time::Duration,
 }
 
@@ -175,7 +175,7 @@ pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bo
     if dry_run {
         let plan = gc::plan(repo, args.max_unused)?;
         show_plan(context, &plan);
-        let compacted = cairn::audit::compact(repo, cairn::audit::now_ms(), args.keep_audit, true)?;
+        let compacted = cairn::audit::compact(repo, cairn::clock::now_ms(), args.keep_audit, true)?;
         if context.json {
             outln!("{}", serde_json::json!({ "dry_run": true, "plan": plan, "audit": compacted }));
         } else if !context.quiet {

@@ -29,7 +29,7 @@ pub fn count(n: impl Into<u64>, noun: &str) -> String {
 /// A Unix time as `YYYY-MM-DD HH:MM:SS` (UTC).
 pub fn utc(secs: i64) -> String {
     let rest = secs.rem_euclid(86_400);
-    let (year, month, day) = cairn::retention::civil_from_days(secs.div_euclid(86_400));
+    let (year, month, day) = cairn::clock::civil_from_days(secs.div_euclid(86_400));
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rest / 3600, rest / 60 % 60, rest % 60)
 }
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::{format, Context};
+use cairn::clock::parse_duration;
 use cairn::format::audit::{AuditRecord, Outcome};
 use cairn::select::At;
-use cairn::status::parse_duration;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

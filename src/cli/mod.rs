@@ -66,7 +66,7 @@ pub struct Cli {
     password_command: Option<String>,
 
     /// How long to wait for another cairn's conflicting repository lock (a prune, say)
-    #[arg(long, global = true, help_heading = GLOBAL, value_name = "DURATION", default_value = "10m", value_parser = cairn::status::parse_duration)]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "DURATION", default_value = "10m", value_parser = cairn::clock::parse_duration)]
     lock_wait: std::time::Duration,
 
     /// Where copies of an object-store repository's index, snapshot and tree files are kept, so

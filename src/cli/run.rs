@@ -62,7 +62,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let mut audit = Run::start("run", "");
     let mut notifier = notify::Notifier::new(&config.notify);
     notifier.on_signal();
-    notifier.started(&format!("cairn run started on {}: {}", cairn::backup::hostname(), config.path.display()));
+    notifier.started(&format!("cairn run started on {}: {}", cairn::host::hostname(), config.path.display()));
     let mut cycle = Cycle { context, config: &config, repo, opened: None, steps: Vec::new() };
     if let Err(e) = cycle.prepare() {
         let summary =
@@ -94,7 +94,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     }
     let summary = serde_json::json!({
         "config": config.path,
-        "host": cairn::backup::hostname(),
+        "host": cairn::host::hostname(),
         "outcome": outcome,
         "steps": steps,
     });
@@ -161,7 +161,7 @@ impl Cycle<'_> {
         self.drills();
         if let Some(check) = &self.config.check {
             // The day's part of the rotation, by this process's clock.
-            let part = check.part(cairn::audit::now_ms());
+            let part = check.part(cairn::clock::now_ms());
             let args = ["check".to_string(), "--read-data-subset".into(), part.clone()];
             self.child(&format!("check --read-data-subset {part}"), &self.repo.clone(), &args);
         }
@@ -390,7 +390,7 @@ impl Cycle<'_> {
             if let Some(price) = price {
                 stats.price(price);
             }
-            let mut audit = Run::start(cairn::status::STATS, "");
+            let mut audit = Run::start(cairn::audit::STATS, "");
             audit.record.bytes = stats.repository_bytes;
             audit.record.details = serde_json::to_value(&stats)?;
             audit.finish(repo, Outcome::Ok)?;
@@ -446,7 +446,7 @@ impl Cycle<'_> {
 
 /// The sources whose last good drill in `repo` is older than the policy allows (or missing).
 fn due_drills(repo: &Repository, config: &Config, drill: &cairn::config::DrillConfig) -> Result<Vec<String>> {
-    let now = cairn::audit::now_ms();
+    let now = cairn::clock::now_ms();
     let status = cairn::status::status(repo, now, &cairn::status::Thresholds::default(), None)?;
     let wanted: Vec<&str> = if drill.sources.is_empty() {
         config.sources.iter().map(|s| s.name.as_str()).collect()

@@ -25,7 +25,7 @@ pub struct Args {
     #[arg(long)]
     raw_sqlite: bool,
     /// How long to wait for a database another process holds locked
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = cairn::status::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = cairn::clock::parse_duration)]
     sqlite_timeout: std::time::Duration,
     /// Tag the snapshot (repeatable)
     #[arg(long = "tag", value_name = "TAG")]

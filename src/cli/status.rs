@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 
 use super::Context;
-use cairn::status::{age_text, parse_duration, prometheus, status, Expected, Thresholds};
+use cairn::clock::parse_duration;
+use cairn::status::{age_text, prometheus, status, Expected, Thresholds};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -44,7 +45,7 @@ pub struct Args {
 pub fn now_ms() -> Result<i64> {
     match cairn::knobs::get("CAIRN_NOW") {
         Some(text) => Ok(text.trim().parse::<i64>().context("CAIRN_NOW must be Unix seconds")? * 1000),
-        None => Ok(cairn::audit::now_ms()),
+        None => Ok(cairn::clock::now_ms()),
     }
 }
 
@@ -78,7 +79,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let mut repo = context.open_at(&location)?;
     context.cache_for(&mut repo);
     for name in &args.retire {
-        let mut audit = cairn::audit::Run::start(cairn::status::RETIRE, name);
+        let mut audit = cairn::audit::Run::start(cairn::audit::RETIRE, name);
         audit.close(cairn::format::audit::Outcome::Ok);
         cairn::audit::write(&repo, &audit.record).with_context(|| format!("retiring {name}"))?;
         if !context.quiet && !context.json {

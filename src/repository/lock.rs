@@ -103,8 +103,8 @@ impl LockFile {
 
     /// `age_ms`: since it was written, by the store's clock where known.
     fn is_stale(&self, age_ms: i64) -> bool {
-        let ours = self.hostname == crate::backup::hostname();
-        (ours && !crate::backend::local::process_alive(self.pid as i32)) || age_ms > STALE_AFTER.as_millis() as i64
+        let ours = self.hostname == crate::host::hostname();
+        (ours && !crate::host::process_alive(self.pid as i32)) || age_ms > STALE_AFTER.as_millis() as i64
     }
 
     fn describe(&self, age_ms: i64) -> String {
@@ -196,9 +196,9 @@ impl Locks {
         let file = LockFile {
             kind,
             command: command.to_string(),
-            hostname: crate::backup::hostname(),
+            hostname: crate::host::hostname(),
             pid: std::process::id(),
-            time_ms: crate::audit::now_ms(),
+            time_ms: crate::clock::now_ms(),
             nonce: Id(crate::id::random_bytes()).short(),
         };
         let secret = crate::crypto::secure_random::<32>();
@@ -255,7 +255,7 @@ impl Locks {
                 _ => None,
             })
             .collect();
-        let (store_now, local_now) = (clock.map(|c| c.now_ms()), crate::audit::now_ms());
+        let (store_now, local_now) = (clock.map(|c| c.now_ms()), crate::clock::now_ms());
         let mut found = Vec::new();
         for (key, modified) in listing {
             if Some(key.as_str()) == ours {
@@ -310,7 +310,7 @@ pub fn live_holders(backend: &dyn Backend) -> Result<Vec<(String, u32)>> {
             _ => None,
         })
         .collect();
-    let now = crate::audit::now_ms();
+    let now = crate::clock::now_ms();
     let mut holders = Vec::new();
     for (key, _) in listing.iter().filter(|(key, _)| marker_target(key).is_none() && !released.contains(key.as_str())) {
         match backend.get(key).and_then(|bytes| LockFile::decode(&bytes, key)) {
@@ -565,7 +565,7 @@ mod tests {
         drop(exclusive);
         assert!(backend.list("locks").unwrap().is_empty(), "released locks are removed");
         // A lock whose process is gone is stale and removed.
-        let dead = lock_file(LockKind::Exclusive, &crate::backup::hostname(), i32::MAX as u32, crate::audit::now_ms());
+        let dead = lock_file(LockKind::Exclusive, &crate::host::hostname(), i32::MAX as u32, crate::clock::now_ms());
         backend.put("locks/dead", &dead.encode()).unwrap();
         drop(Lock::acquire(backend.clone(), LockKind::Shared, "snapshot", Duration::ZERO).unwrap());
         assert!(backend.list("locks").unwrap().is_empty());
@@ -579,7 +579,7 @@ mod tests {
         let dir = scratch();
         let create_only = Arc::new(CreateOnly { inner: LocalBackend::new(&dir), deletes: AtomicU64::new(0) });
         let backend: Arc<dyn Backend> = create_only.clone();
-        let dead = lock_file(LockKind::Shared, &crate::backup::hostname(), i32::MAX as u32, crate::audit::now_ms());
+        let dead = lock_file(LockKind::Shared, &crate::host::hostname(), i32::MAX as u32, crate::clock::now_ms());
         backend.put("locks/dead", &dead.encode()).unwrap();
         let held =
             Lock::acquire_with(backend.clone(), LockKind::Shared, "sync", Duration::ZERO, Release::Mark).unwrap();
@@ -747,7 +747,7 @@ mod tests {
     fn lock_ages_follow_the_stores_clock_not_the_writers() {
         let dir = scratch();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(&dir));
-        let now = crate::audit::now_ms();
+        let now = crate::clock::now_ms();
         let slow = lock_file(LockKind::Shared, "slow-clock", 1, now - 2 * 3600 * 1000);
         backend.put("locks/slow", &slow.encode()).unwrap();
         let refused = Lock::acquire(backend.clone(), LockKind::Exclusive, "prune", Duration::ZERO).err().unwrap();

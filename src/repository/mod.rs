@@ -175,7 +175,7 @@ impl Repository {
         }
         std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            crate::backend::local::sync_dir(parent)?;
+            crate::disk::sync_dir(parent)?;
         }
         // The 256 `packs/XY/` directories come with the first pack named into each: created
         // empty, they would take a megabyte of a small repository.
@@ -777,8 +777,8 @@ fn write_key_file(backend: &dyn Backend, master: &MasterKey, passphrase: &str) -
     let mut file = KeyFile {
         kdf: crate::crypto::KdfParams::default_for_new_keys(),
         salt: crate::crypto::secure_random(),
-        created_ms: crate::audit::now_ms(),
-        hostname: crate::backup::hostname(),
+        created_ms: crate::clock::now_ms(),
+        hostname: crate::host::hostname(),
         wrapped: Vec::new(),
     };
     let wrapping = crate::crypto::wrapping_key(passphrase.as_bytes(), &file.salt, file.kdf)?;

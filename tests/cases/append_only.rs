@@ -308,7 +308,7 @@ fn a_lock_written_by_a_host_with_a_slow_clock_still_holds_off_the_prune() {
         command: "sync".into(),
         hostname: "host-with-a-slow-clock".into(),
         pid: 4242,
-        time_ms: cairn::audit::now_ms() - 2 * 3600 * 1000,
+        time_ms: cairn::clock::now_ms() - 2 * 3600 * 1000,
         nonce: "0badc10c".into(),
     };
     let bytes = running.encode();

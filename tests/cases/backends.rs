@@ -150,7 +150,7 @@ fn conformance(backend: &dyn Backend) {
     assert_eq!(packs, vec![("packs/ab/abcdef".to_string(), 100_000), ("packs/cd/cdef01".to_string(), 1)]);
     assert!(backend.list("index").unwrap().is_empty());
     // Lock ages are measured by the store's clock: every object listed has its time, about now.
-    let now = cairn::audit::now_ms();
+    let now = cairn::clock::now_ms();
     for (key, _, modified) in backend.list_with_times("packs").unwrap() {
         let modified = modified.unwrap_or_else(|| panic!("{key} is listed without its time"));
         assert!((modified - now).abs() < 600_000, "{key}: modified {modified}, now {now}");

@@ -52,7 +52,7 @@ fn nanos(repo: &Path, id: &str) -> i128 {
 /// Nanoseconds since the epoch as RFC 3339 with nine fraction digits, in UTC.
 fn rfc3339(nanos: i128) -> String {
     let (secs, nsec) = (nanos.div_euclid(1_000_000_000) as i64, nanos.rem_euclid(1_000_000_000));
-    let (year, month, day) = cairn::retention::civil_from_days(secs.div_euclid(86_400));
+    let (year, month, day) = cairn::clock::civil_from_days(secs.div_euclid(86_400));
     let rest = secs.rem_euclid(86_400);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nsec:09}Z", rest / 3600, rest / 60 % 60, rest % 60)
 }

@@ -309,9 +309,9 @@ fn a_snapshot_blocked_by_a_prune_waits_then_fails_visibly() {
     let held = LockFile {
         kind: LockKind::Exclusive,
         command: "prune".into(),
-        hostname: cairn::backup::hostname(),
+        hostname: cairn::host::hostname(),
         pid: std::process::id(),
-        time_ms: cairn::audit::now_ms(),
+        time_ms: cairn::clock::now_ms(),
         nonce: "test".into(),
     };
     fs::create_dir_all(repo.join("locks")).unwrap();
