@@ -58,6 +58,8 @@ pub struct Run {
 pub struct Audited<T> {
     pub result: Result<T>,
     pub audit_error: Option<String>,
+    /// The record as it ended (to copy it elsewhere: a drill of an offsite copy).
+    pub record: AuditRecord,
 }
 
 impl Run {
@@ -107,11 +109,31 @@ impl Run {
     /// of every verb (store-format/audit.md). `work` fills in the record (files, bytes, errors,
     /// details) and says how the run went; an error ends it as failed, with the error.
     pub fn around<T>(
-        mut self,
+        self,
         repo: &Repository,
         work: impl FnOnce(&mut AuditRecord) -> Result<(T, Outcome)>,
     ) -> Audited<T> {
-        let begun = self.begin(repo);
+        self.around_from(repo, true, work)
+    }
+
+    /// [`Run::around`] without the start record: for a short command whose kill leaves nothing
+    /// to see to (forget, tag, repair), which `status` should then not report as killed.
+    pub fn after<T>(
+        self,
+        repo: &Repository,
+        work: impl FnOnce(&mut AuditRecord) -> Result<(T, Outcome)>,
+    ) -> Audited<T> {
+        self.around_from(repo, false, work)
+    }
+
+    /// [`Run::around`], with its start record or ([`Run::after`]) without.
+    pub(crate) fn around_from<T>(
+        mut self,
+        repo: &Repository,
+        start_record: bool,
+        work: impl FnOnce(&mut AuditRecord) -> Result<(T, Outcome)>,
+    ) -> Audited<T> {
+        let begun = if start_record { self.begin(repo) } else { Ok(()) };
         let (result, outcome) = match work(&mut self.record) {
             Ok((value, outcome)) => (Ok(value), outcome),
             Err(e) => {
@@ -119,13 +141,14 @@ impl Run {
                 (Err(e), Outcome::Failed)
             }
         };
+        let record = self.ended_copy(outcome);
         let finished = self.finish(repo, outcome);
         let audit_error = match (begun, finished) {
             (_, Err(e)) => Some(e.to_string()),
             (Err(e), Ok(())) => Some(format!("its start record: {e}")),
             (Ok(()), Ok(())) => None,
         };
-        Audited { result, audit_error }
+        Audited { result, audit_error, record }
     }
 
     /// Writes the record of a run of `command` that failed with `error` before it could begin

@@ -20,8 +20,10 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::audit::{Audited, Run};
 use crate::chunking::Chunker;
 use crate::error::{Error, Result};
+use crate::format::audit::Outcome;
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Content, Node};
 use crate::fs_at::{is_dir, is_file, remove_tree, Dir, Place};
@@ -58,6 +60,66 @@ impl DrillReport {
     pub fn passed(&self) -> bool {
         self.checks_failed == 0
     }
+}
+
+/// A drill as the audited run `drill` (store-format/audit.md) of the snapshot `pick` selects
+/// among those `filter` does: restored below `scratch_parent` and verified ([`drill`]); ok when
+/// every check passes. Its record names the snapshot's source, so a killed drill is a failed
+/// drill of that source. The record is also written into each repository of `also` (`cairn run`
+/// drilling an offsite copy records it where the local status looks), naming this one in
+/// `details.repository`; what could not be written there is in `audit_error`. What `cairn drill`
+/// runs, and what an embedder calls.
+pub fn drill_picked(
+    repo: &Repository,
+    pick: &Pick,
+    filter: &Filter,
+    scratch_parent: &Path,
+    progress: &Progress,
+    cancel: Option<&'static AtomicBool>,
+    also: &[Repository],
+) -> Audited<DrillReport> {
+    let picked = pick_snapshot(repo, pick, filter);
+    let mut run = match &picked {
+        Ok((id, snapshot)) => {
+            let mut run = Run::start("drill", &snapshot.source_key());
+            run.record.snapshot = Some(id.to_hex());
+            run
+        }
+        Err(_) => Run::start("drill", filter.source.as_deref().unwrap_or("")),
+    };
+    let drilled = repo.backend().location();
+    let named = |mut details: serde_json::Value| {
+        if !also.is_empty() {
+            details["repository"] = serde_json::json!(drilled);
+        }
+        details
+    };
+    run.record.details = named(serde_json::json!({}));
+    // The start record once the snapshot is picked (store-format/audit.md, "start").
+    let picked_one = picked.is_ok();
+    let mut audited = run.around_from(repo, picked_one, |record| {
+        let (id, snapshot) = picked?;
+        let report = drill(repo, &id, &snapshot, scratch_parent, progress, cancel)?;
+        record.files = report.files;
+        record.bytes = report.bytes;
+        record.errors = report.failures.iter().take(100).cloned().collect();
+        record.details = named(serde_json::json!({
+            "checks_passed": report.checks_passed,
+            "checks_failed": report.checks_failed,
+            "databases": report.databases,
+            "duration_ms": report.duration_ms,
+        }));
+        let how = if report.passed() { Outcome::Ok } else { Outcome::Failed };
+        Ok((report, how))
+    });
+    for other in also {
+        if let Err(e) = crate::audit::write(other, &audited.record) {
+            let failed = format!("its copy in {}: {e}", other.backend().location());
+            audited.audit_error =
+                Some(audited.audit_error.map_or(failed.clone(), |before| format!("{before}; {failed}")));
+        }
+    }
+    audited
 }
 
 /// Picks the snapshot to drill among those `filter` selects.

@@ -20,7 +20,9 @@ use std::collections::HashSet;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::audit::{Audited, Run};
 use crate::error::{Error, Result};
+use crate::format::audit::Outcome;
 use crate::format::index::IndexedPack;
 use crate::id::Id;
 use crate::progress::Progress;
@@ -164,9 +166,28 @@ pub struct RepairReport {
     pub index_files_deleted: u64,
 }
 
+/// An index repair as the audited run `repair` (store-format/audit.md): [`plan`] (which `planned`
+/// is shown before anything changes), then the plan carried out. The caller holds the exclusive
+/// lock. What `cairn repair index` runs, and what an embedder calls.
+pub fn repair(
+    repo: &Repository,
+    read_all_packs: bool,
+    progress: &Progress,
+    planned: impl FnOnce(&RepairPlan),
+) -> Audited<RepairReport> {
+    Run::start("repair", "").after(repo, |record| {
+        let plan = self::plan(repo, read_all_packs, progress)?;
+        planned(&plan);
+        let shown = serde_json::to_value(&plan).unwrap_or_default();
+        let report = execute(repo, plan)?;
+        record.details = serde_json::json!({ "plan": shown, "report": report });
+        Ok((report, Outcome::Ok))
+    })
+}
+
 /// Carries out a plan (nothing, if it changes nothing). The caller holds the exclusive lock the
 /// plan was made under.
-pub fn execute(repo: &Repository, plan: RepairPlan) -> Result<RepairReport> {
+fn execute(repo: &Repository, plan: RepairPlan) -> Result<RepairReport> {
     let mut report = RepairReport::default();
     if plan.is_noop() {
         return Ok(report);

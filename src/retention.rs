@@ -63,7 +63,7 @@ pub struct Decision {
 /// that follows. Their data stays until a prune. What `cairn forget` runs, and what an embedder
 /// calls.
 pub fn forget(repo: &Repository, decisions: &[Decision]) -> Audited<Vec<String>> {
-    Run::start("forget", "").around(repo, |record| {
+    Run::start("forget", "").after(repo, |record| {
         // Kept up to date: a delete that fails leaves a record of those that went before it.
         let mut removed: Vec<String> = Vec::new();
         record.details = serde_json::json!({ "removed": removed });

@@ -10,7 +10,9 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
+use crate::audit::{Audited, Run};
 use crate::error::{Error, Result};
+use crate::format::audit::Outcome;
 use crate::format::snapshot::{Snapshot, MAX_TEXT};
 use crate::id::Id;
 use crate::repository::Repository;
@@ -104,11 +106,23 @@ pub fn plan(snapshots: &[(Id, Snapshot)], named: &[Id], change: &Change) -> Vec<
     out
 }
 
+/// Carries out a plan ([`execute`]) as the audited run `tag` (store-format/audit.md); its record
+/// lists the snapshots changed, also those changed before an error stopped it. What `cairn tag`
+/// runs, and what an embedder calls.
+pub fn retag(repo: &Repository, plan: &mut [Retag]) -> Audited<()> {
+    Run::start("tag", "").after(repo, |record| {
+        let result = execute(repo, plan);
+        let changed: Vec<&Retag> = plan.iter().filter(|r| r.changed && r.new_id.is_some()).collect();
+        record.details = serde_json::json!({ "snapshots": changed });
+        result.map(|()| ((), Outcome::Ok))
+    })
+}
+
 /// Carries out a plan: for each changed snapshot, writes its new manifest, then deletes every
 /// other copy. The caller holds a shared lock (a prune must not run while a snapshot's only
 /// manifest may be missing from its listing). Stops at the first error; what it did so far
 /// stays, each snapshot with at least one manifest.
-pub fn execute(repo: &Repository, plan: &mut [Retag]) -> Result<()> {
+fn execute(repo: &Repository, plan: &mut [Retag]) -> Result<()> {
     for retag in plan.iter_mut().filter(|r| r.changed) {
         let new = repo.save_snapshot(&retag.manifest)?.to_hex();
         // A plain repository may already hold these very bytes: that copy is the new one.

@@ -8,8 +8,7 @@ use anyhow::Result;
 
 use super::{format, signals, Context};
 use cairn::audit::Run;
-use cairn::drill::{drill, pick_snapshot, Pick};
-use cairn::format::audit::Outcome;
+use cairn::drill::{drill_picked, Pick};
 use cairn::progress::Progress;
 
 #[derive(clap::Args, Debug)]
@@ -29,31 +28,26 @@ pub struct Args {
     record_to: Vec<String>,
 }
 
-/// Writes the drill's record into its repository and into each of `also`, the drilled
-/// repository named in its details there.
-fn finish(context: &Context, mut audit: Run, repo: &cairn::repository::Repository, also: &[String], outcome: Outcome) {
-    if !also.is_empty() {
-        let mut copy = audit.ended_copy(outcome);
-        copy.details["repository"] = serde_json::json!(repo.backend().location());
-        for location in also {
-            let written = context.open_at(location).and_then(|other| cairn::audit::write(&other, &copy));
-            if let Err(e) = written {
-                errln!("warning: could not write the drill's record to {location}: {e}");
-            }
-        }
-        audit.record.details = copy.details;
-    }
-    super::finish_audit(audit, repo, outcome);
-}
-
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let (repo, lock) = context.open_cached_read_locked("drill")?;
-    let mut audit = Run::start("drill", args.filters.source.as_deref().unwrap_or(""));
+    // The repositories that get a copy of the drill's record.
+    let mut also = Vec::new();
+    for location in &args.record_to {
+        match context.open_at(location) {
+            Ok(other) => also.push(other),
+            Err(e) => errln!("warning: could not write the drill's record to {location}: {e}"),
+        }
+    }
     let _lock = match lock {
         Ok(lock) => lock,
         Err(e) => {
-            audit.record.errors.push(e.to_string());
-            finish(context, audit, &repo, &args.record_to, Outcome::Failed);
+            // A drill that cannot run is a failed drill, where the drill's records go.
+            let source = args.filters.source.as_deref().unwrap_or("");
+            for target in std::iter::once(&repo).chain(&also) {
+                if let Err(w) = Run::failed_before(target, "drill", source, &e.to_string()) {
+                    errln!("warning: could not write the audit record of this run: {w}");
+                }
+            }
             return Err(e);
         }
     };
@@ -63,42 +57,19 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     // drill may have gigabytes restored in its scratch directory, which nothing else would remove
     // until the next drill: a signal stops it cleanly rather than ending the process.
     signals::cancel_instead();
-    let outcome =
-        pick_snapshot(&repo, &Pick::parse(&args.snapshot), &args.filters.filter()).and_then(|(id, snapshot)| {
-            audit.record.source = snapshot.source_key();
-            audit.record.snapshot = Some(id.to_hex());
-            // Once the source is known: a killed drill is then a failed drill of that source,
-            // which its next drill clears.
-            super::begin_audit(&audit, &repo);
-            drill(&repo, &id, &snapshot, &scratch, &progress, Some(&signals::CANCEL))
-        });
+    let pick = Pick::parse(&args.snapshot);
+    let drilled =
+        drill_picked(&repo, &pick, &args.filters.filter(), &scratch, &progress, Some(&signals::CANCEL), &also);
     super::warn_damage(&repo);
-    let report = match outcome {
+    let report = match super::audited(drilled) {
         Ok(report) => report,
         Err(cairn::error::Error::Interrupted) => {
             let signal = signals::SIGNAL.load(Ordering::SeqCst);
-            let message = format!("drill interrupted by signal {signal}; its scratch directory was removed");
-            audit.record.errors.push(message.clone());
-            finish(context, audit, &repo, &args.record_to, Outcome::Failed);
-            errln!("error: {message}");
+            errln!("error: drill interrupted by signal {signal}; its scratch directory was removed");
             return Ok(ExitCode::from(128 + signal as u8));
         }
-        Err(e) => {
-            audit.record.errors.push(e.to_string());
-            finish(context, audit, &repo, &args.record_to, Outcome::Failed);
-            return Err(e.into());
-        }
+        Err(e) => return Err(e.into()),
     };
-    audit.record.files = report.files;
-    audit.record.bytes = report.bytes;
-    audit.record.errors = report.failures.iter().take(100).cloned().collect();
-    audit.record.details = serde_json::json!({
-        "checks_passed": report.checks_passed,
-        "checks_failed": report.checks_failed,
-        "databases": report.databases,
-        "duration_ms": report.duration_ms,
-    });
-    finish(context, audit, &repo, &args.record_to, if report.passed() { Outcome::Ok } else { Outcome::Failed });
 
     if context.json {
         outln!("{}", serde_json::to_string(&report)?);

@@ -43,7 +43,8 @@ impl Source {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         Ok(match (var(VARIABLES[0]), var(VARIABLES[1]), var(VARIABLES[2])) {
             (Some(value), _, _) => Source::Value(value.to_string_lossy().into_owned()),
-            (None, Some(file), _) => Source::File(PathBuf::from(file)),
+            // Absolute too, for the hooks that `cairn run` starts in its config's directory.
+            (None, Some(file), _) => Source::File(std::path::absolute(&file).unwrap_or_else(|_| file.into())),
             (None, None, Some(command)) => Source::Command(command.to_string_lossy().into_owned()),
             (None, None, None) => Source::Terminal,
         })

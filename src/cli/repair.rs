@@ -5,8 +5,6 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::Context;
-use cairn::audit::Run;
-use cairn::format::audit::Outcome;
 use cairn::progress::Progress;
 use cairn::repair;
 use cairn::repository::lock::LockKind;
@@ -31,34 +29,24 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let Args::Index(args) = args;
     let repo = context.open()?;
     let _lock = repo.lock(LockKind::Exclusive, "repair index", context.lock_wait)?;
-    let audit = Run::start("repair", "");
-    let fail = |mut audit: Run, e: cairn::error::Error| {
-        audit.record.errors.push(e.to_string());
-        super::finish_audit(audit, &repo, Outcome::Failed);
-        Err(e.into())
-    };
     let progress = Progress::new("trailers", context.quiet || context.json);
-    let plan = match repair::plan(&repo, args.read_all_packs, &progress) {
-        Ok(plan) => plan,
-        Err(e) => return fail(audit, e),
-    };
-    let plan_json = serde_json::to_value(&plan)?;
-    if !context.json {
-        describe(&plan, context.quiet);
-    }
     if args.dry_run {
+        let plan = repair::plan(&repo, args.read_all_packs, &progress)?;
         if context.json {
-            outln!("{}", serde_json::json!({ "dry_run": true, "plan": plan_json }));
+            outln!("{}", serde_json::json!({ "dry_run": true, "plan": plan }));
+        } else {
+            describe(&plan, context.quiet);
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let report = match repair::execute(&repo, plan) {
-        Ok(report) => report,
-        Err(e) => return fail(audit, e),
-    };
-    let mut audit = audit;
-    audit.record.details = serde_json::json!({ "plan": plan_json, "report": report });
-    super::finish_audit(audit, &repo, Outcome::Ok);
+    let mut plan_json = serde_json::Value::Null;
+    let repaired = repair::repair(&repo, args.read_all_packs, &progress, |plan| {
+        if !context.json {
+            describe(plan, context.quiet);
+        }
+        plan_json = serde_json::to_value(plan).unwrap_or_default();
+    });
+    let report = super::audited(repaired)?;
     if context.json {
         outln!("{}", serde_json::json!({ "plan": plan_json, "report": report }));
     } else if !context.quiet && report.index_files_written + report.index_files_deleted > 0 {

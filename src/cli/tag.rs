@@ -6,10 +6,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::Context;
-use cairn::audit::Run;
-use cairn::format::audit::Outcome;
 use cairn::repository::lock::LockKind;
-use cairn::tag::{execute, plan, Change};
+use cairn::tag::{plan, retag, Change};
 
 #[derive(clap::Args, Debug)]
 #[command(group = clap::ArgGroup::new("change").required(true).multiple(true).args(["add", "remove", "set"]))]
@@ -48,18 +46,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let mut planned = plan(&repo.snapshots()?, &named, &change);
     super::warn_damage(&repo);
     if !args.dry_run {
-        let mut audit = Run::start("tag", "");
-        let result = execute(&repo, &mut planned);
-        let changed: Vec<_> = planned.iter().filter(|r| r.changed).collect();
-        audit.record.details = serde_json::json!({ "snapshots": changed });
-        match result {
-            Ok(()) => super::finish_audit(audit, &repo, Outcome::Ok),
-            Err(e) => {
-                audit.record.errors.push(e.to_string());
-                super::finish_audit(audit, &repo, Outcome::Failed);
-                return Err(e.into());
-            }
-        }
+        super::audited(retag(&repo, &mut planned))?;
     }
     if context.json {
         outln!("{}", serde_json::json!({ "dry_run": args.dry_run, "snapshots": planned }));
