@@ -35,7 +35,7 @@ fn measure(location: &str, runs: u64) {
     if !cairn::backend::object::is_url(location) {
         let _ = std::fs::remove_dir_all(location);
     }
-    let repo = Repository::init_location_with(location, Config::new_random(), NewKeys::None).expect("init");
+    let repo = Repository::create(&location.into(), Config::new_random(), NewKeys::None).expect("init");
     let now = cairn::clock::now_ms();
     let year = 365 * 86_400_000i64;
     let records: Vec<AuditRecord> = (0..runs)
@@ -62,7 +62,7 @@ fn measure(location: &str, runs: u64) {
     let _ = std::fs::remove_dir_all(&cache);
     let thresholds = Thresholds { max_age: Some(Duration::from_secs(86_400)), ..Thresholds::default() };
     let timed = |label: &str| {
-        let mut repo = Repository::open_location(location, cairn::repository::Passphrase::None).expect("open");
+        let mut repo = Repository::open(&location.into(), cairn::repository::Passphrase::None).expect("open");
         repo.use_cache(&cache).expect("cache");
         let before = repo.backend().requests().unwrap_or_default().total();
         let started = Instant::now();

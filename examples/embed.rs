@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cairn::backup::SnapshotOptions;
+use cairn::format::config::Config;
 use cairn::progress::Progress;
 use cairn::repository::lock::LockKind;
-use cairn::repository::{NewKeys, Passphrase, Repository};
+use cairn::repository::{Location, NewKeys, Passphrase, Repository};
 use cairn::restore::in_place;
 
 /// In a real service this comes from its secret store.
@@ -44,9 +45,9 @@ fn embed(scratch: &Path) -> Result<(), Box<dyn Error>> {
     std::fs::write(data.join("settings.json"), br#"{"retries": 3}"#)?;
 
     // The repository: created once, then opened with the password as a value.
-    let location = scratch.join("repo").to_string_lossy().into_owned();
-    Repository::init_location(&location, NewKeys::New { passphrase: PASSWORD.into() })?;
-    let repo = Repository::open_location(&location, Passphrase::Given(PASSWORD))?;
+    let location = Location::directory(scratch.join("repo"));
+    Repository::create(&location, Config::new_random(), NewKeys::New { passphrase: PASSWORD.into() })?;
+    let repo = Repository::open(&location, Passphrase::Given(PASSWORD))?;
     let quiet = Progress::new("embed", true);
 
     // Snapshot, under the shared lock every writer takes; the database is read through SQLite

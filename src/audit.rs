@@ -10,7 +10,7 @@ use crate::crypto::Keys;
 use crate::error::Result;
 use crate::format::audit::{AuditRecord, Outcome};
 use crate::id::Id;
-use crate::repository::Repository;
+use crate::repository::{FileKind, Repository};
 
 /// The `command` of a start record: a run that has begun ([`Run::begin`]). Its `details` name
 /// the command and the process; the run's own record shares its nonce. A start record that no
@@ -41,7 +41,7 @@ impl Writer {
 
     fn write(&self, record: &AuditRecord) -> Result<()> {
         let bytes = crate::format::envelope::seal_file(record.encode(), self.keys.as_ref());
-        self.backend.put(&format!("audit/{}", Id::of(&bytes).to_hex()), &bytes)?;
+        self.backend.put(&FileKind::Audit.name(&Id::of(&bytes)), &bytes)?;
         Ok(())
     }
 }
@@ -204,7 +204,7 @@ pub fn write(repo: &Repository, record: &AuditRecord) -> Result<()> {
 /// [`Repository::take_damage`].
 pub fn read_all(repo: &Repository) -> Result<Vec<AuditRecord>> {
     let mut records: Vec<AuditRecord> =
-        repo.read_all_named("audit", AuditRecord::decode)?.into_iter().map(|(_, r)| r).collect();
+        repo.read_all_named(FileKind::Audit, AuditRecord::decode)?.into_iter().map(|(_, r)| r).collect();
     records.sort_by(chronological);
     Ok(records)
 }
@@ -288,7 +288,7 @@ pub fn to_keep(records: &[AuditRecord], now_ms: i64, keep_within_ms: i64) -> std
 /// prune` runs it holding the exclusive lock. A damaged record is never deleted (it is not read,
 /// so nothing is known of it); a listing that fails deletes nothing.
 pub fn compact(repo: &Repository, now_ms: i64, keep_within: std::time::Duration, dry_run: bool) -> Result<Compacted> {
-    let mut named = repo.read_all_named("audit", AuditRecord::decode)?;
+    let mut named = repo.read_all_named(FileKind::Audit, AuditRecord::decode)?;
     named.sort_by(|(_, a), (_, b)| chronological(a, b));
     let records: Vec<AuditRecord> = named.iter().map(|(_, r)| r.clone()).collect();
     let keep = to_keep(&records, now_ms, keep_within.as_millis() as i64);
@@ -298,7 +298,7 @@ pub fn compact(repo: &Repository, now_ms: i64, keep_within: std::time::Duration,
             continue;
         }
         if !dry_run {
-            repo.backend().delete(&format!("audit/{}", id.to_hex()))?;
+            repo.delete_file(FileKind::Audit, id)?;
         }
         compacted.deleted += 1;
     }
@@ -316,7 +316,7 @@ mod tests {
     #[test]
     fn a_run_around_work_leaves_its_start_and_its_end() {
         let config = crate::format::config::Config::new_random();
-        let repo = Repository::init_location_with("memory://around", config, NewKeys::None).unwrap();
+        let repo = Repository::create(&"memory://around".into(), config, NewKeys::None).unwrap();
         let done = Run::start("snapshot", "web").around(&repo, |record| {
             record.files = 3;
             Ok((7, Outcome::Incomplete))

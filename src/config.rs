@@ -294,10 +294,10 @@ impl Parser<'_> {
     /// A repository location: an object-store URL as it is, a directory (or `file://` URL)
     /// relative to the config file.
     fn location(&self, text: String) -> String {
-        if crate::backend::object::is_url(&text) {
-            return text;
+        match crate::repository::Location::parse(&text).path() {
+            Some(path) => self.base.join(path).display().to_string(),
+            None => text,
         }
-        self.base.join(crate::repository::local_path(&text)).display().to_string()
     }
 
     fn table<'t>(&mut self, parent: &'t dyn TableLike, key: &str, what: &str) -> Option<&'t dyn TableLike> {

@@ -31,7 +31,7 @@ use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
 use crate::repository::packer::BlobStore;
-use crate::repository::Repository;
+use crate::repository::{FileKind, Repository};
 
 #[derive(Debug, Default, Serialize)]
 pub struct PrunePlan {
@@ -61,7 +61,7 @@ pub struct PrunePlan {
 struct Internal {
     /// Every pack any index file names, with all its blobs.
     packs: BTreeMap<Id, IndexedPack>,
-    index_files: Vec<String>,
+    index_files: Vec<Id>,
     live: HashSet<Id>,
     /// Per pack, the live blobs at the place the index picks: what a repack copies.
     keep: HashMap<Id, Vec<BlobEntry>>,
@@ -329,7 +329,7 @@ fn copy_live_blobs(
     progress: &Progress,
 ) -> Result<()> {
     let pack_id = &pack.id;
-    let key = Repository::pack_key(pack_id);
+    let key = FileKind::Pack.name(pack_id);
     let damaged = |e: Error| Error::Invalid(format!("{e}; nothing was deleted (run `cairn check`)"));
     let mut blobs: Vec<&BlobEntry> = keep.get(pack_id).into_iter().flatten().collect();
     blobs.sort_by_key(|b| b.offset);
@@ -347,7 +347,7 @@ fn copy_live_blobs(
         if end > pack.len {
             return Err(damaged(Error::corrupt(&key, "a live blob lies past the end of the pack")));
         }
-        let bytes = repo.backend().get_range(&key, start, end - start).map_err(damaged)?;
+        let bytes = repo.read_file_range(FileKind::Pack, pack_id, start, end - start).map_err(damaged)?;
         for blob in &rest[..run] {
             let stored = bytes
                 .get((blob.offset as u64 - start) as usize..(blob.end() - start) as usize)
@@ -403,7 +403,7 @@ fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Result<Pr
         progress.finish();
         return Ok(report);
     }
-    let before: u64 = repo.backend().list("packs")?.iter().map(|(_, len)| len).sum();
+    let before = repo.stored_bytes(FileKind::Pack)?;
 
     // 1. Copy the live blobs out of the packs being repacked, verifying each on the way.
     let nothing = Index::default();
@@ -423,12 +423,12 @@ fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Result<Pr
     let gone: HashSet<&Id> = internal.delete.iter().chain(&internal.repack).collect();
     let staying: Vec<IndexedPack> =
         internal.packs.values().filter(|p| !gone.contains(&p.id)).cloned().chain(new_packs).collect();
-    let written: HashSet<String> = repo.write_index_files(&staying)?.into_iter().collect();
+    let written: HashSet<Id> = repo.write_index_files(&staying)?.into_iter().collect();
     report.index_files_written = written.len() as u64;
 
     // 3. The old index files go, now that the new ones are durable.
-    for key in internal.index_files.iter().chain(&repack_index_files).filter(|k| !written.contains(*k)) {
-        repo.backend().delete(key)?;
+    for id in internal.index_files.iter().chain(&repack_index_files).filter(|id| !written.contains(*id)) {
+        repo.delete_file(FileKind::Index, id)?;
         report.index_files_deleted += 1;
     }
 
@@ -438,10 +438,10 @@ fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Result<Pr
     let named: HashSet<Id> = staying.iter().map(|p| p.id).collect();
     let doomed = internal.delete.iter().chain(&internal.repack).chain(&internal.unreferenced);
     for pack_id in doomed.filter(|id| !named.contains(*id)) {
-        repo.backend().delete(&Repository::pack_key(pack_id))?;
+        repo.delete_file(FileKind::Pack, pack_id)?;
         report.packs_deleted += 1;
     }
-    let after: u64 = repo.backend().list("packs")?.iter().map(|(_, len)| len).sum();
+    let after = repo.stored_bytes(FileKind::Pack)?;
     report.bytes_freed = before.saturating_sub(after);
     progress.finish();
     Ok(report)

@@ -26,7 +26,7 @@ use crate::format::audit::Outcome;
 use crate::format::index::IndexedPack;
 use crate::id::Id;
 use crate::progress::Progress;
-use crate::repository::Repository;
+use crate::repository::{FileKind, Repository};
 
 /// Trailers read at once: each is one or two small ranged reads, mostly waiting for the disk or
 /// the network.
@@ -69,7 +69,7 @@ struct Internal {
     /// Every pack present with the entries the new index gives it, in pack id order.
     packs: Vec<IndexedPack>,
     /// Every index file there is now, intact or not.
-    old_files: Vec<String>,
+    old_files: Vec<Id>,
 }
 
 impl RepairPlan {
@@ -95,13 +95,7 @@ pub fn plan(repo: &Repository, read_all_packs: bool, progress: &Progress) -> Res
         }
     }
     // Files whose name is not an id are not cairn's: they are left alone.
-    let mut old_files: Vec<String> = repo
-        .backend()
-        .list("index")?
-        .into_iter()
-        .map(|(key, _)| key)
-        .filter(|key| Id::from_hex(key.rsplit('/').next().unwrap_or_default()).is_some())
-        .collect();
+    let mut old_files: Vec<Id> = repo.list_files(FileKind::Index)?.into_iter().map(|(id, _)| id).collect();
     old_files.sort();
     plan.index_files = old_files.len() as u64;
     // What intact index files say, all of them; a pack they disagree about is read again.
@@ -126,8 +120,8 @@ pub fn plan(repo: &Repository, read_all_packs: bool, progress: &Progress) -> Res
     to_read.sort_unstable();
     progress.add_total(to_read.len() as u64);
     let read = |&(id, len): &(Id, u64)| {
-        let key = Repository::pack_key(&id);
-        let range = |offset, n| repo.backend().get_range(&key, offset, n);
+        let key = FileKind::Pack.name(&id);
+        let range = |offset, n| repo.read_file_range(FileKind::Pack, &id, offset, n);
         let trailer = crate::check::read_trailer(repo, &key, len, &range);
         progress.add_bytes(1);
         (id, len, trailer)
@@ -195,9 +189,9 @@ fn execute(repo: &Repository, plan: RepairPlan) -> Result<RepairReport> {
     let internal = plan.internal;
     let written = repo.write_index_files(&internal.packs)?;
     report.index_files_written = written.len() as u64;
-    let written: HashSet<&String> = written.iter().collect();
-    for key in internal.old_files.iter().filter(|key| !written.contains(key)) {
-        repo.backend().delete(key)?;
+    let written: HashSet<&Id> = written.iter().collect();
+    for id in internal.old_files.iter().filter(|id| !written.contains(id)) {
+        repo.delete_file(FileKind::Index, id)?;
         report.index_files_deleted += 1;
     }
     Ok(report)

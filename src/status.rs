@@ -626,12 +626,9 @@ mod tests {
     /// status says exactly what it said before, from far fewer records.
     #[test]
     fn compaction_keeps_what_status_says() {
-        let repo = Repository::init_location_with(
-            "memory://audit",
-            crate::format::config::Config::new_random(),
-            NewKeys::None,
-        )
-        .unwrap();
+        let repo =
+            Repository::create(&"memory://audit".into(), crate::format::config::Config::new_random(), NewKeys::None)
+                .unwrap();
         let mut seed = 22u64;
         let mut next = move |n: u64| {
             seed ^= seed << 13;
@@ -699,7 +696,7 @@ mod tests {
             max_offsite_age: Some(Duration::from_secs(2 * 86_400)),
         };
         let before = serde_json::to_value(status(&repo, now, &thresholds, None).unwrap()).unwrap();
-        let listed = |repo: &Repository| repo.backend().list("audit").unwrap().len();
+        let listed = |repo: &Repository| repo.list_files(crate::repository::FileKind::Audit).unwrap().len();
         let records = listed(&repo);
         let compacted = crate::audit::compact(&repo, now, Duration::from_secs(30 * 86_400), false).unwrap();
         assert_eq!(compacted.records, records);

@@ -20,8 +20,10 @@ use std::time::Duration;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::audit::{Audited, Run};
 use crate::check::verify_blob;
 use crate::error::{Error, Result};
+use crate::format::audit::Outcome;
 use crate::format::index::{IndexFile, IndexedPack};
 use crate::format::pack::BlobKind;
 use crate::format::snapshot::Snapshot;
@@ -30,8 +32,8 @@ use crate::gc::Reachable;
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
-use crate::repository::lock::Lock;
-use crate::repository::Repository;
+use crate::repository::lock::{Lock, LockKind};
+use crate::repository::{FileKind, Location, NewKeys, Passphrase, Repository};
 
 /// Packs named per index file that sync writes.
 const PACKS_PER_INDEX_FILE: usize = 256;
@@ -43,11 +45,13 @@ pub struct SyncOptions {
     pub attempts: u32,
     /// Wait before the second attempt; doubled for each further one.
     pub backoff: Duration,
+    /// How long to wait for the destination's lock.
+    pub lock_wait: Duration,
 }
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        SyncOptions { parallel: 4, attempts: 4, backoff: Duration::from_secs(1) }
+        SyncOptions { parallel: 4, attempts: 4, backoff: Duration::from_secs(1), lock_wait: Duration::ZERO }
     }
 }
 
@@ -73,6 +77,171 @@ pub struct SyncReport {
     pub errors: Vec<String>,
 }
 
+/// What a sync found at its destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Destination {
+    /// A repository with this one's key material: packs and manifests copy as they are.
+    SameKeys,
+    /// A repository with other key material (`one_encrypted`: one is encrypted and the other
+    /// not; else two master keys): every blob is re-encoded for it.
+    OtherKeys { one_encrypted: bool },
+    /// Created by this sync with the source's parameters; `encrypted` when a passphrase was
+    /// given (an encrypted source's master key is shared, wrapped under that passphrase).
+    Created { encrypted: bool },
+}
+
+/// Opens the repository at `location` (an encrypted one with `passphrase`), or creates it sharing
+/// the source's parameters and, if the source is encrypted, its master key (wrapped under
+/// `passphrase`), so that sealed packs and manifests copy verbatim. Encrypted whenever there is a
+/// passphrase: an offsite copy above all; a plain source is then re-encoded. An encrypted source
+/// with no passphrase for its destination is an error, with nothing created.
+pub fn open_or_create(
+    source: &Repository,
+    location: &Location,
+    passphrase: Option<&str>,
+) -> Result<(Repository, Destination)> {
+    let given = passphrase.map_or(Passphrase::None, Passphrase::Given);
+    match Repository::open(location, given) {
+        Err(Error::NotARepository(_)) => {}
+        Ok(dest) => {
+            let found = match shares_keys(source, &dest) {
+                true => Destination::SameKeys,
+                false => Destination::OtherKeys { one_encrypted: source.keys().is_some() != dest.keys().is_some() },
+            };
+            return Ok((dest, found));
+        }
+        Err(e) => return Err(e),
+    }
+    let mut config = crate::format::config::Config::new_random();
+    config.chunker = source.config().chunker;
+    config.compression_level = source.config().compression_level;
+    config.pack_target_size = source.config().pack_target_size;
+    let keys = match (source.keys(), passphrase) {
+        (Some(keys), Some(passphrase)) => {
+            NewKeys::Shared { master: keys.master.clone(), passphrase: passphrase.to_string() }
+        }
+        (Some(_), None) => {
+            return Err(Error::Invalid(format!(
+                "{location} would be encrypted like this repository: give its password"
+            )))
+        }
+        (None, Some(passphrase)) => NewKeys::New { passphrase: passphrase.to_string() },
+        (None, None) => NewKeys::None,
+    };
+    let dest = Repository::create(location, config, keys)?;
+    Ok((dest, Destination::Created { encrypted: passphrase.is_some() }))
+}
+
+/// What [`sync`] did.
+pub struct Synced {
+    /// The destination, open.
+    pub dest: Repository,
+    pub report: SyncReport,
+    /// The requests the destination's backend sent (an object store's).
+    pub requests: Option<crate::backend::RequestCounts>,
+}
+
+/// A sync to the repository at `to` as the audited run `sync` (store-format/audit.md): opens or
+/// creates it ([`open_or_create`], whose answer goes to `found`), copies the snapshots of
+/// `sources` (all if empty) that it lacks, and writes the record here; a destination that
+/// received anything gets a copy of it too, marked `received_from` (store-format/sync.md). Ok
+/// when every selected snapshot is there, incomplete when some could not be copied. The caller
+/// holds a shared lock on `source`; the destination's is taken here, with puts alone. What
+/// `cairn sync` runs, and what an embedder calls.
+pub fn sync(
+    source: &Repository,
+    to: &Location,
+    passphrase: Option<&str>,
+    sources: &[String],
+    options: &SyncOptions,
+    progress: &Progress,
+    found: impl FnOnce(&Repository, Destination),
+) -> Audited<Synced> {
+    let mut audited = run(to, sources).around(source, |record| {
+        let mut report = SyncReport::default();
+        let mut dest = None;
+        let result = copy_missing(source, to, passphrase, sources, options, progress, found, &mut report, &mut dest);
+        let requests = dest.as_ref().and_then(|d: &Repository| d.backend().requests());
+        record.files = report.snapshots_copied.len() as u64;
+        record.bytes = report.bytes_copied;
+        record.errors = report.errors.clone();
+        record.details =
+            serde_json::json!({ "to": to.to_string(), "sources": sources, "report": report, "requests": requests });
+        result?;
+        let outcome = match report.snapshots_failed.is_empty() {
+            true => Outcome::Ok,
+            false => Outcome::Incomplete,
+        };
+        let dest = dest.expect("opened when the copy succeeded");
+        Ok((Synced { dest, report, requests }, outcome))
+    });
+    // An up-to-date sync writes nothing there.
+    if let Ok(synced) = &audited.result {
+        if synced.report.packs_copied + synced.report.snapshots_copied.len() as u64 > 0 {
+            let mut copy = audited.record.clone();
+            copy.details["received_from"] = serde_json::json!(source.backend().location());
+            if let Err(e) = crate::audit::write(&synced.dest, &copy) {
+                let failed = format!("its copy in {to}: {e}");
+                audited.audit_error =
+                    Some(audited.audit_error.map_or(failed.clone(), |before| format!("{before}; {failed}")));
+            }
+        }
+    }
+    audited
+}
+
+/// A sync's run, which names its destination from the start: a sync that is killed is then a
+/// failed sync to it.
+fn run(to: &Location, sources: &[String]) -> Run {
+    let mut run = Run::start("sync", &sources.join(" "));
+    run.record.details = serde_json::json!({ "to": to.to_string(), "sources": sources });
+    run
+}
+
+/// Records a sync to `to` that could not begin (its lock was refused, say) as failed with `error`.
+pub fn failed_before(source: &Repository, to: &Location, sources: &[String], error: &str) -> Result<()> {
+    let mut run = run(to, sources);
+    run.record.errors.push(error.to_string());
+    run.finish(source, Outcome::Failed)
+}
+
+/// The work of [`sync`]; `dest` is set once the destination is open. With nothing missing, the
+/// destination sees only the reads of its config (and key file) and the listings of its keys
+/// and snapshots.
+#[allow(clippy::too_many_arguments)]
+fn copy_missing(
+    source: &Repository,
+    to: &Location,
+    passphrase: Option<&str>,
+    sources: &[String],
+    options: &SyncOptions,
+    progress: &Progress,
+    found: impl FnOnce(&Repository, Destination),
+    report: &mut SyncReport,
+    dest: &mut Option<Repository>,
+) -> Result<()> {
+    let (opened, destination) = open_or_create(source, to, passphrase)?;
+    found(&opened, destination);
+    let dest = dest.insert(opened);
+    // A plain source's new encrypted destination has other keys too.
+    let shared = shares_keys(source, dest);
+    let missing = match shared {
+        true => missing_snapshots(source, dest, sources, report)?,
+        false => missing_by_identity(source, dest, sources, report)?,
+    };
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // Taken and released with puts alone: sync never deletes in the destination, so that it
+    // works with credentials that may only create objects there (store-format/locks.md).
+    let held = dest.lock_create_only(LockKind::Shared, "sync", options.lock_wait)?;
+    match shared {
+        true => copy(source, dest, &held, missing, options, progress, report),
+        false => copy_reencoded(source, dest, &held, missing, progress, report),
+    }
+}
+
 /// The snapshots of `source` (all, or those whose source key is in `sources`) that `dest` does
 /// not list. Only lists the destination: this is all an up-to-date sync costs there.
 pub fn missing_snapshots(
@@ -81,13 +250,8 @@ pub fn missing_snapshots(
     sources: &[String],
     report: &mut SyncReport,
 ) -> Result<Vec<(Id, Snapshot)>> {
-    let present: HashSet<String> = dest
-        .backend()
-        .list("snapshots")?
-        .into_iter()
-        .map(|(key, _)| key.rsplit('/').next().unwrap_or("").into())
-        .collect();
-    select_missing(source, sources, report, |id, _| present.contains(&id.to_hex()))
+    let present: HashSet<Id> = dest.list_files(FileKind::Snapshot)?.into_iter().map(|(id, _)| id).collect();
+    select_missing(source, sources, report, |id, _| present.contains(id))
 }
 
 /// The source's snapshots (all, or those of `sources`) that `present` does not claim, counting
@@ -231,8 +395,8 @@ pub fn copy(
     for chunk in indexed.chunks(PACKS_PER_INDEX_FILE) {
         held.check_held()?;
         let bytes = dest.seal_file(IndexFile { packs: chunk.to_vec() }.encode());
-        let key = format!("index/{}", Id::of(&bytes).to_hex());
-        with_retries(options, &AtomicU64::new(0), || dest.backend().put(&key, &bytes))?;
+        let id = Id::of(&bytes);
+        with_retries(options, &AtomicU64::new(0), || dest.put_file_raw(FileKind::Index, &id, &bytes))?;
         report.index_files_written += 1;
     }
     if !unavailable.is_empty() {
@@ -247,15 +411,15 @@ pub fn copy(
         });
     }
     for (id, _) in &missing {
-        let key = format!("snapshots/{}", id.to_hex());
-        let bytes = source.backend().get(&key)?;
+        let bytes = source.read_file_raw(FileKind::Snapshot, id)?;
         if Id::of(&bytes) != *id {
-            report.errors.push(format!("{}: content does not match its name", source.describe(&key)));
+            let file = source.describe(&FileKind::Snapshot.name(id));
+            report.errors.push(format!("{file}: content does not match its name"));
             report.snapshots_failed.push(id.to_hex());
             continue;
         }
         held.check_held()?;
-        with_retries(options, &AtomicU64::new(0), || dest.backend().put(&key, &bytes))?;
+        with_retries(options, &AtomicU64::new(0), || dest.put_file_raw(FileKind::Snapshot, id, &bytes))?;
         report.snapshots_copied.push(id.to_hex());
     }
     progress.finish();
@@ -297,7 +461,7 @@ fn reach(
 /// or a write that was not cairn's. A create-only put never replaces it, and sync never deletes.
 fn damaged_in_dest(dest: &Repository, pack: &IndexedPack, len: u64) -> Error {
     Error::corrupt(
-        dest.describe(&Repository::pack_key(&pack.id)),
+        dest.describe(&FileKind::Pack.name(&pack.id)),
         format!(
             "{len} bytes where the source's index records {}: the destination's copy is damaged, and sync \
              never deletes; on the trusted side, `cairn prune` (no index names it) or a delete removes it, and the \
@@ -310,7 +474,7 @@ fn damaged_in_dest(dest: &Repository, pack: &IndexedPack, len: u64) -> Error {
 /// Reads one pack from the source, checks it byte for byte (its name is its hash) and blob by
 /// blob, and puts it. Returns whether it was sent.
 fn copy_pack(source: &Repository, dest: &Repository, pack: &IndexedPack) -> Result<bool> {
-    let key = Repository::pack_key(&pack.id);
+    let key = FileKind::Pack.name(&pack.id);
     let bytes = source.backend().get(&key)?;
     let what = source.describe(&key);
     if bytes.len() as u64 != pack.len || Id::of(&bytes) != pack.id {

@@ -114,14 +114,14 @@ fn destination(source: &Repository, encrypted: bool) -> Repository {
         true => NewKeys::New { passphrase: "fuzz".into() },
         false => NewKeys::None,
     };
-    Repository::init_location_with("memory://dest", source.config().clone(), keys).unwrap()
+    Repository::create(&"memory://dest".into(), source.config().clone(), keys).unwrap()
 }
 
 fuzz_target!(|data: &[u8]| {
     let Some((&walker, ops)) = data.split_first() else { return };
     // Key files of the re-encoding destination: the cheapest Argon2id there is.
     std::env::set_var("CAIRN_KDF_MEMORY_KIB", "8");
-    let repo = Repository::init_location("memory://walk", NewKeys::None).unwrap();
+    let repo = Repository::create(&"memory://walk".into(), cairn::format::config::Config::new_random(), NewKeys::None).unwrap();
     let root = build(&repo, ops);
     let snapshot = snapshot_of(root);
     let id = repo.save_snapshot(&snapshot).unwrap();

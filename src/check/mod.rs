@@ -32,7 +32,7 @@ use crate::format::audit::Outcome;
 use crate::format::pack::{self, BlobEntry, TrailerRead, HEADER_LEN, TAIL_LEN};
 use crate::id::Id;
 use crate::progress::Progress;
-use crate::repository::Repository;
+use crate::repository::{FileKind, Repository};
 use trees::{all_trees_intact, walk, Walked};
 
 /// How many packs `--read-data` holds in memory at once: one being verified, one being read (or
@@ -187,7 +187,7 @@ impl Prefetched {
                 .map(|id| {
                     scope.spawn(move || {
                         let mut buffer = WholeObject::default();
-                        backend.read_once(&Repository::pack_key(id), &mut buffer).ok().map(|()| (*id, buffer))
+                        backend.read_once(&FileKind::Pack.name(id), &mut buffer).ok().map(|()| (*id, buffer))
                     })
                 })
                 .collect();
@@ -277,7 +277,7 @@ fn verify(
     for damage in repo.take_damage() {
         findings.error(damage.to_string());
     }
-    report.index_files = repo.backend().list("index")?.len() as u64;
+    report.index_files = repo.list_files(FileKind::Index)?.len() as u64;
     report.snapshots = snapshots.len() as u64;
     report.packs_read = read.packs;
     report.bytes_read = read.bytes;
@@ -304,7 +304,7 @@ fn verify(
 
     report.packs = by_pack.len() as u64;
     by_pack.par_iter().for_each(|(pack, entries)| {
-        let key = Repository::pack_key(pack);
+        let key = FileKind::Pack.name(pack);
         let Some(&actual_len) = on_disk.get(pack) else {
             findings.bad_pack(pack, format!("pack {} is missing ({} blobs lost)", pack.short(), entries.len()));
             entries.iter().for_each(|e| findings.bad_blob(&e.id, format!("its pack {} is missing", pack.short())));
@@ -327,7 +327,7 @@ fn verify(
         if read.trailers_checked.contains(pack) {
             return;
         }
-        let read_range = |offset, n| repo.backend().get_range(&key, offset, n);
+        let read_range = |offset, n| repo.read_file_range(FileKind::Pack, pack, offset, n);
         if let Err(e) = check_pack_structure(repo, &key, pack, actual_len, entries, &findings, &read_range) {
             findings.bad_pack(pack, format!("pack {}: {e}", pack.short()));
         }
@@ -387,8 +387,8 @@ fn needed_in_unindexed_pack(repo: &Repository, pack: &Id, len: u64, needed: &Has
     if needed.is_empty() {
         return 0;
     }
-    let key = Repository::pack_key(pack);
-    let read_range = |offset, n| repo.backend().get_range(&key, offset, n);
+    let key = FileKind::Pack.name(pack);
+    let read_range = |offset, n| repo.read_file_range(FileKind::Pack, pack, offset, n);
     read_trailer(repo, &key, len, &read_range)
         .map_or(0, |listed| listed.iter().filter(|e| needed.contains(&e.id)).count())
 }
@@ -472,7 +472,7 @@ fn read_packs(
                         break; // no verifier is left to give buffers back
                     };
                     let pack = packs[n];
-                    match repo.backend().read_once(&Repository::pack_key(pack), &mut buffer) {
+                    match repo.backend().read_once(&FileKind::Pack.name(pack), &mut buffer) {
                         Ok(()) => _ = full.send((pack, buffer)),
                         Err(e) => {
                             bad_pack(pack, format!("pack {}: cannot read: {e}", pack.short()));
@@ -493,7 +493,7 @@ fn read_packs(
                     *turns_given += 1;
                     (Turn { turns, number: *turns_given - 1 }, received)
                 };
-                let key = Repository::pack_key(pack);
+                let key = FileKind::Pack.name(pack);
                 let bytes = buffer.bytes_mut();
                 let len = bytes.len() as u64;
                 // The whole pack is hashed before its blobs are decrypted in place.

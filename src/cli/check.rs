@@ -7,7 +7,7 @@ use anyhow::Result;
 use super::{format, Context};
 use cairn::check::{check, Prefetched, Subset};
 use cairn::progress::Progress;
-use cairn::repository::Repository;
+use cairn::repository::{Location, Repository};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -23,14 +23,14 @@ pub struct Args {
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let subset = if args.read_data { Some(Subset::All) } else { args.read_data_subset };
     // The first packs are read while the key is derived.
-    let backend = Repository::backend_at(&context.location())?;
+    let backend = Location::parse(&context.location()).backend()?;
     let prefetch = subset.map(|subset| {
         let backend = backend.clone();
         std::thread::spawn(move || Prefetched::read(&*backend, subset))
     });
     let location = context.location();
     let ask = context.password.asker(&location);
-    let repo = Repository::open_location_on(backend, &location, cairn::repository::Passphrase::Ask(&ask))?;
+    let repo = Repository::open_on(backend, &Location::parse(&location), cairn::repository::Passphrase::Ask(&ask))?;
     let lock = super::read_lock(&repo, "check", context.lock_wait)?;
     let prefetched = match prefetch.map(|thread| thread.join()) {
         Some(Ok(prefetched)) => prefetched,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use super::Context;
+use cairn::format::config::Config;
 use cairn::repository::{NewKeys, Repository};
 
 #[derive(clap::Args, Debug)]
@@ -20,12 +21,12 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     } else {
         NewKeys::New { passphrase: context.password.require(&context.location())? }
     };
-    let repo = Repository::init_location(&context.location(), keys)?;
+    let repo = Repository::create(&context.location().as_str().into(), Config::new_random(), keys)?;
     let encryption = if repo.keys().is_some() { "aes-256-gcm" } else { "none" };
     if context.json {
         outln!(
             "{}",
-            serde_json::json!({ "repository": context.repo_path, "id": repo.config().repo_id.to_hex(), "encryption": encryption, "key": repo.key_used() })
+            serde_json::json!({ "repository": context.repo_path, "id": repo.config().repo_id.to_hex(), "encryption": encryption, "key": repo.key_used().map(|id| id.to_hex()) })
         );
     } else if !context.quiet {
         outln!(

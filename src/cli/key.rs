@@ -55,12 +55,11 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     if repo.keys().is_none() {
         bail!("{} is not encrypted: it has no keys", context.location());
     }
-    let name_of = |spec: &str| -> Result<String> {
+    let name_of = |spec: &str| -> Result<cairn::id::Id> {
         let files = repo.key_files()?;
-        let matching: Vec<_> =
-            files.iter().filter(|(name, _)| name.trim_start_matches("keys/").starts_with(spec)).collect();
+        let matching: Vec<_> = files.iter().filter(|(id, _)| id.to_hex().starts_with(spec)).collect();
         match matching.as_slice() {
-            [(name, _)] => Ok(name.clone()),
+            [(id, _)] => Ok(*id),
             [] => bail!("no key matches {spec:?}"),
             _ => bail!("key prefix {spec:?} is ambiguous"),
         }
@@ -72,8 +71,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
                 let list: Vec<_> = files
                     .iter()
                     .map(|(name, f)| serde_json::json!({
-                        "id": name.trim_start_matches("keys/"),
-                        "current": Some(name.as_str()) == repo.key_used(),
+                        "id": name.to_hex(),
+                        "current": Some(*name) == repo.key_used(),
                         "hostname": f.hostname,
                         "created": format::utc(f.created_ms / 1000),
                         "kdf": { "algorithm": "argon2id", "memory_kib": f.kdf.m_cost, "iterations": f.kdf.t_cost, "parallelism": f.kdf.p_cost },
@@ -84,8 +83,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
                 for (name, f) in &files {
                     outln!(
                         "{} {}  {}  {}  argon2id m={} KiB t={} p={}",
-                        if Some(name.as_str()) == repo.key_used() { "*" } else { " " },
-                        &name.trim_start_matches("keys/")[..8],
+                        if Some(*name) == repo.key_used() { "*" } else { " " },
+                        name.short(),
                         format::utc(f.created_ms / 1000),
                         f.hostname,
                         f.kdf.m_cost,
@@ -98,7 +97,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         Args::Add(new) => {
             let name = repo.add_key(&new_password(&new)?)?;
             if !context.quiet {
-                outln!("added key {}", &name.trim_start_matches("keys/")[..8]);
+                outln!("added key {}", name.short());
             }
         }
         Args::Remove { id } => {
@@ -108,17 +107,17 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             let name = name_of(&id)?;
             repo.remove_key(&name)?;
             if !context.quiet {
-                outln!("removed key {}", &name.trim_start_matches("keys/")[..8]);
+                outln!("removed key {}", name.short());
             }
         }
         Args::Passwd(new) => {
             let _lock = repo.lock(LockKind::Exclusive, "key passwd", context.lock_wait)?;
             let added = repo.add_key(&new_password(&new)?)?;
             if let Some(old) = repo.key_used() {
-                repo.remove_key(old)?;
+                repo.remove_key(&old)?;
             }
             if !context.quiet {
-                outln!("password changed: key {}", &added.trim_start_matches("keys/")[..8]);
+                outln!("password changed: key {}", added.short());
             }
         }
     }

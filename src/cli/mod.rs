@@ -33,7 +33,8 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 use cairn::backend::ahead::ListedAhead;
-use cairn::repository::{default_location, Passphrase, Repository};
+use cairn::format::config::Config;
+use cairn::repository::{default_location, Location, Passphrase, Repository};
 
 /// Exit code for a snapshot that was stored but could not read every source entry.
 pub const EXIT_INCOMPLETE: u8 = 3;
@@ -165,7 +166,7 @@ impl Context {
 
     /// Opens the repository at `location` (an encrypted one with this command's password).
     pub fn open_at(&self, location: &str) -> cairn::error::Result<Repository> {
-        Repository::open_location(location, Passphrase::Ask(&self.password.asker(location)))
+        Repository::open(&location.into(), Passphrase::Ask(&self.password.asker(location)))
     }
 
     /// [`Context::open`] for a command that reads: an object store's immutable files are read
@@ -205,13 +206,18 @@ impl Context {
         command: &str,
     ) -> Result<(Repository, Result<Option<cairn::repository::lock::Lock>>)> {
         let location = self.location();
-        let ahead = std::sync::Arc::new(ListedAhead::new(Repository::backend_at(&location)?));
+        let ahead = std::sync::Arc::new(ListedAhead::new(Location::parse(&location).backend()?));
         let ask = self.password.asker(&location);
         let (mut repo, lock) =
-            Repository::open_alongside(ahead.clone(), &location, Passphrase::Ask(&ask), |backend| {
+            Repository::open_alongside(ahead.clone(), &Location::parse(&location), Passphrase::Ask(&ask), |backend| {
                 std::thread::scope(|scope| {
                     read_lock_then(backend, command, self.lock_wait, &|| {
-                        scope.spawn(|| ahead.list_ahead(&["snapshots", "index"]));
+                        scope.spawn(|| {
+                            ahead.list_ahead(&[
+                                cairn::repository::FileKind::Snapshot.dir(),
+                                cairn::repository::FileKind::Index.dir(),
+                            ])
+                        });
                     })
                 })
             })?;
@@ -246,7 +252,7 @@ impl Context {
             None => cairn::repository::NewKeys::None,
         };
         let encrypted = !matches!(keys, cairn::repository::NewKeys::None);
-        let repo = Repository::init_location(&self.location(), keys)
+        let repo = Repository::create(&self.location().as_str().into(), Config::new_random(), keys)
             .with_context(|| format!("creating repository {}", self.repo_path.display()))?;
         if !encrypted {
             errln!(

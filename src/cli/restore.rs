@@ -59,9 +59,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         (false, false) => Mode::Refuse,
     };
     // A local repository inside the target is never part of its safety snapshot.
-    let skip = (!cairn::backend::object::is_url(&context.location()))
-        .then(|| std::path::absolute(cairn::repository::local_path(&context.location())).ok())
-        .flatten()
+    let skip = cairn::repository::Location::parse(&context.location())
+        .path()
+        .and_then(|path| std::path::absolute(path).ok())
         .into_iter()
         .collect();
     let options = in_place::Options {

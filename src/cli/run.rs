@@ -25,7 +25,7 @@ use super::{Context, EXIT_INCOMPLETE};
 use cairn::audit::Run;
 use cairn::config::{Config, Encryption, OffsiteConfig, SourceConfig, SourceKind};
 use cairn::format::audit::Outcome;
-use cairn::repository::{NewKeys, Repository};
+use cairn::repository::{Location, NewKeys, Repository};
 use cairn::retention::Policy;
 
 #[derive(clap::Args, Debug)]
@@ -183,11 +183,11 @@ impl Cycle<'_> {
                 self.repo
             )
         };
-        let backend = Repository::backend_at(&self.repo).map_err(unknown)?;
-        if !backend.exists("config").map_err(unknown)? {
+        let backend = Location::parse(&self.repo).backend().map_err(unknown)?;
+        if !backend.exists(cairn::repository::layout::CONFIG).map_err(unknown)? {
             return self.create();
         }
-        let bytes = backend.get("config").map_err(unknown)?;
+        let bytes = backend.get(cairn::repository::layout::CONFIG).map_err(unknown)?;
         let plain = !cairn::format::envelope::is_encrypted(&bytes);
         if !plain && !self.context.password.given() {
             // Every step would fail alike: its child has no terminal to ask on.
@@ -221,7 +221,7 @@ impl Cycle<'_> {
             );
         };
         let plain = matches!(keys, NewKeys::None);
-        let repo = Repository::init_location(&self.repo, keys)
+        let repo = Repository::create(&self.repo.as_str().into(), cairn::format::config::Config::new_random(), keys)
             .with_context(|| format!("creating the repository {}", self.repo))?;
         if !self.context.quiet && !self.context.json {
             let what = if plain { "a plain repository (encryption = \"none\")" } else { "an encrypted repository" };
@@ -238,7 +238,9 @@ impl Cycle<'_> {
         if offsite.encryption == Encryption::None || self.context.password.given() || to_password {
             return None;
         }
-        let exists = Repository::backend_at(&offsite.repository).and_then(|backend| backend.exists("config"));
+        let exists = Location::parse(&offsite.repository)
+            .backend()
+            .and_then(|backend| backend.exists(cairn::repository::layout::CONFIG));
         let why = match exists {
             Ok(true) => return None,
             Ok(false) => "does not exist yet".to_string(),

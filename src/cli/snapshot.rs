@@ -67,8 +67,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         return Err(e.into());
     }
     // The disk guard comes before anything is written, even before the repository is created.
-    let local_root = (!cairn::backend::object::is_url(&context.location()))
-        .then(|| std::path::PathBuf::from(cairn::repository::local_path(&context.location())));
+    let local_root = cairn::repository::Location::parse(&context.location()).path().map(|p| p.to_path_buf());
     if let (Some(min), Some(root)) = (args.min_free, &local_root) {
         if let Err(e) = min.check(root, 0) {
             if let Ok(repo) = context.open() {

@@ -21,6 +21,7 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use super::FileKind;
 use crate::id::Id;
 
 pub struct Cache {
@@ -52,7 +53,8 @@ impl Cache {
     fn path(&self, key: &str) -> Option<PathBuf> {
         let mut parts = key.split('/');
         let top = parts.next()?;
-        let known = ["index", "snapshots", "audit", "packs"].contains(&top);
+        let known =
+            [FileKind::Index, FileKind::Snapshot, FileKind::Audit, FileKind::Pack].iter().any(|kind| kind.dir() == top);
         let hex = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         let rest: Vec<&str> = parts.collect();
         (known && !rest.is_empty() && rest.iter().all(|p| hex(p))).then(|| self.dir.join(key))
@@ -137,7 +139,7 @@ mod tests {
         }
         let other = format!("index/{}", Id::of(b"index").to_hex());
         cache.write(&other, b"i");
-        cache.retain("packs", |k| k != key);
+        cache.retain(FileKind::Pack.dir(), |k| k != key);
         assert_eq!(cache.read(&key), None);
         assert_eq!(cache.read(&other).unwrap(), b"i", "another directory is left alone");
         cache.remove(&other);

@@ -155,7 +155,11 @@ fn marker_target(key: &str) -> Option<(&str, bool)> {
 type Listed = (String, Option<i64>);
 
 fn list(backend: &dyn Backend) -> Result<Vec<Listed>> {
-    Ok(backend.list_with_times("locks")?.into_iter().map(|(key, _, modified)| (key, modified)).collect())
+    Ok(backend
+        .list_with_times(super::FileKind::Lock.dir())?
+        .into_iter()
+        .map(|(key, _, modified)| (key, modified))
+        .collect())
 }
 
 /// The store's time, learnt from the last-modified time of a lock file just written and listed:
@@ -202,7 +206,7 @@ impl Locks {
             nonce: Id(crate::id::random_bytes()).short(),
         };
         let secret = crate::crypto::secure_random::<32>();
-        let key = format!("locks/{}", Id::of(&secret).to_hex());
+        let key = super::FileKind::Lock.name(&Id::of(&secret));
         self.backend.put(&key, &file.encode())?;
         Ok(Own { key, file, secret })
     }

@@ -6,6 +6,8 @@
 
 pub mod cache;
 pub mod index;
+pub mod layout;
+pub mod location;
 pub mod lock;
 pub mod packer;
 pub mod reader;
@@ -16,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::backend::local::LocalBackend;
-use crate::backend::object::{is_url, ObjectBackend};
 use crate::backend::Backend;
 use crate::chunking::Chunker;
 use crate::compression;
@@ -30,13 +31,13 @@ use crate::format::pack::{BlobEntry, BlobKind, Codec};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::Tree;
 use crate::id::{BlobHasher, Id};
-use index::{Index, Location};
+use index::Index;
+pub use layout::FileKind;
+use layout::CONFIG;
+pub use location::Location;
 
 /// Packs named per index file when prune or repair rewrites the index.
 pub const PACKS_PER_INDEX_FILE: usize = 256;
-
-/// Top-level entries of a repository directory.
-const LAYOUT: [&str; 7] = ["tmp", "packs", "index", "snapshots", "audit", "locks", "keys"];
 
 pub struct Repository {
     backend: Arc<dyn Backend>,
@@ -98,33 +99,24 @@ impl Repository {
         }
     }
 
-    /// Creates an unencrypted repository in `path`, which must be missing or an empty directory
-    /// (or hold only the skeleton of an `init` that was interrupted before it wrote `config`).
-    pub fn init(path: &Path) -> Result<Repository> {
-        let backend = Arc::new(Self::create_directory(path)?);
-        Self::init_backend(backend, &path.to_string_lossy(), Config::new_random(), NewKeys::None)
-    }
-
-    /// Creates a repository at a directory path or an object-store URL, encrypted when a
-    /// passphrase is given. On an object store there are no directories: the key file and
-    /// `config` are the only writes. `config` comes last: until it exists there is no repository.
-    pub fn init_location(location: &str, keys: NewKeys) -> Result<Repository> {
-        Self::init_location_with(location, Config::new_random(), keys)
-    }
-
-    /// [`Repository::init_location`] with given parameters (sync creates its destination with
-    /// the source's chunker, compression and pack size, and a repository id of its own).
-    pub fn init_location_with(location: &str, config: Config, new_keys: NewKeys) -> Result<Repository> {
-        let backend: Arc<dyn Backend> = if is_url(location) {
-            let backend = ObjectBackend::open(location)?;
-            if backend.exists("config")? {
-                return Err(Error::AlreadyExists(PathBuf::from(location)));
+    /// Creates a repository at `location`, encrypted unless `keys` is [`NewKeys::None`]. A
+    /// directory must be missing or empty (or hold only the skeleton of an `init` that was
+    /// interrupted before it wrote `config`). On an object store there are no directories: the
+    /// key file and `config` are the only writes. `config` comes last: until it exists there is no
+    /// repository. `config`: [`Config::new_random`], or given parameters (sync creates its
+    /// destination with the source's chunker, compression and pack size).
+    pub fn create(location: &Location, config: Config, keys: NewKeys) -> Result<Repository> {
+        let backend: Arc<dyn Backend> = match location {
+            Location::Directory(path) => Arc::new(Self::create_directory(path)?),
+            Location::ObjectStore { url, settings } => {
+                let backend = location::object(url, settings)?;
+                if backend.exists(CONFIG)? {
+                    return Err(Error::AlreadyExists(PathBuf::from(url)));
+                }
+                Arc::new(backend)
             }
-            Arc::new(backend)
-        } else {
-            Arc::new(Self::create_directory(Path::new(local_path(location)))?)
         };
-        Self::init_backend(backend, location, config, new_keys)
+        Self::init_backend(backend, &location.to_string(), config, keys)
     }
 
     /// Writes the key file (if encrypted), then `config`, the commit point of `init`.
@@ -150,7 +142,7 @@ impl Repository {
             }
             None => Self::assemble(backend, config, None, None),
         };
-        if !repo.backend.put("config", &repo.seal_file(repo.config.encode()))? {
+        if !repo.backend.put(CONFIG, &repo.seal_file(repo.config.encode()))? {
             return Err(Error::AlreadyExists(PathBuf::from(location)));
         }
         Ok(repo)
@@ -159,13 +151,13 @@ impl Repository {
     /// The directory skeleton of a new local repository.
     fn create_directory(path: &Path) -> Result<LocalBackend> {
         let backend = LocalBackend::new(path);
-        if path.join("config").exists() {
+        if path.join(CONFIG).exists() {
             return Err(Error::AlreadyExists(path.to_path_buf()));
         }
         if let Ok(entries) = std::fs::read_dir(path) {
             for entry in entries.flatten() {
                 let name = entry.file_name();
-                if !LAYOUT.iter().any(|l| name == *l) {
+                if !layout::DIRECTORIES.iter().any(|l| name == *l) {
                     return Err(Error::Invalid(format!(
                         "{} is not empty: refusing to create a repository among other files",
                         path.display()
@@ -179,88 +171,50 @@ impl Repository {
         }
         // The 256 `packs/XY/` directories come with the first pack named into each: created
         // empty, they would take a megabyte of a small repository.
-        for dir in LAYOUT {
+        for dir in layout::DIRECTORIES {
             backend.create_dir(dir)?;
         }
         Ok(backend)
     }
 
-    /// Opens a repository at a directory path or an object-store URL; an encrypted one with the
-    /// passphrase `passphrase` gives (asked for only then).
-    pub fn open_location(location: &str, passphrase: Passphrase) -> Result<Repository> {
-        Self::open_location_on(Self::backend_at(location)?, location, passphrase)
+    /// Opens the repository at `location`; an encrypted one with the passphrase `passphrase`
+    /// gives (asked for only then).
+    pub fn open(location: &Location, passphrase: Passphrase) -> Result<Repository> {
+        Self::open_on(location.backend()?, location, passphrase)
     }
 
-    /// [`Repository::open_location`] on the backend [`Repository::backend_at`] made for it
-    /// before (so that it could be read from while the key is derived).
-    pub fn open_location_on(backend: Arc<dyn Backend>, location: &str, passphrase: Passphrase) -> Result<Repository> {
-        Self::open_with_alongside(backend, local_path(location), passphrase, |_| ()).map(|(repo, ())| repo)
+    /// [`Repository::open`] on a backend made for `location` before ([`Location::backend`]: so
+    /// that it could be read from while the key is derived, or one built with other settings).
+    pub fn open_on(backend: Arc<dyn Backend>, location: &Location, passphrase: Passphrase) -> Result<Repository> {
+        Self::open_alongside(backend, location, passphrase, |_| ()).map(|(repo, ())| repo)
     }
 
-    /// The backend of the repository at a directory path or an object-store URL, not yet read.
-    pub fn backend_at(location: &str) -> Result<Arc<dyn Backend>> {
-        Ok(match is_url(location) {
-            true => Arc::new(ObjectBackend::open(location)?),
-            false => Arc::new(LocalBackend::new(local_path(location))),
-        })
-    }
-
-    /// Opens an unencrypted repository on a backend built by the caller (tests with explicit
-    /// settings); an encrypted one fails to open.
-    pub fn open_backend(backend: Arc<dyn Backend>, location: &str) -> Result<Repository> {
-        Self::open_backend_with(backend, location, None)
-    }
-
-    /// [`Repository::open_location`] with this passphrase.
-    pub fn open_with(location: &str, passphrase: &str) -> Result<Repository> {
-        Self::open_location(location, Passphrase::Given(passphrase))
-    }
-
-    /// Opens a repository on `backend`; an encrypted one with `passphrase`.
-    pub fn open_backend_with(
-        backend: Arc<dyn Backend>,
-        location: &str,
-        passphrase: Option<&str>,
-    ) -> Result<Repository> {
-        let passphrase = passphrase.map_or(Passphrase::None, Passphrase::Given);
-        Self::open_with_alongside(backend, location, passphrase, |_| ()).map(|(repo, ())| repo)
-    }
-
-    /// [`Repository::open_location_on`] that runs `alongside` on the backend while the key is
+    /// [`Repository::open_on`] that runs `alongside` on the backend while the key is
     /// derived, once `config` shows that a repository is there (nothing is written where there
     /// is none). A lock taken that way costs no time of its own: on an object store its two
     /// round trips go beside the key file's two and the key derivation.
     pub fn open_alongside<T: Send>(
         backend: Arc<dyn Backend>,
-        location: &str,
-        passphrase: Passphrase,
-        alongside: impl FnOnce(Arc<dyn Backend>) -> T + Send,
-    ) -> Result<(Repository, T)> {
-        Self::open_with_alongside(backend, local_path(location), passphrase, alongside)
-    }
-
-    fn open_with_alongside<T: Send>(
-        backend: Arc<dyn Backend>,
-        location: &str,
+        location: &Location,
         passphrase: Passphrase,
         alongside: impl FnOnce(Arc<dyn Backend>) -> T + Send,
     ) -> Result<(Repository, T)> {
         // One request, not a look and then a read: on an object store each is a round trip. The
         // key files are listed beside it: an encrypted repository (the usual kind) needs them next.
         let (config, key_files) = std::thread::scope(|scope| {
-            let key_files = scope.spawn(|| backend.list("keys"));
-            let config = backend.get("config");
+            let key_files = scope.spawn(|| backend.list(FileKind::Key.dir()));
+            let config = backend.get(CONFIG);
             (config, key_files.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
         });
         let bytes = match config {
             Err(Error::Io { source, .. })
                 if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) =>
             {
-                return Err(Error::NotARepository(PathBuf::from(location)));
+                return Err(Error::NotARepository(PathBuf::from(location.to_string())));
             }
             read => read?,
         };
-        let file = format!("{}/config", backend.location());
+        let file = format!("{}/{CONFIG}", backend.location());
         if !envelope::is_encrypted(&bytes) {
             let config = Config::decode(&bytes, &file)?;
             let beside = alongside(backend.clone());
@@ -280,7 +234,7 @@ impl Repository {
             };
             // The key is the one that opens `config`: a key file left by an `init` that crashed
             // before its config may open with the same passphrase but hold another master key.
-            let unlocked = unlock(&*backend, key_files, location, &passphrase, |keys| {
+            let unlocked = unlock(&*backend, key_files, &location.to_string(), &passphrase, |keys| {
                 envelope::decrypt(&bytes, Some(keys), &file)
             });
             (unlocked, beside.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
@@ -290,49 +244,47 @@ impl Repository {
         Ok((Self::assemble(backend, config, Some(keys), Some(key_used)), beside))
     }
 
-    pub fn open(path: &Path) -> Result<Repository> {
-        Self::open_backend(Arc::new(LocalBackend::new(path)), &path.to_string_lossy())
-    }
-
     /// The keys of an encrypted repository.
     pub fn keys(&self) -> Option<&Keys> {
         self.keys.as_ref()
     }
 
-    /// The key file this repository was opened with, if encrypted.
-    pub fn key_used(&self) -> Option<&str> {
-        self.key_used.as_deref()
+    /// The id of the key file this repository was opened with, if encrypted.
+    pub fn key_used(&self) -> Option<Id> {
+        self.key_used.as_deref().and_then(|name| FileKind::Key.id_of(name))
     }
 
-    /// Every key file, with its name.
-    pub fn key_files(&self) -> Result<Vec<(String, KeyFile)>> {
+    /// Every key file, with its id.
+    pub fn key_files(&self) -> Result<Vec<(Id, KeyFile)>> {
         let location = self.backend.location();
         let mut out = Vec::new();
-        for (name, _) in self.backend.list("keys")? {
-            let file = read_key_file(&*self.backend, &location, &name)?;
-            out.push((name, file));
+        for (name, _) in self.backend.list(FileKind::Key.dir())? {
+            let Some(id) = FileKind::Key.id_of(&name) else { continue };
+            out.push((id, read_key_file(&*self.backend, &location, &name)?));
         }
         Ok(out)
     }
 
-    /// Wraps the master key under another passphrase; returns the new key file's name.
-    pub fn add_key(&self, passphrase: &str) -> Result<String> {
+    /// Wraps the master key under another passphrase; returns the new key file's id.
+    pub fn add_key(&self, passphrase: &str) -> Result<Id> {
         let keys = self.keys.as_ref().ok_or_else(|| Error::Invalid("the repository is not encrypted".into()))?;
-        write_key_file(&*self.backend, &keys.master, passphrase)
+        let name = write_key_file(&*self.backend, &keys.master, passphrase)?;
+        FileKind::Key.id_of(&name).ok_or_else(|| Error::Invalid(format!("{name} is not a key file's name")))
     }
 
-    /// Deletes a key file; never the last one.
-    pub fn remove_key(&self, name: &str) -> Result<()> {
+    /// Deletes the key file `id`; never the last one.
+    pub fn remove_key(&self, id: &Id) -> Result<()> {
         let files = self.key_files()?;
-        if !files.iter().any(|(key, _)| key == name) {
-            return Err(Error::Invalid(format!("no key file {name}")));
+        let short = id.short();
+        if !files.iter().any(|(key, _)| key == id) {
+            return Err(Error::Invalid(format!("no key file {short}")));
         }
         if files.len() == 1 {
             return Err(Error::Invalid(format!(
-                "{name} is the repository's last key: removing it would make everything unreadable"
+                "key {short} is the repository's last key: removing it would make everything unreadable"
             )));
         }
-        self.backend.delete(name)
+        self.delete_file(FileKind::Key, id)
     }
 
     /// Seals an encoded envelope file before it is written (unchanged without encryption).
@@ -459,9 +411,46 @@ impl Repository {
         Chunker::new(self.config.chunker).with_hasher(self.hasher())
     }
 
-    pub fn pack_key(id: &Id) -> String {
-        let hex = id.to_hex();
-        format!("packs/{}/{hex}", &hex[..2])
+    /// The files of `kind` with their lengths; names that are not this kind's (strays, a
+    /// writer's temporary files) are left out.
+    pub fn list_files(&self, kind: FileKind) -> Result<Vec<(Id, u64)>> {
+        let listed = self.backend.list(kind.dir())?;
+        Ok(listed.into_iter().filter_map(|(name, len)| Some((kind.id_of(&name)?, len))).collect())
+    }
+
+    /// The bytes all files below `kind`'s directory take, strays included.
+    pub fn stored_bytes(&self, kind: FileKind) -> Result<u64> {
+        Ok(self.backend.list(kind.dir())?.iter().map(|(_, len)| len).sum())
+    }
+
+    /// Reads the file of `kind` named `id` as it is stored (sealed, not verified).
+    pub fn read_file_raw(&self, kind: FileKind, id: &Id) -> Result<Vec<u8>> {
+        self.backend.get(&kind.name(id))
+    }
+
+    /// Reads `len` bytes at `offset` of the file of `kind` named `id`, as they are stored.
+    pub fn read_file_range(&self, kind: FileKind, id: &Id, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.backend.get_range(&kind.name(id), offset, len)
+    }
+
+    /// Writes the file of `kind` named `id` (bytes already sealed, whose hash is `id`) with
+    /// create-only semantics; `false` if it was already there. Durable when this returns.
+    pub fn put_file_raw(&self, kind: FileKind, id: &Id, bytes: &[u8]) -> Result<bool> {
+        self.backend.put(&kind.name(id), bytes)
+    }
+
+    /// Deletes the file of `kind` named `id` (gone already is fine).
+    pub fn delete_file(&self, kind: FileKind, id: &Id) -> Result<()> {
+        self.backend.delete(&kind.name(id))
+    }
+
+    /// Whether these credentials may delete here (create-only ones may not): one delete of a
+    /// name that never exists.
+    pub fn may_delete(&self) -> Result<bool> {
+        match self.backend.delete(&FileKind::Snapshot.probe("delete-check")) {
+            Err(e) if crate::backend::permission_denied(&e) => Ok(false),
+            other => other.map(|()| true),
+        }
     }
 
     /// Every pack file present, with its length; keys under `packs/` that are not pack names
@@ -479,12 +468,13 @@ impl Repository {
     /// [`Repository::take_damage`]): its blobs then count as missing, which only makes a snapshot
     /// store them again and makes a restore report exactly the files that need them.
     pub fn load_index(&self) -> Result<Index> {
-        let index = Index::build(self.read_all_named("index", IndexFile::decode)?.into_iter().map(|(_, file)| file));
+        let index =
+            Index::build(self.read_all_named(FileKind::Index, IndexFile::decode)?.into_iter().map(|(_, file)| file));
         if let Some(cache) = &self.cache {
             // Tree packs that a prune has removed from the store.
             let packs: std::collections::HashSet<String> =
-                index.packs.iter().map(|(pack, _)| Self::pack_key(pack)).collect();
-            cache.retain("packs", |key| packs.contains(key));
+                index.packs.iter().map(|(pack, _)| FileKind::Pack.name(pack)).collect();
+            cache.retain(FileKind::Pack.dir(), |key| packs.contains(key));
         }
         Ok(index)
     }
@@ -492,18 +482,19 @@ impl Repository {
     /// Every readable snapshot, oldest first. Damaged manifests are skipped and recorded, so one
     /// bad file never hides the others.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        let mut out = self.read_all_named("snapshots", Snapshot::decode)?;
+        let mut out = self.read_all_named(FileKind::Snapshot, Snapshot::decode)?;
         out.sort_by_key(|(id, s)| (s.time_sec, s.time_nsec, *id));
         Ok(out)
     }
 
-    /// Decodes every content-named file below `dir`. Files that fail (their hash or their
-    /// decoding) are skipped and recorded as damage; a listing failure is an error.
+    /// Decodes every file of `kind`. Files that fail (their hash or their decoding) are skipped
+    /// and recorded as damage; a listing failure is an error.
     pub fn read_all_named<T: Send>(
         &self,
-        dir: &str,
+        kind: FileKind,
         decode: impl Fn(&[u8], &str) -> Result<T> + Sync,
     ) -> Result<Vec<(Id, T)>> {
+        let dir = kind.dir();
         let listed = self.backend.list(dir)?;
         if let Some(cache) = &self.cache {
             let names: std::collections::HashSet<&str> = listed.iter().map(|(key, _)| key.as_str()).collect();
@@ -600,8 +591,8 @@ impl Repository {
     /// [`Repository::load_index`].
     pub fn indexed_packs(&self) -> Result<IndexedPacks> {
         let mut merged = IndexedPacks::default();
-        for (id, file) in self.read_all_named("index", IndexFile::decode)? {
-            merged.files.push(format!("index/{}", id.to_hex()));
+        for (id, file) in self.read_all_named(FileKind::Index, IndexFile::decode)? {
+            merged.files.push(id);
             for mut pack in file.packs {
                 pack.blobs.sort_unstable_by_key(|b| (b.offset, b.id));
                 match merged.packs.entry(pack.id) {
@@ -621,15 +612,15 @@ impl Repository {
     }
 
     /// Writes index files naming `packs`, [`PACKS_PER_INDEX_FILE`] to a file in the order given,
-    /// each durable when this returns; returns their keys. How prune and repair rewrite the
+    /// each durable when this returns; returns their ids. How prune and repair rewrite the
     /// index (store-format/index.md, "What writers put in an index file").
-    pub fn write_index_files(&self, packs: &[IndexedPack]) -> Result<Vec<String>> {
+    pub fn write_index_files(&self, packs: &[IndexedPack]) -> Result<Vec<Id>> {
         let mut written = Vec::new();
         for group in packs.chunks(PACKS_PER_INDEX_FILE) {
             let bytes = self.seal_file(IndexFile { packs: group.to_vec() }.encode());
-            let key = format!("index/{}", Id::of(&bytes).to_hex());
-            self.backend.put(&key, &bytes)?;
-            written.push(key);
+            let id = Id::of(&bytes);
+            self.put_file_raw(FileKind::Index, &id, &bytes)?;
+            written.push(id);
         }
         Ok(written)
     }
@@ -639,7 +630,7 @@ impl Repository {
     pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<Id> {
         let bytes = self.seal_file(snapshot.encode());
         let id = Id::of(&bytes);
-        self.backend.put(&format!("snapshots/{}", id.to_hex()), &bytes)?;
+        self.put_file_raw(FileKind::Snapshot, &id, &bytes)?;
         Ok(id)
     }
 
@@ -647,7 +638,7 @@ impl Repository {
     /// so no other file can be reached through it).
     pub fn delete_snapshot(&self, id: &str) -> Result<()> {
         let id = Id::from_hex(id).ok_or_else(|| Error::Invalid(format!("{id:?} is not a snapshot id")))?;
-        self.backend.delete(&format!("snapshots/{}", id.to_hex()))
+        self.delete_file(FileKind::Snapshot, &id)
     }
 
     /// Keeps copies of this object-store repository's immutable files below `root` from now on
@@ -663,7 +654,7 @@ impl Repository {
     pub fn read_blob(&self, index: &Index, id: &Id) -> Result<Vec<u8>> {
         let location = index.get(id).ok_or(Error::MissingBlob(*id))?;
         let pack = index.pack_id(location);
-        let key = Self::pack_key(&pack);
+        let key = FileKind::Pack.name(&pack);
         if location.kind == BlobKind::Tree {
             if let Some(cache) = &self.cache {
                 return self.read_cached_tree(cache, &key, id, location, &pack);
@@ -674,7 +665,7 @@ impl Repository {
     }
 
     /// The plain content of blob `id`, stored at `location` in `pack` as `stored`, checked.
-    pub fn decode_located(&self, id: &Id, location: &Location, stored: &[u8], pack: &Id) -> Result<Vec<u8>> {
+    pub fn decode_located(&self, id: &Id, location: &index::Location, stored: &[u8], pack: &Id) -> Result<Vec<u8>> {
         let entry = BlobEntry {
             id: *id,
             kind: location.kind,
@@ -694,7 +685,7 @@ impl Repository {
         cache: &cache::Cache,
         key: &str,
         id: &Id,
-        location: &Location,
+        location: &index::Location,
         pack: &Id,
     ) -> Result<Vec<u8>> {
         let (offset, len) = (location.offset as u64, location.stored_len as usize);
@@ -735,28 +726,23 @@ pub struct IndexedPacks {
     pub packs: std::collections::BTreeMap<Id, IndexedPack>,
     /// Packs that index files disagree about.
     pub disputed: std::collections::BTreeSet<Id>,
-    /// The intact index files (keys).
-    pub files: Vec<String>,
+    /// The intact index files (ids).
+    pub files: Vec<Id>,
 }
 
 /// [`Repository::list_packs`] on a backend not yet opened as a repository.
 pub fn list_packs(backend: &dyn Backend) -> Result<(std::collections::HashMap<Id, u64>, Vec<String>)> {
     let mut packs = std::collections::HashMap::new();
     let mut strays = Vec::new();
-    for (key, len) in backend.list("packs")? {
-        match Id::from_hex(key.rsplit('/').next().unwrap_or_default()) {
-            Some(id) if key == Repository::pack_key(&id) => {
+    for (key, len) in backend.list(FileKind::Pack.dir())? {
+        match FileKind::Pack.id_of(&key) {
+            Some(id) => {
                 packs.insert(id, len);
             }
             _ => strays.push(key),
         }
     }
     Ok((packs, strays))
-}
-
-/// The directory of a local location: a path, or a `file://` URL.
-pub fn local_path(location: &str) -> &str {
-    location.strip_prefix("file://").unwrap_or(location)
 }
 
 /// The default repository: `$XDG_DATA_HOME/cairn/repo`, or `~/.local/share/cairn/repo`.
@@ -784,7 +770,7 @@ fn write_key_file(backend: &dyn Backend, master: &MasterKey, passphrase: &str) -
     let wrapping = crate::crypto::wrapping_key(passphrase.as_bytes(), &file.salt, file.kdf)?;
     file.wrapped = crate::crypto::wrap(&wrapping, &file.binding(), master);
     let bytes = file.encode();
-    let name = format!("keys/{}", Id::of(&bytes).to_hex());
+    let name = FileKind::Key.name(&Id::of(&bytes));
     backend.put(&name, &bytes)?;
     Ok(name)
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use super::index::{Index, SortedIds};
-use super::Repository;
+use super::{FileKind, Repository};
 use crate::compression;
 use crate::crypto::Keys;
 use crate::error::Result;
@@ -135,7 +135,7 @@ pub struct BlobStore<'a> {
     /// Every pack this store wrote, with its blobs, if `record_written` (prune needs them).
     pub written: Mutex<Vec<IndexedPack>>,
     pub record_written: bool,
-    pub index_files: Mutex<Vec<String>>,
+    pub index_files: Mutex<Vec<Id>>,
     pub stats: AddedStats,
     /// The disk guard: no pack write may take the repository's file system below this.
     pub min_free: Option<crate::disk::MinFree>,
@@ -207,7 +207,7 @@ impl<'a> BlobStore<'a> {
         if let (Some(min), Some(path)) = (self.min_free, self.repo.backend().disk_path()) {
             min.check(&path, pack.bytes.len() as u64)?;
         }
-        self.repo.backend().put(&Repository::pack_key(&pack.pack.id), &pack.bytes)?;
+        self.repo.put_file_raw(FileKind::Pack, &pack.pack.id, &pack.bytes)?;
         self.stats.packs.fetch_add(1, Relaxed);
         if self.record_written {
             self.written.lock().expect("poisoned").push(pack.pack.clone());
@@ -229,9 +229,9 @@ impl<'a> BlobStore<'a> {
             return Ok(());
         }
         let bytes = self.repo.seal_file(IndexFile { packs }.encode());
-        let key = format!("index/{}", Id::of(&bytes).to_hex());
-        self.repo.backend().put(&key, &bytes)?;
-        self.index_files.lock().expect("poisoned").push(key);
+        let id = Id::of(&bytes);
+        self.repo.put_file_raw(FileKind::Index, &id, &bytes)?;
+        self.index_files.lock().expect("poisoned").push(id);
         Ok(())
     }
 

@@ -462,7 +462,7 @@ impl<'a> PlannedReads<'a> {
             Ok(Some(stored)) => self.repo.decode_located(id, location, &stored, &pack),
             Ok(None) => self.repo.read_blob(self.index, id),
             Err(message) => Err(Error::io(
-                format!("{}/{}", self.repo.backend().location(), Repository::pack_key(&pack)),
+                format!("{}/{}", self.repo.backend().location(), super::FileKind::Pack.name(&pack)),
                 std::io::Error::other(message),
             )),
         }
@@ -599,7 +599,7 @@ impl<'a> PlannedReads<'a> {
         let segment = &mut state.segments[n];
         segment.slot = Slot::Fetching;
         segment.held = end - start;
-        let key = Repository::pack_key(&segment.pack);
+        let key = super::FileKind::Pack.name(&segment.pack);
         let give = state.freed >= GIVE_BACK_EVERY;
         if give {
             state.freed = 0;
@@ -651,7 +651,7 @@ mod tests {
     /// blobs' ids and contents.
     fn repository(n: usize) -> (Repository, Index, Vec<(Id, Vec<u8>)>) {
         let config = Config { pack_target_size: 64 * 1024, ..Config::new_random() };
-        let repo = Repository::init_location_with("memory://reads", config, NewKeys::None).unwrap();
+        let repo = Repository::create(&"memory://reads".into(), config, NewKeys::None).unwrap();
         let mut seed = 21u64;
         let mut next = move || {
             seed ^= seed << 13;

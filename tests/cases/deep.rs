@@ -21,7 +21,11 @@ pub const DEPTH: usize = 100_000;
 /// with `content`, straight through the library; returns its id. With `missing_chunk`, the file
 /// also names a chunk that was never stored (damage for check to trace through every level).
 pub fn deep_snapshot(repo: &Path, depth: usize, content: &[u8], missing_chunk: bool) -> String {
-    let opened = Repository::open_with(&repo.to_string_lossy(), PASSWORD).unwrap();
+    let opened = Repository::open(
+        &cairn::repository::Location::parse(&repo.to_string_lossy()),
+        cairn::repository::Passphrase::Given(PASSWORD),
+    )
+    .unwrap();
     let index = opened.load_index().unwrap();
     let store = BlobStore::new(&opened, &index);
     let meta = Metadata { mode: 0o755, mtime_sec: 1_700_000_000, nlink: 1, ..Default::default() };
@@ -67,7 +71,11 @@ fn save_crafted(opened: &Repository, tree: Id, source: &str, summary: Summary) -
 /// levels down to a file with a chunk that was never stored: two to the power of `depth` paths
 /// over `depth` trees. Returns its id.
 pub fn diamond_snapshot(repo: &Path, depth: usize) -> String {
-    let opened = Repository::open_with(&repo.to_string_lossy(), PASSWORD).unwrap();
+    let opened = Repository::open(
+        &cairn::repository::Location::parse(&repo.to_string_lossy()),
+        cairn::repository::Passphrase::Given(PASSWORD),
+    )
+    .unwrap();
     let index = opened.load_index().unwrap();
     let store = BlobStore::new(&opened, &index);
     let meta = Metadata { mode: 0o755, mtime_sec: 1_700_000_000, nlink: 1, ..Default::default() };

@@ -296,7 +296,11 @@ fn a_stopped_cycle_stops_its_step_and_records_why() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(started.elapsed() < Duration::from_secs(20), "the hook was not stopped");
-    let repo = cairn::repository::Repository::open_with(&scratch.join("repo").to_string_lossy(), PASSWORD).unwrap();
+    let repo = cairn::repository::Repository::open(
+        &cairn::repository::Location::parse(&scratch.join("repo").to_string_lossy()),
+        cairn::repository::Passphrase::Given(PASSWORD),
+    )
+    .unwrap();
     let records = cairn::audit::read_all(&repo).unwrap();
     let run = records.iter().find(|r| r.command == "run").expect("the run's record");
     assert_eq!(run.outcome, cairn::format::audit::Outcome::Failed);
@@ -574,7 +578,11 @@ fn a_run_notifies_its_start_and_its_end() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("notification `webhook`") && stderr.contains("not delivered"), "{stderr}");
     assert!(!stderr.contains("secret-token"), "the URL's path may be a secret: {stderr}");
-    let repo = cairn::repository::Repository::open_with(&scratch.join("repo").to_string_lossy(), PASSWORD).unwrap();
+    let repo = cairn::repository::Repository::open(
+        &cairn::repository::Location::parse(&scratch.join("repo").to_string_lossy()),
+        cairn::repository::Passphrase::Given(PASSWORD),
+    )
+    .unwrap();
     let records = cairn::audit::read_all(&repo).unwrap();
     let last_run = records.iter().rev().find(|r| r.command == "run").unwrap();
     assert_eq!(last_run.details["notify_failures"].as_array().unwrap().len(), 1, "{:?}", last_run.details);

@@ -14,14 +14,18 @@ use cairn::repository::Repository;
 use crate::support::*;
 
 fn open(repo: &Path) -> Repository {
-    Repository::open_with(&repo.to_string_lossy(), PASSWORD).unwrap()
+    Repository::open(
+        &cairn::repository::Location::parse(&repo.to_string_lossy()),
+        cairn::repository::Passphrase::Given(PASSWORD),
+    )
+    .unwrap()
 }
 
 /// Rewrites the repository's index as one file naming the packs that hold trees and one naming
 /// the packs of data alone (as a snapshot of many packs writes them); returns the data one.
 fn split_index(repo: &Path) -> PathBuf {
     let opened = open(repo);
-    let files = opened.read_all_named("index", IndexFile::decode).unwrap();
+    let files = opened.read_all_named(cairn::repository::FileKind::Index, IndexFile::decode).unwrap();
     let packs: Vec<_> = files.iter().flat_map(|(_, file)| file.packs.clone()).collect();
     let (trees, data): (Vec<_>, Vec<_>) =
         packs.into_iter().partition(|p| p.blobs.iter().any(|b| b.kind == BlobKind::Tree));
@@ -125,12 +129,12 @@ fn repair_index_drops_missing_packs_and_keeps_what_it_cannot_read() {
     ok(cairn(&repo).arg("snapshot").arg(&source));
     // Two packs of data alone: one goes missing, the other's trailer is damaged.
     let opened = open(&repo);
-    let files = opened.read_all_named("index", IndexFile::decode).unwrap();
+    let files = opened.read_all_named(cairn::repository::FileKind::Index, IndexFile::decode).unwrap();
     let data: Vec<PathBuf> = files
         .iter()
         .flat_map(|(_, f)| &f.packs)
         .filter(|p| p.blobs.iter().all(|b| b.kind == BlobKind::Data))
-        .map(|p| repo.join(Repository::pack_key(&p.id)))
+        .map(|p| repo.join(cairn::repository::FileKind::Pack.name(&p.id)))
         .collect();
     assert!(data.len() >= 2, "{data:?}");
     let (missing, damaged) = (&data[0], &data[1]);
@@ -150,7 +154,7 @@ fn repair_index_drops_missing_packs_and_keeps_what_it_cannot_read() {
     assert!(!err.contains("is missing"), "{err}");
     let damaged_pack = format!("pack {}: corrupt", &name(damaged)[..8]);
     assert!(err.contains("are in no index file") && err.contains(&damaged_pack), "{err}");
-    let files = open(&repo).read_all_named("index", IndexFile::decode).unwrap();
+    let files = open(&repo).read_all_named(cairn::repository::FileKind::Index, IndexFile::decode).unwrap();
     let named: Vec<String> = files.iter().flat_map(|(_, f)| f.packs.iter().map(|p| p.id.to_hex())).collect();
     assert!(named.contains(&name(damaged)) && !named.contains(&name(missing)));
     // And prune refuses: files are lost, and deleting would only hide which.
@@ -240,7 +244,7 @@ fn repair_killed_at_any_point_loses_nothing_and_finishes_next_time() {
 /// nothing but "dead" copies. A host with create-only rights can write exactly this.
 fn forge_index(repo: &Path) {
     let opened = open(repo);
-    let files = opened.read_all_named("index", IndexFile::decode).unwrap();
+    let files = opened.read_all_named(cairn::repository::FileKind::Index, IndexFile::decode).unwrap();
     let real_first = files.iter().map(|(id, _)| id.to_hex()).min().unwrap();
     let data: Vec<_> = files
         .iter()
@@ -249,7 +253,7 @@ fn forge_index(repo: &Path) {
         .collect();
     let garbage = noise(data.iter().map(|p| p.len).max().unwrap() as usize, 5);
     let garbage_id = Id::of(&garbage);
-    opened.backend().put(&Repository::pack_key(&garbage_id), &garbage).unwrap();
+    opened.backend().put(&cairn::repository::FileKind::Pack.name(&garbage_id), &garbage).unwrap();
     for attempt in 0u64.. {
         let packs = data
             .iter()
@@ -272,7 +276,7 @@ fn forge_index(repo: &Path) {
 /// in each only one made-up blob: the real entries are still in the real index file.
 fn forge_index_hiding_live_blobs(repo: &Path) {
     let opened = open(repo);
-    let files = opened.read_all_named("index", IndexFile::decode).unwrap();
+    let files = opened.read_all_named(cairn::repository::FileKind::Index, IndexFile::decode).unwrap();
     let real_first = files.iter().map(|(id, _)| id.to_hex()).min().unwrap();
     let mut packs: Vec<_> = files.iter().flat_map(|(_, f)| f.packs.clone()).collect();
     for attempt in 0u64.. {

@@ -398,7 +398,12 @@ fn deep_repository(repo: &Path, depth: usize) -> String {
     use cairn::repository::packer::BlobStore;
     use cairn::repository::Repository;
 
-    let repository = Repository::init(repo).unwrap();
+    let repository = Repository::create(
+        &cairn::repository::Location::directory(repo),
+        cairn::format::config::Config::new_random(),
+        cairn::repository::NewKeys::None,
+    )
+    .unwrap();
     let index = repository.load_index().unwrap();
     let store = BlobStore::new(&repository, &index);
     let content = b"at the bottom";

@@ -29,7 +29,11 @@ fn cairn_run(config: &Path) -> Command {
 }
 
 fn commands_in_audit(repo: &Path) -> Vec<(String, String, String)> {
-    let repo = Repository::open_with(&repo.to_string_lossy(), PASSWORD).unwrap();
+    let repo = Repository::open(
+        &cairn::repository::Location::parse(&repo.to_string_lossy()),
+        cairn::repository::Passphrase::Given(PASSWORD),
+    )
+    .unwrap();
     cairn::audit::read_all(&repo)
         .unwrap()
         .into_iter()

@@ -162,8 +162,22 @@ fn sync_is_incremental_and_cheap_when_up_to_date() {
         cairn::audit::read_all(repo).unwrap().iter().filter(|r| r.command == "sync").count()
     };
     use cairn::repository::Repository;
-    assert_eq!(syncs(&Repository::open_with(&repo.to_string_lossy(), PASSWORD).unwrap()), 3);
-    let dest = Repository::open_backend_with(Arc::new(dest_backend(&url)), &url, Some(PASSWORD)).unwrap();
+    assert_eq!(
+        syncs(
+            &Repository::open(
+                &cairn::repository::Location::parse(&repo.to_string_lossy()),
+                cairn::repository::Passphrase::Given(PASSWORD)
+            )
+            .unwrap()
+        ),
+        3
+    );
+    let dest = Repository::open_on(
+        Arc::new(dest_backend(&url)),
+        &cairn::repository::Location::parse(&url),
+        cairn::repository::Passphrase::Given(PASSWORD),
+    )
+    .unwrap();
     assert_eq!(syncs(&dest), 2);
 }
 

@@ -171,11 +171,15 @@ fn check_verifies_packs_read_before_it_was_locked() {
         ok(cairn(&repo).arg("snapshot").arg(&source));
     }
     let location = repo.to_string_lossy();
-    let opened = Repository::open_with(&location, PASSWORD).unwrap();
+    let opened = Repository::open(
+        &cairn::repository::Location::parse(&location),
+        cairn::repository::Passphrase::Given(PASSWORD),
+    )
+    .unwrap();
     let mut packs: Vec<_> = opened.list_packs().unwrap().0.into_keys().collect();
     packs.sort_unstable();
     assert!(packs.len() >= 6, "{} packs", packs.len());
-    let backend = Repository::backend_at(&location).unwrap();
+    let backend = cairn::repository::Location::parse(&location).backend().unwrap();
     let quiet = Progress::new("check", true);
     // The first packs of one part come later in the whole.
     for part in [Subset::Part { n: 2, m: 2 }, Subset::All] {
@@ -184,7 +188,7 @@ fn check_verifies_packs_read_before_it_was_locked() {
         assert_eq!(report.packs_read, packs.len() as u64);
     }
     let prefetched = Prefetched::read(&*backend, Subset::All);
-    fs::remove_file(repo.join(Repository::pack_key(&packs[0]))).unwrap();
+    fs::remove_file(repo.join(cairn::repository::FileKind::Pack.name(&packs[0]))).unwrap();
     let report = check(&opened, Some(Subset::All), prefetched, &quiet).result.unwrap();
     assert_eq!(report.packs_read, packs.len() as u64 - 1);
     assert!(report.errors.iter().any(|e| e.contains("is missing")), "{:?}", report.errors);
