@@ -26,7 +26,7 @@ use crate::format::audit::Outcome;
 use crate::format::index::IndexedPack;
 use crate::format::pack::BlobEntry;
 use crate::format::snapshot::Snapshot;
-use crate::format::tree::{Content, Tree};
+use crate::format::tree::Content;
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
@@ -81,40 +81,21 @@ pub struct Reachable {
 }
 
 impl Reachable {
-    /// Adds everything below the tree `root`; a tree already walked is not walked again. Trees
-    /// are read [`TREES_AT_ONCE`] at a time in parallel (reading one is mostly waiting for the
-    /// disk or the network), which also bounds how many decoded trees are held at once.
+    /// Adds everything below the tree `root`; a tree already walked is not walked again
+    /// ([`crate::walk::each_tree`]).
     pub fn add_tree(&mut self, repo: &Repository, index: &Index, root: Id) -> Result<()> {
-        let mut pending = vec![root];
-        while !pending.is_empty() {
-            let mut batch = pending.split_off(pending.len().saturating_sub(TREES_AT_ONCE));
-            batch.retain(|id| self.walked.insert(*id));
-            self.blobs.extend(batch.iter().copied());
-            let trees: Vec<Tree> = batch
-                .par_iter()
-                .map(|id| {
-                    repo.read_tree(index, id).map_err(|e| match e {
-                        missing @ Error::MissingBlob(_) => missing,
-                        e => Error::Invalid(format!("cannot read tree {}: {e}", id.short())),
-                    })
-                })
-                .collect::<Result<_>>()?;
-            for tree in trees {
-                for node in tree.nodes {
-                    match node.content {
-                        Content::Dir { subtree } => pending.push(subtree),
-                        Content::File { chunks } => self.blobs.extend(chunks),
-                        _ => {}
-                    }
+        let blobs = &mut self.blobs;
+        crate::walk::each_tree(repo, index, [root], &mut self.walked, |id, tree| {
+            blobs.insert(*id);
+            for node in &tree.nodes {
+                if let Content::File { chunks } = &node.content {
+                    blobs.extend(chunks.iter().copied());
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
-
-/// Trees [`Reachable::add_tree`] reads in one parallel batch.
-const TREES_AT_ONCE: usize = 64;
 
 /// What to do when blobs the snapshots need are in no index file.
 const REPAIR_ADVICE: &str = "an index file may be lost: run `cairn repair index`, which rebuilds the index from \

@@ -34,6 +34,7 @@ use crate::progress::Progress;
 use crate::repository::index::Index;
 use crate::repository::lock::{Lock, LockKind};
 use crate::repository::{FileKind, Location, NewKeys, Passphrase, Repository};
+use crate::walk::{depth_first, Open, Step, Visitor};
 
 /// Packs named per index file that sync writes.
 const PACKS_PER_INDEX_FILE: usize = 256;
@@ -619,44 +620,10 @@ struct Recoded<'a> {
 }
 
 impl Recoded<'_> {
-    /// The destination id of the source tree `id`, storing it and everything below it. Subtrees
-    /// are recoded before the trees that name them, on a stack of its own: however deep the
-    /// source tree, the process's stack is not.
+    /// The destination id of the source tree `id`, storing it and everything below it: subtrees
+    /// are recoded before the trees that name them, as a [`depth_first`] walk closes them.
     fn tree(&mut self, id: Id) -> Result<Id> {
-        // Trees read but not yet stored: their id, content, and how many nodes are recoded.
-        let mut stack: Vec<(Id, Tree, usize)> = Vec::new();
-        let mut pending = Some(id);
-        loop {
-            if let Some(id) = pending.take() {
-                if !self.trees.contains_key(&id) {
-                    stack.push((id, self.source.read_tree(self.index, &id)?, 0));
-                }
-            }
-            let Some((_, tree, next)) = stack.last_mut() else { break };
-            let Some(node) = tree.nodes.get_mut(*next) else {
-                let (id, tree, _) = stack.pop().expect("there is a top");
-                let new = self.store.store(BlobKind::Tree, &tree.encode())?;
-                self.trees.insert(id, new);
-                continue;
-            };
-            match &mut node.content {
-                Content::Dir { subtree } => match self.trees.get(subtree) {
-                    Some(done) => *subtree = *done,
-                    // Recoded first; this node is looked at again once it is.
-                    None => {
-                        pending = Some(*subtree);
-                        continue;
-                    }
-                },
-                Content::File { chunks } => {
-                    for chunk in chunks.iter_mut() {
-                        *chunk = self.chunk(chunk)?;
-                    }
-                }
-                _ => {}
-            }
-            *next += 1;
-        }
+        depth_first(&id, String::new(), self)?;
         Ok(self.trees[&id])
     }
 
@@ -670,5 +637,44 @@ impl Recoded<'_> {
         let new = self.store.store(BlobKind::Data, &data)?;
         self.chunks.insert(*id, new);
         Ok(new)
+    }
+}
+
+impl Visitor for Recoded<'_> {
+    type State = ();
+
+    fn open(&mut self, id: &Id, _: &str) -> Result<Option<(Tree, ())>> {
+        match self.trees.contains_key(id) {
+            true => Ok(None),
+            false => Ok(Some((self.source.read_tree(self.index, id)?, ()))),
+        }
+    }
+
+    fn entry(&mut self, dir: &mut Open<()>, at: usize, _: &str) -> Result<Step> {
+        match &mut dir.tree.nodes[at].content {
+            Content::Dir { subtree } => match self.trees.get(subtree) {
+                Some(done) => *subtree = *done,
+                None => return Ok(Step::Descend),
+            },
+            Content::File { chunks } => {
+                for chunk in chunks.iter_mut() {
+                    *chunk = self.chunk(chunk)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(Step::Skip)
+    }
+
+    /// Stores the recoded tree, and names it in its parent's node.
+    fn close(&mut self, done: Open<()>, parent: Option<&mut Open<()>>, _: &str) -> Result<()> {
+        let new = self.store.store(BlobKind::Tree, &done.tree.encode())?;
+        self.trees.insert(done.id, new);
+        if let Some(parent) = parent {
+            if let Content::Dir { subtree } = &mut parent.tree.nodes[parent.next - 1].content {
+                *subtree = new;
+            }
+        }
+        Ok(())
     }
 }

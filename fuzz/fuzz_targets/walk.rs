@@ -135,7 +135,7 @@ fuzz_target!(|data: &[u8]| {
         4 => {
             let target = scratch();
             let options = cairn::restore::RestoreOptions { target: target.clone(), ..Default::default() };
-            _ = cairn::restore::restore(&repo, &index, &snapshot, &options, &progress);
+            _ = cairn::restore::restore(&repo, &index, &id, &snapshot, &options, &progress);
             remove(&target);
         }
         5 => {

@@ -1,18 +1,18 @@
-//! Walking snapshot trees for `cairn check`: a fast pass that reads every tree once, level by
-//! level, and, when something is damaged or missing, a walk that names every path the damage
-//! costs. The walk keeps its own stack of directory names, so depth costs memory in proportion to
-//! it and never the process's stack (store-format/tree.md, "Depth").
+//! Walking snapshot trees for `cairn check`: a fast pass that reads every tree once, and, when
+//! something is damaged or missing, a walk that names every path the damage costs. Both are the
+//! walks of [`crate::walk`], whose depth costs memory in proportion to it and never the process's
+//! stack (store-format/tree.md, "Depth").
 
 use std::collections::{HashMap, HashSet};
 
-use rayon::prelude::*;
-
 use super::Affected;
+use crate::error::Result;
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Content, Tree};
 use crate::id::Id;
 use crate::repository::index::Index;
 use crate::repository::Repository;
+use crate::walk::{depth_first, each_tree, Open, Step, Visitor};
 
 /// Walks every snapshot's trees, naming each path that needs a blob in `bad`, a tree that does not
 /// decode, or a chunk the index lacks.
@@ -25,31 +25,23 @@ pub(super) fn walk(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)
     Walked { bad: walker.bad, unindexed: walker.unindexed, affected: walker.affected, trees: walker.trees }
 }
 
-/// Reads every tree the snapshots reach, each once and in parallel, level by level; returns how
+/// Reads every tree the snapshots reach, each once and in parallel ([`each_tree`]); returns how
 /// many there are if every one decodes and names only chunks and trees the index has, `None` at
 /// the first that does not (then [`walk`] names the paths it costs).
 pub(super) fn all_trees_intact(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)]) -> Option<u64> {
     let mut seen = HashSet::new();
-    let mut level: Vec<Id> = snapshots.iter().map(|(_, snapshot)| snapshot.tree).collect();
-    while !level.is_empty() {
-        level.retain(|id| seen.insert(*id));
-        let below: Vec<Vec<Id>> = level
-            .par_iter()
-            .map(|id| {
-                let tree = repo.read_tree(index, id).ok()?;
-                let mut subtrees = Vec::new();
-                for node in &tree.nodes {
-                    match &node.content {
-                        Content::Dir { subtree } => subtrees.push(*subtree),
-                        Content::File { chunks } if !chunks.iter().all(|chunk| index.contains(chunk)) => return None,
-                        _ => {}
-                    }
-                }
-                Some(subtrees)
-            })
-            .collect::<Option<_>>()?;
-        level = below.into_iter().flatten().collect();
-    }
+    let roots = snapshots.iter().map(|(_, snapshot)| snapshot.tree);
+    each_tree(repo, index, roots, &mut seen, |id, tree| {
+        let indexed = |node: &crate::format::tree::Node| match &node.content {
+            Content::File { chunks } => chunks.iter().all(|chunk| index.contains(chunk)),
+            _ => true,
+        };
+        match tree.nodes.iter().all(indexed) {
+            true => Ok(()),
+            false => Err(crate::error::Error::MissingBlob(*id)),
+        }
+    })
+    .ok()?;
     Some(seen.len() as u64)
 }
 
@@ -76,102 +68,15 @@ struct Walker<'a> {
     trees: u64,
 }
 
-/// A directory being walked: its name, its tree, the next node to look at, and whether all before
-/// it was intact. Only names are kept: a path is joined from the stack when a problem needs one
-/// (paths held per level would cost memory quadratic in the depth).
-struct Open {
-    id: Id,
-    name: String,
-    tree: Tree,
-    next: usize,
-    intact: bool,
-}
-
-/// The path of `name` in the directory on top of `stack` (the root's own name is empty).
-fn path_of(stack: &[Open], name: &str) -> String {
-    let mut path = String::new();
-    for dir in stack.iter().skip(1) {
-        path.push('/');
-        path.push_str(&dir.name);
-    }
-    path.push('/');
-    path.push_str(name);
-    path
-}
-
 impl Walker<'_> {
-    /// Walks the snapshot whose root tree is `root`. A damaged subtree met again in the same
-    /// snapshot (snapshots of real trees rarely repeat one; a crafted one can name it twice per
-    /// level, two to the power of its depth paths) is reported once more as a whole, not walked.
+    /// Walks the snapshot whose root tree is `root` ([`depth_first`]).
     fn snapshot(&mut self, snapshot: &str, root: &Id) {
-        let mut stack: Vec<Open> = Vec::new();
-        // Damaged subtrees walked in this snapshot, with the path they were walked at.
-        let mut damaged: HashMap<Id, String> = HashMap::new();
         if self.clean.contains(root) {
             return;
         }
-        match self.open(root) {
-            Ok(tree) => stack.push(Open { id: *root, name: String::new(), tree, next: 0, intact: true }),
-            Err(reason) => self.lost(snapshot, "/".into(), reason),
-        }
-        while let Some(dir) = stack.last_mut() {
-            let Some(node) = dir.tree.nodes.get(dir.next) else {
-                let done = stack.pop().expect("there is a top");
-                if done.intact {
-                    self.clean.insert(done.id);
-                } else if !stack.is_empty() {
-                    damaged.insert(done.id, path_of(&stack, &done.name));
-                }
-                if let Some(parent) = stack.last_mut() {
-                    parent.intact &= done.intact;
-                }
-                continue;
-            };
-            dir.next += 1;
-            let name = String::from_utf8_lossy(&node.name).into_owned();
-            match &node.content {
-                Content::Dir { subtree } if self.clean.contains(subtree) => {}
-                Content::Dir { subtree } if damaged.contains_key(subtree) => {
-                    dir.intact = false;
-                    let reason = format!("the same damaged directory as {}", damaged[subtree]);
-                    let path = path_of(&stack, &name);
-                    self.affected.push(Affected { snapshot: snapshot.to_string(), path, reason });
-                }
-                Content::Dir { subtree } => {
-                    let subtree = *subtree;
-                    match self.open(&subtree) {
-                        Ok(tree) => stack.push(Open { id: subtree, name, tree, next: 0, intact: true }),
-                        Err(reason) => {
-                            stack.last_mut().expect("the parent").intact = false;
-                            let path = path_of(&stack, &name);
-                            damaged.insert(subtree, path.clone());
-                            self.lost(snapshot, path, reason);
-                        }
-                    }
-                }
-                Content::File { chunks } => {
-                    // The first problem names the file's; every chunk the index lacks is counted.
-                    let mut problem = None;
-                    for chunk in chunks {
-                        let found = match self.bad.get(chunk) {
-                            Some(reason) => Some(format!("chunk {}: {reason}", chunk.short())),
-                            None if !self.index.contains(chunk) => {
-                                self.unindexed.insert(*chunk);
-                                Some(format!("chunk {} is not in the index", chunk.short()))
-                            }
-                            None => None,
-                        };
-                        problem = problem.or(found);
-                    }
-                    if let Some(reason) = problem {
-                        dir.intact = false;
-                        let path = path_of(&stack, &name);
-                        self.affected.push(Affected { snapshot: snapshot.to_string(), path, reason });
-                    }
-                }
-                _ => {}
-            }
-        }
+        let mut walk = SnapshotWalk { walker: self, snapshot, damaged: HashMap::new(), opened: None };
+        // The visitor never fails: what it finds is recorded, and the walk goes on.
+        let _ = depth_first(root, String::new(), &mut walk);
     }
 
     /// Reads the tree `id` to walk it, or says why it cannot be.
@@ -199,5 +104,97 @@ impl Walker<'_> {
     fn lost(&mut self, snapshot: &str, path: String, reason: String) {
         let reason = format!("directory listing unreadable, nothing below can be restored: {reason}");
         self.affected.push(Affected { snapshot: snapshot.to_string(), path, reason });
+    }
+}
+
+/// The walk of one snapshot. A directory's state says whether all in it so far was intact; a
+/// subtree found clean once is not walked again (snapshots share most of their trees). A damaged
+/// subtree met again in the same snapshot (snapshots of real trees rarely repeat one; a crafted
+/// one can name it twice per level, two to the power of its depth paths) is reported once more as
+/// a whole, not walked.
+struct SnapshotWalk<'w, 'a> {
+    walker: &'w mut Walker<'a>,
+    snapshot: &'w str,
+    /// Damaged subtrees walked in this snapshot, with the path they were walked at.
+    damaged: HashMap<Id, String>,
+    /// The tree of the directory [`Visitor::entry`] has just decided to walk.
+    opened: Option<Tree>,
+}
+
+impl Visitor for SnapshotWalk<'_, '_> {
+    type State = bool;
+
+    fn open(&mut self, id: &Id, _: &str) -> Result<Option<(Tree, bool)>> {
+        if let Some(tree) = self.opened.take() {
+            return Ok(Some((tree, true)));
+        }
+        match self.walker.open(id) {
+            Ok(tree) => Ok(Some((tree, true))),
+            Err(reason) => {
+                self.walker.lost(self.snapshot, "/".into(), reason);
+                Ok(None)
+            }
+        }
+    }
+
+    fn entry(&mut self, dir: &mut Open<bool>, at: usize, path: &str) -> Result<Step> {
+        let walker = &mut *self.walker;
+        match &dir.tree.nodes[at].content {
+            Content::Dir { subtree } if walker.clean.contains(subtree) => {}
+            Content::Dir { subtree } if self.damaged.contains_key(subtree) => {
+                dir.state = false;
+                let reason = format!("the same damaged directory as {}", self.damaged[subtree]);
+                walker.affected.push(Affected { snapshot: self.snapshot.to_string(), path: path.to_string(), reason });
+            }
+            Content::Dir { subtree } => match walker.open(subtree) {
+                Ok(tree) => {
+                    self.opened = Some(tree);
+                    return Ok(Step::Descend);
+                }
+                Err(reason) => {
+                    dir.state = false;
+                    self.damaged.insert(*subtree, path.to_string());
+                    walker.lost(self.snapshot, path.to_string(), reason);
+                }
+            },
+            Content::File { chunks } => {
+                // The first problem names the file's; every chunk the index lacks is counted.
+                let mut problem = None;
+                for chunk in chunks {
+                    let found = match walker.bad.get(chunk) {
+                        Some(reason) => Some(format!("chunk {}: {reason}", chunk.short())),
+                        None if !walker.index.contains(chunk) => {
+                            walker.unindexed.insert(*chunk);
+                            Some(format!("chunk {} is not in the index", chunk.short()))
+                        }
+                        None => None,
+                    };
+                    problem = problem.or(found);
+                }
+                if let Some(reason) = problem {
+                    dir.state = false;
+                    walker.affected.push(Affected {
+                        snapshot: self.snapshot.to_string(),
+                        path: path.to_string(),
+                        reason,
+                    });
+                }
+            }
+            _ => {}
+        }
+        Ok(Step::Skip)
+    }
+
+    fn close(&mut self, done: Open<bool>, parent: Option<&mut Open<bool>>, path: &str) -> Result<()> {
+        if done.state {
+            self.walker.clean.insert(done.id);
+        }
+        if let Some(parent) = parent {
+            if !done.state {
+                self.damaged.insert(done.id, path.to_string());
+            }
+            parent.state &= done.state;
+        }
+        Ok(())
     }
 }
