@@ -194,7 +194,7 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
     let pool = rayon::ThreadPoolBuilder::new()
         .stack_size(64 << 20)
         .build()
-        .map_err(|e| Error::Invalid(format!("cannot start worker threads: {e}")))?;
+        .map_err(|e| Error::Resources { what: "worker threads", reason: e.to_string() })?;
     let stop_scan = AtomicBool::new(false);
     let tree = std::thread::scope(|scope| {
         if progress.is_drawn() {

@@ -150,7 +150,7 @@ mod tests {
     use super::*;
 
     /// Deterministic pseudo-random bytes (xorshift), so the pinned vectors below never change.
-    pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    pub(super) fn noise(len: usize, mut seed: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(len + 8);
         while out.len() < len {
             seed ^= seed << 13;

@@ -9,6 +9,7 @@ use crate::id::Id;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -49,6 +50,36 @@ pub enum Error {
     #[error("wrong password: no key file of {0} opens with it")]
     WrongPassword(String),
 
+    /// An encrypted repository was opened with no password to open it.
+    #[error("{0} is encrypted, and no password was given to open it")]
+    PasswordNeeded(String),
+
+    /// A key command on a repository that has no keys.
+    #[error("the repository is not encrypted")]
+    NotEncrypted,
+
+    /// Another run holds a lock this one needs (`holder` says who, since when).
+    #[error("the repository is locked by {holder}: try again when it has finished{note}")]
+    Locked { holder: String, note: String },
+
+    /// The lock this run held went unrenewed long enough that another may have taken it for
+    /// abandoned: the run stopped before writing anything more.
+    #[error(
+        "the lock on {location} went unrenewed for {seconds} s or more, so a prune may have taken it for abandoned: \
+         stopping before anything else is written (run the command again)"
+    )]
+    LockLost { location: String, seconds: u64 },
+
+    /// Something that deletes or overwrites refused to, and changed nothing: the repository is
+    /// not whole, or the target is not what it may safely replace. The reason says what to do.
+    #[error("{0}")]
+    Refused(String),
+
+    /// A thread or runtime the work needs could not be started.
+    #[error("cannot start {what}: {reason}")]
+    Resources { what: &'static str, reason: String },
+
+    /// Input that is not valid, with what is wrong with it.
     #[error("{0}")]
     Invalid(String),
 

@@ -91,7 +91,7 @@ pub fn plan(repo: &Repository, read_all_packs: bool, progress: &Progress) -> Res
     for damage in repo.take_damage() {
         match damage {
             Error::Corrupt { file, .. } => plan.damaged_index_files.push(file),
-            other => return Err(Error::Invalid(format!("{other}; nothing was changed"))),
+            other => return Err(Error::Refused(format!("{other}; nothing was changed"))),
         }
     }
     // Files whose name is not an id are not cairn's: they are left alone.
@@ -144,7 +144,7 @@ pub fn plan(repo: &Repository, read_all_packs: bool, progress: &Progress) -> Res
                 plan.unreadable.push(Unreadable { pack: id.to_hex(), reason: e.to_string(), kept: old.is_some() });
                 packs.extend(old.cloned());
             }
-            Err(e) => return Err(Error::Invalid(format!("pack {}: {e}; nothing was changed", id.short()))),
+            Err(e) => return Err(Error::Refused(format!("pack {}: {e}; nothing was changed", id.short()))),
         }
     }
     plan.from_trailer.sort();

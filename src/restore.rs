@@ -276,7 +276,7 @@ pub fn restore(
     let writer = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
-        .map_err(|e| Error::Invalid(format!("cannot start the restore thread: {e}")))?;
+        .map_err(|e| Error::Resources { what: "the restore thread", reason: e.to_string() })?;
     writer.install(|| {
         plan.run(|reads| restore_selected(repo, index, snapshot, options, progress, root, &selected, Some(reads)))
     })

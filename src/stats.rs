@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::gc::Reachable;
 use crate::id::Id;
+use crate::prune::Reachable;
 use crate::repository::Repository;
 
 #[derive(Debug, Default, Serialize)]

@@ -28,9 +28,9 @@ use crate::format::index::{IndexFile, IndexedPack};
 use crate::format::pack::BlobKind;
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Content, Tree};
-use crate::gc::Reachable;
 use crate::id::Id;
 use crate::progress::Progress;
+use crate::prune::Reachable;
 use crate::repository::index::Index;
 use crate::repository::lock::{Lock, LockKind};
 use crate::repository::{FileKind, Location, NewKeys, Passphrase, Repository};
@@ -333,7 +333,7 @@ pub fn copy(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(options.parallel.max(1))
         .build()
-        .map_err(|e| Error::Invalid(format!("cannot start sync threads: {e}")))?;
+        .map_err(|e| Error::Resources { what: "sync threads", reason: e.to_string() })?;
     // Once a pack has failed for want of the destination (not for damage in the source), the
     // others would only wait through the same retries: they are not attempted.
     let unreachable = AtomicBool::new(false);

@@ -130,7 +130,7 @@ fuzz_target!(|data: &[u8]| {
     match walker % 9 {
         0 => _ = cairn::check::check(&repo, None, Default::default(), &progress),
         1 => _ = cairn::check::check(&repo, Some(cairn::check::Subset::All), Default::default(), &progress),
-        2 => _ = cairn::gc::plan(&repo, 5.0),
+        2 => _ = cairn::prune::plan(&repo, 5.0),
         3 => _ = cairn::stats::stats(&repo),
         4 => {
             let target = scratch();

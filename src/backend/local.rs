@@ -343,16 +343,16 @@ pub(crate) mod tests {
     }
 
     /// A tiny scratch directory removed on drop (keeps test dependencies lean).
-    pub mod tempdir {
-        pub struct Dir(std::path::PathBuf);
+    pub(crate) mod tempdir {
+        pub(crate) struct Dir(std::path::PathBuf);
         impl Dir {
-            pub fn new() -> Dir {
+            pub(crate) fn new() -> Dir {
                 let path = std::env::temp_dir()
                     .join(format!("cairn-test-{}", &crate::id::Id(crate::id::random_bytes()).to_hex()[..16]));
                 std::fs::create_dir_all(&path).unwrap();
                 Dir(path)
             }
-            pub fn path(&self) -> &std::path::Path {
+            pub(crate) fn path(&self) -> &std::path::Path {
                 &self.0
             }
         }

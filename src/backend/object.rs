@@ -116,7 +116,7 @@ impl ObjectBackend {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| Error::Invalid(format!("cannot start the I/O runtime: {e}")))?;
+            .map_err(|e| Error::Resources { what: "the I/O runtime", reason: e.to_string() })?;
         Ok(ObjectBackend { store, prefix, location: url.to_string(), runtime, requests: Counters::default() })
     }
 

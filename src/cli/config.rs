@@ -19,18 +19,20 @@ pub enum Args {
 
 /// The config file given, or the default one.
 pub fn path(given: Option<PathBuf>) -> Result<PathBuf> {
-    given.or_else(cairn::config::default_path).context("no --config given, CAIRN_CONFIG unset, and no home directory")
+    given
+        .or_else(cairn::run_config::default_path)
+        .context("no --config given, CAIRN_CONFIG unset, and no home directory")
 }
 
 pub fn run(context: &super::Context, args: Args) -> Result<ExitCode> {
     match args {
         Args::Example => {
-            super::output::text(format_args!("{}", cairn::config::EXAMPLE));
+            super::output::text(format_args!("{}", cairn::run_config::EXAMPLE));
             Ok(ExitCode::SUCCESS)
         }
         Args::Check { config } => {
             let path = path(config)?;
-            let (config, problems) = cairn::config::load(&path).map_err(anyhow::Error::msg)?;
+            let (config, problems) = cairn::run_config::load(&path).map_err(anyhow::Error::msg)?;
             if context.json {
                 let problems: Vec<_> = problems
                     .iter()

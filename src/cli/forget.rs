@@ -7,8 +7,8 @@ use anyhow::{bail, Result};
 
 use super::{format, Context};
 use cairn::clock::parse_duration;
-use cairn::gc;
 use cairn::progress::Progress;
+use cairn::prune;
 use cairn::repository::lock::LockKind;
 use cairn::repository::Repository;
 use cairn::retention::{plan, plan_named, Decision, Policy};
@@ -173,7 +173,7 @@ pub fn run_prune(context: &Context, args: PruneOnlyArgs) -> Result<ExitCode> {
 /// Plans and (unless `dry_run`) executes a prune; the caller holds the exclusive lock.
 pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bool) -> Result<ExitCode> {
     if dry_run {
-        let plan = gc::plan(repo, args.max_unused)?;
+        let plan = prune::plan(repo, args.max_unused)?;
         show_plan(context, &plan);
         let compacted = cairn::audit::compact(repo, cairn::clock::now_ms(), args.keep_audit, true)?;
         if context.json {
@@ -189,11 +189,11 @@ pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bo
     }
     let progress = Progress::new("prune", context.quiet || context.json);
     let mut plan_json = serde_json::Value::Null;
-    let pruned = gc::prune(repo, args.max_unused, args.keep_audit, &progress, |plan| {
+    let pruned = prune::prune(repo, args.max_unused, args.keep_audit, &progress, |plan| {
         show_plan(context, plan);
         plan_json = serde_json::to_value(plan).unwrap_or_default();
     });
-    let gc::Pruned { report, audit: compacted } = super::audited(pruned)?;
+    let prune::Pruned { report, audit: compacted } = super::audited(pruned)?;
     if context.json {
         outln!("{}", serde_json::json!({ "plan": plan_json, "report": report, "audit": compacted }));
     } else if !context.quiet {
@@ -211,7 +211,7 @@ pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bo
 }
 
 /// Prints a prune's plan (not with --json: it goes into the JSON report).
-fn show_plan(context: &Context, plan: &gc::PrunePlan) {
+fn show_plan(context: &Context, plan: &prune::PrunePlan) {
     if !context.quiet && !context.json {
         outln!(
             "prune plan: {}, {}; live {}, dead {}; delete {}, repack {} ({}, {}), {} unreferenced; frees about {}",

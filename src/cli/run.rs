@@ -23,10 +23,10 @@ use serde::Serialize;
 
 use super::{Context, EXIT_INCOMPLETE};
 use cairn::audit::Run;
-use cairn::config::{Config, Encryption, OffsiteConfig, SourceConfig, SourceKind};
 use cairn::format::audit::Outcome;
 use cairn::repository::{Location, NewKeys, Repository};
 use cairn::retention::Policy;
+use cairn::run_config::{Config, Encryption, OffsiteConfig, SourceConfig, SourceKind};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -46,7 +46,7 @@ struct Step {
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let path = super::config::path(args.config)?;
-    let (config, problems) = cairn::config::load(&path).map_err(anyhow::Error::msg)?;
+    let (config, problems) = cairn::run_config::load(&path).map_err(anyhow::Error::msg)?;
     let (paths, fatal): (Vec<_>, Vec<_>) = problems.iter().partition(|p| p.missing_path);
     for problem in &fatal {
         errln!("{}:{}: {}", path.display(), problem.line, problem.message);
@@ -447,7 +447,7 @@ impl Cycle<'_> {
 }
 
 /// The sources whose last good drill in `repo` is older than the policy allows (or missing).
-fn due_drills(repo: &Repository, config: &Config, drill: &cairn::config::DrillConfig) -> Result<Vec<String>> {
+fn due_drills(repo: &Repository, config: &Config, drill: &cairn::run_config::DrillConfig) -> Result<Vec<String>> {
     let now = cairn::clock::now_ms();
     let status = cairn::status::status(repo, now, &cairn::status::Thresholds::default(), None)?;
     let wanted: Vec<&str> = if drill.sources.is_empty() {

@@ -22,7 +22,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open_cached()?;
     let mut report = stats(&repo)?;
     let configured = match &args.config {
-        Some(path) => cairn::config::load(path).map_err(anyhow::Error::msg)?.0.cost_per_gib_month,
+        Some(path) => cairn::run_config::load(path).map_err(anyhow::Error::msg)?.0.cost_per_gib_month,
         None => None,
     };
     let price = args.cost_per_gib_month.or(configured);

@@ -50,16 +50,16 @@ pub fn now_ms() -> Result<i64> {
 }
 
 /// The config status judges by: the one given, else the default one if it exists.
-fn config(args: &Args) -> Result<Option<cairn::config::Config>> {
+fn config(args: &Args) -> Result<Option<cairn::run_config::Config>> {
     let path = match (&args.config, args.no_config) {
         (_, true) => return Ok(None),
         (Some(path), _) => path.clone(),
-        (None, _) => match cairn::config::default_path().filter(|path| path.exists()) {
+        (None, _) => match cairn::run_config::default_path().filter(|path| path.exists()) {
             Some(path) => path,
             None => return Ok(None),
         },
     };
-    let (config, problems) = cairn::config::load(&path).map_err(anyhow::Error::msg)?;
+    let (config, problems) = cairn::run_config::load(&path).map_err(anyhow::Error::msg)?;
     if let Some(problem) = problems.iter().find(|p| !p.missing_path) {
         anyhow::bail!(
             "{}:{}: {} (cairn config check lists every problem)",

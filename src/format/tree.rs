@@ -196,7 +196,7 @@ pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    pub fn content() -> impl Strategy<Value = Content> {
+    pub(crate) fn content() -> impl Strategy<Value = Content> {
         prop_oneof![
             proptest::collection::vec(any::<[u8; 32]>(), 0..4)
                 .prop_map(|c| Content::File { chunks: c.into_iter().map(Id).collect() }),
@@ -209,7 +209,7 @@ pub(crate) mod tests {
         ]
     }
 
-    pub fn tree() -> impl Strategy<Value = Tree> {
+    pub(crate) fn tree() -> impl Strategy<Value = Tree> {
         let name = proptest::collection::vec(any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0), 1..12);
         let meta = (any::<[u32; 5]>(), any::<[i64; 2]>(), any::<[u64; 4]>()).prop_map(|(a, t, b)| Metadata {
             mode: a[0] & 0o7777,

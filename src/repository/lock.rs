@@ -408,10 +408,7 @@ impl Lock {
                         forged.len()
                     ),
                 };
-                return Err(Error::Invalid(format!(
-                    "the repository is locked by {}: try again when it has finished{forged}",
-                    first.describe(*age)
-                )));
+                return Err(Error::Locked { holder: first.describe(*age), note: forged });
             }
             // Jittered backoff, so two contenders do not keep colliding.
             let jitter = Duration::from_millis(u64::from(crate::id::random_bytes()[0]) * 2);
@@ -472,12 +469,7 @@ impl Lock {
         if age < HELD_FOR_SURE && !self.lapsed.load(Relaxed) {
             return Ok(());
         }
-        Err(Error::Invalid(format!(
-            "the lock on {} went unrenewed for {} s or more, so a prune may have taken it for \
-             abandoned: stopping before anything else is written (run the command again)",
-            self.locks.backend.location(),
-            age.max(HELD_FOR_SURE).as_secs()
-        )))
+        Err(Error::LockLost { location: self.locks.backend.location(), seconds: age.max(HELD_FOR_SURE).as_secs() })
     }
 }
 

@@ -223,9 +223,7 @@ impl Repository {
         let passphrase = match passphrase {
             Passphrase::Given(given) => given.to_string(),
             Passphrase::Ask(ask) => ask()?,
-            Passphrase::None => {
-                return Err(Error::Invalid(format!("{location} is encrypted, and no password was given to open it")))
-            }
+            Passphrase::None => return Err(Error::PasswordNeeded(location.to_string())),
         };
         let (unlocked, beside) = std::thread::scope(|scope| {
             let beside = {
@@ -267,7 +265,7 @@ impl Repository {
 
     /// Wraps the master key under another passphrase; returns the new key file's id.
     pub fn add_key(&self, passphrase: &str) -> Result<Id> {
-        let keys = self.keys.as_ref().ok_or_else(|| Error::Invalid("the repository is not encrypted".into()))?;
+        let keys = self.keys.as_ref().ok_or(Error::NotEncrypted)?;
         let name = write_key_file(&*self.backend, &keys.master, passphrase)?;
         FileKind::Key.id_of(&name).ok_or_else(|| Error::Invalid(format!("{name} is not a key file's name")))
     }

@@ -275,7 +275,7 @@ fn decide(options: &Options, site: &Site, id: &Id, plan: &Plan) -> Result<How> {
             if let (Some((parent, parent_path, _)), Some((_, old_st))) = (&site.parent, &site.old) {
                 let parent_st = stat_fd(parent.as_fd()).map_err(|e| Error::io(parent_path, e))?;
                 if parent_st.st_dev != old_st.st_dev {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Refused(format!(
                         "{} is a mount point: the new tree cannot be built beside it on the same file system and \
                          swapped in; use --overwrite to restore into it directly (after a safety snapshot), or \
                          restore into an empty directory",
@@ -287,7 +287,7 @@ fn decide(options: &Options, site: &Site, id: &Id, plan: &Plan) -> Result<How> {
             // feet of this very restore (and --delete would leave it out of the new tree).
             let inside = options.skip.iter().filter_map(|p| std::fs::canonicalize(p).ok());
             if let Some(repository) = inside.into_iter().find(|p| p.starts_with(&site.path)) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Refused(format!(
                     "the repository {} lies inside the target {}: an in-place restore would move it aside with the \
                      old tree; use --overwrite, or restore elsewhere",
                     repository.display(),
@@ -413,14 +413,14 @@ fn safety_snapshot(repo: &Repository, paths: &[PathBuf], target: &Path, skip: &[
         ..Default::default()
     };
     let outcome = take_snapshot(repo, &options, &Progress::hidden()).map_err(|e| {
-        Error::Invalid(format!(
+        Error::Refused(format!(
             "cannot take the safety snapshot of {} before restoring over it: {e}; nothing was changed (restore into an \
              empty directory instead)",
             target.display()
         ))
     })?;
     if let Some(first) = outcome.snapshot.errors.first() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Refused(format!(
             "the safety snapshot {} of {} is incomplete: {} entries could not be read (first: {}: {}); nothing was \
              restored over them",
             outcome.id.short(),
@@ -447,7 +447,7 @@ fn staged(
     report: &mut Report,
 ) -> Result<super::RestoreSummary> {
     let (Some((parent, parent_path, name)), Some((old, old_st))) = (&site.parent, &site.old) else {
-        return Err(Error::Invalid(format!("{} has no parent to stage the new tree beside", site.path.display())));
+        return Err(Error::Refused(format!("{} has no parent to stage the new tree beside", site.path.display())));
     };
     let random = &Id(crate::id::random_bytes()).to_hex()[..8];
     let staging_name = [b".", &name[..], format!(".cairn-staging-{}-{random}", old_st.st_ino).as_bytes()].concat();
@@ -455,7 +455,7 @@ fn staged(
     let staging = parent.make_private_dir(&staging_name).map_err(|e| Error::io(&staging_path, e))?;
     let built = can_exchange(&staging)
         .map_err(|e| {
-            Error::Invalid(format!(
+            Error::Refused(format!(
                 "the file system of {} cannot swap two directories in one step ({e}): use --overwrite, or restore \
                  into an empty directory",
                 site.path.display()
@@ -471,7 +471,7 @@ fn staged(
     };
     if let Err(e) = parent.exchange(&staging_name, name) {
         let _ = remove_tree(&staging_path);
-        return Err(Error::Invalid(format!(
+        return Err(Error::Refused(format!(
             "cannot swap the restored tree in for {}: {e}; nothing was changed{}",
             site.path.display(),
             if e.raw_os_error() == Some(libc::EINVAL) {
@@ -545,7 +545,7 @@ fn build(
         error.path = error.path.replacen(&shown, &target.to_string_lossy(), 1);
     }
     if let Some(first) = summary.errors.first() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Refused(format!(
             "{} entries could not be restored (first: {}: {}); nothing was swapped: {} is as it was",
             summary.errors.len(),
             first.path,
@@ -557,7 +557,7 @@ fn build(
     check.delete = false;
     check.walk(Some(staging), None)?;
     if let Some(first) = check.plan.created.iter().chain(&check.plan.replaced).next() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Refused(format!(
             "the restored tree does not match the snapshot ({} entries missing or different, first: {first}); nothing \
              was swapped: {} is as it was",
             check.plan.created.len() + check.plan.replaced.len(),
@@ -646,7 +646,7 @@ fn leftovers(
 /// The error for a non-empty target without a mode: what would happen, and the flags.
 fn refuse_not_empty(target: &Path, id: &Id, plan: &Plan, delete: bool) -> Error {
     let first: Vec<&String> = plan.replaced.iter().chain(&plan.deleted).chain(&plan.created).take(5).collect();
-    Error::Invalid(format!(
+    Error::Refused(format!(
         "{} is not empty: restoring snapshot {} there would create {}, replace {} and delete {} entries{}{}. Add \
          --in-place to restore it safely (a safety snapshot of the target first, then the new tree built beside it \
          and swapped in, the old one kept as .bak), --delete to also remove what the snapshot does not have, \
@@ -684,7 +684,7 @@ fn refuse_root(repo: &Repository, index: &Index, id: &Id, snapshot: &Snapshot) -
     } else {
         format!("the paths {}, mirrored from /, and would write over them", paths.join(", "))
     };
-    Ok(Error::Invalid(format!(
+    Ok(Error::Refused(format!(
         "refusing to restore into /: snapshot {} holds {holds}; if you really mean to restore over /, add \
          --force-root --overwrite (nothing can be swapped at /: it is written directly, after a safety snapshot)",
         id.short()

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use cairn::config::NotifyConfig;
+use cairn::run_config::NotifyConfig;
 
 const TRIES: u32 = 3;
 const TIMEOUT: Duration = Duration::from_secs(10);

@@ -36,7 +36,7 @@ pub const MAX_LEVELS: usize = 400;
 
 /// What a restore restores, from the target's root.
 #[derive(Debug)]
-pub enum Want {
+pub(crate) enum Want {
     /// The whole listing `Id` (the snapshot's root tree).
     Tree(Id),
     /// Only these entries (`--include`), each by its path components; none inside another.
@@ -77,7 +77,7 @@ impl Plan {
 
 /// How closely an entry found in the target is compared with the snapshot's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compare {
+pub(crate) enum Compare {
     /// Type and metadata, and the content of files that look the same (read and cut).
     Content,
     /// Type and metadata only: for the check of a tree just restored, whose content was
@@ -95,7 +95,7 @@ enum Scope {
     Only(BTreeMap<Vec<u8>, Child>),
 }
 
-pub struct Walker<'a> {
+pub(crate) struct Walker<'a> {
     pub repo: &'a Repository,
     pub index: &'a Index,
     pub want: &'a Want,
@@ -112,7 +112,7 @@ pub struct Walker<'a> {
 
 /// The [`Want`] of a restore of `includes` (all of the snapshot when empty or when one is the
 /// root). An include inside another one is covered by it.
-pub fn want_of(
+pub(crate) fn want_of(
     repo: &Repository,
     index: &Index,
     snapshot: &Snapshot,
@@ -179,7 +179,7 @@ impl Walker<'_> {
     /// Walks the target directory `old` (`None`: it does not exist) against the want, filling
     /// [`Walker::plan`]; with `staging`, also builds the staging directory (see the module doc).
     /// On a thread of its own with room for [`MAX_LEVELS`] levels of recursion.
-    pub fn walk(&mut self, old: Option<&Dir>, staging: Option<&Dir>) -> Result<()> {
+    pub(crate) fn walk(&mut self, old: Option<&Dir>, staging: Option<&Dir>) -> Result<()> {
         std::thread::scope(|scope| {
             let walk = std::thread::Builder::new()
                 .stack_size(256 << 20)
@@ -190,7 +190,7 @@ impl Walker<'_> {
                     };
                     self.listing(old, staging, &mut Vec::new(), scope)
                 })
-                .map_err(|e| Error::Invalid(format!("cannot start a thread: {e}")))?;
+                .map_err(|e| Error::Resources { what: "the thread that walks the target", reason: e.to_string() })?;
             walk.join().map_err(|_| Error::Invalid("the walk of the target panicked".into()))?
         })
     }
@@ -502,7 +502,7 @@ fn carry(from: &Dir, to: &Dir, name: &[u8], st: &libc::stat, as_root: bool, dept
 }
 
 /// Gives the directory `dir` the owner (as root), mode and mtime `st` records.
-pub fn copy_metadata(dir: &Dir, st: &libc::stat, as_root: bool) -> std::io::Result<()> {
+pub(crate) fn copy_metadata(dir: &Dir, st: &libc::stat, as_root: bool) -> std::io::Result<()> {
     let now = stat_fd(dir.as_fd())?;
     let owner = (as_root && (now.st_uid, now.st_gid) != (st.st_uid, st.st_gid)).then_some((st.st_uid, st.st_gid));
     set_metadata_fd(dir.as_fd(), owner, st.st_mode & 0o7777, (st.st_mtime, st.st_mtime_nsec as u32))

@@ -120,7 +120,7 @@ fn ensure_live_blobs_stay(index: &Index, internal: &Internal) -> Result<()> {
         let Some(at) = index.get(id) else { continue }; // refused earlier
         let pack = index.pack_id(at);
         if deleted.contains(&pack) || (repacked.contains(&pack) && !copied.contains(&(*id, at.offset))) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Refused(format!(
                 "blob {} is live in pack {}, which the plan would delete; nothing was deleted: run `cairn check`",
                 id.short(),
                 pack.short()
@@ -154,7 +154,7 @@ fn verify_picked_copies(repo: &Repository, index: &Index, internal: &Internal) -
     picked_elsewhere.dedup();
     picked_elsewhere.par_iter().try_for_each(|id| {
         repo.read_blob(index, id).map(|_| ()).map_err(|e| {
-            Error::Invalid(format!(
+            Error::Refused(format!(
                 "blob {} is live, and the copy the index picks cannot be read ({e}) while a pack about to go \
                  holds another; nothing was deleted: run `cairn check --read-data`",
                 id.short()
@@ -173,7 +173,7 @@ fn mark(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)]) -> Resul
                 Error::MissingBlob(_) => REPAIR_ADVICE,
                 _ => "run `cairn check`",
             };
-            Error::Invalid(format!("snapshot {}: {e}; nothing was deleted ({advice})", id.short()))
+            Error::Refused(format!("snapshot {}: {e}; nothing was deleted ({advice})", id.short()))
         })?;
     }
     Ok(reachable.blobs)
@@ -186,7 +186,7 @@ fn mark(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)]) -> Resul
 fn refuse_unless_whole(index: &Index, live: &HashSet<Id>, present: &HashMap<Id, u64>) -> Result<()> {
     let mut unindexed = live.iter().filter(|id| !index.contains(id));
     if let Some(first) = unindexed.next() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Refused(format!(
             "{} blobs that snapshots need are in no index file (blob {} among them); nothing was deleted: {REPAIR_ADVICE}",
             1 + unindexed.count(),
             first.short()
@@ -199,7 +199,7 @@ fn refuse_unless_whole(index: &Index, live: &HashSet<Id>, present: &HashMap<Id, 
         .filter(|p| !present.contains_key(p))
         .collect();
     if let Some(first) = gone.first() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Refused(format!(
             "{} packs that hold blobs snapshots need are missing (pack {} among them); nothing was deleted: run `cairn \
              check` to see which files they cost",
             gone.len(),
@@ -216,12 +216,12 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
     let index = repo.load_index()?;
     let indexed = repo.indexed_packs()?;
     if let Some(first) = repo.take_damage().first() {
-        return Err(Error::Invalid(format!("{first}: refusing to prune a repository with damaged files")));
+        return Err(Error::Refused(format!("{first}: refusing to prune a repository with damaged files")));
     }
     // A pack's entries are what every index file lists for it; files that disagree are damage (or
     // a file forged to hide live blobs): deleting by either list could destroy what the other holds.
     if let Some(first) = indexed.disputed.first() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Refused(format!(
             "index files disagree about what {} packs hold (pack {} among them); nothing was deleted: run `cairn \
              repair index`, which reads those packs' own trailers",
             indexed.disputed.len(),
@@ -311,7 +311,7 @@ fn copy_live_blobs(
 ) -> Result<()> {
     let pack_id = &pack.id;
     let key = FileKind::Pack.name(pack_id);
-    let damaged = |e: Error| Error::Invalid(format!("{e}; nothing was deleted (run `cairn check`)"));
+    let damaged = |e: Error| Error::Refused(format!("{e}; nothing was deleted (run `cairn check`)"));
     let mut blobs: Vec<&BlobEntry> = keep.get(pack_id).into_iter().flatten().collect();
     blobs.sort_by_key(|b| b.offset);
     let mut rest = &blobs[..];
@@ -393,7 +393,7 @@ fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Result<Pr
     progress.add_total(plan.repack_bytes);
     internal.repack.par_iter().try_for_each(|pack_id| match internal.packs.get(pack_id) {
         Some(pack) => copy_live_blobs(repo, &store, pack, &internal.keep, progress),
-        None => Err(Error::Invalid(format!("pack {} to repack is in no index file", pack_id.short()))),
+        None => Err(Error::Refused(format!("pack {} to repack is in no index file", pack_id.short()))),
     })?;
     store.finish()?;
     let new_packs = store.written.into_inner().expect("poisoned");
