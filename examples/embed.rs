@@ -15,7 +15,7 @@ use cairn::backup::SnapshotOptions;
 use cairn::format::config::Config;
 use cairn::progress::Progress;
 use cairn::repository::lock::LockKind;
-use cairn::repository::{Location, NewKeys, Passphrase, Repository};
+use cairn::repository::{Indexed, Location, NewKeys, Passphrase, Repository};
 use cairn::restore::in_place;
 
 /// In a real service this comes from its secret store.
@@ -68,10 +68,10 @@ fn embed(scratch: &Path) -> Result<(), Box<dyn Error>> {
 
     // Restore the newest snapshot into an empty directory.
     let (id, snapshot) = repo.find_snapshot("latest")?;
-    let index = repo.load_index()?;
+    let indexed = Indexed::load(&repo)?;
     let target = scratch.join("restored");
     let options = in_place::Options { target: target.clone(), ..Default::default() };
-    let report = in_place::run(&repo, &index, &id, &snapshot, options, &quiet)?;
+    let report = in_place::run(&indexed, &id, &snapshot, options, &quiet)?;
     println!("restored {} files into {}", report.summary.files, report.target.display());
 
     // What came back is what was there.

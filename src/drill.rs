@@ -29,8 +29,7 @@ use crate::format::tree::{Content, Node};
 use crate::fs_at::{is_dir, is_file, remove_tree, Dir, Place};
 use crate::id::Id;
 use crate::progress::Progress;
-use crate::repository::index::Index;
-use crate::repository::Repository;
+use crate::repository::{Indexed, Repository};
 use crate::restore::{restore, RestoreOptions, Rounds, ROUND_DEPTH};
 /// Which snapshot to drill: `latest`, `random` or an id, as every command picks one.
 pub use crate::select::{Filter, Pick};
@@ -209,14 +208,13 @@ pub fn drill(
         Id(crate::id::random_bytes()).short()
     )));
     fs::DirBuilder::new().mode(0o700).create(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;
-    let index = repo.load_index()?;
+    let repo = &Indexed::load(repo)?;
     let options = RestoreOptions { target: scratch.0.clone(), cancel, ..Default::default() };
-    let restored = restore(repo, &index, id, snapshot, &options, progress)?;
+    let restored = restore(repo, id, snapshot, &options, progress)?;
 
     let root = Dir::open(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;
     let verifier = Verifier {
         repo,
-        index: &index,
         chunker: repo.chunker(),
         scratch: &scratch.0,
         passed: AtomicU64::new(0),
@@ -265,8 +263,7 @@ fn relative(root: &Path, path: &str) -> String {
 }
 
 struct Verifier<'a> {
-    repo: &'a Repository,
-    index: &'a Index,
+    repo: &'a Indexed<'a>,
     chunker: Chunker,
     /// The scratch directory as a path: only for SQLite, which opens databases by path.
     scratch: &'a Path,
@@ -293,7 +290,7 @@ impl Verifier<'_> {
         if self.cancel.is_some_and(|cancel| cancel.load(Relaxed)) {
             return;
         }
-        match self.repo.read_tree(self.index, id) {
+        match self.repo.read_tree(id) {
             Ok(tree) => tree.nodes.par_iter().for_each(|node| self.node(node, dir, place, depth)),
             Err(e) => self
                 .fail(place.path(Path::new("/")).display().to_string(), format!("directory listing unreadable: {e}")),

@@ -31,7 +31,7 @@ use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
 use crate::repository::packer::BlobStore;
-use crate::repository::{FileKind, Repository};
+use crate::repository::{FileKind, Indexed, Repository};
 
 #[derive(Debug, Default, Serialize)]
 pub struct PrunePlan {
@@ -83,9 +83,9 @@ pub struct Reachable {
 impl Reachable {
     /// Adds everything below the tree `root`; a tree already walked is not walked again
     /// ([`crate::walk::each_tree`]).
-    pub fn add_tree(&mut self, repo: &Repository, index: &Index, root: Id) -> Result<()> {
+    pub fn add_tree(&mut self, repo: &Indexed, root: Id) -> Result<()> {
         let blobs = &mut self.blobs;
-        crate::walk::each_tree(repo, index, [root], &mut self.walked, |id, tree| {
+        crate::walk::each_tree(repo, [root], &mut self.walked, |id, tree| {
             blobs.insert(*id);
             for node in &tree.nodes {
                 if let Content::File { chunks } = &node.content {
@@ -140,7 +140,8 @@ fn picked(index: &Index, pack: &Id, blob: &BlobEntry) -> bool {
 /// damaged or forged index file (one a host with create-only rights could write, sorting first and
 /// placing real blob ids in a pack of garbage) would otherwise make prune delete the only real
 /// copy. Returns how many copies were verified; an error (nothing deleted) if one fails.
-fn verify_picked_copies(repo: &Repository, index: &Index, internal: &Internal) -> Result<u64> {
+fn verify_picked_copies(repo: &Indexed, internal: &Internal) -> Result<u64> {
+    let index = repo.index();
     let mut picked_elsewhere: Vec<Id> = internal
         .delete
         .iter()
@@ -153,7 +154,7 @@ fn verify_picked_copies(repo: &Repository, index: &Index, internal: &Internal) -
     picked_elsewhere.sort_unstable();
     picked_elsewhere.dedup();
     picked_elsewhere.par_iter().try_for_each(|id| {
-        repo.read_blob(index, id).map(|_| ()).map_err(|e| {
+        repo.read_blob(id).map(|_| ()).map_err(|e| {
             Error::Refused(format!(
                 "blob {} is live, and the copy the index picks cannot be read ({e}) while a pack about to go \
                  holds another; nothing was deleted: run `cairn check --read-data`",
@@ -165,10 +166,10 @@ fn verify_picked_copies(repo: &Repository, index: &Index, internal: &Internal) -
 }
 
 /// Every blob reachable from the snapshots. Fails rather than guess on an unreadable tree.
-fn mark(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)]) -> Result<HashSet<Id>> {
+fn mark(repo: &Indexed, snapshots: &[(Id, Snapshot)]) -> Result<HashSet<Id>> {
     let mut reachable = Reachable::default();
     for (id, snapshot) in snapshots {
-        reachable.add_tree(repo, index, snapshot.tree).map_err(|e| {
+        reachable.add_tree(repo, snapshot.tree).map_err(|e| {
             let advice = match e {
                 Error::MissingBlob(_) => REPAIR_ADVICE,
                 _ => "run `cairn check`",
@@ -213,7 +214,8 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
     // Every damaged file must stop the prune: a skipped manifest would look like a snapshot that
     // does not exist, and the data only it needs would be deleted.
     let snapshots = repo.snapshots()?;
-    let index = repo.load_index()?;
+    let loaded = Indexed::load(repo)?;
+    let index = loaded.index();
     let indexed = repo.indexed_packs()?;
     if let Some(first) = repo.take_damage().first() {
         return Err(Error::Refused(format!("{first}: refusing to prune a repository with damaged files")));
@@ -229,16 +231,16 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
         )));
     }
     let mut plan = PrunePlan { snapshots: snapshots.len() as u64, ..Default::default() };
-    let live = mark(repo, &index, &snapshots)?;
+    let live = mark(&loaded, &snapshots)?;
     let present = repo.list_packs()?.0;
-    refuse_unless_whole(&index, &live, &present)?;
+    refuse_unless_whole(index, &live, &present)?;
     let mut internal = Internal { live, index_files: indexed.files, packs: indexed.packs, ..Default::default() };
     // A blob is live in exactly one place: where the index finds it. Copies elsewhere are dead.
     let mut candidates: Vec<(f64, Id, u64)> = Vec::new();
     for (pack_id, pack) in &internal.packs {
         let (mut live_bytes, mut dead_bytes) = (0u64, 0u64);
         for blob in &pack.blobs {
-            if picked(&index, pack_id, blob) && internal.live.contains(&blob.id) {
+            if picked(index, pack_id, blob) && internal.live.contains(&blob.id) {
                 live_bytes += blob.stored_len as u64;
                 plan.live_blobs += 1;
                 internal.keep.entry(*pack_id).or_default().push(*blob);
@@ -271,7 +273,7 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
             plan.repack_bytes += blob.stored_len as u64;
         }
     }
-    plan.copies_verified = verify_picked_copies(repo, &index, &internal)?;
+    plan.copies_verified = verify_picked_copies(&loaded, &internal)?;
     for (id, len) in present {
         if !internal.packs.contains_key(&id) {
             internal.unreferenced.push(id);
@@ -279,7 +281,7 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
         }
     }
     internal.unreferenced.sort();
-    ensure_live_blobs_stay(&index, &internal)?;
+    ensure_live_blobs_stay(index, &internal)?;
     plan.packs = internal.packs.len() as u64;
     plan.delete = internal.delete.iter().map(|id| id.to_hex()).collect();
     plan.repack = internal.repack.iter().map(|id| id.to_hex()).collect();

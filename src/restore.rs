@@ -38,9 +38,8 @@ use crate::format::tree::{Content, Metadata, Node, Tree};
 use crate::fs_at::{set_metadata_fd, stat_fd, Dir, Place};
 use crate::id::Id;
 use crate::progress::Progress;
-use crate::repository::index::Index;
 use crate::repository::reader::PlannedReads;
-use crate::repository::Repository;
+use crate::repository::Indexed;
 use crate::source::sqlite;
 
 mod database;
@@ -139,8 +138,7 @@ impl Rounds {
 type Entry = (Arc<Place>, Vec<u8>);
 
 struct Restorer<'a> {
-    repo: &'a Repository,
-    index: &'a Index,
+    repo: &'a Indexed<'a>,
     /// On an object store: the content's reads, planned by pack ([`PlannedReads`]).
     reads: Option<&'a PlannedReads<'a>>,
     progress: &'a Progress,
@@ -178,16 +176,16 @@ fn components(path: &str) -> Vec<&[u8]> {
 
 /// Finds the node at `path` below the root tree; `None` for the root itself. One tree is read
 /// per component, in a loop: a path of any depth costs no stack.
-pub fn find_node(repo: &Repository, index: &Index, root: &Id, path: &str, snapshot: &str) -> Result<Option<Node>> {
+pub fn find_node(repo: &Indexed, root: &Id, path: &str, snapshot: &str) -> Result<Option<Node>> {
     let parts = components(path);
     let missing = || Error::NoSuchPath { snapshot: snapshot.to_string(), path: path.to_string() };
-    let mut tree = repo.read_tree(index, root)?;
+    let mut tree = repo.read_tree(root)?;
     let mut found = None;
     for (i, part) in parts.iter().enumerate() {
         let node = tree.find(part).ok_or_else(missing)?.clone();
         if i + 1 < parts.len() {
             match &node.content {
-                Content::Dir { subtree } => tree = repo.read_tree(index, subtree)?,
+                Content::Dir { subtree } => tree = repo.read_tree(subtree)?,
                 _ => return Err(missing()),
             }
         }
@@ -200,16 +198,10 @@ pub fn find_node(repo: &Repository, index: &Index, root: &Id, path: &str, snapsh
 /// the path it has in the tree. A snapshot of one directory holds its contents at its root, so
 /// where the tree has no such path, the directory's own path (as `cairn snapshot` was given it)
 /// names the root and the paths below it the entries below.
-pub fn locate(
-    repo: &Repository,
-    index: &Index,
-    snapshot: &Snapshot,
-    path: &str,
-    short: &str,
-) -> Result<(String, Option<Node>)> {
-    match find_node(repo, index, &snapshot.tree, path, short) {
+pub fn locate(repo: &Indexed, snapshot: &Snapshot, path: &str, short: &str) -> Result<(String, Option<Node>)> {
+    match find_node(repo, &snapshot.tree, path, short) {
         Err(missing @ Error::NoSuchPath { .. }) => match snapshot.below_its_path(path) {
-            Some(inside) => match find_node(repo, index, &snapshot.tree, &inside, short) {
+            Some(inside) => match find_node(repo, &snapshot.tree, &inside, short) {
                 Ok(node) => Ok((inside, node)),
                 Err(Error::NoSuchPath { .. }) => Err(missing),
                 Err(e) => Err(e),
@@ -226,14 +218,14 @@ type Selection = Vec<(Vec<Vec<u8>>, Option<Node>)>;
 
 /// `id` names the snapshot in the error for an include it lacks: the id the user gave or chose,
 /// not its root tree's.
-fn select(repo: &Repository, index: &Index, id: &Id, snapshot: &Snapshot, includes: &[String]) -> Result<Selection> {
+fn select(repo: &Indexed, id: &Id, snapshot: &Snapshot, includes: &[String]) -> Result<Selection> {
     if includes.is_empty() {
         return Ok(vec![(Vec::new(), None)]);
     }
     let short = id.short();
     let mut selected = Vec::new();
     for include in includes {
-        let (include, node) = locate(repo, index, snapshot, include, &short)?;
+        let (include, node) = locate(repo, snapshot, include, &short)?;
         selected.push((components(&include).iter().map(|p| p.to_vec()).collect::<Vec<_>>(), node));
     }
     Ok(outermost(selected))
@@ -254,32 +246,30 @@ fn outermost(mut selected: Selection) -> Selection {
 
 /// Restores the snapshot `id` (its manifest `snapshot`) as `options` say.
 pub fn restore(
-    repo: &Repository,
-    index: &Index,
+    repo: &Indexed,
     id: &Id,
     snapshot: &Snapshot,
     options: &RestoreOptions,
     progress: &Progress,
 ) -> Result<RestoreSummary> {
     // Resolve every include before writing anything, so a typo changes nothing.
-    let selected = select(repo, index, id, snapshot, &options.includes)?;
+    let selected = select(repo, id, snapshot, &options.includes)?;
     fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
     let root = Dir::open(&options.target).map_err(|e| Error::io(&options.target, e))?;
     if repo.backend().disk_path().is_some() {
-        return restore_selected(repo, index, snapshot, options, progress, root, &selected, None);
+        return restore_selected(repo, snapshot, options, progress, root, &selected, None);
     }
     // An object store: every request costs a round trip, so the content is read by pack, ahead
     // of a writer that writes in the plan's order, on one thread; unless it may leave files as
     // they were, decoders decode ahead of it on the other cores.
-    let blobs = planned_blobs(repo, index, snapshot, &selected);
-    let plan = PlannedReads::new(repo, index, blobs, !options.skip_identical);
+    let blobs = planned_blobs(repo, snapshot, &selected);
+    let plan = PlannedReads::new(repo.repo(), repo.index(), blobs, !options.skip_identical);
     let writer = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
         .map_err(|e| Error::Resources { what: "the restore thread", reason: e.to_string() })?;
-    writer.install(|| {
-        plan.run(|reads| restore_selected(repo, index, snapshot, options, progress, root, &selected, Some(reads)))
-    })
+    writer
+        .install(|| plan.run(|reads| restore_selected(repo, snapshot, options, progress, root, &selected, Some(reads))))
 }
 
 /// The data blobs a restore of `selected` reads, in the order it reads them when it writes on
@@ -287,14 +277,14 @@ pub fn restore(
 /// entry, a file's chunks once per set of hard links; a directory [`ROUND_DEPTH`] levels below
 /// where a walk began waits for the next round, as [`Rounds`] has it. Trees that cannot be read
 /// are left out (the restore reports them). Loops over stacks: no recursion, whatever the depth.
-fn planned_blobs(repo: &Repository, index: &Index, snapshot: &Snapshot, selected: &Selection) -> Vec<Id> {
+fn planned_blobs(repo: &Indexed, snapshot: &Snapshot, selected: &Selection) -> Vec<Id> {
     let mut blobs = Vec::new();
     let mut linked = HashSet::new();
     // Each walk of a round: the entries it starts with, at depth 0.
     let mut round: Vec<Vec<Node>> = Vec::new();
     for (_, node) in selected {
         match node {
-            None => round.extend(repo.read_tree(index, &snapshot.tree).ok().map(|tree| tree.nodes)),
+            None => round.extend(repo.read_tree(&snapshot.tree).ok().map(|tree| tree.nodes)),
             Some(node) => round.push(vec![node.clone()]),
         }
     }
@@ -317,7 +307,7 @@ fn planned_blobs(repo: &Repository, index: &Index, snapshot: &Snapshot, selected
                         blobs.extend_from_slice(chunks)
                     }
                     Content::Dir { subtree } => {
-                        if let Ok(tree) = repo.read_tree(index, subtree) {
+                        if let Ok(tree) = repo.read_tree(subtree) {
                             match depth + 1 < ROUND_DEPTH {
                                 true => stack.push((tree.nodes, 0, depth + 1)),
                                 false => next_round.push(tree.nodes),
@@ -335,8 +325,7 @@ fn planned_blobs(repo: &Repository, index: &Index, snapshot: &Snapshot, selected
 
 #[allow(clippy::too_many_arguments)]
 fn restore_selected(
-    repo: &Repository,
-    index: &Index,
+    repo: &Indexed,
     snapshot: &Snapshot,
     options: &RestoreOptions,
     progress: &Progress,
@@ -348,7 +337,6 @@ fn restore_selected(
     let euid = unsafe { libc::geteuid() };
     let restorer = Restorer {
         repo,
-        index,
         reads,
         progress,
         target: &options.target,
@@ -439,7 +427,7 @@ impl Restorer<'_> {
         if self.cancelled() {
             return;
         }
-        let tree: Tree = match self.repo.read_tree(self.index, id) {
+        let tree: Tree = match self.repo.read_tree(id) {
             Ok(tree) => tree,
             Err(e) => return self.record(&place.path(self.target), format!("cannot read directory listing: {e}")),
         };
@@ -635,7 +623,7 @@ impl Restorer<'_> {
     fn blob(&self, id: &Id) -> Result<Vec<u8>> {
         match self.reads {
             Some(reads) => reads.read(id),
-            None => self.repo.read_blob(self.index, id),
+            None => self.repo.read_blob(id),
         }
     }
 

@@ -42,7 +42,8 @@ pub struct Stats {
 }
 
 pub fn stats(repo: &Repository) -> Result<Stats> {
-    let index = repo.load_index()?;
+    let indexed = crate::repository::Indexed::load(repo)?;
+    let index = indexed.index();
     let mut groups: BTreeMap<(String, String), Vec<_>> = BTreeMap::new();
     for (_, snapshot) in repo.snapshots()? {
         groups.entry((snapshot.hostname.clone(), snapshot.source_key())).or_default().push(snapshot);
@@ -52,7 +53,7 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
     for snapshots in groups.values() {
         let mut reachable = Reachable::default();
         for snapshot in snapshots {
-            reachable.add_tree(repo, &index, snapshot.tree)?;
+            reachable.add_tree(&indexed, snapshot.tree)?;
         }
         let blobs = reachable.blobs;
         for id in &blobs {

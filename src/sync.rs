@@ -33,7 +33,7 @@ use crate::progress::Progress;
 use crate::prune::Reachable;
 use crate::repository::index::Index;
 use crate::repository::lock::{Lock, LockKind};
-use crate::repository::{FileKind, Location, NewKeys, Passphrase, Repository};
+use crate::repository::{FileKind, Indexed, Location, NewKeys, Passphrase, Repository};
 use crate::walk::{depth_first, Open, Step, Visitor};
 
 /// Packs named per index file that sync writes.
@@ -295,8 +295,9 @@ pub fn copy(
     // it is sent, like every other, so a listed blob it lacks fails its snapshots, by name).
     let source_packs = source.indexed_packs()?.packs;
     // In pack id order, so every sync picks the same copy of a blob stored twice.
-    let source_index = Index::build([IndexFile { packs: source_packs.values().cloned().collect() }]);
-    let (reachable, mut missing) = reach(source, &source_index, missing, report);
+    let source = Indexed::new(source, Index::build([IndexFile { packs: source_packs.values().cloned().collect() }]));
+    let source_index = source.index();
+    let (reachable, mut missing) = reach(&source, missing, report);
     let dest_index = dest.load_index()?;
     let needed: HashSet<Id> = reachable.into_iter().filter(|id| !dest_index.contains(id)).collect();
     report.blobs_needed = needed.len() as u64;
@@ -357,7 +358,7 @@ pub fn copy(
                 failed.lock().expect("poisoned").push((*pack_id, None));
                 return;
             }
-            match with_retries(options, &retries, || copy_pack(source, dest, pack)) {
+            match with_retries(options, &retries, || copy_pack(&source, dest, pack)) {
                 Ok(sent) => copied.lock().expect("poisoned").push((pack.clone(), sent)),
                 Err(e) => {
                     if !is_source_damage(&e) {
@@ -403,7 +404,7 @@ pub fn copy(
     if !unavailable.is_empty() {
         missing.retain(|(id, snapshot)| {
             let mut own = Reachable::default();
-            let complete = own.add_tree(source, &source_index, snapshot.tree).is_ok()
+            let complete = own.add_tree(&source, snapshot.tree).is_ok()
                 && own.blobs.iter().all(|blob| !unavailable.contains(blob));
             if !complete {
                 report.snapshots_failed.push(id.to_hex());
@@ -431,20 +432,19 @@ pub fn copy(
 /// in the report); the walk of the others is then redone without it, so a tree that failed
 /// half-way can never count as walked.
 fn reach(
-    source: &Repository,
-    index: &Index,
+    source: &Indexed,
     snapshots: Vec<(Id, Snapshot)>,
     report: &mut SyncReport,
 ) -> (HashSet<Id>, Vec<(Id, Snapshot)>) {
     let mut all = Reachable::default();
-    if snapshots.iter().all(|(_, s)| all.add_tree(source, index, s.tree).is_ok()) {
+    if snapshots.iter().all(|(_, s)| all.add_tree(source, s.tree).is_ok()) {
         return (all.blobs, snapshots);
     }
     let mut blobs = HashSet::new();
     let mut good = Vec::new();
     for (id, snapshot) in snapshots {
         let mut own = Reachable::default();
-        match own.add_tree(source, index, snapshot.tree) {
+        match own.add_tree(source, snapshot.tree) {
             Ok(()) => {
                 blobs.extend(own.blobs);
                 good.push((id, snapshot));
@@ -570,17 +570,11 @@ pub fn copy_reencoded(
     if missing.is_empty() {
         return Ok(());
     }
-    let source_index = source.load_index()?;
+    let source = Indexed::load(source)?;
     let dest_index = dest.load_index()?;
     let store = crate::repository::packer::BlobStore::new(dest, &dest_index);
-    let mut recoded = Recoded {
-        source,
-        index: &source_index,
-        store: &store,
-        trees: HashMap::new(),
-        chunks: HashMap::new(),
-        progress,
-    };
+    let mut recoded =
+        Recoded { source: &source, store: &store, trees: HashMap::new(), chunks: HashMap::new(), progress };
     let mut manifests = Vec::new();
     for (id, mut snapshot) in missing {
         match recoded.tree(snapshot.tree) {
@@ -611,8 +605,7 @@ pub fn copy_reencoded(
 
 /// Source trees and chunks already stored in the destination, by their source ids.
 struct Recoded<'a> {
-    source: &'a Repository,
-    index: &'a Index,
+    source: &'a Indexed<'a>,
     store: &'a crate::repository::packer::BlobStore<'a>,
     trees: HashMap<Id, Id>,
     chunks: HashMap<Id, Id>,
@@ -632,7 +625,7 @@ impl Recoded<'_> {
         if let Some(done) = self.chunks.get(id) {
             return Ok(*done);
         }
-        let data = self.source.read_blob(self.index, id)?;
+        let data = self.source.read_blob(id)?;
         self.progress.add_bytes(data.len() as u64);
         let new = self.store.store(BlobKind::Data, &data)?;
         self.chunks.insert(*id, new);
@@ -646,7 +639,7 @@ impl Visitor for Recoded<'_> {
     fn open(&mut self, id: &Id, _: &str) -> Result<Option<(Tree, ())>> {
         match self.trees.contains_key(id) {
             true => Ok(None),
-            false => Ok(Some((self.source.read_tree(self.index, id)?, ()))),
+            false => Ok(Some((self.source.read_tree(id)?, ()))),
         }
     }
 

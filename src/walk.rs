@@ -16,8 +16,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::format::tree::{Content, Node, Tree};
 use crate::id::Id;
-use crate::repository::index::Index;
-use crate::repository::Repository;
+use crate::repository::Indexed;
 
 /// A directory open in a [`depth_first`] walk: its tree, the node to visit next, and what the
 /// visitor keeps for it.
@@ -98,21 +97,19 @@ pub fn depth_first<V: Visitor>(root: &Id, mut path: String, visitor: &mut V) -> 
 /// `prefix`, then `/` and each name. `visit` may stop the walk with [`ControlFlow::Break`].
 /// Fails at the first tree that cannot be read.
 pub fn each_entry(
-    repo: &Repository,
-    index: &Index,
+    repo: &Indexed,
     root: &Id,
     prefix: String,
     visit: impl FnMut(&Node, &str) -> ControlFlow<()>,
 ) -> Result<()> {
     struct Entries<'a, F> {
-        repo: &'a Repository,
-        index: &'a Index,
+        repo: &'a Indexed<'a>,
         visit: F,
     }
     impl<F: FnMut(&Node, &str) -> ControlFlow<()>> Visitor for Entries<'_, F> {
         type State = ();
         fn open(&mut self, id: &Id, _: &str) -> Result<Option<(Tree, ())>> {
-            Ok(Some((self.repo.read_tree(self.index, id)?, ())))
+            Ok(Some((self.repo.read_tree(id)?, ())))
         }
         fn entry(&mut self, dir: &mut Open<()>, at: usize, path: &str) -> Result<Step> {
             Ok(match (self.visit)(&dir.tree.nodes[at], path) {
@@ -121,7 +118,7 @@ pub fn each_entry(
             })
         }
     }
-    depth_first(root, prefix, &mut Entries { repo, index, visit })
+    depth_first(root, prefix, &mut Entries { repo, visit })
 }
 
 /// Trees [`each_tree`] reads in one parallel batch: reading one is mostly waiting for the disk
@@ -133,8 +130,7 @@ const TREES_AT_ONCE: usize = 64;
 /// below them); `seen` gains every tree read. Stops at the first tree that cannot be read (a
 /// [`Error::MissingBlob`] as it is, other errors naming the tree) or error of `visit`.
 pub fn each_tree(
-    repo: &Repository,
-    index: &Index,
+    repo: &Indexed,
     roots: impl IntoIterator<Item = Id>,
     seen: &mut HashSet<Id>,
     mut visit: impl FnMut(&Id, &Tree) -> Result<()>,
@@ -146,7 +142,7 @@ pub fn each_tree(
         let trees: Vec<Tree> = batch
             .par_iter()
             .map(|id| {
-                repo.read_tree(index, id).map_err(|e| match e {
+                repo.read_tree(id).map_err(|e| match e {
                     missing @ Error::MissingBlob(_) => missing,
                     e => Error::Invalid(format!("cannot read tree {}: {e}", id.short())),
                 })

@@ -126,7 +126,7 @@ fuzz_target!(|data: &[u8]| {
     let snapshot = snapshot_of(root);
     let id = repo.save_snapshot(&snapshot).unwrap();
     let progress = Progress::new("fuzz", true);
-    let index = repo.load_index().unwrap();
+    let indexed = cairn::repository::Indexed::load(&repo).unwrap();
     match walker % 9 {
         0 => _ = cairn::check::check(&repo, None, Default::default(), &progress),
         1 => _ = cairn::check::check(&repo, Some(cairn::check::Subset::All), Default::default(), &progress),
@@ -135,7 +135,7 @@ fuzz_target!(|data: &[u8]| {
         4 => {
             let target = scratch();
             let options = cairn::restore::RestoreOptions { target: target.clone(), ..Default::default() };
-            _ = cairn::restore::restore(&repo, &index, &id, &snapshot, &options, &progress);
+            _ = cairn::restore::restore(&indexed, &id, &snapshot, &options, &progress);
             remove(&target);
         }
         5 => {
@@ -157,14 +157,14 @@ fuzz_target!(|data: &[u8]| {
             let mut deepest = String::new();
             // The deepest entry that is not a directory: copying every directory's path as it
             // grows would cost memory quadratic in the depth.
-            let _ = cairn::walk::each_entry(&repo, &index, &root, String::new(), |node, path| {
+            let _ = cairn::walk::each_entry(&indexed, &root, String::new(), |node, path| {
                 let leaf = !matches!(node.content, Content::Dir { .. });
                 if leaf && path.len() > deepest.len() {
                     deepest = path.to_string();
                 }
                 ControlFlow::Continue(())
             });
-            _ = cairn::restore::find_node(&repo, &index, &root, &deepest, "fuzz");
+            _ = cairn::restore::find_node(&indexed, &root, &deepest, "fuzz");
         }
     }
 });

@@ -34,7 +34,7 @@ use crate::format::audit::Outcome;
 use crate::format::pack::BlobEntry;
 use crate::id::Id;
 use crate::progress::Progress;
-use crate::repository::{FileKind, Repository};
+use crate::repository::{FileKind, Indexed, Repository};
 use data::read_packs;
 pub(crate) use data::verify_blob;
 pub use data::Prefetched;
@@ -203,17 +203,18 @@ fn verify(
         // A repository that cannot be loaded stops the reading of packs at once.
         let loaded = (|| Ok((repo.load_index()?, repo.snapshots()?, crate::audit::read_all(repo)?)))();
         let (index, snapshots, _) = loaded.inspect_err(|_| stop.store(true, Relaxed))?;
+        let index = Indexed::new(repo, index);
         // On an intact repository this is the final walk.
-        let walked = match all_trees_intact(repo, &index, &snapshots) {
+        let walked = match all_trees_intact(&index, &snapshots) {
             Some(trees) => Walked { bad: HashMap::new(), unindexed: HashSet::new(), affected: Vec::new(), trees },
-            None => walk(repo, &index, &snapshots, HashMap::new()),
+            None => walk(&index, &snapshots, HashMap::new()),
         };
         // Index entries grouped by pack.
         let mut by_pack: BTreeMap<Id, Vec<BlobEntry>> = BTreeMap::new();
-        for (pack, entry) in index.entries() {
+        for (pack, entry) in index.index().entries() {
             by_pack.entry(pack).or_default().push(entry);
         }
-        for (pack, _) in &index.packs {
+        for (pack, _) in &index.index().packs {
             by_pack.entry(*pack).or_default();
         }
         _ = grouped.set(by_pack);
@@ -239,7 +240,7 @@ fn verify(
     report.packs_read = read.packs;
     report.bytes_read = read.bytes;
     report.blobs_verified = read.blobs;
-    let indexed_len: HashMap<Id, u64> = index.packs.iter().copied().collect();
+    let indexed_len: HashMap<Id, u64> = index.index().packs.iter().copied().collect();
     // Damage matters where the index takes blobs from; a pack no index names is only left over.
     for (pack, message) in read.bad_packs {
         match indexed_len.contains_key(&pack) {
@@ -249,8 +250,12 @@ fn verify(
     }
     for (pack, entry, reason) in read.failed {
         let copy = format!("blob {} in pack {} is damaged ({reason})", entry.id.short(), pack.short());
-        match index.get(&entry.id) {
-            Some(at) if index.pack_id(at) == pack && at.offset == entry.offset && at.stored_len == entry.stored_len => {
+        match index.index().get(&entry.id) {
+            Some(at)
+                if index.index().pack_id(at) == pack
+                    && at.offset == entry.offset
+                    && at.stored_len == entry.stored_len =>
+            {
                 findings.error(format!("blob {} in pack {}: {reason}", entry.id.short(), pack.short()));
                 findings.bad_blob(&entry.id, format!("it is damaged ({reason})"));
             }
@@ -293,7 +298,7 @@ fn verify(
     // Trace every bad or missing blob to the snapshots and paths that need it: walk again only if
     // the packs or the index had any.
     let bad = findings.bad_blobs.into_inner().expect("poisoned");
-    let walker = if bad.is_empty() { first_walk } else { walk(repo, &index, &snapshots, bad) };
+    let walker = if bad.is_empty() { first_walk } else { walk(&index, &snapshots, bad) };
     let mut errors = findings.errors.into_inner().expect("poisoned");
     let mut unindexed_packs: Vec<(&Id, &u64)> = on_disk.iter().filter(|(id, _)| !by_pack.contains_key(id)).collect();
     unindexed_packs.sort_unstable();

@@ -10,15 +10,14 @@ use crate::error::Result;
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Content, Tree};
 use crate::id::Id;
-use crate::repository::index::Index;
-use crate::repository::Repository;
+use crate::repository::Indexed;
 use crate::walk::{depth_first, each_tree, Open, Step, Visitor};
 
 /// Walks every snapshot's trees, naming each path that needs a blob in `bad`, a tree that does not
 /// decode, or a chunk the index lacks.
-pub(super) fn walk(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)], bad: HashMap<Id, String>) -> Walked {
+pub(super) fn walk(repo: &Indexed, snapshots: &[(Id, Snapshot)], bad: HashMap<Id, String>) -> Walked {
     let mut walker =
-        Walker { repo, index, bad, clean: HashSet::new(), unindexed: HashSet::new(), affected: Vec::new(), trees: 0 };
+        Walker { repo, bad, clean: HashSet::new(), unindexed: HashSet::new(), affected: Vec::new(), trees: 0 };
     for (id, snapshot) in snapshots {
         walker.snapshot(&id.short(), &snapshot.tree);
     }
@@ -28,10 +27,11 @@ pub(super) fn walk(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)
 /// Reads every tree the snapshots reach, each once and in parallel ([`each_tree`]); returns how
 /// many there are if every one decodes and names only chunks and trees the index has, `None` at
 /// the first that does not (then [`walk`] names the paths it costs).
-pub(super) fn all_trees_intact(repo: &Repository, index: &Index, snapshots: &[(Id, Snapshot)]) -> Option<u64> {
+pub(super) fn all_trees_intact(repo: &Indexed, snapshots: &[(Id, Snapshot)]) -> Option<u64> {
+    let index = repo.index();
     let mut seen = HashSet::new();
     let roots = snapshots.iter().map(|(_, snapshot)| snapshot.tree);
-    each_tree(repo, index, roots, &mut seen, |id, tree| {
+    each_tree(repo, roots, &mut seen, |id, tree| {
         let indexed = |node: &crate::format::tree::Node| match &node.content {
             Content::File { chunks } => chunks.iter().all(|chunk| index.contains(chunk)),
             _ => true,
@@ -59,8 +59,7 @@ pub(super) struct Walked {
 /// of directories, so a crafted tree a hundred thousand levels deep costs memory, not the
 /// process's stack.
 struct Walker<'a> {
-    repo: &'a Repository,
-    index: &'a Index,
+    repo: &'a Indexed<'a>,
     bad: HashMap<Id, String>,
     clean: HashSet<Id>,
     unindexed: HashSet<Id>,
@@ -84,11 +83,11 @@ impl Walker<'_> {
         if let Some(reason) = self.bad.get(id) {
             return Err(reason.clone());
         }
-        if !self.index.contains(id) {
+        if !self.repo.index().contains(id) {
             self.unindexed.insert(*id);
             return Err(format!("tree {} is not in the index", id.short()));
         }
-        match self.repo.read_tree(self.index, id) {
+        match self.repo.read_tree(id) {
             Ok(tree) => {
                 self.trees += 1;
                 Ok(tree)
@@ -163,7 +162,7 @@ impl Visitor for SnapshotWalk<'_, '_> {
                 for chunk in chunks {
                     let found = match walker.bad.get(chunk) {
                         Some(reason) => Some(format!("chunk {}: {reason}", chunk.short())),
-                        None if !walker.index.contains(chunk) => {
+                        None if !walker.repo.index().contains(chunk) => {
                             walker.unindexed.insert(*chunk);
                             Some(format!("chunk {} is not in the index", chunk.short()))
                         }

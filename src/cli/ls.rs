@@ -7,8 +7,7 @@ use anyhow::Result;
 
 use super::{format, Context};
 use cairn::format::tree::{Content, Node};
-use cairn::repository::index::Index;
-use cairn::repository::Repository;
+use cairn::repository::Indexed;
 use cairn::restore::locate;
 
 #[derive(clap::Args, Debug)]
@@ -28,12 +27,12 @@ pub struct Args {
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open_cached()?;
-    let ((id, snapshot), index) = super::find_with_index(&repo, &args.snapshot, &args.filters)?;
+    let ((id, snapshot), indexed) = super::find_with_index(&repo, &args.snapshot, &args.filters)?;
     super::warn_damage(&repo);
-    let (_, start) = locate(&repo, &index, &snapshot, &args.path, &id.short())?;
+    let (_, start) = locate(&indexed, &snapshot, &args.path, &id.short())?;
     let prefix = args.path.trim_end_matches('/').to_string();
     let prefix = if prefix.is_empty() || prefix.starts_with('/') { prefix } else { format!("/{prefix}") };
-    let lister = Lister { repo: &repo, index: &index, json: context.json, long: args.long };
+    let lister = Lister { repo: &indexed, json: context.json, long: args.long };
     match start {
         None => lister.walk(&snapshot.tree, prefix)?,
         Some(node) => {
@@ -47,8 +46,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
 }
 
 struct Lister<'a> {
-    repo: &'a Repository,
-    index: &'a Index,
+    repo: &'a Indexed<'a>,
     json: bool,
     long: bool,
 }
@@ -56,7 +54,7 @@ struct Lister<'a> {
 impl Lister<'_> {
     /// Prints every entry below the tree `id`, until nobody reads the output.
     fn walk(&self, id: &cairn::id::Id, prefix: String) -> Result<()> {
-        cairn::walk::each_entry(self.repo, self.index, id, prefix, |node, path| {
+        cairn::walk::each_entry(self.repo, id, prefix, |node, path| {
             if super::output::closed() {
                 return ControlFlow::Break(()); // nobody reads the rest
             }

@@ -311,16 +311,16 @@ fn cannot_write(error: &std::io::Error) -> bool {
 
 /// The snapshot `spec` picks ([`filter::find`]) and the index, read at once: on an object store
 /// each is a listing and a read, two round trips the other need not wait for.
-pub fn find_with_index(
-    repo: &Repository,
+pub fn find_with_index<'r>(
+    repo: &'r Repository,
     spec: &str,
     filters: &filter::FilterArgs,
-) -> cairn::error::Result<((cairn::id::Id, cairn::format::snapshot::Snapshot), cairn::repository::index::Index)> {
+) -> cairn::error::Result<((cairn::id::Id, cairn::format::snapshot::Snapshot), cairn::repository::Indexed<'r>)> {
     std::thread::scope(|scope| {
         let index = scope.spawn(|| repo.load_index());
         let found = filter::find(repo, spec, filters);
         let index = index.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        Ok((found?, index?))
+        Ok((found?, cairn::repository::Indexed::new(repo, index?)))
     })
 }
 

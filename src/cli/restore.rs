@@ -50,7 +50,7 @@ pub struct Args {
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let (repo, lock) = context.open_cached_read_locked("restore")?;
     let lock = lock?;
-    let ((id, snapshot), index) = super::find_with_index(&repo, &args.snapshot, &args.filters)?;
+    let ((id, snapshot), indexed) = super::find_with_index(&repo, &args.snapshot, &args.filters)?;
     super::warn_damage(&repo);
     let progress = Progress::new("restore", context.quiet || context.json);
     let mode = match (args.in_place, args.overwrite || args.skip_identical) {
@@ -76,7 +76,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         cancel: None,
         lock,
     };
-    let report = in_place::run(&repo, &index, &id, &snapshot, options, &progress)?;
+    let report = in_place::run(&indexed, &id, &snapshot, options, &progress)?;
     for note in &report.leftovers {
         errln!("note: {note}");
     }

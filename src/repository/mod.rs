@@ -648,8 +648,9 @@ impl Repository {
         Ok(())
     }
 
-    /// Reads a blob, decodes it and checks that it hashes to `id`.
-    pub fn read_blob(&self, index: &Index, id: &Id) -> Result<Vec<u8>> {
+    /// Reads a blob through `index`, decodes it and checks that it hashes to `id` (what
+    /// [`Indexed::read_blob`] does; here for an index still growing, as a snapshot's).
+    pub(crate) fn read_blob(&self, index: &Index, id: &Id) -> Result<Vec<u8>> {
         let location = index.get(id).ok_or(Error::MissingBlob(*id))?;
         let pack = index.pack_id(location);
         let key = FileKind::Pack.name(&pack);
@@ -710,9 +711,56 @@ impl Repository {
         self.decode_located(id, location, stored, pack)
     }
 
-    pub fn read_tree(&self, index: &Index, id: &Id) -> Result<Tree> {
+    /// [`Repository::read_blob`] of a tree, decoded.
+    pub(crate) fn read_tree(&self, index: &Index, id: &Id) -> Result<Tree> {
         let bytes = self.read_blob(index, id)?;
         Tree::decode(&bytes, &format!("tree {}", id.short()))
+    }
+}
+
+/// A repository with its index loaded: what reads trees and blobs by their ids (rustic's
+/// indexed repository is the anchor). Everything a repository does, it does too (it derefs to
+/// it); what needs the index takes one of these rather than a repository and an index apart.
+pub struct Indexed<'r> {
+    repo: &'r Repository,
+    index: Index,
+}
+
+impl<'r> Indexed<'r> {
+    /// `repo` with `index` (loaded before, as `check` loads it beside its reads).
+    pub fn new(repo: &'r Repository, index: Index) -> Indexed<'r> {
+        Indexed { repo, index }
+    }
+
+    /// `repo` with its index read now ([`Repository::load_index`]).
+    pub fn load(repo: &'r Repository) -> Result<Indexed<'r>> {
+        Ok(Indexed { repo, index: repo.load_index()? })
+    }
+
+    pub fn repo(&self) -> &'r Repository {
+        self.repo
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Reads a blob, decodes it and checks that it hashes to `id`.
+    pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        self.repo.read_blob(&self.index, id)
+    }
+
+    /// Reads and decodes the tree `id`.
+    pub fn read_tree(&self, id: &Id) -> Result<Tree> {
+        self.repo.read_tree(&self.index, id)
+    }
+}
+
+impl std::ops::Deref for Indexed<'_> {
+    type Target = Repository;
+
+    fn deref(&self) -> &Repository {
+        self.repo
     }
 }
 

@@ -53,9 +53,8 @@ use crate::format::snapshot::Snapshot;
 use crate::fs_at::{remove_tree, stat_fd, Dir};
 use crate::id::Id;
 use crate::progress::Progress;
-use crate::repository::index::Index;
 use crate::repository::lock::Lock;
-use crate::repository::Repository;
+use crate::repository::{Indexed, Repository};
 
 use plan::{Compare, Walker, Want};
 pub use plan::{Plan, MAX_LEVELS};
@@ -184,20 +183,13 @@ fn open_dir_stat(path: &Path) -> Result<(Dir, libc::stat)> {
 }
 
 /// Restores `snapshot` (`id`) as `options` say; see the module doc.
-pub fn run(
-    repo: &Repository,
-    index: &Index,
-    id: &Id,
-    snapshot: &Snapshot,
-    mut options: Options,
-    progress: &Progress,
-) -> Result<Report> {
+pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, progress: &Progress) -> Result<Report> {
     let lock = options.lock.take();
     let options = &options;
-    let want = plan::want_of(repo, index, snapshot, &options.includes, &id.short())?;
+    let want = plan::want_of(repo, snapshot, &options.includes, &id.short())?;
     let site = Site::open(&options.target)?;
     if site.path == Path::new("/") && !(options.force_root && options.mode == Mode::Overwrite) {
-        return Err(refuse_root(repo, index, id, snapshot)?);
+        return Err(refuse_root(repo, id, snapshot)?);
     }
     let mut report = Report {
         snapshot: id.to_hex(),
@@ -221,7 +213,6 @@ pub fn run(
     let as_root = unsafe { libc::geteuid() } == 0;
     let mut walker = Walker {
         repo,
-        index,
         want: &want,
         compare: Compare::Content,
         delete: options.delete,
@@ -248,7 +239,7 @@ pub fn run(
     // trip that nothing else waits for. It is written before the end record all the same.
     let (begun, result) = std::thread::scope(|scope| {
         let begun = scope.spawn(|| audit.begin(repo));
-        let result = execute(repo, index, id, snapshot, options, &site, &want, progress, &mut report);
+        let result = execute(repo, id, snapshot, options, &site, &want, progress, &mut report);
         (begun.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), result)
     });
     let mut report = std::thread::scope(|scope| {
@@ -341,8 +332,7 @@ fn finish(repo: &Repository, mut audit: Run, result: Result<()>, mut report: Rep
 
 #[allow(clippy::too_many_arguments)]
 fn execute(
-    repo: &Repository,
-    index: &Index,
+    repo: &Indexed,
     id: &Id,
     snapshot: &Snapshot,
     options: &Options,
@@ -370,7 +360,7 @@ fn execute(
             skip_identical,
             cancel: options.cancel,
         };
-        super::restore(repo, index, id, snapshot, &core, progress)
+        super::restore(repo, id, snapshot, &core, progress)
     };
     let nothing = report.plan.as_ref().is_some_and(|p| p.created.is_empty() && p.replaced.is_empty() && !touches);
     report.summary = match report.how {
@@ -379,7 +369,7 @@ fn execute(
             files_unchanged: report.plan.as_ref().map_or(0, |p| p.unchanged),
             ..Default::default()
         },
-        How::InPlace => staged(repo, index, id, snapshot, options, site, want, progress, report)?,
+        How::InPlace => staged(repo, id, snapshot, options, site, want, progress, report)?,
         How::EmptyTarget => direct(&options.target, options.skip_identical)?,
         _ => direct(&site.path, options.skip_identical)?,
     };
@@ -436,8 +426,7 @@ fn safety_snapshot(repo: &Repository, paths: &[PathBuf], target: &Path, skip: &[
 /// [`Mode::InPlace`]: stage, restore, check, swap; see the module doc.
 #[allow(clippy::too_many_arguments)]
 fn staged(
-    repo: &Repository,
-    index: &Index,
+    repo: &Indexed,
     id: &Id,
     snapshot: &Snapshot,
     options: &Options,
@@ -461,7 +450,7 @@ fn staged(
                 site.path.display()
             ))
         })
-        .and_then(|()| build(repo, index, id, snapshot, options, &staging, old, old_st, want, progress, &site.path));
+        .and_then(|()| build(repo, id, snapshot, options, &staging, old, old_st, want, progress, &site.path));
     let summary = match built {
         Ok(summary) => summary,
         Err(e) => {
@@ -505,8 +494,7 @@ fn can_exchange(dir: &Dir) -> std::io::Result<()> {
 /// against the snapshot, its kept directories' and its root's metadata put back, all durable.
 #[allow(clippy::too_many_arguments)]
 fn build(
-    repo: &Repository,
-    index: &Index,
+    repo: &Indexed,
     id: &Id,
     snapshot: &Snapshot,
     options: &Options,
@@ -521,7 +509,6 @@ fn build(
     let as_root = unsafe { libc::geteuid() } == 0;
     let walker = |compare| Walker {
         repo,
-        index,
         want,
         compare,
         delete: options.delete,
@@ -539,7 +526,7 @@ fn build(
         skip_identical: false,
         cancel: options.cancel,
     };
-    let mut summary = super::restore(repo, index, id, snapshot, &core, progress)?;
+    let mut summary = super::restore(repo, id, snapshot, &core, progress)?;
     let shown = through.to_string_lossy().into_owned();
     for error in &mut summary.errors {
         error.path = error.path.replacen(&shown, &target.to_string_lossy(), 1);
@@ -670,8 +657,8 @@ fn refuse_not_empty(target: &Path, id: &Id, plan: &Plan, delete: bool) -> Error 
 }
 
 /// The error for `/` as the target: where the snapshot's top-level entries would land.
-fn refuse_root(repo: &Repository, index: &Index, id: &Id, snapshot: &Snapshot) -> Result<Error> {
-    let tree = repo.read_tree(index, &snapshot.tree)?;
+fn refuse_root(repo: &Indexed, id: &Id, snapshot: &Snapshot) -> Result<Error> {
+    let tree = repo.read_tree(&snapshot.tree)?;
     let names: Vec<String> = tree.nodes.iter().take(5).map(|n| String::from_utf8_lossy(&n.name).into_owned()).collect();
     let paths: Vec<String> = snapshot.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
     let holds = if paths.len() == 1 {

@@ -27,8 +27,7 @@ use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Content, Metadata, Node};
 use crate::fs_at::{is_dir, set_metadata_fd, stat_fd, Dir};
 use crate::id::Id;
-use crate::repository::index::Index;
-use crate::repository::Repository;
+use crate::repository::Indexed;
 
 /// Directory levels the walk descends at most: it keeps one descriptor open per level. Deeper
 /// targets are refused before anything changes.
@@ -96,8 +95,7 @@ enum Scope {
 }
 
 pub(crate) struct Walker<'a> {
-    pub repo: &'a Repository,
-    pub index: &'a Index,
+    pub repo: &'a Indexed<'a>,
     pub want: &'a Want,
     pub compare: Compare,
     pub delete: bool,
@@ -112,17 +110,11 @@ pub(crate) struct Walker<'a> {
 
 /// The [`Want`] of a restore of `includes` (all of the snapshot when empty or when one is the
 /// root). An include inside another one is covered by it.
-pub(crate) fn want_of(
-    repo: &Repository,
-    index: &Index,
-    snapshot: &Snapshot,
-    includes: &[String],
-    short: &str,
-) -> Result<Want> {
+pub(crate) fn want_of(repo: &Indexed, snapshot: &Snapshot, includes: &[String], short: &str) -> Result<Want> {
     let tree = &snapshot.tree;
     let mut found = Vec::new();
     for include in includes {
-        match super::super::locate(repo, index, snapshot, include, short)? {
+        match super::super::locate(repo, snapshot, include, short)? {
             (include, Some(node)) => found.push((split(&include), node)),
             (_, None) => return Ok(Want::Tree(*tree)),
         }
@@ -228,7 +220,7 @@ impl Walker<'_> {
 
     /// The entries of the stored directory `id`, as wants; sockets left out (never restored).
     fn tree(&self, id: &Id) -> Result<BTreeMap<Vec<u8>, Child>> {
-        let tree = self.repo.read_tree(self.index, id)?;
+        let tree = self.repo.read_tree(id)?;
         Ok(tree
             .nodes
             .into_iter()
