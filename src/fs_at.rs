@@ -116,6 +116,11 @@ impl Dir {
         Ok(Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
+    /// Another descriptor of this directory (a `dup`).
+    pub fn try_clone(&self) -> Result<Dir> {
+        Ok(Dir { fd: self.fd.try_clone()? })
+    }
+
     fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
     }

@@ -10,8 +10,10 @@
 //! - [`id`], [`chunking`], [`compression`]: BLAKE3 ids, FastCDC cut points, zstd per blob.
 //! - [`backend`]: where files live (a local directory or an object store); create-only, durable
 //!   puts.
-//! - [`repository`]: open/init, the in-memory [`repository::index::Index`], verified blob reads,
-//!   snapshot listing, and [`repository::packer::BlobStore`], which dedups, compresses and packs.
+//! - [`repository`]: opening and creating one from a [`repository::Location`], the names of its
+//!   files ([`repository::FileKind`]) and the verbs on them, the in-memory
+//!   [`repository::index::Index`], verified blob reads through [`repository::Indexed`], snapshot
+//!   listing, and [`repository::packer::BlobStore`], which dedups, compresses and packs.
 //! - [`source`]: walking directory trees into tree blobs and chunks, with change detection.
 //! - [`backup`]: one snapshot from start to commit; [`restore`]: back to files, and over an
 //!   existing directory ([`restore::in_place`]: plan, safety snapshot, staged build, atomic swap).
@@ -20,10 +22,11 @@
 //! - [`retention`]: which snapshots a policy keeps; [`tag`]: changing a snapshot's tags;
 //!   [`prune`]: prune (mark, plan, sweep), which refuses to delete in a repository that is not
 //!   whole; [`repair`]: the index rebuilt from packs;
-//!   [`stats`]: storage cost per source; [`repository::lock`]: repository locks.
+//!   [`stats`]: storage cost per source; [`repository::lock`]: repository locks;
+//!   [`run_config`]: the `cairn run` config file.
 //! - [`select`]: which snapshot a command means: an id, `latest` or `--at TIME`, among those a
 //!   source, host and tag filter selects.
-//! - [`walk`]: the entries of a stored tree in path order, for listings.
+//! - [`walk`]: the one depth-first walk of stored trees, and every distinct tree read once.
 //! - [`sync`]: copying snapshots and the packs they need to another repository (offsite).
 //! - [`fs_at`]: file system calls relative to an open directory that never follow a symlink
 //!   below it, for restore and drills.

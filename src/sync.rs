@@ -143,6 +143,17 @@ pub struct Synced {
     pub requests: Option<crate::backend::RequestCounts>,
 }
 
+/// What a [`sync`] copies, and where to.
+pub struct Request<'a> {
+    /// The destination repository.
+    pub to: &'a Location,
+    /// Its passphrase (none: it is, or is created, plain).
+    pub passphrase: Option<&'a str>,
+    /// The sources whose snapshots are copied (all if empty).
+    pub sources: &'a [String],
+    pub options: SyncOptions,
+}
+
 /// A sync to the repository at `to` as the audited run `sync` (store-format/audit.md): opens or
 /// creates it ([`open_or_create`], whose answer goes to `found`), copies the snapshots of
 /// `sources` (all if empty) that it lacks, and writes the record here; a destination that
@@ -152,17 +163,15 @@ pub struct Synced {
 /// `cairn sync` runs, and what an embedder calls.
 pub fn sync(
     source: &Repository,
-    to: &Location,
-    passphrase: Option<&str>,
-    sources: &[String],
-    options: &SyncOptions,
+    request: &Request,
     progress: &Progress,
     found: impl FnOnce(&Repository, Destination),
 ) -> Audited<Synced> {
+    let Request { to, sources, .. } = *request;
     let mut audited = run(to, sources).around(source, |record| {
         let mut report = SyncReport::default();
         let mut dest = None;
-        let result = copy_missing(source, to, passphrase, sources, options, progress, found, &mut report, &mut dest);
+        let result = copy_missing(source, request, progress, found, &mut report, &mut dest);
         let requests = dest.as_ref().and_then(|d: &Repository| d.backend().requests());
         record.files = report.snapshots_copied.len() as u64;
         record.bytes = report.bytes_copied;
@@ -210,18 +219,15 @@ pub fn failed_before(source: &Repository, to: &Location, sources: &[String], err
 /// The work of [`sync`]; `dest` is set once the destination is open. With nothing missing, the
 /// destination sees only the reads of its config (and key file) and the listings of its keys
 /// and snapshots.
-#[allow(clippy::too_many_arguments)]
 fn copy_missing(
     source: &Repository,
-    to: &Location,
-    passphrase: Option<&str>,
-    sources: &[String],
-    options: &SyncOptions,
+    request: &Request,
     progress: &Progress,
     found: impl FnOnce(&Repository, Destination),
     report: &mut SyncReport,
     dest: &mut Option<Repository>,
 ) -> Result<()> {
+    let Request { to, passphrase, sources, ref options } = *request;
     let (opened, destination) = open_or_create(source, to, passphrase)?;
     found(&opened, destination);
     let dest = dest.insert(opened);

@@ -11,7 +11,7 @@ use cairn::progress::Progress;
 use cairn::repository::lock::LockKind;
 use cairn::repository::{Location, Repository};
 use cairn::retention::plan;
-use cairn::sync::{Destination, SyncOptions, Synced};
+use cairn::sync::{Destination, Request, SyncOptions, Synced};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -86,7 +86,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             }
         }
     };
-    let synced = cairn::sync::sync(&source, &to, passphrase.as_deref(), &args.source, &options, &progress, found);
+    let request = Request { to: &to, passphrase: passphrase.as_deref(), sources: &args.source, options };
+    let synced = cairn::sync::sync(&source, &request, &progress, found);
     super::warn_damage(&source);
     let Synced { dest, report, requests } =
         super::audited(synced).map_err(|e| anyhow::Error::new(e).context(format!("syncing to {}", args.to)))?;

@@ -649,3 +649,47 @@ fn kill_9_at_any_moment_leaves_the_old_tree_or_the_new_one_with_the_old_beside_i
     assert!(seen[5].contains(": old,"), "killed at the probe of the file system: {seen:?}");
     ok(cairn(&repo).args(["check", "--read-data"]));
 }
+
+/// `root/d/d/.../d` (`depth` directories below `root`); returns the deepest.
+fn chain(root: &Path, depth: usize) -> PathBuf {
+    let deepest = (0..depth).fold(root.to_path_buf(), |path, _| path.join("d"));
+    fs::create_dir_all(&deepest).unwrap();
+    deepest
+}
+
+#[test]
+fn a_deep_target_is_walked_without_recursion_and_one_too_deep_is_refused_unchanged() {
+    let scratch = Scratch::new("inplace-deep");
+    let (repo, source, target) = (scratch.join("repo"), scratch.join("src"), scratch.join("target"));
+    init(&repo);
+    // 350 levels: the snapshot's chain ends in a file; the target's in an older one, and it has
+    // a chain of 300 of its own that the snapshot lacks (kept by a plain in-place restore, so
+    // carried into the new tree level by level; listed level by level by --delete).
+    fs::write(chain(&source, 350).join("leaf"), b"new leaf").unwrap();
+    ok(cairn(&repo).args(["snapshot", "--source", "deep"]).arg(&source));
+    fs::write(chain(&target, 350).join("leaf"), b"old leaf").unwrap();
+    fs::write(chain(&target.join("extra"), 300).join("kept"), b"only in the target").unwrap();
+    let report = json(cairn(&repo).args(["restore", "latest", "--in-place", "--target"]).arg(&target));
+    assert_eq!(report["how"], "in-place", "{report}");
+    assert_eq!(fs::read(chain(&target, 350).join("leaf")).unwrap(), b"new leaf");
+    assert_eq!(fs::read(chain(&target.join("extra"), 300).join("kept")).unwrap(), b"only in the target");
+    let dry =
+        json(cairn(&repo).args(["restore", "latest", "--in-place", "--delete", "--dry-run", "--target"]).arg(&target));
+    let deleted = dry["plan"]["deleted"].as_array().unwrap();
+    assert_eq!(deleted.len(), 302, "extra, its 300 levels and the file at the bottom: {dry}");
+    assert_eq!(deleted[0], "extra");
+    assert!(deleted[301].as_str().unwrap().ends_with("/d/kept"));
+
+    // Past MAX_LEVELS (400) in the target, the staging tree cannot be built: refused, unchanged.
+    let (deeper, too_deep) = (scratch.join("deeper"), scratch.join("too-deep"));
+    fs::write(chain(&deeper, 420).join("leaf"), b"new").unwrap();
+    ok(cairn(&repo).args(["snapshot", "--source", "deeper"]).arg(&deeper));
+    fs::write(chain(&too_deep, 420).join("leaf"), b"old").unwrap();
+    let out =
+        run(cairn(&repo).args(["restore", "latest", "--source", "deeper", "--in-place", "--target"]).arg(&too_deep));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("directory levels deep in the target"), "{stderr}");
+    assert_eq!(fs::read(chain(&too_deep, 420).join("leaf")).unwrap(), b"old");
+    assert_eq!(beside(&too_deep), (vec![], vec![]), "no staging directory, no .bak");
+}

@@ -94,6 +94,23 @@ enum Scope {
     Only(BTreeMap<Vec<u8>, Child>),
 }
 
+/// Work left in the walk of the target: the entries of one directory still to decide, last
+/// first, and the directory's path length (in components).
+struct Task {
+    depth: usize,
+    work: Work,
+}
+
+enum Work {
+    /// The names of a directory of the target (`old`, if it exists) and of the snapshot
+    /// (`wants`), with its staged copy; `all`: the directory is the snapshot's.
+    Listing { old: Option<Dir>, staging: Option<Dir>, wants: BTreeMap<Vec<u8>, Child>, all: bool, names: Vec<Vec<u8>> },
+    /// Entries of the snapshot below an entry created or replaced: created too.
+    Created { below: Vec<(Vec<u8>, Child)> },
+    /// Entries of the target directory `dir` that go.
+    Deleted { dir: Dir, names: Vec<Vec<u8>> },
+}
+
 pub(crate) struct Walker<'a> {
     pub repo: &'a Indexed<'a>,
     pub want: &'a Want,
@@ -170,21 +187,74 @@ fn node_kind(content: &Content) -> Option<u32> {
 impl Walker<'_> {
     /// Walks the target directory `old` (`None`: it does not exist) against the want, filling
     /// [`Walker::plan`]; with `staging`, also builds the staging directory (see the module doc).
-    /// On a thread of its own with room for [`MAX_LEVELS`] levels of recursion.
+    /// A loop over a stack of [`Task`]s, a directory's whole content before its next sibling:
+    /// depth costs one task (and its descriptors) per level, never the process's stack.
     pub(crate) fn walk(&mut self, old: Option<&Dir>, staging: Option<&Dir>) -> Result<()> {
-        std::thread::scope(|scope| {
-            let walk = std::thread::Builder::new()
-                .stack_size(256 << 20)
-                .spawn_scoped(scope, || {
-                    let scope = match self.want {
-                        Want::Tree(id) => Scope::All(self.tree(id)?),
-                        Want::Includes(_) => Scope::Only(self.partial(&[])),
-                    };
-                    self.listing(old, staging, &mut Vec::new(), scope)
-                })
-                .map_err(|e| Error::Resources { what: "the thread that walks the target", reason: e.to_string() })?;
-            walk.join().map_err(|_| Error::Invalid("the walk of the target panicked".into()))?
-        })
+        let scope = match self.want {
+            Want::Tree(id) => Scope::All(self.tree(id)?),
+            Want::Includes(_) => Scope::Only(self.partial(&[])),
+        };
+        let mut path = Vec::new();
+        let own = |dir: Option<&Dir>| dir.map(Dir::try_clone).transpose().map_err(|e| self.io(&[], e));
+        let (old_root, staging_root) = (own(old)?, own(staging)?);
+        let mut stack: Vec<Task> = self.listing(old_root, staging_root, &path, scope)?.into_iter().collect();
+        while let Some(task) = stack.last_mut() {
+            match self.advance(task, &mut path)? {
+                Some(more) => stack.extend(more),
+                None => _ = stack.pop(),
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides the next entry of `task`, at `path`: the tasks its content needs (to run before
+    /// the task's next entry), or `None` once the task has no entry left.
+    fn advance(&mut self, task: &mut Task, path: &mut Vec<Vec<u8>>) -> Result<Option<Vec<Task>>> {
+        path.truncate(task.depth);
+        Ok(Some(match &mut task.work {
+            Work::Listing { old, staging, wants, all, names } => {
+                let Some(name) = names.pop() else { return Ok(None) };
+                path.push(name);
+                let name = path.last().expect("just pushed").clone();
+                let found = match old {
+                    Some(dir) => match dir.stat(&name) {
+                        Ok(st) => Some(st),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                        Err(e) => return Err(self.io(path, e)),
+                    },
+                    None => None,
+                };
+                let (old, staging) = (old.as_ref(), staging.as_ref());
+                match (found, wants.get(&name)) {
+                    (None, None) => Vec::new(),
+                    (None, Some(want)) => self.created(path, want)?,
+                    (Some(st), None) if *all && self.delete => self.deleted(old.expect("found in it"), path, &st)?,
+                    (Some(st), None) => {
+                        if *all {
+                            self.plan.kept.push(shown(path));
+                        }
+                        self.keep(old.expect("found in it"), staging, path, &st)?;
+                        Vec::new()
+                    }
+                    (Some(st), Some(want)) => self.both(old.expect("found in it"), staging, path, &st, want)?,
+                }
+            }
+            Work::Created { below } => {
+                let Some((name, want)) = below.pop() else { return Ok(None) };
+                path.push(name);
+                self.created(path, &want)?
+            }
+            Work::Deleted { dir, names } => {
+                let Some(name) = names.pop() else { return Ok(None) };
+                path.push(name);
+                let name = path.last().expect("just pushed");
+                match dir.stat(name) {
+                    Ok(st) => self.deleted(dir, path, &st)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => return Err(self.io(path, e)),
+                }
+            }
+        }))
     }
 
     /// The entries restored in the directory at `path` on the way to includes.
@@ -236,55 +306,31 @@ impl Walker<'_> {
         }
     }
 
-    /// One directory: `old` in the target (if any), its staged copy, its place, its scope.
+    /// The task of one directory: `old` in the target (if any), its staged copy, at `path`, with
+    /// its scope; none beyond [`MAX_LEVELS`].
     fn listing(
         &mut self,
-        old: Option<&Dir>,
-        staging: Option<&Dir>,
-        path: &mut Vec<Vec<u8>>,
+        old: Option<Dir>,
+        staging: Option<Dir>,
+        path: &[Vec<u8>],
         scope: Scope,
-    ) -> Result<()> {
+    ) -> Result<Option<Task>> {
         if self.beyond(path)? {
-            return Ok(());
+            return Ok(None);
         }
         let (wants, all) = match scope {
             Scope::All(map) => (map, true),
             Scope::Only(map) => (map, false),
         };
-        let mut names: Vec<Vec<u8>> = match old {
+        let mut names: Vec<Vec<u8>> = match &old {
             Some(dir) => dir.names().map_err(|e| self.io(path, e))?,
             None => Vec::new(),
         };
         names.extend(wants.keys().cloned());
         names.sort();
         names.dedup();
-        for name in names {
-            path.push(name);
-            let name = path.last().expect("just pushed").clone();
-            let found = match old {
-                Some(dir) => match dir.stat(&name) {
-                    Ok(st) => Some(st),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                    Err(e) => return Err(self.io(path, e)),
-                },
-                None => None,
-            };
-            let result = match (found, wants.get(&name)) {
-                (None, None) => Ok(()),
-                (None, Some(want)) => self.created(path, want),
-                (Some(st), None) if all && self.delete => self.deleted(old.expect("found in it"), path, &st),
-                (Some(st), None) => {
-                    if all {
-                        self.plan.kept.push(shown(path));
-                    }
-                    self.keep(old.expect("found in it"), staging, path, &st)
-                }
-                (Some(st), Some(want)) => self.both(old.expect("found in it"), staging, path, &st, want),
-            };
-            path.pop();
-            result?;
-        }
-        Ok(())
+        names.reverse();
+        Ok(Some(Task { depth: path.len(), work: Work::Listing { old, staging, wants, all, names } }))
     }
 
     fn io(&self, path: &[Vec<u8>], e: std::io::Error) -> Error {
@@ -292,43 +338,35 @@ impl Walker<'_> {
     }
 
     /// `path` and everything below it in the snapshot are created.
-    fn created(&mut self, path: &mut Vec<Vec<u8>>, want: &Child) -> Result<()> {
+    fn created(&mut self, path: &[Vec<u8>], want: &Child) -> Result<Vec<Task>> {
         if self.beyond(path)? {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.plan.created.push(shown(path));
         self.created_below(path, want)
     }
 
     /// `path` (in `dir`, found as `st`) and everything below it go.
-    fn deleted(&mut self, dir: &Dir, path: &mut Vec<Vec<u8>>, st: &libc::stat) -> Result<()> {
+    fn deleted(&mut self, dir: &Dir, path: &[Vec<u8>], st: &libc::stat) -> Result<Vec<Task>> {
         if self.beyond(path)? {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.plan.deleted.push(shown(path));
         if !is_dir(st) {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let name = path.last().expect("a name").clone();
-        self.all_deleted(dir, &name, path)
+        Ok(vec![self.all_deleted(dir, &name, path)?])
     }
 
-    /// Every entry below the directory `name` in `dir` (at `path`) goes, in name order.
-    fn all_deleted(&mut self, dir: &Dir, name: &[u8], path: &mut Vec<Vec<u8>>) -> Result<()> {
+    /// The task in which every entry below the directory `name` in `dir` (at `path`) goes, in
+    /// name order.
+    fn all_deleted(&mut self, dir: &Dir, name: &[u8], path: &[Vec<u8>]) -> Result<Task> {
         let inner = dir.open_dir(name).map_err(|e| self.io(path, e))?;
         let mut names = inner.names().map_err(|e| self.io(path, e))?;
         names.sort();
-        for child in names {
-            path.push(child.clone());
-            let result = match inner.stat(&child) {
-                Ok(st) => self.deleted(&inner, path, &st),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(self.io(path, e)),
-            };
-            path.pop();
-            result?;
-        }
-        Ok(())
+        names.reverse();
+        Ok(Task { depth: path.len(), work: Work::Deleted { dir: inner, names } })
     }
 
     /// An entry of the target that stays: carried into the staging directory, if building one.
@@ -347,10 +385,10 @@ impl Walker<'_> {
         &mut self,
         dir: &Dir,
         staging: Option<&Dir>,
-        path: &mut Vec<Vec<u8>>,
+        path: &[Vec<u8>],
         st: &libc::stat,
         want: &Child,
-    ) -> Result<()> {
+    ) -> Result<Vec<Task>> {
         let name = path.last().expect("a name").clone();
         let node = match want {
             Child::Node(node) => node,
@@ -364,19 +402,23 @@ impl Walker<'_> {
                 let inner = dir.open_dir(&name).map_err(|e| self.io(path, e))?;
                 let staged = self.staged_dir(staging, &name, path)?;
                 if staged.is_some() {
-                    self.partial_dirs.push((path.clone(), *st));
+                    self.partial_dirs.push((path.to_vec(), *st));
                 }
                 let only = self.partial(path);
-                return self.listing(Some(&inner), staged.as_ref(), path, Scope::Only(only));
+                return Ok(self.listing(Some(inner), staged, path, Scope::Only(only))?.into_iter().collect());
             }
         };
         let want_kind = node_kind(&node.content).expect("sockets are left out");
         if kind(st.st_mode) != want_kind {
             self.plan.replaced.push(shown(path));
-            if is_dir(st) {
-                self.all_deleted(dir, &name, path)?;
-            }
-            return self.created_below(path, want);
+            // What was there goes before what replaces it is listed: last on the stack.
+            let deleted = match is_dir(st) {
+                true => Some(self.all_deleted(dir, &name, path)?),
+                false => None,
+            };
+            let mut tasks = self.created_below(path, want)?;
+            tasks.extend(deleted);
+            return Ok(tasks);
         }
         if let Content::Dir { subtree } = &node.content {
             if self.compare != Compare::Names && self.meta_differs(st, &node.meta, false) {
@@ -385,10 +427,10 @@ impl Walker<'_> {
             let inner = dir.open_dir(&name).map_err(|e| self.io(path, e))?;
             let staged = self.staged_dir(staging, &name, path)?;
             let all = self.tree(subtree)?;
-            return self.listing(Some(&inner), staged.as_ref(), path, Scope::All(all));
+            return Ok(self.listing(Some(inner), staged, path, Scope::All(all))?.into_iter().collect());
         }
         if self.compare == Compare::Names {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let same = match &node.content {
             Content::File { chunks } => !self.meta_differs(st, &node.meta, true) && self.same_file(dir, &name, chunks),
@@ -403,22 +445,17 @@ impl Walker<'_> {
         } else {
             self.plan.replaced.push(shown(path));
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     /// What the snapshot has below `path`, all created (the entry itself is already listed).
-    fn created_below(&mut self, path: &mut Vec<Vec<u8>>, want: &Child) -> Result<()> {
+    fn created_below(&mut self, path: &[Vec<u8>], want: &Child) -> Result<Vec<Task>> {
         let below = match want {
             Child::Node(node) => self.children(node)?,
             Child::Partial => self.partial(path),
         };
-        for (name, inner) in &below {
-            path.push(name.clone());
-            let result = self.created(path, inner);
-            path.pop();
-            result?;
-        }
-        Ok(())
+        let below: Vec<(Vec<u8>, Child)> = below.into_iter().rev().collect();
+        Ok(vec![Task { depth: path.len(), work: Work::Created { below } }])
     }
 
     /// The staged directory `name`, made (mode 0700) if building one.
@@ -461,11 +498,49 @@ impl From<std::io::Error> for Carry {
 
 /// Carries the entry `name` of `from` (found as `st`) into `to`: a file by a hard link (the
 /// same inode, so the old tree in `.bak` and the new one share it), anything else recreated
-/// with its owner (as root), mode and mtime, a directory with everything below it.
+/// with its owner (as root), mode and mtime, a directory with everything below it (a loop over
+/// the directories open, whose metadata is set once their content is carried). `depth`: the
+/// entry's level; nothing is carried beyond [`MAX_LEVELS`].
 fn carry(from: &Dir, to: &Dir, name: &[u8], st: &libc::stat, as_root: bool, depth: usize) -> Result<(), Carry> {
     if depth > MAX_LEVELS {
         return Err(Carry::Deep);
     }
+    // Directories being carried: the old one, its copy, the names left in it (last first), and
+    // the old one's stat.
+    let mut open: Vec<(Dir, Dir, Vec<Vec<u8>>, libc::stat)> = Vec::new();
+    open.extend(carry_one(from, to, name, st, as_root)?);
+    loop {
+        let level = depth + open.len();
+        let Some((inner, made, names, _)) = open.last_mut() else { break };
+        let Some(child) = names.pop() else {
+            let (_, made, _, st) = open.pop().expect("there is a top");
+            let owner = as_root.then_some((st.st_uid, st.st_gid));
+            set_metadata_fd(made.as_fd(), owner, st.st_mode & 0o7777, (st.st_mtime, st.st_mtime_nsec as u32))?;
+            continue;
+        };
+        if level > MAX_LEVELS {
+            return Err(Carry::Deep);
+        }
+        let next = match inner.stat(&child) {
+            Ok(st) => carry_one(inner, made, &child, &st, as_root)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        open.extend(next);
+    }
+    Ok(())
+}
+
+/// [`carry`] of one entry; a directory is only made (mode 0700), and returned open with its
+/// copy, its names and its stat, for its content.
+#[allow(clippy::type_complexity)]
+fn carry_one(
+    from: &Dir,
+    to: &Dir,
+    name: &[u8],
+    st: &libc::stat,
+    as_root: bool,
+) -> Result<Option<(Dir, Dir, Vec<Vec<u8>>, libc::stat)>, Carry> {
     let owner = as_root.then_some((st.st_uid, st.st_gid));
     let mtime = (st.st_mtime, st.st_mtime_nsec as u32);
     match kind(st.st_mode) {
@@ -476,21 +551,16 @@ fn carry(from: &Dir, to: &Dir, name: &[u8], st: &libc::stat, as_root: bool, dept
         }
         libc::S_IFDIR => {
             let (inner, made) = (from.open_dir(name)?, to.make_dir(name, 0o700)?);
-            for child in inner.names()? {
-                match inner.stat(&child) {
-                    Ok(st) => carry(&inner, &made, &child, &st, as_root, depth + 1)?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            set_metadata_fd(made.as_fd(), owner, st.st_mode & 0o7777, mtime)?;
+            let mut names = inner.names()?;
+            names.reverse();
+            return Ok(Some((inner, made, names, *st)));
         }
         other => {
             to.mknod(name, other, st.st_rdev)?;
             to.set_metadata(name, owner, Some(st.st_mode & 0o7777), mtime)?;
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Gives the directory `dir` the owner (as root), mode and mtime `st` records.
