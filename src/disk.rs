@@ -118,7 +118,7 @@ impl MinFree {
         let Some(space) = space(path) else { return Ok(()) };
         let min = self.bytes(&space);
         if space.free < min.saturating_add(more) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::NoSpace(format!(
                 "disk guard: {} has {} MiB free{}; the minimum is {} MiB (--min-free): refusing to fill the disk",
                 path.display(),
                 space.free >> 20,

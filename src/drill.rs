@@ -194,7 +194,7 @@ pub fn drill(
     remove_stale_scratch(scratch_parent);
     if let Some(free) = crate::disk::space(scratch_parent).map(|s| s.free) {
         if free < snapshot.summary.bytes + (64 << 20) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::NoSpace(format!(
                 "{} has {} MiB free, the drill needs about {} MiB: pass --scratch DIR on a larger file system",
                 scratch_parent.display(),
                 free >> 20,

@@ -75,6 +75,15 @@ pub enum Error {
     #[error("{0}")]
     Refused(String),
 
+    /// The file system has not the room the work needs (or the disk guard keeps); nothing was
+    /// written. The message says how much there is and what to do.
+    #[error("{0}")]
+    NoSpace(String),
+
+    /// No key file matches.
+    #[error("no key file {0}")]
+    NoSuchKey(String),
+
     /// A thread or runtime the work needs could not be started.
     #[error("cannot start {what}: {reason}")]
     Resources { what: &'static str, reason: String },

@@ -158,7 +158,7 @@ impl Repository {
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 if !layout::DIRECTORIES.iter().any(|l| name == *l) {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Refused(format!(
                         "{} is not empty: refusing to create a repository among other files",
                         path.display()
                     )));
@@ -275,10 +275,10 @@ impl Repository {
         let files = self.key_files()?;
         let short = id.short();
         if !files.iter().any(|(key, _)| key == id) {
-            return Err(Error::Invalid(format!("no key file {short}")));
+            return Err(Error::NoSuchKey(short));
         }
         if files.len() == 1 {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Refused(format!(
                 "key {short} is the repository's last key: removing it would make everything unreadable"
             )));
         }
@@ -635,7 +635,7 @@ impl Repository {
     /// Deletes the snapshot manifest named `id` (its hex form; a name that is not one is refused,
     /// so no other file can be reached through it).
     pub fn delete_snapshot(&self, id: &str) -> Result<()> {
-        let id = Id::from_hex(id).ok_or_else(|| Error::Invalid(format!("{id:?} is not a snapshot id")))?;
+        let id = Id::from_hex(id).ok_or_else(|| Error::NoSuchSnapshot(id.to_string()))?;
         self.delete_file(FileKind::Snapshot, &id)
     }
 

@@ -159,7 +159,7 @@ fn shown(path: &[Vec<u8>]) -> String {
 }
 
 fn too_deep(path: &[Vec<u8>]) -> Error {
-    Error::Invalid(format!(
+    Error::Refused(format!(
         "{} lies more than {MAX_LEVELS} directory levels deep in the target: too deep for an in-place restore; \
          restore into an empty directory, or use --overwrite",
         shown(path)
