@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::audit::{Audited, Run};
@@ -30,9 +29,10 @@ use crate::fs_at::{is_dir, is_file, remove_tree, Dir, Place};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::{Indexed, Repository};
-use crate::restore::{restore, RestoreOptions, Rounds, ROUND_DEPTH};
+use crate::restore::{restore, RestoreOptions};
 /// Which snapshot to drill: `latest`, `random` or an id, as every command picks one.
 pub use crate::select::{Filter, Pick};
+use crate::walk::{InParallel, Parallel};
 
 #[derive(Debug, Serialize)]
 pub struct DrillReport {
@@ -214,7 +214,6 @@ pub fn drill(
 
     let root = Dir::open(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;
     let verifier = Verifier {
-        repo,
         chunker: repo.chunker(),
         scratch: &scratch.0,
         passed: AtomicU64::new(0),
@@ -226,15 +225,11 @@ pub fn drill(
                 .collect(),
         ),
         databases: Mutex::new(Vec::new()),
-        rounds: Rounds::default(),
         cancel,
     };
-    verifier.tree(&root, &Place::root(), &snapshot.tree, 0);
-    verifier.rounds.run(
-        &root,
-        |dir, place, subtree| verifier.tree(dir, place, subtree, 0),
-        |place, e| verifier.fail(place.path(Path::new("/")).display().to_string(), format!("cannot open: {e}")),
-    );
+    let walk = Parallel::new(repo, &root, &verifier);
+    walk.tree(&root, &Place::root(), &snapshot.tree);
+    walk.finish();
     let mut failures = verifier.failures.into_inner().expect("poisoned");
     failures.sort();
     let mut databases = verifier.databases.into_inner().expect("poisoned");
@@ -263,15 +258,35 @@ fn relative(root: &Path, path: &str) -> String {
 }
 
 struct Verifier<'a> {
-    repo: &'a Indexed<'a>,
     chunker: Chunker,
     /// The scratch directory as a path: only for SQLite, which opens databases by path.
     scratch: &'a Path,
     passed: AtomicU64,
     failures: Mutex<Vec<String>>,
     databases: Mutex<Vec<DatabaseCheck>>,
-    rounds: Rounds,
     cancel: Option<&'a AtomicBool>,
+}
+
+impl InParallel for Verifier<'_> {
+    type Listing = ();
+
+    fn listing(&self, _: &[Node]) {}
+
+    fn entry(&self, node: &Node, _: &(), dir: &Dir, place: &Arc<Place>) -> Option<(Dir, Arc<Place>)> {
+        self.check(node, dir, place)
+    }
+
+    fn unreadable(&self, place: &Place, error: Error) {
+        self.fail(place.path(Path::new("/")).display().to_string(), format!("directory listing unreadable: {error}"))
+    }
+
+    fn unopened(&self, place: &Place, error: std::io::Error) {
+        self.fail(place.path(Path::new("/")).display().to_string(), format!("cannot open: {error}"))
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(|cancel| cancel.load(Relaxed))
+    }
 }
 
 impl Verifier<'_> {
@@ -284,30 +299,22 @@ impl Verifier<'_> {
         self.failures.lock().expect("poisoned").push(format!("{shown}: {what}"));
     }
 
-    /// Checks the entries of the tree `id` against `dir` (which is `place`), `depth` levels
-    /// below where this round's walk started.
-    fn tree(&self, dir: &Dir, place: &Arc<Place>, id: &Id, depth: usize) {
-        if self.cancel.is_some_and(|cancel| cancel.load(Relaxed)) {
-            return;
-        }
-        match self.repo.read_tree(id) {
-            Ok(tree) => tree.nodes.par_iter().for_each(|node| self.node(node, dir, place, depth)),
-            Err(e) => self
-                .fail(place.path(Path::new("/")).display().to_string(), format!("directory listing unreadable: {e}")),
-        }
-    }
-
     /// One check per entry: it passes only if everything about the entry matches. Entries are
-    /// reached through their directory's descriptor, never by following a symlink.
-    fn node(&self, node: &Node, dir: &Dir, place: &Arc<Place>, depth: usize) {
+    /// reached through their directory's descriptor, never by following a symlink. A directory
+    /// that is one is returned open, to be walked.
+    fn check(&self, node: &Node, dir: &Dir, place: &Arc<Place>) -> Option<(Dir, Arc<Place>)> {
         if matches!(node.content, Content::Socket) {
-            return; // recorded, never restored
+            return None; // recorded, never restored
         }
         let name = node.name.as_slice();
         let st = match dir.stat(name) {
             Ok(st) => st,
-            Err(e) => return self.fail(Self::shown(place, name), format!("not restored: {e}")),
+            Err(e) => {
+                self.fail(Self::shown(place, name), format!("not restored: {e}"));
+                return None;
+            }
         };
+        let mut below = None;
         let m = &node.meta;
         let mut problems = Vec::new();
         let mode = st.st_mode & 0o7777;
@@ -318,9 +325,8 @@ impl Verifier<'_> {
             problems.push("mtime differs".to_string());
         }
         match &node.content {
-            Content::Dir { subtree } if is_dir(&st) => match dir.open_dir(name) {
-                Ok(child) if depth + 1 < ROUND_DEPTH => self.tree(&child, &place.child(name), subtree, depth + 1),
-                Ok(child) => self.rounds.defer(place.child(name), child, *subtree),
+            Content::Dir { .. } if is_dir(&st) => match dir.open_dir(name) {
+                Ok(child) => below = Some((child, place.child(name))),
                 Err(e) => problems.push(format!("cannot open: {e}")),
             },
             Content::Dir { .. } => problems.push("not a directory".into()),
@@ -352,6 +358,7 @@ impl Verifier<'_> {
         } else {
             self.fail(Self::shown(place, name), problems.join("; "));
         }
+        below
     }
 
     /// Runs `PRAGMA integrity_check` if the file is an SQLite database.

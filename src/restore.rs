@@ -16,9 +16,10 @@
 //! anyone its snapshot metadata closes it to is closed while restore fills it
 //! ([`Restorer::close_reused`]).
 //!
-//! No walk recurses in proportion to depth: below [`ROUND_DEPTH`] levels a directory is left
-//! for a later round ([`Rounds`]) that starts from it, so a crafted tree 100,000 levels deep
-//! costs rounds, not stack, and restores like any other.
+//! The walk is [`crate::walk::Parallel`] (a drill's check of what restore wrote walks the same
+//! way): no walk recurses in proportion to depth. Below [`ROUND_DEPTH`] levels a directory is
+//! left for a later round that starts from it, so a crafted tree 100,000 levels deep costs
+//! rounds, not stack, and restores like any other.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -27,20 +28,21 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::snapshot::{Snapshot, SourceError};
-use crate::format::tree::{Content, Metadata, Node, Tree};
+use crate::format::tree::{Content, Metadata, Node};
 use crate::fs_at::{set_metadata_fd, stat_fd, Dir, Place};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::reader::PlannedReads;
 use crate::repository::Indexed;
 use crate::source::sqlite;
+use crate::walk::{InParallel, Parallel, ROUND_DEPTH};
 
 mod database;
 pub mod in_place;
@@ -71,69 +73,6 @@ pub struct RestoreSummary {
     pub files_unchanged: u64,
 }
 
-/// How many directory levels one walk descends by recursion before it leaves the rest for the
-/// next round. Real trees rarely go deeper, so they restore in one round with rayon's work
-/// stealing across the whole tree, as before rounds existed. A level costs 0.8 to 2.8 KiB of
-/// stack (measured without the bound: a chain of 3,000 directories restored, one of 10,000
-/// overflowed the 8 MiB main thread, where rayon runs one-entry directories inline), so 32
-/// levels stay far inside a rayon worker's 2 MiB.
-pub const ROUND_DEPTH: usize = 32;
-
-/// Deferred directories that keep their descriptor open for the next round; the rest are
-/// opened again from the root by their names. A deep chain defers one directory per round.
-const OPEN_DEFERRED: usize = 256;
-
-/// A directory left for the next round: where it is, its descriptor if kept open, its listing.
-type Deferred = (Arc<Place>, Option<Dir>, Id);
-
-/// Directories a walk reached at [`ROUND_DEPTH`]: each is walked in a later round, starting
-/// again at depth 0, until no round defers anything.
-#[derive(Default)]
-pub(crate) struct Rounds {
-    pending: Mutex<Vec<Deferred>>,
-    open: AtomicUsize,
-}
-
-impl Rounds {
-    /// Leaves the directory `dir` at `place`, whose listing is `subtree`, for the next round.
-    pub(crate) fn defer(&self, place: Arc<Place>, dir: Dir, subtree: Id) {
-        let keep = self.open.fetch_add(1, Relaxed) < OPEN_DEFERRED;
-        if !keep {
-            self.open.fetch_sub(1, Relaxed);
-        }
-        self.pending.lock().expect("poisoned").push((place, keep.then_some(dir), subtree));
-    }
-
-    /// Runs `walk` on every deferred directory (it may defer more), round after round. A
-    /// directory that cannot be opened again is passed to `failed`.
-    pub(crate) fn run(
-        &self,
-        root: &Dir,
-        walk: impl Fn(&Dir, &Arc<Place>, &Id) + Sync,
-        failed: impl Fn(&Place, std::io::Error) + Sync,
-    ) {
-        loop {
-            let round = std::mem::take(&mut *self.pending.lock().expect("poisoned"));
-            if round.is_empty() {
-                return;
-            }
-            round.into_par_iter().for_each(|(place, dir, subtree)| {
-                let dir = match dir {
-                    Some(dir) => {
-                        self.open.fetch_sub(1, Relaxed);
-                        dir
-                    }
-                    None => match place.open(root) {
-                        Ok(dir) => dir,
-                        Err(e) => return failed(&place, e),
-                    },
-                };
-                walk(&dir, &place, &subtree);
-            });
-        }
-    }
-}
-
 /// An entry below the target: the directory it is in, and its name there.
 type Entry = (Arc<Place>, Vec<u8>);
 
@@ -162,7 +101,6 @@ struct Restorer<'a> {
     /// Multiply-linked files whose content failed: their other names must fail too.
     failed: Mutex<HashSet<(u64, u64)>>,
     dirs: Mutex<Vec<(Arc<Place>, Metadata)>>,
-    rounds: Rounds,
     files: AtomicU64,
     dir_count: AtomicU64,
     bytes: AtomicU64,
@@ -275,7 +213,7 @@ pub fn restore(
 /// The data blobs a restore of `selected` reads, in the order it reads them when it writes on
 /// one thread: each directory's entries in order, a subdirectory's whole content before the next
 /// entry, a file's chunks once per set of hard links; a directory [`ROUND_DEPTH`] levels below
-/// where a walk began waits for the next round, as [`Rounds`] has it. Trees that cannot be read
+/// where a walk began waits for the next round, as [`crate::walk::Parallel`] has it. Trees that cannot be read
 /// are left out (the restore reports them). Loops over stacks: no recursion, whatever the depth.
 fn planned_blobs(repo: &Indexed, snapshot: &Snapshot, selected: &Selection) -> Vec<Id> {
     let mut blobs = Vec::new();
@@ -352,7 +290,6 @@ fn restore_selected(
         links: Mutex::new(Vec::new()),
         failed: Mutex::new(HashSet::new()),
         dirs: Mutex::new(Vec::new()),
-        rounds: Rounds::default(),
         files: AtomicU64::new(0),
         dir_count: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
@@ -361,15 +298,17 @@ fn restore_selected(
     if options.includes.is_empty() {
         progress.add_total(snapshot.summary.bytes);
     }
+    let walk = Parallel::new(repo, &restorer.root, &restorer);
     selected.par_iter().for_each(|(parts, node)| match node {
-        None => restorer.tree(&restorer.root, &Place::root(), &snapshot.tree, 0),
-        Some(node) => restorer.include(parts, node),
+        None => walk.tree(&restorer.root, &Place::root(), &snapshot.tree),
+        Some(node) => {
+            if let Some((dir, place)) = restorer.include_parents(parts) {
+                // An include is restored as its content says, never as a raw copy.
+                walk.entry(node, &HashSet::new(), dir.as_ref().unwrap_or(&restorer.root), &place);
+            }
+        }
     });
-    restorer.rounds.run(
-        &restorer.root,
-        |dir, place, subtree| restorer.tree(dir, place, subtree, 0),
-        |place, e| restorer.record(&place.path(restorer.target), e),
-    );
+    walk.finish();
     if restorer.cancelled() {
         progress.finish();
         return Err(Error::Interrupted);
@@ -388,84 +327,43 @@ fn restore_selected(
     })
 }
 
-impl Restorer<'_> {
-    fn cancelled(&self) -> bool {
-        self.cancel.is_some_and(|cancel| cancel.load(Relaxed))
-    }
+impl InParallel for Restorer<'_> {
+    /// The names of a directory to restore as plain bytes: a database stored together with its
+    /// -wal or -journal (a --raw-sqlite snapshot) is a raw copy, restored beside its companions,
+    /// never checked or swapped in.
+    type Listing = HashSet<Vec<u8>>;
 
-    fn record(&self, path: &Path, message: impl std::fmt::Display) {
-        let error = SourceError { path: path.display().to_string(), message: message.to_string() };
-        self.progress.warn(&format!("error: {}: {}", error.path, error.message));
-        self.errors.lock().expect("poisoned").push(error);
-    }
-
-    /// The path of `name` in `place`, for messages.
-    fn shown(&self, place: &Place, name: &[u8]) -> PathBuf {
-        place.path(self.target).join(OsStr::from_bytes(name))
-    }
-
-    /// Restores one include: its parent directories are created if missing (a non-directory in
-    /// the way is replaced, as for any restored entry; never followed), then the entry itself.
-    fn include(&self, parts: &[Vec<u8>], node: &Node) {
-        let Some((_, parents)) = parts.split_last() else { return };
-        let mut place = Place::root();
-        let mut dir: Option<Dir> = None;
-        for name in parents {
-            let made = dir.as_ref().unwrap_or(&self.root).make_dir(name, 0o777);
-            match made {
-                Ok(next) => dir = Some(next),
-                Err(e) => return self.record(&self.shown(&place, name), e),
-            }
-            place = place.child(name);
-        }
-        self.node(node, dir.as_ref().unwrap_or(&self.root), &place, false, 0);
-    }
-
-    /// Restores the entries of the tree `id` into `dir`, which is `place`, `depth` levels below
-    /// where this round's walk started.
-    fn tree(&self, dir: &Dir, place: &Arc<Place>, id: &Id, depth: usize) {
-        if self.cancelled() {
-            return;
-        }
-        let tree: Tree = match self.repo.read_tree(id) {
-            Ok(tree) => tree,
-            Err(e) => return self.record(&place.path(self.target), format!("cannot read directory listing: {e}")),
+    fn listing(&self, nodes: &[Node]) -> HashSet<Vec<u8>> {
+        let names: HashSet<&[u8]> = nodes.iter().map(|n| n.name.as_slice()).collect();
+        let companion = |node: &&Node| {
+            [&b"-wal"[..], b"-journal"].iter().any(|suffix| names.contains([&node.name, *suffix].concat().as_slice()))
         };
-        // A database stored together with its -wal or -journal (a --raw-sqlite snapshot) is a raw
-        // copy: it is restored as plain bytes beside its companions, never checked or swapped in.
-        let names: HashSet<&[u8]> = tree.nodes.iter().map(|n| n.name.as_slice()).collect();
-        tree.nodes.par_iter().for_each(|node| {
-            let raw = [&b"-wal"[..], b"-journal"]
-                .iter()
-                .any(|suffix| names.contains([&node.name, *suffix].concat().as_slice()));
-            self.node(node, dir, place, raw, depth)
-        });
+        nodes.iter().filter(companion).map(|n| n.name.clone()).collect()
     }
 
-    /// Restores `node` into `dir` (which is `place`). `raw_database`: restore as plain bytes
-    /// even if the content is an SQLite database.
-    fn node(&self, node: &Node, dir: &Dir, place: &Arc<Place>, raw_database: bool, depth: usize) {
+    /// Restores `node` into `dir` (which is `place`); a directory is made, to be walked.
+    /// `raw`: the names to restore as plain bytes even if their content is an SQLite database.
+    fn entry(&self, node: &Node, raw: &HashSet<Vec<u8>>, dir: &Dir, place: &Arc<Place>) -> Option<(Dir, Arc<Place>)> {
         if self.cancelled() {
-            return;
+            return None;
         }
+        let raw_database = raw.contains(&node.name);
         let name = node.name.as_slice();
         let result = match &node.content {
-            Content::Dir { subtree } => {
+            Content::Dir { .. } => {
                 // Private until its own metadata is applied at the end.
                 let child = match dir.make_dir(name, 0o700) {
                     Ok(child) => child,
-                    Err(e) => return self.record(&self.shown(place, name), e),
+                    Err(e) => {
+                        self.record(&self.shown(place, name), e);
+                        return None;
+                    }
                 };
                 self.close_reused(&child, &node.meta);
                 let child_place = place.child(name);
                 self.dir_count.fetch_add(1, Relaxed);
                 self.dirs.lock().expect("poisoned").push((child_place.clone(), node.meta));
-                if depth + 1 < ROUND_DEPTH {
-                    self.tree(&child, &child_place, subtree, depth + 1);
-                } else {
-                    self.rounds.defer(child_place, child, *subtree);
-                }
-                return;
+                return Some((child, child_place));
             }
             Content::File { chunks } => {
                 let key = (node.meta.dev, node.meta.ino);
@@ -473,7 +371,7 @@ impl Restorer<'_> {
                     let mut sources = self.link_sources.lock().expect("poisoned");
                     if sources.contains_key(&key) {
                         self.links.lock().expect("poisoned").push(((place.clone(), name.to_vec()), key));
-                        return;
+                        return None;
                     }
                     sources.insert(key, (place.clone(), name.to_vec()));
                 }
@@ -494,12 +392,63 @@ impl Restorer<'_> {
                 self.sockets.fetch_add(1, Relaxed);
                 let shown = self.shown(place, name);
                 self.progress.warn(&format!("note: {}: sockets are recorded but not restored", shown.display()));
-                return;
+                return None;
             }
         };
         if let Err(message) = result {
             self.record(&self.shown(place, name), message);
         }
+        None
+    }
+
+    fn unreadable(&self, place: &Place, error: Error) {
+        self.record(&place.path(self.target), format!("cannot read directory listing: {error}"))
+    }
+
+    fn unopened(&self, place: &Place, error: std::io::Error) {
+        self.record(&place.path(self.target), error)
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancelled()
+    }
+}
+
+impl Restorer<'_> {
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(|cancel| cancel.load(Relaxed))
+    }
+
+    fn record(&self, path: &Path, message: impl std::fmt::Display) {
+        let error = SourceError { path: path.display().to_string(), message: message.to_string() };
+        self.progress.warn(&format!("error: {}: {}", error.path, error.message));
+        self.errors.lock().expect("poisoned").push(error);
+    }
+
+    /// The path of `name` in `place`, for messages.
+    fn shown(&self, place: &Place, name: &[u8]) -> PathBuf {
+        place.path(self.target).join(OsStr::from_bytes(name))
+    }
+
+    /// The parent directories of an include, created if missing (a non-directory in the way is
+    /// replaced, as for any restored entry; never followed): the one that holds it (`None`: the
+    /// root) and its place; `None` if one could not be made (recorded).
+    fn include_parents(&self, parts: &[Vec<u8>]) -> Option<(Option<Dir>, Arc<Place>)> {
+        let (_, parents) = parts.split_last()?;
+        let mut place = Place::root();
+        let mut dir: Option<Dir> = None;
+        for name in parents {
+            let made = dir.as_ref().unwrap_or(&self.root).make_dir(name, 0o777);
+            match made {
+                Ok(next) => dir = Some(next),
+                Err(e) => {
+                    self.record(&self.shown(&place, name), e);
+                    return None;
+                }
+            }
+            place = place.child(name);
+        }
+        Some((dir, place))
     }
 
     /// Closes a directory that already stood where the snapshot has one, if it is open to anyone

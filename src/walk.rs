@@ -1,20 +1,24 @@
 //! Walking stored trees: the one depth-first walk that listings, `check`'s damage report and
-//! sync's re-encoding share ([`depth_first`]), and the read of every distinct tree once that
-//! reachability and `check`'s fast pass share ([`each_tree`]).
+//! sync's re-encoding share ([`depth_first`]), the read of every distinct tree once that
+//! reachability and `check`'s fast pass share ([`each_tree`]), and the parallel walk along a
+//! directory on disk that restore writes and a drill checks ([`Parallel`]).
 //!
-//! Both are loops over stacks of their own, with one path buffer: a tree of any depth costs
-//! neither the process's stack nor a path string per level (store-format/tree.md, "Depth"), so a
-//! crafted snapshot a hundred thousand levels deep is walked like any other. (Restore and drill
-//! walk in parallel, writing as they go, and bound their recursion by rounds: see
-//! [`crate::restore::ROUND_DEPTH`].)
+//! None recurses in proportion to depth: the first two are loops over stacks of their own, with
+//! one path buffer, and the parallel walk leaves a directory [`ROUND_DEPTH`] levels down for a
+//! later round that starts from it. A tree of any depth costs neither the process's stack nor a
+//! path string per level (store-format/tree.md, "Depth"), so a crafted snapshot a hundred
+//! thousand levels deep is walked like any other.
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::tree::{Content, Node, Tree};
+use crate::fs_at::{Dir, Place};
 use crate::id::Id;
 use crate::repository::Indexed;
 
@@ -157,4 +161,146 @@ pub fn each_tree(
         }
     }
     Ok(())
+}
+
+/// How many directory levels one walk descends by recursion before it leaves the rest for the
+/// next round. Real trees rarely go deeper, so they restore in one round with rayon's work
+/// stealing across the whole tree, as before rounds existed. A level costs 0.8 to 2.8 KiB of
+/// stack (measured without the bound: a chain of 3,000 directories restored, one of 10,000
+/// overflowed the 8 MiB main thread, where rayon runs one-entry directories inline), so 32
+/// levels stay far inside a rayon worker's 2 MiB.
+pub const ROUND_DEPTH: usize = 32;
+
+/// Deferred directories that keep their descriptor open for the next round; the rest are
+/// opened again from the root by their names. A deep chain defers one directory per round.
+const OPEN_DEFERRED: usize = 256;
+
+/// A directory left for the next round: where it is, its descriptor if kept open, its listing.
+type Deferred = (Arc<Place>, Option<Dir>, Id);
+
+/// Directories a walk reached at [`ROUND_DEPTH`]: each is walked in a later round, starting
+/// again at depth 0, until no round defers anything.
+#[derive(Default)]
+struct Rounds {
+    pending: Mutex<Vec<Deferred>>,
+    open: AtomicUsize,
+}
+
+impl Rounds {
+    /// Leaves the directory `dir` at `place`, whose listing is `subtree`, for the next round.
+    fn defer(&self, place: Arc<Place>, dir: Dir, subtree: Id) {
+        let keep = self.open.fetch_add(1, Relaxed) < OPEN_DEFERRED;
+        if !keep {
+            self.open.fetch_sub(1, Relaxed);
+        }
+        self.pending.lock().expect("poisoned").push((place, keep.then_some(dir), subtree));
+    }
+
+    /// Runs `walk` on every deferred directory (it may defer more), round after round. A
+    /// directory that cannot be opened again is passed to `failed`.
+    fn run(
+        &self,
+        root: &Dir,
+        walk: impl Fn(&Dir, &Arc<Place>, &Id) + Sync,
+        failed: impl Fn(&Place, std::io::Error) + Sync,
+    ) {
+        loop {
+            let round = std::mem::take(&mut *self.pending.lock().expect("poisoned"));
+            if round.is_empty() {
+                return;
+            }
+            round.into_par_iter().for_each(|(place, dir, subtree)| {
+                let dir = match dir {
+                    Some(dir) => {
+                        self.open.fetch_sub(1, Relaxed);
+                        dir
+                    }
+                    None => match place.open(root) {
+                        Ok(dir) => dir,
+                        Err(e) => return failed(&place, e),
+                    },
+                };
+                walk(&dir, &place, &subtree);
+            });
+        }
+    }
+}
+
+/// What a [`Parallel`] walk does at each entry: restore writes it, a drill checks what restore
+/// wrote.
+pub(crate) trait InParallel: Sync {
+    /// What the entries of one directory share, made once from all of them.
+    type Listing: Sync;
+
+    fn listing(&self, nodes: &[Node]) -> Self::Listing;
+
+    /// The entry `node` of `dir`, which is `place`; for a directory to walk into, its descriptor
+    /// and place.
+    fn entry(&self, node: &Node, listing: &Self::Listing, dir: &Dir, place: &Arc<Place>) -> Option<(Dir, Arc<Place>)>;
+
+    /// The listing of the directory at `place` cannot be read: nothing below it is visited.
+    fn unreadable(&self, place: &Place, error: Error);
+
+    /// A directory left for a later round cannot be opened again from the root.
+    fn unopened(&self, place: &Place, error: std::io::Error);
+
+    /// Whether to stop: no more entries are visited.
+    fn cancelled(&self) -> bool;
+}
+
+/// A walk of stored trees along directories on disk below `root`: every directory's entries at
+/// once (rayon), a subdirectory's as soon as it is reached, a directory [`ROUND_DEPTH`] levels
+/// below where a walk began left for the next round ([`Parallel::finish`]).
+pub(crate) struct Parallel<'a, V> {
+    repo: &'a Indexed<'a>,
+    root: &'a Dir,
+    visit: &'a V,
+    rounds: Rounds,
+}
+
+impl<'a, V: InParallel> Parallel<'a, V> {
+    pub(crate) fn new(repo: &'a Indexed<'a>, root: &'a Dir, visit: &'a V) -> Parallel<'a, V> {
+        Parallel { repo, root, visit, rounds: Rounds::default() }
+    }
+
+    /// Visits the entries of the tree `id` in `dir`, which is `place`, and everything below.
+    pub(crate) fn tree(&self, dir: &Dir, place: &Arc<Place>, id: &Id) {
+        self.tree_at(dir, place, id, 0)
+    }
+
+    /// Visits `node`, an entry of `dir` (which is `place`) whose directory's listing is
+    /// `listing`, and everything below it.
+    pub(crate) fn entry(&self, node: &Node, listing: &V::Listing, dir: &Dir, place: &Arc<Place>) {
+        self.entry_at(node, listing, dir, place, 0)
+    }
+
+    /// Walks what the walks before left for later rounds, round after round.
+    pub(crate) fn finish(&self) {
+        self.rounds.run(
+            self.root,
+            |dir, place, id| self.tree_at(dir, place, id, 0),
+            |place, e| self.visit.unopened(place, e),
+        );
+    }
+
+    fn tree_at(&self, dir: &Dir, place: &Arc<Place>, id: &Id, depth: usize) {
+        if self.visit.cancelled() {
+            return;
+        }
+        let tree = match self.repo.read_tree(id) {
+            Ok(tree) => tree,
+            Err(e) => return self.visit.unreadable(place, e),
+        };
+        let listing = self.visit.listing(&tree.nodes);
+        tree.nodes.par_iter().for_each(|node| self.entry_at(node, &listing, dir, place, depth));
+    }
+
+    fn entry_at(&self, node: &Node, listing: &V::Listing, dir: &Dir, place: &Arc<Place>, depth: usize) {
+        let Some((child, child_place)) = self.visit.entry(node, listing, dir, place) else { return };
+        let Content::Dir { subtree } = &node.content else { return };
+        match depth + 1 < ROUND_DEPTH {
+            true => self.tree_at(&child, &child_place, subtree, depth + 1),
+            false => self.rounds.defer(child_place, child, *subtree),
+        }
+    }
 }
