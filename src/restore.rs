@@ -35,14 +35,14 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::snapshot::{Snapshot, SourceError};
-use crate::format::tree::{Content, Metadata, Node};
+use crate::format::tree::{Content, Metadata, Node, Tree};
 use crate::fs_at::{set_metadata_fd, stat_fd, Dir, Place};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::reader::PlannedReads;
 use crate::repository::Indexed;
 use crate::source::sqlite;
-use crate::walk::{InParallel, Parallel, ROUND_DEPTH};
+use crate::walk::{depth_first, InParallel, Open, Parallel, Step, Visitor, ROUND_DEPTH};
 
 mod database;
 pub mod in_place;
@@ -213,52 +213,79 @@ pub fn restore(
 /// The data blobs a restore of `selected` reads, in the order it reads them when it writes on
 /// one thread: each directory's entries in order, a subdirectory's whole content before the next
 /// entry, a file's chunks once per set of hard links; a directory [`ROUND_DEPTH`] levels below
-/// where a walk began waits for the next round, as [`crate::walk::Parallel`] has it. Trees that cannot be read
-/// are left out (the restore reports them). Loops over stacks: no recursion, whatever the depth.
+/// where a walk began waits for the next round, as [`crate::walk::Parallel`] has it. Trees that
+/// cannot be read are left out (the restore reports them). A [`depth_first`] walk per start.
 fn planned_blobs(repo: &Indexed, snapshot: &Snapshot, selected: &Selection) -> Vec<Id> {
-    let mut blobs = Vec::new();
-    let mut linked = HashSet::new();
-    // Each walk of a round: the entries it starts with, at depth 0.
-    let mut round: Vec<Vec<Node>> = Vec::new();
-    for (_, node) in selected {
-        match node {
-            None => round.extend(repo.read_tree(&snapshot.tree).ok().map(|tree| tree.nodes)),
-            Some(node) => round.push(vec![node.clone()]),
-        }
-    }
+    let mut planner = Planner { repo, blobs: Vec::new(), linked: HashSet::new(), entering: 0, next_round: Vec::new() };
+    // This round's walks: a tree whose entries are at depth 0, or one include's node.
+    let mut round: Vec<Result<Id, &Node>> = selected
+        .iter()
+        .map(|(_, node)| match node {
+            None => Ok(snapshot.tree),
+            Some(node) => Err(node),
+        })
+        .collect();
     while !round.is_empty() {
-        let mut next_round = Vec::new();
-        for walk in round {
-            // (entries, the next to visit, their depth)
-            let mut stack: Vec<(Vec<Node>, usize, usize)> = vec![(walk, 0, 0)];
-            while let Some((nodes, next, depth)) = stack.last_mut() {
-                let Some(node) = nodes.get(*next) else {
-                    stack.pop();
-                    continue;
-                };
-                *next += 1;
-                let depth = *depth;
-                match &node.content {
-                    Content::File { chunks }
-                        if node.meta.nlink <= 1 || linked.insert((node.meta.dev, node.meta.ino)) =>
-                    {
-                        blobs.extend_from_slice(chunks)
-                    }
-                    Content::Dir { subtree } => {
-                        if let Ok(tree) = repo.read_tree(subtree) {
-                            match depth + 1 < ROUND_DEPTH {
-                                true => stack.push((tree.nodes, 0, depth + 1)),
-                                false => next_round.push(tree.nodes),
-                            }
-                        }
-                    }
-                    _ => {}
-                }
+        for start in round {
+            match start {
+                Ok(tree) => planner.walk(tree, 0),
+                Err(node) => match &node.content {
+                    Content::Dir { subtree } => planner.walk(*subtree, 1),
+                    _ => planner.file(node),
+                },
             }
         }
-        round = next_round;
+        round = std::mem::take(&mut planner.next_round).into_iter().map(Ok).collect();
     }
-    blobs
+    planner.blobs
+}
+
+/// The [`Visitor`] of [`planned_blobs`]; a directory's state is the depth of its entries.
+struct Planner<'a> {
+    repo: &'a Indexed<'a>,
+    blobs: Vec<Id>,
+    linked: HashSet<(u64, u64)>,
+    /// The depth of the entries of the directory being opened.
+    entering: usize,
+    /// Trees left for the next round.
+    next_round: Vec<Id>,
+}
+
+impl Planner<'_> {
+    fn walk(&mut self, tree: Id, depth: usize) {
+        self.entering = depth;
+        // The visitor fails nowhere: an unreadable tree is left out.
+        let _ = depth_first(&tree, String::new(), self);
+    }
+
+    fn file(&mut self, node: &Node) {
+        if let Content::File { chunks } = &node.content {
+            if node.meta.nlink <= 1 || self.linked.insert((node.meta.dev, node.meta.ino)) {
+                self.blobs.extend_from_slice(chunks);
+            }
+        }
+    }
+}
+
+impl Visitor for Planner<'_> {
+    type State = usize;
+
+    fn open(&mut self, id: &Id, _: &str) -> Result<Option<(Tree, usize)>> {
+        Ok(self.repo.read_tree(id).ok().map(|tree| (tree, self.entering)))
+    }
+
+    fn entry(&mut self, dir: &mut Open<usize>, at: usize, _: &str) -> Result<Step> {
+        let node = &dir.tree.nodes[at];
+        match &node.content {
+            Content::Dir { .. } if dir.state + 1 < ROUND_DEPTH => {
+                self.entering = dir.state + 1;
+                return Ok(Step::Descend);
+            }
+            Content::Dir { subtree } => self.next_round.push(*subtree),
+            _ => self.file(node),
+        }
+        Ok(Step::Skip)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -262,7 +262,7 @@ fn restore_ls_and_drill_from_s3_read_by_pack_and_cache_metadata() {
     assert!(drilled.len() <= 2 * packs + metadata + 2, "{} requests: {drilled:#?}", drilled.len());
 }
 
-/// A tree deeper than a restore walks in one round (src/restore.rs, `ROUND_DEPTH`): the plan
+/// A tree deeper than a restore walks in one round (src/walk.rs, `ROUND_DEPTH`): the plan
 /// follows the rounds, so the deep files' chunks come with their packs, not one GET each.
 #[test]
 fn a_tree_deeper_than_a_round_is_read_by_pack() {
