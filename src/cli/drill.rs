@@ -43,8 +43,15 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         Err(e) => {
             // A drill that cannot run is a failed drill, where the drill's records go.
             let source = args.filters.source.as_deref().unwrap_or("");
-            for target in std::iter::once(&repo).chain(&also) {
-                if let Err(w) = Run::failed_before(target, "drill", source, &e.to_string()) {
+            let mut run = Run::start("drill", source);
+            run.record.errors.push(e.to_string());
+            run.close(cairn::format::audit::Outcome::Failed);
+            // The copies name the repository drilled, as a drill's own copies do.
+            let mut copy = run.record.clone();
+            copy.details = serde_json::json!({ "repository": repo.backend().location() });
+            let records = std::iter::once((&repo, &run.record)).chain(also.iter().map(|other| (other, &copy)));
+            for (target, record) in records {
+                if let Err(w) = cairn::audit::write(target, record) {
                     errln!("warning: could not write the audit record of this run: {w}");
                 }
             }

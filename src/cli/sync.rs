@@ -47,20 +47,19 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     }
     let source = context.open_cached()?;
     let to = Location::parse(&args.to);
-    let _source_lock = match super::read_lock(&source, "sync", context.lock_wait) {
-        Ok(lock) => lock,
-        Err(e) => {
-            // A sync that cannot run is a failed sync to its destination.
-            if let Err(w) = cairn::sync::failed_before(&source, &to, &args.source, &format!("{e:#}")) {
-                errln!("warning: could not write the audit record of this run: {w}");
-            }
-            return Err(e);
+    // A sync that cannot begin (its lock refused, the destination's password unreadable) is a
+    // failed sync to its destination.
+    let failed = |e: anyhow::Error| {
+        if let Err(w) = cairn::sync::failed_before(&source, &to, &args.source, &format!("{e:#}")) {
+            errln!("warning: could not write the audit record of this run: {w}");
         }
+        e
     };
+    let source_lock = super::read_lock(&source, "sync", context.lock_wait).map_err(failed)?;
     // The destination's password: its own file if given, else the one this command has.
     let passphrase = match &args.to_password_file {
-        Some(path) => Some(super::password::from_file(path)?),
-        None => context.password.read(&args.to)?,
+        Some(path) => Some(super::password::from_file(path).map_err(failed)?),
+        None => context.password.read(&args.to).map_err(failed)?,
     };
     let options =
         SyncOptions { parallel: args.parallel.max(1), lock_wait: context.lock_wait, ..SyncOptions::default() };
@@ -88,6 +87,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     };
     let request = Request { to: &to, passphrase: passphrase.as_deref(), sources: &args.source, options };
     let synced = cairn::sync::sync(&source, &request, &progress, found);
+    drop(source_lock);
     super::warn_damage(&source);
     let Synced { dest, report, requests } =
         super::audited(synced).map_err(|e| anyhow::Error::new(e).context(format!("syncing to {}", args.to)))?;

@@ -10,7 +10,7 @@ use crate::backend::object::{is_url, ObjectBackend};
 use crate::backend::Backend;
 use crate::error::Result;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Location {
     /// A directory on this machine (a path, or a `file://` URL).
     Directory(PathBuf),
@@ -75,6 +75,19 @@ impl fmt::Display for Location {
     }
 }
 
+/// Settings' values are left out: they may be credentials.
+impl fmt::Debug for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Directory(path) => f.debug_tuple("Directory").field(path).finish(),
+            Location::ObjectStore { url, settings } => {
+                let keys: Vec<&str> = settings.iter().map(|(key, _)| key.as_str()).collect();
+                f.debug_struct("ObjectStore").field("url", url).field("settings", &keys).finish()
+            }
+        }
+    }
+}
+
 impl From<&str> for Location {
     fn from(location: &str) -> Location {
         Location::parse(location)
@@ -93,6 +106,7 @@ mod tests {
         let s3 = Location::parse("s3://bucket/prefix").with_setting("aws_allow_http", "true");
         assert_eq!(s3.to_string(), "s3://bucket/prefix");
         assert_eq!(s3.path(), None);
+        assert!(!format!("{s3:?}").contains("true"), "values are never shown: {s3:?}");
         assert!(matches!(s3, Location::ObjectStore { settings, .. } if settings.len() == 1));
     }
 }

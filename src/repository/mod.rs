@@ -501,7 +501,7 @@ impl Repository {
         // In parallel: a year of nightly runs leaves hundreds of small files, each a disk seek, or
         // on an object store a round trip, of which many more are in flight at once than there
         // are cores (measured: 20,000 audit records from loopback S3 in 49.6 s on 2 threads).
-        let read = || listed.par_iter().filter_map(|(key, _)| self.read_decoded(key, &decode)).collect();
+        let read = || listed.par_iter().filter_map(|(key, _)| self.read_decoded(kind, key, &decode)).collect();
         match self.backend.disk_path() {
             Some(_) => Ok(read()),
             None => Ok(round_trips().install(read)),
@@ -510,9 +510,9 @@ impl Repository {
 
     /// One content-named file, decoded; `None` if it is not there any more, not named by an id,
     /// or damaged (recorded).
-    fn read_decoded<T>(&self, key: &str, decode: impl Fn(&[u8], &str) -> Result<T>) -> Option<(Id, T)> {
+    fn read_decoded<T>(&self, kind: FileKind, key: &str, decode: impl Fn(&[u8], &str) -> Result<T>) -> Option<(Id, T)> {
         let decoded = self
-            .read_named(key)
+            .read_named(kind, key)
             .and_then(|found| found.map(|(id, bytes)| Ok((id, decode(&bytes, &self.describe(key))?))).transpose());
         match decoded {
             Ok(entry) => entry,
@@ -527,8 +527,9 @@ impl Repository {
 
     /// Reads a file named by the hash of its content. `None` for names that are not ids (never
     /// cairn's: an editor's backup, say); an error if the content does not match the name.
-    fn read_named(&self, key: &str) -> Result<Option<(Id, Vec<u8>)>> {
-        let Some(id) = Id::from_hex(key.rsplit('/').next().unwrap_or_default()) else {
+    fn read_named(&self, kind: FileKind, key: &str) -> Result<Option<(Id, Vec<u8>)>> {
+        // Exactly the names `list_files` lists, and prune and repair delete.
+        let Some(id) = kind.id_of(key) else {
             return Ok(None);
         };
         let cached = self.cache.as_ref().and_then(|cache| cache.read(key)).filter(|bytes| Id::of(bytes) == id);
@@ -835,7 +836,9 @@ fn unlock<T>(
     passphrase: &str,
     opens_config: impl Fn(&Keys) -> Result<T>,
 ) -> Result<(Keys, String, T)> {
-    let files = files?;
+    // Only key files named as cairn names them: what `key list` shows and `key remove` reaches.
+    let files: Vec<(String, u64)> =
+        files?.into_iter().filter(|(name, _)| FileKind::Key.id_of(name).is_some()).collect();
     if files.is_empty() {
         return Err(Error::Invalid(format!(
             "{location} is encrypted but has no key file (keys/ is empty or missing): it cannot be opened"

@@ -402,12 +402,14 @@ fn safety_snapshot(repo: &Repository, paths: &[PathBuf], target: &Path, skip: &[
         sqlite_timeout: std::time::Duration::from_secs(30),
         ..Default::default()
     };
-    let outcome = take_snapshot(repo, &options, &Progress::hidden()).map_err(|e| {
-        Error::Refused(format!(
+    let outcome = take_snapshot(repo, &options, &Progress::hidden()).map_err(|e| match e {
+        // What the caller acts on (free space, waiting for the lock) stays what it is.
+        e @ (Error::NoSpace(_) | Error::Locked { .. }) => e,
+        e => Error::Refused(format!(
             "cannot take the safety snapshot of {} before restoring over it: {e}; nothing was changed (restore into an \
              empty directory instead)",
             target.display()
-        ))
+        )),
     })?;
     if let Some(first) = outcome.snapshot.errors.first() {
         return Err(Error::Refused(format!(

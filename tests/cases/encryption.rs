@@ -276,3 +276,32 @@ fn sync_reencodes_for_a_destination_with_other_keys() {
     ok(with_other(&["restore", "latest", "--target"]).arg(&from_other));
     assert_same_tree(&tree, &from_other);
 }
+
+/// Files whose names are not those cairn gives its files are not cairn's: a key file renamed to
+/// `keys/<id>.bak` opens nothing (so `key list`, `key remove` and `key passwd` see every key that
+/// does), and an index file copied under an upper-case name is neither read nor deleted.
+#[test]
+fn files_not_named_as_cairn_names_them_are_neither_used_nor_deleted() {
+    let scratch = Scratch::new("odd-names");
+    let (repo, data) = (scratch.join("repo"), scratch.join("data"));
+    init(&repo);
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("a"), b"a").unwrap();
+    ok(cairn(&repo).arg("snapshot").arg(&data));
+    let key = files_below(&repo.join("keys")).remove(0);
+    let odd_key = repo.join("keys").join(format!("{}.bak", key.file_name().unwrap().to_string_lossy()));
+    fs::rename(&key, &odd_key).unwrap();
+    let refused = run(cairn(&repo).arg("snapshots"));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("has no key file"), "{refused:?}");
+    fs::copy(&odd_key, &key).unwrap();
+    assert_eq!(json(cairn(&repo).args(["key", "list"])).as_array().unwrap().len(), 1);
+
+    let index = files_below(&repo.join("index")).remove(0);
+    let upper = repo.join("index").join(index.file_name().unwrap().to_string_lossy().to_uppercase());
+    fs::copy(&index, &upper).unwrap();
+    let checked = json(cairn(&repo).arg("check"));
+    assert_eq!(checked["index_files"], 1, "{checked}");
+    ok(cairn(&repo).args(["repair", "index"]));
+    ok(cairn(&repo).args(["prune"]));
+    assert!(upper.exists() && odd_key.exists(), "not cairn's: left alone");
+}
