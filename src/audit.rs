@@ -62,6 +62,18 @@ pub struct Audited<T> {
     pub record: AuditRecord,
 }
 
+/// Writes `record` (a run's, or a copy of it marked for its reader) into another repository too;
+/// what could not be written there joins `audit_error` (an [`Audited`] run's).
+pub(crate) fn write_copy(audit_error: &mut Option<String>, other: &Repository, record: &AuditRecord) {
+    if let Err(e) = write(other, record) {
+        let failed = format!("its copy in {}: {e}", other.backend().location());
+        *audit_error = Some(match audit_error.take() {
+            Some(before) => format!("{before}; {failed}"),
+            None => failed,
+        });
+    }
+}
+
 impl Run {
     pub fn start(command: &str, source: &str) -> Run {
         Run {

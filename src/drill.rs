@@ -112,11 +112,7 @@ pub fn drill_picked(
         Ok((report, how))
     });
     for other in also {
-        if let Err(e) = crate::audit::write(other, &audited.record) {
-            let failed = format!("its copy in {}: {e}", other.backend().location());
-            audited.audit_error =
-                Some(audited.audit_error.map_or(failed.clone(), |before| format!("{before}; {failed}")));
-        }
+        crate::audit::write_copy(&mut audited.audit_error, other, &audited.record);
     }
     audited
 }

@@ -269,6 +269,7 @@ impl Planner<'_> {
 
 impl Visitor for Planner<'_> {
     type State = usize;
+    const PATHS: bool = false;
 
     fn open(&mut self, id: &Id, _: &str) -> Result<Option<(Tree, usize)>> {
         Ok(self.repo.read_tree(id).ok().map(|tree| (tree, self.entering)))

@@ -167,8 +167,7 @@ pub fn sync(
     progress: &Progress,
     found: impl FnOnce(&Repository, Destination),
 ) -> Audited<Synced> {
-    let Request { to, sources, .. } = *request;
-    let mut audited = run(to, sources).around(source, |record| {
+    let mut audited = run(request.to, request.sources).around(source, |record| {
         let mut report = SyncReport::default();
         let mut dest = None;
         let result = copy_missing(source, request, progress, found, &mut report, &mut dest);
@@ -176,8 +175,9 @@ pub fn sync(
         record.files = report.snapshots_copied.len() as u64;
         record.bytes = report.bytes_copied;
         record.errors = report.errors.clone();
-        record.details =
-            serde_json::json!({ "to": to.to_string(), "sources": sources, "report": report, "requests": requests });
+        // Beside the destination and sources the run names from its start.
+        record.details["report"] = serde_json::json!(report);
+        record.details["requests"] = serde_json::json!(requests);
         result?;
         let outcome = match report.snapshots_failed.is_empty() {
             true => Outcome::Ok,
@@ -191,11 +191,7 @@ pub fn sync(
         if synced.report.packs_copied + synced.report.snapshots_copied.len() as u64 > 0 {
             let mut copy = audited.record.clone();
             copy.details["received_from"] = serde_json::json!(source.backend().location());
-            if let Err(e) = crate::audit::write(&synced.dest, &copy) {
-                let failed = format!("its copy in {to}: {e}");
-                audited.audit_error =
-                    Some(audited.audit_error.map_or(failed.clone(), |before| format!("{before}; {failed}")));
-            }
+            crate::audit::write_copy(&mut audited.audit_error, &synced.dest, &copy);
         }
     }
     audited
@@ -641,6 +637,7 @@ impl Recoded<'_> {
 
 impl Visitor for Recoded<'_> {
     type State = ();
+    const PATHS: bool = false;
 
     fn open(&mut self, id: &Id, _: &str) -> Result<Option<(Tree, ())>> {
         match self.trees.contains_key(id) {

@@ -49,6 +49,10 @@ pub trait Visitor {
     /// Kept per open directory.
     type State;
 
+    /// Whether the visitor reads the paths it is given; without them (`false`) the walk builds
+    /// none and passes each directory's and entry's as empty.
+    const PATHS: bool = true;
+
     /// Opens the directory `id`, at `path`, to walk it: its tree and state, or `None` to leave it
     /// out (already walked, or unreadable: the visitor says so as it wishes).
     fn open(&mut self, id: &Id, path: &str) -> Result<Option<(Tree, Self::State)>>;
@@ -80,9 +84,11 @@ pub fn depth_first<V: Visitor>(root: &Id, mut path: String, visitor: &mut V) -> 
         };
         let at = dir.next;
         dir.next += 1;
-        path.truncate(dir.path_len);
-        path.push('/');
-        path.push_str(&String::from_utf8_lossy(&node.name));
+        if V::PATHS {
+            path.truncate(dir.path_len);
+            path.push('/');
+            path.push_str(&String::from_utf8_lossy(&node.name));
+        }
         match visitor.entry(dir, at, &path)? {
             Step::Descend => {
                 let Content::Dir { subtree } = dir.tree.nodes[at].content else { continue };

@@ -14,6 +14,9 @@ use crate::disk::sync_dir;
 use crate::error::{Error, IoContext, Result};
 use crate::host::process_alive;
 
+/// Where files are written before they are synced and renamed into place.
+pub(crate) const TMP: &str = "tmp";
+
 pub struct LocalBackend {
     root: PathBuf,
 }
@@ -203,11 +206,11 @@ impl Backend for LocalBackend {
             sync_dir(directory)?;
             return Ok(false);
         }
-        let temp = self.root.join("tmp").join(temp_name());
+        let temp = self.root.join(TMP).join(temp_name());
         let written = write_synced(&temp, data).or_else(|e| match e.kind() {
             // A copy of the repository that dropped empty directories (git, some sync tools).
             ErrorKind::NotFound => {
-                self.create_dir("tmp").map_err(|e| e.into_io()).and_then(|_| write_synced(&temp, data))
+                self.create_dir(TMP).map_err(|e| e.into_io()).and_then(|_| write_synced(&temp, data))
             }
             _ => Err(e),
         });
@@ -270,7 +273,7 @@ impl Backend for LocalBackend {
     /// snapshot). Files of live writers, and of other hosts, are left alone. Returns how many.
     fn remove_stale_temp_files(&self) -> usize {
         let host = crate::host::hostname();
-        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else { return 0 };
+        let Ok(entries) = fs::read_dir(self.root.join(TMP)) else { return 0 };
         let mut removed = 0;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();

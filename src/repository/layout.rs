@@ -6,8 +6,11 @@ use crate::id::Id;
 /// The name of the file that makes a directory or prefix a repository; written last by `init`.
 pub const CONFIG: &str = "config";
 
-/// Top-level entries of a repository directory.
-pub(crate) const DIRECTORIES: [&str; 7] = ["tmp", "packs", "index", "snapshots", "audit", "locks", "keys"];
+/// Top-level directories of a local repository: the local backend's temporary directory and
+/// each kind's.
+pub(crate) fn directories() -> impl Iterator<Item = &'static str> {
+    std::iter::once(crate::backend::local::TMP).chain(FileKind::ALL.iter().map(|kind| kind.dir()))
+}
 
 /// The kinds of content-named files a repository holds, each in its own directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -27,6 +30,9 @@ pub enum FileKind {
 }
 
 impl FileKind {
+    pub const ALL: [FileKind; 6] =
+        [FileKind::Key, FileKind::Snapshot, FileKind::Index, FileKind::Pack, FileKind::Lock, FileKind::Audit];
+
     /// The directory (prefix) that holds the files of this kind.
     pub const fn dir(self) -> &'static str {
         match self {
@@ -69,9 +75,7 @@ mod tests {
     fn names_and_ids_round_trip_and_strays_are_not_ids() {
         let id = Id::of(b"x");
         let hex = id.to_hex();
-        for kind in
-            [FileKind::Key, FileKind::Snapshot, FileKind::Index, FileKind::Pack, FileKind::Lock, FileKind::Audit]
-        {
+        for kind in FileKind::ALL {
             assert_eq!(kind.id_of(&kind.name(&id)), Some(id));
             assert_eq!(kind.id_of(&format!("{}/{hex}.tmp", kind.dir())), None);
         }

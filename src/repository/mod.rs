@@ -45,7 +45,7 @@ pub struct Repository {
     damage: Mutex<Vec<Error>>,
     /// The keys of an encrypted repository, and the key file they were opened with.
     keys: Option<Keys>,
-    key_used: Option<String>,
+    key_used: Option<Id>,
     /// Copies of immutable files of an object-store repository ([`cache`]), once enabled.
     cache: Option<cache::Cache>,
     /// Held while a tree pack is fetched into the cache, so parallel readers fetch it once.
@@ -87,7 +87,7 @@ fn round_trips() -> &'static rayon::ThreadPool {
 }
 
 impl Repository {
-    fn assemble(backend: Arc<dyn Backend>, config: Config, keys: Option<Keys>, key_used: Option<String>) -> Repository {
+    fn assemble(backend: Arc<dyn Backend>, config: Config, keys: Option<Keys>, key_used: Option<Id>) -> Repository {
         Repository {
             backend,
             config,
@@ -157,7 +157,7 @@ impl Repository {
         if let Ok(entries) = std::fs::read_dir(path) {
             for entry in entries.flatten() {
                 let name = entry.file_name();
-                if !layout::DIRECTORIES.iter().any(|l| name == *l) {
+                if !layout::directories().any(|l| name == l) {
                     return Err(Error::Refused(format!(
                         "{} is not empty: refusing to create a repository among other files",
                         path.display()
@@ -171,7 +171,7 @@ impl Repository {
         }
         // The 256 `packs/XY/` directories come with the first pack named into each: created
         // empty, they would take a megabyte of a small repository.
-        for dir in layout::DIRECTORIES {
+        for dir in layout::directories() {
             backend.create_dir(dir)?;
         }
         Ok(backend)
@@ -249,16 +249,15 @@ impl Repository {
 
     /// The id of the key file this repository was opened with, if encrypted.
     pub fn key_used(&self) -> Option<Id> {
-        self.key_used.as_deref().and_then(|name| FileKind::Key.id_of(name))
+        self.key_used
     }
 
     /// Every key file, with its id.
     pub fn key_files(&self) -> Result<Vec<(Id, KeyFile)>> {
         let location = self.backend.location();
         let mut out = Vec::new();
-        for (name, _) in self.backend.list(FileKind::Key.dir())? {
-            let Some(id) = FileKind::Key.id_of(&name) else { continue };
-            out.push((id, read_key_file(&*self.backend, &location, &name)?));
+        for id in key_ids(self.backend.list(FileKind::Key.dir())?) {
+            out.push((id, read_key_file(&*self.backend, &location, &id)?));
         }
         Ok(out)
     }
@@ -266,8 +265,7 @@ impl Repository {
     /// Wraps the master key under another passphrase; returns the new key file's id.
     pub fn add_key(&self, passphrase: &str) -> Result<Id> {
         let keys = self.keys.as_ref().ok_or(Error::NotEncrypted)?;
-        let name = write_key_file(&*self.backend, &keys.master, passphrase)?;
-        FileKind::Key.id_of(&name).ok_or_else(|| Error::Invalid(format!("{name} is not a key file's name")))
+        write_key_file(&*self.backend, &keys.master, passphrase)
     }
 
     /// Deletes the key file `id`; never the last one.
@@ -805,8 +803,8 @@ pub(crate) fn xdg_base(var: &str, below_home: &str) -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|home| PathBuf::from(home).join(below_home)))
 }
 
-/// Writes a key file wrapping `master` under `passphrase`; returns its name.
-fn write_key_file(backend: &dyn Backend, master: &MasterKey, passphrase: &str) -> Result<String> {
+/// Writes a key file wrapping `master` under `passphrase`; returns its id.
+fn write_key_file(backend: &dyn Backend, master: &MasterKey, passphrase: &str) -> Result<Id> {
     let mut file = KeyFile {
         kdf: crate::crypto::KdfParams::default_for_new_keys(),
         salt: crate::crypto::secure_random(),
@@ -817,17 +815,24 @@ fn write_key_file(backend: &dyn Backend, master: &MasterKey, passphrase: &str) -
     let wrapping = crate::crypto::wrapping_key(passphrase.as_bytes(), &file.salt, file.kdf)?;
     file.wrapped = crate::crypto::wrap(&wrapping, &file.binding(), master);
     let bytes = file.encode();
-    let name = FileKind::Key.name(&Id::of(&bytes));
-    backend.put(&name, &bytes)?;
-    Ok(name)
+    let id = Id::of(&bytes);
+    backend.put(&FileKind::Key.name(&id), &bytes)?;
+    Ok(id)
 }
 
-fn read_key_file(backend: &dyn Backend, location: &str, name: &str) -> Result<KeyFile> {
-    KeyFile::decode(&backend.get(name)?, &format!("{location}/{name}"))
+fn read_key_file(backend: &dyn Backend, location: &str, id: &Id) -> Result<KeyFile> {
+    let name = FileKind::Key.name(id);
+    KeyFile::decode(&backend.get(&name)?, &format!("{location}/{name}"))
+}
+
+/// The key files of a listing of `keys/`: only those named as cairn names them, which are what
+/// `key list` shows, `key remove` reaches and an opening tries.
+fn key_ids(listed: Vec<(String, u64)>) -> Vec<Id> {
+    listed.iter().filter_map(|(name, _)| FileKind::Key.id_of(name)).collect()
 }
 
 /// Finds the key file (of `files`, the listing of `keys/`) that `passphrase` opens whose master
-/// key also opens the config; returns the keys, the key file's name and what `opens_config` made
+/// key also opens the config; returns the keys, the key file's id and what `opens_config` made
 /// of the config.
 fn unlock<T>(
     backend: &dyn Backend,
@@ -835,10 +840,8 @@ fn unlock<T>(
     location: &str,
     passphrase: &str,
     opens_config: impl Fn(&Keys) -> Result<T>,
-) -> Result<(Keys, String, T)> {
-    // Only key files named as cairn names them: what `key list` shows and `key remove` reaches.
-    let files: Vec<(String, u64)> =
-        files?.into_iter().filter(|(name, _)| FileKind::Key.id_of(name).is_some()).collect();
+) -> Result<(Keys, Id, T)> {
+    let files = key_ids(files?);
     if files.is_empty() {
         return Err(Error::Invalid(format!(
             "{location} is encrypted but has no key file (keys/ is empty or missing): it cannot be opened"
@@ -846,8 +849,8 @@ fn unlock<T>(
     }
     let mut damaged = Vec::new();
     let mut config_error = None;
-    for (name, _) in files {
-        let file = match read_key_file(backend, location, &name) {
+    for id in files {
+        let file = match read_key_file(backend, location, &id) {
             Ok(file) => file,
             Err(e) => {
                 damaged.push(e.to_string());
@@ -858,7 +861,7 @@ fn unlock<T>(
         if let Some(master) = crate::crypto::unwrap(&wrapping, &file.binding(), &file.wrapped) {
             let keys = Keys::new(master);
             match opens_config(&keys) {
-                Ok(config) => return Ok((keys, name, config)),
+                Ok(config) => return Ok((keys, id, config)),
                 // The passphrase was right; the config is what failed (damaged, or sealed under
                 // another master key).
                 Err(e) => config_error = Some(e),
