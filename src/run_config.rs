@@ -37,6 +37,20 @@ pub struct Config {
     pub check: Option<CheckConfig>,
     /// `[notify]`: who hears of each run.
     pub notify: NotifyConfig,
+    /// `[serve]`: how `cairn serve` listens, whom it lets in, where restores may write.
+    pub serve: ServeConfig,
+}
+
+/// The `[serve]` table; `cairn serve`'s flags beat its keys.
+#[derive(Debug, Default, Clone)]
+pub struct ServeConfig {
+    pub listen: Option<std::net::SocketAddr>,
+    /// File of `NAME TOKEN` lines (relative to the config file).
+    pub token_file: Option<PathBuf>,
+    /// Directories restores through the API may write under; `None` for the sources' own.
+    pub restore_roots: Option<Vec<PathBuf>>,
+    /// Run the whole cycle (as `cairn run`) this often.
+    pub run_every: Option<Duration>,
 }
 
 /// URLs `cairn run` calls: healthchecks-style pings when it starts, succeeds or fails, and a
@@ -66,7 +80,7 @@ pub enum SourceKind {
     Sqlite,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SourceConfig {
     pub name: String,
     pub kind: SourceKind,
@@ -157,7 +171,7 @@ const RETENTION_KEYS: [&str; 8] = [
     "keep_within",
     "keep_tags",
 ];
-const TOP_KEYS: [&str; 11] = [
+const TOP_KEYS: [&str; 12] = [
     "repository",
     "encryption",
     "temp_dir",
@@ -169,12 +183,14 @@ const TOP_KEYS: [&str; 11] = [
     "drill",
     "check",
     "notify",
+    "serve",
 ];
 const SOURCE_KEYS: [&str; 8] = ["name", "kind", "paths", "exclude", "tags", "before", "after", "retention"];
 const OFFSITE_KEYS: [&str; 4] = ["name", "repository", "encryption", "retention"];
 const DRILL_KEYS: [&str; 3] = ["every", "sources", "repository"];
 const CHECK_KEYS: [&str; 1] = ["read_data_days"];
 const NOTIFY_KEYS: [&str; 4] = ["start", "success", "failure", "webhook"];
+const SERVE_KEYS: [&str; 4] = ["listen", "token_file", "restore_roots", "run_every"];
 
 /// Parses config text; `base` resolves relative paths. Returns what could be read and every
 /// problem found.
@@ -386,6 +402,9 @@ impl Parser<'_> {
                 webhook: url("webhook"),
             };
         }
+        if let Some(table) = self.table(root, "serve", "the top level") {
+            config.serve = self.serve(table);
+        }
         if let Some(table) = self.table(root, "check", "the top level") {
             self.unknown_keys(table, &CHECK_KEYS, "[check]");
             match self.integer(table, "read_data_days", "[check]") {
@@ -403,6 +422,35 @@ impl Parser<'_> {
             }
         }
         config
+    }
+
+    fn serve(&mut self, table: &dyn TableLike) -> ServeConfig {
+        let what = "[serve]";
+        self.unknown_keys(table, &SERVE_KEYS, what);
+        let listen = self.string(table, "listen", what).and_then(|text| match text.parse() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                let message = format!("`listen` in [serve] must be an address and port (127.0.0.1:8750), not {text:?}");
+                self.problem(Self::key_span(table, "listen"), message);
+                None
+            }
+        });
+        let token_file = self.string(table, "token_file", what).map(|file| self.base.join(file));
+        let restore_roots = self
+            .strings(table, "restore_roots", what)
+            .map(|roots| roots.into_iter().map(|(root, span)| self.path(&root, span, false)).collect::<Vec<_>>());
+        let run_every = self.string(table, "run_every", what).and_then(|text| match parse_duration(&text) {
+            Ok(every) if every >= Duration::from_secs(60) => Some(every),
+            Ok(_) => {
+                self.problem(Self::key_span(table, "run_every"), "`run_every` in [serve] must be 1m or more".into());
+                None
+            }
+            Err(e) => {
+                self.problem(Self::key_span(table, "run_every"), format!("`run_every` in [serve]: {e}"));
+                None
+            }
+        });
+        ServeConfig { listen, token_file, restore_roots, run_every }
     }
 
     fn encryption(&mut self, table: &dyn TableLike, what: &str) -> Encryption {

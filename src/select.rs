@@ -138,6 +138,16 @@ impl At {
     /// without offset, taken as UTC: `2026-12-04 10:00`, `2026-12-04 10:00:30`, `2026-12-04`.
     /// The bound is the end of the last unit written: `10:00` includes 10:00:59.999999999.
     pub fn parse(text: &str) -> std::result::Result<At, String> {
+        At::bound(text, true)
+    }
+
+    /// Parses a time as [`At::parse`] does, but the bound is the start of the last unit written:
+    /// `10:00` begins at 10:00:00 (a `since` filter's lower bound).
+    pub fn parse_start(text: &str) -> std::result::Result<At, String> {
+        At::bound(text, false)
+    }
+
+    fn bound(text: &str, end: bool) -> std::result::Result<At, String> {
         let invalid = || {
             format!(
                 "invalid time {text:?}: give RFC 3339 (2026-12-04T10:00:00Z, 2026-12-04T12:00:00+02:00) or \
@@ -146,8 +156,8 @@ impl At {
         };
         let (local, offset) = split_offset(text.trim()).ok_or_else(invalid)?;
         let (start, unit) = parse_local(local).ok_or_else(invalid)?;
-        // The whole last unit written, as nanoseconds after the start, then back to UTC.
-        let last = start + unit - 1 - i128::from(offset) * 1_000_000_000;
+        // The whole last unit written (or its start), as nanoseconds, then back to UTC.
+        let last = if end { start + unit - 1 } else { start } - i128::from(offset) * 1_000_000_000;
         let sec = i64::try_from(last.div_euclid(1_000_000_000)).map_err(|_| invalid())?;
         Ok(At { sec, nsec: last.rem_euclid(1_000_000_000) as u32, text: text.to_string() })
     }

@@ -35,6 +35,8 @@ mod roundtrip;
 mod run;
 #[path = "cases/s3_reads.rs"]
 mod s3_reads;
+#[path = "cases/serve.rs"]
+mod serve;
 #[path = "cases/snapshots.rs"]
 mod snapshots;
 #[path = "cases/sqlite.rs"]

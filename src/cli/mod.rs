@@ -18,6 +18,7 @@ mod password;
 mod repair;
 mod restore;
 mod run;
+mod serve;
 pub mod signals;
 mod snapshot;
 mod snapshots;
@@ -131,6 +132,9 @@ enum Command {
     /// The scheduled cycle from a config file: snapshot every source, retention, prune, offsite
     /// sync, due drills
     Run(run::Args),
+    /// The HTTP API and status page over a config's repository and sources (see the README,
+    /// "cairn serve")
+    Serve(serve::Args),
     /// Print an example config, or check one
     #[command(subcommand)]
     Config(config::Args),
@@ -421,6 +425,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Stats(args) => stats::run(&context, args),
         Command::Sync(args) => sync::run(&context, args),
         Command::Run(args) => run::run(&context, args),
+        Command::Serve(args) => serve::run(&context, args),
         Command::Config(args) => config::run(&context, args),
     }
 }

@@ -35,13 +35,13 @@ pub struct Args {
     config: Option<PathBuf>,
 }
 
-#[derive(Debug, Serialize)]
-struct Step {
-    step: String,
-    outcome: Outcome,
-    seconds: f64,
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Step {
+    pub(super) step: String,
+    pub(super) outcome: Outcome,
+    pub(super) seconds: f64,
     /// The step's output (its summary line, or its error).
-    output: Vec<String>,
+    pub(super) output: Vec<String>,
 }
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
@@ -63,7 +63,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let mut notifier = notify::Notifier::new(&config.notify);
     notifier.on_signal();
     notifier.started(&format!("cairn run started on {}: {}", cairn::host::hostname(), config.path.display()));
-    let mut cycle = Cycle { context, config: &config, repo, opened: None, steps: Vec::new() };
+    let mut cycle = Cycle::new(context, &config, repo, false);
     if let Err(e) = cycle.prepare() {
         let summary =
             serde_json::json!({ "config": config.path, "outcome": Outcome::Failed, "error": format!("{e:#}") });
@@ -119,16 +119,32 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     })
 }
 
-struct Cycle<'a> {
+/// The steps of a run, also what `cairn serve` runs for a backup through its API.
+pub(super) struct Cycle<'a> {
     context: &'a Context,
     config: &'a Config,
     repo: String,
     /// The repository, opened once it exists (an encrypted one costs a key derivation per open).
     opened: Option<Repository>,
     steps: Vec<Step>,
+    /// Steps speak JSON (`cairn serve` reads the snapshot's id from it).
+    child_json: bool,
 }
 
-impl Cycle<'_> {
+impl<'a> Cycle<'a> {
+    pub(super) fn new(context: &'a Context, config: &'a Config, repo: String, child_json: bool) -> Cycle<'a> {
+        Cycle { context, config, repo, opened: None, steps: Vec::new(), child_json }
+    }
+
+    /// The hooks and snapshot of each of `sources`, as a run takes them, without the rest of
+    /// the cycle.
+    pub(super) fn backup(mut self, sources: &[&SourceConfig]) -> Vec<Step> {
+        for source in sources {
+            self.source(source);
+        }
+        self.steps
+    }
+
     fn run(mut self) -> (Vec<Step>, Option<Repository>) {
         for source in &self.config.sources {
             self.source(source);
@@ -176,7 +192,7 @@ impl Cycle<'_> {
     /// before any step. A plain repository that the config does not declare plain is backed up
     /// as usual, and reported as a failed step. A location that cannot be checked (a transient
     /// object-store error, a permission error) fails the run: whether to create is never guessed.
-    fn prepare(&mut self) -> Result<()> {
+    pub(super) fn prepare(&mut self) -> Result<()> {
         let unknown = |e: cairn::error::Error| {
             anyhow::anyhow!(
                 "cannot tell whether {} holds a repository ({e}): nothing was run, and nothing was created. Fix the location or access to it and run again",
@@ -413,6 +429,9 @@ impl Cycle<'_> {
         // The run created or found the repository before its first step; one that is gone since
         // (moved, its disk unmounted) fails the step rather than coming back empty, or plain.
         command.arg("--no-create");
+        if self.child_json {
+            command.arg("--json");
+        }
         command.args(args).stdin(Stdio::null()).env_remove("CAIRN_REPO");
         self.context.password.pass_to(&mut command);
         let (outcome, lines) = match super::signals::output(&mut command) {

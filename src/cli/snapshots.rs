@@ -20,28 +20,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let snapshots = filter.apply(all);
     let code = if super::warn_damage(&repo) { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     if context.json {
-        let list: Vec<_> = snapshots
-            .iter()
-            .map(|(id, s)| {
-                serde_json::json!({
-                    "id": id.to_hex(),
-                    "short_id": id.short(),
-                    "time": s.time_sec,
-                    "time_nsec": s.time_nsec,
-                    "time_utc": format::utc(s.time_sec),
-                    "hostname": s.hostname,
-                    "username": s.username,
-                    "source": s.source,
-                    "paths": s.paths.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>(),
-                    "tags": s.tags,
-                    "tree": s.tree.to_hex(),
-                    "parent": s.parent.map(|p| p.to_hex()),
-                    "complete": s.is_complete(),
-                    "errors": s.errors,
-                    "summary": s.summary,
-                })
-            })
-            .collect();
+        let list: Vec<_> = snapshots.iter().map(|(id, s)| manifest(id, s)).collect();
         outln!("{}", serde_json::Value::Array(list));
         return Ok(code);
     }
@@ -103,6 +82,27 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     };
     outln!("{count}; {}", encryption_text(&repo));
     Ok(code)
+}
+
+/// A snapshot's manifest as `--json` lists it (and `cairn serve` answers it).
+pub fn manifest(id: &cairn::id::Id, s: &cairn::format::snapshot::Snapshot) -> serde_json::Value {
+    serde_json::json!({
+        "id": id.to_hex(),
+        "short_id": id.short(),
+        "time": s.time_sec,
+        "time_nsec": s.time_nsec,
+        "time_utc": format::utc(s.time_sec),
+        "hostname": s.hostname,
+        "username": s.username,
+        "source": s.source,
+        "paths": s.paths.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>(),
+        "tags": s.tags,
+        "tree": s.tree.to_hex(),
+        "parent": s.parent.map(|p| p.to_hex()),
+        "complete": s.is_complete(),
+        "errors": s.errors,
+        "summary": s.summary,
+    })
 }
 
 /// How the repository is protected, in words for listings.

@@ -86,11 +86,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             outln!("retired {name}: listed, no longer judged, until it runs again");
         }
     }
-    let expected = config.map(|config| Expected {
-        sources: config.sources.iter().map(|s| s.name.clone()).collect(),
-        offsite: config.offsite.iter().map(|o| o.repository.clone()).collect(),
-        read_data_days: config.check.as_ref().map(|c| c.read_data_days),
-    });
+    let expected = config.as_ref().map(expected);
     let thresholds =
         Thresholds { max_age: args.max_age, max_drill_age: args.max_drill_age, max_offsite_age: args.max_offsite_age };
     let status = status(&repo, now_ms()?, &thresholds, expected.as_ref())?;
@@ -155,6 +151,15 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         }
     }
     Ok(if status.healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// What a `cairn run` config says should exist: what status judges.
+pub fn expected(config: &cairn::run_config::Config) -> Expected {
+    Expected {
+        sources: config.sources.iter().map(|s| s.name.clone()).collect(),
+        offsite: config.offsite.iter().map(|o| o.repository.clone()).collect(),
+        read_data_days: config.check.as_ref().map(|c| c.read_data_days),
+    }
 }
 
 /// Writes beside the target, syncs, and renames, so a collector never reads half a file.

@@ -1,0 +1,560 @@
+//! The routes of `cairn serve` (README, "cairn serve", lists them with curl examples). Errors
+//! answer `{"error": "..."}` with the status a caller can act on: 400 for a request that is
+//! not valid (and a restore without `confirm`), 401 without a valid token, 404 for an unknown
+//! snapshot, source or job, 409 for a protected snapshot or a lock held by another run, 507 for
+//! a full disk.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::jobs::{Claim, Handle, Job, Outcome};
+use super::{Call, Reply, Server};
+use cairn::error::Error;
+use cairn::format::snapshot::Snapshot;
+use cairn::id::Id;
+use cairn::run_config::SourceConfig;
+use cairn::select::{At, Filter, Pick};
+
+/// The `command` of the audit records the server writes of its calls (store-format/audit.md).
+pub const AUDIT_COMMAND: &str = "api";
+
+/// Answers a call with a token; records every one that is not a read ([`AUDIT_COMMAND`]).
+pub async fn route(server: &Arc<Server>, call: Call) -> Reply {
+    let segments: Vec<String> = call.path.trim_end_matches('/').split('/').skip(1).map(str::to_string).collect();
+    let reads = call.method == Method::GET;
+    if reads {
+        server.count_read(&call.caller, &route_name(&segments));
+    }
+    let server = Arc::clone(server);
+    let answered = tokio::task::spawn_blocking(move || {
+        let reply = answer(&server, &call, &segments);
+        if !reads {
+            server.record_call(&call, reply.status, summary_of(&reply));
+        }
+        reply
+    })
+    .await;
+    answered.unwrap_or_else(|e| Reply::error(StatusCode::INTERNAL_SERVER_ERROR, format!("the handler failed: {e}")))
+}
+
+/// Records a call with a token that was refused before it reached its route (its body too
+/// large), and answers it with `reply`.
+pub async fn refused(server: &Arc<Server>, call: Call, reply: Reply) -> Reply {
+    let server = Arc::clone(server);
+    tokio::task::spawn_blocking(move || {
+        if call.method != Method::GET {
+            server.record_call(&call, reply.status, summary_of(&reply));
+        }
+        reply
+    })
+    .await
+    .unwrap_or_else(|e| Reply::error(StatusCode::INTERNAL_SERVER_ERROR, format!("the handler failed: {e}")))
+}
+
+/// A route as the counts of reads name it: ids left out.
+fn route_name(segments: &[String]) -> String {
+    match segments {
+        [api, v1, kind, _] if api == "api" && v1 == "v1" => format!("GET /api/v1/{kind}/{{id}}"),
+        _ => format!("GET /{}", segments.join("/")),
+    }
+}
+
+/// What an `api` record keeps of an answer: the ids it names and its error.
+fn summary_of(reply: &Reply) -> Value {
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&reply.body) else { return Value::Null };
+    let mut kept = serde_json::Map::new();
+    for key in ["error", "deleted", "safety_snapshot"] {
+        if let Some(value) = body.get(key) {
+            kept.insert(key.into(), value.clone());
+        }
+    }
+    if let Some(id) = body.get("job").and_then(|job| job.get("id")) {
+        kept.insert("job".into(), id.clone());
+    }
+    Value::Object(kept)
+}
+
+fn answer(server: &Arc<Server>, call: &Call, segments: &[String]) -> Reply {
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = &call.method;
+    match (method, segments.as_slice()) {
+        (&Method::GET, [] | [""]) => super::page::render(server),
+        (&Method::GET, ["metrics"]) => metrics(server),
+        (&Method::GET, ["api", "v1", "status"]) => status(server),
+        (&Method::GET, ["api", "v1", "backups"]) => list(server, call),
+        (&Method::POST, ["api", "v1", "backups"]) => backup(server, call),
+        (&Method::POST, ["api", "v1", "backups", "restore"]) => restore(server, call),
+        (&Method::GET, ["api", "v1", "backups", id]) => details(server, call, id),
+        (&Method::DELETE, ["api", "v1", "backups", id]) => delete(server, call, id),
+        (&Method::GET, ["api", "v1", "jobs"]) => Reply::json(StatusCode::OK, &json!({ "jobs": server.jobs.list() })),
+        (&Method::GET, ["api", "v1", "jobs", id]) => match id.parse().ok().and_then(|id| server.jobs.get(id)) {
+            Some(job) => Reply::json(StatusCode::OK, &json!({ "job": job })),
+            None => Reply::error(StatusCode::NOT_FOUND, format!("no job {id} (the server keeps the last 256)")),
+        },
+        (&Method::POST, ["api", "v1", "run"]) => match submit_cycle(server, &call.caller) {
+            Ok(job) => accepted(server, call, job),
+            Err(e) => Reply::error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        },
+        (_, [] | [""] | ["metrics"] | ["api", "v1", "status" | "backups" | "jobs" | "run"])
+        | (_, ["api", "v1", "backups" | "jobs", _]) => {
+            Reply::error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not served here"))
+        }
+        _ => Reply::error(StatusCode::NOT_FOUND, format!("no route {}", call.path)),
+    }
+}
+
+/// The status a library error answers with, and its message.
+fn failure(error: &Error) -> Reply {
+    let status = match error {
+        Error::NoSuchSnapshot(_) | Error::Select(_) | Error::NoSuchPath { .. } => StatusCode::NOT_FOUND,
+        Error::AmbiguousSnapshot(_) | Error::Invalid(_) => StatusCode::BAD_REQUEST,
+        Error::Locked { .. } | Error::Refused(_) => StatusCode::CONFLICT,
+        Error::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Reply::error(status, error)
+}
+
+fn status(server: &Server) -> Reply {
+    match server_status(server) {
+        Ok(status) => {
+            let mut value = serde_json::to_value(&status).expect("serialises");
+            value["healthy"] = status.healthy().into();
+            Reply::json(StatusCode::OK, &value)
+        }
+        Err(e) => failure(&e),
+    }
+}
+
+/// `cairn status --config` of the server's config: the same truth.
+pub(super) fn server_status(server: &Server) -> cairn::error::Result<cairn::status::Status> {
+    let now = crate::cli::status::now_ms().map_err(|e| Error::Invalid(e.to_string()))?;
+    let expected = crate::cli::status::expected(&server.config);
+    cairn::status::status(&server.repo, now, &cairn::status::Thresholds::default(), Some(&expected))
+}
+
+fn metrics(server: &Server) -> Reply {
+    match server_status(server) {
+        Ok(status) => Reply {
+            status: StatusCode::OK,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: cairn::status::prometheus(&status).into_bytes(),
+        },
+        Err(e) => failure(&e),
+    }
+}
+
+/// The filters of a listing: `source`, `host`, `tag` (as `--tag`: `a,b` both, repeated either),
+/// `since` and `until` (times as `--at` takes them).
+fn filter_of(call: &Call) -> Result<(Filter, Option<At>), Reply> {
+    let values =
+        |name: &str| -> Vec<String> { call.query.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect() };
+    let bad = |e: String| Reply::error(StatusCode::BAD_REQUEST, e);
+    let at = call.param("until").map(At::parse).transpose().map_err(bad)?;
+    let since = call.param("since").map(At::parse_start).transpose().map_err(bad)?;
+    let filter = Filter {
+        source: call.param("source").map(str::to_string),
+        hosts: values("host"),
+        tags: Filter::tag_sets(&values("tag")),
+        at,
+    };
+    Ok((filter, since))
+}
+
+fn list(server: &Server, call: &Call) -> Reply {
+    let (filter, since) = match filter_of(call) {
+        Ok(filters) => filters,
+        Err(reply) => return reply,
+    };
+    let all = match server.snapshots() {
+        Ok(all) => all,
+        Err(e) => return failure(&e),
+    };
+    let after =
+        |s: &Snapshot| since.as_ref().map_or(true, |since| (s.time_sec, s.time_nsec) >= (since.sec, since.nsec));
+    let backups: Vec<Value> = all
+        .iter()
+        .rev()
+        .filter(|(_, s)| filter.selects(s) && after(s))
+        .map(|(id, s)| crate::cli::snapshots::manifest(id, s))
+        .collect();
+    Reply::json(StatusCode::OK, &json!({ "count": backups.len(), "backups": backups }))
+}
+
+/// The snapshot `spec` names (an id, a unique prefix, or `latest` of the filters).
+fn find(server: &Server, call: &Call, spec: &str) -> Result<(Id, Snapshot), Reply> {
+    let (filter, _) = filter_of(call)?;
+    let all = server.snapshots().map_err(|e| failure(&e))?;
+    let all: Vec<(Id, Snapshot)> = all.into_iter().map(|(id, s)| (id, (*s).clone())).collect();
+    cairn::select::choose(all, &Pick::parse(spec), &filter).map_err(|e| failure(&e))
+}
+
+fn details(server: &Server, call: &Call, spec: &str) -> Reply {
+    match find(server, call, spec) {
+        Ok((id, snapshot)) => Reply::json(StatusCode::OK, &crate::cli::snapshots::manifest(&id, &snapshot)),
+        Err(reply) => reply,
+    }
+}
+
+fn delete(server: &Server, call: &Call, spec: &str) -> Reply {
+    let force = matches!(call.param("force"), Some("true" | "1" | "yes"));
+    let (id, _) = match find(server, call, spec) {
+        Ok(found) => found,
+        Err(reply) => return reply,
+    };
+    let deleted = (|| -> cairn::error::Result<Result<Vec<String>, String>> {
+        let lock = server.repo.lock(cairn::repository::lock::LockKind::Shared, "forget", server.context.lock_wait)?;
+        let decisions = match cairn::retention::plan_named(&server.repo.snapshots()?, &[id], force) {
+            Ok(decisions) => decisions,
+            Err(protected) => return Ok(Err(protected.to_string().replace("--force", "?force=true"))),
+        };
+        let removed = crate::cli::audited(cairn::retention::forget(&server.repo, &decisions))?;
+        drop(lock);
+        Ok(Ok(removed))
+    })();
+    match deleted {
+        Ok(Ok(removed)) => Reply::json(
+            StatusCode::OK,
+            &json!({ "deleted": removed, "note": "the data only they used is freed by the next prune" }),
+        ),
+        Ok(Err(protected)) => Reply::error(StatusCode::CONFLICT, protected),
+        Err(e) => failure(&e),
+    }
+}
+
+fn body(call: &Call) -> Result<Value, Reply> {
+    if call.body.is_empty() {
+        return Ok(json!({}));
+    }
+    match serde_json::from_slice::<Value>(&call.body) {
+        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(_) => Err(Reply::error(StatusCode::BAD_REQUEST, "the body must be a JSON object")),
+        Err(e) => Err(Reply::error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}"))),
+    }
+}
+
+fn source_named<'c>(server: &'c Server, name: &str) -> Result<&'c SourceConfig, Reply> {
+    server.config.sources.iter().find(|s| s.name == name).ok_or_else(|| {
+        let names: Vec<&str> = server.config.sources.iter().map(|s| s.name.as_str()).collect();
+        Reply::error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no source named {name:?} in {}: its sources are {}",
+                server.config.path.display(),
+                names.join(", ")
+            ),
+        )
+    })
+}
+
+/// A field of a body that must be a string if it is there.
+fn text_field(body: &Value, key: &str) -> Result<Option<String>, Reply> {
+    match &body[key] {
+        Value::Null => Ok(None),
+        Value::String(text) => Ok(Some(text.clone())),
+        _ => Err(Reply::error(StatusCode::BAD_REQUEST, format!("`{key}` must be a string"))),
+    }
+}
+
+fn flag_field(body: &Value, key: &str) -> Result<bool, Reply> {
+    match &body[key] {
+        Value::Null => Ok(false),
+        Value::Bool(flag) => Ok(*flag),
+        _ => Err(Reply::error(StatusCode::BAD_REQUEST, format!("`{key}` must be true or false"))),
+    }
+}
+
+/// 202 with the job, or with `"wait": true` the job as it ended (200).
+fn accepted(server: &Server, call: &Call, job: Job) -> Reply {
+    let wait = body(call).ok().is_some_and(|body| body["wait"] == Value::Bool(true))
+        || matches!(call.param("wait"), Some("true" | "1"));
+    let url = format!("/api/v1/jobs/{}", job.id);
+    if wait {
+        let job = server.jobs.wait(job.id).unwrap_or(job);
+        return Reply::json(StatusCode::OK, &json!({ "job": job, "url": url }));
+    }
+    Reply::json(StatusCode::ACCEPTED, &json!({ "job": job, "url": url }))
+}
+
+/// `POST /api/v1/backups`: `{"source": NAME}` (default: every source), `"tags": [..]` added to
+/// the config's, `"wait": true` to answer when it is done.
+fn backup(server: &Arc<Server>, call: &Call) -> Reply {
+    let request = match body(call) {
+        Ok(body) => body,
+        Err(reply) => return reply,
+    };
+    let sources: Vec<SourceConfig> = match text_field(&request, "source") {
+        Err(reply) => return reply,
+        Ok(Some(name)) => match source_named(server, &name) {
+            Ok(source) => vec![source.clone()],
+            Err(reply) => return reply,
+        },
+        Ok(None) => server.config.sources.clone(),
+    };
+    if sources.is_empty() {
+        return Reply::error(StatusCode::BAD_REQUEST, format!("{} has no source", server.config.path.display()));
+    }
+    let tags: Vec<String> = match &request["tags"] {
+        Value::Null => Vec::new(),
+        Value::Array(tags) if tags.iter().all(|t| t.as_str().is_some_and(valid_tag)) => {
+            tags.iter().filter_map(|t| t.as_str().map(str::to_string)).collect()
+        }
+        _ => {
+            return Reply::error(StatusCode::BAD_REQUEST, "`tags` must be an array of tags (letters, digits, `-_.:@`)")
+        }
+    };
+    let sources: Vec<SourceConfig> = sources
+        .into_iter()
+        .map(|mut source| {
+            source.tags.extend(tags.iter().cloned());
+            source
+        })
+        .collect();
+    let claim = Claim::Sources(sources.iter().map(|s| s.name.clone()).collect::<BTreeSet<_>>());
+    let worker = Arc::clone(server);
+    let total = sources.len() as u64;
+    match server.jobs.submit("backup", &call.caller, claim, total, move |handle| back_up(&worker, &sources, handle)) {
+        Ok(job) => accepted(server, call, job),
+        Err(e) => Reply::error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot start the job: {e}")),
+    }
+}
+
+fn valid_tag(tag: &str) -> bool {
+    !tag.is_empty() && tag.len() <= 128 && tag.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c))
+}
+
+/// A backup job: each source as `cairn run` takes it (hooks, then the snapshot as a child
+/// process speaking JSON), and the manifest of each snapshot made.
+fn back_up(server: &Server, sources: &[SourceConfig], handle: &Handle) -> Outcome {
+    let mut manifests = Vec::new();
+    let mut steps = Vec::new();
+    let mut failures = Vec::new();
+    for (done, source) in sources.iter().enumerate() {
+        handle.progress(done as u64, Some(format!("snapshot {}", source.name)));
+        let cycle = crate::cli::run::Cycle::new(&server.context, &server.config, server.location.clone(), true);
+        for step in cycle.backup(&[source]) {
+            if step.step.starts_with("snapshot ") {
+                // The child's JSON summary is its first line of output.
+                let id = step.output.first().and_then(|line| serde_json::from_str::<Value>(line).ok());
+                let id = id.as_ref().and_then(|v| v["id"].as_str()).and_then(Id::from_hex);
+                let found = id.and_then(|id| server.snapshots().ok()?.into_iter().find(|(listed, _)| *listed == id));
+                if let Some((id, snapshot)) = found {
+                    manifests.push(crate::cli::snapshots::manifest(&id, &snapshot));
+                }
+            }
+            if step.outcome != cairn::format::audit::Outcome::Ok {
+                let last = step.output.last().map_or("", String::as_str);
+                failures.push(format!("{} {:?}: {last}", step.step, step.outcome).to_lowercase());
+            }
+            steps.push(step);
+        }
+    }
+    handle.progress(sources.len() as u64, None);
+    let result = json!({ "backups": manifests, "steps": steps });
+    match failures.is_empty() {
+        true => Ok(result),
+        false => Err((failures.join("; "), result)),
+    }
+}
+
+/// `POST /api/v1/backups/restore`: `{"id", "source", "target"?, "confirm", "delete"?}`.
+fn restore(server: &Arc<Server>, call: &Call) -> Reply {
+    let request = match restore_request(server, call) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    if !request.confirm {
+        // What it would change, computed as the real run computes it, changing nothing.
+        return match run_restore(server, &request, true) {
+            Ok(report) => Reply::json(
+                StatusCode::BAD_REQUEST,
+                &json!({
+                    "error": "the restore needs \"confirm\": true; this is what it would change (a safety snapshot of the target is taken first)",
+                    "snapshot": report.snapshot,
+                    "target": report.target,
+                    "would": report.plan,
+                }),
+            ),
+            Err(e) => failure(&e),
+        };
+    }
+    let claim = Claim::Sources(BTreeSet::from([request.source.clone()]));
+    let worker = Arc::clone(server);
+    let job = server.jobs.submit("restore", &call.caller, claim, 1, move |handle| {
+        handle.progress(0, Some(format!("restore to {}", request.target.display())));
+        match run_restore(&worker, &request, false) {
+            Ok(report) => {
+                let value = json!({
+                    "snapshot": report.snapshot,
+                    "target": report.target,
+                    "safety_snapshot": report.safety_snapshot,
+                    "backup": report.backup,
+                    "how": report.how,
+                    "plan": report.plan,
+                    "summary": report.summary,
+                });
+                match report.summary.errors.len() {
+                    0 => Ok(value),
+                    n => Err((format!("{n} entries could not be restored"), value)),
+                }
+            }
+            Err(e) => Err((e.to_string(), Value::Null)),
+        }
+    });
+    match job {
+        Ok(job) => accepted(server, call, job),
+        Err(e) => Reply::error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot start the job: {e}")),
+    }
+}
+
+struct RestoreRequest {
+    id: Id,
+    source: String,
+    target: PathBuf,
+    confirm: bool,
+    delete: bool,
+}
+
+fn restore_request(server: &Server, call: &Call) -> Result<RestoreRequest, Reply> {
+    let body = body(call)?;
+    let bad = |message: String| Reply::error(StatusCode::BAD_REQUEST, message);
+    let source =
+        text_field(&body, "source")?.ok_or_else(|| bad("give `source`: the configured source to restore".into()))?;
+    let spec =
+        text_field(&body, "id")?.ok_or_else(|| bad("give `id`: a snapshot id, a prefix, or \"latest\"".into()))?;
+    let configured = source_named(server, &source)?;
+    let filter = Filter::of_source(Some(&source));
+    let all = server.snapshots().map_err(|e| failure(&e))?;
+    let all: Vec<(Id, Snapshot)> = all.into_iter().map(|(id, s)| (id, (*s).clone())).collect();
+    let (id, _) = cairn::select::choose(all, &Pick::parse(&spec), &filter).map_err(|e| failure(&e))?;
+    let target = match text_field(&body, "target")? {
+        Some(target) => PathBuf::from(target),
+        None => match configured.paths.as_slice() {
+            [path] if path.is_dir() || !path.exists() => path.clone(),
+            _ => return Err(bad(format!("source {source} is not one directory: give `target`"))),
+        },
+    };
+    let target = allowed_target(&server.roots, &target).map_err(bad)?;
+    // The API restores a source as it was: what the snapshot lacks goes, unless told to keep it.
+    let delete = !matches!(body["delete"], Value::Bool(false));
+    Ok(RestoreRequest { id, source, target, confirm: flag_field(&body, "confirm")?, delete })
+}
+
+/// `target` if it lies under one of `roots` (compared where it exists with symlinks resolved,
+/// so a link under a root cannot lead out of it).
+fn allowed_target(roots: &[PathBuf], target: &Path) -> Result<PathBuf, String> {
+    if !target.is_absolute() || target.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(format!("the target {} must be an absolute path without `..`", target.display()));
+    }
+    // The deepest part that exists, resolved, and the rest as given.
+    let mut existing = target.to_path_buf();
+    let mut rest = Vec::new();
+    let resolved = loop {
+        match std::fs::canonicalize(&existing) {
+            Ok(resolved) => break resolved,
+            Err(_) => match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_os_string());
+                    existing = parent.to_path_buf();
+                }
+                _ => return Err(format!("the target {} cannot be resolved", target.display())),
+            },
+        }
+    };
+    let full = rest.iter().rev().fold(resolved, |path, name| path.join(name));
+    if roots.iter().any(|root| full.starts_with(root)) {
+        Ok(full)
+    } else {
+        let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        Err(format!(
+            "the target {} is not under a directory restores may write to ({}): set [serve] restore_roots",
+            target.display(),
+            if roots.is_empty() { "none".to_string() } else { roots.join(", ") }
+        ))
+    }
+}
+
+/// The in-place restore (`restore --in-place`), or its plan with `dry_run`.
+fn run_restore(
+    server: &Server,
+    request: &RestoreRequest,
+    dry_run: bool,
+) -> cairn::error::Result<cairn::restore::in_place::Report> {
+    use cairn::restore::in_place::{self, Mode};
+    let repo = &server.repo;
+    let lock = crate::cli::read_lock(repo, "restore", server.context.lock_wait)
+        .map_err(|e| Error::Invalid(format!("{e:#}")))?;
+    let (_, snapshot) = repo.find_snapshot(&request.id.to_hex())?;
+    let indexed = cairn::repository::Indexed::new(repo, repo.load_index()?);
+    let skip = cairn::repository::Location::parse(&server.location)
+        .path()
+        .and_then(|path| std::path::absolute(path).ok())
+        .into_iter()
+        .collect();
+    let options = in_place::Options {
+        target: request.target.clone(),
+        mode: Mode::InPlace,
+        delete: request.delete,
+        dry_run,
+        skip,
+        lock,
+        ..in_place::Options::default()
+    };
+    let progress = cairn::progress::Progress::new("restore", true);
+    in_place::run(&indexed, &request.id, &snapshot, options, &progress)
+}
+
+/// Queues a run of the whole cycle (`cairn run` of the server's config) as a job of its own.
+pub fn submit_cycle(server: &Arc<Server>, caller: &str) -> anyhow::Result<Job> {
+    let worker = Arc::clone(server);
+    let job = server.jobs.submit("run", caller, Claim::Everything, 1, move |handle| {
+        handle.progress(0, Some("cairn run".into()));
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap_or_else(|_| "cairn".into()));
+        command.arg("--repo").arg(&worker.location).arg("--json").arg("run").arg("--config").arg(&worker.config.path);
+        command.stdin(std::process::Stdio::null()).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
+        worker.context.password.pass_to(&mut command);
+        match crate::cli::signals::output(&mut command) {
+            Ok(out) => {
+                let result = serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null);
+                match out.status.success() {
+                    true => Ok(result),
+                    false => {
+                        let stderr = String::from_utf8_lossy(&out.stderr);
+                        let why = stderr.lines().last().unwrap_or("").to_string();
+                        Err((format!("cairn run ended with {}: {why}", out.status), result))
+                    }
+                }
+            }
+            Err(e) => Err((format!("could not start cairn run: {e}"), Value::Null)),
+        }
+    })?;
+    Ok(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_must_lie_under_a_root_even_through_symlinks() {
+        let dir = std::env::temp_dir().join(format!("cairn-roots-{}", std::process::id()));
+        let root = dir.join("root");
+        std::fs::create_dir_all(root.join("app")).unwrap();
+        std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(dir.join("elsewhere"), root.join("link")).unwrap();
+        let roots = vec![std::fs::canonicalize(&root).unwrap()];
+        assert!(allowed_target(&roots, &root.join("app")).is_ok());
+        assert!(allowed_target(&roots, &root.join("new/deeper")).is_ok());
+        assert!(allowed_target(&roots, &root).is_ok());
+        for refused in [root.join("link"), root.join("link/new"), root.join("../elsewhere"), dir.clone(), "/".into()] {
+            assert!(allowed_target(&roots, &refused).is_err(), "{}", refused.display());
+        }
+        assert!(allowed_target(&roots, Path::new("relative/app")).is_err());
+        assert!(allowed_target(&[], &root.join("app")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

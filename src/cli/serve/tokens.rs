@@ -1,0 +1,203 @@
+//! Who may call `cairn serve`: named bearer tokens from a file (or a systemd credential), and
+//! the check of a request's `Authorization` header against them.
+//!
+//! The file holds one token per line, `NAME TOKEN` (or a bare `TOKEN`, named `default`); `#`
+//! starts a comment. A token is at least [`MIN_LEN`] characters, so that guessing one over the
+//! network is hopeless, and the file may be readable by its owner only, as ssh demands of its
+//! keys. Only BLAKE3 hashes of the tokens are kept in memory, and a presented token is hashed
+//! and compared with every one of them in constant time (`blake3::Hash`'s equality), so neither
+//! the timing of a refusal nor a memory dump gives a token away.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+
+/// The fewest characters a token may have (`openssl rand -hex 32` gives 64).
+pub const MIN_LEN: usize = 24;
+
+/// The systemd credential `cairn serve` reads when no token file is given
+/// (`LoadCredential=cairn-tokens:/etc/cairn/tokens`).
+pub const CREDENTIAL: &str = "cairn-tokens";
+
+pub struct Tokens {
+    entries: Vec<(String, blake3::Hash)>,
+}
+
+impl Tokens {
+    /// Reads the token file: `--token-file`, else the config's `token_file`, else the systemd
+    /// credential. Without any, the server does not start: no request would be allowed.
+    pub fn load(flag: Option<&Path>, configured: Option<&Path>) -> Result<(Tokens, PathBuf)> {
+        let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|dir| PathBuf::from(dir).join(CREDENTIAL))
+            .filter(|p| p.exists());
+        let Some(path) = flag.or(configured).map(Path::to_path_buf).or(credential) else {
+            bail!(
+                "no token file: give --token-file FILE (lines of `NAME TOKEN`; `openssl rand -hex 32` makes a token), \
+                 `token_file` in the config's [serve] table, or a systemd credential named {CREDENTIAL}"
+            );
+        };
+        let metadata =
+            std::fs::metadata(&path).with_context(|| format!("reading the token file {}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        if metadata.permissions().mode() & 0o077 != 0 {
+            bail!(
+                "the token file {} may be read by other users: `chmod 600 {}` (the tokens open the API)",
+                path.display(),
+                path.display()
+            );
+        }
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("reading the token file {}", path.display()))?;
+        let tokens = Tokens::parse(&text).with_context(|| format!("in the token file {}", path.display()))?;
+        Ok((tokens, path))
+    }
+
+    pub fn parse(text: &str) -> Result<Tokens> {
+        let mut entries: Vec<(String, blake3::Hash)> = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (name, token) = match words.as_slice() {
+                [token] => ("default", *token),
+                [name, token] => (*name, *token),
+                _ => bail!("line {}: give `NAME TOKEN` (two words)", number + 1),
+            };
+            let name_ok = name.len() <= 64
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+            if !name_ok {
+                bail!("line {}: a token's name is letters, digits, `-`, `_`, `.` or `@`, at most 64", number + 1);
+            }
+            if token.chars().count() < MIN_LEN {
+                bail!(
+                    "line {}: the token of {name} is shorter than {MIN_LEN} characters: `openssl rand -hex 32` makes one",
+                    number + 1
+                );
+            }
+            let hash = blake3::hash(token.as_bytes());
+            if entries.iter().any(|(n, h)| n == name || *h == hash) {
+                bail!("line {}: the name {name} or its token is given twice", number + 1);
+            }
+            entries.push((name.to_string(), hash));
+        }
+        if entries.is_empty() {
+            bail!("it holds no token");
+        }
+        Ok(Tokens { entries })
+    }
+
+    /// The name of the token that an `Authorization` header carries: `Bearer TOKEN`, or `Basic`
+    /// with the token as the password (any user name), which a browser asks for by itself.
+    pub fn caller(&self, authorization: Option<&[u8]>) -> Option<&str> {
+        let header = std::str::from_utf8(authorization?).ok()?.trim();
+        let (scheme, value) = header.split_once(' ')?;
+        let token: Vec<u8> = if scheme.eq_ignore_ascii_case("bearer") {
+            value.trim().as_bytes().to_vec()
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64_decode(value.trim())?;
+            let colon = decoded.iter().position(|&b| b == b':')?;
+            decoded[colon + 1..].to_vec()
+        } else {
+            return None;
+        };
+        let presented = blake3::hash(&token);
+        // Every entry is compared, each in constant time: which one matched, if any, takes the
+        // same time to find.
+        let mut found = None;
+        for (name, hash) in &self.entries {
+            if *hash == presented {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+}
+
+/// Standard base64 (RFC 4648, padding optional); `None` for anything else.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let digits = text.trim_end_matches('=');
+    if text.len() - digits.len() > 2 || digits.len() % 4 == 1 {
+        return None;
+    }
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    let (mut bits, mut count) = (0u32, 0u32);
+    for c in digits.bytes() {
+        bits = (bits << 6) | u32::from(value(c)?);
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn names_the_caller_of_a_bearer_or_basic_token_and_no_one_else() {
+        let tokens = Tokens::parse(&format!("# who may call\nplatform {TOKEN}\nops {TOKEN}x # a second\n")).unwrap();
+        assert_eq!(tokens.caller(Some(format!("Bearer {TOKEN}").as_bytes())), Some("platform"));
+        assert_eq!(tokens.caller(Some(format!("bearer {TOKEN}x").as_bytes())), Some("ops"));
+        // "anyone:<TOKEN>" in base64, as a browser sends it.
+        let basic = format!("Basic {}", encode(format!("anyone:{TOKEN}").as_bytes()));
+        assert_eq!(tokens.caller(Some(basic.as_bytes())), Some("platform"));
+        for wrong in ["", "Bearer", "Bearer ", "Bearer 0123456789abcdef0123456789abcdeF", "Token x", "Basic !!!"] {
+            assert_eq!(tokens.caller(Some(wrong.as_bytes())), None, "{wrong:?}");
+        }
+        assert_eq!(tokens.caller(None), None);
+        assert_eq!(tokens.caller(Some(b"Bearer \xff\xfe")), None);
+    }
+
+    #[test]
+    fn refuses_short_duplicate_or_missing_tokens() {
+        assert!(Tokens::parse("").is_err());
+        assert!(Tokens::parse("# only a comment\n").is_err());
+        assert!(Tokens::parse("short").is_err());
+        assert!(Tokens::parse(&format!("a {TOKEN}\nb {TOKEN}")).is_err());
+        assert!(Tokens::parse(&format!("a {TOKEN}\na {TOKEN}x")).is_err());
+        assert!(Tokens::parse(&format!("a b {TOKEN}")).is_err());
+        assert!(Tokens::parse(&format!("na/me {TOKEN}")).is_err());
+        assert_eq!(Tokens::parse(TOKEN).unwrap().caller(Some(format!("Bearer {TOKEN}").as_bytes())), Some("default"));
+    }
+
+    #[test]
+    fn base64_round_trips_and_refuses_what_is_not_base64() {
+        for data in [&b""[..], b"f", b"fo", b"foo", b"foob", b"fooba", b"foobar", &[0, 255, 128, 7]] {
+            assert_eq!(base64_decode(&encode(data)).as_deref(), Some(data));
+        }
+        assert_eq!(base64_decode("Zm9vYg").as_deref(), Some(&b"foob"[..]));
+        for bad in ["Z", "Zm9v===", "Zm9v\u{e9}", "Zm 9v"] {
+            assert_eq!(base64_decode(bad), None, "{bad:?}");
+        }
+    }
+
+    fn encode(data: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in data.chunks(3) {
+            let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        while out.len() % 4 != 0 {
+            out.push('=');
+        }
+        out
+    }
+}

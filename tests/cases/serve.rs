@@ -1,0 +1,452 @@
+//! `cairn serve`: the real binary on a loopback port, called with a real HTTP client (curl), and
+//! its status page loaded in a real headless browser (Chromium).
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const TOKEN: &str = "platform-token-0123456789abcdef";
+const OTHER_TOKEN: &str = "ops-token-fedcba9876543210fedcba";
+
+/// A running `cairn serve`, killed when dropped.
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Site {
+    scratch: Scratch,
+    repo: PathBuf,
+    config: PathBuf,
+}
+
+/// Two directory sources, `app` and `web`, whose `before` hooks note when they ran and wait
+/// `hook_seconds`, a config with a [serve] table, and a token file of two callers.
+fn site(name: &str, hook_seconds: f64) -> Site {
+    let scratch = Scratch::new(name);
+    for dir in ["srv/app/sub", "srv/web"] {
+        fs::create_dir_all(scratch.join(dir)).unwrap();
+    }
+    fs::write(scratch.join("srv/app/settings.json"), b"{\"v\": 1}").unwrap();
+    fs::write(scratch.join("srv/app/sub/data.bin"), noise(300_000, 7)).unwrap();
+    fs::write(scratch.join("srv/web/index.html"), b"<h1>v1</h1>").unwrap();
+    let tokens = scratch.join("tokens");
+    fs::write(&tokens, format!("# who may call\nplatform {TOKEN}\nops {OTHER_TOKEN}\n")).unwrap();
+    fs::set_permissions(&tokens, fs::Permissions::from_mode(0o600)).unwrap();
+    let repo = scratch.join("repo");
+    let config = scratch.join("cairn.toml");
+    let hook = |source: &str| {
+        format!("date +%s.%N > hook-{source}.start; sleep {hook_seconds}; date +%s.%N > hook-{source}.end")
+    };
+    fs::write(
+        &config,
+        format!(
+            "repository = \"repo\"\n\n[[source]]\nname = \"app\"\npaths = [\"srv/app\"]\nbefore = \"{}\"\n\n\
+             [[source]]\nname = \"web\"\npaths = [\"srv/web\"]\nbefore = \"{}\"\n\n[serve]\ntoken_file = \"tokens\"\n",
+            hook("app"),
+            hook("web")
+        ),
+    )
+    .unwrap();
+    Site { scratch, repo, config }
+}
+
+fn serve(site: &Site) -> Served {
+    let mut command = Command::new(CAIRN);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&site.config)
+        .env_remove("CAIRN_REPO")
+        .env_remove("CAIRN_CONFIG")
+        .env("CAIRN_CACHE_DIR", site.scratch.join("cache"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    with_password(&mut command);
+    let mut child = command.spawn().expect("cairn serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (address, found) = std::sync::mpsc::channel();
+    let lines = Arc::clone(&log);
+    // Read all it prints, so that its log never fills the pipe and blocks it.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("cairn serve: listening on ") {
+                let _ = address.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+            lines.lock().unwrap().push(line);
+        }
+    });
+    let url = found.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+        panic!("cairn serve did not start: {:?}", log.lock().unwrap());
+    });
+    // Its log, printed with the test's output if the test fails.
+    let printed = Arc::clone(&log);
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(500));
+        for line in std::mem::take(&mut *printed.lock().unwrap()) {
+            eprintln!("serve: {line}");
+        }
+    });
+    Served { child, url }
+}
+
+/// A call with curl: the status and the body as JSON (or as text, in a string).
+fn call(served: &Served, token: Option<&str>, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
+    if let Some(token) = token {
+        curl.arg("-H").arg(format!("Authorization: Bearer {token}"));
+    }
+    if let Some(body) = body {
+        curl.args(["-H", "Content-Type: application/json", "--data-binary"]).arg(body.to_string());
+    }
+    let output = curl.arg(format!("{}{path}", served.url)).output().expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or_else(|| panic!("curl said {text:?}"));
+    let status: u16 = status.trim().parse().unwrap_or_else(|_| panic!("no status in {text:?}"));
+    let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
+    eprintln!("{method} {path} -> {status} {}", body.chars().take(400).collect::<String>());
+    (status, value)
+}
+
+fn api_records(repo: &Path) -> Vec<cairn::format::audit::AuditRecord> {
+    let location = cairn::repository::Location::parse(&repo.to_string_lossy());
+    let repo = cairn::repository::Repository::open(&location, cairn::repository::Passphrase::Given(PASSWORD)).unwrap();
+    cairn::audit::read_all(&repo).unwrap().into_iter().filter(|r| r.command == "api").collect()
+}
+
+#[test]
+fn every_endpoint_answers_as_a_platform_expects() {
+    let site = site("serve-api", 0.0);
+    let served = serve(&site);
+    let token = Some(TOKEN);
+
+    // No token, a wrong one, a malformed one: 401, and nothing is done.
+    for wrong in [None, Some("platform-token-0123456789abcdeX"), Some("")] {
+        let (status, body) = call(&served, wrong, "POST", "/api/v1/backups", Some(json!({ "wait": true })));
+        assert_eq!(status, 401, "{body}");
+    }
+    assert_eq!(call(&served, None, "GET", "/", None).0, 401);
+    let (status, body) = call(&served, token, "GET", "/api/v1/backups", None);
+    assert_eq!((status, body["count"].as_u64()), (200, Some(0)), "nothing was backed up by a refused call");
+
+    // A backup of one source, waited for: its manifest.
+    let (status, body) = call(
+        &served,
+        token,
+        "POST",
+        "/api/v1/backups",
+        Some(json!({ "source": "app", "tags": ["manual"], "wait": true })),
+    );
+    assert_eq!(status, 200, "{body}");
+    let job = &body["job"];
+    assert_eq!((job["state"].as_str(), job["caller"].as_str()), (Some("done"), Some("platform")), "{body}");
+    let manifest = &job["result"]["backups"][0];
+    let first = manifest["id"].as_str().unwrap().to_string();
+    assert_eq!(manifest["source"], "app");
+    assert_eq!(manifest["tags"], json!(["manual"]));
+    assert_eq!(manifest["summary"]["files"], 2);
+    assert_eq!(manifest["tree"].as_str().map(str::len), Some(64), "the content id");
+
+    // A backup of every source, not waited for: 202 and a job that ends.
+    let (status, body) = call(&served, token, "POST", "/api/v1/backups", None);
+    assert_eq!(status, 202, "{body}");
+    let job_url = body["url"].as_str().unwrap().to_string();
+    let job = wait_for_job(&served, &job_url);
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["result"]["backups"].as_array().map(Vec::len), Some(2));
+    assert_eq!((job["progress"]["done"].as_u64(), job["progress"]["total"].as_u64()), (Some(2), Some(2)));
+
+    // The list, its filters, details, and what is not there.
+    let (_, all) = call(&served, token, "GET", "/api/v1/backups", None);
+    assert_eq!(all["count"], 3);
+    assert_eq!(call(&served, token, "GET", "/api/v1/backups?source=web", None).1["count"], 1);
+    assert_eq!(call(&served, token, "GET", "/api/v1/backups?tag=manual", None).1["count"], 1);
+    assert_eq!(call(&served, token, "GET", "/api/v1/backups?since=2000-01-01&until=2001-01-01", None).1["count"], 0);
+    assert_eq!(call(&served, token, "GET", "/api/v1/backups?since=2000-01-01", None).1["count"], 3);
+    assert_eq!(call(&served, token, "GET", "/api/v1/backups?until=yesterday", None).0, 400);
+    let (status, details) = call(&served, token, "GET", &format!("/api/v1/backups/{}", &first[..10]), None);
+    assert_eq!((status, details["id"].as_str()), (200, Some(first.as_str())));
+    assert_eq!(call(&served, token, "GET", "/api/v1/backups/latest?source=web", None).1["source"], "web");
+    assert_eq!(call(&served, token, "GET", &format!("/api/v1/backups/{}", "ab".repeat(32)), None).0, 404);
+    assert_eq!(call(&served, token, "GET", "/api/v1/jobs/999", None).0, 404);
+    assert_eq!(call(&served, token, "GET", "/api/v1/nothing", None).0, 404);
+    assert_eq!(call(&served, token, "PUT", "/api/v1/backups", None).0, 405);
+    assert_eq!(call(&served, token, "POST", "/api/v1/backups", Some(json!({ "source": "nope" }))).0, 404);
+    assert_eq!(call(&served, token, "POST", "/api/v1/backups", Some(json!({ "tags": ["a b"] }))).0, 400);
+    let huge = json!({ "source": "x".repeat(100_000) });
+    assert_eq!(call(&served, token, "POST", "/api/v1/backups", Some(huge)).0, 413);
+
+    // A restore without confirm: 400 and what it would change; nothing changes.
+    fs::write(site.scratch.join("srv/app/settings.json"), b"{\"v\": 2, \"broken\": true}").unwrap();
+    fs::write(site.scratch.join("srv/app/stray.tmp"), b"left by the migration").unwrap();
+    let request = json!({ "id": first, "source": "app" });
+    let (status, body) = call(&served, token, "POST", "/api/v1/backups/restore", Some(request.clone()));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["would"]["replaced"], json!(["settings.json"]));
+    assert_eq!(body["would"]["deleted"], json!(["stray.tmp"]));
+    assert!(site.scratch.join("srv/app/stray.tmp").exists(), "a refused restore changed the target");
+    // Not under an allowed root: refused, whatever confirm says.
+    let outside = json!({ "id": first, "source": "app", "target": site.scratch.join("elsewhere"), "confirm": true });
+    assert_eq!(call(&served, token, "POST", "/api/v1/backups/restore", Some(outside)).0, 400);
+    assert!(!site.scratch.join("elsewhere").exists());
+
+    // With confirm: the safe in-place flow, and the safety snapshot's id.
+    let mut confirmed = request.clone();
+    confirmed["confirm"] = json!(true);
+    confirmed["wait"] = json!(true);
+    let (status, body) = call(&served, token, "POST", "/api/v1/backups/restore", Some(confirmed));
+    assert_eq!(status, 200, "{body}");
+    let result = &body["job"]["result"];
+    assert_eq!(body["job"]["state"], "done", "{body}");
+    let safety = result["safety_snapshot"].as_str().expect("a safety snapshot id").to_string();
+    assert_eq!(fs::read(site.scratch.join("srv/app/settings.json")).unwrap(), b"{\"v\": 1}");
+    assert!(!site.scratch.join("srv/app/stray.tmp").exists());
+    let (_, safety_manifest) = call(&served, token, "GET", &format!("/api/v1/backups/{safety}"), None);
+    let tags = safety_manifest["tags"].as_array().unwrap();
+    assert!(tags.contains(&json!("protected")) && tags.contains(&json!("pre-restore")), "{safety_manifest}");
+
+    // Delete: a protected snapshot only when forced.
+    let (status, body) = call(&served, token, "DELETE", &format!("/api/v1/backups/{safety}"), None);
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("force=true"));
+    let (status, body) =
+        call(&served, Some(OTHER_TOKEN), "DELETE", &format!("/api/v1/backups/{safety}?force=true"), None);
+    assert_eq!((status, body["deleted"][0].as_str()), (200, Some(safety.as_str())));
+    assert_eq!(call(&served, token, "GET", &format!("/api/v1/backups/{safety}"), None).0, 404);
+    assert_eq!(call(&served, token, "DELETE", &format!("/api/v1/backups/{safety}"), None).0, 404);
+
+    // Status and metrics tell the same truth as `cairn status`.
+    let (status, body) = call(&served, token, "GET", "/api/v1/status", None);
+    assert_eq!((status, body["healthy"].as_bool()), (200, Some(true)), "{body}");
+    let sources: Vec<&str> = body["sources"].as_array().unwrap().iter().filter_map(|s| s["source"].as_str()).collect();
+    assert_eq!(sources, ["app", "web"]);
+    let (status, metrics) = call(&served, token, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(metrics.as_str().unwrap().contains("cairn_snapshot_age_seconds{source=\"web\"}"), "{metrics}");
+
+    // Every call that changed something (or was refused it) left a record naming its caller.
+    drop(served);
+    let records = api_records(&site.repo);
+    let calls: Vec<(String, String, u64)> = records
+        .iter()
+        .filter(|r| r.details["caller"].is_string())
+        .map(|r| {
+            let d = &r.details;
+            (
+                d["caller"].as_str().unwrap().into(),
+                format!("{} {}", d["method"], d["path"]),
+                d["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let deleted = format!("\"DELETE\" \"/api/v1/backups/{safety}\"");
+    assert!(calls.contains(&("ops".into(), deleted.clone(), 200)), "{calls:?}");
+    assert!(calls.contains(&("platform".into(), deleted, 409)), "{calls:?}");
+    assert!(calls.contains(&("platform".into(), "\"POST\" \"/api/v1/backups/restore\"".into(), 400)), "{calls:?}");
+    assert_eq!(calls.iter().filter(|c| c.1 == "\"POST\" \"/api/v1/backups\"").count(), 5, "{calls:?}");
+}
+
+fn wait_for_job(served: &Served, url: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, body) = call(served, Some(TOKEN), "GET", url, None);
+        assert_eq!(status, 200, "{body}");
+        if matches!(body["job"]["state"].as_str(), Some("done" | "failed")) {
+            return body["job"].clone();
+        }
+        assert!(Instant::now() < deadline, "the job never ended: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// When a hook file says its hook ran.
+fn hook_time(site: &Site, name: &str) -> f64 {
+    let dir = site.config.parent().unwrap();
+    fs::read_to_string(dir.join(name)).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn backups_of_two_sources_run_at_once_and_of_one_source_one_after_the_other() {
+    let site = site("serve-concurrent", 1.0);
+    let served = serve(&site);
+    let app = call(&served, Some(TOKEN), "POST", "/api/v1/backups", Some(json!({ "source": "app" })));
+    let web = call(&served, Some(OTHER_TOKEN), "POST", "/api/v1/backups", Some(json!({ "source": "web" })));
+    assert_eq!((app.0, web.0), (202, 202));
+    for (_, body) in [&app, &web] {
+        assert_eq!(wait_for_job(&served, body["url"].as_str().unwrap())["state"], "done");
+    }
+    let (app_start, app_end) = (hook_time(&site, "hook-app.start"), hook_time(&site, "hook-app.end"));
+    let (web_start, web_end) = (hook_time(&site, "hook-web.start"), hook_time(&site, "hook-web.end"));
+    assert!(app_start < web_end && web_start < app_end, "the two sources' backups did not overlap");
+
+    // Two backups of one source never run at once: the second waits for the first.
+    let first = call(&served, Some(TOKEN), "POST", "/api/v1/backups", Some(json!({ "source": "app" })));
+    let second = call(&served, Some(TOKEN), "POST", "/api/v1/backups", Some(json!({ "source": "app" })));
+    let first = wait_for_job(&served, first.1["url"].as_str().unwrap());
+    let second = wait_for_job(&served, second.1["url"].as_str().unwrap());
+    assert_eq!((first["state"].as_str(), second["state"].as_str()), (Some("done"), Some("done")));
+    assert!(second["started_ms"].as_i64() >= first["ended_ms"].as_i64(), "{first} {second}");
+    let (_, list) = call(&served, Some(TOKEN), "GET", "/api/v1/backups?source=app", None);
+    assert_eq!(list["count"], 3);
+}
+
+#[test]
+fn the_server_refuses_to_start_without_safe_tokens() {
+    let site = site("serve-tokens", 0.0);
+    let tokens = site.scratch.join("tokens");
+    let start = |extra: &[&str]| {
+        let mut command = Command::new(CAIRN);
+        command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&site.config).args(extra);
+        command.env_remove("CAIRN_CONFIG").env_remove("CREDENTIALS_DIRECTORY").stdin(Stdio::null());
+        with_password(&mut command);
+        run(&mut command)
+    };
+    fs::set_permissions(&tokens, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = start(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    fs::write(site.scratch.join("weak"), "platform short").unwrap();
+    fs::set_permissions(site.scratch.join("weak"), fs::Permissions::from_mode(0o600)).unwrap();
+    let weak = site.scratch.join("weak");
+    let out = start(&["--token-file", weak.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shorter than"));
+    // No token file at all: the config's key removed.
+    let text = fs::read_to_string(&site.config).unwrap().replace("token_file = \"tokens\"\n", "");
+    fs::write(&site.config, text).unwrap();
+    let out = start(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no token file"));
+}
+
+#[test]
+fn kill_9_of_the_server_mid_backup_leaves_a_consistent_repository() {
+    let site = site("serve-kill", 0.0);
+    let served = serve(&site);
+    let (status, body) =
+        call(&served, Some(TOKEN), "POST", "/api/v1/backups", Some(json!({ "source": "app", "wait": true })));
+    assert_eq!(status, 200, "{body}");
+    let kept = body["job"]["result"]["backups"][0]["id"].as_str().unwrap().to_string();
+    // Enough to be in the middle of it when killed.
+    write_noise_file(&site.scratch.join("srv/app/big.bin"), 400 << 20, 3);
+    let (status, _) = call(&served, Some(TOKEN), "POST", "/api/v1/backups", Some(json!({ "source": "app" })));
+    assert_eq!(status, 202);
+    // Once the snapshot's own process runs, the server and it are killed outright, as systemd
+    // kills a unit's processes.
+    let pid = served.child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let child = loop {
+        let out = Command::new("pgrep").args(["-f", " snapshot ", "-P"]).arg(pid.to_string()).output().unwrap();
+        if let Some(child) = String::from_utf8_lossy(&out.stdout).split_whitespace().next() {
+            break child.to_string();
+        }
+        assert!(Instant::now() < deadline, "no snapshot process started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill").args(["-9", &pid.to_string(), &child]).status();
+    drop(served);
+    std::thread::sleep(Duration::from_millis(200));
+    ok(cairn(&site.repo).arg("check"));
+    let target = site.scratch.join("restored");
+    ok(cairn(&site.repo).args(["restore", &kept, "--target"]).arg(&target));
+    assert_eq!(fs::read(target.join("settings.json")).unwrap(), b"{\"v\": 1}");
+    // A new server backs up again, past what the killed one left.
+    let served = serve(&site);
+    let (status, body) =
+        call(&served, Some(TOKEN), "POST", "/api/v1/backups", Some(json!({ "source": "app", "wait": true })));
+    assert_eq!((status, body["job"]["state"].as_str()), (200, Some("done")), "{body}");
+    drop(served);
+    ok(cairn(&site.repo).args(["check", "--read-data"]));
+    // The killed snapshot committed nothing, and is reported as killed, not lost in silence.
+    let snapshots = json(cairn(&site.repo).arg("snapshots"));
+    assert_eq!(snapshots.as_array().map(Vec::len), Some(2), "{snapshots}");
+    let status = json(cairn(&site.repo).args(["status", "--no-config"]));
+    let failure = &status["sources"][0]["last_failure"];
+    assert!(failure["error"].as_str().is_some_and(|e| e.contains("killed")), "{status}");
+}
+
+/// Chromium, which `.ci/run` installs from Debian's packages.
+fn chromium() -> &'static str {
+    let path = "/usr/bin/chromium";
+    assert!(Path::new(path).exists(), "the browser test needs Chromium: apt-get install chromium");
+    path
+}
+
+#[test]
+fn the_status_page_renders_in_a_real_browser_and_names_every_source_with_its_ages() {
+    let site = site("serve-page", 0.0);
+    let served = serve(&site);
+    let (status, body) =
+        call(&served, Some(TOKEN), "POST", "/api/v1/backups", Some(json!({ "source": "app", "wait": true })));
+    assert_eq!(status, 200, "{body}");
+    // A failed backup of `web` (its directory gone) shows as its last failure.
+    let text = fs::read_to_string(&site.config).unwrap().replace("srv/web", "srv/gone");
+    fs::write(&site.config, text).unwrap();
+    drop(served);
+    let served = serve(&site);
+    let (_, body) =
+        call(&served, Some(TOKEN), "POST", "/api/v1/backups", Some(json!({ "source": "web", "wait": true })));
+    assert_eq!(body["job"]["state"], "failed", "{body}");
+
+    // The browser logs in with the token as the password, as a person would in its login box.
+    let address = served.url.trim_start_matches("http://");
+    let url = format!("http://anyone:{TOKEN}@{address}/");
+    let profile = site.scratch.join("chromium-profile");
+    let browse = |extra: &[&str]| {
+        let mut command = Command::new(chromium());
+        command.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+        ]);
+        command.arg(format!("--user-data-dir={}", profile.display())).args(extra).arg(&url);
+        command.stdin(Stdio::null()).output().expect("chromium runs")
+    };
+    let dom = browse(&["--dump-dom"]);
+    let page = String::from_utf8_lossy(&dom.stdout).into_owned();
+    let log = String::from_utf8_lossy(&dom.stderr).into_owned();
+    eprintln!("{page}\n{log}");
+    assert!(dom.status.success());
+    for line in log.lines() {
+        assert!(!line.contains("CONSOLE") && !line.contains("Uncaught"), "a script error: {line}");
+    }
+    assert!(page.contains("<table id=\"sources\""), "not the status page: {page}");
+    let rows: Vec<&str> = page.split("<tr class=\"source\">").skip(1).collect();
+    assert_eq!(rows.len(), 2, "{page}");
+    assert!(rows[0].contains("<b>app</b>") && rows[0].contains(" ago"), "{}", rows[0]);
+    assert!(rows[1].contains("<b>web</b>") && rows[1].contains("none") && rows[1].contains("snapshot"), "{}", rows[1]);
+    assert!(page.contains("id=\"timeline\"") && page.contains("id=\"storage\""));
+    // The page as a phone shows it, for the README.
+    let shot = site.scratch.join("status.png");
+    let out = browse(&["--window-size=420,900", &format!("--screenshot={}", shot.display())]);
+    assert!(out.status.success());
+    assert!(fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "no screenshot");
+    if let Some(keep) = std::env::var_os("CAIRN_SCREENSHOT") {
+        fs::copy(&shot, keep).unwrap();
+    }
+}
