@@ -74,6 +74,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         skip_identical: args.skip_identical,
         skip,
         cancel: None,
+        within: Vec::new(),
         lock,
     };
     let report = in_place::run(&indexed, &id, &snapshot, options, &progress)?;

@@ -95,6 +95,10 @@ pub struct Options {
     /// refuses to find inside the target.
     pub skip: Vec<PathBuf>,
     pub cancel: Option<&'static AtomicBool>,
+    /// Directories (canonical paths) the target must lie in, if any (`cairn serve`'s restore
+    /// roots): checked on the directories as opened, so a link swapped in after the caller's
+    /// own check of the path cannot lead the restore out of them.
+    pub within: Vec<PathBuf>,
     /// The command's read lock, if it hands it over: released once the snapshot has been read,
     /// beside the write of the end record (two round trips at once on an object store).
     pub lock: Option<Lock>,
@@ -168,6 +172,27 @@ impl Site {
         Ok(Site { parent: Some((parent, parent_path.to_path_buf(), name)), path, old })
     }
 
+    /// Refuses unless the target, as the directories opened for it really are, lies in one of
+    /// `roots`.
+    fn check_within(&self, roots: &[PathBuf]) -> Result<()> {
+        let real = |fd: std::os::fd::BorrowedFd<'_>| {
+            use std::os::fd::AsRawFd;
+            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+        };
+        let opened = match (&self.old, &self.parent) {
+            (Some((dir, _)), _) => real(dir.as_fd()),
+            (None, Some((parent, _, name))) => real(parent.as_fd()).map(|p| p.join(OsStr::from_bytes(name))),
+            (None, None) => Some(self.path.clone()),
+        };
+        match opened {
+            Some(path) if path == self.path && roots.iter().any(|root| path.starts_with(root)) => Ok(()),
+            _ => Err(Error::Refused(format!(
+                "the target {} is not (or no longer) inside a directory restores may write to: nothing was changed",
+                self.path.display()
+            ))),
+        }
+    }
+
     fn is_empty(&self) -> Result<bool> {
         match &self.old {
             Some((dir, _)) => Ok(dir.names().map_err(|e| Error::io(&self.path, e))?.is_empty()),
@@ -188,6 +213,9 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
     let options = &options;
     let want = plan::want_of(repo, snapshot, &options.includes, &id.short())?;
     let site = Site::open(&options.target)?;
+    if !options.within.is_empty() {
+        site.check_within(&options.within)?;
+    }
     if site.path == Path::new("/") && !(options.force_root && options.mode == Mode::Overwrite) {
         return Err(refuse_root(repo, id, snapshot)?);
     }

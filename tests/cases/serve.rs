@@ -202,10 +202,38 @@ fn every_endpoint_answers_as_a_platform_expects() {
     assert_eq!(body["would"]["replaced"], json!(["settings.json"]));
     assert_eq!(body["would"]["deleted"], json!(["stray.tmp"]));
     assert!(site.scratch.join("srv/app/stray.tmp").exists(), "a refused restore changed the target");
-    // Not under an allowed root: refused, whatever confirm says.
-    let outside = json!({ "id": first, "source": "app", "target": site.scratch.join("elsewhere"), "confirm": true });
-    assert_eq!(call(&served, token, "POST", "/api/v1/backups/restore", Some(outside)).0, 400);
-    assert!(!site.scratch.join("elsewhere").exists());
+    // Not under an allowed root, directly or through a link planted under one: refused,
+    // whatever confirm says.
+    fs::create_dir(site.scratch.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(site.scratch.join("elsewhere"), site.scratch.join("srv/app/sub/link")).unwrap();
+    for target in [site.scratch.join("elsewhere"), site.scratch.join("srv/app/sub/link/deeper")] {
+        let outside = json!({ "id": first, "source": "app", "target": target, "confirm": true, "wait": true });
+        let (status, body) = call(&served, token, "POST", "/api/v1/backups/restore", Some(outside));
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("not under a directory restores may write to"), "{body}");
+    }
+    assert_eq!(fs::read_dir(site.scratch.join("elsewhere")).unwrap().count(), 0);
+    fs::remove_file(site.scratch.join("srv/app/sub/link")).unwrap();
+    // A browser's login (Basic) may read, never change: a page elsewhere could make it post.
+    let basic = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-u"])
+        .arg(format!("anyone:{TOKEN}"))
+        .args(["--data-binary", "{\"id\": \"latest\", \"source\": \"app\", \"confirm\": true}"])
+        .arg(format!("{}/api/v1/backups/restore", served.url))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&basic.stdout), "401");
+    let read = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-u"])
+        .arg(format!("anyone:{TOKEN}"))
+        .arg(format!("{}/api/v1/status", served.url))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "200");
+    // A flag that is not true or false is not taken for either.
+    let vague = json!({ "id": first, "source": "app", "delete": "false", "confirm": true });
+    assert_eq!(call(&served, token, "POST", "/api/v1/backups/restore", Some(vague)).0, 400);
+    assert!(site.scratch.join("srv/app/stray.tmp").exists(), "a refused restore changed the target");
 
     // With confirm: the safe in-place flow, and the safety snapshot's id.
     let mut confirmed = request.clone();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::jobs::{Claim, Handle, Job, Outcome};
+use super::jobs::{Claim, Handle, Job, NotStarted, Outcome};
 use super::{Call, Reply, Server};
 use cairn::error::Error;
 use cairn::format::snapshot::Snapshot;
@@ -22,17 +22,19 @@ use cairn::select::{At, Filter, Pick};
 /// The `command` of the audit records the server writes of its calls (store-format/audit.md).
 pub const AUDIT_COMMAND: &str = "api";
 
-/// Answers a call with a token; records every one that is not a read ([`AUDIT_COMMAND`]).
-pub async fn route(server: &Arc<Server>, call: Call) -> Reply {
-    let segments: Vec<String> = call.path.trim_end_matches('/').split('/').skip(1).map(str::to_string).collect();
+/// Answers a call with a token (or with `refused`, when its body could not be taken); records
+/// every one that is not a read and reached a route ([`AUDIT_COMMAND`]).
+pub async fn route(server: &Arc<Server>, call: Call, refused: Option<Reply>) -> Reply {
     let reads = call.method == Method::GET;
     if reads {
-        server.count_read(&call.caller, &route_name(&segments));
+        server.count_read(&call.caller, &call.route);
     }
     let server = Arc::clone(server);
     let answered = tokio::task::spawn_blocking(move || {
-        let reply = answer(&server, &call, &segments);
-        if !reads {
+        let segments: Vec<String> = call.path.trim_end_matches('/').split('/').skip(1).map(str::to_string).collect();
+        let reply = refused.unwrap_or_else(|| answer(&server, &call, &segments));
+        let routed = !call.route.ends_with(super::NO_ROUTE) && reply.status != StatusCode::METHOD_NOT_ALLOWED;
+        if !reads && routed {
             server.record_call(&call, reply.status, summary_of(&reply));
         }
         reply
@@ -41,39 +43,26 @@ pub async fn route(server: &Arc<Server>, call: Call) -> Reply {
     answered.unwrap_or_else(|e| Reply::error(StatusCode::INTERNAL_SERVER_ERROR, format!("the handler failed: {e}")))
 }
 
-/// Records a call with a token that was refused before it reached its route (its body too
-/// large), and answers it with `reply`.
-pub async fn refused(server: &Arc<Server>, call: Call, reply: Reply) -> Reply {
-    let server = Arc::clone(server);
-    tokio::task::spawn_blocking(move || {
-        if call.method != Method::GET {
-            server.record_call(&call, reply.status, summary_of(&reply));
-        }
-        reply
-    })
-    .await
-    .unwrap_or_else(|e| Reply::error(StatusCode::INTERNAL_SERVER_ERROR, format!("the handler failed: {e}")))
-}
-
-/// A route as the counts of reads name it: ids left out.
-fn route_name(segments: &[String]) -> String {
-    match segments {
-        [api, v1, kind, _] if api == "api" && v1 == "v1" => format!("GET /api/v1/{kind}/{{id}}"),
-        _ => format!("GET /{}", segments.join("/")),
-    }
-}
-
 /// What an `api` record keeps of an answer: the ids it names and its error.
 fn summary_of(reply: &Reply) -> Value {
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&reply.body) else { return Value::Null };
     let mut kept = serde_json::Map::new();
-    for key in ["error", "deleted", "safety_snapshot"] {
+    for key in ["error", "deleted"] {
         if let Some(value) = body.get(key) {
             kept.insert(key.into(), value.clone());
         }
     }
-    if let Some(id) = body.get("job").and_then(|job| job.get("id")) {
-        kept.insert("job".into(), id.clone());
+    if let Some(job) = body.get("job") {
+        kept.insert("job".into(), job["id"].clone());
+        // A job waited for has ended: what it made.
+        for key in ["safety_snapshot", "snapshot"] {
+            if let Some(id) = job["result"].get(key).filter(|v| v.is_string()) {
+                kept.insert(key.into(), id.clone());
+            }
+        }
+        if let Some(error) = job.get("error").filter(|v| v.is_string()) {
+            kept.insert("error".into(), error.clone());
+        }
     }
     Value::Object(kept)
 }
@@ -97,7 +86,7 @@ fn answer(server: &Arc<Server>, call: &Call, segments: &[String]) -> Reply {
         },
         (&Method::POST, ["api", "v1", "run"]) => match submit_cycle(server, &call.caller) {
             Ok(job) => accepted(server, call, job),
-            Err(e) => Reply::error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+            Err(e) => not_started(&e),
         },
         (_, [] | [""] | ["metrics"] | ["api", "v1", "status" | "backups" | "jobs" | "run"])
         | (_, ["api", "v1", "backups" | "jobs", _]) => {
@@ -105,6 +94,19 @@ fn answer(server: &Arc<Server>, call: &Call, segments: &[String]) -> Reply {
         }
         _ => Reply::error(StatusCode::NOT_FOUND, format!("no route {}", call.path)),
     }
+}
+
+/// 429 when too many jobs wait already, 503 when no thread could be started.
+fn not_started(error: &NotStarted) -> Reply {
+    match error {
+        NotStarted::Busy(_) => Reply::error(StatusCode::TOO_MANY_REQUESTS, error),
+        NotStarted::Thread(_) => Reply::error(StatusCode::SERVICE_UNAVAILABLE, error),
+    }
+}
+
+/// `true`, `1` or `yes` (a query's flag).
+fn truthy(value: Option<&str>) -> bool {
+    matches!(value, Some("true" | "1" | "yes"))
 }
 
 /// The status a library error answers with, and its message.
@@ -187,10 +189,13 @@ fn list(server: &Server, call: &Call) -> Reply {
 
 /// The snapshot `spec` names (an id, a unique prefix, or `latest` of the filters).
 fn find(server: &Server, call: &Call, spec: &str) -> Result<(Id, Snapshot), Reply> {
-    let (filter, _) = filter_of(call)?;
+    choose(server, spec, &filter_of(call)?.0)
+}
+
+fn choose(server: &Server, spec: &str, filter: &Filter) -> Result<(Id, Snapshot), Reply> {
     let all = server.snapshots().map_err(|e| failure(&e))?;
     let all: Vec<(Id, Snapshot)> = all.into_iter().map(|(id, s)| (id, (*s).clone())).collect();
-    cairn::select::choose(all, &Pick::parse(spec), &filter).map_err(|e| failure(&e))
+    cairn::select::choose(all, &Pick::parse(spec), filter).map_err(|e| failure(&e))
 }
 
 fn details(server: &Server, call: &Call, spec: &str) -> Reply {
@@ -201,7 +206,7 @@ fn details(server: &Server, call: &Call, spec: &str) -> Reply {
 }
 
 fn delete(server: &Server, call: &Call, spec: &str) -> Reply {
-    let force = matches!(call.param("force"), Some("true" | "1" | "yes"));
+    let force = truthy(call.param("force"));
     let (id, _) = match find(server, call, spec) {
         Ok(found) => found,
         Err(reply) => return reply,
@@ -217,6 +222,10 @@ fn delete(server: &Server, call: &Call, spec: &str) -> Reply {
         Ok(Ok(removed))
     })();
     match deleted {
+        // Another call forgot it meanwhile.
+        Ok(Ok(removed)) if removed.is_empty() => {
+            Reply::error(StatusCode::NOT_FOUND, format!("no snapshot {spec} any more"))
+        }
         Ok(Ok(removed)) => Reply::json(
             StatusCode::OK,
             &json!({ "deleted": removed, "note": "the data only they used is freed by the next prune" }),
@@ -270,8 +279,7 @@ fn flag_field(body: &Value, key: &str) -> Result<bool, Reply> {
 
 /// 202 with the job, or with `"wait": true` the job as it ended (200).
 fn accepted(server: &Server, call: &Call, job: Job) -> Reply {
-    let wait = body(call).ok().is_some_and(|body| body["wait"] == Value::Bool(true))
-        || matches!(call.param("wait"), Some("true" | "1"));
+    let wait = body(call).ok().is_some_and(|body| body["wait"] == Value::Bool(true)) || truthy(call.param("wait"));
     let url = format!("/api/v1/jobs/{}", job.id);
     if wait {
         let job = server.jobs.wait(job.id).unwrap_or(job);
@@ -319,12 +327,16 @@ fn backup(server: &Arc<Server>, call: &Call) -> Reply {
     let total = sources.len() as u64;
     match server.jobs.submit("backup", &call.caller, claim, total, move |handle| back_up(&worker, &sources, handle)) {
         Ok(job) => accepted(server, call, job),
-        Err(e) => Reply::error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot start the job: {e}")),
+        Err(e) => not_started(&e),
     }
 }
 
 fn valid_tag(tag: &str) -> bool {
-    !tag.is_empty() && tag.len() <= 128 && tag.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c))
+    // Not starting with `-`: it goes on the snapshot's command line.
+    !tag.is_empty()
+        && !tag.starts_with('-')
+        && tag.len() <= 128
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c))
 }
 
 /// A backup job: each source as `cairn run` takes it (hooks, then the snapshot as a child
@@ -376,16 +388,30 @@ fn restore(server: &Arc<Server>, call: &Call) -> Reply {
                     "error": "the restore needs \"confirm\": true; this is what it would change (a safety snapshot of the target is taken first)",
                     "snapshot": report.snapshot,
                     "target": report.target,
-                    "would": report.plan,
+                    "would": report.plan.as_ref().map(plan_json),
                 }),
             ),
             Err(e) => failure(&e),
         };
     }
-    let claim = Claim::Sources(BTreeSet::from([request.source.clone()]));
+    // The source restored, and every source whose paths the target holds or lies in: none of
+    // them is backed up while its files are being replaced.
+    let mut claimed = BTreeSet::from([request.source.clone()]);
+    for source in &server.config.sources {
+        let resolved = source.paths.iter().filter_map(|p| std::fs::canonicalize(p).ok());
+        if resolved.into_iter().any(|p| p.starts_with(&request.target) || request.target.starts_with(&p)) {
+            claimed.insert(source.name.clone());
+        }
+    }
     let worker = Arc::clone(server);
-    let job = server.jobs.submit("restore", &call.caller, claim, 1, move |handle| {
+    let job = server.jobs.submit("restore", &call.caller, Claim::Sources(claimed), 1, move |handle| {
         handle.progress(0, Some(format!("restore to {}", request.target.display())));
+        // Checked again as it starts: the target may have been replaced by a link meanwhile
+        // (and the restore checks the directories it opens once more).
+        let request = match allowed_target(&worker.roots, &request.target) {
+            Ok(target) => RestoreRequest { target, ..request },
+            Err(e) => return Err((e, Value::Null)),
+        };
         match run_restore(&worker, &request, false) {
             Ok(report) => {
                 let value = json!({
@@ -394,7 +420,7 @@ fn restore(server: &Arc<Server>, call: &Call) -> Reply {
                     "safety_snapshot": report.safety_snapshot,
                     "backup": report.backup,
                     "how": report.how,
-                    "plan": report.plan,
+                    "plan": report.plan.as_ref().map(plan_json),
                     "summary": report.summary,
                 });
                 match report.summary.errors.len() {
@@ -407,8 +433,30 @@ fn restore(server: &Arc<Server>, call: &Call) -> Reply {
     });
     match job {
         Ok(job) => accepted(server, call, job),
-        Err(e) => Reply::error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot start the job: {e}")),
+        Err(e) => not_started(&e),
     }
+}
+
+/// The most paths of each kind a restore's plan lists in an answer (the counts are whole).
+const PLAN_PATHS: usize = 1000;
+
+/// A restore's plan for an answer: its counts, and its paths up to [`PLAN_PATHS`] of each kind.
+fn plan_json(plan: &cairn::restore::in_place::Plan) -> Value {
+    let first = |paths: &[String]| paths.iter().take(PLAN_PATHS).cloned().collect::<Vec<_>>();
+    json!({
+        "created": first(&plan.created),
+        "replaced": first(&plan.replaced),
+        "deleted": first(&plan.deleted),
+        "kept": first(&plan.kept),
+        "unchanged": plan.unchanged,
+        "counts": {
+            "created": plan.created.len(),
+            "replaced": plan.replaced.len(),
+            "deleted": plan.deleted.len(),
+            "kept": plan.kept.len(),
+        },
+        "listed_at_most": PLAN_PATHS,
+    })
 }
 
 struct RestoreRequest {
@@ -427,10 +475,7 @@ fn restore_request(server: &Server, call: &Call) -> Result<RestoreRequest, Reply
     let spec =
         text_field(&body, "id")?.ok_or_else(|| bad("give `id`: a snapshot id, a prefix, or \"latest\"".into()))?;
     let configured = source_named(server, &source)?;
-    let filter = Filter::of_source(Some(&source));
-    let all = server.snapshots().map_err(|e| failure(&e))?;
-    let all: Vec<(Id, Snapshot)> = all.into_iter().map(|(id, s)| (id, (*s).clone())).collect();
-    let (id, _) = cairn::select::choose(all, &Pick::parse(&spec), &filter).map_err(|e| failure(&e))?;
+    let (id, _) = choose(server, &spec, &Filter::of_source(Some(&source)))?;
     let target = match text_field(&body, "target")? {
         Some(target) => PathBuf::from(target),
         None => match configured.paths.as_slice() {
@@ -440,32 +485,17 @@ fn restore_request(server: &Server, call: &Call) -> Result<RestoreRequest, Reply
     };
     let target = allowed_target(&server.roots, &target).map_err(bad)?;
     // The API restores a source as it was: what the snapshot lacks goes, unless told to keep it.
-    let delete = !matches!(body["delete"], Value::Bool(false));
+    let delete = match &body["delete"] {
+        Value::Null => true,
+        _ => flag_field(&body, "delete")?,
+    };
     Ok(RestoreRequest { id, source, target, confirm: flag_field(&body, "confirm")?, delete })
 }
 
 /// `target` if it lies under one of `roots` (compared where it exists with symlinks resolved,
-/// so a link under a root cannot lead out of it).
+/// so a link under a root cannot lead out of it), resolved.
 fn allowed_target(roots: &[PathBuf], target: &Path) -> Result<PathBuf, String> {
-    if !target.is_absolute() || target.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(format!("the target {} must be an absolute path without `..`", target.display()));
-    }
-    // The deepest part that exists, resolved, and the rest as given.
-    let mut existing = target.to_path_buf();
-    let mut rest = Vec::new();
-    let resolved = loop {
-        match std::fs::canonicalize(&existing) {
-            Ok(resolved) => break resolved,
-            Err(_) => match (existing.parent(), existing.file_name()) {
-                (Some(parent), Some(name)) => {
-                    rest.push(name.to_os_string());
-                    existing = parent.to_path_buf();
-                }
-                _ => return Err(format!("the target {} cannot be resolved", target.display())),
-            },
-        }
-    };
-    let full = rest.iter().rev().fold(resolved, |path, name| path.join(name));
+    let full = resolve(target)?;
     if roots.iter().any(|root| full.starts_with(root)) {
         Ok(full)
     } else {
@@ -478,6 +508,29 @@ fn allowed_target(roots: &[PathBuf], target: &Path) -> Result<PathBuf, String> {
     }
 }
 
+/// An absolute path without `..`, with symlinks resolved in the part of it that exists (the rest
+/// as given).
+pub fn resolve(path: &Path) -> Result<PathBuf, String> {
+    if !path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(format!("{} must be an absolute path without `..`", path.display()));
+    }
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    let resolved = loop {
+        match std::fs::canonicalize(&existing) {
+            Ok(resolved) => break resolved,
+            Err(_) => match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_os_string());
+                    existing = parent.to_path_buf();
+                }
+                _ => return Err(format!("{} cannot be resolved", path.display())),
+            },
+        }
+    };
+    Ok(rest.iter().rev().fold(resolved, |path, name| path.join(name)))
+}
+
 /// The in-place restore (`restore --in-place`), or its plan with `dry_run`.
 fn run_restore(
     server: &Server,
@@ -487,7 +540,7 @@ fn run_restore(
     use cairn::restore::in_place::{self, Mode};
     let repo = &server.repo;
     let lock = crate::cli::read_lock(repo, "restore", server.context.lock_wait)
-        .map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        .map_err(|e| e.downcast::<Error>().unwrap_or_else(|e| Error::Invalid(format!("{e:#}"))))?;
     let (_, snapshot) = repo.find_snapshot(&request.id.to_hex())?;
     let indexed = cairn::repository::Indexed::new(repo, repo.load_index()?);
     let skip = cairn::repository::Location::parse(&server.location)
@@ -502,6 +555,7 @@ fn run_restore(
         dry_run,
         skip,
         lock,
+        within: server.roots.clone(),
         ..in_place::Options::default()
     };
     let progress = cairn::progress::Progress::new("restore", true);
@@ -509,7 +563,7 @@ fn run_restore(
 }
 
 /// Queues a run of the whole cycle (`cairn run` of the server's config) as a job of its own.
-pub fn submit_cycle(server: &Arc<Server>, caller: &str) -> anyhow::Result<Job> {
+pub fn submit_cycle(server: &Arc<Server>, caller: &str) -> Result<Job, NotStarted> {
     let worker = Arc::clone(server);
     let job = server.jobs.submit("run", caller, Claim::Everything, 1, move |handle| {
         handle.progress(0, Some("cairn run".into()));

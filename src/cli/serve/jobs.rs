@@ -12,6 +12,8 @@ use serde::Serialize;
 
 /// Finished jobs kept for `GET /api/v1/jobs/{id}`; the oldest go first.
 const KEPT: usize = 256;
+/// Jobs queued or running at most (each waits on a thread of its own): more are refused (429).
+pub const MAX_WAITING: usize = 64;
 
 /// What a job may not share with another job that runs at the same time.
 #[derive(Debug, Clone)]
@@ -36,6 +38,31 @@ pub enum State {
     Running,
     Done,
     Failed,
+}
+
+impl State {
+    /// Queued or running: not ended.
+    pub fn is_active(self) -> bool {
+        matches!(self, State::Queued | State::Running)
+    }
+}
+
+/// Why a job was not queued.
+#[derive(Debug)]
+pub enum NotStarted {
+    /// [`MAX_WAITING`] jobs are queued or running already.
+    Busy(usize),
+    /// No thread could be started for it.
+    Thread(std::io::Error),
+}
+
+impl std::fmt::Display for NotStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotStarted::Busy(n) => write!(f, "{n} jobs are queued or running already: try again when some have ended"),
+            NotStarted::Thread(e) => write!(f, "no thread could be started for the job: {e}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,9 +126,13 @@ impl Jobs {
         claim: Claim,
         total: u64,
         work: impl FnOnce(&Handle) -> Outcome + Send + 'static,
-    ) -> std::io::Result<Job> {
+    ) -> Result<Job, NotStarted> {
         let job = {
             let mut jobs = self.state.lock().expect("poisoned");
+            let waiting = jobs.values().filter(|job| job.state.is_active()).count();
+            if waiting >= MAX_WAITING {
+                return Err(NotStarted::Busy(waiting));
+            }
             let id = jobs.keys().next_back().map_or(1, |last| last + 1);
             let job = Job {
                 id,
@@ -125,7 +156,11 @@ impl Jobs {
         let spawned = std::thread::Builder::new().name(format!("job {id}")).spawn(move || {
             jobs.wait_turn(id);
             let handle = Handle { jobs: Arc::clone(&jobs), id };
-            let outcome = work(&handle);
+            // A job that panics ends as failed, and gives its claim back.
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&handle))).unwrap_or_else(|_| {
+                    Err(("the job stopped on an internal error (a panic)".into(), serde_json::Value::Null))
+                });
             jobs.update(id, |job| {
                 job.ended_ms = Some(cairn::clock::now_ms());
                 job.progress.current = None;
@@ -150,7 +185,7 @@ impl Jobs {
                 job.claim = None;
                 job.error = Some(format!("could not start a thread for it: {e}"));
             });
-            return Err(e);
+            return Err(NotStarted::Thread(e));
         }
         Ok(job)
     }
@@ -188,9 +223,15 @@ impl Jobs {
         self.state.lock().expect("poisoned").get(&id).cloned()
     }
 
-    /// Every job kept, newest first.
+    /// Every job kept, newest first, without their results (`get` gives one's).
     pub fn list(&self) -> Vec<Job> {
-        self.state.lock().expect("poisoned").values().rev().cloned().collect()
+        let jobs = self.state.lock().expect("poisoned");
+        jobs.values().rev().map(|job| Job { result: serde_json::Value::Null, ..job.clone() }).collect()
+    }
+
+    /// Whether a job of `kind` is queued or running.
+    pub fn active(&self, kind: &str) -> bool {
+        self.state.lock().expect("poisoned").values().any(|job| job.kind == kind && job.state.is_active())
     }
 
     /// Blocks until the job has ended; `None` if there is no such job.
@@ -256,6 +297,41 @@ mod tests {
         assert_eq!(most_at_once(vec![sources(&["a"]), sources(&["b"])]), 2);
         assert_eq!(most_at_once(vec![sources(&["a"]), sources(&["a", "b"]), sources(&["b"])]), 1);
         assert_eq!(most_at_once(vec![sources(&["a"]), Claim::Everything, sources(&["b"])]), 1);
+    }
+
+    #[test]
+    fn more_jobs_than_may_wait_are_refused_until_some_end() {
+        let jobs = Arc::new(Jobs::default());
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Arc::new(Mutex::new(held));
+        let blocked = |held: Arc<Mutex<std::sync::mpsc::Receiver<()>>>| {
+            move |_: &Handle| {
+                let _ = held.lock().unwrap().recv();
+                Ok(serde_json::Value::Null)
+            }
+        };
+        let ids: Vec<u64> = (0..MAX_WAITING)
+            .map(|_| jobs.submit("test", "t", Claim::Everything, 1, blocked(Arc::clone(&held))).unwrap().id)
+            .collect();
+        assert!(jobs.submit("test", "t", Claim::Everything, 1, blocked(Arc::clone(&held))).is_err());
+        for _ in &ids {
+            release.send(()).unwrap();
+        }
+        for id in ids {
+            assert_eq!(jobs.wait(id).unwrap().state, State::Done);
+        }
+        let later = jobs.submit("test", "t", Claim::Everything, 1, |_| Ok(serde_json::Value::Null)).unwrap();
+        assert_eq!(jobs.wait(later.id).unwrap().state, State::Done);
+    }
+
+    #[test]
+    fn a_job_that_panics_fails_and_frees_what_it_claimed() {
+        let jobs = Arc::new(Jobs::default());
+        let broken = jobs.submit("test", "t", Claim::Everything, 1, |_| panic!("broken")).unwrap();
+        assert_eq!(jobs.wait(broken.id).unwrap().state, State::Failed);
+        let next = jobs.submit("test", "t", Claim::Everything, 1, |_| Ok(serde_json::Value::Null)).unwrap();
+        assert_eq!(jobs.wait(next.id).unwrap().state, State::Done);
+        assert!(!jobs.active("test"));
     }
 
     #[test]

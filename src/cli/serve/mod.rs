@@ -48,7 +48,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
 const MAX_BODY: usize = 64 * 1024;
 /// A request's head must have arrived within this, or the connection is closed.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A body (of a caller with a token) must have arrived within this.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_CONNECTIONS: usize = 128;
+/// The caller the jobs of `run_every` are run for (no token's name has parentheses).
+const SCHEDULE: &str = "(schedule)";
 /// How often the counts of read-only calls are written as an audit record.
 const READS_EVERY: Duration = Duration::from_secs(3600);
 
@@ -142,8 +146,15 @@ pub fn run(context: &Context, args: Args) -> Result<std::process::ExitCode> {
         let cycle = Arc::clone(&server);
         std::thread::Builder::new().name("cycle".into()).spawn(move || loop {
             std::thread::sleep(every);
-            if let Err(e) = api::submit_cycle(&cycle, "schedule") {
-                errln!("warning: the scheduled cycle could not start: {e:#}");
+            // The cycle before this one is still going (or waiting): this one is not needed.
+            if cycle.jobs.active("run") {
+                continue;
+            }
+            if let Err(e) = api::submit_cycle(&cycle, SCHEDULE) {
+                // Not silent: a failed `run` record, which `cairn status` reports.
+                let why = format!("the scheduled cycle could not start: {e}");
+                errln!("warning: {why}");
+                let _ = cairn::audit::Run::failed_before(&cycle.repo, "run", "", &why);
             }
         })?;
     }
@@ -162,27 +173,29 @@ pub fn run(context: &Context, args: Args) -> Result<std::process::ExitCode> {
     runtime.block_on(accept(server, listener))
 }
 
-/// Where restores may write: the config's `restore_roots`, else each source's paths (a
-/// directory source's own directory, a database file's directory).
+/// Where restores may write: the config's `restore_roots`, else the directories of the `tree`
+/// sources (a database file's directory holds more than the source: give `restore_roots`).
+/// Canonical, symlinks resolved as far as the path exists (a source lost on the day of the
+/// disaster is still a root).
 fn restore_roots(config: &Config) -> Result<Vec<PathBuf>> {
     let configured: Vec<PathBuf> = match &config.serve.restore_roots {
         Some(roots) => roots.clone(),
         None => config
             .sources
             .iter()
+            .filter(|s| s.kind == cairn::run_config::SourceKind::Tree)
             .flat_map(|s| s.paths.iter())
-            .map(|p| if p.is_dir() { p.clone() } else { p.parent().map_or(p.clone(), Path::to_path_buf) })
+            .filter(|p| !p.exists() || p.is_dir())
+            .cloned()
             .collect(),
     };
     let mut roots = Vec::new();
     for root in configured {
-        // A root that does not exist yet allows nothing until it does; it is not an error.
-        if let Ok(canonical) = std::fs::canonicalize(&root) {
-            if canonical == Path::new("/") {
-                bail!("restore_roots may not allow / (list the directories restores may replace)");
-            }
-            roots.push(canonical);
+        let resolved = api::resolve(&root).map_err(anyhow::Error::msg)?;
+        if resolved == Path::new("/") {
+            bail!("restore_roots may not allow / (list the directories restores may replace)");
         }
+        roots.push(resolved);
     }
     roots.sort();
     roots.dedup();
@@ -223,6 +236,8 @@ async fn accept(server: Arc<Server>, listener: std::net::TcpListener) -> Result<
 pub(crate) struct Call {
     pub method: hyper::Method,
     pub path: String,
+    /// [`route_name`]: the route, ids left out.
+    pub route: String,
     pub query: Vec<(String, String)>,
     pub body: Bytes,
     pub caller: String,
@@ -258,32 +273,50 @@ async fn handle(server: Arc<Server>, request: Request<Incoming>, peer: SocketAdd
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let query = parse_query(request.uri().query().unwrap_or(""));
+    let route = route_name(&method, &path);
     let caller = server.tokens.caller(request.headers().get(hyper::header::AUTHORIZATION).map(|v| v.as_bytes()));
     let reply = match caller {
         None => {
-            server.count_read("(refused)", &format!("{method} {path}"));
+            server.count_read("(refused)", &route);
             Reply::error(StatusCode::UNAUTHORIZED, "a token is needed: Authorization: Bearer TOKEN")
         }
-        Some(caller) => {
-            let caller = caller.to_string();
-            let body = Limited::new(request.into_body(), MAX_BODY).collect().await;
-            let mut call = Call { method: method.clone(), path: path.clone(), query, body: Bytes::new(), caller };
-            match body {
-                Ok(body) => {
+        Some((_, tokens::Scheme::Basic)) if method != hyper::Method::GET => {
+            server.count_read("(refused)", &route);
+            Reply::error(
+                StatusCode::UNAUTHORIZED,
+                "a call that changes something needs Authorization: Bearer TOKEN (a browser's login only reads)",
+            )
+        }
+        Some((caller, _)) => {
+            let body = tokio::time::timeout(BODY_TIMEOUT, Limited::new(request.into_body(), MAX_BODY).collect()).await;
+            let mut call = Call {
+                method: method.clone(),
+                path: path.clone(),
+                route,
+                query,
+                body: Bytes::new(),
+                caller: caller.to_string(),
+            };
+            let refused = match body {
+                Ok(Ok(body)) => {
                     call.body = body.to_bytes();
-                    api::route(&server, call).await
+                    None
                 }
-                Err(_) => {
-                    let reply =
-                        Reply::error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_BODY} bytes"));
-                    api::refused(&server, call, reply).await
+                Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                    Some(Reply::error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_BODY} bytes")))
                 }
-            }
+                Ok(Err(e)) => Some(Reply::error(StatusCode::BAD_REQUEST, format!("the body could not be read: {e}"))),
+                Err(_) => Some(Reply::error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+                )),
+            };
+            api::route(&server, call, refused).await
         }
     };
     errln!(
         "{peer} {} {method} {path} {} {:.1}ms",
-        caller.unwrap_or("-"),
+        caller.map_or("-", |(name, _)| name),
         reply.status.as_u16(),
         started.elapsed().as_secs_f64() * 1000.0
     );
@@ -303,6 +336,32 @@ async fn handle(server: Arc<Server>, request: Request<Incoming>, peer: SocketAdd
     }
     response.body(Full::new(Bytes::from(reply.body))).expect("a valid response")
 }
+
+/// The route a request names, as the records and counts name it: one of a fixed set, ids left
+/// out (`GET /api/v1/backups/{id}`), anything else `(no route)`; so a caller cannot make the
+/// server keep or write what it likes.
+pub(crate) fn route_name(method: &hyper::Method, path: &str) -> String {
+    use hyper::Method;
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let route = match segments.as_slice() {
+        [] => "/",
+        ["metrics"] => "/metrics",
+        ["api", "v1", "status"] => "/api/v1/status",
+        ["api", "v1", "backups"] => "/api/v1/backups",
+        ["api", "v1", "backups", "restore"] => "/api/v1/backups/restore",
+        ["api", "v1", "backups", _] => "/api/v1/backups/{id}",
+        ["api", "v1", "jobs"] => "/api/v1/jobs",
+        ["api", "v1", "jobs", _] => "/api/v1/jobs/{id}",
+        ["api", "v1", "run"] => "/api/v1/run",
+        _ => NO_ROUTE,
+    };
+    let known = [Method::GET, Method::POST, Method::DELETE, Method::PUT, Method::PATCH, Method::HEAD, Method::OPTIONS];
+    let method = if known.contains(method) { method.as_str() } else { "OTHER" };
+    format!("{method} {route}")
+}
+
+/// What [`route_name`] calls a path that is no route.
+pub(crate) const NO_ROUTE: &str = "(no route)";
 
 /// `a=1&b=two%20words` as pairs, percent-decoded (`+` is a space).
 fn parse_query(query: &str) -> Vec<(String, String)> {

@@ -57,7 +57,7 @@ pub fn render(server: &Server) -> Reply {
         .jobs
         .list()
         .into_iter()
-        .filter(|job| matches!(job.state, super::jobs::State::Running | super::jobs::State::Queued))
+        .filter(|job| job.state.is_active())
         .map(|job| format!("{} {} ({:?}, for {})", job.kind, job.id, job.state, job.caller))
         .chain(status.running.iter().cloned())
         .collect();
@@ -119,7 +119,7 @@ fn sources(html: &mut String, status: &Status) {
         };
         let newest = source.latest_snapshot.as_ref().map_or("<span class=fail>none</span>".to_string(), |e| {
             let id = e.snapshot.as_deref().unwrap_or("?");
-            format!("{} <span class=muted>({})</span>", ago(e.age_seconds), escape(&id[..id.len().min(8)]))
+            format!("{} <span class=muted>({})</span>", ago(e.age_seconds), escape(&clip(id, 8)))
         });
         let drill = source.last_drill_ok.as_ref().map_or("never".to_string(), |e| ago(e.age_seconds));
         let offsite: Vec<String> =

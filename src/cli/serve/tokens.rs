@@ -88,17 +88,18 @@ impl Tokens {
         Ok(Tokens { entries })
     }
 
-    /// The name of the token that an `Authorization` header carries: `Bearer TOKEN`, or `Basic`
-    /// with the token as the password (any user name), which a browser asks for by itself.
-    pub fn caller(&self, authorization: Option<&[u8]>) -> Option<&str> {
+    /// The name of the token that an `Authorization` header carries, and how: `Bearer TOKEN`,
+    /// or `Basic` with the token as the password (any user name), which a browser asks for by
+    /// itself and then sends with every request to the server, wherever the request comes from.
+    pub fn caller(&self, authorization: Option<&[u8]>) -> Option<(&str, Scheme)> {
         let header = std::str::from_utf8(authorization?).ok()?.trim();
         let (scheme, value) = header.split_once(' ')?;
-        let token: Vec<u8> = if scheme.eq_ignore_ascii_case("bearer") {
-            value.trim().as_bytes().to_vec()
+        let (token, scheme): (Vec<u8>, Scheme) = if scheme.eq_ignore_ascii_case("bearer") {
+            (value.trim().as_bytes().to_vec(), Scheme::Bearer)
         } else if scheme.eq_ignore_ascii_case("basic") {
             let decoded = base64_decode(value.trim())?;
             let colon = decoded.iter().position(|&b| b == b':')?;
-            decoded[colon + 1..].to_vec()
+            (decoded[colon + 1..].to_vec(), Scheme::Basic)
         } else {
             return None;
         };
@@ -111,8 +112,17 @@ impl Tokens {
                 found = Some(name.as_str());
             }
         }
-        found
+        found.map(|name| (name, scheme))
     }
+}
+
+/// How a request gave its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Bearer,
+    /// A browser's login: good for reading only. A page elsewhere can make the browser send it
+    /// (a form posted to the server), so nothing that changes anything accepts it.
+    Basic,
 }
 
 /// Standard base64 (RFC 4648, padding optional); `None` for anything else.
@@ -151,11 +161,11 @@ mod tests {
     #[test]
     fn names_the_caller_of_a_bearer_or_basic_token_and_no_one_else() {
         let tokens = Tokens::parse(&format!("# who may call\nplatform {TOKEN}\nops {TOKEN}x # a second\n")).unwrap();
-        assert_eq!(tokens.caller(Some(format!("Bearer {TOKEN}").as_bytes())), Some("platform"));
-        assert_eq!(tokens.caller(Some(format!("bearer {TOKEN}x").as_bytes())), Some("ops"));
+        assert_eq!(tokens.caller(Some(format!("Bearer {TOKEN}").as_bytes())), Some(("platform", Scheme::Bearer)));
+        assert_eq!(tokens.caller(Some(format!("bearer {TOKEN}x").as_bytes())), Some(("ops", Scheme::Bearer)));
         // "anyone:<TOKEN>" in base64, as a browser sends it.
         let basic = format!("Basic {}", encode(format!("anyone:{TOKEN}").as_bytes()));
-        assert_eq!(tokens.caller(Some(basic.as_bytes())), Some("platform"));
+        assert_eq!(tokens.caller(Some(basic.as_bytes())), Some(("platform", Scheme::Basic)));
         for wrong in ["", "Bearer", "Bearer ", "Bearer 0123456789abcdef0123456789abcdeF", "Token x", "Basic !!!"] {
             assert_eq!(tokens.caller(Some(wrong.as_bytes())), None, "{wrong:?}");
         }
@@ -172,7 +182,8 @@ mod tests {
         assert!(Tokens::parse(&format!("a {TOKEN}\na {TOKEN}x")).is_err());
         assert!(Tokens::parse(&format!("a b {TOKEN}")).is_err());
         assert!(Tokens::parse(&format!("na/me {TOKEN}")).is_err());
-        assert_eq!(Tokens::parse(TOKEN).unwrap().caller(Some(format!("Bearer {TOKEN}").as_bytes())), Some("default"));
+        let default = Tokens::parse(TOKEN).unwrap();
+        assert_eq!(default.caller(Some(format!("Bearer {TOKEN}").as_bytes())).map(|(name, _)| name), Some("default"));
     }
 
     #[test]
