@@ -646,6 +646,25 @@ mod tests {
     }
 
     #[test]
+    fn the_serve_table_is_read_and_its_mistakes_named() {
+        let text = "[serve]\nlisten = \"127.0.0.1:9000\"\ntoken_file = \"tokens\"\nrestore_roots = [\"/srv\"]\nrun_every = \"1d\"\n";
+        let (config, found) = parse(text, Path::new("/etc/cairn"));
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(config.serve.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(config.serve.token_file, Some(PathBuf::from("/etc/cairn/tokens")));
+        assert_eq!(config.serve.restore_roots, Some(vec![PathBuf::from("/srv")]));
+        assert_eq!(config.serve.run_every, Some(Duration::from_secs(86_400)));
+        assert_eq!(
+            problems("[serve]\nlisten = \"localhost\"\nrun_every = \"10s\"\nport = 1\n"),
+            vec![
+                "line 2: `listen` in [serve] must be an address and port (127.0.0.1:8750), not \"localhost\"",
+                "line 3: `run_every` in [serve] must be 1m or more",
+                "line 4: unknown key `port` in [serve]",
+            ]
+        );
+    }
+
+    #[test]
     fn encryption_is_required_unless_the_config_says_none() {
         let text = "[[offsite]]\nname = \"o\"\nrepository = \"/o\"\nencryption = \"none\"\n";
         let (config, found) = parse(text, Path::new("/"));

@@ -344,7 +344,17 @@ fn the_server_refuses_to_start_without_safe_tokens() {
         command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&site.config).args(extra);
         command.env_remove("CAIRN_CONFIG").env_remove("CREDENTIALS_DIRECTORY").stdin(Stdio::null());
         with_password(&mut command);
-        run(&mut command)
+        // A server that starts when it should not is a failure, not a hang.
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("cairn serve started where it must refuse to");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
     };
     fs::set_permissions(&tokens, fs::Permissions::from_mode(0o644)).unwrap();
     let out = start(&[]);
@@ -477,4 +487,43 @@ fn the_status_page_renders_in_a_real_browser_and_names_every_source_with_its_age
     if let Some(keep) = std::env::var_os("CAIRN_SCREENSHOT") {
         fs::copy(&shot, keep).unwrap();
     }
+}
+
+/// The last check of a restore through the API, on the directories it opened: a target that
+/// resolves outside the roots it was given is refused with nothing changed, and one inside them
+/// restores.
+#[test]
+fn an_in_place_restore_given_roots_refuses_a_target_outside_them() {
+    use cairn::restore::in_place;
+    let scratch = Scratch::new("serve-within");
+    let (repo_path, source) = (scratch.join("repo"), scratch.join("app"));
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("a"), b"snapshot").unwrap();
+    init(&repo_path);
+    ok(cairn(&repo_path).args(["snapshot", "--source", "app"]).arg(&source));
+    let location = cairn::repository::Location::parse(&repo_path.to_string_lossy());
+    let repo = cairn::repository::Repository::open(&location, cairn::repository::Passphrase::Given(PASSWORD)).unwrap();
+    let (id, snapshot) = repo.find_snapshot("latest").unwrap();
+    let indexed = cairn::repository::Indexed::load(&repo).unwrap();
+    let quiet = cairn::progress::Progress::new("restore", true);
+    let (root, outside) = (scratch.join("root"), scratch.join("outside"));
+    fs::create_dir_all(&root).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("a"), b"theirs").unwrap();
+    let root = fs::canonicalize(&root).unwrap();
+    // The target as a caller named it lies under the root, but is a link out of it by now.
+    std::os::unix::fs::symlink(&outside, root.join("target")).unwrap();
+    let options = |target: PathBuf| in_place::Options {
+        target,
+        mode: in_place::Mode::InPlace,
+        delete: true,
+        within: vec![root.clone()],
+        ..in_place::Options::default()
+    };
+    let refused = in_place::run(&indexed, &id, &snapshot, options(root.join("target")), &quiet);
+    assert!(matches!(refused, Err(cairn::error::Error::Refused(_))), "{:?}", refused.map(|r| r.target));
+    assert_eq!(fs::read(outside.join("a")).unwrap(), b"theirs");
+    let report = in_place::run(&indexed, &id, &snapshot, options(root.join("inside")), &quiet).unwrap();
+    assert_eq!(report.summary.files, 1);
+    assert_eq!(fs::read(root.join("inside/a")).unwrap(), b"snapshot");
 }
