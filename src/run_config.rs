@@ -440,9 +440,9 @@ impl Parser<'_> {
             .strings(table, "restore_roots", what)
             .map(|roots| roots.into_iter().map(|(root, span)| self.path(&root, span, false)).collect::<Vec<_>>());
         let run_every = self.string(table, "run_every", what).and_then(|text| match parse_duration(&text) {
-            Ok(every) if every >= Duration::from_secs(60) => Some(every),
+            Ok(every) if every >= Duration::from_secs(1) => Some(every),
             Ok(_) => {
-                self.problem(Self::key_span(table, "run_every"), "`run_every` in [serve] must be 1m or more".into());
+                self.problem(Self::key_span(table, "run_every"), "`run_every` in [serve] must be 1s or more".into());
                 None
             }
             Err(e) => {
@@ -655,10 +655,10 @@ mod tests {
         assert_eq!(config.serve.restore_roots, Some(vec![PathBuf::from("/srv")]));
         assert_eq!(config.serve.run_every, Some(Duration::from_secs(86_400)));
         assert_eq!(
-            problems("[serve]\nlisten = \"localhost\"\nrun_every = \"10s\"\nport = 1\n"),
+            problems("[serve]\nlisten = \"localhost\"\nrun_every = \"0s\"\nport = 1\n"),
             vec![
                 "line 2: `listen` in [serve] must be an address and port (127.0.0.1:8750), not \"localhost\"",
-                "line 3: `run_every` in [serve] must be 1m or more",
+                "line 3: `run_every` in [serve] must be 1s or more",
                 "line 4: unknown key `port` in [serve]",
             ]
         );

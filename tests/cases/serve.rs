@@ -67,6 +67,11 @@ fn site(name: &str, hook_seconds: f64) -> Site {
 }
 
 fn serve(site: &Site) -> Served {
+    serve_with(site, |_| ())
+}
+
+/// [`serve`], with something more done to its command.
+fn serve_with(site: &Site, more: impl FnOnce(&mut Command)) -> Served {
     let mut command = Command::new(CAIRN);
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
@@ -78,6 +83,7 @@ fn serve(site: &Site) -> Served {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     with_password(&mut command);
+    more(&mut command);
     let mut child = command.spawn().expect("cairn serve starts");
     let stderr = child.stderr.take().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -526,4 +532,35 @@ fn an_in_place_restore_given_roots_refuses_a_target_outside_them() {
     let report = in_place::run(&indexed, &id, &snapshot, options(root.join("inside")), &quiet).unwrap();
     assert_eq!(report.summary.files, 1);
     assert_eq!(fs::read(root.join("inside/a")).unwrap(), b"snapshot");
+}
+
+#[test]
+fn the_server_runs_the_cycle_on_its_interval_and_when_asked() {
+    let site = site("serve-cycle", 0.0);
+    // The token file as a systemd credential, the interval from the config.
+    let credentials = site.scratch.join("credentials");
+    fs::create_dir(&credentials).unwrap();
+    fs::rename(site.scratch.join("tokens"), credentials.join("cairn-tokens")).unwrap();
+    let text = fs::read_to_string(&site.config).unwrap().replace("token_file = \"tokens\"", "run_every = \"2s\"");
+    fs::write(&site.config, text).unwrap();
+    let served = serve_with(&site, |command| {
+        command.env("CREDENTIALS_DIRECTORY", &credentials);
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let scheduled = loop {
+        let (_, jobs) = call(&served, Some(TOKEN), "GET", "/api/v1/jobs", None);
+        let done =
+            jobs["jobs"].as_array().unwrap().iter().find(|j| j["kind"] == "run" && j["state"] == "done").cloned();
+        if let Some(job) = done {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "no scheduled cycle ran: {jobs}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(scheduled["caller"], "(schedule)");
+    let (status, body) = call(&served, Some(TOKEN), "POST", "/api/v1/run", Some(json!({ "wait": true })));
+    assert_eq!((status, body["job"]["state"].as_str()), (200, Some("done")), "{body}");
+    assert_eq!(body["job"]["result"]["outcome"], "ok", "{body}");
+    let (_, list) = call(&served, Some(TOKEN), "GET", "/api/v1/backups", None);
+    assert!(list["count"].as_u64().unwrap() >= 4, "two cycles of two sources: {list}");
 }
