@@ -328,6 +328,12 @@ pub fn find_with_index<'r>(
     })
 }
 
+/// The directory of a local repository at `location`, absolute (none for an object store): what
+/// a safety snapshot never enters.
+pub fn local_repository(location: &str) -> Vec<PathBuf> {
+    Location::parse(location).path().and_then(|path| std::path::absolute(path).ok()).into_iter().collect()
+}
+
 /// Prints a warning for every damaged repository file the command skipped; true if any.
 pub fn warn_damage(repo: &Repository) -> bool {
     let damage = repo.take_damage();

@@ -59,11 +59,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         (false, false) => Mode::Refuse,
     };
     // A local repository inside the target is never part of its safety snapshot.
-    let skip = cairn::repository::Location::parse(&context.location())
-        .path()
-        .and_then(|path| std::path::absolute(path).ok())
-        .into_iter()
-        .collect();
+    let skip = super::local_repository(&context.location());
     let options = in_place::Options {
         target: args.target.clone(),
         includes: args.includes,

@@ -543,11 +543,7 @@ fn run_restore(
         .map_err(|e| e.downcast::<Error>().unwrap_or_else(|e| Error::Invalid(format!("{e:#}"))))?;
     let (_, snapshot) = repo.find_snapshot(&request.id.to_hex())?;
     let indexed = cairn::repository::Indexed::new(repo, repo.load_index()?);
-    let skip = cairn::repository::Location::parse(&server.location)
-        .path()
-        .and_then(|path| std::path::absolute(path).ok())
-        .into_iter()
-        .collect();
+    let skip = crate::cli::local_repository(&server.location);
     let options = in_place::Options {
         target: request.target.clone(),
         mode: Mode::InPlace,
