@@ -398,6 +398,20 @@ fn execute(
             ..Default::default()
         },
         How::InPlace => staged(repo, id, snapshot, options, site, want, progress, report)?,
+        // Given roots, the restore writes through the directory Site opened (made here when
+        // missing), never by a path that a link swapped in since could lead elsewhere.
+        How::EmptyTarget if !options.within.is_empty() => {
+            let pinned = match (&site.old, &site.parent) {
+                (Some((dir, _)), _) => dir.try_clone(),
+                (None, Some((parent, _, name))) => parent.make_dir(name, 0o755),
+                (None, None) => Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the directory that would hold the target does not exist",
+                )),
+            };
+            let pinned = pinned.map_err(|e| Error::io(&site.path, e))?;
+            direct(Path::new(&format!("/proc/self/fd/{}", pinned.raw_fd())), options.skip_identical)?
+        }
         How::EmptyTarget => direct(&options.target, options.skip_identical)?,
         _ => direct(&site.path, options.skip_identical)?,
     };

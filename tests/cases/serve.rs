@@ -564,3 +564,23 @@ fn the_server_runs_the_cycle_on_its_interval_and_when_asked() {
     let (_, list) = call(&served, Some(TOKEN), "GET", "/api/v1/backups", None);
     assert!(list["count"].as_u64().unwrap() >= 4, "two cycles of two sources: {list}");
 }
+
+/// The day of the disaster: the source's directory is gone with the one that held it, and a
+/// restore through the API puts it back where it was (no safety snapshot: nothing was there).
+#[test]
+fn a_lost_source_is_restored_through_the_api_where_it_was() {
+    let site = site("serve-lost", 0.0);
+    let served = serve(&site);
+    let (status, body) =
+        call(&served, Some(TOKEN), "POST", "/api/v1/backups", Some(json!({ "source": "app", "wait": true })));
+    assert_eq!(status, 200, "{body}");
+    let source = site.scratch.join("srv/app");
+    let before = fs::read(source.join("sub/data.bin")).unwrap();
+    fs::remove_dir_all(site.scratch.join("srv")).unwrap();
+    let request = json!({ "id": "latest", "source": "app", "confirm": true, "wait": true });
+    let (status, body) = call(&served, Some(TOKEN), "POST", "/api/v1/backups/restore", Some(request));
+    assert_eq!((status, body["job"]["state"].as_str()), (200, Some("done")), "{body}");
+    assert!(body["job"]["result"]["safety_snapshot"].is_null(), "{body}");
+    assert_eq!(fs::read(source.join("sub/data.bin")).unwrap(), before);
+    assert_eq!(fs::read(source.join("settings.json")).unwrap(), b"{\"v\": 1}");
+}

@@ -544,6 +544,13 @@ fn run_restore(
     let (_, snapshot) = repo.find_snapshot(&request.id.to_hex())?;
     let indexed = cairn::repository::Indexed::new(repo, repo.load_index()?);
     let skip = crate::cli::local_repository(&server.location);
+    if !dry_run {
+        // A source lost with the directory that held it: the way to it is made first (under a
+        // root, which the restore checks again on what it opens).
+        if let Some(parent) = request.target.parent().filter(|p| !p.exists()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+    }
     let options = in_place::Options {
         target: request.target.clone(),
         mode: Mode::InPlace,
