@@ -1,4 +1,4 @@
-//! The routes of `cairn serve` (README, "cairn serve", lists them with curl examples). Errors
+//! The routes of `cairn serve` (README, "The API and status page", lists them with curl examples). Errors
 //! answer `{"error": "..."}` with the status a caller can act on: 400 for a request that is
 //! not valid (and a restore without `confirm`), 401 without a valid token, 404 for an unknown
 //! snapshot, source or job, 409 for a protected snapshot or a lock held by another run, 507 for

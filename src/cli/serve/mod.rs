@@ -13,7 +13,7 @@
 //! Safety: it binds 127.0.0.1 unless told otherwise; every request needs a token of the token
 //! file ([`tokens`]); request heads must arrive within [`HEAD_TIMEOUT`] and bodies are at most
 //! [`MAX_BODY`]; at most [`MAX_CONNECTIONS`] connections are served at once; a restore's target
-//! must lie under the roots the config allows. TLS is a reverse proxy's (README, "cairn serve").
+//! must lie under the roots the config allows. TLS is a reverse proxy's (README, "The API and status page").
 //! Every call that changes something leaves an `api` audit record naming its caller; calls that
 //! only read are counted per caller and route, and the counts are written as one record an hour
 //! (and when the server stops), so a page polled every minute does not grow the log by 1,440
