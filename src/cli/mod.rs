@@ -132,8 +132,8 @@ enum Command {
     /// The scheduled cycle from a config file: snapshot every source, retention, prune, offsite
     /// sync, due drills
     Run(run::Args),
-    /// The HTTP API and status page over a config's repository and sources (see the README,
-    /// "cairn serve")
+    /// The HTTP API and status page over a config's repository and sources (README: "The API
+    /// and status page")
     Serve(serve::Args),
     /// Print an example config, or check one
     #[command(subcommand)]
