@@ -655,7 +655,7 @@ mod tests {
         assert_eq!(config.serve.restore_roots, Some(vec![PathBuf::from("/srv")]));
         assert_eq!(config.serve.run_every, Some(Duration::from_secs(86_400)));
         assert_eq!(
-            problems("[serve]\nlisten = \"localhost\"\nrun_every = \"0s\"\nport = 1\n"),
+            problems("[serve]\nlisten = \"localhost\"\nrun_every = \"0\"\nport = 1\n"),
             vec![
                 "line 2: `listen` in [serve] must be an address and port (127.0.0.1:8750), not \"localhost\"",
                 "line 3: `run_every` in [serve] must be 1s or more",

@@ -509,6 +509,10 @@ impl Repository {
     pub fn snapshots_besides(&self, known: &(dyn Fn(&Id) -> bool + Sync)) -> Result<SnapshotsBesides> {
         let kind = FileKind::Snapshot;
         let listed = self.backend.list(kind.dir())?;
+        if let Some(cache) = &self.cache {
+            let names: std::collections::HashSet<&str> = listed.iter().map(|(key, _)| key.as_str()).collect();
+            cache.retain(kind.dir(), |key| names.contains(key));
+        }
         let ids: Vec<Id> = listed.iter().filter_map(|(key, _)| kind.id_of(key)).collect();
         let new: Vec<(String, u64)> =
             listed.into_iter().filter(|(key, _)| kind.id_of(key).is_some_and(|id| !known(&id))).collect();

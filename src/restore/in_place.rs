@@ -193,6 +193,21 @@ impl Site {
         }
     }
 
+    /// Refuses a file (or a link) where the target directory would be: a restore given roots
+    /// writes through the directory it makes there, and would otherwise remove it first, without
+    /// a safety snapshot. (Without roots, making the directory fails on it.)
+    fn check_not_a_file(&self) -> Result<()> {
+        let Some((parent, _, name)) = self.parent.as_ref().filter(|_| self.old.is_none()) else { return Ok(()) };
+        match parent.stat(name) {
+            Ok(_) => Err(Error::Refused(format!(
+                "{} is not a directory: nothing was changed; move it away, or restore to another target",
+                self.path.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&self.path, e)),
+        }
+    }
+
     fn is_empty(&self) -> Result<bool> {
         match &self.old {
             Some((dir, _)) => Ok(dir.names().map_err(|e| Error::io(&self.path, e))?.is_empty()),
@@ -215,6 +230,7 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
     let site = Site::open(&options.target)?;
     if !options.within.is_empty() {
         site.check_within(&options.within)?;
+        site.check_not_a_file()?;
     }
     if site.path == Path::new("/") && !(options.force_root && options.mode == Mode::Overwrite) {
         return Err(refuse_root(repo, id, snapshot)?);
@@ -402,15 +418,35 @@ fn execute(
         // missing), never by a path that a link swapped in since could lead elsewhere.
         How::EmptyTarget if !options.within.is_empty() => {
             let pinned = match (&site.old, &site.parent) {
-                (Some((dir, _)), _) => dir.try_clone(),
-                (None, Some((parent, _, name))) => parent.make_dir(name, 0o755),
-                (None, None) => Err(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "the directory that would hold the target does not exist",
-                )),
+                (Some((dir, _)), _) => dir.try_clone().map_err(|e| Error::io(&site.path, e))?,
+                (None, Some((parent, _, name))) => match parent.stat(name) {
+                    // A file (or a link) where the directory would be: it is neither replaced
+                    // without a safety snapshot nor followed.
+                    Ok(_) => {
+                        return Err(Error::Refused(format!(
+                            "{} is not a directory: nothing was changed; move it away, or restore to another target",
+                            site.path.display()
+                        )))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        parent.make_private_dir(name).map_err(|e| Error::io(&site.path, e))?
+                    }
+                    Err(e) => return Err(Error::io(&site.path, e)),
+                },
+                (None, None) => {
+                    let why = std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "the directory that would hold the target does not exist",
+                    );
+                    return Err(Error::io(&site.path, why));
+                }
             };
-            let pinned = pinned.map_err(|e| Error::io(&site.path, e))?;
-            direct(Path::new(&format!("/proc/self/fd/{}", pinned.raw_fd())), options.skip_identical)?
+            let through = format!("/proc/self/fd/{}", pinned.raw_fd());
+            let mut summary = direct(Path::new(&through), options.skip_identical)?;
+            for error in &mut summary.errors {
+                error.path = error.path.replacen(&through, &site.path.to_string_lossy(), 1);
+            }
+            summary
         }
         How::EmptyTarget => direct(&options.target, options.skip_identical)?,
         _ => direct(&site.path, options.skip_identical)?,

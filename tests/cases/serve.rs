@@ -23,7 +23,14 @@ struct Served {
 }
 
 impl Drop for Served {
+    /// SIGTERM, as systemd stops it: the server passes it to the jobs' processes and waits for
+    /// them, so none outlives the test; SIGKILL if it has not ended in 20 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -186,6 +193,15 @@ fn every_endpoint_answers_as_a_platform_expects() {
     assert_eq!(call(&served, token, "GET", "/api/v1/backups?tag=manual", None).1["count"], 1);
     assert_eq!(call(&served, token, "GET", "/api/v1/backups?since=2000-01-01&until=2001-01-01", None).1["count"], 0);
     assert_eq!(call(&served, token, "GET", "/api/v1/backups?since=2000-01-01", None).1["count"], 3);
+    assert_eq!(call(&served, token, "GET", "/api/v1/backups?since=2999-01-01", None).1["count"], 0);
+    // A minute names its whole self: the snapshot taken in it is since then and until then.
+    let minute = all["backups"][2]["time_utc"].as_str().unwrap()[..16].to_string();
+    for filter in ["since", "until"] {
+        let (_, body) =
+            call(&served, token, "GET", &format!("/api/v1/backups?{filter}={}", minute.replace(' ', "%20")), None);
+        assert!(body["backups"].as_array().unwrap().iter().any(|b| b["id"] == first.as_str()), "{filter}: {body}");
+    }
+    assert_eq!(all["unreadable"], json!([]));
     assert_eq!(call(&served, token, "GET", "/api/v1/backups?until=yesterday", None).0, 400);
     let (status, details) = call(&served, token, "GET", &format!("/api/v1/backups/{}", &first[..10]), None);
     assert_eq!((status, details["id"].as_str()), (200, Some(first.as_str())));
@@ -255,6 +271,22 @@ fn every_endpoint_answers_as_a_platform_expects() {
     let (_, safety_manifest) = call(&served, token, "GET", &format!("/api/v1/backups/{safety}"), None);
     let tags = safety_manifest["tags"].as_array().unwrap();
     assert!(tags.contains(&json!("protected")) && tags.contains(&json!("pre-restore")), "{safety_manifest}");
+    // The safety snapshot's id puts the target back as it was before the restore.
+    let undo = json!({ "id": safety, "source": "app", "confirm": true, "wait": true });
+    let (status, body) = call(&served, token, "POST", "/api/v1/backups/restore", Some(undo));
+    assert_eq!((status, body["job"]["state"].as_str()), (200, Some("done")), "{body}");
+    assert_eq!(fs::read(site.scratch.join("srv/app/settings.json")).unwrap(), b"{\"v\": 2, \"broken\": true}");
+    assert!(site.scratch.join("srv/app/stray.tmp").exists());
+    // A file where the target directory would be is neither replaced nor followed.
+    let file = site.scratch.join("srv/app/settings.json");
+    let onto_a_file = json!({ "id": first, "source": "app", "target": file, "confirm": true, "wait": true });
+    let (status, body) = call(&served, token, "POST", "/api/v1/backups/restore", Some(onto_a_file));
+    assert_eq!((status, body["job"]["state"].as_str()), (200, Some("failed")), "{body}");
+    assert!(body["job"]["error"].as_str().unwrap().contains("is not a directory"), "{body}");
+    assert_eq!(fs::read(&file).unwrap(), b"{\"v\": 2, \"broken\": true}");
+    assert_eq!(call(&served, token, "POST", "/api/v1/backups", Some(json!({ "wait": "yes" }))).0, 400);
+    let random = json!({ "id": "random", "source": "app" });
+    assert_eq!(call(&served, token, "POST", "/api/v1/backups/restore", Some(random)).0, 400);
 
     // Delete: a protected snapshot only when forced.
     let (status, body) = call(&served, token, "DELETE", &format!("/api/v1/backups/{safety}"), None);
@@ -269,8 +301,15 @@ fn every_endpoint_answers_as_a_platform_expects() {
     // Status and metrics tell the same truth as `cairn status`.
     let (status, body) = call(&served, token, "GET", "/api/v1/status", None);
     assert_eq!((status, body["healthy"].as_bool()), (200, Some(true)), "{body}");
-    let sources: Vec<&str> = body["sources"].as_array().unwrap().iter().filter_map(|s| s["source"].as_str()).collect();
-    assert_eq!(sources, ["app", "web"]);
+    // The config's two sources are judged; the safety snapshots' own key is listed, retired.
+    let judged: Vec<&str> = body["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["retired"] == false)
+        .filter_map(|s| s["source"].as_str())
+        .collect();
+    assert_eq!(judged, ["app", "web"], "{body}");
     let (status, metrics) = call(&served, token, "GET", "/metrics", None);
     assert_eq!(status, 200);
     assert!(metrics.as_str().unwrap().contains("cairn_snapshot_age_seconds{source=\"web\"}"), "{metrics}");
@@ -294,7 +333,7 @@ fn every_endpoint_answers_as_a_platform_expects() {
     assert!(calls.contains(&("ops".into(), deleted.clone(), 200)), "{calls:?}");
     assert!(calls.contains(&("platform".into(), deleted, 409)), "{calls:?}");
     assert!(calls.contains(&("platform".into(), "\"POST\" \"/api/v1/backups/restore\"".into(), 400)), "{calls:?}");
-    assert_eq!(calls.iter().filter(|c| c.1 == "\"POST\" \"/api/v1/backups\"").count(), 5, "{calls:?}");
+    assert_eq!(calls.iter().filter(|c| c.1 == "\"POST\" \"/api/v1/backups\"").count(), 6, "{calls:?}");
 }
 
 fn wait_for_job(served: &Served, url: &str) -> Value {
@@ -404,7 +443,16 @@ fn kill_9_of_the_server_mid_backup_leaves_a_consistent_repository() {
         assert!(Instant::now() < deadline, "no snapshot process started");
         std::thread::sleep(Duration::from_millis(20));
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // Killed once it has written a pack of the new file: in the middle of its work.
+    let packs = |repo: &Path| {
+        let listed = Command::new("find").arg(repo.join("packs")).args(["-type", "f"]).output().unwrap();
+        String::from_utf8_lossy(&listed.stdout).lines().count()
+    };
+    let before = packs(&site.repo);
+    while packs(&site.repo) == before {
+        assert!(Instant::now() < deadline, "the snapshot wrote no pack");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let _ = Command::new("kill").args(["-9", &pid.to_string(), &child]).status();
     drop(served);
     std::thread::sleep(Duration::from_millis(200));

@@ -5,6 +5,7 @@
 //! a full disk.
 
 use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,7 +17,8 @@ use super::{Call, Reply, Server};
 use cairn::error::Error;
 use cairn::format::snapshot::Snapshot;
 use cairn::id::Id;
-use cairn::run_config::SourceConfig;
+use cairn::restore::in_place::SAFETY_SOURCE;
+use cairn::run_config::{SourceConfig, SourceKind};
 use cairn::select::{At, Filter, Pick};
 
 /// The `command` of the audit records the server writes of its calls (store-format/audit.md).
@@ -112,6 +114,7 @@ fn truthy(value: Option<&str>) -> bool {
 /// The status a library error answers with, and its message.
 fn failure(error: &Error) -> Reply {
     let status = match error {
+        Error::Select(cairn::select::SelectError::AtWithId(_)) => StatusCode::BAD_REQUEST,
         Error::NoSuchSnapshot(_) | Error::Select(_) | Error::NoSuchPath { .. } => StatusCode::NOT_FOUND,
         Error::AmbiguousSnapshot(_) | Error::Invalid(_) => StatusCode::BAD_REQUEST,
         Error::Locked { .. } | Error::Refused(_) => StatusCode::CONFLICT,
@@ -184,7 +187,9 @@ fn list(server: &Server, call: &Call) -> Reply {
         .filter(|(_, s)| filter.selects(s) && after(s))
         .map(|(id, s)| crate::cli::snapshots::manifest(id, s))
         .collect();
-    Reply::json(StatusCode::OK, &json!({ "count": backups.len(), "backups": backups }))
+    // Damaged snapshot files are said, as `cairn snapshots` warns of them.
+    let unreadable = server.unreadable();
+    Reply::json(StatusCode::OK, &json!({ "count": backups.len(), "backups": backups, "unreadable": unreadable }))
 }
 
 /// The snapshot `spec` names (an id, a unique prefix, or `latest` of the filters).
@@ -193,6 +198,9 @@ fn find(server: &Server, call: &Call, spec: &str) -> Result<(Id, Snapshot), Repl
 }
 
 fn choose(server: &Server, spec: &str, filter: &Filter) -> Result<(Id, Snapshot), Reply> {
+    if spec == "random" {
+        return Err(Reply::error(StatusCode::BAD_REQUEST, "give a snapshot id, a prefix or \"latest\", not random"));
+    }
     let all = server.snapshots().map_err(|e| failure(&e))?;
     let all: Vec<(Id, Snapshot)> = all.into_iter().map(|(id, s)| (id, (*s).clone())).collect();
     cairn::select::choose(all, &Pick::parse(spec), filter).map_err(|e| failure(&e))
@@ -240,6 +248,10 @@ fn body(call: &Call) -> Result<Value, Reply> {
         return Ok(json!({}));
     }
     match serde_json::from_slice::<Value>(&call.body) {
+        // `wait` is read where the job is answered; a value that is not a boolean is refused here.
+        Ok(value @ Value::Object(_)) if !value["wait"].is_null() && !value["wait"].is_boolean() => {
+            Err(Reply::error(StatusCode::BAD_REQUEST, "`wait` must be true or false"))
+        }
         Ok(value @ Value::Object(_)) => Ok(value),
         Ok(_) => Err(Reply::error(StatusCode::BAD_REQUEST, "the body must be a JSON object")),
         Err(e) => Err(Reply::error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}"))),
@@ -475,15 +487,22 @@ fn restore_request(server: &Server, call: &Call) -> Result<RestoreRequest, Reply
     let spec =
         text_field(&body, "id")?.ok_or_else(|| bad("give `id`: a snapshot id, a prefix, or \"latest\"".into()))?;
     let configured = source_named(server, &source)?;
-    let (id, _) = choose(server, &spec, &Filter::of_source(Some(&source)))?;
     let target = match text_field(&body, "target")? {
         Some(target) => PathBuf::from(target),
         None => match configured.paths.as_slice() {
-            [path] if path.is_dir() || !path.exists() => path.clone(),
+            [path] if configured.kind == SourceKind::Tree && (path.is_dir() || !path.exists()) => path.clone(),
             _ => return Err(bad(format!("source {source} is not one directory: give `target`"))),
         },
     };
     let target = allowed_target(&server.roots, &target).map_err(bad)?;
+    let id = match choose(server, &spec, &Filter::of_source(Some(&source))) {
+        Ok((id, _)) => id,
+        // The safety snapshot an earlier restore of this target took puts it back as it was.
+        Err(refused) => match choose(server, &spec, &Filter::of_source(Some(SAFETY_SOURCE))) {
+            Ok((id, safety)) if spec != "latest" && safety.paths == [target.as_os_str().as_bytes()] => id,
+            _ => return Err(refused),
+        },
+    };
     // The API restores a source as it was: what the snapshot lacks goes, unless told to keep it.
     let delete = match &body["delete"] {
         Value::Null => true,

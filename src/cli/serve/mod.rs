@@ -79,6 +79,9 @@ pub(crate) struct Server {
     repo: Repository,
     /// Decoded manifests by id: a listing reads only those new since the last one.
     manifests: Mutex<HashMap<Id, Arc<Snapshot>>>,
+    /// Snapshot files that could not be read (damaged, or gone between listing and read), with
+    /// why: not read again while listed, and named in every listing.
+    unreadable: Mutex<HashMap<Id, String>>,
     jobs: Arc<jobs::Jobs>,
     tokens: tokens::Tokens,
     /// A restore's target must lie under one of these (canonical paths).
@@ -127,6 +130,7 @@ pub fn run(context: &Context, args: Args) -> Result<std::process::ExitCode> {
         location,
         repo,
         manifests: Mutex::new(HashMap::new()),
+        unreadable: Mutex::new(HashMap::new()),
         stats: Mutex::new(None),
         jobs: Arc::new(jobs::Jobs::default()),
         tokens,
@@ -403,17 +407,34 @@ impl Server {
     /// The manifests of every snapshot, oldest first; only those not seen before are read.
     pub fn snapshots(&self) -> cairn::error::Result<Vec<(Id, Arc<Snapshot>)>> {
         let known: HashMap<Id, Arc<Snapshot>> = self.manifests.lock().expect("poisoned").clone();
-        let (listed, new) = self.repo.snapshots_besides(&|id| known.contains_key(id))?;
+        let unreadable: Vec<Id> = self.unreadable.lock().expect("poisoned").keys().copied().collect();
+        let (listed, new) = self.repo.snapshots_besides(&|id| known.contains_key(id) || unreadable.contains(id))?;
+        // What could not be read this time, by the id its message names.
+        let damage: Vec<String> = self.repo.take_damage().into_iter().map(|e| e.to_string()).collect();
         let mut manifests = self.manifests.lock().expect("poisoned");
+        let mut unreadable = self.unreadable.lock().expect("poisoned");
+        for id in &listed {
+            if !known.contains_key(id) && !new.iter().any(|(read, _)| read == id) && !unreadable.contains_key(id) {
+                let hex = id.to_hex();
+                let why = damage.iter().find(|d| d.contains(&hex)).cloned();
+                unreadable.insert(*id, why.unwrap_or_else(|| format!("snapshot {hex} could not be read")));
+            }
+        }
         for (id, snapshot) in new {
             manifests.insert(id, Arc::new(snapshot));
         }
         // Forgotten ones go.
         let listed: std::collections::HashSet<Id> = listed.into_iter().collect();
         manifests.retain(|id, _| listed.contains(id));
+        unreadable.retain(|id, _| listed.contains(id));
         let mut out: Vec<(Id, Arc<Snapshot>)> = manifests.iter().map(|(id, s)| (*id, Arc::clone(s))).collect();
         out.sort_by_key(|(id, s)| (s.time_sec, s.time_nsec, *id));
         Ok(out)
+    }
+
+    /// Why each snapshot file that could not be read was not (see [`Server::snapshots`]).
+    pub fn unreadable(&self) -> Vec<String> {
+        self.unreadable.lock().expect("poisoned").values().cloned().collect()
     }
 
     /// Each source's share of the stored bytes and its monthly cost (at the config's
