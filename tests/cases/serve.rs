@@ -624,6 +624,7 @@ fn a_lost_source_is_restored_through_the_api_where_it_was() {
     assert_eq!(status, 200, "{body}");
     let source = site.scratch.join("srv/app");
     let before = fs::read(source.join("sub/data.bin")).unwrap();
+    let mode = fs::metadata(&source).unwrap().permissions().mode();
     fs::remove_dir_all(site.scratch.join("srv")).unwrap();
     let request = json!({ "id": "latest", "source": "app", "confirm": true, "wait": true });
     let (status, body) = call(&served, Some(TOKEN), "POST", "/api/v1/backups/restore", Some(request));
@@ -631,4 +632,6 @@ fn a_lost_source_is_restored_through_the_api_where_it_was() {
     assert!(body["job"]["result"]["safety_snapshot"].is_null(), "{body}");
     assert_eq!(fs::read(source.join("sub/data.bin")).unwrap(), before);
     assert_eq!(fs::read(source.join("settings.json")).unwrap(), b"{\"v\": 1}");
+    // The directory made for it has the mode a restore by path gives it.
+    assert_eq!(fs::metadata(&source).unwrap().permissions().mode(), mode);
 }
