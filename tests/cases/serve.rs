@@ -429,10 +429,18 @@ fn kill_9_of_the_server_mid_backup_leaves_a_consistent_repository() {
     let kept = body["job"]["result"]["backups"][0]["id"].as_str().unwrap().to_string();
     // Enough to be in the middle of it when killed.
     write_noise_file(&site.scratch.join("srv/app/big.bin"), 400 << 20, 3);
+    let files = |dir: &str| {
+        let listed = Command::new("find").arg(site.repo.join(dir)).args(["-type", "f"]).output().unwrap();
+        String::from_utf8_lossy(&listed.stdout).lines().count()
+    };
+    let packs_before = files("packs");
     let (status, _) = call(&served, Some(TOKEN), "POST", "/api/v1/backups", Some(json!({ "source": "app" })));
     assert_eq!(status, 202);
-    // Once the snapshot's own process runs, the server and it are killed outright, as systemd
-    // kills a unit's processes.
+    // The call's own record is written before its answer: what comes after is the snapshot's.
+    let records_before = files("audit");
+    // Once the snapshot's own process runs, has written its start record and a pack of the new
+    // file (in the middle of its work), the server and it are killed outright, as systemd kills
+    // a unit's processes.
     let pid = served.child.id();
     let deadline = Instant::now() + Duration::from_secs(30);
     let child = loop {
@@ -443,14 +451,8 @@ fn kill_9_of_the_server_mid_backup_leaves_a_consistent_repository() {
         assert!(Instant::now() < deadline, "no snapshot process started");
         std::thread::sleep(Duration::from_millis(20));
     };
-    // Killed once it has written a pack of the new file: in the middle of its work.
-    let packs = |repo: &Path| {
-        let listed = Command::new("find").arg(repo.join("packs")).args(["-type", "f"]).output().unwrap();
-        String::from_utf8_lossy(&listed.stdout).lines().count()
-    };
-    let before = packs(&site.repo);
-    while packs(&site.repo) == before {
-        assert!(Instant::now() < deadline, "the snapshot wrote no pack");
+    while files("packs") == packs_before || files("audit") == records_before {
+        assert!(Instant::now() < deadline, "the snapshot wrote no pack or no start record");
         std::thread::sleep(Duration::from_millis(10));
     }
     let _ = Command::new("kill").args(["-9", &pid.to_string(), &child]).status();
