@@ -26,7 +26,8 @@
 //!   [`run_config`]: the `cairn run` config file.
 //! - [`select`]: which snapshot a command means: an id, `latest` or `--at TIME`, among those a
 //!   source, host and tag filter selects.
-//! - [`walk`]: the one depth-first walk of stored trees, and every distinct tree read once.
+//! - [`walk`]: the one depth-first walk of stored trees, two trees side by side, and every
+//!   distinct tree read once; [`diff`]: what changed between two snapshots.
 //! - [`sync`]: copying snapshots and the packs they need to another repository (offsite).
 //! - [`fs_at`]: file system calls relative to an open directory that never follow a symlink
 //!   below it, for restore and drills.
@@ -49,6 +50,7 @@ pub mod chunking;
 pub mod clock;
 pub mod compression;
 pub mod crypto;
+pub mod diff;
 pub mod disk;
 pub mod drill;
 pub mod error;

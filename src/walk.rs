@@ -1,5 +1,6 @@
 //! Walking stored trees: the one depth-first walk that listings, `check`'s damage report and
-//! sync's re-encoding share ([`depth_first`]), the read of every distinct tree once that
+//! sync's re-encoding share ([`depth_first`]), two trees side by side for `diff`
+//! ([`side_by_side`]), the read of every distinct tree once that
 //! reachability and `check`'s fast pass share ([`each_tree`]), and the parallel walk along a
 //! directory on disk that restore writes and a drill checks ([`Parallel`]).
 //!
@@ -129,6 +130,84 @@ pub fn each_entry(
         }
     }
     depth_first(root, prefix, &mut Entries { repo, visit })
+}
+
+/// A directory open in a [`side_by_side`] walk: its entries in both trees, merged by name.
+struct Pair {
+    merged: Vec<(Option<Node>, Option<Node>)>,
+    next: usize,
+    path_len: usize,
+}
+
+/// Walks two trees side by side, depth first in name order: `visit` gets each path below `old`
+/// and `new` with its entry in each (`None` where one has none). A directory is entered only
+/// where its two subtrees differ (an unchanged subtree, the same id, costs nothing) or where one
+/// side has it; what a side lacks it lacks below too. Returns how many trees it read. `visit`
+/// may stop the walk with [`ControlFlow::Break`].
+pub fn side_by_side(
+    repo: &Indexed,
+    old: Option<&Id>,
+    new: Option<&Id>,
+    mut path: String,
+    mut visit: impl FnMut(&str, Option<&Node>, Option<&Node>) -> ControlFlow<()>,
+) -> Result<u64> {
+    let mut read = 0u64;
+    let mut open = |old: Option<&Id>, new: Option<&Id>, path_len: usize| -> Result<Pair> {
+        let mut tree = |id: Option<&Id>| -> Result<Vec<Node>> {
+            match id {
+                Some(id) => {
+                    read += 1;
+                    Ok(repo.read_tree(id)?.nodes)
+                }
+                None => Ok(Vec::new()),
+            }
+        };
+        let (old, new) = (tree(old)?, tree(new)?);
+        let mut merged = Vec::with_capacity(old.len().max(new.len()));
+        let (mut old, mut new) = (old.into_iter().peekable(), new.into_iter().peekable());
+        loop {
+            let order = match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(a), Some(b)) => a.name.cmp(&b.name),
+            };
+            merged.push(match order {
+                std::cmp::Ordering::Less => (old.next(), None),
+                std::cmp::Ordering::Greater => (None, new.next()),
+                std::cmp::Ordering::Equal => (old.next(), new.next()),
+            });
+        }
+        Ok(Pair { merged, next: 0, path_len })
+    };
+    if old == new {
+        return Ok(0);
+    }
+    let mut stack = vec![open(old, new, path.len())?];
+    while let Some(dir) = stack.last_mut() {
+        let Some((a, b)) = dir.merged.get(dir.next) else {
+            stack.pop();
+            continue;
+        };
+        dir.next += 1;
+        path.truncate(dir.path_len);
+        path.push('/');
+        let name = a.as_ref().or(b.as_ref()).map(|node| String::from_utf8_lossy(&node.name)).unwrap_or_default();
+        path.push_str(&name);
+        if visit(&path, a.as_ref(), b.as_ref()).is_break() {
+            break;
+        }
+        let subtree = |node: &Option<Node>| match node.as_ref().map(|n| &n.content) {
+            Some(Content::Dir { subtree }) => Some(*subtree),
+            _ => None,
+        };
+        let (a, b) = (subtree(a), subtree(b));
+        if a != b {
+            let pair = open(a.as_ref(), b.as_ref(), path.len())?;
+            stack.push(pair);
+        }
+    }
+    Ok(read)
 }
 
 /// Trees [`each_tree`] reads in one parallel batch: reading one is mostly waiting for the disk

@@ -11,6 +11,8 @@ mod backends;
 mod crash;
 #[path = "cases/deep.rs"]
 mod deep;
+#[path = "cases/diff.rs"]
+mod diff;
 #[path = "cases/encryption.rs"]
 mod encryption;
 #[path = "cases/errors.rs"]

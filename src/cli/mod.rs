@@ -6,6 +6,7 @@ pub mod output;
 
 mod check;
 mod config;
+mod diff;
 mod drill;
 mod filter;
 mod forget;
@@ -106,6 +107,9 @@ enum Command {
     Snapshots(snapshots::Args),
     /// List the contents of a snapshot
     Ls(ls::Args),
+    /// What changed from one snapshot to another: entries added, removed, modified, and those
+    /// whose metadata alone changed, with sizes
+    Diff(diff::Args),
     /// Restore a snapshot, or parts of it, into a directory
     Restore(restore::Args),
     /// Verify the repository: structure, and with --read-data every blob's content
@@ -419,6 +423,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Snapshot(args) => snapshot::run(&context, args),
         Command::Snapshots(args) => snapshots::run(&context, args),
         Command::Ls(args) => ls::run(&context, args),
+        Command::Diff(args) => diff::run(&context, args),
         Command::Restore(args) => restore::run(&context, args),
         Command::Check(args) => check::run(&context, args),
         Command::Drill(args) => drill::run(&context, args),

@@ -1,0 +1,97 @@
+//! `cairn diff A B`: every kind of change between two snapshots, and only the directories that
+//! changed read.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+#[test]
+fn diff_names_every_change_and_reads_only_what_changed() {
+    let scratch = Scratch::new("diff");
+    let (repo, tree) = (scratch.join("repo"), scratch.join("tree"));
+    // A large part that never changes: 40 directories of 5 files.
+    for d in 0..40 {
+        for f in 0..5 {
+            let path = tree.join(format!("still/d{d:02}/f{f}"));
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, format!("{d} {f}")).unwrap();
+        }
+    }
+    fs::create_dir_all(tree.join("app/old-dir/deep")).unwrap();
+    fs::write(tree.join("app/old-dir/deep/gone.txt"), b"gone").unwrap();
+    fs::write(tree.join("app/edited.txt"), b"version one").unwrap();
+    fs::write(tree.join("app/chmodded.sh"), b"#!/bin/sh\n").unwrap();
+    fs::write(tree.join("app/becomes-dir"), b"a file first").unwrap();
+    fs::write(tree.join("app/removed.bin"), noise(5000, 1)).unwrap();
+    for path in ["app/edited.txt", "app/chmodded.sh", "app/becomes-dir", "app/removed.bin"] {
+        set_mtime(&tree.join(path), 1_700_000_000, 0);
+    }
+    init(&repo);
+    let first = json(cairn(&repo).args(["snapshot"]).arg(&tree))["id"].as_str().unwrap().to_string();
+
+    fs::remove_dir_all(tree.join("app/old-dir")).unwrap();
+    fs::write(tree.join("app/edited.txt"), b"version two, longer").unwrap();
+    set_mtime(&tree.join("app/edited.txt"), 1_700_000_000, 0);
+    fs::set_permissions(tree.join("app/chmodded.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::remove_file(tree.join("app/becomes-dir")).unwrap();
+    fs::create_dir(tree.join("app/becomes-dir")).unwrap();
+    fs::remove_file(tree.join("app/removed.bin")).unwrap();
+    fs::create_dir_all(tree.join("app/new-dir")).unwrap();
+    fs::write(tree.join("app/new-dir/added.txt"), b"added").unwrap();
+    let second = json(cairn(&repo).args(["snapshot"]).arg(&tree))["id"].as_str().unwrap().to_string();
+
+    let out = json(cairn(&repo).args(["diff", &first[..8], &second]));
+    let changes: Vec<(String, String, String)> = out["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().into(),
+                c["path"].as_str().unwrap().into(),
+                c["type"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String, String)> = [
+        ("type", "/app/becomes-dir", "dir"),
+        ("metadata", "/app/chmodded.sh", "file"),
+        ("modified", "/app/edited.txt", "file"),
+        ("added", "/app/new-dir", "dir"),
+        ("added", "/app/new-dir/added.txt", "file"),
+        ("removed", "/app/old-dir", "dir"),
+        ("removed", "/app/old-dir/deep", "dir"),
+        ("removed", "/app/old-dir/deep/gone.txt", "file"),
+        ("removed", "/app/removed.bin", "file"),
+    ]
+    .iter()
+    .map(|(c, p, t)| (c.to_string(), p.to_string(), t.to_string()))
+    .collect();
+    assert_eq!(changes, expected, "{out}");
+    let edited = &out["changes"][2];
+    assert_eq!((edited["size_before"].as_u64(), edited["size_after"].as_u64()), (Some(11), Some(19)));
+    let summary = &out["summary"];
+    assert_eq!(summary["bytes_added"], 19 + 5);
+    assert_eq!(summary["bytes_removed"], 4 + 5000 + 11 + 12);
+    // The two roots, `app` on both sides, and the four directories on one side only
+    // (old-dir, old-dir/deep, new-dir, becomes-dir): never any of `still/`'s 41.
+    assert_eq!(summary["trees_read"], 8, "{summary}");
+
+    // As text: restic's marks, a line each, then the counts.
+    let text = ok(cairn(&repo).args(["diff", &first, &second]));
+    assert!(text.contains("M    /app/edited.txt (11 B -> 19 B)"), "{text}");
+    assert!(text.contains("+    /app/new-dir/\n"), "{text}");
+    assert!(text.contains("-    /app/removed.bin (4.9 KiB)"), "{text}");
+    assert!(text.contains("2 added, 4 removed, 1 modified, 1 changed type, 1 metadata only"), "{text}");
+
+    // The same snapshot twice: nothing, and nothing read.
+    let same: Value = json(cairn(&repo).args(["diff", &second, "latest"]));
+    assert_eq!((same["changes"].as_array().map(Vec::len), same["summary"]["trees_read"].as_u64()), (Some(0), Some(0)));
+    // A snapshot that is not there is an error that names it.
+    let missing = run(cairn(&repo).args(["diff", &first, "deadbeef"]));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("deadbeef"));
+}
