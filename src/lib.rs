@@ -27,7 +27,8 @@
 //! - [`select`]: which snapshot a command means: an id, `latest` or `--at TIME`, among those a
 //!   source, host and tag filter selects.
 //! - [`walk`]: the one depth-first walk of stored trees, two trees side by side, and every
-//!   distinct tree read once; [`diff`]: what changed between two snapshots.
+//!   distinct tree read once; [`diff`]: what changed between two snapshots; [`find`]: which
+//!   snapshots hold the paths a pattern matches.
 //! - [`sync`]: copying snapshots and the packs they need to another repository (offsite).
 //! - [`fs_at`]: file system calls relative to an open directory that never follow a symlink
 //!   below it, for restore and drills.
@@ -54,6 +55,7 @@ pub mod diff;
 pub mod disk;
 pub mod drill;
 pub mod error;
+pub mod find;
 pub mod format;
 pub mod fs_at;
 pub mod host;

@@ -9,6 +9,7 @@ mod config;
 mod diff;
 mod drill;
 mod filter;
+mod find;
 mod forget;
 mod format;
 mod init;
@@ -110,6 +111,8 @@ enum Command {
     /// What changed from one snapshot to another: entries added, removed, modified, and those
     /// whose metadata alone changed, with sizes
     Diff(diff::Args),
+    /// Which snapshots hold paths a pattern matches, newest first, with sizes and times
+    Find(find::Args),
     /// Restore a snapshot, or parts of it, into a directory
     Restore(restore::Args),
     /// Verify the repository: structure, and with --read-data every blob's content
@@ -424,6 +427,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Snapshots(args) => snapshots::run(&context, args),
         Command::Ls(args) => ls::run(&context, args),
         Command::Diff(args) => diff::run(&context, args),
+        Command::Find(args) => find::run(&context, args),
         Command::Restore(args) => restore::run(&context, args),
         Command::Check(args) => check::run(&context, args),
         Command::Drill(args) => drill::run(&context, args),

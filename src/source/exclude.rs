@@ -43,7 +43,7 @@ impl Excludes {
 }
 
 /// Glob match of the whole of `text` against `pattern`.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
+pub(crate) fn glob(pattern: &[u8], text: &[u8]) -> bool {
     match pattern.split_first() {
         None => text.is_empty(),
         Some((b'*', rest)) if rest.first() == Some(&b'*') => {

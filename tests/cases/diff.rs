@@ -1,5 +1,5 @@
-//! `cairn diff A B`: every kind of change between two snapshots, and only the directories that
-//! changed read.
+//! Looking inside snapshots without restoring them: `cairn diff A B` (every kind of change, and
+//! only the directories that changed read) and `cairn find PATTERN`.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -94,4 +94,56 @@ fn diff_names_every_change_and_reads_only_what_changed() {
     let missing = run(cairn(&repo).args(["diff", &first, "deadbeef"]));
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("deadbeef"));
+}
+
+#[test]
+fn find_names_the_snapshots_that_hold_a_match_newest_first() {
+    let scratch = Scratch::new("find");
+    let (repo, tree) = (scratch.join("repo"), scratch.join("tree"));
+    fs::create_dir_all(tree.join("config")).unwrap();
+    fs::write(tree.join("config/a.toml"), b"a = 1").unwrap();
+    fs::write(tree.join("app.db"), b"first").unwrap();
+    init(&repo);
+    let snapshot = |source: &str| {
+        json(cairn(&repo).args(["snapshot", "--source", source]).arg(&tree))["id"].as_str().unwrap().to_string()
+    };
+    let first = snapshot("app");
+    fs::remove_file(tree.join("config/a.toml")).unwrap();
+    fs::write(tree.join("app.db"), b"second, longer").unwrap();
+    let second = snapshot("app");
+    let third = snapshot("app"); // nothing changed: the same root tree, walked once
+    let other = snapshot("other");
+
+    let found = |args: &[&str]| -> Vec<(String, Vec<String>)> {
+        let out = json(cairn(&repo).arg("find").args(args));
+        out.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let paths = s["matches"].as_array().unwrap().iter().map(|m| m["path"].as_str().unwrap().to_string());
+                (s["snapshot"].as_str().unwrap().to_string(), paths.collect())
+            })
+            .collect()
+    };
+    let db = vec!["/app.db".to_string()];
+    assert_eq!(
+        found(&["app.db"]),
+        vec![
+            (other.clone(), db.clone()),
+            (third.clone(), db.clone()),
+            (second.clone(), db.clone()),
+            (first.clone(), db.clone())
+        ]
+    );
+    assert_eq!(found(&["*.toml"]), vec![(first.clone(), vec!["/config/a.toml".to_string()])]);
+    assert_eq!(found(&["/config/*"]), vec![(first.clone(), vec!["/config/a.toml".to_string()])]);
+    // `*` stays within a name: `/a*` is `/app.db`, not `/config/a.toml`.
+    assert_eq!(found(&["/a*"]), found(&["app.db"]));
+    assert_eq!(found(&["app.db", "--source", "app"]).len(), 3);
+    assert_eq!(found(&["nothing-*"]), vec![]);
+    let out = json(cairn(&repo).args(["find", "app.db", "--source", "app"]));
+    assert_eq!(out[0]["matches"][0]["size"], 14);
+    assert_eq!(out[0]["matches"][0]["type"], "file");
+    let text = ok(cairn(&repo).args(["find", "*.toml"]));
+    assert!(text.contains("/config/a.toml") && text.contains("1 snapshot of 4 hold a match"), "{text}");
 }
