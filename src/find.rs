@@ -1,9 +1,8 @@
 //! Which snapshots hold the paths a pattern matches (`cairn find`). A pattern without `/`
 //! matches an entry's name at any depth, one with `/` its whole path in the snapshot, as
 //! `--exclude` patterns do (`*` within a component, `**` across, `?` one character). Snapshots
-//! with the same root tree (nothing changed between them) are walked once.
+//! next to each other with the same root tree (nothing changed between them) are walked once.
 
-use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use serde::Serialize;
@@ -35,27 +34,27 @@ pub fn find(
 ) -> Result<()> {
     let pattern = pattern.trim_end_matches('/').as_bytes().to_vec();
     let whole_path = pattern.contains(&b'/');
-    let mut by_root: HashMap<Id, Vec<Found>> = HashMap::new();
+    // The last root walked and what matched in it: snapshots between which nothing changed are
+    // next to each other in time, and one root's matches are all that is held.
+    let mut last: Option<(Id, Vec<Found>)> = None;
     for (id, snapshot) in snapshots {
-        let found = match by_root.entry(snapshot.tree) {
-            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
-            std::collections::hash_map::Entry::Vacant(new) => {
-                let mut found = Vec::new();
-                crate::walk::each_entry(repo, &snapshot.tree, String::new(), |node: &Node, path: &str| {
-                    let text = if whole_path { path.as_bytes() } else { &node.name[..] };
-                    if crate::source::exclude::glob(&pattern, text) {
-                        found.push(Found {
-                            path: path.to_string(),
-                            kind: node.content.type_name(),
-                            size: node.meta.size,
-                            mtime: node.meta.mtime_sec,
-                        });
-                    }
-                    ControlFlow::Continue(())
-                })?;
-                new.insert(found)
-            }
-        };
+        if !last.as_ref().is_some_and(|(root, _)| *root == snapshot.tree) {
+            let mut found = Vec::new();
+            crate::walk::each_entry(repo, &snapshot.tree, String::new(), |node: &Node, path: &str| {
+                let text = if whole_path { path.as_bytes() } else { &node.name[..] };
+                if crate::source::exclude::glob(&pattern, text) {
+                    found.push(Found {
+                        path: path.to_string(),
+                        kind: node.content.type_name(),
+                        size: node.meta.size,
+                        mtime: node.meta.mtime_sec,
+                    });
+                }
+                ControlFlow::Continue(())
+            })?;
+            last = Some((snapshot.tree, found));
+        }
+        let found = &last.as_ref().expect("set above").1;
         if !found.is_empty() && each(id, snapshot, found).is_break() {
             break;
         }
