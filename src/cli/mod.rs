@@ -8,6 +8,7 @@ mod check;
 mod config;
 mod diff;
 mod drill;
+mod dump;
 mod filter;
 mod find;
 mod forget;
@@ -113,6 +114,8 @@ enum Command {
     Diff(diff::Args),
     /// Which snapshots hold paths a pattern matches, newest first, with sizes and times
     Find(find::Args),
+    /// Write a file of a snapshot to standard output
+    Dump(dump::Args),
     /// Restore a snapshot, or parts of it, into a directory
     Restore(restore::Args),
     /// Verify the repository: structure, and with --read-data every blob's content
@@ -428,6 +431,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ls(args) => ls::run(&context, args),
         Command::Diff(args) => diff::run(&context, args),
         Command::Find(args) => find::run(&context, args),
+        Command::Dump(args) => dump::run(&context, args),
         Command::Restore(args) => restore::run(&context, args),
         Command::Check(args) => check::run(&context, args),
         Command::Drill(args) => drill::run(&context, args),

@@ -49,6 +49,24 @@ pub fn text(args: std::fmt::Arguments) {
     }
 }
 
+/// Writes `bytes` to stdout as they are (a file's content), unless an earlier write failed; the
+/// same rules as for text.
+pub fn bytes(bytes: &[u8]) {
+    if closed() || FAILED.lock().is_ok_and(|failed| failed.is_some()) {
+        return;
+    }
+    if let Err(e) = std::io::stdout().lock().write_all(bytes) {
+        match e.kind() {
+            ErrorKind::BrokenPipe => CLOSED.store(true, Relaxed),
+            _ => {
+                if let Ok(mut failed) = FAILED.lock() {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+    }
+}
+
 /// Writes one line to stderr; a failure is ignored (there is nowhere left to report it).
 pub fn error_line(args: std::fmt::Arguments) {
     _ = writeln!(std::io::stderr().lock(), "{args}");

@@ -147,3 +147,33 @@ fn find_names_the_snapshots_that_hold_a_match_newest_first() {
     let text = ok(cairn(&repo).args(["find", "*.toml"]));
     assert!(text.contains("/config/a.toml") && text.contains("1 snapshot of 4 hold a match"), "{text}");
 }
+
+#[test]
+fn dump_writes_a_file_of_a_snapshot_byte_for_byte() {
+    let scratch = Scratch::new("dump");
+    let (repo, tree) = (scratch.join("repo"), scratch.join("tree"));
+    fs::create_dir_all(tree.join("data")).unwrap();
+    let content = noise(3 << 20, 9);
+    fs::write(tree.join("data/big.bin"), &content).unwrap();
+    fs::write(tree.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("data/big.bin", tree.join("link")).unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&tree));
+    let out = run(cairn(&repo).args(["dump", "latest", "/data/big.bin"]));
+    assert!(out.status.success());
+    assert!(out.stdout == content, "the dumped file differs ({} bytes)", out.stdout.len());
+    // The path as the snapshot's source names it works too, as with `ls`.
+    let whole = tree.join("data/big.bin");
+    let out = run(cairn(&repo).args(["dump", "latest"]).arg(&whole));
+    assert!(out.stdout == content);
+    assert!(run(cairn(&repo).args(["dump", "latest", "/empty"])).stdout.is_empty());
+    for (path, says) in [("/data", "is a dir, not a file"), ("/link", "is a symlink"), ("/nope", "nope")] {
+        let out = run(cairn(&repo).args(["dump", "latest", path]));
+        assert!(!out.status.success() && out.stdout.is_empty(), "{path}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
