@@ -28,7 +28,7 @@
 //!   source, host and tag filter selects.
 //! - [`walk`]: the one depth-first walk of stored trees, two trees side by side, and every
 //!   distinct tree read once; [`diff`]: what changed between two snapshots; [`find`]: which
-//!   snapshots hold the paths a pattern matches.
+//!   snapshots hold the paths a pattern matches; [`export`]: a tree as a tar stream.
 //! - [`sync`]: copying snapshots and the packs they need to another repository (offsite).
 //! - [`fs_at`]: file system calls relative to an open directory that never follow a symlink
 //!   below it, for restore and drills.
@@ -55,6 +55,7 @@ pub mod diff;
 pub mod disk;
 pub mod drill;
 pub mod error;
+pub mod export;
 pub mod find;
 pub mod format;
 pub mod fs_at;

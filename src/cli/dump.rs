@@ -1,20 +1,25 @@
-//! `cairn dump SNAPSHOT PATH`: a file of a snapshot to standard output, chunk by chunk, each
-//! verified as it is read; memory holds one chunk at a time, whatever the file's size.
+//! `cairn dump SNAPSHOT PATH [--archive tar]`: a file of a snapshot to standard output, chunk by
+//! chunk, each verified as it is read; memory holds one chunk at a time, whatever the file's
+//! size. With `--archive tar`, a directory (or `/`, the whole snapshot) as a tar stream
+//! ([`cairn::export`]): the portable export, which any `tar` reads.
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
 use super::Context;
-use cairn::format::tree::Content;
+use cairn::format::tree::{Content, Node};
 use cairn::restore::locate;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Snapshot id, unique id prefix, or `latest` (of the filters)
     snapshot: String,
-    /// The file inside the snapshot, as `cairn ls` shows it
+    /// The file inside the snapshot, as `cairn ls` shows it (a directory, or `/`, with --archive)
     path: String,
+    /// Write PATH and everything below it as an archive of this format (`tar`: POSIX pax)
+    #[arg(long, value_name = "FORMAT", value_parser = ["tar"])]
+    archive: Option<String>,
     // Last: the heading it sets ("Which snapshots") would also cover the flags after it.
     #[command(flatten)]
     filters: super::filter::FilterArgs,
@@ -24,7 +29,23 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open_cached()?;
     let ((id, snapshot), indexed) = super::find_with_index(&repo, &args.snapshot, &args.filters)?;
     super::warn_damage(&repo);
-    let (_, node) = locate(&indexed, &snapshot, &args.path, &id.short())?;
+    let (inside, node) = locate(&indexed, &snapshot, &args.path, &id.short())?;
+    if args.archive.is_some() {
+        let (root, prefix) = match &node {
+            None => (snapshot.tree, String::new()),
+            Some(Node { content: Content::Dir { subtree }, .. }) => (*subtree, inside.trim_matches('/').to_string()),
+            Some(other) => bail!("{} is a {}: --archive takes a directory", args.path, other.content.type_name()),
+        };
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        let exported = cairn::export::tar(&indexed, &root, &prefix, &mut out)?;
+        if exported.sockets_skipped > 0 {
+            errln!(
+                "note: {} left out: a tar archive cannot hold sockets",
+                super::format::count(exported.sockets_skipped, "socket")
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let Some(node) = node else { bail!("{} is the snapshot's root, a directory: give a file in it", args.path) };
     let Content::File { chunks } = &node.content else {
         bail!("{} in snapshot {} is a {}, not a file", args.path, id.short(), node.content.type_name());

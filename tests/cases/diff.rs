@@ -177,3 +177,51 @@ fn dump_writes_a_file_of_a_snapshot_byte_for_byte() {
         );
     }
 }
+
+#[test]
+fn dump_as_tar_is_read_back_by_tar_as_the_source() {
+    let scratch = Scratch::new("dump-tar");
+    let (repo, tree) = (scratch.join("repo"), scratch.join("tree"));
+    let long = "a-name-longer-than-a-ustar-header-holds-".repeat(3);
+    let deep = tree.join(format!("dir/{long}/sub"));
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join(format!("{long}.bin")), noise(200_000, 3)).unwrap();
+    fs::write(tree.join("dir/empty"), b"").unwrap();
+    fs::write(tree.join("dir/grüße.txt"), b"non-ASCII name").unwrap();
+    fs::write(tree.join("top.txt"), b"top").unwrap();
+    fs::set_permissions(tree.join("top.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink(format!("dir/{long}/sub/{long}.bin"), tree.join("link")).unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&tree));
+
+    // The whole snapshot, extracted by tar, is the source.
+    let archive = scratch.join("all.tar");
+    let out = run(cairn(&repo).args(["dump", "latest", "/", "--archive", "tar"]));
+    assert!(out.status.success());
+    fs::write(&archive, &out.stdout).unwrap();
+    let extracted = scratch.join("extracted");
+    fs::create_dir(&extracted).unwrap();
+    let tar = std::process::Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&extracted).output().unwrap();
+    assert!(tar.status.success(), "{}", String::from_utf8_lossy(&tar.stderr));
+    // Everything below the root (whose own entry is not in the archive): types, modes, times
+    // to the nanosecond, owners, link targets and content.
+    assert_same_tree(&tree, &extracted);
+    // A directory of it, under its own name.
+    let out = run(cairn(&repo).args(["dump", "latest", "/dir", "--archive", "tar"]));
+    let listed = std::process::Command::new("tar")
+        .args(["-tf", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&out.stdout)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let names = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(names.lines().all(|n| n.starts_with("dir/")), "{names}");
+    assert!(names.contains("dir/grüße.txt"), "{names}");
+    let refused = run(cairn(&repo).args(["dump", "latest", "/top.txt", "--archive", "tar"]));
+    assert!(!refused.status.success());
+}

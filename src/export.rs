@@ -1,0 +1,211 @@
+//! A snapshot's tree as a tar stream (`cairn dump --archive tar`): the portable export, which
+//! any `tar` reads on a machine without cairn. POSIX pax format (ustar headers, with a pax
+//! extended header wherever ustar cannot say it exactly: a long or non-ASCII name or link
+//! target, a size of 8 GiB or more, ids past ustar's range, a time with nanoseconds). Files are
+//! streamed chunk by chunk, each verified; memory holds one chunk. Sockets cannot be archived
+//! and are skipped (counted).
+
+use std::io::Write;
+use std::ops::ControlFlow;
+
+use crate::error::{Error, Result};
+use crate::format::tree::{Content, Node};
+use crate::id::Id;
+use crate::repository::Indexed;
+
+const BLOCK: usize = 512;
+
+/// What went into the archive.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Exported {
+    pub entries: u64,
+    pub bytes: u64,
+    pub sockets_skipped: u64,
+}
+
+/// Writes every entry below the tree `root` to `out` as a tar stream, paths relative to it
+/// (`prefix/…` when `prefix` is not empty), then the end-of-archive blocks.
+pub fn tar(repo: &Indexed, root: &Id, prefix: &str, out: &mut dyn Write) -> Result<Exported> {
+    let mut done = Exported::default();
+    let mut failed: Option<Error> = None;
+    let base = prefix.trim_matches('/').to_string();
+    crate::walk::each_entry(repo, root, String::new(), |node, path| {
+        let name = match base.is_empty() {
+            true => path.trim_start_matches('/').to_string(),
+            false => format!("{base}{path}"),
+        };
+        match entry(repo, node, &name, out, &mut done) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                failed = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    out.write_all(&[0u8; 2 * BLOCK]).map_err(|e| Error::io("standard output", e))?;
+    out.flush().map_err(|e| Error::io("standard output", e))?;
+    Ok(done)
+}
+
+fn entry(repo: &Indexed, node: &Node, name: &str, out: &mut dyn Write, done: &mut Exported) -> Result<()> {
+    let io = |e: std::io::Error| Error::io("standard output", e);
+    let (kind, link, size, device): (u8, &[u8], u64, u64) = match &node.content {
+        Content::File { .. } => (b'0', b"", node.meta.size, 0),
+        Content::Dir { .. } => (b'5', b"", 0, 0),
+        Content::Symlink { target } => (b'2', target, 0, 0),
+        Content::Fifo => (b'6', b"", 0, 0),
+        Content::CharDevice { rdev } => (b'3', b"", 0, *rdev),
+        Content::BlockDevice { rdev } => (b'4', b"", 0, *rdev),
+        Content::Socket => {
+            done.sockets_skipped += 1;
+            return Ok(());
+        }
+    };
+    let mut name = name.as_bytes().to_vec();
+    if kind == b'5' {
+        name.push(b'/');
+    }
+    let meta = &node.meta;
+    let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
+    if name.len() > 100 || !name.is_ascii() {
+        pax.push(("path", name.clone()));
+    }
+    if link.len() > 100 || !link.is_ascii() {
+        pax.push(("linkpath", link.to_vec()));
+    }
+    if size > 0o77_777_777_777 {
+        pax.push(("size", size.to_string().into_bytes()));
+    }
+    for (key, id) in [("uid", meta.uid), ("gid", meta.gid)] {
+        if u64::from(id) > 0o7_777_777 {
+            pax.push((key, id.to_string().into_bytes()));
+        }
+    }
+    if meta.mtime_nsec != 0 || !(0..=0o77_777_777_777).contains(&meta.mtime_sec) {
+        let time = format!("{}.{:09}", meta.mtime_sec, meta.mtime_nsec);
+        pax.push(("mtime", time.into_bytes()));
+    }
+    if !pax.is_empty() {
+        let mut records = Vec::new();
+        for (key, value) in &pax {
+            records.extend(pax_record(key, value));
+        }
+        let header = header(b"PaxHeaders/entry", b'x', b"", records.len() as u64, meta, 0);
+        out.write_all(&header).map_err(io)?;
+        out.write_all(&records).map_err(io)?;
+        out.write_all(&vec![0u8; padding(records.len() as u64)]).map_err(io)?;
+    }
+    // What ustar holds where pax says better: the name's last 100 bytes, the rest cut.
+    let short = |bytes: &[u8]| bytes[bytes.len().saturating_sub(100)..].to_vec();
+    out.write_all(&header(&short(&name), kind, &short(link), size, meta, device)).map_err(io)?;
+    if let Content::File { chunks } = &node.content {
+        let mut written = 0u64;
+        for chunk in chunks {
+            let bytes = repo.read_blob(chunk)?;
+            written += bytes.len() as u64;
+            out.write_all(&bytes).map_err(io)?;
+        }
+        if written != size {
+            return Err(Error::corrupt(
+                name_text(&name),
+                format!("holds {written} bytes, not the {size} its entry says"),
+            ));
+        }
+        out.write_all(&vec![0u8; padding(size)]).map_err(io)?;
+        done.bytes += size;
+    }
+    done.entries += 1;
+    Ok(())
+}
+
+fn name_text(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+/// Zeros after `len` bytes of content, to the next block.
+fn padding(len: u64) -> usize {
+    ((BLOCK as u64 - len % BLOCK as u64) % BLOCK as u64) as usize
+}
+
+/// `LEN key=value\n`, where LEN counts the whole record, its own digits included.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    let mut record = format!("{len} {key}=").into_bytes();
+    record.extend_from_slice(value);
+    record.push(b'\n');
+    record
+}
+
+/// A ustar header block.
+fn header(
+    name: &[u8],
+    kind: u8,
+    link: &[u8],
+    size: u64,
+    meta: &crate::format::tree::Metadata,
+    device: u64,
+) -> [u8; BLOCK] {
+    let mut block = [0u8; BLOCK];
+    let put = |block: &mut [u8; BLOCK], at: usize, bytes: &[u8]| block[at..at + bytes.len()].copy_from_slice(bytes);
+    // An octal field of `width` bytes: digits, then NUL; a value too large is clipped to the
+    // largest (the pax header carries the exact one).
+    let octal = |block: &mut [u8; BLOCK], at: usize, width: usize, value: u64| {
+        let max = 8u64.pow(width as u32 - 1) - 1;
+        let text = format!("{:0w$o}", value.min(max), w = width - 1);
+        block[at..at + width - 1].copy_from_slice(text.as_bytes());
+    };
+    put(&mut block, 0, &name[..name.len().min(100)]);
+    octal(&mut block, 100, 8, u64::from(meta.mode & 0o7777));
+    octal(&mut block, 108, 8, u64::from(meta.uid));
+    octal(&mut block, 116, 8, u64::from(meta.gid));
+    octal(&mut block, 124, 12, size);
+    octal(&mut block, 136, 12, meta.mtime_sec.max(0) as u64);
+    block[156] = kind;
+    put(&mut block, 157, &link[..link.len().min(100)]);
+    put(&mut block, 257, b"ustar\x0000");
+    let (major, minor) = (libc::major(device), libc::minor(device));
+    if device != 0 {
+        octal(&mut block, 329, 8, u64::from(major));
+        octal(&mut block, 337, 8, u64::from(minor));
+    }
+    // The checksum: the bytes' sum with the field itself as spaces.
+    put(&mut block, 148, b"        ");
+    let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
+    put(&mut block, 148, format!("{sum:06o}\0 ").as_bytes());
+    block
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_records_count_their_own_length() {
+        assert_eq!(pax_record("path", b"a"), b"9 path=a\n");
+        let long = vec![b'x'; 95];
+        let record = pax_record("path", &long);
+        assert_eq!(record.len().to_string(), String::from_utf8_lossy(&record[..3]));
+        assert_eq!(padding(0), 0);
+        assert_eq!(padding(1), 511);
+        assert_eq!(padding(512), 0);
+    }
+
+    #[test]
+    fn a_header_checks_its_sum() {
+        let meta = crate::format::tree::Metadata { mode: 0o644, mtime_sec: 1_700_000_000, ..Default::default() };
+        let block = header(b"a.txt", b'0', b"", 5, &meta, 0);
+        let field = std::str::from_utf8(&block[148..154]).unwrap();
+        let mut blank = block;
+        blank[148..156].copy_from_slice(b"        ");
+        let sum: u32 = blank.iter().map(|&b| u32::from(b)).sum();
+        assert_eq!(u32::from_str_radix(field, 8).unwrap(), sum);
+        assert_eq!(&block[257..263], b"ustar\0");
+    }
+}
