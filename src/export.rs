@@ -85,8 +85,7 @@ fn entry(repo: &Indexed, node: &Node, name: &str, out: &mut dyn Write, done: &mu
         }
     }
     if meta.mtime_nsec != 0 || !(0..=0o77_777_777_777).contains(&meta.mtime_sec) {
-        let time = format!("{}.{:09}", meta.mtime_sec, meta.mtime_nsec);
-        pax.push(("mtime", time.into_bytes()));
+        pax.push(("mtime", pax_time(meta.mtime_sec, meta.mtime_nsec).into_bytes()));
     }
     if !pax.is_empty() {
         let mut records = Vec::new();
@@ -98,14 +97,19 @@ fn entry(repo: &Indexed, node: &Node, name: &str, out: &mut dyn Write, done: &mu
         out.write_all(&records).map_err(io)?;
         out.write_all(&vec![0u8; padding(records.len() as u64)]).map_err(io)?;
     }
-    // What ustar holds where pax says better: the name's last 100 bytes, the rest cut.
-    let short = |bytes: &[u8]| bytes[bytes.len().saturating_sub(100)..].to_vec();
-    out.write_all(&header(&short(&name), kind, &short(link), size, meta, device)).map_err(io)?;
+    out.write_all(&header(&ustar_name(&name), kind, &ustar_name(link), size, meta, device)).map_err(io)?;
     if let Content::File { chunks } = &node.content {
         let mut written = 0u64;
         for chunk in chunks {
             let bytes = repo.read_blob(chunk)?;
             written += bytes.len() as u64;
+            // Never more than the header announced: bytes past it would be read as headers.
+            if written > size {
+                return Err(Error::corrupt(
+                    name_text(&name),
+                    format!("holds more than the {size} bytes its entry says"),
+                ));
+            }
             out.write_all(&bytes).map_err(io)?;
         }
         if written != size {
@@ -119,6 +123,38 @@ fn entry(repo: &Indexed, node: &Node, name: &str, out: &mut dyn Write, done: &mu
     }
     done.entries += 1;
     Ok(())
+}
+
+/// What a ustar field of 100 bytes holds of a longer name (a reader that ignores the pax record
+/// still puts the entry inside the archive's directory): the whole components at its end that
+/// fit, else the end of its last component without leading dots; never absolute, never `..`.
+fn ustar_name(name: &[u8]) -> Vec<u8> {
+    if name.len() <= 100 {
+        return name.to_vec();
+    }
+    let body = name.strip_suffix(b"/").unwrap_or(name);
+    let fits = (0..body.len()).find(|&at| body[at] == b'/' && body.len() - at - 1 <= 99);
+    let mut short = match fits {
+        Some(at) => body[at + 1..].to_vec(),
+        None => {
+            let tail = &body[body.len() - 99..];
+            let tail = &tail[tail.iter().position(|&b| b != b'.' && b != b'/').unwrap_or(tail.len())..];
+            tail.to_vec()
+        }
+    };
+    if body.len() < name.len() {
+        short.push(b'/');
+    }
+    short
+}
+
+/// A pax time: seconds and nanoseconds as a decimal, negative ones too (-4.877 s is `-4.877`,
+/// not the `-5` and `.123` it is stored as).
+fn pax_time(sec: i64, nsec: u32) -> String {
+    match (sec < 0, nsec) {
+        (true, n) if n > 0 => format!("-{}.{:09}", -(sec + 1), 1_000_000_000 - n),
+        _ => format!("{sec}.{nsec:09}"),
+    }
 }
 
 fn name_text(name: &[u8]) -> String {
@@ -195,6 +231,22 @@ mod tests {
         assert_eq!(padding(0), 0);
         assert_eq!(padding(1), 511);
         assert_eq!(padding(512), 0);
+    }
+
+    #[test]
+    fn long_names_keep_whole_components_and_never_climb_out() {
+        let component = "c".repeat(40);
+        let long = format!("{component}/{component}/{component}/file").into_bytes();
+        let short = ustar_name(&long);
+        assert!(short.len() <= 100 && !short.starts_with(b"/"));
+        assert_eq!(short, format!("{component}/{component}/file").into_bytes());
+        let dots = format!("{}{}", "x".repeat(60), ".".repeat(60)).into_bytes();
+        let cut = ustar_name(&dots);
+        assert!(!cut.starts_with(b".") && cut.len() <= 100, "{}", String::from_utf8_lossy(&cut));
+        assert_eq!(ustar_name(b"short/name"), b"short/name");
+        assert_eq!(pax_time(5, 123), "5.000000123");
+        assert_eq!(pax_time(-5, 123_000_000), "-4.877000000");
+        assert_eq!(pax_time(-5, 0), "-5.000000000");
     }
 
     #[test]

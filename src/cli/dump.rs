@@ -37,7 +37,14 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             Some(other) => bail!("{} is a {}: --archive takes a directory", args.path, other.content.type_name()),
         };
         let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-        let exported = cairn::export::tar(&indexed, &root, &prefix, &mut out)?;
+        let exported = match cairn::export::tar(&indexed, &root, &prefix, &mut out) {
+            Ok(exported) => exported,
+            // Nobody reads the rest (`| head`): quietly, as the listings end.
+            Err(cairn::error::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+                return Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => return Err(e.into()),
+        };
         if exported.sockets_skipped > 0 {
             errln!(
                 "note: {} left out: a tar archive cannot hold sockets",

@@ -55,7 +55,8 @@ pub fn bytes(bytes: &[u8]) {
     if closed() || FAILED.lock().is_ok_and(|failed| failed.is_some()) {
         return;
     }
-    if let Err(e) = std::io::stdout().lock().write_all(bytes) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
         match e.kind() {
             ErrorKind::BrokenPipe => CLOSED.store(true, Relaxed),
             _ => {
