@@ -33,30 +33,22 @@ pub fn line(args: std::fmt::Arguments) {
 
 /// Writes `args` to stdout as they are, unless an earlier write failed.
 pub fn text(args: std::fmt::Arguments) {
-    if closed() || FAILED.lock().is_ok_and(|failed| failed.is_some()) {
-        return;
-    }
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
-        match e.kind() {
-            ErrorKind::BrokenPipe => CLOSED.store(true, Relaxed),
-            _ => {
-                if let Ok(mut failed) = FAILED.lock() {
-                    failed.get_or_insert(e);
-                }
-            }
-        }
-    }
+    write(|out| out.write_fmt(args));
 }
 
-/// Writes `bytes` to stdout as they are (a file's content), unless an earlier write failed; the
-/// same rules as for text.
+/// Writes `bytes` to stdout as they are (a file's content), unless an earlier write failed.
 pub fn bytes(bytes: &[u8]) {
+    write(|out| out.write_all(bytes));
+}
+
+/// Runs `put` on stdout and flushes, unless an earlier write failed; a reader gone away closes
+/// the output, another failure is kept for [`failure`].
+fn write(put: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>) {
     if closed() || FAILED.lock().is_ok_and(|failed| failed.is_some()) {
         return;
     }
     let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+    if let Err(e) = put(&mut out).and_then(|()| out.flush()) {
         match e.kind() {
             ErrorKind::BrokenPipe => CLOSED.store(true, Relaxed),
             _ => {
