@@ -27,17 +27,31 @@ pub enum Change {
     Metadata,
 }
 
-/// One entry that differs.
-#[derive(Debug, Clone, Serialize)]
+/// One entry that differs. In JSON its path is `path`, with `path_raw` beside it where the path is
+/// not UTF-8 ([`crate::names::json`]).
+#[derive(Debug, Clone)]
 pub struct Entry {
-    pub path: String,
+    /// From the snapshot's root, `/`-separated, as stored: bytes ([`crate::names::shown`]).
+    pub path: Vec<u8>,
     pub change: Change,
     /// `file`, `dir`, ...: of the entry after, or of the one removed.
-    #[serde(rename = "type")]
     pub kind: &'static str,
     /// Content bytes before and after (files; 0 otherwise); `None` where the side has no entry.
     pub size_before: Option<u64>,
     pub size_after: Option<u64>,
+}
+
+impl Serialize for Entry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        crate::names::serialize_field(&mut map, "path", "path_raw", &self.path)?;
+        map.serialize_entry("change", &self.change)?;
+        map.serialize_entry("type", self.kind)?;
+        map.serialize_entry("size_before", &self.size_before)?;
+        map.serialize_entry("size_after", &self.size_after)?;
+        map.end()
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -58,11 +72,11 @@ pub struct Summary {
 /// name order, paths from `/`; `each` may stop the walk. Returns the counts.
 pub fn diff(repo: &Indexed, old: &Id, new: &Id, mut each: impl FnMut(&Entry) -> ControlFlow<()>) -> Result<Summary> {
     let mut summary = Summary::default();
-    let trees = crate::walk::side_by_side(repo, Some(old), Some(new), String::new(), |path, a, b| {
+    let trees = crate::walk::side_by_side(repo, Some(old), Some(new), Vec::new(), |path, a, b| {
         let Some(change) = change(a, b) else { return ControlFlow::Continue(()) };
         let size = |node: Option<&Node>| node.map(|n| n.meta.size);
         let entry = Entry {
-            path: path.to_string(),
+            path: path.to_vec(),
             change,
             kind: b.or(a).map_or("?", |n| n.content.type_name()),
             size_before: size(a),

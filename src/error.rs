@@ -41,7 +41,7 @@ pub enum Error {
     #[error(transparent)]
     Select(crate::select::SelectError),
 
-    #[error("snapshot {snapshot} has no path {path:?}")]
+    #[error("snapshot {snapshot} has no path \"{path}\"")]
     NoSuchPath { snapshot: String, path: String },
 
     #[error("source path {0}: does not exist")]

@@ -3,8 +3,13 @@
 //! extended header wherever ustar cannot say it exactly: a long or non-ASCII name or link
 //! target, a size of 8 GiB or more, ids past ustar's range, a time with nanoseconds). Files are
 //! streamed chunk by chunk, each verified; memory holds one chunk. Sockets cannot be archived
-//! and are skipped (counted).
+//! and are skipped (counted). A file with other names (hard links) is archived once, at its first
+//! name; its other names are link entries to it, as `tar` writes them. Names are bytes as stored: one that is not UTF-8 goes in its pax
+//! record as it is, as GNU tar writes one, and `tar x` writes it back byte for byte (POSIX's
+//! `hdrcharset=BINARY` before it would say so too, but GNU tar warns at every such record that
+//! it ignores the keyword, and reads the bytes the same without it).
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::ops::ControlFlow;
 
@@ -25,16 +30,19 @@ pub struct Exported {
 
 /// Writes every entry below the tree `root` to `out` as a tar stream, paths relative to it
 /// (`prefix/…` when `prefix` is not empty), then the end-of-archive blocks.
-pub fn tar(repo: &Indexed, root: &Id, prefix: &str, out: &mut dyn Write) -> Result<Exported> {
+pub fn tar(repo: &Indexed, root: &Id, prefix: &[u8], out: &mut dyn Write) -> Result<Exported> {
     let mut done = Exported::default();
     let mut failed: Option<Error> = None;
-    let base = prefix.trim_matches('/').to_string();
-    crate::walk::each_entry(repo, root, String::new(), |node, path| {
+    let start = prefix.iter().position(|&b| b != b'/').unwrap_or(prefix.len());
+    let end = prefix.iter().rposition(|&b| b != b'/').map_or(start, |at| at + 1);
+    let base = &prefix[start..end];
+    let mut linked = HashMap::new();
+    crate::walk::each_entry(repo, root, Vec::new(), |node, path| {
         let name = match base.is_empty() {
-            true => path.trim_start_matches('/').to_string(),
-            false => format!("{base}{path}"),
+            true => path.strip_prefix(b"/").unwrap_or(path).to_vec(),
+            false => [base, path].concat(),
         };
-        match entry(repo, node, &name, out, &mut done) {
+        match entry(repo, node, &name, &mut linked, out, &mut done) {
             Ok(()) => ControlFlow::Continue(()),
             Err(e) => {
                 failed = Some(e);
@@ -50,21 +58,39 @@ pub fn tar(repo: &Indexed, root: &Id, prefix: &str, out: &mut dyn Write) -> Resu
     Ok(done)
 }
 
-fn entry(repo: &Indexed, node: &Node, name: &str, out: &mut dyn Write, done: &mut Exported) -> Result<()> {
+/// The first name archived of each file with several names, by device and inode.
+type Linked = HashMap<(u64, u64), Vec<u8>>;
+
+fn entry(
+    repo: &Indexed,
+    node: &Node,
+    name: &[u8],
+    linked: &mut Linked,
+    out: &mut dyn Write,
+    done: &mut Exported,
+) -> Result<()> {
     let io = |e: std::io::Error| Error::io("standard output", e);
-    let (kind, link, size, device): (u8, &[u8], u64, u64) = match &node.content {
-        Content::File { .. } => (b'0', b"", node.meta.size, 0),
-        Content::Dir { .. } => (b'5', b"", 0, 0),
-        Content::Symlink { target } => (b'2', target, 0, 0),
-        Content::Fifo => (b'6', b"", 0, 0),
-        Content::CharDevice { rdev } => (b'3', b"", 0, *rdev),
-        Content::BlockDevice { rdev } => (b'4', b"", 0, *rdev),
-        Content::Socket => {
+    let other_name = match (&node.content, node.meta.nlink > 1) {
+        (Content::File { .. }, true) => {
+            let first = linked.entry((node.meta.dev, node.meta.ino)).or_insert_with(|| name.to_vec());
+            (first[..] != *name).then(|| first.clone())
+        }
+        _ => None,
+    };
+    let (kind, link, size, device): (u8, &[u8], u64, u64) = match (&node.content, &other_name) {
+        (_, Some(first)) => (b'1', first, 0, 0),
+        (Content::File { .. }, None) => (b'0', b"", node.meta.size, 0),
+        (Content::Dir { .. }, _) => (b'5', b"", 0, 0),
+        (Content::Symlink { target }, _) => (b'2', target, 0, 0),
+        (Content::Fifo, _) => (b'6', b"", 0, 0),
+        (Content::CharDevice { rdev }, _) => (b'3', b"", 0, *rdev),
+        (Content::BlockDevice { rdev }, _) => (b'4', b"", 0, *rdev),
+        (Content::Socket, _) => {
             done.sockets_skipped += 1;
             return Ok(());
         }
     };
-    let mut name = name.as_bytes().to_vec();
+    let mut name = name.to_vec();
     if kind == b'5' {
         name.push(b'/');
     }
@@ -98,7 +124,7 @@ fn entry(repo: &Indexed, node: &Node, name: &str, out: &mut dyn Write, done: &mu
         out.write_all(&vec![0u8; padding(records.len() as u64)]).map_err(io)?;
     }
     out.write_all(&header(&ustar_name(&name), kind, &ustar_name(link), size, meta, device)).map_err(io)?;
-    if let Content::File { chunks } = &node.content {
+    if let (Content::File { chunks }, None) = (&node.content, &other_name) {
         let mut written = 0u64;
         for chunk in chunks {
             let bytes = repo.read_blob(chunk)?;
@@ -158,7 +184,7 @@ fn pax_time(sec: i64, nsec: u32) -> String {
 }
 
 fn name_text(name: &[u8]) -> String {
-    String::from_utf8_lossy(name).into_owned()
+    crate::names::shown(name).into_owned()
 }
 
 /// Zeros after `len` bytes of content, to the next block.

@@ -13,15 +13,27 @@ use crate::format::tree::Node;
 use crate::id::Id;
 use crate::repository::Indexed;
 
-/// An entry a pattern matched.
-#[derive(Debug, Clone, Serialize)]
+/// An entry a pattern matched. In JSON its path is `path`, with `path_raw` beside it where the
+/// path is not UTF-8 ([`crate::names::json`]).
+#[derive(Debug, Clone)]
 pub struct Found {
-    /// As `cairn ls` shows it: from the snapshot's root, `/`-separated.
-    pub path: String,
-    #[serde(rename = "type")]
+    /// From the snapshot's root, `/`-separated, as stored: bytes ([`crate::names::shown`]).
+    pub path: Vec<u8>,
     pub kind: &'static str,
     pub size: u64,
     pub mtime: i64,
+}
+
+impl Serialize for Found {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        crate::names::serialize_field(&mut map, "path", "path_raw", &self.path)?;
+        map.serialize_entry("type", self.kind)?;
+        map.serialize_entry("size", &self.size)?;
+        map.serialize_entry("mtime", &self.mtime)?;
+        map.end()
+    }
 }
 
 /// Calls `each` with every snapshot of `snapshots` (in their order) and what `pattern` matches
@@ -29,10 +41,10 @@ pub struct Found {
 pub fn find(
     repo: &Indexed,
     snapshots: &[(Id, Snapshot)],
-    pattern: &str,
+    pattern: &[u8],
     mut each: impl FnMut(&Id, &Snapshot, &[Found]) -> ControlFlow<()>,
 ) -> Result<()> {
-    let pattern = pattern.trim_end_matches('/').as_bytes().to_vec();
+    let pattern = pattern.strip_suffix(b"/").unwrap_or(pattern).to_vec();
     let whole_path = pattern.contains(&b'/');
     // The last root walked and what matched in it: snapshots between which nothing changed are
     // next to each other in time, and one root's matches are all that is held.
@@ -40,11 +52,11 @@ pub fn find(
     for (id, snapshot) in snapshots {
         if !last.as_ref().is_some_and(|(root, _)| *root == snapshot.tree) {
             let mut found = Vec::new();
-            crate::walk::each_entry(repo, &snapshot.tree, String::new(), |node: &Node, path: &str| {
-                let text = if whole_path { path.as_bytes() } else { &node.name[..] };
+            crate::walk::each_entry(repo, &snapshot.tree, Vec::new(), |node: &Node, path: &[u8]| {
+                let text = if whole_path { path } else { &node.name[..] };
                 if crate::source::exclude::glob(&pattern, text) {
                     found.push(Found {
-                        path: path.to_string(),
+                        path: path.to_vec(),
                         kind: node.content.type_name(),
                         size: node.meta.size,
                         mtime: node.meta.mtime_sec,

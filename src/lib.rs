@@ -62,6 +62,7 @@ pub mod fs_at;
 pub mod host;
 pub mod id;
 pub mod knobs;
+pub mod names;
 pub mod progress;
 pub mod prune;
 pub mod repair;

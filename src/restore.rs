@@ -51,7 +51,7 @@ pub mod in_place;
 pub struct RestoreOptions {
     pub target: PathBuf,
     /// Paths inside the snapshot to restore (relative to its root); empty restores everything.
-    pub includes: Vec<String>,
+    pub includes: Vec<Vec<u8>>,
     /// Leave existing files whose content already matches the snapshot (their metadata is still
     /// restored), so a restore into a non-empty target writes only what differs.
     pub skip_identical: bool,
@@ -108,15 +108,15 @@ struct Restorer<'a> {
 }
 
 /// Splits an include path into its components, ignoring `/`, `.` and empty parts.
-fn components(path: &str) -> Vec<&[u8]> {
-    path.as_bytes().split(|&b| b == b'/').filter(|p| !p.is_empty() && *p != b".").collect()
+fn components(path: &[u8]) -> Vec<&[u8]> {
+    path.split(|&b| b == b'/').filter(|p| !p.is_empty() && *p != b".").collect()
 }
 
 /// Finds the node at `path` below the root tree; `None` for the root itself. One tree is read
 /// per component, in a loop: a path of any depth costs no stack.
-pub fn find_node(repo: &Indexed, root: &Id, path: &str, snapshot: &str) -> Result<Option<Node>> {
+pub fn find_node(repo: &Indexed, root: &Id, path: &[u8], snapshot: &str) -> Result<Option<Node>> {
     let parts = components(path);
-    let missing = || Error::NoSuchPath { snapshot: snapshot.to_string(), path: path.to_string() };
+    let missing = || Error::NoSuchPath { snapshot: snapshot.to_string(), path: crate::names::shown(path).into_owned() };
     let mut tree = repo.read_tree(root)?;
     let mut found = None;
     for (i, part) in parts.iter().enumerate() {
@@ -132,11 +132,43 @@ pub fn find_node(repo: &Indexed, root: &Id, path: &str, snapshot: &str) -> Resul
     Ok(found)
 }
 
+/// A path found in a snapshot ([`locate`]).
+#[derive(Debug, Clone)]
+pub struct Located {
+    /// The path as it was meant: as given, or what its escapes stand for.
+    pub meant: Vec<u8>,
+    /// Its path in the snapshot's tree.
+    pub inside: Vec<u8>,
+    /// Its entry; `None` for the tree's root.
+    pub node: Option<Node>,
+}
+
 /// The node at `path` in `snapshot` ([`find_node`]; `short` names the snapshot in errors), with
 /// the path it has in the tree. A snapshot of one directory holds its contents at its root, so
 /// where the tree has no such path, the directory's own path (as `cairn snapshot` was given it)
-/// names the root and the paths below it the entries below.
-pub fn locate(repo: &Indexed, snapshot: &Snapshot, path: &str, short: &str) -> Result<(String, Option<Node>)> {
+/// names the root and the paths below it the entries below. A path with none of these that is
+/// the escaped form `cairn ls` shows of a name ([`crate::names::unescape`]) names that name.
+pub fn locate(repo: &Indexed, snapshot: &Snapshot, path: &[u8], short: &str) -> Result<Located> {
+    let found = |meant: &[u8]| {
+        locate_exactly(repo, snapshot, meant, short).map(|(inside, node)| Located {
+            meant: meant.to_vec(),
+            inside,
+            node,
+        })
+    };
+    match found(path) {
+        Err(missing @ Error::NoSuchPath { .. }) => match crate::names::unescape(path) {
+            Some(unescaped) => match found(&unescaped) {
+                Err(Error::NoSuchPath { .. }) => Err(missing),
+                found => found,
+            },
+            None => Err(missing),
+        },
+        found => found,
+    }
+}
+
+fn locate_exactly(repo: &Indexed, snapshot: &Snapshot, path: &[u8], short: &str) -> Result<(Vec<u8>, Option<Node>)> {
     match find_node(repo, &snapshot.tree, path, short) {
         Err(missing @ Error::NoSuchPath { .. }) => match snapshot.below_its_path(path) {
             Some(inside) => match find_node(repo, &snapshot.tree, &inside, short) {
@@ -146,7 +178,7 @@ pub fn locate(repo: &Indexed, snapshot: &Snapshot, path: &str, short: &str) -> R
             },
             None => Err(missing),
         },
-        found => found.map(|node| (path.to_string(), node)),
+        found => found.map(|node| (path.to_vec(), node)),
     }
 }
 
@@ -156,15 +188,15 @@ type Selection = Vec<(Vec<Vec<u8>>, Option<Node>)>;
 
 /// `id` names the snapshot in the error for an include it lacks: the id the user gave or chose,
 /// not its root tree's.
-fn select(repo: &Indexed, id: &Id, snapshot: &Snapshot, includes: &[String]) -> Result<Selection> {
+fn select(repo: &Indexed, id: &Id, snapshot: &Snapshot, includes: &[Vec<u8>]) -> Result<Selection> {
     if includes.is_empty() {
         return Ok(vec![(Vec::new(), None)]);
     }
     let short = id.short();
     let mut selected = Vec::new();
     for include in includes {
-        let (include, node) = locate(repo, snapshot, include, &short)?;
-        selected.push((components(&include).iter().map(|p| p.to_vec()).collect::<Vec<_>>(), node));
+        let Located { inside, node, .. } = locate(repo, snapshot, include, &short)?;
+        selected.push((components(&inside).iter().map(|p| p.to_vec()).collect::<Vec<_>>(), node));
     }
     Ok(outermost(selected))
 }
@@ -255,7 +287,7 @@ impl Planner<'_> {
     fn walk(&mut self, tree: Id, depth: usize) {
         self.entering = depth;
         // The visitor fails nowhere: an unreadable tree is left out.
-        let _ = depth_first(&tree, String::new(), self);
+        let _ = depth_first(&tree, Vec::new(), self);
     }
 
     fn file(&mut self, node: &Node) {
@@ -271,11 +303,11 @@ impl Visitor for Planner<'_> {
     type State = usize;
     const PATHS: bool = false;
 
-    fn open(&mut self, id: &Id, _: &str) -> Result<Option<(Tree, usize)>> {
+    fn open(&mut self, id: &Id, _: &[u8]) -> Result<Option<(Tree, usize)>> {
         Ok(self.repo.read_tree(id).ok().map(|tree| (tree, self.entering)))
     }
 
-    fn entry(&mut self, dir: &mut Open<usize>, at: usize, _: &str) -> Result<Step> {
+    fn entry(&mut self, dir: &mut Open<usize>, at: usize, _: &[u8]) -> Result<Step> {
         let node = &dir.tree.nodes[at];
         match &node.content {
             Content::Dir { .. } if dir.state + 1 < ROUND_DEPTH => {
@@ -767,7 +799,7 @@ mod tests {
 
     #[test]
     fn includes_inside_another_are_restored_once() {
-        let parts = |path: &str| components(path).iter().map(|p| p.to_vec()).collect::<Vec<_>>();
+        let parts = |path: &str| components(path.as_bytes()).iter().map(|p| p.to_vec()).collect::<Vec<_>>();
         let selected = ["a/b", "b", "a", "a/b/c", "ab", "b", "./a//c"].iter().map(|p| (parts(p), None)).collect();
         let kept: Vec<Vec<Vec<u8>>> = outermost(selected).into_iter().map(|(parts, _)| parts).collect();
         assert_eq!(kept, vec![parts("a"), parts("ab"), parts("b")]);

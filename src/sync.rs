@@ -618,7 +618,7 @@ impl Recoded<'_> {
     /// The destination id of the source tree `id`, storing it and everything below it: subtrees
     /// are recoded before the trees that name them, as a [`depth_first`] walk closes them.
     fn tree(&mut self, id: Id) -> Result<Id> {
-        depth_first(&id, String::new(), self)?;
+        depth_first(&id, Vec::new(), self)?;
         Ok(self.trees[&id])
     }
 
@@ -639,14 +639,14 @@ impl Visitor for Recoded<'_> {
     type State = ();
     const PATHS: bool = false;
 
-    fn open(&mut self, id: &Id, _: &str) -> Result<Option<(Tree, ())>> {
+    fn open(&mut self, id: &Id, _: &[u8]) -> Result<Option<(Tree, ())>> {
         match self.trees.contains_key(id) {
             true => Ok(None),
             false => Ok(Some((self.source.read_tree(id)?, ()))),
         }
     }
 
-    fn entry(&mut self, dir: &mut Open<()>, at: usize, _: &str) -> Result<Step> {
+    fn entry(&mut self, dir: &mut Open<()>, at: usize, _: &[u8]) -> Result<Step> {
         match &mut dir.tree.nodes[at].content {
             Content::Dir { subtree } => match self.trees.get(subtree) {
                 Some(done) => *subtree = *done,
@@ -663,7 +663,7 @@ impl Visitor for Recoded<'_> {
     }
 
     /// Stores the recoded tree, and names it in its parent's node.
-    fn close(&mut self, done: Open<()>, parent: Option<&mut Open<()>>, _: &str) -> Result<()> {
+    fn close(&mut self, done: Open<()>, parent: Option<&mut Open<()>>, _: &[u8]) -> Result<()> {
         let new = self.store.store(BlobKind::Tree, &done.tree.encode())?;
         self.trees.insert(done.id, new);
         if let Some(parent) = parent {

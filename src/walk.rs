@@ -56,13 +56,13 @@ pub trait Visitor {
 
     /// Opens the directory `id`, at `path`, to walk it: its tree and state, or `None` to leave it
     /// out (already walked, or unreadable: the visitor says so as it wishes).
-    fn open(&mut self, id: &Id, path: &str) -> Result<Option<(Tree, Self::State)>>;
+    fn open(&mut self, id: &Id, path: &[u8]) -> Result<Option<(Tree, Self::State)>>;
 
     /// The entry `dir.tree.nodes[at]`, at `path` (which the visitor may change in place).
-    fn entry(&mut self, dir: &mut Open<Self::State>, at: usize, path: &str) -> Result<Step>;
+    fn entry(&mut self, dir: &mut Open<Self::State>, at: usize, path: &[u8]) -> Result<Step>;
 
     /// `done`, at `path`, has had all its entries visited; `parent` holds it (`None` at the root).
-    fn close(&mut self, done: Open<Self::State>, parent: Option<&mut Open<Self::State>>, path: &str) -> Result<()> {
+    fn close(&mut self, done: Open<Self::State>, parent: Option<&mut Open<Self::State>>, path: &[u8]) -> Result<()> {
         let _ = (done, parent, path);
         Ok(())
     }
@@ -70,8 +70,8 @@ pub trait Visitor {
 
 /// Walks the tree `root` depth first, entries in their stored (name) order, a directory's whole
 /// content before its next sibling; paths are `prefix`, then `/` and each name. Fails at the
-/// first error the visitor returns.
-pub fn depth_first<V: Visitor>(root: &Id, mut path: String, visitor: &mut V) -> Result<()> {
+/// first error the visitor returns. Paths are bytes, as names are ([`crate::names`] shows them).
+pub fn depth_first<V: Visitor>(root: &Id, mut path: Vec<u8>, visitor: &mut V) -> Result<()> {
     let mut stack: Vec<Open<V::State>> = Vec::new();
     if let Some((tree, state)) = visitor.open(root, &path)? {
         stack.push(Open { id: *root, tree, next: 0, state, path_len: path.len() });
@@ -87,8 +87,8 @@ pub fn depth_first<V: Visitor>(root: &Id, mut path: String, visitor: &mut V) -> 
         dir.next += 1;
         if V::PATHS {
             path.truncate(dir.path_len);
-            path.push('/');
-            path.push_str(&String::from_utf8_lossy(&node.name));
+            path.push(b'/');
+            path.extend_from_slice(&node.name);
         }
         match visitor.entry(dir, at, &path)? {
             Step::Descend => {
@@ -110,19 +110,19 @@ pub fn depth_first<V: Visitor>(root: &Id, mut path: String, visitor: &mut V) -> 
 pub fn each_entry(
     repo: &Indexed,
     root: &Id,
-    prefix: String,
-    visit: impl FnMut(&Node, &str) -> ControlFlow<()>,
+    prefix: Vec<u8>,
+    visit: impl FnMut(&Node, &[u8]) -> ControlFlow<()>,
 ) -> Result<()> {
     struct Entries<'a, F> {
         repo: &'a Indexed<'a>,
         visit: F,
     }
-    impl<F: FnMut(&Node, &str) -> ControlFlow<()>> Visitor for Entries<'_, F> {
+    impl<F: FnMut(&Node, &[u8]) -> ControlFlow<()>> Visitor for Entries<'_, F> {
         type State = ();
-        fn open(&mut self, id: &Id, _: &str) -> Result<Option<(Tree, ())>> {
+        fn open(&mut self, id: &Id, _: &[u8]) -> Result<Option<(Tree, ())>> {
             Ok(Some((self.repo.read_tree(id)?, ())))
         }
-        fn entry(&mut self, dir: &mut Open<()>, at: usize, path: &str) -> Result<Step> {
+        fn entry(&mut self, dir: &mut Open<()>, at: usize, path: &[u8]) -> Result<Step> {
             Ok(match (self.visit)(&dir.tree.nodes[at], path) {
                 ControlFlow::Break(()) => Step::Stop,
                 ControlFlow::Continue(()) => Step::Descend,
@@ -148,8 +148,8 @@ pub fn side_by_side(
     repo: &Indexed,
     old: Option<&Id>,
     new: Option<&Id>,
-    mut path: String,
-    mut visit: impl FnMut(&str, Option<&Node>, Option<&Node>) -> ControlFlow<()>,
+    mut path: Vec<u8>,
+    mut visit: impl FnMut(&[u8], Option<&Node>, Option<&Node>) -> ControlFlow<()>,
 ) -> Result<u64> {
     let mut read = 0u64;
     let mut open = |old: Option<&Id>, new: Option<&Id>, path_len: usize| -> Result<Pair> {
@@ -191,9 +191,8 @@ pub fn side_by_side(
         };
         dir.next += 1;
         path.truncate(dir.path_len);
-        path.push('/');
-        let name = a.as_ref().or(b.as_ref()).map(|node| String::from_utf8_lossy(&node.name)).unwrap_or_default();
-        path.push_str(&name);
+        path.push(b'/');
+        path.extend_from_slice(a.as_ref().or(b.as_ref()).map_or(&[][..], |node| &node.name));
         if visit(&path, a.as_ref(), b.as_ref()).is_break() {
             break;
         }

@@ -75,7 +75,7 @@ impl Walker<'_> {
         }
         let mut walk = SnapshotWalk { walker: self, snapshot, damaged: HashMap::new(), opened: None };
         // The visitor never fails: what it finds is recorded, and the walk goes on.
-        let _ = depth_first(root, String::new(), &mut walk);
+        let _ = depth_first(root, Vec::new(), &mut walk);
     }
 
     /// Reads the tree `id` to walk it, or says why it cannot be.
@@ -123,7 +123,7 @@ struct SnapshotWalk<'w, 'a> {
 impl Visitor for SnapshotWalk<'_, '_> {
     type State = bool;
 
-    fn open(&mut self, id: &Id, _: &str) -> Result<Option<(Tree, bool)>> {
+    fn open(&mut self, id: &Id, _: &[u8]) -> Result<Option<(Tree, bool)>> {
         if let Some(tree) = self.opened.take() {
             return Ok(Some((tree, true)));
         }
@@ -136,7 +136,8 @@ impl Visitor for SnapshotWalk<'_, '_> {
         }
     }
 
-    fn entry(&mut self, dir: &mut Open<bool>, at: usize, path: &str) -> Result<Step> {
+    fn entry(&mut self, dir: &mut Open<bool>, at: usize, path: &[u8]) -> Result<Step> {
+        let path = crate::names::shown(path);
         let walker = &mut *self.walker;
         match &dir.tree.nodes[at].content {
             Content::Dir { subtree } if walker.clean.contains(subtree) => {}
@@ -184,13 +185,13 @@ impl Visitor for SnapshotWalk<'_, '_> {
         Ok(Step::Skip)
     }
 
-    fn close(&mut self, done: Open<bool>, parent: Option<&mut Open<bool>>, path: &str) -> Result<()> {
+    fn close(&mut self, done: Open<bool>, parent: Option<&mut Open<bool>>, path: &[u8]) -> Result<()> {
         if done.state {
             self.walker.clean.insert(done.id);
         }
         if let Some(parent) = parent {
             if !done.state {
-                self.damaged.insert(done.id, path.to_string());
+                self.damaged.insert(done.id, crate::names::shown(path).into_owned());
             }
             parent.state &= done.state;
         }

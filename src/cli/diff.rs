@@ -81,5 +81,5 @@ fn line(entry: &Entry) -> String {
         }
         _ => String::new(),
     };
-    format!("{mark}    {}{dir}{size}", entry.path)
+    format!("{mark}    {}{dir}{size}", cairn::names::shown(&entry.path))
 }

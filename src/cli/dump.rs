@@ -3,6 +3,8 @@
 //! size. With `--archive tar`, a directory (or `/`, the whole snapshot) as a tar stream
 //! ([`cairn::export`]): the portable export, which any `tar` reads.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt as _;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
@@ -16,7 +18,7 @@ pub struct Args {
     /// Snapshot id, unique id prefix, or `latest` (of the filters)
     snapshot: String,
     /// The file inside the snapshot, as `cairn ls` shows it (a directory, or `/`, with --archive)
-    path: String,
+    path: OsString,
     /// Write PATH and everything below it as an archive of this format (`tar`: POSIX pax)
     #[arg(long, value_name = "FORMAT", value_parser = ["tar"])]
     archive: Option<String>,
@@ -29,12 +31,14 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open_cached()?;
     let ((id, snapshot), indexed) = super::find_with_index(&repo, &args.snapshot, &args.filters)?;
     super::warn_damage(&repo);
-    let (inside, node) = locate(&indexed, &snapshot, &args.path, &id.short())?;
+    let located = locate(&indexed, &snapshot, args.path.as_bytes(), &id.short())?;
+    let (inside, node) = (located.inside, located.node);
+    let path = cairn::names::shown(&located.meant);
     if args.archive.is_some() {
         let (root, prefix) = match &node {
-            None => (snapshot.tree, String::new()),
-            Some(Node { content: Content::Dir { subtree }, .. }) => (*subtree, inside.trim_matches('/').to_string()),
-            Some(other) => bail!("{} is a {}: --archive takes a directory", args.path, other.content.type_name()),
+            None => (snapshot.tree, Vec::new()),
+            Some(Node { content: Content::Dir { subtree }, .. }) => (*subtree, inside),
+            Some(other) => bail!("{path} is a {}: --archive takes a directory", other.content.type_name()),
         };
         let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
         let exported = match cairn::export::tar(&indexed, &root, &prefix, &mut out) {
@@ -53,9 +57,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(node) = node else { bail!("{} is the snapshot's root, a directory: give a file in it", args.path) };
+    let Some(node) = node else { bail!("{path} is the snapshot's root, a directory: give a file in it") };
     let Content::File { chunks } = &node.content else {
-        bail!("{} in snapshot {} is a {}, not a file", args.path, id.short(), node.content.type_name());
+        bail!("{path} in snapshot {} is a {}, not a file", id.short(), node.content.type_name());
     };
     let mut written = 0u64;
     for chunk in chunks {
@@ -67,11 +71,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         super::output::bytes(&bytes);
     }
     if written != node.meta.size {
-        bail!(
-            "{} holds {written} bytes, not the {} its entry says: the snapshot is damaged",
-            args.path,
-            node.meta.size
-        );
+        bail!("{} holds {written} bytes, not the {} its entry says: the snapshot is damaged", path, node.meta.size);
     }
     Ok(ExitCode::SUCCESS)
 }

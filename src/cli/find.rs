@@ -1,7 +1,9 @@
 //! `cairn find PATTERN [--source NAME] [FILTERS]`: which snapshots hold matching paths, newest
 //! first ([`cairn::find`]).
 
+use std::ffi::OsString;
 use std::ops::ControlFlow;
+use std::os::unix::ffi::OsStrExt as _;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -11,8 +13,9 @@ use super::{format, Context};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// A name (`*.db`, `settings.json`: at any depth) or a path from the snapshot's root
-    /// (`/config/*.toml`, `/data/**/x?`); `*` within a name, `**` across, `?` one character
-    pattern: String,
+    /// (`/config/*.toml`, `/data/**/x?`); `*` within a name, `**` across, `?` one character.
+    /// Names are matched as the bytes they are: a name that is not UTF-8 is given as it is
+    pattern: OsString,
     // Last: the heading it sets ("Which snapshots") would also cover the flags after it.
     #[command(flatten)]
     filters: super::filter::FilterArgs,
@@ -26,7 +29,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     snapshots.reverse(); // newest first
     let mut results = Vec::new();
     let mut matched = 0usize;
-    cairn::find::find(&indexed, &snapshots, &args.pattern, |id, snapshot, found| {
+    cairn::find::find(&indexed, &snapshots, args.pattern.as_bytes(), |id, snapshot, found| {
         matched += 1;
         if context.json {
             results.push(serde_json::json!({
@@ -48,7 +51,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
                 "  {:>10}  {}  {}{}",
                 format::bytes(entry.size),
                 format::utc(entry.mtime),
-                entry.path,
+                cairn::names::shown(&entry.path),
                 if entry.kind == "dir" { "/" } else { "" }
             );
         }
@@ -58,10 +61,10 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         outln!("{}", serde_json::Value::Array(results));
     } else if !context.quiet {
         outln!(
-            "{} of {} hold a match for {:?}",
+            "{} of {} hold a match for \"{}\"",
             format::count(matched as u64, "snapshot"),
             snapshots.len(),
-            args.pattern
+            cairn::names::shown(args.pattern.as_bytes())
         );
     }
     Ok(ExitCode::SUCCESS)

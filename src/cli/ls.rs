@@ -1,6 +1,8 @@
 //! `cairn ls SNAPSHOT [PATH]`: list a snapshot's entries, recursively from PATH.
 
+use std::ffi::OsString;
 use std::ops::ControlFlow;
+use std::os::unix::ffi::OsStrExt as _;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -17,9 +19,9 @@ pub struct Args {
     snapshot: String,
     #[command(flatten)]
     filters: super::filter::FilterArgs,
-    /// Path inside the snapshot to list from
+    /// Path inside the snapshot to list from (as given, or as `ls` shows it, escapes and all)
     #[arg(default_value = "/")]
-    path: String,
+    path: OsString,
     /// Show type, mode, size and mtime
     #[arg(long, short)]
     long: bool,
@@ -29,9 +31,14 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.open_cached()?;
     let ((id, snapshot), indexed) = super::find_with_index(&repo, &args.snapshot, &args.filters)?;
     super::warn_damage(&repo);
-    let (_, start) = locate(&indexed, &snapshot, &args.path, &id.short())?;
-    let prefix = args.path.trim_end_matches('/').to_string();
-    let prefix = if prefix.is_empty() || prefix.starts_with('/') { prefix } else { format!("/{prefix}") };
+    let located = locate(&indexed, &snapshot, args.path.as_bytes(), &id.short())?;
+    let (start, mut prefix) = (located.node, located.meant);
+    while prefix.last() == Some(&b'/') {
+        prefix.pop();
+    }
+    if !prefix.is_empty() && !prefix.starts_with(b"/") {
+        prefix.insert(0, b'/');
+    }
     let lister = Lister { repo: &indexed, json: context.json, long: args.long };
     match start {
         None => lister.walk(&snapshot.tree, prefix)?,
@@ -53,7 +60,7 @@ struct Lister<'a> {
 
 impl Lister<'_> {
     /// Prints every entry below the tree `id`, until nobody reads the output.
-    fn walk(&self, id: &cairn::id::Id, prefix: String) -> Result<()> {
+    fn walk(&self, id: &cairn::id::Id, prefix: Vec<u8>) -> Result<()> {
         cairn::walk::each_entry(self.repo, id, prefix, |node, path| {
             if super::output::closed() {
                 return ControlFlow::Break(()); // nobody reads the rest
@@ -64,11 +71,14 @@ impl Lister<'_> {
         Ok(())
     }
 
-    fn print(&self, node: &Node, path: &str) {
+    /// One line: text with names as [`cairn::names::shown`] shows them, or JSON carrying them
+    /// losslessly ([`cairn::names::json`]: `path_raw` and `target_raw` where not UTF-8).
+    fn print(&self, node: &Node, path: &[u8]) {
         let m = &node.meta;
         if self.json {
+            let (text, raw) = cairn::names::json(path);
             let mut entry = serde_json::json!({
-                "path": path,
+                "path": text,
                 "type": node.content.type_name(),
                 "mode": m.mode,
                 "uid": m.uid,
@@ -77,13 +87,23 @@ impl Lister<'_> {
                 "mtime": m.mtime_sec,
                 "mtime_nsec": m.mtime_nsec,
             });
+            if let Some(raw) = raw {
+                entry["path_raw"] = raw.into();
+            }
             if let Content::Symlink { target } = &node.content {
-                entry["target"] = String::from_utf8_lossy(target).into();
+                let (text, raw) = cairn::names::json(target);
+                entry["target"] = text.into();
+                if let Some(raw) = raw {
+                    entry["target_raw"] = raw.into();
+                }
             }
             outln!("{entry}");
-        } else if self.long {
+            return;
+        }
+        let path = cairn::names::shown(path);
+        if self.long {
             let link = match &node.content {
-                Content::Symlink { target } => format!(" -> {}", String::from_utf8_lossy(target)),
+                Content::Symlink { target } => format!(" -> {}", cairn::names::shown(target)),
                 _ => String::new(),
             };
             outln!(

@@ -18,9 +18,9 @@ pub struct Args {
     /// Directory to restore into (created if missing)
     #[arg(long, short, value_name = "DIR")]
     target: PathBuf,
-    /// Restore only this path inside the snapshot (repeatable)
+    /// Restore only this path inside the snapshot (repeatable), as given or as `cairn ls` shows it
     #[arg(long = "include", value_name = "PATH")]
-    includes: Vec<String>,
+    includes: Vec<std::ffi::OsString>,
     /// Keep existing files whose content already matches the snapshot; write only what differs
     /// (writes into the target directly, as --overwrite)
     #[arg(long, conflicts_with = "in_place")]
@@ -62,7 +62,11 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let skip = super::local_repository(&context.location());
     let options = in_place::Options {
         target: args.target.clone(),
-        includes: args.includes,
+        includes: args
+            .includes
+            .iter()
+            .map(|p| std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec())
+            .collect(),
         mode,
         delete: args.delete,
         dry_run: args.dry_run,

@@ -35,7 +35,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         .iter()
         .map(|(id, s)| {
             let status = if s.is_complete() { "ok".to_string() } else { format!("incomplete({})", s.errors.len()) };
-            let paths: Vec<_> = s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+            let paths: Vec<_> = s.paths.iter().map(|p| cairn::names::shown(p).into_owned()).collect();
             [
                 id.short(),
                 format::utc(s.time_sec),
@@ -86,7 +86,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
 
 /// A snapshot's manifest as `--json` lists it (and `cairn serve` answers it).
 pub fn manifest(id: &cairn::id::Id, s: &cairn::format::snapshot::Snapshot) -> serde_json::Value {
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "id": id.to_hex(),
         "short_id": id.short(),
         "time": s.time_sec,
@@ -95,14 +95,20 @@ pub fn manifest(id: &cairn::id::Id, s: &cairn::format::snapshot::Snapshot) -> se
         "hostname": s.hostname,
         "username": s.username,
         "source": s.source,
-        "paths": s.paths.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>(),
+        "paths": s.paths.iter().map(|p| cairn::names::json(p).0).collect::<Vec<_>>(),
         "tags": s.tags,
         "tree": s.tree.to_hex(),
         "parent": s.parent.map(|p| p.to_hex()),
         "complete": s.is_complete(),
         "errors": s.errors,
         "summary": s.summary,
-    })
+    });
+    // The bytes of paths that are not UTF-8, in base64 where they are (null where not).
+    let raw: Vec<Option<String>> = s.paths.iter().map(|p| cairn::names::json(p).1).collect();
+    if raw.iter().any(Option::is_some) {
+        json["paths_raw"] = raw.into();
+    }
+    json
 }
 
 /// How the repository is protected, in words for listings.

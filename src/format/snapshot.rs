@@ -75,12 +75,14 @@ pub fn clip(text: &str, max: usize) -> String {
     text[..end].to_string()
 }
 
-/// What a snapshot is "of", for grouping runs: its `--source` name, or else its paths.
+/// What a snapshot is "of", for grouping runs: its `--source` name, or else its paths (each as
+/// JSON carries it, [`crate::names::json`]: two paths that differ only in bytes that are not
+/// UTF-8 are two sources, never one).
 pub fn source_key(source: &str, paths: &[Vec<u8>]) -> String {
     if !source.is_empty() {
         return source.to_string();
     }
-    paths.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>().join(" ")
+    paths.iter().map(|p| crate::names::json(p).0).collect::<Vec<_>>().join(" ")
 }
 
 impl Snapshot {
@@ -91,11 +93,16 @@ impl Snapshot {
     /// Where the absolute source path `path` lies in the tree of a snapshot of one path, which
     /// holds that path's contents at its root: `""` for the path itself, the rest for a path
     /// below it; `None` for any other path or snapshot.
-    pub fn below_its_path(&self, path: &str) -> Option<String> {
+    pub fn below_its_path(&self, path: &[u8]) -> Option<Vec<u8>> {
         let [only] = &self.paths[..] else { return None };
-        let only = String::from_utf8_lossy(only);
-        let rest = path.trim_end_matches('/').strip_prefix(only.trim_end_matches('/'))?;
-        (rest.is_empty() || rest.starts_with('/')).then(|| rest.to_string())
+        fn trimmed(mut p: &[u8]) -> &[u8] {
+            while let Some(shorter) = p.strip_suffix(b"/") {
+                p = shorter;
+            }
+            p
+        }
+        let rest = trimmed(path).strip_prefix(trimmed(only))?;
+        (rest.is_empty() || rest.starts_with(b"/")).then(|| rest.to_vec())
     }
 
     /// The source name and tag of the safety snapshots that in-place restores take.

@@ -81,7 +81,7 @@ pub enum Mode {
 pub struct Options {
     pub target: PathBuf,
     /// Paths inside the snapshot to restore; empty restores everything.
-    pub includes: Vec<String>,
+    pub includes: Vec<Vec<u8>>,
     pub mode: Mode,
     /// Remove what the snapshot (its included part) does not have ([`Mode::InPlace`] only).
     pub delete: bool,

@@ -451,9 +451,16 @@ fn kill_9_of_the_server_mid_backup_leaves_a_consistent_repository() {
         assert!(Instant::now() < deadline, "no snapshot process started");
         std::thread::sleep(Duration::from_millis(20));
     };
+    // The snapshot runs in slices of 5 ms between stops, and the repository is looked at while it
+    // is stopped: on a loaded machine this test's own thread may sleep for longer than the whole
+    // 400 MiB takes, and the kill must come in the middle whatever the scheduler does.
+    let signal = |name: &str| Command::new("kill").args([name, &child]).status().unwrap().success();
+    assert!(signal("-STOP"), "the snapshot process ended before it could be stopped");
     while files("packs") == packs_before || files("audit") == records_before {
         assert!(Instant::now() < deadline, "the snapshot wrote no pack or no start record");
-        std::thread::sleep(Duration::from_millis(10));
+        assert!(signal("-CONT"));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(signal("-STOP"), "the snapshot process ended before it was killed");
     }
     let _ = Command::new("kill").args(["-9", &pid.to_string(), &child]).status();
     drop(served);

@@ -127,13 +127,13 @@ pub(crate) struct Walker<'a> {
 
 /// The [`Want`] of a restore of `includes` (all of the snapshot when empty or when one is the
 /// root). An include inside another one is covered by it.
-pub(crate) fn want_of(repo: &Indexed, snapshot: &Snapshot, includes: &[String], short: &str) -> Result<Want> {
+pub(crate) fn want_of(repo: &Indexed, snapshot: &Snapshot, includes: &[Vec<u8>], short: &str) -> Result<Want> {
     let tree = &snapshot.tree;
     let mut found = Vec::new();
     for include in includes {
         match super::super::locate(repo, snapshot, include, short)? {
-            (include, Some(node)) => found.push((split(&include), node)),
-            (_, None) => return Ok(Want::Tree(*tree)),
+            super::super::Located { inside, node: Some(node), .. } => found.push((split(&inside), node)),
+            super::super::Located { node: None, .. } => return Ok(Want::Tree(*tree)),
         }
     }
     if found.is_empty() {
@@ -150,12 +150,12 @@ pub(crate) fn want_of(repo: &Indexed, snapshot: &Snapshot, includes: &[String], 
 }
 
 /// An include path's components, without `/`, `.` and empty parts (as restore splits them).
-fn split(path: &str) -> Vec<Vec<u8>> {
-    path.as_bytes().split(|&b| b == b'/').filter(|p| !p.is_empty() && *p != b".").map(<[u8]>::to_vec).collect()
+fn split(path: &[u8]) -> Vec<Vec<u8>> {
+    path.split(|&b| b == b'/').filter(|p| !p.is_empty() && *p != b".").map(<[u8]>::to_vec).collect()
 }
 
 fn shown(path: &[Vec<u8>]) -> String {
-    String::from_utf8_lossy(&path.join(&b'/')).into_owned()
+    crate::names::shown(&path.join(&b'/')).into_owned()
 }
 
 fn too_deep(path: &[Vec<u8>]) -> Error {
@@ -576,8 +576,8 @@ mod tests {
 
     #[test]
     fn include_paths_split_as_restore_splits_them() {
-        assert_eq!(split("/a//./b/"), vec![b"a".to_vec(), b"b".to_vec()]);
-        assert!(split("/").is_empty());
-        assert_eq!(shown(&split("a/b")), "a/b");
+        assert_eq!(split(b"/a//./b/"), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert!(split(b"/").is_empty());
+        assert_eq!(shown(&split(b"a/b")), "a/b");
     }
 }

@@ -1,0 +1,196 @@
+//! Names that are not UTF-8, or that a terminal would misread, through every command that shows
+//! or takes one: `ls` shows them escaped and takes that form back, JSON carries their bytes,
+//! `--include`, `dump` and `find` take them as they are, `diff` names them, and a tar export
+//! gives them back byte for byte.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// The bytes a JSON entry stands for: its `_raw` base64 where it has one, else its text.
+fn bytes_of(entry: &Value, key: &str) -> Vec<u8> {
+    match entry.get(format!("{key}_raw")) {
+        Some(raw) => base64_decode(raw.as_str().unwrap()),
+        None => entry[key].as_str().unwrap().as_bytes().to_vec(),
+    }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {text}"),
+    };
+    let digits: Vec<u8> = text.bytes().filter(|&c| c != b'=').map(value).collect();
+    let mut out = Vec::new();
+    for group in digits.chunks(4) {
+        let n = group.iter().enumerate().fold(0u32, |n, (i, &d)| n | u32::from(d) << (18 - 6 * i));
+        out.extend(&n.to_be_bytes()[1..group.len()]);
+    }
+    out
+}
+
+fn at(root: &Path, name: &[u8]) -> std::path::PathBuf {
+    root.join(OsStr::from_bytes(name))
+}
+
+/// A tree of awkward names: Latin-1, bytes that are no encoding, a backslash, a newline, an
+/// escape sequence, a hard link and a symlink target that are not UTF-8.
+fn awkward_tree(tree: &Path) {
+    fs::create_dir_all(at(tree, b"dir-\xff\xfe")).unwrap();
+    fs::write(at(tree, b"dir-\xff\xfe/inside"), b"inside a directory named in no encoding").unwrap();
+    fs::write(at(tree, b"caf\xe9.txt"), b"latin-1").unwrap();
+    fs::write(at(tree, b"back\\slash"), b"backslash").unwrap();
+    fs::write(at(tree, b"new\nline"), b"newline").unwrap();
+    fs::write(at(tree, b"\x1b[31mred"), b"escape").unwrap();
+    fs::write(at(tree, "日本語.txt".as_bytes()), b"utf-8").unwrap();
+    fs::hard_link(at(tree, b"caf\xe9.txt"), at(tree, b"link-\xe9")).unwrap();
+    std::os::unix::fs::symlink(OsStr::from_bytes(b"caf\xe9.txt"), at(tree, b"symlink-\xe9")).unwrap();
+}
+
+#[test]
+fn names_that_are_not_utf8_are_shown_escaped_carried_in_json_and_taken_back() {
+    let scratch = Scratch::new("names");
+    let (repo, tree) = (scratch.join("repo"), scratch.join("tree"));
+    awkward_tree(&tree);
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&tree));
+
+    // Text: one line per entry, escaped, nothing a terminal would act on.
+    let listing = run(cairn(&repo).args(["ls", "latest"]));
+    assert!(listing.status.success());
+    let text = std::str::from_utf8(&listing.stdout).expect("ls prints UTF-8");
+    assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+    for shown in [
+        "/caf\\xe9.txt",
+        "/dir-\\xff\\xfe",
+        "/dir-\\xff\\xfe/inside",
+        "/back\\\\slash",
+        "/new\\nline",
+        "/\\x1b[31mred",
+        "/日本語.txt",
+    ] {
+        assert!(text.lines().any(|line| line == shown), "{shown} not in\n{text}");
+    }
+    assert_eq!(text.lines().count(), 9, "{text}");
+    let long = ok(cairn(&repo).args(["ls", "latest", "--long"]));
+    assert!(long.contains("/symlink-\\xe9 -> caf\\xe9.txt"), "{long}");
+
+    // JSON: the bytes of every path and link target, exactly.
+    let listing = ok(cairn(&repo).args(["--json", "ls", "latest"]));
+    let mut paths = Vec::new();
+    for line in listing.lines() {
+        let entry: Value = serde_json::from_str(line).unwrap();
+        let path = bytes_of(&entry, "path");
+        assert!(at(&tree, &path[1..]).symlink_metadata().is_ok(), "{entry}");
+        if entry["type"] == "symlink" {
+            assert_eq!(bytes_of(&entry, "target"), b"caf\xe9.txt");
+        }
+        if std::str::from_utf8(&path).is_ok() {
+            assert!(entry.get("path_raw").is_none(), "{entry}");
+        }
+        paths.push(path);
+    }
+    assert!(paths.contains(&b"/dir-\xff\xfe/inside".to_vec()), "{paths:?}");
+
+    // Restore takes the name as it is, or as ls showed it.
+    for (include, restored) in [
+        (OsStr::from_bytes(b"/caf\xe9.txt"), &b"caf\xe9.txt"[..]),
+        (OsStr::new("/dir-\\xff\\xfe"), b"dir-\xff\xfe/inside"),
+        (OsStr::new("/back\\\\slash"), b"back\\slash"),
+    ] {
+        let target = scratch.join(format!("only-{}", paths.len()));
+        let _ = fs::remove_dir_all(&target);
+        ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target).arg("--include").arg(include));
+        assert_eq!(fs::read(at(&target, restored)).unwrap(), fs::read(at(&tree, restored)).unwrap());
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 1, "{include:?}");
+    }
+    // An exact name beats the escapes it happens to contain.
+    fs::write(at(&tree, b"literal\\xe9"), b"a name with a backslash, x, e, 9").unwrap();
+    ok(cairn(&repo).arg("snapshot").arg(&tree));
+    let dumped = run(cairn(&repo).args(["dump", "latest"]).arg(OsStr::from_bytes(b"/literal\\xe9")));
+    assert_eq!(dumped.stdout, b"a name with a backslash, x, e, 9");
+    let dumped = run(cairn(&repo).args(["dump", "latest", "/caf\\xe9.txt"]));
+    assert_eq!(dumped.stdout, b"latin-1");
+    let dumped = run(cairn(&repo).args(["dump", "latest"]).arg(OsStr::from_bytes(b"/dir-\xff\xfe/inside")));
+    assert_eq!(dumped.stdout, b"inside a directory named in no encoding");
+    // ls from a directory named in no encoding, given as ls showed it.
+    let inside = ok(cairn(&repo).args(["ls", "latest", "/dir-\\xff\\xfe"]));
+    assert_eq!(inside.lines().collect::<Vec<_>>(), ["/dir-\\xff\\xfe", "/dir-\\xff\\xfe/inside"]);
+    // A missing path is still an error that shows what was asked.
+    let missing = run(cairn(&repo).args(["dump", "latest"]).arg(OsStr::from_bytes(b"/caf\xe8.txt")));
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("caf\\xe8.txt"), "{missing:?}");
+}
+
+#[test]
+fn find_diff_and_tar_keep_names_byte_for_byte() {
+    let scratch = Scratch::new("names-find");
+    let (repo, tree) = (scratch.join("repo"), scratch.join("tree"));
+    awkward_tree(&tree);
+    init(&repo);
+    let first = json(cairn(&repo).arg("snapshot").arg(&tree))["id"].as_str().unwrap().to_string();
+
+    // find takes a pattern of raw bytes.
+    let found = json(cairn(&repo).args(["find"]).arg(OsStr::from_bytes(b"*\xe9*")));
+    let matches: Vec<Vec<u8>> = found[0]["matches"].as_array().unwrap().iter().map(|m| bytes_of(m, "path")).collect();
+    assert_eq!(matches, [b"/caf\xe9.txt".to_vec(), b"/link-\xe9".to_vec(), b"/symlink-\xe9".to_vec()]);
+    let text = ok(cairn(&repo).args(["find"]).arg(OsStr::from_bytes(b"inside")));
+    assert!(text.contains("/dir-\\xff\\xfe/inside"), "{text}");
+
+    // diff names the changed entries by their bytes.
+    fs::write(at(&tree, b"dir-\xff\xfe/inside"), b"changed").unwrap();
+    fs::write(at(&tree, b"new-\xfd"), b"added").unwrap();
+    let second = json(cairn(&repo).arg("snapshot").arg(&tree))["id"].as_str().unwrap().to_string();
+    let diff = json(cairn(&repo).args(["diff", &first, &second]));
+    let changed: Vec<(String, Vec<u8>)> = diff["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["change"].as_str().unwrap().to_string(), bytes_of(c, "path")))
+        .collect();
+    assert!(changed.contains(&("modified".into(), b"/dir-\xff\xfe/inside".to_vec())), "{changed:?}");
+    assert!(changed.contains(&("added".into(), b"/new-\xfd".to_vec())), "{changed:?}");
+    let text = ok(cairn(&repo).args(["diff", &first, &second]));
+    assert!(text.contains("+    /new-\\xfd"), "{text}");
+
+    // tar gives the names back as they were.
+    let out = run(cairn(&repo).args(["dump", "latest", "/", "--archive", "tar"]));
+    assert!(out.status.success());
+    let archive = scratch.join("all.tar");
+    fs::write(&archive, &out.stdout).unwrap();
+    let extracted = scratch.join("extracted");
+    fs::create_dir(&extracted).unwrap();
+    let tar = std::process::Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&extracted).output().unwrap();
+    assert!(tar.status.success(), "{}", String::from_utf8_lossy(&tar.stderr));
+    assert_same_tree(&tree, &extracted);
+}
+
+#[test]
+fn sources_whose_paths_differ_only_in_bytes_that_are_not_utf8_stay_two_sources() {
+    let scratch = Scratch::new("names-sources");
+    let repo = scratch.join("repo");
+    let (one, two) = (at(scratch.path(), b"src-\xfe"), at(scratch.path(), b"src-\xff"));
+    for (dir, content) in [(&one, "one"), (&two, "two")] {
+        fs::create_dir(dir).unwrap();
+        fs::write(dir.join("f"), content).unwrap();
+    }
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&one));
+    ok(cairn(&repo).arg("snapshot").arg(&two));
+    // Keeping the last one per source keeps both.
+    ok(cairn(&repo).args(["forget", "--keep-last", "1", "--prune"]));
+    let listed = json(cairn(&repo).arg("snapshots"));
+    let mut paths: Vec<Vec<u8>> =
+        listed.as_array().unwrap().iter().map(|s| base64_decode(s["paths_raw"][0].as_str().unwrap())).collect();
+    paths.sort();
+    assert_eq!(paths, [one.as_os_str().as_bytes().to_vec(), two.as_os_str().as_bytes().to_vec()]);
+}
