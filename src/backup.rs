@@ -27,8 +27,9 @@ use crate::progress::Progress;
 use crate::repository::packer::BlobStore;
 use crate::repository::Repository;
 use crate::source::archiver::{Archiver, Counts, Prefetch, MAX_DEPTH};
-use crate::source::exclude::Excludes;
+use crate::source::exclude::{check_patterns, Excludes};
 use crate::source::metadata_of;
+use crate::source::walk_options::WalkOptions;
 
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotOptions {
@@ -49,6 +50,9 @@ pub struct SnapshotOptions {
     pub min_free: Option<crate::disk::MinFree>,
     /// How long to wait for a database that another process holds locked.
     pub sqlite_timeout: std::time::Duration,
+    /// What the walk leaves out besides `excludes`: other file systems, cache and marked
+    /// directories.
+    pub walk: WalkOptions,
 }
 
 pub struct SnapshotOutcome {
@@ -146,6 +150,8 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
     if !options.paths.is_empty() {
         resolve_paths(&options.paths)?;
     }
+    check_patterns(&options.excludes).map_err(Error::Exclude)?;
+    options.walk.check().map_err(Error::MarkerName)?;
     let requested = normalize_paths(&[options.paths.clone(), options.sqlite_paths.clone()].concat());
     if requested.is_empty() {
         return Err(Error::Invalid("no source path given".into()));
@@ -177,6 +183,7 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
         store: &store,
         chunker: repo.chunker(),
         excludes: &excludes,
+        walk: &options.walk,
         skip: options.skip.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| (m.dev(), m.ino())).collect(),
         reread: parent.iter().flat_map(|(_, s)| s.errors.iter().map(|e| e.path.clone())).collect(),
         progress,
