@@ -205,7 +205,7 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
     let stop_scan = AtomicBool::new(false);
     let tree = std::thread::scope(|scope| {
         if progress.is_drawn() {
-            scope.spawn(|| scan_totals(&paths, &excludes, progress, &stop_scan));
+            scope.spawn(|| scan_totals(&paths, &excludes, &options.walk, progress, &stop_scan));
         }
         let tree = pool.install(|| archive_roots(&archiver, &paths, single, parent_root.as_ref()));
         stop_scan.store(true, Relaxed);
@@ -341,10 +341,13 @@ fn archive_trie(
 }
 
 /// Adds up the sizes of the files to back up, for the progress bar's total and ETA. Runs beside
-/// the real walk and stops early when that finishes.
-fn scan_totals(paths: &[PathBuf], excludes: &Excludes, progress: &Progress, stop: &AtomicBool) {
-    let mut pending: Vec<PathBuf> = paths.to_vec();
-    while let Some(path) = pending.pop() {
+/// the real walk and stops early when that finishes. It keeps out of what the walk keeps out
+/// of, other file systems above all: the walk is waited for, and a hung network mount that
+/// `--one-file-system` keeps the walk away from must not hold the snapshot up here.
+fn scan_totals(paths: &[PathBuf], excludes: &Excludes, walk: &WalkOptions, progress: &Progress, stop: &AtomicBool) {
+    // Each path with the device of the file system its directory keeps to, if any.
+    let mut pending: Vec<(PathBuf, Option<u64>)> = paths.iter().map(|p| (p.clone(), None)).collect();
+    while let Some((path, device)) = pending.pop() {
         if stop.load(Relaxed) {
             return;
         }
@@ -356,9 +359,10 @@ fn scan_totals(paths: &[PathBuf], excludes: &Excludes, progress: &Progress, stop
         };
         if meta.is_file() {
             progress.add_total(meta.len());
-        } else if meta.is_dir() {
+        } else if meta.is_dir() && !device.is_some_and(|d| d != meta.dev()) && !walk.marks_by_path(&path) {
+            let below = walk.one_file_system.then_some(meta.dev());
             if let Ok(entries) = std::fs::read_dir(&path) {
-                pending.extend(entries.flatten().map(|e| e.path()));
+                pending.extend(entries.flatten().map(|e| (e.path(), below)));
             }
         }
     }

@@ -20,6 +20,7 @@
 //!   Specification (<https://bford.info/cachedir/>); one that does not excludes nothing.
 
 use std::collections::HashSet;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 
 use super::archiver::{Archiver, Location};
@@ -66,6 +67,18 @@ impl WalkOptions {
     /// cross.
     pub(super) fn device_below(&self, dir: &Dir) -> Option<u64> {
         self.one_file_system.then(|| fstat(dir).map_or(u64::MAX, |stat| stat.dev()))
+    }
+
+    /// Whether the directory at `path` holds a tag or marker, looked up by path: for the
+    /// progress bar's estimate only, never for what is stored.
+    pub fn marks_by_path(&self, path: &std::path::Path) -> bool {
+        let is_file = |name: &[u8]| {
+            std::fs::symlink_metadata(path.join(std::ffi::OsStr::from_bytes(name))).is_ok_and(|m| m.is_file())
+        };
+        (self.exclude_caches
+            && is_file(CACHEDIR_TAG)
+            && Dir::open(path, false).is_ok_and(|dir| is_cache_tag(&dir, CACHEDIR_TAG)))
+            || self.exclude_if_present.iter().any(|name| is_file(name.as_bytes()))
     }
 
     /// Narrows the sorted `names` of `dir` to its tag and marker files when it holds a valid
@@ -148,12 +161,14 @@ mod tests {
         std::fs::write(dir.join("CACHEDIR.TAG"), b"Signature: 8a477f597d28d172789f06886806bc55\n# made by x\n")
             .unwrap();
         assert_eq!(kept(&options, &dir), ["CACHEDIR.TAG"]);
+        assert!(options.marks_by_path(&dir) && !WalkOptions::default().marks_by_path(&dir));
         assert_eq!(kept(&WalkOptions::default(), &dir), ["CACHEDIR.TAG", "data"], "off by default");
 
         // A symlink to a valid tag, a directory, a FIFO: none counts, and nothing blocks.
         std::fs::rename(dir.join("CACHEDIR.TAG"), dir.join("elsewhere")).unwrap();
         std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join("CACHEDIR.TAG")).unwrap();
         assert_eq!(kept(&options, &dir), ["CACHEDIR.TAG", "data", "elsewhere"]);
+        assert!(!options.marks_by_path(&dir));
         std::fs::remove_file(dir.join("CACHEDIR.TAG")).unwrap();
         std::fs::create_dir(dir.join("CACHEDIR.TAG")).unwrap();
         assert_eq!(kept(&options, &dir), ["CACHEDIR.TAG", "data", "elsewhere"]);
@@ -173,9 +188,11 @@ mod tests {
         let options =
             WalkOptions { exclude_if_present: vec![".nobackup".into(), ".other".into()], ..Default::default() };
         assert_eq!(kept(&options, &dir), [".nobackup"]);
+        assert!(options.marks_by_path(&dir));
         std::fs::remove_file(dir.join(".nobackup")).unwrap();
         std::os::unix::fs::symlink(dir.join("a"), dir.join(".nobackup")).unwrap();
         assert_eq!(kept(&options, &dir), [".nobackup", "a"], "a symlink is no marker");
+        assert!(!options.marks_by_path(&dir));
         assert!(options.check().is_ok());
         for bad in ["", ".", "..", "a/b"] {
             let options = WalkOptions { exclude_if_present: vec![bad.into()], ..Default::default() };
