@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use toml_edit::TableLike;
 
 use super::Parser;
-use crate::source::exclude;
+use crate::source::exclude::{self, ExcludeError};
 
 /// The source keys this module reads, besides `exclude`.
 pub(super) const KEYS: [&str; 4] = ["one_file_system", "exclude_caches", "exclude_if_present", "exclude_file"];
@@ -61,7 +61,10 @@ impl Parser<'_> {
             .into_iter()
             .map(|(text, span)| {
                 let path = self.path(&text, span.clone(), true);
-                if let Err(e @ exclude::ExcludeError::NeverMatchesInFile { .. }) = exclude::read_file(&path) {
+                // A file that cannot be read now is the machine's problem, said by the run.
+                if let Err(e @ (ExcludeError::NeverMatchesInFile { .. } | ExcludeError::NotText { .. })) =
+                    exclude::read_file(&path)
+                {
                     self.problem(span, e.to_string());
                 }
                 path
@@ -138,5 +141,16 @@ mod tests {
             problems[3],
             "line 8: unknown key `exclude_cache` in [[source]] number 1 (did you mean `exclude_caches`?)"
         );
+
+        // The patterns of an exclude file are checked too, at the line that names it.
+        let dir = std::env::temp_dir().join(format!("cairn-config-walk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("excludes.txt"), "# ok\n*.log\nsrv/app/logs\n").unwrap();
+        let text = "[[source]]\nname = \"a\"\npaths = [\"/\"]\nexclude_file = [\"excludes.txt\"]\n";
+        let problems: Vec<String> = parse(text, &dir).1.iter().map(ToString::to_string).collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("line 4: exclude file "), "{problems:?}");
+        assert!(problems[0].contains("line 3: pattern \"srv/app/logs\""), "{problems:?}");
     }
 }
