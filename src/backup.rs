@@ -27,8 +27,9 @@ use crate::progress::Progress;
 use crate::repository::packer::BlobStore;
 use crate::repository::Repository;
 use crate::source::archiver::{Archiver, Counts, Prefetch, MAX_DEPTH};
-use crate::source::exclude::Excludes;
+use crate::source::exclude::{check_patterns, Excludes};
 use crate::source::metadata_of;
+use crate::source::walk_options::WalkOptions;
 
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotOptions {
@@ -49,6 +50,9 @@ pub struct SnapshotOptions {
     pub min_free: Option<crate::disk::MinFree>,
     /// How long to wait for a database that another process holds locked.
     pub sqlite_timeout: std::time::Duration,
+    /// What the walk leaves out besides `excludes`: other file systems, cache and marked
+    /// directories.
+    pub walk: WalkOptions,
 }
 
 pub struct SnapshotOutcome {
@@ -146,6 +150,8 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
     if !options.paths.is_empty() {
         resolve_paths(&options.paths)?;
     }
+    check_patterns(&options.excludes).map_err(Error::Exclude)?;
+    options.walk.check().map_err(Error::MarkerName)?;
     let requested = normalize_paths(&[options.paths.clone(), options.sqlite_paths.clone()].concat());
     if requested.is_empty() {
         return Err(Error::Invalid("no source path given".into()));
@@ -177,6 +183,7 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
         store: &store,
         chunker: repo.chunker(),
         excludes: &excludes,
+        walk: &options.walk,
         skip: options.skip.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| (m.dev(), m.ino())).collect(),
         reread: parent.iter().flat_map(|(_, s)| s.errors.iter().map(|e| e.path.clone())).collect(),
         progress,
@@ -198,7 +205,7 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
     let stop_scan = AtomicBool::new(false);
     let tree = std::thread::scope(|scope| {
         if progress.is_drawn() {
-            scope.spawn(|| scan_totals(&paths, &excludes, progress, &stop_scan));
+            scope.spawn(|| scan_totals(&paths, &excludes, &options.walk, progress, &stop_scan));
         }
         let tree = pool.install(|| archive_roots(&archiver, &paths, single, parent_root.as_ref()));
         stop_scan.store(true, Relaxed);
@@ -334,10 +341,13 @@ fn archive_trie(
 }
 
 /// Adds up the sizes of the files to back up, for the progress bar's total and ETA. Runs beside
-/// the real walk and stops early when that finishes.
-fn scan_totals(paths: &[PathBuf], excludes: &Excludes, progress: &Progress, stop: &AtomicBool) {
-    let mut pending: Vec<PathBuf> = paths.to_vec();
-    while let Some(path) = pending.pop() {
+/// the real walk and stops early when that finishes. It keeps out of what the walk keeps out
+/// of, other file systems above all: the walk is waited for, and a hung network mount that
+/// `--one-file-system` keeps the walk away from must not hold the snapshot up here.
+fn scan_totals(paths: &[PathBuf], excludes: &Excludes, walk: &WalkOptions, progress: &Progress, stop: &AtomicBool) {
+    // Each path with the device of the file system its directory keeps to, if any.
+    let mut pending: Vec<(PathBuf, Option<u64>)> = paths.iter().map(|p| (p.clone(), None)).collect();
+    while let Some((path, device)) = pending.pop() {
         if stop.load(Relaxed) {
             return;
         }
@@ -349,9 +359,10 @@ fn scan_totals(paths: &[PathBuf], excludes: &Excludes, progress: &Progress, stop
         };
         if meta.is_file() {
             progress.add_total(meta.len());
-        } else if meta.is_dir() {
+        } else if meta.is_dir() && !device.is_some_and(|d| d != meta.dev()) && !walk.marks_by_path(&path) {
+            let below = walk.one_file_system.then_some(meta.dev());
             if let Ok(entries) = std::fs::read_dir(&path) {
-                pending.extend(entries.flatten().map(|e| e.path()));
+                pending.extend(entries.flatten().map(|e| (e.path(), below)));
             }
         }
     }

@@ -47,6 +47,13 @@ pub enum Error {
     #[error("source path {0}: does not exist")]
     MissingSource(PathBuf),
 
+    /// An exclude pattern that can never match, or an exclude file that cannot be read.
+    #[error(transparent)]
+    Exclude(crate::source::exclude::ExcludeError),
+
+    #[error(transparent)]
+    MarkerName(crate::source::walk_options::MarkerNameError),
+
     #[error("wrong password: no key file of {0} opens with it")]
     WrongPassword(String),
 

@@ -14,6 +14,9 @@ use crate::clock::parse_duration;
 use crate::disk::MinFree;
 use crate::retention::Policy;
 
+mod walk;
+pub use walk::WalkConfig;
+
 /// The commented example printed by `cairn config example`.
 pub const EXAMPLE: &str = include_str!("../contrib/cairn.example.toml");
 
@@ -86,6 +89,8 @@ pub struct SourceConfig {
     pub kind: SourceKind,
     pub paths: Vec<PathBuf>,
     pub excludes: Vec<String>,
+    /// Other file systems, cache and marked directories, exclude files.
+    pub walk: WalkConfig,
     pub tags: Vec<String>,
     /// Shell commands run before and after the snapshot (`sh -c`).
     pub before: Option<String>,
@@ -486,7 +491,7 @@ impl Parser<'_> {
 
     fn source(&mut self, table: &dyn TableLike, index: usize) -> Option<SourceConfig> {
         let what = format!("[[source]] number {}", index + 1);
-        self.unknown_keys(table, &SOURCE_KEYS, &what);
+        self.unknown_keys(table, &[&SOURCE_KEYS[..], &walk::KEYS[..]].concat(), &what);
         let name = self.required_string(table, "name", &what);
         if let Some(name) = &name {
             if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
@@ -517,11 +522,12 @@ impl Parser<'_> {
             .map(|(text, span)| self.path(&text, span, true))
             .collect();
         let excludes = self.string_list(table, "exclude", &what);
+        let walk = self.walk(table, &what);
         let tags = self.string_list(table, "tags", &what);
         let before = self.string(table, "before", &what);
         let after = self.string(table, "after", &what);
         let retention = self.table(table, "retention", &what).map(|t| self.retention(t, "[source.retention]"));
-        Some(SourceConfig { name: name?, kind, paths, excludes, tags, before, after, retention })
+        Some(SourceConfig { name: name?, kind, paths, excludes, walk, tags, before, after, retention })
     }
 
     fn retention(&mut self, table: &dyn TableLike, what: &str) -> Policy {

@@ -53,5 +53,7 @@ mod tags;
 mod trust;
 #[path = "cases/verify.rs"]
 mod verify;
+#[path = "cases/walk_options.rs"]
+mod walk_options;
 #[path = "cases/walk_safety.rs"]
 mod walk_safety;

@@ -292,6 +292,7 @@ impl<'a> Cycle<'a> {
             for exclude in &source.excludes {
                 args.extend(["--exclude".into(), exclude.clone()]);
             }
+            args.extend(source.walk.args());
             if let Some(min) = self.config.min_free {
                 args.extend(["--min-free".into(), min.to_string()]);
             }

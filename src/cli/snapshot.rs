@@ -1,5 +1,7 @@
 //! `cairn snapshot PATH...`: back up files and directories.
 
+mod walk;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -41,6 +43,8 @@ pub struct Args {
     /// with `/` the absolute path (repeatable)
     #[arg(long = "exclude", value_name = "GLOB")]
     excludes: Vec<String>,
+    #[command(flatten)]
+    walk: walk::WalkArgs,
     /// Disk guard: refuse to start, or stop before a write, that would leave less free space on
     /// the repository's file system (a local repository only): 10%, 5GiB, 500MiB
     #[arg(long, env = "CAIRN_MIN_FREE", value_name = "SIZE", value_parser = cairn::disk::MinFree::parse)]
@@ -60,12 +64,15 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     // Check the sources before creating or touching the repository: a typo stores nothing. An
     // existing repository still gets an audit record of the failed run, so it is not missed.
     let checked = if args.paths.is_empty() { Ok(Vec::new()) } else { resolve_paths(&args.paths) };
-    if let Err(e) = checked {
-        if let Ok(repo) = context.open() {
-            record_failure(&repo, &key, &e.to_string());
+    let (excludes, walk) = match checked.and_then(|_| args.walk.resolve(&args.excludes)) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            if let Ok(repo) = context.open() {
+                record_failure(&repo, &key, &e.to_string());
+            }
+            return Err(e.into());
         }
-        return Err(e.into());
-    }
+    };
     // The disk guard comes before anything is written, even before the repository is created.
     let local_root = cairn::repository::Location::parse(&context.location()).path().map(|p| p.to_path_buf());
     if let (Some(min), Some(root)) = (args.min_free, &local_root) {
@@ -95,7 +102,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         tags: args.tags,
         source: args.source,
         host: args.host,
-        excludes: args.excludes,
+        excludes,
+        walk,
         skip: repo_root,
         sqlite_paths: args.sqlite,
         raw_sqlite: args.raw_sqlite,

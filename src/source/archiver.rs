@@ -44,6 +44,7 @@ use rayon::prelude::*;
 use super::exclude::Excludes;
 use super::nofollow::{fstat, Dir, Kind, OpenError, Stat};
 use super::sqlite;
+use super::walk_options::WalkOptions;
 use crate::chunking::{Chunker, READ_WINDOW};
 use crate::error::{Error, Result};
 use crate::format::pack::BlobKind;
@@ -92,6 +93,8 @@ pub struct Archiver<'a> {
     pub store: &'a BlobStore<'a>,
     pub chunker: Chunker,
     pub excludes: &'a Excludes,
+    /// Other file systems, cache directories, marker files ([`super::walk_options`]).
+    pub walk: &'a WalkOptions,
     /// Directories never entered, by device and inode (the repository itself, when it lies
     /// inside a source, whichever path leads to it).
     pub skip: HashSet<(u64, u64)>,
@@ -215,7 +218,9 @@ impl<'a> Archiver<'a> {
             return Ok(None);
         };
         let wal_sibling = dir.stat(&[leaf.as_slice(), b"-wal"].concat()).is_ok();
-        let entry = Entry { dir: Arc::new(dir), name: leaf, stat, previous: parent, wal_sibling, prefetched: 0 };
+        // A source root is entered whatever file system it is on.
+        let entry =
+            Entry { dir: Arc::new(dir), name: leaf, stat, previous: parent, wal_sibling, prefetched: 0, device: None };
         let node = self.entry_node(entry, &directory_at, level)?;
         Ok(node.map(|node| Node { name, ..node }))
     }
@@ -229,6 +234,8 @@ impl<'a> Archiver<'a> {
             Vec::new()
         });
         names.sort_unstable();
+        self.walk.keep_only_markers(&dir, &mut names);
+        let device = self.walk.device_below(&dir);
         let listed: HashSet<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
         let dir = Arc::new(dir);
         let mut entries: Vec<Entry<'_>> = names
@@ -240,7 +247,8 @@ impl<'a> Archiver<'a> {
                 let stat = self.stat(&dir, &at.child(name), name)?;
                 let wal_sibling = listed.contains([name.as_slice(), b"-wal"].concat().as_slice());
                 let previous = parent.and_then(|t| t.find(name));
-                Some(Entry { dir: Arc::clone(&dir), name: name.clone(), stat, previous, wal_sibling, prefetched: 0 })
+                let dir = Arc::clone(&dir);
+                Some(Entry { dir, name: name.clone(), stat, previous, wal_sibling, prefetched: 0, device })
             })
             .collect();
         self.prefetch_reads(&mut entries, at);
@@ -315,15 +323,15 @@ impl<'a> Archiver<'a> {
     }
 
     /// Whether `name` is the `-wal`, `-shm` or `-journal` file of a database in the same
-    /// directory: the database's captured image includes what they hold, so they are not stored.
+    /// directory that is captured (its image includes what they hold) or excluded (they are
+    /// part of it, even with `--raw-sqlite`): either way they are not stored.
     fn is_database_companion(&self, dir: &Dir, dir_at: &Location<'_>, name: &[u8], listed: &HashSet<&[u8]>) -> bool {
-        self.sqlite.is_some()
-            && sqlite::companion_of(name).is_some_and(|base| {
-                listed.contains(base)
-                    && !self.excluded(&dir_at.child(base))
-                    && dir.stat(base).is_ok_and(|stat| stat.is_file())
-                    && dir.open_file(base, libc::O_NONBLOCK).is_ok_and(|file| sqlite::has_header(&file))
-            })
+        sqlite::companion_of(name).is_some_and(|base| {
+            listed.contains(base)
+                && (self.sqlite.is_some() || self.excluded(&dir_at.child(base)))
+                && dir.stat(base).is_ok_and(|stat| stat.is_file())
+                && dir.open_file(base, libc::O_NONBLOCK).is_ok_and(|file| sqlite::has_header(&file))
+        })
     }
 
     fn excluded(&self, at: &Location<'_>) -> bool {
@@ -350,9 +358,12 @@ impl<'a> Archiver<'a> {
     /// Archives one listed entry of a directory at `dir_at`, at `level`. An entry replaced
     /// since its listing is looked at again, unless it was listed as a directory.
     fn entry_node(&self, entry: Entry<'_>, dir_at: &Location<'_>, level: usize) -> Result<Option<Node>> {
-        let Entry { dir, name, mut stat, previous, wal_sibling, .. } = entry;
+        let Entry { dir, name, mut stat, previous, wal_sibling, device, .. } = entry;
         let at = dir_at.child(&name);
         for _ in 0..REPLACED_ATTEMPTS {
+            if stat.kind() == Kind::Dir && device.is_some_and(|device| device != stat.dev()) {
+                return self.mount_point_node(&name, &at, &stat);
+            }
             if stat.kind() == Kind::Dir {
                 return self.dir_node(dir, &at, &stat, previous, level);
             }
@@ -621,6 +632,9 @@ struct Entry<'p> {
     wal_sibling: bool,
     /// Bytes of the prefetch budget this entry holds until it is archived.
     prefetched: u64,
+    /// With `--one-file-system`, the device of its directory: a directory on another is a mount
+    /// point, stored empty. `None` for a source root, which is always entered.
+    device: Option<u64>,
 }
 
 /// A file whose size, mtime, ctime and inode match its parent node is taken as unchanged.

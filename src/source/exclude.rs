@@ -2,6 +2,11 @@
 //! (`*.log`, `node_modules`); a pattern with `/` matches the whole absolute path
 //! (`/srv/app/cache/*`). `*` matches within one path component, `**` across components, `?` one
 //! character. An excluded directory is not descended into.
+//!
+//! A pattern that can never match is refused, not left to exclude nothing in silence: a
+//! relative pattern with `/` (`srv/app/logs`: the absolute path it is matched against always
+//! starts with `/`), an empty one, or one with a `.`, `..` or empty component (the walk's paths
+//! have none). Patterns also come from files (`--exclude-file`), one a line.
 
 use std::path::{Path, PathBuf};
 
@@ -42,6 +47,87 @@ impl Excludes {
     }
 }
 
+/// A pattern refused, or an exclude file that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ExcludeError {
+    #[error("exclude pattern {pattern:?} can never match: {reason}")]
+    NeverMatches { pattern: String, reason: String },
+    #[error("exclude file {path}, line {line}: pattern {pattern:?} can never match: {reason}")]
+    NeverMatchesInFile { path: PathBuf, line: usize, pattern: String, reason: String },
+    #[error("exclude file {path}, line {line}: not UTF-8 text")]
+    NotText { path: PathBuf, line: usize },
+    #[error("cannot read exclude file {path}: {source}")]
+    Unreadable { path: PathBuf, source: std::io::Error },
+}
+
+/// Why `pattern` can never match an entry of a walk, with the fix; `None` when it can.
+pub fn never_matches(pattern: &str) -> Option<String> {
+    let trimmed = pattern.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Some("it is empty (to leave out a whole source, do not give it)".into());
+    }
+    if trimmed.contains('/') && !anchored(trimmed.as_bytes()) {
+        let relative = trimmed.trim_start_matches("./");
+        return Some(format!(
+            "a pattern with \"/\" is matched against the whole absolute path; write \"/{relative}\" for that \
+             path, or \"**/{relative}\" for it at any depth"
+        ));
+    }
+    let components: Vec<&str> = trimmed.split('/').collect();
+    if components.iter().skip(1).any(|c| c.is_empty()) {
+        return Some("it has an empty component (\"//\"), which no path has".into());
+    }
+    if components.iter().any(|c| *c == "." || *c == "..") {
+        return Some("it has a \".\" or \"..\" component, which the walk's paths never have".into());
+    }
+    None
+}
+
+/// Whether a pattern can match a text starting with `/`: a single `*` there can only match
+/// nothing (it stops at `/`), `?` never matches `/`.
+fn anchored(mut pattern: &[u8]) -> bool {
+    loop {
+        match pattern {
+            [b'*', b'*', ..] | [b'/', ..] => return true,
+            [b'*', rest @ ..] => pattern = rest,
+            _ => return false,
+        }
+    }
+}
+
+/// Checks every pattern, failing on the first that can never match.
+pub fn check_patterns(patterns: &[String]) -> Result<(), ExcludeError> {
+    for pattern in patterns {
+        if let Some(reason) = never_matches(pattern) {
+            return Err(ExcludeError::NeverMatches { pattern: pattern.clone(), reason });
+        }
+    }
+    Ok(())
+}
+
+/// The patterns of an exclude file: one a line, surrounding whitespace trimmed, blank lines and
+/// lines starting with `#` skipped (restic's format). A pattern that can never match is an
+/// error naming its line.
+pub fn read_file(path: &Path) -> Result<Vec<String>, ExcludeError> {
+    let bytes = std::fs::read(path).map_err(|source| ExcludeError::Unreadable { path: path.into(), source })?;
+    let mut patterns = Vec::new();
+    for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line_number = index + 1;
+        let text = std::str::from_utf8(line)
+            .map_err(|_| ExcludeError::NotText { path: path.into(), line: line_number })?
+            .trim();
+        if text.is_empty() || text.starts_with('#') {
+            continue;
+        }
+        if let Some(reason) = never_matches(text) {
+            let pattern = text.to_string();
+            return Err(ExcludeError::NeverMatchesInFile { path: path.into(), line: line_number, pattern, reason });
+        }
+        patterns.push(text.to_string());
+    }
+    Ok(patterns)
+}
+
 /// Glob match of the whole of `text` against `pattern`.
 pub(crate) fn glob(pattern: &[u8], text: &[u8]) -> bool {
     match pattern.split_first() {
@@ -80,5 +166,52 @@ mod tests {
         let names_only = Excludes::new(&["*.log".into()]);
         assert!(names_only.excludes_entry(b"x.log", || unreachable!("no pattern needs the path")));
         assert!(!names_only.excludes_entry(b"x.txt", || unreachable!("no pattern needs the path")));
+    }
+
+    /// Every pattern `never_matches` refuses matches no path indeed, and the ones it accepts do
+    /// match one.
+    #[test]
+    fn patterns_that_can_never_match_are_told_apart() {
+        let paths = ["/srv/app/logs", "/srv/app/logs/x.log", "/a", "/x/srv/app/logs"];
+        let matches_some = |p: &str| paths.iter().any(|path| Excludes::new(&[p.into()]).excludes(Path::new(path)));
+        for never in [
+            "srv/app/logs",
+            "./logs",
+            "?srv/app",
+            "*srv/app/logs",
+            "",
+            "/",
+            "//",
+            "/srv//app",
+            "/srv/./app",
+            "..",
+            "/srv/../a",
+        ] {
+            assert!(never_matches(never).is_some(), "{never:?} is refused");
+            assert!(!matches_some(never), "{never:?} indeed matches nothing");
+        }
+        for can in
+            ["/srv/app/logs", "/srv/app/logs/", "**/srv/app/logs", "*/a", "logs", "*.log", "/srv/**", "**/logs/*"]
+        {
+            assert!(never_matches(can).is_none(), "{can:?} is accepted");
+            assert!(matches_some(can), "{can:?} matches");
+        }
+        let reason = never_matches("srv/app/logs").unwrap();
+        assert!(reason.contains("\"/srv/app/logs\"") && reason.contains("\"**/srv/app/logs\""), "{reason}");
+        assert!(never_matches("./logs/x").unwrap().contains("\"/logs/x\""));
+    }
+
+    #[test]
+    fn exclude_files_skip_comments_and_blank_lines() {
+        let path = std::env::temp_dir().join(format!("cairn-exclude-file-{}", std::process::id()));
+        std::fs::write(&path, "# caches\n\n  *.log  \n/srv/tmp\r\n\t# indented comment\nnode_modules\n").unwrap();
+        assert_eq!(read_file(&path).unwrap(), ["*.log", "/srv/tmp", "node_modules"]);
+        std::fs::write(&path, "*.log\nsrv/app/logs\n").unwrap();
+        let error = read_file(&path).unwrap_err().to_string();
+        assert!(error.contains("line 2") && error.contains("\"srv/app/logs\" can never match"), "{error}");
+        std::fs::write(&path, b"*.log\n\xff\n").unwrap();
+        assert!(read_file(&path).unwrap_err().to_string().contains("line 2: not UTF-8 text"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(read_file(&path).unwrap_err().to_string().starts_with("cannot read exclude file"));
     }
 }

@@ -1,12 +1,14 @@
 //! Reading sources into the repository: walking directory trees into tree blobs and content
-//! chunks ([`archiver`]), with exclusion patterns ([`exclude`]), reaching every entry below a
-//! source root through its directory's descriptor ([`nofollow`]), and capturing live SQLite
-//! databases ([`sqlite`]).
+//! chunks ([`archiver`]), with exclusion patterns ([`exclude`]) and what else a walk leaves out
+//! ([`walk_options`]: other file systems, cache and marked directories), reaching every entry
+//! below a source root through its directory's descriptor ([`nofollow`]), and capturing live
+//! SQLite databases ([`sqlite`]).
 
 pub mod archiver;
 pub mod exclude;
 pub mod nofollow;
 pub mod sqlite;
+pub mod walk_options;
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;

@@ -126,6 +126,12 @@ impl Dir {
     }
 }
 
+impl AsRawFd for Dir {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 /// The status of an open file or directory.
 pub fn fstat(fd: &impl AsRawFd) -> io::Result<Stat> {
     // SAFETY: zeroed memory is a valid `stat`; fstat fills it or fails.
