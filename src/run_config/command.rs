@@ -51,15 +51,14 @@ impl Parser<'_> {
             self.problem(Self::key_span(table, "command"), format!("`command` in {what} is empty"));
         }
         let filename = match self.string(table, "filename", what) {
-            Some(filename) => {
-                if let Err(e) = crate::backup::stream::check_filename(&filename) {
-                    let message = format!("`filename` in {what}: {}", e.to_string().replace("--stdin-filename ", ""));
-                    self.problem(Self::key_span(table, "filename"), message);
-                }
-                filename
-            }
+            Some(filename) => filename,
             None => name?.to_string(),
         };
+        if let Err(e) = crate::backup::stream::check_filename(&filename) {
+            let message = format!("`filename` in {what}: {}", e.to_string().replace("--stdin-filename ", ""));
+            let span = Self::key_span(table, "filename").or_else(|| Self::key_span(table, "name"));
+            self.problem(span, message);
+        }
         Some(CommandSource { line: line?, filename })
     }
 }
@@ -99,6 +98,11 @@ mod tests {
         assert_eq!(
             problems("[[source]]\nname = \"t\"\nkind = \"command\"\ncommand = \" \"\n"),
             vec!["line 4: `command` in [[source]] number 1 is empty"]
+        );
+        // The name as the file name must be one too.
+        assert_eq!(
+            problems("[[source]]\nname = \"..\"\nkind = \"command\"\ncommand = \"true\"\n"),
+            vec!["line 2: `filename` in [[source]] number 1: \"..\" is not a file name"]
         );
     }
 }
