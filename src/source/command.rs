@@ -52,14 +52,22 @@ pub fn start<'scope>(
     // The binary blocks SIGINT, SIGTERM and SIGHUP in every thread to take them with sigwait, and
     // a child spawned as is keeps that mask (observed with Rust 1.95: `kill -TERM $$` in the
     // command did not end it), so a signal to the command would not stop it. It starts with none.
-    // SAFETY: between fork and exec only sigemptyset and pthread_sigmask run, which are
-    // async-signal-safe and allocate nothing.
+    // And it gets SIGTERM if this process ends first (a signal ends cairn, which exits at once):
+    // a command that is not writing would otherwise run on until it next writes (and gets SIGPIPE).
+    // The thread that starts it waits for it, so it never outlives its parent thread.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec only sigemptyset, pthread_sigmask, prctl and getppid run,
+    // which are async-signal-safe and allocate nothing.
     unsafe {
         use std::os::unix::process::CommandExt;
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             let mut none = std::mem::zeroed::<libc::sigset_t>();
             libc::sigemptyset(&mut none);
             libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("cairn ended while the command was starting"));
+            }
             Ok(())
         });
     }

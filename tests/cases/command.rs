@@ -295,3 +295,44 @@ every = "1h"
     assert_eq!(outcome("drill", "appdb"), Some("ok".into()));
     assert_eq!(outcome("run", ""), Some("failed".into()));
 }
+
+#[test]
+fn a_signal_that_ends_cairn_ends_its_command_too() {
+    let scratch = Scratch::new("command-signal");
+    let (repo, pid_file) = (scratch.join("repo"), scratch.join("command.pid"));
+    init(&repo);
+    // The command prints a little, then waits without writing: no SIGPIPE would ever end it.
+    let line = format!("echo started; echo $$ > '{}'; exec sleep 60", pid_file.display());
+    let mut child = default_signals(cairn(&repo).args(["snapshot", "--stdin-from-command", &line]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let pid = loop {
+        if let Some(pid) = fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse::<u32>().ok()) {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "the command never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // SAFETY: sends SIGTERM to the cairn process this test started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    let mut said = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut said).unwrap();
+    assert!(said.contains("interrupted by SIGTERM"), "{said}");
+    let gone = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+        assert!(std::time::Instant::now() < gone, "the command outlived cairn");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(snapshot_list(&repo).is_empty());
+}
+
+/// Whether `pid` has ended and waits for its parent to reap it.
+fn is_zombie(pid: u32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+}
