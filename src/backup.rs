@@ -3,7 +3,9 @@
 //!
 //! With one source directory the snapshot's root tree is that directory; with several paths (or
 //! one non-directory) the root mirrors their absolute paths, as restic does, so they never
-//! collide.
+//! collide. A snapshot of a stream (standard input, a command's output) is [`stream`]'s.
+
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

@@ -101,6 +101,12 @@ pub enum Error {
 
     #[error("interrupted before it finished")]
     Interrupted,
+
+    /// A command whose output was being backed up did not end well (`how`: its exit status or
+    /// signal, or why it could not start); `stderr` quotes its last lines of error output. No
+    /// snapshot was written.
+    #[error("the command `{command}` {how}: no snapshot was written{stderr}")]
+    Command { command: String, how: String, stderr: String },
 }
 
 impl Error {

@@ -14,7 +14,9 @@ use crate::clock::parse_duration;
 use crate::disk::MinFree;
 use crate::retention::Policy;
 
+mod command;
 mod walk;
+pub use command::CommandSource;
 pub use walk::WalkConfig;
 
 /// The commented example printed by `cairn config example`.
@@ -81,6 +83,8 @@ pub enum Encryption {
 pub enum SourceKind {
     Tree,
     Sqlite,
+    /// A command's output, stored as one file ([`CommandSource`]).
+    Command,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +100,8 @@ pub struct SourceConfig {
     pub before: Option<String>,
     pub after: Option<String>,
     pub retention: Option<Policy>,
+    /// What a `kind = "command"` source runs; `None` for the other kinds.
+    pub command: Option<CommandSource>,
 }
 
 #[derive(Debug)]
@@ -190,7 +196,8 @@ const TOP_KEYS: [&str; 12] = [
     "notify",
     "serve",
 ];
-const SOURCE_KEYS: [&str; 8] = ["name", "kind", "paths", "exclude", "tags", "before", "after", "retention"];
+const SOURCE_KEYS: [&str; 10] =
+    ["name", "kind", "paths", "exclude", "tags", "before", "after", "retention", "command", "filename"];
 const OFFSITE_KEYS: [&str; 4] = ["name", "repository", "encryption", "retention"];
 const DRILL_KEYS: [&str; 3] = ["every", "sources", "repository"];
 const CHECK_KEYS: [&str; 1] = ["read_data_days"];
@@ -504,15 +511,16 @@ impl Parser<'_> {
         let kind = match self.string(table, "kind", &what).as_deref() {
             None | Some("tree") => SourceKind::Tree,
             Some("sqlite") => SourceKind::Sqlite,
+            Some("command") => SourceKind::Command,
             Some(other) => {
                 self.problem(
                     Self::key_span(table, "kind"),
-                    format!("`kind` must be \"tree\" or \"sqlite\", not {other:?}"),
+                    format!("`kind` must be \"tree\", \"sqlite\" or \"command\", not {other:?}"),
                 );
                 SourceKind::Tree
             }
         };
-        if table.get("paths").is_none() {
+        if table.get("paths").is_none() && kind != SourceKind::Command {
             self.problem(first_key_span(table), format!("{what} needs `paths`"));
         }
         let paths: Vec<PathBuf> = self
@@ -527,7 +535,8 @@ impl Parser<'_> {
         let before = self.string(table, "before", &what);
         let after = self.string(table, "after", &what);
         let retention = self.table(table, "retention", &what).map(|t| self.retention(t, "[source.retention]"));
-        Some(SourceConfig { name: name?, kind, paths, excludes, walk, tags, before, after, retention })
+        let command = self.command_source(table, &what, kind, name.as_deref());
+        Some(SourceConfig { name: name?, kind, paths, excludes, walk, tags, before, after, retention, command })
     }
 
     fn retention(&mut self, table: &dyn TableLike, what: &str) -> Policy {

@@ -95,9 +95,7 @@ impl Source {
     /// Gives a child process this source and no other: the three variables are cleared and the
     /// one that says this source set.
     pub fn pass_to(&self, command: &mut Command) {
-        for variable in VARIABLES {
-            command.env_remove(variable);
-        }
+        withhold_from(command);
         let (variable, value): (&str, OsString) = match self {
             Source::Value(value) => (VARIABLES[0], value.into()),
             Source::File(path) => (VARIABLES[1], path.into()),
@@ -105,6 +103,14 @@ impl Source {
             Source::Terminal => return,
         };
         command.env(variable, value);
+    }
+}
+
+/// Keeps every password variable out of `command`'s environment (a command whose output is
+/// backed up needs none).
+pub fn withhold_from(command: &mut Command) {
+    for variable in VARIABLES {
+        command.env_remove(variable);
     }
 }
 

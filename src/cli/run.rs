@@ -302,6 +302,13 @@ impl<'a> Cycle<'a> {
                 }
                 args.push(path.display().to_string());
             }
+            if let Some(command) = &source.command {
+                // Run where hooks run: in the config's directory.
+                let dir = self.config.path.parent().unwrap_or(std::path::Path::new("/"));
+                args.extend(["--stdin-from-command".into(), command.line.clone()]);
+                args.extend(["--stdin-filename".into(), command.filename.clone()]);
+                args.extend(["--stdin-command-dir".into(), dir.display().to_string()]);
+            }
             self.child(&format!("snapshot {}", source.name), &self.repo.clone(), &args);
         } else {
             self.steps.push(Step {

@@ -4,8 +4,6 @@
 //! runs still open ([`cairn::audit::interrupted`]), say so, and exit with 128 + the signal, as a
 //! shell reports a process a signal ended. A command that stops cleanly by itself (a drill
 //! removes its scratch directory) asks for [`CANCEL`] to be set instead ([`cancel_instead`]); a
-//! second signal then ends it the hard way. Children (`cairn run`'s steps and hooks) start with
-//! no signal blocked: `std::process::Command` clears the mask.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::SeqCst};
 use std::sync::Mutex;
@@ -142,6 +140,19 @@ pub fn output(command: &mut std::process::Command) -> std::io::Result<std::proce
             // A signal is ending the process: this step must not start.
             drop(children);
             wait_for_the_end();
+        }
+        // This process blocks the signals to take them on one thread, and a child keeps the mask
+        // it is spawned with (Rust no longer clears it): a hook would ignore the very signal
+        // passed on to it. It starts with none blocked.
+        // SAFETY: between fork and exec only sigemptyset and pthread_sigmask run, which are
+        // async-signal-safe and allocate nothing.
+        unsafe {
+            command.pre_exec(|| {
+                let mut none = std::mem::zeroed::<libc::sigset_t>();
+                libc::sigemptyset(&mut none);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                Ok(())
+            });
         }
         let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).spawn()?;
         children.push(child.id());

@@ -1,4 +1,7 @@
-//! `cairn snapshot PATH...`: back up files and directories.
+//! `cairn snapshot PATH...`: back up files and directories; a stream (standard input, a
+//! command's output) is [`stream`]'s.
+
+mod stream;
 
 mod walk;
 
@@ -18,7 +21,7 @@ use cairn::progress::Progress;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Files and directories to back up (SQLite databases inside are captured through SQLite)
-    #[arg(value_name = "PATH", required_unless_present = "sqlite")]
+    #[arg(value_name = "PATH", required_unless_present_any = ["sqlite", "stdin", "stdin_from_command"])]
     paths: Vec<PathBuf>,
     /// An SQLite database to capture consistently while it is in use (repeatable)
     #[arg(long, value_name = "DB_PATH")]
@@ -49,6 +52,8 @@ pub struct Args {
     /// the repository's file system (a local repository only): 10%, 5GiB, 500MiB
     #[arg(long, env = "CAIRN_MIN_FREE", value_name = "SIZE", value_parser = cairn::disk::MinFree::parse)]
     min_free: Option<cairn::disk::MinFree>,
+    #[command(flatten)]
+    stream: stream::StreamArgs,
 }
 
 fn record_failure(repo: &cairn::repository::Repository, source: &str, error: &str) {
@@ -58,6 +63,9 @@ fn record_failure(repo: &cairn::repository::Repository, source: &str, error: &st
 }
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
+    if args.stream.wanted() {
+        return stream::run(context, args);
+    }
     let recorded: Vec<Vec<u8>> =
         normalize_paths(&args.paths).iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
     let key = source_key(&args.source, &recorded);

@@ -743,7 +743,14 @@ fn refuse_root(repo: &Indexed, id: &Id, snapshot: &Snapshot) -> Result<Error> {
     let tree = repo.read_tree(&snapshot.tree)?;
     let names: Vec<String> = tree.nodes.iter().take(5).map(|n| String::from_utf8_lossy(&n.name).into_owned()).collect();
     let paths: Vec<String> = snapshot.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
-    let holds = if paths.len() == 1 {
+    let holds = if paths.len() == 1 && !paths[0].starts_with('/') {
+        // A stream's snapshot (store-format/snapshot.md, "Paths"): one file, from no place on disk.
+        format!(
+            "one file, {}, the output of {}, which would be written into / itself. Give a directory as --target",
+            names.join(", "),
+            paths[0]
+        )
+    } else if paths.len() == 1 {
         format!(
             "the content of one directory, {}, so its top-level entries ({}) would be written into / itself. Give \
              that directory as --target",

@@ -1,10 +1,11 @@
 //! Reading sources into the repository: walking directory trees into tree blobs and content
 //! chunks ([`archiver`]), with exclusion patterns ([`exclude`]) and what else a walk leaves out
 //! ([`walk_options`]: other file systems, cache and marked directories), reaching every entry
-//! below a source root through its directory's descriptor ([`nofollow`]), and capturing live
-//! SQLite databases ([`sqlite`]).
+//! below a source root through its directory's descriptor ([`nofollow`]), capturing live SQLite
+//! databases ([`sqlite`]), and running a command whose output is backed up ([`command`]).
 
 pub mod archiver;
+pub mod command;
 pub mod exclude;
 pub mod nofollow;
 pub mod sqlite;

@@ -426,3 +426,13 @@ fn a_killed_run_leaves_a_lock_file_that_holds_nothing_off() {
     assert!(third.status.success(), "{}", stderr(&third));
     assert!(!lock.exists(), "a run that ends removes its lock file");
 }
+
+#[test]
+fn hooks_start_with_no_signal_blocked() {
+    // cairn blocks SIGINT, SIGTERM and SIGHUP to take them on one thread; a hook that kept that
+    // mask would ignore the signal a run passes on to it when it is stopped.
+    let (s, config) = small("run-hook-signals", "grep SigBlk /proc/self/status > blocked");
+    ok(&mut cairn_run(&config));
+    let blocked = fs::read_to_string(s.join("blocked")).unwrap();
+    assert_eq!(blocked.split_whitespace().collect::<Vec<_>>(), ["SigBlk:", "0000000000000000"]);
+}

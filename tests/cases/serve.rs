@@ -644,3 +644,35 @@ fn a_lost_source_is_restored_through_the_api_where_it_was() {
     // The directory made for it has the mode a restore by path gives it.
     assert_eq!(fs::metadata(&source).unwrap().permissions().mode(), mode);
 }
+
+#[test]
+fn a_command_source_backs_up_and_restores_through_the_api() {
+    let site = site("serve-command", 0.0);
+    let mut config = fs::read_to_string(&site.config).unwrap();
+    config.push_str(
+        "\n[[source]]\nname = \"dump\"\nkind = \"command\"\ncommand = \"printf 'rows of %s\\\\n' \\\"$CAIRN_SOURCE\\\"\"\n\
+         filename = \"dump.txt\"\n\n[[source]]\nname = \"bad\"\nkind = \"command\"\ncommand = \"echo half; exit 5\"\n",
+    );
+    fs::write(&site.config, config).unwrap();
+    let served = serve(&site);
+    let (status, body) =
+        call(&served, Some(TOKEN), "POST", "/api/v1/backups", Some(json!({ "source": "dump", "wait": true })));
+    assert_eq!((status, body["job"]["state"].as_str()), (200, Some("done")), "{body}");
+    assert_eq!(body["job"]["result"]["backups"][0]["paths"], json!(["command:dump.txt"]), "{body}");
+    // A failing command fails its job, and says how.
+    let (status, body) =
+        call(&served, Some(TOKEN), "POST", "/api/v1/backups", Some(json!({ "source": "bad", "wait": true })));
+    assert_eq!((status, body["job"]["state"].as_str()), (200, Some("failed")), "{body}");
+    assert!(body["job"]["error"].to_string().contains("exited with status 5"), "{body}");
+    // The output has no place of its own: a restore needs a target, inside the allowed roots.
+    let request = json!({ "id": "latest", "source": "dump", "confirm": true, "wait": true });
+    let (status, body) = call(&served, Some(TOKEN), "POST", "/api/v1/backups/restore", Some(request.clone()));
+    assert_eq!(status, 400);
+    assert!(body.to_string().contains("give `target`"), "{body}");
+    let target = site.scratch.join("srv/web/restored");
+    let mut request = request;
+    request["target"] = json!(target);
+    let (status, body) = call(&served, Some(TOKEN), "POST", "/api/v1/backups/restore", Some(request));
+    assert_eq!((status, body["job"]["state"].as_str()), (200, Some("done")), "{body}");
+    assert_eq!(fs::read(target.join("dump.txt")).unwrap(), b"rows of dump\n");
+}

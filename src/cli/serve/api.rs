@@ -491,6 +491,11 @@ fn restore_request(server: &Server, call: &Call) -> Result<RestoreRequest, Reply
         Some(target) => PathBuf::from(target),
         None => match configured.paths.as_slice() {
             [path] if configured.kind == SourceKind::Tree && (path.is_dir() || !path.exists()) => path.clone(),
+            _ if configured.kind == SourceKind::Command => {
+                return Err(bad(format!(
+                    "source {source} is a command's output, one file with no place of its own: give `target`, the directory to restore it into"
+                )))
+            }
             _ => return Err(bad(format!("source {source} is not one directory: give `target`"))),
         },
     };

@@ -29,6 +29,14 @@ pub struct WalkArgs {
 }
 
 impl WalkArgs {
+    /// Whether any of these flags was given.
+    pub fn any(&self) -> bool {
+        !self.exclude_files.is_empty()
+            || self.exclude_caches
+            || !self.exclude_if_present.is_empty()
+            || self.one_file_system
+    }
+
     /// The exclude patterns (`excludes`, then those of each `--exclude-file`) and the walk
     /// options, checked: a pattern that can never match, a file that cannot be read or a marker
     /// name that is no file name is an error before anything is written.
