@@ -25,6 +25,8 @@ mod fixtures;
 mod in_place;
 #[path = "cases/monitor.rs"]
 mod monitor;
+#[path = "cases/mount.rs"]
+mod mount;
 #[path = "cases/prune.rs"]
 mod prune;
 #[path = "cases/repair.rs"]
