@@ -76,6 +76,9 @@ pub fn serve(repo: &Repository, at: &Path, options: &Options, events: &dyn Event
     let at = mount_point(at)?;
     let warn = |message: &str| events.warn(message);
     let store = store::Store::open(repo, options.filter.clone(), &warn)?;
+    if events.stop() {
+        return Ok(Ended::Stopped); // asked while the index was read: never mounted
+    }
     let filesystem = fs::Fs::new(store, &warn);
     use fuser::MountOption;
     let mut mount_options = vec![

@@ -240,6 +240,29 @@ fn new_snapshots_appear_and_a_signal_unmounts_cleanly() {
 }
 
 #[test]
+fn a_damaged_chunk_fails_its_read_and_says_which_file() {
+    let scratch = Scratch::new("mount-damage");
+    let (data, repo, mnt) = (scratch.join("data"), scratch.join("repo"), scratch.join("mnt"));
+    fs::create_dir_all(&data).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    write_noise_file(&data.join("big.bin"), 4 * 1024 * 1024, 11);
+    fs::write(data.join("small"), b"intact").unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&data));
+    // The largest pack holds the big file's chunks: one flipped byte in its middle.
+    let (pack, len) = packs_by_size(&repo).pop().unwrap();
+    flip_byte(&pack, len / 2, 0x10);
+    let mut mounted = Mounted::start(&repo, &mnt, scratch.join("mount.log"), &[]);
+    let latest = fs::read_link(mnt.join("snapshots/latest")).unwrap();
+    let root = mnt.join("snapshots").join(latest);
+    let error = fs::read(root.join("big.bin")).expect_err("a damaged chunk never reads as bytes");
+    assert_eq!(error.raw_os_error(), Some(libc::EIO), "{error}");
+    assert!(mounted.stderr().contains("big.bin") && mounted.stderr().contains("warning"), "{}", mounted.stderr());
+    assert!(fusermount(&mnt).status.success());
+    assert_eq!(mounted.wait(), Some(0), "{}", mounted.stderr());
+}
+
+#[test]
 fn a_missing_file_or_non_empty_mount_point_is_refused() {
     let scratch = Scratch::new("mount-refused");
     let (data, repo) = (scratch.join("data"), scratch.join("repo"));
