@@ -99,6 +99,10 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// `cairn mount` cannot mount at `path`; the reason says why and what to do.
+    #[error("cannot mount at {path}: {reason}")]
+    Mount { path: PathBuf, reason: String },
+
     #[error("interrupted before it finished")]
     Interrupted,
 

@@ -28,7 +28,8 @@
 //!   source, host and tag filter selects.
 //! - [`walk`]: the one depth-first walk of stored trees, two trees side by side, and every
 //!   distinct tree read once; [`diff`]: what changed between two snapshots; [`find`]: which
-//!   snapshots hold the paths a pattern matches; [`export`]: a tree as a tar stream.
+//!   snapshots hold the paths a pattern matches; [`export`]: a tree as a tar stream;
+//!   [`mount`]: the snapshots as a read-only FUSE file system.
 //! - [`sync`]: copying snapshots and the packs they need to another repository (offsite).
 //! - [`fs_at`]: file system calls relative to an open directory that never follow a symlink
 //!   below it, for restore and drills.
@@ -62,6 +63,7 @@ pub mod fs_at;
 pub mod host;
 pub mod id;
 pub mod knobs;
+pub mod mount;
 pub mod names;
 pub mod progress;
 pub mod prune;

@@ -27,6 +27,8 @@ mod fixtures;
 mod in_place;
 #[path = "cases/monitor.rs"]
 mod monitor;
+#[path = "cases/mount.rs"]
+mod mount;
 #[path = "cases/names.rs"]
 mod names;
 #[path = "cases/prune.rs"]

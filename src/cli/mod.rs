@@ -17,6 +17,7 @@ mod init;
 mod key;
 mod log;
 mod ls;
+mod mount;
 mod password;
 mod repair;
 mod restore;
@@ -116,6 +117,9 @@ enum Command {
     Find(find::Args),
     /// Write a file of a snapshot to standard output
     Dump(dump::Args),
+    /// Browse the snapshots as a read-only file system (FUSE) at an empty directory, until
+    /// Ctrl-C or `fusermount -u`
+    Mount(mount::Args),
     /// Restore a snapshot, or parts of it, into a directory
     Restore(restore::Args),
     /// Verify the repository: structure, and with --read-data every blob's content
@@ -432,6 +436,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff(args) => diff::run(&context, args),
         Command::Find(args) => find::run(&context, args),
         Command::Dump(args) => dump::run(&context, args),
+        Command::Mount(args) => mount::run(&context, args),
         Command::Restore(args) => restore::run(&context, args),
         Command::Check(args) => check::run(&context, args),
         Command::Drill(args) => drill::run(&context, args),
