@@ -53,3 +53,5 @@ mod trust;
 mod verify;
 #[path = "cases/walk_safety.rs"]
 mod walk_safety;
+#[path = "cases/xattrs.rs"]
+mod xattrs;

@@ -1,9 +1,10 @@
 //! Reading sources into the repository: walking directory trees into tree blobs and content
 //! chunks ([`archiver`]), with exclusion patterns ([`exclude`]), reaching every entry below a
 //! source root through its directory's descriptor ([`nofollow`]), and capturing live SQLite
-//! databases ([`sqlite`]).
+//! databases ([`sqlite`]); each entry's extended attributes ([`attributes`]).
 
 pub mod archiver;
+pub mod attributes;
 pub mod exclude;
 pub mod nofollow;
 pub mod sqlite;

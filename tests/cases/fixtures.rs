@@ -66,9 +66,36 @@ fn check_fixture(name: &str, password: Option<&str>) {
     }
 
     // A new snapshot goes into the old repository (git dropped its empty directories) and
-    // dedups against the old data.
+    // dedups against the old data. A file with an extended attribute makes its directory's tree
+    // a version 2 tree; the others stay version 1, and the repository, old and new trees mixed,
+    // checks clean and restores both.
     fs::remove_file(target.join("hello.txt")).unwrap();
+    let attribute = set_xattr(&target.join("dir/text.log"), "user.added", b"after format v1");
     let second = json(cairn(&repo).arg("snapshot").arg(&target));
     assert_eq!(second["summary"]["files"], 2);
     assert!(second["summary"]["stored_bytes_added"].as_u64().unwrap() < 2000, "{second}");
+    ok(cairn(&repo).arg("check").arg("--read-data"));
+    let again = scratch.join("again");
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&again));
+    assert_eq!(fs::read_to_string(again.join("dir/text.log")).unwrap(), text);
+    if attribute {
+        let value = xattr(&again.join("dir/text.log"), "user.added");
+        assert_eq!(value.as_deref(), Some(&b"after format v1"[..]));
+    }
+}
+
+/// Sets an extended attribute; false where the file system keeps none.
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
+    let (path, name) = (std::ffi::CString::new(path.to_str().unwrap()).unwrap(), std::ffi::CString::new(name).unwrap());
+    // SAFETY: valid C strings and a buffer of value.len() bytes.
+    unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) == 0 }
+}
+
+/// An extended attribute's value, if it has one.
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let (path, name) = (std::ffi::CString::new(path.to_str().unwrap()).unwrap(), std::ffi::CString::new(name).unwrap());
+    let mut buffer = vec![0u8; 65_536];
+    // SAFETY: valid C strings and a buffer of its length.
+    let len = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buffer.as_mut_ptr().cast(), buffer.len()) };
+    (len >= 0).then(|| buffer[..len as usize].to_vec())
 }
