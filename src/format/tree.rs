@@ -406,7 +406,9 @@ pub(crate) mod tests {
             let encoded = tree.encode();
             let cut = cut.min(encoded.len());
             prop_assert!(Tree::decode(&encoded[..encoded.len() - cut], "tree").is_err());
-            let _ = Tree::decode(&data, "tree");
+            if let Ok(decoded) = Tree::decode(&data, "tree") {
+                prop_assert_eq!(decoded.encode(), data, "one encoding per tree");
+            }
         }
     }
 }
