@@ -333,7 +333,16 @@ fn archive_trie(
                     };
                     let previous_tree = archiver.parent_subtree(previous);
                     let subtree = archive_trie(archiver, &path, grandchildren, previous_tree.as_ref(), level + 1)?;
-                    Ok(Some(Node { name: name.clone(), meta: metadata_of(&stat), content: Content::Dir { subtree } }))
+                    let xattrs = crate::source::attributes::xattrs_at_path(&path).unwrap_or_else(|e| {
+                        archiver.record(&path, format!("cannot read extended attributes, stored without them: {e}"));
+                        Vec::new()
+                    });
+                    Ok(Some(Node {
+                        name: name.clone(),
+                        meta: metadata_of(&stat),
+                        content: Content::Dir { subtree },
+                        xattrs,
+                    }))
                 }
             }
         })

@@ -22,8 +22,9 @@ pub enum Change {
     Modified,
     /// A file became a directory, say.
     Type,
-    /// Only mode, owner or modification time (of a file, a link or a device; a directory's own
-    /// mode or owner). A directory's mtime follows its entries and is not reported.
+    /// Only mode, owner, extended attributes (ACLs, capabilities, labels) or modification time
+    /// (of a file, a link or a device; a directory's own mode, owner or attributes). A
+    /// directory's mtime follows its entries and is not reported.
     Metadata,
 }
 
@@ -131,7 +132,7 @@ pub fn change(old: Option<&Node>, new: Option<&Node>) -> Option<Change> {
         return Some(Change::Modified);
     }
     let is_dir = matches!(new.content, Content::Dir { .. });
-    (!same_metadata(&old.meta, &new.meta, is_dir)).then_some(Change::Metadata)
+    (!same_metadata(&old.meta, &new.meta, is_dir) || old.xattrs != new.xattrs).then_some(Change::Metadata)
 }
 
 /// Mode, owner, and (but for directories) modification time; not what a copy or a restore
@@ -146,7 +147,12 @@ mod tests {
     use super::*;
 
     fn node(content: Content, mode: u32, mtime: i64) -> Node {
-        Node { name: b"x".to_vec(), meta: Metadata { mode, mtime_sec: mtime, ..Metadata::default() }, content }
+        Node {
+            name: b"x".to_vec(),
+            meta: Metadata { mode, mtime_sec: mtime, ..Metadata::default() },
+            content,
+            xattrs: Vec::new(),
+        }
     }
 
     #[test]
@@ -168,5 +174,11 @@ mod tests {
         assert_eq!(change(Some(&link(b"a")), Some(&link(b"b"))), Some(Change::Modified));
         let copy = Node { meta: Metadata { ino: 99, ctime_sec: 5, nlink: 2, ..f.meta }, ..f.clone() };
         assert_eq!(change(Some(&f), Some(&copy)), None, "a copy's inode and ctime are no change");
+        let acl = crate::format::tree::Xattr { name: b"system.posix_acl_access".to_vec(), value: vec![2, 0, 0, 0] };
+        let with_acl = Node { xattrs: vec![acl], ..f.clone() };
+        assert_eq!(change(Some(&f), Some(&with_acl)), Some(Change::Metadata));
+        let labelled = Node { xattrs: vec![], ..dir(1, 0o755, 10) };
+        let relabelled = Node { xattrs: with_acl.xattrs.clone(), ..dir(2, 0o755, 20) };
+        assert_eq!(change(Some(&labelled), Some(&relabelled)), Some(Change::Metadata));
     }
 }

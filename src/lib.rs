@@ -33,6 +33,8 @@
 //! - [`sync`]: copying snapshots and the packs they need to another repository (offsite).
 //! - [`fs_at`]: file system calls relative to an open directory that never follow a symlink
 //!   below it, for restore and drills.
+//! - [`xattr`]: extended attributes (ACLs, capabilities, SELinux labels) of one entry, read and
+//!   written without following a symlink.
 //! - [`progress`]: the progress bar.
 //!
 //! # Durability
@@ -79,3 +81,4 @@ pub mod status;
 pub mod sync;
 pub mod tag;
 pub mod walk;
+pub mod xattr;

@@ -35,7 +35,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::snapshot::{Snapshot, SourceError};
-use crate::format::tree::{Content, Metadata, Node, Tree};
+use crate::format::tree::{Content, Metadata, Node, Tree, Xattr};
 use crate::fs_at::{set_metadata_fd, stat_fd, Dir, Place};
 use crate::id::Id;
 use crate::progress::Progress;
@@ -44,6 +44,7 @@ use crate::repository::Indexed;
 use crate::source::sqlite;
 use crate::walk::{depth_first, InParallel, Open, Parallel, Step, Visitor, ROUND_DEPTH};
 
+mod attributes;
 mod database;
 pub mod in_place;
 
@@ -71,10 +72,16 @@ pub struct RestoreSummary {
     pub sockets_skipped: u64,
     /// Files left as they were because their content already matched (`skip_identical`).
     pub files_unchanged: u64,
+    /// Extended attributes that could not be set for who restores or where (a `security.*` or
+    /// `trusted.*` one without privilege, a file system without them): warned of, not errors.
+    pub xattrs_not_restored: u64,
 }
 
 /// An entry below the target: the directory it is in, and its name there.
 type Entry = (Arc<Place>, Vec<u8>);
+
+/// A directory restore made, with the metadata and extended attributes it gets last.
+type MadeDir = (Arc<Place>, Metadata, Vec<Xattr>);
 
 struct Restorer<'a> {
     repo: &'a Indexed<'a>,
@@ -100,11 +107,13 @@ struct Restorer<'a> {
     links: Mutex<Vec<(Entry, (u64, u64))>>,
     /// Multiply-linked files whose content failed: their other names must fail too.
     failed: Mutex<HashSet<(u64, u64)>>,
-    dirs: Mutex<Vec<(Arc<Place>, Metadata)>>,
+    /// Directories made, for their metadata at the end.
+    dirs: Mutex<Vec<MadeDir>>,
     files: AtomicU64,
     dir_count: AtomicU64,
     bytes: AtomicU64,
     sockets: AtomicU64,
+    xattrs_not_restored: AtomicU64,
 }
 
 /// Splits an include path into its components, ignoring `/`, `.` and empty parts.
@@ -354,6 +363,7 @@ fn restore_selected(
         dir_count: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         sockets: AtomicU64::new(0),
+        xattrs_not_restored: AtomicU64::new(0),
     };
     if options.includes.is_empty() {
         progress.add_total(snapshot.summary.bytes);
@@ -384,6 +394,7 @@ fn restore_selected(
         errors: restorer.errors.into_inner().expect("poisoned"),
         sockets_skipped: restorer.sockets.load(Relaxed),
         files_unchanged: restorer.unchanged.load(Relaxed),
+        xattrs_not_restored: restorer.xattrs_not_restored.load(Relaxed),
     })
 }
 
@@ -422,7 +433,7 @@ impl InParallel for Restorer<'_> {
                 self.close_reused(&child, &node.meta);
                 let child_place = place.child(name);
                 self.dir_count.fetch_add(1, Relaxed);
-                self.dirs.lock().expect("poisoned").push((child_place.clone(), node.meta));
+                self.dirs.lock().expect("poisoned").push((child_place.clone(), node.meta, node.xattrs.clone()));
                 return Some((child, child_place));
             }
             Content::File { chunks } => {
@@ -444,10 +455,10 @@ impl InParallel for Restorer<'_> {
             Content::Symlink { target } => dir
                 .symlink(target, name)
                 .map_err(|e| e.to_string())
-                .and_then(|_| self.metadata(dir, name, &node.meta, true)),
-            Content::Fifo => self.special(dir, name, libc::S_IFIFO, 0, &node.meta),
-            Content::CharDevice { rdev } => self.special(dir, name, libc::S_IFCHR, *rdev, &node.meta),
-            Content::BlockDevice { rdev } => self.special(dir, name, libc::S_IFBLK, *rdev, &node.meta),
+                .and_then(|_| self.metadata(dir, name, &node.meta, &node.xattrs, true, || self.shown(place, name))),
+            Content::Fifo => self.special(dir, place, node, libc::S_IFIFO, 0),
+            Content::CharDevice { rdev } => self.special(dir, place, node, libc::S_IFCHR, *rdev),
+            Content::BlockDevice { rdev } => self.special(dir, place, node, libc::S_IFBLK, *rdev),
             Content::Socket => {
                 self.sockets.fetch_add(1, Relaxed);
                 let shown = self.shown(place, name);
@@ -538,16 +549,17 @@ impl Restorer<'_> {
         let _ = set_metadata_fd(dir.as_fd(), self.as_root.then_some((0, st.st_gid)), 0o700, mtime);
     }
 
-    fn special(&self, dir: &Dir, name: &[u8], kind: libc::mode_t, rdev: u64, meta: &Metadata) -> Result<(), String> {
+    fn special(&self, dir: &Dir, place: &Place, node: &Node, kind: libc::mode_t, rdev: u64) -> Result<(), String> {
+        let name = node.name.as_slice();
         dir.mknod(name, kind, rdev).map_err(|e| e.to_string())?;
-        self.metadata(dir, name, meta, false)
+        self.metadata(dir, name, &node.meta, &node.xattrs, false, || self.shown(place, name))
     }
 
     /// With `skip_identical`: whether `name` already is a regular file with exactly this
     /// content; if so its metadata is restored through the file opened for the comparison. A
     /// symlink is never the file, whatever it points to; nor is a file with other hard links
     /// where the snapshot has none (its inode is shared with something else).
-    fn keep_identical(&self, node: &Node, chunks: &[Id], dir: &Dir) -> Result<bool, String> {
+    fn keep_identical(&self, node: &Node, chunks: &[Id], dir: &Dir, place: &Place) -> Result<bool, String> {
         let Some(chunker) = &self.compare else { return Ok(false) };
         let Ok(Some((file, st))) = dir.open_regular(&node.name) else { return Ok(false) };
         if st.st_size as u64 != node.meta.size || (st.st_nlink > 1 && node.meta.nlink <= 1) {
@@ -556,12 +568,12 @@ impl Restorer<'_> {
         if !crate::source::same_content(chunker, &file, node.meta.size, chunks).unwrap_or(false) {
             return Ok(false);
         }
-        self.file_metadata(&file, &node.meta)?;
+        self.file_metadata(&file, &node.meta, &node.xattrs, || self.shown(place, &node.name))?;
         Ok(true)
     }
 
     fn file(&self, node: &Node, chunks: &[Id], dir: &Dir, place: &Place, raw_database: bool) -> Result<(), String> {
-        if self.keep_identical(node, chunks, dir)? {
+        if self.keep_identical(node, chunks, dir, place)? {
             if let Some(reads) = self.reads {
                 reads.skip(chunks);
             }
@@ -582,7 +594,7 @@ impl Restorer<'_> {
         } else {
             // Metadata through the open file: no more lookups of its name.
             let (file, written) = self.write_content(dir, &node.name, first, chunks, node.meta.size, false)?;
-            self.file_metadata(&file, &node.meta)?;
+            self.file_metadata(&file, &node.meta, &node.xattrs, || self.shown(place, &node.name))?;
             written
         };
         self.files.fetch_add(1, Relaxed);
@@ -640,18 +652,6 @@ impl Restorer<'_> {
         self.as_root.then_some((meta.uid, meta.gid))
     }
 
-    /// Owner (as root), mode, then mtime of a file or directory still open.
-    fn file_metadata(&self, file: &impl AsFd, meta: &Metadata) -> Result<(), String> {
-        set_metadata_fd(file.as_fd(), self.owner(meta), meta.mode, (meta.mtime_sec, meta.mtime_nsec))
-            .map_err(|e| e.to_string())
-    }
-
-    /// Owner (as root), mode (not for symlinks), then mtime of the entry `name` in `dir` itself.
-    fn metadata(&self, dir: &Dir, name: &[u8], meta: &Metadata, symlink: bool) -> Result<(), String> {
-        let mode = (!symlink).then_some(meta.mode);
-        dir.set_metadata(name, self.owner(meta), mode, (meta.mtime_sec, meta.mtime_nsec)).map_err(|e| e.to_string())
-    }
-
     fn finish_links(&self, cache: &mut DirCache) {
         let failed = std::mem::take(&mut *self.failed.lock().expect("poisoned"));
         let sources = std::mem::take(&mut *self.link_sources.lock().expect("poisoned"));
@@ -682,12 +682,12 @@ impl Restorer<'_> {
 
     fn finish_dirs(&self, cache: &mut DirCache) {
         let mut dirs = std::mem::take(&mut *self.dirs.lock().expect("poisoned"));
-        dirs.sort_by_key(|(place, _)| std::cmp::Reverse(place.depth()));
-        for (place, meta) in dirs {
+        dirs.sort_by_key(|(place, _, _)| std::cmp::Reverse(place.depth()));
+        for (place, meta, xattrs) in dirs {
             let applied = cache.open(&place).map_err(|e| e.to_string()).and_then(|dir| {
                 // Before the mode may close the directory to us: its parent is next.
                 cache.adopt_parent(&place, &dir);
-                self.file_metadata(&*dir, &meta)
+                self.file_metadata(&*dir, &meta, &xattrs, || place.path(self.target))
             });
             if let Err(e) = applied {
                 self.record(&place.path(self.target), e);

@@ -61,3 +61,5 @@ mod verify;
 mod walk_options;
 #[path = "cases/walk_safety.rs"]
 mod walk_safety;
+#[path = "cases/xattrs.rs"]
+mod xattrs;

@@ -35,7 +35,7 @@ fn build(repo: &Repository, ops: &[u8]) -> Id {
         let nodes = items
             .into_iter()
             .enumerate()
-            .map(|(i, content)| Node { name: format!("{i:03}").into_bytes(), meta, content })
+            .map(|(i, content)| Node { name: format!("{i:03}").into_bytes(), meta, content, xattrs: Vec::new() })
             .collect();
         Content::Dir { subtree: store.store(BlobKind::Tree, &Tree { nodes }.encode()).unwrap() }
     };

@@ -191,7 +191,12 @@ fn take(
         nlink: 1,
         size,
     };
-    let node = Node { name: options.filename.as_bytes().to_vec(), meta, content: Content::File { chunks } };
+    let node = Node {
+        name: options.filename.as_bytes().to_vec(),
+        meta,
+        content: Content::File { chunks },
+        xattrs: Vec::new(),
+    };
     let encoded = Tree { nodes: vec![node] }.encode();
     if encoded.len() > crate::compression::MAX_BLOB_LEN as usize {
         return Err(Error::Invalid(format!("{label}: {size} bytes are too many chunks for one tree blob")));

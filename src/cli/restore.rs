@@ -103,6 +103,10 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
                 n => format!(", {}", format::count(n as u64, "error")),
             }
         );
+        if summary.xattrs_not_restored > 0 {
+            let attributes = format::count(summary.xattrs_not_restored, "extended attribute");
+            outln!("not restored (warned above): {attributes}, refused for this user or by this file system");
+        }
         if let Some(plan) = &report.plan {
             outln!(
                 "changed: {} created, {} replaced, {} deleted, {} kept that the snapshot does not have",

@@ -1,5 +1,6 @@
-//! Tree blobs: one directory's entries, sorted by name, each with its metadata and either its
-//! content chunk ids, its subtree id, its symlink target or its device number. A tree is stored
+//! Tree blobs: one directory's entries, sorted by name, each with its metadata, its extended
+//! attributes, and either its content chunk ids, its subtree id, its symlink target or its
+//! device number. A tree is stored
 //! as a blob of kind `Tree`, so an unchanged directory hashes to the id it had before and costs
 //! nothing. See store-format/tree.md.
 
@@ -7,8 +8,20 @@ use super::{Put, Reader};
 use crate::error::Result;
 use crate::id::Id;
 
-/// First byte of an encoded tree.
-pub const VERSION: u8 = 1;
+/// First byte of an encoded tree in which some node has extended attributes. A tree in which
+/// none has any is written as [`VERSION_PLAIN`], byte for byte what version 1 wrote, so an
+/// unchanged directory keeps its tree id across the upgrade (store-format/tree.md, "Versions").
+pub const VERSION: u8 = 2;
+
+/// First byte of an encoded tree without extended attributes: the version 1 layout.
+pub const VERSION_PLAIN: u8 = 1;
+
+/// The longest extended attribute name Linux allows (`XATTR_NAME_MAX`, namespace prefix
+/// included).
+pub const XATTR_NAME_MAX: usize = 255;
+
+/// The largest extended attribute value Linux allows (`XATTR_SIZE_MAX`).
+pub const XATTR_VALUE_MAX: usize = 65_536;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Tree {
@@ -22,6 +35,24 @@ pub struct Node {
     pub name: Vec<u8>,
     pub meta: Metadata,
     pub content: Content,
+    /// Extended attributes (POSIX ACLs, file capabilities and SELinux labels among them), sorted
+    /// by name, names unique; empty for a node of a version 1 tree.
+    pub xattrs: Vec<Xattr>,
+}
+
+/// One extended attribute as `lgetxattr` gave it: both raw bytes, the name with its namespace
+/// (`user.`, `security.`, `system.`, `trusted.`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Xattr {
+    /// 1 to [`XATTR_NAME_MAX`] bytes, no NUL.
+    pub name: Vec<u8>,
+    /// At most [`XATTR_VALUE_MAX`] bytes.
+    pub value: Vec<u8>,
+}
+
+/// Checks that a name can stand as an extended attribute's name.
+pub fn valid_xattr_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.len() <= XATTR_NAME_MAX && !name.contains(&0)
 }
 
 /// What `lstat` said, as kept for restore and for change detection.
@@ -92,7 +123,8 @@ pub fn valid_name(name: &[u8]) -> bool {
 impl Tree {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + self.nodes.len() * 128);
-        out.put_u8(VERSION);
+        let version = if self.nodes.iter().any(|n| !n.xattrs.is_empty()) { VERSION } else { VERSION_PLAIN };
+        out.put_u8(version);
         out.put_u32(self.nodes.len() as u32);
         for node in &self.nodes {
             out.put_bytes16(&node.name);
@@ -119,6 +151,13 @@ impl Tree {
                 Content::CharDevice { rdev } | Content::BlockDevice { rdev } => out.put_u64(*rdev),
                 Content::Fifo | Content::Socket => {}
             }
+            if version == VERSION {
+                out.put_u32(node.xattrs.len() as u32);
+                for xattr in &node.xattrs {
+                    out.put_bytes16(&xattr.name);
+                    out.put_bytes32(&xattr.value);
+                }
+            }
         }
         out
     }
@@ -127,7 +166,7 @@ impl Tree {
     pub fn decode(data: &[u8], what: &str) -> Result<Tree> {
         let mut r = Reader::new(data, what);
         let version = r.u8()?;
-        if version != VERSION {
+        if version != VERSION && version != VERSION_PLAIN {
             return Err(r.error(format!("unknown tree version {version}")));
         }
         // The smallest node: name length, one name byte, code, fixed metadata.
@@ -180,7 +219,12 @@ impl Tree {
                 7 => Content::BlockDevice { rdev: r.u64()? },
                 other => return Err(r.error(format!("unknown node type {other}"))),
             };
-            nodes.push(Node { name, meta, content });
+            let xattrs = if version == VERSION { decode_xattrs(&mut r)? } else { Vec::new() };
+            nodes.push(Node { name, meta, content, xattrs });
+        }
+        if version == VERSION && nodes.iter().all(|n| n.xattrs.is_empty()) {
+            // Written as version 1 instead: every tree has one encoding.
+            return Err(r.error("version 2 tree without extended attributes"));
         }
         r.finish()?;
         Ok(Tree { nodes })
@@ -189,6 +233,29 @@ impl Tree {
     pub fn find(&self, name: &[u8]) -> Option<&Node> {
         self.nodes.binary_search_by(|n| n.name.as_slice().cmp(name)).ok().map(|i| &self.nodes[i])
     }
+}
+
+/// A node's extended attributes in a version 2 tree: a count, then each name and value.
+fn decode_xattrs(r: &mut Reader<'_>) -> Result<Vec<Xattr>> {
+    // The smallest attribute: name length, one name byte, value length.
+    let count = r.count(2 + 1 + 4)?;
+    let mut xattrs: Vec<Xattr> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name = r.bytes16()?;
+        if !valid_xattr_name(name) {
+            let shown = String::from_utf8_lossy(name);
+            return Err(r.error(format!("invalid extended attribute name {shown:?}")));
+        }
+        if xattrs.last().is_some_and(|previous| previous.name.as_slice() >= name) {
+            return Err(r.error("extended attributes are not sorted by name or repeat a name"));
+        }
+        let value = r.bytes32()?;
+        if value.len() > XATTR_VALUE_MAX {
+            return Err(r.error(format!("extended attribute value of {} bytes exceeds {XATTR_VALUE_MAX}", value.len())));
+        }
+        xattrs.push(Xattr { name: name.to_vec(), value: value.to_vec() });
+    }
+    Ok(xattrs)
 }
 
 #[cfg(test)]
@@ -224,19 +291,114 @@ pub(crate) mod tests {
             nlink: b[2],
             size: b[3],
         });
-        proptest::collection::btree_map(name, (meta, content()), 0..8).prop_map(|nodes| Tree {
+        let xattrs = prop_oneof![Just(Vec::new()), xattrs()];
+        proptest::collection::btree_map(name, (meta, content(), xattrs), 0..8).prop_map(|nodes| Tree {
             nodes: nodes
                 .into_iter()
                 .filter(|(name, _)| valid_name(name))
-                .map(|(name, (meta, content))| Node { name, meta, content })
+                .map(|(name, (meta, content, xattrs))| Node { name, meta, content, xattrs })
                 .collect(),
         })
+    }
+
+    /// Sorted, unique, valid attributes with any bytes, an empty value included.
+    fn xattrs() -> impl Strategy<Value = Vec<Xattr>> {
+        let name = proptest::collection::vec(1u8..=255, 1..20);
+        let value = proptest::collection::vec(any::<u8>(), 0..50);
+        proptest::collection::btree_map(name, value, 0..4)
+            .prop_map(|map| map.into_iter().map(|(name, value)| Xattr { name, value }).collect())
+    }
+
+    fn node(name: &[u8], xattrs: Vec<Xattr>) -> Node {
+        Node { name: name.to_vec(), meta: Metadata::default(), content: Content::Fifo, xattrs }
+    }
+
+    fn xattr(name: &[u8], value: &[u8]) -> Xattr {
+        Xattr { name: name.to_vec(), value: value.to_vec() }
+    }
+
+    fn error(data: &[u8]) -> String {
+        Tree::decode(data, "tree").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_tree_without_extended_attributes_is_version_1_byte_for_byte() {
+        let tree = Tree { nodes: vec![node(b"a", vec![]), node(b"b", vec![])] };
+        let encoded = tree.encode();
+        assert_eq!(encoded[0], 1);
+        // Version 1's layout: 72 bytes per one-byte-named FIFO, after the 5-byte header.
+        assert_eq!(encoded.len(), 5 + 2 * 72);
+        assert_eq!(Tree::decode(&encoded, "tree").unwrap(), tree);
+    }
+
+    #[test]
+    fn a_tree_with_extended_attributes_is_version_2() {
+        let value = vec![0xffu8; XATTR_VALUE_MAX];
+        let attrs = vec![xattr(b"security.capability", &[1, 0, 0, 2]), xattr(b"user.\xff\x01", &value)];
+        let tree = Tree { nodes: vec![node(b"a", vec![]), node(b"b", attrs)] };
+        let encoded = tree.encode();
+        assert_eq!(encoded[0], 2);
+        // Node a: 72 bytes and a zero count; node b: 72, the count, two attributes.
+        let attributes = (2 + 19 + 4 + 4) + (2 + 7 + 4 + XATTR_VALUE_MAX);
+        assert_eq!(encoded.len(), 5 + 72 + 4 + 72 + 4 + attributes);
+        assert_eq!(Tree::decode(&encoded, "tree").unwrap(), tree);
+    }
+
+    #[test]
+    fn hostile_extended_attributes_are_refused() {
+        let good = Tree { nodes: vec![node(b"a", vec![xattr(b"user.a", b"1"), xattr(b"user.b", b"2")])] }.encode();
+        // Where node a's attribute count starts: header, node, then the count.
+        let at = 5 + 72;
+        let with = |offset: usize, bytes: &[u8]| {
+            let mut data = good.clone();
+            data[offset..offset + bytes.len()].copy_from_slice(bytes);
+            data
+        };
+        assert!(error(&with(at, &u32::MAX.to_le_bytes())).contains("count 4294967295 exceeds the remaining data"));
+        // The second name made equal to the first, then smaller.
+        let second = at + 4 + 2 + 6 + 4 + 1 + 2;
+        assert!(error(&with(second, b"user.a")).contains("not sorted by name or repeat a name"));
+        assert!(error(&with(second, b"user.0")).contains("not sorted by name or repeat a name"));
+        assert!(error(&with(second + 5, b"\0")).contains("invalid extended attribute name"));
+        // A value length past the end, and past the limit.
+        assert!(error(&with(second + 6, &u32::MAX.to_le_bytes())).contains("truncated"));
+        let mut long = Tree { nodes: vec![node(b"a", vec![xattr(b"user.a", &[7; XATTR_VALUE_MAX])])] }.encode();
+        let len = at + 4 + 2 + 6;
+        long[len..len + 4].copy_from_slice(&(XATTR_VALUE_MAX as u32 + 1).to_le_bytes());
+        long.push(7);
+        assert!(error(&long).contains("value of 65537 bytes exceeds 65536"));
+        // An empty name, and one past 255 bytes.
+        let empty = [&good[..at + 4], &[0, 0, 0, 0, 0, 0][..]].concat();
+        let empty = [&empty[..], &good[at + 4 + 2 + 6 + 4 + 1..]].concat();
+        assert!(error(&empty).contains("invalid extended attribute name"));
+        let name = vec![b'u'; XATTR_NAME_MAX + 1];
+        let mut over = Tree { nodes: vec![node(b"a", vec![])] }.encode();
+        over[0] = 2;
+        over.extend_from_slice(&1u32.to_le_bytes());
+        over.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        over.extend_from_slice(&name);
+        over.extend_from_slice(&0u32.to_le_bytes());
+        assert!(error(&over).contains("invalid extended attribute name"));
+    }
+
+    #[test]
+    fn version_2_needs_an_attribute_and_version_3_is_unknown() {
+        let mut plain = Tree { nodes: vec![node(b"a", vec![])] }.encode();
+        plain[0] = 2;
+        plain.extend_from_slice(&0u32.to_le_bytes());
+        assert!(error(&plain).contains("version 2 tree without extended attributes"));
+        assert!(error(&[2, 0, 0, 0, 0]).contains("version 2 tree without extended attributes"));
+        assert!(error(&[3, 0, 0, 0, 0]).contains("unknown tree version 3"));
+        assert!(error(&[0, 0, 0, 0, 0]).contains("unknown tree version 0"));
     }
 
     proptest! {
         #[test]
         fn round_trip(tree in tree()) {
-            prop_assert_eq!(Tree::decode(&tree.encode(), "tree").unwrap(), tree);
+            let encoded = tree.encode();
+            let decoded = Tree::decode(&encoded, "tree").unwrap();
+            prop_assert_eq!(decoded.encode(), encoded);
+            prop_assert_eq!(decoded, tree);
         }
 
         #[test]
@@ -244,7 +406,9 @@ pub(crate) mod tests {
             let encoded = tree.encode();
             let cut = cut.min(encoded.len());
             prop_assert!(Tree::decode(&encoded[..encoded.len() - cut], "tree").is_err());
-            let _ = Tree::decode(&data, "tree");
+            if let Ok(decoded) = Tree::decode(&data, "tree") {
+                prop_assert_eq!(decoded.encode(), data, "one encoding per tree");
+            }
         }
     }
 }

@@ -203,7 +203,7 @@ impl Restorer<'_> {
         if verdict != "ok" {
             return Err(format!("restored database fails integrity_check, existing file kept: {verdict}"));
         }
-        self.file_metadata(&file, &node.meta)?;
+        self.file_metadata(&file, &node.meta, &node.xattrs, || self.shown(place, &node.name))?;
         staging
             .replace(&file, &self.shown(place, &staging.name))
             .map_err(|e| format!("replacing the database: {e}"))?;

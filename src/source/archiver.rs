@@ -26,6 +26,9 @@
 //! snapshot (and whose chunks are all in the index) reuses that chunk list without being read,
 //! unless the parent snapshot reported an error for its path.
 //!
+//! Extended attributes: read for every entry after its content, through its directory and
+//! checked to belong to it ([`super::attributes`]).
+//!
 //! Errors: a source entry that cannot be read is recorded (the snapshot is then marked incomplete)
 //! and the walk goes on; a repository write failure aborts the snapshot.
 
@@ -368,12 +371,17 @@ impl<'a> Archiver<'a> {
                 return self.dir_node(dir, &at, &stat, previous, level);
             }
             match self.leaf_node(&dir, &at, &stat, previous, wal_sibling)? {
-                Look::Node(node) => return Ok(Some(node)),
-                Look::Skip => return Ok(None),
-                Look::Replaced => match self.stat(&dir, &at, &name) {
-                    Some(again) => stat = again,
-                    None => return Ok(None),
+                Look::Node(node) => match self.xattrs(&dir, &name, &stat, || at.path()) {
+                    Ok(xattrs) => return Ok(Some(Node { xattrs, ..node })),
+                    Err(OpenError::Replaced) => {}
+                    Err(_) => return Ok(None),
                 },
+                Look::Skip => return Ok(None),
+                Look::Replaced => {}
+            }
+            match self.stat(&dir, &at, &name) {
+                Some(again) => stat = again,
+                None => return Ok(None),
             }
         }
         self.record_at(&at, "replaced again and again while being read: not stored");
@@ -390,6 +398,14 @@ impl<'a> Archiver<'a> {
         previous: Option<&Node>,
         level: usize,
     ) -> Result<Option<Node>> {
+        let xattrs = match self.xattrs(&dir, at.name, stat, || at.path()) {
+            Ok(xattrs) => xattrs,
+            Err(OpenError::Replaced) => {
+                self.record_at(at, "replaced during the snapshot (it was listed as a directory): not stored");
+                return Ok(None);
+            }
+            Err(_) => return Ok(None),
+        };
         let subtree = if level >= MAX_DEPTH {
             drop(dir);
             let message =
@@ -416,7 +432,7 @@ impl<'a> Archiver<'a> {
             }
         };
         self.counts.dirs.fetch_add(1, Relaxed);
-        Ok(Some(Node { name: at.name.to_vec(), meta: stat.metadata(), content: Content::Dir { subtree } }))
+        Ok(Some(Node { name: at.name.to_vec(), meta: stat.metadata(), content: Content::Dir { subtree }, xattrs }))
     }
 
     /// Archives an entry other than a directory, listed as `stat`.
@@ -449,7 +465,7 @@ impl<'a> Archiver<'a> {
                 return Ok(Look::Skip);
             }
         };
-        Ok(Look::Node(Node { name: at.name.to_vec(), meta: stat.metadata(), content }))
+        Ok(Look::Node(Node { name: at.name.to_vec(), meta: stat.metadata(), content, xattrs: Vec::new() }))
     }
 
     /// Archives a regular file listed as `stat`: reusing the parent's chunk list when it is
@@ -512,7 +528,7 @@ impl<'a> Archiver<'a> {
     fn file(&self, at: &Location<'_>, meta: Metadata, chunks: Vec<Id>) -> Node {
         self.counts.files.fetch_add(1, Relaxed);
         self.counts.bytes.fetch_add(meta.size, Relaxed);
-        Node { name: at.name.to_vec(), meta, content: Content::File { chunks } }
+        Node { name: at.name.to_vec(), meta, content: Content::File { chunks }, xattrs: Vec::new() }
     }
 
     /// Reads an open file into chunks up to [`READ_ATTEMPTS`] times, until its status (through

@@ -123,11 +123,17 @@ fn is_cache_tag(dir: &Dir, name: &[u8]) -> bool {
 
 impl Archiver<'_> {
     /// A directory on another file system (`--one-file-system`): its node, with its metadata
-    /// and an empty tree, as restic stores a mount point.
+    /// and an empty tree, as restic stores a mount point; no extended attributes (those seen
+    /// there are the other file system's root's).
     pub(super) fn mount_point_node(&self, name: &[u8], at: &Location<'_>, stat: &Stat) -> Result<Option<Node>> {
         let subtree = self.store_tree(&Tree::default(), &at.path())?;
         self.counts.dirs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(Some(Node { name: name.to_vec(), meta: stat.metadata(), content: Content::Dir { subtree } }))
+        Ok(Some(Node {
+            name: name.to_vec(),
+            meta: stat.metadata(),
+            content: Content::Dir { subtree },
+            xattrs: Vec::new(),
+        }))
     }
 }
 

@@ -37,10 +37,11 @@ pub fn deep_snapshot(repo: &Path, depth: usize, content: &[u8], missing_chunk: b
         name: b"f".to_vec(),
         meta: Metadata { mode: 0o644, size: content.len() as u64 + missing_chunk as u64, ..meta },
         content: Content::File { chunks },
+        xattrs: Vec::new(),
     };
     let mut tree = store.store(BlobKind::Tree, &Tree { nodes: vec![file] }.encode()).unwrap();
     for _ in 0..depth {
-        let dir = Node { name: b"d".to_vec(), meta, content: Content::Dir { subtree: tree } };
+        let dir = Node { name: b"d".to_vec(), meta, content: Content::Dir { subtree: tree }, xattrs: Vec::new() };
         tree = store.store(BlobKind::Tree, &Tree { nodes: vec![dir] }.encode()).unwrap();
     }
     store.finish().unwrap();
@@ -83,11 +84,12 @@ pub fn diamond_snapshot(repo: &Path, depth: usize) -> String {
         name: b"f".to_vec(),
         meta: Metadata { mode: 0o644, size: 1, ..meta },
         content: Content::File { chunks: vec![Id::of(b"a chunk no pack holds either")] },
+        xattrs: Vec::new(),
     };
     let mut tree = store.store(BlobKind::Tree, &Tree { nodes: vec![file] }.encode()).unwrap();
     for _ in 0..depth {
         let nodes = [b"a", b"b"]
-            .map(|name| Node { name: name.to_vec(), meta, content: Content::Dir { subtree: tree } })
+            .map(|name| Node { name: name.to_vec(), meta, content: Content::Dir { subtree: tree }, xattrs: Vec::new() })
             .to_vec();
         tree = store.store(BlobKind::Tree, &Tree { nodes }.encode()).unwrap();
     }

@@ -28,6 +28,74 @@ fn encrypted_repository_v1_still_restores() {
     check_fixture("repo-v1-encrypted", Some("fixture password"));
 }
 
+/// The first repository with version 2 trees (extended attributes and ACLs): a version 2 root
+/// tree over a version 1 subtree.
+#[test]
+fn repository_v2_still_restores() {
+    let scratch = Scratch::new("fixture-repo-v2");
+    let repo = scratch.join("repo");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/repo-v2");
+    assert!(std::process::Command::new("cp").arg("-r").arg(fixture).arg(&repo).status().unwrap().success());
+    let list = json(cairn(&repo).arg("snapshots"));
+    assert_eq!((list[0]["tags"][0].as_str(), list[0]["complete"].as_bool()), (Some("fixture"), Some(true)));
+    ok(cairn(&repo).args(["check", "--read-data"]));
+
+    let target = scratch.join("restored");
+    let restored = json(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    assert_eq!(fs::read(target.join("hello.txt")).unwrap(), b"hello from format v2\n");
+    assert_eq!(fs::read(target.join("acl.txt")).unwrap(), b"acl\n");
+    assert_eq!(fs::read(target.join("dir/plain.txt")).unwrap(), b"no attributes here\n");
+    assert_eq!(fs::read_link(target.join("dir/link")).unwrap(), Path::new("../hello.txt"));
+    for entry in ["hello.txt", "acl.txt", "dir", "dir/plain.txt", "dir/link"] {
+        let meta = fs::symlink_metadata(target.join(entry)).unwrap();
+        assert_eq!((meta.mtime(), meta.mtime_nsec()), (1767323045, 123456789), "{entry}");
+    }
+    if !set_xattr(&scratch.join("probe"), "user.probe", b"") && !probe(&scratch) {
+        eprintln!("skipped the attributes: {} keeps none", scratch.path().display());
+        return;
+    }
+    assert_eq!(restored["summary"]["xattrs_not_restored"], 0, "{restored}");
+    let hex =
+        |text: &str| (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect();
+    let expected: [(&str, &str, Vec<u8>); 5] = [
+        ("hello.txt", "user.greeting", b"hello".to_vec()),
+        ("hello.txt", "user.binary", vec![0, 0xff, 1, 2]),
+        (
+            "acl.txt",
+            "system.posix_acl_access",
+            hex("0200000001000600ffffffff02000400feff000004000400ffffffff10000400ffffffff20000400ffffffff"),
+        ),
+        (
+            "dir",
+            "system.posix_acl_default",
+            hex("0200000001000700ffffffff02000500feff000004000500ffffffff10000500ffffffff20000500ffffffff"),
+        ),
+        ("dir", "user.dir", b"d".to_vec()),
+    ];
+    for (entry, name, value) in expected {
+        assert_eq!(xattr(&target.join(entry), name), Some(value), "{entry} {name}");
+    }
+    assert_eq!(xattr(&target.join("dir/plain.txt"), "system.posix_acl_access"), None);
+    assert_eq!(fs::symlink_metadata(target.join("acl.txt")).unwrap().mode() & 0o7777, 0o644);
+
+    // A new snapshot of what was restored has the same attributes and metadata: diff finds no
+    // change (it leaves out inodes and ctimes), and the content is stored once.
+    let again = json(cairn(&repo).arg("snapshot").arg(&target));
+    assert_eq!(again["summary"]["blobs_added"], 2, "the two trees only: {again}");
+    let ids = [list[0]["id"].as_str().unwrap(), again["id"].as_str().unwrap()];
+    let diff = json(cairn(&repo).arg("diff").args(ids));
+    if is_root() {
+        // Owners are restored only as root, and the fixture's are root's.
+        assert_eq!(diff["changes"], serde_json::json!([]), "{diff}");
+    }
+}
+
+/// Whether the scratch directory's file system keeps user attributes.
+fn probe(scratch: &Scratch) -> bool {
+    fs::write(scratch.join("probe"), b"").unwrap();
+    set_xattr(&scratch.join("probe"), "user.probe", b"")
+}
+
 fn check_fixture(name: &str, password: Option<&str>) {
     let scratch = Scratch::new(&format!("fixture-{name}"));
     let repo = scratch.join("repo");
@@ -66,9 +134,36 @@ fn check_fixture(name: &str, password: Option<&str>) {
     }
 
     // A new snapshot goes into the old repository (git dropped its empty directories) and
-    // dedups against the old data.
+    // dedups against the old data. A file with an extended attribute makes its directory's tree
+    // a version 2 tree; the others stay version 1, and the repository, old and new trees mixed,
+    // checks clean and restores both.
     fs::remove_file(target.join("hello.txt")).unwrap();
+    let attribute = set_xattr(&target.join("dir/text.log"), "user.added", b"after format v1");
     let second = json(cairn(&repo).arg("snapshot").arg(&target));
     assert_eq!(second["summary"]["files"], 2);
     assert!(second["summary"]["stored_bytes_added"].as_u64().unwrap() < 2000, "{second}");
+    ok(cairn(&repo).arg("check").arg("--read-data"));
+    let again = scratch.join("again");
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&again));
+    assert_eq!(fs::read_to_string(again.join("dir/text.log")).unwrap(), text);
+    if attribute {
+        let value = xattr(&again.join("dir/text.log"), "user.added");
+        assert_eq!(value.as_deref(), Some(&b"after format v1"[..]));
+    }
+}
+
+/// Sets an extended attribute; false where the file system keeps none.
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
+    let (path, name) = (std::ffi::CString::new(path.to_str().unwrap()).unwrap(), std::ffi::CString::new(name).unwrap());
+    // SAFETY: valid C strings and a buffer of value.len() bytes.
+    unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) == 0 }
+}
+
+/// An extended attribute's value, if it has one.
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let (path, name) = (std::ffi::CString::new(path.to_str().unwrap()).unwrap(), std::ffi::CString::new(name).unwrap());
+    let mut buffer = vec![0u8; 65_536];
+    // SAFETY: valid C strings and a buffer of its length.
+    let len = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buffer.as_mut_ptr().cast(), buffer.len()) };
+    (len >= 0).then(|| buffer[..len as usize].to_vec())
 }

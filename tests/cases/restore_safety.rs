@@ -422,12 +422,19 @@ fn deep_repository(repo: &Path, depth: usize) -> String {
         name: b"leaf".to_vec(),
         meta: meta(0o640, content.len() as u64),
         content: Content::File { chunks: vec![chunk] },
+        xattrs: Vec::new(),
     };
     let mut tree = Tree { nodes: vec![leaf] };
     for _ in 0..depth {
         let subtree = store.store(BlobKind::Tree, &tree.encode()).unwrap();
-        tree =
-            Tree { nodes: vec![Node { name: b"d".to_vec(), meta: meta(0o750, 0), content: Content::Dir { subtree } }] };
+        tree = Tree {
+            nodes: vec![Node {
+                name: b"d".to_vec(),
+                meta: meta(0o750, 0),
+                content: Content::Dir { subtree },
+                xattrs: Vec::new(),
+            }],
+        };
     }
     let root = store.store(BlobKind::Tree, &tree.encode()).unwrap();
     store.finish().unwrap();

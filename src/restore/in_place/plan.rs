@@ -24,10 +24,11 @@ use serde::Serialize;
 use crate::chunking::Chunker;
 use crate::error::{Error, Result};
 use crate::format::snapshot::Snapshot;
-use crate::format::tree::{Content, Metadata, Node};
+use crate::format::tree::{Content, Metadata, Node, Xattr};
 use crate::fs_at::{is_dir, set_metadata_fd, stat_fd, Dir};
 use crate::id::Id;
 use crate::repository::Indexed;
+use crate::xattr::{proc_path, read, unsupported, write, Target};
 
 /// Directory levels the walk descends at most: it keeps one descriptor open per level. Deeper
 /// targets are refused before anything changes.
@@ -421,7 +422,9 @@ impl Walker<'_> {
             return Ok(tasks);
         }
         if let Content::Dir { subtree } = &node.content {
-            if self.compare != Compare::Names && self.meta_differs(st, &node.meta, false) {
+            if self.compare != Compare::Names
+                && (self.meta_differs(st, &node.meta, false) || xattrs_differ(dir, &name, &node.xattrs))
+            {
                 self.plan.replaced.push(shown(path));
             }
             let inner = dir.open_dir(&name).map_err(|e| self.io(path, e))?;
@@ -440,7 +443,7 @@ impl Walker<'_> {
             }
             _ => !self.meta_differs(st, &node.meta, false),
         };
-        if same {
+        if same && !xattrs_differ(dir, &name, &node.xattrs) {
             self.plan.unchanged += 1;
         } else {
             self.plan.replaced.push(shown(path));
@@ -513,8 +516,9 @@ fn carry(from: &Dir, to: &Dir, name: &[u8], st: &libc::stat, as_root: bool, dept
         let level = depth + open.len();
         let Some((inner, made, names, _)) = open.last_mut() else { break };
         let Some(child) = names.pop() else {
-            let (_, made, _, st) = open.pop().expect("there is a top");
+            let (inner, made, _, st) = open.pop().expect("there is a top");
             let owner = as_root.then_some((st.st_uid, st.st_gid));
+            copy_xattrs(Target::Fd(inner.raw_fd()), Target::Fd(made.raw_fd()))?;
             set_metadata_fd(made.as_fd(), owner, st.st_mode & 0o7777, (st.st_mtime, st.st_mtime_nsec as u32))?;
             continue;
         };
@@ -548,6 +552,7 @@ fn carry_one(
         libc::S_IFLNK => {
             to.symlink(&from.read_link(name)?, name)?;
             to.set_metadata(name, owner, None, mtime)?;
+            copy_xattrs(Target::Path(&proc_path(from.raw_fd(), name)?), Target::Path(&proc_path(to.raw_fd(), name)?))?;
         }
         libc::S_IFDIR => {
             let (inner, made) = (from.open_dir(name)?, to.make_dir(name, 0o700)?);
@@ -557,10 +562,33 @@ fn carry_one(
         }
         other => {
             to.mknod(name, other, st.st_rdev)?;
-            to.set_metadata(name, owner, Some(st.st_mode & 0o7777), mtime)?;
+            to.set_metadata(name, owner, None, mtime)?;
+            copy_xattrs(Target::Path(&proc_path(from.raw_fd(), name)?), Target::Path(&proc_path(to.raw_fd(), name)?))?;
+            to.set_metadata(name, None, Some(st.st_mode & 0o7777), mtime)?;
         }
     }
     Ok(None)
+}
+
+/// Whether the entry `name` of `dir` lacks one of the extended attributes `wanted`, or holds
+/// another value. Attributes it has beyond them do not count: restore never removes any.
+fn xattrs_differ(dir: &Dir, name: &[u8], wanted: &[Xattr]) -> bool {
+    if wanted.is_empty() {
+        return false;
+    }
+    let Ok(found) = proc_path(dir.raw_fd(), name).and_then(|path| read(Target::Path(&path))) else { return true };
+    wanted.iter().any(|want| found.binary_search(want).is_err())
+}
+
+/// Copies the extended attributes of a carried entry (a file carries its own: it is the same
+/// inode). Those that cannot be set here, for who restores or where, are left behind, as
+/// restore leaves them ([`super::super::attributes`]).
+fn copy_xattrs(from: Target<'_>, to: Target<'_>) -> std::io::Result<()> {
+    let refused = |e: &std::io::Error| unsupported(e) || matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES));
+    match write(to, &read(from)?).into_iter().find(|(_, e)| !refused(e)) {
+        Some((_, error)) => Err(error),
+        None => Ok(()),
+    }
 }
 
 /// Gives the directory `dir` the owner (as root), mode and mtime `st` records.
