@@ -7,7 +7,10 @@
 //! the directory's `/proc` link the kernel reaches the directory by its descriptor, wherever it
 //! has been moved, and looks up only `name` there; the `l` calls never follow `name` itself.
 //! So this is as safe as the `*at` calls of [`crate::fs_at`]; it needs /proc mounted. Files and
-//! directories still open are read and written through their descriptors.
+//! directories still open are read and written through their descriptors. Where the kernel has
+//! `listxattrat` and `getxattrat` (Linux 6.13), an entry of an open directory is read with them
+//! instead ([`Target::At`]): the same lookup of one name without following it, but without the
+//! walk through /proc, which made every unchanged re-snapshot 1.5x slower.
 //!
 //! ACLs are the `system.posix_acl_access` and `system.posix_acl_default` attributes, kept raw in
 //! the kernel's binary form, as restic and borg keep them. The store-format page is tree.md,
@@ -28,6 +31,50 @@ pub enum Target<'a> {
     Path(&'a CStr),
     /// An open file or directory.
     Fd(RawFd),
+    /// The entry `name` of the open directory, never followed (by its `/proc` link where the
+    /// kernel lacks the `*xattrat` calls).
+    At(RawFd, &'a CStr),
+}
+
+/// The system call numbers of `getxattrat` and `listxattrat`: one number on every architecture
+/// (system calls added since Linux 5.1 share one table).
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+
+/// Set once the kernel answered `ENOSYS` to an `*xattrat` call: [`Target::At`] then goes by /proc.
+static NO_XATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `getxattrat`'s argument block (`struct xattr_args`).
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// Runs `at`, an `*xattrat` call, or where the kernel has none (or a filter refuses it)
+/// `by_proc` with the entry's /proc path.
+fn at_or_by_proc(dir: RawFd, name: &CStr, at: impl Fn() -> isize, by_proc: impl Fn(&CStr) -> isize) -> isize {
+    use std::sync::atomic::Ordering::Relaxed;
+    if !NO_XATTRAT.load(Relaxed) {
+        let result = at();
+        match (result >= 0, Error::last_os_error().raw_os_error()) {
+            (true, _) => return result,
+            (false, Some(libc::ENOSYS)) => NO_XATTRAT.store(true, Relaxed),
+            // A seccomp filter that refuses system calls it does not know (older container
+            // runtimes): /proc for this one; what /proc says stands.
+            (false, Some(libc::EPERM)) => {}
+            (false, _) => return result,
+        }
+    }
+    match proc_path(dir, name.to_bytes()) {
+        Ok(path) => by_proc(&path),
+        Err(_) => {
+            // SAFETY: sets this thread's errno, which the caller reads.
+            unsafe { *libc::__errno_location() = libc::EINVAL };
+            -1
+        }
+    }
 }
 
 /// How often a list or a value that grew between asking its size and reading it is asked again.
@@ -126,6 +173,12 @@ fn list(target: Target<'_>, buffer: *mut libc::c_char, len: usize) -> isize {
         match target {
             Target::Path(path) => libc::llistxattr(path.as_ptr(), buffer, len),
             Target::Fd(fd) => libc::flistxattr(fd, buffer, len),
+            Target::At(dir, entry) => at_or_by_proc(
+                dir,
+                entry,
+                || libc::syscall(SYS_LISTXATTRAT, dir, entry.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, buffer, len) as isize,
+                |path| libc::llistxattr(path.as_ptr(), buffer, len),
+            ),
         }
     }
 }
@@ -136,6 +189,17 @@ fn get(target: Target<'_>, name: &CStr, buffer: *mut libc::c_char, len: usize) -
         match target {
             Target::Path(path) => libc::lgetxattr(path.as_ptr(), name.as_ptr(), buffer.cast(), len),
             Target::Fd(fd) => libc::fgetxattr(fd, name.as_ptr(), buffer.cast(), len),
+            Target::At(dir, entry) => at_or_by_proc(
+                dir,
+                entry,
+                || {
+                    let args = XattrArgs { value: buffer as u64, size: len.min(u32::MAX as usize) as u32, flags: 0 };
+                    let size = std::mem::size_of::<XattrArgs>();
+                    let flags = libc::AT_SYMLINK_NOFOLLOW;
+                    libc::syscall(SYS_GETXATTRAT, dir, entry.as_ptr(), flags, name.as_ptr(), &args, size) as isize
+                },
+                |path| libc::lgetxattr(path.as_ptr(), name.as_ptr(), buffer.cast(), len),
+            ),
         }
     }
 }
@@ -147,6 +211,11 @@ fn set(target: Target<'_>, name: &CStr, value: &[u8]) -> Result<()> {
         match target {
             Target::Path(path) => libc::lsetxattr(path.as_ptr(), name.as_ptr(), data, len, 0),
             Target::Fd(fd) => libc::fsetxattr(fd, name.as_ptr(), data, len, 0),
+            // Restores are not where the /proc walk costs: one way for all kernels.
+            Target::At(dir, entry) => {
+                let path = proc_path(dir, entry.to_bytes())?;
+                libc::lsetxattr(path.as_ptr(), name.as_ptr(), data, len, 0)
+            }
         }
     };
     if result < 0 {
@@ -199,6 +268,15 @@ mod tests {
         assert_eq!(refused.len(), 1);
         assert_eq!(read(Target::Path(&file)).unwrap(), sorted, "the target is untouched");
         assert!(read(Target::Path(&proc_path(opened.as_raw_fd(), b"missing").unwrap())).is_err());
+        // By the directory and a name, with the *xattrat calls or without them.
+        let entry = |name| Target::At(opened.as_raw_fd(), name);
+        for by_proc in [false, true, false] {
+            // Either way gives the same (other tests only take the other way meanwhile).
+            NO_XATTRAT.store(by_proc, std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(read(entry(c"f")).unwrap(), sorted, "by /proc: {by_proc}");
+            assert_eq!(read(entry(c"link")).unwrap(), [], "never through the link");
+            assert!(read(entry(c"missing")).is_err());
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
