@@ -3,11 +3,13 @@
 //! extended header wherever ustar cannot say it exactly: a long or non-ASCII name or link
 //! target, a size of 8 GiB or more, ids past ustar's range, a time with nanoseconds). Files are
 //! streamed chunk by chunk, each verified; memory holds one chunk. Sockets cannot be archived
-//! and are skipped (counted). A file with other names (hard links) is archived once, at its first
-//! name; its other names are link entries to it, as `tar` writes them. Names are bytes as stored: one that is not UTF-8 goes in its pax
-//! record as it is, as GNU tar writes one, and `tar x` writes it back byte for byte (POSIX's
-//! `hdrcharset=BINARY` before it would say so too, but GNU tar warns at every such record that
-//! it ignores the keyword, and reads the bytes the same without it).
+//! and are skipped (counted). Extended attributes and ACLs go in `SCHILY.xattr.` records, as GNU
+//! tar and star write them. A file with other names (hard links) is archived once, at its first
+//! name; its other names are link entries to it, as `tar` writes them. Names are bytes as
+//! stored: one that is not UTF-8 goes in its pax record as it is, as GNU tar writes one, and
+//! `tar x` writes it back byte for byte (POSIX's `hdrcharset=BINARY` before it would say so too,
+//! but GNU tar warns at every such record that it ignores the keyword, and reads the bytes the
+//! same without it).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -26,6 +28,8 @@ pub struct Exported {
     pub entries: u64,
     pub bytes: u64,
     pub sockets_skipped: u64,
+    /// Extended attributes whose name holds a `=` or a newline, which a pax record cannot carry.
+    pub xattrs_skipped: u64,
 }
 
 /// Writes every entry below the tree `root` to `out` as a tar stream, paths relative to it
@@ -95,23 +99,34 @@ fn entry(
         name.push(b'/');
     }
     let meta = &node.meta;
-    let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     if name.len() > 100 || !name.is_ascii() {
-        pax.push(("path", name.clone()));
+        pax.push((b"path".to_vec(), name.clone()));
     }
     if link.len() > 100 || !link.is_ascii() {
-        pax.push(("linkpath", link.to_vec()));
+        pax.push((b"linkpath".to_vec(), link.to_vec()));
     }
     if size > 0o77_777_777_777 {
-        pax.push(("size", size.to_string().into_bytes()));
+        pax.push((b"size".to_vec(), size.to_string().into_bytes()));
     }
     for (key, id) in [("uid", meta.uid), ("gid", meta.gid)] {
         if u64::from(id) > 0o7_777_777 {
-            pax.push((key, id.to_string().into_bytes()));
+            pax.push((key.as_bytes().to_vec(), id.to_string().into_bytes()));
         }
     }
     if meta.mtime_nsec != 0 || !(0..=0o77_777_777_777).contains(&meta.mtime_sec) {
-        pax.push(("mtime", pax_time(meta.mtime_sec, meta.mtime_nsec).into_bytes()));
+        pax.push((b"mtime".to_vec(), pax_time(meta.mtime_sec, meta.mtime_nsec).into_bytes()));
+    }
+    // Extended attributes and ACLs as GNU tar and star write them (`tar x --xattrs` restores them),
+    // on the entry that holds the content: a link entry's are its first name's. A record's key
+    // ends at its first `=`, so a name holding one cannot be said and is counted as left out.
+    if other_name.is_none() {
+        for xattr in &node.xattrs {
+            match xattr.name.contains(&b'=') || xattr.name.contains(&b'\n') {
+                true => done.xattrs_skipped += 1,
+                false => pax.push(([&b"SCHILY.xattr."[..], &xattr.name].concat(), xattr.value.clone())),
+            }
+        }
     }
     if !pax.is_empty() {
         let mut records = Vec::new();
@@ -193,13 +208,15 @@ fn padding(len: u64) -> usize {
 }
 
 /// `LEN key=value\n`, where LEN counts the whole record, its own digits included.
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
     let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
     let mut len = rest + 1;
     while len != rest + len.to_string().len() {
         len = rest + len.to_string().len();
     }
-    let mut record = format!("{len} {key}=").into_bytes();
+    let mut record = format!("{len} ").into_bytes();
+    record.extend_from_slice(key);
+    record.push(b'=');
     record.extend_from_slice(value);
     record.push(b'\n');
     record
@@ -250,9 +267,9 @@ mod tests {
 
     #[test]
     fn pax_records_count_their_own_length() {
-        assert_eq!(pax_record("path", b"a"), b"9 path=a\n");
+        assert_eq!(pax_record(b"path", b"a"), b"9 path=a\n");
         let long = vec![b'x'; 95];
-        let record = pax_record("path", &long);
+        let record = pax_record(b"path", &long);
         assert_eq!(record.len().to_string(), String::from_utf8_lossy(&record[..3]));
         assert_eq!(padding(0), 0);
         assert_eq!(padding(1), 511);

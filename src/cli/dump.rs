@@ -55,6 +55,12 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
                 super::format::count(exported.sockets_skipped, "socket")
             );
         }
+        if exported.xattrs_skipped > 0 {
+            errln!(
+                "note: {} left out: a tar record cannot name an attribute holding `=` or a newline",
+                super::format::count(exported.xattrs_skipped, "extended attribute")
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let Some(node) = node else { bail!("{path} is the snapshot's root, a directory: give a file in it") };

@@ -115,6 +115,23 @@ fn extended_attributes_acls_and_capabilities_round_trip() {
     }
     ok(cairn(&repo).arg("check").arg("--read-data"));
 
+    // The tar export carries them too, as GNU tar reads them back with --xattrs.
+    let out = run(cairn(&repo).args(["dump", "latest", "/", "--archive", "tar"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (archive, extracted) = (scratch.join("all.tar"), scratch.join("extracted"));
+    fs::write(&archive, &out.stdout).unwrap();
+    fs::create_dir(&extracted).unwrap();
+    let tar = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "-xpf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&extracted)
+        .output()
+        .unwrap();
+    assert!(tar.status.success(), "{}", String::from_utf8_lossy(&tar.stderr));
+    assert_eq!(attributes(&extracted), attributes(&source));
+    assert_eq!(tool(&extracted, "getfacl", &["-R", "-p"]), tool(&source, "getfacl", &["-R", "-p"]));
+
     // An attribute-only change moves ctime: the next snapshot reads that file again (and only
     // it) and records the change, which diff calls a metadata change.
     set(&source.join("plain"), b"user.text", b"changed text");
