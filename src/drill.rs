@@ -273,11 +273,14 @@ impl InParallel for Verifier<'_> {
     }
 
     fn unreadable(&self, place: &Place, error: Error) {
-        self.fail(place.path(Path::new("/")).display().to_string(), format!("directory listing unreadable: {error}"))
+        self.fail(
+            crate::names::shown_path(&place.path(Path::new("/"))).into_owned(),
+            format!("directory listing unreadable: {error}"),
+        )
     }
 
     fn unopened(&self, place: &Place, error: std::io::Error) {
-        self.fail(place.path(Path::new("/")).display().to_string(), format!("cannot open: {error}"))
+        self.fail(crate::names::shown_path(&place.path(Path::new("/"))).into_owned(), format!("cannot open: {error}"))
     }
 
     fn cancelled(&self) -> bool {

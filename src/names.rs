@@ -22,6 +22,11 @@ pub fn shown(bytes: &[u8]) -> Cow<'_, str> {
     }
 }
 
+/// A path of the file system as text, as [`shown`] shows a name.
+pub fn shown_path(path: &std::path::Path) -> Cow<'_, str> {
+    shown(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+}
+
 fn needs_escape(c: char) -> bool {
     c == '\\' || c.is_control()
 }

@@ -155,8 +155,10 @@ pub struct Located {
 /// The node at `path` in `snapshot` ([`find_node`]; `short` names the snapshot in errors), with
 /// the path it has in the tree. A snapshot of one directory holds its contents at its root, so
 /// where the tree has no such path, the directory's own path (as `cairn snapshot` was given it)
-/// names the root and the paths below it the entries below. A path with none of these that is
-/// the escaped form `cairn ls` shows of a name ([`crate::names::unescape`]) names that name.
+/// names the root and the paths below it the entries below. A path that is the escaped form
+/// `cairn ls` shows of a name ([`crate::names::unescape`]) names that name; where the same text
+/// is also a name itself (`a\\x41`, holding a backslash), and both exist and differ, the path is
+/// refused as ambiguous, never taken to mean one of them.
 pub fn locate(repo: &Indexed, snapshot: &Snapshot, path: &[u8], short: &str) -> Result<Located> {
     let found = |meant: &[u8]| {
         locate_exactly(repo, snapshot, meant, short).map(|(inside, node)| Located {
@@ -165,15 +167,20 @@ pub fn locate(repo: &Indexed, snapshot: &Snapshot, path: &[u8], short: &str) -> 
             node,
         })
     };
-    match found(path) {
-        Err(missing @ Error::NoSuchPath { .. }) => match crate::names::unescape(path) {
-            Some(unescaped) => match found(&unescaped) {
-                Err(Error::NoSuchPath { .. }) => Err(missing),
-                found => found,
-            },
-            None => Err(missing),
-        },
-        found => found,
+    let exact = found(path);
+    let Some(unescaped) = crate::names::unescape(path) else { return exact };
+    match (exact, found(&unescaped)) {
+        (Err(missing @ Error::NoSuchPath { .. }), Err(Error::NoSuchPath { .. })) => Err(missing),
+        (Err(Error::NoSuchPath { .. }), decoded) => decoded,
+        (exact, Err(Error::NoSuchPath { .. })) => exact,
+        (Ok(exact), Ok(decoded)) if exact.inside == decoded.inside => Ok(exact),
+        (Ok(_), Ok(_)) => Err(Error::Invalid(format!(
+            "{} names two entries of snapshot {short}, which `cairn ls` shows as {} and {}: give one of those",
+            crate::names::shown(&unescaped),
+            crate::names::shown(path),
+            crate::names::shown(&unescaped),
+        ))),
+        (Err(e), _) | (_, Err(e)) => Err(e),
     }
 }
 
@@ -462,7 +469,10 @@ impl InParallel for Restorer<'_> {
             Content::Socket => {
                 self.sockets.fetch_add(1, Relaxed);
                 let shown = self.shown(place, name);
-                self.progress.warn(&format!("note: {}: sockets are recorded but not restored", shown.display()));
+                self.progress.warn(&format!(
+                    "note: {}: sockets are recorded but not restored",
+                    crate::names::shown_path(&shown)
+                ));
                 return None;
             }
         };
@@ -491,7 +501,8 @@ impl Restorer<'_> {
     }
 
     fn record(&self, path: &Path, message: impl std::fmt::Display) {
-        let error = SourceError { path: path.display().to_string(), message: message.to_string() };
+        let path = crate::names::shown_path(path).into_owned();
+        let error = SourceError { path, message: message.to_string() };
         self.progress.warn(&format!("error: {}: {}", error.path, error.message));
         self.errors.lock().expect("poisoned").push(error);
     }
@@ -664,7 +675,7 @@ impl Restorer<'_> {
             if failed.contains(&key) {
                 self.record(
                     &self.shown(&place, &name),
-                    format!("not restored: its hard link {} failed", first.display()),
+                    format!("not restored: its hard link {} failed", crate::names::shown_path(&first)),
                 );
                 continue;
             }
@@ -675,7 +686,10 @@ impl Restorer<'_> {
                 Ok(()) => {
                     self.files.fetch_add(1, Relaxed);
                 }
-                Err(e) => self.record(&self.shown(&place, &name), format!("hard link to {}: {e}", first.display())),
+                Err(e) => self.record(
+                    &self.shown(&place, &name),
+                    format!("hard link to {}: {e}", crate::names::shown_path(&first)),
+                ),
             }
         }
     }

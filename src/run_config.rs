@@ -144,9 +144,10 @@ impl CheckConfig {
 pub struct Problem {
     pub line: usize,
     pub message: String,
-    /// A problem of the machine rather than the file (a path that does not exist now): `cairn
-    /// run` still runs the other sources.
-    pub missing_path: bool,
+    /// A problem of one source that its own step meets again and fails on (a path that does not
+    /// exist now, an exclude pattern that can never match): `cairn run` warns and still runs the
+    /// other sources, so one source's mistake never stops the backups of the rest.
+    pub source_only: bool,
 }
 
 impl std::fmt::Display for Problem {
@@ -212,7 +213,7 @@ pub fn parse(text: &str, base: &Path) -> (Config, Vec<Problem>) {
         Ok(doc) => p.config(doc.as_table()),
         Err(e) => {
             let line = e.span().map_or(1, |s| p.line(s.start));
-            p.problems.push(Problem { line, message: e.message().to_string(), missing_path: false });
+            p.problems.push(Problem { line, message: e.message().to_string(), source_only: false });
             Config::default()
         }
     };
@@ -234,7 +235,13 @@ impl Parser<'_> {
 
     fn problem(&mut self, span: Option<std::ops::Range<usize>>, message: String) {
         let line = span.map_or(1, |s| self.line(s.start));
-        self.problems.push(Problem { line, message, missing_path: false });
+        self.problems.push(Problem { line, message, source_only: false });
+    }
+
+    /// A problem that fails only its source's step ([`Problem::source_only`]).
+    fn source_problem(&mut self, span: Option<std::ops::Range<usize>>, message: String) {
+        let line = span.map_or(1, |s| self.line(s.start));
+        self.problems.push(Problem { line, message, source_only: true });
     }
 
     /// Reports keys of `table` not in `known`, suggesting the closest known key.
@@ -314,7 +321,7 @@ impl Parser<'_> {
         if must_exist && std::fs::symlink_metadata(&path).is_err() {
             let line = span.map_or(1, |s| self.line(s.start));
             let message = format!("path {} does not exist", path.display());
-            self.problems.push(Problem { line, message, missing_path: true });
+            self.problems.push(Problem { line, message, source_only: true });
         }
         path
     }
@@ -639,7 +646,7 @@ mod tests {
             .replace("/srv/", &format!("{}/", dir.display()))
             .replace("/var/lib/", &format!("{}/", dir.display()));
         let (config, found) = parse(&text, &dir);
-        let real: Vec<_> = found.iter().filter(|p| !p.missing_path).collect();
+        let real: Vec<_> = found.iter().filter(|p| !p.source_only).collect();
         assert!(real.is_empty(), "{real:?}");
         assert!(config.sources.len() >= 2 && !config.offsite.is_empty() && config.drill.is_some());
     }

@@ -36,9 +36,7 @@ pub fn run(context: &super::Context, args: Args) -> Result<ExitCode> {
             if context.json {
                 let problems: Vec<_> = problems
                     .iter()
-                    .map(
-                        |p| serde_json::json!({ "line": p.line, "message": p.message, "missing_path": p.missing_path }),
-                    )
+                    .map(|p| serde_json::json!({ "line": p.line, "message": p.message, "source_only": p.source_only }))
                     .collect();
                 outln!(
                     "{}",

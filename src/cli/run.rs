@@ -47,7 +47,7 @@ pub(super) struct Step {
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let path = super::config::path(args.config)?;
     let (config, problems) = cairn::run_config::load(&path).map_err(anyhow::Error::msg)?;
-    let (paths, fatal): (Vec<_>, Vec<_>) = problems.iter().partition(|p| p.missing_path);
+    let (paths, fatal): (Vec<_>, Vec<_>) = problems.iter().partition(|p| p.source_only);
     for problem in &fatal {
         errln!("{}:{}: {}", path.display(), problem.line, problem.message);
     }

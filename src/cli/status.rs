@@ -60,7 +60,7 @@ fn config(args: &Args) -> Result<Option<cairn::run_config::Config>> {
         },
     };
     let (config, problems) = cairn::run_config::load(&path).map_err(anyhow::Error::msg)?;
-    if let Some(problem) = problems.iter().find(|p| !p.missing_path) {
+    if let Some(problem) = problems.iter().find(|p| !p.source_only) {
         anyhow::bail!(
             "{}:{}: {} (cairn config check lists every problem)",
             path.display(),

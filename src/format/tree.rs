@@ -239,7 +239,8 @@ impl Tree {
 fn decode_xattrs(r: &mut Reader<'_>) -> Result<Vec<Xattr>> {
     // The smallest attribute: name length, one name byte, value length.
     let count = r.count(2 + 1 + 4)?;
-    let mut xattrs: Vec<Xattr> = Vec::with_capacity(count);
+    // Room for a few only: the count is bounded by the bytes left, not by what they decode to.
+    let mut xattrs: Vec<Xattr> = Vec::with_capacity(count.min(16));
     for _ in 0..count {
         let name = r.bytes16()?;
         if !valid_xattr_name(name) {

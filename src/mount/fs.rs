@@ -336,12 +336,14 @@ fn entry_attr(attr: &mut FileAttr, node: &Node) {
 
 /// A stored time as the [`SystemTime`] that fuser turns back into it. (fuser 0.15 sends a time
 /// `d` before 1970 as `-d.secs` seconds and `d.nanos` nanoseconds; for that to be the stored
-/// pair, `d` must be `-sec` seconds and `nsec` nanoseconds.)
+/// pair, `d` must be `-sec` seconds and `nsec` nanoseconds.) The earliest second is taken as the
+/// one after it: fuser negates the seconds, which `i64::MIN` has no positive of, and a crafted
+/// tree may hold any time.
 fn time(sec: i64, nsec: u32) -> SystemTime {
     let nsec = nsec.min(999_999_999);
     match sec >= 0 {
         true => UNIX_EPOCH + Duration::new(sec as u64, nsec),
-        false => UNIX_EPOCH - Duration::new(sec.unsigned_abs(), nsec),
+        false => UNIX_EPOCH - Duration::new(sec.max(i64::MIN + 1).unsigned_abs(), nsec),
     }
 }
 
@@ -591,5 +593,18 @@ fn ttl(what: &What) -> Duration {
     match what {
         What::Entry { .. } | What::Snapshot { .. } => TREE_TTL,
         _ => TOP_TTL,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stored_time_is_a_time_without_panic() {
+        for (sec, nsec) in [(i64::MIN, 0), (i64::MIN, 999_999_999), (-1, 5), (0, 0), (i64::MAX, 999_999_999)] {
+            let _ = time(sec, nsec);
+        }
+        assert_eq!(time(-4, 877_000_000), UNIX_EPOCH - Duration::new(4, 877_000_000));
     }
 }

@@ -74,13 +74,15 @@ impl Restorer<'_> {
     /// any other failure.
     fn attributes_set(&self, failed: Vec<(Vec<u8>, Error)>, shown: impl Fn() -> PathBuf) -> Result<(), String> {
         for (name, error) in failed {
-            let name = String::from_utf8_lossy(&name);
+            let name = crate::names::shown(&name);
             if !refused(&error) {
                 return Err(format!("setting extended attribute {name}: {error}"));
             }
             let path = shown();
-            self.progress
-                .warn(&format!("warning: {}: extended attribute {name} not restored: {error}", path.display()));
+            self.progress.warn(&format!(
+                "warning: {}: extended attribute {name} not restored: {error}",
+                crate::names::shown_path(&path)
+            ));
             self.xattrs_not_restored.fetch_add(1, Relaxed);
         }
         Ok(())

@@ -209,7 +209,8 @@ impl Restorer<'_> {
             .map_err(|e| format!("replacing the database: {e}"))?;
         for name in remove_leftovers(dir, &node.name, &staging.name, self.started) {
             let shown = self.shown(place, &name);
-            self.progress.warn(&format!("note: {}: removed, left by an interrupted restore", shown.display()));
+            self.progress
+                .warn(&format!("note: {}: removed, left by an interrupted restore", crate::names::shown_path(&shown)));
         }
         Ok(written)
     }

@@ -65,7 +65,7 @@ impl Parser<'_> {
                 if let Err(e @ (ExcludeError::NeverMatchesInFile { .. } | ExcludeError::NotText { .. })) =
                     exclude::read_file(&path)
                 {
-                    self.problem(span, e.to_string());
+                    self.source_problem(span, e.to_string());
                 }
                 path
             })
@@ -85,7 +85,8 @@ impl Parser<'_> {
         for value in array.iter() {
             if let Some(reason) = value.as_str().and_then(exclude::never_matches) {
                 let pattern = value.as_str().unwrap_or_default();
-                self.problem(value.span(), format!("exclude pattern {pattern:?} can never match: {reason}"));
+                let message = format!("exclude pattern {pattern:?} can never match: {reason}");
+                self.source_problem(value.span(), message);
             }
         }
     }
@@ -113,7 +114,7 @@ mod tests {
         let text = "[[source]]\nname = \"a\"\npaths = [\"/\"]\none_file_system = true\nexclude_caches = true\n\
                     exclude_if_present = [\".nobackup\"]\nexclude_file = [\"excludes.txt\"]\n";
         let (config, found) = parse(text, std::path::Path::new("/etc/cairn"));
-        assert_eq!(found.iter().filter(|p| !p.missing_path).count(), 0, "{found:?}");
+        assert_eq!(found.iter().filter(|p| !p.source_only).count(), 0, "{found:?}");
         let walk = &config.sources[0].walk;
         assert_eq!(
             walk.args(),

@@ -170,7 +170,10 @@ enum Look {
 impl<'a> Archiver<'a> {
     /// Records a source entry that could not be read; the snapshot will say it is incomplete.
     pub fn record(&self, path: &Path, message: impl std::fmt::Display) {
-        let error = SourceError { path: path.display().to_string(), message: message.to_string() };
+        // Shown as names are ([`crate::names`]): a crafted name neither drives the terminal nor
+        // forges a line of the error list that `cairn log` and `status` print.
+        let path = crate::names::shown_path(path).into_owned();
+        let error = SourceError { path, message: message.to_string() };
         self.progress.warn(&format!("warning: {}: {}", error.path, error.message));
         self.errors.lock().expect("poisoned").push(error);
     }

@@ -113,11 +113,22 @@ fn names_that_are_not_utf8_are_shown_escaped_carried_in_json_and_taken_back() {
         assert_eq!(fs::read(at(&target, restored)).unwrap(), fs::read(at(&tree, restored)).unwrap());
         assert_eq!(fs::read_dir(&target).unwrap().count(), 1, "{include:?}");
     }
-    // An exact name beats the escapes it happens to contain.
+    // A name that is the escaped form of another: the form ls shows of each names it, the
+    // text that could mean either is refused.
     fs::write(at(&tree, b"literal\\xe9"), b"a name with a backslash, x, e, 9").unwrap();
+    fs::write(at(&tree, b"literal\xe9"), b"a name with the byte e9").unwrap();
+    fs::write(at(&tree, b"only\\x41"), b"no A file beside it").unwrap();
     ok(cairn(&repo).arg("snapshot").arg(&tree));
-    let dumped = run(cairn(&repo).args(["dump", "latest"]).arg(OsStr::from_bytes(b"/literal\\xe9")));
+    let dumped = run(cairn(&repo).args(["dump", "latest", "/literal\\\\xe9"]));
     assert_eq!(dumped.stdout, b"a name with a backslash, x, e, 9");
+    let dumped = run(cairn(&repo).args(["dump", "latest", "/literal\\xe9"]));
+    assert!(!dumped.status.success(), "{dumped:?}");
+    let err = String::from_utf8_lossy(&dumped.stderr);
+    assert!(err.contains("names two entries") && err.contains("/literal\\\\xe9 and /literal\\xe9"), "{err}");
+    let dumped = run(cairn(&repo).args(["dump", "latest"]).arg(OsStr::from_bytes(b"/literal\xe9")));
+    assert_eq!(dumped.stdout, b"a name with the byte e9");
+    let dumped = run(cairn(&repo).args(["dump", "latest", "/only\\x41"]));
+    assert_eq!(dumped.stdout, b"no A file beside it", "the name as typed, where no A file exists");
     let dumped = run(cairn(&repo).args(["dump", "latest", "/caf\\xe9.txt"]));
     assert_eq!(dumped.stdout, b"latin-1");
     let dumped = run(cairn(&repo).args(["dump", "latest"]).arg(OsStr::from_bytes(b"/dir-\xff\xfe/inside")));
@@ -193,4 +204,18 @@ fn sources_whose_paths_differ_only_in_bytes_that_are_not_utf8_stay_two_sources()
         listed.as_array().unwrap().iter().map(|s| base64_decode(s["paths_raw"][0].as_str().unwrap())).collect();
     paths.sort();
     assert_eq!(paths, [one.as_os_str().as_bytes().to_vec(), two.as_os_str().as_bytes().to_vec()]);
+}
+
+#[test]
+fn messages_show_names_escaped_never_raw() {
+    let scratch = Scratch::new("names-messages");
+    let (repo, tree) = (scratch.join("repo"), scratch.join("tree"));
+    fs::create_dir_all(&tree).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(at(&tree, b"\x1b[31mRED\n.sock")).unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&tree));
+    let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(scratch.join("restored")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\\x1b[31mRED\\n.sock: sockets are recorded but not restored"), "{err}");
+    assert!(!err.contains('\x1b'), "{err:?}");
 }

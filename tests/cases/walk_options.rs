@@ -294,7 +294,7 @@ fn an_excluded_database_takes_its_wal_shm_and_journal_along() {
 }
 
 #[test]
-fn config_keys_reach_the_snapshot_and_unmatchable_excludes_stop_the_run() {
+fn config_keys_reach_the_snapshot_and_an_unmatchable_exclude_fails_its_source_only() {
     let scratch = Scratch::new("walk-config");
     let source = scratch.join("src");
     for dir in ["cache", "marked", "logs", "kept"] {
@@ -330,18 +330,32 @@ fn config_keys_reach_the_snapshot_and_unmatchable_excludes_stop_the_run() {
     expected.sort();
     assert_eq!(listed, expected);
 
-    // A pattern that can never match: `config check` names its line, `run` runs nothing.
+    // A pattern that can never match: `config check` names its line; `run` warns of it, fails
+    // that source's snapshot and still backs up the other source.
     let bad = scratch.join("bad.toml");
-    fs::write(&bad, body.replace("[\"*.tmp\"]", "[\"*.tmp\",\n  \"src/logs\"]")).unwrap();
+    fs::create_dir_all(scratch.join("other")).unwrap();
+    fs::write(scratch.join("other/file"), "other").unwrap();
+    let two = body.replace("[\"*.tmp\"]", "[\"*.tmp\",\n  \"src/logs\"]")
+        + "\n[[source]]\nname = \"other\"\npaths = [\"other\"]\n";
+    fs::write(&bad, two).unwrap();
     let check = run(Command::new(CAIRN).args(["config", "check", "--config"]).arg(&bad));
     let text = String::from_utf8_lossy(&check.stdout).to_string() + &String::from_utf8_lossy(&check.stderr);
     assert!(
         !check.status.success() && text.contains("bad.toml:7: exclude pattern \"src/logs\" can never match"),
         "{text}"
     );
-    let before = json(cairn(&repo).arg("snapshots")).as_array().unwrap().len();
-    let err = refused(&mut cairn_run(&bad));
-    assert!(err.contains("nothing was run"), "{err}");
-    assert_eq!(json(cairn(&repo).arg("snapshots")).as_array().unwrap().len(), before);
+    let count = |source: &str| {
+        let listed = json(cairn(&repo).args(["snapshots", "--source", source]));
+        listed.as_array().unwrap().len()
+    };
+    let (tree_before, other_before) = (count("tree"), count("other"));
+    let out = run(&mut cairn_run(&bad));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: ") && err.contains("bad.toml:7: exclude pattern \"src/logs\" can never match"),
+        "{err}"
+    );
+    assert_eq!((count("tree"), count("other")), (tree_before, other_before + 1), "{err}");
     drop(mount);
 }

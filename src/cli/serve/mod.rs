@@ -98,7 +98,7 @@ type Reads = (i64, BTreeMap<(String, String), u64>);
 pub fn run(context: &Context, args: Args) -> Result<std::process::ExitCode> {
     let path = super::config::path(args.config)?;
     let (config, problems) = cairn::run_config::load(&path).map_err(anyhow::Error::msg)?;
-    if let Some(problem) = problems.iter().find(|p| !p.missing_path) {
+    if let Some(problem) = problems.iter().find(|p| !p.source_only) {
         bail!("{}:{}: {} (cairn config check lists every problem)", path.display(), problem.line, problem.message);
     }
     let (tokens, token_path) = tokens::Tokens::load(args.token_file.as_deref(), config.serve.token_file.as_deref())?;
