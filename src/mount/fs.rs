@@ -239,8 +239,13 @@ impl<'r> Fs<'r> {
                     self.inodes.insert(ino, Inode { parent, name: name.to_vec(), what, lookups: 1 });
                     return ino;
                 }
-                // The same entry, or another link of the same file.
-                Some(inode) if (inode.parent == parent && inode.name == name) || is_linked(&what) => {
+                // The same entry, or another link of the same file. A snapshot's name that now
+                // means another snapshot (two in one second, one of them forgotten) is another
+                // entry: its old number must never serve the new one's files.
+                Some(inode)
+                    if (inode.parent == parent && inode.name == name && same_snapshot(&inode.what, &what))
+                        || is_linked(&what) =>
+                {
                     inode.lookups += 1;
                     if !matches!(what, What::Entry { .. }) {
                         inode.what = what; // a top entry as the list says now
@@ -370,9 +375,19 @@ fn is_linked(what: &What) -> bool {
 
 /// The inode number of `name` in `parent`: a hash of the two, or for a file of several links, of
 /// its snapshot view, device, inode and content. Never one of the fixed numbers.
+/// Whether two top entries at one name are the same snapshot (true for what is no snapshot).
+fn same_snapshot(a: &What, b: &What) -> bool {
+    match (a, b) {
+        (What::Snapshot { tree: t1, time: s1 }, What::Snapshot { tree: t2, time: s2 }) => t1 == t2 && s1 == s2,
+        (What::Snapshot { .. }, _) | (_, What::Snapshot { .. }) => false,
+        _ => true,
+    }
+}
+
 fn number(parent: u64, name: &[u8], what: &What) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     match what {
+        What::Snapshot { tree, time } => (parent, name, tree, time).hash(&mut hasher),
         What::Entry { root, node: Node { meta, content: Content::File { chunks }, .. } } if is_linked(what) => {
             (b"link", root, meta.dev, meta.ino, meta.size, chunks).hash(&mut hasher);
         }
@@ -591,7 +606,8 @@ impl fuser::Filesystem for Fs<'_> {
 
 fn ttl(what: &What) -> Duration {
     match what {
-        What::Entry { .. } | What::Snapshot { .. } => TREE_TTL,
+        // A snapshot's name may come to mean another snapshot: the kernel asks again soon.
+        What::Entry { .. } => TREE_TTL,
         _ => TOP_TTL,
     }
 }

@@ -283,3 +283,44 @@ fn a_missing_file_or_non_empty_mount_point_is_refused() {
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(data.to_str().unwrap()), "nothing mounted: {mounts}");
 }
+
+#[test]
+fn a_name_that_comes_to_mean_another_snapshot_never_serves_the_old_one() {
+    let scratch = Scratch::new("mount-rename");
+    let (a, b, repo, mnt) = (scratch.join("a"), scratch.join("b"), scratch.join("repo"), scratch.join("mnt"));
+    for (dir, content) in [(&a, "AAAA"), (&b, "BBBB")] {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join("f"), content).unwrap();
+    }
+    fs::create_dir(&mnt).unwrap();
+    init(&repo);
+    let source = mnt.join("sources/same");
+    // The first snapshot is read through the mount by its name, its time; a second one in the
+    // same second then takes that time as the name of both (each with its id) until the first is
+    // forgotten, when the plain time names the second. Tried until both fall in one second.
+    let (mut mounted, name, second) = loop {
+        let first = json(cairn(&repo).args(["snapshot", "--source", "same"]).arg(&a));
+        let mut mounted = Mounted::start(&repo, &mnt, scratch.join("mount.log"), &[]);
+        let name = fs::read_dir(&source).unwrap().map(|e| e.unwrap().file_name()).find(|n| n != "latest").unwrap();
+        assert_eq!(fs::read(source.join(&name).join("f")).unwrap(), b"AAAA");
+        let second = json(cairn(&repo).args(["snapshot", "--source", "same"]).arg(&b));
+        let (first_id, second_id) = (first["id"].as_str().unwrap(), second["id"].as_str().unwrap());
+        if first["time"] == second["time"] {
+            ok(cairn(&repo).args(["forget", first_id]));
+            break (mounted, name, second_id.to_string());
+        }
+        assert!(fusermount(&mnt).status.success());
+        assert_eq!(mounted.wait(), Some(0), "{}", mounted.stderr());
+        ok(cairn(&repo).args(["forget", first_id, second_id]));
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fs::read_dir(mnt.join("ids")).unwrap().all(|e| e.unwrap().file_name() == &second[..8]) {
+        assert!(Instant::now() < deadline, "the list never changed: {}", mounted.stderr());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // past the entries' time to live
+    assert_eq!(fs::read(source.join(&name).join("f")).unwrap(), b"BBBB", "the name now means the second");
+    assert_eq!(fs::read(source.join("latest/f")).unwrap(), b"BBBB");
+    assert!(fusermount(&mnt).status.success());
+    assert_eq!(mounted.wait(), Some(0), "{}", mounted.stderr());
+}
