@@ -154,13 +154,13 @@ fuzz_target!(|data: &[u8]| {
             };
         }
         _ => {
-            let mut deepest = String::new();
+            let mut deepest: Vec<u8> = Vec::new();
             // The deepest entry that is not a directory: copying every directory's path as it
             // grows would cost memory quadratic in the depth.
-            let _ = cairn::walk::each_entry(&indexed, &root, String::new(), |node, path| {
+            let _ = cairn::walk::each_entry(&indexed, &root, Vec::new(), |node, path| {
                 let leaf = !matches!(node.content, Content::Dir { .. });
                 if leaf && path.len() > deepest.len() {
-                    deepest = path.to_string();
+                    deepest = path.to_vec();
                 }
                 ControlFlow::Continue(())
             });

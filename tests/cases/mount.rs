@@ -314,7 +314,7 @@ fn a_name_that_comes_to_mean_another_snapshot_never_serves_the_old_one() {
         ok(cairn(&repo).args(["forget", first_id, second_id]));
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !fs::read_dir(mnt.join("ids")).unwrap().all(|e| e.unwrap().file_name() == &second[..8]) {
+    while !fs::read_dir(mnt.join("ids")).unwrap().all(|e| e.unwrap().file_name() == second[..8]) {
         assert!(Instant::now() < deadline, "the list never changed: {}", mounted.stderr());
         std::thread::sleep(Duration::from_millis(250));
     }
