@@ -129,9 +129,25 @@ fn end(signal: libc::c_int) -> ! {
     std::process::exit(128 + signal)
 }
 
+/// How much of a child's standard output and error [`output`] keeps: the first and the last
+/// this many bytes of each, the bytes between counted. A dump tool run verbose (`pg_dump -v`)
+/// writes megabytes to its error output every run; kept whole, they filled memory, every run's
+/// audit record and the notifications (14 MB of stderr made a 19 MB audit record).
+pub const KEPT: usize = 64 << 10;
+
 /// [`std::process::Command::output`], passing the signals on to the child while it runs: it
-/// leads a process group of its own, which gets them (a hook's own children included).
+/// leads a process group of its own, which gets them (a hook's own children included). Of each
+/// stream the first and last [`KEPT`] bytes are kept.
 pub fn output(command: &mut std::process::Command) -> std::io::Result<std::process::Output> {
+    output_keeping(command, KEPT)
+}
+
+/// [`output`], keeping up to `stdout_head` bytes of the start of standard output (for a child
+/// whose whole output is one JSON document).
+pub fn output_keeping(
+    command: &mut std::process::Command,
+    stdout_head: usize,
+) -> std::io::Result<std::process::Output> {
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;
     let child = {
@@ -159,7 +175,7 @@ pub fn output(command: &mut std::process::Command) -> std::io::Result<std::proce
         child
     };
     let pid = child.id();
-    let output = child.wait_with_output();
+    let output = wait_keeping(child, stdout_head);
     child_ended(pid);
     if ENDING.load(SeqCst) {
         // The next step must not start while the signal's thread ends the process.
@@ -168,9 +184,66 @@ pub fn output(command: &mut std::process::Command) -> std::io::Result<std::proce
     output
 }
 
+/// Reads the child's two streams at once (neither can fill its pipe and stall the child while
+/// the other is read) into bounded buffers, then waits for it.
+fn wait_keeping(mut child: std::process::Child, stdout_head: usize) -> std::io::Result<std::process::Output> {
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (stdout, stderr) = std::thread::scope(|scope| {
+        let err = scope.spawn(move || stderr.map(|s| kept(s, KEPT, KEPT)).unwrap_or(Ok(Vec::new())));
+        let out = stdout.map(|s| kept(s, stdout_head, KEPT)).unwrap_or(Ok(Vec::new()));
+        (out, err.join().unwrap_or_else(|_| Ok(Vec::new())))
+    });
+    let status = child.wait()?;
+    Ok(std::process::Output { status, stdout: stdout?, stderr: stderr? })
+}
+
+/// All of `reader`, or its first `head` and last `tail` bytes with a line between them that
+/// says how many were left out.
+fn kept(mut reader: impl std::io::Read, head: usize, tail: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut start = Vec::new();
+    (&mut reader).take(head as u64).read_to_end(&mut start)?;
+    let mut end: std::collections::VecDeque<u8> = std::collections::VecDeque::with_capacity(tail);
+    let mut buffer = vec![0u8; 16 << 10];
+    let mut left_out = 0u64;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        end.extend(&buffer[..n]);
+        while end.len() > tail {
+            let drop = end.len() - tail;
+            end.drain(..drop);
+            left_out += drop as u64;
+        }
+    }
+    if left_out > 0 {
+        start.extend_from_slice(format!("\n[... {left_out} bytes left out ...]\n").as_bytes());
+    }
+    start.extend(end);
+    Ok(start)
+}
+
 /// Waits for the signal's thread to end the process.
 fn wait_for_the_end() -> ! {
     loop {
         std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_keeps_its_start_and_its_end() {
+        assert_eq!(kept(&b"short"[..], 4, 4).unwrap(), b"short");
+        assert_eq!(kept(&b"12345678"[..], 4, 4).unwrap(), b"12345678");
+        let long: Vec<u8> = (0..100u8).collect();
+        let out = kept(&long[..], 4, 3).unwrap();
+        assert_eq!(out, [&[0, 1, 2, 3][..], b"\n[... 93 bytes left out ...]\n", &[97, 98, 99]].concat());
     }
 }

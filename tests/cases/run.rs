@@ -436,3 +436,16 @@ fn hooks_start_with_no_signal_blocked() {
     let blocked = fs::read_to_string(s.join("blocked")).unwrap();
     assert_eq!(blocked.split_whitespace().collect::<Vec<_>>(), ["SigBlk:", "0000000000000000"]);
 }
+
+#[test]
+fn a_hooks_flood_of_output_is_kept_bounded() {
+    // 8 MB on standard error, as a verbose dump tool writes every run: the run keeps its start
+    // and its end, so the audit record stays small.
+    let (s, config) = small("run-hook-flood", "yes flooding | head -c 8000000 >&2; echo last line >&2");
+    let out = run(&mut cairn_run(&config));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("bytes left out") && text.contains("last line"), "{}", &text[..text.len().min(2000)]);
+    let largest = fs::read_dir(s.join("repo/audit")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).max();
+    assert!(largest.unwrap() < 512 << 10, "an audit record of {largest:?} bytes");
+}

@@ -598,7 +598,8 @@ pub fn submit_cycle(server: &Arc<Server>, caller: &str) -> Result<Job, NotStarte
         command.arg("--repo").arg(&worker.location).arg("--json").arg("run").arg("--config").arg(&worker.config.path);
         command.stdin(std::process::Stdio::null()).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
         worker.context.password.pass_to(&mut command);
-        match crate::cli::signals::output(&mut command) {
+        // The run's JSON, whole (its steps' own output is bounded by the run).
+        match crate::cli::signals::output_keeping(&mut command, 64 << 20) {
             Ok(out) => {
                 let result = serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null);
                 match out.status.success() {
