@@ -96,6 +96,13 @@ pub fn unsupported(error: &Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENOSYS))
 }
 
+/// Whether the entry's file system keeps extended attributes (`false` where listing them says
+/// `ENOTSUP`).
+pub fn supported(target: Target<'_>) -> bool {
+    let listed = list(target, std::ptr::null_mut(), 0);
+    !(listed < 0 && unsupported(&Error::last_os_error()))
+}
+
 /// The entry's extended attributes, sorted by name. A file system without them gives none, and
 /// so does an attribute removed while they are read.
 pub fn read(target: Target<'_>) -> Result<Vec<Xattr>> {

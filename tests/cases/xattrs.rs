@@ -174,6 +174,18 @@ fn an_attribute_refused_to_the_restoring_user_is_a_warning() {
     assert_eq!(fs::read(target.join("f")).unwrap(), b"content");
     assert_eq!(get(&target.join("f"), b"user.open").unwrap(), b"anyone's");
     assert_eq!(get(&target.join("f"), b"trusted.secret"), None);
+    // An in-place restore by the same user has nothing left to do: the attribute it can never
+    // set here is no difference that would replace the file again and again.
+    let plan = run(as_unprivileged(&repo)
+        .args(["--json", "restore", "latest", "--in-place", "--dry-run", "--target"])
+        .arg(&target));
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(
+        (plan["plan"]["replaced"].as_array().map(Vec::len), &plan["plan"]["unchanged"]),
+        (Some(0), &1.into()),
+        "{plan}"
+    );
 }
 
 /// An in-place restore notices an attribute-only difference and restores it, and keeps the
