@@ -225,3 +225,40 @@ fn dump_as_tar_is_read_back_by_tar_as_the_source() {
     let refused = run(cairn(&repo).args(["dump", "latest", "/top.txt", "--archive", "tar"]));
     assert!(!refused.status.success());
 }
+
+#[test]
+fn a_live_database_is_diffed_found_and_dumped_as_its_consistent_image() {
+    let scratch = Scratch::new("diff-sqlite");
+    let (repo, tree) = (scratch.join("repo"), scratch.join("tree"));
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("settings.json"), b"{}").unwrap();
+    // A writer keeps the database open in WAL mode: what is stored is SQLite's consistent image.
+    let db = crate::sqlite::wal_database(&tree.join("app.db"));
+    db.execute("INSERT INTO a(body) VALUES ('first')", []).unwrap();
+    init(&repo);
+    let first = json(cairn(&repo).arg("snapshot").arg(&tree))["id"].as_str().unwrap().to_string();
+    db.execute("INSERT INTO a(body) VALUES ('second')", []).unwrap();
+    let second = json(cairn(&repo).arg("snapshot").arg(&tree))["id"].as_str().unwrap().to_string();
+
+    let diff = json(cairn(&repo).args(["diff", &first, &second]));
+    let changes: Vec<(String, String)> = diff["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["change"].as_str().unwrap().into(), c["path"].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(changes, [("modified".to_string(), "/app.db".to_string())], "{diff}");
+    let found = json(cairn(&repo).args(["find", "*.db"]));
+    assert_eq!(found.as_array().unwrap().len(), 2, "{found}");
+    assert!(found.as_array().unwrap().iter().all(|s| s["matches"][0]["path"] == "/app.db"), "{found}");
+    // The dumped file is a whole database holding both rows, whatever the WAL held.
+    let dumped = run(cairn(&repo).args(["dump", "latest", "/app.db"]));
+    assert!(dumped.status.success());
+    fs::write(scratch.join("dumped.db"), &dumped.stdout).unwrap();
+    let copy = rusqlite::Connection::open(scratch.join("dumped.db")).unwrap();
+    let rows: i64 = copy.query_row("SELECT count(*) FROM a", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 2);
+    let check: String = copy.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    drop(db);
+}
