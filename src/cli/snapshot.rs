@@ -62,6 +62,35 @@ fn record_failure(repo: &cairn::repository::Repository, source: &str, error: &st
     }
 }
 
+/// The repository, opened (or created) for a snapshot of the source `key`, and its shared lock.
+/// The disk guard comes before anything is written, even before the repository is created; a
+/// snapshot that cannot run (the guard, or a prune holding the repository too long) is a missed
+/// backup: it leaves a failed audit record like any other failure.
+fn open_locked(
+    context: &Context,
+    min_free: Option<cairn::disk::MinFree>,
+    key: &str,
+) -> Result<(cairn::repository::Repository, cairn::repository::lock::Lock)> {
+    let local_root = cairn::repository::Location::parse(&context.location()).path().map(|p| p.to_path_buf());
+    if let (Some(min), Some(root)) = (min_free, &local_root) {
+        if let Err(e) = min.check(root, 0) {
+            if let Ok(repo) = context.open() {
+                record_failure(&repo, key, &e.to_string());
+            }
+            return Err(e.into());
+        }
+    }
+    let mut repo = context.open_or_create()?;
+    context.cache_for(&mut repo);
+    match repo.lock(cairn::repository::lock::LockKind::Shared, "snapshot", context.lock_wait) {
+        Ok(lock) => Ok((repo, lock)),
+        Err(e) => {
+            record_failure(&repo, key, &e.to_string());
+            Err(e.into())
+        }
+    }
+}
+
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     if args.stream.wanted() {
         return stream::run(context, args);
@@ -81,28 +110,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             return Err(e.into());
         }
     };
-    // The disk guard comes before anything is written, even before the repository is created.
-    let local_root = cairn::repository::Location::parse(&context.location()).path().map(|p| p.to_path_buf());
-    if let (Some(min), Some(root)) = (args.min_free, &local_root) {
-        if let Err(e) = min.check(root, 0) {
-            if let Ok(repo) = context.open() {
-                record_failure(&repo, &key, &e.to_string());
-            }
-            return Err(e.into());
-        }
-    }
-    let mut repo = context.open_or_create()?;
-    context.cache_for(&mut repo);
-    // A snapshot that cannot run (a prune holds the repository too long) is a missed backup:
-    // it leaves a failed audit record like any other failure.
-    let _lock = match repo.lock(cairn::repository::lock::LockKind::Shared, "snapshot", context.lock_wait) {
-        Ok(lock) => lock,
-        Err(e) => {
-            record_failure(&repo, &key, &e.to_string());
-            return Err(e.into());
-        }
-    };
+    let (repo, _lock) = open_locked(context, args.min_free, &key)?;
     // A local repository inside a source is never backed up into itself.
+    let local_root = cairn::repository::Location::parse(&context.location()).path().map(|p| p.to_path_buf());
     let repo_root: Vec<PathBuf> =
         local_root.iter().map(|root| std::path::absolute(root).unwrap_or_else(|_| root.clone())).collect();
     let options = SnapshotOptions {

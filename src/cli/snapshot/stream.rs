@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 
 use super::super::{format, Context};
-use super::{record_failure, Args};
+use super::Args;
 use cairn::backup::stream::{check_filename, Origin, StreamOptions};
 use cairn::progress::Progress;
 
@@ -60,24 +60,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         bail!("--stdin reads standard input, which is a terminal: pipe the data in (`pg_dump db | cairn snapshot --stdin --stdin-filename db.sql`), or use --stdin-from-command");
     }
     let key = options.source_key();
-    let local_root = cairn::repository::Location::parse(&context.location()).path().map(|p| p.to_path_buf());
-    if let (Some(min), Some(root)) = (options.min_free, &local_root) {
-        if let Err(e) = min.check(root, 0) {
-            if let Ok(repo) = context.open() {
-                record_failure(&repo, &key, &e.to_string());
-            }
-            return Err(e.into());
-        }
-    }
-    let mut repo = context.open_or_create()?;
-    context.cache_for(&mut repo);
-    let _lock = match repo.lock(cairn::repository::lock::LockKind::Shared, "snapshot", context.lock_wait) {
-        Ok(lock) => lock,
-        Err(e) => {
-            record_failure(&repo, &key, &e.to_string());
-            return Err(e.into());
-        }
-    };
+    let (repo, _lock) = super::open_locked(context, options.min_free, &key)?;
     let progress = Progress::new("snapshot", context.quiet || context.json);
     let audited = match &stream.stdin_from_command {
         Some(line) => {
