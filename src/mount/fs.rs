@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::hash::{Hash, Hasher};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request};
@@ -68,11 +69,18 @@ struct Inode {
     lookups: u64,
 }
 
+/// A directory's entries as `readdir` gives them: number, type and name.
+type Listing = Vec<(u64, FileType, Vec<u8>)>;
+
 pub(crate) struct Fs<'r> {
     store: Store<'r>,
     inodes: HashMap<u64, Inode>,
     files: HashMap<u64, OpenFile>,
-    dirs: HashMap<u64, Vec<(u64, FileType, Vec<u8>)>>,
+    /// Open directory handles and their listings: handles of one directory of a snapshot share
+    /// one listing (many readers of a huge directory hold it once), found in `listed`.
+    dirs: HashMap<u64, (u64, Arc<Listing>)>,
+    /// The listing of each snapshot directory that some handle holds, by inode.
+    listed: HashMap<u64, Arc<Listing>>,
     next_handle: u64,
     /// The mounting user's ids and the mount's start: the top directories' owner and times.
     owner: (u32, u32),
@@ -99,6 +107,7 @@ impl<'r> Fs<'r> {
             inodes,
             files: HashMap::new(),
             dirs: HashMap::new(),
+            listed: HashMap::new(),
             next_handle: 1,
             owner,
             started: SystemTime::now(),
@@ -189,7 +198,7 @@ impl<'r> Fs<'r> {
 
     /// Every entry of the directory `ino`, `.` and `..` first; the top directories as the
     /// snapshot list says now (read again if it is old).
-    fn listing(&mut self, ino: u64) -> Result<Vec<(u64, FileType, Vec<u8>)>, c_int> {
+    fn listing(&mut self, ino: u64) -> Result<Listing, c_int> {
         let inode = self.inodes.get(&ino).ok_or(libc::ENOENT)?;
         let (what, parent) = (inode.what.clone(), inode.parent);
         let mut children: Vec<(Vec<u8>, What)> = Vec::new();
@@ -495,18 +504,28 @@ impl fuser::Filesystem for Fs<'_> {
     }
 
     fn opendir(&mut self, _request: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        match self.listing(ino) {
+        // A snapshot's directory never changes: an open one's listing serves another handle.
+        // The top directories are listed again each time, as the snapshots change.
+        let shared = matches!(self.inodes.get(&ino).map(|i| &i.what), Some(What::Entry { .. } | What::Snapshot { .. }));
+        let listing = match self.listed.get(&ino) {
+            Some(listing) => Ok(Arc::clone(listing)),
+            None => self.listing(ino).map(Arc::new),
+        };
+        match listing {
             Err(code) => reply.error(code),
             Ok(listing) => {
+                if shared {
+                    self.listed.insert(ino, Arc::clone(&listing));
+                }
                 let handle = self.handle();
-                self.dirs.insert(handle, listing);
+                self.dirs.insert(handle, (ino, listing));
                 reply.opened(handle, 0);
             }
         }
     }
 
     fn readdir(&mut self, _request: &Request<'_>, _ino: u64, handle: u64, offset: i64, mut reply: ReplyDirectory) {
-        let Some(listing) = self.dirs.get(&handle) else { return reply.error(libc::EBADF) };
+        let Some((_, listing)) = self.dirs.get(&handle) else { return reply.error(libc::EBADF) };
         for (at, (ino, kind, name)) in listing.iter().enumerate().skip(offset.max(0) as usize) {
             if reply.add(*ino, at as i64 + 1, *kind, OsStr::from_bytes(name)) {
                 break; // the kernel's buffer is full: it asks again from here
@@ -516,7 +535,12 @@ impl fuser::Filesystem for Fs<'_> {
     }
 
     fn releasedir(&mut self, _request: &Request<'_>, _ino: u64, handle: u64, _flags: i32, reply: ReplyEmpty) {
-        self.dirs.remove(&handle);
+        if let Some((ino, listing)) = self.dirs.remove(&handle) {
+            // The last handle of a directory lets its listing go.
+            if Arc::strong_count(&listing) == 2 && self.listed.get(&ino).is_some_and(|l| Arc::ptr_eq(l, &listing)) {
+                self.listed.remove(&ino);
+            }
+        }
         reply.ok();
     }
 
