@@ -291,7 +291,7 @@ impl InParallel for Verifier<'_> {
 impl Verifier<'_> {
     /// The entry's path as the report shows it: from the scratch directory, starting with `/`.
     fn shown(place: &Place, name: &[u8]) -> String {
-        place.path(Path::new("/")).join(OsStr::from_bytes(name)).display().to_string()
+        crate::names::shown_path(&place.path(Path::new("/")).join(OsStr::from_bytes(name))).into_owned()
     }
 
     fn fail(&self, shown: String, what: String) {
@@ -351,6 +351,10 @@ impl Verifier<'_> {
                 _ => problems.push("symlink target differs".into()),
             },
             _ => {}
+        }
+        // What a restore could set here, it must have set (a drill as root checks them all).
+        if crate::xattr::differ(dir.raw_fd(), name, &node.xattrs) {
+            problems.push("extended attributes differ from the snapshot".into());
         }
         if problems.is_empty() {
             self.passed.fetch_add(1, Relaxed);

@@ -132,6 +132,27 @@ pub fn read(target: Target<'_>) -> Result<Vec<Xattr>> {
     Ok(xattrs)
 }
 
+/// Whether the entry `name` of the open directory `dir` lacks one of the extended attributes
+/// `wanted`, or holds another value. Attributes it has beyond them do not count: restore never removes any. Nor do
+/// those a restore could never set here: none where the file system keeps none, `trusted.*` and
+/// `security.*` unless restoring as root; else every in-place restore would replace the entry
+/// again, to the same end.
+pub fn differ(dir: RawFd, name: &[u8], wanted: &[Xattr]) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let settable = |x: &&Xattr| root || !(x.name.starts_with(b"trusted.") || x.name.starts_with(b"security."));
+    let mut wanted = wanted.iter().filter(settable).peekable();
+    if wanted.peek().is_none() {
+        return false;
+    }
+    let Ok(path) = proc_path(dir, name) else { return true };
+    match read(Target::Path(&path)) {
+        Ok(found) if found.is_empty() && !supported(Target::Path(&path)) => false,
+        Ok(found) => wanted.any(|want| found.binary_search(want).is_err()),
+        Err(_) => true,
+    }
+}
+
 /// Sets each attribute; returns those that could not be set, with why. Attributes the entry
 /// has and `xattrs` lacks are left as they are (a label the file system's policy gave it, an
 /// ACL inherited from its directory).
@@ -277,6 +298,12 @@ mod tests {
         assert!(read(Target::Path(&proc_path(opened.as_raw_fd(), b"missing").unwrap())).is_err());
         // By the directory and a name, with the *xattrat calls or without them.
         let entry = |name| Target::At(opened.as_raw_fd(), name);
+        // What a restore must have set: the values it has, none it lacks.
+        assert!(!differ(opened.as_raw_fd(), b"f", &sorted));
+        assert!(!differ(opened.as_raw_fd(), b"f", &[xattr(b"user.a", b"\x00\x01")]));
+        assert!(differ(opened.as_raw_fd(), b"f", &[xattr(b"user.a", b"other")]));
+        assert!(differ(opened.as_raw_fd(), b"f", &[xattr(b"user.missing", b"")]));
+        assert!(differ(opened.as_raw_fd(), b"missing", &[xattr(b"user.a", b"")]));
         for by_proc in [false, true, false] {
             // Either way gives the same (other tests only take the other way meanwhile).
             NO_XATTRAT.store(by_proc, std::sync::atomic::Ordering::Relaxed);

@@ -114,6 +114,10 @@ fn extended_attributes_acls_and_capabilities_round_trip() {
         assert!(tool(&target, "getcap", &["-r"]).contains("cap_net_bind_service"));
     }
     ok(cairn(&repo).arg("check").arg("--read-data"));
+    // A drill restores them and checks each entry has them.
+    let drill = json(cairn(&repo).args(["drill", "--scratch"]).arg(scratch.join("drills")));
+    assert_eq!(drill["checks_failed"], 0, "{drill}");
+    assert!(drill["checks_passed"].as_u64() > Some(5), "{drill}");
 
     // The tar export carries them too, as GNU tar reads them back with --xattrs.
     let out = run(cairn(&repo).args(["dump", "latest", "/", "--archive", "tar"]));

@@ -28,7 +28,7 @@ use crate::format::tree::{Content, Metadata, Node, Xattr};
 use crate::fs_at::{is_dir, set_metadata_fd, stat_fd, Dir};
 use crate::id::Id;
 use crate::repository::Indexed;
-use crate::xattr::{proc_path, read, supported, unsupported, write, Target};
+use crate::xattr::{proc_path, read, unsupported, write, Target};
 
 /// Directory levels the walk descends at most: it keeps one descriptor open per level. Deeper
 /// targets are refused before anything changes.
@@ -570,25 +570,10 @@ fn carry_one(
     Ok(None)
 }
 
-/// Whether the entry `name` of `dir` lacks one of the extended attributes `wanted`, or holds
-/// another value. Attributes it has beyond them do not count: restore never removes any. Nor do
-/// those a restore could never set here: none where the file system keeps none, `trusted.*` and
-/// `security.*` unless restoring as root; else every in-place restore would replace the entry
-/// again, to the same end.
+/// Whether the entry `name` of `dir` lacks an attribute of `wanted` that a restore here could
+/// set ([`crate::xattr::differ`]).
 fn xattrs_differ(dir: &Dir, name: &[u8], wanted: &[Xattr]) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let settable = |x: &&Xattr| root || !(x.name.starts_with(b"trusted.") || x.name.starts_with(b"security."));
-    let mut wanted = wanted.iter().filter(settable).peekable();
-    if wanted.peek().is_none() {
-        return false;
-    }
-    let Ok(path) = proc_path(dir.raw_fd(), name) else { return true };
-    match read(Target::Path(&path)) {
-        Ok(found) if found.is_empty() && !supported(Target::Path(&path)) => false,
-        Ok(found) => wanted.any(|want| found.binary_search(want).is_err()),
-        Err(_) => true,
-    }
+    crate::xattr::differ(dir.raw_fd(), name, wanted)
 }
 
 /// Copies the extended attributes of a carried entry (a file carries its own: it is the same
