@@ -44,7 +44,12 @@ pub fn find(
     pattern: &[u8],
     mut each: impl FnMut(&Id, &Snapshot, &[Found]) -> ControlFlow<()>,
 ) -> Result<()> {
-    let pattern = pattern.strip_suffix(b"/").unwrap_or(pattern).to_vec();
+    let mut pattern = pattern;
+    while let Some(shorter) = pattern.strip_suffix(b"/") {
+        pattern = shorter;
+    }
+    // A pattern as `cairn ls` shows names (`caf\xe9*`) matches what its escapes stand for too.
+    let patterns: Vec<Vec<u8>> = std::iter::once(pattern.to_vec()).chain(crate::names::unescape(pattern)).collect();
     let whole_path = pattern.contains(&b'/');
     // The last root walked and what matched in it: snapshots between which nothing changed are
     // next to each other in time, and one root's matches are all that is held.
@@ -54,7 +59,7 @@ pub fn find(
             let mut found = Vec::new();
             crate::walk::each_entry(repo, &snapshot.tree, Vec::new(), |node: &Node, path: &[u8]| {
                 let text = if whole_path { path } else { &node.name[..] };
-                if crate::source::exclude::glob(&pattern, text) {
+                if patterns.iter().any(|pattern| crate::source::exclude::glob(pattern, text)) {
                     found.push(Found {
                         path: path.to_vec(),
                         kind: node.content.type_name(),

@@ -3,10 +3,10 @@
 //! JSON, a path typed on the command line) does it need a form. That form is one rule, here, so
 //! that what `cairn ls` prints can be given back to `restore --include` or `dump`:
 //!
-//! - a name that is UTF-8 without control characters or `\` is shown as it is;
+//! - a name that is UTF-8 without control characters, reordering marks or `\` is shown as it is;
 //! - otherwise `\` becomes `\\`, a byte that is not UTF-8 `\xNN`, a tab, newline or carriage
 //!   return `\t`, `\n`, `\r`, another ASCII control `\xNN`, and a C1 control (which a terminal
-//!   may take as an escape sequence) `\u{NN}`.
+//!   may take as an escape sequence) or a mark that reorders text (`\u{202e}`) `\u{NN}`.
 //!
 //! [`unescape`] reads that form back. JSON carries the name itself where it is UTF-8, and the
 //! bytes in base64 beside the shown form where it is not ([`base64`]).
@@ -28,7 +28,14 @@ pub fn shown_path(path: &std::path::Path) -> Cow<'_, str> {
 }
 
 fn needs_escape(c: char) -> bool {
-    c == '\\' || c.is_control()
+    c == '\\' || c.is_control() || reorders(c)
+}
+
+/// The invisible marks that change the order text is shown in (bidirectional overrides and
+/// isolates, the left-to-right and right-to-left marks): a name holding one can look like
+/// another (`exe.txt` shown for `txt.exe`).
+fn reorders(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn escaped(mut bytes: &[u8]) -> String {
@@ -48,7 +55,7 @@ fn escaped(mut bytes: &[u8]) -> String {
                 '\n' => out.push_str("\\n"),
                 '\r' => out.push_str("\\r"),
                 c if c.is_ascii_control() => write!(out, "\\x{:02x}", c as u32).expect("a String takes it"),
-                c if c.is_control() => write!(out, "\\u{{{:x}}}", c as u32).expect("a String takes it"),
+                c if c.is_control() || reorders(c) => write!(out, "\\u{{{:x}}}", c as u32).expect("a String takes it"),
                 c => out.push(c),
             }
         }
@@ -167,6 +174,7 @@ mod tests {
         assert_eq!(shown("csi\u{9b}".as_bytes()), "csi\\u{9b}");
         assert_eq!(shown(b"\xff\xfe\xe2\x82"), "\\xff\\xfe\\xe2\\x82");
         assert_eq!(shown("ok é \u{7f}".as_bytes()), "ok é \\x7f");
+        assert_eq!(shown("photo\u{202e}gpj.exe".as_bytes()), "photo\\u{202e}gpj.exe");
     }
 
     #[test]
@@ -195,7 +203,7 @@ mod tests {
                 Cow::Borrowed(_) => prop_assert_eq!(text.as_bytes(), &name[..]),
                 Cow::Owned(t) => prop_assert_eq!(unescape(t.as_bytes()), Some(name.clone())),
             }
-            prop_assert!(!text.chars().any(|c| c.is_control()));
+            prop_assert!(!text.chars().any(|c| c.is_control() || reorders(c)));
         }
     }
 }

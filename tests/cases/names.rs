@@ -154,6 +154,9 @@ fn find_diff_and_tar_keep_names_byte_for_byte() {
     let found = json(cairn(&repo).args(["find"]).arg(OsStr::from_bytes(b"*\xe9*")));
     let matches: Vec<Vec<u8>> = found[0]["matches"].as_array().unwrap().iter().map(|m| bytes_of(m, "path")).collect();
     assert_eq!(matches, [b"/caf\xe9.txt".to_vec(), b"/link-\xe9".to_vec(), b"/symlink-\xe9".to_vec()]);
+    // ... or as ls shows names.
+    let found = json(cairn(&repo).args(["find", "caf\\xe9*"]));
+    assert_eq!(bytes_of(&found[0]["matches"][0], "path"), b"/caf\xe9.txt");
     let text = ok(cairn(&repo).args(["find"]).arg(OsStr::from_bytes(b"inside")));
     assert!(text.contains("/dir-\\xff\\xfe/inside"), "{text}");
 
