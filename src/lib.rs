@@ -49,6 +49,7 @@
 pub mod audit;
 pub mod backend;
 pub mod backup;
+pub mod base64;
 pub mod check;
 pub mod chunking;
 pub mod clock;

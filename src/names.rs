@@ -9,7 +9,7 @@
 //!   may take as an escape sequence) or a mark that reorders text (`\u{202e}`) `\u{NN}`.
 //!
 //! [`unescape`] reads that form back. JSON carries the name itself where it is UTF-8, and the
-//! bytes in base64 beside the shown form where it is not ([`base64`]).
+//! bytes in base64 beside the shown form where it is not ([`json`]).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -118,7 +118,7 @@ pub fn unescape(text: &[u8]) -> Option<Vec<u8>> {
 pub fn json(bytes: &[u8]) -> (Cow<'_, str>, Option<String>) {
     match std::str::from_utf8(bytes) {
         Ok(text) => (Cow::Borrowed(text), None),
-        Err(_) => (Cow::Owned(escaped(bytes)), Some(base64(bytes))),
+        Err(_) => (Cow::Owned(escaped(bytes)), Some(crate::base64::encode(bytes))),
     }
 }
 
@@ -135,22 +135,6 @@ pub fn serialize_field<M: serde::ser::SerializeMap>(
         Some(raw) => map.serialize_entry(raw_key, &raw),
         None => Ok(()),
     }
-}
-
-/// Standard base64 with padding (RFC 4648), as JSON carries a name that is not UTF-8.
-pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for group in bytes.chunks(3) {
-        let n = group.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            match i <= group.len() {
-                true => out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char),
-                false => out.push('='),
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -183,16 +167,6 @@ mod tests {
         for bad in [&b"a\\"[..], b"\\q", b"\\x4", b"\\xzz", b"\\u{110000}", b"\\u{9b", b"\\u9b"] {
             assert_eq!(unescape(bad), None, "{}", String::from_utf8_lossy(bad));
         }
-    }
-
-    #[test]
-    fn base64_matches_rfc_4648() {
-        for (data, text) in
-            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE=")]
-        {
-            assert_eq!(base64(data.as_bytes()), text);
-        }
-        assert_eq!(base64(b"\xff\xfe"), "//4=");
     }
 
     proptest! {

@@ -15,27 +15,9 @@ use crate::support::*;
 /// The bytes a JSON entry stands for: its `_raw` base64 where it has one, else its text.
 fn bytes_of(entry: &Value, key: &str) -> Vec<u8> {
     match entry.get(format!("{key}_raw")) {
-        Some(raw) => base64_decode(raw.as_str().unwrap()),
+        Some(raw) => cairn::base64::decode(raw.as_str().unwrap()).unwrap(),
         None => entry[key].as_str().unwrap().as_bytes().to_vec(),
     }
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {text}"),
-    };
-    let digits: Vec<u8> = text.bytes().filter(|&c| c != b'=').map(value).collect();
-    let mut out = Vec::new();
-    for group in digits.chunks(4) {
-        let n = group.iter().enumerate().fold(0u32, |n, (i, &d)| n | u32::from(d) << (18 - 6 * i));
-        out.extend(&n.to_be_bytes()[1..group.len()]);
-    }
-    out
 }
 
 fn at(root: &Path, name: &[u8]) -> std::path::PathBuf {
@@ -177,14 +159,7 @@ fn find_diff_and_tar_keep_names_byte_for_byte() {
     assert!(text.contains("+    /new-\\xfd"), "{text}");
 
     // tar gives the names back as they were.
-    let out = run(cairn(&repo).args(["dump", "latest", "/", "--archive", "tar"]));
-    assert!(out.status.success());
-    let archive = scratch.join("all.tar");
-    fs::write(&archive, &out.stdout).unwrap();
-    let extracted = scratch.join("extracted");
-    fs::create_dir(&extracted).unwrap();
-    let tar = std::process::Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&extracted).output().unwrap();
-    assert!(tar.status.success(), "{}", String::from_utf8_lossy(&tar.stderr));
+    let extracted = dump_and_extract(&repo, scratch.path(), &[]);
     assert_same_tree(&tree, &extracted);
 }
 
@@ -203,8 +178,12 @@ fn sources_whose_paths_differ_only_in_bytes_that_are_not_utf8_stay_two_sources()
     // Keeping the last one per source keeps both.
     ok(cairn(&repo).args(["forget", "--keep-last", "1", "--prune"]));
     let listed = json(cairn(&repo).arg("snapshots"));
-    let mut paths: Vec<Vec<u8>> =
-        listed.as_array().unwrap().iter().map(|s| base64_decode(s["paths_raw"][0].as_str().unwrap())).collect();
+    let mut paths: Vec<Vec<u8>> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| cairn::base64::decode(s["paths_raw"][0].as_str().unwrap()).unwrap())
+        .collect();
     paths.sort();
     assert_eq!(paths, [one.as_os_str().as_bytes().to_vec(), two.as_os_str().as_bytes().to_vec()]);
 }

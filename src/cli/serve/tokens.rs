@@ -97,7 +97,7 @@ impl Tokens {
         let (token, scheme): (Vec<u8>, Scheme) = if scheme.eq_ignore_ascii_case("bearer") {
             (value.trim().as_bytes().to_vec(), Scheme::Bearer)
         } else if scheme.eq_ignore_ascii_case("basic") {
-            let decoded = base64_decode(value.trim())?;
+            let decoded = cairn::base64::decode(value.trim())?;
             let colon = decoded.iter().position(|&b| b == b':')?;
             (decoded[colon + 1..].to_vec(), Scheme::Basic)
         } else {
@@ -125,33 +125,6 @@ pub enum Scheme {
     Basic,
 }
 
-/// Standard base64 (RFC 4648, padding optional); `None` for anything else.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let digits = text.trim_end_matches('=');
-    if text.len() - digits.len() > 2 || digits.len() % 4 == 1 {
-        return None;
-    }
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
-    let (mut bits, mut count) = (0u32, 0u32);
-    for c in digits.bytes() {
-        bits = (bits << 6) | u32::from(value(c)?);
-        count += 6;
-        if count >= 8 {
-            count -= 8;
-            out.push((bits >> count) as u8);
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,7 +137,7 @@ mod tests {
         assert_eq!(tokens.caller(Some(format!("Bearer {TOKEN}").as_bytes())), Some(("platform", Scheme::Bearer)));
         assert_eq!(tokens.caller(Some(format!("bearer {TOKEN}x").as_bytes())), Some(("ops", Scheme::Bearer)));
         // "anyone:<TOKEN>" in base64, as a browser sends it.
-        let basic = format!("Basic {}", encode(format!("anyone:{TOKEN}").as_bytes()));
+        let basic = format!("Basic {}", cairn::base64::encode(format!("anyone:{TOKEN}").as_bytes()));
         assert_eq!(tokens.caller(Some(basic.as_bytes())), Some(("platform", Scheme::Basic)));
         for wrong in ["", "Bearer", "Bearer ", "Bearer 0123456789abcdef0123456789abcdeF", "Token x", "Basic !!!"] {
             assert_eq!(tokens.caller(Some(wrong.as_bytes())), None, "{wrong:?}");
@@ -184,31 +157,5 @@ mod tests {
         assert!(Tokens::parse(&format!("na/me {TOKEN}")).is_err());
         let default = Tokens::parse(TOKEN).unwrap();
         assert_eq!(default.caller(Some(format!("Bearer {TOKEN}").as_bytes())).map(|(name, _)| name), Some("default"));
-    }
-
-    #[test]
-    fn base64_round_trips_and_refuses_what_is_not_base64() {
-        for data in [&b""[..], b"f", b"fo", b"foo", b"foob", b"fooba", b"foobar", &[0, 255, 128, 7]] {
-            assert_eq!(base64_decode(&encode(data)).as_deref(), Some(data));
-        }
-        assert_eq!(base64_decode("Zm9vYg").as_deref(), Some(&b"foob"[..]));
-        for bad in ["Z", "Zm9v===", "Zm9v\u{e9}", "Zm 9v"] {
-            assert_eq!(base64_decode(bad), None, "{bad:?}");
-        }
-    }
-
-    fn encode(data: &[u8]) -> String {
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in data.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-            for i in 0..=chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            }
-        }
-        while out.len() % 4 != 0 {
-            out.push('=');
-        }
-        out
     }
 }
