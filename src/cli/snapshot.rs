@@ -91,6 +91,22 @@ fn open_locked(
     }
 }
 
+/// A saved snapshot as `--json` prints it, for a tree or a stream alike (`cairn run` and
+/// `cairn serve` read it).
+fn outcome_json(outcome: &cairn::backup::SnapshotOutcome) -> serde_json::Value {
+    let s = &outcome.snapshot;
+    serde_json::json!({
+        "id": outcome.id.to_hex(),
+        "short_id": outcome.id.short(),
+        "complete": s.is_complete(),
+        "errors": s.errors,
+        "summary": s.summary,
+        "packs_written": outcome.packs_written,
+        "databases": outcome.databases,
+        "duration_ms": s.duration_ms,
+    })
+}
+
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     if args.stream.wanted() {
         return stream::run(context, args);
@@ -134,17 +150,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let s = &outcome.snapshot;
     let summary = &s.summary;
     if context.json {
-        let json = serde_json::json!({
-            "id": outcome.id.to_hex(),
-            "short_id": outcome.id.short(),
-            "complete": s.is_complete(),
-            "errors": s.errors,
-            "summary": summary,
-            "packs_written": outcome.packs_written,
-            "databases": outcome.databases,
-            "duration_ms": s.duration_ms,
-        });
-        outln!("{json}");
+        outln!("{}", outcome_json(&outcome));
     } else if !context.quiet {
         outln!(
             "snapshot {} saved: {} ({}), {}, {} ({} read); added {} ({} stored) in {}, {:.1}s",

@@ -82,17 +82,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     super::super::warn_damage(&repo);
     let s = &outcome.snapshot;
     if context.json {
-        let json = serde_json::json!({
-            "id": outcome.id.to_hex(),
-            "short_id": outcome.id.short(),
-            "complete": true,
-            "errors": s.errors,
-            "summary": s.summary,
-            "packs_written": outcome.packs_written,
-            "databases": 0,
-            "duration_ms": s.duration_ms,
-        });
-        outln!("{json}");
+        outln!("{}", super::outcome_json(&outcome));
     } else if !context.quiet {
         outln!(
             "snapshot {} saved: {} as {}; added {} ({} stored) in {}, {:.1}s",
