@@ -145,9 +145,10 @@ pub fn differ(dir: RawFd, name: &[u8], wanted: &[Xattr]) -> bool {
     if wanted.peek().is_none() {
         return false;
     }
-    let Ok(path) = proc_path(dir, name) else { return true };
-    match read(Target::Path(&path)) {
-        Ok(found) if found.is_empty() && !supported(Target::Path(&path)) => false,
+    let Ok(name) = CString::new(name) else { return true };
+    let entry = Target::At(dir, &name);
+    match read(entry) {
+        Ok(found) if found.is_empty() && !supported(entry) => false,
         Ok(found) => wanted.any(|want| found.binary_search(want).is_err()),
         Err(_) => true,
     }
