@@ -158,28 +158,6 @@ fn a_failing_command_commits_nothing_and_says_why() {
     assert_eq!(pack_count(&repo), 0);
 }
 
-/// Peak RSS of a child process after its exec: its `VmHWM`, read from /proc while it runs (as
-/// `snapshots::two_gib_file_snapshots_in_bounded_memory` measures it).
-fn run_measuring_rss(command: &mut Command) -> (i32, u64) {
-    let mut child = command.spawn().unwrap();
-    let status_file = format!("/proc/{}/status", child.id());
-    let mut peak_kib = 0u64;
-    let status = loop {
-        if let Ok(text) = fs::read_to_string(&status_file) {
-            let hwm = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok());
-            peak_kib = peak_kib.max(hwm.unwrap_or(0));
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
-    (status.code().unwrap_or(-1), peak_kib * 1024)
-}
-
 #[test]
 fn a_large_output_is_stored_in_bounded_memory() {
     const LEN: u64 = 320 << 20;

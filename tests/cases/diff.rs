@@ -195,14 +195,7 @@ fn dump_as_tar_is_read_back_by_tar_as_the_source() {
     ok(cairn(&repo).arg("snapshot").arg(&tree));
 
     // The whole snapshot, extracted by tar, is the source.
-    let archive = scratch.join("all.tar");
-    let out = run(cairn(&repo).args(["dump", "latest", "/", "--archive", "tar"]));
-    assert!(out.status.success());
-    fs::write(&archive, &out.stdout).unwrap();
-    let extracted = scratch.join("extracted");
-    fs::create_dir(&extracted).unwrap();
-    let tar = std::process::Command::new("tar").arg("-xf").arg(&archive).arg("-C").arg(&extracted).output().unwrap();
-    assert!(tar.status.success(), "{}", String::from_utf8_lossy(&tar.stderr));
+    let extracted = dump_and_extract(&repo, scratch.path(), &[]);
     // Everything below the root (whose own entry is not in the archive): types, modes, times
     // to the nanosecond, owners, link targets and content.
     assert_same_tree(&tree, &extracted);

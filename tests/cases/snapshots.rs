@@ -51,29 +51,6 @@ fn one_byte_inserted_at_the_start_stores_at_most_three_chunks() {
     assert!(fs::read(target.join("big")).unwrap() == shifted);
 }
 
-/// Peak RSS of a child process after its exec: its `VmHWM`, read from /proc while it runs. (The
-/// rusage maximum would also count the test process's own pages that the child shared between
-/// fork and exec, which depend on whatever other tests hold in memory at that moment.)
-fn run_measuring_rss(command: &mut std::process::Command) -> (i32, u64) {
-    let mut child = command.spawn().unwrap();
-    let status_file = format!("/proc/{}/status", child.id());
-    let mut peak_kib = 0u64;
-    let status = loop {
-        if let Ok(text) = fs::read_to_string(&status_file) {
-            let hwm = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok());
-            peak_kib = peak_kib.max(hwm.unwrap_or(0));
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
-    (status.code().unwrap_or(-1), peak_kib * 1024)
-}
-
 #[test]
 fn two_gib_file_snapshots_in_bounded_memory() {
     let scratch = Scratch::new("rss");

@@ -361,3 +361,39 @@ pub fn default_signals(command: &mut Command) -> &mut Command {
     }
     command
 }
+
+/// Peak RSS of a child process after its exec: its `VmHWM`, read from /proc while it runs. (The
+/// rusage maximum would also count the test process's own pages that the child shared between
+/// fork and exec, which depend on whatever other tests hold in memory at that moment.)
+pub fn run_measuring_rss(command: &mut Command) -> (i32, u64) {
+    let mut child = command.spawn().unwrap();
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    let status = loop {
+        if let Ok(text) = fs::read_to_string(&status_file) {
+            let hwm = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok());
+            peak_kib = peak_kib.max(hwm.unwrap_or(0));
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    (status.code().unwrap_or(-1), peak_kib * 1024)
+}
+
+/// `cairn dump latest / --archive tar` of `repo`, extracted by `tar` with `tar_args` (then
+/// `-xf`) into `dir`/extracted, which it returns; both must succeed.
+pub fn dump_and_extract(repo: &Path, dir: &Path, tar_args: &[&str]) -> PathBuf {
+    let out = run(cairn(repo).args(["dump", "latest", "/", "--archive", "tar"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (archive, extracted) = (dir.join("all.tar"), dir.join("extracted"));
+    fs::write(&archive, &out.stdout).unwrap();
+    fs::create_dir(&extracted).unwrap();
+    let tar = Command::new("tar").args(tar_args).arg("-xf").arg(&archive).arg("-C").arg(&extracted).output().unwrap();
+    assert!(tar.status.success(), "{}", String::from_utf8_lossy(&tar.stderr));
+    extracted
+}

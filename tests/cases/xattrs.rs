@@ -120,19 +120,7 @@ fn extended_attributes_acls_and_capabilities_round_trip() {
     assert!(drill["checks_passed"].as_u64() > Some(5), "{drill}");
 
     // The tar export carries them too, as GNU tar reads them back with --xattrs.
-    let out = run(cairn(&repo).args(["dump", "latest", "/", "--archive", "tar"]));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (archive, extracted) = (scratch.join("all.tar"), scratch.join("extracted"));
-    fs::write(&archive, &out.stdout).unwrap();
-    fs::create_dir(&extracted).unwrap();
-    let tar = Command::new("tar")
-        .args(["--xattrs", "--xattrs-include=*", "-xpf"])
-        .arg(&archive)
-        .arg("-C")
-        .arg(&extracted)
-        .output()
-        .unwrap();
-    assert!(tar.status.success(), "{}", String::from_utf8_lossy(&tar.stderr));
+    let extracted = dump_and_extract(&repo, scratch.path(), &["--xattrs", "--xattrs-include=*", "-p"]);
     assert_eq!(attributes(&extracted), attributes(&source));
     assert_eq!(tool(&extracted, "getfacl", &["-R", "-p"]), tool(&source, "getfacl", &["-R", "-p"]));
 
