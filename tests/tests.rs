@@ -23,6 +23,8 @@ mod errors;
 mod filters;
 #[path = "cases/fixtures.rs"]
 mod fixtures;
+#[path = "cases/gen_repo.rs"]
+mod gen_repo;
 #[path = "cases/in_place.rs"]
 mod in_place;
 #[path = "cases/monitor.rs"]
