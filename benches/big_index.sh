@@ -18,7 +18,7 @@
 #                 over every pack, nothing to delete; the repository is left as it was found
 #
 # and a table of wall time and peak RSS is printed (also to WORK/results-BLOBS.txt). CAIRN picks
-# the binary (default target/release/cairn; build it first with `cargo build --release`).
+# the binary (default: `cargo build --release`, copied to WORK/cairn).
 set -euo pipefail
 
 if [ $# -ne 2 ]; then
@@ -28,7 +28,6 @@ fi
 blobs=$1
 work=$(realpath -m "$2")
 here=$(cd "$(dirname "$0")/.." && pwd)
-cairn=$(realpath "${CAIRN:-$here/target/release/cairn}")
 limit=${LIMIT:-8G}
 repo=$work/repo
 results=$work/results-$blobs.txt
@@ -37,6 +36,11 @@ export CAIRN_REPO=$repo
 unset CAIRN_PASSWORD CAIRN_PASSWORD_FILE CAIRN_PASSWORD_COMMAND
 
 rows=()
+# usage LOG: "wall | CPU seconds (user + system) | peak RSS" from /usr/bin/time -v's log.
+usage() {
+    awk -F': ' '/Elapsed \(wall clock\)/ {wall = $2} /User time/ {cpu += $2} /System time/ {cpu += $2}
+        /Maximum resident set size/ {rss = $2 / 1024} END {printf "%s | %.1f s | %.0f MiB", wall, cpu, rss}' "$1"
+}
 # measure NAME COMMAND...: runs it under the limit, records wall seconds, peak RSS and exit code.
 measure() {
     local name=$1
@@ -45,11 +49,8 @@ measure() {
     local status=0
     /usr/bin/time -v -o "$log" prlimit --as="$(numfmt --from=iec "$limit")" -- "$@" \
         >"$work/out-$name.log" 2>"$work/err-$name.log" || status=$?
-    local wall rss
-    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log")
-    rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2 / 1024}' "$log")
-    rows+=("$(printf '| %s | %s | %s MiB | %s |' "$name" "$wall" "$rss" "$status")")
-    echo "$name: $wall, $rss MiB, exit $status" >&2
+    rows+=("$(printf '| %s | %s | %s |' "$name" "$(usage "$log")" "$status")")
+    echo "$name: $(usage "$log"), exit $status" >&2
     if [ "$status" -ne 0 ]; then
         tail -3 "$work/err-$name.log" >&2
     fi
@@ -57,13 +58,19 @@ measure() {
 
 if [ ! -f "$repo/config" ]; then
     echo "generating $blobs blobs into $repo" >&2
+    (cd "$here" && cargo bench --bench gen_repo --no-run)
     (cd "$here" && /usr/bin/time -v -o "$work/time-generate.log" \
         cargo bench --bench gen_repo -- --blobs "$blobs" --out "$repo") | tee "$work/generate.log"
-    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$work/time-generate.log")
-    rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2 / 1024}' "$work/time-generate.log")
-    rows+=("$(printf '| generate (build included) | %s | %s MiB | 0 |' "$wall" "$rss")")
+    rows+=("$(printf '| generate | %s | 0 |' "$(usage "$work/time-generate.log")")")
 fi
-rows+=("$(printf '| repository size | %s | | |' "$(du -sh "$repo" | cut -f1)")")
+# `cargo bench` links target/release/cairn with the test knobs (its dev-dependency on itself):
+# measure a plain release build, copied aside.
+if [ -z "${CAIRN:-}" ]; then
+    (cd "$here" && cargo build --release --bin cairn)
+    cp "$here/target/release/cairn" "$work/cairn"
+fi
+cairn=$(realpath "${CAIRN:-$work/cairn}")
+rows+=("$(printf '| repository size | %s | | | |' "$(du -sh "$repo" | cut -f1)")")
 
 if [ ! -d "$work/source" ]; then
     python3 - "$work/source" <<'EOF'
@@ -108,7 +115,7 @@ rm -rf "$work/restore-small" "$work/restore-one"
 {
     echo "cairn $(git -C "$here" rev-parse --short HEAD), $blobs blobs, $(date -u +%Y-%m-%dT%H:%MZ), limit $limit"
     echo
-    echo "| step | wall | peak RSS | exit |"
-    echo "|---|---|---|---|"
+    echo "| step | wall | CPU | peak RSS | exit |"
+    echo "|---|---|---|---|---|"
     printf '%s\n' "${rows[@]}"
 } | tee "$results"
