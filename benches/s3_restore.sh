@@ -46,59 +46,19 @@ rm -rf "$WORK"; mkdir -p "$WORK"
 RESULTS=$WORK/results.tsv; : >"$RESULTS"
 FAILED=0; HAVE_RESTIC=0
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT=$(free_port)
-moto_server -H 127.0.0.1 -p "$PORT" >"$WORK/moto.log" 2>&1 &
-PIDS=($!)
-trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
-declare -A ENDPOINT
-for d in $DELAYS; do
-  if [[ $d == 0 ]]; then ENDPOINT[$d]=http://127.0.0.1:$PORT; continue; fi
-  p=$(free_port)
-  python3 "$HERE/delay_proxy.py" "$p" "$PORT" "$(python3 -c "print($d / 2)")" >"$WORK/proxy-$d.out" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 100); do grep -qs ready "$WORK/proxy-$d.out" && break; sleep 0.1; done
-  ENDPOINT[$d]=http://127.0.0.1:$p
-done
-DIRECT=http://127.0.0.1:$PORT
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
-export AWS_ENDPOINT_URL=$DIRECT AWS_ALLOW_HTTP=true CAIRN_PASSWORD=bench RESTIC_PASSWORD=bench
+. "$HERE/s3_server.sh"   # moto_server, the delaying proxies, requests, objects
 export XDG_CACHE_HOME=$WORK/cache-setup
-python3 -c "import boto3; boto3.client('s3', endpoint_url='$DIRECT').create_bucket(Bucket='bench')"
-
-objects() { # prefix [subdir...] -> the number of objects under prefix/subdir (all subdirs summed)
-  python3 - "$@" <<EOF
-import boto3, sys
-s3 = boto3.client("s3", endpoint_url="$DIRECT")
-prefix, subdirs = sys.argv[1], sys.argv[2:] or [""]
-n = 0
-for sub in subdirs:
-    key = f"{prefix}/{sub}" if sub else f"{prefix}/"
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix=key):
-        n += len(page.get("Contents", []))
-print(n)
-EOF
-}
-requests() { # all requests, the GETs and the GETs of packs among them, once the log caught up
-  local now last=-1
-  for _ in $(seq 20); do
-    now=$(grep -cE '"(GET|PUT|HEAD|POST|DELETE) ' "$WORK/moto.log" || true)
-    [[ $now == "$last" ]] && break; last=$now; sleep 0.2
-  done
-  echo "$now $(grep -cE '"GET ' "$WORK/moto.log" || true) $(grep -cE '"GET /[^ ?]*/packs/' "$WORK/moto.log" || true)"
-}
 STEPS=0
 timed() { # label command -> T (s), M (MiB peak RSS), R (requests), G (GETs), P (pack GETs); false on failure
   local label=$1 cmd=$2 r0 g0 p0 r1 g1 p1
   STEPS=$((STEPS + 1)); rm -rf "$WORK/cache-$STEPS"
-  read -r r0 g0 p0 < <(requests)
+  read -r r0 g0 p0 _ < <(requests)
   if ! XDG_CACHE_HOME=$WORK/cache-$STEPS /usr/bin/time -o "$WORK/step.time" -f '%e %M' \
       bash -c "$cmd" >"$WORK/step.out" 2>"$WORK/step.err"; then
     echo "  $label FAILED: $(tail -3 "$WORK/step.err" | tr '\n' ' ')"; FAILED=1; return 1
   fi
   read -r T M <"$WORK/step.time"; M=$((M / 1024))
-  read -r r1 g1 p1 < <(requests); R=$((r1 - r0)); G=$((g1 - g0)); P=$((p1 - p0))
+  read -r r1 g1 p1 _ < <(requests); R=$((r1 - r0)); G=$((g1 - g0)); P=$((p1 - p0))
 }
 compare() { # source restored -> SAME: identical, or the first differences (and fails the run)
   if diff -r --no-dereference "$1" "$2" >"$WORK/diff.out" 2>&1; then SAME=identical; else

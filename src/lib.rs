@@ -13,7 +13,8 @@
 //! - [`repository`]: opening and creating one from a [`repository::Location`], the names of its
 //!   files ([`repository::FileKind`]) and the verbs on them, the in-memory
 //!   [`repository::index::Index`], verified blob reads through [`repository::Indexed`], snapshot
-//!   listing, and [`repository::packer::BlobStore`], which dedups, compresses and packs.
+//!   listing, and [`repository::packer::BlobStore`], which dedups, compresses and packs, and
+//!   hands full packs to [`repository::upload`]'s uploader threads.
 //! - [`source`]: walking directory trees into tree blobs and chunks, with change detection.
 //! - [`backup`]: one snapshot from start to commit; [`restore`]: back to files, and over an
 //!   existing directory ([`restore::in_place`]: plan, safety snapshot, staged build, atomic swap).

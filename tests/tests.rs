@@ -45,6 +45,8 @@ mod roundtrip;
 mod run;
 #[path = "cases/s3_reads.rs"]
 mod s3_reads;
+#[path = "cases/s3_writes.rs"]
+mod s3_writes;
 #[path = "cases/serve.rs"]
 mod serve;
 #[path = "cases/snapshots.rs"]

@@ -11,6 +11,7 @@ pub mod location;
 pub mod lock;
 pub mod packer;
 pub mod reader;
+pub mod upload;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -1,30 +1,29 @@
 //! The blob store used while writing: dedups blobs against the index and against what this run
 //! already stored, compresses them, groups them into packs of the configured target size (data and
 //! trees in separate packs, so tree walks never read file content), writes each full pack, and
-//! writes index files for the packs once they are durable.
+//! hands each full pack to [`super::upload::Uploads`], which puts it and writes index files for
+//! the packs once they are durable, while the workers go on.
 //!
 //! Ordering invariant (store-format/README.md, "Commit order"): a pack is durable before any
 //! index file names it, and [`BlobStore::finish`] returns only once every blob handed to
 //! [`BlobStore::store`] is in a durable pack and a durable index file. Only then may a snapshot
-//! manifest refer to them.
+//! manifest refer to them. A failed upload fails the next [`BlobStore::store`] that fills a pack,
+//! and [`BlobStore::finish`], with its error.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use super::index::{Index, SortedIds};
-use super::{FileKind, Repository};
+use super::upload::{uploaders_for, PackBytes, Uploads};
+use super::Repository;
 use crate::compression;
 use crate::crypto::Keys;
 use crate::error::Result;
 use crate::format::envelope::{ENCRYPTION_AES256GCM, ENCRYPTION_NONE};
-use crate::format::index::{IndexFile, IndexedPack};
+use crate::format::index::IndexedPack;
 use crate::format::pack::{self, BlobEntry, BlobKind, Codec};
 use crate::id::Id;
-
-/// Write an index file once this many packs are waiting for one, so an interrupted long snapshot
-/// keeps most of what it uploaded usable by the next run.
-const PACKS_PER_INDEX_FILE: usize = 32;
 
 /// Accumulates one pack in memory.
 struct Packer {
@@ -32,8 +31,8 @@ struct Packer {
     entries: Vec<BlobEntry>,
     target: usize,
     keys: Option<Keys>,
-    /// The buffer of the last pack written, emptied for the next one: a fresh 20 MiB buffer
-    /// costs a page fault per 4 KiB.
+    /// The buffer of an earlier pack, emptied for the next one (a local repository's: an object
+    /// store's put takes the buffer): a fresh 20 MiB buffer costs a page fault per 4 KiB.
     spare: Option<Vec<u8>>,
 }
 
@@ -43,7 +42,7 @@ impl Packer {
     }
 
     /// Adds a stored blob; returns the finished pack when the target size is reached.
-    fn add(&mut self, id: Id, kind: BlobKind, codec: Codec, stored: &[u8], raw_len: u32) -> Option<IndexedPackBytes> {
+    fn add(&mut self, id: Id, kind: BlobKind, codec: Codec, stored: &[u8], raw_len: u32) -> Option<PackBytes> {
         if self.bytes.is_empty() {
             if let Some(spare) = self.spare.take() {
                 self.bytes = spare;
@@ -68,7 +67,7 @@ impl Packer {
         }
     }
 
-    fn take(&mut self) -> Option<IndexedPackBytes> {
+    fn take(&mut self) -> Option<PackBytes> {
         if self.entries.is_empty() {
             return None;
         }
@@ -76,13 +75,8 @@ impl Packer {
         let entries = std::mem::take(&mut self.entries);
         bytes.extend_from_slice(&pack::trailer_with(&entries, self.keys.as_ref()));
         let id = Id::of(&bytes);
-        Some(IndexedPackBytes { pack: IndexedPack { id, len: bytes.len() as u64, blobs: entries }, bytes })
+        Some(PackBytes { pack: IndexedPack { id, len: bytes.len() as u64, blobs: entries }, bytes })
     }
-}
-
-struct IndexedPackBytes {
-    pack: IndexedPack,
-    bytes: Vec<u8>,
 }
 
 /// Blob ids a run has stored. A million of them in a hash set take about 66 MiB; recent ones
@@ -130,11 +124,13 @@ pub struct BlobStore<'a> {
     added: Mutex<Added>,
     data: Mutex<Packer>,
     trees: Mutex<Packer>,
-    /// Durable packs not yet named by an index file.
-    unindexed: Mutex<Vec<IndexedPack>>,
-    /// Every pack this store wrote, with its blobs, if `record_written` (prune needs them).
+    /// Puts the full packs and their index files.
+    uploads: Uploads,
+    /// Every pack this store wrote, with its blobs, if `record_written` (prune needs them); filled
+    /// by [`BlobStore::finish`].
     pub written: Mutex<Vec<IndexedPack>>,
     pub record_written: bool,
+    /// The index files written, filled by [`BlobStore::finish`].
     pub index_files: Mutex<Vec<Id>>,
     pub stats: AddedStats,
     /// The disk guard: no pack write may take the repository's file system below this.
@@ -144,6 +140,7 @@ pub struct BlobStore<'a> {
 impl<'a> BlobStore<'a> {
     pub fn new(repo: &'a Repository, index: &'a Index) -> BlobStore<'a> {
         let target = repo.config().pack_target_size as usize;
+        let (workers, queued) = uploaders_for(repo.backend());
         BlobStore {
             repo,
             index,
@@ -151,7 +148,7 @@ impl<'a> BlobStore<'a> {
             data: Mutex::new(Packer::new(target, repo.keys().cloned())),
             // Tree packs stay small: trees are read one at a time, and few exist per run.
             trees: Mutex::new(Packer::new(target.min(4 << 20), repo.keys().cloned())),
-            unindexed: Mutex::new(Vec::new()),
+            uploads: Uploads::new(repo.backend_arc(), repo.keys().cloned(), workers, queued),
             written: Mutex::new(Vec::new()),
             record_written: false,
             index_files: Mutex::new(Vec::new()),
@@ -187,6 +184,9 @@ impl<'a> BlobStore<'a> {
     }
 
     fn add(&self, id: Id, kind: BlobKind, codec: Codec, stored: &[u8], raw_len: u32) -> Result<()> {
+        if self.uploads.failed() {
+            return self.uploads.check();
+        }
         self.stats.blobs.fetch_add(1, Relaxed);
         self.stats.bytes.fetch_add(raw_len as u64, Relaxed);
         self.stats.stored_bytes.fetch_add(stored.len() as u64, Relaxed);
@@ -195,56 +195,28 @@ impl<'a> BlobStore<'a> {
             BlobKind::Tree => &self.trees,
         };
         let full = packer.lock().expect("poisoned").add(id, kind, codec, stored, raw_len);
-        if let Some(mut full) = full {
-            self.write_pack(&full)?;
-            full.bytes.clear();
-            packer.lock().expect("poisoned").spare = Some(full.bytes);
-        }
-        Ok(())
-    }
-
-    fn write_pack(&self, pack: &IndexedPackBytes) -> Result<()> {
-        if let (Some(min), Some(path)) = (self.min_free, self.repo.backend().disk_path()) {
-            min.check(&path, pack.bytes.len() as u64)?;
-        }
-        self.repo.put_file_raw(FileKind::Pack, &pack.pack.id, &pack.bytes)?;
-        self.stats.packs.fetch_add(1, Relaxed);
-        if self.record_written {
-            self.written.lock().expect("poisoned").push(pack.pack.clone());
-        }
-        let batch = {
-            let mut unindexed = self.unindexed.lock().expect("poisoned");
-            unindexed.push(pack.pack.clone());
-            if unindexed.len() >= PACKS_PER_INDEX_FILE {
-                std::mem::take(&mut *unindexed)
-            } else {
-                Vec::new()
+        if let Some(full) = full {
+            self.uploads.submit(full, self.min_free, self.record_written)?;
+            if let Some(spare) = self.uploads.spare() {
+                packer.lock().expect("poisoned").spare.get_or_insert(spare);
             }
-        };
-        self.write_index(batch)
-    }
-
-    fn write_index(&self, packs: Vec<IndexedPack>) -> Result<()> {
-        if packs.is_empty() {
-            return Ok(());
         }
-        let bytes = self.repo.seal_file(IndexFile { packs }.encode());
-        let id = Id::of(&bytes);
-        self.repo.put_file_raw(FileKind::Index, &id, &bytes)?;
-        self.index_files.lock().expect("poisoned").push(id);
         Ok(())
     }
 
-    /// Writes the partly filled packs and an index file for every pack not yet indexed. After
-    /// this returns, everything stored is durable and findable.
+    /// Writes the partly filled packs, waits for every upload, and writes an index file for every
+    /// pack not yet indexed. After this returns, everything stored is durable and findable.
     pub fn finish(&self) -> Result<()> {
         for packer in [&self.data, &self.trees] {
             let last = packer.lock().expect("poisoned").take();
             if let Some(last) = last {
-                self.write_pack(&last)?;
+                self.uploads.submit(last, self.min_free, self.record_written)?;
             }
         }
-        let rest = std::mem::take(&mut *self.unindexed.lock().expect("poisoned"));
-        self.write_index(rest)
+        let done = self.uploads.finish()?;
+        self.stats.packs.fetch_add(done.packs, Relaxed);
+        self.index_files.lock().expect("poisoned").extend(done.index_files);
+        self.written.lock().expect("poisoned").extend(done.written);
+        Ok(())
     }
 }

@@ -1,0 +1,55 @@
+# Sourced by the s3_*.sh benchmarks: one way to start the loopback S3 server and the delaying
+# proxies in front of it, and to count the requests the server saw.
+#
+# Needs WORK (scratch directory, existing) and DELAYS (added round trips in ms, "0 20") set, and
+# HERE (this directory). Starts `moto_server` on a free loopback port (killed on exit with the
+# proxies), one `delay_proxy.py` per non-zero delay, and creates the bucket `bench`. Sets:
+#   PIDS           the processes to kill on exit (the caller's EXIT trap may add to them)
+#   DIRECT         the server's endpoint; ENDPOINT[d] the endpoint for delay d
+#   AWS_* etc.     exported: credentials, region, AWS_ENDPOINT_URL=DIRECT, AWS_ALLOW_HTTP,
+#                  CAIRN_PASSWORD and RESTIC_PASSWORD (both `bench`)
+# Defines: free_port, requests (all requests, GETs, pack GETs and PUTs the server has logged),
+# objects PREFIX [SUBDIR...] (objects under the prefix).
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
+moto_server -H 127.0.0.1 -p "$PORT" >"$WORK/moto.log" 2>&1 &
+PIDS=($!)
+trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+declare -A ENDPOINT
+for d in $DELAYS; do
+  if [[ $d == 0 ]]; then ENDPOINT[$d]=http://127.0.0.1:$PORT; continue; fi
+  p=$(free_port)
+  python3 "$HERE/delay_proxy.py" "$p" "$PORT" "$(python3 -c "print($d / 2)")" >"$WORK/proxy-$d.out" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do grep -qs ready "$WORK/proxy-$d.out" && break; sleep 0.1; done
+  ENDPOINT[$d]=http://127.0.0.1:$p
+done
+DIRECT=http://127.0.0.1:$PORT
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+export AWS_ENDPOINT_URL=$DIRECT AWS_ALLOW_HTTP=true CAIRN_PASSWORD=bench RESTIC_PASSWORD=bench
+python3 -c "import boto3; boto3.client('s3', endpoint_url='$DIRECT').create_bucket(Bucket='bench')"
+
+objects() { # prefix [subdir...] -> the number of objects under prefix/subdir (all subdirs summed)
+  python3 - "$@" <<PY
+import boto3, sys
+s3 = boto3.client("s3", endpoint_url="$DIRECT")
+prefix, subdirs = sys.argv[1], sys.argv[2:] or [""]
+n = 0
+for sub in subdirs:
+    key = f"{prefix}/{sub}" if sub else f"{prefix}/"
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix=key):
+        n += len(page.get("Contents", []))
+print(n)
+PY
+}
+requests() { # all requests, the GETs, the GETs of packs and the PUTs, once the log caught up
+  local now last=-1
+  for _ in $(seq 20); do
+    now=$(grep -cE '"(GET|PUT|HEAD|POST|DELETE) ' "$WORK/moto.log" || true)
+    [[ $now == "$last" ]] && break; last=$now; sleep 0.2
+  done
+  echo "$now $(grep -cE '"GET ' "$WORK/moto.log" || true) $(grep -cE '"GET /[^ ?]*/packs/' "$WORK/moto.log" || true)" \
+    "$(grep -cE '"PUT ' "$WORK/moto.log" || true)"
+}
