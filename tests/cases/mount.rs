@@ -318,15 +318,17 @@ fn a_name_that_comes_to_mean_another_snapshot_never_serves_the_old_one() {
         assert!(Instant::now() < deadline, "the list never changed: {}", mounted.stderr());
         std::thread::sleep(Duration::from_millis(250));
     }
-    std::thread::sleep(Duration::from_millis(1500)); // past the entries' time to live
-                                                     // While the kernel drops its entry for the old meaning, the name may be briefly missing (seen
-                                                     // once under CI's load); it must never read as the forgotten snapshot.
+    // Past the entries' time to live. While the kernel drops its entry for the old meaning, the
+    // name may be missing for a while (seen under CI's load); it must never read as the forgotten
+    // snapshot.
+    std::thread::sleep(Duration::from_millis(1500));
+    let deadline = Instant::now() + Duration::from_secs(30);
     let read = loop {
         match fs::read(source.join(&name).join("f")) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(250))
             }
-            read => break read.unwrap(),
+            read => break read.unwrap_or_else(|e| panic!("reading the renamed snapshot: {e}; {}", mounted.stderr())),
         }
     };
     assert_eq!(read, b"BBBB", "the name now means the second");
