@@ -211,7 +211,13 @@ fn verify(
         };
         // Index entries grouped by pack.
         let mut by_pack: BTreeMap<Id, Vec<BlobEntry>> = BTreeMap::new();
-        for (pack, entry) in index.index().entries() {
+        for item in index.index().entries() {
+            let (pack, entry) = item.map_err(|e| {
+                crate::error::Error::corrupt(
+                    "the local sorted copy of the index",
+                    format!("{e}; the next run rebuilds it"),
+                )
+            })?;
             by_pack.entry(pack).or_default().push(entry);
         }
         for (pack, _) in &index.index().packs {
@@ -252,7 +258,7 @@ fn verify(
         let copy = format!("blob {} in pack {} is damaged ({reason})", entry.id.short(), pack.short());
         match index.index().get(&entry.id) {
             Some(at)
-                if index.index().pack_id(at) == pack
+                if index.index().pack_id(&at) == pack
                     && at.offset == entry.offset
                     && at.stored_len == entry.stored_len =>
             {
