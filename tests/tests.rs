@@ -25,6 +25,8 @@ mod filters;
 mod fixtures;
 #[path = "cases/in_place.rs"]
 mod in_place;
+#[path = "cases/index_copy.rs"]
+mod index_copy;
 #[path = "cases/monitor.rs"]
 mod monitor;
 #[path = "cases/mount.rs"]

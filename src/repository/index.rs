@@ -14,8 +14,8 @@
 //! locations of a blob the one in the earlier pack (then at the lower offset) wins, as if every
 //! file had been read in sorted order.
 //!
-//! Encrypted repositories keep the whole index in memory (the delta alone), as before: a local
-//! copy would hold their blob ids in plaintext.
+//! An encrypted repository's copy has its blocks sealed with the repository's keys, as its index
+//! files are: nothing in it is plaintext that the repository keeps encrypted.
 
 mod build;
 #[cfg(test)]

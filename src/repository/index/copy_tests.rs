@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use super::build::{write_merged, Builder};
 use super::sorted::SortedFile;
 use super::*;
+use crate::crypto::Keys;
 
 /// A small deterministic generator (xorshift).
 struct Random(u64);
@@ -111,15 +112,20 @@ fn assert_matches(index: &Index, model: &HashMap<Id, (Id, BlobEntry)>, what: &st
     }
 }
 
+/// Plain, and sealed with a key (an encrypted repository's copy).
+fn both_kinds() -> [Option<Keys>; 2] {
+    [None, Some(Keys::new(crate::crypto::MasterKey::random()))]
+}
+
 /// The sorted copy of `files` built in `dir` with runs of `run` entries, opened.
-fn built(dir: &std::path::Path, files: &[(Id, IndexFile)], run: usize) -> Index {
-    let mut builder = Builder::new(dir.to_path_buf(), run);
+fn built(dir: &std::path::Path, files: &[(Id, IndexFile)], run: usize, keys: Option<&Keys>) -> Index {
+    let mut builder = Builder::new(dir.to_path_buf(), run, keys.cloned());
     for (name, file) in files {
         builder.add(*name, file).unwrap();
     }
     let out = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.join("copy")).unwrap();
     let (file, _) = builder.finish(out).unwrap();
-    let (main, head) = SortedFile::open(file, Some(dir.join("copy"))).unwrap();
+    let (main, head) = SortedFile::open(file, Some(dir.join("copy")), keys).unwrap();
     open::from_main(main, head)
 }
 
@@ -131,8 +137,16 @@ fn external_sort_keeps_the_first_location_whatever_the_run_size() {
         let files = files(&mut random, count, pool);
         let model = model(&files);
         assert_matches(&Index::default().with_delta(files.clone()), &model, "in memory");
-        for run in [1, 2, 7, 64, 1 << 20] {
-            assert_matches(&built(&dir, &files, run), &model, &format!("{count} files, runs of {run}"));
+        for keys in both_kinds() {
+            for run in [1, 2, 7, 64, 1025, 1 << 20] {
+                let what = format!("{count} files, runs of {run}, sealed: {}", keys.is_some());
+                assert_matches(&built(&dir, &files, run, keys.as_ref()), &model, &what);
+                if keys.is_some() {
+                    let bytes = fs::read(dir.join("copy")).unwrap();
+                    let shown = model.keys().filter(|id| bytes.windows(32).any(|w| w == id.0)).count();
+                    assert_eq!(shown, 0, "{what}: a sealed copy shows no blob id");
+                }
+            }
         }
     }
     fs::remove_dir_all(&dir).unwrap();
@@ -142,21 +156,21 @@ fn external_sort_keeps_the_first_location_whatever_the_run_size() {
 fn a_delta_of_newer_files_and_its_merge_agree_with_one_build() {
     let dir = scratch("delta");
     let mut random = Random(12_345);
-    for round in 0..6 {
+    for (round, keys) in (0..6).zip(both_kinds().into_iter().cycle()) {
         let files = files(&mut random, 60, 500);
         let model = model(&files);
         // Some files (anywhere in name order) are "new": not in the copy.
         let (old, new): (Vec<_>, Vec<_>) = files.iter().cloned().partition(|_| random.below(3) != 0);
-        let index = built(&dir, &old, 5).with_delta(new.clone());
+        let index = built(&dir, &old, 5, keys.as_ref()).with_delta(new.clone());
         assert_matches(&index, &model, &format!("round {round}: copy and delta"));
         let old_names: Vec<Id> = old.iter().map(|(name, _)| *name).collect();
         let new_names: Vec<Id> = new.iter().map(|(name, _)| *name).collect();
         let out = dir.join("merged");
         let out_file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&out).unwrap();
-        let (file, head) = write_merged(&index, &old_names, &new_names, out_file).unwrap();
+        let (file, head) = write_merged(&index, &old_names, &new_names, out_file, keys.as_ref()).unwrap();
         let names: Vec<Id> = files.iter().map(|(name, _)| *name).collect();
         assert_eq!(head.files, names, "the merged copy names every file");
-        let (main, head) = SortedFile::open(file, None).unwrap();
+        let (main, head) = SortedFile::open(file, None, keys.as_ref()).unwrap();
         assert_matches(&open::from_main(main, head), &model, &format!("round {round}: merged"));
     }
     fs::remove_dir_all(&dir).unwrap();
@@ -167,11 +181,27 @@ fn a_delta_of_newer_files_and_its_merge_agree_with_one_build() {
 /// file is removed); never a wrong location.
 #[test]
 fn a_damaged_copy_never_gives_a_wrong_location() {
-    let dir = scratch("damage");
+    for keys in both_kinds() {
+        damaged_copy(keys.as_ref());
+    }
+    // A copy is read only with the key, or only without one, that it was written with.
+    let dir = scratch("mode");
+    let files = files(&mut Random(5), 3, 40);
+    for (written, read) in
+        [(None, Some(Keys::new(crate::crypto::MasterKey::random()))), (both_kinds()[1].clone(), None)]
+    {
+        drop(built(&dir, &files, 1 << 20, written.as_ref()));
+        assert!(SortedFile::open(fs::File::open(dir.join("copy")).unwrap(), None, read.as_ref()).is_err());
+    }
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+fn damaged_copy(keys: Option<&Keys>) {
+    let dir = scratch(&format!("damage-{}", keys.is_some()));
     let mut random = Random(777);
     let files = files(&mut random, 30, 400);
     let model = model(&files);
-    drop(built(&dir, &files, 1 << 20));
+    drop(built(&dir, &files, 1 << 20, keys));
     let path = dir.join("copy");
     let good = fs::read(&path).unwrap();
     let (mut refused, mut noticed) = (0, 0);
@@ -179,7 +209,7 @@ fn a_damaged_copy_never_gives_a_wrong_location() {
         let mut bad = good.clone();
         bad[at] ^= 1 << (at % 8);
         fs::write(&path, &bad).unwrap();
-        let Ok((main, head)) = SortedFile::open(fs::File::open(&path).unwrap(), Some(path.clone())) else {
+        let Ok((main, head)) = SortedFile::open(fs::File::open(&path).unwrap(), Some(path.clone()), keys) else {
             refused += 1;
             continue;
         };
@@ -202,7 +232,7 @@ fn a_damaged_copy_never_gives_a_wrong_location() {
     }
     for len in [0, 1, good.len() / 3, good.len() - 100, good.len() - 1] {
         fs::write(&path, &good[..len]).unwrap();
-        assert!(SortedFile::open(fs::File::open(&path).unwrap(), None).is_err(), "truncated to {len}");
+        assert!(SortedFile::open(fs::File::open(&path).unwrap(), None, keys).is_err(), "truncated to {len}");
     }
     assert!(refused > 0 && noticed > 0, "both the head's and the blocks' checks were exercised");
     fs::remove_dir_all(&dir).unwrap();

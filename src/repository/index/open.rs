@@ -13,12 +13,13 @@
 //! no longer listed (prune and repair rewrite the index), or the copy fails its checks (missing,
 //! truncated, another version, a checksum that does not match), it is rebuilt from every index
 //! file. Files listed that it does not name (snapshots since) are read into the delta; past
-//! [`DELTA_LIMIT`] blobs the copy and the delta are merged into a new copy. Two processes may
+//! [`DELTA_LIMIT`] blobs or [`DELTA_FILES`] files the copy and the delta are merged into a new
+//! copy in one streaming pass. Two processes may
 //! build at once: each writes its own temporary file and renames it into place, the last rename
 //! wins, and each reads the copy it built (both are correct).
 //!
-//! Encrypted repositories keep the index in memory ([`super`]), as does any repository whose
-//! copy cannot be written at all.
+//! A repository whose copy cannot be written at all (not even a temporary file) keeps its index
+//! in memory, as before.
 
 use std::fs;
 use std::io;
@@ -35,6 +36,9 @@ use crate::repository::{FileKind, Repository};
 
 /// Blobs the in-memory delta may hold (56 MiB) before the copy is merged with it.
 pub(crate) const DELTA_LIMIT: usize = 1 << 20;
+/// Index files the delta may come from (each a read at every open, on an object store a round
+/// trip) before the copy is merged with it.
+const DELTA_FILES: usize = 256;
 /// Bytes of index files decoded at once while building.
 const READ_BATCH: u64 = 64 << 20;
 /// Bytes of an index file per blob, nearly (a 48-byte entry plus its share of the pack record).
@@ -46,9 +50,6 @@ type Listed = (Id, String, u64);
 /// The index of `repo` (see the module doc).
 pub(crate) fn load(repo: &Repository) -> Result<Index> {
     let listed = list(repo)?;
-    if repo.keys.is_some() {
-        return Ok(in_memory(repo, &listed));
-    }
     let place = place(repo);
     match sorted(repo, &place, &listed) {
         Ok(index) => Ok(index),
@@ -106,7 +107,8 @@ fn place(repo: &Repository) -> Place {
 
 fn sorted(repo: &Repository, place: &Place, listed: &[Listed]) -> io::Result<Index> {
     if let Some(path) = &place.path {
-        let opened = fs::File::open(path).and_then(|file| SortedFile::open(file, Some(path.clone())));
+        let opened =
+            fs::File::open(path).and_then(|file| SortedFile::open(file, Some(path.clone()), repo.keys.as_ref()));
         if let Ok((main, head)) = opened {
             if let Some(index) = reuse(repo, place, main, head, listed)? {
                 return Ok(index);
@@ -143,12 +145,12 @@ fn reuse(
     let delta = read(repo, &new);
     let delta_files: Vec<Id> = delta.iter().map(|(name, _)| *name).collect();
     let index = from_main(main, head).with_delta(delta);
-    if index.delta.len() <= DELTA_LIMIT {
+    if index.delta.len() <= DELTA_LIMIT && new.len() <= DELTA_FILES {
         return Ok(Some(index));
     }
     let (out, temp) = output(place)?;
-    let written = write_merged(&index, &files, &delta_files, out);
-    install(written, temp, place).map(Some)
+    let written = write_merged(&index, &files, &delta_files, out, repo.keys.as_ref());
+    install(repo, written, temp, place).map(Some)
 }
 
 /// An index on `main` alone.
@@ -166,7 +168,7 @@ pub(super) fn from_main(main: SortedFile, head: Head) -> Index {
 /// Builds the copy from every index file, a batch of files at a time.
 fn build(repo: &Repository, place: &Place, listed: &[Listed]) -> io::Result<Index> {
     remove_abandoned(&place.dir);
-    let mut builder = Builder::new(place.dir.clone(), RUN_ENTRIES);
+    let mut builder = Builder::new(place.dir.clone(), RUN_ENTRIES, repo.keys.clone());
     let mut start = 0;
     while start < listed.len() {
         let (mut end, mut bytes) = (start, 0);
@@ -181,7 +183,7 @@ fn build(repo: &Repository, place: &Place, listed: &[Listed]) -> io::Result<Inde
     }
     let (out, temp) = output(place)?;
     let written = builder.finish(out);
-    install(written, temp, place)
+    install(repo, written, temp, place)
 }
 
 /// A new file for a copy: a temporary name in the place's directory, or an unnamed file.
@@ -197,7 +199,12 @@ fn output(place: &Place) -> io::Result<(fs::File, Option<PathBuf>)> {
 }
 
 /// Renames a written copy into place and opens it; a failed write removes its temporary file.
-fn install(written: io::Result<(fs::File, Head)>, temp: Option<PathBuf>, place: &Place) -> io::Result<Index> {
+fn install(
+    repo: &Repository,
+    written: io::Result<(fs::File, Head)>,
+    temp: Option<PathBuf>,
+    place: &Place,
+) -> io::Result<Index> {
     let renamed = written.and_then(|(file, _)| match (&temp, &place.path) {
         (Some(temp), Some(path)) => fs::rename(temp, path).map(|()| (file, Some(path.clone()))),
         _ => Ok((file, None)),
@@ -212,7 +219,7 @@ fn install(written: io::Result<(fs::File, Head)>, temp: Option<PathBuf>, place: 
         }
     };
     // Read back through its own checks, as any copy is.
-    let (main, head) = SortedFile::open(file, path)?;
+    let (main, head) = SortedFile::open(file, path, repo.keys.as_ref())?;
     Ok(from_main(main, head))
 }
 

@@ -9,12 +9,17 @@
 //!   offset u32, stored length u32, plain length u32, kind u8, codec u8), sorted by id, each
 //!   block followed by a 16-byte checksum: BLAKE3 of the file's salt, the block number and the
 //!   entries. A lookup checks the blocks it reads, so a flipped bit is found where it is read.
+//!   In an encrypted repository each block is instead sealed with the repository's keys
+//!   (store-format/encryption.md; the salt and block number authenticated alongside), as its
+//!   index files are: blob ids and lengths are never on disk in plaintext. The head holds only
+//!   pack and index file ids (names the store shows anyway) and counts of keyed blob ids.
 //! - the head: the pack table (id, length, the rank of the index file that named it first, its
 //!   record number there: 48 bytes a pack), the sorted ids of the index files it was built from
 //!   (32 bytes each), and the fan-out table (`2^bits + 1` u32: where each leading-bits bucket
 //!   of ids starts).
 //! - the footer ([`FOOTER_LEN`] bytes): magic `CAIRNSIX`, version, bits, blob, pack and file
-//!   counts, the head's offset, the salt, and BLAKE3 of the head and the footer before it.
+//!   counts, the head's offset, whether blocks are sealed (u32 0 or 1), the salt, and BLAKE3 of
+//!   the head and the footer before it.
 //!
 //! Opening reads the footer and the head (16 MiB of fan-out at most, 4 bytes a bucket) and checks
 //! them whole; the blocks are read with `pread` when a lookup needs them. Why `pread` and not a
@@ -30,6 +35,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use super::Location;
+use crate::crypto::Keys;
 use crate::format::pack::{BlobKind, Codec};
 use crate::id::Id;
 
@@ -37,11 +43,12 @@ pub(super) const ENTRY_LEN: usize = 50;
 /// Entries a block: a block (3,216 bytes) is about the page or two a lookup reads anyway.
 pub(super) const BLOCK_ENTRIES: usize = 64;
 const SUM_LEN: usize = 16;
-const BLOCK_LEN: usize = ENTRY_LEN * BLOCK_ENTRIES + SUM_LEN;
+/// The longest block on disk: a sealed one.
+const BLOCK_LEN: usize = ENTRY_LEN * BLOCK_ENTRIES + crate::crypto::OVERHEAD;
 const MAGIC: &[u8; 8] = b"CAIRNSIX";
 const VERSION: u32 = 1;
 const PACK_LEN: usize = 48;
-pub(super) const FOOTER_LEN: usize = 8 + 4 + 4 + 8 + 4 + 4 + 8 + 16 + 32;
+pub(super) const FOOTER_LEN: usize = 8 + 4 + 4 + 8 + 4 + 4 + 8 + 4 + 16 + 32;
 /// At most 2^22 buckets (16 MiB of table): at 10^8 blobs about 24 a bucket, one or two blocks.
 const MAX_BITS: u32 = 22;
 
@@ -62,7 +69,6 @@ pub(super) struct Head {
 }
 
 /// An open sorted index file.
-#[derive(Debug)]
 pub(super) struct SortedFile {
     file: File,
     blobs: u64,
@@ -75,6 +81,14 @@ pub(super) struct SortedFile {
     verified: Vec<AtomicU64>,
     /// Where the file is named, if it is: removed when found damaged, so the next open rebuilds.
     path: Option<PathBuf>,
+    /// The keys its blocks are sealed with (an encrypted repository's).
+    keys: Option<Keys>,
+}
+
+impl std::fmt::Debug for SortedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SortedFile").field("blobs", &self.blobs).field("sealed", &self.keys.is_some()).finish()
+    }
 }
 
 fn invalid(what: &str) -> io::Error {
@@ -90,9 +104,48 @@ fn bits_for(blobs: u64) -> u32 {
     (u64::BITS - (blobs / 16).leading_zeros()).clamp(1, MAX_BITS)
 }
 
-fn blocks_len(blobs: u64) -> u64 {
+/// Bytes a block adds to its entries: a checksum, or the AEAD's nonce and tag.
+fn tag_len(sealed: bool) -> usize {
+    if sealed {
+        crate::crypto::OVERHEAD
+    } else {
+        SUM_LEN
+    }
+}
+
+fn blocks_len(blobs: u64, sealed: bool) -> u64 {
     let (full, rest) = (blobs / BLOCK_ENTRIES as u64, blobs % BLOCK_ENTRIES as u64);
-    full * BLOCK_LEN as u64 + if rest > 0 { rest * ENTRY_LEN as u64 + SUM_LEN as u64 } else { 0 }
+    let tag = tag_len(sealed) as u64;
+    full * (ENTRY_LEN * BLOCK_ENTRIES) as u64 + full * tag + if rest > 0 { rest * ENTRY_LEN as u64 + tag } else { 0 }
+}
+
+/// What a sealed block authenticates beside its entries: which file and which block it is.
+fn block_aad(salt: &[u8; 16], block: u64) -> [u8; 24] {
+    let mut aad = [0u8; 24];
+    aad[..16].copy_from_slice(salt);
+    aad[16..].copy_from_slice(&block.to_le_bytes());
+    aad
+}
+
+/// Checks block `block` of a file read into `bytes` (entries, then checksum or seal) and
+/// returns its entries, plain.
+fn open_block<'b>(
+    salt: &[u8; 16],
+    keys: Option<&Keys>,
+    block: u64,
+    bytes: &'b mut [u8],
+    checked: bool,
+) -> io::Result<&'b [u8]> {
+    if let Some(keys) = keys {
+        return keys
+            .open_in_place(&block_aad(salt, block), bytes, "sorted index block")
+            .map_err(|_| invalid("a block does not open with the repository's key"));
+    }
+    let (entries, sum) = bytes.split_at(bytes.len() - SUM_LEN);
+    if !checked && block_sum(salt, block, entries) != sum {
+        return Err(invalid("block checksum mismatch"));
+    }
+    Ok(entries)
 }
 
 fn block_sum(salt: &[u8; 16], block: u64, entries: &[u8]) -> [u8; SUM_LEN] {
@@ -141,11 +194,13 @@ pub(super) struct Writer {
     counts: Vec<u32>,
     salt: [u8; 16],
     last: Option<Id>,
+    keys: Option<Keys>,
 }
 
 impl Writer {
     /// A writer into `file` (empty) for at most about `expected` blobs (sizes the fan-out).
-    pub(super) fn new(file: File, expected: u64) -> Writer {
+    /// Blocks are sealed with `keys` if given.
+    pub(super) fn new(file: File, expected: u64, keys: Option<&Keys>) -> Writer {
         let bits = bits_for(expected);
         Writer {
             out: BufWriter::with_capacity(1 << 20, file),
@@ -156,6 +211,7 @@ impl Writer {
             counts: vec![0; 1 << bits],
             salt: crate::crypto::secure_random(),
             last: None,
+            keys: keys.cloned(),
         }
     }
 
@@ -174,9 +230,14 @@ impl Writer {
     }
 
     fn end_block(&mut self) -> io::Result<()> {
-        let sum = block_sum(&self.salt, self.blocks, &self.block);
-        self.out.write_all(&self.block)?;
-        self.out.write_all(&sum)?;
+        match &self.keys {
+            Some(keys) => self.out.write_all(&keys.seal(&block_aad(&self.salt, self.blocks), &self.block))?,
+            None => {
+                let sum = block_sum(&self.salt, self.blocks, &self.block);
+                self.out.write_all(&self.block)?;
+                self.out.write_all(&sum)?;
+            }
+        }
         self.block.clear();
         self.blocks += 1;
         Ok(())
@@ -209,7 +270,8 @@ impl Writer {
         tail.extend_from_slice(&self.blobs.to_le_bytes());
         tail.extend_from_slice(&(head.packs.len() as u32).to_le_bytes());
         tail.extend_from_slice(&(head.files.len() as u32).to_le_bytes());
-        tail.extend_from_slice(&blocks_len(self.blobs).to_le_bytes());
+        tail.extend_from_slice(&blocks_len(self.blobs, self.keys.is_some()).to_le_bytes());
+        tail.extend_from_slice(&u32::from(self.keys.is_some()).to_le_bytes());
         tail.extend_from_slice(&self.salt);
         let sum = *blake3::hash(&tail).as_bytes();
         tail.extend_from_slice(&sum);
@@ -223,7 +285,8 @@ impl Writer {
 impl SortedFile {
     /// Opens `file`, checking its footer and head whole; any mismatch is an `InvalidData` error
     /// (the caller rebuilds).
-    pub(super) fn open(file: File, path: Option<PathBuf>) -> io::Result<(SortedFile, Head)> {
+    /// An encrypted repository's copy must be sealed with its `keys`, a plain one's not.
+    pub(super) fn open(file: File, path: Option<PathBuf>, keys: Option<&Keys>) -> io::Result<(SortedFile, Head)> {
         let len = file.metadata()?.len();
         if len < FOOTER_LEN as u64 {
             return Err(invalid("shorter than its footer"));
@@ -237,7 +300,10 @@ impl SortedFile {
         }
         let (bits, blobs, packs, files, head_at) =
             (u32_at(12), u64_at(16), u32_at(24) as u64, u32_at(28) as u64, u64_at(32));
-        if !(1..=MAX_BITS).contains(&bits) || blobs > u32::MAX as u64 || head_at != blocks_len(blobs) {
+        if u32_at(40) != u32::from(keys.is_some()) {
+            return Err(invalid("sealed, or not, unlike the repository"));
+        }
+        if !(1..=MAX_BITS).contains(&bits) || blobs > u32::MAX as u64 || head_at != blocks_len(blobs, keys.is_some()) {
             return Err(invalid("footer out of range"));
         }
         let buckets = (1u64 << bits) + 1;
@@ -259,9 +325,22 @@ impl SortedFile {
             return Err(invalid("fan-out table out of order"));
         }
         let blocks = blobs.div_ceil(BLOCK_ENTRIES as u64) as usize;
-        let salt = footer[40..56].try_into().expect("16 bytes");
+        let salt = footer[44..60].try_into().expect("16 bytes");
         let verified = (0..blocks.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
-        Ok((SortedFile { file, blobs, bits, starts, salt, damaged: AtomicBool::new(false), verified, path }, head))
+        Ok((
+            SortedFile {
+                file,
+                blobs,
+                bits,
+                starts,
+                salt,
+                damaged: AtomicBool::new(false),
+                verified,
+                path,
+                keys: keys.cloned(),
+            },
+            head,
+        ))
     }
 
     fn parse_head(tail: &[u8], packs: usize, files: usize, buckets: usize) -> io::Result<(Head, Vec<u32>)> {
@@ -316,15 +395,13 @@ impl SortedFile {
     /// Reads block `block` into `buffer`, checked; returns its entries' bytes.
     fn read_block<'b>(&self, block: u64, buffer: &'b mut [u8; BLOCK_LEN]) -> io::Result<&'b [u8]> {
         let entries = (self.blobs - block * BLOCK_ENTRIES as u64).min(BLOCK_ENTRIES as u64) as usize;
-        let bytes = &mut buffer[..entries * ENTRY_LEN + SUM_LEN];
-        self.file.read_exact_at(bytes, block * BLOCK_LEN as u64)?;
-        let (entries, sum) = bytes.split_at(entries * ENTRY_LEN);
+        let bytes = &mut buffer[..entries * ENTRY_LEN + tag_len(self.keys.is_some())];
+        let at = block * (ENTRY_LEN * BLOCK_ENTRIES + tag_len(self.keys.is_some())) as u64;
+        self.file.read_exact_at(bytes, at)?;
         let (word, bit) = ((block / 64) as usize, 1u64 << (block % 64));
-        if self.verified[word].load(Relaxed) & bit == 0 {
-            if block_sum(&self.salt, block, entries) != sum {
-                self.mark_damaged();
-                return Err(invalid("block checksum mismatch"));
-            }
+        let checked = self.verified[word].load(Relaxed) & bit != 0;
+        let entries = open_block(&self.salt, self.keys.as_ref(), block, bytes, checked)?;
+        if !checked {
             self.verified[word].fetch_or(bit, Relaxed);
         }
         Ok(entries)
@@ -375,7 +452,7 @@ impl SortedFile {
     /// Every entry in id order, read sequentially through a small buffer (nothing of the file
     /// stays resident); a block that fails its checksum ends the scan with an error.
     pub(super) fn scan(&self) -> Scan<'_> {
-        let blocks = Positioned { file: &self.file, at: 0, end: blocks_len(self.blobs) };
+        let blocks = Positioned { file: &self.file, at: 0, end: blocks_len(self.blobs, self.keys.is_some()) };
         Scan {
             file: self,
             reader: BufReader::with_capacity(1 << 20, blocks),
@@ -415,13 +492,16 @@ pub(super) struct Scan<'f> {
 
 impl Scan<'_> {
     fn fill(&mut self) -> io::Result<()> {
-        let count = (self.file.blobs - self.block * BLOCK_ENTRIES as u64).min(BLOCK_ENTRIES as u64) as usize;
-        self.entries.resize(count * ENTRY_LEN + SUM_LEN, 0);
+        let file = self.file;
+        let count = (file.blobs - self.block * BLOCK_ENTRIES as u64).min(BLOCK_ENTRIES as u64) as usize;
+        self.entries.resize(count * ENTRY_LEN + tag_len(file.keys.is_some()), 0);
         self.reader.read_exact(&mut self.entries)?;
-        let (entries, sum) = self.entries.split_at(count * ENTRY_LEN);
-        if block_sum(&self.file.salt, self.block, entries) != sum {
-            self.file.mark_damaged();
-            return Err(invalid("block checksum mismatch"));
+        if let Err(e) = open_block(&file.salt, file.keys.as_ref(), self.block, &mut self.entries, false) {
+            file.mark_damaged();
+            return Err(e);
+        }
+        if file.keys.is_some() {
+            self.entries.drain(..crate::crypto::NONCE_LEN);
         }
         self.entries.truncate(count * ENTRY_LEN);
         self.block += 1;
