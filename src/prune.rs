@@ -127,6 +127,15 @@ fn ensure_live_blobs_stay(index: &Index, internal: &Internal) -> Result<()> {
             )));
         }
     }
+    // A lookup in a damaged block of the local sorted copy answers "absent": a plan made with one
+    // may count a live copy as dead.
+    if index.damaged() {
+        return Err(Error::Refused(
+            "the local sorted copy of the index was found damaged while planning (it has been removed); nothing was \
+             deleted: run prune again"
+                .to_string(),
+        ));
+    }
     Ok(())
 }
 

@@ -269,6 +269,11 @@ fn verify(
             None => report.warnings.push(format!("{copy}, but no index names it")),
         }
     }
+    if index.index().damaged() {
+        findings.error(
+            "the local sorted copy of the index was found damaged (it has been removed): run check again".to_string(),
+        );
+    }
 
     report.packs = by_pack.len() as u64;
     by_pack.par_iter().for_each(|(pack, entries)| {
