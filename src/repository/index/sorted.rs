@@ -28,11 +28,13 @@
 //! gigabytes of a 10^8-blob file resident; a read into a stack buffer costs a system call (about
 //! a microsecond, beside a chunk's hashing and compression) and leaves nothing behind.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use super::Location;
 use crate::crypto::Keys;
@@ -49,6 +51,8 @@ const MAGIC: &[u8; 8] = b"CAIRNSIX";
 const VERSION: u32 = 1;
 const PACK_LEN: usize = 48;
 pub(super) const FOOTER_LEN: usize = 8 + 4 + 4 + 8 + 4 + 4 + 8 + 4 + 16 + 32;
+/// Blocks [`SortedFile`] keeps opened (at most 13 MiB).
+const RECENT_BLOCKS: usize = 4096;
 /// At most 2^22 buckets (16 MiB of table): at 10^8 blobs about 24 a bucket, one or two blocks.
 const MAX_BITS: u32 = 22;
 
@@ -83,6 +87,9 @@ pub(super) struct SortedFile {
     path: Option<PathBuf>,
     /// The keys its blocks are sealed with (an encrypted repository's).
     keys: Option<Keys>,
+    /// Plain entries of blocks read lately: a restore looks a blob up several times, and a
+    /// sealed block costs a decryption each time it is read.
+    recent: Mutex<HashMap<u64, Arc<[u8]>>>,
 }
 
 impl std::fmt::Debug for SortedFile {
@@ -338,6 +345,7 @@ impl SortedFile {
                 verified,
                 path,
                 keys: keys.cloned(),
+                recent: Mutex::default(),
             },
             head,
         ))
@@ -410,14 +418,33 @@ impl SortedFile {
     /// The location of `id`. A block that cannot be read or fails its checksum answers
     /// "absent" and marks the file damaged ([`SortedFile::damaged`]): never a wrong location.
     pub(super) fn get(&self, id: &Id) -> Option<Location> {
+        self.search(id)
+    }
+
+    /// The plain entries of block `block`, from the recent ones or read and checked now; `None`
+    /// if it cannot be read or fails its check.
+    fn entries_of(&self, block: u64) -> Option<Arc<[u8]>> {
+        if let Some(entries) = self.recent.lock().expect("poisoned").get(&block) {
+            return Some(entries.clone());
+        }
+        let mut buffer = [0u8; BLOCK_LEN];
+        let entries: Arc<[u8]> = Arc::from(self.read_block(block, &mut buffer).ok()?);
+        let mut recent = self.recent.lock().expect("poisoned");
+        if recent.len() >= RECENT_BLOCKS {
+            recent.clear();
+        }
+        recent.insert(block, entries.clone());
+        Some(entries)
+    }
+
+    fn search(&self, id: &Id) -> Option<Location> {
         let bucket = bucket_of(id, self.bits);
         let (start, end) = (self.starts[bucket] as u64, self.starts[bucket + 1] as u64);
         if start == end {
             return None;
         }
-        let mut buffer = [0u8; BLOCK_LEN];
         for block in start / BLOCK_ENTRIES as u64..=(end - 1) / BLOCK_ENTRIES as u64 {
-            let Ok(entries) = self.read_block(block, &mut buffer) else {
+            let Some(entries) = self.entries_of(block) else {
                 self.mark_damaged();
                 return None;
             };
