@@ -118,7 +118,7 @@ fn ensure_live_blobs_stay(index: &Index, internal: &Internal) -> Result<()> {
         .collect();
     for id in &internal.live {
         let Some(at) = index.get(id) else { continue }; // refused earlier
-        let pack = index.pack_id(at);
+        let pack = index.pack_id(&at);
         if deleted.contains(&pack) || (repacked.contains(&pack) && !copied.contains(&(*id, at.offset))) {
             return Err(Error::Refused(format!(
                 "blob {} is live in pack {}, which the plan would delete; nothing was deleted: run `cairn check`",
@@ -127,12 +127,21 @@ fn ensure_live_blobs_stay(index: &Index, internal: &Internal) -> Result<()> {
             )));
         }
     }
+    // A lookup in a damaged block of the local sorted copy answers "absent": a plan made with one
+    // may count a live copy as dead.
+    if index.damaged() {
+        return Err(Error::Refused(
+            "the local sorted copy of the index was found damaged while planning (it has been removed); nothing was \
+             deleted: run prune again"
+                .to_string(),
+        ));
+    }
     Ok(())
 }
 
 /// Whether the index takes `blob` from this place in `pack`.
 fn picked(index: &Index, pack: &Id, blob: &BlobEntry) -> bool {
-    index.get(&blob.id).is_some_and(|at| index.pack_id(at) == *pack && at.offset == blob.offset)
+    index.get(&blob.id).is_some_and(|at| index.pack_id(&at) == *pack && at.offset == blob.offset)
 }
 
 /// A pack about to be deleted or repacked may hold copies of live blobs that are dead only because
@@ -196,7 +205,7 @@ fn refuse_unless_whole(index: &Index, live: &HashSet<Id>, present: &HashMap<Id, 
     let gone: BTreeSet<Id> = live
         .iter()
         .filter_map(|id| index.get(id))
-        .map(|at| index.pack_id(at))
+        .map(|at| index.pack_id(&at))
         .filter(|p| !present.contains_key(p))
         .collect();
     if let Some(first) = gone.first() {

@@ -311,7 +311,7 @@ pub fn copy(
     for id in &needed {
         match source_index.get(id) {
             Some(location) => {
-                let pack = source_index.pack_id(location);
+                let pack = source_index.pack_id(&location);
                 if seen.insert(pack) {
                     packs.push(pack);
                 }

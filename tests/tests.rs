@@ -27,6 +27,8 @@ mod fixtures;
 mod gen_repo;
 #[path = "cases/in_place.rs"]
 mod in_place;
+#[path = "cases/index_copy.rs"]
+mod index_copy;
 #[path = "cases/monitor.rs"]
 mod monitor;
 #[path = "cases/mount.rs"]

@@ -211,7 +211,13 @@ fn verify(
         };
         // Index entries grouped by pack.
         let mut by_pack: BTreeMap<Id, Vec<BlobEntry>> = BTreeMap::new();
-        for (pack, entry) in index.index().entries() {
+        for item in index.index().entries() {
+            let (pack, entry) = item.map_err(|e| {
+                crate::error::Error::corrupt(
+                    "the local sorted copy of the index",
+                    format!("{e}; the next run rebuilds it"),
+                )
+            })?;
             by_pack.entry(pack).or_default().push(entry);
         }
         for (pack, _) in &index.index().packs {
@@ -252,7 +258,7 @@ fn verify(
         let copy = format!("blob {} in pack {} is damaged ({reason})", entry.id.short(), pack.short());
         match index.index().get(&entry.id) {
             Some(at)
-                if index.index().pack_id(at) == pack
+                if index.index().pack_id(&at) == pack
                     && at.offset == entry.offset
                     && at.stored_len == entry.stored_len =>
             {
@@ -262,6 +268,11 @@ fn verify(
             Some(_) => report.warnings.push(format!("{copy}, but the index takes it from another copy")),
             None => report.warnings.push(format!("{copy}, but no index names it")),
         }
+    }
+    if index.index().damaged() {
+        findings.error(
+            "the local sorted copy of the index was found damaged (it has been removed): run check again".to_string(),
+        );
     }
 
     report.packs = by_pack.len() as u64;

@@ -1,16 +1,34 @@
-//! The in-memory index: every blob id in the repository mapped to its pack and place in it, built
-//! from the index files at open. Blob ids are the dedup key, so this map decides what is stored.
+//! The index: every blob id in the repository mapped to its pack and place in it, from the index
+//! files. Blob ids are the dedup key, so this map decides what is stored.
 //!
-//! Memory matters at a million files: the blobs are one sorted array (52 bytes a blob) with a
-//! table of where each leading-bits bucket starts, instead of a hash map (about 114 bytes a blob
-//! at a million, twice that while it grows). Ids are uniform hashes, so a bucket holds a few
-//! blobs and a lookup is one table read and a short binary search.
+//! At 10^8 blobs the map is 5 GB, more than a small server has, so it is not held in memory: a
+//! derived, sorted copy of it lives in a local file ([`sorted`], built by [`build`] with an
+//! external merge sort in bounded memory) and is read where it lies; only its fan-out table of
+//! bucket starts (at most 16 MiB) is held. Index files written since that copy was built (a
+//! snapshot since) are read into a small in-memory delta ([`SortedIds`], 56 bytes a blob) that
+//! lookups consult too; once it passes [`open::DELTA_LIMIT`] blobs the copy is rebuilt by one
+//! streaming merge of the two. Where the copy lives and when it is rebuilt: [`open`].
+//!
+//! "First location wins" (store-format/index.md, "Loading") holds across the copy and the
+//! delta: each pack keeps the index file that named it first and its record there, and of two
+//! locations of a blob the one in the earlier pack (then at the lower offset) wins, as if every
+//! file had been read in sorted order.
+//!
+//! An encrypted repository's copy has its blocks sealed with the repository's keys, as its index
+//! files are: nothing in it is plaintext that the repository keeps encrypted.
+
+mod build;
+#[cfg(test)]
+mod copy_tests;
+pub(crate) mod open;
+mod sorted;
 
 use std::collections::HashMap;
 
 use crate::format::index::{IndexFile, IndexedPack};
 use crate::format::pack::{BlobEntry, BlobKind, Codec};
 use crate::id::Id;
+use sorted::SortedFile;
 
 /// Where one blob lives. `pack` indexes [`Index::packs`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,37 +41,70 @@ pub struct Location {
     pub codec: Codec,
 }
 
+/// Which of two packs' copies of a blob wins: the id of the index file that named the pack first,
+/// and the pack's record number in it.
+type PackOrder = (Id, u32);
+
 #[derive(Debug, Default)]
 pub struct Index {
     /// Pack ids and lengths, in the order first seen.
     pub packs: Vec<(Id, u64)>,
     pack_numbers: HashMap<Id, u32>,
-    blobs: SortedIds<Location>,
+    /// Per pack, where it was first named.
+    order: Vec<PackOrder>,
+    /// The sorted copy on disk, if there is one.
+    main: Option<SortedFile>,
+    /// Blobs of index files newer than `main` (all of them without it).
+    delta: SortedIds<Location>,
 }
 
 impl Index {
-    /// The index of every blob in `files`, read one at a time so only one decoded file is held
-    /// beside the index. Where a blob is in several places, the first pack seen wins (then the
-    /// lowest offset): any copy is as good as another.
+    /// The index of every blob in `files`, in memory. Where a blob is in several places, the
+    /// first pack seen wins (then the lowest offset): any copy is as good as another.
     pub fn build(files: impl IntoIterator<Item = IndexFile>) -> Index {
-        let mut index = Index::default();
-        let mut blobs = Vec::new();
-        for file in files {
-            for pack in &file.packs {
-                index.add_pack(pack, &mut blobs);
-            }
-        }
-        blobs.sort_unstable_by_key(|(id, l)| (*id, l.pack, l.offset));
-        blobs.dedup_by_key(|(id, _)| *id);
-        index.blobs = SortedIds::from_sorted(blobs);
-        index
+        Index::default().with_delta(files.into_iter().map(|file| (Id([0; 32]), file)))
     }
 
-    fn add_pack(&mut self, pack: &IndexedPack, blobs: &mut Vec<(Id, Location)>) {
-        let number = *self.pack_numbers.entry(pack.id).or_insert_with(|| {
-            self.packs.push((pack.id, pack.len));
-            (self.packs.len() - 1) as u32
-        });
+    /// `self` with the blobs of `files` (in sorted name order, none already in `main`) in its
+    /// delta.
+    fn with_delta(mut self, files: impl IntoIterator<Item = (Id, IndexFile)>) -> Index {
+        let mut blobs = Vec::new();
+        let mut counter = 0u32;
+        for (name, file) in files {
+            for (position, pack) in file.packs.iter().enumerate() {
+                // Unnamed files (in-memory builds) count their packs across files.
+                let record = if name == Id([0; 32]) { counter } else { position as u32 };
+                counter += 1;
+                self.add_pack(pack, (name, record), &mut blobs);
+            }
+        }
+        blobs.sort_unstable_by_key(|(id, l)| (*id, self.order[l.pack as usize], l.offset));
+        blobs.dedup_by_key(|(id, _)| *id);
+        self.delta = SortedIds::from_sorted(blobs);
+        self
+    }
+
+    /// The number of pack `id`, numbered now if new; a pack named before by a later file moves
+    /// up to `order`.
+    fn pack_number(&mut self, id: Id, len: u64, order: PackOrder) -> u32 {
+        match self.pack_numbers.get(&id) {
+            Some(&number) => {
+                let known = &mut self.order[number as usize];
+                *known = (*known).min(order);
+                number
+            }
+            None => {
+                self.packs.push((id, len));
+                self.order.push(order);
+                let number = (self.packs.len() - 1) as u32;
+                self.pack_numbers.insert(id, number);
+                number
+            }
+        }
+    }
+
+    fn add_pack(&mut self, pack: &IndexedPack, order: PackOrder, blobs: &mut Vec<(Id, Location)>) {
+        let number = self.pack_number(pack.id, pack.len, order);
         blobs.extend(pack.blobs.iter().map(|blob| {
             let location = Location {
                 pack: number,
@@ -67,12 +118,35 @@ impl Index {
         }));
     }
 
-    pub fn get(&self, id: &Id) -> Option<&Location> {
-        self.blobs.get(id)
+    /// The winner of two locations of one blob.
+    fn first(&self, a: Location, b: Location) -> Location {
+        let key = |l: &Location| (self.order[l.pack as usize], l.offset);
+        if key(&b) < key(&a) {
+            b
+        } else {
+            a
+        }
+    }
+
+    /// Where blob `id` is. A block of the sorted copy found damaged answers "absent" (never a
+    /// wrong place) and marks the index damaged ([`Index::damaged`]).
+    pub fn get(&self, id: &Id) -> Option<Location> {
+        let delta = self.delta.get(id).copied();
+        let main = self.main.as_ref().and_then(|main| main.get(id));
+        match (main, delta) {
+            (Some(a), Some(b)) => Some(self.first(a, b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn contains(&self, id: &Id) -> bool {
-        self.blobs.get(id).is_some()
+        self.get(id).is_some()
+    }
+
+    /// Whether a lookup or scan found the sorted copy damaged since it was opened: some blobs
+    /// may then have looked absent. Commands that delete (prune) must not go on.
+    pub fn damaged(&self) -> bool {
+        self.main.as_ref().is_some_and(SortedFile::damaged)
     }
 
     pub fn pack_id(&self, location: &Location) -> Id {
@@ -80,21 +154,48 @@ impl Index {
     }
 
     pub fn blob_count(&self) -> usize {
-        self.blobs.len()
+        self.iter_locations().count()
     }
 
-    /// Every blob as a pack entry, for verification.
-    pub fn entries(&self) -> impl Iterator<Item = (Id, BlobEntry)> + '_ {
-        self.blobs.iter().map(|(id, l)| {
-            let entry = BlobEntry {
-                id: *id,
-                kind: l.kind,
-                codec: l.codec,
-                offset: l.offset,
-                stored_len: l.stored_len,
-                raw_len: l.raw_len,
+    /// Every blob with its winning location, in id order: the sorted copy read sequentially
+    /// (nothing of it stays in memory) merged with the delta. Ends with an error if the copy is
+    /// found damaged.
+    pub fn iter_locations(&self) -> impl Iterator<Item = std::io::Result<(Id, Location)>> + '_ {
+        let mut main = self.main.as_ref().map(SortedFile::scan).into_iter().flatten().peekable();
+        let mut delta = self.delta.iter().copied().peekable();
+        std::iter::from_fn(move || {
+            let next_main = match main.peek() {
+                Some(Err(_)) => return main.next(),
+                Some(Ok((id, _))) => Some(*id),
+                None => None,
             };
-            (self.packs[l.pack as usize].0, entry)
+            let next_delta = delta.peek().map(|(id, _)| *id);
+            match (next_main, next_delta) {
+                (Some(a), Some(b)) if a == b => {
+                    let (Some(Ok((id, x))), Some((_, y))) = (main.next(), delta.next()) else { unreachable!() };
+                    Some(Ok((id, self.first(x, y))))
+                }
+                (Some(a), Some(b)) if b < a => delta.next().map(Ok),
+                (Some(_), _) => main.next(),
+                (None, _) => delta.next().map(Ok),
+            }
+        })
+    }
+
+    /// Every blob as a pack entry, for verification; an error if the sorted copy is damaged.
+    pub fn entries(&self) -> impl Iterator<Item = std::io::Result<(Id, BlobEntry)>> + '_ {
+        self.iter_locations().map(|item| {
+            item.map(|(id, l)| {
+                let entry = BlobEntry {
+                    id,
+                    kind: l.kind,
+                    codec: l.codec,
+                    offset: l.offset,
+                    stored_len: l.stored_len,
+                    raw_len: l.raw_len,
+                };
+                (self.packs[l.pack as usize].0, entry)
+            })
         })
     }
 }
@@ -231,7 +332,7 @@ mod tests {
         let index = Index::build([IndexFile { packs: vec![pack(0, 40), pack(1, 20)] }]);
         assert_eq!(index.blob_count(), 1);
         let location = index.get(&id(1)).unwrap();
-        assert_eq!((index.pack_id(location), location.offset), (id(100), 40));
+        assert_eq!((index.pack_id(&location), location.offset), (id(100), 40));
         assert_eq!(index.packs.len(), 2);
     }
 }

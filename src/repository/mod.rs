@@ -51,6 +51,8 @@ pub struct Repository {
     cache: Option<cache::Cache>,
     /// Held while a tree pack is fetched into the cache, so parallel readers fetch it once.
     tree_fetch: Mutex<()>,
+    /// The cache root, where the sorted copy of the index is kept ([`index::open`]).
+    index_dir: Option<PathBuf>,
 }
 
 /// The passphrase an opening gives a repository that turns out to be encrypted.
@@ -101,6 +103,7 @@ impl Repository {
             key_used,
             cache: None,
             tree_fetch: Mutex::new(()),
+            index_dir: None,
         }
     }
 
@@ -469,8 +472,7 @@ impl Repository {
     /// [`Repository::take_damage`]): its blobs then count as missing, which only makes a snapshot
     /// store them again and makes a restore report exactly the files that need them.
     pub fn load_index(&self) -> Result<Index> {
-        let index =
-            Index::build(self.read_all_named(FileKind::Index, IndexFile::decode)?.into_iter().map(|(_, file)| file));
+        let index = index::open::load(self)?;
         if let Some(cache) = &self.cache {
             // Tree packs that a prune has removed from the store.
             let packs: std::collections::HashSet<String> =
@@ -669,8 +671,10 @@ impl Repository {
     }
 
     /// Keeps copies of this object-store repository's immutable files below `root` from now on
-    /// ([`cache`]). A repository in a directory has no use for one and is left as it is.
+    /// ([`cache`]). A repository in a directory has no use for one. Both keep the sorted copy
+    /// of their index there ([`index::open`]).
     pub fn use_cache(&mut self, root: &Path) -> Result<()> {
+        self.index_dir = Some(root.to_path_buf());
         if self.backend.disk_path().is_none() {
             self.cache = Some(cache::Cache::open(root, &self.config.repo_id).map_err(|e| Error::io(root, e))?);
         }
@@ -680,7 +684,7 @@ impl Repository {
     /// Reads a blob through `index`, decodes it and checks that it hashes to `id` (what
     /// [`Indexed::read_blob`] does; here for an index still growing, as a snapshot's).
     pub(crate) fn read_blob(&self, index: &Index, id: &Id) -> Result<Vec<u8>> {
-        let location = index.get(id).ok_or(Error::MissingBlob(*id))?;
+        let location = &index.get(id).ok_or(Error::MissingBlob(*id))?;
         let pack = index.pack_id(location);
         let key = FileKind::Pack.name(&pack);
         if location.kind == BlobKind::Tree {

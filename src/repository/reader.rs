@@ -235,7 +235,7 @@ impl<'a> PlannedReads<'a> {
         for (at, id) in order.iter().enumerate() {
             positions.entry(*id).or_default().push(at);
         }
-        let mut by_pack: HashMap<u32, Vec<(&Location, Id)>> = HashMap::new();
+        let mut by_pack: HashMap<u32, Vec<(Location, Id)>> = HashMap::new();
         for id in positions.keys() {
             let location = index.get(id).expect("only indexed blobs are planned");
             by_pack.entry(location.pack).or_default().push((location, *id));
@@ -459,7 +459,7 @@ impl<'a> PlannedReads<'a> {
         drop(state);
         let location = self.index.get(id).expect("planned blobs are indexed");
         match found {
-            Ok(Some(stored)) => self.repo.decode_located(id, location, &stored, &pack),
+            Ok(Some(stored)) => self.repo.decode_located(id, &location, &stored, &pack),
             Ok(None) => self.repo.read_blob(self.index, id),
             Err(message) => Err(Error::io(
                 format!("{}/{}", self.repo.backend().location(), super::FileKind::Pack.name(&pack)),
@@ -573,7 +573,7 @@ impl<'a> PlannedReads<'a> {
     fn remaining(&self, state: &State, n: usize) -> (Vec<(Id, Location)>, u64, u64) {
         let blobs: Vec<(Id, Location)> = (state.segments[n].blobs.iter())
             .filter(|id| state.blobs.get(id).is_some_and(|&(_, left)| left > 0))
-            .map(|id| (*id, *self.index.get(id).expect("planned blobs are indexed")))
+            .map(|id| (*id, self.index.get(id).expect("planned blobs are indexed")))
             .collect();
         let start = blobs.iter().map(|(_, l)| l.offset as u64).min().unwrap_or(0);
         let end = blobs.iter().map(|(_, l)| l.offset as u64 + l.stored_len as u64).max().unwrap_or(0);
