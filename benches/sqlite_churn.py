@@ -329,6 +329,10 @@ def pack_breakdown(path):
         data = handle.read()
     if data[-8:] != b"CAIRNPKT":
         return None
+    if data[10] != 0:
+        # Sealed entries (an encrypted repository): the kinds cannot be told without the key.
+        count = int.from_bytes(data[-48:-44], "little")
+        return {"sealed": (count, len(data) - 64 - 48 * count - 40, 0)}
     count = int.from_bytes(data[-48:-44], "little")
     start = len(data) - 48 - 48 * count
     kinds = {}
@@ -344,7 +348,7 @@ def pack_breakdown(path):
 def repository_growth(repo, before):
     """What the files new since `before` hold, by part of the repository."""
     after = repository_files(repo)
-    parts = {"data": [0, 0, 0], "tree": [0, 0, 0], "pack overhead": [0, 0, 0]}
+    parts = {"data": [0, 0, 0], "tree": [0, 0, 0], "sealed": [0, 0, 0], "pack overhead": [0, 0, 0]}
     for relpath, size in sorted(after.items()):
         if relpath in before:
             continue
@@ -427,13 +431,13 @@ def verify_restore(cairn, repo, work, database):
     return integrity, count, live_count
 
 
-def measure_cairn(cairn, run_dir, pristine, checkpoint, seed, say, days=1):
+def measure_cairn(cairn, run_dir, pristine, checkpoint, seed, say, days=1, minutes=None, plain=False):
     """Snapshot, churn, snapshot; page-exact copies of both states alongside. With `days` > 1,
     the later days follow, each a churn and a snapshot measured against its own floor."""
     database, repo = os.path.join(run_dir, "app.db"), os.path.join(run_dir, "cairn-repo")
     shutil.copyfile(pristine, database)
     states = os.path.join(run_dir, "state1.db"), os.path.join(run_dir, "state2.db")
-    run([cairn, "--repo", repo, "init"])
+    run([cairn, "--repo", repo, "init"] + (["--encryption", "none"] if plain else []))
     say("snapshot 1")
     first, first_seconds = cairn_snapshot(cairn, repo, database)
     backup_copy(database, states[0])
@@ -452,7 +456,11 @@ def measure_cairn(cairn, run_dir, pristine, checkpoint, seed, say, days=1):
         states = (states[0], os.path.join(run_dir, "day1.db"))
         shutil.copyfile(os.path.join(run_dir, "state2.db"), states[1])
     latest = os.path.join(run_dir, "state2.db")
+    started = time.monotonic()
     for number in range(2, days + 1):
+        if minutes is not None and time.monotonic() - started > 60 * minutes:
+            say("stopped after %d days: --max-minutes %s reached" % (number - 1, minutes))
+            break
         shutil.copyfile(latest, previous)
         say("day %d of %d" % (number, days))
         churn(database, seed, checkpoint, day=number)
@@ -505,6 +513,8 @@ def report_days(got):
     if len(daily) > 1:
         print_day(daily[0])
     total = {key: sum(d[key] for d in daily) for key in ("together", "alone", "grown", "tree")}
+    if any(d["tree"] == 0 for d in daily):
+        print("(trees and lists: not told apart from data in an encrypted repository; see --plain)")
     print("%d days: repository growth %s (trees and lists %s); sum of daily floors %s all together, %s each page "
           "alone; %.2fx all together, %.2fx each alone" % (
               len(daily), human(total["grown"]), human(total["tree"]), human(total["together"]),
@@ -613,6 +623,9 @@ def main():
     parser.add_argument("--restic", action="store_true", help="also back up both states with restic")
     parser.add_argument("--keep", action="store_true", help="keep the run's copies and repository")
     parser.add_argument("--days", type=int, default=1, help="daily churns, each followed by a snapshot (default 1)")
+    parser.add_argument("--max-minutes", type=float, help="start no further day after this many minutes of days")
+    parser.add_argument("--plain", action="store_true",
+                        help="an unencrypted repository, whose pack trailers tell data from trees and lists")
     args = parser.parse_args()
     # The repository is encrypted, as `cairn init` makes it by default: each blob then carries
     # its 40-byte seal, which is part of what a user's repository grows by.
@@ -624,7 +637,8 @@ def main():
     say = lambda line: print(line, file=sys.stderr, flush=True)
 
     pristine = cached_database(work, "churn", args.mib, args.seed, say=say)
-    got = measure_cairn(cairn, run_dir, pristine, args.checkpoint, args.seed, say, args.days)
+    got = measure_cairn(cairn, run_dir, pristine, args.checkpoint, args.seed, say, args.days, args.max_minutes,
+                        args.plain)
     say("comparing pages")
     state1, state2 = got["states"]
     ref = measure_reference(state1, state2, run_dir)

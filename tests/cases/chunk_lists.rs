@@ -221,3 +221,44 @@ fn drop_from_index(repo: &Path, id: &cairn::id::Id) {
         opened.delete_file(FileKind::Index, &file).unwrap();
     }
 }
+
+#[test]
+fn sync_copies_list_blobs_and_recodes_them_for_other_keys() {
+    let scratch = Scratch::new("lists-sync");
+    let (data, repo) = (scratch.join("data"), scratch.join("repo"));
+    fs::create_dir_all(&data).unwrap();
+    small_chunk_repository(&repo);
+    let content = noise(1 << 20, 11);
+    fs::write(data.join("big.bin"), &content).unwrap();
+    json(cairn(&repo).arg("snapshot").arg(&data));
+    let mut changed = content.clone();
+    changed.splice(700_000..700_000, b"inserted".iter().copied());
+    fs::write(data.join("big.bin"), &changed).unwrap();
+    let second = json(cairn(&repo).arg("snapshot").arg(&data));
+    assert_eq!(chunk_list(&repo, second["id"].as_str().unwrap(), "big.bin").lists().len(), 2);
+
+    // A destination with the source's parameters (no keys, packs copied as they are), and one
+    // with keys of its own (every blob, list blobs included, stored again with its ids).
+    let (same, other) = (scratch.join("same"), scratch.join("other"));
+    init(&other);
+    let password = scratch.join("password");
+    fs::write(&password, PASSWORD).unwrap();
+    for dest in [&same, &other] {
+        ok(cairn(&repo).arg("sync").arg("--to").arg(dest).arg("--to-password-file").arg(&password));
+        ok(cairn(dest).args(["check", "--read-data"]));
+        let copied = json(cairn(dest).arg("snapshots"));
+        for (i, expected) in [&content, &changed].into_iter().enumerate() {
+            let id = copied[i]["id"].as_str().unwrap();
+            let target = scratch.join(format!("restored-{}-{i}", dest.file_name().unwrap().to_string_lossy()));
+            ok(cairn(dest).args(["restore", id, "--target"]).arg(&target));
+            assert!(fs::read(target.join("big.bin")).unwrap() == *expected, "snapshot {i} from {}", dest.display());
+        }
+        let latest = copied[1]["id"].as_str().unwrap();
+        assert_eq!(chunk_list(dest, latest, "big.bin").lists().len(), 2, "the chain is kept, not flattened");
+    }
+    assert_ne!(
+        chunk_list(&other, json(cairn(&other).arg("snapshots"))[1]["id"].as_str().unwrap(), "big.bin").lists()[0],
+        chunk_list(&repo, second["id"].as_str().unwrap(), "big.bin").lists()[0],
+        "recoded for the other keys"
+    );
+}
