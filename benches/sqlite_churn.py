@@ -18,6 +18,7 @@ Standard library only; needs the sqlite3 and zstd command-line tools. Determinis
 """
 
 import argparse
+import functools
 import gzip
 import html
 import json
@@ -72,6 +73,7 @@ def read_text(path):
     return text
 
 
+@functools.lru_cache(maxsize=2)
 def load_corpus(seed, max_bytes=48 * MIB):
     """Distinct lines (whitespace collapsed, at least 20 characters) of real documentation, in
     file order, so that consecutive lines read like a paragraph. Files are visited in a seeded
@@ -182,13 +184,13 @@ def cached_database(work, name, mib, seed, median=350, say=print):
 
 # --- one day of churn --------------------------------------------------------------------------
 
-def churn(path, seed, checkpoint, transactions=24):
+def churn(path, seed, checkpoint, transactions=24, day=1):
     """Updates 1% of rows (80% of them among the newest 10%, the rest uniform) to other real text
     of similar length, inserts 0.5% new rows and deletes 0.2% chosen uniformly, spread over
     `transactions` commits (one per hour of the day). With checkpoint == "passive" SQLite's
     automatic checkpoints stay on and a final PASSIVE checkpoint runs, as in a normal
     application; with "none" automatic checkpoints are off and everything stays in the WAL."""
-    rng = random.Random(seed + 1)
+    rng = random.Random(seed + day)  # day 1 is the one-day run's churn, byte for byte
     text = TextSource(load_corpus(seed + 1), rng)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -327,6 +329,10 @@ def pack_breakdown(path):
         data = handle.read()
     if data[-8:] != b"CAIRNPKT":
         return None
+    if data[10] != 0:
+        # Sealed entries (an encrypted repository): the kinds cannot be told without the key.
+        count = int.from_bytes(data[-48:-44], "little")
+        return {"sealed": (count, len(data) - 64 - 48 * count - 40, 0)}
     count = int.from_bytes(data[-48:-44], "little")
     start = len(data) - 48 - 48 * count
     kinds = {}
@@ -342,7 +348,7 @@ def pack_breakdown(path):
 def repository_growth(repo, before):
     """What the files new since `before` hold, by part of the repository."""
     after = repository_files(repo)
-    parts = {"data": [0, 0, 0], "tree": [0, 0, 0], "pack overhead": [0, 0, 0]}
+    parts = {"data": [0, 0, 0], "tree": [0, 0, 0], "sealed": [0, 0, 0], "pack overhead": [0, 0, 0]}
     for relpath, size in sorted(after.items()):
         if relpath in before:
             continue
@@ -425,12 +431,13 @@ def verify_restore(cairn, repo, work, database):
     return integrity, count, live_count
 
 
-def measure_cairn(cairn, run_dir, pristine, checkpoint, seed, say):
-    """Snapshot, churn, snapshot; page-exact copies of both states alongside."""
+def measure_cairn(cairn, run_dir, pristine, checkpoint, seed, say, days=1, minutes=None, plain=False):
+    """Snapshot, churn, snapshot; page-exact copies of both states alongside. With `days` > 1,
+    the later days follow, each a churn and a snapshot measured against its own floor."""
     database, repo = os.path.join(run_dir, "app.db"), os.path.join(run_dir, "cairn-repo")
     shutil.copyfile(pristine, database)
     states = os.path.join(run_dir, "state1.db"), os.path.join(run_dir, "state2.db")
-    run([cairn, "--repo", repo, "init"])
+    run([cairn, "--repo", repo, "init"] + (["--encryption", "none"] if plain else []))
     say("snapshot 1")
     first, first_seconds = cairn_snapshot(cairn, repo, database)
     backup_copy(database, states[0])
@@ -441,12 +448,79 @@ def measure_cairn(cairn, run_dir, pristine, checkpoint, seed, say):
     second, second_seconds = cairn_snapshot(cairn, repo, database)
     after_size = du_bytes(repo)
     backup_copy(database, states[1])
+    growth = repository_growth(repo, before_files)
+    daily = [day_result(1, states, run_dir, after_size[0] - before_size[0], growth, second_seconds)]
+    previous = os.path.join(run_dir, "previous.db")
+    if days > 1:
+        # The one-day report compares the first two states: keep the second apart.
+        states = (states[0], os.path.join(run_dir, "day1.db"))
+        shutil.copyfile(os.path.join(run_dir, "state2.db"), states[1])
+    latest = os.path.join(run_dir, "state2.db")
+    started = time.monotonic()
+    for number in range(2, days + 1):
+        if minutes is not None and time.monotonic() - started > 60 * minutes:
+            say("stopped after %d days: --max-minutes %s reached" % (number - 1, minutes))
+            break
+        shutil.copyfile(latest, previous)
+        say("day %d of %d" % (number, days))
+        churn(database, seed, checkpoint, day=number)
+        files, size = repository_files(repo), du_bytes(repo)
+        _, seconds = cairn_snapshot(cairn, repo, database)
+        backup_copy(database, latest)
+        grown = du_bytes(repo)[0] - size[0]
+        daily.append(day_result(number, (previous, latest), run_dir, grown, repository_growth(repo, files), seconds))
+        print_day(daily[-1])
     say("verifying the restore")
+    snapshots = json.loads(run([cairn, "--repo", repo, "--json", "snapshots"])[0].stdout)
+    restore_seconds = [timed_restore(cairn, repo, run_dir, snapshots[i]["id"]) for i in (0, -1)]
     return {"database": database, "repo": repo, "states": states, "day": day,
             "first": first, "first_seconds": first_seconds, "second": second, "second_seconds": second_seconds,
             "grown": after_size[0] - before_size[0], "grown_allocated": after_size[1] - before_size[1],
-            "growth": repository_growth(repo, before_files),
+            "growth": growth, "daily": daily, "restore_seconds": restore_seconds,
             "restore": verify_restore(cairn, repo, run_dir, database)}
+
+
+def day_result(number, states, scratch, grown, growth, seconds):
+    """One day's floors (its changed and new pages, zstd -3 all together and each alone) beside
+    what cairn's repository grew by, and how much of that is trees and list blobs."""
+    conn = sqlite3.connect("file:%s?mode=ro" % states[1], uri=True)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    diff = page_diff(states[0], states[1], page_size)
+    return {"day": number, "changed": len(diff["pages"]), "pages": diff["pages_after"],
+            "together": zstd_size(b"".join(diff["pages"])), "alone": zstd_sizes(diff["pages"], scratch),
+            "grown": grown, "tree": growth["tree"][1], "seconds": seconds}
+
+
+def print_day(d):
+    print("day %3d: %5d of %6d pages changed; floors %s together, %s alone; repository +%s (trees and lists %s), "
+          "%.2fx together, %.2fx alone; snapshot %.1f s" % (
+              d["day"], d["changed"], d["pages"], human(d["together"]), human(d["alone"]), human(d["grown"]),
+              human(d["tree"]), d["grown"] / d["together"], d["grown"] / d["alone"], d["seconds"]), flush=True)
+
+
+def timed_restore(cairn, repo, work, snapshot):
+    """Seconds to restore `snapshot` into a fresh directory (removed after)."""
+    target = os.path.join(work, "timed-restore")
+    shutil.rmtree(target, ignore_errors=True)
+    _, seconds = run([cairn, "--repo", repo, "restore", snapshot, "--target", target])
+    shutil.rmtree(target)
+    return seconds
+
+
+def report_days(got):
+    daily = got["daily"]
+    if len(daily) > 1:
+        print_day(daily[0])
+    total = {key: sum(d[key] for d in daily) for key in ("together", "alone", "grown", "tree")}
+    if any(d["tree"] == 0 for d in daily):
+        print("(trees and lists: not told apart from data in an encrypted repository; see --plain)")
+    print("%d days: repository growth %s (trees and lists %s); sum of daily floors %s all together, %s each page "
+          "alone; %.2fx all together, %.2fx each alone" % (
+              len(daily), human(total["grown"]), human(total["tree"]), human(total["together"]),
+              human(total["alone"]), total["grown"] / total["together"], total["grown"] / total["alone"]))
+    first, last = got["restore_seconds"]
+    print("restore: first snapshot %.2f s, last snapshot %.2f s" % (first, last))
 
 
 def measure_reference(state1, state2, scratch):
@@ -548,7 +622,14 @@ def main():
                              "(default), or none with automatic checkpoints off")
     parser.add_argument("--restic", action="store_true", help="also back up both states with restic")
     parser.add_argument("--keep", action="store_true", help="keep the run's copies and repository")
+    parser.add_argument("--days", type=int, default=1, help="daily churns, each followed by a snapshot (default 1)")
+    parser.add_argument("--max-minutes", type=float, help="start no further day after this many minutes of days")
+    parser.add_argument("--plain", action="store_true",
+                        help="an unencrypted repository, whose pack trailers tell data from trees and lists")
     args = parser.parse_args()
+    # The repository is encrypted, as `cairn init` makes it by default: each blob then carries
+    # its 40-byte seal, which is part of what a user's repository grows by.
+    os.environ.setdefault("CAIRN_PASSWORD", "bench")
     cairn, work = os.path.abspath(args.cairn), os.path.abspath(args.work)
     run_dir = os.path.join(work, "churn")
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -556,7 +637,8 @@ def main():
     say = lambda line: print(line, file=sys.stderr, flush=True)
 
     pristine = cached_database(work, "churn", args.mib, args.seed, say=say)
-    got = measure_cairn(cairn, run_dir, pristine, args.checkpoint, args.seed, say)
+    got = measure_cairn(cairn, run_dir, pristine, args.checkpoint, args.seed, say, args.days, args.max_minutes,
+                        args.plain)
     say("comparing pages")
     state1, state2 = got["states"]
     ref = measure_reference(state1, state2, run_dir)
@@ -566,6 +648,7 @@ def main():
                                                         run([cairn, "--version"])[0].stdout.strip()))
     report_reference(ref, os.path.getsize(state1), got["day"], args.checkpoint, round(cairn_chunk_bytes(got)))
     report_cairn(got, ref)
+    report_days(got)
     if restic:
         report_restic(restic, ref, got["grown"])
     if not args.keep:

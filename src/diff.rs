@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn each_kind_of_change_is_told_apart() {
-        let file = |chunk: u8, mode, mtime| node(Content::File { chunks: vec![Id([chunk; 32])] }, mode, mtime);
+        let file = |chunk: u8, mode, mtime| node(Content::File { chunks: vec![Id([chunk; 32])].into() }, mode, mtime);
         let dir = |tree: u8, mode, mtime| node(Content::Dir { subtree: Id([tree; 32]) }, mode, mtime);
         let f = file(1, 0o644, 10);
         assert_eq!(change(Some(&f), Some(&f)), None);

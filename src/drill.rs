@@ -210,6 +210,7 @@ pub fn drill(
 
     let root = Dir::open(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;
     let verifier = Verifier {
+        repo,
         chunker: repo.chunker(),
         scratch: &scratch.0,
         passed: AtomicU64::new(0),
@@ -254,6 +255,7 @@ fn relative(root: &Path, path: &str) -> String {
 }
 
 struct Verifier<'a> {
+    repo: &'a Indexed<'a>,
     chunker: Chunker,
     /// The scratch directory as a path: only for SQLite, which opens databases by path.
     scratch: &'a Path,
@@ -335,10 +337,15 @@ impl Verifier<'_> {
                 } else {
                     match dir.open_regular(name) {
                         Ok(Some((file, _))) => {
-                            match crate::source::same_content(&self.chunker, &file, m.size, chunks) {
-                                Ok(true) => self.sqlite(&file, place, name),
-                                Ok(false) => problems.push("content differs from the snapshot".into()),
-                                Err(e) => problems.push(format!("cannot read back: {e}")),
+                            let same = self
+                                .repo
+                                .chunk_list(chunks)
+                                .map(|chunks| crate::source::same_content(&self.chunker, &file, m.size, &chunks));
+                            match same {
+                                Ok(Ok(true)) => self.sqlite(&file, place, name),
+                                Ok(Ok(false)) => problems.push("content differs from the snapshot".into()),
+                                Ok(Err(e)) => problems.push(format!("cannot read back: {e}")),
+                                Err(e) => problems.push(format!("its chunk list: {e}")),
                             }
                         }
                         Ok(None) => problems.push("not a regular file".into()),

@@ -141,7 +141,7 @@ fn entry(
     out.write_all(&header(&ustar_name(&name), kind, &ustar_name(link), size, meta, device)).map_err(io)?;
     if let (Content::File { chunks }, None) = (&node.content, &other_name) {
         let mut written = 0u64;
-        for chunk in chunks {
+        for chunk in repo.chunk_list(chunks)?.iter() {
             let bytes = repo.read_blob(chunk)?;
             written += bytes.len() as u64;
             // Never more than the header announced: bytes past it would be read as headers.

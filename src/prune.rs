@@ -89,7 +89,10 @@ impl Reachable {
             blobs.insert(*id);
             for node in &tree.nodes {
                 if let Content::File { chunks } = &node.content {
-                    blobs.extend(chunks.iter().copied());
+                    // List blobs are live, and every chunk their chain expands to; a chain that
+                    // cannot be read stops the walk, as a tree that cannot.
+                    blobs.extend(chunks.lists().iter().copied());
+                    blobs.extend(repo.chunk_list(chunks)?.iter().copied());
                 }
             }
             Ok(())

@@ -309,7 +309,10 @@ impl Planner<'_> {
     fn file(&mut self, node: &Node) {
         if let Content::File { chunks } = &node.content {
             if node.meta.nlink <= 1 || self.linked.insert((node.meta.dev, node.meta.ino)) {
-                self.blobs.extend_from_slice(chunks);
+                // A chain that cannot be read is left out: the restore reports its file.
+                if let Ok(chunks) = self.repo.chunk_list(chunks) {
+                    self.blobs.extend_from_slice(&chunks);
+                }
             }
         }
     }
@@ -453,7 +456,11 @@ impl InParallel for Restorer<'_> {
                     }
                     sources.insert(key, (place.clone(), name.to_vec()));
                 }
-                let written = self.file(node, chunks, dir, place, raw_database);
+                // A chain that cannot be read fails this file only, as a missing chunk does.
+                let written = match self.repo.chunk_list(chunks) {
+                    Ok(chunks) => self.file(node, &chunks, dir, place, raw_database),
+                    Err(e) => Err(e.to_string()),
+                };
                 if written.is_err() && node.meta.nlink > 1 {
                     self.failed.lock().expect("poisoned").insert(key);
                 }

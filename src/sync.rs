@@ -27,7 +27,7 @@ use crate::format::audit::Outcome;
 use crate::format::index::{IndexFile, IndexedPack};
 use crate::format::pack::BlobKind;
 use crate::format::snapshot::Snapshot;
-use crate::format::tree::{Content, Tree};
+use crate::format::tree::{ChunkList, Content, Tree};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::prune::Reachable;
@@ -635,6 +635,22 @@ impl Recoded<'_> {
     }
 }
 
+impl Recoded<'_> {
+    /// The destination id of the source list blob `id`, its chunks recoded (each list blob once:
+    /// snapshots of a changing database share all but the last of their chain).
+    fn list(&mut self, id: &Id) -> Result<Id> {
+        if let Some(done) = self.trees.get(id) {
+            return Ok(*done);
+        }
+        let data = self.source.read_blob(id)?;
+        let recoded =
+            crate::format::chunk_list::map_ids(&data, &format!("list {}", id.short()), |chunk| self.chunk(chunk))?;
+        let new = self.store.store(BlobKind::Tree, &recoded)?;
+        self.trees.insert(*id, new);
+        Ok(new)
+    }
+}
+
 impl Visitor for Recoded<'_> {
     type State = ();
     const PATHS: bool = false;
@@ -652,9 +668,14 @@ impl Visitor for Recoded<'_> {
                 Some(done) => *subtree = *done,
                 None => return Ok(Step::Descend),
             },
-            Content::File { chunks } => {
+            Content::File { chunks: ChunkList::Inline(chunks) } => {
                 for chunk in chunks.iter_mut() {
                     *chunk = self.chunk(chunk)?;
+                }
+            }
+            Content::File { chunks: ChunkList::Stored { lists, .. } } => {
+                for list in lists.iter_mut() {
+                    *list = self.list(list)?;
                 }
             }
             _ => {}

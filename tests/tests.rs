@@ -7,6 +7,8 @@ mod support;
 mod append_only;
 #[path = "cases/backends.rs"]
 mod backends;
+#[path = "cases/chunk_lists.rs"]
+mod chunk_lists;
 #[path = "cases/command.rs"]
 mod command;
 #[path = "cases/crash.rs"]

@@ -30,7 +30,7 @@ fn build(repo: &Repository, ops: &[u8]) -> Id {
     let index = repo.load_index().expect("an empty index");
     let store = BlobStore::new(repo, &index);
     let meta = Metadata { mode: 0o755, mtime_sec: 1_700_000_000, nlink: 1, ..Default::default() };
-    let file = |content: &[u8]| Content::File { chunks: vec![store.store(BlobKind::Data, content).unwrap()] };
+    let file = |content: &[u8]| Content::File { chunks: vec![store.store(BlobKind::Data, content).unwrap()].into() };
     let dir = |items: Vec<Content>| {
         let nodes = items
             .into_iter()
@@ -45,7 +45,7 @@ fn build(repo: &Repository, ops: &[u8]) -> Id {
         let arg = bytes.next().unwrap_or(0);
         match op % 8 {
             0 => stack.push(file(&[arg; 100])),
-            1 => stack.push(Content::File { chunks: vec![Id::of(&[arg])] }),
+            1 => stack.push(Content::File { chunks: vec![Id::of(&[arg])].into() }),
             2 => {
                 let take = (arg as usize % 8 + 1).min(stack.len());
                 let items = stack.split_off(stack.len() - take);
@@ -64,7 +64,7 @@ fn build(repo: &Repository, ops: &[u8]) -> Id {
             5 => stack.push(Content::Dir { subtree: Id::of(&[arg, 1]) }),
             6 => {
                 let Content::File { chunks } = file(&[arg; 7]) else { unreachable!() };
-                stack.push(Content::Dir { subtree: chunks[0] });
+                stack.push(Content::Dir { subtree: chunks.inline().expect("one inline chunk")[0] });
             }
             _ => {
                 if let Some(top) = stack.last().cloned() {

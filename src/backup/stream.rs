@@ -35,6 +35,7 @@ use crate::progress::Progress;
 use crate::repository::packer::BlobStore;
 use crate::repository::Repository;
 use crate::source::command;
+use crate::source::lists::ListWriter;
 
 /// Where the stream comes from; it decides the path the manifest records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +192,13 @@ fn take(
         nlink: 1,
         size,
     };
+    // The parent's node of the same name, whose list a large stream is patched against.
+    let parent_tree = parent.as_ref().and_then(|(_, s)| repo.read_tree(&index, &s.tree).ok());
+    let parent_list = match parent_tree.as_ref().and_then(|tree| tree.find(options.filename.as_bytes())) {
+        Some(Node { content: Content::File { chunks }, .. }) => Some(chunks),
+        _ => None,
+    };
+    let chunks = ListWriter { repo, index: &index, store: &store }.content(chunks, parent_list)?;
     let node = Node {
         name: options.filename.as_bytes().to_vec(),
         meta,

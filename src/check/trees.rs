@@ -33,7 +33,10 @@ pub(super) fn all_trees_intact(repo: &Indexed, snapshots: &[(Id, Snapshot)]) -> 
     let roots = snapshots.iter().map(|(_, snapshot)| snapshot.tree);
     each_tree(repo, roots, &mut seen, |id, tree| {
         let indexed = |node: &crate::format::tree::Node| match &node.content {
-            Content::File { chunks } => chunks.iter().all(|chunk| index.contains(chunk)),
+            Content::File { chunks } => {
+                chunks.lists().iter().all(|list| index.contains(list))
+                    && repo.chunk_list(chunks).is_ok_and(|ids| ids.iter().all(|chunk| index.contains(chunk)))
+            }
             _ => true,
         };
         match tree.nodes.iter().all(indexed) {
@@ -99,6 +102,24 @@ impl Walker<'_> {
         }
     }
 
+    /// Why a file's list blobs cannot be read, if one is bad or missing from the index (each
+    /// missing one is counted).
+    fn list_problem(&mut self, lists: &[Id]) -> Option<String> {
+        let mut problem = None;
+        for list in lists {
+            let found = match self.bad.get(list) {
+                Some(reason) => Some(format!("chunk list {}: {reason}", list.short())),
+                None if !self.repo.index().contains(list) => {
+                    self.unindexed.insert(*list);
+                    Some(format!("chunk list {} is not in the index", list.short()))
+                }
+                None => None,
+            };
+            problem = problem.or(found);
+        }
+        problem
+    }
+
     /// Records that nothing below the directory at `path` can be restored.
     fn lost(&mut self, snapshot: &str, path: String, reason: String) {
         let reason = format!("directory listing unreadable, nothing below can be restored: {reason}");
@@ -158,9 +179,17 @@ impl Visitor for SnapshotWalk<'_, '_> {
                 }
             },
             Content::File { chunks } => {
-                // The first problem names the file's; every chunk the index lacks is counted.
-                let mut problem = None;
-                for chunk in chunks {
+                // The first problem names the file's; every chunk the index lacks is counted. A
+                // list blob is checked first: without it, its chunks cannot be named.
+                let mut problem = walker.list_problem(chunks.lists());
+                let expanded = match problem {
+                    Some(_) => Default::default(),
+                    None => walker.repo.chunk_list(chunks).unwrap_or_else(|e| {
+                        problem = Some(format!("chunk list: {e}"));
+                        Default::default()
+                    }),
+                };
+                for chunk in expanded.iter() {
                     let found = match walker.bad.get(chunk) {
                         Some(reason) => Some(format!("chunk {}: {reason}", chunk.short())),
                         None if !walker.repo.index().contains(chunk) => {

@@ -68,7 +68,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         bail!("{path} in snapshot {} is a {}, not a file", id.short(), node.content.type_name());
     };
     let mut written = 0u64;
-    for chunk in chunks {
+    for chunk in indexed.chunk_list(chunks)?.iter() {
         if super::output::closed() {
             return Ok(ExitCode::SUCCESS); // nobody reads the rest
         }

@@ -6,6 +6,7 @@
 //! All integers are little-endian with explicit widths (store-format/README.md, "Conventions").
 
 pub mod audit;
+pub mod chunk_list;
 pub mod config;
 pub mod envelope;
 pub mod index;

@@ -16,6 +16,10 @@ pub const VERSION: u8 = 2;
 /// First byte of an encoded tree without extended attributes: the version 1 layout.
 pub const VERSION_PLAIN: u8 = 1;
 
+/// First byte of an encoded tree in which some node's chunk list is stored in list blobs (node
+/// type 8): the version 2 layout plus that node type (store-format/tree.md, "Versions").
+pub const VERSION_LISTS: u8 = 3;
+
 /// The longest extended attribute name Linux allows (`XATTR_NAME_MAX`, namespace prefix
 /// included).
 pub const XATTR_NAME_MAX: usize = 255;
@@ -75,7 +79,7 @@ pub struct Metadata {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
-    File { chunks: Vec<Id> },
+    File { chunks: ChunkList },
     Dir { subtree: Id },
     Symlink { target: Vec<u8> },
     Fifo,
@@ -84,10 +88,55 @@ pub enum Content {
     BlockDevice { rdev: u64 },
 }
 
+/// A regular file's chunk ids: in its tree (node type 1), or in a chain of list blobs (node type
+/// 8, [`super::chunk_list`]). Readers expand either with `Repository::chunk_list`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ChunkList {
+    Inline(Vec<Id>),
+    /// `count` chunks, given by a FULL list blob and up to 15 patches, in chain order.
+    Stored {
+        count: u64,
+        lists: Vec<Id>,
+    },
+}
+
+impl ChunkList {
+    /// How many chunks the file has.
+    pub fn count(&self) -> u64 {
+        match self {
+            ChunkList::Inline(chunks) => chunks.len() as u64,
+            ChunkList::Stored { count, .. } => *count,
+        }
+    }
+
+    /// The ids themselves, when the tree holds them.
+    pub fn inline(&self) -> Option<&[Id]> {
+        match self {
+            ChunkList::Inline(chunks) => Some(chunks),
+            ChunkList::Stored { .. } => None,
+        }
+    }
+
+    /// The list blobs the node names (none for an inline list).
+    pub fn lists(&self) -> &[Id] {
+        match self {
+            ChunkList::Inline(_) => &[],
+            ChunkList::Stored { lists, .. } => lists,
+        }
+    }
+}
+
+impl From<Vec<Id>> for ChunkList {
+    fn from(chunks: Vec<Id>) -> ChunkList {
+        ChunkList::Inline(chunks)
+    }
+}
+
 impl Content {
     fn code(&self) -> u8 {
         match self {
-            Content::File { .. } => 1,
+            Content::File { chunks: ChunkList::Inline(_) } => 1,
+            Content::File { chunks: ChunkList::Stored { .. } } => 8,
             Content::Dir { .. } => 2,
             Content::Symlink { .. } => 3,
             Content::Fifo => 4,
@@ -123,7 +172,14 @@ pub fn valid_name(name: &[u8]) -> bool {
 impl Tree {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + self.nodes.len() * 128);
-        let version = if self.nodes.iter().any(|n| !n.xattrs.is_empty()) { VERSION } else { VERSION_PLAIN };
+        let version =
+            if self.nodes.iter().any(|n| matches!(n.content, Content::File { chunks: ChunkList::Stored { .. } })) {
+                VERSION_LISTS
+            } else if self.nodes.iter().any(|n| !n.xattrs.is_empty()) {
+                VERSION
+            } else {
+                VERSION_PLAIN
+            };
         out.put_u8(version);
         out.put_u32(self.nodes.len() as u32);
         for node in &self.nodes {
@@ -142,16 +198,21 @@ impl Tree {
             out.put_u64(m.nlink);
             out.put_u64(m.size);
             match &node.content {
-                Content::File { chunks } => {
+                Content::File { chunks: ChunkList::Inline(chunks) } => {
                     out.put_u32(chunks.len() as u32);
                     chunks.iter().for_each(|id| out.put_id(id));
+                }
+                Content::File { chunks: ChunkList::Stored { count, lists } } => {
+                    out.put_u64(*count);
+                    out.put_u8(lists.len() as u8);
+                    lists.iter().for_each(|id| out.put_id(id));
                 }
                 Content::Dir { subtree } => out.put_id(subtree),
                 Content::Symlink { target } => out.put_bytes32(target),
                 Content::CharDevice { rdev } | Content::BlockDevice { rdev } => out.put_u64(*rdev),
                 Content::Fifo | Content::Socket => {}
             }
-            if version == VERSION {
+            if version != VERSION_PLAIN {
                 out.put_u32(node.xattrs.len() as u32);
                 for xattr in &node.xattrs {
                     out.put_bytes16(&xattr.name);
@@ -166,7 +227,7 @@ impl Tree {
     pub fn decode(data: &[u8], what: &str) -> Result<Tree> {
         let mut r = Reader::new(data, what);
         let version = r.u8()?;
-        if version != VERSION && version != VERSION_PLAIN {
+        if !(VERSION_PLAIN..=VERSION_LISTS).contains(&version) {
             return Err(r.error(format!("unknown tree version {version}")));
         }
         // The smallest node: name length, one name byte, code, fixed metadata.
@@ -209,8 +270,10 @@ impl Tree {
                     for _ in 0..n {
                         chunks.push(r.id()?);
                     }
-                    Content::File { chunks }
+                    Content::File { chunks: ChunkList::Inline(chunks) }
                 }
+                8 if version == VERSION_LISTS => decode_stored(&mut r)?,
+                8 => return Err(r.error(format!("node type 8 in a version {version} tree"))),
                 2 => Content::Dir { subtree: r.id()? },
                 3 => Content::Symlink { target: r.bytes32()?.to_vec() },
                 4 => Content::Fifo,
@@ -219,12 +282,17 @@ impl Tree {
                 7 => Content::BlockDevice { rdev: r.u64()? },
                 other => return Err(r.error(format!("unknown node type {other}"))),
             };
-            let xattrs = if version == VERSION { decode_xattrs(&mut r)? } else { Vec::new() };
+            let xattrs = if version == VERSION_PLAIN { Vec::new() } else { decode_xattrs(&mut r)? };
             nodes.push(Node { name, meta, content, xattrs });
         }
         if version == VERSION && nodes.iter().all(|n| n.xattrs.is_empty()) {
             // Written as version 1 instead: every tree has one encoding.
             return Err(r.error("version 2 tree without extended attributes"));
+        }
+        let stored = |n: &Node| matches!(n.content, Content::File { chunks: ChunkList::Stored { .. } });
+        if version == VERSION_LISTS && !nodes.iter().any(stored) {
+            // Written as version 1 or 2 instead.
+            return Err(r.error("version 3 tree without a node whose chunk list is in list blobs"));
         }
         r.finish()?;
         Ok(Tree { nodes })
@@ -235,7 +303,21 @@ impl Tree {
     }
 }
 
-/// A node's extended attributes in a version 2 tree: a count, then each name and value.
+/// A type 8 node's content: the chunk count, then the chain of list blob ids.
+fn decode_stored(r: &mut Reader<'_>) -> Result<Content> {
+    let count = r.u64()?;
+    if count > super::chunk_list::MAX_IDS {
+        return Err(r.error(format!("chunk count {count} exceeds {}", super::chunk_list::MAX_IDS)));
+    }
+    let chain = r.u8()? as usize;
+    if !(1..=super::chunk_list::MAX_CHAIN).contains(&chain) {
+        return Err(r.error(format!("a chain of {chain} list blobs, not 1 to {}", super::chunk_list::MAX_CHAIN)));
+    }
+    let lists = (0..chain).map(|_| r.id()).collect::<Result<Vec<Id>>>()?;
+    Ok(Content::File { chunks: ChunkList::Stored { count, lists } })
+}
+
+/// A node's extended attributes in a version 2 or 3 tree: a count, then each name and value.
 fn decode_xattrs(r: &mut Reader<'_>) -> Result<Vec<Xattr>> {
     // The smallest attribute: name length, one name byte, value length.
     let count = r.count(2 + 1 + 4)?;
@@ -267,7 +349,12 @@ pub(crate) mod tests {
     pub(crate) fn content() -> impl Strategy<Value = Content> {
         prop_oneof![
             proptest::collection::vec(any::<[u8; 32]>(), 0..4)
-                .prop_map(|c| Content::File { chunks: c.into_iter().map(Id).collect() }),
+                .prop_map(|c| Content::File { chunks: ChunkList::Inline(c.into_iter().map(Id).collect()) }),
+            (0..=crate::format::chunk_list::MAX_IDS, proptest::collection::vec(any::<[u8; 32]>(), 1..17)).prop_map(
+                |(count, lists)| Content::File {
+                    chunks: ChunkList::Stored { count, lists: lists.into_iter().map(Id).collect() }
+                }
+            ),
             any::<[u8; 32]>().prop_map(|id| Content::Dir { subtree: Id(id) }),
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(|target| Content::Symlink { target }),
             Just(Content::Fifo),
@@ -383,14 +470,47 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn version_2_needs_an_attribute_and_version_3_is_unknown() {
+    fn version_2_needs_an_attribute_and_version_4_is_unknown() {
         let mut plain = Tree { nodes: vec![node(b"a", vec![])] }.encode();
         plain[0] = 2;
         plain.extend_from_slice(&0u32.to_le_bytes());
         assert!(error(&plain).contains("version 2 tree without extended attributes"));
         assert!(error(&[2, 0, 0, 0, 0]).contains("version 2 tree without extended attributes"));
-        assert!(error(&[3, 0, 0, 0, 0]).contains("unknown tree version 3"));
+        assert!(error(&[4, 0, 0, 0, 0]).contains("unknown tree version 4"));
         assert!(error(&[0, 0, 0, 0, 0]).contains("unknown tree version 0"));
+    }
+
+    fn listed(count: u64, chain: usize) -> Node {
+        let lists = (0..chain).map(|i| Id([i as u8; 32])).collect();
+        Node { content: Content::File { chunks: ChunkList::Stored { count, lists } }, ..node(b"db", vec![]) }
+    }
+
+    #[test]
+    fn a_tree_with_a_listed_file_is_version_3_and_the_others_refuse_type_8() {
+        let tree = Tree { nodes: vec![node(b"a", vec![]), listed(70_000, 2)] };
+        let encoded = tree.encode();
+        assert_eq!(encoded[0], 3);
+        // Node a: 72 bytes and a zero attribute count; db: 73, count, chain length, two ids, zero.
+        assert_eq!(encoded.len(), 5 + 72 + 4 + 73 + 8 + 1 + 64 + 4);
+        assert_eq!(Tree::decode(&encoded, "tree").unwrap(), tree);
+        // Without a type 8 node, version 3 is refused; with one, versions 1 and 2 are.
+        let mut plain = Tree { nodes: vec![node(b"a", vec![])] }.encode();
+        plain[0] = 3;
+        plain.extend_from_slice(&0u32.to_le_bytes());
+        assert!(error(&plain).contains("version 3 tree without a node whose chunk list is in list blobs"));
+        let mut as_v2 = encoded.clone();
+        as_v2[0] = 2;
+        assert!(error(&as_v2).contains("node type 8 in a version 2 tree"));
+        // A chain of 0 or 17, and a count past the limit.
+        let at = 5 + 72 + 4 + 73;
+        let mut empty = encoded.clone();
+        empty[at + 8] = 0;
+        assert!(error(&empty).contains("a chain of 0 list blobs, not 1 to 16"));
+        let over = Tree { nodes: vec![listed(1, 17)] }.encode();
+        assert!(error(&over).contains("a chain of 17 list blobs, not 1 to 16"));
+        let mut huge = encoded.clone();
+        huge[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(error(&huge).contains("chunk count 18446744073709551615 exceeds 33554432"));
     }
 
     proptest! {

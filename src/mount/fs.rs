@@ -459,7 +459,11 @@ impl fuser::Filesystem for Fs<'_> {
         else {
             return reply.error(libc::EISDIR);
         };
-        match OpenFile::new(self.store.index(), chunks, meta.size) {
+        let opened = match self.store.chunk_list(chunks) {
+            Ok(ids) => OpenFile::new(self.store.index(), &ids, meta.size),
+            Err(e) => Err(format!("its chunk list cannot be read: {e}")),
+        };
+        match opened {
             Err(why) => reply.error(self.failed(ino, why)),
             Ok(file) => {
                 let handle = self.handle();

@@ -9,6 +9,7 @@
 //! blob a prune removed gives an I/O error to the reader, never other bytes: every blob is
 //! verified against its id.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use super::catalog::Catalog;
 use super::content::{Lru, CHUNK_CACHE, TREE_CACHE};
 use crate::error::{Error, Result};
 use crate::format::snapshot::Snapshot;
-use crate::format::tree::{Content, Tree};
+use crate::format::tree::{ChunkList, Content, Tree};
 use crate::id::Id;
 use crate::repository::index::Index;
 use crate::repository::Repository;
@@ -121,6 +122,11 @@ impl<'r> Store<'r> {
         Ok(())
     }
 
+    /// A file's chunk ids, its list blobs expanded ([`Repository::chunk_list`]).
+    pub(crate) fn chunk_list<'a>(&self, chunks: &'a ChunkList) -> Result<Cow<'a, [Id]>> {
+        self.repo.chunk_list(&self.index, chunks)
+    }
+
     /// The decoded tree `id`.
     pub(crate) fn tree(&mut self, id: &Id) -> Result<Arc<Tree>> {
         if let Some(tree) = self.trees.get(id) {
@@ -171,7 +177,7 @@ fn weight(tree: &Tree) -> u64 {
         .iter()
         .map(|node| {
             let content = match &node.content {
-                Content::File { chunks } => chunks.len() * 32,
+                Content::File { chunks } => chunks.inline().map_or(chunks.lists().len(), <[Id]>::len) * 32,
                 Content::Symlink { target } => target.len(),
                 _ => 32,
             };

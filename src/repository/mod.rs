@@ -13,6 +13,7 @@ pub mod packer;
 pub mod reader;
 pub mod upload;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -24,13 +25,14 @@ use crate::chunking::Chunker;
 use crate::compression;
 use crate::crypto::{Keys, MasterKey};
 use crate::error::{Error, Result};
+use crate::format::chunk_list;
 use crate::format::config::Config;
 use crate::format::envelope;
 use crate::format::index::{IndexFile, IndexedPack};
 use crate::format::key::KeyFile;
 use crate::format::pack::{BlobEntry, BlobKind, Codec};
 use crate::format::snapshot::Snapshot;
-use crate::format::tree::Tree;
+use crate::format::tree::{ChunkList, Tree};
 use crate::id::{BlobHasher, Id};
 use index::Index;
 pub use layout::FileKind;
@@ -749,6 +751,22 @@ impl Repository {
         let bytes = self.read_blob(index, id)?;
         Tree::decode(&bytes, &format!("tree {}", id.short()))
     }
+
+    /// A file's chunk ids: the node's own, or its chain of list blobs read (from the tree cache
+    /// when there is one, as trees are) and expanded (store-format/tree.md, "Chunk lists"). Every
+    /// reader of file content goes through here. A list blob missing from the index is
+    /// [`Error::MissingBlob`], as a missing chunk is.
+    pub(crate) fn chunk_list<'a>(&self, index: &Index, chunks: &'a ChunkList) -> Result<Cow<'a, [Id]>> {
+        match chunks {
+            ChunkList::Inline(ids) => Ok(Cow::Borrowed(ids)),
+            ChunkList::Stored { count, lists } => {
+                let blobs = lists.iter().map(|id| self.read_blob(index, id)).collect::<Result<Vec<_>>>()?;
+                let named =
+                    blobs.iter().zip(lists).map(|(bytes, id)| (bytes.as_slice(), format!("list {}", id.short())));
+                Ok(Cow::Owned(chunk_list::expand(named, *count)?))
+            }
+        }
+    }
 }
 
 /// A repository with its index loaded: what reads trees and blobs by their ids (rustic's
@@ -786,6 +804,11 @@ impl<'r> Indexed<'r> {
     /// Reads and decodes the tree `id`.
     pub fn read_tree(&self, id: &Id) -> Result<Tree> {
         self.repo.read_tree(&self.index, id)
+    }
+
+    /// A file's chunk ids, its list blobs expanded ([`Repository::chunk_list`]).
+    pub fn chunk_list<'a>(&self, chunks: &'a ChunkList) -> Result<Cow<'a, [Id]>> {
+        self.repo.chunk_list(&self.index, chunks)
     }
 }
 

@@ -45,6 +45,7 @@ use std::time::Duration;
 use rayon::prelude::*;
 
 use super::exclude::Excludes;
+use super::lists::ListWriter;
 use super::nofollow::{fstat, Dir, Kind, OpenError, Stat};
 use super::sqlite;
 use super::walk_options::WalkOptions;
@@ -52,7 +53,7 @@ use crate::chunking::{Chunker, READ_WINDOW};
 use crate::error::{Error, Result};
 use crate::format::pack::BlobKind;
 use crate::format::snapshot::SourceError;
-use crate::format::tree::{Content, Metadata, Node, Tree};
+use crate::format::tree::{ChunkList, Content, Metadata, Node, Tree};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
@@ -298,7 +299,7 @@ impl<'a> Archiver<'a> {
         meta: &Metadata,
         parent: Option<&'n Node>,
         wal_sibling: bool,
-    ) -> Option<&'n Vec<Id>> {
+    ) -> Option<&'n ChunkList> {
         match parent {
             Some(Node { meta: old, content: Content::File { chunks }, .. })
                 if metadata_unchanged(old, meta)
@@ -484,9 +485,9 @@ impl<'a> Archiver<'a> {
     ) -> Result<Look> {
         let listed = stat.metadata();
         if let Some(chunks) = self.previous_chunks(at, &listed, previous, wal_sibling) {
-            if chunks.iter().all(|id| self.store.contains(id)) {
+            if self.lists().all_stored(chunks) {
                 self.progress.file_done(listed.size);
-                return Ok(Look::Node(self.file(at, listed, chunks.clone())));
+                return Ok(Look::Node(self.node(at, listed, chunks.clone())));
             }
         }
         let file = match open_for_reading(dir, at.name) {
@@ -509,7 +510,7 @@ impl<'a> Archiver<'a> {
         if let Some(timeout) = self.sqlite {
             if sqlite::has_header(&file) {
                 drop(file);
-                return self.database_node(dir, at, listed, timeout);
+                return self.database_node(dir, at, listed, timeout, previous);
             }
         }
         let must_be_database = !self.required_databases.is_empty() && self.required_databases.contains(&at.path());
@@ -521,17 +522,31 @@ impl<'a> Archiver<'a> {
             Some((chunks, status, len)) => {
                 self.counts.files_read.fetch_add(1, Relaxed);
                 self.progress.file_done(0);
-                Look::Node(self.file(at, Metadata { size: len, ..status.metadata() }, chunks))
+                Look::Node(self.file(at, Metadata { size: len, ..status.metadata() }, chunks, previous)?)
             }
             None => Look::Skip,
         })
     }
 
+    /// A file node for chunks just read, its list inline or in list blobs, patched against the
+    /// `previous` node's where that pays ([`super::lists`]).
+    fn file(&self, at: &Location<'_>, meta: Metadata, chunks: Vec<Id>, previous: Option<&Node>) -> Result<Node> {
+        let parent = match previous {
+            Some(Node { content: Content::File { chunks }, .. }) => Some(chunks),
+            _ => None,
+        };
+        Ok(self.node(at, meta, self.lists().content(chunks, parent)?))
+    }
+
     /// A file node, counted.
-    fn file(&self, at: &Location<'_>, meta: Metadata, chunks: Vec<Id>) -> Node {
+    fn node(&self, at: &Location<'_>, meta: Metadata, chunks: ChunkList) -> Node {
         self.counts.files.fetch_add(1, Relaxed);
         self.counts.bytes.fetch_add(meta.size, Relaxed);
         Node { name: at.name.to_vec(), meta, content: Content::File { chunks }, xattrs: Vec::new() }
+    }
+
+    fn lists(&self) -> ListWriter<'_> {
+        ListWriter { repo: self.repo, index: self.index, store: self.store }
     }
 
     /// Reads an open file into chunks up to [`READ_ATTEMPTS`] times, until its status (through
@@ -611,7 +626,14 @@ impl Archiver<'_> {
 
     /// Captures a live database through SQLite (src/source/sqlite.rs), one chunk per page,
     /// opened through `dir`'s descriptor. Its metadata is the listing's.
-    fn database_node(&self, dir: &Dir, at: &Location<'_>, listed: Metadata, timeout: Duration) -> Result<Look> {
+    fn database_node(
+        &self,
+        dir: &Dir,
+        at: &Location<'_>,
+        listed: Metadata,
+        timeout: Duration,
+        previous: Option<&Node>,
+    ) -> Result<Look> {
         let mut ids = Vec::new();
         let mut size = 0u64;
         let identity = (listed.dev, listed.ino);
@@ -630,7 +652,7 @@ impl Archiver<'_> {
                 self.counts.files_read.fetch_add(1, Relaxed);
                 self.counts.databases.fetch_add(1, Relaxed);
                 self.progress.file_done(0);
-                Ok(Look::Node(self.file(at, Metadata { size, ..listed }, ids)))
+                Ok(Look::Node(self.file(at, Metadata { size, ..listed }, ids, previous)?))
             }
             Err(sqlite::CaptureError::Sink(e)) => Err(e),
             Err(e) => {

@@ -9,6 +9,7 @@ pub mod archiver;
 pub mod attributes;
 pub mod command;
 pub mod exclude;
+pub mod lists;
 pub mod nofollow;
 pub mod sqlite;
 pub mod walk_options;

@@ -36,7 +36,7 @@ pub fn deep_snapshot(repo: &Path, depth: usize, content: &[u8], missing_chunk: b
     let file = Node {
         name: b"f".to_vec(),
         meta: Metadata { mode: 0o644, size: content.len() as u64 + missing_chunk as u64, ..meta },
-        content: Content::File { chunks },
+        content: Content::File { chunks: chunks.into() },
         xattrs: Vec::new(),
     };
     let mut tree = store.store(BlobKind::Tree, &Tree { nodes: vec![file] }.encode()).unwrap();
@@ -83,7 +83,7 @@ pub fn diamond_snapshot(repo: &Path, depth: usize) -> String {
     let file = Node {
         name: b"f".to_vec(),
         meta: Metadata { mode: 0o644, size: 1, ..meta },
-        content: Content::File { chunks: vec![Id::of(b"a chunk no pack holds either")] },
+        content: Content::File { chunks: vec![Id::of(b"a chunk no pack holds either")].into() },
         xattrs: Vec::new(),
     };
     let mut tree = store.store(BlobKind::Tree, &Tree { nodes: vec![file] }.encode()).unwrap();

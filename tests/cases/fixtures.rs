@@ -90,6 +90,46 @@ fn repository_v2_still_restores() {
     }
 }
 
+/// The first repository with version 3 trees (a database's chunk list in list blobs): two
+/// snapshots, the second's database a FULL list and one patch, beside an inline small file.
+#[test]
+fn repository_v3_still_restores() {
+    use std::io::Read as _;
+    let scratch = Scratch::new("fixture-repo-v3");
+    let repo = scratch.join("repo");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/repo-v3");
+    assert!(std::process::Command::new("cp").arg("-r").arg(fixture).arg(&repo).status().unwrap().success());
+    let list = json(cairn(&repo).arg("snapshots"));
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    let sha256 = |path: &Path| {
+        let mut child =
+            std::process::Command::new("sha256sum").arg(path).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let mut out = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        child.wait().unwrap();
+        out.split_whitespace().next().unwrap().to_string()
+    };
+    let expected = [
+        "bbfd52d856758f5c6af24a751578f0e7264998e89c05c24e552d74026eae1da3",
+        "52475d6c436f291868f7cdb3b208f5cd098dfeca2d0ab7cc480de65c4a716b94",
+    ];
+    for (i, hash) in expected.iter().enumerate() {
+        let target = scratch.join(format!("restored-{i}"));
+        let id = list[i]["id"].as_str().unwrap();
+        ok(cairn(&repo).args(["restore", id, "--target"]).arg(&target));
+        assert_eq!(fs::read(target.join("hello.txt")).unwrap(), b"hello from format v3\n");
+        assert_eq!(&sha256(&target.join("app.db")), hash, "snapshot {i}'s database");
+        let meta = fs::symlink_metadata(target.join("app.db")).unwrap();
+        assert_eq!((meta.mtime(), meta.mtime_nsec()), (1767323045, 123456789));
+    }
+    // A new snapshot of the restored database (another path, so no parent) dedups every page:
+    // it adds a FULL list and a tree only.
+    let again = json(cairn(&repo).arg("snapshot").arg(scratch.join("restored-1")));
+    assert_eq!(again["summary"]["blobs_added"], 2, "{again}");
+    ok(cairn(&repo).arg("check"));
+}
+
 /// Whether the scratch directory's file system keeps user attributes.
 fn probe(scratch: &Scratch) -> bool {
     fs::write(scratch.join("probe"), b"").unwrap();

@@ -421,7 +421,7 @@ fn deep_repository(repo: &Path, depth: usize) -> String {
     let leaf = Node {
         name: b"leaf".to_vec(),
         meta: meta(0o640, content.len() as u64),
-        content: Content::File { chunks: vec![chunk] },
+        content: Content::File { chunks: vec![chunk].into() },
         xattrs: Vec::new(),
     };
     let mut tree = Tree { nodes: vec![leaf] };

@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::chunking::Chunker;
 use crate::error::{Error, Result};
 use crate::format::snapshot::Snapshot;
-use crate::format::tree::{Content, Metadata, Node, Xattr};
+use crate::format::tree::{ChunkList, Content, Metadata, Node, Xattr};
 use crate::fs_at::{is_dir, set_metadata_fd, stat_fd, Dir};
 use crate::id::Id;
 use crate::repository::Indexed;
@@ -479,12 +479,15 @@ impl Walker<'_> {
 
     /// Whether the regular file `name` holds exactly these chunks (always, when comparing only
     /// metadata: restore verified the content as it wrote it).
-    fn same_file(&self, dir: &Dir, name: &[u8], chunks: &[Id]) -> bool {
+    /// A chain of list blobs that cannot be read makes the file differ: restoring it then reports
+    /// why.
+    fn same_file(&self, dir: &Dir, name: &[u8], chunks: &ChunkList) -> bool {
         if self.compare == Compare::Metadata {
             return true;
         }
+        let Ok(chunks) = self.repo.chunk_list(chunks) else { return false };
         let Ok(Some((file, st))) = dir.open_regular(name) else { return false };
-        crate::source::same_content(&self.chunker, &file, st.st_size as u64, chunks).unwrap_or(false)
+        crate::source::same_content(&self.chunker, &file, st.st_size as u64, &chunks).unwrap_or(false)
     }
 }
 
