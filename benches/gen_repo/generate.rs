@@ -35,7 +35,7 @@ use cairn::format::config::Config;
 use cairn::format::index::{IndexFile, IndexedPack};
 use cairn::format::pack::{self, BlobEntry, BlobKind, Codec};
 use cairn::format::snapshot::{Snapshot, Summary};
-use cairn::format::tree::{Content, Metadata, Node, Tree};
+use cairn::format::tree::{ChunkList, Content, Metadata, Node, Tree};
 use cairn::id::Id;
 use cairn::repository::{FileKind, Location, NewKeys, Repository};
 use rayon::prelude::*;
@@ -293,7 +293,7 @@ fn leaf_tree(repo: &Repository, options: &Options, number: u64, time: i64) -> (T
         tree.nodes.push(Node {
             name: format!("{:06}", file - first_file).into_bytes(),
             meta: metadata(0o644, size, file + 1, time),
-            content: Content::File { chunks },
+            content: Content::File { chunks: ChunkList::Inline(chunks) },
             xattrs: Vec::new(),
         });
         counts.files += 1;

@@ -23,7 +23,12 @@ fn open(repo: &Path) -> Repository {
 fn tree_bytes(repo: &Path) -> u64 {
     let repo = open(repo);
     let index = repo.load_index().unwrap();
-    index.entries().filter(|(_, entry)| entry.kind == BlobKind::Tree).map(|(_, entry)| entry.stored_len as u64).sum()
+    index
+        .entries()
+        .map(|entry| entry.unwrap().1)
+        .filter(|entry| entry.kind == BlobKind::Tree)
+        .map(|entry| entry.stored_len as u64)
+        .sum()
 }
 
 /// The chunk list of the file `name` in the root tree of snapshot `id`.
