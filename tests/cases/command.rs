@@ -241,7 +241,7 @@ every = "1h"
 "#;
     fs::write(&config, text).unwrap();
     // From another directory: the command runs in the config's, as hooks do.
-    let mut command = Command::new(CAIRN);
+    let mut command = cairn_bare();
     command.args(["run", "--json", "--config"]).arg(&config).current_dir("/");
     command.env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG").stdin(Stdio::null());
     with_password(&mut command);

@@ -55,7 +55,7 @@ fn missing_source_path_is_an_error_and_writes_nothing() {
     // Nor does it create the default repository.
     let home = scratch.join("home");
     fs::create_dir(&home).unwrap();
-    let mut command = std::process::Command::new(CAIRN);
+    let mut command = cairn_bare();
     command
         .arg("snapshot")
         .arg(scratch.join("no-such-dir"))

@@ -10,7 +10,7 @@ use crate::support::*;
 
 /// `cairn run --config CONFIG`, the clock moved `days` ahead.
 fn cairn_run(config: &Path, days: i64) -> Command {
-    let mut command = Command::new(CAIRN);
+    let mut command = cairn_bare();
     command.arg("run").arg("--config").arg(config).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
     command.env("CAIRN_CLOCK_OFFSET", (days * 86_400).to_string());
     with_password(&mut command);
@@ -259,7 +259,7 @@ fn config_check_speaks_json() {
     let scratch = Scratch::new("monitor-config-json");
     let config = scratch.join("cairn.toml");
     fs::write(&config, "[[source]]\nname = \"a\"\npaths = [\"/\"]\nbogus = 1\n").unwrap();
-    let out = run(Command::new(CAIRN).args(["--json", "config", "check", "--config"]).arg(&config));
+    let out = run(cairn_bare().args(["--json", "config", "check", "--config"]).arg(&config));
     assert_eq!(out.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(report["ok"], false);

@@ -194,7 +194,7 @@ fn default_repository_is_created_on_first_snapshot() {
     fs::create_dir_all(&source).unwrap();
     fs::write(source.join("f"), b"content").unwrap();
     let plain = |args: &[&str]| {
-        let mut command = std::process::Command::new(CAIRN);
+        let mut command = cairn_bare();
         command.args(args).env("HOME", &home).env_remove("XDG_DATA_HOME").env_remove("CAIRN_REPO");
         command
     };

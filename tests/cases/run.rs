@@ -18,7 +18,7 @@ use crate::support::*;
 
 /// `cairn run --config FILE` with the S3 server's settings in the environment.
 fn cairn_run(config: &Path) -> Command {
-    let mut command = Command::new(CAIRN);
+    let mut command = cairn_bare();
     command.arg("run").arg("--config").arg(config).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
     with_password(&mut command);
     for (key, value) in s3().env() {
@@ -101,7 +101,7 @@ every = "1h"
 #[test]
 fn two_runs_snapshot_prune_sync_and_drill_everything() {
     let s = setup("run-e2e", "");
-    ok(Command::new(CAIRN).args(["config", "check", "--config"]).arg(&s.config));
+    ok(cairn_bare().args(["config", "check", "--config"]).arg(&s.config));
     let db = s.scratch.join("db/app.db");
     let (stop, commits) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let writer = start_pair_writer(db.clone(), stop.clone(), commits.clone());
@@ -262,7 +262,7 @@ fn config_check_reports_each_problem_with_its_line() {
         "repository = \"repo\"\n\n[[source]]\nname = \"web\"\npathz = [\"web\"]\n\n[[source]]\nname = \"db\"\nkind = \"sqlite\"\npaths = [\"missing.db\"]\n\n[retention]\nkeep_daily = \"seven\"\n",
     )
     .unwrap();
-    let output = run(Command::new(CAIRN).args(["config", "check", "--config"]).arg(&config));
+    let output = run(cairn_bare().args(["config", "check", "--config"]).arg(&config));
     assert_eq!(output.status.code(), Some(1));
     let text = String::from_utf8_lossy(&output.stdout);
     let c = config.display();
@@ -275,13 +275,13 @@ fn config_check_reports_each_problem_with_its_line() {
         assert!(text.contains(&expected), "missing {expected:?} in:\n{text}");
     }
     // `run` refuses a config with problems other than missing paths, and says why.
-    let refused = run(Command::new(CAIRN).args(["run", "--config"]).arg(&config));
+    let refused = run(cairn_bare().args(["run", "--config"]).arg(&config));
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("nothing was run"));
     // The example is valid apart from its paths.
-    let example = ok(Command::new(CAIRN).args(["config", "example"]));
+    let example = ok(cairn_bare().args(["config", "example"]));
     fs::write(&config, example).unwrap();
-    let checked = run(Command::new(CAIRN).args(["config", "check", "--config"]).arg(&config));
+    let checked = run(cairn_bare().args(["config", "check", "--config"]).arg(&config));
     let text = String::from_utf8_lossy(&checked.stdout);
     assert!(
         text.lines().filter(|l| l.contains(": ") && !l.ends_with("problems")).all(|l| l.contains("does not exist")),

@@ -79,7 +79,7 @@ fn serve(site: &Site) -> Served {
 
 /// [`serve`], with something more done to its command.
 fn serve_with(site: &Site, more: impl FnOnce(&mut Command)) -> Served {
-    let mut command = Command::new(CAIRN);
+    let mut command = cairn_bare();
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&site.config)
@@ -385,7 +385,7 @@ fn the_server_refuses_to_start_without_safe_tokens() {
     let site = site("serve-tokens", 0.0);
     let tokens = site.scratch.join("tokens");
     let start = |extra: &[&str]| {
-        let mut command = Command::new(CAIRN);
+        let mut command = cairn_bare();
         command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&site.config).args(extra);
         command.env_remove("CAIRN_CONFIG").env_remove("CREDENTIALS_DIRECTORY").stdin(Stdio::null());
         with_password(&mut command);

@@ -46,13 +46,21 @@ impl Drop for Scratch {
 
 /// A `cairn` command against `repo`, with a clean environment for repository selection.
 pub fn cairn(repo: &Path) -> Command {
-    let mut command = Command::new(CAIRN);
+    let mut command = cairn_bare();
     command.arg("--repo").arg(repo).env_remove("CAIRN_REPO").stdin(Stdio::null());
     // No config file of the user's decides what `status` judges.
     command.env_remove("CAIRN_CONFIG").env("XDG_CONFIG_HOME", "/nonexistent/cairn-tests");
-    // Object-store repositories keep a cache: this test process's own, not the user's.
-    command.env("CAIRN_CACHE_DIR", std::env::temp_dir().join(format!("cairn-test-cache-{}", std::process::id())));
     with_password(&mut command);
+    command
+}
+
+/// The `cairn` binary with nothing chosen but its cache: every repository, local ones too, keeps
+/// a sorted copy of its index there, and object stores their files: this test process's own
+/// cache under the target directory, never the user's.
+pub fn cairn_bare() -> Command {
+    let mut command = Command::new(CAIRN);
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cairn-test-cache-{}", std::process::id()));
+    command.env("CAIRN_CACHE_DIR", cache);
     command
 }
 

@@ -314,7 +314,7 @@ fn config_keys_reach_the_snapshot_and_an_unmatchable_exclude_fails_its_source_on
                 one_file_system = true\n";
     fs::write(&config, body).unwrap();
     let cairn_run = |config: &Path| {
-        let mut command = Command::new(CAIRN);
+        let mut command = cairn_bare();
         command.arg("run").arg("--config").arg(config).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
         with_password(&mut command);
         command.stdin(Stdio::null());
@@ -338,7 +338,7 @@ fn config_keys_reach_the_snapshot_and_an_unmatchable_exclude_fails_its_source_on
     let two = body.replace("[\"*.tmp\"]", "[\"*.tmp\",\n  \"src/logs\"]")
         + "\n[[source]]\nname = \"other\"\npaths = [\"other\"]\n";
     fs::write(&bad, two).unwrap();
-    let check = run(Command::new(CAIRN).args(["config", "check", "--config"]).arg(&bad));
+    let check = run(cairn_bare().args(["config", "check", "--config"]).arg(&bad));
     let text = String::from_utf8_lossy(&check.stdout).to_string() + &String::from_utf8_lossy(&check.stderr);
     assert!(
         !check.status.success() && text.contains("bad.toml:7: exclude pattern \"src/logs\" can never match"),
