@@ -41,6 +41,20 @@ pub struct Location {
     pub codec: Codec,
 }
 
+impl Location {
+    /// Where `blob`, an entry of the pack numbered `pack`, lives.
+    pub fn of(pack: u32, blob: &BlobEntry) -> Location {
+        Location {
+            pack,
+            offset: blob.offset,
+            stored_len: blob.stored_len,
+            raw_len: blob.raw_len,
+            kind: blob.kind,
+            codec: blob.codec,
+        }
+    }
+}
+
 /// Which of two packs' copies of a blob wins: the id of the index file that named the pack first,
 /// and the pack's record number in it.
 type PackOrder = (Id, u32);
@@ -105,17 +119,7 @@ impl Index {
 
     fn add_pack(&mut self, pack: &IndexedPack, order: PackOrder, blobs: &mut Vec<(Id, Location)>) {
         let number = self.pack_number(pack.id, pack.len, order);
-        blobs.extend(pack.blobs.iter().map(|blob| {
-            let location = Location {
-                pack: number,
-                offset: blob.offset,
-                stored_len: blob.stored_len,
-                raw_len: blob.raw_len,
-                kind: blob.kind,
-                codec: blob.codec,
-            };
-            (blob.id, location)
-        }));
+        blobs.extend(pack.blobs.iter().map(|blob| (blob.id, Location::of(number, blob))));
     }
 
     /// The winner of two locations of one blob.

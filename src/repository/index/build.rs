@@ -91,15 +91,7 @@ impl Builder {
                 (self.head.packs.len() - 1) as u32
             });
             for blob in &pack.blobs {
-                let location = Location {
-                    pack: number,
-                    offset: blob.offset,
-                    stored_len: blob.stored_len,
-                    raw_len: blob.raw_len,
-                    kind: blob.kind,
-                    codec: blob.codec,
-                };
-                self.run.push((blob.id, location));
+                self.run.push((blob.id, Location::of(number, blob)));
                 self.entries += 1;
                 if self.run.len() >= self.run_limit {
                     self.spill()?;
