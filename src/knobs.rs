@@ -1,6 +1,7 @@
 //! Test knobs: environment variables that bend what a test would otherwise wait for or pay.
-//! Only a build with the `test-knobs` feature reads them, and only `cargo test` makes one (the
-//! package's dev-dependency on itself turns the feature on); a release binary reads none.
+//! Only a build with the `test-knobs` feature reads them, and only `cargo test` and `cargo bench`
+//! make one (the package's dev-dependency on itself turns the feature on); a binary from `cargo
+//! build` reads none (benches/big_index.sh measures one of those for that reason).
 //!
 //! - `CAIRN_KDF_MEMORY_KIB`: the Argon2id memory of new key files (tests lower it).
 //! - `CAIRN_CLOCK_OFFSET`: seconds added to this process's clock ([`crate::clock::now`]), so
