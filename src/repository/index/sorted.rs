@@ -33,7 +33,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use super::Location;
@@ -81,8 +81,8 @@ pub(super) struct SortedFile {
     salt: [u8; 16],
     /// Set once a block failed its checksum: lookups in it answer "absent".
     damaged: AtomicBool,
-    /// Blocks whose checksum matched once (one bit each).
-    verified: Vec<AtomicU64>,
+    /// Packs in the head: an entry naming another is damage.
+    packs: u32,
     /// Where the file is named, if it is: removed when found damaged, so the next open rebuilds.
     path: Option<PathBuf>,
     /// The keys its blocks are sealed with (an encrypted repository's).
@@ -136,20 +136,14 @@ fn block_aad(salt: &[u8; 16], block: u64) -> [u8; 24] {
 
 /// Checks block `block` of a file read into `bytes` (entries, then checksum or seal) and
 /// returns its entries, plain.
-fn open_block<'b>(
-    salt: &[u8; 16],
-    keys: Option<&Keys>,
-    block: u64,
-    bytes: &'b mut [u8],
-    checked: bool,
-) -> io::Result<&'b [u8]> {
+fn open_block<'b>(salt: &[u8; 16], keys: Option<&Keys>, block: u64, bytes: &'b mut [u8]) -> io::Result<&'b [u8]> {
     if let Some(keys) = keys {
         return keys
             .open_in_place(&block_aad(salt, block), bytes, "sorted index block")
             .map_err(|_| invalid("a block does not open with the repository's key"));
     }
     let (entries, sum) = bytes.split_at(bytes.len() - SUM_LEN);
-    if !checked && block_sum(salt, block, entries) != sum {
+    if block_sum(salt, block, entries) != sum {
         return Err(invalid("block checksum mismatch"));
     }
     Ok(entries)
@@ -331,9 +325,7 @@ impl SortedFile {
         {
             return Err(invalid("fan-out table out of order"));
         }
-        let blocks = blobs.div_ceil(BLOCK_ENTRIES as u64) as usize;
         let salt = footer[44..60].try_into().expect("16 bytes");
-        let verified = (0..blocks.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
         Ok((
             SortedFile {
                 file,
@@ -342,7 +334,7 @@ impl SortedFile {
                 starts,
                 salt,
                 damaged: AtomicBool::new(false),
-                verified,
+                packs: packs as u32,
                 path,
                 keys: keys.cloned(),
                 recent: Mutex::default(),
@@ -406,13 +398,8 @@ impl SortedFile {
         let bytes = &mut buffer[..entries * ENTRY_LEN + tag_len(self.keys.is_some())];
         let at = block * (ENTRY_LEN * BLOCK_ENTRIES + tag_len(self.keys.is_some())) as u64;
         self.file.read_exact_at(bytes, at)?;
-        let (word, bit) = ((block / 64) as usize, 1u64 << (block % 64));
-        let checked = self.verified[word].load(Relaxed) & bit != 0;
-        let entries = open_block(&self.salt, self.keys.as_ref(), block, bytes, checked)?;
-        if !checked {
-            self.verified[word].fetch_or(bit, Relaxed);
-        }
-        Ok(entries)
+        // Checked on every read, not once: a block read again from disk may have changed since.
+        open_block(&self.salt, self.keys.as_ref(), block, bytes)
     }
 
     /// The location of `id`. A block that cannot be read or fails its checksum answers
@@ -461,7 +448,7 @@ impl SortedFile {
                     std::cmp::Ordering::Less => low = middle + 1,
                     std::cmp::Ordering::Greater => high = middle,
                     std::cmp::Ordering::Equal => {
-                        let decoded = decode_entry(at(middle));
+                        let decoded = decode_entry(at(middle)).filter(|(_, l)| l.pack < self.packs);
                         if decoded.is_none() {
                             self.mark_damaged();
                         }
@@ -523,7 +510,7 @@ impl Scan<'_> {
         let count = (file.blobs - self.block * BLOCK_ENTRIES as u64).min(BLOCK_ENTRIES as u64) as usize;
         self.entries.resize(count * ENTRY_LEN + tag_len(file.keys.is_some()), 0);
         self.reader.read_exact(&mut self.entries)?;
-        if let Err(e) = open_block(&file.salt, file.keys.as_ref(), self.block, &mut self.entries, false) {
+        if let Err(e) = open_block(&file.salt, file.keys.as_ref(), self.block, &mut self.entries) {
             file.mark_damaged();
             return Err(e);
         }
@@ -555,12 +542,12 @@ impl Iterator for Scan<'_> {
         }
         let bytes = &self.entries[self.next * ENTRY_LEN..(self.next + 1) * ENTRY_LEN];
         self.next += 1;
-        match decode_entry(bytes) {
+        match decode_entry(bytes).filter(|(_, l)| l.pack < self.file.packs) {
             Some(entry) => Some(Ok(entry)),
             None => {
                 self.failed = true;
                 self.file.mark_damaged();
-                Some(Err(invalid("unknown kind or codec")))
+                Some(Err(invalid("unknown kind, codec or pack")))
             }
         }
     }
