@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+use super::page_cache::Left;
 use super::{Backend, WholeObject};
 use crate::disk::sync_dir;
 use crate::error::{Error, IoContext, Result};
@@ -69,34 +70,29 @@ fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 thread_local! {
-    /// The file this thread last read a range of, still open, and the [`CHANGES`] count it was
-    /// opened under (see `get_range`).
-    static LAST_OPENED: std::cell::RefCell<Option<(PathBuf, u64, File)>> = const { std::cell::RefCell::new(None) };
+    /// The files this thread last read ranges of, the latest last, still open, with the
+    /// [`CHANGES`] count each was opened under (see `get_range`).
+    static OPENED: std::cell::RefCell<Vec<(PathBuf, u64, File)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Files threads have moved on from (by `get_range`), the last left last. Each is dropped from
-/// the page cache once [`LEFT_KEPT`] others have been left after it: a restore reads each pack
-/// once, and would otherwise fill the page cache with a repository's worth of packs, evicting
-/// what the machine's services keep cached. The memory freed is what the pages of the files
-/// being restored take next. (On a virtual machine, a page touched for the first time since its
-/// memory went back to the host costs more than the copy into it.)
-static LEFT: std::sync::Mutex<std::collections::VecDeque<PathBuf>> =
-    std::sync::Mutex::new(std::collections::VecDeque::new());
+/// Files each thread keeps open for ranged reads. Few: a pack deleted by another process keeps
+/// its space while it is open.
+const OPEN_KEPT: usize = 8;
 
-/// Files left by `get_range` that stay cached: enough that the other threads are done with them,
-/// and that a pack of trees, read between packs of data, stays.
-const LEFT_KEPT: usize = 4;
+/// The packs threads have moved on from (by `get_range`): see [`super::page_cache`].
+static LEFT: std::sync::LazyLock<std::sync::Mutex<Left>> = std::sync::LazyLock::new(Default::default);
 
+/// A thread opens `path` for ranged reads.
+fn opening(path: &Path) {
+    LEFT.lock().expect("poisoned").opening(path);
+}
+
+/// A thread moved on from `path`: drops what is no longer kept from the page cache.
 fn left_behind(path: PathBuf) {
     use std::os::fd::AsRawFd;
-    let dropped = {
-        let mut left = LEFT.lock().expect("poisoned");
-        left.retain(|kept| *kept != path);
-        left.push_back(path);
-        (left.len() > LEFT_KEPT).then(|| left.pop_front()).flatten()
-    };
+    let dropped = LEFT.lock().expect("poisoned").left(path);
     // Not kept open: a deleted pack's space must be freed. One deleted since has no pages left.
-    if let Some(file) = dropped.and_then(|path| File::open(path).ok()) {
+    for file in dropped.into_iter().filter_map(|path| File::open(path).ok()) {
         // SAFETY: a valid descriptor; the advice only drops clean cached pages of the file.
         unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     }
@@ -163,22 +159,36 @@ impl Backend for LocalBackend {
     }
 
     /// Ranged reads come in runs from the same pack (a restore reads a pack's blobs in order), so
-    /// each thread keeps its last pack open: a million small files are a million reads.
+    /// each thread keeps its last few packs open: a million small files are a million reads, and
+    /// a database's pages from months of snapshots move between the same packs page by page.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
         let path = self.path(key);
         let mut out = vec![0; len as usize];
-        let read = LAST_OPENED.with(|cell| {
-            let mut last = cell.borrow_mut();
+        let read = OPENED.with(|cell| {
+            let mut opened = cell.borrow_mut();
             let now = CHANGES.load(std::sync::atomic::Ordering::Relaxed);
-            if !last.as_ref().is_some_and(|(open, at, _)| *open == path && *at == now) {
-                if let Some((left, _, file)) = last.take() {
-                    drop(file); // closed first: a deleted pack's space is freed
-                    left_behind(left);
+            // Closed first: a pack deleted or replaced since must be opened again.
+            opened.retain(|(_, at, _)| *at == now);
+            if opened.last().map_or(true, |(open, _, _)| *open != path) {
+                opening(&path); // first, so that leaving the last pack does not drop this one
+                if let Some((previous, _, _)) = opened.last() {
+                    left_behind(previous.clone());
                 }
-                *last = Some((path.clone(), now, File::open(&path)?));
+                match opened.iter().position(|(open, _, _)| *open == path) {
+                    Some(at) => {
+                        let entry = opened.remove(at);
+                        opened.push(entry);
+                    }
+                    None => {
+                        if opened.len() == OPEN_KEPT {
+                            opened.remove(0); // closed: a deleted pack's space is freed
+                        }
+                        opened.push((path.clone(), now, File::open(&path)?));
+                    }
+                }
             }
-            let (_, _, file) = last.as_ref().expect("just opened");
+            let (_, _, file) = opened.last().expect("just opened");
             file.read_exact_at(&mut out, offset)
         });
         match read {
