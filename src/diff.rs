@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::format::tree::{Content, Metadata, Node};
+use crate::format::tree::{ChunkList, Content, Metadata, Node};
 use crate::id::Id;
 use crate::repository::Indexed;
 
@@ -74,7 +74,7 @@ pub struct Summary {
 pub fn diff(repo: &Indexed, old: &Id, new: &Id, mut each: impl FnMut(&Entry) -> ControlFlow<()>) -> Result<Summary> {
     let mut summary = Summary::default();
     let trees = crate::walk::side_by_side(repo, Some(old), Some(new), Vec::new(), |path, a, b| {
-        let Some(change) = change(a, b) else { return ControlFlow::Continue(()) };
+        let Some(change) = change(a, b, |x, y| same_chunks(repo, x, y)) else { return ControlFlow::Continue(()) };
         let size = |node: Option<&Node>| node.map(|n| n.meta.size);
         let entry = Entry {
             path: path.to_vec(),
@@ -110,8 +110,24 @@ pub fn diff(repo: &Indexed, old: &Id, new: &Id, mut each: impl FnMut(&Entry) -> 
     Ok(summary)
 }
 
-/// How `new` differs from `old`, or `None` if it does not (as far as a diff tells).
-pub fn change(old: Option<&Node>, new: Option<&Node>) -> Option<Change> {
+/// Whether two chunk lists that are not equal as stored list the same chunks: a chain of list
+/// blobs and another chain, or a full list, of the same content (store-format/tree.md "Chunk
+/// lists"). Only lists of the same length kept in list blobs are read; one that cannot be read
+/// differs.
+fn same_chunks(repo: &Indexed, a: &ChunkList, b: &ChunkList) -> bool {
+    if a.count() != b.count() || (a.inline().is_some() && b.inline().is_some()) {
+        return false;
+    }
+    matches!((repo.chunk_list(a), repo.chunk_list(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// How `new` differs from `old`, or `None` if it does not (as far as a diff tells); files whose
+/// chunk lists differ as stored are compared by `same_chunks`.
+pub fn change(
+    old: Option<&Node>,
+    new: Option<&Node>,
+    same_chunks: impl Fn(&ChunkList, &ChunkList) -> bool,
+) -> Option<Change> {
     let (old, new) = match (old, new) {
         (None, None) => return None,
         (Some(_), None) => return Some(Change::Removed),
@@ -121,7 +137,7 @@ pub fn change(old: Option<&Node>, new: Option<&Node>) -> Option<Change> {
     let content = match (&old.content, &new.content) {
         // A directory's entries are reported one by one.
         (Content::Dir { .. }, Content::Dir { .. }) => false,
-        (Content::File { chunks: a }, Content::File { chunks: b }) => a != b,
+        (Content::File { chunks: a }, Content::File { chunks: b }) => a != b && !same_chunks(a, b),
         (Content::Symlink { target: a }, Content::Symlink { target: b }) => a != b,
         (Content::CharDevice { rdev: a }, Content::CharDevice { rdev: b })
         | (Content::BlockDevice { rdev: a }, Content::BlockDevice { rdev: b }) => a != b,
@@ -145,6 +161,11 @@ fn same_metadata(a: &Metadata, b: &Metadata, dir: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`super::change`] where lists that differ as stored differ.
+    fn change(old: Option<&Node>, new: Option<&Node>) -> Option<Change> {
+        super::change(old, new, |_, _| false)
+    }
 
     fn node(content: Content, mode: u32, mtime: i64) -> Node {
         Node {
@@ -180,5 +201,16 @@ mod tests {
         let labelled = Node { xattrs: vec![], ..dir(1, 0o755, 10) };
         let relabelled = Node { xattrs: with_acl.xattrs.clone(), ..dir(2, 0o755, 20) };
         assert_eq!(change(Some(&labelled), Some(&relabelled)), Some(Change::Metadata));
+    }
+
+    #[test]
+    fn chunk_lists_stored_differently_are_compared_by_their_chunks() {
+        let stored = |list: u8, mtime| {
+            node(Content::File { chunks: ChunkList::Stored { count: 2048, lists: vec![Id([list; 32])] } }, 0o644, mtime)
+        };
+        let (a, b) = (stored(1, 10), stored(2, 10));
+        assert_eq!(change(Some(&a), Some(&b)), Some(Change::Modified));
+        assert_eq!(super::change(Some(&a), Some(&b), |_, _| true), None);
+        assert_eq!(super::change(Some(&a), Some(&stored(2, 11)), |_, _| true), Some(Change::Metadata));
     }
 }

@@ -180,6 +180,37 @@ fn an_insertion_in_a_large_file_is_a_patch() {
 }
 
 #[test]
+fn the_same_content_under_another_chain_is_no_change_in_a_diff() {
+    let scratch = Scratch::new("lists-diff");
+    let (data, repo) = (scratch.join("data"), scratch.join("repo"));
+    fs::create_dir_all(&data).unwrap();
+    small_chunk_repository(&repo);
+    let file = data.join("big.bin");
+    let content = noise(1 << 20, 11);
+    let write = |bytes: &[u8]| {
+        fs::write(&file, bytes).unwrap();
+        let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        fs::File::options().write(true).open(&file).unwrap().set_modified(mtime).unwrap();
+    };
+    let snapshot = || json(cairn(&repo).arg("snapshot").arg(&data))["id"].as_str().unwrap().to_string();
+    write(&content);
+    let first = snapshot();
+    let mut changed = content.clone();
+    changed[400_000..400_100].fill(b'x');
+    write(&changed);
+    let second = snapshot();
+    write(&content);
+    let third = snapshot();
+    let (one, three) = (chunk_list(&repo, &first, "big.bin"), chunk_list(&repo, &third, "big.bin"));
+    assert_ne!(one.lists(), three.lists(), "back to the first content, under a longer chain: {three:?}");
+
+    let changes = |a: &str, b: &str| json(cairn(&repo).args(["diff", a, b]))["changes"].as_array().unwrap().len();
+    assert_eq!(changes(&first, &third), 0, "the same chunks, listed by another chain");
+    assert_eq!(changes(&first, &second), 1);
+    assert_eq!(changes(&second, &third), 1);
+}
+
+#[test]
 fn a_missing_list_blob_fails_its_file_only_and_check_and_prune_say_so() {
     let scratch = Scratch::new("lists-missing");
     let (data, repo) = (scratch.join("data"), scratch.join("repo"));
