@@ -122,9 +122,17 @@ impl<'r> Store<'r> {
         Ok(())
     }
 
-    /// A file's chunk ids, its list blobs expanded ([`Repository::chunk_list`]).
-    pub(crate) fn chunk_list<'a>(&self, chunks: &'a ChunkList) -> Result<Cow<'a, [Id]>> {
-        self.repo.chunk_list(&self.index, chunks)
+    /// A file's chunk ids, its list blobs expanded ([`Repository::chunk_list`]); read again
+    /// from a fresh index when a list blob has moved, as [`Store::read_blob`].
+    pub(crate) fn chunk_list<'a>(&mut self, chunks: &'a ChunkList) -> Result<Cow<'a, [Id]>> {
+        match self.repo.chunk_list(&self.index, chunks) {
+            Err(e) if moved(&e) && self.indexed_at.elapsed() >= REFRESH => {
+                self.reload_index()?;
+                self.chunks.clear();
+                self.repo.chunk_list(&self.index, chunks)
+            }
+            read => read,
+        }
     }
 
     /// The decoded tree `id`.

@@ -7,10 +7,9 @@
 use std::fs;
 use std::path::Path;
 
-use cairn::format::config::{ChunkerParams, Config};
 use cairn::format::pack::BlobKind;
 use cairn::format::tree::{ChunkList, Content};
-use cairn::repository::{Indexed, Location, NewKeys, Passphrase, Repository};
+use cairn::repository::{Indexed, Location, Passphrase, Repository};
 use rusqlite::Connection;
 
 use crate::support::*;
@@ -126,13 +125,6 @@ fn a_changing_database_costs_a_patch_per_snapshot_and_every_snapshot_restores() 
     ok(cairn(&repo).arg("prune"));
     ok(cairn(&repo).args(["check", "--read-data"]));
     restore_all(&snapshots[10..], "after-prune");
-}
-
-/// A repository that cuts small chunks, so a file of a few hundred KiB has thousands of them.
-fn small_chunk_repository(repo: &Path) {
-    let mut config = Config::new_random();
-    config.chunker = ChunkerParams { min_size: 64, avg_size: 256, max_size: 1024, ..config.chunker };
-    Repository::create(&Location::parse(&repo.to_string_lossy()), config, NewKeys::None).unwrap();
 }
 
 #[test]

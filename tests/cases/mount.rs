@@ -344,3 +344,53 @@ fn a_name_that_comes_to_mean_another_snapshot_never_serves_the_old_one() {
     assert!(fusermount(&mnt).status.success());
     assert_eq!(mounted.wait(), Some(0), "{}", mounted.stderr());
 }
+
+/// The pack holding blob `id`, by the repository's index.
+fn pack_of(repo: &Path, id: &cairn::id::Id) -> cairn::id::Id {
+    use cairn::repository::{Location, Passphrase, Repository};
+    let repo = Repository::open(&Location::parse(&repo.to_string_lossy()), Passphrase::Given(PASSWORD)).unwrap();
+    let index = repo.load_index().unwrap();
+    index.pack_id(&index.get(id).expect("the blob is indexed"))
+}
+
+#[test]
+fn a_file_whose_chunk_list_a_prune_moved_still_reads() {
+    use cairn::format::tree::Content;
+    use cairn::repository::{Indexed, Location, Passphrase, Repository};
+    let scratch = Scratch::new("mount-lists");
+    let (data, repo, mnt) = (scratch.join("data"), scratch.join("repo"), scratch.join("mnt"));
+    fs::create_dir_all(data.join("gone")).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    small_chunk_repository(&repo);
+    let content = noise(1 << 20, 5);
+    fs::write(data.join("big.bin"), &content).unwrap();
+    fs::write(data.join("gone/file"), b"only in the first snapshot").unwrap();
+    let first = json(cairn(&repo).arg("snapshot").arg(&data))["id"].as_str().unwrap().to_string();
+    fs::remove_dir_all(data.join("gone")).unwrap();
+    ok(cairn(&repo).arg("snapshot").arg(&data));
+    // big.bin's list blob lies in the first snapshot's tree pack, beside two trees only it has.
+    let list = {
+        let opened = Repository::open(&Location::parse(&repo.to_string_lossy()), Passphrase::Given(PASSWORD)).unwrap();
+        let indexed = Indexed::load(&opened).unwrap();
+        let tree = indexed.read_tree(&opened.find_snapshot("latest").unwrap().1.tree).unwrap();
+        match &tree.find(b"big.bin").unwrap().content {
+            Content::File { chunks } => chunks.lists().to_vec(),
+            other => panic!("big.bin is a {}", other.type_name()),
+        }
+    };
+    assert_eq!(list.len(), 1, "thousands of chunks are kept in a list blob");
+    let before = pack_of(&repo, &list[0]);
+
+    let mut mounted = Mounted::start(&repo, &mnt, scratch.join("mount.log"), &[]);
+    let latest = mnt.join("snapshots").join(fs::read_link(mnt.join("snapshots/latest")).unwrap());
+    assert!(fs::read_dir(&latest).unwrap().count() == 1, "the second snapshot has big.bin alone");
+    ok(cairn(&repo).args(["forget", &first]));
+    ok(cairn(&repo).args(["prune", "--max-unused", "0"]));
+    assert_ne!(pack_of(&repo, &list[0]), before, "the prune repacked the list blob");
+    // The index the mount read names the old pack; once it may read the index again, it does.
+    std::thread::sleep(Duration::from_millis(5_500));
+    let read = fs::read(latest.join("big.bin"));
+    assert!(read.as_ref().is_ok_and(|bytes| *bytes == content), "{read:?}: {}", mounted.stderr());
+    assert!(fusermount(&mnt).status.success());
+    assert_eq!(mounted.wait(), Some(0), "{}", mounted.stderr());
+}

@@ -106,6 +106,16 @@ pub fn init(repo: &Path) {
     ok(cairn(repo).arg("init"));
 }
 
+/// An unencrypted repository that cuts small chunks, so a file of a few hundred KiB has
+/// thousands of them and keeps its chunk list in list blobs (store-format/tree.md "Chunk lists").
+pub fn small_chunk_repository(repo: &Path) {
+    use cairn::format::config::{ChunkerParams, Config};
+    use cairn::repository::{Location, NewKeys, Repository};
+    let mut config = Config::new_random();
+    config.chunker = ChunkerParams { min_size: 64, avg_size: 256, max_size: 1024, ..config.chunker };
+    Repository::create(&Location::parse(&repo.to_string_lossy()), config, NewKeys::None).unwrap();
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     seed |= 1;
