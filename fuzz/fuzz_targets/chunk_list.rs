@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     for blob in &blobs {
         let _ = map_ids(blob, "list", |id| Ok(*id));
     }
-    if let Ok(list) = expand(blobs.iter().map(|b| (*b, "list".to_string())), u64::from(count)) {
+    if let Ok(list) = expand(blobs.iter().map(|b| Ok((*b, "list".to_string()))), u64::from(count)) {
         assert_eq!(list.len(), count as usize, "a chain expands to the node's count");
         assert!(blobs.len() <= 16, "a chain holds at most 16 blobs");
         assert_eq!(apply(Some(&list), &diff(&list, &list), "list").expect("a diff applies"), list);

@@ -96,15 +96,18 @@ pub fn diff(old: &[Id], new: &[Id]) -> Vec<u8> {
 }
 
 /// The chunk list a chain of list blobs gives, checked against the node's `count`. `blobs` are
-/// the chain's decoded blobs in order, each with the name its errors give (`list <short id>`).
-pub fn expand<'a>(blobs: impl IntoIterator<Item = (&'a [u8], String)>, count: u64) -> Result<Vec<Id>> {
+/// the chain's decoded blobs in order, each with the name its errors give (`list <short id>`);
+/// each is taken when the one before is applied, so a reader that reads them lazily holds one
+/// blob at a time.
+pub fn expand<B: AsRef<[u8]>>(blobs: impl IntoIterator<Item = Result<(B, String)>>, count: u64) -> Result<Vec<Id>> {
     let mut list: Option<Vec<Id>> = None;
     let mut last = String::from("chunk list");
-    for (at, (bytes, what)) in blobs.into_iter().enumerate() {
+    for (at, blob) in blobs.into_iter().enumerate() {
         if at == MAX_CHAIN {
-            return Err(Error::corrupt(what, format!("a chain of more than {MAX_CHAIN} list blobs")));
+            return Err(Error::corrupt(last, format!("a chain of more than {MAX_CHAIN} list blobs")));
         }
-        list = Some(apply(list.as_deref(), bytes, &what)?);
+        let (bytes, what) = blob?;
+        list = Some(apply(list.as_deref(), bytes.as_ref(), &what)?);
         last = what;
     }
     let list = list.ok_or_else(|| Error::corrupt(last.clone(), "a chain of no list blobs"))?;
@@ -239,7 +242,7 @@ mod tests {
     }
 
     fn chain(blobs: &[Vec<u8>], count: u64) -> Result<Vec<Id>> {
-        expand(blobs.iter().enumerate().map(|(i, b)| (b.as_slice(), format!("list {i}"))), count)
+        expand(blobs.iter().enumerate().map(|(i, b)| Ok((b.as_slice(), format!("list {i}")))), count)
     }
 
     fn error(blobs: &[Vec<u8>], count: u64) -> String {
