@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+use super::open_packs::OpenPacks;
 use super::page_cache::Left;
 use super::{Backend, WholeObject};
 use crate::disk::sync_dir;
@@ -70,14 +71,12 @@ fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 thread_local! {
-    /// The files this thread last read ranges of, the latest last, still open, with the
-    /// [`CHANGES`] count each was opened under (see `get_range`).
-    static OPENED: std::cell::RefCell<Vec<(PathBuf, u64, File)>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The pack this thread last read a range of (see `get_range`).
+    static LAST_READ: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Files each thread keeps open for ranged reads. Few: a pack deleted by another process keeps
-/// its space while it is open.
-const OPEN_KEPT: usize = 8;
+/// Packs open for ranged reads (see `get_range`).
+static OPEN: std::sync::LazyLock<std::sync::Mutex<OpenPacks>> = std::sync::LazyLock::new(Default::default);
 
 /// The packs threads have moved on from (by `get_range`): see [`super::page_cache`].
 static LEFT: std::sync::LazyLock<std::sync::Mutex<Left>> = std::sync::LazyLock::new(Default::default);
@@ -158,39 +157,34 @@ impl Backend for LocalBackend {
         read_whole(&self.path(key), out, true)
     }
 
-    /// Ranged reads come in runs from the same pack (a restore reads a pack's blobs in order), so
-    /// each thread keeps its last few packs open: a million small files are a million reads, and
-    /// a database's pages from months of snapshots move between the same packs page by page.
+    /// Ranged reads come in runs from the same pack (a restore reads a pack's blobs in order) or
+    /// move between the same few (a database's pages from months of snapshots), so packs stay
+    /// open ([`OpenPacks`]): a million small files are a million reads, not a million opens.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
         let path = self.path(key);
-        let mut out = vec![0; len as usize];
-        let read = OPENED.with(|cell| {
-            let mut opened = cell.borrow_mut();
-            let now = CHANGES.load(std::sync::atomic::Ordering::Relaxed);
-            // Closed first: a pack deleted or replaced since must be opened again.
-            opened.retain(|(_, at, _)| *at == now);
-            if opened.last().map_or(true, |(open, _, _)| *open != path) {
+        let changes = CHANGES.load(std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        let open = OPEN.lock().expect("poisoned").get(&path, changes, now);
+        let file = match open {
+            Some(file) => file,
+            None => {
+                let file = std::sync::Arc::new(File::open(&path).at(&path)?);
+                OPEN.lock().expect("poisoned").insert(path.clone(), changes, file.clone(), now);
+                file
+            }
+        };
+        LAST_READ.with(|last| {
+            let mut last = last.borrow_mut();
+            if last.as_ref() != Some(&path) {
                 opening(&path); // first, so that leaving the last pack does not drop this one
-                if let Some((previous, _, _)) = opened.last() {
-                    left_behind(previous.clone());
-                }
-                match opened.iter().position(|(open, _, _)| *open == path) {
-                    Some(at) => {
-                        let entry = opened.remove(at);
-                        opened.push(entry);
-                    }
-                    None => {
-                        if opened.len() == OPEN_KEPT {
-                            opened.remove(0); // closed: a deleted pack's space is freed
-                        }
-                        opened.push((path.clone(), now, File::open(&path)?));
-                    }
+                if let Some(previous) = last.replace(path.clone()) {
+                    left_behind(previous);
                 }
             }
-            let (_, _, file) = opened.last().expect("just opened");
-            file.read_exact_at(&mut out, offset)
         });
+        let mut out = vec![0; len as usize];
+        let read = file.read_exact_at(&mut out, offset);
         match read {
             Ok(()) => Ok(out),
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err(Error::corrupt(

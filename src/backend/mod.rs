@@ -9,6 +9,7 @@
 pub mod ahead;
 pub mod local;
 pub mod object;
+mod open_packs;
 mod page_cache;
 
 use crate::error::Result;
