@@ -46,28 +46,12 @@ rm -rf "$WORK"; mkdir -p "$WORK"
 RESULTS=$WORK/results.tsv; : >"$RESULTS"
 FAILED=0; HAVE_RESTIC=0
 
-. "$HERE/s3_server.sh"   # moto_server, the delaying proxies, requests, objects
+. "$HERE/s3_server.sh"   # moto_server, the delaying proxies, requests, objects, timed, compare
 export XDG_CACHE_HOME=$WORK/cache-setup
 STEPS=0
-timed() { # label command -> T (s), M (MiB peak RSS), R (requests), G (GETs), P (pack GETs); false on failure
-  local label=$1 cmd=$2 r0 g0 p0 r1 g1 p1
-  STEPS=$((STEPS + 1)); rm -rf "$WORK/cache-$STEPS"
-  read -r r0 g0 p0 _ < <(requests)
-  if ! XDG_CACHE_HOME=$WORK/cache-$STEPS /usr/bin/time -o "$WORK/step.time" -f '%e %M' \
-      bash -c "$cmd" >"$WORK/step.out" 2>"$WORK/step.err"; then
-    echo "  $label FAILED: $(tail -3 "$WORK/step.err" | tr '\n' ' ')"; FAILED=1; return 1
-  fi
-  read -r T M <"$WORK/step.time"; M=$((M / 1024))
-  read -r r1 g1 p1 _ < <(requests); R=$((r1 - r0)); G=$((g1 - g0)); P=$((p1 - p0))
-}
-compare() { # source restored -> SAME: identical, or the first differences (and fails the run)
-  if diff -r --no-dereference "$1" "$2" >"$WORK/diff.out" 2>&1; then SAME=identical; else
-    SAME="DIFFERS from $1:"$'\n'$(head -5 "$WORK/diff.out" | sed 's/^/      /'); FAILED=1
-  fi
-}
 report() { # dataset delay what
-  printf '  %-4s ms %-11s %8.2f s %5d MiB rss %7d requests %7d GETs %5d of packs   %s\n' "$2" "$3" "$T" "$M" "$R" "$G" "$P" "$4"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$T" "$M" "$R" "$G" "$P" >>"$RESULTS"
+  printf '  %-4s ms %-11s %8.2f s %5d MiB rss %7d requests %7d GETs %5d of packs   %s\n' "$2" "$3" "$T" "$M" "$R" "$G" "$PG" "$4"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$T" "$M" "$R" "$G" "$PG" >>"$RESULTS"
 }
 
 make_app() { # dir: the app dataset, seeded, so every run restores the same bytes

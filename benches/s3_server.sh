@@ -9,7 +9,8 @@
 #   AWS_* etc.     exported: credentials, region, AWS_ENDPOINT_URL=DIRECT, AWS_ALLOW_HTTP,
 #                  CAIRN_PASSWORD and RESTIC_PASSWORD (both `bench`)
 # Defines: free_port, requests (all requests, GETs, pack GETs and PUTs the server has logged),
-# objects PREFIX [SUBDIR...] (objects under the prefix).
+# objects PREFIX [SUBDIR...] (objects under the prefix), timed LABEL COMMAND (a step's time, peak
+# RSS and requests; the caller sets STEPS=0 and FAILED=0) and compare SOURCE RESTORED.
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
@@ -52,4 +53,22 @@ requests() { # all requests, the GETs, the GETs of packs and the PUTs, once the 
   done
   echo "$now $(grep -cE '"GET ' "$WORK/moto.log" || true) $(grep -cE '"GET /[^ ?]*/packs/' "$WORK/moto.log" || true)" \
     "$(grep -cE '"PUT ' "$WORK/moto.log" || true)"
+}
+timed() { # label command -> T (s), M (MiB peak RSS), R (requests), G (GETs), PG (GETs of packs),
+  #                             PUT (PUTs) the server saw; each step with an empty cache directory
+  #                             (XDG_CACHE_HOME); false (and FAILED=1) on failure
+  local label=$1 cmd=$2 r0 g0 pg0 put0 r1 g1 pg1 put1
+  STEPS=$((STEPS + 1)); rm -rf "$WORK/cache-$STEPS"
+  read -r r0 g0 pg0 put0 < <(requests)
+  if ! XDG_CACHE_HOME=$WORK/cache-$STEPS /usr/bin/time -o "$WORK/step.time" -f '%e %M' \
+      bash -c "$cmd" >"$WORK/step.out" 2>"$WORK/step.err"; then
+    echo "  $label FAILED: $(tail -3 "$WORK/step.err" | tr '\n' ' ')"; FAILED=1; return 1
+  fi
+  read -r T M <"$WORK/step.time"; M=$((M / 1024))
+  read -r r1 g1 pg1 put1 < <(requests); R=$((r1 - r0)); G=$((g1 - g0)); PG=$((pg1 - pg0)); PUT=$((put1 - put0))
+}
+compare() { # source restored -> SAME: identical, or the first differences (and FAILED=1)
+  if diff -r --no-dereference "$1" "$2" >"$WORK/diff.out" 2>&1; then SAME=identical; else
+    SAME="DIFFERS from $1:"$'\n'$(head -5 "$WORK/diff.out" | sed 's/^/      /'); FAILED=1
+  fi
 }

@@ -34,27 +34,11 @@ RESULTS=$WORK/results.tsv; : >"$RESULTS"
 FAILED=0
 HAVE_RESTIC=0; command -v restic >/dev/null && HAVE_RESTIC=1
 
-. "$HERE/s3_server.sh"   # moto_server, the delaying proxies, requests, objects
+. "$HERE/s3_server.sh"   # moto_server, the delaying proxies, requests, objects, timed, compare
 STEPS=0
-timed() { # label command -> T (s), M (MiB peak RSS), R (requests), P (PUTs); false on failure
-  local label=$1 cmd=$2 r0 p0 r1 p1
-  STEPS=$((STEPS + 1)); rm -rf "$WORK/cache-$STEPS"
-  read -r r0 _ _ p0 < <(requests)
-  if ! XDG_CACHE_HOME=$WORK/cache-$STEPS /usr/bin/time -o "$WORK/step.time" -f '%e %M' \
-      bash -c "$cmd" >"$WORK/step.out" 2>"$WORK/step.err"; then
-    echo "  $label FAILED: $(tail -3 "$WORK/step.err" | tr '\n' ' ')"; FAILED=1; return 1
-  fi
-  read -r T M <"$WORK/step.time"; M=$((M / 1024))
-  read -r r1 _ _ p1 < <(requests); R=$((r1 - r0)); P=$((p1 - p0))
-}
 report() { # delay step [note]
-  printf '  %-4s ms %-14s %8.2f s %5d MiB rss %6d requests %5d PUTs  %s\n' "$1" "$2" "$T" "$M" "$R" "$P" "${3:-}"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$T" "$M" "$R" "$P" >>"$RESULTS"
-}
-compare() { # source restored -> SAME: identical, or the first differences (and fails the run)
-  if diff -r --no-dereference "$1" "$2" >"$WORK/diff.out" 2>&1; then SAME=identical; else
-    SAME="DIFFERS from $1:"$'\n'$(head -5 "$WORK/diff.out" | sed 's/^/      /'); FAILED=1
-  fi
+  printf '  %-4s ms %-14s %8.2f s %5d MiB rss %6d requests %5d PUTs  %s\n' "$1" "$2" "$T" "$M" "$R" "$PUT" "${3:-}"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$T" "$M" "$R" "$PUT" >>"$RESULTS"
 }
 
 echo "cairn: $CAIRN ($("$CAIRN" --version)); restic: $(restic version 2>/dev/null | cut -d' ' -f2 || echo absent)"

@@ -104,6 +104,8 @@ pub fn permission_denied(error: &crate::error::Error) -> bool {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RequestCounts {
     pub get: u64,
+    /// Bytes the GETs asked for (each whole object, or range, once however often it was tried).
+    pub get_bytes: u64,
     pub put: u64,
     pub head: u64,
     pub list: u64,

@@ -32,6 +32,7 @@ pub struct ObjectBackend {
 #[derive(Default)]
 struct Counters {
     get: AtomicU64,
+    get_bytes: AtomicU64,
     put: AtomicU64,
     head: AtomicU64,
     list: AtomicU64,
@@ -277,11 +278,14 @@ impl Backend for ObjectBackend {
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.path(key);
-        self.reading(key, || async { self.store.get(&path).await?.bytes().await }).map(Vec::from)
+        let bytes = self.reading(key, || async { self.store.get(&path).await?.bytes().await })?;
+        self.requests.get_bytes.fetch_add(bytes.len() as u64, Relaxed);
+        Ok(Vec::from(bytes))
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let path = self.path(key);
+        self.requests.get_bytes.fetch_add(len, Relaxed);
         let bytes = self.reading(key, || self.store.get_range(&path, offset..offset + len))?;
         if bytes.len() as u64 != len {
             return Err(Error::corrupt(
@@ -295,6 +299,7 @@ impl Backend for ObjectBackend {
     fn get_parts(&self, key: &str, parts: &[(u64, usize)]) -> Result<Vec<Vec<u8>>> {
         let Some((start, end)) = super::span(parts) else { return Ok(Vec::new()) };
         let path = self.path(key);
+        self.requests.get_bytes.fetch_add(end - start, Relaxed);
         // The body is cut into the parts as it arrives, so the span is never held whole.
         let cut = self.reading(key, || async {
             let options = GetOptions { range: Some(GetRange::Bounded(start..end)), ..Default::default() };
@@ -377,6 +382,7 @@ impl Backend for ObjectBackend {
         let c = &self.requests;
         Some(RequestCounts {
             get: c.get.load(Relaxed),
+            get_bytes: c.get_bytes.load(Relaxed),
             put: c.put.load(Relaxed),
             head: c.head.load(Relaxed),
             list: c.list.load(Relaxed),

@@ -224,39 +224,72 @@ impl State {
     }
 }
 
+/// The plan's segments: each pack's planned blobs in offset order, cut where a segment would
+/// span more than [`MAX_SEGMENT`] of the pack, or where the blobs' first reads would lie more than
+/// `spread` bytes of the plan apart (stored bytes of the reads before). A pack read from start to
+/// end is one segment; a pack whose blobs are read all along the plan (a database's pages
+/// changed on one day of many, read from start to end of the file) is cut into segments that are
+/// each held for a stretch of it, not fetched whole again for each of its blobs once the budget
+/// is full.
+fn segments(index: &Index, order: &[Id], positions: &HashMap<Id, Vec<usize>>, spread: u64) -> Vec<(u32, Vec<Id>)> {
+    let located: HashMap<Id, Location> =
+        positions.keys().map(|id| (*id, index.get(id).expect("only indexed blobs are planned"))).collect();
+    let mut first_read: HashMap<Id, u64> = HashMap::with_capacity(located.len());
+    let mut planned = 0u64;
+    for id in order {
+        first_read.entry(*id).or_insert(planned);
+        planned += located[id].stored_len as u64;
+    }
+    let mut by_pack: HashMap<u32, Vec<(Location, Id)>> = HashMap::new();
+    for (id, location) in located {
+        by_pack.entry(location.pack).or_default().push((location, id));
+    }
+    let mut segments = Vec::new();
+    for (pack, mut blobs) in by_pack {
+        blobs.sort_by_key(|(location, _)| location.offset);
+        let (mut start, mut earliest, mut latest) = (0u64, 0u64, 0u64);
+        let mut ids: Vec<Id> = Vec::new();
+        for (location, id) in blobs {
+            let end = location.offset as u64 + location.stored_len as u64;
+            let at = first_read[&id];
+            if !ids.is_empty() && (end - start > MAX_SEGMENT || at.max(latest) - at.min(earliest) > spread) {
+                segments.push((pack, std::mem::take(&mut ids)));
+            }
+            if ids.is_empty() {
+                (start, earliest, latest) = (location.offset as u64, at, at);
+            }
+            (earliest, latest) = (earliest.min(at), latest.max(at));
+            ids.push(id);
+        }
+        segments.push((pack, ids));
+    }
+    segments
+}
+
 impl<'a> PlannedReads<'a> {
     /// Plans reads of `blobs`, in the order they will be read (a blob read twice is listed
     /// twice), decoded ahead of the reader when `ahead` (it reads them all, skipping none).
     /// Blobs the index does not have are left to [`Repository::read_blob`], which reports them.
     pub fn new(repo: &'a Repository, index: &'a Index, blobs: Vec<Id>, ahead: bool) -> PlannedReads<'a> {
+        Self::with_budget(repo, index, blobs, ahead, BUDGET)
+    }
+
+    /// [`PlannedReads::new`] within `budget` bytes ([`BUDGET`] but for tests).
+    fn with_budget(
+        repo: &'a Repository,
+        index: &'a Index,
+        blobs: Vec<Id>,
+        ahead: bool,
+        budget: u64,
+    ) -> PlannedReads<'a> {
+        let spread = budget / 2;
         // Positions count planned reads only: blobs not in the index are never planned.
         let order: Vec<Id> = blobs.into_iter().filter(|id| index.contains(id)).collect();
         let mut positions: HashMap<Id, Vec<usize>> = HashMap::new();
         for (at, id) in order.iter().enumerate() {
             positions.entry(*id).or_default().push(at);
         }
-        let mut by_pack: HashMap<u32, Vec<(Location, Id)>> = HashMap::new();
-        for id in positions.keys() {
-            let location = index.get(id).expect("only indexed blobs are planned");
-            by_pack.entry(location.pack).or_default().push((location, *id));
-        }
-        let mut segments = Vec::new();
-        for (pack, mut blobs) in by_pack {
-            blobs.sort_by_key(|(location, _)| location.offset);
-            let mut start = u64::MAX;
-            let mut ids: Vec<Id> = Vec::new();
-            for (location, id) in blobs {
-                let end = location.offset as u64 + location.stored_len as u64;
-                if !ids.is_empty() && end - start > MAX_SEGMENT {
-                    segments.push((pack, std::mem::take(&mut ids)));
-                }
-                if ids.is_empty() {
-                    start = location.offset as u64;
-                }
-                ids.push(id);
-            }
-            segments.push((pack, ids));
-        }
+        let segments = segments(index, &order, &positions, spread);
         let mut state = State {
             segments: Vec::with_capacity(segments.len()),
             blobs: HashMap::with_capacity(positions.len()),
@@ -311,7 +344,7 @@ impl<'a> PlannedReads<'a> {
             fetched: Condvar::new(),
             room: Condvar::new(),
             ahead,
-            budget: BUDGET,
+            budget,
         }
     }
 
@@ -789,6 +822,49 @@ mod tests {
                 let read = gets(&repo) - before;
                 let packs = index.packs.len() as u64;
                 assert!(read <= 3 * packs, "{read} GETs for {packs} packs and 75 reads of one blob, ahead {ahead}");
+            }
+        });
+    }
+
+    /// A database's pages from many days: each pack holds some of the file's pages in file order,
+    /// and the restore reads them all along the file, going from pack to pack at each page. With
+    /// a budget of four packs, a pack fetched whole was dropped before its next page and fetched
+    /// again for its remaining pages each time (a GET of most of a pack per page). Each pack is
+    /// now read in stretches of the plan: about the bytes needed, and never a GET per read.
+    #[test]
+    fn pages_spread_over_many_packs_are_not_fetched_again_and_again() {
+        within_a_minute(|| {
+            let (repo, index, blobs) = repository(600);
+            let mut by_pack: BTreeMap<u32, Vec<(u32, Id)>> = BTreeMap::new();
+            for (id, _) in &blobs {
+                let location = index.get(id).unwrap();
+                by_pack.entry(location.pack).or_default().push((location.offset, *id));
+            }
+            let packs: Vec<Vec<Id>> = by_pack
+                .into_values()
+                .map(|mut pack| {
+                    pack.sort();
+                    pack.into_iter().map(|(_, id)| id).collect()
+                })
+                .collect();
+            let deepest = packs.iter().map(Vec::len).max().unwrap();
+            let order: Vec<Id> =
+                (0..deepest).flat_map(|n| packs.iter().filter_map(move |p| p.get(n).copied())).collect();
+            assert!(packs.len() > 50 && order.len() == blobs.len(), "{} packs", packs.len());
+            let needed: u64 = order.iter().map(|id| index.get(id).unwrap().stored_len as u64).sum();
+            for ahead in [false, true] {
+                let before = repo.backend().requests().unwrap();
+                let plan = PlannedReads::with_budget(&repo, &index, order.clone(), ahead, 4 * 64 * 1024);
+                plan.run(|reads| {
+                    for id in &order {
+                        let data = &blobs.iter().find(|(b, _)| b == id).unwrap().1;
+                        assert_eq!(&reads.read(id).unwrap(), data);
+                    }
+                });
+                let after = repo.backend().requests().unwrap();
+                let (gets, bytes) = (after.get - before.get, after.get_bytes - before.get_bytes);
+                assert!(gets <= order.len() as u64, "{gets} GETs for {} reads, ahead {ahead}", order.len());
+                assert!(bytes <= 2 * needed, "{bytes} bytes fetched for {needed} needed, ahead {ahead}");
             }
         });
     }
