@@ -225,12 +225,13 @@ impl State {
 }
 
 /// The plan's segments: each pack's planned blobs in offset order, cut where a segment would
-/// span more than [`MAX_SEGMENT`] of the pack, or where the blobs' first reads would lie more than
-/// `spread` bytes of the plan apart (stored bytes of the reads before). A pack read from start to
-/// end is one segment; a pack whose blobs are read all along the plan (a database's pages
-/// changed on one day of many, read from start to end of the file) is cut into segments that are
-/// each held for a stretch of it, not fetched whole again for each of its blobs once the budget
-/// is full.
+/// span more than [`MAX_SEGMENT`] of the pack. A pack whose blobs are read all along the plan (a
+/// database's pages changed on one day of many, read from start to end of the file) is also cut
+/// where the blobs' first reads would lie more than `spread` bytes of the plan apart (stored
+/// bytes of the reads before), so that each segment is held for a stretch of the plan, not
+/// fetched whole again for each of its blobs once more packs are live than the budget holds. A
+/// pack most of whose bytes are read within `spread` (the toolchain's packs: a burst of files,
+/// and a few blobs other files share) stays whole: its stragglers are small to hold.
 fn segments(index: &Index, order: &[Id], positions: &HashMap<Id, Vec<usize>>, spread: u64) -> Vec<(u32, Vec<Id>)> {
     let located: HashMap<Id, Location> =
         positions.keys().map(|id| (*id, index.get(id).expect("only indexed blobs are planned"))).collect();
@@ -246,6 +247,10 @@ fn segments(index: &Index, order: &[Id], positions: &HashMap<Id, Vec<usize>>, sp
     }
     let mut segments = Vec::new();
     for (pack, mut blobs) in by_pack {
+        let spread = match read_in_a_burst(&blobs, &first_read, spread) {
+            true => u64::MAX,
+            false => spread,
+        };
         blobs.sort_by_key(|(location, _)| location.offset);
         let (mut start, mut earliest, mut latest) = (0u64, 0u64, 0u64);
         let mut ids: Vec<Id> = Vec::new();
@@ -264,6 +269,25 @@ fn segments(index: &Index, order: &[Id], positions: &HashMap<Id, Vec<usize>>, sp
         segments.push((pack, ids));
     }
     segments
+}
+
+/// Whether the middle 80% of the bytes of a pack's planned `blobs` are first read within
+/// `spread` bytes of the plan.
+fn read_in_a_burst(blobs: &[(Location, Id)], first_read: &HashMap<Id, u64>, spread: u64) -> bool {
+    let mut reads: Vec<(u64, u64)> = blobs.iter().map(|(l, id)| (first_read[id], l.stored_len as u64)).collect();
+    reads.sort_unstable();
+    let total: u64 = reads.iter().map(|&(_, len)| len).sum();
+    let (mut so_far, mut from, mut to) = (0u64, None, None);
+    for (at, len) in reads {
+        so_far += len;
+        if from.is_none() && so_far * 10 > total {
+            from = Some(at);
+        }
+        if so_far * 10 <= total * 9 || to.is_none() {
+            to = Some(at);
+        }
+    }
+    to.unwrap_or(0).saturating_sub(from.unwrap_or(0)) <= spread
 }
 
 impl<'a> PlannedReads<'a> {
