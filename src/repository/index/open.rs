@@ -169,21 +169,42 @@ pub(super) fn from_main(main: SortedFile, head: Head) -> Index {
 fn build(repo: &Repository, place: &Place, listed: &[Listed]) -> io::Result<Index> {
     remove_abandoned(&place.dir);
     let mut builder = Builder::new(place.dir.clone(), RUN_ENTRIES, repo.keys.clone());
-    let mut start = 0;
-    while start < listed.len() {
-        let (mut end, mut bytes) = (start, 0);
-        while end < listed.len() && (end == start || bytes + listed[end].2 <= READ_BATCH) {
-            bytes += listed[end].2;
-            end += 1;
-        }
-        for (name, file) in read(repo, &listed[start..end]) {
+    for batch in batches(listed) {
+        for (name, file) in read(repo, batch) {
             builder.add(name, &file)?;
         }
-        start = end;
     }
     let (out, temp) = output(place)?;
     let written = builder.finish(out);
     install(repo, written, temp, place)
+}
+
+/// `listed` in batches of about [`READ_BATCH`] bytes (at least one file each).
+fn batches(listed: &[Listed]) -> impl Iterator<Item = &[Listed]> {
+    let mut rest = listed;
+    std::iter::from_fn(move || {
+        let (mut end, mut bytes) = (0, 0);
+        while end < rest.len() && (end == 0 || bytes + rest[end].2 <= READ_BATCH) {
+            bytes += rest[end].2;
+            end += 1;
+        }
+        let (batch, after) = rest.split_at(end);
+        rest = after;
+        (!batch.is_empty()).then_some(batch)
+    })
+}
+
+/// Hands every intact index file to `visit`, in name order, reading a batch of files at a time:
+/// at 10^8 blobs the files decode to gigabytes, which no one pass over them needs at once.
+/// Damaged files are recorded and skipped (see [`Repository::take_damage`]), as by [`load`].
+pub(crate) fn each_file(repo: &Repository, mut visit: impl FnMut(Id, IndexFile) -> Result<()>) -> Result<()> {
+    let listed = list(repo)?;
+    for batch in batches(&listed) {
+        for (name, file) in read(repo, batch) {
+            visit(name, file)?;
+        }
+    }
+    Ok(())
 }
 
 /// A new file for a copy: a temporary name in the place's directory, or an unnamed file.
