@@ -236,6 +236,10 @@ fn mark(repo: &Indexed, snapshots: &[(Id, Snapshot)]) -> Result<Live> {
             Ok(())
         })
         .map_err(|e| {
+            // A tree looked up in a damaged block of the copy looks missing: not the repository's fault.
+            if index.damaged() {
+                return damaged_copy();
+            }
             let advice = match e {
                 Error::MissingBlob(_) => REPAIR_ADVICE,
                 _ => "run `cairn check`",
