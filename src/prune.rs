@@ -83,25 +83,19 @@ struct PackSummary {
 
 impl PackSummary {
     fn of(pack: &IndexedPack) -> PackSummary {
-        let mut encoded: Vec<(u32, Id, Vec<u8>)> = pack
-            .blobs
-            .iter()
-            .map(|blob| {
-                let mut bytes = Vec::with_capacity(64);
-                blob.encode_into(&mut bytes);
-                (blob.offset, blob.id, bytes)
-            })
-            .collect();
-        encoded.sort_unstable();
-        let mut hasher = blake3::Hasher::new();
-        for (_, _, bytes) in &encoded {
-            hasher.update(bytes);
+        // Stable: entries with one offset and id (damage) keep their order in the file, so two
+        // files listing them in other orders are found to disagree, never to agree.
+        let mut sorted: Vec<&BlobEntry> = pack.blobs.iter().collect();
+        sorted.sort_by_key(|blob| (blob.offset, blob.id));
+        let mut encoded = Vec::with_capacity(sorted.len() * 48);
+        for blob in sorted {
+            blob.encode_into(&mut encoded);
         }
         PackSummary {
             len: pack.len,
             blobs: pack.blobs.len() as u64,
             bytes: pack.blobs.iter().map(|blob| blob.stored_len as u64).sum(),
-            digest: *hasher.finalize().as_bytes(),
+            digest: *blake3::hash(&encoded).as_bytes(),
         }
     }
 }
@@ -120,8 +114,8 @@ fn summarize(repo: &Repository) -> Result<Summary> {
     let mut summary = Summary::default();
     crate::repository::index::open::each_file(repo, |name, file| {
         summary.files.push(name);
-        let sums: Vec<(Id, PackSummary)> = file.packs.par_iter().map(|p| (p.id, PackSummary::of(p))).collect();
-        for (id, sum) in sums {
+        file.each_pack(|pack| {
+            let (id, sum) = (pack.id, PackSummary::of(&pack));
             match summary.packs.entry(id) {
                 std::collections::btree_map::Entry::Vacant(free) => _ = free.insert(sum),
                 std::collections::btree_map::Entry::Occupied(known) if *known.get() != sum => {
@@ -129,8 +123,8 @@ fn summarize(repo: &Repository) -> Result<Summary> {
                 }
                 std::collections::btree_map::Entry::Occupied(_) => {}
             }
-        }
-        Ok(())
+            Ok(())
+        })
     })?;
     Ok(summary)
 }
@@ -348,10 +342,10 @@ fn doomed_entries(repo: &Indexed, live: &Live, internal: &mut Internal) -> Resul
     let mut picked_elsewhere = Vec::new();
     let keep = &mut internal.keep;
     crate::repository::index::open::each_file(repo, |_, file| {
-        for pack in file.packs.iter().filter(|pack| doomed.contains(&pack.id)) {
+        file.each_pack(|pack| {
             // Index files that name one pack list the same entries (disputed ones refused).
-            if !done.insert(pack.id) {
-                continue;
+            if !doomed.contains(&pack.id) || !done.insert(pack.id) {
+                return Ok(());
             }
             let found: Vec<Option<(u64, crate::repository::index::Location)>> =
                 pack.blobs.par_iter().with_min_len(256).map(|blob| index.locate(&blob.id)).collect();
@@ -365,8 +359,8 @@ fn doomed_entries(repo: &Indexed, live: &Live, internal: &mut Internal) -> Resul
                     picked_elsewhere.push(blob.id);
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     })?;
     if let Some(first) = repo.take_damage().first() {
         return Err(Error::Refused(format!("{first}: refusing to prune a repository with damaged files")));
@@ -591,15 +585,15 @@ pub fn prune(
 fn staying_packs(repo: &Repository, internal: &Internal, gone: &HashSet<&Id>) -> Result<BTreeMap<Id, IndexedPack>> {
     let mut staying = BTreeMap::new();
     crate::repository::index::open::each_file(repo, |_, file| {
-        for mut pack in file.packs {
+        file.each_pack(|mut pack| {
             // Packs the plan did not see are the repack's own, written in step 1.
             let planned = internal.packs.contains_key(&pack.id);
             if planned && !gone.contains(&pack.id) && !staying.contains_key(&pack.id) {
                 pack.blobs.sort_unstable_by_key(|b| (b.offset, b.id));
                 staying.insert(pack.id, pack);
             }
-        }
-        Ok(())
+            Ok(())
+        })
     })?;
     let changed = |id: &Id, pack: &IndexedPack| internal.packs.get(id) != Some(&PackSummary::of(pack));
     let expected = internal.packs.keys().filter(|id| !gone.contains(id)).count();
