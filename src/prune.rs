@@ -14,6 +14,12 @@
 //!
 //! A crash anywhere leaves every live blob reachable through some index file; running prune
 //! again finishes the job. An exclusive repository lock keeps snapshots out meanwhile.
+//!
+//! Memory: nothing a blob is held but a bit. Live blobs are marked by their position in the
+//! local sorted copy of the index ([`Index::locate`]), live bytes are counted a pack number in one
+//! sequential pass over the copy, and index files are read a batch at a time, each pack summed
+//! (so two files that disagree are still found). Only the packs about to go have their entries
+//! read again. At 10^8 blobs the sets of ids and the entries of every pack were gigabytes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
