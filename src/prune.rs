@@ -14,6 +14,12 @@
 //!
 //! A crash anywhere leaves every live blob reachable through some index file; running prune
 //! again finishes the job. An exclusive repository lock keeps snapshots out meanwhile.
+//!
+//! Memory: nothing a blob is held but a bit. Live blobs are marked by their position in the
+//! local sorted copy of the index ([`Index::locate`]), live bytes are counted a pack number in one
+//! sequential pass over the copy, and index files are read a batch at a time, each pack summed
+//! (so two files that disagree are still found). Only the packs about to go have their entries
+//! read again. At 10^8 blobs the sets of ids and the entries of every pack were gigabytes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -59,15 +65,74 @@ pub struct PrunePlan {
 
 #[derive(Debug, Default)]
 struct Internal {
-    /// Every pack any index file names, with all its blobs.
-    packs: BTreeMap<Id, IndexedPack>,
+    /// Every pack any index file names, summed (its entries are not held: at 10^8 blobs they
+    /// are gigabytes).
+    packs: BTreeMap<Id, PackSummary>,
     index_files: Vec<Id>,
-    live: HashSet<Id>,
-    /// Per pack, the live blobs at the place the index picks: what a repack copies.
+    /// Per pack being repacked, the live blobs at the place the index picks: what a repack copies.
     keep: HashMap<Id, Vec<BlobEntry>>,
     repack: Vec<Id>,
     delete: Vec<Id>,
     unreferenced: Vec<Id>,
+}
+
+/// What the index files say about one pack: its length, how many entries and stored bytes they
+/// list, and a digest of the entries (sorted by offset), so that two files naming it can be
+/// compared without holding either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PackSummary {
+    len: u64,
+    blobs: u64,
+    bytes: u64,
+    digest: [u8; 32],
+}
+
+impl PackSummary {
+    fn of(pack: &IndexedPack) -> PackSummary {
+        // Stable: entries with one offset and id (damage) keep their order in the file, so two
+        // files listing them in other orders are found to disagree, never to agree.
+        let mut sorted: Vec<&BlobEntry> = pack.blobs.iter().collect();
+        sorted.sort_by_key(|blob| (blob.offset, blob.id));
+        let mut encoded = Vec::with_capacity(sorted.len() * 48);
+        for blob in sorted {
+            blob.encode_into(&mut encoded);
+        }
+        PackSummary {
+            len: pack.len,
+            blobs: pack.blobs.len() as u64,
+            bytes: pack.blobs.iter().map(|blob| blob.stored_len as u64).sum(),
+            digest: *blake3::hash(&encoded).as_bytes(),
+        }
+    }
+}
+
+/// Every pack the intact index files name, summed, and the packs two files disagree about
+/// (another length or other entries: damage, or a file forged to hide live blobs).
+#[derive(Debug, Default)]
+struct Summary {
+    packs: BTreeMap<Id, PackSummary>,
+    files: Vec<Id>,
+    disputed: BTreeSet<Id>,
+}
+
+/// Reads the index files a batch at a time, keeping only a [`PackSummary`] a pack.
+fn summarize(repo: &Repository) -> Result<Summary> {
+    let mut summary = Summary::default();
+    crate::repository::index::open::each_file(repo, |name, file| {
+        summary.files.push(name);
+        file.each_pack(|pack| {
+            let (id, sum) = (pack.id, PackSummary::of(&pack));
+            match summary.packs.entry(id) {
+                std::collections::btree_map::Entry::Vacant(free) => _ = free.insert(sum),
+                std::collections::btree_map::Entry::Occupied(known) if *known.get() != sum => {
+                    summary.disputed.insert(id);
+                }
+                std::collections::btree_map::Entry::Occupied(_) => {}
+            }
+            Ok(())
+        })
+    })?;
+    Ok(summary)
 }
 
 /// Blobs reachable from snapshot trees: every tree and every chunk below them. Shared by prune's
@@ -100,88 +165,81 @@ impl Reachable {
     }
 }
 
-/// What to do when blobs the snapshots need are in no index file.
-const REPAIR_ADVICE: &str = "an index file may be lost: run `cairn repair index`, which rebuilds the index from \
-    the packs, then `cairn check` (if they are in no pack either, check names the files lost: forget the snapshots \
-    that need them)";
+/// Unindexed blobs named in a refusal's count before the rest are only counted as "more".
+const UNINDEXED_KEPT: usize = 10_000;
 
-/// The last word before anything is deleted: the place the index takes each live blob from is
-/// in a pack that stays, or among the blobs a repack copies out. The plan is built to keep this;
-/// this check makes a mistake in it (or in what it was given) stop the prune instead of costing
-/// data.
-fn ensure_live_blobs_stay(index: &Index, internal: &Internal) -> Result<()> {
-    let deleted: HashSet<&Id> = internal.delete.iter().chain(&internal.unreferenced).collect();
-    let repacked: HashSet<&Id> = internal.repack.iter().collect();
-    let copied: HashSet<(Id, u32)> = internal
-        .repack
-        .iter()
-        .filter_map(|pack| internal.keep.get(pack))
-        .flatten()
-        .map(|blob| (blob.id, blob.offset))
-        .collect();
-    for id in &internal.live {
-        let Some(at) = index.get(id) else { continue }; // refused earlier
-        let pack = index.pack_id(&at);
-        if deleted.contains(&pack) || (repacked.contains(&pack) && !copied.contains(&(*id, at.offset))) {
-            return Err(Error::Refused(format!(
-                "blob {} is live in pack {}, which the plan would delete; nothing was deleted: run `cairn check`",
-                id.short(),
-                pack.short()
-            )));
+/// The blobs the snapshots reach: a bit for each position in the index ([`Index::locate`]),
+/// 12.5 MB at 10^8 blobs where a set of ids was gigabytes; and those the index lacks.
+struct Live {
+    bits: Vec<u64>,
+    unindexed: BTreeSet<Id>,
+    /// More unindexed blobs than [`UNINDEXED_KEPT`] were met.
+    more_unindexed: bool,
+}
+
+impl Live {
+    fn new(index: &Index) -> Live {
+        Live {
+            bits: vec![0; index.positions().div_ceil(64) as usize],
+            unindexed: BTreeSet::new(),
+            more_unindexed: false,
         }
     }
-    // A lookup in a damaged block of the local sorted copy answers "absent": a plan made with one
-    // may count a live copy as dead.
-    if index.damaged() {
-        return Err(Error::Refused(
-            "the local sorted copy of the index was found damaged while planning (it has been removed); nothing was \
-             deleted: run prune again"
-                .to_string(),
-        ));
+
+    fn contains(&self, position: u64) -> bool {
+        self.bits.get((position / 64) as usize).is_some_and(|word| word >> (position % 64) & 1 == 1)
     }
-    Ok(())
+
+    /// Marks `ids` (looked up in parallel: a tree names thousands of chunks).
+    fn add(&mut self, index: &Index, ids: &[Id]) {
+        let found: Vec<Option<u64>> =
+            ids.par_iter().with_min_len(256).map(|id| index.locate(id).map(|(position, _)| position)).collect();
+        for (id, position) in ids.iter().zip(found) {
+            match position {
+                Some(position) => self.bits[(position / 64) as usize] |= 1 << (position % 64),
+                None if self.unindexed.len() < UNINDEXED_KEPT => _ = self.unindexed.insert(*id),
+                None => self.more_unindexed |= !self.unindexed.contains(id),
+            }
+        }
+    }
 }
 
-/// Whether the index takes `blob` from this place in `pack`.
-fn picked(index: &Index, pack: &Id, blob: &BlobEntry) -> bool {
-    index.get(&blob.id).is_some_and(|at| index.pack_id(&at) == *pack && at.offset == blob.offset)
-}
-
-/// A pack about to be deleted or repacked may hold copies of live blobs that are dead only because
-/// the index picks another copy. Before such a copy goes, the picked one is read and verified: a
-/// damaged or forged index file (one a host with create-only rights could write, sorting first and
-/// placing real blob ids in a pack of garbage) would otherwise make prune delete the only real
-/// copy. Returns how many copies were verified; an error (nothing deleted) if one fails.
-fn verify_picked_copies(repo: &Indexed, internal: &Internal) -> Result<u64> {
-    let index = repo.index();
-    let mut picked_elsewhere: Vec<Id> = internal
-        .delete
-        .iter()
-        .chain(&internal.repack)
-        .filter_map(|pack| internal.packs.get(pack))
-        .flat_map(|pack| pack.blobs.iter().map(move |blob| (pack.id, blob)))
-        .filter(|(pack, blob)| internal.live.contains(&blob.id) && !picked(index, pack, blob))
-        .map(|(_, blob)| blob.id)
-        .collect();
-    picked_elsewhere.sort_unstable();
-    picked_elsewhere.dedup();
-    picked_elsewhere.par_iter().try_for_each(|id| {
-        repo.read_blob(id).map(|_| ()).map_err(|e| {
-            Error::Refused(format!(
-                "blob {} is live, and the copy the index picks cannot be read ({e}) while a pack about to go \
-                 holds another; nothing was deleted: run `cairn check --read-data`",
-                id.short()
-            ))
-        })
-    })?;
-    Ok(picked_elsewhere.len() as u64)
+/// The refusal when a block of the local sorted copy failed its check: a lookup in it answers
+/// "absent", so a plan made with one may count a live copy as dead.
+fn damaged_copy() -> Error {
+    Error::Refused(
+        "the local sorted copy of the index was found damaged while planning (it has been removed); nothing was \
+         deleted: run prune again"
+            .to_string(),
+    )
 }
 
 /// Every blob reachable from the snapshots. Fails rather than guess on an unreadable tree.
-fn mark(repo: &Indexed, snapshots: &[(Id, Snapshot)]) -> Result<HashSet<Id>> {
-    let mut reachable = Reachable::default();
+fn mark(repo: &Indexed, snapshots: &[(Id, Snapshot)]) -> Result<Live> {
+    let index = repo.index();
+    let mut live = Live::new(index);
+    let mut walked = HashSet::new();
+    let mut ids = Vec::new();
     for (id, snapshot) in snapshots {
-        reachable.add_tree(repo, snapshot.tree).map_err(|e| {
+        crate::walk::each_tree(repo, [snapshot.tree], &mut walked, |tree_id, tree| {
+            ids.clear();
+            ids.push(*tree_id);
+            for node in &tree.nodes {
+                if let Content::File { chunks } = &node.content {
+                    // List blobs are live, and every chunk their chain expands to; a chain that
+                    // cannot be read stops the walk, as a tree that cannot.
+                    ids.extend(chunks.lists().iter().copied());
+                    ids.extend(repo.chunk_list(chunks)?.iter().copied());
+                }
+            }
+            live.add(index, &ids);
+            Ok(())
+        })
+        .map_err(|e| {
+            // A tree looked up in a damaged block of the copy looks missing: not the repository's fault.
+            if index.damaged() {
+                return damaged_copy();
+            }
             let advice = match e {
                 Error::MissingBlob(_) => REPAIR_ADVICE,
                 _ => "run `cairn check`",
@@ -189,27 +247,27 @@ fn mark(repo: &Indexed, snapshots: &[(Id, Snapshot)]) -> Result<HashSet<Id>> {
             Error::Refused(format!("snapshot {}: {e}; nothing was deleted ({advice})", id.short()))
         })?;
     }
-    Ok(reachable.blobs)
+    Ok(live)
 }
 
 /// Prune deletes only in a whole repository: every blob the snapshots reach must be in the index,
 /// in a pack that is there. Where one is not (an index file lost, a pack gone), the packs that
 /// hold what the snapshots need would look unreferenced or dead, and deleting them would destroy
 /// what a repair could still save; so nothing is deleted, and the error says how to recover.
-fn refuse_unless_whole(index: &Index, live: &HashSet<Id>, present: &HashMap<Id, u64>) -> Result<()> {
-    let mut unindexed = live.iter().filter(|id| !index.contains(id));
-    if let Some(first) = unindexed.next() {
+fn refuse_unless_whole(index: &Index, live: &Live, counts: &LiveCounts, present: &HashMap<Id, u64>) -> Result<()> {
+    if let Some(first) = live.unindexed.first() {
+        let more = if live.more_unindexed { " or more" } else { "" };
         return Err(Error::Refused(format!(
-            "{} blobs that snapshots need are in no index file (blob {} among them); nothing was deleted: {REPAIR_ADVICE}",
-            1 + unindexed.count(),
+            "{}{more} blobs that snapshots need are in no index file (blob {} among them); nothing was deleted: \
+             {REPAIR_ADVICE}",
+            live.unindexed.len(),
             first.short()
         )));
     }
-    let gone: BTreeSet<Id> = live
-        .iter()
-        .filter_map(|id| index.get(id))
-        .map(|at| index.pack_id(&at))
-        .filter(|p| !present.contains_key(p))
+    let gone: BTreeSet<Id> = (0..index.packs.len())
+        .filter(|&number| counts.blobs[number] > 0)
+        .map(|number| index.packs[number].0)
+        .filter(|pack| !present.contains_key(pack))
         .collect();
     if let Some(first) = gone.first() {
         return Err(Error::Refused(format!(
@@ -222,47 +280,179 @@ fn refuse_unless_whole(index: &Index, live: &HashSet<Id>, present: &HashMap<Id, 
     Ok(())
 }
 
+/// Per pack number of the index, the live blobs it is picked for and their stored bytes.
+struct LiveCounts {
+    blobs: Vec<u64>,
+    bytes: Vec<u64>,
+}
+
+/// Counts the live blobs of each pack: one pass over the index in id order, read sequentially (a
+/// lookup a blob would be a random read each). A damaged copy refuses.
+fn count_live(index: &Index, live: &Live) -> Result<LiveCounts> {
+    let mut counts = LiveCounts { blobs: vec![0; index.packs.len()], bytes: vec![0; index.packs.len()] };
+    for item in index.iter_positioned() {
+        let (position, _, at) = item.map_err(|_| damaged_copy())?;
+        if live.contains(position) {
+            counts.blobs[at.pack as usize] += 1;
+            counts.bytes[at.pack as usize] += at.stored_len as u64;
+        }
+    }
+    Ok(counts)
+}
+
+/// The last word before anything is deleted: the place the index takes each live blob from is
+/// in a pack that stays, or among the blobs a repack copies out. The plan is built to keep this;
+/// this check (a pass of its own over the index) makes a mistake in it (or in what it was given)
+/// stop the prune instead of costing data.
+fn ensure_live_blobs_stay(index: &Index, live: &Live, internal: &Internal) -> Result<()> {
+    let deleted: HashSet<&Id> = internal.delete.iter().chain(&internal.unreferenced).collect();
+    let repacked: HashSet<&Id> = internal.repack.iter().collect();
+    let copied: HashSet<(Id, u32)> = internal
+        .repack
+        .iter()
+        .filter_map(|pack| internal.keep.get(pack))
+        .flatten()
+        .map(|blob| (blob.id, blob.offset))
+        .collect();
+    if !deleted.is_empty() || !repacked.is_empty() {
+        for item in index.iter_positioned() {
+            let (position, id, at) = item.map_err(|_| damaged_copy())?;
+            if !live.contains(position) {
+                continue;
+            }
+            let pack = index.pack_id(&at);
+            if deleted.contains(&pack) || (repacked.contains(&pack) && !copied.contains(&(id, at.offset))) {
+                return Err(Error::Refused(format!(
+                    "blob {} is live in pack {}, which the plan would delete; nothing was deleted: run `cairn check`",
+                    id.short(),
+                    pack.short()
+                )));
+            }
+        }
+    }
+    if index.damaged() {
+        return Err(damaged_copy());
+    }
+    Ok(())
+}
+
+/// One pass over the index files for the packs about to go (deleted or repacked): collects what a
+/// repack copies (live blobs where the index picks them), and the live blobs that a pack about to
+/// go holds a copy of while the index picks another: before such a copy goes, the picked one is
+/// read and verified (see [`verify_picked_copies`]).
+fn doomed_entries(repo: &Indexed, live: &Live, internal: &mut Internal) -> Result<Vec<Id>> {
+    let index = repo.index();
+    let repacked: HashSet<Id> = internal.repack.iter().copied().collect();
+    let doomed: HashSet<Id> = internal.delete.iter().copied().chain(repacked.iter().copied()).collect();
+    let mut done = HashSet::new();
+    let mut picked_elsewhere = Vec::new();
+    let keep = &mut internal.keep;
+    crate::repository::index::open::each_file(repo, |_, file| {
+        file.each_pack(|pack| {
+            // Index files that name one pack list the same entries (disputed ones refused).
+            if !doomed.contains(&pack.id) || !done.insert(pack.id) {
+                return Ok(());
+            }
+            let found: Vec<Option<(u64, crate::repository::index::Location)>> =
+                pack.blobs.par_iter().with_min_len(256).map(|blob| index.locate(&blob.id)).collect();
+            for (blob, found) in pack.blobs.iter().zip(found) {
+                let Some((_, at)) = found.filter(|(position, _)| live.contains(*position)) else { continue };
+                if index.pack_id(&at) == pack.id && at.offset == blob.offset {
+                    if repacked.contains(&pack.id) {
+                        keep.entry(pack.id).or_default().push(*blob);
+                    }
+                } else {
+                    picked_elsewhere.push(blob.id);
+                }
+            }
+            Ok(())
+        })
+    })?;
+    if let Some(first) = repo.take_damage().first() {
+        return Err(Error::Refused(format!("{first}: refusing to prune a repository with damaged files")));
+    }
+    if done.len() != doomed.len() {
+        return Err(Error::Refused(
+            "an index file naming a pack about to go could not be read again; nothing was deleted: run prune again"
+                .to_string(),
+        ));
+    }
+    picked_elsewhere.sort_unstable();
+    picked_elsewhere.dedup();
+    Ok(picked_elsewhere)
+}
+
+/// A pack about to be deleted or repacked may hold copies of live blobs that are dead only because
+/// the index picks another copy. Before such a copy goes, the picked one is read and verified: a
+/// damaged or forged index file (one a host with create-only rights could write, sorting first and
+/// placing real blob ids in a pack of garbage) would otherwise make prune delete the only real
+/// copy. Returns how many copies were verified; an error (nothing deleted) if one fails.
+fn verify_picked_copies(repo: &Indexed, picked_elsewhere: &[Id]) -> Result<u64> {
+    picked_elsewhere.par_iter().try_for_each(|id| {
+        repo.read_blob(id).map(|_| ()).map_err(|e| {
+            Error::Refused(format!(
+                "blob {} is live, and the copy the index picks cannot be read ({e}) while a pack about to go \
+                 holds another; nothing was deleted: run `cairn check --read-data`",
+                id.short()
+            ))
+        })
+    })?;
+    Ok(picked_elsewhere.len() as u64)
+}
+
+/// What to do when blobs the snapshots need are in no index file.
+const REPAIR_ADVICE: &str = "an index file may be lost: run `cairn repair index`, which rebuilds the index from \
+    the packs, then `cairn check` (if they are in no pack either, check names the files lost: forget the snapshots \
+    that need them)";
+
 pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
     // Every damaged file must stop the prune: a skipped manifest would look like a snapshot that
     // does not exist, and the data only it needs would be deleted.
     let snapshots = repo.snapshots()?;
     let loaded = Indexed::load(repo)?;
     let index = loaded.index();
-    let indexed = repo.indexed_packs()?;
+    let summary = summarize(repo)?;
     if let Some(first) = repo.take_damage().first() {
         return Err(Error::Refused(format!("{first}: refusing to prune a repository with damaged files")));
     }
     // A pack's entries are what every index file lists for it; files that disagree are damage (or
     // a file forged to hide live blobs): deleting by either list could destroy what the other holds.
-    if let Some(first) = indexed.disputed.first() {
+    if let Some(first) = summary.disputed.first() {
         return Err(Error::Refused(format!(
             "index files disagree about what {} packs hold (pack {} among them); nothing was deleted: run `cairn \
              repair index`, which reads those packs' own trailers",
-            indexed.disputed.len(),
+            summary.disputed.len(),
             first.short()
         )));
     }
     let mut plan = PrunePlan { snapshots: snapshots.len() as u64, ..Default::default() };
     let live = mark(&loaded, &snapshots)?;
+    // A lookup in a damaged block answers "absent": a blob would look unindexed, or dead.
+    if index.damaged() {
+        return Err(damaged_copy());
+    }
     let present = repo.list_packs()?.0;
-    refuse_unless_whole(index, &live, &present)?;
-    let mut internal = Internal { live, index_files: indexed.files, packs: indexed.packs, ..Default::default() };
+    let counts = count_live(index, &live)?;
+    refuse_unless_whole(index, &live, &counts, &present)?;
+    let mut internal = Internal { index_files: summary.files, packs: summary.packs, ..Default::default() };
     // A blob is live in exactly one place: where the index finds it. Copies elsewhere are dead.
     let mut candidates: Vec<(f64, Id, u64)> = Vec::new();
     for (pack_id, pack) in &internal.packs {
-        let (mut live_bytes, mut dead_bytes) = (0u64, 0u64);
-        for blob in &pack.blobs {
-            if picked(index, pack_id, blob) && internal.live.contains(&blob.id) {
-                live_bytes += blob.stored_len as u64;
-                plan.live_blobs += 1;
-                internal.keep.entry(*pack_id).or_default().push(*blob);
-            } else {
-                dead_bytes += blob.stored_len as u64;
-            }
+        let number = index.number_of(pack_id).map(|n| n as usize);
+        let (blobs, live_bytes) = number.map_or((0, 0), |n| (counts.blobs[n], counts.bytes[n]));
+        // The index (the sorted copy) and the index files read since must agree.
+        if number.is_none() || blobs > pack.blobs || live_bytes > pack.bytes {
+            return Err(Error::Refused(format!(
+                "pack {} is not as the index loaded it (an index file changed while prune read it); nothing was \
+                 deleted: run prune again",
+                pack_id.short()
+            )));
         }
+        let dead_bytes = pack.bytes - live_bytes;
+        plan.live_blobs += blobs;
         plan.live_bytes += live_bytes;
         plan.dead_bytes += dead_bytes;
-        if live_bytes == 0 {
+        if live_bytes == 0 && blobs == 0 {
             internal.delete.push(*pack_id);
             plan.bytes_freed += pack.len;
         } else if dead_bytes > 0 {
@@ -280,20 +470,29 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
         remaining -= dead;
         internal.repack.push(pack_id);
         plan.bytes_freed += dead;
-        for blob in internal.keep.get(&pack_id).into_iter().flatten() {
+    }
+    let picked_elsewhere = match internal.delete.is_empty() && internal.repack.is_empty() {
+        true => Vec::new(),
+        false => doomed_entries(&loaded, &live, &mut internal)?,
+    };
+    for pack_id in &internal.repack {
+        for blob in internal.keep.get(pack_id).into_iter().flatten() {
             plan.repack_blobs += 1;
             plan.repack_bytes += blob.stored_len as u64;
         }
     }
-    plan.copies_verified = verify_picked_copies(&loaded, &internal)?;
+    plan.copies_verified = verify_picked_copies(&loaded, &picked_elsewhere)?;
     for (id, len) in present {
         if !internal.packs.contains_key(&id) {
+            if index.number_of(&id).is_some() {
+                return Err(damaged_copy());
+            }
             internal.unreferenced.push(id);
             plan.bytes_freed += len;
         }
     }
     internal.unreferenced.sort();
-    ensure_live_blobs_stay(index, &internal)?;
+    ensure_live_blobs_stay(index, &live, &internal)?;
     plan.packs = internal.packs.len() as u64;
     plan.delete = internal.delete.iter().map(|id| id.to_hex()).collect();
     plan.repack = internal.repack.iter().map(|id| id.to_hex()).collect();
@@ -319,11 +518,10 @@ const READ_GAP: u64 = 256 << 10;
 fn copy_live_blobs(
     repo: &Repository,
     store: &BlobStore<'_>,
-    pack: &IndexedPack,
+    (pack_id, pack): (&Id, &PackSummary),
     keep: &HashMap<Id, Vec<BlobEntry>>,
     progress: &Progress,
 ) -> Result<()> {
-    let pack_id = &pack.id;
     let key = FileKind::Pack.name(pack_id);
     let damaged = |e: Error| Error::Refused(format!("{e}; nothing was deleted (run `cairn check`)"));
     let mut blobs: Vec<&BlobEntry> = keep.get(pack_id).into_iter().flatten().collect();
@@ -388,6 +586,32 @@ pub fn prune(
     })
 }
 
+/// The entries of every pack that stays, read again from the index files, each pack as the plan
+/// summed it: a file changed or unreadable since stops the prune before the index is rewritten.
+fn staying_packs(repo: &Repository, internal: &Internal, gone: &HashSet<&Id>) -> Result<BTreeMap<Id, IndexedPack>> {
+    let mut staying = BTreeMap::new();
+    crate::repository::index::open::each_file(repo, |_, file| {
+        file.each_pack(|mut pack| {
+            // Packs the plan did not see are the repack's own, written in step 1.
+            let planned = internal.packs.contains_key(&pack.id);
+            if planned && !gone.contains(&pack.id) && !staying.contains_key(&pack.id) {
+                pack.blobs.sort_unstable_by_key(|b| (b.offset, b.id));
+                staying.insert(pack.id, pack);
+            }
+            Ok(())
+        })
+    })?;
+    let changed = |id: &Id, pack: &IndexedPack| internal.packs.get(id) != Some(&PackSummary::of(pack));
+    let expected = internal.packs.keys().filter(|id| !gone.contains(id)).count();
+    if !repo.take_damage().is_empty() || staying.len() != expected || staying.iter().any(|(id, p)| changed(id, p)) {
+        return Err(Error::Refused(
+            "the index files changed or could not be read again while pruning; nothing was deleted: run prune again"
+                .to_string(),
+        ));
+    }
+    Ok(staying)
+}
+
 /// Carries out a plan. The caller holds the exclusive lock the plan was made under.
 fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Result<PruneReport> {
     let internal = plan.internal;
@@ -406,7 +630,7 @@ fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Result<Pr
     store.record_written = true;
     progress.add_total(plan.repack_bytes);
     internal.repack.par_iter().try_for_each(|pack_id| match internal.packs.get(pack_id) {
-        Some(pack) => copy_live_blobs(repo, &store, pack, &internal.keep, progress),
+        Some(pack) => copy_live_blobs(repo, &store, (pack_id, pack), &internal.keep, progress),
         None => Err(Error::Refused(format!("pack {} to repack is in no index file", pack_id.short()))),
     })?;
     store.finish()?;
@@ -416,8 +640,7 @@ fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Result<Pr
 
     // 2. Index files for every pack that stays, plus the new ones.
     let gone: HashSet<&Id> = internal.delete.iter().chain(&internal.repack).collect();
-    let staying: Vec<IndexedPack> =
-        internal.packs.values().filter(|p| !gone.contains(&p.id)).cloned().chain(new_packs).collect();
+    let staying: Vec<IndexedPack> = staying_packs(repo, &internal, &gone)?.into_values().chain(new_packs).collect();
     let written: HashSet<Id> = repo.write_index_files(&staying)?.into_iter().collect();
     report.index_files_written = written.len() as u64;
 

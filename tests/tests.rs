@@ -25,6 +25,8 @@ mod errors;
 mod filters;
 #[path = "cases/fixtures.rs"]
 mod fixtures;
+#[path = "cases/gc_bounded.rs"]
+mod gc_bounded;
 #[path = "cases/gen_repo.rs"]
 mod gen_repo;
 #[path = "cases/in_place.rs"]

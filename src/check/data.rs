@@ -2,14 +2,15 @@
 //! so memory stays at [`PACK_BUFFERS`] packs: each pack's bytes must hash to its name, and every
 //! blob its trailer lists must decrypt, decompress and hash to its id.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{mpsc, Condvar, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
-use super::structure::{compare_trailer, read_trailer};
-use super::{Findings, Subset};
+use super::by_pack::ByPack;
+use super::structure::read_trailer;
+use super::Subset;
 use crate::backend::{Backend, WholeObject};
 use crate::error::Error;
 use crate::format::pack::BlobEntry;
@@ -77,7 +78,7 @@ pub(super) struct PacksRead {
     pub(super) bad_packs: Vec<(Id, String)>,
     /// Blobs that failed, with the pack holding them and why.
     pub(super) failed: Vec<(Id, BlobEntry, String)>,
-    /// Packs whose trailer decoded and was held against the index (by [`compare_trailer`]).
+    /// Packs whose trailer decoded and lists exactly what the index places in them ([`ByPack`]).
     pub(super) trailers_checked: HashSet<Id>,
 }
 
@@ -96,8 +97,7 @@ pub(super) fn read_packs(
     prefetched: Prefetched,
     progress: &Progress,
     stop: &AtomicBool,
-    grouped: &OnceLock<BTreeMap<Id, Vec<BlobEntry>>>,
-    findings: &Findings,
+    grouped: &OnceLock<ByPack>,
 ) -> PacksRead {
     let found = Mutex::new(PacksRead::default());
     let read = &found;
@@ -177,12 +177,10 @@ pub(super) fn read_packs(
                 let read_range = |offset: u64, n: u64| Ok(bytes[offset as usize..(offset + n) as usize].to_vec());
                 let trailer = read_trailer(repo, &key, len, &read_range);
                 // Once the index is loaded, the structural pass need not read the trailer again.
-                let indexed = grouped.get().and_then(|grouped| grouped.get(pack));
-                let trailer_checked = match (&trailer, indexed) {
-                    (Ok(listed), Some(entries)) => {
-                        compare_trailer(pack, entries, listed, findings);
-                        true
-                    }
+                // A trailer that lists other entries than the index places in the pack is held
+                // against them by the structural pass.
+                let trailer_checked = match (&trailer, grouped.get()) {
+                    (Ok(listed), Some(sums)) => sums.matches(pack, listed),
                     _ => false,
                 };
                 let listed = trailer.unwrap_or_default();

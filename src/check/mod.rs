@@ -17,11 +17,12 @@
 //! buffers, one verified while the next is read, while the index and trees load beside them),
 //! and tracing damage to paths ([`trees`]); this module runs them and writes the report.
 
+mod by_pack;
 mod data;
 mod structure;
 mod trees;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 
@@ -35,6 +36,7 @@ use crate::format::pack::BlobEntry;
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::{FileKind, Indexed, Repository};
+use by_pack::ByPack;
 use data::read_packs;
 pub(crate) use data::verify_blob;
 pub use data::Prefetched;
@@ -197,7 +199,7 @@ fn verify(
     // snapshots and audit log load and the snapshot trees are walked: a pack is verified against
     // its own trailer, so neither waits for the other. The index is held against the packs after.
     let stop = AtomicBool::new(false);
-    // Index entries grouped by pack, once loaded.
+    // What the index places in each pack, summed, once loaded.
     let grouped = OnceLock::new();
     let load = || -> Result<_> {
         // A repository that cannot be loaded stops the reading of packs at once.
@@ -209,21 +211,7 @@ fn verify(
             Some(trees) => Walked { bad: HashMap::new(), unindexed: HashSet::new(), affected: Vec::new(), trees },
             None => walk(&index, &snapshots, HashMap::new()),
         };
-        // Index entries grouped by pack.
-        let mut by_pack: BTreeMap<Id, Vec<BlobEntry>> = BTreeMap::new();
-        for item in index.index().entries() {
-            let (pack, entry) = item.map_err(|e| {
-                crate::error::Error::corrupt(
-                    "the local sorted copy of the index",
-                    format!("{e}; the next run rebuilds it"),
-                )
-            })?;
-            by_pack.entry(pack).or_default().push(entry);
-        }
-        for (pack, _) in &index.index().packs {
-            by_pack.entry(*pack).or_default();
-        }
-        _ = grouped.set(by_pack);
+        _ = grouped.set(ByPack::of(index.index()).map_err(damaged_copy)?);
         Ok((index, snapshots, walked))
     };
     let read = std::thread::scope(|scope| {
@@ -233,11 +221,11 @@ fn verify(
             Ok(pool) => pool.install(load),
             Err(_) => load(),
         });
-        let read = read_packs(repo, &to_read, prefetched, progress, &stop, &grouped, &findings);
+        let read = read_packs(repo, &to_read, prefetched, progress, &stop, &grouped);
         (loader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), read)
     });
     let ((index, snapshots, first_walk), read) = (read.0?, read.1);
-    let by_pack = grouped.into_inner().expect("loaded with the index");
+    let sums = grouped.into_inner().expect("loaded with the index");
     for damage in repo.take_damage() {
         findings.error(damage.to_string());
     }
@@ -275,43 +263,41 @@ fn verify(
         );
     }
 
-    report.packs = by_pack.len() as u64;
-    by_pack.par_iter().for_each(|(pack, entries)| {
-        let key = FileKind::Pack.name(pack);
-        let Some(&actual_len) = on_disk.get(pack) else {
-            findings.bad_pack(pack, format!("pack {} is missing ({} blobs lost)", pack.short(), entries.len()));
-            entries.iter().for_each(|e| findings.bad_blob(&e.id, format!("its pack {} is missing", pack.short())));
-            return;
+    report.packs = index.index().packs.len() as u64;
+    // A pack whose trailer lists exactly what the index places in it is confirmed by its sum; the
+    // others (missing, short, or listing other entries) have their entries gathered, to say which
+    // blobs they cost.
+    let suspects = Mutex::new(Vec::new());
+    index.index().packs.par_iter().for_each(|(pack, expected_len)| {
+        let sum = sums.get(pack);
+        let confirmed = match on_disk.get(pack) {
+            Some(&actual_len) if actual_len == *expected_len && sum.max_end <= actual_len => {
+                read.trailers_checked.contains(pack) || {
+                    let key = FileKind::Pack.name(pack);
+                    let read_range = |offset, n| repo.read_file_range(FileKind::Pack, pack, offset, n);
+                    read_trailer(repo, &key, actual_len, &read_range).is_ok_and(|listed| sums.matches(pack, &listed))
+                }
+            }
+            _ => false,
         };
-        let expected_len = indexed_len.get(pack).copied().unwrap_or(0);
-        if actual_len != expected_len {
-            findings.bad_pack(
-                pack,
-                format!(
-                    "pack {} is {actual_len} bytes, the index says {expected_len}: truncated or overwritten",
-                    pack.short()
-                ),
-            );
-        }
-        for entry in entries.iter().filter(|e| e.end() > actual_len) {
-            findings.bad_blob(&entry.id, format!("it lies past the end of pack {}", pack.short()));
-        }
-        // Header and trailer by range, unless they were held against the index as the pack was read.
-        if read.trailers_checked.contains(pack) {
-            return;
-        }
-        let read_range = |offset, n| repo.read_file_range(FileKind::Pack, pack, offset, n);
-        if let Err(e) = check_pack_structure(repo, &key, pack, actual_len, entries, &findings, &read_range) {
-            findings.bad_pack(pack, format!("pack {}: {e}", pack.short()));
+        if !confirmed {
+            suspects.lock().expect("poisoned").push((*pack, sum.count));
         }
     });
+    let mut suspects = suspects.into_inner().expect("poisoned");
+    suspects.sort_unstable();
+    by_pack::gather(index.index(), &suspects, |group| {
+        group.par_iter().for_each(|(pack, entries)| check_pack(repo, pack, entries, &on_disk, &indexed_len, &findings));
+    })
+    .map_err(damaged_copy)?;
 
     // Trace every bad or missing blob to the snapshots and paths that need it: walk again only if
     // the packs or the index had any.
     let bad = findings.bad_blobs.into_inner().expect("poisoned");
     let walker = if bad.is_empty() { first_walk } else { walk(&index, &snapshots, bad) };
     let mut errors = findings.errors.into_inner().expect("poisoned");
-    let mut unindexed_packs: Vec<(&Id, &u64)> = on_disk.iter().filter(|(id, _)| !by_pack.contains_key(id)).collect();
+    let mut unindexed_packs: Vec<(&Id, &u64)> =
+        on_disk.iter().filter(|(id, _)| !indexed_len.contains_key(id)).collect();
     unindexed_packs.sort_unstable();
     for (pack, len) in unindexed_packs {
         match needed_in_unindexed_pack(repo, pack, *len, &walker.unindexed) {
@@ -351,6 +337,47 @@ fn verify(
     report.damaged_blobs = blobs;
     progress.finish();
     Ok(report)
+}
+
+/// The error when a scan finds the local sorted copy damaged.
+fn damaged_copy(e: std::io::Error) -> crate::error::Error {
+    crate::error::Error::corrupt("the local sorted copy of the index", format!("{e}; the next run rebuilds it"))
+}
+
+/// The structural check of one pack that did not match its sum, with the entries the index
+/// places in it: missing, another length, blobs past its end, a header or trailer that does not
+/// decode, or a trailer that does not list each entry where the index places it.
+fn check_pack(
+    repo: &Repository,
+    pack: &Id,
+    entries: &[BlobEntry],
+    on_disk: &HashMap<Id, u64>,
+    indexed_len: &HashMap<Id, u64>,
+    findings: &Findings,
+) {
+    let key = FileKind::Pack.name(pack);
+    let Some(&actual_len) = on_disk.get(pack) else {
+        findings.bad_pack(pack, format!("pack {} is missing ({} blobs lost)", pack.short(), entries.len()));
+        entries.iter().for_each(|e| findings.bad_blob(&e.id, format!("its pack {} is missing", pack.short())));
+        return;
+    };
+    let expected_len = indexed_len.get(pack).copied().unwrap_or(0);
+    if actual_len != expected_len {
+        findings.bad_pack(
+            pack,
+            format!(
+                "pack {} is {actual_len} bytes, the index says {expected_len}: truncated or overwritten",
+                pack.short()
+            ),
+        );
+    }
+    for entry in entries.iter().filter(|e| e.end() > actual_len) {
+        findings.bad_blob(&entry.id, format!("it lies past the end of pack {}", pack.short()));
+    }
+    let read_range = |offset, n| repo.read_file_range(FileKind::Pack, pack, offset, n);
+    if let Err(e) = check_pack_structure(repo, &key, pack, actual_len, entries, findings, &read_range) {
+        findings.bad_pack(pack, format!("pack {}: {e}", pack.short()));
+    }
 }
 
 #[cfg(test)]

@@ -39,10 +39,22 @@ impl IndexFile {
     }
 
     pub fn decode(data: &[u8], file: &str) -> Result<IndexFile> {
+        let mut packs = Vec::new();
+        IndexFile::each_pack(data, file, |pack| {
+            packs.push(pack);
+            Ok(())
+        })?;
+        Ok(IndexFile { packs })
+    }
+
+    /// [`IndexFile::decode`] a pack at a time: each pack goes to `visit` as it is decoded, so
+    /// the file's packs are never all held at once (at 10^8 blobs an index file decodes to
+    /// hundreds of megabytes). A caller that must not act on part of a damaged file visits it
+    /// once with nothing to do first: the whole file is checked by the time this returns.
+    pub fn each_pack(data: &[u8], file: &str, mut visit: impl FnMut(IndexedPack) -> Result<()>) -> Result<()> {
         let (_version, body) = envelope::open(data, MAGIC, VERSION, file)?;
         let mut r = Reader::new(body, file);
         let pack_count = r.count(32 + 8 + 4)?;
-        let mut packs = Vec::with_capacity(pack_count);
         for _ in 0..pack_count {
             let id = r.id()?;
             let len = r.u64()?;
@@ -58,10 +70,9 @@ impl IndexFile {
                 }
                 blobs.push(blob);
             }
-            packs.push(IndexedPack { id, len, blobs });
+            visit(IndexedPack { id, len, blobs })?;
         }
-        r.finish()?;
-        Ok(IndexFile { packs })
+        r.finish()
     }
 }
 

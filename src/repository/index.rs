@@ -165,25 +165,58 @@ impl Index {
     /// (nothing of it stays in memory) merged with the delta. Ends with an error if the copy is
     /// found damaged.
     pub fn iter_locations(&self) -> impl Iterator<Item = std::io::Result<(Id, Location)>> + '_ {
-        let mut main = self.main.as_ref().map(SortedFile::scan).into_iter().flatten().peekable();
-        let mut delta = self.delta.iter().copied().peekable();
+        self.iter_positioned().map(|item| item.map(|(_, id, location)| (id, location)))
+    }
+
+    /// How many positions [`Index::locate`] gives out: every blob has one below this, and no two
+    /// blobs share one (a bitset this long marks blobs).
+    pub fn positions(&self) -> u64 {
+        self.main.as_ref().map_or(0, SortedFile::len) + self.delta.len() as u64
+    }
+
+    /// Where blob `id` is, with its position: its rank in the sorted copy, or for a blob only in
+    /// the delta, the copy's length plus its rank there. A damaged block answers "absent", as
+    /// [`Index::get`] does.
+    pub fn locate(&self, id: &Id) -> Option<(u64, Location)> {
+        let main = self.main.as_ref().and_then(|main| main.locate(id));
+        let base = self.main.as_ref().map_or(0, SortedFile::len);
+        let delta = self.delta.position(id).map(|at| (base + at as u64, self.delta.items[at].1));
+        match (main, delta) {
+            (Some((position, a)), Some((_, b))) => Some((position, self.first(a, b))),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// [`Index::iter_locations`] with each blob's position ([`Index::locate`]).
+    pub fn iter_positioned(&self) -> impl Iterator<Item = std::io::Result<(u64, Id, Location)>> + '_ {
+        let base = self.main.as_ref().map_or(0, SortedFile::len);
+        let mut main = self.main.as_ref().map(SortedFile::scan).into_iter().flatten().zip(0u64..).peekable();
+        let mut delta = self.delta.iter().copied().zip(base..).peekable();
+        let from_main = |(item, at): (std::io::Result<(Id, Location)>, u64)| item.map(|(id, l)| (at, id, l));
         std::iter::from_fn(move || {
             let next_main = match main.peek() {
-                Some(Err(_)) => return main.next(),
-                Some(Ok((id, _))) => Some(*id),
+                Some((Err(_), _)) => return main.next().map(from_main),
+                Some((Ok((id, _)), _)) => Some(*id),
                 None => None,
             };
-            let next_delta = delta.peek().map(|(id, _)| *id);
+            let next_delta = delta.peek().map(|((id, _), _)| *id);
             match (next_main, next_delta) {
                 (Some(a), Some(b)) if a == b => {
-                    let (Some(Ok((id, x))), Some((_, y))) = (main.next(), delta.next()) else { unreachable!() };
-                    Some(Ok((id, self.first(x, y))))
+                    let (Some((Ok((id, x)), at)), Some(((_, y), _))) = (main.next(), delta.next()) else {
+                        unreachable!()
+                    };
+                    Some(Ok((at, id, self.first(x, y))))
                 }
-                (Some(a), Some(b)) if b < a => delta.next().map(Ok),
-                (Some(_), _) => main.next(),
-                (None, _) => delta.next().map(Ok),
+                (Some(a), Some(b)) if b < a => delta.next().map(|((id, l), at)| Ok((at, id, l))),
+                (Some(_), _) => main.next().map(from_main),
+                (None, _) => delta.next().map(|((id, l), at)| Ok((at, id, l))),
             }
         })
+    }
+
+    /// The number [`Location::pack`] gives pack `id`, if the index names it.
+    pub fn number_of(&self, id: &Id) -> Option<u32> {
+        self.pack_numbers.get(id).copied()
     }
 
     /// Every blob as a pack entry, for verification; an error if the sorted copy is damaged.
@@ -244,9 +277,15 @@ impl<T> SortedIds<T> {
     }
 
     pub fn get(&self, id: &Id) -> Option<&T> {
+        self.position(id).map(|at| &self.items[at].1)
+    }
+
+    /// The rank of `id` among the ids.
+    pub fn position(&self, id: &Id) -> Option<usize> {
         let bucket = Self::bucket_of(id, self.bits) as usize;
-        let slice = &self.items[self.starts[bucket] as usize..self.starts[bucket + 1] as usize];
-        slice.binary_search_by(|(other, _)| other.cmp(id)).ok().map(|i| &slice[i].1)
+        let start = self.starts[bucket] as usize;
+        let slice = &self.items[start..self.starts[bucket + 1] as usize];
+        slice.binary_search_by(|(other, _)| other.cmp(id)).ok().map(|i| start + i)
     }
 
     pub fn len(&self) -> usize {

@@ -505,7 +505,7 @@ impl Repository {
             let names: std::collections::HashSet<&str> = listed.iter().map(|(key, _)| key.as_str()).collect();
             cache.retain(dir, |key| names.contains(key));
         }
-        Ok(self.read_listed(kind, &listed, &decode))
+        Ok(self.read_listed(kind, &listed, &|bytes: Vec<u8>, file: &str| decode(&bytes, file)))
     }
 
     /// The snapshots there are now, reading only the manifests that `known` does not hold yet
@@ -521,14 +521,16 @@ impl Repository {
         let ids: Vec<Id> = listed.iter().filter_map(|(key, _)| kind.id_of(key)).collect();
         let new: Vec<(String, u64)> =
             listed.into_iter().filter(|(key, _)| kind.id_of(key).is_some_and(|id| !known(&id))).collect();
-        Ok((ids, self.read_listed(kind, &new, &Snapshot::decode)))
+        Ok((ids, self.read_listed(kind, &new, &|bytes: Vec<u8>, file: &str| Snapshot::decode(&bytes, file))))
     }
 
+    /// Reads and decodes the files `listed`, in parallel; `decode` owns the bytes it is given (an
+    /// index file at 10^8 blobs is hundreds of megabytes: its decoder keeps them, not a copy).
     fn read_listed<T: Send>(
         &self,
         kind: FileKind,
         listed: &[(String, u64)],
-        decode: &(impl Fn(&[u8], &str) -> Result<T> + Sync),
+        decode: &(impl Fn(Vec<u8>, &str) -> Result<T> + Sync),
     ) -> Vec<(Id, T)> {
         // In parallel: a year of nightly runs leaves hundreds of small files, each a disk seek, or
         // on an object store a round trip, of which many more are in flight at once than there
@@ -542,10 +544,15 @@ impl Repository {
 
     /// One content-named file, decoded; `None` if it is not there any more, not named by an id,
     /// or damaged (recorded).
-    fn read_decoded<T>(&self, kind: FileKind, key: &str, decode: impl Fn(&[u8], &str) -> Result<T>) -> Option<(Id, T)> {
+    fn read_decoded<T>(
+        &self,
+        kind: FileKind,
+        key: &str,
+        decode: impl Fn(Vec<u8>, &str) -> Result<T>,
+    ) -> Option<(Id, T)> {
         let decoded = self
             .read_named(kind, key)
-            .and_then(|found| found.map(|(id, bytes)| Ok((id, decode(&bytes, &self.describe(key))?))).transpose());
+            .and_then(|found| found.map(|(id, bytes)| Ok((id, decode(bytes, &self.describe(key))?))).transpose());
         match decoded {
             Ok(entry) => entry,
             // Removed between the listing and the read (a forget or prune): not damage.

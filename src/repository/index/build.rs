@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use super::sorted::{decode_entry, encode_entry, Head, PackRecord, Writer, ENTRY_LEN};
 use super::{Index, Location};
 use crate::crypto::Keys;
-use crate::format::index::IndexFile;
+use crate::format::index::IndexedPack;
 use crate::id::Id;
 
 /// Entries sorted in memory at once: 52 bytes each, 52 MiB a run.
@@ -45,6 +45,8 @@ pub(super) struct Builder {
     numbers: HashMap<Id, u32>,
     entries: u64,
     keys: Option<Keys>,
+    /// The record number of the next pack in the file begun last.
+    record: u32,
 }
 
 /// A file in `dir` with no name: it is removed right after it is made, so a killed process
@@ -72,30 +74,39 @@ impl Builder {
             numbers: HashMap::new(),
             entries: 0,
             keys,
+            record: 0,
         }
     }
 
-    /// Adds index file `name`; names must come in ascending order.
-    pub(super) fn add(&mut self, name: Id, file: &IndexFile) -> io::Result<()> {
+    /// Adds index file `name` whole; names must come in ascending order.
+    #[cfg(test)]
+    pub(super) fn add(&mut self, name: Id, file: &crate::format::index::IndexFile) -> io::Result<()> {
+        self.begin_file(name);
+        file.packs.iter().try_for_each(|pack| self.add_pack(pack))
+    }
+
+    /// Starts index file `name`, whose packs [`Builder::add_pack`] adds in file order; names
+    /// must come in ascending order.
+    pub(super) fn begin_file(&mut self, name: Id) {
         assert!(self.head.files.last().map_or(true, |last| *last < name), "index files must come in name order");
-        let rank = self.head.files.len() as u32;
         self.head.files.push(name);
-        for (record, pack) in file.packs.iter().enumerate() {
-            let number = *self.numbers.entry(pack.id).or_insert_with(|| {
-                self.head.packs.push(PackRecord {
-                    id: pack.id,
-                    len: pack.len,
-                    first_file: rank,
-                    record: record as u32,
-                });
-                (self.head.packs.len() - 1) as u32
-            });
-            for blob in &pack.blobs {
-                self.run.push((blob.id, Location::of(number, blob)));
-                self.entries += 1;
-                if self.run.len() >= self.run_limit {
-                    self.spill()?;
-                }
+        self.record = 0;
+    }
+
+    /// Adds the next pack of the file begun last.
+    pub(super) fn add_pack(&mut self, pack: &IndexedPack) -> io::Result<()> {
+        let rank = (self.head.files.len() - 1) as u32;
+        let record = self.record;
+        self.record += 1;
+        let number = *self.numbers.entry(pack.id).or_insert_with(|| {
+            self.head.packs.push(PackRecord { id: pack.id, len: pack.len, first_file: rank, record });
+            (self.head.packs.len() - 1) as u32
+        });
+        for blob in &pack.blobs {
+            self.run.push((blob.id, Location::of(number, blob)));
+            self.entries += 1;
+            if self.run.len() >= self.run_limit {
+                self.spill()?;
             }
         }
         Ok(())

@@ -110,6 +110,20 @@ fn assert_matches(index: &Index, model: &HashMap<Id, (Id, BlobEntry)>, what: &st
     for (pack, entry) in listed {
         assert_eq!(model[&entry.id], (pack, entry), "{what}: entry");
     }
+    assert_positions(index, what);
+}
+
+/// Positions mark blobs (prune's bitset): the scan and the lookup give each blob the same one,
+/// below [`Index::positions`], and no two blobs share one.
+fn assert_positions(index: &Index, what: &str) {
+    let mut seen = std::collections::HashSet::new();
+    for item in index.iter_positioned() {
+        let (position, id, location) = item.unwrap();
+        assert!(position < index.positions(), "{what}: position in range");
+        assert!(seen.insert(position), "{what}: one blob a position");
+        assert_eq!(index.locate(&id), Some((position, location)), "{what}: lookup and scan agree");
+    }
+    assert_eq!(index.locate(&id(1 << 60)), None, "{what}: an id never stored");
 }
 
 /// Plain, and sealed with a key (an encrypted repository's copy).

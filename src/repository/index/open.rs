@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 use super::build::{unnamed_file, write_merged, Builder, RUN_ENTRIES};
 use super::sorted::{Head, SortedFile};
 use super::Index;
-use crate::error::Result;
-use crate::format::index::IndexFile;
+use crate::error::{Error, Result};
+use crate::format::index::{IndexFile, IndexedPack};
 use crate::id::Id;
 use crate::repository::{FileKind, Repository};
 
@@ -75,14 +75,43 @@ fn list(repo: &Repository) -> Result<Vec<Listed>> {
     Ok(ids)
 }
 
-/// Reads and decodes `files`, in order; damaged ones are recorded and left out.
-fn read(repo: &Repository, files: &[Listed]) -> Vec<(Id, IndexFile)> {
+/// An index file read whole and checked (its envelope, and every pack and entry decoded once),
+/// held as its bytes: its packs are decoded again one at a time where they are used, so a file of
+/// 8 million entries costs its 400 MB of bytes, not twice that.
+pub(crate) struct CheckedFile {
+    bytes: Vec<u8>,
+    file: String,
+}
+
+impl CheckedFile {
+    fn check(bytes: Vec<u8>, file: &str) -> Result<CheckedFile> {
+        IndexFile::each_pack(&bytes, file, |_| Ok(()))?;
+        Ok(CheckedFile { bytes, file: file.to_string() })
+    }
+
+    /// Hands each pack to `visit`, in file order.
+    pub(crate) fn each_pack(&self, visit: impl FnMut(IndexedPack) -> Result<()>) -> Result<()> {
+        IndexFile::each_pack(&self.bytes, &self.file, visit)
+    }
+
+    fn into_file(self) -> IndexFile {
+        IndexFile::decode(&self.bytes, &self.file).expect("checked when read")
+    }
+}
+
+/// Reads and checks `files`, in order; damaged ones are recorded and left out.
+fn read(repo: &Repository, files: &[Listed]) -> Vec<(Id, CheckedFile)> {
     let keys: Vec<(String, u64)> = files.iter().map(|(_, key, len)| (key.clone(), *len)).collect();
-    repo.read_listed(FileKind::Index, &keys, &IndexFile::decode)
+    repo.read_listed(FileKind::Index, &keys, &CheckedFile::check)
+}
+
+/// Reads and decodes `files` whole, in order (for a delta, which is small).
+fn read_whole(repo: &Repository, files: &[Listed]) -> Vec<(Id, IndexFile)> {
+    read(repo, files).into_iter().map(|(name, file)| (name, file.into_file())).collect()
 }
 
 fn in_memory(repo: &Repository, listed: &[Listed]) -> Index {
-    Index::default().with_delta(read(repo, listed))
+    Index::default().with_delta(read_whole(repo, listed))
 }
 
 /// Where the copy is kept: `path` in `dir`, or (no path) an unnamed file in `dir`.
@@ -142,7 +171,7 @@ fn reuse(
         return Ok(None);
     }
     let files = head.files.clone();
-    let delta = read(repo, &new);
+    let delta = read_whole(repo, &new);
     let delta_files: Vec<Id> = delta.iter().map(|(name, _)| *name).collect();
     let index = from_main(main, head).with_delta(delta);
     if index.delta.len() <= DELTA_LIMIT && new.len() <= DELTA_FILES {
@@ -169,21 +198,44 @@ pub(super) fn from_main(main: SortedFile, head: Head) -> Index {
 fn build(repo: &Repository, place: &Place, listed: &[Listed]) -> io::Result<Index> {
     remove_abandoned(&place.dir);
     let mut builder = Builder::new(place.dir.clone(), RUN_ENTRIES, repo.keys.clone());
-    let mut start = 0;
-    while start < listed.len() {
-        let (mut end, mut bytes) = (start, 0);
-        while end < listed.len() && (end == start || bytes + listed[end].2 <= READ_BATCH) {
-            bytes += listed[end].2;
-            end += 1;
+    for batch in batches(listed) {
+        for (name, file) in read(repo, batch) {
+            builder.begin_file(name);
+            file.each_pack(|pack| builder.add_pack(&pack).map_err(|e| Error::io(&place.dir, e)))
+                .map_err(io::Error::other)?;
         }
-        for (name, file) in read(repo, &listed[start..end]) {
-            builder.add(name, &file)?;
-        }
-        start = end;
     }
     let (out, temp) = output(place)?;
     let written = builder.finish(out);
     install(repo, written, temp, place)
+}
+
+/// `listed` in batches of about [`READ_BATCH`] bytes (at least one file each).
+fn batches(listed: &[Listed]) -> impl Iterator<Item = &[Listed]> {
+    let mut rest = listed;
+    std::iter::from_fn(move || {
+        let (mut end, mut bytes) = (0, 0);
+        while end < rest.len() && (end == 0 || bytes + rest[end].2 <= READ_BATCH) {
+            bytes += rest[end].2;
+            end += 1;
+        }
+        let (batch, after) = rest.split_at(end);
+        rest = after;
+        (!batch.is_empty()).then_some(batch)
+    })
+}
+
+/// Hands every intact index file to `visit`, in name order, reading a batch of files at a time:
+/// at 10^8 blobs the files decode to gigabytes, which no one pass over them needs at once.
+/// Damaged files are recorded and skipped (see [`Repository::take_damage`]), as by [`load`].
+pub(crate) fn each_file(repo: &Repository, mut visit: impl FnMut(Id, CheckedFile) -> Result<()>) -> Result<()> {
+    let listed = list(repo)?;
+    for batch in batches(&listed) {
+        for (name, file) in read(repo, batch) {
+            visit(name, file)?;
+        }
+    }
+    Ok(())
 }
 
 /// A new file for a copy: a temporary name in the place's directory, or an unnamed file.

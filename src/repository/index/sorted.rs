@@ -405,6 +405,11 @@ impl SortedFile {
     /// The location of `id`. A block that cannot be read or fails its checksum answers
     /// "absent" and marks the file damaged ([`SortedFile::damaged`]): never a wrong location.
     pub(super) fn get(&self, id: &Id) -> Option<Location> {
+        self.search(id).map(|(_, location)| location)
+    }
+
+    /// [`SortedFile::get`] with the entry's position in the file (its rank in id order).
+    pub(super) fn locate(&self, id: &Id) -> Option<(u64, Location)> {
         self.search(id)
     }
 
@@ -424,7 +429,7 @@ impl SortedFile {
         Some(entries)
     }
 
-    fn search(&self, id: &Id) -> Option<Location> {
+    fn search(&self, id: &Id) -> Option<(u64, Location)> {
         let bucket = bucket_of(id, self.bits);
         let (start, end) = (self.starts[bucket] as u64, self.starts[bucket + 1] as u64);
         if start == end {
@@ -452,7 +457,7 @@ impl SortedFile {
                         if decoded.is_none() {
                             self.mark_damaged();
                         }
-                        return decoded.map(|(_, location)| location);
+                        return decoded.map(|(_, location)| (first + (from + middle) as u64, location));
                     }
                 }
             }
