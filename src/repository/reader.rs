@@ -230,8 +230,9 @@ impl State {
 /// where the blobs' first reads would lie more than `spread` bytes of the plan apart (stored
 /// bytes of the reads before), so that each segment is held for a stretch of the plan, not
 /// fetched whole again for each of its blobs once more packs are live than the budget holds. A
-/// pack most of whose bytes are read within `spread` (the toolchain's packs: a burst of files,
-/// and a few blobs other files share) stays whole: its stragglers are small to hold.
+/// pack half of whose bytes are read within `spread` stays whole (the toolchain's packs: a burst
+/// of files, then blobs other files share read over a third of the plan, which the budget holds
+/// while they wait).
 fn segments(index: &Index, order: &[Id], positions: &HashMap<Id, Vec<usize>>, spread: u64) -> Vec<(u32, Vec<Id>)> {
     let located: HashMap<Id, Location> =
         positions.keys().map(|id| (*id, index.get(id).expect("only indexed blobs are planned"))).collect();
@@ -271,23 +272,22 @@ fn segments(index: &Index, order: &[Id], positions: &HashMap<Id, Vec<usize>>, sp
     segments
 }
 
-/// Whether the middle 80% of the bytes of a pack's planned `blobs` are first read within
-/// `spread` bytes of the plan.
+/// Whether half the bytes of a pack's planned `blobs` or more are first read within `spread`
+/// bytes of the plan of each other.
 fn read_in_a_burst(blobs: &[(Location, Id)], first_read: &HashMap<Id, u64>, spread: u64) -> bool {
     let mut reads: Vec<(u64, u64)> = blobs.iter().map(|(l, id)| (first_read[id], l.stored_len as u64)).collect();
     reads.sort_unstable();
     let total: u64 = reads.iter().map(|&(_, len)| len).sum();
-    let (mut so_far, mut from, mut to) = (0u64, None, None);
-    for (at, len) in reads {
-        so_far += len;
-        if from.is_none() && so_far * 10 > total {
-            from = Some(at);
+    let (mut from, mut within, mut most) = (0, 0u64, 0u64);
+    for &(at, len) in &reads {
+        within += len;
+        while at - reads[from].0 > spread {
+            within -= reads[from].1;
+            from += 1;
         }
-        if so_far * 10 <= total * 9 || to.is_none() {
-            to = Some(at);
-        }
+        most = most.max(within);
     }
-    to.unwrap_or(0).saturating_sub(from.unwrap_or(0)) <= spread
+    most * 2 >= total
 }
 
 impl<'a> PlannedReads<'a> {
