@@ -125,14 +125,7 @@ impl<'r> Store<'r> {
     /// A file's chunk ids, its list blobs expanded ([`Repository::chunk_list`]); read again
     /// from a fresh index when a list blob has moved, as [`Store::read_blob`].
     pub(crate) fn chunk_list<'a>(&mut self, chunks: &'a ChunkList) -> Result<Cow<'a, [Id]>> {
-        match self.repo.chunk_list(&self.index, chunks) {
-            Err(e) if moved(&e) && self.indexed_at.elapsed() >= REFRESH => {
-                self.reload_index()?;
-                self.chunks.clear();
-                self.repo.chunk_list(&self.index, chunks)
-            }
-            read => read,
-        }
+        self.retrying(|repo, index| repo.chunk_list(index, chunks))
     }
 
     /// The decoded tree `id`.
@@ -159,11 +152,17 @@ impl<'r> Store<'r> {
     /// A blob, verified; when the index lacks it or its pack is gone, the index is read again
     /// (at most every [`REFRESH`]) and the read tried once more.
     fn read_blob(&mut self, id: &Id) -> Result<Vec<u8>> {
-        match self.repo.read_blob(&self.index, id) {
+        self.retrying(|repo, index| repo.read_blob(index, id))
+    }
+
+    /// `read` through the index; when what it reads has moved, once more through the index
+    /// read again (at most every [`REFRESH`]).
+    fn retrying<T>(&mut self, read: impl Fn(&Repository, &Index) -> Result<T>) -> Result<T> {
+        match read(self.repo, &self.index) {
             Err(e) if moved(&e) && self.indexed_at.elapsed() >= REFRESH => {
                 self.reload_index()?;
                 self.chunks.clear();
-                self.repo.read_blob(&self.index, id)
+                read(self.repo, &self.index)
             }
             read => read,
         }
