@@ -7,6 +7,8 @@
 //! - `CAIRN_CLOCK_OFFSET`: seconds added to this process's clock ([`crate::clock::now`]), so
 //!   that a test runs a month of daily cycles in a minute.
 //! - `CAIRN_NOW`: the time, in Unix seconds, that `cairn status` judges ages at.
+//! - `CAIRN_PRUNE_PAUSE`: a directory where prune says `marked` after marking and waits for `go`,
+//!   so that a test can change the repository in the middle of a plan.
 
 /// The value of the knob `name`, if set; always `None` without the `test-knobs` feature.
 pub fn get(name: &str) -> Option<String> {

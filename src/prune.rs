@@ -336,6 +336,20 @@ fn ensure_live_blobs_stay(index: &Index, live: &Live, internal: &Internal) -> Re
     Ok(())
 }
 
+/// With the test knob `CAIRN_PRUNE_PAUSE` naming a directory: says `marked` there and waits for
+/// `go` (at most a minute), so that a test can change the repository between the plan's first
+/// reading of the index files and its second.
+fn pause_for_tests() {
+    let Some(dir) = crate::knobs::get("CAIRN_PRUNE_PAUSE").map(std::path::PathBuf::from) else { return };
+    let _ = std::fs::write(dir.join("marked"), b"");
+    for _ in 0..1200 {
+        if dir.join("go").exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// One pass over the index files for the packs about to go (deleted or repacked): collects what a
 /// repack copies (live blobs where the index picks them), and the live blobs that a pack about to
 /// go holds a copy of while the index picks another: before such a copy goes, the picked one is
@@ -346,11 +360,18 @@ fn doomed_entries(repo: &Indexed, live: &Live, internal: &mut Internal) -> Resul
     let doomed: HashSet<Id> = internal.delete.iter().copied().chain(repacked.iter().copied()).collect();
     let mut done = HashSet::new();
     let mut picked_elsewhere = Vec::new();
-    let keep = &mut internal.keep;
+    let mut changed = false;
+    let (packs, keep) = (&internal.packs, &mut internal.keep);
     crate::repository::index::open::each_file(repo, |_, file| {
         file.each_pack(|pack| {
-            // Index files that name one pack list the same entries (disputed ones refused).
-            if !doomed.contains(&pack.id) || !done.insert(pack.id) {
+            if !doomed.contains(&pack.id) {
+                return Ok(());
+            }
+            // Every listing of the pack must be the one the plan summed: a file written since
+            // (one listing the pack without a live blob the index picks elsewhere) must not
+            // decide which copies are verified before it goes.
+            changed |= packs.get(&pack.id) != Some(&PackSummary::of(&pack));
+            if !done.insert(pack.id) {
                 return Ok(());
             }
             let found: Vec<Option<(u64, crate::repository::index::Location)>> =
@@ -370,6 +391,13 @@ fn doomed_entries(repo: &Indexed, live: &Live, internal: &mut Internal) -> Resul
     })?;
     if let Some(first) = repo.take_damage().first() {
         return Err(Error::Refused(format!("{first}: refusing to prune a repository with damaged files")));
+    }
+    if changed {
+        return Err(Error::Refused(
+            "the index files changed while pruning (a pack about to go is listed otherwise than when the plan \
+             began); nothing was deleted: run `cairn check`, then prune again"
+                .to_string(),
+        ));
     }
     if done.len() != doomed.len() {
         return Err(Error::Refused(
@@ -427,6 +455,7 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
     }
     let mut plan = PrunePlan { snapshots: snapshots.len() as u64, ..Default::default() };
     let live = mark(&loaded, &snapshots)?;
+    pause_for_tests();
     // A lookup in a damaged block answers "absent": a blob would look unindexed, or dead.
     if index.damaged() {
         return Err(damaged_copy());

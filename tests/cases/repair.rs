@@ -341,3 +341,64 @@ fn prune_never_trusts_a_forged_index_over_the_packs_it_would_delete() {
     ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert_same_tree(&source, &target);
 }
+
+/// The repository's data packs, as its index files list them.
+fn data_packs(repo: &Path) -> Vec<cairn::format::index::IndexedPack> {
+    let files = open(repo).read_all_named(cairn::repository::FileKind::Index, IndexFile::decode).unwrap();
+    files.into_iter().flat_map(|(_, f)| f.packs).filter(|p| p.blobs.iter().all(|b| b.kind == BlobKind::Data)).collect()
+}
+
+/// A forged index file, sorting first, that lists each of `packs` with one made-up blob and
+/// nothing else: written while a prune plans, it would be the listing the plan's second reading
+/// takes for the packs about to go.
+fn forge_index_listing_packs_empty(repo: &Path, mut packs: Vec<cairn::format::index::IndexedPack>) {
+    let opened = open(repo);
+    let files = opened.read_all_named(cairn::repository::FileKind::Index, IndexFile::decode).unwrap();
+    let first = files.iter().map(|(id, _)| id.to_hex()).min().unwrap();
+    for attempt in 0u64.. {
+        for pack in &mut packs {
+            let made_up = Id::of(&[pack.id.0.as_slice(), &attempt.to_le_bytes()].concat());
+            pack.blobs = vec![cairn::format::pack::BlobEntry { id: made_up, ..pack.blobs[0] }];
+        }
+        let bytes = opened.seal_file(IndexFile { packs: packs.clone() }.encode());
+        let name = Id::of(&bytes).to_hex();
+        if name < first {
+            opened.backend().put(&format!("index/{name}"), &bytes).unwrap();
+            return;
+        }
+    }
+}
+
+#[test]
+fn an_index_file_written_while_prune_plans_never_decides_what_it_deletes() {
+    let scratch = Scratch::new("forged-mid-prune");
+    let (source, repo, pause) = (source_tree(&scratch), scratch.join("repo"), scratch.join("pause"));
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    let before = packs(&repo);
+    let real = data_packs(&repo);
+    // The index picks garbage copies of every data blob: the real data packs look dead, and
+    // prune would delete them once it verified the garbage copies, which it cannot.
+    forge_index(&repo);
+    fs::create_dir(&pause).unwrap();
+    let prune = cairn(&repo)
+        .arg("prune")
+        .env("CAIRN_PRUNE_PAUSE", &pause)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !pause.join("marked").exists() {
+        assert!(std::time::Instant::now() < deadline, "prune never marked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Now a second forgery, read first, lists the real data packs as holding nothing live.
+    forge_index_listing_packs_empty(&repo, real);
+    fs::write(pause.join("go"), b"").unwrap();
+    let out = prune.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("nothing was deleted"), "{err}");
+    assert!(before.iter().all(|(pack, _)| pack.exists()), "a real pack was deleted: {err}");
+}
