@@ -5,8 +5,9 @@
 //! (79,000 opens for 109,000 pages). So up to [`KEPT`] packs stay open, the least recently read
 //! closed first. Few, and not for long: a pack that another process deletes (a prune while a
 //! mount serves) keeps its disk space while it is open, so a pack not read for [`IDLE`] is
-//! closed at the next open, and every pack opened before this process changed the repository
-//! is opened again (the caller's `changes` count).
+//! closed at the next read after that (a process that reads nothing more keeps them, as it kept
+//! its last pack per thread before), and every pack opened before this process changed the
+//! repository is opened again (the caller's `changes` count).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,11 +21,18 @@ const KEPT: usize = 32;
 /// A pack not read for this long is closed at the next open.
 const IDLE: Duration = Duration::from_secs(5);
 
-#[derive(Default)]
 pub(super) struct OpenPacks {
     files: HashMap<PathBuf, Open>,
     /// Counts reads: the stamp of the latest.
     clock: u64,
+    /// When idle packs were last closed.
+    swept: Instant,
+}
+
+impl Default for OpenPacks {
+    fn default() -> OpenPacks {
+        OpenPacks { files: HashMap::new(), clock: 0, swept: Instant::now() }
+    }
 }
 
 struct Open {
@@ -40,6 +48,10 @@ impl OpenPacks {
     /// The pack at `path` if it is open and was opened under `changes`.
     pub(super) fn get(&mut self, path: &Path, changes: u64, now: Instant) -> Option<Arc<File>> {
         self.clock += 1;
+        if now.saturating_duration_since(self.swept) >= IDLE {
+            self.swept = now;
+            self.files.retain(|_, open| now.saturating_duration_since(open.at) < IDLE);
+        }
         let open = self.files.get_mut(path).filter(|open| open.changes == changes)?;
         (open.used, open.at) = (self.clock, now);
         Some(Arc::clone(&open.file))
@@ -90,5 +102,8 @@ mod tests {
         open.insert(PathBuf::from("c"), 1, file(), now + IDLE);
         assert!(!open.files.contains_key(Path::new("b")), "idle for {IDLE:?}: closed");
         assert!(open.get(Path::new("c"), 1, now + IDLE).is_some());
+        open.insert(PathBuf::from("d"), 1, file(), now + IDLE);
+        assert!(open.get(Path::new("c"), 1, now + 3 * IDLE).is_none(), "any read closes the idle");
+        assert!(open.files.is_empty());
     }
 }

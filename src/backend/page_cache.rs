@@ -15,7 +15,7 @@
 //! kept, up to [`MAX_KEPT`]: a restore that reads each pack once drops as before, and one that
 //! returns pays for a few returns before its packs stay.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 /// Packs kept when no return has been seen: enough that the other threads are done with them,
@@ -39,10 +39,11 @@ pub(super) struct Left {
     kept: HashMap<PathBuf, u64>,
     /// The same, oldest first.
     by_age: BTreeMap<u64, PathBuf>,
-    /// Packs dropped from the cache, and the order they were dropped in (which may name a pack
-    /// no longer in the set, or twice).
-    dropped: HashSet<PathBuf>,
-    dropped_order: VecDeque<PathBuf>,
+    /// Packs dropped from the cache, each with the stamp of its latest drop, and the drops in
+    /// order (a pack dropped, read again and dropped again is in it twice; only its latest drop
+    /// forgets it).
+    dropped: HashMap<PathBuf, u64>,
+    dropped_order: VecDeque<(u64, PathBuf)>,
 }
 
 impl Default for Left {
@@ -52,7 +53,7 @@ impl Default for Left {
             clock: 0,
             kept: HashMap::new(),
             by_age: BTreeMap::new(),
-            dropped: HashSet::new(),
+            dropped: HashMap::new(),
             dropped_order: VecDeque::new(),
         }
     }
@@ -65,7 +66,7 @@ impl Left {
         if let Some(stamp) = self.kept.remove(path) {
             self.by_age.remove(&stamp);
         }
-        if self.dropped.remove(path) {
+        if self.dropped.remove(path).is_some() {
             self.keep = (self.keep * 2).min(MAX_KEPT);
         }
     }
@@ -88,11 +89,13 @@ impl Left {
     }
 
     fn remember(&mut self, path: PathBuf) {
-        self.dropped.insert(path.clone());
-        self.dropped_order.push_back(path);
+        self.dropped.insert(path.clone(), self.clock);
+        self.dropped_order.push_back((self.clock, path));
         if self.dropped_order.len() > REMEMBERED {
-            if let Some(forgotten) = self.dropped_order.pop_front() {
-                self.dropped.remove(&forgotten);
+            if let Some((stamp, forgotten)) = self.dropped_order.pop_front() {
+                if self.dropped.get(&forgotten) == Some(&stamp) {
+                    self.dropped.remove(&forgotten);
+                }
             }
         }
     }
@@ -144,6 +147,23 @@ mod tests {
         // 0 is left, 1..4 follow, then 0 again: it is the newest, so 1 goes first.
         let dropped = read(&mut left, &mut last, [0, 1, 2, 3, 4, 0, 5]);
         assert_eq!(dropped, vec![PathBuf::from("packs/1")]);
+    }
+
+    #[test]
+    fn a_pack_dropped_twice_is_remembered_by_its_latest_drop() {
+        let mut left = Left::default();
+        let pack = PathBuf::from("packs/again");
+        left.remember(pack.clone());
+        left.opening(&pack);
+        left.clock += 1;
+        left.remember(pack.clone());
+        let keep = left.keep;
+        for n in 0..REMEMBERED - 1 {
+            left.clock += 1;
+            left.remember(PathBuf::from(format!("packs/{n}")));
+        }
+        left.opening(&pack);
+        assert_eq!(left.keep, keep * 2, "the first drop's turn to be forgotten came, not the second's");
     }
 
     #[test]
