@@ -258,6 +258,10 @@ pub fn restore(
         .install(|| plan.run(|reads| restore_selected(repo, snapshot, options, progress, root, &selected, Some(reads))))
 }
 
+/// The most a file's content is gathered before it is written (below the allocator's threshold
+/// for a mapping of its own, as a file of a million is restored on each of several threads).
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// The data blobs a restore of `selected` reads, in the order it reads them when it writes on
 /// one thread: each directory's entries in order, a subdirectory's whole content before the next
 /// entry, a file's chunks once per set of hard links; a directory [`ROUND_DEPTH`] levels below
@@ -632,10 +636,13 @@ impl Restorer<'_> {
         expected: u64,
         sync: bool,
     ) -> Result<(fs::File, u64), String> {
-        let mut file = dir.create_file(name).map_err(|e| e.to_string())?;
+        let file = dir.create_file(name).map_err(|e| e.to_string())?;
+        // Small chunks (a database's pages) are gathered into fewer writes: 109,000 calls of 4 KiB
+        // for a 426 MiB database otherwise. Chunks as large as the buffer go straight through.
+        let mut out = std::io::BufWriter::with_capacity((expected as usize).clamp(1, WRITE_BUFFER), &file);
         let mut written = 0u64;
         let mut write = |data: &[u8]| -> Result<(), String> {
-            file.write_all(data).map_err(|e| e.to_string())?;
+            out.write_all(data).map_err(|e| e.to_string())?;
             written += data.len() as u64;
             self.progress.add_bytes(data.len() as u64);
             Ok(())
@@ -649,6 +656,8 @@ impl Restorer<'_> {
             }
             write(&self.blob(id).map_err(|e| e.to_string())?)?;
         }
+        out.flush().map_err(|e| e.to_string())?;
+        drop(out);
         if written != expected {
             return Err(format!("restored {written} bytes, the snapshot recorded {expected}"));
         }
