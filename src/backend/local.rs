@@ -81,15 +81,11 @@ static OPEN: std::sync::LazyLock<std::sync::Mutex<OpenPacks>> = std::sync::LazyL
 /// The packs threads have moved on from (by `get_range`): see [`super::page_cache`].
 static LEFT: std::sync::LazyLock<std::sync::Mutex<Left>> = std::sync::LazyLock::new(Default::default);
 
-/// A thread opens `path` for ranged reads.
-fn opening(path: &Path) {
-    LEFT.lock().expect("poisoned").opening(path);
-}
-
-/// A thread moved on from `path`: drops what is no longer kept from the page cache.
-fn left_behind(path: PathBuf) {
+/// A thread moves on from the pack `previous` to `path`: drops what is no longer kept from the
+/// page cache.
+fn moved(previous: Option<PathBuf>, path: &Path) {
     use std::os::fd::AsRawFd;
-    let dropped = LEFT.lock().expect("poisoned").left(path);
+    let dropped = LEFT.lock().expect("poisoned").moved(previous, path);
     // Not kept open: a deleted pack's space must be freed. One deleted since has no pages left.
     for file in dropped.into_iter().filter_map(|path| File::open(path).ok()) {
         // SAFETY: a valid descriptor; the advice only drops clean cached pages of the file.
@@ -177,10 +173,7 @@ impl Backend for LocalBackend {
         LAST_READ.with(|last| {
             let mut last = last.borrow_mut();
             if last.as_ref() != Some(&path) {
-                opening(&path); // first, so that leaving the last pack does not drop this one
-                if let Some(previous) = last.replace(path.clone()) {
-                    left_behind(previous);
-                }
+                moved(last.replace(path.clone()), &path);
             }
         });
         let mut out = vec![0; len as usize];

@@ -60,9 +60,17 @@ impl Default for Left {
 }
 
 impl Left {
+    /// A thread moves on from `previous` (if it read one) to read from `path`: the packs to drop
+    /// from the page cache now. `path` is taken in first, so that leaving `previous` never drops
+    /// the pack about to be read.
+    pub(super) fn moved(&mut self, previous: Option<PathBuf>, path: &Path) -> Vec<PathBuf> {
+        self.opening(path);
+        previous.map(|previous| self.left(previous)).unwrap_or_default()
+    }
+
     /// A thread opens `path` to read from it: a return to a dropped pack keeps twice as many.
     /// A pack being read is not one to drop; it is kept again when it is left.
-    pub(super) fn opening(&mut self, path: &Path) {
+    fn opening(&mut self, path: &Path) {
         if let Some(stamp) = self.kept.remove(path) {
             self.by_age.remove(&stamp);
         }
@@ -72,7 +80,7 @@ impl Left {
     }
 
     /// A thread moved on from `path`: the packs to drop from the page cache now, if any.
-    pub(super) fn left(&mut self, path: PathBuf) -> Vec<PathBuf> {
+    fn left(&mut self, path: PathBuf) -> Vec<PathBuf> {
         self.clock += 1;
         if let Some(stamp) = self.kept.insert(path.clone(), self.clock) {
             self.by_age.remove(&stamp);
@@ -113,10 +121,8 @@ mod tests {
             if last.as_ref() == Some(&path) {
                 continue;
             }
-            left.opening(&path);
-            if let Some(previous) = last.replace(path) {
-                dropped.extend(left.left(previous));
-            }
+            let previous = last.replace(path.clone());
+            dropped.extend(left.moved(previous, &path));
         }
         dropped
     }
