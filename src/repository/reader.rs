@@ -180,10 +180,17 @@ enum Slot {
     Failed(String),
 }
 
+/// A planned blob: where it is, found once when the plan is made.
+struct Planned {
+    segment: usize,
+    /// Planned reads not yet made.
+    left: u32,
+    location: Location,
+}
+
 struct State {
     segments: Vec<Segment>,
-    /// Each planned blob: its segment and reads left.
-    blobs: HashMap<Id, (usize, u32)>,
+    blobs: HashMap<Id, Planned>,
     /// Waiting segments with reads left, by next planned read.
     waiting: BTreeSet<(u64, usize)>,
     /// Reads and skips made so far: where the writer is in the plan.
@@ -233,9 +240,7 @@ impl State {
 /// pack half of whose bytes are read within `spread` stays whole (the toolchain's packs: a burst
 /// of files, then blobs other files share read over a third of the plan, which the budget holds
 /// while they wait).
-fn segments(index: &Index, order: &[Id], positions: &HashMap<Id, Vec<usize>>, spread: u64) -> Vec<(u32, Vec<Id>)> {
-    let located: HashMap<Id, Location> =
-        positions.keys().map(|id| (*id, index.get(id).expect("only indexed blobs are planned"))).collect();
+fn segments(located: &HashMap<Id, Location>, order: &[Id], spread: u64) -> Vec<(u32, Vec<Id>)> {
     let mut first_read: HashMap<Id, u64> = HashMap::with_capacity(located.len());
     let mut planned = 0u64;
     for id in order {
@@ -243,7 +248,7 @@ fn segments(index: &Index, order: &[Id], positions: &HashMap<Id, Vec<usize>>, sp
         planned += located[id].stored_len as u64;
     }
     let mut by_pack: HashMap<u32, Vec<(Location, Id)>> = HashMap::new();
-    for (id, location) in located {
+    for (&id, &location) in located {
         by_pack.entry(location.pack).or_default().push((location, id));
     }
     let mut segments = Vec::new();
@@ -307,13 +312,17 @@ impl<'a> PlannedReads<'a> {
         budget: u64,
     ) -> PlannedReads<'a> {
         let spread = budget / 2;
-        // Positions count planned reads only: blobs not in the index are never planned.
-        let order: Vec<Id> = blobs.into_iter().filter(|id| index.contains(id)).collect();
+        // Positions count planned reads only: blobs not in the index are never planned. Each is
+        // looked up once, here (a lookup is a search of the index on disk).
+        let mut located: HashMap<Id, Location> = HashMap::new();
+        let order: Vec<Id> = (blobs.into_iter())
+            .filter(|id| located.contains_key(id) || index.get(id).map(|l| located.insert(*id, l)).is_some())
+            .collect();
         let mut positions: HashMap<Id, Vec<usize>> = HashMap::new();
         for (at, id) in order.iter().enumerate() {
             positions.entry(*id).or_default().push(at);
         }
-        let segments = segments(index, &order, &positions, spread);
+        let segments = segments(&located, &order, spread);
         let mut state = State {
             segments: Vec::with_capacity(segments.len()),
             blobs: HashMap::with_capacity(positions.len()),
@@ -330,7 +339,7 @@ impl<'a> PlannedReads<'a> {
             for id in &ids {
                 let at = &positions[id];
                 reads.extend(at.iter().map(|&p| p as u64));
-                state.blobs.insert(*id, (n, at.len() as u32));
+                state.blobs.insert(*id, Planned { segment: n, left: at.len() as u32, location: located[id] });
             }
             reads.sort_unstable();
             let segment = Segment {
@@ -485,8 +494,8 @@ impl<'a> PlannedReads<'a> {
     /// The next planned read of `id`, decoded and checked.
     fn take(&self, id: &Id) -> Result<Vec<u8>> {
         let mut state = self.lock();
-        let n = match state.blobs.get(id) {
-            Some(&(n, left)) if left > 0 => n,
+        let (n, location) = match state.blobs.get(id) {
+            Some(planned) if planned.left > 0 => (planned.segment, planned.location),
             // Not planned, or read more often than planned: read alone.
             _ => {
                 drop(state);
@@ -514,7 +523,6 @@ impl<'a> PlannedReads<'a> {
         let pack = state.segments[n].pack;
         self.used(&mut state, id, n);
         drop(state);
-        let location = self.index.get(id).expect("planned blobs are indexed");
         match found {
             Ok(Some(stored)) => self.repo.decode_located(id, &location, &stored, &pack),
             Ok(None) => self.repo.read_blob(self.index, id),
@@ -529,9 +537,9 @@ impl<'a> PlannedReads<'a> {
     fn skip_planned(&self, blobs: &[Id]) {
         let mut state = self.lock();
         for id in blobs {
-            if let Some(&(n, left)) = state.blobs.get(id) {
+            if let Some(&Planned { segment, left, .. }) = state.blobs.get(id) {
                 if left > 0 {
-                    self.used(&mut state, id, n);
+                    self.used(&mut state, id, segment);
                 }
             }
         }
@@ -548,9 +556,9 @@ impl<'a> PlannedReads<'a> {
     fn used(&self, state: &mut State, id: &Id, n: usize) {
         state.position += 1;
         let mut nudge = state.position % NUDGE == 0;
-        if let Some((_, left)) = state.blobs.get_mut(id) {
-            *left = left.saturating_sub(1);
-            if *left == 0 {
+        if let Some(planned) = state.blobs.get_mut(id) {
+            planned.left = planned.left.saturating_sub(1);
+            if planned.left == 0 {
                 if let Slot::Ready(stored) = &mut state.segments[n].slot {
                     if let Some(bytes) = stored.remove(id) {
                         state.segments[n].held -= bytes.len() as u64;
@@ -629,8 +637,9 @@ impl<'a> PlannedReads<'a> {
     /// The blobs of segment `n` still to be read, and the range of the pack that holds them.
     fn remaining(&self, state: &State, n: usize) -> (Vec<(Id, Location)>, u64, u64) {
         let blobs: Vec<(Id, Location)> = (state.segments[n].blobs.iter())
-            .filter(|id| state.blobs.get(id).is_some_and(|&(_, left)| left > 0))
-            .map(|id| (*id, self.index.get(id).expect("planned blobs are indexed")))
+            .filter_map(|id| {
+                state.blobs.get(id).filter(|planned| planned.left > 0).map(|planned| (*id, planned.location))
+            })
             .collect();
         let start = blobs.iter().map(|(_, l)| l.offset as u64).min().unwrap_or(0);
         let end = blobs.iter().map(|(_, l)| l.offset as u64 + l.stored_len as u64).max().unwrap_or(0);
@@ -677,7 +686,7 @@ impl<'a> PlannedReads<'a> {
             Ok(mut stored) => {
                 // Less the blobs skipped while it was on its way.
                 let blobs = &state.blobs;
-                stored.retain(|id, _| blobs.get(id).is_some_and(|&(_, left)| left > 0));
+                stored.retain(|id, _| blobs.get(id).is_some_and(|planned| planned.left > 0));
                 let held: u64 = stored.values().map(|b| b.len() as u64).sum();
                 state.held += held;
                 state.segments[n].held = held;
