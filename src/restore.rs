@@ -637,6 +637,26 @@ impl Restorer<'_> {
         sync: bool,
     ) -> Result<(fs::File, u64), String> {
         let file = dir.create_file(name).map_err(|e| e.to_string())?;
+        match self.fill(file, first, chunks, expected, sync) {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                // A file cut short (a full disk, a chunk that cannot be read) is not left behind
+                // under its name, where it would pass for the snapshot's content.
+                let _ = dir.remove_non_dir(name);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes a file's chunks into `file`, just created: the body of [`Restorer::write_content`].
+    fn fill(
+        &self,
+        file: fs::File,
+        first: Option<Vec<u8>>,
+        chunks: &[Id],
+        expected: u64,
+        sync: bool,
+    ) -> Result<(fs::File, u64), String> {
         // Small chunks (a database's pages) are gathered into fewer writes: 109,000 calls of 4 KiB
         // for a 426 MiB database otherwise. Chunks as large as the buffer go straight through.
         let mut out = std::io::BufWriter::with_capacity((expected as usize).clamp(1, WRITE_BUFFER), &file);

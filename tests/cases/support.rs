@@ -415,3 +415,23 @@ pub fn dump_and_extract(repo: &Path, dir: &Path, tar_args: &[&str]) -> PathBuf {
     assert!(tar.status.success(), "{}", String::from_utf8_lossy(&tar.stderr));
     extracted
 }
+
+/// A tmpfs mounted at a path, unmounted when dropped (also when the test fails).
+pub struct Mount(pub PathBuf);
+
+impl Mount {
+    /// A 4 MiB tmpfs at `at` (needs root).
+    pub fn tmpfs(at: &Path) -> Mount {
+        fs::create_dir_all(at).unwrap();
+        let status =
+            Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "cairn-test"]).arg(at).status().unwrap();
+        assert!(status.success(), "mount tmpfs on {}", at.display());
+        Mount(at.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

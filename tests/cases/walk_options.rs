@@ -61,25 +61,6 @@ fn mkfifo(path: &Path) {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo {}", path.display());
 }
 
-/// A tmpfs mounted at a path, unmounted when dropped (also when the test fails).
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path) -> Mount {
-        fs::create_dir_all(at).unwrap();
-        let status =
-            Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "cairn-test"]).arg(at).status().unwrap();
-        assert!(status.success(), "mount tmpfs on {}", at.display());
-        Mount(at.to_path_buf())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn one_file_system_stores_a_mount_point_as_an_empty_directory() {
     if !is_root() {
