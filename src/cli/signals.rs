@@ -111,6 +111,7 @@ fn end(signal: libc::c_int) -> ! {
         // SAFETY: sends a signal to the process group of a child we started as its leader.
         unsafe { libc::kill(-(pid as libc::pid_t), signal) };
     }
+    cairn::source::command::signal_running(signal);
     // Until the thread that waits for each has seen it end (and all its output, which a
     // grandchild could hold open).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::io::Read;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -23,6 +24,20 @@ const TAIL_LINES: usize = 5;
 const LINE_BYTES: usize = 400;
 /// The longest command line an error quotes.
 const SHOWN_BYTES: usize = 200;
+
+/// The process groups of the commands running now: each command leads one of its own, so that
+/// what it starts (a dump piped through a compressor, a helper in the background) is stopped with
+/// it ([`signal_running`], [`Running::abandon`]).
+static GROUPS: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+
+/// Sends `signal` to every running command and all it started: a signal is ending cairn. (The
+/// shell itself also gets SIGTERM from the kernel when cairn ends; what it started would not.)
+pub fn signal_running(signal: libc::c_int) {
+    for &group in GROUPS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        // SAFETY: sends a signal to a process group led by a child not yet waited for.
+        unsafe { libc::kill(-group, signal) };
+    }
+}
 
 /// A started command: its standard output to read, and a thread passing on its standard error.
 pub struct Running<'scope> {
@@ -71,8 +86,17 @@ pub fn start<'scope>(
             Ok(())
         });
     }
-    let mut child =
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(failed)?;
+    let mut child = {
+        use std::os::unix::process::CommandExt;
+        // Under the lock: a signal that ends cairn now finds the group once it exists.
+        let mut groups = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
+        let child = (command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()))
+            .process_group(0)
+            .spawn()
+            .map_err(failed)?;
+        groups.push(child.id() as libc::pid_t);
+        child
+    };
     let stdout = child.stdout.take();
     let stderr = child.stderr.take().expect("piped above");
     let stderr = scope.spawn(move || pass_on(stderr, progress));
@@ -91,7 +115,7 @@ impl Running<'_> {
     /// lines of its error output.
     pub fn finish(mut self) -> Result<()> {
         drop(self.stdout.take());
-        let status = self.child.wait();
+        let status = self.waited();
         let tail = self.stderr.join().unwrap_or_default();
         let how = match status {
             Ok(status) if status.success() => return Ok(()),
@@ -109,12 +133,23 @@ impl Running<'_> {
     }
 
     /// Stops the command when storing its output failed: its output is closed (a writer gets
-    /// SIGPIPE), it is killed, and waited for, so no process is left behind.
+    /// SIGPIPE), it and every process of its group are killed, and it is waited for, so no
+    /// process is left behind holding its error output open.
     pub fn abandon(mut self) {
         drop(self.stdout.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SAFETY: kills the process group the child leads; it is not waited for yet, so the id
+        // is still its own.
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = self.waited();
         let _ = self.stderr.join();
+    }
+
+    /// Waits for the command, then forgets its process group (whose id may be reused from now on).
+    fn waited(&mut self) -> std::io::Result<ExitStatus> {
+        let status = self.child.wait();
+        let group = self.child.id() as libc::pid_t;
+        GROUPS.lock().unwrap_or_else(|e| e.into_inner()).retain(|&g| g != group);
+        status
     }
 }
 

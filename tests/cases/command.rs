@@ -314,3 +314,75 @@ fn is_zombie(pid: u32) -> bool {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
 }
+
+/// Waits up to `seconds` for process `pid` to end; whether it did.
+fn ends_within(pid: u32, seconds: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
+/// The pid a command wrote to `file`, once it has.
+fn pid_from(file: &Path) -> u32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(pid) = fs::read_to_string(file).ok().and_then(|t| t.trim().parse::<u32>().ok()) {
+            return pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "the command never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A command is a shell line: what it starts in the background (a dump piped through a
+/// compressor, a helper) ends with it when a signal ends cairn, not only the shell itself.
+#[test]
+fn a_signal_that_ends_cairn_ends_what_its_command_started() {
+    let scratch = Scratch::new("command-group");
+    let (repo, pid_file) = (scratch.join("repo"), scratch.join("helper.pid"));
+    init(&repo);
+    let line = format!("echo started; sleep 120 & echo $! > '{}'; wait", pid_file.display());
+    let mut child = default_signals(cairn(&repo).args(["snapshot", "--stdin-from-command", &line]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let helper = pid_from(&pid_file);
+    // SAFETY: sends SIGTERM to the cairn process this test started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+    let ended = ends_within(helper, 10);
+    // SAFETY: ends the helper if the test failed, so it does not outlive the test run.
+    unsafe { libc::kill(helper as libc::pid_t, libc::SIGKILL) };
+    assert!(ended, "what the command started outlived cairn");
+    assert!(snapshot_list(&repo).is_empty());
+}
+
+/// Storing a command's output fails (here the disk guard stops it at a pack write) while a
+/// process the command started still holds its output open: cairn stops them all and fails at
+/// once, rather than waiting for that process to end by itself.
+#[test]
+fn a_failed_store_stops_everything_the_command_started() {
+    let scratch = Scratch::new("command-abandon");
+    let (repo, pid_file) = (scratch.join("repo"), scratch.join("helper.pid"));
+    init(&repo);
+    let line = format!("sleep 120 & echo $! > '{}'; head -c 48000000 /dev/urandom; wait", pid_file.display());
+    let free = cairn::disk::space(&repo).unwrap().free;
+    let min = (free - (8 << 20)).to_string();
+    let started = std::time::Instant::now();
+    let out = run(cairn(&repo).args(["snapshot", "--min-free", &min, "--stdin-from-command", &line]));
+    let helper = pid_from(&pid_file);
+    let ended = ends_within(helper, 10);
+    // SAFETY: as above.
+    unsafe { libc::kill(helper as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("disk guard"), "{}", stderr(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "cairn waited for the helper to end");
+    assert!(ended, "what the command started outlived the failed snapshot");
+    assert!(snapshot_list(&repo).is_empty());
+}
