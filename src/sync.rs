@@ -292,6 +292,7 @@ pub fn copy(
     if missing.is_empty() {
         return Ok(());
     }
+    copy_dictionaries(source, dest)?;
     // The source's index, and each pack's entries (what the destination's index will say): all
     // that the index files list for it (a pack they disagree about is verified blob by blob before
     // it is sent, like every other, so a listed blob it lacks fails its snapshots, by name).
@@ -433,6 +434,24 @@ pub fn copy(
 /// Every blob the snapshots reach. A snapshot whose trees cannot be read is dropped (and named
 /// in the report); the walk of the others is then redone without it, so a tree that failed
 /// half-way can never count as walked.
+/// Every compression dictionary the destination lacks, byte for byte, before any pack: a blob
+/// compressed with one names it (store-format/dictionary.md). There are few, and small.
+fn copy_dictionaries(source: &Repository, dest: &Repository) -> Result<()> {
+    let present: HashSet<Id> = dest.list_files(FileKind::Dictionary)?.into_iter().map(|(id, _)| id).collect();
+    for (id, _) in source.list_files(FileKind::Dictionary)? {
+        if present.contains(&id) {
+            continue;
+        }
+        let bytes = source.read_file_raw(FileKind::Dictionary, &id)?;
+        if Id::of(&bytes) != id {
+            let file = source.describe(&FileKind::Dictionary.name(&id));
+            return Err(Error::corrupt(file, "content does not match its name: the file is damaged"));
+        }
+        dest.put_file_raw(FileKind::Dictionary, &id, &bytes)?;
+    }
+    Ok(())
+}
+
 fn reach(
     source: &Indexed,
     snapshots: Vec<(Id, Snapshot)>,

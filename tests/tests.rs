@@ -15,6 +15,8 @@ mod command;
 mod crash;
 #[path = "cases/deep.rs"]
 mod deep;
+#[path = "cases/dictionaries.rs"]
+mod dictionaries;
 #[path = "cases/diff.rs"]
 mod diff;
 #[path = "cases/encryption.rs"]

@@ -229,6 +229,13 @@ fn verify(
     for damage in repo.take_damage() {
         findings.error(damage.to_string());
     }
+    // Each compression dictionary reads and loads (a lost one shows in the blobs that name it,
+    // which `--read-data` decodes).
+    for (id, _) in repo.list_files(FileKind::Dictionary)? {
+        if let Err(e) = repo.dictionary(&id) {
+            findings.error(e.to_string());
+        }
+    }
     report.index_files = repo.list_files(FileKind::Index)?.len() as u64;
     report.snapshots = snapshots.len() as u64;
     report.packs_read = read.packs;

@@ -7,7 +7,9 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 
 pub const MAGIC: &[u8; 8] = b"CAIRNIDX";
-pub const VERSION: u16 = 1;
+/// The highest index file version this cairn reads: 2 when an entry's codec is
+/// [`crate::format::pack::Codec::ZstdDict`], else 1 (as for packs, [`crate::format::pack::version_for`]).
+pub const VERSION: u16 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IndexFile {
@@ -35,7 +37,8 @@ impl IndexFile {
                 blob.encode_into(&mut body);
             }
         }
-        envelope::seal(MAGIC, VERSION, &body)
+        let version = self.packs.iter().map(|p| crate::format::pack::version_for(&p.blobs)).max().unwrap_or(1);
+        envelope::seal(MAGIC, version, &body)
     }
 
     pub fn decode(data: &[u8], file: &str) -> Result<IndexFile> {

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod chunk_list;
 pub mod config;
+pub mod dictionary;
 pub mod envelope;
 pub mod index;
 pub mod key;

@@ -8,7 +8,17 @@ use crate::id::Id;
 
 pub const HEADER_MAGIC: &[u8; 8] = b"CAIRNPAK";
 pub const TRAILER_MAGIC: &[u8; 8] = b"CAIRNPKT";
-pub const VERSION: u16 = 1;
+/// The highest pack version this cairn reads. A pack is written as version 1 unless a blob in it
+/// is compressed with a dictionary ([`Codec::ZstdDict`]): then 2 ([`version_for`]).
+pub const VERSION: u16 = 2;
+
+/// The version of a pack holding `entries`: the lowest that has their codecs.
+pub fn version_for(entries: &[BlobEntry]) -> u16 {
+    match entries.iter().any(|e| e.codec == Codec::ZstdDict) {
+        true => 2,
+        false => 1,
+    }
+}
 /// Magic, version, encryption, reserved, reserved u32.
 pub const HEADER_LEN: usize = 16;
 /// Entry count, trailer length, trailer checksum, trailer magic.
@@ -29,6 +39,21 @@ pub enum BlobKind {
 pub enum Codec {
     Raw = 0,
     Zstd = 1,
+    /// A zstd frame compressed with a dictionary, after the 32-byte id of the dictionary file
+    /// (store-format/dictionary.md).
+    ZstdDict = 2,
+}
+
+impl Codec {
+    /// The codec stored as `value`; `None` for one no writer puts there.
+    pub fn from_u8(value: u8) -> Option<Codec> {
+        match value {
+            0 => Some(Codec::Raw),
+            1 => Some(Codec::Zstd),
+            2 => Some(Codec::ZstdDict),
+            _ => None,
+        }
+    }
 }
 
 /// One blob's place in a pack. Shared by pack trailers and index files.
@@ -62,11 +87,8 @@ impl BlobEntry {
             1 => BlobKind::Tree,
             other => return Err(r.error(format!("unknown blob kind {other}"))),
         };
-        let codec = match r.u8()? {
-            0 => Codec::Raw,
-            1 => Codec::Zstd,
-            other => return Err(r.error(format!("unknown codec {other}"))),
-        };
+        let codec = r.u8()?;
+        let codec = Codec::from_u8(codec).ok_or_else(|| r.error(format!("unknown codec {codec}")))?;
         r.reserved16()?;
         let entry = BlobEntry { id, kind, codec, offset: r.u32()?, stored_len: r.u32()?, raw_len: r.u32()? };
         if (entry.offset as usize) < HEADER_LEN {
@@ -89,11 +111,12 @@ pub fn header() -> [u8; HEADER_LEN] {
     header_for(super::envelope::ENCRYPTION_NONE)
 }
 
-/// The header of a pack whose blobs and trailer are sealed (store-format/encryption.md).
+/// The header of a pack whose blobs and trailer are sealed (store-format/encryption.md), as
+/// version 1: the packer sets the version its blobs need when it closes the pack ([`version_for`]).
 pub fn header_for(encryption: u8) -> [u8; HEADER_LEN] {
     let mut out = [0u8; HEADER_LEN];
     out[..8].copy_from_slice(HEADER_MAGIC);
-    out[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    out[8..10].copy_from_slice(&1u16.to_le_bytes());
     out[10] = encryption;
     out
 }

@@ -27,11 +27,20 @@ pub enum FileKind {
     Lock,
     /// `audit/<id>`: an audit record (store-format/audit.md).
     Audit,
+    /// `dicts/<id>`: a compression dictionary (store-format/dictionary.md).
+    Dictionary,
 }
 
 impl FileKind {
-    pub const ALL: [FileKind; 6] =
-        [FileKind::Key, FileKind::Snapshot, FileKind::Index, FileKind::Pack, FileKind::Lock, FileKind::Audit];
+    pub const ALL: [FileKind; 7] = [
+        FileKind::Key,
+        FileKind::Snapshot,
+        FileKind::Index,
+        FileKind::Pack,
+        FileKind::Lock,
+        FileKind::Audit,
+        FileKind::Dictionary,
+    ];
 
     /// The directory (prefix) that holds the files of this kind.
     pub const fn dir(self) -> &'static str {
@@ -42,6 +51,7 @@ impl FileKind {
             FileKind::Pack => "packs",
             FileKind::Lock => "locks",
             FileKind::Audit => "audit",
+            FileKind::Dictionary => "dicts",
         }
     }
 

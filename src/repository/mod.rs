@@ -14,6 +14,7 @@ pub mod reader;
 pub mod upload;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +23,7 @@ use rayon::prelude::*;
 use crate::backend::local::LocalBackend;
 use crate::backend::Backend;
 use crate::chunking::Chunker;
-use crate::compression;
+use crate::compression::{self, Dictionary};
 use crate::crypto::{Keys, MasterKey};
 use crate::error::{Error, Result};
 use crate::format::chunk_list;
@@ -55,6 +56,8 @@ pub struct Repository {
     tree_fetch: Mutex<()>,
     /// The cache root, where the sorted copy of the index is kept ([`index::open`]).
     index_dir: Option<PathBuf>,
+    /// The compression dictionaries read or written so far.
+    dictionaries: Mutex<HashMap<Id, Arc<Dictionary>>>,
 }
 
 /// The passphrase an opening gives a repository that turns out to be encrypted.
@@ -106,6 +109,7 @@ impl Repository {
             cache: None,
             tree_fetch: Mutex::new(()),
             index_dir: None,
+            dictionaries: Mutex::default(),
         }
     }
 
@@ -313,7 +317,7 @@ impl Repository {
         self.open_blob(entry, stored, pack, &mut opened, &mut plain)?;
         // Whichever buffer `open_blob` left the plain bytes in.
         Ok(match entry.codec {
-            Codec::Zstd => plain,
+            Codec::Zstd | Codec::ZstdDict => plain,
             Codec::Raw if self.keys.is_some() => opened,
             Codec::Raw => stored.to_vec(),
         })
@@ -368,6 +372,12 @@ impl Repository {
         let bad = |reason: String| Error::BadBlob { id: entry.id, pack: *pack, reason };
         let content: &'a [u8] = match entry.codec {
             Codec::Raw if compressed.len() == entry.raw_len as usize => compressed,
+            Codec::ZstdDict => {
+                let (dictionary, frame) = compression::dictionary_of(compressed).map_err(bad)?;
+                let dictionary = self.dictionary(&dictionary).map_err(|e| bad(e.to_string()))?;
+                compression::decompress_with(frame, &dictionary, entry.raw_len, plain).map_err(bad)?;
+                plain
+            }
             codec => {
                 compression::decompress_into(codec, compressed, entry.raw_len, plain).map_err(bad)?;
                 plain
@@ -377,6 +387,56 @@ impl Repository {
             return Err(bad("content does not hash to its id".into()));
         }
         Ok(content)
+    }
+
+    /// The compression dictionary `id` (`dicts/<id>`, store-format/dictionary.md), read once.
+    pub fn dictionary(&self, id: &Id) -> Result<Arc<Dictionary>> {
+        if let Some(found) = self.dictionaries.lock().expect("poisoned").get(id) {
+            return Ok(found.clone());
+        }
+        let key = FileKind::Dictionary.name(id);
+        let missing = || Error::corrupt(self.describe(&key), "the dictionary is missing");
+        let (_, plain) = match self.read_named(FileKind::Dictionary, &key) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Err(missing()),
+            other => other?.ok_or_else(missing),
+        }?;
+        let file = self.describe(&key);
+        let bytes = crate::format::dictionary::decode(&plain, &file)?;
+        let loaded = Dictionary::new(*id, bytes, self.config.compression_level)
+            .ok_or_else(|| Error::corrupt(&file, "zstd cannot load it as a dictionary"))?;
+        let loaded = Arc::new(loaded);
+        self.dictionaries.lock().expect("poisoned").insert(*id, loaded.clone());
+        Ok(loaded)
+    }
+
+    /// The dictionary that blob `id` names, if it is stored with one ([`Codec::ZstdDict`]): read
+    /// from its stored bytes, without decoding it.
+    pub(crate) fn dictionary_of_blob(&self, index: &Index, id: &Id) -> Result<Option<Id>> {
+        let Some(location) = index.get(id).filter(|l| l.codec == Codec::ZstdDict) else { return Ok(None) };
+        let key = FileKind::Pack.name(&index.pack_id(&location));
+        let stored = self.backend.get_range(&key, location.offset as u64, location.stored_len as u64)?;
+        let opened = match &self.keys {
+            Some(keys) => {
+                let mut opened = Vec::new();
+                keys.open_into(&id.0, &stored, &mut opened, "blob")?;
+                opened
+            }
+            None => stored,
+        };
+        Ok(compression::dictionary_of(&opened).ok().map(|(dictionary, _)| dictionary))
+    }
+
+    /// Stores a new compression dictionary (durable when this returns, before any blob compressed
+    /// with it is written) and returns it, ready for use.
+    pub fn add_dictionary(&self, bytes: &[u8]) -> Result<Arc<Dictionary>> {
+        let sealed = self.seal_file(crate::format::dictionary::encode(bytes));
+        let id = Id::of(&sealed);
+        let loaded = Dictionary::new(id, bytes, self.config.compression_level)
+            .ok_or_else(|| Error::Invalid("zstd cannot load the dictionary it trained".into()))?;
+        self.put_file_raw(FileKind::Dictionary, &id, &sealed)?;
+        let loaded = Arc::new(loaded);
+        self.dictionaries.lock().expect("poisoned").insert(id, loaded.clone());
+        Ok(loaded)
     }
 
     /// How blob ids are computed here.

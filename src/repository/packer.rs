@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use super::index::{Index, SortedIds};
 use super::upload::{uploaders_for, PackBytes, Uploads};
 use super::Repository;
-use crate::compression;
+use crate::compression::{self, Dictionary};
 use crate::crypto::Keys;
 use crate::error::Result;
 use crate::format::envelope::{ENCRYPTION_AES256GCM, ENCRYPTION_NONE};
@@ -73,6 +73,7 @@ impl Packer {
         }
         let mut bytes = std::mem::take(&mut self.bytes);
         let entries = std::mem::take(&mut self.entries);
+        bytes[8..10].copy_from_slice(&pack::version_for(&entries).to_le_bytes());
         bytes.extend_from_slice(&pack::trailer_with(&entries, self.keys.as_ref()));
         let id = Id::of(&bytes);
         Some(PackBytes { pack: IndexedPack { id, len: bytes.len() as u64, blobs: entries }, bytes })
@@ -164,11 +165,19 @@ impl<'a> BlobStore<'a> {
 
     /// Stores `data` unless a blob with its id exists; returns the id.
     pub fn store(&self, kind: BlobKind, data: &[u8]) -> Result<Id> {
+        self.store_with(kind, data, None)
+    }
+
+    /// [`BlobStore::store`], compressing with `dictionary` if one is given (a database's pages).
+    pub fn store_with(&self, kind: BlobKind, data: &[u8], dictionary: Option<&Dictionary>) -> Result<Id> {
         let id = self.repo.hasher().id(data);
         if self.index.contains(&id) || !self.added.lock().expect("poisoned").insert(id) {
             return Ok(id);
         }
-        let (codec, stored) = compression::compress(data, self.repo.config().compression_level);
+        let (codec, stored) = match dictionary {
+            Some(dictionary) => compression::compress_with(data, dictionary),
+            None => compression::compress(data, self.repo.config().compression_level),
+        };
         let stored = self.repo.seal_blob(&id, stored);
         self.add(id, kind, codec, &stored, data.len() as u32)?;
         Ok(id)

@@ -50,6 +50,7 @@ use super::nofollow::{fstat, Dir, Kind, OpenError, Stat};
 use super::sqlite;
 use super::walk_options::WalkOptions;
 use crate::chunking::{Chunker, READ_WINDOW};
+use crate::compression::Dictionary;
 use crate::error::{Error, Result};
 use crate::format::pack::BlobKind;
 use crate::format::snapshot::SourceError;
@@ -115,6 +116,10 @@ pub struct Archiver<'a> {
     pub counts: Counts,
     pub prefetch: Prefetch,
 }
+
+/// Databases smaller than this are compressed without a dictionary: the dictionary's file would
+/// cost more than it saves.
+const DICTIONARY_MIN_DATABASE: u64 = 8 << 20;
 
 /// Why reading a file stopped: the source or the repository.
 enum FileError {
@@ -624,6 +629,43 @@ impl Archiver<'_> {
             && (wal_sibling || (!self.required_databases.is_empty() && self.required_databases.contains(&at.path())))
     }
 
+    /// The compression dictionary for a database's pages, from a batch of them: the one that
+    /// its pages already stored name (stored by its earlier snapshots, or from a copy of it), or
+    /// one trained on the batch if some of its pages are new. `None` while every page of the
+    /// batches so far was stored already: the next batch decides.
+    fn choose_dictionary(
+        &self,
+        at: &Location<'_>,
+        batch: &[u8],
+        page_size: usize,
+    ) -> Result<Option<Option<Arc<Dictionary>>>> {
+        let hasher = self.repo.hasher();
+        let ids: Vec<Id> = batch.chunks(page_size).map(|page| hasher.id(page)).collect();
+        let new = ids.iter().any(|id| !self.store.contains(id));
+        let named = (ids.iter().filter(|id| self.store.contains(id)))
+            .find_map(|id| self.repo.dictionary_of_blob(self.index, id).ok().flatten());
+        match named.map(|named| self.repo.dictionary(&named)) {
+            Some(Ok(dictionary)) => return Ok(Some(Some(dictionary))),
+            Some(Err(e)) => {
+                // Its pages stored with it are damaged; the pages stored now get a new one.
+                self.progress.warn(&format!(
+                    "warning: {}: its stored pages need a dictionary that cannot be read ({e}); \
+                     `cairn check --read-data` lists the files it affects",
+                    at.path().display()
+                ));
+                if !new {
+                    return Ok(Some(None));
+                }
+            }
+            None if !new => return Ok(None),
+            None => {}
+        }
+        match Dictionary::train(batch, page_size) {
+            Some(bytes) => Ok(Some(Some(self.repo.add_dictionary(&bytes)?))),
+            None => Ok(Some(None)),
+        }
+    }
+
     /// Captures a live database through SQLite (src/source/sqlite.rs), one chunk per page,
     /// opened through `dir`'s descriptor. Its metadata is the listing's.
     fn database_node(
@@ -637,10 +679,18 @@ impl Archiver<'_> {
         let mut ids = Vec::new();
         let mut size = 0u64;
         let identity = (listed.dev, listed.ino);
+        // A database large enough to be worth a dictionary gets one (store-format/dictionary.md).
+        let mut dictionary = None;
+        let mut chosen = listed.size < DICTIONARY_MIN_DATABASE;
         let captured = sqlite::capture(dir, at.name, identity, timeout, READ_WINDOW, |batch, page_size| {
+            if !chosen {
+                if let Some(choice) = self.choose_dictionary(at, batch, page_size)? {
+                    (dictionary, chosen) = (choice, true);
+                }
+            }
             let stored: Vec<Id> = batch
                 .par_chunks(page_size)
-                .map(|chunk| self.store.store(BlobKind::Data, chunk))
+                .map(|chunk| self.store.store_with(BlobKind::Data, chunk, dictionary.as_deref()))
                 .collect::<Result<_>>()?;
             ids.extend(stored);
             size += batch.len() as u64;

@@ -130,6 +130,46 @@ fn repository_v3_still_restores() {
     ok(cairn(&repo).arg("check"));
 }
 
+#[test]
+fn repository_v4_still_restores() {
+    use std::io::Read as _;
+    let scratch = Scratch::new("fixture-repo-v4");
+    let repo = scratch.join("repo");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/repo-v4");
+    assert!(std::process::Command::new("cp").arg("-r").arg(fixture).arg(&repo).status().unwrap().success());
+    let list = json(cairn(&repo).arg("snapshots"));
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    let sha256 = |path: &Path| {
+        let mut child =
+            std::process::Command::new("sha256sum").arg(path).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let mut out = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        child.wait().unwrap();
+        out.split_whitespace().next().unwrap().to_string()
+    };
+    let expected = [
+        "cd3bfe500d3941136464c650bd052e260eee1eb6118bb4195bfa0b621b0496f3",
+        "7f29a8f0e0d9c668129946ece1816c1bfb86f8a5bb70706f6d35128decf4daaa",
+    ];
+    for (i, hash) in expected.iter().enumerate() {
+        let target = scratch.join(format!("restored-{i}"));
+        let id = list[i]["id"].as_str().unwrap();
+        ok(cairn(&repo).args(["restore", id, "--target"]).arg(&target));
+        assert_eq!(fs::read(target.join("hello.txt")).unwrap(), b"hello from format v4\n");
+        assert_eq!(&sha256(&target.join("app.db")), hash, "snapshot {i}'s database");
+    }
+    // The restored database, changed and snapshotted under another path: the pages it shares
+    // with the fixture's name their dictionary, which compresses its new pages too.
+    let source = scratch.join("restored-1");
+    let db = rusqlite::Connection::open(source.join("app.db")).unwrap();
+    db.execute("UPDATE notes SET body = 'changed once more' WHERE id = 2000", []).unwrap();
+    drop(db);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    assert_eq!(fs::read_dir(repo.join("dicts")).unwrap().count(), 1, "the dictionary is reused");
+    ok(cairn(&repo).args(["check", "--read-data"]));
+}
+
 /// Whether the scratch directory's file system keeps user attributes.
 fn probe(scratch: &Scratch) -> bool {
     fs::write(scratch.join("probe"), b"").unwrap();

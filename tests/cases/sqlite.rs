@@ -40,7 +40,7 @@ pub fn start_pair_writer(path: PathBuf, stop: Arc<AtomicBool>, commits: Arc<Atom
 }
 
 /// Text-like row content (letters and spaces, compressible like real text), distinct per seed.
-fn text_row(len: usize, seed: u64) -> String {
+pub fn text_row(len: usize, seed: u64) -> String {
     noise(len, seed).iter().map(|b| if b % 6 == 0 { ' ' } else { (b'a' + b % 26) as char }).collect()
 }
 

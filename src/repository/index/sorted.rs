@@ -173,11 +173,7 @@ pub(super) fn decode_entry(bytes: &[u8]) -> Option<(Id, Location)> {
         1 => BlobKind::Tree,
         _ => return None,
     };
-    let codec = match bytes[49] {
-        0 => Codec::Raw,
-        1 => Codec::Zstd,
-        _ => return None,
-    };
+    let codec = Codec::from_u8(bytes[49])?;
     let id = Id(bytes[..32].try_into().expect("32 bytes"));
     Some((
         id,

@@ -1,0 +1,139 @@
+//! Compression dictionaries (store-format/dictionary.md): a large database's pages are compressed
+//! with a dictionary trained on its first pages and kept for its next snapshots; every reader
+//! decodes them, sync carries the dictionary, prune keeps it, and a lost or damaged one is named
+//! and fails only the files that need it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::sqlite::{text_row, wal_database};
+use crate::support::*;
+
+/// A database of about 9 MiB of text rows, checkpointed so that its file is its whole content.
+fn database(path: &Path, rows: u64) {
+    let db = wal_database(path);
+    db.execute_batch("BEGIN").unwrap();
+    for i in 0..rows {
+        db.execute("INSERT INTO a(body) VALUES (?1)", [text_row(3000, i)]).unwrap();
+    }
+    db.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+}
+
+/// Rewrites `rows` rows from `first` on, as a day of updates does.
+fn update(path: &Path, first: u64, rows: u64) {
+    let db = wal_database(path);
+    for i in first..first + rows {
+        db.execute("UPDATE a SET body = ?1 WHERE id = ?2", (text_row(3000, 1_000_000 + i), i as i64)).unwrap();
+    }
+    db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+}
+
+fn dictionaries(repo: &Path) -> Vec<PathBuf> {
+    match fs::read_dir(repo.join("dicts")) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Restores the latest snapshot of `repo` and returns the database's bytes.
+fn restored(repo: &Path, target: &Path) -> Vec<u8> {
+    let _ = fs::remove_dir_all(target);
+    ok(cairn(repo).args(["restore", "latest", "--target"]).arg(target));
+    fs::read(target.join("app.db")).unwrap()
+}
+
+#[test]
+fn a_large_database_is_stored_with_a_dictionary_that_every_reader_uses() {
+    let scratch = Scratch::new("dict-readers");
+    let (data, repo) = (scratch.join("data"), scratch.join("repo"));
+    fs::create_dir_all(&data).unwrap();
+    let db = data.join("app.db");
+    database(&db, 3000);
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&data));
+    assert_eq!(dictionaries(&repo).len(), 1, "one dictionary, trained on the database");
+    update(&db, 1, 60);
+    let image = fs::read(&db).unwrap();
+    ok(cairn(&repo).arg("snapshot").arg(&data));
+    assert_eq!(dictionaries(&repo).len(), 1, "the next snapshot uses the same dictionary");
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    assert!(restored(&repo, &scratch.join("out")) == image, "the restored database differs");
+
+    // sync into a new repository copies packs, and the dictionary with them.
+    let copy = scratch.join("copy");
+    ok(cairn(&repo).arg("sync").arg("--to").arg(&copy));
+    assert_eq!(dictionaries(&copy).len(), 1);
+    ok(cairn(&copy).args(["check", "--read-data"]));
+    assert!(restored(&copy, &scratch.join("out")) == image, "the copy restores a different database");
+    // Into a repository of other keys every blob is encoded again (without the dictionary).
+    let other = scratch.join("other");
+    init(&other);
+    ok(cairn(&repo).arg("sync").arg("--to").arg(&other));
+    ok(cairn(&other).args(["check", "--read-data"]));
+    assert!(restored(&other, &scratch.join("out")) == image, "the re-encoded copy differs");
+
+    // prune keeps the dictionary that the snapshot it keeps needs.
+    ok(cairn(&repo).args(["forget", "--keep-last", "1", "--prune"]));
+    assert_eq!(dictionaries(&repo).len(), 1);
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    assert!(restored(&repo, &scratch.join("out")) == image);
+}
+
+#[test]
+fn a_lost_or_damaged_dictionary_is_named_and_fails_only_its_database() {
+    let scratch = Scratch::new("dict-lost");
+    let (data, repo) = (scratch.join("data"), scratch.join("repo"));
+    fs::create_dir_all(&data).unwrap();
+    database(&data.join("app.db"), 3000);
+    fs::write(data.join("notes.txt"), b"not compressed with a dictionary").unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&data));
+    let [dictionary] = dictionaries(&repo).try_into().unwrap();
+    let name = dictionary.file_name().unwrap().to_str().unwrap().to_string();
+    let original = fs::read(&dictionary).unwrap();
+
+    let restore_fails_the_database = |why: &str| {
+        let target = scratch.join("out");
+        let _ = fs::remove_dir_all(&target);
+        let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("app.db") && err.contains(&format!("dicts/{name}")) && err.contains(why), "{err}");
+        assert_eq!(fs::read(target.join("notes.txt")).unwrap(), b"not compressed with a dictionary");
+        assert!(!target.join("app.db").exists());
+    };
+
+    flip_byte(&dictionary, original.len() as u64 / 2, 0x10);
+    let out = run(cairn(&repo).arg("check"));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains(&format!("dicts/{name}")) && said.contains("damaged"), "{said}");
+    restore_fails_the_database("damaged");
+
+    fs::remove_file(&dictionary).unwrap();
+    let out = run(cairn(&repo).args(["check", "--read-data"]));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("the dictionary is missing"), "{said}");
+    restore_fails_the_database("missing");
+
+    // The next snapshot says that the database's stored pages are damaged (those it keeps from
+    // before still name the lost dictionary), and trains another for the pages it stores.
+    update(&data.join("app.db"), 1, 10);
+    let out = run(cairn(&repo).arg("snapshot").arg(&data));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("app.db") && err.contains("need a dictionary that cannot be read"), "{err}");
+    assert_eq!(dictionaries(&repo).len(), 1);
+}
+
+#[test]
+fn a_small_database_needs_no_dictionary() {
+    let scratch = Scratch::new("dict-small");
+    let (data, repo) = (scratch.join("data"), scratch.join("repo"));
+    fs::create_dir_all(&data).unwrap();
+    database(&data.join("app.db"), 300);
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&data));
+    assert!(dictionaries(&repo).is_empty());
+}
