@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::backends::{s3, BUCKET};
 use crate::sqlite::{text_row, wal_database};
 use crate::support::*;
 
@@ -136,4 +137,41 @@ fn a_small_database_needs_no_dictionary() {
     init(&repo);
     ok(cairn(&repo).arg("snapshot").arg(&data));
     assert!(dictionaries(&repo).is_empty());
+}
+
+/// Straight into an object store (the dictionary put create-only, like every file there) and
+/// back by pack; and a local repository synced up, its dictionary with it.
+#[test]
+fn a_database_with_a_dictionary_goes_to_an_object_store_and_back() {
+    let scratch = Scratch::new("dict-s3");
+    let data = scratch.join("data");
+    fs::create_dir_all(&data).unwrap();
+    database(&data.join("app.db"), 3000);
+    let image = fs::read(data.join("app.db")).unwrap();
+    let on_s3 = |repo: &Path| {
+        let mut command = cairn(repo);
+        for (key, value) in s3().env() {
+            command.env(key, value);
+        }
+        command.env("CAIRN_CACHE_DIR", scratch.join("cache"));
+        command
+    };
+    let unique = |name: &str| PathBuf::from(format!("s3://{BUCKET}/{name}-{}", std::process::id()));
+
+    let direct = unique("dict-direct");
+    ok(on_s3(&direct).arg("init"));
+    ok(on_s3(&direct).arg("snapshot").arg(&data));
+    ok(on_s3(&direct).args(["check", "--read-data"]));
+    let target = scratch.join("from-direct");
+    ok(on_s3(&direct).args(["restore", "latest", "--target"]).arg(&target));
+    assert!(fs::read(target.join("app.db")).unwrap() == image, "restored from S3, the database differs");
+
+    let local = scratch.join("local");
+    init(&local);
+    ok(cairn(&local).arg("snapshot").arg(&data));
+    let synced = unique("dict-synced");
+    ok(on_s3(&local).arg("sync").arg("--to").arg(&synced));
+    let target = scratch.join("from-synced");
+    ok(on_s3(&synced).args(["restore", "latest", "--target"]).arg(&target));
+    assert!(fs::read(target.join("app.db")).unwrap() == image, "synced to S3, the database differs");
 }
