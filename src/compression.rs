@@ -28,15 +28,23 @@ pub const DICTIONARY_SIZE: usize = 112 * 1024;
 /// [`Codec::ZstdDict`], store-format/dictionary.md). Its id is the name of its file.
 pub struct Dictionary {
     pub id: Id,
-    compress: CDict<'static>,
     decompress: DDict<'static>,
+    /// The bytes and the level, for `compress`, which only a snapshot needs: made once, then.
+    bytes: Vec<u8>,
+    level: i32,
+    compress: std::sync::OnceLock<Option<CDict<'static>>>,
 }
 
 impl Dictionary {
-    /// Prepares the dictionary `bytes` (a file's content) for compression at `level`; `None` if
-    /// zstd cannot load it.
+    /// Prepares the dictionary `bytes` (a file's content) for decompression, and for compression
+    /// at `level` once asked to; `None` if zstd cannot load it.
     pub fn new(id: Id, bytes: &[u8], level: i32) -> Option<Dictionary> {
-        Some(Dictionary { id, compress: CDict::try_create(bytes, level)?, decompress: DDict::try_create(bytes)? })
+        let decompress = DDict::try_create(bytes)?;
+        Some(Dictionary { id, decompress, bytes: bytes.to_vec(), level, compress: std::sync::OnceLock::new() })
+    }
+
+    fn for_compression(&self) -> Option<&CDict<'static>> {
+        self.compress.get_or_init(|| CDict::try_create(&self.bytes, self.level)).as_ref()
     }
 
     /// A dictionary of at most [`DICTIONARY_SIZE`] bytes trained on `samples`, cut into pieces of
@@ -62,7 +70,9 @@ fn with_dictionary_contexts<R>(work: impl FnOnce(&mut CCtx<'static>, &mut DCtx<'
 /// ([`Codec::ZstdDict`]); or returns it raw if that is not smaller.
 pub fn compress_with(data: &[u8], dictionary: &Dictionary) -> (Codec, Vec<u8>) {
     let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
-    let done = with_dictionary_contexts(|c, _| c.compress_using_cdict(&mut frame, data, &dictionary.compress).is_ok());
+    let done = dictionary.for_compression().and_then(|cdict| {
+        with_dictionary_contexts(|c, _| c.compress_using_cdict(&mut frame, data, cdict).is_ok())
+    });
     match done {
         Some(true) if 32 + frame.len() < data.len() => {
             let mut out = Vec::with_capacity(32 + frame.len());

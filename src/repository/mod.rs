@@ -60,6 +60,10 @@ pub struct Repository {
     dictionaries: Mutex<HashMap<Id, Arc<Dictionary>>>,
 }
 
+/// Loaded compression dictionaries a repository keeps at most (one per large database; each a
+/// few hundred KiB loaded).
+const DICTIONARIES_KEPT: usize = 64;
+
 /// The passphrase an opening gives a repository that turns out to be encrypted.
 #[derive(Clone, Copy)]
 pub enum Passphrase<'a> {
@@ -405,8 +409,18 @@ impl Repository {
         let loaded = Dictionary::new(*id, bytes, self.config.compression_level)
             .ok_or_else(|| Error::corrupt(&file, "zstd cannot load it as a dictionary"))?;
         let loaded = Arc::new(loaded);
-        self.dictionaries.lock().expect("poisoned").insert(*id, loaded.clone());
+        self.keep_dictionary(loaded.clone());
         Ok(loaded)
+    }
+
+    /// Keeps a loaded dictionary for the next blob that names it; at most
+    /// [`DICTIONARIES_KEPT`], so a repository of many cannot fill memory.
+    fn keep_dictionary(&self, dictionary: Arc<Dictionary>) {
+        let mut kept = self.dictionaries.lock().expect("poisoned");
+        if kept.len() >= DICTIONARIES_KEPT {
+            kept.clear();
+        }
+        kept.insert(dictionary.id, dictionary);
     }
 
     /// The dictionary that blob `id` names, if it is stored with one ([`Codec::ZstdDict`]): read
@@ -435,7 +449,7 @@ impl Repository {
             .ok_or_else(|| Error::Invalid("zstd cannot load the dictionary it trained".into()))?;
         self.put_file_raw(FileKind::Dictionary, &id, &sealed)?;
         let loaded = Arc::new(loaded);
-        self.dictionaries.lock().expect("poisoned").insert(id, loaded.clone());
+        self.keep_dictionary(loaded.clone());
         Ok(loaded)
     }
 
