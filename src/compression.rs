@@ -70,9 +70,9 @@ fn with_dictionary_contexts<R>(work: impl FnOnce(&mut CCtx<'static>, &mut DCtx<'
 /// ([`Codec::ZstdDict`]); or returns it raw if that is not smaller.
 pub fn compress_with(data: &[u8], dictionary: &Dictionary) -> (Codec, Vec<u8>) {
     let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
-    let done = dictionary.for_compression().and_then(|cdict| {
-        with_dictionary_contexts(|c, _| c.compress_using_cdict(&mut frame, data, cdict).is_ok())
-    });
+    let done = dictionary
+        .for_compression()
+        .and_then(|cdict| with_dictionary_contexts(|c, _| c.compress_using_cdict(&mut frame, data, cdict).is_ok()));
     match done {
         Some(true) if 32 + frame.len() < data.len() => {
             let mut out = Vec::with_capacity(32 + frame.len());

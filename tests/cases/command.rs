@@ -286,14 +286,7 @@ fn a_signal_that_ends_cairn_ends_its_command_too() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let pid = loop {
-        if let Some(pid) = fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse::<u32>().ok()) {
-            break pid;
-        }
-        assert!(std::time::Instant::now() < deadline, "the command never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let pid = pid_from(&pid_file);
     // SAFETY: sends SIGTERM to the cairn process this test started.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let status = child.wait().unwrap();
@@ -301,11 +294,7 @@ fn a_signal_that_ends_cairn_ends_its_command_too() {
     let mut said = String::new();
     child.stderr.take().unwrap().read_to_string(&mut said).unwrap();
     assert!(said.contains("interrupted by SIGTERM"), "{said}");
-    let gone = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
-        assert!(std::time::Instant::now() < gone, "the command outlived cairn");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert!(ends_within(pid, 10), "the command outlived cairn");
     assert!(snapshot_list(&repo).is_empty());
 }
 

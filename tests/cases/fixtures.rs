@@ -94,7 +94,6 @@ fn repository_v2_still_restores() {
 /// snapshots, the second's database a FULL list and one patch, beside an inline small file.
 #[test]
 fn repository_v3_still_restores() {
-    use std::io::Read as _;
     let scratch = Scratch::new("fixture-repo-v3");
     let repo = scratch.join("repo");
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/repo-v3");
@@ -102,14 +101,6 @@ fn repository_v3_still_restores() {
     let list = json(cairn(&repo).arg("snapshots"));
     assert_eq!(list.as_array().unwrap().len(), 2);
     ok(cairn(&repo).args(["check", "--read-data"]));
-    let sha256 = |path: &Path| {
-        let mut child =
-            std::process::Command::new("sha256sum").arg(path).stdout(std::process::Stdio::piped()).spawn().unwrap();
-        let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-        child.wait().unwrap();
-        out.split_whitespace().next().unwrap().to_string()
-    };
     let expected = [
         "bbfd52d856758f5c6af24a751578f0e7264998e89c05c24e552d74026eae1da3",
         "52475d6c436f291868f7cdb3b208f5cd098dfeca2d0ab7cc480de65c4a716b94",
@@ -132,7 +123,6 @@ fn repository_v3_still_restores() {
 
 #[test]
 fn repository_v4_still_restores() {
-    use std::io::Read as _;
     let scratch = Scratch::new("fixture-repo-v4");
     let repo = scratch.join("repo");
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/repo-v4");
@@ -140,14 +130,6 @@ fn repository_v4_still_restores() {
     let list = json(cairn(&repo).arg("snapshots"));
     assert_eq!(list.as_array().unwrap().len(), 2);
     ok(cairn(&repo).args(["check", "--read-data"]));
-    let sha256 = |path: &Path| {
-        let mut child =
-            std::process::Command::new("sha256sum").arg(path).stdout(std::process::Stdio::piped()).spawn().unwrap();
-        let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-        child.wait().unwrap();
-        out.split_whitespace().next().unwrap().to_string()
-    };
     let expected = [
         "cd3bfe500d3941136464c650bd052e260eee1eb6118bb4195bfa0b621b0496f3",
         "7f29a8f0e0d9c668129946ece1816c1bfb86f8a5bb70706f6d35128decf4daaa",
@@ -168,6 +150,17 @@ fn repository_v4_still_restores() {
     ok(cairn(&repo).arg("snapshot").arg(&source));
     assert_eq!(fs::read_dir(repo.join("dicts")).unwrap().count(), 1, "the dictionary is reused");
     ok(cairn(&repo).args(["check", "--read-data"]));
+}
+
+/// The SHA-256 of a file, as `sha256sum` prints it.
+fn sha256(path: &Path) -> String {
+    use std::io::Read as _;
+    let mut child =
+        std::process::Command::new("sha256sum").arg(path).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child.wait().unwrap();
+    out.split_whitespace().next().unwrap().to_string()
 }
 
 /// Whether the scratch directory's file system keeps user attributes.
