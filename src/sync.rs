@@ -292,11 +292,13 @@ pub fn copy(
     if missing.is_empty() {
         return Ok(());
     }
-    copy_dictionaries(source, dest)?;
     // The source's index, and each pack's entries (what the destination's index will say): all
     // that the index files list for it (a pack they disagree about is verified blob by blob before
     // it is sent, like every other, so a listed blob it lacks fails its snapshots, by name).
     let source_packs = source.indexed_packs()?.packs;
+    // After the index is read: a pack it names was written after its dictionary, which this
+    // listing then finds.
+    copy_dictionaries(source, dest, options, report)?;
     // In pack id order, so every sync picks the same copy of a blob stored twice.
     let source = Indexed::new(source, Index::build([IndexFile { packs: source_packs.values().cloned().collect() }]));
     let source_index = source.index();
@@ -431,27 +433,43 @@ pub fn copy(
     Ok(())
 }
 
-/// Every blob the snapshots reach. A snapshot whose trees cannot be read is dropped (and named
-/// in the report); the walk of the others is then redone without it, so a tree that failed
-/// half-way can never count as walked.
 /// Every compression dictionary the destination lacks, byte for byte, before any pack: a blob
-/// compressed with one names it (store-format/dictionary.md). There are few, and small.
-fn copy_dictionaries(source: &Repository, dest: &Repository) -> Result<()> {
-    let present: HashSet<Id> = dest.list_files(FileKind::Dictionary)?.into_iter().map(|(id, _)| id).collect();
-    for (id, _) in source.list_files(FileKind::Dictionary)? {
+/// compressed with one names it (store-format/dictionary.md). There are few, and small. One that
+/// cannot be read is reported and left behind: the blobs that name it fail verification in
+/// [`copy_pack`], and with them only the snapshots that need them.
+fn copy_dictionaries(
+    source: &Repository,
+    dest: &Repository,
+    options: &SyncOptions,
+    report: &mut SyncReport,
+) -> Result<()> {
+    let retries = AtomicU64::new(0);
+    let present: HashSet<Id> = with_retries(options, &retries, || dest.list_files(FileKind::Dictionary))?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    for (id, _) in with_retries(options, &retries, || source.list_files(FileKind::Dictionary))? {
         if present.contains(&id) {
             continue;
         }
-        let bytes = source.read_file_raw(FileKind::Dictionary, &id)?;
-        if Id::of(&bytes) != id {
-            let file = source.describe(&FileKind::Dictionary.name(&id));
-            return Err(Error::corrupt(file, "content does not match its name: the file is damaged"));
+        let copied = with_retries(options, &retries, || {
+            let bytes = source.read_file_raw(FileKind::Dictionary, &id)?;
+            if Id::of(&bytes) != id {
+                let file = source.describe(&FileKind::Dictionary.name(&id));
+                return Err(Error::corrupt(file, "content does not match its name: the file is damaged"));
+            }
+            dest.put_file_raw(FileKind::Dictionary, &id, &bytes)
+        });
+        if let Err(e) = copied {
+            report.errors.push(format!("dictionary {}: {e}", id.short()));
         }
-        dest.put_file_raw(FileKind::Dictionary, &id, &bytes)?;
     }
     Ok(())
 }
 
+/// Every blob the snapshots reach. A snapshot whose trees cannot be read is dropped (and named
+/// in the report); the walk of the others is then redone without it, so a tree that failed
+/// half-way can never count as walked.
 fn reach(
     source: &Indexed,
     snapshots: Vec<(Id, Snapshot)>,

@@ -111,7 +111,6 @@ fn end(signal: libc::c_int) -> ! {
         // SAFETY: sends a signal to the process group of a child we started as its leader.
         unsafe { libc::kill(-(pid as libc::pid_t), signal) };
     }
-    cairn::source::command::signal_running(signal);
     // Until the thread that waits for each has seen it end (and all its output, which a
     // grandchild could hold open).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -127,6 +126,9 @@ fn end(signal: libc::c_int) -> ! {
         then(&why);
     }
     errln!("error: {why}; the run is recorded as failed");
+    // Last: a command source's end would let the snapshot fail by itself first (exit code 1),
+    // racing this exit. Its shell also gets SIGTERM from the kernel once this process is gone.
+    cairn::source::command::signal_running(signal);
     std::process::exit(128 + signal)
 }
 

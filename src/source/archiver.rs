@@ -629,36 +629,61 @@ impl Archiver<'_> {
             && (wal_sibling || (!self.required_databases.is_empty() && self.required_databases.contains(&at.path())))
     }
 
-    /// The compression dictionary for a database's pages, from a batch of them: the one that
-    /// its pages already stored name (stored by its earlier snapshots, or from a copy of it), or
-    /// one trained on the batch if some of its pages are new. `None` while every page of the
-    /// batches so far was stored already: the next batch decides.
+    /// The dictionary that the first of `ids` stored with one names, if any (one read).
+    fn named_by(&self, ids: &[Id]) -> Option<Id> {
+        ids.iter().find_map(|id| self.repo.dictionary_of_blob(self.index, id).ok().flatten())
+    }
+
+    /// Loads the dictionary `named` that a database's stored pages name. One that cannot be read
+    /// leaves those pages unreadable, and this snapshot reuses them: it is recorded against the
+    /// database, so the snapshot is incomplete, never a silent success.
+    fn load_named(&self, at: &Location<'_>, named: &Id) -> Option<Arc<Dictionary>> {
+        match self.repo.dictionary(named) {
+            Ok(dictionary) => Some(dictionary),
+            Err(e) => {
+                self.record_at(
+                    at,
+                    format!(
+                        "its stored pages need a dictionary that cannot be read ({e}): those pages \
+                         cannot be restored; `cairn check --read-data` lists the files they affect"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// The compression dictionary for a database's pages, from a batch of them, when its previous
+    /// snapshot named none: the one that its pages already stored name (a copy of it, snapshotted
+    /// under another path), or one trained on the batch if some of its pages are new and they
+    /// compress at all. `None` while every page of the batches so far was stored already: the
+    /// next batch decides. `lost`: a dictionary they name was found unreadable already.
     fn choose_dictionary(
         &self,
         at: &Location<'_>,
         batch: &[u8],
         page_size: usize,
+        lost: bool,
     ) -> Result<Option<Option<Arc<Dictionary>>>> {
         let hasher = self.repo.hasher();
         let ids: Vec<Id> = batch.chunks(page_size).map(|page| hasher.id(page)).collect();
-        let new = ids.iter().any(|id| !self.store.contains(id));
-        let named = (ids.iter().filter(|id| self.store.contains(id)))
-            .find_map(|id| self.repo.dictionary_of_blob(self.index, id).ok().flatten());
-        match named.map(|named| self.repo.dictionary(&named)) {
-            Some(Ok(dictionary)) => return Ok(Some(Some(dictionary))),
-            Some(Err(e)) => {
-                // Its pages stored with it are damaged; the pages stored now get a new one.
-                self.progress.warn(&format!(
-                    "warning: {}: its stored pages need a dictionary that cannot be read ({e}); \
-                     `cairn check --read-data` lists the files it affects",
-                    at.path().display()
-                ));
-                if !new {
-                    return Ok(Some(None));
-                }
+        let stored: Vec<Id> = ids.iter().filter(|id| self.store.contains(id)).copied().collect();
+        if !lost {
+            if let Some(named) = self.named_by(&stored) {
+                return Ok(Some(self.load_named(at, &named)));
             }
-            None if !new => return Ok(None),
-            None => {}
+        }
+        if stored.len() == ids.len() {
+            return Ok(None);
+        }
+        // Pages that zstd cannot shrink (already compressed or encrypted data) would be stored
+        // raw whatever the dictionary: training one would only add its file, every snapshot.
+        let sample = &batch[..batch.len().min(64 * page_size)];
+        let level = self.repo.config().compression_level;
+        let shrunk: usize =
+            sample.chunks(page_size).map(|page| crate::compression::compress(page, level).1.len()).sum();
+        if shrunk * 10 > sample.len() * 9 {
+            return Ok(Some(None));
         }
         match Dictionary::train(batch, page_size) {
             Some(bytes) => Ok(Some(Some(self.repo.add_dictionary(&bytes)?))),
@@ -679,12 +704,20 @@ impl Archiver<'_> {
         let mut ids = Vec::new();
         let mut size = 0u64;
         let identity = (listed.dev, listed.ino);
-        // A database large enough to be worth a dictionary gets one (store-format/dictionary.md).
+        // A database large enough to be worth a dictionary gets one (store-format/dictionary.md):
+        // the one its previous snapshot's pages name, else one chosen from its first pages.
         let mut dictionary = None;
         let mut chosen = listed.size < DICTIONARY_MIN_DATABASE;
+        let mut lost = false;
+        if let (false, Some(Node { content: Content::File { chunks }, .. })) = (chosen, previous) {
+            if let Some(named) = self.repo.chunk_list(self.index, chunks).ok().and_then(|ids| self.named_by(&ids)) {
+                dictionary = self.load_named(at, &named);
+                (chosen, lost) = (dictionary.is_some(), dictionary.is_none());
+            }
+        }
         let captured = sqlite::capture(dir, at.name, identity, timeout, READ_WINDOW, |batch, page_size| {
             if !chosen {
-                if let Some(choice) = self.choose_dictionary(at, batch, page_size)? {
+                if let Some(choice) = self.choose_dictionary(at, batch, page_size, lost)? {
                     (dictionary, chosen) = (choice, true);
                 }
             }

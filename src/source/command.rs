@@ -46,6 +46,8 @@ pub struct Running<'scope> {
     shown: String,
     stdout: Option<ChildStdout>,
     stderr: std::thread::ScopedJoinHandle<'scope, VecDeque<String>>,
+    /// Whether it leads a process group of its own ([`GROUPS`]).
+    own_group: bool,
 }
 
 /// Starts `command` (the caller builds it, usually `sh -c LINE`, with the environment and working
@@ -86,21 +88,39 @@ pub fn start<'scope>(
             Ok(())
         });
     }
+    // A group of its own, unless cairn runs on a terminal: a command there may ask on it (ssh
+    // for a passphrase), which only the terminal's foreground group may (another is stopped by
+    // SIGTTIN and would wait for ever); there, Ctrl-C reaches it and all it started anyway.
+    let own_group = !has_a_terminal();
     let mut child = {
         use std::os::unix::process::CommandExt;
         // Under the lock: a signal that ends cairn now finds the group once it exists.
         let mut groups = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
-        let child = (command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()))
-            .process_group(0)
-            .spawn()
-            .map_err(failed)?;
-        groups.push(child.id() as libc::pid_t);
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if own_group {
+            command.process_group(0);
+        }
+        let child = command.spawn().map_err(failed)?;
+        if own_group {
+            groups.push(child.id() as libc::pid_t);
+        }
         child
     };
     let stdout = child.stdout.take();
     let stderr = child.stderr.take().expect("piped above");
     let stderr = scope.spawn(move || pass_on(stderr, progress));
-    Ok(Running { child, shown, stdout, stderr })
+    Ok(Running { child, shown, stdout, stderr, own_group })
+}
+
+/// Whether this process has a controlling terminal.
+fn has_a_terminal() -> bool {
+    // SAFETY: opens a constant path; the descriptor is closed at once.
+    let fd = unsafe { libc::open(c"/dev/tty".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) };
+    if fd >= 0 {
+        // SAFETY: closes the descriptor just opened.
+        unsafe { libc::close(fd) };
+    }
+    fd >= 0
 }
 
 impl Running<'_> {
@@ -137,19 +157,30 @@ impl Running<'_> {
     /// process is left behind holding its error output open.
     pub fn abandon(mut self) {
         drop(self.stdout.take());
-        // SAFETY: kills the process group the child leads; it is not waited for yet, so the id
-        // is still its own.
-        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+        match self.own_group {
+            // SAFETY: kills the process group the child leads; it is not waited for yet, so the
+            // id is still its own.
+            true => unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) },
+            false => self.child.kill().map_or(-1, |()| 0),
+        };
         let _ = self.waited();
         let _ = self.stderr.join();
     }
 
-    /// Waits for the command, then forgets its process group (whose id may be reused from now on).
+    /// Waits for the command to end, forgets its process group while the id is still its own
+    /// (it stays so until the child is reaped), then reaps it.
     fn waited(&mut self) -> std::io::Result<ExitStatus> {
-        let status = self.child.wait();
-        let group = self.child.id() as libc::pid_t;
-        GROUPS.lock().unwrap_or_else(|e| e.into_inner()).retain(|&g| g != group);
-        status
+        let pid = self.child.id();
+        loop {
+            // SAFETY: waits for our own child without reaping it (WNOWAIT), into a zeroed siginfo.
+            let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
+            let done = unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            if done == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                break;
+            }
+        }
+        GROUPS.lock().unwrap_or_else(|e| e.into_inner()).retain(|&g| g != pid as libc::pid_t);
+        self.child.wait()
     }
 }
 

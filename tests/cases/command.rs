@@ -304,6 +304,14 @@ fn is_zombie(pid: u32) -> bool {
     stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
 }
 
+/// `command` started in a session of its own, without a controlling terminal, as under cron or
+/// systemd (on a terminal, a command stays in the terminal's process group: it may prompt there).
+fn detached(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and allocates nothing.
+    unsafe { command.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }) }
+}
+
 /// Waits up to `seconds` for process `pid` to end; whether it did.
 fn ends_within(pid: u32, seconds: u64) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
@@ -336,7 +344,7 @@ fn a_signal_that_ends_cairn_ends_what_its_command_started() {
     let (repo, pid_file) = (scratch.join("repo"), scratch.join("helper.pid"));
     init(&repo);
     let line = format!("echo started; sleep 120 & echo $! > '{}'; wait", pid_file.display());
-    let mut child = default_signals(cairn(&repo).args(["snapshot", "--stdin-from-command", &line]))
+    let mut child = default_signals(detached(cairn(&repo).args(["snapshot", "--stdin-from-command", &line])))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -364,7 +372,7 @@ fn a_failed_store_stops_everything_the_command_started() {
     let free = cairn::disk::space(&repo).unwrap().free;
     let min = (free - (8 << 20)).to_string();
     let started = std::time::Instant::now();
-    let out = run(cairn(&repo).args(["snapshot", "--min-free", &min, "--stdin-from-command", &line]));
+    let out = run(detached(cairn(&repo).args(["snapshot", "--min-free", &min, "--stdin-from-command", &line])));
     let helper = pid_from(&pid_file);
     let ended = ends_within(helper, 10);
     // SAFETY: as above.

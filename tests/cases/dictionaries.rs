@@ -118,25 +118,56 @@ fn a_lost_or_damaged_dictionary_is_named_and_fails_only_its_database() {
     assert!(said.contains("the dictionary is missing"), "{said}");
     restore_fails_the_database("missing");
 
-    // The next snapshot says that the database's stored pages are damaged (those it keeps from
-    // before still name the lost dictionary), and trains another for the pages it stores.
+    // The next snapshot reuses the database's stored pages, which still name the lost
+    // dictionary: it says so and is incomplete; it trains another for the pages it stores.
     update(&data.join("app.db"), 1, 10);
     let out = run(cairn(&repo).arg("snapshot").arg(&data));
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(out.status.code(), Some(3), "stored, but incomplete: {err}");
     assert!(err.contains("app.db") && err.contains("need a dictionary that cannot be read"), "{err}");
     assert_eq!(dictionaries(&repo).len(), 1);
 }
 
+/// A database gets one dictionary, once it is large enough, however it grew; one whose pages do
+/// not compress gets none.
 #[test]
-fn a_small_database_needs_no_dictionary() {
-    let scratch = Scratch::new("dict-small");
+fn a_database_gets_one_dictionary_once_large_and_compressible() {
+    let scratch = Scratch::new("dict-growth");
     let (data, repo) = (scratch.join("data"), scratch.join("repo"));
     fs::create_dir_all(&data).unwrap();
-    database(&data.join("app.db"), 300);
+    let db = data.join("app.db");
+    database(&db, 1900);
+    assert!(fs::metadata(&db).unwrap().len() < 8 << 20);
     init(&repo);
     ok(cairn(&repo).arg("snapshot").arg(&data));
-    assert!(dictionaries(&repo).is_empty());
+    assert!(dictionaries(&repo).is_empty(), "a small database needs none");
+    // It grows past the threshold: its first 8 MiB of pages are stored already without a
+    // dictionary, and those that change there each day are new every time.
+    let conn = wal_database(&db);
+    for i in 1900..2300u64 {
+        conn.execute("INSERT INTO a(body) VALUES (?1)", [text_row(3000, i)]).unwrap();
+    }
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    drop(conn);
+    for day in 0..3 {
+        ok(cairn(&repo).arg("snapshot").arg(&data));
+        update(&db, 1 + day * 7, 5);
+    }
+    assert_eq!(dictionaries(&repo).len(), 1, "trained once, then reused");
+    ok(cairn(&repo).args(["check", "--read-data"]));
+
+    let blobs = scratch.join("blobs");
+    fs::create_dir_all(&blobs).unwrap();
+    let conn = wal_database(&blobs.join("blobs.db"));
+    for i in 0..2400u64 {
+        conn.execute("INSERT INTO a(body) VALUES (?1)", [noise(4000, i)]).unwrap();
+    }
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    drop(conn);
+    let other = scratch.join("other");
+    init(&other);
+    ok(cairn(&other).arg("snapshot").arg(&blobs));
+    assert!(dictionaries(&other).is_empty(), "pages that do not compress get no dictionary");
 }
 
 /// Straight into an object store (the dictionary put create-only, like every file there) and
