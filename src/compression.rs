@@ -100,14 +100,28 @@ pub fn decompress_with(
     raw_len: u32,
     plain: &mut Vec<u8>,
 ) -> std::result::Result<(), String> {
+    decode_exactly(raw_len, plain, |plain| {
+        plain.reserve(raw_len as usize);
+        with_dictionary_contexts(|_, d| d.decompress_using_ddict(plain, frame, &dictionary.decompress))
+            .ok_or_else(|| "zstd: no memory for a context".to_string())?
+            .map(drop)
+            .map_err(|code| format!("zstd: {}", zstd::zstd_safe::get_error_name(code)))
+    })
+}
+
+/// Decodes into `plain` (emptied first) with `decode`, within the checks every codec shares: a
+/// length no blob has is refused before anything is allocated, and the result must be exactly
+/// `raw_len` bytes.
+fn decode_exactly(
+    raw_len: u32,
+    plain: &mut Vec<u8>,
+    decode: impl FnOnce(&mut Vec<u8>) -> std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
     if raw_len > MAX_BLOB_LEN {
         return Err(format!("blob claims {raw_len} plain bytes"));
     }
     plain.clear();
-    plain.reserve(raw_len as usize);
-    with_dictionary_contexts(|_, d| d.decompress_using_ddict(plain, frame, &dictionary.decompress))
-        .ok_or_else(|| "zstd: no memory for a context".to_string())?
-        .map_err(|code| format!("zstd: {}", zstd::zstd_safe::get_error_name(code)))?;
+    decode(plain)?;
     if plain.len() != raw_len as usize {
         return Err(format!("decoded to {} bytes, expected {raw_len}", plain.len()));
     }
@@ -144,13 +158,12 @@ pub fn decompress_into(
     raw_len: u32,
     plain: &mut Vec<u8>,
 ) -> std::result::Result<(), String> {
-    if raw_len > MAX_BLOB_LEN {
-        return Err(format!("blob claims {raw_len} plain bytes"));
-    }
-    plain.clear();
-    match codec {
-        Codec::ZstdDict => return Err("compressed with a dictionary, decoded without one".into()),
-        Codec::Raw => plain.extend_from_slice(stored),
+    decode_exactly(raw_len, plain, |plain| match codec {
+        Codec::ZstdDict => Err("compressed with a dictionary, decoded without one".into()),
+        Codec::Raw => {
+            plain.extend_from_slice(stored);
+            Ok(())
+        }
         Codec::Zstd => {
             plain.reserve(raw_len as usize);
             DECOMPRESSOR
@@ -161,13 +174,10 @@ pub fn decompress_into(
                     }
                     cell.as_mut().expect("just set").decompress_to_buffer(stored, plain)
                 })
-                .map_err(|e| format!("zstd: {e}"))?;
+                .map(drop)
+                .map_err(|e| format!("zstd: {e}"))
         }
-    }
-    if plain.len() != raw_len as usize {
-        return Err(format!("decoded to {} bytes, expected {raw_len}", plain.len()));
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

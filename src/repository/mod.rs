@@ -408,19 +408,19 @@ impl Repository {
         let bytes = crate::format::dictionary::decode(&plain, &file)?;
         let loaded = Dictionary::new(*id, bytes, self.config.compression_level)
             .ok_or_else(|| Error::corrupt(&file, "zstd cannot load it as a dictionary"))?;
-        let loaded = Arc::new(loaded);
-        self.keep_dictionary(loaded.clone());
-        Ok(loaded)
+        Ok(self.keep_dictionary(loaded))
     }
 
     /// Keeps a loaded dictionary for the next blob that names it; at most
     /// [`DICTIONARIES_KEPT`], so a repository of many cannot fill memory.
-    fn keep_dictionary(&self, dictionary: Arc<Dictionary>) {
+    fn keep_dictionary(&self, dictionary: Dictionary) -> Arc<Dictionary> {
+        let dictionary = Arc::new(dictionary);
         let mut kept = self.dictionaries.lock().expect("poisoned");
         if kept.len() >= DICTIONARIES_KEPT {
             kept.clear();
         }
-        kept.insert(dictionary.id, dictionary);
+        kept.insert(dictionary.id, dictionary.clone());
+        dictionary
     }
 
     /// The dictionary that blob `id` names, if it is stored with one ([`Codec::ZstdDict`]): read
@@ -448,9 +448,7 @@ impl Repository {
         let loaded = Dictionary::new(id, bytes, self.config.compression_level)
             .ok_or_else(|| Error::Invalid("zstd cannot load the dictionary it trained".into()))?;
         self.put_file_raw(FileKind::Dictionary, &id, &sealed)?;
-        let loaded = Arc::new(loaded);
-        self.keep_dictionary(loaded.clone());
-        Ok(loaded)
+        Ok(self.keep_dictionary(loaded))
     }
 
     /// How blob ids are computed here.

@@ -157,12 +157,13 @@ impl Running<'_> {
     /// process is left behind holding its error output open.
     pub fn abandon(mut self) {
         drop(self.stdout.take());
-        match self.own_group {
+        if self.own_group {
             // SAFETY: kills the process group the child leads; it is not waited for yet, so the
             // id is still its own.
-            true => unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) },
-            false => self.child.kill().map_or(-1, |()| 0),
-        };
+            unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
+        } else {
+            let _ = self.child.kill();
+        }
         let _ = self.waited();
         let _ = self.stderr.join();
     }
