@@ -30,13 +30,13 @@ use crate::audit::{Audited, Run};
 use crate::error::{Error, Result};
 use crate::format::audit::Outcome;
 use crate::format::index::IndexedPack;
-use crate::format::pack::BlobEntry;
+use crate::format::pack::{BlobEntry, Codec};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::Content;
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::index::Index;
-use crate::repository::packer::BlobStore;
+use crate::repository::packer::{BlobStore, Stored};
 use crate::repository::{FileKind, Indexed, Repository};
 
 #[derive(Debug, Default, Serialize)]
@@ -575,7 +575,12 @@ fn copy_live_blobs(
                 .get((blob.offset as u64 - start) as usize..(blob.end() - start) as usize)
                 .ok_or_else(|| Error::corrupt(&key, "blob lies outside the pack"))?;
             repo.decode_blob(blob, stored, pack_id).map_err(damaged)?;
-            store.store_verbatim(blob.id, blob.kind, blob.codec, stored, blob.raw_len)?;
+            let dictionary = match blob.codec {
+                Codec::ZstdDict => repo.stored_dictionary(&blob.id, stored).map_err(damaged)?,
+                _ => None,
+            };
+            let (id, kind, codec, raw_len) = (blob.id, blob.kind, blob.codec, blob.raw_len);
+            store.store_verbatim(Stored { id, kind, codec, bytes: stored, raw_len, dictionary })?;
             progress.add_bytes(stored.len() as u64);
         }
         rest = &rest[run..];

@@ -24,6 +24,7 @@ use crate::audit::{Audited, Run};
 use crate::error::{Error, Result};
 use crate::format::audit::Outcome;
 use crate::format::index::IndexedPack;
+use crate::format::pack;
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::{FileKind, Repository};
@@ -132,7 +133,7 @@ pub fn plan(repo: &Repository, read_all_packs: bool, progress: &Progress) -> Res
     };
     for (id, len, trailer) in trailers {
         match trailer {
-            Ok(blobs) => {
+            Ok(pack::Trailer { entries: blobs, .. }) => {
                 // A pack the index already names exactly needs no new entry.
                 if !matches!(indexed.get(&id), Some(old) if old.len == len && old.blobs == blobs) {
                     plan.from_trailer.push(id.to_hex());

@@ -73,6 +73,8 @@ pub struct SyncReport {
     pub packs_present: u64,
     pub bytes_copied: u64,
     pub index_files_written: u64,
+    /// Compression dictionary files the destination lacked, copied.
+    pub dictionaries_copied: u64,
     /// Attempts repeated after a failure.
     pub retries: u64,
     pub errors: Vec<String>,
@@ -234,6 +236,11 @@ fn copy_missing(
         false => missing_by_identity(source, dest, sources, report)?,
     };
     if missing.is_empty() {
+        // A dictionary lost there is still copied back: the snapshots there need it.
+        if shared && !lacking_dictionaries(source, dest, options, report)?.is_empty() {
+            let _held = dest.lock_create_only(LockKind::Shared, "sync", options.lock_wait)?;
+            copy_dictionaries(source, dest, options, report)?;
+        }
         return Ok(());
     }
     // Taken and released with puts alone: sync never deletes in the destination, so that it
@@ -444,14 +451,7 @@ fn copy_dictionaries(
     report: &mut SyncReport,
 ) -> Result<()> {
     let retries = AtomicU64::new(0);
-    let present: HashSet<Id> = with_retries(options, &retries, || dest.list_files(FileKind::Dictionary))?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    for (id, _) in with_retries(options, &retries, || source.list_files(FileKind::Dictionary))? {
-        if present.contains(&id) {
-            continue;
-        }
+    for id in lacking_dictionaries(source, dest, options, report)? {
         let copied = with_retries(options, &retries, || {
             let bytes = source.read_file_raw(FileKind::Dictionary, &id)?;
             if Id::of(&bytes) != id {
@@ -460,11 +460,30 @@ fn copy_dictionaries(
             }
             dest.put_file_raw(FileKind::Dictionary, &id, &bytes)
         });
-        if let Err(e) = copied {
-            report.errors.push(format!("dictionary {}: {e}", id.short()));
+        match copied {
+            Ok(_) => report.dictionaries_copied += 1,
+            Err(e) => report.errors.push(format!("dictionary {}: {e}", id.short())),
         }
     }
+    report.retries += retries.into_inner();
     Ok(())
+}
+
+/// The compression dictionary files of `source` that `dest` does not list.
+fn lacking_dictionaries(
+    source: &Repository,
+    dest: &Repository,
+    options: &SyncOptions,
+    report: &mut SyncReport,
+) -> Result<Vec<Id>> {
+    let retries = AtomicU64::new(0);
+    let present: HashSet<Id> = with_retries(options, &retries, || dest.list_files(FileKind::Dictionary))?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let listed = with_retries(options, &retries, || source.list_files(FileKind::Dictionary))?;
+    report.retries += retries.into_inner();
+    Ok(listed.into_iter().map(|(id, _)| id).filter(|id| !present.contains(id)).collect())
 }
 
 /// Every blob the snapshots reach. A snapshot whose trees cannot be read is dropped (and named

@@ -184,7 +184,7 @@ fn write_data_pack(repo: &Repository, blobs: std::ops::Range<u64>, blob_size: us
 
 /// Appends the trailer, names the pack by its hash and puts it durably.
 fn put_pack(repo: &Repository, mut bytes: Vec<u8>, entries: Vec<BlobEntry>) -> Result<IndexedPack> {
-    bytes.extend_from_slice(&pack::trailer(&entries));
+    bytes.extend_from_slice(&pack::trailer(&entries, &[]));
     let id = Id::of(&bytes);
     repo.put_file_raw(FileKind::Pack, &id, &bytes)?;
     Ok(IndexedPack { id, len: bytes.len() as u64, blobs: entries })

@@ -2,7 +2,7 @@
 //! so memory stays at [`PACK_BUFFERS`] packs: each pack's bytes must hash to its name, and every
 //! blob its trailer lists must decrypt, decompress and hash to its id.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{mpsc, Condvar, Mutex, OnceLock};
 
@@ -78,8 +78,9 @@ pub(super) struct PacksRead {
     pub(super) bad_packs: Vec<(Id, String)>,
     /// Blobs that failed, with the pack holding them and why.
     pub(super) failed: Vec<(Id, BlobEntry, String)>,
-    /// Packs whose trailer decoded and lists exactly what the index places in them ([`ByPack`]).
-    pub(super) trailers_checked: HashSet<Id>,
+    /// Packs whose trailer decoded and lists exactly what the index places in them ([`ByPack`]),
+    /// with the dictionaries it lists.
+    pub(super) trailers_checked: HashMap<Id, Vec<Id>>,
 }
 
 /// Reads each pack whole, in the order of their ids, and verifies it: its bytes must hash to its
@@ -180,11 +181,11 @@ pub(super) fn read_packs(
                 // A trailer that lists other entries than the index places in the pack is held
                 // against them by the structural pass.
                 let trailer_checked = match (&trailer, grouped.get()) {
-                    (Ok(listed), Some(sums)) => sums.matches(pack, listed),
+                    (Ok(listed), Some(sums)) => sums.matches(pack, &listed.entries),
                     _ => false,
                 };
                 let listed = trailer.unwrap_or_default();
-                let failed = verify_blobs(repo, pack, bytes, &listed, turn);
+                let failed = verify_blobs(repo, pack, bytes, &listed.entries, turn);
                 if buffer.capacity() > KEEP_PACK_BUFFER {
                     buffer = WholeObject::default();
                 }
@@ -192,10 +193,10 @@ pub(super) fn read_packs(
                 let mut read = read.lock().expect("poisoned");
                 read.packs += 1;
                 read.bytes += len;
-                read.blobs += listed.len() as u64;
+                read.blobs += listed.entries.len() as u64;
                 read.failed.extend(failed);
                 if trailer_checked {
-                    read.trailers_checked.insert(*pack);
+                    read.trailers_checked.insert(*pack, listed.dictionaries);
                 }
                 progress.add_bytes(len);
             });

@@ -32,7 +32,7 @@ use serde::Serialize;
 use crate::audit::{Audited, Run};
 use crate::error::Result;
 use crate::format::audit::Outcome;
-use crate::format::pack::BlobEntry;
+use crate::format::pack::{BlobEntry, Codec};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::{FileKind, Indexed, Repository};
@@ -140,6 +140,8 @@ struct Findings {
     damaged_packs: Mutex<HashSet<Id>>,
     /// Blob id to why it cannot be used.
     bad_blobs: Mutex<HashMap<Id, String>>,
+    /// Indexed packs whose trailer lists dictionaries, with them.
+    named_dictionaries: Mutex<Vec<(Id, Vec<Id>)>>,
 }
 
 impl Findings {
@@ -152,6 +154,11 @@ impl Findings {
     }
     fn bad_blob(&self, blob: &Id, reason: String) {
         self.bad_blobs.lock().expect("poisoned").entry(*blob).or_insert(reason);
+    }
+    fn named(&self, pack: &Id, dictionaries: &[Id]) {
+        if !dictionaries.is_empty() {
+            self.named_dictionaries.lock().expect("poisoned").push((*pack, dictionaries.to_vec()));
+        }
     }
 }
 
@@ -229,13 +236,6 @@ fn verify(
     for damage in repo.take_damage() {
         findings.error(damage.to_string());
     }
-    // Each compression dictionary reads and loads (a lost one shows in the blobs that name it,
-    // which `--read-data` decodes).
-    for (id, _) in repo.list_files(FileKind::Dictionary)? {
-        if let Err(e) = repo.dictionary(&id) {
-            findings.error(e.to_string());
-        }
-    }
     report.index_files = repo.list_files(FileKind::Index)?.len() as u64;
     report.snapshots = snapshots.len() as u64;
     report.packs_read = read.packs;
@@ -279,10 +279,20 @@ fn verify(
         let sum = sums.get(pack);
         let confirmed = match on_disk.get(pack) {
             Some(&actual_len) if actual_len == *expected_len && sum.max_end <= actual_len => {
-                read.trailers_checked.contains(pack) || {
-                    let key = FileKind::Pack.name(pack);
-                    let read_range = |offset, n| repo.read_file_range(FileKind::Pack, pack, offset, n);
-                    read_trailer(repo, &key, actual_len, &read_range).is_ok_and(|listed| sums.matches(pack, &listed))
+                match read.trailers_checked.get(pack) {
+                    Some(dictionaries) => {
+                        findings.named(pack, dictionaries);
+                        true
+                    }
+                    None => {
+                        let key = FileKind::Pack.name(pack);
+                        let read_range = |offset, n| repo.read_file_range(FileKind::Pack, pack, offset, n);
+                        let trailer = read_trailer(repo, &key, actual_len, &read_range);
+                        trailer.is_ok_and(|listed| {
+                            findings.named(pack, &listed.dictionaries);
+                            sums.matches(pack, &listed.entries)
+                        })
+                    }
                 }
             }
             _ => false,
@@ -297,6 +307,7 @@ fn verify(
         group.par_iter().for_each(|(pack, entries)| check_pack(repo, pack, entries, &on_disk, &indexed_len, &findings));
     })
     .map_err(damaged_copy)?;
+    let lost_dictionaries = check_dictionaries(repo, &index, &sums, &findings)?;
 
     // Trace every bad or missing blob to the snapshots and paths that need it: walk again only if
     // the packs or the index had any.
@@ -327,6 +338,13 @@ fn verify(
             walker.unindexed.len()
         ));
     }
+    if lost_dictionaries > 0 {
+        report.advice.push(format!(
+            "{lost_dictionaries} compression dictionaries cannot be read: copy them back from a copy of this \
+             repository that has them (`cairn --repo COPY sync --to THIS` copies every dictionary file its \
+             destination lacks), or forget the snapshots that need them"
+        ));
+    }
     report.trees = walker.trees;
     let mut affected = walker.affected;
     affected.sort();
@@ -344,6 +362,62 @@ fn verify(
     report.damaged_blobs = blobs;
     progress.finish();
     Ok(report)
+}
+
+/// Every compression dictionary file reads and loads, and so does every dictionary an indexed
+/// pack's trailer lists (store-format/pack.md); the blobs the index takes from such a pack and
+/// that need one that does not are damage. Packs written before format version 5 list none: a
+/// lost dictionary of theirs shows only in the blobs `--read-data` decodes. Returns how many
+/// dictionaries cannot be read.
+fn check_dictionaries(repo: &Repository, index: &Indexed, sums: &ByPack, findings: &Findings) -> Result<usize> {
+    let mut unusable: HashMap<Id, String> = HashMap::new();
+    for (id, _) in repo.list_files(FileKind::Dictionary)? {
+        if let Err(e) = repo.dictionary(&id) {
+            unusable.insert(id, e.to_string());
+        }
+    }
+    let mut naming: HashMap<Id, Vec<Id>> = HashMap::new();
+    for (pack, dictionaries) in findings.named_dictionaries.lock().expect("poisoned").drain(..) {
+        for dictionary in &dictionaries {
+            if !unusable.contains_key(dictionary) {
+                if let Err(e) = repo.dictionary(dictionary) {
+                    unusable.insert(*dictionary, e.to_string());
+                }
+            }
+        }
+        if dictionaries.iter().any(|d| unusable.contains_key(d)) {
+            naming.insert(pack, dictionaries);
+        }
+    }
+    let mut errors: Vec<(&Id, &String)> = unusable.iter().collect();
+    errors.sort_unstable();
+    for (id, error) in errors {
+        let packs = naming.values().filter(|listed| listed.contains(id)).count();
+        match packs {
+            0 => findings.error(error.clone()),
+            n => findings.error(format!("{error} ({n} packs hold blobs compressed with dictionary {})", id.short())),
+        }
+    }
+    // Which blobs need a dictionary that cannot be read: each codec 2 blob of a pack that lists
+    // only that one; in a pack that lists several, the one its stored bytes name.
+    let mut packs: Vec<(Id, u64)> = naming.keys().map(|pack| (*pack, sums.get(pack).count)).collect();
+    packs.sort_unstable();
+    by_pack::gather(index.index(), &packs, |group| {
+        for (pack, entries) in group {
+            let listed = &naming[&pack];
+            for entry in entries.iter().filter(|e| e.codec == Codec::ZstdDict) {
+                let named = match listed[..] {
+                    [only] => Some(only),
+                    _ => repo.dictionary_of_blob(index.index(), &entry.id).ok().flatten(),
+                };
+                if let Some(reason) = named.and_then(|d| unusable.get(&d)) {
+                    findings.bad_blob(&entry.id, format!("it needs a dictionary that cannot be read ({reason})"));
+                }
+            }
+        }
+    })
+    .map_err(damaged_copy)?;
+    Ok(unusable.len())
 }
 
 /// The error when a scan finds the local sorted copy damaged.

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::{CheckReport, Findings};
 use crate::error::{Error, Result};
-use crate::format::pack::{self, BlobEntry, TrailerRead, HEADER_LEN, TAIL_LEN};
+use crate::format::pack::{self, BlobEntry, Trailer, TrailerRead, HEADER_LEN, TAIL_LEN};
 use crate::id::Id;
 use crate::repository::{FileKind, Repository};
 
@@ -20,7 +20,7 @@ pub(super) fn needed_in_unindexed_pack(repo: &Repository, pack: &Id, len: u64, n
     let key = FileKind::Pack.name(pack);
     let read_range = |offset, n| repo.read_file_range(FileKind::Pack, pack, offset, n);
     read_trailer(repo, &key, len, &read_range)
-        .map_or(0, |listed| listed.iter().filter(|e| needed.contains(&e.id)).count())
+        .map_or(0, |listed| listed.entries.iter().filter(|e| needed.contains(&e.id)).count())
 }
 
 /// Every pack file on disk with its length; stray names are warnings.
@@ -30,7 +30,7 @@ pub(super) fn list_packs(repo: &Repository, report: &mut CheckReport) -> Result<
     Ok(packs)
 }
 
-/// The blobs a pack's trailer lists, once its header magic and version check out.
+/// The blobs (and dictionaries) a pack's trailer lists, once its header magic and version check out.
 /// `read_range(offset, len)` reads part of the pack, which is `len` bytes long; it is only asked
 /// for ranges inside those bytes. Damage is an [`Error::Corrupt`]; anything else failed to read.
 pub(crate) fn read_trailer(
@@ -38,13 +38,13 @@ pub(crate) fn read_trailer(
     key: &str,
     len: u64,
     read_range: &dyn Fn(u64, u64) -> Result<Vec<u8>>,
-) -> Result<Vec<BlobEntry>> {
+) -> Result<Trailer> {
     let file = repo.describe(key);
     if len < (HEADER_LEN + TAIL_LEN) as u64 {
         return Err(Error::corrupt(file, "shorter than a pack header and trailer: truncated"));
     }
-    let mode = pack::check_header(&read_range(0, HEADER_LEN as u64)?, &file)?;
-    let keys = match (mode, repo.keys()) {
+    let header = pack::check_header(&read_range(0, HEADER_LEN as u64)?, &file)?;
+    let keys = match (header.encryption, repo.keys()) {
         (crate::format::envelope::ENCRYPTION_NONE, None) => None,
         (crate::format::envelope::ENCRYPTION_NONE, Some(_)) => {
             return Err(Error::corrupt(file, "a plain pack in an encrypted repository"))
@@ -55,8 +55,8 @@ pub(crate) fn read_trailer(
     let mut want = len.min(256 << 10);
     loop {
         let tail = read_range(len - want, want)?;
-        match pack::decode_trailer_with(&tail, len, &file, keys)? {
-            TrailerRead::Entries(trailer) => return Ok(trailer),
+        match pack::decode_trailer_with(&tail, len, header.version, &file, keys)? {
+            TrailerRead::Read(trailer) => return Ok(trailer),
             TrailerRead::NeedMore(n) if (n as u64) > want && (n as u64) <= len => want = n as u64,
             TrailerRead::NeedMore(_) => return Err(Error::corrupt(file, "trailer length is inconsistent")),
         }
@@ -79,7 +79,8 @@ pub(super) fn check_pack_structure(
         let reason = format!("pack {} has no valid header and trailer ({e})", pack.short());
         entries.iter().for_each(|entry| findings.bad_blob(&entry.id, reason.clone()));
     })?;
-    compare_trailer(pack, entries, &trailer, findings);
+    findings.named(pack, &trailer.dictionaries);
+    compare_trailer(pack, entries, &trailer.entries, findings);
     Ok(())
 }
 

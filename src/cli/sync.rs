@@ -96,7 +96,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         outln!("{}", serde_json::json!({ "to": args.to, "report": report, "requests": requests }));
     } else if !context.quiet {
         outln!(
-            "synced to {}: {} copied, {} already there; {} ({}) sent, {} found from an earlier run, {}",
+            "synced to {}: {} copied, {} already there; {} ({}) sent, {} found from an earlier run, {}{}",
             args.to,
             format::count(report.snapshots_copied.len() as u64, "snapshot"),
             report.snapshots_present,
@@ -104,6 +104,10 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             format::bytes(report.bytes_copied),
             report.packs_present,
             format::count(report.index_files_written, "index file"),
+            match report.dictionaries_copied {
+                0 => String::new(),
+                n => format!(", {}", format::count(n, "dictionary")),
+            },
         );
         if let Some(r) = requests {
             outln!(

@@ -1,15 +1,23 @@
 //! Index files (`index/<id>`): for each pack, the entries of its trailer, so that opening a
 //! repository reads a few index files instead of every pack. See store-format/index.md.
 
-use super::pack::{BlobEntry, ENTRY_LEN};
+use super::pack::{BlobEntry, Codec, ENTRY_LEN};
 use super::{envelope, Put, Reader};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
 pub const MAGIC: &[u8; 8] = b"CAIRNIDX";
 /// The highest index file version this cairn reads: 2 when an entry's codec is
-/// [`crate::format::pack::Codec::ZstdDict`], else 1 (as for packs, [`crate::format::pack::version_for`]).
+/// [`Codec::ZstdDict`], else 1 ([`version_for`]).
 pub const VERSION: u16 = 2;
+
+/// The version of an index file listing `packs`: the lowest that has their codecs.
+pub fn version_for(packs: &[IndexedPack]) -> u16 {
+    match packs.iter().flat_map(|p| &p.blobs).any(|e| e.codec == Codec::ZstdDict) {
+        true => 2,
+        false => 1,
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IndexFile {
@@ -37,8 +45,7 @@ impl IndexFile {
                 blob.encode_into(&mut body);
             }
         }
-        let version = self.packs.iter().map(|p| crate::format::pack::version_for(&p.blobs)).max().unwrap_or(1);
-        envelope::seal(MAGIC, version, &body)
+        envelope::seal(MAGIC, version_for(&self.packs), &body)
     }
 
     pub fn decode(data: &[u8], file: &str) -> Result<IndexFile> {
@@ -82,7 +89,7 @@ impl IndexFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::pack::{BlobKind, Codec};
+    use crate::format::pack::BlobKind;
     use proptest::prelude::*;
 
     fn entry() -> impl Strategy<Value = BlobEntry> {

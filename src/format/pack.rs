@@ -9,13 +9,16 @@ use crate::id::Id;
 pub const HEADER_MAGIC: &[u8; 8] = b"CAIRNPAK";
 pub const TRAILER_MAGIC: &[u8; 8] = b"CAIRNPKT";
 /// The highest pack version this cairn reads. A pack is written as version 1 unless a blob in it
-/// is compressed with a dictionary ([`Codec::ZstdDict`]): then 2 ([`version_for`]).
-pub const VERSION: u16 = 2;
+/// is compressed with a dictionary ([`Codec::ZstdDict`]): then 3, whose trailer also lists the
+/// dictionaries ([`version_for`]). Version 2 (format 4) has such blobs and no list.
+pub const VERSION: u16 = 3;
+/// The first pack version whose trailer lists the dictionaries its blobs name.
+pub const LISTS_DICTIONARIES: u16 = 3;
 
 /// The version of a pack holding `entries`: the lowest that has their codecs.
 pub fn version_for(entries: &[BlobEntry]) -> u16 {
     match entries.iter().any(|e| e.codec == Codec::ZstdDict) {
-        true => 2,
+        true => LISTS_DICTIONARIES,
         false => 1,
     }
 }
@@ -121,17 +124,29 @@ pub fn header_for(encryption: u8) -> [u8; HEADER_LEN] {
     out
 }
 
-/// Encodes the trailer (entries then tail) for blobs already laid out after the header.
-pub fn trailer(entries: &[BlobEntry]) -> Vec<u8> {
-    trailer_with(entries, None)
+/// A pack's trailer: its entries and (version 3) the dictionaries its codec 2 blobs name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trailer {
+    pub entries: Vec<BlobEntry>,
+    /// Each dictionary once; empty in a pack of version 1 or 2.
+    pub dictionaries: Vec<Id>,
 }
 
-/// The trailer of an encrypted pack: the entries sealed (with the trailer magic as associated
-/// data), then the same tail, whose length and checksum cover the sealed bytes.
-pub fn trailer_with(entries: &[BlobEntry], keys: Option<&crate::crypto::Keys>) -> Vec<u8> {
-    let mut plain = Vec::with_capacity(entries.len() * ENTRY_LEN);
+/// Encodes the trailer (entries, dictionaries, then tail) for blobs already laid out after the
+/// header. `dictionaries` is empty unless an entry has codec 2 ([`version_for`]).
+pub fn trailer(entries: &[BlobEntry], dictionaries: &[Id]) -> Vec<u8> {
+    trailer_with(entries, dictionaries, None)
+}
+
+/// The trailer of an encrypted pack: the entries and dictionaries sealed (with the trailer magic
+/// as associated data), then the same tail, whose length and checksum cover the sealed bytes.
+pub fn trailer_with(entries: &[BlobEntry], dictionaries: &[Id], keys: Option<&crate::crypto::Keys>) -> Vec<u8> {
+    let mut plain = Vec::with_capacity(entries.len() * ENTRY_LEN + dictionaries.len() * 32);
     for entry in entries {
         entry.encode_into(&mut plain);
+    }
+    for dictionary in dictionaries {
+        plain.put_id(dictionary);
     }
     let mut out = match keys {
         Some(keys) => keys.seal(TRAILER_MAGIC, &plain),
@@ -147,17 +162,19 @@ pub fn trailer_with(entries: &[BlobEntry], keys: Option<&crate::crypto::Keys>) -
     out
 }
 
-/// Reads the header and trailer of a whole pack file of `data.len()` bytes (the blobs are not
-/// verified here; `check --read-data` does that). `tail` must be the last bytes of the pack: at
-/// least [`TAIL_LEN`], and enough to hold the trailer (callers re-read with the length it names).
-pub fn decode_trailer(tail: &[u8], pack_len: u64, file: &str) -> Result<TrailerRead> {
-    decode_trailer_with(tail, pack_len, file, None)
+/// Reads the trailer of a pack file of `pack_len` bytes whose header gave `version` (the blobs
+/// are not verified here; `check --read-data` does that). `tail` must be the last bytes of the
+/// pack: at least [`TAIL_LEN`], and enough to hold the trailer (callers re-read with the length
+/// it names).
+pub fn decode_trailer(tail: &[u8], pack_len: u64, version: u16, file: &str) -> Result<TrailerRead> {
+    decode_trailer_with(tail, pack_len, version, file, None)
 }
 
 /// [`decode_trailer`] for an encrypted pack when `keys` is given: the entries are opened first.
 pub fn decode_trailer_with(
     tail: &[u8],
     pack_len: u64,
+    version: u16,
     file: &str,
     keys: Option<&crate::crypto::Keys>,
 ) -> Result<TrailerRead> {
@@ -172,9 +189,14 @@ pub fn decode_trailer_with(
     if r.bytes(8)? != TRAILER_MAGIC {
         return Err(Error::corrupt(file, "no pack trailer magic at the end: the pack is truncated or not a pack"));
     }
-    if count.checked_mul(ENTRY_LEN).and_then(|n| n.checked_add(overhead)) != Some(trailer_len) {
-        return Err(Error::corrupt(file, format!("trailer length {trailer_len} does not match {count} entries")));
-    }
+    // After the entries, a version 3 trailer lists dictionaries, 32 bytes each.
+    let listed =
+        count.checked_mul(ENTRY_LEN).and_then(|n| n.checked_add(overhead)).and_then(|n| trailer_len.checked_sub(n));
+    let dictionary_count = match listed {
+        Some(0) => 0,
+        Some(listed) if version >= LISTS_DICTIONARIES && listed % 32 == 0 => listed / 32,
+        _ => return Err(Error::corrupt(file, format!("trailer length {trailer_len} does not match {count} entries"))),
+    };
     let needed = trailer_len + TAIL_LEN;
     if needed as u64 + HEADER_LEN as u64 > pack_len {
         return Err(Error::corrupt(file, "trailer is longer than the pack"));
@@ -204,17 +226,42 @@ pub fn decode_trailer_with(
         }
         entries.push(entry);
     }
-    Ok(TrailerRead::Entries(entries))
+    let mut dictionaries = Vec::with_capacity(dictionary_count);
+    for _ in 0..dictionary_count {
+        let dictionary = r.id()?;
+        if dictionaries.contains(&dictionary) {
+            return Err(Error::corrupt(file, format!("dictionary {} is listed twice", dictionary.short())));
+        }
+        dictionaries.push(dictionary);
+    }
+    let (named, lists) = (entries.iter().any(|e| e.codec == Codec::ZstdDict), !dictionaries.is_empty());
+    if version >= LISTS_DICTIONARIES && named != lists {
+        return Err(Error::corrupt(
+            file,
+            match named {
+                true => "blobs compressed with a dictionary, and no dictionary listed",
+                false => "dictionaries listed, and no blob compressed with one",
+            },
+        ));
+    }
+    Ok(TrailerRead::Read(Trailer { entries, dictionaries }))
 }
 
 pub enum TrailerRead {
-    Entries(Vec<BlobEntry>),
+    Read(Trailer),
     /// The trailer is longer than the bytes given: read this many bytes from the end and retry.
     NeedMore(usize),
 }
 
-/// Checks the fixed header at the start of a pack; returns its encryption mode.
-pub fn check_header(data: &[u8], file: &str) -> Result<u8> {
+/// What a pack's header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub version: u16,
+    pub encryption: u8,
+}
+
+/// Checks the fixed header at the start of a pack.
+pub fn check_header(data: &[u8], file: &str) -> Result<Header> {
     let mut r = Reader::new(data, file);
     if r.bytes(8)? != HEADER_MAGIC {
         return Err(Error::corrupt(file, "not a pack (bad header magic)"));
@@ -232,7 +279,7 @@ pub fn check_header(data: &[u8], file: &str) -> Result<u8> {
     if encryption > super::envelope::ENCRYPTION_AES256GCM {
         return Err(Error::corrupt(file, "unknown encryption mode"));
     }
-    Ok(encryption)
+    Ok(Header { version, encryption })
 }
 
 #[cfg(test)]
@@ -240,46 +287,63 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn build(blobs: &[(Vec<u8>, bool)]) -> (Vec<u8>, Vec<BlobEntry>) {
+    /// A blob: its bytes, whether it is a tree, and (if compressed with one) its dictionary.
+    type Blob = (Vec<u8>, bool, Option<u8>);
+
+    /// A pack of `blobs` at the version they need, and the trailer it should decode to.
+    fn build(blobs: &[Blob]) -> (Vec<u8>, Trailer) {
         let mut pack = header().to_vec();
-        let mut entries = Vec::new();
-        for (data, tree) in blobs {
-            entries.push(BlobEntry {
+        let mut expected = Trailer::default();
+        for (data, tree, dictionary) in blobs {
+            expected.entries.push(BlobEntry {
                 id: Id::of(data),
                 kind: if *tree { BlobKind::Tree } else { BlobKind::Data },
-                codec: Codec::Raw,
+                codec: if dictionary.is_some() { Codec::ZstdDict } else { Codec::Raw },
                 offset: pack.len() as u32,
                 stored_len: data.len() as u32,
-                raw_len: data.len() as u32,
+                raw_len: data.len() as u32 * if dictionary.is_some() { 3 } else { 1 },
             });
+            if let Some(dictionary) = dictionary.map(|d| Id::of(&[d])) {
+                if !expected.dictionaries.contains(&dictionary) {
+                    expected.dictionaries.push(dictionary);
+                }
+            }
             pack.extend_from_slice(data);
         }
-        pack.extend_from_slice(&trailer(&entries));
-        (pack, entries)
+        pack[8..10].copy_from_slice(&version_for(&expected.entries).to_le_bytes());
+        pack.extend_from_slice(&trailer(&expected.entries, &expected.dictionaries));
+        (pack, expected)
     }
 
-    fn decode_all(pack: &[u8]) -> Result<Vec<BlobEntry>> {
-        check_header(pack, "p")?;
-        match decode_trailer(pack, pack.len() as u64, "p")? {
-            TrailerRead::Entries(entries) => Ok(entries),
+    fn decode_all(pack: &[u8]) -> Result<Trailer> {
+        let header = check_header(pack, "p")?;
+        match decode_trailer(pack, pack.len() as u64, header.version, "p")? {
+            TrailerRead::Read(trailer) => Ok(trailer),
             TrailerRead::NeedMore(_) => unreachable!("whole pack given"),
         }
     }
 
+    fn blobs(sizes: std::ops::Range<usize>, count: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Blob>> {
+        proptest::collection::vec(
+            (proptest::collection::vec(any::<u8>(), sizes), any::<bool>(), proptest::option::of(0u8..3)),
+            count,
+        )
+    }
+
     proptest! {
         #[test]
-        fn round_trip(blobs in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..100), any::<bool>()), 0..20)) {
-            let (pack, entries) = build(&blobs);
-            prop_assert_eq!(decode_all(&pack).unwrap(), entries);
+        fn round_trip(blobs in blobs(0..100, 0..20)) {
+            let (pack, expected) = build(&blobs);
+            prop_assert_eq!(decode_all(&pack).unwrap(), expected);
         }
 
         #[test]
-        fn truncated_or_flipped_trailer_is_an_error(blobs in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 1..50), any::<bool>()), 1..8), cut in 1usize..400, flip in 0usize..400) {
-            let (pack, _) = build(&blobs);
+        fn truncated_or_flipped_trailer_is_an_error(blobs in blobs(1..50, 1..8), cut in 1usize..400, flip in 0usize..400) {
+            let (pack, expected) = build(&blobs);
             let cut = cut.min(pack.len());
             let truncated = &pack[..pack.len() - cut];
             prop_assert!(decode_all(truncated).is_err());
-            let trailer_start = pack.len() - blobs.len() * ENTRY_LEN - TAIL_LEN;
+            let trailer_start = pack.len() - blobs.len() * ENTRY_LEN - expected.dictionaries.len() * 32 - TAIL_LEN;
             let mut flipped = pack.clone();
             let at = trailer_start + flip % (pack.len() - trailer_start);
             flipped[at] ^= 1;
@@ -287,27 +351,59 @@ mod tests {
         }
 
         #[test]
-        fn noise_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300), len in any::<u64>()) {
-            let _ = decode_trailer(&data, len, "p");
-            let _ = decode_trailer(&data, data.len() as u64, "p");
+        fn noise_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300), len in any::<u64>(), version in 0u16..5) {
+            let _ = decode_trailer(&data, len, version, "p");
+            let _ = decode_trailer(&data, data.len() as u64, version, "p");
             let _ = check_header(&data, "p");
         }
     }
 
+    /// `pack` with its trailer replaced by `entries` and `dictionaries`, at `version`.
+    fn rebuilt(pack: &[u8], expected: &Trailer, version: u16, dictionaries: &[Id]) -> Vec<u8> {
+        let listed = expected.entries.len() * ENTRY_LEN + expected.dictionaries.len() * 32 + TAIL_LEN;
+        let mut out = pack[..pack.len() - listed].to_vec();
+        out[8..10].copy_from_slice(&version.to_le_bytes());
+        out.extend_from_slice(&trailer(&expected.entries, dictionaries));
+        out
+    }
+
+    #[test]
+    fn a_version_3_trailer_lists_each_dictionary_its_blobs_name_once() {
+        let dictionary = |d: u8| Id::of(&[d]);
+        let (pack, expected) = build(&[(vec![1; 10], false, Some(0)), (vec![2; 10], false, None)]);
+        assert_eq!(u16::from_le_bytes([pack[8], pack[9]]), 3);
+        assert_eq!(decode_all(&pack).unwrap().dictionaries, vec![dictionary(0)]);
+        // A version 2 pack (format 4) has codec 2 blobs and no list, and may have no list.
+        let old = rebuilt(&pack, &expected, 2, &[]);
+        assert_eq!(decode_all(&old).unwrap().dictionaries, vec![]);
+        let listed_in_old = rebuilt(&pack, &expected, 2, &[dictionary(0)]);
+        assert!(decode_all(&listed_in_old).unwrap_err().to_string().contains("does not match 2 entries"));
+        let cases = [(vec![], "no dictionary listed"), (vec![dictionary(0), dictionary(0)], "listed twice")];
+        for (listed, error) in cases {
+            let bad = rebuilt(&pack, &expected, 3, &listed);
+            let got = decode_all(&bad).unwrap_err().to_string();
+            assert!(got.contains(error), "{got}");
+        }
+        let (plain, plain_trailer) = build(&[(vec![1; 10], false, None)]);
+        let listed_for_nothing = rebuilt(&plain, &plain_trailer, 3, &[dictionary(0)]);
+        let got = decode_all(&listed_for_nothing).unwrap_err().to_string();
+        assert!(got.contains("no blob compressed with one"), "{got}");
+    }
+
     #[test]
     fn short_tail_asks_for_more() {
-        let blobs: Vec<(Vec<u8>, bool)> = (0..10u8).map(|i| (vec![i; 10], false)).collect();
-        let (pack, entries) = build(&blobs);
+        let blobs: Vec<Blob> = (0..10u8).map(|i| (vec![i; 10], false, Some(i % 2))).collect();
+        let (pack, expected) = build(&blobs);
         let tail = &pack[pack.len() - TAIL_LEN..];
-        match decode_trailer(tail, pack.len() as u64, "p").unwrap() {
+        match decode_trailer(tail, pack.len() as u64, 3, "p").unwrap() {
             TrailerRead::NeedMore(n) => {
                 let tail = &pack[pack.len() - n..];
-                match decode_trailer(tail, pack.len() as u64, "p").unwrap() {
-                    TrailerRead::Entries(got) => assert_eq!(got, entries),
+                match decode_trailer(tail, pack.len() as u64, 3, "p").unwrap() {
+                    TrailerRead::Read(got) => assert_eq!(got, expected),
                     TrailerRead::NeedMore(_) => panic!("asked twice"),
                 }
             }
-            TrailerRead::Entries(_) => {
+            TrailerRead::Read(_) => {
                 panic!("could not have decoded 10 entries from the tail alone")
             }
         }

@@ -429,15 +429,21 @@ impl Repository {
         let Some(location) = index.get(id).filter(|l| l.codec == Codec::ZstdDict) else { return Ok(None) };
         let key = FileKind::Pack.name(&index.pack_id(&location));
         let stored = self.backend.get_range(&key, location.offset as u64, location.stored_len as u64)?;
+        self.stored_dictionary(id, &stored)
+    }
+
+    /// The dictionary that the stored bytes of blob `id`, a codec 2 blob, name; `None` if they
+    /// name none (too short to).
+    pub(crate) fn stored_dictionary(&self, id: &Id, stored: &[u8]) -> Result<Option<Id>> {
+        let mut opened = Vec::new();
         let opened = match &self.keys {
             Some(keys) => {
-                let mut opened = Vec::new();
-                keys.open_into(&id.0, &stored, &mut opened, "blob")?;
-                opened
+                keys.open_into(&id.0, stored, &mut opened, "blob")?;
+                &opened[..]
             }
             None => stored,
         };
-        Ok(compression::dictionary_of(&opened).ok().map(|(dictionary, _)| dictionary))
+        Ok(compression::dictionary_of(opened).ok().map(|(dictionary, _)| dictionary))
     }
 
     /// Stores a new compression dictionary (durable when this returns, before any blob compressed

@@ -29,6 +29,8 @@ use crate::id::Id;
 struct Packer {
     bytes: Vec<u8>,
     entries: Vec<BlobEntry>,
+    /// The dictionaries the pack's codec 2 blobs name, each once (store-format/pack.md).
+    dictionaries: Vec<Id>,
     target: usize,
     keys: Option<Keys>,
     /// The buffer of an earlier pack, emptied for the next one (a local repository's: an object
@@ -38,11 +40,13 @@ struct Packer {
 
 impl Packer {
     fn new(target: usize, keys: Option<Keys>) -> Packer {
-        Packer { bytes: Vec::new(), entries: Vec::new(), target, keys, spare: None }
+        Packer { bytes: Vec::new(), entries: Vec::new(), dictionaries: Vec::new(), target, keys, spare: None }
     }
 
-    /// Adds a stored blob; returns the finished pack when the target size is reached.
-    fn add(&mut self, id: Id, kind: BlobKind, codec: Codec, stored: &[u8], raw_len: u32) -> Option<PackBytes> {
+    /// Adds a stored blob (compressed with `dictionary`, if its codec is 2); returns the finished
+    /// pack when the target size is reached.
+    fn add(&mut self, blob: Stored<'_>) -> Option<PackBytes> {
+        let Stored { id, kind, codec, bytes: stored, raw_len, dictionary } = blob;
         if self.bytes.is_empty() {
             if let Some(spare) = self.spare.take() {
                 self.bytes = spare;
@@ -60,6 +64,9 @@ impl Packer {
             raw_len,
         });
         self.bytes.extend_from_slice(stored);
+        if let Some(dictionary) = dictionary.filter(|d| codec == Codec::ZstdDict && !self.dictionaries.contains(d)) {
+            self.dictionaries.push(dictionary);
+        }
         if self.bytes.len() >= self.target {
             self.take()
         } else {
@@ -73,11 +80,23 @@ impl Packer {
         }
         let mut bytes = std::mem::take(&mut self.bytes);
         let entries = std::mem::take(&mut self.entries);
+        let dictionaries = std::mem::take(&mut self.dictionaries);
         bytes[8..10].copy_from_slice(&pack::version_for(&entries).to_le_bytes());
-        bytes.extend_from_slice(&pack::trailer_with(&entries, self.keys.as_ref()));
+        bytes.extend_from_slice(&pack::trailer_with(&entries, &dictionaries, self.keys.as_ref()));
         let id = Id::of(&bytes);
         Some(PackBytes { pack: IndexedPack { id, len: bytes.len() as u64, blobs: entries }, bytes })
     }
+}
+
+/// A blob in its stored form, on its way into a pack.
+pub struct Stored<'a> {
+    pub id: Id,
+    pub kind: BlobKind,
+    pub codec: Codec,
+    pub bytes: &'a [u8],
+    pub raw_len: u32,
+    /// The dictionary a codec 2 blob names.
+    pub dictionary: Option<Id>,
 }
 
 /// Blob ids a run has stored. A million of them in a hash set take about 66 MiB; recent ones
@@ -179,31 +198,38 @@ impl<'a> BlobStore<'a> {
             None => compression::compress(data, self.repo.config().compression_level),
         };
         let stored = self.repo.seal_blob(&id, stored);
-        self.add(id, kind, codec, &stored, data.len() as u32)?;
+        let raw_len = data.len() as u32;
+        self.add(Stored { id, kind, codec, bytes: &stored, raw_len, dictionary: dictionary.map(|d| d.id) })?;
         Ok(id)
     }
 
     /// Adds a blob already in its stored form (prune's repack copies blobs without recompressing
     /// them). The caller has verified it; it is stored even if the index has it elsewhere.
-    pub fn store_verbatim(&self, id: Id, kind: BlobKind, codec: Codec, stored: &[u8], raw_len: u32) -> Result<()> {
-        if !self.added.lock().expect("poisoned").insert(id) {
+    pub fn store_verbatim(&self, blob: Stored<'_>) -> Result<()> {
+        if !self.added.lock().expect("poisoned").insert(blob.id) {
             return Ok(());
         }
-        self.add(id, kind, codec, stored, raw_len)
+        self.add(blob)
     }
 
-    fn add(&self, id: Id, kind: BlobKind, codec: Codec, stored: &[u8], raw_len: u32) -> Result<()> {
+    fn add(&self, blob: Stored<'_>) -> Result<()> {
+        if blob.codec == Codec::ZstdDict && blob.dictionary.is_none() {
+            return Err(crate::error::Error::Invalid(format!(
+                "blob {} is compressed with a dictionary and none is named",
+                blob.id.short()
+            )));
+        }
         if self.uploads.failed() {
             return self.uploads.check();
         }
         self.stats.blobs.fetch_add(1, Relaxed);
-        self.stats.bytes.fetch_add(raw_len as u64, Relaxed);
-        self.stats.stored_bytes.fetch_add(stored.len() as u64, Relaxed);
-        let packer = match kind {
+        self.stats.bytes.fetch_add(blob.raw_len as u64, Relaxed);
+        self.stats.stored_bytes.fetch_add(blob.bytes.len() as u64, Relaxed);
+        let packer = match blob.kind {
             BlobKind::Data => &self.data,
             BlobKind::Tree => &self.trees,
         };
-        let full = packer.lock().expect("poisoned").add(id, kind, codec, stored, raw_len);
+        let full = packer.lock().expect("poisoned").add(blob);
         if let Some(full) = full {
             self.uploads.submit(full, self.min_free, self.record_written)?;
             if let Some(spare) = self.uploads.spare() {

@@ -53,6 +53,17 @@ fn a_large_database_is_stored_with_a_dictionary_that_every_reader_uses() {
     init(&repo);
     ok(cairn(&repo).arg("snapshot").arg(&data));
     assert_eq!(dictionaries(&repo).len(), 1, "one dictionary, trained on the database");
+    // The packs holding its pages are version 3, whose trailer lists it; the others version 1.
+    let mut versions: Vec<u16> = packs_by_size(&repo)
+        .iter()
+        .map(|(pack, _)| {
+            let bytes = fs::read(pack).unwrap();
+            u16::from_le_bytes([bytes[8], bytes[9]])
+        })
+        .collect();
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(versions, [1, 3]);
     update(&db, 1, 60);
     let image = fs::read(&db).unwrap();
     ok(cairn(&repo).arg("snapshot").arg(&data));
@@ -92,6 +103,8 @@ fn a_lost_or_damaged_dictionary_is_named_and_fails_only_its_database() {
     let [dictionary] = dictionaries(&repo).try_into().unwrap();
     let name = dictionary.file_name().unwrap().to_str().unwrap().to_string();
     let original = fs::read(&dictionary).unwrap();
+    let offsite = scratch.join("offsite");
+    ok(cairn(&repo).arg("sync").arg("--to").arg(&offsite));
 
     let restore_fails_the_database = |why: &str| {
         let target = scratch.join("out");
@@ -111,11 +124,16 @@ fn a_lost_or_damaged_dictionary_is_named_and_fails_only_its_database() {
     assert!(said.contains(&format!("dicts/{name}")) && said.contains("damaged"), "{said}");
     restore_fails_the_database("damaged");
 
+    // A lost dictionary is found by a plain check too: the trailers of the packs whose blobs
+    // name it list it. The database is what it costs, and nothing else.
     fs::remove_file(&dictionary).unwrap();
-    let out = run(cairn(&repo).args(["check", "--read-data"]));
-    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    assert_ne!(out.status.code(), Some(0), "{said}");
-    assert!(said.contains("the dictionary is missing"), "{said}");
+    for read_data in [false, true] {
+        let out = run(cairn(&repo).arg("check").args(read_data.then_some("--read-data")));
+        let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+        assert_ne!(out.status.code(), Some(0), "{said}");
+        assert!(said.contains(&format!("dicts/{name}: the dictionary is missing")), "{said}");
+        assert!(said.contains("app.db") && !said.contains("notes.txt"), "{said}");
+    }
     restore_fails_the_database("missing");
 
     // The next snapshot reuses the database's stored pages, which still name the lost
@@ -126,6 +144,14 @@ fn a_lost_or_damaged_dictionary_is_named_and_fails_only_its_database() {
     assert_eq!(out.status.code(), Some(3), "stored, but incomplete: {err}");
     assert!(err.contains("app.db") && err.contains("need a dictionary that cannot be read"), "{err}");
     assert_eq!(dictionaries(&repo).len(), 1);
+
+    // As check advises, a copy that has it gives it back, though it has no snapshot to send:
+    // then everything checks and restores.
+    let out = ok(cairn(&offsite).arg("sync").arg("--to").arg(&repo));
+    assert!(out.contains("1 dictionary"), "{out}");
+    assert_eq!(dictionaries(&repo).len(), 2);
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    assert!(restored(&repo, &scratch.join("out")) == fs::read(data.join("app.db")).unwrap());
 }
 
 /// A database gets one dictionary, once it is large enough, however it grew; one whose pages do
@@ -205,4 +231,51 @@ fn a_database_with_a_dictionary_goes_to_an_object_store_and_back() {
     let target = scratch.join("from-synced");
     ok(on_s3(&synced).args(["restore", "latest", "--target"]).arg(&target));
     assert!(fs::read(target.join("app.db")).unwrap() == image, "synced to S3, the database differs");
+}
+
+/// `kill -9` of the first snapshot of a large database, as its dictionary is written and a
+/// little after, as its first pack is, and as its first index file is: each time the repository
+/// checks clean (a dictionary no pack names yet is harmless), the next snapshot completes and
+/// the database restores exactly.
+#[test]
+fn a_snapshot_killed_around_its_dictionary_leaves_a_repository_that_checks_and_goes_on() {
+    let scratch = Scratch::new("dict-killed");
+    let data = scratch.join("data");
+    fs::create_dir_all(&data).unwrap();
+    database(&data.join("app.db"), 3000);
+    let image = fs::read(data.join("app.db")).unwrap();
+    let count = |repo: &Path, dir: &str| match dir {
+        "packs" => pack_count(repo),
+        _ => fs::read_dir(repo.join(dir)).map(|d| d.count()).unwrap_or(0),
+    };
+    let mut outcomes = Vec::new();
+    // A file's first appearance in a directory, then a further delay in milliseconds.
+    let moments = [("dicts", 0), ("dicts", 3), ("dicts", 15), ("packs", 0), ("index", 0)];
+    for (round, (dir, delay)) in moments.into_iter().enumerate() {
+        let moment = format!("{dir} + {delay} ms");
+        let repo = scratch.join(format!("repo-{round}"));
+        init(&repo);
+        let mut child = cairn(&repo).args(["--quiet", "snapshot"]).arg(&data).spawn().unwrap();
+        while count(&repo, dir) == 0 && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().ok(); // SIGKILL
+        child.wait().unwrap();
+        outcomes.push(format!(
+            "{moment}: {} dictionaries, {} packs, {} snapshots{}",
+            count(&repo, "dicts"),
+            count(&repo, "packs"),
+            count(&repo, "snapshots"),
+            if finished { " (had finished)" } else { "" }
+        ));
+        let out = run(cairn(&repo).arg("check"));
+        assert!(out.status.success(), "after a kill at {moment}: {}", String::from_utf8_lossy(&out.stderr));
+        ok(cairn(&repo).arg("snapshot").arg(&data));
+        ok(cairn(&repo).args(["check", "--read-data"]));
+        assert!(restored(&repo, &scratch.join("out")) == image, "after a kill at {moment}");
+        assert!(dictionaries(&repo).len() <= 2, "after a kill at {moment}: {:?}", dictionaries(&repo));
+    }
+    eprintln!("{}", outcomes.join("\n"));
 }

@@ -123,22 +123,44 @@ fn repository_v3_still_restores() {
 
 #[test]
 fn repository_v4_still_restores() {
-    let scratch = Scratch::new("fixture-repo-v4");
-    let repo = scratch.join("repo");
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/repo-v4");
-    assert!(std::process::Command::new("cp").arg("-r").arg(fixture).arg(&repo).status().unwrap().success());
-    let list = json(cairn(&repo).arg("snapshots"));
-    assert_eq!(list.as_array().unwrap().len(), 2);
-    ok(cairn(&repo).args(["check", "--read-data"]));
     let expected = [
         "cd3bfe500d3941136464c650bd052e260eee1eb6118bb4195bfa0b621b0496f3",
         "7f29a8f0e0d9c668129946ece1816c1bfb86f8a5bb70706f6d35128decf4daaa",
     ];
+    dictionary_fixture_restores(&Scratch::new("fixture-repo-v4"), 4, expected);
+}
+
+#[test]
+fn repository_v5_still_restores() {
+    let expected = [
+        "45e8920c1156a2648b2da0a9063361542bd4380b62ab5898068191a4cdc14520",
+        "003a0d326ec2f48b87cc739f93fd44901c3304c4506ed033012c478eb96d0305",
+    ];
+    let scratch = Scratch::new("fixture-repo-v5");
+    let repo = dictionary_fixture_restores(&scratch, 5, expected);
+    // Its packs' trailers list the dictionary, so a plain check finds it lost.
+    let dictionaries: Vec<_> = fs::read_dir(repo.join("dicts")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dictionaries.len(), 1);
+    fs::remove_file(&dictionaries[0]).unwrap();
+    let out = run(cairn(&repo).arg("check"));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("the dictionary is missing") && said.contains("app.db"), "{said}");
+}
+
+/// Restores both snapshots of the fixture `repo-vN` of a format with compression dictionaries
+/// (store-format/dictionary.md) and snapshots into it; returns the copy of it, in `scratch`.
+fn dictionary_fixture_restores(scratch: &Scratch, version: u32, expected: [&str; 2]) -> std::path::PathBuf {
+    let repo = scratch.join("repo");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/repo-v{version}"));
+    assert!(std::process::Command::new("cp").arg("-r").arg(fixture).arg(&repo).status().unwrap().success());
+    let list = json(cairn(&repo).arg("snapshots"));
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    ok(cairn(&repo).args(["check", "--read-data"]));
     for (i, hash) in expected.iter().enumerate() {
         let target = scratch.join(format!("restored-{i}"));
         let id = list[i]["id"].as_str().unwrap();
         ok(cairn(&repo).args(["restore", id, "--target"]).arg(&target));
-        assert_eq!(fs::read(target.join("hello.txt")).unwrap(), b"hello from format v4\n");
+        assert_eq!(fs::read(target.join("hello.txt")).unwrap(), format!("hello from format v{version}\n").as_bytes());
         assert_eq!(&sha256(&target.join("app.db")), hash, "snapshot {i}'s database");
     }
     // The restored database, changed and snapshotted under another path: the pages it shares
@@ -150,6 +172,7 @@ fn repository_v4_still_restores() {
     ok(cairn(&repo).arg("snapshot").arg(&source));
     assert_eq!(fs::read_dir(repo.join("dicts")).unwrap().count(), 1, "the dictionary is reused");
     ok(cairn(&repo).args(["check", "--read-data"]));
+    repo
 }
 
 /// The SHA-256 of a file, as `sha256sum` prints it.
