@@ -188,7 +188,7 @@ pub fn sync(
         let dest = dest.expect("opened when the copy succeeded");
         Ok((Synced { dest, report, requests }, outcome))
     });
-    // An up-to-date sync writes nothing there.
+    // An up-to-date sync writes nothing there (a dictionary copied back is no new data).
     if let Ok(synced) = &audited.result {
         if synced.report.packs_copied + synced.report.snapshots_copied.len() as u64 > 0 {
             let mut copy = audited.record.clone();
@@ -215,8 +215,9 @@ pub fn failed_before(source: &Repository, to: &Location, sources: &[String], err
 }
 
 /// The work of [`sync`]; `dest` is set once the destination is open. With nothing missing, the
-/// destination sees only the reads of its config (and key file) and the listings of its keys
-/// and snapshots.
+/// destination sees only the reads of its config (and key file) and the listings of its keys,
+/// snapshots and (sharing the source's keys) dictionaries; it is written to only if it lacks a
+/// dictionary the source has.
 fn copy_missing(
     source: &Repository,
     request: &Request,
@@ -236,10 +237,13 @@ fn copy_missing(
         false => missing_by_identity(source, dest, sources, report)?,
     };
     if missing.is_empty() {
-        // A dictionary lost there is still copied back: the snapshots there need it.
-        if shared && !lacking_dictionaries(source, dest, options, report)?.is_empty() {
-            let _held = dest.lock_create_only(LockKind::Shared, "sync", options.lock_wait)?;
-            copy_dictionaries(source, dest, options, report)?;
+        // A dictionary lost there is still copied back: the snapshots there need it. The lock
+        // is taken only once one is read and checked, ready to go.
+        if shared {
+            let lacking = lacking_dictionaries(source, dest, options, report)?;
+            let mut held = None;
+            let lock = || dest.lock_create_only(LockKind::Shared, "sync", options.lock_wait);
+            copy_dictionaries(source, dest, lacking, options, report, || lock().map(|l| held = Some(l)))?;
         }
         return Ok(());
     }
@@ -253,7 +257,8 @@ fn copy_missing(
 }
 
 /// The snapshots of `source` (all, or those whose source key is in `sources`) that `dest` does
-/// not list. Only lists the destination: this is all an up-to-date sync costs there.
+/// not list. Only lists the destination's snapshots (an up-to-date sync then lists its
+/// dictionaries too, [`copy_missing`]).
 pub fn missing_snapshots(
     source: &Repository,
     dest: &Repository,
@@ -305,7 +310,8 @@ pub fn copy(
     let source_packs = source.indexed_packs()?.packs;
     // After the index is read: a pack it names was written after its dictionary, which this
     // listing then finds.
-    copy_dictionaries(source, dest, options, report)?;
+    let lacking = lacking_dictionaries(source, dest, options, report)?;
+    copy_dictionaries(source, dest, lacking, options, report, || Ok(()))?;
     // In pack id order, so every sync picks the same copy of a blob stored twice.
     let source = Indexed::new(source, Index::build([IndexFile { packs: source_packs.values().cloned().collect() }]));
     let source_index = source.index();
@@ -440,27 +446,42 @@ pub fn copy(
     Ok(())
 }
 
-/// Every compression dictionary the destination lacks, byte for byte, before any pack: a blob
-/// compressed with one names it (store-format/dictionary.md). There are few, and small. One that
-/// cannot be read is reported and left behind: the blobs that name it fail verification in
+/// Every compression dictionary in `lacking` (from [`lacking_dictionaries`]), byte for byte,
+/// before any pack: a blob compressed with one names it (store-format/dictionary.md). There are
+/// few, and small. `before_first_put` runs once, before the first put (only when a dictionary is
+/// read and checked); its error stops the copy. One that cannot be read, or does not match its
+/// name, is reported and left behind: the blobs that name it fail verification in
 /// [`copy_pack`], and with them only the snapshots that need them.
 fn copy_dictionaries(
     source: &Repository,
     dest: &Repository,
+    lacking: Vec<Id>,
     options: &SyncOptions,
     report: &mut SyncReport,
+    before_first_put: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
     let retries = AtomicU64::new(0);
-    for id in lacking_dictionaries(source, dest, options, report)? {
-        let copied = with_retries(options, &retries, || {
+    let mut before_first_put = Some(before_first_put);
+    for id in lacking {
+        let read = with_retries(options, &retries, || {
             let bytes = source.read_file_raw(FileKind::Dictionary, &id)?;
             if Id::of(&bytes) != id {
                 let file = source.describe(&FileKind::Dictionary.name(&id));
                 return Err(Error::corrupt(file, "content does not match its name: the file is damaged"));
             }
-            dest.put_file_raw(FileKind::Dictionary, &id, &bytes)
+            Ok(bytes)
         });
-        match copied {
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                report.errors.push(format!("dictionary {}: {e}", id.short()));
+                continue;
+            }
+        };
+        if let Some(first) = before_first_put.take() {
+            first()?;
+        }
+        match with_retries(options, &retries, || dest.put_file_raw(FileKind::Dictionary, &id, &bytes)) {
             Ok(_) => report.dictionaries_copied += 1,
             Err(e) => report.errors.push(format!("dictionary {}: {e}", id.short())),
         }

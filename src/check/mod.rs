@@ -307,7 +307,7 @@ fn verify(
         group.par_iter().for_each(|(pack, entries)| check_pack(repo, pack, entries, &on_disk, &indexed_len, &findings));
     })
     .map_err(damaged_copy)?;
-    let lost_dictionaries = check_dictionaries(repo, &index, &sums, &findings)?;
+    let (lost_dictionaries, damaged_dictionaries) = check_dictionaries(repo, &index, &sums, &findings)?;
 
     // Trace every bad or missing blob to the snapshots and paths that need it: walk again only if
     // the packs or the index had any.
@@ -338,11 +338,17 @@ fn verify(
             walker.unindexed.len()
         ));
     }
-    if lost_dictionaries > 0 {
+    if lost_dictionaries + damaged_dictionaries > 0 {
+        let damaged = match damaged_dictionaries {
+            0 => String::new(),
+            n => format!(" ({n} damaged: move those files out of dicts/ first)"),
+        };
         report.advice.push(format!(
-            "{lost_dictionaries} compression dictionaries cannot be read: copy them back from a copy of this \
-             repository that has them (`cairn --repo COPY sync --to THIS` copies every dictionary file its \
-             destination lacks), or forget the snapshots that need them"
+            "{} compression dictionaries cannot be read{damaged}: copy them back from a copy of this repository \
+             that shares its keys and has them: `cairn --repo COPY sync --to THIS` copies every dictionary file \
+             its destination lacks (and every snapshot COPY has that this repository lacks); or forget the \
+             snapshots that need them",
+            lost_dictionaries + damaged_dictionaries
         ));
     }
     report.trees = walker.trees;
@@ -368,12 +374,18 @@ fn verify(
 /// pack's trailer lists (store-format/pack.md); the blobs the index takes from such a pack and
 /// that need one that does not are damage. Packs written before format version 5 list none: a
 /// lost dictionary of theirs shows only in the blobs `--read-data` decodes. Returns how many
-/// dictionaries cannot be read.
-fn check_dictionaries(repo: &Repository, index: &Indexed, sums: &ByPack, findings: &Findings) -> Result<usize> {
+/// dictionaries cannot be read: (missing, present but damaged).
+fn check_dictionaries(
+    repo: &Repository,
+    index: &Indexed,
+    sums: &ByPack,
+    findings: &Findings,
+) -> Result<(usize, usize)> {
     let mut unusable: HashMap<Id, String> = HashMap::new();
-    for (id, _) in repo.list_files(FileKind::Dictionary)? {
-        if let Err(e) = repo.dictionary(&id) {
-            unusable.insert(id, e.to_string());
+    let present: HashSet<Id> = repo.list_files(FileKind::Dictionary)?.into_iter().map(|(id, _)| id).collect();
+    for id in &present {
+        if let Err(e) = repo.dictionary(id) {
+            unusable.insert(*id, e.to_string());
         }
     }
     let mut naming: HashMap<Id, Vec<Id>> = HashMap::new();
@@ -407,17 +419,24 @@ fn check_dictionaries(repo: &Repository, index: &Indexed, sums: &ByPack, finding
             let listed = &naming[&pack];
             for entry in entries.iter().filter(|e| e.codec == Codec::ZstdDict) {
                 let named = match listed[..] {
-                    [only] => Some(only),
-                    _ => repo.dictionary_of_blob(index.index(), &entry.id).ok().flatten(),
+                    [only] => Ok(Some(only)),
+                    _ => repo.dictionary_of_blob(index.index(), &entry.id),
                 };
-                if let Some(reason) = named.and_then(|d| unusable.get(&d)) {
-                    findings.bad_blob(&entry.id, format!("it needs a dictionary that cannot be read ({reason})"));
+                match named {
+                    Ok(named) => {
+                        if let Some(reason) = named.and_then(|d| unusable.get(&d)) {
+                            let why = format!("it needs a dictionary that cannot be read ({reason})");
+                            findings.bad_blob(&entry.id, why);
+                        }
+                    }
+                    Err(e) => findings.bad_blob(&entry.id, format!("it cannot be read to tell its dictionary ({e})")),
                 }
             }
         }
     })
     .map_err(damaged_copy)?;
-    Ok(unusable.len())
+    let damaged = unusable.keys().filter(|id| present.contains(id)).count();
+    Ok((unusable.len() - damaged, damaged))
 }
 
 /// The error when a scan finds the local sorted copy damaged.

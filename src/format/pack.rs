@@ -227,22 +227,28 @@ pub fn decode_trailer_with(
         entries.push(entry);
     }
     let mut dictionaries = Vec::with_capacity(dictionary_count);
+    let mut seen = std::collections::HashSet::with_capacity(dictionary_count);
     for _ in 0..dictionary_count {
         let dictionary = r.id()?;
-        if dictionaries.contains(&dictionary) {
+        if !seen.insert(dictionary) {
             return Err(Error::corrupt(file, format!("dictionary {} is listed twice", dictionary.short())));
         }
         dictionaries.push(dictionary);
     }
     let (named, lists) = (entries.iter().any(|e| e.codec == Codec::ZstdDict), !dictionaries.is_empty());
-    if version >= LISTS_DICTIONARIES && named != lists {
-        return Err(Error::corrupt(
-            file,
-            match named {
-                true => "blobs compressed with a dictionary, and no dictionary listed",
-                false => "dictionaries listed, and no blob compressed with one",
-            },
-        ));
+    let wrong = match version {
+        // Codec 2 came with version 2 (format 4), which lists no dictionaries.
+        1 if named => Some("a blob compressed with a dictionary in a version 1 pack"),
+        _ if version >= LISTS_DICTIONARIES && named && !lists => {
+            Some("blobs compressed with a dictionary, and no dictionary listed")
+        }
+        _ if version >= LISTS_DICTIONARIES && lists && !named => {
+            Some("dictionaries listed, and no blob compressed with one")
+        }
+        _ => None,
+    };
+    if let Some(wrong) = wrong {
+        return Err(Error::corrupt(file, wrong));
     }
     Ok(TrailerRead::Read(Trailer { entries, dictionaries }))
 }
@@ -384,6 +390,9 @@ mod tests {
             let got = decode_all(&bad).unwrap_err().to_string();
             assert!(got.contains(error), "{got}");
         }
+        let version_1 = rebuilt(&pack, &expected, 1, &[]);
+        let got = decode_all(&version_1).unwrap_err().to_string();
+        assert!(got.contains("in a version 1 pack"), "{got}");
         let (plain, plain_trailer) = build(&[(vec![1; 10], false, None)]);
         let listed_for_nothing = rebuilt(&plain, &plain_trailer, 3, &[dictionary(0)]);
         let got = decode_all(&listed_for_nothing).unwrap_err().to_string();
