@@ -18,7 +18,8 @@ use crate::support::*;
 struct Proxy {
     port: u16,
     log: Arc<std::sync::Mutex<Vec<String>>>,
-    /// Set: the response to the next ranged GET of a pack is cut after [`CUT_AFTER`] bytes.
+    /// Set: the response to the next ranged GET of a pack, of a range over twice [`CUT_AFTER`]
+    /// bytes, is cut after [`CUT_AFTER`] bytes.
     cut_next_pack: Arc<AtomicBool>,
     cuts: Arc<AtomicU64>,
 }
@@ -97,8 +98,18 @@ fn requests(
             let mut parts = line.split(' ');
             let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
             log.lock().unwrap().push(format!("{method} {path}"));
-            let ranged = head.to_ascii_lowercase().contains("\r\nrange:");
-            if method == "GET" && path.contains("/packs/") && ranged && cut.swap(false, SeqCst) {
+            // Only a range long enough to be cut is marked: the flag waits for one.
+            let long_range = head
+                .lines()
+                .filter_map(|l| l.to_ascii_lowercase().strip_prefix("range:").map(str::to_string))
+                .any(|range| match range.trim().strip_prefix("bytes=").and_then(|r| r.split_once('-')) {
+                    Some((first, last)) => match (first.parse::<usize>(), last.parse::<usize>()) {
+                        (Ok(first), Ok(last)) => last >= first + 2 * CUT_AFTER,
+                        _ => false,
+                    },
+                    None => false,
+                });
+            if method == "GET" && path.contains("/packs/") && long_range && cut.swap(false, SeqCst) {
                 cut_this.store(true, SeqCst);
             }
             body_left = head
