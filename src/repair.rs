@@ -15,7 +15,7 @@
 //! old index files. A crash in between leaves old and new files naming the same blobs, which is
 //! harmless, and a second run finishes. Repair deletes nothing but index files it has replaced.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -24,7 +24,7 @@ use crate::audit::{Audited, Run};
 use crate::error::{Error, Result};
 use crate::format::audit::Outcome;
 use crate::format::index::IndexedPack;
-use crate::format::pack;
+use crate::format::pack::{self, Codec};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::{FileKind, Repository};
@@ -52,6 +52,9 @@ pub struct RepairPlan {
     /// Packs that index files disagree about (ids): their trailers are read, and the index
     /// files are replaced.
     pub disputed: Vec<String>,
+    /// Dictionaries found missing or damaged, and how many blobs compressed with each are
+    /// dropped from the index.
+    pub lost_dictionaries: Vec<LostDictionary>,
     /// Index files there are now.
     pub index_files: u64,
     #[serde(skip)]
@@ -63,6 +66,13 @@ pub struct Unreadable {
     pub pack: String,
     pub reason: String,
     pub kept: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LostDictionary {
+    pub dictionary: String,
+    pub reason: String,
+    pub blobs: u64,
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +90,7 @@ impl RepairPlan {
             && self.missing.is_empty()
             && self.damaged_index_files.is_empty()
             && self.disputed.is_empty()
+            && self.lost_dictionaries.is_empty()
     }
 }
 
@@ -119,25 +130,16 @@ pub fn plan(repo: &Repository, read_all_packs: bool, progress: &Progress) -> Res
     }
     plan.from_index = packs.len() as u64;
     to_read.sort_unstable();
-    progress.add_total(to_read.len() as u64);
-    let read = |&(id, len): &(Id, u64)| {
-        let key = FileKind::Pack.name(&id);
-        let range = |offset, n| repo.read_file_range(FileKind::Pack, &id, offset, n);
-        let trailer = crate::check::read_trailer(repo, &key, len, &range);
-        progress.add_bytes(1);
-        (id, len, trailer)
-    };
-    let trailers: Vec<_> = match rayon::ThreadPoolBuilder::new().num_threads(TRAILERS_AT_ONCE).build() {
-        Ok(pool) => pool.install(|| to_read.par_iter().map(read).collect()),
-        Err(_) => to_read.iter().map(read).collect(),
-    };
-    for (id, len, trailer) in trailers {
+    // The dictionaries each pack's trailer lists, for the trailers read.
+    let mut listed: HashMap<Id, Vec<Id>> = HashMap::new();
+    for (id, len, trailer) in read_trailers(repo, &to_read, progress) {
         match trailer {
-            Ok(pack::Trailer { entries: blobs, .. }) => {
+            Ok(pack::Trailer { entries: blobs, dictionaries }) => {
                 // A pack the index already names exactly needs no new entry.
                 if !matches!(indexed.get(&id), Some(old) if old.len == len && old.blobs == blobs) {
                     plan.from_trailer.push(id.to_hex());
                 }
+                listed.insert(id, dictionaries);
                 packs.push(IndexedPack { id, len, blobs });
             }
             Err(e @ Error::Corrupt { .. }) => {
@@ -149,6 +151,7 @@ pub fn plan(repo: &Repository, read_all_packs: bool, progress: &Progress) -> Res
         }
     }
     plan.from_trailer.sort();
+    plan.lost_dictionaries = drop_blobs_of_lost_dictionaries(repo, &mut packs, listed, progress)?;
     packs.sort_by_key(|p| p.id);
     plan.internal = Internal { packs, old_files };
     progress.finish();
@@ -178,6 +181,95 @@ pub fn repair(
         record.details = serde_json::json!({ "plan": shown, "report": report });
         Ok((report, Outcome::Ok))
     })
+}
+
+/// The trailers of `packs` (id, length), read [`TRAILERS_AT_ONCE`] at a time.
+fn read_trailers(repo: &Repository, packs: &[(Id, u64)], progress: &Progress) -> Vec<(Id, u64, Result<pack::Trailer>)> {
+    progress.add_total(packs.len() as u64);
+    let read = |&(id, len): &(Id, u64)| {
+        let key = FileKind::Pack.name(&id);
+        let range = |offset, n| repo.read_file_range(FileKind::Pack, &id, offset, n);
+        let trailer = crate::check::read_trailer(repo, &key, len, &range);
+        progress.add_bytes(1);
+        (id, len, trailer)
+    };
+    match rayon::ThreadPoolBuilder::new().num_threads(TRAILERS_AT_ONCE).build() {
+        Ok(pool) => pool.install(|| packs.par_iter().map(read).collect()),
+        Err(_) => packs.iter().map(read).collect(),
+    }
+}
+
+/// Drops from `packs` every blob compressed with a dictionary that is missing or damaged: it
+/// cannot be read, and while the index has it, every snapshot of its database dedups against it
+/// and is incomplete; dropped, the next snapshot stores the page again
+/// (store-format/dictionary.md). A pack's dictionaries are those its trailer lists (`listed`
+/// holds the trailers already read; the others of packs with codec 2 blobs are read here);
+/// version 2 packs list none and keep their blobs. In a pack that lists several, each blob's
+/// stored bytes tell which it names. Only a dictionary found missing or damaged counts as lost:
+/// any other failure to read one stops the repair.
+fn drop_blobs_of_lost_dictionaries(
+    repo: &Repository,
+    packs: &mut [IndexedPack],
+    mut listed: HashMap<Id, Vec<Id>>,
+    progress: &Progress,
+) -> Result<Vec<LostDictionary>> {
+    let refused = |what: String, e: Error| Error::Refused(format!("{what}: {e}; nothing was changed"));
+    let unread: Vec<(Id, u64)> = packs
+        .iter()
+        .filter(|p| !listed.contains_key(&p.id) && p.blobs.iter().any(|b| b.codec == Codec::ZstdDict))
+        .map(|p| (p.id, p.len))
+        .collect();
+    for (id, _, trailer) in read_trailers(repo, &unread, progress) {
+        match trailer {
+            Ok(trailer) => _ = listed.insert(id, trailer.dictionaries),
+            // A damaged trailer is for check to report; the pack's blobs stay as they are.
+            Err(Error::Corrupt { .. }) => {}
+            Err(e) => return Err(refused(format!("pack {}", id.short()), e)),
+        }
+    }
+    let mut lost: BTreeMap<Id, LostDictionary> = BTreeMap::new();
+    let mut readable: HashSet<Id> = HashSet::new();
+    for dictionary in listed.values().flatten() {
+        if readable.contains(dictionary) || lost.contains_key(dictionary) {
+            continue;
+        }
+        match repo.dictionary(dictionary) {
+            Ok(_) => _ = readable.insert(*dictionary),
+            Err(e @ Error::Corrupt { .. }) => {
+                let reason = e.to_string();
+                lost.insert(*dictionary, LostDictionary { dictionary: dictionary.to_hex(), reason, blobs: 0 });
+            }
+            Err(e) => return Err(refused(format!("dictionary {}", dictionary.short()), e)),
+        }
+    }
+    for pack in packs.iter_mut() {
+        let Some(dictionaries) = listed.get(&pack.id).filter(|d| d.iter().any(|d| lost.contains_key(d))) else {
+            continue;
+        };
+        let mut kept = Vec::with_capacity(pack.blobs.len());
+        for blob in std::mem::take(&mut pack.blobs) {
+            let named = match (blob.codec, &dictionaries[..]) {
+                (Codec::ZstdDict, [only]) => Some(*only),
+                (Codec::ZstdDict, _) => {
+                    let stored =
+                        repo.read_file_range(FileKind::Pack, &pack.id, blob.offset as u64, blob.stored_len as u64);
+                    match stored.and_then(|stored| repo.stored_dictionary(&blob.id, &stored)) {
+                        Ok(named) => named,
+                        // A damaged blob is for check to report.
+                        Err(Error::Corrupt { .. }) => None,
+                        Err(e) => return Err(refused(format!("pack {}", pack.id.short()), e)),
+                    }
+                }
+                _ => None,
+            };
+            match named.and_then(|d| lost.get_mut(&d)) {
+                Some(dictionary) => dictionary.blobs += 1,
+                None => kept.push(blob),
+            }
+        }
+        pack.blobs = kept;
+    }
+    Ok(lost.into_values().filter(|d| d.blobs > 0).collect())
 }
 
 /// Carries out a plan (nothing, if it changes nothing). The caller holds the exclusive lock the

@@ -333,8 +333,9 @@ fn verify(
     if !walker.unindexed.is_empty() {
         report.advice.push(format!(
             "{} blobs that snapshots need are in no index file: run `cairn repair index`, which rebuilds the index \
-             from the packs; if they are in no pack either, the paths above are lost: forget the snapshots that need \
-             them",
+             from the packs; if they are in no pack either (or repair dropped them: their dictionary is lost), the \
+             paths above are lost unless a new snapshot stores the same content again: forget the snapshots that \
+             need them",
             walker.unindexed.len()
         ));
     }
@@ -346,8 +347,9 @@ fn verify(
         report.advice.push(format!(
             "{} compression dictionaries cannot be read{damaged}: copy them back from a copy of this repository \
              that shares its keys and has them: `cairn --repo COPY sync --to THIS` copies every dictionary file \
-             its destination lacks (and every snapshot COPY has that this repository lacks); or forget the \
-             snapshots that need them",
+             its destination lacks (and every snapshot COPY has that this repository lacks); with no copy \
+             anywhere, `cairn repair index` drops the blobs that need them, so that the next snapshot stores \
+             their content again, and check then names what stays lost",
             lost_dictionaries + damaged_dictionaries
         ));
     }
@@ -374,7 +376,8 @@ fn verify(
 /// pack's trailer lists (store-format/pack.md); the blobs the index takes from such a pack and
 /// that need one that does not are damage. Packs written before format version 5 list none: a
 /// lost dictionary of theirs shows only in the blobs `--read-data` decodes. Returns how many
-/// dictionaries cannot be read: (missing, present but damaged).
+/// dictionaries cannot be read: (missing and needed by a blob the index takes, present but
+/// damaged).
 fn check_dictionaries(
     repo: &Repository,
     index: &Indexed,
@@ -401,17 +404,10 @@ fn check_dictionaries(
             naming.insert(pack, dictionaries);
         }
     }
-    let mut errors: Vec<(&Id, &String)> = unusable.iter().collect();
-    errors.sort_unstable();
-    for (id, error) in errors {
-        let packs = naming.values().filter(|listed| listed.contains(id)).count();
-        match packs {
-            0 => findings.error(error.clone()),
-            n => findings.error(format!("{error} ({n} packs hold blobs compressed with dictionary {})", id.short())),
-        }
-    }
-    // Which blobs need a dictionary that cannot be read: each codec 2 blob of a pack that lists
-    // only that one; in a pack that lists several, the one its stored bytes name.
+    // Which blobs the index takes from those packs need a dictionary that cannot be read: each
+    // codec 2 blob of a pack that lists only that one; in a pack that lists several, the one its
+    // stored bytes name.
+    let mut needing: HashMap<Id, u64> = HashMap::new();
     let mut packs: Vec<(Id, u64)> = naming.keys().map(|pack| (*pack, sums.get(pack).count)).collect();
     packs.sort_unstable();
     by_pack::gather(index.index(), &packs, |group| {
@@ -423,20 +419,39 @@ fn check_dictionaries(
                     _ => repo.dictionary_of_blob(index.index(), &entry.id),
                 };
                 match named {
-                    Ok(named) => {
-                        if let Some(reason) = named.and_then(|d| unusable.get(&d)) {
+                    Ok(Some(named)) => {
+                        if let Some(reason) = unusable.get(&named) {
+                            *needing.entry(named).or_default() += 1;
                             let why = format!("it needs a dictionary that cannot be read ({reason})");
                             findings.bad_blob(&entry.id, why);
                         }
                     }
+                    Ok(None) => {}
                     Err(e) => findings.bad_blob(&entry.id, format!("it cannot be read to tell its dictionary ({e})")),
                 }
             }
         }
     })
     .map_err(damaged_copy)?;
-    let damaged = unusable.keys().filter(|id| present.contains(id)).count();
-    Ok((unusable.len() - damaged, damaged))
+    // A damaged file is an error whether or not a blob needs it; a missing one when one does
+    // (the blobs of a pack that lists it may all be taken from elsewhere, or dropped by `repair
+    // index`).
+    let mut errors: Vec<(&Id, &String)> = unusable.iter().collect();
+    errors.sort_unstable();
+    let (mut missing, mut damaged) = (0, 0);
+    for (id, error) in errors {
+        let blobs = needing.get(id).copied().unwrap_or(0);
+        match (present.contains(id), blobs) {
+            (false, 0) => continue,
+            (true, 0) => findings.error(error.clone()),
+            (_, n) => findings.error(format!("{error} ({n} blobs the index takes need it)")),
+        }
+        match present.contains(id) {
+            true => damaged += 1,
+            false => missing += 1,
+        }
+    }
+    Ok((missing, damaged))
 }
 
 /// The error when a scan finds the local sorted copy damaged.

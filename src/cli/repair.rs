@@ -77,6 +77,15 @@ fn describe(plan: &repair::RepairPlan, quiet: bool) {
         };
         errln!("warning: pack {}: {}; {what}", unreadable.pack, unreadable.reason);
     }
+    for lost in &plan.lost_dictionaries {
+        errln!(
+            "warning: {}: the {} blobs compressed with it are dropped from the index; the next snapshot stores \
+             what it still has of them again (same ids, so earlier snapshots get them back); the rest stay lost \
+             (`cairn check` names the files)",
+            lost.reason,
+            lost.blobs
+        );
+    }
     if quiet {
         return;
     }

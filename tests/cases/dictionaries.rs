@@ -287,3 +287,45 @@ fn a_snapshot_killed_around_its_dictionary_leaves_a_repository_that_checks_and_g
     }
     eprintln!("{}", outcomes.join("\n"));
 }
+
+/// With a dictionary lost and no copy of it anywhere, `repair index` drops the pages that need it
+/// from the index: until the database is snapshotted again, check names it as damaged in the
+/// earlier snapshots; the next snapshot stores the pages again (same ids), complete, and with
+/// them the earlier snapshots restore too.
+#[test]
+fn repair_index_drops_the_pages_of_a_lost_dictionary_so_the_next_snapshot_stores_them_again() {
+    let scratch = Scratch::new("dict-repair");
+    let (data, repo) = (scratch.join("data"), scratch.join("repo"));
+    fs::create_dir_all(&data).unwrap();
+    database(&data.join("app.db"), 3000);
+    fs::write(data.join("notes.txt"), b"no dictionary here").unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&data));
+    let [dictionary] = dictionaries(&repo).try_into().unwrap();
+    fs::remove_file(&dictionary).unwrap();
+
+    // Before the repair, every snapshot of the database is incomplete.
+    assert_eq!(run(cairn(&repo).arg("snapshot").arg(&data)).status.code(), Some(3));
+    let out = run(cairn(&repo).args(["repair", "index"]));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("the dictionary is missing") && err.contains("dropped from the index"), "{err}");
+    // Nothing left to drop: a second repair changes nothing.
+    let again = ok(cairn(&repo).args(["repair", "index"]));
+    assert!(again.contains("nothing to rebuild"), "{again}");
+    let out = run(cairn(&repo).arg("check"));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && said.contains("app.db") && !said.contains("notes.txt"), "{said}");
+
+    ok(cairn(&repo).arg("snapshot").arg(&data));
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    let image = fs::read(data.join("app.db")).unwrap();
+    assert!(restored(&repo, &scratch.join("out")) == image);
+    let first = json(cairn(&repo).arg("snapshots"))[0]["id"].as_str().unwrap().to_string();
+    let target = scratch.join("first");
+    ok(cairn(&repo).args(["restore", &first, "--target"]).arg(&target));
+    assert!(fs::read(target.join("app.db")).unwrap() == image, "the first snapshot restores again");
+    ok(cairn(&repo).args(["prune", "--max-unused", "0"]));
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    assert!(restored(&repo, &scratch.join("out")) == image);
+}
