@@ -29,6 +29,11 @@ CAIRN=$(realpath -m "${CAIRN:-target/release/cairn}")
 DELAYS=${DELAYS:-0 20}
 HERE=$(dirname "$(realpath "$0")")
 [[ -x $CAIRN ]] || { echo "no cairn binary at $CAIRN (cargo build --release, or CAIRN=...)"; exit 2; }
+for v in v1 v2; do
+  # restic stores a symlink given as `v1/` as the link itself (0.14: four PUTs, nothing backed up).
+  [[ -L $CORPUS/$v ]] && { echo "$CORPUS/$v is a symlink: restic would back up the link; bind-mount it" \
+    "(mount --bind TARGET $CORPUS/$v) or copy the tree"; exit 2; }
+done
 rm -rf "$WORK"; mkdir -p "$WORK"
 RESULTS=$WORK/results.tsv; : >"$RESULTS"
 FAILED=0
