@@ -24,7 +24,7 @@ use crate::audit::{Audited, Run};
 use crate::error::{Error, Result};
 use crate::format::audit::Outcome;
 use crate::format::index::IndexedPack;
-use crate::format::pack::{self, Codec};
+use crate::format::pack::{self, BlobEntry, Codec};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::{FileKind, Repository};
@@ -90,14 +90,24 @@ impl RepairPlan {
             && self.missing.is_empty()
             && self.damaged_index_files.is_empty()
             && self.disputed.is_empty()
-            && self.lost_dictionaries.is_empty()
+            && self.lost_dictionaries.iter().all(|d| d.blobs == 0)
     }
 }
 
 /// Plans a repair. The caller holds the exclusive lock. A pack or index file that cannot be read
 /// for a passing reason (an I/O error rather than damage) stops the plan: the index is never
 /// rebuilt from a partial view.
-pub fn plan(repo: &Repository, read_all_packs: bool, progress: &Progress) -> Result<RepairPlan> {
+/// What a repair may do beyond rebuilding the index from the packs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Read every pack's trailer, not only those of packs no intact index file names.
+    pub read_all_packs: bool,
+    /// Drop the blobs compressed with a dictionary that is missing or damaged.
+    pub drop_lost_dictionaries: bool,
+}
+
+pub fn plan(repo: &Repository, options: Options, progress: &Progress) -> Result<RepairPlan> {
+    let read_all_packs = options.read_all_packs;
     let merged = repo.indexed_packs()?;
     let mut plan = RepairPlan::default();
     for damage in repo.take_damage() {
@@ -135,10 +145,6 @@ pub fn plan(repo: &Repository, read_all_packs: bool, progress: &Progress) -> Res
     for (id, len, trailer) in read_trailers(repo, &to_read, progress) {
         match trailer {
             Ok(pack::Trailer { entries: blobs, dictionaries }) => {
-                // A pack the index already names exactly needs no new entry.
-                if !matches!(indexed.get(&id), Some(old) if old.len == len && old.blobs == blobs) {
-                    plan.from_trailer.push(id.to_hex());
-                }
                 listed.insert(id, dictionaries);
                 packs.push(IndexedPack { id, len, blobs });
             }
@@ -150,8 +156,17 @@ pub fn plan(repo: &Repository, read_all_packs: bool, progress: &Progress) -> Res
             Err(e) => return Err(Error::Refused(format!("pack {}: {e}; nothing was changed", id.short()))),
         }
     }
+    if options.drop_lost_dictionaries {
+        plan.lost_dictionaries = drop_blobs_of_lost_dictionaries(repo, &mut packs, &mut listed, &indexed, progress)?;
+    }
+    // A pack read from its trailer that the index already names exactly (after the drop) needs
+    // no new entry.
+    for pack in packs.iter().filter(|p| listed.contains_key(&p.id) && to_read.binary_search(&(p.id, p.len)).is_ok()) {
+        if !matches!(indexed.get(&pack.id), Some(old) if old.len == pack.len && old.blobs == pack.blobs) {
+            plan.from_trailer.push(pack.id.to_hex());
+        }
+    }
     plan.from_trailer.sort();
-    plan.lost_dictionaries = drop_blobs_of_lost_dictionaries(repo, &mut packs, listed, progress)?;
     packs.sort_by_key(|p| p.id);
     plan.internal = Internal { packs, old_files };
     progress.finish();
@@ -169,12 +184,12 @@ pub struct RepairReport {
 /// lock. What `cairn repair index` runs, and what an embedder calls.
 pub fn repair(
     repo: &Repository,
-    read_all_packs: bool,
+    options: Options,
     progress: &Progress,
     planned: impl FnOnce(&RepairPlan),
 ) -> Audited<RepairReport> {
     Run::start("repair", "").after(repo, |record| {
-        let plan = self::plan(repo, read_all_packs, progress)?;
+        let plan = self::plan(repo, options, progress)?;
         planned(&plan);
         let shown = serde_json::to_value(&plan).unwrap_or_default();
         let report = execute(repo, plan)?;
@@ -210,7 +225,8 @@ fn read_trailers(repo: &Repository, packs: &[(Id, u64)], progress: &Progress) ->
 fn drop_blobs_of_lost_dictionaries(
     repo: &Repository,
     packs: &mut [IndexedPack],
-    mut listed: HashMap<Id, Vec<Id>>,
+    listed: &mut HashMap<Id, Vec<Id>>,
+    indexed: &BTreeMap<Id, IndexedPack>,
     progress: &Progress,
 ) -> Result<Vec<LostDictionary>> {
     let refused = |what: String, e: Error| Error::Refused(format!("{what}: {e}; nothing was changed"));
@@ -229,13 +245,15 @@ fn drop_blobs_of_lost_dictionaries(
     }
     let mut lost: BTreeMap<Id, LostDictionary> = BTreeMap::new();
     let mut readable: HashSet<Id> = HashSet::new();
+    // A dictionary counts as missing only if the listing agrees that it is not there.
+    let present: HashSet<Id> = repo.list_files(FileKind::Dictionary)?.into_iter().map(|(id, _)| id).collect();
     for dictionary in listed.values().flatten() {
         if readable.contains(dictionary) || lost.contains_key(dictionary) {
             continue;
         }
         match repo.dictionary(dictionary) {
             Ok(_) => _ = readable.insert(*dictionary),
-            Err(e @ Error::Corrupt { .. }) => {
+            Err(e @ Error::Corrupt { .. }) if !present.contains(dictionary) || damaged(repo, dictionary)? => {
                 let reason = e.to_string();
                 lost.insert(*dictionary, LostDictionary { dictionary: dictionary.to_hex(), reason, blobs: 0 });
             }
@@ -246,6 +264,8 @@ fn drop_blobs_of_lost_dictionaries(
         let Some(dictionaries) = listed.get(&pack.id).filter(|d| d.iter().any(|d| lost.contains_key(d))) else {
             continue;
         };
+        let had: HashSet<BlobEntry> =
+            indexed.get(&pack.id).map(|old| old.blobs.iter().copied().collect()).unwrap_or_default();
         let mut kept = Vec::with_capacity(pack.blobs.len());
         for blob in std::mem::take(&mut pack.blobs) {
             let named = match (blob.codec, &dictionaries[..]) {
@@ -263,13 +283,21 @@ fn drop_blobs_of_lost_dictionaries(
                 _ => None,
             };
             match named.and_then(|d| lost.get_mut(&d)) {
-                Some(dictionary) => dictionary.blobs += 1,
+                // Counted only if the index has it now: one dropped before, read again from the
+                // trailer (`--read-all-packs`), changes nothing.
+                Some(dictionary) => dictionary.blobs += u64::from(had.contains(&blob)),
                 None => kept.push(blob),
             }
         }
         pack.blobs = kept;
     }
     Ok(lost.into_values().filter(|d| d.blobs > 0).collect())
+}
+
+/// Whether the dictionary file `id` is damaged: its bytes, read again, do not hash to its name.
+/// (One that hashes right and still does not load is no proof of damage: the repair refuses.)
+fn damaged(repo: &Repository, id: &Id) -> Result<bool> {
+    Ok(Id::of(&repo.read_file_raw(FileKind::Dictionary, id)?) != *id)
 }
 
 /// Carries out a plan (nothing, if it changes nothing). The caller holds the exclusive lock the

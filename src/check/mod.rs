@@ -307,7 +307,8 @@ fn verify(
         group.par_iter().for_each(|(pack, entries)| check_pack(repo, pack, entries, &on_disk, &indexed_len, &findings));
     })
     .map_err(damaged_copy)?;
-    let (lost_dictionaries, damaged_dictionaries) = check_dictionaries(repo, &index, &sums, &findings)?;
+    let (lost_dictionaries, damaged_dictionaries) =
+        check_dictionaries(repo, &index, &sums, &findings, &mut report.warnings)?;
 
     // Trace every bad or missing blob to the snapshots and paths that need it: walk again only if
     // the packs or the index had any.
@@ -348,8 +349,8 @@ fn verify(
             "{} compression dictionaries cannot be read{damaged}: copy them back from a copy of this repository \
              that shares its keys and has them: `cairn --repo COPY sync --to THIS` copies every dictionary file \
              its destination lacks (and every snapshot COPY has that this repository lacks); with no copy \
-             anywhere, `cairn repair index` drops the blobs that need them, so that the next snapshot stores \
-             their content again, and check then names what stays lost",
+             anywhere, `cairn repair index --drop-lost-dictionaries` drops the blobs that need them, so that \
+             the next snapshot stores their content again, and check then names what stays lost",
             lost_dictionaries + damaged_dictionaries
         ));
     }
@@ -377,12 +378,13 @@ fn verify(
 /// that need one that does not are damage. Packs written before format version 5 list none: a
 /// lost dictionary of theirs shows only in the blobs `--read-data` decodes. Returns how many
 /// dictionaries cannot be read: (missing and needed by a blob the index takes, present but
-/// damaged).
+/// damaged). A missing one that no blob the index takes needs is a warning in `warnings`.
 fn check_dictionaries(
     repo: &Repository,
     index: &Indexed,
     sums: &ByPack,
     findings: &Findings,
+    warnings: &mut Vec<String>,
 ) -> Result<(usize, usize)> {
     let mut unusable: HashMap<Id, String> = HashMap::new();
     let present: HashSet<Id> = repo.list_files(FileKind::Dictionary)?.into_iter().map(|(id, _)| id).collect();
@@ -442,7 +444,10 @@ fn check_dictionaries(
     for (id, error) in errors {
         let blobs = needing.get(id).copied().unwrap_or(0);
         match (present.contains(id), blobs) {
-            (false, 0) => continue,
+            (false, 0) => {
+                warnings.push(format!("{error} (no blob the index takes from the packs that list it needs it)"));
+                continue;
+            }
             (true, 0) => findings.error(error.clone()),
             (_, n) => findings.error(format!("{error} ({n} blobs the index takes need it)")),
         }

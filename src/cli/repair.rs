@@ -1,4 +1,4 @@
-//! `cairn repair index [--read-all-packs] [--dry-run]`
+//! `cairn repair index [--read-all-packs] [--drop-lost-dictionaries] [--dry-run]`
 
 use std::process::ExitCode;
 
@@ -20,9 +20,20 @@ pub struct IndexArgs {
     /// Read the trailer of every pack, not only of those no intact index file names
     #[arg(long)]
     read_all_packs: bool,
+    /// Drop from the index the blobs compressed with a dictionary that is missing or damaged
+    /// (`cairn check` names it), so that the next snapshot stores them again. Keep the lost file's
+    /// name: should it turn up, put it back and run `repair index --read-all-packs` before prune
+    #[arg(long)]
+    drop_lost_dictionaries: bool,
     /// Print what would be rebuilt, and change nothing
     #[arg(long)]
     dry_run: bool,
+}
+
+impl IndexArgs {
+    fn options(&self) -> repair::Options {
+        repair::Options { read_all_packs: self.read_all_packs, drop_lost_dictionaries: self.drop_lost_dictionaries }
+    }
 }
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
@@ -31,7 +42,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let _lock = repo.lock(LockKind::Exclusive, "repair index", context.lock_wait)?;
     let progress = Progress::new("trailers", context.quiet || context.json);
     if args.dry_run {
-        let plan = repair::plan(&repo, args.read_all_packs, &progress)?;
+        let plan = repair::plan(&repo, args.options(), &progress)?;
         if context.json {
             outln!("{}", serde_json::json!({ "dry_run": true, "plan": plan }));
         } else {
@@ -40,7 +51,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut plan_json = serde_json::Value::Null;
-    let repaired = repair::repair(&repo, args.read_all_packs, &progress, |plan| {
+    let repaired = repair::repair(&repo, args.options(), &progress, |plan| {
         if !context.json {
             describe(plan, context.quiet);
         }
@@ -81,7 +92,8 @@ fn describe(plan: &repair::RepairPlan, quiet: bool) {
         errln!(
             "warning: {}: the {} blobs compressed with it are dropped from the index; the next snapshot stores \
              what it still has of them again (same ids, so earlier snapshots get them back); the rest stay lost \
-             (`cairn check` names the files)",
+             (`cairn check` names the files). Should the file turn up, put it back and run `cairn repair index \
+             --read-all-packs` before any prune",
             lost.reason,
             lost.blobs
         );

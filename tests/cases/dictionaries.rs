@@ -302,17 +302,27 @@ fn repair_index_drops_the_pages_of_a_lost_dictionary_so_the_next_snapshot_stores
     init(&repo);
     ok(cairn(&repo).arg("snapshot").arg(&data));
     let [dictionary] = dictionaries(&repo).try_into().unwrap();
+    let saved = fs::read(&dictionary).unwrap();
     fs::remove_file(&dictionary).unwrap();
 
-    // Before the repair, every snapshot of the database is incomplete.
+    // Before the repair, every snapshot of the database is incomplete; a repair without the flag
+    // leaves the blobs be.
     assert_eq!(run(cairn(&repo).arg("snapshot").arg(&data)).status.code(), Some(3));
-    let out = run(cairn(&repo).args(["repair", "index"]));
+    let untouched = ok(cairn(&repo).args(["repair", "index"]));
+    assert!(untouched.contains("nothing to rebuild"), "{untouched}");
+    let out = run(cairn(&repo).args(["repair", "index", "--drop-lost-dictionaries"]));
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{err}");
     assert!(err.contains("the dictionary is missing") && err.contains("dropped from the index"), "{err}");
-    // Nothing left to drop: a second repair changes nothing.
-    let again = ok(cairn(&repo).args(["repair", "index"]));
+    // Nothing left to drop: a second repair changes nothing, reading every trailer too.
+    let again = ok(cairn(&repo).args(["repair", "index", "--drop-lost-dictionaries", "--read-all-packs"]));
     assert!(again.contains("nothing to rebuild"), "{again}");
+    // Should the dictionary turn up, reading every trailer brings its blobs back.
+    fs::write(&dictionary, &saved).unwrap();
+    ok(cairn(&repo).args(["repair", "index", "--read-all-packs"]));
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    fs::remove_file(&dictionary).unwrap();
+    ok(cairn(&repo).args(["repair", "index", "--drop-lost-dictionaries"]));
     let out = run(cairn(&repo).arg("check"));
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success() && said.contains("app.db") && !said.contains("notes.txt"), "{said}");
