@@ -99,9 +99,18 @@ fn a_large_database_is_stored_with_a_dictionary_that_every_reader_uses() {
     fs::write(&dictionary, kept).unwrap();
 }
 
-#[test]
-fn a_lost_or_damaged_dictionary_is_named_and_fails_only_its_database() {
-    let scratch = Scratch::new("dict-lost");
+/// `data/` holding a database large enough for a dictionary, and the database's bytes.
+fn database_in(scratch: &Scratch) -> (PathBuf, Vec<u8>) {
+    let data = scratch.join("data");
+    fs::create_dir_all(&data).unwrap();
+    database(&data.join("app.db"), 3000);
+    let image = fs::read(data.join("app.db")).unwrap();
+    (data, image)
+}
+
+/// `data/` holding a database large enough for a dictionary and `notes.txt`, snapshotted into a
+/// new `repo`; returns both and the dictionary's file.
+fn database_and_a_file_snapshotted(scratch: &Scratch) -> (PathBuf, PathBuf, PathBuf) {
     let (data, repo) = (scratch.join("data"), scratch.join("repo"));
     fs::create_dir_all(&data).unwrap();
     database(&data.join("app.db"), 3000);
@@ -109,6 +118,13 @@ fn a_lost_or_damaged_dictionary_is_named_and_fails_only_its_database() {
     init(&repo);
     ok(cairn(&repo).arg("snapshot").arg(&data));
     let [dictionary] = dictionaries(&repo).try_into().unwrap();
+    (data, repo, dictionary)
+}
+
+#[test]
+fn a_lost_or_damaged_dictionary_is_named_and_fails_only_its_database() {
+    let scratch = Scratch::new("dict-lost");
+    let (data, repo, dictionary) = database_and_a_file_snapshotted(&scratch);
     let name = dictionary.file_name().unwrap().to_str().unwrap().to_string();
     let original = fs::read(&dictionary).unwrap();
     let offsite = scratch.join("offsite");
@@ -209,10 +225,7 @@ fn a_database_gets_one_dictionary_once_large_and_compressible() {
 #[test]
 fn a_database_with_a_dictionary_goes_to_an_object_store_and_back() {
     let scratch = Scratch::new("dict-s3");
-    let data = scratch.join("data");
-    fs::create_dir_all(&data).unwrap();
-    database(&data.join("app.db"), 3000);
-    let image = fs::read(data.join("app.db")).unwrap();
+    let (data, image) = database_in(&scratch);
     let on_s3 = |repo: &Path| {
         let mut command = cairn(repo);
         for (key, value) in s3().env() {
@@ -248,10 +261,7 @@ fn a_database_with_a_dictionary_goes_to_an_object_store_and_back() {
 #[test]
 fn a_snapshot_killed_around_its_dictionary_leaves_a_repository_that_checks_and_goes_on() {
     let scratch = Scratch::new("dict-killed");
-    let data = scratch.join("data");
-    fs::create_dir_all(&data).unwrap();
-    database(&data.join("app.db"), 3000);
-    let image = fs::read(data.join("app.db")).unwrap();
+    let (data, image) = database_in(&scratch);
     let count = |repo: &Path, dir: &str| match dir {
         "packs" => pack_count(repo),
         _ => fs::read_dir(repo.join(dir)).map(|d| d.count()).unwrap_or(0),
@@ -295,13 +305,7 @@ fn a_snapshot_killed_around_its_dictionary_leaves_a_repository_that_checks_and_g
 #[test]
 fn repair_index_drops_the_pages_of_a_lost_dictionary_so_the_next_snapshot_stores_them_again() {
     let scratch = Scratch::new("dict-repair");
-    let (data, repo) = (scratch.join("data"), scratch.join("repo"));
-    fs::create_dir_all(&data).unwrap();
-    database(&data.join("app.db"), 3000);
-    fs::write(data.join("notes.txt"), b"no dictionary here").unwrap();
-    init(&repo);
-    ok(cairn(&repo).arg("snapshot").arg(&data));
-    let [dictionary] = dictionaries(&repo).try_into().unwrap();
+    let (data, repo, dictionary) = database_and_a_file_snapshotted(&scratch);
     let saved = fs::read(&dictionary).unwrap();
     fs::remove_file(&dictionary).unwrap();
 
