@@ -6,6 +6,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use cairn::backend::Backend as _;
+
 use crate::backends::{s3, BUCKET};
 use crate::sqlite::{text_row, wal_database};
 use crate::support::*;
@@ -221,7 +223,8 @@ fn a_database_gets_one_dictionary_once_large_and_compressible() {
 }
 
 /// Straight into an object store (the dictionary put create-only, like every file there) and
-/// back by pack; and a local repository synced up, its dictionary with it.
+/// back by pack; and a local repository synced up, its dictionary with it, and again once the
+/// copy has lost it.
 #[test]
 fn a_database_with_a_dictionary_goes_to_an_object_store_and_back() {
     let scratch = Scratch::new("dict-s3");
@@ -252,6 +255,18 @@ fn a_database_with_a_dictionary_goes_to_an_object_store_and_back() {
     let target = scratch.join("from-synced");
     ok(on_s3(&synced).args(["restore", "latest", "--target"]).arg(&target));
     assert!(fs::read(target.join("app.db")).unwrap() == image, "synced to S3, the database differs");
+
+    // The offsite copy loses its dictionary: its plain check says so, and the next sync, with no
+    // snapshot to send, puts it back.
+    let offsite = s3().backend(synced.to_str().unwrap().trim_start_matches(&format!("s3://{BUCKET}/")));
+    let listed = offsite.list("dicts").unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    offsite.delete(&listed[0].0).unwrap();
+    let out = run(on_s3(&synced).arg("check"));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("the dictionary is missing"));
+    let out = ok(on_s3(&local).arg("sync").arg("--to").arg(&synced));
+    assert!(out.contains("0 snapshots copied") && out.contains("1 dictionary"), "{out}");
+    ok(on_s3(&synced).args(["check", "--read-data"]));
 }
 
 /// `kill -9` of the first snapshot of a large database, as its dictionary is written and a
