@@ -244,6 +244,8 @@ fn copy_missing(
             let mut held = None;
             let lock = || dest.lock_create_only(LockKind::Shared, "sync", options.lock_wait);
             copy_dictionaries(source, dest, lacking, options, report, || lock().map(|l| held = Some(l)))?;
+            // Released (a release marker put) only now, after the last put.
+            drop(held);
         }
         return Ok(());
     }
