@@ -358,3 +358,23 @@ fn repair_index_drops_the_pages_of_a_lost_dictionary_so_the_next_snapshot_stores
     ok(cairn(&repo).args(["check", "--read-data"]));
     assert!(restored(&repo, &scratch.join("out")) == image);
 }
+
+/// A damaged dictionary file (its bytes no longer hash to its name) counts as lost for `repair
+/// index --drop-lost-dictionaries` too; after it and a new snapshot, the database restores and
+/// only the damaged file is left for check to report.
+#[test]
+fn repair_index_drops_the_pages_of_a_damaged_dictionary_too() {
+    let scratch = Scratch::new("dict-repair-damaged");
+    let (data, repo, dictionary) = database_and_a_file_snapshotted(&scratch);
+    flip_byte(&dictionary, fs::metadata(&dictionary).unwrap().len() / 2, 0x10);
+    let out = run(cairn(&repo).args(["repair", "index", "--drop-lost-dictionaries"]));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success() && err.contains("dropped from the index"), "{err}");
+    ok(cairn(&repo).arg("snapshot").arg(&data));
+    assert!(restored(&repo, &scratch.join("out")) == fs::read(data.join("app.db")).unwrap());
+    let out = run(cairn(&repo).arg("check"));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    let name = dictionary.file_name().unwrap().to_str().unwrap();
+    assert!(!out.status.success() && said.contains(name) && !said.contains("app.db"), "{said}");
+    assert!(said.contains("move those files out of dicts/"), "{said}");
+}
