@@ -94,9 +94,6 @@ impl RepairPlan {
     }
 }
 
-/// Plans a repair. The caller holds the exclusive lock. A pack or index file that cannot be read
-/// for a passing reason (an I/O error rather than damage) stops the plan: the index is never
-/// rebuilt from a partial view.
 /// What a repair may do beyond rebuilding the index from the packs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
@@ -106,6 +103,9 @@ pub struct Options {
     pub drop_lost_dictionaries: bool,
 }
 
+/// Plans a repair. The caller holds the exclusive lock. A pack or index file that cannot be read
+/// for a passing reason (an I/O error rather than damage) stops the plan: the index is never
+/// rebuilt from a partial view.
 pub fn plan(repo: &Repository, options: Options, progress: &Progress) -> Result<RepairPlan> {
     let read_all_packs = options.read_all_packs;
     let merged = repo.indexed_packs()?;
@@ -156,12 +156,13 @@ pub fn plan(repo: &Repository, options: Options, progress: &Progress) -> Result<
             Err(e) => return Err(Error::Refused(format!("pack {}: {e}; nothing was changed", id.short()))),
         }
     }
+    let from_trailer: HashSet<Id> = listed.keys().copied().collect();
     if options.drop_lost_dictionaries {
         plan.lost_dictionaries = drop_blobs_of_lost_dictionaries(repo, &mut packs, &mut listed, &indexed, progress)?;
     }
     // A pack read from its trailer that the index already names exactly (after the drop) needs
     // no new entry.
-    for pack in packs.iter().filter(|p| listed.contains_key(&p.id) && to_read.binary_search(&(p.id, p.len)).is_ok()) {
+    for pack in packs.iter().filter(|p| from_trailer.contains(&p.id)) {
         if !matches!(indexed.get(&pack.id), Some(old) if old.len == pack.len && old.blobs == pack.blobs) {
             plan.from_trailer.push(pack.id.to_hex());
         }
@@ -268,19 +269,11 @@ fn drop_blobs_of_lost_dictionaries(
             indexed.get(&pack.id).map(|old| old.blobs.iter().copied().collect()).unwrap_or_default();
         let mut kept = Vec::with_capacity(pack.blobs.len());
         for blob in std::mem::take(&mut pack.blobs) {
-            let named = match (blob.codec, &dictionaries[..]) {
-                (Codec::ZstdDict, [only]) => Some(*only),
-                (Codec::ZstdDict, _) => {
-                    let stored =
-                        repo.read_file_range(FileKind::Pack, &pack.id, blob.offset as u64, blob.stored_len as u64);
-                    match stored.and_then(|stored| repo.stored_dictionary(&blob.id, &stored)) {
-                        Ok(named) => named,
-                        // A damaged blob is for check to report.
-                        Err(Error::Corrupt { .. }) => None,
-                        Err(e) => return Err(refused(format!("pack {}", pack.id.short()), e)),
-                    }
-                }
-                _ => None,
+            let named = match repo.dictionary_in_pack(&pack.id, dictionaries, &blob) {
+                Ok(named) => named,
+                // A damaged blob is for check to report.
+                Err(Error::Corrupt { .. }) => None,
+                Err(e) => return Err(refused(format!("pack {}", pack.id.short()), e)),
             };
             match named.and_then(|d| lost.get_mut(&d)) {
                 // Counted only if the index has it now: one dropped before, read again from the

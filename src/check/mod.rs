@@ -416,11 +416,7 @@ fn check_dictionaries(
         for (pack, entries) in group {
             let listed = &naming[&pack];
             for entry in entries.iter().filter(|e| e.codec == Codec::ZstdDict) {
-                let named = match listed[..] {
-                    [only] => Ok(Some(only)),
-                    _ => repo.dictionary_of_blob(index.index(), &entry.id),
-                };
-                match named {
+                match repo.dictionary_in_pack(&pack, listed, entry) {
                     Ok(Some(named)) => {
                         if let Some(reason) = unusable.get(&named) {
                             *needing.entry(named).or_default() += 1;

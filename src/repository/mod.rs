@@ -432,6 +432,21 @@ impl Repository {
         self.stored_dictionary(id, &stored)
     }
 
+    /// The dictionary that `entry`, a blob of `pack` whose trailer lists `listed`
+    /// (store-format/pack.md), names: none unless its codec is 2; the only one listed; else what
+    /// its stored bytes say (one read).
+    pub(crate) fn dictionary_in_pack(&self, pack: &Id, listed: &[Id], entry: &BlobEntry) -> Result<Option<Id>> {
+        match (entry.codec, listed) {
+            (Codec::ZstdDict, [only]) => Ok(Some(*only)),
+            (Codec::ZstdDict, _) => {
+                let stored =
+                    self.read_file_range(FileKind::Pack, pack, entry.offset as u64, entry.stored_len as u64)?;
+                self.stored_dictionary(&entry.id, &stored)
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// The dictionary that the stored bytes of blob `id`, a codec 2 blob, name; `None` if they
     /// name none (too short to).
     pub(crate) fn stored_dictionary(&self, id: &Id, stored: &[u8]) -> Result<Option<Id>> {
