@@ -84,6 +84,8 @@ struct PackSummary {
     len: u64,
     blobs: u64,
     bytes: u64,
+    /// Whether an entry has codec 2 (the pack's trailer lists a dictionary).
+    dictionary: bool,
     digest: [u8; 32],
 }
 
@@ -101,7 +103,23 @@ impl PackSummary {
             len: pack.len,
             blobs: pack.blobs.len() as u64,
             bytes: pack.blobs.iter().map(|blob| blob.stored_len as u64).sum(),
+            dictionary: pack.blobs.iter().any(|blob| blob.codec == Codec::ZstdDict),
             digest: *blake3::hash(&encoded).as_bytes(),
+        }
+    }
+
+    /// Bytes of the pack that no entry accounts for (blobs `repair index
+    /// --drop-lost-dictionaries` dropped), which count as dead: its length less the pack's 64
+    /// bytes, the entries' 48 each and their stored bytes, one dictionary id if an entry has codec
+    /// 2 and the seal if `sealed`; none under 1 KiB, which more dictionary ids could take
+    /// (store-format/pack.md, "Layout"; store-format/prune.md, step 4).
+    fn unlisted(&self, sealed: bool) -> u64 {
+        let listed = (64 + self.bytes + 48 * self.blobs)
+            + if self.dictionary { 32 } else { 0 }
+            + if sealed { crate::crypto::OVERHEAD as u64 } else { 0 };
+        match self.len.saturating_sub(listed) {
+            gap if gap >= 1024 => gap,
+            _ => 0,
         }
     }
 }
@@ -477,7 +495,7 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
                 pack_id.short()
             )));
         }
-        let dead_bytes = pack.bytes - live_bytes;
+        let dead_bytes = pack.bytes - live_bytes + pack.unlisted(repo.keys().is_some());
         plan.live_blobs += blobs;
         plan.live_bytes += live_bytes;
         plan.dead_bytes += dead_bytes;
@@ -697,4 +715,23 @@ fn execute(repo: &Repository, plan: PrunePlan, progress: &Progress) -> Result<Pr
     report.bytes_freed = before.saturating_sub(after);
     progress.finish();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bytes_no_entry_accounts_for_are_unlisted() {
+        let pack = |len, dictionary| PackSummary { len, blobs: 3, bytes: 1000, dictionary, digest: [0; 32] };
+        // 64 + 1000 + 3 x 48, plus a dictionary id and the seal where they apply.
+        for (len, dictionary, sealed) in
+            [(1208, false, false), (1248, false, true), (1240, true, false), (1280, true, true)]
+        {
+            assert_eq!(pack(len, dictionary).unlisted(sealed), 0, "{len}");
+            assert_eq!(pack(len + 32 * 31, dictionary).unlisted(sealed), 0, "more dictionaries: {len}");
+            assert_eq!(pack(len + 5000, dictionary).unlisted(sealed), 5000, "{len}");
+            assert_eq!(pack(len - 100, dictionary).unlisted(sealed), 0, "{len}");
+        }
+    }
 }

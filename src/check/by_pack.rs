@@ -42,14 +42,7 @@ impl ByPack {
         let mut sums = vec![PackSum::default(); index.packs.len()];
         for item in index.iter_locations() {
             let (id, at) = item?;
-            let entry = BlobEntry {
-                id,
-                kind: at.kind,
-                codec: at.codec,
-                offset: at.offset,
-                stored_len: at.stored_len,
-                raw_len: at.raw_len,
-            };
+            let entry = at.entry(&id);
             let sum = &mut sums[at.pack as usize];
             sum.count += 1;
             sum.max_end = sum.max_end.max(entry.end());

@@ -53,6 +53,18 @@ impl Location {
             codec: blob.codec,
         }
     }
+
+    /// The pack entry of blob `id` stored here.
+    pub fn entry(&self, id: &Id) -> BlobEntry {
+        BlobEntry {
+            id: *id,
+            kind: self.kind,
+            codec: self.codec,
+            offset: self.offset,
+            stored_len: self.stored_len,
+            raw_len: self.raw_len,
+        }
+    }
 }
 
 /// Which of two packs' copies of a blob wins: the id of the index file that named the pack first,
@@ -221,19 +233,7 @@ impl Index {
 
     /// Every blob as a pack entry, for verification; an error if the sorted copy is damaged.
     pub fn entries(&self) -> impl Iterator<Item = std::io::Result<(Id, BlobEntry)>> + '_ {
-        self.iter_locations().map(|item| {
-            item.map(|(id, l)| {
-                let entry = BlobEntry {
-                    id,
-                    kind: l.kind,
-                    codec: l.codec,
-                    offset: l.offset,
-                    stored_len: l.stored_len,
-                    raw_len: l.raw_len,
-                };
-                (self.packs[l.pack as usize].0, entry)
-            })
-        })
+        self.iter_locations().map(|item| item.map(|(id, l)| (self.packs[l.pack as usize].0, l.entry(&id))))
     }
 }
 

@@ -800,15 +800,7 @@ impl Repository {
 
     /// The plain content of blob `id`, stored at `location` in `pack` as `stored`, checked.
     pub fn decode_located(&self, id: &Id, location: &index::Location, stored: &[u8], pack: &Id) -> Result<Vec<u8>> {
-        let entry = BlobEntry {
-            id: *id,
-            kind: location.kind,
-            codec: location.codec,
-            offset: location.offset,
-            stored_len: location.stored_len,
-            raw_len: location.raw_len,
-        };
-        self.decode_blob(&entry, stored, pack)
+        self.decode_blob(&location.entry(id), stored, pack)
     }
 
     /// A tree blob from the cached copy of its pack, which is fetched whole (and checked against
