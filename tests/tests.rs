@@ -61,6 +61,8 @@ mod serve;
 mod snapshots;
 #[path = "cases/sqlite.rs"]
 mod sqlite;
+#[path = "cases/sqlite_hostile.rs"]
+mod sqlite_hostile;
 #[path = "cases/sync.rs"]
 mod sync;
 #[path = "cases/tags.rs"]

@@ -200,6 +200,10 @@ impl<'a> Archiver<'a> {
     /// Archives the source root directory at `path` (its parents may be symlinks, itself not)
     /// and returns its tree id. One that cannot be opened is recorded and stored empty.
     pub fn root_tree(&self, path: &Path, parent: Option<&Tree>) -> Result<Id> {
+        if self.required_databases.contains(path) {
+            self.record(path, "not an SQLite database but a directory: name the database file itself");
+            return self.store_tree(&Tree::default(), path);
+        }
         match Dir::open(path, false) {
             Ok(dir) => self.dir_tree(dir, &Location::root(path), 1, parent),
             Err(e) => {
@@ -367,12 +371,25 @@ impl<'a> Archiver<'a> {
         }
     }
 
+    /// Whether `at` was given with `--sqlite`.
+    fn must_be_database(&self, at: &Location<'_>) -> bool {
+        !self.required_databases.is_empty() && self.required_databases.contains(&at.path())
+    }
+
     /// Archives one listed entry of a directory at `dir_at`, at `level`. An entry replaced
     /// since its listing is looked at again, unless it was listed as a directory.
     fn entry_node(&self, entry: Entry<'_>, dir_at: &Location<'_>, level: usize) -> Result<Option<Node>> {
         let Entry { dir, name, mut stat, previous, wal_sibling, device, .. } = entry;
         let at = dir_at.child(&name);
         for _ in 0..REPLACED_ATTEMPTS {
+            if stat.kind() != Kind::File && self.must_be_database(&at) {
+                // Not followed (a symlink), not walked (a directory), not opened (a FIFO).
+                self.record_at(
+                    &at,
+                    format!("not an SQLite database but {}: name the database file itself", stat.kind().described()),
+                );
+                return Ok(None);
+            }
             if stat.kind() == Kind::Dir && device.is_some_and(|device| device != stat.dev()) {
                 return self.mount_point_node(&name, &at, &stat);
             }
@@ -518,8 +535,7 @@ impl<'a> Archiver<'a> {
                 return self.database_node(dir, at, listed, timeout, previous);
             }
         }
-        let must_be_database = !self.required_databases.is_empty() && self.required_databases.contains(&at.path());
-        if must_be_database && !sqlite::has_header(&file) {
+        if self.must_be_database(at) && !sqlite::has_header(&file) {
             self.record_at(at, "not an SQLite database");
             return Ok(Look::Skip);
         }

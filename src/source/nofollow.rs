@@ -40,6 +40,22 @@ pub enum Kind {
     Unknown,
 }
 
+impl Kind {
+    /// The kind with its article, for messages: "a symlink".
+    pub fn described(self) -> &'static str {
+        match self {
+            Kind::File => "a regular file",
+            Kind::Dir => "a directory",
+            Kind::Symlink => "a symlink",
+            Kind::Fifo => "a FIFO",
+            Kind::Socket => "a socket",
+            Kind::CharDevice => "a character device",
+            Kind::BlockDevice => "a block device",
+            Kind::Unknown => "a file of unknown type",
+        }
+    }
+}
+
 /// Why an entry could not be opened as what it was listed as.
 #[derive(Debug)]
 pub enum OpenError {

@@ -22,6 +22,15 @@
 //! (`/proc/self/fd/N/name`, [`Dir::path_of`]), under a VFS that uses that path as it is (the
 //! default one would resolve `/proc/self/fd/N` back into the directory's path); SQLite opens
 //! every file with `O_NOFOLLOW`, so the last component is never a symlink either.
+//!
+//! Reading never writes. A rollback journal left hot by a crash (or planted by whoever can write
+//! into the tree) would be rolled back by a read-write connection: the database written, the
+//! journal deleted, and the file it names as its super-journal deleted, wherever it is. So a
+//! read-write connection is only ever opened for a WAL database that a read-only one cannot
+//! read, and the VFS refuses what a rollback needs whatever the connection: opening a journal for
+//! writing, opening a super-journal at all, deleting any file. A database with a hot journal is
+//! reported, not read. A journal, WAL or shared-memory file that is not a regular file (a FIFO
+//! would block SQLite's open forever) is refused too.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -80,9 +89,27 @@ pub enum CaptureError {
     Sqlite(String),
     #[error("replaced while it was being opened: not stored")]
     Replaced,
+    #[error(
+        "has a hot journal ({0}, left by an interrupted transaction, or planted): not read, as reading would roll \
+         it back, writing the database and deleting files the journal names; check the journal, open the \
+         database once with its application or sqlite3 to recover it, then snapshot again"
+    )]
+    HotJournal(String),
+    #[error("{0} beside it is not a regular file: not read (SQLite would open it)")]
+    Companion(String),
     /// The callback failed (a repository write): not the database's fault.
     #[error("{0}")]
     Sink(crate::error::Error),
+}
+
+fn is_locked(error: &rusqlite::Error) -> bool {
+    use rusqlite::ffi::ErrorCode;
+    matches!(error.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+}
+
+/// Whether a read-only connection met a hot journal it would have to roll back.
+fn is_rollback(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(e, _) if e.extended_code == ffi::SQLITE_READONLY_ROLLBACK)
 }
 
 fn classify(error: rusqlite::Error, timeout: Duration) -> CaptureError {
@@ -106,7 +133,9 @@ pub struct Image {
 }
 
 /// The name of the VFS that opens a database at exactly the path it is given: the default unix
-/// VFS with a `xFullPathname` that does not resolve symlinks. Registered on first use.
+/// VFS with a `xFullPathname` that does not resolve symlinks, and an `xOpen` and `xDelete` that
+/// refuse what would write the database or anything else (see the module doc). Registered on
+/// first use.
 fn verbatim_vfs() -> &'static str {
     const NAME: &std::ffi::CStr = c"cairn-verbatim";
     static REGISTERED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
@@ -119,14 +148,65 @@ fn verbatim_vfs() -> &'static str {
             let unix = ffi::sqlite3_vfs_find(c"unix".as_ptr());
             assert!(!unix.is_null(), "the bundled SQLite has a unix VFS");
             let mut vfs = *unix;
+            UNIX_OPEN.set((*unix).xOpen.expect("the unix VFS opens files")).ok();
             vfs.zName = NAME.as_ptr();
             vfs.pNext = std::ptr::null_mut();
             vfs.xFullPathname = Some(verbatim_full_pathname);
+            vfs.xOpen = Some(guarded_open);
+            vfs.xDelete = Some(no_delete);
             let rc = ffi::sqlite3_vfs_register(Box::leak(Box::new(vfs)), 0);
             assert_eq!(rc, ffi::SQLITE_OK, "registering a VFS");
         }
     });
     "cairn-verbatim"
+}
+
+type OpenFn = unsafe extern "C" fn(
+    *mut ffi::sqlite3_vfs,
+    *const std::ffi::c_char,
+    *mut ffi::sqlite3_file,
+    std::ffi::c_int,
+    *mut std::ffi::c_int,
+) -> std::ffi::c_int;
+
+/// The unix VFS's `xOpen`, which [`guarded_open`] calls for what it lets through.
+static UNIX_OPEN: std::sync::OnceLock<OpenFn> = std::sync::OnceLock::new();
+
+/// `xOpen` that refuses a journal opened for writing (a rollback), any super-journal, and a
+/// named file other than the main database that exists and is not a regular file.
+unsafe extern "C" fn guarded_open(
+    vfs: *mut ffi::sqlite3_vfs,
+    name: *const std::ffi::c_char,
+    file: *mut ffi::sqlite3_file,
+    flags: std::ffi::c_int,
+    out_flags: *mut std::ffi::c_int,
+) -> std::ffi::c_int {
+    let journal_for_writing = flags & ffi::SQLITE_OPEN_MAIN_JOURNAL != 0 && flags & ffi::SQLITE_OPEN_READWRITE != 0;
+    if journal_for_writing || flags & ffi::SQLITE_OPEN_SUPER_JOURNAL != 0 {
+        return ffi::SQLITE_CANTOPEN;
+    }
+    if !name.is_null() && flags & ffi::SQLITE_OPEN_MAIN_DB == 0 {
+        // SAFETY: SQLite passes a NUL-terminated name; `stat` is written by lstat.
+        let special = unsafe {
+            let mut stat: libc::stat = std::mem::zeroed();
+            libc::lstat(name, &mut stat) == 0 && stat.st_mode & libc::S_IFMT != libc::S_IFREG
+        };
+        if special {
+            return ffi::SQLITE_CANTOPEN;
+        }
+    }
+    let open = UNIX_OPEN.get().expect("set before the VFS is registered");
+    // SAFETY: the arguments SQLite gave, passed on to the VFS this one copies.
+    unsafe { open(vfs, name, file, flags, out_flags) }
+}
+
+/// `xDelete` that deletes nothing: reading a database never needs to.
+unsafe extern "C" fn no_delete(
+    _vfs: *mut ffi::sqlite3_vfs,
+    _name: *const std::ffi::c_char,
+    _sync_dir: std::ffi::c_int,
+) -> std::ffi::c_int {
+    ffi::SQLITE_IOERR_DELETE
 }
 
 /// `xFullPathname` that copies the (absolute) name unchanged.
@@ -147,15 +227,24 @@ unsafe extern "C" fn verbatim_full_pathname(
     ffi::SQLITE_OK
 }
 
-/// Opens without ever writing: read-only where possible (a WAL database whose `-shm` cannot be
-/// created needs a read-write handle, which is then held to `query_only`).
-fn open(path: &Path, timeout: Duration) -> rusqlite::Result<Connection> {
-    let base = OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let vfs = verbatim_vfs();
-    let connection = Connection::open_with_flags_and_vfs(path, base | OpenFlags::SQLITE_OPEN_READ_ONLY, vfs)
-        .and_then(|c| c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).map(|_| c))
-        .or_else(|_| Connection::open_with_flags_and_vfs(path, base | OpenFlags::SQLITE_OPEN_READ_WRITE, vfs))?;
-    connection.busy_timeout(timeout)?;
+/// Opens without ever writing: read-only where possible. A WAL database (`wal`) whose `-shm`
+/// cannot be created needs a read-write handle, which is then held to `query_only`; nothing
+/// else gets one, a database locked or with a hot journal least of all. Waits up to `timeout`
+/// for a lock, once.
+fn open(path: &Path, timeout: Duration, wal: bool) -> rusqlite::Result<Connection> {
+    let connect = |flags| {
+        let connection =
+            Connection::open_with_flags_and_vfs(path, OpenFlags::SQLITE_OPEN_NO_MUTEX | flags, verbatim_vfs())?;
+        connection.busy_timeout(timeout)?;
+        Ok::<_, rusqlite::Error>(connection)
+    };
+    let read_only = connect(OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).map(|_| c));
+    let connection = match read_only {
+        Ok(connection) => connection,
+        Err(e) if !wal || is_locked(&e) || is_rollback(&e) => return Err(e),
+        Err(_) => connect(OpenFlags::SQLITE_OPEN_READ_WRITE)?,
+    };
     connection.pragma_update(None, "query_only", true)?;
     // Closing the last connection to a WAL database would otherwise checkpoint it: a backup
     // must not write to what it backs up.
@@ -198,14 +287,28 @@ pub fn capture(
     batch_bytes: usize,
     mut each: impl FnMut(&[u8], usize) -> crate::error::Result<()>,
 ) -> Result<Image, CaptureError> {
-    if !dir.open_file(name, libc::O_NONBLOCK).is_ok_and(|file| has_header(&file)) {
+    let mut header = [0u8; 20];
+    let read = dir.open_file(name, libc::O_NONBLOCK).and_then(|file| file.read_exact_at(&mut header, 0));
+    if read.is_err() || &header[..16] != HEADER {
         return Err(CaptureError::NotADatabase);
+    }
+    // File format versions 2: WAL (sqlite.org/fileformat2.html, "The Database Header").
+    let wal = header[18] == 2 && header[19] == 2;
+    for suffix in [&b"-journal"[..], b"-wal", b"-shm"] {
+        let companion = [name, suffix].concat();
+        if dir.stat(&companion).is_ok_and(|stat| stat.kind() != super::nofollow::Kind::File) {
+            return Err(CaptureError::Companion(String::from_utf8_lossy(&companion).into_owned()));
+        }
     }
     if !Path::new("/proc/self/fd").is_dir() {
         return Err(CaptureError::Sqlite("/proc is not mounted: databases are opened through /proc/self/fd".into()));
     }
-    let fail = |e| classify(e, timeout);
-    let connection = open(&dir.path_of(name), timeout).map_err(fail)?;
+    let journal = [name, b"-journal"].concat();
+    let fail = |e: rusqlite::Error| match is_rollback(&e) {
+        true => CaptureError::HotJournal(String::from_utf8_lossy(&journal).into_owned()),
+        false => classify(e, timeout),
+    };
+    let connection = open(&dir.path_of(name), timeout, wal).map_err(fail)?;
     // Everything below reads inside this one transaction: one consistent snapshot.
     connection.execute_batch("BEGIN").map_err(fail)?;
     connection.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).map_err(fail)?;
