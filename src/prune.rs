@@ -452,9 +452,16 @@ const REPAIR_ADVICE: &str = "an index file may be lost: run `cairn repair index`
     that need them)";
 
 pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
+    plan_leaving(repo, max_unused_percent, &HashSet::new())
+}
+
+/// [`plan`] as if the snapshots `leaving` were gone: the plan of a prune that follows a forget of
+/// them, made (and the repository found whole) before the forget deletes anything.
+pub fn plan_leaving(repo: &Repository, max_unused_percent: f64, leaving: &HashSet<Id>) -> Result<PrunePlan> {
     // Every damaged file must stop the prune: a skipped manifest would look like a snapshot that
     // does not exist, and the data only it needs would be deleted.
-    let snapshots = repo.snapshots()?;
+    let mut snapshots = repo.snapshots()?;
+    snapshots.retain(|(id, _)| !leaving.contains(id));
     let loaded = Indexed::load(repo)?;
     let index = loaded.index();
     let summary = summarize(repo)?;
@@ -613,20 +620,26 @@ pub struct Pruned {
     pub audit: crate::audit::Compacted,
 }
 
-/// A prune as the audited run `prune` (store-format/audit.md): [`plan`] (which `planned` is shown
-/// before anything is deleted), the plan carried out, then the audit log compacted, keeping
-/// every record younger than `keep_audit` and of the older ones those `status` reads. The caller
-/// holds the exclusive lock. What `cairn prune` runs, and what an embedder calls.
+/// A prune as the audited run `prune` (store-format/audit.md): [`plan_leaving`], then `planned`
+/// given the plan before anything is deleted (an error there stops the prune), the plan carried
+/// out, then the audit log compacted, keeping every record younger than `keep_audit` and of the
+/// older ones those `status` reads. The caller holds the exclusive lock. What `cairn prune` runs,
+/// and what an embedder calls.
+///
+/// A forget with a prune removes the snapshots `leaving` in `planned`: only once the plan found
+/// the repository whole (a damaged or lost file refuses the prune, and with it the forget), and
+/// under the same lock, so the plan is the one for the snapshots that stay.
 pub fn prune(
     repo: &Repository,
     max_unused_percent: f64,
     keep_audit: std::time::Duration,
     progress: &Progress,
-    planned: impl FnOnce(&PrunePlan),
+    leaving: &HashSet<Id>,
+    planned: impl FnOnce(&PrunePlan) -> Result<()>,
 ) -> Audited<Pruned> {
     Run::start("prune", "").around(repo, |record| {
-        let plan = self::plan(repo, max_unused_percent)?;
-        planned(&plan);
+        let plan = self::plan_leaving(repo, max_unused_percent, leaving)?;
+        planned(&plan)?;
         let now = crate::clock::now_ms();
         let report = execute(repo, plan, progress)?;
         let audit = crate::audit::compact(repo, now, keep_audit, false)

@@ -1,12 +1,14 @@
 //! `cairn forget [ID...] [--keep-* ...] [--dry-run] [--prune]` and `cairn prune`.
 
+use std::collections::HashSet;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 
 use super::{format, Context};
 use cairn::clock::parse_duration;
+use cairn::id::Id;
 use cairn::progress::Progress;
 use cairn::prune;
 use cairn::repository::lock::LockKind;
@@ -113,6 +115,14 @@ pub fn run_forget(context: &Context, args: ForgetArgs) -> Result<ExitCode> {
     super::warn_forged_markers(&lock);
     let decisions: Vec<Decision> = if args.ids.is_empty() {
         let mut snapshots = repo.snapshots()?;
+        // A manifest that cannot be read is no snapshot to a policy: refuse rather than judge
+        // the others without it.
+        if let Some(first) = repo.take_damage().first() {
+            bail!(
+                "{first}: refusing to apply a retention policy while a snapshot manifest is damaged; nothing was \
+                 forgotten: move the damaged file out of snapshots/ (`cairn check` lists what is damaged)"
+            );
+        }
         if let Some(source) = &args.source {
             snapshots.retain(|(_, s)| &s.source_key() == source);
         }
@@ -125,10 +135,10 @@ pub fn run_forget(context: &Context, args: ForgetArgs) -> Result<ExitCode> {
         // Every copy of a named snapshot goes with it; a protected one only with --force.
         plan_named(&repo.snapshots()?, &named, args.force)?
     };
-    forget(context, &repo, &decisions, args.dry_run)?;
     if args.prune && !args.dry_run {
-        return prune(context, &repo, &args.prune_args, false);
+        return forget_and_prune(context, &repo, &decisions, &args.prune_args);
     }
+    forget(context, &repo, &decisions, args.dry_run)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -163,6 +173,22 @@ pub fn forget(context: &Context, repo: &Repository, decisions: &[Decision], dry_
     Ok(())
 }
 
+/// Removes the snapshots `decisions` do not keep and prunes, the caller holding the exclusive
+/// lock: the prune's plan is made first, and a repository it finds damaged (a lost index file, a
+/// damaged manifest, a missing pack) refuses both, before any snapshot is removed.
+pub fn forget_and_prune(
+    context: &Context,
+    repo: &Repository,
+    decisions: &[Decision],
+    args: &PruneArgs,
+) -> Result<ExitCode> {
+    let mut leaving = HashSet::new();
+    for decision in decisions.iter().filter(|d| !d.keep) {
+        leaving.insert(Id::from_hex(&decision.id).ok_or_else(|| anyhow!("not a snapshot id: {}", decision.id))?);
+    }
+    pruned(context, repo, args, &leaving, || forget(context, repo, decisions, false))
+}
+
 pub fn run_prune(context: &Context, args: PruneOnlyArgs) -> Result<ExitCode> {
     let repo = context.open()?;
     let lock = repo.lock(LockKind::Exclusive, "prune", context.lock_wait)?;
@@ -187,11 +213,25 @@ pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bo
         }
         return Ok(ExitCode::SUCCESS);
     }
+    pruned(context, repo, args, &HashSet::new(), || Ok(()))
+}
+
+/// A prune with the snapshots `leaving` removed by `forget` once the plan is made (see
+/// [`prune::prune`]); prints the plan and the report.
+fn pruned(
+    context: &Context,
+    repo: &Repository,
+    args: &PruneArgs,
+    leaving: &HashSet<Id>,
+    forget: impl FnOnce() -> Result<()>,
+) -> Result<ExitCode> {
     let progress = Progress::new("prune", context.quiet || context.json);
     let mut plan_json = serde_json::Value::Null;
-    let pruned = prune::prune(repo, args.max_unused, args.keep_audit, &progress, |plan| {
+    let pruned = prune::prune(repo, args.max_unused, args.keep_audit, &progress, leaving, |plan| {
+        forget().map_err(|e| cairn::error::Error::Invalid(format!("{e:#}")))?;
         show_plan(context, plan);
         plan_json = serde_json::to_value(plan).unwrap_or_default();
+        Ok(())
     });
     let prune::Pruned { report, audit: compacted } = super::audited(pruned)?;
     if context.json {

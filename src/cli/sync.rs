@@ -137,8 +137,8 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         let lock = dest.lock(LockKind::Exclusive, "sync --prune", context.lock_wait)?;
         super::warn_forged_markers(&lock);
         let nested = Context { quiet: context.quiet || context.json, json: false, ..context.clone() };
-        super::forget::forget(&nested, &dest, &plan(&dest.snapshots()?, &policy), false)?;
-        return super::forget::prune(&nested, &dest, &args.prune_args, false);
+        let decisions = plan(&dest.snapshots()?, &policy);
+        return super::forget::forget_and_prune(&nested, &dest, &decisions, &args.prune_args);
     }
     Ok(ExitCode::SUCCESS)
 }

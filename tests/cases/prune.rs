@@ -346,3 +346,57 @@ fn a_prune_with_nothing_to_free_changes_nothing() {
     assert_eq!(report["report"]["index_files_written"], 0, "{report}");
     assert_eq!(names(&repo), before, "an encrypted index sealed again would get new names");
 }
+
+/// The manifests in `repo`.
+fn manifests(repo: &Path) -> usize {
+    fs::read_dir(repo.join("snapshots")).unwrap().count()
+}
+
+/// Three snapshots of different data in a new `repo`.
+fn three_snapshots(scratch: &Scratch, repo: &Path) {
+    let data = scratch.join("data");
+    fs::create_dir_all(&data).unwrap();
+    init(repo);
+    for i in 0..3 {
+        write_noise_file(&data.join(format!("f{i}")), 300_000, 70 + i);
+        ok(cairn(repo).arg("snapshot").arg(&data));
+    }
+}
+
+/// Anything that deletes fails closed: `forget --prune` and `sync --prune` on a repository with
+/// a damaged index file (or manifest) refuse before removing a single snapshot,
+/// and a retention policy alone refuses to judge snapshots beside a manifest it cannot read.
+#[test]
+fn forget_and_sync_with_prune_remove_nothing_from_a_damaged_repository() {
+    let scratch = Scratch::new("prune-forget-damaged");
+    let repo = scratch.join("repo");
+    three_snapshots(&scratch, &repo);
+    let copy = scratch.join("copy");
+    ok(cairn(&repo).arg("sync").arg("--to").arg(&copy));
+    for damaged in [&repo, &copy] {
+        let index = fs::read_dir(damaged.join("index")).unwrap().next().unwrap().unwrap().path();
+        flip_byte(&index, 40, 0x01);
+        let out = if damaged == &repo {
+            run(cairn(&repo).args(["forget", "--keep-last", "1", "--prune"]))
+        } else {
+            run(cairn(&repo).arg("sync").arg("--to").arg(&copy).args(["--prune", "--keep-last", "1"]))
+        };
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(said.contains("refusing to prune"), "{said}");
+        assert_eq!(manifests(damaged), 3, "a snapshot was removed before the prune refused: {said}");
+        flip_byte(&index, 40, 0x01);
+    }
+    // A damaged manifest: a policy does not judge the others without it.
+    let manifest = fs::read_dir(repo.join("snapshots")).unwrap().next().unwrap().unwrap().path();
+    flip_byte(&manifest, 20, 0x01);
+    for policy in [&["forget", "--keep-last", "1"][..], &["forget", "--keep-last", "1", "--prune"]] {
+        let out = run(cairn(&repo).args(policy));
+        assert_eq!(out.status.code(), Some(1), "{policy:?}");
+        assert_eq!(manifests(&repo), 3, "{policy:?}");
+    }
+    flip_byte(&manifest, 20, 0x01);
+    ok(cairn(&repo).args(["forget", "--keep-last", "1", "--prune"]));
+    assert_eq!(manifests(&repo), 1);
+    ok(cairn(&repo).args(["check", "--read-data"]));
+}
