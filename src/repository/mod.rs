@@ -102,6 +102,19 @@ fn round_trips() -> &'static rayon::ThreadPool {
 /// ([`Repository::snapshots_besides`]).
 pub type SnapshotsBesides = (Vec<Id>, Vec<(Id, Snapshot)>);
 
+/// Directories that only a repository that took a snapshot holds files in. A location without
+/// `config` but with files there is a repository that lost its config, not a place for a new one:
+/// a new key and config there would hide every earlier snapshot behind another key. (`keys/`
+/// alone is what an interrupted `init` leaves, which may be created again.)
+const HELD_BY_A_REPOSITORY: [&str; 2] = ["snapshots", "index"];
+
+fn lost_config(location: &str, dir: &str) -> Error {
+    Error::Refused(format!(
+        "{location} has no config file but holds a repository's {dir}/: its config is lost; refusing to create a \
+         new repository over it (put the config back from a copy of the repository, or choose another location)"
+    ))
+}
+
 impl Repository {
     fn assemble(backend: Arc<dyn Backend>, config: Config, keys: Option<Keys>, key_used: Option<Id>) -> Repository {
         Repository {
@@ -130,6 +143,11 @@ impl Repository {
                 let backend = location::object(url, settings)?;
                 if backend.exists(CONFIG)? {
                     return Err(Error::AlreadyExists(PathBuf::from(url)));
+                }
+                for dir in HELD_BY_A_REPOSITORY {
+                    if !backend.list(dir)?.is_empty() {
+                        return Err(lost_config(url, dir));
+                    }
                 }
                 Arc::new(backend)
             }
@@ -171,6 +189,11 @@ impl Repository {
         let backend = LocalBackend::new(path);
         if path.join(CONFIG).exists() {
             return Err(Error::AlreadyExists(path.to_path_buf()));
+        }
+        for dir in HELD_BY_A_REPOSITORY {
+            if std::fs::read_dir(path.join(dir)).is_ok_and(|mut entries| entries.next().is_some()) {
+                return Err(lost_config(&path.display().to_string(), dir));
+            }
         }
         if let Ok(entries) = std::fs::read_dir(path) {
             for entry in entries.flatten() {

@@ -290,3 +290,60 @@ fn a_restore_that_fills_the_disk_fails_and_leaves_no_torn_file() {
     assert!(!target.join("dir/zbig.bin").exists(), "a torn copy is left: {:?}", listing(&target));
     assert_eq!(fs::read(target.join("dir/small.txt")).unwrap(), b"fits");
 }
+
+/// A repository whose `config` is lost is not a place for a new one: `snapshot` (which creates a
+/// missing repository) and `init` refuse, naming the lost file, and write nothing, on a local
+/// directory and on an object store. (They used to draw a new key and write a second repository
+/// among the old one's files, hiding every earlier snapshot behind another key.)
+#[test]
+fn a_repository_that_lost_its_config_is_never_created_again_over_its_files() {
+    let scratch = Scratch::new("lost-config");
+    let repo = repo_with_snapshot(&scratch);
+    fs::rename(repo.join("config"), scratch.join("config.saved")).unwrap();
+    let before = listing(&repo);
+    for command in [&["snapshot"][..], &["init"]] {
+        let mut cairn = cairn(&repo);
+        cairn.args(command);
+        if command == ["snapshot"] {
+            cairn.arg(scratch.join("src"));
+        }
+        let (code, said) = stderr_of(&mut cairn);
+        assert_eq!(code, Some(1), "{command:?}: {said}");
+        assert!(said.contains("config") && said.contains("refusing"), "{command:?}: {said}");
+        assert_eq!(listing(&repo), before, "{command:?} wrote into the repository");
+    }
+    fs::rename(scratch.join("config.saved"), repo.join("config")).unwrap();
+    ok(cairn(&repo).arg("check"));
+
+    // On an object store, the same.
+    let on_s3 = |repo: &Path| {
+        let mut command = cairn(repo);
+        for (key, value) in crate::backends::s3().env() {
+            command.env(key, value);
+        }
+        command
+    };
+    let name = format!("lost-config-{}", std::process::id());
+    let url = Path::new("s3://").join(crate::backends::BUCKET).join(&name);
+    ok(on_s3(&url).arg("init"));
+    ok(on_s3(&url).arg("snapshot").arg(scratch.join("src")));
+    let store = crate::backends::s3().backend(&name);
+    use cairn::backend::Backend as _;
+    let config = store.get("config").unwrap();
+    store.delete("config").unwrap();
+    let objects = store.list("keys").unwrap().len() + store.list("snapshots").unwrap().len();
+    for command in [&["snapshot"][..], &["init"]] {
+        let mut cairn = on_s3(&url);
+        cairn.args(command);
+        if command == ["snapshot"] {
+            cairn.arg(scratch.join("src"));
+        }
+        let (code, said) = stderr_of(&mut cairn);
+        assert_eq!(code, Some(1), "{command:?}: {said}");
+        assert!(said.contains("config") && said.contains("refusing"), "{command:?}: {said}");
+    }
+    assert!(!store.exists("config").unwrap());
+    assert_eq!(store.list("keys").unwrap().len() + store.list("snapshots").unwrap().len(), objects);
+    assert!(store.put("config", &config).unwrap());
+    ok(on_s3(&url).arg("check"));
+}
