@@ -200,8 +200,15 @@ impl Restorer<'_> {
         let (file, written) = self.write_content(&staging.dir, &node.name, first, chunks, node.meta.size, true)?;
         // Checked before its mode is applied: a mode without owner read must not fail it.
         let verdict = staging.integrity_check(&file);
-        if verdict != "ok" {
-            return Err(format!("restored database fails integrity_check, existing file kept: {verdict}"));
+        // A damaged image never replaces a file; where there is none, it is the snapshot's only
+        // copy of what the database held (damaged when it was read, or since): it is written,
+        // and reported.
+        let existing = dir.stat(&node.name).is_ok();
+        if verdict != "ok" && existing {
+            return Err(format!(
+                "restored database fails integrity_check, existing file kept: {verdict} (restore it into an empty \
+                 --target to get the snapshot's image as it is)"
+            ));
         }
         self.file_metadata(&file, &node.meta, &node.xattrs, || self.shown(place, &node.name))?;
         staging
@@ -211,6 +218,9 @@ impl Restorer<'_> {
             let shown = self.shown(place, &name);
             self.progress
                 .warn(&format!("note: {}: removed, left by an interrupted restore", crate::names::shown_path(&shown)));
+        }
+        if verdict != "ok" {
+            return Err(format!("restored as the snapshot holds it, but it fails integrity_check: {verdict}"));
         }
         Ok(written)
     }
