@@ -54,7 +54,8 @@ pub struct RestoreOptions {
     /// Paths inside the snapshot to restore (relative to its root); empty restores everything.
     pub includes: Vec<Vec<u8>>,
     /// Leave existing files whose content already matches the snapshot (their metadata is still
-    /// restored), so a restore into a non-empty target writes only what differs.
+    /// restored), so a restore into a non-empty target writes only what differs. A file with
+    /// more than one name is always written anew ([`Restorer::keep_identical`]).
     pub skip_identical: bool,
     /// Set (by a signal handler, say) to stop early: entries not yet begun are left out, and
     /// the restore returns [`Error::Interrupted`].
@@ -579,12 +580,16 @@ impl Restorer<'_> {
 
     /// With `skip_identical`: whether `name` already is a regular file with exactly this
     /// content; if so its metadata is restored through the file opened for the comparison. A
-    /// symlink is never the file, whatever it points to; nor is a file with other hard links
-    /// where the snapshot has none (its inode is shared with something else).
+    /// symlink is never the file, whatever it points to; nor is a file with more than one name,
+    /// even where the snapshot's has several: its other names may be anywhere on the file system
+    /// (a hard link planted in the target to a file outside), and keeping it would set the
+    /// snapshot's owner, mode (setuid too) and mtime on that file and link the snapshot's other
+    /// names to it. Such a file is written anew, which breaks its links; hard links among the
+    /// snapshot's names are made again from the new file.
     fn keep_identical(&self, node: &Node, chunks: &[Id], dir: &Dir, place: &Place) -> Result<bool, String> {
         let Some(chunker) = &self.compare else { return Ok(false) };
         let Ok(Some((file, st))) = dir.open_regular(&node.name) else { return Ok(false) };
-        if st.st_size as u64 != node.meta.size || (st.st_nlink > 1 && node.meta.nlink <= 1) {
+        if st.st_size as u64 != node.meta.size || st.st_nlink > 1 {
             return Ok(false);
         }
         if !crate::source::same_content(chunker, &file, node.meta.size, chunks).unwrap_or(false) {
