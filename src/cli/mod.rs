@@ -243,6 +243,20 @@ impl Context {
         Ok((repo, lock))
     }
 
+    /// Gives a child cairn (a step of `cairn run`, the run `cairn serve` starts) this one's
+    /// choice of the global options it would otherwise make anew, from the environment alone:
+    /// the lock wait and the cache. A flag beats its variable here (`--no-cache`, `--cache-dir`
+    /// over CAIRN_CACHE_DIR), so it must in the child too, which sees only the variable. The
+    /// password source is [`password::Source::pass_to`]'s; `--repo` and `--json` the caller's.
+    pub fn pass_to(&self, command: &mut std::process::Command) {
+        command.arg("--lock-wait").arg(format!("{}s", self.lock_wait.as_secs()));
+        match &self.cache {
+            None => command.arg("--no-cache"),
+            // Absolute: a child may run elsewhere (hooks run in the config's directory).
+            Some(dir) => command.arg("--cache-dir").arg(std::path::absolute(dir).unwrap_or_else(|_| dir.clone())),
+        };
+    }
+
     /// Makes `repo` read through the cache, if there is one; a cache that cannot be made only
     /// costs requests, and is said so.
     pub fn cache_for(&self, repo: &mut Repository) {
