@@ -27,6 +27,7 @@ use std::fs;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -54,7 +55,8 @@ pub struct RestoreOptions {
     /// Paths inside the snapshot to restore (relative to its root); empty restores everything.
     pub includes: Vec<Vec<u8>>,
     /// Leave existing files whose content already matches the snapshot (their metadata is still
-    /// restored), so a restore into a non-empty target writes only what differs.
+    /// restored), so a restore into a non-empty target writes only what differs. A file with
+    /// more than one name is always written anew ([`Restorer::keep_identical`]).
     pub skip_identical: bool,
     /// Set (by a signal handler, say) to stop early: entries not yet begun are left out, and
     /// the restore returns [`Error::Interrupted`].
@@ -240,7 +242,15 @@ pub fn restore(
 ) -> Result<RestoreSummary> {
     // Resolve every include before writing anything, so a typo changes nothing.
     let selected = select(repo, id, snapshot, &options.includes)?;
-    fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
+    // A target that restore makes (and any missing directory above it) is private, as restic
+    // makes it: it gets no metadata from the snapshot, and the umask's 0755 would open to
+    // everyone an `--include` that the snapshot kept behind a closed directory. One that exists
+    // keeps its mode.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&options.target)
+        .map_err(|e| Error::io(&options.target, e))?;
     let root = Dir::open(&options.target).map_err(|e| Error::io(&options.target, e))?;
     if repo.backend().disk_path().is_some() {
         return restore_selected(repo, snapshot, options, progress, root, &selected, None);
@@ -525,13 +535,16 @@ impl Restorer<'_> {
 
     /// The parent directories of an include, created if missing (a non-directory in the way is
     /// replaced, as for any restored entry; never followed): the one that holds it (`None`: the
-    /// root) and its place; `None` if one could not be made (recorded).
+    /// root) and its place; `None` if one could not be made (recorded). Those made are private
+    /// (0700) and stay so: they get no metadata from the snapshot, and the umask's 0755 would
+    /// open what the snapshot's closed directories kept private (`private/sub` of a 0700
+    /// `private`). Those that exist keep theirs.
     fn include_parents(&self, parts: &[Vec<u8>]) -> Option<(Option<Dir>, Arc<Place>)> {
         let (_, parents) = parts.split_last()?;
         let mut place = Place::root();
         let mut dir: Option<Dir> = None;
         for name in parents {
-            let made = dir.as_ref().unwrap_or(&self.root).make_dir(name, 0o777);
+            let made = dir.as_ref().unwrap_or(&self.root).make_dir(name, 0o700);
             match made {
                 Ok(next) => dir = Some(next),
                 Err(e) => {
@@ -557,7 +570,7 @@ impl Restorer<'_> {
     /// now may also use it by the snapshot: they could do the same after the restore, so nothing
     /// is gained, and restoring /home or / in place must not lock users out of their directories
     /// while it runs. The target itself and the parents of an `--include` get no metadata from
-    /// the snapshot and are left as they are. A restore interrupted or killed leaves a closed
+    /// the snapshot and are left as they are (private where restore made them). A restore interrupted or killed leaves a closed
     /// directory closed, as it leaves the ones it created; restoring again finishes them. Best
     /// effort: if the file system refuses (no owners), the directory stays as it was; databases
     /// are safe in it either way ([`database`]).
@@ -579,12 +592,16 @@ impl Restorer<'_> {
 
     /// With `skip_identical`: whether `name` already is a regular file with exactly this
     /// content; if so its metadata is restored through the file opened for the comparison. A
-    /// symlink is never the file, whatever it points to; nor is a file with other hard links
-    /// where the snapshot has none (its inode is shared with something else).
+    /// symlink is never the file, whatever it points to; nor is a file with more than one name,
+    /// even where the snapshot's has several: its other names may be anywhere on the file system
+    /// (a hard link planted in the target to a file outside), and keeping it would set the
+    /// snapshot's owner, mode (setuid too) and mtime on that file and link the snapshot's other
+    /// names to it. Such a file is written anew, which breaks its links; hard links among the
+    /// snapshot's names are made again from the new file.
     fn keep_identical(&self, node: &Node, chunks: &[Id], dir: &Dir, place: &Place) -> Result<bool, String> {
         let Some(chunker) = &self.compare else { return Ok(false) };
         let Ok(Some((file, st))) = dir.open_regular(&node.name) else { return Ok(false) };
-        if st.st_size as u64 != node.meta.size || (st.st_nlink > 1 && node.meta.nlink <= 1) {
+        if st.st_size as u64 != node.meta.size || st.st_nlink > 1 {
             return Ok(false);
         }
         if !crate::source::same_content(chunker, &file, node.meta.size, chunks).unwrap_or(false) {

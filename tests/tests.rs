@@ -45,6 +45,8 @@ mod names;
 mod prune;
 #[path = "cases/repair.rs"]
 mod repair;
+#[path = "cases/restore_reach.rs"]
+mod restore_reach;
 #[path = "cases/restore_safety.rs"]
 mod restore_safety;
 #[path = "cases/roundtrip.rs"]

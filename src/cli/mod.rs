@@ -216,9 +216,11 @@ impl Context {
     }
 
     /// [`Context::open_cached`] for a command that only reads, with its [`read_lock`] taken
-    /// while the key is derived (the lock's failure is the caller's to report), and then the
-    /// listings of the snapshots and the index, which it reads next
-    /// ([`cairn::backend::ahead`]).
+    /// once the key has opened the repository (the lock's failure is the caller's to report),
+    /// and then the listings of the snapshots and the index, which it reads next
+    /// ([`cairn::backend::ahead`]). Not while the key is derived, though that would hide the
+    /// lock's round trips: a wrong password must be said at once, with nothing written, and
+    /// the lock writes a file and waits out --lock-wait behind a prune's.
     pub fn open_cached_read_locked(
         &self,
         command: &str,
@@ -226,21 +228,33 @@ impl Context {
         let location = self.location();
         let ahead = std::sync::Arc::new(ListedAhead::new(Location::parse(&location).backend()?));
         let ask = self.password.asker(&location);
-        let (mut repo, lock) =
-            Repository::open_alongside(ahead.clone(), &Location::parse(&location), Passphrase::Ask(&ask), |backend| {
-                std::thread::scope(|scope| {
-                    read_lock_then(backend, command, self.lock_wait, &|| {
-                        scope.spawn(|| {
-                            ahead.list_ahead(&[
-                                cairn::repository::FileKind::Snapshot.dir(),
-                                cairn::repository::FileKind::Index.dir(),
-                            ])
-                        });
-                    })
-                })
-            })?;
+        let mut repo = Repository::open_on(ahead.clone(), &Location::parse(&location), Passphrase::Ask(&ask))?;
+        let lock = std::thread::scope(|scope| {
+            read_lock_then(ahead.clone(), command, self.lock_wait, &|| {
+                scope.spawn(|| {
+                    ahead.list_ahead(&[
+                        cairn::repository::FileKind::Snapshot.dir(),
+                        cairn::repository::FileKind::Index.dir(),
+                    ])
+                });
+            })
+        });
         self.cache_for(&mut repo);
         Ok((repo, lock))
+    }
+
+    /// Gives a child cairn (a step of `cairn run`, the run `cairn serve` starts) this one's
+    /// choice of the global options it would otherwise make anew, from the environment alone:
+    /// the lock wait and the cache. A flag beats its variable here (`--no-cache`, `--cache-dir`
+    /// over CAIRN_CACHE_DIR), so it must in the child too, which sees only the variable. The
+    /// password source is [`password::Source::pass_to`]'s; `--repo` and `--json` the caller's.
+    pub fn pass_to(&self, command: &mut std::process::Command) {
+        command.arg("--lock-wait").arg(format!("{}s", self.lock_wait.as_secs()));
+        match &self.cache {
+            None => command.arg("--no-cache"),
+            // Absolute: a child may run elsewhere (hooks run in the config's directory).
+            Some(dir) => command.arg("--cache-dir").arg(std::path::absolute(dir).unwrap_or_else(|_| dir.clone())),
+        };
     }
 
     /// Makes `repo` read through the cache, if there is one; a cache that cannot be made only

@@ -9,7 +9,9 @@
 //! all (store-format/config.md, "Who creates it"); a location it cannot check fails the run.
 //! Its steps never create it (`--no-create`): one that vanished since fails its steps. The
 //! children and hooks get the run's password source in their environment, and no other
-//! ([`super::password::Source::pass_to`]). The run lock is [`lock`]'s.
+//! ([`super::password::Source::pass_to`]), and the run's own lock wait and cache
+//! ([`super::Context::pass_to`]): a flag given to the run beats the environment in its steps too.
+//! The run lock is [`lock`]'s.
 
 mod lock;
 mod notify;
@@ -433,7 +435,9 @@ impl<'a> Cycle<'a> {
     fn child(&mut self, step: &str, repo: &str, args: &[String]) {
         let started = Instant::now();
         let mut command = Command::new(std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cairn")));
-        command.arg("--repo").arg(repo).arg("--lock-wait").arg(format!("{}s", self.context.lock_wait.as_secs()));
+        command.arg("--repo").arg(repo);
+        // The run's --lock-wait, --no-cache or --cache-dir, which beat the environment.
+        self.context.pass_to(&mut command);
         // The run created or found the repository before its first step; one that is gone since
         // (moved, its disk unmounted) fails the step rather than coming back empty, or plain.
         command.arg("--no-create");

@@ -226,20 +226,9 @@ impl Repository {
 
     /// [`Repository::open`] on a backend made for `location` before ([`Location::backend`]: so
     /// that it could be read from while the key is derived, or one built with other settings).
+    /// Nothing runs beside the key derivation that writes: a wrong passphrase leaves the
+    /// repository as it was, and is said at once (no lock is taken to wait on).
     pub fn open_on(backend: Arc<dyn Backend>, location: &Location, passphrase: Passphrase) -> Result<Repository> {
-        Self::open_alongside(backend, location, passphrase, |_| ()).map(|(repo, ())| repo)
-    }
-
-    /// [`Repository::open_on`] that runs `alongside` on the backend while the key is
-    /// derived, once `config` shows that a repository is there (nothing is written where there
-    /// is none). A lock taken that way costs no time of its own: on an object store its two
-    /// round trips go beside the key file's two and the key derivation.
-    pub fn open_alongside<T: Send>(
-        backend: Arc<dyn Backend>,
-        location: &Location,
-        passphrase: Passphrase,
-        alongside: impl FnOnce(Arc<dyn Backend>) -> T + Send,
-    ) -> Result<(Repository, T)> {
         // One request, not a look and then a read: on an object store each is a round trip. The
         // key files are listed beside it: an encrypted repository (the usual kind) needs them next.
         let (config, key_files) = std::thread::scope(|scope| {
@@ -258,29 +247,20 @@ impl Repository {
         let file = format!("{}/{CONFIG}", backend.location());
         if !envelope::is_encrypted(&bytes) {
             let config = Config::decode(&bytes, &file)?;
-            let beside = alongside(backend.clone());
-            return Ok((Self::assemble(backend, config, None, None), beside));
+            return Ok(Self::assemble(backend, config, None, None));
         }
         let passphrase = match passphrase {
             Passphrase::Given(given) => given.to_string(),
             Passphrase::Ask(ask) => ask()?,
             Passphrase::None => return Err(Error::PasswordNeeded(location.to_string())),
         };
-        let (unlocked, beside) = std::thread::scope(|scope| {
-            let beside = {
-                let backend = backend.clone();
-                scope.spawn(move || alongside(backend))
-            };
-            // The key is the one that opens `config`: a key file left by an `init` that crashed
-            // before its config may open with the same passphrase but hold another master key.
-            let unlocked = unlock(&*backend, key_files, &location.to_string(), &passphrase, |keys| {
-                envelope::decrypt(&bytes, Some(keys), &file)
-            });
-            (unlocked, beside.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-        });
-        let (keys, key_used, plain) = unlocked?;
+        // The key is the one that opens `config`: a key file left by an `init` that crashed
+        // before its config may open with the same passphrase but hold another master key.
+        let (keys, key_used, plain) = unlock(&*backend, key_files, &location.to_string(), &passphrase, |keys| {
+            envelope::decrypt(&bytes, Some(keys), &file)
+        })?;
         let config = Config::decode(&plain, &file)?;
-        Ok((Self::assemble(backend, config, Some(keys), Some(key_used)), beside))
+        Ok(Self::assemble(backend, config, Some(keys), Some(key_used)))
     }
 
     /// The keys of an encrypted repository.

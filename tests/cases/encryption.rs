@@ -151,7 +151,7 @@ fn wrong_missing_and_removed_keys_are_clear_errors() {
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong password"), "{wrong:?}");
     let snapshot = run(cairn(&repo).arg("snapshot").arg(scratch.join("src")).env("CAIRN_PASSWORD", "nope"));
     assert_eq!(snapshot.status.code(), Some(1));
-    // restore and drill take their lock while the key is derived: a wrong password ends it.
+    // restore and drill take their lock only once the key opened the repository.
     let target = scratch.join("target");
     let restore = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target).env("CAIRN_PASSWORD", "nope"));
     assert!(String::from_utf8_lossy(&restore.stderr).contains("wrong password"), "{restore:?}");
@@ -304,4 +304,72 @@ fn files_not_named_as_cairn_names_them_are_neither_used_nor_deleted() {
     ok(cairn(&repo).args(["repair", "index"]));
     ok(cairn(&repo).args(["prune"]));
     assert!(upper.exists() && odd_key.exists(), "not cairn's: left alone");
+}
+
+/// Whether anything was created in a directory since the watch began: an inotify watch, so a
+/// file written and removed again at once counts too.
+struct CreateWatch(std::os::fd::OwnedFd);
+
+impl CreateWatch {
+    fn new(dir: &Path) -> CreateWatch {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        use std::os::unix::ffi::OsStrExt;
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(fd >= 0, "inotify_init1: {}", std::io::Error::last_os_error());
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        let watch = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), libc::IN_CREATE | libc::IN_MOVED_TO) };
+        assert!(watch >= 0, "inotify_add_watch: {}", std::io::Error::last_os_error());
+        CreateWatch(fd)
+    }
+
+    fn created(&self) -> bool {
+        let mut events = [0u8; 4096];
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.0);
+        unsafe { libc::read(fd, events.as_mut_ptr().cast(), events.len()) > 0 }
+    }
+}
+
+/// A wrong password is said at once, with nothing written, even while a prune holds the
+/// exclusive lock: restore and drill take their shared lock only once the key opened the
+/// repository. They used to take it while the key was derived, so they wrote a lock file, saw
+/// the prune's, and waited out --lock-wait (10 minutes by default) before saying the password
+/// was wrong. With the right password, restore still waits for the prune, and says why.
+#[test]
+fn a_wrong_password_is_said_at_once_while_a_prune_holds_the_lock() {
+    use cairn::repository::lock::{LockFile, LockKind};
+    use std::time::{Duration, Instant};
+    let scratch = Scratch::new("enc-wrong-locked");
+    let (source, repo, target) = (scratch.join("src"), scratch.join("repo"), scratch.join("target"));
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("f"), b"content").unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    // A prune that is still running: this test process holds its lock.
+    let held = LockFile {
+        kind: LockKind::Exclusive,
+        command: "prune".into(),
+        hostname: cairn::host::hostname(),
+        pid: std::process::id(),
+        time_ms: cairn::clock::now_ms(),
+        nonce: "test".into(),
+    };
+    fs::create_dir_all(repo.join("locks")).unwrap();
+    fs::write(repo.join("locks/held"), held.encode()).unwrap();
+    let watch = CreateWatch::new(&repo.join("locks"));
+    let restore = ["restore", "latest", "--target", target.to_str().unwrap()];
+    for args in [&restore[..], &["drill"]] {
+        let started = Instant::now();
+        let out = run(cairn(&repo).args(["--lock-wait", "20s"]).args(args).env("CAIRN_PASSWORD", "nope"));
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("wrong password"), "{out:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{args:?} waited for the prune's lock");
+    }
+    assert!(!watch.created(), "a wrong password wrote a lock file");
+    assert!(!target.exists(), "a wrong password restores nothing");
+
+    let out = run(cairn(&repo).args(["--lock-wait", "1s"]).args(restore));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("an exclusive lock of `cairn prune`"), "{out:?}");
+    assert!(watch.created(), "the right password takes its lock (the watch sees it)");
 }

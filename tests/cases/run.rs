@@ -449,3 +449,29 @@ fn a_hooks_flood_of_output_is_kept_bounded() {
     let largest = fs::read_dir(s.join("repo/audit")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).max();
     assert!(largest.unwrap() < 512 << 10, "an audit record of {largest:?} bytes");
 }
+
+/// A cache flag given to `cairn run` beats CAIRN_CACHE_DIR in its steps too, as on any other
+/// command: the snapshot step is a child process, which once got neither flag and so followed
+/// the variable (with --no-cache, a cache appeared there all the same).
+#[test]
+fn cache_flags_reach_the_steps() {
+    let (s, config) = small("run-cache-flags", "true");
+    let (from_env, from_flag) = (s.join("env-cache"), s.join("flag-cache"));
+    let cairn_run = |flags: &[&std::ffi::OsStr]| {
+        let mut command = cairn_bare();
+        command.args(flags).arg("run").arg("--config").arg(&config);
+        command.env("CAIRN_CACHE_DIR", &from_env).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
+        with_password(&mut command).stdin(Stdio::null());
+        command
+    };
+    let snapshots = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap()["steps"].to_string();
+    let out = ok(&mut cairn_run(&["--json".as_ref(), "--no-cache".as_ref()]));
+    assert!(snapshots(&out).contains("snapshot src"), "{out}");
+    assert!(!from_env.exists(), "--no-cache, and the step kept a cache in CAIRN_CACHE_DIR");
+    ok(&mut cairn_run(&["--cache-dir".as_ref(), from_flag.as_os_str()]));
+    assert!(!from_env.exists(), "--cache-dir, and the step kept its cache in CAIRN_CACHE_DIR");
+    assert!(
+        fs::read_dir(&from_flag).is_ok_and(|mut d| d.next().is_some()),
+        "the step kept its cache where --cache-dir says"
+    );
+}

@@ -595,7 +595,9 @@ pub fn submit_cycle(server: &Arc<Server>, caller: &str) -> Result<Job, NotStarte
     let job = server.jobs.submit("run", caller, Claim::Everything, 1, move |handle| {
         handle.progress(0, Some("cairn run".into()));
         let mut command = std::process::Command::new(std::env::current_exe().unwrap_or_else(|_| "cairn".into()));
-        command.arg("--repo").arg(&worker.location).arg("--json").arg("run").arg("--config").arg(&worker.config.path);
+        command.arg("--repo").arg(&worker.location).arg("--json");
+        worker.context.pass_to(&mut command);
+        command.arg("run").arg("--config").arg(&worker.config.path);
         command.stdin(std::process::Stdio::null()).env_remove("CAIRN_REPO").env_remove("CAIRN_CONFIG");
         worker.context.password.pass_to(&mut command);
         // The run's JSON, whole (its steps' own output is bounded by the run).
