@@ -1,0 +1,116 @@
+//! In-place restores against what a hostile tester found: a second restore of a target while
+//! the first runs.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// An exclusive `flock` on a directory, held until dropped: what a running restore holds.
+struct Held {
+    _file: fs::File,
+}
+
+fn hold(dir: &Path) -> Held {
+    use std::os::fd::AsRawFd;
+    let file = fs::File::open(dir).unwrap();
+    // SAFETY: a valid descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "flock {}: {}", dir.display(), std::io::Error::last_os_error());
+    Held { _file: file }
+}
+
+fn snapshot_count(repo: &Path) -> usize {
+    json(cairn(repo).args(["snapshots", "--source", "pre-restore"])).as_array().unwrap().len()
+}
+
+/// While a restore holds the target's lock, a second one refuses and changes nothing: not the
+/// target, not the running restore's staging directory, not the repository. A staging directory
+/// whose lock is held is never taken for a killed run's, even once the target is free; freed, it
+/// is removed by the next restore.
+#[test]
+fn a_second_restore_refuses_while_one_runs_and_never_touches_its_staging_directory() {
+    let scratch = Scratch::new("inplace-live");
+    let (repo, source, _) = setup(&scratch, SMALL);
+    let (target, pristine) = (scratch.join("target"), scratch.join("pristine"));
+    build_old(&target, SMALL);
+    build_old(&pristine, SMALL);
+    let inode = fs::metadata(&target).unwrap().ino();
+    let staging = scratch.join(format!(".target.cairn-staging-{inode}-feedbeef"));
+    fs::create_dir(&staging).unwrap();
+    fs::write(staging.join("half-restored"), b"being written").unwrap();
+    let (target_lock, staging_lock) = (hold(&target), hold(&staging));
+
+    let out = run(cairn(&repo).args(["restore", "latest", "--in-place", "--delete", "--target"]).arg(&target));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let expected = format!("another restore into {} is running (pid {})", target.display(), std::process::id());
+    assert!(err.contains(&expected) && err.contains("nothing was changed"), "{err}");
+    assert_eq!(digest(&target), digest(&pristine), "the target is untouched");
+    assert_eq!(fs::read(staging.join("half-restored")).unwrap(), b"being written", "the live staging stays");
+    assert_eq!(snapshot_count(&repo), 0, "no safety snapshot either");
+    assert_eq!(beside(&target), (vec![staging.clone()], vec![]));
+
+    // A dry run says whose it is, and a restore with the target free leaves it alone too.
+    let dry = json(cairn(&repo).args(["restore", "latest", "--in-place", "--dry-run", "--target"]).arg(&target));
+    assert!(dry["leftovers"][0].as_str().unwrap().contains("belongs to a restore that is running"), "{dry}");
+    drop(target_lock);
+    let report = json(cairn(&repo).args(["restore", "latest", "--in-place", "--delete", "--target"]).arg(&target));
+    assert!(report["leftovers"][0].as_str().unwrap().contains("running"), "{report}");
+    assert_same_tree(&source, &target);
+    assert_eq!(fs::read(staging.join("half-restored")).unwrap(), b"being written");
+
+    // Its process gone, it is a killed run's leftover: removed.
+    drop(staging_lock);
+    fs::write(target.join("changed.txt"), b"edited").unwrap();
+    let report = json(cairn(&repo).args(["restore", "latest", "--in-place", "--delete", "--target"]).arg(&target));
+    assert!(report["leftovers"][0].as_str().unwrap().starts_with("removed "), "{report}");
+    assert!(!staging.exists());
+    assert_same_tree(&source, &target);
+}
+
+/// Two real restores: the first stopped (SIGSTOP) once its staging directory exists, the second
+/// refuses, naming the first's pid; the first, continued, finishes with the new tree in place and
+/// the old one at `.bak`.
+#[test]
+fn a_restore_stopped_midway_keeps_a_second_one_out_and_then_finishes() {
+    let scratch = Scratch::new("inplace-two");
+    let sizes = Sizes { old_big: 16 << 20, new_big: 16 << 20 };
+    let (repo, source, _) = setup(&scratch, sizes);
+    let pristine = scratch.join("pristine");
+    build_old(&pristine, sizes);
+    let args = ["--quiet", "restore", "latest", "--in-place", "--delete", "--target"];
+    for attempt in 0..3 {
+        let target = scratch.join(format!("target-{attempt}"));
+        build_old(&target, sizes);
+        let mut first = cairn(&repo).args(args).arg(&target).spawn().unwrap();
+        let started = Instant::now();
+        while beside(&target).0.is_empty() && first.try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < Duration::from_secs(60));
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // SAFETY: a child of this process.
+        unsafe { libc::kill(first.id() as i32, libc::SIGSTOP) };
+        if first.try_wait().unwrap().is_some() {
+            eprintln!("attempt {attempt}: the first restore ended before it was stopped; again");
+            continue;
+        }
+        let second = run(cairn(&repo).args(args).arg(&target));
+        // SAFETY: a child of this process.
+        unsafe { libc::kill(first.id() as i32, libc::SIGCONT) };
+        let status = first.wait().unwrap();
+        assert_eq!(second.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&second.stderr);
+        assert!(err.contains(&format!("is running (pid {})", first.id())), "{err}");
+        assert!(status.success(), "the first restore finishes");
+        assert_same_tree(&source, &target);
+        let (staging, baks) = beside(&target);
+        assert!(staging.is_empty(), "{staging:?}");
+        assert_eq!(baks.len(), 1, "{baks:?}");
+        assert_eq!(digest(&baks[0]), digest(&pristine), "the old tree is kept whole");
+        return;
+    }
+    panic!("the first restore always ended before it could be stopped");
+}
