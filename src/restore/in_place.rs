@@ -504,8 +504,12 @@ fn safety_paths(site: &Site, plan: Option<&Plan>) -> Vec<PathBuf> {
 /// A snapshot of `paths`, tagged [`SAFETY_TAGS`]; an error unless it is complete. Files are
 /// stored as the disk holds them, databases too (raw, with their `-wal` or `-journal`): what
 /// is about to be overwritten, byte for byte, even a database too damaged to be opened, which
-/// may be why it is being restored. Left out: what killed restores left (their private
-/// directories), which is not the service's data.
+/// may be why it is being restored. Nothing in the target is left out, not even what looks
+/// like a killed restore's private directory (`.<name>.cairn-restore-<r>` beside a database,
+/// `.<name>.cairn-staging-…` of a target below): a pattern without `/` matches at any depth, and
+/// left out a user's `.notes.cairn-restore-2024`, which the restore then replaced with no way
+/// back. No name tells such a leftover from a user's file, and a database's leftover may hold
+/// the only copy of its old `-wal`; the target's own staging directories lie beside it.
 fn safety_snapshot(repo: &Repository, paths: &[PathBuf], target: &Path, skip: &[PathBuf]) -> Result<Id> {
     let options = SnapshotOptions {
         paths: paths.to_vec(),
@@ -513,7 +517,6 @@ fn safety_snapshot(repo: &Repository, paths: &[PathBuf], target: &Path, skip: &[
         source: SAFETY_SOURCE.into(),
         skip: skip.to_vec(),
         raw_sqlite: true,
-        excludes: vec![".*.cairn-restore-*".into(), ".*.cairn-staging-*".into()],
         sqlite_timeout: std::time::Duration::from_secs(30),
         ..Default::default()
     };

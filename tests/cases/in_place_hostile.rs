@@ -1,5 +1,5 @@
-//! In-place restores against what a hostile tester found: a second restore of a target while
-//! the first runs.
+//! Restores over a target against what a hostile tester found: a second restore of a target
+//! while the first runs; a user's files named like cairn's leftovers.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -113,4 +113,32 @@ fn a_restore_stopped_midway_keeps_a_second_one_out_and_then_finishes() {
         return;
     }
     panic!("the first restore always ended before it could be stopped");
+}
+
+/// A user's files named like cairn's private directories, at any depth, are in the safety
+/// snapshot like any other: it brings back what `--overwrite` and `--in-place --delete` replace.
+#[test]
+fn the_safety_snapshot_keeps_files_named_like_leftovers_of_cairn() {
+    let named = [".notes.cairn-restore-2024", "deep/.x.cairn-staging-y", "deep/.app.db.cairn-restore-0badf00d/app.db"];
+    for flags in [&["--overwrite"][..], &["--in-place", "--delete"]] {
+        let scratch = Scratch::new("inplace-named");
+        let (repo, tree, back) = (scratch.join("repo"), scratch.join("b"), scratch.join("back"));
+        init(&repo);
+        fs::create_dir(&tree).unwrap();
+        fs::write(tree.join("a"), b"a").unwrap();
+        for name in named {
+            fs::create_dir_all(tree.join(name).parent().unwrap()).unwrap();
+            fs::write(tree.join(name), b"v1").unwrap();
+        }
+        ok(cairn(&repo).arg("snapshot").arg(&tree));
+        for name in named {
+            fs::write(tree.join(name), b"v2 edits").unwrap();
+        }
+        let report = json(cairn(&repo).args(["restore", "latest", "--target"]).arg(&tree).args(flags));
+        assert_eq!(fs::read(tree.join(named[0])).unwrap(), b"v1", "{flags:?}: restored");
+        ok(cairn(&repo).args(["restore", report["safety_snapshot"].as_str().unwrap(), "--target"]).arg(&back));
+        for name in named {
+            assert_eq!(fs::read(back.join(name)).ok().as_deref(), Some(&b"v2 edits"[..]), "{flags:?}: {name}");
+        }
+    }
 }
