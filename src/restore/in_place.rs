@@ -616,7 +616,8 @@ fn can_exchange(dir: &Dir) -> std::io::Result<()> {
 
 /// Builds the new tree in `staging`: what stays of the old one, the snapshot restored into it
 /// (through `/proc/self/fd`, so by descriptor, not by a name others could swap), checked
-/// against the snapshot, its kept directories' and its root's metadata put back, all durable.
+/// against the snapshot, its kept directories' and its root's metadata (extended attributes and
+/// ACLs too) put back, all durable.
 #[allow(clippy::too_many_arguments)]
 fn build(
     repo: &Indexed,
@@ -676,15 +677,16 @@ fn build(
             target.display()
         )));
     }
-    carry.partial_dirs.sort_by_key(|(parts, _)| std::cmp::Reverse(parts.len()));
-    for (parts, st) in &carry.partial_dirs {
+    carry.partial_dirs.sort_by_key(|(parts, _, _)| std::cmp::Reverse(parts.len()));
+    for (parts, st, xattrs) in &carry.partial_dirs {
         let mut dir = staging.open_dir(&parts[0]).map_err(|e| Error::io(target, e))?;
         for part in &parts[1..] {
             dir = dir.open_dir(part).map_err(|e| Error::io(target, e))?;
         }
-        plan::copy_metadata(&dir, st, as_root).map_err(|e| Error::io(target, e))?;
+        plan::copy_metadata(&dir, st, xattrs, as_root).map_err(|e| Error::io(target, e))?;
     }
-    plan::copy_metadata(staging, old_st, as_root).map_err(|e| Error::io(target, e))?;
+    let xattrs = crate::xattr::read(crate::xattr::Target::Fd(old.raw_fd())).map_err(|e| Error::io(target, e))?;
+    plan::copy_metadata(staging, old_st, &xattrs, as_root).map_err(|e| Error::io(target, e))?;
     staging.sync_file_system().map_err(|e| Error::io(target, e))?;
     Ok(summary)
 }

@@ -1,9 +1,11 @@
 //! Restores over a target against what a hostile tester found: a second restore of a target
-//! while the first runs; a user's files named like cairn's leftovers.
+//! while the first runs; a user's files named like cairn's leftovers; the attributes of the
+//! directories an in-place restore swaps but does not restore.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -139,6 +141,75 @@ fn the_safety_snapshot_keeps_files_named_like_leftovers_of_cairn() {
         ok(cairn(&repo).args(["restore", report["safety_snapshot"].as_str().unwrap(), "--target"]).arg(&back));
         for name in named {
             assert_eq!(fs::read(back.join(name)).ok().as_deref(), Some(&b"v2 edits"[..]), "{flags:?}: {name}");
+        }
+    }
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
+    let (path, name) = (c_path(path), std::ffi::CString::new(name).unwrap());
+    // SAFETY: valid C strings and a buffer of the given length.
+    unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) == 0 }
+}
+
+fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let (path, name) = (c_path(path), std::ffi::CString::new(name).unwrap());
+    let mut buffer = vec![0u8; 4096];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let len = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buffer.as_mut_ptr().cast(), buffer.len()) };
+    (len >= 0).then(|| buffer[..len as usize].to_vec())
+}
+
+fn c_path(path: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+/// `getfacl` of `paths`, or `None` without the acl tools.
+fn acls(paths: &[&Path]) -> Option<String> {
+    let out = Command::new("getfacl").args(["-c", "-p"]).args(paths).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The swap leaves the target's own extended attributes and ACLs, and those of the directories
+/// around an `--include`, as they were: they are not the snapshot's to change.
+#[test]
+fn in_place_keeps_the_attributes_and_acls_of_the_target_and_of_include_parents() {
+    let scratch = Scratch::new("inplace-xattr-root");
+    let (repo, tree) = (scratch.join("repo"), scratch.join("xr"));
+    init(&repo);
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    fs::write(tree.join("a"), b"a").unwrap();
+    fs::write(tree.join("sub/b"), b"b").unwrap();
+    ok(cairn(&repo).arg("snapshot").arg(&tree));
+    if !set_xattr(&tree, "user.label", b"svc") {
+        eprintln!("skipped: {} keeps no user attributes", tree.display());
+        return;
+    }
+    assert!(set_xattr(&tree.join("sub"), "user.label", b"sub"));
+    let setfacl =
+        |args: &[&str], path: &Path| Command::new("setfacl").args(args).arg(path).status().is_ok_and(|s| s.success());
+    let with_acls = setfacl(&["-m", "u:nobody:rwx"], &tree)
+        && setfacl(&["-d", "-m", "u:nobody:rwx"], &tree)
+        && setfacl(&["-m", "u:nobody:rwx"], &tree.join("sub"));
+    let before = acls(&[&tree, &tree.join("sub")]).filter(|_| with_acls);
+    if before.is_none() {
+        eprintln!("no ACLs checked: setfacl is missing or refused");
+    }
+    for include in [&["--include", "sub/b"][..], &[]] {
+        fs::write(tree.join("sub/b"), b"changed").unwrap();
+        let report = json(cairn(&repo).args(["restore", "latest", "--in-place", "--target"]).arg(&tree).args(include));
+        assert_eq!(report["how"], "in-place", "{include:?}");
+        assert_eq!(fs::read(tree.join("sub/b")).unwrap(), b"b");
+        assert_eq!(get_xattr(&tree, "user.label").as_deref(), Some(&b"svc"[..]), "{include:?}: the target's own");
+        if !include.is_empty() {
+            assert_eq!(get_xattr(&tree.join("sub"), "user.label").as_deref(), Some(&b"sub"[..]), "include parent");
+        }
+        if let Some(before) = &before {
+            let now = acls(&[&tree]).unwrap();
+            let root = before.split("\n\n").next().unwrap();
+            assert_eq!(now.trim(), root.trim(), "{include:?}: the target's ACLs");
+            if !include.is_empty() {
+                assert_eq!(acls(&[&tree, &tree.join("sub")]).as_ref(), Some(before), "the include parent's ACLs");
+            }
         }
     }
 }
