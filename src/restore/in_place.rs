@@ -353,6 +353,11 @@ fn decide(options: &Options, site: &Site, id: &Id, plan: &Plan) -> Result<How> {
                     )));
                 }
             }
+            // A swap that then finds nowhere to keep the old tree would leave it under the
+            // staging name, the target changed and the restore failed.
+            if let (Some((parent, parent_path, name)), true) = (&site.parent, swaps(plan)) {
+                leftovers::check_bak_free(parent, parent_path, name)?;
+            }
             // The swap would move a repository inside the target into the .bak, under the
             // feet of this very restore (and --delete would leave it out of the new tree).
             let inside = options.skip.iter().filter_map(|p| std::fs::canonicalize(p).ok());
@@ -367,6 +372,11 @@ fn decide(options: &Options, site: &Site, id: &Id, plan: &Plan) -> Result<How> {
             Ok(How::InPlace)
         }
     }
+}
+
+/// Whether an in-place restore with this plan swaps (else the target already is the snapshot).
+fn swaps(plan: &Plan) -> bool {
+    !plan.created.is_empty() || plan.touches_existing()
 }
 
 /// Writes the audit record of a restore that ended with `result`. Failing to write it is in
@@ -441,7 +451,7 @@ fn execute(
         };
         super::restore(repo, id, snapshot, &core, progress)
     };
-    let nothing = report.plan.as_ref().is_some_and(|p| p.created.is_empty() && p.replaced.is_empty() && !touches);
+    let nothing = report.plan.as_ref().is_some_and(|p| !swaps(p));
     report.summary = match report.how {
         // Nothing to swap: the target already is what the restore would make it.
         How::InPlace if nothing => super::RestoreSummary {
@@ -595,10 +605,28 @@ fn staged(
             }
         )));
     }
-    parent.sync().map_err(|e| Error::io(parent_path, e))?;
-    let bak = keep_as_bak(parent, &staging_name, name).map_err(|e| Error::io(&staging_path, e))?;
-    parent.sync().map_err(|e| Error::io(parent_path, e))?;
-    report.backup = Some(parent_path.join(OsStr::from_bytes(&bak)));
+    // From here the target holds the new tree: an error says so, and where the old one is.
+    report.backup = Some(staging_path.clone());
+    let swapped = |e: std::io::Error| {
+        Error::Invalid(format!(
+            "the restored tree is in place at {}, but the old tree could not be kept as a .bak ({e}): it is at {}; \
+             rename it yourself (the next in-place restore of the target renames it to a .bak too)",
+            site.path.display(),
+            staging_path.display()
+        ))
+    };
+    parent.sync().map_err(swapped)?;
+    let bak = keep_as_bak(parent, &staging_name, name).map_err(swapped)?;
+    let backup = parent_path.join(OsStr::from_bytes(&bak));
+    parent.sync().map_err(|e| {
+        Error::Invalid(format!(
+            "the restored tree is in place at {} and the old one at {}, but flushing {} to disk failed: {e}",
+            site.path.display(),
+            backup.display(),
+            parent_path.display()
+        ))
+    })?;
+    report.backup = Some(backup);
     Ok(summary)
 }
 

@@ -1,6 +1,6 @@
 //! Restores over a target against what a hostile tester found: a second restore of a target
 //! while the first runs; a user's files named like cairn's leftovers; the attributes of the
-//! directories an in-place restore swaps but does not restore.
+//! directories an in-place restore swaps but does not restore; no `.bak` name free.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -212,4 +212,65 @@ fn in_place_keeps_the_attributes_and_acls_of_the_target_and_of_include_parents()
             }
         }
     }
+}
+
+/// With every `.bak` name taken, the restore refuses before it changes anything: the target,
+/// the names beside it and the repository stay as they were.
+#[test]
+fn no_free_bak_name_refuses_before_anything_changes() {
+    let scratch = Scratch::new("inplace-no-bak");
+    let (repo, _, _) = setup(&scratch, SMALL);
+    let (target, pristine) = (scratch.join("app"), scratch.join("pristine"));
+    build_old(&target, SMALL);
+    build_old(&pristine, SMALL);
+    fs::write(scratch.join("app.bak"), b"taken").unwrap();
+    for n in 2..10_000 {
+        fs::write(scratch.join(format!("app.bak.{n}")), b"taken").unwrap();
+    }
+    let out = run(cairn(&repo).args(["restore", "latest", "--in-place", "--delete", "--target"]).arg(&target));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no name is free") && err.contains("nothing was changed"), "{err}");
+    assert_eq!(digest(&target), digest(&pristine), "the target is as it was");
+    assert!(beside(&target).0.is_empty(), "no staging directory left");
+    assert_eq!(snapshot_count(&repo), 0, "refused before the safety snapshot");
+}
+
+/// When keeping the old tree as `.bak` fails after the swap (an I/O error injected by strace
+/// into the third `renameat2`, the rename to `.bak`), the error says that the new tree is in
+/// place and where the old one is; the next restore keeps it as `.bak`.
+#[test]
+fn a_failure_after_the_swap_says_the_target_changed_and_where_the_old_tree_is() {
+    assert!(
+        Command::new("strace").arg("-V").output().is_ok_and(|o| o.status.success()),
+        "this test needs strace (apt-get install strace)"
+    );
+    let scratch = Scratch::new("inplace-bak-fails");
+    let (repo, source, _) = setup(&scratch, SMALL);
+    let (target, pristine) = (scratch.join("app"), scratch.join("pristine"));
+    build_old(&target, SMALL);
+    build_old(&pristine, SMALL);
+    let restore = cairn(&repo);
+    let mut traced = Command::new("strace");
+    traced.args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=renameat2", "-e", "inject=renameat2:error=EIO:when=3"]);
+    traced.arg(restore.get_program()).args(restore.get_args());
+    traced.args(["restore", "latest", "--in-place", "--delete", "--target"]).arg(&target);
+    for (key, value) in restore.get_envs() {
+        match value {
+            Some(value) => traced.env(key, value),
+            None => traced.env_remove(key),
+        };
+    }
+    let out = run(&mut traced);
+    assert_eq!(out.status.code(), Some(1));
+    let (staging, baks) = beside(&target);
+    assert!(baks.is_empty() && staging.len() == 1, "{staging:?} {baks:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let says = format!("the restored tree is in place at {}", target.display());
+    assert!(err.contains(&says) && err.contains(&format!("it is at {}", staging[0].display())), "{err}");
+    assert_same_tree(&source, &target);
+    assert_eq!(digest(&staging[0]), digest(&pristine));
+    let report = json(cairn(&repo).args(["restore", "latest", "--in-place", "--delete", "--target"]).arg(&target));
+    assert!(report["leftovers"][0].as_str().unwrap().contains("is now kept at"), "{report}");
+    assert_eq!(digest(&scratch.join("app.bak")), digest(&pristine));
 }

@@ -96,6 +96,27 @@ fn bak_name(name: &[u8], n: u32) -> Vec<u8> {
     }
 }
 
+/// Whether some `.bak` name for `name` is free in `parent`: checked before anything changes, so
+/// that a restore never swaps in a new tree and then finds nowhere to keep the old one.
+pub(super) fn check_bak_free(parent: &Dir, parent_path: &Path, name: &[u8]) -> Result<()> {
+    let path = |n| parent_path.join(OsStr::from_bytes(&bak_name(name, n)));
+    for n in 1..BAKS {
+        match parent.stat(&bak_name(name, n)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(path(n), e)),
+            Ok(_) => continue,
+        }
+    }
+    let shown = |n| path(n).display().to_string();
+    Err(Error::Refused(format!(
+        "no name is free to keep the old tree at: {} and {} up to {} all exist; nothing was changed. Remove the old \
+         .bak directories you no longer need, then restore again",
+        shown(1),
+        shown(2),
+        shown(BAKS - 1)
+    )))
+}
+
 /// Renames `from` (the old tree) to the first free `<name>.bak`, `<name>.bak.2`, ...
 pub(super) fn keep_as_bak(parent: &Dir, from: &[u8], name: &[u8]) -> std::io::Result<Vec<u8>> {
     for n in 1..BAKS {
