@@ -39,6 +39,7 @@
 //! write nothing anywhere.
 
 mod leftovers;
+mod mounts;
 mod plan;
 
 use std::ffi::OsStr;
@@ -281,6 +282,9 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
     let empty = site.is_empty()?;
     // A run that will change nothing (a dry run, a refusal) only reports what killed runs left.
     let acting = !options.dry_run && (empty || options.mode != Mode::Refuse);
+    if options.mode == Mode::InPlace && !empty {
+        mounts::refuse_mounts_below(&site.path)?;
+    }
     if acting {
         report.leftovers.extend(site.lock()?);
     }

@@ -1,6 +1,7 @@
 //! Restores over a target against what a hostile tester found: a second restore of a target
 //! while the first runs; a user's files named like cairn's leftovers; the attributes of the
-//! directories an in-place restore swaps but does not restore; no `.bak` name free.
+//! directories an in-place restore swaps but does not restore; no `.bak` name free; a file
+//! system mounted below the target.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -273,4 +274,35 @@ fn a_failure_after_the_swap_says_the_target_changed_and_where_the_old_tree_is() 
     let report = json(cairn(&repo).args(["restore", "latest", "--in-place", "--delete", "--target"]).arg(&target));
     assert!(report["leftovers"][0].as_str().unwrap().contains("is now kept at"), "{report}");
     assert_eq!(digest(&scratch.join("app.bak")), digest(&pristine));
+}
+
+/// A file system mounted below the target would be swapped out into the `.bak` with the old
+/// tree, and its restored content would land on the parent file system: refused, dry run too,
+/// naming the mount point. Needs root (skipped where mounting fails).
+#[test]
+fn a_mount_point_below_the_target_is_refused_by_in_place() {
+    let scratch = Scratch::new("inplace-nested-mount");
+    let (repo, _, _) = setup(&scratch, SMALL);
+    let target = scratch.join("target");
+    build_old(&target, SMALL);
+    let data = target.join("sub");
+    let Some(_mount) = Mount::try_tmpfs(&data) else {
+        eprintln!("skipped: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    fs::write(data.join("keep.txt"), b"on the tmpfs").unwrap();
+    let before = digest(&target);
+    for extra in [&["--dry-run"][..], &[]] {
+        let out = run(cairn(&repo)
+            .args(["restore", "latest", "--in-place", "--delete", "--target"])
+            .arg(&target)
+            .args(extra));
+        assert_eq!(out.status.code(), Some(1), "{extra:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("{} is a mount point", data.display())), "{err}");
+        assert!(err.contains("--overwrite") && err.contains("nothing was changed"), "{err}");
+    }
+    assert_eq!(digest(&target), before, "nothing changed");
+    assert_eq!(beside(&target), (vec![], vec![]));
+    assert_eq!(snapshot_count(&repo), 0, "refused before the safety snapshot");
 }
