@@ -96,8 +96,8 @@ fn bak_name(name: &[u8], n: u32) -> Vec<u8> {
     }
 }
 
-/// Whether some `.bak` name for `name` is free in `parent`: checked before anything changes, so
-/// that a restore never swaps in a new tree and then finds nowhere to keep the old one.
+/// Refuses unless some `.bak` name for `name` is free in `parent`: checked before anything
+/// changes, so that a restore never swaps in a new tree and then finds nowhere to keep the old.
 pub(super) fn check_bak_free(parent: &Dir, parent_path: &Path, name: &[u8]) -> Result<()> {
     let path = |n| parent_path.join(OsStr::from_bytes(&bak_name(name, n)));
     for n in 1..BAKS {
