@@ -25,6 +25,9 @@
 //!
 //! The `<inode>` in the staging name is the old target's: a leftover whose own inode is that
 //! one holds the old tree (it was swapped out); any other is an unfinished staging directory.
+//! Only a killed run's leftovers are touched: a running restore holds a lock on the target and
+//! on its staging directory, which the kernel drops when it dies; a second restore of the same
+//! target refuses while the first runs (`leftovers.rs` says why and how).
 //!
 //! [`Mode::Overwrite`] writes into the target directly, as restore did before: for a mount
 //! point (nothing can be swapped there), `/`, or a disk without room for a second tree. Not
@@ -35,6 +38,8 @@
 //! is reported in [`Report::audit_error`], never fails the restore. `--dry-run` and refusals
 //! write nothing anywhere.
 
+mod leftovers;
+mod mounts;
 mod plan;
 
 use std::ffi::OsStr;
@@ -56,6 +61,7 @@ use crate::progress::Progress;
 use crate::repository::lock::Lock;
 use crate::repository::{Indexed, Repository};
 
+use leftovers::{keep_as_bak, leftovers, try_lock, Flock};
 use plan::{Compare, Walker, Want};
 pub use plan::{Plan, MAX_LEVELS};
 
@@ -208,6 +214,33 @@ impl Site {
         }
     }
 
+    /// Takes the target's lock for the rest of the run (held by `old`, the directory opened),
+    /// or refuses if a running restore holds it (`leftovers.rs`). Then checks that the target's
+    /// name still leads to the directory locked: a restore that ended meanwhile may have swapped
+    /// another one in. Returns a note where the file system cannot lock.
+    fn lock(&self) -> Result<Option<String>> {
+        let Some((old, old_st)) = &self.old else { return Ok(None) };
+        match try_lock(old) {
+            Flock::Held => {}
+            Flock::Busy(pid) => return Err(leftovers::busy(&self.path, pid)),
+            Flock::Unsupported(e) => {
+                return Ok(Some(format!(
+                    "{} cannot be locked ({e}): another restore into it at the same time would not be noticed",
+                    self.path.display()
+                )))
+            }
+        }
+        let Some((parent, _, name)) = &self.parent else { return Ok(None) };
+        match parent.stat(name) {
+            Ok(now) if (now.st_dev, now.st_ino) == (old_st.st_dev, old_st.st_ino) => Ok(None),
+            _ => Err(Error::Refused(format!(
+                "{} was replaced while this restore opened it (by another restore that just finished?): nothing \
+                 was changed; restore again",
+                self.path.display()
+            ))),
+        }
+    }
+
     fn is_empty(&self) -> Result<bool> {
         match &self.old {
             Some((dir, _)) => Ok(dir.names().map_err(|e| Error::io(&self.path, e))?.is_empty()),
@@ -249,9 +282,15 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
     let empty = site.is_empty()?;
     // A run that will change nothing (a dry run, a refusal) only reports what killed runs left.
     let acting = !options.dry_run && (empty || options.mode != Mode::Refuse);
+    if options.mode == Mode::InPlace && !empty {
+        mounts::refuse_mounts_below(&site.path)?;
+    }
+    if acting {
+        report.leftovers.extend(site.lock()?);
+    }
     if let Some((parent, parent_path, name)) = &site.parent {
         let current = site.old.as_ref().map(|(_, st)| st.st_ino);
-        report.leftovers = leftovers(parent, parent_path, name, current, !acting)?;
+        report.leftovers.extend(leftovers(parent, parent_path, name, current, !acting)?);
     }
     // SAFETY: geteuid cannot fail.
     let as_root = unsafe { libc::geteuid() } == 0;
@@ -318,6 +357,11 @@ fn decide(options: &Options, site: &Site, id: &Id, plan: &Plan) -> Result<How> {
                     )));
                 }
             }
+            // A swap that then finds nowhere to keep the old tree would leave it under the
+            // staging name, the target changed and the restore failed.
+            if let (Some((parent, parent_path, name)), true) = (&site.parent, swaps(plan)) {
+                leftovers::check_bak_free(parent, parent_path, name)?;
+            }
             // The swap would move a repository inside the target into the .bak, under the
             // feet of this very restore (and --delete would leave it out of the new tree).
             let inside = options.skip.iter().filter_map(|p| std::fs::canonicalize(p).ok());
@@ -332,6 +376,11 @@ fn decide(options: &Options, site: &Site, id: &Id, plan: &Plan) -> Result<How> {
             Ok(How::InPlace)
         }
     }
+}
+
+/// Whether an in-place restore with this plan swaps (else the target already is the snapshot).
+fn swaps(plan: &Plan) -> bool {
+    !plan.created.is_empty() || plan.touches_existing()
 }
 
 /// Writes the audit record of a restore that ended with `result`. Failing to write it is in
@@ -406,7 +455,7 @@ fn execute(
         };
         super::restore(repo, id, snapshot, &core, progress)
     };
-    let nothing = report.plan.as_ref().is_some_and(|p| p.created.is_empty() && p.replaced.is_empty() && !touches);
+    let nothing = report.plan.as_ref().is_some_and(|p| !swaps(p));
     report.summary = match report.how {
         // Nothing to swap: the target already is what the restore would make it.
         How::InPlace if nothing => super::RestoreSummary {
@@ -469,8 +518,12 @@ fn safety_paths(site: &Site, plan: Option<&Plan>) -> Vec<PathBuf> {
 /// A snapshot of `paths`, tagged [`SAFETY_TAGS`]; an error unless it is complete. Files are
 /// stored as the disk holds them, databases too (raw, with their `-wal` or `-journal`): what
 /// is about to be overwritten, byte for byte, even a database too damaged to be opened, which
-/// may be why it is being restored. Left out: what killed restores left (their private
-/// directories), which is not the service's data.
+/// may be why it is being restored. Nothing in the target is left out, not even what looks
+/// like a killed restore's private directory (`.<name>.cairn-restore-<r>` beside a database,
+/// `.<name>.cairn-staging-…` of a target below): a pattern without `/` matches at any depth, and
+/// left out a user's `.notes.cairn-restore-2024`, which the restore then replaced with no way
+/// back. No name tells such a leftover from a user's file, and a database's leftover may hold
+/// the only copy of its old `-wal`; the target's own staging directories lie beside it.
 fn safety_snapshot(repo: &Repository, paths: &[PathBuf], target: &Path, skip: &[PathBuf]) -> Result<Id> {
     let options = SnapshotOptions {
         paths: paths.to_vec(),
@@ -478,7 +531,6 @@ fn safety_snapshot(repo: &Repository, paths: &[PathBuf], target: &Path, skip: &[
         source: SAFETY_SOURCE.into(),
         skip: skip.to_vec(),
         raw_sqlite: true,
-        excludes: vec![".*.cairn-restore-*".into(), ".*.cairn-staging-*".into()],
         sqlite_timeout: std::time::Duration::from_secs(30),
         ..Default::default()
     };
@@ -524,6 +576,11 @@ fn staged(
     let staging_name = [b".", &name[..], format!(".cairn-staging-{}-{random}", old_st.st_ino).as_bytes()].concat();
     let staging_path = parent_path.join(OsStr::from_bytes(&staging_name));
     let staging = parent.make_private_dir(&staging_name).map_err(|e| Error::io(&staging_path, e))?;
+    // Held until `staging` is dropped, after the rename to `.bak`: a restore that finds this
+    // directory beside the target leaves it alone (`leftovers.rs`). None can find it unlocked
+    // before: looking for leftovers needs the target's lock, which this run holds. Nobody else
+    // can hold it: the directory is private and new.
+    let _ = try_lock(&staging);
     let built = can_exchange(&staging)
         .map_err(|e| {
             Error::Refused(format!(
@@ -552,10 +609,28 @@ fn staged(
             }
         )));
     }
-    parent.sync().map_err(|e| Error::io(parent_path, e))?;
-    let bak = keep_as_bak(parent, &staging_name, name).map_err(|e| Error::io(&staging_path, e))?;
-    parent.sync().map_err(|e| Error::io(parent_path, e))?;
-    report.backup = Some(parent_path.join(OsStr::from_bytes(&bak)));
+    // From here the target holds the new tree: an error says so, and where the old one is.
+    report.backup = Some(staging_path.clone());
+    let swapped = |e: std::io::Error| {
+        Error::Invalid(format!(
+            "the restored tree is in place at {}, but the old tree could not be kept as a .bak ({e}): it is at {}; \
+             rename it yourself (the next in-place restore of the target renames it to a .bak too)",
+            site.path.display(),
+            staging_path.display()
+        ))
+    };
+    parent.sync().map_err(swapped)?;
+    let bak = keep_as_bak(parent, &staging_name, name).map_err(swapped)?;
+    let backup = parent_path.join(OsStr::from_bytes(&bak));
+    parent.sync().map_err(|e| {
+        Error::Invalid(format!(
+            "the restored tree is in place at {} and the old one at {}, but flushing {} to disk failed: {e}",
+            site.path.display(),
+            backup.display(),
+            parent_path.display()
+        ))
+    })?;
+    report.backup = Some(backup);
     Ok(summary)
 }
 
@@ -573,7 +648,8 @@ fn can_exchange(dir: &Dir) -> std::io::Result<()> {
 
 /// Builds the new tree in `staging`: what stays of the old one, the snapshot restored into it
 /// (through `/proc/self/fd`, so by descriptor, not by a name others could swap), checked
-/// against the snapshot, its kept directories' and its root's metadata put back, all durable.
+/// against the snapshot, its kept directories' and its root's metadata (extended attributes and
+/// ACLs too) put back, all durable.
 #[allow(clippy::too_many_arguments)]
 fn build(
     repo: &Indexed,
@@ -633,83 +709,18 @@ fn build(
             target.display()
         )));
     }
-    carry.partial_dirs.sort_by_key(|(parts, _)| std::cmp::Reverse(parts.len()));
-    for (parts, st) in &carry.partial_dirs {
+    carry.partial_dirs.sort_by_key(|(parts, _, _)| std::cmp::Reverse(parts.len()));
+    for (parts, st, xattrs) in &carry.partial_dirs {
         let mut dir = staging.open_dir(&parts[0]).map_err(|e| Error::io(target, e))?;
         for part in &parts[1..] {
             dir = dir.open_dir(part).map_err(|e| Error::io(target, e))?;
         }
-        plan::copy_metadata(&dir, st, as_root).map_err(|e| Error::io(target, e))?;
+        plan::copy_metadata(&dir, st, xattrs, as_root).map_err(|e| Error::io(target, e))?;
     }
-    plan::copy_metadata(staging, old_st, as_root).map_err(|e| Error::io(target, e))?;
+    let xattrs = crate::xattr::read(crate::xattr::Target::Fd(old.raw_fd())).map_err(|e| Error::io(target, e))?;
+    plan::copy_metadata(staging, old_st, &xattrs, as_root).map_err(|e| Error::io(target, e))?;
     staging.sync_file_system().map_err(|e| Error::io(target, e))?;
     Ok(summary)
-}
-
-/// Renames `from` (the old tree) to the first free `<name>.bak`, `<name>.bak.2`, ...
-fn keep_as_bak(parent: &Dir, from: &[u8], name: &[u8]) -> std::io::Result<Vec<u8>> {
-    for n in 1..10_000 {
-        let bak = if n == 1 { [name, b".bak"].concat() } else { [name, format!(".bak.{n}").as_bytes()].concat() };
-        match parent.rename_new(from, &bak) {
-            Ok(()) => return Ok(bak),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other("no free .bak name"))
-}
-
-/// Finds what killed restores of `name` left in `parent` and deals with it (unless `dry_run`):
-/// the old tree swapped out is renamed to `.bak`, an unfinished staging directory removed.
-/// Only directories of this user are touched; others are reported.
-fn leftovers(
-    parent: &Dir,
-    parent_path: &Path,
-    name: &[u8],
-    current: Option<u64>,
-    dry_run: bool,
-) -> Result<Vec<String>> {
-    let prefix = [b".", name, b".cairn-staging-"].concat();
-    let mut notes = Vec::new();
-    for entry in parent.names().map_err(|e| Error::io(parent_path, e))? {
-        let Some(rest) = entry.strip_prefix(prefix.as_slice()) else { continue };
-        let path = parent_path.join(OsStr::from_bytes(&entry));
-        let Ok(st) = parent.stat(&entry) else { continue };
-        let recorded: Option<u64> =
-            std::str::from_utf8(rest).ok().and_then(|r| r.split('-').next()).and_then(|i| i.parse().ok());
-        // SAFETY: geteuid cannot fail.
-        let mine = st.st_uid == unsafe { libc::geteuid() };
-        if !crate::fs_at::is_dir(&st) || !mine || recorded.is_none() {
-            notes.push(format!(
-                "{} looks like a staging directory of cairn, but not this user's: left alone",
-                path.display()
-            ));
-            continue;
-        }
-        let swapped_out = recorded == Some(st.st_ino) && current != Some(st.st_ino);
-        if swapped_out {
-            if dry_run {
-                notes.push(format!("{} holds the old tree of a killed restore: would be kept as .bak", path.display()));
-                continue;
-            }
-            let bak = keep_as_bak(parent, &entry, name).map_err(|e| Error::io(&path, e))?;
-            parent.sync().map_err(|e| Error::io(parent_path, e))?;
-            notes.push(format!(
-                "a killed restore had swapped in its new tree: the old one, left at {}, is now kept at {}",
-                path.display(),
-                parent_path.join(OsStr::from_bytes(&bak)).display()
-            ));
-        } else if dry_run {
-            notes.push(format!(
-                "{} is an unfinished staging directory of a killed restore: would be removed",
-                path.display()
-            ));
-        } else {
-            remove_tree(&path).map_err(|e| Error::io(&path, e))?;
-            notes.push(format!("removed {}, the unfinished staging directory of a killed restore", path.display()));
-        }
-    }
-    Ok(notes)
 }
 
 /// The error for a non-empty target without a mode: what would happen, and the flags.

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
+#[path = "in_place_hostile.rs"]
+mod hostile;
+
 /// Sizes of the large files: a restore and a safety snapshot that take long enough to be killed.
 #[derive(Clone, Copy)]
 struct Sizes {

@@ -121,9 +121,9 @@ pub(crate) struct Walker<'a> {
     pub as_root: bool,
     pub plan: Plan,
     /// Directories of the target kept around `--include` paths, as components with the
-    /// metadata they had: restored onto their staged copies once the core restore has written
-    /// into them.
-    pub partial_dirs: Vec<(Vec<Vec<u8>>, libc::stat)>,
+    /// metadata and extended attributes they had: restored onto their staged copies once the
+    /// core restore has written into them.
+    pub partial_dirs: Vec<(Vec<Vec<u8>>, libc::stat, Vec<Xattr>)>,
 }
 
 /// The [`Want`] of a restore of `includes` (all of the snapshot when empty or when one is the
@@ -403,7 +403,8 @@ impl Walker<'_> {
                 let inner = dir.open_dir(&name).map_err(|e| self.io(path, e))?;
                 let staged = self.staged_dir(staging, &name, path)?;
                 if staged.is_some() {
-                    self.partial_dirs.push((path.to_vec(), *st));
+                    let xattrs = read(Target::Fd(inner.raw_fd())).map_err(|e| self.io(path, e))?;
+                    self.partial_dirs.push((path.to_vec(), *st, xattrs));
                 }
                 let only = self.partial(path);
                 return Ok(self.listing(Some(inner), staged, path, Scope::Only(only))?.into_iter().collect());
@@ -583,15 +584,24 @@ fn xattrs_differ(dir: &Dir, name: &[u8], wanted: &[Xattr]) -> bool {
 /// inode). Those that cannot be set here, for who restores or where, are left behind, as
 /// restore leaves them ([`super::super::attributes`]).
 fn copy_xattrs(from: Target<'_>, to: Target<'_>) -> std::io::Result<()> {
+    put_xattrs(to, &read(from)?)
+}
+
+/// Sets `xattrs` on `to`, but those that cannot be set here ([`copy_xattrs`]).
+fn put_xattrs(to: Target<'_>, xattrs: &[Xattr]) -> std::io::Result<()> {
     let refused = |e: &std::io::Error| unsupported(e) || matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES));
-    match write(to, &read(from)?).into_iter().find(|(_, e)| !refused(e)) {
+    match write(to, xattrs).into_iter().find(|(_, e)| !refused(e)) {
         Some((_, error)) => Err(error),
         None => Ok(()),
     }
 }
 
-/// Gives the directory `dir` the owner (as root), mode and mtime `st` records.
-pub(crate) fn copy_metadata(dir: &Dir, st: &libc::stat, as_root: bool) -> std::io::Result<()> {
+/// Gives the directory `dir` the extended attributes (ACLs included) `xattrs`, and the owner
+/// (as root), mode and mtime `st` records: what a directory of the target that the snapshot
+/// does not restore (the target itself, the parents of an `--include`) had, as a kept directory
+/// carries them ([`carry`]).
+pub(crate) fn copy_metadata(dir: &Dir, st: &libc::stat, xattrs: &[Xattr], as_root: bool) -> std::io::Result<()> {
+    put_xattrs(Target::Fd(dir.raw_fd()), xattrs)?;
     let now = stat_fd(dir.as_fd())?;
     let owner = (as_root && (now.st_uid, now.st_gid) != (st.st_uid, st.st_gid)).then_some((st.st_uid, st.st_gid));
     set_metadata_fd(dir.as_fd(), owner, st.st_mode & 0o7777, (st.st_mtime, st.st_mtime_nsec as u32))
