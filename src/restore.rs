@@ -27,7 +27,6 @@ use std::fs;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -242,15 +241,13 @@ pub fn restore(
 ) -> Result<RestoreSummary> {
     // Resolve every include before writing anything, so a typo changes nothing.
     let selected = select(repo, id, snapshot, &options.includes)?;
-    // A target that restore makes (and any missing directory above it) is private, as restic
-    // makes it: it gets no metadata from the snapshot, and the umask's 0755 would open to
-    // everyone an `--include` that the snapshot kept behind a closed directory. One that exists
-    // keeps its mode.
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&options.target)
-        .map_err(|e| Error::io(&options.target, e))?;
+    // A target that restore makes (and any missing directory above it) is made as `mkdir -p`
+    // makes it: the snapshot holds no metadata of the directory its source was (its content goes
+    // straight into the target), and a source restored where it was, on the day of the
+    // disaster, must come back as open as a service expects it (0700 would lock out a service
+    // that runs as another user). What is private below it keeps the snapshot's modes, and the
+    // parents of an `--include` are made private (below).
+    fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
     let root = Dir::open(&options.target).map_err(|e| Error::io(&options.target, e))?;
     if repo.backend().disk_path().is_some() {
         return restore_selected(repo, snapshot, options, progress, root, &selected, None);
@@ -570,7 +567,8 @@ impl Restorer<'_> {
     /// now may also use it by the snapshot: they could do the same after the restore, so nothing
     /// is gained, and restoring /home or / in place must not lock users out of their directories
     /// while it runs. The target itself and the parents of an `--include` get no metadata from
-    /// the snapshot and are left as they are (private where restore made them). A restore interrupted or killed leaves a closed
+    /// the snapshot and are left as they are (include parents private where restore made them). A
+    /// restore interrupted or killed leaves a closed
     /// directory closed, as it leaves the ones it created; restoring again finishes them. Best
     /// effort: if the file system refuses (no owners), the directory stays as it was; databases
     /// are safe in it either way ([`database`]).

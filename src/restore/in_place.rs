@@ -477,10 +477,10 @@ fn execute(
                             site.path.display()
                         )))
                     }
-                    // Made private, as a restore by path makes it (`crate::restore::restore`); an
-                    // entry put in its way since the check above is within the roots, and goes.
+                    // Made as a restore by path makes it (0777 less the umask); an entry put in
+                    // its way since the check above is within the roots, and goes.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        parent.make_dir(name, 0o700).map_err(|e| Error::io(&site.path, e))?
+                        parent.make_dir(name, 0o777).map_err(|e| Error::io(&site.path, e))?
                     }
                     Err(e) => return Err(Error::io(&site.path, e)),
                 },

@@ -1,7 +1,7 @@
 //! What a restore reaches beyond the entries it writes: it never changes a file outside the
 //! target through a hard link planted in it (`--skip-identical` writes such a file anew rather
-//! than keep it), and the directories it creates for the target and for the parents of an
-//! `--include` are private (0700), so a file the snapshot kept behind a closed directory is not
+//! than keep it), and the directories it creates for the parents of an `--include` are private
+//! (0700), so a file the snapshot kept behind a closed directory is not
 //! opened to everyone on the way out.
 
 use std::fs;
@@ -85,12 +85,11 @@ fn skip_identical_keeps_only_files_with_one_name() {
     assert_eq!(fs::read(app.join("single")).unwrap(), b"single\n");
 }
 
-/// A private subtree restored through `--include`: the parents restore makes for it, and the
-/// target it makes, are 0700 (as restic makes them), never the umask's 0755 that would open
-/// `private/sub/file` to everyone whom the snapshot's 0700 `private` kept out. A target that
-/// already exists keeps its mode.
+/// A private subtree restored through `--include`: the parents restore makes for it are 0700,
+/// never the umask's 0755 that would open `private/sub/file` to everyone whom the snapshot's
+/// 0700 `private` kept out. A target that already exists keeps its mode.
 #[test]
-fn the_target_and_include_parents_restore_creates_are_private() {
+fn the_include_parents_restore_creates_are_private() {
     let scratch = Scratch::new("private-parents");
     let (source, repo) = (scratch.join("src1"), scratch.join("repo"));
     fs::create_dir_all(source.join("private/sub")).unwrap();
@@ -102,18 +101,19 @@ fn the_target_and_include_parents_restore_creates_are_private() {
     ok(cairn(&repo).arg("snapshot").arg(&source));
 
     let mode = |path: &Path| fs::symlink_metadata(path).unwrap().mode() & 0o7777;
+    // The target is made as `mkdir -p` makes a directory here (the umask's).
+    fs::create_dir(scratch.join("probe")).unwrap();
+    let made = mode(&scratch.join("probe"));
     let target = scratch.join("r2/deeper");
     ok(cairn(&repo).args(["restore", "latest", "--include", "private/sub", "--target"]).arg(&target));
     assert_eq!(fs::read(target.join("private/sub/file")).unwrap(), b"secret");
-    assert_eq!(mode(&target), 0o700, "the target restore created");
     assert_eq!(mode(&target.join("private")), 0o700, "the include's parent restore created");
-    assert_eq!(mode(&scratch.join("r2")), 0o700, "the target's parent restore created");
+    assert_eq!((mode(&target), mode(&scratch.join("r2"))), (made, made), "the target and its parent");
 
-    // A whole restore into a new target: the target is private too (its content has its own
-    // metadata from the snapshot).
+    // A whole restore into a new target: what is below it has the snapshot's modes.
     let whole = scratch.join("whole");
     ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&whole));
-    assert_eq!(mode(&whole), 0o700);
+    assert_eq!(mode(&whole), made);
     assert_eq!(mode(&whole.join("private")), 0o700);
 
     // An empty target that exists keeps its mode, and so does a parent that exists.
