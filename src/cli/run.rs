@@ -1,5 +1,6 @@
 //! `cairn run`: the scheduled cycle from one config file. For each source: its `before` hook, a
-//! snapshot, its `after` hook; then retention per source and one prune; then a sync to each
+//! snapshot, its `after` hook; then retention per source (once a `prune --dry-run` found the
+//! repository whole) and one prune; then a sync to each
 //! offsite repository; then the drills that are due. Each step is this same binary run as a
 //! child process, so it writes the audit record it writes when run by hand, and one failing step
 //! (a vanished path, a failing hook, an unreachable server) fails only itself.
@@ -45,6 +46,10 @@ pub(super) struct Step {
     /// The step's output (its summary line, or its error).
     pub(super) output: Vec<String>,
 }
+
+/// Why the retention steps did not run.
+const NOT_WHOLE: &str = "not run: the retention check found the repository not whole, so nothing was forgotten \
+    or deleted (its error says what to do)";
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let path = super::config::path(args.config)?;
@@ -151,17 +156,30 @@ impl<'a> Cycle<'a> {
         for source in &self.config.sources {
             self.source(source);
         }
-        let mut retention = false;
-        for source in &self.config.sources {
-            if let Some(policy) = source.retention.as_ref().or(self.config.retention.as_ref()) {
+        let forgets: Vec<(String, Vec<String>)> = (self.config.sources.iter())
+            .filter_map(|source| {
+                let policy = source.retention.as_ref().or(self.config.retention.as_ref())?;
                 let mut args = vec!["forget".to_string(), "--source".into(), source.name.clone()];
                 args.extend(policy_args(policy));
-                self.child(&format!("forget {}", source.name), &self.repo.clone(), &args);
-                retention = true;
+                Some((format!("forget {}", source.name), args))
+            })
+            .collect();
+        if !forgets.is_empty() {
+            // Anything that deletes fails closed: the prune's plan refuses a repository that is not
+            // whole (a damaged or lost index file, a lost pack), and it must do so before a forget
+            // step removes a snapshot, as `forget --prune` plans before it forgets.
+            self.child("retention check", &self.repo.clone(), &["prune".to_string(), "--dry-run".into()]);
+            let whole = self.steps.last().is_some_and(|step| step.outcome == Outcome::Ok);
+            for (step, args) in forgets {
+                match whole {
+                    true => self.child(&step, &self.repo.clone(), &args),
+                    false => self.push(step, Outcome::Failed, Instant::now(), vec![NOT_WHOLE.into()]),
+                }
             }
-        }
-        if retention {
-            self.child("prune", &self.repo.clone(), &["prune".to_string()]);
+            match whole {
+                true => self.child("prune", &self.repo.clone(), &["prune".to_string()]),
+                false => self.push("prune".into(), Outcome::Failed, Instant::now(), vec![NOT_WHOLE.into()]),
+            }
         }
         for offsite in &self.config.offsite {
             if let Some(refusal) = self.plain_offsite_refusal(offsite) {

@@ -475,3 +475,39 @@ fn cache_flags_reach_the_steps() {
         "the step kept its cache where --cache-dir says"
     );
 }
+
+/// Anything that deletes fails closed: with a damaged index file, the run's retention removes
+/// no snapshot (its forget steps ran before its prune found the damage).
+#[test]
+fn retention_in_a_run_forgets_nothing_in_a_repository_that_is_not_whole() {
+    let scratch = Scratch::new("run-not-whole");
+    fs::create_dir_all(scratch.join("web")).unwrap();
+    let config = scratch.join("cairn.toml");
+    fs::write(
+        &config,
+        "repository = \"repo\"\n\n[retention]\nkeep_last = 1\n\n[[source]]\nname = \"web\"\npaths = [\"web\"]\n",
+    )
+    .unwrap();
+    for i in 0..2 {
+        fs::write(scratch.join("web/page.html"), format!("version {i}")).unwrap();
+        let report = json(&mut cairn_run(&config));
+        assert_eq!(report["outcome"], "ok", "{report}");
+    }
+    let repo = scratch.join("repo");
+    fs::write(scratch.join("web/page.html"), "version 2").unwrap();
+    let manifests = || fs::read_dir(repo.join("snapshots")).unwrap().count();
+    assert_eq!(manifests(), 1, "keep_last 1");
+    ok(cairn(&repo).arg("snapshot").arg(scratch.join("web")));
+    ok(cairn(&repo).arg("snapshot").arg(scratch.join("web")));
+    let index = fs::read_dir(repo.join("index")).unwrap().next().unwrap().unwrap().path();
+    flip_byte(&index, 40, 0x01);
+    let out = run(cairn_run(&config).arg("--json"));
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let outcome = |name: &str| {
+        let steps = report["steps"].as_array().cloned().unwrap_or_default();
+        steps.iter().find(|s| s["step"] == name).map(|s| s["outcome"].as_str().unwrap_or("").to_string())
+    };
+    assert_eq!(outcome("forget web").as_deref(), Some("failed"), "{report}");
+    assert!(manifests() >= 3, "a snapshot was forgotten in a damaged repository: {report}");
+}
