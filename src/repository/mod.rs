@@ -191,8 +191,11 @@ impl Repository {
             return Err(Error::AlreadyExists(path.to_path_buf()));
         }
         for dir in HELD_BY_A_REPOSITORY {
-            if std::fs::read_dir(path.join(dir)).is_ok_and(|mut entries| entries.next().is_some()) {
-                return Err(lost_config(&path.display().to_string(), dir));
+            match std::fs::read_dir(path.join(dir)).map(|mut entries| entries.next().is_none()) {
+                Ok(true) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // Files there, or a directory that cannot be looked into: not a place to create.
+                _ => return Err(lost_config(&path.display().to_string(), dir)),
             }
         }
         if let Ok(entries) = std::fs::read_dir(path) {

@@ -238,8 +238,21 @@ fn open(path: &Path, timeout: Duration, wal: bool) -> rusqlite::Result<Connectio
         connection.busy_timeout(timeout)?;
         Ok::<_, rusqlite::Error>(connection)
     };
-    let read_only = connect(OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .and_then(|c| c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).map(|_| c));
+    let read = || {
+        connect(OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).map(|_| c))
+    };
+    // A writer rolling back its own transaction deletes its journal and drops its lock; a reader
+    // between the two sees a journal no one holds, and takes it for hot (SQLite's ticket #3883).
+    // Only one still there after a few looks is reported.
+    let mut read_only = read();
+    for pause in [10, 40, 150] {
+        match &read_only {
+            Err(e) if is_rollback(e) => std::thread::sleep(Duration::from_millis(pause)),
+            _ => break,
+        }
+        read_only = read();
+    }
     let connection = match read_only {
         Ok(connection) => connection,
         Err(e) if !wal || is_locked(&e) || is_rollback(&e) => return Err(e),
@@ -429,6 +442,49 @@ mod tests {
         assert_eq!(integrity_check_verbatim(&open.proc_path(b"app.db").unwrap()), "ok");
         let through_link = integrity_check_verbatim(&open.proc_path(b"link").unwrap());
         assert!(through_link.starts_with("cannot open"), "{through_link}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Even a read-write connection through the verbatim VFS cannot roll back a hot journal:
+    /// the journal cannot be opened for writing, the super-journal it names not at all, and
+    /// nothing is deleted.
+    #[test]
+    fn the_verbatim_vfs_refuses_a_rollback_to_any_connection() {
+        let dir =
+            std::env::temp_dir().join(format!("cairn-sqlite-{}", crate::id::Id(crate::id::random_bytes()).short()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("app.db");
+        let connection = Connection::open(&db).unwrap();
+        connection.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t(x); INSERT INTO t VALUES (1)").unwrap();
+        drop(connection);
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"kept").unwrap();
+        // A hot journal naming `victim` as its super-journal (see tests/cases/sqlite_hostile.rs).
+        const MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
+        let mut journal = MAGIC.to_vec();
+        let pages = (std::fs::metadata(&db).unwrap().len() / 4096) as u32;
+        for field in [0u32, 0, pages, 512, 4096] {
+            journal.extend_from_slice(&field.to_be_bytes());
+        }
+        journal.resize(512, 0);
+        let name = victim.as_os_str().as_encoded_bytes();
+        journal.extend_from_slice(&(0x4000_0000u32 / 4096 + 1).to_be_bytes());
+        journal.extend_from_slice(name);
+        journal.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        journal.extend_from_slice(&name.iter().map(|&b| b as u32).sum::<u32>().to_be_bytes());
+        journal.extend_from_slice(&MAGIC);
+        std::fs::write(dir.join("app.db-journal"), &journal).unwrap();
+        let image = std::fs::read(&db).unwrap();
+        let open = crate::fs_at::Dir::open(&dir).unwrap();
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let connection =
+            Connection::open_with_flags_and_vfs(open.proc_path(b"app.db").unwrap(), flags, verbatim_vfs()).unwrap();
+        let read = connection.query_row("SELECT count(*) FROM t", [], |row| row.get::<_, i64>(0));
+        assert!(read.is_err(), "read through a hot journal: {read:?}");
+        drop(connection);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"kept");
+        assert_eq!(std::fs::read(&db).unwrap(), image);
+        assert_eq!(std::fs::read(dir.join("app.db-journal")).unwrap(), journal);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
