@@ -337,7 +337,6 @@ impl CreateWatch {
 /// was wrong. With the right password, restore still waits for the prune, and says why.
 #[test]
 fn a_wrong_password_is_said_at_once_while_a_prune_holds_the_lock() {
-    use cairn::repository::lock::{LockFile, LockKind};
     use std::time::{Duration, Instant};
     let scratch = Scratch::new("enc-wrong-locked");
     let (source, repo, target) = (scratch.join("src"), scratch.join("repo"), scratch.join("target"));
@@ -346,16 +345,7 @@ fn a_wrong_password_is_said_at_once_while_a_prune_holds_the_lock() {
     init(&repo);
     ok(cairn(&repo).arg("snapshot").arg(&source));
     // A prune that is still running: this test process holds its lock.
-    let held = LockFile {
-        kind: LockKind::Exclusive,
-        command: "prune".into(),
-        hostname: cairn::host::hostname(),
-        pid: std::process::id(),
-        time_ms: cairn::clock::now_ms(),
-        nonce: "test".into(),
-    };
-    fs::create_dir_all(repo.join("locks")).unwrap();
-    fs::write(repo.join("locks/held"), held.encode()).unwrap();
+    hold_prune_lock(&repo);
     let watch = CreateWatch::new(&repo.join("locks"));
     let restore = ["restore", "latest", "--target", target.to_str().unwrap()];
     for args in [&restore[..], &["drill"]] {

@@ -300,22 +300,12 @@ fn prune_refuses_a_repository_with_a_damaged_manifest() {
 
 #[test]
 fn a_snapshot_blocked_by_a_prune_waits_then_fails_visibly() {
-    use cairn::repository::lock::{LockFile, LockKind};
     let scratch = Scratch::new("locked");
     let repo = scratch.join("repo");
     fs::create_dir_all(scratch.join("d")).unwrap();
     init(&repo);
     // A prune that is still running: this test process holds its lock.
-    let held = LockFile {
-        kind: LockKind::Exclusive,
-        command: "prune".into(),
-        hostname: cairn::host::hostname(),
-        pid: std::process::id(),
-        time_ms: cairn::clock::now_ms(),
-        nonce: "test".into(),
-    };
-    fs::create_dir_all(repo.join("locks")).unwrap();
-    fs::write(repo.join("locks/held"), held.encode()).unwrap();
+    hold_prune_lock(&repo);
     let started = Instant::now();
     let out = run(cairn(&repo).args(["snapshot", "--lock-wait", "1s"]).arg(scratch.join("d")));
     assert_eq!(out.status.code(), Some(1));

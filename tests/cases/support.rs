@@ -444,3 +444,19 @@ impl Drop for Mount {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// Writes an exclusive lock of a prune that is still running (this test process holds it) into
+/// `repo`: commands that need a lock wait for it, up to their `--lock-wait`.
+pub fn hold_prune_lock(repo: &Path) {
+    use cairn::repository::lock::{LockFile, LockKind};
+    let held = LockFile {
+        kind: LockKind::Exclusive,
+        command: "prune".into(),
+        hostname: cairn::host::hostname(),
+        pid: std::process::id(),
+        time_ms: cairn::clock::now_ms(),
+        nonce: "test".into(),
+    };
+    fs::create_dir_all(repo.join("locks")).unwrap();
+    fs::write(repo.join("locks/held"), held.encode()).unwrap();
+}
