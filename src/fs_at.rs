@@ -301,20 +301,25 @@ impl Dir {
     /// `RENAME_EXCHANGE`): at every moment each name holds one of the two, never nothing. Both
     /// must exist; file systems without the flag answer `EINVAL`.
     pub fn exchange(&self, a: &[u8], b: &[u8]) -> Result<()> {
-        self.rename2(a, b, libc::RENAME_EXCHANGE)
+        self.rename2(a, self, b, libc::RENAME_EXCHANGE)
     }
 
     /// Renames `from` to `to` in this directory unless `to` exists (`RENAME_NOREPLACE`:
     /// `AlreadyExists` then, and nothing moved).
     pub fn rename_new(&self, from: &[u8], to: &[u8]) -> Result<()> {
-        self.rename2(from, to, libc::RENAME_NOREPLACE)
+        self.rename2(from, self, to, libc::RENAME_NOREPLACE)
     }
 
-    fn rename2(&self, from: &[u8], to: &[u8], flags: libc::c_uint) -> Result<()> {
+    /// [`Dir::move_to`] unless `to` exists in `target` (`AlreadyExists` then, nothing moved).
+    pub fn move_new_to(&self, from: &[u8], target: &Dir, to: &[u8]) -> Result<()> {
+        self.rename2(from, target, to, libc::RENAME_NOREPLACE)
+    }
+
+    fn rename2(&self, from: &[u8], target: &Dir, to: &[u8], flags: libc::c_uint) -> Result<()> {
         let (from, to) = (c_name(from)?, c_name(to)?);
         // SAFETY: valid descriptors and C strings; the kernel checks the flags.
         let result =
-            unsafe { libc::syscall(libc::SYS_renameat2, self.raw(), from.as_ptr(), self.raw(), to.as_ptr(), flags) };
+            unsafe { libc::syscall(libc::SYS_renameat2, self.raw(), from.as_ptr(), target.raw(), to.as_ptr(), flags) };
         if result < 0 {
             return Err(Error::last_os_error());
         }

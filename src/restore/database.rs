@@ -129,8 +129,9 @@ impl<'a> Staging<'a> {
     /// replaced; a directory fails it). The old database's `-wal` and `-shm` are moved in here
     /// first, because SQLite would replay a stale WAL into the new file, and deleted once the
     /// new database is in place; if it cannot be, they are put back, and the old database stays
-    /// exactly as it was. `shown`: this directory's path, for messages.
-    fn replace(&self, file: &File, shown: &Path) -> Result<(), String> {
+    /// exactly as it was. `shown`: this directory's path, for messages. `only_new`: nothing at
+    /// the destination is replaced (`AlreadyExists` then).
+    fn replace(&self, file: &File, shown: &Path, only_new: bool) -> Result<(), String> {
         let mut set_aside = Vec::new();
         let mut moved = || -> std::io::Result<()> {
             for suffix in [&b"-wal"[..], b"-shm"] {
@@ -148,7 +149,10 @@ impl<'a> Staging<'a> {
                 }
             }
             self.holds(file)?;
-            self.dir.move_to(self.database, self.parent, self.database)
+            match only_new {
+                true => self.dir.move_new_to(self.database, self.parent, self.database),
+                false => self.dir.move_to(self.database, self.parent, self.database),
+            }
         };
         if let Err(e) = moved() {
             let mut message = e.to_string();
@@ -200,9 +204,9 @@ impl Restorer<'_> {
         let (file, written) = self.write_content(&staging.dir, &node.name, first, chunks, node.meta.size, true)?;
         // Checked before its mode is applied: a mode without owner read must not fail it.
         let verdict = staging.integrity_check(&file);
-        // A damaged image never replaces a file; where there is none, it is the snapshot's only
-        // copy of what the database held (damaged when it was read, or since): it is written,
-        // and reported.
+        // A damaged image never replaces a file (nor one that appears meanwhile: it is moved in
+        // only where nothing is); where there is none, it is the snapshot's only copy of what the
+        // database held (damaged when it was read, or since): it is written, and reported.
         let existing = dir.stat(&node.name).is_ok();
         if verdict != "ok" && existing {
             return Err(format!(
@@ -212,7 +216,7 @@ impl Restorer<'_> {
         }
         self.file_metadata(&file, &node.meta, &node.xattrs, || self.shown(place, &node.name))?;
         staging
-            .replace(&file, &self.shown(place, &staging.name))
+            .replace(&file, &self.shown(place, &staging.name), verdict != "ok")
             .map_err(|e| format!("replacing the database: {e}"))?;
         for name in remove_leftovers(dir, &node.name, &staging.name, self.started) {
             let shown = self.shown(place, &name);
@@ -293,7 +297,7 @@ mod tests {
         assert_eq!(staging.integrity_check(&file), "ok");
         std::fs::remove_file(&name).unwrap();
         std::fs::create_dir(&name).unwrap();
-        staging.replace(&file, &name).unwrap();
+        staging.replace(&file, &name, false).unwrap();
         drop(staging);
         assert_eq!(std::fs::read(path.join("app.db")).unwrap(), ours);
         assert!(std::fs::symlink_metadata(path.join("app.db")).unwrap().is_file());
@@ -307,7 +311,7 @@ mod tests {
         std::fs::remove_file(&inside).unwrap();
         std::os::unix::fs::symlink(path.join("theirs.db"), &inside).unwrap();
         assert!(staging.integrity_check(&file).contains("replaced"));
-        assert!(staging.replace(&file, &name).unwrap_err().contains("replaced"));
+        assert!(staging.replace(&file, &name, false).unwrap_err().contains("replaced"));
         drop(staging);
         assert_eq!(std::fs::read(path.join("app.db")).unwrap(), ours);
         std::fs::remove_dir_all(&path).unwrap();
@@ -328,7 +332,7 @@ mod tests {
             let staging = Staging::create(&parent, b"app.db").unwrap();
             let mut file = staging.dir.create_file(b"app.db").unwrap();
             file.write_all(&ours).unwrap();
-            staging.replace(&file, Path::new("shown"))
+            staging.replace(&file, Path::new("shown"), false)
         };
         replace().unwrap_err();
         assert_eq!(names(&path), ["app.db", "app.db-shm", "app.db-wal"]);
