@@ -243,6 +243,13 @@ impl Repository {
             Err(Error::Io { source, .. })
                 if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) =>
             {
+                // Not a repository, unless it is one that lost its config: say so, for `init`
+                // (which is what "no repository" advises) refuses it too.
+                for dir in HELD_BY_A_REPOSITORY {
+                    if backend.list(dir).is_ok_and(|listed| !listed.is_empty()) {
+                        return Err(lost_config(&location.to_string(), dir));
+                    }
+                }
                 return Err(Error::NotARepository(PathBuf::from(location.to_string())));
             }
             read => read?,

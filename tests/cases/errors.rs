@@ -315,6 +315,9 @@ fn a_repository_that_lost_its_config_is_never_created_again_over_its_files() {
         }
     };
     refused(&|| cairn(&repo));
+    // Commands that only open it say what happened too, not "run `cairn init` first".
+    let (code, said) = stderr_of(cairn(&repo).arg("snapshots"));
+    assert!(code == Some(1) && said.contains("config is lost"), "{said}");
     assert_eq!(listing(&repo), before, "a refused command wrote into the repository");
     fs::rename(scratch.join("config.saved"), repo.join("config")).unwrap();
     ok(cairn(&repo).arg("check"));
