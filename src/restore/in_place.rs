@@ -61,7 +61,7 @@ use crate::progress::Progress;
 use crate::repository::lock::Lock;
 use crate::repository::{Indexed, Repository};
 
-use leftovers::{keep_as_bak, leftovers, try_lock, Flock};
+use leftovers::{keep_as_bak, leftovers, lock_waiting, try_lock, Flock};
 use plan::{Compare, Walker, Want};
 pub use plan::{Plan, MAX_LEVELS};
 
@@ -577,10 +577,11 @@ fn staged(
     let staging_path = parent_path.join(OsStr::from_bytes(&staging_name));
     let staging = parent.make_private_dir(&staging_name).map_err(|e| Error::io(&staging_path, e))?;
     // Held until `staging` is dropped, after the rename to `.bak`: a restore that finds this
-    // directory beside the target leaves it alone (`leftovers.rs`). None can find it unlocked
-    // before: looking for leftovers needs the target's lock, which this run holds. Nobody else
-    // can hold it: the directory is private and new.
-    let _ = try_lock(&staging);
+    // directory beside the target leaves it alone (`leftovers.rs`). Only one that looks without
+    // the target's lock (a dry run, or one about to refuse) can hold it, for the instant it looks:
+    // this run waits for that rather than go on with its staging directory unlocked. (A file
+    // system without flock leaves it unlocked, as it leaves the target.)
+    let _ = lock_waiting(&staging);
     let built = can_exchange(&staging)
         .map_err(|e| {
             Error::Refused(format!(
