@@ -170,15 +170,11 @@ impl<'a> Cycle<'a> {
             // step removes a snapshot, as `forget --prune` plans before it forgets.
             self.child("retention check", &self.repo.clone(), &["prune".to_string(), "--dry-run".into()]);
             let whole = self.steps.last().is_some_and(|step| step.outcome == Outcome::Ok);
-            for (step, args) in forgets {
+            for (step, args) in forgets.into_iter().chain([("prune".to_string(), vec!["prune".to_string()])]) {
                 match whole {
                     true => self.child(&step, &self.repo.clone(), &args),
                     false => self.push(step, Outcome::Failed, Instant::now(), vec![NOT_WHOLE.into()]),
                 }
-            }
-            match whole {
-                true => self.child("prune", &self.repo.clone(), &["prune".to_string()]),
-                false => self.push("prune".into(), Outcome::Failed, Instant::now(), vec![NOT_WHOLE.into()]),
             }
         }
         for offsite in &self.config.offsite {

@@ -108,11 +108,19 @@ pub type SnapshotsBesides = (Vec<Id>, Vec<(Id, Snapshot)>);
 /// alone is what an interrupted `init` leaves, which may be created again.)
 const HELD_BY_A_REPOSITORY: [&str; 2] = ["snapshots", "index"];
 
-fn lost_config(location: &str, dir: &str) -> Error {
-    Error::Refused(format!(
-        "{location} has no config file but holds a repository's {dir}/: its config is lost; refusing to create a \
-         new repository over it (put the config back from a copy of the repository, or choose another location)"
-    ))
+/// Refuses `backend`, which has no `config`, if it holds files in [`HELD_BY_A_REPOSITORY`]; a
+/// listing that fails refuses too.
+fn refuse_lost_config(backend: &dyn Backend, location: &str) -> Result<()> {
+    for dir in HELD_BY_A_REPOSITORY {
+        if !backend.list(dir)?.is_empty() {
+            return Err(Error::Refused(format!(
+                "{location} has no config file but holds a repository's {dir}/: its config is lost; refusing to \
+                 create a new repository over it (put the config back from a copy of the repository, or choose \
+                 another location)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Repository {
@@ -144,11 +152,7 @@ impl Repository {
                 if backend.exists(CONFIG)? {
                     return Err(Error::AlreadyExists(PathBuf::from(url)));
                 }
-                for dir in HELD_BY_A_REPOSITORY {
-                    if !backend.list(dir)?.is_empty() {
-                        return Err(lost_config(url, dir));
-                    }
-                }
+                refuse_lost_config(&backend, url)?;
                 Arc::new(backend)
             }
         };
@@ -190,14 +194,7 @@ impl Repository {
         if path.join(CONFIG).exists() {
             return Err(Error::AlreadyExists(path.to_path_buf()));
         }
-        for dir in HELD_BY_A_REPOSITORY {
-            match std::fs::read_dir(path.join(dir)).map(|mut entries| entries.next().is_none()) {
-                Ok(true) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                // Files there, or a directory that cannot be looked into: not a place to create.
-                _ => return Err(lost_config(&path.display().to_string(), dir)),
-            }
-        }
+        refuse_lost_config(&backend, &path.display().to_string())?;
         if let Ok(entries) = std::fs::read_dir(path) {
             for entry in entries.flatten() {
                 let name = entry.file_name();
@@ -245,10 +242,8 @@ impl Repository {
             {
                 // Not a repository, unless it is one that lost its config: say so, for `init`
                 // (which is what "no repository" advises) refuses it too.
-                for dir in HELD_BY_A_REPOSITORY {
-                    if backend.list(dir).is_ok_and(|listed| !listed.is_empty()) {
-                        return Err(lost_config(&location.to_string(), dir));
-                    }
+                if let Err(lost @ Error::Refused(_)) = refuse_lost_config(&*backend, &location.to_string()) {
+                    return Err(lost);
                 }
                 return Err(Error::NotARepository(PathBuf::from(location.to_string())));
             }

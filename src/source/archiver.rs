@@ -201,7 +201,7 @@ impl<'a> Archiver<'a> {
     /// and returns its tree id. One that cannot be opened is recorded and stored empty.
     pub fn root_tree(&self, path: &Path, parent: Option<&Tree>) -> Result<Id> {
         if self.required_databases.contains(path) {
-            self.record(path, "not an SQLite database but a directory: name the database file itself");
+            self.record(path, not_a_database_file(Kind::Dir));
             return self.store_tree(&Tree::default(), path);
         }
         match Dir::open(path, false) {
@@ -384,10 +384,7 @@ impl<'a> Archiver<'a> {
         for _ in 0..REPLACED_ATTEMPTS {
             if stat.kind() != Kind::File && self.must_be_database(&at) {
                 // Not followed (a symlink), not walked (a directory), not opened (a FIFO).
-                self.record_at(
-                    &at,
-                    format!("not an SQLite database but {}: name the database file itself", stat.kind().described()),
-                );
+                self.record_at(&at, not_a_database_file(stat.kind()));
                 return Ok(None);
             }
             if stat.kind() == Kind::Dir && device.is_some_and(|device| device != stat.dev()) {
@@ -760,6 +757,11 @@ impl Archiver<'_> {
             }
         }
     }
+}
+
+/// What a path given with `--sqlite` that is `kind`, not a regular file, is reported as.
+fn not_a_database_file(kind: Kind) -> String {
+    format!("not an SQLite database but {}: name the database file itself", kind.described())
 }
 
 /// A directory entry between its stat and its archiving.

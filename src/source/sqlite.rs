@@ -115,7 +115,7 @@ fn is_rollback(error: &rusqlite::Error) -> bool {
 fn classify(error: rusqlite::Error, timeout: Duration) -> CaptureError {
     use rusqlite::ffi::ErrorCode;
     match error.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => CaptureError::Locked(timeout),
+        _ if is_locked(&error) => CaptureError::Locked(timeout),
         Some(ErrorCode::NotADatabase) => CaptureError::NotADatabase,
         Some(ErrorCode::DatabaseCorrupt) => CaptureError::Corrupt(error.to_string()),
         _ if error.to_string().contains("no such table: sqlite_dbpage") => CaptureError::Sqlite(

@@ -49,19 +49,20 @@ pub(super) enum Flock {
 }
 
 /// Tries to take the exclusive lock of `dir` without waiting.
+pub(super) fn try_lock(dir: &Dir) -> Flock {
+    flock(dir, libc::LOCK_NB)
+}
+
 /// [`try_lock`] that waits while another process holds the lock: for a directory this run has
 /// just made, which a restore looking for leftovers may hold for the instant it looks.
 pub(super) fn lock_waiting(dir: &Dir) -> Flock {
-    // SAFETY: plain syscall on a valid descriptor.
-    if unsafe { libc::flock(dir.raw_fd(), libc::LOCK_EX) } == 0 {
-        return Flock::Held;
-    }
-    Flock::Unsupported(std::io::Error::last_os_error())
+    flock(dir, 0)
 }
 
-pub(super) fn try_lock(dir: &Dir) -> Flock {
+/// `flock(LOCK_EX | more)` on `dir`.
+fn flock(dir: &Dir, more: libc::c_int) -> Flock {
     // SAFETY: plain syscall on a valid descriptor.
-    if unsafe { libc::flock(dir.raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+    if unsafe { libc::flock(dir.raw_fd(), libc::LOCK_EX | more) } == 0 {
         return Flock::Held;
     }
     let error = std::io::Error::last_os_error();
