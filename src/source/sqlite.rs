@@ -418,6 +418,14 @@ fn uri_escape(path: &Path) -> String {
 mod tests {
     use super::*;
 
+    /// A new directory of its own under the system's temporary directory.
+    fn scratch() -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("cairn-sqlite-{}", crate::id::Id(crate::id::random_bytes()).short()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn companions() {
         assert_eq!(companion_of(b"app.db-wal"), Some(&b"app.db"[..]));
@@ -430,9 +438,7 @@ mod tests {
     /// and a symlink there is not followed, whatever it points to.
     #[test]
     fn the_verbatim_check_reads_the_entry_and_follows_no_symlink() {
-        let dir =
-            std::env::temp_dir().join(format!("cairn-sqlite-{}", crate::id::Id(crate::id::random_bytes()).short()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch();
         Connection::open(dir.join("app.db"))
             .unwrap()
             .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
@@ -450,9 +456,7 @@ mod tests {
     /// nothing is deleted.
     #[test]
     fn the_verbatim_vfs_refuses_a_rollback_to_any_connection() {
-        let dir =
-            std::env::temp_dir().join(format!("cairn-sqlite-{}", crate::id::Id(crate::id::random_bytes()).short()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch();
         let db = dir.join("app.db");
         let connection = Connection::open(&db).unwrap();
         connection.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t(x); INSERT INTO t VALUES (1)").unwrap();
@@ -490,9 +494,7 @@ mod tests {
 
     #[test]
     fn captures_a_wal_database_with_uncheckpointed_commits() {
-        let dir =
-            std::env::temp_dir().join(format!("cairn-sqlite-{}", crate::id::Id(crate::id::random_bytes()).short()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch();
         let path = dir.join("app.db");
         let writer = Connection::open(&path).unwrap();
         writer.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE t(x);").unwrap();
