@@ -30,7 +30,8 @@
 //! read, and the VFS refuses what a rollback needs whatever the connection: opening a journal for
 //! writing, opening a super-journal at all, deleting any file. A database with a hot journal is
 //! reported, not read. A journal, WAL or shared-memory file that is not a regular file (a FIFO
-//! would block SQLite's open forever) is refused too.
+//! would block SQLite's open forever) is refused too, and every file SQLite opens is opened
+//! without blocking, so one swapped in after that look is refused as well.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -149,6 +150,16 @@ fn verbatim_vfs() -> &'static str {
             assert!(!unix.is_null(), "the bundled SQLite has a unix VFS");
             let mut vfs = *unix;
             UNIX_OPEN.set((*unix).xOpen.expect("the unix VFS opens files")).ok();
+            // Before any file is opened: the unix VFS reads its system calls from one table.
+            let set = (*unix).xSetSystemCall.expect("the unix VFS can change its system calls");
+            // SAFETY: the unix VFS calls "open" as `int open(const char*, int, int)`, as
+            // `nonblocking_open` is declared; the pointer type is SQLite's generic one.
+            let rc = set(
+                unix,
+                c"open".as_ptr(),
+                Some(std::mem::transmute::<OsOpen, unsafe extern "C" fn()>(nonblocking_open)),
+            );
+            assert_eq!(rc, ffi::SQLITE_OK, "replacing the unix VFS's open");
             vfs.zName = NAME.as_ptr();
             vfs.pNext = std::ptr::null_mut();
             vfs.xFullPathname = Some(verbatim_full_pathname);
@@ -198,6 +209,38 @@ unsafe extern "C" fn guarded_open(
     let open = UNIX_OPEN.get().expect("set before the VFS is registered");
     // SAFETY: the arguments SQLite gave, passed on to the VFS this one copies.
     unsafe { open(vfs, name, file, flags, out_flags) }
+}
+
+type OsOpen = unsafe extern "C" fn(*const std::ffi::c_char, std::ffi::c_int, std::ffi::c_int) -> std::ffi::c_int;
+
+/// The `open` system call of the unix VFS (so of every SQLite connection in cairn): one that
+/// never blocks on what is not a file or a directory. A FIFO put in place of a database, journal,
+/// WAL or shared-memory file after it was looked at would block a plain open forever (and a
+/// device may do anything); it is opened with `O_NONBLOCK` and refused (`ENXIO`). A regular file
+/// is then read and written as usual: `O_NONBLOCK` is cleared, and a file under a lease, which
+/// refuses a non-blocking open (`EWOULDBLOCK`), is opened again the usual way.
+unsafe extern "C" fn nonblocking_open(
+    path: *const std::ffi::c_char,
+    flags: std::ffi::c_int,
+    mode: std::ffi::c_int,
+) -> std::ffi::c_int {
+    // SAFETY: SQLite passes a NUL-terminated path; `stat` is written by fstat before it is read.
+    unsafe {
+        let fd = libc::open(path, flags | libc::O_NONBLOCK, mode as libc::c_uint);
+        if fd < 0 {
+            let leased = std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK);
+            return if leased { libc::open(path, flags, mode as libc::c_uint) } else { fd };
+        }
+        let mut stat: libc::stat = std::mem::zeroed();
+        let kind = if libc::fstat(fd, &mut stat) == 0 { stat.st_mode & libc::S_IFMT } else { 0 };
+        if kind != libc::S_IFREG && kind != libc::S_IFDIR {
+            libc::close(fd);
+            *libc::__errno_location() = libc::ENXIO;
+            return -1;
+        }
+        libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) & !libc::O_NONBLOCK);
+        fd
+    }
 }
 
 /// `xDelete` that deletes nothing: reading a database never needs to.
@@ -489,6 +532,27 @@ mod tests {
         assert_eq!(std::fs::read(&victim).unwrap(), b"kept");
         assert_eq!(std::fs::read(&db).unwrap(), image);
         assert_eq!(std::fs::read(dir.join("app.db-journal")).unwrap(), journal);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A FIFO that takes a file's place after it was looked at is refused at once: a plain open
+    /// would block until someone writes into it, and a snapshot would never end.
+    #[test]
+    fn a_fifo_opened_as_a_database_is_refused_without_blocking() {
+        let dir = scratch();
+        let fifo = dir.join("app.db");
+        let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let (sent, opened) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let connection =
+                Connection::open_with_flags_and_vfs(&fifo, OpenFlags::SQLITE_OPEN_READ_ONLY, verbatim_vfs())
+                    .and_then(|c| c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())));
+            sent.send(connection.is_err()).unwrap();
+        });
+        let refused = opened.recv_timeout(Duration::from_secs(10)).expect("the open of a FIFO blocked");
+        assert!(refused, "a FIFO was read as a database");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
