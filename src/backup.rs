@@ -309,7 +309,7 @@ fn archive_trie(
     parent: Option<&Tree>,
     level: usize,
 ) -> Result<Id> {
-    let nodes: Vec<Option<Node>> = children
+    let nodes: Vec<Vec<Node>> = children
         .par_iter()
         .map(|(name, child)| {
             let path = prefix.join(OsStr::from_bytes(name));
@@ -319,7 +319,7 @@ fn archive_trie(
                     &path,
                     format!("not stored: it lies deeper than {MAX_DEPTH} levels below the snapshot's root"),
                 );
-                return Ok(None);
+                return Ok(Vec::new());
             }
             match child {
                 Trie::Leaf => archiver.root_node(&path, name.clone(), previous, level),
@@ -328,7 +328,7 @@ fn archive_trie(
                         Ok(stat) => stat,
                         Err(e) => {
                             archiver.record(&path, e);
-                            return Ok(None);
+                            return Ok(Vec::new());
                         }
                     };
                     let previous_tree = archiver.parent_subtree(previous);
@@ -337,17 +337,22 @@ fn archive_trie(
                         archiver.record(&path, format!("cannot read extended attributes, stored without them: {e}"));
                         Vec::new()
                     });
-                    Ok(Some(Node {
+                    Ok(vec![Node {
                         name: name.clone(),
                         meta: metadata_of(&stat),
                         content: Content::Dir { subtree },
                         xattrs,
-                    }))
+                    }])
                 }
             }
         })
         .collect::<Result<_>>()?;
-    let tree = Tree { nodes: nodes.into_iter().flatten().collect() };
+    let mut nodes: Vec<Node> = nodes.into_iter().flatten().collect();
+    // A database stored beside its hot journal brings the journal, whose name may not follow the
+    // database's, and may be a source of its own too: the first (read with the database) stays.
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    nodes.dedup_by(|later, first| later.name == first.name);
+    let tree = Tree { nodes };
     archiver.store_tree(&tree, prefix)
 }
 

@@ -419,18 +419,25 @@ fn restore_selected(
     })
 }
 
+/// The names among a directory's `nodes` stored together with a `-wal` or `-journal` beside
+/// them: databases copied as they lay (`--raw-sqlite`, or beside a hot journal), whole only with
+/// that companion, which SQLite applies when it opens them.
+pub(crate) fn stored_as_they_lay(nodes: &[Node]) -> HashSet<Vec<u8>> {
+    let names: HashSet<&[u8]> = nodes.iter().map(|n| n.name.as_slice()).collect();
+    let companion = |node: &&Node| {
+        [&b"-wal"[..], b"-journal"].iter().any(|suffix| names.contains([&node.name, *suffix].concat().as_slice()))
+    };
+    nodes.iter().filter(companion).map(|n| n.name.clone()).collect()
+}
+
 impl InParallel for Restorer<'_> {
     /// The names of a directory to restore as plain bytes: a database stored together with its
-    /// -wal or -journal (a --raw-sqlite snapshot) is a raw copy, restored beside its companions,
+    /// -wal or -journal is a raw copy ([`stored_as_they_lay`]), restored beside its companions,
     /// never checked or swapped in.
     type Listing = HashSet<Vec<u8>>;
 
     fn listing(&self, nodes: &[Node]) -> HashSet<Vec<u8>> {
-        let names: HashSet<&[u8]> = nodes.iter().map(|n| n.name.as_slice()).collect();
-        let companion = |node: &&Node| {
-            [&b"-wal"[..], b"-journal"].iter().any(|suffix| names.contains([&node.name, *suffix].concat().as_slice()))
-        };
-        nodes.iter().filter(companion).map(|n| n.name.clone()).collect()
+        stored_as_they_lay(nodes)
     }
 
     /// Restores `node` into `dir` (which is `place`); a directory is made, to be walked.

@@ -167,11 +167,32 @@ impl<'a> Location<'a> {
 /// What became of one look at an entry.
 enum Look {
     Node(Node),
+    /// A database stored as it lies beside its hot journal, and the journal.
+    WithJournal(Node, Node),
     /// Excluded, vanished, or could not be read (the last is recorded).
     Skip,
     /// Something else stands under its name now.
     Replaced,
 }
+
+/// Why a listed file was not opened: [`Look::Skip`] or [`Look::Replaced`].
+enum Unopened {
+    Skip,
+    Replaced,
+}
+
+impl From<Unopened> for Look {
+    fn from(unopened: Unopened) -> Look {
+        match unopened {
+            Unopened::Skip => Look::Skip,
+            Unopened::Replaced => Look::Replaced,
+        }
+    }
+}
+
+/// What an entry is stored as: its node and, for a database stored as it lies beside its hot
+/// journal, the journal's node (named as the walk would have found it).
+type Stored = Option<(Node, Option<Node>)>;
 
 impl<'a> Archiver<'a> {
     /// Records a source entry that could not be read; the snapshot will say it is incomplete.
@@ -215,30 +236,32 @@ impl<'a> Archiver<'a> {
 
     /// Archives the source root at `path` as one node called `name`, at `level` in the
     /// snapshot's tree (the root tree's entries are level 1). `None` when it is excluded,
-    /// vanished, or could not be read (the last is recorded). Like `lstat`, a symlink at `path`
+    /// vanished, or could not be read (the last is recorded); a database stored beside its hot
+    /// journal brings the journal too. Like `lstat`, a symlink at `path`
     /// is stored as a symlink; symlinks among its parents are followed.
-    pub fn root_node(&self, path: &Path, name: Vec<u8>, parent: Option<&Node>, level: usize) -> Result<Option<Node>> {
+    pub fn root_node(&self, path: &Path, name: Vec<u8>, parent: Option<&Node>, level: usize) -> Result<Vec<Node>> {
         let (Some(directory), Some(leaf)) = (path.parent(), path.file_name()) else {
             self.record(path, "not a file or directory name");
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let dir = match Dir::open(directory, true) {
             Ok(dir) => dir,
             Err(e) => {
                 self.record(path, format!("opening its directory: {e}"));
-                return Ok(None);
+                return Ok(Vec::new());
             }
         };
         let (directory_at, leaf) = (Location::root(directory), leaf.as_bytes().to_vec());
         let Some(stat) = self.stat(&dir, &directory_at.child(&leaf), &leaf) else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let wal_sibling = dir.stat(&[leaf.as_slice(), b"-wal"].concat()).is_ok();
         // A source root is entered whatever file system it is on.
         let entry =
             Entry { dir: Arc::new(dir), name: leaf, stat, previous: parent, wal_sibling, prefetched: 0, device: None };
-        let node = self.entry_node(entry, &directory_at, level)?;
-        Ok(node.map(|node| Node { name, ..node }))
+        let Some((node, journal)) = self.entry_node(entry, &directory_at, level)? else { return Ok(Vec::new()) };
+        let journal = journal.map(|journal| Node { name: [&name, &b"-journal"[..]].concat(), ..journal });
+        Ok([Node { name, ..node }].into_iter().chain(journal).collect())
     }
 
     /// Archives the open directory `dir` at `at`, whose entries are at `level`, and returns its
@@ -270,7 +293,7 @@ impl<'a> Archiver<'a> {
         self.prefetch_reads(&mut entries, at);
         // From here the entries hold the directory open, each until it no longer needs it.
         drop(dir);
-        let nodes: Vec<Option<Node>> = entries
+        let stored: Vec<Stored> = entries
             .into_par_iter()
             .map(|entry| {
                 let prefetched = entry.prefetched;
@@ -279,7 +302,17 @@ impl<'a> Archiver<'a> {
                 node
             })
             .collect::<Result<_>>()?;
-        let tree = Tree { nodes: nodes.into_iter().flatten().collect() };
+        let mut nodes = Vec::with_capacity(stored.len());
+        let mut journals = false;
+        for (node, journal) in stored.into_iter().flatten() {
+            nodes.push(node);
+            journals |= journal.is_some();
+            nodes.extend(journal);
+        }
+        if journals {
+            nodes.sort_unstable_by(|a, b| a.name.cmp(&b.name)); // a journal's name may not follow its database's
+        }
+        let tree = Tree { nodes };
         self.store(&tree, || at.path())
     }
 
@@ -378,7 +411,7 @@ impl<'a> Archiver<'a> {
 
     /// Archives one listed entry of a directory at `dir_at`, at `level`. An entry replaced
     /// since its listing is looked at again, unless it was listed as a directory.
-    fn entry_node(&self, entry: Entry<'_>, dir_at: &Location<'_>, level: usize) -> Result<Option<Node>> {
+    fn entry_node(&self, entry: Entry<'_>, dir_at: &Location<'_>, level: usize) -> Result<Stored> {
         let Entry { dir, name, mut stat, previous, wal_sibling, device, .. } = entry;
         let at = dir_at.child(&name);
         for _ in 0..REPLACED_ATTEMPTS {
@@ -388,19 +421,23 @@ impl<'a> Archiver<'a> {
                 return Ok(None);
             }
             if stat.kind() == Kind::Dir && device.is_some_and(|device| device != stat.dev()) {
-                return self.mount_point_node(&name, &at, &stat);
+                return Ok(self.mount_point_node(&name, &at, &stat)?.map(|node| (node, None)));
             }
             if stat.kind() == Kind::Dir {
-                return self.dir_node(dir, &at, &stat, previous, level);
+                return Ok(self.dir_node(dir, &at, &stat, previous, level)?.map(|node| (node, None)));
             }
-            match self.leaf_node(&dir, &at, &stat, previous, wal_sibling)? {
-                Look::Node(node) => match self.xattrs(&dir, &name, &stat, || at.path()) {
-                    Ok(xattrs) => return Ok(Some(Node { xattrs, ..node })),
+            let read = match self.leaf_node(&dir, &at, &stat, previous, wal_sibling)? {
+                Look::Node(node) => Some((node, None)),
+                Look::WithJournal(node, journal) => Some((node, Some(journal))),
+                Look::Skip => return Ok(None),
+                Look::Replaced => None,
+            };
+            if let Some((node, journal)) = read {
+                match self.xattrs(&dir, &name, &stat, || at.path()) {
+                    Ok(xattrs) => return Ok(Some((Node { xattrs, ..node }, journal))),
                     Err(OpenError::Replaced) => {}
                     Err(_) => return Ok(None),
-                },
-                Look::Skip => return Ok(None),
-                Look::Replaced => {}
+                }
             }
             match self.stat(&dir, &at, &name) {
                 Some(again) => stat = again,
@@ -509,34 +546,48 @@ impl<'a> Archiver<'a> {
                 return Ok(Look::Node(self.node(at, listed, chunks.clone())));
             }
         }
-        let file = match open_for_reading(dir, at.name) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Look::Skip),
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Look::Replaced), // a symlink now
-            Err(e) => {
-                self.record_at(at, e);
-                return Ok(Look::Skip);
-            }
-        };
-        let opened = match fstat(&file) {
-            Ok(opened) if opened.is_file() && opened.same_file(stat) => opened,
-            Ok(_) => return Ok(Look::Replaced),
-            Err(e) => {
-                self.record_at(at, e);
-                return Ok(Look::Skip);
-            }
+        let (file, opened) = match self.open_listed(dir, at, stat) {
+            Ok(opened) => opened,
+            Err(unopened) => return Ok(unopened.into()),
         };
         if let Some(timeout) = self.sqlite {
             if sqlite::has_header(&file) {
                 drop(file);
-                return self.database_node(dir, at, listed, timeout, previous);
+                return self.database_node(dir, at, stat, timeout, previous);
             }
         }
         if self.must_be_database(at) && !sqlite::has_header(&file) {
             self.record_at(at, "not an SQLite database");
             return Ok(Look::Skip);
         }
-        Ok(match self.read_until_still(&file, opened, at)? {
+        self.read_file(&file, opened, at, previous)
+    }
+
+    /// Opens the regular file listed as `stat`, with its status as opened; else what to make of
+    /// it (vanished, replaced, or unreadable and recorded).
+    fn open_listed(&self, dir: &Dir, at: &Location<'_>, stat: &Stat) -> std::result::Result<(File, Stat), Unopened> {
+        let file = match open_for_reading(dir, at.name) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Unopened::Skip),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(Unopened::Replaced), // a symlink now
+            Err(e) => {
+                self.record_at(at, e);
+                return Err(Unopened::Skip);
+            }
+        };
+        match fstat(&file) {
+            Ok(opened) if opened.is_file() && opened.same_file(stat) => Ok((file, opened)),
+            Ok(_) => Err(Unopened::Replaced),
+            Err(e) => {
+                self.record_at(at, e);
+                Err(Unopened::Skip)
+            }
+        }
+    }
+
+    /// Reads an open regular file's bytes as they lie, until one read sees it hold still.
+    fn read_file(&self, file: &File, opened: Stat, at: &Location<'_>, previous: Option<&Node>) -> Result<Look> {
+        Ok(match self.read_until_still(file, opened, at)? {
             Some((chunks, status, len)) => {
                 self.counts.files_read.fetch_add(1, Relaxed);
                 self.progress.file_done(0);
@@ -544,6 +595,49 @@ impl<'a> Archiver<'a> {
             }
             None => Look::Skip,
         })
+    }
+
+    /// A database with a hot journal cannot be read through SQLite: reading would roll the
+    /// journal back, writing the source ([`sqlite::CaptureError::HotJournal`]). The journal and
+    /// the database are stored as they lie instead, as `--raw-sqlite` stores them, and restored
+    /// as plain bytes; SQLite rolls the journal back when the restored database is first opened,
+    /// as it would have here. The journal is read first and looked at again once the database
+    /// is read, so a rollback meanwhile (which writes the database and removes or clears the
+    /// journal) is seen: the database is then read through SQLite again.
+    fn hot_database(&self, dir: &Dir, at: &Location<'_>, stat: &Stat, previous: Option<&Node>) -> Result<Look> {
+        let journal_name = [at.name, b"-journal"].concat();
+        let journal_at = Location { parent: at.parent, name: &journal_name };
+        let raw = |at: &Location<'_>, stat: &Stat, previous| match self.open_listed(dir, at, stat) {
+            Ok((file, opened)) => self.read_file(&file, opened, at, previous),
+            Err(unopened) => Ok(unopened.into()),
+        };
+        let Some(journal_stat) = dir.stat(&journal_name).ok().filter(Stat::is_file) else {
+            return Ok(Look::Replaced); // rolled back meanwhile: read through SQLite
+        };
+        let journal = match raw(&journal_at, &journal_stat, None)? {
+            Look::Node(journal) => journal,
+            // Vanished (rolled back meanwhile), or unreadable and recorded.
+            Look::Skip if dir.stat(&journal_name).is_err() => return Ok(Look::Replaced),
+            other => return Ok(other),
+        };
+        let database = match raw(at, stat, previous)? {
+            Look::Node(database) => database,
+            other => return Ok(other),
+        };
+        if !dir.stat(&journal_name).is_ok_and(|again| metadata_unchanged(&journal.meta, &again.metadata())) {
+            return Ok(Look::Replaced);
+        }
+        let xattrs = match self.xattrs(dir, &journal_name, &journal_stat, || journal_at.path()) {
+            Ok(xattrs) => xattrs,
+            Err(OpenError::Replaced) => return Ok(Look::Replaced),
+            Err(_) => Vec::new(), // recorded; the journal is still needed beside its database
+        };
+        self.progress.warn(&format!(
+            "warning: {}: has a hot journal (left by an interrupted transaction): stored with it as both lie, \
+             not read through SQLite; SQLite rolls the journal back when the restored database is first opened",
+            crate::names::shown_path(&at.path())
+        ));
+        Ok(Look::WithJournal(database, Node { xattrs, ..journal }))
     }
 
     /// A file node for chunks just read, its list inline or in list blobs, patched against the
@@ -710,10 +804,11 @@ impl Archiver<'_> {
         &self,
         dir: &Dir,
         at: &Location<'_>,
-        listed: Metadata,
+        stat: &Stat,
         timeout: Duration,
         previous: Option<&Node>,
     ) -> Result<Look> {
+        let listed = stat.metadata();
         let mut ids = Vec::new();
         let mut size = 0u64;
         let identity = (listed.dev, listed.ino);
@@ -751,6 +846,7 @@ impl Archiver<'_> {
                 Ok(Look::Node(self.file(at, Metadata { size, ..listed }, ids, previous)?))
             }
             Err(sqlite::CaptureError::Sink(e)) => Err(e),
+            Err(sqlite::CaptureError::HotJournal(_)) => self.hot_database(dir, at, stat, previous),
             Err(e) => {
                 self.record_at(at, e);
                 Ok(Look::Skip)

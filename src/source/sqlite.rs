@@ -353,7 +353,7 @@ pub fn capture(
     for suffix in [&b"-journal"[..], b"-wal", b"-shm"] {
         let companion = [name, suffix].concat();
         if dir.stat(&companion).is_ok_and(|stat| stat.kind() != super::nofollow::Kind::File) {
-            return Err(CaptureError::Companion(String::from_utf8_lossy(&companion).into_owned()));
+            return Err(CaptureError::Companion(crate::names::shown(&companion).into_owned()));
         }
     }
     if !Path::new("/proc/self/fd").is_dir() {
@@ -361,7 +361,7 @@ pub fn capture(
     }
     let journal = [name, b"-journal"].concat();
     let fail = |e: rusqlite::Error| match is_rollback(&e) {
-        true => CaptureError::HotJournal(String::from_utf8_lossy(&journal).into_owned()),
+        true => CaptureError::HotJournal(crate::names::shown(&journal).into_owned()),
         false => classify(e, timeout),
     };
     let connection = open(&dir.path_of(name), timeout, wal).map_err(fail)?;

@@ -41,10 +41,10 @@ fn forge_hot_journal(db: &Path, victim: &Path) {
 
 /// A hot journal left by a crash (or forged by whoever can write into the tree) is never rolled
 /// back by a snapshot: rolling back writes the database, deletes the journal, and deletes the
-/// file the journal names as its super-journal, anywhere on the machine. The database is
-/// reported, with what to do, and nothing is changed.
+/// file the journal names as its super-journal, anywhere on the machine. The database and its
+/// journal are stored as they lie instead, restored as they were, and nothing is changed.
 #[test]
-fn a_hot_journal_is_reported_and_neither_rolled_back_nor_followed() {
+fn a_hot_journal_is_stored_as_it_lies_and_neither_rolled_back_nor_followed() {
     let scratch = Scratch::new("sqlite-hot-journal");
     let (data, repo, outside) = (scratch.join("data"), scratch.join("repo"), scratch.join("outside"));
     fs::create_dir_all(&data).unwrap();
@@ -60,12 +60,56 @@ fn a_hot_journal_is_reported_and_neither_rolled_back_nor_followed() {
         let source = if how.len() == 1 { data.clone() } else { db.clone() };
         let out = run(cairn(&repo).args(how).arg(&source));
         let said = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(3), "{said}");
+        assert_eq!(out.status.code(), Some(0), "{said}");
         assert!(said.contains("app.db") && said.contains("hot journal"), "{said}");
         assert_eq!(fs::read(&victim).unwrap(), b"precious", "the file the journal names is still there");
         assert_eq!(fs::read(&db).unwrap(), image, "the database is not written");
         assert_eq!(fs::read(data.join("app.db-journal")).unwrap(), journal, "the journal is left as it was");
+        let target = scratch.join(format!("restored-{}", how.len()));
+        ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+        let restored = target.join("app.db");
+        assert_eq!(fs::read(&restored).unwrap(), image, "{how:?}: the database as it lay");
+        assert_eq!(fs::read(restored.with_file_name("app.db-journal")).unwrap(), journal, "{how:?}: its journal");
+        assert_eq!(fs::read(&victim).unwrap(), b"precious", "restore opened the database");
     }
+}
+
+/// A database copied in the middle of a write transaction, with the journal that transaction
+/// wrote (what a crash leaves): the snapshot stores both, and the restored database, once
+/// opened, is the one from before the transaction, whole.
+#[test]
+fn a_database_left_by_a_crash_restores_to_its_last_commit() {
+    let scratch = Scratch::new("sqlite-crashed");
+    let (live, data, repo) = (scratch.join("live"), scratch.join("data"), scratch.join("repo"));
+    fs::create_dir_all(&live).unwrap();
+    fs::create_dir_all(&data).unwrap();
+    let writer = Connection::open(live.join("app.db")).unwrap();
+    writer.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA cache_size=1; CREATE TABLE t(x);").unwrap();
+    writer.execute_batch("BEGIN; WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<2000) INSERT INTO t SELECT printf('%0500d', i) FROM n; COMMIT;").unwrap();
+    // A transaction too large for its cache writes pages into the database before it commits.
+    writer.execute_batch("BEGIN; UPDATE t SET x = 'changed ' || x;").unwrap();
+    for name in ["app.db", "app.db-journal"] {
+        fs::copy(live.join(name), data.join(name)).unwrap();
+    }
+    writer.execute_batch("ROLLBACK").unwrap();
+    assert_ne!(fs::read(data.join("app.db")).unwrap(), fs::read(live.join("app.db")).unwrap(), "pages were spilled");
+    init(&repo);
+    let out = run(cairn(&repo).arg("snapshot").arg(&data));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("hot journal"), "{said}");
+    let target = scratch.join("restored");
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    let restored = Connection::open(target.join("app.db")).unwrap();
+    let check: String = restored.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    let (rows, changed): (i64, i64) = restored
+        .query_row("SELECT count(*), sum(x LIKE 'changed%') FROM t", [], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap();
+    assert_eq!((rows, changed), (2000, 0), "the last commit, without the interrupted transaction");
+    assert!(!target.join("app.db-journal").exists(), "SQLite rolled the journal back");
+    // The database file alone is not the database: a drill does not fail on it.
+    ok(cairn(&repo).arg("drill"));
 }
 
 /// A FIFO (or another file that is not a regular one) in the place of a database's journal,
