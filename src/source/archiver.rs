@@ -18,9 +18,10 @@
 //! the snapshot's root; the deepest directory is stored without its entries, and reported.
 //!
 //! Nothing torn: a file's status (size, mtime, ctime, inode) is taken through its descriptor
-//! before and after each read, and only a read during which it held still is taken as is. A
-//! file that changes during every one of [`READ_ATTEMPTS`] reads is stored as last read, with
-//! the length that was read, and reported (borg's "file changed while we backed it up").
+//! before and after each read, and only a read during which it held still, begun at least
+//! [`IN_FLIGHT`] after the file was last modified, is taken as is ([`settling`]). A file that
+//! changes during every one of [`READ_ATTEMPTS`] reads is stored as last read, with the length
+//! that was read, and reported (borg's "file changed while we backed it up").
 //!
 //! Change detection: a file whose size, mtime, ctime and inode match its node in the parent
 //! snapshot (and whose chunks are all in the index) reuses that chunk list without being read,
@@ -78,6 +79,28 @@ pub const MAX_DEPTH: usize = 1024;
 /// How often a file that changes while it is read is read again before it is stored as read
 /// the last time, and reported.
 pub const READ_ATTEMPTS: u32 = 3;
+
+/// How long a write that began before a read may still be copying into the file.
+const IN_FLIGHT: Duration = Duration::from_secs(1);
+
+/// How much longer to wait before reading a file whose status shows it modified less than
+/// [`IN_FLIGHT`] ago, if it does. A write sets mtime when it begins and copies afterwards, so a
+/// read that overlaps a write begun just before the status was taken sees the same status after
+/// it and is torn all the same (within one tick of the file system's clock, a second write does
+/// not move mtime either). Only a write that has been copying for longer than `IN_FLIGHT` can
+/// tear a read that starts once the file is that old. An mtime more than `IN_FLIGHT` ahead was
+/// set by hand (a write sets the present), so no write is waited for. The test knob
+/// `CAIRN_IN_FLIGHT_MS` ([`crate::knobs`]) shortens it.
+fn settling(stat: &Stat) -> Option<Duration> {
+    let in_flight =
+        crate::knobs::get("CAIRN_IN_FLIGHT_MS").and_then(|ms| ms.parse().ok()).map_or(IN_FLIGHT, Duration::from_millis);
+    let age = std::time::SystemTime::now().duration_since(stat.modified());
+    match age {
+        Ok(age) if age < in_flight => Some(in_flight - age),
+        Err(ahead) if ahead.duration() <= in_flight => Some(in_flight + ahead.duration()),
+        _ => None,
+    }
+}
 
 /// How often an entry found replaced between its listing and its opening is looked at again.
 const REPLACED_ATTEMPTS: u32 = 3;
@@ -670,15 +693,23 @@ impl<'a> Archiver<'a> {
         let mut before = opened;
         let mut last = None;
         for attempt in 1..=READ_ATTEMPTS {
-            if attempt > 1 {
-                before = match (&*file).seek(SeekFrom::Start(0)).and_then(|_| fstat(file)) {
-                    Ok(status) => status,
-                    Err(e) => {
-                        self.record_at(at, format!("reading: {e}"));
-                        return Ok(None);
-                    }
-                };
-            }
+            let rewound = if attempt > 1 { (&*file).seek(SeekFrom::Start(0)).map(|_| ()) } else { Ok(()) };
+            let looked = rewound.and_then(|()| match settling(&before) {
+                Some(wait) => {
+                    std::thread::sleep(wait);
+                    fstat(file)
+                }
+                None if attempt > 1 => fstat(file),
+                None => Ok(before),
+            });
+            before = match looked {
+                Ok(status) => status,
+                Err(e) => {
+                    self.record_at(at, format!("reading: {e}"));
+                    return Ok(None);
+                }
+            };
+            let settled = settling(&before).is_none();
             let (chunks, len) = match self.read_chunks(file, before.size()) {
                 Ok(read) => read,
                 Err(FileError::Source(e)) => {
@@ -688,7 +719,7 @@ impl<'a> Archiver<'a> {
                 Err(FileError::Repository(e)) => return Err(e),
             };
             let still = fstat(file).is_ok_and(|after| len == before.size() && before.unchanged(&after));
-            if still {
+            if still && settled {
                 return Ok(Some((chunks, before, len)));
             }
             last = Some((chunks, before, len));

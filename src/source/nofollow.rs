@@ -208,6 +208,16 @@ impl Stat {
             && (a.st_ctime, a.st_ctime_nsec) == (b.st_ctime, b.st_ctime_nsec)
     }
 
+    /// When the file's content was last modified.
+    pub fn modified(&self) -> std::time::SystemTime {
+        let (sec, nsec) = (self.0.st_mtime, self.0.st_mtime_nsec);
+        let since = std::time::Duration::new(sec.unsigned_abs(), nsec.clamp(0, 999_999_999) as u32);
+        match sec >= 0 {
+            true => std::time::UNIX_EPOCH + since,
+            false => std::time::UNIX_EPOCH - since,
+        }
+    }
+
     /// The metadata a tree node records ([`crate::format::tree`]).
     pub fn metadata(&self) -> Metadata {
         let s = &self.0;

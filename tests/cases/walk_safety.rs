@@ -585,3 +585,48 @@ fn a_file_under_a_lease_is_waited_for_and_stored_whole() {
     assert_same_tree(&source, &target);
     eprintln!("snapshot under a lease took {:?}", started.elapsed());
 }
+
+/// A writer rewriting a file whole, in place, one large write at a time: a write sets mtime when
+/// it begins, so a read that overlaps one write sees the status unchanged before and after. No
+/// snapshot may store half of one version and half of the other as complete.
+#[test]
+fn a_write_in_flight_during_the_read_is_never_stored_torn_as_complete() {
+    let scratch = Scratch::new("write-in-flight");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(&source).unwrap();
+    let path = source.join("doc");
+    const LEN: usize = 4 << 20;
+    fs::write(&path, vec![b'A'; LEN]).unwrap();
+    init(&repo);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+            let versions = [vec![b'A'; LEN], vec![b'B'; LEN]];
+            for i in 0.. {
+                if stop.load(Relaxed) {
+                    break;
+                }
+                file.write_all_at(&versions[i % 2], 0).unwrap();
+            }
+        })
+    };
+    let mut complete = 0;
+    for _ in 0..10 {
+        // Far longer than one write of the file takes (1 s as built).
+        let output = run(cairn(&repo).env("CAIRN_IN_FLIGHT_MS", "200").args(["--json", "snapshot"]).arg(&source));
+        let out: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        if out["complete"] != true {
+            continue;
+        }
+        complete += 1;
+        let stored = run(cairn(&repo).args(["dump", out["id"].as_str().unwrap(), "doc"])).stdout;
+        assert_eq!(stored.len(), LEN);
+        let torn = stored.iter().filter(|&&b| b == stored[0]).count();
+        assert_eq!(torn, LEN, "stored as complete: {torn} bytes of {:?} then the other version", stored[0] as char);
+    }
+    stop.store(true, Relaxed);
+    writer.join().unwrap();
+    eprintln!("{complete} of 10 snapshots complete");
+}
