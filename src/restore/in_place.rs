@@ -241,6 +241,27 @@ impl Site {
         }
     }
 
+    /// Makes the missing target directory as `mkdir -p` would (its parents too, unless the
+    /// restore is held within roots, where a missing parent is refused later) and opens it, so
+    /// that it is locked before anything is written into it: two restores into one new target
+    /// would otherwise fill it together. One that appeared meanwhile is opened as it is: its
+    /// lock, or its entries, decide.
+    fn made(self, within: bool) -> Result<Site> {
+        if self.old.is_some() {
+            return Ok(self);
+        }
+        match &self.parent {
+            Some((parent, _, name)) => match parent.make_dir(name, 0o777) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(&self.path, e)),
+            },
+            None if within => return Ok(self),
+            None => std::fs::create_dir_all(&self.path).map_err(|e| Error::io(&self.path, e))?,
+        }
+        Site::open(&self.path)
+    }
+
     fn is_empty(&self) -> Result<bool> {
         match &self.old {
             Some((dir, _)) => Ok(dir.names().map_err(|e| Error::io(&self.path, e))?.is_empty()),
@@ -260,10 +281,16 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
     let lock = options.lock.take();
     let options = &options;
     let want = plan::want_of(repo, snapshot, &options.includes, &id.short())?;
-    let site = Site::open(&options.target)?;
+    let mut site = Site::open(&options.target)?;
     if !options.within.is_empty() {
         site.check_within(&options.within)?;
         site.check_not_a_file()?;
+    }
+    if !options.dry_run && site.old.is_none() {
+        site = site.made(!options.within.is_empty())?;
+        if !options.within.is_empty() {
+            site.check_within(&options.within)?; // opened again by its path: still within?
+        }
     }
     if site.path == Path::new("/") && !(options.force_root && options.mode == Mode::Overwrite) {
         return Err(refuse_root(repo, id, snapshot)?);

@@ -306,3 +306,38 @@ fn a_mount_point_below_the_target_is_refused_by_in_place() {
     assert_eq!(beside(&target), (vec![], vec![]));
     assert_eq!(snapshot_count(&repo), 0, "refused before the safety snapshot");
 }
+
+/// Two restores into one target that does not exist yet: the first makes it and locks it before
+/// it writes anything, so the second, started while the first is stopped midway, refuses instead
+/// of filling the same directory beside it.
+#[test]
+fn a_second_restore_into_a_new_target_refuses_while_the_first_fills_it() {
+    let scratch = Scratch::new("new-target-two");
+    let sizes = Sizes { old_big: 16 << 20, new_big: 64 << 20 };
+    let (repo, source, _) = setup(&scratch, sizes);
+    for attempt in 0..3 {
+        let target = scratch.join(format!("new-{attempt}"));
+        let mut first = cairn(&repo).args(["--quiet", "restore", "latest", "--target"]).arg(&target).spawn().unwrap();
+        let started = Instant::now();
+        while !target.exists() && first.try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < Duration::from_secs(60));
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // SAFETY: a child of this process.
+        unsafe { libc::kill(first.id() as i32, libc::SIGSTOP) };
+        if first.try_wait().unwrap().is_some() {
+            eprintln!("attempt {attempt}: the first restore ended before it was stopped; again");
+            continue;
+        }
+        let second = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+        // SAFETY: a child of this process.
+        unsafe { libc::kill(first.id() as i32, libc::SIGCONT) };
+        assert!(first.wait().unwrap().success(), "the first restore finishes");
+        assert_eq!(second.status.code(), Some(1), "{}", String::from_utf8_lossy(&second.stderr));
+        let err = String::from_utf8_lossy(&second.stderr);
+        assert!(err.contains(&format!("is running (pid {})", first.id())), "{err}");
+        assert_same_tree(&source, &target);
+        return;
+    }
+    panic!("the first restore always ended before it could be stopped");
+}
