@@ -162,14 +162,21 @@ pub fn output_keeping(
         }
         // This process blocks the signals to take them on one thread, and a child keeps the mask
         // it is spawned with (Rust no longer clears it): a hook would ignore the very signal
-        // passed on to it. It starts with none blocked.
-        // SAFETY: between fork and exec only sigemptyset and pthread_sigmask run, which are
-        // async-signal-safe and allocate nothing.
+        // passed on to it. It starts with none blocked. A signal this process cannot pass on
+        // (SIGKILL, the OOM killer) must not leave the child running on its own, under the next
+        // run's steps: it gets SIGTERM when this process (the thread waiting for it) ends.
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: between fork and exec only sigemptyset, pthread_sigmask, prctl and getppid
+        // run, which are async-signal-safe and allocate nothing.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 let mut none = std::mem::zeroed::<libc::sigset_t>();
                 libc::sigemptyset(&mut none);
                 libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("cairn ended while the step was starting"));
+                }
                 Ok(())
             });
         }

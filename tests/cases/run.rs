@@ -511,3 +511,36 @@ fn retention_in_a_run_forgets_nothing_in_a_repository_that_is_not_whole() {
     assert_eq!(outcome("forget web").as_deref(), Some("failed"), "{report}");
     assert!(manifests() >= 3, "a snapshot was forgotten in a damaged repository: {report}");
 }
+
+/// A run killed with SIGKILL (or by the OOM killer) cannot pass the signal on to the step it is
+/// running: that step ends with it all the same, instead of going on beside the next run's.
+#[test]
+fn a_step_ends_with_its_run_killed_by_sigkill() {
+    let (s, config) = small("run-killed-step", "echo $$ > hook.pid; exec sleep 60");
+    let mut first = cairn_run(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    let pid = loop {
+        if let Some(pid) = fs::read_to_string(s.join("hook.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok()) {
+            break pid;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the hook never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // Gone, or a zombie its new parent has not reaped yet.
+    let running = || {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    };
+    let killed = Instant::now();
+    while running() && killed.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let still = running();
+    if still {
+        // SAFETY: a plain kill of the leftover, so that the test leaves nothing running.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    assert!(!still, "the step (pid {pid}) went on after its run was killed");
+}
