@@ -640,6 +640,9 @@ pub fn prune(
     Run::start("prune", "").around(repo, |record| {
         let plan = self::plan_leaving(repo, max_unused_percent, leaving)?;
         planned(&plan)?;
+        // A killed command's half-written file is dead bytes too (a snapshot removes them as
+        // well, but a copy that only syncs and prunes never runs one).
+        repo.backend().remove_stale_temp_files();
         let now = crate::clock::now_ms();
         let report = execute(repo, plan, progress)?;
         let audit = crate::audit::compact(repo, now, keep_audit, false)

@@ -252,6 +252,7 @@ fn copy_missing(
     // Taken and released with puts alone: sync never deletes in the destination, so that it
     // works with credentials that may only create objects there (store-format/locks.md).
     let held = dest.lock_create_only(LockKind::Shared, "sync", options.lock_wait)?;
+    dest.backend().remove_stale_temp_files(); // a killed sync's: no snapshot ever runs there
     match shared {
         true => copy(source, dest, &held, missing, options, progress, report),
         false => copy_reencoded(source, dest, &held, missing, progress, report),

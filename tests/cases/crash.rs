@@ -106,3 +106,36 @@ fn sigkill_during_snapshot_loses_nothing_that_completed() {
     ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert_same_tree(&source, &target);
 }
+
+/// The temporary files a killed command left (here: a process of this host that has ended) are
+/// removed by the next prune, and by the next sync in its destination, where no snapshot, which
+/// removes them too, may ever run. A live writer's is left alone.
+#[test]
+fn prune_and_sync_remove_what_killed_writers_left_in_tmp() {
+    let scratch = Scratch::new("stale-tmp");
+    let (source, repo, copy) = (scratch.join("src"), scratch.join("repo"), scratch.join("copy"));
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("a"), b"a").unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    ok(cairn(&repo).arg("sync").arg("--to").arg(&copy));
+    let mut ended = std::process::Command::new("true").spawn().unwrap();
+    ended.wait().unwrap();
+    let host = cairn::host::hostname();
+    for at in [&repo, &copy] {
+        fs::write(at.join(format!("tmp/{host}-{}-0badf00d.tmp", ended.id())), vec![7u8; 4096]).unwrap();
+        fs::write(at.join(format!("tmp/{host}-{}-feedbeef.tmp", std::process::id())), b"live").unwrap();
+    }
+    fs::write(source.join("b"), b"b").unwrap();
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    fs::write(repo.join(format!("tmp/{host}-{}-0badf00d.tmp", ended.id())), vec![7u8; 4096]).unwrap();
+    ok(cairn(&repo).arg("prune"));
+    ok(cairn(&repo).arg("sync").arg("--to").arg(&copy));
+    for at in [&repo, &copy] {
+        let left: Vec<String> = fs::read_dir(at.join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, [format!("{host}-{}-feedbeef.tmp", std::process::id())], "{}", at.display());
+    }
+}
