@@ -39,9 +39,26 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             cli::output::error_line(format_args!("error: {}", message(&error)));
+            if full_disk(&error) {
+                cli::output::error_line(format_args!(
+                    "hint: the file system is full: free some space on it and run the command again (nothing \
+                     half-written was kept); cairn needs room for a lock file even to forget, and a prune for new \
+                     index files and the packs it repacks before it deletes old ones (a larger --max-unused repacks \
+                     less)"
+                ));
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the error, or one of its causes, is a full file system or quota.
+fn full_disk(error: &anyhow::Error) -> bool {
+    let full = |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(full)
+            || matches!(cause.downcast_ref::<cairn::error::Error>(), Some(cairn::error::Error::Io { source, .. }) if full(source))
+    })
 }
 
 /// The error and its causes, joined by `: `, leaving out a cause that its parent's message

@@ -345,3 +345,28 @@ fn a_repository_that_lost_its_config_is_never_created_again_over_its_files() {
     assert!(store.put("config", &config).unwrap());
     ok(on_s3(&url).arg("check"));
 }
+
+/// A repository on a full file system: a forget (which needs room for its lock file) fails,
+/// changes nothing, and says what to do rather than only "No space left on device".
+#[test]
+fn a_full_repository_disk_is_said_with_what_to_do() {
+    let scratch = Scratch::new("repo-full");
+    let Some(mount) = Mount::try_tmpfs(&scratch.join("disk")) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let (source, repo) = (scratch.join("src"), mount.0.join("repo"));
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("a"), b"a").unwrap();
+    init(&repo);
+    for _ in 0..2 {
+        ok(cairn(&repo).arg("snapshot").arg(&source));
+    }
+    let mut filler = fs::File::create(mount.0.join("filler")).unwrap();
+    while std::io::Write::write_all(&mut filler, &[0u8; 4096]).is_ok() {}
+    let before = listing(&repo);
+    let (code, err) = stderr_of(cairn(&repo).args(["forget", "--keep-last", "1"]));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("No space left on device") && err.contains("file system is full"), "{err}");
+    assert_eq!(listing(&repo), before, "nothing changed");
+}
