@@ -105,15 +105,16 @@ pub fn open_or_create(
     passphrase: Option<&str>,
 ) -> Result<(Repository, Destination)> {
     let given = passphrase.map_or(Passphrase::None, Passphrase::Given);
+    let found = |dest: Repository| {
+        let found = match shares_keys(source, &dest) {
+            true => Destination::SameKeys,
+            false => Destination::OtherKeys { one_encrypted: source.keys().is_some() != dest.keys().is_some() },
+        };
+        (dest, found)
+    };
     match Repository::open(location, given) {
         Err(Error::NotARepository(_)) => {}
-        Ok(dest) => {
-            let found = match shares_keys(source, &dest) {
-                true => Destination::SameKeys,
-                false => Destination::OtherKeys { one_encrypted: source.keys().is_some() != dest.keys().is_some() },
-            };
-            return Ok((dest, found));
-        }
+        Ok(dest) => return Ok(found(dest)),
         Err(e) => return Err(e),
     }
     let mut config = crate::format::config::Config::new_random();
@@ -132,8 +133,14 @@ pub fn open_or_create(
         (None, Some(passphrase)) => NewKeys::New { passphrase: passphrase.to_string() },
         (None, None) => NewKeys::None,
     };
-    let dest = Repository::create(location, config, keys)?;
-    Ok((dest, Destination::Created { encrypted: passphrase.is_some() }))
+    match Repository::create(location, config, keys) {
+        Ok(dest) => Ok((dest, Destination::Created { encrypted: passphrase.is_some() })),
+        // Another sync (or init) created it meanwhile: it is the destination, as if found.
+        Err(e) => match Repository::open(location, given) {
+            Ok(dest) => Ok(found(dest)),
+            Err(_) => Err(e),
+        },
+    }
 }
 
 /// What [`sync`] did.

@@ -463,3 +463,33 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Two first syncs to one new destination at once: the one whose create loses the race takes
+/// the destination the other created, instead of failing with "a repository already exists".
+#[test]
+fn two_first_syncs_to_a_new_destination_both_succeed() {
+    let scratch = Scratch::new("sync-race");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("a"), b"a").unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    for attempt in 0..8 {
+        let copy = scratch.join(format!("copy-{attempt}"));
+        let spawn = || {
+            cairn(&repo)
+                .args(["--quiet", "sync", "--to"])
+                .arg(&copy)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (first, second) = (spawn(), spawn());
+        for child in [first, second] {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "attempt {attempt}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        ok(cairn(&copy).arg("check"));
+    }
+}
