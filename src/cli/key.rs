@@ -15,7 +15,8 @@ pub enum Args {
     /// Add a passphrase: the new one comes from --new-password-file, CAIRN_NEW_PASSWORD,
     /// CAIRN_NEW_PASSWORD_FILE, or the terminal
     Add(NewPassword),
-    /// Remove a key file by name or id prefix (never the last one)
+    /// Remove a key file by name or id prefix (never the one whose password opened the
+    /// repository: open it with another key's password to remove that one)
     Remove {
         /// Key id or prefix, as `key list` shows it
         id: String,
@@ -112,10 +113,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         }
         Args::Passwd(new) => {
             let _lock = repo.lock(LockKind::Exclusive, "key passwd", context.lock_wait)?;
-            let added = repo.add_key(&new_password(&new)?)?;
-            if let Some(old) = repo.key_used() {
-                repo.remove_key(&old)?;
-            }
+            let added = repo.replace_key(&new_password(&new)?)?;
             if !context.quiet {
                 outln!("password changed: key {}", added.short());
             }

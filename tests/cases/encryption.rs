@@ -173,7 +173,10 @@ fn wrong_missing_and_removed_keys_are_clear_errors() {
     ok(cairn(&repo).args(["--password-command", "echo a second passphrase", "snapshots"]).env_remove("CAIRN_PASSWORD"));
     let first_id =
         keys.as_array().unwrap().iter().find(|k| k["current"] == true).unwrap()["id"].as_str().unwrap().to_string();
-    ok(cairn(&repo).args(["key", "remove", &first_id[..8]]));
+    // Not with its own password: the key that opened the repository is never removed.
+    let in_use = run(cairn(&repo).args(["key", "remove", &first_id[..8]]));
+    assert!(String::from_utf8_lossy(&in_use.stderr).contains("opened the repository"), "{in_use:?}");
+    ok(cairn(&repo).args(["key", "remove", &first_id[..8]]).env("CAIRN_PASSWORD", "a second passphrase"));
     let gone = run(cairn(&repo).arg("snapshots"));
     assert!(String::from_utf8_lossy(&gone.stderr).contains("wrong password"), "the removed key no longer opens it");
     let with_second = |c: &mut std::process::Command| {

@@ -1,0 +1,58 @@
+//! Key management against hostile states: key files that open with the password but belong to
+//! no repository (an `init` that crashed before its config, a copy from elsewhere), damaged key
+//! files, duplicate passwords.
+
+use std::fs;
+use std::path::Path;
+
+use crate::support::*;
+
+/// The key files in `repo`'s `keys/`.
+fn key_files(repo: &Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = fs::read_dir(repo.join("keys")).unwrap().map(|e| e.unwrap().path()).collect();
+    out.sort();
+    out
+}
+
+/// The id of the key `key list` marks as the one that opened the repository.
+fn current_key(repo: &Path) -> String {
+    let keys = json(cairn(repo).args(["key", "list"]));
+    let current = keys.as_array().unwrap().iter().find(|k| k["current"] == true).expect("a current key");
+    current["id"].as_str().unwrap().to_string()
+}
+
+/// A key file copied from another repository opens with the same password but holds another
+/// master key: counting files in keys/ took it for a second key, and `key remove` deleted the
+/// only one that opens the repository. The key that opened the repository is never removed, and
+/// `init` deletes the key files an interrupted `init` left once its own config is written.
+#[test]
+fn the_key_in_use_is_never_removed_and_init_clears_leftover_keys() {
+    let scratch = Scratch::new("keys-leftover");
+    let other = scratch.join("other");
+    init(&other);
+    let repo = scratch.join("repo");
+    fs::create_dir_all(repo.join("keys")).unwrap();
+    for key in key_files(&other) {
+        fs::copy(&key, repo.join("keys").join(key.file_name().unwrap())).unwrap();
+    }
+    ok(cairn(&repo).arg("init"));
+    assert_eq!(key_files(&repo).len(), 1, "init removes the key files no repository owns");
+
+    // The same state made after init: a foreign key beside the real one.
+    for key in key_files(&other) {
+        fs::copy(&key, repo.join("keys").join(key.file_name().unwrap())).unwrap();
+    }
+    let current = current_key(&repo);
+    let refused = run(cairn(&repo).args(["key", "remove", &current[..8]]));
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("opened the repository") && said.contains("another"), "{refused:?}");
+    ok(cairn(&repo).arg("snapshots"));
+
+    // With a second password the first key may go: opened by the second, it is not in use.
+    let second = scratch.join("second");
+    fs::write(&second, "another passphrase\n").unwrap();
+    ok(cairn(&repo).args(["key", "add", "--new-password-file"]).arg(&second));
+    ok(cairn(&repo).arg("--password-file").arg(&second).args(["key", "remove", &current[..8]]));
+    ok(cairn(&repo).arg("--password-file").arg(&second).arg("snapshots"));
+}
