@@ -71,27 +71,35 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             if context.json {
                 let list: Vec<_> = files
                     .iter()
-                    .map(|(name, f)| serde_json::json!({
-                        "id": name.to_hex(),
-                        "current": Some(*name) == repo.key_used(),
-                        "hostname": f.hostname,
-                        "created": format::utc(f.created_ms / 1000),
-                        "kdf": { "algorithm": "argon2id", "memory_kib": f.kdf.m_cost, "iterations": f.kdf.t_cost, "parallelism": f.kdf.p_cost },
-                    }))
+                    .map(|(name, file)| match file {
+                        Ok(f) => serde_json::json!({
+                            "id": name.to_hex(),
+                            "current": Some(*name) == repo.key_used(),
+                            "hostname": f.hostname,
+                            "created": format::utc(f.created_ms / 1000),
+                            "kdf": { "algorithm": "argon2id", "memory_kib": f.kdf.m_cost, "iterations": f.kdf.t_cost, "parallelism": f.kdf.p_cost },
+                        }),
+                        Err(e) => serde_json::json!({ "id": name.to_hex(), "current": false, "damaged": e.to_string() }),
+                    })
                     .collect();
                 outln!("{}", serde_json::Value::Array(list));
             } else {
-                for (name, f) in &files {
-                    outln!(
-                        "{} {}  {}  {}  argon2id m={} KiB t={} p={}",
-                        if Some(*name) == repo.key_used() { "*" } else { " " },
-                        name.short(),
-                        format::utc(f.created_ms / 1000),
-                        f.hostname,
-                        f.kdf.m_cost,
-                        f.kdf.t_cost,
-                        f.kdf.p_cost
-                    );
+                for (name, file) in &files {
+                    let current = if Some(*name) == repo.key_used() { "*" } else { " " };
+                    match file {
+                        Ok(f) => outln!(
+                            "{current} {}  {}  {}  argon2id m={} KiB t={} p={}",
+                            name.short(),
+                            format::utc(f.created_ms / 1000),
+                            f.hostname,
+                            f.kdf.m_cost,
+                            f.kdf.t_cost,
+                            f.kdf.p_cost
+                        ),
+                        Err(e) => {
+                            outln!("{current} {}  DAMAGED ({e}): opens nothing; `key remove` removes it", name.short())
+                        }
+                    }
                 }
             }
         }

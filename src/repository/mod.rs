@@ -295,14 +295,12 @@ impl Repository {
         self.key_used
     }
 
-    /// Every key file, with its id.
-    pub fn key_files(&self) -> Result<Vec<(Id, KeyFile)>> {
+    /// Every key file, with its id, and each decoded or why it could not be. A damaged key file
+    /// is listed, not an error: opening skips it, and `key remove` must reach it.
+    pub fn key_files(&self) -> Result<Vec<(Id, Result<KeyFile>)>> {
         let location = self.backend.location();
-        let mut out = Vec::new();
-        for id in key_ids(self.backend.list(FileKind::Key.dir())?) {
-            out.push((id, read_key_file(&*self.backend, &location, &id)?));
-        }
-        Ok(out)
+        let listed = key_ids(self.backend.list(FileKind::Key.dir())?);
+        Ok(listed.into_iter().map(|id| (id, read_key_file(&*self.backend, &location, &id))).collect())
     }
 
     /// Wraps the master key under another passphrase; returns the new key file's id.

@@ -56,3 +56,32 @@ fn the_key_in_use_is_never_removed_and_init_clears_leftover_keys() {
     ok(cairn(&repo).arg("--password-file").arg(&second).args(["key", "remove", &current[..8]]));
     ok(cairn(&repo).arg("--password-file").arg(&second).arg("snapshots"));
 }
+
+/// A truncated key file made `key list` fail and `key remove` of it fail as "corrupt", though
+/// opening the repository skips it: it is listed as damaged and can be removed, while the key
+/// that opened the repository still cannot.
+#[test]
+fn a_damaged_key_file_is_listed_and_can_be_removed() {
+    let scratch = Scratch::new("keys-damaged");
+    let repo = scratch.join("repo");
+    init(&repo);
+    let current = current_key(&repo);
+    ok(cairn(&repo).args(["key", "add"]).env("CAIRN_NEW_PASSWORD", "another passphrase"));
+    let damaged = key_files(&repo).into_iter().find(|k| !k.ends_with(&current)).unwrap();
+    let bytes = fs::read(&damaged).unwrap();
+    fs::write(&damaged, &bytes[..bytes.len() / 2]).unwrap();
+    let damaged_id = damaged.file_name().unwrap().to_string_lossy().into_owned();
+
+    let listed = json(cairn(&repo).args(["key", "list"]));
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let entry = listed.iter().find(|k| k["id"] == damaged_id.as_str()).unwrap();
+    assert!(entry["damaged"].as_str().is_some(), "{entry:?}");
+    assert!(ok(cairn(&repo).args(["key", "list"])).contains("DAMAGED"));
+
+    let refused = run(cairn(&repo).args(["key", "remove", &current[..8]]));
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    ok(cairn(&repo).args(["key", "remove", &damaged_id[..8]]));
+    assert_eq!(key_files(&repo).len(), 1);
+    ok(cairn(&repo).arg("snapshots"));
+}
