@@ -125,6 +125,18 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             if !context.quiet {
                 outln!("password changed: key {}", added.short());
             }
+            // The key file of the old password is gone, but other key files still open the
+            // repository with theirs, and one may be the old password's twin (added before
+            // `add_key` refused duplicates): knowing that would cost the old password once more
+            // (a second prompt). Said, so that a change made because a password leaked is not
+            // taken for the end of it.
+            let others = repo.key_files()?.len().saturating_sub(1);
+            if others > 0 {
+                errln!(
+                    "note: {others} other key file(s) still open the repository with their passwords, which may \
+                     include the old one (`key list` shows them, `key remove ID` removes one)"
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -303,10 +303,36 @@ impl Repository {
         Ok(listed.into_iter().map(|id| (id, read_key_file(&*self.backend, &location, &id))).collect())
     }
 
-    /// Wraps the master key under another passphrase; returns the new key file's id.
+    /// Wraps the master key under another passphrase; returns the new key file's id. Refused
+    /// when a key file of this repository already opens with `passphrase`: two would make
+    /// `key passwd` (or removing one) leave the passphrase working while saying it changed.
+    /// Finding out costs one key derivation per key file, as a wrong passphrase does when opening
+    /// (25 ms at the default parameters): a rare command with a handful of keys can afford it.
     pub fn add_key(&self, passphrase: &str) -> Result<Id> {
         let keys = self.keys.as_ref().ok_or(Error::NotEncrypted)?;
+        if let Some(id) = self.key_opening(passphrase)? {
+            return Err(Error::Refused(format!(
+                "key {} already opens the repository with this password: choose another one (`key list` shows the keys)",
+                id.short()
+            )));
+        }
         write_key_file(&*self.backend, &keys.master, passphrase)
+    }
+
+    /// The key file that opens with `passphrase` to this repository's master key, if any (a key
+    /// file of another master key, or a damaged one, opens nothing here).
+    fn key_opening(&self, passphrase: &str) -> Result<Option<Id>> {
+        let Some(keys) = &self.keys else { return Ok(None) };
+        let ours = keys.master.to_bytes();
+        for (id, file) in self.key_files()? {
+            let Ok(file) = file else { continue };
+            let wrapping = crate::crypto::wrapping_key(passphrase.as_bytes(), &file.salt, file.kdf)?;
+            let opened = crate::crypto::unwrap(&wrapping, &file.binding(), &file.wrapped);
+            if opened.is_some_and(|master| master.to_bytes() == ours) {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
     }
 
     /// Deletes the key file `id`, never the one this repository was opened with. That one is the

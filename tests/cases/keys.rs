@@ -85,3 +85,28 @@ fn a_damaged_key_file_is_listed_and_can_be_removed() {
     assert_eq!(key_files(&repo).len(), 1);
     ok(cairn(&repo).arg("snapshots"));
 }
+
+/// `key add` accepted a password a key file already had, so `key passwd` later said "password
+/// changed" while the twin still opened the repository with the old one. A duplicate is refused,
+/// and `key passwd` says how many other key files still open the repository.
+#[test]
+fn a_password_a_key_already_has_is_refused() {
+    let scratch = Scratch::new("keys-duplicate");
+    let repo = scratch.join("repo");
+    init(&repo);
+    let twin = run(cairn(&repo).args(["key", "add"]).env("CAIRN_NEW_PASSWORD", PASSWORD));
+    assert_eq!(twin.status.code(), Some(1), "{twin:?}");
+    assert!(String::from_utf8_lossy(&twin.stderr).contains("already opens the repository"), "{twin:?}");
+    let same = run(cairn(&repo).args(["key", "passwd"]).env("CAIRN_NEW_PASSWORD", PASSWORD));
+    assert_eq!(same.status.code(), Some(1), "{same:?}");
+    assert_eq!(key_files(&repo).len(), 1);
+
+    ok(cairn(&repo).args(["key", "add"]).env("CAIRN_NEW_PASSWORD", "second"));
+    let twin = run(cairn(&repo).args(["key", "add"]).env("CAIRN_NEW_PASSWORD", "second"));
+    assert_eq!(twin.status.code(), Some(1), "{twin:?}");
+    let changed = run(cairn(&repo).args(["key", "passwd"]).env("CAIRN_NEW_PASSWORD", "third"));
+    assert!(changed.status.success(), "{changed:?}");
+    assert!(String::from_utf8_lossy(&changed.stderr).contains("1 other key file(s) still open"), "{changed:?}");
+    let old = run(cairn(&repo).arg("snapshots"));
+    assert!(String::from_utf8_lossy(&old.stderr).contains("wrong password"), "{old:?}");
+}
