@@ -223,7 +223,14 @@ impl Repository {
                 }
             }
         }
-        std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+        // Missing parents too are the owner's alone ([`crate::backend::local::DIR_MODE`]); a
+        // directory that exists keeps the mode its owner gave it.
+        std::os::unix::fs::DirBuilderExt::mode(
+            std::fs::DirBuilder::new().recursive(true),
+            crate::backend::local::DIR_MODE,
+        )
+        .create(path)
+        .map_err(|e| Error::io(path, e))?;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             crate::disk::sync_dir(parent)?;
         }

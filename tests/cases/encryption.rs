@@ -366,3 +366,42 @@ fn a_wrong_password_is_said_at_once_while_a_prune_holds_the_lock() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("an exclusive lock of `cairn prune`"), "{out:?}");
     assert!(watch.created(), "the right password takes its lock (the watch sees it)");
 }
+
+/// Every file and directory cairn makes in a local repository is its owner's alone, whatever the
+/// umask: with 022 they were readable by any local user, a plain repository's data and an
+/// encrypted one's key files (all an offline guess at the passphrase needs) alike.
+#[test]
+fn repository_files_are_the_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let scratch = Scratch::new("enc-modes");
+    fs::create_dir_all(scratch.join("src")).unwrap();
+    fs::write(scratch.join("src/f"), "data").unwrap();
+    let with_umask_022 = |command: &mut std::process::Command| {
+        // SAFETY: umask is async-signal-safe and touches no memory.
+        unsafe {
+            command.pre_exec(|| {
+                libc::umask(0o022);
+                Ok(())
+            })
+        };
+        ok(command);
+    };
+    let encrypted = scratch.join("parent/encrypted");
+    let plain = scratch.join("plain");
+    with_umask_022(cairn(&encrypted).arg("init"));
+    with_umask_022(cairn(&encrypted).arg("snapshot").arg(scratch.join("src")));
+    with_umask_022(cairn(&encrypted).args(["key", "add"]).env("CAIRN_NEW_PASSWORD", "second"));
+    with_umask_022(cairn(&plain).arg("snapshot").arg(scratch.join("src")).env_remove("CAIRN_PASSWORD"));
+    let mut pending = vec![scratch.join("parent"), plain];
+    let mut seen = 0;
+    while let Some(path) = pending.pop() {
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o077, 0, "{} has mode {:o}", path.display(), meta.permissions().mode());
+        if meta.is_dir() {
+            pending.extend(fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+        seen += 1;
+    }
+    assert!(seen > 20, "{seen}");
+}
