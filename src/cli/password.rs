@@ -56,6 +56,16 @@ impl Source {
         !matches!(self, Source::Terminal)
     }
 
+    /// Where the password came from, for a message.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Source::Value(_) => "CAIRN_PASSWORD",
+            Source::File(_) => "a password file",
+            Source::Command(_) => "a password command",
+            Source::Terminal => "the terminal",
+        }
+    }
+
     /// The password, or `None` when only the terminal could give it and there is none.
     pub fn read(&self, location: &str) -> Result<Option<String>> {
         match self {

@@ -405,3 +405,25 @@ fn repository_files_are_the_owners_alone() {
     }
     assert!(seen > 20, "{seen}");
 }
+
+/// A password given for a plain repository was silently ignored, so whoever set it believed the
+/// backups encrypted. It is said once per command, and the command still succeeds (a cron job
+/// that sets one password for every repository must not break).
+#[test]
+fn a_password_for_a_plain_repository_is_said_unused() {
+    let scratch = Scratch::new("enc-unused");
+    let repo = scratch.join("repo");
+    ok(cairn(&repo).args(["init", "--encryption", "none"]));
+    fs::create_dir_all(scratch.join("src")).unwrap();
+    for args in
+        [vec!["snapshot".into(), scratch.join("src").into_os_string()], vec!["snapshots".into()], vec!["check".into()]]
+    {
+        let output = run(cairn(&repo).args(&args));
+        assert!(output.status.success(), "{output:?}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(said.matches("was not used").count(), 1, "{output:?}");
+        assert!(said.contains("NOT encrypted"), "{output:?}");
+        let quiet = run(cairn(&repo).args(&args).env_remove("CAIRN_PASSWORD"));
+        assert!(!String::from_utf8_lossy(&quiet.stderr).contains("was not used"), "{quiet:?}");
+    }
+}
