@@ -40,7 +40,7 @@ fn new_password(args: &NewPassword) -> Result<String> {
         return super::password::from_file(path);
     }
     if let Some(value) = std::env::var_os("CAIRN_NEW_PASSWORD").filter(|v| !v.is_empty()) {
-        return Ok(value.to_string_lossy().into_owned());
+        return super::password::from_variable(&value, "CAIRN_NEW_PASSWORD");
     }
     if let Some(path) = std::env::var_os("CAIRN_NEW_PASSWORD_FILE").filter(|v| !v.is_empty()) {
         return super::password::from_file(std::path::Path::new(&path));
