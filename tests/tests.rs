@@ -35,6 +35,8 @@ mod gen_repo;
 mod in_place;
 #[path = "cases/index_copy.rs"]
 mod index_copy;
+#[path = "cases/keys.rs"]
+mod keys;
 #[path = "cases/monitor.rs"]
 mod monitor;
 #[path = "cases/mount.rs"]

@@ -37,12 +37,13 @@ impl LocalBackend {
     }
 
     /// Creates a directory below the root (and any missing parents), making each new entry
-    /// durable in its parent.
+    /// durable in its parent. Mode [`DIR_MODE`].
     pub fn create_dir(&self, key: &str) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
         let mut path = self.root.clone();
         for part in key.split('/').filter(|p| !p.is_empty()) {
             path.push(part);
-            match fs::create_dir(&path) {
+            match fs::DirBuilder::new().mode(DIR_MODE).create(&path) {
                 Ok(()) => sync_dir(path.parent().unwrap_or(&self.root))?,
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(Error::io(path, e)),
@@ -63,9 +64,18 @@ fn temp_name() -> String {
     )
 }
 
-/// Writes a new file and fsyncs it.
+/// The mode of every file cairn writes into a local repository: its owner's alone, whatever the
+/// umask, as restic and borg do. A plain repository's files are the backed-up data, and an
+/// encrypted one's key files are what an offline guess at the passphrase needs. Not 0400,
+/// though nothing rewrites a file: `rm -r` of a repository would then ask about every file.
+pub const FILE_MODE: u32 = 0o600;
+/// The mode of the directories cairn creates in (and for) a local repository.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Writes a new file (mode [`FILE_MODE`]) and fsyncs it.
 fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(FILE_MODE).open(path)?;
     file.write_all(data)?;
     file.sync_all()
 }

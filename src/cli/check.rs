@@ -31,6 +31,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let location = context.location();
     let ask = context.password.asker(&location);
     let repo = Repository::open_on(backend, &Location::parse(&location), cairn::repository::Passphrase::Ask(&ask))?;
+    context.warn_unused_password(&repo, &location);
     let lock = super::read_lock(&repo, "check", context.lock_wait)?;
     let prefetched = match prefetch.map(|thread| thread.join()) {
         Some(Ok(prefetched)) => prefetched,

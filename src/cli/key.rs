@@ -15,7 +15,8 @@ pub enum Args {
     /// Add a passphrase: the new one comes from --new-password-file, CAIRN_NEW_PASSWORD,
     /// CAIRN_NEW_PASSWORD_FILE, or the terminal
     Add(NewPassword),
-    /// Remove a key file by name or id prefix (never the last one)
+    /// Remove a key file by name or id prefix (never the one whose password opened the
+    /// repository: open it with another key's password to remove that one)
     Remove {
         /// Key id or prefix, as `key list` shows it
         id: String,
@@ -39,7 +40,7 @@ fn new_password(args: &NewPassword) -> Result<String> {
         return super::password::from_file(path);
     }
     if let Some(value) = std::env::var_os("CAIRN_NEW_PASSWORD").filter(|v| !v.is_empty()) {
-        return Ok(value.to_string_lossy().into_owned());
+        return super::password::from_variable(&value, "CAIRN_NEW_PASSWORD");
     }
     if let Some(path) = std::env::var_os("CAIRN_NEW_PASSWORD_FILE").filter(|v| !v.is_empty()) {
         return super::password::from_file(std::path::Path::new(&path));
@@ -70,27 +71,35 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             if context.json {
                 let list: Vec<_> = files
                     .iter()
-                    .map(|(name, f)| serde_json::json!({
-                        "id": name.to_hex(),
-                        "current": Some(*name) == repo.key_used(),
-                        "hostname": f.hostname,
-                        "created": format::utc(f.created_ms / 1000),
-                        "kdf": { "algorithm": "argon2id", "memory_kib": f.kdf.m_cost, "iterations": f.kdf.t_cost, "parallelism": f.kdf.p_cost },
-                    }))
+                    .map(|(name, file)| match file {
+                        Ok(f) => serde_json::json!({
+                            "id": name.to_hex(),
+                            "current": Some(*name) == repo.key_used(),
+                            "hostname": f.hostname,
+                            "created": format::utc(f.created_ms / 1000),
+                            "kdf": { "algorithm": "argon2id", "memory_kib": f.kdf.m_cost, "iterations": f.kdf.t_cost, "parallelism": f.kdf.p_cost },
+                        }),
+                        Err(e) => serde_json::json!({ "id": name.to_hex(), "current": false, "damaged": e.to_string() }),
+                    })
                     .collect();
                 outln!("{}", serde_json::Value::Array(list));
             } else {
-                for (name, f) in &files {
-                    outln!(
-                        "{} {}  {}  {}  argon2id m={} KiB t={} p={}",
-                        if Some(*name) == repo.key_used() { "*" } else { " " },
-                        name.short(),
-                        format::utc(f.created_ms / 1000),
-                        f.hostname,
-                        f.kdf.m_cost,
-                        f.kdf.t_cost,
-                        f.kdf.p_cost
-                    );
+                for (name, file) in &files {
+                    let current = if Some(*name) == repo.key_used() { "*" } else { " " };
+                    match file {
+                        Ok(f) => outln!(
+                            "{current} {}  {}  {}  argon2id m={} KiB t={} p={}",
+                            name.short(),
+                            format::utc(f.created_ms / 1000),
+                            f.hostname,
+                            f.kdf.m_cost,
+                            f.kdf.t_cost,
+                            f.kdf.p_cost
+                        ),
+                        Err(e) => {
+                            outln!("{current} {}  DAMAGED ({e}): opens nothing; `key remove` removes it", name.short())
+                        }
+                    }
                 }
             }
         }
@@ -112,12 +121,21 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         }
         Args::Passwd(new) => {
             let _lock = repo.lock(LockKind::Exclusive, "key passwd", context.lock_wait)?;
-            let added = repo.add_key(&new_password(&new)?)?;
-            if let Some(old) = repo.key_used() {
-                repo.remove_key(&old)?;
-            }
+            let added = repo.replace_key(&new_password(&new)?)?;
             if !context.quiet {
                 outln!("password changed: key {}", added.short());
+            }
+            // The key file of the old password is gone, but other key files still open the
+            // repository with theirs, and one may be the old password's twin (added before
+            // `add_key` refused duplicates): knowing that would cost the old password once more
+            // (a second prompt). Said, so that a change made because a password leaked is not
+            // taken for the end of it.
+            let others = repo.key_files()?.len().saturating_sub(1);
+            if others > 0 {
+                errln!(
+                    "note: {others} other key file(s) still open the repository with their passwords, which may \
+                     include the old one (`key list` shows them, `key remove ID` removes one)"
+                );
             }
         }
     }

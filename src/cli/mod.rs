@@ -184,7 +184,23 @@ impl Context {
 
     /// Opens the repository at `location` (an encrypted one with this command's password).
     pub fn open_at(&self, location: &str) -> cairn::error::Result<Repository> {
-        Repository::open(&location.into(), Passphrase::Ask(&self.password.asker(location)))
+        let repo = Repository::open(&location.into(), Passphrase::Ask(&self.password.asker(location)))?;
+        self.warn_unused_password(&repo, location);
+        Ok(repo)
+    }
+
+    /// Says, once per command, that a password was given for a repository that is not
+    /// encrypted: whoever set it believes the backups are encrypted. Only a warning: a cron job
+    /// that sets one password for all its repositories must go on working.
+    pub fn warn_unused_password(&self, repo: &Repository, location: &str) {
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if repo.keys().is_none() && self.password.given() && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            errln!(
+                "warning: {location} is NOT encrypted: the password given ({}) was not used; its data is stored \
+                 as is (`cairn sync` to a new repository with the password gives an encrypted copy)",
+                self.password.describe()
+            );
+        }
     }
 
     /// [`Context::open`] for a command that reads: an object store's immutable files are read
@@ -229,6 +245,7 @@ impl Context {
         let ahead = std::sync::Arc::new(ListedAhead::new(Location::parse(&location).backend()?));
         let ask = self.password.asker(&location);
         let mut repo = Repository::open_on(ahead.clone(), &Location::parse(&location), Passphrase::Ask(&ask))?;
+        self.warn_unused_password(&repo, &location);
         let lock = std::thread::scope(|scope| {
             read_lock_then(ahead.clone(), command, self.lock_wait, &|| {
                 scope.spawn(|| {

@@ -42,7 +42,7 @@ impl Source {
         }
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         Ok(match (var(VARIABLES[0]), var(VARIABLES[1]), var(VARIABLES[2])) {
-            (Some(value), _, _) => Source::Value(value.to_string_lossy().into_owned()),
+            (Some(value), _, _) => Source::Value(from_variable(&value, VARIABLES[0])?),
             // Absolute too, for the hooks that `cairn run` starts in its config's directory.
             (None, Some(file), _) => Source::File(std::path::absolute(&file).unwrap_or_else(|_| file.into())),
             (None, None, Some(command)) => Source::Command(command.to_string_lossy().into_owned()),
@@ -56,23 +56,22 @@ impl Source {
         !matches!(self, Source::Terminal)
     }
 
+    /// Where the password came from, for a message.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Source::Value(_) => "CAIRN_PASSWORD",
+            Source::File(_) => "a password file",
+            Source::Command(_) => "a password command",
+            Source::Terminal => "the terminal",
+        }
+    }
+
     /// The password, or `None` when only the terminal could give it and there is none.
     pub fn read(&self, location: &str) -> Result<Option<String>> {
         match self {
             Source::Value(value) => Ok(Some(value.clone())),
             Source::File(path) => from_file(path).map(Some),
-            Source::Command(command) => {
-                let output = Command::new("sh")
-                    .arg("-c")
-                    .arg(command)
-                    .stderr(std::process::Stdio::inherit())
-                    .output()
-                    .context("cannot run the password command")?;
-                if !output.status.success() {
-                    bail!("the password command failed: {}", output.status);
-                }
-                first_line(&String::from_utf8_lossy(&output.stdout), "the password command").map(Some)
-            }
+            Source::Command(command) => from_command(command).map(Some),
             Source::Terminal => prompt(&format!("password for {location}: ")),
         }
     }
@@ -114,24 +113,97 @@ pub fn withhold_from(command: &mut Command) {
     }
 }
 
-/// The first line of a password file; an empty one is an error.
+/// The longest password line cairn reads, in bytes: a source that gives more (`/dev/zero`, a
+/// command that never stops printing) is refused before it fills memory.
+const LONGEST: usize = 4096;
+
+/// What a password command may print after its first line (read and dropped, so that it can
+/// finish writing) before it is taken for one that never ends.
+const MOST_AFTER: u64 = 64 * 1024;
+
+/// The first line of a password file.
 pub fn from_file(path: &Path) -> Result<String> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read the password file {}", path.display()))?;
-    first_line(&text, &format!("the password file {}", path.display()))
+    let from = format!("the password file {}", path.display());
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {from}"))?;
+    let line = first_line(&mut std::io::BufReader::new(file), &from)?;
+    password_of(&line, &from)
 }
 
-fn first_line(text: &str, from: &str) -> Result<String> {
-    let line = text.lines().next().unwrap_or("").to_string();
-    if line.is_empty() {
-        bail!("{from} gave an empty password");
+/// The first line of a variable's value (`CAIRN_PASSWORD`, `CAIRN_NEW_PASSWORD`).
+pub fn from_variable(value: &std::ffi::OsStr, name: &str) -> Result<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let from = format!("the variable {name}");
+    let line = first_line(&mut value.as_bytes(), &from)?;
+    password_of(&line, &from)
+}
+
+/// The first line the shell command `command` prints. The rest of its output is read and
+/// dropped up to [`MOST_AFTER`] (a command killed by a closed pipe would look like one that
+/// failed); a command that prints more, or a first line without end, is killed and waited for.
+fn from_command(command: &str) -> Result<String> {
+    use std::io::Read;
+    let from = "the password command";
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .context("cannot run the password command")?;
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let read = first_line(&mut stdout, from).and_then(|line| {
+        let after = std::io::copy(&mut (&mut stdout).take(MOST_AFTER + 1), &mut std::io::sink())
+            .context("reading the output of the password command")?;
+        if after > MOST_AFTER {
+            bail!("the password command printed more than {} KiB after its first line: it seems never to end (it should print the password and exit)", MOST_AFTER / 1024);
+        }
+        Ok(line)
+    });
+    if read.is_err() {
+        let _ = child.kill();
+    }
+    drop(stdout);
+    let status = child.wait().context("waiting for the password command")?;
+    let line = read?;
+    if !status.success() {
+        bail!("the password command failed: {status}");
+    }
+    password_of(&line, from)
+}
+
+/// The bytes of the first line `reader` gives (without its end), reading no more than
+/// [`LONGEST`] bytes and a newline.
+fn first_line(reader: &mut impl std::io::BufRead, from: &str) -> Result<Vec<u8>> {
+    use std::io::{BufRead, Read};
+    let mut line = Vec::new();
+    reader.take(LONGEST as u64 + 1).read_until(b'\n', &mut line).with_context(|| format!("cannot read {from}"))?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() > LONGEST {
+        bail!("{from} gave a password longer than {LONGEST} bytes (or no line at all): give one line of at most {LONGEST} bytes");
     }
     Ok(line)
 }
 
+/// The password of a line, from any source: a `\r` before its end is dropped (a file written on
+/// Windows), and it must be UTF-8 and not empty. Every source goes through here, so the same
+/// bytes give the same password wherever they come from; bytes that are not UTF-8 are refused,
+/// not replaced, since replacing would let other bytes of the same count open the repository.
+fn password_of(line: &[u8], from: &str) -> Result<String> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Ok(password) = std::str::from_utf8(line) else {
+        bail!("{from} gave a password that is not valid UTF-8: cairn takes passwords as UTF-8 text");
+    };
+    if password.is_empty() {
+        bail!("{from} gave an empty password");
+    }
+    Ok(password.to_string())
+}
+
 /// Reads a line from the terminal with echo off, after showing `text`; `None` without a terminal.
 pub fn prompt(text: &str) -> Result<Option<String>> {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     use std::os::fd::AsRawFd;
     if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Ok(None);
@@ -147,14 +219,8 @@ pub fn prompt(text: &str) -> Result<Option<String>> {
     quiet.c_lflag &= !libc::ECHO;
     (&tty).write_all(text.as_bytes()).context("writing to /dev/tty")?;
     unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
-    let mut line = String::new();
-    let read = std::io::BufReader::new(&tty).read_line(&mut line);
+    let read = first_line(&mut std::io::BufReader::new(&tty), "the terminal");
     unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
     let _ = (&tty).write_all(b"\n");
-    read.context("reading from /dev/tty")?;
-    let line = line.trim_end_matches(['\n', '\r']).to_string();
-    if line.is_empty() {
-        bail!("empty password");
-    }
-    Ok(Some(line))
+    password_of(&read?, "the terminal").map(Some)
 }

@@ -175,6 +175,11 @@ impl Repository {
             }
             NewKeys::Shared { master, passphrase } => Some((master, passphrase)),
         };
+        // Key files already there belong to no repository: there is no config, and
+        // `refuse_lost_config` saw no snapshots or index (an `init` that crashed before its
+        // config, or a copy). Kept, one would open with the same passphrase, count as a second key
+        // of this repository, and cost every opening a key derivation.
+        let leftovers = key_ids(backend.list(FileKind::Key.dir())?);
         let repo = match sealed_by {
             Some((master, passphrase)) => {
                 let key_used = write_key_file(&*backend, &master, &passphrase)?;
@@ -183,7 +188,19 @@ impl Repository {
             None => Self::assemble(backend, config, None, None),
         };
         if !repo.backend.put(CONFIG, &repo.seal_file(repo.config.encode()))? {
+            // Another `init` got here first: the key file just written is of no repository.
+            if let Some(key) = repo.key_used {
+                let _ = repo.delete_file(FileKind::Key, &key);
+            }
             return Err(Error::AlreadyExists(PathBuf::from(location)));
+        }
+        // Only now, with the config written, is the location this repository's: a crash before
+        // leaves the leftovers for the next `init` to remove. A leftover that cannot be deleted
+        // (create-only credentials) does not fail the `init` that just committed: it opens
+        // nothing here and `key remove` never removes the key in use, so it costs an opening
+        // one key derivation, no more.
+        for key in leftovers.iter().filter(|key| Some(**key) != repo.key_used) {
+            let _ = repo.delete_file(FileKind::Key, key);
         }
         Ok(repo)
     }
@@ -206,7 +223,14 @@ impl Repository {
                 }
             }
         }
-        std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+        // Missing parents too are the owner's alone ([`crate::backend::local::DIR_MODE`]); a
+        // directory that exists keeps the mode its owner gave it.
+        std::os::unix::fs::DirBuilderExt::mode(
+            std::fs::DirBuilder::new().recursive(true),
+            crate::backend::local::DIR_MODE,
+        )
+        .create(path)
+        .map_err(|e| Error::io(path, e))?;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             crate::disk::sync_dir(parent)?;
         }
@@ -278,35 +302,78 @@ impl Repository {
         self.key_used
     }
 
-    /// Every key file, with its id.
-    pub fn key_files(&self) -> Result<Vec<(Id, KeyFile)>> {
+    /// Every key file, with its id, and each decoded or why it could not be. A damaged key file
+    /// is listed, not an error: opening skips it, and `key remove` must reach it.
+    pub fn key_files(&self) -> Result<Vec<(Id, Result<KeyFile>)>> {
         let location = self.backend.location();
-        let mut out = Vec::new();
-        for id in key_ids(self.backend.list(FileKind::Key.dir())?) {
-            out.push((id, read_key_file(&*self.backend, &location, &id)?));
-        }
-        Ok(out)
+        let listed = key_ids(self.backend.list(FileKind::Key.dir())?);
+        Ok(listed.into_iter().map(|id| (id, read_key_file(&*self.backend, &location, &id))).collect())
     }
 
-    /// Wraps the master key under another passphrase; returns the new key file's id.
+    /// Wraps the master key under another passphrase; returns the new key file's id. Refused
+    /// when a key file of this repository already opens with `passphrase`: two would make
+    /// `key passwd` (or removing one) leave the passphrase working while saying it changed.
+    /// Finding out costs one key derivation per key file, as a wrong passphrase does when opening
+    /// (25 ms at the default parameters): a rare command with a handful of keys can afford it.
     pub fn add_key(&self, passphrase: &str) -> Result<Id> {
         let keys = self.keys.as_ref().ok_or(Error::NotEncrypted)?;
+        if let Some(id) = self.key_opening(passphrase)? {
+            return Err(Error::Refused(format!(
+                "key {} already opens the repository with this password: choose another one (`key list` shows the keys)",
+                id.short()
+            )));
+        }
         write_key_file(&*self.backend, &keys.master, passphrase)
     }
 
-    /// Deletes the key file `id`; never the last one.
+    /// The key file that opens with `passphrase` to this repository's master key, if any (a key
+    /// file of another master key, or a damaged one, opens nothing here).
+    fn key_opening(&self, passphrase: &str) -> Result<Option<Id>> {
+        let Some(keys) = &self.keys else { return Ok(None) };
+        let ours = keys.master.to_bytes();
+        for (id, file) in self.key_files()? {
+            let Ok(file) = file else { continue };
+            let wrapping = crate::crypto::wrapping_key(passphrase.as_bytes(), &file.salt, file.kdf)?;
+            let opened = crate::crypto::unwrap(&wrapping, &file.binding(), &file.wrapped);
+            if opened.is_some_and(|master| master.to_bytes() == ours) {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes the key file `id`, never the one this repository was opened with. That one is the
+    /// only key file known to open it: another that opens with a passphrase may still hold
+    /// another master key (left by an `init` that crashed, or copied from another repository),
+    /// which a count of the files in `keys/` cannot tell. So the last working key always stays.
     pub fn remove_key(&self, id: &Id) -> Result<()> {
-        let files = self.key_files()?;
+        let listed = key_ids(self.backend.list(FileKind::Key.dir())?);
         let short = id.short();
-        if !files.iter().any(|(key, _)| key == id) {
+        if !listed.contains(id) {
             return Err(Error::NoSuchKey(short));
         }
-        if files.len() == 1 {
+        if Some(*id) == self.key_used && listed.len() == 1 {
             return Err(Error::Refused(format!(
                 "key {short} is the repository's last key: removing it would make everything unreadable"
             )));
         }
+        if Some(*id) == self.key_used {
+            return Err(Error::Refused(format!(
+                "key {short} opened the repository, and the other key files may not (one left by an \
+                 interrupted init opens nothing): open the repository with another key's password to remove \
+                 this one, or give it a new password with `key passwd`"
+            )));
+        }
         self.delete_file(FileKind::Key, id)
+    }
+
+    /// Replaces the key file this repository was opened with by one for `passphrase`: the new
+    /// key file is written before the old one is deleted, so a crash between leaves both working.
+    pub fn replace_key(&self, passphrase: &str) -> Result<Id> {
+        let old = self.key_used.ok_or(Error::NotEncrypted)?;
+        let added = self.add_key(passphrase)?;
+        self.delete_file(FileKind::Key, &old)?;
+        Ok(added)
     }
 
     /// Seals an encoded envelope file before it is written (unchanged without encryption).

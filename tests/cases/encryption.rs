@@ -173,7 +173,10 @@ fn wrong_missing_and_removed_keys_are_clear_errors() {
     ok(cairn(&repo).args(["--password-command", "echo a second passphrase", "snapshots"]).env_remove("CAIRN_PASSWORD"));
     let first_id =
         keys.as_array().unwrap().iter().find(|k| k["current"] == true).unwrap()["id"].as_str().unwrap().to_string();
-    ok(cairn(&repo).args(["key", "remove", &first_id[..8]]));
+    // Not with its own password: the key that opened the repository is never removed.
+    let in_use = run(cairn(&repo).args(["key", "remove", &first_id[..8]]));
+    assert!(String::from_utf8_lossy(&in_use.stderr).contains("opened the repository"), "{in_use:?}");
+    ok(cairn(&repo).args(["key", "remove", &first_id[..8]]).env("CAIRN_PASSWORD", "a second passphrase"));
     let gone = run(cairn(&repo).arg("snapshots"));
     assert!(String::from_utf8_lossy(&gone.stderr).contains("wrong password"), "the removed key no longer opens it");
     let with_second = |c: &mut std::process::Command| {
@@ -362,4 +365,65 @@ fn a_wrong_password_is_said_at_once_while_a_prune_holds_the_lock() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("an exclusive lock of `cairn prune`"), "{out:?}");
     assert!(watch.created(), "the right password takes its lock (the watch sees it)");
+}
+
+/// Every file and directory cairn makes in a local repository is its owner's alone, whatever the
+/// umask: with 022 they were readable by any local user, a plain repository's data and an
+/// encrypted one's key files (all an offline guess at the passphrase needs) alike.
+#[test]
+fn repository_files_are_the_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let scratch = Scratch::new("enc-modes");
+    fs::create_dir_all(scratch.join("src")).unwrap();
+    fs::write(scratch.join("src/f"), "data").unwrap();
+    let with_umask_022 = |command: &mut std::process::Command| {
+        // SAFETY: umask is async-signal-safe and touches no memory.
+        unsafe {
+            command.pre_exec(|| {
+                libc::umask(0o022);
+                Ok(())
+            })
+        };
+        ok(command);
+    };
+    let encrypted = scratch.join("parent/encrypted");
+    let plain = scratch.join("plain");
+    with_umask_022(cairn(&encrypted).arg("init"));
+    with_umask_022(cairn(&encrypted).arg("snapshot").arg(scratch.join("src")));
+    with_umask_022(cairn(&encrypted).args(["key", "add"]).env("CAIRN_NEW_PASSWORD", "second"));
+    with_umask_022(cairn(&plain).arg("snapshot").arg(scratch.join("src")).env_remove("CAIRN_PASSWORD"));
+    let mut pending = vec![scratch.join("parent"), plain];
+    let mut seen = 0;
+    while let Some(path) = pending.pop() {
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o077, 0, "{} has mode {:o}", path.display(), meta.permissions().mode());
+        if meta.is_dir() {
+            pending.extend(fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+        seen += 1;
+    }
+    assert!(seen > 20, "{seen}");
+}
+
+/// A password given for a plain repository was silently ignored, so whoever set it believed the
+/// backups encrypted. It is said once per command, and the command still succeeds (a cron job
+/// that sets one password for every repository must not break).
+#[test]
+fn a_password_for_a_plain_repository_is_said_unused() {
+    let scratch = Scratch::new("enc-unused");
+    let repo = scratch.join("repo");
+    ok(cairn(&repo).args(["init", "--encryption", "none"]));
+    fs::create_dir_all(scratch.join("src")).unwrap();
+    for args in
+        [vec!["snapshot".into(), scratch.join("src").into_os_string()], vec!["snapshots".into()], vec!["check".into()]]
+    {
+        let output = run(cairn(&repo).args(&args));
+        assert!(output.status.success(), "{output:?}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(said.matches("was not used").count(), 1, "{output:?}");
+        assert!(said.contains("NOT encrypted"), "{output:?}");
+        let quiet = run(cairn(&repo).args(&args).env_remove("CAIRN_PASSWORD"));
+        assert!(!String::from_utf8_lossy(&quiet.stderr).contains("was not used"), "{quiet:?}");
+    }
 }

@@ -157,6 +157,8 @@ fn an_attribute_refused_to_the_restoring_user_is_a_warning() {
     fs::create_dir_all(&target).unwrap();
     open_up(&target);
     open_up(&repo);
+    // The repository's files are its owner's alone (0600, directories 0700): let the other user in.
+    assert!(std::process::Command::new("chmod").arg("-R").arg("a+rwX").arg(&repo).status().unwrap().success());
     let output = run(as_unprivileged(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
