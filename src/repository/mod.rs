@@ -105,8 +105,9 @@ pub type SnapshotsBesides = (Vec<Id>, Vec<(Id, Snapshot)>);
 /// Directories that only a repository that took a snapshot holds files in. A location without
 /// `config` but with files there is a repository that lost its config, not a place for a new one:
 /// a new key and config there would hide every earlier snapshot behind another key. (`keys/`
-/// alone is what an interrupted `init` leaves, which may be created again.)
-const HELD_BY_A_REPOSITORY: [&str; 2] = ["snapshots", "index"];
+/// alone is what an interrupted `init` leaves, which may be created again; `packs/` and `dicts/`
+/// without the rest are data a key file there may be the only way to read.)
+const HELD_BY_A_REPOSITORY: [&str; 4] = ["snapshots", "index", "packs", "dicts"];
 
 /// Refuses `backend`, which has no `config`, if it holds files in [`HELD_BY_A_REPOSITORY`]; a
 /// listing that fails refuses too.

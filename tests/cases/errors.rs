@@ -319,6 +319,19 @@ fn a_repository_that_lost_its_config_is_never_created_again_over_its_files() {
     let (code, said) = stderr_of(cairn(&repo).arg("snapshots"));
     assert!(code == Some(1) && said.contains("config is lost"), "{said}");
     assert_eq!(listing(&repo), before, "a refused command wrote into the repository");
+    // Its snapshots and index lost too, its packs are still data that only its key file reads:
+    // an `init` there neither adds a key nor removes that one.
+    let saved = scratch.join("saved");
+    fs::create_dir_all(&saved).unwrap();
+    for dir in ["snapshots", "index"] {
+        fs::rename(repo.join(dir), saved.join(dir)).unwrap();
+    }
+    let before_packs = listing(&repo);
+    refused(&|| cairn(&repo));
+    assert_eq!(listing(&repo), before_packs, "a refused command changed a repository of packs");
+    for dir in ["snapshots", "index"] {
+        fs::rename(saved.join(dir), repo.join(dir)).unwrap();
+    }
     fs::rename(scratch.join("config.saved"), repo.join("config")).unwrap();
     ok(cairn(&repo).arg("check"));
 
