@@ -105,9 +105,8 @@ pub type SnapshotsBesides = (Vec<Id>, Vec<(Id, Snapshot)>);
 /// Directories that only a repository that took a snapshot holds files in. A location without
 /// `config` but with files there is a repository that lost its config, not a place for a new one:
 /// a new key and config there would hide every earlier snapshot behind another key. (`keys/`
-/// alone is what an interrupted `init` leaves, which may be created again; `packs/` and `dicts/`
-/// without the rest are data a key file there may be the only way to read.)
-const HELD_BY_A_REPOSITORY: [&str; 4] = ["snapshots", "index", "packs", "dicts"];
+/// alone is what an interrupted `init` leaves, which may be created again.)
+const HELD_BY_A_REPOSITORY: [&str; 2] = ["snapshots", "index"];
 
 /// Refuses `backend`, which has no `config`, if it holds files in [`HELD_BY_A_REPOSITORY`]; a
 /// listing that fails refuses too.
@@ -179,8 +178,10 @@ impl Repository {
         // Key files already there belong to no repository: there is no config, and
         // `refuse_lost_config` saw no snapshots or index (an `init` that crashed before its
         // config, or a copy). Kept, one would open with the same passphrase, count as a second key
-        // of this repository, and cost every opening a key derivation.
-        let leftovers = key_ids(backend.list(FileKind::Key.dir())?);
+        // of this repository, and cost every opening a key derivation. Beside packs or
+        // dictionaries they are kept all the same: they may be all that can still read that data.
+        let data = !backend.list("packs")?.is_empty() || !backend.list("dicts")?.is_empty();
+        let leftovers = if data { Vec::new() } else { key_ids(backend.list(FileKind::Key.dir())?) };
         let repo = match sealed_by {
             Some((master, passphrase)) => {
                 let key_used = write_key_file(&*backend, &master, &passphrase)?;
