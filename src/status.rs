@@ -279,7 +279,7 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
         let error = record.errors.first().map_or(String::new(), |e| format!(": {e}"));
         let problem = format!("last {command} failed {} ago{error}", age_text((now_ms - record.ended_ms) / 1000));
         if source.is_empty() {
-            if record.details["killed"].as_bool() == Some(true) {
+            if record.details["killed"].as_bool() == Some(true) || failed_outside_its_steps(record) {
                 status.problems.push(problem);
             }
             continue;
@@ -387,6 +387,15 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
     }
     status.sources = sources.into_values().collect();
     Ok(status)
+}
+
+/// A failed `cairn run` (a cycle) whose failure is none of its steps': a signal stopped it
+/// (`interrupted by SIGTERM`), or it could not start at all (`cairn serve`'s queue was full).
+/// No step's own record says so, so the run's must, until a later run ends well. A run that
+/// failed because a step failed is left to that step's record, which names its source.
+fn failed_outside_its_steps(record: &AuditRecord) -> bool {
+    let failed_step = |steps: &Vec<serde_json::Value>| steps.iter().any(|step| step["outcome"] == "failed");
+    record.command == "run" && !record.details["steps"].as_array().is_some_and(failed_step)
 }
 
 /// The parts of a read-data rotation over `days` days not read by a good check within `days` and
@@ -621,6 +630,32 @@ mod tests {
     use super::*;
     use crate::audit::Run;
     use crate::repository::NewKeys;
+
+    /// A cycle that `cairn serve` could not start (its queue full) or that a signal stopped
+    /// leaves a failed `run` record and nothing else: status is not healthy until a run ends well.
+    #[test]
+    fn a_run_that_failed_outside_its_steps_is_a_problem_until_one_ends_well() {
+        let repo =
+            Repository::create(&"memory://run".into(), crate::format::config::Config::new_random(), NewKeys::None)
+                .unwrap();
+        let now = crate::clock::now_ms() + 60_000;
+        let why = "the scheduled cycle could not start: the job queue is full";
+        Run::failed_before(&repo, "run", "", why).unwrap();
+        let found = status(&repo, now, &Thresholds::default(), None).unwrap();
+        assert!(found.problems.iter().any(|p| p.contains("last run failed") && p.contains(why)), "{found:?}");
+        // Records of one millisecond would be ordered by their nonces.
+        std::thread::sleep(Duration::from_millis(3));
+        Run::start("run", "").finish(&repo, Outcome::Ok).unwrap();
+        let found = status(&repo, now, &Thresholds::default(), None).unwrap();
+        assert!(!found.problems.iter().any(|p| p.contains("last run failed")), "{found:?}");
+        // A run that failed because a step did is reported by that step's record instead.
+        std::thread::sleep(Duration::from_millis(3));
+        let mut run = Run::start("run", "");
+        run.record.details = serde_json::json!({ "steps": [{ "step": "snapshot db", "outcome": "failed" }] });
+        run.finish(&repo, Outcome::Failed).unwrap();
+        let found = status(&repo, now, &Thresholds::default(), None).unwrap();
+        assert!(!found.problems.iter().any(|p| p.contains("last run failed")), "{found:?}");
+    }
 
     /// Random runs over a year, each answered by its record or (killed) not: after compaction
     /// status says exactly what it said before, from far fewer records.

@@ -305,6 +305,11 @@ fn a_stopped_cycle_stops_its_step_and_records_why() {
     let run = records.iter().find(|r| r.command == "run").expect("the run's record");
     assert_eq!(run.outcome, cairn::format::audit::Outcome::Failed);
     assert!(run.errors.iter().any(|e| e.contains("interrupted by SIGTERM")), "{:?}", run.errors);
+    // Status says so too, though no step failed on its own.
+    let mut command = cairn(&scratch.join("repo"));
+    let (status, code) = status_of(&mut command, &["--no-config"]);
+    assert_eq!(code, Some(1), "{status}");
+    assert!(problems(&status).contains("last run failed") && problems(&status).contains("SIGTERM"), "{status}");
     // And the monitor heard of it: the failure ping, saying why.
     let requests = seen.lock().unwrap().clone();
     assert!(
