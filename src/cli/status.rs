@@ -73,7 +73,7 @@ fn config(args: &Args) -> Result<Option<cairn::run_config::Config>> {
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let config = config(&args)?;
-    let location = context.location_or_config(config.as_ref().and_then(|c| c.repository.as_deref()));
+    let location = context.location_with(config.as_ref().and_then(|c| c.repository.as_deref()));
     // Records and manifests never change: on an object store they are read through the cache,
     // so a status costs the listings and what is new since the last one.
     let mut repo = context.open_at(&location)?;

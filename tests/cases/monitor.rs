@@ -683,3 +683,35 @@ fn prune_compacts_the_audit_log_but_never_a_damaged_record() {
     assert_eq!(source(&status_before, "app")["latest_snapshot"], source(&status_after, "app")["latest_snapshot"]);
     assert_eq!(source(&status_before, "app")["problems"], source(&status_after, "app")["problems"]);
 }
+
+/// With CAIRN_REPO exported (as README's examples do) and a config that names its repository,
+/// `status --config` and `stats --config` read the repository that `run --config` wrote to:
+/// `--repo`, then the config's `repository`, then CAIRN_REPO, for every command.
+#[test]
+fn status_and_stats_read_the_repository_run_writes_to() {
+    let scratch = Scratch::new("monitor-which-repo");
+    fs::create_dir_all(scratch.join("src")).unwrap();
+    fs::write(scratch.join("src/file"), "content").unwrap();
+    let (repo, other) = (scratch.join("repo"), scratch.join("other"));
+    init(&other);
+    let config = scratch.join("cairn.toml");
+    let text =
+        format!("repository = {:?}\n[[source]]\nname = \"app\"\npaths = [\"src\"]\n", repo.display().to_string());
+    fs::write(&config, text).unwrap();
+    ok(cairn_run(&config, 0).env("CAIRN_REPO", &other));
+    let exported = || {
+        let mut command = cairn_bare();
+        command.env("CAIRN_REPO", &other).env_remove("CAIRN_CONFIG").stdin(Stdio::null());
+        with_password(&mut command);
+        command
+    };
+    let (status, code) = status_of(&mut exported(), &[std::ffi::OsStr::new("--config"), config.as_os_str()]);
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(source(&status, "app")["snapshots"], 1, "{status}");
+    let stats = json(exported().arg("stats").arg("--config").arg(&config));
+    assert!(stats.to_string().contains("\"app\""), "{stats}");
+    // --repo beats the config.
+    let (status, code) =
+        status_of(exported().arg("--repo").arg(&other), &[std::ffi::OsStr::new("--config"), config.as_os_str()]);
+    assert_eq!(code, Some(1), "{status}");
+}
