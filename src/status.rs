@@ -464,28 +464,33 @@ pub fn with_killed_runs(
         return (records, Vec::new());
     }
     let here = crate::host::hostname();
-    let holders = match open.iter().any(|r| r.hostname != here) {
-        true => crate::repository::lock::live_holders(repo.backend()).ok(),
-        false => None,
-    };
+    // Read once, and only when a run's process cannot be told alive or gone from here.
+    let holders = std::cell::OnceCell::new();
+    let holders = || holders.get_or_init(|| crate::repository::lock::live_holders(repo.backend()).ok());
     let mut killed = Vec::new();
     let mut running = Vec::new();
     for start in open {
         let command = start.details["command"].as_str().unwrap_or("?").to_string();
         let pid = start.details["pid"].as_u64().unwrap_or(0) as u32;
-        let alive = match start.hostname == here {
-            // A process of that number started more than a week later is another one.
-            true => pid != 0 && crate::host::process_alive(pid as i32) && now_ms - start.started_ms < 7 * 86_400_000,
-            // Another host's: running while its process holds a live lock (a cycle, which holds
-            // none itself, while any of its host's does), or within the default lock wait of its
-            // start, when it may still be waiting for one. Unknown (the locks could not be read):
-            // taken as running, never as killed.
-            false => {
-                now_ms - start.started_ms < 15 * 60_000
-                    || holders.as_ref().map_or(true, |h| {
-                        h.iter().any(|(host, p)| *host == start.hostname && (*p == pid || command == "run"))
-                    })
+        // Running while its process holds a live lock (a cycle, which holds none itself, while any
+        // of its host's does), or within the default lock wait of its start, when it may still be
+        // waiting for one. Unknown (the locks could not be read): taken as running, never as killed.
+        let holds_a_lock = || {
+            now_ms - start.started_ms < 15 * 60_000
+                || holders().as_ref().map_or(true, |h| {
+                    h.iter().any(|(host, p)| *host == start.hostname && (*p == pid || command == "run"))
+                })
+        };
+        let alive = match (start.hostname == here, identity(&start.details)) {
+            // Its pid namespace, start tick and boot tell it from any other process; from a pid
+            // namespace that cannot see its own, only its lock can tell.
+            (true, Some(identity)) => identity.alive(pid).unwrap_or_else(holds_a_lock),
+            // A record from before those were written: by the pid alone. A process of that
+            // number started more than a week later is another one.
+            (true, None) => {
+                pid != 0 && crate::host::process_alive(pid as i32) && now_ms - start.started_ms < 7 * 86_400_000
             }
+            (false, _) => holds_a_lock(),
         };
         let what = format!(
             "{command} (pid {pid} on {}, started {} ago)",
@@ -498,8 +503,9 @@ pub fn with_killed_runs(
         }
         let mut details = start.details.clone();
         if let Some(known) = details.as_object_mut() {
-            known.remove("command");
-            known.remove("pid");
+            for field in ["command", "pid", "pid_namespace", "pid_start_ticks", "boot_id"] {
+                known.remove(field);
+            }
             known.insert("killed".into(), true.into());
         }
         killed.push(AuditRecord {
@@ -513,6 +519,15 @@ pub fn with_killed_runs(
     records.extend(killed);
     records.sort_by(audit::chronological);
     (records, running)
+}
+
+/// The process identity a start record holds beyond its pid, if it has one (older ones do not).
+fn identity(details: &serde_json::Value) -> Option<crate::host::ProcessIdentity> {
+    Some(crate::host::ProcessIdentity {
+        pid_namespace: details["pid_namespace"].as_u64()?,
+        start_ticks: details["pid_start_ticks"].as_u64()?,
+        boot: details["boot_id"].as_str()?.to_string(),
+    })
 }
 
 /// The status as a Prometheus textfile-collector file: per source the age of its newest

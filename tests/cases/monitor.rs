@@ -715,3 +715,43 @@ fn status_and_stats_read_the_repository_run_writes_to() {
         status_of(exported().arg("--repo").arg(&other), &[std::ffi::OsStr::new("--config"), config.as_os_str()]);
     assert_eq!(code, Some(1), "{status}");
 }
+
+/// A run killed inside a container (a pid namespace, where it was pid 1) is killed, not running:
+/// on the host pid 1 is always alive, so the start record's pid alone would keep it "running"
+/// for a week. Needs `unshare --pid` (root); skipped without it.
+#[test]
+fn a_run_killed_in_a_pid_namespace_is_not_running() {
+    if !Command::new("unshare").args(["--pid", "--fork", "true"]).status().is_ok_and(|s| s.success()) {
+        eprintln!("skipped: unshare --pid is not allowed here");
+        return;
+    }
+    let scratch = Scratch::new("monitor-pidns");
+    let (_, repo) = one_source(&scratch);
+    let audit_files = || fs::read_dir(repo.join("audit")).map_or(0, |d| d.count());
+    let before = audit_files();
+    let command = cairn(&repo);
+    let inner = command.get_program().to_owned();
+    let mut unshare = Command::new("unshare");
+    unshare.args(["--pid", "--fork"]).arg(inner).args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => unshare.env(key, value),
+            None => unshare.env_remove(key),
+        };
+    }
+    unshare.args(["snapshot", "--source", "app", "--stdin-from-command", "sleep 30; echo x", "--stdin-filename", "x"]);
+    let mut child = unshare.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while audit_files() == before {
+        assert!(started.elapsed() < Duration::from_secs(30), "no start record");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let children = fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id())).unwrap();
+    let inner_pid: i32 = children.split_whitespace().next().expect("unshare's child").parse().unwrap();
+    unsafe { libc::kill(inner_pid, libc::SIGKILL) };
+    child.wait().unwrap();
+    let (status, code) = status_of(&mut cairn(&repo), &["--no-config"]);
+    assert!(status["running"].as_array().unwrap().is_empty(), "{status}");
+    assert!(problems(source(&status, "app")).contains("killed"), "{status}");
+    assert_eq!(code, Some(1), "{status}");
+}
