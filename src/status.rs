@@ -121,6 +121,10 @@ pub struct Expected {
     pub read_data_days: Option<u32>,
 }
 
+/// How far ahead of now a snapshot or record may be dated before its clock counts as wrong:
+/// clocks of hosts that share a repository differ by seconds when synchronized.
+const FUTURE_TOLERANCE_MS: i64 = 5 * 60_000;
+
 /// Notes that source or destination `name` was active at `time_ms` (against its retirement).
 fn active_at(active: &mut BTreeMap<String, i64>, name: &str, time_ms: i64) {
     let last = active.entry(name.to_string()).or_insert(time_ms);
@@ -142,9 +146,17 @@ pub fn age_text(seconds: i64) -> String {
 }
 
 pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected: Option<&Expected>) -> Result<Status> {
-    let snapshots = repo.snapshots()?;
+    let mut snapshots = repo.snapshots()?;
     let records = audit::read_all(repo)?;
-    let (records, running) = with_killed_runs(repo, records, now_ms);
+    let (mut records, running) = with_killed_runs(repo, records, now_ms);
+    // What is dated in the future was written by a clock that ran ahead: it would be the newest
+    // of its kind until that time and hide every later failure. It counts as older than all else
+    // (stable sorts: in their own order among themselves), and is itself a problem.
+    let ahead = |time_ms: i64| time_ms > now_ms + FUTURE_TOLERANCE_MS;
+    snapshots.sort_by_key(|(_, s)| !ahead(s.time_sec * 1000));
+    records.sort_by_key(|r| !ahead(r.started_ms.max(r.ended_ms)));
+    let future_snapshots = snapshots.iter().filter(|(_, s)| ahead(s.time_sec * 1000)).count();
+    let future_records = records.iter().filter(|r| ahead(r.started_ms.max(r.ended_ms))).count();
     let mut sources: BTreeMap<String, SourceStatus> = BTreeMap::new();
     // Copies of one snapshot (a `cairn tag` killed between its writes) count once.
     let mut seen = std::collections::HashSet::new();
@@ -184,6 +196,12 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
     let mut offsite: BTreeMap<String, OffsiteStatus> = BTreeMap::new();
     let mut received: BTreeMap<String, OffsiteStatus> = BTreeMap::new();
     let mut status = Status { running, ..Status::default() };
+    if future_snapshots + future_records > 0 {
+        status.problems.push(format!(
+            "{future_snapshots} snapshots and {future_records} audit records are dated in the future: the clock was \
+             wrong when they were written (they count as older than everything else; fix the clock, e.g. with NTP)"
+        ));
+    }
     // (source, destination) -> the newest snapshot a sync put (or found) there: (time, id).
     let mut copies: BTreeMap<(String, String), (i64, String)> = BTreeMap::new();
     // Each `--read-data-subset` part (and `all`) -> when a good check last read it.

@@ -755,3 +755,19 @@ fn a_run_killed_in_a_pid_namespace_is_not_running() {
     assert!(problems(source(&status, "app")).contains("killed"), "{status}");
     assert_eq!(code, Some(1), "{status}");
 }
+
+/// A snapshot taken while the clock ran a day ahead does not hide a failure after the clock was
+/// put right: it is no longer the newest, and being dated in the future is a problem of its own.
+#[test]
+fn a_clock_that_ran_ahead_hides_no_later_failure() {
+    let scratch = Scratch::new("monitor-future");
+    let (src, repo) = one_source(&scratch);
+    ok(cairn(&repo).env("CAIRN_CLOCK_OFFSET", "86400").args(["snapshot", "--source", "app"]).arg(&src));
+    let out = run(cairn(&repo).args(["snapshot", "--source", "app"]).arg(scratch.join("moved")));
+    assert!(!out.status.success());
+    let (status, code) = status_of(&mut cairn(&repo), &["--no-config", "--max-age", "26h"]);
+    assert_eq!(code, Some(1), "{status}");
+    assert!(problems(source(&status, "app")).contains("last snapshot failed"), "{status}");
+    assert!(problems(&status).contains("dated in the future"), "{status}");
+    assert!(source(&status, "app")["latest_snapshot"]["age_seconds"].as_i64().unwrap() >= 0, "{status}");
+}
