@@ -98,6 +98,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         outln!("{}", serde_json::to_string(&status)?);
     } else if !context.quiet {
         let age = |seconds: i64| format!("{} ago", age_text(seconds));
+        // Names and messages come from records and manifests, which another host may have
+        // written: one rule (cairn::names) keeps a newline or escape in them from forging a line.
+        let shown = |text: &str| cairn::names::shown(text.as_bytes()).into_owned();
         for source in &status.sources {
             let latest = source.latest_snapshot.as_ref().map_or("none".to_string(), |e| {
                 format!("{} ({})", &e.snapshot.as_deref().unwrap_or("?")[..8], age(e.age_seconds))
@@ -110,17 +113,18 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             };
             outln!(
                 "{label}  {}: {}, newest {latest}, last good drill {drill}",
-                source.source,
+                shown(&source.source),
                 super::format::count(source.snapshots, "snapshot")
             );
             for copy in &source.offsite {
-                outln!("      offsite {}: {} ({})", copy.to, &copy.snapshot[..8], age(copy.age_seconds));
+                outln!("      offsite {}: {} ({})", shown(&copy.to), &copy.snapshot[..8], age(copy.age_seconds));
             }
             if let Some(failure) = &source.last_failure {
-                outln!("      last failure: {} {}: {}", failure.command, age(failure.age_seconds), failure.error);
+                let (command, error) = (shown(&failure.command), shown(&failure.error));
+                outln!("      last failure: {command} {}: {error}", age(failure.age_seconds));
             }
             for problem in &source.problems {
-                outln!("      problem: {problem}");
+                outln!("      problem: {}", shown(problem));
             }
         }
         match (&status.last_check, status.last_check_ok) {
@@ -133,21 +137,21 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             let ok = o.last_ok.as_ref().map_or("never".to_string(), |e| age(e.age_seconds));
             outln!(
                 "offsite {}{}: last sync {} ({:?}), last complete sync {ok}",
-                o.to,
+                shown(&o.to),
                 if o.retired { " (retired)" } else { "" },
                 age(o.last_sync.age_seconds),
                 o.last_outcome
             );
         }
         for r in &status.received {
-            outln!("received from {}: last sync {} ({:?})", r.to, age(r.last_sync.age_seconds), r.last_outcome);
+            outln!("received from {}: last sync {} ({:?})", shown(&r.to), age(r.last_sync.age_seconds), r.last_outcome);
         }
         for run in &status.running {
-            outln!("running: {run}");
+            outln!("running: {}", shown(run));
         }
         outln!("repository: {}", super::snapshots::encryption_text(&repo));
         for problem in &status.problems {
-            outln!("problem: {problem}");
+            outln!("problem: {}", shown(problem));
         }
     }
     Ok(if status.healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -771,3 +771,27 @@ fn a_clock_that_ran_ahead_hides_no_later_failure() {
     assert!(problems(&status).contains("dated in the future"), "{status}");
     assert!(source(&status, "app")["latest_snapshot"]["age_seconds"].as_i64().unwrap() >= 0, "{status}");
 }
+
+/// A record's message quoting a hostile file name (or forged by another host) cannot forge a
+/// line of `cairn log` or `cairn status`, nor send the terminal an escape sequence; JSON keeps the
+/// message as it is.
+#[test]
+fn log_and_status_escape_control_characters_in_messages() {
+    let scratch = Scratch::new("monitor-escape");
+    let (_, repo) = one_source(&scratch);
+    let opened = cairn::repository::Repository::open(
+        &cairn::repository::Location::parse(&repo.to_string_lossy()),
+        cairn::repository::Passphrase::Given(PASSWORD),
+    )
+    .unwrap();
+    let forged = "cannot read x\n2026-12-06 10:00:00  snapshot ok         app      1.0s  snapshot 12345678\x1b[2K";
+    cairn::audit::Run::failed_before(&opened, "snapshot", "app\u{202e}", forged).unwrap();
+    let log = ok(cairn(&repo).arg("log"));
+    let status = String::from_utf8_lossy(&run(cairn(&repo).arg("status")).stdout).into_owned();
+    for text in [&log, &status] {
+        assert!(!text.contains('\x1b') && !text.contains('\u{202e}'), "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("2026-12-06 10:00:00")), "{text}");
+        assert!(text.contains("cannot read x\\n2026-12-06"), "{text}");
+    }
+    assert!(json(cairn(&repo).arg("log")).to_string().contains("\\u001b[2K"));
+}
