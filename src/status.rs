@@ -208,6 +208,12 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
     let mut parts_read: BTreeMap<String, i64> = BTreeMap::new();
     let mut stats: Option<&AuditRecord> = None;
     let mut check_killed = false;
+    // Each safety snapshot -> the source whose in-place restore took it: restoring one (the way
+    // back) is a restore of that source, and `pre-restore` is no source of its own.
+    let protected: BTreeMap<&str, &str> = (records.iter())
+        .filter(|r| r.command == "restore" && r.source != crate::format::snapshot::Snapshot::SAFETY)
+        .filter_map(|r| Some((r.details["safety_snapshot"].as_str()?, r.source.as_str())))
+        .collect();
     for record in &records {
         if record.command == audit::START {
             continue;
@@ -251,16 +257,24 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
             );
             continue;
         }
-        if record.source.is_empty() {
+        let source = match record.source == crate::format::snapshot::Snapshot::SAFETY {
+            // A rollback whose safety snapshot's restore record is gone (compacted) is judged
+            // on its own, of no source.
+            true => {
+                record.snapshot.as_deref().and_then(|id| protected.get(id)).map_or(String::new(), |s| s.to_string())
+            }
+            false => record.source.clone(),
+        };
+        if source.is_empty() {
             // A killed run of no source (a check, a prune, a whole cycle) is a problem until the
             // next run of that command.
             newest.insert((String::new(), record.command.clone()), record);
             continue;
         }
         let entry = sources
-            .entry(record.source.clone())
-            .or_insert_with(|| SourceStatus { source: record.source.clone(), ..Default::default() });
-        active_at(&mut active, &record.source, record.ended_ms);
+            .entry(source.clone())
+            .or_insert_with(|| SourceStatus { source: source.clone(), ..Default::default() });
+        active_at(&mut active, &source, record.ended_ms);
         if record.outcome == Outcome::Failed {
             entry.last_failure = Some(Failure {
                 command: record.command.clone(),
@@ -272,7 +286,7 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
         if record.command == "drill" && record.outcome == Outcome::Ok {
             entry.last_drill_ok = Some(event(record.snapshot.clone(), record.ended_ms, now_ms));
         }
-        newest.insert((record.source.clone(), record.command.clone()), record);
+        newest.insert((source, record.command.clone()), record);
     }
     let retired = |name: &str, configured: Option<&Vec<String>>| match configured {
         Some(names) => !names.iter().any(|n| n == name),
@@ -297,7 +311,9 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
         let error = record.errors.first().map_or(String::new(), |e| format!(": {e}"));
         let problem = format!("last {command} failed {} ago{error}", age_text((now_ms - record.ended_ms) / 1000));
         if source.is_empty() {
-            if record.details["killed"].as_bool() == Some(true) || failed_outside_its_steps(record) {
+            // A failed restore of no source is a rollback (a safety snapshot's restore) that failed.
+            let rollback = record.command == "restore";
+            if record.details["killed"].as_bool() == Some(true) || failed_outside_its_steps(record) || rollback {
                 status.problems.push(problem);
             }
             continue;

@@ -795,3 +795,21 @@ fn log_and_status_escape_control_characters_in_messages() {
     }
     assert!(json(cairn(&repo).arg("log")).to_string().contains("\\u001b[2K"));
 }
+
+/// Rolling an in-place restore back (restoring its safety snapshot) is a restore of the source
+/// it protected: `pre-restore` is never listed as a source ("never snapshotted" forever).
+#[test]
+fn a_rollback_counts_for_the_source_its_safety_snapshot_protected() {
+    let scratch = Scratch::new("monitor-rollback");
+    let (src, repo) = one_source(&scratch);
+    fs::write(src.join("file"), "changed since").unwrap();
+    let report = json(cairn(&repo).args(["restore", "latest", "--in-place", "--target"]).arg(&src));
+    let safety = report["safety_snapshot"].as_str().unwrap().to_string();
+    ok(cairn(&repo).args(["restore", &safety, "--in-place", "--delete", "--target"]).arg(&src));
+    assert_eq!(fs::read_to_string(src.join("file")).unwrap(), "changed since");
+    let (status, code) = status_of(&mut cairn(&repo), &["--no-config"]);
+    assert!(status["sources"].as_array().unwrap().iter().all(|s| s["source"] != "pre-restore"), "{status}");
+    let runs = source(&status, "app")["last_runs"].to_string();
+    assert!(runs.contains("restore"), "{status}");
+    assert_eq!(code, Some(0), "{status}");
+}
