@@ -109,6 +109,24 @@ pub struct Thresholds {
     pub max_offsite_age: Option<Duration>,
 }
 
+impl Thresholds {
+    /// What a `cairn run` config's schedule implies, for `status --config` (whose flags beat it)
+    /// and `cairn serve` alike: with `[serve] run_every`, a newest snapshot (or offsite copy)
+    /// older than two cycles is a problem, one missed cycle being allowed; with `[drill] every`,
+    /// a last good drill older than that and two cycles more (a drill runs in the first cycle
+    /// after it is due; a day per cycle without `run_every`).
+    pub fn of_config(config: &crate::run_config::Config) -> Thresholds {
+        let cycle = config.serve.run_every;
+        let offsite = !config.offsite.is_empty();
+        Thresholds {
+            max_age: cycle.map(|every| every * 2),
+            max_drill_age: (config.drill.as_ref())
+                .map(|drill| drill.every + cycle.unwrap_or(Duration::from_secs(86_400)) * 2),
+            max_offsite_age: cycle.filter(|_| offsite).map(|every| every * 2),
+        }
+    }
+}
+
 /// What should exist, from a `cairn run` config: its sources' names and its offsite repositories.
 /// With it, status judges exactly these; without, every source and destination it finds, less
 /// those retired by hand.

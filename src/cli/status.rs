@@ -87,8 +87,13 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         }
     }
     let expected = config.as_ref().map(expected);
-    let thresholds =
-        Thresholds { max_age: args.max_age, max_drill_age: args.max_drill_age, max_offsite_age: args.max_offsite_age };
+    // The flags, else what the config's schedule implies (as `cairn serve` judges).
+    let configured = config.as_ref().map_or_else(Thresholds::default, Thresholds::of_config);
+    let thresholds = Thresholds {
+        max_age: args.max_age.or(configured.max_age),
+        max_drill_age: args.max_drill_age.or(configured.max_drill_age),
+        max_offsite_age: args.max_offsite_age.or(configured.max_offsite_age),
+    };
     let status = status(&repo, now_ms()?, &thresholds, expected.as_ref())?;
     if let Some(path) = &args.prometheus {
         write_atomically(path, prometheus(&status).as_bytes())

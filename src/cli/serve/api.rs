@@ -139,7 +139,8 @@ fn status(server: &Server) -> Reply {
 pub(super) fn server_status(server: &Server) -> cairn::error::Result<cairn::status::Status> {
     let now = crate::cli::status::now_ms().map_err(|e| Error::Invalid(e.to_string()))?;
     let expected = crate::cli::status::expected(&server.config);
-    cairn::status::status(&server.repo, now, &cairn::status::Thresholds::default(), Some(&expected))
+    let thresholds = cairn::status::Thresholds::of_config(&server.config);
+    cairn::status::status(&server.repo, now, &thresholds, Some(&expected))
 }
 
 fn metrics(server: &Server) -> Reply {
