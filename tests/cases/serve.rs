@@ -719,3 +719,24 @@ fn the_server_judges_staleness_by_the_configs_schedule() {
         "{body}"
     );
 }
+
+/// A repository gone under a running server (moved, its disk unmounted) is said as such: the
+/// list is an error, not an empty list, and the status is unhealthy with that reason, not "the
+/// repository holds no snapshot".
+#[test]
+fn a_repository_gone_under_the_server_is_an_error_not_an_empty_one() {
+    let site = site("serve-gone", 0.0);
+    init(&site.repo);
+    ok(cairn(&site.repo).args(["snapshot", "--source", "app"]).arg(site.scratch.join("srv/app")));
+    let served = serve(&site);
+    let (status, body) = call(&served, Some(TOKEN), "GET", "/api/v1/backups", None);
+    assert_eq!((status, body["count"].as_u64()), (200, Some(1)), "{body}");
+    fs::rename(&site.repo, site.scratch.join("moved")).unwrap();
+    let (status, body) = call(&served, Some(TOKEN), "GET", "/api/v1/backups", None);
+    assert!(status >= 500, "{status} {body}");
+    assert!(body.to_string().contains("cannot be read"), "{body}");
+    let (status, body) = call(&served, Some(TOKEN), "GET", "/api/v1/status", None);
+    assert!(status >= 500, "{status} {body}");
+    assert_eq!(body["healthy"], false, "{body}");
+    assert!(body.to_string().contains("cannot be read") && !body.to_string().contains("holds no snapshot"), "{body}");
+}
