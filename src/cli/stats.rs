@@ -51,7 +51,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     for s in &report.sources {
         outln!(
             "{:<40} {:>9} {:>11} {:>11} {:>11} {:>11} {:>11}{}",
-            format!("{} ({})", s.source, s.host),
+            format!("{} ({})", cairn::names::shown(s.source.as_bytes()), cairn::names::shown(s.host.as_bytes())),
             s.snapshots,
             format::bytes(s.logical_bytes),
             format::bytes(s.stored_bytes),
