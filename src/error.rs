@@ -108,9 +108,11 @@ pub enum Error {
 
     /// A command whose output was being backed up did not end well (`how`: its exit status or
     /// signal, or why it could not start); `stderr` quotes its last lines of error output. No
-    /// snapshot was written.
-    #[error("the command `{command}` {how}: no snapshot was written{stderr}")]
-    Command { command: String, how: String, stderr: String },
+    /// snapshot was written. The command line is not quoted: it may hold a password
+    /// (`mysqldump -pSECRET`), and this message goes into the audit record, its offsite copies,
+    /// `cairn status` and notifications.
+    #[error("the snapshot's command (--stdin-from-command, or the source's `command`) {how}: no snapshot was written{stderr}")]
+    Command { how: String, stderr: String },
 }
 
 impl Error {

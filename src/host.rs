@@ -33,6 +33,81 @@ fn ended(pid: i32) -> bool {
     matches!(state, Some("Z" | "X"))
 }
 
+/// What tells one process from another beyond its pid, which a process in a container (a pid
+/// namespace) has only there: pid 1 in a container is always alive as the host's init. Written
+/// in a run's start record (store-format/audit.md), so that status can tell the run's own process
+/// from another of the same number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    /// The inode of the process's pid namespace (`/proc/self/ns/pid`).
+    pub pid_namespace: u64,
+    /// When it started, in clock ticks since boot (`/proc/PID/stat` field 22).
+    pub start_ticks: u64,
+    /// The boot it started in (`/proc/sys/kernel/random/boot_id`): ticks count from each boot.
+    pub boot: String,
+}
+
+/// The inode of the initial pid namespace (the kernel's `PROC_PID_INIT_INO`): a process in it
+/// sees every process of the host.
+const INITIAL_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+
+impl ProcessIdentity {
+    /// This process's, or `None` where `/proc` does not say (not Linux).
+    pub fn of_self() -> Option<ProcessIdentity> {
+        Some(ProcessIdentity {
+            pid_namespace: namespace_of("self")?,
+            start_ticks: start_ticks_of("self")?,
+            boot: std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?.trim().to_string(),
+        })
+    }
+
+    /// Whether the process that was `pid` in its namespace with this identity is alive: `None`
+    /// when this process cannot tell (the other is in a pid namespace it cannot see into).
+    pub fn alive(&self, pid: u32) -> Option<bool> {
+        let here = ProcessIdentity::of_self()?;
+        if here.boot != self.boot {
+            return Some(false);
+        }
+        if here.pid_namespace == self.pid_namespace {
+            let number = pid.to_string();
+            return Some(process_alive(pid as i32) && start_ticks_of(&number) == Some(self.start_ticks));
+        }
+        if here.pid_namespace != INITIAL_PID_NAMESPACE {
+            return None;
+        }
+        // From the initial namespace every process is in view: look for one that started at
+        // that tick, in that namespace, as that pid there.
+        let found = std::fs::read_dir("/proc").ok()?.flatten().any(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.bytes().all(|b| b.is_ascii_digit())
+                && start_ticks_of(&name) == Some(self.start_ticks)
+                && namespace_of(&name) == Some(self.pid_namespace)
+                && innermost_pid(&name) == Some(pid)
+                && process_alive(name.parse().unwrap_or(0))
+        });
+        Some(found)
+    }
+}
+
+/// The pid namespace inode of `/proc/{process}` (`self` or a number).
+fn namespace_of(process: &str) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{process}/ns/pid")).ok()?;
+    link.to_str()?.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Field 22 of `/proc/{process}/stat`, the start time in ticks since boot. The command name
+/// (field 2) may hold spaces and parentheses: fields are counted after the last `)`.
+fn start_ticks_of(process: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{process}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The process's pid in its own (innermost) pid namespace: the last of `NSpid` in its status.
+fn innermost_pid(process: &str) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +126,15 @@ mod tests {
         assert!(!process_alive(pid));
         child.wait().unwrap();
         assert!(!process_alive(pid));
+    }
+
+    #[test]
+    fn this_process_is_alive_by_its_identity_and_another_start_is_not() {
+        let me = ProcessIdentity::of_self().unwrap();
+        assert_eq!(me.alive(std::process::id()), Some(true));
+        let earlier = ProcessIdentity { start_ticks: me.start_ticks.wrapping_sub(1), ..me.clone() };
+        assert_eq!(earlier.alive(std::process::id()), Some(false));
+        let rebooted = ProcessIdentity { boot: "another".into(), ..me };
+        assert_eq!(rebooted.alive(std::process::id()), Some(false));
     }
 }

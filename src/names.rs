@@ -27,6 +27,21 @@ pub fn shown_path(path: &std::path::Path) -> Cow<'_, str> {
     shown(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
 }
 
+/// A source, tag or host name typed by the user, refused if it holds a control character or a
+/// reordering mark: it is shown in `status`, `log` and notifications, and one holding a newline
+/// could pass for other lines there (display escapes it anyway: a manifest can come from a
+/// compromised host). For clap's `value_parser`.
+pub fn label(text: &str) -> Result<String, String> {
+    match text.chars().find(|&c| c.is_control() || reorders(c)) {
+        Some(c) => Err(format!(
+            "{} holds the control character or reordering mark {:?}: give a name without one",
+            shown(text.as_bytes()),
+            c
+        )),
+        None => Ok(text.to_string()),
+    }
+}
+
 fn needs_escape(c: char) -> bool {
     c == '\\' || c.is_control() || reorders(c)
 }

@@ -109,6 +109,24 @@ pub struct Thresholds {
     pub max_offsite_age: Option<Duration>,
 }
 
+impl Thresholds {
+    /// What a `cairn run` config's schedule implies, for `status --config` (whose flags beat it)
+    /// and `cairn serve` alike: with `[serve] run_every`, a newest snapshot (or offsite copy)
+    /// older than two cycles is a problem, one missed cycle being allowed; with `[drill] every`,
+    /// a last good drill older than that and two cycles more (a drill runs in the first cycle
+    /// after it is due; a day per cycle without `run_every`).
+    pub fn of_config(config: &crate::run_config::Config) -> Thresholds {
+        let cycle = config.serve.run_every;
+        let offsite = !config.offsite.is_empty();
+        Thresholds {
+            max_age: cycle.map(|every| every * 2),
+            max_drill_age: (config.drill.as_ref())
+                .map(|drill| drill.every + cycle.unwrap_or(Duration::from_secs(86_400)) * 2),
+            max_offsite_age: cycle.filter(|_| offsite).map(|every| every * 2),
+        }
+    }
+}
+
 /// What should exist, from a `cairn run` config: its sources' names and its offsite repositories.
 /// With it, status judges exactly these; without, every source and destination it finds, less
 /// those retired by hand.
@@ -120,6 +138,10 @@ pub struct Expected {
     /// N days (and one of grace).
     pub read_data_days: Option<u32>,
 }
+
+/// How far ahead of now a snapshot or record may be dated before its clock counts as wrong:
+/// clocks of hosts that share a repository differ by seconds when synchronized.
+const FUTURE_TOLERANCE_MS: i64 = 5 * 60_000;
 
 /// Notes that source or destination `name` was active at `time_ms` (against its retirement).
 fn active_at(active: &mut BTreeMap<String, i64>, name: &str, time_ms: i64) {
@@ -142,9 +164,17 @@ pub fn age_text(seconds: i64) -> String {
 }
 
 pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected: Option<&Expected>) -> Result<Status> {
-    let snapshots = repo.snapshots()?;
+    let mut snapshots = repo.snapshots()?;
     let records = audit::read_all(repo)?;
-    let (records, running) = with_killed_runs(repo, records, now_ms);
+    let (mut records, running) = with_killed_runs(repo, records, now_ms);
+    // What is dated in the future was written by a clock that ran ahead: it would be the newest
+    // of its kind until that time and hide every later failure. It counts as older than all else
+    // (stable sorts: in their own order among themselves), and is itself a problem.
+    let ahead = |time_ms: i64| time_ms > now_ms + FUTURE_TOLERANCE_MS;
+    snapshots.sort_by_key(|(_, s)| !ahead(s.time_sec * 1000));
+    records.sort_by_key(|r| !ahead(r.started_ms.max(r.ended_ms)));
+    let future_snapshots = snapshots.iter().filter(|(_, s)| ahead(s.time_sec * 1000)).count();
+    let future_records = records.iter().filter(|r| ahead(r.started_ms.max(r.ended_ms))).count();
     let mut sources: BTreeMap<String, SourceStatus> = BTreeMap::new();
     // Copies of one snapshot (a `cairn tag` killed between its writes) count once.
     let mut seen = std::collections::HashSet::new();
@@ -184,12 +214,24 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
     let mut offsite: BTreeMap<String, OffsiteStatus> = BTreeMap::new();
     let mut received: BTreeMap<String, OffsiteStatus> = BTreeMap::new();
     let mut status = Status { running, ..Status::default() };
+    if future_snapshots + future_records > 0 {
+        status.problems.push(format!(
+            "{future_snapshots} snapshots and {future_records} audit records are dated in the future: the clock was \
+             wrong when they were written (they count as older than everything else; fix the clock, e.g. with NTP)"
+        ));
+    }
     // (source, destination) -> the newest snapshot a sync put (or found) there: (time, id).
     let mut copies: BTreeMap<(String, String), (i64, String)> = BTreeMap::new();
     // Each `--read-data-subset` part (and `all`) -> when a good check last read it.
     let mut parts_read: BTreeMap<String, i64> = BTreeMap::new();
     let mut stats: Option<&AuditRecord> = None;
     let mut check_killed = false;
+    // Each safety snapshot -> the source whose in-place restore took it: restoring one (the way
+    // back) is a restore of that source, and `pre-restore` is no source of its own.
+    let protected: BTreeMap<&str, &str> = (records.iter())
+        .filter(|r| r.command == "restore" && r.source != crate::format::snapshot::Snapshot::SAFETY)
+        .filter_map(|r| Some((r.details["safety_snapshot"].as_str()?, r.source.as_str())))
+        .collect();
     for record in &records {
         if record.command == audit::START {
             continue;
@@ -233,16 +275,24 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
             );
             continue;
         }
-        if record.source.is_empty() {
+        let source = match record.source == crate::format::snapshot::Snapshot::SAFETY {
+            // A rollback whose safety snapshot's restore record is gone (compacted) is judged
+            // on its own, of no source.
+            true => {
+                record.snapshot.as_deref().and_then(|id| protected.get(id)).map_or(String::new(), |s| s.to_string())
+            }
+            false => record.source.clone(),
+        };
+        if source.is_empty() {
             // A killed run of no source (a check, a prune, a whole cycle) is a problem until the
             // next run of that command.
             newest.insert((String::new(), record.command.clone()), record);
             continue;
         }
         let entry = sources
-            .entry(record.source.clone())
-            .or_insert_with(|| SourceStatus { source: record.source.clone(), ..Default::default() });
-        active_at(&mut active, &record.source, record.ended_ms);
+            .entry(source.clone())
+            .or_insert_with(|| SourceStatus { source: source.clone(), ..Default::default() });
+        active_at(&mut active, &source, record.ended_ms);
         if record.outcome == Outcome::Failed {
             entry.last_failure = Some(Failure {
                 command: record.command.clone(),
@@ -254,7 +304,7 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
         if record.command == "drill" && record.outcome == Outcome::Ok {
             entry.last_drill_ok = Some(event(record.snapshot.clone(), record.ended_ms, now_ms));
         }
-        newest.insert((record.source.clone(), record.command.clone()), record);
+        newest.insert((source, record.command.clone()), record);
     }
     let retired = |name: &str, configured: Option<&Vec<String>>| match configured {
         Some(names) => !names.iter().any(|n| n == name),
@@ -279,7 +329,9 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
         let error = record.errors.first().map_or(String::new(), |e| format!(": {e}"));
         let problem = format!("last {command} failed {} ago{error}", age_text((now_ms - record.ended_ms) / 1000));
         if source.is_empty() {
-            if record.details["killed"].as_bool() == Some(true) {
+            // A failed restore of no source is a rollback (a safety snapshot's restore) that failed.
+            let rollback = record.command == "restore";
+            if record.details["killed"].as_bool() == Some(true) || failed_outside_its_steps(record) || rollback {
                 status.problems.push(problem);
             }
             continue;
@@ -389,6 +441,15 @@ pub fn status(repo: &Repository, now_ms: i64, thresholds: &Thresholds, expected:
     Ok(status)
 }
 
+/// A failed `cairn run` (a cycle) whose failure is none of its steps': a signal stopped it
+/// (`interrupted by SIGTERM`), or it could not start at all (`cairn serve`'s queue was full).
+/// No step's own record says so, so the run's must, until a later run ends well. A run that
+/// failed because a step failed is left to that step's record, which names its source.
+fn failed_outside_its_steps(record: &AuditRecord) -> bool {
+    let failed_step = |steps: &Vec<serde_json::Value>| steps.iter().any(|step| step["outcome"] == "failed");
+    record.command == "run" && !record.details["steps"].as_array().is_some_and(failed_step)
+}
+
 /// The parts of a read-data rotation over `days` days not read by a good check within `days` and
 /// one day of grace (a check of `all` reads every part).
 fn rotation_behind(parts_read: &BTreeMap<String, i64>, days: u32, now_ms: i64) -> Vec<String> {
@@ -455,28 +516,33 @@ pub fn with_killed_runs(
         return (records, Vec::new());
     }
     let here = crate::host::hostname();
-    let holders = match open.iter().any(|r| r.hostname != here) {
-        true => crate::repository::lock::live_holders(repo.backend()).ok(),
-        false => None,
-    };
+    // Read once, and only when a run's process cannot be told alive or gone from here.
+    let holders = std::cell::OnceCell::new();
+    let holders = || holders.get_or_init(|| crate::repository::lock::live_holders(repo.backend()).ok());
     let mut killed = Vec::new();
     let mut running = Vec::new();
     for start in open {
         let command = start.details["command"].as_str().unwrap_or("?").to_string();
         let pid = start.details["pid"].as_u64().unwrap_or(0) as u32;
-        let alive = match start.hostname == here {
-            // A process of that number started more than a week later is another one.
-            true => pid != 0 && crate::host::process_alive(pid as i32) && now_ms - start.started_ms < 7 * 86_400_000,
-            // Another host's: running while its process holds a live lock (a cycle, which holds
-            // none itself, while any of its host's does), or within the default lock wait of its
-            // start, when it may still be waiting for one. Unknown (the locks could not be read):
-            // taken as running, never as killed.
-            false => {
-                now_ms - start.started_ms < 15 * 60_000
-                    || holders.as_ref().map_or(true, |h| {
-                        h.iter().any(|(host, p)| *host == start.hostname && (*p == pid || command == "run"))
-                    })
+        // Running while its process holds a live lock (a cycle, which holds none itself, while any
+        // of its host's does), or within the default lock wait of its start, when it may still be
+        // waiting for one. Unknown (the locks could not be read): taken as running, never as killed.
+        let holds_a_lock = || {
+            now_ms - start.started_ms < 15 * 60_000
+                || holders().as_ref().map_or(true, |h| {
+                    h.iter().any(|(host, p)| *host == start.hostname && (*p == pid || command == "run"))
+                })
+        };
+        let alive = match (start.hostname == here, identity(&start.details)) {
+            // Its pid namespace, start tick and boot tell it from any other process; from a pid
+            // namespace that cannot see its own, only its lock can tell.
+            (true, Some(identity)) => identity.alive(pid).unwrap_or_else(holds_a_lock),
+            // A record from before those were written: by the pid alone. A process of that
+            // number started more than a week later is another one.
+            (true, None) => {
+                pid != 0 && crate::host::process_alive(pid as i32) && now_ms - start.started_ms < 7 * 86_400_000
             }
+            (false, _) => holds_a_lock(),
         };
         let what = format!(
             "{command} (pid {pid} on {}, started {} ago)",
@@ -489,8 +555,9 @@ pub fn with_killed_runs(
         }
         let mut details = start.details.clone();
         if let Some(known) = details.as_object_mut() {
-            known.remove("command");
-            known.remove("pid");
+            for field in ["command", "pid", "pid_namespace", "pid_start_ticks", "boot_id"] {
+                known.remove(field);
+            }
             known.insert("killed".into(), true.into());
         }
         killed.push(AuditRecord {
@@ -504,6 +571,15 @@ pub fn with_killed_runs(
     records.extend(killed);
     records.sort_by(audit::chronological);
     (records, running)
+}
+
+/// The process identity a start record holds beyond its pid, if it has one (older ones do not).
+fn identity(details: &serde_json::Value) -> Option<crate::host::ProcessIdentity> {
+    Some(crate::host::ProcessIdentity {
+        pid_namespace: details["pid_namespace"].as_u64()?,
+        start_ticks: details["pid_start_ticks"].as_u64()?,
+        boot: details["boot_id"].as_str()?.to_string(),
+    })
 }
 
 /// The status as a Prometheus textfile-collector file: per source the age of its newest
@@ -621,6 +697,32 @@ mod tests {
     use super::*;
     use crate::audit::Run;
     use crate::repository::NewKeys;
+
+    /// A cycle that `cairn serve` could not start (its queue full) or that a signal stopped
+    /// leaves a failed `run` record and nothing else: status is not healthy until a run ends well.
+    #[test]
+    fn a_run_that_failed_outside_its_steps_is_a_problem_until_one_ends_well() {
+        let repo =
+            Repository::create(&"memory://run".into(), crate::format::config::Config::new_random(), NewKeys::None)
+                .unwrap();
+        let now = crate::clock::now_ms() + 60_000;
+        let why = "the scheduled cycle could not start: the job queue is full";
+        Run::failed_before(&repo, "run", "", why).unwrap();
+        let found = status(&repo, now, &Thresholds::default(), None).unwrap();
+        assert!(found.problems.iter().any(|p| p.contains("last run failed") && p.contains(why)), "{found:?}");
+        // Records of one millisecond would be ordered by their nonces.
+        std::thread::sleep(Duration::from_millis(3));
+        Run::start("run", "").finish(&repo, Outcome::Ok).unwrap();
+        let found = status(&repo, now, &Thresholds::default(), None).unwrap();
+        assert!(!found.problems.iter().any(|p| p.contains("last run failed")), "{found:?}");
+        // A run that failed because a step did is reported by that step's record instead.
+        std::thread::sleep(Duration::from_millis(3));
+        let mut run = Run::start("run", "");
+        run.record.details = serde_json::json!({ "steps": [{ "step": "snapshot db", "outcome": "failed" }] });
+        run.finish(&repo, Outcome::Failed).unwrap();
+        let found = status(&repo, now, &Thresholds::default(), None).unwrap();
+        assert!(!found.problems.iter().any(|p| p.contains("last run failed")), "{found:?}");
+    }
 
     /// Random runs over a year, each answered by its record or (killed) not: after compaction
     /// status says exactly what it said before, from far fewer records.

@@ -108,22 +108,20 @@ pub fn snapshot_reader(
 }
 
 /// A snapshot of what `command` prints on its standard output, as the audited run `snapshot`:
-/// committed only if the command exits with status 0 ([`crate::source::command`]). `line` is the
-/// command as the user wrote it, for errors. The caller builds `command` (`sh -c LINE`, its
+/// committed only if the command exits with status 0 ([`crate::source::command`]). The caller builds `command` (`sh -c LINE`, its
 /// environment and directory); it is started once the repository's index is loaded.
 pub fn snapshot_command(
     repo: &Repository,
     options: &StreamOptions,
     command: Command,
-    line: &str,
     progress: &Progress,
 ) -> Audited<SnapshotOutcome> {
-    audited(repo, options, || take(repo, options, progress, Stream::Command(command, line)))
+    audited(repo, options, || take(repo, options, progress, Stream::Command(command)))
 }
 
 enum Stream<'a> {
     Reader(&'a mut dyn Read),
-    Command(Command, &'a str),
+    Command(Command),
 }
 
 fn audited(
@@ -164,8 +162,8 @@ fn take(
     let chunker = repo.chunker();
     let (chunks, size) = match stream {
         Stream::Reader(reader) => store_stream(&store, &chunker, reader, &label, progress)?,
-        Stream::Command(command, line) => std::thread::scope(|scope| {
-            let mut running = command::start(scope, command, line, progress)?;
+        Stream::Command(command) => std::thread::scope(|scope| {
+            let mut running = command::start(scope, command, progress)?;
             match store_stream(&store, &chunker, running.stdout(), &label, progress) {
                 // The status decides, whatever was stored: the manifest comes after this.
                 Ok(stored) => running.finish().map(|()| stored),

@@ -45,7 +45,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         if super::output::closed() {
             return ControlFlow::Break(()); // nobody reads the rest
         }
-        outln!("snapshot {} of {} at {}:", id.short(), snapshot.source_key(), format::utc(snapshot.time_sec));
+        let source = snapshot.source_key();
+        let source = cairn::names::shown(source.as_bytes());
+        outln!("snapshot {} of {source} at {}:", id.short(), format::utc(snapshot.time_sec));
         for entry in found {
             outln!(
                 "  {:>10}  {}  {}{}",

@@ -78,14 +78,17 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             (source, Some(target)) => format!("{source} -> {target}"),
             (source, None) => source.to_string(),
         };
+        // Messages quote names from backed-up trees and records may come from another host: a
+        // newline or an escape sequence in them must not forge a line or drive the terminal.
+        let shown = |text: &str| cairn::names::shown(text.as_bytes()).into_owned();
         outln!(
             "{}  {:<8} {:<10} {:<24} {:>7}  {}",
             format::utc(record.ended_ms.div_euclid(1000)),
-            record.command,
+            shown(&record.command),
             outcome,
-            if source.is_empty() { "-" } else { &source },
+            if source.is_empty() { "-".to_string() } else { shown(&source) },
             format!("{:.1}s", (record.ended_ms - record.started_ms) as f64 / 1000.0),
-            what
+            shown(&what)
         );
     }
     Ok(ExitCode::SUCCESS)

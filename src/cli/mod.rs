@@ -166,8 +166,6 @@ pub struct Context {
     pub cache: Option<PathBuf>,
     /// `--repo` was given on the command line: it beats a config file's `repository`.
     pub repo_flag: bool,
-    /// `--repo` or CAIRN_REPO was given.
-    pub repo_given: bool,
     /// Where the repository password comes from.
     pub password: password::Source,
 }
@@ -212,20 +210,12 @@ impl Context {
         Ok(repo)
     }
 
-    /// The repository for a command that follows a config file: `--repo` on the command line,
-    /// else the config's `repository`, else CAIRN_REPO or the default.
+    /// The repository of a command that reads a config file (run, serve, status, stats): `--repo`
+    /// on the command line, else the config's `repository`, else CAIRN_REPO or the default.
+    /// One rule for all of them, so that status and stats judge the repository run writes to
+    /// (README's examples export CAIRN_REPO and give --config too).
     pub fn location_with(&self, configured: Option<&str>) -> String {
-        self.given_or_configured(self.repo_flag, configured)
-    }
-
-    /// The repository a command that reads a config looks at: `--repo` or CAIRN_REPO when
-    /// given, else the config's `repository`, else the default.
-    pub fn location_or_config(&self, configured: Option<&str>) -> String {
-        self.given_or_configured(self.repo_given, configured)
-    }
-
-    fn given_or_configured(&self, given: bool, configured: Option<&str>) -> String {
-        match (given, configured) {
+        match (self.repo_flag, configured) {
             (false, Some(configured)) => configured.to_string(),
             _ => self.location(),
         }
@@ -435,7 +425,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     let repo_flag = cli.repo.is_some();
     let repo = cli.repo.or_else(|| from_env("CAIRN_REPO"));
-    let repo_given = repo.is_some();
     let repo_path = match repo {
         Some(path) => path,
         None => default_location()
@@ -455,7 +444,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         create: !cli.no_create,
         cache,
         repo_flag,
-        repo_given,
         password,
     };
     match cli.command {

@@ -92,11 +92,14 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     };
     let mut text = format!("cairn run: {} steps, {failed} failed, {incomplete} incomplete\n", steps.len());
     for step in steps.iter().filter(|s| s.outcome != Outcome::Ok) {
+        // A step's output quotes names from backed-up trees: escaped as cairn::names shows them,
+        // so that they cannot forge a line of the notification or drive a terminal reading it.
+        let last = step.output.last().map_or("", |l| l.as_str());
         text.push_str(&format!(
             "{:?}: {}: {}\n",
             step.outcome,
-            step.step,
-            step.output.last().map_or("", |l| l.as_str())
+            cairn::names::shown(step.step.as_bytes()),
+            cairn::names::shown(last.as_bytes())
         ));
     }
     let summary = serde_json::json!({

@@ -33,14 +33,14 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = cairn::clock::parse_duration)]
     sqlite_timeout: std::time::Duration,
     /// Tag the snapshot (repeatable)
-    #[arg(long = "tag", value_name = "TAG")]
+    #[arg(long = "tag", value_name = "TAG", value_parser = cairn::names::label)]
     tags: Vec<String>,
     /// Name what is backed up (for instance the service), used to pick the parent snapshot
-    #[arg(long, value_name = "NAME", default_value = "")]
+    #[arg(long, value_name = "NAME", default_value = "", value_parser = cairn::names::label)]
     source: String,
     /// Record this host name instead of the machine's (a container's random name, say): the
     /// parent snapshot and `--host` filters go by it
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = cairn::names::label)]
     host: Option<String>,
     /// Leave out entries matching a glob: a pattern without `/` matches names at any depth, one
     /// with `/` the absolute path (repeatable)

@@ -39,12 +39,13 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             [
                 id.short(),
                 format::utc(s.time_sec),
-                s.hostname.clone(),
-                s.source.clone(),
+                // Manifests may come from another host: its names pass one escaping rule.
+                cairn::names::shown(s.hostname.as_bytes()).into_owned(),
+                cairn::names::shown(s.source.as_bytes()).into_owned(),
                 s.summary.files.to_string(),
                 format::bytes(s.summary.bytes),
                 status,
-                s.tags.join(","),
+                cairn::names::shown(s.tags.join(",").as_bytes()).into_owned(),
                 paths.join(" "),
             ]
         })

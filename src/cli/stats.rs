@@ -13,19 +13,22 @@ pub struct Args {
     /// the config file, when one is given)
     #[arg(long, value_name = "PRICE")]
     cost_per_gib_month: Option<f64>,
-    /// Config file to read `cost_per_gib_month` from
+    /// Config file to read `cost_per_gib_month` and the repository from (`--repo` beats its
+    /// `repository`, which beats CAIRN_REPO, as for `cairn run`)
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
     config: Option<std::path::PathBuf>,
 }
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
-    let repo = context.open_cached()?;
-    let mut report = stats(&repo)?;
-    let configured = match &args.config {
-        Some(path) => cairn::run_config::load(path).map_err(anyhow::Error::msg)?.0.cost_per_gib_month,
+    let config = match &args.config {
+        Some(path) => Some(cairn::run_config::load(path).map_err(anyhow::Error::msg)?.0),
         None => None,
     };
-    let price = args.cost_per_gib_month.or(configured);
+    // The config's repository, as `cairn run` writes to it.
+    let mut repo = context.open_at(&context.location_with(config.as_ref().and_then(|c| c.repository.as_deref())))?;
+    context.cache_for(&mut repo);
+    let mut report = stats(&repo)?;
+    let price = args.cost_per_gib_month.or(config.and_then(|c| c.cost_per_gib_month));
     if let Some(price) = price {
         report.price(price);
     }
@@ -48,7 +51,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     for s in &report.sources {
         outln!(
             "{:<40} {:>9} {:>11} {:>11} {:>11} {:>11} {:>11}{}",
-            format!("{} ({})", s.source, s.host),
+            format!("{} ({})", cairn::names::shown(s.source.as_bytes()), cairn::names::shown(s.host.as_bytes())),
             s.snapshots,
             format::bytes(s.logical_bytes),
             format::bytes(s.stored_bytes),

@@ -73,7 +73,7 @@ fn config(args: &Args) -> Result<Option<cairn::run_config::Config>> {
 
 pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let config = config(&args)?;
-    let location = context.location_or_config(config.as_ref().and_then(|c| c.repository.as_deref()));
+    let location = context.location_with(config.as_ref().and_then(|c| c.repository.as_deref()));
     // Records and manifests never change: on an object store they are read through the cache,
     // so a status costs the listings and what is new since the last one.
     let mut repo = context.open_at(&location)?;
@@ -87,8 +87,13 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         }
     }
     let expected = config.as_ref().map(expected);
-    let thresholds =
-        Thresholds { max_age: args.max_age, max_drill_age: args.max_drill_age, max_offsite_age: args.max_offsite_age };
+    // The flags, else what the config's schedule implies (as `cairn serve` judges).
+    let configured = config.as_ref().map_or_else(Thresholds::default, Thresholds::of_config);
+    let thresholds = Thresholds {
+        max_age: args.max_age.or(configured.max_age),
+        max_drill_age: args.max_drill_age.or(configured.max_drill_age),
+        max_offsite_age: args.max_offsite_age.or(configured.max_offsite_age),
+    };
     let status = status(&repo, now_ms()?, &thresholds, expected.as_ref())?;
     if let Some(path) = &args.prometheus {
         write_atomically(path, prometheus(&status).as_bytes())
@@ -98,6 +103,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         outln!("{}", serde_json::to_string(&status)?);
     } else if !context.quiet {
         let age = |seconds: i64| format!("{} ago", age_text(seconds));
+        // Names and messages come from records and manifests, which another host may have
+        // written: one rule (cairn::names) keeps a newline or escape in them from forging a line.
+        let shown = |text: &str| cairn::names::shown(text.as_bytes()).into_owned();
         for source in &status.sources {
             let latest = source.latest_snapshot.as_ref().map_or("none".to_string(), |e| {
                 format!("{} ({})", &e.snapshot.as_deref().unwrap_or("?")[..8], age(e.age_seconds))
@@ -110,17 +118,18 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             };
             outln!(
                 "{label}  {}: {}, newest {latest}, last good drill {drill}",
-                source.source,
+                shown(&source.source),
                 super::format::count(source.snapshots, "snapshot")
             );
             for copy in &source.offsite {
-                outln!("      offsite {}: {} ({})", copy.to, &copy.snapshot[..8], age(copy.age_seconds));
+                outln!("      offsite {}: {} ({})", shown(&copy.to), &copy.snapshot[..8], age(copy.age_seconds));
             }
             if let Some(failure) = &source.last_failure {
-                outln!("      last failure: {} {}: {}", failure.command, age(failure.age_seconds), failure.error);
+                let (command, error) = (shown(&failure.command), shown(&failure.error));
+                outln!("      last failure: {command} {}: {error}", age(failure.age_seconds));
             }
             for problem in &source.problems {
-                outln!("      problem: {problem}");
+                outln!("      problem: {}", shown(problem));
             }
         }
         match (&status.last_check, status.last_check_ok) {
@@ -133,21 +142,21 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             let ok = o.last_ok.as_ref().map_or("never".to_string(), |e| age(e.age_seconds));
             outln!(
                 "offsite {}{}: last sync {} ({:?}), last complete sync {ok}",
-                o.to,
+                shown(&o.to),
                 if o.retired { " (retired)" } else { "" },
                 age(o.last_sync.age_seconds),
                 o.last_outcome
             );
         }
         for r in &status.received {
-            outln!("received from {}: last sync {} ({:?})", r.to, age(r.last_sync.age_seconds), r.last_outcome);
+            outln!("received from {}: last sync {} ({:?})", shown(&r.to), age(r.last_sync.age_seconds), r.last_outcome);
         }
         for run in &status.running {
-            outln!("running: {run}");
+            outln!("running: {}", shown(run));
         }
         outln!("repository: {}", super::snapshots::encryption_text(&repo));
         for problem in &status.problems {
-            outln!("problem: {problem}");
+            outln!("problem: {}", shown(problem));
         }
     }
     Ok(if status.healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -20,13 +20,13 @@ pub struct Args {
     source: Option<String>,
     /// Add this tag (repeatable); `protected` keeps a snapshot from every policy and from
     /// `forget ID` without --force
-    #[arg(long, value_name = "TAG")]
+    #[arg(long, value_name = "TAG", value_parser = cairn::names::label)]
     add: Vec<String>,
     /// Remove this tag (repeatable)
     #[arg(long, value_name = "TAG")]
     remove: Vec<String>,
     /// Replace all tags by these (repeatable)
-    #[arg(long, value_name = "TAG", conflicts_with_all = ["add", "remove"])]
+    #[arg(long, value_name = "TAG", conflicts_with_all = ["add", "remove"], value_parser = cairn::names::label)]
     set: Vec<String>,
     /// Print what would change, and change nothing
     #[arg(long)]

@@ -22,8 +22,6 @@ const TAIL_LINES: usize = 5;
 /// The longest line of error output kept (a longer one is cut, the rest of it dropped), so a
 /// command printing binary data on standard error cannot grow the tail without bound.
 const LINE_BYTES: usize = 400;
-/// The longest command line an error quotes.
-const SHOWN_BYTES: usize = 200;
 
 /// The process groups of the commands running now: each command leads one of its own, so that
 /// what it starts (a dump piped through a compressor, a helper in the background) is stopped with
@@ -42,8 +40,6 @@ pub fn signal_running(signal: libc::c_int) {
 /// A started command: its standard output to read, and a thread passing on its standard error.
 pub struct Running<'scope> {
     child: Child,
-    /// What an error calls it: the command line, cut to [`SHOWN_BYTES`].
-    shown: String,
     stdout: Option<ChildStdout>,
     stderr: std::thread::ScopedJoinHandle<'scope, VecDeque<String>>,
     /// Whether it leads a process group of its own ([`GROUPS`]).
@@ -53,19 +49,14 @@ pub struct Running<'scope> {
 /// Starts `command` (the caller builds it, usually `sh -c LINE`, with the environment and working
 /// directory it should have) with its standard output piped, standard input empty, and standard
 /// error read by a thread of `scope`, which shows each line through `progress` and keeps the
-/// last ones. `line` is the command as the user wrote it, for errors.
+/// last ones. Its errors never quote the command line, which may hold a password.
 pub fn start<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     mut command: Command,
-    line: &str,
     progress: &'scope Progress,
 ) -> Result<Running<'scope>> {
-    let shown = crate::format::snapshot::clip(line, SHOWN_BYTES);
-    let failed = |e: std::io::Error| Error::Command {
-        command: shown.clone(),
-        how: format!("could not be started: {e}"),
-        stderr: String::new(),
-    };
+    let failed =
+        |e: std::io::Error| Error::Command { how: format!("could not be started: {e}"), stderr: String::new() };
     // The binary blocks SIGINT, SIGTERM and SIGHUP in every thread to take them with sigwait, and
     // a child spawned as is keeps that mask (observed with Rust 1.95: `kill -TERM $$` in the
     // command did not end it), so a signal to the command would not stop it. It starts with none.
@@ -109,7 +100,7 @@ pub fn start<'scope>(
     let stdout = child.stdout.take();
     let stderr = child.stderr.take().expect("piped above");
     let stderr = scope.spawn(move || pass_on(stderr, progress));
-    Ok(Running { child, shown, stdout, stderr, own_group })
+    Ok(Running { child, stdout, stderr, own_group })
 }
 
 /// Whether this process has a controlling terminal.
@@ -149,7 +140,7 @@ impl Running<'_> {
                 tail.iter().map(|l| format!("{l:?}")).collect::<Vec<_>>().join(" ")
             ),
         };
-        Err(Error::Command { command: self.shown, how, stderr })
+        Err(Error::Command { how, stderr })
     }
 
     /// Stops the command when storing its output failed: its output is closed (a writer gets
@@ -269,7 +260,7 @@ mod tests {
     fn run(line: &str) -> (Vec<u8>, Result<()>) {
         let progress = Progress::hidden();
         std::thread::scope(|scope| {
-            let mut running = start(scope, sh(line), line, &progress).unwrap();
+            let mut running = start(scope, sh(line), &progress).unwrap();
             let mut out = Vec::new();
             running.stdout().read_to_end(&mut out).unwrap();
             (out, running.finish())
@@ -308,9 +299,12 @@ mod tests {
     fn a_command_that_cannot_start_is_an_error() {
         let progress = Progress::hidden();
         let failed = std::thread::scope(|scope| {
-            start(scope, Command::new("/nonexistent/cairn-no-such-program"), "no-such-program", &progress).err()
+            start(scope, Command::new("/nonexistent/cairn-no-such-program"), &progress).err()
         });
         let message = failed.unwrap().to_string();
-        assert!(message.contains("no-such-program` could not be started"), "{message}");
+        assert!(
+            message.contains("command (--stdin-from-command, or the source's `command`) could not be started"),
+            "{message}"
+        );
     }
 }

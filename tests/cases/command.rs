@@ -383,3 +383,23 @@ fn a_failed_store_stops_everything_the_command_started() {
     assert!(ended, "what the command started outlived the failed snapshot");
     assert!(snapshot_list(&repo).is_empty());
 }
+
+/// README: "The command line is not stored (it may hold a password)". A failing command's error
+/// says how it ended, not its line: the error goes into the audit record (synced offsite),
+/// `cairn status` and notifications.
+#[test]
+fn a_failing_commands_line_is_in_no_error_record_or_status() {
+    let scratch = Scratch::new("command-secret");
+    let repo = scratch.join("repo");
+    init(&repo);
+    let out = run(cairn(&repo).args(["snapshot", "--source", "db", "--stdin-from-command", "false -pHUNTER2 shop"]));
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out);
+    assert!(text.contains("exited with status 1"), "{text}");
+    let log = json(cairn(&repo).arg("log")).to_string();
+    let status = String::from_utf8_lossy(&run(cairn(&repo).args(["status", "--json"])).stdout).into_owned();
+    for shown in [&text, &log, &status] {
+        assert!(!shown.contains("HUNTER2"), "{shown}");
+    }
+    assert!(log.contains("exited with status 1"), "{log}");
+}

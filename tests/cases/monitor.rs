@@ -305,6 +305,11 @@ fn a_stopped_cycle_stops_its_step_and_records_why() {
     let run = records.iter().find(|r| r.command == "run").expect("the run's record");
     assert_eq!(run.outcome, cairn::format::audit::Outcome::Failed);
     assert!(run.errors.iter().any(|e| e.contains("interrupted by SIGTERM")), "{:?}", run.errors);
+    // Status says so too, though no step failed on its own.
+    let mut command = cairn(&scratch.join("repo"));
+    let (status, code) = status_of(&mut command, &["--no-config"]);
+    assert_eq!(code, Some(1), "{status}");
+    assert!(problems(&status).contains("last run failed") && problems(&status).contains("SIGTERM"), "{status}");
     // And the monitor heard of it: the failure ping, saying why.
     let requests = seen.lock().unwrap().clone();
     assert!(
@@ -677,4 +682,134 @@ fn prune_compacts_the_audit_log_but_never_a_damaged_record() {
     assert!(problems(&status_after).contains("damaged repository file"), "{status_after}");
     assert_eq!(source(&status_before, "app")["latest_snapshot"], source(&status_after, "app")["latest_snapshot"]);
     assert_eq!(source(&status_before, "app")["problems"], source(&status_after, "app")["problems"]);
+}
+
+/// With CAIRN_REPO exported (as README's examples do) and a config that names its repository,
+/// `status --config` and `stats --config` read the repository that `run --config` wrote to:
+/// `--repo`, then the config's `repository`, then CAIRN_REPO, for every command.
+#[test]
+fn status_and_stats_read_the_repository_run_writes_to() {
+    let scratch = Scratch::new("monitor-which-repo");
+    fs::create_dir_all(scratch.join("src")).unwrap();
+    fs::write(scratch.join("src/file"), "content").unwrap();
+    let (repo, other) = (scratch.join("repo"), scratch.join("other"));
+    init(&other);
+    let config = scratch.join("cairn.toml");
+    let text =
+        format!("repository = {:?}\n[[source]]\nname = \"app\"\npaths = [\"src\"]\n", repo.display().to_string());
+    fs::write(&config, text).unwrap();
+    ok(cairn_run(&config, 0).env("CAIRN_REPO", &other));
+    let exported = || {
+        let mut command = cairn_bare();
+        command.env("CAIRN_REPO", &other).env_remove("CAIRN_CONFIG").stdin(Stdio::null());
+        with_password(&mut command);
+        command
+    };
+    let (status, code) = status_of(&mut exported(), &[std::ffi::OsStr::new("--config"), config.as_os_str()]);
+    assert_eq!(code, Some(0), "{status}");
+    assert_eq!(source(&status, "app")["snapshots"], 1, "{status}");
+    let stats = json(exported().arg("stats").arg("--config").arg(&config));
+    assert!(stats.to_string().contains("\"app\""), "{stats}");
+    // --repo beats the config.
+    let (status, code) =
+        status_of(exported().arg("--repo").arg(&other), &[std::ffi::OsStr::new("--config"), config.as_os_str()]);
+    assert_eq!(code, Some(1), "{status}");
+}
+
+/// A run killed inside a container (a pid namespace, where it was pid 1) is killed, not running:
+/// on the host pid 1 is always alive, so the start record's pid alone would keep it "running"
+/// for a week. Needs `unshare --pid` (root); skipped without it.
+#[test]
+fn a_run_killed_in_a_pid_namespace_is_not_running() {
+    if !Command::new("unshare").args(["--pid", "--fork", "true"]).status().is_ok_and(|s| s.success()) {
+        eprintln!("skipped: unshare --pid is not allowed here");
+        return;
+    }
+    let scratch = Scratch::new("monitor-pidns");
+    let (_, repo) = one_source(&scratch);
+    let audit_files = || fs::read_dir(repo.join("audit")).map_or(0, |d| d.count());
+    let before = audit_files();
+    let command = cairn(&repo);
+    let inner = command.get_program().to_owned();
+    let mut unshare = Command::new("unshare");
+    unshare.args(["--pid", "--fork"]).arg(inner).args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => unshare.env(key, value),
+            None => unshare.env_remove(key),
+        };
+    }
+    unshare.args(["snapshot", "--source", "app", "--stdin-from-command", "sleep 30; echo x", "--stdin-filename", "x"]);
+    let mut child = unshare.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while audit_files() == before {
+        assert!(started.elapsed() < Duration::from_secs(30), "no start record");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let children = fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id())).unwrap();
+    let inner_pid: i32 = children.split_whitespace().next().expect("unshare's child").parse().unwrap();
+    unsafe { libc::kill(inner_pid, libc::SIGKILL) };
+    child.wait().unwrap();
+    let (status, code) = status_of(&mut cairn(&repo), &["--no-config"]);
+    assert!(status["running"].as_array().unwrap().is_empty(), "{status}");
+    assert!(problems(source(&status, "app")).contains("killed"), "{status}");
+    assert_eq!(code, Some(1), "{status}");
+}
+
+/// A snapshot taken while the clock ran a day ahead does not hide a failure after the clock was
+/// put right: it is no longer the newest, and being dated in the future is a problem of its own.
+#[test]
+fn a_clock_that_ran_ahead_hides_no_later_failure() {
+    let scratch = Scratch::new("monitor-future");
+    let (src, repo) = one_source(&scratch);
+    ok(cairn(&repo).env("CAIRN_CLOCK_OFFSET", "86400").args(["snapshot", "--source", "app"]).arg(&src));
+    let out = run(cairn(&repo).args(["snapshot", "--source", "app"]).arg(scratch.join("moved")));
+    assert!(!out.status.success());
+    let (status, code) = status_of(&mut cairn(&repo), &["--no-config", "--max-age", "26h"]);
+    assert_eq!(code, Some(1), "{status}");
+    assert!(problems(source(&status, "app")).contains("last snapshot failed"), "{status}");
+    assert!(problems(&status).contains("dated in the future"), "{status}");
+    assert!(source(&status, "app")["latest_snapshot"]["age_seconds"].as_i64().unwrap() >= 0, "{status}");
+}
+
+/// A record's message quoting a hostile file name (or forged by another host) cannot forge a
+/// line of `cairn log` or `cairn status`, nor send the terminal an escape sequence; JSON keeps the
+/// message as it is.
+#[test]
+fn log_and_status_escape_control_characters_in_messages() {
+    let scratch = Scratch::new("monitor-escape");
+    let (_, repo) = one_source(&scratch);
+    let opened = cairn::repository::Repository::open(
+        &cairn::repository::Location::parse(&repo.to_string_lossy()),
+        cairn::repository::Passphrase::Given(PASSWORD),
+    )
+    .unwrap();
+    let forged = "cannot read x\n2026-12-06 10:00:00  snapshot ok         app      1.0s  snapshot 12345678\x1b[2K";
+    cairn::audit::Run::failed_before(&opened, "snapshot", "app\u{202e}", forged).unwrap();
+    let log = ok(cairn(&repo).arg("log"));
+    let status = String::from_utf8_lossy(&run(cairn(&repo).arg("status")).stdout).into_owned();
+    for text in [&log, &status] {
+        assert!(!text.contains('\x1b') && !text.contains('\u{202e}'), "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("2026-12-06 10:00:00")), "{text}");
+        assert!(text.contains("cannot read x\\n2026-12-06"), "{text}");
+    }
+    assert!(json(cairn(&repo).arg("log")).to_string().contains("\\u001b[2K"));
+}
+
+/// Rolling an in-place restore back (restoring its safety snapshot) is a restore of the source
+/// it protected: `pre-restore` is never listed as a source ("never snapshotted" forever).
+#[test]
+fn a_rollback_counts_for_the_source_its_safety_snapshot_protected() {
+    let scratch = Scratch::new("monitor-rollback");
+    let (src, repo) = one_source(&scratch);
+    fs::write(src.join("file"), "changed since").unwrap();
+    let report = json(cairn(&repo).args(["restore", "latest", "--in-place", "--target"]).arg(&src));
+    let safety = report["safety_snapshot"].as_str().unwrap().to_string();
+    ok(cairn(&repo).args(["restore", &safety, "--in-place", "--delete", "--target"]).arg(&src));
+    assert_eq!(fs::read_to_string(src.join("file")).unwrap(), "changed since");
+    let (status, code) = status_of(&mut cairn(&repo), &["--no-config"]);
+    assert!(status["sources"].as_array().unwrap().iter().all(|s| s["source"] != "pre-restore"), "{status}");
+    let runs = source(&status, "app")["last_runs"].to_string();
+    assert!(runs.contains("restore"), "{status}");
+    assert_eq!(code, Some(0), "{status}");
 }

@@ -201,3 +201,19 @@ fn messages_show_names_escaped_never_raw() {
     assert!(err.contains("\\x1b[31mRED\\n.sock: sockets are recorded but not restored"), "{err}");
     assert!(!err.contains('\x1b'), "{err:?}");
 }
+
+/// A source, tag or host name with a control character is refused where it is typed: in
+/// `status`, `log` and notifications it could pass for other lines.
+#[test]
+fn a_source_tag_or_host_name_with_a_control_character_is_refused() {
+    let scratch = Scratch::new("names-labels");
+    let (src, repo) = (scratch.join("src"), scratch.join("repo"));
+    std::fs::create_dir_all(&src).unwrap();
+    init(&repo);
+    for flag in ["--source", "--tag", "--host"] {
+        let out = run(cairn(&repo).args(["snapshot", flag, "evil\nok prod"]).arg(&src));
+        assert!(!out.status.success(), "{flag}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("control character"), "{flag}");
+    }
+    assert!(!repo.join("snapshots").read_dir().is_ok_and(|mut d| d.next().is_some()), "nothing was written");
+}

@@ -691,3 +691,52 @@ fn a_command_source_backs_up_and_restores_through_the_api() {
     assert_eq!((status, body["job"]["state"].as_str()), (200, Some("done")), "{body}");
     assert_eq!(fs::read(target.join("dump.txt")).unwrap(), b"rows of dump\n");
 }
+
+/// The API, the page and the metrics judge staleness by the config's schedule, as `cairn status
+/// --config` does: a month after the last snapshot and with no drill, the server is not healthy.
+#[test]
+fn the_server_judges_staleness_by_the_configs_schedule() {
+    let site = site("serve-stale", 0.0);
+    let mut text = fs::read_to_string(&site.config).unwrap();
+    text.push_str("run_every = \"1h\"\n\n[drill]\nevery = \"7d\"\n");
+    fs::write(&site.config, text).unwrap();
+    init(&site.repo);
+    for source in ["app", "web"] {
+        ok(cairn(&site.repo).args(["snapshot", "--source", source]).arg(site.scratch.join("srv").join(source)));
+    }
+    let month_later =
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 30 * 86_400 - 60)
+            .to_string();
+    let served = serve_with(&site, |command| {
+        command.env("CAIRN_NOW", &month_later);
+    });
+    let (status, body) = call(&served, Some(TOKEN), "GET", "/api/v1/status", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["healthy"], false, "{body}");
+    let text = body.to_string();
+    assert!(
+        text.contains("newest snapshot is 29d old (more than 2h)") && text.contains("no successful drill"),
+        "{body}"
+    );
+}
+
+/// A repository gone under a running server (moved, its disk unmounted) is said as such: the
+/// list is an error, not an empty list, and the status is unhealthy with that reason, not "the
+/// repository holds no snapshot".
+#[test]
+fn a_repository_gone_under_the_server_is_an_error_not_an_empty_one() {
+    let site = site("serve-gone", 0.0);
+    init(&site.repo);
+    ok(cairn(&site.repo).args(["snapshot", "--source", "app"]).arg(site.scratch.join("srv/app")));
+    let served = serve(&site);
+    let (status, body) = call(&served, Some(TOKEN), "GET", "/api/v1/backups", None);
+    assert_eq!((status, body["count"].as_u64()), (200, Some(1)), "{body}");
+    fs::rename(&site.repo, site.scratch.join("moved")).unwrap();
+    let (status, body) = call(&served, Some(TOKEN), "GET", "/api/v1/backups", None);
+    assert!(status >= 500, "{status} {body}");
+    assert!(body.to_string().contains("cannot be read"), "{body}");
+    let (status, body) = call(&served, Some(TOKEN), "GET", "/api/v1/status", None);
+    assert!(status >= 500, "{status} {body}");
+    assert_eq!(body["healthy"], false, "{body}");
+    assert!(body.to_string().contains("cannot be read") && !body.to_string().contains("holds no snapshot"), "{body}");
+}

@@ -131,15 +131,21 @@ fn status(server: &Server) -> Reply {
             value["healthy"] = status.healthy().into();
             Reply::json(StatusCode::OK, &value)
         }
-        Err(e) => failure(&e),
+        // Not healthy, and why: a monitor polling `healthy` must not take an error for health.
+        Err(e) => Reply::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "healthy": false, "error": e.to_string(), "problems": [e.to_string()] }),
+        ),
     }
 }
 
 /// `cairn status --config` of the server's config: the same truth.
 pub(super) fn server_status(server: &Server) -> cairn::error::Result<cairn::status::Status> {
+    server.present()?;
     let now = crate::cli::status::now_ms().map_err(|e| Error::Invalid(e.to_string()))?;
     let expected = crate::cli::status::expected(&server.config);
-    cairn::status::status(&server.repo, now, &cairn::status::Thresholds::default(), Some(&expected))
+    let thresholds = cairn::status::Thresholds::of_config(&server.config);
+    cairn::status::status(&server.repo, now, &thresholds, Some(&expected))
 }
 
 fn metrics(server: &Server) -> Reply {

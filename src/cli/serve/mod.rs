@@ -405,7 +405,25 @@ fn percent_decode(text: &str) -> String {
 
 impl Server {
     /// The manifests of every snapshot, oldest first; only those not seen before are read.
+    /// Fails when the repository is gone since the server opened it (moved, deleted, its disk
+    /// unmounted): its listings would come back empty, and an empty list must not pass for a
+    /// repository that holds no snapshot, nor a status for a healthy one.
+    pub fn present(&self) -> cairn::error::Result<()> {
+        match self.repo.backend().exists(cairn::repository::layout::CONFIG)? {
+            true => Ok(()),
+            false => Err(cairn::error::Error::Io {
+                path: PathBuf::from(format!("{}/{}", self.location, cairn::repository::layout::CONFIG)),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the repository cannot be read: its config file is gone (moved, deleted or unmounted since the \
+                     server started); bring it back, or restart the server on the right repository",
+                ),
+            }),
+        }
+    }
+
     pub fn snapshots(&self) -> cairn::error::Result<Vec<(Id, Arc<Snapshot>)>> {
+        self.present()?;
         let known: HashMap<Id, Arc<Snapshot>> = self.manifests.lock().expect("poisoned").clone();
         let unreadable: Vec<Id> = self.unreadable.lock().expect("poisoned").keys().copied().collect();
         let (listed, new) = self.repo.snapshots_besides(&|id| known.contains_key(id) || unreadable.contains(id))?;

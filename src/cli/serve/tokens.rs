@@ -1,8 +1,8 @@
 //! Who may call `cairn serve`: named bearer tokens from a file (or a systemd credential), and
 //! the check of a request's `Authorization` header against them.
 //!
-//! The file holds one token per line, `NAME TOKEN` (or a bare `TOKEN`, named `default`); `#`
-//! starts a comment. A token is at least [`MIN_LEN`] characters, so that guessing one over the
+//! The file holds one token per line, `NAME TOKEN` (or a bare `TOKEN`, named `default`); `#` at the
+//! start of a line or after a space starts a comment (a `#` inside a token is part of it). A token is at least [`MIN_LEN`] characters, so that guessing one over the
 //! network is hopeless, and the file may be readable by its owner only, as ssh demands of its
 //! keys. Only BLAKE3 hashes of the tokens are kept in memory, and a presented token is hashed
 //! and compared with every one of them in constant time (`blake3::Hash`'s equality), so neither
@@ -55,7 +55,7 @@ impl Tokens {
     pub fn parse(text: &str) -> Result<Tokens> {
         let mut entries: Vec<(String, blake3::Hash)> = Vec::new();
         for (number, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
+            let line = uncommented(line).trim();
             if line.is_empty() {
                 continue;
             }
@@ -125,6 +125,16 @@ pub enum Scheme {
     Basic,
 }
 
+/// `line` up to its comment: a `#` that starts the line or follows whitespace. A `#` inside a
+/// word belongs to it, so a token with `#` in it (as a password generator makes) is read whole,
+/// never cut to a shorter, weaker prefix.
+fn uncommented(line: &str) -> &str {
+    let starts = line
+        .char_indices()
+        .find(|&(at, c)| c == '#' && line[..at].chars().next_back().map_or(true, char::is_whitespace));
+    starts.map_or(line, |(at, _)| &line[..at])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +154,20 @@ mod tests {
         }
         assert_eq!(tokens.caller(None), None);
         assert_eq!(tokens.caller(Some(b"Bearer \xff\xfe")), None);
+    }
+
+    /// A `#` inside a token is part of it: the whole token opens the API, its prefix does not.
+    #[test]
+    fn a_hash_inside_a_token_is_part_of_it() {
+        let with_hash = format!("{TOKEN}#tail");
+        let tokens = Tokens::parse(&format!(
+            "# who may call
+ops {with_hash} # a comment
+"
+        ))
+        .unwrap();
+        assert_eq!(tokens.caller(Some(format!("Bearer {with_hash}").as_bytes())), Some(("ops", Scheme::Bearer)));
+        assert_eq!(tokens.caller(Some(format!("Bearer {TOKEN}").as_bytes())), None);
     }
 
     #[test]

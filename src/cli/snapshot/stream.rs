@@ -74,7 +74,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             if let Some(dir) = &stream.stdin_command_dir {
                 command.current_dir(dir);
             }
-            cairn::backup::stream::snapshot_command(&repo, &options, command, line, &progress)
+            cairn::backup::stream::snapshot_command(&repo, &options, command, &progress)
         }
         None => cairn::backup::stream::snapshot_reader(&repo, &options, &mut std::io::stdin().lock(), &progress),
     };
