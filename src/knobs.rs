@@ -9,8 +9,6 @@
 //! - `CAIRN_NOW`: the time, in Unix seconds, that `cairn status` judges ages at.
 //! - `CAIRN_PRUNE_PAUSE`: a directory where prune says `marked` after marking and waits for `go`,
 //!   so that a test can change the repository in the middle of a plan.
-//! - `CAIRN_IN_FLIGHT_MS`: how long a snapshot lets a file rest after its last modification
-//!   before it reads it (1 s; tests that snapshot what they just wrote lower it).
 
 /// The value of the knob `name`, if set; always `None` without the `test-knobs` feature.
 pub fn get(name: &str) -> Option<String> {

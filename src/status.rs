@@ -119,10 +119,12 @@ impl Thresholds {
         let cycle = config.serve.run_every;
         let offsite = !config.offsite.is_empty();
         Thresholds {
-            max_age: cycle.map(|every| every * 2),
-            max_drill_age: (config.drill.as_ref())
-                .map(|drill| drill.every + cycle.unwrap_or(Duration::from_secs(86_400)) * 2),
-            max_offsite_age: cycle.filter(|_| offsite).map(|every| every * 2),
+            // Saturating: a config may give any duration, however absurd.
+            max_age: cycle.map(|every| every.saturating_mul(2)),
+            max_drill_age: (config.drill.as_ref()).map(|drill| {
+                drill.every.saturating_add(cycle.unwrap_or(Duration::from_secs(86_400)).saturating_mul(2))
+            }),
+            max_offsite_age: cycle.filter(|_| offsite).map(|every| every.saturating_mul(2)),
         }
     }
 }

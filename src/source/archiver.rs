@@ -80,24 +80,23 @@ pub const MAX_DEPTH: usize = 1024;
 /// the last time, and reported.
 pub const READ_ATTEMPTS: u32 = 3;
 
-/// How long a write that began before a read may still be copying into the file.
-const IN_FLIGHT: Duration = Duration::from_secs(1);
+/// How long a write that began before a read may still be copying into the file: a write of
+/// tens of MiB into the page cache. Much longer would take from a file written more often (a
+/// log) every quiet moment to be read in: it would be reported at every snapshot.
+const IN_FLIGHT: Duration = Duration::from_millis(50);
 
 /// How much longer to wait before reading a file whose status shows it modified less than
 /// [`IN_FLIGHT`] ago, if it does. A write sets mtime when it begins and copies afterwards, so a
 /// read that overlaps a write begun just before the status was taken sees the same status after
 /// it and is torn all the same (within one tick of the file system's clock, a second write does
 /// not move mtime either). Only a write that has been copying for longer than `IN_FLIGHT` can
-/// tear a read that starts once the file is that old. An mtime more than `IN_FLIGHT` ahead was
-/// set by hand (a write sets the present), so no write is waited for. The test knob
-/// `CAIRN_IN_FLIGHT_MS` ([`crate::knobs`]) shortens it.
+/// tear a read that starts once the file is that old. An mtime more than `IN_FLIGHT` ahead (or
+/// one no clock can hold) was set by hand, as a write sets the present: no write is waited for.
 fn settling(stat: &Stat) -> Option<Duration> {
-    let in_flight =
-        crate::knobs::get("CAIRN_IN_FLIGHT_MS").and_then(|ms| ms.parse().ok()).map_or(IN_FLIGHT, Duration::from_millis);
-    let age = std::time::SystemTime::now().duration_since(stat.modified());
+    let age = std::time::SystemTime::now().duration_since(stat.modified()?);
     match age {
-        Ok(age) if age < in_flight => Some(in_flight - age),
-        Err(ahead) if ahead.duration() <= in_flight => Some(in_flight + ahead.duration()),
+        Ok(age) if age < IN_FLIGHT => Some(IN_FLIGHT - age),
+        Err(ahead) if ahead.duration() <= IN_FLIGHT => Some(IN_FLIGHT + ahead.duration()),
         _ => None,
     }
 }
@@ -278,10 +277,11 @@ impl<'a> Archiver<'a> {
         let Some(stat) = self.stat(&dir, &directory_at.child(&leaf), &leaf) else {
             return Ok(Vec::new());
         };
-        let wal_sibling = dir.stat(&[leaf.as_slice(), b"-wal"].concat()).is_ok();
+        let companion =
+            [&b"-wal"[..], b"-journal"].iter().any(|suffix| dir.stat(&[leaf.as_slice(), suffix].concat()).is_ok());
         // A source root is entered whatever file system it is on.
         let entry =
-            Entry { dir: Arc::new(dir), name: leaf, stat, previous: parent, wal_sibling, prefetched: 0, device: None };
+            Entry { dir: Arc::new(dir), name: leaf, stat, previous: parent, companion, prefetched: 0, device: None };
         let Some((node, journal)) = self.entry_node(entry, &directory_at, level)? else { return Ok(Vec::new()) };
         let journal = journal.map(|journal| Node { name: [&name, &b"-journal"[..]].concat(), ..journal });
         Ok([Node { name, ..node }].into_iter().chain(journal).collect())
@@ -307,10 +307,12 @@ impl<'a> Archiver<'a> {
                     return None;
                 }
                 let stat = self.stat(&dir, &at.child(name), name)?;
-                let wal_sibling = listed.contains([name.as_slice(), b"-wal"].concat().as_slice());
+                let companion = [&b"-wal"[..], b"-journal"]
+                    .iter()
+                    .any(|suffix| listed.contains([name.as_slice(), suffix].concat().as_slice()));
                 let previous = parent.and_then(|t| t.find(name));
                 let dir = Arc::clone(&dir);
-                Some(Entry { dir, name: name.clone(), stat, previous, wal_sibling, prefetched: 0, device })
+                Some(Entry { dir, name: name.clone(), stat, previous, companion, prefetched: 0, device })
             })
             .collect();
         self.prefetch_reads(&mut entries, at);
@@ -333,7 +335,11 @@ impl<'a> Archiver<'a> {
             nodes.extend(journal);
         }
         if journals {
-            nodes.sort_unstable_by(|a, b| a.name.cmp(&b.name)); // a journal's name may not follow its database's
+            // A journal's name may not follow its database's, and the walk may have kept it too
+            // (its database did not look like one when it was listed): the first, read with its
+            // database, stays.
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            nodes.dedup_by(|later, first| later.name == first.name);
         }
         let tree = Tree { nodes };
         self.store(&tree, || at.path())
@@ -347,7 +353,7 @@ impl<'a> Archiver<'a> {
             let will_read = stat.is_file()
                 && stat.size() > 0
                 && self
-                    .previous_chunks(&dir_at.child(&entry.name), &stat.metadata(), entry.previous, entry.wal_sibling)
+                    .previous_chunks(&dir_at.child(&entry.name), &stat.metadata(), entry.previous, entry.companion)
                     .is_none();
             if will_read {
                 entry.prefetched = self.prefetch.start(&entry.dir, &entry.name, stat.size());
@@ -363,12 +369,12 @@ impl<'a> Archiver<'a> {
         at: &Location<'_>,
         meta: &Metadata,
         parent: Option<&'n Node>,
-        wal_sibling: bool,
+        companion: bool,
     ) -> Option<&'n ChunkList> {
         match parent {
             Some(Node { meta: old, content: Content::File { chunks }, .. })
                 if metadata_unchanged(old, meta)
-                    && !self.may_be_live_database(at, wal_sibling)
+                    && !self.may_be_live_database(at, companion)
                     && !self.reported_by_parent(at) =>
             {
                 Some(chunks)
@@ -435,7 +441,7 @@ impl<'a> Archiver<'a> {
     /// Archives one listed entry of a directory at `dir_at`, at `level`. An entry replaced
     /// since its listing is looked at again, unless it was listed as a directory.
     fn entry_node(&self, entry: Entry<'_>, dir_at: &Location<'_>, level: usize) -> Result<Stored> {
-        let Entry { dir, name, mut stat, previous, wal_sibling, device, .. } = entry;
+        let Entry { dir, name, mut stat, previous, companion, device, .. } = entry;
         let at = dir_at.child(&name);
         for _ in 0..REPLACED_ATTEMPTS {
             if stat.kind() != Kind::File && self.must_be_database(&at) {
@@ -449,7 +455,7 @@ impl<'a> Archiver<'a> {
             if stat.kind() == Kind::Dir {
                 return Ok(self.dir_node(dir, &at, &stat, previous, level)?.map(|node| (node, None)));
             }
-            let read = match self.leaf_node(&dir, &at, &stat, previous, wal_sibling)? {
+            let read = match self.leaf_node(&dir, &at, &stat, previous, companion)? {
                 Look::Node(node) => Some((node, None)),
                 Look::WithJournal(node, journal) => Some((node, Some(journal))),
                 Look::Skip => return Ok(None),
@@ -525,10 +531,10 @@ impl<'a> Archiver<'a> {
         at: &Location<'_>,
         stat: &Stat,
         previous: Option<&Node>,
-        wal_sibling: bool,
+        companion: bool,
     ) -> Result<Look> {
         let content = match stat.kind() {
-            Kind::File => return self.file_node(dir, at, stat, previous, wal_sibling),
+            Kind::File => return self.file_node(dir, at, stat, previous, companion),
             Kind::Symlink => match dir.read_link(at.name) {
                 Ok(target) => Content::Symlink { target },
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Look::Replaced), // not a symlink now
@@ -560,10 +566,10 @@ impl<'a> Archiver<'a> {
         at: &Location<'_>,
         stat: &Stat,
         previous: Option<&Node>,
-        wal_sibling: bool,
+        companion: bool,
     ) -> Result<Look> {
         let listed = stat.metadata();
-        if let Some(chunks) = self.previous_chunks(at, &listed, previous, wal_sibling) {
+        if let Some(chunks) = self.previous_chunks(at, &listed, previous, companion) {
             if self.lists().all_stored(chunks) {
                 self.progress.file_done(listed.size);
                 return Ok(Look::Node(self.node(at, listed, chunks.clone())));
@@ -637,6 +643,13 @@ impl<'a> Archiver<'a> {
         let Some(journal_stat) = dir.stat(&journal_name).ok().filter(Stat::is_file) else {
             return Ok(Look::Replaced); // rolled back meanwhile: read through SQLite
         };
+        if names_a_super_journal(dir, &journal_name, &journal_stat) {
+            // Of a transaction over several databases: SQLite rolls it back only while the
+            // super-journal it names exists, which a restore elsewhere may not have (and one
+            // planted names any file). Stored, the pair could come back half-written.
+            self.record_at(at, sqlite::CaptureError::HotJournal(crate::names::shown(&journal_name).into_owned()));
+            return Ok(Look::Skip);
+        }
         let journal = match raw(&journal_at, &journal_stat, None)? {
             Look::Node(journal) => journal,
             // Vanished (rolled back meanwhile), or unreadable and recorded.
@@ -761,10 +774,12 @@ impl Archiver<'_> {
         !self.reread.is_empty() && self.reread.contains(&at.path().display().to_string())
     }
 
-    /// Whether the file may be a live database, whose content can change without its metadata.
-    fn may_be_live_database(&self, at: &Location<'_>, wal_sibling: bool) -> bool {
+    /// Whether the file may be a live database, whose content can change without its metadata
+    /// (`companion`: a `-wal` or `-journal` lies beside it; a database stored beside its hot
+    /// journal must be read again, with that journal, however unchanged it looks).
+    fn may_be_live_database(&self, at: &Location<'_>, companion: bool) -> bool {
         self.sqlite.is_some()
-            && (wal_sibling || (!self.required_databases.is_empty() && self.required_databases.contains(&at.path())))
+            && (companion || (!self.required_databases.is_empty() && self.required_databases.contains(&at.path())))
     }
 
     /// The dictionary that the first of `ids` stored with one names, if any (one read).
@@ -886,6 +901,17 @@ impl Archiver<'_> {
     }
 }
 
+/// Whether the rollback journal `name` in `dir` ends with the journal magic, as one that names a
+/// super-journal does (sqlite.org/fileformat2.html, "The Rollback Journal").
+fn names_a_super_journal(dir: &Dir, name: &[u8], stat: &Stat) -> bool {
+    const MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
+    let mut tail = [0u8; 8];
+    stat.size() >= 8
+        && dir.open_file(name, libc::O_NONBLOCK).is_ok_and(|file| {
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut tail, stat.size() - 8).is_ok() && tail == MAGIC
+        })
+}
+
 /// What a path given with `--sqlite` that is `kind`, not a regular file, is reported as.
 fn not_a_database_file(kind: Kind) -> String {
     format!("not an SQLite database but {}: name the database file itself", kind.described())
@@ -898,7 +924,7 @@ struct Entry<'p> {
     name: Vec<u8>,
     stat: Stat,
     previous: Option<&'p Node>,
-    wal_sibling: bool,
+    companion: bool,
     /// Bytes of the prefetch budget this entry holds until it is archived.
     prefetched: u64,
     /// With `--one-file-system`, the device of its directory: a directory on another is a mount

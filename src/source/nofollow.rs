@@ -208,14 +208,15 @@ impl Stat {
             && (a.st_ctime, a.st_ctime_nsec) == (b.st_ctime, b.st_ctime_nsec)
     }
 
-    /// When the file's content was last modified.
-    pub fn modified(&self) -> std::time::SystemTime {
+    /// When the file's content was last modified; `None` for a time a `SystemTime` cannot hold.
+    pub fn modified(&self) -> Option<std::time::SystemTime> {
         let (sec, nsec) = (self.0.st_mtime, self.0.st_mtime_nsec);
-        let since = std::time::Duration::new(sec.unsigned_abs(), nsec.clamp(0, 999_999_999) as u32);
-        match sec >= 0 {
-            true => std::time::UNIX_EPOCH + since,
-            false => std::time::UNIX_EPOCH - since,
-        }
+        let whole = std::time::Duration::from_secs(sec.unsigned_abs());
+        let at = match sec >= 0 {
+            true => std::time::UNIX_EPOCH.checked_add(whole)?,
+            false => std::time::UNIX_EPOCH.checked_sub(whole)?,
+        };
+        at.checked_add(std::time::Duration::from_nanos(nsec.clamp(0, 999_999_999) as u64))
     }
 
     /// The metadata a tree node records ([`crate::format::tree`]).

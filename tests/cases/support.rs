@@ -72,7 +72,6 @@ pub fn with_password(command: &mut Command) -> &mut Command {
     command
         .env("CAIRN_PASSWORD", PASSWORD)
         .env("CAIRN_KDF_MEMORY_KIB", "1024")
-        .env("CAIRN_IN_FLIGHT_MS", "20")
         .env_remove("CAIRN_PASSWORD_FILE")
         .env_remove("CAIRN_PASSWORD_COMMAND")
 }
