@@ -29,8 +29,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         std::thread::spawn(move || Prefetched::read(&*backend, subset))
     });
     let location = context.location();
-    let ask = context.password.asker(&location);
-    let repo = Repository::open_on(backend, &Location::parse(&location), cairn::repository::Passphrase::Ask(&ask))?;
+    let repo = context.opening(&location, |passphrase| {
+        Repository::open_on(backend.clone(), &Location::parse(&location), passphrase)
+    })?;
     context.warn_unused_password(&repo, &location);
     let lock = super::read_lock(&repo, "check", context.lock_wait)?;
     let prefetched = match prefetch.map(|thread| thread.join()) {

@@ -182,9 +182,33 @@ impl Context {
 
     /// Opens the repository at `location` (an encrypted one with this command's password).
     pub fn open_at(&self, location: &str) -> cairn::error::Result<Repository> {
-        let repo = Repository::open(&location.into(), Passphrase::Ask(&self.password.asker(location)))?;
+        let repo = self.opening(location, |passphrase| Repository::open(&location.into(), passphrase))?;
         self.warn_unused_password(&repo, location);
         Ok(repo)
+    }
+
+    /// Runs `open` with this command's password. A wrong one from `CAIRN_PASSWORD` is tried
+    /// again whole: until this version the variable was taken whole, so a repository made with
+    /// one that ended in a newline has a key only the whole value opens. Opened so, the command
+    /// says how to make its first line open it.
+    pub fn opening<T>(
+        &self,
+        location: &str,
+        open: impl Fn(Passphrase<'_>) -> cairn::error::Result<T>,
+    ) -> cairn::error::Result<T> {
+        let ask = self.password.asker(location);
+        match (open(Passphrase::Ask(&ask)), self.password.whole_variable()) {
+            (Err(cairn::error::Error::WrongPassword(why)), Some(whole)) => {
+                let opened = open(Passphrase::Given(&whole)).map_err(|_| cairn::error::Error::WrongPassword(why))?;
+                errln!(
+                    "warning: {location} opened with CAIRN_PASSWORD whole, line end included, as cairn read it before; \
+                     cairn now takes its first line, as of every password source: set that as the password with \
+                     `CAIRN_NEW_PASSWORD=... cairn key passwd`"
+                );
+                Ok(opened)
+            }
+            (opened, _) => opened,
+        }
     }
 
     /// Says, once per command, that a password was given for a repository that is not
@@ -233,8 +257,9 @@ impl Context {
     ) -> Result<(Repository, Result<Option<cairn::repository::lock::Lock>>)> {
         let location = self.location();
         let ahead = std::sync::Arc::new(ListedAhead::new(Location::parse(&location).backend()?));
-        let ask = self.password.asker(&location);
-        let mut repo = Repository::open_on(ahead.clone(), &Location::parse(&location), Passphrase::Ask(&ask))?;
+        let mut repo = self.opening(&location, |passphrase| {
+            Repository::open_on(ahead.clone(), &Location::parse(&location), passphrase)
+        })?;
         self.warn_unused_password(&repo, &location);
         let lock = std::thread::scope(|scope| {
             read_lock_then(ahead.clone(), command, self.lock_wait, &|| {

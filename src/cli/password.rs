@@ -50,6 +50,15 @@ impl Source {
         })
     }
 
+    /// `CAIRN_PASSWORD` whole, as cairn read it before it took the first line of every source,
+    /// when that differs from its first line (a value that ends in a newline, as a secret made
+    /// from a file has): what opens a repository whose key was made from it.
+    pub fn whole_variable(&self) -> Option<String> {
+        let Source::Value(first_line) = self else { return None };
+        let whole = std::env::var_os(VARIABLES[0])?.to_string_lossy().into_owned();
+        (whole != *first_line).then_some(whole)
+    }
+
     /// Whether a source was given, by a flag or a variable (the terminal does not count: `cairn
     /// run` gives its children none).
     pub fn given(&self) -> bool {

@@ -198,3 +198,26 @@ fn run_killed_above(command: &mut std::process::Command, limit: u64) -> Option<i
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// A repository made while `CAIRN_PASSWORD` was taken whole, from a value that ended in a
+/// newline (a secret made from a file): it still opens with that value, which now reads as its
+/// first line, and says how to make the first line its password.
+#[test]
+fn a_key_made_from_a_whole_variable_with_its_newline_still_opens() {
+    use cairn::repository::{Location, NewKeys, Repository};
+    let scratch = Scratch::new("keys-whole-variable");
+    let repo = scratch.join("repo");
+    let config = cairn::format::config::Config::new_random();
+    let keys = NewKeys::New { passphrase: "secret\n".to_string() };
+    Repository::create(&Location::parse(&repo.to_string_lossy()), config, keys).unwrap();
+    let out = run(cairn(&repo).env("CAIRN_PASSWORD", "secret\n").arg("snapshots"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("key passwd"), "{err}");
+    // The first line alone is wrong until the password is set again, then it is the password.
+    let out = run(cairn(&repo).env("CAIRN_PASSWORD", "secret").arg("snapshots"));
+    assert_eq!(out.status.code(), Some(1));
+    ok(cairn(&repo).env("CAIRN_PASSWORD", "secret\n").env("CAIRN_NEW_PASSWORD", "secret").args(["key", "passwd"]));
+    let out = run(cairn(&repo).env("CAIRN_PASSWORD", "secret").arg("snapshots"));
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
