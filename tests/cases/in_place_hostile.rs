@@ -25,6 +25,18 @@ fn hold(dir: &Path) -> Held {
     Held { _file: file }
 }
 
+/// Stops `child` (SIGSTOP) as soon as `ready` holds; false when it ended first.
+fn stopped_once(child: &mut std::process::Child, ready: impl Fn() -> bool) -> bool {
+    let started = Instant::now();
+    while !ready() && child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    // SAFETY: a child of this process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+    child.try_wait().unwrap().is_none()
+}
+
 fn snapshot_count(repo: &Path) -> usize {
     json(cairn(repo).args(["snapshots", "--source", "pre-restore"])).as_array().unwrap().len()
 }
@@ -89,14 +101,7 @@ fn a_restore_stopped_midway_keeps_a_second_one_out_and_then_finishes() {
         let target = scratch.join(format!("target-{attempt}"));
         build_old(&target, sizes);
         let mut first = cairn(&repo).args(args).arg(&target).spawn().unwrap();
-        let started = Instant::now();
-        while beside(&target).0.is_empty() && first.try_wait().unwrap().is_none() {
-            assert!(started.elapsed() < Duration::from_secs(60));
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        // SAFETY: a child of this process.
-        unsafe { libc::kill(first.id() as i32, libc::SIGSTOP) };
-        if first.try_wait().unwrap().is_some() {
+        if !stopped_once(&mut first, || !beside(&target).0.is_empty()) {
             eprintln!("attempt {attempt}: the first restore ended before it was stopped; again");
             continue;
         }
@@ -318,14 +323,7 @@ fn a_second_restore_into_a_new_target_refuses_while_the_first_fills_it() {
     for attempt in 0..3 {
         let target = scratch.join(format!("new-{attempt}"));
         let mut first = cairn(&repo).args(["--quiet", "restore", "latest", "--target"]).arg(&target).spawn().unwrap();
-        let started = Instant::now();
-        while !target.exists() && first.try_wait().unwrap().is_none() {
-            assert!(started.elapsed() < Duration::from_secs(60));
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        // SAFETY: a child of this process.
-        unsafe { libc::kill(first.id() as i32, libc::SIGSTOP) };
-        if first.try_wait().unwrap().is_some() {
+        if !stopped_once(&mut first, || target.exists()) {
             eprintln!("attempt {attempt}: the first restore ended before it was stopped; again");
             continue;
         }
