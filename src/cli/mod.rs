@@ -240,8 +240,31 @@ impl Context {
     /// (README's examples export CAIRN_REPO and give --config too).
     pub fn location_with(&self, configured: Option<&str>) -> String {
         match (self.repo_flag, configured) {
-            (false, Some(configured)) => configured.to_string(),
+            (false, Some(configured)) => {
+                self.warn_variable_unused(configured);
+                configured.to_string()
+            }
             _ => self.location(),
+        }
+    }
+
+    /// Says, once per command, that CAIRN_REPO names another repository than the config's,
+    /// which is used: whoever exported it may believe it is the one judged or written.
+    fn warn_variable_unused(&self, configured: &str) {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        let Some(variable) = std::env::var_os("CAIRN_REPO").filter(|v| !v.is_empty()) else { return };
+        let same = |a: &std::path::Path, b: &str| match cairn::backend::object::is_url(b) {
+            true => a.as_os_str() == b,
+            false => std::path::absolute(a).ok() == std::path::absolute(b).ok(),
+        };
+        if !same(std::path::Path::new(&variable), configured) {
+            SAID.call_once(|| {
+                errln!(
+                    "warning: CAIRN_REPO names {}, but the config's repository {configured} is used (give --repo to \
+                     choose another)",
+                    std::path::Path::new(&variable).display()
+                )
+            });
         }
     }
 

@@ -710,6 +710,12 @@ fn status_and_stats_read_the_repository_run_writes_to() {
     assert_eq!(source(&status, "app")["snapshots"], 1, "{status}");
     let stats = json(exported().arg("stats").arg("--config").arg(&config));
     assert!(stats.to_string().contains("\"app\""), "{stats}");
+    // The variable left unused is said, once; not when it names the config's repository.
+    let said = run(exported().arg("stats").arg("--config").arg(&config));
+    let err = String::from_utf8_lossy(&said.stderr);
+    assert_eq!(err.matches("CAIRN_REPO names").count(), 1, "{err}");
+    let said = run(exported().env("CAIRN_REPO", &repo).arg("stats").arg("--config").arg(&config));
+    assert!(!String::from_utf8_lossy(&said.stderr).contains("CAIRN_REPO"), "{:?}", said);
     // --repo beats the config.
     let (status, code) =
         status_of(exported().arg("--repo").arg(&other), &[std::ffi::OsStr::new("--config"), config.as_os_str()]);
