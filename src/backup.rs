@@ -348,10 +348,7 @@ fn archive_trie(
         })
         .collect::<Result<_>>()?;
     let mut nodes: Vec<Node> = nodes.into_iter().flatten().collect();
-    // A database stored beside its hot journal brings the journal, whose name may not follow the
-    // database's, and may be a source of its own too: the first (read with the database) stays.
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    nodes.dedup_by(|later, first| later.name == first.name);
+    crate::source::archiver::in_name_order(&mut nodes);
     let tree = Tree { nodes };
     archiver.store_tree(&tree, prefix)
 }

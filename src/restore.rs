@@ -424,9 +424,7 @@ fn restore_selected(
 /// that companion, which SQLite applies when it opens them.
 pub(crate) fn stored_as_they_lay(nodes: &[Node]) -> HashSet<Vec<u8>> {
     let names: HashSet<&[u8]> = nodes.iter().map(|n| n.name.as_slice()).collect();
-    let companion = |node: &&Node| {
-        [&b"-wal"[..], b"-journal"].iter().any(|suffix| names.contains([&node.name, *suffix].concat().as_slice()))
-    };
+    let companion = |node: &&Node| crate::source::sqlite::has_needed_companion(&node.name, |name| names.contains(name));
     nodes.iter().filter(companion).map(|n| n.name.clone()).collect()
 }
 

@@ -277,8 +277,7 @@ impl<'a> Archiver<'a> {
         let Some(stat) = self.stat(&dir, &directory_at.child(&leaf), &leaf) else {
             return Ok(Vec::new());
         };
-        let companion =
-            [&b"-wal"[..], b"-journal"].iter().any(|suffix| dir.stat(&[leaf.as_slice(), suffix].concat()).is_ok());
+        let companion = sqlite::has_needed_companion(&leaf, |name| dir.stat(name).is_ok());
         // A source root is entered whatever file system it is on.
         let entry =
             Entry { dir: Arc::new(dir), name: leaf, stat, previous: parent, companion, prefetched: 0, device: None };
@@ -307,9 +306,7 @@ impl<'a> Archiver<'a> {
                     return None;
                 }
                 let stat = self.stat(&dir, &at.child(name), name)?;
-                let companion = [&b"-wal"[..], b"-journal"]
-                    .iter()
-                    .any(|suffix| listed.contains([name.as_slice(), suffix].concat().as_slice()));
+                let companion = sqlite::has_needed_companion(name, |companion| listed.contains(companion));
                 let previous = parent.and_then(|t| t.find(name));
                 let dir = Arc::clone(&dir);
                 Some(Entry { dir, name: name.clone(), stat, previous, companion, prefetched: 0, device })
@@ -335,11 +332,7 @@ impl<'a> Archiver<'a> {
             nodes.extend(journal);
         }
         if journals {
-            // A journal's name may not follow its database's, and the walk may have kept it too
-            // (its database did not look like one when it was listed): the first, read with its
-            // database, stays.
-            nodes.sort_by(|a, b| a.name.cmp(&b.name));
-            nodes.dedup_by(|later, first| later.name == first.name);
+            in_name_order(&mut nodes);
         }
         let tree = Tree { nodes };
         self.store(&tree, || at.path())
@@ -643,7 +636,8 @@ impl<'a> Archiver<'a> {
         let Some(journal_stat) = dir.stat(&journal_name).ok().filter(Stat::is_file) else {
             return Ok(Look::Replaced); // rolled back meanwhile: read through SQLite
         };
-        if names_a_super_journal(dir, &journal_name, &journal_stat) {
+        let journal_file = dir.open_file(&journal_name, libc::O_NONBLOCK);
+        if journal_file.is_ok_and(|file| sqlite::names_a_super_journal(&file, journal_stat.size())) {
             // Of a transaction over several databases: SQLite rolls it back only while the
             // super-journal it names exists, which a restore elsewhere may not have (and one
             // planted names any file). Stored, the pair could come back half-written.
@@ -901,15 +895,13 @@ impl Archiver<'_> {
     }
 }
 
-/// Whether the rollback journal `name` in `dir` ends with the journal magic, as one that names a
-/// super-journal does (sqlite.org/fileformat2.html, "The Rollback Journal").
-fn names_a_super_journal(dir: &Dir, name: &[u8], stat: &Stat) -> bool {
-    const MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
-    let mut tail = [0u8; 8];
-    stat.size() >= 8
-        && dir.open_file(name, libc::O_NONBLOCK).is_ok_and(|file| {
-            std::os::unix::fs::FileExt::read_exact_at(&file, &mut tail, stat.size() - 8).is_ok() && tail == MAGIC
-        })
+/// Puts a tree's nodes in name order once a database stored beside its hot journal brought the
+/// journal, whose name may not follow the database's, and which may be there twice (the walk
+/// kept it too, its database not looking like one when it was listed, or it is a source of its
+/// own): the first, read with its database, stays.
+pub fn in_name_order(nodes: &mut Vec<Node>) {
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    nodes.dedup_by(|later, first| later.name == first.name);
 }
 
 /// What a path given with `--sqlite` that is `kind`, not a regular file, is reported as.

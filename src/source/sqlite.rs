@@ -77,6 +77,27 @@ pub fn companion_of(name: &[u8]) -> Option<&[u8]> {
         .filter(|base| !base.is_empty())
 }
 
+/// The companions a database copied as it lies needs beside it to be whole: its WAL, or the
+/// rollback journal of a transaction it was left in the middle of.
+const NEEDED_BESIDE: [&[u8]; 2] = [b"-wal", b"-journal"];
+
+/// Whether `name` has a companion it needs ([`NEEDED_BESIDE`]) among the names `exists` knows:
+/// such a database, copied as it lies, is whole only with it, and SQLite completes it on opening.
+pub fn has_needed_companion(name: &[u8], exists: impl Fn(&[u8]) -> bool) -> bool {
+    NEEDED_BESIDE.iter().any(|suffix| exists(&[name, suffix].concat()))
+}
+
+/// The first 8 bytes of a rollback journal's header, and its last 8 when it names a
+/// super-journal (sqlite.org/fileformat2.html, "The Rollback Journal").
+pub const JOURNAL_MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
+
+/// Whether the rollback journal `journal`, of `len` bytes, names a super-journal: a transaction
+/// over several databases, which SQLite rolls back only while that file exists.
+pub fn names_a_super_journal(journal: &File, len: u64) -> bool {
+    let mut tail = [0u8; 8];
+    len >= 8 && journal.read_exact_at(&mut tail, len - 8).is_ok() && tail == JOURNAL_MAGIC
+}
+
 /// What went wrong reading a database, worded for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -509,8 +530,7 @@ mod tests {
         let victim = dir.join("victim");
         std::fs::write(&victim, b"kept").unwrap();
         // A hot journal naming `victim` as its super-journal (see tests/cases/sqlite_hostile.rs).
-        const MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
-        let mut journal = MAGIC.to_vec();
+        let mut journal = JOURNAL_MAGIC.to_vec();
         let pages = (std::fs::metadata(&db).unwrap().len() / 4096) as u32;
         for field in [0u32, 0, pages, 512, 4096] {
             journal.extend_from_slice(&field.to_be_bytes());
@@ -521,7 +541,7 @@ mod tests {
         journal.extend_from_slice(name);
         journal.extend_from_slice(&(name.len() as u32).to_be_bytes());
         journal.extend_from_slice(&name.iter().map(|&b| b as u32).sum::<u32>().to_be_bytes());
-        journal.extend_from_slice(&MAGIC);
+        journal.extend_from_slice(&JOURNAL_MAGIC);
         std::fs::write(dir.join("app.db-journal"), &journal).unwrap();
         let image = std::fs::read(&db).unwrap();
         let open = crate::fs_at::Dir::open(&dir).unwrap();

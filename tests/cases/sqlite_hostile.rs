@@ -23,7 +23,7 @@ fn rollback_database(path: &Path) -> Vec<u8> {
 /// super-journal: SQLite rolling it back deletes the super-journal once no journal needs it
 /// (sqlite.org/fileformat2.html, "The Rollback Journal").
 fn forge_hot_journal(db: &Path, victim: &Path) {
-    const MAGIC: [u8; 8] = [0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7];
+    const MAGIC: [u8; 8] = cairn::source::sqlite::JOURNAL_MAGIC;
     let pages = (fs::metadata(db).unwrap().len() / 4096) as u32;
     let mut journal = MAGIC.to_vec();
     for field in [0u32, 0, pages, 512, 4096] {
