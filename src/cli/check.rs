@@ -32,7 +32,6 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let repo = context.opening(&location, |passphrase| {
         Repository::open_on(backend.clone(), &Location::parse(&location), passphrase)
     })?;
-    context.warn_unused_password(&repo, &location);
     let lock = super::read_lock(&repo, "check", context.lock_wait)?;
     let prefetched = match prefetch.map(|thread| thread.join()) {
         Some(Ok(prefetched)) => prefetched,

@@ -182,22 +182,21 @@ impl Context {
 
     /// Opens the repository at `location` (an encrypted one with this command's password).
     pub fn open_at(&self, location: &str) -> cairn::error::Result<Repository> {
-        let repo = self.opening(location, |passphrase| Repository::open(&location.into(), passphrase))?;
-        self.warn_unused_password(&repo, location);
-        Ok(repo)
+        self.opening(location, |passphrase| Repository::open(&location.into(), passphrase))
     }
 
-    /// Runs `open` with this command's password. A wrong one from `CAIRN_PASSWORD` is tried
+    /// Runs `open` with this command's password, and says if the repository turns out not to
+    /// need one ([`Context::warn_unused_password`]). A wrong one from `CAIRN_PASSWORD` is tried
     /// again whole: until this version the variable was taken whole, so a repository made with
     /// one that ended in a newline has a key only the whole value opens. Opened so, the command
     /// says how to make its first line open it.
-    pub fn opening<T>(
+    pub fn opening(
         &self,
         location: &str,
-        open: impl Fn(Passphrase<'_>) -> cairn::error::Result<T>,
-    ) -> cairn::error::Result<T> {
+        open: impl Fn(Passphrase<'_>) -> cairn::error::Result<Repository>,
+    ) -> cairn::error::Result<Repository> {
         let ask = self.password.asker(location);
-        match (open(Passphrase::Ask(&ask)), self.password.whole_variable()) {
+        let repo = match (open(Passphrase::Ask(&ask)), self.password.whole_variable()) {
             (Err(cairn::error::Error::WrongPassword(why)), Some(whole)) => {
                 let opened = open(Passphrase::Given(&whole)).map_err(|_| cairn::error::Error::WrongPassword(why))?;
                 errln!(
@@ -205,16 +204,18 @@ impl Context {
                      cairn now takes its first line, as of every password source: set that as the password with \
                      `CAIRN_NEW_PASSWORD=... cairn key passwd`"
                 );
-                Ok(opened)
+                opened
             }
-            (opened, _) => opened,
-        }
+            (opened, _) => opened?,
+        };
+        self.warn_unused_password(&repo, location);
+        Ok(repo)
     }
 
     /// Says, once per command, that a password was given for a repository that is not
     /// encrypted: whoever set it believes the backups are encrypted. Only a warning: a cron job
     /// that sets one password for all its repositories must go on working.
-    pub fn warn_unused_password(&self, repo: &Repository, location: &str) {
+    fn warn_unused_password(&self, repo: &Repository, location: &str) {
         static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if repo.keys().is_none() && self.password.given() && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
             errln!(
@@ -283,7 +284,6 @@ impl Context {
         let mut repo = self.opening(&location, |passphrase| {
             Repository::open_on(ahead.clone(), &Location::parse(&location), passphrase)
         })?;
-        self.warn_unused_password(&repo, &location);
         let lock = std::thread::scope(|scope| {
             read_lock_then(ahead.clone(), command, self.lock_wait, &|| {
                 scope.spawn(|| {
