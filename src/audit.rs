@@ -110,9 +110,7 @@ impl Run {
         // The pid alone names this process only in its pid namespace (a container's pid 1 is
         // the host's init too): what tells it from another of that number.
         if let Some(identity) = crate::host::ProcessIdentity::of_self() {
-            details.insert("pid_namespace".into(), identity.pid_namespace.into());
-            details.insert("pid_start_ticks".into(), identity.start_ticks.into());
-            details.insert("boot_id".into(), identity.boot.into());
+            identity.record_into(&mut details);
         }
         let start = AuditRecord {
             command: START.to_string(),

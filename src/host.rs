@@ -61,6 +61,28 @@ impl ProcessIdentity {
         })
     }
 
+    /// The fields of a start record's details that hold an identity (store-format/audit.md).
+    pub const FIELDS: [&'static str; 3] = ["pid_namespace", "pid_start_ticks", "boot_id"];
+
+    /// Writes this identity into a start record's `details`.
+    pub fn record_into(&self, details: &mut serde_json::Map<String, serde_json::Value>) {
+        let [namespace, ticks, boot] = Self::FIELDS;
+        details.insert(namespace.into(), self.pid_namespace.into());
+        details.insert(ticks.into(), self.start_ticks.into());
+        details.insert(boot.into(), self.boot.clone().into());
+    }
+
+    /// The identity a start record's `details` hold, if any (records before it was written hold
+    /// none).
+    pub fn recorded_in(details: &serde_json::Value) -> Option<ProcessIdentity> {
+        let [namespace, ticks, boot] = Self::FIELDS;
+        Some(ProcessIdentity {
+            pid_namespace: details[namespace].as_u64()?,
+            start_ticks: details[ticks].as_u64()?,
+            boot: details[boot].as_str()?.to_string(),
+        })
+    }
+
     /// Whether the process that was `pid` in its namespace with this identity is alive: `None`
     /// when this process cannot tell (the other is in a pid namespace it cannot see into).
     pub fn alive(&self, pid: u32) -> Option<bool> {

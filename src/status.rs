@@ -535,7 +535,7 @@ pub fn with_killed_runs(
                     h.iter().any(|(host, p)| *host == start.hostname && (*p == pid || command == "run"))
                 })
         };
-        let alive = match (start.hostname == here, identity(&start.details)) {
+        let alive = match (start.hostname == here, crate::host::ProcessIdentity::recorded_in(&start.details)) {
             // Its pid namespace, start tick and boot tell it from any other process; from a pid
             // namespace that cannot see its own, only its lock can tell.
             (true, Some(identity)) => identity.alive(pid).unwrap_or_else(holds_a_lock),
@@ -557,7 +557,7 @@ pub fn with_killed_runs(
         }
         let mut details = start.details.clone();
         if let Some(known) = details.as_object_mut() {
-            for field in ["command", "pid", "pid_namespace", "pid_start_ticks", "boot_id"] {
+            for field in ["command", "pid"].into_iter().chain(crate::host::ProcessIdentity::FIELDS) {
                 known.remove(field);
             }
             known.insert("killed".into(), true.into());
@@ -573,15 +573,6 @@ pub fn with_killed_runs(
     records.extend(killed);
     records.sort_by(audit::chronological);
     (records, running)
-}
-
-/// The process identity a start record holds beyond its pid, if it has one (older ones do not).
-fn identity(details: &serde_json::Value) -> Option<crate::host::ProcessIdentity> {
-    Some(crate::host::ProcessIdentity {
-        pid_namespace: details["pid_namespace"].as_u64()?,
-        start_ticks: details["pid_start_ticks"].as_u64()?,
-        boot: details["boot_id"].as_str()?.to_string(),
-    })
 }
 
 /// The status as a Prometheus textfile-collector file: per source the age of its newest
