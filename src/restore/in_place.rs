@@ -306,14 +306,16 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
         leftovers: Vec::new(),
         audit_error: None,
     };
+    // Locked before it is judged empty: another restore filling it meanwhile would otherwise
+    // find it empty, and this one then write over what that one wrote as into an empty target.
+    if !options.dry_run {
+        report.leftovers.extend(site.lock()?);
+    }
     let empty = site.is_empty()?;
     // A run that will change nothing (a dry run, a refusal) only reports what killed runs left.
     let acting = !options.dry_run && (empty || options.mode != Mode::Refuse);
     if options.mode == Mode::InPlace && !empty {
         mounts::refuse_mounts_below(&site.path)?;
-    }
-    if acting {
-        report.leftovers.extend(site.lock()?);
     }
     if let Some((parent, parent_path, name)) = &site.parent {
         let current = site.old.as_ref().map(|(_, st)| st.st_ino);
