@@ -36,7 +36,8 @@
 //!   below it, for restore and drills.
 //! - [`xattr`]: extended attributes (ACLs, capabilities, SELinux labels) of one entry, read and
 //!   written without following a symlink.
-//! - [`progress`]: the progress bar.
+//! - [`progress`]: the progress bar; [`buffers`]: large buffers kept for reuse while a restore
+//!   streams blobs from an object store.
 //!
 //! # Durability
 //!
@@ -51,6 +52,7 @@ pub mod audit;
 pub mod backend;
 pub mod backup;
 pub mod base64;
+pub mod buffers;
 pub mod check;
 pub mod chunking;
 pub mod clock;

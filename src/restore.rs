@@ -689,12 +689,15 @@ impl Restorer<'_> {
         };
         if let Some(first) = first {
             write(&first)?;
+            self.written(first);
         }
         for id in chunks.iter().skip(1) {
             if self.cancelled() {
                 return Err("interrupted".into());
             }
-            write(&self.blob(id).map_err(|e| e.to_string())?)?;
+            let blob = self.blob(id).map_err(|e| e.to_string())?;
+            write(&blob)?;
+            self.written(blob);
         }
         out.flush().map_err(|e| e.to_string())?;
         drop(out);
@@ -705,6 +708,14 @@ impl Restorer<'_> {
             file.sync_all().map_err(|e| e.to_string())?;
         }
         Ok((file, written))
+    }
+
+    /// Gives the buffer of a blob written back for the planned reads' next ones
+    /// ([`crate::buffers`]).
+    fn written(&self, blob: Vec<u8>) {
+        if self.reads.is_some() {
+            crate::buffers::give(blob);
+        }
     }
 
     /// A data blob, through the planned reads where there are some.

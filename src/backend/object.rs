@@ -253,7 +253,7 @@ impl<'p> Cut<'p> {
                 chunk.len().min((offset - self.at) as usize) // a gap between parts
             } else {
                 if n == self.out.len() {
-                    self.out.push(Vec::with_capacity(len));
+                    self.out.push(crate::buffers::take(len));
                 }
                 let take = chunk.len().min(len - self.out[n].len());
                 self.out[n].extend_from_slice(&chunk[..take]);

@@ -426,6 +426,28 @@ impl Repository {
         self.finish_blob(entry, pack, compressed, plain)
     }
 
+    /// Like [`Repository::decode_blob`], decrypting where the stored bytes lie (which leaves them
+    /// decrypted, or scrambled if the blob is damaged) and decoding into `plain` (replacing what it
+    /// held, using its memory), so that a reader that keeps its buffers allocates nothing.
+    pub fn decode_blob_in_place(
+        &self,
+        entry: &BlobEntry,
+        stored: &mut [u8],
+        pack: &Id,
+        plain: &mut Vec<u8>,
+    ) -> Result<()> {
+        if entry.codec != Codec::Raw {
+            self.open_blob_in_place(entry, stored, pack, plain)?;
+            return Ok(());
+        }
+        // Stored raw, the content lies in `stored`, where `plain` cannot borrow it from.
+        let mut unused = Vec::new();
+        let content = self.open_blob_in_place(entry, stored, pack, &mut unused)?;
+        plain.clear();
+        plain.extend_from_slice(content);
+        Ok(())
+    }
+
     /// Like [`Repository::open_blob`], decrypting where the stored bytes lie (which leaves them
     /// decrypted, or scrambled if the blob is damaged).
     pub fn open_blob_in_place<'a>(

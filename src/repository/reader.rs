@@ -384,7 +384,7 @@ impl<'a> PlannedReads<'a> {
     /// Runs `work` with this plan's fetchers (and decoders) reading ahead; they stop when it
     /// returns.
     pub fn run<R>(&self, work: impl FnOnce(&Self) -> R) -> R {
-        std::thread::scope(|scope| {
+        let done = std::thread::scope(|scope| {
             for _ in 0..FETCHERS {
                 scope.spawn(|| self.fetch_ahead());
             }
@@ -396,7 +396,9 @@ impl<'a> PlannedReads<'a> {
             }
             let _stop = Stop(self);
             work(self)
-        })
+        });
+        crate::buffers::release();
+        done
     }
 
     /// The plain content of blob `id`, checked.
@@ -524,13 +526,27 @@ impl<'a> PlannedReads<'a> {
         self.used(&mut state, id, n);
         drop(state);
         match found {
-            Ok(Some(stored)) => self.repo.decode_located(id, &location, &stored, &pack),
+            Ok(Some(stored)) => self.decode(id, &location, stored, &pack),
             Ok(None) => self.repo.read_blob(self.index, id),
             Err(message) => Err(Error::io(
                 format!("{}/{}", self.repo.backend().location(), super::FileKind::Pack.name(&pack)),
                 std::io::Error::other(message),
             )),
         }
+    }
+
+    /// A fetched blob, decoded into a kept buffer ([`crate::buffers`]) that the writer gives
+    /// back; decrypted in place after its last planned read, and its stored bytes given back.
+    fn decode(&self, id: &Id, location: &Location, stored: Arc<Vec<u8>>, pack: &Id) -> Result<Vec<u8>> {
+        let mut stored = match Arc::try_unwrap(stored) {
+            Ok(stored) => stored,
+            // Still held for another read of the same blob.
+            Err(shared) => return self.repo.decode_located(id, location, &shared, pack),
+        };
+        let mut plain = crate::buffers::take(location.raw_len as usize);
+        let decoded = self.repo.decode_blob_in_place(&location.entry(id), &mut stored, pack, &mut plain);
+        crate::buffers::give(stored);
+        decoded.map(|()| plain)
     }
 
     /// The planned reads of `blobs` will not be made.
