@@ -25,7 +25,7 @@ use crate::chunking::Chunker;
 use crate::error::{Error, Result};
 use crate::format::audit::Outcome;
 use crate::format::snapshot::Snapshot;
-use crate::format::tree::{Content, Node};
+use crate::format::tree::{Content, Node, Tree};
 use crate::fs_at::{is_dir, is_file, remove_tree, Dir, Place};
 use crate::id::Id;
 use crate::progress::Progress;
@@ -33,7 +33,7 @@ use crate::repository::{Indexed, Repository};
 use crate::restore::{restore, RestoreOptions};
 /// Which snapshot to drill: `latest`, `random` or an id, as every command picks one.
 pub use crate::select::{Filter, Pick};
-use crate::walk::{InParallel, Parallel};
+use crate::walk::{depth_first, InParallel, Open, Parallel, Step, Visitor};
 
 #[derive(Debug, Serialize)]
 pub struct DrillReport {
@@ -178,6 +178,47 @@ fn remove_stale_scratch(parent: &Path) {
     }
 }
 
+/// About what a drill of `snapshot` writes: its files' bytes less their chunks of zeros as this
+/// repository cuts a run of zeros (a thin image's unwritten space, in chunks of the largest
+/// size), which the restore leaves as holes. Walks every tree: asked only when the snapshot's
+/// size does not fit.
+fn data_bytes(repo: &Indexed, snapshot: &Snapshot) -> u64 {
+    struct Sizer<'a> {
+        repo: &'a Indexed<'a>,
+        zeros: Id,
+        bytes: u64,
+    }
+    impl Visitor for Sizer<'_> {
+        type State = ();
+        const PATHS: bool = false;
+
+        fn open(&mut self, id: &Id, _: &[u8]) -> Result<Option<(Tree, ())>> {
+            Ok(self.repo.read_tree(id).ok().map(|tree| (tree, ())))
+        }
+
+        fn entry(&mut self, dir: &mut Open<()>, at: usize, _: &[u8]) -> Result<Step> {
+            match &dir.tree.nodes[at].content {
+                Content::Dir { .. } => return Ok(Step::Descend),
+                Content::File { chunks } => {
+                    let chunks = self.repo.chunk_list(chunks).unwrap_or_default();
+                    let data = chunks.iter().filter(|id| **id != self.zeros);
+                    let lengths = data.map(|id| self.repo.index().get(id).map_or(0, |l| l.raw_len as u64));
+                    self.bytes = lengths.fold(self.bytes, u64::saturating_add);
+                }
+                _ => {}
+            }
+            Ok(Step::Skip)
+        }
+    }
+    let chunker = repo.chunker();
+    let zeros = vec![0; chunker.params().max_size as usize];
+    let zeros = chunker.hasher().id(&zeros[..chunker.next_len(&zeros)]);
+    let mut sizer = Sizer { repo, zeros, bytes: 0 };
+    // An unreadable tree counts nothing: the restore reports it.
+    let _ = depth_first(&snapshot.tree, Vec::new(), &mut sizer);
+    sizer.bytes
+}
+
 pub fn drill(
     repo: &Repository,
     id: &Id,
@@ -189,14 +230,20 @@ pub fn drill(
     let started = Instant::now();
     let _created = CreatedParents::create(scratch_parent)?;
     remove_stale_scratch(scratch_parent);
+    let repo = &Indexed::load(repo)?;
     if let Some(free) = crate::disk::space(scratch_parent).map(|s| s.free) {
-        if free < snapshot.summary.bytes + (64 << 20) {
-            return Err(Error::NoSpace(format!(
-                "{} has {} MiB free, the drill needs about {} MiB: pass --scratch DIR on a larger file system",
-                scratch_parent.display(),
-                free >> 20,
-                snapshot.summary.bytes >> 20
-            )));
+        // Room for the files and 64 MiB to spare; their data alone where their size is more.
+        let room = |bytes: u64| bytes.saturating_add(64 << 20);
+        if free < room(snapshot.summary.bytes) {
+            let needed = data_bytes(repo, snapshot);
+            if free < room(needed) {
+                return Err(Error::NoSpace(format!(
+                    "{} has {} MiB free, the drill needs about {} MiB: pass --scratch DIR on a larger file system",
+                    scratch_parent.display(),
+                    free >> 20,
+                    needed >> 20
+                )));
+            }
         }
     }
     let scratch = Scratch(scratch_parent.join(format!(
@@ -205,8 +252,8 @@ pub fn drill(
         Id(crate::id::random_bytes()).short()
     )));
     fs::DirBuilder::new().mode(0o700).create(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;
-    let repo = &Indexed::load(repo)?;
-    let options = RestoreOptions { target: scratch.0.clone(), cancel, ..Default::default() };
+    // With holes: a drill of a VM image needs room for its data, not for its size.
+    let options = RestoreOptions { target: scratch.0.clone(), sparse: true, cancel, ..Default::default() };
     let restored = restore(repo, id, snapshot, &options, progress)?;
 
     let root = Dir::open(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;

@@ -47,6 +47,7 @@ use crate::walk::{depth_first, InParallel, Open, Parallel, Step, Visitor, ROUND_
 mod attributes;
 mod database;
 pub mod in_place;
+mod sparse;
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -57,6 +58,8 @@ pub struct RestoreOptions {
     /// restored), so a restore into a non-empty target writes only what differs. A file with
     /// more than one name is always written anew ([`Restorer::keep_identical`]).
     pub skip_identical: bool,
+    /// Leave aligned blocks of zeros in files as holes ([`sparse`]).
+    pub sparse: bool,
     /// Set (by a signal handler, say) to stop early: entries not yet begun are left out, and
     /// the restore returns [`Error::Interrupted`].
     pub cancel: Option<&'static AtomicBool>,
@@ -95,6 +98,8 @@ struct Restorer<'a> {
     root: Arc<Dir>,
     /// Set with `skip_identical`: cuts existing files to compare them with the snapshot.
     compare: Option<crate::chunking::Chunker>,
+    /// Runs of zeros are left as holes ([`RestoreOptions::sparse`]).
+    sparse: bool,
     unchanged: AtomicU64,
     /// This process's effective user, and whether it is root.
     euid: u32,
@@ -269,6 +274,38 @@ pub fn restore(
 /// for a mapping of its own, as a file of a million is restored on each of several threads).
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// Where a file's content goes: gathered into fewer writes, and with holes for `--sparse`.
+enum Out<'f> {
+    Dense(std::io::BufWriter<&'f fs::File>),
+    Sparse(sparse::Holes<'f>),
+}
+
+impl Out<'_> {
+    /// Writes what is gathered; with holes, sets the length (the trailing zeros' hole).
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Out::Dense(mut out) => out.flush(),
+            Out::Sparse(out) => out.finish(),
+        }
+    }
+}
+
+impl Write for Out<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Out::Dense(out) => out.write(buf),
+            Out::Sparse(out) => out.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Out::Dense(out) => out.flush(),
+            Out::Sparse(out) => out.flush(),
+        }
+    }
+}
+
 /// The data blobs a restore of `selected` reads, in the order it reads them when it writes on
 /// one thread: each directory's entries in order, a subdirectory's whole content before the next
 /// entry, a file's chunks once per set of hard links; a directory [`ROUND_DEPTH`] levels below
@@ -370,6 +407,7 @@ fn restore_selected(
         target: &options.target,
         root: Arc::new(root),
         compare: options.skip_identical.then(|| repo.chunker()),
+        sparse: options.sparse,
         unchanged: AtomicU64::new(0),
         euid,
         as_root: euid == 0,
@@ -679,7 +717,10 @@ impl Restorer<'_> {
     ) -> Result<(fs::File, u64), String> {
         // Small chunks (a database's pages) are gathered into fewer writes: 109,000 calls of 4 KiB
         // for a 426 MiB database otherwise. Chunks as large as the buffer go straight through.
-        let mut out = std::io::BufWriter::with_capacity((expected as usize).clamp(1, WRITE_BUFFER), &file);
+        let mut out = match self.sparse {
+            false => Out::Dense(std::io::BufWriter::with_capacity((expected as usize).clamp(1, WRITE_BUFFER), &file)),
+            true => Out::Sparse(sparse::Holes::new(&file)),
+        };
         let mut written = 0u64;
         let mut write = |data: &[u8]| -> Result<(), String> {
             out.write_all(data).map_err(|e| e.to_string())?;
@@ -699,8 +740,7 @@ impl Restorer<'_> {
             write(&blob)?;
             self.written(blob);
         }
-        out.flush().map_err(|e| e.to_string())?;
-        drop(out);
+        out.finish().map_err(|e| e.to_string())?;
         if written != expected {
             return Err(format!("restored {written} bytes, the snapshot recorded {expected}"));
         }

@@ -63,6 +63,8 @@ mod s3_writes;
 mod serve;
 #[path = "cases/snapshots.rs"]
 mod snapshots;
+#[path = "cases/sparse.rs"]
+mod sparse;
 #[path = "cases/sqlite.rs"]
 mod sqlite;
 #[path = "cases/sqlite_hostile.rs"]

@@ -39,6 +39,11 @@ pub struct Args {
     /// List what would be created, replaced and deleted; change nothing
     #[arg(long)]
     dry_run: bool,
+    /// Leave runs of zeros in files as holes (VM images, preallocated files): they take room for
+    /// their data, not their size. As restic and borg, not by default: a file with holes needs
+    /// its space when it is written later, and a swap file with holes is refused by swapon
+    #[arg(long)]
+    sparse: bool,
     /// Allow --target / (with --overwrite)
     #[arg(long)]
     force_root: bool,
@@ -72,6 +77,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         dry_run: args.dry_run,
         force_root: args.force_root,
         skip_identical: args.skip_identical,
+        sparse: args.sparse,
         skip,
         cancel: None,
         within: Vec::new(),
@@ -126,6 +132,10 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     if !report.summary.errors.is_empty() {
         let entries = format::count(report.summary.errors.len() as u64, "entry");
         errln!("error: {entries} could not be restored (listed above)");
+        let full = |e: &cairn::format::snapshot::SourceError| e.message.contains("(os error 28)");
+        if !args.sparse && report.summary.errors.iter().any(full) {
+            errln!("note: the target's file system is full; files with long runs of zeros (VM images) take room for their data only with --sparse");
+        }
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

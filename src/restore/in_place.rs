@@ -97,6 +97,8 @@ pub struct Options {
     pub force_root: bool,
     /// See [`super::RestoreOptions::skip_identical`] (direct restores only).
     pub skip_identical: bool,
+    /// See [`super::RestoreOptions::sparse`].
+    pub sparse: bool,
     /// Paths the safety snapshot never enters: a local repository, which `--in-place` also
     /// refuses to find inside the target.
     pub skip: Vec<PathBuf>,
@@ -480,6 +482,7 @@ fn execute(
             target: target.to_path_buf(),
             includes: options.includes.clone(),
             skip_identical,
+            sparse: options.sparse,
             cancel: options.cancel,
         };
         super::restore(repo, id, snapshot, &core, progress)
@@ -712,6 +715,7 @@ fn build(
         target: through.clone(),
         includes: options.includes.clone(),
         skip_identical: false,
+        sparse: options.sparse,
         cancel: options.cancel,
     };
     let mut summary = super::restore(repo, id, snapshot, &core, progress)?;

@@ -433,8 +433,14 @@ impl Mount {
 impl Mount {
     /// A 4 MiB tmpfs at `at`, or `None` where it cannot be mounted (not root, no privilege).
     pub fn try_tmpfs(at: &Path) -> Option<Mount> {
+        Self::try_tmpfs_of(at, 4)
+    }
+
+    /// A tmpfs of `mib` MiB at `at`, or `None` where it cannot be mounted.
+    pub fn try_tmpfs_of(at: &Path, mib: u32) -> Option<Mount> {
         fs::create_dir_all(at).unwrap();
-        let mount = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "cairn-test"]).arg(at).output();
+        let size = format!("size={mib}m");
+        let mount = Command::new("mount").args(["-t", "tmpfs", "-o", &size, "cairn-test"]).arg(at).output();
         mount.ok()?.status.success().then(|| Mount(at.to_path_buf()))
     }
 }
