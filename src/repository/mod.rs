@@ -54,6 +54,8 @@ pub struct Repository {
     cache: Option<cache::Cache>,
     /// Held while a tree pack is fetched into the cache, so parallel readers fetch it once.
     tree_fetch: Mutex<()>,
+    /// Held while a dictionary is read ([`Repository::dictionary`]).
+    dictionary_fetch: Mutex<()>,
     /// The cache root, where the sorted copy of the index is kept ([`index::open`]).
     index_dir: Option<PathBuf>,
     /// The compression dictionaries read or written so far.
@@ -133,6 +135,7 @@ impl Repository {
             key_used,
             cache: None,
             tree_fetch: Mutex::new(()),
+            dictionary_fetch: Mutex::new(()),
             index_dir: None,
             dictionaries: Mutex::default(),
         }
@@ -494,8 +497,15 @@ impl Repository {
 
     /// The compression dictionary `id` (`dicts/<id>`, store-format/dictionary.md), read once.
     pub fn dictionary(&self, id: &Id) -> Result<Arc<Dictionary>> {
-        if let Some(found) = self.dictionaries.lock().expect("poisoned").get(id) {
-            return Ok(found.clone());
+        let kept = || self.dictionaries.lock().expect("poisoned").get(id).cloned();
+        if let Some(found) = kept() {
+            return Ok(found);
+        }
+        // One read at a time: the decoders of a restore all wanted the same one at once, and
+        // each fetched it.
+        let _one_fetch = self.dictionary_fetch.lock().expect("poisoned");
+        if let Some(found) = kept() {
+            return Ok(found);
         }
         let key = FileKind::Dictionary.name(id);
         let missing = || Error::corrupt(self.describe(&key), "the dictionary is missing");
