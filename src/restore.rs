@@ -17,9 +17,10 @@
 //! ([`Restorer::close_reused`]).
 //!
 //! The walk is [`crate::walk::Parallel`] (a drill's check of what restore wrote walks the same
-//! way): no walk recurses in proportion to depth. Below [`ROUND_DEPTH`] levels a directory is
-//! left for a later round that starts from it, so a crafted tree 100,000 levels deep costs
-//! rounds, not stack, and restores like any other.
+//! way): no walk recurses in proportion to depth. Below [`crate::walk::ROUND_DEPTH`] levels a
+//! directory is left for a later round that starts from it, so a crafted tree 100,000 levels
+//! deep costs rounds, not stack, and restores like any other. From an object store, the blobs
+//! are read in the order of a plan ([`plan`]).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -35,18 +36,19 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::snapshot::{Snapshot, SourceError};
-use crate::format::tree::{Content, Metadata, Node, Tree, Xattr};
+use crate::format::tree::{Content, Metadata, Node, Xattr};
 use crate::fs_at::{set_metadata_fd, stat_fd, Dir, Place};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::reader::PlannedReads;
 use crate::repository::Indexed;
 use crate::source::sqlite;
-use crate::walk::{depth_first, InParallel, Open, Parallel, Step, Visitor, ROUND_DEPTH};
+use crate::walk::{InParallel, Parallel};
 
 mod attributes;
 mod database;
 pub mod in_place;
+mod plan;
 mod sparse;
 
 #[derive(Debug, Clone, Default)]
@@ -260,7 +262,7 @@ pub fn restore(
     // An object store: every request costs a round trip, so the content is read by pack, ahead
     // of a writer that writes in the plan's order, on one thread; unless it may leave files as
     // they were, decoders decode ahead of it on the other cores.
-    let blobs = planned_blobs(repo, snapshot, &selected);
+    let blobs = plan::planned_blobs(repo, snapshot, &selected);
     let plan = PlannedReads::new(repo.repo(), repo.index(), blobs, !options.skip_identical);
     let writer = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -303,88 +305,6 @@ impl Write for Out<'_> {
             Out::Dense(out) => out.flush(),
             Out::Sparse(out) => out.flush(),
         }
-    }
-}
-
-/// The data blobs a restore of `selected` reads, in the order it reads them when it writes on
-/// one thread: each directory's entries in order, a subdirectory's whole content before the next
-/// entry, a file's chunks once per set of hard links; a directory [`ROUND_DEPTH`] levels below
-/// where a walk began waits for the next round, as [`crate::walk::Parallel`] has it. Trees that
-/// cannot be read are left out (the restore reports them). A [`depth_first`] walk per start.
-fn planned_blobs(repo: &Indexed, snapshot: &Snapshot, selected: &Selection) -> Vec<Id> {
-    let mut planner = Planner { repo, blobs: Vec::new(), linked: HashSet::new(), entering: 0, next_round: Vec::new() };
-    // This round's walks: a tree whose entries are at depth 0, or one include's node.
-    let mut round: Vec<Result<Id, &Node>> = selected
-        .iter()
-        .map(|(_, node)| match node {
-            None => Ok(snapshot.tree),
-            Some(node) => Err(node),
-        })
-        .collect();
-    while !round.is_empty() {
-        for start in round {
-            match start {
-                Ok(tree) => planner.walk(tree, 0),
-                Err(node) => match &node.content {
-                    Content::Dir { subtree } => planner.walk(*subtree, 1),
-                    _ => planner.file(node),
-                },
-            }
-        }
-        round = std::mem::take(&mut planner.next_round).into_iter().map(Ok).collect();
-    }
-    planner.blobs
-}
-
-/// The [`Visitor`] of [`planned_blobs`]; a directory's state is the depth of its entries.
-struct Planner<'a> {
-    repo: &'a Indexed<'a>,
-    blobs: Vec<Id>,
-    linked: HashSet<(u64, u64)>,
-    /// The depth of the entries of the directory being opened.
-    entering: usize,
-    /// Trees left for the next round.
-    next_round: Vec<Id>,
-}
-
-impl Planner<'_> {
-    fn walk(&mut self, tree: Id, depth: usize) {
-        self.entering = depth;
-        // The visitor fails nowhere: an unreadable tree is left out.
-        let _ = depth_first(&tree, Vec::new(), self);
-    }
-
-    fn file(&mut self, node: &Node) {
-        if let Content::File { chunks } = &node.content {
-            if node.meta.nlink <= 1 || self.linked.insert((node.meta.dev, node.meta.ino)) {
-                // A chain that cannot be read is left out: the restore reports its file.
-                if let Ok(chunks) = self.repo.chunk_list(chunks) {
-                    self.blobs.extend_from_slice(&chunks);
-                }
-            }
-        }
-    }
-}
-
-impl Visitor for Planner<'_> {
-    type State = usize;
-    const PATHS: bool = false;
-
-    fn open(&mut self, id: &Id, _: &[u8]) -> Result<Option<(Tree, usize)>> {
-        Ok(self.repo.read_tree(id).ok().map(|tree| (tree, self.entering)))
-    }
-
-    fn entry(&mut self, dir: &mut Open<usize>, at: usize, _: &[u8]) -> Result<Step> {
-        let node = &dir.tree.nodes[at];
-        match &node.content {
-            Content::Dir { .. } if dir.state + 1 < ROUND_DEPTH => {
-                self.entering = dir.state + 1;
-                return Ok(Step::Descend);
-            }
-            Content::Dir { subtree } => self.next_round.push(*subtree),
-            _ => self.file(node),
-        }
-        Ok(Step::Skip)
     }
 }
 
