@@ -25,7 +25,8 @@ pub const KEPT: usize = 24 * 1024 * 1024;
 static POOL: Mutex<Pool> = Mutex::new(Pool { kept: VecDeque::new(), bytes: 0 });
 
 /// An empty buffer that holds `len` bytes without growing: a kept one of at least `len` and at
-/// most twice that (the smallest such), else a new one of the next [`size_class`].
+/// most its [`size_class`] (the smallest such), else a new one of that class. Its capacity is at
+/// most half as large again as `len`, which is what the reader's budgets count.
 pub fn take(len: usize) -> Vec<u8> {
     if len < SMALLEST {
         return Vec::with_capacity(len);
@@ -35,8 +36,8 @@ pub fn take(len: usize) -> Vec<u8> {
 }
 
 /// The capacity of a new buffer for `len` bytes: the next power of two or three quarters of
-/// one, so that a buffer given back fits the next blobs of about its size (at most a third
-/// more than `len`).
+/// one, so that a buffer given back fits the next blobs of about its size (at most half as
+/// large again as `len`).
 fn size_class(len: usize) -> usize {
     let power = len.checked_next_power_of_two().unwrap_or(len);
     if len <= power / 4 * 3 {
@@ -69,7 +70,7 @@ struct Pool {
 impl Pool {
     fn take(&mut self, len: usize) -> Option<Vec<u8>> {
         let fits = (self.kept.iter().enumerate())
-            .filter(|(_, buf)| (len..=len.saturating_mul(2)).contains(&buf.capacity()))
+            .filter(|(_, buf)| (len..=size_class(len)).contains(&buf.capacity()))
             .min_by_key(|(_, buf)| buf.capacity())
             .map(|(at, _)| at)?;
         let mut buf = self.kept.remove(fits)?;
@@ -108,6 +109,10 @@ mod tests {
         assert!(pool.take(SMALLEST).is_none());
         let again = pool.take(4 * SMALLEST - 5).unwrap();
         assert_eq!((again.as_ptr(), again.len(), pool.bytes), (at, 0, 0));
+        // Nor one more than half as large again as the length asked for.
+        pool.give(Vec::with_capacity(2 * SMALLEST), KEPT);
+        assert!(pool.take(SMALLEST + 1).is_none());
+        assert!(pool.take(2 * SMALLEST - 1).is_some());
         // The smallest that fits is taken.
         for n in [3, 2, 4] {
             pool.give(Vec::with_capacity(n * SMALLEST), KEPT);

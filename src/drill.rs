@@ -178,15 +178,19 @@ fn remove_stale_scratch(parent: &Path) {
     }
 }
 
-/// About what a drill of `snapshot` writes: its files' bytes less their chunks of zeros as this
-/// repository cuts a run of zeros (a thin image's unwritten space, in chunks of the largest
-/// size), which the restore leaves as holes. Walks every tree: asked only when the snapshot's
-/// size does not fit.
-fn data_bytes(repo: &Indexed, snapshot: &Snapshot) -> u64 {
+/// About what a drill of `snapshot` writes, or more than `limit` once that is clear: its files'
+/// bytes (a file with several names once) less their chunks of zeros as this repository cuts a
+/// run of zeros (a thin image's unwritten space, in chunks of the largest size), which the
+/// restore leaves as holes. Walks the trees, so it is asked only when the snapshot's size does
+/// not fit; it stops at `limit` or when `cancel` is set.
+fn data_bytes(repo: &Indexed, snapshot: &Snapshot, limit: u64, cancel: Option<&AtomicBool>) -> u64 {
     struct Sizer<'a> {
         repo: &'a Indexed<'a>,
         zeros: Id,
+        linked: HashSet<(u64, u64)>,
         bytes: u64,
+        limit: u64,
+        cancel: Option<&'a AtomicBool>,
     }
     impl Visitor for Sizer<'_> {
         type State = ();
@@ -197,9 +201,15 @@ fn data_bytes(repo: &Indexed, snapshot: &Snapshot) -> u64 {
         }
 
         fn entry(&mut self, dir: &mut Open<()>, at: usize, _: &[u8]) -> Result<Step> {
-            match &dir.tree.nodes[at].content {
+            if self.bytes > self.limit || self.cancel.is_some_and(|cancel| cancel.load(Relaxed)) {
+                return Ok(Step::Stop);
+            }
+            let node = &dir.tree.nodes[at];
+            match &node.content {
                 Content::Dir { .. } => return Ok(Step::Descend),
-                Content::File { chunks } => {
+                Content::File { chunks }
+                    if node.meta.nlink <= 1 || self.linked.insert((node.meta.dev, node.meta.ino)) =>
+                {
                     let chunks = self.repo.chunk_list(chunks).unwrap_or_default();
                     let data = chunks.iter().filter(|id| **id != self.zeros);
                     let lengths = data.map(|id| self.repo.index().get(id).map_or(0, |l| l.raw_len as u64));
@@ -213,7 +223,7 @@ fn data_bytes(repo: &Indexed, snapshot: &Snapshot) -> u64 {
     let chunker = repo.chunker();
     let zeros = vec![0; chunker.params().max_size as usize];
     let zeros = chunker.hasher().id(&zeros[..chunker.next_len(&zeros)]);
-    let mut sizer = Sizer { repo, zeros, bytes: 0 };
+    let mut sizer = Sizer { repo, zeros, linked: HashSet::new(), bytes: 0, limit, cancel };
     // An unreadable tree counts nothing: the restore reports it.
     let _ = depth_first(&snapshot.tree, Vec::new(), &mut sizer);
     sizer.bytes
@@ -235,13 +245,17 @@ pub fn drill(
         // Room for the files and 64 MiB to spare; their data alone where their size is more.
         let room = |bytes: u64| bytes.saturating_add(64 << 20);
         if free < room(snapshot.summary.bytes) {
-            let needed = data_bytes(repo, snapshot);
+            let needed = data_bytes(repo, snapshot, free, cancel);
+            if cancel.is_some_and(|cancel| cancel.load(Relaxed)) {
+                return Err(Error::Interrupted);
+            }
             if free < room(needed) {
                 return Err(Error::NoSpace(format!(
-                    "{} has {} MiB free, the drill needs about {} MiB: pass --scratch DIR on a larger file system",
+                    "{} has {} MiB free, the drill needs more: the snapshot holds {} MiB (runs of zeros, left as \
+                     holes, take none) and 64 MiB to spare: pass --scratch DIR on a larger file system",
                     scratch_parent.display(),
                     free >> 20,
-                    needed >> 20
+                    snapshot.summary.bytes >> 20
                 )));
             }
         }

@@ -132,7 +132,10 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     if !report.summary.errors.is_empty() {
         let entries = format::count(report.summary.errors.len() as u64, "entry");
         errln!("error: {entries} could not be restored (listed above)");
-        let full = |e: &cairn::format::snapshot::SourceError| e.message.contains("(os error 28)");
+        // ENOSPC, or EDQUOT: a quota is a full disk for whoever restores.
+        let full = |e: &cairn::format::snapshot::SourceError| {
+            e.message.contains("(os error 28)") || e.message.contains("(os error 122)")
+        };
         if !args.sparse && report.summary.errors.iter().any(full) {
             errln!("note: the target's file system is full; files with long runs of zeros (VM images) take room for their data only with --sparse");
         }

@@ -27,19 +27,31 @@ pub(super) struct Holes<'f> {
     /// Where in the file `pending` goes.
     at: u64,
     pending: Vec<u8>,
+    /// The end of what is written: the file's length, short of a hole at its end.
+    written: u64,
 }
 
 impl<'f> Holes<'f> {
     /// A writer of `file`, which must be empty: what it skips must read as zeros.
     pub(super) fn new(file: &'f File) -> Holes<'f> {
-        Holes { file, at: 0, pending: Vec::new() }
+        Holes { file, at: 0, pending: Vec::new(), written: 0 }
     }
 
-    /// Writes what is gathered and sets the file's length to all that was written, so that a
-    /// run of zeros at its end is a hole too.
+    /// Writes what is gathered and, if the file ends in a hole, sets its length to all that was
+    /// written (the hole's end).
     pub(super) fn finish(mut self) -> Result<()> {
         self.flush()?;
-        self.file.set_len(self.at)
+        if self.written < self.at {
+            self.file.set_len(self.at)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `at` in the file.
+    fn write_at(&mut self, data: &[u8], at: u64) -> Result<()> {
+        self.file.write_all_at(data, at)?;
+        self.written = at + data.len() as u64;
+        Ok(())
     }
 
     /// Gathers `data` after what is gathered, but for [`GATHER`] bytes or more: those complete
@@ -59,7 +71,7 @@ impl<'f> Holes<'f> {
         }
         let begun = ((self.at + data.len() as u64) % BLOCK as u64) as usize;
         let (blocks, rest) = data.split_at(data.len() - begun.min(data.len()));
-        self.file.write_all_at(blocks, self.at)?;
+        self.write_at(blocks, self.at)?;
         self.at += blocks.len() as u64;
         self.pending.extend_from_slice(rest);
         Ok(())
@@ -106,8 +118,10 @@ impl Write for Holes<'_> {
     /// Writes what is gathered.
     fn flush(&mut self) -> Result<()> {
         if !self.pending.is_empty() {
-            self.file.write_all_at(&self.pending, self.at)?;
-            self.at += self.pending.len() as u64;
+            let pending = std::mem::take(&mut self.pending);
+            self.write_at(&pending, self.at)?;
+            self.at += pending.len() as u64;
+            self.pending = pending;
             self.pending.clear();
         }
         Ok(())

@@ -102,7 +102,7 @@ fn a_large_database_is_stored_with_a_dictionary_that_every_reader_uses() {
 }
 
 /// `data/` holding a database large enough for a dictionary, and the database's bytes.
-fn database_in(scratch: &Scratch) -> (PathBuf, Vec<u8>) {
+pub fn database_in(scratch: &Scratch) -> (PathBuf, Vec<u8>) {
     let data = scratch.join("data");
     fs::create_dir_all(&data).unwrap();
     database(&data.join("app.db"), 3000);

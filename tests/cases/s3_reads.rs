@@ -347,3 +347,29 @@ fn a_plain_http_endpoint_without_allow_http_says_what_to_set() {
         assert!(!scratch.join("t").exists(), "nothing is made");
     }
 }
+
+/// A database stored with a compression dictionary, restored from S3: its decoders all want the
+/// dictionary at the same moment, and it is read once, not once by each.
+#[test]
+fn a_restore_from_s3_reads_a_dictionary_once() {
+    let proxy = Proxy::start();
+    let scratch = Scratch::new("s3-dictionary");
+    let (data, image) = crate::dictionaries::database_in(&scratch);
+    let remote = Remote {
+        url: PathBuf::from(format!("s3://{BUCKET}/dictionary-{}", std::process::id())),
+        endpoint: proxy.endpoint(),
+        cache: scratch.join("cache"),
+    };
+    ok(&mut remote.cairn(&["init"]));
+    ok(remote.cairn(&["snapshot"]).arg(&data));
+    for round in 0..3 {
+        let _ = std::fs::remove_dir_all(&remote.cache);
+        let before = proxy.count();
+        let target = scratch.join(format!("restored-{round}"));
+        ok(remote.cairn(&["restore", "latest", "--target"]).arg(&target));
+        assert!(std::fs::read(target.join("app.db")).unwrap() == image);
+        let requests = proxy.since(before);
+        let reads = requests.iter().filter(|r| r.starts_with("GET") && r.contains("/dicts/")).count();
+        assert_eq!(reads, 1, "{requests:#?}");
+    }
+}

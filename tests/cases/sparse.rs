@@ -4,27 +4,50 @@
 
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
 
 use crate::support::*;
 
+/// A 1 GiB image in `dir` of which a boot sector, 100 KB in the middle at no block boundary,
+/// and a byte near the end are data.
+fn thin_image(dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    let image = fs::File::create(dir.join("vm.img")).unwrap();
+    image.set_len(1 << 30).unwrap();
+    image.write_all_at(b"boot sector", 0).unwrap();
+    image.write_all_at(&noise(100_000, 3), (500 << 20) + 123).unwrap();
+    image.write_all_at(b"!", (1 << 30) - 5000).unwrap();
+}
+
+fn occupied(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().blocks() * 512
+}
+
 #[test]
-fn a_thin_image_restores_with_holes_when_asked_and_drills_in_the_room_of_its_data() {
+fn a_thin_image_restores_with_holes_when_asked() {
     let scratch = Scratch::new("sparse");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    thin_image(&source);
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+
+    let target = scratch.join("sparse");
+    ok(cairn(&repo).args(["restore", "latest", "--sparse", "--target"]).arg(&target));
+    let restored = target.join("vm.img");
+    assert!(fs::read(&restored).unwrap() == fs::read(source.join("vm.img")).unwrap());
+    assert!(occupied(&restored) < 1 << 20, "{} bytes on disk", occupied(&restored));
+}
+
+#[test]
+fn a_full_disk_names_sparse_and_a_drill_needs_room_for_the_data_only() {
+    let scratch = Scratch::new("sparse-disk");
     let Some(disk) = Mount::try_tmpfs_of(&scratch.join("disk"), 128) else {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     };
     let (source, repo) = (scratch.join("src"), scratch.join("repo"));
-    fs::create_dir_all(&source).unwrap();
-    // 1 GiB, of which a boot sector, 100 KB in the middle at no block boundary, and a byte
-    // near the end are data: 8 times the 128 MiB disk, but its data fits, and a drill's room
-    // to spare (64 MiB) beside it.
-    let image = fs::File::create(source.join("vm.img")).unwrap();
-    image.set_len(1 << 30).unwrap();
-    image.write_all_at(b"boot sector", 0).unwrap();
-    image.write_all_at(&noise(100_000, 3), (500 << 20) + 123).unwrap();
-    image.write_all_at(b"!", (1 << 30) - 5000).unwrap();
-    drop(image);
+    // 8 times the 128 MiB disk, but its data fits, and a drill's room to spare (64 MiB) beside it.
+    thin_image(&source);
     init(&repo);
     ok(cairn(&repo).arg("snapshot").arg(&source));
 
@@ -36,14 +59,14 @@ fn a_thin_image_restores_with_holes_when_asked_and_drills_in_the_room_of_its_dat
     assert!(!dense.join("vm.img").exists());
     fs::remove_dir_all(&dense).unwrap();
 
-    let sparse = disk.0.join("sparse");
-    ok(cairn(&repo).args(["restore", "latest", "--sparse", "--target"]).arg(&sparse));
-    let restored = sparse.join("vm.img");
-    assert!(fs::read(&restored).unwrap() == fs::read(source.join("vm.img")).unwrap());
-    let occupied = fs::metadata(&restored).unwrap().blocks() * 512;
-    assert!(occupied < 1 << 20, "{occupied} bytes on disk");
-    fs::remove_dir_all(&sparse).unwrap();
-
     let drill = json(cairn(&repo).args(["drill", "--scratch"]).arg(&disk.0));
     assert_eq!((drill["checks_passed"].as_u64(), drill["checks_failed"].as_u64()), (Some(1), Some(0)), "{drill}");
+
+    // 80 MiB of data and 64 MiB to spare do not fit: refused before anything is written.
+    write_noise_file(&source.join("data.bin"), 80 << 20, 5);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    let out = run(cairn(&repo).args(["drill", "--scratch"]).arg(&disk.0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("larger file system"), "{err}");
+    assert_eq!(fs::read_dir(&disk.0).unwrap().count(), 0, "nothing left on the disk");
 }
