@@ -13,6 +13,8 @@ use std::fs::File;
 use std::io::{Result, Write};
 use std::os::unix::fs::FileExt;
 
+use crate::chunking::all_zeros;
+
 /// The unit of a hole: file systems allocate 4 KiB blocks (or multiples), so a zero block
 /// aligned to it is one the file need not have.
 pub(super) const BLOCK: usize = 4096;
@@ -85,7 +87,7 @@ impl Write for Holes<'_> {
         let begun = ((self.at + self.pending.len() as u64) % BLOCK as u64) as usize;
         if begun > 0 && self.pending.len() >= begun && buf.len() >= BLOCK - begun {
             let (rest, after) = buf.split_at(BLOCK - begun);
-            if is_zero(&self.pending[self.pending.len() - begun..]) && is_zero(rest) {
+            if all_zeros(&self.pending[self.pending.len() - begun..]) && all_zeros(rest) {
                 self.pending.truncate(self.pending.len() - begun);
                 self.flush()?;
                 self.at += BLOCK as u64;
@@ -98,7 +100,7 @@ impl Write for Holes<'_> {
             let (mut data, mut zeros) = (0, 0);
             while data < buf.len() {
                 let block = (BLOCK - (offset % BLOCK as u64) as usize).min(buf.len() - data);
-                if block == BLOCK && is_zero(&buf[data..data + BLOCK]) {
+                if block == BLOCK && all_zeros(&buf[data..data + BLOCK]) {
                     zeros = BLOCK;
                     break;
                 }
@@ -126,13 +128,6 @@ impl Write for Holes<'_> {
         }
         Ok(())
     }
-}
-
-/// Whether `block` is all zeros: its first bytes decide for most data, an OR over it (which the
-/// compiler vectorizes) for the rest.
-fn is_zero(block: &[u8]) -> bool {
-    let (head, _) = block.split_at(block.len().min(16));
-    head.iter().all(|&b| b == 0) && block.iter().fold(0, |any, &b| any | b) == 0
 }
 
 #[cfg(test)]

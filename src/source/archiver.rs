@@ -35,7 +35,7 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{Read as _, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -699,14 +699,18 @@ impl<'a> Archiver<'a> {
     fn read_until_still(&self, file: &File, opened: Stat, at: &Location<'_>) -> Result<Option<(Vec<Id>, Stat, u64)>> {
         let mut before = opened;
         let mut last = None;
-        for attempt in 1..=READ_ATTEMPTS {
-            let rewound = if attempt > 1 { (&*file).seek(SeekFrom::Start(0)).map(|_| ()) } else { Ok(()) };
+        // Reads during which the file changed, and reads it held still for that began too soon
+        // after a change (read again once it has settled: they do not count as changes).
+        let (mut changed, mut early) = (0, 0);
+        while changed < READ_ATTEMPTS && early < READ_ATTEMPTS {
+            let again = last.is_some();
+            let rewound = if again { (&*file).seek(SeekFrom::Start(0)).map(|_| ()) } else { Ok(()) };
             let looked = rewound.and_then(|()| match settling(&before) {
                 Some(wait) => {
                     std::thread::sleep(wait);
                     fstat(file)
                 }
-                None if attempt > 1 => fstat(file),
+                None if again => fstat(file),
                 None => Ok(before),
             });
             before = match looked {
@@ -717,7 +721,7 @@ impl<'a> Archiver<'a> {
                 }
             };
             let settled = settling(&before).is_none();
-            let (chunks, len) = match self.read_chunks(file, before.size()) {
+            let (chunks, len) = match self.read_chunks(file, &before) {
                 Ok(read) => read,
                 Err(FileError::Source(e)) => {
                     self.record_at(at, format!("reading: {e}"));
@@ -730,6 +734,11 @@ impl<'a> Archiver<'a> {
                 return Ok(Some((chunks, before, len)));
             }
             last = Some((chunks, before, len));
+            if still {
+                early += 1;
+            } else {
+                changed += 1;
+            }
         }
         self.record_at(
             at,
@@ -738,16 +747,19 @@ impl<'a> Archiver<'a> {
         Ok(last)
     }
 
-    /// Reads at most `size` bytes of `file` from where it stands, storing its chunks; returns
-    /// their ids and the bytes read. Never more than `size`: a file growing faster than it is
-    /// read cannot keep the read going.
-    fn read_chunks(&self, file: &File, size: u64) -> std::result::Result<(Vec<Id>, u64), FileError> {
+    /// Reads at most `status.size()` bytes of `file` from where it stands (its start), storing
+    /// its chunks; returns their ids and the bytes read. Never more than the size: a file
+    /// growing faster than it is read cannot keep the read going. A file with holes is read
+    /// without them ([`super::holes`]).
+    fn read_chunks(&self, file: &File, status: &Stat) -> std::result::Result<(Vec<Id>, u64), FileError> {
+        let size = status.size();
+        let reader: Box<dyn Read + '_> = match super::holes::sparse(size, status.blocks()) {
+            true => Box::new(super::holes::Reader::new(file, size)),
+            false => Box::new(file.take(size)),
+        };
         let mut ids = Vec::new();
-        let read = self.chunker.for_each_window::<_, FileError>(
-            file.take(size),
-            READ_WINDOW,
-            size as usize,
-            |window, chunks| {
+        let read =
+            self.chunker.for_each_window::<_, FileError>(reader, READ_WINDOW, size as usize, |window, chunks| {
                 let stored: Vec<Id> = chunks
                     .par_iter()
                     .map(|range| self.store.store(BlobKind::Data, &window[range.clone()]))
@@ -756,8 +768,7 @@ impl<'a> Archiver<'a> {
                 ids.extend(stored);
                 self.progress.add_bytes(chunks.last().map_or(0, |c| c.end) as u64);
                 Ok(())
-            },
-        )?;
+            })?;
         Ok((ids, read))
     }
 }

@@ -2,13 +2,15 @@
 //! chunks ([`archiver`]), with exclusion patterns ([`exclude`]) and what else a walk leaves out
 //! ([`walk_options`]: other file systems, cache and marked directories), reaching every entry
 //! below a source root through its directory's descriptor ([`nofollow`]), capturing live SQLite
-//! databases ([`sqlite`]), each entry's extended attributes ([`attributes`]), and running a
-//! command whose output is backed up ([`command`]).
+//! databases ([`sqlite`]), each entry's extended attributes ([`attributes`]), reading files
+//! with holes without reading the holes ([`holes`]), and running a command whose output is
+//! backed up ([`command`]).
 
 pub mod archiver;
 pub mod attributes;
 pub mod command;
 pub mod exclude;
+pub mod holes;
 pub mod lists;
 pub mod nofollow;
 pub mod sqlite;
