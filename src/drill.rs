@@ -178,17 +178,21 @@ fn remove_stale_scratch(parent: &Path) {
     }
 }
 
-/// About what a drill of `snapshot` writes, or more than `limit` once that is clear: its files'
-/// bytes (a file with several names once) less their chunks of zeros as this repository cuts a
-/// run of zeros (a thin image's unwritten space, in chunks of the largest size), which the
-/// restore leaves as holes. Walks the trees, so it is asked only when the snapshot's size does
-/// not fit; it stops at `limit` or when `cancel` is set.
-fn data_bytes(repo: &Indexed, snapshot: &Snapshot, limit: u64, cancel: Option<&AtomicBool>) -> u64 {
+/// About what a drill of `snapshot` writes, or more than `limit` once that is clear, and
+/// whether it has chunks of zeros: its files' bytes (a file with several names once) less
+/// their chunks that are all zeros, which the restore leaves as holes. Those are known by their
+/// ids: a run of zeros as this repository cuts it (a thin image's unwritten space, in chunks of
+/// the largest size) and zeroed pages of the usual sizes (a database's). A chunk that is mostly
+/// zeros counts whole, so the estimate is high where data lies scattered in zeros. Walks the
+/// trees, so it is asked only when the snapshot's size does not fit; it stops at `limit` or when
+/// `cancel` is set.
+fn data_bytes(repo: &Indexed, snapshot: &Snapshot, limit: u64, cancel: Option<&AtomicBool>) -> (u64, bool) {
     struct Sizer<'a> {
         repo: &'a Indexed<'a>,
-        zeros: Id,
+        zeros: HashSet<Id>,
         linked: HashSet<(u64, u64)>,
         bytes: u64,
+        holes: bool,
         limit: u64,
         cancel: Option<&'a AtomicBool>,
     }
@@ -210,10 +214,14 @@ fn data_bytes(repo: &Indexed, snapshot: &Snapshot, limit: u64, cancel: Option<&A
                 Content::File { chunks }
                     if node.meta.nlink <= 1 || self.linked.insert((node.meta.dev, node.meta.ino)) =>
                 {
-                    let chunks = self.repo.chunk_list(chunks).unwrap_or_default();
-                    let data = chunks.iter().filter(|id| **id != self.zeros);
-                    let lengths = data.map(|id| self.repo.index().get(id).map_or(0, |l| l.raw_len as u64));
-                    self.bytes = lengths.fold(self.bytes, u64::saturating_add);
+                    for id in self.repo.chunk_list(chunks).unwrap_or_default().iter() {
+                        if self.zeros.contains(id) {
+                            self.holes = true;
+                        } else {
+                            let len = self.repo.index().get(id).map_or(0, |l| l.raw_len as u64);
+                            self.bytes = self.bytes.saturating_add(len);
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -222,11 +230,13 @@ fn data_bytes(repo: &Indexed, snapshot: &Snapshot, limit: u64, cancel: Option<&A
     }
     let chunker = repo.chunker();
     let zeros = vec![0; chunker.params().max_size as usize];
-    let zeros = chunker.hasher().id(&zeros[..chunker.next_len(&zeros)]);
-    let mut sizer = Sizer { repo, zeros, linked: HashSet::new(), bytes: 0, limit, cancel };
+    let run = chunker.next_len(&zeros);
+    let lengths = (9..=16).map(|bits| 1usize << bits).chain([run]);
+    let zeros = lengths.filter(|&len| len <= zeros.len()).map(|len| chunker.hasher().id(&zeros[..len])).collect();
+    let mut sizer = Sizer { repo, zeros, linked: HashSet::new(), bytes: 0, holes: false, limit, cancel };
     // An unreadable tree counts nothing: the restore reports it.
     let _ = depth_first(&snapshot.tree, Vec::new(), &mut sizer);
-    sizer.bytes
+    (sizer.bytes, sizer.holes)
 }
 
 pub fn drill(
@@ -241,21 +251,25 @@ pub fn drill(
     let _created = CreatedParents::create(scratch_parent)?;
     remove_stale_scratch(scratch_parent);
     let repo = &Indexed::load(repo)?;
+    // The scratch directory never takes its disk below this: the restore stops there.
+    let spare: u64 = 64 << 20;
     if let Some(free) = crate::disk::space(scratch_parent).map(|s| s.free) {
-        // Room for the files and 64 MiB to spare; their data alone where their size is more.
-        let room = |bytes: u64| bytes.saturating_add(64 << 20);
-        if free < room(snapshot.summary.bytes) {
-            let needed = data_bytes(repo, snapshot, free, cancel);
+        // Room for the files; for their data alone where their size is more. Where that
+        // estimate still does not fit but counts chunks of zeros around data as data (a thin
+        // image), the drill goes ahead, and the restore stops if the room runs out.
+        if free < snapshot.summary.bytes.saturating_add(spare) {
+            let (needed, holes) = data_bytes(repo, snapshot, free, cancel);
             if cancel.is_some_and(|cancel| cancel.load(Relaxed)) {
                 return Err(Error::Interrupted);
             }
-            if free < room(needed) {
+            if free < needed.saturating_add(spare) && !holes {
                 return Err(Error::NoSpace(format!(
-                    "{} has {} MiB free, the drill needs more: the snapshot holds {} MiB (runs of zeros, left as \
-                     holes, take none) and 64 MiB to spare: pass --scratch DIR on a larger file system",
+                    "{} has {} MiB free, the drill needs {} MiB and {} MiB to spare: pass --scratch DIR on a \
+                     larger file system",
                     scratch_parent.display(),
                     free >> 20,
-                    snapshot.summary.bytes >> 20
+                    snapshot.summary.bytes >> 20,
+                    spare >> 20
                 )));
             }
         }
@@ -267,7 +281,13 @@ pub fn drill(
     )));
     fs::DirBuilder::new().mode(0o700).create(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;
     // With holes: a drill of a VM image needs room for its data, not for its size.
-    let options = RestoreOptions { target: scratch.0.clone(), sparse: true, cancel, ..Default::default() };
+    let options = RestoreOptions {
+        target: scratch.0.clone(),
+        sparse: true,
+        keep_free: Some(spare),
+        cancel,
+        ..Default::default()
+    };
     let restored = restore(repo, id, snapshot, &options, progress)?;
 
     let root = Dir::open(&scratch.0).map_err(|e| Error::io(&scratch.0, e))?;

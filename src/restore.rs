@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -62,6 +62,11 @@ pub struct RestoreOptions {
     pub skip_identical: bool,
     /// Leave aligned blocks of zeros in files as holes ([`sparse`]).
     pub sparse: bool,
+    /// Stop once the target's file system has fewer bytes free than this (a drill's scratch
+    /// directory must never fill the disk it shares with the services it serves): looked at
+    /// every [`LOOK_EVERY`] bytes written, a file counting a block at least. The restore then
+    /// fails with [`Error::NoSpace`].
+    pub keep_free: Option<u64>,
     /// Set (by a signal handler, say) to stop early: entries not yet begun are left out, and
     /// the restore returns [`Error::Interrupted`].
     pub cancel: Option<&'static AtomicBool>,
@@ -102,6 +107,11 @@ struct Restorer<'a> {
     compare: Option<crate::chunking::Chunker>,
     /// Runs of zeros are left as holes ([`RestoreOptions::sparse`]).
     sparse: bool,
+    /// [`RestoreOptions::keep_free`], the bytes written since the free space was last looked
+    /// at, and whether it fell below.
+    keep_free: Option<u64>,
+    unlooked: AtomicU64,
+    full: AtomicBool,
     unchanged: AtomicU64,
     /// This process's effective user, and whether it is root.
     euid: u32,
@@ -272,6 +282,9 @@ pub fn restore(
         .install(|| plan.run(|reads| restore_selected(repo, snapshot, options, progress, root, &selected, Some(reads))))
 }
 
+/// Bytes written between two looks at the free space ([`RestoreOptions::keep_free`]).
+const LOOK_EVERY: u64 = 8 << 20;
+
 /// The most a file's content is gathered before it is written (below the allocator's threshold
 /// for a mapping of its own, as a file of a million is restored on each of several threads).
 const WRITE_BUFFER: usize = 64 * 1024;
@@ -328,6 +341,9 @@ fn restore_selected(
         root: Arc::new(root),
         compare: options.skip_identical.then(|| repo.chunker()),
         sparse: options.sparse,
+        keep_free: options.keep_free,
+        unlooked: AtomicU64::new(0),
+        full: AtomicBool::new(false),
         unchanged: AtomicU64::new(0),
         euid,
         as_root: euid == 0,
@@ -358,6 +374,14 @@ fn restore_selected(
         }
     });
     walk.finish();
+    if restorer.full.load(Relaxed) {
+        progress.finish();
+        let free = options.keep_free.unwrap_or(0) >> 20;
+        return Err(Error::NoSpace(format!(
+            "{}: stopped with less than {free} MiB left free on its file system",
+            options.target.display()
+        )));
+    }
     if restorer.cancelled() {
         progress.finish();
         return Err(Error::Interrupted);
@@ -478,7 +502,24 @@ impl InParallel for Restorer<'_> {
 
 impl Restorer<'_> {
     fn cancelled(&self) -> bool {
-        self.cancel.is_some_and(|cancel| cancel.load(Relaxed))
+        self.cancel.is_some_and(|cancel| cancel.load(Relaxed)) || self.full.load(Relaxed)
+    }
+
+    /// Counts `bytes` written (or a block for a file), and every [`LOOK_EVERY`] looks at the
+    /// free space if the restore must keep some ([`RestoreOptions::keep_free`]).
+    fn used(&self, bytes: u64) {
+        let Some(keep) = self.keep_free else { return };
+        if self.unlooked.fetch_add(bytes, Relaxed) + bytes < LOOK_EVERY {
+            return;
+        }
+        self.unlooked.store(0, Relaxed);
+        // SAFETY: a valid descriptor and out-pointer.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatvfs(self.root.as_fd().as_raw_fd(), &mut stat) } == 0
+            && (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64) < keep
+        {
+            self.full.store(true, Relaxed);
+        }
     }
 
     fn record(&self, path: &Path, message: impl std::fmt::Display) {
@@ -615,6 +656,7 @@ impl Restorer<'_> {
         sync: bool,
     ) -> Result<(fs::File, u64), String> {
         let file = dir.create_file(name).map_err(|e| e.to_string())?;
+        self.used(sparse::BLOCK as u64);
         match self.fill(file, first, chunks, expected, sync) {
             Ok(done) => Ok(done),
             Err(e) => {
@@ -644,6 +686,7 @@ impl Restorer<'_> {
         let mut written = 0u64;
         let mut write = |data: &[u8]| -> Result<(), String> {
             out.write_all(data).map_err(|e| e.to_string())?;
+            self.used(data.len() as u64);
             written += data.len() as u64;
             self.progress.add_bytes(data.len() as u64);
             Ok(())

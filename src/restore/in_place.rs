@@ -483,6 +483,7 @@ fn execute(
             includes: options.includes.clone(),
             skip_identical,
             sparse: options.sparse,
+            keep_free: None,
             cancel: options.cancel,
         };
         super::restore(repo, id, snapshot, &core, progress)
@@ -716,6 +717,7 @@ fn build(
         includes: options.includes.clone(),
         skip_identical: false,
         sparse: options.sparse,
+        keep_free: None,
         cancel: options.cancel,
     };
     let mut summary = super::restore(repo, id, snapshot, &core, progress)?;
