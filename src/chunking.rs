@@ -140,13 +140,28 @@ impl Chunker {
     /// The chunk ids a snapshot would record for the content of the open `file` (read from its
     /// start), without storing anything. Used to compare files on disk with a snapshot (restore
     /// drills, `--skip-identical`).
-    pub fn file_ids(&self, mut file: &std::fs::File, size_hint: u64) -> std::io::Result<Vec<crate::id::Id>> {
+    /// The length and id of the chunk this chunker cuts from a long run of zeros (a thin image's
+    /// unwritten space is a row of them): a restore writes it without reading it, a drill's
+    /// room check counts it as a hole.
+    pub fn zero_run(&self) -> (usize, crate::id::Id) {
+        let zeros = vec![0; self.params.max_size as usize];
+        let len = self.next_len(&zeros);
+        (len, self.hasher.id(&zeros[..len]))
+    }
+
+    /// The ids of the chunks of all `reader` holds (`size_hint` bytes, about); a chunk of zeros of
+    /// the largest size (a hole's) is hashed once.
+    pub fn ids_of(&self, reader: impl Read, size_hint: u64) -> std::io::Result<Vec<crate::id::Id>> {
         use rayon::prelude::*;
-        std::io::Seek::rewind(&mut file)?;
         let mut ids = Vec::new();
-        self.for_each_window::<_, std::io::Error>(file, READ_WINDOW, size_hint as usize, |window, chunks| {
+        let zeros = std::sync::OnceLock::new();
+        self.for_each_window::<_, std::io::Error>(reader, READ_WINDOW, size_hint as usize, |window, chunks| {
             let hasher = self.hasher;
-            ids.extend(chunks.par_iter().map(|c| hasher.id(&window[c.clone()])).collect::<Vec<_>>());
+            let id = |data: &[u8]| match data.len() == self.params.max_size as usize && all_zeros(data) {
+                true => *zeros.get_or_init(|| hasher.id(data)),
+                false => hasher.id(data),
+            };
+            ids.extend(chunks.par_iter().map(|c| id(&window[c.clone()])).collect::<Vec<_>>());
             Ok(())
         })?;
         Ok(ids)

@@ -229,10 +229,9 @@ fn data_bytes(repo: &Indexed, snapshot: &Snapshot, limit: u64, cancel: Option<&A
         }
     }
     let chunker = repo.chunker();
-    let zeros = vec![0; chunker.params().max_size as usize];
-    let run = chunker.next_len(&zeros);
-    let lengths = (9..=16).map(|bits| 1usize << bits).chain([run]);
-    let zeros = lengths.filter(|&len| len <= zeros.len()).map(|len| chunker.hasher().id(&zeros[..len])).collect();
+    let (run, run_id) = chunker.zero_run();
+    let pages = (9..=16).map(|bits| vec![0; 1 << bits]).filter(|page| page.len() < run);
+    let zeros = pages.map(|page| chunker.hasher().id(&page)).chain([run_id]).collect();
     let mut sizer = Sizer { repo, zeros, linked: HashSet::new(), bytes: 0, holes: false, limit, cancel };
     // An unreadable tree counts nothing: the restore reports it.
     let _ = depth_first(&snapshot.tree, Vec::new(), &mut sizer);

@@ -107,6 +107,7 @@ struct Restorer<'a> {
     compare: Option<crate::chunking::Chunker>,
     /// Runs of zeros are left as holes ([`RestoreOptions::sparse`]).
     sparse: bool,
+    zeros: ZeroRun,
     /// [`RestoreOptions::keep_free`], the bytes written since the free space was last looked
     /// at, and whether it fell below.
     keep_free: Option<u64>,
@@ -266,20 +267,37 @@ pub fn restore(
     // parents of an `--include` are made private (below).
     fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
     let root = Dir::open(&options.target).map_err(|e| Error::io(&options.target, e))?;
+    let zeros = ZeroRun::of(repo);
     if repo.backend().disk_path().is_some() {
-        return restore_selected(repo, snapshot, options, progress, root, &selected, None);
+        return restore_selected(repo, snapshot, options, progress, root, &selected, zeros, None);
     }
     // An object store: every request costs a round trip, so the content is read by pack, ahead
     // of a writer that writes in the plan's order, on one thread; unless it may leave files as
     // they were, decoders decode ahead of it on the other cores.
-    let blobs = plan::planned_blobs(repo, snapshot, &selected);
+    let blobs = plan::planned_blobs(repo, snapshot, &selected, &zeros.id);
     let plan = PlannedReads::new(repo.repo(), repo.index(), blobs, !options.skip_identical);
     let writer = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
         .map_err(|e| Error::Resources { what: "the restore thread", reason: e.to_string() })?;
-    writer
-        .install(|| plan.run(|reads| restore_selected(repo, snapshot, options, progress, root, &selected, Some(reads))))
+    writer.install(|| {
+        plan.run(|reads| restore_selected(repo, snapshot, options, progress, root, &selected, zeros, Some(reads)))
+    })
+}
+
+/// The chunk of a run of zeros as the repository cuts it (a thin image's unwritten space is a
+/// row of them): its id says what it holds, so it is written from memory, never read and
+/// decoded again for each (a 20 GiB hole is 5,120 of them).
+struct ZeroRun {
+    id: Id,
+    bytes: Vec<u8>,
+}
+
+impl ZeroRun {
+    fn of(repo: &Indexed) -> ZeroRun {
+        let (len, id) = repo.chunker().zero_run();
+        ZeroRun { id, bytes: vec![0; len] }
+    }
 }
 
 /// Bytes written between two looks at the free space ([`RestoreOptions::keep_free`]).
@@ -329,6 +347,7 @@ fn restore_selected(
     progress: &Progress,
     root: Dir,
     selected: &Selection,
+    zeros: ZeroRun,
     reads: Option<&PlannedReads>,
 ) -> Result<RestoreSummary> {
     // SAFETY: geteuid cannot fail.
@@ -341,6 +360,7 @@ fn restore_selected(
         root: Arc::new(root),
         compare: options.skip_identical.then(|| repo.chunker()),
         sparse: options.sparse,
+        zeros,
         keep_free: options.keep_free,
         unlooked: AtomicU64::new(0),
         full: AtomicBool::new(false),
@@ -626,6 +646,7 @@ impl Restorer<'_> {
         // A database is written and checked in a private directory beside its destination before
         // it replaces anything (`database`): a failed restore leaves the existing one as it was.
         let first = match chunks.first() {
+            Some(id) if *id == self.zeros.id => Some(self.zeros.bytes.clone()),
             Some(id) => Some(self.blob(id).map_err(|e| e.to_string())?),
             None => None,
         };
@@ -698,6 +719,10 @@ impl Restorer<'_> {
         for id in chunks.iter().skip(1) {
             if self.cancelled() {
                 return Err("interrupted".into());
+            }
+            if *id == self.zeros.id {
+                write(&self.zeros.bytes)?;
+                continue;
             }
             let blob = self.blob(id).map_err(|e| e.to_string())?;
             write(&blob)?;

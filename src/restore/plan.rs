@@ -13,11 +13,12 @@ use crate::walk::{depth_first, Open, Step, Visitor, ROUND_DEPTH};
 
 /// The data blobs a restore of `selected` reads, in the order it reads them when it writes on
 /// one thread: each directory's entries in order, a subdirectory's whole content before the next
-/// entry, a file's chunks once per set of hard links; a directory [`ROUND_DEPTH`] levels below
+/// entry, a file's chunks once per set of hard links (but a run of zeros: `zeros`); a directory [`ROUND_DEPTH`] levels below
 /// where a walk began waits for the next round, as [`crate::walk::Parallel`] has it. Trees that
 /// cannot be read are left out (the restore reports them). A [`depth_first`] walk per start.
-pub(super) fn planned_blobs(repo: &Indexed, snapshot: &Snapshot, selected: &Selection) -> Vec<Id> {
-    let mut planner = Planner { repo, blobs: Vec::new(), linked: HashSet::new(), entering: 0, next_round: Vec::new() };
+pub(super) fn planned_blobs(repo: &Indexed, snapshot: &Snapshot, selected: &Selection, zeros: &Id) -> Vec<Id> {
+    let mut planner =
+        Planner { repo, zeros, blobs: Vec::new(), linked: HashSet::new(), entering: 0, next_round: Vec::new() };
     // This round's walks: a tree whose entries are at depth 0, or one include's node.
     let mut round: Vec<Result<Id, &Node>> = selected
         .iter()
@@ -44,6 +45,8 @@ pub(super) fn planned_blobs(repo: &Indexed, snapshot: &Snapshot, selected: &Sele
 /// The [`Visitor`] of [`planned_blobs`]; a directory's state is the depth of its entries.
 struct Planner<'a> {
     repo: &'a Indexed<'a>,
+    /// The chunk of a run of zeros, which restore writes without reading ([`super::ZeroRun`]).
+    zeros: &'a Id,
     blobs: Vec<Id>,
     linked: HashSet<(u64, u64)>,
     /// The depth of the entries of the directory being opened.
@@ -64,7 +67,7 @@ impl Planner<'_> {
             if node.meta.nlink <= 1 || self.linked.insert((node.meta.dev, node.meta.ino)) {
                 // A chain that cannot be read is left out: the restore reports its file.
                 if let Ok(chunks) = self.repo.chunk_list(chunks) {
-                    self.blobs.extend_from_slice(&chunks);
+                    self.blobs.extend(chunks.iter().filter(|id| *id != self.zeros));
                 }
             }
         }

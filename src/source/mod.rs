@@ -48,7 +48,17 @@ pub fn metadata_of(meta: &std::fs::Metadata) -> Metadata {
 /// (store-format/tree.md, "Databases"). Used by drills and `restore --skip-identical`, which
 /// open the file without following symlinks; it is read from its start whatever its position.
 pub fn same_content(chunker: &Chunker, file: &std::fs::File, size: u64, chunks: &[Id]) -> std::io::Result<bool> {
-    if chunker.file_ids(file, size)? == chunks {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    // A file with holes (restored with them) is read without them.
+    let ids = match holes::sparse(meta.len(), meta.blocks()) {
+        true => chunker.ids_of(holes::Reader::new(file, u64::MAX), size)?,
+        false => {
+            std::io::Seek::rewind(&mut &*file)?;
+            chunker.ids_of(file, size)?
+        }
+    };
+    if ids == chunks {
         return Ok(true);
     }
     match sqlite::page_size_of(file)? {
