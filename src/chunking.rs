@@ -137,9 +137,6 @@ impl Chunker {
         self.hasher
     }
 
-    /// The chunk ids a snapshot would record for the content of the open `file` (read from its
-    /// start), without storing anything. Used to compare files on disk with a snapshot (restore
-    /// drills, `--skip-identical`).
     /// The length and id of the chunk this chunker cuts from a long run of zeros (a thin image's
     /// unwritten space is a row of them): a restore writes it without reading it, a drill's
     /// room check counts it as a hole.
@@ -149,8 +146,9 @@ impl Chunker {
         (len, self.hasher.id(&zeros[..len]))
     }
 
-    /// The ids of the chunks of all `reader` holds (`size_hint` bytes, about); a chunk of zeros of
-    /// the largest size (a hole's) is hashed once.
+    /// The chunk ids a snapshot would record for all `reader` holds (`size_hint` bytes, about),
+    /// without storing anything: to compare files on disk with a snapshot (restore drills,
+    /// `--skip-identical`). A chunk of zeros of the largest size (a hole's) is hashed once.
     pub fn ids_of(&self, reader: impl Read, size_hint: u64) -> std::io::Result<Vec<crate::id::Id>> {
         use rayon::prelude::*;
         let mut ids = Vec::new();

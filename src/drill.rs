@@ -178,21 +178,19 @@ fn remove_stale_scratch(parent: &Path) {
     }
 }
 
-/// About what a drill of `snapshot` writes, or more than `limit` once that is clear, and
-/// whether it has chunks of zeros: its files' bytes (a file with several names once) less
-/// their chunks that are all zeros, which the restore leaves as holes. Those are known by their
-/// ids: a run of zeros as this repository cuts it (a thin image's unwritten space, in chunks of
-/// the largest size) and zeroed pages of the usual sizes (a database's). A chunk that is mostly
-/// zeros counts whole, so the estimate is high where data lies scattered in zeros. Walks the
-/// trees, so it is asked only when the snapshot's size does not fit; it stops at `limit` or when
-/// `cancel` is set.
-fn data_bytes(repo: &Indexed, snapshot: &Snapshot, limit: u64, cancel: Option<&AtomicBool>) -> (u64, bool) {
+/// What a drill of `snapshot` writes for certain: the bytes of its files without a chunk of
+/// zeros (a file with several names once), whose content the restore writes whole. (A file
+/// with one may be a thin image, whose chunks around its data are mostly zeros: what it takes
+/// is known only once written.) Chunks of zeros are known by their ids: a run of zeros as this
+/// repository cuts it and zeroed pages of the usual sizes (a database's). Walks the trees, so it
+/// is asked only when the snapshot's size does not fit; it stops once the count passes `limit`,
+/// or when `cancel` is set.
+fn dense_bytes(repo: &Indexed, snapshot: &Snapshot, limit: u64, cancel: Option<&AtomicBool>) -> u64 {
     struct Sizer<'a> {
         repo: &'a Indexed<'a>,
         zeros: HashSet<Id>,
         linked: HashSet<(u64, u64)>,
-        bytes: u64,
-        holes: bool,
+        dense: u64,
         limit: u64,
         cancel: Option<&'a AtomicBool>,
     }
@@ -205,7 +203,7 @@ fn data_bytes(repo: &Indexed, snapshot: &Snapshot, limit: u64, cancel: Option<&A
         }
 
         fn entry(&mut self, dir: &mut Open<()>, at: usize, _: &[u8]) -> Result<Step> {
-            if self.bytes > self.limit || self.cancel.is_some_and(|cancel| cancel.load(Relaxed)) {
+            if self.dense > self.limit || self.cancel.is_some_and(|cancel| cancel.load(Relaxed)) {
                 return Ok(Step::Stop);
             }
             let node = &dir.tree.nodes[at];
@@ -214,13 +212,16 @@ fn data_bytes(repo: &Indexed, snapshot: &Snapshot, limit: u64, cancel: Option<&A
                 Content::File { chunks }
                     if node.meta.nlink <= 1 || self.linked.insert((node.meta.dev, node.meta.ino)) =>
                 {
+                    let (mut bytes, mut holes) = (0u64, false);
                     for id in self.repo.chunk_list(chunks).unwrap_or_default().iter() {
                         if self.zeros.contains(id) {
-                            self.holes = true;
+                            holes = true;
                         } else {
-                            let len = self.repo.index().get(id).map_or(0, |l| l.raw_len as u64);
-                            self.bytes = self.bytes.saturating_add(len);
+                            bytes = bytes.saturating_add(self.repo.index().get(id).map_or(0, |l| l.raw_len as u64));
                         }
+                    }
+                    if !holes {
+                        self.dense = self.dense.saturating_add(bytes);
                     }
                 }
                 _ => {}
@@ -232,10 +233,10 @@ fn data_bytes(repo: &Indexed, snapshot: &Snapshot, limit: u64, cancel: Option<&A
     let (run, run_id) = chunker.zero_run();
     let pages = (9..=16).map(|bits| vec![0; 1 << bits]).filter(|page| page.len() < run);
     let zeros = pages.map(|page| chunker.hasher().id(&page)).chain([run_id]).collect();
-    let mut sizer = Sizer { repo, zeros, linked: HashSet::new(), bytes: 0, holes: false, limit, cancel };
+    let mut sizer = Sizer { repo, zeros, linked: HashSet::new(), dense: 0, limit, cancel };
     // An unreadable tree counts nothing: the restore reports it.
     let _ = depth_first(&snapshot.tree, Vec::new(), &mut sizer);
-    (sizer.bytes, sizer.holes)
+    sizer.dense
 }
 
 pub fn drill(
@@ -253,23 +254,29 @@ pub fn drill(
     // The scratch directory never takes its disk below this: the restore stops there.
     let spare: u64 = 64 << 20;
     if let Some(free) = crate::disk::space(scratch_parent).map(|s| s.free) {
-        // Room for the files; for their data alone where their size is more. Where that
-        // estimate still does not fit but counts chunks of zeros around data as data (a thin
-        // image), the drill goes ahead, and the restore stops if the room runs out.
+        // Room for the files, or at least for those without runs of zeros: the rest (thin
+        // images) take what their data does, known once written, and the restore stops if the
+        // room runs out.
+        let refuse = |needed: u64| {
+            Error::NoSpace(format!(
+                "{} has {} MiB free, the drill needs {} MiB or more and {} MiB to spare: pass --scratch DIR on a \
+                 larger file system",
+                scratch_parent.display(),
+                free >> 20,
+                needed >> 20,
+                spare >> 20
+            ))
+        };
+        if free < spare {
+            return Err(refuse(0));
+        }
         if free < snapshot.summary.bytes.saturating_add(spare) {
-            let (needed, holes) = data_bytes(repo, snapshot, free, cancel);
+            let dense = dense_bytes(repo, snapshot, free - spare, cancel);
             if cancel.is_some_and(|cancel| cancel.load(Relaxed)) {
                 return Err(Error::Interrupted);
             }
-            if free < needed.saturating_add(spare) && !holes {
-                return Err(Error::NoSpace(format!(
-                    "{} has {} MiB free, the drill needs {} MiB and {} MiB to spare: pass --scratch DIR on a \
-                     larger file system",
-                    scratch_parent.display(),
-                    free >> 20,
-                    snapshot.summary.bytes >> 20,
-                    spare >> 20
-                )));
+            if free < dense.saturating_add(spare) {
+                return Err(refuse(dense));
             }
         }
     }

@@ -109,9 +109,10 @@ struct Restorer<'a> {
     sparse: bool,
     zeros: ZeroRun,
     /// [`RestoreOptions::keep_free`], the bytes written since the free space was last looked
-    /// at, and whether it fell below.
+    /// at, how many more before it is looked at again, and whether it fell below.
     keep_free: Option<u64>,
     unlooked: AtomicU64,
+    look_every: AtomicU64,
     full: AtomicBool,
     unchanged: AtomicU64,
     /// This process's effective user, and whether it is root.
@@ -362,7 +363,9 @@ fn restore_selected(
         sparse: options.sparse,
         zeros,
         keep_free: options.keep_free,
-        unlooked: AtomicU64::new(0),
+        // Looked at on the first write.
+        unlooked: AtomicU64::new(LOOK_EVERY),
+        look_every: AtomicU64::new(LOOK_EVERY),
         full: AtomicBool::new(false),
         unchanged: AtomicU64::new(0),
         euid,
@@ -459,6 +462,7 @@ impl InParallel for Restorer<'_> {
                     }
                 };
                 self.close_reused(&child, &node.meta);
+                self.used(sparse::BLOCK as u64);
                 let child_place = place.child(name);
                 self.dir_count.fetch_add(1, Relaxed);
                 self.dirs.lock().expect("poisoned").push((child_place.clone(), node.meta, node.xattrs.clone()));
@@ -525,20 +529,24 @@ impl Restorer<'_> {
         self.cancel.is_some_and(|cancel| cancel.load(Relaxed)) || self.full.load(Relaxed)
     }
 
-    /// Counts `bytes` written (or a block for a file), and every [`LOOK_EVERY`] looks at the
-    /// free space if the restore must keep some ([`RestoreOptions::keep_free`]).
+    /// Counts `bytes` written (or a block for a file or directory) and, if the restore must keep
+    /// some free space ([`RestoreOptions::keep_free`]), looks at it on the first write, then
+    /// every [`LOOK_EVERY`] bytes, or every half of what is left above the limit once that is
+    /// less (64 KiB at least).
     fn used(&self, bytes: u64) {
         let Some(keep) = self.keep_free else { return };
-        if self.unlooked.fetch_add(bytes, Relaxed) + bytes < LOOK_EVERY {
+        if self.unlooked.fetch_add(bytes, Relaxed) + bytes < self.look_every.load(Relaxed) {
             return;
         }
         self.unlooked.store(0, Relaxed);
         // SAFETY: a valid descriptor and out-pointer.
         let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstatvfs(self.root.as_fd().as_raw_fd(), &mut stat) } == 0
-            && (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64) < keep
-        {
-            self.full.store(true, Relaxed);
+        if unsafe { libc::fstatvfs(self.root.as_fd().as_raw_fd(), &mut stat) } != 0 {
+            return;
+        }
+        match (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64).checked_sub(keep) {
+            None => self.full.store(true, Relaxed),
+            Some(above) => self.look_every.store((above / 2).clamp(64 << 10, LOOK_EVERY), Relaxed),
         }
     }
 

@@ -740,10 +740,11 @@ impl<'a> Archiver<'a> {
                 changed += 1;
             }
         }
-        self.record_at(
-            at,
-            format!("changed while being read, {READ_ATTEMPTS} times: stored as last read, possibly inconsistent"),
-        );
+        let message = match changed {
+            READ_ATTEMPTS => format!("changed while being read, {READ_ATTEMPTS} times: stored as last read, possibly inconsistent"),
+            _ => format!("modified again within {IN_FLIGHT:?} before each of {READ_ATTEMPTS} reads: stored as last read, possibly inconsistent"),
+        };
+        self.record_at(at, message);
         Ok(last)
     }
 
@@ -753,7 +754,7 @@ impl<'a> Archiver<'a> {
     /// without them ([`super::holes`]).
     fn read_chunks(&self, file: &File, status: &Stat) -> std::result::Result<(Vec<Id>, u64), FileError> {
         let size = status.size();
-        let reader: Box<dyn Read + '_> = match super::holes::sparse(size, status.blocks()) {
+        let reader: Box<dyn Read + '_> = match super::holes::sparse(file, size, status.blocks()) {
             true => Box::new(super::holes::Reader::new(file, size)),
             false => Box::new(file.take(size)),
         };

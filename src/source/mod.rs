@@ -51,7 +51,7 @@ pub fn same_content(chunker: &Chunker, file: &std::fs::File, size: u64, chunks: 
     use std::os::unix::fs::MetadataExt;
     let meta = file.metadata()?;
     // A file with holes (restored with them) is read without them.
-    let ids = match holes::sparse(meta.len(), meta.blocks()) {
+    let ids = match holes::sparse(file, meta.len(), meta.blocks()) {
         true => chunker.ids_of(holes::Reader::new(file, u64::MAX), size)?,
         false => {
             std::io::Seek::rewind(&mut &*file)?;

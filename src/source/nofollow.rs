@@ -183,12 +183,12 @@ impl Stat {
         self.0.st_ino
     }
 
-    /// Bytes of content, for a regular file.
     /// 512-byte blocks allocated: fewer than the size needs for a file with holes.
     pub fn blocks(&self) -> u64 {
         self.0.st_blocks as u64
     }
 
+    /// Bytes of content, for a regular file.
     pub fn size(&self) -> u64 {
         self.0.st_size as u64
     }

@@ -76,11 +76,17 @@ fn a_full_disk_names_sparse_and_a_drill_needs_room_for_the_data_only() {
     assert!(!out.status.success() && err.contains("larger file system"), "{err}");
     assert_eq!(fs::read_dir(&disk.0).unwrap().count(), 0, "nothing left on the disk");
 
-    // Beside a thin image, whose chunks of zeros around its data count as data, the estimate is
-    // not refused: the drill goes ahead and its restore stops before the disk has less than
+    // A thin image with 80 MiB of data scattered in it: what it takes is known only once
+    // written, so the drill goes ahead, and its restore stops before the disk has less than
     // 64 MiB free, and says so.
-    fs::rename(dense.join("data.bin"), source.join("data.bin")).unwrap();
-    ok(cairn(&repo).arg("snapshot").arg(&source));
+    fs::remove_file(dense.join("data.bin")).unwrap();
+    let image = fs::File::create(dense.join("busy.img")).unwrap();
+    image.set_len(1 << 30).unwrap();
+    for i in 0..80 {
+        image.write_all_at(&noise(1 << 20, 100 + i), i * (12 << 20)).unwrap();
+    }
+    drop(image);
+    ok(cairn(&repo).arg("snapshot").arg(&dense));
     let out = run(cairn(&repo).args(["drill", "--scratch"]).arg(&disk.0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("left free"), "{err}");
