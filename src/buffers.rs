@@ -25,11 +25,18 @@ pub const KEPT: usize = 24 * 1024 * 1024;
 static POOL: Mutex<Pool> = Mutex::new(Pool { kept: VecDeque::new(), bytes: 0 });
 
 /// An empty buffer that holds `len` bytes without growing: a kept one of at least `len` and at
-/// most its [`size_class`] (the smallest such), else a new one of that class. Its capacity is at
-/// most half as large again as `len`, which is what the reader's budgets count.
+/// most its [`size_class`] (the smallest such), else a new one of that class; its capacity is at
+/// most half as large again as `len`, which is what the reader's budgets count. For a length
+/// beyond [`KEPT`], an empty one that grows as it is filled.
 pub fn take(len: usize) -> Vec<u8> {
     if len < SMALLEST {
         return Vec::with_capacity(len);
+    }
+    if len > KEPT {
+        // A length read from a repository file (a damaged or hostile index) never sizes memory
+        // beyond what is kept: the buffer grows with what actually arrives, and a decoder
+        // refuses an impossible length before it allocates.
+        return Vec::new();
     }
     let kept = POOL.lock().expect("poisoned").take(len);
     kept.unwrap_or_else(|| Vec::with_capacity(size_class(len)))

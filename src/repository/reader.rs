@@ -543,10 +543,7 @@ impl<'a> PlannedReads<'a> {
             // Still held for another read of the same blob.
             Err(shared) => return self.repo.decode_located(id, location, &shared, pack),
         };
-        // Only lengths a kept buffer may have: an impossible one (a damaged or hostile index) is
-        // refused by the decoder before it allocates.
-        let len = location.raw_len as usize;
-        let mut plain = if len <= crate::buffers::KEPT { crate::buffers::take(len) } else { Vec::new() };
+        let mut plain = crate::buffers::take(location.raw_len as usize);
         let decoded = self.repo.decode_blob_in_place(&location.entry(id), &mut stored, pack, &mut plain);
         crate::buffers::give(stored);
         decoded.map(|()| plain)
