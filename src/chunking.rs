@@ -28,6 +28,27 @@ pub fn all_zeros(bytes: &[u8]) -> bool {
     head.iter().all(|&b| b == 0) && bytes.iter().fold(0, |any, &b| any | b) == 0
 }
 
+/// Names chunks, hashing a chunk of zeros of the largest size once: a thin image's unwritten
+/// space is a row of them (25,600 in 100 GiB), whose id is the same every time.
+pub struct ZeroMemo {
+    max_size: usize,
+    id: std::sync::OnceLock<crate::id::Id>,
+}
+
+impl ZeroMemo {
+    pub fn new(max_size: u32) -> ZeroMemo {
+        ZeroMemo { max_size: max_size as usize, id: std::sync::OnceLock::new() }
+    }
+
+    /// The id of `data` under `hasher` (always the same hasher for one memo).
+    pub fn id(&self, hasher: crate::id::BlobHasher, data: &[u8]) -> crate::id::Id {
+        match data.len() == self.max_size && all_zeros(data) {
+            true => *self.id.get_or_init(|| hasher.id(data)),
+            false => hasher.id(data),
+        }
+    }
+}
+
 pub struct Chunker {
     params: ChunkerParams,
     mask_s: u64,
@@ -152,14 +173,9 @@ impl Chunker {
     pub fn ids_of(&self, reader: impl Read, size_hint: u64) -> std::io::Result<Vec<crate::id::Id>> {
         use rayon::prelude::*;
         let mut ids = Vec::new();
-        let zeros = std::sync::OnceLock::new();
+        let names = ZeroMemo::new(self.params.max_size);
         self.for_each_window::<_, std::io::Error>(reader, READ_WINDOW, size_hint as usize, |window, chunks| {
-            let hasher = self.hasher;
-            let id = |data: &[u8]| match data.len() == self.params.max_size as usize && all_zeros(data) {
-                true => *zeros.get_or_init(|| hasher.id(data)),
-                false => hasher.id(data),
-            };
-            ids.extend(chunks.par_iter().map(|c| id(&window[c.clone()])).collect::<Vec<_>>());
+            ids.extend(chunks.par_iter().map(|c| names.id(self.hasher, &window[c.clone()])).collect::<Vec<_>>());
             Ok(())
         })?;
         Ok(ids)

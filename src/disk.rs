@@ -23,10 +23,24 @@ pub fn space(path: &Path) -> Option<Space> {
     let c = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
     // SAFETY: `c` is a valid NUL-terminated path and `stat` a valid out-pointer.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statvfs(c.as_ptr(), &mut stat) } == 0).then(|| Space {
-        free: stat.f_bavail as u64 * stat.f_frsize as u64,
-        total: stat.f_blocks as u64 * stat.f_frsize as u64,
-    })
+    (unsafe { libc::statvfs(c.as_ptr(), &mut stat) } == 0).then(|| Space::of(&stat))
+}
+
+/// The space of the file system holding the open `file` (a restore's target, reached by its
+/// descriptor, never by its path again).
+pub fn space_of(file: std::os::fd::BorrowedFd<'_>) -> Option<Space> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor and out-pointer.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstatvfs(file.as_raw_fd(), &mut stat) } == 0).then(|| Space::of(&stat))
+}
+
+impl Space {
+    // The field types are u32 on some targets.
+    #[allow(clippy::unnecessary_cast)]
+    fn of(stat: &libc::statvfs) -> Space {
+        Space { free: stat.f_bavail as u64 * stat.f_frsize as u64, total: stat.f_blocks as u64 * stat.f_frsize as u64 }
+    }
 }
 
 /// The most one `posix_fadvise(WILLNEED)` call reads: the kernel caps each call at the device's

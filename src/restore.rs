@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -539,12 +539,8 @@ impl Restorer<'_> {
             return;
         }
         self.unlooked.store(0, Relaxed);
-        // SAFETY: a valid descriptor and out-pointer.
-        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstatvfs(self.root.as_fd().as_raw_fd(), &mut stat) } != 0 {
-            return;
-        }
-        match (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64).checked_sub(keep) {
+        let Some(space) = crate::disk::space_of(self.root.as_fd()) else { return };
+        match space.free.checked_sub(keep) {
             None => self.full.store(true, Relaxed),
             Some(above) => self.look_every.store((above / 2).clamp(64 << 10, LOOK_EVERY), Relaxed),
         }

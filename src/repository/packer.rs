@@ -155,8 +155,8 @@ pub struct BlobStore<'a> {
     pub stats: AddedStats,
     /// The disk guard: no pack write may take the repository's file system below this.
     pub min_free: Option<crate::disk::MinFree>,
-    /// The id of a chunk of zeros of the largest size, once one is stored ([`BlobStore::id_of`]).
-    zeros: std::sync::OnceLock<Id>,
+    /// Names the blobs: a chunk of zeros of the largest size is hashed once.
+    names: crate::chunking::ZeroMemo,
 }
 
 impl<'a> BlobStore<'a> {
@@ -176,7 +176,7 @@ impl<'a> BlobStore<'a> {
             index_files: Mutex::new(Vec::new()),
             stats: AddedStats::default(),
             min_free: None,
-            zeros: std::sync::OnceLock::new(),
+            names: crate::chunking::ZeroMemo::new(repo.config().chunker.max_size),
         }
     }
 
@@ -192,7 +192,7 @@ impl<'a> BlobStore<'a> {
 
     /// [`BlobStore::store`], compressing with `dictionary` if one is given (a database's pages).
     pub fn store_with(&self, kind: BlobKind, data: &[u8], dictionary: Option<&Dictionary>) -> Result<Id> {
-        let id = self.id_of(data);
+        let id = self.names.id(self.repo.hasher(), data);
         if self.index.contains(&id) || !self.added.lock().expect("poisoned").insert(id) {
             return Ok(id);
         }
@@ -204,15 +204,6 @@ impl<'a> BlobStore<'a> {
         let raw_len = data.len() as u32;
         self.add(Stored { id, kind, codec, bytes: &stored, raw_len, dictionary: dictionary.map(|d| d.id) })?;
         Ok(id)
-    }
-
-    /// The id of `data`; a chunk of zeros of the largest size (a thin image's unwritten space:
-    /// 25,600 of them in 100 GiB) is hashed once.
-    fn id_of(&self, data: &[u8]) -> Id {
-        if data.len() == self.repo.config().chunker.max_size as usize && crate::chunking::all_zeros(data) {
-            return *self.zeros.get_or_init(|| self.repo.hasher().id(data));
-        }
-        self.repo.hasher().id(data)
     }
 
     /// Adds a blob already in its stored form (prune's repack copies blobs without recompressing

@@ -49,13 +49,6 @@ impl<'f> Holes<'f> {
         Ok(())
     }
 
-    /// Writes `data` at `at` in the file.
-    fn write_at(&mut self, data: &[u8], at: u64) -> Result<()> {
-        self.file.write_all_at(data, at)?;
-        self.written = at + data.len() as u64;
-        Ok(())
-    }
-
     /// Gathers `data` after what is gathered, but for [`GATHER`] bytes or more: those complete
     /// the block begun, write what is gathered, and go straight to the file but for the last
     /// block they begin, which may yet turn out to be zeros.
@@ -73,8 +66,11 @@ impl<'f> Holes<'f> {
         }
         let begun = ((self.at + data.len() as u64) % BLOCK as u64) as usize;
         let (blocks, rest) = data.split_at(data.len() - begun.min(data.len()));
-        self.write_at(blocks, self.at)?;
-        self.at += blocks.len() as u64;
+        if !blocks.is_empty() {
+            self.file.write_all_at(blocks, self.at)?;
+            self.at += blocks.len() as u64;
+            self.written = self.at;
+        }
         self.pending.extend_from_slice(rest);
         Ok(())
     }
@@ -120,10 +116,9 @@ impl Write for Holes<'_> {
     /// Writes what is gathered.
     fn flush(&mut self) -> Result<()> {
         if !self.pending.is_empty() {
-            let pending = std::mem::take(&mut self.pending);
-            self.write_at(&pending, self.at)?;
-            self.at += pending.len() as u64;
-            self.pending = pending;
+            self.file.write_all_at(&self.pending, self.at)?;
+            self.at += self.pending.len() as u64;
+            self.written = self.at;
             self.pending.clear();
         }
         Ok(())
