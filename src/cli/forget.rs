@@ -81,7 +81,7 @@ impl PolicyArgs {
     }
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone, Copy)]
 pub struct PruneArgs {
     /// Repack until dead bytes are at most this percentage of live ones
     #[arg(long, value_name = "PERCENT", default_value_t = 5.0)]
@@ -90,6 +90,32 @@ pub struct PruneArgs {
     /// newest of each kind per source): so `status` costs the same after years of runs
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = cairn::clock::parse_duration)]
     keep_audit: std::time::Duration,
+}
+
+impl PruneArgs {
+    /// A prune on a full disk: repacking writes the live blobs of a pack before it frees the
+    /// pack, so it only deletes (what no snapshot needs) and repacks nothing.
+    fn deleting_only(self) -> PruneArgs {
+        PruneArgs { max_unused: f64::MAX, ..self }
+    }
+}
+
+/// Before a forget or a prune takes its lock: on a full disk, releases the repository's reserve
+/// ([`Repository::make_room`]) and says so; whether it did (a prune then only deletes).
+fn make_room(repo: &Repository, command: &str) -> Result<bool> {
+    let Some(room) = repo.make_room()? else { return Ok(false) };
+    let prunes = command != "forget";
+    let repacks = if prunes { ", and repacks nothing this time (a prune with room to spare does)" } else { "" };
+    if room.released > 0 {
+        errln!(
+            "note: the repository's file system has {} free: `{command}` runs on the {} its reserve held{repacks}",
+            format::bytes(room.free),
+            format::bytes(room.released),
+        );
+    } else if prunes {
+        errln!("note: the repository's file system has {} free (and no reserve){repacks}", format::bytes(room.free));
+    }
+    Ok(true)
 }
 
 #[derive(clap::Args, Debug)]
@@ -109,6 +135,10 @@ pub fn run_forget(context: &Context, args: ForgetArgs) -> Result<ExitCode> {
     }
     if !args.ids.is_empty() && !policy.is_empty() {
         bail!("give either snapshot ids or a --keep-* policy, not both");
+    }
+    let mut prune_args = args.prune_args;
+    if !args.dry_run && make_room(&repo, if args.prune { "forget --prune" } else { "forget" })? {
+        prune_args = prune_args.deleting_only();
     }
     let kind = if args.prune { LockKind::Exclusive } else { LockKind::Shared };
     let lock = repo.lock(kind, "forget", context.lock_wait)?;
@@ -136,7 +166,7 @@ pub fn run_forget(context: &Context, args: ForgetArgs) -> Result<ExitCode> {
         plan_named(&repo.snapshots()?, &named, args.force)?
     };
     if args.prune && !args.dry_run {
-        return forget_and_prune(context, &repo, &decisions, &args.prune_args);
+        return forget_and_prune(context, &repo, &decisions, &prune_args);
     }
     forget(context, &repo, &decisions, args.dry_run)?;
     Ok(ExitCode::SUCCESS)
@@ -189,8 +219,11 @@ pub fn forget_and_prune(
     pruned(context, repo, args, &leaving, || forget(context, repo, decisions, false))
 }
 
-pub fn run_prune(context: &Context, args: PruneOnlyArgs) -> Result<ExitCode> {
+pub fn run_prune(context: &Context, mut args: PruneOnlyArgs) -> Result<ExitCode> {
     let repo = context.open()?;
+    if !args.dry_run && make_room(&repo, "prune")? {
+        args.args = args.args.deleting_only();
+    }
     let lock = repo.lock(LockKind::Exclusive, "prune", context.lock_wait)?;
     super::warn_forged_markers(&lock);
     prune(context, &repo, &args.args, args.dry_run)
@@ -234,6 +267,7 @@ fn pruned(
         Ok(())
     });
     let prune::Pruned { report, audit: compacted } = super::audited(pruned)?;
+    super::keep_reserve(repo);
     if context.json {
         outln!("{}", serde_json::json!({ "plan": plan_json, "report": report, "audit": compacted }));
     } else if !context.quiet {

@@ -418,6 +418,21 @@ pub fn local_repository(location: &str) -> Vec<PathBuf> {
 }
 
 /// Prints a warning for every damaged repository file the command skipped; true if any.
+/// After a snapshot or a prune: sets the repository's reserve aside, or grows it with the index
+/// ([`Repository::keep_reserve`]); warns when its file system has no room for it.
+pub fn keep_reserve(repo: &Repository) {
+    match repo.keep_reserve() {
+        Ok(Some(cairn::repository::reserve::Kept::NoRoom { free, need })) => errln!(
+            "warning: the repository's file system has {} free: too little to set aside the reserve that lets \
+             forget and prune free it once it is full ({} needed, half of it to stay free)",
+            format::bytes(free),
+            format::bytes(need)
+        ),
+        Err(e) => errln!("warning: could not set aside the repository's reserve: {e}"),
+        Ok(_) => {}
+    }
+}
+
 pub fn warn_damage(repo: &Repository) -> bool {
     let damage = repo.take_damage();
     for error in &damage {

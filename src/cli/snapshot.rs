@@ -147,6 +147,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     let progress = Progress::new("snapshot", context.quiet || context.json);
     let outcome = super::audited(cairn::backup::snapshot(&repo, &options, &progress))?;
     super::warn_damage(&repo);
+    super::keep_reserve(&repo);
     let s = &outcome.snapshot;
     let summary = &s.summary;
     if context.json {

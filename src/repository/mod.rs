@@ -11,6 +11,7 @@ pub mod location;
 pub mod lock;
 pub mod packer;
 pub mod reader;
+pub mod reserve;
 pub mod upload;
 
 use std::borrow::Cow;
@@ -159,7 +160,10 @@ impl Repository {
                 Arc::new(backend)
             }
         };
-        Self::init_backend(backend, &location.to_string(), config, keys)
+        let repo = Self::init_backend(backend, &location.to_string(), config, keys)?;
+        // Best effort: where there is no room for it yet, the first snapshot with room sets it.
+        let _ = repo.keep_reserve();
+        Ok(repo)
     }
 
     /// Writes the key file (if encrypted), then `config`, the commit point of `init`.
@@ -220,7 +224,9 @@ impl Repository {
         if let Ok(entries) = std::fs::read_dir(path) {
             for entry in entries.flatten() {
                 let name = entry.file_name();
-                if !layout::directories().any(|l| name == l) {
+                // The reserve of a repository whose config was lost is of no use to anyone else.
+                let reserve = name == reserve::NAME && entry.file_type().is_ok_and(|t| t.is_file());
+                if !reserve && !layout::directories().any(|l| name == l) {
                     return Err(Error::Refused(format!(
                         "{} is not empty: refusing to create a repository among other files",
                         path.display()

@@ -394,3 +394,51 @@ fn a_full_repository_disk_is_said_with_what_to_do() {
     assert!(err.contains("No space left on device") && err.contains("file system is full"), "{err}");
     assert_eq!(listing(&repo), before, "nothing changed");
 }
+
+/// A repository whose disk filled up (its own snapshots, or anything else on that disk) is freed
+/// by `forget --prune` alone: it runs on the reserve the repository set aside, deletes what no
+/// kept snapshot needs, and sets the reserve aside again once there is room. Without the reserve
+/// the forget cannot even write its lock file (the test above).
+#[test]
+fn a_full_repository_disk_is_freed_by_forget_and_prune_on_the_reserve() {
+    let scratch = Scratch::new("repo-full-reserve");
+    let Some(mount) = Mount::try_tmpfs_of(&scratch.join("disk"), 40) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let (source, repo) = (scratch.join("src"), mount.0.join("repo"));
+    fs::create_dir_all(&source).unwrap();
+    init(&repo);
+    let reserve = repo.join("reserve");
+    assert_eq!(fs::metadata(&reserve).unwrap().len(), 4 << 20, "init sets the reserve aside");
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    assert_eq!(fs::metadata(&reserve).unwrap().len(), 8 << 20, "it grows with the index");
+    for seed in [10, 20] {
+        write_noise_file(&source.join("data"), 12 << 20, seed);
+        ok(cairn(&repo).arg("snapshot").arg(&source));
+    }
+    let mut filler = fs::File::create(mount.0.join("filler")).unwrap();
+    while std::io::Write::write_all(&mut filler, &[0u8; 4096]).is_ok() {}
+    drop(filler);
+    let (code, err) = stderr_of(cairn(&repo).arg("snapshot").arg(&source).arg("--tag").arg("new"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("No space left on device") && err.contains("--prune"), "{err}");
+
+    let (code, err) = stderr_of(cairn(&repo).args(["forget", "--keep-last", "1", "--prune"]));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("reserve held") && err.contains("repacks nothing"), "{err}");
+    let free = cairn::disk::space(&mount.0).unwrap().free;
+    assert!(free >= 8 << 20, "the older snapshot's 12 MiB are freed: {free} bytes free");
+    assert_eq!(fs::metadata(&reserve).unwrap().len(), 8 << 20, "the reserve is set aside again");
+    ok(cairn(&repo).arg("check"));
+    let out = scratch.join("out");
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&out));
+    assert_eq!(fs::read(out.join("data")).unwrap(), fs::read(source.join("data")).unwrap());
+    // A dry run on a full disk releases nothing.
+    fs::remove_file(mount.0.join("filler")).unwrap();
+    let mut filler = fs::File::create(mount.0.join("filler")).unwrap();
+    while std::io::Write::write_all(&mut filler, &[0u8; 4096]).is_ok() {}
+    let (code, err) = stderr_of(cairn(&repo).args(["prune", "--dry-run"]));
+    assert!(!err.contains("reserve held"), "{code:?} {err}");
+    assert!(reserve.exists(), "a dry run released the reserve");
+}

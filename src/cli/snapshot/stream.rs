@@ -80,6 +80,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     };
     let outcome = super::super::audited(audited)?;
     super::super::warn_damage(&repo);
+    super::super::keep_reserve(&repo);
     let s = &outcome.snapshot;
     if context.json {
         outln!("{}", super::outcome_json(&outcome));
