@@ -164,12 +164,15 @@ impl Repository {
     }
 
     /// For `forget` and `prune`, before they take their lock: when the repository's file system
-    /// has less free than its reserve should hold, removes the reserve so that they can write
-    /// what they must before they delete. `None` when there is room (or on an object store).
+    /// lacks room for the reserve with as much free beside it (what [`keep`] asks; with the
+    /// reserve whole, less free than its size), removes the reserve so that they can write what
+    /// they must before they delete. `None` when there is room (or on an object store). A
+    /// prune after a forget that released it finds it missing and the disk still short.
     pub fn make_room(&self) -> Result<Option<Room>> {
         let (Some(root), Some(target)) = (self.backend.disk_path(), self.reserve_target()?) else { return Ok(None) };
         let Some(space) = crate::disk::space(&root) else { return Ok(None) };
-        if space.free >= target {
+        let have = size(&root).unwrap_or(0).min(target);
+        if space.free >= (target - have) + target {
             return Ok(None);
         }
         Ok(Some(Room { free: space.free, released: release(&root)? }))

@@ -396,9 +396,10 @@ fn a_full_repository_disk_is_said_with_what_to_do() {
 }
 
 /// A repository whose disk filled up (its own snapshots, or anything else on that disk) is freed
-/// by `forget --prune` alone: it runs on the reserve the repository set aside, deletes what no
-/// kept snapshot needs, and sets the reserve aside again once there is room. Without the reserve
-/// the forget cannot even write its lock file (the test above).
+/// by `forget --prune` alone, or by `forget` then `prune` (as `cairn run` does): they run on the
+/// reserve the repository set aside, delete what no kept snapshot needs, and set the reserve
+/// aside again once there is room. Without the reserve the forget cannot even write its lock
+/// file (the test above).
 #[test]
 fn a_full_repository_disk_is_freed_by_forget_and_prune_on_the_reserve() {
     let scratch = Scratch::new("repo-full-reserve");
@@ -411,34 +412,53 @@ fn a_full_repository_disk_is_freed_by_forget_and_prune_on_the_reserve() {
     init(&repo);
     let reserve = repo.join("reserve");
     assert_eq!(fs::metadata(&reserve).unwrap().len(), 4 << 20, "init sets the reserve aside");
-    ok(cairn(&repo).arg("snapshot").arg(&source));
-    assert_eq!(fs::metadata(&reserve).unwrap().len(), 8 << 20, "it grows with the index");
-    for seed in [10, 20] {
+    let fill = || {
+        let mut filler = fs::File::create(mount.0.join("filler")).unwrap();
+        while std::io::Write::write_all(&mut filler, &[0u8; 4096]).is_ok() {}
+    };
+    let snapshot = |seed: u64| {
         write_noise_file(&source.join("data"), 12 << 20, seed);
         ok(cairn(&repo).arg("snapshot").arg(&source));
-    }
-    let mut filler = fs::File::create(mount.0.join("filler")).unwrap();
-    while std::io::Write::write_all(&mut filler, &[0u8; 4096]).is_ok() {}
-    drop(filler);
+    };
+    let restores = || {
+        ok(cairn(&repo).arg("check"));
+        let out = scratch.join("out");
+        let _ = fs::remove_dir_all(&out);
+        ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&out));
+        assert_eq!(fs::read(out.join("data")).unwrap(), fs::read(source.join("data")).unwrap());
+    };
+    snapshot(10);
+    assert_eq!(fs::metadata(&reserve).unwrap().len(), 8 << 20, "it grows with the index");
+    snapshot(20);
+    fill();
     let (code, err) = stderr_of(cairn(&repo).arg("snapshot").arg(&source).arg("--tag").arg("new"));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("No space left on device") && err.contains("--prune"), "{err}");
+    // A dry run on a full disk releases nothing.
+    let (_, err) = stderr_of(cairn(&repo).args(["prune", "--dry-run"]));
+    assert!(!err.contains("reserve held"), "{err}");
+    assert!(reserve.exists(), "a dry run released the reserve");
 
-    let (code, err) = stderr_of(cairn(&repo).args(["forget", "--keep-last", "1", "--prune"]));
+    // `forget`, then `prune`: the prune finds the reserve gone and the disk still short.
+    let (code, err) = stderr_of(cairn(&repo).args(["forget", "--keep-last", "1"]));
     assert_eq!(code, Some(0), "{err}");
-    assert!(err.contains("reserve held") && err.contains("repacks nothing"), "{err}");
+    assert!(err.contains("reserve held") && !reserve.exists(), "{err}");
+    let (code, err) = stderr_of(cairn(&repo).arg("prune"));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("repacks nothing"), "{err}");
     let free = cairn::disk::space(&mount.0).unwrap().free;
     assert!(free >= 8 << 20, "the older snapshot's 12 MiB are freed: {free} bytes free");
     assert_eq!(fs::metadata(&reserve).unwrap().len(), 8 << 20, "the reserve is set aside again");
-    ok(cairn(&repo).arg("check"));
-    let out = scratch.join("out");
-    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&out));
-    assert_eq!(fs::read(out.join("data")).unwrap(), fs::read(source.join("data")).unwrap());
-    // A dry run on a full disk releases nothing.
+    restores();
+
+    // `forget --prune` on a full disk.
     fs::remove_file(mount.0.join("filler")).unwrap();
-    let mut filler = fs::File::create(mount.0.join("filler")).unwrap();
-    while std::io::Write::write_all(&mut filler, &[0u8; 4096]).is_ok() {}
-    let (code, err) = stderr_of(cairn(&repo).args(["prune", "--dry-run"]));
-    assert!(!err.contains("reserve held"), "{code:?} {err}");
-    assert!(reserve.exists(), "a dry run released the reserve");
+    snapshot(30);
+    fill();
+    let (code, err) = stderr_of(cairn(&repo).args(["forget", "--keep-last", "1", "--prune"]));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("reserve held") && err.contains("repacks nothing"), "{err}");
+    assert!(cairn::disk::space(&mount.0).unwrap().free >= 8 << 20);
+    assert_eq!(fs::metadata(&reserve).unwrap().len(), 8 << 20, "the reserve is set aside again");
+    restores();
 }
