@@ -56,6 +56,8 @@ pub struct Chunker {
     gear: Box<[u64; 256]>,
     gear_ls: Box<[u64; 256]>,
     hasher: crate::id::BlobHasher,
+    /// The length of the chunk cut from a run of zeros ([`Chunker::zero_run`]), once asked.
+    zero_len: std::sync::OnceLock<usize>,
 }
 
 impl Chunker {
@@ -72,6 +74,7 @@ impl Chunker {
             gear,
             gear_ls,
             hasher: crate::id::BlobHasher::default(),
+            zero_len: std::sync::OnceLock::new(),
         }
     }
 
@@ -99,12 +102,23 @@ impl Chunker {
 
     /// Cuts every chunk that can be decided inside `data`. With `eof` the whole of `data` is
     /// consumed; otherwise the undecided tail (shorter than `max_size`) is left for the next window.
+    ///
+    /// A chunk that starts a run of zeros at least as long as the chunk a run of zeros is cut
+    /// into is that chunk: the cut depends only on the bytes before it. Telling zeros apart is
+    /// several times faster than rolling the gear hash over them (a thin image's unwritten space,
+    /// read as zeros: 8 GiB in 5.1 s before, measured).
     pub fn cut_window(&self, data: &[u8], eof: bool) -> Vec<Range<usize>> {
         let max = self.params.max_size as usize;
+        let zero = self.zero_len();
         let mut chunks = Vec::new();
         let mut start = 0;
         while start < data.len() && (eof || data.len() - start >= max) {
-            let len = self.next_len(&data[start..]);
+            let rest = &data[start..];
+            // By pages, so that zeros followed by data soon give up soon.
+            let len = match rest.len() >= zero && rest[..zero].chunks(4096).all(all_zeros) {
+                true => zero,
+                false => self.next_len(rest),
+            };
             chunks.push(start..start + len);
             start += len;
         }
@@ -162,9 +176,13 @@ impl Chunker {
     /// unwritten space is a row of them): a restore writes it without reading it, a drill's
     /// room check counts it as a hole.
     pub fn zero_run(&self) -> (usize, crate::id::Id) {
-        let zeros = vec![0; self.params.max_size as usize];
-        let len = self.next_len(&zeros);
-        (len, self.hasher.id(&zeros[..len]))
+        let len = self.zero_len();
+        (len, self.hasher.id(&vec![0; len]))
+    }
+
+    /// The length of the chunk this chunker cuts from a long run of zeros.
+    fn zero_len(&self) -> usize {
+        *self.zero_len.get_or_init(|| self.next_len(&vec![0; self.params.max_size as usize]))
     }
 
     /// The chunk ids a snapshot would record for all `reader` holds (`size_hint` bytes, about),
@@ -236,6 +254,43 @@ mod tests {
         770163, 854502, 359561, 1664372, 1296930, 924781, 1254367, 1060015, 854944, 1175608, 1727843, 711624, 350765,
         1797262, 1170888, 803591,
     ];
+
+    /// Runs of zeros of every length around the chunk they are cut into, among data, cut as the
+    /// gear hash alone cuts them, under gear seeds whose zeros are cut at the largest size and
+    /// seeds whose zeros are cut sooner.
+    #[test]
+    fn runs_of_zeros_cut_as_the_gear_hash_cuts_them() {
+        // Small chunks, so that seeds whose zeros are cut sooner than the largest size (about
+        // one in 2^9 here, one in 2^16 with the default sizes) are found quickly.
+        let params = |gear_seed| ChunkerParams {
+            gear_seed,
+            min_size: 256,
+            avg_size: 1024,
+            max_size: 4096,
+            ..Default::default()
+        };
+        let sooner = (0..1u64 << 20).find(|&seed| Chunker::new(params(seed)).zero_len() < 4096).unwrap();
+        let mut sizes = std::collections::BTreeSet::new();
+        for seed in (0..12u64).chain([sooner]) {
+            let chunker = Chunker::new(params(seed));
+            let zero = chunker.zero_len();
+            sizes.insert(zero);
+            let mut data = Vec::new();
+            for (i, run) in [zero - 1, zero, zero + 1, 3 * zero + 17, 1, 9000, 2 * zero].into_iter().enumerate() {
+                data.extend(noise(300 + 997 * i, seed * 31 + i as u64));
+                data.extend(std::iter::repeat(0).take(run));
+            }
+            let mut plain = Vec::new();
+            let mut start = 0;
+            while start < data.len() {
+                let len = chunker.next_len(&data[start..]);
+                plain.push(start..start + len);
+                start += len;
+            }
+            assert_eq!(whole(&chunker, &data), plain, "gear seed {seed}");
+        }
+        assert!(sizes.len() > 1 && sizes.contains(&4096), "zeros are cut at {sizes:?} only: the seeds miss a case");
+    }
 
     #[test]
     fn empty_and_tiny_inputs() {
