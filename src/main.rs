@@ -42,10 +42,10 @@ fn main() -> ExitCode {
             if full_disk(&error) {
                 cli::output::error_line(format_args!(
                     "hint: the file system is full: free some space on it and run the command again (nothing \
-                     half-written was kept). On a repository's disk, `cairn forget --keep-... --prune` frees space: \
-                     it runs on the reserve a repository keeps for this; where the disk never had room for one, \
-                     forget needs room for a lock file, and prune for new index files and the packs it repacks \
-                     before it deletes old ones (a larger --max-unused repacks less)"
+                     half-written was kept). On a repository's disk, `cairn forget --keep-... --prune` frees space, \
+                     on the reserve a local repository keeps for this where it has one; without one, forget needs \
+                     room for a lock file, and prune for new index files and the packs it repacks before it \
+                     deletes old ones"
                 ));
             }
             ExitCode::FAILURE

@@ -59,6 +59,9 @@ pub struct PrunePlan {
     /// Live blobs with a copy in a pack about to go, whose copy the index picks was read and
     /// verified first.
     pub copies_verified: u64,
+    /// Packs worth repacking that were left as they are: the repack would have written more than
+    /// the room there was (a full disk).
+    pub repack_deferred: u64,
     #[serde(skip)]
     internal: Internal,
 }
@@ -452,12 +455,20 @@ const REPAIR_ADVICE: &str = "an index file may be lost: run `cairn repair index`
     that need them)";
 
 pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
-    plan_leaving(repo, max_unused_percent, &HashSet::new())
+    plan_leaving(repo, max_unused_percent, None, &HashSet::new())
 }
 
 /// [`plan`] as if the snapshots `leaving` were gone: the plan of a prune that follows a forget of
 /// them, made (and the repository found whole) before the forget deletes anything.
-pub fn plan_leaving(repo: &Repository, max_unused_percent: f64, leaving: &HashSet<Id>) -> Result<PrunePlan> {
+///
+/// `room`: the bytes the repacking may write at most (a full disk, [`Repository::make_room`]):
+/// the packs that would take more are left as they are, counted in `repack_deferred`.
+pub fn plan_leaving(
+    repo: &Repository,
+    max_unused_percent: f64,
+    room: Option<u64>,
+    leaving: &HashSet<Id>,
+) -> Result<PrunePlan> {
     // Every damaged file must stop the prune: a skipped manifest would look like a snapshot that
     // does not exist, and the data only it needs would be deleted.
     let mut snapshots = repo.snapshots()?;
@@ -490,7 +501,7 @@ pub fn plan_leaving(repo: &Repository, max_unused_percent: f64, leaving: &HashSe
     refuse_unless_whole(index, &live, &counts, &present)?;
     let mut internal = Internal { index_files: summary.files, packs: summary.packs, ..Default::default() };
     // A blob is live in exactly one place: where the index finds it. Copies elsewhere are dead.
-    let mut candidates: Vec<(f64, Id, u64)> = Vec::new();
+    let mut candidates: Vec<(f64, Id, u64, u64)> = Vec::new();
     for (pack_id, pack) in &internal.packs {
         let number = index.number_of(pack_id).map(|n| n as usize);
         let (blobs, live_bytes) = number.map_or((0, 0), |n| (counts.blobs[n], counts.bytes[n]));
@@ -510,16 +521,27 @@ pub fn plan_leaving(repo: &Repository, max_unused_percent: f64, leaving: &HashSe
             internal.delete.push(*pack_id);
             plan.bytes_freed += pack.len;
         } else if dead_bytes > 0 {
-            candidates.push((dead_bytes as f64 / (live_bytes + dead_bytes) as f64, *pack_id, dead_bytes));
+            candidates.push((dead_bytes as f64 / (live_bytes + dead_bytes) as f64, *pack_id, dead_bytes, live_bytes));
         }
     }
     // Repack the most wasteful packs until what stays dead is within the allowance.
     candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let allowance = (plan.live_bytes as f64 * max_unused_percent / 100.0) as u64;
     let mut remaining: u64 = candidates.iter().map(|c| c.2).sum();
-    for (_, pack_id, dead) in candidates {
+    let mut room = room;
+    for (_, pack_id, dead, live) in candidates {
         if remaining <= allowance {
             break;
+        }
+        // What a repack writes: the live blobs as stored, and a trailer entry each (at most a
+        // 64th more).
+        let writes = live + live / 64;
+        if let Some(left) = room.as_mut() {
+            if writes > *left {
+                plan.repack_deferred += 1;
+                continue;
+            }
+            *left -= writes;
         }
         remaining -= dead;
         internal.repack.push(pack_id);
@@ -632,13 +654,14 @@ pub struct Pruned {
 pub fn prune(
     repo: &Repository,
     max_unused_percent: f64,
+    room: Option<u64>,
     keep_audit: std::time::Duration,
     progress: &Progress,
     leaving: &HashSet<Id>,
     planned: impl FnOnce(&PrunePlan) -> Result<()>,
 ) -> Audited<Pruned> {
     Run::start("prune", "").around(repo, |record| {
-        let plan = self::plan_leaving(repo, max_unused_percent, leaving)?;
+        let plan = self::plan_leaving(repo, max_unused_percent, room, leaving)?;
         planned(&plan)?;
         // A killed command's half-written file is dead bytes too (a snapshot removes them as
         // well, but a copy that only syncs and prunes never runs one).

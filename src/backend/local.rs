@@ -269,6 +269,9 @@ impl Backend for LocalBackend {
     fn delete(&self, key: &str) -> Result<()> {
         changed();
         let path = self.path(key);
+        // Held open, a deleted pack would keep its space until this process ends: a prune's
+        // repacking reads packs it then deletes, and looks at the free space after.
+        OPEN.lock().expect("poisoned").close(&path);
         match fs::remove_file(&path) {
             Ok(()) => sync_dir(path.parent().unwrap_or(&self.root)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),

@@ -85,6 +85,11 @@ impl OpenPacks {
 
     /// Keeps `file`, just opened at `path` under `changes`, open; closes those opened under
     /// other changes, those idle too long, and the least recently read beyond [`KEPT`].
+    /// Closes `path` if it is open (its file was deleted: its space is freed once closed).
+    pub(super) fn close(&mut self, path: &Path) {
+        self.files.remove(path);
+    }
+
     pub(super) fn insert(&mut self, path: PathBuf, changes: u64, file: Arc<File>, now: Instant) {
         self.files.retain(|_, open| open.changes == changes && now.saturating_duration_since(open.at) < IDLE);
         if self.closed.remove(&path) {

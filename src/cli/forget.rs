@@ -11,7 +11,8 @@ use cairn::clock::parse_duration;
 use cairn::id::Id;
 use cairn::progress::Progress;
 use cairn::prune;
-use cairn::repository::lock::LockKind;
+use cairn::repository::lock::{Lock, LockKind};
+use cairn::repository::reserve::{Kept, Room, FORGET_NEEDS};
 use cairn::repository::Repository;
 use cairn::retention::{plan, plan_named, Decision, Policy};
 
@@ -92,30 +93,58 @@ pub struct PruneArgs {
     keep_audit: std::time::Duration,
 }
 
-impl PruneArgs {
-    /// A prune on a full disk: repacking writes the live blobs of a pack before it frees the
-    /// pack, so it only deletes (what no snapshot needs) and repacks nothing.
-    fn deleting_only(self) -> PruneArgs {
-        PruneArgs { max_unused: f64::MAX, ..self }
+/// On a local repository's full disk, the room a forget or prune has ([`Repository::make_room`]):
+/// the reserve is released when fewer than `need` bytes are free, and that is said.
+fn make_room(repo: &Repository, need: u64, before: Option<Room>, command: &str) -> Result<Option<Room>> {
+    let room = repo.make_room(need, before)?;
+    if let Some(room) = room {
+        let released = room.released - before.map_or(0, |b| b.released);
+        if released > 0 {
+            errln!(
+                "note: the repository's file system has {} free: `{command}` runs on the {} its reserve held",
+                format::bytes(room.free - released),
+                format::bytes(released),
+            );
+        }
+    }
+    Ok(room)
+}
+
+/// After a forget or prune: a reserve it released is set aside again (as large as it was, where
+/// the command freed nothing), and a prune's grows with the index ([`super::keep_reserve`]).
+fn finish_room(repo: &Repository, room: Option<Room>, pruned: bool) {
+    match room {
+        Some(room) if room.released > 0 => match repo.restore_reserve(room.released) {
+            Ok(Some(Kept::NoRoom { free, .. })) => errln!(
+                "warning: the repository's reserve could not be set aside again: its file system has {} free; \
+                 forget and prune on a full disk need it (free some space, or forget and prune more)",
+                format::bytes(free)
+            ),
+            Err(e) => errln!("warning: could not set aside the repository's reserve again: {e}"),
+            Ok(_) => {}
+        },
+        _ if pruned => super::keep_reserve(repo),
+        _ => {}
     }
 }
 
-/// Before a forget or a prune takes its lock: on a full disk, releases the repository's reserve
-/// ([`Repository::make_room`]) and says so; whether it did (a prune then only deletes).
-fn make_room(repo: &Repository, command: &str) -> Result<bool> {
-    let Some(room) = repo.make_room()? else { return Ok(false) };
-    let prunes = command != "forget";
-    let repacks = if prunes { ", and repacks nothing this time (a prune with room to spare does)" } else { "" };
-    if room.released > 0 {
-        errln!(
-            "note: the repository's file system has {} free: `{command}` runs on the {} its reserve held{repacks}",
-            format::bytes(room.free),
-            format::bytes(room.released),
-        );
-    } else if prunes {
-        errln!("note: the repository's file system has {} free (and no reserve){repacks}", format::bytes(room.free));
+/// The lock of a dry run: where the repository cannot be written (a full disk), it goes on
+/// without one and says so (it changes nothing; a run meanwhile may make its plan stale).
+fn dry_run_lock(repo: &Repository, kind: LockKind, command: &str, context: &Context) -> Result<Option<Lock>> {
+    match repo.lock(kind, command, context.lock_wait) {
+        Ok(lock) => {
+            super::warn_forged_markers(&lock);
+            Ok(Some(lock))
+        }
+        Err(cairn::error::Error::Io { path, source }) if super::cannot_write(&source) => {
+            errln!(
+                "warning: {command} --dry-run runs without a lock: the repository cannot be written ({}: {source})",
+                path.display()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
-    Ok(true)
 }
 
 #[derive(clap::Args, Debug)]
@@ -136,14 +165,37 @@ pub fn run_forget(context: &Context, args: ForgetArgs) -> Result<ExitCode> {
     if !args.ids.is_empty() && !policy.is_empty() {
         bail!("give either snapshot ids or a --keep-* policy, not both");
     }
-    let mut prune_args = args.prune_args;
-    if !args.dry_run && make_room(&repo, if args.prune { "forget --prune" } else { "forget" })? {
-        prune_args = prune_args.deleting_only();
-    }
     let kind = if args.prune { LockKind::Exclusive } else { LockKind::Shared };
-    let lock = repo.lock(kind, "forget", context.lock_wait)?;
-    super::warn_forged_markers(&lock);
-    let decisions: Vec<Decision> = if args.ids.is_empty() {
+    if args.dry_run {
+        let _lock = dry_run_lock(&repo, kind, "forget", context)?;
+        let decisions = decide(&repo, &args, &policy)?;
+        forget(context, &repo, &decisions, true)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let command = if args.prune { "forget --prune" } else { "forget" };
+    let room = make_room(&repo, FORGET_NEEDS, None, command)?;
+    // The prune sets the reserve aside again itself, once it is handed the room.
+    let handed = std::cell::Cell::new(false);
+    let done = (|| {
+        let lock = repo.lock(kind, "forget", context.lock_wait)?;
+        super::warn_forged_markers(&lock);
+        let decisions = decide(&repo, &args, &policy)?;
+        if args.prune {
+            handed.set(true);
+            return forget_and_prune(context, &repo, &decisions, &args.prune_args, room);
+        }
+        forget(context, &repo, &decisions, false)?;
+        Ok(ExitCode::SUCCESS)
+    })();
+    if !handed.get() {
+        finish_room(&repo, room, false);
+    }
+    done
+}
+
+/// What a forget decides for each snapshot: by `args.ids`, or by `policy`; the caller holds a lock.
+fn decide(repo: &Repository, args: &ForgetArgs, policy: &Policy) -> Result<Vec<Decision>> {
+    if args.ids.is_empty() {
         let mut snapshots = repo.snapshots()?;
         // A manifest that cannot be read is no snapshot to a policy: refuse rather than judge
         // the others without it.
@@ -156,20 +208,14 @@ pub fn run_forget(context: &Context, args: ForgetArgs) -> Result<ExitCode> {
         if let Some(source) = &args.source {
             snapshots.retain(|(_, s)| &s.source_key() == source);
         }
-        plan(&snapshots, &policy)
-    } else {
-        let mut named = Vec::new();
-        for spec in &args.ids {
-            named.push(repo.find_snapshot(spec)?.0);
-        }
-        // Every copy of a named snapshot goes with it; a protected one only with --force.
-        plan_named(&repo.snapshots()?, &named, args.force)?
-    };
-    if args.prune && !args.dry_run {
-        return forget_and_prune(context, &repo, &decisions, &prune_args);
+        return Ok(plan(&snapshots, policy));
     }
-    forget(context, &repo, &decisions, args.dry_run)?;
-    Ok(ExitCode::SUCCESS)
+    let mut named = Vec::new();
+    for spec in &args.ids {
+        named.push(repo.find_snapshot(spec)?.0);
+    }
+    // Every copy of a named snapshot goes with it; a protected one only with --force.
+    Ok(plan_named(&repo.snapshots()?, &named, args.force)?)
 }
 
 /// Prints the decisions and (unless `dry_run`) removes the snapshots they do not keep; the caller
@@ -206,27 +252,42 @@ pub fn forget(context: &Context, repo: &Repository, decisions: &[Decision], dry_
 /// Removes the snapshots `decisions` do not keep and prunes, the caller holding the exclusive
 /// lock: the prune's plan is made first, and a repository it finds damaged (a lost index file, a
 /// damaged manifest, a missing pack) refuses both, before any snapshot is removed.
+///
+/// `room`: what the caller's [`make_room`] found and did (`None`: nothing yet).
 pub fn forget_and_prune(
     context: &Context,
     repo: &Repository,
     decisions: &[Decision],
     args: &PruneArgs,
+    room: Option<Room>,
 ) -> Result<ExitCode> {
     let mut leaving = HashSet::new();
     for decision in decisions.iter().filter(|d| !d.keep) {
         leaving.insert(Id::from_hex(&decision.id).ok_or_else(|| anyhow!("not a snapshot id: {}", decision.id))?);
     }
-    pruned(context, repo, args, &leaving, || forget(context, repo, decisions, false))
+    // One JSON document: the decisions go into the prune's.
+    let quiet = Context { quiet: context.quiet || context.json, json: false, ..context.clone() };
+    let said = if context.json { &quiet } else { context };
+    let decided = context.json.then_some(decisions);
+    pruned(context, repo, args, &leaving, room, decided, || forget(said, repo, decisions, false))
 }
 
-pub fn run_prune(context: &Context, mut args: PruneOnlyArgs) -> Result<ExitCode> {
+pub fn run_prune(context: &Context, args: PruneOnlyArgs) -> Result<ExitCode> {
     let repo = context.open()?;
-    if !args.dry_run && make_room(&repo, "prune")? {
-        args.args = args.args.deleting_only();
+    if args.dry_run {
+        let _lock = dry_run_lock(&repo, LockKind::Exclusive, "prune", context)?;
+        return prune(context, &repo, &args.args, true);
     }
-    let lock = repo.lock(LockKind::Exclusive, "prune", context.lock_wait)?;
+    let room = make_room(&repo, FORGET_NEEDS, None, "prune")?;
+    let lock = match repo.lock(LockKind::Exclusive, "prune", context.lock_wait) {
+        Ok(lock) => lock,
+        Err(e) => {
+            finish_room(&repo, room, false);
+            return Err(e.into());
+        }
+    };
     super::warn_forged_markers(&lock);
-    prune(context, &repo, &args.args, args.dry_run)
+    pruned(context, &repo, &args.args, &HashSet::new(), room, None, || Ok(()))
 }
 
 /// Plans and (unless `dry_run`) executes a prune; the caller holds the exclusive lock.
@@ -246,42 +307,68 @@ pub fn prune(context: &Context, repo: &Repository, args: &PruneArgs, dry_run: bo
         }
         return Ok(ExitCode::SUCCESS);
     }
-    pruned(context, repo, args, &HashSet::new(), || Ok(()))
+    pruned(context, repo, args, &HashSet::new(), None, None, || Ok(()))
 }
 
 /// A prune with the snapshots `leaving` removed by `forget` once the plan is made (see
-/// [`prune::prune`]); prints the plan and the report.
+/// [`prune::prune`]); prints the plan and the report. On a local repository the repacking is
+/// kept within the room on its disk, the reserve counted in, and the reserve is released if the
+/// prune needs it ([`make_room`]; `room`: what the caller found and did), then set aside again.
 fn pruned(
     context: &Context,
     repo: &Repository,
     args: &PruneArgs,
     leaving: &HashSet<Id>,
+    room: Option<Room>,
+    decisions: Option<&[Decision]>,
     forget: impl FnOnce() -> Result<()>,
 ) -> Result<ExitCode> {
-    let progress = Progress::new("prune", context.quiet || context.json);
-    let mut plan_json = serde_json::Value::Null;
-    let pruned = prune::prune(repo, args.max_unused, args.keep_audit, &progress, leaving, |plan| {
-        forget().map_err(|e| cairn::error::Error::Invalid(format!("{e:#}")))?;
-        show_plan(context, plan);
-        plan_json = serde_json::to_value(plan).unwrap_or_default();
-        Ok(())
-    });
-    let prune::Pruned { report, audit: compacted } = super::audited(pruned)?;
-    super::keep_reserve(repo);
-    if context.json {
-        outln!("{}", serde_json::json!({ "plan": plan_json, "report": report, "audit": compacted }));
-    } else if !context.quiet {
-        outln!(
-            "pruned: {} deleted, {} written, {} rewritten; {} freed; {} of {} compacted away",
-            format::count(report.packs_deleted, "pack"),
-            report.packs_written,
-            format::count(report.index_files_written, "index file"),
-            format::bytes(report.bytes_freed),
-            compacted.deleted,
-            format::count(compacted.records as u64, "audit record")
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    let needs = repo.prune_needs()?;
+    let mut room = make_room(repo, needs, room, "prune")?;
+    let repack_room = room.map(|r| (r.free + r.reserve).saturating_sub(needs));
+    let done = (|| {
+        let progress = Progress::new("prune", context.quiet || context.json);
+        let mut plan_json = serde_json::Value::Null;
+        let pruned = prune::prune(repo, args.max_unused, repack_room, args.keep_audit, &progress, leaving, |plan| {
+            let writes = needs + plan.repack_bytes + plan.repack_bytes / 64;
+            if room.is_some_and(|r| r.reserve > 0 && r.free < writes) {
+                room = make_room(repo, u64::MAX, room, "prune")
+                    .map_err(|e| cairn::error::Error::Invalid(format!("{e:#}")))?;
+            }
+            forget().map_err(|e| cairn::error::Error::Invalid(format!("{e:#}")))?;
+            show_plan(context, plan);
+            if plan.repack_deferred > 0 {
+                errln!(
+                    "note: {} worth repacking left as they are: the repository's file system lacks the room (a prune \
+                     with more room repacks them)",
+                    format::count(plan.repack_deferred, "pack")
+                );
+            }
+            plan_json = serde_json::to_value(plan).unwrap_or_default();
+            Ok(())
+        });
+        let prune::Pruned { report, audit: compacted } = super::audited(pruned)?;
+        if context.json {
+            let mut json = serde_json::json!({ "plan": plan_json, "report": report, "audit": compacted });
+            if let Some(decisions) = decisions {
+                json["snapshots"] = serde_json::json!(decisions);
+            }
+            outln!("{json}");
+        } else if !context.quiet {
+            outln!(
+                "pruned: {} deleted, {} written, {} rewritten; {} freed; {} of {} compacted away",
+                format::count(report.packs_deleted, "pack"),
+                report.packs_written,
+                format::count(report.index_files_written, "index file"),
+                format::bytes(report.bytes_freed),
+                compacted.deleted,
+                format::count(compacted.records as u64, "audit record")
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })();
+    finish_room(repo, room, done.is_ok());
+    done
 }
 
 /// Prints a prune's plan (not with --json: it goes into the JSON report).

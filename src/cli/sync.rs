@@ -138,8 +138,9 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         super::warn_forged_markers(&lock);
         let nested = Context { quiet: context.quiet || context.json, json: false, ..context.clone() };
         let decisions = plan(&dest.snapshots()?, &policy);
-        return super::forget::forget_and_prune(&nested, &dest, &decisions, &args.prune_args);
+        return super::forget::forget_and_prune(&nested, &dest, &decisions, &args.prune_args, None);
     }
+    super::keep_reserve(&dest);
     Ok(ExitCode::SUCCESS)
 }
 

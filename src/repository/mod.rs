@@ -225,7 +225,7 @@ impl Repository {
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 // The reserve of a repository whose config was lost is of no use to anyone else.
-                let reserve = name == reserve::NAME && entry.file_type().is_ok_and(|t| t.is_file());
+                let reserve = name == reserve::NAME && reserve::is_ours(path);
                 if !reserve && !layout::directories().any(|l| name == l) {
                     return Err(Error::Refused(format!(
                         "{} is not empty: refusing to create a repository among other files",

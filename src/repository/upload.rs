@@ -286,9 +286,14 @@ impl Shared {
 /// (callers tell a refusal for want of rights by them), the rest their message.
 fn copy_of(error: &Error) -> Error {
     match error {
-        Error::Io { path, source } => {
-            Error::Io { path: path.clone(), source: std::io::Error::new(source.kind(), source.to_string()) }
-        }
+        // The OS error number, where there is one, says what happened (a full disk: main's hint).
+        Error::Io { path, source } => Error::Io {
+            path: path.clone(),
+            source: match source.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(source.kind(), source.to_string()),
+            },
+        },
         Error::NoSpace(message) => Error::NoSpace(message.clone()),
         other => Error::Invalid(other.to_string()),
     }

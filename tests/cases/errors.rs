@@ -396,14 +396,15 @@ fn a_full_repository_disk_is_said_with_what_to_do() {
 }
 
 /// A repository whose disk filled up (its own snapshots, or anything else on that disk) is freed
-/// by `forget --prune` alone, or by `forget` then `prune` (as `cairn run` does): they run on the
-/// reserve the repository set aside, delete what no kept snapshot needs, and set the reserve
-/// aside again once there is room. Without the reserve the forget cannot even write its lock
-/// file (the test above).
+/// by `forget` then `prune` (as `cairn run` does) or `forget --prune`: they run on the reserve
+/// the repository set aside, repack within the room there is (a pack half of which no snapshot
+/// needs any more frees nothing unless its live half is copied out first), and set the reserve
+/// aside again. A forget, which frees nothing itself, gives the reserve back. Without the reserve
+/// the forget cannot even write its lock file (the test above).
 #[test]
 fn a_full_repository_disk_is_freed_by_forget_and_prune_on_the_reserve() {
     let scratch = Scratch::new("repo-full-reserve");
-    let Some(mount) = Mount::try_tmpfs_of(&scratch.join("disk"), 40) else {
+    let Some(mount) = Mount::try_tmpfs_of(&scratch.join("disk"), 96) else {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     };
@@ -411,54 +412,79 @@ fn a_full_repository_disk_is_freed_by_forget_and_prune_on_the_reserve() {
     fs::create_dir_all(&source).unwrap();
     init(&repo);
     let reserve = repo.join("reserve");
-    assert_eq!(fs::metadata(&reserve).unwrap().len(), 4 << 20, "init sets the reserve aside");
+    let reserve_len = || fs::metadata(&reserve).map_or(0, |m| m.len());
+    // 1 MiB for a prune's lock file and audit records, beside its index files (none yet), and
+    // room to repack a pack (16 MiB and a chunk of 4 MiB), in steps of 4 MiB.
+    let full = 24 << 20;
+    assert_eq!(reserve_len(), full, "init sets the reserve aside");
     let fill = || {
         let mut filler = fs::File::create(mount.0.join("filler")).unwrap();
         while std::io::Write::write_all(&mut filler, &[0u8; 4096]).is_ok() {}
     };
-    let snapshot = |seed: u64| {
-        write_noise_file(&source.join("data"), 12 << 20, seed);
-        ok(cairn(&repo).arg("snapshot").arg(&source));
-    };
+    let free = || cairn::disk::space(&mount.0).unwrap().free;
     let restores = || {
         ok(cairn(&repo).arg("check"));
         let out = scratch.join("out");
         let _ = fs::remove_dir_all(&out);
         ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&out));
-        assert_eq!(fs::read(out.join("data")).unwrap(), fs::read(source.join("data")).unwrap());
+        assert_same_tree(&source, &out);
     };
-    snapshot(10);
-    assert_eq!(fs::metadata(&reserve).unwrap().len(), 8 << 20, "it grows with the index");
-    snapshot(20);
+    // Packs of a and b; then b goes: part of a pack is dead once the first snapshot is.
+    write_noise_file(&source.join("a"), 12 << 20, 10);
+    write_noise_file(&source.join("b"), 12 << 20, 20);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    fs::remove_file(source.join("b")).unwrap();
+    write_noise_file(&source.join("c"), 12 << 20, 30);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
     fill();
+    write_noise_file(&source.join("d"), 12 << 20, 40);
     let (code, err) = stderr_of(cairn(&repo).arg("snapshot").arg(&source).arg("--tag").arg("new"));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("No space left on device") && err.contains("--prune"), "{err}");
-    // A dry run on a full disk releases nothing.
-    let (_, err) = stderr_of(cairn(&repo).args(["prune", "--dry-run"]));
-    assert!(!err.contains("reserve held"), "{err}");
-    assert!(reserve.exists(), "a dry run released the reserve");
+    fs::remove_file(source.join("d")).unwrap();
+    // A dry run on a full disk runs without its lock, and releases nothing.
+    let (code, err) = stderr_of(cairn(&repo).args(["prune", "--dry-run"]));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("without a lock") && !err.contains("reserve held"), "{err}");
+    assert_eq!(reserve_len(), full, "a dry run released the reserve");
 
-    // `forget`, then `prune`: the prune finds the reserve gone and the disk still short.
+    // `forget`, then `prune`: the forget runs on the reserve and gives it back.
     let (code, err) = stderr_of(cairn(&repo).args(["forget", "--keep-last", "1"]));
     assert_eq!(code, Some(0), "{err}");
-    assert!(err.contains("reserve held") && !reserve.exists(), "{err}");
-    let (code, err) = stderr_of(cairn(&repo).arg("prune"));
-    assert_eq!(code, Some(0), "{err}");
-    assert!(err.contains("repacks nothing"), "{err}");
-    let free = cairn::disk::space(&mount.0).unwrap().free;
-    assert!(free >= 8 << 20, "the older snapshot's 12 MiB are freed: {free} bytes free");
-    assert_eq!(fs::metadata(&reserve).unwrap().len(), 8 << 20, "the reserve is set aside again");
+    assert!(err.contains("reserve held"), "{err}");
+    assert_eq!(reserve_len(), full, "a forget, which frees nothing, gives the reserve back");
+    let out = run(cairn(&repo).arg("prune"));
+    let (said, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}{err}");
+    assert!(err.contains("reserve held") && !said.contains("repack 0"), "{said}{err}");
+    assert!(free() >= 10 << 20, "b's 12 MiB are freed: {} bytes free", free());
+    assert_eq!(reserve_len(), full, "the reserve is set aside again");
     restores();
 
     // `forget --prune` on a full disk.
     fs::remove_file(mount.0.join("filler")).unwrap();
-    snapshot(30);
+    fs::remove_file(source.join("c")).unwrap();
+    write_noise_file(&source.join("e"), 12 << 20, 50);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
     fill();
     let (code, err) = stderr_of(cairn(&repo).args(["forget", "--keep-last", "1", "--prune"]));
     assert_eq!(code, Some(0), "{err}");
-    assert!(err.contains("reserve held") && err.contains("repacks nothing"), "{err}");
-    assert!(cairn::disk::space(&mount.0).unwrap().free >= 8 << 20);
-    assert_eq!(fs::metadata(&reserve).unwrap().len(), 8 << 20, "the reserve is set aside again");
+    assert!(err.contains("reserve held"), "{err}");
+    assert!(free() >= 10 << 20, "c's 12 MiB are freed: {} bytes free", free());
+    assert_eq!(reserve_len(), full, "the reserve is set aside again");
     restores();
+}
+
+/// `init` into a directory holding a file named `reserve` that cairn did not make (a user's
+/// own): refused, and the file is left as it was (growing a reserve appends to it).
+#[test]
+fn init_never_takes_a_users_file_for_its_reserve() {
+    let scratch = Scratch::new("init-reserve");
+    let repo = scratch.join("repo");
+    fs::create_dir_all(&repo).unwrap();
+    fs::write(repo.join("reserve"), b"my notes").unwrap();
+    let (code, err) = stderr_of(cairn(&repo).arg("init"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not empty"), "{err}");
+    assert_eq!(fs::read(repo.join("reserve")).unwrap(), b"my notes");
 }

@@ -390,3 +390,20 @@ fn forget_and_sync_with_prune_remove_nothing_from_a_damaged_repository() {
     assert_eq!(manifests(&repo), 1);
     ok(cairn(&repo).args(["check", "--read-data"]));
 }
+
+/// `forget --prune --json` prints one JSON document (it printed the forget's and then the
+/// prune's): the decisions beside the prune's plan and report.
+#[test]
+fn forget_with_prune_prints_one_json_document() {
+    let scratch = Scratch::new("forget-prune-json");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(&source).unwrap();
+    init(&repo);
+    for version in ["one", "two"] {
+        fs::write(source.join("file"), version).unwrap();
+        ok(cairn(&repo).arg("snapshot").arg(&source));
+    }
+    let done = json(cairn(&repo).args(["forget", "--keep-last", "1", "--prune"]));
+    assert_eq!(done["snapshots"].as_array().map(Vec::len), Some(2), "{done}");
+    assert!(done["report"]["packs_deleted"].is_u64() && done["plan"]["snapshots"] == 1, "{done}");
+}
