@@ -521,7 +521,10 @@ pub fn plan_leaving(
             internal.delete.push(*pack_id);
             plan.bytes_freed += pack.len;
         } else if dead_bytes > 0 {
-            candidates.push((dead_bytes as f64 / (live_bytes + dead_bytes) as f64, *pack_id, dead_bytes, live_bytes));
+            // What a repack of it writes: the live blobs as stored, a pack trailer entry and a
+            // repack index entry each (48 bytes, sealed 40 more: 128 counted), a pack's header.
+            let writes = live_bytes + blobs * 128 + 4096;
+            candidates.push((dead_bytes as f64 / (live_bytes + dead_bytes) as f64, *pack_id, dead_bytes, writes));
         }
     }
     // Repack the most wasteful packs until what stays dead is within the allowance.
@@ -529,13 +532,10 @@ pub fn plan_leaving(
     let allowance = (plan.live_bytes as f64 * max_unused_percent / 100.0) as u64;
     let mut remaining: u64 = candidates.iter().map(|c| c.2).sum();
     let mut room = room;
-    for (_, pack_id, dead, live) in candidates {
+    for (_, pack_id, dead, writes) in candidates {
         if remaining <= allowance {
             break;
         }
-        // What a repack writes: the live blobs as stored, and a trailer entry each (at most a
-        // 64th more).
-        let writes = live + live / 64;
         if let Some(left) = room.as_mut() {
             if writes > *left {
                 plan.repack_deferred += 1;

@@ -260,13 +260,16 @@ impl Repository {
 
     /// After a forget or prune that released the reserve (`released` bytes): sets it aside again
     /// as [`keep`] does, or, where the file system lacks the room that asks, as large as it was,
-    /// if that much is free: what the command did not use is the reserve again, for the next
-    /// command on a full disk.
+    /// or as what is free if less: what the command did not use is the reserve again, for the
+    /// next command on a full disk.
     pub fn restore_reserve(&self, released: u64) -> Result<Option<Kept>> {
         let (Some(root), Some(index)) = (self.backend.disk_path(), self.index_bytes()?) else { return Ok(None) };
         let target = self.target(index);
         match keep(&root, target)? {
-            Kept::NoRoom { .. } if released > 0 => grow(&root, released.min(target), 0).map(Some),
+            // The command's audit record and lock file took a few pages of it: what is free.
+            Kept::NoRoom { free, .. } if released > 0 && free / 4096 * 4096 > MAGIC.len() as u64 => {
+                grow(&root, released.min(target).min(free / 4096 * 4096), 0).map(Some)
+            }
             kept => Ok(Some(kept)),
         }
     }
