@@ -723,18 +723,14 @@ impl Recoded<'_> {
 }
 
 impl Recoded<'_> {
-    /// The destination id of the source list blob `id`, its chunks recoded (each list blob once:
-    /// snapshots of a changing database share all but the last of their chain).
-    fn list(&mut self, id: &Id) -> Result<Id> {
-        if let Some(done) = self.trees.get(id) {
-            return Ok(*done);
-        }
-        let data = self.source.read_blob(id)?;
-        let recoded =
-            crate::format::chunk_list::map_ids(&data, &format!("list {}", id.short()), |chunk| self.chunk(chunk))?;
-        let new = self.store.store(BlobKind::Tree, &recoded)?;
-        self.trees.insert(*id, new);
-        Ok(new)
+    /// The destination ids of a file's chunks kept in list blobs, stored as one FULL list of the
+    /// recoded chunks. Not list by list: a chain's earlier lists may name chunks that later lists
+    /// replaced and a prune deleted (it keeps only what a chain's end names), which cannot be read
+    /// to be recoded; a sync into another repository's keys then failed for every such file.
+    fn lists(&mut self, chunks: &ChunkList) -> Result<Id> {
+        let ids = self.source.chunk_list(chunks)?;
+        let recoded = ids.iter().map(|chunk| self.chunk(chunk)).collect::<Result<Vec<Id>>>()?;
+        self.store.store(BlobKind::Tree, &crate::format::chunk_list::encode_full(&recoded))
     }
 }
 
@@ -760,9 +756,10 @@ impl Visitor for Recoded<'_> {
                     *chunk = self.chunk(chunk)?;
                 }
             }
-            Content::File { chunks: ChunkList::Stored { lists, .. } } => {
-                for list in lists.iter_mut() {
-                    *list = self.list(list)?;
+            Content::File { chunks: stored @ ChunkList::Stored { .. } } => {
+                let full = self.lists(stored)?;
+                if let ChunkList::Stored { lists, .. } = stored {
+                    *lists = vec![full];
                 }
             }
             _ => {}
