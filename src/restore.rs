@@ -50,6 +50,7 @@ mod database;
 pub mod in_place;
 mod plan;
 mod sparse;
+mod writes;
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -129,6 +130,10 @@ struct Restorer<'a> {
     failed: Mutex<HashSet<(u64, u64)>>,
     /// Directories made, for their metadata at the end.
     dirs: Mutex<Vec<MadeDir>>,
+    /// On an object store, unless with holes: files' blobs are written on threads of their own.
+    writes: Option<writes::Writes>,
+    /// Files of `writes` whose content failed, removed at the end.
+    unfinished: Mutex<Vec<Entry>>,
     files: AtomicU64,
     dir_count: AtomicU64,
     bytes: AtomicU64,
@@ -273,8 +278,9 @@ pub fn restore(
         return restore_selected(repo, snapshot, options, progress, root, &selected, zeros, None);
     }
     // An object store: every request costs a round trip, so the content is read by pack, ahead
-    // of a writer that writes in the plan's order, on one thread; unless it may leave files as
-    // they were, decoders decode ahead of it on the other cores.
+    // of a walk that reads it in the plan's order, on one thread; unless it may leave files as
+    // they were, decoders decode ahead of it on the other cores, and unless it leaves holes,
+    // writers write what it read on threads of their own ([`writes`]).
     let blobs = plan::planned_blobs(repo, snapshot, &selected, &zeros.id);
     let plan = PlannedReads::new(repo.repo(), repo.index(), blobs, !options.skip_identical);
     let writer = rayon::ThreadPoolBuilder::new()
@@ -377,6 +383,8 @@ fn restore_selected(
         links: Mutex::new(Vec::new()),
         failed: Mutex::new(HashSet::new()),
         dirs: Mutex::new(Vec::new()),
+        writes: (reads.is_some() && !options.sparse).then(writes::Writes::new),
+        unfinished: Mutex::new(Vec::new()),
         files: AtomicU64::new(0),
         dir_count: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
@@ -387,16 +395,27 @@ fn restore_selected(
         progress.add_total(snapshot.summary.bytes);
     }
     let walk = Parallel::new(repo, &restorer.root, &restorer);
-    selected.par_iter().for_each(|(parts, node)| match node {
-        None => walk.tree(&restorer.root, &Place::root(), &snapshot.tree),
-        Some(node) => {
-            if let Some((dir, place)) = restorer.include_parents(parts) {
-                // An include is restored as its content says, never as a raw copy.
-                walk.entry(node, &HashSet::new(), dir.as_ref().unwrap_or(&restorer.root), &place);
+    std::thread::scope(|scope| {
+        if let Some(writes) = &restorer.writes {
+            for _ in 0..writes::WRITERS {
+                scope.spawn(|| restorer.write_queued(writes));
             }
         }
+        // The writers end once the walk is done and the queue empty, however the walk ends.
+        let _closer = restorer.writes.as_ref().map(writes::Closer);
+        selected.par_iter().for_each(|(parts, node)| match node {
+            None => walk.tree(&restorer.root, &Place::root(), &snapshot.tree),
+            Some(node) => {
+                if let Some((dir, place)) = restorer.include_parents(parts) {
+                    // An include is restored as its content says, never as a raw copy.
+                    walk.entry(node, &HashSet::new(), dir.as_ref().unwrap_or(&restorer.root), &place);
+                }
+            }
+        });
+        walk.finish();
     });
-    walk.finish();
+    let mut cache = DirCache::new(restorer.root.clone());
+    restorer.remove_unfinished(&mut cache);
     if restorer.full.load(Relaxed) {
         progress.finish();
         let free = options.keep_free.unwrap_or(0) >> 20;
@@ -409,7 +428,6 @@ fn restore_selected(
         progress.finish();
         return Err(Error::Interrupted);
     }
-    let mut cache = DirCache::new(restorer.root.clone());
     restorer.finish_links(&mut cache);
     restorer.finish_dirs(&mut cache);
     progress.finish();
@@ -637,7 +655,14 @@ impl Restorer<'_> {
         Ok(true)
     }
 
-    fn file(&self, node: &Node, chunks: &[Id], dir: &Dir, place: &Place, raw_database: bool) -> Result<(), String> {
+    fn file(
+        &self,
+        node: &Node,
+        chunks: &[Id],
+        dir: &Dir,
+        place: &Arc<Place>,
+        raw_database: bool,
+    ) -> Result<(), String> {
         if self.keep_identical(node, chunks, dir, place)? {
             if let Some(reads) = self.reads {
                 reads.skip(chunks);
@@ -657,6 +682,9 @@ impl Restorer<'_> {
         let database = !raw_database && first.as_deref().is_some_and(|d| d.starts_with(sqlite::HEADER));
         let written = if database {
             self.database_file(node, first, chunks, dir, place)?
+        } else if let Some(writes) = &self.writes {
+            // Finished, and counted, once its blobs are written.
+            return self.queue_file(writes, node, first, chunks, dir, place);
         } else {
             // Metadata through the open file: no more lookups of its name.
             let (file, written) = self.write_content(dir, &node.name, first, chunks, node.meta.size, false)?;
@@ -760,6 +788,18 @@ impl Restorer<'_> {
 
     fn owner(&self, meta: &Metadata) -> Option<(u32, u32)> {
         self.as_root.then_some((meta.uid, meta.gid))
+    }
+
+    /// Removes the files of [`writes`] whose content failed, so that none is left cut short under
+    /// its name.
+    fn remove_unfinished(&self, cache: &mut DirCache) {
+        let mut unfinished = std::mem::take(&mut *self.unfinished.lock().expect("poisoned"));
+        unfinished.sort_by_key(|(place, _)| Arc::as_ptr(place) as usize);
+        for (place, name) in unfinished {
+            if let Err(e) = cache.open(&place).and_then(|dir| dir.remove_non_dir(&name)) {
+                self.record(&self.shown(&place, &name), format!("cannot remove what was written of it: {e}"));
+            }
+        }
     }
 
     fn finish_links(&self, cache: &mut DirCache) {

@@ -17,8 +17,9 @@
 //!
 //! When the writer reads every planned blob in order (no files left as they were), decoder
 //! threads take the blobs in plan order and decode them ahead of it, up to [`WINDOW`] decoded
-//! bytes: the writer then only writes, and decoding runs on the other cores (measured on the
-//! toolchain from a loopback S3: 3.0 s with two decoders, 3.8 s with none, on 2 cores).
+//! bytes: the writer then only writes (restore hands even that to threads of its own), and
+//! decoding runs on the other cores (measured on the toolchain from a loopback S3: 3.0 s with two
+//! decoders, 3.8 s with none, on 2 cores).
 //!
 //! The plan follows the writer's order (restore writes in plan order on an object store), but
 //! nothing depends on it being right: a blob read more often than planned is read alone; with
@@ -33,7 +34,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use super::index::{Index, Location};
 use super::Repository;
 use crate::error::{Error, Result};
-use crate::id::Id;
+use crate::id::{Id, IdMap};
 
 /// A segment spans at most this many bytes of its pack: packs are 16 MiB by default, so the
 /// blobs a restore needs from one pack are read in one request.
@@ -87,7 +88,7 @@ struct Ahead {
     /// The planned reads, in order.
     order: Vec<Id>,
     /// Each planned blob's positions in `order`, ascending.
-    positions: HashMap<Id, Vec<usize>>,
+    positions: IdMap<Vec<usize>>,
     state: Mutex<AheadState>,
     /// The writer waits on it for the read it is at.
     decoded: Condvar,
@@ -135,6 +136,10 @@ impl Ahead {
 
     /// The first planned read of `id` at or after position `from`.
     fn position(&self, id: &Id, from: usize) -> Option<usize> {
+        // The writer reads in plan order: almost always, its read is the one at `from`.
+        if self.order.get(from) == Some(id) {
+            return Some(from);
+        }
         let at = self.positions.get(id)?;
         at.get(at.partition_point(|&p| p < from)).copied()
     }
@@ -175,7 +180,7 @@ enum Slot {
     Waiting,
     Fetching,
     /// The stored bytes of each blob still to be read.
-    Ready(HashMap<Id, Arc<Vec<u8>>>),
+    Ready(IdMap<Arc<Vec<u8>>>),
     /// The fetch failed: every read of its blobs gets this error.
     Failed(String),
 }
@@ -190,7 +195,7 @@ struct Planned {
 
 struct State {
     segments: Vec<Segment>,
-    blobs: HashMap<Id, Planned>,
+    blobs: IdMap<Planned>,
     /// Waiting segments with reads left, by next planned read.
     waiting: BTreeSet<(u64, usize)>,
     /// Reads and skips made so far: where the writer is in the plan.
@@ -240,8 +245,8 @@ impl State {
 /// pack half of whose bytes are read within `spread` stays whole (the toolchain's packs: a burst
 /// of files, then blobs other files share read over a third of the plan, which the budget holds
 /// while they wait).
-fn segments(located: &HashMap<Id, Location>, order: &[Id], spread: u64) -> Vec<(u32, Vec<Id>)> {
-    let mut first_read: HashMap<Id, u64> = HashMap::with_capacity(located.len());
+fn segments(located: &IdMap<Location>, order: &[Id], spread: u64) -> Vec<(u32, Vec<Id>)> {
+    let mut first_read: IdMap<u64> = IdMap::with_capacity_and_hasher(located.len(), Default::default());
     let mut planned = 0u64;
     for id in order {
         first_read.entry(*id).or_insert(planned);
@@ -279,7 +284,7 @@ fn segments(located: &HashMap<Id, Location>, order: &[Id], spread: u64) -> Vec<(
 
 /// Whether half the bytes of a pack's planned `blobs` or more are first read within `spread`
 /// bytes of the plan of each other.
-fn read_in_a_burst(blobs: &[(Location, Id)], first_read: &HashMap<Id, u64>, spread: u64) -> bool {
+fn read_in_a_burst(blobs: &[(Location, Id)], first_read: &IdMap<u64>, spread: u64) -> bool {
     let mut reads: Vec<(u64, u64)> = blobs.iter().map(|(l, id)| (first_read[id], l.stored_len as u64)).collect();
     reads.sort_unstable();
     let total: u64 = reads.iter().map(|&(_, len)| len).sum();
@@ -314,18 +319,18 @@ impl<'a> PlannedReads<'a> {
         let spread = budget / 2;
         // Positions count planned reads only: blobs not in the index are never planned. Each is
         // looked up once, here (a lookup is a search of the index on disk).
-        let mut located: HashMap<Id, Location> = HashMap::new();
+        let mut located: IdMap<Location> = IdMap::default();
         let order: Vec<Id> = (blobs.into_iter())
             .filter(|id| located.contains_key(id) || index.get(id).map(|l| located.insert(*id, l)).is_some())
             .collect();
-        let mut positions: HashMap<Id, Vec<usize>> = HashMap::new();
+        let mut positions: IdMap<Vec<usize>> = IdMap::default();
         for (at, id) in order.iter().enumerate() {
             positions.entry(*id).or_default().push(at);
         }
         let segments = segments(&located, &order, spread);
         let mut state = State {
             segments: Vec::with_capacity(segments.len()),
-            blobs: HashMap::with_capacity(positions.len()),
+            blobs: IdMap::with_capacity_and_hasher(positions.len(), Default::default()),
             waiting: BTreeSet::new(),
             position: 0,
             may_leave: !ahead,
@@ -691,9 +696,10 @@ impl<'a> PlannedReads<'a> {
             give_back();
         }
         let parts: Vec<(u64, usize)> = blobs.iter().map(|(_, l)| (l.offset as u64, l.stored_len as usize)).collect();
-        let fetched = self.repo.backend().get_parts(&key, &parts).map(|stored| {
-            blobs.iter().map(|(id, _)| *id).zip(stored.into_iter().map(Arc::new)).collect::<HashMap<_, _>>()
-        });
+        let fetched =
+            self.repo.backend().get_parts(&key, &parts).map(|stored| {
+                blobs.iter().map(|(id, _)| *id).zip(stored.into_iter().map(Arc::new)).collect::<IdMap<_>>()
+            });
         let mut guard = self.lock();
         let state = &mut *guard;
         state.held -= end - start;
