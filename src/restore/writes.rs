@@ -46,6 +46,10 @@ pub(super) struct Writes {
 struct Queue {
     jobs: VecDeque<Job>,
     bytes: u64,
+    /// Writers waiting for a job, and whether the walker waits for room: a condition variable
+    /// is only signalled for someone waiting (each signal is a system call, two a blob).
+    idle: usize,
+    walker_waits: bool,
     /// No more jobs come (the walk is done, or a writer panicked).
     closed: bool,
 }
@@ -102,7 +106,7 @@ impl Drop for Closer<'_> {
 impl Writes {
     pub(super) fn new() -> Writes {
         Writes {
-            state: Mutex::new(Queue { jobs: VecDeque::new(), bytes: 0, closed: false }),
+            state: Mutex::new(Queue { jobs: VecDeque::new(), bytes: 0, idle: 0, walker_waits: false, closed: false }),
             work: Condvar::new(),
             room: Condvar::new(),
         }
@@ -120,15 +124,20 @@ impl Writes {
             && !queue.jobs.is_empty()
             && (queue.bytes + len > QUEUED_BYTES || queue.jobs.len() >= QUEUED_JOBS)
         {
+            queue.walker_waits = true;
             queue = self.room.wait(queue).expect("poisoned");
+            queue.walker_waits = false;
         }
         if queue.closed {
             return;
         }
         queue.bytes += len;
         queue.jobs.push_back(job);
+        let idle = queue.idle > 0;
         drop(queue);
-        self.work.notify_one();
+        if idle {
+            self.work.notify_one();
+        }
     }
 
     /// The next job; `None` once the queue is closed and empty.
@@ -137,14 +146,19 @@ impl Writes {
         loop {
             if let Some(job) = queue.jobs.pop_front() {
                 queue.bytes -= job.data.len();
+                let walker_waits = queue.walker_waits;
                 drop(queue);
-                self.room.notify_one();
+                if walker_waits {
+                    self.room.notify_one();
+                }
                 return Some(job);
             }
             if queue.closed {
                 return None;
             }
+            queue.idle += 1;
             queue = self.work.wait(queue).expect("poisoned");
+            queue.idle -= 1;
         }
     }
 }
