@@ -130,6 +130,9 @@ struct Restorer<'a> {
     failed: Mutex<HashSet<(u64, u64)>>,
     /// Directories made, for their metadata at the end.
     dirs: Mutex<Vec<MadeDir>>,
+    /// (device, inode) of the directories made under names like those of restore's private
+    /// directories for databases, which are never taken for leftovers ([`database`]).
+    made_dirs: Mutex<HashSet<(u64, u64)>>,
     /// On an object store, unless with holes: files' blobs are written on threads of their own.
     writes: Option<writes::Writes>,
     /// Files of `writes` whose content failed, removed at the end.
@@ -383,6 +386,7 @@ fn restore_selected(
         links: Mutex::new(Vec::new()),
         failed: Mutex::new(HashSet::new()),
         dirs: Mutex::new(Vec::new()),
+        made_dirs: Mutex::new(HashSet::new()),
         writes: (reads.is_some() && !options.sparse).then(writes::Writes::new),
         unfinished: Mutex::new(Vec::new()),
         files: AtomicU64::new(0),
@@ -397,8 +401,9 @@ fn restore_selected(
     let walk = Parallel::new(repo, &restorer.root, &restorer);
     std::thread::scope(|scope| {
         if let Some(writes) = &restorer.writes {
-            for _ in 0..writes::WRITERS {
-                scope.spawn(|| restorer.write_queued(writes));
+            for n in 0..writes::WRITERS {
+                let restorer = &restorer;
+                scope.spawn(move || restorer.write_queued(writes, n));
             }
         }
         // The writers end once the walk is done and the queue empty, however the walk ends.
@@ -480,6 +485,7 @@ impl InParallel for Restorer<'_> {
                     }
                 };
                 self.close_reused(&child, &node.meta);
+                self.note_made_dir(name, &child);
                 self.used(sparse::BLOCK as u64);
                 let child_place = place.child(name);
                 self.dir_count.fetch_add(1, Relaxed);
@@ -626,6 +632,16 @@ impl Restorer<'_> {
         }
         let mtime = (st.st_mtime, st.st_mtime_nsec as u32);
         let _ = set_metadata_fd(dir.as_fd(), self.as_root.then_some((0, st.st_gid)), 0o700, mtime);
+    }
+
+    /// Notes `dir`, just made as `name`, if restore could take it for the private directory of
+    /// a database that a killed restore left ([`database`]).
+    fn note_made_dir(&self, name: &[u8], dir: &Dir) {
+        if database::may_be_staging(name) {
+            if let Ok(st) = stat_fd(dir.as_fd()) {
+                self.made_dirs.lock().expect("poisoned").insert((st.st_dev, st.st_ino));
+            }
+        }
     }
 
     fn special(&self, dir: &Dir, place: &Place, node: &Node, kind: libc::mode_t, rdev: u64) -> Result<(), String> {

@@ -16,9 +16,10 @@
 //!
 //! The steps and what a crash between them leaves: store-format/tree.md, "Restoring databases".
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Error, ErrorKind};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
 use super::Restorer;
@@ -49,15 +50,38 @@ fn is_staging_name(name: &[u8], database: &[u8]) -> bool {
         .is_some_and(|random| random.len() == 8 && random.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
+/// Whether `name` may be that of a private directory for some database: restore notes the
+/// directories it makes under such names ([`Restorer::note_made_dir`]) so that none is ever taken
+/// for a leftover.
+pub(super) fn may_be_staging(name: &[u8]) -> bool {
+    name.first() == Some(&b'.') && name.windows(MARK.len()).any(|w| w == MARK)
+}
+
+/// Takes `dir`'s lock, exclusive, without waiting; whether it was taken. A restore holds the lock
+/// of its private directory as long as it uses it, and the kernel drops it when the restore ends
+/// however it ends (`kill -9` too).
+fn lock(dir: &Dir) -> bool {
+    // SAFETY: plain syscall on a valid descriptor.
+    unsafe { libc::flock(dir.as_fd().as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
 /// Removes the private directories that killed restores of `database` left in `parent` (all but
 /// `ours`) and returns their names. Called once the new database is in place: whatever they hold
 /// then belongs to a database that is gone (a new one never moved in, or the old companions of
-/// one replaced since). Only what surely is such a leftover: named for this database, made
-/// before this restore began (`started`, Unix seconds; a second is allowed for the file system's
-/// coarse clock), so that a directory of that name restored from the snapshot is never taken
-/// for one; private to this user; holding nothing but regular files under the names a restore
-/// gives them. One listing of `parent` per database restored: databases are few.
-fn remove_leftovers(parent: &Dir, database: &[u8], ours: &[u8], started: i64) -> Vec<Vec<u8>> {
+/// one replaced since). Only what surely is such a leftover: named for this database; not one
+/// this restore made (`made`: a directory of that name restored from the snapshot); not locked
+/// by a restore still running ([`lock`]); private to this user; holding nothing but regular files
+/// under the names a restore gives them, and something (an empty one made since this restore
+/// began, `started` in Unix seconds with a second of slack for a coarse clock, may be another
+/// restore's between making and locking it). One listing of `parent` per database restored:
+/// databases are few.
+fn remove_leftovers(
+    parent: &Dir,
+    database: &[u8],
+    ours: &[u8],
+    started: i64,
+    made: &HashSet<(u64, u64)>,
+) -> Vec<Vec<u8>> {
     let Ok(names) = parent.names() else { return Vec::new() };
     let known = [database.to_vec(), [database, b"-wal", SET_ASIDE].concat(), [database, b"-shm", SET_ASIDE].concat()];
     // SAFETY: geteuid cannot fail.
@@ -66,11 +90,14 @@ fn remove_leftovers(parent: &Dir, database: &[u8], ours: &[u8], started: i64) ->
     for name in names.into_iter().filter(|name| name != ours && is_staging_name(name, database)) {
         let Ok(dir) = parent.open_dir(&name) else { continue };
         let Ok(st) = stat_fd(dir.as_fd()) else { continue };
-        if st.st_uid != me || st.st_mode & 0o077 != 0 || st.st_ctime >= started - 1 {
+        if st.st_uid != me || st.st_mode & 0o077 != 0 || made.contains(&(st.st_dev, st.st_ino)) || !lock(&dir) {
             continue;
         }
         let Ok(inside) = dir.names() else { continue };
         if !inside.iter().all(|entry| known.contains(entry) && dir.stat(entry).is_ok_and(|s| is_file(&s))) {
+            continue;
+        }
+        if inside.is_empty() && st.st_ctime >= started - 1 {
             continue;
         }
         let emptied = inside.iter().all(|entry| dir.remove_non_dir(entry).is_ok());
@@ -101,6 +128,9 @@ impl<'a> Staging<'a> {
     fn create(parent: &'a Dir, database: &'a [u8]) -> std::io::Result<Staging<'a>> {
         let name = staging_name(database);
         let dir = parent.make_private_dir(&name)?;
+        // Held until it is closed, when this is dropped: no other restore takes it for a
+        // leftover meanwhile. (Where locks are not kept, no restore can take one either.)
+        lock(&dir);
         let st = stat_fd(dir.as_fd())?;
         Ok(Staging { parent, name, identity: (st.st_dev, st.st_ino), dir, database })
     }
@@ -218,7 +248,8 @@ impl Restorer<'_> {
         staging
             .replace(&file, &self.shown(place, &staging.name), verdict != "ok")
             .map_err(|e| format!("replacing the database: {e}"))?;
-        for name in remove_leftovers(dir, &node.name, &staging.name, self.started) {
+        let made = self.made_dirs.lock().expect("poisoned").clone();
+        for name in remove_leftovers(dir, &node.name, &staging.name, self.started, &made) {
             let shown = self.shown(place, &name);
             self.progress
                 .warn(&format!("note: {}: removed, left by an interrupted restore", crate::names::shown_path(&shown)));

@@ -8,14 +8,22 @@
 //! they go (`pwrite`), and whoever ends a file's last piece of work (a writer, or the walker
 //! when every write was done before it queued the last) finishes it ([`Restorer::finish_queued`]):
 //! its metadata once all of its content is written, or, if a write or a read of its blobs
-//! failed, its name kept for removal at the end ([`Restorer::remove_unfinished`]), as a file cut
-//! short must not pass for the snapshot's content.
+//! failed, its content cut away at once (a full disk gets its room back for the next files) and
+//! its name kept for removal at the end ([`Restorer::remove_unfinished`]), as a file cut short
+//! must not pass for the snapshot's content.
 //!
-//! The queue holds at most [`QUEUED_BYTES`] of blobs and [`QUEUED_JOBS`] of them (each holds its
-//! file open), beyond which the walker waits.
+//! Each file is written by one writer, in order (its lane, the one with the fewest bytes queued
+//! when the file is created): a kill leaves a file cut short as a restore on one thread does,
+//! never with a gap of zeros inside, and two writers never contend for one file's lock (the
+//! file system takes it for every write).
+//!
+//! The lanes hold at most [`QUEUED_BYTES`] of blobs between them, and a number of blobs (each
+//! holds its file open) within [`QUEUED_JOBS`] and a quarter of the process's file descriptors,
+//! beyond which the walker waits.
 
 use std::collections::VecDeque;
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::AcqRel, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -31,27 +39,54 @@ pub(super) const WRITERS: usize = 2;
 /// Bytes of blobs queued at most.
 const QUEUED_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Blobs queued at most: each holds its file open.
+/// Blobs queued at most, when file descriptors allow: each holds its file open.
 const QUEUED_JOBS: usize = 256;
 
 /// The queue of blobs to write, shared by the walker and the writers.
 pub(super) struct Writes {
     state: Mutex<Queue>,
-    /// Writers wait on it for a job.
-    work: Condvar,
+    /// Each writer waits on its own for a job.
+    work: [Condvar; WRITERS],
     /// The walker waits on it for room.
     room: Condvar,
+    /// [`QUEUED_JOBS`], or a quarter of the file descriptors this process may open if less.
+    most_jobs: usize,
+    /// Who fills the disk, when writes find it full ([`Writes::full`]).
+    full: Full,
+}
+
+/// What writers that find the disk full go by: of the files being written at that moment, the
+/// one with the most written fails (its room is given back at once) and the others write again
+/// once it is. With one writer, the file that filled the disk failed and the small ones after
+/// it were restored; two writing at once must not fail those along with it.
+#[derive(Default)]
+struct Full {
+    /// Per lane: 1 + the bytes its file held when its writer began its current job; 0 idle.
+    current: [AtomicU64; WRITERS],
+    /// Files that failed and were cut away: room given back.
+    cuts: AtomicU64,
 }
 
 struct Queue {
-    jobs: VecDeque<Job>,
+    /// Each writer's jobs.
+    lanes: [Lane; WRITERS],
     bytes: u64,
-    /// Writers waiting for a job, and whether the walker waits for room: a condition variable
-    /// is only signalled for someone waiting (each signal is a system call, two a blob).
-    idle: usize,
+    jobs: usize,
+    /// Whether the walker waits for room: a condition variable is only signalled for someone
+    /// waiting (each signal is a system call, and there would be two a blob).
     walker_waits: bool,
+    /// The lane the next file goes to when the lanes hold the same.
+    next: usize,
     /// No more jobs come (the walk is done, or a writer panicked).
     closed: bool,
+}
+
+#[derive(Default)]
+struct Lane {
+    jobs: VecDeque<Job>,
+    bytes: u64,
+    /// Its writer waits for a job.
+    idle: bool,
 }
 
 /// A blob to write into a file at an offset.
@@ -70,6 +105,8 @@ enum Data {
 /// A file being written: created, its blobs queued or being written.
 pub(super) struct Pending {
     file: fs::File,
+    /// The writer whose lane its jobs go to.
+    lane: usize,
     place: Arc<Place>,
     name: Vec<u8>,
     meta: Metadata,
@@ -89,6 +126,13 @@ impl Pending {
     fn failed(&self) -> bool {
         self.failure.lock().expect("poisoned").is_some()
     }
+
+    /// Gives back the room of what was written of a file that failed (best effort: its name
+    /// is removed at the end all the same).
+    fn cut_away(&self) {
+        // SAFETY: plain syscall on a valid descriptor.
+        unsafe { libc::ftruncate(self.file.as_raw_fd(), 0) };
+    }
 }
 
 /// Closes the queue when dropped: at the end of the walk, and when a writer unwinds, so that
@@ -98,17 +142,26 @@ pub(super) struct Closer<'w>(pub(super) &'w Writes);
 impl Drop for Closer<'_> {
     fn drop(&mut self) {
         self.0.lock().closed = true;
-        self.0.work.notify_all();
+        self.0.work.iter().for_each(Condvar::notify_all);
         self.0.room.notify_all();
     }
 }
 
 impl Writes {
     pub(super) fn new() -> Writes {
+        let mut files = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit fills the struct it is given.
+        let most_jobs = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) } {
+            0 => (files.rlim_cur / 4).clamp(1, QUEUED_JOBS as u64) as usize,
+            _ => QUEUED_JOBS,
+        };
+        let queue = Queue { lanes: Default::default(), bytes: 0, jobs: 0, walker_waits: false, next: 0, closed: false };
         Writes {
-            state: Mutex::new(Queue { jobs: VecDeque::new(), bytes: 0, idle: 0, walker_waits: false, closed: false }),
-            work: Condvar::new(),
+            state: Mutex::new(queue),
+            work: Default::default(),
             room: Condvar::new(),
+            most_jobs,
+            full: Full::default(),
         }
     }
 
@@ -116,14 +169,19 @@ impl Writes {
         self.state.lock().expect("poisoned")
     }
 
-    /// Queues `job`, once there is room for it; a closed queue drops it.
+    /// The lane for a new file: the one with the fewest bytes queued.
+    fn lane(&self) -> usize {
+        let mut queue = self.lock();
+        let next = queue.next;
+        queue.next = (next + 1) % WRITERS;
+        (0..WRITERS).map(|n| (next + n) % WRITERS).min_by_key(|&n| queue.lanes[n].bytes).unwrap_or(0)
+    }
+
+    /// Queues `job` in its file's lane, once there is room for it; a closed queue drops it.
     fn push(&self, job: Job) {
         let len = job.data.len();
         let mut queue = self.lock();
-        while !queue.closed
-            && !queue.jobs.is_empty()
-            && (queue.bytes + len > QUEUED_BYTES || queue.jobs.len() >= QUEUED_JOBS)
-        {
+        while !queue.closed && queue.jobs > 0 && (queue.bytes + len > QUEUED_BYTES || queue.jobs >= self.most_jobs) {
             queue.walker_waits = true;
             queue = self.room.wait(queue).expect("poisoned");
             queue.walker_waits = false;
@@ -131,21 +189,76 @@ impl Writes {
         if queue.closed {
             return;
         }
+        let n = job.file.lane;
         queue.bytes += len;
-        queue.jobs.push_back(job);
-        let idle = queue.idle > 0;
+        queue.jobs += 1;
+        let lane = &mut queue.lanes[n];
+        lane.bytes += len;
+        lane.jobs.push_back(job);
+        let idle = lane.idle;
         drop(queue);
         if idle {
-            self.work.notify_one();
+            self.work[n].notify_one();
         }
     }
 
-    /// The next job; `None` once the queue is closed and empty.
-    fn pop(&self) -> Option<Job> {
+    /// Writes `bytes` at `offset` of `file`, for writer `n`. A full disk: while another writer
+    /// writes a file with more written than this one, or as much in a lane before this one, this
+    /// waits for it to end its job or give its room back, and writes again when room was given.
+    fn write(&self, file: &Pending, bytes: &[u8], offset: u64, n: usize) -> std::io::Result<()> {
+        let full = &self.full;
+        let mine = full.current[n].load(Relaxed);
+        let mut cuts = full.cuts.load(Relaxed);
+        loop {
+            let error = match file.file.write_all_at(bytes, offset) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => e,
+                Err(e) => return Err(e),
+            };
+            // What the others write now, and whether one of them should fail first.
+            let before = |m: usize, theirs: u64| theirs > mine || (theirs == mine && m < n);
+            let started: Vec<(usize, u64)> = (0..WRITERS)
+                .filter(|&m| m != n)
+                .map(|m| (m, full.current[m].load(Relaxed)))
+                .filter(|&(m, theirs)| theirs > 0 && before(m, theirs))
+                .collect();
+            if started.is_empty() {
+                return Err(error);
+            }
+            // Until one of them gives room back, or each ends the job it was on.
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                if full.cuts.load(Relaxed) != cuts {
+                    break;
+                }
+                if started.iter().all(|&(m, theirs)| full.current[m].load(Relaxed) != theirs) {
+                    break;
+                }
+            }
+            let now = full.cuts.load(Relaxed);
+            if now == cuts {
+                // They ended their jobs without giving room back: written again once more
+                // only if another of them is still ahead of this one.
+                if (0..WRITERS).filter(|&m| m != n).all(|m| {
+                    let theirs = full.current[m].load(Relaxed);
+                    theirs == 0 || !before(m, theirs)
+                }) {
+                    return file.file.write_all_at(bytes, offset);
+                }
+            }
+            cuts = now;
+        }
+    }
+
+    /// Writer `n`'s next job; `None` once the queue is closed and its lane empty.
+    fn pop(&self, n: usize) -> Option<Job> {
         let mut queue = self.lock();
         loop {
-            if let Some(job) = queue.jobs.pop_front() {
-                queue.bytes -= job.data.len();
+            if let Some(job) = queue.lanes[n].jobs.pop_front() {
+                let len = job.data.len();
+                queue.lanes[n].bytes -= len;
+                queue.bytes -= len;
+                queue.jobs -= 1;
                 let walker_waits = queue.walker_waits;
                 drop(queue);
                 if walker_waits {
@@ -156,9 +269,9 @@ impl Writes {
             if queue.closed {
                 return None;
             }
-            queue.idle += 1;
-            queue = self.work.wait(queue).expect("poisoned");
-            queue.idle -= 1;
+            queue.lanes[n].idle = true;
+            queue = self.work[n].wait(queue).expect("poisoned");
+            queue.lanes[n].idle = false;
         }
     }
 }
@@ -174,10 +287,11 @@ impl Data {
 }
 
 impl Restorer<'_> {
-    /// A writer thread: writes queued blobs until the queue is closed and empty.
-    pub(super) fn write_queued(&self, writes: &Writes) {
+    /// Writer `n`: writes the blobs queued in its lane until the queue is closed and the lane
+    /// empty.
+    pub(super) fn write_queued(&self, writes: &Writes, n: usize) {
         let _closer = Closer(writes);
-        while let Some(Job { file, offset, data }) = writes.pop() {
+        while let Some(Job { file, offset, data }) = writes.pop(n) {
             let bytes = match &data {
                 Data::Blob(blob) => blob.as_slice(),
                 Data::Zeros => self.zeros.bytes.as_slice(),
@@ -185,15 +299,22 @@ impl Restorer<'_> {
             if self.cancelled() {
                 file.fail("interrupted".into());
             } else if !file.failed() {
-                match file.file.write_all_at(bytes, offset) {
+                writes.full.current[n].store(1 + file.written.load(Relaxed), Relaxed);
+                match writes.write(&file, bytes, offset, n) {
                     Ok(()) => {
                         let len = bytes.len() as u64;
                         file.written.fetch_add(len, Relaxed);
                         self.used(len);
                         self.progress.add_bytes(len);
                     }
-                    Err(e) => file.fail(e.to_string()),
+                    Err(e) => {
+                        file.fail(e.to_string());
+                        // A full disk: its room, for the files after it.
+                        file.cut_away();
+                        writes.full.cuts.fetch_add(1, Relaxed);
+                    }
                 }
+                writes.full.current[n].store(0, Relaxed);
             }
             if let Data::Blob(blob) = data {
                 self.written(blob);
@@ -218,6 +339,7 @@ impl Restorer<'_> {
         self.used(sparse::BLOCK as u64);
         let pending = Arc::new(Pending {
             file,
+            lane: writes.lane(),
             place: place.clone(),
             name: node.name.clone(),
             meta: node.meta,
@@ -278,6 +400,7 @@ impl Restorer<'_> {
         let result = match content {
             Ok(()) => self.file_metadata(&file.file, &file.meta, &file.xattrs, shown),
             Err(why) => {
+                file.cut_away();
                 self.unfinished.lock().expect("poisoned").push((file.place.clone(), file.name.clone()));
                 Err(why)
             }

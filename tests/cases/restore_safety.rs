@@ -248,25 +248,29 @@ fn a_racing_attacker_never_gets_a_byte_outside() {
 }
 
 /// The private directory in which `dir`'s database `app.db` is being restored, once it holds the
-/// new file.
-fn staging_in(dir: &Path) -> Option<String> {
-    fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|name| name.starts_with(".app.db.cairn-restore-") && dir.join(name).join("app.db").exists())
+/// new file; not `stored`, a directory of such a name that the snapshot holds.
+fn staging_in(dir: &Path, stored: &str) -> Option<String> {
+    fs::read_dir(dir).ok()?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).find(|name| {
+        name.starts_with(".app.db.cairn-restore-") && name != stored && dir.join(name).join("app.db").exists()
+    })
 }
 
 /// `kill -9` while a database is restored leaves its private directory, recognisable by its name
 /// beside the database. The next restore of that database removes it once the new database is in
-/// place, and says so. What only looks like one is left: another user's, one that holds what a
-/// restore never puts there, another database's.
+/// place, and says so, however soon after the kill it runs (it once kept what was made less than
+/// two seconds before it began). What only looks like one is left: another user's, one that holds
+/// what a restore never puts there, another database's, one a restore still running holds locked,
+/// and one that the snapshot itself has beside the database.
 #[test]
 fn the_next_restore_removes_what_a_killed_one_left() {
     let scratch = Scratch::new("killed-db");
     let (source, repo) = (scratch.join("src"), scratch.join("repo"));
     fs::create_dir_all(source.join("db")).unwrap();
     text_database(&source.join("db/app.db"), 16_000, 4);
+    let stored = source.join("db/.app.db.cairn-restore-5a5a5a5a");
+    fs::create_dir(&stored).unwrap();
+    fs::write(stored.join("app.db"), b"the snapshot's").unwrap();
+    fs::set_permissions(&stored, fs::Permissions::from_mode(0o700)).unwrap();
     init(&repo);
     ok(cairn(&repo).arg("snapshot").arg(&source));
     let (target, dir) = (scratch.join("target"), scratch.join("target/db"));
@@ -276,7 +280,7 @@ fn the_next_restore_removes_what_a_killed_one_left() {
             let mut child =
                 cairn(&repo).args(["restore", "latest", "--quiet", "--target"]).arg(&target).spawn().unwrap();
             let found = loop {
-                if let Some(name) = staging_in(&dir) {
+                if let Some(name) = staging_in(&dir, ".app.db.cairn-restore-5a5a5a5a") {
                     break Some(name);
                 }
                 if child.try_wait().unwrap().is_some() {
@@ -303,8 +307,15 @@ fn the_next_restore_removes_what_a_killed_one_left() {
     if is_root() {
         std::os::unix::fs::chown(dir.join(".app.db.cairn-restore-deadbeef"), Some(65534), None).unwrap();
     }
-    // Older than the next restore by more than the file system clock's second of slack.
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // A restore still running holds its private directory locked (this process stands in).
+    let running = dir.join(".app.db.cairn-restore-c0ffee00");
+    fs::create_dir(&running).unwrap();
+    fs::set_permissions(&running, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(running.join("app.db"), b"a running restore's").unwrap();
+    let held = fs::File::open(&running).unwrap();
+    // SAFETY: plain syscall on a valid descriptor.
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    let _ = fs::remove_dir_all(dir.join(".app.db.cairn-restore-5a5a5a5a"));
     let out = run(cairn(&repo).args(["restore", "latest", "--overwrite", "--target"]).arg(&target));
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -313,7 +324,10 @@ fn the_next_restore_removes_what_a_killed_one_left() {
     for (name, inside) in &decoys {
         assert_eq!(fs::read(dir.join(name).join(inside)).unwrap(), b"not restore's", "{name}");
     }
+    assert_eq!(fs::read(running.join("app.db")).unwrap(), b"a running restore's");
+    assert_eq!(fs::read(dir.join(".app.db.cairn-restore-5a5a5a5a/app.db")).unwrap(), b"the snapshot's");
     assert_eq!(fs::read(dir.join("app.db")).unwrap(), fs::read(source.join("db/app.db")).unwrap());
+    drop(held);
 }
 
 /// A directory that already stands where the snapshot has one and is open to someone the

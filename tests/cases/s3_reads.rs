@@ -433,3 +433,81 @@ fn damaged_blobs_on_s3_fail_only_their_files_and_leave_nothing_cut_short() {
     assert!(big_failed > 0, "no big file was hit mid-file: {failed:?}");
     assert!(restored >= 100, "{restored} restored");
 }
+
+/// A restore from S3 that fills its target's disk fails the file that filled it and restores the
+/// small files after it: the room of what was written of a failed file is given back at once
+/// (the writers once kept it until the end of the restore, and every later file failed too).
+#[test]
+fn a_full_target_disk_fails_the_file_that_filled_it_not_every_file_after() {
+    let proxy = Proxy::start();
+    let scratch = Scratch::new("s3-full-target");
+    let source = scratch.join("src");
+    std::fs::create_dir_all(&source).unwrap();
+    for (n, name) in ["a1", "a2", "a3"].iter().enumerate() {
+        write_noise_file(&source.join(name), 8 << 20, 70 + n as u64);
+    }
+    for i in 0..50 {
+        write_noise_file(&source.join(format!("b{i:02}")), 10_000, 100 + i);
+    }
+    let remote = Remote {
+        url: PathBuf::from(format!("s3://{BUCKET}/full-target-{}", std::process::id())),
+        endpoint: proxy.endpoint(),
+        cache: scratch.join("cache"),
+    };
+    ok(&mut remote.cairn(&["init"]));
+    ok(remote.cairn(&["snapshot"]).arg(&source));
+    let Some(mount) = Mount::try_tmpfs_of(&scratch.join("small"), 20) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let target = mount.0.join("t");
+    let output = run(remote.cairn(&["restore", "latest", "--json", "--target"]).arg(&target));
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let errors = report["summary"]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "only the file that filled the disk fails: {errors:#?}");
+    assert!(errors[0]["message"].as_str().unwrap().contains("No space left"), "{errors:#?}");
+    for i in 0..50 {
+        let name = format!("b{i:02}");
+        assert_eq!(std::fs::read(target.join(&name)).unwrap(), std::fs::read(source.join(&name)).unwrap(), "{name}");
+    }
+    let failed = std::path::Path::new(errors[0]["path"].as_str().unwrap());
+    assert!(std::fs::symlink_metadata(failed).is_err(), "{} is left", failed.display());
+}
+
+/// Under a low limit of open files (a container's, a service unit's LimitNOFILE), a restore from
+/// S3 of many small files restores them all: the writers' queue holds a file open per blob, and
+/// once took more descriptors than the limit allowed ("Too many open files" for thousands).
+#[test]
+fn a_low_open_file_limit_still_restores_every_small_file() {
+    let proxy = Proxy::start();
+    let scratch = Scratch::new("s3-nofile");
+    let source = scratch.join("src");
+    for i in 0..3000u64 {
+        let dir = source.join(format!("d{}", i % 4));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}")), format!("{i}\n")).unwrap();
+    }
+    let remote = Remote {
+        url: PathBuf::from(format!("s3://{BUCKET}/nofile-{}", std::process::id())),
+        endpoint: proxy.endpoint(),
+        cache: scratch.join("cache"),
+    };
+    ok(&mut remote.cairn(&["init"]));
+    ok(remote.cairn(&["snapshot"]).arg(&source));
+    let target = scratch.join("restored");
+    let mut command = remote.cairn(&["restore", "latest", "--target"]);
+    command.arg(&target);
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let limit = libc::rlimit { rlim_cur: 48, rlim_max: 48 };
+            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    ok(&mut command);
+    assert_same_tree(&source, &target);
+}
