@@ -387,7 +387,7 @@ fn restore_selected(
         failed: Mutex::new(HashSet::new()),
         dirs: Mutex::new(Vec::new()),
         made_dirs: Mutex::new(HashSet::new()),
-        writes: (reads.is_some() && !options.sparse).then(writes::Writes::new),
+        writes: (reads.is_some() && !options.sparse && writes::may_run()).then(writes::Writes::new),
         unfinished: Mutex::new(Vec::new()),
         files: AtomicU64::new(0),
         dir_count: AtomicU64::new(0),
@@ -697,6 +697,9 @@ impl Restorer<'_> {
         };
         let database = !raw_database && first.as_deref().is_some_and(|d| d.starts_with(sqlite::HEADER));
         let written = if database {
+            if let Some(writes) = &self.writes {
+                writes.drain();
+            }
             self.database_file(node, first, chunks, dir, place)?
         } else if let Some(writes) = &self.writes {
             // Finished, and counted, once its blobs are written.

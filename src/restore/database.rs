@@ -57,12 +57,14 @@ pub(super) fn may_be_staging(name: &[u8]) -> bool {
     name.first() == Some(&b'.') && name.windows(MARK.len()).any(|w| w == MARK)
 }
 
-/// Takes `dir`'s lock, exclusive, without waiting; whether it was taken. A restore holds the lock
-/// of its private directory as long as it uses it, and the kernel drops it when the restore ends
-/// however it ends (`kill -9` too).
-fn lock(dir: &Dir) -> bool {
+/// Takes `dir`'s lock, exclusive, waiting for it if `wait`; whether it was taken. A restore holds
+/// the lock of its private directory as long as it uses it, and the kernel drops it when the
+/// restore ends however it ends (`kill -9` too). Another restore looking for leftovers holds it
+/// for a moment only, so a restore that made the directory waits for it.
+fn lock(dir: &Dir, wait: bool) -> bool {
+    let how = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
     // SAFETY: plain syscall on a valid descriptor.
-    unsafe { libc::flock(dir.as_fd().as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    unsafe { libc::flock(dir.as_fd().as_raw_fd(), how) == 0 }
 }
 
 /// Removes the private directories that killed restores of `database` left in `parent` (all but
@@ -90,7 +92,7 @@ fn remove_leftovers(
     for name in names.into_iter().filter(|name| name != ours && is_staging_name(name, database)) {
         let Ok(dir) = parent.open_dir(&name) else { continue };
         let Ok(st) = stat_fd(dir.as_fd()) else { continue };
-        if st.st_uid != me || st.st_mode & 0o077 != 0 || made.contains(&(st.st_dev, st.st_ino)) || !lock(&dir) {
+        if st.st_uid != me || st.st_mode & 0o077 != 0 || made.contains(&(st.st_dev, st.st_ino)) || !lock(&dir, false) {
             continue;
         }
         let Ok(inside) = dir.names() else { continue };
@@ -130,7 +132,7 @@ impl<'a> Staging<'a> {
         let dir = parent.make_private_dir(&name)?;
         // Held until it is closed, when this is dropped: no other restore takes it for a
         // leftover meanwhile. (Where locks are not kept, no restore can take one either.)
-        lock(&dir);
+        lock(&dir, true);
         let st = stat_fd(dir.as_fd())?;
         Ok(Staging { parent, name, identity: (st.st_dev, st.st_ino), dir, database })
     }

@@ -18,8 +18,10 @@
 //! file system takes it for every write).
 //!
 //! The lanes hold at most [`QUEUED_BYTES`] of blobs between them, and a number of blobs (each
-//! holds its file open) within [`QUEUED_JOBS`] and a quarter of the process's file descriptors,
-//! beyond which the walker waits.
+//! holds its file open) within [`QUEUED_JOBS`] and half of the file descriptors the process may
+//! open beyond [`FOR_THE_REST`], beyond which the walker waits; with fewer than twice that, there
+//! are no writers. Before a database, which the walker writes itself, the queue is drained
+//! ([`Writes::drain`]).
 
 use std::collections::VecDeque;
 use std::fs;
@@ -42,6 +44,22 @@ const QUEUED_BYTES: u64 = 16 * 1024 * 1024;
 /// Blobs queued at most, when file descriptors allow: each holds its file open.
 const QUEUED_JOBS: usize = 256;
 
+/// File descriptors a restore uses besides the writers' files (its directories, connections,
+/// the repository's files); below twice this limit, restore writes on its walking thread alone.
+pub(super) const FOR_THE_REST: u64 = 64;
+
+/// The open files this process may have (`RLIMIT_NOFILE`), if it can tell.
+fn open_files() -> Option<u64> {
+    let mut files = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct it is given.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) } == 0).then_some(files.rlim_cur)
+}
+
+/// Whether the writers may run: the process may open files enough for them and the rest.
+pub(super) fn may_run() -> bool {
+    open_files().map_or(true, |files| files >= 2 * FOR_THE_REST)
+}
+
 /// The queue of blobs to write, shared by the walker and the writers.
 pub(super) struct Writes {
     state: Mutex<Queue>,
@@ -56,15 +74,28 @@ pub(super) struct Writes {
 }
 
 /// What writers that find the disk full go by: of the files being written at that moment, the
-/// one with the most written fails (its room is given back at once) and the others write again
-/// once it is. With one writer, the file that filled the disk failed and the small ones after
+/// one with the most still to write fails (its room is given back at once) and the others write
+/// again once it is. With one writer, the file that filled the disk failed and the small ones after
 /// it were restored; two writing at once must not fail those along with it.
 #[derive(Default)]
 struct Full {
-    /// Per lane: 1 + the bytes its file held when its writer began its current job; 0 idle.
+    /// Per lane: 1 + the bytes its file had still to write when its writer began its current
+    /// job; 0 idle.
     current: [AtomicU64; WRITERS],
+    /// Per lane: jobs its writer ended.
+    ended: [AtomicU64; WRITERS],
     /// Files that failed and were cut away: room given back.
     cuts: AtomicU64,
+}
+
+/// Marks writer `n` idle when its job ends, however it ends.
+struct Busy<'f>(&'f Full, usize);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.current[self.1].store(0, Relaxed);
+        self.0.ended[self.1].fetch_add(1, Relaxed);
+    }
 }
 
 struct Queue {
@@ -72,6 +103,8 @@ struct Queue {
     lanes: [Lane; WRITERS],
     bytes: u64,
     jobs: usize,
+    /// Jobs taken by writers and not yet ended.
+    in_flight: usize,
     /// Whether the walker waits for room: a condition variable is only signalled for someone
     /// waiting (each signal is a system call, and there would be two a blob).
     walker_waits: bool,
@@ -149,13 +182,17 @@ impl Drop for Closer<'_> {
 
 impl Writes {
     pub(super) fn new() -> Writes {
-        let mut files = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit fills the struct it is given.
-        let most_jobs = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) } {
-            0 => (files.rlim_cur / 4).clamp(1, QUEUED_JOBS as u64) as usize,
-            _ => QUEUED_JOBS,
+        let most_jobs = open_files()
+            .map_or(QUEUED_JOBS, |files| ((files.saturating_sub(FOR_THE_REST) / 2) as usize).clamp(1, QUEUED_JOBS));
+        let queue = Queue {
+            lanes: Default::default(),
+            bytes: 0,
+            jobs: 0,
+            in_flight: 0,
+            walker_waits: false,
+            next: 0,
+            closed: false,
         };
-        let queue = Queue { lanes: Default::default(), bytes: 0, jobs: 0, walker_waits: false, next: 0, closed: false };
         Writes {
             state: Mutex::new(queue),
             work: Default::default(),
@@ -203,8 +240,9 @@ impl Writes {
     }
 
     /// Writes `bytes` at `offset` of `file`, for writer `n`. A full disk: while another writer
-    /// writes a file with more written than this one, or as much in a lane before this one, this
-    /// waits for it to end its job or give its room back, and writes again when room was given.
+    /// writes a file with more still to write than this one, or as much in a lane before this
+    /// one, this waits for it to end its job or give its room back, and writes again when room
+    /// was given.
     fn write(&self, file: &Pending, bytes: &[u8], offset: u64, n: usize) -> std::io::Result<()> {
         let full = &self.full;
         let mine = full.current[n].load(Relaxed);
@@ -218,9 +256,13 @@ impl Writes {
             // What the others write now, and whether one of them should fail first.
             let before = |m: usize, theirs: u64| theirs > mine || (theirs == mine && m < n);
             let started: Vec<(usize, u64)> = (0..WRITERS)
-                .filter(|&m| m != n)
-                .map(|m| (m, full.current[m].load(Relaxed)))
-                .filter(|&(m, theirs)| theirs > 0 && before(m, theirs))
+                .filter(|&m| {
+                    m != n && {
+                        let theirs = full.current[m].load(Relaxed);
+                        theirs > 0 && before(m, theirs)
+                    }
+                })
+                .map(|m| (m, full.ended[m].load(Relaxed)))
                 .collect();
             if started.is_empty() {
                 return Err(error);
@@ -231,7 +273,7 @@ impl Writes {
                 if full.cuts.load(Relaxed) != cuts {
                     break;
                 }
-                if started.iter().all(|&(m, theirs)| full.current[m].load(Relaxed) != theirs) {
+                if started.iter().all(|&(m, ended)| full.ended[m].load(Relaxed) != ended) {
                     break;
                 }
             }
@@ -250,6 +292,29 @@ impl Writes {
         }
     }
 
+    /// A writer ended the job it took.
+    fn ended(&self) {
+        let mut queue = self.lock();
+        queue.in_flight -= 1;
+        let walker_waits = queue.walker_waits;
+        drop(queue);
+        if walker_waits {
+            self.room.notify_one();
+        }
+    }
+
+    /// Waits until every queued job is written: the walker writes a database itself, and with
+    /// the writers still at work, a disk they fill would fail it where it fits once they are
+    /// done (or give back the room of a file that failed).
+    pub(super) fn drain(&self) {
+        let mut queue = self.lock();
+        while !queue.closed && (queue.jobs > 0 || queue.in_flight > 0) {
+            queue.walker_waits = true;
+            queue = self.room.wait(queue).expect("poisoned");
+            queue.walker_waits = false;
+        }
+    }
+
     /// Writer `n`'s next job; `None` once the queue is closed and its lane empty.
     fn pop(&self, n: usize) -> Option<Job> {
         let mut queue = self.lock();
@@ -259,6 +324,7 @@ impl Writes {
                 queue.lanes[n].bytes -= len;
                 queue.bytes -= len;
                 queue.jobs -= 1;
+                queue.in_flight += 1;
                 let walker_waits = queue.walker_waits;
                 drop(queue);
                 if walker_waits {
@@ -299,7 +365,9 @@ impl Restorer<'_> {
             if self.cancelled() {
                 file.fail("interrupted".into());
             } else if !file.failed() {
-                writes.full.current[n].store(1 + file.written.load(Relaxed), Relaxed);
+                let left = file.meta.size.saturating_sub(file.written.load(Relaxed));
+                writes.full.current[n].store(1 + left, Relaxed);
+                let _busy = Busy(&writes.full, n);
                 match writes.write(&file, bytes, offset, n) {
                     Ok(()) => {
                         let len = bytes.len() as u64;
@@ -314,12 +382,12 @@ impl Restorer<'_> {
                         writes.full.cuts.fetch_add(1, Relaxed);
                     }
                 }
-                writes.full.current[n].store(0, Relaxed);
             }
             if let Data::Blob(blob) = data {
                 self.written(blob);
             }
             self.done_with(&file);
+            writes.ended();
         }
     }
 

@@ -495,19 +495,72 @@ fn a_low_open_file_limit_still_restores_every_small_file() {
     };
     ok(&mut remote.cairn(&["init"]));
     ok(remote.cairn(&["snapshot"]).arg(&source));
-    let target = scratch.join("restored");
-    let mut command = remote.cairn(&["restore", "latest", "--target"]);
-    command.arg(&target);
-    // SAFETY: only setrlimit between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-            let limit = libc::rlimit { rlim_cur: 48, rlim_max: 48 };
-            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
-        });
+    // With writers (their queue within the limit), and without (too few for them).
+    for files in [160, 40] {
+        let target = scratch.join(format!("restored-{files}"));
+        let mut command = remote.cairn(&["restore", "latest", "--target"]);
+        command.arg(&target);
+        // SAFETY: only setrlimit between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                let limit = libc::rlimit { rlim_cur: files, rlim_max: files };
+                match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+        ok(&mut command);
+        assert_same_tree(&source, &target);
     }
-    ok(&mut command);
-    assert_same_tree(&source, &target);
+}
+
+/// A database after a file that fills the disk: restore writes a database itself, on its walking
+/// thread, and once did so while the writers were still writing the big file before it, so the
+/// database failed too where it fits once the big file gave its room back. The writers' queue is
+/// now drained before a database.
+#[test]
+fn a_database_after_the_file_that_filled_the_disk_is_restored() {
+    let proxy = Proxy::start();
+    let scratch = Scratch::new("s3-full-db");
+    let source = scratch.join("src");
+    std::fs::create_dir_all(&source).unwrap();
+    write_noise_file(&source.join("a_big"), 30 << 20, 7);
+    let db = rusqlite::Connection::open(source.join("b.db")).unwrap();
+    db.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, body TEXT); BEGIN").unwrap();
+    for i in 0..8000u64 {
+        let body: String = noise(1000, 50 + i).iter().map(|b| (b'a' + b % 26) as char).collect();
+        db.execute("INSERT INTO t(body) VALUES (?1)", [body]).unwrap();
+    }
+    db.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    drop(db);
+    for i in 0..10 {
+        write_noise_file(&source.join(format!("c{i}")), 10_000, 200 + i);
+    }
+    let remote = Remote {
+        url: PathBuf::from(format!("s3://{BUCKET}/full-db-{}", std::process::id())),
+        endpoint: proxy.endpoint(),
+        cache: scratch.join("cache"),
+    };
+    ok(&mut remote.cairn(&["init"]));
+    ok(remote.cairn(&["snapshot"]).arg(&source));
+    let Some(mount) = Mount::try_tmpfs_of(&scratch.join("small"), 25) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let target = mount.0.join("t");
+    let output = run(remote.cairn(&["restore", "latest", "--json", "--target"]).arg(&target));
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let errors = report["summary"]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "only the big file fails: {errors:#?}");
+    assert!(errors[0]["path"].as_str().unwrap().ends_with("a_big"), "{errors:#?}");
+    assert!(std::fs::symlink_metadata(target.join("a_big")).is_err());
+    let restored = rusqlite::Connection::open(target.join("b.db")).unwrap();
+    let rows: i64 = restored.query_row("SELECT count(*) FROM t", [], |row| row.get(0)).unwrap();
+    assert_eq!(rows, 8000);
+    for i in 0..10 {
+        let name = format!("c{i}");
+        assert_eq!(std::fs::read(target.join(&name)).unwrap(), std::fs::read(source.join(&name)).unwrap(), "{name}");
+    }
 }

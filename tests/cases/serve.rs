@@ -477,7 +477,9 @@ fn kill_9_of_the_server_mid_backup_leaves_a_consistent_repository() {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    let _ = Command::new("kill").args(["-9", &pid.to_string(), &child]).status();
+    // The snapshot first: killed after the server, it could be signalled as its server died
+    // before the SIGKILL reached it, and record that ("interrupted by SIGHUP", seen under load).
+    let _ = Command::new("kill").args(["-9", &child, &pid.to_string()]).status();
     drop(served);
     std::thread::sleep(Duration::from_millis(200));
     ok(cairn(&site.repo).arg("check"));
