@@ -434,6 +434,35 @@ fn damaged_blobs_on_s3_fail_only_their_files_and_leave_nothing_cut_short() {
     assert!(restored >= 100, "{restored} restored");
 }
 
+/// Snapshots `source` into the test server (below `name`), then restores it from there into a
+/// fresh tmpfs of `mib` MiB, where it must fail: the mount (kept mounted while it lives), the
+/// target, and the errors of the restore's `--json` summary. `None` without root.
+fn restore_onto_a_small_disk(
+    proxy: &Proxy,
+    scratch: &Scratch,
+    source: &Path,
+    name: &str,
+    mib: u32,
+) -> Option<(Mount, PathBuf, Vec<serde_json::Value>)> {
+    let remote = Remote {
+        url: PathBuf::from(format!("s3://{BUCKET}/{name}-{}", std::process::id())),
+        endpoint: proxy.endpoint(),
+        cache: scratch.join("cache"),
+    };
+    ok(&mut remote.cairn(&["init"]));
+    ok(remote.cairn(&["snapshot"]).arg(source));
+    let Some(mount) = Mount::try_tmpfs_of(&scratch.join("small"), mib) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return None;
+    };
+    let target = mount.0.join("t");
+    let output = run(remote.cairn(&["restore", "latest", "--json", "--target"]).arg(&target));
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let errors = report["summary"]["errors"].as_array().unwrap().clone();
+    Some((mount, target, errors))
+}
+
 /// A restore from S3 that fills its target's disk fails the file that filled it and restores the
 /// small files after it: the room of what was written of a failed file is given back at once
 /// (the writers once kept it until the end of the restore, and every later file failed too).
@@ -449,22 +478,9 @@ fn a_full_target_disk_fails_the_file_that_filled_it_not_every_file_after() {
     for i in 0..50 {
         write_noise_file(&source.join(format!("b{i:02}")), 10_000, 100 + i);
     }
-    let remote = Remote {
-        url: PathBuf::from(format!("s3://{BUCKET}/full-target-{}", std::process::id())),
-        endpoint: proxy.endpoint(),
-        cache: scratch.join("cache"),
-    };
-    ok(&mut remote.cairn(&["init"]));
-    ok(remote.cairn(&["snapshot"]).arg(&source));
-    let Some(mount) = Mount::try_tmpfs_of(&scratch.join("small"), 20) else {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some((_mount, target, errors)) = restore_onto_a_small_disk(&proxy, &scratch, &source, "full-target", 20) else {
         return;
     };
-    let target = mount.0.join("t");
-    let output = run(remote.cairn(&["restore", "latest", "--json", "--target"]).arg(&target));
-    assert_eq!(output.status.code(), Some(1), "{output:?}");
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let errors = report["summary"]["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "only the file that filled the disk fails: {errors:#?}");
     assert!(errors[0]["message"].as_str().unwrap().contains("No space left"), "{errors:#?}");
     for i in 0..50 {
@@ -537,22 +553,9 @@ fn a_database_after_the_file_that_filled_the_disk_is_restored() {
     for i in 0..10 {
         write_noise_file(&source.join(format!("c{i}")), 10_000, 200 + i);
     }
-    let remote = Remote {
-        url: PathBuf::from(format!("s3://{BUCKET}/full-db-{}", std::process::id())),
-        endpoint: proxy.endpoint(),
-        cache: scratch.join("cache"),
-    };
-    ok(&mut remote.cairn(&["init"]));
-    ok(remote.cairn(&["snapshot"]).arg(&source));
-    let Some(mount) = Mount::try_tmpfs_of(&scratch.join("small"), 25) else {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some((_mount, target, errors)) = restore_onto_a_small_disk(&proxy, &scratch, &source, "full-db", 25) else {
         return;
     };
-    let target = mount.0.join("t");
-    let output = run(remote.cairn(&["restore", "latest", "--json", "--target"]).arg(&target));
-    assert_eq!(output.status.code(), Some(1), "{output:?}");
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let errors = report["summary"]["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "only the big file fails: {errors:#?}");
     assert!(errors[0]["path"].as_str().unwrap().ends_with("a_big"), "{errors:#?}");
     assert!(std::fs::symlink_metadata(target.join("a_big")).is_err());
