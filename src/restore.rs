@@ -894,14 +894,23 @@ struct DirCache {
     root: Arc<Dir>,
     open: HashMap<usize, (Arc<Place>, Arc<Dir>, u64)>,
     uses: u64,
+    /// [`CACHED_DIRS`], or a quarter of the files this process may open if less.
+    most: usize,
 }
 
-/// Directories the cache keeps open at most.
+/// Directories the cache keeps open at most (under a low `RLIMIT_NOFILE`, fewer: at a limit
+/// of 256 it took them all, and the metadata of later directories failed with EMFILE).
 const CACHED_DIRS: usize = 256;
 
 impl DirCache {
     fn new(root: Arc<Dir>) -> DirCache {
-        DirCache { root, open: HashMap::new(), uses: 0 }
+        let mut files = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit fills the struct it is given.
+        let most = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) } {
+            0 => (files.rlim_cur / 4).clamp(2, CACHED_DIRS as u64) as usize,
+            _ => CACHED_DIRS,
+        };
+        DirCache { root, open: HashMap::new(), uses: 0, most }
     }
 
     fn key(place: &Arc<Place>) -> usize {
@@ -921,10 +930,10 @@ impl DirCache {
     }
 
     fn insert(&mut self, place: &Arc<Place>, dir: Arc<Dir>) {
-        if self.open.len() >= CACHED_DIRS {
+        if self.open.len() >= self.most {
             // Close the half used longest ago.
             let mut uses: Vec<u64> = self.open.values().map(|(_, _, used)| *used).collect();
-            let (_, median, _) = uses.select_nth_unstable(CACHED_DIRS / 2);
+            let (_, median, _) = uses.select_nth_unstable(self.most / 2);
             let median = *median;
             self.open.retain(|_, (_, _, used)| *used > median);
         }
