@@ -60,6 +60,14 @@ pub fn not_a_directory(error: &Error) -> bool {
 }
 
 /// `fstat` of an open descriptor.
+/// The files this process may have open at once (the soft `RLIMIT_NOFILE`), if it can tell:
+/// what keeps files or directories open by the hundred sizes its caches within it.
+pub(crate) fn open_files_limit() -> Option<u64> {
+    let mut files = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct it is given.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) } == 0).then_some(files.rlim_cur)
+}
+
 pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: a valid descriptor and room for one stat.

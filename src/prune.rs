@@ -458,6 +458,14 @@ pub fn plan(repo: &Repository, max_unused_percent: f64) -> Result<PrunePlan> {
     plan_leaving(repo, max_unused_percent, None, &HashSet::new())
 }
 
+/// What repacking `packs` packs that hold `blobs` live blobs of `bytes` stored bytes writes: the
+/// blobs as stored, a pack trailer entry and a repack index entry each (48 bytes, sealed 40 more:
+/// 128 counted), and a pack's header each. Prune plans the room of each repack with it, and
+/// forget weighs a plan's repacks against the free space with it.
+pub fn repack_writes(bytes: u64, blobs: u64, packs: u64) -> u64 {
+    bytes + blobs * 128 + packs * 4096
+}
+
 /// [`plan`] as if the snapshots `leaving` were gone: the plan of a prune that follows a forget of
 /// them, made (and the repository found whole) before the forget deletes anything.
 ///
@@ -521,9 +529,7 @@ pub fn plan_leaving(
             internal.delete.push(*pack_id);
             plan.bytes_freed += pack.len;
         } else if dead_bytes > 0 {
-            // What a repack of it writes: the live blobs as stored, a pack trailer entry and a
-            // repack index entry each (48 bytes, sealed 40 more: 128 counted), a pack's header.
-            let writes = live_bytes + blobs * 128 + 4096;
+            let writes = repack_writes(live_bytes, blobs, 1);
             candidates.push((dead_bytes as f64 / (live_bytes + dead_bytes) as f64, *pack_id, dead_bytes, writes));
         }
     }

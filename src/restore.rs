@@ -904,12 +904,8 @@ const CACHED_DIRS: usize = 256;
 
 impl DirCache {
     fn new(root: Arc<Dir>) -> DirCache {
-        let mut files = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit fills the struct it is given.
-        let most = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) } {
-            0 => (files.rlim_cur / 4).clamp(2, CACHED_DIRS as u64) as usize,
-            _ => CACHED_DIRS,
-        };
+        let most = crate::fs_at::open_files_limit()
+            .map_or(CACHED_DIRS, |files| (files / 4).clamp(2, CACHED_DIRS as u64) as usize);
         DirCache { root, open: HashMap::new(), uses: 0, most }
     }
 

@@ -44,12 +44,8 @@ pub(super) struct OpenPacks {
 
 impl Default for OpenPacks {
     fn default() -> OpenPacks {
-        let mut files = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit fills the struct it is given.
-        let most = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) } {
-            0 => (files.rlim_cur / 4).clamp(1, MOST_KEPT as u64) as usize,
-            _ => KEPT,
-        };
+        let most =
+            crate::fs_at::open_files_limit().map_or(KEPT, |files| (files / 4).clamp(1, MOST_KEPT as u64) as usize);
         OpenPacks {
             files: HashMap::new(),
             clock: 0,

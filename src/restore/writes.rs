@@ -32,7 +32,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::{sparse, Restorer};
 use crate::format::tree::{Metadata, Node, Xattr};
-use crate::fs_at::{Dir, Place};
+use crate::fs_at::{open_files_limit, Dir, Place};
 use crate::id::Id;
 
 /// Writer threads.
@@ -48,16 +48,9 @@ const QUEUED_JOBS: usize = 256;
 /// the repository's files); below twice this limit, restore writes on its walking thread alone.
 pub(super) const FOR_THE_REST: u64 = 64;
 
-/// The open files this process may have (`RLIMIT_NOFILE`), if it can tell.
-fn open_files() -> Option<u64> {
-    let mut files = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit fills the struct it is given.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) } == 0).then_some(files.rlim_cur)
-}
-
 /// Whether the writers may run: the process may open files enough for them and the rest.
 pub(super) fn may_run() -> bool {
-    open_files().map_or(true, |files| files >= 2 * FOR_THE_REST)
+    open_files_limit().map_or(true, |files| files >= 2 * FOR_THE_REST)
 }
 
 /// The queue of blobs to write, shared by the walker and the writers.
@@ -182,7 +175,7 @@ impl Drop for Closer<'_> {
 
 impl Writes {
     pub(super) fn new() -> Writes {
-        let most_jobs = open_files()
+        let most_jobs = open_files_limit()
             .map_or(QUEUED_JOBS, |files| ((files.saturating_sub(FOR_THE_REST) / 2) as usize).clamp(1, QUEUED_JOBS));
         let queue = Queue {
             lanes: Default::default(),
@@ -241,8 +234,8 @@ impl Writes {
 
     /// Writes `bytes` at `offset` of `file`, for writer `n`. A full disk: while another writer
     /// writes a file with more still to write than this one, or as much in a lane before this
-    /// one, this waits for it to end its job or give its room back, and writes again when room
-    /// was given.
+    /// one, this waits for it to end its job or give its room back, and writes again; with none
+    /// such, the disk is full for this file.
     fn write(&self, file: &Pending, bytes: &[u8], offset: u64, n: usize) -> std::io::Result<()> {
         let full = &self.full;
         let mine = full.current[n].load(Relaxed);
@@ -253,14 +246,11 @@ impl Writes {
                 Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => e,
                 Err(e) => return Err(e),
             };
-            // What the others write now, and whether one of them should fail first.
-            let before = |m: usize, theirs: u64| theirs > mine || (theirs == mine && m < n);
+            // The others that should fail before this one, with the jobs each has ended.
             let started: Vec<(usize, u64)> = (0..WRITERS)
                 .filter(|&m| {
-                    m != n && {
-                        let theirs = full.current[m].load(Relaxed);
-                        theirs > 0 && before(m, theirs)
-                    }
+                    let theirs = full.current[m].load(Relaxed);
+                    m != n && theirs > 0 && (theirs > mine || (theirs == mine && m < n))
                 })
                 .map(|m| (m, full.ended[m].load(Relaxed)))
                 .collect();
@@ -277,18 +267,7 @@ impl Writes {
                     break;
                 }
             }
-            let now = full.cuts.load(Relaxed);
-            if now == cuts {
-                // They ended their jobs without giving room back: written again once more
-                // only if another of them is still ahead of this one.
-                if (0..WRITERS).filter(|&m| m != n).all(|m| {
-                    let theirs = full.current[m].load(Relaxed);
-                    theirs == 0 || !before(m, theirs)
-                }) {
-                    return file.file.write_all_at(bytes, offset);
-                }
-            }
-            cuts = now;
+            cuts = full.cuts.load(Relaxed);
         }
     }
 
@@ -343,11 +322,19 @@ impl Writes {
 }
 
 impl Data {
+    /// Bytes it holds: a run of zeros counts as none, written from memory kept anyway.
     fn len(&self) -> u64 {
         match self {
             Data::Blob(blob) => blob.len() as u64,
-            // Counted as nothing held: it is written from memory kept anyway.
             Data::Zeros => 0,
+        }
+    }
+
+    /// What it writes; `zeros` is the chunk of a run of zeros.
+    fn bytes<'d>(&'d self, zeros: &'d [u8]) -> &'d [u8] {
+        match self {
+            Data::Blob(blob) => blob,
+            Data::Zeros => zeros,
         }
     }
 }
@@ -358,10 +345,7 @@ impl Restorer<'_> {
     pub(super) fn write_queued(&self, writes: &Writes, n: usize) {
         let _closer = Closer(writes);
         while let Some(Job { file, offset, data }) = writes.pop(n) {
-            let bytes = match &data {
-                Data::Blob(blob) => blob.as_slice(),
-                Data::Zeros => self.zeros.bytes.as_slice(),
-            };
+            let bytes = data.bytes(&self.zeros.bytes);
             if self.cancelled() {
                 file.fail("interrupted".into());
             } else if !file.failed() {
@@ -434,10 +418,7 @@ impl Restorer<'_> {
                     }
                 },
             };
-            let len = match &data {
-                Data::Blob(blob) => blob.len() as u64,
-                Data::Zeros => self.zeros.bytes.len() as u64,
-            };
+            let len = data.bytes(&self.zeros.bytes).len() as u64;
             pending.left.fetch_add(1, Relaxed);
             writes.push(Job { file: pending.clone(), offset, data });
             offset += len;
