@@ -7,7 +7,7 @@
 #   WORK_DIR is scratch space, removed first (about 5 GiB of inodes and repositories).
 # env:   CAIRN  the cairn binary (default target/release/cairn)
 #        FILES  files in the tree (default 1000000: 1,000 directories of 1,000 files)
-#        DELAY  added round trip in ms for the S3 runs through benches/delay_proxy.py (default 20)
+#        DELAY  added round trip in ms for the S3 runs through benches/delay_proxy.rs (default 20)
 # needs: moto_server and boto3 (pip install 'moto[server]'), python3.
 #
 # Not timed: the tree (small files of distinct text), a first snapshot, 100 files changed in 100
@@ -73,7 +73,8 @@ moto_server -H 127.0.0.1 -p "$PORT" >"$WORK/moto.log" 2>&1 &
 PIDS=($!)
 trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
-python3 "$HERE/delay_proxy.py" "$PROXY" "$PORT" "$(python3 -c "print($DELAY / 2)")" >"$WORK/proxy.out" 2>&1 &
+(cd "$HERE/.." && cargo build --quiet --release --example delay_proxy) || exit 2
+"$HERE/../target/release/examples/delay_proxy" "$PROXY" "$PORT" "$(python3 -c "print($DELAY / 2)")" >"$WORK/proxy.out" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do grep -qs ready "$WORK/proxy.out" && break; sleep 0.1; done
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true

@@ -14,7 +14,7 @@
 #                          database with 4 KiB pages (APP_PAGE_SIZE), which cairn stores one
 #                          chunk per page, beside 6 MiB of plain files
 #        DELAYS    added round trips in ms (default "0 20"); a delay goes through
-#                  benches/delay_proxy.py, which holds every chunk half of it in each direction
+#                  benches/delay_proxy.rs, which holds every chunk half of it in each direction
 #        OUT_DIR   where the restores write (default WORK_DIR); a tmpfs such as /dev/shm takes
 #                  the disk's writeback out of the timings, which on a VM varies 3x run to run
 # needs: moto_server and boto3 (pip install 'moto[server]'), python3; restic (skipped if absent).
@@ -148,7 +148,7 @@ datasets = list(dict.fromkeys(k[0] for k in steps))
 delays = sorted({k[1] for k in steps})
 rows = []
 def row(name, ds, value, target, met):
-    rows.append((name, ds, value, target, "met" if met else "MISSED"))
+    rows.append((name, ds, value, target, "shown" if met is None else "met" if met else "MISSED"))
 for ds in datasets:
     s = lambda d, what: steps.get((ds, d, what))
     needed, total, meta = packs.get(ds, (0, 0, 0))
@@ -163,7 +163,11 @@ for ds in datasets:
             a, z = s(d, "s3-restore"), s(0, "s3-restore")
             if a and z:
                 x = a[0] / z[0]
-                row(f"s3 restore {d} ms / 0 ms", ds, f"{a[0]:.2f} / {z[0]:.2f} = {x:.2f}x", "<= 1.5x", x <= 1.5)
+                # Issue 21 sets this bound for the toolchain; a restore of a fraction of a
+                # second is a handful of round trips one after another, and only shown.
+                judged = ds == "corpus"
+                row(f"s3 restore {d} ms / 0 ms", ds, f"{a[0]:.2f} / {z[0]:.2f} = {x:.2f}x",
+                    "<= 1.5x" if judged else "-", x <= 1.5 if judged else None)
     for d in delays:
         # The requests that read packs, against the packs the restore needs; the rest read or
         # write the metadata (config, key files, lock, snapshot and index listings and files,

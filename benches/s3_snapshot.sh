@@ -8,7 +8,7 @@
 #   CORPUS_DIR holds two versions of one tree, v1/ and v2/ (two Rust toolchains). WORK_DIR is
 #   scratch space, removed first (about 2x the corpus; moto's spill files go to TMPDIR).
 # env:   CAIRN     the cairn binary (default target/release/cairn)
-#        DELAYS    added round trips in ms (default "0 20"), through benches/delay_proxy.py
+#        DELAYS    added round trips in ms (default "0 20"), through benches/delay_proxy.rs
 #        OUT_DIR   where restores write (default WORK_DIR; /dev/shm takes the disk's writeback
 #                  out of the restore timings)
 # needs: moto_server and boto3 (pip install 'moto[server]'), python3; restic (skipped if absent).
