@@ -1,7 +1,9 @@
 //! Restoring over an existing directory without losing it: the flow around [`super::restore`].
 //!
-//! An empty or missing target is restored into as it always was. A target with anything in it
-//! is refused unless the caller chose how ([`Mode`]); the refusal says what would change.
+//! An empty or missing target is restored into as it always was, marked unfinished until every
+//! entry is restored ([`unfinished`]): a target that holds that mark is restored into again as
+//! an empty one. A target with anything else in it is refused unless the caller chose how
+//! ([`Mode`]); the refusal says what would change.
 //! Before anything that exists is replaced or deleted, a *safety snapshot* of the whole target
 //! is taken, tagged `protected` and `pre-restore` (source name `pre-restore`), so the state
 //! before the restore is itself restorable; a safety snapshot that cannot be taken whole stops
@@ -41,6 +43,7 @@
 mod leftovers;
 mod mounts;
 mod plan;
+pub mod unfinished;
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
@@ -118,6 +121,9 @@ pub struct Options {
 pub enum How {
     /// The target was missing or empty: restored into directly.
     EmptyTarget,
+    /// The target holds what a restore that did not finish left ([`unfinished`]): restored into
+    /// directly again, every entry written anew.
+    Unfinished,
     InPlace,
     Overwrite,
     DryRun,
@@ -313,7 +319,18 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
     if !options.dry_run {
         report.leftovers.extend(site.lock()?);
     }
-    let empty = site.is_empty()?;
+    let mut empty = site.is_empty()?;
+    // A restore without a mode into what a killed one left finishes it; a mode asked for is
+    // followed (it snapshots the partial tree first).
+    if !empty && options.mode == Mode::Refuse && site.old.as_ref().is_some_and(|(dir, _)| unfinished::found(dir)) {
+        empty = true;
+        report.how = How::Unfinished;
+        report.leftovers.push(format!(
+            "{} holds what a restore that did not finish left ({}): restoring into it again",
+            site.path.display(),
+            unfinished::NAME
+        ));
+    }
     // A run that will change nothing (a dry run, a refusal) only reports what killed runs left.
     let acting = !options.dry_run && (empty || options.mode != Mode::Refuse);
     if options.mode == Mode::InPlace && !empty {
@@ -496,46 +513,70 @@ fn execute(
             ..Default::default()
         },
         How::InPlace => staged(repo, id, snapshot, options, site, want, progress, report)?,
-        // Given roots, the restore writes through the directory Site opened (made here when
-        // missing), never by a path that a link swapped in since could lead elsewhere.
-        How::EmptyTarget if !options.within.is_empty() => {
-            let pinned = match (&site.old, &site.parent) {
-                (Some((dir, _)), _) => dir.try_clone().map_err(|e| Error::io(&site.path, e))?,
-                (None, Some((parent, _, name))) => match parent.stat(name) {
-                    // A file (or a link) where the directory would be: it is neither replaced
-                    // without a safety snapshot nor followed.
-                    Ok(_) => {
-                        return Err(Error::Refused(format!(
-                            "{} is not a directory: nothing was changed; move it away, or restore to another target",
-                            site.path.display()
-                        )))
-                    }
-                    // Made as a restore by path makes it (0777 less the umask); an entry put in
-                    // its way since the check above is within the roots, and goes.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        parent.make_dir(name, 0o777).map_err(|e| Error::io(&site.path, e))?
-                    }
-                    Err(e) => return Err(Error::io(&site.path, e)),
-                },
-                (None, None) => {
-                    let why = std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "the directory that would hold the target does not exist",
-                    );
-                    return Err(Error::io(&site.path, why));
-                }
+        How::EmptyTarget | How::Unfinished => {
+            let marked = match (&site.old, options.within.is_empty()) {
+                (Some((dir, _)), true) => dir.try_clone().map_err(|e| Error::io(&site.path, e))?,
+                _ => pinned(site)?,
             };
-            let through = format!("/proc/self/fd/{}", pinned.raw_fd());
-            let mut summary = direct(Path::new(&through), options.skip_identical)?;
-            for error in &mut summary.errors {
-                error.path = error.path.replacen(&through, &site.path.to_string_lossy(), 1);
+            let mark = unfinished::put(&marked, id).map_err(|e| Error::io(site.path.join(unfinished::NAME), e))?;
+            let summary = if options.within.is_empty() {
+                direct(&options.target, options.skip_identical)?
+            } else {
+                // Given roots, the restore writes through the directory Site opened (made here
+                // when missing), never by a path that a link swapped in since could lead elsewhere.
+                let through = format!("/proc/self/fd/{}", marked.raw_fd());
+                let mut summary = direct(Path::new(&through), options.skip_identical)?;
+                for error in &mut summary.errors {
+                    error.path = error.path.replacen(&through, &site.path.to_string_lossy(), 1);
+                }
+                summary
+            };
+            // Stopped (a full disk, an interrupt) it returned above, and the mark stays too.
+            if summary.errors.is_empty() {
+                mark.remove(&marked).map_err(|e| Error::io(site.path.join(unfinished::NAME), e))?;
+            } else {
+                report.leftovers.push(format!(
+                    "{} keeps {}: it is not whole; restoring into it again finishes it",
+                    site.path.display(),
+                    unfinished::NAME
+                ));
             }
             summary
         }
-        How::EmptyTarget => direct(&options.target, options.skip_identical)?,
         _ => direct(&site.path, options.skip_identical)?,
     };
     Ok(())
+}
+
+/// The target directory as [`Site`] opened it, or made now where it was missing, for a restore
+/// held within roots.
+fn pinned(site: &Site) -> Result<Dir> {
+    Ok(match (&site.old, &site.parent) {
+        (Some((dir, _)), _) => dir.try_clone().map_err(|e| Error::io(&site.path, e))?,
+        (None, Some((parent, _, name))) => match parent.stat(name) {
+            // A file (or a link) where the directory would be: it is neither replaced
+            // without a safety snapshot nor followed.
+            Ok(_) => {
+                return Err(Error::Refused(format!(
+                    "{} is not a directory: nothing was changed; move it away, or restore to another target",
+                    site.path.display()
+                )))
+            }
+            // Made as a restore by path makes it (0777 less the umask); an entry put in
+            // its way since the check above is within the roots, and goes.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                parent.make_dir(name, 0o777).map_err(|e| Error::io(&site.path, e))?
+            }
+            Err(e) => return Err(Error::io(&site.path, e)),
+        },
+        (None, None) => {
+            let why = std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the directory that would hold the target does not exist",
+            );
+            return Err(Error::io(&site.path, why));
+        }
+    })
 }
 
 /// What the safety snapshot covers: the whole target; for `/`, only the entries replaced or

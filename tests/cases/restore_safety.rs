@@ -825,3 +825,136 @@ fn a_low_open_file_limit_keeps_every_directorys_metadata() {
     ok(&mut command);
     assert_same_tree(&source, &target);
 }
+
+/// The mark a restore into an empty target keeps there until it is done.
+const UNFINISHED: &str = ".cairn-restore-unfinished";
+
+/// `cairn restore latest --target TARGET`, killed (SIGKILL, through strace) at its `n`-th
+/// `write`: a file's content, the mark, or the output.
+fn restore_killed_at_write(repo: &Path, target: &Path, n: u32) {
+    assert!(
+        Command::new("strace").arg("-V").output().is_ok_and(|o| o.status.success()),
+        "this test needs strace (apt-get install strace)"
+    );
+    let restore = cairn(repo);
+    let mut traced = Command::new("strace");
+    traced.args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=write", "-e"]);
+    traced.arg(format!("inject=write:signal=KILL:when={n}"));
+    traced.arg(restore.get_program()).args(restore.get_args());
+    traced.args(["restore", "latest", "--quiet", "--target"]).arg(target);
+    for (key, value) in restore.get_envs() {
+        match value {
+            Some(value) => traced.env(key, value),
+            None => traced.env_remove(key),
+        };
+    }
+    assert!(!run(&mut traced).status.success(), "the restore was not killed at write #{n}");
+}
+
+/// A restore into an empty target killed half way leaves files cut short under their names: the
+/// target says so (the mark), and the next restore without a flag finishes it exactly and
+/// removes the mark, where it used to refuse the target as not empty (and --overwrite stored
+/// the broken tree as a protected safety snapshot).
+#[test]
+fn a_restore_into_an_empty_target_killed_half_way_is_finished_by_the_next() {
+    let scratch = Scratch::new("killed-empty");
+    let (source, repo, target) = (scratch.join("src"), scratch.join("repo"), scratch.join("target"));
+    for i in 0..24u64 {
+        let dir = source.join(format!("d{}", i % 3));
+        fs::create_dir_all(&dir).unwrap();
+        write_noise_file(&dir.join(format!("f{i}")), 300_000 + i * 1000, i);
+    }
+    fs::set_permissions(source.join("d1"), fs::Permissions::from_mode(0o750)).unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    // Writes: 1 the lock, then the mark (2, or 3 after the audit record's), then files (one
+    // each), the audit record's among them.
+    let mut cut_short = 0;
+    for n in [2, 3, 4, 12] {
+        let _ = fs::remove_dir_all(&target);
+        restore_killed_at_write(&repo, &target, n);
+        let how = match fs::read_to_string(target.join(UNFINISHED)) {
+            // Killed at the write of its text, the mark is empty.
+            Ok(mark) => {
+                assert!(mark.is_empty() || mark.starts_with("cairn restore: snapshot "), "{mark}");
+                "unfinished"
+            }
+            Err(_) => {
+                assert!(entries(&target).is_empty(), "killed at #{n}: content without the mark");
+                "empty-target"
+            }
+        };
+        let short = (0..24u64).filter(|i| {
+            let path = target.join(format!("d{}/f{i}", i % 3));
+            fs::metadata(path).is_ok_and(|m| m.len() != 300_000 + i * 1000)
+        });
+        cut_short += short.count();
+        let report = json(cairn(&repo).args(["--json", "restore", "latest", "--target"]).arg(&target));
+        assert_eq!(report["how"], how, "killed at #{n}: {report}");
+        assert!(report["safety_snapshot"].is_null(), "{report}");
+        assert_same_tree(&source, &target);
+    }
+    assert!(cut_short > 0, "no kill left a file cut short");
+    // Restored again over a whole tree, the restore now refuses: the mark is gone.
+    let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is not empty"));
+}
+
+/// Only the mark a restore writes finishes a target without a flag: a link by its name, a
+/// directory, a file with other text, or (as root) another user's file leave the target refused
+/// as not empty, untouched; a restore that cannot restore everything keeps the mark; and an
+/// entry of the snapshot by the mark's name is restored and stays.
+#[test]
+fn only_a_real_mark_lets_a_restore_into_a_target_that_is_not_empty() {
+    let scratch = Scratch::new("mark-forged");
+    let (source, repo, target) = (scratch.join("src"), scratch.join("repo"), scratch.join("target"));
+    fs::create_dir_all(&source).unwrap();
+    write_noise_file(&source.join("data"), 200_000, 7);
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    let says = "cairn restore: snapshot 00 is being restored into this directory";
+    let elsewhere = scratch.join("elsewhere");
+    fs::write(&elsewhere, says).unwrap();
+    let mut forged = vec!["a link", "a directory", "other text"];
+    if is_root() {
+        forged.push("another user's");
+    }
+    for what in forged {
+        let _ = fs::remove_dir_all(&target);
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("data"), b"the user's own").unwrap();
+        let mark = target.join(UNFINISHED);
+        match what {
+            "a link" => symlink(&elsewhere, &mark).unwrap(),
+            "a directory" => fs::create_dir(&mark).unwrap(),
+            "other text" => fs::write(&mark, "my notes").unwrap(),
+            _ => {
+                fs::write(&mark, says).unwrap();
+                std::os::unix::fs::chown(&mark, Some(65534), None).unwrap();
+            }
+        }
+        let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("is not empty"), "{what}: {stderr}");
+        assert_eq!(fs::read(target.join("data")).unwrap(), b"the user's own", "{what}");
+    }
+
+    // A blob that cannot be read: the file fails, the mark stays and says the target is not whole.
+    let damaged = scratch.join("damaged");
+    ok(Command::new("cp").arg("-a").arg(&repo).arg(&damaged));
+    let (pack, len) = packs_by_size(&damaged).into_iter().max_by_key(|(_, len)| *len).unwrap();
+    flip_byte(&pack, len / 2, 0x40);
+    let _ = fs::remove_dir_all(&target);
+    let out = run(cairn(&damaged).args(["restore", "latest", "--target"]).arg(&target));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains(UNFINISHED), "{stderr}");
+    assert!(fs::read_to_string(target.join(UNFINISHED)).unwrap().starts_with("cairn restore: "));
+
+    // The snapshot's own entry of that name is restored over the mark, and kept.
+    fs::write(source.join(UNFINISHED), b"the snapshot's").unwrap();
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    let _ = fs::remove_dir_all(&target);
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    assert_eq!(fs::read(target.join(UNFINISHED)).unwrap(), b"the snapshot's");
+    assert_same_tree(&source, &target);
+}
