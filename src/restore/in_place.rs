@@ -326,9 +326,13 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
         empty = true;
         report.how = How::Unfinished;
         report.leftovers.push(format!(
-            "{} holds what a restore that did not finish left ({}): restoring into it again",
+            "{} holds what a restore that did not finish left ({}): {}",
             site.path.display(),
-            unfinished::NAME
+            unfinished::NAME,
+            match options.dry_run {
+                false => "restoring into it again",
+                true => "a restore into it would write every entry again, as into an empty target",
+            }
         ));
     }
     // A run that will change nothing (a dry run, a refusal) only reports what killed runs left.
@@ -505,6 +509,12 @@ fn execute(
         };
         super::restore(repo, id, snapshot, &core, progress)
     };
+    // The mark of a restore that did not finish, in a target restored over with a mode: it goes
+    // once the target is whole (--in-place kept it, as an entry the snapshot does not have),
+    // unless the snapshot holds an entry of that name.
+    let stale_mark = matches!(report.how, How::InPlace | How::Overwrite)
+        && site.old.as_ref().is_some_and(|(dir, _)| unfinished::found(dir))
+        && repo.read_tree(&snapshot.tree).is_ok_and(|top| top.find(unfinished::NAME.as_bytes()).is_none());
     let nothing = report.plan.as_ref().is_some_and(|p| !swaps(p));
     report.summary = match report.how {
         // Nothing to swap: the target already is what the restore would make it.
@@ -545,6 +555,17 @@ fn execute(
         }
         _ => direct(&site.path, options.skip_identical)?,
     };
+    if stale_mark && report.summary.errors.is_empty() {
+        let now = match (&site.parent, &site.old) {
+            (Some((parent, _, name)), _) => parent.open_dir(name),
+            (None, Some((dir, _))) => dir.try_clone(),
+            (None, None) => return Ok(()),
+        };
+        // At worst it stays, and the next restore writes every entry again.
+        if let Some(now) = now.ok().filter(unfinished::found) {
+            let _ = now.remove_non_dir(unfinished::NAME.as_bytes());
+        }
+    }
     Ok(())
 }
 

@@ -895,6 +895,21 @@ fn a_restore_into_an_empty_target_killed_half_way_is_finished_by_the_next() {
         assert_same_tree(&source, &target);
     }
     assert!(cut_short > 0, "no kill left a file cut short");
+    // A mode asked for is followed (a safety snapshot of the partial tree first), and the mark
+    // goes once the target is whole: --in-place would otherwise carry it into the new tree as an
+    // entry the snapshot does not have.
+    for mode in ["--in-place", "--overwrite"] {
+        let _ = fs::remove_dir_all(&target);
+        let _ = fs::remove_dir_all(scratch.join("target.bak"));
+        restore_killed_at_write(&repo, &target, 12);
+        assert!(target.join(UNFINISHED).exists(), "{mode}");
+        let report = json(cairn(&repo).args(["--json", "restore", "latest", mode, "--target"]).arg(&target));
+        assert!(report["safety_snapshot"].is_string(), "{mode}: {report}");
+        assert_same_tree(&source, &target);
+        if mode == "--in-place" {
+            assert!(scratch.join("target.bak").join(UNFINISHED).exists(), "the old tree keeps its mark");
+        }
+    }
     // Restored again over a whole tree, the restore now refuses: the mark is gone.
     let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is not empty"));
