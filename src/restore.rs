@@ -116,8 +116,9 @@ struct Restorer<'a> {
     look_every: AtomicU64,
     full: AtomicBool,
     unchanged: AtomicU64,
-    /// This process's effective user, and whether it is root.
+    /// This process's effective user and group, and whether it is root.
     euid: u32,
+    egid: u32,
     as_root: bool,
     /// When this restore began, in Unix seconds: what is older was left by another one.
     started: i64,
@@ -360,8 +361,8 @@ fn restore_selected(
     zeros: ZeroRun,
     reads: Option<&PlannedReads>,
 ) -> Result<RestoreSummary> {
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    // SAFETY: geteuid and getegid cannot fail.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let restorer = Restorer {
         repo,
         reads,
@@ -378,6 +379,7 @@ fn restore_selected(
         full: AtomicBool::new(false),
         unchanged: AtomicU64::new(0),
         euid,
+        egid,
         as_root: euid == 0,
         started: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
         cancel: options.cancel,
@@ -706,7 +708,8 @@ impl Restorer<'_> {
             return self.queue_file(writes, node, first, chunks, dir, place);
         } else {
             // Metadata through the open file: no more lookups of its name.
-            let (file, written) = self.write_content(dir, &node.name, first, chunks, node.meta.size, false)?;
+            let mode = self.creation_mode(&node.meta, &node.xattrs);
+            let (file, written) = self.write_content(dir, &node.name, mode, first, chunks, node.meta.size, false)?;
             self.file_metadata(&file, &node.meta, &node.xattrs, || self.shown(place, &node.name))?;
             written
         };
@@ -716,18 +719,20 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    /// Writes a file's chunks (the first already read) to a new file `name` in `dir`, replacing
-    /// a non-directory entry there; returns the open file and its length.
+    /// Writes a file's chunks (the first already read) to a new file `name` in `dir`, made with
+    /// `mode`, replacing a non-directory entry there; returns the open file and its length.
+    #[allow(clippy::too_many_arguments)]
     fn write_content(
         &self,
         dir: &Dir,
         name: &[u8],
+        mode: u32,
         first: Option<Vec<u8>>,
         chunks: &[Id],
         expected: u64,
         sync: bool,
     ) -> Result<(fs::File, u64), String> {
-        let file = dir.create_file(name).map_err(|e| e.to_string())?;
+        let file = dir.create_file_mode(name, mode).map_err(|e| e.to_string())?;
         self.used(sparse::BLOCK as u64);
         match self.fill(file, first, chunks, expected, sync) {
             Ok(done) => Ok(done),
@@ -807,6 +812,20 @@ impl Restorer<'_> {
 
     fn owner(&self, meta: &Metadata) -> Option<(u32, u32)> {
         self.as_root.then_some((meta.uid, meta.gid))
+    }
+
+    /// The mode a file is made with: the snapshot's permission bits where nothing that follows
+    /// would have kept them from others until then (its owner stays who restores, it has no
+    /// extended attributes to set first, no setuid, setgid or sticky bit); else private (0600)
+    /// until its metadata is set. The directories restore makes are private until the end, but
+    /// the target and the directories of a tree restored over are not. Its metadata then sets
+    /// only what the umask or a default ACL made differ ([`set_made_metadata_fd`]).
+    fn creation_mode(&self, meta: &Metadata, xattrs: &[Xattr]) -> u32 {
+        let stays = self.owner(meta).map_or(true, |owner| owner == (self.euid, self.egid));
+        match stays && xattrs.is_empty() && meta.mode & 0o7000 == 0 {
+            true => meta.mode & 0o777,
+            false => 0o600,
+        }
     }
 
     /// Removes the files of [`writes`] whose content failed, so that none is left cut short under

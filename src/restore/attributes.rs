@@ -19,12 +19,12 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::Restorer;
 use crate::format::tree::{Metadata, Xattr};
-use crate::fs_at::{check, set_metadata_fd, Dir};
+use crate::fs_at::{check, set_made_metadata_fd, set_metadata_fd, Dir};
 use crate::xattr::{write, Target};
 
 impl Restorer<'_> {
     /// Owner (as root), extended attributes, mode, then mtime of a file or directory still
-    /// open; `shown` names it in messages.
+    /// open, which this restore made; `shown` names it in messages.
     pub(super) fn file_metadata(
         &self,
         file: &impl AsFd,
@@ -35,7 +35,7 @@ impl Restorer<'_> {
         let owner = self.owner(meta);
         let mtime = (meta.mtime_sec, meta.mtime_nsec);
         if xattrs.is_empty() {
-            return set_metadata_fd(file.as_fd(), owner, meta.mode, mtime).map_err(|e| e.to_string());
+            return set_made_metadata_fd(file.as_fd(), owner, meta.mode, mtime).map_err(|e| e.to_string());
         }
         let fd = file.as_fd().as_raw_fd();
         if let Some((uid, gid)) = owner {

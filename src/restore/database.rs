@@ -233,7 +233,8 @@ impl Restorer<'_> {
     ) -> Result<u64, String> {
         let staging = Staging::create(dir, &node.name)
             .map_err(|e| format!("creating a private directory to restore the database in: {e}"))?;
-        let (file, written) = self.write_content(&staging.dir, &node.name, first, chunks, node.meta.size, true)?;
+        let (file, written) =
+            self.write_content(&staging.dir, &node.name, 0o600, first, chunks, node.meta.size, true)?;
         // Checked before its mode is applied: a mode without owner read must not fail it.
         let verdict = staging.integrity_check(&file);
         // A damaged image never replaces a file (nor one that appears meanwhile: it is moved in

@@ -387,7 +387,8 @@ impl Restorer<'_> {
         dir: &Dir,
         place: &Arc<Place>,
     ) -> Result<(), String> {
-        let file = dir.create_file(&node.name).map_err(|e| e.to_string())?;
+        let mode = self.creation_mode(&node.meta, &node.xattrs);
+        let file = dir.create_file_mode(&node.name, mode).map_err(|e| e.to_string())?;
         self.used(sparse::BLOCK as u64);
         let pending = Arc::new(Pending {
             file,

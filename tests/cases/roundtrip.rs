@@ -5,6 +5,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
+use std::process::Command;
 
 use crate::support::*;
 
@@ -222,4 +223,56 @@ fn a_trailing_slash_follows_a_symlinked_directory() {
     ok(cairn(&repo).arg("snapshot").arg(scratch.join("link")));
     let listing = ok(cairn(&repo).args(["ls", "--long", "latest"]));
     assert!(listing.contains("symlink"), "without the slash, the link itself: {listing}");
+}
+
+/// Files are made with the snapshot's permission bits where they keep them (an owner that
+/// stays, no attributes, no setuid, setgid or sticky bit), and only what then differs is set
+/// again: whatever the umask or a default ACL on the target did to them, every mode and owner
+/// comes back as the snapshot has it.
+#[test]
+fn modes_come_back_whatever_the_umask_or_a_default_acl() {
+    let scratch = Scratch::new("modes-umask");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(source.join("dir")).unwrap();
+    let mut modes = vec![0o644, 0o755, 0o666, 0o600, 0o400, 0o777, 0o640, 0o000];
+    if is_root() {
+        modes.extend([0o4755, 0o2750, 0o1777]);
+    }
+    for (n, mode) in modes.iter().enumerate() {
+        let path = source.join(format!("dir/m{mode:o}"));
+        fs::write(&path, format!("file {n}")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    if is_root() {
+        fs::write(source.join("dir/nobodys"), b"owned by another").unwrap();
+        std::os::unix::fs::chown(source.join("dir/nobodys"), Some(65534), Some(65534)).unwrap();
+        fs::set_permissions(source.join("dir/nobodys"), fs::Permissions::from_mode(0o640)).unwrap();
+    }
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    for (n, umask) in [0o077, 0o000, 0o022].into_iter().enumerate() {
+        let target = scratch.join(format!("restored-{n}"));
+        fs::create_dir(&target).unwrap();
+        // The third target gives its new files a default ACL's modes instead of the umask's.
+        let acl = n == 2
+            && Command::new("setfacl")
+                .args(["-d", "-m", "u::r--,g::---,o::---"])
+                .arg(&target)
+                .status()
+                .is_ok_and(|s| s.success());
+        let mut restore = cairn(&repo);
+        restore.args(["restore", "latest", "--target"]).arg(&target);
+        // SAFETY: umask is async-signal-safe and touches no memory.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut restore, move || {
+                libc::umask(umask);
+                Ok(())
+            });
+        }
+        ok(&mut restore);
+        assert_same_tree(&source, &target);
+        if n == 2 && !acl {
+            eprintln!("no default ACL checked: setfacl is missing or refused");
+        }
+    }
 }
