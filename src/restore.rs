@@ -71,6 +71,10 @@ pub struct RestoreOptions {
     /// Set (by a signal handler, say) to stop early: entries not yet begun are left out, and
     /// the restore returns [`Error::Interrupted`].
     pub cancel: Option<&'static AtomicBool>,
+    /// The target, already open: restored into through it, never by `target`'s path again (a
+    /// name that anyone who can write its parent could have pointed elsewhere since it was
+    /// checked); `target` then only names it in messages.
+    pub opened: Option<Arc<Dir>>,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -275,8 +279,13 @@ pub fn restore(
     // disaster, must come back as open as a service expects it (0700 would lock out a service
     // that runs as another user). What is private below it keeps the snapshot's modes, and the
     // parents of an `--include` are made private (below).
-    fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
-    let root = Dir::open(&options.target).map_err(|e| Error::io(&options.target, e))?;
+    let root = match &options.opened {
+        Some(dir) => dir.try_clone().map_err(|e| Error::io(&options.target, e))?,
+        None => {
+            fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
+            Dir::open(&options.target).map_err(|e| Error::io(&options.target, e))?
+        }
+    };
     let zeros = ZeroRun::of(repo);
     if repo.backend().disk_path().is_some() {
         return restore_selected(repo, snapshot, options, progress, root, &selected, zeros, None);

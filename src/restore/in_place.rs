@@ -320,20 +320,38 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
         report.leftovers.extend(site.lock()?);
     }
     let mut empty = site.is_empty()?;
-    // A restore without a mode into what a killed one left finishes it; a mode asked for is
-    // followed (it snapshots the partial tree first).
-    if !empty && options.mode == Mode::Refuse && site.old.as_ref().is_some_and(|(dir, _)| unfinished::found(dir)) {
-        empty = true;
-        report.how = How::Unfinished;
-        report.leftovers.push(format!(
-            "{} holds what a restore that did not finish left ({}): {}",
-            site.path.display(),
-            unfinished::NAME,
-            match options.dry_run {
-                false => "restoring into it again",
-                true => "a restore into it would write every entry again, as into an empty target",
-            }
-        ));
+    // What a restore that did not finish left ([`unfinished`]): an empty mark alone is an empty
+    // target; a restore without a mode of the snapshot a mark names finishes it, and one of
+    // another snapshot is refused (finishing one with another would leave a mix of the two); a
+    // mode asked for is followed (it snapshots the partial tree first).
+    let mark = site.old.as_ref().filter(|_| !empty).and_then(|(dir, _)| unfinished::found(dir));
+    match (&mark, options.mode) {
+        (Some(unfinished::Found::Empty), _) => empty = true,
+        (Some(unfinished::Found::Restore { snapshot: named, .. }), Mode::Refuse) if *named == id.to_hex() => {
+            empty = true;
+            report.how = How::Unfinished;
+            report.leftovers.push(format!(
+                "{} holds what a restore of this snapshot that did not finish left ({}): {}",
+                site.path.display(),
+                unfinished::NAME,
+                match options.dry_run {
+                    false => "restoring into it again",
+                    true => "a restore would write every entry into it again, as into an empty target",
+                }
+            ));
+        }
+        (Some(unfinished::Found::Restore { snapshot: named, .. }), Mode::Refuse) if !options.dry_run => {
+            return Err(Error::Refused(format!(
+                "{} holds what a restore of snapshot {} that did not finish left ({}): restore that snapshot into \
+                 it again to finish it, or restore {} over it with --in-place --delete (after a safety snapshot of \
+                 it); nothing was changed",
+                site.path.display(),
+                named.get(..8).unwrap_or(named),
+                unfinished::NAME,
+                id.short()
+            )));
+        }
+        _ => {}
     }
     // A run that will change nothing (a dry run, a refusal) only reports what killed runs left.
     let acting = !options.dry_run && (empty || options.mode != Mode::Refuse);
@@ -357,7 +375,9 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
         partial_dirs: Vec::new(),
     };
     if options.dry_run || !empty {
-        walker.walk(site.old.as_ref().map(|(dir, _)| dir), None)?;
+        // An unfinished target is written as an empty one: every entry is created anew.
+        let old = site.old.as_ref().map(|(dir, _)| dir).filter(|_| report.how != How::Unfinished);
+        walker.walk(old, None)?;
     }
     if options.dry_run {
         report.how = How::DryRun;
@@ -498,22 +518,26 @@ fn execute(
         ));
         report.safety_snapshot = Some(safety.to_hex());
     }
-    let direct = |target: &Path, skip_identical: bool| {
+    // Into the directory Site opened and locked (or made, given roots), never by the target's
+    // path again: anyone who can write its parent could have pointed that elsewhere since.
+    let direct = |into: &Dir, skip_identical: bool| {
         let core = super::RestoreOptions {
-            target: target.to_path_buf(),
+            target: site.path.clone(),
             includes: options.includes.clone(),
             skip_identical,
             sparse: options.sparse,
             keep_free: None,
             cancel: options.cancel,
+            opened: Some(std::sync::Arc::new(into.try_clone().map_err(|e| Error::io(&site.path, e))?)),
         };
         super::restore(repo, id, snapshot, &core, progress)
     };
     // The mark of a restore that did not finish, in a target restored over with a mode: it goes
-    // once the target is whole (--in-place kept it, as an entry the snapshot does not have),
-    // unless the snapshot holds an entry of that name.
+    // once the whole target is the snapshot (--in-place kept it, as an entry the snapshot does
+    // not have), unless the snapshot holds an entry of that name.
     let stale_mark = matches!(report.how, How::InPlace | How::Overwrite)
-        && site.old.as_ref().is_some_and(|(dir, _)| unfinished::found(dir))
+        && options.includes.is_empty()
+        && site.old.as_ref().is_some_and(|(dir, _)| unfinished::found(dir).is_some())
         && repo.read_tree(&snapshot.tree).is_ok_and(|top| top.find(unfinished::NAME.as_bytes()).is_none());
     let nothing = report.plan.as_ref().is_some_and(|p| !swaps(p));
     report.summary = match report.how {
@@ -528,22 +552,30 @@ fn execute(
                 (Some((dir, _)), true) => dir.try_clone().map_err(|e| Error::io(&site.path, e))?,
                 _ => pinned(site)?,
             };
-            let mark = unfinished::put(&marked, id).map_err(|e| Error::io(site.path.join(unfinished::NAME), e))?;
-            let summary = if options.within.is_empty() {
-                direct(&options.target, options.skip_identical)?
-            } else {
-                // Given roots, the restore writes through the directory Site opened (made here
-                // when missing), never by a path that a link swapped in since could lead elsewhere.
-                let through = format!("/proc/self/fd/{}", marked.raw_fd());
-                let mut summary = direct(Path::new(&through), options.skip_identical)?;
-                for error in &mut summary.errors {
-                    error.path = error.path.replacen(&through, &site.path.to_string_lossy(), 1);
+            let shown = site.path.join(unfinished::NAME);
+            // Finishing a restore keeps its mark, which says what it stands for; a new one gets
+            // its own.
+            let (mark, stands_for) = match unfinished::found(&marked) {
+                Some(unfinished::Found::Restore { includes, .. }) if report.how == How::Unfinished => {
+                    (unfinished::open(&marked).map_err(|e| Error::io(&shown, e))?, includes)
                 }
-                summary
+                _ => {
+                    let mark = unfinished::put(&marked, id, &options.includes).map_err(|e| Error::io(&shown, e))?;
+                    (mark, options.includes.clone())
+                }
             };
+            let summary = direct(&marked, options.skip_identical)?;
             // Stopped (a full disk, an interrupt) it returned above, and the mark stays too.
-            if summary.errors.is_empty() {
-                mark.remove(&marked).map_err(|e| Error::io(site.path.join(unfinished::NAME), e))?;
+            let covers = options.includes.is_empty() || same_paths(&options.includes, &stands_for);
+            if summary.errors.is_empty() && covers {
+                mark.remove(&marked).map_err(|e| Error::io(&shown, e))?;
+            } else if summary.errors.is_empty() {
+                report.leftovers.push(format!(
+                    "{} keeps {}: the restore it stands for was of more than these --include paths; restore the \
+                     snapshot into it again without them to finish it",
+                    site.path.display(),
+                    unfinished::NAME
+                ));
             } else {
                 report.leftovers.push(format!(
                     "{} keeps {}: it is not whole; restoring into it again finishes it",
@@ -553,7 +585,10 @@ fn execute(
             }
             summary
         }
-        _ => direct(&site.path, options.skip_identical)?,
+        _ => match &site.old {
+            Some((dir, _)) => direct(dir, options.skip_identical)?,
+            None => return Err(Error::io(&site.path, std::io::Error::from(std::io::ErrorKind::NotFound))),
+        },
     };
     if stale_mark && report.summary.errors.is_empty() {
         let now = match (&site.parent, &site.old) {
@@ -561,12 +596,21 @@ fn execute(
             (None, Some((dir, _))) => dir.try_clone(),
             (None, None) => return Ok(()),
         };
-        // At worst it stays, and the next restore writes every entry again.
-        if let Some(now) = now.ok().filter(unfinished::found) {
-            let _ = now.remove_non_dir(unfinished::NAME.as_bytes());
+        // The snapshot has no entry of that name: what is there now is the old mark, carried
+        // into the new tree or left where it was. At worst it stays, and says so.
+        if let Ok(now) = now {
+            if now.stat(unfinished::NAME.as_bytes()).is_ok_and(|st| crate::fs_at::is_file(&st)) {
+                let _ = now.remove_non_dir(unfinished::NAME.as_bytes());
+            }
         }
     }
     Ok(())
+}
+
+/// Whether two lists of `--include` paths name the same paths, in any order.
+fn same_paths(a: &[Vec<u8>], b: &[Vec<u8>]) -> bool {
+    use std::collections::BTreeSet;
+    a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
 }
 
 /// The target directory as [`Site`] opened it, or made now where it was missing, for a restore
@@ -743,7 +787,7 @@ fn can_exchange(dir: &Dir) -> std::io::Result<()> {
 }
 
 /// Builds the new tree in `staging`: what stays of the old one, the snapshot restored into it
-/// (through `/proc/self/fd`, so by descriptor, not by a name others could swap), checked
+/// (through its descriptor, not by a name others could swap), checked
 /// against the snapshot, its kept directories' and its root's metadata (extended attributes and
 /// ACLs too) put back, all durable.
 #[allow(clippy::too_many_arguments)]
@@ -773,20 +817,17 @@ fn build(
     };
     let mut carry = walker(Compare::Names);
     carry.walk(Some(old), Some(staging))?;
-    let through = PathBuf::from(format!("/proc/self/fd/{}", staging.raw_fd()));
     let core = super::RestoreOptions {
-        target: through.clone(),
+        // Messages name the entries where they will be once swapped in.
+        target: target.to_path_buf(),
         includes: options.includes.clone(),
         skip_identical: false,
         sparse: options.sparse,
         keep_free: None,
         cancel: options.cancel,
+        opened: Some(std::sync::Arc::new(staging.try_clone().map_err(|e| Error::io(target, e))?)),
     };
-    let mut summary = super::restore(repo, id, snapshot, &core, progress)?;
-    let shown = through.to_string_lossy().into_owned();
-    for error in &mut summary.errors {
-        error.path = error.path.replacen(&shown, &target.to_string_lossy(), 1);
-    }
+    let summary = super::restore(repo, id, snapshot, &core, progress)?;
     if let Some(first) = summary.errors.first() {
         return Err(Error::Refused(format!(
             "{} entries could not be restored (first: {}: {}); nothing was swapped: {} is as it was",

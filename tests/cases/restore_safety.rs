@@ -866,7 +866,7 @@ fn a_restore_into_an_empty_target_killed_half_way_is_finished_by_the_next() {
     }
     fs::set_permissions(source.join("d1"), fs::Permissions::from_mode(0o750)).unwrap();
     init(&repo);
-    ok(cairn(&repo).arg("snapshot").arg(&source));
+    let first = json(cairn(&repo).args(["--json", "snapshot"]).arg(&source))["id"].as_str().unwrap().to_string();
     // Writes: 1 the lock, then the mark (2, or 3 after the audit record's), then files (one
     // each), the audit record's among them.
     let mut cut_short = 0;
@@ -874,9 +874,13 @@ fn a_restore_into_an_empty_target_killed_half_way_is_finished_by_the_next() {
         let _ = fs::remove_dir_all(&target);
         restore_killed_at_write(&repo, &target, n);
         let how = match fs::read_to_string(target.join(UNFINISHED)) {
-            // Killed at the write of its text, the mark is empty.
+            // Killed at the write of its text, the mark is empty, and alone: an empty target.
+            Ok(mark) if mark.is_empty() => {
+                assert_eq!(entries(&target), [PathBuf::from(UNFINISHED)]);
+                "empty-target"
+            }
             Ok(mark) => {
-                assert!(mark.is_empty() || mark.starts_with("cairn restore: snapshot "), "{mark}");
+                assert!(mark.starts_with("cairn restore: snapshot "), "{mark}");
                 "unfinished"
             }
             Err(_) => {
@@ -910,6 +914,27 @@ fn a_restore_into_an_empty_target_killed_half_way_is_finished_by_the_next() {
             assert!(scratch.join("target.bak").join(UNFINISHED).exists(), "the old tree keeps its mark");
         }
     }
+
+    // Finished only in part (--include), it keeps the mark: the rest is still cut short.
+    let _ = fs::remove_dir_all(&target);
+    restore_killed_at_write(&repo, &target, 12);
+    let out = run(cairn(&repo).args(["restore", "latest", "--include", "d0", "--target"]).arg(&target));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("--include"), "{stderr}");
+    assert!(target.join(UNFINISHED).exists(), "an --include restore removed the mark of a whole one");
+    // Another snapshot does not finish it (a mix of the two would pass for a whole tree): refused,
+    // nothing changed; the snapshot the mark names does.
+    let other = scratch.join("other");
+    fs::create_dir(&other).unwrap();
+    fs::write(other.join("d0"), b"another tree").unwrap();
+    ok(cairn(&repo).arg("snapshot").arg(&other));
+    let before = entries(&target);
+    let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains(&first[..8]) && stderr.contains("did not finish"), "{stderr}");
+    assert_eq!(entries(&target), before);
+    ok(cairn(&repo).args(["restore", &first, "--target"]).arg(&target));
+    assert_same_tree(&source, &target);
     // Restored again over a whole tree, the restore now refuses: the mark is gone.
     let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is not empty"));
@@ -965,6 +990,25 @@ fn only_a_real_mark_lets_a_restore_into_a_target_that_is_not_empty() {
     assert!(!out.status.success() && stderr.contains(UNFINISHED), "{stderr}");
     assert!(fs::read_to_string(target.join(UNFINISHED)).unwrap().starts_with("cairn restore: "));
 
+    // A real mark captured by a snapshot (of a directory a restore was filling) and restored
+    // elsewhere is no mark there: the restored tree, then edited, is refused, not overwritten.
+    let captured = (3..8)
+        .find_map(|n| {
+            let killed = scratch.join(format!("killed-{n}"));
+            restore_killed_at_write(&repo, &killed, n);
+            fs::read(killed.join(UNFINISHED)).ok().filter(|text| text.starts_with(b"cairn restore: snapshot "))
+        })
+        .expect("no kill left a mark with its text");
+    fs::write(source.join(UNFINISHED), &captured).unwrap();
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    let _ = fs::remove_dir_all(&target);
+    ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    fs::write(target.join("data"), b"edited since").unwrap();
+    let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is not empty"));
+    assert_eq!(fs::read(target.join("data")).unwrap(), b"edited since");
+    fs::remove_file(source.join(UNFINISHED)).unwrap();
+
     // The snapshot's own entry of that name is restored over the mark, and kept.
     fs::write(source.join(UNFINISHED), b"the snapshot's").unwrap();
     ok(cairn(&repo).arg("snapshot").arg(&source));
@@ -972,4 +1016,50 @@ fn only_a_real_mark_lets_a_restore_into_a_target_that_is_not_empty() {
     ok(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     assert_eq!(fs::read(target.join(UNFINISHED)).unwrap(), b"the snapshot's");
     assert_same_tree(&source, &target);
+}
+
+/// A restore into a new target writes through the directory it opened and locked, never by the
+/// target's path again: the target renamed away and a symlink put in its place while the restore
+/// runs (anyone who can write its parent can) leads nothing into the link's directory, which
+/// kept its own content where the restore used to fill it, unasked, without a safety snapshot.
+#[test]
+fn a_target_swapped_for_a_link_while_restoring_leads_nothing_elsewhere() {
+    let scratch = Scratch::new("swapped-target");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(source.join("sub")).unwrap();
+    fs::write(source.join("top"), b"from the snapshot").unwrap();
+    fs::write(source.join("sub/deeper"), b"from the snapshot").unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    let (target, moved, decoy) = (scratch.join("target"), scratch.join("moved"), scratch.join("decoy"));
+    fs::create_dir(&decoy).unwrap();
+    fs::write(decoy.join("top"), b"precious").unwrap();
+    assert!(
+        Command::new("strace").arg("-V").output().is_ok_and(|o| o.status.success()),
+        "this test needs strace (apt-get install strace)"
+    );
+    // The fourth fsync is the target's, once the mark is in it: held there for a second and a half.
+    let restore = cairn(&repo);
+    let mut traced = Command::new("strace");
+    traced.args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync", "-e", "inject=fsync:delay_exit=1500000:when=4"]);
+    traced.arg(restore.get_program()).args(restore.get_args());
+    traced.args(["restore", "latest", "--quiet", "--target"]).arg(&target);
+    for (key, value) in restore.get_envs() {
+        match value {
+            Some(value) => traced.env(key, value),
+            None => traced.env_remove(key),
+        };
+    }
+    let mut child = traced.spawn().unwrap();
+    let started = std::time::Instant::now();
+    while !target.join(UNFINISHED).exists() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the restore never marked its target");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    fs::rename(&target, &moved).unwrap();
+    symlink(&decoy, &target).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(entries(&decoy), [PathBuf::from("top")]);
+    assert_eq!(fs::read(decoy.join("top")).unwrap(), b"precious");
+    assert_same_tree(&source, &moved);
 }

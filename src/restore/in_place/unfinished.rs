@@ -4,10 +4,28 @@
 //! leaves files cut short under their own names, and the target is no longer empty, so the next
 //! restore would refuse it and ask for a mode that first takes a safety snapshot of the partial
 //! tree. So before it writes anything, such a restore puts [`NAME`] in the target (synced, with
-//! the directory) and removes it once every entry is restored. A target holding it (a regular
-//! file of the restoring user's, not a link, whose text says what it is) is one a restore did not
-//! finish: nobody should take it for whole, and a restore into it again, of any snapshot, goes on
-//! as into an empty target, writing every entry anew. A restore that ends with errors keeps it.
+//! the directory) and removes it once every entry is restored; one that ends with errors keeps
+//! it. The mark's text names the snapshot, the `--include` paths (hex) and the target directory
+//! (device and inode) it stands for:
+//!
+//! ```text
+//! cairn restore: snapshot <64 hex digits> is being restored into this directory, ...
+//! dir <device>:<inode>
+//! include <hex of the path>
+//! ```
+//!
+//! A mark is a regular file of the restoring user's with one name, whose text is that of a mark
+//! put in this very directory (a mark captured by a snapshot and restored elsewhere names another
+//! one), or an empty file that is the target's only entry (killed before the text was written).
+//! A restore of the snapshot it names, without a mode, goes on as into an empty target, writing
+//! every entry anew, and removes the mark only if it restored at least what the mark stands for
+//! (no `--include`, or the same ones). A restore of another snapshot is refused: finishing one
+//! snapshot with another would leave a mix of the two.
+//!
+//! Limit: the mark goes as soon as the last entry is written, not once the file system has it on
+//! disk (cairn does not flush a restore into an empty target, as restic and borg do not): after a
+//! power cut right after a restore, files the kernel had not yet written back may be short with
+//! the mark already gone.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -19,40 +37,92 @@ use crate::id::Id;
 pub const NAME: &str = ".cairn-restore-unfinished";
 
 /// How the mark's text begins.
-const SAYS: &[u8] = b"cairn restore: ";
+const SAYS: &str = "cairn restore: snapshot ";
 
-/// A mark this restore put, known by its inode: the snapshot may hold an entry of the same name,
-/// restored over it, which is then never removed as the mark. It is kept open, so that its inode
-/// is not freed and given to that entry (tmpfs and ext4 hand a freed one out again at once).
+/// A mark's text is at most this long (a mark with thousands of `--include` paths is not one).
+const MOST: u64 = 1 << 20;
+
+/// What a mark found in a target stands for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    /// A restore of this snapshot (full id, hex), of these `--include` paths (none: all of it).
+    Restore { snapshot: String, includes: Vec<Vec<u8>> },
+    /// An empty mark, alone in the target: the restore was killed before it wrote anything.
+    Empty,
+}
+
+/// A mark this restore put or finishes, known by its inode: the snapshot may hold an entry of
+/// the same name, restored over it, which is then never removed as the mark. It is kept open, so
+/// that its inode is not freed and given to that entry (tmpfs and ext4 hand a freed one out again
+/// at once).
 pub struct Mark {
     _open: std::fs::File,
     id: (u64, u64),
 }
 
-/// Whether `dir` holds the mark of a restore that did not finish. An empty one is a restore's
-/// killed before it wrote the text.
-pub fn found(dir: &Dir) -> bool {
-    let Ok(Some((mut file, st))) = dir.open_regular(NAME.as_bytes()) else { return false };
+/// The mark of a restore that did not finish in `dir`, if it holds one.
+pub fn found(dir: &Dir) -> Option<Found> {
+    let (mut file, st) = dir.open_regular(NAME.as_bytes()).ok()??;
     // SAFETY: geteuid cannot fail.
-    let mine = st.st_uid == unsafe { libc::geteuid() };
-    let mut head = [0; SAYS.len()];
-    mine && (st.st_size == 0 || file.read_exact(&mut head).is_ok() && head == SAYS)
+    if st.st_uid != unsafe { libc::geteuid() } || st.st_nlink != 1 || st.st_size as u64 > MOST {
+        return None;
+    }
+    if st.st_size == 0 {
+        let names = dir.names().ok()?;
+        return (names.len() == 1).then_some(Found::Empty);
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    let mut lines = text.lines();
+    let snapshot = lines.next()?.strip_prefix(SAYS)?.get(..64)?;
+    if !snapshot.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let here = stat_fd(dir.as_fd()).ok()?;
+    if lines.next()? != format!("dir {}:{}", here.st_dev, here.st_ino) {
+        return None;
+    }
+    let includes = lines.map(|line| line.strip_prefix("include ").and_then(unhex)).collect::<Option<Vec<_>>>()?;
+    Some(Found::Restore { snapshot: snapshot.to_string(), includes })
 }
 
-/// Puts the mark in `dir` for a restore of `snapshot`, in place of one a killed restore left,
-/// durably before the restore writes anything.
-pub fn put(dir: &Dir, snapshot: &Id) -> std::io::Result<Mark> {
-    let mut file = dir.create_file(NAME.as_bytes())?;
-    let text = format!(
-        "cairn restore: snapshot {} is being restored into this directory, which is not whole until this file is \
-         gone; restoring into it again finishes it.\n",
-        snapshot.to_hex()
+/// Puts the mark in `dir` for a restore of `snapshot` (`includes`: its `--include` paths), in
+/// place of an empty one a killed restore left, durably before the restore writes anything. On
+/// a failure it leaves none.
+pub fn put(dir: &Dir, snapshot: &Id, includes: &[Vec<u8>]) -> std::io::Result<Mark> {
+    let here = stat_fd(dir.as_fd())?;
+    let mut text = format!(
+        "{SAYS}{} is being restored into this directory, which is not whole until this file is gone; restoring \
+         that snapshot into it again finishes it.\ndir {}:{}\n",
+        snapshot.to_hex(),
+        here.st_dev,
+        here.st_ino
     );
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    dir.sync()?;
-    let st = stat_fd(file.as_fd())?;
-    Ok(Mark { _open: file, id: (st.st_dev, st.st_ino) })
+    for path in includes {
+        text.push_str(&format!("include {}\n", hex(path)));
+    }
+    let mut file = dir.create_file(NAME.as_bytes())?;
+    let written = (|| {
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        dir.sync()?;
+        stat_fd(file.as_fd())
+    })();
+    match written {
+        Ok(st) => Ok(Mark { _open: file, id: (st.st_dev, st.st_ino) }),
+        Err(e) => {
+            let _ = dir.remove_non_dir(NAME.as_bytes());
+            Err(e)
+        }
+    }
+}
+
+/// The mark in `dir` that a restore finishing it will remove ([`found`] said it is one).
+pub fn open(dir: &Dir) -> std::io::Result<Mark> {
+    match dir.open_regular(NAME.as_bytes())? {
+        Some((file, st)) => Ok(Mark { _open: file, id: (st.st_dev, st.st_ino) }),
+        None => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "the mark is gone")),
+    }
 }
 
 impl Mark {
@@ -65,5 +135,47 @@ impl Mark {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_is_read_back_only_in_its_own_directory() {
+        let root = std::env::temp_dir().join(format!("cairn-mark-{}", std::process::id()));
+        let (a, b) = (root.join("a"), root.join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let (dir_a, dir_b) = (Dir::open(&a).unwrap(), Dir::open(&b).unwrap());
+        let id = Id::of(b"snapshot");
+        let includes = vec![b"etc/app".to_vec(), b"odd\nname".to_vec()];
+        put(&dir_a, &id, &includes).unwrap();
+        let wanted = Found::Restore { snapshot: id.to_hex(), includes };
+        assert_eq!(found(&dir_a), Some(wanted));
+        // Copied elsewhere (a snapshot of the target, restored), it is no mark there.
+        std::fs::copy(a.join(NAME), b.join(NAME)).unwrap();
+        assert_eq!(found(&dir_b), None);
+        // Empty: a mark only when alone.
+        std::fs::write(b.join(NAME), b"").unwrap();
+        assert_eq!(found(&dir_b), Some(Found::Empty));
+        std::fs::write(b.join("data"), b"the user's").unwrap();
+        assert_eq!(found(&dir_b), None);
+        // Damaged text.
+        std::fs::write(a.join(NAME), format!("{SAYS}zz")).unwrap();
+        assert_eq!(found(&dir_a), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
