@@ -829,17 +829,17 @@ fn a_low_open_file_limit_keeps_every_directorys_metadata() {
 /// The mark a restore into an empty target keeps there until it is done.
 const UNFINISHED: &str = ".cairn-restore-unfinished";
 
-/// `cairn restore latest --target TARGET`, killed (SIGKILL, through strace) at its `n`-th
-/// `write`: a file's content, the mark, or the output.
-fn restore_killed_at_write(repo: &Path, target: &Path, n: u32) {
+/// `cairn restore latest --target TARGET` under strace, which does `inject` (`SYSCALL:WHAT`)
+/// to the calls of that syscall.
+fn restore_traced(repo: &Path, target: &Path, inject: &str) -> Command {
     assert!(
         Command::new("strace").arg("-V").output().is_ok_and(|o| o.status.success()),
         "this test needs strace (apt-get install strace)"
     );
+    let syscall = inject.split(':').next().unwrap();
     let restore = cairn(repo);
     let mut traced = Command::new("strace");
-    traced.args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=write", "-e"]);
-    traced.arg(format!("inject=write:signal=KILL:when={n}"));
+    traced.args(["-f", "-qq", "-o", "/dev/null", "-e", &format!("trace={syscall}"), "-e", &format!("inject={inject}")]);
     traced.arg(restore.get_program()).args(restore.get_args());
     traced.args(["restore", "latest", "--quiet", "--target"]).arg(target);
     for (key, value) in restore.get_envs() {
@@ -848,6 +848,13 @@ fn restore_killed_at_write(repo: &Path, target: &Path, n: u32) {
             None => traced.env_remove(key),
         };
     }
+    traced
+}
+
+/// `cairn restore latest --target TARGET`, killed (SIGKILL, through strace) at its `n`-th
+/// `write`: a file's content, the mark, or the output.
+fn restore_killed_at_write(repo: &Path, target: &Path, n: u32) {
+    let mut traced = restore_traced(repo, target, &format!("write:signal=KILL:when={n}"));
     assert!(!run(&mut traced).status.success(), "the restore was not killed at write #{n}");
 }
 
@@ -1034,23 +1041,8 @@ fn a_target_swapped_for_a_link_while_restoring_leads_nothing_elsewhere() {
     let (target, moved, decoy) = (scratch.join("target"), scratch.join("moved"), scratch.join("decoy"));
     fs::create_dir(&decoy).unwrap();
     fs::write(decoy.join("top"), b"precious").unwrap();
-    assert!(
-        Command::new("strace").arg("-V").output().is_ok_and(|o| o.status.success()),
-        "this test needs strace (apt-get install strace)"
-    );
     // The fourth fsync is the target's, once the mark is in it: held there for a second and a half.
-    let restore = cairn(&repo);
-    let mut traced = Command::new("strace");
-    traced.args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync", "-e", "inject=fsync:delay_exit=1500000:when=4"]);
-    traced.arg(restore.get_program()).args(restore.get_args());
-    traced.args(["restore", "latest", "--quiet", "--target"]).arg(&target);
-    for (key, value) in restore.get_envs() {
-        match value {
-            Some(value) => traced.env(key, value),
-            None => traced.env_remove(key),
-        };
-    }
-    let mut child = traced.spawn().unwrap();
+    let mut child = restore_traced(&repo, &target, "fsync:delay_exit=1500000:when=4").spawn().unwrap();
     let started = std::time::Instant::now();
     while !target.join(UNFINISHED).exists() {
         assert!(started.elapsed() < std::time::Duration::from_secs(30), "the restore never marked its target");
