@@ -172,6 +172,14 @@ impl Dir {
         Ok(parent)
     }
 
+    /// Makes the directory `name` with `mode` (less the umask); an entry of that name, whatever
+    /// it is, fails it with `AlreadyExists` and stays.
+    pub fn make_new_dir(&self, name: &[u8], mode: u32) -> Result<()> {
+        let c = c_name(name)?;
+        // SAFETY: a valid descriptor and C string.
+        check(unsafe { libc::mkdirat(self.raw(), c.as_ptr(), mode as libc::mode_t) }).map(|_| ())
+    }
+
     /// The directory `name`, created with `mode` (less the umask) if missing. Anything else in
     /// the way that is not a directory (a symlink, a file) is removed first, never followed.
     pub fn make_dir(&self, name: &[u8], mode: u32) -> Result<Dir> {

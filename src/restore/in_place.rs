@@ -207,9 +207,9 @@ impl Site {
         }
     }
 
-    /// Refuses a file (or a link) where the target directory would be: a restore given roots
-    /// writes through the directory it makes there, and would otherwise remove it first, without
-    /// a safety snapshot. (Without roots, making the directory fails on it.)
+    /// Refuses a file (or a link, a dangling one too) where the target directory would be: it is
+    /// neither replaced without a safety snapshot nor followed. (A target given as a link to a
+    /// file is that file here: the path is resolved.)
     fn check_not_a_file(&self) -> Result<()> {
         let Some((parent, _, name)) = self.parent.as_ref().filter(|_| self.old.is_none()) else { return Ok(()) };
         match parent.stat(name) {
@@ -259,15 +259,18 @@ impl Site {
             return Ok(self);
         }
         match &self.parent {
-            Some((parent, _, name)) => match parent.make_dir(name, 0o777) {
-                Ok(_) => {}
+            // Never in place of anything (a file put there since the check is refused below).
+            Some((parent, _, name)) => match parent.make_new_dir(name, 0o777) {
+                Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(Error::io(&self.path, e)),
             },
             None if within => return Ok(self),
             None => std::fs::create_dir_all(&self.path).map_err(|e| Error::io(&self.path, e))?,
         }
-        Site::open(&self.path)
+        let site = Site::open(&self.path)?;
+        site.check_not_a_file()?;
+        Ok(site)
     }
 
     fn is_empty(&self) -> Result<bool> {
@@ -292,8 +295,8 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
     let mut site = Site::open(&options.target)?;
     if !options.within.is_empty() {
         site.check_within(&options.within)?;
-        site.check_not_a_file()?;
     }
+    site.check_not_a_file()?;
     if !options.dry_run && site.old.is_none() {
         site = site.made(!options.within.is_empty())?;
         if !options.within.is_empty() {
@@ -627,10 +630,11 @@ fn pinned(site: &Site) -> Result<Dir> {
                     site.path.display()
                 )))
             }
-            // Made as a restore by path makes it (0777 less the umask); an entry put in
-            // its way since the check above is within the roots, and goes.
+            // Made as a restore by path makes it (0777 less the umask); anything put in its
+            // way since the check above fails it and stays.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                parent.make_dir(name, 0o777).map_err(|e| Error::io(&site.path, e))?
+                parent.make_new_dir(name, 0o777).map_err(|e| Error::io(&site.path, e))?;
+                parent.open_dir(name).map_err(|e| Error::io(&site.path, e))?
             }
             Err(e) => return Err(Error::io(&site.path, e)),
         },

@@ -1055,3 +1055,33 @@ fn a_target_swapped_for_a_link_while_restoring_leads_nothing_elsewhere() {
     assert_eq!(fs::read(decoy.join("top")).unwrap(), b"precious");
     assert_same_tree(&source, &moved);
 }
+
+/// A target that is a file, a symlink to one, or a dangling symlink is refused and left as it
+/// was: restore used to make its directory in its place, deleting the file (the one a link led
+/// to, too) without a safety snapshot. Given restore roots it was already refused.
+#[test]
+fn a_file_where_the_target_would_be_is_refused_and_kept() {
+    let scratch = Scratch::new("file-target");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("a"), b"from the snapshot").unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    let place = scratch.join("place");
+    fs::create_dir(&place).unwrap();
+    fs::write(place.join("file"), b"important").unwrap();
+    fs::write(place.join("victim"), b"precious").unwrap();
+    symlink("victim", place.join("link")).unwrap();
+    symlink("nowhere", place.join("dangling")).unwrap();
+    for name in ["file", "link", "dangling"] {
+        for extra in [&[][..], &["--overwrite"], &["--in-place"], &["--dry-run"]] {
+            let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(place.join(name)).args(extra));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && stderr.contains("is not a directory"), "{name} {extra:?}: {stderr}");
+        }
+    }
+    assert_eq!(fs::read(place.join("file")).unwrap(), b"important");
+    assert_eq!(fs::read(place.join("victim")).unwrap(), b"precious");
+    assert_eq!(fs::read_link(place.join("link")).unwrap(), PathBuf::from("victim"));
+    assert_eq!(fs::read_link(place.join("dangling")).unwrap(), PathBuf::from("nowhere"));
+}
