@@ -569,7 +569,7 @@ fn execute(
             };
             let summary = direct(&marked, options.skip_identical)?;
             // Stopped (a full disk, an interrupt) it returned above, and the mark stays too.
-            let covers = options.includes.is_empty() || same_paths(&options.includes, &stands_for);
+            let covers = covers(&options.includes, &stands_for);
             if summary.errors.is_empty() && covers {
                 mark.remove(&marked).map_err(|e| Error::io(&shown, e))?;
             } else if summary.errors.is_empty() {
@@ -610,10 +610,22 @@ fn execute(
     Ok(())
 }
 
-/// Whether two lists of `--include` paths name the same paths, in any order.
-fn same_paths(a: &[Vec<u8>], b: &[Vec<u8>]) -> bool {
-    use std::collections::BTreeSet;
-    a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
+/// Whether a restore of the `--include` paths `now` restores all that one of `earlier` did
+/// (none: the whole snapshot): each earlier path is one of `now`'s or below one, however
+/// written (`a/b`, `/a/b/`, `./a//b`).
+fn covers(now: &[Vec<u8>], earlier: &[Vec<u8>]) -> bool {
+    let parts = |path: &[u8]| -> Vec<Vec<u8>> {
+        path.split(|&b| b == b'/').filter(|part| !part.is_empty() && *part != b".").map(<[u8]>::to_vec).collect()
+    };
+    let now: Vec<_> = now.iter().map(|path| parts(path)).collect();
+    if now.is_empty() {
+        return true;
+    }
+    let earlier: Vec<_> = match earlier.is_empty() {
+        true => vec![Vec::new()],
+        false => earlier.iter().map(|path| parts(path)).collect(),
+    };
+    earlier.iter().all(|path| now.iter().any(|include| path.starts_with(include)))
 }
 
 /// The target directory as [`Site`] opened it, or made now where it was missing, for a restore

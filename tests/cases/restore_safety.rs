@@ -851,8 +851,9 @@ fn restore_traced(repo: &Path, target: &Path, inject: &str) -> Command {
     traced
 }
 
-/// `cairn restore latest --target TARGET`, killed (SIGKILL, through strace) at its `n`-th
-/// `write`: a file's content, the mark, or the output.
+/// `cairn restore latest --target TARGET`, killed (SIGKILL, through strace) at the `n`-th
+/// `write` of any of its threads (strace counts per thread): a file's content, the mark, or an
+/// audit record.
 fn restore_killed_at_write(repo: &Path, target: &Path, n: u32) {
     let mut traced = restore_traced(repo, target, &format!("write:signal=KILL:when={n}"));
     assert!(!run(&mut traced).status.success(), "the restore was not killed at write #{n}");
@@ -874,10 +875,11 @@ fn a_restore_into_an_empty_target_killed_half_way_is_finished_by_the_next() {
     fs::set_permissions(source.join("d1"), fs::Permissions::from_mode(0o750)).unwrap();
     init(&repo);
     let first = json(cairn(&repo).args(["--json", "snapshot"]).arg(&source))["id"].as_str().unwrap().to_string();
-    // Writes: 1 the lock, then the mark (2, or 3 after the audit record's), then files (one
-    // each), the audit record's among them.
+    // strace counts each thread's writes: the main thread's are the lock's (1), then the mark's
+    // (2); each walker thread's are files, one write each (24 among at most three threads: some
+    // thread gets to 6); the audit records' come on threads of their own.
     let mut cut_short = 0;
-    for n in [2, 3, 4, 12] {
+    for n in [2, 3, 4, 6] {
         let _ = fs::remove_dir_all(&target);
         restore_killed_at_write(&repo, &target, n);
         let how = match fs::read_to_string(target.join(UNFINISHED)) {
@@ -912,7 +914,7 @@ fn a_restore_into_an_empty_target_killed_half_way_is_finished_by_the_next() {
     for mode in ["--in-place", "--overwrite"] {
         let _ = fs::remove_dir_all(&target);
         let _ = fs::remove_dir_all(scratch.join("target.bak"));
-        restore_killed_at_write(&repo, &target, 12);
+        restore_killed_at_write(&repo, &target, 6);
         assert!(target.join(UNFINISHED).exists(), "{mode}");
         let report = json(cairn(&repo).args(["--json", "restore", "latest", mode, "--target"]).arg(&target));
         assert!(report["safety_snapshot"].is_string(), "{mode}: {report}");
@@ -922,9 +924,17 @@ fn a_restore_into_an_empty_target_killed_half_way_is_finished_by_the_next() {
         }
     }
 
+    // Killed restoring d0 and d1: finished with the same paths written otherwise, the mark goes.
+    let _ = fs::remove_dir_all(&target);
+    // (A walker thread's third write: the main thread's second is the mark's.)
+    let mut traced = restore_traced(&repo, &target, "write:signal=KILL:when=3");
+    assert!(!run(traced.args(["--include", "d1", "--include", "d0"])).status.success());
+    assert!(fs::read(target.join(UNFINISHED)).is_ok_and(|mark| mark.starts_with(b"cairn restore: ")));
+    ok(cairn(&repo).args(["restore", "latest", "--include", "/d0/", "--include", "./d1", "--target"]).arg(&target));
+    assert!(!target.join(UNFINISHED).exists(), "the same --include paths written otherwise kept the mark");
     // Finished only in part (--include), it keeps the mark: the rest is still cut short.
     let _ = fs::remove_dir_all(&target);
-    restore_killed_at_write(&repo, &target, 12);
+    restore_killed_at_write(&repo, &target, 6);
     let out = run(cairn(&repo).args(["restore", "latest", "--include", "d0", "--target"]).arg(&target));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.contains("--include"), "{stderr}");
@@ -999,7 +1009,7 @@ fn only_a_real_mark_lets_a_restore_into_a_target_that_is_not_empty() {
 
     // A real mark captured by a snapshot (of a directory a restore was filling) and restored
     // elsewhere is no mark there: the restored tree, then edited, is refused, not overwritten.
-    let captured = (3..8)
+    let captured = (2..5)
         .find_map(|n| {
             let killed = scratch.join(format!("killed-{n}"));
             restore_killed_at_write(&repo, &killed, n);
@@ -1084,4 +1094,32 @@ fn a_file_where_the_target_would_be_is_refused_and_kept() {
     assert_eq!(fs::read(place.join("victim")).unwrap(), b"precious");
     assert_eq!(fs::read_link(place.join("link")).unwrap(), PathBuf::from("victim"));
     assert_eq!(fs::read_link(place.join("dangling")).unwrap(), PathBuf::from("nowhere"));
+}
+
+/// A mark captured by a snapshot of the target it was in, and restored into that very directory
+/// again (--overwrite), is a copy, born later than it says: no mark. The tree, edited since, is
+/// then refused as not empty, not overwritten unasked as an unfinished one.
+#[test]
+fn a_mark_restored_into_its_own_directory_is_no_mark() {
+    let scratch = Scratch::new("mark-copied-back");
+    let (source, repo, target) = (scratch.join("src"), scratch.join("repo"), scratch.join("target"));
+    for i in 0..12u64 {
+        let dir = source.join(format!("d{}", i % 2));
+        fs::create_dir_all(&dir).unwrap();
+        write_noise_file(&dir.join(format!("f{i}")), 200_000, i);
+    }
+    init(&repo);
+    let first = json(cairn(&repo).args(["--json", "snapshot"]).arg(&source))["id"].as_str().unwrap().to_string();
+    restore_killed_at_write(&repo, &target, 4);
+    assert!(fs::read(target.join(UNFINISHED)).unwrap().starts_with(b"cairn restore: snapshot "));
+    let captured = json(cairn(&repo).args(["--json", "snapshot"]).arg(&target))["id"].as_str().unwrap().to_string();
+    ok(cairn(&repo).args(["restore", &first, "--target"]).arg(&target));
+    assert!(!target.join(UNFINISHED).exists());
+    ok(cairn(&repo).args(["restore", &captured, "--overwrite", "--target"]).arg(&target));
+    assert!(target.join(UNFINISHED).exists(), "the snapshot's copy of the mark is restored");
+    fs::write(target.join("d0/f0"), b"edited since").unwrap();
+    let out = run(cairn(&repo).args(["restore", &first, "--target"]).arg(&target));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("is not empty"), "{stderr}");
+    assert_eq!(fs::read(target.join("d0/f0")).unwrap(), b"edited since");
 }

@@ -6,20 +6,24 @@
 //! tree. So before it writes anything, such a restore puts [`NAME`] in the target (synced, with
 //! the directory) and removes it once every entry is restored; one that ends with errors keeps
 //! it. The mark's text names the snapshot, the `--include` paths (hex) and the target directory
-//! (device and inode) it stands for:
+//! (device and inode) it stands for, and the mark file's own birth (or, where the file system
+//! records none, when its text was written):
 //!
 //! ```text
 //! cairn restore: snapshot <64 hex digits> is being restored into this directory, ...
 //! dir <device>:<inode>
+//! born <seconds>.<nanoseconds>     or     written <seconds>.<nanoseconds>
 //! include <hex of the path>
 //! ```
 //!
 //! A mark is a regular file of the restoring user's with one name, whose text is that of a mark
-//! put in this very directory (a mark captured by a snapshot and restored elsewhere names another
-//! one), or an empty file that is the target's only entry (killed before the text was written).
+//! put in this very directory as this very file: a copy of a mark (captured by a snapshot and
+//! restored, even into the same directory, or into one that got the same inode number) is born
+//! later than it says, or changed later than its text was written; or an empty file that is the
+//! target's only entry (killed before the text was written).
 //! A restore of the snapshot it names, without a mode, goes on as into an empty target, writing
 //! every entry anew, and removes the mark only if it restored at least what the mark stands for
-//! (no `--include`, or the same ones). A restore of another snapshot is refused: finishing one
+//! (no `--include`, or paths that hold those, however written). A restore of another snapshot is refused: finishing one
 //! snapshot with another would leave a mix of the two.
 //!
 //! Limit: the mark goes as soon as the last entry is written, not once the file system has it on
@@ -41,6 +45,29 @@ const SAYS: &str = "cairn restore: snapshot ";
 
 /// A mark's text is at most this long (a mark with thousands of `--include` paths is not one).
 const MOST: u64 = 1 << 20;
+
+/// Seconds between the time a mark's text records and its file's last change, at most, where
+/// the file system records no birth time.
+const WRITTEN_WITHIN: i64 = 5;
+
+/// A time as seconds and nanoseconds.
+type Stamp = (i64, u32);
+
+/// The birth time of `file`, if its file system records one, and its last change (ctime).
+fn times(file: &std::fs::File) -> Option<(Option<Stamp>, Stamp)> {
+    use std::os::fd::AsRawFd;
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    let mask = libc::STATX_BTIME | libc::STATX_CTIME;
+    // SAFETY: a valid descriptor, an empty path with AT_EMPTY_PATH, and room for one statx.
+    let done = unsafe { libc::statx(file.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH, mask, stx.as_mut_ptr()) };
+    if done != 0 {
+        return None;
+    }
+    // SAFETY: statx succeeded, so it filled the struct (zeroed before).
+    let stx = unsafe { stx.assume_init() };
+    let born = (stx.stx_mask & libc::STATX_BTIME != 0).then_some((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec));
+    Some((born, (stx.stx_ctime.tv_sec, stx.stx_ctime.tv_nsec)))
+}
 
 /// What a mark found in a target stands for.
 #[derive(Debug, PartialEq, Eq)]
@@ -82,6 +109,21 @@ pub fn found(dir: &Dir) -> Option<Found> {
     if lines.next()? != format!("dir {}:{}", here.st_dev, here.st_ino) {
         return None;
     }
+    let (born, changed) = times(&file)?;
+    let this_file = match lines.next()?.split_once(' ')? {
+        ("born", at) => born.is_some_and(|born| at == format!("{}.{:09}", born.0, born.1)),
+        // Written (and synced) at once after that time; a copy is changed when it is made.
+        ("written", at) => {
+            let (sec, nsec) = at.split_once('.')?;
+            let at = (sec.parse::<i64>().ok()?, nsec.parse::<u32>().ok()?);
+            // A coarse clock may stamp the change a tick before the time taken just ahead of it.
+            born.is_none() && changed.0 + 1 >= at.0 && changed.0 <= at.0 + WRITTEN_WITHIN
+        }
+        _ => false,
+    };
+    if !this_file {
+        return None;
+    }
     let includes = lines.map(|line| line.strip_prefix("include ").and_then(unhex)).collect::<Option<Vec<_>>>()?;
     Some(Found::Restore { snapshot: snapshot.to_string(), includes })
 }
@@ -91,18 +133,25 @@ pub fn found(dir: &Dir) -> Option<Found> {
 /// a failure it leaves none.
 pub fn put(dir: &Dir, snapshot: &Id, includes: &[Vec<u8>]) -> std::io::Result<Mark> {
     let here = stat_fd(dir.as_fd())?;
-    let mut text = format!(
-        "{SAYS}{} is being restored into this directory, which is not whole until this file is gone; restoring \
-         that snapshot into it again finishes it.\ndir {}:{}\n",
-        snapshot.to_hex(),
-        here.st_dev,
-        here.st_ino
-    );
-    for path in includes {
-        text.push_str(&format!("include {}\n", hex(path)));
-    }
     let mut file = dir.create_file(NAME.as_bytes())?;
     let written = (|| {
+        let born = match times(&file) {
+            Some((Some((sec, nsec)), _)) => format!("born {sec}.{nsec:09}"),
+            _ => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                format!("written {}.{:09}", now.as_secs(), now.subsec_nanos())
+            }
+        };
+        let mut text = format!(
+            "{SAYS}{} is being restored into this directory, which is not whole until this file is gone; \
+             restoring that snapshot into it again finishes it.\ndir {}:{}\n{born}\n",
+            snapshot.to_hex(),
+            here.st_dev,
+            here.st_ino
+        );
+        for path in includes {
+            text.push_str(&format!("include {}\n", hex(path)));
+        }
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         dir.sync()?;
@@ -165,6 +214,15 @@ mod tests {
         put(&dir_a, &id, &includes).unwrap();
         let wanted = Found::Restore { snapshot: id.to_hex(), includes };
         assert_eq!(found(&dir_a), Some(wanted));
+        // Copied back into its own directory (a snapshot of the target, restored there), it is
+        // another file, born later than it says.
+        let text = std::fs::read(a.join(NAME)).unwrap();
+        std::fs::remove_file(a.join(NAME)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        std::fs::write(a.join(NAME), &text).unwrap();
+        let copied = found(&dir_a);
+        let born = String::from_utf8_lossy(&text).contains("\nborn ");
+        assert!(copied.is_none() || !born, "{copied:?}");
         // Copied elsewhere (a snapshot of the target, restored), it is no mark there.
         std::fs::copy(a.join(NAME), b.join(NAME)).unwrap();
         assert_eq!(found(&dir_b), None);
