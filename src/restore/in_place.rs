@@ -343,16 +343,21 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
                 }
             ));
         }
-        (Some(unfinished::Found::Restore { snapshot: named, .. }), Mode::Refuse) if !options.dry_run => {
-            return Err(Error::Refused(format!(
+        (Some(unfinished::Found::Restore { snapshot: named, .. }), Mode::Refuse) => {
+            let refusal = format!(
                 "{} holds what a restore of snapshot {} that did not finish left ({}): restore that snapshot into \
                  it again to finish it, or restore {} over it with --in-place --delete (after a safety snapshot of \
-                 it); nothing was changed",
+                 it)",
                 site.path.display(),
                 named.get(..8).unwrap_or(named),
                 unfinished::NAME,
                 id.short()
-            )));
+            );
+            // A dry run lists what --in-place would do, and says the plain run is refused.
+            if !options.dry_run {
+                return Err(Error::Refused(format!("{refusal}; nothing was changed")));
+            }
+            report.leftovers.push(format!("{refusal}: a restore without a flag is refused"));
         }
         _ => {}
     }
@@ -369,6 +374,7 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
     let as_root = unsafe { libc::geteuid() } == 0;
     let mut walker = Walker {
         repo,
+        target: &site.path,
         want: &want,
         compare: Compare::Content,
         delete: options.delete,
@@ -823,6 +829,7 @@ fn build(
     let as_root = unsafe { libc::geteuid() } == 0;
     let walker = |compare| Walker {
         repo,
+        target,
         want,
         compare,
         delete: options.delete,

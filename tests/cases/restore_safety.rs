@@ -949,6 +949,9 @@ fn a_restore_into_an_empty_target_killed_half_way_is_finished_by_the_next() {
     let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains(&first[..8]) && stderr.contains("did not finish"), "{stderr}");
+    let out = run(cairn(&repo).args(["restore", "latest", "--dry-run", "--target"]).arg(&target));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("a restore without a flag is refused"), "the dry run hides the refusal: {stderr}");
     assert_eq!(entries(&target), before);
     ok(cairn(&repo).args(["restore", &first, "--target"]).arg(&target));
     assert_same_tree(&source, &target);

@@ -114,6 +114,8 @@ enum Work {
 
 pub(crate) struct Walker<'a> {
     pub repo: &'a Indexed<'a>,
+    /// The target, for messages.
+    pub target: &'a std::path::Path,
     pub want: &'a Want,
     pub compare: Compare,
     pub delete: bool,
@@ -335,7 +337,7 @@ impl Walker<'_> {
     }
 
     fn io(&self, path: &[Vec<u8>], e: std::io::Error) -> Error {
-        Error::io(std::path::Path::new(&format!("<target>/{}", shown(path))), e)
+        Error::io(self.target.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&path.join(&b'/'))), e)
     }
 
     /// `path` and everything below it in the snapshot are created.
