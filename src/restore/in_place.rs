@@ -403,7 +403,7 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
     // trip that nothing else waits for. It is written before the end record all the same.
     let (begun, result) = std::thread::scope(|scope| {
         let begun = scope.spawn(|| audit.begin(repo));
-        let result = execute(repo, id, snapshot, options, &site, &want, progress, &mut report);
+        let result = execute(repo, id, snapshot, options, &site, &want, mark.as_ref(), progress, &mut report);
         (begun.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), result)
     });
     let mut report = std::thread::scope(|scope| {
@@ -512,6 +512,7 @@ fn execute(
     options: &Options,
     site: &Site,
     want: &Want,
+    mark: Option<&unfinished::Found>,
     progress: &Progress,
     report: &mut Report,
 ) -> Result<()> {
@@ -546,7 +547,7 @@ fn execute(
     // not have), unless the snapshot holds an entry of that name.
     let stale_mark = matches!(report.how, How::InPlace | How::Overwrite)
         && options.includes.is_empty()
-        && site.old.as_ref().is_some_and(|(dir, _)| unfinished::found(dir).is_some())
+        && mark.is_some()
         && repo.read_tree(&snapshot.tree).is_ok_and(|top| top.find(unfinished::NAME.as_bytes()).is_none());
     let nothing = report.plan.as_ref().is_some_and(|p| !swaps(p));
     report.summary = match report.how {
@@ -564,9 +565,9 @@ fn execute(
             let shown = site.path.join(unfinished::NAME);
             // Finishing a restore keeps its mark, which says what it stands for; a new one gets
             // its own.
-            let (mark, stands_for) = match unfinished::found(&marked) {
+            let (mark, stands_for) = match mark {
                 Some(unfinished::Found::Restore { includes, .. }) if report.how == How::Unfinished => {
-                    (unfinished::open(&marked).map_err(|e| Error::io(&shown, e))?, includes)
+                    (unfinished::open(&marked).map_err(|e| Error::io(&shown, e))?, includes.clone())
                 }
                 _ => {
                     let mark = unfinished::put(&marked, id, &options.includes).map_err(|e| Error::io(&shown, e))?;
