@@ -121,28 +121,15 @@ impl Id {
 
     /// Lower-case hex, 64 characters: the form used in file names and on the command line.
     pub fn to_hex(&self) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(64);
-        for byte in self.0 {
-            out.push(DIGITS[(byte >> 4) as usize] as char);
-            out.push(DIGITS[(byte & 15) as usize] as char);
-        }
-        out
+        to_hex(&self.0)
     }
 
     /// Parses exactly 64 hex digits (either case).
     pub fn from_hex(text: &str) -> Option<Id> {
-        let bytes = text.as_bytes();
-        if bytes.len() != 64 {
+        if text.len() != 64 {
             return None;
         }
-        let mut id = [0u8; 32];
-        for (i, pair) in bytes.chunks_exact(2).enumerate() {
-            let high = (pair[0] as char).to_digit(16)?;
-            let low = (pair[1] as char).to_digit(16)?;
-            id[i] = (high * 16 + low) as u8;
-        }
-        Some(Id(id))
+        from_hex(text)?.try_into().ok().map(Id)
     }
 
     /// The first eight hex digits, for human-facing output.
@@ -179,6 +166,27 @@ pub fn random_bytes() -> [u8; 32] {
         out = *hasher.finalize().as_bytes();
     }
     out
+}
+
+/// Lower-case hex of `bytes`, two digits a byte.
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[(byte >> 4) as usize] as char);
+        out.push(DIGITS[(byte & 15) as usize] as char);
+    }
+    out
+}
+
+/// The bytes of `text`, an even number of hex digits (either case); `None` for anything else.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let digits = text.as_bytes();
+    if digits.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |d: u8| (d as char).to_digit(16);
+    digits.chunks_exact(2).map(|pair| Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)).collect()
 }
 
 #[cfg(test)]

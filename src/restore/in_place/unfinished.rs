@@ -35,7 +35,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 
 use crate::fs_at::{stat_fd, Dir};
-use crate::id::Id;
+use crate::id::{from_hex, to_hex, Id};
 
 /// The mark's name in the target.
 pub const NAME: &str = ".cairn-restore-unfinished";
@@ -101,10 +101,7 @@ pub fn found(dir: &Dir) -> Option<Found> {
     let mut text = String::new();
     file.read_to_string(&mut text).ok()?;
     let mut lines = text.lines();
-    let snapshot = lines.next()?.strip_prefix(SAYS)?.get(..64)?;
-    if !snapshot.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
+    let snapshot = Id::from_hex(lines.next()?.strip_prefix(SAYS)?.get(..64)?)?.to_hex();
     let here = stat_fd(dir.as_fd()).ok()?;
     if lines.next()? != format!("dir {}:{}", here.st_dev, here.st_ino) {
         return None;
@@ -124,8 +121,8 @@ pub fn found(dir: &Dir) -> Option<Found> {
     if !this_file {
         return None;
     }
-    let includes = lines.map(|line| line.strip_prefix("include ").and_then(unhex)).collect::<Option<Vec<_>>>()?;
-    Some(Found::Restore { snapshot: snapshot.to_string(), includes })
+    let includes = lines.map(|line| line.strip_prefix("include ").and_then(from_hex)).collect::<Option<Vec<_>>>()?;
+    Some(Found::Restore { snapshot, includes })
 }
 
 /// Puts the mark in `dir` for a restore of `snapshot` (`includes`: its `--include` paths), in
@@ -150,7 +147,7 @@ pub fn put(dir: &Dir, snapshot: &Id, includes: &[Vec<u8>]) -> std::io::Result<Ma
             here.st_ino
         );
         for path in includes {
-            text.push_str(&format!("include {}\n", hex(path)));
+            text.push_str(&format!("include {}\n", to_hex(path)));
         }
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
@@ -185,17 +182,6 @@ impl Mark {
             Err(e) => Err(e),
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]
