@@ -72,7 +72,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
             (Some(id), None) => format!("snapshot {}", &id[..id.len().min(8)]),
             (None, None) => String::new(),
         };
-        let target = ["to", "received_from", "repository"].iter().find_map(|k| record.details[*k].as_str());
+        let target = ["to", "received_from", "repository", "target"].iter().find_map(|k| record.details[*k].as_str());
         let source = match (record.source.as_str(), target) {
             ("", Some(target)) => target.to_string(),
             (source, Some(target)) => format!("{source} -> {target}"),

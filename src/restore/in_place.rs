@@ -399,6 +399,9 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
     }
     let mut audit = Run::start("restore", &snapshot.source_key());
     audit.record.snapshot = Some(id.to_hex());
+    // The start record carries them: a restore killed outright is reported with the target it
+    // left partly written.
+    audit.record.details = serde_json::json!({ "target": report.target, "how": report.how });
     // The start record goes beside the restore's first reads: on an object store it is a round
     // trip that nothing else waits for. It is written before the end record all the same.
     let (begun, result) = std::thread::scope(|scope| {

@@ -1069,6 +1069,43 @@ fn a_target_swapped_for_a_link_while_restoring_leads_nothing_elsewhere() {
     assert_same_tree(&source, &moved);
 }
 
+/// A restore killed outright leaves only its start record, and `cairn log` reports it as killed:
+/// that record names the target it was writing, or nothing tells which directory holds the
+/// partial tree (it used to carry the source alone).
+#[test]
+fn a_killed_restore_is_logged_with_its_target() {
+    let scratch = Scratch::new("killed-logged");
+    let (source, repo, target) = (scratch.join("src"), scratch.join("repo"), scratch.join("target"));
+    fs::create_dir(&source).unwrap();
+    for i in 0..6u64 {
+        write_noise_file(&source.join(format!("f{i}")), 100_000, i);
+    }
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    let records = || fs::read_dir(repo.join("audit")).map_or(0, |dir| dir.count());
+    let before = records();
+    // Every write held for a fifth of a second: the start record lands, the files take seconds.
+    let mut child = restore_traced(&repo, &target, "write:delay_enter=200000").spawn().unwrap();
+    let started = std::time::Instant::now();
+    while records() == before {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "no start record");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // The restore itself, not the strace around it.
+    let pids = run(Command::new("pgrep").arg("-P").arg(child.id().to_string()));
+    let pid = String::from_utf8(pids.stdout).unwrap().trim().to_string();
+    assert!(run(Command::new("kill").args(["-KILL", &pid])).status.success(), "pid {pid:?} was gone");
+    let _ = child.wait();
+    assert!(target.join(UNFINISHED).exists(), "killed before it marked its target");
+    let log = json(cairn(&repo).arg("log"));
+    let restore = log.as_array().unwrap().iter().find(|r| r["command"] == "restore").expect("no restore record");
+    assert_eq!(restore["outcome"], "failed", "{restore}");
+    assert!(restore["errors"][0].as_str().unwrap().starts_with("killed"), "{restore}");
+    assert_eq!(restore["details"]["target"], target.canonicalize().unwrap().to_str().unwrap(), "{restore}");
+    let text = ok(cairn(&repo).arg("log"));
+    assert!(text.lines().any(|l| l.contains("restore") && l.contains(target.to_str().unwrap())), "{text}");
+}
+
 /// A target that is a file, a symlink to one, or a dangling symlink is refused and left as it
 /// was: restore used to make its directory in its place, deleting the file (the one a link led
 /// to, too) without a safety snapshot. Given restore roots it was already refused.
