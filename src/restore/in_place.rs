@@ -15,7 +15,9 @@
 //! target's entries that stay (outside the `--include` paths, or not in the snapshot without
 //! `--delete`) are hard-linked or recreated (`plan.rs`); restores the snapshot into it; checks
 //! the result against the snapshot; makes it durable (`syncfs`); then swaps it with the target
-//! in one step (`renameat2(RENAME_EXCHANGE)`) and renames the old tree, now under the staging
+//! in one step (`renameat2(RENAME_EXCHANGE)`), checks that what went out is the directory it
+//! planned against (or swaps back and refuses: the name was given to something else meanwhile),
+//! and renames the old tree, now under the staging
 //! name, to `<name>.bak` (or `.bak.2`, ...), which is kept. At every moment the target's name
 //! holds a whole tree, the old or the new one:
 //!
@@ -774,6 +776,32 @@ fn staged(
                 ""
             }
         )));
+    }
+    // What went out must be the directory the plan and the safety snapshot are of: anyone who
+    // can write the parent could have put something else (a symlink to elsewhere) under the
+    // target's name while the tree was built. That is put back, and nothing else moved.
+    let swapped_out = parent.stat(&staging_name);
+    if !swapped_out.as_ref().is_ok_and(|st| (st.st_dev, st.st_ino) == (old_st.st_dev, old_st.st_ino)) {
+        let put_back = parent.exchange(&staging_name, name);
+        if put_back.is_ok() {
+            let _ = remove_tree(&staging_path);
+        }
+        let what = match &swapped_out {
+            Ok(_) => "it is no longer the directory the restore planned and took its safety snapshot of".to_string(),
+            Err(e) => format!("what is there cannot be looked at ({e})"),
+        };
+        return Err(Error::Refused(match put_back {
+            Ok(()) => format!(
+                "{} was replaced while the new tree was built: {what}; it was left as it is, nothing was changed",
+                site.path.display()
+            ),
+            Err(e) => format!(
+                "{} was replaced while the new tree was built: {what}; the new tree went in its place, and what had \
+                 replaced it could not be put back ({e}): it is at {}",
+                site.path.display(),
+                staging_path.display()
+            ),
+        }));
     }
     // From here the target holds the new tree: an error says so, and where the old one is.
     report.backup = Some(staging_path.clone());

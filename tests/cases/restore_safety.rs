@@ -1106,6 +1106,46 @@ fn a_killed_restore_is_logged_with_its_target() {
     assert!(text.lines().any(|l| l.contains("restore") && l.contains(target.to_str().unwrap())), "{text}");
 }
 
+/// An in-place restore swaps in the new tree only for the directory it planned against and took
+/// its safety snapshot of: the target renamed away and a symlink put in its place while the new
+/// tree is built used to be swapped out and kept as the `.bak` (reported as the old tree), the
+/// new tree in the link's place. Now the swap is undone and the restore refused, nothing moved.
+#[test]
+fn an_in_place_restore_never_swaps_out_what_replaced_its_target() {
+    let scratch = Scratch::new("in-place-swapped");
+    let (source, repo, target) = (scratch.join("src"), scratch.join("repo"), scratch.join("target"));
+    fs::create_dir(&source).unwrap();
+    for i in 0..6u64 {
+        write_noise_file(&source.join(format!("f{i}")), 20_000, i);
+    }
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    fs::create_dir(&target).unwrap();
+    fs::write(target.join("old"), b"the old tree").unwrap();
+    let (moved, decoy) = (scratch.join("moved"), scratch.join("decoy"));
+    fs::create_dir(&decoy).unwrap();
+    fs::write(decoy.join("precious"), b"elsewhere").unwrap();
+    // Each restored file's times are set with a fifth of a second's delay: the build takes a
+    // second or more, with its staging directory there from the start.
+    let mut traced = restore_traced(&repo, &target, "utimensat:delay_enter=200000");
+    let mut child = traced.arg("--in-place").spawn().unwrap();
+    let staging = || entries_shallow(scratch.path()).into_iter().any(|p| p.to_string_lossy().contains("cairn-staging"));
+    let started = std::time::Instant::now();
+    while !staging() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the restore never staged");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    fs::rename(&target, &moved).unwrap();
+    symlink(&decoy, &target).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the restore swapped out what replaced its target");
+    assert_eq!(fs::read_link(&target).unwrap(), decoy, "the link was moved");
+    assert_eq!(entries(&decoy), [PathBuf::from("precious")]);
+    assert_eq!(entries(&moved), [PathBuf::from("old")]);
+    assert!(!scratch.join("target.bak").exists(), "a .bak was made");
+    assert!(!staging(), "the staging directory was left");
+}
+
 /// A target that is a file, a symlink to one, or a dangling symlink is refused and left as it
 /// was: restore used to make its directory in its place, deleting the file (the one a link led
 /// to, too) without a safety snapshot. Given restore roots it was already refused.
