@@ -95,7 +95,7 @@ pub struct PruneArgs {
 
 /// On a local repository's full disk, the room a forget or prune has ([`Repository::make_room`]):
 /// the reserve is released when fewer than `need` bytes are free, and that is said.
-fn make_room(repo: &Repository, need: u64, before: Option<Room>, command: &str) -> Result<Option<Room>> {
+pub(super) fn make_room(repo: &Repository, need: u64, before: Option<Room>, command: &str) -> Result<Option<Room>> {
     let room = repo.make_room(need, before)?;
     if let Some(room) = room {
         let released = room.released - before.map_or(0, |b| b.released);
@@ -112,7 +112,7 @@ fn make_room(repo: &Repository, need: u64, before: Option<Room>, command: &str) 
 
 /// After a forget or prune: a reserve it released is set aside again (as large as it was, where
 /// the command freed nothing), and a prune's grows with the index ([`super::keep_reserve`]).
-fn finish_room(repo: &Repository, room: Option<Room>, pruned: bool) {
+pub(super) fn finish_room(repo: &Repository, room: Option<Room>, pruned: bool) {
     match room {
         Some(room) if room.released > 0 => match repo.restore_reserve(room.released) {
             Ok(Some(Kept::NoRoom { free, .. })) => errln!(

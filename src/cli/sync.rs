@@ -9,6 +9,7 @@ use super::forget::{PolicyArgs, PruneArgs};
 use super::{format, Context};
 use cairn::progress::Progress;
 use cairn::repository::lock::LockKind;
+use cairn::repository::reserve::FORGET_NEEDS;
 use cairn::repository::{Location, Repository};
 use cairn::retention::plan;
 use cairn::sync::{Destination, Request, SyncOptions, Synced};
@@ -134,11 +135,26 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
     }
     if args.prune {
         check_may_delete(&dest, &args.to)?;
-        let lock = dest.lock(LockKind::Exclusive, "sync --prune", context.lock_wait)?;
+        // On a full disk, the forget and prune run on the destination's reserve (its lock file is
+        // their first write), as `forget --prune` there would; the prune sets it aside again.
+        let room = super::forget::make_room(&dest, FORGET_NEEDS, None, "sync --prune")?;
+        let lock = match dest.lock(LockKind::Exclusive, "sync --prune", context.lock_wait) {
+            Ok(lock) => lock,
+            Err(e) => {
+                super::forget::finish_room(&dest, room, false);
+                return Err(e.into());
+            }
+        };
         super::warn_forged_markers(&lock);
         let nested = Context { quiet: context.quiet || context.json, json: false, ..context.clone() };
-        let decisions = plan(&dest.snapshots()?, &policy);
-        return super::forget::forget_and_prune(&nested, &dest, &decisions, &args.prune_args, None);
+        let decisions = match dest.snapshots() {
+            Ok(snapshots) => plan(&snapshots, &policy),
+            Err(e) => {
+                super::forget::finish_room(&dest, room, false);
+                return Err(e.into());
+            }
+        };
+        return super::forget::forget_and_prune(&nested, &dest, &decisions, &args.prune_args, room);
     }
     super::keep_reserve(&dest);
     Ok(ExitCode::SUCCESS)

@@ -482,6 +482,47 @@ fn a_full_repository_disk_is_freed_by_forget_and_prune_on_the_reserve() {
     restores();
 }
 
+/// `sync --prune` into a destination whose disk is full runs its forget and prune on the
+/// destination's reserve, as `forget --prune` there does: it used to fail taking its lock, so the
+/// destination stayed full until someone pruned it by hand.
+#[test]
+fn a_full_sync_destination_is_freed_by_sync_prune_on_its_reserve() {
+    let scratch = Scratch::new("sync-full-reserve");
+    let Some(mount) = Mount::try_tmpfs_of(&scratch.join("disk"), 96) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let (source, repo, dest) = (scratch.join("src"), scratch.join("repo"), mount.0.join("dest"));
+    fs::create_dir_all(&source).unwrap();
+    init(&repo);
+    init(&dest);
+    let sync = || {
+        let mut command = cairn(&repo);
+        command.arg("sync").arg("--to").arg(&dest);
+        command
+    };
+    write_noise_file(&source.join("a"), 12 << 20, 1);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    ok(&mut sync());
+    fs::remove_file(source.join("a")).unwrap();
+    write_noise_file(&source.join("b"), 12 << 20, 2);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    ok(&mut sync());
+    let mut filler = fs::File::create(mount.0.join("filler")).unwrap();
+    while std::io::Write::write_all(&mut filler, &[0u8; 4096]).is_ok() {}
+    let free = || cairn::disk::space(&mount.0).unwrap().free;
+    assert!(free() < 1 << 20, "{} bytes free", free());
+    let (code, err) = stderr_of(sync().args(["--prune", "--keep-last", "1"]));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("reserve held"), "{err}");
+    assert!(free() >= 10 << 20, "a's 12 MiB are freed: {} bytes free", free());
+    assert!(fs::metadata(dest.join("reserve")).unwrap().len() > (24 << 20) - (64 << 10), "the reserve is back");
+    ok(cairn(&dest).arg("check"));
+    let out = scratch.join("out");
+    ok(cairn(&dest).args(["restore", "latest", "--target"]).arg(&out));
+    assert_same_tree(&source, &out);
+}
+
 /// `init` into a directory holding a file named `reserve` that cairn did not make (a user's
 /// own): refused, and the file is left as it was (growing a reserve appends to it).
 #[test]
