@@ -332,7 +332,7 @@ fn pruned(
         let pruned = prune::prune(repo, args.max_unused, repack_room, args.keep_audit, &progress, leaving, |plan| {
             let writes = needs + prune::repack_writes(plan.repack_bytes, plan.repack_blobs, plan.repack.len() as u64);
             if room.is_some_and(|r| r.reserve > 0 && r.free < writes) {
-                room = make_room(repo, u64::MAX, room, "prune")
+                room = make_room(repo, writes, room, "prune")
                     .map_err(|e| cairn::error::Error::Invalid(format!("{e:#}")))?;
             }
             forget().map_err(|e| cairn::error::Error::Invalid(format!("{e:#}")))?;
