@@ -711,14 +711,31 @@ fn safety_snapshot(repo: &Repository, paths: &[PathBuf], target: &Path, skip: &[
         )),
     })?;
     if let Some(first) = outcome.snapshot.errors.first() {
+        // No way back is needed from a restore that is not made: kept, it would stay protected
+        // from every prune, one more at each try.
+        let forgotten = crate::retention::forget(
+            repo,
+            &[crate::retention::Decision {
+                id: outcome.id.to_hex(),
+                time: outcome.snapshot.time_sec,
+                group: SAFETY_SOURCE.into(),
+                keep: false,
+                reasons: Vec::new(),
+            }],
+        );
         return Err(Error::Refused(format!(
             "the safety snapshot {} of {} is incomplete: {} entries could not be read (first: {}: {}); nothing was \
-             restored over them",
+             restored over them, and {}",
             outcome.id.short(),
             target.display(),
             outcome.snapshot.errors.len(),
             first.path,
-            first.message
+            first.message,
+            match forgotten.result {
+                Ok(_) => "the incomplete snapshot was forgotten".to_string(),
+                Err(e) =>
+                    format!("it could not be forgotten ({e}): `cairn forget --force {}` does", outcome.id.short()),
+            }
         )));
     }
     Ok(outcome.id)

@@ -1,7 +1,9 @@
 //! Bad input gets a clear error naming what is wrong, and changes nothing.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Command;
 
 use crate::support::*;
 
@@ -264,6 +266,40 @@ fn a_repository_that_cannot_be_written_still_restores_and_checks() {
     }
     assert_eq!(listing(&repo), before, "nothing was written");
     let _ = std::process::Command::new("chmod").args(["-R", "u+w"]).arg(&repo).status();
+}
+
+/// An in-place restore whose safety snapshot cannot read all of the target is refused, and that
+/// incomplete snapshot is forgotten: it used to stay, protected from every prune, one more each
+/// time the restore was tried.
+#[test]
+fn an_incomplete_safety_snapshot_is_forgotten_with_the_refused_restore() {
+    let scratch = Scratch::new("incomplete-safety");
+    let (source, repo, target) = (scratch.join("src"), scratch.join("repo"), scratch.join("target"));
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("a"), b"from the snapshot").unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    fs::create_dir(&target).unwrap();
+    fs::write(target.join("a"), b"the service's").unwrap();
+    fs::write(target.join("secret"), b"unreadable").unwrap();
+    fs::set_permissions(target.join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
+    open_up(scratch.path());
+    if is_root() {
+        // cairn runs as nobody, who owns it all and still cannot read a file of mode 000.
+        for path in [&repo, &target] {
+            assert!(Command::new("chown").args(["-R", "65534:65534"]).arg(path).status().unwrap().success());
+        }
+    }
+    for _ in 0..2 {
+        let out = run(as_unprivileged(&repo).args(["restore", "latest", "--in-place", "--target"]).arg(&target));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("is incomplete") && err.contains("secret") && err.contains("forgotten"), "{err}");
+        assert_eq!(fs::read(target.join("a")).unwrap(), b"the service's");
+    }
+    let listed = json(cairn(&repo).arg("snapshots"));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "a safety snapshot stayed: {listed}");
+    let _ = fs::set_permissions(target.join("secret"), fs::Permissions::from_mode(0o600));
 }
 
 /// A restore onto a disk that fills up: the file that did not fit is named in the error, the run
