@@ -384,6 +384,7 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
         as_root,
         plan: Plan::default(),
         partial_dirs: Vec::new(),
+        linked: Vec::new(),
     };
     if options.dry_run || !empty {
         // An unfinished target is written as an empty one: every entry is created anew.
@@ -886,6 +887,7 @@ fn build(
         as_root,
         plan: Plan::default(),
         partial_dirs: Vec::new(),
+        linked: Vec::new(),
     };
     let mut carry = walker(Compare::Names);
     carry.walk(Some(old), Some(staging))?;

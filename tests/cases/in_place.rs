@@ -318,6 +318,46 @@ fn dry_run_lists_exactly_what_the_real_run_then_changes() {
     }
 }
 
+/// Hard links are part of what a restore gives back: a target whose files hold the snapshot's
+/// bytes but are linked otherwise (two names of one file where the snapshot has two files, or
+/// the other way round) is not the snapshot. In-place used to call it "nothing to do", and a
+/// write through one name then changed the other.
+#[test]
+fn in_place_gives_back_the_snapshots_hard_links() {
+    let scratch = Scratch::new("inplace-links");
+    let (apart, linked, repo) = (scratch.join("apart"), scratch.join("linked"), scratch.join("repo"));
+    for dir in [&apart, &linked] {
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        fs::write(dir.join("a"), b"same bytes").unwrap();
+    }
+    fs::write(apart.join("sub/b"), b"same bytes").unwrap();
+    fs::hard_link(linked.join("a"), linked.join("sub/b")).unwrap();
+    for dir in [&apart, &linked] {
+        for name in ["a", "sub/b"] {
+            let set = Command::new("touch").args(["-d", "2024-01-01 00:00:00"]).arg(dir.join(name)).status();
+            assert!(set.unwrap().success());
+        }
+    }
+    init(&repo);
+    let id = |source: &Path| json(cairn(&repo).arg("snapshot").arg(source))["id"].as_str().unwrap().to_string();
+    let (apart_id, linked_id) = (id(&apart), id(&linked));
+    let inodes =
+        |dir: &Path| (fs::metadata(dir.join("a")).unwrap().ino(), fs::metadata(dir.join("sub/b")).unwrap().ino());
+    // Each snapshot restored in place over the other's tree: both names replaced, links as in
+    // the snapshot; then again: nothing to do.
+    for (snapshot, target, want_linked) in [(&apart_id, &linked, false), (&linked_id, &apart, true)] {
+        let dry = json(cairn(&repo).args(["restore", snapshot, "--in-place", "--dry-run", "--target"]).arg(target));
+        assert_eq!(strings(&dry["plan"]["replaced"]), ["a", "sub/b"], "{dry}");
+        let report = json(cairn(&repo).args(["restore", snapshot, "--in-place", "--target"]).arg(target));
+        assert!(report["safety_snapshot"].is_string(), "{report}");
+        let (a, b) = inodes(target);
+        assert_eq!(a == b, want_linked, "{}", target.display());
+        let again = json(cairn(&repo).args(["restore", snapshot, "--in-place", "--dry-run", "--target"]).arg(target));
+        assert!(strings(&again["plan"]["replaced"]).is_empty(), "{again}");
+        assert_eq!(again["plan"]["unchanged"], 2, "{again}");
+    }
+}
+
 #[test]
 fn delete_makes_the_target_match_the_snapshot() {
     let scratch = Scratch::new("inplace-delete");

@@ -4,8 +4,8 @@
 //! The walk goes through the target and the snapshot side by side, one directory at a time,
 //! every entry reached through its parent's descriptor without following a symlink
 //! ([`crate::fs_at`]). For each name it decides: *created* (only the snapshot has it),
-//! *replaced* (both have it and they differ: type, content, mode, mtime, owner as root, or a
-//! symlink's target), *deleted* (only the target has it, under a directory the snapshot
+//! *replaced* (both have it and they differ: type, content, mode, mtime, owner as root, a
+//! symlink's target, or which other names a file is hard-linked to), *deleted* (only the target has it, under a directory the snapshot
 //! restores, with `--delete`; or it stands below an entry replaced by another type), *kept*
 //! (the same without `--delete`), or unchanged. Outside the `--include` paths nothing is
 //! touched and nothing listed.
@@ -16,7 +16,7 @@
 //! restores into are made, so that the core restore into the staging directory then yields the
 //! whole new tree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsFd;
 
 use serde::Serialize;
@@ -126,6 +126,19 @@ pub(crate) struct Walker<'a> {
     /// metadata and extended attributes they had: restored onto their staged copies once the
     /// core restore has written into them.
     pub partial_dirs: Vec<(Vec<Vec<u8>>, libc::stat, Vec<Xattr>)>,
+    /// Files found the same as the snapshot's where either side has more than one name. Once
+    /// the walk ends, those linked otherwise than in the snapshot are replaced.
+    pub linked: Vec<Linked>,
+}
+
+/// A file of the target found the same as the snapshot's, with more than one name on a side.
+pub(crate) struct Linked {
+    path: Vec<Vec<u8>>,
+    /// The target's (device, inode).
+    file: (u64, u64),
+    /// The snapshot's hard-link group: its (device, inode) when it was snapshotted, if it had
+    /// more than one name.
+    group: Option<(u64, u64)>,
 }
 
 /// The [`Want`] of a restore of `includes` (all of the snapshot when empty or when one is the
@@ -207,7 +220,41 @@ impl Walker<'_> {
                 None => _ = stack.pop(),
             }
         }
+        self.replace_links_that_differ();
         Ok(())
+    }
+
+    /// Lists as replaced the files found the same whose hard links differ from the snapshot's:
+    /// names of one file in the target that are not all of one group in the snapshot, and names
+    /// of one group in the snapshot that are not all one file in the target. (One name of a file
+    /// that has others outside the restore is no difference: an in-place restore's `.bak` holds
+    /// the other name of every file it carried over.)
+    fn replace_links_that_differ(&mut self) {
+        let mut by_file: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
+        let mut by_group: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
+        for (n, found) in self.linked.iter().enumerate() {
+            by_file.entry(found.file).or_default().push(n);
+            if let Some(group) = found.group {
+                by_group.entry(group).or_default().push(n);
+            }
+        }
+        let linked = &self.linked;
+        let one_group = |names: &[usize]| {
+            names.iter().all(|&n| linked[n].group.is_some() && linked[n].group == linked[names[0]].group)
+        };
+        let one_file = |names: &[usize]| names.iter().all(|&n| linked[n].file == linked[names[0]].file);
+        let mut differ: Vec<usize> = (by_file.values())
+            .filter(|names| names.len() > 1 && !one_group(names))
+            .chain(by_group.values().filter(|names| !one_file(names)))
+            .flatten()
+            .copied()
+            .collect();
+        differ.sort_unstable();
+        differ.dedup();
+        for n in differ {
+            self.plan.unchanged -= 1;
+            self.plan.replaced.push(shown(&self.linked[n].path));
+        }
     }
 
     /// Decides the next entry of `task`, at `path`: the tasks its content needs (to run before
@@ -448,6 +495,10 @@ impl Walker<'_> {
         };
         if same && !xattrs_differ(dir, &name, &node.xattrs) {
             self.plan.unchanged += 1;
+            if matches!(node.content, Content::File { .. }) && (st.st_nlink > 1 || node.meta.nlink > 1) {
+                let group = (node.meta.nlink > 1).then_some((node.meta.dev, node.meta.ino));
+                self.linked.push(Linked { path: path.to_vec(), file: (st.st_dev, st.st_ino), group });
+            }
         } else {
             self.plan.replaced.push(shown(path));
         }
