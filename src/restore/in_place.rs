@@ -17,8 +17,8 @@
 //! the result against the snapshot; makes it durable (`syncfs`); then swaps it with the target
 //! in one step (`renameat2(RENAME_EXCHANGE)`), checks that what went out is the directory it
 //! planned against (or swaps back and refuses: the name was given to something else meanwhile),
-//! and renames the old tree, now under the staging
-//! name, to `<name>.bak` (or `.bak.2`, ...), which is kept. At every moment the target's name
+//! and renames the old tree, now under the staging name, to `<name>.bak` (or `.bak.2`, ...),
+//! which is kept. At every moment the target's name
 //! holds a whole tree, the old or the new one:
 //!
 //! | killed | target | beside it | the next restore of that target |

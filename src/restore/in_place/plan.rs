@@ -5,10 +5,10 @@
 //! every entry reached through its parent's descriptor without following a symlink
 //! ([`crate::fs_at`]). For each name it decides: *created* (only the snapshot has it),
 //! *replaced* (both have it and they differ: type, content, mode, mtime, owner as root, a
-//! symlink's target, or which other names a file is hard-linked to), *deleted* (only the target has it, under a directory the snapshot
-//! restores, with `--delete`; or it stands below an entry replaced by another type), *kept*
-//! (the same without `--delete`), or unchanged. Outside the `--include` paths nothing is
-//! touched and nothing listed.
+//! symlink's target, or which other names a file is hard-linked to), *deleted* (only the target
+//! has it, under a directory the snapshot restores, with `--delete`; or it stands below an entry
+//! replaced by another type), *kept* (the same without `--delete`), or unchanged. Outside the
+//! `--include` paths nothing is touched and nothing listed.
 //!
 //! Given a staging directory, the same walk also builds what the new tree takes over from the
 //! old one: kept and untouched entries are hard-linked (files) or recreated with their
