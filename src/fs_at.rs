@@ -637,6 +637,16 @@ impl Drop for Place {
 /// (read-only ones left by a restore) are made writable first. Only a handful of descriptors
 /// stay open: going back up uses `..`, checked to be the directory that was left.
 pub fn remove_tree(path: &Path) -> Result<()> {
+    remove_tree_of(path, None)
+}
+
+/// [`remove_tree`], only if `path` is the directory `identity` (device, inode): one made by the
+/// caller, whose name others who can write its parent could have given to another directory.
+pub fn remove_tree_if(path: &Path, identity: (u64, u64)) -> Result<()> {
+    remove_tree_of(path, Some(identity))
+}
+
+fn remove_tree_of(path: &Path, identity: Option<(u64, u64)>) -> Result<()> {
     /// One directory being emptied: its name in its parent, its descriptor (dropped for all but
     /// the innermost few), and the names in it still to remove.
     struct Level {
@@ -646,6 +656,12 @@ pub fn remove_tree(path: &Path) -> Result<()> {
     }
     const OPEN_LEVELS: usize = 16;
     let top = Dir::open_nofollow(path)?;
+    if let Some(identity) = identity {
+        let st = stat_fd(top.as_fd())?;
+        if (st.st_dev, st.st_ino) != identity {
+            return Err(Error::other(format!("{} is no longer the directory made there", path.display())));
+        }
+    }
     let mut stack = vec![Level { name: Vec::new(), pending: top.names()?, dir: Some(top) }];
     while let Some(level) = stack.last_mut() {
         let dir = level.dir.as_ref().expect("the innermost level is open");
@@ -747,6 +763,22 @@ mod tests {
         }
         remove_tree(&root).unwrap();
         assert!(std::fs::symlink_metadata(&root).is_err());
+    }
+
+    #[test]
+    fn remove_tree_if_removes_only_the_directory_it_names() {
+        let root = scratch("identity");
+        std::fs::create_dir_all(root.join("made/sub")).unwrap();
+        let st = std::fs::metadata(root.join("made")).unwrap();
+        let made = (std::os::unix::fs::MetadataExt::dev(&st), std::os::unix::fs::MetadataExt::ino(&st));
+        // Its name given to another directory meanwhile: that one stays, whole.
+        std::fs::rename(root.join("made"), root.join("moved")).unwrap();
+        std::fs::create_dir_all(root.join("made/precious")).unwrap();
+        assert!(remove_tree_if(&root.join("made"), made).is_err());
+        assert!(root.join("made/precious").is_dir());
+        remove_tree_if(&root.join("moved"), made).unwrap();
+        assert!(std::fs::symlink_metadata(root.join("moved")).is_err());
+        remove_tree(&root).unwrap();
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 
 use super::{format, Context};
 use cairn::clock::parse_duration;
@@ -263,7 +263,11 @@ pub fn forget_and_prune(
 ) -> Result<ExitCode> {
     let mut leaving = HashSet::new();
     for decision in decisions.iter().filter(|d| !d.keep) {
-        leaving.insert(Id::from_hex(&decision.id).ok_or_else(|| anyhow!("not a snapshot id: {}", decision.id))?);
+        let Some(id) = Id::from_hex(&decision.id) else {
+            finish_room(repo, room, false);
+            bail!("not a snapshot id: {}", decision.id);
+        };
+        leaving.insert(id);
     }
     // One JSON document: the decisions go into the prune's.
     let quiet = Context { quiet: context.quiet || context.json, json: false, ..context.clone() };
@@ -323,8 +327,21 @@ fn pruned(
     decisions: Option<&[Decision]>,
     forget: impl FnOnce() -> Result<()>,
 ) -> Result<ExitCode> {
-    let needs = repo.prune_needs()?;
-    let mut room = make_room(repo, needs, room, "prune")?;
+    // A reserve the caller released is given back however this ends.
+    let needs = match repo.prune_needs() {
+        Ok(needs) => needs,
+        Err(e) => {
+            finish_room(repo, room, false);
+            return Err(e.into());
+        }
+    };
+    let mut room = match make_room(repo, needs, room, "prune") {
+        Ok(made) => made,
+        Err(e) => {
+            finish_room(repo, room, false);
+            return Err(e);
+        }
+    };
     let repack_room = room.map(|r| (r.free + r.reserve).saturating_sub(needs));
     let done = (|| {
         let progress = Progress::new("prune", context.quiet || context.json);

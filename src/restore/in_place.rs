@@ -60,7 +60,7 @@ use crate::backup::{take_snapshot, SnapshotOptions};
 use crate::error::{Error, Result};
 use crate::format::audit::Outcome;
 use crate::format::snapshot::Snapshot;
-use crate::fs_at::{remove_tree, stat_fd, Dir};
+use crate::fs_at::{remove_tree_if, stat_fd, Dir};
 use crate::id::Id;
 use crate::progress::Progress;
 use crate::repository::lock::Lock;
@@ -404,7 +404,7 @@ pub fn run(repo: &Indexed, id: &Id, snapshot: &Snapshot, mut options: Options, p
     audit.record.snapshot = Some(id.to_hex());
     // The start record carries them: a restore killed outright is reported with the target it
     // left partly written.
-    audit.record.details = serde_json::json!({ "target": report.target, "how": report.how });
+    audit.record.details = serde_json::json!({ "target": report.target.to_string_lossy(), "how": report.how });
     // The start record goes beside the restore's first reads: on an object store it is a round
     // trip that nothing else waits for. It is written before the end record all the same.
     let (begun, result) = std::thread::scope(|scope| {
@@ -485,10 +485,11 @@ fn finish(repo: &Repository, mut audit: Run, result: Result<()>, mut report: Rep
         Err(e) => vec![e.to_string()],
     };
     audit.record.details = serde_json::json!({
-        "target": report.target,
+        // Lossy: a path that is not UTF-8 cannot be a JSON string, and must not fail the record.
+        "target": report.target.to_string_lossy(),
         "how": report.how,
         "safety_snapshot": report.safety_snapshot,
-        "backup": report.backup,
+        "backup": report.backup.as_ref().map(|path| path.to_string_lossy()),
         "plan": report.plan.as_ref().map(|p| serde_json::json!({
             "created": p.created.len(), "replaced": p.replaced.len(), "deleted": p.deleted.len(), "kept": p.kept.len(),
         })),
@@ -761,6 +762,10 @@ fn staged(
     let staging_name = [b".", &name[..], format!(".cairn-staging-{}-{random}", old_st.st_ino).as_bytes()].concat();
     let staging_path = parent_path.join(OsStr::from_bytes(&staging_name));
     let staging = parent.make_private_dir(&staging_name).map_err(|e| Error::io(&staging_path, e))?;
+    // Removed only while its name still holds it: anyone who can write the parent could give
+    // that name to another directory (their own, or the old tree they moved away) meanwhile.
+    let staging_st = stat_fd(staging.as_fd()).map_err(|e| Error::io(&staging_path, e))?;
+    let remove_staging = || remove_tree_if(&staging_path, (staging_st.st_dev, staging_st.st_ino));
     // Held until `staging` is dropped, after the rename to `.bak`: a restore that finds this
     // directory beside the target leaves it alone (`leftovers.rs`). Only one that looks without
     // the target's lock (a dry run, or one about to refuse) can hold it, for the instant it looks:
@@ -779,12 +784,12 @@ fn staged(
     let summary = match built {
         Ok(summary) => summary,
         Err(e) => {
-            let _ = remove_tree(&staging_path);
+            let _ = remove_staging();
             return Err(e);
         }
     };
     if let Err(e) = parent.exchange(&staging_name, name) {
-        let _ = remove_tree(&staging_path);
+        let _ = remove_staging();
         return Err(Error::Refused(format!(
             "cannot swap the restored tree in for {}: {e}; nothing was changed{}",
             site.path.display(),
@@ -802,7 +807,7 @@ fn staged(
     if !swapped_out.as_ref().is_ok_and(|st| (st.st_dev, st.st_ino) == (old_st.st_dev, old_st.st_ino)) {
         let put_back = parent.exchange(&staging_name, name);
         if put_back.is_ok() {
-            let _ = remove_tree(&staging_path);
+            let _ = remove_staging();
         }
         let what = match &swapped_out {
             Ok(_) => "it is no longer the directory the restore planned and took its safety snapshot of".to_string(),
@@ -815,9 +820,12 @@ fn staged(
             ),
             Err(e) => format!(
                 "{} was replaced while the new tree was built: {what}; the new tree went in its place, and what had \
-                 replaced it could not be put back ({e}): it is at {}",
+                 replaced it could not be put back ({e}){}",
                 site.path.display(),
-                staging_path.display()
+                match swapped_out {
+                    Ok(_) => format!(": it is at {}", staging_path.display()),
+                    Err(_) => String::new(),
+                }
             ),
         }));
     }

@@ -1106,6 +1106,27 @@ fn a_killed_restore_is_logged_with_its_target() {
     assert!(text.lines().any(|l| l.contains("restore") && l.contains(target.to_str().unwrap())), "{text}");
 }
 
+/// A target whose path is not UTF-8 restores, and its audit record names it (lossily): the
+/// record's JSON used to panic on such a path, after the restore had written everything.
+#[test]
+fn a_target_path_that_is_not_utf8_is_restored_and_recorded() {
+    let scratch = Scratch::new("non-utf8-target");
+    let (source, repo) = (scratch.join("src"), scratch.join("repo"));
+    fs::create_dir(&source).unwrap();
+    fs::write(source.join("a"), b"content").unwrap();
+    init(&repo);
+    ok(cairn(&repo).arg("snapshot").arg(&source));
+    let target = scratch.path().join(std::ffi::OsStr::from_bytes(b"t\xff"));
+    for flags in [&[][..], &["--in-place"]] {
+        let out = run(cairn(&repo).args(["restore", "latest", "--target"]).arg(&target).args(flags));
+        assert!(out.status.success(), "{flags:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(fs::read(target.join("a")).unwrap(), b"content");
+        fs::write(target.join("a"), b"changed").unwrap();
+    }
+    let log = ok(cairn(&repo).arg("log"));
+    assert_eq!(log.lines().filter(|l| l.contains("restore") && l.contains("t\u{fffd}")).count(), 2, "{log}");
+}
+
 /// An in-place restore swaps in the new tree only for the directory it planned against and took
 /// its safety snapshot of: the target renamed away and a symlink put in its place while the new
 /// tree is built used to be swapped out and kept as the `.bak` (reported as the old tree), the
