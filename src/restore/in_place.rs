@@ -628,16 +628,13 @@ fn execute(
 /// (none: the whole snapshot): each earlier path is one of `now`'s or below one, however
 /// written (`a/b`, `/a/b/`, `./a//b`).
 fn covers(now: &[Vec<u8>], earlier: &[Vec<u8>]) -> bool {
-    let parts = |path: &[u8]| -> Vec<Vec<u8>> {
-        path.split(|&b| b == b'/').filter(|part| !part.is_empty() && *part != b".").map(<[u8]>::to_vec).collect()
-    };
-    let now: Vec<_> = now.iter().map(|path| parts(path)).collect();
+    let now: Vec<_> = now.iter().map(|path| plan::split(path)).collect();
     if now.is_empty() {
         return true;
     }
     let earlier: Vec<_> = match earlier.is_empty() {
         true => vec![Vec::new()],
-        false => earlier.iter().map(|path| parts(path)).collect(),
+        false => earlier.iter().map(|path| plan::split(path)).collect(),
     };
     earlier.iter().all(|path| now.iter().any(|include| path.starts_with(include)))
 }

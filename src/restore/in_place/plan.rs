@@ -166,7 +166,7 @@ pub(crate) fn want_of(repo: &Indexed, snapshot: &Snapshot, includes: &[Vec<u8>],
 }
 
 /// An include path's components, without `/`, `.` and empty parts (as restore splits them).
-fn split(path: &[u8]) -> Vec<Vec<u8>> {
+pub(super) fn split(path: &[u8]) -> Vec<Vec<u8>> {
     path.split(|&b| b == b'/').filter(|p| !p.is_empty() && *p != b".").map(<[u8]>::to_vec).collect()
 }
 
