@@ -138,22 +138,18 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         // On a full disk, the forget and prune run on the destination's reserve (its lock file is
         // their first write), as `forget --prune` there would; the prune sets it aside again.
         let room = super::forget::make_room(&dest, FORGET_NEEDS, None, "sync --prune")?;
-        let lock = match dest.lock(LockKind::Exclusive, "sync --prune", context.lock_wait) {
-            Ok(lock) => lock,
+        let locked = dest.lock(LockKind::Exclusive, "sync --prune", context.lock_wait).and_then(|lock| {
+            super::warn_forged_markers(&lock);
+            Ok((lock, plan(&dest.snapshots()?, &policy)))
+        });
+        let (_lock, decisions) = match locked {
+            Ok(locked) => locked,
             Err(e) => {
                 super::forget::finish_room(&dest, room, false);
                 return Err(e.into());
             }
         };
-        super::warn_forged_markers(&lock);
         let nested = Context { quiet: context.quiet || context.json, json: false, ..context.clone() };
-        let decisions = match dest.snapshots() {
-            Ok(snapshots) => plan(&snapshots, &policy),
-            Err(e) => {
-                super::forget::finish_room(&dest, room, false);
-                return Err(e.into());
-            }
-        };
         return super::forget::forget_and_prune(&nested, &dest, &decisions, &args.prune_args, room);
     }
     super::keep_reserve(&dest);
