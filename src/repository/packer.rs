@@ -137,12 +137,16 @@ pub struct AddedStats {
     pub packs: AtomicU64,
 }
 
+/// Data packs filled at once at most (each holds up to a pack's target size in memory).
+const DATA_PACKERS: usize = 4;
+
 pub struct BlobStore<'a> {
     repo: &'a Repository,
     index: &'a Index,
     /// Ids stored by this run (the index holds the rest).
     added: Mutex<Added>,
-    data: Mutex<Packer>,
+    /// Data packs being filled, one per worker thread (see [`BlobStore::data_packer`]).
+    data: Vec<Mutex<Packer>>,
     trees: Mutex<Packer>,
     /// Puts the full packs and their index files.
     uploads: Uploads,
@@ -167,7 +171,7 @@ impl<'a> BlobStore<'a> {
             repo,
             index,
             added: Mutex::new(Added::default()),
-            data: Mutex::new(Packer::new(target, repo.keys().cloned())),
+            data: (0..DATA_PACKERS).map(|_| Mutex::new(Packer::new(target, repo.keys().cloned()))).collect(),
             // Tree packs stay small: trees are read one at a time, and few exist per run.
             trees: Mutex::new(Packer::new(target.min(4 << 20), repo.keys().cloned())),
             uploads: Uploads::new(repo.backend_arc(), repo.keys().cloned(), workers, queued),
@@ -229,7 +233,7 @@ impl<'a> BlobStore<'a> {
         self.stats.bytes.fetch_add(blob.raw_len as u64, Relaxed);
         self.stats.stored_bytes.fetch_add(blob.bytes.len() as u64, Relaxed);
         let packer = match blob.kind {
-            BlobKind::Data => &self.data,
+            BlobKind::Data => self.data_packer(),
             BlobKind::Tree => &self.trees,
         };
         let full = packer.lock().expect("poisoned").add(blob);
@@ -242,10 +246,22 @@ impl<'a> BlobStore<'a> {
         Ok(())
     }
 
+    /// The data packer of the calling thread. Each worker of the walk's pool fills packs of its
+    /// own: a worker walks one part of the tree at a time, so each pack holds files that lie
+    /// together in the tree, which a restore reads together. With one packer for all, the
+    /// workers' blobs alternated in every pack: half of each pack was first read in one stretch
+    /// of a restore and half in another, and a restore from an object store had to hold the
+    /// pack's other half across the stretch between or fetch it again (measured on the Rust
+    /// toolchain from a loopback S3: 59 fetches of 41 packs, 703 MiB for 347 MiB of blobs).
+    fn data_packer(&self) -> &Mutex<Packer> {
+        let worker = rayon::current_thread_index().unwrap_or(0);
+        &self.data[worker % self.data.len()]
+    }
+
     /// Writes the partly filled packs, waits for every upload, and writes an index file for every
     /// pack not yet indexed. After this returns, everything stored is durable and findable.
     pub fn finish(&self) -> Result<()> {
-        for packer in [&self.data, &self.trees] {
+        for packer in self.data.iter().chain([&self.trees]) {
             let last = packer.lock().expect("poisoned").take();
             if let Some(last) = last {
                 self.uploads.submit(last, self.min_free, self.record_written)?;
@@ -256,5 +272,52 @@ impl<'a> BlobStore<'a> {
         self.index_files.lock().expect("poisoned").extend(done.index_files);
         self.written.lock().expect("poisoned").extend(done.written);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Barrier;
+
+    use super::*;
+    use crate::format::config::Config;
+    use crate::repository::NewKeys;
+
+    /// Two workers of a pool store blobs in lockstep, as the walk's workers do at once in two
+    /// parts of a tree: every pack holds the blobs of one of them only, so that a restore, which
+    /// reads one part of the tree after the other, reads each pack in one stretch.
+    #[test]
+    fn each_worker_fills_packs_of_its_own() {
+        let config = Config { pack_target_size: 64 * 1024, ..Config::new_random() };
+        let repo = Repository::create(&"memory://packer".into(), config, NewKeys::None).unwrap();
+        let nothing = Index::default();
+        let store = BlobStore::new(&repo, &nothing);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let turn = Barrier::new(2);
+        let stored: Vec<Vec<Id>> = pool.broadcast(|worker| {
+            (0..64u32)
+                .map(|n| {
+                    turn.wait();
+                    // Incompressible, so that sixteen fill a pack.
+                    let mut blob = vec![0u8; 4096];
+                    blake3::Hasher::new().update(&[worker.index() as u8, n as u8]).finalize_xof().fill(&mut blob);
+                    store.store(BlobKind::Data, &blob).unwrap()
+                })
+                .collect()
+        });
+        store.finish().unwrap();
+        let index = repo.load_index().unwrap();
+        let whose = |id: &Id| stored.iter().position(|ids| ids.contains(id)).unwrap();
+        let mut packs: HashMap<u32, HashSet<usize>> = HashMap::new();
+        for ids in &stored {
+            for id in ids {
+                packs.entry(index.get(id).unwrap().pack).or_default().insert(whose(id));
+            }
+        }
+        assert!(packs.len() >= 4, "{} packs", packs.len());
+        for (pack, workers) in packs {
+            assert_eq!(workers.len(), 1, "pack {pack} holds blobs of both workers");
+        }
     }
 }

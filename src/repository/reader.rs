@@ -655,37 +655,37 @@ impl<'a> PlannedReads<'a> {
         }
     }
 
-    /// The blobs of segment `n` still to be read, and the range of the pack that holds them.
-    fn remaining(&self, state: &State, n: usize) -> (Vec<(Id, Location)>, u64, u64) {
+    /// The blobs of segment `n` still to be read, and their stored bytes: what a fetch of them
+    /// holds (the body is cut into them as it arrives; what lies between them is never kept).
+    fn remaining(&self, state: &State, n: usize) -> (Vec<(Id, Location)>, u64) {
         let blobs: Vec<(Id, Location)> = (state.segments[n].blobs.iter())
             .filter_map(|id| {
                 state.blobs.get(id).filter(|planned| planned.left > 0).map(|planned| (*id, planned.location))
             })
             .collect();
-        let start = blobs.iter().map(|(_, l)| l.offset as u64).min().unwrap_or(0);
-        let end = blobs.iter().map(|(_, l)| l.offset as u64 + l.stored_len as u64).max().unwrap_or(0);
-        (blobs, start, end)
+        let bytes = blobs.iter().map(|(_, l)| l.stored_len as u64).sum();
+        (blobs, bytes)
     }
 
-    /// Bytes a fetch of segment `n` holds: the range of its blobs still to be read.
+    /// Bytes a fetch of segment `n` holds: its blobs still to be read.
     fn reserve(&self, state: &mut State, n: usize) -> u64 {
         if let Some(need) = state.segments[n].need {
             return need;
         }
-        let (_, start, end) = self.remaining(state, n);
-        state.segments[n].need = Some(end - start);
-        end - start
+        let (_, bytes) = self.remaining(state, n);
+        state.segments[n].need = Some(bytes);
+        bytes
     }
 
     /// Fetches segment `n` (taken out of the waiting set) with the lock released, and returns
     /// the lock. It keeps the stored bytes of the blobs still to be read, each on its own, so
     /// that each is dropped as soon as its last read is made.
     fn fetch<'s>(&'s self, mut state: MutexGuard<'s, State>, n: usize) -> MutexGuard<'s, State> {
-        let (blobs, start, end) = self.remaining(&state, n);
-        state.held += end - start;
+        let (blobs, bytes) = self.remaining(&state, n);
+        state.held += bytes;
         let segment = &mut state.segments[n];
         segment.slot = Slot::Fetching;
-        segment.held = end - start;
+        segment.held = bytes;
         let key = super::FileKind::Pack.name(&segment.pack);
         let give = state.freed >= GIVE_BACK_EVERY;
         if give {
@@ -702,7 +702,7 @@ impl<'a> PlannedReads<'a> {
             });
         let mut guard = self.lock();
         let state = &mut *guard;
-        state.held -= end - start;
+        state.held -= bytes;
         state.segments[n].held = 0;
         state.segments[n].slot = match fetched {
             Ok(mut stored) => {

@@ -251,17 +251,18 @@ fn forge_index(repo: &Path) {
         .flat_map(|(_, f)| f.packs.clone())
         .filter(|p| p.blobs.iter().all(|b| b.kind == BlobKind::Data))
         .collect();
-    let garbage = noise(data.iter().map(|p| p.len).max().unwrap() as usize, 5);
-    let garbage_id = Id::of(&garbage);
-    opened.backend().put(&cairn::repository::FileKind::Pack.name(&garbage_id), &garbage).unwrap();
+    // A garbage pack for each data pack (a snapshot fills one data pack per walk worker).
+    let garbage: Vec<(Id, usize)> = (data.iter().enumerate())
+        .map(|(n, p)| {
+            let garbage = noise(p.len as usize, 5 + n as u64);
+            let id = Id::of(&garbage);
+            opened.backend().put(&cairn::repository::FileKind::Pack.name(&id), &garbage).unwrap();
+            (id, garbage.len())
+        })
+        .collect();
     for attempt in 0u64.. {
-        let packs = data
-            .iter()
-            .map(|p| cairn::format::index::IndexedPack {
-                id: garbage_id,
-                len: garbage.len() as u64 + attempt,
-                ..p.clone()
-            })
+        let packs = (data.iter().zip(&garbage))
+            .map(|(p, &(id, len))| cairn::format::index::IndexedPack { id, len: len as u64 + attempt, ..p.clone() })
             .collect();
         let bytes = opened.seal_file(IndexFile { packs }.encode());
         let name = Id::of(&bytes).to_hex();
