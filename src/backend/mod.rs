@@ -35,7 +35,9 @@ pub trait Backend: Send + Sync {
 
     /// The parts `(offset, len)` of `key` (in order, not overlapping, not empty), read with one request
     /// for the span from the first to the end of the last, each part in its own buffer: the
-    /// gaps between them are never kept, nor the span whole beside its parts.
+    /// gaps between them are never kept, nor the span whole beside its parts. (This default
+    /// holds the span while it copies the parts out; object stores cut the body as it arrives.
+    /// A restore's budget counts the parts only, [`crate::repository::reader`].)
     fn get_parts(&self, key: &str, parts: &[(u64, usize)]) -> Result<Vec<Vec<u8>>> {
         let Some((start, end)) = span(parts) else { return Ok(Vec::new()) };
         let whole = self.get_range(key, start, end - start)?;

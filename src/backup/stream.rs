@@ -259,10 +259,11 @@ fn store_stream(
     progress: &Progress,
 ) -> Result<(Vec<Id>, u64)> {
     let mut ids = Vec::new();
+    let lane = store.lane();
     let read = chunker.for_each_window::<_, StreamError>(reader, READ_WINDOW, READ_WINDOW, |window, chunks| {
         let stored: Vec<Id> = chunks
             .par_iter()
-            .map(|range| store.store(BlobKind::Data, &window[range.clone()]))
+            .map(|range| store.store_in(lane, BlobKind::Data, &window[range.clone()], None))
             .collect::<Result<_>>()
             .map_err(StreamError::Repository)?;
         ids.extend(stored);

@@ -29,6 +29,9 @@ use crate::id::Id;
 struct Packer {
     bytes: Vec<u8>,
     entries: Vec<BlobEntry>,
+    /// The dictionary each entry's blob is compressed with, if its codec is 2 (not written: it
+    /// lets [`Packer::absorb`] move blobs into another pack).
+    named: Vec<Option<Id>>,
     /// The dictionaries the pack's codec 2 blobs name, each once (store-format/pack.md).
     dictionaries: Vec<Id>,
     target: usize,
@@ -40,7 +43,15 @@ struct Packer {
 
 impl Packer {
     fn new(target: usize, keys: Option<Keys>) -> Packer {
-        Packer { bytes: Vec::new(), entries: Vec::new(), dictionaries: Vec::new(), target, keys, spare: None }
+        Packer {
+            bytes: Vec::new(),
+            entries: Vec::new(),
+            named: Vec::new(),
+            dictionaries: Vec::new(),
+            target,
+            keys,
+            spare: None,
+        }
     }
 
     /// Adds a stored blob (compressed with `dictionary`, if its codec is 2); returns the finished
@@ -64,7 +75,9 @@ impl Packer {
             raw_len,
         });
         self.bytes.extend_from_slice(stored);
-        if let Some(dictionary) = dictionary.filter(|d| codec == Codec::ZstdDict && !self.dictionaries.contains(d)) {
+        let dictionary = dictionary.filter(|_| codec == Codec::ZstdDict);
+        self.named.push(dictionary);
+        if let Some(dictionary) = dictionary.filter(|d| !self.dictionaries.contains(d)) {
             self.dictionaries.push(dictionary);
         }
         if self.bytes.len() >= self.target {
@@ -80,11 +93,35 @@ impl Packer {
         }
         let mut bytes = std::mem::take(&mut self.bytes);
         let entries = std::mem::take(&mut self.entries);
+        self.named.clear();
         let dictionaries = std::mem::take(&mut self.dictionaries);
         bytes[8..10].copy_from_slice(&pack::version_for(&entries).to_le_bytes());
         bytes.extend_from_slice(&pack::trailer_with(&entries, &dictionaries, self.keys.as_ref()));
         let id = Id::of(&bytes);
         Some(PackBytes { pack: IndexedPack { id, len: bytes.len() as u64, blobs: entries }, bytes })
+    }
+
+    /// Moves the blobs of `other`, a partly filled pack, into this one, in their order (stored
+    /// blobs are sealed on their own, so a blob's bytes are the same in any pack); returns the
+    /// packs this fills on the way.
+    fn absorb(&mut self, other: &mut Packer) -> Vec<PackBytes> {
+        let (bytes, entries, named) =
+            (std::mem::take(&mut other.bytes), std::mem::take(&mut other.entries), std::mem::take(&mut other.named));
+        other.dictionaries.clear();
+        let mut full = Vec::new();
+        for (entry, dictionary) in entries.iter().zip(named) {
+            let stored = &bytes[entry.offset as usize..][..entry.stored_len as usize];
+            let blob = Stored {
+                id: entry.id,
+                kind: entry.kind,
+                codec: entry.codec,
+                bytes: stored,
+                raw_len: entry.raw_len,
+                dictionary,
+            };
+            full.extend(self.add(blob));
+        }
+        full
     }
 }
 
@@ -137,15 +174,21 @@ pub struct AddedStats {
     pub packs: AtomicU64,
 }
 
-/// Data packs filled at once at most (each holds up to a pack's target size in memory).
+/// Data packs filled at once at most, and the memory they may hold between them: each holds up to
+/// a pack's target size and a quarter more.
 const DATA_PACKERS: usize = 4;
+const DATA_PACKERS_MEMORY: u64 = 64 << 20;
+
+/// Which of a [`BlobStore`]'s data packs a blob goes to ([`BlobStore::lane`]).
+#[derive(Clone, Copy)]
+pub struct Lane(usize);
 
 pub struct BlobStore<'a> {
     repo: &'a Repository,
     index: &'a Index,
     /// Ids stored by this run (the index holds the rest).
     added: Mutex<Added>,
-    /// Data packs being filled, one per worker thread (see [`BlobStore::data_packer`]).
+    /// Data packs being filled, one per worker thread (see [`BlobStore::lane`]).
     data: Vec<Mutex<Packer>>,
     trees: Mutex<Packer>,
     /// Puts the full packs and their index files.
@@ -171,7 +214,9 @@ impl<'a> BlobStore<'a> {
             repo,
             index,
             added: Mutex::new(Added::default()),
-            data: (0..DATA_PACKERS).map(|_| Mutex::new(Packer::new(target, repo.keys().cloned()))).collect(),
+            data: (0..(DATA_PACKERS_MEMORY / target as u64).clamp(1, DATA_PACKERS as u64))
+                .map(|_| Mutex::new(Packer::new(target, repo.keys().cloned())))
+                .collect(),
             // Tree packs stay small: trees are read one at a time, and few exist per run.
             trees: Mutex::new(Packer::new(target.min(4 << 20), repo.keys().cloned())),
             uploads: Uploads::new(repo.backend_arc(), repo.keys().cloned(), workers, queued),
@@ -189,13 +234,29 @@ impl<'a> BlobStore<'a> {
         self.index.contains(id) || self.added.lock().expect("poisoned").contains(id)
     }
 
-    /// Stores `data` unless a blob with its id exists; returns the id.
+    /// Stores `data` unless a blob with its id exists; returns the id. A data blob goes to the
+    /// calling thread's data pack ([`BlobStore::lane`]).
     pub fn store(&self, kind: BlobKind, data: &[u8]) -> Result<Id> {
-        self.store_with(kind, data, None)
+        self.store_in(self.lane(), kind, data, None)
     }
 
-    /// [`BlobStore::store`], compressing with `dictionary` if one is given (a database's pages).
-    pub fn store_with(&self, kind: BlobKind, data: &[u8], dictionary: Option<&Dictionary>) -> Result<Id> {
+    /// The data pack of the calling thread. Each worker of the walk's pool fills packs of its
+    /// own (workers beyond [`DATA_PACKERS`] share them): a worker walks one part of the tree at a
+    /// time, so each pack holds files that lie together in the tree, which a restore reads
+    /// together. With one pack for all, the workers' blobs alternated in every pack: half of a
+    /// pack was first read in one stretch of a restore and half in another, and a restore from an
+    /// object store had to hold the other half across the stretch between or fetch the pack again
+    /// (the toolchain from a loopback S3: 64 pack GETs for 41 packs, 746 MiB received for 347 MiB
+    /// of blobs, benches/README.md). A file's chunks, which several workers compress at once, go
+    /// to the lane of the worker that reads the file: take it once per file and store them with
+    /// [`BlobStore::store_in`].
+    pub fn lane(&self) -> Lane {
+        Lane(rayon::current_thread_index().unwrap_or(0) % self.data.len())
+    }
+
+    /// [`BlobStore::store`] into `lane` (if a data blob), compressing with `dictionary` if one is
+    /// given (a database's pages).
+    pub fn store_in(&self, lane: Lane, kind: BlobKind, data: &[u8], dictionary: Option<&Dictionary>) -> Result<Id> {
         let id = self.names.id(self.repo.hasher(), data);
         if self.index.contains(&id) || !self.added.lock().expect("poisoned").insert(id) {
             return Ok(id);
@@ -206,7 +267,7 @@ impl<'a> BlobStore<'a> {
         };
         let stored = self.repo.seal_blob(&id, stored);
         let raw_len = data.len() as u32;
-        self.add(Stored { id, kind, codec, bytes: &stored, raw_len, dictionary: dictionary.map(|d| d.id) })?;
+        self.add(lane, Stored { id, kind, codec, bytes: &stored, raw_len, dictionary: dictionary.map(|d| d.id) })?;
         Ok(id)
     }
 
@@ -216,10 +277,10 @@ impl<'a> BlobStore<'a> {
         if !self.added.lock().expect("poisoned").insert(blob.id) {
             return Ok(());
         }
-        self.add(blob)
+        self.add(self.lane(), blob)
     }
 
-    fn add(&self, blob: Stored<'_>) -> Result<()> {
+    fn add(&self, lane: Lane, blob: Stored<'_>) -> Result<()> {
         if blob.codec == Codec::ZstdDict && blob.dictionary.is_none() {
             return Err(crate::error::Error::Invalid(format!(
                 "blob {} is compressed with a dictionary and none is named",
@@ -233,7 +294,7 @@ impl<'a> BlobStore<'a> {
         self.stats.bytes.fetch_add(blob.raw_len as u64, Relaxed);
         self.stats.stored_bytes.fetch_add(blob.bytes.len() as u64, Relaxed);
         let packer = match blob.kind {
-            BlobKind::Data => self.data_packer(),
+            BlobKind::Data => &self.data[lane.0],
             BlobKind::Tree => &self.trees,
         };
         let full = packer.lock().expect("poisoned").add(blob);
@@ -246,26 +307,21 @@ impl<'a> BlobStore<'a> {
         Ok(())
     }
 
-    /// The data packer of the calling thread. Each worker of the walk's pool fills packs of its
-    /// own: a worker walks one part of the tree at a time, so each pack holds files that lie
-    /// together in the tree, which a restore reads together. With one packer for all, the
-    /// workers' blobs alternated in every pack: half of each pack was first read in one stretch
-    /// of a restore and half in another, and a restore from an object store had to hold the
-    /// pack's other half across the stretch between or fetch it again (measured on the Rust
-    /// toolchain from a loopback S3: 59 fetches of 41 packs, 703 MiB for 347 MiB of blobs).
-    fn data_packer(&self) -> &Mutex<Packer> {
-        let worker = rayon::current_thread_index().unwrap_or(0);
-        &self.data[worker % self.data.len()]
-    }
-
     /// Writes the partly filled packs, waits for every upload, and writes an index file for every
     /// pack not yet indexed. After this returns, everything stored is durable and findable.
     pub fn finish(&self) -> Result<()> {
-        for packer in self.data.iter().chain([&self.trees]) {
-            let last = packer.lock().expect("poisoned").take();
-            if let Some(last) = last {
-                self.uploads.submit(last, self.min_free, self.record_written)?;
+        // The data packs' partly filled ends go out together, as one pack or as few as their
+        // bytes make, not one small pack per worker each run.
+        let mut first = self.data[0].lock().expect("poisoned");
+        for packer in &self.data[1..] {
+            for full in first.absorb(&mut packer.lock().expect("poisoned")) {
+                self.uploads.submit(full, self.min_free, self.record_written)?;
             }
+        }
+        let last = first.take();
+        drop(first);
+        for last in last.into_iter().chain(self.trees.lock().expect("poisoned").take()) {
+            self.uploads.submit(last, self.min_free, self.record_written)?;
         }
         let done = self.uploads.finish()?;
         self.stats.packs.fetch_add(done.packs, Relaxed);
@@ -285,10 +341,26 @@ mod tests {
     use crate::repository::NewKeys;
 
     /// Two workers of a pool store blobs in lockstep, as the walk's workers do at once in two
-    /// parts of a tree: every pack holds the blobs of one of them only, so that a restore, which
-    /// reads one part of the tree after the other, reads each pack in one stretch.
+    /// parts of a tree: every full pack holds the blobs of one of them only, so that a restore,
+    /// which reads one part of the tree after the other, reads each pack in one stretch; the
+    /// partly filled ends of both go out as one pack.
     #[test]
     fn each_worker_fills_packs_of_its_own() {
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(stored_by_two_workers()));
+        // A worker that failed leaves the other waiting at the barrier: fail, not hang.
+        let (stored, packs) = ended.recv_timeout(std::time::Duration::from_secs(60)).expect("hung or failed");
+        // 16 blobs fill a pack: 70 a worker make 4 full packs each and 6 + 6 left over.
+        assert_eq!(packs.len(), 9, "{packs:?}");
+        let mixed: Vec<_> = packs.values().filter(|workers| workers.len() > 1).collect();
+        assert_eq!(mixed.len(), 1, "only the last pack holds blobs of both: {packs:?}");
+        assert_eq!(stored.iter().map(Vec::len).sum::<usize>(), 140);
+    }
+
+    /// What [`each_worker_fills_packs_of_its_own`] checks: the blobs each worker stored, and
+    /// which workers' blobs each pack holds.
+    #[allow(clippy::type_complexity)]
+    fn stored_by_two_workers() -> (Vec<Vec<Id>>, HashMap<u32, HashSet<usize>>) {
         let config = Config { pack_target_size: 64 * 1024, ..Config::new_random() };
         let repo = Repository::create(&"memory://packer".into(), config, NewKeys::None).unwrap();
         let nothing = Index::default();
@@ -296,10 +368,10 @@ mod tests {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         let turn = Barrier::new(2);
         let stored: Vec<Vec<Id>> = pool.broadcast(|worker| {
-            (0..64u32)
+            (0..70u32)
                 .map(|n| {
                     turn.wait();
-                    // Incompressible, so that sixteen fill a pack.
+                    // Incompressible: 16 fill a pack.
                     let mut blob = vec![0u8; 4096];
                     blake3::Hasher::new().update(&[worker.index() as u8, n as u8]).finalize_xof().fill(&mut blob);
                     store.store(BlobKind::Data, &blob).unwrap()
@@ -308,16 +380,40 @@ mod tests {
         });
         store.finish().unwrap();
         let index = repo.load_index().unwrap();
-        let whose = |id: &Id| stored.iter().position(|ids| ids.contains(id)).unwrap();
         let mut packs: HashMap<u32, HashSet<usize>> = HashMap::new();
-        for ids in &stored {
+        for (worker, ids) in stored.iter().enumerate() {
             for id in ids {
-                packs.entry(index.get(id).unwrap().pack).or_default().insert(whose(id));
+                packs.entry(index.get(id).unwrap().pack).or_default().insert(worker);
             }
         }
-        assert!(packs.len() >= 4, "{} packs", packs.len());
-        for (pack, workers) in packs {
-            assert_eq!(workers.len(), 1, "pack {pack} holds blobs of both workers");
-        }
+        (stored, packs)
+    }
+
+    /// A partly filled pack moved into another keeps each blob's dictionary, and the pack lists
+    /// each dictionary its blobs name once.
+    #[test]
+    fn absorbed_blobs_keep_their_dictionaries() {
+        let blob = |n: u8, codec: Codec, dictionary: Option<Id>| Stored {
+            id: Id([n; 32]),
+            kind: BlobKind::Data,
+            codec,
+            bytes: &[7; 100],
+            raw_len: 300,
+            dictionary,
+        };
+        let (one, two) = (Id([1; 32]), Id([2; 32]));
+        let (mut first, mut second) = (Packer::new(1 << 20, None), Packer::new(1 << 20, None));
+        assert!(first.add(blob(1, Codec::ZstdDict, Some(one))).is_none());
+        assert!(second.add(blob(2, Codec::Zstd, None)).is_none());
+        assert!(second.add(blob(3, Codec::ZstdDict, Some(two))).is_none());
+        assert!(second.add(blob(4, Codec::ZstdDict, Some(one))).is_none());
+        assert!(first.absorb(&mut second).is_empty());
+        assert_eq!(first.named, [Some(one), None, Some(two), Some(one)]);
+        assert_eq!(first.dictionaries, [one, two]);
+        assert!(second.take().is_none(), "the absorbed pack is empty");
+        let pack = first.take().unwrap();
+        let offsets: Vec<u32> = pack.pack.blobs.iter().map(|b| b.offset).collect();
+        assert_eq!(offsets, [16, 116, 216, 316]);
+        assert!(pack.bytes[16..416].iter().all(|&b| b == 7));
     }
 }

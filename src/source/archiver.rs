@@ -759,11 +759,13 @@ impl<'a> Archiver<'a> {
             false => Box::new(file.take(size)),
         };
         let mut ids = Vec::new();
+        // The file's chunks go to this worker's data pack, whoever compresses them.
+        let lane = self.store.lane();
         let read =
             self.chunker.for_each_window::<_, FileError>(reader, READ_WINDOW, size as usize, |window, chunks| {
                 let stored: Vec<Id> = chunks
                     .par_iter()
-                    .map(|range| self.store.store(BlobKind::Data, &window[range.clone()]))
+                    .map(|range| self.store.store_in(lane, BlobKind::Data, &window[range.clone()], None))
                     .collect::<Result<_>>()
                     .map_err(FileError::Repository)?;
                 ids.extend(stored);
@@ -875,6 +877,7 @@ impl Archiver<'_> {
                 (chosen, lost) = (dictionary.is_some(), dictionary.is_none());
             }
         }
+        let lane = self.store.lane();
         let captured = sqlite::capture(dir, at.name, identity, timeout, READ_WINDOW, |batch, page_size| {
             if !chosen {
                 if let Some(choice) = self.choose_dictionary(at, batch, page_size, lost)? {
@@ -883,7 +886,7 @@ impl Archiver<'_> {
             }
             let stored: Vec<Id> = batch
                 .par_chunks(page_size)
-                .map(|chunk| self.store.store_with(BlobKind::Data, chunk, dictionary.as_deref()))
+                .map(|chunk| self.store.store_in(lane, BlobKind::Data, chunk, dictionary.as_deref()))
                 .collect::<Result<_>>()?;
             ids.extend(stored);
             size += batch.len() as u64;

@@ -102,9 +102,10 @@ fn every_flipped_byte_is_detected() {
             continue; // audit records are checked by status below; locks are not secret
         }
         let len = fs::metadata(&file).unwrap().len();
-        // Byte 17 of a pack lies in its first blob (the blob area begins after the 16-byte
-        // header), whatever the pack's size; its middle may lie in the trailer of a small one.
-        let offsets = [0, 12, 17, len / 2, len.saturating_sub(50), len - 1];
+        // Bytes 17 and 41 of a pack lie in its first blob (the blob area begins after the
+        // 16-byte header; a sealed blob is a 24-byte nonce, then the ciphertext and its tag),
+        // whatever the pack's size; its middle may lie in the trailer of a small one.
+        let offsets = [0, 12, 17, 41, len / 2, len.saturating_sub(50), len - 1];
         for offset in offsets.into_iter().filter(|o| *o < len) {
             let work = scratch.join("work");
             let _ = fs::remove_dir_all(&work);
@@ -120,7 +121,7 @@ fn every_flipped_byte_is_detected() {
                 "{} byte {offset}: unclear report:\n{out}",
                 relative.display()
             );
-            let in_blobs = offset == 17;
+            let in_blobs = offset == 17 || offset == 41;
             if dir != "packs" || in_blobs {
                 let target = scratch.join("restored");
                 let _ = fs::remove_dir_all(&target);
