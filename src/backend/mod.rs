@@ -35,9 +35,10 @@ pub trait Backend: Send + Sync {
 
     /// The parts `(offset, len)` of `key` (in order, not overlapping, not empty), read with one request
     /// for the span from the first to the end of the last, each part in its own buffer: the
-    /// gaps between them are never kept, nor the span whole beside its parts. (This default
-    /// holds the span while it copies the parts out; object stores cut the body as it arrives.
-    /// A restore's budget counts the parts only, [`crate::repository::reader`].)
+    /// gaps between them are not kept once the parts are. This default reads the span whole
+    /// and copies the parts out of it; object stores cut the body into the parts as it arrives,
+    /// never holding the span, which is what a restore's budget counts on (its planned reads
+    /// serve object stores only, [`crate::repository::reader`]).
     fn get_parts(&self, key: &str, parts: &[(u64, usize)]) -> Result<Vec<Vec<u8>>> {
         let Some((start, end)) = span(parts) else { return Ok(Vec::new()) };
         let whole = self.get_range(key, start, end - start)?;

@@ -6,7 +6,8 @@
 //!
 //! Ordering invariant (store-format/README.md, "Commit order"): a pack is durable before any
 //! index file names it, and [`BlobStore::finish`] returns only once every blob handed to
-//! [`BlobStore::store`] is in a durable pack and a durable index file. Only then may a snapshot
+//! [`BlobStore::store`] (or `store_in`, `store_verbatim`) is in a durable pack and a durable index
+//! file. Only then may a snapshot
 //! manifest refer to them. A failed upload fails the next [`BlobStore::store`] that fills a pack,
 //! and [`BlobStore::finish`], with its error.
 
@@ -174,10 +175,10 @@ pub struct AddedStats {
     pub packs: AtomicU64,
 }
 
-/// Data packs filled at once at most, and the memory they may hold between them: each holds up to
-/// a pack's target size and a quarter more.
+/// Data packs filled at once at most, and the pack targets they may add up to (beyond it there
+/// are fewer, one at least): each holds up to its target and a quarter more.
 const DATA_PACKERS: usize = 4;
-const DATA_PACKERS_MEMORY: u64 = 64 << 20;
+const DATA_PACKERS_TARGETS: u64 = 64 << 20;
 
 /// Which of a [`BlobStore`]'s data packs a blob goes to ([`BlobStore::lane`]).
 #[derive(Clone, Copy)]
@@ -214,7 +215,7 @@ impl<'a> BlobStore<'a> {
             repo,
             index,
             added: Mutex::new(Added::default()),
-            data: (0..(DATA_PACKERS_MEMORY / target as u64).clamp(1, DATA_PACKERS as u64))
+            data: (0..(DATA_PACKERS_TARGETS / (target as u64).max(1)).clamp(1, DATA_PACKERS as u64))
                 .map(|_| Mutex::new(Packer::new(target, repo.keys().cloned())))
                 .collect(),
             // Tree packs stay small: trees are read one at a time, and few exist per run.
@@ -241,7 +242,8 @@ impl<'a> BlobStore<'a> {
     }
 
     /// The data pack of the calling thread. Each worker of the walk's pool fills packs of its
-    /// own (workers beyond [`DATA_PACKERS`] share them): a worker walks one part of the tree at a
+    /// own (workers beyond the number of lanes share them; threads of no pool, such as a
+    /// stream's reader, fill the first): a worker walks one part of the tree at a
     /// time, so each pack holds files that lie together in the tree, which a restore reads
     /// together. With one pack for all, the workers' blobs alternated in every pack: half of a
     /// pack was first read in one stretch of a restore and half in another, and a restore from an
@@ -294,14 +296,19 @@ impl<'a> BlobStore<'a> {
         self.stats.bytes.fetch_add(blob.raw_len as u64, Relaxed);
         self.stats.stored_bytes.fetch_add(blob.bytes.len() as u64, Relaxed);
         let packer = match blob.kind {
-            BlobKind::Data => &self.data[lane.0],
+            BlobKind::Data => &self.data[lane.0 % self.data.len()],
             BlobKind::Tree => &self.trees,
         };
         let full = packer.lock().expect("poisoned").add(blob);
         if let Some(full) = full {
             self.uploads.submit(full, self.min_free, self.record_written)?;
             if let Some(spare) = self.uploads.spare() {
-                packer.lock().expect("poisoned").spare.get_or_insert(spare);
+                // Kept only if no other worker began the lane's next pack in a new buffer while
+                // this one was handed over: a lane holds one buffer, not two.
+                let mut packer = packer.lock().expect("poisoned");
+                if packer.bytes.capacity() == 0 {
+                    packer.spare.get_or_insert(spare);
+                }
             }
         }
         Ok(())
@@ -314,13 +321,15 @@ impl<'a> BlobStore<'a> {
         // bytes make, not one small pack per worker each run.
         let mut first = self.data[0].lock().expect("poisoned");
         for packer in &self.data[1..] {
-            for full in first.absorb(&mut packer.lock().expect("poisoned")) {
+            let filled = first.absorb(&mut packer.lock().expect("poisoned"));
+            for full in filled {
                 self.uploads.submit(full, self.min_free, self.record_written)?;
             }
         }
         let last = first.take();
         drop(first);
-        for last in last.into_iter().chain(self.trees.lock().expect("poisoned").take()) {
+        let trees = self.trees.lock().expect("poisoned").take();
+        for last in last.into_iter().chain(trees) {
             self.uploads.submit(last, self.min_free, self.record_written)?;
         }
         let done = self.uploads.finish()?;
@@ -346,10 +355,7 @@ mod tests {
     /// partly filled ends of both go out as one pack.
     #[test]
     fn each_worker_fills_packs_of_its_own() {
-        let (done, ended) = std::sync::mpsc::channel();
-        std::thread::spawn(move || done.send(stored_by_two_workers()));
-        // A worker that failed leaves the other waiting at the barrier: fail, not hang.
-        let (stored, packs) = ended.recv_timeout(std::time::Duration::from_secs(60)).expect("hung or failed");
+        let (stored, packs) = stored_by_two_workers(false);
         // 16 blobs fill a pack: 70 a worker make 4 full packs each and 6 + 6 left over.
         assert_eq!(packs.len(), 9, "{packs:?}");
         let mixed: Vec<_> = packs.values().filter(|workers| workers.len() > 1).collect();
@@ -357,24 +363,45 @@ mod tests {
         assert_eq!(stored.iter().map(Vec::len).sum::<usize>(), 140);
     }
 
-    /// What [`each_worker_fills_packs_of_its_own`] checks: the blobs each worker stored, and
-    /// which workers' blobs each pack holds.
+    /// The chunks of one file, which several workers compress at once, go to the lane taken by
+    /// the worker that reads it: one lane's packs, filled by both in turn.
+    #[test]
+    fn blobs_stored_in_a_lane_go_to_its_packs_whoever_stores_them() {
+        let (_, packs) = stored_by_two_workers(true);
+        // 140 blobs in one lane: 8 full packs and 12 left over.
+        assert_eq!(packs.len(), 9, "{packs:?}");
+        assert!(packs.values().all(|workers| workers.len() == 2), "{packs:?}");
+    }
+
+    /// Two workers store 70 incompressible blobs each, in lockstep, into their own lanes or (if
+    /// `one_lane`) into the lane of the first; the blobs each stored, and which workers' blobs
+    /// each pack holds. Fails rather than hangs when a worker fails (the other would wait at
+    /// the barrier).
     #[allow(clippy::type_complexity)]
-    fn stored_by_two_workers() -> (Vec<Vec<Id>>, HashMap<u32, HashSet<usize>>) {
+    fn stored_by_two_workers(one_lane: bool) -> (Vec<Vec<Id>>, HashMap<u32, HashSet<usize>>) {
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(lockstep(one_lane)));
+        ended.recv_timeout(std::time::Duration::from_secs(60)).expect("hung or failed")
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn lockstep(one_lane: bool) -> (Vec<Vec<Id>>, HashMap<u32, HashSet<usize>>) {
         let config = Config { pack_target_size: 64 * 1024, ..Config::new_random() };
         let repo = Repository::create(&"memory://packer".into(), config, NewKeys::None).unwrap();
         let nothing = Index::default();
         let store = BlobStore::new(&repo, &nothing);
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         let turn = Barrier::new(2);
+        let first = pool.install(|| store.lane());
         let stored: Vec<Vec<Id>> = pool.broadcast(|worker| {
+            let lane = if one_lane { first } else { store.lane() };
             (0..70u32)
                 .map(|n| {
                     turn.wait();
                     // Incompressible: 16 fill a pack.
                     let mut blob = vec![0u8; 4096];
                     blake3::Hasher::new().update(&[worker.index() as u8, n as u8]).finalize_xof().fill(&mut blob);
-                    store.store(BlobKind::Data, &blob).unwrap()
+                    store.store_in(lane, BlobKind::Data, &blob, None).unwrap()
                 })
                 .collect()
         });
@@ -393,11 +420,12 @@ mod tests {
     /// each dictionary its blobs name once.
     #[test]
     fn absorbed_blobs_keep_their_dictionaries() {
+        let bytes: Vec<[u8; 100]> = (0..5).map(|n| [n; 100]).collect();
         let blob = |n: u8, codec: Codec, dictionary: Option<Id>| Stored {
             id: Id([n; 32]),
             kind: BlobKind::Data,
             codec,
-            bytes: &[7; 100],
+            bytes: &bytes[n as usize],
             raw_len: 300,
             dictionary,
         };
@@ -414,6 +442,8 @@ mod tests {
         let pack = first.take().unwrap();
         let offsets: Vec<u32> = pack.pack.blobs.iter().map(|b| b.offset).collect();
         assert_eq!(offsets, [16, 116, 216, 316]);
-        assert!(pack.bytes[16..416].iter().all(|&b| b == 7));
+        for (n, at) in (1..5).zip(offsets) {
+            assert!(pack.bytes[at as usize..][..100].iter().all(|&b| b == n), "blob {n}");
+        }
     }
 }
