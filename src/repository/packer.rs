@@ -6,10 +6,9 @@
 //!
 //! Ordering invariant (store-format/README.md, "Commit order"): a pack is durable before any
 //! index file names it, and [`BlobStore::finish`] returns only once every blob handed to
-//! [`BlobStore::store`] (or `store_in`, `store_verbatim`) is in a durable pack and a durable index
-//! file. Only then may a snapshot
-//! manifest refer to them. A failed upload fails the next [`BlobStore::store`] that fills a pack,
-//! and [`BlobStore::finish`], with its error.
+//! [`BlobStore::store`] (or `store_in`, `store_verbatim`) is in a durable pack and a durable
+//! index file. Only then may a snapshot manifest refer to them. A failed upload fails the next
+//! [`BlobStore::store`] that fills a pack, and [`BlobStore::finish`], with its error.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -243,9 +242,8 @@ impl<'a> BlobStore<'a> {
 
     /// The data pack of the calling thread. Each worker of the walk's pool fills packs of its
     /// own (workers beyond the number of lanes share them; threads of no pool, such as a
-    /// stream's reader, fill the first): a worker walks one part of the tree at a
-    /// time, so each pack holds files that lie together in the tree, which a restore reads
-    /// together. With one pack for all, the workers' blobs alternated in every pack: half of a
+    /// stream's reader, fill the first): a worker walks one part of the tree at a time, so each
+    /// pack holds files that lie together in the tree, which a restore reads together. With one pack for all, the workers' blobs alternated in every pack: half of a
     /// pack was first read in one stretch of a restore and half in another, and a restore from an
     /// object store had to hold the other half across the stretch between or fetch the pack again
     /// (the toolchain from a loopback S3: 64 pack GETs for 41 packs, 746 MiB received for 347 MiB
