@@ -632,8 +632,7 @@ fn copy_live_blobs(
                 Codec::ZstdDict => repo.stored_dictionary(&blob.id, stored).map_err(damaged)?,
                 _ => None,
             };
-            let (id, kind, codec, raw_len) = (blob.id, blob.kind, blob.codec, blob.raw_len);
-            store.store_verbatim(Stored { id, kind, codec, bytes: stored, raw_len, dictionary })?;
+            store.store_verbatim(Stored::of(blob, stored, dictionary))?;
             progress.add_bytes(stored.len() as u64);
         }
         rest = &rest[run..];

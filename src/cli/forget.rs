@@ -328,14 +328,11 @@ fn pruned(
     forget: impl FnOnce() -> Result<()>,
 ) -> Result<ExitCode> {
     // A reserve the caller released is given back however this ends.
-    let needs = match repo.prune_needs() {
-        Ok(needs) => needs,
-        Err(e) => {
-            finish_room(repo, room, false);
-            return Err(e.into());
-        }
-    };
-    let mut room = match make_room(repo, needs, room, "prune") {
+    let made = repo
+        .prune_needs()
+        .map_err(anyhow::Error::from)
+        .and_then(|needs| Ok((needs, make_room(repo, needs, room, "prune")?)));
+    let (needs, mut room) = match made {
         Ok(made) => made,
         Err(e) => {
             finish_room(repo, room, false);

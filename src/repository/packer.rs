@@ -29,11 +29,9 @@ use crate::id::Id;
 struct Packer {
     bytes: Vec<u8>,
     entries: Vec<BlobEntry>,
-    /// The dictionary each entry's blob is compressed with, if its codec is 2 (not written: it
-    /// lets [`Packer::absorb`] move blobs into another pack).
+    /// The dictionary each entry's blob is compressed with, if its codec is 2: the pack's list
+    /// ([`Packer::dictionaries`]) comes from it, and [`Packer::absorb`] moves blobs with it.
     named: Vec<Option<Id>>,
-    /// The dictionaries the pack's codec 2 blobs name, each once (store-format/pack.md).
-    dictionaries: Vec<Id>,
     target: usize,
     keys: Option<Keys>,
     /// The buffer of an earlier pack, emptied for the next one (a local repository's: an object
@@ -43,15 +41,7 @@ struct Packer {
 
 impl Packer {
     fn new(target: usize, keys: Option<Keys>) -> Packer {
-        Packer {
-            bytes: Vec::new(),
-            entries: Vec::new(),
-            named: Vec::new(),
-            dictionaries: Vec::new(),
-            target,
-            keys,
-            spare: None,
-        }
+        Packer { bytes: Vec::new(), entries: Vec::new(), named: Vec::new(), target, keys, spare: None }
     }
 
     /// Adds a stored blob (compressed with `dictionary`, if its codec is 2); returns the finished
@@ -75,11 +65,7 @@ impl Packer {
             raw_len,
         });
         self.bytes.extend_from_slice(stored);
-        let dictionary = dictionary.filter(|_| codec == Codec::ZstdDict);
-        self.named.push(dictionary);
-        if let Some(dictionary) = dictionary.filter(|d| !self.dictionaries.contains(d)) {
-            self.dictionaries.push(dictionary);
-        }
+        self.named.push(dictionary.filter(|_| codec == Codec::ZstdDict));
         if self.bytes.len() >= self.target {
             self.take()
         } else {
@@ -91,14 +77,26 @@ impl Packer {
         if self.entries.is_empty() {
             return None;
         }
+        let dictionaries = self.dictionaries();
         let mut bytes = std::mem::take(&mut self.bytes);
         let entries = std::mem::take(&mut self.entries);
         self.named.clear();
-        let dictionaries = std::mem::take(&mut self.dictionaries);
         bytes[8..10].copy_from_slice(&pack::version_for(&entries).to_le_bytes());
         bytes.extend_from_slice(&pack::trailer_with(&entries, &dictionaries, self.keys.as_ref()));
         let id = Id::of(&bytes);
         Some(PackBytes { pack: IndexedPack { id, len: bytes.len() as u64, blobs: entries }, bytes })
+    }
+
+    /// The dictionaries the pack's codec 2 blobs name, each once, in the order of their first
+    /// blob (store-format/pack.md).
+    fn dictionaries(&self) -> Vec<Id> {
+        let mut listed: Vec<Id> = Vec::new();
+        for &dictionary in self.named.iter().flatten() {
+            if !listed.contains(&dictionary) {
+                listed.push(dictionary);
+            }
+        }
+        listed
     }
 
     /// Moves the blobs of `other`, a partly filled pack, into this one, in their order (stored
@@ -107,19 +105,10 @@ impl Packer {
     fn absorb(&mut self, other: &mut Packer) -> Vec<PackBytes> {
         let (bytes, entries, named) =
             (std::mem::take(&mut other.bytes), std::mem::take(&mut other.entries), std::mem::take(&mut other.named));
-        other.dictionaries.clear();
         let mut full = Vec::new();
         for (entry, dictionary) in entries.iter().zip(named) {
             let stored = &bytes[entry.offset as usize..][..entry.stored_len as usize];
-            let blob = Stored {
-                id: entry.id,
-                kind: entry.kind,
-                codec: entry.codec,
-                bytes: stored,
-                raw_len: entry.raw_len,
-                dictionary,
-            };
-            full.extend(self.add(blob));
+            full.extend(self.add(Stored::of(entry, stored, dictionary)));
         }
         full
     }
@@ -134,6 +123,13 @@ pub struct Stored<'a> {
     pub raw_len: u32,
     /// The dictionary a codec 2 blob names.
     pub dictionary: Option<Id>,
+}
+
+impl<'a> Stored<'a> {
+    /// The blob a pack's `entry` describes, its stored `bytes` copied from that pack as they are.
+    pub fn of(entry: &BlobEntry, bytes: &'a [u8], dictionary: Option<Id>) -> Stored<'a> {
+        Stored { id: entry.id, kind: entry.kind, codec: entry.codec, bytes, raw_len: entry.raw_len, dictionary }
+    }
 }
 
 /// Blob ids a run has stored. A million of them in a hash set take about 66 MiB; recent ones
@@ -435,7 +431,7 @@ mod tests {
         assert!(second.add(blob(4, Codec::ZstdDict, Some(one))).is_none());
         assert!(first.absorb(&mut second).is_empty());
         assert_eq!(first.named, [Some(one), None, Some(two), Some(one)]);
-        assert_eq!(first.dictionaries, [one, two]);
+        assert_eq!(first.dictionaries(), [one, two]);
         assert!(second.take().is_none(), "the absorbed pack is empty");
         let pack = first.take().unwrap();
         let offsets: Vec<u32> = pack.pack.blobs.iter().map(|b| b.offset).collect();
