@@ -17,10 +17,14 @@
 //! never with a gap of zeros inside, and two writers never contend for one file's lock (the
 //! file system takes it for every write).
 //!
-//! The lanes hold at most [`QUEUED_BYTES`] of blobs between them, and a number of blobs (each
-//! holds its file open) within [`QUEUED_JOBS`] and half of the file descriptors the process may
-//! open beyond [`FOR_THE_REST`], beyond which the walker waits; with fewer than twice that, there
-//! are no writers. Before a database, which the walker writes itself, the queue is drained
+//! The walker gathers its jobs and hands them over [`GATHERED_JOBS`] or [`GATHERED_BYTES`] at a
+//! time, and a writer takes up to as many of its lane's at once: the toolchain (65,000 files,
+//! most of a few KiB) cost 187,000 futex calls when each blob was queued and taken alone, the
+//! walker and the writers waking each other for every file. The lanes hold at most
+//! [`QUEUED_BYTES`] of blobs between them, counted until they are written, and a number of blobs
+//! (each holds its file open) within [`QUEUED_JOBS`] and half of the file descriptors the process
+//! may open beyond [`FOR_THE_REST`], beyond which the walker waits; with fewer than twice that,
+//! there are no writers. Before a database, which the walker writes itself, the queue is drained
 //! ([`Writes::drain`]).
 
 use std::collections::VecDeque;
@@ -44,6 +48,14 @@ const QUEUED_BYTES: u64 = 16 * 1024 * 1024;
 /// Blobs queued at most, when file descriptors allow: each holds its file open.
 const QUEUED_JOBS: usize = 256;
 
+/// Jobs the walker gathers before it hands them over (fewer when file descriptors are scarce),
+/// and that a writer takes at once at most.
+const GATHERED_JOBS: usize = 32;
+
+/// Bytes of blobs after which the walker hands its gathered jobs over, and beyond which a
+/// writer takes no more at once.
+const GATHERED_BYTES: u64 = 1024 * 1024;
+
 /// File descriptors a restore uses besides the writers' files (its directories, connections,
 /// the repository's files); below twice this limit, restore writes on its walking thread alone.
 pub(super) const FOR_THE_REST: u64 = 64;
@@ -56,12 +68,18 @@ pub(super) fn may_run() -> bool {
 /// The queue of blobs to write, shared by the walker and the writers.
 pub(super) struct Writes {
     state: Mutex<Queue>,
+    /// The walker's jobs not yet handed over.
+    gathered: Mutex<Gathered>,
+    /// Per lane: bytes of its jobs handed over and not yet written.
+    lane_bytes: [AtomicU64; WRITERS],
     /// Each writer waits on its own for a job.
     work: [Condvar; WRITERS],
     /// The walker waits on it for room.
     room: Condvar,
     /// [`QUEUED_JOBS`], or a quarter of the file descriptors this process may open if less.
     most_jobs: usize,
+    /// Jobs gathered before they are handed over: [`GATHERED_JOBS`], fewer if `most_jobs` is small.
+    gather_jobs: usize,
     /// Who fills the disk, when writes find it full ([`Writes::full`]).
     full: Full,
 }
@@ -94,15 +112,12 @@ impl Drop for Busy<'_> {
 struct Queue {
     /// Each writer's jobs.
     lanes: [Lane; WRITERS],
+    /// Bytes and number of the jobs handed over and not yet ended: queued, or taken by a writer.
     bytes: u64,
     jobs: usize,
-    /// Jobs taken by writers and not yet ended.
-    in_flight: usize,
     /// Whether the walker waits for room: a condition variable is only signalled for someone
-    /// waiting (each signal is a system call, and there would be two a blob).
+    /// waiting (each signal is a system call).
     walker_waits: bool,
-    /// The lane the next file goes to when the lanes hold the same.
-    next: usize,
     /// No more jobs come (the walk is done, or a writer panicked).
     closed: bool,
 }
@@ -110,9 +125,27 @@ struct Queue {
 #[derive(Default)]
 struct Lane {
     jobs: VecDeque<Job>,
-    bytes: u64,
     /// Its writer waits for a job.
     idle: bool,
+}
+
+#[derive(Default)]
+struct Gathered {
+    jobs: Vec<Job>,
+    bytes: u64,
+    /// Per lane: bytes of the jobs gathered for it.
+    lane_bytes: [u64; WRITERS],
+    /// The lane the next file goes to when the lanes hold the same.
+    next: usize,
+}
+
+impl Gathered {
+    /// The jobs gathered, to be handed over.
+    fn take(&mut self) -> Vec<Job> {
+        self.bytes = 0;
+        self.lane_bytes = [0; WRITERS];
+        std::mem::take(&mut self.jobs)
+    }
 }
 
 /// A blob to write into a file at an offset.
@@ -167,7 +200,14 @@ pub(super) struct Closer<'w>(pub(super) &'w Writes);
 
 impl Drop for Closer<'_> {
     fn drop(&mut self) {
-        self.0.lock().closed = true;
+        // What the walker gathered is still written, room or not (it is little).
+        let gathered = self.0.gathered().take();
+        let mut queue = self.0.lock();
+        if !queue.closed {
+            self.0.enqueue(&mut queue, gathered);
+        }
+        queue.closed = true;
+        drop(queue);
         self.0.work.iter().for_each(Condvar::notify_all);
         self.0.room.notify_all();
     }
@@ -177,20 +217,15 @@ impl Writes {
     pub(super) fn new() -> Writes {
         let most_jobs = open_files_limit()
             .map_or(QUEUED_JOBS, |files| ((files.saturating_sub(FOR_THE_REST) / 2) as usize).clamp(1, QUEUED_JOBS));
-        let queue = Queue {
-            lanes: Default::default(),
-            bytes: 0,
-            jobs: 0,
-            in_flight: 0,
-            walker_waits: false,
-            next: 0,
-            closed: false,
-        };
+        let queue = Queue { lanes: Default::default(), bytes: 0, jobs: 0, walker_waits: false, closed: false };
         Writes {
             state: Mutex::new(queue),
+            gathered: Mutex::default(),
+            lane_bytes: Default::default(),
             work: Default::default(),
             room: Condvar::new(),
             most_jobs,
+            gather_jobs: (most_jobs / 4).clamp(1, GATHERED_JOBS),
             full: Full::default(),
         }
     }
@@ -199,35 +234,73 @@ impl Writes {
         self.state.lock().expect("poisoned")
     }
 
-    /// The lane for a new file: the one with the fewest bytes queued.
-    fn lane(&self) -> usize {
-        let mut queue = self.lock();
-        let next = queue.next;
-        queue.next = (next + 1) % WRITERS;
-        (0..WRITERS).map(|n| (next + n) % WRITERS).min_by_key(|&n| queue.lanes[n].bytes).unwrap_or(0)
+    fn gathered(&self) -> MutexGuard<'_, Gathered> {
+        self.gathered.lock().expect("poisoned")
     }
 
-    /// Queues `job` in its file's lane, once there is room for it; a closed queue drops it.
+    /// The lane for a new file: the one with the fewest bytes handed over or gathered.
+    fn lane(&self) -> usize {
+        let mut gathered = self.gathered();
+        let next = gathered.next;
+        gathered.next = (next + 1) % WRITERS;
+        let bytes = |n: usize| self.lane_bytes[n].load(Relaxed) + gathered.lane_bytes[n];
+        (0..WRITERS).map(|n| (next + n) % WRITERS).min_by_key(|&n| bytes(n)).unwrap_or(0)
+    }
+
+    /// Gathers `job` for its file's lane; the jobs gathered are handed over once they are
+    /// [`GATHERED_JOBS`] or [`GATHERED_BYTES`].
     fn push(&self, job: Job) {
-        let len = job.data.len();
+        let mut gathered = self.gathered();
+        gathered.bytes += job.data.len();
+        gathered.lane_bytes[job.file.lane] += job.data.len();
+        gathered.jobs.push(job);
+        if gathered.jobs.len() >= self.gather_jobs || gathered.bytes >= GATHERED_BYTES {
+            let jobs = gathered.take();
+            drop(gathered);
+            self.hand_over(jobs);
+        }
+    }
+
+    /// Hands the gathered jobs over now.
+    fn flush(&self) {
+        let jobs = self.gathered().take();
+        if !jobs.is_empty() {
+            self.hand_over(jobs);
+        }
+    }
+
+    /// Queues `jobs` in their files' lanes, once there is room for them; a closed queue drops
+    /// them.
+    fn hand_over(&self, jobs: Vec<Job>) {
+        let len: u64 = jobs.iter().map(|job| job.data.len()).sum();
         let mut queue = self.lock();
-        while !queue.closed && queue.jobs > 0 && (queue.bytes + len > QUEUED_BYTES || queue.jobs >= self.most_jobs) {
+        while !queue.closed
+            && queue.jobs > 0
+            && (queue.bytes + len > QUEUED_BYTES || queue.jobs + jobs.len() > self.most_jobs)
+        {
             queue.walker_waits = true;
             queue = self.room.wait(queue).expect("poisoned");
             queue.walker_waits = false;
         }
-        if queue.closed {
-            return;
+        if !queue.closed {
+            self.enqueue(&mut queue, jobs);
         }
-        let n = job.file.lane;
-        queue.bytes += len;
-        queue.jobs += 1;
-        let lane = &mut queue.lanes[n];
-        lane.bytes += len;
-        lane.jobs.push_back(job);
-        let idle = lane.idle;
-        drop(queue);
-        if idle {
+    }
+
+    /// Appends `jobs` to their lanes and wakes the writers of those that were idle.
+    fn enqueue(&self, queue: &mut Queue, jobs: Vec<Job>) {
+        let mut woken = [false; WRITERS];
+        for job in jobs {
+            let n = job.file.lane;
+            let len = job.data.len();
+            queue.bytes += len;
+            queue.jobs += 1;
+            self.lane_bytes[n].fetch_add(len, Relaxed);
+            let lane = &mut queue.lanes[n];
+            lane.jobs.push_back(job);
+            woken[n] |= std::mem::take(&mut lane.idle);
+        }
+        for n in (0..WRITERS).filter(|&n| woken[n]) {
             self.work[n].notify_one();
         }
     }
@@ -271,10 +344,12 @@ impl Writes {
         }
     }
 
-    /// A writer ended the job it took.
-    fn ended(&self) {
+    /// Writer `n` ended `jobs` jobs of `bytes` bytes that it took.
+    fn ended(&self, n: usize, jobs: usize, bytes: u64) {
+        self.lane_bytes[n].fetch_sub(bytes, Relaxed);
         let mut queue = self.lock();
-        queue.in_flight -= 1;
+        queue.jobs -= jobs;
+        queue.bytes -= bytes;
         let walker_waits = queue.walker_waits;
         drop(queue);
         if walker_waits {
@@ -282,37 +357,36 @@ impl Writes {
         }
     }
 
-    /// Waits until every queued job is written: the walker writes a database itself, and with
-    /// the writers still at work, a disk they fill would fail it where it fits once they are
-    /// done (or give back the room of a file that failed).
+    /// Waits until every job gathered or queued is written: the walker writes a database
+    /// itself, and with the writers still at work, a disk they fill would fail it where it fits
+    /// once they are done (or give back the room of a file that failed).
     pub(super) fn drain(&self) {
+        self.flush();
         let mut queue = self.lock();
-        while !queue.closed && (queue.jobs > 0 || queue.in_flight > 0) {
+        while !queue.closed && queue.jobs > 0 {
             queue.walker_waits = true;
             queue = self.room.wait(queue).expect("poisoned");
             queue.walker_waits = false;
         }
     }
 
-    /// Writer `n`'s next job; `None` once the queue is closed and its lane empty.
-    fn pop(&self, n: usize) -> Option<Job> {
+    /// Moves writer `n`'s next jobs into `taken`: up to [`GATHERED_JOBS`], and no more once
+    /// they hold [`GATHERED_BYTES`]; `false` once the queue is closed and its lane empty.
+    fn take(&self, n: usize, taken: &mut Vec<Job>) -> bool {
         let mut queue = self.lock();
         loop {
-            if let Some(job) = queue.lanes[n].jobs.pop_front() {
-                let len = job.data.len();
-                queue.lanes[n].bytes -= len;
-                queue.bytes -= len;
-                queue.jobs -= 1;
-                queue.in_flight += 1;
-                let walker_waits = queue.walker_waits;
-                drop(queue);
-                if walker_waits {
-                    self.room.notify_one();
-                }
-                return Some(job);
+            let lane = &mut queue.lanes[n];
+            let mut bytes = 0;
+            while bytes < GATHERED_BYTES && taken.len() < GATHERED_JOBS {
+                let Some(job) = lane.jobs.pop_front() else { break };
+                bytes += job.data.len();
+                taken.push(job);
+            }
+            if !taken.is_empty() {
+                return true;
             }
             if queue.closed {
-                return None;
+                return false;
             }
             queue.lanes[n].idle = true;
             queue = self.work[n].wait(queue).expect("poisoned");
@@ -344,35 +418,44 @@ impl Restorer<'_> {
     /// empty.
     pub(super) fn write_queued(&self, writes: &Writes, n: usize) {
         let _closer = Closer(writes);
-        while let Some(Job { file, offset, data }) = writes.pop(n) {
-            let bytes = data.bytes(&self.zeros.bytes);
-            if self.cancelled() {
-                file.fail("interrupted".into());
-            } else if !file.failed() {
-                let left = file.meta.size.saturating_sub(file.written.load(Relaxed));
-                writes.full.current[n].store(1 + left, Relaxed);
-                let _busy = Busy(&writes.full, n);
-                match writes.write(&file, bytes, offset, n) {
-                    Ok(()) => {
-                        let len = bytes.len() as u64;
-                        file.written.fetch_add(len, Relaxed);
-                        self.used(len);
-                        self.progress.add_bytes(len);
-                    }
-                    Err(e) => {
-                        file.fail(e.to_string());
-                        // A full disk: its room, for the files after it.
-                        file.cut_away();
-                        writes.full.cuts.fetch_add(1, Relaxed);
-                    }
+        let mut taken = Vec::with_capacity(GATHERED_JOBS);
+        while writes.take(n, &mut taken) {
+            let (jobs, bytes) = (taken.len(), taken.iter().map(|job| job.data.len()).sum());
+            for job in taken.drain(..) {
+                self.write_job(writes, n, job);
+            }
+            writes.ended(n, jobs, bytes);
+        }
+    }
+
+    /// Writer `n` writes one blob, and finishes its file if it was the file's last work.
+    fn write_job(&self, writes: &Writes, n: usize, Job { file, offset, data }: Job) {
+        let bytes = data.bytes(&self.zeros.bytes);
+        if self.cancelled() {
+            file.fail("interrupted".into());
+        } else if !file.failed() {
+            let left = file.meta.size.saturating_sub(file.written.load(Relaxed));
+            writes.full.current[n].store(1 + left, Relaxed);
+            let _busy = Busy(&writes.full, n);
+            match writes.write(&file, bytes, offset, n) {
+                Ok(()) => {
+                    let len = bytes.len() as u64;
+                    file.written.fetch_add(len, Relaxed);
+                    self.used(len);
+                    self.progress.add_bytes(len);
+                }
+                Err(e) => {
+                    file.fail(e.to_string());
+                    // A full disk: its room, for the files after it.
+                    file.cut_away();
+                    writes.full.cuts.fetch_add(1, Relaxed);
                 }
             }
-            if let Data::Blob(blob) = data {
-                self.written(blob);
-            }
-            self.done_with(&file);
-            writes.ended();
         }
+        if let Data::Blob(blob) = data {
+            self.written(blob);
+        }
+        self.done_with(&file);
     }
 
     /// Creates the file `node` in `dir` (which is `place`) and queues its chunks, the first
