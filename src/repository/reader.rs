@@ -2,8 +2,8 @@
 //!
 //! A restore knows every blob it will read before it writes anything: the chunks of the files
 //! below what it restores, in the order it writes them. [`PlannedReads`] groups them by pack
-//! into "segments", one ranged GET each: the span of a pack's needed blobs (split only where a
-//! span would exceed [`MAX_SEGMENT`]). Fetcher threads fetch the segments ahead of the writer,
+//! into "segments", one ranged GET each: the span of a pack's needed blobs, split where a span
+//! would exceed [`MAX_SEGMENT`] and at the largest gaps between them ([`segments`] says when). Fetcher threads fetch the segments ahead of the writer,
 //! several at once, each cut into its blobs as it arrives ([`crate::backend::Backend::get_parts`]);
 //! a blob is decoded and checked (decrypted, decompressed, hashed against its id, as by
 //! [`Repository::read_blob`]) when it is read.
@@ -276,11 +276,12 @@ pub const SKIPPED_GAP: u64 = 1024 * 1024;
 /// while they wait).
 ///
 /// The largest gaps of at least [`SKIPPED_GAP`] between needed blobs (blobs of other snapshots)
-/// are not read either, at most one for every two packs, so that a restore sends at most half
-/// as many requests again as it reads packs: the toolchain's second version needs 343 MiB of 32
-/// packs, whose spans held 87 MiB more, 57 MiB of it in 22 gaps of 1 MiB or more.
+/// are not read either, at most one for every two packs, so that skipping them adds at most one
+/// request for every two packs: the toolchain's second version needs 343 MiB from 33 packs,
+/// whose spans held 87 MiB more, 57 MiB of it in 22 gaps of 1 MiB or more.
 fn segments(blobs: &[(Id, Location)], first_read: &[u64], spread: u64) -> Vec<(u32, Vec<u32>)> {
-    let mut by_place: Vec<u32> = (0..blobs.len() as u32).collect();
+    // Fewer than 2^32 blobs: `PlannedReads::new` numbers them by u32.
+    let mut by_place: Vec<u32> = (0..blobs.len()).map(|b| b as u32).collect();
     by_place.sort_unstable_by_key(|&b| (blobs[b as usize].1.pack, blobs[b as usize].1.offset));
     let location = |b: u32| &blobs[b as usize].1;
     let packs: Vec<&[u32]> = by_place.chunk_by(|&a, &b| location(a).pack == location(b).pack).collect();
@@ -375,7 +376,8 @@ impl<'a> PlannedReads<'a> {
                 Some(&b) => b,
                 None => {
                     let Some(location) = index.get(&id) else { continue };
-                    let b = located.len() as u32;
+                    // Each holds an entry in memory: 2^32 of them would need over 100 GiB first.
+                    let b = u32::try_from(located.len()).expect("fewer than 2^32 blobs in a plan");
                     numbers.insert(id, b);
                     located.push((id, location));
                     first_read.push(planned);

@@ -12,19 +12,19 @@
 //! its name kept for removal at the end ([`Restorer::remove_unfinished`]), as a file cut short
 //! must not pass for the snapshot's content.
 //!
-//! Each file is written by one writer, in order (its lane, the one with the fewest bytes queued
-//! when the file is created): a kill leaves a file cut short as a restore on one thread does,
+//! Each file is written by one writer, in order (its lane, the one with the fewest bytes handed
+//! over or gathered when the file is created): a kill leaves a file cut short as a restore on one thread does,
 //! never with a gap of zeros inside, and two writers never contend for one file's lock (the
 //! file system takes it for every write).
 //!
 //! The walker gathers its jobs and hands them over [`GATHERED_JOBS`] or [`GATHERED_BYTES`] at a
 //! time, and a writer takes up to as many of its lane's at once: the toolchain (65,000 files,
-//! most of a few KiB) cost 187,000 futex calls when each blob was queued and taken alone, the
-//! walker and the writers waking each other for every file. The lanes hold at most
-//! [`QUEUED_BYTES`] of blobs between them, counted until they are written, and a number of blobs
-//! (each holds its file open) within [`QUEUED_JOBS`] and half of the file descriptors the process
-//! may open beyond [`FOR_THE_REST`], beyond which the walker waits; with fewer than twice that,
-//! there are no writers. Before a database, which the walker writes itself, the queue is drained
+//! most of a few KiB) cost 107,000 futex calls (counted by perf; 30,000 so) when each blob was
+//! queued and taken alone, the walker and the writers waking each other for every file. The lanes
+//! hold at most [`QUEUED_BYTES`] of blobs between them, counted until they are written, and the
+//! blobs queued and gathered (each holds its file open) number at most [`QUEUED_JOBS`] and half
+//! of the file descriptors the process may open beyond [`FOR_THE_REST`], beyond which the walker
+//! waits; with fewer than twice that, there are no writers. Before a database, which the walker writes itself, the queue is drained
 //! ([`Writes::drain`]).
 
 use std::collections::VecDeque;
@@ -76,7 +76,8 @@ pub(super) struct Writes {
     work: [Condvar; WRITERS],
     /// The walker waits on it for room.
     room: Condvar,
-    /// [`QUEUED_JOBS`], or a quarter of the file descriptors this process may open if less.
+    /// Jobs queued and gathered at most: [`QUEUED_JOBS`], or half of the file descriptors this
+    /// process may open beyond [`FOR_THE_REST`] if less.
     most_jobs: usize,
     /// Jobs gathered before they are handed over: [`GATHERED_JOBS`], fewer if `most_jobs` is small.
     gather_jobs: usize,
@@ -195,12 +196,13 @@ impl Pending {
 }
 
 /// Closes the queue when dropped: at the end of the walk, and when a writer unwinds, so that
-/// the walker never waits for room that no writer will make.
+/// the walker never waits for room that no writer will make. The jobs the walker gathered are
+/// queued first, whatever the room: at the end of the walk they are written like the others.
+/// (A writer that unwinds leaves its lane unwritten, and the restore ends in its panic.)
 pub(super) struct Closer<'w>(pub(super) &'w Writes);
 
 impl Drop for Closer<'_> {
     fn drop(&mut self) {
-        // What the walker gathered is still written, room or not (it is little).
         let gathered = self.0.gathered().take();
         let mut queue = self.0.lock();
         if !queue.closed {
@@ -274,10 +276,9 @@ impl Writes {
     fn hand_over(&self, jobs: Vec<Job>) {
         let len: u64 = jobs.iter().map(|job| job.data.len()).sum();
         let mut queue = self.lock();
-        while !queue.closed
-            && queue.jobs > 0
-            && (queue.bytes + len > QUEUED_BYTES || queue.jobs + jobs.len() > self.most_jobs)
-        {
+        // The room left for the jobs the walker gathers meanwhile.
+        let most = self.most_jobs - self.gather_jobs;
+        while !queue.closed && queue.jobs > 0 && (queue.bytes + len > QUEUED_BYTES || queue.jobs + jobs.len() > most) {
             queue.walker_waits = true;
             queue = self.room.wait(queue).expect("poisoned");
             queue.walker_waits = false;
