@@ -276,8 +276,8 @@ pub const SKIPPED_GAP: u64 = 1024 * 1024;
 /// while they wait).
 ///
 /// The largest gaps of at least [`SKIPPED_GAP`] between needed blobs (blobs of other snapshots)
-/// are not read either, at most one for every two packs, so that skipping them adds at most one
-/// request for every two packs: the toolchain's second version needs 343 MiB from 33 packs,
+/// within those segments are not read either, at most one for every two packs, so that skipping
+/// them adds at most one request for every two packs: the toolchain's second version needs 343 MiB from 33 packs,
 /// whose spans held 87 MiB more, 57 MiB of it in 22 gaps of 1 MiB or more.
 fn segments(blobs: &[(Id, Location)], first_read: &[u64], spread: u64) -> Vec<(u32, Vec<u32>)> {
     // Fewer than 2^32 blobs: `PlannedReads::new` numbers them by u32.
@@ -285,18 +285,7 @@ fn segments(blobs: &[(Id, Location)], first_read: &[u64], spread: u64) -> Vec<(u
     by_place.sort_unstable_by_key(|&b| (blobs[b as usize].1.pack, blobs[b as usize].1.offset));
     let location = |b: u32| &blobs[b as usize].1;
     let packs: Vec<&[u32]> = by_place.chunk_by(|&a, &b| location(a).pack == location(b).pack).collect();
-    // The gaps skipped: those of the blobs (numbers) they lie before.
-    let mut gaps: Vec<(u64, u32)> = (by_place.windows(2))
-        .filter(|pair| location(pair[0]).pack == location(pair[1]).pack)
-        .map(|pair| {
-            let (before, after) = (location(pair[0]), location(pair[1]));
-            ((after.offset as u64).saturating_sub(before.offset as u64 + before.stored_len as u64), pair[1])
-        })
-        .filter(|&(gap, _)| gap >= SKIPPED_GAP)
-        .collect();
-    gaps.sort_unstable_by(|a, b| b.cmp(a));
-    gaps.truncate(packs.len() / 2);
-    let skipped: std::collections::HashSet<u32> = gaps.into_iter().map(|(_, b)| b).collect();
+    let cap = packs.len() / 2;
     let mut segments = Vec::new();
     for in_pack in packs {
         let pack = location(in_pack[0]).pack;
@@ -310,8 +299,7 @@ fn segments(blobs: &[(Id, Location)], first_read: &[u64], spread: u64) -> Vec<(u
             let location = location(b);
             let end = location.offset as u64 + location.stored_len as u64;
             let at = first_read[b as usize];
-            let cut = end - start > MAX_SEGMENT || at.max(latest) - at.min(earliest) > spread || skipped.contains(&b);
-            if !numbers.is_empty() && cut {
+            if !numbers.is_empty() && (end - start > MAX_SEGMENT || at.max(latest) - at.min(earliest) > spread) {
                 segments.push((pack, std::mem::take(&mut numbers)));
             }
             if numbers.is_empty() {
@@ -322,7 +310,33 @@ fn segments(blobs: &[(Id, Location)], first_read: &[u64], spread: u64) -> Vec<(u
         }
         segments.push((pack, numbers));
     }
-    segments
+    // The largest gaps inside those segments, each as (its bytes, the blob it lies before); a
+    // segment split at one spans less, so it stays within both limits above.
+    let mut gaps: Vec<(u64, u32)> = (segments.iter())
+        .flat_map(|(_, numbers)| numbers.windows(2))
+        .map(|pair| {
+            let (before, after) = (location(pair[0]), location(pair[1]));
+            ((after.offset as u64).saturating_sub(before.offset as u64 + before.stored_len as u64), pair[1])
+        })
+        .filter(|&(gap, _)| gap >= SKIPPED_GAP)
+        .collect();
+    gaps.sort_unstable_by(|a, b| b.cmp(a));
+    gaps.truncate(cap);
+    if gaps.is_empty() {
+        return segments;
+    }
+    let skipped: std::collections::HashSet<u32> = gaps.into_iter().map(|(_, b)| b).collect();
+    let mut split = Vec::with_capacity(segments.len() + skipped.len());
+    for (pack, numbers) in segments {
+        let mut rest = numbers.as_slice();
+        while let Some(at) = rest.iter().skip(1).position(|b| skipped.contains(b)) {
+            let (before, after) = rest.split_at(at + 1);
+            split.push((pack, before.to_vec()));
+            rest = after;
+        }
+        split.push((pack, rest.to_vec()));
+    }
+    split
 }
 
 /// Whether half the bytes of a pack's planned blobs (`in_pack`, numbers in `blobs`) or more are
@@ -1011,8 +1025,9 @@ mod tests {
 
     #[test]
     fn the_largest_gaps_between_needed_blobs_are_not_read_one_for_every_two_packs() {
-        // Four packs, each with a needed blob at its start and one after a gap of other blobs.
-        let gaps: [u32; 4] = [5 << 20, 4 << 20, 2 << 20, 512 << 10];
+        // Five packs, each with a needed blob at its start and one after a gap of other blobs;
+        // the last one's gap makes a span beyond MAX_SEGMENT, cut there anyway.
+        let gaps: [u32; 5] = [5 << 20, 4 << 20, 2 << 20, 512 << 10, 40 << 20];
         let mut blobs = Vec::new();
         for (pack, gap) in gaps.into_iter().enumerate() {
             for offset in [0, (100 << 10) + gap] {
@@ -1033,9 +1048,9 @@ mod tests {
             .map(|(pack, _)| pack)
             .collect();
         cut.sort_unstable();
-        // The two largest gaps are skipped (two requests each); 2 MiB is beyond the cap, and
-        // 512 KiB is read rather than asked for apart.
-        assert_eq!(cut, [0, 0, 1, 1]);
+        // The two largest gaps within a segment are skipped (two requests each, the cap for five
+        // packs); 2 MiB is beyond the cap, and 512 KiB is read rather than asked for apart.
+        assert_eq!(cut, [0, 0, 1, 1, 4, 4]);
     }
 
     #[test]
