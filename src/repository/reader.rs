@@ -277,8 +277,8 @@ pub const SKIPPED_GAP: u64 = 1024 * 1024;
 ///
 /// The largest gaps of at least [`SKIPPED_GAP`] between needed blobs (blobs of other snapshots)
 /// within those segments are not read either, at most one for every two packs, so that skipping
-/// them adds at most one request for every two packs: the toolchain's second version needs 343 MiB from 33 packs,
-/// whose spans held 87 MiB more, 57 MiB of it in 22 gaps of 1 MiB or more.
+/// them adds at most one request for every two packs: the toolchain's second version needs 343
+/// MiB from 33 packs, whose spans held 87 MiB more, 57 MiB of it in 22 gaps of 1 MiB or more.
 fn segments(blobs: &[(Id, Location)], first_read: &[u64], spread: u64) -> Vec<(u32, Vec<u32>)> {
     // Fewer than 2^32 blobs: `PlannedReads::new` numbers them by u32.
     let mut by_place: Vec<u32> = (0..blobs.len()).map(|b| b as u32).collect();
