@@ -239,11 +239,12 @@ impl<'a> BlobStore<'a> {
     /// The data pack of the calling thread. Each worker of the walk's pool fills packs of its
     /// own (workers beyond the number of lanes share them; threads of no pool, such as a
     /// stream's reader, fill the first): a worker walks one part of the tree at a time, so each
-    /// pack holds files that lie together in the tree, which a restore reads together. With one pack for all, the workers' blobs alternated in every pack: half of a
-    /// pack was first read in one stretch of a restore and half in another, and a restore from an
-    /// object store had to hold the other half across the stretch between or fetch the pack again
-    /// (the toolchain from a loopback S3: 64 pack GETs for 41 packs, 746 MiB received for 347 MiB
-    /// of blobs, benches/README.md). A file's chunks, which several workers compress at once, go
+    /// pack holds files that lie together in the tree, which a restore reads together. With one
+    /// pack for all, the workers' blobs alternated in every pack: half of a pack was first read in
+    /// one stretch of a restore and half in another, and a restore from an object store had to
+    /// hold the other half across the stretch between or fetch the pack again (the toolchain from
+    /// a loopback S3: 64 pack GETs for 41 packs, 746 MiB received for 347 MiB of blobs,
+    /// benches/README.md). A file's chunks, which several workers compress at once, go
     /// to the lane of the worker that reads the file: take it once per file and store them with
     /// [`BlobStore::store_in`].
     pub fn lane(&self) -> Lane {

@@ -3,8 +3,9 @@
 //! A restore knows every blob it will read before it writes anything: the chunks of the files
 //! below what it restores, in the order it writes them. [`PlannedReads`] groups them by pack
 //! into "segments", one ranged GET each: the span of a pack's needed blobs, split where a span
-//! would exceed [`MAX_SEGMENT`] and at the largest gaps between them ([`segments`] says when). Fetcher threads fetch the segments ahead of the writer,
-//! several at once, each cut into its blobs as it arrives ([`crate::backend::Backend::get_parts`]);
+//! would exceed [`MAX_SEGMENT`] and at the largest gaps between them ([`segments`] says when).
+//! Fetcher threads fetch the segments ahead of the writer, several at once, each cut into its
+//! blobs as it arrives ([`crate::backend::Backend::get_parts`]);
 //! a blob is decoded and checked (decrypted, decompressed, hashed against its id, as by
 //! [`Repository::read_blob`]) when it is read.
 //!

@@ -13,9 +13,9 @@
 //! must not pass for the snapshot's content.
 //!
 //! Each file is written by one writer, in order (its lane, the one with the fewest bytes handed
-//! over or gathered when the file is created): a kill leaves a file cut short as a restore on one thread does,
-//! never with a gap of zeros inside, and two writers never contend for one file's lock (the
-//! file system takes it for every write).
+//! over or gathered when the file is created): a kill leaves a file cut short as a restore on
+//! one thread does, never with a gap of zeros inside, and two writers never contend for one
+//! file's lock (the file system takes it for every write).
 //!
 //! The walker gathers its jobs and hands them over [`GATHERED_JOBS`] or [`GATHERED_BYTES`] at a
 //! time, and a writer takes up to as many of its lane's at once: the toolchain (65,000 files,
@@ -24,8 +24,8 @@
 //! hold at most [`QUEUED_BYTES`] of blobs between them, counted until they are written, and the
 //! blobs queued and gathered (each holds its file open) number at most [`QUEUED_JOBS`] and half
 //! of the file descriptors the process may open beyond [`FOR_THE_REST`], beyond which the walker
-//! waits; with fewer than twice that, there are no writers. Before a database, which the walker writes itself, the queue is drained
-//! ([`Writes::drain`]).
+//! waits; with fewer than twice that, there are no writers. Before a database, which the walker
+//! writes itself, the queue is drained ([`Writes::drain`]).
 
 use std::collections::VecDeque;
 use std::fs;
@@ -133,7 +133,6 @@ struct Lane {
 #[derive(Default)]
 struct Gathered {
     jobs: Vec<Job>,
-    bytes: u64,
     /// Per lane: bytes of the jobs gathered for it.
     lane_bytes: [u64; WRITERS],
     /// The lane the next file goes to when the lanes hold the same.
@@ -141,11 +140,15 @@ struct Gathered {
 }
 
 impl Gathered {
-    /// The jobs gathered, to be handed over.
-    fn take(&mut self) -> Vec<Job> {
-        self.bytes = 0;
+    fn bytes(&self) -> u64 {
+        self.lane_bytes.iter().sum()
+    }
+
+    /// The jobs gathered, to be handed over, and their bytes.
+    fn take(&mut self) -> (Vec<Job>, u64) {
+        let bytes = self.bytes();
         self.lane_bytes = [0; WRITERS];
-        std::mem::take(&mut self.jobs)
+        (std::mem::take(&mut self.jobs), bytes)
     }
 }
 
@@ -203,7 +206,7 @@ pub(super) struct Closer<'w>(pub(super) &'w Writes);
 
 impl Drop for Closer<'_> {
     fn drop(&mut self) {
-        let gathered = self.0.gathered().take();
+        let (gathered, _) = self.0.gathered().take();
         let mut queue = self.0.lock();
         if !queue.closed {
             self.0.enqueue(&mut queue, gathered);
@@ -253,28 +256,26 @@ impl Writes {
     /// [`GATHERED_JOBS`] or [`GATHERED_BYTES`].
     fn push(&self, job: Job) {
         let mut gathered = self.gathered();
-        gathered.bytes += job.data.len();
         gathered.lane_bytes[job.file.lane] += job.data.len();
         gathered.jobs.push(job);
-        if gathered.jobs.len() >= self.gather_jobs || gathered.bytes >= GATHERED_BYTES {
-            let jobs = gathered.take();
+        if gathered.jobs.len() >= self.gather_jobs || gathered.bytes() >= GATHERED_BYTES {
+            let (jobs, bytes) = gathered.take();
             drop(gathered);
-            self.hand_over(jobs);
+            self.hand_over(jobs, bytes);
         }
     }
 
     /// Hands the gathered jobs over now.
     fn flush(&self) {
-        let jobs = self.gathered().take();
+        let (jobs, bytes) = self.gathered().take();
         if !jobs.is_empty() {
-            self.hand_over(jobs);
+            self.hand_over(jobs, bytes);
         }
     }
 
-    /// Queues `jobs` in their files' lanes, once there is room for them; a closed queue drops
-    /// them.
-    fn hand_over(&self, jobs: Vec<Job>) {
-        let len: u64 = jobs.iter().map(|job| job.data.len()).sum();
+    /// Queues `jobs` (of `len` bytes) in their files' lanes, once there is room for them; a
+    /// closed queue drops them.
+    fn hand_over(&self, jobs: Vec<Job>, len: u64) {
         let mut queue = self.lock();
         // The room left for the jobs the walker gathers meanwhile.
         let most = self.most_jobs - self.gather_jobs;
