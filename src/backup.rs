@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -31,6 +31,7 @@ use crate::repository::Repository;
 use crate::source::archiver::{Archiver, Counts, Prefetch, MAX_DEPTH};
 use crate::source::exclude::{check_patterns, Excludes};
 use crate::source::metadata_of;
+use crate::source::nofollow::Dir;
 use crate::source::walk_options::WalkOptions;
 
 #[derive(Debug, Clone, Default)]
@@ -55,6 +56,10 @@ pub struct SnapshotOptions {
     /// What the walk leaves out besides `excludes`: other file systems, cache and marked
     /// directories.
     pub walk: WalkOptions,
+    /// The one directory in `paths`, already open: archived through this descriptor, never
+    /// opened again by its name, which may lead elsewhere by now (an in-place restore's safety
+    /// snapshot is of the directory the restore writes into).
+    pub opened_root: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 pub struct SnapshotOutcome {
@@ -149,7 +154,10 @@ pub fn snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Progres
 pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Progress) -> Result<SnapshotOutcome> {
     let started = Instant::now();
     let start_time = crate::clock::now();
-    if !options.paths.is_empty() {
+    if options.opened_root.is_some() && (options.paths.len() != 1 || !options.sqlite_paths.is_empty()) {
+        return Err(Error::Invalid("an opened source root must be the one source path".into()));
+    }
+    if !options.paths.is_empty() && options.opened_root.is_none() {
         resolve_paths(&options.paths)?;
     }
     check_patterns(&options.excludes).map_err(Error::Exclude)?;
@@ -162,7 +170,12 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
     // The layout follows what was asked for, not what exists today, so it never flips between
     // snapshots of the same source when a database comes or goes.
     let single = requested.len() == 1;
-    let paths: Vec<PathBuf> = requested.into_iter().filter(|p| std::fs::symlink_metadata(p).is_ok()).collect();
+    let opened = match &options.opened_root {
+        Some(fd) => Some(Dir::opened(fd.try_clone().map_err(|e| Error::io(&requested[0], e))?)),
+        None => None,
+    };
+    let paths: Vec<PathBuf> =
+        requested.into_iter().filter(|p| opened.is_some() || std::fs::symlink_metadata(p).is_ok()).collect();
     // Checked one by one: a missing --sqlite path nested in a tree path is reported too.
     let missing: Vec<PathBuf> = options
         .sqlite_paths
@@ -209,7 +222,7 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
         if progress.is_drawn() {
             scope.spawn(|| scan_totals(&paths, &excludes, &options.walk, progress, &stop_scan));
         }
-        let tree = pool.install(|| archive_roots(&archiver, &paths, single, parent_root.as_ref()));
+        let tree = pool.install(|| archive_roots(&archiver, &paths, single, opened, parent_root.as_ref()));
         stop_scan.store(true, Relaxed);
         tree
     })?;
@@ -255,11 +268,18 @@ enum Trie {
     Inner(BTreeMap<Vec<u8>, Trie>),
 }
 
-/// `single`: exactly one path was asked for (it is the root, or the root's one entry).
-fn archive_roots(archiver: &Archiver<'_>, paths: &[PathBuf], single: bool, parent: Option<&Tree>) -> Result<Id> {
+/// `single`: exactly one path was asked for (it is the root, or the root's one entry);
+/// `opened`: that path's directory, already open.
+fn archive_roots(
+    archiver: &Archiver<'_>,
+    paths: &[PathBuf],
+    single: bool,
+    opened: Option<Dir>,
+    parent: Option<&Tree>,
+) -> Result<Id> {
     if let ([only], true) = (paths, single) {
-        if only.is_dir() && !only.is_symlink() {
-            return archiver.root_tree(only, parent);
+        if opened.is_some() || (only.is_dir() && !only.is_symlink()) {
+            return archiver.root_tree(only, opened, parent);
         }
     }
     let mut root = BTreeMap::new();

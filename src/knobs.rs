@@ -9,6 +9,9 @@
 //! - `CAIRN_NOW`: the time, in Unix seconds, that `cairn status` judges ages at.
 //! - `CAIRN_PRUNE_PAUSE`: a directory where prune says `marked` after marking and waits for `go`,
 //!   so that a test can change the repository in the middle of a plan.
+//! - `CAIRN_RESTORE_PAUSE`: a directory where a restore over an existing target says `opened`
+//!   just before its safety snapshot and waits for `go`, so that a test can swap the target's
+//!   name for a decoy after the restore opened it.
 
 /// The value of the knob `name`, if set; always `None` without the `test-knobs` feature.
 pub fn get(name: &str) -> Option<String> {
@@ -18,5 +21,18 @@ pub fn get(name: &str) -> Option<String> {
     {
         let _ = name;
         None
+    }
+}
+
+/// With the knob `name` naming a directory: writes the file `said` there and waits for a file
+/// `go` (at most a minute), so that a test can act at this point of a run.
+pub fn pause(name: &str, said: &str) {
+    let Some(dir) = get(name).map(std::path::PathBuf::from) else { return };
+    let _ = std::fs::write(dir.join(said), b"");
+    for _ in 0..1200 {
+        if dir.join("go").exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

@@ -357,20 +357,6 @@ fn ensure_live_blobs_stay(index: &Index, live: &Live, internal: &Internal) -> Re
     Ok(())
 }
 
-/// With the test knob `CAIRN_PRUNE_PAUSE` naming a directory: says `marked` there and waits for
-/// `go` (at most a minute), so that a test can change the repository between the plan's first
-/// reading of the index files and its second.
-fn pause_for_tests() {
-    let Some(dir) = crate::knobs::get("CAIRN_PRUNE_PAUSE").map(std::path::PathBuf::from) else { return };
-    let _ = std::fs::write(dir.join("marked"), b"");
-    for _ in 0..1200 {
-        if dir.join("go").exists() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 /// One pass over the index files for the packs about to go (deleted or repacked): collects what a
 /// repack copies (live blobs where the index picks them), and the live blobs that a pack about to
 /// go holds a copy of while the index picks another: before such a copy goes, the picked one is
@@ -499,7 +485,9 @@ pub fn plan_leaving(
     }
     let mut plan = PrunePlan { snapshots: snapshots.len() as u64, ..Default::default() };
     let live = mark(&loaded, &snapshots)?;
-    pause_for_tests();
+    // A test changes the repository here (`CAIRN_PRUNE_PAUSE`): between the plan's first
+    // reading of the index files and its second.
+    crate::knobs::pause("CAIRN_PRUNE_PAUSE", "marked");
     // A lookup in a damaged block answers "absent": a blob would look unindexed, or dead.
     if index.damaged() {
         return Err(damaged_copy());

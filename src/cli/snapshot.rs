@@ -143,6 +143,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         raw_sqlite: args.raw_sqlite,
         sqlite_timeout: args.sqlite_timeout,
         min_free: args.min_free,
+        opened_root: None,
     };
     let progress = Progress::new("snapshot", context.quiet || context.json);
     let outcome = super::audited(cairn::backup::snapshot(&repo, &options, &progress))?;

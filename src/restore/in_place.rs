@@ -525,7 +525,9 @@ fn execute(
 ) -> Result<()> {
     let touches = report.plan.as_ref().is_some_and(Plan::touches_existing);
     if touches {
-        let safety = safety_snapshot(repo, &safety_paths(site, report.plan.as_ref()), &site.path, &options.skip)?;
+        // A test swaps the target's name for a decoy here (`CAIRN_RESTORE_PAUSE`).
+        crate::knobs::pause("CAIRN_RESTORE_PAUSE", "opened");
+        let safety = safety_snapshot(repo, site, report.plan.as_ref(), &options.skip)?;
         progress.warn(&format!(
             "safety snapshot {} taken of {} (tags protected, pre-restore): `cairn restore {} --target {} --in-place --delete` brings it back",
             safety.short(),
@@ -690,9 +692,21 @@ fn safety_paths(site: &Site, plan: Option<&Plan>) -> Vec<PathBuf> {
 /// left out a user's `.notes.cairn-restore-2024`, which the restore then replaced with no way
 /// back. No name tells such a leftover from a user's file, and a database's leftover may hold
 /// the only copy of its old `-wal`; the target's own staging directories lie beside it.
-fn safety_snapshot(repo: &Repository, paths: &[PathBuf], target: &Path, skip: &[PathBuf]) -> Result<Id> {
+///
+/// A target with a parent is archived through the directory `Site` opened, the one the restore
+/// writes into: by its name, it would be whatever someone who can write the parent put there
+/// since, and the real one would be overwritten with no way back.
+fn safety_snapshot(repo: &Repository, site: &Site, plan: Option<&Plan>, skip: &[PathBuf]) -> Result<Id> {
+    let target = &site.path;
+    let opened_root = match (&site.parent, &site.old) {
+        (Some(_), Some((dir, _))) => {
+            Some(std::sync::Arc::new(dir.as_fd().try_clone_to_owned().map_err(|e| Error::io(target, e))?))
+        }
+        _ => None,
+    };
     let options = SnapshotOptions {
-        paths: paths.to_vec(),
+        paths: safety_paths(site, plan),
+        opened_root,
         tags: SAFETY_TAGS.iter().map(|t| t.to_string()).collect(),
         source: SAFETY_SOURCE.into(),
         skip: skip.to_vec(),

@@ -240,14 +240,15 @@ impl<'a> Archiver<'a> {
         }
     }
 
-    /// Archives the source root directory at `path` (its parents may be symlinks, itself not)
-    /// and returns its tree id. One that cannot be opened is recorded and stored empty.
-    pub fn root_tree(&self, path: &Path, parent: Option<&Tree>) -> Result<Id> {
+    /// Archives the source root directory at `path` (its parents may be symlinks, itself not),
+    /// or the directory `opened` for it, and returns its tree id. One that cannot be opened is
+    /// recorded and stored empty.
+    pub fn root_tree(&self, path: &Path, opened: Option<Dir>, parent: Option<&Tree>) -> Result<Id> {
         if self.required_databases.contains(path) {
             self.record(path, not_a_database_file(Kind::Dir));
             return self.store_tree(&Tree::default(), path);
         }
-        match Dir::open(path, false) {
+        match opened.map_or_else(|| Dir::open(path, false), Ok) {
             Ok(dir) => self.dir_tree(dir, &Location::root(path), 1, parent),
             Err(e) => {
                 self.record(path, format!("listing directory: {e}"));

@@ -90,6 +90,12 @@ impl Dir {
         Ok(Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
+    /// A source root opened by the caller: an in-place restore's target, which is archived as
+    /// the directory the restore will write into, whatever its name leads to by then.
+    pub fn opened(fd: OwnedFd) -> Dir {
+        Dir { fd }
+    }
+
     /// Opens the subdirectory `name`, which was listed as `listed`.
     pub fn open_dir(&self, name: &[u8], listed: &Stat) -> Result<Dir, OpenError> {
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;

@@ -151,6 +151,68 @@ fn the_safety_snapshot_keeps_files_named_like_leftovers_of_cairn() {
     }
 }
 
+/// Someone who can write the target's parent renames the target away once the restore has
+/// opened it, and puts a decoy under its name: the restore writes into the directory it opened,
+/// so its safety snapshot is of that directory too, never of the decoy (which would leave the
+/// real one overwritten with no way back). `--in-place` then refuses at the swap.
+#[test]
+fn a_decoy_put_under_the_targets_name_never_becomes_the_safety_snapshot() {
+    for flags in [&["--overwrite"][..], &["--in-place", "--delete"]] {
+        let scratch = Scratch::new("inplace-decoy");
+        let (repo, source, _) = setup(&scratch, SMALL);
+        let (target, moved, pause) = (scratch.join("target"), scratch.join("moved"), scratch.join("pause"));
+        build_old(&target, SMALL);
+        let pristine = digest(&target);
+        fs::create_dir(&pause).unwrap();
+        let restore = cairn(&repo)
+            .args(["--json", "restore", "latest", "--target"])
+            .arg(&target)
+            .args(flags)
+            .env("CAIRN_RESTORE_PAUSE", &pause)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !pause.join("opened").exists() {
+            assert!(Instant::now() < deadline, "{flags:?}: the restore never reached its safety snapshot");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fs::rename(&target, &moved).unwrap();
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("decoy"), b"planted").unwrap();
+        fs::write(pause.join("go"), b"").unwrap();
+        let out = restore.wait_with_output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {stdout}\n{stderr}");
+        // The decoy is left as it was planted, and the safety snapshot brings back the old tree.
+        assert_eq!(digest(&target).keys().collect::<Vec<_>>(), ["decoy"], "{flags:?}");
+        assert_eq!(fs::read(target.join("decoy")).unwrap(), b"planted");
+        // In the report, or (--in-place, which fails) in the error.
+        let reported = serde_json::from_str::<serde_json::Value>(&stdout)
+            .ok()
+            .and_then(|report| report["safety_snapshot"].as_str().map(str::to_string));
+        let said = stderr
+            .split("safety snapshot ")
+            .filter_map(|rest| rest.get(..64))
+            .find(|id| id.bytes().all(|b| b.is_ascii_hexdigit()));
+        let safety = reported
+            .or(said.map(str::to_string))
+            .unwrap_or_else(|| panic!("{flags:?}: no safety snapshot reported: {stdout}\n{stderr}"));
+        let back = scratch.join("back");
+        ok(cairn(&repo).args(["restore", &safety, "--target"]).arg(&back));
+        assert_eq!(digest(&back), pristine, "{flags:?}: the safety snapshot is of the old tree");
+        if flags == ["--overwrite"] {
+            // Written into the directory opened, which now stands at `moved`.
+            assert_eq!(digest(&moved)["changed.txt"], digest(&source)["changed.txt"]);
+            assert!(stderr.contains("a directory is in the way"), "{stderr}");
+        } else {
+            assert!(stderr.contains("was replaced"), "{stderr}");
+            assert_eq!(digest(&moved), pristine, "the old tree is left whole");
+        }
+    }
+}
+
 fn set_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
     let (path, name) = (c_path(path), std::ffi::CString::new(name).unwrap());
     // SAFETY: valid C strings and a buffer of the given length.
