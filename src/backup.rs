@@ -60,6 +60,10 @@ pub struct SnapshotOptions {
     /// opened again by its name, which may lead elsewhere by now (an in-place restore's safety
     /// snapshot is of the directory the restore writes into).
     pub opened_root: Option<Arc<std::os::fd::OwnedFd>>,
+    /// Follow no symlink anywhere in `paths`, not even among their parents: a symlink there
+    /// leaves that path unread, recorded as an error (the safety snapshot of entries of `/`,
+    /// where a user could otherwise point one of their own directories at another's files).
+    pub symlinked_parents_refused: bool,
 }
 
 pub struct SnapshotOutcome {
@@ -204,6 +208,7 @@ pub fn take_snapshot(repo: &Repository, options: &SnapshotOptions, progress: &Pr
         progress,
         sqlite: (!options.raw_sqlite).then_some(options.sqlite_timeout),
         required_databases: normalize_paths(&options.sqlite_paths).into_iter().collect(),
+        symlinked_parents_refused: options.symlinked_parents_refused,
         errors: Mutex::new(Vec::new()),
         counts: Counts::default(),
         prefetch: Prefetch::default(),
@@ -344,6 +349,14 @@ fn archive_trie(
             match child {
                 Trie::Leaf => archiver.root_node(&path, name.clone(), previous, level),
                 Trie::Inner(grandchildren) => {
+                    // Below it, each root is opened without following a symlink anywhere on its
+                    // way, so one put here since is an error there: this check only says so first.
+                    if archiver.symlinked_parents_refused {
+                        if let Err(e) = archiver.open_root(&path, false) {
+                            archiver.record(&path, format!("opening directory: {e}"));
+                            return Ok(Vec::new());
+                        }
+                    }
                     let stat = match std::fs::symlink_metadata(&path) {
                         Ok(stat) => stat,
                         Err(e) => {

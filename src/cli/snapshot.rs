@@ -144,6 +144,7 @@ pub fn run(context: &Context, args: Args) -> Result<ExitCode> {
         sqlite_timeout: args.sqlite_timeout,
         min_free: args.min_free,
         opened_root: None,
+        symlinked_parents_refused: false,
     };
     let progress = Progress::new("snapshot", context.quiet || context.json);
     let outcome = super::audited(cairn::backup::snapshot(&repo, &options, &progress))?;

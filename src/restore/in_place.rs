@@ -48,10 +48,11 @@ mod plan;
 pub mod unfinished;
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -168,6 +169,14 @@ impl Site {
             Err(e) => return Err(Error::io(target, e)),
         };
         let (Some(parent_path), Some(name)) = (path.parent(), path.file_name()) else {
+            // Only `/` has no parent and no name. A missing path ending in `..` has none either;
+            // it would be restored into as `/` is, its entries by their paths through the `..`.
+            if path != Path::new("/") {
+                return Err(Error::Invalid(format!(
+                    "the target {} ends in `..` and does not exist: give the directory it means by its name",
+                    target.display()
+                )));
+            }
             return Ok(Site { old: Some(open_dir_stat(&path)?), path, parent: None });
         };
         let parent = match Dir::open(parent_path) {
@@ -610,10 +619,12 @@ fn execute(
         },
     };
     if stale_mark && report.summary.errors.is_empty() {
-        let now = match (&site.parent, &site.old) {
-            (Some((parent, _, name)), _) => parent.open_dir(name),
-            (None, Some((dir, _))) => dir.try_clone(),
-            (None, None) => return Ok(()),
+        // --overwrite wrote into the directory opened; --in-place swapped a new one in under the
+        // target's name (and checked, at the swap, that the name led to the old one).
+        let now = match (report.how, &site.parent, &site.old) {
+            (How::InPlace, Some((parent, _, name)), _) => parent.open_dir(name),
+            (_, _, Some((dir, _))) => dir.try_clone(),
+            _ => return Ok(()),
         };
         // The snapshot has no entry of that name: what is there now is the old mark, carried
         // into the new tree or left where it was. At worst it stays, and says so.
@@ -673,14 +684,26 @@ fn pinned(site: &Site) -> Result<Dir> {
     })
 }
 
-/// What the safety snapshot covers: the whole target; for `/`, only the entries replaced or
-/// deleted (topmost ones; the snapshot mirrors their absolute paths).
-fn safety_paths(site: &Site, plan: Option<&Plan>) -> Vec<PathBuf> {
-    if site.parent.is_some() {
-        return vec![site.path.clone()];
+/// What the safety snapshot covers: the whole target, through the directory `Site` opened (the
+/// one the restore writes into: by its name, it would be whatever someone who can write the
+/// parent put there since, and the real one would be overwritten with no way back); for `/`,
+/// only the entries replaced or deleted (topmost ones; the snapshot mirrors their absolute
+/// paths), opened by their paths with no symlink followed on the way.
+fn safety_sources(site: &Site, plan: Option<&Plan>) -> Result<(Vec<PathBuf>, Option<Arc<OwnedFd>>)> {
+    match (&site.parent, &site.old) {
+        (Some(_), Some((dir, _))) => {
+            let opened = dir.as_fd().try_clone_to_owned().map_err(|e| Error::io(&site.path, e))?;
+            Ok((vec![site.path.clone()], Some(Arc::new(opened))))
+        }
+        (Some(_), None) => Err(Error::Refused(format!(
+            "{} is no directory to take a safety snapshot of: nothing was changed",
+            site.path.display()
+        ))),
+        (None, _) => {
+            let changed = plan.into_iter().flat_map(|p| p.replaced.iter().chain(&p.deleted));
+            Ok((crate::backup::normalize_paths(&changed.map(|p| site.path.join(p)).collect::<Vec<_>>()), None))
+        }
     }
-    let changed = plan.into_iter().flat_map(|p| p.replaced.iter().chain(&p.deleted));
-    crate::backup::normalize_paths(&changed.map(|p| site.path.join(p)).collect::<Vec<_>>())
 }
 
 /// A snapshot of `paths`, tagged [`SAFETY_TAGS`]; an error unless it is complete. Files are
@@ -692,21 +715,14 @@ fn safety_paths(site: &Site, plan: Option<&Plan>) -> Vec<PathBuf> {
 /// left out a user's `.notes.cairn-restore-2024`, which the restore then replaced with no way
 /// back. No name tells such a leftover from a user's file, and a database's leftover may hold
 /// the only copy of its old `-wal`; the target's own staging directories lie beside it.
-///
-/// A target with a parent is archived through the directory `Site` opened, the one the restore
-/// writes into: by its name, it would be whatever someone who can write the parent put there
-/// since, and the real one would be overwritten with no way back.
+/// What it covers: [`safety_sources`].
 fn safety_snapshot(repo: &Repository, site: &Site, plan: Option<&Plan>, skip: &[PathBuf]) -> Result<Id> {
     let target = &site.path;
-    let opened_root = match (&site.parent, &site.old) {
-        (Some(_), Some((dir, _))) => {
-            Some(std::sync::Arc::new(dir.as_fd().try_clone_to_owned().map_err(|e| Error::io(target, e))?))
-        }
-        _ => None,
-    };
+    let (paths, opened_root) = safety_sources(site, plan)?;
     let options = SnapshotOptions {
-        paths: safety_paths(site, plan),
+        paths,
         opened_root,
+        symlinked_parents_refused: true,
         tags: SAFETY_TAGS.iter().map(|t| t.to_string()).collect(),
         source: SAFETY_SOURCE.into(),
         skip: skip.to_vec(),

@@ -134,6 +134,8 @@ pub struct Archiver<'a> {
     pub sqlite: Option<Duration>,
     /// Paths given with `--sqlite`: each must be a database.
     pub required_databases: HashSet<PathBuf>,
+    /// Follow no symlink among a source path's parents either ([`Dir::open_beneath_root`]).
+    pub symlinked_parents_refused: bool,
     pub errors: Mutex<Vec<SourceError>>,
     pub counts: Counts,
     pub prefetch: Prefetch,
@@ -240,6 +242,15 @@ impl<'a> Archiver<'a> {
         }
     }
 
+    /// Opens a source root, or the directory of one (`follow`: it may be a symlink), by its
+    /// path; symlinks among its parents are followed unless [`Archiver::symlinked_parents_refused`].
+    pub fn open_root(&self, path: &Path, follow: bool) -> std::io::Result<Dir> {
+        match self.symlinked_parents_refused {
+            true => Dir::open_beneath_root(path),
+            false => Dir::open(path, follow),
+        }
+    }
+
     /// Archives the source root directory at `path` (its parents may be symlinks, itself not),
     /// or the directory `opened` for it, and returns its tree id. One that cannot be opened is
     /// recorded and stored empty.
@@ -248,7 +259,7 @@ impl<'a> Archiver<'a> {
             self.record(path, not_a_database_file(Kind::Dir));
             return self.store_tree(&Tree::default(), path);
         }
-        match opened.map_or_else(|| Dir::open(path, false), Ok) {
+        match opened.map_or_else(|| self.open_root(path, false), Ok) {
             Ok(dir) => self.dir_tree(dir, &Location::root(path), 1, parent),
             Err(e) => {
                 self.record(path, format!("listing directory: {e}"));
@@ -267,7 +278,7 @@ impl<'a> Archiver<'a> {
             self.record(path, "not a file or directory name");
             return Ok(Vec::new());
         };
-        let dir = match Dir::open(directory, true) {
+        let dir = match self.open_root(directory, true) {
             Ok(dir) => dir,
             Err(e) => {
                 self.record(path, format!("opening its directory: {e}"));

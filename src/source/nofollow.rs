@@ -90,6 +90,21 @@ impl Dir {
         Ok(Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
+    /// Opens the directory at the absolute, normalised `path` one component at a time from `/`,
+    /// following no symlink on the way: one anywhere in it is an error (`ELOOP` or `ENOTDIR`).
+    pub fn open_beneath_root(path: &Path) -> io::Result<Dir> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let mut dir = Dir::open(Path::new("/"), false)?;
+        for component in path.components() {
+            match component {
+                std::path::Component::RootDir => {}
+                std::path::Component::Normal(name) => dir = Dir { fd: dir.openat(name.as_bytes(), flags)? },
+                _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "not an absolute, normalised path")),
+            }
+        }
+        Ok(dir)
+    }
+
     /// A source root opened by the caller: an in-place restore's target, which is archived as
     /// the directory the restore will write into, whatever its name leads to by then.
     pub fn opened(fd: OwnedFd) -> Dir {
@@ -258,6 +273,22 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_symlink_anywhere_on_the_way_is_not_followed_beneath_root() {
+        let root = scratch("beneath");
+        std::fs::create_dir_all(root.join("real/inner")).unwrap();
+        std::os::unix::fs::symlink(root.join("real"), root.join("link")).unwrap();
+        assert!(Dir::open_beneath_root(&root.join("real/inner")).is_ok());
+        // Followed by a plain open, refused here: as a parent and as the last component.
+        assert!(Dir::open(&root.join("link/inner"), false).is_ok());
+        for path in [root.join("link/inner"), root.join("link")] {
+            let e = Dir::open_beneath_root(&path).unwrap_err();
+            assert!(matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)), "{path:?}: {e}");
+        }
+        assert!(Dir::open_beneath_root(Path::new("relative")).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

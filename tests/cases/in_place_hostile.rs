@@ -164,7 +164,7 @@ fn a_decoy_put_under_the_targets_name_never_becomes_the_safety_snapshot() {
         build_old(&target, SMALL);
         let pristine = digest(&target);
         fs::create_dir(&pause).unwrap();
-        let restore = cairn(&repo)
+        let mut restore = cairn(&repo)
             .args(["--json", "restore", "latest", "--target"])
             .arg(&target)
             .args(flags)
@@ -175,7 +175,12 @@ fn a_decoy_put_under_the_targets_name_never_becomes_the_safety_snapshot() {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while !pause.join("opened").exists() {
-            assert!(Instant::now() < deadline, "{flags:?}: the restore never reached its safety snapshot");
+            let ended = restore.try_wait().unwrap();
+            if ended.is_some() || Instant::now() > deadline {
+                let _ = restore.kill();
+                let out = restore.wait_with_output().unwrap();
+                panic!("{flags:?}: the restore never reached its safety snapshot: {out:?}");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         fs::rename(&target, &moved).unwrap();
@@ -184,6 +189,8 @@ fn a_decoy_put_under_the_targets_name_never_becomes_the_safety_snapshot() {
         fs::write(pause.join("go"), b"").unwrap();
         let out = restore.wait_with_output().unwrap();
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        // Exit code 1 either way: --overwrite meets the fixture's typechange-b (a directory in
+        // the way), --in-place refuses the swap.
         assert_eq!(out.status.code(), Some(1), "{flags:?}: {stdout}\n{stderr}");
         // The decoy is left as it was planted, and the safety snapshot brings back the old tree.
         assert_eq!(digest(&target).keys().collect::<Vec<_>>(), ["decoy"], "{flags:?}");
@@ -211,6 +218,20 @@ fn a_decoy_put_under_the_targets_name_never_becomes_the_safety_snapshot() {
             assert_eq!(digest(&moved), pristine, "the old tree is left whole");
         }
     }
+}
+
+/// A target that does not exist and ends in `..` has no name: refused, not taken for `/`, whose
+/// entries are restored by their paths (through the `..`, which could lead anywhere by then).
+#[test]
+fn a_missing_target_ending_in_dot_dot_is_refused() {
+    let scratch = Scratch::new("inplace-dotdot");
+    let (repo, _, _) = setup(&scratch, SMALL);
+    let target = scratch.join("missing").join("..");
+    let out = run(cairn(&repo).args(["restore", "latest", "--in-place", "--target"]).arg(&target));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("ends in `..`"), "{err}");
+    assert!(!scratch.join("missing").exists());
 }
 
 fn set_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
