@@ -9,6 +9,8 @@
 //! - `CAIRN_NOW`: the time, in Unix seconds, that `cairn status` judges ages at.
 //! - `CAIRN_PRUNE_PAUSE`: a directory where prune says `marked` after marking and waits for `go`,
 //!   so that a test can change the repository in the middle of a plan.
+//! - `CAIRN_STALL_SECS`: how long an object-store request may go without a byte before it is
+//!   given up as stalled (60 s), so that a test of a stalled connection takes seconds.
 //! - `CAIRN_RESTORE_PAUSE`: a directory where a restore over an existing target says `opened`
 //!   just before its safety snapshot and waits for `go`, so that a test can swap the target's
 //!   name for a decoy after the restore opened it.

@@ -68,6 +68,36 @@ fn retry_config() -> object_store::RetryConfig {
     object_store::RetryConfig { max_retries: 5, retry_timeout: Duration::from_secs(30), ..Default::default() }
 }
 
+/// How long a request may go without a byte arriving (its answer, or the next piece of a body)
+/// before it is given up as stalled (and a read tried again). Only stalls end a transfer: the
+/// HTTP client's own limit on a whole request ([`WHOLE_REQUEST`]) is a day, so a pack crosses a
+/// slow link however long it takes (with the client's 30 s default, a 16 MiB pack needed 0.55
+/// MB/s per request, and a restore or sync over a slower link failed every try).
+fn stall() -> Duration {
+    let knob = crate::knobs::get("CAIRN_STALL_SECS").and_then(|s| s.parse().ok());
+    Duration::from_secs(knob.unwrap_or(60))
+}
+
+/// The HTTP client's limit on one request, answer and body, unless the environment sets one.
+const WHOLE_REQUEST: &str = "1day";
+
+/// The slowest link a transfer whose progress is not seen from here (a put, a ranged read
+/// returned whole) waits for, in bytes a second, beyond [`stall`].
+const SLOWEST_LINK: u64 = 16 * 1024;
+
+/// `future`, or an error (a transient one) if it takes longer than `limit`.
+async fn within<T>(
+    limit: Duration,
+    future: impl std::future::Future<Output = object_store::Result<T>>,
+) -> object_store::Result<T> {
+    tokio::time::timeout(limit, future).await.unwrap_or_else(|_| {
+        Err(object_store::Error::Generic {
+            store: "cairn",
+            source: format!("no answer within {} s: the connection stalled", limit.as_secs()).into(),
+        })
+    })
+}
+
 /// Tries of one read before its error is the answer (see [`ObjectBackend::reading`]).
 const READ_ATTEMPTS: u32 = 5;
 
@@ -131,6 +161,10 @@ impl ObjectBackend {
         #[cfg(feature = "s3")]
         if url.starts_with("s3://") {
             let mut builder = object_store::aws::AmazonS3Builder::from_env();
+            if std::env::var_os("AWS_TIMEOUT").is_none() {
+                let timeout = object_store::aws::AmazonS3ConfigKey::Client(object_store::ClientConfigKey::Timeout);
+                builder = builder.with_config(timeout, WHOLE_REQUEST);
+            }
             for (key, value) in settings {
                 let key: object_store::aws::AmazonS3ConfigKey = key.parse().map_err(|e| format!("{e}"))?;
                 builder = builder.with_config(key, *value);
@@ -159,14 +193,16 @@ impl ObjectBackend {
         }
         #[cfg(feature = "gcs")]
         if url.starts_with("gs://") {
-            let builder = object_store::gcp::GoogleCloudStorageBuilder::from_env();
+            let timeout = object_store::gcp::GoogleConfigKey::Client(object_store::ClientConfigKey::Timeout);
+            let builder = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_config(timeout, WHOLE_REQUEST);
             return Ok(Arc::new(
                 builder.with_bucket_name(bucket).with_retry(retry_config()).build().map_err(|e| e.to_string())?,
             ));
         }
         #[cfg(feature = "azure")]
         if url.starts_with("az://") {
-            let builder = object_store::azure::MicrosoftAzureBuilder::from_env();
+            let timeout = object_store::azure::AzureConfigKey::Client(object_store::ClientConfigKey::Timeout);
+            let builder = object_store::azure::MicrosoftAzureBuilder::from_env().with_config(timeout, WHOLE_REQUEST);
             return Ok(Arc::new(
                 builder.with_container_name(bucket).with_retry(retry_config()).build().map_err(|e| e.to_string())?,
             ));
@@ -278,15 +314,23 @@ impl Backend for ObjectBackend {
 
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.path(key);
-        let bytes = self.reading(key, || async { self.store.get(&path).await?.bytes().await })?;
+        let bytes = self.reading(key, || async {
+            let mut body = within(stall(), self.store.get(&path)).await?.into_stream();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = within(stall(), body.try_next()).await? {
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(bytes)
+        })?;
         self.requests.get_bytes.fetch_add(bytes.len() as u64, Relaxed);
-        Ok(Vec::from(bytes))
+        Ok(bytes)
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let path = self.path(key);
         self.requests.get_bytes.fetch_add(len, Relaxed);
-        let bytes = self.reading(key, || self.store.get_range(&path, offset..offset + len))?;
+        let limit = stall() + Duration::from_secs(len / SLOWEST_LINK);
+        let bytes = self.reading(key, || within(limit, self.store.get_range(&path, offset..offset + len)))?;
         if bytes.len() as u64 != len {
             return Err(Error::corrupt(
                 format!("{}/{key}", self.location),
@@ -303,9 +347,9 @@ impl Backend for ObjectBackend {
         // The body is cut into the parts as it arrives, so the span is never held whole.
         let cut = self.reading(key, || async {
             let options = GetOptions { range: Some(GetRange::Bounded(start..end)), ..Default::default() };
-            let mut body = self.store.get_opts(&path, options).await?.into_stream();
+            let mut body = within(stall(), self.store.get_opts(&path, options)).await?.into_stream();
             let mut cut = Cut::new(parts);
-            while let Some(chunk) = body.try_next().await? {
+            while let Some(chunk) = within(stall(), body.try_next()).await? {
                 cut.feed(&chunk);
             }
             Ok(cut)
@@ -321,7 +365,7 @@ impl Backend for ObjectBackend {
     fn size(&self, key: &str) -> Result<u64> {
         let path = self.path(key);
         self.requests.head.fetch_add(1, Relaxed);
-        Ok(self.runtime.block_on(self.store.head(&path)).map_err(|e| self.error(key, e))?.size)
+        Ok(self.runtime.block_on(within(stall(), self.store.head(&path))).map_err(|e| self.error(key, e))?.size)
     }
 
     fn put(&self, key: &str, data: &[u8]) -> Result<bool> {
@@ -332,7 +376,8 @@ impl Backend for ObjectBackend {
         let path = self.path(key);
         self.requests.put.fetch_add(1, Relaxed);
         let options = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.runtime.block_on(self.store.put_opts(&path, PutPayload::from(data), options)) {
+        let limit = stall() + Duration::from_secs(data.len() as u64 / SLOWEST_LINK);
+        match self.runtime.block_on(within(limit, self.store.put_opts(&path, PutPayload::from(data), options))) {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             // A put only finds nothing when there is nowhere to put: the bucket is missing.
@@ -350,8 +395,16 @@ impl Backend for ObjectBackend {
 
     fn list_with_times(&self, prefix: &str) -> Result<Vec<(String, u64, Option<i64>)>> {
         let path = self.path(prefix.trim_end_matches('/'));
-        let objects: Vec<object_store::ObjectMeta> =
-            self.runtime.block_on(self.store.list(Some(&path)).try_collect()).map_err(|e| self.error(prefix, e))?;
+        let objects = self.runtime.block_on(async {
+            // An object at a time, each (a page's first brings the page) within the stall limit.
+            let mut listing = self.store.list(Some(&path));
+            let mut objects: Vec<object_store::ObjectMeta> = Vec::new();
+            while let Some(object) = within(stall(), listing.try_next()).await? {
+                objects.push(object);
+            }
+            Ok(objects)
+        });
+        let objects = objects.map_err(|e| self.error(prefix, e))?;
         self.requests.list.fetch_add((objects.len() as u64).div_ceil(LIST_PAGE).max(1), Relaxed);
         let mut out: Vec<(String, u64, Option<i64>)> =
             objects.iter().map(|o| (self.key(&o.location), o.size, Some(o.last_modified.timestamp_millis()))).collect();
@@ -362,7 +415,7 @@ impl Backend for ObjectBackend {
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key);
         self.requests.delete.fetch_add(1, Relaxed);
-        match self.runtime.block_on(self.store.delete(&path)) {
+        match self.runtime.block_on(within(stall(), self.store.delete(&path))) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error(key, e)),
         }
@@ -371,7 +424,7 @@ impl Backend for ObjectBackend {
     fn exists(&self, key: &str) -> Result<bool> {
         let path = self.path(key);
         self.requests.head.fetch_add(1, Relaxed);
-        match self.runtime.block_on(self.store.head(&path)) {
+        match self.runtime.block_on(within(stall(), self.store.head(&path))) {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(self.error(key, e)),

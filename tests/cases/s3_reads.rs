@@ -1,7 +1,7 @@
 //! Reading a repository back from an object store costs requests by pack, not by chunk
 //! (src/repository/reader.rs, src/repository/cache.rs). The requests are counted by a proxy
 //! between cairn and the loopback moto_server, which can also cut a response in the middle of
-//! its body, as a dropped connection does.
+//! its body, as a dropped connection does, stall one, or send every response slowly.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -22,6 +22,12 @@ struct Proxy {
     /// bytes, is cut after [`CUT_AFTER`] bytes.
     cut_next_pack: Arc<AtomicBool>,
     cuts: Arc<AtomicU64>,
+    /// Set: the next such response stops after [`CUT_AFTER`] bytes and its connection stays
+    /// open, silent, as a stalled one does.
+    stall_next_pack: Arc<AtomicBool>,
+    stalls: Arc<AtomicU64>,
+    /// Bytes a second of every response body and head from here on; 0 for no limit.
+    rate: Arc<AtomicU64>,
 }
 
 const CUT_AFTER: usize = 64 * 1024;
@@ -31,18 +37,31 @@ impl Proxy {
         let upstream = s3().endpoint.trim_start_matches("http://").to_string();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let proxy =
-            Proxy { port, log: Default::default(), cut_next_pack: Default::default(), cuts: Default::default() };
+        let proxy = Proxy {
+            port,
+            log: Default::default(),
+            cut_next_pack: Default::default(),
+            cuts: Default::default(),
+            stall_next_pack: Default::default(),
+            stalls: Default::default(),
+            rate: Default::default(),
+        };
         let (log, cut, cuts) = (proxy.log.clone(), proxy.cut_next_pack.clone(), proxy.cuts.clone());
+        let (stall, stalls, rate) = (proxy.stall_next_pack.clone(), proxy.stalls.clone(), proxy.rate.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let server = TcpStream::connect(&upstream).unwrap();
                 let (log, cut, cuts) = (log.clone(), cut.clone(), cuts.clone());
-                let cut_this = Arc::new(AtomicBool::new(false));
+                let (stall, stalls, rate) = (stall.clone(), stalls.clone(), rate.clone());
+                let (cut_this, stall_this) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
                 let (client_in, server_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let marked = cut_this.clone();
-                std::thread::spawn(move || requests(client_in, server_out, &log, &cut, &marked));
-                std::thread::spawn(move || responses(server, client, &cut_this, &cuts));
+                let marked = (cut_this.clone(), stall_this.clone());
+                std::thread::spawn(move || {
+                    requests(client_in, server_out, &log, (&cut, &marked.0), (&stall, &marked.1))
+                });
+                std::thread::spawn(move || {
+                    responses(server, client, (&cut_this, &cuts), (&stall_this, &stalls), &rate)
+                });
             }
         });
         proxy
@@ -68,8 +87,8 @@ fn requests(
     mut from: TcpStream,
     mut to: TcpStream,
     log: &std::sync::Mutex<Vec<String>>,
-    cut: &AtomicBool,
-    cut_this: &AtomicBool,
+    (cut, cut_this): (&AtomicBool, &AtomicBool),
+    (stall, stall_this): (&AtomicBool, &AtomicBool),
 ) {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 64 * 1024];
@@ -109,8 +128,12 @@ fn requests(
                     },
                     None => false,
                 });
-            if method == "GET" && path.contains("/packs/") && long_range && cut.swap(false, SeqCst) {
-                cut_this.store(true, SeqCst);
+            if method == "GET" && path.contains("/packs/") && long_range {
+                if cut.swap(false, SeqCst) {
+                    cut_this.store(true, SeqCst);
+                } else if stall.swap(false, SeqCst) {
+                    stall_this.store(true, SeqCst);
+                }
             }
             body_left = head
                 .lines()
@@ -127,8 +150,15 @@ fn requests(
     let _ = to.shutdown(Shutdown::Write);
 }
 
-/// Forwards responses to the client; cuts the connection in the middle of a marked one.
-fn responses(mut from: TcpStream, mut to: TcpStream, cut_this: &AtomicBool, cuts: &AtomicU64) {
+/// Forwards responses to the client, at `rate` bytes a second if set; cuts the connection in
+/// the middle of a marked one, or stops sending on it.
+fn responses(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    (cut_this, cuts): (&AtomicBool, &AtomicU64),
+    (stall_this, stalls): (&AtomicBool, &AtomicU64),
+    rate: &AtomicU64,
+) {
     let mut chunk = [0u8; 16 * 1024];
     let mut sent_of_cut = 0usize;
     loop {
@@ -136,6 +166,21 @@ fn responses(mut from: TcpStream, mut to: TcpStream, cut_this: &AtomicBool, cuts
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if stall_this.load(SeqCst) {
+            sent_of_cut += n;
+            if sent_of_cut > CUT_AFTER {
+                stalls.fetch_add(1, SeqCst);
+                // Open and silent until the client gives up on it (or the test ends).
+                let mut sink = [0u8; 1];
+                let _ = to.set_read_timeout(Some(std::time::Duration::from_secs(300)));
+                let _ = to.read(&mut sink);
+                return;
+            }
+        }
+        let limit = rate.load(SeqCst);
+        if limit > 0 {
+            std::thread::sleep(std::time::Duration::from_secs_f64(n as f64 / limit as f64));
+        }
         if cut_this.load(SeqCst) {
             sent_of_cut += n;
             if sent_of_cut > CUT_AFTER {
@@ -328,6 +373,47 @@ fn a_connection_dropped_mid_restore_is_retried_and_the_result_is_exact() {
         assert_same_tree(&source, &target);
     }
     assert_eq!(proxy.cuts.load(SeqCst), 2, "both responses were cut");
+}
+
+/// A response that stops in the middle of its body, its connection left open, is given up after
+/// the stall limit (2 s here, `CAIRN_STALL_SECS`) and read again: the restore is exact.
+#[test]
+fn a_stalled_connection_mid_restore_is_given_up_and_read_again() {
+    let proxy = Proxy::start();
+    let scratch = Scratch::new("s3-stalled");
+    let (remote, source, _) = snapshot_of_a_tree(&proxy, &scratch, "stalled", 40);
+    proxy.stall_next_pack.store(true, SeqCst);
+    let target = scratch.join("restored");
+    let started = std::time::Instant::now();
+    ok(remote.cairn(&["restore", "latest", "--target"]).arg(&target).env("CAIRN_STALL_SECS", "2"));
+    assert_same_tree(&source, &target);
+    assert_eq!(proxy.stalls.load(SeqCst), 1);
+    assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
+}
+
+/// A link so slow that one pack takes longer than the HTTP client's default limit on a whole
+/// request (30 s: here about 36 s for a 9 MiB pack at 256 KiB/s) still restores: only a stall
+/// ends a transfer. With that limit, every try of the pack failed and so did the restore.
+#[test]
+fn a_restore_over_a_slow_link_is_not_cut_off_by_a_limit_on_the_whole_request() {
+    let proxy = Proxy::start();
+    let scratch = Scratch::new("s3-slow-link");
+    let source = scratch.join("src");
+    std::fs::create_dir_all(&source).unwrap();
+    write_noise_file(&source.join("big"), 9 << 20, 77);
+    let remote = Remote {
+        url: PathBuf::from(format!("s3://{BUCKET}/slow-link-{}", std::process::id())),
+        endpoint: proxy.endpoint(),
+        cache: scratch.join("cache"),
+    };
+    ok(&mut remote.cairn(&["init"]));
+    ok(remote.cairn(&["snapshot"]).arg(&source));
+    proxy.rate.store(256 * 1024, SeqCst);
+    let target = scratch.join("restored");
+    let started = std::time::Instant::now();
+    ok(remote.cairn(&["restore", "latest", "--target"]).arg(&target));
+    assert!(started.elapsed().as_secs() >= 30, "not slow enough to show it: {:?}", started.elapsed());
+    assert_same_tree(&source, &target);
 }
 
 #[test]
