@@ -303,11 +303,35 @@ pub enum SelectError {
          `random` and --at never choose: give one's id, or --source pre-restore (`cairn snapshots` lists them)"
     )]
     OnlySafety { of: String },
+
+    #[error(
+        "{count} snapshot file(s) cannot be read (first: {first}): `{pick}` cannot tell whether one of them is \
+         the snapshot it means, so none was chosen. Give a snapshot's id (`cairn snapshots` lists those that can \
+         be read); a file that `cairn check` also finds damaged holds no snapshot that can be read: once a copy \
+         elsewhere (a sync destination) has been looked at, delete it from the repository's snapshots/"
+    )]
+    Damaged { pick: String, count: usize, first: String },
 }
 
-/// Chooses a snapshot from the repository's snapshots; see [`choose`].
+/// Chooses a snapshot from the repository's snapshots; see [`choose`]. When a snapshot file
+/// cannot be read, a choice by time (`latest`, `random`, `--at`) is refused: the file may be
+/// the newest snapshot, and quietly taking the one before it would restore (or drill) older data
+/// than asked for. An id still chooses; one that matches nothing says what is damaged.
 pub fn find(repo: &Repository, pick: &Pick, filter: &Filter) -> Result<(Id, Snapshot)> {
-    choose(repo.snapshots()?, pick, filter)
+    let (all, damaged) = repo.snapshots_and_damage()?;
+    let Some(first) = damaged.first() else { return choose(all, pick, filter) };
+    let refused = |pick: &str| {
+        Error::Select(SelectError::Damaged { pick: pick.to_string(), count: damaged.len(), first: first.clone() })
+    };
+    match pick {
+        Pick::Id(spec) => choose(all, pick, filter).map_err(|e| match e {
+            Error::NoSuchSnapshot(_) => refused(spec),
+            e => e,
+        }),
+        Pick::Latest if filter.at.is_some() => Err(refused("--at")),
+        Pick::Latest => Err(refused("latest")),
+        Pick::Random => Err(refused("random")),
+    }
 }
 
 /// Chooses a snapshot from `all` (oldest first) among those `filter` selects. An id must be one

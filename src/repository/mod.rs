@@ -105,6 +105,9 @@ fn round_trips() -> &'static rayon::ThreadPool {
 /// ([`Repository::snapshots_besides`]).
 pub type SnapshotsBesides = (Vec<Id>, Vec<(Id, Snapshot)>);
 
+/// The readable snapshots, oldest first, and what was said of each snapshot file that was not.
+pub type SnapshotsAndDamage = (Vec<(Id, Snapshot)>, Vec<String>);
+
 /// Directories that only a repository that took a snapshot holds files in. A location without
 /// `config` but with files there is a repository that lost its config, not a place for a new one:
 /// a new key and config there would hide every earlier snapshot behind another key. (`keys/`
@@ -700,6 +703,15 @@ impl Repository {
         Ok(out)
     }
 
+    /// [`Repository::snapshots`], and what was said of each snapshot file that could not be read
+    /// (recorded as damage too).
+    pub fn snapshots_and_damage(&self) -> Result<SnapshotsAndDamage> {
+        let before = self.damage.lock().expect("poisoned").len();
+        let snapshots = self.snapshots()?;
+        let damage = self.damage.lock().expect("poisoned");
+        Ok((snapshots, damage.get(before..).unwrap_or_default().iter().map(|e| e.to_string()).collect()))
+    }
+
     /// Decodes every file of `kind`. Files that fail (their hash or their decoding) are skipped
     /// and recorded as damage; a listing failure is an error.
     pub fn read_all_named<T: Send>(
@@ -783,7 +795,12 @@ impl Repository {
         let bytes = match cached {
             Some(bytes) => bytes,
             None => {
-                let bytes = self.backend.get(key)?;
+                let mut bytes = self.backend.get(key)?;
+                if Id::of(&bytes) != id {
+                    // Read once more: what a link (or a flaky disk) changed on the way is not
+                    // what the store holds.
+                    bytes = self.backend.get(key)?;
+                }
                 if Id::of(&bytes) != id {
                     return Err(Error::corrupt(
                         self.describe(key),

@@ -206,3 +206,29 @@ fn a_missing_include_names_the_snapshot_id() {
     let err = refused(cairn(&repo).args(["ls", &id[..8], "/typo"]));
     assert!(err.contains(&format!("snapshot {} has no path \"/typo\"", &id[..8])), "{err}");
 }
+
+/// A snapshot file that cannot be read may be the newest: `latest`, `--at` and a drill refuse,
+/// saying which file, rather than quietly taking the one before it (older data than asked for,
+/// with a success exit). An id still chooses; one that matches nothing names the damage.
+#[test]
+fn a_damaged_snapshot_file_refuses_a_choice_by_time_but_not_by_id() {
+    let scratch = Scratch::new("select-damaged");
+    let (source, repo) = setup(&scratch);
+    let older = take(&repo, &source, "older", &[]);
+    let newest = take(&repo, &source, "newest", &[]);
+    fs::write(repo.join("snapshots").join(&newest), b"not a snapshot any more").unwrap();
+    let t = scratch.join("t");
+    let target = ["--target", t.to_str().unwrap()];
+    for args in [&["restore", "latest"][..], &["restore", "latest", "--at", "2999-01-01"]] {
+        let err = refused(cairn(&repo).args(args).args(target));
+        assert!(err.contains("cannot be read") && err.contains(&newest[..8]), "{args:?}: {err}");
+    }
+    let err = refused(cairn(&repo).args(["ls", "latest"]));
+    assert!(err.contains("cannot be read"), "{err}");
+    assert!(!scratch.join("t").exists(), "nothing restored");
+    let err = refused(cairn(&repo).args(["drill", "--snapshot", "random"]));
+    assert!(err.contains("cannot be read"), "{err}");
+    assert_eq!(restored(&repo, &scratch, &[&older[..12]]), "older");
+    let err = refused(cairn(&repo).args(["restore", &newest[..12], "--target"]).arg(scratch.join("t")));
+    assert!(err.contains("cannot be read"), "{err}");
+}

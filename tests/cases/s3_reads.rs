@@ -28,6 +28,8 @@ struct Proxy {
     stalls: Arc<AtomicU64>,
     /// Bytes a second of every response body and head from here on; 0 for no limit.
     rate: Arc<AtomicU64>,
+    /// Set: the first byte of the body of the next GET of a snapshot file is flipped on the way.
+    flip_next_snapshot: Arc<AtomicBool>,
 }
 
 const CUT_AFTER: usize = 64 * 1024;
@@ -45,22 +47,26 @@ impl Proxy {
             stall_next_pack: Default::default(),
             stalls: Default::default(),
             rate: Default::default(),
+            flip_next_snapshot: Default::default(),
         };
         let (log, cut, cuts) = (proxy.log.clone(), proxy.cut_next_pack.clone(), proxy.cuts.clone());
         let (stall, stalls, rate) = (proxy.stall_next_pack.clone(), proxy.stalls.clone(), proxy.rate.clone());
+        let flip = proxy.flip_next_snapshot.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let server = TcpStream::connect(&upstream).unwrap();
                 let (log, cut, cuts) = (log.clone(), cut.clone(), cuts.clone());
-                let (stall, stalls, rate) = (stall.clone(), stalls.clone(), rate.clone());
+                let (stall, stalls, rate, flip) = (stall.clone(), stalls.clone(), rate.clone(), flip.clone());
                 let (cut_this, stall_this) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+                let flip_this = Arc::new(AtomicBool::new(false));
                 let (client_in, server_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let marked = (cut_this.clone(), stall_this.clone());
+                let marked = (cut_this.clone(), stall_this.clone(), flip_this.clone());
                 std::thread::spawn(move || {
-                    requests(client_in, server_out, &log, (&cut, &marked.0), (&stall, &marked.1))
+                    let marks: Marks<'_> = ((&cut, &marked.0), (&stall, &marked.1), (&flip, &marked.2));
+                    requests(client_in, server_out, &log, marks)
                 });
                 std::thread::spawn(move || {
-                    responses(server, client, (&cut_this, &cuts), (&stall_this, &stalls), &rate)
+                    responses(server, client, (&cut_this, &cuts), (&stall_this, &stalls), &flip_this, &rate)
                 });
             }
         });
@@ -81,14 +87,17 @@ impl Proxy {
     }
 }
 
+/// Each fault the proxy can put into a response: whether to put it in the next one that fits,
+/// and whether to put it in this connection's.
+type Marks<'a> = ((&'a AtomicBool, &'a AtomicBool), (&'a AtomicBool, &'a AtomicBool), (&'a AtomicBool, &'a AtomicBool));
+
 /// Forwards requests from the client, logging each (headers parsed, bodies skipped by their
 /// Content-Length).
 fn requests(
     mut from: TcpStream,
     mut to: TcpStream,
     log: &std::sync::Mutex<Vec<String>>,
-    (cut, cut_this): (&AtomicBool, &AtomicBool),
-    (stall, stall_this): (&AtomicBool, &AtomicBool),
+    ((cut, cut_this), (stall, stall_this), (flip, flip_this)): Marks<'_>,
 ) {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 64 * 1024];
@@ -128,6 +137,9 @@ fn requests(
                     },
                     None => false,
                 });
+            if method == "GET" && path.contains("/snapshots/") && flip.swap(false, SeqCst) {
+                flip_this.store(true, SeqCst);
+            }
             if method == "GET" && path.contains("/packs/") && long_range {
                 if cut.swap(false, SeqCst) {
                     cut_this.store(true, SeqCst);
@@ -157,15 +169,33 @@ fn responses(
     mut to: TcpStream,
     (cut_this, cuts): (&AtomicBool, &AtomicU64),
     (stall_this, stalls): (&AtomicBool, &AtomicU64),
+    flip_this: &AtomicBool,
     rate: &AtomicU64,
 ) {
     let mut chunk = [0u8; 16 * 1024];
     let mut sent_of_cut = 0usize;
+    let mut head_sent = false;
     loop {
         let n = match from.read(&mut chunk) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if flip_this.load(SeqCst) {
+            // The body's first byte: in this read after the head, or first in the next one.
+            let body = match head_sent {
+                true => Some(0),
+                false => chunk[..n].windows(4).position(|w| w == b"\r\n\r\n").map(|end| end + 4),
+            };
+            match body {
+                Some(at) if at < n => {
+                    chunk[at] ^= 1;
+                    flip_this.store(false, SeqCst);
+                    head_sent = false;
+                }
+                Some(_) => head_sent = true,
+                None => {}
+            }
+        }
         if stall_this.load(SeqCst) {
             sent_of_cut += n;
             if sent_of_cut > CUT_AFTER {
@@ -373,6 +403,26 @@ fn a_connection_dropped_mid_restore_is_retried_and_the_result_is_exact() {
         assert_same_tree(&source, &target);
     }
     assert_eq!(proxy.cuts.load(SeqCst), 2, "both responses were cut");
+}
+
+/// A snapshot file changed on the way (one byte of one response) is read again, not taken for
+/// damage: before, `latest` then chose nothing (or the snapshot before it).
+#[test]
+fn a_snapshot_file_changed_on_the_way_is_read_again() {
+    let proxy = Proxy::start();
+    let scratch = Scratch::new("s3-flipped");
+    let (remote, source, _) = snapshot_of_a_tree(&proxy, &scratch, "flipped", 10);
+    proxy.flip_next_snapshot.store(true, SeqCst);
+    let target = scratch.join("restored");
+    let before = proxy.count();
+    let mut command = remote.cairn(&["restore", "latest", "--target"]);
+    command.arg(&target).env("CAIRN_CACHE_DIR", scratch.join("cold-cache"));
+    let out = ok(&mut command);
+    assert!(!proxy.flip_next_snapshot.load(SeqCst), "a snapshot file was read");
+    let snapshot_gets =
+        proxy.since(before).iter().filter(|r| r.starts_with("GET") && r.contains("/snapshots/")).count();
+    assert_eq!(snapshot_gets, 2, "read again once: {out}");
+    assert_same_tree(&source, &target);
 }
 
 /// A response that stops in the middle of its body, its connection left open, is given up after
