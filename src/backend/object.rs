@@ -193,16 +193,22 @@ impl ObjectBackend {
         }
         #[cfg(feature = "gcs")]
         if url.starts_with("gs://") {
-            let timeout = object_store::gcp::GoogleConfigKey::Client(object_store::ClientConfigKey::Timeout);
-            let builder = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_config(timeout, WHOLE_REQUEST);
+            let mut builder = object_store::gcp::GoogleCloudStorageBuilder::from_env();
+            if std::env::var_os("GOOGLE_TIMEOUT").is_none() {
+                let timeout = object_store::gcp::GoogleConfigKey::Client(object_store::ClientConfigKey::Timeout);
+                builder = builder.with_config(timeout, WHOLE_REQUEST);
+            }
             return Ok(Arc::new(
                 builder.with_bucket_name(bucket).with_retry(retry_config()).build().map_err(|e| e.to_string())?,
             ));
         }
         #[cfg(feature = "azure")]
         if url.starts_with("az://") {
-            let timeout = object_store::azure::AzureConfigKey::Client(object_store::ClientConfigKey::Timeout);
-            let builder = object_store::azure::MicrosoftAzureBuilder::from_env().with_config(timeout, WHOLE_REQUEST);
+            let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env();
+            if std::env::var_os("AZURE_TIMEOUT").is_none() {
+                let timeout = object_store::azure::AzureConfigKey::Client(object_store::ClientConfigKey::Timeout);
+                builder = builder.with_config(timeout, WHOLE_REQUEST);
+            }
             return Ok(Arc::new(
                 builder.with_container_name(bucket).with_retry(retry_config()).build().map_err(|e| e.to_string())?,
             ));
@@ -400,17 +406,27 @@ impl Backend for ObjectBackend {
             let mut listing = self.store.list(Some(&path));
             let mut objects: Vec<object_store::ObjectMeta> = Vec::new();
             // A server that hands out the same page again (a continuation token that does not
-            // move on) would be listed from forever.
+            // move on) would be listed from forever. A name can come twice legitimately (an
+            // object `x` beside a folder marker `x/` is one path here): it is listed once, and
+            // only more repeats than a page holds end the listing.
             let mut seen = std::collections::HashSet::new();
+            let mut repeats = 0;
             while let Some(object) = within(stall(), listing.try_next()).await? {
-                if !seen.insert(object.location.clone()) {
+                if seen.insert(object.location.clone()) {
+                    objects.push(object);
+                    continue;
+                }
+                repeats += 1;
+                if repeats > LIST_PAGE {
                     return Err(object_store::Error::Generic {
                         store: "cairn",
-                        source: format!("the listing names {} twice: the server repeats itself", object.location)
-                            .into(),
+                        source: format!(
+                            "the listing names {} twice, and as many more: the server repeats itself",
+                            object.location
+                        )
+                        .into(),
                     });
                 }
-                objects.push(object);
             }
             Ok(objects)
         });
@@ -474,7 +490,8 @@ mod tests {
     }
 
     /// A server whose every listing page says there is more, with the same continuation token:
-    /// the listing ends in an error (it looped forever, 31,000 requests in 2 minutes).
+    /// the listing ends in an error once more names came again than a page holds (it looped
+    /// forever, 31,000 requests in 2 minutes).
     #[cfg(feature = "s3")]
     #[test]
     fn a_listing_that_repeats_itself_is_an_error_not_a_loop() {
@@ -498,7 +515,7 @@ mod tests {
                         }
                         request.clear();
                         // Without the check, the listing would never end: the server gives up.
-                        if counted.fetch_add(1, Relaxed) >= 50 {
+                        if counted.fetch_add(1, Relaxed) >= 3000 {
                             return;
                         }
                         let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Name>b</Name>\
@@ -511,7 +528,8 @@ mod tests {
                             "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
                             body.len()
                         );
-                        if client.write_all(head.as_bytes()).and_then(|()| client.write_all(body.as_bytes())).is_err() {
+                        // One write: a head and body in two wait out delayed acknowledgements.
+                        if client.write_all(format!("{head}{body}").as_bytes()).is_err() {
                             return;
                         }
                     }
@@ -529,7 +547,8 @@ mod tests {
         let backend = ObjectBackend::open_with("s3://b/r", &settings).unwrap();
         let listed = backend.list("snapshots");
         assert!(listed.as_ref().is_err_and(|e| e.to_string().contains("twice")), "{listed:?}");
-        assert!(served.load(Relaxed) <= 3, "{} pages", served.load(Relaxed));
+        // One page, then a page's worth of repeats of it.
+        assert!(served.load(Relaxed) <= LIST_PAGE + 2, "{} pages", served.load(Relaxed));
     }
 
     #[test]

@@ -698,18 +698,30 @@ impl Repository {
     /// Every readable snapshot, oldest first. Damaged manifests are skipped and recorded, so one
     /// bad file never hides the others.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        let mut out = self.read_all_named(FileKind::Snapshot, Snapshot::decode)?;
-        out.sort_by_key(|(id, s)| (s.time_sec, s.time_nsec, *id));
-        Ok(out)
+        Ok(self.snapshots_and_damage()?.0)
     }
 
     /// [`Repository::snapshots`], and what was said of each snapshot file that could not be read
-    /// (recorded as damage too).
+    /// (recorded as damage too, with whatever else the process found damaged meanwhile).
     pub fn snapshots_and_damage(&self) -> Result<SnapshotsAndDamage> {
-        let before = self.damage.lock().expect("poisoned").len();
-        let snapshots = self.snapshots()?;
-        let damage = self.damage.lock().expect("poisoned");
-        Ok((snapshots, damage.get(before..).unwrap_or_default().iter().map(|e| e.to_string()).collect()))
+        let kind = FileKind::Snapshot;
+        let listed = self.listed_for_reading(kind)?;
+        let noted = Mutex::new(Vec::new());
+        let decode = |bytes: Vec<u8>, file: &str| Snapshot::decode(&bytes, file);
+        let mut out = self.read_listed_noting(kind, &listed, &decode, Some(&noted));
+        out.sort_by_key(|(id, s)| (s.time_sec, s.time_nsec, *id));
+        Ok((out, noted.into_inner().expect("poisoned")))
+    }
+
+    /// The files of `kind` listed, and the cache's copies of those no longer listed dropped.
+    fn listed_for_reading(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+        let dir = kind.dir();
+        let listed = self.backend.list(dir)?;
+        if let Some(cache) = &self.cache {
+            let names: std::collections::HashSet<&str> = listed.iter().map(|(key, _)| key.as_str()).collect();
+            cache.retain(dir, |key| names.contains(key));
+        }
+        Ok(listed)
     }
 
     /// Decodes every file of `kind`. Files that fail (their hash or their decoding) are skipped
@@ -719,12 +731,7 @@ impl Repository {
         kind: FileKind,
         decode: impl Fn(&[u8], &str) -> Result<T> + Sync,
     ) -> Result<Vec<(Id, T)>> {
-        let dir = kind.dir();
-        let listed = self.backend.list(dir)?;
-        if let Some(cache) = &self.cache {
-            let names: std::collections::HashSet<&str> = listed.iter().map(|(key, _)| key.as_str()).collect();
-            cache.retain(dir, |key| names.contains(key));
-        }
+        let listed = self.listed_for_reading(kind)?;
         Ok(self.read_listed(kind, &listed, &|bytes: Vec<u8>, file: &str| decode(&bytes, file)))
     }
 
@@ -733,11 +740,7 @@ impl Repository {
     /// id listed, and the new manifests.
     pub fn snapshots_besides(&self, known: &(dyn Fn(&Id) -> bool + Sync)) -> Result<SnapshotsBesides> {
         let kind = FileKind::Snapshot;
-        let listed = self.backend.list(kind.dir())?;
-        if let Some(cache) = &self.cache {
-            let names: std::collections::HashSet<&str> = listed.iter().map(|(key, _)| key.as_str()).collect();
-            cache.retain(kind.dir(), |key| names.contains(key));
-        }
+        let listed = self.listed_for_reading(kind)?;
         let ids: Vec<Id> = listed.iter().filter_map(|(key, _)| kind.id_of(key)).collect();
         let new: Vec<(String, u64)> =
             listed.into_iter().filter(|(key, _)| kind.id_of(key).is_some_and(|id| !known(&id))).collect();
@@ -752,10 +755,22 @@ impl Repository {
         listed: &[(String, u64)],
         decode: &(impl Fn(Vec<u8>, &str) -> Result<T> + Sync),
     ) -> Vec<(Id, T)> {
+        self.read_listed_noting(kind, listed, decode, None)
+    }
+
+    /// [`Repository::read_listed`], also noting in `noted` what is said of each file that is
+    /// damaged.
+    fn read_listed_noting<T: Send>(
+        &self,
+        kind: FileKind,
+        listed: &[(String, u64)],
+        decode: &(impl Fn(Vec<u8>, &str) -> Result<T> + Sync),
+        noted: Option<&Mutex<Vec<String>>>,
+    ) -> Vec<(Id, T)> {
         // In parallel: a year of nightly runs leaves hundreds of small files, each a disk seek, or
         // on an object store a round trip, of which many more are in flight at once than there
         // are cores (measured: 20,000 audit records from loopback S3 in 49.6 s on 2 threads).
-        let read = || listed.par_iter().filter_map(|(key, _)| self.read_decoded(kind, key, decode)).collect();
+        let read = || listed.par_iter().filter_map(|(key, _)| self.read_decoded(kind, key, decode, noted)).collect();
         match self.backend.disk_path() {
             Some(_) => read(),
             None => round_trips().install(read),
@@ -769,6 +784,7 @@ impl Repository {
         kind: FileKind,
         key: &str,
         decode: impl Fn(Vec<u8>, &str) -> Result<T>,
+        noted: Option<&Mutex<Vec<String>>>,
     ) -> Option<(Id, T)> {
         let decoded = self
             .read_named(kind, key)
@@ -778,6 +794,9 @@ impl Repository {
             // Removed between the listing and the read (a forget or prune): not damage.
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
+                if let Some(noted) = noted {
+                    noted.lock().expect("poisoned").push(e.to_string());
+                }
                 self.record_damage(e);
                 None
             }
