@@ -81,8 +81,8 @@ fn stall() -> Duration {
 /// The HTTP client's limit on one request, answer and body, unless the environment sets one.
 const WHOLE_REQUEST: &str = "1day";
 
-/// The slowest link a transfer whose progress is not seen from here (a put, a ranged read
-/// returned whole) waits for, in bytes a second, beyond [`stall`].
+/// The slowest link a put, whose progress is not seen from here, waits for, in bytes a second,
+/// beyond [`stall`].
 const SLOWEST_LINK: u64 = 16 * 1024;
 
 /// `future`, or an error (a transient one) if it takes longer than `limit`.
@@ -96,6 +96,19 @@ async fn within<T>(
             source: format!("no answer within {} s: the connection stalled", limit.as_secs()).into(),
         })
     })
+}
+
+/// Reads the body of the answer `get` brings, handing `feed` each piece as it arrives: the
+/// answer, and each piece after the one before, within [`stall`].
+async fn read_body(
+    get: impl std::future::Future<Output = object_store::Result<object_store::GetResult>>,
+    mut feed: impl FnMut(&[u8]),
+) -> object_store::Result<()> {
+    let mut body = within(stall(), get).await?.into_stream();
+    while let Some(piece) = within(stall(), body.try_next()).await? {
+        feed(&piece);
+    }
+    Ok(())
 }
 
 /// Tries of one read before its error is the answer (see [`ObjectBackend::reading`]).
@@ -321,11 +334,8 @@ impl Backend for ObjectBackend {
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.path(key);
         let bytes = self.reading(key, || async {
-            let mut body = within(stall(), self.store.get(&path)).await?.into_stream();
             let mut bytes = Vec::new();
-            while let Some(chunk) = within(stall(), body.try_next()).await? {
-                bytes.extend_from_slice(&chunk);
-            }
+            read_body(self.store.get(&path), |piece| bytes.extend_from_slice(piece)).await?;
             Ok(bytes)
         })?;
         self.requests.get_bytes.fetch_add(bytes.len() as u64, Relaxed);
@@ -335,15 +345,19 @@ impl Backend for ObjectBackend {
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let path = self.path(key);
         self.requests.get_bytes.fetch_add(len, Relaxed);
-        let limit = stall() + Duration::from_secs(len / SLOWEST_LINK);
-        let bytes = self.reading(key, || within(limit, self.store.get_range(&path, offset..offset + len)))?;
+        let bytes = self.reading(key, || async {
+            let options = GetOptions { range: Some(GetRange::Bounded(offset..offset + len)), ..Default::default() };
+            let mut bytes = Vec::new();
+            read_body(self.store.get_opts(&path, options), |piece| bytes.extend_from_slice(piece)).await?;
+            Ok(bytes)
+        })?;
         if bytes.len() as u64 != len {
             return Err(Error::corrupt(
                 format!("{}/{key}", self.location),
                 format!("truncated: wanted {len} bytes at {offset}"),
             ));
         }
-        Ok(Vec::from(bytes))
+        Ok(bytes)
     }
 
     fn get_parts(&self, key: &str, parts: &[(u64, usize)]) -> Result<Vec<Vec<u8>>> {
@@ -353,11 +367,8 @@ impl Backend for ObjectBackend {
         // The body is cut into the parts as it arrives, so the span is never held whole.
         let cut = self.reading(key, || async {
             let options = GetOptions { range: Some(GetRange::Bounded(start..end)), ..Default::default() };
-            let mut body = within(stall(), self.store.get_opts(&path, options)).await?.into_stream();
             let mut cut = Cut::new(parts);
-            while let Some(chunk) = within(stall(), body.try_next()).await? {
-                cut.feed(&chunk);
-            }
+            read_body(self.store.get_opts(&path, options), |piece| cut.feed(piece)).await?;
             Ok(cut)
         })?;
         cut.parts().ok_or_else(|| {

@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use crate::format::tree::Metadata;
 use crate::fs_at::{c_name, c_path, check, names_in, read_link_at, stat_at};
 
+/// How a directory is opened in its parent: never through a symlink.
+const SUBDIRECTORY: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+
 /// An open directory of the source tree.
 #[derive(Debug)]
 pub struct Dir {
@@ -93,12 +96,11 @@ impl Dir {
     /// Opens the directory at the absolute, normalised `path` one component at a time from `/`,
     /// following no symlink on the way: one anywhere in it is an error (`ELOOP` or `ENOTDIR`).
     pub fn open_beneath_root(path: &Path) -> io::Result<Dir> {
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         let mut dir = Dir::open(Path::new("/"), false)?;
         for component in path.components() {
             match component {
                 std::path::Component::RootDir => {}
-                std::path::Component::Normal(name) => dir = Dir { fd: dir.openat(name.as_bytes(), flags)? },
+                std::path::Component::Normal(name) => dir = Dir { fd: dir.openat(name.as_bytes(), SUBDIRECTORY)? },
                 _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "not an absolute, normalised path")),
             }
         }
@@ -113,8 +115,7 @@ impl Dir {
 
     /// Opens the subdirectory `name`, which was listed as `listed`.
     pub fn open_dir(&self, name: &[u8], listed: &Stat) -> Result<Dir, OpenError> {
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        let fd = self.openat(name, flags)?;
+        let fd = self.openat(name, SUBDIRECTORY)?;
         let dir = Dir { fd };
         let opened = fstat(&dir.fd)?;
         if !opened.same_file(listed) {
