@@ -235,6 +235,18 @@ struct Remote {
 }
 
 impl Remote {
+    /// A new repository `<name>-<pid>` in the test bucket, reached through `proxy`, its cache in
+    /// `scratch`.
+    fn init(proxy: &Proxy, scratch: &Scratch, name: &str) -> Remote {
+        let remote = Remote {
+            url: PathBuf::from(format!("s3://{BUCKET}/{name}-{}", std::process::id())),
+            endpoint: proxy.endpoint(),
+            cache: scratch.join("cache"),
+        };
+        ok(&mut remote.cairn(&["init"]));
+        remote
+    }
+
     fn cairn(&self, args: &[&str]) -> Command {
         let mut command = cairn(&self.url);
         command.args(args).env("CAIRN_CACHE_DIR", &self.cache);
@@ -271,12 +283,7 @@ fn snapshot_of_a_tree(proxy: &Proxy, scratch: &Scratch, name: &str, small: u64) 
     let source = scratch.join("src");
     build_tree(&source, small);
     let prefix = format!("{name}-{}", std::process::id());
-    let remote = Remote {
-        url: PathBuf::from(format!("s3://{BUCKET}/{prefix}")),
-        endpoint: proxy.endpoint(),
-        cache: scratch.join("cache"),
-    };
-    ok(&mut remote.cairn(&["init"]));
+    let remote = Remote::init(proxy, scratch, name);
     ok(remote.cairn(&["snapshot"]).arg(&source));
     (remote, source, prefix)
 }
@@ -367,12 +374,7 @@ fn a_tree_deeper_than_a_round_is_read_by_pack() {
     for n in 0..16 {
         write_noise_file(&source.join("z").join(format!("{n}")), 40 * 1024, 1000 + n);
     }
-    let remote = Remote {
-        url: PathBuf::from(format!("s3://{BUCKET}/deep-{}", std::process::id())),
-        endpoint: proxy.endpoint(),
-        cache: scratch.join("cache"),
-    };
-    ok(&mut remote.cairn(&["init"]));
+    let remote = Remote::init(&proxy, &scratch, "deep");
     ok(remote.cairn(&["snapshot"]).arg(&source));
     let packs = packs(&format!("deep-{}", std::process::id()));
     let from = proxy.count();
@@ -451,12 +453,7 @@ fn a_restore_over_a_slow_link_is_not_cut_off_by_a_limit_on_the_whole_request() {
     let source = scratch.join("src");
     std::fs::create_dir_all(&source).unwrap();
     write_noise_file(&source.join("big"), 9 << 20, 77);
-    let remote = Remote {
-        url: PathBuf::from(format!("s3://{BUCKET}/slow-link-{}", std::process::id())),
-        endpoint: proxy.endpoint(),
-        cache: scratch.join("cache"),
-    };
-    ok(&mut remote.cairn(&["init"]));
+    let remote = Remote::init(&proxy, &scratch, "slow-link");
     ok(remote.cairn(&["snapshot"]).arg(&source));
     proxy.rate.store(256 * 1024, SeqCst);
     let target = scratch.join("restored");
@@ -491,12 +488,7 @@ fn a_restore_from_s3_reads_a_dictionary_once() {
     let proxy = Proxy::start();
     let scratch = Scratch::new("s3-dictionary");
     let (data, image) = crate::dictionaries::database_in(&scratch);
-    let remote = Remote {
-        url: PathBuf::from(format!("s3://{BUCKET}/dictionary-{}", std::process::id())),
-        endpoint: proxy.endpoint(),
-        cache: scratch.join("cache"),
-    };
-    ok(&mut remote.cairn(&["init"]));
+    let remote = Remote::init(&proxy, &scratch, "dictionary");
     ok(remote.cairn(&["snapshot"]).arg(&data));
     for round in 0..3 {
         let _ = std::fs::remove_dir_all(&remote.cache);
@@ -580,12 +572,7 @@ fn restore_onto_a_small_disk(
     name: &str,
     mib: u32,
 ) -> Option<(Mount, PathBuf, Vec<serde_json::Value>)> {
-    let remote = Remote {
-        url: PathBuf::from(format!("s3://{BUCKET}/{name}-{}", std::process::id())),
-        endpoint: proxy.endpoint(),
-        cache: scratch.join("cache"),
-    };
-    ok(&mut remote.cairn(&["init"]));
+    let remote = Remote::init(proxy, scratch, name);
     ok(remote.cairn(&["snapshot"]).arg(source));
     let Some(mount) = Mount::try_tmpfs_of(&scratch.join("small"), mib) else {
         eprintln!("skipped: mounting a tmpfs needs root");
@@ -640,12 +627,7 @@ fn a_low_open_file_limit_still_restores_every_small_file() {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(format!("f{i}")), format!("{i}\n")).unwrap();
     }
-    let remote = Remote {
-        url: PathBuf::from(format!("s3://{BUCKET}/nofile-{}", std::process::id())),
-        endpoint: proxy.endpoint(),
-        cache: scratch.join("cache"),
-    };
-    ok(&mut remote.cairn(&["init"]));
+    let remote = Remote::init(&proxy, &scratch, "nofile");
     ok(remote.cairn(&["snapshot"]).arg(&source));
     // With writers (their queue within the limit), and without (too few for them).
     for files in [160, 40] {
