@@ -56,6 +56,10 @@ pub struct Decision {
     pub keep: bool,
     /// Every rule that keeps it (`last`, `daily`, `newest`, `tag:x`, ...); empty if removed.
     pub reasons: Vec<String>,
+    /// Why its file holds no snapshot that can be read, for a damaged file removed by id (`forget
+    /// --force`); its `time` is then 0 and its `group` empty: the file cannot say them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 /// Removes the snapshots `decisions` do not keep, as the audited run `forget` (its record names
@@ -168,6 +172,7 @@ pub fn plan(snapshots: &[(Id, Snapshot)], policy: &Policy) -> Vec<Decision> {
                     group: group.clone(),
                     keep: !reasons.is_empty(),
                     reasons: reasons.clone(),
+                    damaged: None,
                 });
             }
         }
@@ -210,6 +215,7 @@ pub fn plan_named(snapshots: &[(Id, Snapshot)], named: &[Id], force: bool) -> Re
             group: s.source_key(),
             keep: false,
             reasons: vec![],
+            damaged: None,
         })
         .collect())
 }

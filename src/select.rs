@@ -308,7 +308,7 @@ pub enum SelectError {
         "{count} snapshot file(s) cannot be read (first: {first}): `{pick}` cannot tell whether one of them is \
          the snapshot it means, so none was chosen. Give a snapshot's id (`cairn snapshots` lists those that can \
          be read); a file that `cairn check` also finds damaged holds no snapshot that can be read: once a copy \
-         elsewhere (a sync destination) has been looked at, delete it from the repository's snapshots/"
+         elsewhere (a sync destination) has been looked at, `cairn forget --force ID` removes it"
     )]
     Damaged { pick: String, count: usize, first: String },
 }

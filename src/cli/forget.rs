@@ -13,8 +13,10 @@ use cairn::progress::Progress;
 use cairn::prune;
 use cairn::repository::lock::{Lock, LockKind};
 use cairn::repository::reserve::{Kept, Room, FORGET_NEEDS};
+use cairn::repository::FileKind;
 use cairn::repository::Repository;
 use cairn::retention::{plan, plan_named, Decision, Policy};
+use cairn::select::SelectError;
 
 #[derive(clap::Args, Debug)]
 pub struct ForgetArgs {
@@ -28,7 +30,8 @@ pub struct ForgetArgs {
     /// Print the plan, with the reason each snapshot is kept, and change nothing
     #[arg(long)]
     dry_run: bool,
-    /// Forget the named snapshots even if they are tagged `protected`
+    /// Forget the named snapshots even if they are tagged `protected`, and remove a named
+    /// snapshot file that cannot be read (damaged)
     #[arg(long, requires = "ids")]
     force: bool,
     /// Prune afterwards (see `cairn prune`)
@@ -202,7 +205,7 @@ fn decide(repo: &Repository, args: &ForgetArgs, policy: &Policy) -> Result<Vec<D
         if let Some(first) = repo.take_damage().first() {
             bail!(
                 "{first}: refusing to apply a retention policy while a snapshot manifest is damaged; nothing was \
-                 forgotten: move the damaged file out of snapshots/ (`cairn check` lists what is damaged)"
+                 forgotten: `cairn forget --force ID` removes a damaged file (`cairn check` lists what is damaged)"
             );
         }
         if let Some(source) = &args.source {
@@ -211,11 +214,57 @@ fn decide(repo: &Repository, args: &ForgetArgs, policy: &Policy) -> Result<Vec<D
         return Ok(plan(&snapshots, policy));
     }
     let mut named = Vec::new();
+    let mut damaged = Vec::new();
     for spec in &args.ids {
-        named.push(repo.find_snapshot(spec)?.0);
+        match repo.find_snapshot(spec) {
+            Ok((id, _)) => named.push(id),
+            Err(cairn::error::Error::Select(e @ SelectError::Damaged { .. })) => {
+                damaged.push(damaged_file(repo, spec, args, e)?);
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     // Every copy of a named snapshot goes with it; a protected one only with --force.
-    Ok(plan_named(&repo.snapshots()?, &named, args.force)?)
+    let mut decisions = plan_named(&repo.snapshots()?, &named, args.force)?;
+    decisions.extend(damaged);
+    Ok(decisions)
+}
+
+/// The removal of the snapshot file `spec` names, when it is one that cannot be read: only with
+/// `--force` (what it held is lost to this repository; a copy elsewhere may be whole), never with
+/// `--prune` (a prune refuses while it is there, and the forget must change nothing when the
+/// prune refuses), and only once it is read afresh and found damaged, not merely unreachable
+/// (`unreadable` says why no snapshot was chosen).
+fn damaged_file(repo: &Repository, spec: &str, args: &ForgetArgs, unreadable: SelectError) -> Result<Decision> {
+    let wanted = spec.to_ascii_lowercase();
+    let files: Vec<Id> = (repo.list_files(FileKind::Snapshot)?.into_iter())
+        .map(|(id, _)| id)
+        .filter(|id| !wanted.is_empty() && id.to_hex().starts_with(&wanted))
+        .collect();
+    let id = match files[..] {
+        [id] => id,
+        [] => return Err(unreadable.into()),
+        _ => return Err(cairn::error::Error::AmbiguousSnapshot(spec.to_string()).into()),
+    };
+    let Some(why) = repo.snapshot_damage(&id)? else {
+        bail!("snapshot file {} could not be read a moment ago and reads now: nothing was forgotten; run the command again", id.short());
+    };
+    let hex = id.to_hex();
+    if !args.force {
+        bail!(
+            "{why}\nsnapshot file {} holds no snapshot that can be read; nothing was forgotten. `cairn forget --force {hex}` \
+             removes the file (a copy elsewhere, such as a sync destination, may still hold the snapshot whole)",
+            id.short()
+        );
+    }
+    if args.prune {
+        bail!(
+            "{why}\nsnapshot file {} cannot be read: remove it with `cairn forget --force {hex}` first, then prune; \
+             nothing was forgotten",
+            id.short()
+        );
+    }
+    Ok(Decision { id: hex, time: 0, group: String::new(), keep: false, reasons: Vec::new(), damaged: Some(why) })
 }
 
 /// Prints the decisions and (unless `dry_run`) removes the snapshots they do not keep; the caller
@@ -226,6 +275,10 @@ pub fn forget(context: &Context, repo: &Repository, decisions: &[Decision], dry_
         outln!("{}", serde_json::json!({ "dry_run": dry_run, "snapshots": decisions }));
     } else if !context.quiet {
         for decision in decisions {
+            if decision.damaged.is_some() {
+                outln!("remove {}  (a damaged file: it cannot be read)", &decision.id[..8]);
+                continue;
+            }
             outln!(
                 "{} {}  {}  {:<30}  {}",
                 if decision.keep { "keep  " } else { "remove" },

@@ -916,6 +916,23 @@ impl Repository {
         Ok(id)
     }
 
+    /// Why the snapshot file `id`, read afresh, holds no snapshot: `Some(why)` when its bytes are
+    /// damaged (they do not match its name, do not decrypt or do not decode), `None` when it
+    /// reads as a snapshot. A file that cannot be read at all (a lost connection, a file that is
+    /// not there) is an error: that says nothing about its bytes.
+    pub fn snapshot_damage(&self, id: &Id) -> Result<Option<String>> {
+        let key = FileKind::Snapshot.name(id);
+        let read = self.read_named(FileKind::Snapshot, &key).and_then(|found| {
+            let (_, bytes) = found.ok_or_else(|| Error::NoSuchSnapshot(id.to_hex()))?;
+            Snapshot::decode(&bytes, &self.describe(&key)).map(drop)
+        });
+        match read {
+            Ok(()) => Ok(None),
+            Err(e @ Error::Corrupt { .. }) => Ok(Some(e.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes the snapshot manifest named `id` (its hex form; a name that is not one is refused,
     /// so no other file can be reached through it).
     pub fn delete_snapshot(&self, id: &str) -> Result<()> {

@@ -750,6 +750,7 @@ fn safety_snapshot(repo: &Repository, site: &Site, plan: Option<&Plan>, skip: &[
                 group: SAFETY_SOURCE.into(),
                 keep: false,
                 reasons: Vec::new(),
+                damaged: None,
             }],
         );
         return Err(Error::Refused(format!(

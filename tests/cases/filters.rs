@@ -232,3 +232,38 @@ fn a_damaged_snapshot_file_refuses_a_choice_by_time_but_not_by_id() {
     let err = refused(cairn(&repo).args(["restore", &newest[..12], "--target"]).arg(scratch.join("t")));
     assert!(err.contains("cannot be read"), "{err}");
 }
+
+#[test]
+fn a_damaged_snapshot_file_is_removed_by_forget_force_of_its_id_and_by_nothing_else() {
+    let scratch = Scratch::new("forget-damaged");
+    let (source, repo) = setup(&scratch);
+    let older = take(&repo, &source, "older", &[]);
+    let newest = take(&repo, &source, "newest", &[]);
+    let file = repo.join("snapshots").join(&newest);
+    fs::write(&file, b"not a snapshot any more").unwrap();
+    let short = &newest[..8];
+    // Without --force: what the file is and the command that removes it; nothing removed.
+    let err = refused(cairn(&repo).args(["forget", short]));
+    assert!(err.contains("damaged") && err.contains(&format!("cairn forget --force {newest}")), "{err}");
+    // Not with --prune (the prune refuses while it is there, and a refused forget changes nothing),
+    // nor by a policy, nor by a prefix that names no file.
+    let err = refused(cairn(&repo).args(["forget", "--force", "--prune", short]));
+    assert!(err.contains("first, then prune"), "{err}");
+    let err = refused(cairn(&repo).args(["forget", "--keep-last", "1"]));
+    assert!(err.contains("forget --force ID"), "{err}");
+    refused(cairn(&repo).args(["forget", "--force", "0000000000"]));
+    // A dry run says it would go, and leaves it.
+    let out = ok(cairn(&repo).args(["forget", "--force", "--dry-run", short]));
+    assert!(out.contains(&format!("remove {short}  (a damaged file")), "{out}");
+    assert!(file.exists(), "only --force without --dry-run removes the file");
+    // Then it goes, alone; the repository is whole again and `latest` chooses again.
+    let removed = json(cairn(&repo).args(["forget", "--force", short]));
+    let decisions = removed["snapshots"].as_array().unwrap();
+    assert_eq!(decisions.len(), 1, "{removed}");
+    assert_eq!(decisions[0]["id"], newest.as_str());
+    assert!(decisions[0]["damaged"].as_str().unwrap().contains("damaged"), "{removed}");
+    assert!(!file.exists());
+    assert_eq!(listed(&repo, &[]), [older]);
+    ok(cairn(&repo).arg("check"));
+    assert_eq!(restored(&repo, &scratch, &["latest"]), "older");
+}
