@@ -962,6 +962,22 @@ impl Repository {
                 return self.read_cached_tree(cache, &key, id, location, &pack);
             }
         }
+        match self.read_blob_again(index, id) {
+            // What a link changed on the way is not what the store holds: read once more. (A
+            // disk's second read would come from the same page cache.)
+            Err(Error::BadBlob { .. } | Error::Corrupt { .. }) if self.backend.disk_path().is_none() => {
+                self.read_blob_again(index, id)
+            }
+            read => read,
+        }
+    }
+
+    /// Reads blob `id` from its pack, by itself, decodes it and checks it: for [`Self::read_blob`],
+    /// and for a blob that a read of many together fetched changed on the way.
+    pub(crate) fn read_blob_again(&self, index: &Index, id: &Id) -> Result<Vec<u8>> {
+        let location = &index.get(id).ok_or(Error::MissingBlob(*id))?;
+        let pack = index.pack_id(location);
+        let key = FileKind::Pack.name(&pack);
         let stored = self.backend.get_range(&key, location.offset as u64, location.stored_len as u64)?;
         self.decode_located(id, location, &stored, &pack)
     }

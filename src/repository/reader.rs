@@ -643,16 +643,23 @@ impl<'a> PlannedReads<'a> {
 
     /// A fetched blob, decoded into a kept buffer ([`crate::buffers`]) that the writer gives
     /// back; decrypted in place after its last planned read, and its stored bytes given back.
+    /// One that fails its checks is read again by itself, once: a byte a link changed on the way
+    /// must not cost a restore the file, nor a drill its verdict.
     fn decode(&self, id: &Id, location: &Location, stored: Arc<Vec<u8>>, pack: &Id) -> Result<Vec<u8>> {
-        let mut stored = match Arc::try_unwrap(stored) {
-            Ok(stored) => stored,
+        let decoded = match Arc::try_unwrap(stored) {
+            Ok(mut stored) => {
+                let mut plain = crate::buffers::take(location.raw_len as usize);
+                let decoded = self.repo.decode_blob_in_place(&location.entry(id), &mut stored, pack, &mut plain);
+                crate::buffers::give(stored);
+                decoded.map(|()| plain)
+            }
             // Still held for another read of the same blob.
-            Err(shared) => return self.repo.decode_located(id, location, &shared, pack),
+            Err(shared) => self.repo.decode_located(id, location, &shared, pack),
         };
-        let mut plain = crate::buffers::take(location.raw_len as usize);
-        let decoded = self.repo.decode_blob_in_place(&location.entry(id), &mut stored, pack, &mut plain);
-        crate::buffers::give(stored);
-        decoded.map(|()| plain)
+        match decoded {
+            Err(Error::BadBlob { .. } | Error::Corrupt { .. }) => self.repo.read_blob_again(self.index, id),
+            decoded => decoded,
+        }
     }
 
     /// The planned reads of `blobs` will not be made.

@@ -30,6 +30,8 @@ struct Proxy {
     rate: Arc<AtomicU64>,
     /// Set: the first byte of the body of the next GET of a snapshot file is flipped on the way.
     flip_next_snapshot: Arc<AtomicBool>,
+    /// Set: so is that of the next ranged GET of a pack that [`Proxy::cut_next_pack`] could cut.
+    flip_next_pack: Arc<AtomicBool>,
 }
 
 const CUT_AFTER: usize = 64 * 1024;
@@ -48,21 +50,23 @@ impl Proxy {
             stalls: Default::default(),
             rate: Default::default(),
             flip_next_snapshot: Default::default(),
+            flip_next_pack: Default::default(),
         };
         let (log, cut, cuts) = (proxy.log.clone(), proxy.cut_next_pack.clone(), proxy.cuts.clone());
         let (stall, stalls, rate) = (proxy.stall_next_pack.clone(), proxy.stalls.clone(), proxy.rate.clone());
-        let flip = proxy.flip_next_snapshot.clone();
+        let (flip, flip_pack) = (proxy.flip_next_snapshot.clone(), proxy.flip_next_pack.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let server = TcpStream::connect(&upstream).unwrap();
                 let (log, cut, cuts) = (log.clone(), cut.clone(), cuts.clone());
                 let (stall, stalls, rate, flip) = (stall.clone(), stalls.clone(), rate.clone(), flip.clone());
+                let flip_pack = flip_pack.clone();
                 let (cut_this, stall_this) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
                 let flip_this = Arc::new(AtomicBool::new(false));
                 let (client_in, server_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let marked = (cut_this.clone(), stall_this.clone(), flip_this.clone());
                 std::thread::spawn(move || {
-                    let marks: Marks<'_> = ((&cut, &marked.0), (&stall, &marked.1), (&flip, &marked.2));
+                    let marks: Marks<'_> = ((&cut, &marked.0), (&stall, &marked.1), (&flip, &marked.2), &flip_pack);
                     requests(client_in, server_out, &log, marks)
                 });
                 std::thread::spawn(move || {
@@ -88,8 +92,14 @@ impl Proxy {
 }
 
 /// Each fault the proxy can put into a response: whether to put it in the next one that fits,
-/// and whether to put it in this connection's.
-type Marks<'a> = ((&'a AtomicBool, &'a AtomicBool), (&'a AtomicBool, &'a AtomicBool), (&'a AtomicBool, &'a AtomicBool));
+/// and whether to put it in this connection's (the flip of a snapshot file's, then that of a
+/// pack's, which marks the connection as the first does).
+type Marks<'a> = (
+    (&'a AtomicBool, &'a AtomicBool),
+    (&'a AtomicBool, &'a AtomicBool),
+    (&'a AtomicBool, &'a AtomicBool),
+    &'a AtomicBool,
+);
 
 /// Forwards requests from the client, logging each (headers parsed, bodies skipped by their
 /// Content-Length).
@@ -97,7 +107,7 @@ fn requests(
     mut from: TcpStream,
     mut to: TcpStream,
     log: &std::sync::Mutex<Vec<String>>,
-    ((cut, cut_this), (stall, stall_this), (flip, flip_this)): Marks<'_>,
+    ((cut, cut_this), (stall, stall_this), (flip, flip_this), flip_pack): Marks<'_>,
 ) {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 64 * 1024];
@@ -145,6 +155,8 @@ fn requests(
                     cut_this.store(true, SeqCst);
                 } else if stall.swap(false, SeqCst) {
                     stall_this.store(true, SeqCst);
+                } else if flip_pack.swap(false, SeqCst) {
+                    flip_this.store(true, SeqCst);
                 }
             }
             body_left = head
@@ -425,6 +437,28 @@ fn a_snapshot_file_changed_on_the_way_is_read_again() {
         proxy.since(before).iter().filter(|r| r.starts_with("GET") && r.contains("/snapshots/")).count();
     assert_eq!(snapshot_gets, 2, "read again once: {out}");
     assert_same_tree(&source, &target);
+}
+
+/// A pack's response changed on the way (one byte of a blob flipped, which fails its
+/// authentication) costs that blob a second read, not the file that needs it: before, the
+/// restore reported the file damaged and left it out.
+#[test]
+fn a_blob_changed_on_the_way_is_read_again_alone() {
+    let proxy = Proxy::start();
+    let scratch = Scratch::new("s3-flipped-pack");
+    let (remote, source, _) = snapshot_of_a_tree(&proxy, &scratch, "flipped-pack", 40);
+    proxy.flip_next_pack.store(true, SeqCst);
+    let target = scratch.join("restored");
+    let before = proxy.count();
+    let out = ok(remote.cairn(&["restore", "latest", "--target"]).arg(&target));
+    assert!(!proxy.flip_next_pack.load(SeqCst), "a pack was read by range");
+    let pack_gets = proxy.since(before).iter().filter(|r| r.starts_with("GET") && r.contains("/packs/")).count();
+    assert!(pack_gets >= 3, "the tree pack, the data pack and the blob again: {pack_gets}: {out}");
+    assert_same_tree(&source, &target);
+    // The same in a drill, which reads what a restore does and must not call the snapshot bad.
+    proxy.flip_next_pack.store(true, SeqCst);
+    ok(remote.cairn(&["drill", "--snapshot", "latest"]).env("CAIRN_CACHE_DIR", scratch.join("cold")));
+    assert!(!proxy.flip_next_pack.load(SeqCst), "a pack was read by range");
 }
 
 /// A response that stops in the middle of its body, its connection left open, is given up after
