@@ -279,8 +279,40 @@ impl ObjectBackend {
             }
             _ => std::io::ErrorKind::Other,
         };
-        Error::io(format!("{}/{key}", self.location), std::io::Error::new(kind, error.to_string()))
+        let said = match innermost_cause(&error) {
+            Some(cause) => format!("{error}: {cause}"),
+            None => error.to_string(),
+        };
+        Error::io(format!("{}/{key}", self.location), std::io::Error::new(kind, said))
     }
+}
+
+/// What the innermost cause of a failed request says, when the error's own text leaves it out
+/// (object_store says "error sending request" for a server that is down and a name that does
+/// not resolve alike), with what to check for the common ones.
+fn innermost_cause(error: &object_store::Error) -> Option<String> {
+    let mut innermost: Option<&(dyn std::error::Error + 'static)> = None;
+    let mut next = std::error::Error::source(error);
+    while let Some(cause) = next {
+        innermost = Some(cause);
+        next = cause.source();
+    }
+    let cause = innermost?;
+    let said = cause.to_string();
+    if error.to_string().contains(&said) {
+        return None;
+    }
+    let kind = cause.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+    let hint = match kind {
+        Some(std::io::ErrorKind::ConnectionRefused) => {
+            " (nothing answers at that address: is the server up, and is the endpoint right?)"
+        }
+        _ if said.contains("dns error") || said.contains("failed to lookup address") => {
+            " (the host name does not resolve: check the endpoint, or the network's DNS)"
+        }
+        _ => "",
+    };
+    Some(format!("{said}{hint}"))
 }
 
 /// A body read from the first part's offset, cut into the parts as its chunks arrive.

@@ -515,6 +515,24 @@ fn a_plain_http_endpoint_without_allow_http_says_what_to_set() {
     }
 }
 
+/// An endpoint where nothing listens: the error says so and what to check, where it only said
+/// "error sending request" before.
+#[test]
+fn an_endpoint_where_nothing_listens_says_so() {
+    let scratch = Scratch::new("s3-refused");
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = PathBuf::from(format!("s3://{BUCKET}/refused-{}", std::process::id()));
+    let mut command = cairn(&url);
+    command.args(["snapshots"]).current_dir(scratch.path());
+    for (key, value) in s3().env() {
+        command.env(key, value);
+    }
+    let output = run(command.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")));
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Connection refused") && stderr.contains("is the server up"), "{stderr}");
+}
+
 /// A database stored with a compression dictionary, restored from S3: its decoders all want the
 /// dictionary at the same moment, and it is read once, not once by each.
 #[test]
