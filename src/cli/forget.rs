@@ -215,11 +215,20 @@ fn decide(repo: &Repository, args: &ForgetArgs, policy: &Policy) -> Result<Vec<D
     }
     let mut named = Vec::new();
     let mut damaged = Vec::new();
+    // Every snapshot file, damaged ones too: a prefix that names a snapshot and a damaged file
+    // is ambiguous, where the choice among snapshots alone would remove the one it can read.
+    let files: Vec<String> = repo.list_files(FileKind::Snapshot)?.into_iter().map(|(id, _)| id.to_hex()).collect();
     for spec in &args.ids {
         match repo.find_snapshot(spec) {
-            Ok((id, _)) => named.push(id),
+            Ok((id, _)) => {
+                let (wanted, chosen) = (spec.to_ascii_lowercase(), id.to_hex());
+                if files.iter().any(|file| *file != chosen && !wanted.is_empty() && file.starts_with(&wanted)) {
+                    return Err(cairn::error::Error::AmbiguousSnapshot(spec.to_string()).into());
+                }
+                named.push(id);
+            }
             Err(cairn::error::Error::Select(e @ SelectError::Damaged { .. })) => {
-                damaged.push(damaged_file(repo, spec, args, e)?);
+                damaged.push(damaged_file(repo, &files, spec, args, e)?);
             }
             Err(e) => return Err(e.into()),
         }
@@ -235,13 +244,21 @@ fn decide(repo: &Repository, args: &ForgetArgs, policy: &Policy) -> Result<Vec<D
 /// `--prune` (a prune refuses while it is there, and the forget must change nothing when the
 /// prune refuses), and only once it is read afresh and found damaged, not merely unreachable
 /// (`unreadable` says why no snapshot was chosen).
-fn damaged_file(repo: &Repository, spec: &str, args: &ForgetArgs, unreadable: SelectError) -> Result<Decision> {
+/// `files` are the names of every snapshot file.
+fn damaged_file(
+    repo: &Repository,
+    files: &[String],
+    spec: &str,
+    args: &ForgetArgs,
+    unreadable: SelectError,
+) -> Result<Decision> {
     let wanted = spec.to_ascii_lowercase();
-    let files: Vec<Id> = (repo.list_files(FileKind::Snapshot)?.into_iter())
-        .map(|(id, _)| id)
-        .filter(|id| !wanted.is_empty() && id.to_hex().starts_with(&wanted))
+    let named: Vec<Id> = files
+        .iter()
+        .filter(|file| !wanted.is_empty() && file.starts_with(&wanted))
+        .filter_map(|f| Id::from_hex(f))
         .collect();
-    let id = match files[..] {
+    let id = match named[..] {
         [id] => id,
         [] => return Err(unreadable.into()),
         _ => return Err(cairn::error::Error::AmbiguousSnapshot(spec.to_string()).into()),

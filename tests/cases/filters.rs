@@ -263,7 +263,14 @@ fn a_damaged_snapshot_file_is_removed_by_forget_force_of_its_id_and_by_nothing_e
     assert_eq!(decisions[0]["id"], newest.as_str());
     assert!(decisions[0]["damaged"].as_str().unwrap().contains("damaged"), "{removed}");
     assert!(!file.exists());
-    assert_eq!(listed(&repo, &[]), [older]);
+    assert_eq!(listed(&repo, &[]), [older.as_str()]);
     ok(cairn(&repo).arg("check"));
     assert_eq!(restored(&repo, &scratch, &["latest"]), "older");
+    // A prefix that names a snapshot and a damaged file names neither: choosing among the
+    // snapshots that can be read would remove the one the user may not mean.
+    let decoy = format!("{}{}", &older[..10], "0".repeat(54));
+    fs::write(repo.join("snapshots").join(&decoy), b"damaged").unwrap();
+    let err = refused(cairn(&repo).args(["forget", &older[..10]]));
+    assert!(err.contains("ambiguous"), "{err}");
+    assert!(repo.join("snapshots").join(&older).exists(), "nothing was forgotten");
 }
