@@ -75,8 +75,16 @@ pub(super) fn check_pack_structure(
     read_range: &dyn Fn(u64, u64) -> Result<Vec<u8>>,
 ) -> Result<()> {
     let trailer = read_trailer(repo, key, len, read_range).inspect_err(|e| {
-        // Without a trailer nothing in the pack can be confirmed.
-        let reason = format!("pack {} has no valid header and trailer ({e})", pack.short());
+        // Without a trailer nothing in the pack can be confirmed. A pack's header has no checksum
+        // of its own: a version this cairn does not know is as likely a damaged byte as a newer
+        // cairn, which only the whole pack's hash against its name tells apart.
+        let newer = match e {
+            Error::UnsupportedVersion { what: "pack", .. } => {
+                ": a damaged header, or a pack from a newer cairn; `cairn check --read-data` tells which"
+            }
+            _ => "",
+        };
+        let reason = format!("pack {} has no valid header and trailer ({e}{newer})", pack.short());
         entries.iter().for_each(|entry| findings.bad_blob(&entry.id, reason.clone()));
     })?;
     findings.named(pack, &trailer.dictionaries);

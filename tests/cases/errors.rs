@@ -140,6 +140,28 @@ fn damaged_pack_fails_only_the_affected_files() {
     assert_eq!(fs::read(target.join("b")).unwrap(), b"bbb", "unaffected files still restore");
 }
 
+/// A damaged byte in a pack's version field read as "unsupported pack version 254": advice to
+/// upgrade. check says it may be damage, and check --read-data says it is.
+#[test]
+fn a_damaged_pack_header_is_not_taken_for_a_newer_cairn() {
+    let scratch = Scratch::new("badheader");
+    let repo = repo_with_snapshot(&scratch);
+    let (pack, _) = packs_by_size(&repo).pop().unwrap();
+    flip_byte(&pack, 9, 0xff); // the high byte of the version, after the 8-byte magic
+    let said = |args: &[&str]| {
+        let output = run(cairn(&repo).args(args));
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    };
+    let out = said(&["check"]);
+    assert!(
+        out.contains("unsupported pack version") && out.contains("a damaged header, or a pack from a newer cairn"),
+        "{out}"
+    );
+    let out = said(&["check", "--read-data"]);
+    assert!(out.contains("content does not match its id: it is damaged"), "{out}");
+}
+
 #[test]
 fn unknown_or_ambiguous_snapshot_ids() {
     let scratch = Scratch::new("ids");
