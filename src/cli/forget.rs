@@ -228,7 +228,10 @@ fn decide(repo: &Repository, args: &ForgetArgs, policy: &Policy) -> Result<Vec<D
                 named.push(id);
             }
             Err(cairn::error::Error::Select(e @ SelectError::Damaged { .. })) => {
-                damaged.push(damaged_file(repo, &files, spec, args, e)?);
+                let decision = damaged_file(repo, &files, spec, args, e)?;
+                if !damaged.iter().any(|d: &Decision| d.id == decision.id) {
+                    damaged.push(decision);
+                }
             }
             Err(e) => return Err(e.into()),
         }
@@ -260,10 +263,17 @@ fn damaged_file(
         .collect();
     let id = match named[..] {
         [id] => id,
-        [] => return Err(unreadable.into()),
+        [] => bail!("no snapshot matches {spec:?}, and no snapshot file is named so ({unreadable})"),
         _ => return Err(cairn::error::Error::AmbiguousSnapshot(spec.to_string()).into()),
     };
-    let Some(why) = repo.snapshot_damage(&id)? else {
+    let why = match repo.snapshot_damage(&id) {
+        Ok(why) => why,
+        Err(e) => bail!(
+            "{e}\nsnapshot file {} cannot be read, and whether it is damaged cannot be told from here; nothing was forgotten",
+            id.short()
+        ),
+    };
+    let Some(why) = why else {
         bail!("snapshot file {} could not be read a moment ago and reads now: nothing was forgotten; run the command again", id.short());
     };
     let hex = id.to_hex();

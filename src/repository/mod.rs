@@ -61,6 +61,9 @@ pub struct Repository {
     index_dir: Option<PathBuf>,
     /// The compression dictionaries read or written so far.
     dictionaries: Mutex<HashMap<Id, Arc<Dictionary>>>,
+    /// Dictionaries found missing or damaged, with why: not read again for each blob that names
+    /// one, and a blob that fails for want of one is not read again either.
+    lost_dictionaries: Mutex<HashMap<Id, String>>,
 }
 
 /// Loaded compression dictionaries a repository keeps at most (one per large database; each a
@@ -142,6 +145,7 @@ impl Repository {
             dictionary_fetch: Mutex::new(()),
             index_dir: None,
             dictionaries: Mutex::default(),
+            lost_dictionaries: Mutex::default(),
         }
     }
 
@@ -517,12 +521,30 @@ impl Repository {
             return Ok(found);
         }
         let key = FileKind::Dictionary.name(id);
-        let missing = || Error::corrupt(self.describe(&key), "the dictionary is missing");
-        let (_, plain) = match self.read_named(FileKind::Dictionary, &key) {
+        if let Some(why) = self.lost_dictionaries.lock().expect("poisoned").get(id) {
+            return Err(Error::corrupt(self.describe(&key), why.clone()));
+        }
+        let loaded = self.load_dictionary(id, &key);
+        if let Err(Error::Corrupt { reason, .. }) = &loaded {
+            self.lost_dictionaries.lock().expect("poisoned").insert(*id, reason.clone());
+        }
+        loaded
+    }
+
+    /// Whether a dictionary was found missing or damaged: a blob compressed with one may have
+    /// failed for want of it, which reading the blob again cannot mend.
+    pub(crate) fn lost_a_dictionary(&self) -> bool {
+        !self.lost_dictionaries.lock().expect("poisoned").is_empty()
+    }
+
+    /// Reads and loads the dictionary `id` from the file `key`.
+    fn load_dictionary(&self, id: &Id, key: &str) -> Result<Arc<Dictionary>> {
+        let missing = || Error::corrupt(self.describe(key), "the dictionary is missing");
+        let (_, plain) = match self.read_named(FileKind::Dictionary, key) {
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Err(missing()),
             other => other?.ok_or_else(missing),
         }?;
-        let file = self.describe(&key);
+        let file = self.describe(key);
         let bytes = crate::format::dictionary::decode(&plain, &file)?;
         let loaded = Dictionary::new(*id, bytes, self.config.compression_level)
             .ok_or_else(|| Error::corrupt(&file, "zstd cannot load it as a dictionary"))?;
@@ -532,6 +554,7 @@ impl Repository {
     /// Keeps a loaded dictionary for the next blob that names it; at most
     /// [`DICTIONARIES_KEPT`], so a repository of many cannot fill memory.
     fn keep_dictionary(&self, dictionary: Dictionary) -> Arc<Dictionary> {
+        self.lost_dictionaries.lock().expect("poisoned").remove(&dictionary.id);
         let dictionary = Arc::new(dictionary);
         let mut kept = self.dictionaries.lock().expect("poisoned");
         if kept.len() >= DICTIONARIES_KEPT {
@@ -916,17 +939,46 @@ impl Repository {
         Ok(id)
     }
 
-    /// Why the snapshot file `id`, read afresh, holds no snapshot: `Some(why)` when its bytes are
-    /// damaged (they do not match its name, do not decrypt or do not decode), `None` when it
-    /// reads as a snapshot. A file that cannot be read at all (a lost connection, a file that is
-    /// not there) is an error: that says nothing about its bytes.
+    /// Why the snapshot file `id`, read afresh, holds no snapshot: `Some(why)` when it is
+    /// damaged where it is stored, `None` when it reads as a snapshot. Damaged means: bytes that
+    /// two reads agree on and that do not match the file's name; or bytes that match it (as
+    /// written) and yet fail their checksum, do not open with this repository's key (or are not
+    /// sealed at all, in an encrypted repository), or do not decode. A file that cannot be
+    /// read, reads differently twice, or has a version or an encryption mode this cairn does
+    /// not know (a newer cairn's) is an error: that tells nothing about its bytes.
     pub fn snapshot_damage(&self, id: &Id) -> Result<Option<String>> {
         let key = FileKind::Snapshot.name(id);
-        let read = self.read_named(FileKind::Snapshot, &key).and_then(|found| {
-            let (_, bytes) = found.ok_or_else(|| Error::NoSuchSnapshot(id.to_hex()))?;
-            Snapshot::decode(&bytes, &self.describe(&key)).map(drop)
-        });
-        match read {
+        let file = self.describe(&key);
+        let bytes = self.backend.get(&key)?;
+        if Id::of(&bytes) != *id {
+            if self.backend.get(&key)? != bytes {
+                return Err(Error::io(
+                    &file,
+                    std::io::Error::other(
+                        "two reads of it brought different bytes: the link or the store changes them on the way, so \
+                         whether the file itself is damaged cannot be told",
+                    ),
+                ));
+            }
+            return Ok(Some(format!("{file}: its content does not match its name: the file is damaged")));
+        }
+        let mode = bytes.get(10).copied();
+        if mode.is_some_and(|mode| mode != envelope::ENCRYPTION_NONE && mode != envelope::ENCRYPTION_AES256GCM) {
+            return Err(Error::UnsupportedVersion {
+                file,
+                what: "encryption mode",
+                found: mode.unwrap_or_default().into(),
+                supported: envelope::ENCRYPTION_AES256GCM.into(),
+            });
+        }
+        let opened = if envelope::is_encrypted(&bytes) {
+            envelope::decrypt(&bytes, self.keys.as_ref(), &file)
+        } else if self.keys.is_some() {
+            Err(Error::corrupt(&file, "not sealed, in an encrypted repository"))
+        } else {
+            Ok(bytes)
+        };
+        match opened.and_then(|plain| Snapshot::decode(&plain, &file).map(drop)) {
             Ok(()) => Ok(None),
             Err(e @ Error::Corrupt { .. }) => Ok(Some(e.to_string())),
             Err(e) => Err(e),
@@ -965,11 +1017,18 @@ impl Repository {
         match self.read_blob_again(index, id) {
             // What a link changed on the way is not what the store holds: read once more. (A
             // disk's second read would come from the same page cache.)
-            Err(Error::BadBlob { .. } | Error::Corrupt { .. }) if self.backend.disk_path().is_none() => {
-                self.read_blob_again(index, id)
-            }
+            Err(e) if self.worth_reading_again(&e, location) => self.read_blob_again(index, id),
             read => read,
         }
+    }
+
+    /// Whether a blob at `location` that failed with `error` may read whole a second time: its
+    /// bytes failed their checks (not the read itself, which the backend retries), they came
+    /// over a link, and not for want of a dictionary found lost.
+    pub(crate) fn worth_reading_again(&self, error: &Error, location: &index::Location) -> bool {
+        matches!(error, Error::BadBlob { .. })
+            && self.backend.disk_path().is_none()
+            && !(location.codec == Codec::ZstdDict && self.lost_a_dictionary())
     }
 
     /// Reads blob `id` from its pack, by itself, decodes it and checks it: for [`Self::read_blob`],

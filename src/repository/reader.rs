@@ -84,6 +84,10 @@ pub struct PlannedReads<'a> {
     ahead: Option<Ahead>,
     /// [`BUDGET`], but for tests.
     budget: u64,
+    /// Packs a blob of which failed its checks when read together with others and again alone:
+    /// damaged where they are stored, so their other failing blobs are not read again (a
+    /// damaged pack of thousands of small blobs would cost as many requests).
+    damaged_packs: Mutex<BTreeSet<Id>>,
 }
 
 /// The planned reads by blob. Each planned blob has a number (in the order of its first read)
@@ -483,6 +487,7 @@ impl<'a> PlannedReads<'a> {
             room: Condvar::new(),
             ahead,
             budget,
+            damaged_packs: Mutex::default(),
         }
     }
 
@@ -643,8 +648,9 @@ impl<'a> PlannedReads<'a> {
 
     /// A fetched blob, decoded into a kept buffer ([`crate::buffers`]) that the writer gives
     /// back; decrypted in place after its last planned read, and its stored bytes given back.
-    /// One that fails its checks is read again by itself, once: a byte a link changed on the way
-    /// must not cost a restore the file, nor a drill its verdict.
+    /// One that fails its checks is read again by itself, once, unless its pack proved damaged
+    /// so ([`Repository::worth_reading_again`] says when): a byte a link changed on the way must
+    /// not cost a restore the file, nor a drill its verdict.
     fn decode(&self, id: &Id, location: &Location, stored: Arc<Vec<u8>>, pack: &Id) -> Result<Vec<u8>> {
         let decoded = match Arc::try_unwrap(stored) {
             Ok(mut stored) => {
@@ -657,7 +663,13 @@ impl<'a> PlannedReads<'a> {
             Err(shared) => self.repo.decode_located(id, location, &shared, pack),
         };
         match decoded {
-            Err(Error::BadBlob { .. } | Error::Corrupt { .. }) => self.repo.read_blob_again(self.index, id),
+            Err(e) if self.repo.worth_reading_again(&e, location) && !self.damaged().contains(pack) => {
+                let again = self.repo.read_blob_again(self.index, id);
+                if let Err(Error::BadBlob { .. }) = again {
+                    self.damaged().insert(*pack);
+                }
+                again
+            }
             decoded => decoded,
         }
     }
@@ -674,6 +686,10 @@ impl<'a> PlannedReads<'a> {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().expect("poisoned")
+    }
+
+    fn damaged(&self) -> MutexGuard<'_, BTreeSet<Id>> {
+        self.damaged_packs.lock().expect("poisoned")
     }
 
     /// One planned read of blob number `b` made (or skipped): drops the blob's bytes after its

@@ -251,7 +251,8 @@ fn a_damaged_snapshot_file_is_removed_by_forget_force_of_its_id_and_by_nothing_e
     assert!(err.contains("first, then prune"), "{err}");
     let err = refused(cairn(&repo).args(["forget", "--keep-last", "1"]));
     assert!(err.contains("forget --force ID"), "{err}");
-    refused(cairn(&repo).args(["forget", "--force", "0000000000"]));
+    let err = refused(cairn(&repo).args(["forget", "--force", "0000000000"]));
+    assert!(err.contains("no snapshot file is named so"), "{err}");
     // A dry run says it would go, and leaves it.
     let out = ok(cairn(&repo).args(["forget", "--force", "--dry-run", short]));
     assert!(out.contains(&format!("remove {short}  (a damaged file")), "{out}");
@@ -273,4 +274,13 @@ fn a_damaged_snapshot_file_is_removed_by_forget_force_of_its_id_and_by_nothing_e
     let err = refused(cairn(&repo).args(["forget", &older[..10]]));
     assert!(err.contains("ambiguous"), "{err}");
     assert!(repo.join("snapshots").join(&older).exists(), "nothing was forgotten");
+    // A file as written (its bytes match its name) in an encryption mode this cairn does not
+    // know may be a newer cairn's: not damage, never removed.
+    let mut newer = fs::read(repo.join("snapshots").join(&older)).unwrap();
+    newer[10] = 2;
+    let name = cairn::id::Id::of(&newer).to_hex();
+    fs::write(repo.join("snapshots").join(&name), &newer).unwrap();
+    let err = refused(cairn(&repo).args(["forget", "--force", &name[..16]]));
+    assert!(err.contains("encryption mode") && err.contains("nothing was forgotten"), "{err}");
+    assert!(repo.join("snapshots").join(&name).exists());
 }

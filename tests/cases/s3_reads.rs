@@ -447,13 +447,12 @@ fn a_blob_changed_on_the_way_is_read_again_alone() {
     let proxy = Proxy::start();
     let scratch = Scratch::new("s3-flipped-pack");
     let (remote, source, _) = snapshot_of_a_tree(&proxy, &scratch, "flipped-pack", 40);
+    // Without the second read this restore fails the file (exit 1), which `ok` refuses. (How
+    // many GETs a restore makes depends on timing: a count would not tell.)
     proxy.flip_next_pack.store(true, SeqCst);
     let target = scratch.join("restored");
-    let before = proxy.count();
-    let out = ok(remote.cairn(&["restore", "latest", "--target"]).arg(&target));
+    ok(remote.cairn(&["restore", "latest", "--target"]).arg(&target));
     assert!(!proxy.flip_next_pack.load(SeqCst), "a pack was read by range");
-    let pack_gets = proxy.since(before).iter().filter(|r| r.starts_with("GET") && r.contains("/packs/")).count();
-    assert!(pack_gets >= 3, "the tree pack, the data pack and the blob again: {pack_gets}: {out}");
     assert_same_tree(&source, &target);
     // The same in a drill, which reads what a restore does and must not call the snapshot bad.
     proxy.flip_next_pack.store(true, SeqCst);
