@@ -279,9 +279,20 @@ impl ObjectBackend {
             }
             _ => std::io::ErrorKind::Other,
         };
+        let text = error.to_string();
+        // A listing in a bucket that is not there answers with the store's whole XML error.
+        if ["<Code>NoSuchBucket</Code>", "ContainerNotFound", "The specified bucket does not exist"]
+            .iter()
+            .any(|code| text.contains(code))
+        {
+            return Error::Invalid(format!(
+                "{}: the bucket or container does not exist: create it first (cairn creates none)",
+                self.location
+            ));
+        }
         let said = match innermost_cause(&error) {
-            Some(cause) => format!("{error}: {cause}"),
-            None => error.to_string(),
+            Some(cause) => format!("{text}: {cause}"),
+            None => text,
         };
         Error::io(format!("{}/{key}", self.location), std::io::Error::new(kind, said))
     }

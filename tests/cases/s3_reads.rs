@@ -532,6 +532,31 @@ fn an_endpoint_where_nothing_listens_says_so() {
     assert!(stderr.contains("Connection refused") && stderr.contains("is the server up"), "{stderr}");
 }
 
+/// A bucket that is not there: `init` says to create it (it answered with the store's XML error
+/// before), and so do the commands that read one.
+#[test]
+fn a_missing_bucket_is_said_in_words() {
+    let scratch = Scratch::new("s3-no-bucket");
+    let url = PathBuf::from(format!("s3://cairn-missing-{}/repo", std::process::id()));
+    let said = |args: &[&str]| {
+        let mut command = cairn(&url);
+        command.args(args).current_dir(scratch.path());
+        for (key, value) in s3().env() {
+            command.env(key, value);
+        }
+        let output = run(&mut command);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let err = said(&["init"]);
+    assert!(err.contains("the bucket or container does not exist: create it first") && !err.contains("<?xml"), "{err}");
+    for args in [&["snapshots"][..], &["restore", "latest", "--target", "t"]] {
+        let err = said(args);
+        assert!(err.contains("does not exist") || err.contains("no repository at"), "{args:?}: {err}");
+    }
+    assert!(!scratch.join("t").exists(), "nothing is made");
+}
+
 /// A database stored with a compression dictionary, restored from S3: its decoders all want the
 /// dictionary at the same moment, and it is read once, not once by each.
 #[test]
