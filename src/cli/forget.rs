@@ -221,8 +221,8 @@ fn decide(repo: &Repository, args: &ForgetArgs, policy: &Policy) -> Result<Vec<D
     for spec in &args.ids {
         match repo.find_snapshot(spec) {
             Ok((id, _)) => {
-                let (wanted, chosen) = (spec.to_ascii_lowercase(), id.to_hex());
-                if files.iter().any(|file| *file != chosen && !wanted.is_empty() && file.starts_with(&wanted)) {
+                let chosen = id.to_hex();
+                if named_by(&files, spec).any(|file| *file != chosen) {
                     return Err(cairn::error::Error::AmbiguousSnapshot(spec.to_string()).into());
                 }
                 named.push(id);
@@ -242,6 +242,12 @@ fn decide(repo: &Repository, args: &ForgetArgs, policy: &Policy) -> Result<Vec<D
     Ok(decisions)
 }
 
+/// The names among `files` that `spec`, an id or a prefix of one in either case, names.
+fn named_by<'f>(files: &'f [String], spec: &str) -> impl Iterator<Item = &'f String> {
+    let wanted = spec.to_ascii_lowercase();
+    files.iter().filter(move |file| !wanted.is_empty() && file.starts_with(&wanted))
+}
+
 /// The removal of the snapshot file `spec` names, when it is one that cannot be read: only with
 /// `--force` (what it held is lost to this repository; a copy elsewhere may be whole), never with
 /// `--prune` (a prune refuses while it is there, and the forget must change nothing when the
@@ -255,12 +261,7 @@ fn damaged_file(
     args: &ForgetArgs,
     unreadable: SelectError,
 ) -> Result<Decision> {
-    let wanted = spec.to_ascii_lowercase();
-    let named: Vec<Id> = files
-        .iter()
-        .filter(|file| !wanted.is_empty() && file.starts_with(&wanted))
-        .filter_map(|f| Id::from_hex(f))
-        .collect();
+    let named: Vec<Id> = named_by(files, spec).filter_map(|file| Id::from_hex(file)).collect();
     let id = match named[..] {
         [id] => id,
         [] => bail!("no snapshot matches {spec:?}, and no snapshot file is named so ({unreadable})"),

@@ -855,15 +855,20 @@ impl Repository {
                 bytes
             }
         };
+        Ok(Some((id, self.open_named(key, bytes)?)))
+    }
+
+    /// The plain envelope of the file `key`'s bytes: opened with the key when sealed.
+    fn open_named(&self, key: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
         if envelope::is_encrypted(&bytes) {
-            return Ok(Some((id, envelope::decrypt(&bytes, self.keys.as_ref(), &self.describe(key))?)));
+            return envelope::decrypt(&bytes, self.keys.as_ref(), &self.describe(key));
         }
         if self.keys.is_some() {
             // Only a holder of the key can write a sealed file; a plain one was put there by
             // someone else.
             return Err(Error::corrupt(self.describe(key), "not sealed, in an encrypted repository"));
         }
-        Ok(Some((id, bytes)))
+        Ok(bytes)
     }
 
     fn record_damage(&self, error: Error) {
@@ -962,23 +967,16 @@ impl Repository {
             }
             return Ok(Some(format!("{file}: its content does not match its name: the file is damaged")));
         }
-        let mode = bytes.get(10).copied();
-        if mode.is_some_and(|mode| mode != envelope::ENCRYPTION_NONE && mode != envelope::ENCRYPTION_AES256GCM) {
+        let known = [envelope::ENCRYPTION_NONE, envelope::ENCRYPTION_AES256GCM];
+        if let Some(mode) = bytes.get(10).copied().filter(|mode| !known.contains(mode)) {
             return Err(Error::UnsupportedVersion {
                 file,
                 what: "encryption mode",
-                found: mode.unwrap_or_default().into(),
+                found: mode.into(),
                 supported: envelope::ENCRYPTION_AES256GCM.into(),
             });
         }
-        let opened = if envelope::is_encrypted(&bytes) {
-            envelope::decrypt(&bytes, self.keys.as_ref(), &file)
-        } else if self.keys.is_some() {
-            Err(Error::corrupt(&file, "not sealed, in an encrypted repository"))
-        } else {
-            Ok(bytes)
-        };
-        match opened.and_then(|plain| Snapshot::decode(&plain, &file).map(drop)) {
+        match self.open_named(&key, bytes).and_then(|plain| Snapshot::decode(&plain, &file).map(drop)) {
             Ok(()) => Ok(None),
             Err(e @ Error::Corrupt { .. }) => Ok(Some(e.to_string())),
             Err(e) => Err(e),
@@ -1014,10 +1012,10 @@ impl Repository {
                 return self.read_cached_tree(cache, &key, id, location, &pack);
             }
         }
-        match self.read_blob_again(index, id) {
+        match self.read_located(index, id, location) {
             // What a link changed on the way is not what the store holds: read once more. (A
             // disk's second read would come from the same page cache.)
-            Err(e) if self.worth_reading_again(&e, location) => self.read_blob_again(index, id),
+            Err(e) if self.worth_reading_again(&e, location) => self.read_located(index, id, location),
             read => read,
         }
     }
@@ -1031,10 +1029,10 @@ impl Repository {
             && !(location.codec == Codec::ZstdDict && self.lost_a_dictionary())
     }
 
-    /// Reads blob `id` from its pack, by itself, decodes it and checks it: for [`Self::read_blob`],
-    /// and for a blob that a read of many together fetched changed on the way.
-    pub(crate) fn read_blob_again(&self, index: &Index, id: &Id) -> Result<Vec<u8>> {
-        let location = &index.get(id).ok_or(Error::MissingBlob(*id))?;
+    /// Reads blob `id`, at `location` in `index`, from its pack by itself, decodes it and checks
+    /// it: for [`Self::read_blob`], and for a blob that a read of many together fetched changed
+    /// on the way.
+    pub(crate) fn read_located(&self, index: &Index, id: &Id, location: &index::Location) -> Result<Vec<u8>> {
         let pack = index.pack_id(location);
         let key = FileKind::Pack.name(&pack);
         let stored = self.backend.get_range(&key, location.offset as u64, location.stored_len as u64)?;

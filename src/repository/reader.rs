@@ -664,7 +664,7 @@ impl<'a> PlannedReads<'a> {
         };
         match decoded {
             Err(e) if self.repo.worth_reading_again(&e, location) && !self.damaged().contains(pack) => {
-                let again = self.repo.read_blob_again(self.index, id);
+                let again = self.repo.read_located(self.index, id, location);
                 if let Err(Error::BadBlob { .. }) = again {
                     self.damaged().insert(*pack);
                 }
